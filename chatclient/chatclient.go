@@ -1,0 +1,425 @@
+// Package chatclient is the chat core client that webapi and interaction use.
+// Client implements chatpb.ChatClient, so callers code against the generated
+// interface, and adds what a client of a highly available core needs: calls
+// that fail with a retryable error are retried (on the next target, if there
+// are several) until the caller's deadline, a Send carries a client message id
+// so that its resend is idempotent, and Subscribe and WatchSessions streams
+// reconnect by themselves, a Subscribe resuming from the index after the last
+// event it delivered.
+package chatclient
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// Config says where the chat core is and how hard to try.
+type Config struct {
+	// Targets are gRPC addresses of the chat service, tried in order. With a
+	// sidecar this is the one local sidecar address; without one, the
+	// primary's and the backup's addresses.
+	Targets []string `yaml:"core"`
+	// RetryFor bounds how long one call keeps retrying when the caller's
+	// context has no deadline (default 10s: longer than any failover).
+	RetryFor time.Duration `yaml:"core-retry-for"`
+	// AttemptTimeout bounds one attempt of a unary call, so that a silent
+	// (stopped) core does not hold a call for ever (default 2s).
+	AttemptTimeout time.Duration `yaml:"core-attempt-timeout"`
+	// MinBackoff and MaxBackoff bound the pause between attempts (defaults
+	// 5ms and 250ms, with jitter): small, since failover is measured in ms.
+	MinBackoff time.Duration `yaml:"core-min-backoff"`
+	MaxBackoff time.Duration `yaml:"core-max-backoff"`
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		Targets:        []string{"127.0.0.1:7101"},
+		RetryFor:       10 * time.Second,
+		AttemptTimeout: 2 * time.Second,
+		MinBackoff:     5 * time.Millisecond,
+		MaxBackoff:     250 * time.Millisecond,
+	}
+}
+
+// RegisterFlags binds the config to flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.Func("core", "chat core gRPC address(es), comma-separated; with a sidecar, the sidecar's (default "+strings.Join(c.Targets, ",")+")", func(s string) error {
+		var ts []string
+		for _, t := range strings.Split(s, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				ts = append(ts, t)
+			}
+		}
+		if len(ts) == 0 {
+			return errors.New("no address")
+		}
+		c.Targets = ts
+		return nil
+	})
+	fs.DurationVar(&c.RetryFor, "core-retry-for", c.RetryFor, "how long a call to the chat core keeps retrying")
+	fs.DurationVar(&c.AttemptTimeout, "core-attempt-timeout", c.AttemptTimeout, "timeout of one attempt of a call to the chat core")
+	fs.DurationVar(&c.MinBackoff, "core-min-backoff", c.MinBackoff, "first pause between attempts")
+	fs.DurationVar(&c.MaxBackoff, "core-max-backoff", c.MaxBackoff, "longest pause between attempts")
+}
+
+// Client is a chatpb.ChatClient that rides out core failovers.
+type Client struct {
+	cfg     Config
+	log     *slog.Logger
+	conns   []*grpc.ClientConn
+	clients []chatpb.ChatClient
+	cur     atomic.Int32 // index of the target believed to be serving
+	retries atomic.Int64
+}
+
+var _ chatpb.ChatClient = (*Client)(nil)
+
+// New builds a Client; it does not block on connecting. Extra dial options
+// (tests) are appended to the defaults.
+func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client, error) {
+	if len(cfg.Targets) == 0 {
+		return nil, errors.New("chatclient: no target")
+	}
+	if tel == nil {
+		tel = telemetry.Discard()
+	}
+	dopts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))),
+		// gRPC's default reconnect backoff starts at 1s; a failover is
+		// measured in milliseconds, so reconnect almost at once.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 300 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		}),
+	}, opts...)
+	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient")}
+	for _, t := range cfg.Targets {
+		conn, err := grpc.NewClient(t, dopts...)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("chatclient: dial %s: %w", t, err)
+		}
+		c.conns = append(c.conns, conn)
+		c.clients = append(c.clients, chatpb.NewChatClient(conn))
+	}
+	return c, nil
+}
+
+// Close closes the connections.
+func (c *Client) Close() error {
+	var errs []error
+	for _, conn := range c.conns {
+		errs = append(errs, conn.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Retries reports how many attempts were retried since New.
+func (c *Client) Retries() int64 { return c.retries.Load() }
+
+// Retryable reports whether an error from the chat core means "try again,
+// maybe elsewhere": the core is away, not primary, or draining.
+func Retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Aborted, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
+
+// NewClientMessageID returns a random id for a send's idempotency.
+func NewClientMessageID() string {
+	var b [12]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// retrier paces the attempts of one call.
+type retrier struct {
+	c       *Client
+	attempt int
+}
+
+// wait sleeps before the next attempt and moves to the next target; it
+// returns false when ctx is done.
+func (r *retrier) wait(ctx context.Context, err error) bool {
+	r.attempt++
+	r.c.retries.Add(1)
+	if n := int32(len(r.c.clients)); n > 1 {
+		r.c.cur.Store((r.c.cur.Load() + 1) % n)
+	}
+	d := r.c.cfg.MinBackoff << min(r.attempt-1, 10)
+	if d > r.c.cfg.MaxBackoff || d <= 0 {
+		d = r.c.cfg.MaxBackoff
+	}
+	d = d/2 + rand.N(d/2+1)
+	r.c.log.Debug("retrying chat core call", "attempt", r.attempt, "in", d, "err", err)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// withRetryDeadline gives ctx a deadline of RetryFor when it has none.
+func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok || c.cfg.RetryFor <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.cfg.RetryFor)
+}
+
+// unary runs call until it succeeds, fails for good, or ctx ends.
+func unary[Req, Resp any](ctx context.Context, c *Client, req Req, opts []grpc.CallOption,
+	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	ctx, cancel := c.withRetryDeadline(ctx)
+	defer cancel()
+	r := retrier{c: c}
+	for {
+		actx, acancel := ctx, context.CancelFunc(func() {})
+		if c.cfg.AttemptTimeout > 0 {
+			actx, acancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+		}
+		resp, err := call(c.clients[c.cur.Load()], actx, req, opts...)
+		acancel()
+		if err == nil || !Retryable(err) || ctx.Err() != nil {
+			return resp, err
+		}
+		if !r.wait(ctx, err) {
+			return resp, err
+		}
+	}
+}
+
+// StartSession starts a chat for a customer. A retry after an ambiguous
+// failure may leave an empty session behind; the core ends it after
+// flex-disconnect-timeout.
+func (c *Client) StartSession(ctx context.Context, in *chatpb.StartSessionRequest, opts ...grpc.CallOption) (*chatpb.JoinResponse, error) {
+	return unary(ctx, c, in, opts, chatpb.ChatClient.StartSession)
+}
+
+// Join adds an agent, supervisor or system participant.
+func (c *Client) Join(ctx context.Context, in *chatpb.JoinRequest, opts ...grpc.CallOption) (*chatpb.JoinResponse, error) {
+	return unary(ctx, c, in, opts, chatpb.ChatClient.Join)
+}
+
+// Send appends an event. If in has no client message id, Send gives it one
+// (in is modified), so that every retry is idempotent.
+func (c *Client) Send(ctx context.Context, in *chatpb.SendRequest, opts ...grpc.CallOption) (*chatpb.SendResponse, error) {
+	if in.GetClientMessageId() == "" {
+		in.ClientMessageId = NewClientMessageID()
+	}
+	return unary(ctx, c, in, opts, chatpb.ChatClient.Send)
+}
+
+// Leave removes the participant, and ends the session if asked.
+func (c *Client) Leave(ctx context.Context, in *chatpb.LeaveRequest, opts ...grpc.CallOption) (*chatpb.LeaveResponse, error) {
+	return unary(ctx, c, in, opts, chatpb.ChatClient.Leave)
+}
+
+// Events returns the events from an index on.
+func (c *Client) Events(ctx context.Context, in *chatpb.EventsRequest, opts ...grpc.CallOption) (*chatpb.EventsResponse, error) {
+	return unary(ctx, c, in, opts, chatpb.ChatClient.Events)
+}
+
+// Status asks the serving core for its status.
+func (c *Client) Status(ctx context.Context, in *chatpb.StatusRequest, opts ...grpc.CallOption) (*chatpb.StatusResponse, error) {
+	return unary(ctx, c, in, opts, chatpb.ChatClient.Status)
+}
+
+// Switchover asks the primary to hand over to the backup. It is not
+// retried: a switchover is done once or reported as failed.
+func (c *Client) Switchover(ctx context.Context, in *chatpb.SwitchoverRequest, opts ...grpc.CallOption) (*chatpb.SwitchoverResponse, error) {
+	return c.clients[c.cur.Load()].Switchover(ctx, in, opts...)
+}
+
+// StreamObserver is told when a resuming stream loses its core (connected
+// false, with the error) and when it has resumed (connected true).
+type StreamObserver func(connected bool, err error)
+
+type observerKey struct{}
+
+// WithStreamObserver returns a context whose Subscribe and WatchSessions
+// streams report their reconnects to obs: webapi uses it to tell the browser
+// "reconnecting" and "reconnected".
+func WithStreamObserver(ctx context.Context, obs StreamObserver) context.Context {
+	return context.WithValue(ctx, observerKey{}, obs)
+}
+
+func observer(ctx context.Context) StreamObserver {
+	if obs, ok := ctx.Value(observerKey{}).(StreamObserver); ok {
+		return obs
+	}
+	return func(bool, error) {}
+}
+
+// Subscribe streams the participant's events from in.FromIndex on. The
+// stream survives failovers: when the core goes away it reopens the
+// subscription at the index after the last delivered event, so the caller
+// sees each event once, in order. It ends when the session ends (io.EOF
+// after SESSION_ENDED), on a non-retryable error, or when ctx is done.
+func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.Event], error) {
+	next := in.GetFromIndex()
+	s := &resumingStream[chatpb.Event]{
+		c:   c,
+		ctx: ctx,
+		obs: observer(ctx),
+		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.Event], error) {
+			req := &chatpb.SubscribeRequest{Auth: in.GetAuth(), FromIndex: next}
+			return cl.Subscribe(ctx, req, opts...)
+		},
+		seen: func(ev *chatpb.Event) (deliver, final bool) {
+			if ev.GetIndex() != 0 && ev.GetIndex() < next {
+				return false, false // already delivered before the reconnect
+			}
+			next = ev.GetIndex() + 1
+			return true, ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED
+		},
+	}
+	if err := s.connect(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// WatchSessions streams session changes; it reopens the watch after a
+// failover, and the core then sends STARTED again for every live session, so
+// the caller must treat STARTED as idempotent.
+func (c *Client) WatchSessions(ctx context.Context, in *chatpb.WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
+	s := &resumingStream[chatpb.SessionChange]{
+		c:   c,
+		ctx: ctx,
+		obs: observer(ctx),
+		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
+			return cl.WatchSessions(ctx, in, opts...)
+		},
+		seen: func(*chatpb.SessionChange) (bool, bool) { return true, false },
+	}
+	if err := s.connect(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// resumingStream is a server stream that reopens itself on retryable errors.
+// Like any gRPC stream, it is for one reading goroutine.
+type resumingStream[T any] struct {
+	c     *Client
+	ctx   context.Context
+	obs   StreamObserver
+	open  func(context.Context, chatpb.ChatClient) (grpc.ServerStreamingClient[T], error)
+	seen  func(*T) (deliver, final bool)
+	cur   grpc.ServerStreamingClient[T]
+	ended bool
+}
+
+// connect opens the stream, retrying until it works or fails for good.
+func (s *resumingStream[T]) connect() error {
+	ctx, cancel := s.c.withRetryDeadline(s.ctx)
+	defer cancel()
+	r := retrier{c: s.c}
+	for {
+		st, err := s.open(s.ctx, s.c.clients[s.c.cur.Load()])
+		if err == nil {
+			// A stream is lazy: make sure the server accepted it, so that a
+			// backup's refusal is seen here and retried.
+			if _, err = st.Header(); err == nil {
+				s.cur = st
+				return nil
+			}
+		}
+		if !Retryable(err) || ctx.Err() != nil || !r.wait(ctx, err) {
+			return err
+		}
+	}
+}
+
+// Recv returns the next event, reconnecting as needed.
+func (s *resumingStream[T]) Recv() (*T, error) {
+	for {
+		if s.ended {
+			return nil, io.EOF
+		}
+		m, err := s.cur.Recv()
+		if err == nil {
+			deliver, final := s.seen(m)
+			s.ended = final
+			if deliver {
+				return m, nil
+			}
+			continue
+		}
+		if s.ctx.Err() != nil {
+			return nil, s.ctx.Err()
+		}
+		if !errors.Is(err, io.EOF) && !Retryable(err) {
+			return nil, err
+		}
+		// EOF before the session ended means the core closed the stream
+		// (step-down, shutdown): resume elsewhere.
+		s.c.log.Info("chat core stream lost, resuming", "err", err)
+		s.obs(false, err)
+		if err := s.connect(); err != nil {
+			return nil, err
+		}
+		s.obs(true, nil)
+	}
+}
+
+// Header returns the current underlying stream's header.
+func (s *resumingStream[T]) Header() (metadataMD, error) { return s.cur.Header() }
+
+// Trailer returns the current underlying stream's trailer.
+func (s *resumingStream[T]) Trailer() metadataMD { return s.cur.Trailer() }
+
+// CloseSend closes the sending side of the current stream.
+func (s *resumingStream[T]) CloseSend() error { return s.cur.CloseSend() }
+
+// Context returns the caller's context.
+func (s *resumingStream[T]) Context() context.Context { return s.ctx }
+
+// SendMsg is not used on server streams after the request.
+func (s *resumingStream[T]) SendMsg(m any) error { return s.cur.SendMsg(m) }
+
+// RecvMsg receives into m through Recv, so it resumes too.
+func (s *resumingStream[T]) RecvMsg(m any) error {
+	v, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	dst, ok := m.(proto.Message)
+	src, ok2 := any(v).(proto.Message)
+	if !ok || !ok2 {
+		return fmt.Errorf("chatclient: RecvMsg into %T", m)
+	}
+	proto.Reset(dst)
+	proto.Merge(dst, src)
+	return nil
+}

@@ -1,0 +1,218 @@
+package chatclient
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// fakeCore is a scripted chat core: it fails the first failSends sends with
+// Unavailable, and serves Subscribe from a fixed log, breaking the stream
+// after breakAfter events the first time.
+type fakeCore struct {
+	chatpb.UnimplementedChatServer
+	mu         sync.Mutex
+	failSends  int
+	sendIDs    []string
+	log        []*chatpb.Event
+	breakAfter int
+	subFrom    []uint64
+}
+
+func (f *fakeCore) Send(_ context.Context, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sendIDs = append(f.sendIDs, in.GetClientMessageId())
+	if in.GetAuth().GetSecureKey() == "wrong" {
+		return nil, status.Error(codes.PermissionDenied, "wrong secure key")
+	}
+	if f.failSends > 0 {
+		f.failSends--
+		return nil, status.Error(codes.Unavailable, "not primary")
+	}
+	return &chatpb.SendResponse{Index: 7}, nil
+}
+
+func (f *fakeCore) Subscribe(in *chatpb.SubscribeRequest, st grpc.ServerStreamingServer[chatpb.Event]) error {
+	f.mu.Lock()
+	f.subFrom = append(f.subFrom, in.GetFromIndex())
+	first := len(f.subFrom) == 1
+	f.mu.Unlock()
+	sent := 0
+	for _, ev := range f.log {
+		if ev.GetIndex() < in.GetFromIndex() {
+			continue
+		}
+		if first && sent == f.breakAfter {
+			return status.Error(codes.Unavailable, "core stepping down")
+		}
+		if err := st.Send(ev); err != nil {
+			return err
+		}
+		sent++
+	}
+	return nil
+}
+
+func serve(t *testing.T, srv chatpb.ChatServer) (addr string, stop func()) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	chatpb.RegisterChatServer(g, srv)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return lis.Addr().String(), g.Stop
+}
+
+func newClient(t *testing.T, targets ...string) *Client {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Targets = targets
+	cfg.RetryFor = 5 * time.Second
+	c, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestSendRetriesWithSameClientMessageID(t *testing.T) {
+	f := &fakeCore{failSends: 2}
+	addr, _ := serve(t, f)
+	c := newClient(t, addr)
+	resp, err := c.Send(context.Background(), &chatpb.SendRequest{Text: "hi"})
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if resp.GetIndex() != 7 {
+		t.Fatalf("index %d, want 7", resp.GetIndex())
+	}
+	if len(f.sendIDs) != 3 {
+		t.Fatalf("core saw %d attempts, want 3", len(f.sendIDs))
+	}
+	for _, id := range f.sendIDs {
+		if id == "" || id != f.sendIDs[0] {
+			t.Fatalf("attempts carried ids %q, want one non-empty id", f.sendIDs)
+		}
+	}
+}
+
+func TestErrorsThatAreNotRetryableReturnAtOnce(t *testing.T) {
+	f := &fakeCore{}
+	addr, _ := serve(t, f)
+	c := newClient(t, addr)
+	_, err := c.Send(context.Background(), &chatpb.SendRequest{Auth: &chatpb.Auth{SecureKey: "wrong"}})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("err %v, want PermissionDenied", err)
+	}
+	if len(f.sendIDs) != 1 {
+		t.Fatalf("%d attempts, want 1", len(f.sendIDs))
+	}
+}
+
+func TestFailsOverToNextTarget(t *testing.T) {
+	a, b := &fakeCore{}, &fakeCore{}
+	addrA, stopA := serve(t, a)
+	addrB, _ := serve(t, b)
+	c := newClient(t, addrA, addrB)
+	if _, err := c.Send(context.Background(), &chatpb.SendRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	stopA()
+	if _, err := c.Send(context.Background(), &chatpb.SendRequest{}); err != nil {
+		t.Fatalf("send after the first target died: %v", err)
+	}
+	if len(b.sendIDs) != 1 {
+		t.Fatalf("second target saw %d sends, want 1", len(b.sendIDs))
+	}
+}
+
+func TestRetryEndsWithCallerDeadline(t *testing.T) {
+	f := &fakeCore{failSends: 1 << 30}
+	addr, _ := serve(t, f)
+	c := newClient(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := c.Send(ctx, &chatpb.SendRequest{})
+	if status.Code(err) != codes.Unavailable && !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("err %v, want the last retryable error", err)
+	}
+}
+
+func TestSubscribeResumesFromLastIndex(t *testing.T) {
+	f := &fakeCore{breakAfter: 3}
+	for i := uint64(1); i <= 5; i++ {
+		f.log = append(f.log, &chatpb.Event{Index: i, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE})
+	}
+	f.log = append(f.log, &chatpb.Event{Index: 6, Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED})
+	addr, _ := serve(t, f)
+	c := newClient(t, addr)
+
+	var mu sync.Mutex
+	var notes []bool
+	ctx := WithStreamObserver(context.Background(), func(up bool, _ error) {
+		mu.Lock()
+		notes = append(notes, up)
+		mu.Unlock()
+	})
+	st, err := c.Subscribe(ctx, &chatpb.SubscribeRequest{FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for {
+		ev, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		got = append(got, ev.GetIndex())
+	}
+	want := []uint64{1, 2, 3, 4, 5, 6}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	if len(f.subFrom) != 2 || f.subFrom[1] != 4 {
+		t.Fatalf("subscriptions from %v, want [1 4]", f.subFrom)
+	}
+	if len(notes) != 2 || notes[0] || !notes[1] {
+		t.Fatalf("observer saw %v, want [false true]", notes)
+	}
+}
+
+func TestRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		code codes.Code
+		want bool
+	}{
+		{codes.Unavailable, true}, {codes.Aborted, true}, {codes.DeadlineExceeded, true},
+		{codes.InvalidArgument, false}, {codes.PermissionDenied, false}, {codes.NotFound, false},
+		{codes.ResourceExhausted, false}, {codes.FailedPrecondition, false},
+	} {
+		if got := Retryable(status.Error(tc.code, "x")); got != tc.want {
+			t.Errorf("Retryable(%v) = %v, want %v", tc.code, got, tc.want)
+		}
+	}
+}
