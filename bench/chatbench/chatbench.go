@@ -1,0 +1,290 @@
+// Package chatbench measures a chat core (or a primary/backup pair) the way
+// a contact centre loads it: many live sessions, each with a customer and an
+// agent, customers sending messages that the agent's subscription receives.
+// It reports throughput, send-to-deliver latency and memory per session.
+package chatbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// Options shape one run.
+type Options struct {
+	// Sessions is the number of live sessions (default 1000).
+	Sessions int
+	// Messages is the number of customer messages sent in all (default 20000).
+	Messages int
+	// Concurrency is the number of concurrent senders (default 64).
+	Concurrency int
+	// Service is the chat service name (default "bench").
+	Service string
+	// ServiceToken lets the bench join agents.
+	ServiceToken string
+	// MessageSize is the message text length in bytes (default 64).
+	MessageSize int
+}
+
+func (o *Options) defaults() {
+	if o.Sessions <= 0 {
+		o.Sessions = 1000
+	}
+	if o.Messages <= 0 {
+		o.Messages = 20000
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.Service == "" {
+		o.Service = "bench"
+	}
+	if o.MessageSize <= 0 {
+		o.MessageSize = 64
+	}
+}
+
+// Report is what a run measured.
+type Report struct {
+	Sessions    int
+	Messages    int
+	Errors      int
+	Elapsed     time.Duration
+	PerSecond   float64
+	P50, P99    time.Duration
+	Max         time.Duration
+	SetupTime   time.Duration
+	MemPerIdle  float64 // bytes per idle session (RSS growth / sessions), 0 if unknown
+	RSSBefore   uint64
+	RSSSessions uint64
+}
+
+// String renders the report for a terminal.
+func (r Report) String() string {
+	mem := "n/a"
+	if r.MemPerIdle > 0 {
+		mem = fmt.Sprintf("%.0f B (%.2f KiB)", r.MemPerIdle, r.MemPerIdle/1024)
+	}
+	return fmt.Sprintf(`sessions            %d (set up in %v)
+messages            %d sent, %d errors, in %v
+throughput          %.0f messages/s
+send-to-deliver     p50 %v   p99 %v   max %v
+memory per session  %s (core RSS %d -> %d bytes)`,
+		r.Sessions, r.SetupTime.Round(time.Millisecond), r.Messages, r.Errors, r.Elapsed.Round(time.Millisecond),
+		r.PerSecond, r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond),
+		mem, r.RSSBefore, r.RSSSessions)
+}
+
+// MemoryProbe reads the memory the measured core uses now (e.g. its RSS).
+type MemoryProbe func(ctx context.Context) (uint64, error)
+
+type session struct {
+	customer *chatpb.Auth
+	agent    *chatpb.Auth
+}
+
+// Run sets up the sessions, sends the messages and measures. progress
+// receives a line per phase; mem may be nil.
+func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProbe, progress io.Writer) (Report, error) {
+	opts.defaults()
+	if progress == nil {
+		progress = io.Discard
+	}
+	rep := Report{Sessions: opts.Sessions}
+	if mem != nil {
+		v, err := mem(ctx)
+		if err != nil {
+			return rep, fmt.Errorf("read memory: %w", err)
+		}
+		rep.RSSBefore = v
+	}
+
+	start := time.Now()
+	sessions := make([]session, opts.Sessions)
+	var made atomic.Int64
+	err := parallel(ctx, opts.Concurrency, opts.Sessions, func(ctx context.Context, i int) error {
+		js, err := cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: opts.Service, Nickname: fmt.Sprintf("customer-%d", i), Subject: "bench"})
+		if err != nil {
+			return fmt.Errorf("start session %d: %w", i, err)
+		}
+		ja, err := cl.Join(ctx, &chatpb.JoinRequest{SessionId: js.GetAuth().GetSessionId(), Nickname: "agent",
+			Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, ServiceToken: opts.ServiceToken})
+		if err != nil {
+			return fmt.Errorf("join session %d: %w", i, err)
+		}
+		sessions[i] = session{customer: js.GetAuth(), agent: ja.GetAuth()}
+		if n := made.Add(1); n%1000 == 0 {
+			fmt.Fprintf(progress, "  %d/%d sessions\n", n, opts.Sessions)
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	rep.SetupTime = time.Since(start)
+	fmt.Fprintf(progress, "%d sessions ready in %v\n", opts.Sessions, rep.SetupTime.Round(time.Millisecond))
+	if mem != nil {
+		v, err := mem(ctx)
+		if err != nil {
+			return rep, fmt.Errorf("read memory: %w", err)
+		}
+		rep.RSSSessions = v
+		if v > rep.RSSBefore {
+			rep.MemPerIdle = float64(v-rep.RSSBefore) / float64(opts.Sessions)
+		}
+	}
+
+	// The agents' subscriptions measure delivery.
+	var (
+		mu     sync.Mutex
+		sentAt = make(map[string]time.Time, opts.Messages)
+		lat    = make([]time.Duration, 0, opts.Messages)
+		done   = make(chan struct{})
+		got    atomic.Int64
+	)
+	subCtx, stopSubs := context.WithCancel(ctx)
+	defer stopSubs()
+	var subs sync.WaitGroup
+	ready := make(chan error, len(sessions))
+	for _, s := range sessions {
+		subs.Add(1)
+		go func() {
+			defer subs.Done()
+			st, err := cl.Subscribe(subCtx, &chatpb.SubscribeRequest{Auth: s.agent, FromIndex: 1})
+			ready <- err
+			if err != nil {
+				return
+			}
+			recvLoop(st, func(ev *chatpb.Event) {
+				if ev.GetKind() != chatpb.EventKind_EVENT_KIND_MESSAGE || ev.GetClientMessageId() == "" {
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				t0, ok := sentAt[ev.GetClientMessageId()]
+				if ok {
+					delete(sentAt, ev.GetClientMessageId())
+					lat = append(lat, now.Sub(t0))
+				}
+				mu.Unlock()
+				if ok && got.Add(1) == int64(opts.Messages) {
+					close(done)
+				}
+			})
+		}()
+	}
+	for range sessions {
+		if err := <-ready; err != nil {
+			return rep, fmt.Errorf("subscribe: %w", err)
+		}
+	}
+	fmt.Fprintf(progress, "%d agent subscriptions open; sending %d messages with %d senders\n", len(sessions), opts.Messages, opts.Concurrency)
+
+	text := make([]byte, opts.MessageSize)
+	for i := range text {
+		text[i] = 'a' + byte(i%26)
+	}
+	var errs atomic.Int64
+	start = time.Now()
+	_ = parallel(ctx, opts.Concurrency, opts.Messages, func(ctx context.Context, i int) error {
+		s := sessions[i%len(sessions)]
+		id := fmt.Sprintf("b%d", i)
+		mu.Lock()
+		sentAt[id] = time.Now()
+		mu.Unlock()
+		if _, err := cl.Send(ctx, &chatpb.SendRequest{Auth: s.customer, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE,
+			Text: string(text), ClientMessageId: id}); err != nil {
+			errs.Add(1)
+			mu.Lock()
+			delete(sentAt, id)
+			mu.Unlock()
+		}
+		if i > 0 && i%5000 == 0 {
+			fmt.Fprintf(progress, "  %d/%d messages sent\n", i, opts.Messages)
+		}
+		return nil
+	})
+	want := int64(opts.Messages) - errs.Load()
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	if want < int64(opts.Messages) {
+		// Some sends failed: wait until what was sent has arrived.
+		for got.Load() < want {
+			select {
+			case <-deadline.C:
+				return rep, fmt.Errorf("only %d of %d messages delivered", got.Load(), want)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	} else {
+		select {
+		case <-done:
+		case <-deadline.C:
+			return rep, fmt.Errorf("only %d of %d messages delivered within 30s", got.Load(), want)
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		}
+	}
+	rep.Elapsed = time.Since(start)
+	stopSubs()
+	subs.Wait()
+
+	rep.Messages = opts.Messages
+	rep.Errors = int(errs.Load())
+	rep.PerSecond = float64(len(lat)) / rep.Elapsed.Seconds()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		rep.P50 = lat[len(lat)/2]
+		rep.P99 = lat[len(lat)*99/100]
+		rep.Max = lat[len(lat)-1]
+	}
+	return rep, nil
+}
+
+func recvLoop(st grpc.ServerStreamingClient[chatpb.Event], fn func(*chatpb.Event)) {
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return
+		}
+		fn(ev)
+	}
+}
+
+// parallel runs fn(0..n-1) on workers goroutines; the first error stops it.
+func parallel(ctx context.Context, workers, n int, fn func(context.Context, int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
