@@ -2,11 +2,95 @@ package main
 
 import (
 	"context"
-	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/hachat/hachat/demo"
 )
 
-// runDemo is a placeholder until the demo part lands.
+// demoConfig holds the flags of `hachat demo`.
+type demoConfig struct {
+	// Dir is the state directory: part logs and ucsmock's database (default .hachat).
+	Dir string `yaml:"dir"`
+	// State is the state file (default <dir>/demo.json).
+	State string `yaml:"state"`
+	// LogFormat is passed to every part (default text).
+	LogFormat string `yaml:"log-format"`
+	// Stage selects the cluster by issue: 2 single core, 3 primary/backup,
+	// 4 control plane and sidecars (default: the newest stage built).
+	Stage int `yaml:"stage"`
+	// ReadyTimeout bounds each part's start (default 20s).
+	ReadyTimeout time.Duration `yaml:"ready-timeout"`
+	// Grace is the time between SIGTERM and SIGKILL at shutdown (default 5s).
+	Grace time.Duration `yaml:"grace"`
+}
+
+// runDemo starts the whole cluster on this machine, each part its own child
+// process, and keeps it running until Ctrl-C or SIGTERM.
 func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
-	return errors.New("demo: not implemented yet")
+	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageSingle),
+		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second}
+	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
+		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
+		"never restarts a part someone killed, and stops everything on Ctrl-C or SIGTERM.",
+		args, errw, &cfg, func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "state directory: part logs and ucsmock's database")
+			fs.StringVar(&cfg.State, "state", cfg.State, "state file (default <dir>/demo.json)")
+			fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format of every part: text or json")
+			fs.IntVar(&cfg.Stage, "stage", cfg.Stage, "cluster: 2 single core, 3 primary and backup, 4 control plane and sidecars")
+			fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long each part may take to become ready")
+			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
+		})
+	if err != nil {
+		return err
+	}
+	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
+		return fmt.Errorf("--log-format must be text or json, not %q", cfg.LogFormat)
+	}
+	if cfg.Stage < int(demo.StageSingle) || cfg.Stage > int(demo.StageMesh) {
+		return fmt.Errorf("--stage must be 2, 3 or 4, not %d", cfg.Stage)
+	}
+	if cfg.State == "" {
+		cfg.State = filepath.Join(cfg.Dir, "demo.json")
+	}
+	plan := demo.StandardPlan(demo.Layout{
+		Addrs:     demo.DefaultAddrs(),
+		Stage:     demo.Stage(cfg.Stage),
+		DataDir:   cfg.Dir,
+		LogFormat: cfg.LogFormat,
+	})
+	var logger *slog.Logger
+	if cfg.LogFormat == "json" {
+		logger = slog.New(slog.NewJSONHandler(errw, nil)).With("part", "demo")
+	} else {
+		logger = slog.New(slog.DiscardHandler) // text mode: the progress lines tell the story
+	}
+	progress := out
+	if cfg.LogFormat == "json" {
+		progress = io.Discard
+	}
+	fmt.Fprintf(progress, "hachat demo: starting %d parts (logs in %s/)\n", len(plan.Parts), cfg.Dir)
+	sup, err := demo.Start(ctx, plan, demo.Options{
+		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
+		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace,
+	})
+	if err != nil {
+		return fmt.Errorf("start cluster: %w", err)
+	}
+	fmt.Fprintln(out)
+	sup.WriteTable(out)
+	p, _ := plan.Part("webapi")
+	q, _ := plan.Part("interaction")
+	fmt.Fprintf(out, "\nstate file: %s\n", cfg.State)
+	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; Ctrl-C stops everything.\n")
+	<-ctx.Done()
+	fmt.Fprintf(progress, "\nhachat demo: stopping every part\n")
+	sup.Stop()
+	fmt.Fprintf(progress, "hachat demo: stopped\n")
+	return nil
 }

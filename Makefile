@@ -1,0 +1,79 @@
+# hachat: build, test, demo, image, proto, bench.
+#
+# `make test` is what CI runs (.ci/run). It installs what the tests need when it
+# is missing (Chromium and HAProxy from Debian, the Go modules), then runs:
+#   1. every package except e2e with the race detector, two packages at a time;
+#   2. the end-to-end tests (e2e/...), one package at a time. These start real
+#      hachat processes (built once per test binary, without -race: the race
+#      detector multiplies the children's CPU and memory on a 2-core machine)
+#      while the test process itself, which holds the clients and the workload
+#      checker, runs with -race.
+# The whole run stays well under 20 minutes on 2 cores.
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+
+GO        ?= go
+BIN       := bin/hachat
+IMAGE     ?= hachat:dev
+UNIT_TIMEOUT ?= 10m
+E2E_TIMEOUT  ?= 15m
+# Packages tested by test-unit: everything but the end-to-end tests.
+UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
+
+.PHONY: all build test test-unit test-e2e run demo image proto bench deps tools clean
+
+all: build
+
+## build: the static hachat binary in bin/hachat.
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/hachat
+
+## deps: what the tests need: Chromium and HAProxy (apt-get, as root) and the Go modules.
+deps:
+	@if ! command -v chromium >/dev/null || ! command -v haproxy >/dev/null; then \
+		echo "installing chromium and haproxy with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy </dev/null; \
+	fi
+	$(GO) mod download
+
+## test: deps, then unit tests with -race, then the end-to-end tests.
+test: deps
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory test-e2e
+
+## test-unit: every package except e2e, with the race detector.
+test-unit:
+	$(GO) test -race -count=1 -p 2 -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
+
+## test-e2e: end-to-end tests with real processes and headless Chromium.
+test-e2e:
+	$(GO) test -race -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./e2e/...
+
+## run, demo: the whole cluster on this machine, each part its own process.
+run demo: build
+	$(BIN) demo
+
+## image: the hachat:dev image (FROM scratch + the static binary built here).
+image: build
+	docker build -t $(IMAGE) .
+	docker run --rm $(IMAGE) --help
+
+## proto: regenerate chatcore/chatpb from its .proto files.
+proto: tools
+	protoc -I . \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		chatcore/chatpb/*.proto
+
+tools:
+	@command -v protoc-gen-go >/dev/null || $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	@command -v protoc-gen-go-grpc >/dev/null || $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	@command -v protoc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler </dev/null)
+
+## bench: the chat benchmark on one core.
+bench: build
+	$(BIN) bench chat
+
+clean:
+	rm -rf bin artifacts

@@ -1,0 +1,234 @@
+package demo
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+)
+
+// Addrs holds the loopback addresses (host:port) of every part of the
+// standard cluster. DefaultAddrs gives the demo's fixed ports
+// (docs/design.md), FreeAddrs free ones for tests.
+type Addrs struct {
+	UCS                      string
+	CoreAHTTP, CoreAGRPC     string
+	CoreAGossip              string
+	CoreBHTTP, CoreBGRPC     string
+	CoreBGossip              string
+	XDSHTTP, XDSGRPC         string
+	XDSGossip                string
+	WitnessHTTP              string
+	WitnessGossip            string
+	SidecarWebAPIAdmin       string
+	SidecarWebAPIListen      string
+	SidecarInteractionAdmin  string
+	SidecarInteractionListen string
+	WebAPI                   string
+	Interaction              string
+}
+
+// DefaultAddrs returns the demo addresses of docs/design.md, all on 127.0.0.1.
+func DefaultAddrs() Addrs {
+	h := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+	return Addrs{
+		UCS:       h(7080),
+		CoreAHTTP: h(7102), CoreAGRPC: h(7101), CoreAGossip: h(7103),
+		CoreBHTTP: h(7112), CoreBGRPC: h(7111), CoreBGossip: h(7113),
+		XDSHTTP: h(7201), XDSGRPC: h(7200), XDSGossip: h(7203),
+		WitnessHTTP: h(7211), WitnessGossip: h(7213),
+		SidecarWebAPIAdmin: h(7302), SidecarWebAPIListen: h(7301),
+		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
+		WebAPI:      h(8080),
+		Interaction: h(8081),
+	}
+}
+
+// FreeAddrs returns addresses on 127.0.0.1 whose ports were free (TCP and,
+// for gossip, UDP too) a moment ago, all distinct.
+func FreeAddrs() (Addrs, error) {
+	seen := map[string]bool{}
+	var err error
+	next := func(udp bool) string {
+		if err != nil {
+			return ""
+		}
+		for range 50 {
+			var a string
+			a, err = FreePort(udp)
+			if err != nil {
+				return ""
+			}
+			if !seen[a] {
+				seen[a] = true
+				return a
+			}
+		}
+		err = fmt.Errorf("free port: no distinct port found")
+		return ""
+	}
+	a := Addrs{
+		UCS:       next(false),
+		CoreAHTTP: next(false), CoreAGRPC: next(false), CoreAGossip: next(true),
+		CoreBHTTP: next(false), CoreBGRPC: next(false), CoreBGossip: next(true),
+		XDSHTTP: next(false), XDSGRPC: next(false), XDSGossip: next(true),
+		WitnessHTTP: next(false), WitnessGossip: next(true),
+		SidecarWebAPIAdmin: next(false), SidecarWebAPIListen: next(false),
+		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
+		WebAPI:      next(false),
+		Interaction: next(false),
+	}
+	return a, err
+}
+
+// FreePort returns 127.0.0.1:port for a TCP port the kernel just handed out
+// and released; with udp, the same UDP port was free as well (memberlist
+// gossips on both).
+func FreePort(udp bool) (string, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("free port: %w", err)
+		}
+		addr := l.Addr().String()
+		if udp {
+			pc, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				l.Close()
+				continue
+			}
+			pc.Close()
+		}
+		l.Close()
+		return addr, nil
+	}
+	return "", fmt.Errorf("free port: no port free for both TCP and UDP")
+}
+
+// Stage selects how much of the cluster the standard plan holds, by the
+// issue that added it.
+type Stage int
+
+// The stages of the standard plan.
+const (
+	// StageSingle: ucs, core-a (primary), webapi and interaction wired to core-a.
+	StageSingle Stage = 2
+	// StagePair adds core-b (backup) and the witness; webapi and interaction
+	// are given both cores.
+	StagePair Stage = 3
+	// StageMesh replaces the witness by the xDS control plane and puts a
+	// sidecar in front of webapi and of interaction.
+	StageMesh Stage = 4
+)
+
+// Layout describes a standard cluster: where it listens and how its cores
+// are configured.
+type Layout struct {
+	// Addrs are the parts' addresses.
+	Addrs Addrs
+	// Stage selects the parts (default StageSingle).
+	Stage Stage
+	// DataDir holds ucsmock's database (DataDir/ucs.db) and any other
+	// on-disk state (default ".hachat").
+	DataDir string
+	// LogFormat is passed to every part as --log-format (default "text").
+	LogFormat string
+	// Service is the chat service name the web sample starts chats on
+	// (default "customer-support").
+	Service string
+	// ServiceToken lets interaction join agents to sessions (default "demo-service-token").
+	ServiceToken string
+	// AdminToken protects ucsmock's fault injection and the control plane's
+	// admin API (default "demo-admin-token").
+	AdminToken string
+	// CoreArgs are extra flags for every core (after the demo's defaults).
+	CoreArgs []string
+}
+
+func (l *Layout) fill() {
+	if l.Stage == 0 {
+		l.Stage = StageSingle
+	}
+	if l.DataDir == "" {
+		l.DataDir = ".hachat"
+	}
+	if l.LogFormat == "" {
+		l.LogFormat = "text"
+	}
+	if l.Service == "" {
+		l.Service = "customer-support"
+	}
+	if l.ServiceToken == "" {
+		l.ServiceToken = "demo-service-token"
+	}
+	if l.AdminToken == "" {
+		l.AdminToken = "demo-admin-token"
+	}
+}
+
+// HARecommended are the chat core options the seed recommends for high
+// availability; the demo and the tests set them on every core.
+var HARecommended = []string{
+	"--session-restoration-mode=simple",
+	"--transcript-auto-save=1",
+	"--transcript-save-on-error=close",
+}
+
+// StandardPlan returns the plan of the standard cluster for l: the parts of
+// `hachat demo`, in start order.
+func StandardPlan(l Layout) Plan {
+	l.fill()
+	a := l.Addrs
+	logf := "--log-format=" + l.LogFormat
+	ucsURL := "http://" + a.UCS
+	var parts []Part
+	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
+		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
+	}})
+	core := func(name, role, httpAddr, grpcAddr, gossip string) Part {
+		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
+			"--ucs=" + ucsURL, "--service-token=" + l.ServiceToken}
+		if l.Stage >= StagePair {
+			args = append(args, "--gossip="+gossip)
+		}
+		args = append(args, HARecommended...)
+		args = append(args, l.CoreArgs...)
+		return Part{Name: name, Kind: KindCore, Role: role, HTTP: httpAddr, GRPC: grpcAddr, Args: args}
+	}
+	parts = append(parts, core("core-a", "primary", a.CoreAHTTP, a.CoreAGRPC, a.CoreAGossip))
+	coreTarget := a.CoreAGRPC
+	if l.Stage >= StagePair {
+		parts = append(parts, core("core-b", "backup", a.CoreBHTTP, a.CoreBGRPC, a.CoreBGossip))
+		coreTarget = a.CoreAGRPC + "," + a.CoreBGRPC
+	}
+	if l.Stage == StagePair {
+		parts = append(parts, Part{Name: "witness", Kind: KindWitness, HTTP: a.WitnessHTTP, GRPC: a.WitnessGossip, Args: []string{
+			logf, "--http=" + a.WitnessHTTP, "--gossip=" + a.WitnessGossip, "--join=" + a.CoreAGossip + "," + a.CoreBGossip,
+		}})
+	}
+	webapiCore, interactionCore := coreTarget, coreTarget
+	if l.Stage >= StageMesh {
+		parts = append(parts, Part{Name: "xds", Kind: KindXDS, HTTP: a.XDSHTTP, GRPC: a.XDSGRPC, Args: []string{
+			logf, "--http=" + a.XDSHTTP, "--grpc=" + a.XDSGRPC, "--gossip=" + a.XDSGossip,
+			"--join=" + a.CoreAGossip + "," + a.CoreBGossip, "--admin-token=" + l.AdminToken,
+		}})
+		sidecar := func(name, admin, listen string) Part {
+			return Part{Name: name, Kind: KindProxy, HTTP: admin, GRPC: listen, Args: []string{
+				logf, "--name=" + name, "--http=" + admin, "--xds=" + a.XDSGRPC,
+			}}
+		}
+		parts = append(parts,
+			sidecar("sidecar-webapi", a.SidecarWebAPIAdmin, a.SidecarWebAPIListen),
+			sidecar("sidecar-interaction", a.SidecarInteractionAdmin, a.SidecarInteractionListen))
+		webapiCore, interactionCore = a.SidecarWebAPIListen, a.SidecarInteractionListen
+	}
+	parts = append(parts,
+		Part{Name: "webapi", Kind: KindWebAPI, HTTP: a.WebAPI, Args: []string{
+			logf, "--http=" + a.WebAPI, "--core=" + webapiCore, "--service=" + l.Service,
+		}},
+		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
+			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+		}},
+	)
+	return Plan{Parts: parts}
+}

@@ -1,0 +1,119 @@
+package demo
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestPlanValidate(t *testing.T) {
+	ok := Part{Name: "core-a", Kind: KindCore, HTTP: "127.0.0.1:7102", GRPC: "127.0.0.1:7101"}
+	tests := []struct {
+		name  string
+		parts []Part
+		want  string // substring of the error; "" means valid
+	}{
+		{"valid", []Part{ok}, ""},
+		{"empty", nil, "no parts"},
+		{"no name", []Part{{Kind: KindCore}}, "no name"},
+		{"duplicate", []Part{ok, ok}, "twice"},
+		{"unknown kind", []Part{{Name: "x", Kind: "mainframe"}}, "unknown kind"},
+		{"bad address", []Part{{Name: "x", Kind: KindUCS, HTTP: "7080"}}, "address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Plan{Parts: tt.parts}.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrBadPlan) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want ErrBadPlan with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPlanWithCopies(t *testing.T) {
+	p := Plan{Parts: []Part{{Name: "a", Kind: KindCore, Args: []string{"--x=1"}}, {Name: "b", Kind: KindUCS}}}
+	q := p.With("a", "--y=2").WithKind(KindUCS, "--z=3")
+	if got := q.Parts[0].Args; !slices.Equal(got, []string{"--x=1", "--y=2"}) {
+		t.Fatalf("With: %v", got)
+	}
+	if got := q.Parts[1].Args; !slices.Equal(got, []string{"--z=3"}) {
+		t.Fatalf("WithKind: %v", got)
+	}
+	if got := p.Parts[0].Args; !slices.Equal(got, []string{"--x=1"}) {
+		t.Fatalf("With changed the original: %v", got)
+	}
+	if r := q.Without("a"); len(r.Parts) != 1 || r.Parts[0].Name != "b" {
+		t.Fatalf("Without: %+v", r.Parts)
+	}
+	if c := q.Parts[0].Command(); c[0] != "core" || len(c) != 3 {
+		t.Fatalf("Command: %v", c)
+	}
+}
+
+func TestStandardPlanStages(t *testing.T) {
+	tests := []struct {
+		stage Stage
+		names []string
+	}{
+		{StageSingle, []string{"ucs", "core-a", "webapi", "interaction"}},
+		{StagePair, []string{"ucs", "core-a", "core-b", "witness", "webapi", "interaction"}},
+		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}},
+	}
+	for _, tt := range tests {
+		plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: tt.stage})
+		var names []string
+		for _, p := range plan.Parts {
+			names = append(names, p.Name)
+		}
+		if !slices.Equal(names, tt.names) {
+			t.Errorf("stage %d: parts %v, want %v", tt.stage, names, tt.names)
+		}
+		if err := plan.Validate(); err != nil {
+			t.Errorf("stage %d: %v", tt.stage, err)
+		}
+		a, _ := plan.Part("core-a")
+		for _, opt := range HARecommended {
+			if !slices.Contains(a.Args, opt) {
+				t.Errorf("stage %d: core-a lacks %s: %v", tt.stage, opt, a.Args)
+			}
+		}
+		if a.Role != "primary" || a.HTTP != "127.0.0.1:7102" || a.GRPC != "127.0.0.1:7101" {
+			t.Errorf("stage %d: core-a %+v", tt.stage, a)
+		}
+	}
+	mesh := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: StageMesh})
+	w, _ := mesh.Part("webapi")
+	if !slices.Contains(w.Args, "--core=127.0.0.1:7301") {
+		t.Errorf("mesh webapi should reach the core through its sidecar: %v", w.Args)
+	}
+}
+
+func TestFreeAddrsDistinctLoopback(t *testing.T) {
+	a, err := FreeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := StandardPlan(Layout{Addrs: a, Stage: StageMesh})
+	seen := map[string]string{}
+	for _, p := range plan.Parts {
+		for _, addr := range []string{p.HTTP, p.GRPC} {
+			if addr == "" {
+				continue
+			}
+			if !strings.HasPrefix(addr, "127.0.0.1:") {
+				t.Fatalf("%s: %s not loopback", p.Name, addr)
+			}
+			if other, dup := seen[addr]; dup {
+				t.Fatalf("%s and %s share %s", p.Name, other, addr)
+			}
+			seen[addr] = p.Name
+		}
+	}
+}

@@ -1,0 +1,69 @@
+package demo
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// State is the content of the state file (default .hachat/demo.json): who
+// runs where, so that a person or a script can find the primary's PID.
+type State struct {
+	// Supervisor is the PID of the hachat demo process itself.
+	Supervisor int `json:"supervisor"`
+	// Parts lists every part in plan order.
+	Parts []PartState `json:"parts"`
+}
+
+// Part returns the entry of the part called name.
+func (st State) Part(name string) (PartState, bool) {
+	for _, p := range st.Parts {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return PartState{}, false
+}
+
+// writeState replaces the state file atomically (temp file and rename).
+func (s *Supervisor) writeState() error {
+	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
+	defer s.stateMu.Unlock()
+	st := State{Supervisor: os.Getpid(), Parts: s.Status()}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json")
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write state: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), s.opts.StatePath); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// ReadState reads a state file written by a supervisor.
+func ReadState(path string) (State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return State{}, fmt.Errorf("read state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return State{}, fmt.Errorf("parse state %s: %w", path, err)
+	}
+	return st, nil
+}
