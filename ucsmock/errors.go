@@ -1,0 +1,93 @@
+package ucsmock
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors that callers branch on with errors.Is.
+var (
+	// ErrStaleEpoch means a save carried an epoch older than the service's
+	// newest; the writer is fenced and must step down. The error is a
+	// *StaleEpochError that carries the current epoch.
+	ErrStaleEpoch = errors.New("ucsmock: stale epoch")
+	// ErrEpochConflict means an epoch claim lost the compare-and-set; the
+	// error is an *EpochConflictError that carries the current epoch.
+	ErrEpochConflict = errors.New("ucsmock: epoch claim conflict")
+	// ErrUnavailable means UCS could not be reached or answered with a
+	// recoverable error (network error, HTTP 5xx, outage): retry later.
+	ErrUnavailable = errors.New("ucsmock: unavailable")
+	// ErrNonRecoverable means UCS refused the request with a non-recoverable
+	// error (HTTP 422): retrying will not help.
+	ErrNonRecoverable = errors.New("ucsmock: non-recoverable error")
+	// ErrNotFound means the chat is unknown.
+	ErrNotFound = errors.New("ucsmock: not found")
+	// ErrConflict means a save tried to change an event stored by the same
+	// or a newer epoch, or to move a chat to another service.
+	ErrConflict = errors.New("ucsmock: conflicting transcript")
+	// ErrInvalid means the request was malformed (HTTP 400, 413).
+	ErrInvalid = errors.New("ucsmock: invalid request")
+	// ErrForbidden means the admin API refused the token (or is disabled).
+	ErrForbidden = errors.New("ucsmock: admin access denied")
+)
+
+// StaleEpochError is the error of a save fenced by a newer epoch. It matches
+// ErrStaleEpoch.
+type StaleEpochError struct {
+	// Epoch is the service's current epoch.
+	Epoch uint64
+	// Holder holds the current epoch.
+	Holder string
+}
+
+// Error describes the fencing.
+func (e *StaleEpochError) Error() string {
+	return fmt.Sprintf("ucsmock: stale epoch: current epoch is %d (holder %q)", e.Epoch, e.Holder)
+}
+
+// Is reports whether target is ErrStaleEpoch.
+func (e *StaleEpochError) Is(target error) bool { return target == ErrStaleEpoch }
+
+// EpochConflictError is the error of a lost epoch claim. It matches
+// ErrEpochConflict.
+type EpochConflictError struct {
+	// Epoch is the service's current epoch.
+	Epoch uint64
+	// Holder holds the current epoch.
+	Holder string
+}
+
+// Error describes the lost claim.
+func (e *EpochConflictError) Error() string {
+	return fmt.Sprintf("ucsmock: epoch claim conflict: current epoch is %d (holder %q)", e.Epoch, e.Holder)
+}
+
+// Is reports whether target is ErrEpochConflict.
+func (e *EpochConflictError) Is(target error) bool { return target == ErrEpochConflict }
+
+// conflictError is a save that would change content it may not change.
+type conflictError struct {
+	reason string
+	index  uint64
+}
+
+func (e *conflictError) Error() string {
+	if e.index > 0 {
+		return fmt.Sprintf("ucsmock: conflicting transcript: %s at index %d", e.reason, e.index)
+	}
+	return "ucsmock: conflicting transcript: " + e.reason
+}
+
+func (e *conflictError) Is(target error) bool { return target == ErrConflict }
+
+// invalidError is a malformed request; its message is shown to the caller.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string { return "ucsmock: invalid request: " + e.msg }
+
+func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+
+func invalidf(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
+

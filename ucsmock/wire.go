@@ -1,0 +1,88 @@
+package ucsmock
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// saveBody is the JSON body of POST /ucs/v1/transcripts/{chatId}.
+type saveBody struct {
+	Service string            `json:"service"`
+	Epoch   uint64            `json:"epoch"`
+	Writer  string            `json:"writer"`
+	Events  []json.RawMessage `json:"events"`
+	Ended   bool              `json:"ended"`
+}
+
+// transcriptBody is the JSON answer of GET /ucs/v1/transcripts/{chatId}.
+type transcriptBody struct {
+	ChatID  string            `json:"chatId"`
+	Service string            `json:"service"`
+	Ended   bool              `json:"ended"`
+	Writer  string            `json:"writer"`
+	Epoch   uint64            `json:"epoch"`
+	Events  []json.RawMessage `json:"events"`
+}
+
+// claimBody is the JSON body of POST /ucs/v1/epochs/{service}/claim.
+type claimBody struct {
+	Expect uint64 `json:"expect"`
+	Epoch  uint64 `json:"epoch"`
+	Holder string `json:"holder"`
+}
+
+// errorBody is the JSON answer of every failed request. Code is what
+// clients branch on.
+type errorBody struct {
+	Error       string `json:"error"`
+	Code        string `json:"code"`
+	Recoverable bool   `json:"recoverable"`
+	Epoch       uint64 `json:"epoch,omitempty"`
+	Holder      string `json:"holder,omitempty"`
+}
+
+// Error codes of errorBody.
+const (
+	codeInvalid        = "invalid"
+	codeTooLarge       = "too_large"
+	codeNotFound       = "not_found"
+	codeStaleEpoch     = "stale_epoch"
+	codeEpochConflict  = "epoch_conflict"
+	codeConflict       = "conflict"
+	codeUnavailable    = "unavailable"
+	codeOutage         = "outage"
+	codeNonRecoverable = "non_recoverable"
+	codeForbidden      = "forbidden"
+	codeUnauthorized   = "unauthorized"
+	codeInternal       = "internal"
+)
+
+// marshalEvents encodes events as protojson objects.
+func marshalEvents(events []*chatpb.Event) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, len(events))
+	for i, ev := range events {
+		b, err := protojson.Marshal(ev)
+		if err != nil {
+			return nil, fmt.Errorf("encode event %d: %w", i, err)
+		}
+		out[i] = b
+	}
+	return out, nil
+}
+
+// unmarshalEvents decodes protojson objects; unknown fields are an error.
+func unmarshalEvents(raw []json.RawMessage) ([]*chatpb.Event, error) {
+	out := make([]*chatpb.Event, len(raw))
+	for i, r := range raw {
+		ev := &chatpb.Event{}
+		if err := protojson.Unmarshal(r, ev); err != nil {
+			return nil, invalidf("event %d: %v", i, err)
+		}
+		out[i] = ev
+	}
+	return out, nil
+}
