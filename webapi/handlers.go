@@ -1,0 +1,323 @@
+package webapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// writeJSON writes a response body with the given HTTP status.
+func writeJSON(w http.ResponseWriter, code int, resp *response) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// writeError answers err per classify.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	f := classify(err)
+	if f.Code == codeInternal {
+		s.log.Error("request failed", "route", r.Pattern, "chat", r.PathValue("chatId"), "err", err)
+	} else {
+		s.log.Debug("request refused", "route", r.Pattern, "chat", r.PathValue("chatId"), "code", f.Code, "err", err)
+	}
+	if f.HTTP == http.StatusServiceUnavailable || f.HTTP == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, f.HTTP, &response{
+		StatusCode: f.Status,
+		ChatEnded:  f.ChatEnded,
+		Errors:     []apiError{{Code: f.Code, Advice: f.Advice}},
+	})
+}
+
+// handleNoRoute answers API paths that match no route.
+func (s *Server) handleNoRoute(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusNotFound, &response{
+		StatusCode: statusUnrecovered,
+		Errors: []apiError{{Code: codeNotFoundRoute, Advice: r.Method + " " + r.URL.Path +
+			" is not an API route: POST /genesys/2/chat/{service}[/{chatId}/send|refresh|startTyping|stopTyping|customNotice|pushUrl|disconnect], GET .../{chatId}/events"}},
+	})
+}
+
+// call runs fn with the core-timeout, retrying while the core answers
+// UNAVAILABLE and the retry budget lasts. Every retry of a send carries the
+// same client message id, so the core applies it at most once.
+func (s *Server) call(ctx context.Context, method string, fn func(ctx context.Context) error) error {
+	deadline := time.Now().Add(s.cfg.RetryBudget)
+	backoff := 20 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.CoreTimeout)
+		err := fn(cctx)
+		cancel()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return err
+		}
+		s.metrics.coreRetries.WithLabelValues(method).Inc()
+		s.log.Debug("core unavailable, retrying", "method", method, "backoff", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-s.stopping:
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 400*time.Millisecond)
+	}
+}
+
+// parseChat decodes and authenticates-checks a per-chat request.
+func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (chatRequest, *chatpb.Auth, bool) {
+	req, err := parseRequest(w, r, s.cfg.MaxBody)
+	if err == nil {
+		err = req.validateAuth()
+	}
+	chatID := r.PathValue("chatId")
+	if err == nil && !validChatID(chatID) {
+		err = errInvalidChatID
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return req, nil, false
+	}
+	return req, &chatpb.Auth{SessionId: chatID, ParticipantId: req.UserID, SecureKey: req.SecureKey}, true
+}
+
+// errInvalidChatID reports a bad chatId path segment.
+var errInvalidChatID = status.Error(codes.NotFound, "bad chat id")
+
+// transcript fills resp with the messages from position pos on. A failure is
+// logged and leaves resp without messages: the call it follows succeeded.
+func (s *Server) transcript(ctx context.Context, auth *chatpb.Auth, pos uint64, resp *response) error {
+	if pos == 0 {
+		pos = 1
+	}
+	var er *chatpb.EventsResponse
+	err := s.call(ctx, "Events", func(ctx context.Context) error {
+		var err error
+		er, err = s.core.Events(ctx, &chatpb.EventsRequest{Auth: auth, FromIndex: pos})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	resp.Messages = toMessages(er.GetEvents())
+	resp.NextPosition = er.GetNextIndex()
+	resp.ChatEnded = resp.ChatEnded || er.GetEnded()
+	return nil
+}
+
+// handleStart starts a chat: POST /genesys/2/chat/{service}.
+func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
+	req, err := parseRequest(w, r, s.cfg.MaxBody)
+	if err == nil {
+		err = req.validateStart()
+	}
+	service := r.PathValue("service")
+	if err == nil {
+		err = checkLen("service", service, maxNameLen)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var jr *chatpb.JoinResponse
+	err = s.call(r.Context(), "StartSession", func(ctx context.Context) error {
+		var err error
+		jr, err = s.core.StartSession(ctx, &chatpb.StartSessionRequest{
+			Service:      service,
+			Nickname:     req.Nickname,
+			FirstName:    req.FirstName,
+			LastName:     req.LastName,
+			Subject:      req.Subject,
+			EmailAddress: req.EmailAddress,
+			UserData:     req.UserData,
+		})
+		return err
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	auth := jr.GetAuth()
+	resp := &response{
+		StatusCode:   statusOK,
+		ChatID:       auth.GetSessionId(),
+		UserID:       auth.GetParticipantId(),
+		SecureKey:    auth.GetSecureKey(),
+		Alias:        jr.GetAlias(),
+		NextPosition: jr.GetNextIndex(),
+	}
+	if err := s.transcript(r.Context(), auth, 1, resp); err != nil {
+		s.log.Warn("chat started but its transcript could not be read", "chat", auth.GetSessionId(), "err", err)
+	}
+	s.log.Info("chat started", "chat", auth.GetSessionId(), "service", service, "user", auth.GetParticipantId(), "alias", jr.GetAlias())
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// newClientMessageID makes an idempotency key for a send that came without
+// one, so that webapi's own retries are applied at most once.
+func newClientMessageID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "webapi-" + hex.EncodeToString(b[:])
+}
+
+// send appends one event from the customer and answers with the index it
+// got and, when transcriptPosition was given, the messages since then.
+func (s *Server) send(w http.ResponseWriter, r *http.Request, req chatRequest, auth *chatpb.Auth, sr *chatpb.SendRequest) {
+	sr.Auth = auth
+	if sr.ClientMessageId == "" {
+		sr.ClientMessageId = newClientMessageID()
+	}
+	kind := eventTypes[sr.Kind]
+	start := time.Now()
+	var out *chatpb.SendResponse
+	err := s.call(r.Context(), "Send", func(ctx context.Context) error {
+		var err error
+		out, err = s.core.Send(ctx, sr)
+		return err
+	})
+	outcome := "ok"
+	if err != nil {
+		outcome = codeName(err)
+	}
+	s.metrics.sendLatency.WithLabelValues(kind, outcome).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	resp := &response{StatusCode: statusOK, Index: out.GetIndex(), Duplicate: out.GetDuplicate()}
+	if req.HasPosition {
+		if err := s.transcript(r.Context(), auth, req.TranscriptPosition, resp); err != nil {
+			s.log.Warn("send applied but the transcript could not be read", "chat", auth.GetSessionId(), "err", err)
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// codeName is a short label for an error's outcome.
+func codeName(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Code().String()
+	}
+	return "error"
+}
+
+// handleSend sends a message: POST .../{chatId}/send.
+func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
+	req, auth, ok := s.parseChat(w, r)
+	if !ok {
+		return
+	}
+	if req.Message == "" {
+		s.writeError(w, r, errorf("message is required"))
+		return
+	}
+	s.send(w, r, req, auth, &chatpb.SendRequest{
+		Kind:            chatpb.EventKind_EVENT_KIND_MESSAGE,
+		Text:            req.Message,
+		ClientMessageId: req.ClientMessageID,
+	})
+}
+
+// handleTyping reports typing started or stopped: POST .../startTyping and
+// .../stopTyping.
+func (s *Server) handleTyping(started bool) http.HandlerFunc {
+	kind := chatpb.EventKind_EVENT_KIND_TYPING_STOPPED
+	if started {
+		kind = chatpb.EventKind_EVENT_KIND_TYPING_STARTED
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		req, auth, ok := s.parseChat(w, r)
+		if !ok {
+			return
+		}
+		s.send(w, r, req, auth, &chatpb.SendRequest{Kind: kind, Text: req.Message, ClientMessageId: req.ClientMessageID})
+	}
+}
+
+// handleCustomNotice sends a custom notice: POST .../customNotice.
+func (s *Server) handleCustomNotice(w http.ResponseWriter, r *http.Request) {
+	req, auth, ok := s.parseChat(w, r)
+	if !ok {
+		return
+	}
+	var attrs map[string]string
+	if req.NoticeType != "" {
+		attrs = map[string]string{"noticeType": req.NoticeType}
+	}
+	s.send(w, r, req, auth, &chatpb.SendRequest{
+		Kind:            chatpb.EventKind_EVENT_KIND_NOTICE,
+		Text:            req.Message,
+		ClientMessageId: req.ClientMessageID,
+		Attrs:           attrs,
+	})
+}
+
+// handlePushURL pushes a URL to the other participants: POST .../pushUrl.
+func (s *Server) handlePushURL(w http.ResponseWriter, r *http.Request) {
+	req, auth, ok := s.parseChat(w, r)
+	if !ok {
+		return
+	}
+	if err := validatePushURL(req.PushURL); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.send(w, r, req, auth, &chatpb.SendRequest{
+		Kind:            chatpb.EventKind_EVENT_KIND_PUSH_URL,
+		Text:            req.PushURL,
+		ClientMessageId: req.ClientMessageID,
+	})
+}
+
+// handleRefresh returns the transcript from transcriptPosition (default 1):
+// POST .../refresh.
+func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
+	req, auth, ok := s.parseChat(w, r)
+	if !ok {
+		return
+	}
+	resp := &response{StatusCode: statusOK}
+	if err := s.transcript(r.Context(), auth, req.TranscriptPosition, resp); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// handleDisconnect makes the customer leave the chat: POST .../disconnect.
+// Leaving a chat that has already ended succeeds.
+func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
+	_, auth, ok := s.parseChat(w, r)
+	if !ok {
+		return
+	}
+	err := s.call(r.Context(), "Leave", func(ctx context.Context) error {
+		_, err := s.core.Leave(ctx, &chatpb.LeaveRequest{Auth: auth})
+		return err
+	})
+	if err != nil && status.Code(err) != codes.FailedPrecondition {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("customer left the chat", "chat", auth.GetSessionId(), "user", auth.GetParticipantId())
+	writeJSON(w, http.StatusOK, &response{StatusCode: statusOK, ChatEnded: true})
+}

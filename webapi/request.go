@@ -1,0 +1,374 @@
+package webapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits on request fields that webapi checks itself. The message text limit
+// is the core's (it answers InvalidArgument), so that one number rules it.
+const (
+	maxNameLen     = 128  // nickname, firstName, lastName, alias
+	maxSubjectLen  = 1024 // subject
+	maxEmailLen    = 320  // emailAddress (RFC 5321 path limit)
+	maxIDLen       = 256  // chatId, userId, secureKey, clientMessageId, noticeType
+	maxURLLen      = 2048 // pushUrl
+	maxUserData    = 64   // userData entries
+	maxUserDataKey = 128
+	maxUserDataVal = 4096
+)
+
+var (
+	// errMalformed reports a body that cannot be decoded at all.
+	errMalformed = errors.New("malformed request")
+	// errTooLarge reports a body over max-body.
+	errTooLarge = errors.New("request body too large")
+	// errInvalid reports a field that is missing or has a bad value.
+	errInvalid = errors.New("invalid parameter")
+)
+
+// chatRequest is the decoded body of any customer API call: the union of the
+// parameters of every route. Each handler validates the ones it needs.
+type chatRequest struct {
+	Nickname     string
+	FirstName    string
+	LastName     string
+	Subject      string
+	EmailAddress string
+	UserData     map[string]string
+
+	UserID          string
+	SecureKey       string
+	Alias           string
+	Message         string
+	ClientMessageID string
+	NoticeType      string
+	PushURL         string
+
+	// TranscriptPosition is set when HasPosition is true.
+	TranscriptPosition uint64
+	HasPosition        bool
+}
+
+// fieldSetters maps the API's parameter names to the request fields that hold
+// them (userData[...] and transcriptPosition are handled apart).
+func (c *chatRequest) field(name string) *string {
+	switch name {
+	case "nickname":
+		return &c.Nickname
+	case "firstName":
+		return &c.FirstName
+	case "lastName":
+		return &c.LastName
+	case "subject":
+		return &c.Subject
+	case "emailAddress":
+		return &c.EmailAddress
+	case "userId":
+		return &c.UserID
+	case "secureKey":
+		return &c.SecureKey
+	case "alias":
+		return &c.Alias
+	case "message":
+		return &c.Message
+	case "clientMessageId":
+		return &c.ClientMessageID
+	case "noticeType":
+		return &c.NoticeType
+	case "pushUrl":
+		return &c.PushURL
+	}
+	return nil
+}
+
+// set stores one parameter. Unknown names are ignored, as GMS does.
+func (c *chatRequest) set(name, value string) error {
+	if !utf8.ValidString(name) || !utf8.ValidString(value) {
+		return fmt.Errorf("%w: %q is not valid UTF-8", errInvalid, name)
+	}
+	if key, ok := userDataKey(name); ok {
+		if key == "" || len(key) > maxUserDataKey {
+			return fmt.Errorf("%w: userData key must be 1 to %d bytes", errInvalid, maxUserDataKey)
+		}
+		if len(value) > maxUserDataVal {
+			return fmt.Errorf("%w: userData[%s] is longer than %d bytes", errInvalid, key, maxUserDataVal)
+		}
+		if c.UserData == nil {
+			c.UserData = make(map[string]string)
+		}
+		if _, dup := c.UserData[key]; !dup && len(c.UserData) >= maxUserData {
+			return fmt.Errorf("%w: more than %d userData entries", errInvalid, maxUserData)
+		}
+		c.UserData[key] = value
+		return nil
+	}
+	if name == "transcriptPosition" {
+		if value == "" {
+			return nil
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: transcriptPosition must be a non-negative integer", errInvalid)
+		}
+		c.TranscriptPosition, c.HasPosition = n, true
+		return nil
+	}
+	if p := c.field(name); p != nil {
+		*p = value
+	}
+	return nil
+}
+
+// userDataKey recognises the form name userData[key].
+func userDataKey(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, "userData[")
+	if !ok || !strings.HasSuffix(rest, "]") {
+		return "", false
+	}
+	return rest[:len(rest)-1], true
+}
+
+// parseRequest reads the body of r (JSON when the content type says so,
+// otherwise form-encoded, multipart included) and the query string into a
+// chatRequest. The body is capped at maxBody bytes.
+func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRequest, error) {
+	var req chatRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return req, fmt.Errorf("%w: limit is %d bytes", errTooLarge, maxBody)
+		}
+		return req, fmt.Errorf("%w: read body: %v", errMalformed, err)
+	}
+	// Query parameters first, so that the body wins where both are given.
+	if err := decodeValues(&req, r.URL.Query()); err != nil {
+		return req, err
+	}
+	ct := r.Header.Get("Content-Type")
+	mt, params, _ := mime.ParseMediaType(ct)
+	switch {
+	case len(bytes.TrimSpace(body)) == 0:
+		return req, nil
+	case mt == "application/json" || strings.HasSuffix(mt, "+json"):
+		return req, decodeJSON(&req, body)
+	case mt == "multipart/form-data":
+		return req, decodeMultipart(&req, body, params["boundary"])
+	case mt == "" || mt == "application/x-www-form-urlencoded" || mt == "text/plain":
+		if mt == "" && body[0] == '{' {
+			// A JSON body sent without a content type.
+			return req, decodeJSON(&req, body)
+		}
+		return req, decodeForm(&req, body)
+	default:
+		return req, fmt.Errorf("%w: unsupported content type %q", errMalformed, mt)
+	}
+}
+
+// decodeForm decodes an application/x-www-form-urlencoded body.
+func decodeForm(req *chatRequest, body []byte) error {
+	vals, err := url.ParseQuery(string(body))
+	if err != nil {
+		return fmt.Errorf("%w: bad form encoding: %v", errMalformed, err)
+	}
+	return decodeValues(req, vals)
+}
+
+// decodeMultipart decodes a multipart/form-data body (files are rejected).
+func decodeMultipart(req *chatRequest, body []byte, boundary string) error {
+	if boundary == "" {
+		return fmt.Errorf("%w: multipart body without boundary", errMalformed)
+	}
+	r := &http.Request{Method: http.MethodPost, Header: http.Header{}, Body: io.NopCloser(bytes.NewReader(body))}
+	r.Header.Set("Content-Type", "multipart/form-data; boundary="+boundary)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	form, err := mr.ReadForm(int64(len(body)))
+	if err != nil {
+		return fmt.Errorf("%w: bad multipart body: %v", errMalformed, err)
+	}
+	defer form.RemoveAll()
+	if len(form.File) > 0 {
+		return fmt.Errorf("%w: file uploads are not accepted", errInvalid)
+	}
+	return decodeValues(req, form.Value)
+}
+
+// decodeValues applies form or query values; a repeated name takes its
+// first value.
+func decodeValues(req *chatRequest, vals url.Values) error {
+	for name, vs := range vals {
+		if len(vs) == 0 {
+			continue
+		}
+		if err := req.set(name, vs[0]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeJSON decodes a JSON object body. Values may be strings, numbers or
+// booleans (rendered as text); userData is an object of such values, and
+// "userData[key]" members are accepted too.
+func decodeJSON(req *chatRequest, body []byte) error {
+	var obj map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&obj); err != nil {
+		return fmt.Errorf("%w: body is not a JSON object: %v", errMalformed, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON object", errMalformed)
+	}
+	for name, raw := range obj {
+		if name == "userData" {
+			var ud map[string]json.RawMessage
+			if err := json.Unmarshal(raw, &ud); err != nil {
+				return fmt.Errorf("%w: userData must be an object", errInvalid)
+			}
+			for k, v := range ud {
+				s, err := jsonScalar(v)
+				if err != nil {
+					return fmt.Errorf("%w: userData[%s]: %v", errInvalid, k, err)
+				}
+				if err := req.set("userData["+k+"]", s); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if req.field(name) == nil && name != "transcriptPosition" {
+			if _, ok := userDataKey(name); !ok {
+				continue // unknown member: ignored
+			}
+		}
+		s, err := jsonScalar(raw)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", errInvalid, name, err)
+		}
+		if err := req.set(name, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// jsonScalar renders a JSON string, number, boolean or null as text.
+func jsonScalar(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", errors.New("empty value")
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", errors.New("bad string")
+		}
+		return s, nil
+	case 'n':
+		return "", nil
+	case 't', 'f':
+		var b bool
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return "", errors.New("bad boolean")
+		}
+		return strconv.FormatBool(b), nil
+	case '{', '[':
+		return "", errors.New("must be a string or a number")
+	default:
+		var n json.Number
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return "", errors.New("bad number")
+		}
+		return n.String(), nil
+	}
+}
+
+// checkLen reports a field longer than max bytes.
+func checkLen(name, v string, max int) error {
+	if len(v) > max {
+		return fmt.Errorf("%w: %s is longer than %d bytes", errInvalid, name, max)
+	}
+	return nil
+}
+
+// validateStart checks the parameters of a chat request and fills the
+// nickname from firstName and lastName when it is missing.
+func (c *chatRequest) validateStart() error {
+	if strings.TrimSpace(c.Nickname) == "" {
+		c.Nickname = strings.TrimSpace(c.FirstName + " " + c.LastName)
+	}
+	if strings.TrimSpace(c.Nickname) == "" {
+		return fmt.Errorf("%w: nickname is required", errInvalid)
+	}
+	for _, f := range []struct {
+		name, v string
+		max     int
+	}{
+		{"nickname", c.Nickname, maxNameLen},
+		{"firstName", c.FirstName, maxNameLen},
+		{"lastName", c.LastName, maxNameLen},
+		{"subject", c.Subject, maxSubjectLen},
+		{"emailAddress", c.EmailAddress, maxEmailLen},
+	} {
+		if err := checkLen(f.name, f.v, f.max); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateAuth checks the identity parameters every chat call carries.
+func (c *chatRequest) validateAuth() error {
+	if c.UserID == "" {
+		return fmt.Errorf("%w: userId is required", errInvalid)
+	}
+	if c.SecureKey == "" {
+		return fmt.Errorf("%w: secureKey is required", errInvalid)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"userId", c.UserID}, {"secureKey", c.SecureKey}, {"clientMessageId", c.ClientMessageID}, {"noticeType", c.NoticeType},
+	} {
+		if err := checkLen(f.name, f.v, maxIDLen); err != nil {
+			return err
+		}
+	}
+	return checkLen("alias", c.Alias, maxNameLen)
+}
+
+// validChatID reports whether a chatId path segment is acceptable.
+func validChatID(id string) bool {
+	return id != "" && len(id) <= maxIDLen && utf8.ValidString(id)
+}
+
+// validatePushURL checks that pushUrl is an absolute http or https URL.
+func validatePushURL(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: pushUrl is required", errInvalid)
+	}
+	if err := checkLen("pushUrl", s, maxURLLen); err != nil {
+		return err
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%w: pushUrl must be an absolute http or https URL", errInvalid)
+	}
+	return nil
+}
+
+// errorf makes an errInvalid with a reason.
+func errorf(reason string) error { return fmt.Errorf("%w: %s", errInvalid, reason) }

@@ -1,0 +1,255 @@
+// Package webapi is the Web API Server: the customer chat API shaped like the
+// Genesys GMS Chat API v2 (POST /genesys/2/chat/{service} and the per-chat
+// calls under it), a Server-Sent Events push channel that survives chat core
+// failovers, and the Chat HA web sample page at /.
+//
+// webapi holds no chat state. Every call goes to the chat core through a
+// chatpb.ChatClient (normally package chatclient, dialled through the local
+// sidecar), so a webapi process can be restarted at will: the browser keeps
+// its chatId, userId and secureKey and resumes its push channel from the last
+// transcript position.
+package webapi
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/grpc"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
+)
+
+//go:embed static
+var staticFS embed.FS
+
+// Server is the Web API Server. It is safe for concurrent use.
+type Server struct {
+	cfg     Config
+	core    chatpb.ChatClient
+	tel     *telemetry.Telemetry
+	log     *slog.Logger
+	metrics *metrics
+	page    *template.Template
+	handler http.Handler
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed when Run begins shutting down: ends push channels
+}
+
+// New builds a Server that reaches the chat core through core. It registers
+// its metrics on tel.Registry, so build one Server per registry.
+func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server, error) {
+	if core == nil {
+		return nil, errors.New("webapi: nil chat client")
+	}
+	if tel == nil {
+		return nil, errors.New("webapi: nil telemetry")
+	}
+	if cfg.MaxBody <= 0 {
+		return nil, fmt.Errorf("webapi: max-body must be positive, got %d", cfg.MaxBody)
+	}
+	if cfg.SSEHeartbeat <= 0 {
+		return nil, fmt.Errorf("webapi: sse-heartbeat must be positive, got %s", cfg.SSEHeartbeat)
+	}
+	if cfg.CoreTimeout <= 0 {
+		return nil, fmt.Errorf("webapi: core-timeout must be positive, got %s", cfg.CoreTimeout)
+	}
+	if cfg.RetryBudget < 0 {
+		return nil, fmt.Errorf("webapi: retry-budget must not be negative, got %s", cfg.RetryBudget)
+	}
+	if cfg.Service == "" {
+		cfg.Service = DefaultConfig().Service
+	}
+	m, err := newMetrics(tel.Registry)
+	if err != nil {
+		return nil, err
+	}
+	page, err := template.ParseFS(staticFS, "static/index.html")
+	if err != nil {
+		return nil, fmt.Errorf("webapi: parse page: %w", err)
+	}
+	s := &Server{
+		cfg:      cfg,
+		core:     core,
+		tel:      tel,
+		log:      tel.Logger.With("component", "webapi"),
+		metrics:  m,
+		page:     page,
+		stopping: make(chan struct{}),
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+// DialOptions returns the gRPC dial options webapi's core connection needs:
+// the otelgrpc client stats handler built from tel, so that each call carries
+// the trace context of the HTTP request that caused it (webapi → chatcore).
+// The caller adds transport credentials and any resolver options.
+func DialOptions(tel *telemetry.Telemetry) []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tel.Tracer),
+			otelgrpc.WithPropagators(tel.Propagator),
+		)),
+	}
+}
+
+// Handler returns the HTTP handler with every route: the customer API under
+// /genesys/2/chat/, the web sample at /, /metrics and /healthz.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run listens on cfg.HTTP and serves until ctx is cancelled, then shuts down:
+// push channels end (browsers reconnect elsewhere with Last-Event-ID) and
+// in-flight calls get a few seconds to finish.
+func (s *Server) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.HTTP)
+	if err != nil {
+		return fmt.Errorf("webapi: listen %s: %w", s.cfg.HTTP, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is Run on a listener the caller made; it closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	s.log.Info("web api server listening", "http", ln.Addr().String(), "service", s.cfg.Service)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("webapi: serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.stopOnce.Do(func() { close(s.stopping) })
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-errc
+	if err != nil {
+		return fmt.Errorf("webapi: shutdown: %w", err)
+	}
+	s.log.Info("web api server stopped")
+	return nil
+}
+
+// routes builds the mux; every route is traced, counted and logged under its
+// pattern.
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	const base = "/genesys/2/chat/{service}"
+	handle := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.instrument(pattern, h)) }
+	handle("POST "+base, s.handleStart)
+	handle("POST "+base+"/{chatId}/send", s.handleSend)
+	handle("POST "+base+"/{chatId}/refresh", s.handleRefresh)
+	handle("POST "+base+"/{chatId}/startTyping", s.handleTyping(true))
+	handle("POST "+base+"/{chatId}/stopTyping", s.handleTyping(false))
+	handle("POST "+base+"/{chatId}/customNotice", s.handleCustomNotice)
+	handle("POST "+base+"/{chatId}/pushUrl", s.handlePushURL)
+	handle("POST "+base+"/{chatId}/disconnect", s.handleDisconnect)
+	handle("GET "+base+"/{chatId}/events", s.handleEvents)
+	handle("/genesys/", s.handleNoRoute)
+	handle("GET /{$}", s.handlePage)
+	sub, _ := fs.Sub(staticFS, "static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(sub)))
+	mux.Handle("GET /metrics", s.tel.MetricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// handlePage serves the Chat HA web sample.
+func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-cache")
+	if err := s.page.Execute(w, struct{ Service string }{s.cfg.Service}); err != nil {
+		s.log.Warn("render page", "err", err)
+	}
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and deadlines.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// instrument wraps a route handler with a server span (otelhttp, from tel),
+// request metrics and a request log line.
+func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		h(rec, r)
+		if rec.status == 0 {
+			rec.status = http.StatusOK
+		}
+		d := time.Since(start)
+		code := fmt.Sprint(rec.status)
+		s.metrics.requests.WithLabelValues(route, code).Inc()
+		level := slog.LevelInfo
+		switch {
+		case rec.status >= 500:
+			level = slog.LevelWarn
+		case isChatty(route) && rec.status < 400:
+			level = slog.LevelDebug
+		}
+		if !isStream(route) {
+			s.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
+		}
+		s.log.Log(r.Context(), level, "http request", "method", r.Method, "route", route,
+			"path", r.URL.Path, "status", rec.status, "duration", d, "chat", r.PathValue("chatId"))
+	})
+	return otelhttp.NewHandler(inner, route,
+		otelhttp.WithTracerProvider(s.tel.Tracer),
+		otelhttp.WithPropagators(s.tel.Propagator),
+	)
+}
+
+// isChatty reports routes that a page calls often (logged at debug).
+func isChatty(route string) bool {
+	return hasSuffix(route, "/refresh") || hasSuffix(route, "Typing")
+}
+
+// isStream reports the push channel route, whose duration is its lifetime.
+func isStream(route string) bool { return hasSuffix(route, "/events") }
+
+func hasSuffix(s, suffix string) bool {
+	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
+}

@@ -1,0 +1,355 @@
+package webapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// SSE event names of the push channel besides the transcript messages, which
+// are sent as unnamed events (the browser's "message" event) with id = index.
+const (
+	sseReconnecting = "reconnecting" // the core subscription broke; resuming
+	sseReconnected  = "reconnected"  // resumed from the last index
+	sseHeartbeat    = "heartbeat"    // the channel is alive
+	sseEnded        = "ended"        // the chat has ended; the stream closes
+	sseChatError    = "chat-error"   // unrecoverable (403/404 after start); the stream closes
+)
+
+// sseWriter writes Server-Sent Events and flushes each one.
+type sseWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+// event writes one event; an empty name is the default "message" event and
+// id 0 leaves the browser's last event id unchanged.
+func (s *sseWriter) event(name string, id uint64, data any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("encode sse data: %w", err)
+	}
+	var sb strings.Builder
+	if id > 0 {
+		sb.WriteString("id: ")
+		sb.WriteString(strconv.FormatUint(id, 10))
+		sb.WriteByte('\n')
+	}
+	if name != "" {
+		sb.WriteString("event: ")
+		sb.WriteString(name)
+		sb.WriteByte('\n')
+	}
+	sb.WriteString("data: ")
+	sb.Write(b)
+	sb.WriteString("\n\n")
+	return s.raw(sb.String())
+}
+
+// raw writes text as is and flushes.
+func (s *sseWriter) raw(text string) error {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(s.w, text); err != nil {
+		return fmt.Errorf("write sse: %w", err)
+	}
+	if err := s.rc.Flush(); err != nil {
+		return fmt.Errorf("flush sse: %w", err)
+	}
+	return nil
+}
+
+// notice is the data of the push channel's own events.
+type notice struct {
+	Text         string     `json:"text,omitempty"`
+	NextPosition uint64     `json:"nextPosition,omitempty"`
+	UTCTime      int64      `json:"utcTime"`
+	Errors       []apiError `json:"errors,omitempty"`
+}
+
+// errStreamDone ends a push channel without error.
+var errStreamDone = errors.New("push channel done")
+
+// pushChannel is the state of one browser's push channel.
+type pushChannel struct {
+	s      *Server
+	sse    *sseWriter
+	auth   *chatpb.Auth
+	next   uint64 // index of the next event to write
+	events int
+}
+
+// handleEvents serves the push channel: GET .../{chatId}/events?userId=
+// &secureKey=&transcriptPosition=. It writes the transcript from the
+// position (or from the browser's Last-Event-ID + 1), then every new event as
+// it is committed. If the core subscription breaks (failover, restart), it
+// writes a "reconnecting" event, resumes from the last index and writes
+// "reconnected"; the HTTP stream itself stays open throughout.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	req, auth, ok := s.parseChat(w, r)
+	if !ok {
+		return
+	}
+	from := req.TranscriptPosition
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		n, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
+		if err != nil {
+			s.writeError(w, r, errorf("Last-Event-ID must be a transcript index"))
+			return
+		}
+		from = n + 1
+	}
+	if from == 0 {
+		from = 1
+	}
+	// The first read answers with a plain HTTP error when the chat is
+	// unknown or the key wrong, so the browser's EventSource stops there.
+	var first *chatpb.EventsResponse
+	err := s.call(r.Context(), "Events", func(ctx context.Context) error {
+		var err error
+		first, err = s.core.Events(ctx, &chatpb.EventsRequest{Auth: auth, FromIndex: from})
+		return err
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	s.metrics.sseClients.Inc()
+	defer s.metrics.sseClients.Dec()
+	pc := &pushChannel{s: s, sse: &sseWriter{w: w, rc: http.NewResponseController(w)}, auth: auth, next: from}
+	s.log.Info("push channel opened", "chat", auth.GetSessionId(), "user", auth.GetParticipantId(), "from", from)
+	err = pc.run(r.Context(), first)
+	if errors.Is(err, errStreamDone) || r.Context().Err() != nil {
+		err = nil
+	}
+	s.log.Info("push channel closed", "chat", auth.GetSessionId(), "user", auth.GetParticipantId(),
+		"events", pc.events, "next", pc.next, "err", err)
+}
+
+// run writes the first batch, then follows the core until the chat ends, the
+// browser goes away or the server stops.
+func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) error {
+	// Tell the browser how fast to reconnect if this stream drops.
+	if err := pc.sse.raw("retry: 1000\n\n"); err != nil {
+		return err
+	}
+	if err := pc.batch(first); err != nil {
+		return err
+	}
+	heartbeat := time.NewTicker(pc.s.cfg.SSEHeartbeat)
+	defer heartbeat.Stop()
+	reconnecting := false
+	backoff := 20 * time.Millisecond
+	for {
+		err := pc.follow(ctx, heartbeat.C, &reconnecting)
+		if errors.Is(err, errStreamDone) || ctx.Err() != nil {
+			return err
+		}
+		if fatal, done := pc.fatal(err); done {
+			return fatal
+		}
+		if !reconnecting {
+			reconnecting = true
+			pc.s.metrics.sseReconnects.WithLabelValues("reconnecting").Inc()
+			pc.s.log.Warn("core subscription broke, resuming", "chat", pc.auth.GetSessionId(), "next", pc.next, "err", err)
+			if err := pc.sse.event(sseReconnecting, 0, notice{
+				Text: "connection to the chat server lost; reconnecting", NextPosition: pc.next, UTCTime: time.Now().UnixMilli(),
+			}); err != nil {
+				return err
+			}
+		}
+		// Catch up with a unary read: it proves the core is back (a stream
+		// open does not) and fetches what was committed meanwhile.
+		if err := pc.wait(ctx, heartbeat.C, backoff); err != nil {
+			return err
+		}
+		backoff = min(backoff*2, time.Second)
+		cctx, cancel := context.WithTimeout(ctx, pc.s.cfg.CoreTimeout)
+		er, err := pc.s.core.Events(cctx, &chatpb.EventsRequest{Auth: pc.auth, FromIndex: pc.next})
+		cancel()
+		if err != nil {
+			if fatal, done := pc.fatal(err); done {
+				return fatal
+			}
+			continue
+		}
+		backoff = 20 * time.Millisecond
+		if err := pc.resumed(&reconnecting); err != nil {
+			return err
+		}
+		if err := pc.batch(er); err != nil {
+			return err
+		}
+	}
+}
+
+// resumed writes "reconnected" once a broken subscription is back.
+func (pc *pushChannel) resumed(reconnecting *bool) error {
+	if !*reconnecting {
+		return nil
+	}
+	*reconnecting = false
+	pc.s.metrics.sseReconnects.WithLabelValues("reconnected").Inc()
+	pc.s.log.Info("core subscription resumed", "chat", pc.auth.GetSessionId(), "next", pc.next)
+	return pc.sse.event(sseReconnected, 0, notice{
+		Text: "reconnected to the chat server", NextPosition: pc.next, UTCTime: time.Now().UnixMilli(),
+	})
+}
+
+// fatal decides whether a core error ends the push channel: an unknown
+// chat, a wrong key or a bad request end it with a chat-error event, an
+// ended chat with an ended event. Anything else is worth a reconnect.
+func (pc *pushChannel) fatal(err error) (error, bool) {
+	switch status.Code(err) {
+	case codes.NotFound, codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument:
+		f := classify(err)
+		if werr := pc.sse.event(sseChatError, 0, notice{UTCTime: time.Now().UnixMilli(), Errors: []apiError{{Code: f.Code, Advice: f.Advice}}}); werr != nil {
+			return werr, true
+		}
+		return fmt.Errorf("core refused the subscription: %w", err), true
+	case codes.FailedPrecondition:
+		return pc.end(), true
+	}
+	return nil, false
+}
+
+// end writes the "ended" event and finishes the channel.
+func (pc *pushChannel) end() error {
+	if err := pc.sse.event(sseEnded, 0, notice{Text: "the chat has ended", NextPosition: pc.next, UTCTime: time.Now().UnixMilli()}); err != nil {
+		return err
+	}
+	return errStreamDone
+}
+
+// wait sleeps for d while keeping the heartbeat going.
+func (pc *pushChannel) wait(ctx context.Context, heartbeat <-chan time.Time, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-pc.s.stopping:
+			return errStreamDone
+		case <-heartbeat:
+			if err := pc.heartbeat(); err != nil {
+				return err
+			}
+		case <-t.C:
+			return nil
+		}
+	}
+}
+
+// heartbeat writes a heartbeat event.
+func (pc *pushChannel) heartbeat() error {
+	return pc.sse.event(sseHeartbeat, 0, notice{NextPosition: pc.next, UTCTime: time.Now().UnixMilli()})
+}
+
+// batch writes a unary read's events; ended finishes the channel.
+func (pc *pushChannel) batch(er *chatpb.EventsResponse) error {
+	for _, ev := range er.GetEvents() {
+		if err := pc.write(ev); err != nil {
+			return err
+		}
+	}
+	if n := er.GetNextIndex(); n > pc.next {
+		pc.next = n
+	}
+	if er.GetEnded() {
+		return pc.end()
+	}
+	return nil
+}
+
+// write writes one event unless it was written already, and advances next.
+func (pc *pushChannel) write(ev *chatpb.Event) error {
+	if ev.GetIndex() < pc.next {
+		return nil // already written: a resumed stream may repeat
+	}
+	pc.next = ev.GetIndex() + 1
+	if m, ok := toMessage(ev); ok {
+		if err := pc.sse.event("", ev.GetIndex(), m); err != nil {
+			return err
+		}
+		pc.events++
+		pc.s.metrics.sseEvents.Inc()
+	}
+	if ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED {
+		return pc.end()
+	}
+	return nil
+}
+
+// follow subscribes from next and writes events until the stream breaks
+// (returned as the error), the chat ends or ctx is done.
+func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, reconnecting *bool) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := pc.s.core.Subscribe(sctx, &chatpb.SubscribeRequest{Auth: pc.auth, FromIndex: pc.next})
+	if err != nil {
+		return err
+	}
+	type recv struct {
+		ev  *chatpb.Event
+		err error
+	}
+	ch := make(chan recv)
+	done := make(chan struct{})
+	go func() { // owned by follow: ends when sctx is cancelled
+		defer close(done)
+		for {
+			ev, err := stream.Recv()
+			select {
+			case ch <- recv{ev, err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-pc.s.stopping:
+			return errStreamDone
+		case <-heartbeat:
+			if err := pc.heartbeat(); err != nil {
+				return err
+			}
+		case rv := <-ch:
+			if rv.err != nil {
+				if errors.Is(rv.err, io.EOF) {
+					return fmt.Errorf("core closed the subscription: %w", status.Error(codes.Unavailable, "stream ended"))
+				}
+				return rv.err
+			}
+			if err := pc.resumed(reconnecting); err != nil {
+				return err
+			}
+			if err := pc.write(rv.ev); err != nil {
+				return err
+			}
+		}
+	}
+}
