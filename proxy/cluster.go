@@ -1,0 +1,286 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sort"
+	"syscall"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/sony/gobreaker/v2"
+	"google.golang.org/grpc"
+)
+
+// hostState is the result of the sidecar's own active health checks.
+type hostState int
+
+const (
+	stateUnknown hostState = iota // not checked yet
+	stateUp                       // passed healthy_threshold checks
+	stateDown                     // failed unhealthy_threshold checks, or refused a connection
+)
+
+func (s hostState) String() string {
+	switch s {
+	case stateUp:
+		return "up"
+	case stateDown:
+		return "down"
+	default:
+		return "unknown"
+	}
+}
+
+// cluster is the upstream cluster the sidecar's listener serves.
+type cluster struct {
+	name       string
+	info       clusterInfo
+	hosts      map[string]*host // by address
+	chosen     *host            // where new connections go; nil when none
+	definitive bool             // chosen is a healthy primary (not a fallback)
+}
+
+func newCluster(ci clusterInfo) *cluster {
+	return &cluster{name: ci.name, info: ci, hosts: map[string]*host{}}
+}
+
+// host is one upstream endpoint with its own health state. Fields are
+// guarded by Proxy.mu except the breaker (safe on its own) and the checker's
+// private fields.
+type host struct {
+	addr    string
+	cluster *cluster
+	ep      endpointInfo // from EDS
+
+	state     hostState
+	role      string // from Status
+	epoch     uint64 // from Status
+	name      string // from Status
+	draining  bool
+	succ      int
+	fail      int
+	lastCheck time.Time
+	lastErr   string
+	removed   bool
+
+	breaker *gobreaker.CircuitBreaker[net.Conn]
+	conns   map[*conn]struct{}
+
+	cancel context.CancelFunc // stops the checker
+	kick   chan struct{}      // asks the checker for an immediate check
+	cc     *grpc.ClientConn   // health check connection; owned by the checker
+}
+
+func (p *Proxy) newHost(c *cluster, ep endpointInfo) *host {
+	h := &host{addr: ep.addr, cluster: c, ep: ep, conns: map[*conn]struct{}{}, kick: make(chan struct{}, 1)}
+	bs := gobreaker.Settings{
+		Name:        ep.addr,
+		MaxRequests: 1,
+		Timeout:     p.cfg.BreakerOpen,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= p.cfg.BreakerFailures },
+		// A connect cancelled because the client went away says nothing
+		// about the host.
+		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			// Called under the breaker's own lock: log and count only.
+			p.log.Warn("circuit breaker", "host", name, "from", from.String(), "to", to.String())
+			p.m.breakerState.WithLabelValues(name).Set(float64(breakerGauge(to)))
+		},
+	}
+	h.breaker = gobreaker.NewCircuitBreaker[net.Conn](bs)
+	p.m.breakerState.WithLabelValues(ep.addr).Set(0)
+	p.m.hostHealthy.WithLabelValues(c.name, ep.addr).Set(0)
+	return h
+}
+
+func breakerGauge(s gobreaker.State) int {
+	switch s {
+	case gobreaker.StateHalfOpen:
+		return 1
+	case gobreaker.StateOpen:
+		return 2
+	default:
+		return 0
+	}
+}
+
+// removeHostLocked stops a host's checker and closes its connections.
+func (p *Proxy) removeHostLocked(h *host, why string) {
+	if h.removed {
+		return
+	}
+	h.removed = true
+	delete(h.cluster.hosts, h.addr)
+	if h.cancel != nil {
+		h.cancel()
+	}
+	p.closeConnsLocked(h, why)
+	p.m.hostHealthy.DeleteLabelValues(h.cluster.name, h.addr)
+	p.m.breakerState.DeleteLabelValues(h.addr)
+	p.log.Info("upstream host removed", "cluster", h.cluster.name, "host", h.addr, "why", why)
+	if h.cluster.chosen == h {
+		h.cluster.chosen = nil
+	}
+}
+
+// rank orders hosts from most to least preferred for a new connection:
+//
+//  1. hosts the sidecar's own checks see as a (non-draining) primary, newest
+//     epoch first;
+//  2. other hosts not known to be down, by EDS health (healthy or unknown,
+//     then degraded, then the rest), then EDS priority, checked-up before
+//     unchecked;
+//  3. hosts known to be down, in the same order (a last resort for retries).
+//
+// Ties go to the lower priority number, then the address.
+func rank(hosts map[string]*host) []*host {
+	out := make([]*host, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if ca, cb := a.class(), b.class(); ca != cb {
+			return ca < cb
+		}
+		if a.class() == 0 && a.epoch != b.epoch {
+			return a.epoch > b.epoch
+		}
+		if ha, hb := edsHealthClass(a.ep.health), edsHealthClass(b.ep.health); ha != hb {
+			return ha < hb
+		}
+		if a.ep.priority != b.ep.priority {
+			return a.ep.priority < b.ep.priority
+		}
+		if (a.state == stateUp) != (b.state == stateUp) {
+			return a.state == stateUp
+		}
+		return a.addr < b.addr
+	})
+	return out
+}
+
+// class is the first ranking key of a host (see rank).
+func (h *host) class() int {
+	switch {
+	case h.state == stateUp && h.role == "primary" && !h.draining:
+		return 0
+	case h.state != stateDown:
+		return 1
+	default:
+		return 2
+	}
+}
+
+func edsHealthClass(s corev3.HealthStatus) int {
+	switch s {
+	case corev3.HealthStatus_HEALTHY, corev3.HealthStatus_UNKNOWN:
+		return 0
+	case corev3.HealthStatus_DEGRADED:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// recomputeLocked picks the chosen upstream and closes connections to hosts
+// that are down or superseded by a newer primary.
+func (p *Proxy) recomputeLocked(why string) {
+	c := p.cluster
+	if c == nil {
+		return
+	}
+	ranked := rank(c.hosts)
+	var chosen *host
+	definitive := false
+	if len(ranked) > 0 && ranked[0].class() < 2 {
+		chosen = ranked[0]
+		definitive = chosen.class() == 0
+	}
+	if chosen != c.chosen || definitive != c.definitive {
+		from, to := "", ""
+		if c.chosen != nil {
+			from = c.chosen.addr
+		}
+		if chosen != nil {
+			to = chosen.addr
+		}
+		if from != to {
+			if from != "" {
+				p.m.failovers.Inc()
+			}
+			attrs := []any{"cluster", c.name, "from", from, "to", to, "why", why, "definitive", definitive}
+			if chosen != nil {
+				attrs = append(attrs, "role", chosen.role, "epoch", chosen.epoch, "name", chosen.name)
+			}
+			if to == "" {
+				p.log.Warn("no upstream available", attrs...)
+			} else {
+				p.log.Info("upstream chosen", attrs...)
+			}
+		}
+		c.chosen, c.definitive = chosen, definitive
+	}
+	for _, h := range c.hosts {
+		if len(h.conns) == 0 {
+			continue
+		}
+		switch {
+		case h.state == stateDown:
+			p.closeConnsLocked(h, "host down")
+		case definitive && h != chosen:
+			p.closeConnsLocked(h, "superseded by primary "+chosen.addr)
+		}
+	}
+	p.notifyLocked()
+}
+
+// closeConnsLocked closes every client connection proxied to h.
+func (p *Proxy) closeConnsLocked(h *host, why string) {
+	if len(h.conns) == 0 {
+		return
+	}
+	p.log.Info("closing client connections to host", "host", h.addr, "connections", len(h.conns), "why", why)
+	for c := range h.conns {
+		c.abort()
+		delete(h.conns, c)
+		p.m.closedConns.Inc()
+	}
+}
+
+// hostFailed marks h down at once after a refused or reset connection and
+// asks every checker of the cluster for an immediate check.
+func (p *Proxy) hostFailed(h *host, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h.removed {
+		return
+	}
+	if h.state != stateDown {
+		p.log.Warn("upstream host refused or reset a connection: marking it down", "host", h.addr, "err", err)
+		h.state = stateDown
+		h.succ = 0
+		h.lastErr = err.Error()
+		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)
+		p.recomputeLocked("connection refused or reset by " + h.addr)
+	}
+	for _, o := range h.cluster.hosts {
+		o.poke()
+	}
+}
+
+// poke asks h's checker for an immediate check.
+func (h *host) poke() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// isRefusedOrReset reports whether err says the peer process is gone: a
+// refused connect or a reset connection.
+func isRefusedOrReset(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

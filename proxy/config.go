@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Config is the configuration of one sidecar. The yaml tags are the flag
+// names. The sidecar knows only the control plane: every upstream comes from
+// xDS (a --bootstrap-cache that would let a sidecar start without the control
+// plane is out of scope, see docs/proxy.md).
+type Config struct {
+	// NodeID is the xDS node id the sidecar announces (default "sidecar").
+	// The control plane may keep per-node snapshots keyed by it.
+	NodeID string `yaml:"node-id"`
+	// NodeCluster is the xDS node cluster (default "hachat-sidecar").
+	NodeCluster string `yaml:"node-cluster"`
+	// XDS is the control plane's ADS address (default 127.0.0.1:7200).
+	XDS string `yaml:"xds"`
+	// Listen is the address the data listener binds (default 127.0.0.1:7301).
+	// The address inside the LDS Listener is ignored: it is the control
+	// plane's view, the sidecar's own port is local configuration.
+	Listen string `yaml:"listen"`
+	// Listener is the name of the LDS Listener whose tcp_proxy filter names
+	// the upstream cluster (default "chatcore-sidecar"). Empty means: the one
+	// non-API listener with a tcp_proxy filter.
+	Listener string `yaml:"listener"`
+	// Admin is the admin HTTP address: /proxy/v1/clusters, /healthz,
+	// /metrics (default 127.0.0.1:7302). Empty disables it.
+	Admin string `yaml:"admin"`
+	// BreakerFailures is how many consecutive connect failures open a host's
+	// circuit breaker (default 3).
+	BreakerFailures uint32 `yaml:"breaker-failures"`
+	// BreakerOpen is how long an open breaker rejects connects before it lets
+	// one half-open probe through (default 1s).
+	BreakerOpen time.Duration `yaml:"breaker-open"`
+	// ConnectAttempts is how many upstream hosts a new connection tries, in
+	// order of preference, before it is closed (default 3).
+	ConnectAttempts int `yaml:"connect-attempts"`
+	// ADSBackoffMax caps the reconnect backoff to the control plane (default
+	// 2s; the first retry waits about 50ms, doubling, with jitter).
+	ADSBackoffMax time.Duration `yaml:"ads-backoff-max"`
+}
+
+// DefaultConfig returns the defaults documented on each Config field.
+func DefaultConfig() Config {
+	return Config{
+		NodeID:          "sidecar",
+		NodeCluster:     "hachat-sidecar",
+		XDS:             "127.0.0.1:7200",
+		Listen:          "127.0.0.1:7301",
+		Listener:        "chatcore-sidecar",
+		Admin:           "127.0.0.1:7302",
+		BreakerFailures: 3,
+		BreakerOpen:     time.Second,
+		ConnectAttempts: 3,
+		ADSBackoffMax:   2 * time.Second,
+	}
+}
+
+// RegisterFlags binds the config fields to flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "xDS node id of this sidecar")
+	fs.StringVar(&c.NodeCluster, "node-cluster", c.NodeCluster, "xDS node cluster of this sidecar")
+	fs.StringVar(&c.XDS, "xds", c.XDS, "control plane ADS address (host:port)")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "data listener address; clients connect here")
+	fs.StringVar(&c.Listener, "listener", c.Listener, "LDS listener whose tcp_proxy cluster this sidecar serves (empty: the only one)")
+	fs.StringVar(&c.Admin, "admin", c.Admin, "admin HTTP address (/proxy/v1/clusters, /healthz, /metrics); empty disables")
+	fs.Func("breaker-failures", "consecutive connect failures that open a host's breaker (default "+strconv.Itoa(int(c.BreakerFailures))+")", func(s string) error {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fmt.Errorf("bad breaker-failures %q: %w", s, err)
+		}
+		c.BreakerFailures = uint32(n)
+		return nil
+	})
+	fs.DurationVar(&c.BreakerOpen, "breaker-open", c.BreakerOpen, "how long an open breaker rejects connects before a half-open probe")
+	fs.IntVar(&c.ConnectAttempts, "connect-attempts", c.ConnectAttempts, "upstream hosts a new connection tries before giving up")
+	fs.DurationVar(&c.ADSBackoffMax, "ads-backoff-max", c.ADSBackoffMax, "cap of the reconnect backoff to the control plane")
+}
+
+// ErrConfig marks a configuration the sidecar cannot run with.
+var ErrConfig = errors.New("bad proxy config")
+
+// validate checks the fields every sidecar needs; static reports whether the
+// sidecar runs from static resources (no control plane).
+func (c Config) validate(static bool) error {
+	if !static {
+		if c.NodeID == "" {
+			return fmt.Errorf("%w: node-id is empty", ErrConfig)
+		}
+		if _, _, err := net.SplitHostPort(c.XDS); err != nil {
+			return fmt.Errorf("%w: xds %q: %v", ErrConfig, c.XDS, err)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("%w: listen %q: %v", ErrConfig, c.Listen, err)
+	}
+	if c.Admin != "" {
+		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+			return fmt.Errorf("%w: admin %q: %v", ErrConfig, c.Admin, err)
+		}
+	}
+	if c.BreakerFailures == 0 {
+		return fmt.Errorf("%w: breaker-failures must be at least 1", ErrConfig)
+	}
+	if c.BreakerOpen <= 0 {
+		return fmt.Errorf("%w: breaker-open must be positive", ErrConfig)
+	}
+	if c.ConnectAttempts < 1 {
+		return fmt.Errorf("%w: connect-attempts must be at least 1", ErrConfig)
+	}
+	if c.ADSBackoffMax <= 0 {
+		return fmt.Errorf("%w: ads-backoff-max must be positive", ErrConfig)
+	}
+	return nil
+}

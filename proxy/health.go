@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"context"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// minCheckGap spaces checks that immediate re-check requests trigger, so a
+// burst of refused connects costs one check, not hundreds.
+const minCheckGap = 5 * time.Millisecond
+
+// fastInterval is the check interval while the cluster has no healthy
+// primary (HAProxy calls it fastinter): a tenth of the interval, between
+// 10ms and 25ms, never more than the interval itself. It is what bounds the
+// time to see a backup's promotion after the primary died.
+func fastInterval(interval time.Duration) time.Duration {
+	f := min(max(interval/10, 10*time.Millisecond), 25*time.Millisecond)
+	return min(f, interval)
+}
+
+// startChecker starts h's active health check loop under the run context.
+// p.mu is held.
+func (p *Proxy) startChecker(h *host) {
+	ctx, cancel := context.WithCancel(p.runCtx)
+	h.cancel = cancel
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		p.checkLoop(ctx, h)
+	}()
+}
+
+// checkLoop checks h every interval (fast interval while the cluster has no
+// healthy primary) and at once when poked: chatpb Chat/Status over one
+// persistent gRPC connection, reading role and epoch. When that connection
+// drops (a killed process closes its sockets) the loop checks at once, so a
+// kill -9 is seen within milliseconds even without client traffic.
+func (p *Proxy) checkLoop(ctx context.Context, h *host) {
+	hc, _ := p.checkParams(h)
+	cc, err := grpc.NewClient(h.addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: max(hc.Interval, 100*time.Millisecond)},
+			MinConnectTimeout: hc.Timeout,
+		}))
+	if err != nil {
+		p.log.Error("health check client", "host", h.addr, "err", err)
+		return
+	}
+	defer cc.Close()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		watchConn(ctx, cc, h)
+	}()
+	client := chatpb.NewChatClient(cc)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-h.kick:
+			if gap := time.Since(last); gap < minCheckGap {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(minCheckGap - gap):
+				}
+			}
+		}
+		hc, fast := p.checkParams(h)
+		last = time.Now()
+		cctx, cancel := context.WithTimeout(ctx, hc.Timeout)
+		resp, err := client.Status(cctx, &chatpb.StatusRequest{})
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		p.report(h, resp, err)
+		iv := hc.Interval
+		if fast {
+			iv = fastInterval(iv)
+		}
+		// 10% jitter keeps the sidecars of a cluster from checking in step.
+		iv += time.Duration(rand.Int64N(int64(iv)/10 + 1))
+		timer.Reset(iv)
+	}
+}
+
+// watchConn pokes h's checker when the health check connection leaves READY.
+func watchConn(ctx context.Context, cc *grpc.ClientConn, h *host) {
+	state := cc.GetState()
+	for cc.WaitForStateChange(ctx, state) {
+		ns := cc.GetState()
+		if state == connectivity.Ready && ns != connectivity.Ready {
+			h.poke()
+		}
+		state = ns
+	}
+}
+
+// checkParams returns the cluster's health check settings and whether the
+// fast interval applies (no healthy primary chosen).
+func (p *Proxy) checkParams(h *host) (healthCheck, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return h.cluster.info.hc, !h.cluster.definitive
+}
+
+// report applies one check result to h.
+func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h.removed {
+		return
+	}
+	hc := h.cluster.info.hc
+	h.lastCheck = time.Now()
+	if err == nil {
+		p.m.checks.WithLabelValues("ok").Inc()
+		h.fail = 0
+		h.succ++
+		h.lastErr = ""
+		changed := h.role != resp.GetRole() || h.epoch != resp.GetEpoch() || h.draining != resp.GetDraining()
+		if changed && h.state == stateUp {
+			p.log.Info("upstream host role changed", "host", h.addr, "name", resp.GetName(),
+				"role", resp.GetRole(), "epoch", resp.GetEpoch(), "draining", resp.GetDraining(),
+				"was_role", h.role, "was_epoch", h.epoch)
+		}
+		h.role, h.epoch, h.name, h.draining = resp.GetRole(), resp.GetEpoch(), resp.GetName(), resp.GetDraining()
+		if h.state != stateUp && (h.state == stateUnknown || h.succ >= hc.Healthy) {
+			h.state = stateUp
+			changed = true
+			p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(1)
+			p.log.Info("upstream host up", "host", h.addr, "name", h.name, "role", h.role, "epoch", h.epoch)
+		}
+		if changed {
+			p.recomputeLocked("health check of " + h.addr)
+		}
+		return
+	}
+	p.m.checks.WithLabelValues("failed").Inc()
+	h.succ = 0
+	h.fail++
+	h.lastErr = err.Error()
+	immediate := isGoneError(err)
+	if h.state != stateDown && (immediate || h.state == stateUnknown || h.fail >= hc.Unhealthy) {
+		h.state = stateDown
+		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)
+		p.log.Warn("upstream host down", "host", h.addr, "name", h.name, "failures", h.fail,
+			"immediate", immediate, "err", err)
+		p.recomputeLocked("health check of " + h.addr)
+		for _, o := range h.cluster.hosts {
+			if o != h {
+				o.poke()
+			}
+		}
+	}
+}
+
+// isGoneError reports whether a check error means the host's process is gone
+// (refused or reset), which marks the host down without waiting for
+// unhealthy_threshold.
+func isGoneError(err error) bool {
+	if isRefusedOrReset(err) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "connection refused") || strings.Contains(s, "connection reset")
+}

@@ -1,0 +1,59 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the sidecar's Prometheus metrics, registered on tel.Registry.
+type metrics struct {
+	adsConnected  prometheus.Gauge
+	adsUpdates    *prometheus.CounterVec
+	adsNACKs      *prometheus.CounterVec
+	connsActive   prometheus.Gauge
+	connsTotal    prometheus.Counter
+	bytes         *prometheus.CounterVec
+	bytesUp       prometheus.Counter
+	bytesDown     prometheus.Counter
+	connectErrors *prometheus.CounterVec
+	failovers     prometheus.Counter
+	closedConns   prometheus.Counter
+	hostHealthy   *prometheus.GaugeVec
+	checks        *prometheus.CounterVec
+	breakerState  *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		adsConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_proxy_ads_connected",
+			Help: "1 while the ADS stream to the control plane is open."}),
+		adsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_ads_updates_total",
+			Help: "xDS responses accepted (ACKed), by type."}, []string{"type"}),
+		adsNACKs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_ads_nacks_total",
+			Help: "xDS responses rejected (NACKed), by type."}, []string{"type"}),
+		connsActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_proxy_connections_active",
+			Help: "Client connections being proxied now."}),
+		connsTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_connections_total",
+			Help: "Client connections accepted."}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_bytes_total",
+			Help: "Bytes proxied, by direction (upstream: client to host, downstream: host to client)."}, []string{"direction"}),
+		connectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_upstream_connect_errors_total",
+			Help: "Failed connects to an upstream host (including breaker rejections)."}, []string{"host"}),
+		failovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_failovers_total",
+			Help: "Times the chosen upstream changed from one host to another."}),
+		closedConns: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_connections_closed_on_failover_total",
+			Help: "Client connections closed because their host turned unhealthy or was superseded."}),
+		hostHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_proxy_host_healthy",
+			Help: "Own active health check state per host: 1 up, 0 down or unknown."}, []string{"cluster", "host"}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_health_checks_total",
+			Help: "Active health checks, by result (ok, failed)."}, []string{"result"}),
+		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_proxy_breaker_state",
+			Help: "Circuit breaker state per host: 0 closed, 1 half-open, 2 open."}, []string{"host"}),
+	}
+	m.bytesUp = m.bytes.WithLabelValues("upstream")
+	m.bytesDown = m.bytes.WithLabelValues("downstream")
+	for _, c := range []prometheus.Collector{m.adsConnected, m.adsUpdates, m.adsNACKs, m.connsActive, m.connsTotal,
+		m.bytes, m.connectErrors, m.failovers, m.closedConns, m.hostHealthy, m.checks, m.breakerState} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
