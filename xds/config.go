@@ -1,0 +1,124 @@
+package xds
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// ErrBadConfig reports a configuration that cannot produce valid resources.
+var ErrBadConfig = errors.New("bad xds config")
+
+// Config is the control plane's configuration. The yaml tags are the flag
+// names.
+type Config struct {
+	// GRPC is the address the xDS gRPC services (ADS and the per-type
+	// discovery services) listen on. Default 127.0.0.1:7200.
+	GRPC string `yaml:"grpc"`
+	// HTTP is the admin HTTP address (status, switchover, /healthz,
+	// /metrics). Default 127.0.0.1:7201.
+	HTTP string `yaml:"http"`
+	// AdminToken guards the mutating admin routes (switchover, test
+	// faults) and is passed on to the cores' Switchover RPC. Empty (the
+	// default) disables those routes: they answer 403.
+	AdminToken string `yaml:"admin-token"`
+	// HealthInterval is the active gRPC health check interval published in
+	// the chatcore cluster. Default 100ms: fast failure detection on a LAN.
+	HealthInterval time.Duration `yaml:"health-interval"`
+	// HealthTimeout is the time a health check may take before it counts
+	// as failed. Default 100ms.
+	HealthTimeout time.Duration `yaml:"health-timeout"`
+	// UnhealthyThreshold is the number of failed checks in a row that
+	// mark a host unhealthy. Default 2.
+	UnhealthyThreshold uint32 `yaml:"unhealthy-threshold"`
+	// HealthyThreshold is the number of passed checks in a row that mark a
+	// host healthy again. Default 1.
+	HealthyThreshold uint32 `yaml:"healthy-threshold"`
+	// ConnectTimeout is the upstream connect timeout of the chatcore
+	// cluster. Default 500ms: on a LAN a connect either succeeds in well
+	// under a millisecond or is refused at once; the timeout only matters
+	// for a host that silently drops packets.
+	ConnectTimeout time.Duration `yaml:"connect-timeout"`
+	// ListenerPort is the port of the sidecar listener chatcore-sidecar on
+	// 127.0.0.1. Default 7301. The hachat sidecar binds its own --listen
+	// address instead; Envoy binds this one.
+	ListenerPort uint32 `yaml:"listener-port"`
+}
+
+// DefaultConfig returns the defaults documented on each Config field.
+func DefaultConfig() Config {
+	return Config{
+		GRPC:               "127.0.0.1:7200",
+		HTTP:               "127.0.0.1:7201",
+		HealthInterval:     100 * time.Millisecond,
+		HealthTimeout:      100 * time.Millisecond,
+		UnhealthyThreshold: 2,
+		HealthyThreshold:   1,
+		ConnectTimeout:     500 * time.Millisecond,
+		ListenerPort:       7301,
+	}
+}
+
+// RegisterFlags binds the config fields to flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.GRPC, "grpc", c.GRPC, "xDS gRPC address (ADS and per-type discovery services)")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "admin HTTP address (/xds/v1/status, /xds/v1/switchover, /healthz, /metrics)")
+	fs.StringVar(&c.AdminToken, "admin-token", c.AdminToken, "bearer token for the mutating admin routes; empty disables them")
+	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "active gRPC health check interval published in the chatcore cluster")
+	fs.DurationVar(&c.HealthTimeout, "health-timeout", c.HealthTimeout, "health check timeout")
+	fs.Var((*uint32Value)(&c.UnhealthyThreshold), "unhealthy-threshold", "failed checks in a row that mark a host unhealthy")
+	fs.Var((*uint32Value)(&c.HealthyThreshold), "healthy-threshold", "passed checks in a row that mark a host healthy")
+	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "upstream connect timeout of the chatcore cluster")
+	fs.Var((*uint32Value)(&c.ListenerPort), "listener-port", "port of the chatcore-sidecar listener on 127.0.0.1 (Envoy binds it; the hachat sidecar uses its own --listen)")
+}
+
+// Validate reports the first field that cannot work, wrapped in
+// ErrBadConfig.
+func (c Config) Validate() error {
+	for _, a := range []struct{ name, addr string }{{"grpc", c.GRPC}, {"http", c.HTTP}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return fmt.Errorf("%w: %s address %q: %v", ErrBadConfig, a.name, a.addr, err)
+		}
+	}
+	if err := c.validateResources(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// validateResources checks the fields that go into the published
+// resources; Build calls it so that a bad config never reaches a client.
+func (c Config) validateResources() error {
+	switch {
+	case c.HealthInterval <= 0:
+		return fmt.Errorf("%w: health-interval must be positive, got %v", ErrBadConfig, c.HealthInterval)
+	case c.HealthTimeout <= 0:
+		return fmt.Errorf("%w: health-timeout must be positive, got %v", ErrBadConfig, c.HealthTimeout)
+	case c.UnhealthyThreshold < 1:
+		return fmt.Errorf("%w: unhealthy-threshold must be at least 1", ErrBadConfig)
+	case c.HealthyThreshold < 1:
+		return fmt.Errorf("%w: healthy-threshold must be at least 1", ErrBadConfig)
+	case c.ConnectTimeout <= 0:
+		return fmt.Errorf("%w: connect-timeout must be positive, got %v", ErrBadConfig, c.ConnectTimeout)
+	case c.ListenerPort < 1 || c.ListenerPort > 65535:
+		return fmt.Errorf("%w: listener-port must be 1..65535, got %d", ErrBadConfig, c.ListenerPort)
+	}
+	return nil
+}
+
+// uint32Value is a flag.Value for a uint32 field.
+type uint32Value uint32
+
+func (v *uint32Value) String() string { return strconv.FormatUint(uint64(*v), 10) }
+
+func (v *uint32Value) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return fmt.Errorf("not a uint32: %w", err)
+	}
+	*v = uint32Value(n)
+	return nil
+}
