@@ -1,0 +1,307 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/ucsmock"
+)
+
+// Options selects and tunes the cluster a test starts.
+type Options struct {
+	// Stage picks the standard plan (default demo.StageSingle: ucs, core-a,
+	// webapi, interaction).
+	Stage demo.Stage
+	// CoreArgs are extra flags for every core (after the HA-recommended ones,
+	// so they override them), e.g. "--transcript-auto-save=2".
+	CoreArgs []string
+	// Tune, when set, edits the plan before it starts (add flags with
+	// plan.With, drop parts with plan.Without).
+	Tune func(demo.Plan) demo.Plan
+	// ReadyTimeout bounds each part's start (default 30s).
+	ReadyTimeout time.Duration
+	// LogLines is how many lines of each part's log a failed test prints (default 60).
+	LogLines int
+}
+
+// Cluster is a running cluster of real hachat processes, stopped when the
+// test ends.
+type Cluster struct {
+	t      testing.TB
+	sup    *demo.Supervisor
+	plan   demo.Plan
+	layout demo.Layout
+	ucs    *ucsmock.Client
+}
+
+// StartCluster starts the standard plan for opts on free loopback ports and
+// waits until every part is ready. When the test fails, the tail of every
+// part's log is printed; every process is stopped at the end of the test.
+func StartCluster(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	bin := Binary(t)
+	addrs, err := demo.FreeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
+	plan := demo.StandardPlan(layout)
+	if opts.Tune != nil {
+		plan = opts.Tune(plan)
+	}
+	return StartPlan(t, plan, layout, bin, dir, opts)
+}
+
+// StartPlan starts an arbitrary plan; layout supplies the tokens and service
+// name the clients use. Most tests call StartCluster.
+func StartPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string, opts Options) *Cluster {
+	t.Helper()
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = 30 * time.Second
+	}
+	if opts.LogLines <= 0 {
+		opts.LogLines = 60
+	}
+	if layout.Service == "" {
+		layout.Service = "customer-support"
+	}
+	if layout.ServiceToken == "" {
+		layout.ServiceToken = "demo-service-token"
+	}
+	if layout.AdminToken == "" {
+		layout.AdminToken = "demo-admin-token"
+	}
+	progress := &lineLog{t: t}
+	sup, err := demo.Start(context.Background(), plan, demo.Options{
+		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("start cluster: %v", err)
+	}
+	c := &Cluster{t: t, sup: sup, plan: plan, layout: layout}
+	t.Cleanup(func() {
+		sup.Stop()
+		if t.Failed() {
+			c.DumpLogs(os.Stderr, opts.LogLines)
+		}
+	})
+	if p, ok := plan.Part("ucs"); ok {
+		c.ucs = ucsmock.NewClient(p.URL(), &http.Client{Timeout: 10 * time.Second}, telemetry.Discard())
+	}
+	return c
+}
+
+// lineLog sends the supervisor's progress lines to t.Log.
+type lineLog struct {
+	t   testing.TB
+	buf strings.Builder
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.buf.Write(p)
+	s := l.buf.String()
+	for {
+		i := strings.IndexByte(s, '\n')
+		if i < 0 {
+			break
+		}
+		l.t.Log("cluster: " + s[:i])
+		s = s[i+1:]
+	}
+	l.buf.Reset()
+	l.buf.WriteString(s)
+	return len(p), nil
+}
+
+// DumpLogs writes the last n lines of every part's log to w.
+func (c *Cluster) DumpLogs(w io.Writer, n int) {
+	for _, p := range c.plan.Parts {
+		fmt.Fprintf(w, "\n----- %s (%s): last %d lines of %s -----\n%s\n", p.Name, p.Kind, n,
+			c.sup.LogPath(p.Name), demo.Tail(c.sup.LogPath(p.Name), n))
+	}
+}
+
+// Supervisor returns the supervisor running the parts.
+func (c *Cluster) Supervisor() *demo.Supervisor { return c.sup }
+
+// Plan returns the plan the cluster runs.
+func (c *Cluster) Plan() demo.Plan { return c.plan.Clone() }
+
+// Layout returns the layout (addresses, tokens, service) of the cluster.
+func (c *Cluster) Layout() demo.Layout { return c.layout }
+
+// Part returns the part called name; the test fails if there is none.
+func (c *Cluster) Part(name string) demo.Part {
+	c.t.Helper()
+	p, ok := c.plan.Part(name)
+	if !ok {
+		c.t.Fatalf("cluster has no part %q", name)
+	}
+	return p
+}
+
+// URL returns http://host:port of the named part's HTTP address.
+func (c *Cluster) URL(name string) string { return c.Part(name).URL() }
+
+// WebAPIURL is the Web API Server's base URL.
+func (c *Cluster) WebAPIURL() string { return c.URL("webapi") }
+
+// InteractionURL is the Interaction Server's base URL.
+func (c *Cluster) InteractionURL() string { return c.URL("interaction") }
+
+// UCSURL is ucsmock's base URL.
+func (c *Cluster) UCSURL() string { return c.URL("ucs") }
+
+// UCS returns a ucsmock client for the cluster's ucsmock.
+func (c *Cluster) UCS() *ucsmock.Client {
+	c.t.Helper()
+	if c.ucs == nil {
+		c.t.Fatal("cluster has no ucs part")
+	}
+	return c.ucs
+}
+
+// AdminToken is the token of ucsmock's fault API and the control plane's admin API.
+func (c *Cluster) AdminToken() string { return c.layout.AdminToken }
+
+// ServiceToken is the chat cores' service token.
+func (c *Cluster) ServiceToken() string { return c.layout.ServiceToken }
+
+// Service is the chat service name customers start chats on.
+func (c *Cluster) Service() string { return c.layout.Service }
+
+// PID returns the process id of the named part's current run.
+func (c *Cluster) PID(name string) int {
+	c.t.Helper()
+	pid, err := c.sup.PID(name)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return pid
+}
+
+// Kill sends sig to the named part. For SIGKILL it also waits until the
+// process is gone; SIGSTOP and SIGCONT return at once.
+func (c *Cluster) Kill(name string, sig syscall.Signal) {
+	c.t.Helper()
+	c.t.Logf("cluster: sending %v to %s (pid %d)", sig, name, c.PID(name))
+	if err := c.sup.Signal(name, sig); err != nil {
+		c.t.Fatal(err)
+	}
+	if sig == syscall.SIGKILL || sig == syscall.SIGTERM {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.sup.WaitExit(ctx, name); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+// Stop stops the named part gracefully and waits for it.
+func (c *Cluster) Stop(name string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := c.sup.StopPart(ctx, name); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Restart stops the named part if it runs, starts it again with the same
+// flags and waits until it is ready.
+func (c *Cluster) Restart(name string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	if err := c.sup.Restart(ctx, name); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Running reports whether the named part's process is alive.
+func (c *Cluster) Running(name string) bool { return c.sup.Running(name) }
+
+// WaitReady waits until the named part answers 200 on /healthz.
+func (c *Cluster) WaitReady(name string, timeout time.Duration) {
+	c.t.Helper()
+	url := c.URL(name) + "/healthz"
+	client := &http.Client{Timeout: time.Second}
+	Eventually(c.t, name+" ready", timeout, func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s", resp.Status)
+		}
+		return nil
+	})
+}
+
+// LogContains reports whether the named part's log holds substr.
+func (c *Cluster) LogContains(name, substr string) bool {
+	b, err := os.ReadFile(c.sup.LogPath(name))
+	return err == nil && strings.Contains(string(b), substr)
+}
+
+// Metric returns the sum of the samples of the Prometheus metric called name
+// (all label sets whose rendering contains every one of labels, e.g.
+// `outcome="retry"`) on the named part's /metrics, and whether any sample matched.
+func (c *Cluster) Metric(part, name string, labels ...string) (float64, bool) {
+	c.t.Helper()
+	resp, err := http.Get(c.URL(part) + "/metrics")
+	if err != nil {
+		c.t.Fatalf("metrics of %s: %v", part, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return SumMetric(string(b), name, labels...)
+}
+
+// SumMetric sums the samples of metric name in a Prometheus text exposition
+// whose label set contains every one of labels.
+func SumMetric(exposition, name string, labels ...string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(exposition, "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		head, val, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		metric, lbls, _ := strings.Cut(head, "{")
+		if metric != name {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			if !strings.Contains(lbls, l) {
+				match = false
+				break
+			}
+		}
+		if !match {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscanf(strings.Fields(val)[0], "%g", &v); err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
+}

@@ -1,0 +1,68 @@
+package harness
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCheckView(t *testing.T) {
+	sent := []Sent{
+		{Side: "customer", Seq: 1, Text: "customer #001", Acked: true, Index: 3},
+		{Side: "agent", Seq: 1, Text: "agent #001", Acked: true, Index: 4},
+		{Side: "customer", Seq: 2, Text: "customer #002", Acked: true, Index: 5},
+		{Side: "agent", Seq: 2, Text: "agent #002", Acked: false},
+	}
+	msg := func(i uint64, text string) ViewEvent { return ViewEvent{Index: i, Type: "Message", Text: text} }
+	good := []ViewEvent{{Index: 2, Type: "ParticipantJoined"}, msg(3, "customer #001"), msg(4, "agent #001"), msg(5, "customer #002")}
+	tests := []struct {
+		name    string
+		view    []ViewEvent
+		notices bool
+		want    []string // substrings, one per expected error
+	}{
+		{"complete", good, false, nil},
+		{"unacked may appear once", append(append([]ViewEvent{}, good...), msg(6, "agent #002")), false, nil},
+		{"missing", good[:3], false, []string{`"customer #002" (index 5) is missing`}},
+		{"duplicate", append(append([]ViewEvent{}, good...), msg(6, "customer #001")), false, []string{"appears 2 times"}},
+		{"wrong index", []ViewEvent{msg(3, "customer #001"), msg(4, "agent #001"), msg(6, "customer #002")}, false, []string{"shown at index 6"}},
+		{"out of order", []ViewEvent{msg(3, "customer #002"), msg(4, "agent #001"), msg(5, "customer #001")}, false,
+			[]string{"out of order", "shown at index 5", "shown at index 3"}},
+		{"index not increasing", []ViewEvent{msg(3, "customer #001"), msg(3, "agent #001"), msg(5, "customer #002")}, false,
+			[]string{"not strictly increasing", "shown at index 3"}},
+		{"notices missing", good, true, []string{"ParticipantDisconnected", "ParticipantReconnected"}},
+		{"notices present", append(append([]ViewEvent{}, good...), ViewEvent{Index: 6, Type: "ParticipantDisconnected"},
+			ViewEvent{Index: 7, Type: "ParticipantReconnected"}), true, nil},
+		{"foreign messages ignored", append(append([]ViewEvent{}, good...), msg(9, "hello")), false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := CheckView(sent, tt.view, tt.notices)
+			if len(errs) != len(tt.want) {
+				t.Fatalf("got %d errors %v, want %d %v", len(errs), errs, len(tt.want), tt.want)
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(errs[i].Error(), w) {
+					t.Errorf("error %d = %v, want it to mention %q", i, errs[i], w)
+				}
+			}
+		})
+	}
+}
+
+func TestSumMetric(t *testing.T) {
+	text := `# HELP x_total x
+x_total{outcome="ok"} 3
+x_total{outcome="retry",kind="a"} 2
+x_total{outcome="retry",kind="b"} 1.5
+y 7
+`
+	if v, ok := SumMetric(text, "x_total", `outcome="retry"`); !ok || v != 3.5 {
+		t.Fatalf("retry sum = %v %v", v, ok)
+	}
+	if v, ok := SumMetric(text, "y"); !ok || v != 7 {
+		t.Fatalf("y = %v %v", v, ok)
+	}
+	if _, ok := SumMetric(text, "z"); ok {
+		t.Fatal("z found")
+	}
+}
