@@ -90,4 +90,3 @@ func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
 func invalidf(format string, args ...any) error {
 	return &invalidError{msg: fmt.Sprintf(format, args...)}
 }
-

@@ -48,6 +48,10 @@ var _ Store = (*MemStore)(nil)
 
 // Save stores events of one chat; see Store for the rules.
 func (m *MemStore) Save(ctx context.Context, req SaveRequest) (SaveResult, error) {
+	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
+		return SaveResult{}, fmt.Errorf("save %s: %w", req.ChatID, faultOutage.err())
+	}
 	events, err := validateSave(req)
 	if err != nil {
 		return SaveResult{}, fmt.Errorf("save %s: %w", req.ChatID, err)
@@ -72,6 +76,7 @@ func (m *MemStore) Save(ctx context.Context, req SaveRequest) (SaveResult, error
 // Transcript returns a copy of the chat's stored events in index order.
 func (m *MemStore) Transcript(ctx context.Context, chatID string) (*Transcript, error) {
 	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
 		return nil, fmt.Errorf("transcript %s: %w", chatID, faultOutage.err())
 	}
 	m.mu.Lock()
@@ -89,6 +94,10 @@ func (m *MemStore) Transcript(ctx context.Context, chatID string) (*Transcript, 
 
 // ClaimEpoch is the compare-and-set of the service's epoch; see Store.
 func (m *MemStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
+	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
+		return Epoch{}, fmt.Errorf("claim epoch %d of %s: %w", epoch, service, faultOutage.err())
+	}
 	if err := validateClaim(service, expect, epoch, holder); err != nil {
 		return Epoch{}, fmt.Errorf("claim epoch %d of %s: %w", epoch, service, err)
 	}
@@ -107,11 +116,12 @@ func (m *MemStore) ClaimEpoch(ctx context.Context, service string, expect, epoch
 
 // Epoch returns the service's current epoch.
 func (m *MemStore) Epoch(ctx context.Context, service string) (Epoch, error) {
+	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
+		return Epoch{}, fmt.Errorf("epoch of %s: %w", service, faultOutage.err())
+	}
 	if err := validName("service", service, maxNameLen, true); err != nil {
 		return Epoch{}, fmt.Errorf("epoch of %s: %w", service, err)
-	}
-	if m.faults.outage() {
-		return Epoch{}, fmt.Errorf("epoch of %s: %w", service, faultOutage.err())
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -145,6 +155,7 @@ func (m *MemStore) Stats(ctx context.Context, token string) (Stats, error) {
 func (m *MemStore) inject(ctx context.Context) error {
 	f, delayed, err := m.faults.write(ctx)
 	if delayed || f != faultNone {
+		// (an outage that began since the caller checked is counted here too)
 		m.stats.faultsInjected.Add(1)
 	}
 	if err != nil {

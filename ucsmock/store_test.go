@@ -202,7 +202,7 @@ func TestStoreFencing(t *testing.T) {
 		if _, err := s.ClaimEpoch(ctx, "chat", 2, 3, "core-b"); !errors.Is(err, ErrEpochConflict) {
 			t.Fatalf("claim below a save-raised epoch: %v", err)
 		}
-		st, err := s.Stats(ctx, "")
+		st, err := s.Stats(ctx, testToken)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +279,7 @@ func TestStoreFaults(t *testing.T) {
 			{"none", Faults{}, nil, nil},
 		}
 		for i, st := range steps {
-			if err := s.SetFaults(ctx, "tok", st.f); err != nil {
+			if err := s.SetFaults(ctx, testToken, st.f); err != nil {
 				t.Fatalf("%s: set faults: %v", st.name, err)
 			}
 			start := time.Now()
@@ -295,7 +295,7 @@ func TestStoreFaults(t *testing.T) {
 				t.Errorf("%s: read err %v, want %v", st.name, err, st.readErr)
 			}
 		}
-		if err := s.ClearFaults(ctx, "tok"); err != nil {
+		if err := s.ClearFaults(ctx, testToken); err != nil {
 			t.Fatal(err)
 		}
 		tr, err := s.Transcript(ctx, "c")
@@ -310,14 +310,14 @@ func TestStoreFaults(t *testing.T) {
 		if fmt.Sprint(got) != "[1 5 6]" {
 			t.Fatalf("stored indexes %v, want [1 5 6]", got)
 		}
-		st, _ := s.Stats(ctx, "tok")
-		if st.FaultsInjected != 4 {
-			t.Fatalf("faultsInjected %d, want 4", st.FaultsInjected)
+		st, _ := s.Stats(ctx, testToken)
+		if st.FaultsInjected != 5 { // outage (save and read), non-recoverable, recoverable, latency
+			t.Fatalf("faultsInjected %d, want 5", st.FaultsInjected)
 		}
-		if err := s.SetFaults(ctx, "tok", Faults{RecoverableErrorRate: 1.5}); !errors.Is(err, ErrInvalid) {
+		if err := s.SetFaults(ctx, testToken, Faults{RecoverableErrorRate: 1.5}); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("bad rate: %v", err)
 		}
-		if err := s.SetFaults(ctx, "tok", Faults{LatencyMs: -1}); !errors.Is(err, ErrInvalid) {
+		if err := s.SetFaults(ctx, testToken, Faults{LatencyMs: -1}); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("bad latency: %v", err)
 		}
 	})
@@ -326,7 +326,7 @@ func TestStoreFaults(t *testing.T) {
 func TestStoreRecoverableRate(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s faultStore) {
 		ctx := context.Background()
-		if err := s.SetFaults(ctx, "tok", Faults{RecoverableErrorRate: 0.5}); err != nil {
+		if err := s.SetFaults(ctx, testToken, Faults{RecoverableErrorRate: 0.5}); err != nil {
 			t.Fatal(err)
 		}
 		// Each claim is retried until it succeeds: a recoverable error changes nothing.

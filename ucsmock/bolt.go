@@ -1,0 +1,310 @@
+package ucsmock
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// Buckets of the database. transcripts and eventEpochs hold one nested
+// bucket per chat, keyed by the event index as 8 big-endian bytes.
+var (
+	bucketTranscripts = []byte("transcripts")  // chatId -> index -> protojson chatpb.Event
+	bucketEventEpochs = []byte("event-epochs") // chatId -> index -> epoch of the save that stored it
+	bucketChats       = []byte("chats")        // chatId -> JSON chatMeta
+	bucketEpochs      = []byte("epochs")       // service -> JSON Epoch
+)
+
+// maxCommitBatch bounds how many queued writes share one transaction.
+const maxCommitBatch = 256
+
+// errClosed is returned for writes after the store closed.
+var errClosed = errors.New("store closed")
+
+// boltStore is the durable store: a bbolt database whose writes go through
+// one committer goroutine that groups the writes queued at that moment into
+// one transaction (group commit): one fsync for many saves, and no added
+// delay for a lone save.
+type boltStore struct {
+	db      *bolt.DB
+	writes  chan commitReq
+	quit    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	batched func(n int) // observes the size of each group commit
+}
+
+// commitReq is one queued write. fn must make no write before its last
+// check, so that a logical rejection (a returned error that isStorageErr
+// does not flag) leaves the transaction clean for the others.
+type commitReq struct {
+	fn   func(tx txn) error
+	done chan error
+}
+
+// openBolt opens (creating if needed) the database at path and starts its
+// committer.
+func openBolt(path string, batched func(int)) (*boltStore, error) {
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create db directory: %w", err)
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open db %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketTranscripts, bucketEventEpochs, bucketChats, bucketEpochs} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create buckets: %w", err)
+	}
+	if batched == nil {
+		batched = func(int) {}
+	}
+	s := &boltStore{db: db, writes: make(chan commitReq), quit: make(chan struct{}), done: make(chan struct{}), batched: batched}
+	go s.commitLoop()
+	return s, nil
+}
+
+// close stops the committer (after the write in progress) and closes the db.
+func (s *boltStore) close() error {
+	var err error
+	s.once.Do(func() {
+		close(s.quit)
+		<-s.done
+		if cerr := s.db.Close(); cerr != nil {
+			err = fmt.Errorf("close db: %w", cerr)
+		}
+	})
+	return err
+}
+
+// update runs fn in a read-write transaction and returns once that
+// transaction is committed and synced (or failed). A write queued before ctx
+// ends is waited for even if ctx ends meanwhile: the caller learns its fate.
+func (s *boltStore) update(ctx context.Context, fn func(tx txn) error) error {
+	req := commitReq{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.writes <- req:
+	case <-s.quit:
+		return errClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-req.done
+}
+
+// commitLoop is the committer: it takes the first queued write, adds every
+// other write already queued (up to maxCommitBatch) and commits them in one
+// transaction.
+func (s *boltStore) commitLoop() {
+	defer close(s.done)
+	for {
+		var batch []commitReq
+		select {
+		case r := <-s.writes:
+			batch = append(batch, r)
+		case <-s.quit:
+			return
+		}
+	fill:
+		for len(batch) < maxCommitBatch {
+			select {
+			case r := <-s.writes:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		s.batched(len(batch))
+		results := make([]error, len(batch))
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			bt := boltTxn{tx}
+			for i, r := range batch {
+				results[i] = r.fn(bt)
+				if isStorageErr(results[i]) {
+					return results[i]
+				}
+			}
+			return nil
+		})
+		for i, r := range batch {
+			if err != nil {
+				r.done <- fmt.Errorf("commit: %w", err)
+				continue
+			}
+			r.done <- results[i]
+		}
+	}
+}
+
+// isStorageErr reports whether err is a failure of the database rather
+// than a logical rejection; it aborts the whole transaction.
+func isStorageErr(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, logical := range []error{ErrStaleEpoch, ErrConflict, ErrEpochConflict, ErrInvalid} {
+		if errors.Is(err, logical) {
+			return false
+		}
+	}
+	return true
+}
+
+// view runs fn in a read-only transaction.
+func (s *boltStore) view(fn func(tx txn) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(boltTxn{tx}) })
+}
+
+// transcript reads a chat's transcript; nil if the chat is unknown.
+func (s *boltStore) transcript(chatID string) (*Transcript, error) {
+	var t *Transcript
+	err := s.db.View(func(tx *bolt.Tx) error {
+		meta, ok, err := boltTxn{tx}.chat(chatID)
+		if err != nil || !ok {
+			return err
+		}
+		t = &Transcript{ChatID: chatID, Service: meta.Service, Ended: meta.Ended, Writer: meta.Writer, Epoch: meta.Epoch}
+		b := tx.Bucket(bucketTranscripts).Bucket([]byte(chatID))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			ev := &chatpb.Event{}
+			if err := protojson.Unmarshal(v, ev); err != nil {
+				return fmt.Errorf("decode event %d of %s: %w", binary.BigEndian.Uint64(k), chatID, err)
+			}
+			t.Events = append(t.Events, ev)
+			return nil
+		})
+	})
+	return t, err
+}
+
+// boltTxn is the txn of a bbolt transaction.
+type boltTxn struct{ tx *bolt.Tx }
+
+func indexKey(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
+
+func (t boltTxn) serviceEpoch(service string) (Epoch, error) {
+	var e Epoch
+	v := t.tx.Bucket(bucketEpochs).Get([]byte(service))
+	if v == nil {
+		return e, nil
+	}
+	if err := json.Unmarshal(v, &e); err != nil {
+		return e, fmt.Errorf("decode epoch of %s: %w", service, err)
+	}
+	return e, nil
+}
+
+func (t boltTxn) putServiceEpoch(service string, e Epoch) error {
+	v, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode epoch: %w", err)
+	}
+	if err := t.tx.Bucket(bucketEpochs).Put([]byte(service), v); err != nil {
+		return fmt.Errorf("put epoch of %s: %w", service, err)
+	}
+	return nil
+}
+
+func (t boltTxn) chat(chatID string) (chatMeta, bool, error) {
+	var m chatMeta
+	v := t.tx.Bucket(bucketChats).Get([]byte(chatID))
+	if v == nil {
+		return m, false, nil
+	}
+	if err := json.Unmarshal(v, &m); err != nil {
+		return m, false, fmt.Errorf("decode chat %s: %w", chatID, err)
+	}
+	return m, true, nil
+}
+
+func (t boltTxn) putChat(chatID string, m chatMeta) error {
+	v, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode chat: %w", err)
+	}
+	if err := t.tx.Bucket(bucketChats).Put([]byte(chatID), v); err != nil {
+		return fmt.Errorf("put chat %s: %w", chatID, err)
+	}
+	return nil
+}
+
+func (t boltTxn) event(chatID string, index uint64) (storedEvent, bool, error) {
+	b := t.tx.Bucket(bucketTranscripts).Bucket([]byte(chatID))
+	if b == nil {
+		return storedEvent{}, false, nil
+	}
+	k := indexKey(index)
+	v := b.Get(k)
+	if v == nil {
+		return storedEvent{}, false, nil
+	}
+	se := storedEvent{event: &chatpb.Event{}}
+	if err := protojson.Unmarshal(v, se.event); err != nil {
+		return storedEvent{}, false, fmt.Errorf("decode event %d of %s: %w", index, chatID, err)
+	}
+	if eb := t.tx.Bucket(bucketEventEpochs).Bucket([]byte(chatID)); eb != nil {
+		if ev := eb.Get(k); len(ev) == 8 {
+			se.epoch = binary.BigEndian.Uint64(ev)
+		}
+	}
+	return se, true, nil
+}
+
+func (t boltTxn) putEvent(chatID string, se storedEvent) error {
+	v, err := protojson.Marshal(se.event)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	b, err := t.tx.Bucket(bucketTranscripts).CreateBucketIfNotExists([]byte(chatID))
+	if err != nil {
+		return fmt.Errorf("create transcript bucket of %s: %w", chatID, err)
+	}
+	eb, err := t.tx.Bucket(bucketEventEpochs).CreateBucketIfNotExists([]byte(chatID))
+	if err != nil {
+		return fmt.Errorf("create epoch bucket of %s: %w", chatID, err)
+	}
+	k := indexKey(se.event.GetIndex())
+	if err := b.Put(k, v); err != nil {
+		return fmt.Errorf("put event: %w", err)
+	}
+	if err := eb.Put(k, binary.BigEndian.AppendUint64(nil, se.epoch)); err != nil {
+		return fmt.Errorf("put event epoch: %w", err)
+	}
+	return nil
+}
+
+func (t boltTxn) highestIndex(chatID string) (uint64, error) {
+	b := t.tx.Bucket(bucketTranscripts).Bucket([]byte(chatID))
+	if b == nil {
+		return 0, nil
+	}
+	k, _ := b.Cursor().Last()
+	if len(k) != 8 {
+		return 0, nil
+	}
+	return binary.BigEndian.Uint64(k), nil
+}
