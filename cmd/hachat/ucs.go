@@ -2,11 +2,41 @@ package main
 
 import (
 	"context"
-	"errors"
+	"flag"
+	"fmt"
 	"io"
+
+	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/ucsmock"
 )
 
-// runUCS is a placeholder until the ucs part lands.
+// ucsFile is the configuration of `hachat ucs`: the --config YAML file has
+// ucsmock's keys at the top level and the telemetry keys under telemetry.
+type ucsFile struct {
+	ucsmock.Config `yaml:",inline"`
+	Telemetry      telemetry.Config `yaml:"telemetry"`
+}
+
+// runUCS runs ucsmock, the UCS stand-in, until ctx is done.
 func runUCS(ctx context.Context, args []string, out, errw io.Writer) error {
-	return errors.New("ucs: not implemented yet")
+	file := ucsFile{Config: ucsmock.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
+	err := parseFlags("ucs", "Run ucsmock, the UCS stand-in: transcripts in a bbolt database synced on every save,\n"+
+		"read as JSON or Genesys-like XML, epoch fencing, fault injection over the admin API.",
+		args, errw, &file, func(fs *flag.FlagSet) {
+			file.Config.RegisterFlags(fs)
+			file.Telemetry.RegisterFlags(fs)
+		})
+	if err != nil {
+		return err
+	}
+	tel, err := telemetry.Setup(ctx, file.Telemetry, "ucs", errw)
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	defer tel.Shutdown(context.WithoutCancel(ctx))
+	srv, err := ucsmock.New(file.Config, tel)
+	if err != nil {
+		return fmt.Errorf("start ucsmock: %w", err)
+	}
+	return srv.Run(ctx)
 }
