@@ -222,6 +222,7 @@ const (
 	SessionChange_KIND_UNSPECIFIED SessionChange_Kind = 0
 	SessionChange_KIND_STARTED     SessionChange_Kind = 1 // also sent for every live session when the watch begins
 	SessionChange_KIND_ENDED       SessionChange_Kind = 2
+	SessionChange_KIND_UPDATED     SessionChange_Kind = 3 // participants changed (an agent joined or left a live session)
 )
 
 // Enum value maps for SessionChange_Kind.
@@ -230,11 +231,13 @@ var (
 		0: "KIND_UNSPECIFIED",
 		1: "KIND_STARTED",
 		2: "KIND_ENDED",
+		3: "KIND_UPDATED",
 	}
 	SessionChange_Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
 		"KIND_STARTED":     1,
 		"KIND_ENDED":       2,
+		"KIND_UPDATED":     3,
 	}
 )
 
@@ -1707,7 +1710,7 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\n" +
 	"from_index\x18\x02 \x01(\x04R\tfromIndex\";\n" +
 	"\x14WatchSessionsRequest\x12#\n" +
-	"\rservice_token\x18\x01 \x01(\tR\fserviceToken\"\xf7\x03\n" +
+	"\rservice_token\x18\x01 \x01(\tR\fserviceToken\"\x89\x04\n" +
 	"\rSessionChange\x126\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\".hachat.chat.v1.SessionChange.KindR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1720,12 +1723,13 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x0fstarted_unix_ms\x18\b \x01(\x03R\rstartedUnixMs\x1a;\n" +
 	"\rUserDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_STARTED\x10\x01\x12\x0e\n" +
 	"\n" +
-	"KIND_ENDED\x10\x02\"\x0f\n" +
+	"KIND_ENDED\x10\x02\x12\x10\n" +
+	"\fKIND_UPDATED\x10\x03\"\x0f\n" +
 	"\rStatusRequest\"y\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +

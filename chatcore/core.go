@@ -1,0 +1,371 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// ChatServiceName is the gRPC health service name that reports SERVING only
+// while this core is primary.
+const ChatServiceName = "hachat.chat.v1.Chat"
+
+// Core is one chat core: its sessions, transcript saver, role and servers.
+// Create it with New and run it with Run (or Serve).
+type Core struct {
+	chatpb.UnimplementedChatServer
+
+	cfg     Config
+	notices NoticeSet
+	store   TranscriptStore
+	tel     *telemetry.Telemetry
+	log     *slog.Logger
+	tracer  trace.Tracer
+	m       *metrics
+	now     func() time.Time
+
+	mu       sync.RWMutex
+	sessions map[string]*session
+	live     int // sessions not ended (reserved at StartSession)
+
+	watchMu  sync.Mutex
+	watchers map[*watcher]struct{}
+
+	roleMu    sync.Mutex
+	role      string
+	epoch     atomic.Uint64
+	primary   atomic.Bool
+	draining  atomic.Bool
+	streamCtx context.Context    // cancelled when this core stops being primary
+	streamEnd context.CancelFunc // cancels streamCtx
+
+	health *health.Server
+	saver  *saver
+	runCtx context.Context // set by Serve; background work stops with it
+}
+
+// Option configures a Core beyond its Config (seams for tests and phase-2 parts).
+type Option func(*Core)
+
+// WithClock replaces time.Now (tests of timeouts).
+func WithClock(now func() time.Time) Option { return func(c *Core) { c.now = now } }
+
+// New builds a core. store is the UCS seam (ucsmock's client or an in-memory
+// double); tel must not be nil (use telemetry.Discard in tests).
+func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Option) (*Core, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil || tel == nil {
+		return nil, errors.New("new core: store and telemetry are required")
+	}
+	notices, _ := ParseSaveNotices(cfg.TranscriptSaveNotices) // validated above
+	c := &Core{
+		cfg:      cfg,
+		notices:  notices,
+		store:    store,
+		tel:      tel,
+		log:      tel.Logger.With("core", cfg.Name),
+		tracer:   tel.Tracer.Tracer("github.com/hachat/hachat/chatcore"),
+		m:        newMetrics(tel.Registry),
+		now:      time.Now,
+		sessions: make(map[string]*session),
+		watchers: make(map[*watcher]struct{}),
+		role:     RoleBackup,
+		health:   health.NewServer(),
+		runCtx:   context.Background(),
+	}
+	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
+	c.streamEnd() // not primary yet: no stream may live
+	for _, o := range opts {
+		o(c)
+	}
+	c.saver = newSaver(c)
+	c.setRoleMetrics(RoleBackup)
+	return c, nil
+}
+
+// Config returns the core's configuration.
+func (c *Core) Config() Config { return c.cfg }
+
+// Role returns primary or backup.
+func (c *Core) Role() string {
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	return c.role
+}
+
+// Epoch returns the newest epoch this core knows.
+func (c *Core) Epoch() uint64 { return c.epoch.Load() }
+
+func (c *Core) setRoleMetrics(role string) {
+	for _, r := range []string{RolePrimary, RoleBackup} {
+		v := 0.0
+		if r == role {
+			v = 1
+		}
+		c.m.role.WithLabelValues(r).Set(v)
+	}
+}
+
+// becomePrimary makes this core primary at epoch. Call with roleMu held.
+func (c *Core) becomePrimaryLocked(epoch uint64) {
+	c.epoch.Store(epoch)
+	c.role = RolePrimary
+	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
+	c.primary.Store(true)
+	c.m.epoch.Set(float64(epoch))
+	c.setRoleMetrics(RolePrimary)
+	c.health.SetServingStatus(ChatServiceName, healthServing)
+}
+
+// stepDown makes this core a backup at once: client streams are closed with
+// UNAVAILABLE and the Chat health service turns NOT_SERVING. newer is the
+// epoch that fenced it (0 when unknown).
+func (c *Core) stepDown(reason string, newer uint64) {
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	if newer > c.epoch.Load() {
+		c.epoch.Store(newer)
+		c.m.epoch.Set(float64(newer))
+	}
+	if c.role != RolePrimary {
+		return
+	}
+	c.role = RoleBackup
+	c.primary.Store(false)
+	c.streamEnd()
+	c.health.SetServingStatus(ChatServiceName, healthNotServing)
+	c.setRoleMetrics(RoleBackup)
+	c.m.stepDowns.Inc()
+	c.log.Warn("stepped down to backup", "reason", reason, "epoch", c.epoch.Load())
+}
+
+// claimPrimary claims epoch+1 at the store with a compare-and-set, retrying
+// while the store is unreachable, and becomes primary. It gives up with
+// ErrStaleEpoch-wrapped errors never: a lost CAS re-reads and retries, so the
+// caller decides (phase 2) whether to claim at all.
+func (c *Core) claimPrimary(ctx context.Context) error {
+	ctx, span := c.tracer.Start(ctx, "chatcore.claimPrimary")
+	defer span.End()
+	delay := 50 * time.Millisecond
+	for {
+		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
+		if err == nil {
+			var got Epoch
+			got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
+			if err == nil {
+				c.roleMu.Lock()
+				c.becomePrimaryLocked(got.Epoch)
+				c.roleMu.Unlock()
+				c.log.Info("claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder)
+				return nil
+			}
+		}
+		c.log.Warn("epoch claim failed, retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("claim epoch: %w", ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// session returns a live or lingering session.
+func (c *Core) session(id string) *session {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.sessions[id]
+}
+
+// prepareFunc validates a change against the current state (with s.mu held)
+// and returns the event to append, or the index of an earlier event that
+// makes this one a duplicate, or an error (a gRPC status).
+type prepareFunc func(st *state) (ev *chatpb.Event, dup uint64, err error)
+
+// append is the one write path of a session:
+// validate -> assign index -> second copy -> commit -> fan-out -> save.
+func (c *Core) append(ctx context.Context, s *session, prepare prepareFunc) (uint64, bool, error) {
+	start := time.Now()
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	if !c.primary.Load() {
+		return 0, false, errNotPrimary
+	}
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return 0, false, status.Error(codes.NotFound, "unknown session")
+	}
+	ev, dup, err := prepare(&s.st)
+	if err != nil || dup != 0 {
+		s.mu.Unlock()
+		return dup, dup != 0, err
+	}
+	ev.SessionId = s.id
+	ev.Index = s.lastIndex() + 1
+	ev.Epoch = c.epoch.Load()
+	if ev.UtcUnixMs == 0 {
+		ev.UtcUnixMs = c.now().UnixMilli()
+	}
+	s.mu.Unlock()
+
+	if err := c.secondCopy(ctx, s, ev); err != nil {
+		return 0, false, err
+	}
+
+	s.mu.Lock()
+	change := c.commitLocked(s, ev)
+	s.mu.Unlock()
+
+	c.m.events.WithLabelValues(kindName(ev.Kind)).Inc()
+	c.m.appendSeconds.Observe(time.Since(start).Seconds())
+	if change != nil {
+		c.notifyWatchers(change)
+	}
+	if c.saveTrigger(ev) {
+		c.saver.enqueue(s)
+	}
+	return ev.Index, false, nil
+}
+
+// secondCopy makes sure a second copy of ev exists before it is committed
+// (invariant 1). Single node (phase 1): nothing to do.
+func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event) error {
+	return nil
+}
+
+// commitLocked folds ev into the session, appends it to the log and fans it
+// out. It returns the SessionChange to tell watchers, if any. Call with s.mu held.
+func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange {
+	s.st.apply(ev)
+	pub := public(ev)
+	s.log = append(s.log, entry{ev: ev, pub: pub})
+	for sub := range s.subs {
+		select {
+		case sub.ch <- pub:
+		default:
+			delete(s.subs, sub)
+			close(sub.ch)
+			c.m.subscriberDrops.Inc()
+		}
+	}
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
+		s.endedAt = c.now()
+		c.mu.Lock()
+		c.live--
+		c.m.sessionsLive.Set(float64(c.live))
+		c.mu.Unlock()
+		c.m.sessionsEnded.WithLabelValues(s.st.endReason).Inc()
+		for sub := range s.subs {
+			delete(s.subs, sub)
+			close(sub.ch)
+		}
+		return c.changeLocked(s, chatpb.SessionChange_KIND_ENDED)
+	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED:
+		if ev.From.GetType() == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER {
+			return c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
+		}
+		return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)
+	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT:
+		if !s.st.ended {
+			return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)
+		}
+	}
+	return nil
+}
+
+// changeLocked describes the session for WatchSessions. Call with s.mu held.
+func (c *Core) changeLocked(s *session, kind chatpb.SessionChange_Kind) *chatpb.SessionChange {
+	ch := &chatpb.SessionChange{
+		Kind: kind, SessionId: s.id, Service: s.st.service, Subject: s.st.subject,
+		UserData: s.st.userData, Participants: s.st.participants(), StartedUnixMs: s.st.startedMs,
+	}
+	if cu := s.st.customer(); cu != nil {
+		ch.CustomerNickname = cu.p.Nickname
+	}
+	return ch
+}
+
+// saveTrigger reports whether committing ev asks for a transcript save.
+func (c *Core) saveTrigger(ev *chatpb.Event) bool {
+	switch {
+	case ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
+		return true
+	case c.cfg.TranscriptAutoSave == AutoSaveAtEnd:
+		return false
+	}
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED,
+		chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
+		return false
+	}
+	return true
+}
+
+// savedKind reports whether transcript-save-notices lets ev into the saved transcript.
+func (c *Core) savedKind(ev *chatpb.Event) bool {
+	var n NoticeSet
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
+		n = NoticeTyping
+	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
+		n = NoticePushURL
+	case chatpb.EventKind_EVENT_KIND_NOTICE:
+		n = NoticeCustom
+	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
+		n = NoticeSave
+	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
+		n = NoticeDisconnect
+	default:
+		return true
+	}
+	return c.notices&n != 0
+}
+
+// systemParticipant is the author of events the core itself appends.
+var systemParticipant = &chatpb.Participant{Id: "system", Nickname: "system", Type: chatpb.ParticipantType_PARTICIPANT_TYPE_SYSTEM}
+
+// endSession appends SESSION_ENDED with reason unless the session already
+// ended. It is used by the janitor, the saver and failover.
+func (c *Core) endSession(ctx context.Context, s *session, reason string) error {
+	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		if st.ended {
+			return nil, 0, errEnded
+		}
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED, From: systemParticipant,
+			Attrs: map[string]string{"reason": reason}}, 0, nil
+	})
+	if errors.Is(err, errEnded) {
+		return nil
+	}
+	return err
+}
+
+func kindName(k chatpb.EventKind) string {
+	n := k.String()
+	if len(n) > len("EVENT_KIND_") {
+		return n[len("EVENT_KIND_"):]
+	}
+	return n
+}
+
+var (
+	errNotPrimary = status.Error(codes.Unavailable, "this chat core is not primary")
+	errDraining   = status.Error(codes.Unavailable, "this chat core is draining for a switchover")
+	errEnded      = status.Error(codes.FailedPrecondition, "session has ended")
+)

@@ -1,0 +1,90 @@
+package chatcore
+
+import (
+	"context"
+	"time"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// janitorEvery is the janitor's tick: the resolution of
+// flex-disconnect-timeout, ended-session-linger and given-up save retries.
+const janitorEvery = 250 * time.Millisecond
+
+// janitor disconnects idle customers, retries given-up saves and forgets
+// ended sessions, until ctx is done.
+func (c *Core) janitor(ctx context.Context) {
+	t := time.NewTicker(janitorEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.sweep(ctx)
+		}
+	}
+}
+
+// sweep is one janitor pass.
+func (c *Core) sweep(ctx context.Context) {
+	now := c.now()
+	c.mu.RLock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	c.mu.RUnlock()
+	primary := c.primary.Load()
+	for _, s := range all {
+		c.saver.pendingRetry(s, now)
+		s.mu.Lock()
+		var idle *member
+		if primary && !s.st.ended {
+			if cu := s.st.customer(); cu != nil && cu.left == 0 && cu.streams == 0 {
+				if cu.lastSeen == 0 {
+					cu.lastSeen = now.UnixNano() // restored or replicated: the clock starts now
+				} else if now.Sub(time.Unix(0, cu.lastSeen)) > c.cfg.FlexDisconnectTimeout {
+					idle = cu
+				}
+			}
+		}
+		forget := s.st.ended && now.Sub(s.endedAt) >= c.cfg.EndedSessionLinger &&
+			(s.finalSaved || s.noFinalSave || s.savedThrough >= s.lastIndex())
+		s.mu.Unlock()
+		if idle != nil {
+			c.flexDisconnect(ctx, s, idle)
+		}
+		if forget {
+			c.forget(s)
+		}
+	}
+}
+
+// flexDisconnect removes a customer who stopped polling, which ends the session.
+func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *member) {
+	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		if st.ended || cu.left != 0 {
+			return nil, 0, errEnded
+		}
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: cu.p,
+			Attrs: map[string]string{"reason": "flex-disconnect-timeout"}}, 0, nil
+	})
+	if err == nil {
+		c.log.Info("customer disconnected after flex-disconnect-timeout", "session", s.id, "participant", cu.p.Id, "timeout", c.cfg.FlexDisconnectTimeout)
+		err = c.endSession(ctx, s, "flex-disconnect-timeout")
+	}
+	if err != nil && err != errEnded {
+		c.log.Warn("flex disconnect failed", "session", s.id, "err", err)
+	}
+}
+
+// forget drops an ended session whose transcript is settled.
+func (c *Core) forget(s *session) {
+	s.mu.Lock()
+	s.removed = true
+	s.mu.Unlock()
+	c.mu.Lock()
+	delete(c.sessions, s.id)
+	c.mu.Unlock()
+}

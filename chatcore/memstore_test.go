@@ -1,0 +1,116 @@
+package chatcore
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// memStore is an in-memory TranscriptStore with injectable faults, the
+// test double of ucsmock.
+type memStore struct {
+	mu          sync.Mutex
+	chats       map[string]map[uint64]*chatpb.Event
+	ended       map[string]bool
+	epochs      map[string]Epoch
+	saveErr     error // returned by every Save while set
+	failNext    int   // the next failNext saves fail with ErrUnavailable
+	saves       int   // Save calls
+	savedReqs   []SaveRequest
+	minEpochErr bool
+}
+
+func newMemStore() *memStore {
+	return &memStore{chats: map[string]map[uint64]*chatpb.Event{}, ended: map[string]bool{}, epochs: map[string]Epoch{}}
+}
+
+func (m *memStore) Save(ctx context.Context, req SaveRequest) (SaveResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.saves++
+	if err := ctx.Err(); err != nil {
+		return SaveResult{}, fmt.Errorf("save: %w", ErrUnavailable)
+	}
+	if m.saveErr != nil {
+		return SaveResult{}, m.saveErr
+	}
+	if m.failNext > 0 {
+		m.failNext--
+		return SaveResult{}, fmt.Errorf("injected: %w", ErrUnavailable)
+	}
+	if req.Epoch < m.epochs[req.Service].Epoch {
+		return SaveResult{}, ErrStaleEpoch
+	}
+	m.savedReqs = append(m.savedReqs, req)
+	c := m.chats[req.ChatID]
+	if c == nil {
+		c = map[uint64]*chatpb.Event{}
+		m.chats[req.ChatID] = c
+	}
+	var through uint64
+	for _, ev := range req.Events {
+		if _, ok := c[ev.Index]; !ok {
+			c[ev.Index] = ev
+		}
+		through = max(through, ev.Index)
+	}
+	if req.Ended {
+		m.ended[req.ChatID] = true
+	}
+	return SaveResult{Through: through}, nil
+}
+
+func (m *memStore) Transcript(ctx context.Context, chatID string) (*Transcript, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.chats[chatID]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	t := &Transcript{ChatID: chatID, Ended: m.ended[chatID]}
+	for _, ev := range c {
+		t.Events = append(t.Events, ev)
+	}
+	sort.Slice(t.Events, func(i, j int) bool { return t.Events[i].Index < t.Events[j].Index })
+	return t, nil
+}
+
+func (m *memStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := m.epochs[service]
+	if cur.Epoch != expect || epoch <= cur.Epoch {
+		return cur, ErrEpochConflict
+	}
+	e := Epoch{Service: service, Epoch: epoch, Holder: holder}
+	m.epochs[service] = e
+	return e, nil
+}
+
+func (m *memStore) Epoch(ctx context.Context, service string) (Epoch, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.epochs[service], nil
+}
+
+func (m *memStore) set(f func(m *memStore)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f(m)
+}
+
+// kinds returns the saved kinds of a chat in index order.
+func (m *memStore) indexes(chatID string) []uint64 {
+	t, err := m.Transcript(context.Background(), chatID)
+	if err != nil {
+		return nil
+	}
+	var out []uint64
+	for _, ev := range t.Events {
+		out = append(out, ev.Index)
+	}
+	return out
+}

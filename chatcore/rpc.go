@@ -1,0 +1,603 @@
+package chatcore
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// Input limits besides the configured ones.
+const (
+	maxNameLen      = 256  // nickname, names, subject pieces
+	maxSubjectLen   = 1024 // subject
+	maxServiceLen   = 128  // service name
+	maxClientIDLen  = 128  // client_message_id
+	maxUserData     = 64   // userData entries
+	maxUserDataSize = 8192 // bytes of userData keys and values
+	maxAttrs        = 16   // attrs of one Send
+	maxPage         = 1000 // events per Events call
+)
+
+func invalid(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+var (
+	errBadKey   = status.Error(codes.PermissionDenied, "wrong participant or secure key")
+	errBadToken = status.Error(codes.PermissionDenied, "wrong service token")
+	errUnknown  = status.Error(codes.NotFound, "unknown session")
+	errLeft     = status.Error(codes.FailedPrecondition, "participant has left the session")
+)
+
+// checkAuth validates the shape of an Auth and finds its session.
+func (c *Core) checkAuth(a *chatpb.Auth) (*session, string, error) {
+	if a == nil || a.SessionId == "" || a.ParticipantId == "" || a.SecureKey == "" {
+		return nil, "", invalid("auth needs session_id, participant_id and secure_key")
+	}
+	s := c.session(a.SessionId)
+	if s == nil {
+		return nil, "", errUnknown
+	}
+	return s, hashKey(a.SecureKey), nil
+}
+
+// authorize finds the participant in st and checks its key. Call with s.mu held.
+func authorize(st *state, pid, keyHash string) (*member, error) {
+	m := st.members[pid]
+	if m == nil || !keyMatches(keyHash, m.keyHash) {
+		return nil, errBadKey
+	}
+	return m, nil
+}
+
+func (c *Core) tokenOK(tok string) bool {
+	return c.cfg.ServiceToken == "" || keyMatches(hashKey(tok), hashKey(c.cfg.ServiceToken))
+}
+
+func checkText(what, v string, max int) error {
+	if len(v) > max {
+		return invalid("%s is %d bytes, more than %d", what, len(v), max)
+	}
+	if !utf8.ValidString(v) {
+		return invalid("%s is not valid UTF-8", what)
+	}
+	return nil
+}
+
+// StartSession starts a session for a customer: SESSION_STARTED, then the
+// customer's PARTICIPANT_JOINED. The response carries the customer's secure key.
+func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest) (*chatpb.JoinResponse, error) {
+	if req.Service == "" || req.Nickname == "" {
+		return nil, invalid("service and nickname are required")
+	}
+	for _, f := range []struct {
+		n, v string
+		max  int
+	}{{"service", req.Service, maxServiceLen}, {"nickname", req.Nickname, maxNameLen}, {"first_name", req.FirstName, maxNameLen},
+		{"last_name", req.LastName, maxNameLen}, {"email_address", req.EmailAddress, maxNameLen}, {"subject", req.Subject, maxSubjectLen}} {
+		if err := checkText(f.n, f.v, f.max); err != nil {
+			return nil, err
+		}
+	}
+	if len(req.UserData) > maxUserData {
+		return nil, invalid("%d userData entries, more than %d", len(req.UserData), maxUserData)
+	}
+	size := 0
+	for k, v := range req.UserData {
+		if k == "" {
+			return nil, invalid("userData key is empty")
+		}
+		size += len(k) + len(v)
+	}
+	if size > maxUserDataSize {
+		return nil, invalid("userData is %d bytes, more than %d", size, maxUserDataSize)
+	}
+
+	c.mu.Lock()
+	if c.live >= c.cfg.MaxSessions {
+		c.mu.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "this core holds %d sessions, its limit", c.cfg.MaxSessions)
+	}
+	s := newSession(newID())
+	c.sessions[s.id] = s
+	c.live++
+	c.m.sessionsLive.Set(float64(c.live))
+	c.mu.Unlock()
+
+	attrs := map[string]string{"service": req.Service}
+	for k, v := range map[string]string{"subject": req.Subject, "emailAddress": req.EmailAddress, "firstName": req.FirstName, "lastName": req.LastName} {
+		if v != "" {
+			attrs[k] = v
+		}
+	}
+	for k, v := range req.UserData {
+		attrs[userDataPrefix+k] = v
+	}
+	key := newID()
+	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED, From: systemParticipant, Attrs: attrs}, 0, nil
+	})
+	var idx uint64
+	var pid string
+	if err == nil {
+		idx, _, err = c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+			pid = "p" + strconv.Itoa(st.nextPID+1)
+			p := &chatpb.Participant{Id: pid, Nickname: req.Nickname, Type: chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER}
+			return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, KeyHash: hashKey(key)}, 0, nil
+		})
+	}
+	if err != nil {
+		c.dropSession(s)
+		return nil, err
+	}
+	c.m.sessionsStarted.Inc()
+	c.touch(s, pid)
+	c.log.Debug("session started", "session", s.id, "service", req.Service)
+	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: pid, SecureKey: key}, Alias: c.cfg.Name, NextIndex: idx + 1}, nil
+}
+
+// dropSession forgets a session that never got started (its first appends failed).
+func (c *Core) dropSession(s *session) {
+	s.mu.Lock()
+	ended := s.st.ended
+	s.removed = true
+	s.mu.Unlock()
+	c.mu.Lock()
+	delete(c.sessions, s.id)
+	if !ended {
+		c.live--
+		c.m.sessionsLive.Set(float64(c.live))
+	}
+	c.mu.Unlock()
+}
+
+// Join adds an agent, supervisor or system participant. Only a supervisor
+// may join with INTERNAL (coach) or MONITOR visibility.
+func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinResponse, error) {
+	if !c.tokenOK(req.ServiceToken) {
+		return nil, errBadToken
+	}
+	if req.SessionId == "" {
+		return nil, invalid("session_id is required")
+	}
+	switch req.Type {
+	case chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, chatpb.ParticipantType_PARTICIPANT_TYPE_SUPERVISOR, chatpb.ParticipantType_PARTICIPANT_TYPE_SYSTEM:
+	default:
+		return nil, invalid("join type must be agent, supervisor or system, not %s", req.Type)
+	}
+	switch req.Visibility {
+	case chatpb.Visibility_VISIBILITY_ALL:
+	case chatpb.Visibility_VISIBILITY_INTERNAL, chatpb.Visibility_VISIBILITY_MONITOR:
+		if req.Type != chatpb.ParticipantType_PARTICIPANT_TYPE_SUPERVISOR {
+			return nil, invalid("only a supervisor joins with %s visibility", req.Visibility)
+		}
+	default:
+		return nil, invalid("unknown visibility %d", req.Visibility)
+	}
+	if err := checkText("nickname", req.Nickname, maxNameLen); err != nil {
+		return nil, err
+	}
+	s := c.session(req.SessionId)
+	if s == nil {
+		return nil, errUnknown
+	}
+	nick := req.Nickname
+	if nick == "" {
+		nick = strings.ToLower(strings.TrimPrefix(req.Type.String(), "PARTICIPANT_TYPE_"))
+	}
+	key := newID()
+	var pid string
+	idx, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		if st.ended {
+			return nil, 0, errEnded
+		}
+		pid = "p" + strconv.Itoa(st.nextPID+1)
+		p := &chatpb.Participant{Id: pid, Nickname: nick, Type: req.Type, Visibility: req.Visibility}
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, Visibility: req.Visibility, KeyHash: hashKey(key)}, 0, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: pid, SecureKey: key}, Alias: c.cfg.Name, NextIndex: idx + 1}, nil
+}
+
+// validateSend checks a SendRequest's shape against the limits.
+func (c *Core) validateSend(req *chatpb.SendRequest) error {
+	max := c.cfg.MaxMessageSize
+	switch req.Kind {
+	case chatpb.EventKind_EVENT_KIND_MESSAGE:
+		if strings.TrimSpace(req.Text) == "" {
+			return invalid("message text is empty")
+		}
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
+	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
+		u, err := url.Parse(req.Text)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return invalid("push URL %q is not an absolute http(s) URL", req.Text)
+		}
+	case chatpb.EventKind_EVENT_KIND_NOTICE:
+		if req.Attrs["noticeType"] == "" {
+			return invalid("a custom notice needs attrs[noticeType]")
+		}
+	default:
+		return invalid("kind %s cannot be sent; want MESSAGE, TYPING_STARTED, TYPING_STOPPED, PUSH_URL or NOTICE", req.Kind)
+	}
+	if err := checkText("text", req.Text, max); err != nil {
+		return err
+	}
+	if err := checkText("client_message_id", req.ClientMessageId, maxClientIDLen); err != nil {
+		return err
+	}
+	if len(req.Attrs) > maxAttrs {
+		return invalid("%d attrs, more than %d", len(req.Attrs), maxAttrs)
+	}
+	size := 0
+	for k, v := range req.Attrs {
+		if k == "" || k == "reason" {
+			return invalid("attr key %q is reserved or empty", k)
+		}
+		size += len(k) + len(v)
+	}
+	if size > max {
+		return invalid("attrs are %d bytes, more than %d", size, max)
+	}
+	if _, ok := chatpb.Visibility_name[int32(req.Visibility)]; !ok {
+		return invalid("unknown visibility %d", req.Visibility)
+	}
+	return nil
+}
+
+// Send appends a message, typing notice, push URL or custom notice. A resend
+// with the same client_message_id returns the first index with duplicate=true.
+func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+	if err := c.validateSend(req); err != nil {
+		return nil, err
+	}
+	s, keyHash, err := c.checkAuth(req.Auth)
+	if err != nil {
+		return nil, err
+	}
+	now := c.now().UnixNano()
+	idx, dup, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		m, err := authorize(st, req.Auth.ParticipantId, keyHash)
+		if err != nil {
+			return nil, 0, err
+		}
+		m.lastSeen = now
+		if req.ClientMessageId != "" {
+			if first, ok := m.clientIDs[req.ClientMessageId]; ok {
+				return nil, first, nil
+			}
+		}
+		if st.ended {
+			return nil, 0, errEnded
+		}
+		if m.left != 0 {
+			return nil, 0, errLeft
+		}
+		vis := req.Visibility
+		if m.p.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER && vis != chatpb.Visibility_VISIBILITY_ALL {
+			return nil, 0, invalid("a customer sends with visibility ALL only")
+		}
+		if vis == chatpb.Visibility_VISIBILITY_ALL {
+			vis = m.p.Visibility // a coach's or monitor's events never reach the customer
+		}
+		if !m.bucket.take(now, c.cfg.SendRate, c.cfg.SendBurst) {
+			return nil, 0, status.Errorf(codes.ResourceExhausted, "more than %g sends per second (burst %d)", c.cfg.SendRate, c.cfg.SendBurst)
+		}
+		return &chatpb.Event{Kind: req.Kind, From: m.p, Visibility: vis, Text: req.Text,
+			ClientMessageId: req.ClientMessageId, Attrs: req.Attrs}, 0, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &chatpb.SendResponse{Index: idx, Duplicate: dup}, nil
+}
+
+// Leave removes a participant. A customer leaving ends the session (reason
+// "customer-left"); an agent, supervisor or system participant ends it with
+// end_session (reason "closed"). Leaving twice returns the first leave's index.
+func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.LeaveResponse, error) {
+	s, keyHash, err := c.checkAuth(req.Auth)
+	if err != nil {
+		return nil, err
+	}
+	var endReason string
+	idx, dup, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		m, err := authorize(st, req.Auth.ParticipantId, keyHash)
+		if err != nil {
+			return nil, 0, err
+		}
+		if m.left != 0 {
+			return nil, m.left, nil
+		}
+		if st.ended {
+			return nil, 0, errEnded
+		}
+		switch {
+		case m.p.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER:
+			endReason = "customer-left"
+		case req.EndSession:
+			endReason = "closed"
+		}
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: m.p, Visibility: m.p.Visibility,
+			Attrs: map[string]string{"reason": "left"}}, 0, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !dup && endReason != "" {
+		if err := c.endSession(ctx, s, endReason); err != nil {
+			return nil, err
+		}
+	}
+	return &chatpb.LeaveResponse{Index: idx}, nil
+}
+
+// touch records client activity of pid (flex-disconnect-timeout).
+func (c *Core) touch(s *session, pid string) {
+	s.mu.Lock()
+	if m := s.st.members[pid]; m != nil {
+		m.lastSeen = c.now().UnixNano()
+	}
+	s.mu.Unlock()
+}
+
+// Events returns the events from from_index on that the participant may see,
+// at most 1000 per call; next_index is where to continue.
+func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.EventsResponse, error) {
+	s, keyHash, err := c.checkAuth(req.Auth)
+	if err != nil {
+		return nil, err
+	}
+	from := max(req.FromIndex, 1)
+	s.mu.Lock()
+	m, err := authorize(&s.st, req.Auth.ParticipantId, keyHash)
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	m.lastSeen = c.now().UnixNano()
+	last := s.lastIndex()
+	if from > last+1 {
+		s.mu.Unlock()
+		return nil, invalid("from_index %d is past the end of the log (next index %d)", from, last+1)
+	}
+	log := s.log[from-1:]
+	ended := s.st.ended
+	viewer := m.p
+	s.mu.Unlock()
+
+	if len(log) > maxPage {
+		log = log[:maxPage]
+		ended = false
+	}
+	resp := &chatpb.EventsResponse{NextIndex: from + uint64(len(log)), Ended: ended}
+	for _, e := range log {
+		if visibleTo(viewer, e.pub) {
+			resp.Events = append(resp.Events, e.pub)
+		}
+	}
+	return resp, nil
+}
+
+// Subscribe streams the events from from_index on that the participant may
+// see, then the live tail, until the session ends (after SESSION_ENDED), the
+// participant leaves (after its PARTICIPANT_LEFT), the client goes away, or
+// this core stops being primary (UNAVAILABLE: resume elsewhere from the last
+// index). A subscriber too slow for fan-out catches up from the log inside
+// the same stream, so it never sees a gap.
+func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_SubscribeServer) error {
+	s, keyHash, err := c.checkAuth(req.Auth)
+	if err != nil {
+		return err
+	}
+	c.roleMu.Lock()
+	roleCtx := c.streamCtx
+	c.roleMu.Unlock()
+	ctx := stream.Context()
+	next := max(req.FromIndex, 1)
+
+	s.mu.Lock()
+	m, err := authorize(&s.st, req.Auth.ParticipantId, keyHash)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	if next > s.lastIndex()+1 {
+		s.mu.Unlock()
+		return invalid("from_index %d is past the end of the log (next index %d)", next, s.lastIndex()+1)
+	}
+	viewer := m.p
+	m.streams++
+	m.lastSeen = c.now().UnixNano()
+	s.mu.Unlock()
+	c.m.subscribers.Inc()
+	defer func() {
+		s.mu.Lock()
+		m.streams--
+		m.lastSeen = c.now().UnixNano()
+		s.mu.Unlock()
+		c.m.subscribers.Dec()
+	}()
+
+	// send delivers one event; done reports the end of the stream.
+	send := func(ev *chatpb.Event) (done bool, err error) {
+		next = ev.Index + 1
+		if visibleTo(viewer, ev) {
+			if err := stream.Send(ev); err != nil {
+				return true, err
+			}
+		}
+		end := ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+			(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id)
+		return end, nil
+	}
+	for {
+		// Catch up from the log; register for fan-out once caught up.
+		s.mu.Lock()
+		batch := s.log[next-1:]
+		var sub *subscriber
+		if len(batch) <= c.cfg.SubscriberBuffer && !s.st.ended && !s.removed {
+			sub = &subscriber{ch: make(chan *chatpb.Event, c.cfg.SubscriberBuffer)}
+			if s.subs == nil {
+				s.subs = make(map[*subscriber]struct{})
+			}
+			s.subs[sub] = struct{}{}
+		}
+		s.mu.Unlock()
+		for _, e := range batch {
+			if done, err := send(e.pub); done {
+				c.unsubscribe(s, sub)
+				return err
+			}
+		}
+		if sub == nil {
+			if len(batch) == 0 { // removed or ended with everything sent
+				return nil
+			}
+			continue
+		}
+		for lagging := false; !lagging; {
+			select {
+			case ev, ok := <-sub.ch:
+				if !ok {
+					lagging = true // dropped from fan-out (or the session ended): catch up from the log
+					continue
+				}
+				if done, err := send(ev); done {
+					c.unsubscribe(s, sub)
+					return err
+				}
+			case <-ctx.Done():
+				c.unsubscribe(s, sub)
+				return status.FromContextError(ctx.Err()).Err()
+			case <-roleCtx.Done():
+				c.unsubscribe(s, sub)
+				return errNotPrimary
+			}
+		}
+	}
+}
+
+func (c *Core) unsubscribe(s *session, sub *subscriber) {
+	if sub == nil {
+		return
+	}
+	s.mu.Lock()
+	if _, ok := s.subs[sub]; ok {
+		delete(s.subs, sub)
+		close(sub.ch)
+	}
+	s.mu.Unlock()
+}
+
+// WatchSessions streams session changes to the Interaction Server: first
+// KIND_STARTED for every live session, then STARTED, UPDATED and ENDED as
+// they happen. A watcher too slow to keep up is cut off with UNAVAILABLE and
+// re-watches (it gets every live session again).
+func (c *Core) WatchSessions(req *chatpb.WatchSessionsRequest, stream chatpb.Chat_WatchSessionsServer) error {
+	if !c.tokenOK(req.ServiceToken) {
+		return errBadToken
+	}
+	c.roleMu.Lock()
+	roleCtx := c.streamCtx
+	c.roleMu.Unlock()
+	w := &watcher{ch: make(chan *chatpb.SessionChange, 1024)}
+	c.watchMu.Lock()
+	c.watchers[w] = struct{}{}
+	c.watchMu.Unlock()
+	defer c.unwatch(w)
+
+	c.mu.RLock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	c.mu.RUnlock()
+	for _, s := range all {
+		s.mu.Lock()
+		var ch *chatpb.SessionChange
+		if !s.st.ended && !s.removed && s.st.customer() != nil {
+			ch = c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
+		}
+		s.mu.Unlock()
+		if ch != nil {
+			if err := stream.Send(ch); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		select {
+		case ch, ok := <-w.ch:
+			if !ok {
+				return status.Error(codes.Unavailable, "session watcher fell behind; watch again")
+			}
+			if err := stream.Send(ch); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			return status.FromContextError(stream.Context().Err()).Err()
+		case <-roleCtx.Done():
+			return errNotPrimary
+		}
+	}
+}
+
+// watcher is one WatchSessions stream's mailbox.
+type watcher struct {
+	ch chan *chatpb.SessionChange
+}
+
+func (c *Core) unwatch(w *watcher) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if _, ok := c.watchers[w]; ok {
+		delete(c.watchers, w)
+		close(w.ch)
+	}
+}
+
+func (c *Core) notifyWatchers(ch *chatpb.SessionChange) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	for w := range c.watchers {
+		select {
+		case w.ch <- ch:
+		default:
+			delete(c.watchers, w)
+			close(w.ch)
+		}
+	}
+}
+
+// Status reports role, epoch, sessions and replication state. Any core answers it.
+func (c *Core) Status(ctx context.Context, _ *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
+	return c.status(), nil
+}
+
+func (c *Core) status() *chatpb.StatusResponse {
+	c.mu.RLock()
+	live := c.live
+	c.mu.RUnlock()
+	return &chatpb.StatusResponse{
+		Name: c.cfg.Name, Role: c.Role(), Epoch: c.epoch.Load(), LiveSessions: uint64(max(live, 0)),
+		Draining: c.draining.Load(),
+	}
+}
+
+// Switchover hands the primary role to the backup (phase 2).
+func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*chatpb.SwitchoverResponse, error) {
+	if c.cfg.AdminToken == "" || !keyMatches(hashKey(req.AdminToken), hashKey(c.cfg.AdminToken)) {
+		return nil, status.Error(codes.PermissionDenied, "wrong admin token")
+	}
+	return nil, status.Error(codes.Unimplemented, "switchover needs a backup (not available on a single core)")
+}

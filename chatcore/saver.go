@@ -1,0 +1,284 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// saver writes transcripts to UCS asynchronously, per session, behind one
+// circuit breaker. A session is in the queue at most once; a save covers
+// every event since the last acknowledged one, so bursts coalesce. Saves are
+// idempotent by index at the store, so resends and a new primary re-saving
+// are harmless.
+type saver struct {
+	c  *Core
+	cb *gobreaker.CircuitBreaker[SaveResult]
+
+	mu     sync.Mutex
+	queue  []*session
+	wake   chan struct{}
+	timers map[*time.Timer]struct{} // armed resend timers, stopped at shutdown
+}
+
+func newSaver(c *Core) *saver {
+	sv := &saver{c: c, wake: make(chan struct{}, 1), timers: make(map[*time.Timer]struct{})}
+	sv.cb = gobreaker.NewCircuitBreaker[SaveResult](gobreaker.Settings{
+		Name:        "ucs",
+		MaxRequests: 1,
+		Timeout:     c.cfg.TranscriptBreakerTimeout,
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			return n.ConsecutiveFailures >= uint32(c.cfg.TranscriptBreakerFailures)
+		},
+		// UCS answering "no" (non-recoverable, stale epoch) is UCS working.
+		IsSuccessful: func(err error) bool {
+			return err == nil || errors.Is(err, ErrNonRecoverable) || errors.Is(err, ErrStaleEpoch)
+		},
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			c.m.breakerState.Set(float64(to))
+			c.log.Warn("transcript breaker changed state", "from", from.String(), "to", to.String())
+		},
+	})
+	return sv
+}
+
+// enqueue asks for a save of s. Call without s.mu held.
+func (sv *saver) enqueue(s *session) {
+	s.mu.Lock()
+	if s.saveQueued || s.saving || s.retryPending {
+		s.saveDirty = true
+		s.mu.Unlock()
+		return
+	}
+	s.saveQueued = true
+	s.mu.Unlock()
+	sv.push(s)
+}
+
+func (sv *saver) push(s *session) {
+	sv.mu.Lock()
+	sv.queue = append(sv.queue, s)
+	sv.mu.Unlock()
+	select {
+	case sv.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (sv *saver) pop() *session {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if len(sv.queue) == 0 {
+		return nil
+	}
+	s := sv.queue[0]
+	sv.queue[0] = nil
+	sv.queue = sv.queue[1:]
+	if len(sv.queue) > 0 {
+		select {
+		case sv.wake <- struct{}{}:
+		default:
+		}
+	}
+	return s
+}
+
+// run starts TranscriptSaveWorkers workers and returns when ctx is done and
+// they have stopped.
+func (sv *saver) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for range sv.c.cfg.TranscriptSaveWorkers {
+		wg.Go(func() {
+			for {
+				if s := sv.pop(); s != nil {
+					sv.save(ctx, s)
+					continue
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-sv.wake:
+				}
+			}
+		})
+	}
+	wg.Wait()
+	sv.mu.Lock()
+	for t := range sv.timers {
+		t.Stop()
+	}
+	sv.mu.Unlock()
+}
+
+// save performs one save attempt for s and decides what follows.
+func (sv *saver) save(ctx context.Context, s *session) {
+	c := sv.c
+	s.mu.Lock()
+	s.saveQueued = false
+	s.saveDirty = false
+	from, to := s.savedThrough+1, s.lastIndex()
+	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.st.ended) {
+		s.mu.Unlock()
+		return
+	}
+	s.saving = true
+	ended := s.st.ended
+	events := make([]*chatpb.Event, 0, to-from+1)
+	for _, e := range s.log[from-1 : to] {
+		if c.savedKind(e.ev) {
+			events = append(events, e.ev)
+		}
+	}
+	s.mu.Unlock()
+
+	var err error
+	if len(events) > 0 || ended {
+		req := SaveRequest{Service: c.cfg.Cluster, Epoch: c.epoch.Load(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
+		_, err = sv.cb.Execute(func() (SaveResult, error) {
+			sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
+			defer cancel()
+			return c.store.Save(sctx, req)
+		})
+	}
+	switch {
+	case err == nil:
+		c.m.saves.WithLabelValues("ok").Inc()
+		sv.done(ctx, s, func() {
+			s.savedThrough = max(s.savedThrough, to)
+			s.saveRetries = 0
+			s.retryAt = time.Time{}
+			if ended {
+				s.finalSaved = true
+			}
+		})
+		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
+			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, "save", to, "")
+		}
+	case errors.Is(err, ErrStaleEpoch):
+		c.m.saves.WithLabelValues("stale_epoch").Inc()
+		sv.done(ctx, s, nil)
+		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
+	case errors.Is(err, ErrNonRecoverable):
+		c.m.saves.WithLabelValues("nonrecoverable").Inc()
+		c.log.Warn("transcript save failed for good", "session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
+		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
+			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
+		}
+		if c.cfg.TranscriptSaveOnError == SaveOnErrorClose {
+			sv.done(ctx, s, func() { s.noFinalSave = true })
+			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
+				c.log.Warn("could not close session after non-recoverable save error", "session", s.id, "err", err)
+			}
+			return
+		}
+		sv.done(ctx, s, func() { s.retryAt = c.now().Add(sv.giveUpBackoff()) })
+	default:
+		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+			c.m.saves.WithLabelValues("breaker_open").Inc()
+		} else {
+			c.m.saves.WithLabelValues("recoverable").Inc()
+		}
+		var retry bool
+		sv.done(ctx, s, func() {
+			s.saveRetries++
+			retry = s.saveRetries <= c.cfg.TranscriptResendAttempts
+			if retry {
+				s.retryPending = true
+				return
+			}
+			s.saveRetries = 0
+			s.retryAt = c.now().Add(sv.giveUpBackoff())
+		})
+		if retry {
+			c.m.saveResends.Inc()
+			sv.after(c.cfg.TranscriptResendDelay, s)
+			return
+		}
+		c.m.saveGiveUps.Inc()
+		c.log.Warn("transcript save given up after resends", "session", s.id, "through", to, "attempts", c.cfg.TranscriptResendAttempts+1, "err", err)
+		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
+			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
+		}
+	}
+}
+
+// done ends a save attempt: it runs update under s.mu, clears saving and
+// re-queues s if a trigger arrived meanwhile.
+func (sv *saver) done(ctx context.Context, s *session, update func()) {
+	s.mu.Lock()
+	s.saving = false
+	if update != nil {
+		update()
+	}
+	again := s.saveDirty && !s.retryPending && !s.noFinalSave && s.retryAt.IsZero()
+	if again {
+		s.saveDirty = false
+		s.saveQueued = true
+	}
+	s.mu.Unlock()
+	if again {
+		sv.push(s)
+	}
+}
+
+// after re-queues s once delay has passed (a resend).
+func (sv *saver) after(delay time.Duration, s *session) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	var t *time.Timer
+	t = time.AfterFunc(delay, func() {
+		sv.mu.Lock()
+		delete(sv.timers, t)
+		sv.mu.Unlock()
+		s.mu.Lock()
+		s.retryPending = false
+		s.saveQueued = true
+		s.mu.Unlock()
+		sv.push(s)
+	})
+	sv.timers[t] = struct{}{}
+}
+
+// giveUpBackoff is how long a given-up save waits before the janitor
+// retries it (new events retry sooner).
+func (sv *saver) giveUpBackoff() time.Duration {
+	return max(10*sv.c.cfg.TranscriptResendDelay, time.Second)
+}
+
+// notice appends a transcript-auto-save=2 notice (TRANSCRIPT_SAVED or _FAILED).
+func (sv *saver) notice(ctx context.Context, s *session, kind chatpb.EventKind, noticeType string, through uint64, detail string) {
+	attrs := map[string]string{"noticeType": noticeType, "through": strconv.FormatUint(through, 10)}
+	if detail != "" {
+		attrs["error"] = detail
+	}
+	_, _, err := sv.c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		if st.ended {
+			return nil, 0, errEnded
+		}
+		return &chatpb.Event{Kind: kind, From: systemParticipant, Attrs: attrs}, 0, nil
+	})
+	if err != nil && !errors.Is(err, errEnded) {
+		sv.c.log.Debug("transcript notice not appended", "session", s.id, "err", err)
+	}
+}
+
+// pendingRetry re-queues s if a given-up save's backoff has passed. The
+// janitor calls it. Call without s.mu held.
+func (sv *saver) pendingRetry(s *session, now time.Time) {
+	s.mu.Lock()
+	due := !s.retryAt.IsZero() && !now.Before(s.retryAt) && !s.saveQueued && !s.saving && !s.retryPending && !s.noFinalSave
+	if due {
+		s.retryAt = time.Time{}
+		s.saveQueued = true
+	}
+	s.mu.Unlock()
+	if due {
+		sv.push(s)
+	}
+}

@@ -1,0 +1,185 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+const (
+	healthServing    = healthpb.HealthCheckResponse_SERVING
+	healthNotServing = healthpb.HealthCheckResponse_NOT_SERVING
+)
+
+// Run listens on cfg.GRPC and cfg.HTTP and serves until ctx is done.
+func (c *Core) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	gl, err := lc.Listen(ctx, "tcp", c.cfg.GRPC)
+	if err != nil {
+		return fmt.Errorf("listen grpc: %w", err)
+	}
+	hl, err := lc.Listen(ctx, "tcp", c.cfg.HTTP)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("listen http: %w", err)
+	}
+	return c.Serve(ctx, gl, hl)
+}
+
+// Serve serves gRPC on gl and HTTP on hl until ctx is done, then stops the
+// servers (in-flight calls get a moment to finish) and the background work.
+// A core configured as primary claims the next epoch at the store first;
+// Chat calls answer UNAVAILABLE until it holds it.
+func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.runCtx = ctx
+	gs := c.grpcServer()
+	hs := &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
+	c.health.SetServingStatus("", healthServing)
+	c.health.SetServingStatus(ChatServiceName, healthNotServing)
+	c.log.Info("chat core serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "role", c.cfg.Role,
+		"transcript-auto-save", c.cfg.TranscriptAutoSave, "session-restoration-mode", c.cfg.SessionRestorationMode)
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() {
+		if err := gs.Serve(gl); err != nil {
+			errc <- fmt.Errorf("serve grpc: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := hs.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve http: %w", err)
+		}
+	})
+	wg.Go(func() { c.saver.run(ctx) })
+	wg.Go(func() { c.janitor(ctx) })
+	if c.cfg.Role == RolePrimary {
+		wg.Go(func() {
+			if err := c.claimPrimary(ctx); err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		})
+	}
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	c.log.Info("chat core stopping")
+	c.health.Shutdown()
+	c.stepDown("shutting down", 0)
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		gs.Stop()
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer scancel()
+	_ = hs.Shutdown(sctx)
+	wg.Wait()
+	return err
+}
+
+// grpcServer builds the gRPC server with Chat, health, tracing and the role gate.
+func (c *Core) grpcServer() *grpc.Server {
+	gs := grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
+		grpc.ChainUnaryInterceptor(c.unaryGate),
+		grpc.ChainStreamInterceptor(c.streamGate),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(1<<20),
+	)
+	chatpb.RegisterChatServer(gs, c)
+	healthpb.RegisterHealthServer(gs, c.health)
+	return gs
+}
+
+// gate refuses Chat calls (except Status and Switchover) unless this core is
+// the serving primary.
+func (c *Core) gate(method string) error {
+	if !strings.HasPrefix(method, "/"+ChatServiceName+"/") {
+		return nil
+	}
+	switch method[len(ChatServiceName)+2:] {
+	case "Status", "Switchover":
+		return nil
+	}
+	if !c.primary.Load() {
+		return errNotPrimary
+	}
+	if c.draining.Load() {
+		return errDraining
+	}
+	return nil
+}
+
+func (c *Core) unaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := c.gate(info.FullMethod); err != nil {
+		c.countRPC(info.FullMethod, err)
+		return nil, err
+	}
+	resp, err := h(ctx, req)
+	c.countRPC(info.FullMethod, err)
+	return resp, err
+}
+
+func (c *Core) streamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := c.gate(info.FullMethod)
+	if err == nil {
+		err = h(srv, ss)
+	}
+	c.countRPC(info.FullMethod, err)
+	return err
+}
+
+func (c *Core) countRPC(method string, err error) {
+	if i := strings.LastIndexByte(method, '/'); i >= 0 {
+		method = method[i+1:]
+	}
+	c.m.rpcs.WithLabelValues(method, status.Code(err).String()).Inc()
+}
+
+// httpHandler serves /metrics, /healthz and /status.
+func (c *Core) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", c.tel.MetricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "ok %s %s epoch %d\n", c.cfg.Name, c.Role(), c.epoch.Load())
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(c.status())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
+	})
+	return otelhttp.NewHandler(mux, "chatcore", otelhttp.WithTracerProvider(c.tel.Tracer), otelhttp.WithPropagators(c.tel.Propagator))
+}
+
+// grpcCode maps an error to its gRPC code (tests and logs).
+func grpcCode(err error) codes.Code { return status.Code(err) }

@@ -1,0 +1,102 @@
+package chatcore
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"sync"
+	"time"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// entry is one committed log entry: the event as replicated and saved, and
+// the copy clients receive (key_hash stripped; the same pointer when there is
+// nothing to strip). Both are immutable once committed.
+type entry struct {
+	ev, pub *chatpb.Event
+}
+
+// session is one live chat. appendMu serialises appenders across the second
+// copy, so indexes are assigned and committed in order; mu guards everything
+// else and is only held briefly.
+type session struct {
+	id string
+
+	appendMu sync.Mutex
+
+	mu   sync.Mutex
+	log  []entry
+	st   state
+	subs map[*subscriber]struct{}
+
+	// transcript saver bookkeeping (see saver.go); replicated in phase 2.
+	savedThrough uint64    // highest index UCS acknowledged (or that needed no save)
+	saveQueued   bool      // in the saver queue
+	saving       bool      // a saver works on it
+	saveDirty    bool      // a trigger arrived while queued, saving or waiting to resend
+	retryPending bool      // a resend timer is armed
+	saveRetries  int       // resends of the current failing save
+	retryAt      time.Time // give-up backoff: the janitor re-queues after this
+	finalSaved   bool      // the range with SESSION_ENDED was saved
+	noFinalSave  bool      // transcript-save-on-error=close fired: never save again
+	endedAt      time.Time
+	removed      bool // dropped from the core's map
+}
+
+func newSession(id string) *session {
+	return &session{id: id, st: newState()}
+}
+
+// lastIndex returns the index of the last committed event. Call with mu held.
+func (s *session) lastIndex() uint64 { return uint64(len(s.log)) }
+
+// subscriber is one Subscribe stream's mailbox. Fan-out never blocks on it:
+// when ch is full the subscriber is removed and ch closed, and the stream
+// catches up from the log by itself.
+type subscriber struct {
+	ch chan *chatpb.Event
+}
+
+// tokenBucket limits the sends of one participant.
+type tokenBucket struct {
+	tokens float64
+	last   int64 // unix nanos; 0 = never used (full bucket)
+}
+
+// take removes one token if there is one, refilling at rate per second up to burst.
+func (b *tokenBucket) take(now int64, rate float64, burst int) bool {
+	if b.last == 0 {
+		b.tokens = float64(burst)
+	} else if now > b.last {
+		b.tokens += float64(now-b.last) / float64(time.Second) * rate
+		if b.tokens > float64(burst) {
+			b.tokens = float64(burst)
+		}
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// newID returns 128 random bits as 32 hex digits (session ids, secure keys).
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(b[:])
+}
+
+// hashKey returns the hex SHA-256 of a secure key, as stored in key_hash.
+func hashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
+
+// keyMatches compares a presented key's hash with the stored one in constant time.
+func keyMatches(presentedHash, stored string) bool {
+	return stored != "" && subtle.ConstantTimeCompare([]byte(presentedHash), []byte(stored)) == 1
+}
