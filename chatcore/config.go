@@ -229,7 +229,7 @@ const (
 	NoticeCustom                           // NOTICE
 	NoticeSave                             // TRANSCRIPT_SAVED, TRANSCRIPT_SAVE_FAILED
 	NoticeDisconnect                       // PARTICIPANT_DISCONNECTED, PARTICIPANT_RECONNECTED
-	noticeAll = NoticeTyping | NoticePushURL | NoticeCustom | NoticeSave | NoticeDisconnect
+	noticeAll        = NoticeTyping | NoticePushURL | NoticeCustom | NoticeSave | NoticeDisconnect
 )
 
 var noticeNames = map[string]NoticeSet{

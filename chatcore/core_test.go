@@ -225,8 +225,8 @@ func TestVisibilityOverGRPC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mustSend(msg(coach, "offer a refund", ""))     // coach: internal by its join
-	mustSend(msg(mon, "watching", ""))             // monitor: monitor by its join
+	mustSend(msg(coach, "offer a refund", "")) // coach: internal by its join
+	mustSend(msg(mon, "watching", ""))         // monitor: monitor by its join
 	mustSend(&chatpb.SendRequest{Auth: agent, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "note", Visibility: chatpb.Visibility_VISIBILITY_INTERNAL})
 	mustSend(msg(agent, "we will refund you", ""))
 	if _, err := tc.cl.Leave(ctx, &chatpb.LeaveRequest{Auth: mon}); err != nil {

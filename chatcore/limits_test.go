@@ -72,7 +72,10 @@ func TestBadInput(t *testing.T) {
 			_, err := tc.cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: "s", Nickname: "n", UserData: map[string]string{"k": strings.Repeat("v", maxUserDataSize)}})
 			return err
 		}, codes.InvalidArgument},
-		{"send without auth", func() error { _, err := tc.cl.Send(ctx, &chatpb.SendRequest{Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "x"}); return err }, codes.InvalidArgument},
+		{"send without auth", func() error {
+			_, err := tc.cl.Send(ctx, &chatpb.SendRequest{Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "x"})
+			return err
+		}, codes.InvalidArgument},
 		{"send oversized", func() error { _, err := tc.cl.Send(ctx, msg(cust, big, "")); return err }, codes.InvalidArgument},
 		{"send empty message", func() error { _, err := tc.cl.Send(ctx, msg(cust, "  ", "")); return err }, codes.InvalidArgument},
 		{"send join kind", func() error {
@@ -99,7 +102,10 @@ func TestBadInput(t *testing.T) {
 		{"unknown participant", func() error { _, err := tc.cl.Send(ctx, msg(otherPID, "x", "")); return err }, codes.PermissionDenied},
 		{"unknown session", func() error { _, err := tc.cl.Send(ctx, msg(unknown, "x", "")); return err }, codes.NotFound},
 		{"events wrong key", func() error { _, err := tc.cl.Events(ctx, &chatpb.EventsRequest{Auth: wrongKey}); return err }, codes.PermissionDenied},
-		{"events past end", func() error { _, err := tc.cl.Events(ctx, &chatpb.EventsRequest{Auth: cust, FromIndex: 99}); return err }, codes.InvalidArgument},
+		{"events past end", func() error {
+			_, err := tc.cl.Events(ctx, &chatpb.EventsRequest{Auth: cust, FromIndex: 99})
+			return err
+		}, codes.InvalidArgument},
 		{"leave wrong key", func() error { _, err := tc.cl.Leave(ctx, &chatpb.LeaveRequest{Auth: wrongKey}); return err }, codes.PermissionDenied},
 		{"join wrong token", func() error {
 			_, err := tc.cl.Join(ctx, &chatpb.JoinRequest{SessionId: cust.SessionId, Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, ServiceToken: "bad"})

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // memStore is an in-memory TranscriptStore with injectable faults, the
@@ -60,7 +61,7 @@ func (m *memStore) Save(ctx context.Context, req SaveRequest) (SaveResult, error
 	if req.Ended {
 		m.ended[req.ChatID] = true
 	}
-	return SaveResult{Through: through}, nil
+	return SaveResult{HighestIndex: through}, nil
 }
 
 func (m *memStore) Transcript(ctx context.Context, chatID string) (*Transcript, error) {
@@ -83,9 +84,9 @@ func (m *memStore) ClaimEpoch(ctx context.Context, service string, expect, epoch
 	defer m.mu.Unlock()
 	cur := m.epochs[service]
 	if cur.Epoch != expect || epoch <= cur.Epoch {
-		return cur, ErrEpochConflict
+		return cur, &ucsmock.EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder}
 	}
-	e := Epoch{Service: service, Epoch: epoch, Holder: holder}
+	e := Epoch{Epoch: epoch, Holder: holder}
 	m.epochs[service] = e
 	return e, nil
 }

@@ -38,7 +38,8 @@ func newSaver(c *Core) *saver {
 		},
 		// UCS answering "no" (non-recoverable, stale epoch) is UCS working.
 		IsSuccessful: func(err error) bool {
-			return err == nil || errors.Is(err, ErrNonRecoverable) || errors.Is(err, ErrStaleEpoch)
+			return err == nil || errors.Is(err, ErrNonRecoverable) || errors.Is(err, ErrStaleEpoch) ||
+				errors.Is(err, ErrConflict) || errors.Is(err, ErrInvalid)
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			c.m.breakerState.Set(float64(to))
@@ -164,7 +165,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		c.m.saves.WithLabelValues("stale_epoch").Inc()
 		sv.done(ctx, s, nil)
 		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
-	case errors.Is(err, ErrNonRecoverable):
+	case errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid):
 		c.m.saves.WithLabelValues("nonrecoverable").Inc()
 		c.log.Warn("transcript save failed for good", "session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {

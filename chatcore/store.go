@@ -1,67 +1,51 @@
 package chatcore
 
 import (
-	"context"
-	"errors"
-
-	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/ucsmock"
 )
 
-// Errors a TranscriptStore returns; the saver branches on them.
+// Errors a TranscriptStore returns; the saver branches on them with errors.Is.
+// They are ucsmock's sentinels, so ucsmock.Client and ucsmock.MemStore plug
+// in directly.
 var (
 	// ErrStaleEpoch means the store has seen a newer epoch: this core is fenced.
-	ErrStaleEpoch = errors.New("stale epoch")
+	ErrStaleEpoch = ucsmock.ErrStaleEpoch
 	// ErrUnavailable is a recoverable failure (timeout, outage, 503): resend later.
-	ErrUnavailable = errors.New("transcript store unavailable")
+	ErrUnavailable = ucsmock.ErrUnavailable
 	// ErrNonRecoverable is a permanent refusal of a save (transcript-save-on-error applies).
-	ErrNonRecoverable = errors.New("non-recoverable transcript store error")
+	ErrNonRecoverable = ucsmock.ErrNonRecoverable
 	// ErrNotFound means the store has no transcript for the chat.
-	ErrNotFound = errors.New("transcript not found")
+	ErrNotFound = ucsmock.ErrNotFound
 	// ErrEpochConflict means a ClaimEpoch compare-and-set lost.
-	ErrEpochConflict = errors.New("epoch conflict")
+	ErrEpochConflict = ucsmock.ErrEpochConflict
+	// ErrConflict means a save tried to change an event stored by the same
+	// or a newer epoch; the saver treats it as non-recoverable.
+	ErrConflict = ucsmock.ErrConflict
+	// ErrInvalid means the store refused the request as malformed; the saver
+	// treats it as non-recoverable.
+	ErrInvalid = ucsmock.ErrInvalid
 )
 
-// SaveRequest is one idempotent transcript save: the events of one chat, in
-// index order (the range may skip notices that transcript-save-notices
-// excludes), stamped with the writer's epoch for fencing.
-type SaveRequest struct {
-	Service string
-	Epoch   uint64
-	Writer  string
-	ChatID  string
-	Events  []*chatpb.Event
-	Ended   bool
-}
+// SaveRequest is one idempotent transcript save: some events of one chat in
+// index order (notices that transcript-save-notices excludes are left out),
+// stamped with the writer's epoch for fencing. Service is the core's
+// Cluster: the epoch is per primary/backup pair.
+type SaveRequest = ucsmock.SaveRequest
 
 // SaveResult is what the store reports after a save.
-type SaveResult struct {
-	// Through is the highest index the store now holds for the chat.
-	Through uint64
-}
+type SaveResult = ucsmock.SaveResult
 
 // Transcript is a stored transcript.
-type Transcript struct {
-	ChatID string
-	Events []*chatpb.Event
-	Ended  bool
-}
+type Transcript = ucsmock.Transcript
 
 // Epoch is the fencing epoch of a service and who holds it.
-type Epoch struct {
-	Service string
-	Epoch   uint64
-	Holder  string
-}
+type Epoch = ucsmock.Epoch
 
-// TranscriptStore is the seam to UCS. Every method is safe for concurrent
-// use and honours ctx. Save is idempotent per chat and index: saving an index
-// twice (a resend, or a new primary re-saving) is harmless. Save and
-// ClaimEpoch reject an epoch older than the newest the store has seen with
-// ErrStaleEpoch; ClaimEpoch is a compare-and-set that fails with
-// ErrEpochConflict when the current epoch is not expect.
-type TranscriptStore interface {
-	Save(ctx context.Context, req SaveRequest) (SaveResult, error)
-	Transcript(ctx context.Context, chatID string) (*Transcript, error)
-	ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error)
-	Epoch(ctx context.Context, service string) (Epoch, error)
-}
+// TranscriptStore is the seam to UCS: ucsmock.Client over HTTP, or
+// ucsmock.MemStore in tests. Every method is safe for concurrent use and
+// honours ctx. Save is idempotent per chat and index: saving an index twice
+// (a resend, or a new primary re-saving) is harmless. Save and ClaimEpoch
+// reject an epoch older than the newest the store has seen (ErrStaleEpoch);
+// ClaimEpoch is a compare-and-set that fails with ErrEpochConflict when the
+// current epoch is not expect.
+type TranscriptStore = ucsmock.Store
