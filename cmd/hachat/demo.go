@@ -27,6 +27,9 @@ type demoConfig struct {
 	ReadyTimeout time.Duration `yaml:"ready-timeout"`
 	// Grace is the time between SIGTERM and SIGKILL at shutdown (default 5s).
 	Grace time.Duration `yaml:"grace"`
+	// FreePorts picks free loopback ports instead of the fixed demo ports
+	// of docs/design.md (default false): for tests, or a second demo.
+	FreePorts bool `yaml:"free-ports"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -44,6 +47,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.IntVar(&cfg.Stage, "stage", cfg.Stage, "cluster: 2 single core, 3 primary and backup, 4 control plane and sidecars")
 			fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long each part may take to become ready")
 			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
+			fs.BoolVar(&cfg.FreePorts, "free-ports", cfg.FreePorts, "use free loopback ports instead of the fixed demo ports")
 		})
 	if err != nil {
 		return err
@@ -57,8 +61,14 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	if cfg.State == "" {
 		cfg.State = filepath.Join(cfg.Dir, "demo.json")
 	}
+	addrs := demo.DefaultAddrs()
+	if cfg.FreePorts {
+		if addrs, err = demo.FreeAddrs(); err != nil {
+			return err
+		}
+	}
 	plan := demo.StandardPlan(demo.Layout{
-		Addrs:     demo.DefaultAddrs(),
+		Addrs:     addrs,
 		Stage:     demo.Stage(cfg.Stage),
 		DataDir:   cfg.Dir,
 		LogFormat: cfg.LogFormat,

@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/e2e/harness"
+)
+
+// TestDemoCommand runs `hachat demo` as a person would (on free ports), reads
+// the state file, kills the primary with kill -9 from the PID it lists, and
+// checks the demo reports it, does not restart it, keeps the rest running,
+// and stops everything on SIGTERM.
+func TestDemoCommand(t *testing.T) {
+	bin := harness.Binary(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state.json")
+	cmd := exec.Command(bin, "demo", "--free-ports", "--dir", dir, "--state", state, "--grace", "3s")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var out strings.Builder
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			mu.Lock()
+			out.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+		}
+	}()
+	output := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("demo output:\n%s", output())
+			for _, name := range []string{"ucs", "core-a", "webapi", "interaction"} {
+				t.Logf("%s log:\n%s", name, demo.Tail(filepath.Join(dir, name+".log"), 30))
+			}
+		}
+	})
+
+	harness.Eventually(t, "the demo's table", 60*time.Second, func() error {
+		select {
+		case err := <-exited:
+			return errors.New("demo exited early: " + errString(err))
+		default:
+		}
+		if !strings.Contains(output(), "agent desktop:") {
+			return errors.New("no table yet")
+		}
+		return nil
+	})
+	st, err := demo.ReadState(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"ucs", "core-a", "webapi", "interaction"}
+	for _, name := range want {
+		p, ok := st.Part(name)
+		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
+			t.Fatalf("state entry of %s: %+v (ok=%v)", name, p, ok)
+		}
+		if !strings.Contains(output(), p.HTTP) {
+			t.Errorf("the table does not show %s's address %s", name, p.HTTP)
+		}
+	}
+	a, _ := st.Part("core-a")
+	if a.Kind != demo.KindCore || a.Role != "primary" || a.GRPC == "" {
+		t.Fatalf("core-a entry: %+v", a)
+	}
+
+	// The seed's move: kill -9 the primary's PID from the state file.
+	if err := syscall.Kill(a.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, "the demo reports core-a's death", 10*time.Second, func() error {
+		if !strings.Contains(output(), "core-a exited: signal: killed") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	harness.Eventually(t, "the state file marks core-a exited", 10*time.Second, func() error {
+		st, err := demo.ReadState(state)
+		if err != nil {
+			return err
+		}
+		p, _ := st.Part("core-a")
+		if p.State != demo.StateExited || p.PID != a.PID {
+			return errors.New("core-a: " + p.State)
+		}
+		return nil
+	})
+	st, _ = demo.ReadState(state)
+	for _, name := range []string{"ucs", "webapi", "interaction"} {
+		p, _ := st.Part(name)
+		if err := syscall.Kill(p.PID, 0); err != nil {
+			t.Errorf("%s (pid %d) died with the primary: %v", name, p.PID, err)
+		}
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("demo exit after SIGTERM: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("demo did not stop within 20s of SIGTERM")
+	}
+	for _, p := range st.Parts {
+		if err := syscall.Kill(p.PID, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("%s (pid %d) still runs after the demo stopped", p.Name, p.PID)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ucs.db")); err != nil {
+		t.Errorf("ucsmock's database is not in the demo dir: %v", err)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
