@@ -1,0 +1,142 @@
+package webapi
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// checkDecoded asserts what every successfully decoded request guarantees:
+// valid UTF-8 everywhere (so the protobuf request can be marshalled), bounded
+// user data, and a request the core would accept on the wire.
+func checkDecoded(t *testing.T, req chatRequest) {
+	t.Helper()
+	for _, s := range []string{req.Nickname, req.FirstName, req.LastName, req.Subject, req.EmailAddress,
+		req.UserID, req.SecureKey, req.Alias, req.Message, req.ClientMessageID, req.NoticeType, req.PushURL} {
+		if !utf8.ValidString(s) {
+			t.Fatalf("decoded invalid UTF-8 %q", s)
+		}
+	}
+	if len(req.UserData) > maxUserData {
+		t.Fatalf("%d userData entries", len(req.UserData))
+	}
+	for k, v := range req.UserData {
+		if k == "" || len(k) > maxUserDataKey || len(v) > maxUserDataVal || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			t.Fatalf("bad userData %q=%q", k, v)
+		}
+	}
+	if _, err := proto.Marshal(&chatpb.StartSessionRequest{Nickname: req.Nickname, Subject: req.Subject, UserData: req.UserData,
+		FirstName: req.FirstName, LastName: req.LastName, EmailAddress: req.EmailAddress}); err != nil {
+		t.Fatalf("start request does not marshal: %v", err)
+	}
+	if _, err := proto.Marshal(&chatpb.SendRequest{Text: req.Message, ClientMessageId: req.ClientMessageID,
+		Auth: &chatpb.Auth{ParticipantId: req.UserID, SecureKey: req.SecureKey}}); err != nil {
+		t.Fatalf("send request does not marshal: %v", err)
+	}
+	if !req.HasPosition && req.TranscriptPosition != 0 {
+		t.Fatalf("position %d without HasPosition", req.TranscriptPosition)
+	}
+}
+
+// checkRefused asserts a refused request is a client error with advice.
+func checkRefused(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, errMalformed) && !errors.Is(err, errInvalid) && !errors.Is(err, errTooLarge) {
+		t.Fatalf("error %v is none of the sentinels", err)
+	}
+	if f := classify(err); f.HTTP != http.StatusBadRequest || f.Status != statusUnrecovered || f.Advice == "" {
+		t.Fatalf("refusal classified as %+v", f)
+	}
+}
+
+func parseBody(contentType string, body []byte) (chatRequest, error) {
+	r := httptest.NewRequest(http.MethodPost, "/genesys/2/chat/s", bytes.NewReader(body))
+	if contentType != "" {
+		r.Header.Set("Content-Type", contentType)
+	}
+	return parseRequest(httptest.NewRecorder(), r, 4096)
+}
+
+func FuzzParseJSON(f *testing.F) {
+	for _, seed := range []string{
+		`{"nickname":"Ada","subject":"x","userData":{"a":"1","b":2,"c":true,"d":null}}`,
+		`{"userId":"u","secureKey":"k","message":"hi","clientMessageId":"m1","transcriptPosition":3}`,
+		`{"transcriptPosition":"7","userData[k]":"v"}`,
+		`{"transcriptPosition":-1}`, `{"transcriptPosition":1e3}`, `{"nickname":["x"]}`,
+		`{"nickname":"\ud800"}`, `{"userData":{"":"x"}}`, `[]`, `null`, `{`, `{"a":1}{}`, ``, `"str"`,
+		`{"message":"\u0000\u001f"}`, `{"pushUrl":"https://example.com/?q=1"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := parseBody("application/json", body)
+		if err != nil {
+			checkRefused(t, err)
+			return
+		}
+		checkDecoded(t, req)
+	})
+}
+
+func FuzzParseForm(f *testing.F) {
+	for _, seed := range []string{
+		"nickname=Ada&subject=x&userData%5Ba%5D=1",
+		"userId=u&secureKey=k&message=hi&clientMessageId=m&transcriptPosition=2",
+		"transcriptPosition=x", "transcriptPosition=%2B1", "nickname=%ff", "a=%zz", "userData%5B%5D=1",
+		"userData[a]=1&userData[a]=2", "message=a;b", "&&&=", "",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		req, err := parseBody("application/x-www-form-urlencoded", []byte(body))
+		if err != nil {
+			checkRefused(t, err)
+			return
+		}
+		checkDecoded(t, req)
+	})
+}
+
+func TestParseLimits(t *testing.T) {
+	big := bytes.Repeat([]byte("a"), 5000)
+	cases := []struct {
+		name        string
+		contentType string
+		body        []byte
+		want        error
+	}{
+		{"too large", "application/json", append(append([]byte(`{"message":"`), big...), '"', '}'), errTooLarge},
+		{"too many userData", "application/x-www-form-urlencoded", manyUserData(maxUserData + 1), errInvalid},
+		{"userData at the limit", "application/x-www-form-urlencoded", manyUserData(maxUserData), nil},
+		{"empty body", "application/json", nil, nil},
+		{"multipart without boundary", "multipart/form-data", []byte("x"), errMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseBody(tc.contentType, tc.body)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func manyUserData(n int) []byte {
+	var b bytes.Buffer
+	for i := range n {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString("userData%5Bk")
+		b.WriteString(itoa(uint64(i)))
+		b.WriteString("%5D=v")
+	}
+	return b.Bytes()
+}
