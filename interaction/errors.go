@@ -22,6 +22,10 @@ var (
 	// ErrCoreUnavailable marks a chat core that cannot be reached right now
 	// (HTTP 503); the caller may retry, with the same clientMessageId for sends.
 	ErrCoreUnavailable = errors.New("chat core unavailable")
+	// ErrTooMany marks a send the chat core refused as too frequent (HTTP 429).
+	ErrTooMany = errors.New("too many requests")
+	// ErrCore marks any other failure of the chat core (HTTP 502).
+	ErrCore = errors.New("chat core error")
 )
 
 // Specific routing errors, each wrapping its class.

@@ -348,7 +348,8 @@ func (r *Router) Begin(agent, chat string) error {
 }
 
 // End clears the busy mark of Begin; with release the agent gives the chat
-// up, and with requeue it goes back to the queue instead of being forgotten.
+// up, and with requeue it goes back to the queue instead of being forgotten
+// (the agent counts as having declined it).
 func (r *Router) End(agent, chat string, release, requeue bool, now time.Time) []Notice {
 	c, ok := r.chats[chat]
 	if !ok || c.state != ChatAssigned || c.agent != agent {
@@ -363,6 +364,7 @@ func (r *Router) End(agent, chat string, release, requeue bool, now time.Time) [
 		a.idleSince = now
 	}
 	if requeue {
+		c.declined[agent] = true
 		c.state, c.agent = ChatQueued, ""
 		r.enqueue(c)
 	} else {

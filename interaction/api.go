@@ -1,0 +1,395 @@
+package interaction
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// heartbeat is how often an idle push connection gets a comment line, so that
+// proxies keep it open and a dead one is noticed.
+const heartbeat = 15 * time.Second
+
+// errorJSON is the body of every error answer.
+type errorJSON struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// statusOf maps an error class to its HTTP status and short code.
+func statusOf(err error) (int, string) {
+	switch {
+	case errors.Is(err, ErrBadRequest):
+		return http.StatusBadRequest, "badRequest"
+	case errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized, "unauthorized"
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden, "forbidden"
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound, "notFound"
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, ErrTooMany):
+		return http.StatusTooManyRequests, "tooMany"
+	case errors.Is(err, ErrCoreUnavailable):
+		return http.StatusServiceUnavailable, "coreUnavailable"
+	default:
+		return http.StatusBadGateway, "coreError"
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v) // the client may be gone; nothing to do
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	code, short := statusOf(err)
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hachat-agent"`)
+	}
+	writeJSON(w, code, errorJSON{Error: err.Error(), Code: short})
+}
+
+// readBody reads a request body of at most maxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, badRequest("body larger than %d bytes", maxBodyBytes)
+		}
+		return nil, badRequest("read body: %v", err)
+	}
+	return b, nil
+}
+
+// authed is a handler that knows the caller's agent id.
+type authed func(w http.ResponseWriter, r *http.Request, agent string)
+
+// auth resolves the bearer token (or, with query, the token query parameter
+// that EventSource needs) to an agent.
+func (s *Server) auth(query bool, h authed) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok && query {
+			tok = r.URL.Query().Get("token")
+		}
+		tok = strings.TrimSpace(tok)
+		if tok == "" {
+			writeErr(w, fmt.Errorf("%w: missing bearer token", ErrUnauthorized))
+			return
+		}
+		agent, ok := s.agentFor(tok)
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: unknown or expired token", ErrUnauthorized))
+			return
+		}
+		h(w, r, agent)
+	}
+}
+
+// chatID reads and checks the {chatId} path value.
+func chatID(r *http.Request) (string, error) {
+	id := r.PathValue("chatId")
+	return id, checkChatID(id)
+}
+
+// routes builds the HTTP routes.
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.tel.MetricsHandler())
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.Handle("GET /agent", desktopHandler())
+	mux.Handle("GET /agent/{file}", desktopHandler())
+
+	mux.HandleFunc("POST /agent/v1/login", s.handleLogin)
+	mux.HandleFunc("POST /agent/v1/logout", s.auth(false, s.handleLogout))
+	mux.HandleFunc("POST /agent/v1/ready", s.auth(false, s.handleReady(true)))
+	mux.HandleFunc("POST /agent/v1/notready", s.auth(false, s.handleReady(false)))
+	mux.HandleFunc("GET /agent/v1/state", s.auth(false, s.handleState))
+	mux.HandleFunc("GET /agent/v1/events", s.auth(true, s.handleEvents))
+	mux.HandleFunc("POST /agent/v1/offers/{chatId}/accept", s.auth(false, s.handleAccept))
+	mux.HandleFunc("POST /agent/v1/offers/{chatId}/reject", s.auth(false, s.handleReject))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/send", s.auth(false, s.handleSend))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/typing", s.auth(false, s.handleTyping))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/pushUrl", s.auth(false, s.handlePushURL))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/transfer", s.auth(false, s.handleTransfer))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/leave", s.auth(false, s.handleLeave(false)))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/close", s.auth(false, s.handleLeave(true)))
+	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
+	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
+	mux.HandleFunc("/agent/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, fmt.Errorf("%w: no route %s %s", ErrNotFound, r.Method, r.URL.Path))
+	})
+	return otelhttp.NewHandler(mux, "interaction",
+		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	up := s.coreUp
+	s.mu.Unlock()
+	if !up {
+		http.Error(w, "chat core session watch not connected", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	req, err := decodeLogin(body)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	tok, st, err := s.login(req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Token string `json:"token"`
+		stateJSON
+	}{tok, st})
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, agent string) {
+	if err := s.logout(agent); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (s *Server) handleReady(ready bool) authed {
+	return func(w http.ResponseWriter, r *http.Request, agent string) {
+		st, err := s.setReady(agent, ready)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+func (s *Server) handleState(w http.ResponseWriter, r *http.Request, agent string) {
+	s.mu.Lock()
+	st := s.stateLocked(agent)
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) handleAccept(w http.ResponseWriter, r *http.Request, agent string) {
+	id, err := chatID(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	cj, err := s.accept(r.Context(), agent, id)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cj)
+}
+
+func (s *Server) handleReject(w http.ResponseWriter, r *http.Request, agent string) {
+	id, err := chatID(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := s.reject(agent, id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// sendJSON answers the send, typing and pushUrl routes.
+type sendJSON struct {
+	Index     uint64 `json:"index"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+// chatCall reads {chatId} and the body and runs fn.
+func chatCall(fn func(ctx context.Context, agent, chat string, body []byte) (any, error)) authed {
+	return func(w http.ResponseWriter, r *http.Request, agent string) {
+		id, err := chatID(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		body, err := readBody(w, r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		out, err := fn(r.Context(), agent, id, body)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+func (s *Server) handleSend(w http.ResponseWriter, r *http.Request, agent string) {
+	chatCall(func(ctx context.Context, agent, chat string, body []byte) (any, error) {
+		req, err := decodeSend(body)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := s.send(ctx, agent, chat, chatpb.EventKind_EVENT_KIND_MESSAGE, req.Message, req.ClientMessageID)
+		if err != nil {
+			return nil, err
+		}
+		return sendJSON{Index: resp.GetIndex(), Duplicate: resp.GetDuplicate()}, nil
+	})(w, r, agent)
+}
+
+func (s *Server) handleTyping(w http.ResponseWriter, r *http.Request, agent string) {
+	chatCall(func(ctx context.Context, agent, chat string, body []byte) (any, error) {
+		typing, err := decodeTyping(body)
+		if err != nil {
+			return nil, err
+		}
+		kind := chatpb.EventKind_EVENT_KIND_TYPING_STOPPED
+		if typing {
+			kind = chatpb.EventKind_EVENT_KIND_TYPING_STARTED
+		}
+		resp, err := s.send(ctx, agent, chat, kind, "", "")
+		if err != nil {
+			return nil, err
+		}
+		return sendJSON{Index: resp.GetIndex()}, nil
+	})(w, r, agent)
+}
+
+func (s *Server) handlePushURL(w http.ResponseWriter, r *http.Request, agent string) {
+	chatCall(func(ctx context.Context, agent, chat string, body []byte) (any, error) {
+		req, err := decodePushURL(body)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := s.send(ctx, agent, chat, chatpb.EventKind_EVENT_KIND_PUSH_URL, req.URL, req.ClientMessageID)
+		if err != nil {
+			return nil, err
+		}
+		return sendJSON{Index: resp.GetIndex(), Duplicate: resp.GetDuplicate()}, nil
+	})(w, r, agent)
+}
+
+func (s *Server) handleTransfer(w http.ResponseWriter, r *http.Request, agent string) {
+	chatCall(func(ctx context.Context, agent, chat string, body []byte) (any, error) {
+		req, err := decodeTransfer(body)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.transfer(ctx, agent, chat, req.ToAgentID); err != nil {
+			return nil, err
+		}
+		return struct {
+			ChatID    string `json:"chatId"`
+			ToAgentID string `json:"toAgentId"`
+		}{chat, req.ToAgentID}, nil
+	})(w, r, agent)
+}
+
+func (s *Server) handleLeave(end bool) authed {
+	return func(w http.ResponseWriter, r *http.Request, agent string) {
+		id, err := chatID(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := s.leave(r.Context(), agent, id, end); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	}
+}
+
+func (s *Server) handleChats(w http.ResponseWriter, r *http.Request, agent string) {
+	if err := s.requireSupervisor(agent); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Chats []liveChatJSON `json:"chats"`
+	}{s.liveChats()})
+}
+
+func (s *Server) handleSupervise(mode string) authed {
+	return func(w http.ResponseWriter, r *http.Request, agent string) {
+		id, err := chatID(r)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		cj, err := s.supervise(r.Context(), agent, id, mode)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, cj)
+	}
+}
+
+// handleEvents is the push channel: Server-Sent Events, starting with the
+// full state and the cached transcript of every chat, then live updates.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent string) {
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	sub := s.hub.add(agent, s.initialPush(agent))
+	defer s.hub.remove(agent, sub)
+	s.log.Debug("push connection opened", "agent", agent)
+	if _, err := io.WriteString(w, "retry: 1000\n\n"); err != nil {
+		return
+	}
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	for {
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+			if _, err := io.WriteString(w, ": ping\n\n"); err != nil {
+				return
+			}
+		case m, ok := <-sub.ch:
+			if !ok {
+				return // dropped (too slow) or logged out
+			}
+			if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", m.event, m.data); err != nil {
+				return
+			}
+		}
+	}
+}

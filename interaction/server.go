@@ -1,0 +1,535 @@
+// Package interaction is the Interaction Server: it watches the chat core for
+// new chat sessions, queues them, offers each to the ready agent idle longest,
+// joins the chat as the agent who accepts, and serves the agent API, a push
+// channel (Server-Sent Events) and the agent desktop page at /agent.
+//
+// The queue and offer rules live in Router, a pure state machine with an
+// injected clock. Server wraps it with I/O: the WatchSessions loop, one
+// Subscribe loop per chat participation (agent or supervisor), the offer
+// timer and the HTTP handlers. Everything it learns from the core is resumed
+// after a failover: the watch is reopened (STARTED for a known session is
+// ignored) and each chat stream resumes from the index after the last event.
+package interaction
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// Backoff between attempts to reopen a broken stream to the chat core.
+const (
+	minRetry = 20 * time.Millisecond
+	maxRetry = 1 * time.Second
+)
+
+// transcriptCache is how many events of one chat the server keeps per
+// participation, to replay them to a desktop that (re)connects.
+const transcriptCache = 2000
+
+// memberKey names one participation: a chat and the agent or supervisor in it.
+type memberKey struct{ chat, agent string }
+
+// member is the server's participation in a chat on behalf of one agent
+// (mode agent) or supervisor (monitor, coach). Fields after auth are guarded
+// by Server.mu.
+type member struct {
+	key    memberKey
+	info   ChatInfo
+	auth   *chatpb.Auth
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mode      string
+	next      uint64 // index of the next event expected
+	events    []chatEventJSON
+	connected bool
+	everUp    bool
+	gone      bool
+	leaving   string // reason of a leave or close in flight
+}
+
+// Server is the Interaction Server. Build it with New, serve it with Run or
+// Serve; Handler returns its HTTP routes for tests.
+type Server struct {
+	cfg     Config
+	core    chatpb.ChatClient
+	tel     *telemetry.Telemetry
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+	hub     *hub
+	handler http.Handler
+	kick    chan struct{}
+
+	ctx    context.Context // parent of every goroutine the server starts
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	router   *Router
+	tokens   map[string]string // token → agent id
+	members  map[memberKey]*member
+	byAgent  map[string]map[string]*member // agent → chat → member
+	joining  map[memberKey]bool            // supervisor joins in flight
+	coreUp   bool
+	coreOnce bool // the watch has been up at least once
+}
+
+// New builds a Server that reaches the chat core through core (normally a
+// *chatclient.Client, which retries and resumes across failovers).
+func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("interaction config: %w", err)
+	}
+	if core == nil {
+		return nil, errors.New("interaction: no chat core client")
+	}
+	if tel == nil {
+		tel = telemetry.Discard()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:     cfg,
+		core:    core,
+		tel:     tel,
+		log:     tel.Logger.With("component", "interaction"),
+		now:     time.Now,
+		hub:     newHub(),
+		kick:    make(chan struct{}, 1),
+		ctx:     ctx,
+		cancel:  cancel,
+		router:  NewRouter(cfg.MaxChatsPerAgent, cfg.OfferTimeout),
+		tokens:  map[string]string{},
+		members: map[memberKey]*member{},
+		byAgent: map[string]map[string]*member{},
+		joining: map[memberKey]bool{},
+	}
+	m, err := newMetrics(tel.Registry, s)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s.metrics = m
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler: agent API, push channel, desktop page,
+// /metrics and /healthz, wrapped in otelhttp.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run listens on cfg.HTTP and serves until ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.HTTP)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.HTTP, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve runs the session watch, the offer timer and the HTTP server on ln
+// until ctx is cancelled, then stops everything it started. A Server serves
+// once.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.log.Info("interaction server up", "http", ln.Addr().String(),
+		"offerTimeout", s.cfg.OfferTimeout, "maxChatsPerAgent", s.cfg.MaxChatsPerAgent)
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return s.ctx }}
+	s.wg.Go(func() { s.watchLoop(s.ctx) })
+	s.wg.Go(func() { s.offerTimer(s.ctx) })
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("http serve: %w", err)
+	}
+	s.cancel() // ends push connections, the watch, the timer and every chat stream
+	shutCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	if serr := srv.Shutdown(shutCtx); serr != nil && err == nil && !errors.Is(serr, context.DeadlineExceeded) {
+		err = fmt.Errorf("http shutdown: %w", serr)
+	}
+	s.wg.Wait()
+	s.log.Info("interaction server stopped")
+	return err
+}
+
+// apply publishes routing notices; s.mu is held.
+func (s *Server) apply(ns []Notice) {
+	offered := false
+	for _, n := range ns {
+		switch n.Kind {
+		case NoticeOffer:
+			offered = true
+			s.metrics.offers.Inc()
+			s.log.Info("chat offered", "chat", n.Chat.ID, "agent", n.Agent, "until", n.Deadline.Format(time.RFC3339Nano))
+			s.hub.publish(n.Agent, newMsg(evOffer, offerJSON{ChatInfo: n.Chat, ExpiresAt: n.Deadline}))
+		case NoticeWithdrawn:
+			switch n.Reason {
+			case ReasonTimeout:
+				s.metrics.offerTimeouts.Inc()
+			case ReasonRejected:
+				s.metrics.offersRejected.Inc()
+			}
+			s.log.Info("offer withdrawn", "chat", n.Chat.ID, "agent", n.Agent, "reason", n.Reason)
+			s.hub.publish(n.Agent, newMsg(evWithdrawn, withdrawnJSON{ChatID: n.Chat.ID, Reason: n.Reason}))
+		case NoticeQueue:
+			s.hub.broadcast(newMsg(evQueue, queueJSON{Size: n.Queue}))
+		}
+	}
+	if offered {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// offerTimer withdraws offers when their deadline passes.
+func (s *Server) offerTimer(ctx context.Context) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		d, ok := s.router.NextDeadline()
+		s.mu.Unlock()
+		wait := time.Hour
+		if ok {
+			wait = max(d.Sub(s.now()), 0)
+		}
+		t.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+			s.mu.Lock()
+			s.apply(s.router.Tick(s.now()))
+			s.mu.Unlock()
+		}
+	}
+}
+
+// sleep waits d or until ctx is done; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func nextBackoff(d time.Duration) time.Duration { return min(d*2, maxRetry) }
+
+// coreErr classifies an error of the chat core for the agent API.
+func coreErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s: %w: %w", op, ErrCoreUnavailable, err)
+	}
+	st, _ := status.FromError(err)
+	var class error
+	switch st.Code() {
+	case codes.InvalidArgument:
+		class = ErrBadRequest
+	case codes.NotFound:
+		class = ErrUnknownChat
+	case codes.FailedPrecondition:
+		class = ErrChatEnded
+	case codes.ResourceExhausted:
+		class = ErrTooMany
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted:
+		class = ErrCoreUnavailable
+	default:
+		class = ErrCore
+	}
+	return fmt.Errorf("%s: %w: %s", op, class, st.Message())
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
+
+// ---- the session watch ----
+
+// watchLoop keeps a WatchSessions stream open, queueing every new session and
+// forgetting ended ones. A reopened watch repeats STARTED for every live
+// session; the router ignores the ones it knows.
+func (s *Server) watchLoop(ctx context.Context) {
+	backoff := minRetry
+	for ctx.Err() == nil {
+		st, err := s.core.WatchSessions(withObserver(ctx, func(up bool, err error) { s.setCore(up, err) }),
+			&chatpb.WatchSessionsRequest{ServiceToken: s.cfg.ServiceToken})
+		if err == nil {
+			_, err = st.Header() // a stream is lazy: wait until the core accepted it
+		}
+		if err == nil {
+			s.setCore(true, nil)
+			backoff = minRetry
+			for {
+				var ch *chatpb.SessionChange
+				if ch, err = st.Recv(); err != nil {
+					break
+				}
+				s.onSessionChange(ch)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.setCore(false, err)
+		if c := status.Code(err); c == codes.PermissionDenied || c == codes.Unauthenticated || c == codes.InvalidArgument {
+			s.log.Error("chat core refused the session watch: check service-token", "err", err)
+			backoff = maxRetry
+		}
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = nextBackoff(backoff)
+	}
+}
+
+// setCore records whether the watch is connected and tells every desktop.
+func (s *Server) setCore(up bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if up == s.coreUp {
+		return
+	}
+	s.coreUp = up
+	s.metrics.coreUp.Set(boolGauge(up))
+	switch {
+	case up && s.coreOnce:
+		s.log.Info("chat core watch resumed")
+		s.hub.broadcast(newMsg(evReconnected, noticeJSON{Scope: "core", Message: "reconnected to the chat core"}))
+	case up:
+		s.coreOnce = true
+		s.log.Info("chat core watch connected")
+	default:
+		s.metrics.reconnects.WithLabelValues("watch").Inc()
+		s.log.Warn("chat core watch lost, reconnecting", "err", err)
+		s.hub.broadcast(newMsg(evReconnecting, noticeJSON{Scope: "core", Message: "connection to the chat core lost, reconnecting"}))
+	}
+}
+
+func (s *Server) onSessionChange(ch *chatpb.SessionChange) {
+	id := ch.GetSessionId()
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch ch.GetKind() {
+	case chatpb.SessionChange_KIND_STARTED:
+		added, ns := s.router.AddChat(infoFromChange(ch), s.now())
+		if added {
+			s.metrics.chatsQueued.Inc()
+			s.log.Info("chat queued", "chat", id, "customer", ch.GetCustomerNickname(), "queue", s.router.QueueLen())
+		}
+		s.apply(ns)
+	case chatpb.SessionChange_KIND_ENDED:
+		s.endChatLocked(id, ReasonEnded)
+	}
+}
+
+// endChatLocked forgets an ended chat: routing state, and every
+// participation after a grace period in which the last events (the end
+// itself) still reach the desktops.
+func (s *Server) endChatLocked(chat, reason string) {
+	if was, ns, ok := s.router.EndChat(chat, s.now()); ok {
+		s.log.Info("chat ended", "chat", chat, "state", was.State, "agent", was.Agent, "reason", reason)
+		s.apply(ns)
+	}
+	for _, m := range s.members {
+		if m.key.chat == chat && !m.gone {
+			time.AfterFunc(2*time.Second, m.cancel)
+		}
+	}
+}
+
+// ---- chat participations ----
+
+// addMemberLocked records a participation and starts following its events.
+func (s *Server) addMemberLocked(key memberKey, info ChatInfo, auth *chatpb.Auth, mode string) *member {
+	ctx, cancel := context.WithCancel(s.ctx)
+	m := &member{key: key, info: info, auth: auth, cancel: cancel, done: make(chan struct{}), mode: mode, next: 1}
+	s.members[key] = m
+	if s.byAgent[key.agent] == nil {
+		s.byAgent[key.agent] = map[string]*member{}
+	}
+	s.byAgent[key.agent][key.chat] = m
+	s.hub.publish(key.agent, newMsg(evChatAdded, s.chatJSONLocked(m)))
+	s.wg.Go(func() { s.follow(ctx, m) })
+	return m
+}
+
+// dropMemberLocked forgets a participation, stops its stream and tells the
+// desktop why.
+func (s *Server) dropMemberLocked(m *member, reason string) {
+	if m.gone {
+		return
+	}
+	m.gone = true
+	m.cancel()
+	delete(s.members, m.key)
+	if byChat := s.byAgent[m.key.agent]; byChat != nil {
+		delete(byChat, m.key.chat)
+		if len(byChat) == 0 {
+			delete(s.byAgent, m.key.agent)
+		}
+	}
+	s.log.Info("participation ended", "chat", m.key.chat, "agent", m.key.agent, "mode", m.mode, "reason", reason)
+	s.hub.publish(m.key.agent, newMsg(evChatRemoved, removedJSON{ChatID: m.key.chat, Reason: reason}))
+}
+
+func (s *Server) chatJSONLocked(m *member) chatJSON {
+	cj := chatJSON{ChatInfo: m.info, Mode: m.mode, ParticipantID: m.auth.GetParticipantId(), NextIndex: m.next, Connected: m.connected}
+	if cv, ok := s.router.Chat(m.key.chat); ok {
+		cj.ChatInfo = cv.Info
+		cj.AgentID = cv.Agent
+	}
+	return cj
+}
+
+// follow streams the participation's events to its desktop, resuming from the
+// index after the last event whenever the stream breaks, until the session
+// ends, the participation is dropped or the server stops.
+func (s *Server) follow(ctx context.Context, m *member) {
+	defer close(m.done)
+	defer func() {
+		if s.ctx.Err() == nil { // cancelled after the session ended: forget it
+			s.mu.Lock()
+			s.dropMemberLocked(m, ReasonEnded)
+			s.mu.Unlock()
+		}
+	}()
+	backoff := minRetry
+	setConn := func(up bool, err error) { s.setMemberConnected(m, up, err) }
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		from := m.next
+		s.mu.Unlock()
+		st, err := s.core.Subscribe(withObserver(ctx, setConn), &chatpb.SubscribeRequest{Auth: m.auth, FromIndex: from})
+		if err == nil {
+			_, err = st.Header()
+		}
+		if err == nil {
+			setConn(true, nil)
+			backoff = minRetry
+			for {
+				var ev *chatpb.Event
+				if ev, err = st.Recv(); err != nil {
+					break
+				}
+				if s.onChatEvent(m, ev) {
+					return
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		switch status.Code(err) {
+		case codes.NotFound, codes.FailedPrecondition, codes.PermissionDenied:
+			// The session is gone (or our participant is): nothing to resume.
+			s.mu.Lock()
+			s.log.Info("chat stream closed by the core", "chat", m.key.chat, "agent", m.key.agent, "err", err)
+			s.endChatLocked(m.key.chat, ReasonEnded)
+			s.dropMemberLocked(m, ReasonEnded)
+			s.mu.Unlock()
+			return
+		}
+		setConn(false, err)
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = nextBackoff(backoff)
+	}
+}
+
+func (s *Server) setMemberConnected(m *member, up bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.gone || m.connected == up {
+		return
+	}
+	m.connected = up
+	if up && !m.everUp {
+		m.everUp = true
+		return // the first connection is not a reconnect
+	}
+	if up {
+		s.log.Info("chat stream resumed", "chat", m.key.chat, "agent", m.key.agent, "from", m.next)
+		s.hub.publish(m.key.agent, newMsg(evReconnected, noticeJSON{Scope: "chat", ChatID: m.key.chat, Message: "chat reconnected"}))
+		return
+	}
+	s.metrics.reconnects.WithLabelValues("chat").Inc()
+	s.log.Warn("chat stream lost, resuming", "chat", m.key.chat, "agent", m.key.agent, "next", m.next, "err", err)
+	s.hub.publish(m.key.agent, newMsg(evReconnecting, noticeJSON{Scope: "chat", ChatID: m.key.chat, Message: "chat connection lost, reconnecting"}))
+}
+
+// onChatEvent records and forwards one event; it reports whether the
+// participation is over (session ended, or this participant left).
+func (s *Server) onChatEvent(m *member, ev *chatpb.Event) (over bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.gone {
+		return true
+	}
+	if ev.GetIndex() < m.next {
+		return false // delivered before a resume
+	}
+	m.next = ev.GetIndex() + 1
+	ej := toEventJSON(ev)
+	if ej.ChatID == "" {
+		ej.ChatID = m.key.chat
+	}
+	m.events = append(m.events, ej)
+	if len(m.events) > transcriptCache {
+		m.events = m.events[len(m.events)-transcriptCache:]
+	}
+	s.hub.publish(m.key.agent, newMsg(evChat, ej))
+	switch {
+	case ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
+		s.endChatLocked(m.key.chat, ReasonEnded)
+		s.dropMemberLocked(m, ReasonEnded)
+		return true
+	case ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.GetFrom().GetId() == m.auth.GetParticipantId():
+		reason := m.leaving
+		if reason == "" && m.mode == ModeAgent {
+			// Removed by someone else: the customer still needs an agent.
+			reason = "removed"
+			s.apply(s.router.End(m.key.agent, m.key.chat, true, true, s.now()))
+		}
+		if reason == "" {
+			reason = "left"
+		}
+		s.dropMemberLocked(m, reason)
+		return true
+	}
+	return false
+}
