@@ -29,3 +29,15 @@ func cloneAll(items []types.Resource) []types.Resource {
 	}
 	return out
 }
+
+// withFault returns a copy of r whose clusters are replaced by badCluster
+// copies, unvalidated, under a version of its own.
+func withFault(r *Resources) *Resources {
+	f := *r
+	f.Clusters = make([]types.Resource, len(r.Clusters))
+	for i, c := range r.Clusters {
+		f.Clusters[i] = badCluster(c.(*cluster.Cluster))
+	}
+	f.Version = r.Version + "-fault"
+	return &f
+}

@@ -1,0 +1,83 @@
+package xds
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the control plane's Prometheus metrics.
+type metrics struct {
+	generation   prometheus.Gauge
+	info         *prometheus.GaugeVec
+	builds       *prometheus.CounterVec
+	buildSeconds prometheus.Histogram
+	pushes       *prometheus.CounterVec
+	nacks        *prometheus.CounterVec
+	nodes        prometheus.Gauge
+	streams      prometheus.Gauge
+	endpoints    *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hachat_xds_snapshot_generation",
+			Help: "Number of distinct snapshot contents published since start.",
+		}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hachat_xds_snapshot_info",
+			Help: "1 for the snapshot version being served (content hash), labelled with the primary.",
+		}, []string{"version", "primary"}),
+		builds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hachat_xds_snapshot_builds_total",
+			Help: "Snapshot builds by result (ok, unchanged, error).",
+		}, []string{"result"}),
+		buildSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hachat_xds_snapshot_build_seconds",
+			Help:    "Time from a membership notification to the snapshot set for every node.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hachat_xds_pushes_total",
+			Help: "Discovery responses sent to clients, by resource type.",
+		}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hachat_xds_nacks_total",
+			Help: "Discovery requests that rejected a response (carried error_detail), by resource type.",
+		}, []string{"type"}),
+		nodes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hachat_xds_connected_nodes",
+			Help: "Distinct node ids with at least one open xDS stream.",
+		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hachat_xds_streams",
+			Help: "Open xDS streams.",
+		}),
+		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hachat_xds_endpoints",
+			Help: "Published chat core endpoints by priority and health.",
+		}, []string{"priority", "health"}),
+	}
+	for _, c := range []prometheus.Collector{m.generation, m.info, m.builds, m.buildSeconds, m.pushes, m.nacks, m.nodes, m.streams, m.endpoints} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register xds metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// published records a newly served snapshot.
+func (m *metrics) published(r *Resources, version string) {
+	m.generation.Inc()
+	m.info.Reset()
+	m.info.WithLabelValues(version, r.Primary).Set(1)
+	m.endpoints.Reset()
+	for _, p := range r.Placements {
+		h := "unhealthy"
+		if p.Healthy {
+			h = "healthy"
+		}
+		m.endpoints.WithLabelValues(fmt.Sprint(p.Priority), h).Inc()
+	}
+}
