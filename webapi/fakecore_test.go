@@ -202,6 +202,9 @@ func (f *fakeCore) Subscribe(req *chatpb.SubscribeRequest, stream grpc.ServerStr
 	f.subscribes++
 	brk := f.breakCh
 	f.mu.Unlock()
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
 	next := req.GetFromIndex()
 	if next == 0 {
 		next = 1

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
@@ -199,6 +200,22 @@ func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) er
 	}
 }
 
+// observed reports a resume that the chat client did inside the stream.
+func (pc *pushChannel) observed(connected bool, reconnecting *bool) error {
+	if connected {
+		return pc.resumed(reconnecting)
+	}
+	if *reconnecting {
+		return nil
+	}
+	*reconnecting = true
+	pc.s.metrics.sseReconnects.WithLabelValues("reconnecting").Inc()
+	pc.s.log.Warn("core subscription lost, the chat client is resuming it", "chat", pc.auth.GetSessionId(), "next", pc.next)
+	return pc.sse.event(sseReconnecting, 0, notice{
+		Text: "connection to the chat server lost; reconnecting", NextPosition: pc.next, UTCTime: time.Now().UnixMilli(),
+	})
+}
+
 // resumed writes "reconnected" once a broken subscription is back.
 func (pc *pushChannel) resumed(reconnecting *bool) error {
 	if !*reconnecting {
@@ -302,6 +319,15 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, reconnecting *bool) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A resuming client (package chatclient) rides out core failovers inside
+	// the stream; its observer tells us, so the browser still hears of them.
+	resumes := make(chan bool)
+	sctx = chatclient.WithStreamObserver(sctx, func(connected bool, err error) {
+		select {
+		case resumes <- connected:
+		case <-sctx.Done():
+		}
+	})
 	stream, err := pc.s.core.Subscribe(sctx, &chatpb.SubscribeRequest{Auth: pc.auth, FromIndex: pc.next})
 	if err != nil {
 		return err
@@ -335,6 +361,10 @@ func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, r
 			return errStreamDone
 		case <-heartbeat:
 			if err := pc.heartbeat(); err != nil {
+				return err
+			}
+		case connected := <-resumes:
+			if err := pc.observed(connected, reconnecting); err != nil {
 				return err
 			}
 		case rv := <-ch:
