@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -28,14 +29,28 @@ type env struct {
 	url  string
 }
 
-func newEnv(t *testing.T, client func(conn chatpb.ChatClient) chatpb.ChatClient, mod func(*Config)) *env {
+// newEnv serves an Interaction Server that reaches the fake core through a
+// plain gRPC client, so the server's own resume loops are under test.
+func newEnv(t *testing.T, mod func(*Config)) *env { return newEnvClient(t, false, mod) }
+
+// newEnvClient is newEnv; with resilient the server reaches the core through
+// a chatclient.Client, as in production.
+func newEnvClient(t *testing.T, resilient bool, mod func(*Config)) *env {
 	t.Helper()
 	f := newFakeCore(testToken)
-	conn := serveFake(t, f)
-	raw := chatpb.NewChatClient(conn)
+	dial := serveFake(t, f)
+	raw := chatpb.NewChatClient(dialFake(t, dial))
 	var cl chatpb.ChatClient = raw
-	if client != nil {
-		cl = client(raw)
+	if resilient {
+		ccfg := chatclient.DefaultConfig()
+		ccfg.Targets = []string{fakeTarget}
+		ccfg.RetryFor = 300 * time.Millisecond
+		c, err := chatclient.New(ccfg, telemetry.Discard(), dial)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		cl = c
 	}
 	cfg := DefaultConfig()
 	cfg.ServiceToken = testToken

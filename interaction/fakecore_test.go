@@ -354,17 +354,25 @@ func (f *fakeCore) ended(chat string) bool {
 	return f.sessions[chat].ended
 }
 
-// serveFake starts f on an in-memory listener and returns a client connection.
-func serveFake(t *testing.T, f *fakeCore) *grpc.ClientConn {
+// fakeTarget is the gRPC target of a fake core; dial it with serveFake's option.
+const fakeTarget = "passthrough:///fakecore"
+
+// serveFake starts f on an in-memory listener and returns the dial option
+// that reaches it.
+func serveFake(t *testing.T, f *fakeCore) grpc.DialOption {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	chatpb.RegisterChatServer(gs, f)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient("passthrough:///fakecore",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) })
+}
+
+// dialFake returns a plain client connection to the fake core.
+func dialFake(t *testing.T, dial grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(fakeTarget, dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

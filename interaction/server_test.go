@@ -12,7 +12,7 @@ import (
 )
 
 func TestAgentChatsWithCustomer(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	tok := e.login("a1", "agent")
 	p := e.openPush(tok)
 	p.wait("state", isEvent(evState))
@@ -87,7 +87,7 @@ func TestAgentChatsWithCustomer(t *testing.T) {
 }
 
 func TestOfferTimeoutMovesToNextAgent(t *testing.T) {
-	e := newEnv(t, nil, func(c *Config) { c.OfferTimeout = 150 * time.Millisecond })
+	e := newEnv(t, func(c *Config) { c.OfferTimeout = 150 * time.Millisecond })
 	ta := e.login("a", "agent")
 	tb := e.login("b", "agent")
 	pa, pb := e.openPush(ta), e.openPush(tb)
@@ -111,7 +111,7 @@ func TestOfferTimeoutMovesToNextAgent(t *testing.T) {
 }
 
 func TestRejectAndNotReady(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	ta := e.login("a", "agent")
 	tb := e.login("b", "agent")
 	pb := e.openPush(tb)
@@ -134,7 +134,7 @@ func TestRejectAndNotReady(t *testing.T) {
 }
 
 func TestTransfer(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	ta := e.login("a", "agent")
 	tb := e.login("b", "agent")
 	pa, pb := e.openPush(ta), e.openPush(tb)
@@ -184,7 +184,7 @@ func TestTransfer(t *testing.T) {
 }
 
 func TestLeaveRequeues(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	ta := e.login("a", "agent")
 	tb := e.login("b", "agent")
 	pb := e.openPush(tb)
@@ -203,7 +203,7 @@ func TestLeaveRequeues(t *testing.T) {
 }
 
 func TestSupervisorMonitorAndCoach(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	ta := e.login("a", "agent")
 	ts := e.login("s", "supervisor")
 	pa, ps := e.openPush(ta), e.openPush(ts)
@@ -256,7 +256,7 @@ func TestSupervisorMonitorAndCoach(t *testing.T) {
 }
 
 func TestCapacity(t *testing.T) {
-	e := newEnv(t, nil, func(c *Config) { c.MaxChatsPerAgent = 2 })
+	e := newEnv(t, func(c *Config) { c.MaxChatsPerAgent = 2 })
 	ta := e.login("a", "agent")
 	pa := e.openPush(ta)
 	e.mustDo("POST", "/agent/v1/ready", ta, nil)
@@ -281,7 +281,7 @@ func TestCapacity(t *testing.T) {
 // TestSessionEndedByCustomer checks that an ended session leaves the
 // agent's desktop, and that an offer of an ended session is withdrawn.
 func TestSessionEndedByCustomer(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	ta := e.login("a", "agent")
 	pa := e.openPush(ta)
 	e.mustDo("POST", "/agent/v1/ready", ta, nil)
@@ -303,7 +303,7 @@ func TestSessionEndedByCustomer(t *testing.T) {
 }
 
 func TestHealthzMetricsDesktop(t *testing.T) {
-	e := newEnv(t, nil, nil)
+	e := newEnv(t, nil)
 	for _, path := range []string{"/healthz", "/metrics", "/agent", "/agent/app.js", "/agent/style.css"} {
 		resp, err := http.Get(e.url + path)
 		if err != nil {
