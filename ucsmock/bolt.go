@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -173,7 +174,15 @@ func isStorageErr(err error) bool {
 
 // view runs fn in a read-only transaction.
 func (s *boltStore) view(fn func(tx txn) error) error {
-	return s.db.View(func(tx *bolt.Tx) error { return fn(boltTxn{tx}) })
+	return closedErr(s.db.View(func(tx *bolt.Tx) error { return fn(boltTxn{tx}) }))
+}
+
+// closedErr maps bbolt's "database not open" to errClosed.
+func closedErr(err error) error {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+		return errClosed
+	}
+	return err
 }
 
 // transcript reads a chat's transcript; nil if the chat is unknown.
@@ -198,7 +207,7 @@ func (s *boltStore) transcript(chatID string) (*Transcript, error) {
 			return nil
 		})
 	})
-	return t, err
+	return t, closedErr(err)
 }
 
 // boltTxn is the txn of a bbolt transaction.

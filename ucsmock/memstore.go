@@ -92,6 +92,16 @@ func (m *MemStore) Transcript(ctx context.Context, chatID string) (*Transcript, 
 	return t, nil
 }
 
+// TranscriptXML returns the chat's Genesys-like XML transcript, as the
+// server renders it.
+func (m *MemStore) TranscriptXML(ctx context.Context, chatID string) ([]byte, error) {
+	t, err := m.Transcript(ctx, chatID)
+	if err != nil {
+		return nil, err
+	}
+	return transcriptXML(t)
+}
+
 // ClaimEpoch is the compare-and-set of the service's epoch; see Store.
 func (m *MemStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
 	if m.faults.outage() {

@@ -279,6 +279,14 @@ func TestTranscriptXML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// MemStore renders the same document.
+	m := NewMemStore(1)
+	if _, err := m.Save(ctx, SaveRequest{ChatID: "x1", Service: "chat", Epoch: 1, Events: events, Ended: true}); err != nil {
+		t.Fatal(err)
+	}
+	if mb, err := m.TranscriptXML(ctx, "x1"); err != nil || !bytes.Equal(mb, b) {
+		t.Errorf("MemStore XML differs (%v):\n%s", err, mb)
+	}
 	// Well-formed: the whole document decodes token by token.
 	dec := xml.NewDecoder(bytes.NewReader(b))
 	for {
@@ -465,4 +473,20 @@ func TestRun(t *testing.T) {
 		t.Fatalf("reopen after Run: %v", err)
 	}
 	srv2.Close()
+}
+
+func TestReadAfterClose(t *testing.T) {
+	srv, c := newTestServer(t, filepath.Join(t.TempDir(), "ucs.db"))
+	ctx := context.Background()
+	if _, err := c.Save(ctx, SaveRequest{ChatID: "c", Service: "chat", Events: evs("c", 1, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	if _, err := c.Transcript(ctx, "c"); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("read after close: %v", err)
+	}
+	if _, err := c.Epoch(ctx, "chat"); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("epoch after close: %v", err)
+	}
+	runHTTPCases(t, srv.Handler(), []httpCase{{"healthz after close", "GET", "/healthz", "", "", 503, "closed"}})
 }

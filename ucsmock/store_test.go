@@ -353,3 +353,58 @@ func TestStoreRecoverableRate(t *testing.T) {
 		}
 	})
 }
+
+// TestStoreConcurrent has writers race on overlapping saves of the same
+// chats (as a primary's resends do), then claimants race on the next epoch:
+// every save succeeds, the transcripts are complete, and one claim wins.
+func TestStoreConcurrent(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s faultStore) {
+		ctx := context.Background()
+		const writers, chats, perChat = 6, 3, 20
+		errc := make(chan error, writers*chats*perChat+writers)
+		done := make(chan struct{})
+		for w := range writers {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for i := uint64(1); i <= perChat; i++ {
+					for c := range chats {
+						chat := fmt.Sprintf("c%d", c)
+						// Each save repeats the previous event: overlap is normal.
+						_, err := s.Save(ctx, SaveRequest{ChatID: chat, Service: "chat", Epoch: 1, Writer: fmt.Sprint(w), Events: evs(chat, max(1, i-1), i)})
+						if err != nil {
+							errc <- err
+						}
+					}
+				}
+			}()
+		}
+		for range writers {
+			<-done
+		}
+		for w := range writers {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				if _, err := s.ClaimEpoch(ctx, "chat", 1, 2, fmt.Sprintf("claimant-%d", w)); err != nil && !errors.Is(err, ErrEpochConflict) {
+					errc <- err
+				}
+			}()
+		}
+		for range writers {
+			<-done
+		}
+		close(errc)
+		for err := range errc {
+			t.Error(err)
+		}
+		for c := range chats {
+			tr, err := s.Transcript(ctx, fmt.Sprintf("c%d", c))
+			if err != nil || len(tr.Events) != perChat {
+				t.Fatalf("c%d: %v events, err %v", c, len(tr.Events), err)
+			}
+		}
+		st, _ := s.Stats(ctx, testToken)
+		if st.Claims != 1 || st.ClaimsLost != writers-1 {
+			t.Fatalf("claims %d won %d lost, want 1 and %d", st.Claims, st.ClaimsLost, writers-1)
+		}
+	})
+}
