@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -228,17 +229,28 @@ type Stream struct {
 	done   chan struct{}
 	quit   chan struct{}
 	err    error
+
+	closeOnce sync.Once
 	cancel context.CancelFunc
 }
 
 // Events opens the push channel from transcript position from.
 func (c *Chat) Events(ctx context.Context, from uint64) (*Stream, error) {
 	q := url.Values{"userId": {c.UserID}, "secureKey": {c.SecureKey}, "transcriptPosition": {strconv.FormatUint(from, 10)}}
+	return OpenSSE(ctx, c.Base+c.path("events")+"?"+q.Encode(), nil)
+}
+
+// OpenSSE opens a Server-Sent Events stream at url with the given extra
+// request headers.
+func OpenSSE(ctx context.Context, url string, header http.Header) (*Stream, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+c.path("events")+"?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		cancel()
 		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := (&http.Client{}).Do(req) // no timeout: the stream lives long
@@ -324,11 +336,16 @@ func (s *Stream) NextMessage(ctx context.Context) (SSEEvent, error) {
 
 // Close closes the push channel.
 func (s *Stream) Close() {
-	close(s.quit)
-	s.cancel()
-	s.resp.Body.Close()
-	<-s.done
+	s.closeOnce.Do(func() {
+		close(s.quit)
+		s.cancel()
+		s.resp.Body.Close()
+		<-s.done
+	})
 }
+
+// Done is closed when the stream has ended (closed by either side).
+func (s *Stream) Done() <-chan struct{} { return s.done }
 
 // CustomerSide makes a customer's chat a workload Side.
 func CustomerSide(c *Chat) Side { return customerSide{c} }
@@ -348,7 +365,7 @@ func (s customerSide) Send(ctx context.Context, text, cmid string) (uint64, bool
 	return r.Index, false, nil
 }
 
-func (s customerSide) View(ctx context.Context) ([]ViewEvent, error) {
+func (s customerSide) View(ctx context.Context, _ uint64) ([]ViewEvent, error) {
 	msgs, _, err := s.c.Transcript(ctx)
 	if err != nil {
 		return nil, err

@@ -34,7 +34,9 @@ type Side interface {
 	// id) may be tried again.
 	Send(ctx context.Context, text, clientMessageID string) (index uint64, retryable bool, err error)
 	// View returns every event this side sees, in the order it sees them.
-	View(ctx context.Context) ([]ViewEvent, error)
+	// through is the highest index acknowledged in the session: a side fed
+	// by a push channel waits (within ctx) until it has seen that far.
+	View(ctx context.Context, through uint64) ([]ViewEvent, error)
 }
 
 // Session is one chat in a workload and the sides that send in it.
@@ -270,8 +272,14 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 	}
 	for _, s := range rec.Sessions {
 		sent := rec.Of(s.ChatID)
+		var through uint64
+		for _, m := range sent {
+			through = max(through, m.Index)
+		}
 		for _, side := range s.Sides {
-			view, err := side.View(ctx)
+			vctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			view, err := side.View(vctx, through)
+			cancel()
 			if err != nil {
 				t.Errorf("chat %s: %s view: %v", s.ChatID, side.Name(), err)
 				continue
