@@ -310,11 +310,7 @@ func (f *fakeCore) sessionCount() int {
 // dialled with webapi's dial options.
 func startFakeCore(t *testing.T, f *fakeCore, tel *telemetry.Telemetry) chatpb.ChatClient {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
-	chatpb.RegisterChatServer(gs, f)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
+	lis := serveFake(t, f)
 	opts := append(DialOptions(tel),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -322,10 +318,21 @@ func startFakeCore(t *testing.T, f *fakeCore, tel *telemetry.Telemetry) chatpb.C
 	if err != nil {
 		t.Fatalf("dial fake core: %v", err)
 	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return chatpb.NewChatClient(cc)
+}
+
+// serveFake serves f on an in-memory listener until the test ends.
+func serveFake(t *testing.T, f *fakeCore) *bufconn.Listener {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer()
+	chatpb.RegisterChatServer(gs, f)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
 	t.Cleanup(func() {
-		_ = cc.Close()
 		gs.Stop()
 		<-done
 	})
-	return chatpb.NewChatClient(cc)
+	return lis
 }

@@ -308,7 +308,10 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 		pc.events++
 		pc.s.metrics.sseEvents.Inc()
 	}
-	if ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED {
+	// The chat is over for this participant when it ends, or when the
+	// participant itself has left (the core closes its stream there).
+	if ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+		ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.GetFrom().GetId() == pc.auth.GetParticipantId() {
 		return pc.end()
 	}
 	return nil

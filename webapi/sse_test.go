@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // sseEvent is one parsed Server-Sent Event.
@@ -184,14 +189,16 @@ func TestEventsStream(t *testing.T) {
 	if code, _ := e.op(c, "disconnect", nil); code != 200 {
 		t.Fatalf("disconnect: %d", code)
 	}
+	// The customer's own leave ends its stream (the core closes it there).
 	s.expectMessage(8, "ParticipantLeft")
-	s.expectMessage(9, "ChatEnded")
 	s.expectNamed(sseEnded)
 	s.expectEnd()
 }
 
 // gaugeAsCounter reads a gauge through counterValue.
-type gaugeAsCounter struct{ g interface{ Write(*dto.Metric) error } }
+type gaugeAsCounter struct {
+	g interface{ Write(*dto.Metric) error }
+}
 
 func (g gaugeAsCounter) Write(m *dto.Metric) error {
 	if err := g.g.Write(m); err != nil {
@@ -263,6 +270,47 @@ func TestEventsSurviveCoreBreak(t *testing.T) {
 	s.expectMessage(6, "Message")
 }
 
+// TestEventsSurviveBreakThroughChatclient is the same failover with the
+// resuming client in between: the stream never breaks for webapi, and the
+// client's observer still lets the browser hear of the reconnect.
+func TestEventsSurviveBreakThroughChatclient(t *testing.T) {
+	tel := telemetry.Discard()
+	f := newFakeCore()
+	lis := serveFake(t, f)
+	ccfg := chatclient.DefaultConfig()
+	ccfg.Targets = []string{"passthrough:///fakecore"}
+	client, err := chatclient.New(ccfg, tel, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	cfg := DefaultConfig()
+	cfg.SSEHeartbeat = time.Hour
+	srv, err := New(cfg, client, tel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	e := &env{t: t, core: f, srv: srv, http: hs, tel: tel}
+	c := e.start("Ada")
+	agent := f.addAgent(t, c.id, "Kim") // 3
+	s := e.openEvents(c, "&transcriptPosition=3", "")
+	s.expectMessage(3, "ParticipantJoined")
+	waitFor(t, "subscription", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.subscribes >= 1
+	})
+	f.breakStreams()
+	f.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "still here", chatpb.Visibility_VISIBILITY_ALL) // 4
+	s.expectNamed(sseReconnecting)
+	s.expectNamed(sseReconnected)
+	s.expectMessage(4, "Message")
+	f.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "after", chatpb.Visibility_VISIBILITY_ALL) // 5
+	s.expectMessage(5, "Message")
+}
+
 func TestEventsChatVanishes(t *testing.T) {
 	e := newEnv(t, nil)
 	c := e.start("Ada")
@@ -311,8 +359,7 @@ func TestEventsOnEndedChat(t *testing.T) {
 	e := newEnv(t, nil)
 	c := e.start("Ada")
 	e.op(c, "disconnect", nil) // 3 left, 4 ended
-	s := e.openEvents(c, "&transcriptPosition=3", "")
-	s.expectMessage(3, "ParticipantLeft")
+	s := e.openEvents(c, "&transcriptPosition=4", "")
 	s.expectMessage(4, "ChatEnded")
 	s.expectNamed(sseEnded)
 	s.expectEnd()

@@ -283,7 +283,7 @@ func TestRefresh(t *testing.T) {
 		}
 	}
 	e.core.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "secret", chatpb.Visibility_VISIBILITY_INTERNAL) // 7, hidden
-	e.core.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "four", chatpb.Visibility_VISIBILITY_ALL)      // 8
+	e.core.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "four", chatpb.Visibility_VISIBILITY_ALL)        // 8
 	cases := []struct {
 		name    string
 		params  map[string]any
