@@ -387,6 +387,9 @@ type agentSide struct {
 
 func (s agentSide) Name() string { return "agent" }
 
+// Agent returns the agent behind the side.
+func (s agentSide) Agent() *Agent { return s.ag }
+
 func (s agentSide) Send(ctx context.Context, text, cmid string) (uint64, bool, error) {
 	idx, _, err := s.ag.Send(ctx, s.chat, text, cmid)
 	if err != nil {
@@ -489,7 +492,8 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 		if _, err := ag.WaitEvent(ctx, chat.ChatID, func(ev AgentEvent) bool { return ev.Kind == "ParticipantJoined" }); err != nil {
 			t.Fatalf("agent %s never saw chat %s: %v", ag.ID, chat.ChatID, err)
 		}
-		sessions = append(sessions, &Session{ChatID: chat.ChatID, Sides: []Side{CustomerSide(chat), ag.Side(chat.ChatID)}})
+		sessions = append(sessions, &Session{ChatID: chat.ChatID, Sides: []Side{CustomerSide(chat), ag.Side(chat.ChatID)},
+			Customer: chat, Agent: ag})
 	}
 	return sessions
 }

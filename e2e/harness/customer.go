@@ -352,6 +352,9 @@ func CustomerSide(c *Chat) Side { return customerSide{c} }
 
 type customerSide struct{ c *Chat }
 
+// Chat returns the customer's chat behind the side.
+func (s customerSide) Chat() *Chat { return s.c }
+
 func (s customerSide) Name() string { return "customer" }
 
 func (s customerSide) Send(ctx context.Context, text, cmid string) (uint64, bool, error) {

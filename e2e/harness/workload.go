@@ -43,6 +43,10 @@ type Side interface {
 type Session struct {
 	ChatID string
 	Sides  []Side
+	// Customer and Agent are the clients behind the sides, when
+	// StartSessions made them.
+	Customer *Chat
+	Agent    *Agent
 }
 
 // WorkloadOptions tunes a workload.
