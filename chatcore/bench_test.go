@@ -235,4 +235,3 @@ func joinComma(s []string) string {
 	}
 	return out
 }
-
