@@ -131,9 +131,34 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
-	return otelhttp.NewHandler(mux, "interaction",
+	return otelhttp.NewHandler(apiErrors(mux), "interaction",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
+}
+
+// apiErrors answers unknown agent API routes (404) and wrong methods (405)
+// with the JSON error body every other agent API error has.
+func apiErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" || !strings.HasPrefix(r.URL.Path, "/agent/v1/") {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		var allow []string
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			r2 := r.Clone(r.Context())
+			r2.Method = m
+			if _, p := mux.Handler(r2); p != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, errorJSON{Error: fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path), Code: "methodNotAllowed"})
+			return
+		}
+		writeErr(w, fmt.Errorf("%w: no route %s %s", ErrNotFound, r.Method, r.URL.Path))
+	})
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
