@@ -88,6 +88,37 @@ type Transcript struct {
 	Events []*chatpb.Event
 }
 
+// ChatInfo describes one stored chat, as listed by Chats.
+type ChatInfo struct {
+	// ChatID is the chat id.
+	ChatID string `json:"chatId"`
+	// Service is the chat service the chat belongs to.
+	Service string `json:"service"`
+	// Ended reports whether a save marked the chat ended.
+	Ended bool `json:"ended"`
+	// Writer is the writer of the last save.
+	Writer string `json:"writer"`
+	// Epoch is the newest epoch that saved to this chat.
+	Epoch uint64 `json:"epoch"`
+	// HighestIndex is the highest stored event index (0 if none).
+	HighestIndex uint64 `json:"highestIndex"`
+	// UpdatedUnixMs is the time of the last save, in Unix milliseconds.
+	UpdatedUnixMs int64 `json:"updatedUnixMs"`
+}
+
+// ChatFilter selects the chats Chats lists.
+type ChatFilter struct {
+	// Service, if not empty, keeps only the chats of that service.
+	Service string
+	// Live keeps only the chats not ended; Ended only the ended ones;
+	// neither keeps all.
+	Live, Ended bool
+}
+
+func (f ChatFilter) keep(c ChatInfo) bool {
+	return (f.Service == "" || f.Service == c.Service) && !(f.Live && c.Ended) && !(f.Ended && !c.Ended)
+}
+
 // Epoch is a service's fencing epoch and the writer that holds it.
 type Epoch struct {
 	// Epoch is the newest epoch seen for the service (0: none yet).

@@ -210,6 +210,31 @@ func (s *boltStore) transcript(chatID string) (*Transcript, error) {
 	return t, closedErr(err)
 }
 
+// chats lists the stored chats that f keeps, in chat id order.
+func (s *boltStore) chats(f ChatFilter) ([]ChatInfo, error) {
+	var out []ChatInfo
+	err := s.db.View(func(tx *bolt.Tx) error {
+		bt := boltTxn{tx}
+		return tx.Bucket(bucketChats).ForEach(func(k, v []byte) error {
+			var m chatMeta
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("decode chat %s: %w", k, err)
+			}
+			ci := ChatInfo{ChatID: string(k), Service: m.Service, Ended: m.Ended, Writer: m.Writer, Epoch: m.Epoch, UpdatedUnixMs: m.UpdatedUnix}
+			if !f.keep(ci) {
+				return nil
+			}
+			var err error
+			if ci.HighestIndex, err = bt.highestIndex(ci.ChatID); err != nil {
+				return err
+			}
+			out = append(out, ci)
+			return nil
+		})
+	})
+	return out, closedErr(err)
+}
+
 // boltTxn is the txn of a bbolt transaction.
 type boltTxn struct{ tx *bolt.Tx }
 

@@ -64,6 +64,8 @@ func spanPath(p string) string {
 		return "/ucs/v1/epochs/{service}/claim"
 	case strings.HasPrefix(p, "/ucs/v1/epochs/"):
 		return "/ucs/v1/epochs/{service}"
+	case strings.HasPrefix(p, "/ucs/v1/admin/"):
+		return p
 	}
 	return p
 }
@@ -116,6 +118,34 @@ func (c *Client) TranscriptXML(ctx context.Context, chatID string) ([]byte, erro
 		return nil, fmt.Errorf("ucs transcript xml %s: %w", chatID, err)
 	}
 	return b, nil
+}
+
+// Chats lists the stored chats that f keeps, in chat id order: e.g. the
+// live chats of a service, which a new primary may restore.
+func (c *Client) Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) {
+	q := url.Values{}
+	if f.Service != "" {
+		q.Set("service", f.Service)
+	}
+	switch {
+	case f.Live && f.Ended:
+		return nil, fmt.Errorf("ucs chats: %w", invalidf("live and ended exclude each other"))
+	case f.Live:
+		q.Set("ended", "false")
+	case f.Ended:
+		q.Set("ended", "true")
+	}
+	path := "/ucs/v1/chats"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var body struct {
+		Chats []ChatInfo `json:"chats"`
+	}
+	if err := c.do(ctx, http.MethodGet, path, "", nil, &body); err != nil {
+		return nil, fmt.Errorf("ucs chats: %w", err)
+	}
+	return body.Chats, nil
 }
 
 // ClaimEpoch sets the service's epoch to epoch iff it is currently expect

@@ -102,6 +102,27 @@ func (m *MemStore) TranscriptXML(ctx context.Context, chatID string) ([]byte, er
 	return transcriptXML(t)
 }
 
+// Chats lists the stored chats that f keeps, in chat id order.
+func (m *MemStore) Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) {
+	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
+		return nil, fmt.Errorf("chats: %w", faultOutage.err())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ChatInfo
+	for _, id := range slices.Sorted(maps.Keys(m.chats)) {
+		c := m.chats[id]
+		ci := ChatInfo{ChatID: id, Service: c.meta.Service, Ended: c.meta.Ended, Writer: c.meta.Writer, Epoch: c.meta.Epoch, UpdatedUnixMs: c.meta.UpdatedUnix}
+		if !f.keep(ci) {
+			continue
+		}
+		ci.HighestIndex, _ = memTxn{m}.highestIndex(id)
+		out = append(out, ci)
+	}
+	return out, nil
+}
+
 // ClaimEpoch is the compare-and-set of the service's epoch; see Store.
 func (m *MemStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
 	if m.faults.outage() {

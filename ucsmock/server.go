@@ -131,6 +131,7 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	mux.HandleFunc("GET /ucs/v1/transcripts/{$}", s.handleMissingChatID)
 	mux.HandleFunc("POST /ucs/v1/epochs/{service}/claim", s.handleClaim)
 	mux.HandleFunc("GET /ucs/v1/epochs/{service}", s.handleEpoch)
+	mux.HandleFunc("GET /ucs/v1/chats", s.handleChats)
 	mux.HandleFunc("PUT /ucs/v1/admin/faults", s.admin(s.handleSetFaults))
 	mux.HandleFunc("GET /ucs/v1/admin/faults", s.admin(s.handleGetFaults))
 	mux.HandleFunc("DELETE /ucs/v1/admin/faults", s.admin(s.handleClearFaults))
@@ -420,6 +421,35 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 		s.metrics.claims.WithLabelValues("error").Inc()
 		s.writeErr(w, err)
 	}
+}
+
+// handleChats is GET /ucs/v1/chats[?service=S][&ended=true|false].
+func (s *Server) handleChats(w http.ResponseWriter, r *http.Request) {
+	if s.faults.outage() {
+		s.writeFault(w, "read", faultOutage)
+		return
+	}
+	q := r.URL.Query()
+	f := ChatFilter{Service: q.Get("service")}
+	switch q.Get("ended") {
+	case "":
+	case "false":
+		f.Live = true
+	case "true":
+		f.Ended = true
+	default:
+		writeError(w, http.StatusBadRequest, errorBody{Error: "ended must be true or false", Code: codeInvalid})
+		return
+	}
+	chats, err := s.store.chats(f)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if chats == nil {
+		chats = []ChatInfo{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"chats": chats})
 }
 
 // handleEpoch is GET /ucs/v1/epochs/{service}.

@@ -114,6 +114,8 @@ func TestHTTPRoutes(t *testing.T) {
 		{"stale save", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 1, false, evs("c1", 4, 4)...), 409, `{"error":"stale epoch","code":"stale_epoch","recoverable":false,"epoch":2,"holder":"core-b"}`},
 		{"end", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 2, true), 200, `"highestIndex":3`},
 		{"read ended", "GET", "/ucs/v1/transcripts/c1", "", "", 200, `"ended":true`},
+		{"chats", "GET", "/ucs/v1/chats?service=chat&ended=true", "", "", 200, `{"chats":[{"chatId":"c1","service":"chat","ended":true,"writer":"core-a","epoch":2,"highestIndex":3,`},
+		{"chats bad ended", "GET", "/ucs/v1/chats?ended=maybe", "", "", 400, "ended must be"},
 		{"healthz", "GET", "/healthz", "", "", 200, `"status":"ok"`},
 		{"metrics", "GET", "/metrics", "", "", 200, `ucs_saves_total{result="ok"} 3`},
 		{"wrong method", "DELETE", "/ucs/v1/transcripts/c1", "", "", 405, ""},
@@ -152,12 +154,13 @@ func TestHTTPRoutes(t *testing.T) {
 		{"outage save", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 2, false, evs("c1", 4, 4)...), 503, `"code":"outage","recoverable":true`},
 		{"outage read", "GET", "/ucs/v1/transcripts/c1", "", "", 503, `"recoverable":true`},
 		{"outage epoch", "GET", "/ucs/v1/epochs/chat", "", "", 503, `"recoverable":true`},
+		{"outage chats", "GET", "/ucs/v1/chats", "", "", 503, `"recoverable":true`},
 		{"outage healthz", "GET", "/healthz", "", "", 200, `"outage":true`},
 		{"faults recoverable", "PUT", "/ucs/v1/admin/faults", testToken, `{"recoverableErrorRate":1}`, 200, ""},
 		{"recoverable save", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 2, false, evs("c1", 4, 4)...), 503, `"code":"unavailable","recoverable":true`},
 		{"faults clear", "DELETE", "/ucs/v1/admin/faults", testToken, "", 200, `"outage":false`},
 		{"save after clear", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 2, false, evs("c1", 4, 4)...), 200, `"highestIndex":4`},
-		{"stats", "GET", "/ucs/v1/admin/stats", testToken, "", 200, `{"saves":4,"savedEvents":4,"rejectedStale":1,"conflicts":1,"faultsInjected":6,"claims":1,"claimsLost":1}`},
+		{"stats", "GET", "/ucs/v1/admin/stats", testToken, "", 200, `{"saves":4,"savedEvents":4,"rejectedStale":1,"conflicts":1,"faultsInjected":7,"claims":1,"claimsLost":1}`},
 	}
 	runHTTPCases(t, h, cases)
 }

@@ -37,6 +37,7 @@ func evs(chat string, from, to uint64) []*chatpb.Event {
 // faults, so that the same semantics tests run against all of them.
 type faultStore interface {
 	Store
+	Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error)
 	SetFaults(ctx context.Context, token string, f Faults) error
 	ClearFaults(ctx context.Context, token string) error
 	Stats(ctx context.Context, token string) (Stats, error)
@@ -405,6 +406,50 @@ func TestStoreConcurrent(t *testing.T) {
 		st, _ := s.Stats(ctx, testToken)
 		if st.Claims != 1 || st.ClaimsLost != writers-1 {
 			t.Fatalf("claims %d won %d lost, want 1 and %d", st.Claims, st.ClaimsLost, writers-1)
+		}
+	})
+}
+
+func TestStoreChats(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s faultStore) {
+		ctx := context.Background()
+		if got, err := s.Chats(ctx, ChatFilter{}); err != nil || len(got) != 0 {
+			t.Fatalf("empty store: %v %v", got, err)
+		}
+		saves := []SaveRequest{
+			{ChatID: "b", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("b", 1, 3)},
+			{ChatID: "a", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("a", 1, 1), Ended: true},
+			{ChatID: "c", Service: "other", Epoch: 0, Writer: "core-x", Events: evs("c", 2, 2)},
+		}
+		for _, r := range saves {
+			if _, err := s.Save(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ids := func(f ChatFilter) string {
+			got, err := s.Chats(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, c := range got {
+				out = append(out, fmt.Sprintf("%s/%s/%v/%d", c.ChatID, c.Service, c.Ended, c.HighestIndex))
+			}
+			return fmt.Sprint(out)
+		}
+		for _, tc := range []struct {
+			f    ChatFilter
+			want string
+		}{
+			{ChatFilter{}, "[a/chat/true/1 b/chat/false/3 c/other/false/2]"},
+			{ChatFilter{Service: "chat"}, "[a/chat/true/1 b/chat/false/3]"},
+			{ChatFilter{Service: "chat", Live: true}, "[b/chat/false/3]"},
+			{ChatFilter{Ended: true}, "[a/chat/true/1]"},
+			{ChatFilter{Service: "none"}, "[]"},
+		} {
+			if got := ids(tc.f); got != tc.want {
+				t.Errorf("Chats(%+v) = %s, want %s", tc.f, got, tc.want)
+			}
 		}
 	})
 }
