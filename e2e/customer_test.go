@@ -139,7 +139,7 @@ func TestBadInputMatrix(t *testing.T) {
 		{"start: malformed JSON", base, "application/json", []byte(`{"nickname":`), 400, 2, 101},
 		{"start: JSON array", base, "application/json", []byte(`["nickname"]`), 400, 2, 101},
 		{"start: no nickname", base, formType, []byte("subject=hi"), 400, 2, 102},
-		{"start: unsupported content type", base, "text/plain", []byte("nickname=Ann"), 400, 2, 101},
+		{"start: unsupported content type", base, "application/xml", []byte("<nickname>Ann</nickname>"), 400, 2, 101},
 		{"start: body over max-body", base, formType, []byte("nickname=" + strings.Repeat("a", 70<<10)), 400, 2, 103},
 		{"send: malformed form", chatPath + "/send", formType, []byte("message=%zz&userId=x"), 400, 2, 101},
 		{"send: no message", chatPath + "/send", formType, form(nil), 400, 2, 102},
