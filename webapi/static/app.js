@@ -268,6 +268,7 @@
       try { render(JSON.parse(e.data)); } catch (err) { console.error("bad event", err); }
     };
     es.addEventListener("reconnecting", function () {
+      agentStoppedTyping("");
       setStatus("reconnecting", "Reconnecting…");
       showBanner("Connection to the chat server lost — reconnecting…");
       localNotice("Disconnected from the chat server — reconnecting…", "notice-warn");
