@@ -18,7 +18,7 @@ func discardTel() *telemetry.Telemetry { return telemetry.Discard() }
 func BenchmarkSave(b *testing.B) {
 	for _, mode := range []string{"serial", "parallel"} {
 		b.Run(mode, func(b *testing.B) {
-			_, c := newTestServer(b, filepath.Join(b.TempDir(), "ucs.db"))
+			srv, c := newTestServer(b, filepath.Join(b.TempDir(), "ucs.db"))
 			ctx := context.Background()
 			var chats atomic.Uint64
 			save := func(chat string, i uint64) {
@@ -41,6 +41,9 @@ func BenchmarkSave(b *testing.B) {
 				})
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "saves/s")
+			if n := srv.store.commits.Load(); n > 0 {
+				b.ReportMetric(float64(srv.store.committed.Load())/float64(n), "saves/commit")
+			}
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -44,6 +45,8 @@ type boltStore struct {
 	done    chan struct{}
 	once    sync.Once
 	batched func(n int) // observes the size of each group commit
+
+	commits, committed atomic.Uint64 // transactions and the writes they held
 }
 
 // commitReq is one queued write. fn must make no write before its last
@@ -137,6 +140,8 @@ func (s *boltStore) commitLoop() {
 			}
 		}
 		s.batched(len(batch))
+		s.commits.Add(1)
+		s.committed.Add(uint64(len(batch)))
 		results := make([]error, len(batch))
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			bt := boltTxn{tx}

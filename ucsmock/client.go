@@ -33,8 +33,11 @@ var _ Store = (*Client)(nil)
 // NewClient returns a client of the ucsmock server at baseURL (e.g.
 // "http://127.0.0.1:7080"). httpClient may be nil (a client without a
 // timeout: pass a context deadline per call); its transport is wrapped with
-// otelhttp using tel's tracer and propagator.
+// otelhttp using tel's tracer and propagator (tel may be nil: no spans).
 func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry) *Client {
+	if tel == nil {
+		tel = telemetry.Discard()
+	}
 	hc := &http.Client{}
 	if httpClient != nil {
 		c := *httpClient
