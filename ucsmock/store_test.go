@@ -40,6 +40,7 @@ type faultStore interface {
 	Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error)
 	SetFaults(ctx context.Context, token string, f Faults) error
 	ClearFaults(ctx context.Context, token string) error
+	Faults(ctx context.Context, token string) (Faults, error)
 	Stats(ctx context.Context, token string) (Stats, error)
 }
 
@@ -282,6 +283,9 @@ func TestStoreFaults(t *testing.T) {
 		for i, st := range steps {
 			if err := s.SetFaults(ctx, testToken, st.f); err != nil {
 				t.Fatalf("%s: set faults: %v", st.name, err)
+			}
+			if got, err := s.Faults(ctx, testToken); err != nil || got != st.f {
+				t.Fatalf("%s: faults read back %+v %v", st.name, got, err)
 			}
 			start := time.Now()
 			err := save(uint64(i + 2))
