@@ -1,12 +1,191 @@
 package main
 
 import (
+	"bufio"
 	"context"
-	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hachat/hachat/bench/chatbench"
+	"github.com/hachat/hachat/bench/failoverbench"
+	"github.com/hachat/hachat/chatclient"
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/telemetry"
 )
 
-// runBench is a placeholder until the bench part lands.
+const benchSummary = `Benchmarks; each starts its own cluster of real processes on free loopback
+ports (in a temporary directory) unless told to use a running one.
+
+  hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
+  hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
+  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy`
+
 func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
-	return errors.New("bench: not implemented yet")
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintln(errw, benchSummary)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return errUsage
+	}
+	switch args[0] {
+	case "chat":
+		return runBenchChat(ctx, args[1:], out, errw)
+	case "failover":
+		return runBenchFailover(ctx, args[1:], out, errw)
+	default:
+		return benchMore(ctx, args, out, errw)
+	}
+}
+
+func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error {
+	var o struct {
+		Sessions     int    `yaml:"sessions"`
+		Messages     int    `yaml:"messages"`
+		Concurrency  int    `yaml:"concurrency"`
+		Pair         bool   `yaml:"pair"`
+		Core         string `yaml:"core"`
+		ServiceToken string `yaml:"service-token"`
+		AutoSave     int    `yaml:"transcript-auto-save"`
+	}
+	o.Sessions, o.Messages, o.Concurrency, o.Pair, o.AutoSave = 1000, 20000, 64, true, 1
+	err := parseFlags("bench chat", "Measure one chat core pair: messages/s, send-to-deliver latency, memory per session.", args, errw, &o, func(fs *flag.FlagSet) {
+		fs.IntVar(&o.Sessions, "sessions", o.Sessions, "live sessions")
+		fs.IntVar(&o.Messages, "messages", o.Messages, "customer messages to send in all")
+		fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "concurrent senders")
+		fs.BoolVar(&o.Pair, "pair", o.Pair, "run a primary and a backup (synchronous replication); false: one core")
+		fs.StringVar(&o.Core, "core", o.Core, "bench a running cluster at these gRPC addresses instead of starting one")
+		fs.StringVar(&o.ServiceToken, "service-token", o.ServiceToken, "service token of the running cluster (with --core)")
+		fs.IntVar(&o.AutoSave, "transcript-auto-save", o.AutoSave, "transcript-auto-save of the started cores")
+	})
+	if err != nil {
+		return err
+	}
+	targets := strings.Split(o.Core, ",")
+	var mem chatbench.MemoryProbe
+	if o.Core == "" {
+		stage := demo.StageSingle
+		if o.Pair {
+			stage = demo.StagePair
+		}
+		sup, layout, err := benchCluster(ctx, stage, errw, "--transcript-auto-save="+strconv.Itoa(o.AutoSave), fmt.Sprintf("--max-sessions=%d", o.Sessions+100))
+		if err != nil {
+			return err
+		}
+		defer sup.Stop()
+		o.ServiceToken = layout.ServiceToken
+		targets = []string{layout.Addrs.CoreAGRPC}
+		if o.Pair {
+			targets = append(targets, layout.Addrs.CoreBGRPC)
+		}
+		pid, err := sup.PID("core-a")
+		if err != nil {
+			return err
+		}
+		mem = func(context.Context) (uint64, error) { return rss(pid) }
+	}
+	ccfg := chatclient.DefaultConfig()
+	ccfg.Targets = targets
+	cl, err := chatclient.New(ccfg, telemetry.Discard())
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	rep, err := chatbench.Run(ctx, cl, chatbench.Options{Sessions: o.Sessions, Messages: o.Messages,
+		Concurrency: o.Concurrency, ServiceToken: o.ServiceToken}, mem, errw)
+	if err != nil {
+		return err
+	}
+	mode := "one core"
+	if o.Pair {
+		mode = "primary + backup, synchronous replication"
+	}
+	fmt.Fprintf(out, "hachat bench chat: %s, transcript-auto-save=%d\n%s\n", mode, o.AutoSave, rep)
+	return nil
+}
+
+// benchCluster starts the standard cluster without webapi and interaction
+// on free ports in a temporary directory.
+func benchCluster(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs ...string) (*demo.Supervisor, demo.Layout, error) {
+	addrs, err := demo.FreeAddrs()
+	if err != nil {
+		return nil, demo.Layout{}, err
+	}
+	dir, err := os.MkdirTemp("", "hachat-bench-")
+	if err != nil {
+		return nil, demo.Layout{}, fmt.Errorf("temp dir: %w", err)
+	}
+	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
+		ServiceToken: "bench-service-token", AdminToken: "bench-admin-token"}
+	plan := demo.StandardPlan(layout).Without("webapi", "interaction")
+	sup, err := demo.Start(ctx, plan, demo.Options{Dir: dir, Progress: progress})
+	if err != nil {
+		return nil, layout, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)
+	}
+	return sup, layout, nil
+}
+
+// rss returns the resident set size of process pid in bytes.
+func rss(pid int) (uint64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read rss: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse rss %q: %w", v, err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) error {
+	var o struct {
+		Trials         int  `yaml:"trials"`
+		SkipSwitchover bool `yaml:"skip-switchover"`
+	}
+	o.Trials = 5
+	err := parseFlags("bench failover", "Measure the kill -9 failover gap and the switchover pause of a primary/backup pair.", args, errw, &o, func(fs *flag.FlagSet) {
+		fs.IntVar(&o.Trials, "trials", o.Trials, "trials of each kind")
+		fs.BoolVar(&o.SkipSwitchover, "skip-switchover", o.SkipSwitchover, "measure kill -9 only")
+	})
+	if err != nil {
+		return err
+	}
+	sup, layout, err := benchCluster(ctx, demo.StagePair, errw)
+	if err != nil {
+		return err
+	}
+	defer sup.Stop()
+	ccfg := chatclient.DefaultConfig()
+	ccfg.Targets = []string{layout.Addrs.CoreAGRPC, layout.Addrs.CoreBGRPC}
+	cl, err := chatclient.New(ccfg, telemetry.Discard())
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	rep, err := failoverbench.Run(ctx, cl, sup, failoverbench.Options{
+		Trials: o.Trials, AdminToken: layout.AdminToken, ServiceToken: layout.ServiceToken, SkipSwitchover: o.SkipSwitchover,
+		Cores: map[string]string{"core-a": layout.Addrs.CoreAGRPC, "core-b": layout.Addrs.CoreBGRPC},
+	}, errw)
+	fmt.Fprintf(out, "hachat bench failover: primary + backup, clients given both cores\n%s", rep)
+	return err
+}
+
+// benchMore dispatches the benchmarks that other parts provide.
+func benchMore(ctx context.Context, args []string, out, errw io.Writer) error {
+	_ = time.Second
+	fmt.Fprintf(errw, "hachat bench: unknown or not yet available benchmark %q\n\n%s\n", args[0], benchSummary)
+	return errUsage
 }

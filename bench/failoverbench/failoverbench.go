@@ -1,0 +1,276 @@
+// Package failoverbench measures what a customer notices of a failover: the
+// gap in a running conversation when the primary is killed with SIGKILL, and
+// the pause of a planned switchover. Each trial keeps one customer sending
+// numbered messages and one agent receiving them, then kills (or switches
+// over) the primary; the gap runs from the last message the old primary
+// acknowledged to the first message delivered end to end through the new
+// one.
+package failoverbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/clusterctl"
+)
+
+// Cluster is the running cluster under test: real processes.
+type Cluster interface {
+	// Kill sends SIGKILL to the named core and waits until it has exited.
+	Kill(ctx context.Context, name string) error
+	// Restart starts the named core again with its original flags.
+	Restart(ctx context.Context, name string) error
+}
+
+// Options shape a run.
+type Options struct {
+	// Trials is the number of kill -9 trials and of switchover trials (default 5).
+	Trials int
+	// Cores maps core names to their gRPC addresses (for status queries).
+	Cores map[string]string
+	// AdminToken authorises switchovers.
+	AdminToken string
+	// ServiceToken lets the bench join an agent.
+	ServiceToken string
+	// Interval is the pause between two customer sends (default 2ms).
+	Interval time.Duration
+	// Settle bounds the wait for the pair to be whole again after a trial (default 30s).
+	Settle time.Duration
+	// SkipSwitchover leaves out the switchover trials.
+	SkipSwitchover bool
+}
+
+// Report holds the measured gaps.
+type Report struct {
+	Kill       []time.Duration
+	Switchover []time.Duration
+}
+
+// Summary returns p50, p99 and max of ds.
+func Summary(ds []time.Duration) (p50, p99, max time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2], s[min(len(s)-1, len(s)*99/100)], s[len(s)-1]
+}
+
+// String renders the report.
+func (r Report) String() string {
+	line := func(name string, ds []time.Duration) string {
+		if len(ds) == 0 {
+			return fmt.Sprintf("%-22s no trials\n", name)
+		}
+		p50, p99, mx := Summary(ds)
+		return fmt.Sprintf("%-22s trials %d   p50 %v   p99 %v   max %v\n", name, len(ds),
+			p50.Round(time.Microsecond), p99.Round(time.Microsecond), mx.Round(time.Microsecond))
+	}
+	return line("kill -9 gap", r.Kill) + line("switchover pause", r.Switchover)
+}
+
+// Run runs the trials. cl is the client under test (through the sidecar or
+// with both core addresses): it must resume on its own.
+func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Options, progress io.Writer) (Report, error) {
+	if opts.Trials <= 0 {
+		opts.Trials = 5
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = 2 * time.Millisecond
+	}
+	if opts.Settle <= 0 {
+		opts.Settle = 30 * time.Second
+	}
+	if progress == nil {
+		progress = io.Discard
+	}
+	var rep Report
+	for i := 0; i < opts.Trials; i++ {
+		if err := waitPair(ctx, opts, opts.Settle); err != nil {
+			return rep, fmt.Errorf("kill trial %d: %w", i+1, err)
+		}
+		primary, err := primaryName(ctx, opts)
+		if err != nil {
+			return rep, err
+		}
+		gap, err := trial(ctx, cl, opts, func(ctx context.Context) error { return cluster.Kill(ctx, primary) })
+		if err != nil {
+			return rep, fmt.Errorf("kill trial %d: %w", i+1, err)
+		}
+		rep.Kill = append(rep.Kill, gap)
+		fmt.Fprintf(progress, "kill -9 %s: gap %v\n", primary, gap.Round(time.Microsecond))
+		if err := cluster.Restart(ctx, primary); err != nil {
+			return rep, fmt.Errorf("restart %s: %w", primary, err)
+		}
+	}
+	if opts.SkipSwitchover {
+		return rep, nil
+	}
+	addrs := make([]string, 0, len(opts.Cores))
+	for _, a := range opts.Cores {
+		addrs = append(addrs, a)
+	}
+	for i := 0; i < opts.Trials; i++ {
+		if err := waitPair(ctx, opts, opts.Settle); err != nil {
+			return rep, fmt.Errorf("switchover trial %d: %w", i+1, err)
+		}
+		gap, err := trial(ctx, cl, opts, func(ctx context.Context) error {
+			_, err := clusterctl.Switchover(ctx, addrs, opts.AdminToken, 10*time.Second)
+			return err
+		})
+		if err != nil {
+			return rep, fmt.Errorf("switchover trial %d: %w", i+1, err)
+		}
+		rep.Switchover = append(rep.Switchover, gap)
+		fmt.Fprintf(progress, "switchover: pause %v\n", gap.Round(time.Microsecond))
+	}
+	return rep, nil
+}
+
+// waitPair waits until one core is primary and another is a caught-up backup.
+func waitPair(ctx context.Context, opts Options, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	addrs := make([]string, 0, len(opts.Cores))
+	for _, a := range opts.Cores {
+		addrs = append(addrs, a)
+	}
+	for {
+		sts := clusterctl.Status(ctx, addrs, time.Second)
+		var primaries, backups int
+		var lag uint64
+		for _, s := range sts {
+			switch s.Status.GetRole() {
+			case "primary":
+				primaries++
+				lag += s.Status.GetReplicationLag()
+				if s.Status.GetBackup() == "" {
+					lag++ // no backup connected yet
+				}
+			case "backup":
+				backups++
+			}
+		}
+		if primaries == 1 && backups >= 1 && lag == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pair not whole within %v (%d primaries, %d backups, lag %d)", within, primaries, backups, lag)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func primaryName(ctx context.Context, opts Options) (string, error) {
+	for name, addr := range opts.Cores {
+		sts := clusterctl.Status(ctx, []string{addr}, time.Second)
+		if sts[0].Status.GetRole() == "primary" {
+			return name, nil
+		}
+	}
+	return "", clusterctl.ErrNoPrimary
+}
+
+// trial runs one conversation across fault and measures the gap.
+func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(context.Context) error) (time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	js, err := cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: "bench", Nickname: "customer", Subject: "failover"})
+	if err != nil {
+		return 0, fmt.Errorf("start session: %w", err)
+	}
+	ja, err := cl.Join(ctx, &chatpb.JoinRequest{SessionId: js.GetAuth().GetSessionId(), Nickname: "agent",
+		Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, ServiceToken: opts.ServiceToken})
+	if err != nil {
+		return 0, fmt.Errorf("join: %w", err)
+	}
+	st, err := cl.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: ja.GetAuth(), FromIndex: 1})
+	if err != nil {
+		return 0, fmt.Errorf("subscribe: %w", err)
+	}
+
+	var (
+		mu        sync.Mutex
+		faultAt   time.Time
+		lastAck   time.Time // last ack received before the fault
+		firstNew  time.Time // first delivery of a message sent after the fault
+		sentAfter = map[string]bool{}
+		gotNew    = make(chan struct{})
+	)
+	go func() {
+		for {
+			ev, err := st.Recv()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if !faultAt.IsZero() && firstNew.IsZero() && sentAfter[ev.GetClientMessageId()] {
+				firstNew = time.Now()
+				close(gotNew)
+			}
+			mu.Unlock()
+		}
+	}()
+
+	sendErr := make(chan error, 1)
+	go func() {
+		for n := 0; ctx.Err() == nil; n++ {
+			id := fmt.Sprintf("m%d", n)
+			mu.Lock()
+			if !faultAt.IsZero() {
+				sentAfter[id] = true
+			}
+			mu.Unlock()
+			_, err := cl.Send(ctx, &chatpb.SendRequest{Auth: js.GetAuth(), Kind: chatpb.EventKind_EVENT_KIND_MESSAGE,
+				Text: id, ClientMessageId: id})
+			if err != nil {
+				if ctx.Err() == nil {
+					sendErr <- fmt.Errorf("send %s: %w", id, err)
+				}
+				return
+			}
+			now := time.Now()
+			mu.Lock()
+			if faultAt.IsZero() {
+				lastAck = now
+			}
+			mu.Unlock()
+			time.Sleep(opts.Interval) // pacing of the customer, not a wait for a condition
+		}
+	}()
+
+	// Let the conversation run before the fault.
+	warm := time.NewTimer(200 * time.Millisecond)
+	select {
+	case <-warm.C:
+	case err := <-sendErr:
+		return 0, err
+	}
+	mu.Lock()
+	faultAt = time.Now()
+	mu.Unlock()
+	if err := fault(ctx); err != nil {
+		return 0, fmt.Errorf("fault: %w", err)
+	}
+	select {
+	case <-gotNew:
+	case err := <-sendErr:
+		return 0, err
+	case <-time.After(30 * time.Second):
+		return 0, errors.New("no message delivered within 30s of the fault")
+	}
+	cancel()
+	_, _ = cl.Leave(context.WithoutCancel(ctx), &chatpb.LeaveRequest{Auth: ja.GetAuth(), EndSession: true})
+	mu.Lock()
+	defer mu.Unlock()
+	return firstNew.Sub(lastAck), nil
+}
