@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -108,5 +110,35 @@ func TestRegisterFlags(t *testing.T) {
 	}
 	if err := DefaultConfig().Validate(); err == nil {
 		t.Fatal("DefaultConfig without a name validated")
+	}
+}
+
+func TestConfigYAML(t *testing.T) {
+	type file struct {
+		Name   string `yaml:"name"`
+		Gossip Config `yaml:",inline"`
+	}
+	f := file{Gossip: DefaultConfig()}
+	in := `
+name: w9
+gossip-bind: 127.0.0.1:7213
+gossip-join: [127.0.0.1:7103, 127.0.0.1:7113]
+gossip-probe-interval: 250ms
+gossip-suspicion-mult: 3
+gossip-key: MDEyMzQ1Njc4OWFiY2RlZg==
+`
+	dec := yaml.NewDecoder(strings.NewReader(in))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.BindAddr = "127.0.0.1:7213"
+	want.Join = []string{"127.0.0.1:7103", "127.0.0.1:7113"}
+	want.ProbeInterval = 250 * time.Millisecond
+	want.SuspicionMult = 3
+	want.EncryptKey = "MDEyMzQ1Njc4OWFiY2RlZg=="
+	if f.Name != "w9" || !reflect.DeepEqual(f.Gossip, want) {
+		t.Fatalf("decoded %+v", f)
 	}
 }
