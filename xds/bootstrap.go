@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -154,13 +155,29 @@ func EnvoyBootstrapText(o BootstrapOptions, format string) ([]byte, error) {
 	case "", "json":
 		return append(js, '\n'), nil
 	case "yaml":
-		var doc any
+		var doc yaml.Node
 		if err := yaml.Unmarshal(js, &doc); err != nil {
 			return nil, fmt.Errorf("convert bootstrap to yaml: %w", err)
 		}
-		return yaml.Marshal(doc)
+		clearStyle(&doc)
+		var buf bytes.Buffer
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(&doc); err != nil {
+			return nil, fmt.Errorf("convert bootstrap to yaml: %w", err)
+		}
+		return buf.Bytes(), nil
 	}
 	return nil, fmt.Errorf("%w: format %q: want json or yaml", ErrBadBootstrap, format)
+}
+
+// clearStyle turns the JSON flow style that yaml.v3 keeps from its input
+// into block style, and drops quotes that YAML does not need.
+func clearStyle(n *yaml.Node) {
+	n.Style = 0
+	for _, c := range n.Content {
+		clearStyle(c)
+	}
 }
 
 // grpcBootstrap is the JSON bootstrap of grpc-go's xDS client (the file
