@@ -1,0 +1,288 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
+)
+
+func TestADSAckNackKeepsLastGood(t *testing.T) {
+	a := newFakeCore(t, "a", "primary", 1)
+	b := newFakeCore(t, "b", "backup", 1)
+	cp := newControlPlane(t)
+	cp.set("test-sidecar", "1", pairResources(a, b, 100*time.Millisecond, 2))
+	p := newTestProxy(t, cp.addr)
+
+	waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+	for _, typ := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType} {
+		waitFor(t, 5*time.Second, "ACK of version 1 for "+typ, func() bool { return cp.acked(typ, "1") })
+	}
+
+	// Version 2 carries a cluster whose health check has no timeout: it
+	// fails Validate, so CDS version 2 is NACKed with version 1 and v2's nonce.
+	bad := pairResources(a, b, 100*time.Millisecond, 2)
+	badCluster := edsCluster("chatcore", 100*time.Millisecond, time.Second, 2, 1)
+	badCluster.HealthChecks[0].Timeout = nil
+	bad[resource.ClusterType] = []types.Resource{badCluster}
+	cp.set("test-sidecar", "2", bad)
+	waitFor(t, 5*time.Second, "NACK of CDS version 2", func() bool { return cp.nacked(resource.ClusterType, "2", "1") })
+
+	d := p.Dump()
+	if d.XDS.LastNACK == nil || d.XDS.LastNACK.Version != "2" || d.XDS.LastNACK.Type != "cds" || d.XDS.LastNACK.Nonce == "" {
+		t.Fatalf("last NACK = %+v, want cds version 2 with a nonce", d.XDS.LastNACK)
+	}
+	if d.XDS.Versions["cds"] != "1" {
+		t.Fatalf("cds version = %q, want the last good 1", d.XDS.Versions["cds"])
+	}
+	if got := statusVia(p.Addr().String()); got != "a" {
+		t.Fatalf("after NACK, traffic went to %q, want a (last good config)", got)
+	}
+	// The snapshot cache re-sends the bad version at once; repeated NACKs
+	// are paced instead of spinning.
+	n0 := cp.nackCount()
+	time.Sleep(300 * time.Millisecond) // measuring a rate over a window, not waiting for an event
+	if n := cp.nackCount() - n0; n > 4 {
+		t.Fatalf("%d NACKs in 300ms: repeated NACKs are not paced", n)
+	}
+
+	// Version 3 is good again and is ACKed.
+	cp.set("test-sidecar", "3", pairResources(a, b, 200*time.Millisecond, 2))
+	waitFor(t, 5*time.Second, "ACK of CDS version 3", func() bool { return cp.acked(resource.ClusterType, "3") })
+	waitFor(t, 5*time.Second, "cds version 3 in the dump", func() bool { return p.Dump().XDS.Versions["cds"] == "3" })
+	if got := p.Dump().Clusters[0].HealthCheck["interval"]; got != "200ms" {
+		t.Fatalf("interval after v3 = %v, want 200ms", got)
+	}
+	if got := metricValue(p.m.adsNACKs.WithLabelValues("cds")); got < 1 {
+		t.Fatalf("nacks metric = %v", got)
+	}
+}
+
+func TestControlPlaneRestartKeepsConnections(t *testing.T) {
+	a := newFakeCore(t, "a", "primary", 1)
+	b := newFakeCore(t, "b", "backup", 1)
+	cp := newControlPlane(t)
+	cp.set("test-sidecar", "1", pairResources(a, b, 100*time.Millisecond, 2))
+	p := newTestProxy(t, cp.addr)
+	waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+
+	// One long-lived client connection through the sidecar.
+	cc, err := grpc.NewClient(p.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := chatpb.NewChatClient(cc)
+	call := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := client.Status(ctx, &chatpb.StatusRequest{})
+		if err != nil {
+			t.Fatalf("status over the long-lived connection: %v", err)
+		}
+		return resp.GetName()
+	}
+	if call() != "a" {
+		t.Fatal("long-lived connection not on a")
+	}
+	total := metricValue(p.m.connsTotal)
+
+	addr := cp.addr
+	cp.stop()
+	waitFor(t, 5*time.Second, "ADS disconnected", func() bool { return !p.Dump().XDS.Connected })
+	if call() != "a" {
+		t.Fatal("control plane down: connection broke")
+	}
+	streams := cp.streamCount()
+	cp.start(addr)
+	waitFor(t, 5*time.Second, "new ADS stream", func() bool { return cp.streamCount() > streams && p.Dump().XDS.Connected })
+	waitFor(t, 5*time.Second, "ACK on the new stream", func() bool {
+		cp.mu.Lock()
+		defer cp.mu.Unlock()
+		return len(cp.requests) > 0 && cp.requests[len(cp.requests)-1].version == "1"
+	})
+	if call() != "a" {
+		t.Fatal("control plane back: connection broke")
+	}
+	if got := metricValue(p.m.connsTotal); got != total {
+		t.Fatalf("connections total went from %v to %v: the client reconnected", total, got)
+	}
+	if cc.GetState().String() != "READY" {
+		t.Fatalf("client connection state %v", cc.GetState())
+	}
+}
+
+func TestFailover(t *testing.T) {
+	tests := []struct {
+		name          string
+		stopCP        bool // control plane killed before the primary
+		promote       bool // backup promotes itself (role primary, epoch 2)
+	}{
+		{name: "control plane up, backup promotes", promote: true},
+		{name: "control plane down, backup promotes", stopCP: true, promote: true},
+		{name: "control plane down, backup stays backup", stopCP: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeCore(t, "a", "primary", 1)
+			b := newFakeCore(t, "b", "backup", 1)
+			cp := newControlPlane(t)
+			// A 10s interval and a threshold of 5: failover can only come
+			// from the refused connection, never from the timer.
+			cp.set("test-sidecar", "1", pairResources(a, b, 10*time.Second, 5))
+			p := newTestProxy(t, cp.addr)
+			waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+			waitFor(t, 5*time.Second, "both hosts checked", func() bool {
+				n := 0
+				for _, e := range p.Dump().Clusters[0].Endpoints {
+					if e.Health == "up" {
+						n++
+					}
+				}
+				return n == 2
+			})
+			if tc.stopCP {
+				cp.stop()
+				waitFor(t, 5*time.Second, "ADS disconnected", func() bool { return !p.Dump().XDS.Connected })
+			}
+			// A long-lived client connection to a: it must be closed when a dies.
+			live, name := longLived(t, p.Addr().String())
+			if name != "a" {
+				t.Fatalf("long-lived connection on %q, want a", name)
+			}
+			start := time.Now()
+			a.stop()
+			if tc.promote {
+				b.set("primary", 2)
+			}
+			waitFor(t, 3*time.Second, "traffic to the backup", func() bool { return statusVia(p.Addr().String()) == "b" })
+			t.Logf("failover took %v", time.Since(start))
+			waitClosed(t, live, "connection to the dead primary closed")
+			waitFor(t, 3*time.Second, "b chosen", func() bool {
+				d := p.Dump().Clusters[0]
+				return d.Chosen == b.addr && d.Definitive == tc.promote
+			})
+			if got := metricValue(p.m.failovers); got < 1 {
+				t.Fatalf("failovers metric = %v", got)
+			}
+		})
+	}
+}
+
+func TestNewerEpochClosesOldConnections(t *testing.T) {
+	a := newFakeCore(t, "a", "primary", 1)
+	b := newFakeCore(t, "b", "backup", 1)
+	cp := newControlPlane(t)
+	cp.set("test-sidecar", "1", pairResources(a, b, 50*time.Millisecond, 2))
+	p := newTestProxy(t, cp.addr)
+	waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+
+	live, name := longLived(t, p.Addr().String())
+	if name != "a" {
+		t.Fatalf("long-lived connection on %q, want a", name)
+	}
+	// b claims a newer epoch while a, still alive, still says primary.
+	b.set("primary", 2)
+	waitClosed(t, live, "connection to the superseded primary closed")
+	if got := statusVia(p.Addr().String()); got != "b" {
+		t.Fatalf("new connection went to %q, want b (newest epoch)", got)
+	}
+	if got := metricValue(p.m.closedConns); got < 1 {
+		t.Fatalf("closed-on-failover metric = %v", got)
+	}
+}
+
+func TestBreakerOpensOnRefusedConnects(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	cfg := testConfig("")
+	cfg.ConnectAttempts = 1
+	cfg.BreakerOpen = time.Minute
+	p, err := NewStatic(cfg, telemetry.Discard(), Resources{
+		Listeners: []*listenerv3.Listener{tcpListener("chatcore-sidecar", "chatcore")},
+		Clusters:  []*clusterv3.Cluster{edsCluster("chatcore", time.Minute, 100*time.Millisecond, 2, 1)},
+		Endpoints: []*endpointv3.ClusterLoadAssignment{loadAssignment("chatcore", ep{addr: deadAddr, health: corev3.HealthStatus_HEALTHY})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProxy(t, p)
+	for i := 0; i < int(cfg.BreakerFailures); i++ {
+		c, err := net.Dial("tcp", p.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("read from a connection with a dead upstream succeeded")
+		}
+		c.Close()
+	}
+	waitFor(t, 3*time.Second, "breaker open", func() bool {
+		return p.Dump().Clusters[0].Endpoints[0].Breaker == "open"
+	})
+	if got := metricValue(p.m.connectErrors.WithLabelValues(deadAddr)); got < float64(cfg.BreakerFailures) {
+		t.Fatalf("connect errors = %v", got)
+	}
+}
+
+func TestAdminEndpoint(t *testing.T) {
+	a := newFakeCore(t, "a", "primary", 1)
+	b := newFakeCore(t, "b", "backup", 1)
+	cp := newControlPlane(t)
+	cfg := testConfig(cp.addr)
+	p, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProxy(t, p)
+	base := "http://" + p.AdminAddr().String()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, _ := get("/healthz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("healthz before config = %d, want 503", code)
+	}
+	cp.set("test-sidecar", "1", pairResources(a, b, 100*time.Millisecond, 2))
+	waitFor(t, 5*time.Second, "healthz 200", func() bool { code, _ := get("/healthz"); return code == http.StatusOK })
+	waitFor(t, 5*time.Second, "a chosen", func() bool {
+		_, body := get("/proxy/v1/clusters")
+		var d Dump
+		if err := json.Unmarshal([]byte(body), &d); err != nil {
+			t.Fatalf("dump is not JSON: %v", err)
+		}
+		return len(d.Clusters) == 1 && d.Clusters[0].Chosen == a.addr && d.Clusters[0].Definitive &&
+			d.XDS.Versions["eds"] == "1" && len(d.Clusters[0].Endpoints) == 2 &&
+			d.Clusters[0].Endpoints[1].Priority == 1 && d.Clusters[0].Endpoints[1].Role == "backup"
+	})
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "hachat_proxy_ads_connected 1") {
+		t.Fatalf("metrics: %d, ads_connected missing", code)
+	}
+}
+
