@@ -376,3 +376,17 @@ func FuzzBuild(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkBuild(b *testing.B) {
+	members := []Member{
+		core_("core-a", RolePrimary, 1, "127.0.0.1:7101", StateAlive),
+		core_("core-b", RoleBackup, 1, "127.0.0.1:7111", StateAlive),
+		{Name: "xds", Kind: KindXDS, State: StateAlive},
+	}
+	cfg := DefaultConfig()
+	for b.Loop() {
+		if _, err := Build(cfg, members); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
