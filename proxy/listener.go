@@ -86,7 +86,6 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 		p.log.Warn("client connection dropped: no upstream", "client", client.RemoteAddr().String(), "err", err)
 		return
 	}
-	span.SetAttributes(attribute.String("upstream.address", h.addr), attribute.String("upstream.name", h.name))
 	c := &conn{client: client, upstream: upstream, aborted: make(chan struct{})}
 	if !p.register(h, c) {
 		// The host was superseded while we connected: start over once.
@@ -107,6 +106,10 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 		}
 	}
 	defer p.unregister(h, c)
+	p.mu.Lock()
+	name := h.name
+	p.mu.Unlock()
+	span.SetAttributes(attribute.String("upstream.address", h.addr), attribute.String("upstream.name", name))
 
 	up, down, upErr := p.pipe(c)
 	span.SetAttributes(attribute.Int64("bytes.upstream", up), attribute.Int64("bytes.downstream", down))
