@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore"
@@ -15,47 +16,61 @@ import (
 	"github.com/hachat/hachat/ucsmock"
 )
 
-// TestWithRealCore runs the customer API against a real chatcore (in-memory
-// UCS) through package chatclient, as `hachat webapi` does: the contract
-// between the two packages, not just webapi's reading of it.
-func TestWithRealCore(t *testing.T) {
+// startRealStack starts a real chatcore (in-memory UCS) on loopback, a
+// chatclient to it, and a webapi in front, as `hachat webapi` wires them.
+func startRealStack(tb testing.TB, mod func(*chatcore.Config)) (*chatclient.Client, *httptest.Server, *Server) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	tel := telemetry.Discard()
 	cfg := chatcore.DefaultConfig()
 	cfg.Name = "core-t"
 	cfg.ServiceToken = "svc"
-	cfg.SendBurst = 8
-	cfg.SendRate = 0.01
+	if mod != nil {
+		mod(&cfg)
+	}
 	core, err := chatcore.New(cfg, ucsmock.NewMemStore(1), tel)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- core.Serve(ctx, gl, hl) }()
-	t.Cleanup(func() { cancel(); <-served })
+	tb.Cleanup(func() { cancel(); <-served })
 	ccfg := chatclient.DefaultConfig()
 	ccfg.Targets = []string{gl.Addr().String()}
 	client, err := chatclient.New(ccfg, tel)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { client.Close() })
+	tb.Cleanup(func() { client.Close() })
 	wcfg := DefaultConfig()
-	wcfg.SSEHeartbeat = 100 * 1e6
+	wcfg.SSEHeartbeat = 100 * time.Millisecond
 	srv, err := New(wcfg, client, tel)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
+	tb.Cleanup(hs.Close)
+	return client, hs, srv
+}
+
+// TestWithRealCore runs the customer API against a real chatcore (in-memory
+// UCS) through package chatclient, as `hachat webapi` does: the contract
+// between the two packages, not just webapi's reading of it.
+func TestWithRealCore(t *testing.T) {
+	ctx := t.Context()
+	client, hs, srv := startRealStack(t, func(cfg *chatcore.Config) {
+		cfg.SendBurst = 8
+		cfg.SendRate = 0.01
+	})
+	tel := telemetry.Discard()
 	e := &env{t: t, srv: srv, http: hs, tel: tel}
 
 	code, r := e.postForm("/genesys/2/chat/customer-support", url.Values{"nickname": {"Ada"}, "subject": {"Order 42"}, "userData[order]": {"42"}})

@@ -11,8 +11,12 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
+
+// bodyReadTimeout bounds the time a client takes to send a request body.
+const bodyReadTimeout = 30 * time.Second
 
 // Limits on request fields that webapi checks itself. The message text limit
 // is the core's (it answers InvalidArgument), so that one number rules it.
@@ -143,7 +147,12 @@ func userDataKey(name string) (string, bool) {
 // chatRequest. The body is capped at maxBody bytes.
 func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRequest, error) {
 	var req chatRequest
+	// A slow client gets bodyReadTimeout to send its body; the deadline is
+	// lifted afterwards so that it cannot cut a long answer short.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
