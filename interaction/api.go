@@ -389,7 +389,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent stri
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sub := s.hub.add(agent, s.initialPush(agent))
+	sub := s.subscribe(agent)
 	defer s.hub.remove(agent, sub)
 	s.log.Debug("push connection opened", "agent", agent)
 	if _, err := io.WriteString(w, "retry: 1000\n\n"); err != nil {

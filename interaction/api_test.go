@@ -85,7 +85,7 @@ func TestBadInput(t *testing.T) {
 			if code != tc.want {
 				t.Fatalf("%s %s: %d %v, want %d", tc.method, tc.path, code, out, tc.want)
 			}
-			if (out["error"] == nil || out["error"] == "") {
+			if out["error"] == nil || out["error"] == "" {
 				t.Errorf("no error message in %v", out)
 			}
 		})

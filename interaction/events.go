@@ -8,8 +8,8 @@ import (
 
 // The push events of GET /agent/v1/events (the SSE event names).
 const (
-	evState        = "state"        // full state; first event of every connection
-	evOffer        = "offer"        // a chat is offered to this agent
+	evState        = "state" // full state; first event of every connection
+	evOffer        = "offer" // a chat is offered to this agent
 	evWithdrawn    = "offerWithdrawn"
 	evChatAdded    = "chatAdded"    // this agent now holds, monitors or coaches a chat
 	evChatRemoved  = "chatRemoved"  // ... no longer

@@ -119,9 +119,11 @@ func (s *Server) stateLocked(agent string) stateJSON {
 	return st
 }
 
-// initialPush is what a new push connection receives first: the state, then
-// every cached event of every chat the agent takes part in.
-func (s *Server) initialPush(agent string) []sseMsg {
+// subscribe opens a push connection for agent. It first queues the state and
+// every cached event of every chat the agent takes part in; since events are
+// published under s.mu, nothing falls between that snapshot and the live
+// stream.
+func (s *Server) subscribe(agent string) *subscriber {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	msgs := []sseMsg{newMsg(evState, s.stateLocked(agent))}
@@ -131,7 +133,7 @@ func (s *Server) initialPush(agent string) []sseMsg {
 			msgs = append(msgs, newMsg(evChat, ev))
 		}
 	}
-	return msgs
+	return s.hub.add(agent, msgs)
 }
 
 func (s *Server) nickname(agent string) string {
@@ -452,4 +454,3 @@ func (s *Server) supervise(ctx context.Context, sup, chat, mode string) (chatJSO
 	s.log.Info("supervisor joined", "chat", chat, "supervisor", sup, "mode", mode)
 	return s.chatJSONLocked(m), nil
 }
-

@@ -189,6 +189,22 @@ func TestRouter(t *testing.T) {
 			},
 		},
 		{
+			name: "a chat waiting for a non-decliner is passed by later chats",
+			steps: []step{
+				{op: "login", agent: "a"},
+				{op: "login", agent: "b"},
+				{at: 1 * time.Second, op: "ready", agent: "a"},
+				{at: 2 * time.Second, op: "ready", agent: "b"},
+				{at: 3 * time.Second, op: "chat", chat: "c1", want: []string{"offer c1>a"}},
+				{at: 3 * time.Second, op: "chat", chat: "c2", want: []string{"offer c2>b"}},
+				{at: 3 * time.Second, op: "chat", chat: "c3", want: []string{"queue 1"}},
+				// a rejects c1: b (who has not declined it) is busy with an
+				// offer, so c1 waits and c3 goes to a.
+				{at: 4 * time.Second, op: "reject", agent: "a", chat: "c1", want: []string{"withdraw c1<a rejected", "offer c3>a"}},
+				{at: 5 * time.Second, op: "accept", agent: "b", chat: "c2", want: []string{"offer c1>b", "queue 0"}},
+			},
+		},
+		{
 			name: "not ready withdraws the offer; nobody else: queued",
 			steps: []step{
 				{op: "login", agent: "a"},

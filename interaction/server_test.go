@@ -326,3 +326,47 @@ func TestHealthzMetricsDesktop(t *testing.T) {
 		t.Errorf("core connected gauge %v", got)
 	}
 }
+
+func TestMetricsByState(t *testing.T) {
+	e := newEnv(t, nil)
+	ta := e.login("a", "agent")
+	e.login("b", "agent")
+	e.login("s", "supervisor")
+	e.mustDo("POST", "/agent/v1/ready", ta, nil)
+	e.customer("Quinn")
+	e.customer("Rae")
+	e.waitFor("one offered, one queued", func() bool {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return e.srv.router.QueueLen() == 1
+	})
+	mfs, err := e.srv.tel.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "/" + l.GetValue()
+			}
+			got[key] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	for key, want := range map[string]float64{
+		"hachat_interaction_agents/ready":       1,
+		"hachat_interaction_agents/not_ready":   1,
+		"hachat_interaction_agents/supervisor":  1,
+		"hachat_interaction_queue_length":       1,
+		"hachat_interaction_live_chats/offered": 1,
+		"hachat_interaction_live_chats/queued":  1,
+		"hachat_interaction_offers_total":       1,
+		"hachat_interaction_chats_total":        2,
+		"hachat_interaction_core_connected":     1,
+	} {
+		if got[key] != want {
+			t.Errorf("%s = %v, want %v", key, got[key], want)
+		}
+	}
+}

@@ -219,7 +219,9 @@ func TestRealCore(t *testing.T) {
 		}
 	}
 	say("my order is late", "c-1")
-	pa.wait("offer", func(ev event) bool { return ev.name == "offer" && ev.data["chatId"] == chat && ev.data["customer"] == "Olga" })
+	pa.wait("offer", func(ev event) bool {
+		return ev.name == "offer" && ev.data["chatId"] == chat && ev.data["customer"] == "Olga"
+	})
 	e.must("POST", "/agent/v1/offers/"+chat+"/accept", ta, nil)
 	pa.wait("customer's message", msg(chat, "my order is late"))
 	e.must("POST", "/agent/v1/chats/"+chat+"/send", ta, map[string]string{"message": "let me check", "clientMessageId": "a-1"})
