@@ -38,11 +38,16 @@ func (s State) String() string {
 
 // Member kinds and roles as published in membership meta.
 const (
-	KindCore    = "core"
-	KindXDS     = "xds"
+	// KindCore is a chat core: the only kind that becomes an endpoint.
+	KindCore = "core"
+	// KindXDS is a control plane.
+	KindXDS = "xds"
+	// KindWitness is a gossip member that only votes.
 	KindWitness = "witness"
+	// RolePrimary is the role of the core that serves clients.
 	RolePrimary = "primary"
-	RoleBackup  = "backup"
+	// RoleBackup is the role of the warm standby.
+	RoleBackup = "backup"
 )
 
 // Member is what the control plane needs to know about one cluster

@@ -91,14 +91,14 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamRequestFunc:  s.onStreamRequest,
 		StreamResponseFunc: s.onStreamResponse,
 		StreamClosedFunc: func(id int64, node *core.Node) {
-			s.onStreamClosed(s.streamNode, id)
+			s.onStreamClosed(false, id)
 		},
 		StreamDeltaRequestFunc: s.onDeltaRequest,
 		StreamDeltaResponseFunc: func(_ int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
 			s.met.pushes.WithLabelValues(shortType(resp.GetTypeUrl())).Inc()
 		},
 		DeltaStreamClosedFunc: func(id int64, node *core.Node) {
-			s.onStreamClosed(s.deltaNode, id)
+			s.onStreamClosed(true, id)
 		},
 	}
 }
@@ -196,10 +196,15 @@ func (s *Server) onStreamResponse(_ context.Context, sid int64, _ *discovery.Dis
 
 // onStreamClosed forgets a stream; a node without streams is forgotten and
 // its snapshot cleared.
-func (s *Server) onStreamClosed(byStream map[int64]string, sid int64) {
+func (s *Server) onStreamClosed(delta bool, sid int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.lastSent, sid)
+	byStream := s.streamNode
+	if delta {
+		byStream = s.deltaNode // SotW and delta stream ids are counted apart
+	} else {
+		delete(s.lastSent, sid)
+	}
 	id, ok := byStream[sid]
 	if !ok {
 		return

@@ -123,13 +123,9 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 	if view == nil {
 		return nil, fmt.Errorf("%w: no membership view", ErrBadConfig)
 	}
-	met, err := newMetrics(tel.Registry)
-	if err != nil {
-		return nil, err
-	}
 	s := &Server{
 		cfg: cfg, tel: tel, log: tel.Logger.With("component", "xds"), view: view, opts: opts,
-		met: met, tracer: tel.Tracer.Tracer("github.com/hachat/hachat/xds"),
+		tracer: tel.Tracer.Tracer("github.com/hachat/hachat/xds"),
 		nodes: map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
 		lastSent: map[int64]map[string]string{},
 	}
@@ -137,6 +133,7 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 		s.opts.Switchover = dialSwitchover(tel)
 	}
 	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{s.log})
+	var err error
 	s.grpcLn, err = net.Listen("tcp", cfg.GRPC)
 	if err != nil {
 		return nil, fmt.Errorf("listen grpc: %w", err)
@@ -145,6 +142,11 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 	if err != nil {
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("listen http: %w", err)
+	}
+	if s.met, err = newMetrics(tel.Registry); err != nil {
+		s.grpcLn.Close()
+		s.httpLn.Close()
+		return nil, err
 	}
 	return s, nil
 }

@@ -48,10 +48,11 @@ const (
 	// MetadataFilter is the endpoint filter_metadata key holding name, role,
 	// epoch and state of the core behind each endpoint.
 	MetadataFilter = "hachat"
-	// TCPProxyFilter and RouterFilter are the filter names used.
+	// TCPProxyFilter is the network filter of the sidecar listener.
 	TCPProxyFilter = "envoy.filters.network.tcp_proxy"
-	RouterFilter   = "envoy.filters.http.router"
-	http2Options   = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	// RouterFilter is the only HTTP filter of the API listener.
+	RouterFilter = "envoy.filters.http.router"
+	http2Options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 
 // ErrInvalidResource reports a built resource that failed validation; it
