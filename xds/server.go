@@ -126,7 +126,7 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 	s := &Server{
 		cfg: cfg, tel: tel, log: tel.Logger.With("component", "xds"), view: view, opts: opts,
 		tracer: tel.Tracer.Tracer("github.com/hachat/hachat/xds"),
-		nodes: map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
+		nodes:  map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
 		lastSent: map[int64]map[string]string{},
 	}
 	if s.opts.Switchover == nil {
