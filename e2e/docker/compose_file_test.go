@@ -1,0 +1,120 @@
+package docker
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// composeFile is the part of deploy/compose.yaml the shape test reads.
+type composeFile struct {
+	Services map[string]struct {
+		Image       string   `yaml:"image"`
+		PullPolicy  string   `yaml:"pull_policy"`
+		Restart     string   `yaml:"restart"`
+		Build       any      `yaml:"build"`
+		Command     []string `yaml:"command"`
+		Ports       []string `yaml:"ports"`
+		NetworkMode string   `yaml:"network_mode"`
+		Networks    map[string]struct {
+			IPv4 string `yaml:"ipv4_address"`
+		} `yaml:"networks"`
+	} `yaml:"services"`
+}
+
+// composePath is deploy/compose.yaml, relative to this package.
+var composePath = filepath.Join("..", "..", "deploy", "compose.yaml")
+
+func readCompose(t *testing.T) composeFile {
+	t.Helper()
+	b, err := os.ReadFile(composePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f composeFile
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatalf("parse %s: %v", composePath, err)
+	}
+	return f
+}
+
+// TestComposeShape checks the promises of deploy/compose.yaml that do not
+// need Docker: the parts of the standard cluster, each from the prebuilt
+// image and never pulled or built, none restarted, only webapi, interaction
+// and ucsmock published and only on 127.0.0.1, clients reaching the cores
+// only through the sidecar in their own network namespace.
+func TestComposeShape(t *testing.T) {
+	f := readCompose(t)
+	want := map[string]string{ // service -> hachat subcommand
+		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds",
+		"webapi": "webapi", "sidecar-webapi": "proxy",
+		"interaction": "interaction", "sidecar-interaction": "proxy",
+	}
+	var got []string
+	for name := range f.Services {
+		got = append(got, name)
+	}
+	slices.Sort(got)
+	var wantNames []string
+	for name := range want {
+		wantNames = append(wantNames, name)
+	}
+	slices.Sort(wantNames)
+	if !slices.Equal(got, wantNames) {
+		t.Fatalf("services %v, want %v", got, wantNames)
+	}
+	published := map[string]string{"webapi": ":8080", "interaction": ":8081", "ucs": ":7080"}
+	for name, s := range f.Services {
+		if s.Image != "${HACHAT_IMAGE:-hachat:dev}" {
+			t.Errorf("%s: image %q, want ${HACHAT_IMAGE:-hachat:dev}", name, s.Image)
+		}
+		if s.PullPolicy != "never" || s.Build != nil {
+			t.Errorf("%s: pull_policy %q build %v: the image must be neither pulled nor built", name, s.PullPolicy, s.Build)
+		}
+		if s.Restart != "no" {
+			t.Errorf("%s: restart %q, want \"no\" (a killed part stays dead)", name, s.Restart)
+		}
+		if len(s.Command) == 0 || s.Command[0] != want[name] {
+			t.Errorf("%s: command %v, want hachat %s", name, s.Command, want[name])
+		}
+		if port, ok := published[name]; ok {
+			if len(s.Ports) != 1 || !strings.HasPrefix(s.Ports[0], "127.0.0.1:") || !strings.HasSuffix(s.Ports[0], port) {
+				t.Errorf("%s: ports %v, want one 127.0.0.1:${...}%s", name, s.Ports, port)
+			}
+		} else if len(s.Ports) > 0 {
+			t.Errorf("%s: ports %v, want none published", name, s.Ports)
+		}
+		args := strings.Join(s.Command, " ")
+		switch name {
+		case "webapi", "interaction":
+			if !strings.Contains(args, "--core=127.0.0.1:") {
+				t.Errorf("%s: %s: want --core on loopback (its sidecar)", name, args)
+			}
+		case "sidecar-webapi", "sidecar-interaction":
+			if owner := strings.TrimPrefix(name, "sidecar-"); s.NetworkMode != "service:"+owner {
+				t.Errorf("%s: network_mode %q, want service:%s", name, s.NetworkMode, owner)
+			}
+		}
+		if s.NetworkMode == "" {
+			if ip := s.Networks["hachat"].IPv4; ip == "" {
+				t.Errorf("%s: no fixed address on the hachat network", name)
+			}
+		}
+		// Everything but a sidecar's data listener binds the part's own
+		// address, never 0.0.0.0 (which memberlist and the cores would
+		// advertise) and never loopback (unreachable from other containers).
+		for _, a := range s.Command[1:] {
+			flag, val, _ := strings.Cut(a, "=")
+			switch flag {
+			case "--http", "--grpc", "--gossip-bind", "--admin":
+				if strings.HasPrefix(val, "0.0.0.0") || strings.HasPrefix(val, "127.") {
+					t.Errorf("%s: %s binds %s: want the container's address", name, flag, val)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,235 @@
+//go:build docker
+
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hachat/hachat/e2e/harness"
+	"github.com/hachat/hachat/ucsmock"
+)
+
+// Workload of the failover test: each side sends messages numbered 1 to
+// perSide, one every interval; the primary is killed once killAfter of them
+// are acknowledged, so that most of the chat happens after the kill.
+const (
+	perSide   = 60
+	interval  = 50 * time.Millisecond
+	killAfter = 20
+	// minAfterKill is how many messages must be acknowledged after the
+	// kill: proof that the chat went on, not only that nothing was lost.
+	minAfterKill = 40
+)
+
+// TestPrimaryContainerKilled runs deploy/compose.yaml, starts a chat through
+// webapi's customer API, has an agent accept it through interaction's agent
+// API, keeps both sides sending (resending with the same clientMessageId
+// while the answer is retryable), kills the primary core's container with
+// SIGKILL mid-chat and checks that the chat goes on: core-b becomes primary
+// at a newer epoch, and every acknowledged message appears exactly once and
+// in order in the customer's refresh view, in the agent's push channel and
+// in the UCS transcript.
+func TestPrimaryContainerKilled(t *testing.T) {
+	requireDocker(t)
+	testStart := time.Now()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "deploy", "compose.yaml")); err != nil {
+		t.Fatalf("deploy/compose.yaml: %v", err)
+	}
+	img := image(t, root)
+	if os.Getenv("HACHAT_DOCKER_IMAGE") == "" {
+		checkFlags(t, root, harness.Binary(t))
+	}
+	p := startProject(t, root, img)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	gms := &harness.GMS{Base: p.WebAPI, Service: p.Service, HTTP: &http.Client{Timeout: 10 * time.Second}}
+	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}}
+	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil)
+
+	// 1. Ready: the pair is formed (core-a primary with core-b as its
+	// backup) and the customer API reaches a core through its sidecar.
+	ready := time.Now()
+	waitFor(t, ctx, "core-a primary with backup core-b", 60*time.Second, func() error {
+		if dead, err := p.exited(ctx); err == nil && len(dead) > 0 {
+			return fmt.Errorf("%w: containers exited: %v", errFatal, dead)
+		}
+		sts, err := p.cores(ctx)
+		if err != nil {
+			return err
+		}
+		return pairFormed(sts)
+	})
+	var chat *harness.Chat
+	waitFor(t, ctx, "webapi to start a chat", 30*time.Second, func() error {
+		c, resp, err := gms.Start(ctx, url.Values{"nickname": {"Ada"}, "subject": {"docker failover"}})
+		if err != nil {
+			return err
+		}
+		if c == nil {
+			return fmt.Errorf("start: %v (%s)", resp.Err(), resp.Raw)
+		}
+		chat = c
+		return nil
+	})
+	t.Logf("cluster ready %v after up; chat %s", time.Since(ready).Round(time.Millisecond), chat.ChatID)
+
+	// 2. An agent takes the chat through the Interaction Server.
+	var ag *harness.Agent
+	waitFor(t, ctx, "agent login", 30*time.Second, func() error {
+		a, err := agents.Login(ctx, "agent-docker", "Grace", "agent")
+		if err != nil {
+			return err
+		}
+		ag = a
+		return nil
+	})
+	if err := ag.Connect(context.Background()); err != nil {
+		t.Fatalf("agent push channel: %v", err)
+	}
+	t.Cleanup(ag.Close)
+	tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = ag.Take(tctx, chat.ChatID)
+	tcancel()
+	if err != nil {
+		t.Fatalf("agent takes chat %s: %v", chat.ChatID, err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
+	_, err = ag.WaitEvent(wctx, chat.ChatID, func(ev harness.AgentEvent) bool { return ev.Kind == "ParticipantJoined" })
+	wcancel()
+	if err != nil {
+		t.Fatalf("agent never saw chat %s: %v", chat.ChatID, err)
+	}
+
+	// 3. Both sides chat; the primary's container is killed mid-chat.
+	sessions := []*harness.Session{{ChatID: chat.ChatID, Sides: []harness.Side{harness.CustomerSide(chat), ag.Side(chat.ChatID)}, Customer: chat, Agent: ag}}
+	w := harness.StartWorkload(ctx, sessions, harness.WorkloadOptions{Messages: perSide, Interval: interval, RetryFor: 30 * time.Second})
+	actx, acancel := context.WithTimeout(ctx, 30*time.Second)
+	err = w.WaitAcked(actx, killAfter)
+	acancel()
+	if err != nil {
+		t.Fatalf("before the kill: %v", err)
+	}
+	before, err := p.cores(ctx)
+	if err != nil {
+		t.Fatalf("status before the kill: %v", err)
+	}
+	epoch := primaryEpoch(before, "core-a")
+	killed := time.Now()
+	if err := p.kill(ctx, "core-a"); err != nil {
+		t.Fatalf("kill core-a: %v", err)
+	}
+	t.Logf("killed core-a (epoch %d) after %d acknowledged messages", epoch, w.Acked())
+
+	// 4. core-b takes over at a newer epoch.
+	waitFor(t, ctx, "core-b primary at a newer epoch", 30*time.Second, func() error {
+		sts, err := p.cores(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range sts {
+			if s.Status != nil && s.Status.Name == "core-b" {
+				if s.Status.Role == "primary" && s.Status.Epoch > epoch {
+					return nil
+				}
+				return fmt.Errorf("core-b is %s at epoch %d", s.Status.Role, s.Status.Epoch)
+			}
+		}
+		return fmt.Errorf("core-b does not answer: %+v", sts)
+	})
+	t.Logf("core-b primary %v after the kill", time.Since(killed).Round(time.Millisecond))
+
+	// 5. The chat went on, and nothing acknowledged was lost or doubled.
+	rec := w.Wait()
+	var after int
+	for _, m := range rec.Sent {
+		if m.Acked && m.At.After(killed) {
+			after++
+		}
+	}
+	t.Logf("%d of %d messages acknowledged, %d of them sent after the kill", rec.Acked(), len(rec.Sent), after)
+	if after < minAfterKill {
+		t.Errorf("only %d messages acknowledged after the kill, want at least %d: the chat did not go on", after, minAfterKill)
+	}
+	harness.Check(t, ctx, rec, harness.CheckOptions{UCS: ucs, MinAcked: 2 * perSide * 9 / 10})
+	if n := ag.Seen("reconnecting"); n > 0 {
+		t.Logf("agent push channel reported %d reconnecting notices", n)
+	}
+	t.Logf("test took %v", time.Since(testStart).Round(time.Millisecond))
+}
+
+// errFatal marks a wait condition that can no longer come true.
+var errFatal = errors.New("will not happen")
+
+// waitFor polls cond every 100ms until it returns nil; the test fails when
+// timeout passes, ctx ends or cond returns an errFatal error.
+func waitFor(t *testing.T, ctx context.Context, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if errors.Is(err, errFatal) {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+}
+
+// pairFormed reports nil when core-a is primary and core-b is connected to it as backup.
+func pairFormed(sts []coreStatus) error {
+	var a, b bool
+	for _, s := range sts {
+		if s.Status == nil {
+			return fmt.Errorf("%s: %s", s.Addr, s.Error)
+		}
+		switch s.Status.Name {
+		case "core-a":
+			if s.Status.Role != "primary" || s.Status.Backup != "core-b" {
+				return fmt.Errorf("core-a is %s with backup %q", s.Status.Role, s.Status.Backup)
+			}
+			a = true
+		case "core-b":
+			if s.Status.Role != "backup" {
+				return fmt.Errorf("core-b is %s", s.Status.Role)
+			}
+			b = true
+		}
+	}
+	if !a || !b {
+		return fmt.Errorf("status: %+v", sts)
+	}
+	return nil
+}
+
+// primaryEpoch returns the epoch of the named core.
+func primaryEpoch(sts []coreStatus, name string) uint64 {
+	for _, s := range sts {
+		if s.Status != nil && s.Status.Name == name {
+			return s.Status.Epoch
+		}
+	}
+	return 0
+}
