@@ -32,7 +32,7 @@ func newLocalCore(tb testing.TB, mod func(*Config)) *Core {
 	c.runCtx = ctx
 	go func() { c.saver.run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done })
-	if err := c.claimPrimary(ctx); err != nil {
+	if _, err := c.claimPrimary(ctx, 0, "test"); err != nil {
 		tb.Fatal(err)
 	}
 	return c

@@ -118,6 +118,24 @@ type Config struct {
 	// SessionRestorationMode is simple (restore sessions after a failover) or
 	// none (end them with reason "failover"). Default simple.
 	SessionRestorationMode string `yaml:"session-restoration-mode"`
+
+	// Peer is the gRPC address of the other core of the pair. Empty (default)
+	// runs a standalone core: no replication and no second copy before an ack.
+	// With a peer, the backup dials the primary's Replication service there.
+	Peer string `yaml:"peer"`
+	// Witness is the HTTP address of a membership witness (or the xds control
+	// plane) that the backup asks "can you reach the primary?" before it
+	// promotes. Empty (default): the backup's own probe and the membership
+	// view decide.
+	Witness string `yaml:"witness"`
+	// ReplicationTimeout is how long the primary waits for the backup's ack
+	// before it gives the backup up and takes the second copy to UCS; the
+	// backup treats a primary silent this long (no event, no heartbeat) as
+	// suspect (default 500ms).
+	ReplicationTimeout time.Duration `yaml:"replication-timeout"`
+	// ProbeTimeout bounds the backup's direct TCP probe of the primary
+	// (default 100ms). A refused dial is proof of death at once.
+	ProbeTimeout time.Duration `yaml:"probe-timeout"`
 }
 
 // DefaultConfig returns the documented defaults.
@@ -145,6 +163,8 @@ func DefaultConfig() Config {
 		TranscriptBreakerFailures: 5,
 		TranscriptBreakerTimeout:  5 * time.Second,
 		SessionRestorationMode:    RestorationSimple,
+		ReplicationTimeout:        500 * time.Millisecond,
+		ProbeTimeout:              100 * time.Millisecond,
 	}
 }
 
@@ -174,6 +194,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.TranscriptBreakerFailures, "transcript-breaker-failures", c.TranscriptBreakerFailures, "consecutive save failures that open the UCS breaker")
 	fs.DurationVar(&c.TranscriptBreakerTimeout, "transcript-breaker-timeout", c.TranscriptBreakerTimeout, "time the UCS breaker stays open before a probe")
 	fs.StringVar(&c.SessionRestorationMode, "session-restoration-mode", c.SessionRestorationMode, "simple or none")
+	fs.StringVar(&c.Peer, "peer", c.Peer, "gRPC address of the other core of the pair (empty: standalone)")
+	fs.StringVar(&c.Witness, "witness", c.Witness, "HTTP address of the membership witness asked before a promotion")
+	fs.DurationVar(&c.ReplicationTimeout, "replication-timeout", c.ReplicationTimeout, "backup ack timeout; primary silence that makes the backup suspicious")
+	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", c.ProbeTimeout, "timeout of the backup's direct probe of the primary")
 }
 
 // Validate reports the first bad field.
@@ -211,6 +235,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionRestorationMode != RestorationSimple && c.SessionRestorationMode != RestorationNone {
 		errs = append(errs, fmt.Errorf("session-restoration-mode %q: want simple or none", c.SessionRestorationMode))
+	}
+	if c.ReplicationTimeout <= 0 || c.ProbeTimeout <= 0 {
+		errs = append(errs, errors.New("replication-timeout and probe-timeout must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bad core config: %w", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
@@ -26,6 +27,7 @@ const ChatServiceName = "hachat.chat.v1.Chat"
 // Create it with New and run it with Run (or Serve).
 type Core struct {
 	chatpb.UnimplementedChatServer
+	chatpb.UnimplementedReplicationServer
 
 	cfg     Config
 	notices NoticeSet
@@ -54,6 +56,24 @@ type Core struct {
 	health *health.Server
 	saver  *saver
 	runCtx context.Context // set by Serve; background work stops with it
+
+	members  Membership    // nil: no gossip
+	witness  ReachableFunc // nil: no witness
+	repl     *replicator   // primary side of replication
+	inflight sync.RWMutex  // appends hold it shared; a switchover takes it to drain
+	roleCh   chan struct{} // closed and replaced at every role change
+
+	restoreMu sync.Mutex
+	restoring map[string]chan struct{} // session ids being rebuilt from UCS
+
+	peerMu       sync.Mutex
+	peer         *grpc.ClientConn // to cfg.Peer, created on first use
+	sawPrimary   atomic.Bool      // this process has replicated from a primary
+	replicaStale atomic.Bool      // the replica may miss events acked while the link was down
+	primaryName  atomic.Value     // string: the primary we replicate from
+	metaMu       sync.Mutex
+	grpcAddr     string
+	httpAddr     string
 }
 
 // Option configures a Core beyond its Config (seams for tests and phase-2 parts).
@@ -93,6 +113,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		o(c)
 	}
 	c.saver = newSaver(c)
+	c.repl = newReplicator(c)
+	c.roleCh = make(chan struct{})
+	c.restoring = make(map[string]chan struct{})
 	c.setRoleMetrics(RoleBackup)
 	return c, nil
 }
@@ -123,12 +146,28 @@ func (c *Core) setRoleMetrics(role string) {
 // becomePrimary makes this core primary at epoch. Call with roleMu held.
 func (c *Core) becomePrimaryLocked(epoch uint64) {
 	c.epoch.Store(epoch)
+	c.draining.Store(false)
 	c.role = RolePrimary
 	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
 	c.primary.Store(true)
 	c.m.epoch.Set(float64(epoch))
 	c.setRoleMetrics(RolePrimary)
 	c.health.SetServingStatus(ChatServiceName, healthServing)
+	c.roleChangedLocked()
+}
+
+// roleChangedLocked wakes whoever waits for a role change. Call with roleMu held.
+func (c *Core) roleChangedLocked() {
+	close(c.roleCh)
+	c.roleCh = make(chan struct{})
+	go c.publishMeta()
+}
+
+// roleChanged returns a channel closed at the next role change.
+func (c *Core) roleChanged() <-chan struct{} {
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	return c.roleCh
 }
 
 // stepDown makes this core a backup at once: client streams are closed with
@@ -146,41 +185,64 @@ func (c *Core) stepDown(reason string, newer uint64) {
 	}
 	c.role = RoleBackup
 	c.primary.Store(false)
+	c.draining.Store(false)
 	c.streamEnd()
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.setRoleMetrics(RoleBackup)
 	c.m.stepDowns.Inc()
-	c.log.Warn("stepped down to backup", "reason", reason, "epoch", c.epoch.Load())
+	c.repl.dropLink("stepped down")
+	c.roleChangedLocked()
+	c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.epoch.Load())
 }
 
-// claimPrimary claims epoch+1 at the store with a compare-and-set, retrying
-// while the store is unreachable, and becomes primary. It gives up with
-// ErrStaleEpoch-wrapped errors never: a lost CAS re-reads and retries, so the
-// caller decides (phase 2) whether to claim at all.
-func (c *Core) claimPrimary(ctx context.Context) error {
-	ctx, span := c.tracer.Start(ctx, "chatcore.claimPrimary")
+// claimPrimary claims epoch+1 at the store with a compare-and-set (expect
+// is the epoch the store holds now, which must not be newer than known when
+// known > 0), retrying while the store is unreachable, and becomes primary.
+// A lost compare-and-set returns ErrEpochConflict: someone else moved first.
+func (c *Core) claimPrimary(ctx context.Context, known uint64, reason string) (uint64, error) {
+	ctx, span := c.tracer.Start(ctx, "chatcore.claimEpoch")
 	defer span.End()
 	delay := 50 * time.Millisecond
 	for {
 		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
 		if err == nil {
+			if known > 0 && cur.Epoch > known && cur.Holder != c.cfg.Name {
+				c.observeEpoch(cur.Epoch)
+				return 0, fmt.Errorf("epoch %d held by %s is newer than %d: %w", cur.Epoch, cur.Holder, known, ErrEpochConflict)
+			}
 			var got Epoch
 			got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
 			if err == nil {
 				c.roleMu.Lock()
 				c.becomePrimaryLocked(got.Epoch)
 				c.roleMu.Unlock()
-				c.log.Info("claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder)
-				return nil
+				c.log.Info("claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
+				return got.Epoch, nil
+			}
+			if errors.Is(err, ErrEpochConflict) {
+				return 0, fmt.Errorf("claim epoch %d: %w", cur.Epoch+1, err)
 			}
 		}
-		c.log.Warn("epoch claim failed, retrying", "err", err, "retry_in", delay)
+		c.log.Warn("epoch claim failed, UCS unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("claim epoch: %w", ctx.Err())
+			return 0, fmt.Errorf("claim epoch: %w", ctx.Err())
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, time.Second)
+	}
+}
+
+// observeEpoch records a newer epoch seen elsewhere.
+func (c *Core) observeEpoch(e uint64) {
+	for {
+		cur := c.epoch.Load()
+		if e <= cur || c.epoch.CompareAndSwap(cur, e) {
+			if e > cur {
+				c.m.epoch.Set(float64(e))
+			}
+			return
+		}
 	}
 }
 
@@ -199,7 +261,16 @@ type prepareFunc func(st *state) (ev *chatpb.Event, dup uint64, err error)
 // append is the one write path of a session:
 // validate -> assign index -> second copy -> commit -> fan-out -> save.
 func (c *Core) append(ctx context.Context, s *session, prepare prepareFunc) (uint64, bool, error) {
+	return c.appendWith(ctx, s, true, prepare)
+}
+
+// appendWith is append; needCopy false skips the wait for a second copy
+// (failover notices: no client waits for them). The event still streams to
+// an attached backup, in order.
+func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepare prepareFunc) (uint64, bool, error) {
 	start := time.Now()
+	c.inflight.RLock()
+	defer c.inflight.RUnlock()
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	if !c.primary.Load() {
@@ -223,8 +294,11 @@ func (c *Core) append(ctx context.Context, s *session, prepare prepareFunc) (uin
 	}
 	s.mu.Unlock()
 
-	if err := c.secondCopy(ctx, s, ev); err != nil {
+	if err := c.secondCopy(ctx, s, ev, needCopy); err != nil {
 		return 0, false, err
+	}
+	if !c.primary.Load() { // fenced while waiting for the copy: nothing was acknowledged
+		return 0, false, errNotPrimary
 	}
 
 	s.mu.Lock()
@@ -240,12 +314,6 @@ func (c *Core) append(ctx context.Context, s *session, prepare prepareFunc) (uin
 		c.saver.enqueue(s)
 	}
 	return ev.Index, false, nil
-}
-
-// secondCopy makes sure a second copy of ev exists before it is committed
-// (invariant 1). Single node (phase 1): nothing to do.
-func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event) error {
-	return nil
 }
 
 // commitLocked folds ev into the session, appends it to the log and fans it
@@ -343,7 +411,11 @@ var systemParticipant = &chatpb.Participant{Id: "system", Nickname: "system", Ty
 // endSession appends SESSION_ENDED with reason unless the session already
 // ended. It is used by the janitor, the saver and failover.
 func (c *Core) endSession(ctx context.Context, s *session, reason string) error {
-	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+	return c.endSessionWith(ctx, s, reason, true)
+}
+
+func (c *Core) endSessionWith(ctx context.Context, s *session, reason string, needCopy bool) error {
+	_, _, err := c.appendWith(ctx, s, needCopy, func(st *state) (*chatpb.Event, uint64, error) {
 		if st.ended {
 			return nil, 0, errEnded
 		}

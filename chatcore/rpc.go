@@ -36,14 +36,15 @@ var (
 	errLeft     = status.Error(codes.FailedPrecondition, "participant has left the session")
 )
 
-// checkAuth validates the shape of an Auth and finds its session.
-func (c *Core) checkAuth(a *chatpb.Auth) (*session, string, error) {
+// checkAuth validates the shape of an Auth and finds its session
+// (restoring it from UCS if this primary does not hold it).
+func (c *Core) checkAuth(ctx context.Context, a *chatpb.Auth) (*session, string, error) {
 	if a == nil || a.SessionId == "" || a.ParticipantId == "" || a.SecureKey == "" {
 		return nil, "", invalid("auth needs session_id, participant_id and secure_key")
 	}
-	s := c.session(a.SessionId)
-	if s == nil {
-		return nil, "", errUnknown
+	s, err := c.lookup(ctx, a.SessionId)
+	if err != nil {
+		return nil, "", err
 	}
 	return s, hashKey(a.SecureKey), nil
 }
@@ -184,9 +185,9 @@ func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinR
 	if err := checkText("nickname", req.Nickname, maxNameLen); err != nil {
 		return nil, err
 	}
-	s := c.session(req.SessionId)
-	if s == nil {
-		return nil, errUnknown
+	s, err := c.lookup(ctx, req.SessionId)
+	if err != nil {
+		return nil, err
 	}
 	nick := req.Nickname
 	if nick == "" {
@@ -260,7 +261,7 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 	if err := c.validateSend(req); err != nil {
 		return nil, err
 	}
-	s, keyHash, err := c.checkAuth(req.Auth)
+	s, keyHash, err := c.checkAuth(ctx, req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -305,7 +306,7 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 // "customer-left"); an agent, supervisor or system participant ends it with
 // end_session (reason "closed"). Leaving twice returns the first leave's index.
 func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.LeaveResponse, error) {
-	s, keyHash, err := c.checkAuth(req.Auth)
+	s, keyHash, err := c.checkAuth(ctx, req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +354,7 @@ func (c *Core) touch(s *session, pid string) {
 // Events returns the events from from_index on that the participant may see,
 // at most 1000 per call; next_index is where to continue.
 func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.EventsResponse, error) {
-	s, keyHash, err := c.checkAuth(req.Auth)
+	s, keyHash, err := c.checkAuth(ctx, req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -395,7 +396,7 @@ func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.E
 // index). A subscriber too slow for fan-out catches up from the log inside
 // the same stream, so it never sees a gap.
 func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_SubscribeServer) error {
-	s, keyHash, err := c.checkAuth(req.Auth)
+	s, keyHash, err := c.checkAuth(stream.Context(), req.Auth)
 	if err != nil {
 		return err
 	}
@@ -588,16 +589,18 @@ func (c *Core) status() *chatpb.StatusResponse {
 	c.mu.RLock()
 	live := c.live
 	c.mu.RUnlock()
-	return &chatpb.StatusResponse{
+	st := &chatpb.StatusResponse{
 		Name: c.cfg.Name, Role: c.Role(), Epoch: c.epoch.Load(), LiveSessions: uint64(max(live, 0)),
-		Draining: c.draining.Load(),
+		Draining: c.draining.Load(), ReplicationLag: c.repl.lag(),
 	}
-}
-
-// Switchover hands the primary role to the backup (phase 2).
-func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*chatpb.SwitchoverResponse, error) {
-	if c.cfg.AdminToken == "" || !keyMatches(hashKey(req.AdminToken), hashKey(c.cfg.AdminToken)) {
-		return nil, status.Error(codes.PermissionDenied, "wrong admin token")
+	if l := c.repl.current(); l != nil {
+		st.Backup = l.name
 	}
-	return nil, status.Error(codes.Unimplemented, "switchover needs a backup (not available on a single core)")
+	if c.members != nil {
+		for _, m := range c.members.Members() {
+			st.Members = append(st.Members, &chatpb.Member{Name: m.Name, Role: m.Meta.Role, Epoch: m.Meta.Epoch,
+				GrpcAddr: m.Meta.GRPCAddr, State: m.State.String()})
+		}
+	}
+	return st
 }

@@ -124,6 +124,10 @@ func (sv *saver) save(ctx context.Context, s *session) {
 	s.saveQueued = false
 	s.saveDirty = false
 	from, to := s.savedThrough+1, s.lastIndex()
+	if !c.primary.Load() { // a backup never saves; the promotion re-queues pending saves
+		s.mu.Unlock()
+		return
+	}
 	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.st.ended) {
 		s.mu.Unlock()
 		return
@@ -158,6 +162,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 				s.finalSaved = true
 			}
 		})
+		c.replicateProgress(s)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, "save", to, "")
 		}
@@ -173,6 +178,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		}
 		if c.cfg.TranscriptSaveOnError == SaveOnErrorClose {
 			sv.done(ctx, s, func() { s.noFinalSave = true })
+			c.replicateProgress(s)
 			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
 				c.log.Warn("could not close session after non-recoverable save error", "session", s.id, "err", err)
 			}

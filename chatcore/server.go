@@ -50,6 +50,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	c.runCtx = ctx
+	c.grpcAddr, c.httpAddr = gl.Addr().String(), hl.Addr().String()
 	gs := c.grpcServer()
 	hs := &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 	c.health.SetServingStatus("", healthServing)
@@ -71,13 +72,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	})
 	wg.Go(func() { c.saver.run(ctx) })
 	wg.Go(func() { c.janitor(ctx) })
-	if c.cfg.Role == RolePrimary {
-		wg.Go(func() {
-			if err := c.claimPrimary(ctx); err != nil && ctx.Err() == nil {
-				errc <- err
-			}
-		})
-	}
+	wg.Go(func() { c.roleLoop(ctx) })
 
 	var err error
 	select {
@@ -88,6 +83,11 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	c.log.Info("chat core stopping")
 	c.health.Shutdown()
 	c.stepDown("shutting down", 0)
+	c.peerMu.Lock()
+	if c.peer != nil {
+		c.peer.Close()
+	}
+	c.peerMu.Unlock()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
@@ -112,6 +112,7 @@ func (c *Core) grpcServer() *grpc.Server {
 		grpc.MaxRecvMsgSize(1<<20),
 	)
 	chatpb.RegisterChatServer(gs, c)
+	chatpb.RegisterReplicationServer(gs, c)
 	healthpb.RegisterHealthServer(gs, c.health)
 	return gs
 }

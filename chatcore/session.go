@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -25,6 +26,7 @@ type session struct {
 	id string
 
 	appendMu sync.Mutex
+	replGen  atomic.Uint64 // generation of the backup link that holds this session
 
 	mu   sync.Mutex
 	log  []entry

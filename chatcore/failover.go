@@ -1,0 +1,429 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
+)
+
+// This file holds the role logic: start-up, promotion, restoration,
+// switchover and stepping down when a newer epoch shows up.
+//
+// The primary is whoever holds the newest epoch at UCS. Promotion claims
+// epoch+1 with a compare-and-set; if UCS is unreachable when the primary
+// dies, the backup does not promote (two primaries would be possible
+// without the fencing token): it keeps retrying the claim, clients get
+// UNAVAILABLE (retryable), and nothing acknowledged is lost, because the
+// backup holds every acknowledged event. It promotes as soon as UCS answers.
+
+// roleLoop owns the core's role for the life of Serve.
+func (c *Core) roleLoop(ctx context.Context) {
+	if c.cfg.Role == RolePrimary {
+		if peer, ok := c.peerHasState(ctx); ok {
+			c.log.Info("configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
+				"peer_role", peer.Role, "peer_epoch", peer.Epoch, "peer_sessions", peer.LiveSessions)
+			c.observeEpoch(peer.Epoch)
+		} else if _, err := c.claimPrimary(ctx, 0, "configured primary"); err != nil && ctx.Err() == nil {
+			c.log.Warn("could not claim the primary role at start: joining as backup", "err", err)
+		}
+	} else {
+		c.publishMeta()
+	}
+	for ctx.Err() == nil {
+		if c.primary.Load() {
+			c.lead(ctx)
+		} else {
+			c.follow(ctx)
+		}
+	}
+}
+
+// peerHasState asks the peer for its status: a peer that is primary, or a
+// backup that holds sessions, must not be overridden by a core that starts
+// empty (it would replicate its emptiness over them).
+func (c *Core) peerHasState(ctx context.Context) (*chatpb.StatusResponse, bool) {
+	if c.cfg.Peer == "" {
+		return nil, false
+	}
+	conn, err := c.peerConn()
+	if err != nil {
+		return nil, false
+	}
+	sctx, cancel := context.WithTimeout(ctx, 3*c.cfg.ProbeTimeout+200*time.Millisecond)
+	defer cancel()
+	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
+	if err != nil {
+		return nil, false
+	}
+	return st, st.Role == RolePrimary || st.LiveSessions > 0
+}
+
+// lead runs while this core is primary: it watches membership for a core
+// with a newer epoch claiming primary, and returns on a role change.
+func (c *Core) lead(ctx context.Context) {
+	roleCh := c.roleChanged()
+	if !c.primary.Load() {
+		return
+	}
+	var events <-chan membership.Event
+	if c.members != nil {
+		ch, cancel := c.members.Subscribe()
+		defer cancel()
+		events = ch
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-roleCh:
+			return
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			c.checkNewerPrimary(ev.Member)
+		case <-t.C:
+			if c.members != nil {
+				for _, m := range c.members.Members() {
+					c.checkNewerPrimary(m)
+				}
+			}
+		}
+	}
+}
+
+// checkNewerPrimary steps down when m is another core that is primary at a newer epoch.
+func (c *Core) checkNewerPrimary(m membership.Member) {
+	if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.Role != RolePrimary ||
+		m.State != membership.StateAlive || m.Meta.Epoch <= c.epoch.Load() {
+		return
+	}
+	c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d", m.Name, m.Meta.Epoch), m.Meta.Epoch)
+}
+
+// publishMeta gossips the current role and epoch.
+func (c *Core) publishMeta() {
+	if c.members == nil {
+		return
+	}
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
+	meta := membership.Meta{Kind: membership.KindCore, Role: c.Role(), Epoch: c.epoch.Load(), GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.members.SetMeta(ctx, meta); err != nil {
+		c.log.Warn("could not publish membership meta", "err", err)
+	}
+}
+
+// promote makes this backup primary after the primary was lost.
+func (c *Core) promote(ctx context.Context, why string) error {
+	ctx, span := c.tracer.Start(ctx, "chatcore.promote")
+	defer span.End()
+	span.SetAttributes(attribute.String("detection", why))
+	start := time.Now()
+	known := c.epoch.Load()
+	epoch, err := c.claimPrimary(ctx, known, "failover: "+why)
+	if err != nil {
+		span.RecordError(err)
+		return err
+	}
+	c.m.failovers.Inc()
+	n := c.restoreAll(ctx, "replica")
+	c.log.Info("promotion complete", "epoch", epoch, "sessions_restored", n, "took", time.Since(start))
+	return nil
+}
+
+// takeOver is the backup's side of a planned switchover.
+func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64, error) {
+	ctx, span := c.tracer.Start(ctx, "chatcore.takeOver")
+	defer span.End()
+	c.log.Info("switchover: taking over", "from", from, "epoch", epoch)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	got, err := c.claimPrimary(cctx, epoch, "switchover from "+from)
+	if err != nil {
+		span.RecordError(err)
+		return 0, err
+	}
+	c.m.failovers.Inc()
+	return got, nil
+}
+
+// restoreAll restores every session this new primary holds, per
+// session-restoration-mode, and resumes pending transcript saves. It
+// returns the number of live sessions handled.
+func (c *Core) restoreAll(ctx context.Context, source string) int {
+	ctx, span := c.tracer.Start(ctx, "chatcore.restore")
+	defer span.End()
+	start := time.Now()
+	stale := c.replicaStale.Load()
+	if stale {
+		source += "+ucs"
+	}
+	c.mu.RLock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	c.mu.RUnlock()
+	work := make(chan *session)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	n := 0
+	for range 8 {
+		wg.Go(func() {
+			for s := range work {
+				if c.restoreOne(ctx, s, source, stale) {
+					mu.Lock()
+					n++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, s := range all {
+		work <- s
+	}
+	close(work)
+	wg.Wait()
+	c.replicaStale.Store(false)
+	span.SetAttributes(attribute.Int("sessions", n), attribute.String("source", source))
+	c.log.Info("restoration done", "mode", c.cfg.SessionRestorationMode, "sessions", n, "source", source, "took", time.Since(start))
+	return n
+}
+
+// restoreOne restores one replicated session.
+func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool) bool {
+	if stale {
+		if err := c.mergeFromUCS(ctx, s); err != nil {
+			c.log.Warn("could not merge session from UCS", "session", s.id, "err", err)
+		}
+	}
+	s.mu.Lock()
+	ended, removed, n := s.st.ended, s.removed, len(s.log)
+	s.mu.Unlock()
+	if removed {
+		return false
+	}
+	if !ended {
+		c.announceFailover(ctx, s)
+		c.log.Info("session restored", "session", s.id, "source", source, "events", n, "mode", c.cfg.SessionRestorationMode)
+		c.m.restored.WithLabelValues(source).Inc()
+	}
+	c.saver.enqueue(s) // pending saves resume behind this core's breaker
+	return !ended
+}
+
+// announceFailover appends, per session-restoration-mode, the disconnected
+// and reconnected notices of every present participant (simple) or the end
+// of the session with reason "failover" (none).
+func (c *Core) announceFailover(ctx context.Context, s *session) {
+	if c.cfg.SessionRestorationMode == RestorationNone {
+		if err := c.endSessionWith(ctx, s, "failover", false); err != nil {
+			c.log.Warn("could not end session after failover", "session", s.id, "err", err)
+		}
+		return
+	}
+	s.mu.Lock()
+	present := s.st.participants()
+	s.mu.Unlock()
+	for _, kind := range []chatpb.EventKind{chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED} {
+		for _, p := range present {
+			_, _, err := c.appendWith(ctx, s, false, func(st *state) (*chatpb.Event, uint64, error) {
+				if st.ended {
+					return nil, 0, errEnded
+				}
+				return &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": "failover"}}, 0, nil
+			})
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+// mergeFromUCS appends the events UCS holds beyond the local log (second
+// copies taken while the backup was away).
+func (c *Core) mergeFromUCS(ctx context.Context, s *session) error {
+	tr, err := c.store.Transcript(ctx, s.id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	merged := 0
+	for _, ev := range withPlaceholders(s.id, tr.Events, s.lastIndex()) {
+		c.commitLocked(s, ev)
+		merged++
+	}
+	if merged > 0 {
+		c.log.Info("session caught up from UCS", "session", s.id, "events", merged)
+	}
+	return nil
+}
+
+// withPlaceholders returns the events of stored with index > after, in order,
+// with a placeholder notice (visibility MONITOR: never shown to the customer)
+// for each index UCS does not hold (a notice transcript-save-notices left out).
+func withPlaceholders(sessionID string, stored []*chatpb.Event, after uint64) []*chatpb.Event {
+	sort.Slice(stored, func(i, j int) bool { return stored[i].Index < stored[j].Index })
+	var out []*chatpb.Event
+	next := after + 1
+	for _, ev := range stored {
+		if ev.Index < next {
+			continue
+		}
+		for ; next < ev.Index; next++ {
+			out = append(out, &chatpb.Event{SessionId: sessionID, Index: next, Kind: chatpb.EventKind_EVENT_KIND_NOTICE,
+				From: systemParticipant, Visibility: chatpb.Visibility_VISIBILITY_MONITOR, Epoch: ev.Epoch, UtcUnixMs: ev.UtcUnixMs,
+				Attrs: map[string]string{"noticeType": "omitted"}})
+		}
+		out = append(out, ev)
+		next++
+	}
+	return out
+}
+
+// lookup returns the session id; a primary that does not hold it rebuilds it
+// from its UCS transcript (session restoration for sessions the replica
+// lacks, e.g. after a failover from a backup that was away).
+func (c *Core) lookup(ctx context.Context, id string) (*session, error) {
+	if s := c.session(id); s != nil {
+		return s, nil
+	}
+	if !c.primary.Load() {
+		return nil, errUnknown
+	}
+	c.restoreMu.Lock()
+	if wait, ok := c.restoring[id]; ok {
+		c.restoreMu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		if s := c.session(id); s != nil {
+			return s, nil
+		}
+		return nil, errUnknown
+	}
+	done := make(chan struct{})
+	c.restoring[id] = done
+	c.restoreMu.Unlock()
+	defer func() {
+		c.restoreMu.Lock()
+		delete(c.restoring, id)
+		c.restoreMu.Unlock()
+		close(done)
+	}()
+	if s := c.session(id); s != nil { // restored while we registered
+		return s, nil
+	}
+	ctx, span := c.tracer.Start(ctx, "chatcore.restoreFromUCS")
+	defer span.End()
+	tr, err := c.store.Transcript(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, errUnknown
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "session not held here and UCS failed: %v", err)
+	}
+	evs := withPlaceholders(id, tr.Events, 0)
+	if len(evs) == 0 || evs[0].Kind != chatpb.EventKind_EVENT_KIND_SESSION_STARTED {
+		return nil, errUnknown
+	}
+	s := newSession(id)
+	for _, ev := range evs {
+		s.st.apply(ev)
+		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+	}
+	s.savedThrough = s.lastIndex()
+	s.finalSaved = tr.Ended
+	if s.st.ended {
+		s.endedAt = c.now()
+	}
+	c.putSession(s)
+	c.log.Info("session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.st.ended, "mode", c.cfg.SessionRestorationMode)
+	c.m.restored.WithLabelValues("ucs").Inc()
+	if !s.st.ended {
+		c.announceFailover(ctx, s)
+	}
+	return s, nil
+}
+
+// Switchover hands the primary role to the in-sync backup: drain (new calls
+// get UNAVAILABLE "draining" and in-flight appends finish, each already
+// acknowledged by the backup), hand the epoch over on the replication
+// stream (the backup claims epoch+1 at UCS and starts serving), then step
+// down. pause_micros is the time from the start of the drain to the step-down.
+func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*chatpb.SwitchoverResponse, error) {
+	if c.cfg.AdminToken == "" || !keyMatches(hashKey(req.AdminToken), hashKey(c.cfg.AdminToken)) {
+		return nil, status.Error(codes.PermissionDenied, "wrong admin token")
+	}
+	if !c.primary.Load() {
+		return nil, status.Errorf(codes.FailedPrecondition, "%s is not primary; ask the primary", c.cfg.Name)
+	}
+	l := c.repl.current()
+	if l == nil || !l.inSync.Load() {
+		return nil, status.Errorf(codes.FailedPrecondition, "switchover: %v", errNoBackup)
+	}
+	ctx, span := c.tracer.Start(ctx, "chatcore.switchover")
+	defer span.End()
+	start := time.Now()
+	c.log.Info("switchover: draining", "to", l.name)
+	c.draining.Store(true)
+	c.health.SetServingStatus(ChatServiceName, healthNotServing)
+	c.inflight.Lock()
+	defer c.inflight.Unlock()
+	abort := func(err error) (*chatpb.SwitchoverResponse, error) {
+		if c.primary.Load() {
+			c.draining.Store(false)
+			c.health.SetServingStatus(ChatServiceName, healthServing)
+		}
+		c.log.Warn("switchover aborted: still primary", "err", err)
+		return nil, status.Errorf(codes.Aborted, "switchover aborted: %v", err)
+	}
+	epoch := c.epoch.Load()
+	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Handover{Handover: &chatpb.Handover{Epoch: epoch}}}, false)
+	var ans *chatpb.ReplicaAck
+	select {
+	case ans = <-l.handover:
+	case <-l.done:
+		select {
+		case ans = <-l.handover: // answered just before the link closed
+		default:
+			return abort(errors.New("backup link lost during the handover"))
+		}
+	case <-time.After(6 * time.Second):
+		return abort(errors.New("backup did not answer the handover"))
+	case <-ctx.Done():
+		return abort(ctx.Err())
+	}
+	if ans.HandoverError != "" {
+		return abort(errors.New(ans.HandoverError))
+	}
+	pause := time.Since(start)
+	c.stepDown(fmt.Sprintf("switchover to %s", l.name), ans.HandoverEpoch)
+	c.m.switchoverPauseS.Observe(pause.Seconds())
+	c.log.Info("switchover done", "new_primary", l.name, "new_epoch", ans.HandoverEpoch, "pause", pause)
+	return &chatpb.SwitchoverResponse{NewPrimary: l.name, NewEpoch: ans.HandoverEpoch, PauseMicros: pause.Microseconds()}, nil
+}

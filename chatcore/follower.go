@@ -1,0 +1,461 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
+)
+
+// This file is the backup's side: it replicates from the primary and
+// decides when the primary is dead.
+//
+// Detection, fastest first:
+//  1. The replication stream breaks (a killed process resets its
+//     connections at once) and the backup's direct TCP probe of the primary
+//     is refused or times out; the witness confirms it cannot reach the
+//     primary either (or, without a witness, the membership view no longer
+//     shows it alive; with neither, the probe alone decides). Promote.
+//  2. Membership declares the primary failed or left (gossip with indirect
+//     probes: the fallback for a silent primary, e.g. SIGSTOP, whose kernel
+//     still accepts TCP connections). Promote.
+//
+// A backup that has not been connected to a primary since it started never
+// promotes on a probe alone (it would steal the role from a primary that is
+// still starting); it still promotes when gossip declares a known primary
+// failed.
+
+// streamEnd says how a replication stream ended.
+type streamEnd struct {
+	synced        bool   // the stream reached snapshot_done
+	gossipFailed  bool   // membership declared the primary failed
+	handedOver    bool   // this core took over by a planned switchover
+	primaryName   string // the primary's name as it announced itself
+	err           error
+	primaryEpoch  uint64
+	receivedAny   bool
+	fencedPrimary bool // the primary carried an older epoch than we know
+}
+
+// follow runs while this core is a backup. It returns when the core became
+// primary or ctx ended.
+func (c *Core) follow(ctx context.Context) {
+	roleCh := c.roleChanged()
+	if c.cfg.Peer == "" {
+		select { // a standalone backup waits to be told otherwise
+		case <-ctx.Done():
+		case <-roleCh:
+		}
+		return
+	}
+	conn, err := c.peerConn()
+	if err != nil {
+		c.log.Error("cannot dial peer", "peer", c.cfg.Peer, "err", err)
+		<-ctx.Done()
+		return
+	}
+	failed, stop := c.watchPrimaryFailure()
+	defer stop()
+	delay := 20 * time.Millisecond
+	for ctx.Err() == nil && !c.primary.Load() {
+		end := c.replicateOnce(ctx, conn, failed)
+		if c.primary.Load() || ctx.Err() != nil {
+			return
+		}
+		if end.synced {
+			delay = 20 * time.Millisecond
+		}
+		promote, why := false, ""
+		switch {
+		case end.gossipFailed:
+			promote, why = true, "membership declared the primary failed"
+		case end.fencedPrimary:
+		case c.sawPrimary.Load():
+			if dead, how := c.confirmDead(ctx); dead {
+				promote, why = true, how
+			} else if end.synced || end.receivedAny {
+				// The link broke but the primary lives: it now takes its second
+				// copies to UCS, so our copy may miss acknowledged events.
+				c.replicaStale.Store(true)
+				c.log.Warn("replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
+			}
+		}
+		if promote {
+			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
+				"replica_stale", c.replicaStale.Load())
+			if err := c.promote(ctx, why); err == nil {
+				return
+			} else {
+				c.log.Warn("promotion failed: staying backup", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		case <-failed:
+			c.failedAgain(failed)
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// failedAgain re-arms a gossip failure signal consumed while sleeping, so
+// that the next replicateOnce sees it at once.
+func (c *Core) failedAgain(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// peerConn returns the (lazily created, reused) connection to the peer.
+func (c *Core) peerConn() (*grpc.ClientConn, error) {
+	c.peerMu.Lock()
+	defer c.peerMu.Unlock()
+	if c.peer != nil {
+		return c.peer, nil
+	}
+	conn, err := grpc.NewClient(c.cfg.Peer,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dial peer %s: %w", c.cfg.Peer, err)
+	}
+	c.peer = conn
+	return conn, nil
+}
+
+// replicateOnce runs one Replicate stream until it ends.
+func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed <-chan struct{}) (end streamEnd) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := chatpb.NewReplicationClient(conn).Replicate(sctx)
+	if err != nil {
+		end.err = err
+		return end
+	}
+	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.epoch.Load(), Token: c.cfg.AdminToken}
+	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
+		end.err = err
+		return end
+	}
+	var lastHeard atomic.Int64
+	lastHeard.Store(time.Now().UnixNano())
+	var applied atomic.Uint64
+	ackWake := make(chan struct{}, 1)
+	answers := make(chan *chatpb.ReplicaAck)
+	answered := make(chan error, 1)
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // the only sender after hello: acknowledgements, coalesced, and handover answers
+		var sent uint64
+		for {
+			select {
+			case <-done:
+				return
+			case a := <-answers:
+				err := stream.Send(a)
+				sent = max(sent, a.Seq)
+				answered <- err
+				continue
+			case <-ackWake:
+			}
+			if a := applied.Load(); a > sent {
+				if err := stream.Send(&chatpb.ReplicaAck{Seq: a}); err != nil {
+					cancel()
+					return
+				}
+				sent = a
+			}
+		}
+	}()
+	var gossip atomic.Bool
+	go func() { // gossip failure and silence watchdog
+		t := time.NewTicker(c.cfg.ReplicationTimeout / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-failed:
+				gossip.Store(true)
+				cancel()
+				return
+			case <-t.C:
+				if time.Since(time.Unix(0, lastHeard.Load())) > 2*c.cfg.ReplicationTimeout {
+					c.log.Warn("primary silent on the replication stream", "silent_for", time.Since(time.Unix(0, lastHeard.Load())))
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	seen := make(map[string]bool)
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			end.err = err
+			end.gossipFailed = gossip.Load()
+			if end.synced {
+				c.log.Warn("replication stream broke", "primary", end.primaryName, "err", err)
+			}
+			return end
+		}
+		lastHeard.Store(time.Now().UnixNano())
+		if known := c.epoch.Load(); msg.Epoch < known {
+			end.fencedPrimary = true
+			end.err = fmt.Errorf("primary %s carries epoch %d, older than %d: rejected", msg.Primary, msg.Epoch, known)
+			c.log.Warn("rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", known)
+			return end
+		}
+		c.observeEpoch(msg.Epoch)
+		end.primaryName, end.primaryEpoch, end.receivedAny = msg.Primary, msg.Epoch, true
+		if !c.sawPrimary.Load() {
+			c.sawPrimary.Store(true)
+		}
+		c.primaryName.Store(msg.Primary)
+		switch b := msg.Body.(type) {
+		case *chatpb.ReplicaMsg_Heartbeat:
+			continue
+		case *chatpb.ReplicaMsg_Snapshot:
+			c.applySnapshot(b.Snapshot)
+			seen[b.Snapshot.SessionId] = true
+		case *chatpb.ReplicaMsg_Event:
+			if err := c.applyEvent(b.Event); err != nil {
+				end.err = err
+				c.log.Warn("replicated event does not fit: resyncing", "err", err)
+				return end
+			}
+			seen[b.Event.SessionId] = true
+		case *chatpb.ReplicaMsg_Saved:
+			c.applyProgress(b.Saved)
+		case *chatpb.ReplicaMsg_SnapshotDone:
+			n := c.dropUnseen(seen)
+			end.synced = true
+			c.replicaStale.Store(false)
+			c.log.Info("in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
+				"sessions", len(seen), "dropped_stale", n)
+		case *chatpb.ReplicaMsg_Handover:
+			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
+			ans := &chatpb.ReplicaAck{Seq: msg.Seq}
+			if err != nil {
+				ans.HandoverError = err.Error()
+			} else {
+				ans.HandoverEpoch = epoch
+			}
+			applied.Store(msg.Seq)
+			answers <- ans
+			if serr := <-answered; serr != nil {
+				c.log.Warn("could not answer the handover (the old primary learns the epoch from UCS or gossip)", "err", serr)
+			}
+			if err == nil {
+				end.handedOver = true
+				go c.restoreAll(context.WithoutCancel(ctx), "switchover")
+				// Let the old primary close the stream (it steps down on our
+				// answer), so that the answer is not cut off by our cancel.
+				t := time.AfterFunc(2*time.Second, cancel)
+				for {
+					if _, err := stream.Recv(); err != nil {
+						break
+					}
+				}
+				t.Stop()
+				return end
+			}
+			continue
+		}
+		if msg.Seq > 0 {
+			applied.Store(msg.Seq)
+			select {
+			case ackWake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// confirmDead checks a primary whose stream broke: a direct probe, then the
+// witness or the membership view. It says how it decided.
+func (c *Core) confirmDead(ctx context.Context) (bool, string) {
+	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
+	conn, err := d.DialContext(ctx, "tcp", c.cfg.Peer)
+	if err == nil {
+		conn.Close()
+		return false, "probe connected"
+	}
+	probe := "probe failed: " + err.Error()
+	if c.witness != nil {
+		wctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
+		ok, werr := c.witness(wctx, c.cfg.Peer)
+		cancel()
+		if werr == nil {
+			if ok {
+				return false, probe + "; witness reaches the primary"
+			}
+			return true, probe + "; witness confirms"
+		}
+		c.log.Warn("witness gave no answer: waiting for gossip", "err", werr)
+		return false, probe + "; witness silent"
+	}
+	if c.members != nil {
+		if m, ok := c.primaryMember(); ok && m.State == membership.StateAlive {
+			return false, probe + "; membership still shows it alive"
+		}
+		return true, probe + "; membership does not show it alive"
+	}
+	return true, probe
+}
+
+// primaryMember finds the primary in the membership view.
+func (c *Core) primaryMember() (membership.Member, bool) {
+	name, _ := c.primaryName.Load().(string)
+	for _, m := range c.members.Members() {
+		if m.Meta.Kind == membership.KindCore && m.Name != c.cfg.Name && (m.Name == name || m.Meta.GRPCAddr == c.cfg.Peer) {
+			return m, true
+		}
+	}
+	return membership.Member{}, false
+}
+
+// watchPrimaryFailure signals when membership declares the peer core failed or left.
+func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	if c.members == nil {
+		return ch, func() {}
+	}
+	events, cancel := c.members.Subscribe()
+	go func() {
+		for ev := range events {
+			if ev.Type != membership.EventFailed && ev.Type != membership.EventLeft {
+				continue
+			}
+			name, _ := c.primaryName.Load().(string)
+			m := ev.Member
+			if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore && m.Name != name {
+				continue
+			}
+			if m.Name == name || m.Meta.GRPCAddr == c.cfg.Peer {
+				c.log.Warn("membership: primary declared "+ev.Type.String(), "member", m.Name)
+				c.failedAgain(ch)
+			}
+		}
+	}()
+	return ch, cancel
+}
+
+// applySnapshot replaces the local copy of one session.
+func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) {
+	s := newSession(snap.SessionId)
+	for _, ev := range snap.Events {
+		s.st.apply(ev)
+		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+	}
+	s.savedThrough, s.finalSaved, s.noFinalSave = snap.SavedThrough, snap.FinalSaved, snap.NoFinalSave
+	if s.st.ended {
+		s.endedAt = c.now()
+	}
+	c.putSession(s)
+}
+
+// putSession inserts or replaces a session, keeping the live count.
+func (c *Core) putSession(s *session) {
+	c.mu.Lock()
+	old := c.sessions[s.id]
+	c.sessions[s.id] = s
+	if old != nil {
+		old.mu.Lock()
+		old.removed = true
+		if !old.st.ended {
+			c.live--
+		}
+		old.mu.Unlock()
+	}
+	if !s.st.ended {
+		c.live++
+	}
+	c.m.sessionsLive.Set(float64(c.live))
+	c.mu.Unlock()
+}
+
+// applyEvent appends one replicated event.
+func (c *Core) applyEvent(ev *chatpb.Event) error {
+	s := c.session(ev.SessionId)
+	if s == nil {
+		if ev.Index != 1 {
+			return fmt.Errorf("event %d of unknown session %s", ev.Index, ev.SessionId)
+		}
+		s = newSession(ev.SessionId)
+		c.mu.Lock()
+		c.sessions[s.id] = s
+		c.live++
+		c.m.sessionsLive.Set(float64(c.live))
+		c.mu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last := s.lastIndex()
+	switch {
+	case ev.Index <= last:
+		return nil // already have it (snapshot and event raced on the stream)
+	case ev.Index != last+1:
+		return fmt.Errorf("session %s: event %d after %d", s.id, ev.Index, last)
+	}
+	c.commitLocked(s, ev)
+	c.m.replicated.Inc()
+	return nil
+}
+
+// applyProgress records a save the primary's UCS acknowledged.
+func (c *Core) applyProgress(p *chatpb.SaveProgress) {
+	s := c.session(p.SessionId)
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.savedThrough = max(s.savedThrough, p.SavedThrough)
+	s.finalSaved = s.finalSaved || p.FinalSaved
+	s.noFinalSave = s.noFinalSave || p.NoFinalSave
+	s.mu.Unlock()
+}
+
+// dropUnseen forgets sessions the primary's snapshot did not carry.
+func (c *Core) dropUnseen(seen map[string]bool) int {
+	c.mu.Lock()
+	var drop []*session
+	for id, s := range c.sessions {
+		if !seen[id] {
+			drop = append(drop, s)
+			delete(c.sessions, id)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range drop {
+		s.mu.Lock()
+		s.removed = true
+		ended := s.st.ended
+		s.mu.Unlock()
+		if !ended {
+			c.mu.Lock()
+			c.live--
+			c.m.sessionsLive.Set(float64(c.live))
+			c.mu.Unlock()
+		}
+	}
+	return len(drop)
+}
+
+var errNoBackup = errors.New("no backup in sync")

@@ -1,0 +1,385 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// This file is the primary's side of replication. The backup dials the
+// primary and opens Replication.Replicate (the backup is the side that must
+// act when the stream breaks, so it owns the connection). The primary sends
+// a snapshot of every session, snapshot_done, then every committed event in
+// order; the backup acknowledges cumulatively. An append waits for the
+// backup's ack of its event; a session whose snapshot the backup does not
+// have yet, a missing backup, or a backup silent for replication-timeout
+// make the append take its second copy from UCS instead.
+
+var errLinkLost = errors.New("backup link lost")
+
+// replicator holds the primary's link to its backup, if any.
+type replicator struct {
+	c   *Core
+	mu  sync.Mutex
+	cur *link
+	gen atomic.Uint64
+}
+
+func newReplicator(c *Core) *replicator { return &replicator{c: c} }
+
+// link is one Replicate stream from a backup.
+type link struct {
+	r      *replicator
+	name   string
+	gen    uint64
+	stream chatpb.Replication_ReplicateServer
+
+	mu      sync.Mutex
+	queue   []*chatpb.ReplicaMsg
+	waiters []waiter
+	nextSeq uint64
+	acked   uint64
+	dead    bool
+	err     error
+	wake    chan struct{}
+	done    chan struct{}
+
+	inSync   atomic.Bool
+	handover chan *chatpb.ReplicaAck // answers to a Handover
+}
+
+type waiter struct {
+	seq uint64
+	ch  chan error
+}
+
+// current returns the live link, nil if none.
+func (r *replicator) current() *link {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
+}
+
+// attach makes l the live link, killing the previous one.
+func (r *replicator) attach(l *link) {
+	r.mu.Lock()
+	old := r.cur
+	r.cur = l
+	r.mu.Unlock()
+	if old != nil {
+		old.kill(errors.New("replaced by a new backup stream"))
+	}
+}
+
+// dropLink kills the live link (step-down, shutdown).
+func (r *replicator) dropLink(reason string) {
+	r.mu.Lock()
+	l := r.cur
+	r.cur = nil
+	r.mu.Unlock()
+	if l != nil {
+		l.kill(errors.New(reason))
+	}
+}
+
+// lag is the number of messages sent to the backup and not yet acknowledged.
+func (r *replicator) lag() uint64 {
+	l := r.current()
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.nextSeq - l.acked
+}
+
+// send queues msg; with wait it returns a channel that yields nil once the
+// backup acknowledged msg, or errLinkLost.
+func (l *link) send(msg *chatpb.ReplicaMsg, wait bool) <-chan error {
+	var ch chan error
+	if wait {
+		ch = make(chan error, 1)
+	}
+	l.mu.Lock()
+	if l.dead {
+		l.mu.Unlock()
+		if ch != nil {
+			ch <- errLinkLost
+		}
+		return ch
+	}
+	l.nextSeq++
+	msg.Seq = l.nextSeq
+	l.queue = append(l.queue, msg)
+	if wait {
+		l.waiters = append(l.waiters, waiter{seq: msg.Seq, ch: ch})
+	}
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	return ch
+}
+
+// ack records the backup's cumulative ack.
+func (l *link) ack(seq uint64) {
+	l.mu.Lock()
+	if seq > l.acked {
+		l.acked = seq
+	}
+	n := 0
+	for n < len(l.waiters) && l.waiters[n].seq <= l.acked {
+		l.waiters[n].ch <- nil
+		n++
+	}
+	l.waiters = l.waiters[n:]
+	lag := l.nextSeq - l.acked
+	l.mu.Unlock()
+	l.r.c.m.replicated.Add(float64(n))
+	l.r.c.m.replicationLag.Set(float64(lag))
+}
+
+// kill ends the link: every waiter fails and the replicator forgets it.
+func (l *link) kill(err error) {
+	l.mu.Lock()
+	if l.dead {
+		l.mu.Unlock()
+		return
+	}
+	l.dead = true
+	l.err = err
+	for _, w := range l.waiters {
+		w.ch <- errLinkLost
+	}
+	l.waiters = nil
+	l.queue = nil
+	l.mu.Unlock()
+	close(l.done)
+	r := l.r
+	r.mu.Lock()
+	if r.cur == l {
+		r.cur = nil
+	}
+	r.mu.Unlock()
+	r.c.m.replicationLag.Set(0)
+	r.c.log.Warn("backup link lost: second copies go to UCS until it resyncs", "backup", l.name, "err", err)
+}
+
+// sender writes queued messages to the stream, and a heartbeat when idle.
+func (l *link) sender(epoch uint64, primary string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	idle := true
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-l.wake:
+		case <-t.C:
+			if idle {
+				if err := l.stream.Send(&chatpb.ReplicaMsg{Epoch: epoch, Primary: primary, Body: &chatpb.ReplicaMsg_Heartbeat{Heartbeat: true}}); err != nil {
+					l.kill(fmt.Errorf("send heartbeat: %w", err))
+					return
+				}
+			}
+			idle = true
+			continue
+		}
+		for {
+			l.mu.Lock()
+			batch := l.queue
+			l.queue = nil
+			l.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			idle = false
+			for _, m := range batch {
+				m.Epoch, m.Primary = epoch, primary
+				if err := l.stream.Send(m); err != nil {
+					l.kill(fmt.Errorf("send: %w", err))
+					return
+				}
+			}
+		}
+	}
+}
+
+// Replicate serves a backup: hello, snapshot, live tail, acks. Only the
+// primary accepts; a backup that knows a newer epoch fences this core.
+func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil || hello.Name == "" {
+		return status.Error(codes.InvalidArgument, "first replication message must carry hello with a name")
+	}
+	if c.cfg.AdminToken != "" && !keyMatches(hashKey(hello.Token), hashKey(c.cfg.AdminToken)) {
+		return status.Error(codes.PermissionDenied, "wrong pair token")
+	}
+	if hello.Epoch > c.epoch.Load() {
+		c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d", hello.Name, hello.Epoch), hello.Epoch)
+		return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", hello.Epoch)
+	}
+	c.roleMu.Lock()
+	epoch, primary, roleCtx := c.epoch.Load(), c.primary.Load(), c.streamCtx
+	c.roleMu.Unlock()
+	if !primary {
+		return errNotPrimary
+	}
+	l := &link{r: c.repl, name: hello.Name, gen: c.repl.gen.Add(1), stream: stream,
+		wake: make(chan struct{}, 1), done: make(chan struct{}), handover: make(chan *chatpb.ReplicaAck, 1)}
+	c.repl.attach(l)
+	defer l.kill(errors.New("stream ended"))
+	go l.sender(epoch, c.cfg.Name, c.cfg.ReplicationTimeout/5)
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			a, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			l.ack(a.Seq)
+			if a.HandoverEpoch != 0 || a.HandoverError != "" {
+				select {
+				case l.handover <- a:
+				default:
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	c.log.Info("backup connected: sending snapshot", "backup", hello.Name, "backup_epoch", hello.Epoch)
+	n := c.snapshotTo(l)
+	select {
+	case err := <-l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_SnapshotDone{SnapshotDone: true}}, true):
+		if err != nil {
+			return status.Error(codes.Unavailable, "backup lost during snapshot")
+		}
+	case <-time.After(30 * time.Second):
+		return status.Error(codes.DeadlineExceeded, "backup did not acknowledge the snapshot")
+	}
+	l.inSync.Store(true)
+	c.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
+
+	select {
+	case err := <-recvErr:
+		l.kill(fmt.Errorf("receive: %w", err))
+		return nil
+	case <-l.done:
+		return status.Error(codes.Unavailable, "replication link closed")
+	case <-roleCtx.Done():
+		return errNotPrimary
+	case <-stream.Context().Done():
+		return stream.Context().Err()
+	}
+}
+
+// snapshotTo queues a snapshot of every session on l. Each session's
+// snapshot is taken under its appendMu, so it is ordered with the events
+// that follow it on the stream.
+func (c *Core) snapshotTo(l *link) int {
+	c.mu.RLock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	c.mu.RUnlock()
+	n := 0
+	for _, s := range all {
+		s.appendMu.Lock()
+		s.mu.Lock()
+		if s.removed {
+			s.mu.Unlock()
+			s.appendMu.Unlock()
+			continue
+		}
+		snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, len(s.log)),
+			SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+		for i, e := range s.log {
+			snap.Events[i] = e.ev
+		}
+		s.mu.Unlock()
+		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
+		s.replGen.Store(l.gen)
+		s.appendMu.Unlock()
+		n++
+	}
+	return n
+}
+
+// secondCopy makes sure a second copy of ev exists before it is committed
+// (invariant 1): the backup's ack, or, while the backup is away or does not
+// have the session yet, a save of ev in UCS. A standalone core (no peer)
+// keeps no second copy. Call with s.appendMu held.
+func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, needCopy bool) error {
+	if l := c.repl.current(); l != nil {
+		if ev.Index == 1 {
+			s.replGen.Store(l.gen) // a new session: its whole log is this event
+		}
+		if s.replGen.Load() == l.gen {
+			ch := l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
+			if !needCopy {
+				return nil
+			}
+			t := time.NewTimer(c.cfg.ReplicationTimeout)
+			defer t.Stop()
+			select {
+			case err := <-ch:
+				if err == nil {
+					return nil
+				}
+			case <-t.C:
+				// A silent backup is given up; it resyncs from a fresh snapshot.
+				// The client's ctx is not honoured here: once sent, the event's
+				// fate must be decided (committed or not) before the index moves on.
+				l.kill(fmt.Errorf("no ack within %s", c.cfg.ReplicationTimeout))
+			}
+		}
+	}
+	if c.cfg.Peer == "" || !needCopy || !c.savedKind(ev) {
+		return nil
+	}
+	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{ev}}
+	_, err := c.saver.cb.Execute(func() (SaveResult, error) {
+		sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
+		defer cancel()
+		return c.store.Save(sctx, req)
+	})
+	switch {
+	case err == nil:
+		c.m.secondCopyToUCS.Inc()
+		return nil
+	case errors.Is(err, ErrStaleEpoch):
+		c.stepDown("UCS rejected a second copy with a stale epoch", 0)
+		return errNotPrimary
+	default:
+		c.log.Warn("no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "err", err)
+		return status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
+	}
+}
+
+// replicateProgress tells the backup about an acknowledged transcript save.
+func (c *Core) replicateProgress(s *session) {
+	l := c.repl.current()
+	if l == nil || s.replGen.Load() != l.gen {
+		return
+	}
+	s.mu.Lock()
+	p := &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+	s.mu.Unlock()
+	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Saved{Saved: p}}, false)
+}
