@@ -32,6 +32,7 @@ type fakeCore struct {
 	maxMessage int
 	sendLimit  int // sends per participant before RESOURCE_EXHAUSTED; 0: none
 	failNext   int // calls to answer UNAVAILABLE before serving again
+	failMsgs   int // MESSAGE sends to answer UNAVAILABLE before serving again
 	breakCh    chan struct{}
 	lastMD     metadata.MD
 	lastStart  *chatpb.StartSessionRequest
@@ -128,6 +129,10 @@ func (f *fakeCore) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.S
 	}
 	if s.ended {
 		return nil, status.Error(codes.FailedPrecondition, "session ended")
+	}
+	if f.failMsgs > 0 && req.GetKind() == chatpb.EventKind_EVENT_KIND_MESSAGE {
+		f.failMsgs--
+		return nil, status.Error(codes.Unavailable, "injected: failing over")
 	}
 	if len(req.GetText()) > f.maxMessage {
 		return nil, status.Errorf(codes.InvalidArgument, "message longer than %d bytes", f.maxMessage)
