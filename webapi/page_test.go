@@ -96,7 +96,7 @@ func TestSampleInBrowser(t *testing.T) {
 	if e.core.eventCount(chatID) == 0 {
 		t.Fatalf("the page did not start %s", chatID)
 	}
-	agent := e.core.addAgent(t, chatID, "Kim")                                                                          // 3
+	agent := e.core.addAgent(t, chatID, "Kim")                                                                              // 3
 	e.core.agentEvent(t, chatID, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "Hello Ada", chatpb.Visibility_VISIBILITY_ALL) // 4
 	e.core.agentEvent(t, chatID, agent, chatpb.EventKind_EVENT_KIND_TYPING_STARTED, "", chatpb.Visibility_VISIBILITY_ALL)   // 5
 	run("agent joins, speaks and types",
