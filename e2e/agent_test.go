@@ -62,6 +62,14 @@ func TestCustomerAndAgentChatBothWays(t *testing.T) {
 		}
 	}
 
+	st, err := agent.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.CoreConnected {
+		t.Errorf("agent state says coreConnected=false on a healthy cluster: %+v", st)
+	}
+
 	rec := harness.StartWorkload(ctx, sessions, harness.WorkloadOptions{Messages: 10}).Wait()
 	if want := 3 * 2 * 10; rec.Acked() != want {
 		t.Errorf("acknowledged %d of %d messages on a healthy cluster", rec.Acked(), want)
