@@ -44,8 +44,10 @@ type Config struct {
 	// the minimum timeout.
 	SuspicionMult int `yaml:"gossip-suspicion-mult"`
 	// GossipInterval is the time between gossip rounds that spread meta
-	// updates, suspicions and deaths to GossipNodes (3) random members. Rounds
-	// with nothing to send cost nothing. Default 50ms (memberlist LAN: 200ms).
+	// updates, suspicions and deaths to 3 random members. Rounds with nothing
+	// to send cost nothing, and an update is sent about 4 times, so a short
+	// interval is cheap: a promotion reaches the others in about 12ms median
+	// (30ms at 50ms). Default 20ms (memberlist LAN: 200ms).
 	GossipInterval time.Duration `yaml:"gossip-interval"`
 	// IndirectChecks is how many members are asked to probe a member that
 	// missed a direct probe, so that one cut link cannot kill a member.
@@ -72,7 +74,7 @@ func DefaultConfig() Config {
 		ProbeInterval:  200 * time.Millisecond,
 		ProbeTimeout:   100 * time.Millisecond,
 		SuspicionMult:  2,
-		GossipInterval: 50 * time.Millisecond,
+		GossipInterval: 20 * time.Millisecond,
 		IndirectChecks: 3,
 	}
 }

@@ -238,3 +238,39 @@ func TestMeasureFalseAlarms(t *testing.T) {
 	t.Logf("RESULT false alarms in %v under CPU load: suspected=%d failed=%d rejoined=%d",
 		window, counts[EventSuspected], counts[EventFailed], counts[EventJoined])
 }
+
+// TestMeasureMetaPropagation measures the time from SetMeta on one member
+// to the Updated event on another (the delay before the control plane and
+// the other core learn a promotion from gossip). Only with HACHAT_MEASURE=1.
+func TestMeasureMetaPropagation(t *testing.T) {
+	if os.Getenv("HACHAT_MEASURE") != "1" {
+		t.Skip("set HACHAT_MEASURE=1 to measure meta propagation")
+	}
+	gossip := DefaultConfig().GossipInterval
+	if v := os.Getenv("HACHAT_MEASURE_GOSSIP"); v != "" {
+		gossip, _ = time.ParseDuration(v)
+	}
+	a, b, _ := threeNodes(t, func(c *Config) { c.GossipInterval = gossip })
+	events, cancel := a.Subscribe()
+	defer cancel()
+	var got, calls []time.Duration
+	for i := range 30 {
+		time.Sleep(time.Duration(rand.Int64N(int64(100 * time.Millisecond))))
+		start := time.Now()
+		errc := make(chan error, 1)
+		go func() {
+			err := b.SetMeta(context.Background(), coreMeta(RolePrimary, uint64(i+10)))
+			calls = append(calls, time.Since(start))
+			errc <- err
+		}()
+		waitEvent(t, events, EventUpdated, "b", 5*time.Second)
+		got = append(got, time.Since(start))
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(calls)
+	t.Logf("RESULT gossip-interval=%v meta propagation over %d updates: median=%v p90=%v max=%v; SetMeta returns after median=%v max=%v",
+		gossip, len(got), got[len(got)/2], got[len(got)*9/10], got[len(got)-1], calls[len(calls)/2], calls[len(calls)-1])
+}

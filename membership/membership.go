@@ -590,3 +590,35 @@ func (d *delegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration,
 	d.m.metrics.probeRTT.Observe(rtt.Seconds())
 	d.m.setSuspect(other.Name, false)
 }
+
+// Voters returns the live members that can confirm a failure from another
+// vantage point: witnesses and xds control planes (they serve
+// ReachablePath on their Meta.HTTPAddr), sorted by name.
+func (m *Membership) Voters() []Member {
+	var out []Member
+	for _, mb := range m.Members() {
+		if (mb.State == StateAlive || mb.State == StateSuspect) &&
+			(mb.Meta.Kind == KindWitness || mb.Meta.Kind == KindXDS) && mb.Meta.HTTPAddr != "" {
+			out = append(out, mb)
+		}
+	}
+	return out
+}
+
+// Primary picks, among members, the core that claims the primary role with
+// the newest epoch and is not dead or left; ties (two primaries claiming the
+// same epoch, which fencing forbids) go to the first name. It reports false
+// when no live core claims to be primary.
+func Primary(members []Member) (Member, bool) {
+	var best Member
+	found := false
+	for _, mb := range members {
+		if mb.Meta.Kind != KindCore || mb.Meta.Role != RolePrimary || mb.State == StateDead || mb.State == StateLeft {
+			continue
+		}
+		if !found || mb.Meta.Epoch > best.Meta.Epoch || (mb.Meta.Epoch == best.Meta.Epoch && mb.Name < best.Name) {
+			best, found = mb, true
+		}
+	}
+	return best, found
+}

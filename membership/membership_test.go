@@ -387,3 +387,40 @@ func TestSlowSubscriberDropsWithoutBlocking(t *testing.T) {
 		t.Fatalf("slow subscriber holds %d events, want a full buffer of %d", len(slow), subscriberBuffer)
 	}
 }
+
+func TestPrimaryAndVoters(t *testing.T) {
+	mk := func(name, kind, role string, epoch uint64, st State) Member {
+		return Member{Name: name, Meta: Meta{Kind: kind, Role: role, Epoch: epoch, HTTPAddr: "127.0.0.1:1"}, State: st}
+	}
+	tests := []struct {
+		name    string
+		members []Member
+		want    string
+	}{
+		{"none", nil, ""},
+		{"one primary", []Member{mk("a", KindCore, RolePrimary, 1, StateAlive), mk("b", KindCore, RoleBackup, 1, StateAlive)}, "a"},
+		{"newest epoch wins", []Member{mk("a", KindCore, RolePrimary, 1, StateAlive), mk("b", KindCore, RolePrimary, 2, StateAlive)}, "b"},
+		{"dead primary skipped", []Member{mk("a", KindCore, RolePrimary, 3, StateDead), mk("b", KindCore, RolePrimary, 2, StateAlive)}, "b"},
+		{"suspect still counts", []Member{mk("a", KindCore, RolePrimary, 3, StateSuspect)}, "a"},
+		{"left skipped", []Member{mk("a", KindCore, RolePrimary, 3, StateLeft)}, ""},
+		{"tie to first name", []Member{mk("b", KindCore, RolePrimary, 2, StateAlive), mk("a", KindCore, RolePrimary, 2, StateAlive)}, "a"},
+		{"only cores", []Member{mk("x", KindXDS, "", 9, StateAlive)}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := Primary(tc.members)
+			if ok != (tc.want != "") || got.Name != tc.want {
+				t.Fatalf("Primary = %q, %v; want %q", got.Name, ok, tc.want)
+			}
+		})
+	}
+
+	a, b, _ := threeNodes(t, nil)
+	v := a.Voters()
+	if len(v) != 1 || v[0].Name != "c" {
+		t.Fatalf("Voters = %+v, want the witness c", v)
+	}
+	if p, ok := Primary(b.Members()); !ok || p.Name != "a" {
+		t.Fatalf("Primary(b's view) = %+v, %v", p, ok)
+	}
+}
