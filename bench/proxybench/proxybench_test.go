@@ -1,0 +1,167 @@
+package proxybench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+// TestMain turns the test binary into an echo server when the benchmark
+// starts it as a child process (the role `hachat bench echo-server` plays).
+func TestMain(m *testing.M) {
+	if os.Getenv("PROXYBENCH_ECHO_CHILD") == "1" {
+		fs := flag.NewFlagSet("echo", flag.ExitOnError)
+		addr := fs.String("addr", "", "")
+		var st EchoStatus
+		fs.StringVar(&st.Name, "name", "", "")
+		fs.StringVar(&st.Role, "role", "", "")
+		fs.Uint64Var(&st.Epoch, "epoch", 0, "")
+		args := os.Args[1:]
+		for i, a := range args {
+			if a == "--" {
+				args = args[i+1:]
+				break
+			}
+		}
+		fs.Parse(args)
+		if err := ServeEcho(context.Background(), *addr, st); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func echoOptions(t *testing.T) Options {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{EchoCommand: []string{exe, "--"}, EchoEnv: []string{"PROXYBENCH_ECHO_CHILD=1"}}
+}
+
+func TestServeEchoSniffsGRPC(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveEcho(ctx, ln, EchoStatus{Name: "p", Role: "primary", Epoch: 7}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serveEcho: %v", err)
+		}
+	}()
+	addr := ln.Addr().String()
+
+	// Raw echo, including a payload that starts like the preface but is not.
+	for _, msg := range []string{"hello", "PRIVATE data", "P"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write([]byte(msg))
+		if msg == "P" {
+			c.(*net.TCPConn).CloseWrite()
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, []byte(msg)) {
+			t.Fatalf("echo %q: got %q, %v", msg, got, err)
+		}
+		c.Close()
+	}
+	// gRPC Status on the same port.
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	defer scancel()
+	resp, err := chatpb.NewChatClient(cc).Status(sctx, &chatpb.StatusRequest{})
+	if err != nil || resp.GetName() != "p" || resp.GetRole() != "primary" || resp.GetEpoch() != 7 {
+		t.Fatalf("status = %v, %v", resp, err)
+	}
+}
+
+func TestRunSmall(t *testing.T) {
+	o := echoOptions(t)
+	o.Duration = 300 * time.Millisecond
+	o.Conns = 2
+	o.Trials = 2
+	var log bytes.Buffer
+	o.Log = &log
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log.String())
+	}
+	var text bytes.Buffer
+	rep.WriteText(&text)
+	t.Logf("\n%s", text.String())
+	for _, r := range []Result{rep.Direct, rep.Sidecar} {
+		if r.Requests == 0 || r.Errors != 0 || r.P50 <= 0 || r.P99 < r.P50 {
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	if rep.HAProxyError == "" && (rep.HAProxy == nil || rep.HAProxy.Requests == 0 || rep.HAProxyFailover == nil) {
+		t.Errorf("haproxy ran but was not measured: %+v", rep.HAProxy)
+	}
+	if len(rep.SidecarFailover.Trials) != 2 || rep.SidecarFailover.Max <= 0 || rep.SidecarFailover.Max > 5*time.Second {
+		t.Errorf("sidecar failover: %+v", rep.SidecarFailover)
+	}
+	if !strings.Contains(text.String(), "sidecar/direct") {
+		t.Errorf("text report lacks ratios:\n%s", text.String())
+	}
+}
+
+// TestRunFull is the full benchmark, run on demand:
+// PROXYBENCH_FULL=1 go test -run TestRunFull -v ./bench/proxybench
+func TestRunFull(t *testing.T) {
+	if os.Getenv("PROXYBENCH_FULL") == "" {
+		t.Skip("set PROXYBENCH_FULL=1 to run the full proxy benchmark")
+	}
+	o := echoOptions(t)
+	o.Trials = 10
+	o.Log = os.Stderr
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	rep.WriteText(&text)
+	t.Logf("\n%s", text.String())
+}
+
+// FuzzIsPreface checks the sniffer against the plain definition: a
+// connection is gRPC exactly when its bytes start with the HTTP/2 preface.
+func FuzzIsPreface(f *testing.F) {
+	f.Add([]byte(http2Preface + "rest"))
+	f.Add([]byte("PRI * HTTP/1.1"))
+	f.Add([]byte("P"))
+	f.Add([]byte("hello"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := bytes.HasPrefix(b, []byte(http2Preface))
+		for _, r := range []io.Reader{bytes.NewReader(b), iotest.OneByteReader(bytes.NewReader(b)), iotest.HalfReader(bytes.NewReader(b))} {
+			if got := isPreface(bufio.NewReader(r)); got != want {
+				t.Fatalf("isPreface(%q) = %v, want %v", b, got, want)
+			}
+		}
+	})
+}
