@@ -175,7 +175,15 @@ var HARecommended = []string{
 }
 
 // StandardPlan returns the plan of the standard cluster for l: the parts of
-// `hachat demo`, in start order.
+// `hachat demo`, in start order (each part's dependencies come first).
+//
+//   - StageSingle: ucs, core-a (primary), webapi and interaction on core-a.
+//   - StagePair: ucs, witness, core-a (primary), core-b (backup), each core
+//     naming the other as --peer and asking the witness before a promotion;
+//     webapi and interaction are given both cores.
+//   - StageMesh: ucs, core-a, core-b, the xds control plane (a gossip member
+//     and the cores' witness), a sidecar per client, and webapi and
+//     interaction that reach the cores only through their own sidecar.
 func StandardPlan(l Layout) Plan {
 	l.fill()
 	a := l.Addrs
@@ -185,36 +193,44 @@ func StandardPlan(l Layout) Plan {
 	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
 		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
 	}})
-	core := func(name, role, httpAddr, grpcAddr, gossip string) Part {
+	witnessHTTP := ""
+	switch {
+	case l.Stage == StagePair:
+		witnessHTTP = a.WitnessHTTP
+		parts = append(parts, Part{Name: "witness", Kind: KindWitness, HTTP: a.WitnessHTTP, Args: []string{
+			logf, "--name=witness", "--http=" + a.WitnessHTTP, "--gossip-bind=" + a.WitnessGossip,
+		}})
+	case l.Stage >= StageMesh:
+		witnessHTTP = a.XDSHTTP
+	}
+	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
-			"--ucs=" + ucsURL, "--service-token=" + l.ServiceToken}
+			"--ucs=" + ucsURL, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
 		if l.Stage >= StagePair {
-			args = append(args, "--gossip="+gossip)
+			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP)
+		}
+		if l.Stage >= StageMesh {
+			args = append(args, "--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+a.XDSGossip)
 		}
 		args = append(args, HARecommended...)
 		args = append(args, l.CoreArgs...)
 		return Part{Name: name, Kind: KindCore, Role: role, HTTP: httpAddr, GRPC: grpcAddr, Args: args}
 	}
-	parts = append(parts, core("core-a", "primary", a.CoreAHTTP, a.CoreAGRPC, a.CoreAGossip))
+	parts = append(parts, core("core-a", "primary", a.CoreAHTTP, a.CoreAGRPC, a.CoreAGossip, a.CoreBGRPC, a.CoreBGossip))
 	coreTarget := a.CoreAGRPC
 	if l.Stage >= StagePair {
-		parts = append(parts, core("core-b", "backup", a.CoreBHTTP, a.CoreBGRPC, a.CoreBGossip))
+		parts = append(parts, core("core-b", "backup", a.CoreBHTTP, a.CoreBGRPC, a.CoreBGossip, a.CoreAGRPC, a.CoreAGossip))
 		coreTarget = a.CoreAGRPC + "," + a.CoreBGRPC
-	}
-	if l.Stage == StagePair {
-		parts = append(parts, Part{Name: "witness", Kind: KindWitness, HTTP: a.WitnessHTTP, GRPC: a.WitnessGossip, Args: []string{
-			logf, "--http=" + a.WitnessHTTP, "--gossip=" + a.WitnessGossip, "--join=" + a.CoreAGossip + "," + a.CoreBGossip,
-		}})
 	}
 	webapiCore, interactionCore := coreTarget, coreTarget
 	if l.Stage >= StageMesh {
 		parts = append(parts, Part{Name: "xds", Kind: KindXDS, HTTP: a.XDSHTTP, GRPC: a.XDSGRPC, Args: []string{
-			logf, "--http=" + a.XDSHTTP, "--grpc=" + a.XDSGRPC, "--gossip=" + a.XDSGossip,
-			"--join=" + a.CoreAGossip + "," + a.CoreBGossip, "--admin-token=" + l.AdminToken,
+			logf, "--name=xds", "--http=" + a.XDSHTTP, "--grpc=" + a.XDSGRPC, "--gossip-bind=" + a.XDSGossip,
+			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--admin-token=" + l.AdminToken,
 		}})
 		sidecar := func(name, admin, listen string) Part {
 			return Part{Name: name, Kind: KindProxy, HTTP: admin, GRPC: listen, Args: []string{
-				logf, "--name=" + name, "--http=" + admin, "--xds=" + a.XDSGRPC,
+				logf, "--node-id=" + name, "--admin=" + admin, "--listen=" + listen, "--xds=" + a.XDSGRPC,
 			}}
 		}
 		parts = append(parts,

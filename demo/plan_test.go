@@ -63,7 +63,7 @@ func TestStandardPlanStages(t *testing.T) {
 		names []string
 	}{
 		{StageSingle, []string{"ucs", "core-a", "webapi", "interaction"}},
-		{StagePair, []string{"ucs", "core-a", "core-b", "witness", "webapi", "interaction"}},
+		{StagePair, []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"}},
 		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}},
 	}
 	for _, tt := range tests {
