@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -55,6 +56,7 @@ type Membership struct {
 	cfg     Config
 	log     *slog.Logger
 	ml      *memberlist.Memberlist
+	mlReady atomic.Pointer[memberlist.Memberlist] // ml, for metric scrapes racing New
 	metrics *metrics
 
 	setMu sync.Mutex // serializes SetMeta and Leave
@@ -128,6 +130,7 @@ func New(ctx context.Context, cfg Config, meta Meta, tel *telemetry.Telemetry) (
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	m.ml = ml
+	m.mlReady.Store(ml)
 	m.log.Info("gossip started", "addr", m.localAddr(), "kind", meta.Kind, "role", meta.Role, "epoch", meta.Epoch,
 		"encrypted", mc.SecretKey != nil, "probe_interval", cfg.ProbeInterval, "probe_timeout", cfg.ProbeTimeout,
 		"suspicion_mult", cfg.SuspicionMult)

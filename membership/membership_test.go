@@ -233,8 +233,18 @@ func TestRestartedMemberRejoins(t *testing.T) {
 func TestEncryption(t *testing.T) {
 	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 	other := base64.StdEncoding.EncodeToString([]byte("fedcba9876543210"))
-	a, _, _ := threeNodes(t, func(c *Config) { c.EncryptKey = key })
+	a, b, c := threeNodes(t, func(c *Config) { c.EncryptKey = key })
 	seed := a.Local().Addr
+	events, cancel := a.Subscribe()
+	defer cancel()
+	if err := b.SetMeta(context.Background(), coreMeta(RolePrimary, 5)); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, events, EventUpdated, "b", 2*time.Second)
+	if err := c.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, events, EventLeft, "c", 5*time.Second)
 
 	for _, tc := range []struct{ name, key string }{{"other key", other}, {"no key", ""}} {
 		t.Run(tc.name, func(t *testing.T) {

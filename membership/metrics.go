@@ -53,10 +53,11 @@ func newMetrics(tel *telemetry.Telemetry, m *Membership) (*metrics, error) {
 		Name: "hachat_membership_health_score",
 		Help: "memberlist's awareness score of this node: 0 is healthy, higher means it is missing its own deadlines.",
 	}, func() float64 {
-		if m.ml == nil {
+		ml := m.mlReady.Load()
+		if ml == nil {
 			return 0
 		}
-		return float64(m.ml.GetHealthScore())
+		return float64(ml.GetHealthScore())
 	})
 	mt.collectors = []prometheus.Collector{mt.events, mt.dropped, mt.joins, mt.metaUpdates, mt.probeRTT, mt.members, health}
 	for i, c := range mt.collectors {
