@@ -57,8 +57,8 @@ type Core struct {
 	saver  *saver
 	runCtx context.Context // set by Serve; background work stops with it
 
-	members  Membership    // nil: no gossip
-	witness  ReachableFunc // nil: no witness
+	members  Membership       // nil: no gossip
+	witness  AskReachableFunc // nil: no witness
 	repl     *replicator   // primary side of replication
 	inflight sync.RWMutex  // appends hold it shared; a switchover takes it to drain
 	roleCh   chan struct{} // closed and replaced at every role change
@@ -67,7 +67,8 @@ type Core struct {
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
 
 	peerMu       sync.Mutex
-	peer         *grpc.ClientConn // to cfg.Peer, created on first use
+	peer         *grpc.ClientConn // to peerConnAddr, created on first use
+	peerConnAddr string
 	sawPrimary   atomic.Bool      // this process has replicated from a primary
 	replicaStale atomic.Bool      // the replica may miss events acked while the link was down
 	primaryName  atomic.Value     // string: the primary we replicate from

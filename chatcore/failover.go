@@ -52,10 +52,22 @@ func (c *Core) roleLoop(ctx context.Context) {
 // backup that holds sessions, must not be overridden by a core that starts
 // empty (it would replicate its emptiness over them).
 func (c *Core) peerHasState(ctx context.Context) (*chatpb.StatusResponse, bool) {
-	if c.cfg.Peer == "" {
+	if !c.paired() {
 		return nil, false
 	}
-	conn, err := c.peerConn()
+	addr := c.peerAddr()
+	if addr == "" && c.members != nil && c.previousHolderElsewhere(ctx) {
+		// A primary existed before us: give gossip a moment to show it.
+		deadline := time.Now().Add(startupPeerWait)
+		for addr == "" && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			addr = c.peerAddr()
+		}
+	}
+	if addr == "" {
+		return nil, false
+	}
+	conn, err := c.peerConn(addr)
 	if err != nil {
 		return nil, false
 	}
@@ -66,6 +78,19 @@ func (c *Core) peerHasState(ctx context.Context) (*chatpb.StatusResponse, bool) 
 		return nil, false
 	}
 	return st, st.Role == RolePrimary || st.LiveSessions > 0
+}
+
+// startupPeerWait is how long a configured primary that finds an epoch
+// held before waits for gossip to show the other core before it claims.
+const startupPeerWait = 2 * time.Second
+
+// previousHolderElsewhere reports whether UCS shows an epoch held before
+// (by anyone): then another core may be primary now.
+func (c *Core) previousHolderElsewhere(ctx context.Context) bool {
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	cur, err := c.store.Epoch(sctx, c.cfg.Cluster)
+	return err != nil || cur.Holder != ""
 }
 
 // lead runs while this core is primary: it watches membership for a core

@@ -51,23 +51,33 @@ type streamEnd struct {
 // primary or ctx ended.
 func (c *Core) follow(ctx context.Context) {
 	roleCh := c.roleChanged()
-	if c.cfg.Peer == "" {
+	if !c.paired() {
 		select { // a standalone backup waits to be told otherwise
 		case <-ctx.Done():
 		case <-roleCh:
 		}
 		return
 	}
-	conn, err := c.peerConn()
-	if err != nil {
-		c.log.Error("cannot dial peer", "peer", c.cfg.Peer, "err", err)
-		<-ctx.Done()
-		return
-	}
 	failed, stop := c.watchPrimaryFailure()
 	defer stop()
 	delay := 20 * time.Millisecond
 	for ctx.Err() == nil && !c.primary.Load() {
+		addr := c.peerAddr()
+		if addr == "" { // gossip has not shown the other core yet
+			select {
+			case <-ctx.Done():
+				return
+			case <-roleCh:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		conn, err := c.peerConn(addr)
+		if err != nil {
+			c.log.Error("cannot dial peer", "peer", addr, "err", err)
+			return
+		}
 		end := c.replicateOnce(ctx, conn, failed)
 		if c.primary.Load() || ctx.Err() != nil {
 			return
@@ -81,7 +91,7 @@ func (c *Core) follow(ctx context.Context) {
 			promote, why = true, "membership declared the primary failed"
 		case end.fencedPrimary:
 		case c.sawPrimary.Load():
-			if dead, how := c.confirmDead(ctx); dead {
+			if dead, how := c.confirmDead(ctx, addr); dead {
 				promote, why = true, how
 			} else if end.synced || end.receivedAny {
 				// The link broke but the primary lives: it now takes its second
@@ -93,11 +103,11 @@ func (c *Core) follow(ctx context.Context) {
 		if promote {
 			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
 				"replica_stale", c.replicaStale.Load())
-			if err := c.promote(ctx, why); err == nil {
+			err := c.promote(ctx, why)
+			if err == nil {
 				return
-			} else {
-				c.log.Warn("promotion failed: staying backup", "err", err)
 			}
+			c.log.Warn("promotion failed: staying backup", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -119,23 +129,27 @@ func (c *Core) failedAgain(ch chan struct{}) {
 	}
 }
 
-// peerConn returns the (lazily created, reused) connection to the peer.
-func (c *Core) peerConn() (*grpc.ClientConn, error) {
+// peerConn returns the (lazily created, reused) connection to the peer at addr.
+func (c *Core) peerConn(addr string) (*grpc.ClientConn, error) {
 	c.peerMu.Lock()
 	defer c.peerMu.Unlock()
-	if c.peer != nil {
+	if c.peer != nil && c.peerConnAddr == addr {
 		return c.peer, nil
 	}
-	conn, err := grpc.NewClient(c.cfg.Peer,
+	if c.peer != nil {
+		c.peer.Close()
+		c.peer = nil
+	}
+	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("dial peer %s: %w", c.cfg.Peer, err)
+		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
 	}
-	c.peer = conn
+	c.peer, c.peerConnAddr = conn, addr
 	return conn, nil
 }
 
@@ -249,6 +263,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 			c.replicaStale.Store(false)
 			c.log.Info("in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", len(seen), "dropped_stale", n)
+			go c.publishMeta() // gossip the epoch we now follow
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
 			ans := &chatpb.ReplicaAck{Seq: msg.Seq}
@@ -290,17 +305,17 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 
 // confirmDead checks a primary whose stream broke: a direct probe, then the
 // witness or the membership view. It says how it decided.
-func (c *Core) confirmDead(ctx context.Context) (bool, string) {
+func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
 	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
-	conn, err := d.DialContext(ctx, "tcp", c.cfg.Peer)
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
 		conn.Close()
 		return false, "probe connected"
 	}
 	probe := "probe failed: " + err.Error()
-	if c.witness != nil {
+	if w := c.witnessAddr(); c.witness != nil && w != "" {
 		wctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
-		ok, werr := c.witness(wctx, c.cfg.Peer)
+		ok, werr := c.witness(wctx, w, addr)
 		cancel()
 		if werr == nil {
 			if ok {
@@ -312,7 +327,7 @@ func (c *Core) confirmDead(ctx context.Context) (bool, string) {
 		return false, probe + "; witness silent"
 	}
 	if c.members != nil {
-		if m, ok := c.primaryMember(); ok && m.State == membership.StateAlive {
+		if m, ok := c.primaryMember(addr); ok && m.State == membership.StateAlive {
 			return false, probe + "; membership still shows it alive"
 		}
 		return true, probe + "; membership does not show it alive"
@@ -321,10 +336,10 @@ func (c *Core) confirmDead(ctx context.Context) (bool, string) {
 }
 
 // primaryMember finds the primary in the membership view.
-func (c *Core) primaryMember() (membership.Member, bool) {
+func (c *Core) primaryMember(addr string) (membership.Member, bool) {
 	name, _ := c.primaryName.Load().(string)
 	for _, m := range c.members.Members() {
-		if m.Meta.Kind == membership.KindCore && m.Name != c.cfg.Name && (m.Name == name || m.Meta.GRPCAddr == c.cfg.Peer) {
+		if m.Meta.Kind == membership.KindCore && m.Name != c.cfg.Name && (m.Name == name || m.Meta.GRPCAddr == addr) {
 			return m, true
 		}
 	}
@@ -348,7 +363,7 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 			if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore && m.Name != name {
 				continue
 			}
-			if m.Name == name || m.Meta.GRPCAddr == c.cfg.Peer {
+			if m.Name == name || (m.Meta.GRPCAddr != "" && m.Meta.GRPCAddr == c.peerAddr()) {
 				c.log.Warn("membership: primary declared "+ev.Type.String(), "member", m.Name)
 				c.failedAgain(ch)
 			}

@@ -20,13 +20,58 @@ type Membership interface {
 	Subscribe() (<-chan membership.Event, func())
 }
 
-// ReachableFunc asks a witness whether target (host:port) accepts TCP
-// connections; membership.AskReachable bound to a witness address and an
-// HTTP client is one.
-type ReachableFunc func(ctx context.Context, target string) (bool, error)
+// AskReachableFunc asks the witness serving HTTP at witnessHTTP whether
+// target (host:port) accepts TCP connections; membership.AskReachable bound
+// to an HTTP client is one.
+type AskReachableFunc func(ctx context.Context, witnessHTTP, target string) (bool, error)
 
-// WithMembership attaches the gossip membership.
+// WithMembership attaches the gossip membership. With it a core is part of a
+// pair even without Config.Peer: it finds the other core's gRPC address, and
+// a witness's (or the control plane's) HTTP address, in the members' meta.
 func WithMembership(m Membership) Option { return func(c *Core) { c.members = m } }
 
-// WithWitness sets how the backup asks the witness about the primary.
-func WithWitness(f ReachableFunc) Option { return func(c *Core) { c.witness = f } }
+// WithWitness sets how the backup asks a witness about the primary.
+func WithWitness(f AskReachableFunc) Option { return func(c *Core) { c.witness = f } }
+
+// paired reports whether this core runs in a primary/backup pair.
+func (c *Core) paired() bool { return c.cfg.Peer != "" || c.members != nil }
+
+// peerAddr returns the other core's gRPC address: Config.Peer, or the one
+// gossiped by the other core member (a live one first). Empty when unknown.
+func (c *Core) peerAddr() string {
+	if c.cfg.Peer != "" || c.members == nil {
+		return c.cfg.Peer
+	}
+	addr := ""
+	for _, m := range c.members.Members() {
+		if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.GRPCAddr == "" {
+			continue
+		}
+		if m.State == membership.StateAlive || m.State == membership.StateSuspect {
+			return m.Meta.GRPCAddr
+		}
+		addr = m.Meta.GRPCAddr
+	}
+	return addr
+}
+
+// witnessAddr returns the HTTP address of the witness to ask: Config.Witness,
+// or a live witness member's, or the control plane's. Empty when none.
+func (c *Core) witnessAddr() string {
+	if c.cfg.Witness != "" || c.members == nil {
+		return c.cfg.Witness
+	}
+	xds := ""
+	for _, m := range c.members.Members() {
+		if m.State != membership.StateAlive || m.Meta.HTTPAddr == "" {
+			continue
+		}
+		switch m.Meta.Kind {
+		case membership.KindWitness:
+			return m.Meta.HTTPAddr
+		case membership.KindXDS:
+			xds = m.Meta.HTTPAddr
+		}
+	}
+	return xds
+}

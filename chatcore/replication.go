@@ -350,7 +350,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 			}
 		}
 	}
-	if c.cfg.Peer == "" || !needCopy || !c.savedKind(ev) {
+	if !c.paired() || !needCopy || !c.savedKind(ev) {
 		return nil
 	}
 	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{ev}}

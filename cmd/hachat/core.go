@@ -9,28 +9,39 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/chatcore"
+	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/ucsmock"
 )
 
 // coreFile is the configuration of `hachat core`: the --config YAML file has
-// chatcore's keys (Genesys names such as transcript-auto-save) at the top
-// level, plus ucs, and the telemetry keys under telemetry.
+// chatcore's keys (Genesys names such as transcript-auto-save) and the
+// gossip-* keys at the top level, plus ucs and gossip, and the telemetry
+// keys under telemetry.
 type coreFile struct {
 	chatcore.Config `yaml:",inline"`
 	// UCS is the base URL of ucsmock (transcripts and epochs).
-	UCS       string           `yaml:"ucs"`
-	Telemetry telemetry.Config `yaml:"telemetry"`
+	UCS string `yaml:"ucs"`
+	// Gossip is the gossip bind address (host:port); empty runs without
+	// membership. With gossip the core finds the other core and the witness
+	// in the members' meta, so peer and witness may stay empty.
+	Gossip     string            `yaml:"gossip"`
+	Membership membership.Config `yaml:",inline"`
+	Telemetry  telemetry.Config  `yaml:"telemetry"`
 }
 
 // runCore runs one chat core until ctx is done.
 func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
-	file := coreFile{Config: chatcore.DefaultConfig(), UCS: "http://127.0.0.1:7080", Telemetry: telemetry.DefaultConfig()}
-	err := parseFlags("core", "Run a chat core: sessions, event logs, transcript saves to UCS, primary/backup role.\n"+
+	file := coreFile{Config: chatcore.DefaultConfig(), UCS: "http://127.0.0.1:7080",
+		Membership: membership.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
+	err := parseFlags("core", "Run a chat core: sessions, event logs, transcript saves to UCS, primary/backup role,\n"+
+		"synchronous replication to the other core of the pair, failover and switchover.\n"+
 		"Options keep their Genesys names (transcript-auto-save, session-restoration-mode, ...).",
 		args, errw, &file, func(fs *flag.FlagSet) {
 			file.Config.RegisterFlags(fs)
 			fs.StringVar(&file.UCS, "ucs", file.UCS, "base URL of ucsmock (transcripts, epochs)")
+			fs.StringVar(&file.Gossip, "gossip", file.Gossip, "gossip bind address host:port (empty: no membership)")
+			file.Membership.RegisterFlags(fs)
 			file.Telemetry.RegisterFlags(fs)
 		})
 	if err != nil {
@@ -41,8 +52,31 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 		return fmt.Errorf("telemetry: %w", err)
 	}
 	defer tel.Shutdown(context.WithoutCancel(ctx))
+
 	store := ucsmock.NewClient(file.UCS, &http.Client{Timeout: 10 * time.Second}, tel)
-	core, err := chatcore.New(file.Config, store, tel)
+	witnessClient := &http.Client{Timeout: time.Second}
+	opts := []chatcore.Option{chatcore.WithWitness(func(ctx context.Context, witness, target string) (bool, error) {
+		return membership.AskReachable(ctx, witnessClient, witness, target)
+	})}
+	if file.Gossip != "" {
+		mcfg := file.Membership
+		mcfg.Name, mcfg.BindAddr = file.Name, file.Gossip
+		m, err := membership.New(ctx, mcfg, membership.Meta{Kind: membership.KindCore, Role: membership.RoleBackup,
+			GRPCAddr: file.GRPC, HTTPAddr: file.HTTP}, tel)
+		if err != nil {
+			return fmt.Errorf("join the gossip cluster: %w", err)
+		}
+		defer func() {
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			if err := m.Leave(lctx); err != nil {
+				tel.Logger.Warn("leave the gossip cluster", "err", err)
+			}
+			_ = m.Shutdown()
+		}()
+		opts = append(opts, chatcore.WithMembership(m))
+	}
+	core, err := chatcore.New(file.Config, store, tel, opts...)
 	if err != nil {
 		return err
 	}
