@@ -59,9 +59,9 @@ type Core struct {
 
 	members  Membership       // nil: no gossip
 	witness  AskReachableFunc // nil: no witness
-	repl     *replicator   // primary side of replication
-	inflight sync.RWMutex  // appends hold it shared; a switchover takes it to drain
-	roleCh   chan struct{} // closed and replaced at every role change
+	repl     *replicator      // primary side of replication
+	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
+	roleCh   chan struct{}    // closed and replaced at every role change
 
 	restoreMu sync.Mutex
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
@@ -69,9 +69,9 @@ type Core struct {
 	peerMu       sync.Mutex
 	peer         *grpc.ClientConn // to peerConnAddr, created on first use
 	peerConnAddr string
-	sawPrimary   atomic.Bool      // this process has replicated from a primary
-	replicaStale atomic.Bool      // the replica may miss events acked while the link was down
-	primaryName  atomic.Value     // string: the primary we replicate from
+	sawPrimary   atomic.Bool  // this process has replicated from a primary
+	replicaStale atomic.Bool  // the replica may miss events acked while the link was down
+	primaryName  atomic.Value // string: the primary we replicate from
 	metaMu       sync.Mutex
 	grpcAddr     string
 	httpAddr     string
