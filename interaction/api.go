@@ -168,7 +168,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	up := s.coreUp
 	s.mu.Unlock()
-	core := "connecting"
+	core := "down"
 	if up {
 		core = "connected"
 	}

@@ -32,6 +32,9 @@ type fakeCore struct {
 	kill     chan struct{} // closed to break every open stream
 	down     bool          // refuse new streams and calls with Unavailable
 	joins    int
+	// lazyHeaders makes streams send their headers with the first message
+	// only, as the real core does.
+	lazyHeaders bool
 }
 
 type fakeSession struct {
@@ -242,7 +245,7 @@ func (f *fakeCore) Subscribe(in *chatpb.SubscribeRequest, st grpc.ServerStreamin
 	if err != nil {
 		return err
 	}
-	if err := st.SendHeader(metadata.MD{}); err != nil {
+	if err := f.header(st); err != nil {
 		return err
 	}
 	next := max(in.FromIndex, 1)
@@ -300,7 +303,7 @@ func (f *fakeCore) WatchSessions(in *chatpb.WatchSessionsRequest, st grpc.Server
 		delete(f.watchers, w)
 		f.mu.Unlock()
 	}()
-	if err := st.SendHeader(metadata.MD{}); err != nil {
+	if err := f.header(st); err != nil {
 		return err
 	}
 	for _, ch := range live {
@@ -320,6 +323,25 @@ func (f *fakeCore) WatchSessions(in *chatpb.WatchSessionsRequest, st grpc.Server
 			}
 		}
 	}
+}
+
+func (f *fakeCore) header(st grpc.ServerStream) error {
+	f.mu.Lock()
+	lazy := f.lazyHeaders
+	f.mu.Unlock()
+	if lazy {
+		return nil
+	}
+	return st.SendHeader(metadata.MD{})
+}
+
+func (f *fakeCore) Status(ctx context.Context, in *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.unavailable(); err != nil {
+		return nil, err
+	}
+	return &chatpb.StatusResponse{Name: "fake", Role: "primary", Epoch: 1}, nil
 }
 
 // customerView returns the events the customer of chat sees.

@@ -1,7 +1,9 @@
 package interaction
 
 import (
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -87,4 +89,34 @@ func testResume(t *testing.T, e *env) {
 	if n := p2.count(chatEv(chat, "Message", "before")); n != 1 {
 		t.Errorf("replay holds %q %d times", "before", n)
 	}
+}
+
+// TestIdleCoreWithLazyHeaders: a core that sends a stream's headers only
+// with its first message (the real one does) still counts as connected when
+// idle, and an outage and recovery are told to the desktops.
+func TestIdleCoreWithLazyHeaders(t *testing.T) {
+	e := newEnv(t, nil)
+	e.core.mu.Lock()
+	e.core.lazyHeaders = true
+	e.core.mu.Unlock()
+	ta := e.login("a", "agent")
+	pa := e.openPush(ta)
+	pa.wait("state", isEvent(evState))
+	e.core.setDown(true)
+	pa.wait("reconnecting", isEvent(evReconnecting))
+	e.core.setDown(false)
+	pa.wait("reconnected while idle", isEvent(evReconnected))
+	e.waitFor("healthz says connected", func() bool {
+		resp, err := http.Get(e.url + "/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "core=connected")
+	})
+	// And sessions still flow.
+	e.mustDo("POST", "/agent/v1/ready", ta, nil)
+	chat := e.customer("Sue").SessionId
+	pa.wait("offer", offerFor(chat))
 }

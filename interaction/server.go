@@ -85,8 +85,10 @@ type Server struct {
 	members  map[memberKey]*member
 	byAgent  map[string]map[string]*member // agent → chat → member
 	joining  map[memberKey]bool            // supervisor joins in flight
-	coreUp   bool
-	coreOnce bool // the watch has been up at least once
+	coreUp   bool   // the chat core is reachable and the watch is not known broken
+	coreEver bool   // coreUp has been true at least once
+	attempt  uint64 // current watch attempt
+	failed   bool   // the current watch attempt has failed
 }
 
 // New builds a Server that reaches the chat core through core (normally a
@@ -279,17 +281,28 @@ func newToken() string {
 // watchLoop keeps a WatchSessions stream open, queueing every new session and
 // forgetting ended ones. A reopened watch repeats STARTED for every live
 // session; the router ignores the ones it knows.
+//
+// A core sends a stream's headers with its first message, so an open watch
+// on an idle core looks the same as one still connecting. Each attempt
+// therefore also asks the core for its Status: a primary that answers counts
+// as connected until the watch fails.
 func (s *Server) watchLoop(ctx context.Context) {
 	backoff := minRetry
-	for ctx.Err() == nil {
-		st, err := s.core.WatchSessions(withObserver(ctx, func(up bool, err error) { s.setCore(up, err) }),
-			&chatpb.WatchSessionsRequest{ServiceToken: s.cfg.ServiceToken})
+	refused := false
+	for attempt := uint64(1); ctx.Err() == nil; attempt++ {
+		actx, cancel := context.WithCancel(ctx)
+		s.setCore(attempt, false, false, nil) // start the attempt
+		if !refused {
+			s.wg.Go(func() { s.probeCore(actx, attempt) })
+		}
+		obs := func(up bool, err error) { s.setCore(attempt, up, true, err) }
+		st, err := s.core.WatchSessions(withObserver(actx, obs), &chatpb.WatchSessionsRequest{ServiceToken: s.cfg.ServiceToken})
 		if err == nil {
 			_, err = st.Header() // a stream is lazy: wait until the core accepted it
 		}
 		if err == nil {
-			s.setCore(true, nil)
-			backoff = minRetry
+			s.setCore(attempt, true, true, nil)
+			backoff, refused = minRetry, false
 			for {
 				var ch *chatpb.SessionChange
 				if ch, err = st.Recv(); err != nil {
@@ -298,13 +311,14 @@ func (s *Server) watchLoop(ctx context.Context) {
 				s.onSessionChange(ch)
 			}
 		}
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		s.setCore(false, err)
+		s.setCore(attempt, false, true, err)
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.Unauthenticated || c == codes.InvalidArgument {
 			s.log.Error("chat core refused the session watch: check service-token", "err", err)
-			backoff = maxRetry
+			backoff, refused = maxRetry, true
 		}
 		if !sleep(ctx, backoff) {
 			return
@@ -313,22 +327,58 @@ func (s *Server) watchLoop(ctx context.Context) {
 	}
 }
 
-// setCore records whether the watch is connected and tells every desktop.
-func (s *Server) setCore(up bool, err error) {
+// probeCore marks the core connected when it answers Status as primary
+// while the watch attempt is still open.
+func (s *Server) probeCore(ctx context.Context, attempt uint64) {
+	backoff := minRetry
+	for ctx.Err() == nil {
+		resp, err := s.core.Status(ctx, &chatpb.StatusRequest{})
+		if err == nil && resp.GetRole() == "primary" {
+			s.setCore(attempt, true, false, nil)
+			return
+		}
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = nextBackoff(backoff)
+	}
+}
+
+// setCore records what a watch attempt learnt and tells every desktop when
+// the core's reachability changes. certain marks news from the watch stream
+// itself (which overrides a probe); a probe's "up" counts only while the
+// attempt has not failed.
+func (s *Server) setCore(attempt uint64, up, certain bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	switch {
+	case attempt < s.attempt:
+		return // a late probe of an old attempt
+	case attempt > s.attempt:
+		s.attempt, s.failed = attempt, false
+		if !certain {
+			return // just the start of an attempt
+		}
+	}
+	if certain {
+		s.failed = !up
+	} else if s.failed {
+		return
+	}
 	if up == s.coreUp {
 		return
 	}
 	s.coreUp = up
 	s.metrics.coreUp.Set(boolGauge(up))
 	switch {
-	case up && s.coreOnce:
-		s.log.Info("chat core watch resumed")
-		s.hub.broadcast(newMsg(evReconnected, noticeJSON{Scope: "core", Message: "reconnected to the chat core"}))
 	case up:
-		s.coreOnce = true
-		s.log.Info("chat core watch connected")
+		msg := "reconnected to the chat core"
+		if !s.coreEver {
+			msg = "connected to the chat core"
+		}
+		s.coreEver = true
+		s.log.Info("chat core connected", "attempt", attempt)
+		s.hub.broadcast(newMsg(evReconnected, noticeJSON{Scope: "core", Message: msg}))
 	default:
 		s.metrics.reconnects.WithLabelValues("watch").Inc()
 		s.log.Warn("chat core watch lost, reconnecting", "err", err)

@@ -202,6 +202,22 @@ func TestRealCore(t *testing.T) {
 		t.Skip("starts a real chat core")
 	}
 	e := start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(e.url + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "core=connected") {
+			break // connected to an idle core, before any session exists
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healthz never said connected: %q", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	ta := e.login("a", "agent")
 	ts := e.login("s", "supervisor")
 	pa, ps := e.push(ta), e.push(ts)
