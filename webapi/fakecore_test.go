@@ -313,7 +313,7 @@ func (f *fakeCore) sessionCount() int {
 
 // startFakeCore serves f over an in-memory listener and returns a client
 // dialled with webapi's dial options.
-func startFakeCore(t *testing.T, f *fakeCore, tel *telemetry.Telemetry) chatpb.ChatClient {
+func startFakeCore(t testing.TB, f *fakeCore, tel *telemetry.Telemetry) chatpb.ChatClient {
 	t.Helper()
 	lis := serveFake(t, f)
 	opts := append(DialOptions(tel),
@@ -328,7 +328,7 @@ func startFakeCore(t *testing.T, f *fakeCore, tel *telemetry.Telemetry) chatpb.C
 }
 
 // serveFake serves f on an in-memory listener until the test ends.
-func serveFake(t *testing.T, f *fakeCore) *bufconn.Listener {
+func serveFake(t testing.TB, f *fakeCore) *bufconn.Listener {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()

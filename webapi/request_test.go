@@ -2,15 +2,19 @@ package webapi
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // checkDecoded asserts what every successfully decoded request guarantees:
@@ -139,4 +143,62 @@ func manyUserData(n int) []byte {
 		b.WriteString("%5D=v")
 	}
 	return b.Bytes()
+}
+
+// FuzzRoutes sends arbitrary bodies to every POST route of a live handler in
+// front of the fake core (with a valid userId and secureKey in the query, so
+// that bodies reach the core): the answer is always JSON with a statusCode,
+// never a 500, and a 400 always says why.
+func FuzzRoutes(f *testing.F) {
+	tel := telemetry.Discard()
+	core := newFakeCore()
+	cfg := DefaultConfig()
+	cfg.MaxBody = 8 << 10
+	cfg.RetryBudget = 0
+	srv, err := New(cfg, startFakeCore(f, core, tel), tel)
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := srv.Handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/genesys/2/chat/s", strings.NewReader("nickname=seed")))
+	var start response
+	if err := json.Unmarshal(rec.Body.Bytes(), &start); err != nil || start.ChatID == "" {
+		f.Fatalf("start: %v %s", err, rec.Body.String())
+	}
+	routes := []string{"", "/send", "/refresh", "/startTyping", "/stopTyping", "/customNotice", "/pushUrl", "/disconnect"}
+	types := []string{"application/json", "application/x-www-form-urlencoded", "", "multipart/form-data; boundary=xx", "text/xml"}
+	for i := range routes {
+		f.Add(uint8(i), uint8(0), []byte(`{"message":"hi","transcriptPosition":1,"pushUrl":"http://a.example/"}`))
+		f.Add(uint8(i), uint8(1), []byte("message=hi&clientMessageId=x&noticeType=t"))
+	}
+	f.Add(uint8(0), uint8(3), []byte("--xx\r\nContent-Disposition: form-data; name=\"nickname\"\r\n\r\nAda\r\n--xx--\r\n"))
+	f.Add(uint8(1), uint8(2), []byte(`{"secureKey":"wrong","message":"x"}`))
+	f.Add(uint8(1), uint8(4), []byte(`<x/>`))
+	f.Fuzz(func(t *testing.T, route, ctype uint8, body []byte) {
+		r := routes[int(route)%len(routes)]
+		path := "/genesys/2/chat/s"
+		if r != "" {
+			path += "/" + start.ChatID + r + "?userId=" + url.QueryEscape(start.UserID) + "&secureKey=" + url.QueryEscape(start.SecureKey)
+		}
+		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		if ct := types[int(ctype)%len(types)]; ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var resp response
+		if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+			t.Fatalf("%s: answer %d is not JSON: %q", path, rec.Code, rec.Body.String())
+		}
+		if rec.Code >= 500 && rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("%s: HTTP %d %+v", path, rec.Code, resp)
+		}
+		if resp.StatusCode < 0 || resp.StatusCode > 2 {
+			t.Fatalf("statusCode %d", resp.StatusCode)
+		}
+		if rec.Code == http.StatusBadRequest && (resp.StatusCode != 2 || len(resp.Errors) == 0 || resp.Errors[0].Advice == "") {
+			t.Fatalf("400 without advice: %+v", resp)
+		}
+	})
 }
