@@ -63,8 +63,8 @@ type chatRequest struct {
 	HasPosition        bool
 }
 
-// fieldSetters maps the API's parameter names to the request fields that hold
-// them (userData[...] and transcriptPosition are handled apart).
+// field maps an API parameter name to the request field that holds it
+// (userData[...] and transcriptPosition are handled apart); nil if unknown.
 func (c *chatRequest) field(name string) *string {
 	switch name {
 	case "nickname":
