@@ -61,6 +61,9 @@ type Config struct {
 	// base, when set (tests), replaces memberlist.DefaultLANConfig as the
 	// starting point before the fields above are applied.
 	base func() *memberlist.Config
+	// transport, when set (tests), supplies the memberlist transport, e.g. a
+	// NetTransport that drops traffic to chosen peers.
+	transport func() (memberlist.Transport, error)
 }
 
 // DefaultConfig returns the defaults documented on each Config field: tuned
@@ -181,7 +184,8 @@ func (c Config) memberlistConfig() (*memberlist.Config, error) {
 	mc.Name = c.Name
 	mc.BindAddr = ip.String()
 	mc.BindPort = port
-	mc.AdvertiseAddr = ip.String()
+	// Advertise the bound address and port (the port chosen when it was 0).
+	mc.AdvertiseAddr = ""
 	mc.AdvertisePort = port
 	if c.base == nil {
 		// Tuned for a LAN or loopback; the reasons are on the Config fields.

@@ -119,6 +119,12 @@ func New(ctx context.Context, cfg Config, meta Meta, tel *telemetry.Telemetry) (
 	if err != nil {
 		return nil, err
 	}
+	if cfg.transport != nil {
+		if mc.Transport, err = cfg.transport(); err != nil {
+			m.metrics.unregister()
+			return nil, fmt.Errorf("start gossip transport: %w", err)
+		}
+	}
 	d := &delegate{m: m}
 	mc.Delegate = d
 	mc.Events = d
