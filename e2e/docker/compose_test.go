@@ -202,7 +202,7 @@ func (p *project) up() error {
 	p.t.Logf("project %s up in %v (subnet %s.0/24, webapi %s, interaction %s, ucs %s)",
 		p.name, time.Since(start).Round(time.Millisecond), p.Subnet, p.WebAPI, p.Interaction, p.UCS)
 	p.t.Cleanup(func() {
-		if p.t.Failed() {
+		if p.t.Failed() || os.Getenv("HACHAT_DOCKER_KEEP_LOGS") != "" {
 			p.dumpLogs()
 		}
 		p.down()
@@ -220,12 +220,15 @@ func (p *project) down() {
 }
 
 // dumpLogs logs the tail of every container's output and keeps the full
-// logs in artifacts/docker-<project>.log.
+// logs in artifacts/docker-<project>.log. It runs when the test failed, or
+// always with HACHAT_DOCKER_KEEP_LOGS set.
 func (p *project) dumpLogs() {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	out, err := p.compose(ctx, "logs", "--no-color", "--timestamps", "--tail=60")
-	p.t.Logf("docker-compose logs --tail=60 (err %v):\n%s", err, out)
+	if p.t.Failed() {
+		out, err := p.compose(ctx, "logs", "--no-color", "--timestamps", "--tail=60")
+		p.t.Logf("docker-compose logs --tail=60 (err %v):\n%s", err, out)
+	}
 	full, err := p.compose(ctx, "logs", "--no-color", "--timestamps")
 	if err == nil {
 		path := filepath.Join(harness.ArtifactDir(p.t), "docker-"+p.name+".log")

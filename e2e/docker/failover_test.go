@@ -62,6 +62,7 @@ func TestPrimaryContainerKilled(t *testing.T) {
 	// 1. Ready: the pair is formed (core-a primary with core-b as its
 	// backup) and the customer API reaches a core through its sidecar.
 	ready := time.Now()
+	var epoch uint64 // core-a's epoch as primary
 	waitFor(t, ctx, "core-a primary with backup core-b", 60*time.Second, func() error {
 		if dead, err := p.exited(ctx); err == nil && len(dead) > 0 {
 			return fmt.Errorf("%w: containers exited: %v", errFatal, dead)
@@ -70,7 +71,8 @@ func TestPrimaryContainerKilled(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return pairFormed(sts)
+		epoch = epochOf(sts, "core-a")
+		return pairFormed(sts, "core-a", "core-b")
 	})
 	var chat *harness.Chat
 	waitFor(t, ctx, "webapi to start a chat", 30*time.Second, func() error {
@@ -122,16 +124,22 @@ func TestPrimaryContainerKilled(t *testing.T) {
 	if err != nil {
 		t.Fatalf("before the kill: %v", err)
 	}
-	before, err := p.cores(ctx)
-	if err != nil {
-		t.Fatalf("status before the kill: %v", err)
-	}
-	epoch := primaryEpoch(before, "core-a")
 	killed := time.Now()
+	ackedAtKill := w.Acked()
 	if err := p.kill(ctx, "core-a"); err != nil {
 		t.Fatalf("kill core-a: %v", err)
 	}
-	t.Logf("killed core-a (epoch %d) after %d acknowledged messages", epoch, w.Acked())
+	t.Logf("killed core-a (primary at epoch %d) after %d acknowledged messages", epoch, ackedAtKill)
+	// The chat's pause: from the kill to the first acknowledgement of a
+	// message that was not acknowledged before it (the kill itself takes a
+	// few ms through the docker CLI, so this is an upper bound).
+	waitFor(t, ctx, "a message acknowledged after the kill", 30*time.Second, func() error {
+		if n := w.Acked(); n <= ackedAtKill+1 {
+			return fmt.Errorf("%d acknowledged, %d at the kill", n, ackedAtKill)
+		}
+		return nil
+	})
+	t.Logf("chat going on: new messages acknowledged %v after the kill", time.Since(killed).Round(time.Millisecond))
 
 	// 4. core-b takes over at a newer epoch.
 	waitFor(t, ctx, "core-b primary at a newer epoch", 30*time.Second, func() error {
@@ -164,9 +172,63 @@ func TestPrimaryContainerKilled(t *testing.T) {
 		t.Errorf("only %d messages acknowledged after the kill, want at least %d: the chat did not go on", after, minAfterKill)
 	}
 	harness.Check(t, ctx, rec, harness.CheckOptions{UCS: ucs, MinAcked: 2 * perSide * 9 / 10})
-	if n := ag.Seen("reconnecting"); n > 0 {
-		t.Logf("agent push channel reported %d reconnecting notices", n)
+	t.Logf("agent push channel: %d reconnecting, %d reconnected notices", ag.Seen("reconnecting"), ag.Seen("reconnected"))
+	if t.Failed() {
+		return
 	}
+
+	// 6. The old primary, started again, joins as backup of core-b, and the
+	// chat still goes on (now replicated to core-a).
+	if _, err := p.compose(ctx, "start", "core-a"); err != nil {
+		t.Fatalf("start core-a again: %v", err)
+	}
+	restarted := time.Now()
+	waitFor(t, ctx, "core-a back as backup of core-b", 60*time.Second, func() error {
+		sts, err := p.cores(ctx)
+		if err != nil {
+			return err
+		}
+		return pairFormed(sts, "core-b", "core-a")
+	})
+	t.Logf("core-a backup of core-b %v after its restart", time.Since(restarted).Round(time.Millisecond))
+	text := "customer after the old primary came back " + chat.ChatID
+	var index uint64
+	waitFor(t, ctx, "a message after core-a's return", 30*time.Second, func() error {
+		r, err := chat.Send(ctx, text, "docker-after-return")
+		if err != nil {
+			return err
+		}
+		if err := r.Err(); err != nil {
+			if r.Retryable() {
+				return err
+			}
+			return fmt.Errorf("%w: %v", errFatal, err)
+		}
+		index = r.Index
+		return nil
+	})
+	waitFor(t, ctx, "the last message in the UCS transcript", 20*time.Second, func() error {
+		tr, err := ucs.Transcript(ctx, chat.ChatID)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, ev := range harness.TranscriptView(tr) {
+			if ev.Text == text {
+				n++
+				if ev.Index != index {
+					return fmt.Errorf("%w: %q at index %d, acknowledged at %d", errFatal, text, ev.Index, index)
+				}
+			}
+		}
+		if n > 1 {
+			return fmt.Errorf("%w: %q %d times in the transcript", errFatal, text, n)
+		}
+		if n == 0 {
+			return fmt.Errorf("%q not in the transcript yet", text)
+		}
+		return nil
+	})
 	t.Logf("test took %v", time.Since(testStart).Round(time.Millisecond))
 }
 
@@ -198,34 +260,35 @@ func waitFor(t *testing.T, ctx context.Context, what string, timeout time.Durati
 	}
 }
 
-// pairFormed reports nil when core-a is primary and core-b is connected to it as backup.
-func pairFormed(sts []coreStatus) error {
-	var a, b bool
+// pairFormed reports nil when primary serves as primary with backup
+// connected to it as its backup.
+func pairFormed(sts []coreStatus, primary, backup string) error {
+	var p, b bool
 	for _, s := range sts {
 		if s.Status == nil {
 			return fmt.Errorf("%s: %s", s.Addr, s.Error)
 		}
 		switch s.Status.Name {
-		case "core-a":
-			if s.Status.Role != "primary" || s.Status.Backup != "core-b" {
-				return fmt.Errorf("core-a is %s with backup %q", s.Status.Role, s.Status.Backup)
+		case primary:
+			if s.Status.Role != "primary" || s.Status.Backup != backup {
+				return fmt.Errorf("%s is %s with backup %q", primary, s.Status.Role, s.Status.Backup)
 			}
-			a = true
-		case "core-b":
+			p = true
+		case backup:
 			if s.Status.Role != "backup" {
-				return fmt.Errorf("core-b is %s", s.Status.Role)
+				return fmt.Errorf("%s is %s", backup, s.Status.Role)
 			}
 			b = true
 		}
 	}
-	if !a || !b {
+	if !p || !b {
 		return fmt.Errorf("status: %+v", sts)
 	}
 	return nil
 }
 
-// primaryEpoch returns the epoch of the named core.
-func primaryEpoch(sts []coreStatus, name string) uint64 {
+// epochOf returns the epoch of the named core (0 if it does not answer).
+func epochOf(sts []coreStatus, name string) uint64 {
 	for _, s := range sts {
 		if s.Status != nil && s.Status.Name == name {
 			return s.Status.Epoch

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,6 +38,7 @@ type Options struct {
 // test ends.
 type Cluster struct {
 	t      testing.TB
+	bin    string
 	sup    *demo.Supervisor
 	plan   demo.Plan
 	layout demo.Layout
@@ -88,7 +90,7 @@ func StartPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
-	c := &Cluster{t: t, sup: sup, plan: plan, layout: layout}
+	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout}
 	t.Cleanup(func() {
 		sup.Stop()
 		if t.Failed() {
@@ -304,4 +306,44 @@ func SumMetric(exposition, name string, labels ...string) (float64, bool) {
 		found = true
 	}
 	return sum, found
+}
+
+// Role returns the role a core reports on its /metrics (hachat_core_role
+// gauge: the label whose value is 1), or "" when it does not answer.
+func (c *Cluster) Role(core string) string {
+	resp, err := (&http.Client{Timeout: time.Second}).Get(c.URL(core) + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, role := range []string{"primary", "backup"} {
+		if v, ok := SumMetric(string(b), "hachat_core_role", `role="`+role+`"`); ok && v == 1 {
+			return role
+		}
+	}
+	return ""
+}
+
+// WaitRole waits until the core reports role.
+func (c *Cluster) WaitRole(core, role string, timeout time.Duration) {
+	c.t.Helper()
+	Eventually(c.t, core+" is "+role, timeout, func() error {
+		if got := c.Role(core); got != role {
+			return fmt.Errorf("%s reports role %q", core, got)
+		}
+		return nil
+	})
+}
+
+// Ctl runs `hachat ctl args... --state <the cluster's state file>` and
+// returns its combined output.
+func (c *Cluster) Ctl(args ...string) (string, error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{"ctl"}, args...)
+	full = append(full, "--state", c.sup.StatePath())
+	out, err := exec.CommandContext(ctx, c.bin, full...).CombinedOutput()
+	return string(out), err
 }
