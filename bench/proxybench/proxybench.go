@@ -13,10 +13,12 @@ package proxybench
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,7 +72,12 @@ type Options struct {
 	// --name, --role and --epoch. Default: this executable with the
 	// arguments "bench echo-server" (the hidden `hachat bench echo-server`).
 	EchoCommand []string
-	// EchoEnv is added to the echo processes' environment.
+	// SidecarCommand starts the sidecar process; Run appends --listen,
+	// --admin, --primary and --backup. Default: this executable with the
+	// arguments "bench proxy-sidecar" (the hidden `hachat bench
+	// proxy-sidecar`, which calls ServeSidecar).
+	SidecarCommand []string
+	// EchoEnv is added to the child processes' environment.
 	EchoEnv []string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
@@ -98,6 +105,13 @@ func (o *Options) defaults() error {
 			return fmt.Errorf("find own executable: %w", err)
 		}
 		o.EchoCommand = []string{exe, "bench", "echo-server"}
+	}
+	if len(o.SidecarCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		o.SidecarCommand = []string{exe, "bench", "proxy-sidecar"}
 	}
 	if o.Log == nil {
 		o.Log = io.Discard
@@ -128,6 +142,11 @@ type Result struct {
 	P50        time.Duration `json:"p50"`
 	P99        time.Duration `json:"p99"`
 	Max        time.Duration `json:"max"`
+	// CPU is the CPU time (user+system) the proxy process used during the
+	// phase, and CPUPerRequest that divided by the requests; zero for the
+	// direct path.
+	CPU           time.Duration `json:"cpu"`
+	CPUPerRequest time.Duration `json:"cpuPerRequest"`
 }
 
 // Gaps are the kill -9 failover gaps of one proxy, one per trial: from the
@@ -180,13 +199,13 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.Options.Duration, rep.Options.Conns, rep.Options.PayloadSize, rep.Options.Trials = o.Duration, o.Conns, o.PayloadSize, o.Trials
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "proxybench: "+format+"\n", args...) }
 
-	ports, err := freePorts(3)
+	ports, err := freePorts(5)
 	if err != nil {
 		return rep, err
 	}
 	primaryAddr, backupAddr, haAddr := ports[0], ports[1], ports[2]
-	primary := &echoProc{o: &o, addr: primaryAddr, st: EchoStatus{Name: "primary", Role: "primary", Epoch: 1}}
-	backup := &echoProc{o: &o, addr: backupAddr, st: EchoStatus{Name: "backup", Role: "backup", Epoch: 1}}
+	primary := &echoProc{child: child{name: "primary", o: &o}, addr: primaryAddr, st: EchoStatus{Name: "primary", Role: "primary", Epoch: 1}}
+	backup := &echoProc{child: child{name: "backup", o: &o}, addr: backupAddr, st: EchoStatus{Name: "backup", Role: "backup", Epoch: 1}}
 	defer primary.kill()
 	defer backup.kill()
 	for _, e := range []*echoProc{primary, backup} {
@@ -196,30 +215,23 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	logf("echo servers: primary %s (pid %d), backup %s (pid %d)", primaryAddr, primary.pid(), backupAddr, backup.pid())
 
-	// The sidecar, from the resources the control plane would publish.
-	cfg := proxy.DefaultConfig()
-	cfg.NodeID = "proxybench"
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Admin = ""
-	sc, err := proxy.NewStatic(cfg, telemetry.Discard(), Resources(primaryAddr, backupAddr))
-	if err != nil {
-		return rep, fmt.Errorf("build sidecar: %w", err)
+	// The sidecar, its own process like HAProxy, built from the resources
+	// the control plane would publish.
+	sc := &child{name: "sidecar", o: &o}
+	sidecarAddr, adminAddr := ports[3], ports[4]
+	if err := sc.start(append(slices.Clone(o.SidecarCommand), "--listen", sidecarAddr, "--admin", adminAddr,
+		"--primary", primaryAddr, "--backup", backupAddr)); err != nil {
+		return rep, err
 	}
-	sctx, scancel := context.WithCancel(ctx)
-	scDone := make(chan error, 1)
-	go func() { scDone <- sc.Run(sctx) }()
-	defer func() {
-		scancel()
-		<-scDone
-	}()
-	sidecarAddr := sc.Addr().String()
+	defer sc.kill()
 	sidecarOnPrimary := func() bool {
-		d := sc.Dump()
-		return len(d.Clusters) == 1 && d.Clusters[0].Chosen == primaryAddr && d.Clusters[0].Definitive
+		d, err := sidecarDump(adminAddr)
+		return err == nil && len(d.Clusters) == 1 && d.Clusters[0].Chosen == primaryAddr && d.Clusters[0].Definitive
 	}
-	if err := waitUntil(ctx, 5*time.Second, sidecarOnPrimary); err != nil {
-		return rep, fmt.Errorf("sidecar never chose the primary: %w", err)
+	if err := waitUntil(ctx, 10*time.Second, func() bool { return sc.exited() || sidecarOnPrimary() }); err != nil || sc.exited() {
+		return rep, fmt.Errorf("sidecar never chose the primary (exited %v): %v", sc.exited(), err)
 	}
+	logf("sidecar %s (pid %d)", sidecarAddr, sc.pid())
 
 	// HAProxy, same machine, same run.
 	var ha *haproxyProc
@@ -251,12 +263,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		return rep, err
 	}
 	logf("latency: sidecar")
-	if rep.Sidecar, err = measure(ctx, "hachat sidecar", sidecarAddr, o, payload); err != nil {
+	if rep.Sidecar, err = measureProc(ctx, "hachat sidecar", sidecarAddr, sc.pid(), o, payload); err != nil {
 		return rep, err
 	}
 	if ha != nil {
 		logf("latency: haproxy")
-		r, err := measure(ctx, "haproxy", haAddr, o, payload)
+		r, err := measureProc(ctx, "haproxy", haAddr, ha.cmd.Process.Pid, o, payload)
 		if err != nil {
 			return rep, err
 		}
@@ -352,11 +364,11 @@ func (r Report) WriteText(w io.Writer) {
 	if r.HAProxyError != "" {
 		fmt.Fprintf(w, "haproxy: not measured: %s\n", r.HAProxyError)
 	}
-	fmt.Fprintf(w, "\n%-16s %12s %10s %10s %10s %12s %12s\n", "path", "requests/s", "p50", "p99", "max", "added p50", "added p99")
+	fmt.Fprintf(w, "\n%-16s %12s %10s %10s %10s %12s %12s %10s\n", "path", "requests/s", "p50", "p99", "max", "added p50", "added p99", "cpu/req")
 	row := func(res Result, a50, a99 time.Duration) {
-		fmt.Fprintf(w, "%-16s %12.0f %10v %10v %10v %12v %12v\n", res.Name, res.Throughput,
+		fmt.Fprintf(w, "%-16s %12.0f %10v %10v %10v %12v %12v %10v\n", res.Name, res.Throughput,
 			res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Max.Round(time.Microsecond),
-			a50.Round(time.Microsecond), a99.Round(time.Microsecond))
+			a50.Round(time.Microsecond), a99.Round(time.Microsecond), res.CPUPerRequest.Round(100*time.Nanosecond))
 	}
 	row(r.Direct, 0, 0)
 	row(r.Sidecar, r.SidecarAddedP50, r.SidecarAddedP99)
@@ -457,6 +469,42 @@ func measure(ctx context.Context, name, addr string, o Options, payload []byte) 
 		res.Max = lat[len(lat)-1]
 	}
 	return res, nil
+}
+
+// measureProc is measure plus the CPU time process pid used meanwhile.
+func measureProc(ctx context.Context, name, addr string, pid int, o Options, payload []byte) (Result, error) {
+	before, cerr := procCPU(pid)
+	res, err := measure(ctx, name, addr, o, payload)
+	after, cerr2 := procCPU(pid)
+	if err == nil && cerr == nil && cerr2 == nil && res.Requests > 0 {
+		res.CPU = after - before
+		res.CPUPerRequest = res.CPU / time.Duration(res.Requests)
+	}
+	return res, err
+}
+
+// procCPU reads the user+system CPU time of pid and its threads from
+// /proc/<pid>/stat (Linux; clock ticks of 10ms).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("bad /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("bad /proc stat times")
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 // load runs conns clients, each on its own connection doing one round trip
@@ -644,43 +692,85 @@ func freePorts(n int) ([]string, error) {
 	return out, nil
 }
 
-// echoProc is one echo server child process.
-type echoProc struct {
+// child is one child process of the benchmark.
+type child struct {
+	name string
 	o    *Options
-	addr string
-	st   EchoStatus
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-func (e *echoProc) pid() int {
-	if e.cmd == nil || e.cmd.Process == nil {
+func (c *child) start(argv []string) error {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), c.o.EchoEnv...)
+	cmd.Stderr = c.o.Log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", c.name, err)
+	}
+	c.cmd = cmd
+	c.done = make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(c.done)
+	}()
+	return nil
+}
+
+func (c *child) pid() int {
+	if c.cmd == nil || c.cmd.Process == nil {
 		return 0
 	}
-	return e.cmd.Process.Pid
+	return c.cmd.Process.Pid
+}
+
+func (c *child) exited() bool {
+	if c.done == nil {
+		return true
+	}
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// killAndWait sends SIGKILL and returns when the process is reaped.
+func (c *child) killAndWait() (time.Time, error) {
+	if c.cmd == nil {
+		return time.Time{}, fmt.Errorf("%s not running", c.name)
+	}
+	if err := c.cmd.Process.Kill(); err != nil && !c.exited() {
+		return time.Time{}, fmt.Errorf("kill %s: %w", c.name, err)
+	}
+	<-c.done
+	c.cmd = nil
+	return time.Now(), nil
+}
+
+func (c *child) kill() {
+	if c.cmd != nil {
+		c.killAndWait()
+	}
+}
+
+// echoProc is one echo server child process.
+type echoProc struct {
+	child
+	addr string
+	st   EchoStatus
 }
 
 func (e *echoProc) start(ctx context.Context) error {
-	args := append(slices.Clone(e.o.EchoCommand[1:]), "--addr", e.addr, "--name", e.st.Name,
+	argv := append(slices.Clone(e.o.EchoCommand), "--addr", e.addr, "--name", e.st.Name,
 		"--role", e.st.Role, "--epoch", strconv.FormatUint(e.st.Epoch, 10))
-	cmd := exec.Command(e.o.EchoCommand[0], args...)
-	cmd.Env = append(os.Environ(), e.o.EchoEnv...)
-	cmd.Stderr = e.o.Log
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start echo server %s: %w", e.st.Name, err)
+	if err := e.child.start(argv); err != nil {
+		return err
 	}
-	e.cmd = cmd
-	e.done = make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(e.done)
-	}()
 	// Ready when it echoes.
 	err := waitUntil(ctx, 10*time.Second, func() bool {
-		select {
-		case <-e.done:
+		if e.exited() {
 			return true
-		default:
 		}
 		c, err := net.DialTimeout("tcp", e.addr, 100*time.Millisecond)
 		if err != nil {
@@ -694,10 +784,8 @@ func (e *echoProc) start(ctx context.Context) error {
 		line, err := bufio.NewReader(c).Peek(6)
 		return err == nil && string(line) == "ready?"
 	})
-	select {
-	case <-e.done:
+	if e.exited() {
 		return fmt.Errorf("echo server %s exited at start", e.st.Name)
-	default:
 	}
 	if err != nil {
 		e.kill()
@@ -706,23 +794,35 @@ func (e *echoProc) start(ctx context.Context) error {
 	return nil
 }
 
-// killAndWait sends SIGKILL and returns when the process is reaped.
-func (e *echoProc) killAndWait() (time.Time, error) {
-	if e.cmd == nil {
-		return time.Time{}, errors.New("echo server not running")
+// sidecarDump reads the sidecar's admin dump.
+func sidecarDump(adminAddr string) (proxy.Dump, error) {
+	var d proxy.Dump
+	cl := http.Client{Timeout: time.Second}
+	resp, err := cl.Get("http://" + adminAddr + "/proxy/v1/clusters")
+	if err != nil {
+		return d, err
 	}
-	if err := e.cmd.Process.Kill(); err != nil {
-		return time.Time{}, fmt.Errorf("kill echo server: %w", err)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return d, fmt.Errorf("admin: %s", resp.Status)
 	}
-	<-e.done
-	e.cmd = nil
-	return time.Now(), nil
+	err = json.NewDecoder(resp.Body).Decode(&d)
+	return d, err
 }
 
-func (e *echoProc) kill() {
-	if e.cmd != nil {
-		e.killAndWait()
+// ServeSidecar runs a hachat sidecar on listen (admin on admin) in front of
+// the primary and backup echo servers, from Resources, until ctx ends. It
+// is what `hachat bench proxy-sidecar` runs.
+func ServeSidecar(ctx context.Context, listen, admin, primaryAddr, backupAddr string) error {
+	cfg := proxy.DefaultConfig()
+	cfg.NodeID = "proxybench"
+	cfg.Listen = listen
+	cfg.Admin = admin
+	p, err := proxy.NewStatic(cfg, telemetry.Discard(), Resources(primaryAddr, backupAddr))
+	if err != nil {
+		return fmt.Errorf("build sidecar: %w", err)
 	}
+	return p.Run(ctx)
 }
 
 // haproxyProc is the HAProxy child process.

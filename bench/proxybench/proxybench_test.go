@@ -22,28 +22,44 @@ import (
 // TestMain turns the test binary into an echo server when the benchmark
 // starts it as a child process (the role `hachat bench echo-server` plays).
 func TestMain(m *testing.M) {
-	if os.Getenv("PROXYBENCH_ECHO_CHILD") == "1" {
+	switch os.Getenv("PROXYBENCH_CHILD") {
+	case "":
+		os.Exit(m.Run())
+	case "echo":
 		fs := flag.NewFlagSet("echo", flag.ExitOnError)
 		addr := fs.String("addr", "", "")
 		var st EchoStatus
 		fs.StringVar(&st.Name, "name", "", "")
 		fs.StringVar(&st.Role, "role", "", "")
 		fs.Uint64Var(&st.Epoch, "epoch", 0, "")
-		args := os.Args[1:]
-		for i, a := range args {
-			if a == "--" {
-				args = args[i+1:]
-				break
-			}
-		}
-		fs.Parse(args)
+		fs.Parse(childArgs())
 		if err := ServeEcho(context.Background(), *addr, st); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
 		}
-		os.Exit(0)
+	case "sidecar":
+		fs := flag.NewFlagSet("sidecar", flag.ExitOnError)
+		listen := fs.String("listen", "", "")
+		admin := fs.String("admin", "", "")
+		primary := fs.String("primary", "", "")
+		backup := fs.String("backup", "", "")
+		fs.Parse(childArgs())
+		if err := ServeSidecar(context.Background(), *listen, *admin, *primary, *backup); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
 	}
-	os.Exit(m.Run())
+	os.Exit(0)
+}
+
+// childArgs are the arguments after "--".
+func childArgs() []string {
+	for i, a := range os.Args {
+		if a == "--" {
+			return os.Args[i+1:]
+		}
+	}
+	return nil
 }
 
 func echoOptions(t *testing.T) Options {
@@ -51,7 +67,10 @@ func echoOptions(t *testing.T) Options {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Options{EchoCommand: []string{exe, "--"}, EchoEnv: []string{"PROXYBENCH_ECHO_CHILD=1"}}
+	return Options{
+		EchoCommand:    []string{"/usr/bin/env", "PROXYBENCH_CHILD=echo", exe, "--"},
+		SidecarCommand: []string{"/usr/bin/env", "PROXYBENCH_CHILD=sidecar", exe, "--"},
+	}
 }
 
 func TestServeEchoSniffsGRPC(t *testing.T) {

@@ -14,7 +14,8 @@ import (
 // runBenchProxy is `hachat bench proxy`: latency, throughput and the kill -9
 // failover gap of a direct connection, the hachat sidecar and HAProxy, in one
 // run. The echo upstreams are child processes of this executable started as
-// `hachat bench echo-server` (hidden).
+// `hachat bench echo-server` and the sidecar as `hachat bench proxy-sidecar`
+// (both hidden).
 func runBenchProxy(ctx context.Context, args []string, out, errw io.Writer) error {
 	var o struct {
 		Duration time.Duration `yaml:"duration"`
@@ -80,4 +81,28 @@ func runBenchEchoServer(ctx context.Context, args []string, out, errw io.Writer)
 		return fmt.Errorf("echo server: %w", err)
 	}
 	return nil
+}
+
+// runBenchProxySidecar is the hidden `hachat bench proxy-sidecar`: the
+// sidecar of `hachat bench proxy`, its own process like HAProxy, built from
+// static resources in front of the two echo servers.
+func runBenchProxySidecar(ctx context.Context, args []string, out, errw io.Writer) error {
+	var o struct {
+		Listen  string `yaml:"listen"`
+		Admin   string `yaml:"admin"`
+		Primary string `yaml:"primary"`
+		Backup  string `yaml:"backup"`
+	}
+	o.Listen, o.Admin = "127.0.0.1:0", "127.0.0.1:0"
+	err := parseFlags("bench proxy-sidecar", "Run the sidecar of bench proxy from static resources.", args, errw, &o,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&o.Listen, "listen", o.Listen, "data listener address")
+			fs.StringVar(&o.Admin, "admin", o.Admin, "admin HTTP address")
+			fs.StringVar(&o.Primary, "primary", o.Primary, "primary echo server address")
+			fs.StringVar(&o.Backup, "backup", o.Backup, "backup echo server address")
+		})
+	if err != nil {
+		return err
+	}
+	return proxybench.ServeSidecar(ctx, o.Listen, o.Admin, o.Primary, o.Backup)
 }
