@@ -71,6 +71,7 @@ type Core struct {
 	peerConnAddr string
 	sawPrimary   atomic.Bool  // this process has replicated from a primary
 	replicaStale atomic.Bool  // the replica may miss events acked while the link was down
+	gossipDead   atomic.Bool  // membership declared the primary failed or left
 	primaryName  atomic.Value // string: the primary we replicate from
 	metaMu       sync.Mutex
 	grpcAddr     string

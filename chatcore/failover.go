@@ -167,6 +167,7 @@ func (c *Core) promote(ctx context.Context, why string) error {
 		return err
 	}
 	c.m.failovers.Inc()
+	c.gossipDead.Store(false)
 	n := c.restoreAll(ctx, "replica")
 	c.log.Info("promotion complete", "epoch", epoch, "sessions_restored", n, "took", time.Since(start))
 	return nil

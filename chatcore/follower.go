@@ -87,7 +87,7 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		promote, why := false, ""
 		switch {
-		case end.gossipFailed:
+		case end.gossipFailed || c.gossipDead.Load():
 			promote, why = true, "membership declared the primary failed"
 		case end.fencedPrimary:
 		case c.sawPrimary.Load():
@@ -261,6 +261,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 			n := c.dropUnseen(seen)
 			end.synced = true
 			c.replicaStale.Store(false)
+			c.gossipDead.Store(false)
 			c.log.Info("in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", len(seen), "dropped_stale", n)
 			go c.publishMeta() // gossip the epoch we now follow
@@ -355,6 +356,12 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 	events, cancel := c.members.Subscribe()
 	go func() {
 		for ev := range events {
+			if ev.Type == membership.EventJoined || ev.Type == membership.EventUpdated {
+				if name, _ := c.primaryName.Load().(string); ev.Member.Name == name && ev.Member.State == membership.StateAlive {
+					c.gossipDead.Store(false) // it came back (or was never gone)
+				}
+				continue
+			}
 			if ev.Type != membership.EventFailed && ev.Type != membership.EventLeft {
 				continue
 			}
@@ -365,6 +372,7 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 			}
 			if m.Name == name || (m.Meta.GRPCAddr != "" && m.Meta.GRPCAddr == c.peerAddr()) {
 				c.log.Warn("membership: primary declared "+ev.Type.String(), "member", m.Name)
+				c.gossipDead.Store(true)
 				c.failedAgain(ch)
 			}
 		}

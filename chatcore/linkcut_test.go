@@ -1,0 +1,182 @@
+package chatcore
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
+)
+
+// tcpProxy forwards loopback TCP to a target; cut closes it (and every
+// connection through it), heal listens again on the same address.
+type tcpProxy struct {
+	t      testing.TB
+	target string
+	addr   string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func newProxy(t testing.TB, target string) *tcpProxy {
+	p := &tcpProxy{t: t, target: target}
+	p.ln = listen(t)
+	p.addr = p.ln.Addr().String()
+	p.serve(p.ln)
+	t.Cleanup(func() { p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *tcpProxy) serve(ln net.Listener) {
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			p.wg.Go(func() { io.Copy(u, c); u.Close() })
+			p.wg.Go(func() { io.Copy(c, u); c.Close() })
+		}
+	})
+}
+
+func (p *tcpProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *tcpProxy) heal() {
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	p.serve(ln)
+}
+
+// TestLinkCutNoFailover cuts only the primary-backup link: the witness still
+// reaches the primary, so the backup does not promote; the primary keeps
+// serving with second copies in UCS; after the heal the backup resyncs.
+func TestLinkCutNoFailover(t *testing.T) {
+	store := newMemStore()
+	la, lb := listen(t), listen(t)
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	proxy := newProxy(t, la.Addr().String())
+	asked := make(chan string, 16)
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) {
+		asked <- target
+		return true, nil // the witness still reaches the primary
+	})
+	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness)
+	waitInSync(t, a, "core-b")
+	ctx := ctxT(t)
+	cust, _ := a.chat(t)
+
+	proxy.cut()
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	var acked []uint64
+	for range 3 {
+		r, err := a.cl.Send(ctx, msg(cust, "during the cut", ""))
+		if err != nil {
+			t.Fatalf("send during link cut: %v", err)
+		}
+		acked = append(acked, r.Index)
+	}
+	for _, idx := range acked {
+		if !containsIndex(store.indexes(cust.SessionId), idx) {
+			t.Errorf("index %d acknowledged without a copy in UCS", idx)
+		}
+	}
+	select {
+	case target := <-asked:
+		if target != proxy.addr {
+			t.Errorf("witness asked about %s", target)
+		}
+	case <-ctx.Done():
+		t.Fatal("backup never asked the witness")
+	}
+	if b.c.primary.Load() || !a.c.primary.Load() {
+		t.Fatal("a failover happened on a link cut")
+	}
+	proxy.heal()
+	waitInSync(t, a, "core-b")
+	if !sameLog(a.log(cust.SessionId), b.log(cust.SessionId)) {
+		t.Fatal("backup did not catch up after the heal")
+	}
+	if b.c.replicaStale.Load() {
+		t.Error("backup still marks its replica stale after resync")
+	}
+}
+
+func containsIndex(xs []uint64, x uint64) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// TestGossipFailureCopiesStaleMerge: membership declares the primary failed
+// while the backup's replica is stale (the link had been cut): the backup
+// promotes and merges the events UCS holds beyond its copy.
+func TestGossipFailurePromotesAndMerges(t *testing.T) {
+	store := newMemStore()
+	la, lb := listen(t), listen(t)
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	proxy := newProxy(t, la.Addr().String())
+	mm := &memMembers{}
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return true, nil })
+	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness, WithMembership(mm))
+	waitInSync(t, a, "core-b")
+	cust, _ := a.chat(t)
+	proxy.cut()
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	r, err := a.cl.Send(ctxT(t), msg(cust, "only in UCS", "u1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b marks its replica stale", func() bool { return b.c.replicaStale.Load() })
+	a.stop()
+	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
+		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
+	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	d, err := b.cl.Send(ctxT(t), msg(cust, "only in UCS", "u1"))
+	if err != nil || !d.Duplicate || d.Index != r.Index {
+		t.Fatalf("message acknowledged during the cut: %v %v", d, err)
+	}
+	evs, err := b.cl.Events(ctxT(t), &chatpb.EventsRequest{Auth: cust, FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range evs.Events {
+		if ev.Index != uint64(i+1) {
+			t.Fatalf("gap at %d: %d", i, ev.Index)
+		}
+	}
+}
