@@ -138,8 +138,9 @@ func New(ctx context.Context, cfg Config, meta Meta, tel *telemetry.Telemetry) (
 	m.ml = ml
 	m.mlReady.Store(ml)
 	m.log.Info("gossip started", "addr", m.localAddr(), "kind", meta.Kind, "role", meta.Role, "epoch", meta.Epoch,
-		"encrypted", mc.SecretKey != nil, "probe_interval", cfg.ProbeInterval, "probe_timeout", cfg.ProbeTimeout,
-		"suspicion_mult", cfg.SuspicionMult)
+		"encrypted", mc.SecretKey != nil, "probe_interval", cfg.ProbeInterval.String(),
+		"probe_timeout", cfg.ProbeTimeout.String(), "suspicion_mult", cfg.SuspicionMult,
+		"gossip_interval", cfg.GossipInterval.String(), "seeds", cfg.Join)
 
 	if seeds := m.seedsToJoin(); len(seeds) > 0 && ctx.Err() == nil {
 		m.join(seeds, true)
