@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,10 +19,11 @@ import (
 	"github.com/hachat/hachat/e2e/harness"
 )
 
-// TestDemoCommand runs `hachat demo` as a person would (on free ports), reads
-// the state file, kills the primary with kill -9 from the PID it lists, and
-// checks the demo reports it, does not restart it, keeps the rest running,
-// and stops everything on SIGTERM.
+// TestDemoCommand runs `hachat demo` as a person would (on free ports) and
+// does the seed's test on it: a customer and an agent chat, the primary is
+// killed with kill -9 from the PID in the state file, the customer sends
+// again and the agent gets it. The demo reports the death, does not restart
+// the part, keeps the rest running, and stops everything on SIGTERM.
 func TestDemoCommand(t *testing.T) {
 	bin := harness.Binary(t)
 	dir := t.TempDir()
@@ -55,7 +57,7 @@ func TestDemoCommand(t *testing.T) {
 		}
 		if t.Failed() {
 			t.Logf("demo output:\n%s", output())
-			for _, name := range []string{"ucs", "core-a", "webapi", "interaction"} {
+			for _, name := range []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"} {
 				t.Logf("%s log:\n%s", name, demo.Tail(filepath.Join(dir, name+".log"), 30))
 			}
 		}
@@ -90,6 +92,29 @@ func TestDemoCommand(t *testing.T) {
 	if a.Kind != demo.KindCore || a.Role != "primary" || a.GRPC == "" {
 		t.Fatalf("core-a entry: %+v", a)
 	}
+	b, ok := st.Part("core-b")
+	if !ok || b.Role != "backup" || b.State != demo.StateRunning {
+		t.Fatalf("the demo runs no backup core: %+v", b)
+	}
+
+	// The seed's test: a customer and an agent chat...
+	webapi, _ := st.Part("webapi")
+	interaction, _ := st.Part("interaction")
+	gms := &harness.GMS{Base: "http://" + webapi.HTTP, Service: "customer-support", HTTP: http.DefaultClient}
+	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	agent := agents.MustLogin(t, "ada", "agent")
+	chat := gms.MustStart(t, "Grace")
+	if err := agent.Take(ctx, chat.ChatID); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := chat.Send(ctx, "before the kill", "seed-1"); err != nil || !r.OK() {
+		t.Fatalf("send: %v %+v", err, r)
+	}
+	if _, err := agent.WaitText(ctx, chat.ChatID, "before the kill"); err != nil {
+		t.Fatal(err)
+	}
 
 	// The seed's move: kill -9 the primary's PID from the state file.
 	if err := syscall.Kill(a.PID, syscall.SIGKILL); err != nil {
@@ -112,8 +137,27 @@ func TestDemoCommand(t *testing.T) {
 		}
 		return nil
 	})
+	// ...and the chat simply goes on: send again, the agent gets it.
+	r, err := chat.Send(ctx, "after the kill", "seed-2")
+	for err == nil && r.Retryable() {
+		r, err = chat.Send(ctx, "after the kill", "seed-2")
+	}
+	if err != nil || !r.OK() {
+		t.Fatalf("send after kill -9 of the primary: %v %+v", err, r)
+	}
+	if _, err := agent.WaitText(ctx, chat.ChatID, "after the kill"); err != nil {
+		t.Fatalf("the agent desktop never got the message sent after the failover: %v", err)
+	}
+	msgs, _, err := chat.Transcript(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if countText(msgs, "before the kill") != 1 || countText(msgs, "after the kill") != 1 {
+		t.Fatalf("customer transcript after the failover: %+v", msgs)
+	}
+
 	st, _ = demo.ReadState(state)
-	for _, name := range []string{"ucs", "webapi", "interaction"} {
+	for _, name := range []string{"ucs", "core-b", "witness", "webapi", "interaction"} {
 		p, _ := st.Part(name)
 		if err := syscall.Kill(p.PID, 0); err != nil {
 			t.Errorf("%s (pid %d) died with the primary: %v", name, p.PID, err)
@@ -123,14 +167,14 @@ func TestDemoCommand(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stopCancel()
 	select {
 	case err := <-exited:
 		if err != nil {
 			t.Errorf("demo exit after SIGTERM: %v", err)
 		}
-	case <-ctx.Done():
+	case <-stopCtx.Done():
 		t.Fatal("demo did not stop within 20s of SIGTERM")
 	}
 	for _, p := range st.Parts {
