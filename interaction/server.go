@@ -85,10 +85,10 @@ type Server struct {
 	members  map[memberKey]*member
 	byAgent  map[string]map[string]*member // agent → chat → member
 	joining  map[memberKey]bool            // supervisor joins in flight
-	coreUp   bool   // the chat core is reachable and the watch is not known broken
-	coreEver bool   // coreUp has been true at least once
-	attempt  uint64 // current watch attempt
-	failed   bool   // the current watch attempt has failed
+	coreUp   bool                          // the chat core is reachable and the watch not known broken
+	coreEver bool                          // coreUp has been true at least once
+	lastFail time.Time                     // when a stream to the core last failed
+	refused  bool                          // the core refused the watch (bad service token)
 }
 
 // New builds a Server that reaches the chat core through core (normally a
@@ -153,6 +153,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return s.ctx }}
 	s.wg.Go(func() { s.watchLoop(s.ctx) })
+	s.wg.Go(func() { s.coreMonitor(s.ctx) })
 	s.wg.Go(func() { s.offerTimer(s.ctx) })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -278,47 +279,47 @@ func newToken() string {
 
 // ---- the session watch ----
 
+// coreQuiet is how long after a stream failure a Status answer alone may
+// count the core as connected again, so that a core that accepts calls but
+// keeps breaking streams does not make the notices flap.
+const coreQuiet = 500 * time.Millisecond
+
 // watchLoop keeps a WatchSessions stream open, queueing every new session and
 // forgetting ended ones. A reopened watch repeats STARTED for every live
 // session; the router ignores the ones it knows.
-//
-// A core sends a stream's headers with its first message, so an open watch
-// on an idle core looks the same as one still connecting. Each attempt
-// therefore also asks the core for its Status: a primary that answers counts
-// as connected until the watch fails.
 func (s *Server) watchLoop(ctx context.Context) {
 	backoff := minRetry
-	refused := false
-	for attempt := uint64(1); ctx.Err() == nil; attempt++ {
-		actx, cancel := context.WithCancel(ctx)
-		s.setCore(attempt, false, false, nil) // start the attempt
-		if !refused {
-			s.wg.Go(func() { s.probeCore(actx, attempt) })
+	for ctx.Err() == nil {
+		// A resilient client reports the losses it rides out; its "resumed"
+		// is not trusted (a refused stream can look accepted), the first
+		// message or the Status probe is.
+		obs := func(up bool, err error) {
+			if !up {
+				s.coreDown(err)
+			}
 		}
-		obs := func(up bool, err error) { s.setCore(attempt, up, true, err) }
-		st, err := s.core.WatchSessions(withObserver(actx, obs), &chatpb.WatchSessionsRequest{ServiceToken: s.cfg.ServiceToken})
+		st, err := s.core.WatchSessions(withObserver(ctx, obs), &chatpb.WatchSessionsRequest{ServiceToken: s.cfg.ServiceToken})
 		if err == nil {
-			_, err = st.Header() // a stream is lazy: wait until the core accepted it
-		}
-		if err == nil {
-			s.setCore(attempt, true, true, nil)
-			backoff, refused = minRetry, false
 			for {
 				var ch *chatpb.SessionChange
 				if ch, err = st.Recv(); err != nil {
 					break
 				}
+				s.coreUpNow("watch")
+				backoff = minRetry
 				s.onSessionChange(ch)
 			}
 		}
-		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		s.setCore(attempt, false, true, err)
+		s.coreDown(err)
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.Unauthenticated || c == codes.InvalidArgument {
 			s.log.Error("chat core refused the session watch: check service-token", "err", err)
-			backoff, refused = maxRetry, true
+			s.mu.Lock()
+			s.refused = true
+			s.mu.Unlock()
+			backoff = maxRetry
 		}
 		if !sleep(ctx, backoff) {
 			return
@@ -327,63 +328,72 @@ func (s *Server) watchLoop(ctx context.Context) {
 	}
 }
 
-// probeCore marks the core connected when it answers Status as primary
-// while the watch attempt is still open.
-func (s *Server) probeCore(ctx context.Context, attempt uint64) {
+// coreMonitor tells when the core is back. A core sends a stream's headers
+// with its first message, so an open watch on an idle core looks the same as
+// one still connecting: while the core counts as down, the monitor asks it
+// for its Status, and a primary that answers, with no stream failure for
+// coreQuiet, counts as connected.
+func (s *Server) coreMonitor(ctx context.Context) {
 	backoff := minRetry
-	for ctx.Err() == nil {
-		resp, err := s.core.Status(ctx, &chatpb.StatusRequest{})
-		if err == nil && resp.GetRole() == "primary" {
-			s.setCore(attempt, true, false, nil)
-			return
-		}
+	for {
 		if !sleep(ctx, backoff) {
 			return
 		}
-		backoff = nextBackoff(backoff)
+		s.mu.Lock()
+		up, refused := s.coreUp, s.refused
+		s.mu.Unlock()
+		if up || refused {
+			backoff = coreQuiet
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := s.core.Status(actx, &chatpb.StatusRequest{})
+		cancel()
+		if err == nil && resp.GetRole() == "primary" {
+			s.coreUpNow("status")
+			backoff = minRetry
+			continue
+		}
+		backoff = min(nextBackoff(backoff), coreQuiet)
 	}
 }
 
-// setCore records what a watch attempt learnt and tells every desktop when
-// the core's reachability changes. certain marks news from the watch stream
-// itself (which overrides a probe); a probe's "up" counts only while the
-// attempt has not failed.
-func (s *Server) setCore(attempt uint64, up, certain bool, err error) {
+// coreUpNow records that the core answered (from: "watch", a message on the
+// session watch, or "status", the probe) and tells every desktop when that is
+// news. A probe's answer counts only coreQuiet after the last failure.
+func (s *Server) coreUpNow(from string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case attempt < s.attempt:
-		return // a late probe of an old attempt
-	case attempt > s.attempt:
-		s.attempt, s.failed = attempt, false
-		if !certain {
-			return // just the start of an attempt
-		}
+	if from == "watch" {
+		s.refused = false
 	}
-	if certain {
-		s.failed = !up
-	} else if s.failed {
+	if s.coreUp || from == "status" && s.now().Sub(s.lastFail) < coreQuiet {
 		return
 	}
-	if up == s.coreUp {
+	s.coreUp = true
+	s.metrics.coreUp.Set(1)
+	msg := "reconnected to the chat core"
+	if !s.coreEver {
+		msg = "connected to the chat core"
+	}
+	s.coreEver = true
+	s.log.Info("chat core connected", "by", from)
+	s.hub.broadcast(newMsg(evReconnected, noticeJSON{Scope: "core", Message: msg}))
+}
+
+// coreDown records a stream failure and tells every desktop when that is news.
+func (s *Server) coreDown(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastFail = s.now()
+	if !s.coreUp {
 		return
 	}
-	s.coreUp = up
-	s.metrics.coreUp.Set(boolGauge(up))
-	switch {
-	case up:
-		msg := "reconnected to the chat core"
-		if !s.coreEver {
-			msg = "connected to the chat core"
-		}
-		s.coreEver = true
-		s.log.Info("chat core connected", "attempt", attempt)
-		s.hub.broadcast(newMsg(evReconnected, noticeJSON{Scope: "core", Message: msg}))
-	default:
-		s.metrics.reconnects.WithLabelValues("watch").Inc()
-		s.log.Warn("chat core watch lost, reconnecting", "err", err)
-		s.hub.broadcast(newMsg(evReconnecting, noticeJSON{Scope: "core", Message: "connection to the chat core lost, reconnecting"}))
-	}
+	s.coreUp = false
+	s.metrics.coreUp.Set(0)
+	s.metrics.reconnects.WithLabelValues("watch").Inc()
+	s.log.Warn("chat core watch lost, reconnecting", "err", err)
+	s.hub.broadcast(newMsg(evReconnecting, noticeJSON{Scope: "core", Message: "connection to the chat core lost, reconnecting"}))
 }
 
 func (s *Server) onSessionChange(ch *chatpb.SessionChange) {
@@ -478,23 +488,26 @@ func (s *Server) follow(ctx context.Context, m *member) {
 		}
 	}()
 	backoff := minRetry
-	setConn := func(up bool, err error) { s.setMemberConnected(m, up, err) }
+	// As for the watch: a resilient client's losses count, its "resumed"
+	// does not; the next event does.
+	obs := func(up bool, err error) {
+		if !up {
+			s.setMemberConnected(m, false, err)
+		}
+	}
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		from := m.next
 		s.mu.Unlock()
-		st, err := s.core.Subscribe(withObserver(ctx, setConn), &chatpb.SubscribeRequest{Auth: m.auth, FromIndex: from})
+		st, err := s.core.Subscribe(withObserver(ctx, obs), &chatpb.SubscribeRequest{Auth: m.auth, FromIndex: from})
 		if err == nil {
-			_, err = st.Header()
-		}
-		if err == nil {
-			setConn(true, nil)
-			backoff = minRetry
 			for {
 				var ev *chatpb.Event
 				if ev, err = st.Recv(); err != nil {
 					break
 				}
+				backoff = minRetry
+				s.setMemberConnected(m, true, nil)
 				if s.onChatEvent(m, ev) {
 					return
 				}
@@ -513,7 +526,7 @@ func (s *Server) follow(ctx context.Context, m *member) {
 			s.mu.Unlock()
 			return
 		}
-		setConn(false, err)
+		s.setMemberConnected(m, false, err)
 		if !sleep(ctx, backoff) {
 			return
 		}
