@@ -1,0 +1,54 @@
+package webapi
+
+import (
+	"context"
+	"flag"
+	"testing"
+	"time"
+
+	"github.com/hachat/hachat/telemetry"
+)
+
+func TestRegisterFlags(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("webapi", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	err := fs.Parse([]string{"--http=127.0.0.1:9999", "--core=a:1,b:2", "--service=sales", "--max-body=1024",
+		"--sse-heartbeat=2s", "--retry-budget=0s", "--core-timeout=1s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{HTTP: "127.0.0.1:9999", Core: "a:1,b:2", Service: "sales", MaxBody: 1024,
+		SSEHeartbeat: 2 * time.Second, RetryBudget: 0, CoreTimeout: time.Second}
+	if cfg != want {
+		t.Errorf("config = %+v, want %+v", cfg, want)
+	}
+	// Every flag has a yaml key of the same name.
+	fs.VisitAll(func(f *flag.Flag) {
+		if !hasYAMLKey(f.Name) {
+			t.Errorf("flag --%s has no yaml key", f.Name)
+		}
+	})
+}
+
+func hasYAMLKey(name string) bool {
+	for _, k := range []string{"http", "core", "service", "max-body", "sse-heartbeat", "retry-budget", "core-timeout"} {
+		if k == name {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRunBadAddress(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HTTP = "127.0.0.1:notaport"
+	tel := telemetry.Discard()
+	s, err := New(cfg, startFakeCore(t, newFakeCore(), tel), tel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(context.Background()); err == nil {
+		t.Fatal("Run on a bad address returned nil")
+	}
+}
