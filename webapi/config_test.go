@@ -3,6 +3,7 @@ package webapi
 import (
 	"context"
 	"flag"
+	"reflect"
 	"testing"
 	"time"
 
@@ -23,21 +24,22 @@ func TestRegisterFlags(t *testing.T) {
 	if cfg != want {
 		t.Errorf("config = %+v, want %+v", cfg, want)
 	}
-	// Every flag has a yaml key of the same name.
+	// The flags and the yaml keys are the same set of names.
+	keys := map[string]bool{}
+	ct := reflect.TypeOf(Config{})
+	for i := range ct.NumField() {
+		keys[ct.Field(i).Tag.Get("yaml")] = true
+	}
+	n := 0
 	fs.VisitAll(func(f *flag.Flag) {
-		if !hasYAMLKey(f.Name) {
+		n++
+		if !keys[f.Name] {
 			t.Errorf("flag --%s has no yaml key", f.Name)
 		}
 	})
-}
-
-func hasYAMLKey(name string) bool {
-	for _, k := range []string{"http", "core", "service", "max-body", "sse-heartbeat", "retry-budget", "core-timeout"} {
-		if k == name {
-			return true
-		}
+	if n != len(keys) {
+		t.Errorf("%d flags for %d yaml keys", n, len(keys))
 	}
-	return false
 }
 
 func TestRunBadAddress(t *testing.T) {
