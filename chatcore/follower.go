@@ -304,8 +304,10 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 	}
 }
 
-// confirmDead checks a primary whose stream broke: a direct probe, then the
-// witness or the membership view. It says how it decided.
+// confirmDead checks a primary whose stream broke: a direct probe of addr
+// (the address we replicate from), then the witness about the primary's own
+// gossiped address (addr may be a path of ours, e.g. a cut link), else the
+// membership view. It says how it decided.
 func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
 	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
@@ -313,27 +315,36 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
 		conn.Close()
 		return false, "probe connected"
 	}
-	probe := "probe failed: " + err.Error()
+	how := "probe failed: " + err.Error()
+	target := addr
+	var member membership.Member
+	known := false
+	if c.members != nil {
+		member, known = c.primaryMember(addr)
+		if known && member.Meta.GRPCAddr != "" {
+			target = member.Meta.GRPCAddr
+		}
+	}
 	if w := c.witnessAddr(); c.witness != nil && w != "" {
 		wctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
-		ok, werr := c.witness(wctx, w, addr)
+		ok, werr := c.witness(wctx, w, target)
 		cancel()
 		if werr == nil {
 			if ok {
-				return false, probe + "; witness reaches the primary"
+				return false, how + "; witness reaches " + target
 			}
-			return true, probe + "; witness confirms"
+			return true, how + "; witness cannot reach " + target
 		}
-		c.log.Warn("witness gave no answer: waiting for gossip", "err", werr)
-		return false, probe + "; witness silent"
+		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
+		how += "; witness silent"
 	}
 	if c.members != nil {
-		if m, ok := c.primaryMember(addr); ok && m.State == membership.StateAlive {
-			return false, probe + "; membership still shows it alive"
+		if known && member.State == membership.StateAlive {
+			return false, how + "; membership still shows it alive: waiting for gossip"
 		}
-		return true, probe + "; membership does not show it alive"
+		return true, how + "; membership does not show it alive"
 	}
-	return true, probe
+	return true, how
 }
 
 // primaryMember finds the primary in the membership view.
