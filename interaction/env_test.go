@@ -31,12 +31,16 @@ type env struct {
 
 // newEnv serves an Interaction Server that reaches the fake core through a
 // plain gRPC client, so the server's own resume loops are under test.
-func newEnv(t *testing.T, mod func(*Config)) *env { return newEnvClient(t, false, mod) }
+func newEnv(t *testing.T, mod func(*Config)) *env { return newEnvClient(t, false, nil, mod) }
 
 // newEnvClient is newEnv; with resilient the server reaches the core through
 // a chatclient.Client, as in production.
-func newEnvClient(t *testing.T, resilient bool, mod func(*Config)) *env {
+// tel, if not nil, is the telemetry of the server and the client.
+func newEnvClient(t *testing.T, resilient bool, tel *telemetry.Telemetry, mod func(*Config)) *env {
 	t.Helper()
+	if tel == nil {
+		tel = telemetry.Discard()
+	}
 	f := newFakeCore(testToken)
 	dial := serveFake(t, f)
 	raw := chatpb.NewChatClient(dialFake(t, dial))
@@ -45,7 +49,7 @@ func newEnvClient(t *testing.T, resilient bool, mod func(*Config)) *env {
 		ccfg := chatclient.DefaultConfig()
 		ccfg.Targets = []string{fakeTarget}
 		ccfg.RetryFor = 300 * time.Millisecond
-		c, err := chatclient.New(ccfg, telemetry.Discard(), dial)
+		c, err := chatclient.New(ccfg, tel, dial)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +62,7 @@ func newEnvClient(t *testing.T, resilient bool, mod func(*Config)) *env {
 	if mod != nil {
 		mod(&cfg)
 	}
-	srv, err := New(cfg, cl, telemetry.Discard())
+	srv, err := New(cfg, cl, tel)
 	if err != nil {
 		t.Fatal(err)
 	}

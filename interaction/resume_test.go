@@ -14,7 +14,7 @@ import (
 // desktop exactly once.
 func TestResumeAfterCoreStreamsBreak(t *testing.T) {
 	t.Run("plain client", func(t *testing.T) { testResume(t, newEnv(t, nil)) })
-	t.Run("chatclient", func(t *testing.T) { testResume(t, newEnvClient(t, true, nil)) })
+	t.Run("chatclient", func(t *testing.T) { testResume(t, newEnvClient(t, true, nil, nil)) })
 }
 
 func testResume(t *testing.T, e *env) {
