@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -57,6 +58,7 @@ func newADSClient(p *Proxy) *adsClient {
 // while the control plane is away.
 func (a *adsClient) run(ctx context.Context) {
 	wait := adsBackoffBase
+	failures := 0
 	for {
 		got, err := a.session(ctx)
 		a.p.setADSConnected(false)
@@ -65,10 +67,18 @@ func (a *adsClient) run(ctx context.Context) {
 		}
 		if got {
 			wait = adsBackoffBase
+			failures = 0
 		}
+		failures++
 		d := wait/2 + rand.N(wait/2+1)
-		a.p.log.Warn("ADS stream to control plane ended; keeping last good configuration", "xds", a.p.cfg.XDS,
-			"err", err, "retry_in", d.Round(time.Millisecond))
+		// Warn when the stream is lost and every tenth failed attempt; the
+		// attempts in between are debug noise while the control plane is away.
+		level := slog.LevelDebug
+		if failures%10 == 1 {
+			level = slog.LevelWarn
+		}
+		a.p.log.Log(ctx, level, "ADS stream to control plane ended; keeping last good configuration", "xds", a.p.cfg.XDS,
+			"err", err, "attempt", failures, "retry_in", d.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return

@@ -168,6 +168,8 @@ func TestDecodeClusters(t *testing.T) {
 	zeroConnect.ConnectTimeout = durationpb.New(0)
 	serviceName := edsCluster("chatcore", time.Second, time.Second, 1, 1)
 	serviceName.EdsClusterConfig.ServiceName = "other"
+	badLB := edsCluster("chatcore", time.Second, time.Second, 1, 1)
+	badLB.LbPolicy = clusterv3.Cluster_LbPolicy(42) // the control plane's bad-resource test fault
 	bare := &clusterv3.Cluster{Name: "bare", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}}
 	static := &clusterv3.Cluster{Name: "st", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		LoadAssignment: loadAssignment("st", ep{addr: "127.0.0.1:9", name: "n"})}
@@ -200,6 +202,7 @@ func TestDecodeClusters(t *testing.T) {
 		}, false},
 		{"health check without timeout", noTimeout, nil, true},
 		{"zero connect timeout", zeroConnect, nil, true},
+		{"undefined lb_policy", badLB, nil, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
