@@ -153,7 +153,9 @@ func (s *Server) accept(ctx context.Context, agent, chat string) (chatJSON, erro
 	nick := s.nickname(agent)
 	s.mu.Unlock()
 
-	resp, err := s.core.Join(ctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
+	jctx, cancel := stateChange(ctx)
+	defer cancel()
+	resp, err := s.core.Join(jctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
 		Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, Visibility: chatpb.Visibility_VISIBILITY_ALL,
 		ServiceToken: s.cfg.ServiceToken})
 	s.mu.Lock()
@@ -181,6 +183,17 @@ func (s *Server) accept(ctx context.Context, agent, chat string) (chatJSON, erro
 	m := s.addMemberLocked(memberKey{chat, agent}, s.chatInfoLocked(chat), resp.GetAuth(), ModeAgent)
 	s.log.Info("chat accepted", "chat", chat, "agent", agent, "participant", resp.GetAuth().GetParticipantId())
 	return s.chatJSONLocked(m), nil
+}
+
+// stateChangeTimeout bounds a join or leave in the core.
+const stateChangeTimeout = 15 * time.Second
+
+// stateChange returns the context of a join or leave made for an HTTP
+// request: it keeps the request's trace but not its cancellation, so that a
+// client that goes away mid-call cannot leave the core and the router
+// disagreeing (a join done in the core but undone here).
+func stateChange(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), stateChangeTimeout)
 }
 
 func isEnded(err error) bool {
@@ -278,7 +291,9 @@ func (s *Server) transfer(ctx context.Context, from, chat, to string) error {
 	nick := s.nickname(to)
 	s.mu.Unlock()
 
-	resp, err := s.core.Join(ctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
+	jctx, cancel := stateChange(ctx)
+	defer cancel()
+	resp, err := s.core.Join(jctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
 		Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, Visibility: chatpb.Visibility_VISIBILITY_ALL,
 		ServiceToken: s.cfg.ServiceToken})
 	s.mu.Lock()
@@ -339,7 +354,9 @@ func (s *Server) leave(ctx context.Context, agent, chat string, end bool) error 
 	auth := m.auth
 	s.mu.Unlock()
 
-	_, err = s.core.Leave(ctx, &chatpb.LeaveRequest{Auth: auth, EndSession: end})
+	lctx, cancel := stateChange(ctx)
+	defer cancel()
+	_, err = s.core.Leave(lctx, &chatpb.LeaveRequest{Auth: auth, EndSession: end})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.joining, m.key)
@@ -434,7 +451,9 @@ func (s *Server) supervise(ctx context.Context, sup, chat, mode string) (chatJSO
 	if mode == ModeCoach {
 		vis = chatpb.Visibility_VISIBILITY_INTERNAL
 	}
-	resp, err := s.core.Join(ctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
+	jctx, cancel := stateChange(ctx)
+	defer cancel()
+	resp, err := s.core.Join(jctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
 		Type: chatpb.ParticipantType_PARTICIPANT_TYPE_SUPERVISOR, Visibility: vis, ServiceToken: s.cfg.ServiceToken})
 	s.mu.Lock()
 	defer s.mu.Unlock()
