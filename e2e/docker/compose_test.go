@@ -251,35 +251,30 @@ func (p *project) container(ctx context.Context, service string) (string, error)
 	return id, nil
 }
 
-// kill sends SIGKILL to a service's container and waits until Docker reports
-// it stopped.
-func (p *project) kill(ctx context.Context, service string) error {
+// kill sends SIGKILL to a service's container, waits until Docker reports
+// it stopped and returns when the engine saw its process exit.
+func (p *project) kill(ctx context.Context, service string) (time.Time, error) {
 	id, err := p.container(ctx, service)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	if out, err := exec.CommandContext(ctx, "docker", "kill", "-s", "KILL", id).CombinedOutput(); err != nil {
-		return fmt.Errorf("docker kill %s: %w\n%s", service, err, out)
+		return time.Time{}, fmt.Errorf("docker kill %s: %w\n%s", service, err, out)
 	}
-	return harness.Poll(10*time.Second, func() error {
-		running, err := p.running(ctx, id)
+	var died time.Time
+	err = harness.Poll(10*time.Second, func() error {
+		out, err := exec.CommandContext(ctx, "docker", "inspect", "-f", "{{.State.Running}} {{.State.FinishedAt}}", id).CombinedOutput()
 		if err != nil {
-			return err
+			return fmt.Errorf("docker inspect: %w: %s", err, out)
 		}
-		if running {
+		running, finished, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+		if running == "true" {
 			return fmt.Errorf("%s still running", service)
 		}
-		return nil
+		died, err = time.Parse(time.RFC3339Nano, finished)
+		return err
 	})
-}
-
-// running reports whether a container runs.
-func (p *project) running(ctx context.Context, id string) (bool, error) {
-	out, err := exec.CommandContext(ctx, "docker", "inspect", "-f", "{{.State.Running}}", id).CombinedOutput()
-	if err != nil {
-		return false, fmt.Errorf("docker inspect: %w: %s", err, out)
-	}
-	return strings.TrimSpace(string(out)) == "true", nil
+	return died, err
 }
 
 // exited returns the services whose containers are not running, with their

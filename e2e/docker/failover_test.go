@@ -131,11 +131,12 @@ func TestPrimaryContainerKilled(t *testing.T) {
 	}
 	killed := time.Now()
 	ackedAtKill := w.Acked()
-	if err := p.kill(ctx, "core-a"); err != nil {
+	died, err := p.kill(ctx, "core-a")
+	if err != nil {
 		t.Fatalf("kill core-a: %v", err)
 	}
-	t.Logf("killed core-a (primary at epoch %d) after %d acknowledged messages; docker kill took %v",
-		epoch, ackedAtKill, time.Since(killed).Round(time.Millisecond))
+	t.Logf("killed core-a (primary at epoch %d) after %d acknowledged messages; it died %v after docker kill was called",
+		epoch, ackedAtKill, died.Sub(killed).Round(time.Millisecond))
 	waitFor(t, ctx, "a message acknowledged after the kill", 30*time.Second, func() error {
 		if n := w.Acked(); n <= ackedAtKill+1 {
 			return fmt.Errorf("%d acknowledged, %d at the kill", n, ackedAtKill)
@@ -172,14 +173,13 @@ func TestPrimaryContainerKilled(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d messages acknowledged, %d of them sent after the kill", rec.Acked(), len(rec.Sent), after)
-	// The chat's pause as the clients saw it: the longest time without an
-	// acknowledgement on either side, around the kill (normally about the
-	// send interval; the docker CLI's own latency is not in it).
-	gap, from := acks.longestGap()
-	t.Logf("longest pause between acknowledgements: %v, starting %v after the kill was asked for",
-		gap.Round(time.Millisecond), from.Sub(killed).Round(time.Millisecond))
-	if after < minAfterKill {
-		t.Errorf("only %d messages acknowledged after the kill, want at least %d: the chat did not go on", after, minAfterKill)
+	// The chat's pause as the clients saw it: from the last acknowledgement
+	// before core-a died (the engine's exit time) to the first one after,
+	// on either side. Without a fault it is about the send interval.
+	before, after1 := acks.around(died)
+	if !before.IsZero() && !after1.IsZero() {
+		t.Logf("failover pause seen by the clients: %v (first acknowledgement %v after core-a died); longest pause of the run %v",
+			after1.Sub(before).Round(time.Millisecond), after1.Sub(died).Round(time.Millisecond), acks.longestGap().Round(time.Millisecond))
 	}
 	harness.Check(t, ctx, rec, harness.CheckOptions{UCS: ucs, MinAcked: 2 * perSide * 9 / 10})
 	t.Logf("agent push channel: %d reconnecting, %d reconnected notices", ag.Seen("reconnecting"), ag.Seen("reconnected"))
@@ -252,20 +252,35 @@ type ackClock struct {
 func (c *ackClock) wrap(side harness.Side) harness.Side { return timedSide{side, c} }
 
 // longestGap returns the longest time between two acknowledgements (of
-// either side) and when it began.
-func (c *ackClock) longestGap() (time.Duration, time.Time) {
+// either side).
+func (c *ackClock) longestGap() time.Duration {
+	ts := c.sorted()
+	var gap time.Duration
+	for i := 1; i < len(ts); i++ {
+		gap = max(gap, ts[i].Sub(ts[i-1]))
+	}
+	return gap
+}
+
+// around returns the last acknowledgement before t and the first after it
+// (zero when there is none).
+func (c *ackClock) around(t time.Time) (before, after time.Time) {
+	for _, at := range c.sorted() {
+		if at.Before(t) {
+			before = at
+		} else if after.IsZero() {
+			after = at
+		}
+	}
+	return before, after
+}
+
+func (c *ackClock) sorted() []time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ts := slices.Clone(c.times)
 	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
-	var gap time.Duration
-	var from time.Time
-	for i := 1; i < len(ts); i++ {
-		if d := ts[i].Sub(ts[i-1]); d > gap {
-			gap, from = d, ts[i-1]
-		}
-	}
-	return gap, from
+	return ts
 }
 
 type timedSide struct {
