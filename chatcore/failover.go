@@ -106,7 +106,7 @@ func (c *Core) lead(ctx context.Context) {
 		defer cancel()
 		events = ch
 	}
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
@@ -126,8 +126,32 @@ func (c *Core) lead(ctx context.Context) {
 					c.checkNewerPrimary(m)
 				}
 			}
+			if c.repl.current() == nil {
+				c.checkPeerPrimary(ctx)
+			}
 		}
 	}
+}
+
+// checkPeerPrimary asks the peer, while no backup replicates from us, whether
+// it became primary at a newer epoch (we may have been frozen, or cut off):
+// then we step down at once.
+func (c *Core) checkPeerPrimary(ctx context.Context) {
+	addr := c.peerAddr()
+	if addr == "" {
+		return
+	}
+	conn, err := c.peerConn(addr)
+	if err != nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
+	if err != nil || st.Role != RolePrimary || st.Epoch <= c.epoch.Load() {
+		return
+	}
+	c.stepDown(fmt.Sprintf("peer %s is primary at newer epoch %d", st.Name, st.Epoch), st.Epoch)
 }
 
 // checkNewerPrimary steps down when m is another core that is primary at a newer epoch.

@@ -11,7 +11,10 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
@@ -309,21 +312,30 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 // gossiped address (addr may be a path of ours, e.g. a cut link), else the
 // membership view. It says how it decided.
 func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
-	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err == nil {
-		conn.Close()
-		return false, "probe connected"
-	}
-	how := "probe failed: " + err.Error()
-	target := addr
 	var member membership.Member
 	known := false
 	if c.members != nil {
 		member, known = c.primaryMember(addr)
-		if known && member.Meta.GRPCAddr != "" {
-			target = member.Meta.GRPCAddr
+	}
+	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		conn.Close()
+		if c.answers(ctx, addr) {
+			return false, "probe connected and the primary answers"
 		}
+		// The kernel accepts for a stopped process: it is silent, not gone.
+		// Gossip decides when there is gossip; without it, the silence does.
+		how := "probe connected but the primary does not answer"
+		if known && member.State == membership.StateAlive {
+			return false, how + "; membership still shows it alive: waiting for gossip"
+		}
+		return true, how
+	}
+	how := "probe failed: " + err.Error()
+	target := addr
+	if known && member.Meta.GRPCAddr != "" {
+		target = member.Meta.GRPCAddr
 	}
 	if w := c.witnessAddr(); c.witness != nil && w != "" {
 		wctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
@@ -345,6 +357,19 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
 		return true, how + "; membership does not show it alive"
 	}
 	return true, how
+}
+
+// answers reports whether the core at addr answers a gRPC health check
+// within replication-timeout (any answer counts: it is alive).
+func (c *Core) answers(ctx context.Context, addr string) bool {
+	conn, err := c.peerConn(addr)
+	if err != nil {
+		return false
+	}
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.ReplicationTimeout)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{})
+	return err == nil || status.Code(err) == codes.NotFound
 }
 
 // primaryMember finds the primary in the membership view.

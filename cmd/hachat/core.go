@@ -22,7 +22,8 @@ type coreFile struct {
 	chatcore.Config `yaml:",inline"`
 	// UCS is the base URL of ucsmock (transcripts and epochs).
 	UCS string `yaml:"ucs"`
-	// Gossip is the gossip bind address (host:port); empty runs without
+	// Gossip is the gossip bind address (host:port), an alias of
+	// gossip-bind; with both empty (the default) the core runs without
 	// membership. With gossip the core finds the other core and the witness
 	// in the members' meta, so peer and witness may stay empty.
 	Gossip     string            `yaml:"gossip"`
@@ -34,13 +35,14 @@ type coreFile struct {
 func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	file := coreFile{Config: chatcore.DefaultConfig(), UCS: "http://127.0.0.1:7080",
 		Membership: membership.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
+	file.Membership.BindAddr = "" // gossip is opt-in for a core: --gossip or --gossip-bind
 	err := parseFlags("core", "Run a chat core: sessions, event logs, transcript saves to UCS, primary/backup role,\n"+
 		"synchronous replication to the other core of the pair, failover and switchover.\n"+
 		"Options keep their Genesys names (transcript-auto-save, session-restoration-mode, ...).",
 		args, errw, &file, func(fs *flag.FlagSet) {
 			file.Config.RegisterFlags(fs)
 			fs.StringVar(&file.UCS, "ucs", file.UCS, "base URL of ucsmock (transcripts, epochs)")
-			fs.StringVar(&file.Gossip, "gossip", file.Gossip, "gossip bind address host:port (empty: no membership)")
+			fs.StringVar(&file.Gossip, "gossip", file.Gossip, "gossip bind address host:port, alias of --gossip-bind (both empty: no membership)")
 			file.Membership.RegisterFlags(fs)
 			file.Telemetry.RegisterFlags(fs)
 		})
@@ -59,8 +61,11 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 		return membership.AskReachable(ctx, witnessClient, witness, target)
 	})}
 	if file.Gossip != "" {
+		file.Membership.BindAddr = file.Gossip
+	}
+	if file.Membership.BindAddr != "" {
 		mcfg := file.Membership
-		mcfg.Name, mcfg.BindAddr = file.Name, file.Gossip
+		mcfg.Name = file.Name
 		m, err := membership.New(ctx, mcfg, membership.Meta{Kind: membership.KindCore, Role: membership.RoleBackup,
 			GRPCAddr: file.GRPC, HTTPAddr: file.HTTP}, tel)
 		if err != nil {
