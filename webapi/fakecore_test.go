@@ -33,6 +33,7 @@ type fakeCore struct {
 	sendLimit  int // sends per participant before RESOURCE_EXHAUSTED; 0: none
 	failNext   int // calls to answer UNAVAILABLE before serving again
 	failMsgs   int // MESSAGE sends to answer UNAVAILABLE before serving again
+	refuseSubs int // Subscribes to accept (headers sent) and then refuse as a backup does
 	breakCh    chan struct{}
 	lastMD     metadata.MD
 	lastStart  *chatpb.StartSessionRequest
@@ -206,9 +207,16 @@ func (f *fakeCore) Subscribe(req *chatpb.SubscribeRequest, stream grpc.ServerStr
 	f.mu.Lock()
 	f.subscribes++
 	brk := f.breakCh
+	refuse := f.refuseSubs > 0
+	if refuse {
+		f.refuseSubs--
+	}
 	f.mu.Unlock()
 	if err := stream.SendHeader(nil); err != nil {
 		return err
+	}
+	if refuse {
+		return status.Error(codes.Unavailable, "injected: this chat core is not primary")
 	}
 	next := req.GetFromIndex()
 	if next == 0 {

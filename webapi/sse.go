@@ -200,7 +200,12 @@ func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) er
 	}
 }
 
-// observed reports a resume that the chat client did inside the stream.
+// resumeSettle is how long a stream resumed by the chat client must stay up,
+// without delivering anything, before the browser is told "reconnected".
+const resumeSettle = 150 * time.Millisecond
+
+// observed reports a stream loss or resume that the chat client handled
+// inside the stream.
 func (pc *pushChannel) observed(connected bool, reconnecting *bool) error {
 	if connected {
 		return pc.resumed(reconnecting)
@@ -356,6 +361,17 @@ func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, r
 		}
 	}()
 	defer func() { cancel(); <-done }()
+	// A resumed stream is only believed once it delivers an event or stays
+	// up for resumeSettle: during a promotion the client may reach a core
+	// that accepts the stream and then refuses it (not primary), many times
+	// a second, and the browser must see one reconnect, not a flurry.
+	var settle *time.Timer
+	var settled <-chan time.Time
+	defer func() {
+		if settle != nil {
+			settle.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -367,7 +383,21 @@ func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, r
 				return err
 			}
 		case connected := <-resumes:
-			if err := pc.observed(connected, reconnecting); err != nil {
+			if settle != nil {
+				settle.Stop()
+				settle, settled = nil, nil
+			}
+			if connected {
+				settle = time.NewTimer(resumeSettle)
+				settled = settle.C
+				continue
+			}
+			if err := pc.observed(false, reconnecting); err != nil {
+				return err
+			}
+		case <-settled:
+			settle, settled = nil, nil
+			if err := pc.resumed(reconnecting); err != nil {
 				return err
 			}
 		case rv := <-ch:

@@ -309,6 +309,28 @@ func TestEventsSurviveBreakThroughChatclient(t *testing.T) {
 	s.expectMessage(4, "Message")
 	f.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "after", chatpb.Visibility_VISIBILITY_ALL) // 5
 	s.expectMessage(5, "Message")
+
+	// A promotion in progress: the client reaches a core that accepts the
+	// stream and then refuses it, again and again. The browser hears of one
+	// reconnect, not of each attempt, and it is told "reconnected" once the
+	// stream stays up even with nothing to deliver.
+	f.mu.Lock()
+	f.refuseSubs = 30
+	f.mu.Unlock()
+	f.breakStreams()
+	s.expectNamed(sseReconnecting)
+	s.expectNamed(sseReconnected)
+	f.mu.Lock()
+	left := f.refuseSubs
+	f.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d refusals left: the client did not go through them", left)
+	}
+	f.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "settled", chatpb.Visibility_VISIBILITY_ALL) // 6
+	s.expectMessage(6, "Message")
+	if got := counterValue(t, srv.metrics.sseReconnects.WithLabelValues("reconnecting")); got != 2 {
+		t.Errorf("reconnecting told %v times, want 2", got)
+	}
 }
 
 func TestEventsChatVanishes(t *testing.T) {

@@ -27,6 +27,7 @@
   var agentNames = {};    // participantId -> nickname of agents present
   var typingTimer = null, typingSent = false, agentTypingTimer = null;
   var reopenTimer = null;
+  var coreLost = false;    // webapi told us its core connection is down
 
   function setStatus(kind, text) {
     el.status.className = "status status-" + kind;
@@ -271,12 +272,14 @@
       agentStoppedTyping("");
       setStatus("reconnecting", "Reconnecting…");
       showBanner("Connection to the chat server lost — reconnecting…");
-      localNotice("Disconnected from the chat server — reconnecting…", "notice-warn");
+      if (!coreLost) { localNotice("Disconnected from the chat server — reconnecting…", "notice-warn"); }
+      coreLost = true;
     });
     es.addEventListener("reconnected", function () {
       hideBanner();
       restoreStatus();
-      localNotice("Reconnected to the chat server", "notice-ok");
+      if (coreLost) { localNotice("Reconnected to the chat server", "notice-ok"); }
+      coreLost = false;
     });
     es.addEventListener("ended", function () { finish("The chat has ended"); });
     es.addEventListener("chat-error", function (e) {
