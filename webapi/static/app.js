@@ -217,10 +217,10 @@
         node = systemLine("The transcript could not be saved", "notice-warn");
         break;
       case "ParticipantDisconnected":
-        node = systemLine(whoName(m) + " disconnected", "notice-warn");
+        node = systemLine(mine ? "You were disconnected (chat server failover)" : whoName(m) + " was disconnected", "notice-warn");
         break;
       case "ParticipantReconnected":
-        node = systemLine(whoName(m) + " reconnected", "notice-ok");
+        node = systemLine(mine ? "You are reconnected" : whoName(m) + " reconnected", "notice-ok");
         break;
       case "ChatEnded":
         node = systemLine("The chat has ended", "");
