@@ -110,13 +110,27 @@ func TestControlPlaneRestartKeepsConnections(t *testing.T) {
 		t.Fatal("control plane down: connection broke")
 	}
 	streams := cp.streamCount()
+	cp.mu.Lock()
+	before := len(cp.requests)
+	cp.mu.Unlock()
 	cp.start(addr)
 	waitFor(t, 5*time.Second, "new ADS stream", func() bool { return cp.streamCount() > streams && p.Dump().XDS.Connected })
-	waitFor(t, 5*time.Second, "ACK on the new stream", func() bool {
+	// The new stream starts with the last accepted versions, then ACKs the
+	// restarted server's responses (a nonce from the new stream).
+	waitFor(t, 5*time.Second, "ACKs on the new stream", func() bool {
 		cp.mu.Lock()
 		defer cp.mu.Unlock()
-		return len(cp.requests) > 0 && cp.requests[len(cp.requests)-1].version == "1"
+		acks := map[string]bool{}
+		for _, r := range cp.requests[before:] {
+			if r.nonce != "" && r.version == "1" && !r.nack {
+				acks[r.typeURL] = true
+			}
+		}
+		return len(acks) == 3
 	})
+	if n := cp.nackCount(); n != 0 {
+		t.Fatalf("%d NACKs after the restart", n)
+	}
 	if call() != "a" {
 		t.Fatal("control plane back: connection broke")
 	}

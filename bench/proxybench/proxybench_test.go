@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/proxy"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // TestMain turns the test binary into an echo server when the benchmark
@@ -180,6 +182,51 @@ func FuzzIsPreface(f *testing.F) {
 		for _, r := range []io.Reader{bytes.NewReader(b), iotest.OneByteReader(bytes.NewReader(b)), iotest.HalfReader(bytes.NewReader(b))} {
 			if got := isPreface(bufio.NewReader(r)); got != want {
 				t.Fatalf("isPreface(%q) = %v, want %v", b, got, want)
+			}
+		}
+	})
+}
+
+// BenchmarkSidecarRoundTrip measures one 64-byte round trip through an
+// in-process sidecar to an in-process echo server (for profiling the data
+// path: go test -bench Sidecar -cpuprofile cpu.out ./bench/proxybench).
+func BenchmarkSidecarRoundTrip(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go serveEcho(ctx, ln, EchoStatus{Name: "p", Role: "primary", Epoch: 1})
+	cfg := proxy.DefaultConfig()
+	cfg.Listen, cfg.Admin = "127.0.0.1:0", ""
+	p, err := proxy.NewStatic(cfg, telemetry.Discard(), Resources(ln.Addr().String(), "127.0.0.1:1"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	if err := waitUntil(ctx, 5*time.Second, func() bool { return p.Dump().Clusters[0].Definitive }); err != nil {
+		b.Fatal(err)
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", p.Addr().String())
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		payload := makePayload(64)
+		buf := make([]byte, 64)
+		for pb.Next() {
+			if _, err := c.Write(payload); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				b.Error(err)
+				return
 			}
 		}
 	})
