@@ -180,7 +180,8 @@ var HARecommended = []string{
 //   - StageSingle: ucs, core-a (primary), webapi and interaction on core-a.
 //   - StagePair: ucs, witness, core-a (primary), core-b (backup), each core
 //     naming the other as --peer and asking the witness before a promotion;
-//     webapi and interaction are given both cores.
+//     the cores and the witness gossip (memberlist); webapi and interaction
+//     are given both cores.
 //   - StageMesh: ucs, core-a, core-b, the xds control plane (a gossip member
 //     and the cores' witness), a sidecar per client, and webapi and
 //     interaction that reach the cores only through their own sidecar.
@@ -199,18 +200,22 @@ func StandardPlan(l Layout) Plan {
 		witnessHTTP = a.WitnessHTTP
 		parts = append(parts, Part{Name: "witness", Kind: KindWitness, HTTP: a.WitnessHTTP, Args: []string{
 			logf, "--name=witness", "--http=" + a.WitnessHTTP, "--gossip-bind=" + a.WitnessGossip,
+			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip,
 		}})
 	case l.Stage >= StageMesh:
 		witnessHTTP = a.XDSHTTP
+	}
+	// The third gossip member: the witness, later the control plane.
+	thirdGossip := a.WitnessGossip
+	if l.Stage >= StageMesh {
+		thirdGossip = a.XDSGossip
 	}
 	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
 			"--ucs=" + ucsURL, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
 		if l.Stage >= StagePair {
-			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP)
-		}
-		if l.Stage >= StageMesh {
-			args = append(args, "--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+a.XDSGossip)
+			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP,
+				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip)
 		}
 		args = append(args, HARecommended...)
 		args = append(args, l.CoreArgs...)

@@ -194,7 +194,7 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 	}
 	cmd.WaitDelay = s.opts.Grace
 
-	s.progressf("starting %-12s ... ", part.Name)
+	s.progressf("starting %-*s ... ", s.nameWidth(), part.Name)
 	begin := time.Now()
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -224,6 +224,15 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 	s.progressf("ready in %s (pid %d)\n", took, p.pid)
 	s.opts.Logger.Info("part ready", "part", part.Name, "pid", p.pid, "took", took)
 	return s.writeState()
+}
+
+// nameWidth is the longest part name, for aligned progress lines.
+func (s *Supervisor) nameWidth() int {
+	w := 0
+	for _, p := range s.plan.Parts {
+		w = max(w, len(p.Name))
+	}
+	return w
 }
 
 // watch waits for the process to exit and records how.
