@@ -38,7 +38,8 @@ const (
 // SIGKILL mid-chat and checks that the chat goes on: core-b becomes primary
 // at a newer epoch, and every acknowledged message appears exactly once and
 // in order in the customer's refresh view, in the agent's push channel and
-// in the UCS transcript. Then it starts core-a's container again and checks
+// in the UCS transcript, each with the failover's participant disconnected
+// and reconnected notices. Then it starts core-a's container again and checks
 // that core-a joins as core-b's backup and that the chat still reaches UCS.
 func TestPrimaryContainerKilled(t *testing.T) {
 	requireDocker(t)
@@ -181,7 +182,8 @@ func TestPrimaryContainerKilled(t *testing.T) {
 		t.Logf("failover pause seen by the clients: %v (first acknowledgement %v after core-a died); longest pause of the run %v",
 			after1.Sub(before).Round(time.Millisecond), after1.Sub(died).Round(time.Millisecond), acks.longestGap().Round(time.Millisecond))
 	}
-	harness.Check(t, ctx, rec, harness.CheckOptions{UCS: ucs, MinAcked: 2 * perSide * 9 / 10})
+	harness.Check(t, ctx, rec, harness.CheckOptions{UCS: ucs, MinAcked: 2 * perSide * 9 / 10,
+		FailoverNotices: true, FailoverNoticesInUCS: true})
 	t.Logf("agent push channel: %d reconnecting, %d reconnected notices", ag.Seen("reconnecting"), ag.Seen("reconnected"))
 	if t.Failed() {
 		return
