@@ -104,6 +104,7 @@ func BenchmarkSendGRPC(b *testing.B) {
 	}
 	var next atomic.Int64
 	b.ReportAllocs()
+	b.SetParallelism(16)
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
