@@ -261,7 +261,9 @@ func (c *Client) Switchover(ctx context.Context, in *chatpb.SwitchoverRequest, o
 }
 
 // StreamObserver is told when a resuming stream loses its core (connected
-// false, with the error) and when it has resumed (connected true).
+// false, with the error) and when it has resumed (connected true: the new
+// stream delivered its first message; a stream with nothing to deliver
+// reports nothing until it does).
 type StreamObserver func(connected bool, err error)
 
 type observerKey struct{}
@@ -289,6 +291,7 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 	next := in.GetFromIndex()
 	s := &resumingStream[chatpb.Event]{
 		c:   c,
+		r:   retrier{c: c},
 		ctx: ctx,
 		obs: observer(ctx),
 		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.Event], error) {
@@ -300,7 +303,12 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 				return false, false // already delivered before the reconnect
 			}
 			next = ev.GetIndex() + 1
-			return true, ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED
+			// The core ends a participant's stream after the session ends
+			// and after that participant's own leave.
+			final = ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+				ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT &&
+					ev.GetFrom().GetId() == in.GetAuth().GetParticipantId()
+			return true, final
 		},
 	}
 	if err := s.connect(); err != nil {
@@ -315,6 +323,7 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 func (c *Client) WatchSessions(ctx context.Context, in *chatpb.WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
 	s := &resumingStream[chatpb.SessionChange]{
 		c:   c,
+		r:   retrier{c: c},
 		ctx: ctx,
 		obs: observer(ctx),
 		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
@@ -338,6 +347,12 @@ type resumingStream[T any] struct {
 	seen  func(*T) (deliver, final bool)
 	cur   grpc.ServerStreamingClient[T]
 	ended bool
+	// fresh is true while the current stream has delivered nothing: a
+	// stream a backup accepts and then refuses must not be reopened in a
+	// tight loop, so its failure counts as a failed attempt (with backoff).
+	fresh bool
+	lost  bool // the observer was told the stream is lost
+	r     retrier
 }
 
 // connect opens the stream, retrying until it works or fails for good.
@@ -352,6 +367,7 @@ func (s *resumingStream[T]) connect() error {
 			// backup's refusal is seen here and retried.
 			if _, err = st.Header(); err == nil {
 				s.cur = st
+				s.fresh = true
 				return nil
 			}
 		}
@@ -369,6 +385,12 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		}
 		m, err := s.cur.Recv()
 		if err == nil {
+			s.fresh = false
+			s.r.attempt = 0
+			if s.lost {
+				s.lost = false
+				s.obs(true, nil)
+			}
 			deliver, final := s.seen(m)
 			s.ended = final
 			if deliver {
@@ -384,12 +406,19 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		}
 		// EOF before the session ended means the core closed the stream
 		// (step-down, shutdown): resume elsewhere.
-		s.c.log.Info("chat core stream lost, resuming", "err", err)
-		s.obs(false, err)
+		if s.fresh {
+			// The stream failed before its first message: back off.
+			if !s.r.wait(s.ctx, err) {
+				return nil, err
+			}
+		} else {
+			s.c.log.Info("chat core stream lost, resuming", "err", err)
+			s.lost = true
+			s.obs(false, err)
+		}
 		if err := s.connect(); err != nil {
 			return nil, err
 		}
-		s.obs(true, nil)
 	}
 }
 

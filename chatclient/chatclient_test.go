@@ -28,6 +28,7 @@ type fakeCore struct {
 	log        []*chatpb.Event
 	breakAfter int
 	subFrom    []uint64
+	refuseSubs int // accept (send headers), then refuse this many subscriptions
 }
 
 func (f *fakeCore) Send(_ context.Context, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
@@ -48,7 +49,15 @@ func (f *fakeCore) Subscribe(in *chatpb.SubscribeRequest, st grpc.ServerStreamin
 	f.mu.Lock()
 	f.subFrom = append(f.subFrom, in.GetFromIndex())
 	first := len(f.subFrom) == 1
+	refuse := f.refuseSubs > 0
+	if refuse {
+		f.refuseSubs--
+	}
 	f.mu.Unlock()
+	if refuse {
+		_ = st.SendHeader(nil)
+		return status.Error(codes.Unavailable, "not primary")
+	}
 	sent := 0
 	for _, ev := range f.log {
 		if ev.GetIndex() < in.GetFromIndex() {
@@ -214,5 +223,36 @@ func TestRetryable(t *testing.T) {
 		if got := Retryable(status.Error(tc.code, "x")); got != tc.want {
 			t.Errorf("Retryable(%v) = %v, want %v", tc.code, got, tc.want)
 		}
+	}
+}
+
+func TestSubscribeBacksOffWhenAcceptedStreamsAreRefused(t *testing.T) {
+	f := &fakeCore{refuseSubs: 4, breakAfter: 1 << 30}
+	f.log = []*chatpb.Event{
+		{Index: 1, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE},
+		{Index: 2, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: &chatpb.Participant{Id: "p1"}},
+	}
+	addr, _ := serve(t, f)
+	c := newClient(t, addr)
+	st, err := c.Subscribe(context.Background(), &chatpb.SubscribeRequest{Auth: &chatpb.Auth{ParticipantId: "p1"}, FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for {
+		ev, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break // the participant's own leave ends its stream
+		}
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		got = append(got, ev.GetIndex())
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %v, want [1 2]", got)
+	}
+	if c.Retries() < 3 {
+		t.Fatalf("%d backed-off retries, want one per refused stream after the first", c.Retries())
 	}
 }
