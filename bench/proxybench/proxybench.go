@@ -64,6 +64,9 @@ type Options struct {
 	Conns int
 	// PayloadSize is the size of each request and response (default 64).
 	PayloadSize int
+	// Rounds is how many turns the paths take, each measured for
+	// Duration/Rounds per turn (default 5).
+	Rounds int
 	// Trials is the number of kill -9 failover trials (default 5).
 	Trials int
 	// HAProxy is the HAProxy binary (default /usr/sbin/haproxy).
@@ -95,6 +98,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Trials <= 0 {
 		o.Trials = 5
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 5
 	}
 	if o.HAProxy == "" {
 		o.HAProxy = "/usr/sbin/haproxy"
@@ -165,6 +171,7 @@ type Report struct {
 		Duration    time.Duration `json:"duration"`
 		Conns       int           `json:"conns"`
 		PayloadSize int           `json:"payloadSize"`
+		Rounds      int           `json:"rounds"`
 		Trials      int           `json:"trials"`
 	} `json:"options"`
 	HAProxyVersion string  `json:"haproxyVersion,omitempty"`
@@ -196,7 +203,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if err := o.defaults(); err != nil {
 		return rep, err
 	}
-	rep.Options.Duration, rep.Options.Conns, rep.Options.PayloadSize, rep.Options.Trials = o.Duration, o.Conns, o.PayloadSize, o.Trials
+	rep.Options.Duration, rep.Options.Conns, rep.Options.PayloadSize, rep.Options.Rounds, rep.Options.Trials = o.Duration, o.Conns, o.PayloadSize, o.Rounds, o.Trials
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "proxybench: "+format+"\n", args...) }
 
 	ports, err := freePorts(5)
@@ -256,23 +263,21 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 	}
 
-	// Latency and throughput, one path at a time.
+	// Latency and throughput: the paths take turns in short rounds, so that
+	// the machine's changing load falls on all of them alike.
 	payload := makePayload(o.PayloadSize)
-	logf("latency: direct")
-	if rep.Direct, err = measure(ctx, "direct", primaryAddr, o, payload); err != nil {
-		return rep, err
-	}
-	logf("latency: sidecar")
-	if rep.Sidecar, err = measureProc(ctx, "hachat sidecar", sidecarAddr, sc.pid(), o, payload); err != nil {
-		return rep, err
-	}
+	paths := []*pathRun{{res: Result{Name: "direct"}, addr: primaryAddr},
+		{res: Result{Name: "hachat sidecar"}, addr: sidecarAddr, pid: sc.pid()}}
 	if ha != nil {
-		logf("latency: haproxy")
-		r, err := measureProc(ctx, "haproxy", haAddr, ha.cmd.Process.Pid, o, payload)
-		if err != nil {
-			return rep, err
-		}
-		rep.HAProxy = &r
+		paths = append(paths, &pathRun{res: Result{Name: "haproxy"}, addr: haAddr, pid: ha.cmd.Process.Pid})
+	}
+	logf("latency: %d rounds of %v per path", o.Rounds, o.Duration/time.Duration(o.Rounds))
+	if err := measure(ctx, paths, o, payload); err != nil {
+		return rep, err
+	}
+	rep.Direct, rep.Sidecar = paths[0].res, paths[1].res
+	if ha != nil {
+		rep.HAProxy = &paths[2].res
 	}
 	rep.ratios()
 
@@ -356,8 +361,8 @@ func (g *Gaps) summarize() {
 
 // WriteText writes the report for people.
 func (r Report) WriteText(w io.Writer) {
-	fmt.Fprintf(w, "hachat bench proxy: %d connections, %d-byte request/response, %v per path\n",
-		r.Options.Conns, r.Options.PayloadSize, r.Options.Duration)
+	fmt.Fprintf(w, "hachat bench proxy: %d connections, %d-byte request/response, %v per path in %d rounds\n",
+		r.Options.Conns, r.Options.PayloadSize, r.Options.Duration, r.Options.Rounds)
 	if r.HAProxyVersion != "" {
 		fmt.Fprintf(w, "haproxy: %s\n", r.HAProxyVersion)
 	}
@@ -449,38 +454,57 @@ func makePayload(n int) []byte {
 	return b
 }
 
-// measure runs o.Conns closed-loop clients against addr for o.Duration.
-func measure(ctx context.Context, name, addr string, o Options, payload []byte) (Result, error) {
-	res := Result{Name: name}
-	// Warm up: connections, buffers, the proxies' pools.
-	if _, _, err := load(ctx, addr, o.Conns, 300*time.Millisecond, payload); err != nil {
-		return res, fmt.Errorf("%s warm-up: %w", name, err)
-	}
-	lat, errs, err := load(ctx, addr, o.Conns, o.Duration, payload)
-	if err != nil {
-		return res, fmt.Errorf("%s: %w", name, err)
-	}
-	slices.Sort(lat)
-	res.Requests, res.Errors = len(lat), errs
-	res.Throughput = float64(len(lat)) / o.Duration.Seconds()
-	if len(lat) > 0 {
-		res.P50 = lat[len(lat)/2]
-		res.P99 = lat[len(lat)*99/100]
-		res.Max = lat[len(lat)-1]
-	}
-	return res, nil
+// pathRun accumulates the measurements of one path.
+type pathRun struct {
+	res  Result
+	addr string
+	pid  int // the proxy process, 0 for the direct path
+	lat  []time.Duration
 }
 
-// measureProc is measure plus the CPU time process pid used meanwhile.
-func measureProc(ctx context.Context, name, addr string, pid int, o Options, payload []byte) (Result, error) {
-	before, cerr := procCPU(pid)
-	res, err := measure(ctx, name, addr, o, payload)
-	after, cerr2 := procCPU(pid)
-	if err == nil && cerr == nil && cerr2 == nil && res.Requests > 0 {
-		res.CPU = after - before
-		res.CPUPerRequest = res.CPU / time.Duration(res.Requests)
+// measure runs o.Conns closed-loop clients against each path in turn, in
+// o.Rounds rounds that together last o.Duration per path.
+func measure(ctx context.Context, paths []*pathRun, o Options, payload []byte) error {
+	for _, p := range paths {
+		// Warm up: connections, buffers, the proxies' pools.
+		if _, _, err := load(ctx, p.addr, o.Conns, 300*time.Millisecond, payload); err != nil {
+			return fmt.Errorf("%s warm-up: %w", p.res.Name, err)
+		}
 	}
-	return res, err
+	slice := o.Duration / time.Duration(o.Rounds)
+	for r := 0; r < o.Rounds; r++ {
+		for _, p := range paths {
+			var before time.Duration
+			if p.pid != 0 {
+				before, _ = procCPU(p.pid)
+			}
+			lat, errs, err := load(ctx, p.addr, o.Conns, slice, payload)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p.res.Name, err)
+			}
+			if p.pid != 0 {
+				if after, err := procCPU(p.pid); err == nil {
+					p.res.CPU += after - before
+				}
+			}
+			p.lat = append(p.lat, lat...)
+			p.res.Errors += errs
+		}
+	}
+	for _, p := range paths {
+		lat := p.lat
+		slices.Sort(lat)
+		p.res.Requests = len(lat)
+		p.res.Throughput = float64(len(lat)) / (slice * time.Duration(o.Rounds)).Seconds()
+		if len(lat) > 0 {
+			p.res.P50 = lat[len(lat)/2]
+			p.res.P99 = lat[len(lat)*99/100]
+			p.res.Max = lat[len(lat)-1]
+			p.res.CPUPerRequest = p.res.CPU / time.Duration(len(lat))
+		}
+		p.lat = nil
+	}
+	return nil
 }
 
 // procCPU reads the user+system CPU time of pid and its threads from
