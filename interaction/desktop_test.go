@@ -125,6 +125,57 @@ func TestDesktopInBrowser(t *testing.T) {
 			break
 		}
 	}
+
+	// A supervisor in a second tab monitors, then coaches; the agent's page
+	// shows the coaching message as internal, the customer never sees it.
+	sctx, cancelS := chromedp.NewContext(ctx)
+	defer cancelS()
+	runS := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		for i, st := range steps {
+			if err := chromedp.Do(sctx, st); err != nil {
+				shot, _ := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+				_ = os.WriteFile(filepath.Join(dir, "supervisor-failed.png"), shot, 0o644)
+				t.Fatalf("supervisor: %s: step %d: %v", what, i, err)
+			}
+		}
+	}
+	runS("log in as supervisor",
+		chromedp.Navigate(e.url+"/agent"),
+		chromedp.WaitVisible(css("#agentId")),
+		chromedp.SendKeys(css("#agentId"), "sup1"),
+		chromedp.SendKeys(css("#nickname"), "Sam"),
+		chromedp.SetValue(css("#role"), "supervisor"),
+		chromedp.Click(css("#login")),
+		chromedp.WaitVisible(css(`#live .monitor[data-chat="`+chat+`"]`)),
+		chromedp.Click(css(`#live .monitor[data-chat="`+chat+`"]`)),
+		chromedp.WaitVisible(css(sel+` .msg[data-index="`+strconv.FormatUint(idx, 10)+`"]`)),
+		chromedp.WaitNotVisible(css(sel+` .reply`)), // monitoring is silent
+		chromedp.Click(css(`#live .coach[data-chat="`+chat+`"]`)),
+		chromedp.WaitVisible(css(sel+` .reply`)),
+		chromedp.SendKeys(css(sel+` .reply-input`), "offer a voucher"),
+		chromedp.Click(css(sel+` .reply-send`)),
+	)
+	run("agent sees the coaching", chromedp.WaitVisible(css(sel+` .msg.internal`)))
+	coached, err := chromedp.Run(ctx, chromedp.Text(css(sel+` .msg.internal`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(coached, "offer a voucher") {
+		t.Errorf("internal entry on the agent's page: %q", coached)
+	}
+	for _, ev := range e.core.customerView(chat) {
+		if strings.Contains(ev.Text, "voucher") {
+			t.Errorf("customer sees the coaching message: %q", ev.Text)
+		}
+	}
+	sshot, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "supervisor-desktop.png"), sshot, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func num(s string) int {
