@@ -21,17 +21,19 @@ func runBenchProxy(ctx context.Context, args []string, out, errw io.Writer) erro
 		Duration time.Duration `yaml:"duration"`
 		Conns    int           `yaml:"conns"`
 		Payload  int           `yaml:"payload"`
+		Rounds   int           `yaml:"rounds"`
 		Trials   int           `yaml:"trials"`
 		HAProxy  string        `yaml:"haproxy"`
 		JSON     bool          `yaml:"json"`
 		Verbose  bool          `yaml:"verbose"`
 	}
-	o.Duration, o.Conns, o.Payload, o.Trials, o.HAProxy = 5*time.Second, 8, 64, 10, "/usr/sbin/haproxy"
+	o.Duration, o.Conns, o.Payload, o.Rounds, o.Trials, o.HAProxy = 5*time.Second, 8, 64, 5, 10, "/usr/sbin/haproxy"
 	err := parseFlags("bench proxy", "Measure the sidecar against a direct connection and HAProxy: p50/p99 latency,\n"+
 		"throughput, and the kill -9 failover gap.", args, errw, &o, func(fs *flag.FlagSet) {
 		fs.DurationVar(&o.Duration, "duration", o.Duration, "length of each latency phase")
 		fs.IntVar(&o.Conns, "conns", o.Conns, "concurrent client connections, one round trip at a time each")
 		fs.IntVar(&o.Payload, "payload", o.Payload, "request and response size in bytes")
+		fs.IntVar(&o.Rounds, "rounds", o.Rounds, "turns the paths take (each path runs duration/rounds per turn)")
 		fs.IntVar(&o.Trials, "trials", o.Trials, "kill -9 failover trials")
 		fs.StringVar(&o.HAProxy, "haproxy", o.HAProxy, "HAProxy binary")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
@@ -40,7 +42,7 @@ func runBenchProxy(ctx context.Context, args []string, out, errw io.Writer) erro
 	if err != nil {
 		return err
 	}
-	opts := proxybench.Options{Duration: o.Duration, Conns: o.Conns, PayloadSize: o.Payload, Trials: o.Trials, HAProxy: o.HAProxy}
+	opts := proxybench.Options{Duration: o.Duration, Conns: o.Conns, PayloadSize: o.Payload, Rounds: o.Rounds, Trials: o.Trials, HAProxy: o.HAProxy}
 	if o.Verbose {
 		opts.Log = errw
 	}
