@@ -97,6 +97,38 @@ func TestDesktopInBrowser(t *testing.T) {
 		chromedp.WaitVisible(css(sel+` .msg[data-index="`+strconv.FormatUint(idx, 10)+`"]`)),
 		chromedp.WaitNotVisible(css(sel+` .typing`)),
 	)
+	// A reply sent while the core is away is retried with the same
+	// clientMessageId and stored once.
+	e.core.setDown(true)
+	run("reply during an outage",
+		chromedp.SendKeys(css(sel+` .reply-input`), "sorry for the wait"),
+		chromedp.Click(css(sel+` .reply-send`)),
+		chromedp.WaitVisible(css(sel+` .pending`)),
+	)
+	e.waitFor("a refused attempt", func() bool {
+		e.core.mu.Lock()
+		defer e.core.mu.Unlock()
+		return e.core.refused >= 3 // typing started, typing stopped, and the reply
+	})
+	e.core.setDown(false)
+	e.waitFor("the retried reply in the core", func() bool {
+		for _, ev := range e.core.customerView(chat) {
+			if ev.Text == "sorry for the wait" {
+				return true
+			}
+		}
+		return false
+	})
+	run("retried reply shown", chromedp.WaitNotPresent(css(sel+` .pending`)))
+	n := 0
+	for _, ev := range e.core.customerView(chat) {
+		if ev.Text == "sorry for the wait" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("retried reply stored %d times, want 1", n)
+	}
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,7 @@ type fakeCore struct {
 	kill     chan struct{} // closed to break every open stream
 	down     bool          // refuse new streams and calls with Unavailable
 	joins    int
+	refused  int // sends refused while down
 	// lazyHeaders makes streams send their headers with the first message
 	// only, as the real core does.
 	lazyHeaders bool
@@ -168,6 +169,7 @@ func (f *fakeCore) Send(ctx context.Context, in *chatpb.SendRequest) (*chatpb.Se
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.unavailable(); err != nil {
+		f.refused++
 		return nil, err
 	}
 	s, p, err := f.authLocked(in.Auth)
