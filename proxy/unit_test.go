@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/hachat/hachat/telemetry"
 )
 
 func TestRank(t *testing.T) {
@@ -356,5 +358,52 @@ func TestConfig(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"-breaker-failures", "x"}); err == nil {
 		t.Fatal("bad breaker-failures accepted")
+	}
+}
+
+func TestPickListener(t *testing.T) {
+	lds := map[string]listenerInfo{
+		"chatcore":         {name: "chatcore", api: true},
+		"chatcore-sidecar": {name: "chatcore-sidecar", cluster: "chatcore"},
+	}
+	two := map[string]listenerInfo{
+		"a": {name: "a", cluster: "x"},
+		"b": {name: "b", cluster: "y"},
+	}
+	tests := []struct {
+		name, configured string
+		lds              map[string]listenerInfo
+		want             string
+		ok               bool
+	}{
+		{"by name", "chatcore-sidecar", lds, "chatcore-sidecar", true},
+		{"api listener by name is refused", "chatcore", lds, "", false},
+		{"missing name", "other", lds, "", false},
+		{"empty name: the only tcp_proxy listener", "", lds, "chatcore-sidecar", true},
+		{"empty name: two candidates is ambiguous", "", two, "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &Proxy{cfg: Config{Listener: tc.configured}}
+			got, ok := p.pickListener(tc.lds)
+			if ok != tc.ok || (ok && got.name != tc.want) {
+				t.Fatalf("pickListener = %q, %v; want %q, %v", got.name, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestNewStaticRejectsBadResources(t *testing.T) {
+	bad := edsCluster("chatcore", time.Second, time.Second, 1, 1)
+	bad.HealthChecks[0].Interval = nil
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.Admin = "127.0.0.1:0", ""
+	_, err := NewStatic(cfg, telemetry.Discard(), Resources{Clusters: []*clusterv3.Cluster{bad}})
+	if !errors.Is(err, ErrBadResource) {
+		t.Fatalf("NewStatic with a bad cluster: %v, want ErrBadResource", err)
+	}
+	cfg.Listen = "nope"
+	if _, err := NewStatic(cfg, telemetry.Discard(), Resources{}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("NewStatic with a bad listen address: %v, want ErrConfig", err)
 	}
 }
