@@ -31,17 +31,20 @@ import (
 const token = "svc-token"
 
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	cc  chatpb.ChatClient // the customer's side, straight to the core
 	url string
 }
 
-func start(t *testing.T) *env {
+func start(t *testing.T) *env { return startB(t) }
+
+func startB(t testing.TB) *env {
 	t.Helper()
 	cfg := chatcore.DefaultConfig()
 	cfg.Name = "core-test"
 	cfg.GRPC, cfg.HTTP = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.ServiceToken = token
+	cfg.SendRate, cfg.SendBurst = 1e6, 1e6 // the benchmark sends as fast as it can
 	core, err := chatcore.New(cfg, ucsmock.NewMemStore(1), telemetry.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +136,7 @@ type event struct {
 }
 
 type push struct {
-	t  *testing.T
+	t  testing.TB
 	mu sync.Mutex
 	ev []event
 }
