@@ -16,6 +16,8 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -300,3 +302,36 @@ func TestAdminEndpoint(t *testing.T) {
 	}
 }
 
+
+func TestConnectionSpan(t *testing.T) {
+	a := newFakeCore(t, "a", "primary", 1)
+	b := newFakeCore(t, "b", "backup", 1)
+	rec := tracetest.NewSpanRecorder()
+	tel := telemetry.Discard()
+	tel.Tracer = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	cfg := testConfig("")
+	res := pairResources(a, b, 100*time.Millisecond, 2)
+	p, err := NewStatic(cfg, tel, Resources{
+		Listeners: []*listenerv3.Listener{res[resource.ListenerType][0].(*listenerv3.Listener)},
+		Clusters:  []*clusterv3.Cluster{res[resource.ClusterType][0].(*clusterv3.Cluster)},
+		Endpoints: []*endpointv3.ClusterLoadAssignment{res[resource.EndpointType][0].(*endpointv3.ClusterLoadAssignment)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProxy(t, p)
+	waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+	waitFor(t, 5*time.Second, "an ended connection span on a", func() bool {
+		for _, s := range rec.Ended() {
+			if s.Name() != "proxy.connection" {
+				continue
+			}
+			for _, kv := range s.Attributes() {
+				if string(kv.Key) == "upstream.address" && kv.Value.AsString() == a.addr {
+					return true
+				}
+			}
+		}
+		return false
+	})
+}
