@@ -16,7 +16,13 @@ import (
 // primary is killed twice and each time restarted as backup. Every
 // acknowledged message must end up exactly once, at its acknowledged index,
 // in the final primary's log.
-func TestFailoverChurnNoLossNoDuplicate(t *testing.T) {
+func TestFailoverChurnNoLossNoDuplicate(t *testing.T) { churn(t, false) }
+
+// TestSwitchoverUnderLoad is the same workload across two planned
+// switchovers (a to b, then back).
+func TestSwitchoverUnderLoad(t *testing.T) { churn(t, true) }
+
+func churn(t *testing.T, switchover bool) {
 	if testing.Short() {
 		t.Skip("failover churn")
 	}
@@ -88,10 +94,26 @@ func TestFailoverChurnNoLossNoDuplicate(t *testing.T) {
 		mu.Unlock()
 		waitInSync(t, nodes[alive], victim.c.cfg.Name)
 	}
+	hand := func(from, to int) {
+		r, err := nodes[from].cl.Switchover(ctx, &chatpb.SwitchoverRequest{AdminToken: "adm-token"})
+		if err != nil {
+			t.Fatalf("switchover: %v", err)
+		}
+		t.Logf("switchover to %s: pause %d µs", r.NewPrimary, r.PauseMicros)
+		waitInSync(t, nodes[to], nodes[from].c.cfg.Name)
+	}
 	time.Sleep(80 * time.Millisecond)
-	kill(0, 1, RolePrimary) // restarted with its old flags: joins as backup
+	if switchover {
+		hand(0, 1)
+	} else {
+		kill(0, 1, RolePrimary) // restarted with its old flags: joins as backup
+	}
 	time.Sleep(80 * time.Millisecond)
-	kill(1, 0, RoleBackup)
+	if switchover {
+		hand(1, 0)
+	} else {
+		kill(1, 0, RoleBackup)
+	}
 	wg.Wait()
 
 	final := nodes[0]
