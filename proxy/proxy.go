@@ -214,7 +214,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	close(p.started)
 	p.mu.Unlock()
 
-	p.log.Info("sidecar starting", "listen", p.ln.Addr().String(), "admin", p.cfg.Admin, "xds", p.xds.Address,
+	admin := ""
+	if a := p.AdminAddr(); a != nil {
+		admin = a.String()
+	}
+	p.log.Info("sidecar starting", "listen", p.ln.Addr().String(), "admin", admin, "xds", p.xds.Address,
 		"listener", p.cfg.Listener)
 
 	errc := make(chan error, 3)
