@@ -244,6 +244,7 @@ func (p *Proxy) closeConnsLocked(h *host, why string) {
 	}
 	p.log.Info("closing client connections to host", "host", h.addr, "connections", len(h.conns), "why", why)
 	for c := range h.conns {
+		c.failover.Store(true)
 		c.abort()
 		delete(h.conns, c)
 		p.m.closedConns.Inc()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -28,13 +29,12 @@ type conn struct {
 	client   net.Conn
 	upstream net.Conn
 	once     sync.Once
-	aborted  chan struct{}
+	failover atomic.Bool // closed by the sidecar because its host went down or was superseded
 }
 
 // abort closes both sides; the copy loops end with an error.
 func (c *conn) abort() {
 	c.once.Do(func() {
-		close(c.aborted)
 		c.client.Close()
 		c.upstream.Close()
 	})
@@ -86,7 +86,7 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 		p.log.Warn("client connection dropped: no upstream", "client", client.RemoteAddr().String(), "err", err)
 		return
 	}
-	c := &conn{client: client, upstream: upstream, aborted: make(chan struct{})}
+	c := &conn{client: client, upstream: upstream}
 	if !p.register(h, c) {
 		// The host was superseded while we connected: start over once.
 		upstream.Close()
@@ -97,7 +97,7 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 			span.SetStatus(codes.Error, err.Error())
 			return
 		}
-		c = &conn{client: client, upstream: upstream, aborted: make(chan struct{})}
+		c = &conn{client: client, upstream: upstream}
 		if !p.register(h, c) {
 			client.Close()
 			upstream.Close()
@@ -113,11 +113,9 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 
 	up, down, upErr := p.pipe(c)
 	span.SetAttributes(attribute.Int64("bytes.upstream", up), attribute.Int64("bytes.downstream", down))
-	select {
-	case <-c.aborted:
+	if c.failover.Load() {
 		span.SetAttributes(attribute.Bool("closed_by_failover", true))
 		return
-	default:
 	}
 	switch {
 	case upErr != nil && isRefusedOrReset(upErr):
