@@ -242,6 +242,9 @@ func (f *fakeCore) Subscribe(in *chatpb.SubscribeRequest, st grpc.ServerStreamin
 		return err
 	}
 	s, p, err := f.authLocked(in.Auth)
+	if err == nil && in.FromIndex > uint64(len(s.events)+1) {
+		err = status.Errorf(codes.InvalidArgument, "from_index %d is past the end of the log", in.FromIndex)
+	}
 	kill := f.kill
 	f.mu.Unlock()
 	if err != nil {

@@ -120,3 +120,37 @@ func TestIdleCoreWithLazyHeaders(t *testing.T) {
 	chat := e.customer("Sue").SessionId
 	pa.wait("offer", offerFor(chat))
 }
+
+// TestResumePastEndRereads: when the serving core refuses the resume index
+// (past the end of its log), the chat is read again from the start and the
+// events already shown are not shown twice.
+func TestResumePastEndRereads(t *testing.T) {
+	e := newEnv(t, nil)
+	ta := e.login("a", "agent")
+	pa := e.openPush(ta)
+	e.mustDo("POST", "/agent/v1/ready", ta, nil)
+	cust := e.customer("Uma")
+	chat := cust.SessionId
+	pa.wait("offer", offerFor(chat))
+	e.mustDo("POST", "/agent/v1/offers/"+chat+"/accept", ta, nil)
+	e.customerSay(cust, "one", "c-1")
+	pa.wait("one", chatEv(chat, "Message", "one"))
+
+	e.srv.mu.Lock()
+	m := e.srv.members[memberKey{chat, "a"}]
+	saved := m.next
+	m.next = 1000 // as if the new primary's log were shorter
+	e.srv.mu.Unlock()
+	e.core.breakStreams()
+	pa.wait("chat reread after the refusal", func(ev pushEvent) bool {
+		return ev.Event == evReconnected && ev.Data["scope"] == "chat" && ev.Data["chatId"] == chat
+	})
+	e.srv.mu.Lock()
+	m.next = saved // what the dedupe compares against
+	e.srv.mu.Unlock()
+	e.customerSay(cust, "two", "c-2")
+	pa.wait("two", chatEv(chat, "Message", "two"))
+	if n := pa.count(chatEv(chat, "Message", "one")); n != 1 {
+		t.Errorf("message one shown %d times", n)
+	}
+}

@@ -495,10 +495,14 @@ func (s *Server) follow(ctx context.Context, m *member) {
 			s.setMemberConnected(m, false, err)
 		}
 	}
+	fromStart := false
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		from := m.next
 		s.mu.Unlock()
+		if fromStart {
+			from, fromStart = 1, false // events already seen are skipped by index
+		}
 		st, err := s.core.Subscribe(withObserver(ctx, obs), &chatpb.SubscribeRequest{Auth: m.auth, FromIndex: from})
 		if err == nil {
 			for {
@@ -525,6 +529,11 @@ func (s *Server) follow(ctx context.Context, m *member) {
 			s.dropMemberLocked(m, ReasonEnded)
 			s.mu.Unlock()
 			return
+		case codes.InvalidArgument:
+			// Our resume index is past the end of the serving core's log:
+			// read it from the start rather than wait for ever.
+			s.log.Error("chat resume index refused, rereading the chat", "chat", m.key.chat, "agent", m.key.agent, "err", err)
+			fromStart = true
 		}
 		s.setMemberConnected(m, false, err)
 		if !sleep(ctx, backoff) {
