@@ -320,4 +320,3 @@ func (p *Proxy) recordNACK(typeURL, version, nonce string, err error) {
 	p.xds.LastNACK = &nackInfo{Type: shortType(typeURL), Version: version, Nonce: nonce, Error: err.Error(), At: time.Now()}
 	p.mu.Unlock()
 }
-

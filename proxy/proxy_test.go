@@ -146,9 +146,9 @@ func TestControlPlaneRestartKeepsConnections(t *testing.T) {
 
 func TestFailover(t *testing.T) {
 	tests := []struct {
-		name          string
-		stopCP        bool // control plane killed before the primary
-		promote       bool // backup promotes itself (role primary, epoch 2)
+		name    string
+		stopCP  bool // control plane killed before the primary
+		promote bool // backup promotes itself (role primary, epoch 2)
 	}{
 		{name: "control plane up, backup promotes", promote: true},
 		{name: "control plane down, backup promotes", stopCP: true, promote: true},
@@ -301,7 +301,6 @@ func TestAdminEndpoint(t *testing.T) {
 		t.Fatalf("metrics: %d, ads_connected missing", code)
 	}
 }
-
 
 func TestConnectionSpan(t *testing.T) {
 	a := newFakeCore(t, "a", "primary", 1)
