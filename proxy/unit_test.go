@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -405,5 +407,82 @@ func TestNewStaticRejectsBadResources(t *testing.T) {
 	cfg.Listen = "nope"
 	if _, err := NewStatic(cfg, telemetry.Discard(), Resources{}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("NewStatic with a bad listen address: %v, want ErrConfig", err)
+	}
+}
+
+// tcpPair returns the two ends of one loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+func TestPipeHalfClose(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{m: m}
+	client, clientSide := tcpPair(t)
+	upstreamSide, upstream := tcpPair(t)
+	type result struct {
+		up, down int64
+		err      error
+	}
+	done := make(chan result, 1)
+	go func() {
+		up, down, err := p.pipe(&conn{client: clientSide, upstream: upstreamSide})
+		done <- result{up, down, err}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	client.SetDeadline(deadline)
+	upstream.SetDeadline(deadline)
+
+	// The client sends a request and shuts down its sending side; the
+	// upstream must see the request and then EOF, and can still answer.
+	if _, err := client.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	got, err := io.ReadAll(upstream)
+	if err != nil || string(got) != "request" {
+		t.Fatalf("upstream read %q, %v; want the request then EOF", got, err)
+	}
+	if _, err := upstream.Write([]byte("answer")); err != nil {
+		t.Fatalf("upstream answer after the client's half-close: %v", err)
+	}
+	upstream.CloseWrite()
+	got, err = io.ReadAll(client)
+	if err != nil || string(got) != "answer" {
+		t.Fatalf("client read %q, %v; want the answer then EOF", got, err)
+	}
+	select {
+	case r := <-done:
+		if r.up != 7 || r.down != 6 || r.err != nil {
+			t.Fatalf("pipe = %+v, want 7 up, 6 down, no error", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pipe did not end after both sides closed")
+	}
+	if got := metricValue(m.bytes); got != 13 {
+		t.Fatalf("bytes metric = %v, want 13", got)
 	}
 }
