@@ -63,6 +63,9 @@ type Core struct {
 	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
 	roleCh   chan struct{}    // closed and replaced at every role change
 
+	progressMu    sync.Mutex
+	progressDirty map[*session]struct{} // saves to report to the backup
+
 	restoreMu sync.Mutex
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
 
@@ -118,6 +121,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.repl = newReplicator(c)
 	c.roleCh = make(chan struct{})
 	c.restoring = make(map[string]chan struct{})
+	c.progressDirty = make(map[*session]struct{})
 	c.setRoleMetrics(RoleBackup)
 	return c, nil
 }

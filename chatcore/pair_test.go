@@ -147,6 +147,17 @@ func TestReplicationAndFailover(t *testing.T) {
 		t.Errorf("backup served a send: %v", err)
 	}
 
+	// Transcript progress is replicated state: the backup learns what UCS holds.
+	savedThrough := func(n *node) uint64 {
+		s := n.c.session(cust.SessionId)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.savedThrough
+	}
+	waitFor(t, "save progress replicated", func() bool {
+		return savedThrough(a) == acked[len(acked)-1] && savedThrough(b) == savedThrough(a)
+	})
+
 	sub, err := a.cl.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: agent, FromIndex: 1})
 	if err != nil {
 		t.Fatal(err)

@@ -372,8 +372,17 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	}
 }
 
-// replicateProgress tells the backup about an acknowledged transcript save.
-func (c *Core) replicateProgress(s *session) {
+// replicateProgress tells the backup about an acknowledged transcript save:
+// at once when now is set, else batched by the progress flusher (saves are
+// idempotent, so progress the backup misses only costs a re-save after a
+// failover).
+func (c *Core) replicateProgress(s *session, now bool) {
+	if !now {
+		c.progressMu.Lock()
+		c.progressDirty[s] = struct{}{}
+		c.progressMu.Unlock()
+		return
+	}
 	l := c.repl.current()
 	if l == nil || s.replGen.Load() != l.gen {
 		return
@@ -382,4 +391,27 @@ func (c *Core) replicateProgress(s *session) {
 	p := &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
 	s.mu.Unlock()
 	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Saved{Saved: p}}, false)
+}
+
+// progressEvery is how often batched save progress goes to the backup.
+const progressEvery = 50 * time.Millisecond
+
+// flushProgress sends batched save progress until ctx is done.
+func (c *Core) flushProgress(ctx context.Context) {
+	t := time.NewTicker(progressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.progressMu.Lock()
+		dirty := c.progressDirty
+		c.progressDirty = make(map[*session]struct{}, len(dirty))
+		c.progressMu.Unlock()
+		for s := range dirty {
+			c.replicateProgress(s, true)
+		}
+	}
 }

@@ -162,7 +162,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 				s.finalSaved = true
 			}
 		})
-		c.replicateProgress(s)
+		c.replicateProgress(s, false)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, "save", to, "")
 		}
@@ -178,7 +178,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		}
 		if c.cfg.TranscriptSaveOnError == SaveOnErrorClose {
 			sv.done(ctx, s, func() { s.noFinalSave = true })
-			c.replicateProgress(s)
+			c.replicateProgress(s, true)
 			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
 				c.log.Warn("could not close session after non-recoverable save error", "session", s.id, "err", err)
 			}
