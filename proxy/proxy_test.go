@@ -334,3 +334,34 @@ func TestConnectionSpan(t *testing.T) {
 		return false
 	})
 }
+
+func TestConnectRetriesNextPriority(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	b := newFakeCore(t, "b", "backup", 1)
+	cfg := testConfig("")
+	p, err := NewStatic(cfg, telemetry.Discard(), Resources{
+		Listeners: []*listenerv3.Listener{tcpListener("chatcore-sidecar", "chatcore")},
+		Clusters:  []*clusterv3.Cluster{edsCluster("chatcore", time.Minute, 100*time.Millisecond, 5, 1)},
+		Endpoints: []*endpointv3.ClusterLoadAssignment{loadAssignment("chatcore",
+			ep{deadAddr, 0, corev3.HealthStatus_HEALTHY, "a", "primary", 1},
+			ep{b.addr, 1, corev3.HealthStatus_HEALTHY, "b", "backup", 1})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProxy(t, p)
+	// Priority 0 refuses: the very first connection lands on priority 1,
+	// by a retry or because the refused check already marked 0 down.
+	if got := statusVia(p.Addr().String()); got != "b" {
+		t.Fatalf("first connection reached %q, want b", got)
+	}
+	d := p.Dump().Clusters[0]
+	if d.Endpoints[0].Health != "down" {
+		t.Fatalf("dead priority-0 host is %q, want down", d.Endpoints[0].Health)
+	}
+}
