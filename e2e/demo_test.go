@@ -57,8 +57,10 @@ func TestDemoCommand(t *testing.T) {
 		}
 		if t.Failed() {
 			t.Logf("demo output:\n%s", output())
-			for _, name := range []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"} {
-				t.Logf("%s log:\n%s", name, demo.Tail(filepath.Join(dir, name+".log"), 30))
+			if st, err := demo.ReadState(state); err == nil {
+				for _, p := range st.Parts {
+					t.Logf("%s log:\n%s", p.Name, demo.Tail(p.Log, 30))
+				}
 			}
 		}
 	})
@@ -78,7 +80,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ucs", "core-a", "webapi", "interaction"}
+	want := []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}
 	for _, name := range want {
 		p, ok := st.Part(name)
 		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
@@ -157,10 +159,12 @@ func TestDemoCommand(t *testing.T) {
 	}
 
 	st, _ = demo.ReadState(state)
-	for _, name := range []string{"ucs", "core-b", "witness", "webapi", "interaction"} {
-		p, _ := st.Part(name)
-		if err := syscall.Kill(p.PID, 0); err != nil {
-			t.Errorf("%s (pid %d) died with the primary: %v", name, p.PID, err)
+	for _, p := range st.Parts {
+		if p.Name == "core-a" {
+			continue
+		}
+		if err := syscall.Kill(p.PID, 0); err != nil || p.State != demo.StateRunning {
+			t.Errorf("%s (pid %d, %s) died with the primary: %v", p.Name, p.PID, p.State, err)
 		}
 	}
 

@@ -35,7 +35,7 @@ type demoConfig struct {
 // runDemo starts the whole cluster on this machine, each part its own child
 // process, and keeps it running until Ctrl-C or SIGTERM.
 func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
-	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StagePair),
+	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh),
 		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
