@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,14 +40,14 @@ func testConfig() Config {
 	return cfg
 }
 
-func startCore(t testing.TB, mod func(*Config)) *testCore {
+func startCore(t testing.TB, mod func(*Config), opts ...Option) *testCore {
 	t.Helper()
 	cfg := testConfig()
 	if mod != nil {
 		mod(&cfg)
 	}
 	store := newMemStore()
-	c, err := New(cfg, store, telemetry.Discard())
+	c, err := New(cfg, store, telemetry.Discard(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,3 +325,15 @@ func TestHealthAndHTTP(t *testing.T) {
 		}
 	}
 }
+
+// fakeClock is a settable clock for WithClock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock(t time.Time) *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(t.UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }

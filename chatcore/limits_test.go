@@ -146,9 +146,8 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestSendRateLimit(t *testing.T) {
-	now := time.Unix(1000, 0)
-	tc := startCore(t, func(c *Config) { c.SendBurst = 3; c.SendRate = 1 })
-	tc.c.now = func() time.Time { return now }
+	clock := newFakeClock(time.Unix(1000, 0))
+	tc := startCore(t, func(c *Config) { c.SendBurst = 3; c.SendRate = 1 }, WithClock(clock.Now))
 	ctx := ctxT(t)
 	cust, agent := tc.chat(t)
 	for i := range 3 {
@@ -166,7 +165,7 @@ func TestSendRateLimit(t *testing.T) {
 	if _, err := tc.cl.Send(ctx, msg(agent, "y", "")); err != nil { // per participant
 		t.Fatalf("agent send: %v", err)
 	}
-	now = now.Add(time.Second) // one token back
+	clock.Advance(time.Second) // one token back
 	if _, err := tc.cl.Send(ctx, msg(cust, "x", "")); err != nil {
 		t.Fatalf("send after refill: %v", err)
 	}
