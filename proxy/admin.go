@@ -21,7 +21,7 @@ type Dump struct {
 	// Configured is true once a configuration has been accepted.
 	Configured bool `json:"configured"`
 	// XDS is the control plane state: connection, versions, last NACK.
-	XDS xdsStatus `json:"xds"`
+	XDS XDSStatus `json:"xds"`
 	// Clusters lists every CDS cluster with its endpoints.
 	Clusters []ClusterDump `json:"clusters"`
 }

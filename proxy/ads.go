@@ -317,6 +317,6 @@ func (p *Proxy) recordNACK(typeURL, version, nonce string, err error) {
 	p.m.adsNACKs.WithLabelValues(shortType(typeURL)).Inc()
 	p.mu.Lock()
 	p.xds.NACKs++
-	p.xds.LastNACK = &nackInfo{Type: shortType(typeURL), Version: version, Nonce: nonce, Error: err.Error(), At: time.Now()}
+	p.xds.LastNACK = &NACKInfo{Type: shortType(typeURL), Version: version, Nonce: nonce, Error: err.Error(), At: time.Now()}
 	p.mu.Unlock()
 }

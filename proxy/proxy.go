@@ -69,24 +69,30 @@ type Proxy struct {
 	listener    listenerInfo // the listener this sidecar serves
 	cluster     *cluster     // the upstream cluster of that listener; nil until known
 	changed     chan struct{}
-	xds         xdsStatus
+	xds         XDSStatus
 	configured  bool
 	stopping    bool
 	pendingHost []*host // hosts created before Run started; their checkers start in Run
 }
 
-// xdsStatus is what the admin endpoint shows about the control plane.
-type xdsStatus struct {
-	Address   string            `json:"address"`
-	Connected bool              `json:"connected"`
-	Versions  map[string]string `json:"versions"`
-	Updates   uint64            `json:"updates"`
-	NACKs     uint64            `json:"nacks"`
-	LastNACK  *nackInfo         `json:"lastNack,omitempty"`
+// XDSStatus is what the admin endpoint shows about the control plane.
+type XDSStatus struct {
+	// Address is the control plane address ("static" for NewStatic).
+	Address string `json:"address"`
+	// Connected is true while the ADS stream is open.
+	Connected bool `json:"connected"`
+	// Versions are the last accepted versions by type: lds, cds, eds.
+	Versions map[string]string `json:"versions"`
+	// Updates and NACKs count accepted and rejected responses.
+	Updates uint64 `json:"updates"`
+	NACKs   uint64 `json:"nacks"`
+	// LastNACK is the last rejected response, if any.
+	LastNACK *NACKInfo `json:"lastNack,omitempty"`
 }
 
-// nackInfo describes the last response the sidecar rejected.
-type nackInfo struct {
+// NACKInfo describes a response the sidecar rejected: its type, version and
+// nonce, why, and when.
+type NACKInfo struct {
 	Type    string    `json:"type"`
 	Version string    `json:"version"`
 	Nonce   string    `json:"nonce"`
@@ -169,7 +175,7 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 		runCtx:  context.Background(),
 		started: make(chan struct{}),
 		changed: make(chan struct{}),
-		xds:     xdsStatus{Versions: map[string]string{}},
+		xds:     XDSStatus{Versions: map[string]string{}},
 	}
 	p.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
