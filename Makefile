@@ -37,10 +37,15 @@ deps:
 	fi
 	$(GO) mod download
 
-## test: deps, then unit tests with -race, then the end-to-end tests.
+## test: deps, then unit tests with -race, then the end-to-end tests. Both
+## suites always run (a unit failure does not hide the e2e results); the
+## target fails if either did.
 test: deps
-	$(MAKE) --no-print-directory test-unit
-	$(MAKE) --no-print-directory test-e2e
+	@rc=0; \
+	$(MAKE) --no-print-directory test-unit || rc=1; \
+	$(MAKE) --no-print-directory test-e2e || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see the FAIL lines above)"; fi; \
+	exit $$rc
 
 ## test-unit: every package except e2e, with the race detector.
 test-unit:
