@@ -361,15 +361,13 @@ func (s *resumingStream[T]) connect() error {
 	defer cancel()
 	r := retrier{c: s.c}
 	for {
+		// A stream is lazy: a refusal shows on the first Recv, where a
+		// stream that failed before its first message backs off.
 		st, err := s.open(s.ctx, s.c.clients[s.c.cur.Load()])
 		if err == nil {
-			// A stream is lazy: make sure the server accepted it, so that a
-			// backup's refusal is seen here and retried.
-			if _, err = st.Header(); err == nil {
-				s.cur = st
-				s.fresh = true
-				return nil
-			}
+			s.cur = st
+			s.fresh = true
+			return nil
 		}
 		if !Retryable(err) || ctx.Err() != nil || !r.wait(ctx, err) {
 			return err
