@@ -125,6 +125,15 @@ func (p *Proxy) Dump() Dump {
 			}
 			cd.Endpoints = append(cd.Endpoints, ed)
 		}
+		if served != nil {
+			for _, h := range served.orphans {
+				// Removed from EDS, still carrying client connections.
+				cd.Endpoints = append(cd.Endpoints, EndpointDump{Address: h.addr, Priority: h.ep.priority,
+					EDSHealth: "REMOVED", Health: h.state.String(), Name: h.name, Role: h.role, Epoch: h.epoch,
+					LastCheck: h.lastCheck, LastError: h.lastErr, ActiveConnections: len(h.conns),
+					Breaker: h.breaker.State().String()})
+			}
+		}
 		d.Clusters = append(d.Clusters, cd)
 	}
 	return d

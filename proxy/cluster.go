@@ -40,10 +40,15 @@ type cluster struct {
 	hosts      map[string]*host // by address
 	chosen     *host            // where new connections go; nil when none
 	definitive bool             // chosen is a healthy primary (not a fallback)
+	// orphans are hosts removed from EDS that still carry client
+	// connections. A control plane that restarts, or publishes a partial
+	// view for a moment, must not cut live chats: the connections stay until
+	// they end, the host dies, or a healthy primary elsewhere takes over.
+	orphans map[string]*host
 }
 
 func newCluster(ci clusterInfo) *cluster {
-	return &cluster{name: ci.name, info: ci, hosts: map[string]*host{}}
+	return &cluster{name: ci.name, info: ci, hosts: map[string]*host{}, orphans: map[string]*host{}}
 }
 
 // host is one upstream endpoint with its own health state. Fields are
@@ -106,22 +111,60 @@ func breakerGauge(s gobreaker.State) int {
 	}
 }
 
-// removeHostLocked stops a host's checker and closes its connections.
-func (p *Proxy) removeHostLocked(h *host, why string) {
+// removeHostLocked stops a host's checker and closes its connections, or,
+// with keepConns, keeps them open as an orphan of the cluster.
+func (p *Proxy) removeHostLocked(h *host, why string, keepConns bool) {
 	if h.removed {
 		return
 	}
 	h.removed = true
-	delete(h.cluster.hosts, h.addr)
+	if h.cluster.hosts[h.addr] == h {
+		delete(h.cluster.hosts, h.addr)
+	}
 	if h.cancel != nil {
 		h.cancel()
 	}
-	p.closeConnsLocked(h, why)
+	if keepConns && len(h.conns) > 0 {
+		h.cluster.orphans[h.addr] = h
+		p.log.Info("upstream host removed; its client connections stay open", "cluster", h.cluster.name,
+			"host", h.addr, "connections", len(h.conns), "why", why)
+	} else {
+		p.closeConnsLocked(h, why)
+		delete(h.cluster.orphans, h.addr)
+		p.log.Info("upstream host removed", "cluster", h.cluster.name, "host", h.addr, "why", why)
+	}
 	p.m.hostHealthy.DeleteLabelValues(h.cluster.name, h.addr)
 	p.m.breakerState.DeleteLabelValues(h.addr)
-	p.log.Info("upstream host removed", "cluster", h.cluster.name, "host", h.addr, "why", why)
 	if h.cluster.chosen == h {
 		h.cluster.chosen = nil
+	}
+}
+
+// reviveLocked brings back an orphan whose address returned to EDS, with its
+// connections, breaker and last check results.
+func (p *Proxy) reviveLocked(h *host, ep endpointInfo) {
+	delete(h.cluster.orphans, h.addr)
+	h.removed = false
+	h.ep = ep
+	h.cluster.hosts[h.addr] = h
+	up := 0.0
+	if h.state == stateUp {
+		up = 1
+	}
+	p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(up)
+	p.m.breakerState.WithLabelValues(h.addr).Set(float64(breakerGauge(h.breaker.State())))
+	p.log.Info("upstream host back in EDS with its client connections", "cluster", h.cluster.name,
+		"host", h.addr, "connections", len(h.conns))
+}
+
+// closeAllLocked closes every connection of c, orphans included.
+func (p *Proxy) closeAllLocked(c *cluster, why string) {
+	for _, h := range c.hosts {
+		p.removeHostLocked(h, why, false)
+	}
+	for _, h := range c.orphans {
+		p.closeConnsLocked(h, why)
+		delete(c.orphans, h.addr)
 	}
 }
 
@@ -232,6 +275,15 @@ func (p *Proxy) recomputeLocked(why string) {
 			p.closeConnsLocked(h, "host down")
 		case definitive && h != chosen:
 			p.closeConnsLocked(h, "superseded by primary "+chosen.addr)
+		}
+	}
+	for addr, h := range c.orphans {
+		switch {
+		case len(h.conns) == 0:
+			delete(c.orphans, addr)
+		case definitive:
+			p.closeConnsLocked(h, "removed from EDS; primary is "+chosen.addr)
+			delete(c.orphans, addr)
 		}
 	}
 	p.notifyLocked()

@@ -212,6 +212,9 @@ func (p *Proxy) register(h *host, c *conn) bool {
 func (p *Proxy) unregister(h *host, c *conn) {
 	p.mu.Lock()
 	delete(h.conns, c)
+	if h.removed && len(h.conns) == 0 && h.cluster.orphans[h.addr] == h {
+		delete(h.cluster.orphans, h.addr)
+	}
 	p.mu.Unlock()
 	c.abort()
 }

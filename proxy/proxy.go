@@ -266,9 +266,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.stopping = true
 	if c := p.cluster; c != nil {
-		for _, h := range c.hosts {
-			p.removeHostLocked(h, "sidecar stopping")
-		}
+		p.closeAllLocked(c, "sidecar stopping")
 	}
 	p.mu.Unlock()
 	loops.Wait()
@@ -325,23 +323,33 @@ func (p *Proxy) apply(lds map[string]listenerInfo, cds map[string]clusterInfo, e
 			h.ep = ep
 			continue
 		}
+		if h, ok := c.orphans[ep.addr]; ok {
+			p.reviveLocked(h, ep)
+			p.startOrDeferChecker(h)
+			continue
+		}
 		h := p.newHost(c, ep)
 		c.hosts[ep.addr] = h
 		p.log.Info("upstream host added", "cluster", c.name, "host", ep.addr, "priority", ep.priority,
 			"eds_health", ep.health.String(), "name", ep.name, "role", ep.role, "epoch", ep.epoch)
-		select {
-		case <-p.started:
-			p.startChecker(h)
-		default:
-			p.pendingHost = append(p.pendingHost, h)
-		}
+		p.startOrDeferChecker(h)
 	}
 	for addr, h := range c.hosts {
 		if !seen[addr] {
-			p.removeHostLocked(h, "removed from EDS")
+			p.removeHostLocked(h, "removed from EDS", true)
 		}
 	}
 	p.recomputeLocked("config update")
+}
+
+// startOrDeferChecker starts h's checker, or queues it until Run starts.
+func (p *Proxy) startOrDeferChecker(h *host) {
+	select {
+	case <-p.started:
+		p.startChecker(h)
+	default:
+		p.pendingHost = append(p.pendingHost, h)
+	}
 }
 
 // pickListener finds the listener this sidecar serves: the configured name,
@@ -365,9 +373,7 @@ func (p *Proxy) pickListener(lds map[string]listenerInfo) (listenerInfo, bool) {
 // setClusterLocked replaces the served cluster, tearing down the old one.
 func (p *Proxy) setClusterLocked(c *cluster) {
 	if old := p.cluster; old != nil && old != c {
-		for _, h := range old.hosts {
-			p.removeHostLocked(h, "cluster replaced")
-		}
+		p.closeAllLocked(old, "cluster replaced")
 	}
 	p.cluster = c
 	p.notifyLocked()

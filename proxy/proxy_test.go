@@ -19,6 +19,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -363,5 +364,73 @@ func TestConnectRetriesNextPriority(t *testing.T) {
 	d := p.Dump().Clusters[0]
 	if d.Endpoints[0].Health != "down" {
 		t.Fatalf("dead priority-0 host is %q, want down", d.Endpoints[0].Health)
+	}
+}
+
+func TestHostRemovedFromEDSKeepsConnections(t *testing.T) {
+	a := newFakeCore(t, "a", "primary", 1)
+	b := newFakeCore(t, "b", "backup", 1)
+	cp := newControlPlane(t)
+	cp.set("test-sidecar", "1", pairResources(a, b, 50*time.Millisecond, 2))
+	p := newTestProxy(t, cp.addr)
+	waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+	live, name := longLived(t, p.Addr().String())
+	if name != "a" {
+		t.Fatalf("long-lived connection on %q, want a", name)
+	}
+	call := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := chatpb.NewChatClient(live).Status(ctx, &chatpb.StatusRequest{})
+		if err != nil {
+			t.Fatalf("status over the long-lived connection: %v", err)
+		}
+		return resp.GetName()
+	}
+
+	// A control plane that (re)starts with a partial view publishes only b.
+	partial := pairResources(a, b, 50*time.Millisecond, 2)
+	partial[resource.EndpointType] = []types.Resource{loadAssignment("chatcore",
+		ep{b.addr, 0, corev3.HealthStatus_HEALTHY, "b", "backup", 1})}
+	cp.set("test-sidecar", "2", partial)
+	waitFor(t, 5*time.Second, "a removed, kept as an orphan", func() bool {
+		for _, e := range p.Dump().Clusters[0].Endpoints {
+			if e.Address == a.addr && e.EDSHealth == "REMOVED" && e.ActiveConnections == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if call() != "a" {
+		t.Fatal("connection moved")
+	}
+	// The full view returns: a is revived with its connection.
+	cp.set("test-sidecar", "3", pairResources(a, b, 50*time.Millisecond, 2))
+	waitFor(t, 5*time.Second, "a back and chosen", func() bool {
+		d := p.Dump().Clusters[0]
+		return d.Chosen == a.addr && d.Definitive && d.Endpoints[0].ActiveConnections == 1
+	})
+	if call() != "a" || live.GetState() != connectivity.Ready {
+		t.Fatal("connection dropped across the partial view")
+	}
+	if got := metricValue(p.m.closedConns); got != 0 {
+		t.Fatalf("%v connections closed", got)
+	}
+
+	// Removed again, and now b becomes the primary: the orphan's connection
+	// is closed so the client moves to b.
+	cp.set("test-sidecar", "4", partial)
+	waitFor(t, 5*time.Second, "a orphaned again", func() bool {
+		for _, e := range p.Dump().Clusters[0].Endpoints {
+			if e.Address == a.addr && e.EDSHealth == "REMOVED" {
+				return true
+			}
+		}
+		return false
+	})
+	b.set("primary", 2)
+	waitClosed(t, live, "orphan connection closed once b is primary")
+	if got := statusVia(p.Addr().String()); got != "b" {
+		t.Fatalf("new connection went to %q, want b", got)
 	}
 }
