@@ -14,6 +14,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // This file holds the role logic: start-up, promotion, restoration,
@@ -230,6 +231,10 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
+	// What UCS holds beyond the replica: second copies the old primary took
+	// after our stream stopped (a partition, a silent primary). One listing
+	// call; without it a stale replica merges every session.
+	stored := c.storedChats(ctx)
 	work := make(chan *session)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -237,7 +242,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	for range 8 {
 		wg.Go(func() {
 			for s := range work {
-				if c.restoreOne(ctx, s, source, stale) {
+				if c.restoreOne(ctx, s, source, stale, stored) {
 					mu.Lock()
 					n++
 					mu.Unlock()
@@ -250,15 +255,53 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	}
 	close(work)
 	wg.Wait()
+	// Sessions that only UCS holds (started while the replica was cut off).
+	for id, info := range stored {
+		if !info.Ended && c.session(id) == nil {
+			if _, err := c.lookup(ctx, id); err == nil {
+				n++
+			} else {
+				c.log.Warn("could not restore session from UCS", "session", id, "err", err)
+			}
+		}
+	}
 	c.replicaStale.Store(false)
 	span.SetAttributes(attribute.Int("sessions", n), attribute.String("source", source))
 	c.log.Info("restoration done", "mode", c.cfg.SessionRestorationMode, "sessions", n, "source", source, "took", time.Since(start))
 	return n
 }
 
+// chatLister lists stored chats; ucsmock.Client and ucsmock.MemStore have it.
+type chatLister interface {
+	Chats(ctx context.Context, f ucsmock.ChatFilter) ([]ucsmock.ChatInfo, error)
+}
+
+// storedChats lists the cluster's chats at UCS (one call instead of a read
+// per session), or nil when the store cannot list them.
+func (c *Core) storedChats(ctx context.Context) map[string]ucsmock.ChatInfo {
+	l, ok := c.store.(chatLister)
+	if !ok {
+		return nil
+	}
+	list, err := l.Chats(ctx, ucsmock.ChatFilter{Service: c.cfg.Cluster})
+	if err != nil {
+		c.log.Warn("could not list chats at UCS: merging every session", "err", err)
+		return nil
+	}
+	out := make(map[string]ucsmock.ChatInfo, len(list))
+	for _, ci := range list {
+		out[ci.ChatID] = ci
+	}
+	return out
+}
+
 // restoreOne restores one replicated session.
-func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool) bool {
-	if stale {
+func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+	s.mu.Lock()
+	last, ended := s.lastIndex(), s.st.ended
+	s.mu.Unlock()
+	info, known := stored[s.id]
+	if stored == nil && stale || known && (info.HighestIndex > last || info.Ended && !ended) {
 		if err := c.mergeFromUCS(ctx, s); err != nil {
 			c.log.Warn("could not merge session from UCS", "session", s.id, "err", err)
 		}

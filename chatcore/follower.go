@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -88,20 +89,26 @@ func (c *Core) follow(ctx context.Context) {
 		if end.synced {
 			delay = 20 * time.Millisecond
 		}
-		promote, why := false, ""
+		promote, why, certain := false, "", false
 		switch {
 		case end.gossipFailed || c.gossipDead.Load():
 			promote, why = true, "membership declared the primary failed"
 		case end.fencedPrimary:
 		case c.sawPrimary.Load():
-			if dead, how := c.confirmDead(ctx, addr); dead {
-				promote, why = true, how
+			if dead, how, refused := c.confirmDead(ctx, addr); dead {
+				promote, why, certain = true, how, refused
 			} else if end.synced || end.receivedAny {
 				// The link broke but the primary lives: it now takes its second
 				// copies to UCS, so our copy may miss acknowledged events.
 				c.replicaStale.Store(true)
 				c.log.Warn("replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
 			}
+		}
+		if promote && !certain {
+			// Only a refused connection proves the process is gone; a silent
+			// or unreachable primary may have acknowledged events with
+			// second copies in UCS since our stream stopped: merge them.
+			c.replicaStale.Store(true)
 		}
 		if promote {
 			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
@@ -311,7 +318,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 // (the address we replicate from), then the witness about the primary's own
 // gossiped address (addr may be a path of ours, e.g. a cut link), else the
 // membership view. It says how it decided.
-func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
+func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how string, refused bool) {
 	var member membership.Member
 	known := false
 	if c.members != nil {
@@ -322,17 +329,18 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
 	if err == nil {
 		conn.Close()
 		if c.answers(ctx, addr) {
-			return false, "probe connected and the primary answers"
+			return false, "probe connected and the primary answers", false
 		}
 		// The kernel accepts for a stopped process: it is silent, not gone.
 		// Gossip decides when there is gossip; without it, the silence does.
 		how := "probe connected but the primary does not answer"
 		if known && member.State == membership.StateAlive {
-			return false, how + "; membership still shows it alive: waiting for gossip"
+			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
-		return true, how
+		return true, how, false
 	}
-	how := "probe failed: " + err.Error()
+	refused = errors.Is(err, syscall.ECONNREFUSED)
+	how = "probe failed: " + err.Error()
 	target := addr
 	if known && member.Meta.GRPCAddr != "" {
 		target = member.Meta.GRPCAddr
@@ -343,20 +351,20 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (bool, string) {
 		cancel()
 		if werr == nil {
 			if ok {
-				return false, how + "; witness reaches " + target
+				return false, how + "; witness reaches " + target, false
 			}
-			return true, how + "; witness cannot reach " + target
+			return true, how + "; witness cannot reach " + target, refused
 		}
 		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
 	}
 	if c.members != nil {
 		if known && member.State == membership.StateAlive {
-			return false, how + "; membership still shows it alive: waiting for gossip"
+			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
-		return true, how + "; membership does not show it alive"
+		return true, how + "; membership does not show it alive", refused
 	}
-	return true, how
+	return true, how, refused
 }
 
 // answers reports whether the core at addr answers a gRPC health check

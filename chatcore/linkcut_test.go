@@ -6,9 +6,11 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // tcpProxy forwards loopback TCP to a target; cut closes it (and every
@@ -179,4 +181,57 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 			t.Fatalf("gap at %d: %d", i, ev.Index)
 		}
 	}
+}
+
+// TestPartitionedPrimaryAcksMerged: the primary is cut off from the backup
+// and the witness, but still reaches UCS, and acknowledges a message with a
+// second copy there before the backup claims the epoch. The new primary
+// finds it in UCS's chat listing and merges it: nothing acknowledged is lost.
+func TestPartitionedPrimaryAcksMerged(t *testing.T) {
+	store := ucsmock.NewMemStore(1)
+	la, lb := listen(t), listen(t)
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	proxy := newProxy(t, la.Addr().String())
+	release := make(chan struct{})
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) {
+		select {
+		case <-release:
+			return false, nil // the witness cannot reach the primary either
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	})
+	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1"; c.ProbeTimeout = time.Second }, witness)
+	waitInSync(t, a, "core-b")
+	cust, agent := a.chat(t)
+	proxy.cut()
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	r, err := a.cl.Send(ctxT(t), msg(cust, "acked during the partition", "p1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	evs, err := b.cl.Events(ctxT(t), &chatpb.EventsRequest{Auth: agent, FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for i, ev := range evs.Events {
+		if ev.Index != uint64(i+1) {
+			t.Fatalf("gap at %d", i)
+		}
+		if ev.Index == r.Index {
+			found = ev.ClientMessageId == "p1"
+		}
+	}
+	if !found {
+		t.Fatalf("message acknowledged at %d during the partition is not at b: %v", r.Index, kinds(evs.Events))
+	}
+	// The old primary is fenced at its next write.
+	if _, err := a.cl.Send(ctxT(t), msg(cust, "after the claim", "")); err == nil {
+		t.Fatal("the partitioned old primary committed after the new epoch")
+	}
+	waitFor(t, "a stepped down", func() bool { return a.c.Role() == RoleBackup })
 }
