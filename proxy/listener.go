@@ -111,7 +111,7 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 	p.mu.Unlock()
 	span.SetAttributes(attribute.String("upstream.address", h.addr), attribute.String("upstream.name", name))
 
-	up, down, upErr := p.pipe(c)
+	up, down, upErr, upstreamFirst := p.pipe(c)
 	span.SetAttributes(attribute.Int64("bytes.upstream", up), attribute.Int64("bytes.downstream", down))
 	if c.failover.Load() {
 		span.SetAttributes(attribute.Bool("closed_by_failover", true))
@@ -122,9 +122,10 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 		// The upstream process died under a live connection.
 		span.RecordError(upErr)
 		p.hostFailed(h, upErr)
-	default:
-		// The upstream closed (EOF or error): check it now rather than at
-		// the next interval; a dead host is then refused at once.
+	case upstreamFirst:
+		// The upstream closed a connection the client had not: check it
+		// now rather than at the next interval; a dead host is then
+		// refused at once.
 		h.poke()
 	}
 }
@@ -222,14 +223,17 @@ func (p *Proxy) unregister(h *host, c *conn) {
 // pipe copies both ways until both directions are done. A clean EOF on one
 // side half-closes the other (CloseWrite), so request/response protocols that
 // shut down their sending side keep working; any error aborts both. It
-// returns the bytes sent upstream and downstream and the error, if any, of
-// reading from the upstream.
-func (p *Proxy) pipe(c *conn) (up, down int64, upErr error) {
+// returns the bytes sent upstream and downstream, the error, if any, of
+// reading from the upstream, and whether the upstream ended its side before
+// the client did.
+func (p *Proxy) pipe(c *conn) (up, down int64, upErr error, upstreamFirst bool) {
+	var clientDone atomic.Bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		var rerr, werr error
 		up, rerr, werr = copyConn(c.upstream, c.client, p.m.bytesUp.Add)
+		clientDone.Store(true)
 		if rerr == nil && werr == nil {
 			closeWrite(c.upstream)
 			return
@@ -238,13 +242,14 @@ func (p *Proxy) pipe(c *conn) (up, down int64, upErr error) {
 	}()
 	var rerr, werr error
 	down, rerr, werr = copyConn(c.client, c.upstream, p.m.bytesDown.Add)
+	upstreamFirst = !clientDone.Load()
 	if rerr == nil && werr == nil {
 		closeWrite(c.client)
 	} else {
 		c.abort()
 	}
 	<-done
-	return up, down, rerr
+	return up, down, rerr, upstreamFirst
 }
 
 // copyConn copies src to dst with a pooled buffer until EOF. It returns the

@@ -444,13 +444,14 @@ func TestPipeHalfClose(t *testing.T) {
 	client, clientSide := tcpPair(t)
 	upstreamSide, upstream := tcpPair(t)
 	type result struct {
-		up, down int64
-		err      error
+		up, down      int64
+		err           error
+		upstreamFirst bool
 	}
 	done := make(chan result, 1)
 	go func() {
-		up, down, err := p.pipe(&conn{client: clientSide, upstream: upstreamSide})
-		done <- result{up, down, err}
+		up, down, err, first := p.pipe(&conn{client: clientSide, upstream: upstreamSide})
+		done <- result{up, down, err, first}
 	}()
 	deadline := time.Now().Add(5 * time.Second)
 	client.SetDeadline(deadline)
@@ -476,8 +477,8 @@ func TestPipeHalfClose(t *testing.T) {
 	}
 	select {
 	case r := <-done:
-		if r.up != 7 || r.down != 6 || r.err != nil {
-			t.Fatalf("pipe = %+v, want 7 up, 6 down, no error", r)
+		if r.up != 7 || r.down != 6 || r.err != nil || r.upstreamFirst {
+			t.Fatalf("pipe = %+v, want 7 up, 6 down, no error, client first", r)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("pipe did not end after both sides closed")
