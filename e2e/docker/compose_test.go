@@ -314,11 +314,12 @@ type coreStatus struct {
 	} `json:"status"`
 }
 
-// cores runs `hachat ctl status` inside the xds container (the image has no
+// cores runs `hachat ctl status` inside the ucs container (the image has no
 // shell, but it has hachat, and the cores' gRPC ports are only reachable on
-// the private network) and returns the status of core-a and core-b.
+// the private network; ucs is the one part no test kills) and returns the
+// status of core-a and core-b.
 func (p *project) cores(ctx context.Context) ([]coreStatus, error) {
-	id, err := p.container(ctx, "xds")
+	id, err := p.container(ctx, "ucs")
 	if err != nil {
 		return nil, err
 	}

@@ -45,9 +45,13 @@ const (
 // in the UCS transcript, each with the failover's participant disconnected
 // and reconnected notices. Then it starts core-a's container again and checks
 // that core-a joins as core-b's backup and that the chat still reaches UCS.
+//
+// It does so twice, each time on a cluster of its own: with the control
+// plane up, and with the control plane (also the cores' witness) killed
+// before the chat starts, so that the sidecars fail over on their last
+// configuration and their own health checks alone.
 func TestPrimaryContainerKilled(t *testing.T) {
 	requireDocker(t)
-	testStart := time.Now()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +63,20 @@ func TestPrimaryContainerKilled(t *testing.T) {
 	if os.Getenv("HACHAT_DOCKER_IMAGE") == "" {
 		checkFlags(t, root, harness.Binary(t))
 	}
+	for _, tc := range []struct {
+		name             string
+		controlPlaneDown bool
+	}{
+		{"control plane up", false},
+		{"control plane down", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { failover(t, root, img, tc.controlPlaneDown) })
+	}
+}
+
+// failover is one run of TestPrimaryContainerKilled on a new cluster.
+func failover(t *testing.T, root, img string, controlPlaneDown bool) {
+	testStart := time.Now()
 	p := startProject(t, root, img)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -111,7 +129,7 @@ func TestPrimaryContainerKilled(t *testing.T) {
 	}
 	t.Cleanup(ag.Close)
 	tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
-	err = ag.Take(tctx, chat.ChatID)
+	err := ag.Take(tctx, chat.ChatID)
 	tcancel()
 	if err != nil {
 		t.Fatalf("agent takes chat %s: %v", chat.ChatID, err)
@@ -121,6 +139,13 @@ func TestPrimaryContainerKilled(t *testing.T) {
 	wcancel()
 	if err != nil {
 		t.Fatalf("agent never saw chat %s: %v", chat.ChatID, err)
+	}
+
+	if controlPlaneDown {
+		if _, err := p.kill(ctx, "xds"); err != nil {
+			t.Fatalf("kill xds: %v", err)
+		}
+		t.Logf("killed xds, the control plane and witness")
 	}
 
 	// 3. Both sides chat; the primary's container is killed mid-chat.
