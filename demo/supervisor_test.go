@@ -236,6 +236,10 @@ func TestSupervisorSignalStopCont(t *testing.T) {
 	if err := sup.Signal("core-a", syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	// kill(2) returns before the target is actually stopped: wait for the
+	// kernel to report it in state T.
+	pid, _ := sup.PID("core-a")
+	waitFor(t, "core-a stopped (state T)", 5*time.Second, func() bool { return procState(pid) == "T" })
 	client := &http.Client{Timeout: 200 * time.Millisecond}
 	if err := probeHTTP(t.Context(), client, part.URL()+"/healthz"); err == nil {
 		t.Fatal("a stopped process answered")
@@ -249,6 +253,20 @@ func TestSupervisorSignalStopCont(t *testing.T) {
 	if err := sup.Signal("nope", syscall.SIGCONT); !errors.Is(err, ErrUnknownPart) {
 		t.Fatalf("unknown part: %v", err)
 	}
+}
+
+// procState returns the one-letter state of pid from /proc/<pid>/stat.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return s[i+2 : i+3]
 }
 
 func TestStartFailsWithLogTailAndStopsTheOthers(t *testing.T) {
