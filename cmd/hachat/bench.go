@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/hachat/hachat/bench/chatbench"
 	"github.com/hachat/hachat/bench/failoverbench"
@@ -38,6 +37,12 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchChat(ctx, args[1:], out, errw)
 	case "failover":
 		return runBenchFailover(ctx, args[1:], out, errw)
+	case "proxy":
+		return runBenchProxy(ctx, args[1:], out, errw)
+	case "echo-server": // hidden: an upstream stand-in of bench proxy
+		return runBenchEchoServer(ctx, args[1:], out, errw)
+	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
+		return runBenchProxySidecar(ctx, args[1:], out, errw)
 	default:
 		return benchMore(ctx, args, out, errw)
 	}
@@ -183,9 +188,8 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	return err
 }
 
-// benchMore dispatches the benchmarks that other parts provide.
-func benchMore(ctx context.Context, args []string, out, errw io.Writer) error {
-	_ = time.Second
-	fmt.Fprintf(errw, "hachat bench: unknown or not yet available benchmark %q\n\n%s\n", args[0], benchSummary)
+// benchMore reports an unknown benchmark.
+func benchMore(_ context.Context, args []string, _, errw io.Writer) error {
+	fmt.Fprintf(errw, "hachat bench: unknown benchmark %q\n\n%s\n", args[0], benchSummary)
 	return errUsage
 }
