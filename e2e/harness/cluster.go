@@ -200,13 +200,45 @@ func (c *Cluster) Kill(name string, sig syscall.Signal) {
 	if err := c.sup.Signal(name, sig); err != nil {
 		c.t.Fatal(err)
 	}
-	if sig == syscall.SIGKILL || sig == syscall.SIGTERM {
+	pid := c.PID(name)
+	switch sig {
+	case syscall.SIGKILL, syscall.SIGTERM:
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := c.sup.WaitExit(ctx, name); err != nil {
 			c.t.Fatal(err)
 		}
+	case syscall.SIGSTOP:
+		// kill(2) returns before the target is stopped: wait until it is.
+		Eventually(c.t, name+" stopped", 5*time.Second, func() error {
+			if st := procState(pid); st != "T" {
+				return fmt.Errorf("state %q", st)
+			}
+			return nil
+		})
+	case syscall.SIGCONT:
+		Eventually(c.t, name+" running again", 5*time.Second, func() error {
+			if st := procState(pid); st == "T" {
+				return fmt.Errorf("state %q", st)
+			}
+			return nil
+		})
 	}
+}
+
+// procState returns the one-letter state of pid from /proc/<pid>/stat
+// ("T" stopped, "S" sleeping, ...), or "" when it cannot be read.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return s[i+2 : i+3]
 }
 
 // Stop stops the named part gracefully and waits for it.
