@@ -97,11 +97,24 @@ func image(t testing.TB, root string) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	imageID := func() string {
+		out, err := exec.CommandContext(ctx, "docker", "image", "inspect", "-f", "{{.Id}}", img).Output()
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(out))
+	}
+	old := imageID()
 	start := time.Now()
 	if out, err := exec.CommandContext(ctx, "docker", "build", "-q", "-t", img, dir).CombinedOutput(); err != nil {
 		t.Fatalf("docker build: %v\n%s", err, out)
 	}
 	t.Logf("built image %s in %v", img, time.Since(start).Round(time.Millisecond))
+	// The tag moved to the new build: remove the image it replaced, unless
+	// something still uses it (docker refuses, which is fine).
+	if old != "" && old != imageID() {
+		_ = exec.CommandContext(ctx, "docker", "image", "rm", old).Run()
+	}
 	return img
 }
 
