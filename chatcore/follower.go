@@ -256,7 +256,11 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 		case *chatpb.ReplicaMsg_Heartbeat:
 			continue
 		case *chatpb.ReplicaMsg_Snapshot:
-			c.applySnapshot(b.Snapshot)
+			if err := c.applySnapshot(b.Snapshot); err != nil {
+				end.err = err
+				c.log.Warn("bad snapshot from the primary: resyncing", "err", err)
+				return end
+			}
 			seen[b.Snapshot.SessionId] = true
 		case *chatpb.ReplicaMsg_Event:
 			if err := c.applyEvent(b.Event); err != nil {
@@ -424,8 +428,17 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 	return ch, cancel
 }
 
-// applySnapshot replaces the local copy of one session.
-func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) {
+// applySnapshot replaces the local copy of one session. A snapshot that is
+// not a gap-free log of its session is refused and changes nothing.
+func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
+	if snap.SessionId == "" {
+		return errors.New("snapshot without a session id")
+	}
+	for i, ev := range snap.Events {
+		if ev == nil || ev.Index != uint64(i+1) || ev.SessionId != snap.SessionId {
+			return fmt.Errorf("snapshot of %s: entry %d is not event %d of the session", snap.SessionId, i, i+1)
+		}
+	}
 	s := newSession(snap.SessionId)
 	for _, ev := range snap.Events {
 		s.st.apply(ev)
@@ -436,6 +449,7 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) {
 		s.endedAt = c.now()
 	}
 	c.putSession(s)
+	return nil
 }
 
 // putSession inserts or replaces a session, keeping the live count.
@@ -460,6 +474,9 @@ func (c *Core) putSession(s *session) {
 
 // applyEvent appends one replicated event.
 func (c *Core) applyEvent(ev *chatpb.Event) error {
+	if ev.SessionId == "" {
+		return errors.New("replicated event without a session id")
+	}
 	s := c.session(ev.SessionId)
 	if s == nil {
 		if ev.Index != 1 {
