@@ -3,6 +3,7 @@ package chatcore
 import (
 	"context"
 	"fmt"
+	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -91,5 +92,37 @@ func BenchmarkRestore(b *testing.B) {
 			b.Fatalf("restored %d", n)
 		}
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/10k-sessions")
+	}
+}
+
+// BenchmarkResync measures how long a (re)started backup takes to receive
+// and apply a snapshot of 10,000 live sessions and report in sync.
+func BenchmarkResync(b *testing.B) {
+	store := newMemStore()
+	la, lb := listen(b), listen(b)
+	a := startNode(b, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(b, "a primary", func() bool { return a.c.primary.Load() })
+	lb.Close() // no backup yet: second copies go to UCS while sessions are created
+	ctx := context.Background()
+	for range 10000 {
+		r, err := a.c.StartSession(ctx, &chatpb.StartSessionRequest{Service: "s", Nickname: "n"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := a.c.Join(ctx, &chatpb.JoinRequest{SessionId: r.Auth.SessionId, Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, ServiceToken: "svc-token"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		bk := startNode(b, fmt.Sprintf("core-b%d", i), RoleBackup, la.Addr().String(), ln, store, nil)
+		waitInSync(b, a, bk.c.cfg.Name)
+		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/10k-sessions")
+		bk.stop()
 	}
 }
