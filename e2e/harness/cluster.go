@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -330,8 +331,12 @@ func SumMetric(exposition, name string, labels ...string) (float64, bool) {
 		if !match {
 			continue
 		}
-		var v float64
-		if _, err := fmt.Sscanf(strings.Fields(val)[0], "%g", &v); err != nil {
+		fields := strings.Fields(val) // value, then an optional timestamp
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
 			continue
 		}
 		sum += v

@@ -231,7 +231,7 @@ type Stream struct {
 	err    error
 
 	closeOnce sync.Once
-	cancel context.CancelFunc
+	cancel    context.CancelFunc
 }
 
 // Events opens the push channel from transcript position from.
@@ -272,19 +272,31 @@ func OpenSSE(ctx context.Context, url string, header http.Header) (*Stream, erro
 func (s *Stream) read() {
 	defer close(s.done)
 	defer close(s.events)
-	sc := bufio.NewScanner(s.resp.Body)
+	s.err = ParseSSE(s.resp.Body, func(ev SSEEvent) bool {
+		select {
+		case s.events <- ev:
+			return true
+		case <-s.quit:
+			return false
+		}
+	})
+}
+
+// ParseSSE reads a text/event-stream from r and calls emit for every
+// complete event (comments and retry fields are skipped; data lines are
+// joined with newlines) until r ends, r fails, or emit returns false.
+func ParseSSE(r io.Reader, emit func(SSEEvent) bool) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	var ev SSEEvent
 	var data []string
 	for sc.Scan() {
-		line := sc.Text()
+		line := strings.TrimSuffix(sc.Text(), "\r")
 		if line == "" {
 			if data != nil || ev.Event != "" {
 				ev.Data = strings.Join(data, "\n")
-				select {
-				case s.events <- ev:
-				case <-s.quit:
-					return
+				if !emit(ev) {
+					return nil
 				}
 			}
 			ev, data = SSEEvent{}, nil
@@ -304,7 +316,7 @@ func (s *Stream) read() {
 			data = append(data, value)
 		}
 	}
-	s.err = sc.Err()
+	return sc.Err()
 }
 
 // Next returns the next event, or an error when the stream ended or ctx expired.
