@@ -29,7 +29,6 @@ func newLocalCore(tb testing.TB, mod func(*Config)) *Core {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	c.runCtx = ctx
 	go func() { c.saver.run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done })
 	if _, err := c.claimPrimary(ctx, 0, "test"); err != nil {

@@ -55,7 +55,6 @@ type Core struct {
 
 	health *health.Server
 	saver  *saver
-	runCtx context.Context // set by Serve; background work stops with it
 
 	members  Membership       // nil: no gossip
 	witness  AskReachableFunc // nil: no witness
@@ -110,7 +109,6 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		watchers: make(map[*watcher]struct{}),
 		role:     RoleBackup,
 		health:   health.NewServer(),
-		runCtx:   context.Background(),
 	}
 	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
 	c.streamEnd() // not primary yet: no stream may live

@@ -27,17 +27,24 @@ import (
 // Detection, fastest first:
 //  1. The replication stream breaks (a killed process resets its
 //     connections at once) and the backup's direct TCP probe of the primary
-//     is refused or times out; the witness confirms it cannot reach the
-//     primary either (or, without a witness, the membership view no longer
-//     shows it alive; with neither, the probe alone decides). Promote.
-//  2. Membership declares the primary failed or left (gossip with indirect
-//     probes: the fallback for a silent primary, e.g. SIGSTOP, whose kernel
-//     still accepts TCP connections). Promote.
+//     is refused or times out; the witness, asked about the primary's own
+//     (gossiped) address, confirms it cannot reach it either (without a
+//     witness answer the membership view decides; with neither, the probe
+//     alone). Promote.
+//  2. The stream falls silent (no event or heartbeat for twice
+//     replication-timeout) or breaks, the probe connects, but the primary's
+//     gRPC health check does not answer within replication-timeout: a
+//     stopped process whose kernel still accepts. With gossip, wait for it;
+//     without, promote.
+//  3. Membership declares the primary failed or left (gossip with indirect
+//     probes: the fallback for a silent primary). Promote.
 //
 // A backup that has not been connected to a primary since it started never
 // promotes on a probe alone (it would steal the role from a primary that is
 // still starting); it still promotes when gossip declares a known primary
-// failed.
+// failed. Only a refused connection proves the primary's process is gone;
+// any other promotion marks the replica stale, so that restoration merges
+// what UCS holds beyond it.
 
 // streamEnd says how a replication stream ended.
 type streamEnd struct {

@@ -49,7 +49,6 @@ func (c *Core) Run(ctx context.Context) error {
 func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c.runCtx = ctx
 	c.grpcAddr, c.httpAddr = gl.Addr().String(), hl.Addr().String()
 	gs := c.grpcServer()
 	hs := &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
