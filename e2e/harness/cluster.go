@@ -49,25 +49,48 @@ type Cluster struct {
 // StartCluster starts the standard plan for opts on free loopback ports and
 // waits until every part is ready. When the test fails, the tail of every
 // part's log is printed; every process is stopped at the end of the test.
+//
+// Free ports are found by asking the kernel and releasing them, so another
+// process may grab one before the part binds it: when a start fails with
+// "address already in use", StartCluster tries again on new ports (twice).
 func StartCluster(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	bin := Binary(t)
-	addrs, err := demo.FreeAddrs()
-	if err != nil {
-		t.Fatal(err)
+	for attempt := 1; ; attempt++ {
+		addrs, err := demo.FreeAddrs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
+		plan := demo.StandardPlan(layout)
+		if opts.Tune != nil {
+			plan = opts.Tune(plan)
+		}
+		c, err := startPlan(t, plan, layout, bin, dir, opts)
+		if err == nil {
+			return c
+		}
+		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			t.Logf("cluster: a port was taken before its part bound it; retrying on new ports: %v", err)
+			continue
+		}
+		t.Fatalf("start cluster: %v", err)
 	}
-	dir := t.TempDir()
-	layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
-	plan := demo.StandardPlan(layout)
-	if opts.Tune != nil {
-		plan = opts.Tune(plan)
-	}
-	return StartPlan(t, plan, layout, bin, dir, opts)
 }
 
 // StartPlan starts an arbitrary plan; layout supplies the tokens and service
 // name the clients use. Most tests call StartCluster.
 func StartPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string, opts Options) *Cluster {
+	t.Helper()
+	c, err := startPlan(t, plan, layout, bin, dir, opts)
+	if err != nil {
+		t.Fatalf("start cluster: %v", err)
+	}
+	return c
+}
+
+func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string, opts Options) (*Cluster, error) {
 	t.Helper()
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = 30 * time.Second
@@ -89,7 +112,7 @@ func StartPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second,
 	})
 	if err != nil {
-		t.Fatalf("start cluster: %v", err)
+		return nil, err
 	}
 	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout}
 	t.Cleanup(func() {
@@ -101,7 +124,7 @@ func StartPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if p, ok := plan.Part("ucs"); ok {
 		c.ucs = ucsmock.NewClient(p.URL(), &http.Client{Timeout: 10 * time.Second}, telemetry.Discard())
 	}
-	return c
+	return c, nil
 }
 
 // lineLog sends the supervisor's progress lines to t.Log.
