@@ -162,6 +162,7 @@ func NewClientMessageID() string {
 type retrier struct {
 	c       *Client
 	attempt int
+	max     time.Duration // cap of the pause; Config.MaxBackoff when zero
 }
 
 // wait sleeps before the next attempt and moves to the next target; it
@@ -172,9 +173,13 @@ func (r *retrier) wait(ctx context.Context, err error) bool {
 	if n := int32(len(r.c.clients)); n > 1 {
 		r.c.cur.Store((r.c.cur.Load() + 1) % n)
 	}
+	limit := r.c.cfg.MaxBackoff
+	if r.max > 0 && r.max < limit {
+		limit = r.max
+	}
 	d := r.c.cfg.MinBackoff << min(r.attempt-1, 10)
-	if d > r.c.cfg.MaxBackoff || d <= 0 {
-		d = r.c.cfg.MaxBackoff
+	if d > limit || d <= 0 {
+		d = limit
 	}
 	d = d/2 + rand.N(d/2+1)
 	r.c.log.Debug("retrying chat core call", "attempt", r.attempt, "in", d, "err", err)
@@ -261,9 +266,10 @@ func (c *Client) Switchover(ctx context.Context, in *chatpb.SwitchoverRequest, o
 }
 
 // StreamObserver is told when a resuming stream loses its core (connected
-// false, with the error) and when it has resumed (connected true: the new
-// stream delivered its first message; a stream with nothing to deliver
-// reports nothing until it does).
+// false, with the error) and when it has opened a new stream (connected
+// true). A core that accepts a stream and then refuses it (a backup while a
+// promotion is under way) produces several such pairs in a row: an observer
+// that tells people should wait until a resumed stream delivers or stays up.
 type StreamObserver func(connected bool, err error)
 
 type observerKey struct{}
@@ -291,7 +297,7 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 	next := in.GetFromIndex()
 	s := &resumingStream[chatpb.Event]{
 		c:   c,
-		r:   retrier{c: c},
+		r:   retrier{c: c, max: refusedStreamBackoff},
 		ctx: ctx,
 		obs: observer(ctx),
 		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.Event], error) {
@@ -323,7 +329,7 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 func (c *Client) WatchSessions(ctx context.Context, in *chatpb.WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
 	s := &resumingStream[chatpb.SessionChange]{
 		c:   c,
-		r:   retrier{c: c},
+		r:   retrier{c: c, max: refusedStreamBackoff},
 		ctx: ctx,
 		obs: observer(ctx),
 		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
@@ -336,6 +342,11 @@ func (c *Client) WatchSessions(ctx context.Context, in *chatpb.WatchSessionsRequ
 	}
 	return s, nil
 }
+
+// refusedStreamBackoff caps the pause before reopening a stream that was
+// refused before its first message: short, since a promotion takes
+// milliseconds, but enough to keep a refusing core from a tight loop.
+const refusedStreamBackoff = 50 * time.Millisecond
 
 // resumingStream is a server stream that reopens itself on retryable errors.
 // Like any gRPC stream, it is for one reading goroutine.
@@ -351,7 +362,6 @@ type resumingStream[T any] struct {
 	// stream a backup accepts and then refuses must not be reopened in a
 	// tight loop, so its failure counts as a failed attempt (with backoff).
 	fresh bool
-	lost  bool // the observer was told the stream is lost
 	r     retrier
 }
 
@@ -385,10 +395,6 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		if err == nil {
 			s.fresh = false
 			s.r.attempt = 0
-			if s.lost {
-				s.lost = false
-				s.obs(true, nil)
-			}
 			deliver, final := s.seen(m)
 			s.ended = final
 			if deliver {
@@ -404,19 +410,22 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		}
 		// EOF before the session ended means the core closed the stream
 		// (step-down, shutdown): resume elsewhere.
+		s.obs(false, err)
 		if s.fresh {
-			// The stream failed before its first message: back off.
+			// The stream failed before its first message (a backup that
+			// accepts and then refuses while a promotion is under way):
+			// back off instead of reopening it in a tight loop.
+			s.c.log.Debug("chat core refused the stream, retrying", "err", err)
 			if !s.r.wait(s.ctx, err) {
 				return nil, err
 			}
 		} else {
 			s.c.log.Info("chat core stream lost, resuming", "err", err)
-			s.lost = true
-			s.obs(false, err)
 		}
 		if err := s.connect(); err != nil {
 			return nil, err
 		}
+		s.obs(true, nil)
 	}
 }
 
