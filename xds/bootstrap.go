@@ -153,7 +153,12 @@ func EnvoyBootstrapText(o BootstrapOptions, format string) ([]byte, error) {
 	}
 	switch format {
 	case "", "json":
-		return append(js, '\n'), nil
+		// protojson varies its whitespace on purpose; print a stable document.
+		var out bytes.Buffer
+		if err := json.Indent(&out, bytes.TrimSpace(js), "", "  "); err != nil {
+			return nil, fmt.Errorf("encode bootstrap: %w", err)
+		}
+		return append(out.Bytes(), '\n'), nil
 	case "yaml":
 		var doc yaml.Node
 		if err := yaml.Unmarshal(js, &doc); err != nil {
