@@ -80,7 +80,7 @@ func churn(t *testing.T, switchover bool) {
 		mu.Lock()
 		victim := nodes[dead]
 		mu.Unlock()
-		victim.stop()
+		victim.kill()
 		waitFor(t, "promotion", func() bool { return nodes[alive].c.primary.Load() })
 		var ln net.Listener
 		waitFor(t, "port free", func() bool {

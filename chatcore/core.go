@@ -75,6 +75,7 @@ type Core struct {
 	replicaStale atomic.Bool  // the replica may miss events acked while the link was down
 	gossipDead   atomic.Bool  // membership declared the primary failed or left
 	primaryName  atomic.Value // string: the primary we replicate from
+	abrupt       atomic.Bool  // stop without the shutdown handover (tests of crashes)
 	metaMu       sync.Mutex
 	grpcAddr     string
 	httpAddr     string

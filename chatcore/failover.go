@@ -472,17 +472,23 @@ func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*
 	if c.cfg.AdminToken == "" || !keyMatches(hashKey(req.AdminToken), hashKey(c.cfg.AdminToken)) {
 		return nil, status.Error(codes.PermissionDenied, "wrong admin token")
 	}
+	return c.handover(ctx, "switchover")
+}
+
+// handover drains, hands the epoch to the in-sync backup and steps down
+// (Switchover, and a primary's clean shutdown).
+func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResponse, error) {
 	if !c.primary.Load() {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is not primary; ask the primary", c.cfg.Name)
 	}
 	l := c.repl.current()
 	if l == nil || !l.inSync.Load() {
-		return nil, status.Errorf(codes.FailedPrecondition, "switchover: %v", errNoBackup)
+		return nil, status.Errorf(codes.FailedPrecondition, "%s: %v", why, errNoBackup)
 	}
 	ctx, span := c.tracer.Start(ctx, "chatcore.switchover")
 	defer span.End()
 	start := time.Now()
-	c.log.Info("switchover: draining", "to", l.name)
+	c.log.Info(why+": draining", "to", l.name)
 	c.draining.Store(true)
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.inflight.Lock()
@@ -492,8 +498,11 @@ func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*
 			c.draining.Store(false)
 			c.health.SetServingStatus(ChatServiceName, healthServing)
 		}
-		c.log.Warn("switchover aborted: still primary", "err", err)
-		return nil, status.Errorf(codes.Aborted, "switchover aborted: %v", err)
+		c.log.Warn(why+" aborted", "err", err, "role", c.Role())
+		return nil, status.Errorf(codes.Aborted, "%s aborted: %v", why, err)
+	}
+	if !c.primary.Load() || c.repl.current() != l {
+		return abort(errors.New("role or backup changed while draining"))
 	}
 	epoch := c.epoch.Load()
 	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Handover{Handover: &chatpb.Handover{Epoch: epoch}}}, false)
@@ -515,8 +524,8 @@ func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*
 		return abort(errors.New(ans.HandoverError))
 	}
 	pause := time.Since(start)
-	c.stepDown(fmt.Sprintf("switchover to %s", l.name), ans.HandoverEpoch)
+	c.stepDown(fmt.Sprintf("%s to %s", why, l.name), ans.HandoverEpoch)
 	c.m.switchoverPauseS.Observe(pause.Seconds())
-	c.log.Info("switchover done", "new_primary", l.name, "new_epoch", ans.HandoverEpoch, "pause", pause)
+	c.log.Info(why+" done", "new_primary", l.name, "new_epoch", ans.HandoverEpoch, "pause", pause)
 	return &chatpb.SwitchoverResponse{NewPrimary: l.name, NewEpoch: ans.HandoverEpoch, PauseMicros: pause.Microseconds()}, nil
 }

@@ -164,7 +164,7 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "b marks its replica stale", func() bool { return b.c.replicaStale.Load() })
-	a.stop()
+	a.kill()
 	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
 		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
 	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })

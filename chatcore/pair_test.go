@@ -65,7 +65,14 @@ func startNode(t testing.TB, name, role, peer string, gl net.Listener, store Tra
 	return n
 }
 
-// stop ends the node's Serve (its listeners close, its streams break).
+// kill ends the node's Serve like a crash: no shutdown handover; its
+// listeners close and its streams break.
+func (n *node) kill() {
+	n.c.abrupt.Store(true)
+	n.stop()
+}
+
+// stop ends the node's Serve cleanly (a primary hands over to an in-sync backup).
 func (n *node) stop() {
 	if n.cancel != nil {
 		n.cancel()
@@ -165,7 +172,7 @@ func TestReplicationAndFailover(t *testing.T) {
 	if _, err := sub.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	a.stop() // the primary dies: its listener and streams close
+	a.kill() // the primary dies: its listener and streams close
 	if _, err := sub.Recv(); err == nil || err == io.EOF {
 		// drain what was buffered; the stream must end with an error
 		for err == nil {
@@ -185,6 +192,10 @@ func TestReplicationAndFailover(t *testing.T) {
 	if _, err := b.cl.Send(ctx, msg(agent, "after failover", "")); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "restoration notices", func() bool {
+		k := kinds(b.log(cust.SessionId))
+		return slices.Contains(k, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED)
+	})
 	for _, who := range []*chatpb.Auth{cust, agent} {
 		evs, err := b.cl.Events(ctx, &chatpb.EventsRequest{Auth: who, FromIndex: 1})
 		if err != nil {
@@ -250,7 +261,7 @@ func TestRestorationNone(t *testing.T) {
 	store := newMemStore()
 	a, b := pair(t, store, func(c *Config) { c.SessionRestorationMode = RestorationNone })
 	cust, _ := a.chat(t)
-	a.stop()
+	a.kill()
 	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
 	waitFor(t, "session ended", func() bool {
 		l := b.log(cust.SessionId)
@@ -330,7 +341,7 @@ func TestRestartedPrimaryJoinsAsBackup(t *testing.T) {
 	b := startNode(t, "core-b", RoleBackup, aAddr, lb, store, nil)
 	waitInSync(t, a, "core-b")
 	cust, _ := a.chat(t)
-	a.stop()
+	a.kill()
 	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
 	var la2 net.Listener
 	waitFor(t, "a's port free", func() bool {
@@ -382,7 +393,7 @@ func TestUCSDownDuringFailover(t *testing.T) {
 	store.mu.Lock()
 	store.down = true
 	store.mu.Unlock()
-	a.stop()
+	a.kill()
 	time.Sleep(300 * time.Millisecond) // b detects at once but must not promote without an epoch
 	if b.c.primary.Load() {
 		t.Fatal("b promoted without a fencing epoch")
@@ -474,5 +485,29 @@ func TestWithPlaceholders(t *testing.T) {
 	}
 	if !slices.Equal(idx, []uint64{2, 3, 4, 5}) || out[2].Attrs["noticeType"] != "omitted" || out[2].Visibility != chatpb.Visibility_VISIBILITY_MONITOR {
 		t.Fatalf("placeholders: %v", out)
+	}
+}
+
+// TestCleanStopHandsOver: stopping the primary cleanly (SIGTERM) is a planned
+// switchover to the in-sync backup, not a failover.
+func TestCleanStopHandsOver(t *testing.T) {
+	a, b := pair(t, newMemStore(), nil)
+	cust, _ := a.chat(t)
+	r, err := a.cl.Send(ctxT(t), msg(cust, "before", "c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a.stop()
+	if !b.c.primary.Load() || b.c.Epoch() != 2 {
+		t.Fatalf("after a clean stop b is %s at epoch %d", b.c.Role(), b.c.Epoch())
+	}
+	t.Logf("clean stop handed over in %v", time.Since(start))
+	if b.c.sawPrimary.Load() && b.c.replicaStale.Load() {
+		t.Error("a handover marked the replica stale")
+	}
+	d, err := b.cl.Send(ctxT(t), msg(cust, "before", "c1"))
+	if err != nil || !d.Duplicate || d.Index != r.Index {
+		t.Fatalf("resend after handover: %v %v", d, err)
 	}
 }

@@ -79,6 +79,15 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	if c.primary.Load() && !c.abrupt.Load() {
+		// A clean stop of the primary is a planned switchover when a backup
+		// is in sync: no failover, no restoration.
+		hctx, hcancel := context.WithTimeout(context.Background(), 3*time.Second)
+		if _, herr := c.handover(hctx, "shutdown handover"); herr != nil && status.Code(herr) != codes.FailedPrecondition {
+			c.log.Warn("could not hand over before stopping", "err", herr)
+		}
+		hcancel()
+	}
 	cancel()
 	c.log.Info("chat core stopping")
 	c.health.Shutdown()
