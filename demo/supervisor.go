@@ -91,6 +91,7 @@ type Supervisor struct {
 	stopping bool
 	progMu   sync.Mutex
 	stateMu  sync.Mutex
+	stopOnce sync.Once
 }
 
 // proc is one run of one part.
@@ -128,7 +129,7 @@ func Start(ctx context.Context, plan Plan, opts Options) (*Supervisor, error) {
 	}
 	root, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Supervisor{opts: opts, plan: plan.Clone(), root: root, stop: cancel, procs: map[string]*proc{}}
-	context.AfterFunc(ctx, s.terminateAll)
+	context.AfterFunc(ctx, s.Stop)
 	for _, part := range s.plan.Parts {
 		if err := s.startPart(ctx, part); err != nil {
 			s.Stop()
@@ -319,32 +320,41 @@ func probeTCP(ctx context.Context, addr string) error {
 	return c.Close()
 }
 
-// terminateAll sends SIGTERM to every running part (SIGKILL follows after
-// the grace period) without waiting.
-func (s *Supervisor) terminateAll() {
-	s.mu.Lock()
-	s.stopping = true
-	s.mu.Unlock()
-	s.stop()
-}
-
-// Stop stops every part: SIGTERM, then SIGKILL for those still running after
-// the grace period. It waits for all of them, writes the final state file and
-// is safe to call more than once.
+// Stop stops every part, one at a time in reverse plan order (clients
+// before the services they use, the backup core before the primary, so that
+// nothing fails over during a shutdown): SIGTERM, then SIGKILL for a part
+// still running after the grace period. It waits for all of them, writes the
+// final state file, and is safe to call more than once and concurrently
+// (every caller returns once the cluster is down).
 func (s *Supervisor) Stop() {
-	s.terminateAll()
-	s.mu.Lock()
-	procs := make([]*proc, 0, len(s.procs))
-	for _, p := range s.procs {
-		procs = append(procs, p)
-	}
-	s.mu.Unlock()
-	for _, p := range procs {
-		<-p.done
-	}
-	if err := s.writeState(); err != nil {
-		s.opts.Logger.Error("write state file", "err", err)
-	}
+	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		for i := len(s.plan.Parts) - 1; i >= 0; i-- {
+			s.mu.Lock()
+			p := s.procs[s.plan.Parts[i].Name]
+			s.mu.Unlock()
+			if p == nil {
+				continue
+			}
+			p.cancel()
+			<-p.done
+		}
+		s.stop() // and any run that started meanwhile
+		s.mu.Lock()
+		procs := make([]*proc, 0, len(s.procs))
+		for _, p := range s.procs {
+			procs = append(procs, p)
+		}
+		s.mu.Unlock()
+		for _, p := range procs {
+			<-p.done
+		}
+		if err := s.writeState(); err != nil {
+			s.opts.Logger.Error("write state file", "err", err)
+		}
+	})
 }
 
 func (s *Supervisor) get(name string) (*proc, error) {
@@ -538,4 +548,3 @@ func indent(s string) string {
 	}
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
 }
-
