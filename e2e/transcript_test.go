@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -294,4 +295,30 @@ func TestSaveResendsAndBreaker(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// TestUCSKill9: acknowledged saves survive kill -9 of ucsmock; while it is
+// down chats go on, and once it is back the saver catches up.
+func TestUCSKill9(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{CoreArgs: []string{"--transcript-resend-delay=50ms", "--transcript-breaker-timeout=300ms"}})
+	chat := c.Customer().MustStart(t, "Ann")
+	for i := range 3 {
+		mustSend(t, chat, fmt.Sprintf("saved %d", i))
+	}
+	want := "saved 0,saved 1,saved 2"
+	waitSaved := func(want string) {
+		t.Helper()
+		harness.Eventually(t, "UCS holds "+want, 30*time.Second, func() error {
+			saved, _, err := savedMessages(t.Context(), c.UCS(), chat.ChatID)
+			if err == nil && strings.Join(saved, ",") != want {
+				err = fmt.Errorf("saved %v", saved)
+			}
+			return err
+		})
+	}
+	waitSaved(want)
+	c.Kill("ucs", syscall.SIGKILL)
+	mustSend(t, chat, "while UCS is dead") // delivery never waits for UCS
+	c.Restart("ucs")
+	waitSaved(want + ",while UCS is dead")
 }
