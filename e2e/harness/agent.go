@@ -38,6 +38,7 @@ type AgentError struct {
 	Code       string `json:"code"`
 }
 
+// Error renders the status, the short code and the message.
 func (e *AgentError) Error() string {
 	return fmt.Sprintf("agent API: HTTP %d %s: %s", e.HTTPStatus, e.Code, e.Message)
 }
