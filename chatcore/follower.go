@@ -72,6 +72,7 @@ func (c *Core) follow(ctx context.Context) {
 	failed, stop := c.watchPrimaryFailure()
 	defer stop()
 	delay := 20 * time.Millisecond
+	var lastWarn time.Time
 	for ctx.Err() == nil && !c.primary.Load() {
 		addr := c.peerAddr()
 		if addr == "" { // gossip has not shown the other core yet
@@ -95,6 +96,10 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		if end.synced {
 			delay = 20 * time.Millisecond
+		}
+		if !end.receivedAny && time.Since(lastWarn) > 10*time.Second {
+			lastWarn = time.Now()
+			c.log.Warn("cannot replicate from the peer yet (retrying)", "peer", addr, "err", end.err)
 		}
 		promote, why, certain := false, "", false
 		switch {
