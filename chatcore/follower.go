@@ -464,22 +464,30 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
 	return nil
 }
 
-// putSession inserts or replaces a session, keeping the live count.
+// putSession inserts or replaces a session, keeping the live count. Lock
+// order is s.mu before c.mu everywhere (commitLocked takes c.mu under s.mu),
+// so the replaced session is marked after c.mu is released.
 func (c *Core) putSession(s *session) {
 	c.mu.Lock()
 	old := c.sessions[s.id]
 	c.sessions[s.id] = s
+	c.mu.Unlock()
+	delta := 0
 	if old != nil {
 		old.mu.Lock()
 		old.removed = true
 		if !old.st.ended {
-			c.live--
+			delta--
 		}
 		old.mu.Unlock()
 	}
+	s.mu.Lock()
 	if !s.st.ended {
-		c.live++
+		delta++
 	}
+	s.mu.Unlock()
+	c.mu.Lock()
+	c.live += delta
 	c.m.sessionsLive.Set(float64(c.live))
 	c.mu.Unlock()
 }
