@@ -12,10 +12,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
@@ -344,8 +341,12 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
 		conn.Close()
-		if c.answers(ctx, addr) {
-			return false, "probe connected and the primary answers", false
+		if st, ok := c.peerStatus(ctx, addr); ok {
+			if st.Role == RolePrimary {
+				return false, "probe connected and the primary answers", false
+			}
+			// A restarted process answers as backup: the primary we followed is gone.
+			return true, fmt.Sprintf("the peer answers as %s at epoch %d: the primary is gone", st.Role, st.Epoch), true
 		}
 		// The kernel accepts for a stopped process: it is silent, not gone.
 		// Gossip decides when there is gossip; without it, the silence does.
@@ -383,17 +384,17 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 	return true, how, refused
 }
 
-// answers reports whether the core at addr answers a gRPC health check
-// within replication-timeout (any answer counts: it is alive).
-func (c *Core) answers(ctx context.Context, addr string) bool {
+// peerStatus asks the core at addr for its Status within
+// replication-timeout; ok is false when it does not answer.
+func (c *Core) peerStatus(ctx context.Context, addr string) (*chatpb.StatusResponse, bool) {
 	conn, err := c.peerConn(addr)
 	if err != nil {
-		return false
+		return nil, false
 	}
-	hctx, cancel := context.WithTimeout(ctx, c.cfg.ReplicationTimeout)
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.ReplicationTimeout)
 	defer cancel()
-	_, err = healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{})
-	return err == nil || status.Code(err) == codes.NotFound
+	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
+	return st, err == nil
 }
 
 // primaryMember finds the primary in the membership view.

@@ -511,3 +511,36 @@ func TestCleanStopHandsOver(t *testing.T) {
 		t.Fatalf("resend after handover: %v %v", d, err)
 	}
 }
+
+// TestQuickRestartOfPrimary: the primary crashes and its restarted process
+// (old flags: role primary) is listening again before the backup has
+// decided. The restarted core must join as backup (the backup holds the
+// sessions) and the backup must see that its primary is gone: it answers as
+// backup, so the backup promotes instead of waiting forever.
+func TestQuickRestartOfPrimary(t *testing.T) {
+	store := newMemStore()
+	a, b := pair(t, store, nil)
+	cust, _ := a.chat(t)
+	r, err := a.cl.Send(ctxT(t), msg(cust, "before", "c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := a.addr
+	a.kill()
+	var ln net.Listener
+	waitFor(t, "a's port free", func() bool {
+		l, err := net.Listen("tcp", addr)
+		ln = l
+		return err == nil
+	})
+	a2 := startNode(t, "core-a", RolePrimary, b.addr, ln, store, nil)
+	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	waitInSync(t, b, "core-a")
+	if a2.c.Role() != RoleBackup {
+		t.Fatalf("restarted core is %s", a2.c.Role())
+	}
+	d, err := b.cl.Send(ctxT(t), msg(cust, "before", "c1"))
+	if err != nil || !d.Duplicate || d.Index != r.Index {
+		t.Fatalf("resend: %v %v", d, err)
+	}
+}
