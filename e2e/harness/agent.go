@@ -468,7 +468,7 @@ func AcceptAnywhere(ctx context.Context, agents []*Agent, chatID string) (*Agent
 // StartSessions starts n chats through the customer API, logs in n ready
 // agents, has each chat accepted by the agent it is offered to, and waits
 // until the agent sees the customer's chat. Each session has a customer
-// and an agent side.
+// and an agent side, and the customer's push channel as a watcher.
 func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -493,8 +493,10 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 		if _, err := ag.WaitEvent(ctx, chat.ChatID, func(ev AgentEvent) bool { return ev.Kind == "ParticipantJoined" }); err != nil {
 			t.Fatalf("agent %s never saw chat %s: %v", ag.ID, chat.ChatID, err)
 		}
+		push := WatchPush(chat)
+		t.Cleanup(push.Close)
 		sessions = append(sessions, &Session{ChatID: chat.ChatID, Sides: []Side{CustomerSide(chat), ag.Side(chat.ChatID)},
-			Customer: chat, Agent: ag})
+			Watchers: []Viewer{push}, Customer: chat, Agent: ag, Push: push})
 	}
 	return sessions
 }

@@ -27,26 +27,29 @@ type ViewEvent struct {
 // Side is one participant of a workload session, behind whatever API it
 // uses (the customer API, the agent API).
 type Side interface {
-	// Name labels the side in texts and reports: "customer", "agent".
-	Name() string
+	// Viewer: Name labels the side in texts and reports ("customer",
+	// "agent"); View returns every event this side sees, in order. through
+	// is the highest index acknowledged in the session: a side fed by a push
+	// channel waits (within ctx) until it has seen that far.
+	Viewer
 	// Send sends one message once. It returns the index the message got, or
 	// an error; retryable says whether the same send (same client message
 	// id) may be tried again.
 	Send(ctx context.Context, text, clientMessageID string) (index uint64, retryable bool, err error)
-	// View returns every event this side sees, in the order it sees them.
-	// through is the highest index acknowledged in the session: a side fed
-	// by a push channel waits (within ctx) until it has seen that far.
-	View(ctx context.Context, through uint64) ([]ViewEvent, error)
 }
 
 // Session is one chat in a workload and the sides that send in it.
 type Session struct {
 	ChatID string
 	Sides  []Side
-	// Customer and Agent are the clients behind the sides, when
-	// StartSessions made them.
+	// Watchers are views that do not send (the customer's push channel);
+	// the checker holds them to the same rules as the sides.
+	Watchers []Viewer
+	// Customer and Agent are the clients behind the sides, and Push the
+	// customer's push channel, when StartSessions made them.
 	Customer *Chat
 	Agent    *Agent
+	Push     *PushWatcher
 }
 
 // WorkloadOptions tunes a workload.
@@ -274,27 +277,38 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 	if acked < minAcked {
 		t.Errorf("workload: only %d messages acknowledged, want at least %d; first failures: %s", acked, minAcked, firstFailures(rec, 3))
 	}
+	views, transcripts := 0, 0
+	defer func() {
+		t.Logf("checker: %d participant views and %d UCS transcripts checked", views, transcripts)
+	}()
 	for _, s := range rec.Sessions {
 		sent := rec.Of(s.ChatID)
 		var through uint64
 		for _, m := range sent {
 			through = max(through, m.Index)
 		}
+		viewers := make([]Viewer, 0, len(s.Sides)+len(s.Watchers))
 		for _, side := range s.Sides {
+			viewers = append(viewers, side)
+		}
+		viewers = append(viewers, s.Watchers...)
+		for _, v := range viewers {
 			vctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			view, err := side.View(vctx, through)
+			view, err := v.View(vctx, through)
 			cancel()
 			if err != nil {
-				t.Errorf("chat %s: %s view: %v", s.ChatID, side.Name(), err)
+				t.Errorf("chat %s: %s view: %v", s.ChatID, v.Name(), err)
 				continue
 			}
+			views++
 			for _, e := range CheckView(sent, view, opts.FailoverNotices) {
-				t.Errorf("chat %s: %s view: %v", s.ChatID, side.Name(), e)
+				t.Errorf("chat %s: %s view: %v", s.ChatID, v.Name(), e)
 			}
 		}
 		if opts.UCS == nil {
 			continue
 		}
+		transcripts++
 		var errs []error
 		err := Poll(opts.TranscriptTimeout, func() error {
 			tr, err := opts.UCS.Transcript(ctx, s.ChatID)
