@@ -316,6 +316,11 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 		c.notifyWatchers(change)
 	}
 	if c.saveTrigger(ev) {
+		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+			s.mu.Lock()
+			s.saveCause = sc
+			s.mu.Unlock()
+		}
 		c.saver.enqueue(s)
 	}
 	return ev.Index, false, nil

@@ -374,6 +374,13 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 		}
 		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
+		if refused {
+			// Nobody listens at the primary's address any more: its process
+			// is gone. (A cut path that refuses is told apart by a witness
+			// that answers; without one, the epoch claim at UCS still
+			// fences a primary that would survive somewhere.)
+			return true, how + "; refused: the process is gone", true
+		}
 	}
 	if c.members != nil {
 		if known && member.State == membership.StateAlive {

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -134,6 +137,8 @@ func (sv *saver) save(ctx context.Context, s *session) {
 	}
 	s.saving = true
 	ended := s.st.ended
+	cause := s.saveCause
+	s.saveCause = trace.SpanContext{}
 	events := make([]*chatpb.Event, 0, to-from+1)
 	for _, e := range s.log[from-1 : to] {
 		if c.savedKind(e.ev) {
@@ -145,11 +150,24 @@ func (sv *saver) save(ctx context.Context, s *session) {
 	var err error
 	if len(events) > 0 || ended {
 		req := SaveRequest{Service: c.cfg.Cluster, Epoch: c.epoch.Load(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
+		// The save belongs to the trace of the message that caused it.
+		tctx := ctx
+		if cause.IsValid() {
+			tctx = trace.ContextWithRemoteSpanContext(ctx, cause)
+		}
+		tctx, span := c.tracer.Start(tctx, "chatcore.saveTranscript", trace.WithAttributes(
+			attribute.String("chat.id", s.id), attribute.Int64("transcript.from", int64(from)),
+			attribute.Int64("transcript.to", int64(to)), attribute.Bool("transcript.ended", ended)))
 		_, err = sv.cb.Execute(func() (SaveResult, error) {
-			sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
+			sctx, cancel := context.WithTimeout(tctx, c.cfg.TranscriptSaveTimeout)
 			defer cancel()
 			return c.store.Save(sctx, req)
 		})
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(otelcodes.Error, "save failed")
+		}
+		span.End()
 	}
 	switch {
 	case err == nil:

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
@@ -45,6 +47,10 @@ type session struct {
 	noFinalSave  bool      // transcript-save-on-error=close fired: never save again
 	endedAt      time.Time
 	removed      bool // dropped from the core's map
+	// saveCause is the trace of the latest event that asked for a save, so
+	// that the save's span joins the trace of the message that caused it
+	// (webapi → chatcore → ucsmock). Not replicated.
+	saveCause trace.SpanContext
 }
 
 func newSession(id string) *session {
