@@ -76,6 +76,7 @@ func TestCustomerEventKindsAndSaveNotices(t *testing.T) {
 func TestFlexDisconnect(t *testing.T) {
 	c := harness.StartCluster(t, harness.Options{CoreArgs: []string{"--flex-disconnect-timeout=1s"}})
 	s := c.StartSessions(t, 1)[0]
+	s.Push.Close() // an open push channel counts as polling: the customer goes quiet
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
