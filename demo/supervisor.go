@@ -211,7 +211,7 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 
 	if err := s.waitReady(ctx, p); err != nil {
 		s.progressf("failed after %s: %v\n", time.Since(begin).Round(time.Millisecond), err)
-		s.opts.Logger.Error("part failed to start", "part", part.Name, "pid", p.pid, "err", err)
+		s.opts.Logger.Error("part failed to start", "child", part.Name, "pid", p.pid, "err", err)
 		cancel()
 		<-p.done
 		return fmt.Errorf("start %s: %w\n%s", part.Name, err, indent(Tail(logPath, 30)))
@@ -223,7 +223,7 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 	s.mu.Unlock()
 	took := time.Since(begin).Round(time.Millisecond)
 	s.progressf("ready in %s (pid %d)\n", took, p.pid)
-	s.opts.Logger.Info("part ready", "part", part.Name, "pid", p.pid, "took", took)
+	s.opts.Logger.Info("part ready", "child", part.Name, "pid", p.pid, "took", took.String())
 	return s.writeState()
 }
 
@@ -256,7 +256,7 @@ func (s *Supervisor) watch(p *proc) {
 	close(p.done)
 	if !stopping {
 		s.progressf("%s exited: %s\n", p.part.Name, how)
-		s.opts.Logger.Warn("part exited; not restarting it", "part", p.part.Name, "pid", p.pid, "exit", how)
+		s.opts.Logger.Warn("part exited; not restarting it", "child", p.part.Name, "pid", p.pid, "exit", how)
 		if err := s.writeState(); err != nil {
 			s.opts.Logger.Error("write state file", "err", err)
 		}
