@@ -13,11 +13,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
 )
 
@@ -105,26 +107,40 @@ func jsString(s string) string {
 	return string(b)
 }
 
-// TestWebSampleAndAgentDesktop starts a chat in the web sample, accepts it
-// on the agent desktop, exchanges messages both ways through the two pages,
-// checks the saved transcript, and keeps a screenshot of each page.
-func TestWebSampleAndAgentDesktop(t *testing.T) {
+// pages is a customer on the web sample and an agent on the desktop, in two
+// tabs of one headless Chromium, chatting in one chat.
+type pages struct {
+	t        *testing.T
+	customer context.Context
+	agent    context.Context
+	chatID   string
+	prefix   string // screenshot file name prefix
+}
+
+// shot saves both pages as artifacts/<prefix>-web-sample<suffix>.png and
+// artifacts/<prefix>-agent-desktop<suffix>.png.
+func (p *pages) shot(suffix string) {
+	screenshot(p.t, p.customer, p.prefix+"-web-sample"+suffix+".png")
+	screenshot(p.t, p.agent, p.prefix+"-agent-desktop"+suffix+".png")
+}
+
+// fail saves the screenshots and fails the test.
+func (p *pages) fail(format string, args ...any) {
+	p.t.Helper()
+	p.shot("-failed")
+	p.t.Fatalf(format, args...)
+}
+
+// openChat logs an agent in on the desktop, starts a chat on the web sample,
+// accepts the offer on the desktop, and waits until the web sample shows the
+// agent's join.
+func openChat(t *testing.T, c *harness.Cluster, prefix string) *pages {
+	t.Helper()
 	bctx := newBrowser(t)
-	c := harness.StartCluster(t, harness.Options{})
-	agentTab := newTab(t, bctx, 90*time.Second)
-	customerTab := newTab(t, bctx, 90*time.Second)
-	shot := func() {
-		screenshot(t, customerTab, "browser-web-sample.png")
-		screenshot(t, agentTab, "browser-agent-desktop.png")
-	}
-	fail := func(format string, args ...any) {
-		t.Helper()
-		shot()
-		t.Fatalf(format, args...)
-	}
+	p := &pages{t: t, agent: newTab(t, bctx, 2*time.Minute), customer: newTab(t, bctx, 2*time.Minute), prefix: prefix}
 
 	// The agent logs in and goes ready.
-	if err := chromedp.Do(agentTab,
+	if err := chromedp.Do(p.agent,
 		chromedp.Navigate(c.InteractionURL()+"/agent"),
 		chromedp.WaitVisible(chromedp.ID("login-form")),
 		chromedp.SendKeys(chromedp.ID("agentId"), "ada"),
@@ -133,18 +149,18 @@ func TestWebSampleAndAgentDesktop(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("desk")),
 		chromedp.Click(chromedp.ID("ready")),
 	); err != nil {
-		fail("agent desktop login: %v", err)
+		p.fail("agent desktop login: %v", err)
 	}
-	if err := waitJS(agentTab, "the agent to be ready", `document.getElementById("ready").dataset.ready === "true"`); err != nil {
-		fail("%v", err)
+	if err := waitJS(p.agent, "the agent to be ready", `document.getElementById("ready").dataset.ready === "true"`); err != nil {
+		p.fail("%v", err)
 	}
 	// The core is up: the desktop must not claim otherwise.
-	if status, err := chromedp.Run(agentTab, chromedp.Text(chromedp.ID("status"))); err != nil || strings.Contains(status, "not connected") {
+	if status, err := chromedp.Run(p.agent, chromedp.Text(chromedp.ID("status"))); err != nil || strings.Contains(status, "not connected") {
 		t.Errorf("agent desktop status %q (%v) on a healthy cluster", status, err)
 	}
 
 	// The customer starts a chat on the web sample.
-	if err := chromedp.Do(customerTab,
+	if err := chromedp.Do(p.customer,
 		chromedp.Navigate(c.WebAPIURL()+"/"),
 		chromedp.WaitVisible(chromedp.ID("start-form")),
 		chromedp.SendKeys(chromedp.ID("nickname"), "Grace"),
@@ -152,86 +168,145 @@ func TestWebSampleAndAgentDesktop(t *testing.T) {
 		chromedp.Click(chromedp.ID("start")),
 		chromedp.WaitVisible(chromedp.ID("chat")),
 	); err != nil {
-		fail("web sample start: %v", err)
+		p.fail("web sample start: %v", err)
 	}
 
 	// The offer reaches the desktop; the agent accepts it.
-	if err := chromedp.Do(agentTab,
+	if err := chromedp.Do(p.agent,
 		chromedp.WaitVisible(chromedp.CSS("#offers li button.accept")),
 		chromedp.Click(chromedp.CSS("#offers li button.accept")),
 		chromedp.WaitVisible(chromedp.CSS("#chats .chat .reply-input")),
 	); err != nil {
-		fail("accept the offer: %v", err)
+		p.fail("accept the offer: %v", err)
 	}
-	chatID, err := chromedp.Run(agentTab, chromedp.Evaluate[string](`document.querySelector("#chats [data-chat]").dataset.chat`))
+	chatID, err := chromedp.Run(p.agent, chromedp.Evaluate[string](`document.querySelector("#chats [data-chat]").dataset.chat`))
 	if err != nil || chatID == "" {
-		fail("chat id on the desktop: %q %v", chatID, err)
+		p.fail("chat id on the desktop: %q %v", chatID, err)
 	}
+	p.chatID = chatID
 	t.Logf("chat %s", chatID)
 	// The customer page learns that an agent joined.
-	if err := waitJS(customerTab, "the agent's join on the web sample",
+	if err := waitJS(p.customer, "the agent's join on the web sample",
 		`[...document.querySelectorAll("#transcript [data-type=ParticipantJoined]")].some(e => e.textContent.includes("Ada"))`); err != nil {
-		fail("%v", err)
+		p.fail("%v", err)
 	}
+	return p
+}
 
-	// Customer → agent.
-	const fromCustomer = "Hello, my parcel is late"
-	if err := chromedp.Do(customerTab,
-		chromedp.SendKeys(chromedp.ID("message"), fromCustomer),
+// customerSays types text on the web sample, sends it, and waits until the
+// desktop shows it.
+func (p *pages) customerSays(text string) {
+	p.t.Helper()
+	if err := chromedp.Do(p.customer,
+		chromedp.SendKeys(chromedp.ID("message"), text),
 		chromedp.Click(chromedp.ID("send")),
 	); err != nil {
-		fail("customer send: %v", err)
+		p.fail("customer send: %v", err)
 	}
-	if err := waitJS(agentTab, "the customer's message on the desktop",
-		`[...document.querySelectorAll("#chats .msg[data-kind=Message] .text")].some(e => e.textContent === `+jsString(fromCustomer)+`)`); err != nil {
-		fail("%v", err)
+	if err := waitJS(p.agent, "the customer's message on the desktop",
+		`[...document.querySelectorAll("#chats .msg[data-kind=Message] .text")].some(e => e.textContent === `+jsString(text)+`)`); err != nil {
+		p.fail("%v", err)
 	}
+}
 
-	// Agent → customer.
-	const fromAgent = "Sorry to hear that, let me check"
-	if err := chromedp.Do(agentTab,
-		chromedp.SendKeys(chromedp.CSS("#chats .chat .reply-input"), fromAgent),
+// agentSays types text on the desktop, sends it, and waits until the web
+// sample shows it.
+func (p *pages) agentSays(text string) {
+	p.t.Helper()
+	if err := chromedp.Do(p.agent,
+		chromedp.SendKeys(chromedp.CSS("#chats .chat .reply-input"), text),
 		chromedp.Click(chromedp.CSS("#chats .chat .reply-send")),
 	); err != nil {
-		fail("agent send: %v", err)
+		p.fail("agent send: %v", err)
 	}
-	if err := waitJS(customerTab, "the agent's message on the web sample",
-		`[...document.querySelectorAll("#transcript [data-type=Message]")].some(e => e.textContent.includes(`+jsString(fromAgent)+`))`); err != nil {
-		fail("%v", err)
+	if err := waitJS(p.customer, "the agent's message on the web sample",
+		`[...document.querySelectorAll("#transcript [data-type=Message]")].some(e => e.lastChild && e.lastChild.textContent === `+jsString(text)+`)`); err != nil {
+		p.fail("%v", err)
 	}
-	// Each message is shown once on each page.
+}
+
+// shownOnce checks that each text is shown exactly once on each page.
+func (p *pages) shownOnce(texts ...string) {
+	p.t.Helper()
 	for _, check := range []struct {
 		tab  context.Context
 		page string
 		expr string
 	}{
-		{customerTab, "web sample", `[...document.querySelectorAll("#transcript [data-type=Message]")].filter(e => e.textContent.includes(%s)).length`},
-		{agentTab, "agent desktop", `[...document.querySelectorAll("#chats .msg[data-kind=Message] .text")].filter(e => e.textContent === %s).length`},
+		{p.customer, "web sample", `[...document.querySelectorAll("#transcript [data-type=Message]")].filter(e => e.lastChild && e.lastChild.textContent === %s).length`},
+		{p.agent, "agent desktop", `[...document.querySelectorAll("#chats .msg[data-kind=Message] .text")].filter(e => e.textContent === %s).length`},
 	} {
-		for _, text := range []string{fromCustomer, fromAgent} {
+		for _, text := range texts {
 			n, err := chromedp.Run(check.tab, chromedp.Evaluate[int](fmt.Sprintf(check.expr, jsString(text))))
 			if err != nil || n != 1 {
-				t.Errorf("%s shows %q %d times (%v), want once", check.page, text, n, err)
+				p.t.Errorf("%s shows %q %d times (%v), want once", check.page, text, n, err)
 			}
 		}
 	}
-	shot()
+}
 
-	// The transcript in UCS holds both, in order.
-	harness.Eventually(t, "both messages in the UCS transcript", 15*time.Second, func() error {
+// savedInOrder waits until UCS holds exactly these messages, in order.
+func savedInOrder(t *testing.T, c *harness.Cluster, chatID string, texts ...string) {
+	t.Helper()
+	harness.Eventually(t, "the messages in the UCS transcript", 15*time.Second, func() error {
 		tr, err := c.UCS().Transcript(t.Context(), chatID)
 		if err != nil {
 			return err
 		}
-		var texts []string
+		var saved []string
 		for _, ev := range harness.TranscriptView(tr) {
 			if ev.Type == "Message" {
-				texts = append(texts, ev.Text)
+				saved = append(saved, ev.Text)
 			}
 		}
-		if strings.Join(texts, "|") != fromCustomer+"|"+fromAgent {
-			return errors.New("saved: " + strings.Join(texts, "|"))
+		if strings.Join(saved, "|") != strings.Join(texts, "|") {
+			return errors.New("saved: " + strings.Join(saved, "|"))
 		}
 		return nil
 	})
+}
+
+// TestWebSampleAndAgentDesktop starts a chat in the web sample, accepts it
+// on the agent desktop, exchanges messages both ways through the two pages,
+// checks the saved transcript, and keeps a screenshot of each page.
+func TestWebSampleAndAgentDesktop(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{})
+	p := openChat(t, c, "browser")
+	const fromCustomer = "Hello, my parcel is late"
+	const fromAgent = "Sorry to hear that, let me check"
+	p.customerSays(fromCustomer)
+	p.agentSays(fromAgent)
+	p.shownOnce(fromCustomer, fromAgent)
+	p.shot("")
+	savedInOrder(t, c, p.chatID, fromCustomer, fromAgent)
+}
+
+// TestSeedFailoverInBrowser is the seed's own test on the cluster `hachat
+// demo` runs (the mesh: the pages' servers reach the cores only through
+// their sidecars): chat in the web sample and on the agent desktop, kill -9
+// the primary, send again from both pages, and the chat simply goes on; both
+// pages show the disconnected / reconnected notices.
+func TestSeedFailoverInBrowser(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh})
+	c.WaitRole("core-b", "backup", 15*time.Second)
+	p := openChat(t, c, "browser-failover")
+	p.customerSays("before the failover")
+	p.agentSays("noted, before the failover")
+
+	c.Kill("core-a", syscall.SIGKILL)
+	c.WaitRole("core-b", "primary", 10*time.Second)
+
+	p.customerSays("after the failover")
+	p.agentSays("still here after the failover")
+	if err := waitJS(p.customer, "reconnect notices on the web sample",
+		`document.querySelector("#transcript [data-type=ParticipantDisconnected]") && document.querySelector("#transcript [data-type=ParticipantReconnected]")`); err != nil {
+		p.fail("%v", err)
+	}
+	if err := waitJS(p.agent, "reconnect notices on the desktop",
+		`document.querySelector("#chats .msg[data-kind=ParticipantDisconnected]") && document.querySelector("#chats .msg[data-kind=ParticipantReconnected]")`); err != nil {
+		p.fail("%v", err)
+	}
+	p.shownOnce("before the failover", "noted, before the failover", "after the failover", "still here after the failover")
+	p.shot("")
+	savedInOrder(t, c, p.chatID, "before the failover", "noted, before the failover", "after the failover", "still here after the failover")
 }
