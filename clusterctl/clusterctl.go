@@ -17,10 +17,16 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/demo"
 )
 
-// ErrNoPrimary means no reachable core claims the primary role.
-var ErrNoPrimary = errors.New("no primary reachable")
+// Errors callers branch on.
+var (
+	// ErrNoPrimary means no reachable core claims the primary role.
+	ErrNoPrimary = errors.New("no primary reachable")
+	// ErrNoCore means a state file lists no chat core.
+	ErrNoCore = errors.New("no chat core")
+)
 
 // CoreStatus is one core's answer, or why it could not answer.
 type CoreStatus struct {
@@ -144,4 +150,23 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// CoresFromState returns the gRPC addresses of the chat cores listed in a
+// demo state file.
+func CoresFromState(path string) ([]string, error) {
+	st, err := demo.ReadState(path)
+	if err != nil {
+		return nil, err
+	}
+	var addrs []string
+	for _, p := range st.Parts {
+		if p.Kind == demo.KindCore && p.GRPC != "" {
+			addrs = append(addrs, p.GRPC)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%w in %s", ErrNoCore, path)
+	}
+	return addrs, nil
 }

@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -287,4 +290,25 @@ func parallel(ctx context.Context, workers, n int, fn func(context.Context, int)
 		return err
 	}
 	return nil
+}
+
+// ProcessRSS is a MemoryProbe that reads the resident set size of process
+// pid from /proc.
+func ProcessRSS(pid int) MemoryProbe {
+	return func(context.Context) (uint64, error) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return 0, fmt.Errorf("read rss: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("parse rss %q: %w", v, err)
+				}
+				return kb * 1024, nil
+			}
+		}
+		return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	}
 }

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 
+	"github.com/hachat/hachat/bench/benchcluster"
 	"github.com/hachat/hachat/bench/chatbench"
 	"github.com/hachat/hachat/bench/failoverbench"
 	"github.com/hachat/hachat/chatclient"
@@ -78,22 +77,22 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		if o.Pair {
 			stage = demo.StagePair
 		}
-		sup, layout, err := benchCluster(ctx, stage, errw, "--transcript-auto-save="+strconv.Itoa(o.AutoSave),
+		cl, err := benchcluster.Start(ctx, stage, errw, "--transcript-auto-save="+strconv.Itoa(o.AutoSave),
 			fmt.Sprintf("--max-sessions=%d", o.Sessions+100), "--send-rate=100000", "--send-burst=100000")
 		if err != nil {
 			return err
 		}
-		defer sup.Stop()
-		o.ServiceToken = layout.ServiceToken
-		targets = []string{layout.Addrs.CoreAGRPC}
+		defer cl.Stop()
+		o.ServiceToken = benchcluster.ServiceToken
+		targets = []string{cl.Layout.Addrs.CoreAGRPC}
 		if o.Pair {
-			targets = append(targets, layout.Addrs.CoreBGRPC)
+			targets = append(targets, cl.Layout.Addrs.CoreBGRPC)
 		}
-		pid, err := sup.PID("core-a")
+		pid, err := cl.PID("core-a")
 		if err != nil {
 			return err
 		}
-		mem = func(context.Context) (uint64, error) { return rss(pid) }
+		mem = chatbench.ProcessRSS(pid)
 	}
 	ccfg := chatclient.DefaultConfig()
 	ccfg.Targets = targets
@@ -113,47 +112,6 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 	}
 	fmt.Fprintf(out, "hachat bench chat: %s, transcript-auto-save=%d\n%s\n", mode, o.AutoSave, rep)
 	return nil
-}
-
-// benchCluster starts the standard cluster without webapi and interaction
-// on free ports in a temporary directory.
-func benchCluster(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs ...string) (*demo.Supervisor, demo.Layout, error) {
-	addrs, err := demo.FreeAddrs()
-	if err != nil {
-		return nil, demo.Layout{}, err
-	}
-	dir, err := os.MkdirTemp("", "hachat-bench-")
-	if err != nil {
-		return nil, demo.Layout{}, fmt.Errorf("temp dir: %w", err)
-	}
-	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
-		ServiceToken: "bench-service-token", AdminToken: "bench-admin-token"}
-	plan := demo.StandardPlan(layout).Without("webapi", "interaction")
-	sup, err := demo.Start(ctx, plan, demo.Options{Dir: dir, Progress: progress})
-	if err != nil {
-		return nil, layout, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)
-	}
-	return sup, layout, nil
-}
-
-// rss returns the resident set size of process pid in bytes.
-func rss(pid int) (uint64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read rss: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("parse rss %q: %w", v, err)
-			}
-			return kb * 1024, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
 func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) error {
@@ -176,11 +134,12 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if o.Sidecar {
 		stage, path = demo.StageMesh, "through a sidecar steered by xDS"
 	}
-	sup, layout, err := benchCluster(ctx, stage, errw, "--send-rate=100000", "--send-burst=100000")
+	bc, err := benchcluster.Start(ctx, stage, errw, "--send-rate=100000", "--send-burst=100000")
 	if err != nil {
 		return err
 	}
-	defer sup.Stop()
+	defer bc.Stop()
+	layout := bc.Layout
 	ccfg := chatclient.DefaultConfig()
 	ccfg.Targets = []string{layout.Addrs.CoreAGRPC, layout.Addrs.CoreBGRPC}
 	if o.Sidecar {
@@ -191,8 +150,8 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		return err
 	}
 	defer cl.Close()
-	rep, err := failoverbench.Run(ctx, cl, sup, failoverbench.Options{
-		Trials: o.Trials, AdminToken: layout.AdminToken, ServiceToken: layout.ServiceToken, SkipSwitchover: o.SkipSwitchover,
+	rep, err := failoverbench.Run(ctx, cl, bc, failoverbench.Options{
+		Trials: o.Trials, AdminToken: benchcluster.AdminToken, ServiceToken: benchcluster.ServiceToken, SkipSwitchover: o.SkipSwitchover,
 		Cores: map[string]string{"core-a": layout.Addrs.CoreAGRPC, "core-b": layout.Addrs.CoreBGRPC},
 	}, errw)
 	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s\n%s", path, rep)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/clusterctl"
-	"github.com/hachat/hachat/demo"
 )
 
 const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pair.
@@ -84,18 +82,9 @@ func ctlCores(core, state string) ([]string, error) {
 	if core != "" {
 		return strings.Split(core, ","), nil
 	}
-	st, err := demo.ReadState(state)
+	addrs, err := clusterctl.CoresFromState(state)
 	if err != nil {
 		return nil, fmt.Errorf("find cores (use --core or --state): %w", err)
-	}
-	var addrs []string
-	for _, p := range st.Parts {
-		if p.Kind == demo.KindCore && p.GRPC != "" {
-			addrs = append(addrs, p.GRPC)
-		}
-	}
-	if len(addrs) == 0 {
-		return nil, errors.New("no chat core in the state file")
 	}
 	return addrs, nil
 }
