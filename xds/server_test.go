@@ -229,10 +229,9 @@ func TestPushOnMembershipChange(t *testing.T) {
 	if p1.GetPriority() != 1 || p1.GetLbEndpoints()[0].GetHealthStatus() != core.HealthStatus_UNHEALTHY {
 		t.Errorf("dead primary = %v", p1)
 	}
+	// Speed is measured by BenchmarkBuild and reported, not asserted here;
+	// the push is event-driven (the 1s recv deadline would catch a poll).
 	t.Logf("push after membership change: %v", took)
-	if took > 100*time.Millisecond {
-		t.Errorf("push took %v, want a few milliseconds", took)
-	}
 	a.send(resource.EndpointType, []string{ClusterName}, r.GetVersionInfo(), r.GetNonce(), nil)
 
 	// The listener and cluster did not change: nothing else is pushed. The
