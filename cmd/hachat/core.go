@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/hachat/hachat/chatcore"
 	"github.com/hachat/hachat/membership"
@@ -29,6 +33,26 @@ type coreFile struct {
 	Gossip     string            `yaml:"gossip"`
 	Membership membership.Config `yaml:",inline"`
 	Telemetry  telemetry.Config  `yaml:"telemetry"`
+}
+
+// UnmarshalYAML decodes the --config file strictly (unknown keys are
+// errors), after turning Genesys-style bare-second durations such as
+// `transcript-resend-delay: 5` into Go durations.
+func (f *coreFile) UnmarshalYAML(n *yaml.Node) error {
+	if err := chatcore.NormalizeYAMLDurations(n); err != nil {
+		return err
+	}
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return fmt.Errorf("re-encode config: %w", err)
+	}
+	type plain coreFile // no UnmarshalYAML: no recursion
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode((*plain)(f)); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
 }
 
 // runCore runs one chat core until ctx is done.
