@@ -38,8 +38,9 @@ import (
 type Config struct {
 	// Targets are gRPC addresses of the chat service, tried in order. With a
 	// sidecar this is the one local sidecar address; without one, the
-	// primary's and the backup's addresses.
-	Targets []string `yaml:"core"`
+	// primary's and the backup's addresses. The part that embeds this
+	// config names them with its own "core" key, so it has no YAML key here.
+	Targets []string `yaml:"-"`
 	// RetryFor bounds how long one call keeps retrying when the caller's
 	// context has no deadline (default 10s: longer than any failover).
 	RetryFor time.Duration `yaml:"core-retry-for"`
@@ -63,8 +64,9 @@ func DefaultConfig() Config {
 	}
 }
 
-// RegisterFlags binds the config to flags on fs.
+// RegisterFlags binds the config to flags on fs: --core and the retry flags.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	c.RegisterRetryFlags(fs)
 	fs.Func("core", "chat core gRPC address(es), comma-separated; with a sidecar, the sidecar's (default "+strings.Join(c.Targets, ",")+")", func(s string) error {
 		var ts []string
 		for _, t := range strings.Split(s, ",") {
@@ -78,6 +80,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.Targets = ts
 		return nil
 	})
+}
+
+// RegisterRetryFlags binds only the retry settings, for a part that has its
+// own --core flag.
+func (c *Config) RegisterRetryFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RetryFor, "core-retry-for", c.RetryFor, "how long a call to the chat core keeps retrying")
 	fs.DurationVar(&c.AttemptTimeout, "core-attempt-timeout", c.AttemptTimeout, "timeout of one attempt of a call to the chat core")
 	fs.DurationVar(&c.MinBackoff, "core-min-backoff", c.MinBackoff, "first pause between attempts")

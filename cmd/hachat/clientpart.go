@@ -7,30 +7,25 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/telemetry"
 )
 
 // clientFile holds the keys that webapi and interaction share: how their
-// chat client retries, and telemetry.
+// chat client retries (chatclient.Config; the addresses come from the
+// part's own core key), and telemetry.
 type clientFile struct {
-	// CoreRetryFor and CoreAttemptTimeout tune the chat client (see
-	// chatclient.Config).
-	CoreRetryFor       time.Duration    `yaml:"core-retry-for"`
-	CoreAttemptTimeout time.Duration    `yaml:"core-attempt-timeout"`
-	Telemetry          telemetry.Config `yaml:"telemetry"`
+	chatclient.Config `yaml:",inline"`
+	Telemetry         telemetry.Config `yaml:"telemetry"`
 }
 
 func defaultClientFile() clientFile {
-	cc := chatclient.DefaultConfig()
-	return clientFile{CoreRetryFor: cc.RetryFor, CoreAttemptTimeout: cc.AttemptTimeout, Telemetry: telemetry.DefaultConfig()}
+	return clientFile{Config: chatclient.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
 }
 
 func (f *clientFile) registerFlags(fs *flag.FlagSet) {
-	fs.DurationVar(&f.CoreRetryFor, "core-retry-for", f.CoreRetryFor, "how long the chat client retries a call to the chat core")
-	fs.DurationVar(&f.CoreAttemptTimeout, "core-attempt-timeout", f.CoreAttemptTimeout, "timeout of one attempt of a call to the chat core")
+	f.Config.RegisterRetryFlags(fs)
 	f.Telemetry.RegisterFlags(fs)
 }
 
@@ -59,10 +54,8 @@ func startClientPart(ctx context.Context, name, core string, f clientFile, errw 
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
-	cc := chatclient.DefaultConfig()
+	cc := f.Config
 	cc.Targets = targets
-	cc.RetryFor = f.CoreRetryFor
-	cc.AttemptTimeout = f.CoreAttemptTimeout
 	client, err := chatclient.New(cc, tel)
 	if err != nil {
 		_ = tel.Shutdown(context.WithoutCancel(ctx))
