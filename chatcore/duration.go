@@ -76,7 +76,7 @@ var durationKeys = map[string]bool{
 }
 
 // NormalizeYAMLDurations rewrites, in a YAML mapping (or a document holding
-// one), the bare integer values of Config's duration keys into Go durations
+// one), the bare integer values (quoted or not) of Config's duration keys into Go durations
 // in seconds ("5" becomes "5s"), so that a file written with Genesys values
 // decodes into Config. Other keys and values are left alone; a value that
 // is neither form is left for the decoder to reject.
@@ -100,8 +100,8 @@ func NormalizeYAMLDurations(n *yaml.Node) error {
 		if k.Kind != yaml.ScalarNode || !durationKeys[k.Value] || v.Kind != yaml.ScalarNode {
 			continue
 		}
-		if v.Tag != "!!int" && v.ShortTag() != "!!int" {
-			continue
+		if _, err := strconv.ParseInt(strings.TrimSpace(v.Value), 10, 64); err != nil && v.ShortTag() != "!!int" {
+			continue // a Go duration (or garbage) for the decoder
 		}
 		d, err := ParseDuration(v.Value)
 		if err != nil {

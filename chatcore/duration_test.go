@@ -80,7 +80,7 @@ func TestYAMLDurationsAcceptGenesysSeconds(t *testing.T) {
 			return c.TranscriptResendDelay == 5*time.Second && c.FlexDisconnectTimeout == 2*time.Minute
 		}, false},
 		{"transcript-resend-delay: 1.5s\n", func(c Config) bool { return c.TranscriptResendDelay == 1500*time.Millisecond }, false},
-		{"transcript-resend-delay: \"7\"\n", nil, true},         // a quoted string is a Go duration: 7 has no unit
+		{"transcript-resend-delay: \"7\"\n", func(c Config) bool { return c.TranscriptResendDelay == 7*time.Second }, false},
 		{"max-sessions: 5\n", func(c Config) bool { return c.MaxSessions == 5 }, false}, // other ints untouched
 		{"flex-disconnect-timeout: soon\n", nil, true},
 	} {
