@@ -309,8 +309,17 @@ func (c *Cluster) WaitReady(name string, timeout time.Duration) {
 
 // LogContains reports whether the named part's log holds substr.
 func (c *Cluster) LogContains(name, substr string) bool {
+	return c.LogCount(name, substr) > 0
+}
+
+// LogCount counts the occurrences of substr in the named part's log (every
+// run of the part: a restart appends to the same file).
+func (c *Cluster) LogCount(name, substr string) int {
 	b, err := os.ReadFile(c.sup.LogPath(name))
-	return err == nil && strings.Contains(string(b), substr)
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), substr)
 }
 
 // Metric returns the sum of the samples of the Prometheus metric called name
