@@ -258,7 +258,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	// Sessions that only UCS holds (started while the replica was cut off).
 	for id, info := range stored {
 		if !info.Ended && c.session(id) == nil {
-			if _, err := c.lookup(ctx, id); err == nil {
+			if _, err := c.lookup(ctx, id, nil); err == nil {
 				n++
 			} else {
 				c.log.Warn("could not restore session from UCS", "session", id, "err", err)
@@ -398,26 +398,29 @@ func withPlaceholders(sessionID string, stored []*chatpb.Event, after uint64) []
 
 // lookup returns the session id; a primary that does not hold it rebuilds it
 // from its UCS transcript (session restoration for sessions the replica
-// lacks, e.g. after a failover from a backup that was away).
-func (c *Core) lookup(ctx context.Context, id string) (*session, error) {
-	if s := c.session(id); s != nil {
-		return s, nil
-	}
-	if !c.primary.Load() {
-		return nil, errUnknown
-	}
-	c.restoreMu.Lock()
-	if wait, ok := c.restoring[id]; ok {
+// lacks, e.g. after a failover from a backup that was away). admit, when not
+// nil, judges the rebuilt state before the core takes the session in (the
+// caller's participant and key): a refused request leaves no trace (no
+// session, no notices, no metric).
+func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) error) (*session, error) {
+	for {
+		if s := c.session(id); s != nil {
+			return s, nil
+		}
+		if !c.primary.Load() {
+			return nil, errUnknown
+		}
+		c.restoreMu.Lock()
+		wait, busy := c.restoring[id]
+		if !busy {
+			break // restoreMu held: this call rebuilds the session
+		}
 		c.restoreMu.Unlock()
-		select {
+		select { // another call is rebuilding it; it may be refused, so look again
 		case <-wait:
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
-		if s := c.session(id); s != nil {
-			return s, nil
-		}
-		return nil, errUnknown
 	}
 	done := make(chan struct{})
 	c.restoring[id] = done
@@ -448,6 +451,11 @@ func (c *Core) lookup(ctx context.Context, id string) (*session, error) {
 	for _, ev := range evs {
 		s.st.apply(ev)
 		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+	}
+	if admit != nil {
+		if err := admit(&s.st); err != nil {
+			return nil, err
+		}
 	}
 	s.savedThrough = s.lastIndex()
 	s.finalSaved = tr.Ended

@@ -37,16 +37,22 @@ var (
 )
 
 // checkAuth validates the shape of an Auth and finds its session
-// (restoring it from UCS if this primary does not hold it).
+// (restoring it from UCS if this primary does not hold it, but only for a
+// participant and key that the stored PARTICIPANT_JOINED key_hash accepts:
+// a wrong key changes nothing). Callers still authorize under s.mu.
 func (c *Core) checkAuth(ctx context.Context, a *chatpb.Auth) (*session, string, error) {
 	if a == nil || a.SessionId == "" || a.ParticipantId == "" || a.SecureKey == "" {
 		return nil, "", invalid("auth needs session_id, participant_id and secure_key")
 	}
-	s, err := c.lookup(ctx, a.SessionId)
+	keyHash := hashKey(a.SecureKey)
+	s, err := c.lookup(ctx, a.SessionId, func(st *state) error {
+		_, err := authorize(st, a.ParticipantId, keyHash)
+		return err
+	})
 	if err != nil {
 		return nil, "", err
 	}
-	return s, hashKey(a.SecureKey), nil
+	return s, keyHash, nil
 }
 
 // authorize finds the participant in st and checks its key. Call with s.mu held.
@@ -185,7 +191,7 @@ func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinR
 	if err := checkText("nickname", req.Nickname, maxNameLen); err != nil {
 		return nil, err
 	}
-	s, err := c.lookup(ctx, req.SessionId)
+	s, err := c.lookup(ctx, req.SessionId, nil) // the service token was checked above
 	if err != nil {
 		return nil, err
 	}
