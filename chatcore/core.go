@@ -79,6 +79,40 @@ type Core struct {
 	metaMu       sync.Mutex
 	grpcAddr     string
 	httpAddr     string
+
+	bgMu     sync.Mutex
+	bgCtx    context.Context // Serve's context; nil before Serve
+	bgClosed bool            // Serve is returning: no new background work
+	bgWG     sync.WaitGroup  // background work Serve waits for
+}
+
+// spawn runs f in a goroutine owned by Serve: f gets Serve's context and
+// Serve returns only after f did. It reports false (and does not run f)
+// before Serve started or once it is stopping.
+func (c *Core) spawn(f func(ctx context.Context)) bool {
+	c.bgMu.Lock()
+	defer c.bgMu.Unlock()
+	if c.bgCtx == nil || c.bgClosed {
+		return false
+	}
+	ctx := c.bgCtx
+	c.bgWG.Go(func() { f(ctx) })
+	return true
+}
+
+// startBackground lets spawn run work under ctx (Serve's context).
+func (c *Core) startBackground(ctx context.Context) {
+	c.bgMu.Lock()
+	c.bgCtx, c.bgClosed = ctx, false
+	c.bgMu.Unlock()
+}
+
+// stopBackground refuses new background work and waits for the running work.
+func (c *Core) stopBackground() {
+	c.bgMu.Lock()
+	c.bgClosed = true
+	c.bgMu.Unlock()
+	c.bgWG.Wait()
 }
 
 // Option configures a Core beyond its Config (seams for tests and phase-2 parts).
@@ -165,7 +199,7 @@ func (c *Core) becomePrimaryLocked(epoch uint64) {
 func (c *Core) roleChangedLocked() {
 	close(c.roleCh)
 	c.roleCh = make(chan struct{})
-	go c.publishMeta()
+	c.spawn(c.publishMeta)
 }
 
 // roleChanged returns a channel closed at the next role change.

@@ -38,7 +38,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 			c.log.Warn("could not claim the primary role at start: joining as backup", "err", err)
 		}
 	} else {
-		c.publishMeta()
+		c.publishMeta(ctx)
 	}
 	for ctx.Err() == nil {
 		if c.primary.Load() {
@@ -164,17 +164,17 @@ func (c *Core) checkNewerPrimary(m membership.Member) {
 	c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d", m.Name, m.Meta.Epoch), m.Meta.Epoch)
 }
 
-// publishMeta gossips the current role and epoch.
-func (c *Core) publishMeta() {
+// publishMeta gossips the current role and epoch (within 2 s, and while ctx lives).
+func (c *Core) publishMeta(ctx context.Context) {
 	if c.members == nil {
 		return
 	}
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
 	meta := membership.Meta{Kind: membership.KindCore, Role: c.Role(), Epoch: c.epoch.Load(), GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := c.members.SetMeta(ctx, meta); err != nil {
+	if err := c.members.SetMeta(ctx, meta); err != nil && ctx.Err() == nil {
 		c.log.Warn("could not publish membership meta", "err", err)
 	}
 }

@@ -287,7 +287,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 			c.gossipDead.Store(false)
 			c.log.Info("in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", len(seen), "dropped_stale", n)
-			go c.publishMeta() // gossip the epoch we now follow
+			c.spawn(c.publishMeta) // gossip the epoch we now follow
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
 			ans := &chatpb.ReplicaAck{Seq: msg.Seq}
@@ -303,7 +303,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 			}
 			if err == nil {
 				end.handedOver = true
-				go c.restoreAll(context.WithoutCancel(ctx), "switchover")
+				c.spawn(func(ctx context.Context) { c.restoreAll(ctx, "switchover") })
 				// Let the old primary close the stream (it steps down on our
 				// answer), so that the answer is not cut off by our cancel.
 				t := time.AfterFunc(2*time.Second, cancel)

@@ -1,13 +1,16 @@
 package chatcore
 
 import (
+	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
 )
 
 // TestWrongKeyDoesNotRestoreFromUCS: a session only UCS holds is rebuilt
@@ -66,5 +69,38 @@ func TestWrongKeyDoesNotRestoreFromUCS(t *testing.T) {
 	}
 	if st, _ := second.cl.Status(ctxT(t), &chatpb.StatusRequest{}); st.GetLiveSessions() != 1 {
 		t.Fatalf("live sessions after the right key: %v", st)
+	}
+}
+
+// blockingMembers is a Membership double whose SetMeta blocks until its
+// context ends, counting the calls still inside.
+type blockingMembers struct {
+	memMembers
+	inside atomic.Int32
+	calls  atomic.Int32
+}
+
+func (m *blockingMembers) SetMeta(ctx context.Context, meta membership.Meta) error {
+	m.inside.Add(1)
+	defer m.inside.Add(-1)
+	m.calls.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestServeWaitsForBackgroundWork: work a role change starts (gossiping
+// meta, restoring after a switchover) runs under Serve's context and
+// Serve returns only after it finished.
+func TestServeWaitsForBackgroundWork(t *testing.T) {
+	mm := &blockingMembers{}
+	n := startNode(t, "core-a", RolePrimary, "", listen(t), newMemStore(), nil, WithMembership(mm))
+	waitFor(t, "primary", func() bool { return n.c.primary.Load() })
+	waitFor(t, "meta publish in flight", func() bool { return mm.inside.Load() > 0 })
+	n.stop()
+	if in := mm.inside.Load(); in != 0 {
+		t.Fatalf("Serve returned with %d meta publishes still running", in)
+	}
+	if n.c.spawn(func(context.Context) { t.Error("ran after Serve returned") }) {
+		t.Fatal("spawn accepted work after Serve returned")
 	}
 }

@@ -57,6 +57,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	c.log.Info("chat core serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "role", c.cfg.Role,
 		"transcript-auto-save", c.cfg.TranscriptAutoSave, "session-restoration-mode", c.cfg.SessionRestorationMode)
 
+	c.startBackground(ctx)
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
@@ -92,6 +93,13 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	c.log.Info("chat core stopping")
 	c.health.Shutdown()
 	c.stepDown("shutting down", 0)
+	if c.members != nil {
+		// Serve's ctx is done, so the step-down's own publish is cut short:
+		// tell gossip we are no longer primary before we go.
+		pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		c.publishMeta(pctx)
+		pcancel()
+	}
 	c.peerMu.Lock()
 	if c.peer != nil {
 		c.peer.Close()
@@ -108,6 +116,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	defer scancel()
 	_ = hs.Shutdown(sctx)
 	wg.Wait()
+	c.stopBackground() // restoration after a switchover, meta publishing
 	return err
 }
 
