@@ -490,7 +490,10 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ag.WaitEvent(ctx, chat.ChatID, func(ev AgentEvent) bool { return ev.Kind == "ParticipantJoined" }); err != nil {
+		// The agent's own join: the customer's comes first and would match too early.
+		if _, err := ag.WaitEvent(ctx, chat.ChatID, func(ev AgentEvent) bool {
+			return ev.Kind == "ParticipantJoined" && ev.From != nil && ev.From.Type == "Agent"
+		}); err != nil {
 			t.Fatalf("agent %s never saw chat %s: %v", ag.ID, chat.ChatID, err)
 		}
 		push := WatchPush(chat)
