@@ -80,6 +80,9 @@ type Core struct {
 	grpcAddr     string
 	httpAddr     string
 
+	refuteMu sync.Mutex
+	refuted  map[string]refutation // newer epochs peers claimed and UCS did not confirm
+
 	bgMu     sync.Mutex
 	bgCtx    context.Context // Serve's context; nil before Serve
 	bgClosed bool            // Serve is returning: no new background work

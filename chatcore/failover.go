@@ -120,11 +120,11 @@ func (c *Core) lead(ctx context.Context) {
 				events = nil
 				continue
 			}
-			c.checkNewerPrimary(ev.Member)
+			c.checkNewerPrimary(ctx, ev.Member)
 		case <-t.C:
 			if c.members != nil {
 				for _, m := range c.members.Members() {
-					c.checkNewerPrimary(m)
+					c.checkNewerPrimary(ctx, m)
 				}
 			}
 			if c.repl.current() == nil {
@@ -152,16 +152,76 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 	if err != nil || st.Role != RolePrimary || st.Epoch <= c.epoch.Load() {
 		return
 	}
-	c.stepDown(fmt.Sprintf("peer %s is primary at newer epoch %d", st.Name, st.Epoch), st.Epoch)
+	who := "peer " + st.Name
+	if e, ok := c.confirmNewerEpoch(ctx, who, st.Epoch); ok {
+		c.stepDown(fmt.Sprintf("%s is primary at newer epoch %d (UCS holds %d)", who, st.Epoch, e), e)
+	}
 }
 
-// checkNewerPrimary steps down when m is another core that is primary at a newer epoch.
-func (c *Core) checkNewerPrimary(m membership.Member) {
+// checkNewerPrimary steps down when m is another core that is primary at a
+// newer epoch, and UCS confirms that a newer epoch exists.
+func (c *Core) checkNewerPrimary(ctx context.Context, m membership.Member) {
 	if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.Role != RolePrimary ||
 		m.State != membership.StateAlive || m.Meta.Epoch <= c.epoch.Load() {
 		return
 	}
-	c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d", m.Name, m.Meta.Epoch), m.Meta.Epoch)
+	who := "member " + m.Name
+	if e, ok := c.confirmNewerEpoch(ctx, who, m.Meta.Epoch); ok {
+		c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d (UCS holds %d)", m.Name, m.Meta.Epoch, e), e)
+	}
+}
+
+// epochConfirmTimeout bounds the UCS read that confirms a peer's newer epoch.
+const epochConfirmTimeout = time.Second
+
+// refuteMemory is how long a claim that UCS refuted is not asked about again.
+const refuteMemory = time.Second
+
+// confirmNewerEpoch checks at UCS a newer epoch that who (a backup's hello,
+// a gossiped meta, the peer's Status) claims: what peers say is only a
+// hint, the epoch compare-and-set at UCS is the fencing authority. It
+// returns the epoch UCS holds when that is newer than this core's (step
+// down at it); false when UCS holds nothing newer (the claim is false: it
+// is logged and not asked about again for refuteMemory) or cannot be read
+// (the claim is neither believed nor refuted: the next check asks again).
+// Staying primary while UCS is unreachable is safe: a core only becomes
+// primary by winning the CAS at UCS, so an unconfirmed claim is no other
+// primary; and were one to exist, this core's saves and second copies,
+// stamped with its epoch, are rejected by UCS the moment it answers.
+func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64) (uint64, bool) {
+	c.refuteMu.Lock()
+	r, seen := c.refuted[who]
+	c.refuteMu.Unlock()
+	if seen && r.claimed == claimed && time.Since(r.at) < refuteMemory {
+		return 0, false
+	}
+	mine := c.epoch.Load()
+	uctx, cancel := context.WithTimeout(ctx, epochConfirmTimeout)
+	defer cancel()
+	cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
+	switch {
+	case err != nil:
+		c.log.Warn("cannot confirm a peer's newer epoch at UCS: staying as I am until UCS answers",
+			"claimed_by", who, "claimed", claimed, "mine", mine, "err", err)
+		return 0, false
+	case cur.Epoch > mine:
+		return cur.Epoch, true
+	}
+	c.refuteMu.Lock()
+	if c.refuted == nil {
+		c.refuted = make(map[string]refutation)
+	}
+	c.refuted[who] = refutation{claimed: claimed, at: time.Now()}
+	c.refuteMu.Unlock()
+	c.log.Warn("ignored a newer epoch that UCS does not know", "claimed_by", who, "claimed", claimed,
+		"ucs_epoch", cur.Epoch, "ucs_holder", cur.Holder, "mine", mine)
+	return 0, false
+}
+
+// refutation remembers a claimed epoch that UCS did not confirm.
+type refutation struct {
+	claimed uint64
+	at      time.Time
 }
 
 // publishMeta gossips the current role and epoch (within 2 s, and while ctx lives).

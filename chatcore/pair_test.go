@@ -460,9 +460,13 @@ func (m *memMembers) lastMeta() membership.Meta {
 
 func TestNewerPrimaryInMembershipFencesOld(t *testing.T) {
 	mm := &memMembers{}
-	a := startNode(t, "core-a", RolePrimary, "", listen(t), newMemStore(), nil, WithMembership(mm))
+	store := newMemStore()
+	a := startNode(t, "core-a", RolePrimary, "", listen(t), store, nil, WithMembership(mm))
 	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
 	waitFor(t, "meta published", func() bool { m := mm.lastMeta(); return m.Role == RolePrimary && m.Epoch == 1 })
+	if _, err := store.ClaimEpoch(ctxT(t), "hachat", 1, 5, "core-b"); err != nil { // core-b won the CAS at UCS
+		t.Fatal(err)
+	}
 	mm.publish(membership.Event{Type: membership.EventUpdated, Member: membership.Member{Name: "core-b", State: membership.StateAlive,
 		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 5}}})
 	waitFor(t, "a stepped down", func() bool { return a.c.Role() == RoleBackup })

@@ -225,12 +225,31 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 	if hello == nil || hello.Name == "" {
 		return status.Error(codes.InvalidArgument, "first replication message must carry hello with a name")
 	}
+	// The pair token (admin-token) is checked before anything else, so a
+	// stream without it changes nothing: no step-down, no link replaced.
 	if c.cfg.AdminToken != "" && !keyMatches(hashKey(hello.Token), hashKey(c.cfg.AdminToken)) {
+		c.log.Warn("refused a replication stream: wrong pair token", "backup", hello.Name)
 		return status.Error(codes.PermissionDenied, "wrong pair token")
 	}
 	if hello.Epoch > c.epoch.Load() {
-		c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d", hello.Name, hello.Epoch), hello.Epoch)
-		return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", hello.Epoch)
+		// A backup's word is a hint; only UCS can say that a newer epoch exists.
+		mine := c.epoch.Load()
+		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
+		cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
+		cancel()
+		switch {
+		case err != nil:
+			c.log.Warn("refused a backup claiming a newer epoch: UCS cannot confirm it now", "backup", hello.Name,
+				"claimed", hello.Epoch, "mine", mine, "err", err)
+			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at UCS: retry", hello.Epoch)
+		case cur.Epoch > mine:
+			c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (UCS holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
+			return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", cur.Epoch)
+		default:
+			c.log.Warn("refused a backup claiming an epoch UCS does not know", "backup", hello.Name,
+				"claimed", hello.Epoch, "ucs_epoch", cur.Epoch, "mine", mine)
+			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at UCS (it holds %d)", hello.Epoch, cur.Epoch)
+		}
 	}
 	c.roleMu.Lock()
 	epoch, primary, roleCtx := c.epoch.Load(), c.primary.Load(), c.streamCtx

@@ -6,7 +6,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -102,5 +104,120 @@ func TestServeWaitsForBackgroundWork(t *testing.T) {
 	}
 	if n.c.spawn(func(context.Context) { t.Error("ran after Serve returned") }) {
 		t.Fatal("spawn accepted work after Serve returned")
+	}
+}
+
+// forgedHello opens a Replicate stream to addr with hello and returns the
+// status code the primary ends it with.
+func forgedHello(t *testing.T, addr string, hello *chatpb.ReplicaHello) codes.Code {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := chatpb.NewReplicationClient(conn).Replicate(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return status.Code(err)
+		}
+	}
+}
+
+// TestReplicateRejectsBadToken: with a pair token (admin-token) set, a
+// Replicate stream without it, or with a wrong one, is refused
+// PermissionDenied and changes nothing, even when it claims a newer epoch:
+// the primary stays primary and keeps its real backup.
+func TestReplicateRejectsBadToken(t *testing.T) {
+	a, _ := pair(t, newMemStore(), nil)
+	link := a.c.repl.current()
+	for _, tok := range []string{"", "wrong", "adm-token "} {
+		if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "mallory", Epoch: 99, Token: tok}); code != codes.PermissionDenied {
+			t.Fatalf("token %q: %v, want PermissionDenied", tok, code)
+		}
+	}
+	if !a.c.primary.Load() || a.c.Epoch() != 1 {
+		t.Fatalf("a is %s at epoch %d after forged hellos", a.c.Role(), a.c.Epoch())
+	}
+	if cur := a.c.repl.current(); cur != link || !cur.inSync.Load() {
+		t.Fatal("a forged hello replaced the real backup's link")
+	}
+	cust, _ := a.chat(t)
+	if _, err := a.cl.Send(ctxT(t), msg(cust, "still serving", "")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplicateUnconfirmedEpoch: a backup (with the right token) claiming a
+// newer epoch makes the primary step down only when UCS holds a newer
+// epoch; a claim UCS refutes, or cannot confirm, is refused and changes nothing.
+func TestReplicateUnconfirmedEpoch(t *testing.T) {
+	store := &flakyStore{memStore: newMemStore()}
+	a, _ := pair(t, store, nil)
+	link := a.c.repl.current()
+	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "liar", Epoch: 99, Token: "adm-token"}); code != codes.FailedPrecondition {
+		t.Fatalf("refuted epoch: %v, want FailedPrecondition", code)
+	}
+	store.mu.Lock()
+	store.down = true
+	store.mu.Unlock()
+	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "liar", Epoch: 99, Token: "adm-token"}); code != codes.Unavailable {
+		t.Fatalf("unconfirmable epoch: %v, want Unavailable", code)
+	}
+	store.mu.Lock()
+	store.down = false
+	store.mu.Unlock()
+	if !a.c.primary.Load() || a.c.Epoch() != 1 || a.c.repl.current() != link {
+		t.Fatalf("a is %s at epoch %d (same link %v) after unconfirmed claims", a.c.Role(), a.c.Epoch(), a.c.repl.current() == link)
+	}
+	if _, err := store.memStore.ClaimEpoch(ctxT(t), "hachat", 1, 5, "core-x"); err != nil {
+		t.Fatal(err)
+	}
+	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "core-x", Epoch: 5, Token: "adm-token"}); code != codes.FailedPrecondition {
+		t.Fatalf("confirmed epoch: %v, want FailedPrecondition", code)
+	}
+	if a.c.primary.Load() || a.c.Epoch() != 5 {
+		t.Fatalf("a is %s at epoch %d after a confirmed newer epoch", a.c.Role(), a.c.Epoch())
+	}
+}
+
+// countingStore counts epoch reads.
+type countingStore struct {
+	*memStore
+	epochReads atomic.Int32
+}
+
+func (s *countingStore) Epoch(ctx context.Context, service string) (Epoch, error) {
+	s.epochReads.Add(1)
+	return s.memStore.Epoch(ctx, service)
+}
+
+// TestGossipedNewerEpochNeedsUCS: a member gossiping primary at a newer
+// epoch UCS does not know does not make the primary step down; once UCS
+// holds the newer epoch, it does.
+func TestGossipedNewerEpochNeedsUCS(t *testing.T) {
+	mm := &memMembers{}
+	store := &countingStore{memStore: newMemStore()}
+	a := startNode(t, "core-a", RolePrimary, "", listen(t), store, nil, WithMembership(mm))
+	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	reads := store.epochReads.Load()
+	mm.publish(membership.Event{Type: membership.EventUpdated, Member: membership.Member{Name: "core-b", State: membership.StateAlive,
+		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 5}}})
+	waitFor(t, "the claim checked at UCS", func() bool { return store.epochReads.Load() > reads })
+	if !a.c.primary.Load() || a.c.Epoch() != 1 {
+		t.Fatalf("a is %s at epoch %d after an unconfirmed gossiped epoch", a.c.Role(), a.c.Epoch())
+	}
+	if _, err := store.memStore.ClaimEpoch(ctxT(t), "hachat", 1, 5, "core-b"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a stepped down", func() bool { return a.c.Role() == RoleBackup })
+	if a.c.Epoch() != 5 {
+		t.Fatalf("a knows epoch %d, want 5", a.c.Epoch())
 	}
 }
