@@ -17,6 +17,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // ChatServiceName is the gRPC health service name that reports SERVING only
@@ -265,7 +266,11 @@ func (c *Core) claimPrimary(ctx context.Context, known uint64, reason string) (u
 				return 0, fmt.Errorf("claim epoch %d: %w", cur.Epoch+1, err)
 			}
 		}
-		c.log.Warn("epoch claim failed, UCS unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
+		if errors.Is(err, ucsmock.ErrForbidden) {
+			c.log.Error("UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
+		} else {
+			c.log.Warn("epoch claim failed, UCS unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
+		}
 		select {
 		case <-ctx.Done():
 			return 0, fmt.Errorf("claim epoch: %w", ctx.Err())

@@ -2,6 +2,8 @@ package chatcore
 
 import (
 	"context"
+	"net/http/httptest"
+	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // TestWrongKeyDoesNotRestoreFromUCS: a session only UCS holds is rebuilt
@@ -220,4 +224,38 @@ func TestGossipedNewerEpochNeedsUCS(t *testing.T) {
 	if a.c.Epoch() != 5 {
 		t.Fatalf("a knows epoch %d, want 5", a.c.Epoch())
 	}
+}
+
+// TestCoreSendsWriterToken: against a ucsmock that requires a writer token,
+// a core whose client carries it claims the epoch and saves; one without it
+// never becomes primary (its claims get 401).
+func TestCoreSendsWriterToken(t *testing.T) {
+	ucfg := ucsmock.DefaultConfig()
+	ucfg.DBPath = filepath.Join(t.TempDir(), "ucs.db")
+	ucfg.WriterToken = "w-tok"
+	srv, err := ucsmock.New(ucfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { hs.Close(); srv.Close() })
+
+	bare := ucsmock.NewClient(hs.URL, hs.Client(), nil)
+	without := startNode(t, "core-x", RolePrimary, "", listen(t), bare, nil)
+	waitFor(t, "claims refused", func() bool { return srv.Stats().Unauthorized >= 2 })
+	if without.c.primary.Load() {
+		t.Fatal("a core without the writer token became primary")
+	}
+	without.stop()
+
+	with := startNode(t, "core-a", RolePrimary, "", listen(t), bare.WithToken("w-tok"), func(c *Config) { c.TranscriptAutoSave = 1 })
+	waitFor(t, "primary with the token", func() bool { return with.c.primary.Load() })
+	cust, _ := with.chat(t)
+	if _, err := with.cl.Send(ctxT(t), msg(cust, "saved with the token", "")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "transcript saved", func() bool {
+		tr, err := bare.Transcript(ctxT(t), cust.SessionId)
+		return err == nil && len(tr.Events) >= 3
+	})
 }

@@ -159,4 +159,7 @@ type Stats struct {
 	Claims uint64 `json:"claims"`
 	// ClaimsLost counts epoch claims that lost the compare-and-set.
 	ClaimsLost uint64 `json:"claimsLost"`
+	// Unauthorized counts saves and claims refused for a missing or wrong
+	// writer token.
+	Unauthorized uint64 `json:"unauthorized"`
 }

@@ -24,8 +24,9 @@ const maxAnswer = 64 << 20
 // cores. Its spans join the caller's trace (otelhttp transport with the
 // part's tracer and propagator). It is safe for concurrent use.
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	hc    *http.Client
+	token string // writer token sent with saves and claims
 }
 
 var _ Store = (*Client)(nil)
@@ -58,6 +59,16 @@ func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry
 	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc}
 }
 
+// WithToken returns a client like c that sends token as the writer token
+// (Authorization: Bearer <token>) with every save and epoch claim, for a
+// server started with --writer-token. An empty token sends none (c's
+// behaviour). c itself is not changed; both share the HTTP client.
+func (c *Client) WithToken(token string) *Client {
+	cc := *c
+	cc.token = token
+	return &cc
+}
+
 // spanPath replaces the ids in a ucsmock path so that span names stay few.
 func spanPath(p string) string {
 	switch {
@@ -75,7 +86,8 @@ func spanPath(p string) string {
 
 // Save stores events of one chat; see Store for the rules. Errors: a
 // *StaleEpochError (ErrStaleEpoch) when fenced, ErrConflict, ErrInvalid,
-// ErrUnavailable (retry), ErrNonRecoverable.
+// ErrUnavailable (retry), ErrNonRecoverable, ErrForbidden (the server wants
+// a writer token: see WithToken).
 func (c *Client) Save(ctx context.Context, req SaveRequest) (SaveResult, error) {
 	var res SaveResult
 	if req.ChatID == "" {
@@ -89,7 +101,7 @@ func (c *Client) Save(ctx context.Context, req SaveRequest) (SaveResult, error) 
 	if raw == nil {
 		body.Events = []json.RawMessage{}
 	}
-	if err := c.do(ctx, http.MethodPost, "/ucs/v1/transcripts/"+url.PathEscape(req.ChatID), "", body, &res); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/transcripts/"+url.PathEscape(req.ChatID), c.token, body, &res); err != nil {
 		return SaveResult{}, fmt.Errorf("ucs save %s: %w", req.ChatID, err)
 	}
 	return res, nil
@@ -161,7 +173,7 @@ func (c *Client) ClaimEpoch(ctx context.Context, service string, expect, epoch u
 		return e, fmt.Errorf("ucs claim epoch: %w", invalidf("missing service"))
 	}
 	body := claimBody{Expect: expect, Epoch: epoch, Holder: holder}
-	if err := c.do(ctx, http.MethodPost, "/ucs/v1/epochs/"+url.PathEscape(service)+"/claim", "", body, &e); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/epochs/"+url.PathEscape(service)+"/claim", c.token, body, &e); err != nil {
 		return Epoch{}, fmt.Errorf("ucs claim epoch %d of %s: %w", epoch, service, err)
 	}
 	return e, nil

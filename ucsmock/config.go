@@ -11,6 +11,11 @@ type Config struct {
 	// AdminToken guards the admin API (Authorization: Bearer <token>). Empty
 	// disables the admin API: every admin request gets 403.
 	AdminToken string `yaml:"admin-token"`
+	// WriterToken guards the writes: transcript saves and epoch claims need
+	// Authorization: Bearer <token>, or get 401 and change nothing. Empty
+	// (the default) leaves writes open, as before the token existed. Reads
+	// stay open.
+	WriterToken string `yaml:"writer-token"`
 	// MaxBody bounds the body of a save in bytes; a larger one gets 413.
 	MaxBody int64 `yaml:"max-body"`
 	// Seed seeds the random source that draws injected recoverable errors,
@@ -19,8 +24,8 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults: the API on 127.0.0.1:7080 (the demo's
-// ucs port), the database in .hachat/ucs.db, the admin API disabled, saves
-// up to 4 MiB, seed 1.
+// ucs port), the database in .hachat/ucs.db, the admin API disabled, writes
+// open (no writer token), saves up to 4 MiB, seed 1.
 func DefaultConfig() Config {
 	return Config{
 		HTTPAddr:   "127.0.0.1:7080",
@@ -37,6 +42,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAddr, "http", c.HTTPAddr, "HTTP address of the UCS API, /metrics and /healthz")
 	fs.StringVar(&c.DBPath, "db", c.DBPath, "bbolt database file (directory created if missing)")
 	fs.StringVar(&c.AdminToken, "admin-token", c.AdminToken, "bearer token of the admin API (faults, stats); empty disables it")
+	fs.StringVar(&c.WriterToken, "writer-token", c.WriterToken, "bearer token that transcript saves and epoch claims must carry; empty leaves writes open")
 	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest save body in bytes (larger gets 413)")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the random source that draws injected recoverable errors")
 }

@@ -27,8 +27,9 @@ var (
 	ErrConflict = errors.New("ucsmock: conflicting transcript")
 	// ErrInvalid means the request was malformed (HTTP 400, 413).
 	ErrInvalid = errors.New("ucsmock: invalid request")
-	// ErrForbidden means the admin API refused the token (or is disabled).
-	ErrForbidden = errors.New("ucsmock: admin access denied")
+	// ErrForbidden means the server refused the token: the admin API (wrong
+	// admin token, or disabled), or a save or claim without the writer token.
+	ErrForbidden = errors.New("ucsmock: access denied")
 )
 
 // StaleEpochError is the error of a save fenced by a newer epoch. It matches

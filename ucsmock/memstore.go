@@ -252,7 +252,7 @@ func (t memTxn) highestIndex(chatID string) (uint64, error) {
 
 // counters are the Stats of a store, safe for concurrent use.
 type counters struct {
-	saves, savedEvents, rejectedStale, conflicts, faultsInjected, claims, claimsLost atomic.Uint64
+	saves, savedEvents, rejectedStale, conflicts, faultsInjected, claims, claimsLost, unauthorized atomic.Uint64
 }
 
 func (c *counters) countSave(res SaveResult, err error) {
@@ -282,6 +282,7 @@ func (c *counters) snapshot() Stats {
 		SavedEvents:    c.savedEvents.Load(),
 		RejectedStale:  c.rejectedStale.Load(),
 		Conflicts:      c.conflicts.Load(),
+		Unauthorized:   c.unauthorized.Load(),
 		FaultsInjected: c.faultsInjected.Load(),
 		Claims:         c.claims.Load(),
 		ClaimsLost:     c.claimsLost.Load(),

@@ -53,7 +53,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		saves: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ucs_saves_total", Help: "Transcript saves by result (ok, stale, conflict, invalid, fault, error).",
+			Name: "ucs_saves_total", Help: "Transcript saves by result (ok, stale, conflict, invalid, fault, error, unauthorized).",
 		}, []string{"result"}),
 		savedEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ucs_saved_events_total", Help: "Events written by successful saves (new or replaced).",
@@ -63,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ucs_epoch_claims_total", Help: "Epoch claims by result (ok, conflict, invalid, fault, error).",
+			Name: "ucs_epoch_claims_total", Help: "Epoch claims by result (ok, conflict, invalid, fault, error, unauthorized).",
 		}, []string{"result"}),
 		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ucs_faults_injected_total", Help: "Requests hit by an injected fault, by kind (latency, recoverable, non-recoverable, outage).",
@@ -125,11 +125,11 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	}
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /ucs/v1/transcripts/{chatId}", s.handleSave)
+	mux.HandleFunc("POST /ucs/v1/transcripts/{chatId}", s.writer(s.metrics.saves, s.handleSave))
 	mux.HandleFunc("POST /ucs/v1/transcripts/{$}", s.handleMissingChatID)
 	mux.HandleFunc("GET /ucs/v1/transcripts/{chatId}", s.handleTranscript)
 	mux.HandleFunc("GET /ucs/v1/transcripts/{$}", s.handleMissingChatID)
-	mux.HandleFunc("POST /ucs/v1/epochs/{service}/claim", s.handleClaim)
+	mux.HandleFunc("POST /ucs/v1/epochs/{service}/claim", s.writer(s.metrics.claims, s.handleClaim))
 	mux.HandleFunc("GET /ucs/v1/epochs/{service}", s.handleEpoch)
 	mux.HandleFunc("GET /ucs/v1/chats", s.handleChats)
 	mux.HandleFunc("PUT /ucs/v1/admin/faults", s.admin(s.handleSetFaults))
@@ -147,7 +147,10 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
 		}),
 	)
-	tel.Logger.Info("ucsmock store open", "db", cfg.DBPath, "admin", cfg.AdminToken != "", "maxBody", cfg.MaxBody)
+	tel.Logger.Info("ucsmock store open", "db", cfg.DBPath, "admin", cfg.AdminToken != "", "writer_token", cfg.WriterToken != "", "maxBody", cfg.MaxBody)
+	if cfg.WriterToken == "" {
+		tel.Logger.Warn("no writer token: anyone who reaches ucsmock can save transcripts and claim epochs (set --writer-token)")
+	}
 	return s, nil
 }
 
@@ -550,6 +553,29 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	}
 }
 
+// bearer reports whether r carries Authorization: Bearer <want>.
+func bearer(r *http.Request, want string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// writer guards a write (save, claim) with the writer token when one is
+// configured: without it the request gets 401 before anything is read,
+// injected or written.
+func (s *Server) writer(results *prometheus.CounterVec, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.WriterToken != "" && !bearer(r, s.cfg.WriterToken) {
+			s.stats.unauthorized.Add(1)
+			results.WithLabelValues("unauthorized").Inc()
+			s.log.Warn("write refused: missing or wrong writer token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
+			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong writer token", Code: codeUnauthorized})
+			return
+		}
+		h(w, r)
+	}
+}
+
 // admin guards an admin handler with the bearer token.
 func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -557,8 +583,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusForbidden, errorBody{Error: "admin API disabled (no admin token configured)", Code: codeForbidden})
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.AdminToken)) != 1 {
+		if !bearer(r, s.cfg.AdminToken) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
 			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong admin token", Code: codeUnauthorized})
 			return

@@ -160,7 +160,7 @@ func TestHTTPRoutes(t *testing.T) {
 		{"recoverable save", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 2, false, evs("c1", 4, 4)...), 503, `"code":"unavailable","recoverable":true`},
 		{"faults clear", "DELETE", "/ucs/v1/admin/faults", testToken, "", 200, `"outage":false`},
 		{"save after clear", "POST", "/ucs/v1/transcripts/c1", "", saveJSON(t, "chat", 2, false, evs("c1", 4, 4)...), 200, `"highestIndex":4`},
-		{"stats", "GET", "/ucs/v1/admin/stats", testToken, "", 200, `{"saves":4,"savedEvents":4,"rejectedStale":1,"conflicts":1,"faultsInjected":7,"claims":1,"claimsLost":1}`},
+		{"stats", "GET", "/ucs/v1/admin/stats", testToken, "", 200, `{"saves":4,"savedEvents":4,"rejectedStale":1,"conflicts":1,"faultsInjected":7,"claims":1,"claimsLost":1,"unauthorized":0}`},
 	}
 	runHTTPCases(t, h, cases)
 }

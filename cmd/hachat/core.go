@@ -26,6 +26,9 @@ type coreFile struct {
 	chatcore.Config `yaml:",inline"`
 	// UCS is the base URL of ucsmock (transcripts and epochs).
 	UCS string `yaml:"ucs"`
+	// UCSToken is the writer token sent with every transcript save and
+	// epoch claim (ucsmock --writer-token). Empty (the default) sends none.
+	UCSToken string `yaml:"ucs-token"`
 	// Gossip is the gossip bind address (host:port), an alias of
 	// gossip-bind; with both empty (the default) the core runs without
 	// membership. With gossip the core finds the other core and the witness
@@ -55,6 +58,16 @@ func (f *coreFile) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// registerFlags binds every option of `hachat core` to fs.
+func (f *coreFile) registerFlags(fs *flag.FlagSet) {
+	f.Config.RegisterFlags(fs)
+	fs.StringVar(&f.UCS, "ucs", f.UCS, "base URL of ucsmock (transcripts, epochs)")
+	fs.StringVar(&f.UCSToken, "ucs-token", f.UCSToken, "writer token sent with transcript saves and epoch claims (ucs --writer-token); empty: none")
+	fs.StringVar(&f.Gossip, "gossip", f.Gossip, "gossip bind address host:port, alias of --gossip-bind (both empty: no membership)")
+	f.Membership.RegisterFlags(fs)
+	f.Telemetry.RegisterFlags(fs)
+}
+
 // runCore runs one chat core until ctx is done.
 func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	file := coreFile{Config: chatcore.DefaultConfig(), UCS: "http://127.0.0.1:7080",
@@ -63,13 +76,7 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	err := parseFlags("core", "Run a chat core: sessions, event logs, transcript saves to UCS, primary/backup role,\n"+
 		"synchronous replication to the other core of the pair, failover and switchover.\n"+
 		"Options keep their Genesys names (transcript-auto-save, session-restoration-mode, ...).",
-		args, errw, &file, func(fs *flag.FlagSet) {
-			file.Config.RegisterFlags(fs)
-			fs.StringVar(&file.UCS, "ucs", file.UCS, "base URL of ucsmock (transcripts, epochs)")
-			fs.StringVar(&file.Gossip, "gossip", file.Gossip, "gossip bind address host:port, alias of --gossip-bind (both empty: no membership)")
-			file.Membership.RegisterFlags(fs)
-			file.Telemetry.RegisterFlags(fs)
-		})
+		args, errw, &file, file.registerFlags)
 	if err != nil {
 		return err
 	}
@@ -79,7 +86,7 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	defer tel.Shutdown(context.WithoutCancel(ctx))
 
-	store := ucsmock.NewClient(file.UCS, &http.Client{Timeout: 10 * time.Second}, tel)
+	store := ucsmock.NewClient(file.UCS, &http.Client{Timeout: 10 * time.Second}, tel).WithToken(file.UCSToken)
 	witnessClient := &http.Client{Timeout: time.Second}
 	opts := []chatcore.Option{chatcore.WithWitness(func(ctx context.Context, witness, target string) (bool, error) {
 		return membership.AskReachable(ctx, witnessClient, witness, target)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"io"
 	"os"
 	"path/filepath"
@@ -32,6 +31,8 @@ func TestCoreConfigGenesysDurations(t *testing.T) {
 			return f.TranscriptResendDelay == 2*time.Second
 		}, false},
 		{"telemetry kept", "telemetry:\n  log-format: json\n", nil, func(f coreFile) bool { return f.Telemetry.LogFormat == "json" }, false},
+		{"ucs token", "ucs-token: w1\n", nil, func(f coreFile) bool { return f.UCSToken == "w1" }, false},
+		{"ucs token flag", "", []string{"--ucs-token", "w2"}, func(f coreFile) bool { return f.UCSToken == "w2" }, false},
 		{"unknown key", "transcript-resend-dlay: 5\n", nil, nil, true},
 		{"bad duration", "flex-disconnect-timeout: soon\n", nil, nil, true},
 	} {
@@ -42,11 +43,7 @@ func TestCoreConfigGenesysDurations(t *testing.T) {
 			}
 			file := coreFile{Config: chatcore.DefaultConfig(), Membership: membership.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
 			args := append([]string{"--config", path}, tc.args...)
-			err := parseFlags("core", "", args, io.Discard, &file, func(fs *flag.FlagSet) {
-				file.Config.RegisterFlags(fs)
-				file.Membership.RegisterFlags(fs)
-				file.Telemetry.RegisterFlags(fs)
-			})
+			err := parseFlags("core", "", args, io.Discard, &file, file.registerFlags)
 			if (err != nil) != tc.err {
 				t.Fatalf("err %v", err)
 			}

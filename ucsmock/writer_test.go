@@ -1,0 +1,184 @@
+package ucsmock
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/hachat/hachat/telemetry"
+)
+
+const testWriterToken = "wtok"
+
+// newWriterServer starts a server that requires testWriterToken on writes.
+func newWriterServer(t testing.TB) (*Server, *httptest.Server) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.DBPath = filepath.Join(t.TempDir(), "ucs.db")
+	cfg.AdminToken = testToken
+	cfg.WriterToken = testWriterToken
+	srv, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+	})
+	return srv, hs
+}
+
+// TestWriterToken: with --writer-token set, a save or claim without the
+// token or with a wrong one gets 401 and changes nothing; with it, it works.
+// Reads stay open.
+func TestWriterToken(t *testing.T) {
+	srv, _ := newWriterServer(t)
+	h := srv.Handler()
+	save := saveJSON(t, "chat", 1, false, evs("c1", 1, 2)...)
+	claim := `{"expect":0,"epoch":1,"holder":"core-a"}`
+	before := dbDigest(t, srv)
+	for _, tok := range []string{"", "wrong", testToken, testWriterToken + "x", " " + testWriterToken} {
+		runHTTPCases(t, h, []httpCase{
+			{"save token " + tok, "POST", "/ucs/v1/transcripts/c1", tok, save, 401, `"code":"unauthorized"`},
+			{"claim token " + tok, "POST", "/ucs/v1/epochs/chat/claim", tok, claim, 401, `"code":"unauthorized"`},
+		})
+	}
+	if dbDigest(t, srv) != before {
+		t.Fatal("refused writes changed the database")
+	}
+	if st := srv.Stats(); st.Saves != 0 || st.Claims != 0 || st.Unauthorized != 10 {
+		t.Fatalf("stats after refused writes: %+v", st)
+	}
+	runHTTPCases(t, h, []httpCase{
+		{"reads open", "GET", "/ucs/v1/epochs/chat", "", "", 200, `{"epoch":0,"holder":""}`},
+		{"unknown chat read", "GET", "/ucs/v1/transcripts/c1", "", "", 404, "not_found"},
+		{"claim with token", "POST", "/ucs/v1/epochs/chat/claim", testWriterToken, claim, 200, `{"epoch":1,"holder":"core-a"}`},
+		{"save with token", "POST", "/ucs/v1/transcripts/c1", testWriterToken, save, 200, `"saved":2`},
+		{"read back", "GET", "/ucs/v1/transcripts/c1", "", "", 200, `"chatId":"c1"`},
+	})
+}
+
+// TestClientWithToken: the Go client sends the writer token after
+// WithToken; without it the server's 401 is ErrForbidden and nothing is stored.
+func TestClientWithToken(t *testing.T) {
+	ctx := context.Background()
+	_, hs := newWriterServer(t)
+	plain := NewClient(hs.URL, hs.Client(), nil)
+	if _, err := plain.ClaimEpoch(ctx, "chat", 0, 1, "core-a"); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("claim without token: %v", err)
+	}
+	if _, err := plain.Save(ctx, SaveRequest{ChatID: "c1", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("c1", 1, 1)}); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("save without token: %v", err)
+	}
+	if _, err := plain.WithToken("wrong").Save(ctx, SaveRequest{ChatID: "c1", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("c1", 1, 1)}); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("save with a wrong token: %v", err)
+	}
+	if _, err := plain.Transcript(ctx, "c1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("refused save stored something: %v", err)
+	}
+	c := plain.WithToken(testWriterToken)
+	if e, err := c.ClaimEpoch(ctx, "chat", 0, 1, "core-a"); err != nil || e.Epoch != 1 {
+		t.Fatalf("claim with token: %v %v", e, err)
+	}
+	if _, err := c.Save(ctx, SaveRequest{ChatID: "c1", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("c1", 1, 1)}); err != nil {
+		t.Fatalf("save with token: %v", err)
+	}
+	if tr, err := plain.Transcript(ctx, "c1"); err != nil || len(tr.Events) != 1 {
+		t.Fatalf("read with the plain client: %v %v", tr, err)
+	}
+	if plain.token != "" {
+		t.Fatal("WithToken changed the original client")
+	}
+}
+
+// FuzzClaim posts arbitrary bytes as a claim body: the server never panics,
+// answers JSON with a known status, and changes nothing unless it answers 200.
+func FuzzClaim(f *testing.F) {
+	for _, s := range []string{
+		`{"expect":0,"epoch":1,"holder":"core-a"}`, `{"expect":1,"epoch":1,"holder":"core-a"}`,
+		`{"expect":0,"epoch":2,"holder":""}`, `{"expect":-1,"epoch":2,"holder":"x"}`,
+		`{"expect":0,"epoch":18446744073709551615,"holder":"x"}`, `{"expect":0,"epoch":1,"holder":"a","x":1}`,
+		`{"expect":0,"epoch":1,"holder":"\u0000"}`, `{}{}`, `[]`, ``, "\xff",
+	} {
+		f.Add([]byte(s), "chat")
+	}
+	f.Add([]byte(`{"expect":0,"epoch":1,"holder":"a"}`), "")
+	f.Add([]byte(`{"expect":0,"epoch":1,"holder":"a"}`), "a%2Fb")
+	cfg := DefaultConfig()
+	cfg.DBPath = filepath.Join(f.TempDir(), "ucs.db")
+	srv, err := New(cfg, discardTel())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { srv.Close() })
+	h := srv.Handler()
+	known := map[int]bool{200: true, 301: true, 307: true, 400: true, 404: true, 405: true, 409: true, 413: true} // 301/307: the mux cleans paths such as epochs//claim
+	f.Fuzz(func(t *testing.T, body []byte, service string) {
+		before := dbDigest(t, srv)
+		req, err := http.NewRequest(http.MethodPost, "http://ucs/ucs/v1/epochs/"+service+"/claim", bytes.NewReader(body))
+		if err != nil {
+			return // not a URL a client could send
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if !known[rec.Code] {
+			t.Fatalf("status %d for %q on %q: %s", rec.Code, body, service, rec.Body)
+		}
+		if rec.Code != 200 && dbDigest(t, srv) != before {
+			t.Fatalf("status %d changed the database; body %q", rec.Code, body)
+		}
+	})
+}
+
+// FuzzSetFaults puts arbitrary bytes as the faults body: the server never
+// panics, answers 200 or 400, and changes the faults only on 200.
+func FuzzSetFaults(f *testing.F) {
+	for _, s := range []string{
+		`{"latencyMs":10,"recoverableErrorRate":0.5,"nonRecoverable":true,"outage":false}`,
+		`{"latencyMs":-1}`, `{"latencyMs":60001}`, `{"recoverableErrorRate":1.01}`, `{"recoverableErrorRate":-0.1}`,
+		`{"recoverableErrorRate":NaN}`, `{"outage":1}`, `{"unknown":true}`, `{}`, `{}{}`, `null`, ``, "\x00",
+	} {
+		f.Add([]byte(s))
+	}
+	cfg := DefaultConfig()
+	cfg.DBPath = filepath.Join(f.TempDir(), "ucs.db")
+	cfg.AdminToken = testToken
+	srv, err := New(cfg, discardTel())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { srv.Close() })
+	h := srv.Handler()
+	baseline := Faults{LatencyMs: 7, RecoverableErrorRate: 0.25}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if err := srv.faults.set(baseline); err != nil {
+			t.Fatal(err)
+		}
+		before := srv.faults.get()
+		req := httptest.NewRequest(http.MethodPut, "/ucs/v1/admin/faults", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		after := srv.faults.get()
+		switch rec.Code {
+		case 200:
+			if after.LatencyMs < 0 || after.LatencyMs > 60000 || !(after.RecoverableErrorRate >= 0 && after.RecoverableErrorRate <= 1) {
+				t.Fatalf("accepted out-of-range faults %+v from %q", after, body)
+			}
+		case 400, 413:
+			if after != before {
+				t.Fatalf("status %d changed the faults %+v -> %+v; body %q", rec.Code, before, after, body)
+			}
+		default:
+			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		}
+		if !bytes.HasPrefix(rec.Body.Bytes(), []byte("{")) {
+			t.Fatalf("answer is not JSON: %q", rec.Body)
+		}
+	})
+}
