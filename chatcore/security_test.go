@@ -1,10 +1,14 @@
 package chatcore
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -258,4 +262,69 @@ func TestCoreSendsWriterToken(t *testing.T) {
 		tr, err := bare.Transcript(ctxT(t), cust.SessionId)
 		return err == nil && len(tr.Events) >= 3
 	})
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestWarnsOpenTokensWhenPaired: a paired core (peer or gossip) with an
+// empty service-token (or admin-token) says so at start with a WARN; a
+// standalone core or one with the tokens set does not.
+func TestWarnsOpenTokensWhenPaired(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		peer           bool
+		svc, adm       string
+		wantSvc, wantA bool
+	}{
+		{"paired, no tokens", true, "", "", true, true},
+		{"paired, service token only", true, "s", "", false, true},
+		{"paired, both tokens", true, "s", "a", false, false},
+		{"standalone, no tokens", false, "", "", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf syncBuffer
+			tel := *telemetry.Discard()
+			tel.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			peer := ""
+			if tc.peer {
+				peer = "127.0.0.1:1" // nobody: the core stays a backup
+			}
+			cfg := testConfig()
+			cfg.Role, cfg.Peer, cfg.ServiceToken, cfg.AdminToken = RoleBackup, peer, tc.svc, tc.adm
+			c, err := New(cfg, newMemStore(), &tel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- c.Serve(ctx, listen(t), listen(t)) }()
+			cancel() // Serve logs the warnings before it looks at ctx
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			logs := buf.String()
+			if got := strings.Contains(logs, "empty service-token"); got != tc.wantSvc {
+				t.Errorf("service-token warning %v, want %v; logs:\n%s", got, tc.wantSvc, logs)
+			}
+			if got := strings.Contains(logs, "empty admin-token"); got != tc.wantA {
+				t.Errorf("admin-token warning %v, want %v; logs:\n%s", got, tc.wantA, logs)
+			}
+		})
+	}
 }

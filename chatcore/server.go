@@ -57,6 +57,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	c.log.Info("chat core serving", "grpc", gl.Addr().String(), "http", hl.Addr().String(), "role", c.cfg.Role,
 		"transcript-auto-save", c.cfg.TranscriptAutoSave, "session-restoration-mode", c.cfg.SessionRestorationMode)
 
+	c.warnOpenTokens()
 	c.startBackground(ctx)
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
@@ -118,6 +119,22 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	wg.Wait()
 	c.stopBackground() // restoration after a switchover, meta publishing
 	return err
+}
+
+// warnOpenTokens logs, at start, the protections a paired core runs
+// without (the defaults keep working, so this warns and does not refuse).
+func (c *Core) warnOpenTokens() {
+	if !c.paired() {
+		return
+	}
+	if c.cfg.ServiceToken == "" {
+		c.log.Warn("SECURITY: paired core with an empty service-token: Join and WatchSessions accept ANY token " +
+			"(anyone who reaches the gRPC port can join sessions as agent or supervisor and watch every session); set --service-token")
+	}
+	if c.cfg.AdminToken == "" {
+		c.log.Warn("SECURITY: paired core with an empty admin-token: the replication stream is unauthenticated " +
+			"(anyone who reaches the gRPC port can replicate every session) and switchover is refused; set --admin-token on both cores")
+	}
 }
 
 // grpcServer builds the gRPC server with Chat, health, tracing and the role gate.
