@@ -81,8 +81,9 @@ type Core struct {
 	grpcAddr     string
 	httpAddr     string
 
-	refuteMu sync.Mutex
-	refuted  map[string]refutation // newer epochs peers claimed and UCS did not confirm
+	refuteMu       sync.Mutex
+	refuted        map[string]refutation // newer epochs peers claimed and UCS did not confirm
+	unconfirmedLog time.Time             // last "cannot confirm at UCS" log line
 
 	bgMu     sync.Mutex
 	bgCtx    context.Context // Serve's context; nil before Serve

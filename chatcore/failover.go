@@ -201,8 +201,16 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
 	switch {
 	case err != nil:
-		c.log.Warn("cannot confirm a peer's newer epoch at UCS: staying as I am until UCS answers",
-			"claimed_by", who, "claimed", claimed, "mine", mine, "err", err)
+		c.refuteMu.Lock()
+		quiet := time.Since(c.unconfirmedLog) < 5*time.Second
+		if !quiet {
+			c.unconfirmedLog = time.Now()
+		}
+		c.refuteMu.Unlock()
+		if !quiet { // asked every 250 ms while it lasts: log every 5 s
+			c.log.Warn("cannot confirm a peer's newer epoch at UCS: staying as I am until UCS answers",
+				"claimed_by", who, "claimed", claimed, "mine", mine, "err", err)
+		}
 		return 0, false
 	case cur.Epoch > mine:
 		return cur.Epoch, true
