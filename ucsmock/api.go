@@ -44,6 +44,33 @@ type Store interface {
 	Epoch(ctx context.Context, service string) (Epoch, error)
 }
 
+// MaxBatchSaves is the most saves one SaveBatch request may carry; the
+// server refuses a larger batch (400) and Client.SaveBatch splits one.
+const MaxBatchSaves = 1024
+
+// BatchStore is a Store that also saves many chats in one call. Client and
+// MemStore implement it.
+type BatchStore interface {
+	Store
+	// SaveBatch applies reqs, each with exactly the rules of Save, and
+	// reports one SaveBatchResult per request in the order of reqs: one
+	// chat's refusal (stale epoch, conflict, invalid, non-recoverable,
+	// injected recoverable error) does not affect the others. The error is
+	// non-nil only when the batch as a whole failed (network error, outage,
+	// the request refused as a whole, ctx ended); then results is nil and
+	// nothing is known to be stored (though, as with Save, some may be).
+	SaveBatch(ctx context.Context, reqs []SaveRequest) ([]SaveBatchResult, error)
+}
+
+// SaveBatchResult is the outcome of one save of a batch: Err is nil and
+// Result set, or Err is what Save would have returned for it.
+type SaveBatchResult struct {
+	// Result is what the save stored (zero when Err is set).
+	Result SaveResult
+	// Err is the save's error, matched with errors.Is like Save's.
+	Err error
+}
+
 // SaveRequest is one transcript save: some events of one chat, stamped with
 // the writer's epoch.
 type SaveRequest struct {

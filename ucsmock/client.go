@@ -29,7 +29,7 @@ type Client struct {
 	token string // writer token sent with saves and claims
 }
 
-var _ Store = (*Client)(nil)
+var _ BatchStore = (*Client)(nil)
 
 // NewClient returns a client of the ucsmock server at baseURL (e.g.
 // "http://127.0.0.1:7080"). httpClient may be nil (a client without a
@@ -288,6 +288,12 @@ func answerError(status int, b []byte) error {
 			eb.Error = eb.Error[:200]
 		}
 	}
+	return bodyError(status, eb)
+}
+
+// bodyError maps a failed answer's status and decoded body to the
+// package's errors.
+func bodyError(status int, eb errorBody) error {
 	msg := fmt.Sprintf("HTTP %d: %s", status, eb.Error)
 	switch {
 	case status == http.StatusConflict && eb.Code == codeStaleEpoch:
@@ -304,6 +310,8 @@ func answerError(status int, b []byte) error {
 		return fmt.Errorf("%w: %s", ErrForbidden, msg)
 	case status == http.StatusTooManyRequests || status >= 500:
 		return fmt.Errorf("%w: %s", ErrUnavailable, msg)
+	case status == http.StatusRequestEntityTooLarge:
+		return &tooLargeAnswer{err: fmt.Errorf("%w: %s", ErrInvalid, msg)}
 	case status >= 400:
 		return fmt.Errorf("%w: %s", ErrInvalid, msg)
 	}

@@ -73,11 +73,25 @@ func (in *injector) outage() bool {
 // non-recoverable error, then a recoverable error drawn at the configured
 // rate. delayed reports whether latency was added.
 func (in *injector) write(ctx context.Context) (f fault, delayed bool, err error) {
+	cur, delayed, err := in.delay(ctx)
+	if err != nil || cur.Outage {
+		if cur.Outage {
+			return faultOutage, false, nil
+		}
+		return faultNone, delayed, err
+	}
+	return in.item(cur), delayed, nil
+}
+
+// delay is the part of write that applies once per request, a batch
+// included: it returns the current faults and, unless an outage is
+// injected, waits out the injected latency first.
+func (in *injector) delay(ctx context.Context) (cur Faults, delayed bool, err error) {
 	in.mu.Lock()
-	cur := in.faults
+	cur = in.faults
 	in.mu.Unlock()
 	if cur.Outage {
-		return faultOutage, false, nil
+		return cur, false, nil
 	}
 	if cur.LatencyMs > 0 {
 		t := time.NewTimer(time.Duration(cur.LatencyMs) * time.Millisecond)
@@ -86,21 +100,28 @@ func (in *injector) write(ctx context.Context) (f fault, delayed bool, err error
 			delayed = true
 		case <-ctx.Done():
 			t.Stop()
-			return faultNone, true, fmt.Errorf("injected latency: %w", ctx.Err())
+			return cur, true, fmt.Errorf("injected latency: %w", ctx.Err())
 		}
 	}
+	return cur, delayed, nil
+}
+
+// item is the part of write that applies to each save (each item of a
+// batch on its own): the non-recoverable error, else a recoverable error
+// drawn at the configured rate.
+func (in *injector) item(cur Faults) fault {
 	if cur.NonRecoverable {
-		return faultNonRecoverable, delayed, nil
+		return faultNonRecoverable
 	}
 	if cur.RecoverableErrorRate > 0 {
 		in.mu.Lock()
 		hit := in.rng.Float64() < cur.RecoverableErrorRate
 		in.mu.Unlock()
 		if hit {
-			return faultRecoverable, delayed, nil
+			return faultRecoverable
 		}
 	}
-	return faultNone, delayed, nil
+	return faultNone
 }
 
 // String names the fault for metrics and errors.

@@ -288,3 +288,62 @@ func (c *counters) snapshot() Stats {
 		ClaimsLost:     c.claimsLost.Load(),
 	}
 }
+
+var _ BatchStore = (*MemStore)(nil)
+
+// SaveBatch applies many saves under one lock; see BatchStore. Faults as
+// the server's batch endpoint: an outage fails the whole batch, the
+// latency is waited once, the non-recoverable error and the recoverable
+// error rate apply to each save on its own.
+func (m *MemStore) SaveBatch(ctx context.Context, reqs []SaveRequest) ([]SaveBatchResult, error) {
+	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
+		return nil, fmt.Errorf("save batch: %w", faultOutage.err())
+	}
+	out := make([]SaveBatchResult, len(reqs))
+	valid := make([][]*chatpb.Event, len(reqs))
+	for i, req := range reqs {
+		events, err := validateSave(req)
+		if err != nil {
+			out[i].Err = fmt.Errorf("save %s: %w", req.ChatID, err)
+			continue
+		}
+		cloned := make([]*chatpb.Event, len(events))
+		for k, ev := range events {
+			cloned[k] = proto.CloneOf(ev)
+		}
+		valid[i] = cloned
+	}
+	cur, delayed, err := m.faults.delay(ctx)
+	if delayed {
+		m.stats.faultsInjected.Add(1)
+	}
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("save batch: %w", err)
+	case cur.Outage:
+		m.stats.faultsInjected.Add(1)
+		return nil, fmt.Errorf("save batch: %w", faultOutage.err())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now().UnixMilli()
+	for i, req := range reqs {
+		if out[i].Err != nil {
+			continue
+		}
+		if f := m.faults.item(cur); f != faultNone {
+			m.stats.faultsInjected.Add(1)
+			out[i].Err = fmt.Errorf("save %s: %w", req.ChatID, f.err())
+			continue
+		}
+		res, err := applySave(memTxn{m}, req, valid[i], now)
+		m.stats.countSave(res, err)
+		if err != nil {
+			out[i].Err = fmt.Errorf("save %s: %w", req.ChatID, err)
+			continue
+		}
+		out[i].Result = res
+	}
+	return out, nil
+}

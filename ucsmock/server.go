@@ -126,6 +126,7 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /ucs/v1/transcripts/{chatId}", s.writer(s.metrics.saves, s.handleSave))
+	mux.HandleFunc("POST /ucs/v1/transcripts:batch", s.writer(s.metrics.saves, s.handleSaveBatch))
 	mux.HandleFunc("POST /ucs/v1/transcripts/{$}", s.handleMissingChatID)
 	mux.HandleFunc("GET /ucs/v1/transcripts/{chatId}", s.handleTranscript)
 	mux.HandleFunc("GET /ucs/v1/transcripts/{$}", s.handleMissingChatID)
@@ -515,18 +516,32 @@ func (s *Server) writeFault(w http.ResponseWriter, op string, f fault) {
 		s.stats.faultsInjected.Add(1)
 	}
 	s.log.Debug("fault injected", "op", op, "fault", f.String())
+	if f != faultNone {
+		status, eb := faultAnswer(f)
+		writeError(w, status, eb)
+	}
+}
+
+// faultAnswer is the status and body of an injected fault's answer.
+func faultAnswer(f fault) (int, errorBody) {
 	switch f {
 	case faultOutage:
-		writeError(w, http.StatusServiceUnavailable, errorBody{Error: "ucs outage (injected)", Code: codeOutage, Recoverable: true})
+		return http.StatusServiceUnavailable, errorBody{Error: "ucs outage (injected)", Code: codeOutage, Recoverable: true}
 	case faultNonRecoverable:
-		writeError(w, http.StatusUnprocessableEntity, errorBody{Error: "non-recoverable error (injected)", Code: codeNonRecoverable, Recoverable: false})
-	case faultRecoverable:
-		writeError(w, http.StatusServiceUnavailable, errorBody{Error: "recoverable error (injected)", Code: codeUnavailable, Recoverable: true})
+		return http.StatusUnprocessableEntity, errorBody{Error: "non-recoverable error (injected)", Code: codeNonRecoverable, Recoverable: false}
+	default:
+		return http.StatusServiceUnavailable, errorBody{Error: "recoverable error (injected)", Code: codeUnavailable, Recoverable: true}
 	}
 }
 
 // writeErr maps a store error to its HTTP answer.
 func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	status, eb := s.errorAnswer(err)
+	writeError(w, status, eb)
+}
+
+// errorAnswer maps a store error to the status and body of its answer.
+func (s *Server) errorAnswer(err error) (int, errorBody) {
 	var (
 		se *StaleEpochError
 		ce *EpochConflictError
@@ -534,22 +549,22 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	)
 	switch {
 	case errors.As(err, &se):
-		writeError(w, http.StatusConflict, errorBody{Error: "stale epoch", Code: codeStaleEpoch, Epoch: se.Epoch, Holder: se.Holder})
+		return http.StatusConflict, errorBody{Error: "stale epoch", Code: codeStaleEpoch, Epoch: se.Epoch, Holder: se.Holder}
 	case errors.As(err, &ce):
-		writeError(w, http.StatusConflict, errorBody{Error: "epoch claim conflict", Code: codeEpochConflict, Epoch: ce.Epoch, Holder: ce.Holder})
+		return http.StatusConflict, errorBody{Error: "epoch claim conflict", Code: codeEpochConflict, Epoch: ce.Epoch, Holder: ce.Holder}
 	case errors.Is(err, ErrConflict):
-		writeError(w, http.StatusConflict, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: "), Code: codeConflict})
+		return http.StatusConflict, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: "), Code: codeConflict}
 	case errors.As(err, &tl):
-		writeError(w, http.StatusRequestEntityTooLarge, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: invalid request: "), Code: codeTooLarge})
+		return http.StatusRequestEntityTooLarge, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: invalid request: "), Code: codeTooLarge}
 	case errors.Is(err, ErrInvalid):
-		writeError(w, http.StatusBadRequest, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: invalid request: "), Code: codeInvalid})
+		return http.StatusBadRequest, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: invalid request: "), Code: codeInvalid}
 	case errors.Is(err, errClosed):
-		writeError(w, http.StatusServiceUnavailable, errorBody{Error: "store closed", Code: codeUnavailable, Recoverable: true})
+		return http.StatusServiceUnavailable, errorBody{Error: "store closed", Code: codeUnavailable, Recoverable: true}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		writeError(w, http.StatusServiceUnavailable, errorBody{Error: err.Error(), Code: codeUnavailable, Recoverable: true})
+		return http.StatusServiceUnavailable, errorBody{Error: err.Error(), Code: codeUnavailable, Recoverable: true}
 	default:
 		s.log.Error("store failure", "err", err)
-		writeError(w, http.StatusInternalServerError, errorBody{Error: "store failure: " + err.Error(), Code: codeInternal, Recoverable: true})
+		return http.StatusInternalServerError, errorBody{Error: "store failure: " + err.Error(), Code: codeInternal, Recoverable: true}
 	}
 }
 

@@ -86,3 +86,35 @@ func unmarshalEvents(raw []json.RawMessage) ([]*chatpb.Event, error) {
 	}
 	return out, nil
 }
+
+// batchBody is the JSON body of POST /ucs/v1/transcripts:batch.
+type batchBody struct {
+	Saves []batchItem `json:"saves"`
+}
+
+// batchItem is one save of a batch: a save body plus its chat id.
+type batchItem struct {
+	ChatID  string            `json:"chatId"`
+	Service string            `json:"service"`
+	Epoch   uint64            `json:"epoch"`
+	Writer  string            `json:"writer"`
+	Events  []json.RawMessage `json:"events"`
+	Ended   bool              `json:"ended"`
+}
+
+// batchAnswer is the 200 answer of POST /ucs/v1/transcripts:batch: one
+// result per save, in the order of the request.
+type batchAnswer struct {
+	Results []batchResult `json:"results"`
+}
+
+// batchResult is the outcome of one save of a batch. Status is the HTTP
+// status the same save alone would have got; Error is set unless it is 200.
+type batchResult struct {
+	ChatID       string     `json:"chatId"`
+	Status       int        `json:"status"`
+	Saved        int        `json:"saved"`
+	Unchanged    int        `json:"unchanged"`
+	HighestIndex uint64     `json:"highestIndex"`
+	Error        *errorBody `json:"error,omitempty"`
+}
