@@ -83,8 +83,9 @@ func ucsQuantile(sorted []time.Duration, q float64) time.Duration {
 }
 
 // TestUCSSlowAndErroringUnderLoad: while the workload runs on the pair, UCS
-// first answers every save 3 s late, then fails half of them, then fails
-// all of them (recoverable, HTTP 503). Chats go on: every send is
+// first answers every save 3 s late, then fails half of them, then is down
+// (every transcript and epoch endpoint answers 503), then is up but fails
+// every save (recoverable, HTTP 503). Chats go on: every send is
 // acknowledged, sends stay fast while saves are slow (the backup's copy
 // acknowledges them, not UCS), and every acknowledged message reaches both
 // participants exactly once and in order while UCS still fails. The saver
@@ -94,7 +95,7 @@ func ucsQuantile(sorted []time.Duration, q float64) time.Duration {
 // to every acknowledged message, and the breaker closes.
 func TestUCSSlowAndErroringUnderLoad(t *testing.T) {
 	const (
-		messages  = 60
+		messages  = 80
 		latencyMs = 3000
 	)
 	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, CoreArgs: []string{
@@ -126,10 +127,29 @@ func TestUCSSlowAndErroringUnderLoad(t *testing.T) {
 		}
 	}
 
-	waitAcked(0.10)
+	waitAcked(0.05)
+	before, err := ucs.Stats(ctx, token)
+	if err != nil {
+		t.Fatal(err)
+	}
 	slowFrom := setFaults(ucsmock.Faults{LatencyMs: latencyMs})
-	waitAcked(0.45)
+	// The slow phase lasts until a save has waited out the whole latency
+	// (ucsmock counts a delayed request when the delay ends) while the
+	// workload sent on.
+	harness.Eventually(t, "a save delayed by UCS", 15*time.Second, func() error {
+		st, err := ucs.Stats(ctx, token)
+		if err != nil {
+			return err
+		}
+		if st.FaultsInjected == before.FaultsInjected {
+			return fmt.Errorf("no delayed request yet (%d saves)", st.Saves-before.Saves)
+		}
+		return nil
+	})
+	waitAcked(0.35)
 	flakyFrom := setFaults(ucsmock.Faults{RecoverableErrorRate: 0.5})
+	waitAcked(0.55)
+	downFrom := setFaults(ucsmock.Faults{Outage: true})
 	waitAcked(0.70)
 	erroringFrom := setFaults(ucsmock.Faults{RecoverableErrorRate: 1})
 	harness.Eventually(t, "core-a's UCS breaker open", 20*time.Second, func() error {
@@ -139,8 +159,9 @@ func TestUCSSlowAndErroringUnderLoad(t *testing.T) {
 		return nil
 	})
 	rec := w.Wait()
-	t.Logf("workload: %d of %d acknowledged; slow phase from %s, flaky from %s, erroring from %s",
-		rec.Acked(), total, slowFrom.Format("15:04:05.000"), flakyFrom.Format("15:04:05.000"), erroringFrom.Format("15:04:05.000"))
+	t.Logf("workload: %d of %d acknowledged; UCS slow from %s, flaky from %s, down from %s, erroring from %s",
+		rec.Acked(), total, slowFrom.Format("15:04:05.000"), flakyFrom.Format("15:04:05.000"),
+		downFrom.Format("15:04:05.000"), erroringFrom.Format("15:04:05.000"))
 	if rec.Acked() != total {
 		t.Errorf("%d of %d messages acknowledged: UCS trouble failed a chat send", rec.Acked(), total)
 	}
