@@ -138,9 +138,17 @@ type Layout struct {
 	Service string
 	// ServiceToken lets interaction join agents to sessions (default "demo-service-token").
 	ServiceToken string
-	// AdminToken protects ucsmock's fault injection and the control plane's
-	// admin API (default "demo-admin-token").
+	// AdminToken protects ucsmock's fault injection, the control plane's
+	// admin API, the cores' switchover and their replication stream
+	// (default "demo-admin-token").
 	AdminToken string
+	// WriterToken is what the cores show ucsmock to save transcripts and
+	// claim epochs (ucs --writer-token, core --ucs-token; default
+	// "demo-writer-token").
+	WriterToken string
+	// GossipKey encrypts the memberlist gossip of the cores, the witness
+	// and the control plane (base64 of 32 bytes; default DemoGossipKey).
+	GossipKey string
 	// CoreArgs are extra flags for every core (after the demo's defaults).
 	CoreArgs []string
 }
@@ -164,7 +172,17 @@ func (l *Layout) fill() {
 	if l.AdminToken == "" {
 		l.AdminToken = "demo-admin-token"
 	}
+	if l.WriterToken == "" {
+		l.WriterToken = "demo-writer-token"
+	}
+	if l.GossipKey == "" {
+		l.GossipKey = DemoGossipKey
+	}
 }
+
+// DemoGossipKey is the demo's gossip encryption key (the same as
+// deploy/compose.yaml's default). It is public: a deployment sets its own.
+const DemoGossipKey = "aGFjaGF0LWRlbW8tZ29zc2lwLWtleS0zMmJ5dGVzISE="
 
 // HARecommended are the chat core options the seed recommends for high
 // availability; the demo and the tests set them on every core.
@@ -193,6 +211,7 @@ func StandardPlan(l Layout) Plan {
 	var parts []Part
 	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
 		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
+		"--writer-token=" + l.WriterToken,
 	}})
 	witnessHTTP := ""
 	switch {
@@ -200,7 +219,7 @@ func StandardPlan(l Layout) Plan {
 		witnessHTTP = a.WitnessHTTP
 		parts = append(parts, Part{Name: "witness", Kind: KindWitness, HTTP: a.WitnessHTTP, Args: []string{
 			logf, "--name=witness", "--http=" + a.WitnessHTTP, "--gossip-bind=" + a.WitnessGossip,
-			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip,
+			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
 		}})
 	case l.Stage >= StageMesh:
 		witnessHTTP = a.XDSHTTP
@@ -212,10 +231,10 @@ func StandardPlan(l Layout) Plan {
 	}
 	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
-			"--ucs=" + ucsURL, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
+			"--ucs=" + ucsURL, "--ucs-token=" + l.WriterToken, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
 		if l.Stage >= StagePair {
 			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP,
-				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip)
+				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
 		}
 		args = append(args, HARecommended...)
 		args = append(args, l.CoreArgs...)
@@ -231,7 +250,8 @@ func StandardPlan(l Layout) Plan {
 	if l.Stage >= StageMesh {
 		parts = append(parts, Part{Name: "xds", Kind: KindXDS, HTTP: a.XDSHTTP, GRPC: a.XDSGRPC, Args: []string{
 			logf, "--name=xds", "--http=" + a.XDSHTTP, "--grpc=" + a.XDSGRPC, "--gossip-bind=" + a.XDSGossip,
-			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--admin-token=" + l.AdminToken,
+			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
+			"--admin-token=" + l.AdminToken,
 		}})
 		sidecar := func(name, admin, listen string) Part {
 			return Part{Name: name, Kind: KindProxy, HTTP: admin, GRPC: listen, Args: []string{
