@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -28,10 +29,20 @@ type saver struct {
 	queue  []*session
 	wake   chan struct{}
 	timers map[*time.Timer]struct{} // armed resend timers, stopped at shutdown
+
+	batchSize prometheus.Histogram // sessions per batched save call
 }
 
 func newSaver(c *Core) *saver {
 	sv := &saver{c: c, wake: make(chan struct{}, 1), timers: make(map[*time.Timer]struct{})}
+	sv.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "hachat_core_transcript_save_batch_size",
+		Help:    "Sessions per batched transcript save call (with a store that saves in batches).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 9),
+	})
+	if err := c.tel.Registry.Register(sv.batchSize); err != nil {
+		c.log.Warn("transcript batch size metric not registered", "err", err)
+	}
 	sv.cb = gobreaker.NewCircuitBreaker[SaveResult](gobreaker.Settings{
 		Name:        "ucs",
 		MaxRequests: 1,
@@ -94,13 +105,25 @@ func (sv *saver) pop() *session {
 }
 
 // run starts TranscriptSaveWorkers workers and returns when ctx is done and
-// they have stopped.
+// they have stopped. With a BatchTranscriptStore each worker takes every
+// session queued at that moment (up to saveBatchMax) into one SaveBatch
+// call; otherwise one session per Save call.
 func (sv *saver) run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for range sv.c.cfg.TranscriptSaveWorkers {
+	bs, batched := sv.c.store.(BatchTranscriptStore)
+	workers := sv.c.cfg.TranscriptSaveWorkers
+	if batched {
+		workers = min(workers, saveBatchWorkers)
+	}
+	for range workers {
 		wg.Go(func() {
 			for {
-				if s := sv.pop(); s != nil {
+				if batched {
+					if ss := sv.popBatch(saveBatchMax); ss != nil {
+						sv.saveBatch(ctx, bs, ss)
+						continue
+					}
+				} else if s := sv.pop(); s != nil {
 					sv.save(ctx, s)
 					continue
 				}
@@ -120,20 +143,31 @@ func (sv *saver) run(ctx context.Context) {
 	sv.mu.Unlock()
 }
 
-// save performs one save attempt for s and decides what follows.
-func (sv *saver) save(ctx context.Context, s *session) {
+// saveJob is one session's save attempt, prepared under s.mu.
+type saveJob struct {
+	s     *session
+	to    uint64
+	ended bool
+	cause trace.SpanContext
+	req   SaveRequest
+	send  bool // false: nothing to store (every event left out, not ended)
+	from  uint64
+}
+
+// prepare starts a save attempt of s: it reports false if there is nothing
+// to save, otherwise it marks s saving and returns the job.
+func (sv *saver) prepare(s *session) (saveJob, bool) {
 	c := sv.c
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.saveQueued = false
 	s.saveDirty = false
 	from, to := s.savedThrough+1, s.lastIndex()
 	if !c.primary.Load() { // a backup never saves; the promotion re-queues pending saves
-		s.mu.Unlock()
-		return
+		return saveJob{}, false
 	}
 	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.st.ended) {
-		s.mu.Unlock()
-		return
+		return saveJob{}, false
 	}
 	s.saving = true
 	ended := s.st.ended
@@ -145,23 +179,35 @@ func (sv *saver) save(ctx context.Context, s *session) {
 			events = append(events, e.ev)
 		}
 	}
-	s.mu.Unlock()
+	j := saveJob{s: s, from: from, to: to, ended: ended, cause: cause, send: len(events) > 0 || ended}
+	if j.send {
+		j.req = SaveRequest{Service: c.cfg.Cluster, Epoch: c.epoch.Load(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
+	}
+	return j, true
+}
 
+// save performs one save attempt for s (Save, one request) and decides
+// what follows.
+func (sv *saver) save(ctx context.Context, s *session) {
+	c := sv.c
+	j, ok := sv.prepare(s)
+	if !ok {
+		return
+	}
 	var err error
-	if len(events) > 0 || ended {
-		req := SaveRequest{Service: c.cfg.Cluster, Epoch: c.epoch.Load(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
+	if j.send {
 		// The save belongs to the trace of the message that caused it.
 		tctx := ctx
-		if cause.IsValid() {
-			tctx = trace.ContextWithRemoteSpanContext(ctx, cause)
+		if j.cause.IsValid() {
+			tctx = trace.ContextWithRemoteSpanContext(ctx, j.cause)
 		}
 		tctx, span := c.tracer.Start(tctx, "chatcore.saveTranscript", trace.WithAttributes(
-			attribute.String("chat.id", s.id), attribute.Int64("transcript.from", int64(from)),
-			attribute.Int64("transcript.to", int64(to)), attribute.Bool("transcript.ended", ended)))
+			attribute.String("chat.id", s.id), attribute.Int64("transcript.from", int64(j.from)),
+			attribute.Int64("transcript.to", int64(j.to)), attribute.Bool("transcript.ended", j.ended)))
 		_, err = sv.cb.Execute(func() (SaveResult, error) {
 			sctx, cancel := context.WithTimeout(tctx, c.cfg.TranscriptSaveTimeout)
 			defer cancel()
-			return c.store.Save(sctx, req)
+			return c.store.Save(sctx, j.req)
 		})
 		if err != nil {
 			span.RecordError(err)
@@ -169,6 +215,17 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		}
 		span.End()
 	}
+	if sv.settle(ctx, j, err) {
+		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
+	}
+}
+
+// settle handles the outcome err of job j's save attempt: progress, save
+// notices, resends, transcript-save-on-error. It reports whether UCS
+// fenced the save (stale epoch): the caller steps down.
+func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) {
+	c := sv.c
+	s, to, ended := j.s, j.to, j.ended
 	switch {
 	case err == nil:
 		c.m.saves.WithLabelValues("ok").Inc()
@@ -187,7 +244,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 	case errors.Is(err, ErrStaleEpoch):
 		c.m.saves.WithLabelValues("stale_epoch").Inc()
 		sv.done(ctx, s, nil)
-		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
+		return true
 	case errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid):
 		c.m.saves.WithLabelValues("nonrecoverable").Inc()
 		c.log.Warn("transcript save failed for good", "session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
@@ -200,7 +257,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
 				c.log.Warn("could not close session after non-recoverable save error", "session", s.id, "err", err)
 			}
-			return
+			return false
 		}
 		sv.done(ctx, s, func() { s.retryAt = c.now().Add(sv.giveUpBackoff()) })
 	default:
@@ -223,7 +280,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		if retry {
 			c.m.saveResends.Inc()
 			sv.after(c.cfg.TranscriptResendDelay, s)
-			return
+			return false
 		}
 		c.m.saveGiveUps.Inc()
 		c.log.Warn("transcript save given up after resends", "session", s.id, "through", to, "attempts", c.cfg.TranscriptResendAttempts+1, "err", err)
@@ -231,6 +288,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
 		}
 	}
+	return false
 }
 
 // done ends a save attempt: it runs update under s.mu, clears saving and

@@ -47,3 +47,32 @@ func BenchmarkSave(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSaveBatch measures acknowledged saves of one event each, sent
+// as batches of 100 chats (out of 10,000, as a busy core's saver does).
+func BenchmarkSaveBatch(b *testing.B) {
+	_, c := newTestServer(b, filepath.Join(b.TempDir(), "ucs.db"))
+	ctx := context.Background()
+	next := map[string]uint64{}
+	b.ResetTimer()
+	saves := 0
+	for n := 0; n < b.N; n++ {
+		reqs := make([]SaveRequest, 100)
+		for i := range reqs {
+			chat := fmt.Sprintf("chat-%d", (n*100+i)%10000)
+			next[chat]++
+			reqs[i] = SaveRequest{ChatID: chat, Service: "chat", Epoch: 1, Writer: "bench", Events: evs(chat, next[chat], next[chat])}
+		}
+		res, err := c.SaveBatch(ctx, reqs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				b.Fatal(r.Err)
+			}
+		}
+		saves += len(reqs)
+	}
+	b.ReportMetric(float64(saves)/b.Elapsed().Seconds(), "saves/s")
+}
