@@ -3,6 +3,8 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -17,7 +19,7 @@ const saveBatchMax = 256
 // saveBatchWorkers bounds the batched saves in flight (at most
 // TranscriptSaveWorkers): each takes every session queued meanwhile, so
 // under load the batches grow instead of the calls multiplying.
-const saveBatchWorkers = 2
+const saveBatchWorkers = 1
 
 // BatchTranscriptStore is a TranscriptStore that also saves many chats in
 // one call (ucsmock.Client and ucsmock.MemStore are). With one, the saver
@@ -80,13 +82,39 @@ func (sv *saver) saveBatch(ctx context.Context, bs BatchTranscriptStore, session
 	}
 	if len(jobs) > 0 {
 		errs := sv.sendBatch(ctx, bs, jobs)
-		for i, j := range jobs {
-			stale = sv.settle(ctx, j, errs[i]) || stale
-		}
+		stale = sv.settleAll(ctx, jobs, errs) || stale
 	}
 	if stale {
 		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
 	}
+}
+
+// settleAll settles each job with its error. With mode-2 notices, each
+// settle appends a notice (a replicated append), so they run on up to
+// TranscriptSaveWorkers goroutines, as the unbatched workers did.
+func (sv *saver) settleAll(ctx context.Context, jobs []saveJob, errs []error) (stale bool) {
+	if sv.c.cfg.TranscriptAutoSave != AutoSaveWithNotices || len(jobs) == 1 {
+		for i, j := range jobs {
+			stale = sv.settle(ctx, j, errs[i]) || stale
+		}
+		return stale
+	}
+	var (
+		wg       sync.WaitGroup
+		anyStale atomic.Bool
+		next     atomic.Int64
+	)
+	for range min(sv.c.cfg.TranscriptSaveWorkers, len(jobs)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(jobs); i = int(next.Add(1) - 1) {
+				if sv.settle(ctx, jobs[i], errs[i]) {
+					anyStale.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return anyStale.Load()
 }
 
 // sendBatch sends the jobs' saves in one SaveBatch call through the

@@ -266,3 +266,33 @@ func TestSaverBatchFailureCountsOnce(t *testing.T) {
 		t.Errorf("%v resends, want one per session at least", got)
 	}
 }
+
+// TestSaverBatchNotices: with transcript-auto-save=2 every session of a
+// batch gets its own TRANSCRIPT_SAVED notice after the batched save.
+func TestSaverBatchNotices(t *testing.T) {
+	store := &batchStore{MemStore: ucsmock.NewMemStore(1), gate: make(chan struct{})}
+	tc := startBatchCore(t, store, func(c *Config) { c.TranscriptAutoSave = AutoSaveWithNotices })
+	ctx := ctxT(t)
+	var ids []string
+	for i := range 20 {
+		r, err := tc.cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: "support", Nickname: fmt.Sprint("c", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.Auth.SessionId)
+	}
+	close(store.gate)
+	for _, id := range ids {
+		waitFor(t, "save notice", func() bool {
+			for _, k := range tc.logKinds(id) {
+				if k == chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	if calls, _, _ := store.stats(); calls >= 20 {
+		t.Errorf("%d calls for 20 sessions held behind one call", calls)
+	}
+}
