@@ -87,7 +87,7 @@ func ucsQuantile(sorted []time.Duration, q float64) time.Duration {
 // (every transcript and epoch endpoint answers 503), then is up but fails
 // every save (recoverable, HTTP 503). Chats go on: every send is
 // acknowledged, sends stay fast while saves are slow (the backup's copy
-// acknowledges them, not UCS), and every acknowledged message reaches both
+// acknowledges them, not UCS) and reach the other participant at once, and every acknowledged message reaches both
 // participants exactly once and in order while UCS still fails. The saver
 // resends (transcript-resend-attempts/-delay) and its breaker opens; UCS
 // meanwhile lacks acknowledged messages. Once the faults are cleared, with no
@@ -133,6 +133,34 @@ func TestUCSSlowAndErroringUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	slowFrom := setFaults(ucsmock.Faults{LatencyMs: latencyMs})
+	// A message sent while its session's save is held up reaches the other
+	// participant at once: fan-out does not wait for UCS.
+	waitAcked(0.05 + 12/float64(total))
+	probe := sessions[0]
+	probeText := "delivery probe while UCS is slow " + probe.ChatID
+	var sentAt time.Time
+	harness.Eventually(t, "the probe acknowledged", 5*time.Second, func() error {
+		r, err := probe.Customer.Send(ctx, probeText, "probe-"+probe.ChatID)
+		if err != nil {
+			return err
+		}
+		if err := r.Err(); err != nil {
+			if !r.Retryable() {
+				t.Fatalf("probe send: %v", err)
+			}
+			return err
+		}
+		sentAt = time.Now()
+		return nil
+	})
+	pctx, pcancel := context.WithTimeout(ctx, latencyMs*time.Millisecond/2)
+	_, err = probe.Agent.WaitText(pctx, probe.ChatID, probeText)
+	pcancel()
+	if err != nil {
+		t.Errorf("the agent did not see a message within %d ms of its acknowledgement while UCS was slow: %v", latencyMs/2, err)
+	} else {
+		t.Logf("a message sent while UCS was slow reached the agent %s after its acknowledgement", time.Since(sentAt).Round(time.Microsecond))
+	}
 	// The slow phase lasts until a save has waited out the whole latency
 	// (ucsmock counts a delayed request when the delay ends) while the
 	// workload sent on.
