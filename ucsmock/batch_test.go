@@ -202,7 +202,9 @@ func TestStoreSaveBatch(t *testing.T) {
 			func(r SaveBatchResult) bool { return errors.Is(r.Err, ErrConflict) },
 			func(r SaveBatchResult) bool { return errors.Is(r.Err, ErrInvalid) },
 			func(r SaveBatchResult) bool { return errors.Is(r.Err, ErrInvalid) },
-			func(r SaveBatchResult) bool { return r.Err == nil && r.Result == SaveResult{Saved: 1, Unchanged: 1, HighestIndex: 3} },
+			func(r SaveBatchResult) bool {
+				return r.Err == nil && r.Result == SaveResult{Saved: 1, Unchanged: 1, HighestIndex: 3}
+			},
 		}
 		if len(res) != len(checks) {
 			t.Fatalf("%d results, want %d", len(res), len(checks))
