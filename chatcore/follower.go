@@ -91,6 +91,11 @@ func (c *Core) follow(ctx context.Context) {
 		if c.primary.Load() || ctx.Err() != nil {
 			return
 		}
+		if end.primaryName == "" {
+			// A redial refused before any hello: the primary we lost is
+			// still the last one that announced itself.
+			end.primaryName, _ = c.primaryName.Load().(string)
+		}
 		if end.synced {
 			delay = 20 * time.Millisecond
 		}
