@@ -7,7 +7,9 @@
 #      hachat processes (built once per test binary, without -race: the race
 #      detector multiplies the children's CPU and memory on a 2-core machine)
 #      while the test process itself, which holds the clients and the workload
-#      checker, runs with -race.
+#      checker, runs with -race;
+#   3. where a Docker engine and docker-compose are present (they are on this
+#      project's machines), the container deployment test (test-docker).
 # The whole run stays well under 20 minutes on 2 cores.
 
 SHELL := /bin/bash
@@ -21,7 +23,7 @@ E2E_TIMEOUT  ?= 15m
 # Packages tested by test-unit: everything but the end-to-end tests.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: all build test test-unit test-e2e run demo image proto bench deps tools clean
+.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench deps tools clean
 
 all: build
 
@@ -44,6 +46,9 @@ test: deps
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || rc=1; \
 	$(MAKE) --no-print-directory test-e2e || rc=1; \
+	if command -v docker-compose >/dev/null && docker info >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory test-docker || rc=1; \
+	else echo "test-docker: skipped (no Docker engine or docker-compose here)"; fi; \
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see the FAIL lines above)"; fi; \
 	exit $$rc
 
@@ -54,6 +59,11 @@ test-unit:
 ## test-e2e: end-to-end tests with real processes and headless Chromium.
 test-e2e:
 	$(GO) test -race -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./e2e/...
+
+## test-docker: the container deployment (deploy/compose.yaml) on this machine's Docker
+## engine: kill -9 of the primary container mid-chat, with and without the control plane.
+test-docker:
+	$(GO) test -race -tags docker -count=1 -timeout 5m ./e2e/docker/
 
 ## run, demo: the whole cluster on this machine, each part its own process.
 run demo: build
