@@ -48,7 +48,8 @@ type Config struct {
 	// (stopped) core does not hold a call for ever (default 2s).
 	AttemptTimeout time.Duration `yaml:"core-attempt-timeout"`
 	// MinBackoff and MaxBackoff bound the pause between attempts (defaults
-	// 5ms and 250ms, with jitter): small, since failover is measured in ms.
+	// 5ms and 100ms, with jitter): small, since failover is measured in ms
+	// and the pause a client adds after the core is back is at most MaxBackoff.
 	MinBackoff time.Duration `yaml:"core-min-backoff"`
 	MaxBackoff time.Duration `yaml:"core-max-backoff"`
 }
@@ -60,7 +61,7 @@ func DefaultConfig() Config {
 		RetryFor:       10 * time.Second,
 		AttemptTimeout: 2 * time.Second,
 		MinBackoff:     5 * time.Millisecond,
-		MaxBackoff:     250 * time.Millisecond,
+		MaxBackoff:     100 * time.Millisecond,
 	}
 }
 
