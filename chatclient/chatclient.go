@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -100,6 +102,44 @@ type Client struct {
 	clients []chatpb.ChatClient
 	cur     atomic.Int32 // index of the target believed to be serving
 	retries atomic.Int64
+
+	mu      sync.Mutex
+	streams map[*streamCancel]int32 // open streams and their target
+}
+
+// streamCancel cancels one open stream.
+type streamCancel struct{ cancel context.CancelCauseFunc }
+
+// errStalled is the cause a stream is cancelled with when a call to its
+// target timed out: the target is silent (stopped, cut off), and a stream
+// on it would hang until keepalive (10s at least in grpc-go) noticed.
+var errStalled = errors.New("chatclient: target stalled")
+
+// track registers a stream opened on target idx; the returned func forgets it.
+func (c *Client) track(idx int32, cancel context.CancelCauseFunc) func() {
+	sc := &streamCancel{cancel: cancel}
+	c.mu.Lock()
+	if c.streams == nil {
+		c.streams = map[*streamCancel]int32{}
+	}
+	c.streams[sc] = idx
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.streams, sc)
+		c.mu.Unlock()
+	}
+}
+
+// stalled cancels every stream open on target idx.
+func (c *Client) stalled(idx int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for sc, i := range c.streams {
+		if i == idx {
+			sc.cancel(errStalled)
+		}
+	}
 }
 
 var _ chatpb.ChatClient = (*Client)(nil)
@@ -119,6 +159,11 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 			otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))),
 		// gRPC's default reconnect backoff starts at 1s; a failover is
 		// measured in milliseconds, so reconnect almost at once.
+		// A stopped (SIGSTOP) or cut-off core keeps its TCP connections open
+		// and answers nothing. Keepalive pings find it (grpc-go allows no
+		// interval under 10s); sooner, a call to it that times out cancels
+		// the streams open on it (Client.stalled), so they resume elsewhere.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 300 * time.Millisecond},
 			MinConnectTimeout: time.Second,
@@ -175,11 +220,14 @@ type retrier struct {
 
 // wait sleeps before the next attempt and moves to the next target; it
 // returns false when ctx is done.
-func (r *retrier) wait(ctx context.Context, err error) bool {
+func (r *retrier) wait(ctx context.Context, err error, failed int32) bool {
 	r.attempt++
 	r.c.retries.Add(1)
 	if n := int32(len(r.c.clients)); n > 1 {
-		r.c.cur.Store((r.c.cur.Load() + 1) % n)
+		// Move on from the target that failed, unless another call has
+		// already moved on (two calls failing at once must not toggle
+		// back to the dead target).
+		r.c.cur.CompareAndSwap(failed, (failed+1)%n)
 	}
 	limit := r.c.cfg.MaxBackoff
 	if r.max > 0 && r.max < limit {
@@ -220,12 +268,16 @@ func unary[Req, Resp any](ctx context.Context, c *Client, req Req, opts []grpc.C
 		if c.cfg.AttemptTimeout > 0 {
 			actx, acancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 		}
-		resp, err := call(c.clients[c.cur.Load()], actx, req, opts...)
+		idx := c.cur.Load()
+		resp, err := call(c.clients[idx], actx, req, opts...)
 		acancel()
 		if err == nil || !Retryable(err) || ctx.Err() != nil {
 			return resp, err
 		}
-		if !r.wait(ctx, err) {
+		if status.Code(err) == codes.DeadlineExceeded {
+			c.stalled(idx) // streams on a silent target would hang: move them too
+		}
+		if !r.wait(ctx, err, idx) {
 			return resp, err
 		}
 	}
@@ -304,10 +356,11 @@ func observer(ctx context.Context) StreamObserver {
 func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.Event], error) {
 	next := in.GetFromIndex()
 	s := &resumingStream[chatpb.Event]{
-		c:   c,
-		r:   retrier{c: c, max: refusedStreamBackoff},
-		ctx: ctx,
-		obs: observer(ctx),
+		c:     c,
+		r:     retrier{c: c, max: refusedStreamBackoff},
+		close: func() {},
+		ctx:   ctx,
+		obs:   observer(ctx),
 		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.Event], error) {
 			req := &chatpb.SubscribeRequest{Auth: in.GetAuth(), FromIndex: next}
 			return cl.Subscribe(ctx, req, opts...)
@@ -336,10 +389,11 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 // the caller must treat STARTED as idempotent.
 func (c *Client) WatchSessions(ctx context.Context, in *chatpb.WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
 	s := &resumingStream[chatpb.SessionChange]{
-		c:   c,
-		r:   retrier{c: c, max: refusedStreamBackoff},
-		ctx: ctx,
-		obs: observer(ctx),
+		c:     c,
+		r:     retrier{c: c, max: refusedStreamBackoff},
+		close: func() {},
+		ctx:   ctx,
+		obs:   observer(ctx),
 		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
 			return cl.WatchSessions(ctx, in, opts...)
 		},
@@ -359,13 +413,16 @@ const refusedStreamBackoff = 50 * time.Millisecond
 // resumingStream is a server stream that reopens itself on retryable errors.
 // Like any gRPC stream, it is for one reading goroutine.
 type resumingStream[T any] struct {
-	c     *Client
-	ctx   context.Context
-	obs   StreamObserver
-	open  func(context.Context, chatpb.ChatClient) (grpc.ServerStreamingClient[T], error)
-	seen  func(*T) (deliver, final bool)
-	cur   grpc.ServerStreamingClient[T]
-	ended bool
+	c      *Client
+	ctx    context.Context
+	obs    StreamObserver
+	open   func(context.Context, chatpb.ChatClient) (grpc.ServerStreamingClient[T], error)
+	seen   func(*T) (deliver, final bool)
+	cur    grpc.ServerStreamingClient[T]
+	curIdx int32           // the target cur was opened on
+	sctx   context.Context // cur's context: cancelled with errStalled when its target stalls
+	close  func()          // forgets and cancels cur
+	ended  bool
 	// fresh is true while the current stream has delivered nothing: a
 	// stream a backup accepts and then refuses must not be reopened in a
 	// tight loop, so its failure counts as a failed attempt (with backoff).
@@ -381,13 +438,19 @@ func (s *resumingStream[T]) connect() error {
 	for {
 		// A stream is lazy: a refusal shows on the first Recv, where a
 		// stream that failed before its first message backs off.
-		st, err := s.open(s.ctx, s.c.clients[s.c.cur.Load()])
+		idx := s.c.cur.Load()
+		sctx, scancel := context.WithCancelCause(s.ctx)
+		st, err := s.open(sctx, s.c.clients[idx])
 		if err == nil {
-			s.cur = st
+			s.close()
+			untrack := s.c.track(idx, scancel)
+			s.close = func() { untrack(); scancel(nil) }
+			s.cur, s.curIdx, s.sctx = st, idx, sctx
 			s.fresh = true
 			return nil
 		}
-		if !Retryable(err) || ctx.Err() != nil || !r.wait(ctx, err) {
+		scancel(nil)
+		if !Retryable(err) || ctx.Err() != nil || !r.wait(ctx, err, idx) {
 			return err
 		}
 	}
@@ -397,6 +460,7 @@ func (s *resumingStream[T]) connect() error {
 func (s *resumingStream[T]) Recv() (*T, error) {
 	for {
 		if s.ended {
+			s.close()
 			return nil, io.EOF
 		}
 		m, err := s.cur.Recv()
@@ -411,9 +475,14 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 			continue
 		}
 		if s.ctx.Err() != nil {
+			s.close()
 			return nil, s.ctx.Err()
 		}
+		if errors.Is(context.Cause(s.sctx), errStalled) {
+			err = status.Error(codes.Unavailable, "chat core stalled")
+		}
 		if !errors.Is(err, io.EOF) && !Retryable(err) {
+			s.close()
 			return nil, err
 		}
 		// EOF before the session ended means the core closed the stream
@@ -424,7 +493,7 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 			// accepts and then refuses while a promotion is under way):
 			// back off instead of reopening it in a tight loop.
 			s.c.log.Debug("chat core refused the stream, retrying", "err", err)
-			if !s.r.wait(s.ctx, err) {
+			if !s.r.wait(s.ctx, err, s.curIdx) {
 				return nil, err
 			}
 		} else {

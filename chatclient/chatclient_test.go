@@ -256,3 +256,72 @@ func TestSubscribeBacksOffWhenAcceptedStreamsAreRefused(t *testing.T) {
 		t.Fatalf("%d backed-off retries, want one per refused stream after the first", c.Retries())
 	}
 }
+
+// stallingCore answers nothing to Send (a stopped process) while streams it
+// accepted stay open and silent.
+type stallingCore struct {
+	chatpb.UnimplementedChatServer
+}
+
+func (stallingCore) Send(ctx context.Context, _ *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (stallingCore) Subscribe(_ *chatpb.SubscribeRequest, st grpc.ServerStreamingServer[chatpb.Event]) error {
+	if err := st.Send(&chatpb.Event{Index: 1, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE}); err != nil {
+		return err
+	}
+	<-st.Context().Done()
+	return st.Context().Err()
+}
+
+func TestStreamsLeaveAStalledTarget(t *testing.T) {
+	a := stallingCore{}
+	b := &fakeCore{breakAfter: 1 << 30}
+	for i := uint64(1); i <= 3; i++ {
+		b.log = append(b.log, &chatpb.Event{Index: i, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE})
+	}
+	addrA, _ := serve(t, a)
+	addrB, _ := serve(t, b)
+	cfg := DefaultConfig()
+	cfg.Targets = []string{addrA, addrB}
+	cfg.AttemptTimeout = 200 * time.Millisecond
+	c, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+
+	st, err := c.Subscribe(context.Background(), &chatpb.SubscribeRequest{FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := st.Recv(); err != nil || ev.GetIndex() != 1 {
+		t.Fatalf("first event %v, %v", ev, err)
+	}
+	// The stream now hangs on a. A send times out there and moves on to b;
+	// the stream must follow instead of waiting for keepalive.
+	if _, err := c.Send(context.Background(), &chatpb.SendRequest{}); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	got := make(chan uint64, 1)
+	go func() {
+		ev, err := st.Recv()
+		if err == nil {
+			got <- ev.GetIndex()
+		}
+		close(got)
+	}()
+	select {
+	case idx := <-got:
+		if idx != 2 {
+			t.Fatalf("resumed at index %d, want 2", idx)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream stayed on the stalled target")
+	}
+	if len(b.subFrom) != 1 || b.subFrom[0] != 2 {
+		t.Fatalf("b saw subscriptions from %v, want [2]", b.subFrom)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -26,6 +27,8 @@ type Cluster interface {
 	Kill(ctx context.Context, name string) error
 	// Restart starts the named core again with its original flags.
 	Restart(ctx context.Context, name string) error
+	// Signal sends sig to the named core (SIGSTOP, SIGCONT for a silent primary).
+	Signal(name string, sig syscall.Signal) error
 }
 
 // Options shape a run.
@@ -44,11 +47,17 @@ type Options struct {
 	Settle time.Duration
 	// SkipSwitchover leaves out the switchover trials.
 	SkipSwitchover bool
+	// Silent adds trials that SIGSTOP the primary (a silent primary: its
+	// kernel still accepts connections, so only gossip and missing answers
+	// tell), then SIGCONT it once the chat goes on: it must find itself
+	// fenced and come back as backup.
+	Silent bool
 }
 
 // Report holds the measured gaps.
 type Report struct {
 	Kill       []time.Duration
+	Silent     []time.Duration
 	Switchover []time.Duration
 }
 
@@ -72,7 +81,11 @@ func (r Report) String() string {
 		return fmt.Sprintf("%-22s trials %d   p50 %v   p99 %v   max %v\n", name, len(ds),
 			p50.Round(time.Microsecond), p99.Round(time.Microsecond), mx.Round(time.Microsecond))
 	}
-	return line("kill -9 gap", r.Kill) + line("switchover pause", r.Switchover)
+	out := line("kill -9 gap", r.Kill)
+	if len(r.Silent) > 0 {
+		out += line("SIGSTOP gap", r.Silent)
+	}
+	return out + line("switchover pause", r.Switchover)
 }
 
 // Run runs the trials. cl is the client under test (through the sidecar or
@@ -108,6 +121,24 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 		if err := cluster.Restart(ctx, primary); err != nil {
 			return rep, fmt.Errorf("restart %s: %w", primary, err)
 		}
+	}
+	for i := 0; opts.Silent && i < opts.Trials; i++ {
+		if err := waitPair(ctx, opts, opts.Settle); err != nil {
+			return rep, fmt.Errorf("SIGSTOP trial %d: %w", i+1, err)
+		}
+		primary, err := primaryName(ctx, opts)
+		if err != nil {
+			return rep, err
+		}
+		gap, err := trial(ctx, cl, opts, func(context.Context) error { return cluster.Signal(primary, syscall.SIGSTOP) })
+		if cerr := cluster.Signal(primary, syscall.SIGCONT); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err != nil {
+			return rep, fmt.Errorf("SIGSTOP trial %d: %w", i+1, err)
+		}
+		rep.Silent = append(rep.Silent, gap)
+		fmt.Fprintf(progress, "SIGSTOP %s: gap %v (SIGCONT sent: it must step down and rejoin as backup)\n", primary, gap.Round(time.Microsecond))
 	}
 	if opts.SkipSwitchover {
 		return rep, nil

@@ -119,11 +119,13 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		Trials         int  `yaml:"trials"`
 		SkipSwitchover bool `yaml:"skip-switchover"`
 		Sidecar        bool `yaml:"sidecar"`
+		Silent         bool `yaml:"silent"`
 	}
 	o.Trials = 5
 	err := parseFlags("bench failover", "Measure the kill -9 failover gap and the switchover pause of a primary/backup pair.", args, errw, &o, func(fs *flag.FlagSet) {
 		fs.IntVar(&o.Trials, "trials", o.Trials, "trials of each kind")
 		fs.BoolVar(&o.SkipSwitchover, "skip-switchover", o.SkipSwitchover, "measure kill -9 only")
+		fs.BoolVar(&o.Silent, "silent", o.Silent, "also SIGSTOP the primary (detected by gossip), then SIGCONT it")
 		fs.BoolVar(&o.Sidecar, "sidecar", o.Sidecar, "go through a sidecar steered by the xDS control plane (the client knows no core)")
 	})
 	if err != nil {
@@ -151,7 +153,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	}
 	defer cl.Close()
 	rep, err := failoverbench.Run(ctx, cl, bc, failoverbench.Options{
-		Trials: o.Trials, AdminToken: benchcluster.AdminToken, ServiceToken: benchcluster.ServiceToken, SkipSwitchover: o.SkipSwitchover,
+		Trials: o.Trials, AdminToken: benchcluster.AdminToken, ServiceToken: benchcluster.ServiceToken, SkipSwitchover: o.SkipSwitchover, Silent: o.Silent,
 		Cores: map[string]string{"core-a": layout.Addrs.CoreAGRPC, "core-b": layout.Addrs.CoreBGRPC},
 	}, errw)
 	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s\n%s", path, rep)
