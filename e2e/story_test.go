@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -21,21 +20,8 @@ import (
 // whether UCS keeps them), the new primary's log and spans (issue 3 point 7),
 // and one message's trace across the sidecar (issue 4).
 
-const (
-	storySessions = 3
-	storyMessages = 24
-)
-
-// storyPair starts the stage-3 pair (ucs, witness, core-a primary, core-b
-// backup, webapi, interaction) with opts and its workload sessions.
-func storyPair(t *testing.T, opts harness.Options) (*harness.Cluster, []*harness.Session) {
-	t.Helper()
-	opts.Stage = demo.StagePair
-	c := harness.StartCluster(t, opts)
-	c.WaitRole("core-a", "primary", 15*time.Second)
-	c.WaitRole("core-b", "backup", 15*time.Second)
-	return c, c.StartSessions(t, storySessions)
-}
+// storyMessages each side sends in a story test.
+const storyMessages = 24
 
 // storyKill9 runs the workload on sessions, kills the primary core-a with
 // SIGKILL once a third of the messages are acknowledged, waits for core-b to
@@ -72,7 +58,7 @@ func isFailoverNotice(ev harness.ViewEvent) bool {
 // appends after kill -9 of the old one reach every session's UCS transcript,
 // besides every acknowledged message exactly once and in order.
 func TestStoryFailoverNoticesInTranscript(t *testing.T) {
-	c, sessions := storyPair(t, harness.Options{})
+	c, sessions := pair(t, harness.Options{})
 	rec := storyKill9(t, c, sessions)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true, FailoverNoticesInUCS: true})
 }
@@ -83,7 +69,7 @@ func TestStoryFailoverNoticesInTranscript(t *testing.T) {
 // events saved after them (every acknowledged message, and an index beyond
 // the last notice).
 func TestStoryFailoverNoticesFilteredFromTranscript(t *testing.T) {
-	c, sessions := storyPair(t, harness.Options{CoreArgs: []string{"--transcript-save-notices=none"}})
+	c, sessions := pair(t, harness.Options{CoreArgs: []string{"--transcript-save-notices=none"}})
 	rec := storyKill9(t, c, sessions)
 	// Participants see the notices; UCS holds every acknowledged message.
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
@@ -181,53 +167,6 @@ func storyFind(lines []storyLine, from int, subs ...string) (storyLine, bool) {
 	return storyLine{}, false
 }
 
-// storySpan is the part of a stdouttrace span record these tests read.
-type storySpan struct {
-	Name        string
-	SpanContext struct{ TraceID, SpanID string }
-	Parent      struct{ TraceID, SpanID string }
-	Attributes  []struct {
-		Key   string
-		Value struct {
-			Type  string
-			Value any
-		}
-	}
-}
-
-// attr returns the value of the span attribute key, or nil.
-func (s storySpan) attr(key string) any {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.Value
-		}
-	}
-	return nil
-}
-
-// storySpansIn reads the spans a part exported with --trace=stdout into its log.
-func storySpansIn(path string) ([]storySpan, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []storySpan
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] != '{' {
-			continue
-		}
-		var s storySpan
-		if json.Unmarshal(line, &s) == nil && s.SpanContext.TraceID != "" {
-			out = append(out, s)
-		}
-	}
-	return out, sc.Err()
-}
-
 // TestStoryFailoverInLogsAndSpans: after kill -9 of core-a, core-b's log
 // tells the failover in order: the detection ("primary lost: promoting",
 // naming core-a and how it was decided), the epoch claim ("claimed epoch,
@@ -238,7 +177,7 @@ func storySpansIn(path string) ([]storySpan, error) {
 // chatcore.restore as its children, the restore span counting the sessions
 // and naming the same source.
 func TestStoryFailoverInLogsAndSpans(t *testing.T) {
-	c, sessions := storyPair(t, harness.Options{CoreArgs: []string{"--trace=stdout"}})
+	c, sessions := pair(t, harness.Options{CoreArgs: []string{"--trace=stdout"}})
 	rec := storyKill9(t, c, sessions)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{FailoverNotices: true})
 
@@ -313,11 +252,11 @@ func TestStoryFailoverInLogsAndSpans(t *testing.T) {
 	}
 
 	harness.Eventually(t, "the promote and restore spans in core-b's log", 15*time.Second, func() error {
-		spans, err := storySpansIn(path)
+		spans, err := spansIn(path)
 		if err != nil {
 			return err
 		}
-		byName := map[string][]storySpan{}
+		byName := map[string][]span{}
 		for _, s := range spans {
 			byName[s.Name] = append(byName[s.Name], s)
 		}
@@ -383,12 +322,12 @@ func TestStoryTraceThroughSidecar(t *testing.T) {
 	sidecarListen := c.Part("sidecar-webapi").GRPC
 	_, sidecarPort, _ := strings.Cut(sidecarListen, ":")
 	harness.Eventually(t, "the send's trace from webapi through the sidecar to core-a and ucs", 30*time.Second, func() error {
-		web, err := storySpansIn(sup.LogPath("webapi"))
+		web, err := spansIn(sup.LogPath("webapi"))
 		if err != nil {
 			return err
 		}
 		// webapi's gRPC client span of the Send call, dialled at its sidecar.
-		var call storySpan
+		var call span
 		for _, s := range web {
 			if s.Name == "hachat.chat.v1.Chat/Send" {
 				call = s
@@ -401,7 +340,7 @@ func TestStoryTraceThroughSidecar(t *testing.T) {
 			return fmt.Errorf("webapi's Send call went to %v:%v, not to its sidecar %s", call.attr("server.address"), call.attr("server.port"), sidecarListen)
 		}
 		traceID := call.SpanContext.TraceID
-		core, err := storySpansIn(sup.LogPath("core-a"))
+		core, err := spansIn(sup.LogPath("core-a"))
 		if err != nil {
 			return err
 		}
@@ -419,7 +358,7 @@ func TestStoryTraceThroughSidecar(t *testing.T) {
 			return fmt.Errorf("no Send server span under webapi's call %s in core-a's %d spans (trace %s there: %v)", call.SpanContext.SpanID, len(core), traceID, names)
 		}
 		t.Logf("trace %s in core-a: %s", traceID, strings.Join(names, ", "))
-		spans, err := storySpansIn(sup.LogPath("ucs"))
+		spans, err := spansIn(sup.LogPath("ucs"))
 		if err != nil {
 			return err
 		}
@@ -440,7 +379,7 @@ func TestStoryTraceThroughSidecar(t *testing.T) {
 	// exported) when webapi closes it.
 	c.Stop("webapi")
 	harness.Eventually(t, "a proxy.connection span to core-a in sidecar-webapi's log", 20*time.Second, func() error {
-		spans, err := storySpansIn(sup.LogPath("sidecar-webapi"))
+		spans, err := spansIn(sup.LogPath("sidecar-webapi"))
 		if err != nil {
 			return err
 		}

@@ -13,11 +13,28 @@ import (
 	"github.com/hachat/hachat/e2e/harness"
 )
 
-// span is the part of a stdouttrace span record this test reads.
+// span is the part of a stdouttrace span record the e2e tests read.
 type span struct {
 	Name        string
 	SpanContext struct{ TraceID, SpanID string }
 	Parent      struct{ TraceID, SpanID string }
+	Attributes  []struct {
+		Key   string
+		Value struct {
+			Type  string
+			Value any
+		}
+	}
+}
+
+// attr returns the value of the span attribute key, or nil.
+func (s span) attr(key string) any {
+	for _, a := range s.Attributes {
+		if a.Key == key {
+			return a.Value.Value
+		}
+	}
+	return nil
 }
 
 // spansIn reads the spans that a part exported with --trace=stdout into its log.

@@ -104,7 +104,7 @@ func TestUCSSlowAndErroringUnderLoad(t *testing.T) {
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	c.WaitRole("core-b", "backup", 15*time.Second)
 	clock := &sendClock{}
-	sessions := clock.timed(c.StartSessions(t, storySessions))
+	sessions := clock.timed(c.StartSessions(t, matrixSessions))
 	ucs, token := c.UCS(), c.AdminToken()
 	setFaults := func(f ucsmock.Faults) time.Time {
 		t.Helper()
