@@ -184,12 +184,14 @@ func (l *Layout) fill() {
 // deploy/compose.yaml's default). It is public: a deployment sets its own.
 const DemoGossipKey = "aGFjaGF0LWRlbW8tZ29zc2lwLWtleS0zMmJ5dGVzISE="
 
-// HARecommended are the chat core options the seed recommends for high
+// HARecommended returns the chat core options the seed recommends for high
 // availability; the demo and the tests set them on every core.
-var HARecommended = []string{
-	"--session-restoration-mode=simple",
-	"--transcript-auto-save=1",
-	"--transcript-save-on-error=close",
+func HARecommended() []string {
+	return []string{
+		"--session-restoration-mode=simple",
+		"--transcript-auto-save=1",
+		"--transcript-save-on-error=close",
+	}
 }
 
 // StandardPlan returns the plan of the standard cluster for l: the parts of
@@ -236,7 +238,7 @@ func StandardPlan(l Layout) Plan {
 			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP,
 				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
 		}
-		args = append(args, HARecommended...)
+		args = append(args, HARecommended()...)
 		args = append(args, l.CoreArgs...)
 		return Part{Name: name, Kind: KindCore, Role: role, HTTP: httpAddr, GRPC: grpcAddr, Args: args}
 	}

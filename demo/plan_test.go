@@ -79,7 +79,7 @@ func TestStandardPlanStages(t *testing.T) {
 			t.Errorf("stage %d: %v", tt.stage, err)
 		}
 		a, _ := plan.Part("core-a")
-		for _, opt := range HARecommended {
+		for _, opt := range HARecommended() {
 			if !slices.Contains(a.Args, opt) {
 				t.Errorf("stage %d: core-a lacks %s: %v", tt.stage, opt, a.Args)
 			}
