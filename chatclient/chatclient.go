@@ -283,15 +283,24 @@ func unary[Req, Resp any](ctx context.Context, c *Client, req Req, opts []grpc.C
 	}
 }
 
-// StartSession starts a chat for a customer. A retry after an ambiguous
-// failure may leave an empty session behind; the core ends it after
-// flex-disconnect-timeout.
+// StartSession starts a chat for a customer. If in has no client request id,
+// StartSession gives it one (in is modified), so that a retry after an
+// ambiguous failure (the first attempt committed, its answer lost) returns
+// the first session instead of starting a second one.
 func (c *Client) StartSession(ctx context.Context, in *chatpb.StartSessionRequest, opts ...grpc.CallOption) (*chatpb.JoinResponse, error) {
+	if in.GetClientRequestId() == "" {
+		in.ClientRequestId = NewClientMessageID()
+	}
 	return unary(ctx, c, in, opts, chatpb.ChatClient.StartSession)
 }
 
-// Join adds an agent, supervisor or system participant.
+// Join adds an agent, supervisor or system participant. If in has no client
+// request id, Join gives it one (in is modified), so that a retry after a
+// lost answer returns the first join instead of adding a second participant.
 func (c *Client) Join(ctx context.Context, in *chatpb.JoinRequest, opts ...grpc.CallOption) (*chatpb.JoinResponse, error) {
+	if in.GetClientRequestId() == "" {
+		in.ClientRequestId = NewClientMessageID()
+	}
 	return unary(ctx, c, in, opts, chatpb.ChatClient.Join)
 }
 

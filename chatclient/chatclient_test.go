@@ -29,6 +29,27 @@ type fakeCore struct {
 	breakAfter int
 	subFrom    []uint64
 	refuseSubs int // accept (send headers), then refuse this many subscriptions
+	failJoins  int // fail this many StartSession/Join calls with Unavailable
+	joinIDs    []string
+}
+
+func (f *fakeCore) joinAttempt(id string) (*chatpb.JoinResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.joinIDs = append(f.joinIDs, id)
+	if f.failJoins > 0 {
+		f.failJoins--
+		return nil, status.Error(codes.Unavailable, "answer lost")
+	}
+	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: "s1", ParticipantId: "p1", SecureKey: "k"}}, nil
+}
+
+func (f *fakeCore) StartSession(_ context.Context, in *chatpb.StartSessionRequest) (*chatpb.JoinResponse, error) {
+	return f.joinAttempt(in.GetClientRequestId())
+}
+
+func (f *fakeCore) Join(_ context.Context, in *chatpb.JoinRequest) (*chatpb.JoinResponse, error) {
+	return f.joinAttempt(in.GetClientRequestId())
 }
 
 func (f *fakeCore) Send(_ context.Context, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
@@ -118,6 +139,48 @@ func TestSendRetriesWithSameClientMessageID(t *testing.T) {
 		if id == "" || id != f.sendIDs[0] {
 			t.Fatalf("attempts carried ids %q, want one non-empty id", f.sendIDs)
 		}
+	}
+}
+
+func TestStartSessionAndJoinRetryWithOneClientRequestID(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		call func(c *Client) error
+	}{
+		{"StartSession", func(c *Client) error {
+			_, err := c.StartSession(context.Background(), &chatpb.StartSessionRequest{Service: "s", Nickname: "n"})
+			return err
+		}},
+		{"Join", func(c *Client) error {
+			_, err := c.Join(context.Background(), &chatpb.JoinRequest{SessionId: "s1"})
+			return err
+		}},
+		{"given id kept", func(c *Client) error {
+			_, err := c.Join(context.Background(), &chatpb.JoinRequest{SessionId: "s1", ClientRequestId: "mine"})
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeCore{failJoins: 2}
+			addr, _ := serve(t, f)
+			c := newClient(t, addr)
+			if err := tc.call(c); err != nil {
+				t.Fatalf("call: %v", err)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if len(f.joinIDs) != 3 {
+				t.Fatalf("core saw %d attempts, want 3", len(f.joinIDs))
+			}
+			for _, id := range f.joinIDs {
+				if id == "" || id != f.joinIDs[0] {
+					t.Fatalf("attempts carried ids %q, want one non-empty id", f.joinIDs)
+				}
+			}
+			if tc.name == "given id kept" && f.joinIDs[0] != "mine" {
+				t.Fatalf("id %q, want the caller's", f.joinIDs[0])
+			}
+		})
 	}
 }
 

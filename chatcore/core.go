@@ -42,6 +42,10 @@ type Core struct {
 	mu       sync.RWMutex
 	sessions map[string]*session
 	live     int // sessions not ended (reserved at StartSession)
+	// startReqs maps the client_request_id of a StartSession to the session
+	// it started, on the primary and (from replicated SESSION_STARTED
+	// events) on the backup. An entry leaves with its session.
+	startReqs map[string]*session
 
 	watchMu  sync.Mutex
 	watchers map[*watcher]struct{}
@@ -137,18 +141,19 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	}
 	notices, _ := ParseSaveNotices(cfg.TranscriptSaveNotices) // validated above
 	c := &Core{
-		cfg:      cfg,
-		notices:  notices,
-		store:    store,
-		tel:      tel,
-		log:      tel.Logger.With("core", cfg.Name),
-		tracer:   tel.Tracer.Tracer("github.com/hachat/hachat/chatcore"),
-		m:        newMetrics(tel.Registry),
-		now:      time.Now,
-		sessions: make(map[string]*session),
-		watchers: make(map[*watcher]struct{}),
-		role:     RoleBackup,
-		health:   health.NewServer(),
+		cfg:       cfg,
+		notices:   notices,
+		store:     store,
+		tel:       tel,
+		log:       tel.Logger.With("core", cfg.Name),
+		tracer:    tel.Tracer.Tracer("github.com/hachat/hachat/chatcore"),
+		m:         newMetrics(tel.Registry),
+		now:       time.Now,
+		sessions:  make(map[string]*session),
+		startReqs: make(map[string]*session),
+		watchers:  make(map[*watcher]struct{}),
+		role:      RoleBackup,
+		health:    health.NewServer(),
 	}
 	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
 	c.streamEnd() // not primary yet: no stream may live

@@ -516,6 +516,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) erro
 		return nil, errUnknown
 	}
 	s := newSession(id)
+	s.startReq = evs[0].ClientRequestId
 	for _, ev := range evs {
 		s.st.apply(ev)
 		s.log = append(s.log, entry{ev: ev, pub: public(ev)})

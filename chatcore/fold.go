@@ -13,6 +13,7 @@ type member struct {
 	left      uint64            // index of the PARTICIPANT_LEFT event, 0 while present
 	typing    bool              // between TYPING_STARTED and TYPING_STOPPED (or a message)
 	clientIDs map[string]uint64 // client_message_id -> first index
+	secureKey string            // the joiner's key when its join carried a client_request_id (to answer a retry)
 
 	bucket   tokenBucket
 	lastSeen int64 // unix nanos of the last Send, Events or Subscribe call
@@ -29,7 +30,8 @@ type state struct {
 	order     []string // participant ids in join order
 	ended     bool
 	endReason string
-	nextPID   int // number of participants that ever joined
+	nextPID   int               // number of participants that ever joined
+	joinReqs  map[string]string // client_request_id of a StartSession or Join -> participant id
 }
 
 func newState() state {
@@ -58,9 +60,17 @@ func (st *state) apply(ev *chatpb.Event) {
 			return
 		}
 		st.nextPID++
-		m := &member{p: ev.From, keyHash: ev.KeyHash, joined: ev.Index}
+		m := &member{p: ev.From, keyHash: ev.KeyHash, joined: ev.Index, secureKey: ev.SecureKey}
 		st.members[ev.From.Id] = m
 		st.order = append(st.order, ev.From.Id)
+		if ev.ClientRequestId != "" {
+			if st.joinReqs == nil {
+				st.joinReqs = make(map[string]string, 2)
+			}
+			if _, seen := st.joinReqs[ev.ClientRequestId]; !seen {
+				st.joinReqs[ev.ClientRequestId] = ev.From.Id
+			}
+		}
 	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT:
 		if m := st.member(ev); m != nil {
 			m.left = ev.Index
@@ -142,16 +152,33 @@ func visibleTo(viewer *chatpb.Participant, ev *chatpb.Event) bool {
 	return ev.Visibility == chatpb.Visibility_VISIBILITY_ALL
 }
 
-// public returns ev as clients may see it: without key_hash. Events without a
-// key hash are returned as is (they are immutable once committed).
+// public returns ev as clients may see it: without key_hash,
+// client_request_id and secure_key. Events without them are returned as is
+// (they are immutable once committed).
 func public(ev *chatpb.Event) *chatpb.Event {
-	if ev.KeyHash == "" {
+	if ev.KeyHash == "" && ev.ClientRequestId == "" && ev.SecureKey == "" {
 		return ev
 	}
 	c := &chatpb.Event{
 		SessionId: ev.SessionId, Index: ev.Index, Kind: ev.Kind, From: ev.From,
 		Visibility: ev.Visibility, Text: ev.Text, UtcUnixMs: ev.UtcUnixMs,
 		ClientMessageId: ev.ClientMessageId, Attrs: ev.Attrs, Epoch: ev.Epoch,
+	}
+	return c
+}
+
+// saved returns ev as UCS stores it: without secure_key (the key stays in
+// the memory of the pair; key_hash is saved so that a restore can check
+// keys). Events without a secure key are returned as is.
+func saved(ev *chatpb.Event) *chatpb.Event {
+	if ev.SecureKey == "" {
+		return ev
+	}
+	c := &chatpb.Event{
+		SessionId: ev.SessionId, Index: ev.Index, Kind: ev.Kind, From: ev.From,
+		Visibility: ev.Visibility, Text: ev.Text, UtcUnixMs: ev.UtcUnixMs,
+		ClientMessageId: ev.ClientMessageId, Attrs: ev.Attrs, Epoch: ev.Epoch,
+		KeyHash: ev.KeyHash, ClientRequestId: ev.ClientRequestId,
 	}
 	return c
 }

@@ -465,6 +465,9 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
 		}
 	}
 	s := newSession(snap.SessionId)
+	if len(snap.Events) > 0 && snap.Events[0].Kind == chatpb.EventKind_EVENT_KIND_SESSION_STARTED {
+		s.startReq = snap.Events[0].ClientRequestId
+	}
 	for _, ev := range snap.Events {
 		s.st.apply(ev)
 		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
@@ -484,6 +487,10 @@ func (c *Core) putSession(s *session) {
 	c.mu.Lock()
 	old := c.sessions[s.id]
 	c.sessions[s.id] = s
+	if old != nil {
+		c.unregisterStartLocked(old)
+	}
+	c.registerStartLocked(s)
 	c.mu.Unlock()
 	delta := 0
 	if old != nil {
@@ -516,8 +523,12 @@ func (c *Core) applyEvent(ev *chatpb.Event) error {
 			return fmt.Errorf("event %d of unknown session %s", ev.Index, ev.SessionId)
 		}
 		s = newSession(ev.SessionId)
+		if ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_STARTED {
+			s.startReq = ev.ClientRequestId
+		}
 		c.mu.Lock()
 		c.sessions[s.id] = s
+		c.registerStartLocked(s)
 		c.live++
 		c.m.sessionsLive.Set(float64(c.live))
 		c.mu.Unlock()
@@ -557,6 +568,7 @@ func (c *Core) dropUnseen(seen map[string]bool) int {
 		if !seen[id] {
 			drop = append(drop, s)
 			delete(c.sessions, id)
+			c.unregisterStartLocked(s)
 		}
 	}
 	c.mu.Unlock()

@@ -86,5 +86,6 @@ func (c *Core) forget(s *session) {
 	s.mu.Unlock()
 	c.mu.Lock()
 	delete(c.sessions, s.id)
+	c.unregisterStartLocked(s)
 	c.mu.Unlock()
 }

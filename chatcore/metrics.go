@@ -8,6 +8,7 @@ import (
 type metrics struct {
 	sessionsLive     prometheus.Gauge
 	sessionsStarted  prometheus.Counter
+	requestRetries   prometheus.Counter
 	sessionsEnded    *prometheus.CounterVec // reason
 	events           *prometheus.CounterVec // kind
 	rpcs             *prometheus.CounterVec // method, code
@@ -33,6 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		sessionsLive:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_sessions_live", Help: "Live (not ended) sessions."}),
 		sessionsStarted: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_sessions_started_total", Help: "Sessions started."}),
+		requestRetries:  prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_request_retries_total", Help: "StartSession and Join retries answered from their first attempt (client_request_id)."}),
 		sessionsEnded:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_sessions_ended_total", Help: "Sessions ended, by reason."}, []string{"reason"}),
 		events:          prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_events_total", Help: "Events committed, by kind."}, []string{"kind"}),
 		rpcs:            prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_rpcs_total", Help: "Chat RPCs handled, by method and gRPC code."}, []string{"method", "code"}),
@@ -55,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		switchoverPauseS: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_switchover_pause_seconds", Help: "Pause of planned switchovers.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12)}),
 	}
-	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
+	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
 		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.breakerState,
 		m.role, m.epoch, m.failovers, m.stepDowns, m.restored, m.replicationLag, m.replicated,
 		m.secondCopyToUCS, m.switchoverPauseS)

@@ -372,7 +372,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	if !c.paired() || !needCopy || !c.savedKind(ev) {
 		return nil
 	}
-	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{ev}}
+	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{saved(ev)}}
 	_, err := c.saver.cb.Execute(func() (SaveResult, error) {
 		sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
 		defer cancel()

@@ -106,14 +106,26 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 	if size > maxUserDataSize {
 		return nil, invalid("userData is %d bytes, more than %d", size, maxUserDataSize)
 	}
+	if err := checkText("client_request_id", req.ClientRequestId, maxClientIDLen); err != nil {
+		return nil, err
+	}
+	if !c.primary.Load() {
+		return nil, errNotPrimary
+	}
 
 	c.mu.Lock()
+	if prev := c.startedByLocked(req.ClientRequestId); prev != nil {
+		c.mu.Unlock()
+		return c.answerAgain(prev, req.ClientRequestId)
+	}
 	if c.live >= c.cfg.MaxSessions {
 		c.mu.Unlock()
 		return nil, status.Errorf(codes.ResourceExhausted, "this core holds %d sessions, its limit", c.cfg.MaxSessions)
 	}
 	s := newSession(newID())
+	s.startReq = req.ClientRequestId
 	c.sessions[s.id] = s
+	c.registerStartLocked(s)
 	c.live++
 	c.m.sessionsLive.Set(float64(c.live))
 	c.mu.Unlock()
@@ -129,7 +141,7 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 	}
 	key := newID()
 	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED, From: systemParticipant, Attrs: attrs}, 0, nil
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED, From: systemParticipant, Attrs: attrs, ClientRequestId: req.ClientRequestId}, 0, nil
 	})
 	var idx uint64
 	var pid string
@@ -137,7 +149,8 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 		idx, _, err = c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
 			pid = "p" + strconv.Itoa(st.nextPID+1)
 			p := &chatpb.Participant{Id: pid, Nickname: req.Nickname, Type: chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER}
-			return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, KeyHash: hashKey(key)}, 0, nil
+			return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, KeyHash: hashKey(key),
+				ClientRequestId: req.ClientRequestId, SecureKey: keepKey(req.ClientRequestId, key)}, 0, nil
 		})
 	}
 	if err != nil {
@@ -158,11 +171,71 @@ func (c *Core) dropSession(s *session) {
 	s.mu.Unlock()
 	c.mu.Lock()
 	delete(c.sessions, s.id)
+	c.unregisterStartLocked(s)
 	if !ended {
 		c.live--
 		c.m.sessionsLive.Set(float64(c.live))
 	}
 	c.mu.Unlock()
+}
+
+// keepKey returns the secure key to keep in the PARTICIPANT_JOINED event when
+// the call carries a client_request_id (so that a retry, on this core or on
+// the promoted backup, gets the same key), and "" otherwise.
+func keepKey(requestID, key string) string {
+	if requestID == "" {
+		return ""
+	}
+	return key
+}
+
+// registerStartLocked records the client_request_id that started s. Call with c.mu held.
+func (c *Core) registerStartLocked(s *session) {
+	if s.startReq != "" {
+		c.startReqs[s.startReq] = s
+	}
+}
+
+// unregisterStartLocked forgets the client_request_id of s, unless another
+// session took it over. Call with c.mu held.
+func (c *Core) unregisterStartLocked(s *session) {
+	if s.startReq != "" && c.startReqs[s.startReq] == s {
+		delete(c.startReqs, s.startReq)
+	}
+}
+
+// startedByLocked returns the session a StartSession with this request id
+// started, nil if none (or the id is empty). Call with c.mu held.
+func (c *Core) startedByLocked(requestID string) *session {
+	if requestID == "" {
+		return nil
+	}
+	s := c.startReqs[requestID]
+	if s == nil || c.sessions[s.id] != s {
+		return nil
+	}
+	return s
+}
+
+// answerAgain answers a retried StartSession or Join from the participant its
+// first attempt added to s.
+func (c *Core) answerAgain(s *session, requestID string) (*chatpb.JoinResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.st.members[s.st.joinReqs[requestID]]
+	switch {
+	case s.removed:
+		return nil, errUnknown
+	case m == nil:
+		// The first attempt is still appending (or failed and is being dropped).
+		return nil, status.Error(codes.Unavailable, "the first attempt of this client_request_id is still in progress: retry")
+	case m.secureKey == "":
+		// Restored from UCS, which never holds secure keys.
+		return nil, status.Error(codes.AlreadyExists, "this client_request_id already joined, and its secure key is no longer held")
+	}
+	c.m.requestRetries.Inc()
+	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: m.p.Id, SecureKey: m.secureKey},
+		Alias: c.cfg.Name, NextIndex: m.joined + 1}, nil
 }
 
 // Join adds an agent, supervisor or system participant. Only a supervisor
@@ -191,6 +264,9 @@ func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinR
 	if err := checkText("nickname", req.Nickname, maxNameLen); err != nil {
 		return nil, err
 	}
+	if err := checkText("client_request_id", req.ClientRequestId, maxClientIDLen); err != nil {
+		return nil, err
+	}
 	s, err := c.lookup(ctx, req.SessionId, nil) // the service token was checked above
 	if err != nil {
 		return nil, err
@@ -201,16 +277,28 @@ func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinR
 	}
 	key := newID()
 	var pid string
-	idx, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+	idx, dup, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+		if req.ClientRequestId != "" {
+			if m := st.members[st.joinReqs[req.ClientRequestId]]; m != nil {
+				if m.p.Type != req.Type {
+					return nil, 0, invalid("client_request_id was already used by a join of type %s", m.p.Type)
+				}
+				return nil, m.joined, nil // a retry: answered below from the first join
+			}
+		}
 		if st.ended {
 			return nil, 0, errEnded
 		}
 		pid = "p" + strconv.Itoa(st.nextPID+1)
 		p := &chatpb.Participant{Id: pid, Nickname: nick, Type: req.Type, Visibility: req.Visibility}
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, Visibility: req.Visibility, KeyHash: hashKey(key)}, 0, nil
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, Visibility: req.Visibility, KeyHash: hashKey(key),
+			ClientRequestId: req.ClientRequestId, SecureKey: keepKey(req.ClientRequestId, key)}, 0, nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if dup {
+		return c.answerAgain(s, req.ClientRequestId)
 	}
 	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: pid, SecureKey: key}, Alias: c.cfg.Name, NextIndex: idx + 1}, nil
 }

@@ -176,7 +176,7 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 	events := make([]*chatpb.Event, 0, to-from+1)
 	for _, e := range s.log[from-1 : to] {
 		if c.savedKind(e.ev) {
-			events = append(events, e.ev)
+			events = append(events, saved(e.ev))
 		}
 	}
 	j := saveJob{s: s, from: from, to: to, ended: ended, cause: cause, send: len(events) > 0 || ended}

@@ -25,7 +25,8 @@ type entry struct {
 // copy, so indexes are assigned and committed in order; mu guards everything
 // else and is only held briefly.
 type session struct {
-	id string
+	id       string
+	startReq string // client_request_id of the StartSession that started it ("" if none); immutable
 
 	appendMu sync.Mutex
 	replGen  atomic.Uint64 // generation of the backup link that holds this session

@@ -349,8 +349,10 @@ type Event struct {
 	UtcUnixMs       int64                  `protobuf:"varint,7,opt,name=utc_unix_ms,json=utcUnixMs,proto3" json:"utc_unix_ms,omitempty"`
 	ClientMessageId string                 `protobuf:"bytes,8,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"` // idempotency key of the sender, if any
 	Attrs           map[string]string      `protobuf:"bytes,9,rep,name=attrs,proto3" json:"attrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Epoch           uint64                 `protobuf:"varint,10,opt,name=epoch,proto3" json:"epoch,omitempty"`                   // epoch of the primary that committed it
-	KeyHash         string                 `protobuf:"bytes,11,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"` // internal: hex SHA-256 of the joiner's secure key; never sent to clients
+	Epoch           uint64                 `protobuf:"varint,10,opt,name=epoch,proto3" json:"epoch,omitempty"`                                             // epoch of the primary that committed it
+	KeyHash         string                 `protobuf:"bytes,11,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"`                           // internal: hex SHA-256 of the joiner's secure key; never sent to clients
+	ClientRequestId string                 `protobuf:"bytes,12,opt,name=client_request_id,json=clientRequestId,proto3" json:"client_request_id,omitempty"` // internal: idempotency key of the StartSession or Join that caused it; never sent to clients
+	SecureKey       string                 `protobuf:"bytes,13,opt,name=secure_key,json=secureKey,proto3" json:"secure_key,omitempty"`                     // internal: the joiner's secure key, kept to answer a retried StartSession or Join; never sent to clients nor saved to UCS
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -462,6 +464,20 @@ func (x *Event) GetKeyHash() string {
 	return ""
 }
 
+func (x *Event) GetClientRequestId() string {
+	if x != nil {
+		return x.ClientRequestId
+	}
+	return ""
+}
+
+func (x *Event) GetSecureKey() string {
+	if x != nil {
+		return x.SecureKey
+	}
+	return ""
+}
+
 // Auth identifies a participant of a session; every participant call carries it.
 type Auth struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -524,16 +540,17 @@ func (x *Auth) GetSecureKey() string {
 }
 
 type StartSessionRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Nickname      string                 `protobuf:"bytes,2,opt,name=nickname,proto3" json:"nickname,omitempty"`
-	FirstName     string                 `protobuf:"bytes,3,opt,name=first_name,json=firstName,proto3" json:"first_name,omitempty"`
-	LastName      string                 `protobuf:"bytes,4,opt,name=last_name,json=lastName,proto3" json:"last_name,omitempty"`
-	Subject       string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
-	EmailAddress  string                 `protobuf:"bytes,6,opt,name=email_address,json=emailAddress,proto3" json:"email_address,omitempty"`
-	UserData      map[string]string      `protobuf:"bytes,7,rep,name=user_data,json=userData,proto3" json:"user_data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Service         string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Nickname        string                 `protobuf:"bytes,2,opt,name=nickname,proto3" json:"nickname,omitempty"`
+	FirstName       string                 `protobuf:"bytes,3,opt,name=first_name,json=firstName,proto3" json:"first_name,omitempty"`
+	LastName        string                 `protobuf:"bytes,4,opt,name=last_name,json=lastName,proto3" json:"last_name,omitempty"`
+	Subject         string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
+	EmailAddress    string                 `protobuf:"bytes,6,opt,name=email_address,json=emailAddress,proto3" json:"email_address,omitempty"`
+	UserData        map[string]string      `protobuf:"bytes,7,rep,name=user_data,json=userData,proto3" json:"user_data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ClientRequestId string                 `protobuf:"bytes,8,opt,name=client_request_id,json=clientRequestId,proto3" json:"client_request_id,omitempty"` // idempotency key: a retry with the same id returns the first answer
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StartSessionRequest) Reset() {
@@ -615,17 +632,25 @@ func (x *StartSessionRequest) GetUserData() map[string]string {
 	return nil
 }
 
+func (x *StartSessionRequest) GetClientRequestId() string {
+	if x != nil {
+		return x.ClientRequestId
+	}
+	return ""
+}
+
 // JoinRequest adds an agent, supervisor or system participant. It needs the
 // core's service token (interaction is the caller).
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	Nickname      string                 `protobuf:"bytes,2,opt,name=nickname,proto3" json:"nickname,omitempty"`
-	Type          ParticipantType        `protobuf:"varint,3,opt,name=type,proto3,enum=hachat.chat.v1.ParticipantType" json:"type,omitempty"`
-	Visibility    Visibility             `protobuf:"varint,4,opt,name=visibility,proto3,enum=hachat.chat.v1.Visibility" json:"visibility,omitempty"`
-	ServiceToken  string                 `protobuf:"bytes,5,opt,name=service_token,json=serviceToken,proto3" json:"service_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	SessionId       string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Nickname        string                 `protobuf:"bytes,2,opt,name=nickname,proto3" json:"nickname,omitempty"`
+	Type            ParticipantType        `protobuf:"varint,3,opt,name=type,proto3,enum=hachat.chat.v1.ParticipantType" json:"type,omitempty"`
+	Visibility      Visibility             `protobuf:"varint,4,opt,name=visibility,proto3,enum=hachat.chat.v1.Visibility" json:"visibility,omitempty"`
+	ServiceToken    string                 `protobuf:"bytes,5,opt,name=service_token,json=serviceToken,proto3" json:"service_token,omitempty"`
+	ClientRequestId string                 `protobuf:"bytes,6,opt,name=client_request_id,json=clientRequestId,proto3" json:"client_request_id,omitempty"` // idempotency key: a retry with the same id returns the first answer
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -689,6 +714,13 @@ func (x *JoinRequest) GetVisibility() Visibility {
 func (x *JoinRequest) GetServiceToken() string {
 	if x != nil {
 		return x.ServiceToken
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetClientRequestId() string {
+	if x != nil {
+		return x.ClientRequestId
 	}
 	return ""
 }
@@ -1621,7 +1653,7 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x04type\x18\x03 \x01(\x0e2\x1f.hachat.chat.v1.ParticipantTypeR\x04type\x12:\n" +
 	"\n" +
 	"visibility\x18\x04 \x01(\x0e2\x1a.hachat.chat.v1.VisibilityR\n" +
-	"visibility\"\xdb\x03\n" +
+	"visibility\"\xa6\x04\n" +
 	"\x05Event\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -1637,7 +1669,10 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x05attrs\x18\t \x03(\v2 .hachat.chat.v1.Event.AttrsEntryR\x05attrs\x12\x14\n" +
 	"\x05epoch\x18\n" +
 	" \x01(\x04R\x05epoch\x12\x19\n" +
-	"\bkey_hash\x18\v \x01(\tR\akeyHash\x1a8\n" +
+	"\bkey_hash\x18\v \x01(\tR\akeyHash\x12*\n" +
+	"\x11client_request_id\x18\f \x01(\tR\x0fclientRequestId\x12\x1d\n" +
+	"\n" +
+	"secure_key\x18\r \x01(\tR\tsecureKey\x1a8\n" +
 	"\n" +
 	"AttrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1647,7 +1682,7 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12%\n" +
 	"\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12\x1d\n" +
 	"\n" +
-	"secure_key\x18\x03 \x01(\tR\tsecureKey\"\xd3\x02\n" +
+	"secure_key\x18\x03 \x01(\tR\tsecureKey\"\xff\x02\n" +
 	"\x13StartSessionRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
 	"\bnickname\x18\x02 \x01(\tR\bnickname\x12\x1d\n" +
@@ -1656,10 +1691,11 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\tlast_name\x18\x04 \x01(\tR\blastName\x12\x18\n" +
 	"\asubject\x18\x05 \x01(\tR\asubject\x12#\n" +
 	"\remail_address\x18\x06 \x01(\tR\femailAddress\x12N\n" +
-	"\tuser_data\x18\a \x03(\v21.hachat.chat.v1.StartSessionRequest.UserDataEntryR\buserData\x1a;\n" +
+	"\tuser_data\x18\a \x03(\v21.hachat.chat.v1.StartSessionRequest.UserDataEntryR\buserData\x12*\n" +
+	"\x11client_request_id\x18\b \x01(\tR\x0fclientRequestId\x1a;\n" +
 	"\rUserDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xde\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x02\n" +
 	"\vJoinRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1a\n" +
@@ -1668,7 +1704,8 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\n" +
 	"visibility\x18\x04 \x01(\x0e2\x1a.hachat.chat.v1.VisibilityR\n" +
 	"visibility\x12#\n" +
-	"\rservice_token\x18\x05 \x01(\tR\fserviceToken\"m\n" +
+	"\rservice_token\x18\x05 \x01(\tR\fserviceToken\x12*\n" +
+	"\x11client_request_id\x18\x06 \x01(\tR\x0fclientRequestId\"m\n" +
 	"\fJoinResponse\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x1d\n" +

@@ -1,0 +1,186 @@
+package chatcore
+
+import (
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+)
+
+func joinedCount(evs []*chatpb.Event) int {
+	n := 0
+	for _, ev := range evs {
+		if ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED {
+			n++
+		}
+	}
+	return n
+}
+
+func startReq(id string) *chatpb.StartSessionRequest {
+	return &chatpb.StartSessionRequest{Service: "support", Nickname: "Ann", ClientRequestId: id}
+}
+
+func agentJoin(sid, id string) *chatpb.JoinRequest {
+	return &chatpb.JoinRequest{SessionId: sid, Nickname: "Bob", Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT,
+		ServiceToken: "svc-token", ClientRequestId: id}
+}
+
+func sameAuth(a, b *chatpb.Auth) bool {
+	return a.GetSessionId() == b.GetSessionId() && a.GetParticipantId() == b.GetParticipantId() && a.GetSecureKey() == b.GetSecureKey()
+}
+
+func TestStartSessionRetryWithSameRequestID(t *testing.T) {
+	tc := startCore(t, nil)
+	ctx := ctxT(t)
+	watch, err := tc.cl.WatchSessions(ctx, &chatpb.WatchSessionsRequest{ServiceToken: "svc-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := tc.cl.StartSession(ctx, startReq("req-1"))
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	again, err := tc.cl.StartSession(ctx, startReq("req-1"))
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if !sameAuth(first.Auth, again.Auth) || again.NextIndex != first.NextIndex {
+		t.Fatalf("retry answered %v, first %v", again, first)
+	}
+	if st, err := tc.cl.Status(ctx, &chatpb.StatusRequest{}); err != nil || st.LiveSessions != 1 {
+		t.Fatalf("status after the retry: %v %v, want 1 live session", st, err)
+	}
+	if n := tc.metric(t, "hachat_core_request_retries_total"); n != 1 {
+		t.Errorf("request retries metric %v, want 1", n)
+	}
+	// The retried key works, and the log holds one customer join.
+	evs := tc.events(t, again.Auth)
+	if joinedCount(evs) != 1 {
+		t.Fatalf("events %v: want one PARTICIPANT_JOINED", kinds(evs))
+	}
+	for _, ev := range evs {
+		if ev.ClientRequestId != "" || ev.SecureKey != "" || ev.KeyHash != "" {
+			t.Fatalf("event %d leaks internal fields to a client: %v", ev.Index, ev)
+		}
+	}
+	// A different id starts a different session; the watcher saw the first
+	// session once and then this one.
+	other, err := tc.cl.StartSession(ctx, startReq("req-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{first.Auth.SessionId, other.Auth.SessionId} {
+		ch, err := watch.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ch.Kind != chatpb.SessionChange_KIND_STARTED || ch.SessionId != want {
+			t.Fatalf("watch got %v %s, want STARTED %s", ch.Kind, ch.SessionId, want)
+		}
+	}
+	// No request id: two calls, two sessions (the old behaviour).
+	a, _ := tc.cl.StartSession(ctx, startReq(""))
+	b, _ := tc.cl.StartSession(ctx, startReq(""))
+	if a.GetAuth().GetSessionId() == "" || a.GetAuth().GetSessionId() == b.GetAuth().GetSessionId() {
+		t.Fatalf("calls without a request id: %v %v", a, b)
+	}
+}
+
+func TestJoinRetryWithSameRequestID(t *testing.T) {
+	tc := startCore(t, nil)
+	ctx := ctxT(t)
+	start, err := tc.cl.StartSession(ctx, startReq("s-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := start.Auth.SessionId
+	first, err := tc.cl.Join(ctx, agentJoin(sid, "j-1"))
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	again, err := tc.cl.Join(ctx, agentJoin(sid, "j-1"))
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if !sameAuth(first.Auth, again.Auth) || again.NextIndex != first.NextIndex {
+		t.Fatalf("retry answered %v, first %v", again, first)
+	}
+	if n := joinedCount(tc.events(t, again.Auth)); n != 2 {
+		t.Fatalf("%d PARTICIPANT_JOINED, want 2 (customer, one agent)", n)
+	}
+	// The customer's start id cannot fetch the customer's key through Join.
+	if _, err := tc.cl.Join(ctx, agentJoin(sid, "s-1")); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("join with the customer's request id: %v", err)
+	}
+	// Another id is another agent.
+	if r, err := tc.cl.Join(ctx, agentJoin(sid, "j-2")); err != nil || r.Auth.ParticipantId == first.Auth.ParticipantId {
+		t.Fatalf("a second join id: %v %v", r, err)
+	}
+	// A retry after the session ended still answers the first join, but a new join is refused.
+	if _, err := tc.cl.Leave(ctx, &chatpb.LeaveRequest{Auth: start.Auth, EndSession: true}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := tc.cl.Join(ctx, agentJoin(sid, "j-1")); err != nil || !sameAuth(r.Auth, first.Auth) {
+		t.Fatalf("retry after the end: %v %v", r, err)
+	}
+	if _, err := tc.cl.Join(ctx, agentJoin(sid, "j-3")); err == nil {
+		t.Fatal("a new join into an ended session succeeded")
+	}
+	// Bad request ids change nothing.
+	long := string(make([]byte, maxClientIDLen+1))
+	if _, err := tc.cl.StartSession(ctx, startReq(long)); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("long request id: %v", err)
+	}
+}
+
+func TestStartSessionRetryAnsweredAfterFailover(t *testing.T) {
+	store := newMemStore()
+	a, b := pair(t, store, func(c *Config) { c.TranscriptAutoSave = 1 })
+	ctx := ctxT(t)
+	first, err := a.cl.StartSession(ctx, startReq("fo-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	join, err := a.cl.Join(ctx, agentJoin(first.Auth.SessionId, "fo-j"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.kill() // the answers were "lost": the client retries at the promoted backup
+	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	again, err := b.cl.StartSession(ctx, startReq("fo-1"))
+	if err != nil {
+		t.Fatalf("retry at b: %v", err)
+	}
+	if !sameAuth(first.Auth, again.Auth) {
+		t.Fatalf("b answered %v, a answered %v", again.Auth, first.Auth)
+	}
+	j2, err := b.cl.Join(ctx, agentJoin(first.Auth.SessionId, "fo-j"))
+	if err != nil || !sameAuth(j2.Auth, join.Auth) {
+		t.Fatalf("join retry at b: %v %v", j2, err)
+	}
+	st, err := b.cl.Status(ctx, &chatpb.StatusRequest{})
+	if err != nil || st.LiveSessions != 1 {
+		t.Fatalf("status of b: %v %v, want 1 live session", st, err)
+	}
+	evs, err := b.cl.Events(ctx, &chatpb.EventsRequest{Auth: again.Auth, FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := joinedCount(evs.Events); n != 2 {
+		t.Fatalf("%d PARTICIPANT_JOINED at b, want 2", n)
+	}
+	// UCS never holds a secure key.
+	waitFor(t, "transcript saved", func() bool {
+		tr, err := store.Transcript(ctx, first.Auth.SessionId)
+		return err == nil && len(tr.Events) >= 3
+	})
+	tr, _ := store.Transcript(ctx, first.Auth.SessionId)
+	for _, ev := range tr.Events {
+		if ev.SecureKey != "" {
+			t.Fatalf("UCS holds a secure key in event %d", ev.Index)
+		}
+	}
+}
