@@ -30,10 +30,11 @@ type fakeCore struct {
 	sessions   map[string]*fakeSession
 	seq        int
 	maxMessage int
-	sendLimit  int // sends per participant before RESOURCE_EXHAUSTED; 0: none
-	failNext   int // calls to answer UNAVAILABLE before serving again
-	failMsgs   int // MESSAGE sends to answer UNAVAILABLE before serving again
-	refuseSubs int // Subscribes to accept (headers sent) and then refuse as a backup does
+	sendLimit  int      // sends per participant before RESOURCE_EXHAUSTED; 0: none
+	failNext   int      // calls to answer UNAVAILABLE before serving again
+	startIDs   []string // client_request_id of every StartSession attempt
+	failMsgs   int      // MESSAGE sends to answer UNAVAILABLE before serving again
+	refuseSubs int      // Subscribes to accept (headers sent) and then refuse as a backup does
 	breakCh    chan struct{}
 	lastMD     metadata.MD
 	lastStart  *chatpb.StartSessionRequest
@@ -88,6 +89,9 @@ func (f *fakeCore) enter(ctx context.Context) error {
 }
 
 func (f *fakeCore) StartSession(ctx context.Context, req *chatpb.StartSessionRequest) (*chatpb.JoinResponse, error) {
+	f.mu.Lock()
+	f.startIDs = append(f.startIDs, req.GetClientRequestId())
+	f.mu.Unlock()
 	if err := f.enter(ctx); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
@@ -137,18 +138,22 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	// One request id for every attempt: a retry after a lost answer gets
+	// the first session back instead of starting a second one.
+	start := &chatpb.StartSessionRequest{
+		Service:         service,
+		Nickname:        req.Nickname,
+		FirstName:       req.FirstName,
+		LastName:        req.LastName,
+		Subject:         req.Subject,
+		EmailAddress:    req.EmailAddress,
+		UserData:        req.UserData,
+		ClientRequestId: chatclient.NewClientMessageID(),
+	}
 	var jr *chatpb.JoinResponse
 	err = s.call(r.Context(), "StartSession", func(ctx context.Context) error {
 		var err error
-		jr, err = s.core.StartSession(ctx, &chatpb.StartSessionRequest{
-			Service:      service,
-			Nickname:     req.Nickname,
-			FirstName:    req.FirstName,
-			LastName:     req.LastName,
-			Subject:      req.Subject,
-			EmailAddress: req.EmailAddress,
-			UserData:     req.UserData,
-		})
+		jr, err = s.core.StartSession(ctx, start)
 		return err
 	})
 	if err != nil {

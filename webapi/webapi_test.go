@@ -118,6 +118,26 @@ func (e *env) op(c chat, op string, extra map[string]any) (int, response) {
 	return e.postJSON("/genesys/2/chat/customer-support/"+c.id+"/"+op, c.params(extra))
 }
 
+// TestStartRetriesKeepOneRequestID: webapi retries a start the core could
+// not answer with the same client request id, so a retry after a lost answer
+// gets the first session back instead of a second one.
+func TestStartRetriesKeepOneRequestID(t *testing.T) {
+	e := newEnv(t, nil)
+	e.core.setFailNext(2)
+	e.start("Ann")
+	e.core.mu.Lock()
+	ids := append([]string(nil), e.core.startIDs...)
+	e.core.mu.Unlock()
+	if len(ids) != 3 {
+		t.Fatalf("%d StartSession attempts, want 3", len(ids))
+	}
+	for _, id := range ids {
+		if id == "" || id != ids[0] {
+			t.Fatalf("attempts carried request ids %q, want one non-empty id", ids)
+		}
+	}
+}
+
 func TestStartChat(t *testing.T) {
 	e := newEnv(t, nil)
 	mp := func() (string, []byte) {
