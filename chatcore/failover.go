@@ -590,7 +590,15 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 		select {
 		case ans = <-l.handover: // answered just before the link closed
 		default:
-			return abort(errors.New("backup link lost during the handover"))
+			// The link also closes when the handover worked before its
+			// answer came: the backup's claim made UCS refuse one of this
+			// core's saves (stale epoch) and this core stepped down. UCS
+			// says who holds the epoch now.
+			e, err := c.store.Epoch(ctx, c.cfg.Cluster)
+			if err != nil || e.Epoch <= epoch || e.Holder != l.name {
+				return abort(errors.New("backup link lost during the handover"))
+			}
+			ans = &chatpb.ReplicaAck{HandoverEpoch: e.Epoch}
 		}
 	case <-time.After(6 * time.Second):
 		return abort(errors.New("backup did not answer the handover"))
