@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
-	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/ucsmock"
 )
 
@@ -75,42 +71,15 @@ func (b *batchStore) stats() (calls, saves, biggest int) {
 	return b.calls, b.saves, b.biggest
 }
 
-// startBatchCore serves a core over store on loopback.
+// startBatchCore serves a core over store on loopback, saving after every message.
 func startBatchCore(t *testing.T, store TranscriptStore, mod func(*Config)) *testCore {
 	t.Helper()
-	cfg := testConfig()
-	cfg.TranscriptAutoSave = AutoSaveEveryMessage
-	if mod != nil {
-		mod(&cfg)
-	}
-	c, err := New(cfg, store, telemetry.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Serve(ctx, gl, hl) }()
-	conn, err := grpc.NewClient(gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+	return startCoreWith(t, store, func(cfg *Config) {
+		cfg.TranscriptAutoSave = AutoSaveEveryMessage
+		if mod != nil {
+			mod(cfg)
 		}
 	})
-	waitFor(t, "primary", func() bool { return c.primary.Load() })
-	return &testCore{c: c, cl: chatpb.NewChatClient(conn), conn: conn, http: hl.Addr().String()}
 }
 
 // saved reports whether every event of session id is acknowledged by UCS.

@@ -42,11 +42,20 @@ func testConfig() Config {
 
 func startCore(t testing.TB, mod func(*Config), opts ...Option) *testCore {
 	t.Helper()
+	store := newMemStore()
+	tc := startCoreWith(t, store, mod, opts...)
+	tc.store = store
+	return tc
+}
+
+// startCoreWith serves a core over store on loopback and waits until it is
+// primary; it stops when the test ends.
+func startCoreWith(t testing.TB, store TranscriptStore, mod func(*Config), opts ...Option) *testCore {
+	t.Helper()
 	cfg := testConfig()
 	if mod != nil {
 		mod(&cfg)
 	}
-	store := newMemStore()
 	c, err := New(cfg, store, telemetry.Discard(), opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +83,7 @@ func startCore(t testing.TB, mod func(*Config), opts ...Option) *testCore {
 		}
 	})
 	waitFor(t, "primary", func() bool { return c.primary.Load() })
-	return &testCore{c: c, cl: chatpb.NewChatClient(conn), conn: conn, store: store, http: hl.Addr().String()}
+	return &testCore{c: c, cl: chatpb.NewChatClient(conn), conn: conn, http: hl.Addr().String()}
 }
 
 // waitFor polls cond until it holds or a 5 s deadline passes.
