@@ -356,6 +356,10 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 
 	s.mu.Lock()
 	change := c.commitLocked(s, ev)
+	save := c.saveTrigger(ev)
+	if sc := trace.SpanContextFromContext(ctx); save && sc.IsValid() {
+		s.saveCause = sc // the save's span joins this message's trace
+	}
 	s.mu.Unlock()
 
 	c.m.events.WithLabelValues(kindName(ev.Kind)).Inc()
@@ -363,12 +367,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	if change != nil {
 		c.notifyWatchers(change)
 	}
-	if c.saveTrigger(ev) {
-		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-			s.mu.Lock()
-			s.saveCause = sc
-			s.mu.Unlock()
-		}
+	if save {
 		c.saver.enqueue(s)
 	}
 	return ev.Index, false, nil
