@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/ucsmock"
 )
@@ -66,6 +67,7 @@ type Core struct {
 	saver  *saver
 
 	members  Membership       // nil: no gossip
+	tls      *mtls.Source     // nil: plaintext gRPC
 	witness  AskReachableFunc // nil: no witness
 	repl     *replicator      // primary side of replication
 	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain

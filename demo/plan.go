@@ -50,6 +50,9 @@ type Part struct {
 	HTTP string `json:"http,omitempty"`
 	// GRPC is the part's gRPC (or TCP listener) address, if it has one.
 	GRPC string `json:"grpc,omitempty"`
+	// TLS says the HTTP address serves HTTPS with mTLS: a client needs a
+	// certificate of the cluster (the operator's, for people and tests).
+	TLS bool `json:"tls,omitempty"`
 	// Args are the subcommand's flags (the subcommand itself is added).
 	Args []string `json:"-"`
 }
@@ -59,10 +62,14 @@ func (p Part) Command() []string {
 	return append([]string{string(p.Kind)}, p.Args...)
 }
 
-// URL returns http://HTTP (no trailing slash), or "" when the part has no HTTP address.
+// URL returns http://HTTP (https:// when the part serves mTLS; no
+// trailing slash), or "" when the part has no HTTP address.
 func (p Part) URL() string {
 	if p.HTTP == "" {
 		return ""
+	}
+	if p.TLS {
+		return "https://" + p.HTTP
 	}
 	return "http://" + p.HTTP
 }

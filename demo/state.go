@@ -14,6 +14,31 @@ type State struct {
 	Supervisor int `json:"supervisor"`
 	// Parts lists every part in plan order.
 	Parts []PartState `json:"parts"`
+	// Credentials are what an operator or a test needs to act in the
+	// cluster: accounts, tokens and the certificates.
+	Credentials *Credentials `json:"credentials,omitempty"`
+}
+
+// Credentials of a demo cluster (all public demo values: a deployment sets
+// its own).
+type Credentials struct {
+	// Accounts are agent and supervisor logins of the Interaction Server.
+	Accounts []Account `json:"accounts"`
+	// AdminToken protects switchover, fault injection and the control
+	// plane's admin API.
+	AdminToken string `json:"adminToken"`
+	// UCSReaderToken lets a reader fetch transcripts from UCS.
+	UCSReaderToken string `json:"ucsReaderToken"`
+	// CertDir holds the cluster CA (ca.pem) and every part's certificate,
+	// the operator's among them (operator.pem, operator.key).
+	CertDir string `json:"certDir"`
+}
+
+// Account is one login of the Interaction Server.
+type Account struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+	Role     string `json:"role"`
 }
 
 // Part returns the entry of the part called name.
@@ -30,7 +55,7 @@ func (st State) Part(name string) (PartState, bool) {
 func (s *Supervisor) writeState() error {
 	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
 	defer s.stateMu.Unlock()
-	st := State{Supervisor: os.Getpid(), Parts: s.Status()}
+	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)

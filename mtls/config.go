@@ -46,6 +46,20 @@ func (s *Source) ServerConfig() *tls.Config {
 	}
 }
 
+// PublicServerConfig returns a TLS server configuration for browsers: it
+// presents s's current certificate (a browser trusts it once the cluster's
+// ca.pem is imported, or when the part's certificate comes from a public
+// CA) and asks for no client certificate. HTTP/1.1 only.
+func (s *Source) PublicServerConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return &s.cur.Load().cert, nil
+		},
+	}
+}
+
 // ClientConfig returns a TLS client configuration that presents s's
 // current certificate and accepts a server whose certificate chains to s's
 // current bundle and whose SPIFFE ID passes server (nil: any kind). Host

@@ -3,6 +3,7 @@ package ucsmock
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,8 @@ type Server struct {
 	metrics *metrics
 	handler http.Handler
 	addr    atomic.Pointer[string]
+	// tlsConfig, set by UseTLS, makes Run serve mTLS.
+	tlsConfig *tls.Config
 }
 
 // metrics are the server's Prometheus metrics.
@@ -178,6 +181,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		s.Close()
 		return fmt.Errorf("listen %s: %w", s.cfg.HTTPAddr, err)
+	}
+	if tc := s.serverTLS(); tc != nil {
+		ln = tls.NewListener(ln, tc)
 	}
 	addr := ln.Addr().String()
 	s.addr.Store(&addr)

@@ -2,16 +2,21 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/telemetry"
@@ -33,6 +38,9 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// LogLines is how many lines of each part's log a failed test prints (default 60).
 	LogLines int
+	// TLS runs the cluster with mTLS everywhere (demo.Layout.CertDir): the
+	// harness issues the certificates and talks to the parts as the operator.
+	TLS bool
 }
 
 // Cluster is a running cluster of real hachat processes, stopped when the
@@ -44,6 +52,8 @@ type Cluster struct {
 	plan   demo.Plan
 	layout demo.Layout
 	ucs    *ucsmock.Client
+	httpc  *http.Client // to the parts' HTTP addresses (operator mTLS where they serve it)
+	tlsc   *tls.Config  // the operator's client config; nil without mTLS
 }
 
 // StartCluster starts the standard plan for opts on free loopback ports and
@@ -63,6 +73,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		}
 		dir := t.TempDir()
 		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
+		if opts.TLS {
+			layout.CertDir = filepath.Join(dir, "certs")
+		}
 		plan := demo.StandardPlan(layout)
 		if opts.Tune != nil {
 			plan = opts.Tune(plan)
@@ -108,13 +121,27 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 		layout.AdminToken = "demo-admin-token"
 	}
 	progress := &lineLog{t: t}
+	var tlsc *tls.Config
+	httpc := &http.Client{Timeout: 10 * time.Second}
+	if layout.CertDir != "" {
+		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
+			return nil, err
+		}
+		var err error
+		if tlsc, err = demo.OperatorTLS(layout.CertDir); err != nil {
+			return nil, err
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tlsc
+		httpc.Transport = tr
+	}
 	sup, err := demo.Start(context.Background(), plan, demo.Options{
-		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second,
+		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second, TLS: tlsc,
 	})
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout}
+	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, httpc: httpc, tlsc: tlsc}
 	t.Cleanup(func() {
 		sup.Stop()
 		if t.Failed() {
@@ -122,7 +149,7 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 		}
 	})
 	if p, ok := plan.Part("ucs"); ok {
-		c.ucs = ucsmock.NewClient(p.URL(), &http.Client{Timeout: 10 * time.Second}, telemetry.Discard())
+		c.ucs = ucsmock.NewClient(p.URL(), httpc, telemetry.Discard())
 	}
 	return c, nil
 }
@@ -156,6 +183,29 @@ func (c *Cluster) DumpLogs(w io.Writer, n int) {
 			c.sup.LogPath(p.Name), demo.Tail(c.sup.LogPath(p.Name), n))
 	}
 }
+
+// HTTP returns an HTTP client for the parts' HTTP addresses: with the
+// operator's certificate when the cluster runs mTLS.
+func (c *Cluster) HTTP() *http.Client { return c.httpc }
+
+// quick is HTTP with a one-second timeout (polls of parts that may be stopped).
+func (c *Cluster) quick() *http.Client {
+	return &http.Client{Timeout: time.Second, Transport: c.httpc.Transport}
+}
+
+// GRPCCreds returns transport credentials to dial a part's gRPC address
+// directly: the operator's mTLS certificate, or plaintext.
+func (c *Cluster) GRPCCreds() credentials.TransportCredentials {
+	if c.tlsc == nil {
+		return insecure.NewCredentials()
+	}
+	tc := c.tlsc.Clone()
+	tc.NextProtos = nil // grpc sets h2
+	return credentials.NewTLS(tc)
+}
+
+// TLS reports whether the cluster runs mTLS.
+func (c *Cluster) TLS() bool { return c.tlsc != nil }
 
 // Supervisor returns the supervisor running the parts.
 func (c *Cluster) Supervisor() *demo.Supervisor { return c.sup }
@@ -293,9 +343,8 @@ func (c *Cluster) Running(name string) bool { return c.sup.Running(name) }
 func (c *Cluster) WaitReady(name string, timeout time.Duration) {
 	c.t.Helper()
 	url := c.URL(name) + "/healthz"
-	client := &http.Client{Timeout: time.Second}
 	Eventually(c.t, name+" ready", timeout, func() error {
-		resp, err := client.Get(url)
+		resp, err := c.quick().Get(url)
 		if err != nil {
 			return err
 		}
@@ -327,7 +376,7 @@ func (c *Cluster) LogCount(name, substr string) int {
 // `outcome="retry"`) on the named part's /metrics, and whether any sample matched.
 func (c *Cluster) Metric(part, name string, labels ...string) (float64, bool) {
 	c.t.Helper()
-	resp, err := http.Get(c.URL(part) + "/metrics")
+	resp, err := c.httpc.Get(c.URL(part) + "/metrics")
 	if err != nil {
 		c.t.Fatalf("metrics of %s: %v", part, err)
 	}
@@ -380,7 +429,7 @@ func SumMetric(exposition, name string, labels ...string) (float64, bool) {
 // Role returns the role a core reports on its /metrics (hachat_core_role
 // gauge: the label whose value is 1), or "" when it does not answer.
 func (c *Cluster) Role(core string) string {
-	resp, err := (&http.Client{Timeout: time.Second}).Get(c.URL(core) + "/metrics")
+	resp, err := c.quick().Get(c.URL(core) + "/metrics")
 	if err != nil {
 		return ""
 	}
