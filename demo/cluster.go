@@ -162,6 +162,12 @@ type Layout struct {
 	CertDir string
 }
 
+// Filled returns l with every default filled in (the tokens the plan uses).
+func (l Layout) Filled() Layout {
+	l.fill()
+	return l
+}
+
 func (l *Layout) fill() {
 	if l.Stage == 0 {
 		l.Stage = StageSingle

@@ -269,7 +269,7 @@ func (s *Supervisor) watch(p *proc) {
 	}
 }
 
-// waitReady polls http://HTTP/healthz (or dials GRPC when the part has no
+// waitReady polls the part's URL/healthz (or dials GRPC when the part has no
 // HTTP address) until it answers, the process exits, or the deadline passes.
 func (s *Supervisor) waitReady(ctx context.Context, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
@@ -523,7 +523,7 @@ func (s *Supervisor) WriteTable(w io.Writer) {
 	for _, st := range s.Status() {
 		url := ""
 		if st.HTTP != "" {
-			url = "http://" + st.HTTP + "/"
+			url = Part{HTTP: st.HTTP, TLS: st.TLS}.URL() + "/"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", st.Name, st.Kind, dash(st.Role), st.PID, st.State, dash(url), dash(st.GRPC))
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -30,6 +31,9 @@ type demoConfig struct {
 	// FreePorts picks free loopback ports instead of the fixed demo ports
 	// of docs/design.md (default false): for tests, or a second demo.
 	FreePorts bool `yaml:"free-ports"`
+	// Plaintext turns mTLS off between the parts (default false: the demo
+	// issues a CA and a certificate per part in <dir>/certs).
+	Plaintext bool `yaml:"plaintext"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -48,6 +52,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long each part may take to become ready")
 			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
 			fs.BoolVar(&cfg.FreePorts, "free-ports", cfg.FreePorts, "use free loopback ports instead of the fixed demo ports")
+			fs.BoolVar(&cfg.Plaintext, "plaintext", cfg.Plaintext, "no mTLS between the parts (default: mTLS with certificates in <dir>/certs)")
 		})
 	if err != nil {
 		return err
@@ -67,12 +72,27 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			return err
 		}
 	}
-	plan := demo.StandardPlan(demo.Layout{
+	layout := demo.Layout{
 		Addrs:     addrs,
 		Stage:     demo.Stage(cfg.Stage),
 		DataDir:   cfg.Dir,
 		LogFormat: cfg.LogFormat,
-	})
+	}
+	if !cfg.Plaintext {
+		layout.CertDir = filepath.Join(cfg.Dir, "certs")
+	}
+	plan := demo.StandardPlan(layout)
+	layout = layout.Filled()
+	creds := &demo.Credentials{Accounts: []demo.Account{}, AdminToken: layout.AdminToken, CertDir: layout.CertDir}
+	var clientTLS *tls.Config
+	if layout.CertDir != "" {
+		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
+			return err
+		}
+		if clientTLS, err = demo.OperatorTLS(layout.CertDir); err != nil {
+			return err
+		}
+	}
 	var logger *slog.Logger
 	if cfg.LogFormat == "json" {
 		logger = slog.New(slog.NewJSONHandler(errw, nil)).With("part", "demo")
@@ -86,7 +106,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	fmt.Fprintf(progress, "hachat demo: starting %d parts (logs in %s/)\n", len(plan.Parts), cfg.Dir)
 	sup, err := demo.Start(ctx, plan, demo.Options{
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
-		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace,
+		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds,
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
