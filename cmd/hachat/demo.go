@@ -78,7 +78,9 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		DataDir:   cfg.Dir,
 		LogFormat: cfg.LogFormat,
 	}
-	if !cfg.Plaintext {
+	// The sidecars and the control plane learn mTLS in their own change;
+	// until then the mesh stage runs plaintext.
+	if !cfg.Plaintext && layout.Stage < demo.StageMesh {
 		layout.CertDir = filepath.Join(cfg.Dir, "certs")
 	}
 	plan := demo.StandardPlan(layout)
