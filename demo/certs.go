@@ -2,11 +2,6 @@ package demo
 
 import (
 	"crypto/tls"
-	"errors"
-	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 
 	"github.com/hachat/hachat/mtls"
 )
@@ -41,30 +36,14 @@ func certKind(k Kind) string {
 // issues the certificates that are missing (existing ones are kept, so a
 // restarted demo keeps its identities).
 func EnsureCerts(dir string, plan Plan) error {
-	ca, err := mtls.LoadCA(dir)
-	if err != nil {
-		if _, serr := os.Stat(filepath.Join(dir, "ca.pem")); !errors.Is(serr, fs.ErrNotExist) {
-			return fmt.Errorf("cert dir %s: %w", dir, err)
-		}
-		if ca, err = mtls.Init(dir, mtls.DefaultTrustDomain, nil, false); err != nil {
-			return err
-		}
-	}
 	parts := []mtls.Part{{Kind: mtls.KindOperator, Name: OperatorName}}
 	for _, p := range plan.Parts {
 		if k := certKind(p.Kind); k != "" {
 			parts = append(parts, mtls.Part{Kind: k, Name: p.Name})
 		}
 	}
-	for _, p := range parts {
-		if _, err := os.Stat(filepath.Join(dir, p.Name+".pem")); err == nil {
-			continue
-		}
-		if err := ca.WritePart(dir, p, mtls.DefaultCertValidity); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err := mtls.Ensure(dir, mtls.DefaultTrustDomain, parts)
+	return err
 }
 
 // OperatorTLS returns the operator's TLS client configuration from dir,

@@ -87,3 +87,27 @@ func (ca *CA) WritePart(dir string, part Part, validity time.Duration) error {
 	}
 	return writeFileAtomic(filepath.Join(dir, part.Name+".pem"), is.CertPEM, 0o644)
 }
+
+// Ensure makes sure dir holds a CA (created for trustDomain when missing)
+// and a certificate for every part; certificates already there are kept,
+// so that a cluster started again keeps its identities.
+func Ensure(dir, trustDomain string, parts []Part) (*CA, error) {
+	ca, err := LoadCA(dir)
+	if err != nil {
+		if _, serr := os.Stat(filepath.Join(dir, "ca.pem")); !errors.Is(serr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("cert dir %s: %w", dir, err)
+		}
+		if ca, err = Init(dir, trustDomain, nil, false); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range parts {
+		if _, err := os.Stat(filepath.Join(dir, p.Name+".pem")); err == nil {
+			continue
+		}
+		if err := ca.WritePart(dir, p, DefaultCertValidity); err != nil {
+			return nil, err
+		}
+	}
+	return ca, nil
+}

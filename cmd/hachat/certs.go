@@ -20,7 +20,7 @@ import (
 const certsSummary = `Workload certificates for mTLS between hachat's parts (SPIFFE IDs
 spiffe://<trust-domain>/<kind>/<name> in the URI SAN).
 
-  hachat certs init  --dir DIR [--trust-domain TD] [--part KIND/NAME[=HOST,...]]... [--force]
+  hachat certs init  --dir DIR [--trust-domain TD] [--part KIND/NAME[=HOST,...]]... [--force | --exist-ok]
   hachat certs issue --dir DIR --part KIND/NAME[=HOST,...]... [--validity 8760h]
   hachat certs list  --dir DIR
 
@@ -43,6 +43,7 @@ func runCerts(ctx context.Context, args []string, out, errw io.Writer) error {
 		TrustDomain string        `yaml:"trust-domain"`
 		Parts       []string      `yaml:"part"`
 		Force       bool          `yaml:"force"`
+		ExistOK     bool          `yaml:"exist-ok"`
 		Validity    time.Duration `yaml:"validity"`
 	}
 	opts.TrustDomain = mtls.DefaultTrustDomain
@@ -55,6 +56,7 @@ func runCerts(ctx context.Context, args []string, out, errw io.Writer) error {
 			return nil
 		})
 		fs.BoolVar(&opts.Force, "force", opts.Force, "init: replace an existing CA (every certificate must then be issued again)")
+		fs.BoolVar(&opts.ExistOK, "exist-ok", opts.ExistOK, "init: keep an existing CA and certificates, issue only the missing ones (containers that start again)")
 		fs.DurationVar(&opts.Validity, "validity", opts.Validity, "issue: validity of each new certificate")
 	})
 	if err != nil {
@@ -69,7 +71,11 @@ func runCerts(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	switch verb {
 	case "init":
-		ca, err := mtls.Init(opts.Dir, opts.TrustDomain, parts, opts.Force)
+		initDir := mtls.Init
+		if opts.ExistOK && !opts.Force {
+			initDir = func(dir, td string, parts []mtls.Part, _ bool) (*mtls.CA, error) { return mtls.Ensure(dir, td, parts) }
+		}
+		ca, err := initDir(opts.Dir, opts.TrustDomain, parts, opts.Force)
 		if err != nil {
 			return err
 		}
