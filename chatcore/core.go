@@ -289,6 +289,10 @@ type claim struct {
 	// restore claims the role but keeps the core restoring (not serving)
 	// until finishRestoring.
 	restore bool
+	// ifSilent > 0 claims only when the current holder has not renewed its
+	// lease for that long (ClaimEpochIfSilent); a live holder drops the
+	// claim with errPrimaryAlive.
+	ifSilent time.Duration
 }
 
 // claimPrimary claims epoch+1 at the store with a compare-and-set (expect
@@ -317,13 +321,21 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				decided = time.Now()
 			}
 			var got Epoch
-			got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
+			if cl.ifSilent > 0 {
+				got, err = c.store.ClaimEpochIfSilent(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name, cl.ifSilent)
+			} else {
+				got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
+			}
 			if err == nil {
 				c.roleMu.Lock()
 				c.becomePrimaryLocked(got.Epoch, !cl.restore)
 				c.roleMu.Unlock()
 				c.log.Info("claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
 				return got.Epoch, nil
+			}
+			if errors.Is(err, ErrHolderAlive) {
+				// The holder renewed its lease: it is alive and reaches UCS.
+				return 0, fmt.Errorf("%w: claim epoch %d: %w", errPrimaryAlive, cur.Epoch+1, err)
 			}
 			if errors.Is(err, ErrEpochConflict) {
 				return 0, fmt.Errorf("claim epoch %d: %w", cur.Epoch+1, err)

@@ -34,7 +34,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 			c.log.Info("configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
 				"peer_role", peer.Role, "peer_epoch", peer.Epoch, "peer_sessions", peer.LiveSessions)
 			c.observeEpoch(peer.Epoch)
-		} else if _, err := c.claimPrimary(ctx, claim{reason: "configured primary"}); err != nil && ctx.Err() == nil {
+		} else if _, err := c.claimPrimary(ctx, c.startClaim()); err != nil && ctx.Err() == nil {
 			c.log.Warn("could not claim the primary role at start: joining as backup", "err", err)
 		}
 	} else {
@@ -47,6 +47,32 @@ func (c *Core) roleLoop(ctx context.Context) {
 			c.follow(ctx)
 		}
 	}
+}
+
+// startClaim is the claim of a core configured primary at start. Paired, it
+// must not take the epoch from the other core while that one's lease lives
+// (gossip may not show it yet): it then joins as backup. Standalone, there
+// is no other core to defer to.
+func (c *Core) startClaim() claim {
+	cl := claim{reason: "configured primary"}
+	if c.paired() {
+		cl.ifSilent = c.cfg.EpochLease
+	}
+	return cl
+}
+
+// storeEpoch returns the epoch a fencing error of the store names (0 when
+// it names none).
+func storeEpoch(err error) uint64 {
+	var se *ucsmock.StaleEpochError
+	var ce *ucsmock.EpochConflictError
+	switch {
+	case errors.As(err, &se):
+		return se.Epoch
+	case errors.As(err, &ce):
+		return ce.Epoch
+	}
+	return 0
 }
 
 // peerHasState asks the peer for its status: a peer that is primary, or a
@@ -107,6 +133,11 @@ func (c *Core) lead(ctx context.Context) {
 		defer cancel()
 		events = ch
 	}
+	lctx, stopLease := context.WithCancel(ctx)
+	defer stopLease()
+	leaseDone := make(chan struct{})
+	go func() { defer close(leaseDone); c.renewLease(lctx, c.epoch.Load()) }()
+	defer func() { stopLease(); <-leaseDone }()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -130,6 +161,36 @@ func (c *Core) lead(ctx context.Context) {
 			if c.repl.current() == nil {
 				c.checkPeerPrimary(ctx)
 			}
+		}
+	}
+}
+
+// renewLease renews this primary's lease on epoch at UCS four times per
+// epoch-lease until ctx ends. A store that names a newer epoch or another
+// holder fences it: it steps down at once. While UCS does not answer the
+// lease lapses, and a backup may then take over (the claim needs UCS too).
+func (c *Core) renewLease(ctx context.Context, epoch uint64) {
+	t := time.NewTicker(c.cfg.EpochLease / 4)
+	defer t.Stop()
+	var lastWarn time.Time
+	for {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
+		_, err := c.store.Renew(rctx, c.cfg.Cluster, epoch, c.cfg.Name)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict):
+			c.stepDown(fmt.Sprintf("UCS refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
+			return
+		case err != nil && time.Since(lastWarn) > 5*time.Second:
+			lastWarn = time.Now()
+			c.log.Warn("could not renew the primary's lease at UCS: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -258,13 +319,19 @@ func (c *Core) publishMeta(ctx context.Context) {
 // claimPrimary); its error drops the promotion. A core whose replica may
 // miss acknowledged events (replicaStale) claims the role but serves
 // nothing until it merged what the old primary's second copies put in UCS.
-func (c *Core) promote(ctx context.Context, why string, recheck func(context.Context) error) error {
+func (c *Core) promote(ctx context.Context, why string, certain bool, recheck func(context.Context) error) error {
 	ctx, span := c.tracer.Start(ctx, "chatcore.promote")
 	defer span.End()
 	span.SetAttributes(attribute.String("detection", why))
 	start := time.Now()
 	stale := c.replicaStale.Load()
-	epoch, err := c.claimPrimary(ctx, claim{known: c.epoch.Load(), reason: "failover: " + why, recheck: recheck, restore: stale})
+	cl := claim{known: c.epoch.Load(), reason: "failover: " + why, recheck: recheck, restore: stale}
+	if !certain {
+		// Without proof that the process is gone, the primary's lease
+		// decides: a primary that still renews at UCS is alive.
+		cl.ifSilent = c.cfg.EpochLease
+	}
+	epoch, err := c.claimPrimary(ctx, cl)
 	if err != nil {
 		span.RecordError(err)
 		return err

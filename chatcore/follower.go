@@ -71,7 +71,7 @@ func (c *Core) follow(ctx context.Context) {
 	failed, stop := c.watchPrimaryFailure()
 	defer stop()
 	delay := 20 * time.Millisecond
-	var lastWarn time.Time
+	var lastWarn, lastDrop time.Time
 	for ctx.Err() == nil && !c.primary.Load() {
 		addr := c.peerAddr()
 		if addr == "" { // gossip has not shown the other core yet
@@ -136,7 +136,7 @@ func (c *Core) follow(ctx context.Context) {
 		if promote {
 			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
 				"replica_stale", c.replicaStale.Load())
-			err := c.promote(ctx, why, func(ctx context.Context) error {
+			err := c.promote(ctx, why, certain, func(ctx context.Context) error {
 				// The decision is only as good as the moment it was made: the
 				// claim may wait (UCS unreachable) while the world changes.
 				if dead, how, _ := c.confirmDead(ctx, addr, c.gossipDead.Load()); !dead {
@@ -149,7 +149,10 @@ func (c *Core) follow(ctx context.Context) {
 			}
 			if errors.Is(err, errPrimaryAlive) {
 				c.m.promotionsDropped.Inc()
-				c.log.Warn("promotion dropped: the primary is not lost after all; staying backup", "primary", end.primaryName, "reason", err)
+				if time.Since(lastDrop) > 5*time.Second {
+					lastDrop = time.Now()
+					c.log.Warn("promotion dropped: the primary is not lost after all; staying backup", "primary", end.primaryName, "reason", err)
+				}
 			} else {
 				c.log.Warn("promotion failed: staying backup", "err", err)
 			}
@@ -174,6 +177,14 @@ func (c *Core) failedAgain(ch chan struct{}) {
 	}
 }
 
+// peerCreds returns the transport credentials towards the other core.
+func (c *Core) peerCreds() credentials.TransportCredentials {
+	if c.tls != nil {
+		return credentials.NewTLS(c.tls.ClientConfig(mtls.Allow(mtls.KindCore)))
+	}
+	return insecure.NewCredentials()
+}
+
 // peerConn returns the (lazily created, reused) connection to the peer at addr.
 func (c *Core) peerConn(addr string) (*grpc.ClientConn, error) {
 	c.peerMu.Lock()
@@ -185,12 +196,8 @@ func (c *Core) peerConn(addr string) (*grpc.ClientConn, error) {
 		c.peer.Close()
 		c.peer = nil
 	}
-	creds := insecure.NewCredentials()
-	if c.tls != nil {
-		creds = credentials.NewTLS(c.tls.ClientConfig(mtls.Allow(mtls.KindCore)))
-	}
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(creds),
+		grpc.WithTransportCredentials(c.peerCreds()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second}),
@@ -362,11 +369,10 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 // gossiped address (addr may be a path of ours, e.g. a cut link), else the
 // membership view. It says how it decided.
 //
-// A core that sees no third party alive (every member but itself and the
-// primary failed, and the witness does not answer) is the one cut off, not
-// the primary: it never declares the primary dead. gossip says membership
-// already declared the primary failed: a primary whose kernel accepts but
-// that does not answer Status within two probe timeouts is then dead.
+// A core that sees no third party (no other member alive, the witness and
+// UCS silent) is the one cut off, not the primary: it never declares the
+// primary dead. gossip says membership already declared the primary
+// failed (with a stale view right after a heal, too: the checks decide).
 func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead bool, how string, refused bool) {
 	var member membership.Member
 	known := false
@@ -377,11 +383,7 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
 		conn.Close()
-		wait := c.cfg.ReplicationTimeout
-		if gossip {
-			wait = min(wait, 2*c.cfg.ProbeTimeout)
-		}
-		if st, ok := c.peerStatus(ctx, addr, wait); ok {
+		if st, ok := c.peerStatus(ctx, addr, c.cfg.ReplicationTimeout); ok {
 			if st.Role == RolePrimary {
 				return false, "probe connected and the primary answers", false
 			}
@@ -393,6 +395,9 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 		how := "probe connected but the primary does not answer"
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
+		}
+		if c.cutOff(ctx, member, known) {
+			return false, how + "; " + cutOffNote, false
 		}
 		return true, how, false
 	}
@@ -414,23 +419,23 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 		}
 		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
-		if c.cutOff(member, known) {
-			return false, how + "; no other member is alive either: this core is the one cut off", false
+		if c.cutOff(ctx, member, known) {
+			return false, how + "; " + cutOffNote, false
 		}
 		if refused {
-			// Nobody listens at the primary's address any more: its process
-			// is gone. (A cut path that refuses is told apart by a witness
-			// that answers; without one, the epoch claim at UCS still
-			// fences a primary that would survive somewhere.)
-			return true, how + "; refused: the process is gone", true
+			// Nobody listens at the primary's address: its process is
+			// probably gone, but a cut path refuses too (iptables REJECT)
+			// and no witness tells them apart: not certain, so the claim
+			// waits for the primary's lease to lapse.
+			return true, how + "; refused, unconfirmed", false
 		}
 	}
 	if c.members != nil {
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
-		if c.cutOff(member, known) {
-			return false, how + "; no other member is alive either: this core is the one cut off", false
+		if c.cutOff(ctx, member, known) {
+			return false, how + "; " + cutOffNote, false
 		}
 		return true, how + "; membership does not show it alive", refused
 	}
@@ -442,11 +447,16 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 // ago is gone for its own reasons, not because this core is cut off.
 const cutOffMemory = time.Minute
 
-// cutOff reports whether this core sees no member alive but itself and the
-// primary it lost (primary, when known), while others were alive within
-// cutOffMemory: then the silence is this core's isolation, not the
-// primary's death. Without third parties it cannot tell, and reports false.
-func (c *Core) cutOff(primary membership.Member, known bool) bool {
+// cutOffNote explains a decision not to promote because of cutOff.
+const cutOffNote = "no other member is alive and UCS does not answer either: this core is the one cut off"
+
+// cutOff reports whether this core is the one cut off: it sees no member
+// alive but itself and the primary it lost (primary, when known), while
+// others were alive within cutOffMemory, and UCS does not answer it
+// either. A core that reaches UCS is not isolated (the primary and the
+// control plane may both have died: it must fail over). Without gossip it
+// cannot tell, and reports false.
+func (c *Core) cutOff(ctx context.Context, primary membership.Member, known bool) bool {
 	if c.members == nil {
 		return false
 	}
@@ -463,16 +473,26 @@ func (c *Core) cutOff(primary membership.Member, known bool) bool {
 			others++
 		}
 	}
-	return others > 0
+	if others == 0 {
+		return false
+	}
+	uctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
+	defer cancel()
+	_, err := c.store.Epoch(uctx, c.cfg.Cluster)
+	return err != nil
 }
 
-// peerStatus asks the core at addr for its Status within
-// replication-timeout; ok is false when it does not answer.
+// peerStatus asks the core at addr for its Status within wait, on a
+// connection of its own: the shared peer connection may sit in a reconnect
+// backoff after a long cut, and a check must not mistake that for a silent
+// primary. ok is false when it does not answer.
 func (c *Core) peerStatus(ctx context.Context, addr string, wait time.Duration) (*chatpb.StatusResponse, bool) {
-	conn, err := c.peerConn(addr)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(c.peerCreds()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: wait}))
 	if err != nil {
 		return nil, false
 	}
+	defer conn.Close()
 	sctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})

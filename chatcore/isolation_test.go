@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -64,6 +65,20 @@ func (s *cutStore) ClaimEpoch(ctx context.Context, service string, expect, epoch
 		return Epoch{}, err
 	}
 	return s.memStore.ClaimEpoch(ctx, service, expect, epoch, holder)
+}
+
+func (s *cutStore) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
+	if err := s.check(); err != nil {
+		return Epoch{}, err
+	}
+	return s.memStore.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, silent)
+}
+
+func (s *cutStore) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	if err := s.check(); err != nil {
+		return Epoch{}, err
+	}
+	return s.memStore.Renew(ctx, service, epoch, holder)
 }
 
 func (s *cutStore) Save(ctx context.Context, req SaveRequest) (SaveResult, error) {
@@ -230,8 +245,11 @@ func TestCutOffBackupDoesNotDeposePrimary(t *testing.T) {
 	if r.b.c.primary.Load() {
 		t.Fatal("a backup cut off from everyone promoted")
 	}
-	// UCS answers first (the heal reaches it first): b, still seeing no
-	// one else, must not take the epoch.
+	// UCS answers first (the heal reaches it first, or the primary and the
+	// control plane died together): b is no longer cut off and decides the
+	// primary is gone, but only on a refused connection the witness does not
+	// confirm, so its claim respects the primary's lease, which the healthy
+	// primary keeps renewing: b must not take the epoch.
 	r.bUCS.setDown(false)
 	asked = r.w.count()
 	waitFor(t, "b re-examined the primary three times with UCS back", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
