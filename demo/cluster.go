@@ -151,6 +151,9 @@ type Layout struct {
 	GossipKey string
 	// CoreArgs are extra flags for every core (after the demo's defaults).
 	CoreArgs []string
+	// Accounts is interaction's accounts file (default DataDir/accounts.json);
+	// whoever starts the plan writes it first (WriteAccounts).
+	Accounts string
 }
 
 func (l *Layout) fill() {
@@ -178,6 +181,15 @@ func (l *Layout) fill() {
 	if l.GossipKey == "" {
 		l.GossipKey = DemoGossipKey
 	}
+	if l.Accounts == "" {
+		l.Accounts = filepath.Join(l.DataDir, "accounts.json")
+	}
+}
+
+// AccountsFile returns the accounts file the standard plan gives interaction.
+func (l Layout) AccountsFile() string {
+	l.fill()
+	return l.Accounts
 }
 
 // DemoGossipKey is the demo's gossip encryption key (the same as
@@ -271,6 +283,7 @@ func StandardPlan(l Layout) Plan {
 		}},
 		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
 			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+			"--accounts=" + l.Accounts,
 		}},
 	)
 	return Plan{Parts: parts}

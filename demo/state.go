@@ -14,6 +14,41 @@ type State struct {
 	Supervisor int `json:"supervisor"`
 	// Parts lists every part in plan order.
 	Parts []PartState `json:"parts"`
+	// Credentials are what an operator or a test needs to act as each kind
+	// of user of the cluster.
+	Credentials Credentials `json:"credentials"`
+}
+
+// Credentials are the demo's secrets, recorded in the state file (mode
+// 0600): the accounts that can log in to the agent desktop with their
+// passwords, and the tokens and certificates of the operators' tools.
+type Credentials struct {
+	// Accounts are the built-in accounts of the interaction server, at least
+	// one of role agent and one of role supervisor.
+	Accounts []AccountCredential `json:"accounts"`
+	// AdminToken protects the admin APIs (switchover, fault injection).
+	AdminToken string `json:"adminToken,omitempty"`
+	// UCSReaderToken lets a reader fetch transcripts from ucs.
+	UCSReaderToken string `json:"ucsReaderToken,omitempty"`
+	// CertDir holds the cluster's CA and certificates.
+	CertDir string `json:"certDir,omitempty"`
+}
+
+// AccountCredential is one account and its clear-text password.
+type AccountCredential struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+	Role     string `json:"role"`
+}
+
+// Account returns the credential of user.
+func (c Credentials) Account(user string) (AccountCredential, bool) {
+	for _, a := range c.Accounts {
+		if a.User == user {
+			return a, true
+		}
+	}
+	return AccountCredential{}, false
 }
 
 // Part returns the entry of the part called name.
@@ -30,12 +65,12 @@ func (st State) Part(name string) (PartState, bool) {
 func (s *Supervisor) writeState() error {
 	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
 	defer s.stateMu.Unlock()
-	st := State{Supervisor: os.Getpid(), Parts: s.Status()}
+	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json")
+	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json") // mode 0600: it holds passwords
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}

@@ -40,6 +40,9 @@ type Options struct {
 	Grace time.Duration
 	// Env is added to the children's environment (which inherits ours).
 	Env []string
+	// Credentials are written to the state file, so that an operator or a
+	// test can act as each account (see WriteAccounts).
+	Credentials Credentials
 }
 
 func (o *Options) fill() error {

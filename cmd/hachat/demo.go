@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -67,12 +68,20 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			return err
 		}
 	}
-	plan := demo.StandardPlan(demo.Layout{
+	layout := demo.Layout{
 		Addrs:     addrs,
 		Stage:     demo.Stage(cfg.Stage),
 		DataDir:   cfg.Dir,
 		LogFormat: cfg.LogFormat,
-	})
+	}
+	plan := demo.StandardPlan(layout)
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	accounts, err := demo.WriteAccounts(layout.AccountsFile(), demo.DemoAccounts())
+	if err != nil {
+		return fmt.Errorf("demo accounts: %w", err)
+	}
 	var logger *slog.Logger
 	if cfg.LogFormat == "json" {
 		logger = slog.New(slog.NewJSONHandler(errw, nil)).With("part", "demo")
@@ -87,6 +96,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	sup, err := demo.Start(ctx, plan, demo.Options{
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
 		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace,
+		Credentials: demo.Credentials{Accounts: accounts},
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
@@ -97,6 +107,10 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	q, _ := plan.Part("interaction")
 	fmt.Fprintf(out, "\nstate file: %s\n", cfg.State)
 	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
+	for _, a := range accounts {
+		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)
+	}
 	fmt.Fprintf(out, "cluster status: hachat ctl status --state %s\n", cfg.State)
 	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; Ctrl-C stops everything.\n")
 	<-ctx.Done()

@@ -33,6 +33,18 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// LogLines is how many lines of each part's log a failed test prints (default 60).
 	LogLines int
+	// Accounts are the interaction server's accounts (default
+	// TestAccounts: the demo's and those the end-to-end tests log in as).
+	Accounts []demo.AccountSpec
+}
+
+// TestAccounts are the accounts of a test cluster: the demo's, plus the
+// agents and supervisors the end-to-end tests use.
+func TestAccounts() []demo.AccountSpec {
+	return append(demo.DemoAccounts(),
+		demo.AccountSpec{User: "a1", Role: "agent"}, demo.AccountSpec{User: "a2", Role: "agent"},
+		demo.AccountSpec{User: "a3", Role: "agent"},
+		demo.AccountSpec{User: "sup-coach", Role: "supervisor"}, demo.AccountSpec{User: "sup-monitor", Role: "supervisor"})
 }
 
 // Cluster is a running cluster of real hachat processes, stopped when the
@@ -43,6 +55,7 @@ type Cluster struct {
 	sup    *demo.Supervisor
 	plan   demo.Plan
 	layout demo.Layout
+	creds  demo.Credentials
 	ucs    *ucsmock.Client
 }
 
@@ -107,14 +120,29 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if layout.AdminToken == "" {
 		layout.AdminToken = "demo-admin-token"
 	}
+	if opts.Accounts == nil {
+		opts.Accounts = TestAccounts()
+	}
+	if layout.DataDir == "" {
+		layout.DataDir = dir
+	}
+	var creds demo.Credentials
+	if _, ok := plan.Part("interaction"); ok {
+		accounts, err := demo.WriteAccounts(layout.AccountsFile(), opts.Accounts)
+		if err != nil {
+			return nil, err
+		}
+		creds.Accounts = accounts
+	}
 	progress := &lineLog{t: t}
 	sup, err := demo.Start(context.Background(), plan, demo.Options{
 		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second,
+		Credentials: creds,
 	})
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout}
+	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, creds: creds}
 	t.Cleanup(func() {
 		sup.Stop()
 		if t.Failed() {
@@ -196,6 +224,9 @@ func (c *Cluster) UCS() *ucsmock.Client {
 	}
 	return c.ucs
 }
+
+// Credentials are the cluster's accounts with their passwords.
+func (c *Cluster) Credentials() demo.Credentials { return c.creds }
 
 // AdminToken is the token of ucsmock's fault API and the control plane's admin API.
 func (c *Cluster) AdminToken() string { return c.layout.AdminToken }
