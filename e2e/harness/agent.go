@@ -500,8 +500,8 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 	defer cancel()
 	api := c.Agents()
 	var agents []*Agent
-	for i := range n {
-		ag := api.MustLogin(t, fmt.Sprintf("agent-%d-%d", i, time.Now().UnixNano()%1e6), "agent")
+	for range n {
+		ag := api.MustLogin(t, c.nextPoolAgent(t), "agent")
 		if err := ag.Ready(ctx); err != nil {
 			t.Fatalf("ready: %v", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,10 +42,30 @@ type Options struct {
 // TestAccounts are the accounts of a test cluster: the demo's, plus the
 // agents and supervisors the end-to-end tests use.
 func TestAccounts() []demo.AccountSpec {
-	return append(demo.DemoAccounts(),
+	specs := append(demo.DemoAccounts(),
 		demo.AccountSpec{User: "a1", Role: "agent"}, demo.AccountSpec{User: "a2", Role: "agent"},
 		demo.AccountSpec{User: "a3", Role: "agent"},
 		demo.AccountSpec{User: "sup-coach", Role: "supervisor"}, demo.AccountSpec{User: "sup-monitor", Role: "supervisor"})
+	for i := range poolAgents {
+		specs = append(specs, demo.AccountSpec{User: fmt.Sprintf("agent-%d", i), Role: "agent"})
+	}
+	return specs
+}
+
+// poolAgents is how many agents (agent-0, agent-1, ...) StartSessions can
+// log in on one cluster.
+const poolAgents = 8
+
+// nextPoolAgent returns the next pool agent no StartSessions has used yet.
+func (c *Cluster) nextPoolAgent(t testing.TB) string {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.poolUsed >= poolAgents {
+		t.Fatalf("harness: all %d pool agents are in use", poolAgents)
+	}
+	c.poolUsed++
+	return fmt.Sprintf("agent-%d", c.poolUsed-1)
 }
 
 // Cluster is a running cluster of real hachat processes, stopped when the
@@ -57,6 +78,9 @@ type Cluster struct {
 	layout demo.Layout
 	creds  demo.Credentials
 	ucs    *ucsmock.Client
+
+	mu       sync.Mutex
+	poolUsed int // pool agents handed out by StartSessions
 }
 
 // StartCluster starts the standard plan for opts on free loopback ports and
