@@ -158,7 +158,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.wg.Go(func() { s.watchLoop(s.ctx) })
 	s.wg.Go(func() { s.coreMonitor(s.ctx) })
 	s.wg.Go(func() { s.offerTimer(s.ctx) })
-	s.wg.Go(func() { s.sessionSweeper(s.ctx, sweepEvery) })
+	s.wg.Go(func() { s.sessionSweeper(s.ctx, max(min(sweepEvery, s.cfg.SessionIdle/2), 10*time.Millisecond)) })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
