@@ -3,6 +3,12 @@
 // joins the chat as the agent who accepts, and serves the agent API, a push
 // channel (Server-Sent Events) and the agent desktop page at /agent.
 //
+// Every caller proves who it is (package interaction/auth: an accounts file
+// of password hashes, or an identity provider's ID token) and gets a session;
+// the role comes from the account, never from the request. An agent reaches
+// only its own offers and chats; listing, monitoring and coaching need the
+// supervisor role (login.go, security.go).
+//
 // The queue and offer rules live in Router, a pure state machine with an
 // injected clock. Server wraps it with I/O: the WatchSessions loop, one
 // Subscribe loop per chat participation (agent or supervisor), the offer
