@@ -101,7 +101,7 @@ func (s *Server) auth(query bool, h authed) http.HandlerFunc {
 			writeErr(w, err)
 			return
 		}
-		noteRefusal(w, ident.ID)
+		noteCaller(w, ident.ID)
 		h(w, r, ident.ID)
 	}
 }

@@ -228,7 +228,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		nickname = req.Nickname
-		noteRefusal(w, req.AgentID)
+		noteCaller(w, req.AgentID)
 		if req.Password == "" {
 			writeErr(w, fmt.Errorf("%w: password required", ErrUnauthorized))
 			return

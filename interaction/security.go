@@ -40,8 +40,9 @@ func (w *auditWriter) WriteHeader(code int) {
 // Unwrap lets http.ResponseController reach the connection (Flush).
 func (w *auditWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// noteRefusal records which agent id a request is for, for the security log.
-func noteRefusal(w http.ResponseWriter, agent string) {
+// noteCaller records which agent id a request is for (claimed at login,
+// proven by a session), for the security log.
+func noteCaller(w http.ResponseWriter, agent string) {
 	if aw, ok := w.(*auditWriter); ok {
 		aw.agent = agent
 	}
