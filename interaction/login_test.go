@@ -141,12 +141,12 @@ func TestFailedLoginsSlowed(t *testing.T) {
 // TestSessionsEndAndLogoutRevokes: an idle session expires; logout revokes
 // every token of the agent and ends its push channel.
 func TestSessionsEndAndLogoutRevokes(t *testing.T) {
-	e, _ := loggedEnv(t, func(c *Config) { c.SessionIdle = 400 * time.Millisecond })
+	e, _ := loggedEnv(t, func(c *Config) { c.SessionIdle = time.Second })
 	ta := e.login("a", "agent")
 	e.mustDo("POST", "/agent/v1/ready", ta, nil)
 	tb := e.login("b", "agent")
-	for range 3 { // activity keeps the session alive
-		time.Sleep(200 * time.Millisecond)
+	for range 5 { // activity keeps the session alive
+		time.Sleep(300 * time.Millisecond)
 		e.mustDo("GET", "/agent/v1/state", tb, nil)
 	}
 	if code, _ := e.do("GET", "/agent/v1/state", ta, nil); code != http.StatusUnauthorized {

@@ -55,9 +55,28 @@ func (s *Sessions) Open(id Identity, now time.Time) (string, error) {
 	tok := hex.EncodeToString(b)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// One user's logins cannot grow the store without bound: past
+	// maxSessionsPerUser, the least recently used one ends.
+	var oldest [32]byte
+	n := 0
+	for d, ss := range s.byID {
+		if ss.id.ID != id.ID {
+			continue
+		}
+		if n == 0 || ss.lastSeen.Before(s.byID[oldest].lastSeen) {
+			oldest = d
+		}
+		n++
+	}
+	if n >= maxSessionsPerUser {
+		delete(s.byID, oldest)
+	}
 	s.byID[digest(tok)] = &session{id: id, created: now, lastSeen: now}
 	return tok, nil
 }
+
+// maxSessionsPerUser bounds the sessions (tabs, devices) of one user.
+const maxSessionsPerUser = 16
 
 func (s *Sessions) expired(ss *session, now time.Time) bool {
 	return now.Sub(ss.created) >= s.cfg.TTL || now.Sub(ss.lastSeen) >= s.cfg.Idle

@@ -63,3 +63,28 @@ func TestSessionsSweep(t *testing.T) {
 		t.Fatalf("live session swept: %v", err)
 	}
 }
+
+// One user's logins cannot grow the store without bound: the least recently
+// used session ends first.
+func TestSessionsPerUserBound(t *testing.T) {
+	s := NewSessions(SessionConfig{TTL: time.Hour, Idle: time.Hour})
+	t0 := time.Unix(1000, 0)
+	var toks []string
+	for i := range maxSessionsPerUser {
+		tok, _ := s.Open(Identity{ID: "ada"}, t0.Add(time.Duration(i)*time.Second))
+		toks = append(toks, tok)
+	}
+	if _, err := s.Use(toks[0], t0.Add(time.Minute)); err != nil { // the first is now the most recent
+		t.Fatal(err)
+	}
+	other, _ := s.Open(Identity{ID: "sam"}, t0)
+	s.Open(Identity{ID: "ada"}, t0.Add(2*time.Minute))
+	if _, err := s.Use(toks[1], t0.Add(2*time.Minute)); !errors.Is(err, ErrSessionUnknown) {
+		t.Fatalf("the least recently used session survived: %v", err)
+	}
+	for _, tok := range []string{toks[0], toks[2], other} {
+		if _, err := s.Use(tok, t0.Add(2*time.Minute)); err != nil {
+			t.Fatalf("a session that should live ended: %v", err)
+		}
+	}
+}

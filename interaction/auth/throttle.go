@@ -72,17 +72,30 @@ func (t *Throttle) wait(key string, free int, now time.Time) time.Duration {
 }
 
 // Allow reports whether a login for account from address may be checked
-// now; if not, the error is a *ThrottledError with the wait.
+// now; if not, the error is a *ThrottledError with the wait. An empty
+// account (a token login) is checked against the address only.
 func (t *Throttle) Allow(account, address string, now time.Time) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if d := t.wait("ip:"+address, t.cfg.AddressFree, now); d > 0 {
 		return &ThrottledError{RetryAfter: d, Key: "address"}
 	}
+	if account == "" {
+		return nil
+	}
 	if d := t.wait("a:"+account, t.cfg.AccountFree, now); d > 0 {
 		return &ThrottledError{RetryAfter: d, Key: "account"}
 	}
 	return nil
+}
+
+// keys returns the keys an attempt counts against: the address, and the
+// account unless it is empty (a token login names no account beforehand).
+func keys(account, address string) []string {
+	if account == "" {
+		return []string{"ip:" + address}
+	}
+	return []string{"ip:" + address, "a:" + account}
 }
 
 // Failed records a failed login for account from address.
@@ -92,7 +105,7 @@ func (t *Throttle) Failed(account, address string, now time.Time) {
 	if len(t.keys) >= maxThrottleKeys {
 		t.sweepLocked(now)
 	}
-	for _, k := range []string{"ip:" + address, "a:" + account} {
+	for _, k := range keys(account, address) {
 		f := t.keys[k]
 		if now.Sub(f.last) >= t.cfg.Forget {
 			f.n = 0

@@ -66,3 +66,21 @@ func TestThrottlePerAddress(t *testing.T) {
 		t.Fatalf("failures not forgotten: %v", err)
 	}
 }
+
+// Token logins name no account: their failures count against the address
+// only, never against a shared empty account that would throttle everyone.
+func TestThrottleTokenLoginsByAddressOnly(t *testing.T) {
+	th := NewThrottle(ThrottleConfig{AccountFree: 1, AddressFree: 3, Base: time.Second, Max: time.Minute, Forget: time.Minute})
+	now := time.Unix(1000, 0)
+	for i := range 3 {
+		th.Failed("", "192.0.2.1", now)
+		th.Failed("", "192.0.2."+string(rune('2'+i)), now)
+	}
+	if err := th.Allow("", "192.0.2.9", now); err != nil {
+		t.Fatalf("a fresh address throttled by others' bad tokens: %v", err)
+	}
+	th.Failed("", "192.0.2.1", now)
+	if err := th.Allow("", "192.0.2.1", now); !errors.Is(err, ErrThrottled) {
+		t.Fatalf("an address with 4 bad tokens: %v, want throttled", err)
+	}
+}
