@@ -3,6 +3,7 @@ package interaction
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -19,28 +19,21 @@ import (
 )
 
 // authn is the Server's identity side: the login sources, the throttle of
-// failed logins, the sessions, and the pending redirect sign-ins.
+// failed logins and the sessions. A redirect sign-in in flight keeps its
+// state in the browser (a cookie), so unauthenticated callers cannot fill
+// the server's memory with sign-ins.
 type authn struct {
 	accounts *auth.Accounts // nil: no accounts file
 	oidc     *auth.OIDC     // nil: no identity provider
 	throttle *auth.Throttle
 	sessions *auth.Sessions
-
-	mu      sync.Mutex
-	pending map[string]pendingSignIn // state → sign-in started at the identity provider
 }
 
-// pendingSignIn is one redirect sign-in waiting for its callback.
-type pendingSignIn struct {
-	nonce, verifier string
-	expires         time.Time
-}
-
-// Bounds of the redirect sign-ins in flight.
+// The redirect sign-in's cookie: "<state>.<nonce>.<PKCE verifier>", HttpOnly,
+// SameSite=Lax, scoped to /agent/v1/oidc/, living signInTTL.
 const (
 	signInTTL      = 10 * time.Minute
-	maxSignIns     = 10_000
-	oidcCookieName = "hachat_oidc_state"
+	oidcCookieName = "hachat_oidc"
 )
 
 func newAuthn(ctx context.Context, cfg Config) (*authn, error) {
@@ -48,7 +41,6 @@ func newAuthn(ctx context.Context, cfg Config) (*authn, error) {
 		throttle: auth.NewThrottle(auth.ThrottleConfig{AccountFree: cfg.LoginFailuresPerAccount, AddressFree: cfg.LoginFailuresPerAddress,
 			Base: cfg.LoginBackoff, Max: cfg.LoginBackoffMax, Forget: 15 * time.Minute}),
 		sessions: auth.NewSessions(auth.SessionConfig{TTL: cfg.SessionTTL, Idle: cfg.SessionIdle}),
-		pending:  map[string]pendingSignIn{},
 	}
 	if cfg.Accounts != "" {
 		acc, err := auth.OpenAccounts(cfg.Accounts)
@@ -200,7 +192,6 @@ func (s *Server) sessionSweeper(ctx context.Context, every time.Duration) {
 			s.mu.Unlock()
 			s.log.Info("session expired", "agent", id)
 		}
-		s.authn.sweepSignIns(s.now())
 	}
 }
 
@@ -285,16 +276,8 @@ func (s *Server) handleOIDCStart(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, authErr(err))
 		return
 	}
-	a.mu.Lock()
-	if len(a.pending) >= maxSignIns {
-		a.mu.Unlock()
-		writeErr(w, fmt.Errorf("%w: too many sign-ins in flight", ErrTooMany))
-		return
-	}
-	a.pending[state] = pendingSignIn{nonce: nonce, verifier: verifier, expires: s.now().Add(signInTTL)}
-	a.mu.Unlock()
-	http.SetCookie(w, &http.Cookie{Name: oidcCookieName, Value: state, Path: "/agent/v1/oidc/", MaxAge: int(signInTTL / time.Second),
-		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil})
+	http.SetCookie(w, &http.Cookie{Name: oidcCookieName, Value: state + "." + nonce + "." + verifier, Path: "/agent/v1/oidc/",
+		MaxAge: int(signInTTL / time.Second), HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil})
 	http.Redirect(w, r, u, http.StatusFound)
 }
 
@@ -309,24 +292,21 @@ func (s *Server) handleOIDCCallback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	state := q.Get("state")
 	c, err := r.Cookie(oidcCookieName)
-	if state == "" || err != nil || c.Value != state {
-		writeErr(w, fmt.Errorf("%w: sign-in state does not match this browser", ErrUnauthorized))
+	var parts []string
+	if err == nil {
+		parts = strings.Split(c.Value, ".")
+	}
+	if state == "" || len(parts) != 3 || subtle.ConstantTimeCompare([]byte(parts[0]), []byte(state)) != 1 {
+		writeErr(w, fmt.Errorf("%w: sign-in state does not match this browser (or it expired); start again", ErrUnauthorized))
 		return
 	}
-	a.mu.Lock()
-	p, ok := a.pending[state]
-	delete(a.pending, state)
-	a.mu.Unlock()
-	if !ok || s.now().After(p.expires) {
-		writeErr(w, fmt.Errorf("%w: sign-in expired; start again", ErrUnauthorized))
-		return
-	}
+	nonce, verifier := parts[1], parts[2]
 	http.SetCookie(w, &http.Cookie{Name: oidcCookieName, Value: "", Path: "/agent/v1/oidc/", MaxAge: -1, HttpOnly: true})
 	if e := q.Get("error"); e != "" {
 		writeErr(w, fmt.Errorf("%w: identity provider answered %s", ErrUnauthorized, strconv.Quote(e)))
 		return
 	}
-	ident, err := a.oidc.Exchange(r.Context(), q.Get("code"), p.nonce, p.verifier)
+	ident, err := a.oidc.Exchange(r.Context(), q.Get("code"), nonce, verifier)
 	if err != nil {
 		writeErr(w, authErr(err))
 		return
@@ -337,14 +317,4 @@ func (s *Server) handleOIDCCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Redirect(w, r, "/agent#session="+tok, http.StatusSeeOther)
-}
-
-func (a *authn) sweepSignIns(now time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for k, p := range a.pending {
-		if now.After(p.expires) {
-			delete(a.pending, k)
-		}
-	}
 }
