@@ -160,6 +160,9 @@ type Layout struct {
 	// /status: read-only) stays plain, and webapi and interaction serve
 	// browsers plain HTTP on loopback.
 	CertDir string
+	// Accounts is interaction's accounts file (default DataDir/accounts.json);
+	// whoever starts the plan writes it first (WriteAccounts).
+	Accounts string
 }
 
 // Filled returns l with every default filled in (the tokens the plan uses).
@@ -193,6 +196,15 @@ func (l *Layout) fill() {
 	if l.GossipKey == "" {
 		l.GossipKey = DemoGossipKey
 	}
+	if l.Accounts == "" {
+		l.Accounts = filepath.Join(l.DataDir, "accounts.json")
+	}
+}
+
+// AccountsFile returns the accounts file the standard plan gives interaction.
+func (l Layout) AccountsFile() string {
+	l.fill()
+	return l.Accounts
 }
 
 // DemoGossipKey is the demo's gossip encryption key (the same as
@@ -289,6 +301,7 @@ func StandardPlan(l Layout) Plan {
 		}},
 		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
 			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+			"--accounts=" + l.Accounts,
 		}},
 	)
 	if l.CertDir != "" {

@@ -14,31 +14,41 @@ type State struct {
 	Supervisor int `json:"supervisor"`
 	// Parts lists every part in plan order.
 	Parts []PartState `json:"parts"`
-	// Credentials are what an operator or a test needs to act in the
-	// cluster: accounts, tokens and the certificates.
-	Credentials *Credentials `json:"credentials,omitempty"`
+	// Credentials are what an operator or a test needs to act as each kind
+	// of user of the cluster.
+	Credentials Credentials `json:"credentials"`
 }
 
-// Credentials of a demo cluster (all public demo values: a deployment sets
-// its own).
+// Credentials are the demo's secrets, recorded in the state file (mode
+// 0600): the accounts that can log in to the agent desktop with their
+// passwords, and the tokens and certificates of the operators' tools.
 type Credentials struct {
-	// Accounts are agent and supervisor logins of the Interaction Server.
-	Accounts []Account `json:"accounts"`
-	// AdminToken protects switchover, fault injection and the control
-	// plane's admin API.
-	AdminToken string `json:"adminToken"`
-	// UCSReaderToken lets a reader fetch transcripts from UCS.
-	UCSReaderToken string `json:"ucsReaderToken"`
-	// CertDir holds the cluster CA (ca.pem) and every part's certificate,
-	// the operator's among them (operator.pem, operator.key).
-	CertDir string `json:"certDir"`
+	// Accounts are the built-in accounts of the interaction server, at least
+	// one of role agent and one of role supervisor.
+	Accounts []AccountCredential `json:"accounts"`
+	// AdminToken protects the admin APIs (switchover, fault injection).
+	AdminToken string `json:"adminToken,omitempty"`
+	// UCSReaderToken lets a reader fetch transcripts from ucs.
+	UCSReaderToken string `json:"ucsReaderToken,omitempty"`
+	// CertDir holds the cluster's CA and certificates.
+	CertDir string `json:"certDir,omitempty"`
 }
 
-// Account is one login of the Interaction Server.
-type Account struct {
+// AccountCredential is one account and its clear-text password.
+type AccountCredential struct {
 	User     string `json:"user"`
 	Password string `json:"password"`
 	Role     string `json:"role"`
+}
+
+// Account returns the credential of user.
+func (c Credentials) Account(user string) (AccountCredential, bool) {
+	for _, a := range c.Accounts {
+		if a.User == user {
+			return a, true
+		}
+	}
+	return AccountCredential{}, false
 }
 
 // Part returns the entry of the part called name.
@@ -60,7 +70,7 @@ func (s *Supervisor) writeState() error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json")
+	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json") // mode 0600: it holds passwords
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}

@@ -44,8 +44,9 @@ type Options struct {
 	// TLS is the client configuration of readiness checks of parts whose
 	// HTTP address serves mTLS (Part.TLS): the operator's certificate.
 	TLS *tls.Config
-	// Credentials, when set, are written to the state file.
-	Credentials *Credentials
+	// Credentials are written to the state file, so that an operator or a
+	// test can act as each account (see WriteAccounts).
+	Credentials Credentials
 }
 
 func (o *Options) fill() error {

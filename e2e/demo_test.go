@@ -103,7 +103,18 @@ func TestDemoCommand(t *testing.T) {
 	webapi, _ := st.Part("webapi")
 	interaction, _ := st.Part("interaction")
 	gms := &harness.GMS{Base: "http://" + webapi.HTTP, Service: "customer-support", HTTP: http.DefaultClient}
-	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient}
+	// The state file holds an agent and a supervisor account with passwords.
+	roles := map[string]bool{}
+	for _, a := range st.Credentials.Accounts {
+		if a.Password == "" {
+			t.Fatalf("state file account %s without a password", a.User)
+		}
+		roles[a.Role] = true
+	}
+	if !roles["agent"] || !roles["supervisor"] {
+		t.Fatalf("state file credentials lack an agent or a supervisor: %+v", st.Credentials.Accounts)
+	}
+	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient, Accounts: st.Credentials.Accounts}
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	agent := agents.MustLogin(t, "ada", "agent")

@@ -109,7 +109,7 @@ func ctlCores(core, state string) ([]string, error) {
 // --tls-* or, with --state, of the demo's cert dir; plaintext otherwise.
 func ctlClient(files mtls.Files, core, state string) (clusterctl.Ctl, error) {
 	if !files.Enabled() && core == "" {
-		if st, err := demo.ReadState(state); err == nil && st.Credentials != nil && st.Credentials.CertDir != "" {
+		if st, err := demo.ReadState(state); err == nil && st.Credentials.CertDir != "" {
 			files = mtls.FilesIn(st.Credentials.CertDir, demo.OperatorName)
 		}
 	}
@@ -130,7 +130,7 @@ func stateAdminToken(core, state string) string {
 		return ""
 	}
 	st, err := demo.ReadState(state)
-	if err != nil || st.Credentials == nil {
+	if err != nil {
 		return ""
 	}
 	return st.Credentials.AdminToken

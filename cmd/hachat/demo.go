@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -84,8 +85,15 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		layout.CertDir = filepath.Join(cfg.Dir, "certs")
 	}
 	plan := demo.StandardPlan(layout)
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	accounts, err := demo.WriteAccounts(layout.AccountsFile(), demo.DemoAccounts())
+	if err != nil {
+		return fmt.Errorf("demo accounts: %w", err)
+	}
 	layout = layout.Filled()
-	creds := &demo.Credentials{Accounts: []demo.Account{}, AdminToken: layout.AdminToken, CertDir: layout.CertDir}
+	creds := demo.Credentials{Accounts: accounts, AdminToken: layout.AdminToken, CertDir: layout.CertDir}
 	var clientTLS *tls.Config
 	if layout.CertDir != "" {
 		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
@@ -119,6 +127,10 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	q, _ := plan.Part("interaction")
 	fmt.Fprintf(out, "\nstate file: %s\n", cfg.State)
 	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
+	for _, a := range accounts {
+		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)
+	}
 	fmt.Fprintf(out, "cluster status: hachat ctl status --state %s\n", cfg.State)
 	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; Ctrl-C stops everything.\n")
 	<-ctx.Done()

@@ -82,7 +82,7 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	gms := &harness.GMS{Base: p.WebAPI, Service: p.Service, HTTP: &http.Client{Timeout: 10 * time.Second}}
-	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}}
+	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}, Accounts: composeAccounts}
 	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil)
 
 	// 1. Ready: the pair is formed (core-a primary with core-b as its
@@ -117,7 +117,7 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	// 2. An agent takes the chat through the Interaction Server.
 	var ag *harness.Agent
 	waitFor(t, ctx, "agent login", 30*time.Second, func() error {
-		a, err := agents.Login(ctx, "agent-docker", "Grace", "agent")
+		a, err := agents.Login(ctx, "grace", "Grace", "agent")
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hachat/hachat/demo"
 )
 
 // AgentAPI is a client of the Interaction Server's agent API (docs/api.md):
@@ -24,11 +26,22 @@ type AgentAPI struct {
 	Base string
 	// HTTP is the client used; its timeout bounds one call.
 	HTTP *http.Client
+	// Accounts are the cluster's accounts with their passwords (from the
+	// plan's credentials or the demo's state file); Login uses them.
+	Accounts []demo.AccountCredential
 }
 
-// Agents returns an agent API client for the cluster's interaction server.
+// Agents returns an agent API client for the cluster's interaction server,
+// knowing the cluster's account passwords.
 func (c *Cluster) Agents() *AgentAPI {
-	return &AgentAPI{Base: c.InteractionURL(), HTTP: &http.Client{Timeout: 15 * time.Second}}
+	return &AgentAPI{Base: c.InteractionURL(), HTTP: &http.Client{Timeout: 15 * time.Second}, Accounts: c.creds.Accounts}
+}
+
+// Password returns the password of account user; "" when the harness does
+// not know the account.
+func (a *AgentAPI) Password(user string) string {
+	cred, _ := demo.Credentials{Accounts: a.Accounts}.Account(user)
+	return cred.Password
 }
 
 // AgentError is the body of an agent API error answer.
@@ -156,16 +169,28 @@ type Agent struct {
 	stream   *Stream
 }
 
-// Login logs in agentID with role "agent" or "supervisor".
+// Login logs in agentID with its password from Accounts and checks that
+// the account's role is role ("agent" or "supervisor"): the role comes from
+// the account, never from the request.
 func (a *AgentAPI) Login(ctx context.Context, agentID, nickname, role string) (*Agent, error) {
+	pw := a.Password(agentID)
+	if pw == "" {
+		return nil, fmt.Errorf("login %s: no such account in the cluster's credentials", agentID)
+	}
 	var out struct {
 		Token string `json:"token"`
+		Agent struct {
+			Role string `json:"role"`
+		} `json:"agent"`
 	}
-	if err := a.Do(ctx, http.MethodPost, "/agent/v1/login", "", map[string]string{"agentId": agentID, "nickname": nickname, "role": role}, &out); err != nil {
+	if err := a.Do(ctx, http.MethodPost, "/agent/v1/login", "", map[string]string{"agentId": agentID, "nickname": nickname, "password": pw}, &out); err != nil {
 		return nil, err
 	}
 	if out.Token == "" {
 		return nil, errors.New("login answered no token")
+	}
+	if out.Agent.Role != role {
+		return nil, fmt.Errorf("login %s: account role %q, want %q", agentID, out.Agent.Role, role)
 	}
 	return &Agent{API: a, ID: agentID, Nickname: nickname, Token: out.Token,
 		chats: map[string]map[uint64]AgentEvent{}, named: map[string]int{}, changed: make(chan struct{})}, nil
@@ -475,8 +500,8 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 	defer cancel()
 	api := c.Agents()
 	var agents []*Agent
-	for i := range n {
-		ag := api.MustLogin(t, fmt.Sprintf("agent-%d-%d", i, time.Now().UnixNano()%1e6), "agent")
+	for range n {
+		ag := api.MustLogin(t, c.nextPoolAgent(t), "agent")
 		if err := ag.Ready(ctx); err != nil {
 			t.Fatalf("ready: %v", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,6 +42,38 @@ type Options struct {
 	// TLS runs the cluster with mTLS everywhere (demo.Layout.CertDir): the
 	// harness issues the certificates and talks to the parts as the operator.
 	TLS bool
+	// Accounts are the interaction server's accounts (default
+	// TestAccounts: the demo's and those the end-to-end tests log in as).
+	Accounts []demo.AccountSpec
+}
+
+// TestAccounts are the accounts of a test cluster: the demo's, plus the
+// agents and supervisors the end-to-end tests use.
+func TestAccounts() []demo.AccountSpec {
+	specs := append(demo.DemoAccounts(),
+		demo.AccountSpec{User: "a1", Role: "agent"}, demo.AccountSpec{User: "a2", Role: "agent"},
+		demo.AccountSpec{User: "a3", Role: "agent"},
+		demo.AccountSpec{User: "sup-coach", Role: "supervisor"}, demo.AccountSpec{User: "sup-monitor", Role: "supervisor"})
+	for i := range poolAgents {
+		specs = append(specs, demo.AccountSpec{User: fmt.Sprintf("agent-%d", i), Role: "agent"})
+	}
+	return specs
+}
+
+// poolAgents is how many agents (agent-0, agent-1, ...) StartSessions can
+// log in on one cluster.
+const poolAgents = 8
+
+// nextPoolAgent returns the next pool agent no StartSessions has used yet.
+func (c *Cluster) nextPoolAgent(t testing.TB) string {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.poolUsed >= poolAgents {
+		t.Fatalf("harness: all %d pool agents are in use", poolAgents)
+	}
+	c.poolUsed++
+	return fmt.Sprintf("agent-%d", c.poolUsed-1)
 }
 
 // Cluster is a running cluster of real hachat processes, stopped when the
@@ -51,9 +84,13 @@ type Cluster struct {
 	sup    *demo.Supervisor
 	plan   demo.Plan
 	layout demo.Layout
+	creds  demo.Credentials
 	ucs    *ucsmock.Client
 	httpc  *http.Client // to the parts' HTTP addresses (operator mTLS where they serve it)
 	tlsc   *tls.Config  // the operator's client config; nil without mTLS
+
+	mu       sync.Mutex
+	poolUsed int // pool agents handed out by StartSessions
 }
 
 // StartCluster starts the standard plan for opts on free loopback ports and
@@ -120,6 +157,20 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if layout.AdminToken == "" {
 		layout.AdminToken = "demo-admin-token"
 	}
+	if opts.Accounts == nil {
+		opts.Accounts = TestAccounts()
+	}
+	if layout.DataDir == "" {
+		layout.DataDir = dir
+	}
+	creds := demo.Credentials{AdminToken: layout.AdminToken, CertDir: layout.CertDir}
+	if _, ok := plan.Part("interaction"); ok {
+		accounts, err := demo.WriteAccounts(layout.AccountsFile(), opts.Accounts)
+		if err != nil {
+			return nil, err
+		}
+		creds.Accounts = accounts
+	}
 	progress := &lineLog{t: t}
 	var tlsc *tls.Config
 	httpc := &http.Client{Timeout: 10 * time.Second}
@@ -137,11 +188,12 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	}
 	sup, err := demo.Start(context.Background(), plan, demo.Options{
 		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second, TLS: tlsc,
+		Credentials: creds,
 	})
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, httpc: httpc, tlsc: tlsc}
+	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, creds: creds, httpc: httpc, tlsc: tlsc}
 	t.Cleanup(func() {
 		sup.Stop()
 		if t.Failed() {
@@ -246,6 +298,9 @@ func (c *Cluster) UCS() *ucsmock.Client {
 	}
 	return c.ucs
 }
+
+// Credentials are the cluster's accounts with their passwords.
+func (c *Cluster) Credentials() demo.Credentials { return c.creds }
 
 // AdminToken is the token of ucsmock's fault API and the control plane's admin API.
 func (c *Cluster) AdminToken() string { return c.layout.AdminToken }
