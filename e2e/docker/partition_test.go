@@ -208,15 +208,23 @@ func partition(t *testing.T, root, img string, tc partitionCase, cut time.Durati
 	lctx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	load := harness.StartWorkload(lctx, sessions, harness.WorkloadOptions{Messages: 1 << 20, Interval: partitionInterval, RetryFor: settleTimeout})
+	defer func() { // a run that stops early leaves no sender behind
+		stopLoad()
+		load.Wait()
+	}()
 	waitFor(t, ctx, "the load before the cut", 30*time.Second, func() error { return ackedAtLeast(load, ackedPerPhase) })
+	// The cut and the heal are the moments docker's commands returned; on
+	// a busy machine they take a while (logged), and the fault is at least
+	// cut long.
+	cmdStart := time.Now()
 	addr, err := p.isolate(ctx, tc.cut)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cutAt := time.Now()
 	marks["cut "+tc.cut] = cutAt
-	t.Logf("cut %s (%s) off the cluster network after %d acknowledgements; %s primary at epoch %d",
-		tc.cut, addr, load.Acked(), primary, epoch)
+	t.Logf("cut %s (%s) off the cluster network after %d acknowledgements (docker network disconnect took %v); %s primary at epoch %d",
+		tc.cut, addr, load.Acked(), cutAt.Sub(cmdStart).Round(time.Millisecond), primary, epoch)
 	if tc.failover {
 		err := until(ctx, "core-b primary at a newer epoch during the cut", cut, func() error {
 			return promotedSince(sw.latest(), "core-b", epoch)
@@ -233,14 +241,15 @@ func partition(t *testing.T, root, img string, tc partitionCase, cut time.Durati
 		t.Fatalf("during the cut: %v", ctx.Err())
 	case <-time.After(time.Until(cutAt.Add(cut))):
 	}
+	cmdStart = time.Now()
 	if err := p.rejoin(ctx, tc.cut, addr); err != nil {
 		t.Fatal(err)
 	}
 	healAt := time.Now()
 	marks["heal "+tc.cut] = healAt
 	res.duringCut = acks.between(cutAt, healAt)
-	t.Logf("connected %s again at %s after %v; %d acknowledgements during the cut",
-		tc.cut, addr, healAt.Sub(cutAt).Round(time.Millisecond), res.duringCut)
+	t.Logf("connected %s again at %s after %v (docker network connect took %v); %d acknowledgements during the cut",
+		tc.cut, addr, healAt.Sub(cutAt).Round(time.Millisecond), healAt.Sub(cmdStart).Round(time.Millisecond), res.duringCut)
 
 	// 3. The cluster settles: with a failover, the old primary steps down
 	// and rejoins as the new primary's backup; without, the cut-off backup
@@ -391,6 +400,9 @@ func bothPrimary(samples []statusSample) time.Duration {
 			since = time.Time{}
 		}
 	}
+	if !since.IsZero() { // still both at the last sample
+		total += samples[len(samples)-1].At.Sub(since)
+	}
 	return total
 }
 
@@ -459,7 +471,7 @@ func healthy(ctx context.Context, url string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
 	if err != nil {
 		return err
 	}
