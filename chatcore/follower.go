@@ -104,18 +104,25 @@ func (c *Core) follow(ctx context.Context) {
 			c.log.Warn("cannot replicate from the peer yet (retrying)", "peer", addr, "err", end.err)
 		}
 		promote, why, certain := false, "", false
+		gossip := end.gossipFailed || c.gossipDead.Load()
 		switch {
-		case end.gossipFailed || c.gossipDead.Load():
-			promote, why = true, "membership declared the primary failed"
-		case end.fencedPrimary:
-		case c.sawPrimary.Load():
-			if dead, how, refused := c.confirmDead(ctx, addr); dead {
+		case end.fencedPrimary && !gossip:
+		case gossip || c.sawPrimary.Load():
+			// Gossip is evidence, not a verdict: a backup cut off from
+			// everyone sees every member fail. The same checks decide.
+			if dead, how, refused := c.confirmDead(ctx, addr, gossip); dead {
 				promote, why, certain = true, how, refused
+				if gossip {
+					why = "membership declared the primary failed; " + how
+				}
 			} else if end.synced || end.receivedAny {
 				// The link broke but the primary lives: it now takes its second
 				// copies to UCS, so our copy may miss acknowledged events.
 				c.replicaStale.Store(true)
 				c.log.Warn("replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
+			} else if gossip && time.Since(lastWarn) > 10*time.Second {
+				lastWarn = time.Now()
+				c.log.Warn("membership declared the primary failed, but the checks do not confirm it: staying backup", "primary", end.primaryName, "check", how)
 			}
 		}
 		if promote && !certain {
@@ -127,11 +134,23 @@ func (c *Core) follow(ctx context.Context) {
 		if promote {
 			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
 				"replica_stale", c.replicaStale.Load())
-			err := c.promote(ctx, why)
+			err := c.promote(ctx, why, func(ctx context.Context) error {
+				// The decision is only as good as the moment it was made: the
+				// claim may wait (UCS unreachable) while the world changes.
+				if dead, how, _ := c.confirmDead(ctx, addr, c.gossipDead.Load()); !dead {
+					return fmt.Errorf("%w: %s", errPrimaryAlive, how)
+				}
+				return nil
+			})
 			if err == nil {
 				return
 			}
-			c.log.Warn("promotion failed: staying backup", "err", err)
+			if errors.Is(err, errPrimaryAlive) {
+				c.m.promotionsDropped.Inc()
+				c.log.Warn("promotion dropped: the primary is not lost after all; staying backup", "primary", end.primaryName, "reason", err)
+			} else {
+				c.log.Warn("promotion failed: staying backup", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -336,7 +355,13 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 // (the address we replicate from), then the witness about the primary's own
 // gossiped address (addr may be a path of ours, e.g. a cut link), else the
 // membership view. It says how it decided.
-func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how string, refused bool) {
+//
+// A core that sees no third party alive (every member but itself and the
+// primary failed, and the witness does not answer) is the one cut off, not
+// the primary: it never declares the primary dead. gossip says membership
+// already declared the primary failed: a primary whose kernel accepts but
+// that does not answer Status within two probe timeouts is then dead.
+func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead bool, how string, refused bool) {
 	var member membership.Member
 	known := false
 	if c.members != nil {
@@ -346,7 +371,11 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
 		conn.Close()
-		if st, ok := c.peerStatus(ctx, addr); ok {
+		wait := c.cfg.ReplicationTimeout
+		if gossip {
+			wait = min(wait, 2*c.cfg.ProbeTimeout)
+		}
+		if st, ok := c.peerStatus(ctx, addr, wait); ok {
 			if st.Role == RolePrimary {
 				return false, "probe connected and the primary answers", false
 			}
@@ -379,6 +408,9 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 		}
 		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
+		if c.cutOff(member, known) {
+			return false, how + "; no other member is alive either: this core is the one cut off", false
+		}
 		if refused {
 			// Nobody listens at the primary's address any more: its process
 			// is gone. (A cut path that refuses is told apart by a witness
@@ -391,19 +423,51 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
+		if c.cutOff(member, known) {
+			return false, how + "; no other member is alive either: this core is the one cut off", false
+		}
 		return true, how + "; membership does not show it alive", refused
 	}
 	return true, how, refused
 }
 
+// cutOffMemory is how long a member that stopped being alive still counts
+// as a third party that this core should be able to see: one lost longer
+// ago is gone for its own reasons, not because this core is cut off.
+const cutOffMemory = time.Minute
+
+// cutOff reports whether this core sees no member alive but itself and the
+// primary it lost (primary, when known), while others were alive within
+// cutOffMemory: then the silence is this core's isolation, not the
+// primary's death. Without third parties it cannot tell, and reports false.
+func (c *Core) cutOff(primary membership.Member, known bool) bool {
+	if c.members == nil {
+		return false
+	}
+	now := time.Now()
+	others := 0
+	for _, m := range c.members.Members() {
+		if m.Name == c.cfg.Name || known && m.Name == primary.Name || m.State == membership.StateLeft {
+			continue
+		}
+		if m.State == membership.StateAlive {
+			return false
+		}
+		if m.Since.IsZero() || now.Sub(m.Since) < cutOffMemory {
+			others++
+		}
+	}
+	return others > 0
+}
+
 // peerStatus asks the core at addr for its Status within
 // replication-timeout; ok is false when it does not answer.
-func (c *Core) peerStatus(ctx context.Context, addr string) (*chatpb.StatusResponse, bool) {
+func (c *Core) peerStatus(ctx context.Context, addr string, wait time.Duration) (*chatpb.StatusResponse, bool) {
 	conn, err := c.peerConn(addr)
 	if err != nil {
 		return nil, false
 	}
-	sctx, cancel := context.WithTimeout(ctx, c.cfg.ReplicationTimeout)
+	sctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
 	return st, err == nil
@@ -588,3 +652,7 @@ func (c *Core) dropUnseen(seen map[string]bool) int {
 }
 
 var errNoBackup = errors.New("no backup in sync")
+
+// errPrimaryAlive drops a decision to promote: the re-check just before the
+// epoch claim found the primary alive (or this core cut off).
+var errPrimaryAlive = errors.New("the primary is not lost")

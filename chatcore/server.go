@@ -153,8 +153,15 @@ func (c *Core) grpcServer() *grpc.Server {
 }
 
 // gate refuses Chat calls (except Status and Switchover) unless this core is
-// the serving primary.
+// the serving primary, and replication from a primary that is still
+// merging what UCS holds (its log is not yet complete).
 func (c *Core) gate(method string) error {
+	if strings.HasPrefix(method, "/"+chatpb.Replication_ServiceDesc.ServiceName+"/") {
+		if c.unmerged.Load() {
+			return errRestoring
+		}
+		return nil
+	}
 	if !strings.HasPrefix(method, "/"+ChatServiceName+"/") {
 		return nil
 	}
@@ -164,6 +171,9 @@ func (c *Core) gate(method string) error {
 	}
 	if !c.primary.Load() {
 		return errNotPrimary
+	}
+	if c.unmerged.Load() {
+		return errRestoring
 	}
 	if c.draining.Load() {
 		return errDraining
