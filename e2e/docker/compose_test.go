@@ -329,6 +329,9 @@ type coreState struct {
 	Lag     uint64 `json:"replication_lag"`
 	Live    uint64 `json:"live_sessions"`
 	Members []any  `json:"members"`
+	// Draining: the core serves nothing new (a switchover's drain, or a
+	// promotion still merging what UCS holds).
+	Draining bool `json:"draining"`
 }
 
 // cores runs `hachat ctl status` inside the ucs container (the image has no

@@ -175,7 +175,7 @@ func partition(t *testing.T, root, img string, tc partitionCase, cut time.Durati
 			return
 		}
 		sw.stop()
-		t.Logf("/status timeline (every change of a core's answer, times from the first sample):\n%s", sw.timeline(marks))
+		t.Logf("/status timeline (every change of a core's answer; time from the first sample, UTC as in the logs):\n%s", sw.timeline(marks))
 		lctx, lcancel := context.WithTimeout(context.Background(), cmdTimeout)
 		defer lcancel()
 		for _, s := range []string{"core-a", "core-b", "webapi", "sidecar-webapi", "sidecar-interaction"} {
@@ -628,7 +628,7 @@ func sample(ctx context.Context, client *http.Client, core, url string) statusSa
 		return s
 	}
 	s.State = &coreState{Name: st.GetName(), Role: st.GetRole(), Epoch: st.GetEpoch(), Backup: st.GetBackup(),
-		Lag: st.GetReplicationLag(), Live: st.GetLiveSessions()}
+		Lag: st.GetReplicationLag(), Live: st.GetLiveSessions(), Draining: st.GetDraining()}
 	return s
 }
 
@@ -730,6 +730,9 @@ func (w *statusWatch) timeline(marks map[string]time.Time) string {
 		state := "no answer (" + s.Err + ")"
 		if s.State != nil {
 			state = fmt.Sprintf("%s epoch %d backup %q lag %d live %d", s.State.Role, s.State.Epoch, s.State.Backup, s.State.Lag, s.State.Live)
+			if s.State.Draining {
+				state += " draining"
+			}
 		}
 		count[s.Core]++
 		if s.State == nil && strings.HasPrefix(prev[s.Core], "no answer") {
@@ -744,7 +747,7 @@ func (w *statusWatch) timeline(marks map[string]time.Time) string {
 	slices.SortStableFunc(lines, func(a, b line) int { return a.at.Compare(b.at) })
 	var b strings.Builder
 	for _, l := range lines {
-		fmt.Fprintf(&b, "  %+8.3fs %s\n", l.at.Sub(start).Seconds(), l.text)
+		fmt.Fprintf(&b, "  %+8.3fs %s %s\n", l.at.Sub(start).Seconds(), l.at.UTC().Format("15:04:05.000"), l.text)
 	}
 	fmt.Fprintf(&b, "  samples: core-a %d, core-b %d", count["core-a"], count["core-b"])
 	return b.String()
