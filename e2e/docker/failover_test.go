@@ -312,6 +312,17 @@ func (c *ackClock) around(t time.Time) (before, after time.Time) {
 	return before, after
 }
 
+// between counts the acknowledgements from a (included) to b (excluded).
+func (c *ackClock) between(a, b time.Time) int {
+	n := 0
+	for _, at := range c.sorted() {
+		if !at.Before(a) && at.Before(b) {
+			n++
+		}
+	}
+	return n
+}
+
 func (c *ackClock) sorted() []time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -342,19 +353,29 @@ var errFatal = errors.New("will not happen")
 // timeout passes, ctx ends or cond returns an errFatal error.
 func waitFor(t *testing.T, ctx context.Context, what string, timeout time.Duration, cond func() error) {
 	t.Helper()
+	if err := until(ctx, what, timeout, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// until polls cond every 100ms until it returns nil (until returns nil), or
+// timeout passes, ctx ends or cond returns an errFatal error (until returns
+// an error naming what it waited for). waitFor is until for conditions a
+// test cannot go on without.
+func until(ctx context.Context, what string, timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		err := cond()
 		if err == nil {
-			return
+			return nil
 		}
 		if errors.Is(err, errFatal) {
-			t.Fatalf("waiting for %s: %v", what, err)
+			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+			return fmt.Errorf("timed out after %v waiting for %s: %w", timeout, what, err)
 		}
 		select {
 		case <-ctx.Done():

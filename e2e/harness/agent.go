@@ -491,27 +491,44 @@ func AcceptAnywhere(ctx context.Context, agents []*Agent, chatID string) (*Agent
 }
 
 // StartSessions starts n chats through the customer API, logs in n ready
-// agents, has each chat accepted by the agent it is offered to, and waits
-// until the agent sees the customer's chat. Each session has a customer
-// and an agent side, and the customer's push channel as a watcher.
+// agents (pool accounts of the cluster), has each chat accepted by the
+// agent it is offered to, and waits until the agent sees the customer's
+// chat. Each session has a customer and an agent side, and the customer's
+// push channel as a watcher.
 func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = c.nextPoolAgent(t)
+	}
+	return StartSessions(t, c.Customer(), c.Agents(), ids, n)
+}
+
+// StartSessions is Cluster.StartSessions on any deployment: the agents ids
+// log in through agents (their passwords in agents.Accounts) and share the
+// n chats that customers start through gms (each holds up to interaction's
+// max-chats-per-agent). A chat start that is answered with a retryable
+// error (a sidecar that has no upstream yet) is tried again until the
+// setup's deadline.
+func StartSessions(t testing.TB, gms *GMS, agents *AgentAPI, ids []string, n int) []*Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	api := c.Agents()
-	var agents []*Agent
-	for range n {
-		ag := api.MustLogin(t, c.nextPoolAgent(t), "agent")
+	var ready []*Agent
+	for _, id := range ids {
+		ag := agents.MustLogin(t, id, "agent")
 		if err := ag.Ready(ctx); err != nil {
 			t.Fatalf("ready: %v", err)
 		}
-		agents = append(agents, ag)
+		ready = append(ready, ag)
 	}
-	gms := c.Customer()
 	var sessions []*Session
 	for i := range n {
-		chat := gms.MustStart(t, fmt.Sprintf("customer-%d", i))
-		ag, err := AcceptAnywhere(ctx, agents, chat.ChatID)
+		chat, err := startChat(ctx, gms, fmt.Sprintf("customer-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ag, err := AcceptAnywhere(ctx, ready, chat.ChatID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -527,4 +544,31 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 			Watchers: []Viewer{push}, Customer: chat, Agent: ag, Push: push})
 	}
 	return sessions
+}
+
+// startChat starts a chat as nickname, trying again while the answer is a
+// transport error or retryable, until ctx ends; any other refusal ends it.
+func startChat(ctx context.Context, gms *GMS, nickname string) (*Chat, error) {
+	var chat *Chat
+	var refused error
+	err := pollCtx(ctx, func() error {
+		c, resp, err := gms.Start(ctx, url.Values{"nickname": {nickname}, "subject": {"e2e test"}})
+		switch {
+		case err != nil:
+			return err
+		case c == nil && !resp.Retryable():
+			refused = fmt.Errorf("%w (%s)", resp.Err(), resp.Raw)
+		case c == nil:
+			return resp.Err()
+		}
+		chat = c
+		return nil
+	})
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start chat as %s: %w", nickname, err)
+	}
+	return chat, nil
 }
