@@ -222,7 +222,8 @@ func (s *Server) Run(ctx context.Context) error {
 	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, s.xds)
 	routeservice.RegisterRouteDiscoveryServiceServer(s.grpc, s.xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(s.grpc, s.xds)
-	s.httpSrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	s.httpSrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
