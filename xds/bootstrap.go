@@ -341,7 +341,7 @@ func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 			refresh = mtls.DefaultReloadInterval
 		}
 		fw := grpcFileWatcher{CertificateFile: o.TLS.Cert, PrivateKeyFile: o.TLS.Key, CACertificateFile: o.TLS.CA,
-			RefreshInterval: refresh.String()}
+			RefreshInterval: strconv.FormatFloat(refresh.Seconds(), 'f', -1, 64) + "s"} // a protobuf Duration
 		creds = grpcCreds{Type: "tls", Config: &fw}
 		doc.CertificateProviders = map[string]grpcCertProvider{CertProviderInstance: {PluginName: "file_watcher", Config: fw}}
 	}
