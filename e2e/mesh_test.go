@@ -23,10 +23,12 @@ import (
 // sidecar, steered by the xDS control plane. Each test runs the workload
 // checker around one fault.
 
-// mesh starts the stage-4 cluster and its sessions.
+// mesh starts the stage-4 cluster and its sessions, with mTLS on every
+// hop (webapi and interaction to their sidecars, sidecars to the cores and
+// to the control plane) as the demo runs it.
 func mesh(t *testing.T) (*harness.Cluster, []*harness.Session) {
 	t.Helper()
-	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh})
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	c.WaitRole("core-b", "backup", 15*time.Second)
 	for _, p := range []string{"webapi", "interaction"} {
