@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -320,5 +322,68 @@ func TestTLSWithControlPlane(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if d := plain.Dump(); d.Configured || d.XDS.Updates != 0 {
 		t.Fatalf("a plaintext sidecar got configuration from an mTLS control plane: %+v", d.XDS)
+	}
+}
+
+// TestClientKindsMatchPublished: the kinds the sidecar admits are the kinds
+// the Envoy flavour of the sidecar listener admits.
+func TestClientKindsMatchPublished(t *testing.T) {
+	if !slices.Equal(ClientKinds(), xds.SidecarClientKinds()) {
+		t.Fatalf("sidecar admits %v, the published Envoy listener %v", ClientKinds(), xds.SidecarClientKinds())
+	}
+}
+
+// TestTLSSidecarRotation: a rotated certificate is presented at the next
+// handshake, while a connection opened before keeps working.
+func TestTLSSidecarRotation(t *testing.T) {
+	dir := certDir(t)
+	a := newTLSFakeCore(t, dir, "core-a", "a", "primary", 1)
+	b := newTLSFakeCore(t, dir, "core-b", "b", "backup", 1)
+	p := newTLSStaticProxy(t, dir, a, b, 100*time.Millisecond, 2)
+	addr := p.Addr().String()
+	web := loadSource(t, dir, "webapi")
+	served := func() string {
+		c, err := tls.Dial("tcp", addr, web.ClientConfig(mtls.Allow(mtls.KindProxy)))
+		if err != nil {
+			return ""
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := served()
+	if before == "" {
+		t.Fatal("no handshake with the sidecar")
+	}
+	live, err := grpc.NewClient(addr, grpc.WithTransportCredentials(clientCreds(t, dir, "webapi")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := chatpb.NewChatClient(live).Status(ctx, &chatpb.StatusRequest{})
+		return err
+	}
+	if err := call(); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := mtls.LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // distinct mtimes on coarse filesystems
+	if err := ca.WritePart(dir, mtls.Part{Kind: mtls.KindProxy, Name: "sidecar"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the rotated certificate served", func() bool {
+		s := served()
+		return s != "" && s != before
+	})
+	if err := call(); err != nil {
+		t.Fatalf("the connection opened before the rotation: %v", err)
+	}
+	if live.GetState() != connectivity.Ready {
+		t.Fatalf("the connection opened before the rotation is %v", live.GetState())
 	}
 }
