@@ -216,3 +216,89 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 	allAcked(t, rec)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
 }
+
+// TestMTLSRefusalsMesh: in the mesh (control plane, sidecars), a plaintext
+// client, a TLS client without a certificate and a certificate from another
+// CA are refused by the control plane's ADS and admin API and by every
+// sidecar's listener and admin API, as by the cores and UCS; a webapi
+// certificate cannot switch over through the control plane, and a ucs
+// certificate cannot use a sidecar.
+func TestMTLSRefusalsMesh(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
+	certDir := c.Layout().CertDir
+	other := t.TempDir()
+	if _, err := mtls.Init(other, "", []mtls.Part{{Kind: mtls.KindWebAPI, Name: "webapi"}, {Kind: mtls.KindOperator, Name: "operator"}}, false); err != nil {
+		t.Fatal(err)
+	}
+	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+	grpcTargets := map[string]string{"xds ADS": c.Part("xds").GRPC, "core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC,
+		"sidecar-webapi": c.Part("sidecar-webapi").GRPC, "sidecar-interaction": c.Part("sidecar-interaction").GRPC}
+	for name, addr := range grpcTargets {
+		for _, tc := range []struct {
+			what  string
+			creds credentials.TransportCredentials
+		}{
+			{"plaintext", insecure.NewCredentials()},
+			{"TLS without a certificate", noCert},
+			{"certificate of another CA", partCreds(t, other, "webapi")},
+		} {
+			t.Run(name+"/"+tc.what, func(t *testing.T) {
+				if err := statusCall(t, addr, tc.creds); status.Code(err) != codes.Unavailable {
+					t.Fatalf("got %v, want the handshake refused (Unavailable)", err)
+				}
+			})
+		}
+	}
+	// The sidecar carries a webapi certificate's calls to the primary, and
+	// refuses a kind that has no business there.
+	t.Run("sidecar-webapi/webapi passes", func(t *testing.T) {
+		if err := statusCall(t, c.Part("sidecar-webapi").GRPC, partCreds(t, certDir, "webapi")); err != nil {
+			t.Fatalf("status through the sidecar with the webapi certificate: %v", err)
+		}
+	})
+	t.Run("sidecar-webapi/ucs refused", func(t *testing.T) {
+		if err := statusCall(t, c.Part("sidecar-webapi").GRPC, partCreds(t, certDir, "ucs")); err == nil {
+			t.Fatal("a ucs certificate used the sidecar")
+		}
+	})
+	for _, part := range []string{"xds", "sidecar-webapi", "sidecar-interaction", "ucs"} {
+		url := c.URL(part) + "/healthz"
+		if !strings.HasPrefix(url, "https://") {
+			t.Fatalf("%s serves %s, want https", part, url)
+		}
+		for _, tc := range []struct {
+			what   string
+			client *http.Client
+			url    string
+		}{
+			{"plaintext", &http.Client{Timeout: 3 * time.Second}, "http://" + strings.TrimPrefix(url, "https://")},
+			{"TLS without a certificate", &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, url},
+			{"certificate of another CA", clientOf(t, other, "operator"), url},
+		} {
+			t.Run(part+"/admin "+tc.what, func(t *testing.T) {
+				resp, err := tc.client.Get(tc.url)
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						t.Fatalf("GET %s answered 200", tc.url)
+					}
+				}
+			})
+		}
+	}
+	t.Run("xds/webapi cannot switch over", func(t *testing.T) {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.URL("xds")+"/xds/v1/switchover", nil)
+		req.Header.Set("Authorization", "Bearer "+c.AdminToken())
+		resp, err := clientOf(t, certDir, "webapi").Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("switchover with a webapi certificate and the admin token: HTTP %d, want 403", resp.StatusCode)
+		}
+		if c.Role("core-a") != "primary" {
+			t.Fatal("the refused switchover moved the primary")
+		}
+	})
+}
