@@ -71,6 +71,9 @@ func (p Part) URL() string {
 // (each one ready before the next starts) and stop in reverse.
 type Plan struct {
 	Parts []Part
+	// Credentials, when set, are written to the state file so that an
+	// operator or a test can act as each actor of the cluster.
+	Credentials *Credentials
 }
 
 // Sentinel errors of plans and supervisors.
@@ -117,7 +120,7 @@ func (p Plan) WithKind(k Kind, args ...string) Plan {
 
 // Without returns a copy of p without the named parts.
 func (p Plan) Without(names ...string) Plan {
-	out := Plan{}
+	out := Plan{Credentials: p.Credentials.clone()}
 	for _, part := range p.Clone().Parts {
 		if !slices.Contains(names, part.Name) {
 			out.Parts = append(out.Parts, part)
@@ -128,7 +131,7 @@ func (p Plan) Without(names ...string) Plan {
 
 // Clone returns a deep copy of p.
 func (p Plan) Clone() Plan {
-	out := Plan{Parts: make([]Part, len(p.Parts))}
+	out := Plan{Parts: make([]Part, len(p.Parts)), Credentials: p.Credentials.clone()}
 	for i, part := range p.Parts {
 		part.Args = slices.Clone(part.Args)
 		out.Parts[i] = part

@@ -3,6 +3,7 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -322,5 +323,53 @@ func TestCancellingTheContextStopsEveryPart(t *testing.T) {
 		if p.State != StateStopped {
 			t.Fatalf("%s: %s", p.Name, p.State)
 		}
+	}
+}
+
+// TestStateFileCredentials: the state file carries the plan's credentials
+// under "credentials" with the four keys of the contract, and is readable by
+// its owner only.
+func TestStateFileCredentials(t *testing.T) {
+	plan := fakePlan(t, "core-a")
+	plan.Credentials = &Credentials{
+		Accounts:       []Account{{User: "alice", Password: "pw1", Role: "agent"}, {User: "sam", Password: "pw2", Role: "supervisor"}},
+		AdminToken:     "adm",
+		UCSReaderToken: "rd",
+		CertDir:        "/certs",
+	}
+	sup, _ := startFake(t, plan, 2*time.Second)
+	b, err := os.ReadFile(sup.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Credentials map[string]json.RawMessage `json:"credentials"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"accounts", "adminToken", "ucsReaderToken", "certDir"} {
+		if _, ok := raw.Credentials[k]; !ok {
+			t.Errorf("credentials lack %q: %s", k, b)
+		}
+	}
+	var accounts []map[string]string
+	if err := json.Unmarshal(raw.Credentials["accounts"], &accounts); err != nil || len(accounts) != 2 ||
+		accounts[0]["user"] != "alice" || accounts[0]["password"] != "pw1" || accounts[0]["role"] != "agent" {
+		t.Errorf("accounts = %s (%v)", raw.Credentials["accounts"], err)
+	}
+	st, err := ReadState(sup.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Credentials == nil || st.Credentials.UCSReaderToken != "rd" || st.Credentials.AdminToken != "adm" || len(st.Credentials.Accounts) != 2 {
+		t.Fatalf("credentials read back = %+v", st.Credentials)
+	}
+	fi, err := os.Stat(sup.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("state file mode %v: readable by others", fi.Mode().Perm())
 	}
 }

@@ -107,6 +107,9 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if layout.AdminToken == "" {
 		layout.AdminToken = "demo-admin-token"
 	}
+	if layout.UCSReaderToken == "" {
+		layout.UCSReaderToken = "demo-ucs-reader-token"
+	}
 	progress := &lineLog{t: t}
 	sup, err := demo.Start(context.Background(), plan, demo.Options{
 		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second,
@@ -122,7 +125,7 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 		}
 	})
 	if p, ok := plan.Part("ucs"); ok {
-		c.ucs = ucsmock.NewClient(p.URL(), &http.Client{Timeout: 10 * time.Second}, telemetry.Discard())
+		c.ucs = ucsmock.NewClient(p.URL(), &http.Client{Timeout: 10 * time.Second}, telemetry.Discard()).WithToken(layout.UCSReaderToken)
 	}
 	return c, nil
 }
@@ -188,7 +191,8 @@ func (c *Cluster) InteractionURL() string { return c.URL("interaction") }
 // UCSURL is ucsmock's base URL.
 func (c *Cluster) UCSURL() string { return c.URL("ucs") }
 
-// UCS returns a ucsmock client for the cluster's ucsmock.
+// UCS returns a ucsmock client for the cluster's ucsmock that reads with the
+// reader token (Layout.UCSReaderToken); admin calls take AdminToken.
 func (c *Cluster) UCS() *ucsmock.Client {
 	c.t.Helper()
 	if c.ucs == nil {
@@ -199,6 +203,9 @@ func (c *Cluster) UCS() *ucsmock.Client {
 
 // AdminToken is the token of ucsmock's fault API and the control plane's admin API.
 func (c *Cluster) AdminToken() string { return c.layout.AdminToken }
+
+// UCSReaderToken is the token that reads transcripts from ucsmock.
+func (c *Cluster) UCSReaderToken() string { return c.layout.UCSReaderToken }
 
 // ServiceToken is the chat cores' service token.
 func (c *Cluster) ServiceToken() string { return c.layout.ServiceToken }
