@@ -29,6 +29,11 @@ type Options struct {
 	// Tune, when set, edits the plan before it starts (add flags with
 	// plan.With, drop parts with plan.Without).
 	Tune func(demo.Plan) demo.Plan
+	// StartLimits keeps webapi's chat start limits (docs/api.md). By default
+	// the harness lifts them: every test client comes from 127.0.0.1, and
+	// tests of other behaviour start many chats at once. A test of the limits
+	// sets it and gives its own values with Tune.
+	StartLimits bool
 	// ReadyTimeout bounds each part's start (default 30s).
 	ReadyTimeout time.Duration
 	// LogLines is how many lines of each part's log a failed test prints (default 60).
@@ -64,6 +69,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		dir := t.TempDir()
 		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
 		plan := demo.StandardPlan(layout)
+		if !opts.StartLimits {
+			plan = plan.WithKind(demo.KindWebAPI, "--client-start-rate=0", "--start-rate=0")
+		}
 		if opts.Tune != nil {
 			plan = opts.Tune(plan)
 		}
