@@ -170,3 +170,47 @@ func TestEdge(t *testing.T) {
 		}
 	})
 }
+
+// TestQueueCapNoAgent: with interaction --max-queue=1 and no agent logged
+// in, the second chat is told that no agent is available and ends; the first
+// stays queued.
+func TestQueueCapNoAgent(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Tune: func(p demo.Plan) demo.Plan {
+		return p.WithKind(demo.KindInteraction, "--max-queue=1")
+	}})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	gms := c.Customer()
+	first := gms.MustStart(t, "Ann")
+	// Let interaction queue the first chat before the second arrives.
+	time.Sleep(500 * time.Millisecond)
+	second := gms.MustStart(t, "Ben")
+	var msgs []harness.Message
+	begin := time.Now()
+	deadline := begin.Add(15 * time.Second)
+	for {
+		var ended bool
+		var err error
+		msgs, ended, err = second.Transcript(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ended || time.Now().After(deadline) {
+			t.Logf("second chat: ended %v after %v", ended, time.Since(begin).Round(time.Millisecond))
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var notice *harness.Message
+	for i, m := range msgs {
+		if m.Type == "Notice" && m.NoticeType == "noAgentAvailable" {
+			notice = &msgs[i]
+		}
+	}
+	if notice == nil || !strings.Contains(notice.Text, "No agent is available") || msgs[len(msgs)-1].Type != "ChatEnded" {
+		t.Fatalf("the second chat's transcript %+v: want a noAgentAvailable notice and ChatEnded", msgs)
+	}
+	if _, ended, err := first.Transcript(ctx); err != nil || ended {
+		t.Fatalf("the first chat (queued) ended: %v %v", ended, err)
+	}
+}
