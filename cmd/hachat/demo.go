@@ -95,7 +95,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	sup.WriteTable(out)
 	p, _ := plan.Part("webapi")
 	q, _ := plan.Part("interaction")
-	fmt.Fprintf(out, "\nstate file: %s\n", cfg.State)
+	fmt.Fprintf(out, "\nstate file: %s (with the credentials: admin token, UCS reader token)\n", cfg.State)
 	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
 	fmt.Fprintf(out, "cluster status: hachat ctl status --state %s\n", cfg.State)
 	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; Ctrl-C stops everything.\n")
