@@ -141,3 +141,19 @@ func FuzzParseOrigins(f *testing.F) {
 		_ = o.Listed(origin)
 	})
 }
+
+func TestOriginsAllowed(t *testing.T) {
+	o, err := ParseOrigins("https://www.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for origin, want := range map[string]bool{"": true, "http://agent.test": true, "https://www.example.com": true, "https://evil.example": false} {
+		r := httptest.NewRequest("GET", "http://agent.test/agent", nil)
+		if origin != "" {
+			r.Header.Set("Origin", origin)
+		}
+		if got := o.Allowed(r); got != want {
+			t.Errorf("Allowed with Origin %q = %v, want %v", origin, got, want)
+		}
+	}
+}

@@ -33,9 +33,13 @@ import (
 //     epochs), which finds damage inside values that leaves the page
 //     structure intact.
 //
-// Steps 2 and 3 read a damaged file through bbolt's memory map, where a bad
-// offset can panic or fault: both run with debug.SetPanicOnFault and a
-// recover that turns either into ErrCorrupt.
+// Steps 2 and 3 read the file through bbolt's memory map, where a page
+// reference outside the file faults the process; tx.Check even runs in a
+// goroutine of its own, out of reach of any recover. The page walk of step 1
+// is what makes them safe: it proves, reading the file itself, that every
+// reachable page and element lies inside the file. The open and the decode
+// also run under guard (debug.SetPanicOnFault and a recover that turns a
+// panic into ErrCorrupt) as a second line for what the walk cannot foresee.
 
 // bbolt's on-disk meta page (go.etcd.io/bbolt/internal/common): a 16-byte
 // page header, then magic, version, page size, flags (4 bytes each), the
