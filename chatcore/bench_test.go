@@ -31,7 +31,7 @@ func newLocalCore(tb testing.TB, mod func(*Config)) *Core {
 	done := make(chan struct{})
 	go func() { c.saver.run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done })
-	if _, err := c.claimPrimary(ctx, 0, "test"); err != nil {
+	if _, err := c.claimPrimary(ctx, claim{reason: "test"}); err != nil {
 		tb.Fatal(err)
 	}
 	return c

@@ -136,6 +136,13 @@ type Config struct {
 	// ProbeTimeout bounds the backup's direct TCP probe of the primary
 	// (default 100ms). A refused dial is proof of death at once.
 	ProbeTimeout time.Duration `yaml:"probe-timeout"`
+	// EpochLease is the primary's lease on its epoch (default 1s): the
+	// primary renews it at UCS four times per lease, and a backup whose
+	// evidence of the primary's death is not certain (no refused connection
+	// confirmed by the witness) may claim the next epoch only once the
+	// primary has not renewed for this long. A healthy primary is thereby
+	// never deposed by a backup that was merely cut off.
+	EpochLease time.Duration `yaml:"epoch-lease"`
 }
 
 // DefaultConfig returns the documented defaults.
@@ -165,6 +172,7 @@ func DefaultConfig() Config {
 		SessionRestorationMode:    RestorationSimple,
 		ReplicationTimeout:        500 * time.Millisecond,
 		ProbeTimeout:              100 * time.Millisecond,
+		EpochLease:                time.Second,
 	}
 }
 
@@ -198,6 +206,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Witness, "witness", c.Witness, "HTTP address of the membership witness asked before a promotion")
 	durationVar(fs, &c.ReplicationTimeout, "replication-timeout", c.ReplicationTimeout, "backup ack timeout; primary silence that makes the backup suspicious")
 	durationVar(fs, &c.ProbeTimeout, "probe-timeout", c.ProbeTimeout, "timeout of the backup's direct probe of the primary")
+	durationVar(fs, &c.EpochLease, "epoch-lease", c.EpochLease, "the primary's lease on its epoch at UCS: an uncertain failover waits until it lapsed")
 }
 
 // Validate reports the first bad field.
@@ -236,8 +245,8 @@ func (c *Config) Validate() error {
 	if c.SessionRestorationMode != RestorationSimple && c.SessionRestorationMode != RestorationNone {
 		errs = append(errs, fmt.Errorf("session-restoration-mode %q: want simple or none", c.SessionRestorationMode))
 	}
-	if c.ReplicationTimeout <= 0 || c.ProbeTimeout <= 0 {
-		errs = append(errs, errors.New("replication-timeout and probe-timeout must be positive"))
+	if c.ReplicationTimeout <= 0 || c.ProbeTimeout <= 0 || c.EpochLease <= 0 {
+		errs = append(errs, errors.New("replication-timeout, probe-timeout and epoch-lease must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bad core config: %w", err)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/ucsmock"
 )
@@ -50,11 +51,15 @@ type Core struct {
 	watchMu  sync.Mutex
 	watchers map[*watcher]struct{}
 
-	roleMu    sync.Mutex
-	role      string
-	epoch     atomic.Uint64
-	primary   atomic.Bool
-	draining  atomic.Bool
+	roleMu   sync.Mutex
+	role     string
+	epoch    atomic.Uint64
+	primary  atomic.Bool
+	draining atomic.Bool
+	// unmerged is set while a new primary merges what UCS holds beyond a
+	// stale replica: it answers no Chat call and reports NOT_SERVING, so
+	// that it never assigns an index the old primary may have acknowledged.
+	unmerged  atomic.Bool
 	streamCtx context.Context    // cancelled when this core stops being primary
 	streamEnd context.CancelFunc // cancels streamCtx
 
@@ -62,6 +67,7 @@ type Core struct {
 	saver  *saver
 
 	members  Membership       // nil: no gossip
+	tls      *mtls.Source     // nil: plaintext gRPC
 	witness  AskReachableFunc // nil: no witness
 	repl     *replicator      // primary side of replication
 	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
@@ -192,17 +198,37 @@ func (c *Core) setRoleMetrics(role string) {
 	}
 }
 
-// becomePrimary makes this core primary at epoch. Call with roleMu held.
-func (c *Core) becomePrimaryLocked(epoch uint64) {
+// becomePrimaryLocked makes this core primary at epoch. With serving false
+// it is primary but restoring: Chat calls get UNAVAILABLE and health stays
+// NOT_SERVING until finishRestoring. Call with roleMu held.
+func (c *Core) becomePrimaryLocked(epoch uint64, serving bool) {
 	c.epoch.Store(epoch)
 	c.draining.Store(false)
+	c.unmerged.Store(!serving)
 	c.role = RolePrimary
 	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
 	c.primary.Store(true)
 	c.m.epoch.Set(float64(epoch))
 	c.setRoleMetrics(RolePrimary)
-	c.health.SetServingStatus(ChatServiceName, healthServing)
+	if serving {
+		c.health.SetServingStatus(ChatServiceName, healthServing)
+	} else {
+		c.health.SetServingStatus(ChatServiceName, healthNotServing)
+	}
 	c.roleChangedLocked()
+}
+
+// finishRestoring opens a restoring primary to clients: its log now holds
+// every acknowledged event.
+func (c *Core) finishRestoring() {
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	if c.role != RolePrimary || !c.unmerged.Load() {
+		return
+	}
+	c.unmerged.Store(false)
+	c.health.SetServingStatus(ChatServiceName, healthServing)
+	c.spawn(c.publishMeta)
 }
 
 // roleChangedLocked wakes whoever waits for a role change. Call with roleMu held.
@@ -235,6 +261,7 @@ func (c *Core) stepDown(reason string, newer uint64) {
 	c.role = RoleBackup
 	c.primary.Store(false)
 	c.draining.Store(false)
+	c.unmerged.Store(false)
 	c.streamEnd()
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.setRoleMetrics(RoleBackup)
@@ -244,14 +271,41 @@ func (c *Core) stepDown(reason string, newer uint64) {
 	c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.epoch.Load())
 }
 
+// freshDecision is how old a decision to promote may be and still be acted
+// on without confirming it again (see claim.recheck).
+const freshDecision = 50 * time.Millisecond
+
+// claim is one attempt to become primary.
+type claim struct {
+	// known is the newest epoch the claimant knows; a claim fails with
+	// ErrEpochConflict when the store holds a newer one (0: no such check).
+	known uint64
+	// reason is logged with the claim.
+	reason string
+	// recheck, when set, confirms the decision to claim again immediately
+	// before each compare-and-set whose decision is older than
+	// freshDecision; its error drops the claim.
+	recheck func(ctx context.Context) error
+	// restore claims the role but keeps the core restoring (not serving)
+	// until finishRestoring.
+	restore bool
+	// ifSilent > 0 claims only when the current holder has not renewed its
+	// lease for that long (ClaimEpochIfSilent); a live holder drops the
+	// claim with errPrimaryAlive.
+	ifSilent time.Duration
+}
+
 // claimPrimary claims epoch+1 at the store with a compare-and-set (expect
-// is the epoch the store holds now, which must not be newer than known when
-// known > 0), retrying while the store is unreachable, and becomes primary.
-// A lost compare-and-set returns ErrEpochConflict: someone else moved first.
-func (c *Core) claimPrimary(ctx context.Context, known uint64, reason string) (uint64, error) {
+// is the epoch the store holds now, which must not be newer than cl.known
+// when cl.known > 0), retrying while the store is unreachable, and becomes
+// primary. A lost compare-and-set returns ErrEpochConflict: someone else
+// moved first; a failed re-check returns its error and claims nothing.
+func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 	ctx, span := c.tracer.Start(ctx, "chatcore.claimEpoch")
 	defer span.End()
+	known, reason := cl.known, cl.reason
 	delay := 50 * time.Millisecond
+	decided := time.Now()
 	for {
 		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
 		if err == nil {
@@ -259,14 +313,29 @@ func (c *Core) claimPrimary(ctx context.Context, known uint64, reason string) (u
 				c.observeEpoch(cur.Epoch)
 				return 0, fmt.Errorf("epoch %d held by %s is newer than %d: %w", cur.Epoch, cur.Holder, known, ErrEpochConflict)
 			}
+			if cl.recheck != nil && time.Since(decided) > freshDecision {
+				if rerr := cl.recheck(ctx); rerr != nil {
+					span.RecordError(rerr)
+					return 0, rerr
+				}
+				decided = time.Now()
+			}
 			var got Epoch
-			got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
+			if cl.ifSilent > 0 {
+				got, err = c.store.ClaimEpochIfSilent(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name, cl.ifSilent)
+			} else {
+				got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
+			}
 			if err == nil {
 				c.roleMu.Lock()
-				c.becomePrimaryLocked(got.Epoch)
+				c.becomePrimaryLocked(got.Epoch, !cl.restore)
 				c.roleMu.Unlock()
 				c.log.Info("claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
 				return got.Epoch, nil
+			}
+			if errors.Is(err, ErrHolderAlive) {
+				// The holder renewed its lease: it is alive and reaches UCS.
+				return 0, fmt.Errorf("%w: claim epoch %d: %w", errPrimaryAlive, cur.Epoch+1, err)
 			}
 			if errors.Is(err, ErrEpochConflict) {
 				return 0, fmt.Errorf("claim epoch %d: %w", cur.Epoch+1, err)
@@ -283,6 +352,15 @@ func (c *Core) claimPrimary(ctx context.Context, known uint64, reason string) (u
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, time.Second)
+		if cl.recheck != nil {
+			// Confirm again after the wait, even when UCS stays down: a
+			// dropped decision stops the retries and lets the core follow.
+			if rerr := cl.recheck(ctx); rerr != nil {
+				span.RecordError(rerr)
+				return 0, rerr
+			}
+			decided = time.Now()
+		}
 	}
 }
 
@@ -496,5 +574,6 @@ func kindName(k chatpb.EventKind) string {
 var (
 	errNotPrimary = status.Error(codes.Unavailable, "this chat core is not primary")
 	errDraining   = status.Error(codes.Unavailable, "this chat core is draining for a switchover")
+	errRestoring  = status.Error(codes.Unavailable, "this chat core was just promoted and is merging the transcripts UCS holds: retry")
 	errEnded      = status.Error(codes.FailedPrecondition, "session has ended")
 )

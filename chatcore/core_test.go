@@ -86,10 +86,11 @@ func startCoreWith(t testing.TB, store TranscriptStore, mod func(*Config), opts 
 	return &testCore{c: c, cl: chatpb.NewChatClient(conn), conn: conn, http: hl.Addr().String()}
 }
 
-// waitFor polls cond until it holds or a 5 s deadline passes.
+// waitFor polls cond until it holds or a 10 s deadline passes (generous:
+// the suite runs with -race beside other packages on two cores).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {

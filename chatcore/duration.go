@@ -73,6 +73,7 @@ var durationKeys = map[string]bool{
 	"transcript-breaker-timeout": true,
 	"replication-timeout":        true,
 	"probe-timeout":              true,
+	"epoch-lease":                true,
 }
 
 // NormalizeYAMLDurations rewrites, in a YAML mapping (or a document holding

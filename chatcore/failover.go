@@ -34,7 +34,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 			c.log.Info("configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
 				"peer_role", peer.Role, "peer_epoch", peer.Epoch, "peer_sessions", peer.LiveSessions)
 			c.observeEpoch(peer.Epoch)
-		} else if _, err := c.claimPrimary(ctx, 0, "configured primary"); err != nil && ctx.Err() == nil {
+		} else if _, err := c.claimPrimary(ctx, c.startClaim()); err != nil && ctx.Err() == nil {
 			c.log.Warn("could not claim the primary role at start: joining as backup", "err", err)
 		}
 	} else {
@@ -47,6 +47,32 @@ func (c *Core) roleLoop(ctx context.Context) {
 			c.follow(ctx)
 		}
 	}
+}
+
+// startClaim is the claim of a core configured primary at start. Paired, it
+// must not take the epoch from the other core while that one's lease lives
+// (gossip may not show it yet): it then joins as backup. Standalone, there
+// is no other core to defer to.
+func (c *Core) startClaim() claim {
+	cl := claim{reason: "configured primary"}
+	if c.paired() {
+		cl.ifSilent = c.cfg.EpochLease
+	}
+	return cl
+}
+
+// storeEpoch returns the epoch a fencing error of the store names (0 when
+// it names none).
+func storeEpoch(err error) uint64 {
+	var se *ucsmock.StaleEpochError
+	var ce *ucsmock.EpochConflictError
+	switch {
+	case errors.As(err, &se):
+		return se.Epoch
+	case errors.As(err, &ce):
+		return ce.Epoch
+	}
+	return 0
 }
 
 // peerHasState asks the peer for its status: a peer that is primary, or a
@@ -107,6 +133,11 @@ func (c *Core) lead(ctx context.Context) {
 		defer cancel()
 		events = ch
 	}
+	lctx, stopLease := context.WithCancel(ctx)
+	defer stopLease()
+	leaseDone := make(chan struct{})
+	go func() { defer close(leaseDone); c.renewLease(lctx, c.epoch.Load()) }()
+	defer func() { stopLease(); <-leaseDone }()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -130,6 +161,36 @@ func (c *Core) lead(ctx context.Context) {
 			if c.repl.current() == nil {
 				c.checkPeerPrimary(ctx)
 			}
+		}
+	}
+}
+
+// renewLease renews this primary's lease on epoch at UCS four times per
+// epoch-lease until ctx ends. A store that names a newer epoch or another
+// holder fences it: it steps down at once. While UCS does not answer the
+// lease lapses, and a backup may then take over (the claim needs UCS too).
+func (c *Core) renewLease(ctx context.Context, epoch uint64) {
+	t := time.NewTicker(c.cfg.EpochLease / 4)
+	defer t.Stop()
+	var lastWarn time.Time
+	for {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
+		_, err := c.store.Renew(rctx, c.cfg.Cluster, epoch, c.cfg.Name)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict):
+			c.stepDown(fmt.Sprintf("UCS refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
+			return
+		case err != nil && time.Since(lastWarn) > 5*time.Second:
+			lastWarn = time.Now()
+			c.log.Warn("could not renew the primary's lease at UCS: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -239,7 +300,13 @@ func (c *Core) publishMeta(ctx context.Context) {
 	}
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
-	meta := membership.Meta{Kind: membership.KindCore, Role: c.Role(), Epoch: c.epoch.Load(), GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
+	role := c.Role()
+	if c.unmerged.Load() {
+		// Not serving yet: the control plane must not route to it (it
+		// gossips primary once finishRestoring opened it).
+		role = RoleBackup
+	}
+	meta := membership.Meta{Kind: membership.KindCore, Role: role, Epoch: c.epoch.Load(), GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := c.members.SetMeta(ctx, meta); err != nil && ctx.Err() == nil {
@@ -247,14 +314,24 @@ func (c *Core) publishMeta(ctx context.Context) {
 	}
 }
 
-// promote makes this backup primary after the primary was lost.
-func (c *Core) promote(ctx context.Context, why string) error {
+// promote makes this backup primary after the primary was lost. recheck
+// confirms the loss again immediately before the epoch claim (see
+// claimPrimary); its error drops the promotion. A core whose replica may
+// miss acknowledged events (replicaStale) claims the role but serves
+// nothing until it merged what the old primary's second copies put in UCS.
+func (c *Core) promote(ctx context.Context, why string, certain bool, recheck func(context.Context) error) error {
 	ctx, span := c.tracer.Start(ctx, "chatcore.promote")
 	defer span.End()
 	span.SetAttributes(attribute.String("detection", why))
 	start := time.Now()
-	known := c.epoch.Load()
-	epoch, err := c.claimPrimary(ctx, known, "failover: "+why)
+	stale := c.replicaStale.Load()
+	cl := claim{known: c.epoch.Load(), reason: "failover: " + why, recheck: recheck, restore: stale}
+	if !certain {
+		// Without proof that the process is gone, the primary's lease
+		// decides: a primary that still renews at UCS is alive.
+		cl.ifSilent = c.cfg.EpochLease
+	}
+	epoch, err := c.claimPrimary(ctx, cl)
 	if err != nil {
 		span.RecordError(err)
 		return err
@@ -273,7 +350,7 @@ func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64,
 	c.log.Info("switchover: taking over", "from", from, "epoch", epoch)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	got, err := c.claimPrimary(cctx, epoch, "switchover from "+from)
+	got, err := c.claimPrimary(cctx, claim{known: epoch, reason: "switchover from " + from})
 	if err != nil {
 		span.RecordError(err)
 		return 0, err
@@ -302,7 +379,22 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	// What UCS holds beyond the replica: second copies the old primary took
 	// after our stream stopped (a partition, a silent primary). One listing
 	// call; without it a stale replica merges every session.
-	stored := c.storedChats(ctx)
+	var stored map[string]ucsmock.ChatInfo
+	merged := false
+	if c.unmerged.Load() {
+		// Not serving yet: merge everything UCS holds beyond the replica,
+		// however long UCS takes, then open to clients.
+		var err error
+		if stored, err = c.catchUp(ctx, all); err != nil {
+			c.log.Warn("restoration stopped before the merge completed", "err", err)
+			return 0
+		}
+		merged = true
+		c.finishRestoring()
+		c.log.Info("merged what UCS holds beyond the replica: serving", "sessions", len(all), "took", time.Since(start))
+	} else {
+		stored, _ = c.storedChats(ctx)
+	}
 	work := make(chan *session)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -310,7 +402,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	for range 8 {
 		wg.Go(func() {
 			for s := range work {
-				if c.restoreOne(ctx, s, source, stale, stored) {
+				if c.restoreOne(ctx, s, source, stale && !merged, stored) {
 					mu.Lock()
 					n++
 					mu.Unlock()
@@ -344,32 +436,84 @@ type chatLister interface {
 	Chats(ctx context.Context, f ucsmock.ChatFilter) ([]ucsmock.ChatInfo, error)
 }
 
+// errNoLister reports a store that cannot list chats (every session is then
+// read on its own).
+var errNoLister = errors.New("store cannot list chats")
+
 // storedChats lists the cluster's chats at UCS (one call instead of a read
-// per session), or nil when the store cannot list them.
-func (c *Core) storedChats(ctx context.Context) map[string]ucsmock.ChatInfo {
+// per session). It returns nil and an error when the store cannot list them.
+func (c *Core) storedChats(ctx context.Context) (map[string]ucsmock.ChatInfo, error) {
 	l, ok := c.store.(chatLister)
 	if !ok {
-		return nil
+		return nil, errNoLister
 	}
 	list, err := l.Chats(ctx, ucsmock.ChatFilter{Service: c.cfg.Cluster})
 	if err != nil {
 		c.log.Warn("could not list chats at UCS: merging every session", "err", err)
-		return nil
+		return nil, fmt.Errorf("list chats at ucs: %w", err)
 	}
 	out := make(map[string]ucsmock.ChatInfo, len(list))
 	for _, ci := range list {
 		out[ci.ChatID] = ci
 	}
-	return out
+	return out, nil
 }
 
-// restoreOne restores one replicated session.
-func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+// behind reports whether UCS may hold events of s beyond its log: stored
+// says so, or stored is unknown (nil) and the replica is stale.
+func behind(s *session, stale bool, stored map[string]ucsmock.ChatInfo) bool {
 	s.mu.Lock()
 	last, ended := s.lastIndex(), s.st.ended
 	s.mu.Unlock()
 	info, known := stored[s.id]
-	if stored == nil && stale || known && (info.HighestIndex > last || info.Ended && !ended) {
+	return stored == nil && stale || known && (info.HighestIndex > last || info.Ended && !ended)
+}
+
+// catchUp merges into every session of all what UCS holds beyond it (the
+// old primary's second copies), retrying what fails until every merge
+// succeeded: a new primary with a stale replica must not assign an index
+// the old primary may have acknowledged. It returns the listing it used
+// (nil when the store cannot list), or an error when ctx ends or this core
+// stops being primary first.
+func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ucsmock.ChatInfo, error) {
+	delay := 50 * time.Millisecond
+	pending := all
+	for {
+		stored, lerr := c.storedChats(ctx)
+		if lerr != nil && !errors.Is(lerr, errNoLister) {
+			stored = nil // read every pending session on its own
+		}
+		var failed []*session
+		for _, s := range pending {
+			if !behind(s, true, stored) {
+				continue
+			}
+			if err := c.mergeFromUCS(ctx, s); err != nil {
+				failed = append(failed, s)
+			}
+		}
+		if len(failed) == 0 {
+			// Without a listing every session was read on its own; sessions
+			// only UCS holds are rebuilt on their first call (lookup).
+			return stored, nil
+		}
+		c.log.Warn("could not merge every session from UCS: not serving yet, retrying", "failed", len(failed), "retry_in", delay)
+		pending = failed
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("catch up from ucs: %w", ctx.Err())
+		case <-time.After(delay):
+		}
+		if !c.primary.Load() {
+			return nil, errors.New("catch up from ucs: stepped down")
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// restoreOne restores one replicated session.
+func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+	if behind(s, stale, stored) {
 		if err := c.mergeFromUCS(ctx, s); err != nil {
 			c.log.Warn("could not merge session from UCS", "session", s.id, "err", err)
 		}

@@ -12,10 +12,12 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/mtls"
 )
 
 // This file is the backup's side: it replicates from the primary and
@@ -69,7 +71,7 @@ func (c *Core) follow(ctx context.Context) {
 	failed, stop := c.watchPrimaryFailure()
 	defer stop()
 	delay := 20 * time.Millisecond
-	var lastWarn time.Time
+	var lastWarn, lastDrop time.Time
 	for ctx.Err() == nil && !c.primary.Load() {
 		addr := c.peerAddr()
 		if addr == "" { // gossip has not shown the other core yet
@@ -104,18 +106,25 @@ func (c *Core) follow(ctx context.Context) {
 			c.log.Warn("cannot replicate from the peer yet (retrying)", "peer", addr, "err", end.err)
 		}
 		promote, why, certain := false, "", false
+		gossip := end.gossipFailed || c.gossipDead.Load()
 		switch {
-		case end.gossipFailed || c.gossipDead.Load():
-			promote, why = true, "membership declared the primary failed"
-		case end.fencedPrimary:
-		case c.sawPrimary.Load():
-			if dead, how, refused := c.confirmDead(ctx, addr); dead {
+		case end.fencedPrimary && !gossip:
+		case gossip || c.sawPrimary.Load():
+			// Gossip is evidence, not a verdict: a backup cut off from
+			// everyone sees every member fail. The same checks decide.
+			if dead, how, refused := c.confirmDead(ctx, addr, gossip); dead {
 				promote, why, certain = true, how, refused
+				if gossip {
+					why = "membership declared the primary failed; " + how
+				}
 			} else if end.synced || end.receivedAny {
 				// The link broke but the primary lives: it now takes its second
 				// copies to UCS, so our copy may miss acknowledged events.
 				c.replicaStale.Store(true)
 				c.log.Warn("replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
+			} else if gossip && time.Since(lastWarn) > 10*time.Second {
+				lastWarn = time.Now()
+				c.log.Warn("membership declared the primary failed, but the checks do not confirm it: staying backup", "primary", end.primaryName, "check", how)
 			}
 		}
 		if promote && !certain {
@@ -127,11 +136,26 @@ func (c *Core) follow(ctx context.Context) {
 		if promote {
 			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
 				"replica_stale", c.replicaStale.Load())
-			err := c.promote(ctx, why)
+			err := c.promote(ctx, why, certain, func(ctx context.Context) error {
+				// The decision is only as good as the moment it was made: the
+				// claim may wait (UCS unreachable) while the world changes.
+				if dead, how, _ := c.confirmDead(ctx, addr, c.gossipDead.Load()); !dead {
+					return fmt.Errorf("%w: %s", errPrimaryAlive, how)
+				}
+				return nil
+			})
 			if err == nil {
 				return
 			}
-			c.log.Warn("promotion failed: staying backup", "err", err)
+			if errors.Is(err, errPrimaryAlive) {
+				c.m.promotionsDropped.Inc()
+				if time.Since(lastDrop) > 5*time.Second {
+					lastDrop = time.Now()
+					c.log.Warn("promotion dropped: the primary is not lost after all; staying backup", "primary", end.primaryName, "reason", err)
+				}
+			} else {
+				c.log.Warn("promotion failed: staying backup", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -153,6 +177,14 @@ func (c *Core) failedAgain(ch chan struct{}) {
 	}
 }
 
+// peerCreds returns the transport credentials towards the other core.
+func (c *Core) peerCreds() credentials.TransportCredentials {
+	if c.tls != nil {
+		return credentials.NewTLS(c.tls.ClientConfig(mtls.Allow(mtls.KindCore)))
+	}
+	return insecure.NewCredentials()
+}
+
 // peerConn returns the (lazily created, reused) connection to the peer at addr.
 func (c *Core) peerConn(addr string) (*grpc.ClientConn, error) {
 	c.peerMu.Lock()
@@ -165,7 +197,7 @@ func (c *Core) peerConn(addr string) (*grpc.ClientConn, error) {
 		c.peer = nil
 	}
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(c.peerCreds()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second}),
@@ -336,7 +368,12 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 // (the address we replicate from), then the witness about the primary's own
 // gossiped address (addr may be a path of ours, e.g. a cut link), else the
 // membership view. It says how it decided.
-func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how string, refused bool) {
+//
+// A core that sees no third party (no other member alive, the witness and
+// UCS silent) is the one cut off, not the primary: it never declares the
+// primary dead. gossip says membership already declared the primary
+// failed (with a stale view right after a heal, too: the checks decide).
+func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead bool, how string, refused bool) {
 	var member membership.Member
 	known := false
 	if c.members != nil {
@@ -346,7 +383,7 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
 		conn.Close()
-		if st, ok := c.peerStatus(ctx, addr); ok {
+		if st, ok := c.peerStatus(ctx, addr, c.cfg.ReplicationTimeout); ok {
 			if st.Role == RolePrimary {
 				return false, "probe connected and the primary answers", false
 			}
@@ -358,6 +395,9 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 		how := "probe connected but the primary does not answer"
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
+		}
+		if c.cutOff(ctx, member, known) {
+			return false, how + "; " + cutOffNote, false
 		}
 		return true, how, false
 	}
@@ -379,31 +419,81 @@ func (c *Core) confirmDead(ctx context.Context, addr string) (dead bool, how str
 		}
 		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
+		if c.cutOff(ctx, member, known) {
+			return false, how + "; " + cutOffNote, false
+		}
 		if refused {
-			// Nobody listens at the primary's address any more: its process
-			// is gone. (A cut path that refuses is told apart by a witness
-			// that answers; without one, the epoch claim at UCS still
-			// fences a primary that would survive somewhere.)
-			return true, how + "; refused: the process is gone", true
+			// Nobody listens at the primary's address: its process is
+			// probably gone, but a cut path refuses too (iptables REJECT)
+			// and no witness tells them apart: not certain, so the claim
+			// waits for the primary's lease to lapse.
+			return true, how + "; refused, unconfirmed", false
 		}
 	}
 	if c.members != nil {
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
+		if c.cutOff(ctx, member, known) {
+			return false, how + "; " + cutOffNote, false
+		}
 		return true, how + "; membership does not show it alive", refused
 	}
 	return true, how, refused
 }
 
-// peerStatus asks the core at addr for its Status within
-// replication-timeout; ok is false when it does not answer.
-func (c *Core) peerStatus(ctx context.Context, addr string) (*chatpb.StatusResponse, bool) {
-	conn, err := c.peerConn(addr)
+// cutOffMemory is how long a member that stopped being alive still counts
+// as a third party that this core should be able to see: one lost longer
+// ago is gone for its own reasons, not because this core is cut off.
+const cutOffMemory = time.Minute
+
+// cutOffNote explains a decision not to promote because of cutOff.
+const cutOffNote = "no other member is alive and UCS does not answer either: this core is the one cut off"
+
+// cutOff reports whether this core is the one cut off: it sees no member
+// alive but itself and the primary it lost (primary, when known), while
+// others were alive within cutOffMemory, and UCS does not answer it
+// either. A core that reaches UCS is not isolated (the primary and the
+// control plane may both have died: it must fail over). Without gossip it
+// cannot tell, and reports false.
+func (c *Core) cutOff(ctx context.Context, primary membership.Member, known bool) bool {
+	if c.members == nil {
+		return false
+	}
+	now := time.Now()
+	others := 0
+	for _, m := range c.members.Members() {
+		if m.Name == c.cfg.Name || known && m.Name == primary.Name || m.State == membership.StateLeft {
+			continue
+		}
+		if m.State == membership.StateAlive {
+			return false
+		}
+		if m.Since.IsZero() || now.Sub(m.Since) < cutOffMemory {
+			others++
+		}
+	}
+	if others == 0 {
+		return false
+	}
+	uctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
+	defer cancel()
+	_, err := c.store.Epoch(uctx, c.cfg.Cluster)
+	return err != nil
+}
+
+// peerStatus asks the core at addr for its Status within wait, on a
+// connection of its own: the shared peer connection may sit in a reconnect
+// backoff after a long cut, and a check must not mistake that for a silent
+// primary. ok is false when it does not answer.
+func (c *Core) peerStatus(ctx context.Context, addr string, wait time.Duration) (*chatpb.StatusResponse, bool) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(c.peerCreds()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: wait}))
 	if err != nil {
 		return nil, false
 	}
-	sctx, cancel := context.WithTimeout(ctx, c.cfg.ReplicationTimeout)
+	defer conn.Close()
+	sctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
 	return st, err == nil
@@ -588,3 +678,7 @@ func (c *Core) dropUnseen(seen map[string]bool) int {
 }
 
 var errNoBackup = errors.New("no backup in sync")
+
+// errPrimaryAlive drops a decision to promote: the re-check just before the
+// epoch claim found the primary alive (or this core cut off).
+var errPrimaryAlive = errors.New("the primary is not lost")

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,7 +154,8 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
 	proxy := newProxy(t, la.Addr().String())
 	mm := &memMembers{}
-	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return true, nil })
+	var killed atomic.Bool // the witness reaches the primary until it is killed
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return !killed.Load(), nil })
 	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness, WithMembership(mm))
 	waitInSync(t, a, "core-b")
 	cust, _ := a.chat(t)
@@ -165,6 +167,7 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 	}
 	waitFor(t, "b marks its replica stale", func() bool { return b.c.replicaStale.Load() })
 	a.kill()
+	killed.Store(true)
 	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
 		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
 	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })

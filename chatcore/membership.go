@@ -3,7 +3,9 @@ package chatcore
 import (
 	"context"
 
+	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/mtls"
 )
 
 // Membership is the seam to the gossip membership (package membership's
@@ -32,6 +34,29 @@ func WithMembership(m Membership) Option { return func(c *Core) { c.members = m 
 
 // WithWitness sets how the backup asks a witness about the primary.
 func WithWitness(f AskReachableFunc) Option { return func(c *Core) { c.witness = f } }
+
+// WithTLS makes the core speak mTLS with workload identities: its gRPC
+// server requires a client certificate of the cluster and authorizes each
+// call by the caller's kind (CallPolicy), and its connections to the other
+// core present src's certificate and accept only a core.
+func WithTLS(src *mtls.Source) Option { return func(c *Core) { c.tls = src } }
+
+// CallPolicy says which kinds of workload may call which gRPC method of a
+// core: the Chat service by the parts that carry chats (sidecars, webapi,
+// interaction), the other core and operators; Switchover by operators, the
+// control plane (its admin switchover) and the other core; Replication by
+// cores only; health and Status by any part of the cluster.
+func CallPolicy() mtls.MethodPolicy {
+	chat := "/" + ChatServiceName + "/"
+	return mtls.ServicePolicy(map[string]mtls.Policy{
+		chat:                mtls.Allow(mtls.KindProxy, mtls.KindWebAPI, mtls.KindInteraction, mtls.KindCore, mtls.KindOperator, mtls.KindEnvoy),
+		chat + "Switchover": mtls.Allow(mtls.KindOperator, mtls.KindXDS, mtls.KindCore),
+		chat + "Status":     mtls.AnyKind,
+		"/" + chatpb.Replication_ServiceDesc.ServiceName + "/": mtls.Allow(mtls.KindCore),
+		"/grpc.health.v1.Health/":                              mtls.AnyKind,
+		"/grpc.reflection.":                                    mtls.Allow(mtls.KindOperator),
+	})
+}
 
 // paired reports whether this core runs in a primary/backup pair.
 func (c *Core) paired() bool { return c.cfg.Peer != "" || c.members != nil }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/ucsmock"
@@ -22,6 +23,8 @@ type memStore struct {
 	saves       int   // Save calls
 	savedReqs   []SaveRequest
 	minEpochErr bool
+	claims      int // successful epoch claims
+	renews      int // successful lease renewals
 }
 
 func newMemStore() *memStore {
@@ -80,15 +83,39 @@ func (m *memStore) Transcript(ctx context.Context, chatID string) (*Transcript, 
 }
 
 func (m *memStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
+	return m.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, 0)
+}
+
+func (m *memStore) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := m.epochs[service]
 	if cur.Epoch != expect || epoch <= cur.Epoch {
 		return cur, &ucsmock.EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder}
 	}
-	e := Epoch{Epoch: epoch, Holder: holder}
+	if ago := time.Since(time.UnixMilli(cur.HeardUnixMs)); silent > 0 && cur.Holder != holder && cur.HeardUnixMs > 0 && ago < silent {
+		return cur, &ucsmock.EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder, HolderAlive: true, HeardAgo: ago}
+	}
+	e := Epoch{Epoch: epoch, Holder: holder, HeardUnixMs: time.Now().UnixMilli()}
 	m.epochs[service] = e
+	m.claims++
 	return e, nil
+}
+
+func (m *memStore) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := m.epochs[service]
+	switch {
+	case epoch < cur.Epoch:
+		return cur, &ucsmock.StaleEpochError{Epoch: cur.Epoch, Holder: cur.Holder}
+	case epoch > cur.Epoch || cur.Holder != holder:
+		return cur, &ucsmock.EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder}
+	}
+	cur.HeardUnixMs = time.Now().UnixMilli()
+	m.epochs[service] = cur
+	m.renews++
+	return cur, nil
 }
 
 func (m *memStore) Epoch(ctx context.Context, service string) (Epoch, error) {

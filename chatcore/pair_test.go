@@ -375,6 +375,20 @@ func (f *flakyStore) Epoch(ctx context.Context, service string) (Epoch, error) {
 	return f.memStore.Epoch(ctx, service)
 }
 
+func (f *flakyStore) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
+	if f.isDown() {
+		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)
+	}
+	return f.memStore.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, silent)
+}
+
+func (f *flakyStore) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	if f.isDown() {
+		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)
+	}
+	return f.memStore.Renew(ctx, service, epoch, holder)
+}
+
 func (f *flakyStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
 	if f.isDown() {
 		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)

@@ -685,7 +685,9 @@ func (c *Core) status() *chatpb.StatusResponse {
 	c.mu.RUnlock()
 	st := &chatpb.StatusResponse{
 		Name: c.cfg.Name, Role: c.Role(), Epoch: c.epoch.Load(), LiveSessions: uint64(max(live, 0)),
-		Draining: c.draining.Load(), ReplicationLag: c.repl.lag(),
+		// A primary still merging UCS reports draining too: sidecars and
+		// clients that skip a draining primary skip it until it serves.
+		Draining: c.draining.Load() || c.unmerged.Load(), ReplicationLag: c.repl.lag(),
 	}
 	if l := c.repl.current(); l != nil {
 		st.Backup = l.name

@@ -14,12 +14,14 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
 )
 
 const (
@@ -139,13 +141,20 @@ func (c *Core) warnOpenTokens() {
 
 // grpcServer builds the gRPC server with Chat, health, tracing and the role gate.
 func (c *Core) grpcServer() *grpc.Server {
-	gs := grpc.NewServer(
+	unary, stream := []grpc.UnaryServerInterceptor{c.unaryGate}, []grpc.StreamServerInterceptor{c.streamGate}
+	opts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
-		grpc.ChainUnaryInterceptor(c.unaryGate),
-		grpc.ChainStreamInterceptor(c.streamGate),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(1<<20),
-	)
+		grpc.MaxRecvMsgSize(1 << 20),
+	}
+	if c.tls != nil {
+		// Who may call what is decided before the role gate.
+		unary = append([]grpc.UnaryServerInterceptor{mtls.UnaryInterceptor(CallPolicy(), c.log)}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{mtls.StreamInterceptor(CallPolicy(), c.log)}, stream...)
+		opts = append(opts, grpc.Creds(credentials.NewTLS(c.tls.ServerConfig())))
+	}
+	opts = append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+	gs := grpc.NewServer(opts...)
 	chatpb.RegisterChatServer(gs, c)
 	chatpb.RegisterReplicationServer(gs, c)
 	healthpb.RegisterHealthServer(gs, c.health)
@@ -153,8 +162,15 @@ func (c *Core) grpcServer() *grpc.Server {
 }
 
 // gate refuses Chat calls (except Status and Switchover) unless this core is
-// the serving primary.
+// the serving primary, and replication from a primary that is still
+// merging what UCS holds (its log is not yet complete).
 func (c *Core) gate(method string) error {
+	if strings.HasPrefix(method, "/"+chatpb.Replication_ServiceDesc.ServiceName+"/") {
+		if c.unmerged.Load() {
+			return errRestoring
+		}
+		return nil
+	}
 	if !strings.HasPrefix(method, "/"+ChatServiceName+"/") {
 		return nil
 	}
@@ -164,6 +180,9 @@ func (c *Core) gate(method string) error {
 	}
 	if !c.primary.Load() {
 		return errNotPrimary
+	}
+	if c.unmerged.Load() {
+		return errRestoring
 	}
 	if c.draining.Load() {
 		return errDraining

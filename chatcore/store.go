@@ -18,6 +18,9 @@ var (
 	ErrNotFound = ucsmock.ErrNotFound
 	// ErrEpochConflict means a ClaimEpoch compare-and-set lost.
 	ErrEpochConflict = ucsmock.ErrEpochConflict
+	// ErrHolderAlive means a ClaimEpochIfSilent found the holder's lease
+	// alive (it also matches ErrEpochConflict).
+	ErrHolderAlive = ucsmock.ErrHolderAlive
 	// ErrConflict means a save tried to change an event stored by the same
 	// or a newer epoch; the saver treats it as non-recoverable.
 	ErrConflict = ucsmock.ErrConflict

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -38,8 +39,26 @@ type CoreStatus struct {
 	Err string `json:"error,omitempty"`
 }
 
-// Status asks every address for its status, concurrently, each within timeout.
+// Ctl reaches the cores with the given transport credentials: an
+// operator's mTLS certificate in a cluster with mTLS, plaintext when Creds
+// is nil. The package-level functions use the zero Ctl.
+type Ctl struct {
+	// Creds are the gRPC transport credentials (nil: plaintext).
+	Creds credentials.TransportCredentials
+}
+
+// Status asks every address for its status (Ctl{}.Status).
 func Status(ctx context.Context, addrs []string, timeout time.Duration) []CoreStatus {
+	return Ctl{}.Status(ctx, addrs, timeout)
+}
+
+// Switchover asks the primary to hand over to its backup (Ctl{}.Switchover).
+func Switchover(ctx context.Context, addrs []string, adminToken string, timeout time.Duration) (*chatpb.SwitchoverResponse, error) {
+	return Ctl{}.Switchover(ctx, addrs, adminToken, timeout)
+}
+
+// Status asks every address for its status, concurrently, each within timeout.
+func (ctl Ctl) Status(ctx context.Context, addrs []string, timeout time.Duration) []CoreStatus {
 	out := make([]CoreStatus, len(addrs))
 	var wg sync.WaitGroup
 	for i, a := range addrs {
@@ -47,7 +66,7 @@ func Status(ctx context.Context, addrs []string, timeout time.Duration) []CoreSt
 		go func() {
 			defer wg.Done()
 			out[i] = CoreStatus{Addr: a}
-			err := withCore(ctx, a, func(c chatpb.ChatClient) error {
+			err := ctl.withCore(ctx, a, func(c chatpb.ChatClient) error {
 				cctx, cancel := context.WithTimeout(ctx, timeout)
 				defer cancel()
 				st, err := c.Status(cctx, &chatpb.StatusRequest{})
@@ -81,13 +100,13 @@ func Primary(sts []CoreStatus) (CoreStatus, error) {
 }
 
 // Switchover asks the primary among addrs to hand over to its backup.
-func Switchover(ctx context.Context, addrs []string, adminToken string, timeout time.Duration) (*chatpb.SwitchoverResponse, error) {
-	p, err := Primary(Status(ctx, addrs, timeout))
+func (ctl Ctl) Switchover(ctx context.Context, addrs []string, adminToken string, timeout time.Duration) (*chatpb.SwitchoverResponse, error) {
+	p, err := Primary(ctl.Status(ctx, addrs, timeout))
 	if err != nil {
 		return nil, err
 	}
 	var resp *chatpb.SwitchoverResponse
-	err = withCore(ctx, p.Addr, func(c chatpb.ChatClient) error {
+	err = ctl.withCore(ctx, p.Addr, func(c chatpb.ChatClient) error {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		resp, err = c.Switchover(cctx, &chatpb.SwitchoverRequest{AdminToken: adminToken})
@@ -99,8 +118,12 @@ func Switchover(ctx context.Context, addrs []string, adminToken string, timeout 
 	return resp, nil
 }
 
-func withCore(ctx context.Context, addr string, fn func(chatpb.ChatClient) error) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (ctl Ctl) withCore(ctx context.Context, addr string, fn func(chatpb.ChatClient) error) error {
+	creds := ctl.Creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

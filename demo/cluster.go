@@ -5,6 +5,8 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 // Addrs holds the loopback addresses (host:port) of every part of the
@@ -155,6 +157,22 @@ type Layout struct {
 	GossipKey string
 	// CoreArgs are extra flags for every core (after the demo's defaults).
 	CoreArgs []string
+	// CertDir, when set, turns mTLS on everywhere: it holds the cluster CA
+	// and one certificate per part (EnsureCerts makes them). ucs, the
+	// witness, the control plane and the sidecars then serve their HTTP
+	// with mTLS too (Part.TLS); the cores' HTTP (/metrics, /healthz,
+	// /status: read-only) stays plain, and webapi and interaction serve
+	// browsers plain HTTP on loopback.
+	CertDir string
+	// Accounts is interaction's accounts file (default DataDir/accounts.json);
+	// whoever starts the plan writes it first (WriteAccounts).
+	Accounts string
+}
+
+// Filled returns l with every default filled in (the tokens the plan uses).
+func (l Layout) Filled() Layout {
+	l.fill()
+	return l
 }
 
 func (l *Layout) fill() {
@@ -185,6 +203,15 @@ func (l *Layout) fill() {
 	if l.GossipKey == "" {
 		l.GossipKey = DemoGossipKey
 	}
+	if l.Accounts == "" {
+		l.Accounts = filepath.Join(l.DataDir, "accounts.json")
+	}
+}
+
+// AccountsFile returns the accounts file the standard plan gives interaction.
+func (l Layout) AccountsFile() string {
+	l.fill()
+	return l.Accounts
 }
 
 // DemoGossipKey is the demo's gossip encryption key (the same as
@@ -217,6 +244,9 @@ func StandardPlan(l Layout) Plan {
 	a := l.Addrs
 	logf := "--log-format=" + l.LogFormat
 	ucsURL := "http://" + a.UCS
+	if l.CertDir != "" {
+		ucsURL = "https://" + a.UCS
+	}
 	var parts []Part
 	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
 		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
@@ -278,7 +308,25 @@ func StandardPlan(l Layout) Plan {
 		}},
 		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
 			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+			"--accounts=" + l.Accounts,
 		}},
 	)
-	return Plan{Parts: parts, Credentials: &Credentials{AdminToken: l.AdminToken, UCSReaderToken: l.UCSReaderToken}}
+	if l.CertDir != "" {
+		for i := range parts {
+			p := &parts[i]
+			p.Args = append(p.Args, TLSArgs(l.CertDir, p.Name)...)
+			switch p.Kind {
+			case KindUCS, KindWitness, KindXDS, KindProxy:
+				p.TLS = true
+			}
+		}
+	}
+	return Plan{Parts: parts}
+}
+
+// TLSArgs returns the --tls-* flags of the part called name whose
+// certificate is in certDir.
+func TLSArgs(certDir, name string) []string {
+	f := mtls.FilesIn(certDir, name)
+	return []string{"--tls-ca=" + f.CA, "--tls-cert=" + f.Cert, "--tls-key=" + f.Key}
 }

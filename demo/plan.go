@@ -50,6 +50,9 @@ type Part struct {
 	HTTP string `json:"http,omitempty"`
 	// GRPC is the part's gRPC (or TCP listener) address, if it has one.
 	GRPC string `json:"grpc,omitempty"`
+	// TLS says the HTTP address serves HTTPS with mTLS: a client needs a
+	// certificate of the cluster (the operator's, for people and tests).
+	TLS bool `json:"tls,omitempty"`
 	// Args are the subcommand's flags (the subcommand itself is added).
 	Args []string `json:"-"`
 }
@@ -59,10 +62,14 @@ func (p Part) Command() []string {
 	return append([]string{string(p.Kind)}, p.Args...)
 }
 
-// URL returns http://HTTP (no trailing slash), or "" when the part has no HTTP address.
+// URL returns http://HTTP (https:// when the part serves mTLS; no
+// trailing slash), or "" when the part has no HTTP address.
 func (p Part) URL() string {
 	if p.HTTP == "" {
 		return ""
+	}
+	if p.TLS {
+		return "https://" + p.HTTP
 	}
 	return "http://" + p.HTTP
 }
@@ -71,9 +78,6 @@ func (p Part) URL() string {
 // (each one ready before the next starts) and stop in reverse.
 type Plan struct {
 	Parts []Part
-	// Credentials, when set, are written to the state file so that an
-	// operator or a test can act as each actor of the cluster.
-	Credentials *Credentials
 }
 
 // Sentinel errors of plans and supervisors.
@@ -120,7 +124,7 @@ func (p Plan) WithKind(k Kind, args ...string) Plan {
 
 // Without returns a copy of p without the named parts.
 func (p Plan) Without(names ...string) Plan {
-	out := Plan{Credentials: p.Credentials.clone()}
+	out := Plan{}
 	for _, part := range p.Clone().Parts {
 		if !slices.Contains(names, part.Name) {
 			out.Parts = append(out.Parts, part)
@@ -131,7 +135,7 @@ func (p Plan) Without(names ...string) Plan {
 
 // Clone returns a deep copy of p.
 func (p Plan) Clone() Plan {
-	out := Plan{Parts: make([]Part, len(p.Parts)), Credentials: p.Credentials.clone()}
+	out := Plan{Parts: make([]Part, len(p.Parts))}
 	for i, part := range p.Parts {
 		part.Args = slices.Clone(part.Args)
 		out.Parts[i] = part

@@ -118,29 +118,18 @@ func TestFreeAddrsDistinctLoopback(t *testing.T) {
 	}
 }
 
-func TestStandardPlanCredentials(t *testing.T) {
-	plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: StageMesh, AdminToken: "adm", UCSReaderToken: "rd"})
-	c := plan.Credentials
-	if c == nil || c.AdminToken != "adm" || c.UCSReaderToken != "rd" {
-		t.Fatalf("credentials = %+v, want adminToken adm and ucsReaderToken rd", c)
-	}
+func TestStandardPlanUCSReaderToken(t *testing.T) {
+	plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: StageMesh, UCSReaderToken: "rd"})
 	u, _ := plan.Part("ucs")
-	if !slices.Contains(u.Args, "--reader-token=rd") || !slices.Contains(u.Args, "--admin-token=adm") {
-		t.Errorf("ucs args lack the reader or admin token: %v", u.Args)
+	if !slices.Contains(u.Args, "--reader-token=rd") {
+		t.Errorf("ucs args lack the reader token: %v", u.Args)
 	}
-	// The default reader token, and copies that do not share credentials.
 	def := StandardPlan(Layout{Addrs: DefaultAddrs()})
-	if def.Credentials.UCSReaderToken != "demo-ucs-reader-token" || def.Credentials.AdminToken != "demo-admin-token" {
-		t.Errorf("default credentials = %+v", def.Credentials)
+	u, _ = def.Part("ucs")
+	if !slices.Contains(u.Args, "--reader-token=demo-ucs-reader-token") {
+		t.Errorf("ucs args lack the default reader token: %v", u.Args)
 	}
-	def.Credentials.Accounts = []Account{{User: "a", Password: "p", Role: "agent"}}
-	cp := def.With("ucs", "--seed=2")
-	cp.Credentials.Accounts[0].User = "changed"
-	cp.Credentials.AdminToken = "changed"
-	if def.Credentials.Accounts[0].User != "a" || def.Credentials.AdminToken != "demo-admin-token" {
-		t.Errorf("a copy shares the credentials: %+v", def.Credentials)
-	}
-	if w := def.Without("webapi"); w.Credentials == nil || w.Credentials.UCSReaderToken != "demo-ucs-reader-token" {
-		t.Errorf("Without dropped the credentials: %+v", w.Credentials)
+	if got := (Layout{}).Filled().UCSReaderToken; got != "demo-ucs-reader-token" {
+		t.Errorf("Filled().UCSReaderToken = %q", got)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 )
 
 // State is the content of the state file (default .hachat/demo.json): who
@@ -15,46 +14,41 @@ type State struct {
 	Supervisor int `json:"supervisor"`
 	// Parts lists every part in plan order.
 	Parts []PartState `json:"parts"`
-	// Credentials are the secrets the cluster was started with (the plan's
-	// Credentials), for an operator or a test; absent when the plan has none.
-	// The state file is written with mode 0600 for them.
-	Credentials *Credentials `json:"credentials,omitempty"`
+	// Credentials are what an operator or a test needs to act as each kind
+	// of user of the cluster.
+	Credentials Credentials `json:"credentials"`
 }
 
-// Credentials are the secrets of a demo cluster, as the state file holds
-// them under "credentials".
+// Credentials are the demo's secrets, recorded in the state file (mode
+// 0600): the accounts that can log in to the agent desktop with their
+// passwords, and the tokens and certificates of the operators' tools.
 type Credentials struct {
-	// Accounts are the agent desktop's accounts (user, password, role), at
-	// least one agent and one supervisor.
-	Accounts []Account `json:"accounts"`
-	// AdminToken is the operators' token: ucsmock's admin API, the control
-	// plane's admin API, the cores' switchover and replication stream.
-	AdminToken string `json:"adminToken"`
-	// UCSReaderToken reads transcripts, chats and epochs from ucsmock (ucs
-	// --reader-token).
-	UCSReaderToken string `json:"ucsReaderToken"`
-	// CertDir is the directory of the cluster's CA and certificates.
-	CertDir string `json:"certDir"`
+	// Accounts are the built-in accounts of the interaction server, at least
+	// one of role agent and one of role supervisor.
+	Accounts []AccountCredential `json:"accounts"`
+	// AdminToken protects the admin APIs (switchover, fault injection).
+	AdminToken string `json:"adminToken,omitempty"`
+	// UCSReaderToken lets a reader fetch transcripts from ucs.
+	UCSReaderToken string `json:"ucsReaderToken,omitempty"`
+	// CertDir holds the cluster's CA and certificates.
+	CertDir string `json:"certDir,omitempty"`
 }
 
-// Account is one agent desktop account of the demo.
-type Account struct {
-	// User is the agent id to log in with.
-	User string `json:"user"`
-	// Password is the account's password, in clear: the demo made it.
+// AccountCredential is one account and its clear-text password.
+type AccountCredential struct {
+	User     string `json:"user"`
 	Password string `json:"password"`
-	// Role is "agent" or "supervisor".
-	Role string `json:"role"`
+	Role     string `json:"role"`
 }
 
-// clone returns a deep copy of c (nil for nil).
-func (c *Credentials) clone() *Credentials {
-	if c == nil {
-		return nil
+// Account returns the credential of user.
+func (c Credentials) Account(user string) (AccountCredential, bool) {
+	for _, a := range c.Accounts {
+		if a.User == user {
+			return a, true
+		}
 	}
-	out := *c
-	out.Accounts = slices.Clone(c.Accounts)
-	return &out
+	return AccountCredential{}, false
 }
 
 // Part returns the entry of the part called name.
@@ -71,12 +65,12 @@ func (st State) Part(name string) (PartState, bool) {
 func (s *Supervisor) writeState() error {
 	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
 	defer s.stateMu.Unlock()
-	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.plan.Credentials.clone()}
+	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json")
+	tmp, err := os.CreateTemp(filepath.Dir(s.opts.StatePath), ".demo-*.json") // mode 0600: it holds passwords
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}

@@ -3,6 +3,7 @@ package demo
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -40,6 +41,12 @@ type Options struct {
 	Grace time.Duration
 	// Env is added to the children's environment (which inherits ours).
 	Env []string
+	// TLS is the client configuration of readiness checks of parts whose
+	// HTTP address serves mTLS (Part.TLS): the operator's certificate.
+	TLS *tls.Config
+	// Credentials are written to the state file, so that an operator or a
+	// test can act as each account (see WriteAccounts).
+	Credentials Credentials
 }
 
 func (o *Options) fill() error {
@@ -263,19 +270,28 @@ func (s *Supervisor) watch(p *proc) {
 	}
 }
 
-// waitReady polls http://HTTP/healthz (or dials GRPC when the part has no
+// waitReady polls the part's URL/healthz (or dials GRPC when the part has no
 // HTTP address) until it answers, the process exits, or the deadline passes.
 func (s *Supervisor) waitReady(ctx context.Context, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
+	if p.part.TLS {
+		if s.opts.TLS == nil {
+			return fmt.Errorf("%s serves mTLS but the supervisor has no client certificate (Options.TLS)", p.part.Name)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = s.opts.TLS
+		client.Transport = tr
+		defer tr.CloseIdleConnections()
+	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
 		switch {
 		case p.part.HTTP != "":
-			last = probeHTTP(ctx, client, "http://"+p.part.HTTP+"/healthz")
+			last = probeHTTP(ctx, client, p.part.URL()+"/healthz")
 		case p.part.GRPC != "":
 			last = probeTCP(ctx, p.part.GRPC)
 		default:
@@ -470,12 +486,14 @@ func (s *Supervisor) Running(name string) bool {
 
 // PartState is one entry of the state file.
 type PartState struct {
-	Name  string `json:"name"`
-	Kind  Kind   `json:"kind"`
-	PID   int    `json:"pid"`
-	Role  string `json:"role,omitempty"`
-	HTTP  string `json:"http,omitempty"`
-	GRPC  string `json:"grpc,omitempty"`
+	Name string `json:"name"`
+	Kind Kind   `json:"kind"`
+	PID  int    `json:"pid"`
+	Role string `json:"role,omitempty"`
+	HTTP string `json:"http,omitempty"`
+	GRPC string `json:"grpc,omitempty"`
+	// TLS says HTTP serves HTTPS with mTLS (use the operator certificate).
+	TLS   bool   `json:"tls,omitempty"`
 	State string `json:"state"`
 	// Exit is how the process ended ("signal: killed"), once it has.
 	Exit string `json:"exit,omitempty"`
@@ -494,7 +512,7 @@ func (s *Supervisor) Status() []PartState {
 			continue
 		}
 		out = append(out, PartState{Name: part.Name, Kind: part.Kind, PID: p.pid, Role: part.Role,
-			HTTP: part.HTTP, GRPC: part.GRPC, State: p.state, Exit: p.exit, Log: s.LogPath(part.Name)})
+			HTTP: part.HTTP, GRPC: part.GRPC, TLS: part.TLS, State: p.state, Exit: p.exit, Log: s.LogPath(part.Name)})
 	}
 	return out
 }
@@ -506,7 +524,7 @@ func (s *Supervisor) WriteTable(w io.Writer) {
 	for _, st := range s.Status() {
 		url := ""
 		if st.HTTP != "" {
-			url = "http://" + st.HTTP + "/"
+			url = Part{HTTP: st.HTTP, TLS: st.TLS}.URL() + "/"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", st.Name, st.Kind, dash(st.Role), st.PID, st.State, dash(url), dash(st.GRPC))
 	}

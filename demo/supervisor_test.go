@@ -326,18 +326,27 @@ func TestCancellingTheContextStopsEveryPart(t *testing.T) {
 	}
 }
 
-// TestStateFileCredentials: the state file carries the plan's credentials
+// TestStateFileCredentials: the state file carries Options.Credentials
 // under "credentials" with the four keys of the contract, and is readable by
 // its owner only.
 func TestStateFileCredentials(t *testing.T) {
-	plan := fakePlan(t, "core-a")
-	plan.Credentials = &Credentials{
-		Accounts:       []Account{{User: "alice", Password: "pw1", Role: "agent"}, {User: "sam", Password: "pw2", Role: "supervisor"}},
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := Credentials{
+		Accounts: []AccountCredential{{User: "alice", Password: "pw1", Role: "agent"},
+			{User: "sam", Password: "pw2", Role: "supervisor"}},
 		AdminToken:     "adm",
 		UCSReaderToken: "rd",
 		CertDir:        "/certs",
 	}
-	sup, _ := startFake(t, plan, 2*time.Second)
+	sup, err := Start(t.Context(), fakePlan(t, "core-a"), Options{Binary: exe, Dir: t.TempDir(),
+		Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: 2 * time.Second, Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sup.Stop)
 	b, err := os.ReadFile(sup.StatePath())
 	if err != nil {
 		t.Fatal(err)
@@ -362,7 +371,7 @@ func TestStateFileCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Credentials == nil || st.Credentials.UCSReaderToken != "rd" || st.Credentials.AdminToken != "adm" || len(st.Credentials.Accounts) != 2 {
+	if st.Credentials.UCSReaderToken != "rd" || st.Credentials.AdminToken != "adm" || len(st.Credentials.Accounts) != 2 {
 		t.Fatalf("credentials read back = %+v", st.Credentials)
 	}
 	fi, err := os.Stat(sup.StatePath())

@@ -104,7 +104,18 @@ func TestDemoCommand(t *testing.T) {
 	webapi, _ := st.Part("webapi")
 	interaction, _ := st.Part("interaction")
 	gms := &harness.GMS{Base: "http://" + webapi.HTTP, Service: "customer-support", HTTP: http.DefaultClient}
-	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient}
+	// The state file holds an agent and a supervisor account with passwords.
+	roles := map[string]bool{}
+	for _, a := range st.Credentials.Accounts {
+		if a.Password == "" {
+			t.Fatalf("state file account %s without a password", a.User)
+		}
+		roles[a.Role] = true
+	}
+	if !roles["agent"] || !roles["supervisor"] {
+		t.Fatalf("state file credentials lack an agent or a supervisor: %+v", st.Credentials.Accounts)
+	}
+	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient, Accounts: st.Credentials.Accounts}
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	agent := agents.MustLogin(t, "ada", "agent")
@@ -162,7 +173,7 @@ func TestDemoCommand(t *testing.T) {
 	// The state file's credentials let an operator read the transcript at
 	// UCS, which refuses a read without them.
 	st, _ = demo.ReadState(state)
-	if st.Credentials == nil || st.Credentials.UCSReaderToken == "" || st.Credentials.AdminToken == "" {
+	if st.Credentials.UCSReaderToken == "" || st.Credentials.AdminToken == "" {
 		t.Fatalf("state file credentials = %+v, want adminToken and ucsReaderToken", st.Credentials)
 	}
 	ucsPart, _ := st.Part("ucs")

@@ -47,7 +47,7 @@ func xdsAdmin(t *testing.T, c *harness.Cluster, method, path string, out any) in
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.AdminToken())
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.HTTP().Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -196,7 +196,7 @@ func TestMeshSwitchoverViaControlPlane(t *testing.T) {
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS()})
 	// Without the token the route refuses.
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.URL("xds")+"/xds/v1/switchover", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.HTTP().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/interaction/auth"
 )
 
 // heartbeat is how often an idle push connection gets a comment line, so that
@@ -59,6 +61,13 @@ func writeErr(w http.ResponseWriter, err error) {
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hachat-agent"`)
 	}
+	var te *auth.ThrottledError
+	if errors.As(err, &te) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, (te.RetryAfter+time.Second-1)/time.Second))))
+	}
+	if aw, ok := w.(*auditWriter); ok {
+		aw.err = err
+	}
 	writeJSON(w, code, errorJSON{Error: err.Error(), Code: short})
 }
 
@@ -82,22 +91,29 @@ type authed func(w http.ResponseWriter, r *http.Request, agent string)
 // that EventSource needs) to an agent.
 func (s *Server) auth(query bool, h authed) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok && query {
-			tok = r.URL.Query().Get("token")
-		}
-		tok = strings.TrimSpace(tok)
+		tok := bearer(r, query)
 		if tok == "" {
 			writeErr(w, fmt.Errorf("%w: missing bearer token", ErrUnauthorized))
 			return
 		}
-		agent, ok := s.agentFor(tok)
-		if !ok {
-			writeErr(w, fmt.Errorf("%w: unknown or expired token", ErrUnauthorized))
+		ident, err := s.session(tok)
+		if err != nil {
+			writeErr(w, err)
 			return
 		}
-		h(w, r, agent)
+		noteCaller(w, ident.ID)
+		h(w, r, ident.ID)
 	}
+}
+
+// bearer returns the request's bearer token (with query, the token query
+// parameter too, which EventSource needs).
+func bearer(r *http.Request, query bool) string {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok && query {
+		tok = r.URL.Query().Get("token")
+	}
+	return strings.TrimSpace(tok)
 }
 
 // chatID reads and checks the {chatId} path value.
@@ -115,6 +131,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /agent/{file}", desktopHandler())
 
 	mux.HandleFunc("POST /agent/v1/login", s.handleLogin)
+	mux.HandleFunc("GET /agent/v1/login-options", s.handleLoginOptions)
+	mux.HandleFunc("GET /agent/v1/oidc/login", s.handleOIDCStart)
+	mux.HandleFunc("GET /agent/v1/oidc/callback", s.handleOIDCCallback)
 	mux.HandleFunc("POST /agent/v1/logout", s.auth(false, s.handleLogout))
 	mux.HandleFunc("POST /agent/v1/ready", s.auth(false, s.handleReady(true)))
 	mux.HandleFunc("POST /agent/v1/notready", s.auth(false, s.handleReady(false)))
@@ -131,7 +150,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
-	return otelhttp.NewHandler(apiErrors(mux), "interaction",
+	return otelhttp.NewHandler(securityHeaders(s.audit(apiErrors(mux))), "interaction",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
 }
@@ -173,28 +192,6 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		core = "connected"
 	}
 	fmt.Fprintf(w, "ok core=%s\n", core)
-}
-
-func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	req, err := decodeLogin(body)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	tok, st, err := s.login(req)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, struct {
-		Token string `json:"token"`
-		stateJSON
-	}{tok, st})
 }
 
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, agent string) {
@@ -405,6 +402,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent stri
 		case <-r.Context().Done():
 			return
 		case <-tick.C:
+			// An open channel keeps its session alive; a revoked or expired
+			// one (or a removed account) ends the channel.
+			if _, err := s.session(bearer(r, true)); err != nil {
+				return
+			}
 			if _, err := io.WriteString(w, ": ping\n\n"); err != nil {
 				return
 			}

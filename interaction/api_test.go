@@ -42,9 +42,11 @@ func TestBadInput(t *testing.T) {
 		{"login trailing data", "POST", "/agent/v1/login", "", `{"agentId":"x"} {}`, 400},
 		{"login no id", "POST", "/agent/v1/login", "", `{"nickname":"x"}`, 400},
 		{"login bad id", "POST", "/agent/v1/login", "", `{"agentId":"a b"}`, 400},
-		{"login bad role", "POST", "/agent/v1/login", "", `{"agentId":"x","role":"boss"}`, 400},
+		{"login role in the request", "POST", "/agent/v1/login", "", `{"agentId":"a","password":"pw-a-secret","role":"supervisor"}`, 400},
+		{"login no password", "POST", "/agent/v1/login", "", `{"agentId":"a"}`, 401},
+		{"login wrong password", "POST", "/agent/v1/login", "", `{"agentId":"a","password":"guess"}`, 401},
+		{"login unknown account", "POST", "/agent/v1/login", "", `{"agentId":"mallory","password":"x"}`, 401},
 		{"login control char nickname", "POST", "/agent/v1/login", "", `{"agentId":"x","nickname":"a\u0007"}`, 400},
-		{"login role change", "POST", "/agent/v1/login", "", `{"agentId":"a","role":"supervisor"}`, 409},
 		{"login wrong method", "GET", "/agent/v1/login", "", nil, 405},
 		{"no token", "GET", "/agent/v1/state", "", nil, 401},
 		{"bad token", "GET", "/agent/v1/state", "nope", nil, 401},
@@ -115,16 +117,16 @@ func fuzzSeeds(f *testing.F, seeds ...string) {
 }
 
 func FuzzDecodeLogin(f *testing.F) {
-	fuzzSeeds(f, `{"agentId":"a1","nickname":"Ann","role":"agent"}`, `{"agentId":"s","role":"supervisor"}`,
-		`{"agentId":"a b"}`, `{"agentId":"x","nickname":"\u0000"}`)
+	fuzzSeeds(f, `{"agentId":"a1","nickname":"Ann","password":"pw"}`, `{"agentId":"s","role":"supervisor"}`,
+		`{"agentId":"a b"}`, `{"agentId":"x","nickname":"\u0000"}`, `{"agentId":"x","password":"\u0000\ud800"}`)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := decodeLogin(body)
 		checkDecoded(t, err)
 		if err != nil {
 			return
 		}
-		if checkID("agentId", req.AgentID) != nil || req.Nickname == "" || !utf8.ValidString(req.Nickname) ||
-			utf8.RuneCountInString(req.Nickname) > maxNicknameLen || (req.Role != "agent" && req.Role != "supervisor") {
+		if checkID("agentId", req.AgentID) != nil || !utf8.ValidString(req.Nickname) || strings.TrimSpace(req.Nickname) != req.Nickname ||
+			utf8.RuneCountInString(req.Nickname) > maxNicknameLen || len(req.Password) > maxPasswordLen {
 			t.Fatalf("accepted an invalid login: %+v", req)
 		}
 	})

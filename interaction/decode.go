@@ -21,12 +21,15 @@ const (
 	maxMessageBytes   = 16 << 10 // the core applies its own, smaller limit
 	maxClientMsgIDLen = 128
 	maxURLLen         = 2048
+	maxPasswordLen    = 1024
 )
 
+// loginRequest is the body of a password login. There is no role: the role
+// comes from the account.
 type loginRequest struct {
 	AgentID  string `json:"agentId"`
+	Password string `json:"password"`
 	Nickname string `json:"nickname"`
-	Role     string `json:"role"`
 }
 
 type sendRequest struct {
@@ -120,22 +123,15 @@ func decodeLogin(body []byte) (loginRequest, error) {
 	if err := checkID("agentId", req.AgentID); err != nil {
 		return req, err
 	}
-	req.Nickname = strings.TrimSpace(req.Nickname)
-	if req.Nickname == "" {
-		req.Nickname = req.AgentID
+	if len(req.Password) > maxPasswordLen {
+		return req, badRequest("password longer than %d bytes", maxPasswordLen)
 	}
+	req.Nickname = strings.TrimSpace(req.Nickname)
 	if utf8.RuneCountInString(req.Nickname) > maxNicknameLen {
 		return req, badRequest("nickname longer than %d characters", maxNicknameLen)
 	}
 	if err := checkText("nickname", req.Nickname, 4*maxNicknameLen, false); err != nil {
 		return req, err
-	}
-	switch Role(req.Role) {
-	case "":
-		req.Role = string(RoleAgent)
-	case RoleAgent, RoleSupervisor:
-	default:
-		return req, badRequest("role must be agent or supervisor, got %q", req.Role)
 	}
 	return req, nil
 }

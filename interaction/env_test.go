@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,10 +16,35 @@ import (
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/interaction/auth"
 	"github.com/hachat/hachat/telemetry"
 )
 
 const testToken = "svc-token"
+
+// testAccounts are the built-in accounts of every test server (id → role);
+// the password of id is testPassword(id).
+var testAccounts = map[string]string{
+	"a": "agent", "b": "agent", "c": "agent", "a1": "agent", "web1": "agent",
+	"s": "supervisor", "sup1": "supervisor",
+}
+
+func testPassword(id string) string { return "pw-" + id + "-secret" }
+
+// cheapHash keeps unit tests fast; production uses auth.DefaultHashParams.
+var cheapHash = auth.HashParams{Memory: 64, Time: 1, Threads: 1}
+
+// writeTestAccounts writes testAccounts to a fresh accounts file.
+func writeTestAccounts(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "accounts.json")
+	for id, role := range testAccounts {
+		if err := auth.AddAccount(path, id, "", role, testPassword(id), cheapHash); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
 
 // env is one Interaction Server on a fake core, served on loopback.
 type env struct {
@@ -59,6 +85,7 @@ func newEnvClient(t *testing.T, resilient bool, tel *telemetry.Telemetry, mod fu
 	cfg := DefaultConfig()
 	cfg.ServiceToken = testToken
 	cfg.HTTP = "127.0.0.1:0"
+	cfg.Accounts = writeTestAccounts(t)
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -150,9 +177,14 @@ func (e *env) mustDo(method, path, token string, body any) map[string]any {
 	return out
 }
 
+// login logs id in with its password and checks that the account's role
+// is role.
 func (e *env) login(id, role string) string {
 	e.t.Helper()
-	out := e.mustDo("POST", "/agent/v1/login", "", map[string]string{"agentId": id, "nickname": "Nick " + id, "role": role})
+	out := e.mustDo("POST", "/agent/v1/login", "", map[string]string{"agentId": id, "nickname": "Nick " + id, "password": testPassword(id)})
+	if got := out["agent"].(map[string]any)["role"]; got != role {
+		e.t.Fatalf("login %s: role %v, want %s", id, got, role)
+	}
 	return out["token"].(string)
 }
 

@@ -18,6 +18,7 @@ type metrics struct {
 	chatsQueued    prometheus.Counter
 	reconnects     *prometheus.CounterVec
 	coreUp         prometheus.Gauge
+	refusals       *prometheus.CounterVec
 }
 
 func boolGauge(b bool) float64 {
@@ -45,9 +46,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Streams to the chat core lost and resumed, by stream (watch, chat)."}, []string{"stream"}),
 		coreUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_interaction_core_connected",
 			Help: "1 while the session watch on the chat core is connected."}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_interaction_refusals_total",
+			Help: "Requests refused for identity (401, 403, throttled logins), by status text."}, []string{"status"}),
 	}
 	for _, c := range []prometheus.Collector{m.offers, m.offersAccepted, m.offersRejected, m.offerTimeouts,
-		m.transfers, m.chatsQueued, m.reconnects, m.coreUp, stateCollector{s}} {
+		m.transfers, m.chatsQueued, m.reconnects, m.coreUp, m.refusals, stateCollector{s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -38,27 +38,6 @@ type liveChatJSON struct {
 	Supervisors []string  `json:"supervisors"`
 }
 
-// login creates a token for agent id; several tokens may share one agent.
-func (s *Server) login(req loginRequest) (string, stateJSON, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.router.Login(req.AgentID, req.Nickname, Role(req.Role), s.now()); err != nil {
-		return "", stateJSON{}, err
-	}
-	tok := newToken()
-	s.tokens[tok] = req.AgentID
-	s.log.Info("agent logged in", "agent", req.AgentID, "nickname", req.Nickname, "role", req.Role)
-	return tok, s.stateLocked(req.AgentID), nil
-}
-
-// agentFor resolves a token.
-func (s *Server) agentFor(token string) (string, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	id, ok := s.tokens[token]
-	return id, ok
-}
-
 func (s *Server) logout(agent string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -70,12 +49,8 @@ func (s *Server) logout(agent string) error {
 		return err
 	}
 	s.apply(ns)
-	for tok, id := range s.tokens {
-		if id == agent {
-			delete(s.tokens, tok)
-		}
-	}
-	s.log.Info("agent logged out", "agent", agent)
+	n := s.authn.sessions.RevokeUser(agent)
+	s.log.Info("agent logged out", "agent", agent, "sessionsRevoked", n)
 	s.hub.publish(agent, newMsg(evLoggedOut, struct{}{}))
 	s.hub.closeAgent(agent)
 	return nil

@@ -3,6 +3,12 @@
 // joins the chat as the agent who accepts, and serves the agent API, a push
 // channel (Server-Sent Events) and the agent desktop page at /agent.
 //
+// Every caller proves who it is (package interaction/auth: an accounts file
+// of password hashes, or an identity provider's ID token) and gets a session;
+// the role comes from the account, never from the request. An agent reaches
+// only its own offers and chats; listing, monitoring and coaching need the
+// supervisor role (login.go, security.go).
+//
 // The queue and offer rules live in Router, a pure state machine with an
 // injected clock. Server wraps it with I/O: the WatchSessions loop, one
 // Subscribe loop per chat participation (agent or supervisor), the offer
@@ -13,8 +19,6 @@ package interaction
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +76,7 @@ type Server struct {
 	now     func() time.Time
 	metrics *metrics
 	hub     *hub
+	authn   *authn
 	handler http.Handler
 	kick    chan struct{}
 
@@ -81,7 +86,6 @@ type Server struct {
 
 	mu       sync.Mutex
 	router   *Router
-	tokens   map[string]string // token → agent id
 	members  map[memberKey]*member
 	byAgent  map[string]map[string]*member // agent → chat → member
 	joining  map[memberKey]bool            // supervisor joins in flight
@@ -115,11 +119,16 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		ctx:     ctx,
 		cancel:  cancel,
 		router:  NewRouter(cfg.MaxChatsPerAgent, cfg.OfferTimeout),
-		tokens:  map[string]string{},
 		members: map[memberKey]*member{},
 		byAgent: map[string]map[string]*member{},
 		joining: map[memberKey]bool{},
 	}
+	a, err := newAuthn(ctx, cfg)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s.authn = a
 	m, err := newMetrics(tel.Registry, s)
 	if err != nil {
 		cancel()
@@ -155,6 +164,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.wg.Go(func() { s.watchLoop(s.ctx) })
 	s.wg.Go(func() { s.coreMonitor(s.ctx) })
 	s.wg.Go(func() { s.offerTimer(s.ctx) })
+	s.wg.Go(func() { s.sessionSweeper(s.ctx, max(min(sweepEvery, s.cfg.SessionIdle/2), 10*time.Millisecond)) })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
@@ -271,11 +281,8 @@ func coreErr(op string, err error) error {
 	return fmt.Errorf("%s: %w: %s", op, class, st.Message())
 }
 
-func newToken() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return hex.EncodeToString(b)
-}
+// sweepEvery is how often expired sessions and sign-ins are swept.
+const sweepEvery = 30 * time.Second
 
 // ---- the session watch ----
 

@@ -57,6 +57,12 @@ type Config struct {
 	// encrypts and authenticates all gossip; members with another key (or
 	// none) cannot join. Default empty: no encryption.
 	EncryptKey string `yaml:"gossip-key"`
+	// ExtraKeys are more base64 keys this member accepts (decrypts) but
+	// does not encrypt with: the keyring during a rotation (see
+	// docs/security.md: add the new key here everywhere, then make it
+	// gossip-key everywhere with the old one here, then drop the old one).
+	// Default empty.
+	ExtraKeys []string `yaml:"gossip-keys"`
 
 	// base, when set (tests), replaces memberlist.DefaultLANConfig as the
 	// starting point before the fields above are applied.
@@ -96,6 +102,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.GossipInterval, "gossip-interval", c.GossipInterval, "time between gossip rounds (meta updates, deaths)")
 	fs.IntVar(&c.IndirectChecks, "gossip-indirect-checks", c.IndirectChecks, "members asked to probe a member that missed a direct probe")
 	fs.StringVar(&c.EncryptKey, "gossip-key", c.EncryptKey, "base64 AES key (16, 24 or 32 bytes) encrypting gossip; empty: no encryption")
+	fs.Func("gossip-keys", "comma-separated base64 keys also accepted from other members (keyring rotation); need --gossip-key", func(s string) error {
+		c.ExtraKeys = splitList(s)
+		return nil
+	})
 }
 
 // splitList splits a comma-separated list, dropping blanks.
@@ -175,6 +185,17 @@ func (c Config) memberlistConfig() (*memberlist.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	var extra [][]byte
+	for _, k := range c.ExtraKeys {
+		b, err := decodeKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("gossip-keys: %w", err)
+		}
+		extra = append(extra, b)
+	}
+	if len(extra) > 0 && key == nil {
+		return nil, fmt.Errorf("%w: gossip-keys need a gossip-key to encrypt with", ErrBadConfig)
+	}
 
 	base := memberlist.DefaultLANConfig
 	if c.base != nil {
@@ -205,6 +226,13 @@ func (c Config) memberlistConfig() (*memberlist.Config, error) {
 		mc.DeadNodeReclaimTime = time.Second
 	}
 	mc.SecretKey = key
+	if len(extra) > 0 {
+		kr, err := memberlist.NewKeyring(extra, key)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gossip keyring: %w", ErrBadConfig, err)
+		}
+		mc.Keyring = kr
+	}
 	if key != nil {
 		mc.GossipVerifyIncoming = true
 		mc.GossipVerifyOutgoing = true

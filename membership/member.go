@@ -1,6 +1,9 @@
 package membership
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // State is what this node believes about a member.
 type State int
@@ -65,6 +68,8 @@ type Member struct {
 	Meta Meta `json:"meta"`
 	// State is this node's view of the member.
 	State State `json:"state"`
+	// Since is when this node last saw State change (zero for itself).
+	Since time.Time `json:"since,omitzero"`
 }
 
 // EventType says what happened to a member.

@@ -80,7 +80,6 @@ type Membership struct {
 // entry is one row of the member table.
 type entry struct {
 	Member
-	since time.Time // last state change
 }
 
 // leaveIntent is the message a leaving member sends to every live member
@@ -428,7 +427,7 @@ func (m *Membership) prune(now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, e := range m.members {
-		if (e.State == StateDead || e.State == StateLeft) && now.Sub(e.since) > deadRetention {
+		if (e.State == StateDead || e.State == StateLeft) && now.Sub(e.Since) > deadRetention {
 			delete(m.members, name)
 		}
 	}
@@ -475,7 +474,7 @@ func (m *Membership) apply(typ EventType, n *memberlist.Node) {
 		}
 	}
 	if e.State != prev || !ok {
-		e.since = now
+		e.Since = now
 	}
 	member := e.Member
 	m.publishLocked(Event{Type: typ, Member: member})
@@ -499,11 +498,11 @@ func (m *Membership) setSuspect(name string, suspect bool) {
 	var ev *Event
 	switch {
 	case suspect && e.State == StateAlive:
-		e.State, e.since = StateSuspect, time.Now()
+		e.State, e.Since = StateSuspect, time.Now()
 		ev = &Event{Type: EventSuspected, Member: e.Member}
 		m.publishLocked(*ev)
 	case !suspect && e.State == StateSuspect:
-		e.State, e.since = StateAlive, time.Now()
+		e.State, e.Since = StateAlive, time.Now()
 	default:
 		m.mu.Unlock()
 		return

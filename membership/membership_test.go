@@ -262,6 +262,60 @@ func TestEncryption(t *testing.T) {
 	}
 }
 
+// TestKeyringRotation rotates the gossip key the documented way, one member
+// restart at a time, and checks after every restart that the restarted
+// member rejoins and that a member with only the retired key is refused at
+// the end.
+func TestKeyringRotation(t *testing.T) {
+	oldKey := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	newKey := base64.StdEncoding.EncodeToString([]byte("fedcba9876543210fedcba9876543210"))
+	a, b, c := threeNodes(t, func(c *Config) { c.EncryptKey = oldKey })
+	nodes := map[string]*Membership{"a": a, "b": b, "c": c}
+	seedOf := func(name string) string {
+		for n, m := range nodes {
+			if n != name {
+				return m.Local().Addr
+			}
+		}
+		return ""
+	}
+	restart := func(name, primary string, extra ...string) {
+		t.Helper()
+		m := nodes[name]
+		addr := m.Local().Addr
+		meta := m.Local().Meta
+		if err := m.Leave(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		_ = m.Shutdown()
+		cfg := testConfig(name, seedOf(name))
+		cfg.BindAddr = addr
+		cfg.EncryptKey, cfg.ExtraKeys = primary, extra
+		nodes[name] = startNode(t, cfg, meta)
+		for n, o := range nodes {
+			waitFor(t, 10*time.Second, n+" sees "+name+" back", func() bool {
+				mb, ok := o.Member(name)
+				return ok && mb.State == StateAlive
+			})
+		}
+	}
+	for _, step := range []struct{ primary, extra string }{{oldKey, newKey}, {newKey, oldKey}, {newKey, ""}} {
+		for _, name := range []string{"a", "b", "c"} {
+			if step.extra == "" {
+				restart(name, step.primary)
+			} else {
+				restart(name, step.primary, step.extra)
+			}
+		}
+	}
+	cfg := testConfig("retired")
+	cfg.EncryptKey = oldKey
+	x := startNode(t, cfg, Meta{Kind: KindWitness})
+	if n, err := x.ml.Join([]string{nodes["a"].Local().Addr}); err == nil || n != 0 {
+		t.Fatalf("a member with the retired key joined: contacted %d, err %v", n, err)
+	}
+}
+
 func TestNewRejectsBadInput(t *testing.T) {
 	big := coreMeta(RolePrimary, 1)
 	big.GRPCAddr = strings.Repeat("h", 600) + ":7101"

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -89,7 +90,11 @@ func AskReachable(ctx context.Context, client *http.Client, witnessHTTPAddr, tar
 	if client == nil {
 		client = http.DefaultClient
 	}
-	u := url.URL{Scheme: "http", Host: witnessHTTPAddr, Path: ReachablePath, RawQuery: url.Values{"addr": {targetAddr}}.Encode()}
+	scheme, host := "http", witnessHTTPAddr
+	if sch, h, ok := strings.Cut(witnessHTTPAddr, "://"); ok { // https://host:port for a witness with mTLS
+		scheme, host = sch, h
+	}
+	u := url.URL{Scheme: scheme, Host: host, Path: ReachablePath, RawQuery: url.Values{"addr": {targetAddr}}.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return false, fmt.Errorf("%w: build request: %w", ErrWitness, err)

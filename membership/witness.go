@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -50,6 +51,22 @@ type Witness struct {
 	log    *slog.Logger
 	checks *prometheus.CounterVec
 	tel    *telemetry.Telemetry
+	tls    bool
+}
+
+// UseTLS makes the witness serve HTTPS with mTLS from src (call before
+// Run): reachability questions from cores only; the member list, health
+// and metrics from any part of the cluster.
+func (w *Witness) UseTLS(src *mtls.Source) {
+	policy := func(r *http.Request) mtls.Policy {
+		if r.URL.Path == ReachablePath {
+			return mtls.Allow(mtls.KindCore)
+		}
+		return mtls.AnyKind
+	}
+	w.srv.Handler = mtls.Middleware(policy, w.log, w.srv.Handler)
+	w.srv.TLSConfig = src.ServerConfig()
+	w.tls = true
 }
 
 // NewWitness listens on httpAddr and joins the cluster as a witness that
@@ -136,7 +153,13 @@ func (w *Witness) Membership() *Membership { return w.m }
 func (w *Witness) Run(ctx context.Context) error {
 	w.log.Info("witness serving", "http", w.HTTPAddr(), "gossip", w.m.Local().Addr)
 	errc := make(chan error, 1)
-	go func() { errc <- w.srv.Serve(w.ln) }()
+	go func() {
+		if w.tls {
+			errc <- w.srv.ServeTLS(w.ln, "", "")
+			return
+		}
+		errc <- w.srv.Serve(w.ln)
+	}()
 	var serveErr error
 	select {
 	case <-ctx.Done():

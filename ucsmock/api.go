@@ -15,6 +15,7 @@ package ucsmock
 
 import (
 	"context"
+	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -40,6 +41,15 @@ type Store interface {
 	// ClaimEpoch sets the service's epoch to epoch iff it currently is
 	// expect and epoch > expect; otherwise it fails with *EpochConflictError.
 	ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error)
+	// ClaimEpochIfSilent is ClaimEpoch that also fails, with an
+	// *EpochConflictError matching ErrHolderAlive, while another holder
+	// renewed the current epoch (Renew, or its own claim) within silent: a
+	// failover claim that must not depose a primary that is alive.
+	ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error)
+	// Renew records that holder, which holds epoch, is alive (the primary's
+	// heartbeat, its lease). It fails with *StaleEpochError when a newer
+	// epoch exists and with *EpochConflictError when another holds it.
+	Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error)
 	// Epoch returns the service's current epoch (zero if none was ever seen).
 	Epoch(ctx context.Context, service string) (Epoch, error)
 }
@@ -153,6 +163,9 @@ type Epoch struct {
 	// Holder is the claimant of that epoch (or the writer of the save that
 	// raised it).
 	Holder string `json:"holder"`
+	// HeardUnixMs is when the holder last claimed or renewed the epoch, by
+	// the store's clock (0: never).
+	HeardUnixMs int64 `json:"heardUnixMs,omitempty"`
 }
 
 // Faults are the injected faults. The zero value injects nothing.

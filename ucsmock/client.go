@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
@@ -182,6 +183,32 @@ func (c *Client) ClaimEpoch(ctx context.Context, service string, expect, epoch u
 	return e, nil
 }
 
+// ClaimEpochIfSilent is ClaimEpoch refused (ErrHolderAlive) while another
+// holder renewed within silent; see Store.
+func (c *Client) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
+	var e Epoch
+	if service == "" {
+		return e, fmt.Errorf("ucs claim epoch: %w", invalidf("missing service"))
+	}
+	body := claimBody{Expect: expect, Epoch: epoch, Holder: holder, IfSilentMs: max(silent.Milliseconds(), 1)}
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/epochs/"+url.PathEscape(service)+"/claim", c.token, body, &e); err != nil {
+		return Epoch{}, fmt.Errorf("ucs claim epoch %d of %s: %w", epoch, service, err)
+	}
+	return e, nil
+}
+
+// Renew records that holder, holding epoch, is alive; see Store.
+func (c *Client) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	var e Epoch
+	if service == "" {
+		return e, fmt.Errorf("ucs renew epoch: %w", invalidf("missing service"))
+	}
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/epochs/"+url.PathEscape(service)+"/renew", c.token, renewBody{Epoch: epoch, Holder: holder}, &e); err != nil {
+		return Epoch{}, fmt.Errorf("ucs renew epoch %d of %s: %w", epoch, service, err)
+	}
+	return e, nil
+}
+
 // Epoch returns the service's current epoch.
 func (c *Client) Epoch(ctx context.Context, service string) (Epoch, error) {
 	var e Epoch
@@ -302,7 +329,7 @@ func bodyError(status int, eb errorBody) error {
 	case status == http.StatusConflict && eb.Code == codeStaleEpoch:
 		return &StaleEpochError{Epoch: eb.Epoch, Holder: eb.Holder}
 	case status == http.StatusConflict && eb.Code == codeEpochConflict:
-		return &EpochConflictError{Epoch: eb.Epoch, Holder: eb.Holder}
+		return &EpochConflictError{Epoch: eb.Epoch, Holder: eb.Holder, HolderAlive: eb.HolderAlive, HeardAgo: time.Duration(eb.HeardAgoMs) * time.Millisecond}
 	case status == http.StatusConflict:
 		return fmt.Errorf("%w: %s", ErrConflict, msg)
 	case status == http.StatusNotFound:

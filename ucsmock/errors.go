@@ -3,6 +3,7 @@ package ucsmock
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Sentinel errors that callers branch on with errors.Is.
@@ -14,6 +15,10 @@ var (
 	// ErrEpochConflict means an epoch claim lost the compare-and-set; the
 	// error is an *EpochConflictError that carries the current epoch.
 	ErrEpochConflict = errors.New("ucsmock: epoch claim conflict")
+	// ErrHolderAlive means a ClaimEpochIfSilent found the current holder
+	// alive (it renewed within the silence asked for); its error also
+	// matches ErrEpochConflict.
+	ErrHolderAlive = errors.New("ucsmock: epoch holder is alive")
 	// ErrUnavailable means UCS could not be reached or answered with a
 	// recoverable error (network error, HTTP 5xx, outage): retry later.
 	ErrUnavailable = errors.New("ucsmock: unavailable")
@@ -61,15 +66,26 @@ type EpochConflictError struct {
 	Epoch uint64
 	// Holder holds the current epoch.
 	Holder string
+	// HolderAlive says the claim asked for a silent holder and the holder
+	// renewed HeardAgo ago.
+	HolderAlive bool
+	// HeardAgo is how long ago the holder was last heard (with HolderAlive).
+	HeardAgo time.Duration
 }
 
 // Error describes the lost claim.
 func (e *EpochConflictError) Error() string {
+	if e.HolderAlive {
+		return fmt.Sprintf("ucsmock: epoch claim conflict: holder %q of epoch %d is alive (renewed %v ago)", e.Holder, e.Epoch, e.HeardAgo)
+	}
 	return fmt.Sprintf("ucsmock: epoch claim conflict: current epoch is %d (holder %q)", e.Epoch, e.Holder)
 }
 
-// Is reports whether target is ErrEpochConflict.
-func (e *EpochConflictError) Is(target error) bool { return target == ErrEpochConflict }
+// Is reports whether target is ErrEpochConflict, or ErrHolderAlive for a
+// claim refused because the holder is alive.
+func (e *EpochConflictError) Is(target error) bool {
+	return target == ErrEpochConflict || target == ErrHolderAlive && e.HolderAlive
+}
 
 // conflictError is a save that would change content it may not change.
 type conflictError struct {

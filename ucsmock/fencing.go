@@ -3,6 +3,7 @@ package ucsmock
 import (
 	"cmp"
 	"slices"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -175,10 +176,27 @@ func validateClaim(service string, expect, epoch uint64, holder string) error {
 	return nil
 }
 
+// validateRenew checks a renewal's fields.
+func validateRenew(service string, epoch uint64, holder string) error {
+	if err := validName("service", service, maxNameLen, true); err != nil {
+		return err
+	}
+	if err := validName("holder", holder, maxNameLen, true); err != nil {
+		return err
+	}
+	if epoch == 0 {
+		return invalidf("epoch 0 cannot be renewed")
+	}
+	return nil
+}
+
 // applyClaim is the compare-and-set of a validated claim inside tx. A retry
 // of a claim that already succeeded (same epoch and holder) succeeds again,
 // so a claimant whose answer was lost can simply retry.
-func applyClaim(tx txn, service string, expect, epoch uint64, holder string) (Epoch, error) {
+//
+// silent > 0 makes it a claim that must not depose a live holder: it fails
+// (HolderAlive) while another holder claimed or renewed within silent of now.
+func applyClaim(tx txn, service string, expect, epoch uint64, holder string, silent time.Duration, now time.Time) (Epoch, error) {
 	cur, err := tx.serviceEpoch(service)
 	if err != nil {
 		return Epoch{}, err
@@ -189,9 +207,31 @@ func applyClaim(tx txn, service string, expect, epoch uint64, holder string) (Ep
 	if cur.Epoch != expect || epoch <= cur.Epoch {
 		return Epoch{}, &EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder}
 	}
-	next := Epoch{Epoch: epoch, Holder: holder}
+	if ago := now.Sub(time.UnixMilli(cur.HeardUnixMs)); silent > 0 && cur.Holder != "" && cur.Holder != holder && cur.HeardUnixMs > 0 && ago < silent {
+		return Epoch{}, &EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder, HolderAlive: true, HeardAgo: ago.Round(time.Millisecond)}
+	}
+	next := Epoch{Epoch: epoch, Holder: holder, HeardUnixMs: now.UnixMilli()}
 	if err := tx.putServiceEpoch(service, next); err != nil {
 		return Epoch{}, err
 	}
 	return next, nil
+}
+
+// applyRenew records inside tx that holder, holding epoch, is alive.
+func applyRenew(tx txn, service string, epoch uint64, holder string, now time.Time) (Epoch, error) {
+	cur, err := tx.serviceEpoch(service)
+	if err != nil {
+		return Epoch{}, err
+	}
+	switch {
+	case epoch < cur.Epoch:
+		return Epoch{}, &StaleEpochError{Epoch: cur.Epoch, Holder: cur.Holder}
+	case epoch > cur.Epoch || cur.Holder != holder:
+		return Epoch{}, &EpochConflictError{Epoch: cur.Epoch, Holder: cur.Holder}
+	}
+	cur.HeardUnixMs = now.UnixMilli()
+	if err := tx.putServiceEpoch(service, cur); err != nil {
+		return Epoch{}, err
+	}
+	return cur, nil
 }

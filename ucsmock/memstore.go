@@ -125,6 +125,30 @@ func (m *MemStore) Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) 
 
 // ClaimEpoch is the compare-and-set of the service's epoch; see Store.
 func (m *MemStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
+	return m.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, 0)
+}
+
+// Renew records that holder, holding epoch, is alive; see Store.
+func (m *MemStore) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	if m.faults.outage() {
+		m.stats.faultsInjected.Add(1)
+		return Epoch{}, fmt.Errorf("renew epoch %d of %s: %w", epoch, service, faultOutage.err())
+	}
+	if err := validateRenew(service, epoch, holder); err != nil {
+		return Epoch{}, fmt.Errorf("renew epoch %d of %s: %w", epoch, service, err)
+	}
+	m.mu.Lock()
+	e, err := applyRenew(memTxn{m}, service, epoch, holder, time.Now())
+	m.mu.Unlock()
+	if err != nil {
+		return Epoch{}, fmt.Errorf("renew epoch %d of %s: %w", epoch, service, err)
+	}
+	return e, nil
+}
+
+// ClaimEpochIfSilent is ClaimEpoch refused (ErrHolderAlive) while another
+// holder renewed within silent; see Store.
+func (m *MemStore) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
 	if m.faults.outage() {
 		m.stats.faultsInjected.Add(1)
 		return Epoch{}, fmt.Errorf("claim epoch %d of %s: %w", epoch, service, faultOutage.err())
@@ -136,7 +160,7 @@ func (m *MemStore) ClaimEpoch(ctx context.Context, service string, expect, epoch
 		return Epoch{}, fmt.Errorf("claim epoch %d of %s: %w", epoch, service, err)
 	}
 	m.mu.Lock()
-	e, err := applyClaim(memTxn{m}, service, expect, epoch, holder)
+	e, err := applyClaim(memTxn{m}, service, expect, epoch, holder, silent, time.Now())
 	m.mu.Unlock()
 	m.stats.countClaim(err)
 	if err != nil {

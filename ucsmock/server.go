@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,8 @@ type Server struct {
 	metrics *metrics
 	handler http.Handler
 	addr    atomic.Pointer[string]
+	// tlsConfig, set by UseTLS, makes Run serve mTLS.
+	tlsConfig *tls.Config
 }
 
 // metrics are the server's Prometheus metrics.
@@ -132,6 +135,7 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	mux.HandleFunc("GET /ucs/v1/transcripts/{chatId}", s.reader(s.handleTranscript))
 	mux.HandleFunc("GET /ucs/v1/transcripts/{$}", s.reader(s.handleMissingChatID))
 	mux.HandleFunc("POST /ucs/v1/epochs/{service}/claim", s.writer(s.metrics.claims, s.handleClaim))
+	mux.HandleFunc("POST /ucs/v1/epochs/{service}/renew", s.writer(s.metrics.claims, s.handleRenew))
 	mux.HandleFunc("GET /ucs/v1/epochs/{service}", s.reader(s.handleEpoch))
 	mux.HandleFunc("GET /ucs/v1/chats", s.reader(s.handleChats))
 	mux.HandleFunc("PUT /ucs/v1/admin/faults", s.admin(s.handleSetFaults))
@@ -183,6 +187,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		s.Close()
 		return fmt.Errorf("listen %s: %w", s.cfg.HTTPAddr, err)
+	}
+	if tc := s.serverTLS(); tc != nil {
+		ln = tls.NewListener(ln, tc)
 	}
 	addr := ln.Addr().String()
 	s.addr.Store(&addr)
@@ -399,6 +406,9 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = validateClaim(service, body.Expect, body.Epoch, body.Holder)
 	}
+	if err == nil && (body.IfSilentMs < 0 || body.IfSilentMs > 3_600_000) {
+		err = invalidf("ifSilentMs %d: want 0..3600000", body.IfSilentMs)
+	}
 	if err != nil {
 		s.metrics.claims.WithLabelValues("invalid").Inc()
 		s.writeErr(w, err)
@@ -412,7 +422,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 	var e Epoch
 	err = s.store.update(ctx, func(tx txn) error {
 		var err error
-		e, err = applyClaim(tx, service, body.Expect, body.Epoch, body.Holder)
+		e, err = applyClaim(tx, service, body.Expect, body.Epoch, body.Holder, time.Duration(body.IfSilentMs)*time.Millisecond, time.Now())
 		return err
 	})
 	s.stats.countClaim(err)
@@ -462,6 +472,36 @@ func (s *Server) handleChats(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleEpoch is GET /ucs/v1/epochs/{service}.
+// handleRenew records that the holder of the service's epoch is alive (the
+// primary's lease, which ClaimEpochIfSilent respects).
+func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
+	service := r.PathValue("service")
+	if s.faults.outage() {
+		s.writeFault(w, "claim", faultOutage)
+		return
+	}
+	var body renewBody
+	err := decodeJSON(w, r, 64<<10, &body)
+	if err == nil {
+		err = validateRenew(service, body.Epoch, body.Holder)
+	}
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	var e Epoch
+	err = s.store.update(r.Context(), func(tx txn) error {
+		var err error
+		e, err = applyRenew(tx, service, body.Epoch, body.Holder, time.Now())
+		return err
+	})
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, e)
+}
+
 func (s *Server) handleEpoch(w http.ResponseWriter, r *http.Request) {
 	service := r.PathValue("service")
 	if s.faults.outage() {
@@ -556,7 +596,8 @@ func (s *Server) errorAnswer(err error) (int, errorBody) {
 	case errors.As(err, &se):
 		return http.StatusConflict, errorBody{Error: "stale epoch", Code: codeStaleEpoch, Epoch: se.Epoch, Holder: se.Holder}
 	case errors.As(err, &ce):
-		return http.StatusConflict, errorBody{Error: "epoch claim conflict", Code: codeEpochConflict, Epoch: ce.Epoch, Holder: ce.Holder}
+		return http.StatusConflict, errorBody{Error: "epoch claim conflict", Code: codeEpochConflict, Epoch: ce.Epoch, Holder: ce.Holder,
+			HolderAlive: ce.HolderAlive, HeardAgoMs: ce.HeardAgo.Milliseconds()}
 	case errors.Is(err, ErrConflict):
 		return http.StatusConflict, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: "), Code: codeConflict}
 	case errors.As(err, &tl):

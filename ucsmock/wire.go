@@ -33,6 +33,14 @@ type claimBody struct {
 	Expect uint64 `json:"expect"`
 	Epoch  uint64 `json:"epoch"`
 	Holder string `json:"holder"`
+	// IfSilentMs > 0: refuse while another holder renewed within it.
+	IfSilentMs int64 `json:"ifSilentMs,omitempty"`
+}
+
+// renewBody is the body of POST /ucs/v1/epochs/{service}/renew.
+type renewBody struct {
+	Epoch  uint64 `json:"epoch"`
+	Holder string `json:"holder"`
 }
 
 // errorBody is the JSON answer of every failed request. Code is what
@@ -43,6 +51,10 @@ type errorBody struct {
 	Recoverable bool   `json:"recoverable"`
 	Epoch       uint64 `json:"epoch,omitempty"`
 	Holder      string `json:"holder,omitempty"`
+	// HolderAlive and HeardAgoMs explain a claim refused because the
+	// holder renewed within the asked silence (code epoch_conflict).
+	HolderAlive bool  `json:"holderAlive,omitempty"`
+	HeardAgoMs  int64 `json:"heardAgoMs,omitempty"`
 }
 
 // Error codes of errorBody.

@@ -8,8 +8,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/mtls"
 )
 
 // Tokens of a bench cluster.
@@ -29,6 +34,19 @@ type Cluster struct {
 // core gets coreArgs after its defaults. progress receives the start story.
 // Stop the cluster with Stop; its logs stay in Dir().
 func Start(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs ...string) (*Cluster, error) {
+	return StartWith(ctx, stage, Options{}, progress, coreArgs...)
+}
+
+// Options shape a bench cluster beyond its stage.
+type Options struct {
+	// TLS runs the cluster with mTLS on every hop (certificates in the
+	// cluster's directory); the bench client then presents the operator's
+	// certificate (Cluster.ClientCreds).
+	TLS bool
+}
+
+// StartWith is Start with options.
+func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.Writer, coreArgs ...string) (*Cluster, error) {
 	addrs, err := demo.FreeAddrs()
 	if err != nil {
 		return nil, err
@@ -39,10 +57,35 @@ func Start(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs .
 	}
 	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
 		ServiceToken: ServiceToken, AdminToken: AdminToken}
+	if opts.TLS {
+		layout.CertDir = filepath.Join(dir, "certs")
+	}
 	plan := demo.StandardPlan(layout).Without("webapi", "interaction")
-	sup, err := demo.Start(ctx, plan, demo.Options{Dir: dir, Progress: progress})
+	dopts := demo.Options{Dir: dir, Progress: progress}
+	if opts.TLS {
+		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
+			return nil, err
+		}
+		if dopts.TLS, err = demo.OperatorTLS(layout.CertDir); err != nil {
+			return nil, err
+		}
+	}
+	sup, err := demo.Start(ctx, plan, dopts)
 	if err != nil {
 		return nil, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)
 	}
 	return &Cluster{Supervisor: sup, Layout: layout}, nil
+}
+
+// ClientCreds returns the gRPC transport credentials of a bench client: the
+// operator's mTLS certificate when the cluster runs mTLS, else plaintext.
+func (c *Cluster) ClientCreds() (credentials.TransportCredentials, error) {
+	if c.Layout.CertDir == "" {
+		return insecure.NewCredentials(), nil
+	}
+	src, err := mtls.Load(mtls.FilesIn(c.Layout.CertDir, demo.OperatorName))
+	if err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(src.ClientConfig(nil)), nil
 }

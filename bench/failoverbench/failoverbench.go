@@ -37,6 +37,9 @@ type Options struct {
 	Trials int
 	// Cores maps core names to their gRPC addresses (for status queries).
 	Cores map[string]string
+	// Ctl asks the cores for their status and drives switchovers (its
+	// credentials: the operator's certificate under mTLS).
+	Ctl clusterctl.Ctl
 	// AdminToken authorises switchovers.
 	AdminToken string
 	// ServiceToken lets the bench join an agent.
@@ -152,7 +155,7 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 			return rep, fmt.Errorf("switchover trial %d: %w", i+1, err)
 		}
 		gap, err := trial(ctx, cl, opts, func(ctx context.Context) error {
-			_, err := clusterctl.Switchover(ctx, addrs, opts.AdminToken, 10*time.Second)
+			_, err := opts.Ctl.Switchover(ctx, addrs, opts.AdminToken, 10*time.Second)
 			return err
 		})
 		if err != nil {
@@ -172,7 +175,7 @@ func waitPair(ctx context.Context, opts Options, within time.Duration) error {
 		addrs = append(addrs, a)
 	}
 	for {
-		sts := clusterctl.Status(ctx, addrs, time.Second)
+		sts := opts.Ctl.Status(ctx, addrs, time.Second)
 		var primaries, backups int
 		var lag uint64
 		for _, s := range sts {
@@ -203,7 +206,7 @@ func waitPair(ctx context.Context, opts Options, within time.Duration) error {
 
 func primaryName(ctx context.Context, opts Options) (string, error) {
 	for name, addr := range opts.Cores {
-		sts := clusterctl.Status(ctx, []string{addr}, time.Second)
+		sts := opts.Ctl.Status(ctx, []string{addr}, time.Second)
 		if sts[0].Status.GetRole() == "primary" {
 			return name, nil
 		}

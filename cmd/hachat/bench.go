@@ -8,10 +8,13 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/grpc"
+
 	"github.com/hachat/hachat/bench/benchcluster"
 	"github.com/hachat/hachat/bench/chatbench"
 	"github.com/hachat/hachat/bench/failoverbench"
 	"github.com/hachat/hachat/chatclient"
+	"github.com/hachat/hachat/clusterctl"
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -120,6 +123,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		SkipSwitchover bool `yaml:"skip-switchover"`
 		Sidecar        bool `yaml:"sidecar"`
 		Silent         bool `yaml:"silent"`
+		TLS            bool `yaml:"tls"`
 	}
 	o.Trials = 5
 	err := parseFlags("bench failover", "Measure the kill -9 failover gap and the switchover pause of a primary/backup pair.", args, errw, &o, func(fs *flag.FlagSet) {
@@ -127,6 +131,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		fs.BoolVar(&o.SkipSwitchover, "skip-switchover", o.SkipSwitchover, "measure kill -9 only")
 		fs.BoolVar(&o.Silent, "silent", o.Silent, "also SIGSTOP the primary (detected by gossip), then SIGCONT it")
 		fs.BoolVar(&o.Sidecar, "sidecar", o.Sidecar, "go through a sidecar steered by the xDS control plane (the client knows no core)")
+		fs.BoolVar(&o.TLS, "tls", o.TLS, "mTLS on every hop (the gap then includes a handshake with the new primary)")
 	})
 	if err != nil {
 		return err
@@ -136,7 +141,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if o.Sidecar {
 		stage, path = demo.StageMesh, "through a sidecar steered by xDS"
 	}
-	bc, err := benchcluster.Start(ctx, stage, errw, "--send-rate=100000", "--send-burst=100000")
+	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS}, errw, "--send-rate=100000", "--send-burst=100000")
 	if err != nil {
 		return err
 	}
@@ -147,7 +152,11 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if o.Sidecar {
 		ccfg.Targets = []string{layout.Addrs.SidecarWebAPIListen}
 	}
-	cl, err := chatclient.New(ccfg, telemetry.Discard())
+	creds, err := bc.ClientCreds()
+	if err != nil {
+		return err
+	}
+	cl, err := chatclient.New(ccfg, telemetry.Discard(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
@@ -155,8 +164,13 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	rep, err := failoverbench.Run(ctx, cl, bc, failoverbench.Options{
 		Trials: o.Trials, AdminToken: benchcluster.AdminToken, ServiceToken: benchcluster.ServiceToken, SkipSwitchover: o.SkipSwitchover, Silent: o.Silent,
 		Cores: map[string]string{"core-a": layout.Addrs.CoreAGRPC, "core-b": layout.Addrs.CoreBGRPC},
+		Ctl:   clusterctl.Ctl{Creds: creds},
 	}, errw)
-	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s\n%s", path, rep)
+	security := "plaintext"
+	if o.TLS {
+		security = "mTLS"
+	}
+	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s, %s\n%s", path, security, rep)
 	return err
 }
 

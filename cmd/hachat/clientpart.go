@@ -2,13 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/hachat/hachat/chatclient"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -17,7 +23,12 @@ import (
 // part's own core key), and telemetry.
 type clientFile struct {
 	chatclient.Config `yaml:",inline"`
-	Telemetry         telemetry.Config `yaml:"telemetry"`
+	// TLS turns on mTLS to the sidecar (or the cores): tls-ca, tls-cert, tls-key.
+	TLS mtls.Files `yaml:",inline"`
+	// HTTPS serves the part's HTTP API and pages over TLS with its
+	// certificate (no client certificate asked: browsers connect). Needs TLS.
+	HTTPS     bool             `yaml:"https"`
+	Telemetry telemetry.Config `yaml:"telemetry"`
 }
 
 func defaultClientFile() clientFile {
@@ -26,11 +37,15 @@ func defaultClientFile() clientFile {
 
 func (f *clientFile) registerFlags(fs *flag.FlagSet) {
 	f.Config.RegisterRetryFlags(fs)
+	registerTLSFlags(fs, &f.TLS)
+	fs.BoolVar(&f.HTTPS, "https", f.HTTPS, "serve HTTPS with the --tls-cert certificate (browsers: import the cluster's ca.pem); default plain HTTP")
 	f.Telemetry.RegisterFlags(fs)
 }
 
 // clientPart is what a part that talks to the chat core starts with.
 type clientPart struct {
+	tls     *mtls.Source // nil: no mTLS
+	https   bool
 	tel     *telemetry.Telemetry
 	client  *chatclient.Client
 	targets []string
@@ -54,18 +69,45 @@ func startClientPart(ctx context.Context, name, core string, f clientFile, errw 
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
-	cc := f.Config
-	cc.Targets = targets
-	client, err := chatclient.New(cc, tel)
+	src, err := startTLS(ctx, f.TLS, tel.Logger)
+	if err == nil && f.HTTPS && src == nil {
+		err = errors.New("--https needs --tls-ca, --tls-cert and --tls-key")
+	}
 	if err != nil {
 		_ = tel.Shutdown(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &clientPart{tel: tel, client: client, targets: targets}, nil
+	cc := f.Config
+	cc.Targets = targets
+	var dopts []grpc.DialOption
+	if src != nil {
+		// The sidecar in front of the cores, or a core itself.
+		dopts = append(dopts, grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig(mtls.Allow(mtls.KindProxy, mtls.KindCore)))))
+	}
+	client, err := chatclient.New(cc, tel, dopts...)
+	if err != nil {
+		_ = tel.Shutdown(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return &clientPart{tls: src, https: f.HTTPS, tel: tel, client: client, targets: targets}, nil
 }
 
 // close closes the client and flushes the spans.
 func (p *clientPart) close(ctx context.Context) {
 	p.client.Close()
 	_ = p.tel.Shutdown(context.WithoutCancel(ctx))
+}
+
+// listen opens the part's HTTP listener on addr, with TLS for browsers
+// when --https is set. It returns the listener and its URL scheme.
+func (p *clientPart) listen(ctx context.Context, addr string) (net.Listener, string, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if p.https {
+		return tls.NewListener(ln, p.tls.PublicServerConfig()), "https", nil
+	}
+	return ln, "http", nil
 }

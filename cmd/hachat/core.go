@@ -7,13 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/hachat/hachat/chatcore"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/ucsmock"
 )
@@ -35,7 +35,10 @@ type coreFile struct {
 	// in the members' meta, so peer and witness may stay empty.
 	Gossip     string            `yaml:"gossip"`
 	Membership membership.Config `yaml:",inline"`
-	Telemetry  telemetry.Config  `yaml:"telemetry"`
+	// TLS turns on mTLS (tls-ca, tls-cert, tls-key): the gRPC server, the
+	// other core, UCS (an https:// ucs URL) and the witness.
+	TLS       mtls.Files       `yaml:",inline"`
+	Telemetry telemetry.Config `yaml:"telemetry"`
 }
 
 // UnmarshalYAML decodes the --config file strictly (unknown keys are
@@ -65,6 +68,7 @@ func (f *coreFile) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&f.UCSToken, "ucs-token", f.UCSToken, "writer token sent with transcript saves and epoch claims (ucs --writer-token); empty: none")
 	fs.StringVar(&f.Gossip, "gossip", f.Gossip, "gossip bind address host:port, alias of --gossip-bind (both empty: no membership)")
 	f.Membership.RegisterFlags(fs)
+	registerTLSFlags(fs, &f.TLS)
 	f.Telemetry.RegisterFlags(fs)
 }
 
@@ -86,11 +90,21 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	defer tel.Shutdown(context.WithoutCancel(ctx))
 
-	store := ucsmock.NewClient(file.UCS, &http.Client{Timeout: 10 * time.Second}, tel).WithToken(file.UCSToken)
-	witnessClient := &http.Client{Timeout: time.Second}
+	src, err := startTLS(ctx, file.TLS, tel.Logger)
+	if err != nil {
+		return err
+	}
+	store := ucsmock.NewClient(file.UCS, httpClient(src, 10*time.Second, mtls.KindUCS), tel).WithToken(file.UCSToken)
+	witnessClient := httpClient(src, time.Second, mtls.KindWitness, mtls.KindXDS)
 	opts := []chatcore.Option{chatcore.WithWitness(func(ctx context.Context, witness, target string) (bool, error) {
+		if src != nil {
+			witness = "https://" + witness
+		}
 		return membership.AskReachable(ctx, witnessClient, witness, target)
 	})}
+	if src != nil {
+		opts = append(opts, chatcore.WithTLS(src))
+	}
 	if file.Gossip != "" {
 		file.Membership.BindAddr = file.Gossip
 	}

@@ -9,15 +9,21 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/credentials"
+
 	"github.com/hachat/hachat/clusterctl"
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/mtls"
 )
 
 const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pair.
 
   hachat ctl status     [--state FILE | --core ADDR,ADDR] [--json]
-  hachat ctl switchover [--state FILE | --core ADDR,ADDR] --admin-token TOKEN
+  hachat ctl switchover [--state FILE | --core ADDR,ADDR] [--admin-token TOKEN]
 
-The cores are found in the demo's state file unless --core names them.`
+The cores are found in the demo's state file unless --core names them; with
+--state, the admin token and the operator's mTLS certificate come from the
+state file's credentials too (flags override: --admin-token, --tls-*).`
 
 func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -34,6 +40,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		JSON       bool          `yaml:"json"`
 		AdminToken string        `yaml:"admin-token"`
 		Timeout    time.Duration `yaml:"timeout"`
+		TLS        mtls.Files    `yaml:",inline"`
 	}
 	opts.State = ".hachat/demo.json"
 	opts.Timeout = 5 * time.Second
@@ -43,6 +50,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.BoolVar(&opts.JSON, "json", opts.JSON, "print JSON")
 		fs.StringVar(&opts.AdminToken, "admin-token", opts.AdminToken, "admin token (switchover)")
 		fs.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "timeout of each call")
+		registerTLSFlags(fs, &opts.TLS)
 	})
 	if err != nil {
 		return err
@@ -51,9 +59,13 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ctl, err := ctlClient(opts.TLS, opts.Core, opts.State)
+	if err != nil {
+		return err
+	}
 	switch verb {
 	case "status":
-		sts := clusterctl.Status(ctx, addrs, opts.Timeout)
+		sts := ctl.Status(ctx, addrs, opts.Timeout)
 		if opts.JSON {
 			enc := json.NewEncoder(out)
 			enc.SetIndent("", "  ")
@@ -61,7 +73,11 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		}
 		return clusterctl.WriteTable(out, sts)
 	case "switchover":
-		resp, err := clusterctl.Switchover(ctx, addrs, opts.AdminToken, opts.Timeout)
+		token := opts.AdminToken
+		if token == "" {
+			token = stateAdminToken(opts.Core, opts.State)
+		}
+		resp, err := ctl.Switchover(ctx, addrs, token, opts.Timeout)
 		if err != nil {
 			return err
 		}
@@ -87,4 +103,35 @@ func ctlCores(core, state string) ([]string, error) {
 		return nil, fmt.Errorf("find cores (use --core or --state): %w", err)
 	}
 	return addrs, nil
+}
+
+// ctlClient returns how ctl reaches the cores: the operator certificate of
+// --tls-* or, with --state, of the demo's cert dir; plaintext otherwise.
+func ctlClient(files mtls.Files, core, state string) (clusterctl.Ctl, error) {
+	if !files.Enabled() && core == "" {
+		if st, err := demo.ReadState(state); err == nil && st.Credentials.CertDir != "" {
+			files = mtls.FilesIn(st.Credentials.CertDir, demo.OperatorName)
+		}
+	}
+	if !files.Enabled() {
+		return clusterctl.Ctl{}, nil
+	}
+	src, err := mtls.Load(files)
+	if err != nil {
+		return clusterctl.Ctl{}, err
+	}
+	return clusterctl.Ctl{Creds: credentials.NewTLS(src.ClientConfig(mtls.Allow(mtls.KindCore)))}, nil
+}
+
+// stateAdminToken returns the admin token of the demo's state file, when
+// ctl finds the cores there ("" otherwise).
+func stateAdminToken(core, state string) string {
+	if core != "" {
+		return ""
+	}
+	st, err := demo.ReadState(state)
+	if err != nil {
+		return ""
+	}
+	return st.Credentials.AdminToken
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -30,6 +32,9 @@ type demoConfig struct {
 	// FreePorts picks free loopback ports instead of the fixed demo ports
 	// of docs/design.md (default false): for tests, or a second demo.
 	FreePorts bool `yaml:"free-ports"`
+	// Plaintext turns mTLS off between the parts (default false: the demo
+	// issues a CA and a certificate per part in <dir>/certs).
+	Plaintext bool `yaml:"plaintext"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -48,6 +53,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long each part may take to become ready")
 			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
 			fs.BoolVar(&cfg.FreePorts, "free-ports", cfg.FreePorts, "use free loopback ports instead of the fixed demo ports")
+			fs.BoolVar(&cfg.Plaintext, "plaintext", cfg.Plaintext, "no mTLS between the parts (default: mTLS with certificates in <dir>/certs)")
 		})
 	if err != nil {
 		return err
@@ -67,12 +73,36 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			return err
 		}
 	}
-	plan := demo.StandardPlan(demo.Layout{
+	layout := demo.Layout{
 		Addrs:     addrs,
 		Stage:     demo.Stage(cfg.Stage),
 		DataDir:   cfg.Dir,
 		LogFormat: cfg.LogFormat,
-	})
+	}
+	// The sidecars and the control plane learn mTLS in their own change;
+	// until then the mesh stage runs plaintext.
+	if !cfg.Plaintext && layout.Stage < demo.StageMesh {
+		layout.CertDir = filepath.Join(cfg.Dir, "certs")
+	}
+	plan := demo.StandardPlan(layout)
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	accounts, err := demo.WriteAccounts(layout.AccountsFile(), demo.DemoAccounts())
+	if err != nil {
+		return fmt.Errorf("demo accounts: %w", err)
+	}
+	layout = layout.Filled()
+	creds := demo.Credentials{Accounts: accounts, AdminToken: layout.AdminToken, UCSReaderToken: layout.UCSReaderToken, CertDir: layout.CertDir}
+	var clientTLS *tls.Config
+	if layout.CertDir != "" {
+		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
+			return err
+		}
+		if clientTLS, err = demo.OperatorTLS(layout.CertDir); err != nil {
+			return err
+		}
+	}
 	var logger *slog.Logger
 	if cfg.LogFormat == "json" {
 		logger = slog.New(slog.NewJSONHandler(errw, nil)).With("part", "demo")
@@ -86,7 +116,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	fmt.Fprintf(progress, "hachat demo: starting %d parts (logs in %s/)\n", len(plan.Parts), cfg.Dir)
 	sup, err := demo.Start(ctx, plan, demo.Options{
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
-		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace,
+		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds,
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
@@ -97,6 +127,10 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	q, _ := plan.Part("interaction")
 	fmt.Fprintf(out, "\nstate file: %s (with the credentials: admin token, UCS reader token)\n", cfg.State)
 	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
+	for _, a := range accounts {
+		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)
+	}
 	fmt.Fprintf(out, "cluster status: hachat ctl status --state %s\n", cfg.State)
 	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; Ctrl-C stops everything.\n")
 	<-ctx.Done()

@@ -40,6 +40,10 @@ func runInteraction(ctx context.Context, args []string, out, errw io.Writer) err
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "hachat interaction: http://%s/agent (core %s)\n", file.HTTP, strings.Join(part.targets, ","))
-	return srv.Run(ctx)
+	ln, scheme, err := part.listen(ctx, file.HTTP)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "hachat interaction: %s://%s/agent (core %s)\n", scheme, ln.Addr(), strings.Join(part.targets, ","))
+	return srv.Serve(ctx, ln)
 }

@@ -29,8 +29,10 @@ func commands() []command {
 		{"xds", "run the xDS control plane (or: xds envoy-bootstrap)", runXDS},
 		{"proxy", "run a sidecar proxy steered by the xDS control plane", runProxy},
 		{"witness", "run a membership witness (a gossip member that only votes)", runWitness},
+		{"accounts", "manage the Interaction Server's built-in accounts: add, remove, list", runAccounts},
 		{"demo", "run the whole cluster on this machine, each part its own process", runDemo},
 		{"ctl", "cluster control: status, switchover", runCtl},
+		{"certs", "workload certificates for mTLS: init, issue, list", runCerts},
 		{"bench", "benchmarks: chat, failover, proxy", runBench},
 	}
 }

@@ -39,6 +39,10 @@ func runWebAPI(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "hachat webapi: http://%s/ (core %s)\n", file.HTTP, strings.Join(part.targets, ","))
-	return srv.Run(ctx)
+	ln, scheme, err := part.listen(ctx, file.HTTP)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "hachat webapi: %s://%s/ (core %s)\n", scheme, ln.Addr(), strings.Join(part.targets, ","))
+	return srv.Serve(ctx, ln)
 }

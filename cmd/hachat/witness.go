@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -17,6 +18,7 @@ type witnessFile struct {
 	// /membership/v1/reachable.
 	HTTP      string            `yaml:"http"`
 	Gossip    membership.Config `yaml:",inline"`
+	TLS       mtls.Files        `yaml:",inline"`
 	Telemetry telemetry.Config  `yaml:"telemetry"`
 }
 
@@ -30,6 +32,7 @@ func runWitness(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.StringVar(&f.Name, "name", f.Name, "node name in the gossip cluster (unique)")
 			fs.StringVar(&f.HTTP, "http", f.HTTP, "HTTP address: /healthz, /metrics, /membership/v1/members, /membership/v1/reachable")
 			f.Gossip.RegisterFlags(fs)
+			registerTLSFlags(fs, &f.TLS)
 			f.Telemetry.RegisterFlags(fs)
 		})
 	if err != nil {
@@ -41,5 +44,16 @@ func runWitness(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	defer tel.Shutdown(context.WithoutCancel(ctx))
 	f.Gossip.Name = f.Name
-	return membership.RunWitness(ctx, f.Gossip, f.HTTP, tel)
+	src, err := startTLS(ctx, f.TLS, tel.Logger)
+	if err != nil {
+		return err
+	}
+	w, err := membership.NewWitness(ctx, f.Gossip, f.HTTP, tel)
+	if err != nil {
+		return err
+	}
+	if src != nil {
+		w.UseTLS(src)
+	}
+	return w.Run(ctx)
 }

@@ -144,6 +144,7 @@ func openChat(t *testing.T, c *harness.Cluster, prefix string) *pages {
 		chromedp.Navigate(c.InteractionURL()+"/agent"),
 		chromedp.WaitVisible(chromedp.ID("login-form")),
 		chromedp.SendKeys(chromedp.ID("agentId"), "ada"),
+		chromedp.SendKeys(chromedp.ID("password"), c.Agents().Password("ada")),
 		chromedp.SendKeys(chromedp.ID("nickname"), "Ada"),
 		chromedp.Click(chromedp.ID("login")),
 		chromedp.WaitVisible(chromedp.ID("desk")),

@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/interaction/auth"
 )
 
 // composeFile is the part of deploy/compose.yaml the shape test reads.
@@ -116,5 +119,35 @@ func TestComposeShape(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// composeAccounts are the public demo accounts of deploy/accounts.json, which
+// deploy/compose.yaml mounts into interaction (documented there).
+var composeAccounts = []demo.AccountCredential{
+	{User: "ada", Password: "hachat-demo-ada", Role: "agent"},
+	{User: "grace", Password: "hachat-demo-grace", Role: "agent"},
+	{User: "sam", Password: "hachat-demo-sam", Role: "supervisor"},
+}
+
+// TestComposeAccounts checks that the accounts file compose mounts holds the
+// documented demo accounts, with the documented passwords and roles.
+func TestComposeAccounts(t *testing.T) {
+	list, err := auth.ReadAccounts(filepath.Join("..", "..", "deploy", "accounts.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != len(composeAccounts) {
+		t.Fatalf("deploy/accounts.json holds %d accounts, want %d", len(list), len(composeAccounts))
+	}
+	for i, want := range composeAccounts {
+		a := list[i]
+		if a.ID != want.User || a.Role != want.Role || !auth.VerifyPassword(a.Hash, want.Password) {
+			t.Errorf("account %d: %s/%s does not match %s/%s with the documented password", i, a.ID, a.Role, want.User, want.Role)
+		}
+	}
+	f := readCompose(t)
+	if !slices.Contains(f.Services["interaction"].Command, "--accounts=/etc/hachat/accounts.json") {
+		t.Errorf("interaction is not given the mounted accounts file: %q", f.Services["interaction"].Command)
 	}
 }

@@ -317,17 +317,24 @@ func (p *project) exited(ctx context.Context) (map[string]string, error) {
 
 // coreStatus is one entry of `hachat ctl status --json`.
 type coreStatus struct {
-	Addr   string `json:"addr"`
-	Error  string `json:"error"`
-	Status *struct {
-		Name    string `json:"name"`
-		Role    string `json:"role"`
-		Epoch   uint64 `json:"epoch"`
-		Backup  string `json:"backup"`
-		Lag     uint64 `json:"replication_lag"`
-		Live    uint64 `json:"live_sessions"`
-		Members []any  `json:"members"`
-	} `json:"status"`
+	Addr   string     `json:"addr"`
+	Error  string     `json:"error"`
+	Status *coreState `json:"status"`
+}
+
+// coreState is what a core says of itself: its name, role, epoch and
+// connected backup.
+type coreState struct {
+	Name    string `json:"name"`
+	Role    string `json:"role"`
+	Epoch   uint64 `json:"epoch"`
+	Backup  string `json:"backup"`
+	Lag     uint64 `json:"replication_lag"`
+	Live    uint64 `json:"live_sessions"`
+	Members []any  `json:"members"`
+	// Draining: the core serves nothing new (a switchover's drain, or a
+	// promotion still merging what UCS holds).
+	Draining bool `json:"draining"`
 }
 
 // cores runs `hachat ctl status` inside the ucs container (the image has no

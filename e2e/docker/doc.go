@@ -2,7 +2,9 @@
 // the standard hachat cluster as containers of the hachat:dev image on this
 // machine's Docker engine, keeps a customer and an agent chatting, kills the
 // primary chat core's container with SIGKILL and checks that the chat goes
-// on with nothing acknowledged lost or shown twice.
+// on with nothing acknowledged lost or shown twice. The partition test cuts
+// a core's container off the cluster network under load (the backup's, then
+// the primary's) and checks the roles that follow and the chats' integrity.
 //
 // The test needs Docker and docker-compose, so it sits behind the docker
 // build tag and plain `go test ./...` does not run it:

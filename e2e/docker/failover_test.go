@@ -82,7 +82,7 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	gms := &harness.GMS{Base: p.WebAPI, Service: p.Service, HTTP: &http.Client{Timeout: 10 * time.Second}}
-	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}}
+	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}, Accounts: composeAccounts}
 	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil).WithToken(p.UCSReaderToken)
 
 	// 1. Ready: the pair is formed (core-a primary with core-b as its
@@ -117,7 +117,7 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	// 2. An agent takes the chat through the Interaction Server.
 	var ag *harness.Agent
 	waitFor(t, ctx, "agent login", 30*time.Second, func() error {
-		a, err := agents.Login(ctx, "agent-docker", "Grace", "agent")
+		a, err := agents.Login(ctx, "grace", "Grace", "agent")
 		if err != nil {
 			return err
 		}
@@ -312,6 +312,17 @@ func (c *ackClock) around(t time.Time) (before, after time.Time) {
 	return before, after
 }
 
+// between counts the acknowledgements from a (included) to b (excluded).
+func (c *ackClock) between(a, b time.Time) int {
+	n := 0
+	for _, at := range c.sorted() {
+		if !at.Before(a) && at.Before(b) {
+			n++
+		}
+	}
+	return n
+}
+
 func (c *ackClock) sorted() []time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -342,19 +353,29 @@ var errFatal = errors.New("will not happen")
 // timeout passes, ctx ends or cond returns an errFatal error.
 func waitFor(t *testing.T, ctx context.Context, what string, timeout time.Duration, cond func() error) {
 	t.Helper()
+	if err := until(ctx, what, timeout, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// until polls cond every 100ms until it returns nil (until returns nil), or
+// timeout passes, ctx ends or cond returns an errFatal error (until returns
+// an error naming what it waited for). waitFor is until for conditions a
+// test cannot go on without.
+func until(ctx context.Context, what string, timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		err := cond()
 		if err == nil {
-			return
+			return nil
 		}
 		if errors.Is(err, errFatal) {
-			t.Fatalf("waiting for %s: %v", what, err)
+			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+			return fmt.Errorf("timed out after %v waiting for %s: %w", timeout, what, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hachat/hachat/demo"
 )
 
 // AgentAPI is a client of the Interaction Server's agent API (docs/api.md):
@@ -24,11 +26,22 @@ type AgentAPI struct {
 	Base string
 	// HTTP is the client used; its timeout bounds one call.
 	HTTP *http.Client
+	// Accounts are the cluster's accounts with their passwords (from the
+	// plan's credentials or the demo's state file); Login uses them.
+	Accounts []demo.AccountCredential
 }
 
-// Agents returns an agent API client for the cluster's interaction server.
+// Agents returns an agent API client for the cluster's interaction server,
+// knowing the cluster's account passwords.
 func (c *Cluster) Agents() *AgentAPI {
-	return &AgentAPI{Base: c.InteractionURL(), HTTP: &http.Client{Timeout: 15 * time.Second}}
+	return &AgentAPI{Base: c.InteractionURL(), HTTP: &http.Client{Timeout: 15 * time.Second}, Accounts: c.creds.Accounts}
+}
+
+// Password returns the password of account user; "" when the harness does
+// not know the account.
+func (a *AgentAPI) Password(user string) string {
+	cred, _ := demo.Credentials{Accounts: a.Accounts}.Account(user)
+	return cred.Password
 }
 
 // AgentError is the body of an agent API error answer.
@@ -156,16 +169,28 @@ type Agent struct {
 	stream   *Stream
 }
 
-// Login logs in agentID with role "agent" or "supervisor".
+// Login logs in agentID with its password from Accounts and checks that
+// the account's role is role ("agent" or "supervisor"): the role comes from
+// the account, never from the request.
 func (a *AgentAPI) Login(ctx context.Context, agentID, nickname, role string) (*Agent, error) {
+	pw := a.Password(agentID)
+	if pw == "" {
+		return nil, fmt.Errorf("login %s: no such account in the cluster's credentials", agentID)
+	}
 	var out struct {
 		Token string `json:"token"`
+		Agent struct {
+			Role string `json:"role"`
+		} `json:"agent"`
 	}
-	if err := a.Do(ctx, http.MethodPost, "/agent/v1/login", "", map[string]string{"agentId": agentID, "nickname": nickname, "role": role}, &out); err != nil {
+	if err := a.Do(ctx, http.MethodPost, "/agent/v1/login", "", map[string]string{"agentId": agentID, "nickname": nickname, "password": pw}, &out); err != nil {
 		return nil, err
 	}
 	if out.Token == "" {
 		return nil, errors.New("login answered no token")
+	}
+	if out.Agent.Role != role {
+		return nil, fmt.Errorf("login %s: account role %q, want %q", agentID, out.Agent.Role, role)
 	}
 	return &Agent{API: a, ID: agentID, Nickname: nickname, Token: out.Token,
 		chats: map[string]map[uint64]AgentEvent{}, named: map[string]int{}, changed: make(chan struct{})}, nil
@@ -466,27 +491,44 @@ func AcceptAnywhere(ctx context.Context, agents []*Agent, chatID string) (*Agent
 }
 
 // StartSessions starts n chats through the customer API, logs in n ready
-// agents, has each chat accepted by the agent it is offered to, and waits
-// until the agent sees the customer's chat. Each session has a customer
-// and an agent side, and the customer's push channel as a watcher.
+// agents (pool accounts of the cluster), has each chat accepted by the
+// agent it is offered to, and waits until the agent sees the customer's
+// chat. Each session has a customer and an agent side, and the customer's
+// push channel as a watcher.
 func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = c.nextPoolAgent(t)
+	}
+	return StartSessions(t, c.Customer(), c.Agents(), ids, n)
+}
+
+// StartSessions is Cluster.StartSessions on any deployment: the agents ids
+// log in through agents (their passwords in agents.Accounts) and share the
+// n chats that customers start through gms (each holds up to interaction's
+// max-chats-per-agent). A chat start that is answered with a retryable
+// error (a sidecar that has no upstream yet) is tried again until the
+// setup's deadline.
+func StartSessions(t testing.TB, gms *GMS, agents *AgentAPI, ids []string, n int) []*Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	api := c.Agents()
-	var agents []*Agent
-	for i := range n {
-		ag := api.MustLogin(t, fmt.Sprintf("agent-%d-%d", i, time.Now().UnixNano()%1e6), "agent")
+	var ready []*Agent
+	for _, id := range ids {
+		ag := agents.MustLogin(t, id, "agent")
 		if err := ag.Ready(ctx); err != nil {
 			t.Fatalf("ready: %v", err)
 		}
-		agents = append(agents, ag)
+		ready = append(ready, ag)
 	}
-	gms := c.Customer()
 	var sessions []*Session
 	for i := range n {
-		chat := gms.MustStart(t, fmt.Sprintf("customer-%d", i))
-		ag, err := AcceptAnywhere(ctx, agents, chat.ChatID)
+		chat, err := startChat(ctx, gms, fmt.Sprintf("customer-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ag, err := AcceptAnywhere(ctx, ready, chat.ChatID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -502,4 +544,31 @@ func (c *Cluster) StartSessions(t testing.TB, n int) []*Session {
 			Watchers: []Viewer{push}, Customer: chat, Agent: ag, Push: push})
 	}
 	return sessions
+}
+
+// startChat starts a chat as nickname, trying again while the answer is a
+// transport error or retryable, until ctx ends; any other refusal ends it.
+func startChat(ctx context.Context, gms *GMS, nickname string) (*Chat, error) {
+	var chat *Chat
+	var refused error
+	err := pollCtx(ctx, func() error {
+		c, resp, err := gms.Start(ctx, url.Values{"nickname": {nickname}, "subject": {"e2e test"}})
+		switch {
+		case err != nil:
+			return err
+		case c == nil && !resp.Retryable():
+			refused = fmt.Errorf("%w (%s)", resp.Err(), resp.Raw)
+		case c == nil:
+			return resp.Err()
+		}
+		chat = c
+		return nil
+	})
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start chat as %s: %w", nickname, err)
+	}
+	return chat, nil
 }

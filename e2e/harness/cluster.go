@@ -2,16 +2,22 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/telemetry"
@@ -38,6 +44,41 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// LogLines is how many lines of each part's log a failed test prints (default 60).
 	LogLines int
+	// TLS runs the cluster with mTLS everywhere (demo.Layout.CertDir): the
+	// harness issues the certificates and talks to the parts as the operator.
+	TLS bool
+	// Accounts are the interaction server's accounts (default
+	// TestAccounts: the demo's and those the end-to-end tests log in as).
+	Accounts []demo.AccountSpec
+}
+
+// TestAccounts are the accounts of a test cluster: the demo's, plus the
+// agents and supervisors the end-to-end tests use.
+func TestAccounts() []demo.AccountSpec {
+	specs := append(demo.DemoAccounts(),
+		demo.AccountSpec{User: "a1", Role: "agent"}, demo.AccountSpec{User: "a2", Role: "agent"},
+		demo.AccountSpec{User: "a3", Role: "agent"},
+		demo.AccountSpec{User: "sup-coach", Role: "supervisor"}, demo.AccountSpec{User: "sup-monitor", Role: "supervisor"})
+	for i := range poolAgents {
+		specs = append(specs, demo.AccountSpec{User: fmt.Sprintf("agent-%d", i), Role: "agent"})
+	}
+	return specs
+}
+
+// poolAgents is how many agents (agent-0, agent-1, ...) StartSessions can
+// log in on one cluster.
+const poolAgents = 8
+
+// nextPoolAgent returns the next pool agent no StartSessions has used yet.
+func (c *Cluster) nextPoolAgent(t testing.TB) string {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.poolUsed >= poolAgents {
+		t.Fatalf("harness: all %d pool agents are in use", poolAgents)
+	}
+	c.poolUsed++
+	return fmt.Sprintf("agent-%d", c.poolUsed-1)
 }
 
 // Cluster is a running cluster of real hachat processes, stopped when the
@@ -48,7 +89,13 @@ type Cluster struct {
 	sup    *demo.Supervisor
 	plan   demo.Plan
 	layout demo.Layout
+	creds  demo.Credentials
 	ucs    *ucsmock.Client
+	httpc  *http.Client // to the parts' HTTP addresses (operator mTLS where they serve it)
+	tlsc   *tls.Config  // the operator's client config; nil without mTLS
+
+	mu       sync.Mutex
+	poolUsed int // pool agents handed out by StartSessions
 }
 
 // StartCluster starts the standard plan for opts on free loopback ports and
@@ -68,6 +115,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		}
 		dir := t.TempDir()
 		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
+		if opts.TLS {
+			layout.CertDir = filepath.Join(dir, "certs")
+		}
 		plan := demo.StandardPlan(layout)
 		if !opts.StartLimits {
 			plan = plan.WithKind(demo.KindWebAPI, "--client-start-rate=0", "--start-rate=0")
@@ -118,14 +168,43 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if layout.UCSReaderToken == "" {
 		layout.UCSReaderToken = "demo-ucs-reader-token"
 	}
+	if opts.Accounts == nil {
+		opts.Accounts = TestAccounts()
+	}
+	if layout.DataDir == "" {
+		layout.DataDir = dir
+	}
+	creds := demo.Credentials{AdminToken: layout.AdminToken, UCSReaderToken: layout.UCSReaderToken, CertDir: layout.CertDir}
+	if _, ok := plan.Part("interaction"); ok {
+		accounts, err := demo.WriteAccounts(layout.AccountsFile(), opts.Accounts)
+		if err != nil {
+			return nil, err
+		}
+		creds.Accounts = accounts
+	}
 	progress := &lineLog{t: t}
+	var tlsc *tls.Config
+	httpc := &http.Client{Timeout: 10 * time.Second}
+	if layout.CertDir != "" {
+		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
+			return nil, err
+		}
+		var err error
+		if tlsc, err = demo.OperatorTLS(layout.CertDir); err != nil {
+			return nil, err
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tlsc
+		httpc.Transport = tr
+	}
 	sup, err := demo.Start(context.Background(), plan, demo.Options{
-		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second,
+		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second, TLS: tlsc,
+		Credentials: creds,
 	})
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout}
+	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, creds: creds, httpc: httpc, tlsc: tlsc}
 	t.Cleanup(func() {
 		sup.Stop()
 		if t.Failed() {
@@ -133,7 +212,7 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 		}
 	})
 	if p, ok := plan.Part("ucs"); ok {
-		c.ucs = ucsmock.NewClient(p.URL(), &http.Client{Timeout: 10 * time.Second}, telemetry.Discard()).WithToken(layout.UCSReaderToken)
+		c.ucs = ucsmock.NewClient(p.URL(), httpc, telemetry.Discard()).WithToken(layout.UCSReaderToken)
 	}
 	return c, nil
 }
@@ -167,6 +246,29 @@ func (c *Cluster) DumpLogs(w io.Writer, n int) {
 			c.sup.LogPath(p.Name), demo.Tail(c.sup.LogPath(p.Name), n))
 	}
 }
+
+// HTTP returns an HTTP client for the parts' HTTP addresses: with the
+// operator's certificate when the cluster runs mTLS.
+func (c *Cluster) HTTP() *http.Client { return c.httpc }
+
+// quick is HTTP with a one-second timeout (polls of parts that may be stopped).
+func (c *Cluster) quick() *http.Client {
+	return &http.Client{Timeout: time.Second, Transport: c.httpc.Transport}
+}
+
+// GRPCCreds returns transport credentials to dial a part's gRPC address
+// directly: the operator's mTLS certificate, or plaintext.
+func (c *Cluster) GRPCCreds() credentials.TransportCredentials {
+	if c.tlsc == nil {
+		return insecure.NewCredentials()
+	}
+	tc := c.tlsc.Clone()
+	tc.NextProtos = nil // grpc sets h2
+	return credentials.NewTLS(tc)
+}
+
+// TLS reports whether the cluster runs mTLS.
+func (c *Cluster) TLS() bool { return c.tlsc != nil }
 
 // Supervisor returns the supervisor running the parts.
 func (c *Cluster) Supervisor() *demo.Supervisor { return c.sup }
@@ -208,6 +310,9 @@ func (c *Cluster) UCS() *ucsmock.Client {
 	}
 	return c.ucs
 }
+
+// Credentials are the cluster's accounts with their passwords.
+func (c *Cluster) Credentials() demo.Credentials { return c.creds }
 
 // AdminToken is the token of ucsmock's fault API and the control plane's admin API.
 func (c *Cluster) AdminToken() string { return c.layout.AdminToken }
@@ -308,9 +413,8 @@ func (c *Cluster) Running(name string) bool { return c.sup.Running(name) }
 func (c *Cluster) WaitReady(name string, timeout time.Duration) {
 	c.t.Helper()
 	url := c.URL(name) + "/healthz"
-	client := &http.Client{Timeout: time.Second}
 	Eventually(c.t, name+" ready", timeout, func() error {
-		resp, err := client.Get(url)
+		resp, err := c.quick().Get(url)
 		if err != nil {
 			return err
 		}
@@ -342,7 +446,7 @@ func (c *Cluster) LogCount(name, substr string) int {
 // `outcome="retry"`) on the named part's /metrics, and whether any sample matched.
 func (c *Cluster) Metric(part, name string, labels ...string) (float64, bool) {
 	c.t.Helper()
-	resp, err := http.Get(c.URL(part) + "/metrics")
+	resp, err := c.httpc.Get(c.URL(part) + "/metrics")
 	if err != nil {
 		c.t.Fatalf("metrics of %s: %v", part, err)
 	}
@@ -395,7 +499,7 @@ func SumMetric(exposition, name string, labels ...string) (float64, bool) {
 // Role returns the role a core reports on its /metrics (hachat_core_role
 // gauge: the label whose value is 1), or "" when it does not answer.
 func (c *Cluster) Role(core string) string {
-	resp, err := (&http.Client{Timeout: time.Second}).Get(c.URL(core) + "/metrics")
+	resp, err := c.quick().Get(c.URL(core) + "/metrics")
 	if err != nil {
 		return ""
 	}

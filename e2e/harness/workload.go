@@ -259,7 +259,8 @@ type CheckOptions struct {
 // Check proves, for every session of rec: every acknowledged message
 // appears exactly once, at the index it was acknowledged with, in order, in
 // each participant's view and (with opts.UCS) in the UCS transcript;
-// messages whose send was not acknowledged appear at most once; and, when
+// messages whose send was not acknowledged appear at most once; no index
+// holds two different events across those views (CheckIndexes); and, when
 // asked, the failover notices are there. Each problem is a t.Error.
 func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 	t.Helper()
@@ -292,6 +293,7 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 			viewers = append(viewers, side)
 		}
 		viewers = append(viewers, s.Watchers...)
+		var seen []NamedView
 		for _, v := range viewers {
 			vctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 			view, err := v.View(vctx, through)
@@ -301,30 +303,103 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 				continue
 			}
 			views++
+			seen = append(seen, NamedView{Name: v.Name(), Events: view})
 			for _, e := range CheckView(sent, view, opts.FailoverNotices) {
 				t.Errorf("chat %s: %s view: %v", s.ChatID, v.Name(), e)
 			}
 		}
-		if opts.UCS == nil {
-			continue
-		}
-		transcripts++
-		var errs []error
-		err := Poll(opts.TranscriptTimeout, func() error {
-			tr, err := opts.UCS.Transcript(ctx, s.ChatID)
+		if opts.UCS != nil {
+			transcripts++
+			var errs []error
+			var last []ViewEvent
+			err := Poll(opts.TranscriptTimeout, func() error {
+				tr, err := opts.UCS.Transcript(ctx, s.ChatID)
+				if err != nil {
+					errs = []error{fmt.Errorf("read transcript: %w", err)}
+					return err
+				}
+				last = TranscriptView(tr)
+				errs = CheckView(sent, last, opts.FailoverNoticesInUCS)
+				return errors.Join(errs...)
+			})
 			if err != nil {
-				errs = []error{fmt.Errorf("read transcript: %w", err)}
-				return err
+				for _, e := range errs {
+					t.Errorf("chat %s: ucs transcript: %v", s.ChatID, e)
+				}
 			}
-			errs = CheckView(sent, TranscriptView(tr), opts.FailoverNoticesInUCS)
-			return errors.Join(errs...)
-		})
-		if err != nil {
-			for _, e := range errs {
-				t.Errorf("chat %s: ucs transcript: %v", s.ChatID, e)
+			if last != nil {
+				seen = append(seen, NamedView{Name: "ucs transcript", Events: last})
 			}
+		}
+		for _, e := range CheckIndexes(seen) {
+			t.Errorf("chat %s: %v", s.ChatID, e)
 		}
 	}
+}
+
+// NamedView is one view of a session (a participant's, a push channel's,
+// the UCS transcript) under the name reports give it.
+type NamedView struct {
+	Name   string
+	Events []ViewEvent
+}
+
+// CheckIndexes proves that no index holds two different events across the
+// views of one session: an index is one event for everyone (invariant 4).
+// Two views disagree when they show different event types at one index, or
+// two messages with different texts. A view may lack an index (visibility,
+// or a push channel that did not reach it), and the customer API's
+// ChatEnded is the agent API's SessionEnded. It returns one error per index
+// in conflict, naming every view and what it holds there.
+func CheckIndexes(views []NamedView) []error {
+	type holder struct {
+		view string
+		ev   ViewEvent
+	}
+	byIndex := map[uint64][]holder{}
+	var indexes []uint64
+	for _, v := range views {
+		for _, ev := range v.Events {
+			if _, ok := byIndex[ev.Index]; !ok {
+				indexes = append(indexes, ev.Index)
+			}
+			byIndex[ev.Index] = append(byIndex[ev.Index], holder{v.Name, ev})
+		}
+	}
+	sort.Slice(indexes, func(i, j int) bool { return indexes[i] < indexes[j] })
+	same := func(a, b ViewEvent) bool {
+		ta, tb := canonicalType(a.Type), canonicalType(b.Type)
+		return ta == tb && (ta != "Message" || a.Text == b.Text)
+	}
+	var errs []error
+	for _, i := range indexes {
+		hs := byIndex[i]
+		conflict := false
+		for _, h := range hs[1:] {
+			if !same(hs[0].ev, h.ev) {
+				conflict = true
+				break
+			}
+		}
+		if !conflict {
+			continue
+		}
+		parts := make([]string, 0, len(hs))
+		for _, h := range hs {
+			parts = append(parts, fmt.Sprintf("%s %q in the %s", h.ev.Type, h.ev.Text, h.view))
+		}
+		errs = append(errs, fmt.Errorf("index %d holds two different events: %s", i, strings.Join(parts, ", ")))
+	}
+	return errs
+}
+
+// canonicalType maps the agent API's event type names to the customer
+// API's where the two differ.
+func canonicalType(t string) string {
+	if t == "SessionEnded" {
+		return "ChatEnded"
+	}
+	return t
 }
 
 func firstFailures(rec *Record, n int) string {

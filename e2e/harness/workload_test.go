@@ -49,6 +49,42 @@ func TestCheckView(t *testing.T) {
 	}
 }
 
+func TestCheckIndexes(t *testing.T) {
+	msg := func(i uint64, text string) ViewEvent { return ViewEvent{Index: i, Type: "Message", Text: text} }
+	customer := []ViewEvent{{Index: 2, Type: "ParticipantJoined", Text: "Ada"}, msg(3, "customer #001"), msg(4, "agent #001")}
+	tests := []struct {
+		name  string
+		views []NamedView
+		want  []string // substrings, one per expected error
+	}{
+		{"agree", []NamedView{{"customer", customer}, {"agent", customer}}, nil},
+		{"gaps are no conflict", []NamedView{{"customer", customer}, {"agent", customer[1:]}, {"ucs transcript", nil}}, nil},
+		{"notice texts may differ", []NamedView{{"customer", customer},
+			{"agent", []ViewEvent{{Index: 2, Type: "ParticipantJoined", Text: "Ada joined"}}}}, nil},
+		{"ended under both names", []NamedView{{"customer", []ViewEvent{{Index: 9, Type: "ChatEnded"}}},
+			{"agent", []ViewEvent{{Index: 9, Type: "SessionEnded"}}}}, nil},
+		{"two messages at one index", []NamedView{{"customer", customer}, {"agent", []ViewEvent{msg(4, "customer #002")}}},
+			[]string{`index 4 holds two different events: Message "agent #001" in the customer, Message "customer #002" in the agent`}},
+		{"message against a notice", []NamedView{{"customer", customer}, {"ucs transcript", []ViewEvent{{Index: 3, Type: "ParticipantLeft"}}}},
+			[]string{"index 3 holds two different events"}},
+		{"every conflict reported", []NamedView{{"customer", customer}, {"agent", []ViewEvent{msg(3, "x"), msg(4, "y")}}},
+			[]string{"index 3", "index 4"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := CheckIndexes(tt.views)
+			if len(errs) != len(tt.want) {
+				t.Fatalf("got %d errors %v, want %d %v", len(errs), errs, len(tt.want), tt.want)
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(errs[i].Error(), w) {
+					t.Errorf("error %d = %v, want it to mention %q", i, errs[i], w)
+				}
+			}
+		})
+	}
+}
+
 func TestSumMetric(t *testing.T) {
 	text := `# HELP x_total x
 x_total{outcome="ok"} 3

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,7 @@ import (
 	"github.com/hachat/hachat/chatcore"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/interaction"
+	"github.com/hachat/hachat/interaction/auth"
 	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/ucsmock"
 )
@@ -76,6 +78,12 @@ func startB(t testing.TB) *env {
 	t.Cleanup(func() { client.Close() })
 	icfg := interaction.DefaultConfig()
 	icfg.ServiceToken = token
+	icfg.Accounts = filepath.Join(t.TempDir(), "accounts.json")
+	for id, role := range map[string]string{"a": "agent", "b": "agent", "s": "supervisor"} {
+		if err := auth.AddAccount(icfg.Accounts, id, "", role, "pw-"+id, auth.HashParams{Memory: 64, Time: 1, Threads: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	srv, err := interaction.New(icfg, client, telemetry.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -126,8 +134,14 @@ func (e *env) must(method, path, tok string, body any) map[string]any {
 	return out
 }
 
+// login logs id in with its password; the role comes from the account and
+// must be role.
 func (e *env) login(id, role string) string {
-	return e.must("POST", "/agent/v1/login", "", map[string]string{"agentId": id, "role": role})["token"].(string)
+	out := e.must("POST", "/agent/v1/login", "", map[string]string{"agentId": id, "password": "pw-" + id})
+	if got := out["agent"].(map[string]any)["role"]; got != role {
+		e.t.Fatalf("login %s: role %v, want %s", id, got, role)
+	}
+	return out["token"].(string)
 }
 
 type event struct {

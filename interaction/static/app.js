@@ -55,9 +55,10 @@ $("#login-form").addEventListener("submit", async (ev) => {
   try {
     const out = await api("POST", "/login", {
       agentId: $("#agentId").value.trim(),
+      password: $("#password").value,
       nickname: $("#nickname").value.trim(),
-      role: $("#role").value,
     });
+    $("#password").value = "";
     S.token = out.token;
     sessionStorage.setItem("hachat.token", S.token);
     enterDesk(out);
@@ -459,6 +460,19 @@ $("#refresh-live").addEventListener("click", refreshLive);
 // ---- start: resume a session kept in this tab ----
 
 (async () => {
+  // Back from the identity provider: the session token is in the fragment,
+  // which never reaches a server; keep it in this tab and drop it from the URL.
+  const m = /^#session=([0-9a-f]+)$/.exec(location.hash);
+  if (m) {
+    S.token = m[1];
+    sessionStorage.setItem("hachat.token", S.token);
+    history.replaceState(null, "", location.pathname);
+  }
+  try {
+    const opts = await api("GET", "/login-options");
+    $("#oidc-view").hidden = !opts.oidc;
+    $("#login-form").hidden = !opts.password;
+  } catch (e) { /* keep the password form */ }
   if (!S.token) return;
   try {
     enterDesk(await api("GET", "/state"));

@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/e2e/harness"
+	"github.com/hachat/hachat/mtls"
+)
+
+// mtlsPair starts the stage-3 cluster with mTLS everywhere.
+func mtlsPair(t *testing.T) (*harness.Cluster, []*harness.Session) {
+	return pair(t, harness.Options{TLS: true})
+}
+
+// partCreds returns gRPC credentials presenting the named part's
+// certificate from the cluster's cert dir.
+func partCreds(t *testing.T, certDir, name string) credentials.TransportCredentials {
+	t.Helper()
+	src, err := mtls.Load(mtls.FilesIn(certDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return credentials.NewTLS(src.ClientConfig(nil))
+}
+
+func statusCall(t *testing.T, addr string, creds credentials.TransportCredentials) error {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	_, err = chatpb.NewChatClient(conn).Status(ctx, &chatpb.StatusRequest{})
+	return err
+}
+
+// TestMTLSChatAndFailover runs the failure matrix's kill -9 row with mTLS
+// on every internal hop (webapi and interaction to the cores, core to core,
+// cores to UCS and the witness): the chat goes on and nothing is lost.
+func TestMTLSChatAndFailover(t *testing.T) {
+	c, sessions := mtlsPair(t)
+	rec := aroundFault(t, sessions, func() {
+		c.Kill("core-a", syscall.SIGKILL)
+		c.WaitRole("core-b", "primary", 10*time.Second)
+	})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
+}
+
+// TestMTLSRefusals: a plaintext client, a TLS client without a certificate
+// and a certificate from another CA are refused by every core, UCS and the
+// witness; a webapi certificate cannot replicate from a core nor write to
+// UCS; an operator certificate may ask a core's status.
+func TestMTLSRefusals(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, TLS: true})
+	certDir := c.Layout().CertDir
+	other := t.TempDir()
+	if _, err := mtls.Init(other, "", []mtls.Part{{Kind: mtls.KindCore, Name: "core-x"}, {Kind: mtls.KindOperator, Name: "operator"}}, false); err != nil {
+		t.Fatal(err)
+	}
+	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+	for _, core := range []string{"core-a", "core-b"} {
+		addr := c.Part(core).GRPC
+		for _, tc := range []struct {
+			name  string
+			creds credentials.TransportCredentials
+			want  codes.Code
+		}{
+			{"plaintext", insecure.NewCredentials(), codes.Unavailable},
+			{"TLS without a certificate", noCert, codes.Unavailable},
+			{"certificate of another CA", partCreds(t, other, "core-x"), codes.Unavailable},
+			{"operator", c.GRPCCreds(), codes.OK},
+		} {
+			t.Run(core+"/"+tc.name, func(t *testing.T) {
+				if got := status.Code(statusCall(t, addr, tc.creds)); got != tc.want {
+					t.Fatalf("Status: %v, want %v", got, tc.want)
+				}
+			})
+		}
+		t.Run(core+"/webapi cannot replicate", func(t *testing.T) {
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(partCreds(t, certDir, "webapi")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			stream, err := chatpb.NewReplicationClient(conn).Replicate(t.Context())
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("replicate with a webapi certificate: %v, want PermissionDenied", err)
+			}
+		})
+	}
+	// HTTPS parts: UCS and the witness.
+	for _, part := range []string{"ucs", "witness"} {
+		url := c.URL(part) + "/healthz"
+		if !strings.HasPrefix(url, "https://") {
+			t.Fatalf("%s serves %s, want https", part, url)
+		}
+		for _, tc := range []struct {
+			name   string
+			client *http.Client
+		}{
+			{"plaintext", &http.Client{Timeout: 3 * time.Second}},
+			{"TLS without a certificate", &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}},
+			{"certificate of another CA", clientOf(t, other, "operator")},
+		} {
+			t.Run(part+"/"+tc.name, func(t *testing.T) {
+				u := url
+				if tc.name == "plaintext" {
+					u = "http://" + strings.TrimPrefix(url, "https://")
+				}
+				resp, err := tc.client.Get(u)
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						t.Fatalf("GET %s answered 200", u)
+					}
+				}
+			})
+		}
+	}
+	t.Run("ucs/webapi cannot write", func(t *testing.T) {
+		body := strings.NewReader(`{"service":"hachat","epoch":99,"writer":"mallory","events":[]}`)
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.URL("ucs")+"/ucs/v1/transcripts/x", body)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := clientOf(t, certDir, "webapi").Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("save with a webapi certificate: HTTP %d, want 403", resp.StatusCode)
+		}
+	})
+	t.Run("witness/webapi cannot ask reachability", func(t *testing.T) {
+		resp, err := clientOf(t, certDir, "webapi").Get(c.URL("witness") + "/membership/v1/reachable?addr=" + c.Part("core-a").GRPC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("reachability with a webapi certificate: HTTP %d, want 403", resp.StatusCode)
+		}
+	})
+}
+
+// clientOf returns an HTTP client presenting the named certificate of dir.
+func clientOf(t *testing.T, dir, name string) *http.Client {
+	t.Helper()
+	src, err := mtls.Load(mtls.FilesIn(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := src.ClientConfig(nil)
+	tc.NextProtos = []string{"http/1.1"}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+}
+
+// TestMTLSRotationUnderLoad reissues every part's certificate (same CA)
+// in the middle of chats: the parts reload their files, new connections
+// use the new certificates, and the workload checker finds nothing lost.
+func TestMTLSRotationUnderLoad(t *testing.T) {
+	c, sessions := mtlsPair(t)
+	certDir := c.Layout().CertDir
+	ca, err := mtls.LoadCA(certDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rotated []string
+	rec := aroundFault(t, sessions, func() {
+		for _, p := range c.Plan().Parts {
+			kind := map[demo.Kind]string{demo.KindCore: mtls.KindCore, demo.KindUCS: mtls.KindUCS, demo.KindWitness: mtls.KindWitness,
+				demo.KindWebAPI: mtls.KindWebAPI, demo.KindInteraction: mtls.KindInteraction}[p.Kind]
+			if kind == "" {
+				continue
+			}
+			if err := ca.WritePart(certDir, mtls.Part{Kind: kind, Name: p.Name}, time.Hour); err != nil {
+				t.Error(err)
+			}
+			rotated = append(rotated, p.Name)
+		}
+		// Every part logs the reload; wait for each.
+		for _, name := range rotated {
+			harness.Eventually(t, name+" reloaded its certificate", 10*time.Second, func() error {
+				if !c.LogContains(name, "certificate files reloaded") {
+					return fmt.Errorf("no reload in %s", filepath.Base(c.Supervisor().LogPath(name)))
+				}
+				return nil
+			})
+		}
+		// New connections carry the new certificates: the cores' replication
+		// reconnects after a kill -9 of the primary, over the new ones.
+		c.Kill("core-a", syscall.SIGKILL)
+		c.WaitRole("core-b", "primary", 10*time.Second)
+	})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
+}
