@@ -41,7 +41,7 @@ func TestQueueCap(t *testing.T) {
 		t.Fatal("a queued chat was closed")
 	}
 	// An agent takes the queued chats as before.
-	tok := e.login("agent-1", "agent")
+	tok := e.login("a", "agent")
 	e.mustDo("POST", "/agent/v1/ready", tok, map[string]any{"ready": true})
 	e.waitFor("an offer", func() bool {
 		e.srv.mu.Lock()
