@@ -27,11 +27,11 @@ type Credentials struct {
 	// one of role agent and one of role supervisor.
 	Accounts []AccountCredential `json:"accounts"`
 	// AdminToken protects the admin APIs (switchover, fault injection).
-	AdminToken string `json:"adminToken,omitempty"`
+	AdminToken string `json:"adminToken"`
 	// UCSReaderToken lets a reader fetch transcripts from ucs.
-	UCSReaderToken string `json:"ucsReaderToken,omitempty"`
+	UCSReaderToken string `json:"ucsReaderToken"`
 	// CertDir holds the cluster's CA and certificates.
-	CertDir string `json:"certDir,omitempty"`
+	CertDir string `json:"certDir"`
 }
 
 // AccountCredential is one account and its clear-text password.

@@ -177,7 +177,15 @@ func TestDemoCommand(t *testing.T) {
 		t.Fatalf("state file credentials = %+v, want adminToken and ucsReaderToken", st.Credentials)
 	}
 	ucsPart, _ := st.Part("ucs")
-	ucs := ucsmock.NewClient("http://"+ucsPart.HTTP, &http.Client{Timeout: 10 * time.Second}, nil)
+	ucsURL, ucsHTTP := "http://"+ucsPart.HTTP, &http.Client{Timeout: 10 * time.Second}
+	if ucsPart.TLS { // mTLS: the operator certificate from the state file's cert dir
+		tlsc, err := demo.OperatorTLS(st.Credentials.CertDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ucsURL, ucsHTTP.Transport = "https://"+ucsPart.HTTP, &http.Transport{TLSClientConfig: tlsc}
+	}
+	ucs := ucsmock.NewClient(ucsURL, ucsHTTP, nil)
 	if _, err := ucs.Transcript(ctx, chat.ChatID); !errors.Is(err, ucsmock.ErrForbidden) {
 		t.Errorf("UCS transcript without a token: %v, want ErrForbidden", err)
 	}

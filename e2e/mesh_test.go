@@ -23,10 +23,12 @@ import (
 // sidecar, steered by the xDS control plane. Each test runs the workload
 // checker around one fault.
 
-// mesh starts the stage-4 cluster and its sessions.
+// mesh starts the stage-4 cluster and its sessions, with mTLS on every
+// hop (webapi and interaction to their sidecars, sidecars to the cores and
+// to the control plane) as the demo runs it.
 func mesh(t *testing.T) (*harness.Cluster, []*harness.Session) {
 	t.Helper()
-	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh})
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	c.WaitRole("core-b", "backup", 15*time.Second)
 	for _, p := range []string{"webapi", "interaction"} {
@@ -207,17 +209,32 @@ func TestMeshSwitchoverViaControlPlane(t *testing.T) {
 }
 
 // TestProxylessGRPC: grpc-go's own xDS client (not ours) dials
-// xds:///chatcore with a bootstrap from `hachat xds grpc-bootstrap`, reaches
-// the primary's health service, and after kill -9 of the primary reaches
-// the new one. grpc-go reads its bootstrap at init, so the client runs in a
+// xds:///chatcore with a bootstrap from `hachat xds grpc-bootstrap --state`,
+// reaches the primary's health service, and after kill -9 of the primary
+// reaches the new one. The cluster runs mTLS everywhere: the bootstrap
+// carries "tls" channel credentials and the file_watcher certificate
+// provider with the webapi's certificate (from the state file's cert dir),
+// the client dials with grpc-go's xDS credentials, which take the TLS
+// settings from the chat cluster the control plane publishes; the cores
+// serve only mTLS, so every answer went over mTLS with the webapi's
+// identity. grpc-go reads its bootstrap at init, so the client runs in a
 // child process (this test binary, see xdsClientMain).
 func TestProxylessGRPC(t *testing.T) {
-	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh})
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	c.WaitRole("core-b", "backup", 15*time.Second)
-	boot, err := exec.Command(harness.Binary(t), "xds", "grpc-bootstrap", "--xds", c.Part("xds").GRPC, "--node-id", "e2e-proxyless").Output()
+	var stderrBoot strings.Builder
+	bcmd := exec.Command(harness.Binary(t), "xds", "grpc-bootstrap", "--state", c.Supervisor().StatePath(),
+		"--cert-dir", c.Layout().CertDir, "--cert-name", "webapi", "--node-id", "e2e-proxyless")
+	bcmd.Stderr = &stderrBoot
+	boot, err := bcmd.Output()
 	if err != nil {
-		t.Fatalf("hachat xds grpc-bootstrap: %v", err)
+		t.Fatalf("hachat xds grpc-bootstrap: %v: %s", err, stderrBoot.String())
+	}
+	for _, want := range []string{`"type": "tls"`, `"plugin_name": "file_watcher"`, `"server_uri": "` + c.Part("xds").GRPC + `"`} {
+		if !strings.Contains(string(boot), want) {
+			t.Fatalf("bootstrap lacks %s:\n%s", want, boot)
+		}
 	}
 	bootPath := filepath.Join(t.TempDir(), "bootstrap.json")
 	if err := os.WriteFile(bootPath, boot, 0o644); err != nil {
@@ -227,7 +244,7 @@ func TestProxylessGRPC(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), xdsClientEnv+"=1", "GRPC_XDS_BOOTSTRAP="+bootPath)
+	cmd.Env = append(os.Environ(), xdsClientEnv+"=1", xdsClientTLSEnv+"=1", "GRPC_XDS_BOOTSTRAP="+bootPath, "GRPC_XDS_BOOTSTRAP_CONFIG=")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

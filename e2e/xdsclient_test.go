@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and balancers
 
@@ -17,12 +18,29 @@ import (
 // xdsClientEnv makes the test binary run xdsClientMain instead of the tests.
 const xdsClientEnv = "HACHAT_E2E_XDS_CLIENT"
 
+// xdsClientTLSEnv makes xdsClientMain dial with grpc-go's xDS credentials.
+const xdsClientTLSEnv = "HACHAT_E2E_XDS_CLIENT_TLS"
+
 // xdsClientMain is the proxyless gRPC client of TestProxylessGRPC: it dials
 // xds:///chatcore (GRPC_XDS_BOOTSTRAP set by the parent) and, every 20ms,
 // checks grpc.health.v1 and asks Status who answered, printing
 // "<name> <role>" or "error <reason>" per round, until it is killed.
+//
+// With xdsClientTLSEnv set it dials with grpc-go's xDS credentials: mTLS as
+// the control plane's chat cluster says, with the certificate of the
+// bootstrap's certificate provider. The plaintext fallback applies only to
+// a cluster without TLS settings.
 func xdsClientMain() int {
-	conn, err := grpc.NewClient("xds:///chatcore", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if os.Getenv(xdsClientTLSEnv) == "1" {
+		var err error
+		creds, err = xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "xds credentials:", err)
+			return 1
+		}
+	}
+	conn, err := grpc.NewClient("xds:///chatcore", grpc.WithTransportCredentials(creds))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dial:", err)
 		return 1

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 // Dump is the JSON document served at GET /proxy/v1/clusters.
@@ -139,7 +141,8 @@ func (p *Proxy) Dump() Dump {
 	return d
 }
 
-// adminHandler serves /proxy/v1/clusters, /healthz and /metrics.
+// adminHandler serves /proxy/v1/clusters, /healthz and /metrics; under
+// mTLS authorized by AdminPolicy.
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /proxy/v1/clusters", func(w http.ResponseWriter, r *http.Request) {
@@ -162,7 +165,11 @@ func (p *Proxy) adminHandler() http.Handler {
 		}
 	})
 	mux.Handle("GET /metrics", p.tel.MetricsHandler())
-	return otelhttp.NewHandler(mux, "proxy.admin",
+	var h http.Handler = mux
+	if p.tls != nil {
+		h = mtls.Middleware(AdminPolicy, p.log, mux)
+	}
+	return otelhttp.NewHandler(h, "proxy.admin",
 		otelhttp.WithTracerProvider(p.tel.Tracer), otelhttp.WithPropagators(p.tel.Propagator),
 		otelhttp.WithFilter(func(r *http.Request) bool { return r.URL.Path == "/proxy/v1/clusters" }))
 }

@@ -90,8 +90,12 @@ func (a *adsClient) run(ctx context.Context) {
 
 // session runs one ADS stream. got reports whether any response arrived.
 func (a *adsClient) session(ctx context.Context) (got bool, err error) {
+	creds := insecure.NewCredentials()
+	if a.p.tls != nil {
+		creds = a.p.tls.xdsCreds()
+	}
 	cc, err := grpc.NewClient(a.p.cfg.XDS,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: time.Second}))
 	if err != nil {
 		return false, fmt.Errorf("ads client: %w", err)

@@ -7,6 +7,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 // Config is the configuration of one sidecar. The yaml tags are the flag
@@ -44,6 +46,13 @@ type Config struct {
 	// ADSBackoffMax caps the reconnect backoff to the control plane (default
 	// 2s; the first retry waits about 50ms, doubling, with jitter).
 	ADSBackoffMax time.Duration `yaml:"ads-backoff-max"`
+	// TLS names the sidecar's certificate files (tls-ca, tls-cert,
+	// tls-key; see package mtls). Set, every hop of the sidecar is mTLS:
+	// the data listener terminates it (clients of ClientKinds), connections
+	// to the cores originate it (a core's identity required), the health
+	// checks and the ADS stream use it, and the admin API serves HTTPS
+	// (AdminPolicy). Unset (the default), everything is plaintext.
+	TLS mtls.Files `yaml:",inline"`
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -81,6 +90,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.BreakerOpen, "breaker-open", c.BreakerOpen, "how long an open breaker rejects connects before a half-open probe")
 	fs.IntVar(&c.ConnectAttempts, "connect-attempts", c.ConnectAttempts, "upstream hosts a new connection tries before giving up")
 	fs.DurationVar(&c.ADSBackoffMax, "ads-backoff-max", c.ADSBackoffMax, "cap of the reconnect backoff to the control plane")
+	fs.StringVar(&c.TLS.CA, "tls-ca", c.TLS.CA, "mTLS: the cluster CA bundle (ca.pem of hachat certs init); with --tls-cert and --tls-key turns mTLS on")
+	fs.StringVar(&c.TLS.Cert, "tls-cert", c.TLS.Cert, "mTLS: the sidecar's certificate (SPIFFE ID spiffe://<td>/proxy/<name>)")
+	fs.StringVar(&c.TLS.Key, "tls-key", c.TLS.Key, "mTLS: the sidecar's private key")
 }
 
 // ErrConfig marks a configuration the sidecar cannot run with.
@@ -116,6 +128,9 @@ func (c Config) validate(static bool) error {
 	}
 	if c.ADSBackoffMax <= 0 {
 		return fmt.Errorf("%w: ads-backoff-max must be positive", ErrConfig)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	return nil
 }

@@ -47,8 +47,12 @@ func (p *Proxy) startChecker(h *host) {
 // kill -9 is seen within milliseconds even without client traffic.
 func (p *Proxy) checkLoop(ctx context.Context, h *host) {
 	hc, _ := p.checkParams(h)
+	creds := insecure.NewCredentials()
+	if p.tls != nil {
+		creds = p.tls.coreCreds()
+	}
 	cc, err := grpc.NewClient(h.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: max(hc.Interval, 100*time.Millisecond)},
 			MinConnectTimeout: hc.Timeout,

@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -59,6 +61,11 @@ type fakeCore struct {
 	role  atomic.Value
 	epoch atomic.Uint64
 
+	// creds are the server credentials (nil: plaintext).
+	creds credentials.TransportCredentials
+	// lastPeer is the SPIFFE ID of the last caller of Status under mTLS.
+	lastPeer atomic.Value
+
 	mu  sync.Mutex
 	srv *grpc.Server
 }
@@ -83,7 +90,11 @@ func (f *fakeCore) start(addr string) {
 		return err == nil
 	})
 	f.addr = ln.Addr().String()
-	srv := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if f.creds != nil {
+		opts = append(opts, grpc.Creds(f.creds))
+	}
+	srv := grpc.NewServer(opts...)
 	chatpb.RegisterChatServer(srv, f)
 	f.mu.Lock()
 	f.srv = srv
@@ -107,7 +118,10 @@ func (f *fakeCore) set(role string, epoch uint64) {
 }
 
 // Status implements chatpb.ChatServer.
-func (f *fakeCore) Status(context.Context, *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
+func (f *fakeCore) Status(ctx context.Context, _ *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
+	if id, err := mtls.FromContext(ctx); err == nil {
+		f.lastPeer.Store(id.String())
+	}
 	return &chatpb.StatusResponse{Name: f.name, Role: f.role.Load().(string), Epoch: f.epoch.Load()}, nil
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 // ErrNoUpstream is returned (and logged) when a client connection finds no
@@ -78,6 +81,20 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 			attribute.String("proxy.listener", p.ln.Addr().String())))
 	defer span.End()
 
+	if p.tls != nil {
+		tc, err := p.handshake(ctx, client)
+		if err != nil {
+			client.Close()
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			p.m.tlsRefused.Inc()
+			p.log.Warn("security: client refused at the TLS handshake", "security", "authn",
+				"client", client.RemoteAddr().String(), "err", err)
+			return
+		}
+		client = tc
+		span.SetAttributes(attribute.String("client.identity", peerID(tc)))
+	}
 	h, upstream, err := p.connect(ctx)
 	if err != nil {
 		client.Close()
@@ -174,13 +191,29 @@ func (p *Proxy) connect(ctx context.Context) (*host, net.Conn, error) {
 		tried[next] = true
 		attempts++
 		upstream, err := next.breaker.Execute(func() (net.Conn, error) {
-			d := net.Dialer{Timeout: timeout}
-			return d.DialContext(ctx, "tcp", next.addr)
-		})
-		if err == nil {
-			if tc, ok := upstream.(*net.TCPConn); ok {
+			dctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			var d net.Dialer
+			c, err := d.DialContext(dctx, "tcp", next.addr)
+			if err != nil {
+				return nil, err
+			}
+			if tc, ok := c.(*net.TCPConn); ok {
 				tc.SetNoDelay(true)
 			}
+			if p.tls == nil {
+				return c, nil
+			}
+			// mTLS to the core within the same connect timeout; a refused
+			// or reset handshake is a dead host like a refused connect.
+			tc := tls.Client(c, p.tls.upstream)
+			if err := tc.HandshakeContext(dctx); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("tls handshake: %w", err)
+			}
+			return tc, nil
+		})
+		if err == nil {
 			return next, upstream, nil
 		}
 		if ctx.Err() != nil {
@@ -193,6 +226,27 @@ func (p *Proxy) connect(ctx context.Context) (*host, net.Conn, error) {
 		}
 	}
 	return nil, nil, lastErr
+}
+
+// handshake terminates mTLS on a client connection (ClientKinds only),
+// within handshakeTimeout.
+func (p *Proxy) handshake(ctx context.Context, client net.Conn) (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	tc := tls.Server(client, p.tls.listen)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// peerID is the SPIFFE ID of a TLS connection's verified peer, or "".
+func peerID(c *tls.Conn) string {
+	id, err := mtls.PeerIdentity(c.ConnectionState())
+	if err != nil {
+		return ""
+	}
+	return id.String()
 }
 
 // register attaches c to h unless h was removed, is down, or is no longer

@@ -18,6 +18,7 @@ type metrics struct {
 	hostHealthy   *prometheus.GaugeVec
 	checks        *prometheus.CounterVec
 	breakerState  *prometheus.GaugeVec
+	tlsRefused    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,11 +47,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Active health checks, by result (ok, failed)."}, []string{"result"}),
 		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_proxy_breaker_state",
 			Help: "Circuit breaker state per host: 0 closed, 1 half-open, 2 open."}, []string{"host"}),
+		tlsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_tls_refused_total",
+			Help: "Client connections refused at the mTLS handshake (no, untrusted or wrong-kind certificate)."}),
 	}
 	m.bytesUp = m.bytes.WithLabelValues("upstream")
 	m.bytesDown = m.bytes.WithLabelValues("downstream")
 	for _, c := range []prometheus.Collector{m.adsConnected, m.adsUpdates, m.adsNACKs, m.connsActive, m.connsTotal,
-		m.bytes, m.connectErrors, m.failovers, m.closedConns, m.hostHealthy, m.checks, m.breakerState} {
+		m.bytes, m.connectErrors, m.failovers, m.closedConns, m.hostHealthy, m.checks, m.breakerState, m.tlsRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -12,6 +12,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,7 +50,8 @@ type Proxy struct {
 	log    *slog.Logger
 	m      *metrics
 	tracer trace.Tracer
-	ads    *adsClient // nil for a static proxy
+	ads    *adsClient  // nil for a static proxy
+	tls    *sidecarTLS // nil: plaintext
 
 	ln      net.Listener
 	adminLn net.Listener
@@ -166,7 +168,12 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
+	st, err := newSidecarTLS(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
+		tls:     st,
 		cfg:     cfg,
 		tel:     tel,
 		log:     tel.Logger.With("node", cfg.NodeID),
@@ -187,7 +194,14 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 			p.ln.Close()
 			return nil, fmt.Errorf("listen admin %s: %w", cfg.Admin, err)
 		}
-		p.admin = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		// Failed TLS handshakes (a client without a certificate) are
+		// logged by the server at debug; refusals of a verified identity
+		// are security events logged by the middleware.
+		p.admin = &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)}
+		if p.tls != nil {
+			p.adminLn = tls.NewListener(p.adminLn, p.tls.admin)
+		}
 	}
 	return p, nil
 }
@@ -224,8 +238,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if a := p.AdminAddr(); a != nil {
 		admin = a.String()
 	}
+	identity := ""
+	if p.tls != nil {
+		identity = p.tls.src.ID().String()
+	}
 	p.log.Info("sidecar starting", "listen", p.ln.Addr().String(), "admin", admin, "xds", p.xds.Address,
-		"listener", p.cfg.Listener)
+		"listener", p.cfg.Listener, "mtls", identity)
 
 	errc := make(chan error, 3)
 	var loops sync.WaitGroup
@@ -248,6 +266,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() {
 			defer loops.Done()
 			p.ads.run(ctx)
+		}()
+	}
+	if p.tls != nil {
+		// Rotated certificate files take effect at the next handshake.
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			p.tls.src.Watch(ctx, 0, p.log)
 		}()
 	}
 

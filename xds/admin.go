@@ -17,10 +17,13 @@ import (
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -147,9 +150,43 @@ func (s *Server) Switchover(ctx context.Context) (SwitchoverResult, error) {
 	return res, nil
 }
 
+// DiscoveryPolicy says who may call the control plane's gRPC services
+// (ADS and the per-type discovery services) under mTLS: the xDS clients,
+// that is sidecars (proxy), proxyless gRPC clients (webapi, interaction,
+// core), Envoy, and operators (debugging with grpcurl and the like).
+func DiscoveryPolicy() mtls.MethodPolicy {
+	clients := mtls.Allow(mtls.KindProxy, mtls.KindWebAPI, mtls.KindInteraction, mtls.KindEnvoy, mtls.KindOperator, mtls.KindCore)
+	return mtls.ServicePolicy(map[string]mtls.Policy{
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/": clients,
+		"/envoy.service.endpoint.v3.EndpointDiscoveryService/":    clients,
+		"/envoy.service.cluster.v3.ClusterDiscoveryService/":      clients,
+		"/envoy.service.route.v3.RouteDiscoveryService/":          clients,
+		"/envoy.service.listener.v3.ListenerDiscoveryService/":    clients,
+	})
+}
+
+// AdminPolicy says who may make a request of the admin HTTP API under
+// mTLS: the witness routes (membership's reachable and members handlers)
+// are for cores; /healthz and /metrics are readable by any verified
+// identity of the trust domain (probes and scrapers come in many kinds, and
+// neither route changes or reveals chat data); every other route (status,
+// switchover, the test fault) is for operators only. The admin token of
+// the mutating routes is checked on top.
+func AdminPolicy(r *http.Request) mtls.Policy {
+	switch p := r.URL.Path; {
+	case p == membership.ReachablePath:
+		return mtls.Allow(mtls.KindCore)
+	case p == membership.MembersPath:
+		return mtls.Allow(mtls.KindCore, mtls.KindOperator)
+	case p == "/healthz", p == "/metrics":
+		return mtls.AnyKind
+	}
+	return mtls.Allow(mtls.KindOperator)
+}
+
 // Handler is the admin HTTP API: status, switchover, the test fault,
 // /healthz, /metrics and the extra handlers of Options, traced with
-// otelhttp.
+// otelhttp; under mTLS authorized by AdminPolicy.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+StatusPath, func(w http.ResponseWriter, r *http.Request) {
@@ -187,7 +224,11 @@ func (s *Server) Handler() http.Handler {
 	for pattern, h := range s.opts.Handlers {
 		mux.Handle(pattern, h)
 	}
-	return otelhttp.NewHandler(mux, "xds.admin",
+	var h http.Handler = mux
+	if s.tls != nil {
+		h = mtls.Middleware(AdminPolicy, s.log, mux)
+	}
+	return otelhttp.NewHandler(h, "xds.admin",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator))
 }
 
@@ -218,11 +259,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // dialSwitchover returns a SwitchoverFunc that dials the core over gRPC
-// (insecure, traced) for one call.
-func dialSwitchover(tel *telemetry.Telemetry) SwitchoverFunc {
+// (traced; mTLS with src requiring a core's identity, plaintext when src
+// is nil) for one call.
+func dialSwitchover(tel *telemetry.Telemetry, src *mtls.Source) SwitchoverFunc {
 	return func(ctx context.Context, addr, token string) (*chatpb.SwitchoverResponse, error) {
+		creds := insecure.NewCredentials()
+		if src != nil {
+			creds = credentials.NewTLS(src.ClientConfig(mtls.Allow(mtls.KindCore)))
+		}
 		conn, err := grpc.NewClient(addr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithStatsHandler(otelgrpc.NewClientHandler(
 				otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))),
 		)

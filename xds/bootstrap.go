@@ -14,11 +14,14 @@ import (
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"gopkg.in/yaml.v3"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 // ErrBadBootstrap reports bootstrap options that cannot work.
@@ -40,6 +43,80 @@ type BootstrapOptions struct {
 	NodeCluster string
 	// Admin is Envoy's admin address, IP:port (Envoy only).
 	Admin string
+	// Fallback are further control planes, host:port, that grpc-go tries
+	// in order when XDS is unreachable (gRPC only).
+	Fallback []string
+	// TLS names the client's files: the cluster CA, its certificate and
+	// key. Set, the client speaks mTLS to the control plane and the
+	// bootstrap defines what the chat cluster's TLS settings name: the
+	// certificate provider instance CertProviderInstance (gRPC) or the
+	// secrets SDSCertSecret and SDSCASecret (Envoy). Unset: plaintext.
+	TLS mtls.Files
+	// TrustDomain is the SPIFFE trust domain: Envoy requires the control
+	// plane's certificate to carry spiffe://<TrustDomain>/xds/... (grpc-go
+	// checks the control plane's host name against its certificate
+	// instead, see docs/xds.md). Default mtls.DefaultTrustDomain.
+	TrustDomain string
+	// CertRefresh is how often grpc-go's file_watcher provider rereads the
+	// files (default mtls.DefaultReloadInterval).
+	CertRefresh time.Duration
+}
+
+// checkTLS requires all three files or none, and a valid trust domain.
+func (o BootstrapOptions) checkTLS() error {
+	if err := o.TLS.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadBootstrap, err)
+	}
+	if o.TrustDomain != "" {
+		if _, err := mtls.ParseID("spiffe://" + o.TrustDomain + "/xds/x"); err != nil {
+			return fmt.Errorf("%w: trust domain %q: %v", ErrBadBootstrap, o.TrustDomain, err)
+		}
+	}
+	for _, f := range []string{o.TLS.CA, o.TLS.Cert, o.TLS.Key} {
+		if !utf8.ValidString(f) {
+			return fmt.Errorf("%w: file names must be UTF-8", ErrBadBootstrap)
+		}
+	}
+	return nil
+}
+
+func (o BootstrapOptions) trustDomain() string {
+	if o.TrustDomain == "" {
+		return mtls.DefaultTrustDomain
+	}
+	return o.TrustDomain
+}
+
+func fileSource(path string) *core.DataSource {
+	return &core.DataSource{Specifier: &core.DataSource_Filename{Filename: path}}
+}
+
+// envoyTLS returns, for an Envoy bootstrap with o.TLS set, the transport
+// socket of the static xds cluster (mTLS to a control plane of kind xds)
+// and the static secrets that the Envoy flavour of the resources names.
+// Envoy reads static secrets once: rotating the files needs an Envoy hot
+// restart (docs/xds.md).
+func envoyTLS(o BootstrapOptions) (*core.TransportSocket, []*tlsv3.Secret, error) {
+	cert := &tlsv3.TlsCertificate{CertificateChain: fileSource(o.TLS.Cert), PrivateKey: fileSource(o.TLS.Key)}
+	typed, _ := uriPrefixMatchers(o.trustDomain(), mtls.KindXDS)
+	up, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificates: []*tlsv3.TlsCertificate{cert},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa:                 fileSource(o.TLS.CA),
+			MatchTypedSubjectAltNames: typed,
+		}},
+		AlpnProtocols: []string{"h2"},
+	}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("pack xds upstream tls context: %w", err)
+	}
+	secrets := []*tlsv3.Secret{
+		{Name: SDSCertSecret, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: cert}},
+		{Name: SDSCASecret, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: fileSource(o.TLS.CA),
+		}}},
+	}
+	return &core.TransportSocket{Name: TransportSocketTLS, ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: up}}, secrets, nil
 }
 
 // checkNode requires a node id and UTF-8 node fields.
@@ -69,10 +146,16 @@ func splitAddr(what, addr string) (string, uint32, error) {
 // all come over ADS from the control plane at o.XDS: dynamic_resources
 // with ads_config (SotW gRPC, v3) and LDS/CDS from ADS, one static
 // HTTP/2 cluster for the control plane itself (STATIC for an IP address,
-// STRICT_DNS for a host name), and the admin interface on o.Admin. The
-// result passes Envoy's proto validation.
+// STRICT_DNS for a host name), and the admin interface on o.Admin. With
+// o.TLS set, the xds cluster speaks mTLS (files inline, the control
+// plane's SPIFFE ID of kind xds required) and static secrets SDSCertSecret
+// and SDSCASecret hold the same files for the chat cluster and the sidecar
+// listener. The result passes Envoy's proto validation.
 func EnvoyBootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if err := o.checkNode(); err != nil {
+		return nil, err
+	}
+	if err := o.checkTLS(); err != nil {
 		return nil, err
 	}
 	xhost, xport, err := splitAddr("xds", o.XDS)
@@ -134,6 +217,14 @@ func EnvoyBootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			TypedExtensionProtocolOptions: map[string]*anypb.Any{http2Options: h2},
 		}}},
 	}
+	if o.TLS.Enabled() {
+		ts, secrets, err := envoyTLS(o)
+		if err != nil {
+			return nil, err
+		}
+		b.StaticResources.Clusters[0].TransportSocket = ts
+		b.StaticResources.Secrets = secrets
+	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadBootstrap, err)
 	}
@@ -189,8 +280,26 @@ func clearStyle(n *yaml.Node) {
 // named by GRPC_XDS_BOOTSTRAP, or the content of
 // GRPC_XDS_BOOTSTRAP_CONFIG).
 type grpcBootstrap struct {
-	XDSServers []grpcXDSServer `json:"xds_servers"`
-	Node       grpcNode        `json:"node"`
+	XDSServers           []grpcXDSServer             `json:"xds_servers"`
+	Node                 grpcNode                    `json:"node"`
+	CertificateProviders map[string]grpcCertProvider `json:"certificate_providers,omitempty"`
+}
+
+// grpcCertProvider is one certificate provider instance; grpc-go's
+// file_watcher plugin takes grpcFileWatcher as its config.
+type grpcCertProvider struct {
+	PluginName string          `json:"plugin_name"`
+	Config     grpcFileWatcher `json:"config"`
+}
+
+// grpcFileWatcher is the config of grpc-go's file_watcher certificate
+// provider, and of its "tls" channel credentials (which build a
+// file_watcher from it too).
+type grpcFileWatcher struct {
+	CertificateFile   string `json:"certificate_file"`
+	PrivateKeyFile    string `json:"private_key_file"`
+	CACertificateFile string `json:"ca_certificate_file"`
+	RefreshInterval   string `json:"refresh_interval,omitempty"`
 }
 
 type grpcXDSServer struct {
@@ -200,7 +309,8 @@ type grpcXDSServer struct {
 }
 
 type grpcCreds struct {
-	Type string `json:"type"`
+	Type   string           `json:"type"`
+	Config *grpcFileWatcher `json:"config,omitempty"`
 }
 
 type grpcNode struct {
@@ -210,22 +320,42 @@ type grpcNode struct {
 }
 
 // GRPCBootstrap returns a grpc-go xDS bootstrap that points at the
-// control plane at o.XDS over plaintext gRPC, speaking xDS v3.
+// control plane at o.XDS (then o.Fallback), speaking xDS v3: over
+// plaintext gRPC, or with o.TLS set over mTLS ("tls" channel credentials
+// from the files) and with the certificate provider instance
+// CertProviderInstance (plugin file_watcher on the same files) that the
+// chat cluster's UpstreamTlsContext names, so that grpc-go's xDS
+// credentials speak mTLS to the cores.
 func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 	if err := o.checkNode(); err != nil {
 		return nil, err
 	}
-	if _, _, err := splitAddr("xds", o.XDS); err != nil {
+	if err := o.checkTLS(); err != nil {
 		return nil, err
 	}
-	b, err := json.MarshalIndent(grpcBootstrap{
-		XDSServers: []grpcXDSServer{{
-			ServerURI:      o.XDS,
-			ChannelCreds:   []grpcCreds{{Type: "insecure"}},
+	doc := grpcBootstrap{Node: grpcNode{ID: o.NodeID, Cluster: o.NodeCluster, Locality: map[string]string{}}}
+	creds := grpcCreds{Type: "insecure"}
+	if o.TLS.Enabled() {
+		refresh := o.CertRefresh
+		if refresh <= 0 {
+			refresh = mtls.DefaultReloadInterval
+		}
+		fw := grpcFileWatcher{CertificateFile: o.TLS.Cert, PrivateKeyFile: o.TLS.Key, CACertificateFile: o.TLS.CA,
+			RefreshInterval: strconv.FormatFloat(refresh.Seconds(), 'f', -1, 64) + "s"} // a protobuf Duration
+		creds = grpcCreds{Type: "tls", Config: &fw}
+		doc.CertificateProviders = map[string]grpcCertProvider{CertProviderInstance: {PluginName: "file_watcher", Config: fw}}
+	}
+	for _, addr := range append([]string{o.XDS}, o.Fallback...) {
+		if _, _, err := splitAddr("xds", addr); err != nil {
+			return nil, err
+		}
+		doc.XDSServers = append(doc.XDSServers, grpcXDSServer{
+			ServerURI:      addr,
+			ChannelCreds:   []grpcCreds{creds},
 			ServerFeatures: []string{"xds_v3"},
-		}},
-		Node: grpcNode{ID: o.NodeID, Cluster: o.NodeCluster, Locality: map[string]string{}},
-	}, "", "  ")
+		})
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode grpc bootstrap: %w", err)
 	}

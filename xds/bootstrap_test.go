@@ -8,8 +8,11 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"gopkg.in/yaml.v3"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 func TestEnvoyBootstrap(t *testing.T) {
@@ -124,4 +127,67 @@ func FuzzEnvoyBootstrap(f *testing.F) {
 			t.Fatalf("grpc bootstrap refused options Envoy took: %v", err)
 		}
 	})
+}
+
+func TestBootstrapsWithTLS(t *testing.T) {
+	files := mtls.Files{CA: "/certs/ca.pem", Cert: "/certs/envoy-1.pem", Key: "/certs/envoy-1.key"}
+	js, err := EnvoyBootstrapText(BootstrapOptions{XDS: "127.0.0.1:7200", NodeID: "envoy-1", Admin: "127.0.0.1:9901",
+		TLS: files, TrustDomain: "example.org"}, "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		t.Fatalf("bootstrap JSON does not parse: %v\n%s", err, js)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("parsed bootstrap invalid: %v", err)
+	}
+	var up tlsv3.UpstreamTlsContext
+	if err := b.GetStaticResources().GetClusters()[0].GetTransportSocket().GetTypedConfig().UnmarshalTo(&up); err != nil {
+		t.Fatal(err)
+	}
+	vc := up.GetCommonTlsContext().GetValidationContext()
+	if up.GetCommonTlsContext().GetTlsCertificates()[0].GetCertificateChain().GetFilename() != files.Cert ||
+		vc.GetTrustedCa().GetFilename() != files.CA || vc.GetMatchTypedSubjectAltNames()[0].GetMatcher().GetPrefix() != "spiffe://example.org/xds/" {
+		t.Fatalf("xds cluster TLS = %v", &up)
+	}
+	names := map[string]bool{}
+	for _, s := range b.GetStaticResources().GetSecrets() {
+		names[s.GetName()] = true
+	}
+	if !names[SDSCertSecret] || !names[SDSCASecret] {
+		t.Fatalf("secrets = %v", names)
+	}
+
+	gb, err := GRPCBootstrap(BootstrapOptions{XDS: "127.0.0.1:7200", Fallback: []string{"127.0.0.1:7210"}, NodeID: "webapi-1", TLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		XDSServers []struct {
+			ServerURI    string `json:"server_uri"`
+			ChannelCreds []struct {
+				Type   string            `json:"type"`
+				Config map[string]string `json:"config"`
+			} `json:"channel_creds"`
+		} `json:"xds_servers"`
+		CertificateProviders map[string]struct {
+			PluginName string            `json:"plugin_name"`
+			Config     map[string]string `json:"config"`
+		} `json:"certificate_providers"`
+	}
+	if err := json.Unmarshal(gb, &doc); err != nil {
+		t.Fatal(err)
+	}
+	cp := doc.CertificateProviders[CertProviderInstance]
+	cc := doc.XDSServers[0].ChannelCreds[0]
+	if len(doc.XDSServers) != 2 || doc.XDSServers[1].ServerURI != "127.0.0.1:7210" || cc.Type != "tls" ||
+		cc.Config["ca_certificate_file"] != files.CA || cc.Config["certificate_file"] != files.Cert || cc.Config["private_key_file"] != files.Key ||
+		cp.PluginName != "file_watcher" || cp.Config["certificate_file"] != files.Cert || cp.Config["refresh_interval"] != "1s" {
+		t.Fatalf("grpc bootstrap = %s", gb)
+	}
+	if _, err := GRPCBootstrap(BootstrapOptions{XDS: "127.0.0.1:7200", NodeID: "n", TLS: mtls.Files{CA: "ca.pem"}}); !errors.Is(err, ErrBadBootstrap) {
+		t.Errorf("partial TLS files accepted: %v", err)
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 // ErrBadConfig reports a configuration that cannot produce valid resources.
@@ -49,6 +51,17 @@ type Config struct {
 	// 127.0.0.1. Default 7301. The hachat sidecar binds its own --listen
 	// address instead; Envoy binds this one.
 	ListenerPort uint32 `yaml:"listener-port"`
+	// TLS names the control plane's certificate files (tls-ca, tls-cert,
+	// tls-key; see package mtls). Set, the xDS gRPC server and the admin
+	// API speak mTLS only, the switchover call to a core is mTLS, and the
+	// published resources carry TLS (TrustDomain). Unset (the default),
+	// everything is plaintext.
+	TLS mtls.Files `yaml:",inline"`
+	// TrustDomain is the SPIFFE trust domain of the cores. Set, the chat
+	// cluster carries an UpstreamTlsContext requiring a peer URI SAN
+	// spiffe://<TrustDomain>/core/. New sets it from the control plane's
+	// own certificate when TLS is on; Build takes it as given.
+	TrustDomain string `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -75,6 +88,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*uint32Value)(&c.UnhealthyThreshold), "unhealthy-threshold", "failed checks in a row that mark a host unhealthy")
 	fs.Var((*uint32Value)(&c.HealthyThreshold), "healthy-threshold", "passed checks in a row that mark a host healthy")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "upstream connect timeout of the chatcore cluster")
+	fs.StringVar(&c.TLS.CA, "tls-ca", c.TLS.CA, "mTLS: the cluster CA bundle (ca.pem of hachat certs init); with --tls-cert and --tls-key turns mTLS on")
+	fs.StringVar(&c.TLS.Cert, "tls-cert", c.TLS.Cert, "mTLS: the control plane's certificate (SPIFFE ID spiffe://<td>/xds/<name>)")
+	fs.StringVar(&c.TLS.Key, "tls-key", c.TLS.Key, "mTLS: the control plane's private key")
 	fs.Var((*uint32Value)(&c.ListenerPort), "listener-port", "port of the chatcore-sidecar listener on 127.0.0.1 (Envoy binds it; the hachat sidecar uses its own --listen)")
 }
 
@@ -85,6 +101,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("%w: %s address %q: %v", ErrBadConfig, a.name, a.addr, err)
 		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadConfig, err)
 	}
 	if err := c.validateResources(); err != nil {
 		return err

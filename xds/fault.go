@@ -38,6 +38,12 @@ func withFault(r *Resources) *Resources {
 	for i, c := range r.Clusters {
 		f.Clusters[i] = badCluster(c.(*cluster.Cluster))
 	}
+	if r.EnvoyClusters != nil {
+		f.EnvoyClusters = make([]types.Resource, len(r.EnvoyClusters))
+		for i, c := range r.EnvoyClusters {
+			f.EnvoyClusters[i] = badCluster(c.(*cluster.Cluster))
+		}
+	}
 	f.Version = r.Version + "-fault"
 	return &f
 }

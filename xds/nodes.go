@@ -120,6 +120,9 @@ func (s *Server) attachLocked(byStream map[int64]string, sid int64, id string, d
 	return st
 }
 
+// isEnvoy reports whether node is an Envoy (its user agent name is "envoy").
+func isEnvoy(node *core.Node) bool { return node.GetUserAgentName() == "envoy" }
+
 // onStreamRequest runs before the cache sees a SotW request.
 func (s *Server) onStreamRequest(sid int64, req *discovery.DiscoveryRequest) error {
 	id := req.GetNode().GetId()
@@ -133,6 +136,9 @@ func (s *Server) onStreamRequest(sid int64, req *discovery.DiscoveryRequest) err
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.attachLocked(s.streamNode, sid, id, false)
+	if n := req.GetNode(); n != nil {
+		st.envoy = isEnvoy(n)
+	}
 	if d := req.GetErrorDetail(); d != nil {
 		rejected := s.lastSent[sid][typ]
 		s.lastNACK = &NACK{Node: id, Type: shortType(typ), Version: rejected, Kept: req.GetVersionInfo(), Error: d.GetMessage(), At: time.Now()}
@@ -168,6 +174,9 @@ func (s *Server) onDeltaRequest(sid int64, req *discovery.DeltaDiscoveryRequest)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.attachLocked(s.deltaNode, sid, id, true)
+	if n := req.GetNode(); n != nil {
+		st.envoy = isEnvoy(n)
+	}
 	if d := req.GetErrorDetail(); d != nil {
 		s.lastNACK = &NACK{Node: id, Type: shortType(req.GetTypeUrl()), Error: d.GetMessage(), At: time.Now()}
 		s.met.nacks.WithLabelValues(shortType(req.GetTypeUrl())).Inc()

@@ -15,12 +15,17 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and balancers
+
+	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // coreHeader names the stand-in core that answered a call.
@@ -28,6 +33,9 @@ const coreHeader = "x-hachat-core"
 
 // helperEnv marks the child process of TestProxylessGRPC.
 const helperEnv = "HACHAT_XDS_PROXYLESS_HELPER"
+
+// helperTLSEnv makes the child dial with grpc-go's xDS credentials.
+const helperTLSEnv = "HACHAT_XDS_PROXYLESS_TLS"
 
 // standIn is a plain gRPC server with grpc.health.v1 standing in for a
 // chat core; every answer carries its name in a header.
@@ -38,15 +46,31 @@ type standIn struct {
 }
 
 func startStandIn(t *testing.T, name, addr string, primary bool) *standIn {
+	return startStandInTLS(t, name, addr, primary, nil)
+}
+
+// startStandInTLS is startStandIn serving mTLS with src when it is not
+// nil: only a caller of kind webapi is answered (PermissionDenied
+// otherwise), so an answer proves the client presented the webapi
+// certificate.
+func startStandInTLS(t *testing.T, name, addr string, primary bool, src *mtls.Source) *standIn {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen %s: %v", addr, err)
 	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	unary := []grpc.UnaryServerInterceptor{func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		_ = grpc.SetHeader(ctx, metadata.Pairs(coreHeader, name))
 		return h(ctx, req)
-	}))
+	}}
+	var opts []grpc.ServerOption
+	if src != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(src.ServerConfig())))
+		unary = append(unary, mtls.UnaryInterceptor(mtls.ServicePolicy(map[string]mtls.Policy{
+			"/grpc.health.v1.Health/": mtls.Allow(mtls.KindWebAPI),
+		}), telemetry.Discard().Logger))
+	}
+	srv := grpc.NewServer(append(opts, grpc.ChainUnaryInterceptor(unary...))...)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	st := healthpb.HealthCheckResponse_NOT_SERVING
@@ -118,19 +142,47 @@ func (a *answers) len() int {
 // t.Setenv here would come too late: the client runs in a child process
 // (this test binary, TestProxylessHelper) started with the variable set.
 func TestProxylessGRPC(t *testing.T) {
+	proxyless(t, "")
+}
+
+// TestProxylessGRPCmTLS is TestProxylessGRPC under mTLS: the control
+// plane serves ADS with mTLS and publishes the chat cluster with an
+// UpstreamTlsContext; the client's bootstrap (GRPCBootstrap with files)
+// has "tls" channel credentials and the file_watcher certificate provider
+// "hachat"; the client dials with grpc-go's xDS credentials; the stand-in
+// cores accept only mTLS and answer only a webapi identity. An answer thus
+// proves that the client's xDS credentials took the TLS settings from the
+// control plane and the certificate from the bootstrap's provider.
+func TestProxylessGRPCmTLS(t *testing.T) {
+	proxyless(t, tlsCertDir(t))
+}
+
+// proxyless runs the proxyless scenario, under mTLS with the certificates
+// of dir when it is not empty.
+func proxyless(t *testing.T, dir string) {
 	if testing.Short() {
 		t.Skip("starts a child process")
 	}
-	a := startStandIn(t, "a", "127.0.0.1:0", true)
-	b := startStandIn(t, "b", "127.0.0.1:0", false)
+	var coreA, coreB *mtls.Source
+	cfg := testConfig()
+	bo := BootstrapOptions{NodeID: "proxyless-test"}
+	if dir != "" {
+		coreA, coreB = tlsSource(t, dir, "core-a"), tlsSource(t, dir, "core-b")
+		cfg.TLS = mtls.FilesIn(dir, "xds")
+		bo.TLS = mtls.FilesIn(dir, "webapi")
+		bo.CertRefresh = 100 * time.Millisecond
+	}
+	a := startStandInTLS(t, "a", "127.0.0.1:0", true, coreA)
+	b := startStandInTLS(t, "b", "127.0.0.1:0", false, coreB)
 	view := NewMemoryView(
 		core_("core-a", RolePrimary, 1, a.addr, StateAlive),
 		core_("core-b", RoleBackup, 1, b.addr, StateAlive),
 		Member{Name: "xds", Kind: KindXDS, State: StateAlive},
 	)
-	s := startServer(t, testConfig(), view, Options{})
+	s := startServer(t, cfg, view, Options{})
+	bo.XDS = s.GRPCAddr()
 
-	boot, err := GRPCBootstrap(BootstrapOptions{XDS: s.GRPCAddr(), NodeID: "proxyless-test"})
+	boot, err := GRPCBootstrap(bo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +192,9 @@ func TestProxylessGRPC(t *testing.T) {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestProxylessHelper$", "-test.v")
 	cmd.Env = append(os.Environ(), helperEnv+"=1", "GRPC_XDS_BOOTSTRAP="+path, "GRPC_XDS_BOOTSTRAP_CONFIG=")
+	if dir != "" {
+		cmd.Env = append(cmd.Env, helperTLSEnv+"=1")
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +259,7 @@ func TestProxylessGRPC(t *testing.T) {
 
 	// 3. Core a comes back on its address and becomes primary with a newer
 	// epoch; b is still up, so only the pushed assignment moves the client.
-	startStandIn(t, "a", a.addr, true)
+	startStandInTLS(t, "a", a.addr, true, coreA)
 	pushed := time.Now()
 	view.Set(
 		core_("core-a", RolePrimary, 3, a.addr, StateAlive),
@@ -225,7 +280,17 @@ func TestProxylessHelper(t *testing.T) {
 	if os.Getenv(helperEnv) != "1" {
 		t.Skip("child process of TestProxylessGRPC")
 	}
-	conn, err := grpc.NewClient("xds:///"+APIListenerName, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if os.Getenv(helperTLSEnv) == "1" {
+		// The fallback is used only when the control plane sends no TLS
+		// settings; the stand-ins refuse plaintext, so it cannot answer.
+		var err error
+		creds, err = xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := grpc.NewClient("xds:///"+APIListenerName, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,6 +302,7 @@ func TestProxylessHelper(t *testing.T) {
 		cancel()
 	}()
 	client := healthpb.NewHealthClient(conn)
+	errs := 0
 	tick := time.NewTicker(3 * time.Millisecond)
 	defer tick.Stop()
 	for ctx.Err() == nil {
@@ -246,6 +312,9 @@ func TestProxylessHelper(t *testing.T) {
 		ccancel()
 		if err != nil {
 			fmt.Printf("answer: err %s\n", status.Code(err))
+			if errs++; errs%100 == 1 {
+				fmt.Fprintf(os.Stderr, "check: %v\n", err)
+			}
 		} else {
 			fmt.Printf("answer: ok %s\n", strings.Join(md.Get(coreHeader), ","))
 		}

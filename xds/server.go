@@ -10,6 +10,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,9 +32,11 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -52,8 +55,13 @@ type SwitchoverFunc func(ctx context.Context, addr, token string) (*chatpb.Switc
 // Options are the seams and extras of a Server.
 type Options struct {
 	// Switchover calls a core's Switchover RPC. Nil dials the core over
-	// gRPC (with tracing).
+	// gRPC (with tracing; mTLS with the control plane's certificate when
+	// Config.TLS is set).
 	Switchover SwitchoverFunc
+	// TLS is the control plane's certificate source. Nil: New loads
+	// Config.TLS when it is set (and Run watches the files); a caller that
+	// already holds a Source passes it here (Run watches it too).
+	TLS *mtls.Source
 	// Handlers are mounted on the admin HTTP mux by pattern, e.g.
 	// membership's reachable handler so that the control plane serves as
 	// the witness.
@@ -79,6 +87,9 @@ type nodeState struct {
 	names map[string][]string
 	// snapshotSet is true once the node's snapshot is in the cache.
 	snapshotSet bool
+	// envoy is true for an Envoy node (user agent "envoy"): it gets the
+	// Envoy flavour of the resources (Resources.ForEnvoy).
+	envoy bool
 }
 
 // Server is the control plane: a go-control-plane snapshot cache in ADS
@@ -91,6 +102,7 @@ type Server struct {
 	view View
 	opts Options
 
+	tls     *mtls.Source // nil: plaintext
 	cache   cache.SnapshotCache
 	xds     serverv3.Server
 	grpc    *grpc.Server
@@ -129,8 +141,19 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 		nodes:  map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
 		lastSent: map[int64]map[string]string{},
 	}
+	s.tls = opts.TLS
+	if s.tls == nil && cfg.TLS.Enabled() {
+		src, err := mtls.Load(cfg.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("load tls files: %w", err)
+		}
+		s.tls = src
+	}
+	if s.tls != nil {
+		s.cfg.TrustDomain = s.tls.ID().TrustDomain
+	}
 	if s.opts.Switchover == nil {
-		s.opts.Switchover = dialSwitchover(tel)
+		s.opts.Switchover = dialSwitchover(tel, s.tls)
 	}
 	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{s.log})
 	var err error
@@ -169,20 +192,42 @@ func (s *Server) Run(ctx context.Context) error {
 	// order (clusters before assignments before listeners before routes),
 	// the make-before-break order Envoy recommends.
 	s.xds = serverv3.NewServer(ctx, s.cache, s.callbacks(), sotw.WithOrderedADS())
-	s.grpc = grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	}
+	httpLn := s.httpLn
+	var watchers sync.WaitGroup
+	if s.tls != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(s.tls.ServerConfig())),
+			grpc.UnaryInterceptor(mtls.UnaryInterceptor(DiscoveryPolicy(), s.log)),
+			grpc.StreamInterceptor(mtls.StreamInterceptor(DiscoveryPolicy(), s.log)))
+		hcfg := s.tls.ServerConfig()
+		hcfg.NextProtos = []string{"h2", "http/1.1"}
+		httpLn = tls.NewListener(s.httpLn, hcfg)
+		// The watcher reloads rotated files until Run returns.
+		wctx, wcancel := context.WithCancel(ctx)
+		defer watchers.Wait()
+		defer wcancel()
+		watchers.Add(1)
+		go func() {
+			defer watchers.Done()
+			s.tls.Watch(wctx, 0, s.log)
+		}()
+		s.log.Info("mTLS on", "id", s.tls.ID().String(), "not_after", s.tls.NotAfter())
+	}
+	s.grpc = grpc.NewServer(gopts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(s.grpc, s.xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, s.xds)
 	routeservice.RegisterRouteDiscoveryServiceServer(s.grpc, s.xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(s.grpc, s.xds)
-	s.httpSrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	s.httpSrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
-	go func() { errc <- s.httpSrv.Serve(s.httpLn) }()
+	go func() { errc <- s.httpSrv.Serve(httpLn) }()
 	s.log.Info("xDS control plane serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr())
 
 	var err error
@@ -288,7 +333,11 @@ func (s *Server) setSnapshotLocked(ctx context.Context, id string, st *nodeState
 		return false
 	}
 	snap := &cache.Snapshot{}
-	for typ, items := range s.served.ByType() {
+	byType := s.served.ByType()
+	if st.envoy {
+		byType = s.served.ForEnvoy()
+	}
+	for typ, items := range byType {
 		sel := selectResources(typ, items, st)
 		v, err := itemsVersion(sel)
 		if err != nil {

@@ -51,8 +51,13 @@ func startServer(t *testing.T, cfg Config, view View, opts Options) *Server {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	client, scheme := http.DefaultClient, "http://"
+	if cfg.TLS.Enabled() {
+		// The control plane's own certificate: any identity reads /healthz.
+		client, scheme = tlsHTTPClient(t, cfg.TLS), "https://"
+	}
 	waitFor(t, 2*time.Second, "healthz", func() bool {
-		resp, err := http.Get("http://" + s.HTTPAddr() + "/healthz")
+		resp, err := client.Get(scheme + s.HTTPAddr() + "/healthz")
 		if err != nil {
 			return false
 		}

@@ -89,9 +89,19 @@ type Resources struct {
 	Routes    []types.Resource
 	Clusters  []types.Resource
 	Endpoints []types.Resource
+
+	// EnvoyListeners and EnvoyClusters replace Listeners and Clusters for
+	// Envoy nodes when the resources carry TLS (Config.TrustDomain set):
+	// Envoy does not implement certificate provider instances, so its TLS
+	// contexts name the SDS secrets of its bootstrap instead, and its
+	// sidecar listener terminates mTLS (the hachat sidecar terminates it by
+	// its own --tls-* flags). Nil without TLS: every node gets the same.
+	EnvoyListeners []types.Resource
+	EnvoyClusters  []types.Resource
 }
 
-// ByType returns the resources keyed by xDS type URL.
+// ByType returns the resources keyed by xDS type URL (the flavour every
+// node but Envoy gets).
 func (r *Resources) ByType() map[resource.Type][]types.Resource {
 	return map[resource.Type][]types.Resource{
 		resource.ListenerType: r.Listeners,
@@ -99,6 +109,20 @@ func (r *Resources) ByType() map[resource.Type][]types.Resource {
 		resource.ClusterType:  r.Clusters,
 		resource.EndpointType: r.Endpoints,
 	}
+}
+
+// ForEnvoy returns the resources keyed by xDS type URL as an Envoy node
+// gets them: ByType with the Envoy flavour of listeners and clusters when
+// there is one.
+func (r *Resources) ForEnvoy() map[resource.Type][]types.Resource {
+	m := r.ByType()
+	if r.EnvoyListeners != nil {
+		m[resource.ListenerType] = r.EnvoyListeners
+	}
+	if r.EnvoyClusters != nil {
+		m[resource.ClusterType] = r.EnvoyClusters
+	}
+	return m
 }
 
 // Build turns the member list into the chat service's resources: the
@@ -116,7 +140,7 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 	}
 	placements, primary, skipped := place(members)
 	r := &Resources{Placements: placements, Primary: primary, Skipped: skipped}
-	sidecar, err := sidecarListener(cfg)
+	sidecar, err := sidecarListener(cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +148,7 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc, err := chatCluster(cfg)
+	hc, err := chatCluster(cfg, providerFlavour)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +156,22 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 	r.Routes = []types.Resource{chatRoute()}
 	r.Clusters = []types.Resource{hc}
 	r.Endpoints = []types.Resource{loadAssignment(placements)}
+	if cfg.TrustDomain != "" {
+		down, err := downstreamTLS(cfg.TrustDomain)
+		if err != nil {
+			return nil, err
+		}
+		esidecar, err := sidecarListener(cfg, down)
+		if err != nil {
+			return nil, err
+		}
+		ehc, err := chatCluster(cfg, sdsFlavour)
+		if err != nil {
+			return nil, err
+		}
+		r.EnvoyListeners = []types.Resource{api, esidecar}
+		r.EnvoyClusters = []types.Resource{ehc}
+	}
 	if err := ValidateAll(r); err != nil {
 		return nil, err
 	}
@@ -149,14 +189,16 @@ type validator interface{ ValidateAll() error }
 // ValidateAll runs the proto constraint validation of every resource in r
 // and returns the first failure wrapped in ErrInvalidResource.
 func ValidateAll(r *Resources) error {
-	for typ, items := range r.ByType() {
-		for _, item := range items {
-			v, ok := item.(validator)
-			if !ok {
-				return fmt.Errorf("%w: %s %T has no validation", ErrInvalidResource, typ, item)
-			}
-			if err := v.ValidateAll(); err != nil {
-				return fmt.Errorf("%w: %s %q: %v", ErrInvalidResource, shortType(typ), resourceName(item), err)
+	for _, flavour := range []map[resource.Type][]types.Resource{r.ByType(), r.ForEnvoy()} {
+		for typ, items := range flavour {
+			for _, item := range items {
+				v, ok := item.(validator)
+				if !ok {
+					return fmt.Errorf("%w: %s %T has no validation", ErrInvalidResource, typ, item)
+				}
+				if err := v.ValidateAll(); err != nil {
+					return fmt.Errorf("%w: %s %q: %v", ErrInvalidResource, shortType(typ), resourceName(item), err)
+				}
 			}
 		}
 	}
@@ -266,8 +308,10 @@ func socketAddress(host string, port uint32) *core.Address {
 
 // sidecarListener is the TCP proxy listener: every connection goes to the
 // chatcore cluster. The idle timeout is disabled because chat
-// subscriptions are long-lived streams that may be quiet for hours.
-func sidecarListener(cfg Config) (*listener.Listener, error) {
+// subscriptions are long-lived streams that may be quiet for hours. A
+// non-nil ts (the Envoy flavour with TLS) makes the filter chain terminate
+// mTLS.
+func sidecarListener(cfg Config, ts *core.TransportSocket) (*listener.Listener, error) {
 	tp, err := anypb.New(&tcpproxy.TcpProxy{
 		StatPrefix:       ClusterName,
 		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: ClusterName},
@@ -280,7 +324,8 @@ func sidecarListener(cfg Config) (*listener.Listener, error) {
 		Name:    ListenerName,
 		Address: socketAddress("127.0.0.1", cfg.ListenerPort),
 		FilterChains: []*listener.FilterChain{{
-			Filters: []*listener.Filter{{Name: TCPProxyFilter, ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}}},
+			Filters:         []*listener.Filter{{Name: TCPProxyFilter, ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}}},
+			TransportSocket: ts,
 		}},
 	}, nil
 }
@@ -334,8 +379,10 @@ func chatRoute() *route.RouteConfiguration {
 // because Envoy's gRPC health checker requires it; the TCP proxy ignores
 // it. close_connections_on_host_health_failure makes Envoy drop
 // connections to a core that fails its checks, so clients reconnect at
-// once.
-func chatCluster(cfg Config) (*cluster.Cluster, error) {
+// once. With cfg.TrustDomain set, the cluster speaks mTLS to the cores
+// (transport socket with an UpstreamTlsContext in flavour f, peer SAN
+// spiffe://<td>/core/...).
+func chatCluster(cfg Config, f tlsFlavour) (*cluster.Cluster, error) {
 	h2, err := anypb.New(&upstreamhttp.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
@@ -348,8 +395,15 @@ func chatCluster(cfg Config) (*cluster.Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pack http protocol options: %w", err)
 	}
+	var ts *core.TransportSocket
+	if cfg.TrustDomain != "" {
+		if ts, err = upstreamTLS(f, cfg.TrustDomain); err != nil {
+			return nil, err
+		}
+	}
 	interval := durationpb.New(cfg.HealthInterval)
 	return &cluster.Cluster{
+		TransportSocket:      ts,
 		Name:                 ClusterName,
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
@@ -413,7 +467,7 @@ func loadAssignment(ps []Placement) *endpoint.ClusterLoadAssignment {
 // contentVersion hashes every resource, in a fixed order, deterministically.
 func contentVersion(r *Resources) (string, error) {
 	h := sha256.New()
-	for _, group := range [][]types.Resource{r.Listeners, r.Routes, r.Clusters, r.Endpoints} {
+	for _, group := range [][]types.Resource{r.Listeners, r.Routes, r.Clusters, r.Endpoints, r.EnvoyListeners, r.EnvoyClusters} {
 		for _, item := range group {
 			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(item)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,15 +32,23 @@ type EchoStatus struct {
 // handed to a gRPC server that answers Chat/Status with st, so one port
 // serves both the benchmark's data and the sidecar's health checks. Clients
 // of the echo must not start with 'P' followed by the rest of the preface.
-func ServeEcho(ctx context.Context, addr string, st EchoStatus) error {
+//
+// With cfg set every connection is TLS (cfg a server configuration, such as
+// mtls.Source.ServerConfig); the sniffing happens inside it.
+func ServeEcho(ctx context.Context, addr string, st EchoStatus, cfg *tls.Config) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("echo listen %s: %w", addr, err)
 	}
-	return serveEcho(ctx, ln, st)
+	return serveEcho(ctx, ln, st, cfg)
 }
 
-func serveEcho(ctx context.Context, ln net.Listener, st EchoStatus) error {
+func serveEcho(ctx context.Context, ln net.Listener, st EchoStatus, cfg *tls.Config) error {
+	if cfg != nil && len(cfg.NextProtos) == 0 {
+		// gRPC clients (the sidecar's health checks) require ALPN h2.
+		cfg = cfg.Clone()
+		cfg.NextProtos = []string{"h2"}
+	}
 	gl := &chanListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
 	gs := grpc.NewServer()
 	chatpb.RegisterChatServer(gs, &statusServer{st: st})
@@ -62,6 +71,9 @@ func serveEcho(ctx context.Context, ln net.Listener, st EchoStatus) error {
 				return nil
 			}
 			return fmt.Errorf("echo accept: %w", err)
+		}
+		if cfg != nil {
+			c = tls.Server(c, cfg)
 		}
 		go handleEcho(c, gl)
 	}

@@ -13,6 +13,7 @@ package proxybench
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/proxy"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -84,6 +86,73 @@ type Options struct {
 	EchoEnv []string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// TLS runs every hop with mTLS: Run makes a throwaway cluster CA and
+	// certificates (package mtls); the clients dial with a webapi
+	// certificate, the sidecar terminates and originates mTLS with its
+	// proxy certificate, HAProxy does the same (ssl on bind and server
+	// lines), and the echo servers serve mTLS with core certificates.
+	// Connections are long-lived, so latency and throughput show the cost
+	// of encryption; the failover gap includes the new handshakes.
+	TLS bool
+
+	certDir   string      // with TLS: the cert dir Run made
+	clientTLS *tls.Config // with TLS: the clients' configuration
+}
+
+// dial connects to addr, with TLS when o.TLS is set (the handshake done).
+func (o *Options) dial(addr string, timeout time.Duration) (net.Conn, error) {
+	d := &net.Dialer{Timeout: timeout}
+	if o.clientTLS == nil {
+		return d.Dial("tcp", addr)
+	}
+	return tls.DialWithDialer(d, "tcp", addr, o.clientTLS)
+}
+
+// tlsArgs are the --tls-* flags of the part name in the cert dir.
+func (o *Options) tlsArgs(name string) []string {
+	if o.certDir == "" {
+		return nil
+	}
+	f := mtls.FilesIn(o.certDir, name)
+	return []string{"--tls-ca", f.CA, "--tls-cert", f.Cert, "--tls-key", f.Key}
+}
+
+// setupTLS makes the cert dir of a TLS run: the echo servers are cores,
+// the sidecar and HAProxy proxies, the client a webapi, the admin reader an
+// operator.
+func (o *Options) setupTLS() (cleanup func(), err error) {
+	dir, err := os.MkdirTemp("", "proxybench-certs-")
+	if err != nil {
+		return nil, fmt.Errorf("cert dir: %w", err)
+	}
+	parts := []mtls.Part{{Kind: mtls.KindCore, Name: "primary"}, {Kind: mtls.KindCore, Name: "backup"},
+		{Kind: mtls.KindProxy, Name: "sidecar"}, {Kind: mtls.KindProxy, Name: "haproxy"},
+		{Kind: mtls.KindWebAPI, Name: "client"}, {Kind: mtls.KindOperator, Name: "operator"}}
+	if _, err := mtls.Init(filepath.Join(dir, "certs"), "", parts, false); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	o.certDir = filepath.Join(dir, "certs")
+	src, err := mtls.Load(mtls.FilesIn(o.certDir, "client"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	o.clientTLS = src.ClientConfig(nil)
+	// HAProxy reads its certificate and key from one file.
+	f := mtls.FilesIn(o.certDir, "haproxy")
+	cert, err := os.ReadFile(f.Cert)
+	if err == nil {
+		var key []byte
+		if key, err = os.ReadFile(f.Key); err == nil {
+			err = os.WriteFile(filepath.Join(o.certDir, "haproxy-combined.pem"), append(cert, key...), 0o600)
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("haproxy certificate: %w", err)
+	}
+	return func() { os.RemoveAll(dir) }, nil
 }
 
 func (o *Options) defaults() error {
@@ -173,6 +242,7 @@ type Report struct {
 		PayloadSize int           `json:"payloadSize"`
 		Rounds      int           `json:"rounds"`
 		Trials      int           `json:"trials"`
+		TLS         bool          `json:"tls"`
 	} `json:"options"`
 	HAProxyVersion string  `json:"haproxyVersion,omitempty"`
 	HAProxyError   string  `json:"haproxyError,omitempty"`
@@ -205,6 +275,14 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	rep.Options.Duration, rep.Options.Conns, rep.Options.PayloadSize, rep.Options.Rounds, rep.Options.Trials = o.Duration, o.Conns, o.PayloadSize, o.Rounds, o.Trials
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "proxybench: "+format+"\n", args...) }
+	rep.Options.TLS = o.TLS
+	if o.TLS {
+		cleanup, err := o.setupTLS()
+		if err != nil {
+			return rep, err
+		}
+		defer cleanup()
+	}
 
 	ports, err := freePorts(5)
 	if err != nil {
@@ -226,13 +304,13 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	// the control plane would publish.
 	sc := &child{name: "sidecar", o: &o}
 	sidecarAddr, adminAddr := ports[3], ports[4]
-	if err := sc.start(append(slices.Clone(o.SidecarCommand), "--listen", sidecarAddr, "--admin", adminAddr,
-		"--primary", primaryAddr, "--backup", backupAddr)); err != nil {
+	if err := sc.start(append(append(slices.Clone(o.SidecarCommand), "--listen", sidecarAddr, "--admin", adminAddr,
+		"--primary", primaryAddr, "--backup", backupAddr), o.tlsArgs("sidecar")...)); err != nil {
 		return rep, err
 	}
 	defer sc.kill()
 	sidecarOnPrimary := func() bool {
-		d, err := sidecarDump(adminAddr)
+		d, err := sidecarDump(&o, adminAddr)
 		return err == nil && len(d.Clusters) == 1 && d.Clusters[0].Chosen == primaryAddr && d.Clusters[0].Definitive
 	}
 	if err := waitUntil(ctx, 10*time.Second, func() bool { return sc.exited() || sidecarOnPrimary() }); err != nil || sc.exited() {
@@ -247,7 +325,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		logf("%v", err)
 	} else {
 		rep.HAProxyVersion = v
-		ha = &haproxyProc{bin: o.HAProxy, addr: haAddr, primary: primaryAddr, backup: backupAddr}
+		ha = &haproxyProc{bin: o.HAProxy, addr: haAddr, primary: primaryAddr, backup: backupAddr, certDir: o.certDir}
 		if err := ha.start(ctx); err != nil {
 			rep.HAProxyError = err.Error()
 			logf("%v", err)
@@ -300,7 +378,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		if ha != nil {
 			targets = append(targets, haAddr)
 		}
-		gaps, err := failoverTrial(ctx, primary, targets, payload)
+		gaps, err := failoverTrial(ctx, &o, primary, targets, payload)
 		if err != nil {
 			return rep, fmt.Errorf("trial %d: %w", i+1, err)
 		}
@@ -361,8 +439,12 @@ func (g *Gaps) summarize() {
 
 // WriteText writes the report for people.
 func (r Report) WriteText(w io.Writer) {
-	fmt.Fprintf(w, "hachat bench proxy: %d connections, %d-byte request/response, %v per path in %d rounds\n",
-		r.Options.Conns, r.Options.PayloadSize, r.Options.Duration, r.Options.Rounds)
+	mode := "plaintext"
+	if r.Options.TLS {
+		mode = "mTLS on every hop"
+	}
+	fmt.Fprintf(w, "hachat bench proxy: %d connections, %d-byte request/response, %v per path in %d rounds, %s\n",
+		r.Options.Conns, r.Options.PayloadSize, r.Options.Duration, r.Options.Rounds, mode)
 	if r.HAProxyVersion != "" {
 		fmt.Fprintf(w, "haproxy: %s\n", r.HAProxyVersion)
 	}
@@ -467,7 +549,7 @@ type pathRun struct {
 func measure(ctx context.Context, paths []*pathRun, o Options, payload []byte) error {
 	for _, p := range paths {
 		// Warm up: connections, buffers, the proxies' pools.
-		if _, _, err := load(ctx, p.addr, o.Conns, 300*time.Millisecond, payload); err != nil {
+		if _, _, err := load(ctx, &o, p.addr, o.Conns, 300*time.Millisecond, payload); err != nil {
 			return fmt.Errorf("%s warm-up: %w", p.res.Name, err)
 		}
 	}
@@ -478,7 +560,7 @@ func measure(ctx context.Context, paths []*pathRun, o Options, payload []byte) e
 			if p.pid != 0 {
 				before, _ = procCPU(p.pid)
 			}
-			lat, errs, err := load(ctx, p.addr, o.Conns, slice, payload)
+			lat, errs, err := load(ctx, &o, p.addr, o.Conns, slice, payload)
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.res.Name, err)
 			}
@@ -533,7 +615,7 @@ func procCPU(pid int) (time.Duration, error) {
 
 // load runs conns clients, each on its own connection doing one round trip
 // at a time, and returns every round trip's latency.
-func load(ctx context.Context, addr string, conns int, d time.Duration, payload []byte) ([]time.Duration, int, error) {
+func load(ctx context.Context, o *Options, addr string, conns int, d time.Duration, payload []byte) ([]time.Duration, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var mu sync.Mutex
@@ -545,7 +627,7 @@ func load(ctx context.Context, addr string, conns int, d time.Duration, payload 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("tcp", addr)
+			c, err := o.dial(addr, 5*time.Second)
 			if err != nil {
 				mu.Lock()
 				firstErr = err
@@ -590,7 +672,7 @@ func load(ctx context.Context, addr string, conns int, d time.Duration, payload 
 // at once on any error), kills the primary with SIGKILL, and returns for each
 // target the time from the kill to the first round trip that started after
 // the primary was reaped and succeeded (gapFailed if none within 10s).
-func failoverTrial(ctx context.Context, primary *echoProc, targets []string, payload []byte) ([]time.Duration, error) {
+func failoverTrial(ctx context.Context, o *Options, primary *echoProc, targets []string, payload []byte) ([]time.Duration, error) {
 	type ok struct{ start, end time.Time }
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -613,7 +695,7 @@ func failoverTrial(ctx context.Context, primary *echoProc, targets []string, pay
 			for cctx.Err() == nil {
 				if c == nil {
 					var err error
-					c, err = net.DialTimeout("tcp", addr, time.Second)
+					c, err = o.dial(addr, time.Second)
 					if err != nil {
 						c = nil
 						time.Sleep(time.Millisecond)
@@ -788,6 +870,7 @@ type echoProc struct {
 func (e *echoProc) start(ctx context.Context) error {
 	argv := append(slices.Clone(e.o.EchoCommand), "--addr", e.addr, "--name", e.st.Name,
 		"--role", e.st.Role, "--epoch", strconv.FormatUint(e.st.Epoch, 10))
+	argv = append(argv, e.o.tlsArgs(e.st.Name)...)
 	if err := e.child.start(argv); err != nil {
 		return err
 	}
@@ -796,7 +879,7 @@ func (e *echoProc) start(ctx context.Context) error {
 		if e.exited() {
 			return true
 		}
-		c, err := net.DialTimeout("tcp", e.addr, 100*time.Millisecond)
+		c, err := e.o.dial(e.addr, 100*time.Millisecond)
 		if err != nil {
 			return false
 		}
@@ -818,11 +901,21 @@ func (e *echoProc) start(ctx context.Context) error {
 	return nil
 }
 
-// sidecarDump reads the sidecar's admin dump.
-func sidecarDump(adminAddr string) (proxy.Dump, error) {
+// sidecarDump reads the sidecar's admin dump (over mTLS as an operator in
+// a TLS run).
+func sidecarDump(o *Options, adminAddr string) (proxy.Dump, error) {
 	var d proxy.Dump
 	cl := http.Client{Timeout: time.Second}
-	resp, err := cl.Get("http://" + adminAddr + "/proxy/v1/clusters")
+	url := "http://" + adminAddr + "/proxy/v1/clusters"
+	if o.certDir != "" {
+		src, err := mtls.Load(mtls.FilesIn(o.certDir, "operator"))
+		if err != nil {
+			return d, err
+		}
+		cl.Transport = &http.Transport{TLSClientConfig: src.ClientConfig(mtls.Allow(mtls.KindProxy))}
+		url = "https://" + adminAddr + "/proxy/v1/clusters"
+	}
+	resp, err := cl.Get(url)
 	if err != nil {
 		return d, err
 	}
@@ -837,11 +930,14 @@ func sidecarDump(adminAddr string) (proxy.Dump, error) {
 // ServeSidecar runs a hachat sidecar on listen (admin on admin) in front of
 // the primary and backup echo servers, from Resources, until ctx ends. It
 // is what `hachat bench proxy-sidecar` runs.
-func ServeSidecar(ctx context.Context, listen, admin, primaryAddr, backupAddr string) error {
+//
+// With files set the sidecar speaks mTLS (proxy.Config.TLS).
+func ServeSidecar(ctx context.Context, listen, admin, primaryAddr, backupAddr string, files mtls.Files) error {
 	cfg := proxy.DefaultConfig()
 	cfg.NodeID = "proxybench"
 	cfg.Listen = listen
 	cfg.Admin = admin
+	cfg.TLS = files
 	p, err := proxy.NewStatic(cfg, telemetry.Discard(), Resources(primaryAddr, backupAddr))
 	if err != nil {
 		return fmt.Errorf("build sidecar: %w", err)
@@ -852,6 +948,7 @@ func ServeSidecar(ctx context.Context, listen, admin, primaryAddr, backupAddr st
 // haproxyProc is the HAProxy child process.
 type haproxyProc struct {
 	bin, addr, primary, backup string
+	certDir                    string // with TLS: the cert dir (ssl on bind and server lines)
 	dir                        string
 	cmd                        *exec.Cmd
 	done                       chan struct{}
@@ -869,6 +966,16 @@ func haproxyVersion(bin string) (string, error) {
 // config is the HAProxy configuration: the primary and the backup server
 // with checks as fast as the sidecar's, a stats socket to read server state.
 func (h *haproxyProc) config() string {
+	bind, server := "", ""
+	if h.certDir != "" {
+		// mTLS like the sidecar: a client certificate required on the
+		// bind, HAProxy's own certificate to the servers, the cluster CA
+		// both ways, ALPN h2.
+		f := mtls.FilesIn(h.certDir, "haproxy")
+		crt := filepath.Join(h.certDir, "haproxy-combined.pem")
+		bind = fmt.Sprintf(" ssl crt %s ca-file %s verify required alpn h2", crt, f.CA)
+		server = fmt.Sprintf(" ssl crt %s ca-file %s verify required alpn h2", crt, f.CA)
+	}
 	return fmt.Sprintf(`global
     maxconn 4096
     stats socket %s mode 600 level admin
@@ -882,10 +989,10 @@ defaults
     option redispatch
 
 listen chatcore
-    bind %s
-    server primary %s check inter 100 fall 2 rise 1 fastinter 50
-    server backup %s check inter 100 fall 2 rise 1 fastinter 50 backup
-`, filepath.Join(h.dir, "haproxy.sock"), h.addr, h.primary, h.backup)
+    bind %s%s
+    server primary %s%s check inter 100 fall 2 rise 1 fastinter 50
+    server backup %s%s check inter 100 fall 2 rise 1 fastinter 50 backup
+`, filepath.Join(h.dir, "haproxy.sock"), h.addr, bind, h.primary, server, h.backup, server)
 }
 
 func (h *haproxyProc) start(ctx context.Context) error {

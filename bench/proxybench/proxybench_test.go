@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"flag"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/proxy"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -34,8 +36,18 @@ func TestMain(m *testing.M) {
 		fs.StringVar(&st.Name, "name", "", "")
 		fs.StringVar(&st.Role, "role", "", "")
 		fs.Uint64Var(&st.Epoch, "epoch", 0, "")
+		files := childTLSFlags(fs)
 		fs.Parse(childArgs())
-		if err := ServeEcho(context.Background(), *addr, st); err != nil {
+		var cfg *tls.Config
+		if files.Enabled() {
+			src, err := mtls.Load(*files)
+			if err != nil {
+				os.Stderr.WriteString(err.Error() + "\n")
+				os.Exit(1)
+			}
+			cfg = src.ServerConfig()
+		}
+		if err := ServeEcho(context.Background(), *addr, st, cfg); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
 		}
@@ -45,8 +57,9 @@ func TestMain(m *testing.M) {
 		admin := fs.String("admin", "", "")
 		primary := fs.String("primary", "", "")
 		backup := fs.String("backup", "", "")
+		files := childTLSFlags(fs)
 		fs.Parse(childArgs())
-		if err := ServeSidecar(context.Background(), *listen, *admin, *primary, *backup); err != nil {
+		if err := ServeSidecar(context.Background(), *listen, *admin, *primary, *backup, *files); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
 		}
@@ -82,7 +95,7 @@ func TestServeEchoSniffsGRPC(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveEcho(ctx, ln, EchoStatus{Name: "p", Role: "primary", Epoch: 7}) }()
+	go func() { done <- serveEcho(ctx, ln, EchoStatus{Name: "p", Role: "primary", Epoch: 7}, nil) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -122,8 +135,27 @@ func TestServeEchoSniffsGRPC(t *testing.T) {
 	}
 }
 
+// childTLSFlags are the --tls-* flags of the child processes.
+func childTLSFlags(fs *flag.FlagSet) *mtls.Files {
+	var f mtls.Files
+	fs.StringVar(&f.CA, "tls-ca", "", "")
+	fs.StringVar(&f.Cert, "tls-cert", "", "")
+	fs.StringVar(&f.Key, "tls-key", "", "")
+	return &f
+}
+
 func TestRunSmall(t *testing.T) {
+	runSmall(t, false)
+}
+
+// TestRunSmallTLS: the benchmark runs with mTLS on every hop.
+func TestRunSmallTLS(t *testing.T) {
+	runSmall(t, true)
+}
+
+func runSmall(t *testing.T, withTLS bool) {
 	o := echoOptions(t)
+	o.TLS = withTLS
 	o.Duration = 300 * time.Millisecond
 	o.Conns = 2
 	o.Trials = 2
@@ -197,7 +229,7 @@ func BenchmarkSidecarRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	go serveEcho(ctx, ln, EchoStatus{Name: "p", Role: "primary", Epoch: 1})
+	go serveEcho(ctx, ln, EchoStatus{Name: "p", Role: "primary", Epoch: 1}, nil)
 	cfg := proxy.DefaultConfig()
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", ""
 	p, err := proxy.NewStatic(cfg, telemetry.Discard(), Resources(ln.Addr().String(), "127.0.0.1:1"))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/bench/proxybench"
+	"github.com/hachat/hachat/mtls"
 )
 
 // runBenchProxy is `hachat bench proxy`: latency, throughput and the kill -9
@@ -26,6 +28,7 @@ func runBenchProxy(ctx context.Context, args []string, out, errw io.Writer) erro
 		HAProxy  string        `yaml:"haproxy"`
 		JSON     bool          `yaml:"json"`
 		Verbose  bool          `yaml:"verbose"`
+		TLS      bool          `yaml:"tls"`
 	}
 	o.Duration, o.Conns, o.Payload, o.Rounds, o.Trials, o.HAProxy = 5*time.Second, 8, 64, 5, 10, "/usr/sbin/haproxy"
 	err := parseFlags("bench proxy", "Measure the sidecar against a direct connection and HAProxy: p50/p99 latency,\n"+
@@ -38,11 +41,12 @@ func runBenchProxy(ctx context.Context, args []string, out, errw io.Writer) erro
 		fs.StringVar(&o.HAProxy, "haproxy", o.HAProxy, "HAProxy binary")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 		fs.BoolVar(&o.Verbose, "verbose", o.Verbose, "print progress on stderr")
+		fs.BoolVar(&o.TLS, "tls", o.TLS, "every hop mTLS (throwaway CA): clients, sidecar, HAProxy and echo servers")
 	})
 	if err != nil {
 		return err
 	}
-	opts := proxybench.Options{Duration: o.Duration, Conns: o.Conns, PayloadSize: o.Payload, Rounds: o.Rounds, Trials: o.Trials, HAProxy: o.HAProxy}
+	opts := proxybench.Options{Duration: o.Duration, Conns: o.Conns, PayloadSize: o.Payload, Rounds: o.Rounds, Trials: o.Trials, HAProxy: o.HAProxy, TLS: o.TLS}
 	if o.Verbose {
 		opts.Log = errw
 	}
@@ -63,10 +67,11 @@ func runBenchProxy(ctx context.Context, args []string, out, errw io.Writer) erro
 // echo that also answers Chat/Status, the upstream of `hachat bench proxy`.
 func runBenchEchoServer(ctx context.Context, args []string, out, errw io.Writer) error {
 	var o struct {
-		Addr  string `yaml:"addr"`
-		Name  string `yaml:"name"`
-		Role  string `yaml:"role"`
-		Epoch uint64 `yaml:"epoch"`
+		Addr  string     `yaml:"addr"`
+		Name  string     `yaml:"name"`
+		Role  string     `yaml:"role"`
+		Epoch uint64     `yaml:"epoch"`
+		TLS   mtls.Files `yaml:",inline"`
 	}
 	o.Addr, o.Name, o.Role, o.Epoch = "127.0.0.1:0", "echo", "primary", 1
 	err := parseFlags("bench echo-server", "Serve TCP echo plus Chat/Status (upstream stand-in for bench proxy).", args, errw, &o,
@@ -75,11 +80,20 @@ func runBenchEchoServer(ctx context.Context, args []string, out, errw io.Writer)
 			fs.StringVar(&o.Name, "name", o.Name, "name answered by Status")
 			fs.StringVar(&o.Role, "role", o.Role, "role answered by Status: primary or backup")
 			fs.Uint64Var(&o.Epoch, "epoch", o.Epoch, "epoch answered by Status")
+			benchTLSFlags(fs, &o.TLS)
 		})
 	if err != nil {
 		return err
 	}
-	if err := proxybench.ServeEcho(ctx, o.Addr, proxybench.EchoStatus{Name: o.Name, Role: o.Role, Epoch: o.Epoch}); err != nil {
+	var cfg *tls.Config
+	if o.TLS.Enabled() {
+		src, err := mtls.Load(o.TLS)
+		if err != nil {
+			return err
+		}
+		cfg = src.ServerConfig()
+	}
+	if err := proxybench.ServeEcho(ctx, o.Addr, proxybench.EchoStatus{Name: o.Name, Role: o.Role, Epoch: o.Epoch}, cfg); err != nil {
 		return fmt.Errorf("echo server: %w", err)
 	}
 	return nil
@@ -90,10 +104,11 @@ func runBenchEchoServer(ctx context.Context, args []string, out, errw io.Writer)
 // static resources in front of the two echo servers.
 func runBenchProxySidecar(ctx context.Context, args []string, out, errw io.Writer) error {
 	var o struct {
-		Listen  string `yaml:"listen"`
-		Admin   string `yaml:"admin"`
-		Primary string `yaml:"primary"`
-		Backup  string `yaml:"backup"`
+		Listen  string     `yaml:"listen"`
+		Admin   string     `yaml:"admin"`
+		Primary string     `yaml:"primary"`
+		Backup  string     `yaml:"backup"`
+		TLS     mtls.Files `yaml:",inline"`
 	}
 	o.Listen, o.Admin = "127.0.0.1:0", "127.0.0.1:0"
 	err := parseFlags("bench proxy-sidecar", "Run the sidecar of bench proxy from static resources.", args, errw, &o,
@@ -102,9 +117,17 @@ func runBenchProxySidecar(ctx context.Context, args []string, out, errw io.Write
 			fs.StringVar(&o.Admin, "admin", o.Admin, "admin HTTP address")
 			fs.StringVar(&o.Primary, "primary", o.Primary, "primary echo server address")
 			fs.StringVar(&o.Backup, "backup", o.Backup, "backup echo server address")
+			benchTLSFlags(fs, &o.TLS)
 		})
 	if err != nil {
 		return err
 	}
-	return proxybench.ServeSidecar(ctx, o.Listen, o.Admin, o.Primary, o.Backup)
+	return proxybench.ServeSidecar(ctx, o.Listen, o.Admin, o.Primary, o.Backup, o.TLS)
+}
+
+// benchTLSFlags are the --tls-* flags of the hidden bench children.
+func benchTLSFlags(fs *flag.FlagSet, f *mtls.Files) {
+	fs.StringVar(&f.CA, "tls-ca", "", "mTLS: CA bundle")
+	fs.StringVar(&f.Cert, "tls-cert", "", "mTLS: certificate")
+	fs.StringVar(&f.Key, "tls-key", "", "mTLS: key")
 }

@@ -79,9 +79,9 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		DataDir:   cfg.Dir,
 		LogFormat: cfg.LogFormat,
 	}
-	// The sidecars and the control plane learn mTLS in their own change;
-	// until then the mesh stage runs plaintext.
-	if !cfg.Plaintext && layout.Stage < demo.StageMesh {
+	// Every stage runs mTLS unless --plaintext: the sidecars and the
+	// control plane speak it too.
+	if !cfg.Plaintext {
 		layout.CertDir = filepath.Join(cfg.Dir, "certs")
 	}
 	plan := demo.StandardPlan(layout)

@@ -2,14 +2,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 	"github.com/hachat/hachat/xds"
 )
@@ -91,28 +97,128 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 	return s.Run(ctx)
 }
 
+// bootstrapTLS are the TLS flags of both bootstrap printers: explicit
+// files, or a cert dir and a certificate name in it.
+type bootstrapTLS struct {
+	files    mtls.Files
+	certDir  string
+	certName string
+	state    string
+}
+
 // bootstrapFlags are the flags of both bootstrap printers.
-func bootstrapFlags(fs *flag.FlagSet, o *xds.BootstrapOptions) {
+func bootstrapFlags(fs *flag.FlagSet, o *xds.BootstrapOptions, bt *bootstrapTLS) {
 	fs.StringVar(&o.XDS, "xds", "127.0.0.1:7200", "the control plane's gRPC address")
 	fs.StringVar(&o.NodeCluster, "node-cluster", "hachat", "xDS node cluster")
+	fs.StringVar(&bt.files.CA, "tls-ca", "", "mTLS: the cluster CA bundle the client trusts (turns mTLS on, with --tls-cert and --tls-key)")
+	fs.StringVar(&bt.files.Cert, "tls-cert", "", "mTLS: the client's certificate")
+	fs.StringVar(&bt.files.Key, "tls-key", "", "mTLS: the client's private key")
+	fs.StringVar(&bt.certDir, "cert-dir", "", "mTLS: a cert dir of hachat certs init: ca.pem, <cert-name>.pem and <cert-name>.key (instead of --tls-*)")
+	fs.StringVar(&bt.certName, "cert-name", "", "mTLS: the certificate's name in --cert-dir (default: the node id)")
+	fs.StringVar(&o.TrustDomain, "trust-domain", "", "mTLS: SPIFFE trust domain of the cluster (default: read from the CA file, else "+mtls.DefaultTrustDomain+")")
+	fs.StringVar(&bt.state, "state", "", "a demo state file (hachat demo): the control planes' addresses and, when the file names one, the cert dir")
+}
+
+// demoCredentials is the part of the demo state file that the bootstrap
+// printers read besides the parts.
+type demoCredentials struct {
+	Credentials struct {
+		CertDir string `json:"certDir"`
+	} `json:"credentials"`
+}
+
+// resolve fills o from bt: the control planes of the state file (--xds
+// then only names the first when given explicitly), the cert files, the
+// trust domain.
+func (bt bootstrapTLS) resolve(fs *flag.FlagSet, o *xds.BootstrapOptions) error {
+	explicitXDS := false
+	fs.Visit(func(f *flag.Flag) { explicitXDS = explicitXDS || f.Name == "xds" })
+	if bt.state != "" {
+		st, err := demo.ReadState(bt.state)
+		if err != nil {
+			return err
+		}
+		var addrs []string
+		for _, p := range st.Parts {
+			if p.Kind == demo.KindXDS && p.GRPC != "" {
+				addrs = append(addrs, p.GRPC)
+			}
+		}
+		if len(addrs) == 0 && !explicitXDS {
+			return fmt.Errorf("state %s: no control plane (kind xds) with a gRPC address", bt.state)
+		}
+		if explicitXDS {
+			addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == o.XDS })
+		} else {
+			o.XDS, addrs = addrs[0], addrs[1:]
+		}
+		o.Fallback = addrs
+		if bt.certDir == "" && !bt.files.Enabled() {
+			b, err := os.ReadFile(bt.state)
+			if err != nil {
+				return fmt.Errorf("read state: %w", err)
+			}
+			var dc demoCredentials
+			if err := json.Unmarshal(b, &dc); err != nil {
+				return fmt.Errorf("parse state %s: %w", bt.state, err)
+			}
+			bt.certDir = dc.Credentials.CertDir
+			if bt.certDir != "" && !filepath.IsAbs(bt.certDir) {
+				bt.certDir = filepath.Join(filepath.Dir(bt.state), bt.certDir)
+			}
+		}
+	}
+	o.TLS = bt.files
+	if bt.certDir != "" {
+		if bt.files.Enabled() {
+			return fmt.Errorf("%w: --cert-dir and --tls-* exclude each other", xds.ErrBadBootstrap)
+		}
+		name := bt.certName
+		if name == "" {
+			name = o.NodeID
+		}
+		f := mtls.FilesIn(bt.certDir, name)
+		abs := func(p string) string {
+			if a, err := filepath.Abs(p); err == nil {
+				return a
+			}
+			return p
+		}
+		o.TLS = mtls.Files{CA: abs(f.CA), Cert: abs(f.Cert), Key: abs(f.Key)}
+		for _, p := range []string{o.TLS.CA, o.TLS.Cert, o.TLS.Key} {
+			if _, err := os.Stat(p); err != nil {
+				return fmt.Errorf("cert dir %s (certificate %q, see --cert-name): %w", bt.certDir, name, err)
+			}
+		}
+	}
+	if o.TLS.Enabled() && o.TrustDomain == "" {
+		if src, err := mtls.Load(o.TLS); err == nil {
+			o.TrustDomain = src.ID().TrustDomain
+		}
+	}
+	return nil
 }
 
 // runEnvoyBootstrap prints an Envoy bootstrap that takes everything from
 // this control plane over ADS.
 func runEnvoyBootstrap(args []string, out, errw io.Writer) error {
 	o := xds.BootstrapOptions{}
+	var bt bootstrapTLS
 	format := "yaml"
 	fs := flag.NewFlagSet("hachat xds envoy-bootstrap", flag.ContinueOnError)
 	fs.SetOutput(errw)
-	bootstrapFlags(fs, &o)
+	bootstrapFlags(fs, &o, &bt)
 	fs.StringVar(&o.NodeID, "node-id", "envoy-1", "Envoy's xDS node id (unique per Envoy)")
 	fs.StringVar(&o.Admin, "admin", "127.0.0.1:9901", "Envoy's admin address (IP:port)")
 	fs.StringVar(&format, "format", format, "output format: yaml or json")
 	fs.Usage = func() {
-		fmt.Fprintf(errw, "Usage: hachat xds envoy-bootstrap [flags] > envoy.yaml\n\nPrint an Envoy v3 bootstrap whose listeners and clusters come from the\ncontrol plane over ADS. Run: envoy -c envoy.yaml\n\nFlags:\n")
+		fmt.Fprintf(errw, "Usage: hachat xds envoy-bootstrap [flags] > envoy.yaml\n\nPrint an Envoy v3 bootstrap whose listeners and clusters come from the\ncontrol plane over ADS. Run: envoy -c envoy.yaml\nWith mTLS files (--tls-* or --cert-dir) Envoy speaks mTLS to the control\nplane and defines the secrets the chat cluster and listener name.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseBootstrapFlags(fs, args, errw); err != nil {
+		return err
+	}
+	if err := bt.resolve(fs, &o); err != nil {
 		return err
 	}
 	b, err := xds.EnvoyBootstrapText(o, format)
@@ -126,15 +232,20 @@ func runEnvoyBootstrap(args []string, out, errw io.Writer) error {
 // runGRPCBootstrap prints a grpc-go xDS bootstrap for proxyless clients.
 func runGRPCBootstrap(args []string, out, errw io.Writer) error {
 	o := xds.BootstrapOptions{}
+	var bt bootstrapTLS
 	fs := flag.NewFlagSet("hachat xds grpc-bootstrap", flag.ContinueOnError)
 	fs.SetOutput(errw)
-	bootstrapFlags(fs, &o)
+	bootstrapFlags(fs, &o, &bt)
 	fs.StringVar(&o.NodeID, "node-id", "grpc-1", "the client's xDS node id (unique per client process)")
+	fs.DurationVar(&o.CertRefresh, "cert-refresh", mtls.DefaultReloadInterval, "mTLS: how often grpc-go rereads the certificate files")
 	fs.Usage = func() {
-		fmt.Fprintf(errw, "Usage: hachat xds grpc-bootstrap [flags] > bootstrap.json\n\nPrint a grpc-go xDS bootstrap; point GRPC_XDS_BOOTSTRAP at the file and dial\nxds:///chatcore.\n\nFlags:\n")
+		fmt.Fprintf(errw, "Usage: hachat xds grpc-bootstrap [flags] > bootstrap.json\n\nPrint a grpc-go xDS bootstrap; point GRPC_XDS_BOOTSTRAP at the file and dial\nxds:///chatcore. With mTLS files (--tls-* or --cert-dir, or the cert dir of\n--state) the client speaks mTLS to the control plane (\"tls\" channel\ncredentials) and, with grpc-go's xDS credentials\n(google.golang.org/grpc/credentials/xds), to the cores: the chat cluster's\nUpstreamTlsContext names the certificate provider instance \"hachat\"\n(file_watcher) defined here.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := parseBootstrapFlags(fs, args, errw); err != nil {
+		return err
+	}
+	if err := bt.resolve(fs, &o); err != nil {
 		return err
 	}
 	b, err := xds.GRPCBootstrap(o)

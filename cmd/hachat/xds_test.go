@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hachat/hachat/mtls"
 )
 
 func TestXDSBootstrapCommands(t *testing.T) {
@@ -59,5 +63,48 @@ func TestXDSRejectsBadConfig(t *testing.T) {
 	err := runXDS(context.Background(), []string{"--health-interval", "0s"}, &out, &errw)
 	if err == nil || !strings.Contains(err.Error(), "health-interval") {
 		t.Errorf("runXDS with zero health interval = %v", err)
+	}
+}
+
+func TestGRPCBootstrapFromState(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := mtls.Init(certs, "example.org", []mtls.Part{{Kind: mtls.KindWebAPI, Name: "webapi-1"}}, false); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "demo.json")
+	doc := `{"supervisor": 1, "parts": [
+		{"name": "core-a", "kind": "core", "grpc": "127.0.0.1:7100", "state": "running"},
+		{"name": "xds", "kind": "xds", "grpc": "127.0.0.1:7200", "state": "running"},
+		{"name": "xds-2", "kind": "xds", "grpc": "127.0.0.1:7210", "state": "running"}],
+		"credentials": {"certDir": "certs"}}`
+	if err := os.WriteFile(state, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errw strings.Builder
+	if err := runXDS(context.Background(), []string{"grpc-bootstrap", "--node-id", "webapi-1", "--state", state}, &out, &errw); err != nil {
+		t.Fatalf("%v: %s", err, errw.String())
+	}
+	for _, w := range []string{`"server_uri": "127.0.0.1:7200"`, `"server_uri": "127.0.0.1:7210"`, `"type": "tls"`,
+		`"plugin_name": "file_watcher"`, filepath.Join(certs, "webapi-1.pem"), filepath.Join(certs, "ca.pem")} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("bootstrap lacks %q:\n%s", w, out.String())
+		}
+	}
+	// An explicit cert dir without the named certificate is an error.
+	err := runXDS(context.Background(), []string{"grpc-bootstrap", "--node-id", "nobody", "--cert-dir", certs}, &out, &errw)
+	if err == nil || !strings.Contains(err.Error(), "nobody") {
+		t.Errorf("missing certificate: %v", err)
+	}
+	// Envoy from the same state: mTLS to the control plane, SAN of the
+	// state's trust domain.
+	out.Reset()
+	if err := runXDS(context.Background(), []string{"envoy-bootstrap", "--node-id", "webapi-1", "--state", state}, &out, &errw); err != nil {
+		t.Fatalf("%v: %s", err, errw.String())
+	}
+	for _, w := range []string{"envoy.transport_sockets.tls", "spiffe://example.org/xds/", "hachat-cert", "port_value: 7200"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("envoy bootstrap lacks %q:\n%s", w, out.String())
+		}
 	}
 }
