@@ -148,6 +148,10 @@ type Layout struct {
 	// claim epochs (ucs --writer-token, core --ucs-token; default
 	// "demo-writer-token").
 	WriterToken string
+	// UCSReaderToken is what a client that only reads transcripts shows
+	// ucsmock (ucs --reader-token; default "demo-ucs-reader-token"). The
+	// cores read with the writer token, which ucsmock accepts for reads too.
+	UCSReaderToken string
 	// GossipKey encrypts the memberlist gossip of the cores, the witness
 	// and the control plane (base64 of 32 bytes; default DemoGossipKey).
 	GossipKey string
@@ -192,6 +196,9 @@ func (l *Layout) fill() {
 	}
 	if l.WriterToken == "" {
 		l.WriterToken = "demo-writer-token"
+	}
+	if l.UCSReaderToken == "" {
+		l.UCSReaderToken = "demo-ucs-reader-token"
 	}
 	if l.GossipKey == "" {
 		l.GossipKey = DemoGossipKey
@@ -243,7 +250,7 @@ func StandardPlan(l Layout) Plan {
 	var parts []Part
 	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
 		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
-		"--writer-token=" + l.WriterToken,
+		"--writer-token=" + l.WriterToken, "--reader-token=" + l.UCSReaderToken,
 	}})
 	witnessHTTP := ""
 	switch {

@@ -117,3 +117,19 @@ func TestFreeAddrsDistinctLoopback(t *testing.T) {
 		}
 	}
 }
+
+func TestStandardPlanUCSReaderToken(t *testing.T) {
+	plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: StageMesh, UCSReaderToken: "rd"})
+	u, _ := plan.Part("ucs")
+	if !slices.Contains(u.Args, "--reader-token=rd") {
+		t.Errorf("ucs args lack the reader token: %v", u.Args)
+	}
+	def := StandardPlan(Layout{Addrs: DefaultAddrs()})
+	u, _ = def.Part("ucs")
+	if !slices.Contains(u.Args, "--reader-token=demo-ucs-reader-token") {
+		t.Errorf("ucs args lack the default reader token: %v", u.Args)
+	}
+	if got := (Layout{}).Filled().UCSReaderToken; got != "demo-ucs-reader-token" {
+		t.Errorf("Filled().UCSReaderToken = %q", got)
+	}
+}

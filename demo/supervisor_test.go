@@ -3,6 +3,7 @@ package demo
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -322,5 +323,62 @@ func TestCancellingTheContextStopsEveryPart(t *testing.T) {
 		if p.State != StateStopped {
 			t.Fatalf("%s: %s", p.Name, p.State)
 		}
+	}
+}
+
+// TestStateFileCredentials: the state file carries Options.Credentials
+// under "credentials" with the four keys of the contract, and is readable by
+// its owner only.
+func TestStateFileCredentials(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := Credentials{
+		Accounts: []AccountCredential{{User: "alice", Password: "pw1", Role: "agent"},
+			{User: "sam", Password: "pw2", Role: "supervisor"}},
+		AdminToken:     "adm",
+		UCSReaderToken: "rd",
+		CertDir:        "/certs",
+	}
+	sup, err := Start(t.Context(), fakePlan(t, "core-a"), Options{Binary: exe, Dir: t.TempDir(),
+		Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: 2 * time.Second, Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sup.Stop)
+	b, err := os.ReadFile(sup.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Credentials map[string]json.RawMessage `json:"credentials"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"accounts", "adminToken", "ucsReaderToken", "certDir"} {
+		if _, ok := raw.Credentials[k]; !ok {
+			t.Errorf("credentials lack %q: %s", k, b)
+		}
+	}
+	var accounts []map[string]string
+	if err := json.Unmarshal(raw.Credentials["accounts"], &accounts); err != nil || len(accounts) != 2 ||
+		accounts[0]["user"] != "alice" || accounts[0]["password"] != "pw1" || accounts[0]["role"] != "agent" {
+		t.Errorf("accounts = %s (%v)", raw.Credentials["accounts"], err)
+	}
+	st, err := ReadState(sup.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Credentials.UCSReaderToken != "rd" || st.Credentials.AdminToken != "adm" || len(st.Credentials.Accounts) != 2 {
+		t.Fatalf("credentials read back = %+v", st.Credentials)
+	}
+	fi, err := os.Stat(sup.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("state file mode %v: readable by others", fi.Mode().Perm())
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // TestDemoCommand runs `hachat demo` as a person would (on free ports) and
@@ -169,7 +170,35 @@ func TestDemoCommand(t *testing.T) {
 		t.Fatalf("customer transcript after the failover: %+v", msgs)
 	}
 
+	// The state file's credentials let an operator read the transcript at
+	// UCS, which refuses a read without them.
 	st, _ = demo.ReadState(state)
+	if st.Credentials.UCSReaderToken == "" || st.Credentials.AdminToken == "" {
+		t.Fatalf("state file credentials = %+v, want adminToken and ucsReaderToken", st.Credentials)
+	}
+	ucsPart, _ := st.Part("ucs")
+	ucsURL, ucsHTTP := "http://"+ucsPart.HTTP, &http.Client{Timeout: 10 * time.Second}
+	if ucsPart.TLS { // mTLS: the operator certificate from the state file's cert dir
+		tlsc, err := demo.OperatorTLS(st.Credentials.CertDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ucsURL, ucsHTTP.Transport = "https://"+ucsPart.HTTP, &http.Transport{TLSClientConfig: tlsc}
+	}
+	ucs := ucsmock.NewClient(ucsURL, ucsHTTP, nil)
+	if _, err := ucs.Transcript(ctx, chat.ChatID); !errors.Is(err, ucsmock.ErrForbidden) {
+		t.Errorf("UCS transcript without a token: %v, want ErrForbidden", err)
+	}
+	harness.Eventually(t, "the transcript read at UCS with the state file's reader token", 10*time.Second, func() error {
+		tr, err := ucs.WithToken(st.Credentials.UCSReaderToken).Transcript(ctx, chat.ChatID)
+		if err != nil {
+			return err
+		}
+		if len(tr.Events) == 0 {
+			return errors.New("no events yet")
+		}
+		return nil
+	})
 	for _, p := range st.Parts {
 		if p.Name == "core-a" {
 			continue

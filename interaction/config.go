@@ -25,6 +25,12 @@ type Config struct {
 	// MaxChatsPerAgent is how many chats one agent holds at most, counting
 	// chats being transferred to them and a pending offer (default 3).
 	MaxChatsPerAgent int `yaml:"max-chats-per-agent"`
+	// MaxQueue caps the chats waiting for an agent (default 500). A new chat
+	// that finds the queue full is not queued: it is told "no agent is
+	// available" (a Notice with noticeType noAgentAvailable) and closed, so
+	// that a flood of chats never waits in front of real customers. 0 lifts
+	// the cap.
+	MaxQueue int `yaml:"max-queue"`
 
 	// Accounts is the accounts file of built-in logins (password hashes,
 	// managed with `hachat accounts`). At least one of Accounts and
@@ -75,6 +81,7 @@ func DefaultConfig() Config {
 		Core:             "127.0.0.1:7311",
 		OfferTimeout:     15 * time.Second,
 		MaxChatsPerAgent: 3,
+		MaxQueue:         500, // Genesys's sizing of one Chat Server: 500 sessions
 
 		OIDCIDClaim:             "preferred_username",
 		OIDCRoleClaim:           "hachat_role",
@@ -94,6 +101,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ServiceToken, "service-token", c.ServiceToken, "chat core service token for WatchSessions and Join")
 	fs.DurationVar(&c.OfferTimeout, "offer-timeout", c.OfferTimeout, "time an agent has to accept an offered chat")
 	fs.IntVar(&c.MaxChatsPerAgent, "max-chats-per-agent", c.MaxChatsPerAgent, "most chats one agent holds at once")
+	fs.IntVar(&c.MaxQueue, "max-queue", c.MaxQueue, "most chats waiting for an agent; a new chat over it is told no agent is available and closed (0: no cap)")
 	fs.StringVar(&c.Accounts, "accounts", c.Accounts, "accounts file of built-in logins (see hachat accounts)")
 	fs.StringVar(&c.OIDCIssuer, "oidc-issuer", c.OIDCIssuer, "OpenID Connect issuer URL whose ID tokens log agents in")
 	fs.StringVar(&c.OIDCClientID, "oidc-client-id", c.OIDCClientID, "client id at the identity provider (the tokens' audience)")
@@ -117,6 +125,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxChatsPerAgent < 1 {
 		errs = append(errs, fmt.Errorf("max-chats-per-agent must be at least 1, got %d", c.MaxChatsPerAgent))
+	}
+	if c.MaxQueue < 0 {
+		errs = append(errs, fmt.Errorf("max-queue must not be negative, got %d", c.MaxQueue))
 	}
 	if c.HTTP == "" {
 		errs = append(errs, errors.New("http address is empty"))

@@ -191,7 +191,7 @@ func (f *fakeCore) Send(ctx context.Context, in *chatpb.SendRequest) (*chatpb.Se
 	if p.p.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER {
 		vis = chatpb.Visibility_VISIBILITY_ALL
 	}
-	idx := f.appendLocked(s, &chatpb.Event{Kind: in.Kind, From: p.p, Text: in.Text, ClientMessageId: in.ClientMessageId, Visibility: vis})
+	idx := f.appendLocked(s, &chatpb.Event{Kind: in.Kind, From: p.p, Text: in.Text, ClientMessageId: in.ClientMessageId, Visibility: vis, Attrs: in.Attrs})
 	if in.ClientMessageId != "" {
 		s.sent[p.p.Id+"/"+in.ClientMessageId] = idx
 	}

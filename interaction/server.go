@@ -412,6 +412,10 @@ func (s *Server) onSessionChange(ch *chatpb.SessionChange) {
 	defer s.mu.Unlock()
 	switch ch.GetKind() {
 	case chatpb.SessionChange_KIND_STARTED:
+		if s.queueFullLocked(id) {
+			s.wg.Go(func() { s.turnAway(id) })
+			return
+		}
 		added, ns := s.router.AddChat(infoFromChange(ch), s.now())
 		if added {
 			s.metrics.chatsQueued.Inc()

@@ -58,16 +58,32 @@ type commitReq struct {
 }
 
 // openBolt opens (creating if needed) the database at path and starts its
-// committer.
+// committer. An existing file must pass the integrity check (integrity.go),
+// else the error matches ErrCorrupt.
 func openBolt(path string, batched func(int)) (*boltStore, error) {
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create db directory: %w", err)
 		}
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	exists, err := checkFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("open db %s: %w", path, err)
+	}
+	var db *bolt.DB
+	err = guard("open", func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open db %s: %w", path, corruptErr(err))
+	}
+	if exists {
+		if err := checkDB(db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open db %s: %w", path, err)
+		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketTranscripts, bucketEventEpochs, bucketChats, bucketEpochs} {
@@ -87,6 +103,20 @@ func openBolt(path string, batched func(int)) (*boltStore, error) {
 	s := &boltStore{db: db, writes: make(chan commitReq), quit: make(chan struct{}), done: make(chan struct{}), batched: batched}
 	go s.commitLoop()
 	return s, nil
+}
+
+// corruptErr marks bbolt's errors about a damaged file as ErrCorrupt; other
+// errors (a lock timeout, a permission) pass unchanged.
+func corruptErr(err error) error {
+	if errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	for _, e := range []error{berrors.ErrInvalid, berrors.ErrChecksum, berrors.ErrVersionMismatch, berrors.ErrInvalidMapping} {
+		if errors.Is(err, e) {
+			return fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+	}
+	return err
 }
 
 // close stops the committer (after the write in progress) and closes the db.

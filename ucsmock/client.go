@@ -27,7 +27,7 @@ const maxAnswer = 64 << 20
 type Client struct {
 	base  string
 	hc    *http.Client
-	token string // writer token sent with saves and claims
+	token string // bearer token sent with every request but the admin ones
 }
 
 var _ BatchStore = (*Client)(nil)
@@ -60,10 +60,12 @@ func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry
 	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc}
 }
 
-// WithToken returns a client like c that sends token as the writer token
-// (Authorization: Bearer <token>) with every save and epoch claim, for a
-// server started with --writer-token. An empty token sends none (c's
-// behaviour). c itself is not changed; both share the HTTP client.
+// WithToken returns a client like c that sends token (Authorization: Bearer
+// <token>) with every save, epoch claim and read: the writer token for a
+// core, which the server accepts for reads too, or the reader token for a
+// client that only reads (--writer-token, --reader-token). An empty token
+// sends none (c's behaviour). c itself is not changed; both share the HTTP
+// client. The admin calls take their own token.
 func (c *Client) WithToken(token string) *Client {
 	cc := *c
 	cc.token = token
@@ -88,7 +90,8 @@ func spanPath(p string) string {
 // Save stores events of one chat; see Store for the rules. Errors: a
 // *StaleEpochError (ErrStaleEpoch) when fenced, ErrConflict, ErrInvalid,
 // ErrUnavailable (retry), ErrNonRecoverable, ErrForbidden (the server wants
-// a writer token: see WithToken).
+// a writer token: see WithToken). Reads fail with ErrForbidden too when the
+// server wants a reader token.
 func (c *Client) Save(ctx context.Context, req SaveRequest) (SaveResult, error) {
 	var res SaveResult
 	if req.ChatID == "" {
@@ -114,7 +117,7 @@ func (c *Client) Transcript(ctx context.Context, chatID string) (*Transcript, er
 		return nil, fmt.Errorf("ucs transcript: %w", invalidf("missing chatId"))
 	}
 	var tb transcriptBody
-	if err := c.do(ctx, http.MethodGet, "/ucs/v1/transcripts/"+url.PathEscape(chatID), "", nil, &tb); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/ucs/v1/transcripts/"+url.PathEscape(chatID), c.token, nil, &tb); err != nil {
 		return nil, fmt.Errorf("ucs transcript %s: %w", chatID, err)
 	}
 	events, err := unmarshalEvents(tb.Events)
@@ -130,7 +133,7 @@ func (c *Client) TranscriptXML(ctx context.Context, chatID string) ([]byte, erro
 		return nil, fmt.Errorf("ucs transcript xml: %w", invalidf("missing chatId"))
 	}
 	var b []byte
-	if err := c.do(ctx, http.MethodGet, "/ucs/v1/transcripts/"+url.PathEscape(chatID)+"?format=xml", "", nil, &b); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/ucs/v1/transcripts/"+url.PathEscape(chatID)+"?format=xml", c.token, nil, &b); err != nil {
 		return nil, fmt.Errorf("ucs transcript xml %s: %w", chatID, err)
 	}
 	return b, nil
@@ -158,7 +161,7 @@ func (c *Client) Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) {
 	var body struct {
 		Chats []ChatInfo `json:"chats"`
 	}
-	if err := c.do(ctx, http.MethodGet, path, "", nil, &body); err != nil {
+	if err := c.do(ctx, http.MethodGet, path, c.token, nil, &body); err != nil {
 		return nil, fmt.Errorf("ucs chats: %w", err)
 	}
 	return body.Chats, nil
@@ -212,7 +215,7 @@ func (c *Client) Epoch(ctx context.Context, service string) (Epoch, error) {
 	if service == "" {
 		return e, fmt.Errorf("ucs epoch: %w", invalidf("missing service"))
 	}
-	if err := c.do(ctx, http.MethodGet, "/ucs/v1/epochs/"+url.PathEscape(service), "", nil, &e); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/ucs/v1/epochs/"+url.PathEscape(service), c.token, nil, &e); err != nil {
 		return Epoch{}, fmt.Errorf("ucs epoch of %s: %w", service, err)
 	}
 	return e, nil

@@ -35,6 +35,11 @@ var (
 	// ErrForbidden means the server refused the token: the admin API (wrong
 	// admin token, or disabled), or a save or claim without the writer token.
 	ErrForbidden = errors.New("ucsmock: access denied")
+	// ErrCorrupt means the database file exists but is damaged (zero-length,
+	// truncated, or failing the consistency check): New refuses to open it
+	// rather than start empty or panic later. Restore the file from a backup,
+	// or move it away to start a new database.
+	ErrCorrupt = errors.New("corrupt database")
 )
 
 // StaleEpochError is the error of a save fenced by a newer epoch. It matches

@@ -2,6 +2,7 @@ package ucsmock
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
@@ -131,12 +132,12 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	mux.HandleFunc("POST /ucs/v1/transcripts/{chatId}", s.writer(s.metrics.saves, s.handleSave))
 	mux.HandleFunc("POST /ucs/v1/transcripts:batch", s.writer(s.metrics.saves, s.handleSaveBatch))
 	mux.HandleFunc("POST /ucs/v1/transcripts/{$}", s.handleMissingChatID)
-	mux.HandleFunc("GET /ucs/v1/transcripts/{chatId}", s.handleTranscript)
-	mux.HandleFunc("GET /ucs/v1/transcripts/{$}", s.handleMissingChatID)
+	mux.HandleFunc("GET /ucs/v1/transcripts/{chatId}", s.reader(s.handleTranscript))
+	mux.HandleFunc("GET /ucs/v1/transcripts/{$}", s.reader(s.handleMissingChatID))
 	mux.HandleFunc("POST /ucs/v1/epochs/{service}/claim", s.writer(s.metrics.claims, s.handleClaim))
 	mux.HandleFunc("POST /ucs/v1/epochs/{service}/renew", s.writer(s.metrics.claims, s.handleRenew))
-	mux.HandleFunc("GET /ucs/v1/epochs/{service}", s.handleEpoch)
-	mux.HandleFunc("GET /ucs/v1/chats", s.handleChats)
+	mux.HandleFunc("GET /ucs/v1/epochs/{service}", s.reader(s.handleEpoch))
+	mux.HandleFunc("GET /ucs/v1/chats", s.reader(s.handleChats))
 	mux.HandleFunc("PUT /ucs/v1/admin/faults", s.admin(s.handleSetFaults))
 	mux.HandleFunc("GET /ucs/v1/admin/faults", s.admin(s.handleGetFaults))
 	mux.HandleFunc("DELETE /ucs/v1/admin/faults", s.admin(s.handleClearFaults))
@@ -152,9 +153,13 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
 		}),
 	)
-	tel.Logger.Info("ucsmock store open", "db", cfg.DBPath, "admin", cfg.AdminToken != "", "writer_token", cfg.WriterToken != "", "maxBody", cfg.MaxBody)
+	tel.Logger.Info("ucsmock store open", "db", cfg.DBPath, "admin", cfg.AdminToken != "", "writer_token", cfg.WriterToken != "",
+		"reader_token", cfg.ReaderToken != "", "maxBody", cfg.MaxBody)
 	if cfg.WriterToken == "" {
 		tel.Logger.Warn("no writer token: anyone who reaches ucsmock can save transcripts and claim epochs (set --writer-token)")
+	}
+	if cfg.WriterToken == "" && cfg.ReaderToken == "" {
+		tel.Logger.Warn("no reader or writer token: anyone who reaches ucsmock can read every transcript (set --reader-token)")
 	}
 	return s, nil
 }
@@ -609,10 +614,13 @@ func (s *Server) errorAnswer(err error) (int, errorBody) {
 	}
 }
 
-// bearer reports whether r carries Authorization: Bearer <want>.
+// bearer reports whether r carries Authorization: Bearer <want>. The
+// comparison is of SHA-256 digests in constant time, so that neither the
+// content nor the length of the token leaks through timing.
 func bearer(r *http.Request, want string) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	return ok && subtle.ConstantTimeCompare(g[:], w[:]) == 1
 }
 
 // writer guards a write (save, claim) with the writer token when one is
@@ -626,6 +634,23 @@ func (s *Server) writer(results *prometheus.CounterVec, h http.HandlerFunc) http
 			s.log.Warn("write refused: missing or wrong writer token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
 			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong writer token", Code: codeUnauthorized})
+			return
+		}
+		h(w, r)
+	}
+}
+
+// reader guards a read with the reader token or the writer token, whichever
+// are configured; with neither, reads are open. A refused read gets 401
+// before anything is read.
+func (s *Server) reader(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		open := s.cfg.ReaderToken == "" && s.cfg.WriterToken == ""
+		if !open && !(s.cfg.ReaderToken != "" && bearer(r, s.cfg.ReaderToken)) && !(s.cfg.WriterToken != "" && bearer(r, s.cfg.WriterToken)) {
+			s.stats.unauthorized.Add(1)
+			s.log.Warn("read refused: missing or wrong reader token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
+			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong reader token", Code: codeUnauthorized})
 			return
 		}
 		h(w, r)

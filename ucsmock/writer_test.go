@@ -35,7 +35,7 @@ func newWriterServer(t testing.TB) (*Server, *httptest.Server) {
 
 // TestWriterToken: with --writer-token set, a save or claim without the
 // token or with a wrong one gets 401 and changes nothing; with it, it works.
-// Reads stay open.
+// With no reader token set, reads need the writer token.
 func TestWriterToken(t *testing.T) {
 	srv, _ := newWriterServer(t)
 	h := srv.Handler()
@@ -55,11 +55,12 @@ func TestWriterToken(t *testing.T) {
 		t.Fatalf("stats after refused writes: %+v", st)
 	}
 	runHTTPCases(t, h, []httpCase{
-		{"reads open", "GET", "/ucs/v1/epochs/chat", "", "", 200, `{"epoch":0,"holder":""}`},
-		{"unknown chat read", "GET", "/ucs/v1/transcripts/c1", "", "", 404, "not_found"},
+		{"read without token", "GET", "/ucs/v1/epochs/chat", "", "", 401, `"code":"unauthorized"`},
+		{"read with the writer token", "GET", "/ucs/v1/epochs/chat", testWriterToken, "", 200, `{"epoch":0,"holder":""}`},
+		{"unknown chat read", "GET", "/ucs/v1/transcripts/c1", testWriterToken, "", 404, "not_found"},
 		{"claim with token", "POST", "/ucs/v1/epochs/chat/claim", testWriterToken, claim, 200, `{"epoch":1,"holder":"core-a"`},
 		{"save with token", "POST", "/ucs/v1/transcripts/c1", testWriterToken, save, 200, `"saved":2`},
-		{"read back", "GET", "/ucs/v1/transcripts/c1", "", "", 200, `"chatId":"c1"`},
+		{"read back", "GET", "/ucs/v1/transcripts/c1", testWriterToken, "", 200, `"chatId":"c1"`},
 	})
 }
 
@@ -78,18 +79,21 @@ func TestClientWithToken(t *testing.T) {
 	if _, err := plain.WithToken("wrong").Save(ctx, SaveRequest{ChatID: "c1", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("c1", 1, 1)}); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("save with a wrong token: %v", err)
 	}
-	if _, err := plain.Transcript(ctx, "c1"); !errors.Is(err, ErrNotFound) {
+	c := plain.WithToken(testWriterToken)
+	if _, err := c.Transcript(ctx, "c1"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("refused save stored something: %v", err)
 	}
-	c := plain.WithToken(testWriterToken)
 	if e, err := c.ClaimEpoch(ctx, "chat", 0, 1, "core-a"); err != nil || e.Epoch != 1 {
 		t.Fatalf("claim with token: %v %v", e, err)
 	}
 	if _, err := c.Save(ctx, SaveRequest{ChatID: "c1", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("c1", 1, 1)}); err != nil {
 		t.Fatalf("save with token: %v", err)
 	}
-	if tr, err := plain.Transcript(ctx, "c1"); err != nil || len(tr.Events) != 1 {
-		t.Fatalf("read with the plain client: %v %v", tr, err)
+	if tr, err := c.Transcript(ctx, "c1"); err != nil || len(tr.Events) != 1 {
+		t.Fatalf("read with the writer token: %v %v", tr, err)
+	}
+	if _, err := plain.Transcript(ctx, "c1"); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("read without a token: %v, want ErrForbidden", err)
 	}
 	if plain.token != "" {
 		t.Fatal("WithToken changed the original client")
@@ -180,5 +184,82 @@ func FuzzSetFaults(f *testing.F) {
 		if !bytes.HasPrefix(rec.Body.Bytes(), []byte("{")) {
 			t.Fatalf("answer is not JSON: %q", rec.Body)
 		}
+	})
+}
+
+// TestReaderToken: with --reader-token set, every read (transcript as JSON
+// and XML, chat list, epoch) needs the reader token or the writer token; a
+// missing or wrong one gets 401 and reveals nothing. The reader token
+// cannot write. /healthz stays open.
+func TestReaderToken(t *testing.T) {
+	const readerToken = "rtok"
+	cfg := DefaultConfig()
+	cfg.DBPath = filepath.Join(t.TempDir(), "ucs.db")
+	cfg.WriterToken = testWriterToken
+	cfg.ReaderToken = readerToken
+	srv, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	h := srv.Handler()
+	save := saveJSON(t, "chat", 1, false, evs("c1", 1, 2)...)
+	runHTTPCases(t, h, []httpCase{
+		{"save", "POST", "/ucs/v1/transcripts/c1", testWriterToken, save, 200, `"saved":2`},
+		{"reader token cannot save", "POST", "/ucs/v1/transcripts/c1", readerToken, save, 401, `"code":"unauthorized"`},
+		{"reader token cannot claim", "POST", "/ucs/v1/epochs/chat/claim", readerToken, `{"expect":0,"epoch":1,"holder":"x"}`, 401, `"code":"unauthorized"`},
+		{"health open", "GET", "/healthz", "", "", 200, `"status":"ok"`},
+	})
+	reads := []string{"/ucs/v1/transcripts/c1", "/ucs/v1/transcripts/c1?format=xml", "/ucs/v1/chats", "/ucs/v1/chats?service=chat",
+		"/ucs/v1/epochs/chat", "/ucs/v1/transcripts/"}
+	for _, path := range reads {
+		for _, tok := range []string{"", "wrong", readerToken + "x", testToken, " " + readerToken} {
+			runHTTPCases(t, h, []httpCase{{"read " + path + " token " + tok, "GET", path, tok, "", 401, `"code":"unauthorized"`}})
+		}
+	}
+	for _, tok := range []string{readerToken, testWriterToken} {
+		runHTTPCases(t, h, []httpCase{
+			{"transcript", "GET", "/ucs/v1/transcripts/c1", tok, "", 200, `"chatId":"c1"`},
+			{"xml", "GET", "/ucs/v1/transcripts/c1?format=xml", tok, "", 200, `<chatTranscript sessionId="c1"`},
+			{"chats", "GET", "/ucs/v1/chats", tok, "", 200, `"chatId":"c1"`},
+			{"epoch", "GET", "/ucs/v1/epochs/chat", tok, "", 200, `"epoch"`},
+		})
+	}
+	// The Go client: WithToken(reader) reads, plain gets ErrForbidden.
+	hs := httptest.NewServer(h)
+	defer hs.Close()
+	ctx := context.Background()
+	plain := NewClient(hs.URL, hs.Client(), nil)
+	if _, err := plain.Transcript(ctx, "c1"); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("transcript without token: %v, want ErrForbidden", err)
+	}
+	if _, err := plain.Chats(ctx, ChatFilter{}); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("chats without token: %v, want ErrForbidden", err)
+	}
+	if _, err := plain.Epoch(ctx, "chat"); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("epoch without token: %v, want ErrForbidden", err)
+	}
+	rc := plain.WithToken(readerToken)
+	if tr, err := rc.Transcript(ctx, "c1"); err != nil || len(tr.Events) != 2 {
+		t.Fatalf("transcript with the reader token: %v %v", tr, err)
+	}
+	if x, err := rc.TranscriptXML(ctx, "c1"); err != nil || !bytes.Contains(x, []byte("chatTranscript")) {
+		t.Fatalf("xml with the reader token: %s %v", x, err)
+	}
+	if cs, err := rc.Chats(ctx, ChatFilter{}); err != nil || len(cs) != 1 {
+		t.Fatalf("chats with the reader token: %v %v", cs, err)
+	}
+	if _, err := rc.Save(ctx, SaveRequest{ChatID: "c2", Service: "chat", Epoch: 1, Writer: "x", Events: evs("c2", 1, 1)}); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("save with the reader token: %v, want ErrForbidden", err)
+	}
+}
+
+// TestReadsOpenWithoutTokens: with neither token set, reads need nothing
+// (the development default; ucs warns at start).
+func TestReadsOpenWithoutTokens(t *testing.T) {
+	srv, _ := newTestServer(t, filepath.Join(t.TempDir(), "ucs.db"))
+	runHTTPCases(t, srv.Handler(), []httpCase{
+		{"epoch", "GET", "/ucs/v1/epochs/chat", "", "", 200, `"epoch"`},
+		{"chats", "GET", "/ucs/v1/chats", "", "", 200, `"chats"`},
 	})
 }

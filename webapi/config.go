@@ -32,6 +32,30 @@ type Config struct {
 	RetryBudget time.Duration `yaml:"retry-budget"`
 	// CoreTimeout bounds one unary call to the core.
 	CoreTimeout time.Duration `yaml:"core-timeout"`
+	// ClientStartRate is the sustained rate of chat starts one client
+	// address may make, per second (IPv6: one /64); ClientStartBurst is how
+	// many it may make at once. Over it a start is answered 429 with
+	// Retry-After. A rate of 0 lifts the per-client limit.
+	ClientStartRate  float64 `yaml:"client-start-rate"`
+	ClientStartBurst int     `yaml:"client-start-burst"`
+	// StartRate and StartBurst limit the chat starts of all clients
+	// together, per second and at once (429 with Retry-After over it). A
+	// rate of 0 lifts the overall limit.
+	StartRate  float64 `yaml:"start-rate"`
+	StartBurst int     `yaml:"start-burst"`
+	// AllowedOrigins is the comma-separated allow-list of the web origins
+	// (scheme://host[:port]) whose pages may call the customer API from
+	// another site, e.g. the company site that embeds the chat. A request or
+	// preflight from any other site gets 403 and no CORS header. Empty (the
+	// default) allows no other site; the web sample at / is same-origin and
+	// needs no entry.
+	AllowedOrigins string `yaml:"allowed-origins"`
+	// TrustedProxies is the comma-separated list of addresses and CIDR
+	// prefixes of the load balancers in front of webapi whose
+	// X-Forwarded-For names the client; empty (the default) trusts none and
+	// takes the TCP peer as the client. Set it behind a load balancer, or
+	// every customer shares one start limit.
+	TrustedProxies string `yaml:"trusted-proxies"`
 }
 
 // DefaultConfig returns the defaults:
@@ -43,7 +67,17 @@ type Config struct {
 //   - sse-heartbeat 15s, well under common proxy idle timeouts (60s);
 //   - retry-budget 3s, more than the 250 ms failover target and the 2 s
 //     silent-primary target, so a failover shows as latency, not an error;
-//   - core-timeout 5s.
+//   - core-timeout 5s;
+//   - client-start-rate 0.2/s with client-start-burst 10: a customer who
+//     reloads the page a few times never meets the limit, one address cannot
+//     start more than 10 chats at once and 12 a minute after that (the
+//     flood in issue 7 started 10,000 in 47 s);
+//   - start-rate 100/s with start-burst 200: about the pace at which
+//     Genesys's sizing (500 sessions, 50 messages/s per Chat Server) would
+//     fill twenty chat servers in a minute, well below the 20000 sessions a
+//     core holds (max-sessions);
+//   - allowed-origins empty: no other site may call the API;
+//   - trusted-proxies empty: the TCP peer is the client.
 func DefaultConfig() Config {
 	return Config{
 		HTTP:         "127.0.0.1:8080",
@@ -53,6 +87,11 @@ func DefaultConfig() Config {
 		SSEHeartbeat: 15 * time.Second,
 		RetryBudget:  3 * time.Second,
 		CoreTimeout:  5 * time.Second,
+
+		ClientStartRate:  0.2,
+		ClientStartBurst: 10,
+		StartRate:        100,
+		StartBurst:       200,
 	}
 }
 
@@ -66,4 +105,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SSEHeartbeat, "sse-heartbeat", c.SSEHeartbeat, "heartbeat interval of the SSE push channel")
 	fs.DurationVar(&c.RetryBudget, "retry-budget", c.RetryBudget, "how long one API call retries an UNAVAILABLE core (0: no retries)")
 	fs.DurationVar(&c.CoreTimeout, "core-timeout", c.CoreTimeout, "timeout of one unary call to the chat core")
+	fs.Float64Var(&c.ClientStartRate, "client-start-rate", c.ClientStartRate, "chat starts per second one client address may make (0: no per-client limit)")
+	fs.IntVar(&c.ClientStartBurst, "client-start-burst", c.ClientStartBurst, "chat starts one client address may make at once")
+	fs.Float64Var(&c.StartRate, "start-rate", c.StartRate, "chat starts per second of all clients together (0: no overall limit)")
+	fs.IntVar(&c.StartBurst, "start-burst", c.StartBurst, "chat starts all clients together may make at once")
+	fs.StringVar(&c.AllowedOrigins, "allowed-origins", c.AllowedOrigins, "comma-separated origins (scheme://host[:port]) whose pages may call the API cross-site; others get 403")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "comma-separated addresses or CIDRs of load balancers whose X-Forwarded-For names the client")
 }

@@ -15,12 +15,14 @@ func TestRegisterFlags(t *testing.T) {
 	fs := flag.NewFlagSet("webapi", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	err := fs.Parse([]string{"--http=127.0.0.1:9999", "--core=a:1,b:2", "--service=sales", "--max-body=1024",
-		"--sse-heartbeat=2s", "--retry-budget=0s", "--core-timeout=1s"})
+		"--sse-heartbeat=2s", "--retry-budget=0s", "--core-timeout=1s", "--client-start-rate=0.5", "--client-start-burst=3",
+		"--start-rate=7", "--start-burst=9", "--allowed-origins=https://a.example", "--trusted-proxies=10.0.0.0/8"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{HTTP: "127.0.0.1:9999", Core: "a:1,b:2", Service: "sales", MaxBody: 1024,
-		SSEHeartbeat: 2 * time.Second, RetryBudget: 0, CoreTimeout: time.Second}
+		SSEHeartbeat: 2 * time.Second, RetryBudget: 0, CoreTimeout: time.Second, ClientStartRate: 0.5, ClientStartBurst: 3,
+		StartRate: 7, StartBurst: 9, AllowedOrigins: "https://a.example", TrustedProxies: "10.0.0.0/8"}
 	if cfg != want {
 		t.Errorf("config = %+v, want %+v", cfg, want)
 	}
@@ -52,5 +54,24 @@ func TestRunBadAddress(t *testing.T) {
 	}
 	if err := s.Run(context.Background()); err == nil {
 		t.Fatal("Run on a bad address returned nil")
+	}
+}
+
+func TestNewRefusesBadEdgeConfig(t *testing.T) {
+	tel := telemetry.Discard()
+	client := startFakeCore(t, newFakeCore(), tel)
+	for name, mutate := range map[string]func(*Config){
+		"negative client rate":   func(c *Config) { c.ClientStartRate = -1 },
+		"zero client burst":      func(c *Config) { c.ClientStartBurst = 0 },
+		"zero global burst":      func(c *Config) { c.StartBurst = 0 },
+		"origin with a path":     func(c *Config) { c.AllowedOrigins = "https://a.example/chat" },
+		"origin wildcard":        func(c *Config) { c.AllowedOrigins = "*" },
+		"proxy that is not a ip": func(c *Config) { c.TrustedProxies = "lb.example" },
+	} {
+		cfg := DefaultConfig()
+		mutate(&cfg)
+		if _, err := New(cfg, client, telemetry.Discard()); err == nil {
+			t.Errorf("%s: New accepted %+v", name, cfg)
+		}
 	}
 }

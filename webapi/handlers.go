@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -32,13 +34,29 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		s.log.Debug("request refused", "route", r.Pattern, "chat", r.PathValue("chatId"), "code", f.Code, "err", err)
 	}
-	if f.HTTP == http.StatusServiceUnavailable || f.HTTP == http.StatusTooManyRequests {
+	var sl *startLimitError
+	switch {
+	case errors.As(err, &sl):
+		w.Header().Set("Retry-After", strconv.Itoa(int(sl.d.RetryAfter/time.Second)))
+	case f.HTTP == http.StatusServiceUnavailable || f.HTTP == http.StatusTooManyRequests:
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, f.HTTP, &response{
 		StatusCode: f.Status,
 		ChatEnded:  f.ChatEnded,
 		Errors:     []apiError{{Code: f.Code, Advice: f.Advice}},
+	})
+}
+
+// refuseOrigin answers a request or preflight from a site that is not on
+// allowed-origins: 403 in the GMS error shape, without any CORS header.
+func (s *Server) refuseOrigin(w http.ResponseWriter, r *http.Request) {
+	s.metrics.refused.WithLabelValues("origin").Inc()
+	s.log.Warn("cross-site request refused: origin not allowed", "origin", r.Header.Get("Origin"), "method", r.Method,
+		"path", r.URL.Path, "client", s.proxies.ClientAddr(r).String())
+	writeJSON(w, http.StatusForbidden, &response{
+		StatusCode: statusUnrecovered,
+		Errors:     []apiError{{Code: codeOrigin, Advice: "pages of this origin may not call the chat API (allowed-origins)"}},
 	})
 }
 
@@ -124,8 +142,16 @@ func (s *Server) transcript(ctx context.Context, auth *chatpb.Auth, pos uint64, 
 	return nil
 }
 
-// handleStart starts a chat: POST /genesys/2/chat/{service}.
+// handleStart starts a chat: POST /genesys/2/chat/{service}. The start
+// limits come first, before the body is read: a flood costs a map lookup.
 func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
+	client := s.proxies.ClientAddr(r)
+	if d := s.starts.Allow(client); !d.Allowed {
+		s.metrics.refused.WithLabelValues(d.Scope.String() + "-start-limit").Inc()
+		s.log.Warn("chat start refused: limit reached", "scope", d.Scope.String(), "client", client.String(), "retry_after", d.RetryAfter)
+		s.writeError(w, r, &startLimitError{d: d})
+		return
+	}
 	req, err := parseRequest(w, r, s.cfg.MaxBody)
 	if err == nil {
 		err = req.validateStart()

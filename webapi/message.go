@@ -2,12 +2,16 @@ package webapi
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/edge"
 )
 
 // Status codes of the GMS Chat API v2 body.
@@ -30,6 +34,7 @@ const (
 	codeChatEnded     = 107 // the chat has ended
 	codeUnavailable   = 108 // no chat core could take the request now: retry
 	codeNotFoundRoute = 109 // no such API route
+	codeOrigin        = 110 // the page's origin may not call the API
 )
 
 // apiError is one entry of a response's errors array.
@@ -155,10 +160,24 @@ type failure struct {
 	ChatEnded bool
 }
 
+// startLimitError is a chat start refused by a start limit.
+type startLimitError struct{ d edge.Decision }
+
+func (e *startLimitError) Error() string {
+	return fmt.Sprintf("%s chat start limit reached; retry after %s", e.d.Scope, e.d.RetryAfter)
+}
+
 // classify maps an error from request parsing or from the core to its
 // answer, per the table in docs/design.md.
 func classify(err error) failure {
+	var sl *startLimitError
 	switch {
+	case errors.As(err, &sl):
+		advice := "too many chat starts from this address; retry in " + strconv.Itoa(int(sl.d.RetryAfter/time.Second)) + " s"
+		if sl.d.Scope == edge.ScopeGlobal {
+			advice = "too many chat starts right now; retry in " + strconv.Itoa(int(sl.d.RetryAfter/time.Second)) + " s"
+		}
+		return failure{http.StatusTooManyRequests, statusRetry, codeTooMany, advice, false}
 	case errors.Is(err, errTooLarge):
 		return failure{http.StatusBadRequest, statusUnrecovered, codeTooLarge, err.Error(), false}
 	case errors.Is(err, errMalformed):

@@ -15,6 +15,7 @@ type metrics struct {
 	sseReconnects *prometheus.CounterVec
 	sendLatency   *prometheus.HistogramVec
 	coreRetries   *prometheus.CounterVec
+	refused       *prometheus.CounterVec
 }
 
 // newMetrics registers the series on reg.
@@ -50,8 +51,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hachat_webapi_core_retries_total",
 			Help: "Calls to the chat core retried after UNAVAILABLE, by method.",
 		}, []string{"method"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hachat_webapi_refused_total",
+			Help: "Requests refused at the edge, by reason (client-start-limit, global-start-limit, origin).",
+		}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register webapi metrics: %w", err)
 		}

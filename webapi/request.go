@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -95,12 +96,44 @@ func (c *chatRequest) field(name string) *string {
 	return nil
 }
 
+// cleanText checks a parameter's text: valid UTF-8 and no control
+// character but tab and newline (a CR LF pair, as browsers send a textarea's
+// line breaks in forms, becomes a newline; a lone CR is refused). name is
+// for the error.
+func cleanText(name, v string) (string, error) {
+	if !utf8.ValidString(v) {
+		return "", fmt.Errorf("%w: %q is not valid UTF-8", errInvalid, name)
+	}
+	if strings.Contains(v, "\r\n") {
+		v = strings.ReplaceAll(v, "\r\n", "\n")
+	}
+	for _, r := range v {
+		if r != '\t' && r != '\n' && unicode.IsControl(r) {
+			return "", fmt.Errorf("%w: %q contains the control character %U; only tab and newline are allowed", errInvalid, name, r)
+		}
+	}
+	return v, nil
+}
+
 // set stores one parameter. Unknown names are ignored, as GMS does.
 func (c *chatRequest) set(name, value string) error {
 	if !utf8.ValidString(name) || !utf8.ValidString(value) {
 		return fmt.Errorf("%w: %q is not valid UTF-8", errInvalid, name)
 	}
-	if key, ok := userDataKey(name); ok {
+	key, isUserData := userDataKey(name)
+	if !isUserData && name != "transcriptPosition" && c.field(name) == nil {
+		return nil // unknown: ignored
+	}
+	if isUserData {
+		if _, err := cleanText("userData key", key); err != nil {
+			return err
+		}
+	}
+	value, err := cleanText(name, value)
+	if err != nil {
+		return err
+	}
+	if isUserData {
 		if key == "" || len(key) > maxUserDataKey {
 			return fmt.Errorf("%w: userData key must be 1 to %d bytes", errInvalid, maxUserDataKey)
 		}
@@ -229,10 +262,61 @@ func decodeValues(req *chatRequest, vals url.Values) error {
 	return nil
 }
 
+// checkJSONText refuses a JSON body that is not valid UTF-8, or whose
+// strings hold a \u escape of a lone UTF-16 surrogate: encoding/json would
+// turn either into U+FFFD silently, so the text stored would not be the text
+// sent. It checks nothing else: the decoder judges the syntax.
+func checkJSONText(body []byte) error {
+	if !utf8.Valid(body) {
+		return fmt.Errorf("%w: the body is not valid UTF-8", errInvalid)
+	}
+	inString := false
+	for i := 0; i < len(body); i++ {
+		switch b := body[i]; {
+		case b == '"':
+			inString = !inString
+		case b == '\\' && inString:
+			if i+1 < len(body) && body[i+1] == 'u' {
+				hi, ok := hex4(body[i+2:])
+				switch {
+				case !ok:
+				case hi >= 0xD800 && hi <= 0xDBFF:
+					lo, ok := uint16(0), false
+					if i+7 < len(body) && body[i+6] == '\\' && body[i+7] == 'u' {
+						lo, ok = hex4(body[i+8:])
+					}
+					if !ok || lo < 0xDC00 || lo > 0xDFFF {
+						return fmt.Errorf("%w: a string holds an unpaired UTF-16 surrogate (\\u%04X)", errInvalid, hi)
+					}
+					i += 6 // the low half is consumed with the high one
+				case hi >= 0xDC00 && hi <= 0xDFFF:
+					return fmt.Errorf("%w: a string holds an unpaired UTF-16 surrogate (\\u%04X)", errInvalid, hi)
+				}
+			}
+			i++ // the escaped character
+		}
+	}
+	return nil
+}
+
+// hex4 decodes four hex digits at the start of b.
+func hex4(b []byte) (uint16, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(b[:4]), 16, 16)
+	return uint16(n), err == nil
+}
+
 // decodeJSON decodes a JSON object body. Values may be strings, numbers or
 // booleans (rendered as text); userData is an object of such values, and
-// "userData[key]" members are accepted too.
+// "userData[key]" members are accepted too. The body must be valid UTF-8
+// without lone surrogate escapes (checkJSONText), and every value pass
+// cleanText, as on the form path.
 func decodeJSON(req *chatRequest, body []byte) error {
+	if err := checkJSONText(body); err != nil {
+		return err
+	}
 	var obj map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -27,6 +28,7 @@ func checkDecoded(t *testing.T, req chatRequest) {
 		if !utf8.ValidString(s) {
 			t.Fatalf("decoded invalid UTF-8 %q", s)
 		}
+		checkNoControl(t, s)
 	}
 	if len(req.UserData) > maxUserData {
 		t.Fatalf("%d userData entries", len(req.UserData))
@@ -35,6 +37,8 @@ func checkDecoded(t *testing.T, req chatRequest) {
 		if k == "" || len(k) > maxUserDataKey || len(v) > maxUserDataVal || !utf8.ValidString(k) || !utf8.ValidString(v) {
 			t.Fatalf("bad userData %q=%q", k, v)
 		}
+		checkNoControl(t, k)
+		checkNoControl(t, v)
 	}
 	if _, err := proto.Marshal(&chatpb.StartSessionRequest{Nickname: req.Nickname, Subject: req.Subject, UserData: req.UserData,
 		FirstName: req.FirstName, LastName: req.LastName, EmailAddress: req.EmailAddress}); err != nil {
@@ -46,6 +50,17 @@ func checkDecoded(t *testing.T, req chatRequest) {
 	}
 	if !req.HasPosition && req.TranscriptPosition != 0 {
 		t.Fatalf("position %d without HasPosition", req.TranscriptPosition)
+	}
+}
+
+// checkNoControl asserts a decoded value holds no control character but
+// tab and newline.
+func checkNoControl(t *testing.T, s string) {
+	t.Helper()
+	for _, r := range s {
+		if r != '\t' && r != '\n' && unicode.IsControl(r) {
+			t.Fatalf("decoded control character %U in %q", r, s)
+		}
 	}
 }
 
@@ -76,6 +91,8 @@ func FuzzParseJSON(f *testing.F) {
 		`{"transcriptPosition":-1}`, `{"transcriptPosition":1e3}`, `{"nickname":["x"]}`,
 		`{"nickname":"\ud800"}`, `{"userData":{"":"x"}}`, `[]`, `null`, `{`, `{"a":1}{}`, ``, `"str"`,
 		`{"message":"\u0000\u001f"}`, `{"pushUrl":"https://example.com/?q=1"}`,
+		"{\"message\":\"\xff\"}", `{"message":"\ud83d\ude00"}`, `{"message":"\udc00\ud800"}`, `{"message":"a\r\nb\tc"}`,
+		`{"a\\":"\\u0007","message":"\\"}`, "{\"nickname\":\"\u0085\"}",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -86,6 +103,11 @@ func FuzzParseJSON(f *testing.F) {
 			return
 		}
 		checkDecoded(t, req)
+		// A body that is not valid UTF-8 is never accepted (encoding/json
+		// alone would have replaced the bad bytes with U+FFFD).
+		if len(bytes.TrimSpace(body)) > 0 && !utf8.Valid(body) {
+			t.Fatalf("accepted a body with invalid UTF-8: %q", body)
+		}
 	})
 }
 
@@ -199,6 +221,47 @@ func FuzzRoutes(f *testing.F) {
 		}
 		if rec.Code == http.StatusBadRequest && (resp.StatusCode != 2 || len(resp.Errors) == 0 || resp.Errors[0].Advice == "") {
 			t.Fatalf("400 without advice: %+v", resp)
+		}
+	})
+}
+
+// FuzzCheckJSONText: a body that checkJSONText lets through decodes without
+// any replacement character that the body did not hold itself (as raw
+// U+FFFD or as a \ufffd escape): nothing sent is silently altered.
+func FuzzCheckJSONText(f *testing.F) {
+	for _, s := range []string{`{"a":"\ud83d\ude00"}`, `{"a":"\ud800"}`, `{"a":"\\ud800"}`, "{\"a\":\"\xff\"}", `{"a":"\ufffd"}`,
+		`["\udbff\udfff","\ud800\u0041"]`, `"\"\ud800"`, "\"\uFFFD\""} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if checkJSONText(body) != nil {
+			return
+		}
+		var v any
+		if json.Unmarshal(body, &v) != nil {
+			return
+		}
+		allowed := bytes.Count(body, []byte("\uFFFD")) + bytes.Count(bytes.ToLower(body), []byte(`\ufffd`))
+		got := 0
+		var walk func(any)
+		walk = func(x any) {
+			switch x := x.(type) {
+			case string:
+				got += strings.Count(x, "\uFFFD")
+			case []any:
+				for _, e := range x {
+					walk(e)
+				}
+			case map[string]any:
+				for k, e := range x {
+					got += strings.Count(k, "\uFFFD")
+					walk(e)
+				}
+			}
+		}
+		walk(v)
+		if got > allowed {
+			t.Fatalf("%q decoded with %d replacement characters, the body held %d", body, got, allowed)
 		}
 	})
 }

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/edge"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -43,6 +45,10 @@ type Server struct {
 	metrics *metrics
 	page    *template.Template
 	handler http.Handler
+
+	starts  *edge.Limiter // chat start limits, per client address and overall
+	origins edge.Origins  // sites allowed to call the API (CORS)
+	proxies edge.Proxies  // load balancers whose X-Forwarded-For is believed
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when Run begins shutting down: ends push channels
@@ -72,6 +78,19 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 	if cfg.Service == "" {
 		cfg.Service = DefaultConfig().Service
 	}
+	starts, err := edge.NewLimiter(edge.Limits{ClientRate: cfg.ClientStartRate, ClientBurst: cfg.ClientStartBurst,
+		Rate: cfg.StartRate, Burst: cfg.StartBurst}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("webapi: start limits: %w", err)
+	}
+	origins, err := edge.ParseOrigins(cfg.AllowedOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("webapi: allowed-origins: %w", err)
+	}
+	proxies, err := edge.ParseProxies(cfg.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("webapi: trusted-proxies: %w", err)
+	}
 	m, err := newMetrics(tel.Registry)
 	if err != nil {
 		return nil, err
@@ -88,6 +107,9 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		metrics:  m,
 		page:     page,
 		stopping: make(chan struct{}),
+		starts:   starts,
+		origins:  origins,
+		proxies:  proxies,
 	}
 	s.handler = s.routes()
 	return s, nil
@@ -107,7 +129,9 @@ func DialOptions(tel *telemetry.Telemetry) []grpc.DialOption {
 }
 
 // Handler returns the HTTP handler with every route: the customer API under
-// /genesys/2/chat/, the web sample at /, /metrics and /healthz.
+// /genesys/2/chat/ (behind the CORS allow-list), the web sample at /,
+// /metrics and /healthz, every answer with the security headers of
+// edge.SecurityHeaders.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Run listens on cfg.HTTP and serves until ctx is cancelled, then shuts down:
@@ -151,9 +175,24 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// routes builds the mux; every route is traced, counted and logged under its
-// pattern.
+// routes builds the handler: the mux, whose every route is traced, counted
+// and logged under its pattern; the CORS allow-list in front of the API
+// (preflights included, which the mux would answer 405); the security
+// headers in front of everything.
 func (s *Server) routes() http.Handler {
+	mux := s.mux()
+	api := s.origins.CORS(mux, s.refuseOrigin)
+	return edge.SecurityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/genesys/") {
+			api.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}), edge.DefaultCSP)
+}
+
+// mux routes each path to its handler.
+func (s *Server) mux() *http.ServeMux {
 	mux := http.NewServeMux()
 	const base = "/genesys/2/chat/{service}"
 	handle := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.instrument(pattern, h)) }
@@ -183,9 +222,8 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Content-Type-Options", "nosniff")
-	// The page runs only its own script and talks only to this server.
-	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+	// The security headers (edge.DefaultCSP: the page runs only its own
+	// script and talks only to this server) are set by routes.
 	if err := s.page.Execute(w, struct{ Service string }{s.cfg.Service}); err != nil {
 		s.log.Warn("render page", "err", err)
 	}

@@ -39,6 +39,9 @@ func newEnvTel(t *testing.T, tel *telemetry.Telemetry, mutate func(*Config)) *en
 	cfg := DefaultConfig()
 	cfg.RetryBudget = 2 * time.Second
 	cfg.SSEHeartbeat = time.Hour
+	// Tests of other behaviour start many chats from one address; the start
+	// limits have their own tests (edge_test.go), which set them.
+	cfg.ClientStartRate, cfg.StartRate = 0, 0
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -93,7 +93,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		return fmt.Errorf("demo accounts: %w", err)
 	}
 	layout = layout.Filled()
-	creds := demo.Credentials{Accounts: accounts, AdminToken: layout.AdminToken, CertDir: layout.CertDir}
+	creds := demo.Credentials{Accounts: accounts, AdminToken: layout.AdminToken, UCSReaderToken: layout.UCSReaderToken, CertDir: layout.CertDir}
 	var clientTLS *tls.Config
 	if layout.CertDir != "" {
 		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
@@ -125,7 +125,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	sup.WriteTable(out)
 	p, _ := plan.Part("webapi")
 	q, _ := plan.Part("interaction")
-	fmt.Fprintf(out, "\nstate file: %s\n", cfg.State)
+	fmt.Fprintf(out, "\nstate file: %s (with the credentials: admin token, UCS reader token)\n", cfg.State)
 	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
 	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
 	for _, a := range accounts {

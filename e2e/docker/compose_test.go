@@ -39,8 +39,9 @@ type project struct {
 	Subnet string
 	// WebAPI, Interaction and UCS are the published base URLs on 127.0.0.1.
 	WebAPI, Interaction, UCS string
-	// ServiceToken, AdminToken and Service are what the cluster was given.
-	ServiceToken, AdminToken, Service string
+	// ServiceToken, AdminToken, UCSReaderToken and Service are what the
+	// cluster was given.
+	ServiceToken, AdminToken, UCSReaderToken, Service string
 }
 
 // Timeouts of the docker and docker-compose commands.
@@ -165,16 +166,17 @@ func newProject(t testing.TB, root, img string) *project {
 	}
 	web, inter, ucs := freePort(t), freePort(t), freePort(t)
 	p := &project{
-		t:            t,
-		root:         root,
-		name:         "hachat-e2e-" + hex.EncodeToString(b[:]),
-		Subnet:       "10.213." + strconv.FormatInt(octet.Int64()+1, 10),
-		WebAPI:       fmt.Sprintf("http://127.0.0.1:%d", web),
-		Interaction:  fmt.Sprintf("http://127.0.0.1:%d", inter),
-		UCS:          fmt.Sprintf("http://127.0.0.1:%d", ucs),
-		ServiceToken: "docker-service-token",
-		AdminToken:   "docker-admin-token",
-		Service:      "customer-support",
+		t:              t,
+		root:           root,
+		name:           "hachat-e2e-" + hex.EncodeToString(b[:]),
+		Subnet:         "10.213." + strconv.FormatInt(octet.Int64()+1, 10),
+		WebAPI:         fmt.Sprintf("http://127.0.0.1:%d", web),
+		Interaction:    fmt.Sprintf("http://127.0.0.1:%d", inter),
+		UCS:            fmt.Sprintf("http://127.0.0.1:%d", ucs),
+		ServiceToken:   "docker-service-token",
+		AdminToken:     "docker-admin-token",
+		UCSReaderToken: "docker-ucs-reader-token",
+		Service:        "customer-support",
 	}
 	p.env = append(os.Environ(),
 		"HACHAT_IMAGE="+img,
@@ -184,6 +186,7 @@ func newProject(t testing.TB, root, img string) *project {
 		"HACHAT_UCS_PORT="+strconv.Itoa(ucs),
 		"HACHAT_SERVICE_TOKEN="+p.ServiceToken,
 		"HACHAT_ADMIN_TOKEN="+p.AdminToken,
+		"HACHAT_UCS_READER_TOKEN="+p.UCSReaderToken,
 		"HACHAT_SERVICE="+p.Service,
 		"COMPOSE_INTERACTIVE_NO_CLI=1",
 	)

@@ -83,7 +83,7 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	defer cancel()
 	gms := &harness.GMS{Base: p.WebAPI, Service: p.Service, HTTP: &http.Client{Timeout: 10 * time.Second}}
 	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}, Accounts: composeAccounts}
-	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil)
+	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil).WithToken(p.UCSReaderToken)
 
 	// 1. Ready: the pair is formed (core-a primary with core-b as its
 	// backup) and the customer API reaches a core through its sidecar.

@@ -35,6 +35,11 @@ type Options struct {
 	// Tune, when set, edits the plan before it starts (add flags with
 	// plan.With, drop parts with plan.Without).
 	Tune func(demo.Plan) demo.Plan
+	// StartLimits keeps webapi's chat start limits (docs/api.md). By default
+	// the harness lifts them: every test client comes from 127.0.0.1, and
+	// tests of other behaviour start many chats at once. A test of the limits
+	// sets it and gives its own values with Tune.
+	StartLimits bool
 	// ReadyTimeout bounds each part's start (default 30s).
 	ReadyTimeout time.Duration
 	// LogLines is how many lines of each part's log a failed test prints (default 60).
@@ -114,6 +119,9 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 			layout.CertDir = filepath.Join(dir, "certs")
 		}
 		plan := demo.StandardPlan(layout)
+		if !opts.StartLimits {
+			plan = plan.WithKind(demo.KindWebAPI, "--client-start-rate=0", "--start-rate=0")
+		}
 		if opts.Tune != nil {
 			plan = opts.Tune(plan)
 		}
@@ -157,13 +165,16 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if layout.AdminToken == "" {
 		layout.AdminToken = "demo-admin-token"
 	}
+	if layout.UCSReaderToken == "" {
+		layout.UCSReaderToken = "demo-ucs-reader-token"
+	}
 	if opts.Accounts == nil {
 		opts.Accounts = TestAccounts()
 	}
 	if layout.DataDir == "" {
 		layout.DataDir = dir
 	}
-	creds := demo.Credentials{AdminToken: layout.AdminToken, CertDir: layout.CertDir}
+	creds := demo.Credentials{AdminToken: layout.AdminToken, UCSReaderToken: layout.UCSReaderToken, CertDir: layout.CertDir}
 	if _, ok := plan.Part("interaction"); ok {
 		accounts, err := demo.WriteAccounts(layout.AccountsFile(), opts.Accounts)
 		if err != nil {
@@ -201,7 +212,7 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 		}
 	})
 	if p, ok := plan.Part("ucs"); ok {
-		c.ucs = ucsmock.NewClient(p.URL(), httpc, telemetry.Discard())
+		c.ucs = ucsmock.NewClient(p.URL(), httpc, telemetry.Discard()).WithToken(layout.UCSReaderToken)
 	}
 	return c, nil
 }
@@ -290,7 +301,8 @@ func (c *Cluster) InteractionURL() string { return c.URL("interaction") }
 // UCSURL is ucsmock's base URL.
 func (c *Cluster) UCSURL() string { return c.URL("ucs") }
 
-// UCS returns a ucsmock client for the cluster's ucsmock.
+// UCS returns a ucsmock client for the cluster's ucsmock that reads with the
+// reader token (Layout.UCSReaderToken); admin calls take AdminToken.
 func (c *Cluster) UCS() *ucsmock.Client {
 	c.t.Helper()
 	if c.ucs == nil {
@@ -304,6 +316,9 @@ func (c *Cluster) Credentials() demo.Credentials { return c.creds }
 
 // AdminToken is the token of ucsmock's fault API and the control plane's admin API.
 func (c *Cluster) AdminToken() string { return c.layout.AdminToken }
+
+// UCSReaderToken is the token that reads transcripts from ucsmock.
+func (c *Cluster) UCSReaderToken() string { return c.layout.UCSReaderToken }
 
 // ServiceToken is the chat cores' service token.
 func (c *Cluster) ServiceToken() string { return c.layout.ServiceToken }

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hachat/hachat/webapi"
+)
+
+// TestWebAPIEdgeConfig: the edge settings of webapi come from the YAML file
+// under the flag names, and a flag overrides the file.
+func TestWebAPIEdgeConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "webapi.yaml")
+	yaml := "client-start-rate: 0.5\nclient-start-burst: 4\nstart-rate: 20\nstart-burst: 40\n" +
+		"allowed-origins: https://www.example.com,https://shop.example.com\ntrusted-proxies: 10.0.0.0/8\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := webapiFile{Config: webapi.DefaultConfig(), clientFile: defaultClientFile()}
+	err := parseFlags("webapi", "", []string{"--config", path, "--start-burst=50"}, io.Discard, &file, func(fs *flag.FlagSet) {
+		file.Config.RegisterFlags(fs)
+		file.clientFile.registerFlags(fs)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := file.Config
+	if c.ClientStartRate != 0.5 || c.ClientStartBurst != 4 || c.StartRate != 20 || c.StartBurst != 50 ||
+		c.AllowedOrigins != "https://www.example.com,https://shop.example.com" || c.TrustedProxies != "10.0.0.0/8" {
+		t.Fatalf("config %+v", c)
+	}
+}
