@@ -161,7 +161,7 @@ func TestStoreFencing(t *testing.T) {
 		if _, err := s.Save(ctx, SaveRequest{ChatID: "a", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("a", 1, 1)}); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := s.Epoch(ctx, "chat"); (e.Epoch != 1 || e.Holder != "core-a") {
+		if e, _ := s.Epoch(ctx, "chat"); e.Epoch != 1 || e.Holder != "core-a" {
 			t.Fatalf("epoch after save: %+v", e)
 		}
 		// Claim CAS: wrong expect loses and reports the current epoch.
@@ -198,7 +198,7 @@ func TestStoreFencing(t *testing.T) {
 		if _, err := s.Save(ctx, SaveRequest{ChatID: "a", Service: "chat", Epoch: 5, Writer: "core-x", Events: evs("a", 2, 2)}); err != nil {
 			t.Fatal(err)
 		}
-		if e, _ := s.Epoch(ctx, "chat"); (e.Epoch != 5 || e.Holder != "core-x") {
+		if e, _ := s.Epoch(ctx, "chat"); e.Epoch != 5 || e.Holder != "core-x" {
 			t.Fatalf("epoch after newer save: %+v", e)
 		}
 		if _, err := s.ClaimEpoch(ctx, "chat", 2, 3, "core-b"); !errors.Is(err, ErrEpochConflict) {
