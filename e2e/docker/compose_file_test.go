@@ -56,6 +56,7 @@ func TestComposeShape(t *testing.T) {
 		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds",
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
+		"certs": "certs",
 	}
 	var got []string
 	for name := range f.Services {
@@ -101,6 +102,13 @@ func TestComposeShape(t *testing.T) {
 			if owner := strings.TrimPrefix(name, "sidecar-"); s.NetworkMode != "service:"+owner {
 				t.Errorf("%s: network_mode %q, want service:%s", name, s.NetworkMode, owner)
 			}
+		}
+		// Every part speaks mTLS with its own certificate from the cert dir.
+		if name != "certs" && (!strings.Contains(args, "--tls-cert=/certs/"+name+".pem") || !strings.Contains(args, "--tls-ca=/certs/ca.pem")) {
+			t.Errorf("%s: %s: want --tls-ca and its own --tls-cert from /certs", name, args)
+		}
+		if name == "certs" {
+			continue
 		}
 		if s.NetworkMode == "" {
 			if ip := s.Networks["hachat"].IPv4; ip == "" {

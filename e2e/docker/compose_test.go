@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/hachat/hachat/e2e/harness"
+	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
@@ -42,6 +45,23 @@ type project struct {
 	// ServiceToken, AdminToken, UCSReaderToken and Service are what the
 	// cluster was given.
 	ServiceToken, AdminToken, UCSReaderToken, Service string
+	// CertDir is the project's cert dir (HACHAT_CERT_DIR): the certs
+	// service fills it at up; the test reads UCS as the operator.
+	CertDir string
+}
+
+// ucsClient returns a UCS client that reads as the operator (mTLS with the
+// certificate the certs service issued) with the reader token.
+func (p *project) ucsClient(t testing.TB) *ucsmock.Client {
+	t.Helper()
+	src, err := mtls.Load(mtls.FilesIn(p.CertDir, "operator"))
+	if err != nil {
+		t.Fatalf("operator certificate of the compose cluster: %v", err)
+	}
+	tc := src.ClientConfig(mtls.Allow(mtls.KindUCS))
+	tc.NextProtos = []string{"http/1.1"}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	return ucsmock.NewClient(p.UCS, client, nil).WithToken(p.UCSReaderToken)
 }
 
 // Timeouts of the docker and docker-compose commands.
@@ -172,7 +192,8 @@ func newProject(t testing.TB, root, img string) *project {
 		Subnet:         "10.213." + strconv.FormatInt(octet.Int64()+1, 10),
 		WebAPI:         fmt.Sprintf("http://127.0.0.1:%d", web),
 		Interaction:    fmt.Sprintf("http://127.0.0.1:%d", inter),
-		UCS:            fmt.Sprintf("http://127.0.0.1:%d", ucs),
+		UCS:            fmt.Sprintf("https://127.0.0.1:%d", ucs),
+		CertDir:        t.TempDir(),
 		ServiceToken:   "docker-service-token",
 		AdminToken:     "docker-admin-token",
 		UCSReaderToken: "docker-ucs-reader-token",
@@ -188,6 +209,7 @@ func newProject(t testing.TB, root, img string) *project {
 		"HACHAT_ADMIN_TOKEN="+p.AdminToken,
 		"HACHAT_UCS_READER_TOKEN="+p.UCSReaderToken,
 		"HACHAT_SERVICE="+p.Service,
+		"HACHAT_CERT_DIR="+p.CertDir,
 		"COMPOSE_INTERACTIVE_NO_CLI=1",
 	)
 	return p

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/e2e/harness"
-	"github.com/hachat/hachat/ucsmock"
 )
 
 // Workload of the failover test: each side sends messages numbered 1 to
@@ -83,7 +82,7 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	defer cancel()
 	gms := &harness.GMS{Base: p.WebAPI, Service: p.Service, HTTP: &http.Client{Timeout: 10 * time.Second}}
 	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}, Accounts: composeAccounts}
-	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil).WithToken(p.UCSReaderToken)
+	ucs := p.ucsClient(t)
 
 	// 1. Ready: the pair is formed (core-a primary with core-b as its
 	// backup) and the customer API reaches a core through its sidecar.

@@ -162,7 +162,7 @@ func partition(t *testing.T, root, img string, tc partitionCase, cut time.Durati
 	defer cancel()
 	gms := &harness.GMS{Base: p.WebAPI, Service: p.Service, HTTP: &http.Client{Timeout: 10 * time.Second}}
 	agents := &harness.AgentAPI{Base: p.Interaction, HTTP: &http.Client{Timeout: 10 * time.Second}, Accounts: composeAccounts}
-	ucs := ucsmock.NewClient(p.UCS, &http.Client{Timeout: 10 * time.Second}, nil)
+	ucs := p.ucsClient(t)
 
 	// The /status timeline runs from now to the end of the load. On failure
 	// it is logged with the cores' role log lines, before startProject's
