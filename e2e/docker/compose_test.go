@@ -330,6 +330,9 @@ func (p *project) exited(ctx context.Context) (map[string]string, error) {
 			return nil, fmt.Errorf("docker inspect: %w: %s", err, b)
 		}
 		f := strings.Fields(string(b))
+		if len(f) == 3 && f[0] == "certs" && f[2] == "0" {
+			continue // the one-shot certificate issuer, done
+		}
 		if len(f) == 3 && f[1] != "true" {
 			dead[f[0]] = "exit " + f[2]
 		}
@@ -368,8 +371,10 @@ func (p *project) cores(ctx context.Context) ([]coreStatus, error) {
 	if err != nil {
 		return nil, err
 	}
+	// As the operator: the ucs container mounts the cert dir.
 	out, err := exec.CommandContext(ctx, "docker", "exec", id, "/hachat", "ctl", "status", "--json", "--timeout", "2s",
-		"--core", p.Subnet+".11:7101,"+p.Subnet+".12:7111").Output()
+		"--core", p.Subnet+".11:7101,"+p.Subnet+".12:7111",
+		"--tls-ca=/certs/ca.pem", "--tls-cert=/certs/operator.pem", "--tls-key=/certs/operator.key").Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
