@@ -1,6 +1,7 @@
 // Package benchcluster starts the cluster a benchmark measures: the standard
-// plan of package demo, without webapi and interaction, as real processes on
-// free loopback ports in a temporary directory.
+// plan of package demo (without webapi and interaction, unless a benchmark
+// drives them), as real processes on free loopback ports in a temporary
+// directory.
 package benchcluster
 
 import (
@@ -29,6 +30,16 @@ type Cluster struct {
 // core gets coreArgs after its defaults. progress receives the start story.
 // Stop the cluster with Stop; its logs stay in Dir().
 func Start(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs ...string) (*Cluster, error) {
+	return start(ctx, stage, progress, []string{"webapi", "interaction"}, coreArgs)
+}
+
+// StartWhole is Start with every part of stage, webapi and interaction
+// included: for benchmarks that drive the customer and agent APIs.
+func StartWhole(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs ...string) (*Cluster, error) {
+	return start(ctx, stage, progress, nil, coreArgs)
+}
+
+func start(ctx context.Context, stage demo.Stage, progress io.Writer, without, coreArgs []string) (*Cluster, error) {
 	addrs, err := demo.FreeAddrs()
 	if err != nil {
 		return nil, err
@@ -39,7 +50,7 @@ func Start(ctx context.Context, stage demo.Stage, progress io.Writer, coreArgs .
 	}
 	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
 		ServiceToken: ServiceToken, AdminToken: AdminToken}
-	plan := demo.StandardPlan(layout).Without("webapi", "interaction")
+	plan := demo.StandardPlan(layout).Without(without...)
 	sup, err := demo.Start(ctx, plan, demo.Options{Dir: dir, Progress: progress})
 	if err != nil {
 		return nil, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)

@@ -1,0 +1,372 @@
+// Package soakbench runs a soak: a steady chat workload against a whole
+// cluster of real processes for a while, then a drain, sampling every part's
+// memory (RSS and Go heap), goroutines and open file descriptors throughout.
+// It tells whether each part gives back after the load what the load took:
+// a part whose heap stays above its starting heap keeps something per chat
+// or per agent.
+//
+// The workload is what a contact centre does: customers start chats on the
+// customer API (webapi), follow their push channel and send messages; agents
+// log in on the agent API (interaction), follow theirs, accept offers, answer,
+// close the chat once the customer has left, and log out and in again every
+// few chats.
+//
+// No part exposes a way to force a garbage collection, so the end heap of a
+// part is the minimum of its heap samples over the last EndWindow of the
+// drain: the Go runtime collects at least every two minutes, so a window of
+// more than two minutes on an idle process holds a sample taken just after a
+// collection. The start heap is measured the same way over the idle phase.
+package soakbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Options shape a soak.
+type Options struct {
+	// Duration is the load phase (default 2m).
+	Duration time.Duration
+	// Idle is the baseline phase before the load (default 15s).
+	Idle time.Duration
+	// Drain is the phase after the load: the last chats end, agents log
+	// out, the cluster idles (default 2m30s; at least EndWindow + 10s).
+	Drain time.Duration
+	// EndWindow is the end of the drain over which the end heap is the
+	// minimum sample (default 2m10s: it holds one of the runtime's forced
+	// collections, which come at least every 2 minutes).
+	EndWindow time.Duration
+	// Every is the sampling period (default 2s).
+	Every time.Duration
+	// ProgressEvery is the period of progress lines (default 10s).
+	ProgressEvery time.Duration
+	// Chats is the number of chats live at once during the load (default 12).
+	Chats int
+	// Agents is the number of agents (default 4).
+	Agents int
+	// Messages each side sends per chat (default 10).
+	Messages int
+	// MessageInterval is the pause between one side's messages (default 300ms).
+	MessageInterval time.Duration
+	// ChatsPerShift is how many chats an agent takes before it logs out and
+	// in again (default 5).
+	ChatsPerShift int
+	// Service is the chat service customers start chats on.
+	Service string
+	// Tolerance is how far above its start heap a part's end heap may be
+	// and still count as returned (default 0.10).
+	Tolerance float64
+}
+
+func (o *Options) fill() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.Duration, 2*time.Minute)
+	def(&o.Idle, 15*time.Second)
+	def(&o.EndWindow, 130*time.Second)
+	def(&o.Drain, 150*time.Second)
+	o.Drain = max(o.Drain, o.EndWindow+10*time.Second)
+	def(&o.Every, 2*time.Second)
+	def(&o.ProgressEvery, 10*time.Second)
+	def(&o.MessageInterval, 300*time.Millisecond)
+	defInt := func(n *int, v int) {
+		if *n <= 0 {
+			*n = v
+		}
+	}
+	defInt(&o.Chats, 12)
+	defInt(&o.Agents, 4)
+	defInt(&o.Messages, 10)
+	defInt(&o.ChatsPerShift, 5)
+	if o.Service == "" {
+		o.Service = "customer-support"
+	}
+	if o.Tolerance <= 0 {
+		o.Tolerance = 0.10
+	}
+}
+
+// Cluster is where the soak runs: the base URLs of the customer API
+// (webapi) and the agent API (interaction), and the processes to sample.
+type Cluster struct {
+	WebAPI      string
+	Interaction string
+	Parts       []Target
+}
+
+// PartSummary is what one part did over the run.
+type PartSummary struct {
+	Part                   string
+	StartHeap, PeakHeap    int64 // bytes
+	EndHeap                int64 // bytes: minimum over the end window
+	StartRSS, PeakRSS      int64
+	EndRSS                 int64 // minimum over the end window
+	StartGoroutines        int64 // minimum over the idle phase
+	EndGoroutines          int64 // minimum over the end window
+	StartFDs, EndFDs       int64 // minima, likewise
+	Returned               bool  // EndHeap within Tolerance of StartHeap
+	HeapSamples, Malformed int
+}
+
+// Report is the outcome of a soak.
+type Report struct {
+	Options       Options
+	Samples       []Sample
+	Parts         []PartSummary
+	LoadStart     time.Duration // since the first sample
+	DrainStart    time.Duration
+	End           time.Duration
+	ChatsStarted  int64
+	ChatsEnded    int64
+	Messages      int64
+	Logins        int64
+	Logouts       int64
+	Errors        int64
+	LastError     string
+	SampleErrors  int
+	LastSampleErr string
+}
+
+// AllReturned reports whether every part's heap returned within tolerance.
+func (r Report) AllReturned() bool {
+	for _, p := range r.Parts {
+		if !p.Returned {
+			return false
+		}
+	}
+	return len(r.Parts) > 0
+}
+
+// Run runs the soak against cl: Idle, then Duration of load, then Drain,
+// sampling every part every Every and writing a progress line to progress
+// every ProgressEvery. It returns the report even when ctx ends early.
+func Run(ctx context.Context, cl Cluster, opts Options, progress io.Writer) (Report, error) {
+	opts.fill()
+	if len(cl.Parts) == 0 {
+		return Report{}, errors.New("soak: no parts to sample")
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 4 * (opts.Chats + opts.Agents), IdleConnTimeout: 30 * time.Second}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	n := &counters{}
+	w := &workload{opts: opts, webapi: cl.WebAPI, interaction: cl.Interaction, http: hc, n: n}
+	smp := sampler{client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, proc: "/proc"}
+
+	t0 := time.Now()
+	var mu sync.Mutex
+	phase := PhaseIdle
+	rep := Report{Options: opts}
+	setPhase := func(p Phase) {
+		mu.Lock()
+		defer mu.Unlock()
+		phase = p
+		switch p {
+		case PhaseLoad:
+			rep.LoadStart = time.Since(t0)
+		case PhaseDrain:
+			rep.DrainStart = time.Since(t0)
+		}
+	}
+
+	// The sampler: every Every, every part; a progress line every ProgressEvery.
+	sampCtx, stopSampling := context.WithCancel(ctx)
+	var sampling sync.WaitGroup
+	sampling.Go(func() {
+		tick := time.NewTicker(opts.Every)
+		defer tick.Stop()
+		lastProgress := time.Duration(-1)
+		for {
+			at := time.Since(t0)
+			mu.Lock()
+			ph := phase
+			mu.Unlock()
+			var round []Sample
+			for _, p := range cl.Parts {
+				s, err := smp.sample(sampCtx, p, at, ph)
+				if err != nil && sampCtx.Err() == nil {
+					mu.Lock()
+					rep.SampleErrors++
+					rep.LastSampleErr = err.Error()
+					mu.Unlock()
+				}
+				round = append(round, s)
+			}
+			mu.Lock()
+			rep.Samples = append(rep.Samples, round...)
+			mu.Unlock()
+			if lastProgress < 0 || at-lastProgress >= opts.ProgressEvery {
+				lastProgress = at
+				fmt.Fprintln(progress, progressLine(at, ph, n, round))
+			}
+			select {
+			case <-sampCtx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	finish := func() (Report, error) {
+		stopSampling()
+		sampling.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		rep.End = time.Since(t0)
+		rep.ChatsStarted, rep.ChatsEnded, rep.Messages = n.chatsStarted.Load(), n.chatsEnded.Load(), n.messages.Load()
+		rep.Logins, rep.Logouts, rep.Errors = n.logins.Load(), n.logouts.Load(), n.errors.Load()
+		if e := n.lastErr.Load(); e != nil {
+			rep.LastError = *e
+		}
+		rep.Parts = summarize(rep.Samples, rep.DrainStart, rep.End, opts)
+		return rep, ctx.Err()
+	}
+
+	if !sleep(ctx, opts.Idle) {
+		return finish()
+	}
+
+	// Load: agents work shifts; customers keep opts.Chats chats going.
+	setPhase(PhaseLoad)
+	loadCtx, endLoad := context.WithTimeout(ctx, opts.Duration)
+	defer endLoad()
+	agentsCtx, stopAgents := context.WithCancel(ctx)
+	defer stopAgents()
+	var agents, customers sync.WaitGroup
+	for i := range opts.Agents {
+		agents.Go(func() { w.agent(agentsCtx, fmt.Sprintf("soak-agent-%d", i)) })
+	}
+	slots := make(chan struct{}, opts.Chats)
+	var next int64
+launch:
+	for {
+		select {
+		case <-loadCtx.Done():
+			break launch
+		case slots <- struct{}{}:
+		}
+		next++
+		i := next
+		customers.Go(func() {
+			defer func() { <-slots }()
+			w.customer(ctx, i)
+		})
+		// Stagger the starts so that chats do not all end together.
+		if !sleep(loadCtx, opts.MessageInterval*time.Duration(opts.Messages)/time.Duration(opts.Chats)) {
+			break launch
+		}
+	}
+
+	// Drain: the chats in flight finish, agents log out, the cluster idles.
+	setPhase(PhaseDrain)
+	customers.Wait()
+	stopAgents()
+	agents.Wait()
+	hc.CloseIdleConnections()
+	sleep(ctx, opts.Drain-(time.Since(t0)-rep.DrainStart))
+	return finish()
+}
+
+// progressLine renders one progress line: totals and each part's figures.
+func progressLine(at time.Duration, ph Phase, n *counters, round []Sample) string {
+	line := fmt.Sprintf("%6s %-5s chats %d started %d ended, %d messages, %d errors |",
+		at.Truncate(time.Second), ph, n.chatsStarted.Load(), n.chatsEnded.Load(), n.messages.Load(), n.errors.Load())
+	for _, s := range round {
+		line += fmt.Sprintf(" %s heap %s rss %s g %d fd %d;", s.Part, mb(s.Heap), mb(s.RSS), s.Goroutines, s.FDs)
+	}
+	return line
+}
+
+// mb renders bytes as MB with one decimal, "?" for unknown.
+func mb(b int64) string {
+	if b < 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.1fM", float64(b)/1e6)
+}
+
+// summarize computes each part's start, peak and end figures.
+func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []PartSummary {
+	var order []string
+	by := map[string][]Sample{}
+	for _, s := range samples {
+		if _, ok := by[s.Part]; !ok {
+			order = append(order, s.Part)
+		}
+		by[s.Part] = append(by[s.Part], s)
+	}
+	windowStart := max(end-opts.EndWindow, drainStart)
+	var out []PartSummary
+	for _, part := range order {
+		ss := by[part]
+		ps := PartSummary{Part: part, StartHeap: -1, EndHeap: -1, StartRSS: -1, EndRSS: -1,
+			StartGoroutines: -1, EndGoroutines: -1, StartFDs: -1, EndFDs: -1}
+		minOf := func(cur *int64, v int64) {
+			if v >= 0 && (*cur < 0 || v < *cur) {
+				*cur = v
+			}
+		}
+		for _, s := range ss {
+			if s.Heap < 0 {
+				ps.Malformed++
+			} else {
+				ps.HeapSamples++
+			}
+			ps.PeakHeap = max(ps.PeakHeap, s.Heap)
+			ps.PeakRSS = max(ps.PeakRSS, s.RSS)
+			switch {
+			case s.Phase == PhaseIdle:
+				minOf(&ps.StartHeap, s.Heap)
+				minOf(&ps.StartRSS, s.RSS)
+				minOf(&ps.StartGoroutines, s.Goroutines)
+				minOf(&ps.StartFDs, s.FDs)
+			case s.Phase == PhaseDrain && s.At >= windowStart:
+				minOf(&ps.EndHeap, s.Heap)
+				minOf(&ps.EndRSS, s.RSS)
+				minOf(&ps.EndGoroutines, s.Goroutines)
+				minOf(&ps.EndFDs, s.FDs)
+			}
+		}
+		ps.Returned = ps.StartHeap > 0 && ps.EndHeap >= 0 && float64(ps.EndHeap) <= float64(ps.StartHeap)*(1+opts.Tolerance)
+		out = append(out, ps)
+	}
+	return out
+}
+
+// WriteSummary prints the per-part table and the verdict.
+func (r Report) WriteSummary(w io.Writer) {
+	fmt.Fprintf(w, "load %v (from %v), drain %v; chats %d started, %d ended; %d messages acknowledged; agent logins %d, logouts %d; workload errors %d\n",
+		(r.DrainStart - r.LoadStart).Truncate(time.Second), r.LoadStart.Truncate(time.Second),
+		(r.End - r.DrainStart).Truncate(time.Second), r.ChatsStarted, r.ChatsEnded, r.Messages, r.Logins, r.Logouts, r.Errors)
+	if r.LastError != "" {
+		fmt.Fprintf(w, "last workload error: %s\n", r.LastError)
+	}
+	if r.SampleErrors > 0 {
+		fmt.Fprintf(w, "sampling errors %d; last: %s\n", r.SampleErrors, r.LastSampleErr)
+	}
+	fmt.Fprintf(w, "end = minimum over the last %v of the drain (no part can be asked to collect garbage); start = minimum over the idle phase\n",
+		r.Options.EndWindow)
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %7s %9s %9s %9s %11s %9s  %s\n",
+		"part", "heap start", "peak", "end", "end/start", "rss start", "peak", "end", "goroutines", "fds", "returned within "+fmt.Sprintf("%.0f%%", r.Options.Tolerance*100))
+	parts := slices.Clone(r.Parts)
+	for _, p := range parts {
+		ratio := "?"
+		if p.StartHeap > 0 && p.EndHeap >= 0 {
+			ratio = fmt.Sprintf("%.2f", float64(p.EndHeap)/float64(p.StartHeap))
+		}
+		verdict := "yes"
+		if !p.Returned {
+			verdict = "NO"
+		}
+		fmt.Fprintf(w, "%-20s %9s %9s %9s %7s %9s %9s %9s %5d→%-5d %4d→%-4d  %s\n", p.Part,
+			mb(p.StartHeap), mb(p.PeakHeap), mb(p.EndHeap), ratio, mb(p.StartRSS), mb(p.PeakRSS), mb(p.EndRSS),
+			p.StartGoroutines, p.EndGoroutines, p.StartFDs, p.EndFDs, verdict)
+	}
+}

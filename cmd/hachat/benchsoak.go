@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hachat/hachat/bench/benchcluster"
+	"github.com/hachat/hachat/bench/soakbench"
+	"github.com/hachat/hachat/demo"
+)
+
+const benchSoakSummary = `Soak the whole cluster (ucs, two cores, the xDS control plane, two sidecars,
+webapi, interaction; each its own process) and watch every part's memory.
+
+Phases: --idle with no load (the baseline), --duration of steady load (customers on
+webapi start chats, follow their push channel and send --messages each; agents on
+interaction log in, accept offers, answer, close the chat once the customer has left,
+and log out and in again every --chats-per-shift chats; --chats chats live at once),
+then --drain: the last chats end, the agents log out, the cluster idles.
+
+Every --every it samples each part: RSS (/proc/PID/status VmRSS), Go heap
+(go_memstats_heap_alloc_bytes) and goroutines (go_goroutines) from the part's
+/metrics, and open file descriptors (/proc/PID/fd). A progress line every 10s.
+
+It writes <out>.csv (every sample) and <out>.png (per part, heap and RSS over time,
+load and drain shaded), and prints per part the start, peak and end heap and whether
+the end heap is within 10% of the start heap. No part can be asked to collect garbage,
+so "end" is the MINIMUM sample over the last --end-window of the drain (the Go runtime
+collects at least every 2 minutes, so a window over 2m holds a post-collection sample);
+"start" is the minimum over the idle phase. Exit status 1 when a part did not return.`
+
+func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error {
+	var o struct {
+		Duration      time.Duration `yaml:"duration"`
+		Idle          time.Duration `yaml:"idle"`
+		Drain         time.Duration `yaml:"drain"`
+		EndWindow     time.Duration `yaml:"end-window"`
+		Every         time.Duration `yaml:"every"`
+		Chats         int           `yaml:"chats"`
+		Agents        int           `yaml:"agents"`
+		Messages      int           `yaml:"messages"`
+		Interval      time.Duration `yaml:"message-interval"`
+		ChatsPerShift int           `yaml:"chats-per-shift"`
+		Out           string        `yaml:"out"`
+	}
+	o.Duration, o.Idle, o.Drain, o.EndWindow, o.Every = 2*time.Minute, 15*time.Second, 150*time.Second, 130*time.Second, 2*time.Second
+	o.Chats, o.Agents, o.Messages, o.Interval, o.ChatsPerShift = 12, 4, 10, 300*time.Millisecond, 5
+	o.Out = "soak-" + time.Now().Format("20060102-150405")
+	err := parseFlags("bench soak", benchSoakSummary, args, errw, &o, func(fs *flag.FlagSet) {
+		fs.DurationVar(&o.Duration, "duration", o.Duration, "load phase")
+		fs.DurationVar(&o.Idle, "idle", o.Idle, "baseline phase before the load")
+		fs.DurationVar(&o.Drain, "drain", o.Drain, "phase after the load (at least --end-window + 10s)")
+		fs.DurationVar(&o.EndWindow, "end-window", o.EndWindow, "end of the drain whose minimum heap sample is the end heap")
+		fs.DurationVar(&o.Every, "every", o.Every, "sampling period")
+		fs.IntVar(&o.Chats, "chats", o.Chats, "chats live at once during the load")
+		fs.IntVar(&o.Agents, "agents", o.Agents, "agents")
+		fs.IntVar(&o.Messages, "messages", o.Messages, "messages each side sends per chat")
+		fs.DurationVar(&o.Interval, "message-interval", o.Interval, "pause between one side's messages")
+		fs.IntVar(&o.ChatsPerShift, "chats-per-shift", o.ChatsPerShift, "chats an agent takes before it logs out and in again")
+		fs.StringVar(&o.Out, "out", o.Out, "path prefix of the CSV and PNG files")
+	})
+	if err != nil {
+		return err
+	}
+	bc, err := benchcluster.StartWhole(ctx, demo.StageMesh, errw)
+	if err != nil {
+		return err
+	}
+	defer bc.Stop()
+	cl := soakbench.Cluster{WebAPI: "http://" + bc.Layout.Addrs.WebAPI, Interaction: "http://" + bc.Layout.Addrs.Interaction}
+	for _, p := range bc.Plan().Parts {
+		pid, err := bc.PID(p.Name)
+		if err != nil {
+			return err
+		}
+		cl.Parts = append(cl.Parts, soakbench.Target{Name: p.Name, PID: pid, URL: p.URL()})
+	}
+	fmt.Fprintf(errw, "hachat bench soak: cluster up (logs in %s); idle %v, load %v, drain %v\n", bc.Dir(), o.Idle, o.Duration, o.Drain)
+	rep, runErr := soakbench.Run(ctx, cl, soakbench.Options{Duration: o.Duration, Idle: o.Idle, Drain: o.Drain,
+		EndWindow: o.EndWindow, Every: o.Every, Chats: o.Chats, Agents: o.Agents, Messages: o.Messages,
+		MessageInterval: o.Interval, ChatsPerShift: o.ChatsPerShift}, errw)
+	if err := writeSoakFiles(o.Out, rep); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "hachat bench soak: whole cluster (mesh), %v load\n", o.Duration)
+	rep.WriteSummary(out)
+	fmt.Fprintf(out, "samples: %s.csv  chart: %s.png\n", o.Out, o.Out)
+	if runErr != nil {
+		return fmt.Errorf("soak interrupted: %w", runErr)
+	}
+	if !rep.AllReturned() {
+		return errors.New("soak: a part did not return to within 10% of its starting heap")
+	}
+	return nil
+}
+
+// writeSoakFiles writes prefix.csv and prefix.png.
+func writeSoakFiles(prefix string, rep soakbench.Report) error {
+	if dir := filepath.Dir(prefix); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("soak output dir: %w", err)
+		}
+	}
+	for _, f := range []struct {
+		ext   string
+		write func(io.Writer) error
+	}{
+		{".csv", func(w io.Writer) error { return soakbench.WriteCSV(w, rep.Samples) }},
+		{".png", func(w io.Writer) error { return soakbench.WritePNG(w, rep) }},
+	} {
+		fh, err := os.Create(prefix + f.ext)
+		if err != nil {
+			return fmt.Errorf("soak output: %w", err)
+		}
+		werr := f.write(fh)
+		if cerr := fh.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return fmt.Errorf("soak output %s: %w", prefix+f.ext, werr)
+		}
+	}
+	return nil
+}
