@@ -31,13 +31,15 @@ var (
 	colRSS   = color.RGBA{0xd0, 0x30, 0x30, 0xff}
 	colLoad  = color.RGBA{0xff, 0xeb, 0xcc, 0xff}
 	colDrain = color.RGBA{0xdd, 0xea, 0xfb, 0xff}
+	colWarm  = color.RGBA{0xee, 0xee, 0xee, 0xff}
 	colGrid  = color.RGBA{0xd8, 0xd8, 0xd8, 0xff}
 	colAxis  = color.RGBA{0x40, 0x40, 0x40, 0xff}
 	colText  = color.RGBA{0x10, 0x10, 0x10, 0xff}
 )
 
 // WritePNG draws the report: per part, its Go heap and RSS over time, with
-// the load phase and the drain phase shaded.
+// the warm-up, the load and the drain shaded and the verdict's threshold
+// (start heap plus the tolerance) dashed.
 func WritePNG(w io.Writer, r Report) error {
 	var order []string
 	by := map[string][]Sample{}
@@ -64,7 +66,7 @@ func WritePNG(w io.Writer, r Report) error {
 	for _, l := range []struct {
 		c    color.Color
 		text string
-	}{{colHeap, "Go heap (heap_alloc)"}, {colRSS, "RSS"}, {colLoad, "load phase"}, {colDrain, "drain phase"}} {
+	}{{colHeap, "Go heap (heap_alloc)"}, {colRSS, "RSS"}, {colWarm, "warm-up"}, {colLoad, "load"}, {colDrain, "drain"}} {
 		fill(img, image.Rect(x, 10, x+14, 24), l.c)
 		x = label(img, x+20, 22, l.text) + 24
 	}
@@ -85,6 +87,9 @@ func WritePNG(w io.Writer, r Report) error {
 		yOf := func(v float64) int { return plot.Max.Y - int(float64(plot.Dy())*v/yMax) }
 
 		// Phases.
+		if r.IdleStart > 0 {
+			fill(img, image.Rect(plot.Min.X, plot.Min.Y, xOf(r.IdleStart), plot.Max.Y), colWarm)
+		}
 		if r.LoadStart > 0 {
 			fill(img, image.Rect(xOf(r.LoadStart), plot.Min.Y, xOf(r.DrainStart), plot.Max.Y), colLoad)
 		}
@@ -103,6 +108,17 @@ func WritePNG(w io.Writer, r Report) error {
 			xx := xOf(t)
 			vline(img, xx, plot.Max.Y, plot.Max.Y+4, colAxis)
 			label(img, xx-8, plot.Max.Y+16, fmtDur(t))
+		}
+		// The verdict's threshold: start heap plus the tolerance, dashed.
+		for _, ps := range r.Parts {
+			if ps.Part != part || ps.StartHeap <= 0 {
+				continue
+			}
+			y := yOf(float64(ps.StartHeap) * (1 + r.Options.Tolerance) / 1e6)
+			for x := plot.Min.X; x < plot.Max.X; x += 8 {
+				hline(img, x, min(x+3, plot.Max.X), y, colHeap)
+			}
+			label(img, plot.Max.X-150, y-3, fmt.Sprintf("start heap +%.0f%%", r.Options.Tolerance*100))
 		}
 		hline(img, plot.Min.X, plot.Max.X, plot.Max.Y, colAxis)
 		vline(img, plot.Min.X, plot.Min.Y, plot.Max.Y, colAxis)

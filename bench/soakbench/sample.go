@@ -18,7 +18,10 @@ type Phase string
 
 // The phases of a soak.
 const (
-	// PhaseIdle: the cluster is up, no load yet (the baseline).
+	// PhaseWarmup: a short load that makes every part allocate what it
+	// keeps once for good (connections, pools, caches), then lets it drain.
+	PhaseWarmup Phase = "warmup"
+	// PhaseIdle: after the warm-up, no load (the baseline).
 	PhaseIdle Phase = "idle"
 	// PhaseLoad: chats start, exchange messages and end; agents log in and out.
 	PhaseLoad Phase = "load"

@@ -11,11 +11,14 @@
 // close the chat once the customer has left, and log out and in again every
 // few chats.
 //
-// No part exposes a way to force a garbage collection, so the end heap of a
-// part is the minimum of its heap samples over the last EndWindow of the
-// drain: the Go runtime collects at least every two minutes, so a window of
-// more than two minutes on an idle process holds a sample taken just after a
-// collection. The start heap is measured the same way over the idle phase.
+// Phases: a short warm-up load (so that what a part allocates once for good,
+// connections, pools, caches, is in the baseline), an idle phase (the
+// baseline), the load, and the drain. No part exposes a way to force a
+// garbage collection, so a part's start heap is the minimum of its heap
+// samples over the idle phase and its end heap the minimum over the last
+// EndWindow of the drain: the Go runtime collects at least every two
+// minutes, so a window of more than two minutes on an idle process holds a
+// sample taken just after a collection. Start and end are measured alike.
 package soakbench
 
 import (
@@ -33,7 +36,11 @@ import (
 type Options struct {
 	// Duration is the load phase (default 2m).
 	Duration time.Duration
-	// Idle is the baseline phase before the load (default 15s).
+	// Warmup is the short load before the baseline (default 30s; a
+	// negative value skips it).
+	Warmup time.Duration
+	// Idle is the baseline phase before the load (default EndWindow, so that
+	// it holds a collection too).
 	Idle time.Duration
 	// Drain is the phase after the load: the last chats end, agents log
 	// out, the cluster idles (default 2m30s; at least EndWindow + 10s).
@@ -71,8 +78,11 @@ func (o *Options) fill() {
 		}
 	}
 	def(&o.Duration, 2*time.Minute)
-	def(&o.Idle, 15*time.Second)
 	def(&o.EndWindow, 130*time.Second)
+	def(&o.Idle, o.EndWindow)
+	if o.Warmup == 0 {
+		o.Warmup = 30 * time.Second
+	}
 	def(&o.Drain, 150*time.Second)
 	o.Drain = max(o.Drain, o.EndWindow+10*time.Second)
 	def(&o.Every, 2*time.Second)
@@ -110,7 +120,7 @@ type PartSummary struct {
 	EndHeap                int64 // bytes: minimum over the end window
 	StartRSS, PeakRSS      int64
 	EndRSS                 int64 // minimum over the end window
-	StartGoroutines        int64 // minimum over the idle phase
+	StartGoroutines        int64 // minimum over the idle phase (as StartHeap and StartRSS)
 	EndGoroutines          int64 // minimum over the end window
 	StartFDs, EndFDs       int64 // minima, likewise
 	Returned               bool  // EndHeap within Tolerance of StartHeap
@@ -119,21 +129,24 @@ type PartSummary struct {
 
 // Report is the outcome of a soak.
 type Report struct {
-	Options       Options
-	Samples       []Sample
-	Parts         []PartSummary
-	LoadStart     time.Duration // since the first sample
-	DrainStart    time.Duration
-	End           time.Duration
-	ChatsStarted  int64
-	ChatsEnded    int64
-	Messages      int64
-	Logins        int64
-	Logouts       int64
-	Errors        int64
-	LastError     string
-	SampleErrors  int
-	LastSampleErr string
+	Options        Options
+	Samples        []Sample
+	Parts          []PartSummary
+	IdleStart      time.Duration // since the first sample (the warm-up starts at 0)
+	LoadStart      time.Duration
+	DrainStart     time.Duration
+	End            time.Duration
+	WarmupChats    int64 // chats and messages of the warm-up, included in the totals
+	WarmupMessages int64
+	ChatsStarted   int64
+	ChatsEnded     int64
+	Messages       int64
+	Logins         int64
+	Logouts        int64
+	Errors         int64
+	LastError      string
+	SampleErrors   int
+	LastSampleErr  string
 }
 
 // AllReturned reports whether every part's heap returned within tolerance.
@@ -146,7 +159,7 @@ func (r Report) AllReturned() bool {
 	return len(r.Parts) > 0
 }
 
-// Run runs the soak against cl: Idle, then Duration of load, then Drain,
+// Run runs the soak against cl: Warmup, Idle, Duration of load, then Drain,
 // sampling every part every Every and writing a progress line to progress
 // every ProgressEvery. It returns the report even when ctx ends early.
 func Run(ctx context.Context, cl Cluster, opts Options, progress io.Writer) (Report, error) {
@@ -163,13 +176,15 @@ func Run(ctx context.Context, cl Cluster, opts Options, progress io.Writer) (Rep
 
 	t0 := time.Now()
 	var mu sync.Mutex
-	phase := PhaseIdle
+	phase := PhaseWarmup
 	rep := Report{Options: opts}
 	setPhase := func(p Phase) {
 		mu.Lock()
 		defer mu.Unlock()
 		phase = p
 		switch p {
+		case PhaseIdle:
+			rep.IdleStart = time.Since(t0)
 		case PhaseLoad:
 			rep.LoadStart = time.Since(t0)
 		case PhaseDrain:
@@ -229,22 +244,38 @@ func Run(ctx context.Context, cl Cluster, opts Options, progress io.Writer) (Rep
 		return rep, ctx.Err()
 	}
 
+	if opts.Warmup > 0 {
+		w.load(ctx, opts.Warmup, func() {})
+	}
+	mu.Lock()
+	rep.WarmupChats, rep.WarmupMessages = n.chatsStarted.Load(), n.messages.Load()
+	mu.Unlock()
+	setPhase(PhaseIdle)
 	if !sleep(ctx, opts.Idle) {
 		return finish()
 	}
-
-	// Load: agents work shifts; customers keep opts.Chats chats going.
 	setPhase(PhaseLoad)
-	loadCtx, endLoad := context.WithTimeout(ctx, opts.Duration)
+	// Drain: from the last chat started on; the chats in flight end, the
+	// agents log out, the cluster idles.
+	w.load(ctx, opts.Duration, func() { setPhase(PhaseDrain) })
+	hc.CloseIdleConnections()
+	sleep(ctx, opts.Drain-(time.Since(t0)-rep.DrainStart))
+	return finish()
+}
+
+// load runs the workload for d: agents work shifts, customers keep
+// opts.Chats chats going. Then no chat starts (load calls stopped); load
+// returns once the chats in flight have ended and the agents have logged out.
+func (w *workload) load(ctx context.Context, d time.Duration, stopped func()) {
+	loadCtx, endLoad := context.WithTimeout(ctx, d)
 	defer endLoad()
 	agentsCtx, stopAgents := context.WithCancel(ctx)
 	defer stopAgents()
 	var agents, customers sync.WaitGroup
-	for i := range opts.Agents {
+	for i := range w.opts.Agents {
 		agents.Go(func() { w.agent(agentsCtx, fmt.Sprintf("soak-agent-%d", i)) })
 	}
-	slots := make(chan struct{}, opts.Chats)
-	var next int64
+	slots := make(chan struct{}, w.opts.Chats)
 launch:
 	for {
 		select {
@@ -252,26 +283,20 @@ launch:
 			break launch
 		case slots <- struct{}{}:
 		}
-		next++
-		i := next
+		i := w.nextChat.Add(1)
 		customers.Go(func() {
 			defer func() { <-slots }()
 			w.customer(ctx, i)
 		})
 		// Stagger the starts so that chats do not all end together.
-		if !sleep(loadCtx, opts.MessageInterval*time.Duration(opts.Messages)/time.Duration(opts.Chats)) {
+		if !sleep(loadCtx, w.opts.MessageInterval*time.Duration(w.opts.Messages)/time.Duration(w.opts.Chats)) {
 			break launch
 		}
 	}
-
-	// Drain: the chats in flight finish, agents log out, the cluster idles.
-	setPhase(PhaseDrain)
+	stopped()
 	customers.Wait()
 	stopAgents()
 	agents.Wait()
-	hc.CloseIdleConnections()
-	sleep(ctx, opts.Drain-(time.Since(t0)-rep.DrainStart))
-	return finish()
 }
 
 // progressLine renders one progress line: totals and each part's figures.
@@ -342,16 +367,16 @@ func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []
 
 // WriteSummary prints the per-part table and the verdict.
 func (r Report) WriteSummary(w io.Writer) {
-	fmt.Fprintf(w, "load %v (from %v), drain %v; chats %d started, %d ended; %d messages acknowledged; agent logins %d, logouts %d; workload errors %d\n",
-		(r.DrainStart - r.LoadStart).Truncate(time.Second), r.LoadStart.Truncate(time.Second),
-		(r.End - r.DrainStart).Truncate(time.Second), r.ChatsStarted, r.ChatsEnded, r.Messages, r.Logins, r.Logouts, r.Errors)
+	fmt.Fprintf(w, "warm-up %v (%d chats, %d messages), idle %v, load %v, drain %v; in all: chats %d started, %d ended; %d messages acknowledged; agent logins %d, logouts %d; workload errors %d\n",
+		r.IdleStart.Truncate(time.Second), r.WarmupChats, r.WarmupMessages, (r.LoadStart - r.IdleStart).Truncate(time.Second),
+		(r.DrainStart - r.LoadStart).Truncate(time.Second), (r.End - r.DrainStart).Truncate(time.Second), r.ChatsStarted, r.ChatsEnded, r.Messages, r.Logins, r.Logouts, r.Errors)
 	if r.LastError != "" {
 		fmt.Fprintf(w, "last workload error: %s\n", r.LastError)
 	}
 	if r.SampleErrors > 0 {
 		fmt.Fprintf(w, "sampling errors %d; last: %s\n", r.SampleErrors, r.LastSampleErr)
 	}
-	fmt.Fprintf(w, "end = minimum over the last %v of the drain (no part can be asked to collect garbage); start = minimum over the idle phase\n",
+	fmt.Fprintf(w, "start = minimum over the idle phase after the warm-up, end = minimum over the last %v of the drain (no part can be asked to collect garbage)\n",
 		r.Options.EndWindow)
 	fmt.Fprintf(w, "%-20s %9s %9s %9s %7s %9s %9s %9s %11s %9s  %s\n",
 		"part", "heap start", "peak", "end", "end/start", "rss start", "peak", "end", "goroutines", "fds", "returned within "+fmt.Sprintf("%.0f%%", r.Options.Tolerance*100))

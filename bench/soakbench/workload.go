@@ -47,6 +47,7 @@ type workload struct {
 	interaction string // base URL
 	http        *http.Client
 	n           *counters
+	nextChat    atomic.Int64 // numbers the customers
 }
 
 // ---- customers ----

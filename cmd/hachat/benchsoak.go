@@ -18,26 +18,30 @@ import (
 const benchSoakSummary = `Soak the whole cluster (ucs, two cores, the xDS control plane, two sidecars,
 webapi, interaction; each its own process) and watch every part's memory.
 
-Phases: --idle with no load (the baseline), --duration of steady load (customers on
-webapi start chats, follow their push channel and send --messages each; agents on
-interaction log in, accept offers, answer, close the chat once the customer has left,
-and log out and in again every --chats-per-shift chats; --chats chats live at once),
-then --drain: the last chats end, the agents log out, the cluster idles.
+Phases: --warmup of load (so that what a part allocates once for good, connections,
+pools, caches, is in the baseline), --idle with no load (the baseline), --duration of
+steady load (customers on webapi start chats, follow their push channel and send
+--messages each; agents on interaction log in, accept offers, answer, close the chat
+once the customer has left, and log out and in again every --chats-per-shift chats;
+--chats chats live at once), then --drain: the last chats end, the agents log out, the
+cluster idles.
 
 Every --every it samples each part: RSS (/proc/PID/status VmRSS), Go heap
 (go_memstats_heap_alloc_bytes) and goroutines (go_goroutines) from the part's
 /metrics, and open file descriptors (/proc/PID/fd). A progress line every 10s.
 
 It writes <out>.csv (every sample) and <out>.png (per part, heap and RSS over time,
-load and drain shaded), and prints per part the start, peak and end heap and whether
-the end heap is within 10% of the start heap. No part can be asked to collect garbage,
-so "end" is the MINIMUM sample over the last --end-window of the drain (the Go runtime
-collects at least every 2 minutes, so a window over 2m holds a post-collection sample);
-"start" is the minimum over the idle phase. Exit status 1 when a part did not return.`
+phases shaded, the 10% threshold dashed), and prints per part the start, peak and end
+heap and whether the end heap is within 10% of the start heap.
+No GC is forced (no part exposes a way): "start" is the MINIMUM heap sample over the
+idle phase and "end" the MINIMUM over the last --end-window of the drain. The Go runtime
+collects at least every 2 minutes, so a window over 2m holds a post-collection sample.
+Exit status 1 when a part did not return.`
 
 func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error {
 	var o struct {
 		Duration      time.Duration `yaml:"duration"`
+		Warmup        time.Duration `yaml:"warmup"`
 		Idle          time.Duration `yaml:"idle"`
 		Drain         time.Duration `yaml:"drain"`
 		EndWindow     time.Duration `yaml:"end-window"`
@@ -49,12 +53,13 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 		ChatsPerShift int           `yaml:"chats-per-shift"`
 		Out           string        `yaml:"out"`
 	}
-	o.Duration, o.Idle, o.Drain, o.EndWindow, o.Every = 2*time.Minute, 15*time.Second, 150*time.Second, 130*time.Second, 2*time.Second
+	o.Duration, o.Warmup, o.Idle, o.Drain, o.EndWindow, o.Every = 2*time.Minute, 30*time.Second, 130*time.Second, 150*time.Second, 130*time.Second, 2*time.Second
 	o.Chats, o.Agents, o.Messages, o.Interval, o.ChatsPerShift = 12, 4, 10, 300*time.Millisecond, 5
 	o.Out = "soak-" + time.Now().Format("20060102-150405")
 	err := parseFlags("bench soak", benchSoakSummary, args, errw, &o, func(fs *flag.FlagSet) {
 		fs.DurationVar(&o.Duration, "duration", o.Duration, "load phase")
-		fs.DurationVar(&o.Idle, "idle", o.Idle, "baseline phase before the load")
+		fs.DurationVar(&o.Warmup, "warmup", o.Warmup, "load before the baseline (negative: none)")
+		fs.DurationVar(&o.Idle, "idle", o.Idle, "baseline phase before the load (keep it over 2m: see above)")
 		fs.DurationVar(&o.Drain, "drain", o.Drain, "phase after the load (at least --end-window + 10s)")
 		fs.DurationVar(&o.EndWindow, "end-window", o.EndWindow, "end of the drain whose minimum heap sample is the end heap")
 		fs.DurationVar(&o.Every, "every", o.Every, "sampling period")
@@ -81,8 +86,9 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 		}
 		cl.Parts = append(cl.Parts, soakbench.Target{Name: p.Name, PID: pid, URL: p.URL()})
 	}
-	fmt.Fprintf(errw, "hachat bench soak: cluster up (logs in %s); idle %v, load %v, drain %v\n", bc.Dir(), o.Idle, o.Duration, o.Drain)
-	rep, runErr := soakbench.Run(ctx, cl, soakbench.Options{Duration: o.Duration, Idle: o.Idle, Drain: o.Drain,
+	fmt.Fprintf(errw, "hachat bench soak: cluster up (logs in %s); warm-up %v, idle %v, load %v, drain %v\n",
+		bc.Dir(), o.Warmup, o.Idle, o.Duration, o.Drain)
+	rep, runErr := soakbench.Run(ctx, cl, soakbench.Options{Duration: o.Duration, Warmup: o.Warmup, Idle: o.Idle, Drain: o.Drain,
 		EndWindow: o.EndWindow, Every: o.Every, Chats: o.Chats, Agents: o.Agents, Messages: o.Messages,
 		MessageInterval: o.Interval, ChatsPerShift: o.ChatsPerShift}, errw)
 	if err := writeSoakFiles(o.Out, rep); err != nil {
