@@ -29,6 +29,7 @@ const (
 var (
 	colHeap  = color.RGBA{0x1f, 0x5f, 0xbf, 0xff}
 	colRSS   = color.RGBA{0xd0, 0x30, 0x30, 0xff}
+	colLive  = color.RGBA{0x10, 0x90, 0x40, 0xff}
 	colLoad  = color.RGBA{0xff, 0xeb, 0xcc, 0xff}
 	colDrain = color.RGBA{0xdd, 0xea, 0xfb, 0xff}
 	colWarm  = color.RGBA{0xee, 0xee, 0xee, 0xff}
@@ -37,9 +38,10 @@ var (
 	colText  = color.RGBA{0x10, 0x10, 0x10, 0xff}
 )
 
-// WritePNG draws the report: per part, its Go heap and RSS over time, with
-// the warm-up, the load and the drain shaded and the verdict's threshold
-// (start heap plus the tolerance) dashed.
+// WritePNG draws the report: per part, its Go heap (in use, and the live
+// estimate) and RSS over time, with the warm-up, the load and the drain
+// shaded and the verdict's threshold (start live heap plus the tolerance)
+// dashed.
 func WritePNG(w io.Writer, r Report) error {
 	var order []string
 	by := map[string][]Sample{}
@@ -66,7 +68,7 @@ func WritePNG(w io.Writer, r Report) error {
 	for _, l := range []struct {
 		c    color.Color
 		text string
-	}{{colHeap, "Go heap (heap_alloc)"}, {colRSS, "RSS"}, {colWarm, "warm-up"}, {colLoad, "load"}, {colDrain, "drain"}} {
+	}{{colHeap, "heap_alloc"}, {colLive, "live heap (GC goal/2)"}, {colRSS, "RSS"}, {colWarm, "warm-up"}, {colLoad, "load"}, {colDrain, "drain"}} {
 		fill(img, image.Rect(x, 10, x+14, 24), l.c)
 		x = label(img, x+20, 22, l.text) + 24
 	}
@@ -109,16 +111,16 @@ func WritePNG(w io.Writer, r Report) error {
 			vline(img, xx, plot.Max.Y, plot.Max.Y+4, colAxis)
 			label(img, xx-8, plot.Max.Y+16, fmtDur(t))
 		}
-		// The verdict's threshold: start heap plus the tolerance, dashed.
+		// The verdict's threshold: start live heap plus the tolerance, dashed.
 		for _, ps := range r.Parts {
-			if ps.Part != part || ps.StartHeap <= 0 {
+			if ps.Part != part || ps.StartLive <= 0 {
 				continue
 			}
-			y := yOf(float64(ps.StartHeap) * (1 + r.Options.Tolerance) / 1e6)
+			y := yOf(float64(ps.StartLive) * (1 + r.Options.Tolerance) / 1e6)
 			for x := plot.Min.X; x < plot.Max.X; x += 8 {
-				hline(img, x, min(x+3, plot.Max.X), y, colHeap)
+				hline(img, x, min(x+3, plot.Max.X), y, colLive)
 			}
-			label(img, plot.Max.X-150, y-3, fmt.Sprintf("start heap +%.0f%%", r.Options.Tolerance*100))
+			label(img, plot.Max.X-150, y-3, fmt.Sprintf("start live +%.0f%%", r.Options.Tolerance*100))
 		}
 		hline(img, plot.Min.X, plot.Max.X, plot.Max.Y, colAxis)
 		vline(img, plot.Min.X, plot.Min.Y, plot.Max.Y, colAxis)
@@ -143,6 +145,7 @@ func WritePNG(w io.Writer, r Report) error {
 		}
 		series(func(s Sample) int64 { return s.RSS }, colRSS)
 		series(func(s Sample) int64 { return s.Heap }, colHeap)
+		series(func(s Sample) int64 { return s.Live }, colLive)
 	}
 	if err := png.Encode(w, img); err != nil {
 		return fmt.Errorf("encode png: %w", err)

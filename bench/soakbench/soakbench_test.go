@@ -17,12 +17,13 @@ go_goroutines 42
 go_goroutines_extra{x="y"} 7
 go_memstats_heap_alloc_bytes 1.2345e+06 1700000000000
 go_memstats_heap_alloc_bytes_total 9
+go_memstats_next_gc_bytes 4.194304e+06
 `
 	got, err := parseMetrics(strings.NewReader(in), wanted)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got["go_goroutines"] != 42 || got["go_memstats_heap_alloc_bytes"] != 1234500 || len(got) != 2 {
+	if got["go_goroutines"] != 42 || got["go_memstats_heap_alloc_bytes"] != 1234500 || got["go_memstats_next_gc_bytes"] != 4194304 || len(got) != 3 {
 		t.Errorf("parsed %v", got)
 	}
 	if _, err := parseMetrics(strings.NewReader("go_goroutines many\n"), wanted); err == nil {
@@ -63,7 +64,7 @@ func samples(part string, load, drain int, heaps ...int64) []Sample {
 		case i >= load:
 			ph = PhaseLoad
 		}
-		out = append(out, Sample{At: time.Duration(i) * time.Second, Phase: ph, Part: part, Heap: h, RSS: 10 * h, Goroutines: 5, FDs: 3})
+		out = append(out, Sample{At: time.Duration(i) * time.Second, Phase: ph, Part: part, Heap: h, Live: h / 2, RSS: 10 * h, Goroutines: 5, FDs: 3})
 	}
 	return out
 }
@@ -92,8 +93,9 @@ func TestSummarizeVerdict(t *testing.T) {
 				t.Fatalf("%d summaries", len(got))
 			}
 			p := got[0]
-			if p.Returned != tc.returned || p.EndHeap != tc.end || p.StartHeap != 100 || p.PeakHeap != 900 {
-				t.Errorf("summary %+v, want returned %v end %d start 100 peak 900", p, tc.returned, tc.end)
+			if p.Returned != tc.returned || p.EndHeap != tc.end || p.StartHeap != 100 || p.PeakHeap != 900 ||
+				p.EndLive != tc.end/2 || p.StartLive != 50 {
+				t.Errorf("summary %+v, want returned %v end %d start 100 peak 900 (live: half)", p, tc.returned, tc.end)
 			}
 		})
 	}
@@ -108,7 +110,7 @@ func TestCSVAndPNG(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(csvOut.String()), "\n")
-	if len(lines) != 21 || !strings.HasPrefix(lines[0], "seconds,phase,part,rss_bytes,heap_alloc_bytes") {
+	if len(lines) != 21 || !strings.HasPrefix(lines[0], "seconds,phase,part,rss_bytes,heap_alloc_bytes,live_heap_estimate_bytes") {
 		t.Errorf("csv: %d lines, header %q", len(lines), lines[0])
 	}
 	var pngOut bytes.Buffer
