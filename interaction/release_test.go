@@ -122,6 +122,21 @@ func TestEndedChatsAndLogoutsReleaseEverything(t *testing.T) {
 	}
 }
 
+// TestNoPushConnectionAfterLogout checks that a push connection whose token
+// was checked just before its agent logged out is refused, not registered
+// for an agent who is gone (it would stay open, and in the hub, for ever).
+func TestNoPushConnectionAfterLogout(t *testing.T) {
+	e := newEnv(t, nil)
+	tok := e.login("a", "agent")
+	e.mustDo("POST", "/agent/v1/logout", tok, nil)
+	if sub, err := e.srv.subscribe("a"); err == nil || sub != nil {
+		t.Errorf("subscribe after logout: %v, %v; want ErrUnauthorized", sub, err)
+	}
+	if h := e.srv.heldNow(); h.PushAgents != 0 || h.PushConns != 0 {
+		t.Errorf("hub holds %+v after a refused subscription", h)
+	}
+}
+
 // goroutines returns the stacks of every goroutine, for a failure message.
 func goroutines() string {
 	var b strings.Builder
