@@ -31,7 +31,7 @@ func commands() []command {
 		{"witness", "run a membership witness (a gossip member that only votes)", runWitness},
 		{"demo", "run the whole cluster on this machine, each part its own process", runDemo},
 		{"ctl", "cluster control: status, switchover", runCtl},
-		{"bench", "benchmarks: chat, failover, proxy", runBench},
+		{"bench", "benchmarks: chat, failover, proxy, soak", runBench},
 	}
 }
 
