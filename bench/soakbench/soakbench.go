@@ -16,15 +16,17 @@
 // baseline), the load, and the drain.
 //
 // No part exposes a way to force a garbage collection. Two figures stand in
-// for the live heap, each taken as the minimum of a part's samples over the
-// idle phase (start) and over the last EndWindow of the drain (end): the
-// heap in use (heap_alloc), whose minimum is a sample taken soon after a
-// collection (the Go runtime collects at least every two minutes, so a
-// window of more than two minutes holds one), and the live heap estimate of
+// for the live heap, each taken over a part's samples of the idle phase
+// (start) and of the last EndWindow of the drain (end): the minimum of the
+// heap in use (heap_alloc), a sample taken soon after a collection (the Go
+// runtime collects at least every two minutes, so a window of more than two
+// minutes holds one), and the median of the live heap estimate of
 // Sample.Live (half the runtime's heap goal), which does not depend on when
-// the sample falls in the collection cycle. A part has returned when its end
-// live estimate is within Tolerance of its start: heap_alloc minima of a part
-// that collects every few seconds vary by a megabyte with the sampling phase.
+// the sample falls in the collection cycle; the median, because the first
+// samples of a window still carry the goal of a collection made before it.
+// A part has returned when its end live estimate is within Tolerance of its
+// start: heap_alloc minima of a part that collects every few seconds vary by
+// a megabyte with the sampling phase alone.
 package soakbench
 
 import (
@@ -33,6 +35,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -123,7 +126,7 @@ type PartSummary struct {
 	Part                   string
 	StartHeap, PeakHeap    int64 // bytes
 	EndHeap                int64 // bytes: minimum over the end window
-	StartLive, EndLive     int64 // live heap estimates (Sample.Live), minima likewise
+	StartLive, EndLive     int64 // live heap estimates (Sample.Live): medians over the same windows
 	StartRSS, PeakRSS      int64
 	EndRSS                 int64 // minimum over the end window
 	StartGoroutines        int64 // minimum over the idle phase (as StartHeap and StartRSS)
@@ -339,6 +342,16 @@ func ratio(end, start int64) string {
 	return fmt.Sprintf("%.2f", float64(end)/float64(start))
 }
 
+// median returns the upper median of vs, -1 when there is none.
+func median(vs []int64) int64 {
+	if len(vs) == 0 {
+		return -1
+	}
+	vs = slices.Clone(vs)
+	slices.Sort(vs)
+	return vs[len(vs)/2]
+}
+
 // summarize computes each part's start, peak and end figures.
 func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []PartSummary {
 	var order []string
@@ -360,6 +373,7 @@ func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []
 				*cur = v
 			}
 		}
+		var idleLive, endLive []int64
 		for _, s := range ss {
 			if s.Heap < 0 {
 				ps.Malformed++
@@ -371,18 +385,23 @@ func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []
 			switch {
 			case s.Phase == PhaseIdle:
 				minOf(&ps.StartHeap, s.Heap)
-				minOf(&ps.StartLive, s.Live)
+				if s.Live >= 0 {
+					idleLive = append(idleLive, s.Live)
+				}
 				minOf(&ps.StartRSS, s.RSS)
 				minOf(&ps.StartGoroutines, s.Goroutines)
 				minOf(&ps.StartFDs, s.FDs)
 			case s.Phase == PhaseDrain && s.At >= windowStart:
 				minOf(&ps.EndHeap, s.Heap)
-				minOf(&ps.EndLive, s.Live)
+				if s.Live >= 0 {
+					endLive = append(endLive, s.Live)
+				}
 				minOf(&ps.EndRSS, s.RSS)
 				minOf(&ps.EndGoroutines, s.Goroutines)
 				minOf(&ps.EndFDs, s.FDs)
 			}
 		}
+		ps.StartLive, ps.EndLive = median(idleLive), median(endLive)
 		ps.Returned = ps.StartLive > 0 && ps.EndLive >= 0 && float64(ps.EndLive) <= float64(ps.StartLive)*(1+opts.Tolerance)
 		out = append(out, ps)
 	}
@@ -400,8 +419,8 @@ func (r Report) WriteSummary(w io.Writer) {
 	if r.SampleErrors > 0 {
 		fmt.Fprintf(w, "sampling errors %d; last: %s\n", r.SampleErrors, r.LastSampleErr)
 	}
-	fmt.Fprintf(w, "start = minimum over the idle phase after the warm-up, end = minimum over the last %v of the drain (no GC can be forced);\n"+
-		"live = heap goal / 2 (go_memstats_next_gc_bytes, GOGC=100): the verdict's figure\n", r.Options.EndWindow)
+	fmt.Fprintf(w, "start = over the idle phase after the warm-up, end = over the last %v of the drain (no GC can be forced):\n"+
+		"heap_alloc minimum; live = median of heap goal / 2 (go_memstats_next_gc_bytes, GOGC=100), the verdict's figure\n", r.Options.EndWindow)
 	fmt.Fprintf(w, "%-20s %29s %22s %25s %11s %9s  %s\n", "", "heap_alloc MB", "live estimate MB", "RSS MB", "", "", "")
 	fmt.Fprintf(w, "%-20s %7s %7s %7s %5s %7s %7s %6s %7s %7s %7s %11s %9s  %s\n",
 		"part", "start", "peak", "end", "ratio", "start", "end", "ratio", "start", "peak", "end", "goroutines", "fds",

@@ -72,30 +72,39 @@ func samples(part string, load, drain int, heaps ...int64) []Sample {
 func TestSummarizeVerdict(t *testing.T) {
 	opts := Options{EndWindow: 3 * time.Second}
 	opts.fill()
-	opts.EndWindow = 3 * time.Second // fill keeps a set value; be explicit
+	// idle 0-1, load 2-4, drain 5-9; the end window is the last 3 s (7-9).
+	// The verdict compares the medians of the live estimate; heap_alloc
+	// figures are minima.
+	heaps := []int64{100, 120, 500, 900, 700, 400, 300, 130, 105, 140}
 	cases := []struct {
-		name     string
-		heaps    []int64
-		returned bool
-		end      int64
+		name         string
+		live         []int64
+		returned     bool
+		startL, endL int64
+		startH, endH int64
+		peakH        int64
 	}{
-		// idle 0-1, load 2-4, drain 5-9; the end window is the last 3 s (7-9).
-		{"back to start", []int64{100, 120, 500, 900, 700, 400, 300, 130, 105, 140}, true, 105},
-		{"within tolerance", []int64{100, 100, 500, 900, 700, 400, 300, 109, 150, 200}, true, 109},
-		{"kept the load", []int64{100, 100, 500, 900, 700, 600, 600, 600, 580, 620}, false, 580},
-		{"minimum before the window does not count", []int64{100, 100, 500, 900, 700, 50, 300, 300, 300, 300}, false, 300},
+		{"back to start", []int64{50, 50, 200, 400, 300, 200, 150, 52, 52, 60}, true, 50, 52, 100, 105, 900},
+		{"within tolerance", []int64{50, 50, 200, 400, 300, 200, 150, 55, 55, 40}, true, 50, 55, 100, 105, 900},
+		{"kept the load", []int64{50, 50, 200, 400, 300, 200, 150, 80, 80, 80}, false, 50, 80, 100, 105, 900},
+		{"a stale low sample does not count", []int64{40, 50, 200, 400, 300, 200, 150, 30, 80, 80}, false, 50, 80, 100, 105, 900},
+		{"a value before the window does not count", []int64{50, 50, 200, 400, 300, 20, 20, 80, 80, 80}, false, 50, 80, 100, 105, 900},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ss := samples("p", 2, 5, tc.heaps...)
+			ss := samples("p", 2, 5, heaps...)
+			for i := range ss {
+				ss[i].Live = tc.live[i]
+			}
 			got := summarize(ss, 5*time.Second, 9*time.Second+500*time.Millisecond, opts)
 			if len(got) != 1 {
 				t.Fatalf("%d summaries", len(got))
 			}
 			p := got[0]
-			if p.Returned != tc.returned || p.EndHeap != tc.end || p.StartHeap != 100 || p.PeakHeap != 900 ||
-				p.EndLive != tc.end/2 || p.StartLive != 50 {
-				t.Errorf("summary %+v, want returned %v end %d start 100 peak 900 (live: half)", p, tc.returned, tc.end)
+			if p.Returned != tc.returned || p.StartLive != tc.startL || p.EndLive != tc.endL ||
+				p.StartHeap != tc.startH || p.EndHeap != tc.endH || p.PeakHeap != tc.peakH {
+				t.Errorf("summary %+v, want returned %v live %d→%d heap %d→%d peak %d",
+					p, tc.returned, tc.startL, tc.endL, tc.startH, tc.endH, tc.peakH)
 			}
 		})
 	}
