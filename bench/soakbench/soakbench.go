@@ -282,7 +282,7 @@ func (w *workload) load(ctx context.Context, d time.Duration, stopped func()) {
 	defer stopAgents()
 	var agents, customers sync.WaitGroup
 	for i := range w.opts.Agents {
-		agents.Go(func() { w.agent(agentsCtx, fmt.Sprintf("soak-agent-%d", i)) })
+		agents.Go(func() { w.agent(ctx, agentsCtx, fmt.Sprintf("soak-agent-%d", i)) })
 	}
 	slots := make(chan struct{}, w.opts.Chats)
 launch:

@@ -200,19 +200,21 @@ type agentChat struct {
 
 // agent logs in, takes offered chats, answers each customer, closes the
 // chat, and after opts.ChatsPerShift chats logs out and in again, until
-// ctx is done; then it finishes its chats and logs out.
-func (w *workload) agent(ctx context.Context, id string) {
-	for shift := 0; ctx.Err() == nil; shift++ {
-		if err := w.shift(ctx, id); err != nil && ctx.Err() == nil {
+// stop is done; then it finishes its chats and logs out. When ctx (the
+// run) is done it gives up at once.
+func (w *workload) agent(ctx, stop context.Context, id string) {
+	for ctx.Err() == nil && stop.Err() == nil {
+		if err := w.shift(ctx, stop, id); err != nil && stop.Err() == nil {
 			w.n.fail(fmt.Errorf("agent %s: %w", id, err))
 			sleep(ctx, time.Second)
 		}
-		sleep(ctx, w.opts.MessageInterval)
+		sleep(stop, w.opts.MessageInterval)
 	}
 }
 
-// shift is one login to logout of an agent.
-func (w *workload) shift(ctx context.Context, id string) error {
+// shift is one login to logout of an agent: it takes chats until stop is
+// done, finishes them and logs out; it gives up when ctx is done.
+func (w *workload) shift(ctx, stop context.Context, id string) error {
 	var login struct {
 		Token string `json:"token"`
 	}
@@ -225,7 +227,7 @@ func (w *workload) shift(ctx context.Context, id string) error {
 	var mu sync.Mutex
 	chats := map[string]*agentChat{}
 	offers := make(chan string, 16)
-	pushCtx, stopPush := context.WithCancel(context.WithoutCancel(ctx))
+	pushCtx, stopPush := context.WithCancel(ctx)
 	var tasks sync.WaitGroup
 	tasks.Go(func() {
 		err := w.sse(pushCtx, w.interaction+"/agent/v1/events?token="+url.QueryEscape(tok), func(event string, data []byte) {
@@ -265,7 +267,7 @@ func (w *workload) shift(ctx context.Context, id string) error {
 take:
 	for taken < w.opts.ChatsPerShift {
 		select {
-		case <-ctx.Done():
+		case <-stop.Done():
 			break take
 		case chat := <-offers:
 			c := &agentChat{customerLeft: make(chan struct{})}
@@ -277,11 +279,11 @@ take:
 				continue
 			}
 			taken++
-			chatsDone.Go(func() { w.agentChat(context.WithoutCancel(ctx), id, tok, chat, c) })
+			chatsDone.Go(func() { w.agentChat(ctx, id, tok, chat, c) })
 		}
 	}
 	// Not ready: no more offers; finish the chats held, then log out.
-	bg := context.WithoutCancel(ctx)
+	bg := ctx
 	if err := w.agentAPI(bg, "/agent/v1/notready", tok, nil, nil); err != nil {
 		w.n.fail(fmt.Errorf("agent %s notready: %w", id, err))
 	}
@@ -295,7 +297,9 @@ take:
 		if !strings.Contains(err.Error(), "HTTP 409") { // still holds an ended chat for a moment
 			return err
 		}
-		sleep(bg, 200*time.Millisecond)
+		if !sleep(bg, 200*time.Millisecond) {
+			return bg.Err()
+		}
 	}
 	return errors.New("logout refused for 10s")
 }
@@ -321,6 +325,8 @@ func (w *workload) agentChat(ctx context.Context, id, tok, chat string, c *agent
 	select {
 	case <-c.customerLeft:
 	case <-t.C:
+	case <-ctx.Done():
+		return
 	}
 	// The customer's leave may have ended the session already: 404 (the
 	// chat is gone) or 409 (ended) is the same outcome as a close.
