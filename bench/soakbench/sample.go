@@ -33,9 +33,9 @@ const (
 // Target is one process to sample: its name, PID and the base URL of its
 // HTTP server (which serves Prometheus /metrics).
 type Target struct {
-	Name string
-	PID  int
-	URL  string
+	Name string // the part's name in the plan
+	PID  int    // its process
+	URL  string // http://host:port of its HTTP server
 }
 
 // Sample is one measurement of one part. A value that could not be read is

@@ -116,46 +116,62 @@ func (o *Options) fill() {
 // Cluster is where the soak runs: the base URLs of the customer API
 // (webapi) and the agent API (interaction), and the processes to sample.
 type Cluster struct {
-	WebAPI      string
+	// WebAPI is the customer API's base URL (http://host:port).
+	WebAPI string
+	// Interaction is the agent API's base URL.
 	Interaction string
-	Parts       []Target
+	// Parts are the processes sampled, in the order they are reported.
+	Parts []Target
 }
 
-// PartSummary is what one part did over the run.
+// PartSummary is what one part did over the run. Start figures are taken
+// over the idle phase, end figures over the last EndWindow of the drain; -1
+// is unknown. Bytes throughout.
 type PartSummary struct {
-	Part                   string
-	StartHeap, PeakHeap    int64 // bytes
-	EndHeap                int64 // bytes: minimum over the end window
-	StartLive, EndLive     int64 // live heap estimates (Sample.Live): medians over the same windows
-	StartRSS, PeakRSS      int64
-	EndRSS                 int64 // minimum over the end window
-	StartGoroutines        int64 // minimum over the idle phase (as StartHeap and StartRSS)
-	EndGoroutines          int64 // minimum over the end window
-	StartFDs, EndFDs       int64 // minima, likewise
-	Returned               bool  // EndLive within Tolerance of StartLive
-	HeapSamples, Malformed int
+	// Part names the part.
+	Part string
+	// StartHeap and EndHeap are the minimum heap_alloc samples; PeakHeap the
+	// maximum of the run.
+	StartHeap, PeakHeap, EndHeap int64
+	// StartLive and EndLive are the medians of the live heap estimate
+	// (Sample.Live): the verdict's figures.
+	StartLive, EndLive int64
+	// StartRSS and EndRSS are minima, PeakRSS the maximum.
+	StartRSS, PeakRSS, EndRSS int64
+	// StartGoroutines, EndGoroutines, StartFDs and EndFDs are minima.
+	StartGoroutines, EndGoroutines int64
+	StartFDs, EndFDs               int64
+	// Returned reports EndLive within Options.Tolerance of StartLive.
+	Returned bool
+	// HeapSamples counts samples with a heap figure, MissingHeap those
+	// without (the part's /metrics did not answer).
+	HeapSamples, MissingHeap int
 }
 
-// Report is the outcome of a soak.
+// Report is the outcome of a soak. Times are since the first sample (the
+// warm-up starts at 0).
 type Report struct {
-	Options        Options
-	Samples        []Sample
-	Parts          []PartSummary
-	IdleStart      time.Duration // since the first sample (the warm-up starts at 0)
-	LoadStart      time.Duration
-	DrainStart     time.Duration
-	End            time.Duration
-	WarmupChats    int64 // chats and messages of the warm-up, included in the totals
-	WarmupMessages int64
-	ChatsStarted   int64
-	ChatsEnded     int64
-	Messages       int64
-	Logins         int64
-	Logouts        int64
-	Errors         int64
-	LastError      string
-	SampleErrors   int
-	LastSampleErr  string
+	// Options are the options the soak ran with (defaults filled in).
+	Options Options
+	// Samples holds every sample, in time order.
+	Samples []Sample
+	// Parts summarizes each part.
+	Parts []PartSummary
+	// IdleStart, LoadStart, DrainStart and End bound the phases.
+	IdleStart, LoadStart, DrainStart, End time.Duration
+	// WarmupChats and WarmupMessages are the warm-up's share of the totals.
+	WarmupChats, WarmupMessages int64
+	// ChatsStarted, ChatsEnded and Messages (acknowledged, both sides) are
+	// the workload's totals; Logins and Logouts count agent shifts.
+	ChatsStarted, ChatsEnded, Messages int64
+	Logins, Logouts                    int64
+	// Errors counts failed workload calls; LastError is the last one.
+	Errors    int64
+	LastError string
+	// SampleErrors counts samples with a figure missing; LastSampleErr is
+	// the last reason.
+	SampleErrors  int
+	LastSampleErr string
 }
 
 // AllReturned reports whether every part's heap returned within tolerance.
@@ -376,7 +392,7 @@ func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []
 		var idleLive, endLive []int64
 		for _, s := range ss {
 			if s.Heap < 0 {
-				ps.Malformed++
+				ps.MissingHeap++
 			} else {
 				ps.HeapSamples++
 			}
