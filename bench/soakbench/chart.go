@@ -21,7 +21,7 @@ const (
 	chartCols      = 2
 	legendH        = 30
 	marginL        = 60 // room for the y labels
-	marginR        = 12
+	marginR        = 52 // room for the RSS axis labels
 	marginT        = 22 // room for the panel title
 	marginB        = 30 // room for the x labels
 )
@@ -72,21 +72,28 @@ func WritePNG(w io.Writer, r Report) error {
 		fill(img, image.Rect(x, 10, x+14, 24), l.c)
 		x = label(img, x+20, 22, l.text) + 24
 	}
-	label(img, x+10, 22, fmt.Sprintf("MB over time; %d chats, %d messages", r.ChatsStarted, r.Messages))
+	if r.ChatsStarted > 0 {
+		label(img, x+10, 22, fmt.Sprintf("%d chats, %d messages", r.ChatsStarted, r.Messages))
+	}
 
 	for i, part := range order {
 		ox, oy := (i%chartCols)*panelW, legendH+(i/chartCols)*panelH
 		plot := image.Rect(ox+marginL, oy+marginT, ox+panelW-marginR, oy+panelH-marginB)
 		ss := by[part]
-		var top int64
+		// Heap figures on the left axis, RSS on its own right axis: RSS is
+		// ten times the heap and would flatten it.
+		var topHeap, topRSS int64
 		for _, s := range ss {
-			top = max(top, s.RSS, s.Heap)
+			topHeap = max(topHeap, s.Heap, s.Live)
+			topRSS = max(topRSS, s.RSS)
 		}
-		yMax := niceCeil(float64(top) / 1e6 * 1.05)
+		yMax := niceCeil(float64(topHeap) / 1e6 * 1.05)
+		yMaxRSS := niceCeil(float64(topRSS) / 1e6 * 1.05)
 		xOf := func(t time.Duration) int {
 			return plot.Min.X + int(float64(plot.Dx())*t.Seconds()/end.Seconds())
 		}
 		yOf := func(v float64) int { return plot.Max.Y - int(float64(plot.Dy())*v/yMax) }
+		yOfRSS := func(v float64) int { return plot.Max.Y - int(float64(plot.Dy())*v/yMaxRSS) }
 
 		// Phases.
 		if r.IdleStart > 0 {
@@ -103,7 +110,8 @@ func WritePNG(w io.Writer, r Report) error {
 		for k := 0; k <= 4; k++ {
 			y := yOf(step * float64(k))
 			hline(img, plot.Min.X, plot.Max.X, y, colGrid)
-			label(img, ox+4, y+4, fmt.Sprintf("%5.1f", step*float64(k)))
+			labelColor(img, ox+4, y+4, fmt.Sprintf("%5.1f", step*float64(k)), colHeap)
+			labelColor(img, plot.Max.X+4, y+4, fmt.Sprintf("%.0f", yMaxRSS/4*float64(k)), colRSS)
 		}
 		xs := niceTimeStep(end)
 		for t := time.Duration(0); t <= end; t += xs {
@@ -124,10 +132,10 @@ func WritePNG(w io.Writer, r Report) error {
 		}
 		hline(img, plot.Min.X, plot.Max.X, plot.Max.Y, colAxis)
 		vline(img, plot.Min.X, plot.Min.Y, plot.Max.Y, colAxis)
-		label(img, ox+marginL, oy+16, part+"  (MB)")
+		label(img, ox+marginL, oy+16, part+"  (MB: heap left, RSS right)")
 
 		// Series.
-		series := func(get func(Sample) int64, c color.Color) {
+		series := func(get func(Sample) int64, yOf func(float64) int, c color.Color) {
 			havePrev := false
 			var px, py int
 			for _, s := range ss {
@@ -143,9 +151,9 @@ func WritePNG(w io.Writer, r Report) error {
 				px, py, havePrev = x, y, true
 			}
 		}
-		series(func(s Sample) int64 { return s.RSS }, colRSS)
-		series(func(s Sample) int64 { return s.Heap }, colHeap)
-		series(func(s Sample) int64 { return s.Live }, colLive)
+		series(func(s Sample) int64 { return s.RSS }, yOfRSS, colRSS)
+		series(func(s Sample) int64 { return s.Heap }, yOf, colHeap)
+		series(func(s Sample) int64 { return s.Live }, yOf, colLive)
 	}
 	if err := png.Encode(w, img); err != nil {
 		return fmt.Errorf("encode png: %w", err)
@@ -225,8 +233,11 @@ func abs(v int) int {
 }
 
 // label writes text with its baseline at (x, y) and returns the x after it.
-func label(img *image.RGBA, x, y int, text string) int {
-	d := &font.Drawer{Dst: img, Src: image.NewUniform(colText), Face: basicfont.Face7x13,
+func label(img *image.RGBA, x, y int, text string) int { return labelColor(img, x, y, text, colText) }
+
+// labelColor is label in colour c.
+func labelColor(img *image.RGBA, x, y int, text string, c color.Color) int {
+	d := &font.Drawer{Dst: img, Src: image.NewUniform(c), Face: basicfont.Face7x13,
 		Dot: fixed.P(x, y)}
 	d.DrawString(text)
 	return d.Dot.X.Round()

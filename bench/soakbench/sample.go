@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -197,4 +198,31 @@ func WriteCSV(w io.Writer, samples []Sample) error {
 		return fmt.Errorf("write csv: %w", err)
 	}
 	return nil
+}
+
+// ReadCSV reads samples written by WriteCSV.
+func ReadCSV(r io.Reader) ([]Sample, error) {
+	recs, err := csv.NewReader(r).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("read csv: %w", err)
+	}
+	if len(recs) == 0 || len(recs[0]) != 8 || recs[0][0] != "seconds" {
+		return nil, errors.New("read csv: not a soak CSV (header seconds,phase,part,...)")
+	}
+	out := make([]Sample, 0, len(recs)-1)
+	for i, rec := range recs[1:] {
+		secs, err := strconv.ParseFloat(rec[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("read csv line %d: %w", i+2, err)
+		}
+		var n [5]int64
+		for j := range n {
+			if n[j], err = strconv.ParseInt(rec[3+j], 10, 64); err != nil {
+				return nil, fmt.Errorf("read csv line %d: %w", i+2, err)
+			}
+		}
+		out = append(out, Sample{At: time.Duration(secs * float64(time.Second)), Phase: Phase(rec[1]), Part: rec[2],
+			RSS: n[0], Heap: n[1], Live: n[2], Goroutines: n[3], FDs: n[4]})
+	}
+	return out, nil
 }

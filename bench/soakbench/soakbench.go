@@ -324,6 +324,31 @@ launch:
 	agents.Wait()
 }
 
+// Replay rebuilds the report of samples read back with ReadCSV (the phase
+// bounds from the samples' phases, the summaries with opts): to redraw a
+// soak or judge it again. The workload's totals are not in the samples.
+func Replay(samples []Sample, opts Options) Report {
+	opts.fill()
+	rep := Report{Options: opts, Samples: samples}
+	seen := map[Phase]bool{}
+	for _, s := range samples {
+		if !seen[s.Phase] {
+			seen[s.Phase] = true
+			switch s.Phase {
+			case PhaseIdle:
+				rep.IdleStart = s.At
+			case PhaseLoad:
+				rep.LoadStart = s.At
+			case PhaseDrain:
+				rep.DrainStart = s.At
+			}
+		}
+		rep.End = max(rep.End, s.At)
+	}
+	rep.Parts = summarize(samples, rep.DrainStart, rep.End, opts)
+	return rep
+}
+
 // progressLine renders one progress line: totals and each part's figures.
 func progressLine(at time.Duration, ph Phase, n *counters, round []Sample) string {
 	line := fmt.Sprintf("%6s %-5s chats %d started %d ended, %d messages, %d errors |",
@@ -426,9 +451,15 @@ func summarize(samples []Sample, drainStart, end time.Duration, opts Options) []
 
 // WriteSummary prints the per-part table and the verdict.
 func (r Report) WriteSummary(w io.Writer) {
-	fmt.Fprintf(w, "warm-up %v (%d chats, %d messages), idle %v, load %v, drain %v; in all: chats %d started, %d ended; %d messages acknowledged; agent logins %d, logouts %d; workload errors %d\n",
-		r.IdleStart.Truncate(time.Second), r.WarmupChats, r.WarmupMessages, (r.LoadStart - r.IdleStart).Truncate(time.Second),
-		(r.DrainStart - r.LoadStart).Truncate(time.Second), (r.End - r.DrainStart).Truncate(time.Second), r.ChatsStarted, r.ChatsEnded, r.Messages, r.Logins, r.Logouts, r.Errors)
+	phases := fmt.Sprintf("warm-up %v, idle %v, load %v, drain %v", r.IdleStart.Truncate(time.Second),
+		(r.LoadStart - r.IdleStart).Truncate(time.Second), (r.DrainStart - r.LoadStart).Truncate(time.Second),
+		(r.End - r.DrainStart).Truncate(time.Second))
+	if r.ChatsStarted == 0 && r.Logins == 0 { // replayed from a CSV: no workload totals
+		fmt.Fprintln(w, phases)
+	} else {
+		fmt.Fprintf(w, "%s; warm-up %d chats, %d messages; in all: chats %d started, %d ended; %d messages acknowledged; agent logins %d, logouts %d; workload errors %d\n",
+			phases, r.WarmupChats, r.WarmupMessages, r.ChatsStarted, r.ChatsEnded, r.Messages, r.Logins, r.Logouts, r.Errors)
+	}
 	if r.LastError != "" {
 		fmt.Fprintf(w, "last workload error: %s\n", r.LastError)
 	}

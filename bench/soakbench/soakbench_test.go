@@ -122,6 +122,16 @@ func TestCSVAndPNG(t *testing.T) {
 	if len(lines) != 21 || !strings.HasPrefix(lines[0], "seconds,phase,part,rss_bytes,heap_alloc_bytes,live_heap_estimate_bytes") {
 		t.Errorf("csv: %d lines, header %q", len(lines), lines[0])
 	}
+	back, err := ReadCSV(bytes.NewReader(csvOut.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back) != len(rep.Samples) || back[13] != rep.Samples[13] {
+		t.Errorf("read back %d samples, [13] %+v; want %d, %+v", len(back), back[13], len(rep.Samples), rep.Samples[13])
+	}
+	if again := Replay(back, Options{}); again.LoadStart != rep.LoadStart || again.DrainStart != rep.DrainStart || len(again.Parts) != 2 {
+		t.Errorf("replayed phases %v %v, %d parts", again.LoadStart, again.DrainStart, len(again.Parts))
+	}
 	var pngOut bytes.Buffer
 	if err := WritePNG(&pngOut, rep); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hachat/hachat/bench/benchcluster"
@@ -57,6 +58,7 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 		Interval      time.Duration `yaml:"message-interval"`
 		ChatsPerShift int           `yaml:"chats-per-shift"`
 		Out           string        `yaml:"out"`
+		Replot        string        `yaml:"replot"`
 	}
 	o.Duration, o.Warmup, o.Idle, o.Drain, o.EndWindow, o.Every = 2*time.Minute, 30*time.Second, 130*time.Second, 150*time.Second, 130*time.Second, 2*time.Second
 	o.Chats, o.Agents, o.Messages, o.Interval, o.ChatsPerShift = 12, 4, 10, 300*time.Millisecond, 5
@@ -74,9 +76,13 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 		fs.DurationVar(&o.Interval, "message-interval", o.Interval, "pause between one side's messages")
 		fs.IntVar(&o.ChatsPerShift, "chats-per-shift", o.ChatsPerShift, "chats an agent takes before it logs out and in again")
 		fs.StringVar(&o.Out, "out", o.Out, "path prefix of the CSV and PNG files")
+		fs.StringVar(&o.Replot, "replot", o.Replot, "run nothing: read this soak CSV, redraw its PNG beside it and print its verdict (with --end-window)")
 	})
 	if err != nil {
 		return err
+	}
+	if o.Replot != "" {
+		return replotSoak(o.Replot, o.EndWindow, out)
 	}
 	bc, err := benchcluster.StartWhole(ctx, demo.StageMesh, errw)
 	if err != nil {
@@ -105,6 +111,39 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 	if runErr != nil {
 		return fmt.Errorf("soak interrupted: %w", runErr)
 	}
+	if !rep.AllReturned() {
+		return errors.New("soak: a part did not return to within 10% of its starting heap")
+	}
+	return nil
+}
+
+// replotSoak judges and redraws a soak from its CSV.
+func replotSoak(path string, endWindow time.Duration, out io.Writer) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("replot: %w", err)
+	}
+	samples, err := soakbench.ReadCSV(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("replot %s: %w", path, err)
+	}
+	rep := soakbench.Replay(samples, soakbench.Options{EndWindow: endWindow})
+	png := strings.TrimSuffix(path, ".csv") + ".png"
+	fh, err := os.Create(png)
+	if err != nil {
+		return fmt.Errorf("replot: %w", err)
+	}
+	werr := soakbench.WritePNG(fh, rep)
+	if cerr := fh.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return fmt.Errorf("replot %s: %w", png, werr)
+	}
+	fmt.Fprintf(out, "hachat bench soak: replayed %s (workload totals are not in the CSV)\n", path)
+	rep.WriteSummary(out)
+	fmt.Fprintf(out, "chart: %s\n", png)
 	if !rep.AllReturned() {
 		return errors.New("soak: a part did not return to within 10% of its starting heap")
 	}
