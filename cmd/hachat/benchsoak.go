@@ -34,14 +34,15 @@ Every --every it samples each part: RSS (/proc/PID/status VmRSS), Go heap
 It writes <out>.csv (every sample) and <out>.png (per part, heap and RSS over time,
 phases shaded, the 10% threshold dashed), and prints per part the start, peak and end
 heap and whether it came back within 10% of its start.
-No GC is forced (no part exposes a way). "start" is the MINIMUM over the idle phase
-and "end" the MINIMUM over the last --end-window of the drain, of two figures: the heap
-in use (heap_alloc; the Go runtime collects at least every 2 minutes, so a window over
-2m holds a sample taken soon after a collection) and the live heap estimate, half the
-runtime's heap goal (go_memstats_next_gc_bytes / 2 with GOGC=100), which does not depend
-on where in the GC cycle a sample falls. The verdict uses the live estimate (a part that
-collects every few seconds shows heap_alloc minima a megabyte apart from sampling phase
-alone); the runtime's goal never drops under 4 MB, so a live heap under 2 MB reads 2 MB.
+No GC is forced (no part exposes a way). Start is taken over the idle phase, end over
+the last --end-window of the drain, of two figures: the MINIMUM heap in use (heap_alloc;
+the Go runtime collects at least every 2 minutes, so a window over 2m holds a sample
+taken soon after a collection) and the MEDIAN live heap estimate, half the runtime's
+heap goal (go_memstats_next_gc_bytes / 2 with GOGC=100; its floor of 4 MB reads as 2 MB).
+Each overstates the live heap in its own way (heap_alloc by garbage not yet collected, a
+megabyte with the sampling phase on a part that collects every few seconds; the goal by
+stacks and timing: a core's flips between two levels) and a part that keeps memory
+raises both, so a part has returned when EITHER end figure is within 10% of its start.
 Exit status 1 when a part did not return.`
 
 func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error {
