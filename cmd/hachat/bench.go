@@ -24,7 +24,9 @@ ports (in a temporary directory) unless told to use a running one.
 
   hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
   hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
-  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy`
+  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
+  hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
+                         every part's RSS, Go heap, goroutines and fds over time (CSV, PNG)`
 
 func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -41,6 +43,8 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchFailover(ctx, args[1:], out, errw)
 	case "proxy":
 		return runBenchProxy(ctx, args[1:], out, errw)
+	case "soak":
+		return runBenchSoak(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
