@@ -40,26 +40,26 @@ type saver struct {
 const ucsWarnEvery = 5 * time.Second
 
 // ucsTrouble turns a stream of failed saves into a WARN at the first
-// failure and at most one per ucsWarnEvery after it (with the number of
-// failures in between), and an INFO at the first success after them: a
-// primary cut off from UCS says so at once without flooding the log.
+// failure and at most one per ucsWarnEvery after it (with the failures in
+// between), even while UCS flaps between failing and answering, and an INFO
+// at the first success after a WARN: a primary cut off from UCS says so at
+// once without flooding the log.
 type ucsTrouble struct {
 	mu       sync.Mutex
-	failing  bool
 	lastWarn time.Time
-	since    int // failures since the last WARN
-	total    int // failures since the last success
+	warned   bool // a WARN went out since the last success
+	since    int  // failures since the last WARN
+	total    int  // failures since the last success
 }
 
 func (u *ucsTrouble) failed(log *slog.Logger, session string, err error) {
 	u.mu.Lock()
 	u.since++
 	u.total++
-	warn := !u.failing || time.Since(u.lastWarn) >= ucsWarnEvery
-	u.failing = true
+	warn := u.lastWarn.IsZero() || time.Since(u.lastWarn) >= ucsWarnEvery
 	since := u.since
 	if warn {
-		u.lastWarn, u.since = time.Now(), 0
+		u.lastWarn, u.since, u.warned = time.Now(), 0, true
 	}
 	u.mu.Unlock()
 	if warn {
@@ -70,10 +70,10 @@ func (u *ucsTrouble) failed(log *slog.Logger, session string, err error) {
 
 func (u *ucsTrouble) ok(log *slog.Logger) {
 	u.mu.Lock()
-	was, total := u.failing, u.total
-	u.failing, u.since, u.total = false, 0, 0
+	warned, total := u.warned, u.total
+	u.warned, u.total = false, 0
 	u.mu.Unlock()
-	if was {
+	if warned {
 		log.Info("transcript saves reach UCS again", "failures", total)
 	}
 }
