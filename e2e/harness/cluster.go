@@ -204,6 +204,16 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if err != nil {
 		return nil, err
 	}
+	// A part whose port another process took in the meantime may look
+	// ready (that process answered its health check) and exit at once:
+	// report it so that StartCluster tries again on new ports.
+	for _, p := range plan.Parts {
+		if !sup.Running(p.Name) {
+			tail := demo.Tail(sup.LogPath(p.Name), 5)
+			sup.Stop()
+			return nil, fmt.Errorf("%s exited right after its start: %s", p.Name, tail)
+		}
+	}
 	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, creds: creds, httpc: httpc, tlsc: tlsc}
 	t.Cleanup(func() {
 		sup.Stop()
