@@ -1,6 +1,6 @@
 // Package benchcluster starts the cluster a benchmark measures: the standard
-// plan of package demo, without webapi and interaction, as real processes on
-// free loopback ports in a temporary directory.
+// plan of package demo (without webapi and interaction unless asked for), as
+// real processes on free loopback ports in a temporary directory.
 package benchcluster
 
 import (
@@ -28,6 +28,8 @@ type Cluster struct {
 	*demo.Supervisor
 	// Layout says where every part listens.
 	Layout demo.Layout
+	// Accounts are interaction's accounts with their passwords (Options.Web).
+	Accounts []demo.AccountCredential
 }
 
 // Start starts the parts of stage (without webapi and interaction); every
@@ -43,6 +45,13 @@ type Options struct {
 	// cluster's directory); the bench client then presents the operator's
 	// certificate (Cluster.ClientCreds).
 	TLS bool
+	// Web keeps webapi and interaction in the plan; interaction's accounts
+	// file then holds Accounts (Cluster.Accounts has their passwords).
+	Web bool
+	// Accounts are the built-in logins of interaction (with Web).
+	Accounts []demo.AccountSpec
+	// PartArgs are extra flags by part name, after the plan's own.
+	PartArgs map[string][]string
 }
 
 // StartWith is Start with options.
@@ -60,8 +69,20 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	if opts.TLS {
 		layout.CertDir = filepath.Join(dir, "certs")
 	}
-	plan := demo.StandardPlan(layout).Without("webapi", "interaction")
-	dopts := demo.Options{Dir: dir, Progress: progress}
+	plan := demo.StandardPlan(layout)
+	if !opts.Web {
+		plan = plan.Without("webapi", "interaction")
+	}
+	for name, args := range opts.PartArgs {
+		plan = plan.With(name, args...)
+	}
+	var accounts []demo.AccountCredential
+	if opts.Web {
+		if accounts, err = demo.WriteAccounts(layout.AccountsFile(), opts.Accounts); err != nil {
+			return nil, fmt.Errorf("bench accounts: %w", err)
+		}
+	}
+	dopts := demo.Options{Dir: dir, Progress: progress, Credentials: demo.Credentials{Accounts: accounts, AdminToken: AdminToken}}
 	if opts.TLS {
 		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
 			return nil, err
@@ -74,7 +95,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	if err != nil {
 		return nil, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)
 	}
-	return &Cluster{Supervisor: sup, Layout: layout}, nil
+	return &Cluster{Supervisor: sup, Layout: layout, Accounts: accounts}, nil
 }
 
 // ClientCreds returns the gRPC transport credentials of a bench client: the

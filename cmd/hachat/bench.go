@@ -27,7 +27,10 @@ ports (in a temporary directory) unless told to use a running one.
 
   hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
   hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
-  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy`
+  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
+  hachat bench web       customers through webapi (SSE) and agents through interaction at N chats
+
+Every benchmark takes --json; bench chat --anchor bench/jetstream compares with JetStream.`
 
 func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -44,6 +47,8 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchFailover(ctx, args[1:], out, errw)
 	case "proxy":
 		return runBenchProxy(ctx, args[1:], out, errw)
+	case "web":
+		return runBenchWeb(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
