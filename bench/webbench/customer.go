@@ -96,7 +96,7 @@ func (b *bench) startChats(ctx context.Context) error {
 		c := &customer{chatID: ans.ChatID, userID: ans.UserID, secureKey: ans.SecureKey, path: base + "/" + url.PathEscape(ans.ChatID) + "/"}
 		b.chats[i] = c
 		b.started.Add(1)
-		body, err := b.openPush(ctx, c, 1)
+		body, err := b.openPushRetry(ctx, c, 30*time.Second)
 		if err != nil {
 			return fmt.Errorf("chat %d: %w", i, err)
 		}
@@ -113,6 +113,24 @@ func (b *bench) startChats(ctx context.Context) error {
 func (b *bench) openPush(ctx context.Context, c *customer, from uint64) (io.ReadCloser, error) {
 	q := url.Values{"userId": {c.userID}, "secureKey": {c.secureKey}, "transcriptPosition": {strconv.FormatUint(from, 10)}}
 	return openSSE(ctx, b.streamHTTP, b.webapi+c.path+"events?"+q.Encode(), nil)
+}
+
+// openPushRetry opens the push channel from index 1, trying again every
+// 100ms (EventSource's retry) while webapi answers 503 (no core within its
+// retry budget) or the network fails, for up to within.
+func (b *bench) openPushRetry(ctx context.Context, c *customer, within time.Duration) (io.ReadCloser, error) {
+	deadline := time.Now().Add(within)
+	for {
+		body, err := b.openPush(b.ctx, c, 1)
+		if err == nil || time.Now().After(deadline) {
+			return body, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // follow reads the customer's push channel until the bench closes,

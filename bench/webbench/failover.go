@@ -71,11 +71,16 @@ func (b *bench) failover(ctx context.Context) (*Failover, error) {
 		}
 	}
 	stopSenders()
-	if err != nil {
-		return f, err
+	if err == nil {
+		_ = b.waitFor(ctx, 30*time.Second, "every acknowledged message delivered", func() bool {
+			for i := from; i < to; i++ {
+				if b.tr.acked[i].Load() != 0 && b.tr.agentAt[i].Load() == 0 {
+					return false
+				}
+			}
+			return true
+		})
 	}
-	acked := b.tr.ackedN.Load()
-	_ = b.waitFor(ctx, 30*time.Second, "every acknowledged message delivered", func() bool { return b.tr.agentN.Load() >= acked })
 
 	var lastAck int64
 	var around []time.Duration
@@ -116,7 +121,7 @@ func (b *bench) failover(ctx context.Context) (*Failover, error) {
 	f.AgentGap, f.PushGap = longestPause(agentTimes), longestPause(pushTimes)
 	f.P50, f.P99, f.Max = summary(around)
 	f.Reconnecting = int(b.reconn.Load() - reconnBefore)
-	return f, nil
+	return f, err
 }
 
 // longestPause returns the longest interval between two consecutive times

@@ -122,6 +122,9 @@ type Failover struct {
 	Lost      int `json:"lost"`
 	// Reconnecting counts the reconnecting notices on the customers' push channels.
 	Reconnecting int `json:"reconnecting_notices"`
+	// Error says why the phase did not complete (for example: no message
+	// sent after the kill delivered within 30s); the figures are then partial.
+	Error string `json:"error,omitempty"`
 }
 
 // Report is what a run measured. In JSON, durations are nanoseconds.
@@ -185,6 +188,9 @@ func (r Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "kill -9 %s under load: gap %s (last ack -> first new delivery)   agent gap %s   customer push gap %s\n", f.Killed, d(f.Gap), d(f.AgentGap), d(f.PushGap))
 		fmt.Fprintf(w, "  sends within 1s of the kill: p50 %s   p99 %s   max %s;  %d sent, %d acked, %d delivered, %d lost, %d reconnecting notices\n",
 			d(f.P50), d(f.P99), d(f.Max), f.Sent, f.Acked, f.Delivered, f.Lost, f.Reconnecting)
+		if f.Error != "" {
+			fmt.Fprintf(w, "  failover incomplete: %s\n", f.Error)
+		}
 	}
 }
 
@@ -399,8 +405,14 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	}
 	b.phase.Store("failover")
 	f, err := b.failover(ctx)
+	if f == nil || ctx.Err() != nil {
+		return rep, err
+	}
+	if err != nil {
+		f.Error = err.Error() // a figure of the run, not a failure of the bench
+	}
 	rep.Failover = f
-	return rep, err
+	return rep, nil
 }
 
 // waitFor polls cond until it holds, within d.
