@@ -28,7 +28,7 @@ type Cluster struct {
 	*demo.Supervisor
 	// Layout says where every part listens.
 	Layout demo.Layout
-	// Accounts are interaction's accounts with their passwords (Options.Web).
+	// Accounts are interaction's accounts with their passwords (Options.Whole).
 	Accounts []demo.AccountCredential
 }
 
@@ -45,12 +45,15 @@ type Options struct {
 	// cluster's directory); the bench client then presents the operator's
 	// certificate (Cluster.ClientCreds).
 	TLS bool
-	// Web keeps webapi and interaction in the plan; interaction's accounts
-	// file then holds Accounts (Cluster.Accounts has their passwords).
-	Web bool
-	// Accounts are the built-in logins of interaction (with Web).
+	// Whole keeps webapi and interaction in the cluster (benchmarks that
+	// drive the customer and agent APIs); webapi's chat-start limits are
+	// lifted (one load generator on one address starts every chat).
+	Whole bool
+	// Accounts are interaction's accounts (with Whole); their passwords are
+	// in Cluster.Accounts.
 	Accounts []demo.AccountSpec
-	// PartArgs are extra flags by part name, after the plan's own.
+	// PartArgs are extra flags by part name, after the plan's own (and
+	// after the lifted limits of Whole).
 	PartArgs map[string][]string
 }
 
@@ -70,19 +73,20 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 		layout.CertDir = filepath.Join(dir, "certs")
 	}
 	plan := demo.StandardPlan(layout)
-	if !opts.Web {
+	var accounts []demo.AccountCredential
+	if opts.Whole {
+		plan = plan.WithKind(demo.KindWebAPI, "--client-start-rate=1000000", "--client-start-burst=1000000",
+			"--start-rate=1000000", "--start-burst=1000000")
+		if accounts, err = demo.WriteAccounts(layout.AccountsFile(), opts.Accounts); err != nil {
+			return nil, err
+		}
+	} else {
 		plan = plan.Without("webapi", "interaction")
 	}
 	for name, args := range opts.PartArgs {
 		plan = plan.With(name, args...)
 	}
-	var accounts []demo.AccountCredential
-	if opts.Web {
-		if accounts, err = demo.WriteAccounts(layout.AccountsFile(), opts.Accounts); err != nil {
-			return nil, fmt.Errorf("bench accounts: %w", err)
-		}
-	}
-	dopts := demo.Options{Dir: dir, Progress: progress, Credentials: demo.Credentials{Accounts: accounts, AdminToken: AdminToken}}
+	dopts := demo.Options{Dir: dir, Progress: progress}
 	if opts.TLS {
 		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
 			return nil, err

@@ -212,11 +212,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	accounts = append(accounts, demo.AccountSpec{User: "sup", Role: auth.RoleSupervisor})
 	perAgent := (o.Chats+o.Agents-1)/o.Agents + 1
 	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{
-		Web:      true,
+		Whole:    true, // webapi's chat-start limits lifted: every chat comes from one address
 		Accounts: accounts,
 		PartArgs: map[string][]string{
-			// Lift the abuse limits: every chat comes from one address.
-			"webapi": {"--client-start-rate=0", "--start-rate=0"},
 			"interaction": {"--max-chats-per-agent=" + strconv.Itoa(perAgent), "--max-queue=0", "--offer-timeout=60s",
 				"--login-failures-per-address=1000000"},
 		},

@@ -28,6 +28,8 @@ ports (in a temporary directory) unless told to use a running one.
   hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
   hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
   hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
+  hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
+                         every part's RSS, Go heap, goroutines and fds over time (CSV, PNG)
   hachat bench web       customers through webapi (SSE) and agents through interaction at N chats
 
 Every benchmark takes --json; bench chat --anchor bench/jetstream compares with JetStream.`
@@ -49,6 +51,8 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchProxy(ctx, args[1:], out, errw)
 	case "web":
 		return runBenchWeb(ctx, args[1:], out, errw)
+	case "soak":
+		return runBenchSoak(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
