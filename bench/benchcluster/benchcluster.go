@@ -1,6 +1,6 @@
 // Package benchcluster starts the cluster a benchmark measures: the standard
-// plan of package demo, without webapi and interaction, as real processes on
-// free loopback ports in a temporary directory.
+// plan of package demo (without webapi and interaction unless asked for), as
+// real processes on free loopback ports in a temporary directory.
 package benchcluster
 
 import (
@@ -52,6 +52,9 @@ type Options struct {
 	// Accounts are interaction's accounts (with Whole); their passwords are
 	// in Cluster.Accounts.
 	Accounts []demo.AccountSpec
+	// PartArgs are extra flags by part name, after the plan's own (and
+	// after the lifted limits of Whole).
+	PartArgs map[string][]string
 }
 
 // StartWith is Start with options.
@@ -79,6 +82,9 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 		}
 	} else {
 		plan = plan.Without("webapi", "interaction")
+	}
+	for name, args := range opts.PartArgs {
+		plan = plan.With(name, args...)
 	}
 	dopts := demo.Options{Dir: dir, Progress: progress}
 	if opts.TLS {

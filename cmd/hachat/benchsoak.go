@@ -60,6 +60,7 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 		ChatsPerShift int           `yaml:"chats-per-shift"`
 		Out           string        `yaml:"out"`
 		Replot        string        `yaml:"replot"`
+		JSON          bool          `yaml:"json"`
 	}
 	o.Duration, o.Warmup, o.Idle, o.Drain, o.EndWindow, o.Every = 2*time.Minute, 30*time.Second, 130*time.Second, 150*time.Second, 130*time.Second, 2*time.Second
 	o.Chats, o.Agents, o.Messages, o.Interval, o.ChatsPerShift = 12, 4, 10, 300*time.Millisecond, 5
@@ -78,6 +79,7 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 		fs.IntVar(&o.ChatsPerShift, "chats-per-shift", o.ChatsPerShift, "chats an agent takes before it logs out and in again")
 		fs.StringVar(&o.Out, "out", o.Out, "path prefix of the CSV and PNG files")
 		fs.StringVar(&o.Replot, "replot", o.Replot, "run nothing: read this soak CSV, redraw its PNG beside it and print its verdict (with --end-window)")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "print the summary as JSON (every sample stays in the CSV)")
 	})
 	if err != nil {
 		return err
@@ -114,9 +116,15 @@ func runBenchSoak(ctx context.Context, args []string, out, errw io.Writer) error
 	if err := writeSoakFiles(o.Out, rep); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "hachat bench soak: whole cluster (mesh), %v load\n", o.Duration)
-	rep.WriteSummary(out)
-	fmt.Fprintf(out, "samples: %s.csv  chart: %s.png\n", o.Out, o.Out)
+	if o.JSON {
+		if err := writeJSON(out, soakJSON(rep, o.Out)); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "hachat bench soak: whole cluster (mesh), %v load\n", o.Duration)
+		rep.WriteSummary(out)
+		fmt.Fprintf(out, "samples: %s.csv  chart: %s.png\n", o.Out, o.Out)
+	}
 	if runErr != nil {
 		return fmt.Errorf("soak interrupted: %w", runErr)
 	}
@@ -186,4 +194,31 @@ func writeSoakFiles(prefix string, rep soakbench.Report) error {
 		}
 	}
 	return nil
+}
+
+// soakJSON is the --json summary of a soak: everything the text summary
+// says, without the samples (they are in the CSV). Durations in nanoseconds.
+func soakJSON(rep soakbench.Report, prefix string) any {
+	return struct {
+		CSV            string                  `json:"csv"`
+		PNG            string                  `json:"png"`
+		AllReturned    bool                    `json:"all_returned"`
+		IdleStart      time.Duration           `json:"idle_start_ns"`
+		LoadStart      time.Duration           `json:"load_start_ns"`
+		DrainStart     time.Duration           `json:"drain_start_ns"`
+		End            time.Duration           `json:"end_ns"`
+		ChatsStarted   int64                   `json:"chats_started"`
+		ChatsEnded     int64                   `json:"chats_ended"`
+		Messages       int64                   `json:"messages"`
+		Logins         int64                   `json:"logins"`
+		Logouts        int64                   `json:"logouts"`
+		Errors         int64                   `json:"errors"`
+		LastError      string                  `json:"last_error,omitempty"`
+		SampleErrors   int                     `json:"sample_errors"`
+		Parts          []soakbench.PartSummary `json:"parts"`
+		WarmupChats    int64                   `json:"warmup_chats"`
+		WarmupMessages int64                   `json:"warmup_messages"`
+	}{prefix + ".csv", prefix + ".png", rep.AllReturned(), rep.IdleStart, rep.LoadStart, rep.DrainStart, rep.End,
+		rep.ChatsStarted, rep.ChatsEnded, rep.Messages, rep.Logins, rep.Logouts, rep.Errors, rep.LastError,
+		rep.SampleErrors, rep.Parts, rep.WarmupChats, rep.WarmupMessages}
 }
