@@ -53,9 +53,13 @@ test: deps
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see the FAIL lines above)"; fi; \
 	exit $$rc
 
-## test-unit: every package except e2e, with the race detector.
+## test-unit: every package except e2e, with the race detector; then go vet
+## of the whole module and of bench/jetstream (its own module: the JetStream
+## anchor, kept out of the hachat binary), so that it does not rot.
 test-unit:
 	$(GO) test -race -count=1 -p 2 -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
+	$(GO) vet ./...
+	cd bench/jetstream && $(GO) vet ./...
 
 ## test-e2e: end-to-end tests with real processes and headless Chromium.
 test-e2e:
