@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -275,6 +277,47 @@ func refuseStrangersHTTP(t *testing.T, c *harness.Cluster, parts []string, other
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestWebHTTPS: webapi and interaction serve HTTPS with their certificate
+// when started with --https (browsers trust the cluster CA once imported):
+// the page and the API answer over TLS to a client that trusts ca.pem, and
+// plain HTTP gets no page.
+func TestWebHTTPS(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, TLS: true,
+		Tune: func(p demo.Plan) demo.Plan {
+			p = p.With("webapi", "--https").With("interaction", "--https")
+			for i := range p.Parts {
+				if k := p.Parts[i].Kind; k == demo.KindWebAPI || k == demo.KindInteraction {
+					p.Parts[i].TLS = true // the supervisor's readiness check goes over TLS
+				}
+			}
+			return p
+		}})
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(c.Layout().CertDir, "ca.pem"))
+	if err != nil || !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("ca.pem: %v", err)
+	}
+	browser := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for _, part := range []string{"webapi", "interaction"} {
+		addr := c.Part(part).HTTP
+		page := map[string]string{"webapi": "/", "interaction": "/agent"}[part]
+		resp, err := browser.Get("https://" + addr + page)
+		if err != nil {
+			t.Fatalf("%s over HTTPS: %v", part, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.TLS == nil {
+			t.Fatalf("%s over HTTPS: HTTP %d, TLS %v", part, resp.StatusCode, resp.TLS != nil)
+		}
+		if resp, err := (&http.Client{Timeout: 3 * time.Second}).Get("http://" + addr + page); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Fatalf("%s answered a page over plain HTTP with --https", part)
+			}
 		}
 	}
 }
