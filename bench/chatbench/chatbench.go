@@ -6,7 +6,6 @@ package chatbench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/hachat/hachat/bench/workers"
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
@@ -115,7 +115,7 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 	start := time.Now()
 	sessions := make([]session, opts.Sessions)
 	var made atomic.Int64
-	err := parallel(ctx, opts.Concurrency, opts.Sessions, func(ctx context.Context, i int) error {
+	err := workers.Range(ctx, opts.Concurrency, 0, opts.Sessions, nil, func(ctx context.Context, i int) error {
 		js, err := cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: opts.Service, Nickname: fmt.Sprintf("customer-%d", i), Subject: "bench"})
 		if err != nil {
 			return fmt.Errorf("start session %d: %w", i, err)
@@ -199,7 +199,7 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 	}
 	var errs atomic.Int64
 	start = time.Now()
-	_ = parallel(ctx, opts.Concurrency, opts.Messages, func(ctx context.Context, i int) error {
+	_ = workers.Range(ctx, opts.Concurrency, 0, opts.Messages, nil, func(ctx context.Context, i int) error {
 		s := sessions[i%len(sessions)]
 		id := fmt.Sprintf("b%d", i)
 		mu.Lock()
@@ -262,35 +262,6 @@ func recvLoop(st grpc.ServerStreamingClient[chatpb.Event], fn func(*chatpb.Event
 		}
 		fn(ev)
 	}
-}
-
-// parallel runs fn(0..n-1) on workers goroutines; the first error stops it.
-func parallel(ctx context.Context, workers, n int, fn func(context.Context, int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(workers, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return nil
 }
 
 // ProcessRSS is a MemoryProbe that reads the resident set size of process

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/hachat/hachat/bench/workers"
 )
 
 // agent is one logged-in agent: its push channel reader hands offers to
@@ -70,7 +72,7 @@ func (b *bench) loginAgents(ctx context.Context) error {
 	}
 	b.agents = make([]*agent, len(creds))
 	// Logins verify an argon2id hash each: a few at a time.
-	return parallel(ctx, 4, 0, len(creds), nil, func(ctx context.Context, i int) error {
+	return workers.Range(ctx, 4, 0, len(creds), nil, func(ctx context.Context, i int) error {
 		var out struct {
 			Token string `json:"token"`
 		}

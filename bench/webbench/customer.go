@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/hachat/hachat/bench/workers"
 )
 
 // customer is one chat as its customer holds it.
@@ -88,7 +90,7 @@ func (b *bench) postRetry(ctx context.Context, path string, form url.Values, wit
 func (b *bench) startChats(ctx context.Context) error {
 	b.chats = make([]*customer, b.o.Chats)
 	base := "/genesys/2/chat/" + url.PathEscape(b.service)
-	return parallel(ctx, b.o.SetupConcurrency, 0, b.o.Chats, nil, func(ctx context.Context, i int) error {
+	return workers.Range(ctx, b.o.SetupConcurrency, 0, b.o.Chats, nil, func(ctx context.Context, i int) error {
 		ans, err := b.postRetry(ctx, base, url.Values{"nickname": {"customer" + strconv.Itoa(i)}, "subject": {"bench"}}, 30*time.Second)
 		if err != nil {
 			return fmt.Errorf("start chat %d: %w", i, err)
@@ -188,7 +190,7 @@ func (b *bench) follow(c *customer, body io.ReadCloser) {
 // failed for good.
 func (b *bench) send(ctx context.Context, from, to int, stop <-chan struct{}) int {
 	var errs atomic.Int64
-	_ = parallel(ctx, b.o.Concurrency, from, to, stop, func(ctx context.Context, i int) error {
+	_ = workers.Range(ctx, b.o.Concurrency, from, to, stop, func(ctx context.Context, i int) error {
 		c := b.chats[i%len(b.chats)]
 		form := url.Values{"userId": {c.userID}, "secureKey": {c.secureKey}, "message": {b.text}, "clientMessageId": {messageID(i)}}
 		b.tr.sent[i].Store(time.Now().UnixNano())

@@ -11,7 +11,6 @@ package webbench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -426,42 +425,6 @@ func (b *bench) waitFor(ctx context.Context, d time.Duration, what string, cond 
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
-	}
-	return nil
-}
-
-// parallel runs fn(from..to-1) on workers goroutines until done, stop is
-// closed or ctx ends; the first error stops it.
-func parallel(ctx context.Context, workers, from, to int, stop <-chan struct{}, fn func(context.Context, int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	next.Store(int64(from))
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				i := int(next.Add(1) - 1)
-				if i >= to || ctx.Err() != nil {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
 	}
 	return nil
 }
