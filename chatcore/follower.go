@@ -218,6 +218,19 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 		end.err = err
 		return end
 	}
+	return c.replicate(ctx, cancel, stream, failed)
+}
+
+// replicaStream is the backup's end of a Replicate stream: the two calls
+// replicate needs (a test gives it a scripted stream).
+type replicaStream interface {
+	Send(*chatpb.ReplicaAck) error
+	Recv() (*chatpb.ReplicaMsg, error)
+}
+
+// replicate runs one opened Replicate stream until it ends. cancel ends the
+// stream (it cancels the stream's context); ctx is the follower's context.
+func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream replicaStream, failed <-chan struct{}) (end streamEnd) {
 	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.epoch.Load(), Token: c.cfg.AdminToken}
 	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
 		end.err = err
@@ -227,11 +240,16 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 	lastHeard.Store(time.Now().UnixNano())
 	var applied atomic.Uint64
 	ackWake := make(chan struct{}, 1)
-	answers := make(chan *chatpb.ReplicaAck)
+	// answers is buffered so that handing over an answer never waits for
+	// the ack sender; the sender may be gone (a failed ack send ends it), so
+	// every exchange with it also selects on senderGone.
+	answers := make(chan *chatpb.ReplicaAck, 1)
 	answered := make(chan error, 1)
+	senderGone := make(chan struct{})
 	done := make(chan struct{})
 	defer close(done)
 	go func() { // the only sender after hello: acknowledgements, coalesced, and handover answers
+		defer close(senderGone)
 		var sent uint64
 		for {
 			select {
@@ -334,8 +352,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 				ans.HandoverEpoch = epoch
 			}
 			applied.Store(msg.Seq)
-			answers <- ans
-			if serr := <-answered; serr != nil {
+			if serr := answer(ans, answers, answered, senderGone); serr != nil {
 				c.log.Warn("could not answer the handover (the old primary learns the epoch from UCS or gossip)", "err", serr)
 			}
 			if err == nil {
@@ -360,6 +377,33 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 			case ackWake <- struct{}{}:
 			default:
 			}
+		}
+	}
+}
+
+// errAckSenderGone answers a handover whose answer could not be sent: the
+// ack sender had already stopped (an earlier send failed).
+var errAckSenderGone = errors.New("replication stream broke before the handover answer")
+
+// answer hands a handover answer to the ack sender and waits for its send.
+// It never blocks on a sender that has stopped: the follower must go on to
+// lead (or resync) whatever became of the stream.
+func answer(ans *chatpb.ReplicaAck, answers chan<- *chatpb.ReplicaAck, answered <-chan error, senderGone <-chan struct{}) error {
+	select {
+	case answers <- ans:
+	case <-senderGone:
+		return errAckSenderGone
+	}
+	select {
+	case err := <-answered:
+		return err
+	case <-senderGone:
+		// It may have sent the answer just before it stopped.
+		select {
+		case err := <-answered:
+			return err
+		default:
+			return errAckSenderGone
 		}
 	}
 }
