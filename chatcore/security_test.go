@@ -259,7 +259,7 @@ func TestCoreSendsWriterToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "transcript saved", func() bool {
-		tr, err := bare.Transcript(ctxT(t), cust.SessionId)
+		tr, err := bare.WithToken("w-tok").Transcript(ctxT(t), cust.SessionId) // reads need a token once one is set
 		return err == nil && len(tr.Events) >= 3
 	})
 }
