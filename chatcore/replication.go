@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -54,6 +55,7 @@ type link struct {
 
 	inSync   atomic.Bool
 	handover chan *chatpb.ReplicaAck // answers to a Handover
+	batches  bool                    // the backup applies ReplicaBatch (its hello said so); immutable
 }
 
 type waiter struct {
@@ -179,6 +181,7 @@ func (l *link) sender(epoch uint64, primary string, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	idle := true
+	var spare []*chatpb.ReplicaMsg // the drained queue, reused as the next one
 	for {
 		select {
 		case <-l.done:
@@ -196,22 +199,91 @@ func (l *link) sender(epoch uint64, primary string, every time.Duration) {
 		}
 		for {
 			l.mu.Lock()
-			batch := l.queue
-			l.queue = nil
+			queued := l.queue
+			l.queue = spare[:0]
 			l.mu.Unlock()
-			if len(batch) == 0 {
+			if len(queued) == 0 {
+				spare = queued
 				break
 			}
 			idle = false
-			for _, m := range batch {
-				m.Epoch, m.Primary = epoch, primary
-				if err := l.stream.Send(m); err != nil {
-					l.kill(fmt.Errorf("send: %w", err))
-					return
-				}
+			if err := l.write(queued, epoch, primary); err != nil {
+				l.kill(err)
+				return
 			}
+			clear(queued) // let the events go; the slice is reused
+			spare = queued
 		}
 	}
+}
+
+// Limits of one ReplicaBatch: a batch stays far below gRPC's default 4 MiB
+// receive limit, and a long queue goes out as several messages, so that the
+// backup starts applying (and acknowledging) before all of it arrived.
+const (
+	maxBatchMsgs  = 512
+	maxBatchBytes = 1 << 20
+)
+
+// batchable reports whether m may travel inside a ReplicaBatch.
+func batchable(m *chatpb.ReplicaMsg) bool {
+	switch m.Body.(type) {
+	case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
+		return true
+	}
+	return false
+}
+
+// write sends queued messages in order: runs of committed events and save
+// progress as one ReplicaBatch each (group commit: the backup acknowledges
+// the batch's last seq once), anything else alone. A backup that did not
+// ask for batches gets every message alone.
+func (l *link) write(queued []*chatpb.ReplicaMsg, epoch uint64, primary string) error {
+	one := func(m *chatpb.ReplicaMsg) error {
+		m.Epoch, m.Primary = epoch, primary
+		if err := l.stream.Send(m); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		return nil
+	}
+	if !l.batches {
+		for _, m := range queued {
+			if err := one(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for i := 0; i < len(queued); {
+		if !batchable(queued[i]) {
+			if err := one(queued[i]); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		j, size := i, 0
+		for j < len(queued) && j-i < maxBatchMsgs && size < maxBatchBytes && batchable(queued[j]) {
+			size += proto.Size(queued[j])
+			j++
+		}
+		if j-i == 1 {
+			if err := one(queued[i]); err != nil {
+				return err
+			}
+			i = j
+			continue
+		}
+		last := queued[j-1]
+		b := &chatpb.ReplicaMsg{Seq: last.Seq, Epoch: epoch, Primary: primary,
+			Body: &chatpb.ReplicaMsg_Batch{Batch: &chatpb.ReplicaBatch{Msgs: queued[i:j]}}}
+		if err := l.stream.Send(b); err != nil {
+			return fmt.Errorf("send batch of %d: %w", j-i, err)
+		}
+		l.r.c.m.replicationBatch.Observe(float64(j - i))
+		i = j
+	}
+	return nil
 }
 
 // Replicate serves a backup: hello, snapshot, live tail, acks. Only the
@@ -257,7 +329,7 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 	if !primary {
 		return errNotPrimary
 	}
-	l := &link{r: c.repl, name: hello.Name, gen: c.repl.gen.Add(1), stream: stream,
+	l := &link{r: c.repl, name: hello.Name, gen: c.repl.gen.Add(1), stream: stream, batches: hello.Batches,
 		wake: make(chan struct{}, 1), done: make(chan struct{}), handover: make(chan *chatpb.ReplicaAck, 1)}
 	c.repl.attach(l)
 	defer l.kill(errors.New("stream ended"))
