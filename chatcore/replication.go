@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -234,6 +233,22 @@ func batchable(m *chatpb.ReplicaMsg) bool {
 	return false
 }
 
+// approxSize bounds the encoded size of a batchable message from above
+// without encoding it (gRPC sizes the batch once when it marshals it).
+func approxSize(m *chatpb.ReplicaMsg) int {
+	const overhead = 256 // numbers, kinds, tags, participant ids and names
+	ev := m.GetEvent()
+	if ev == nil {
+		return overhead // save progress
+	}
+	n := overhead + len(ev.SessionId) + len(ev.Text) + len(ev.ClientMessageId) + len(ev.ClientRequestId) +
+		len(ev.KeyHash) + len(ev.SecureKey) + len(ev.From.GetNickname()) + len(ev.From.GetId())
+	for k, v := range ev.Attrs {
+		n += len(k) + len(v) + 16
+	}
+	return n
+}
+
 // write sends queued messages in order: runs of committed events and save
 // progress as one ReplicaBatch each (group commit: the backup acknowledges
 // the batch's last seq once), anything else alone. A backup that did not
@@ -264,7 +279,7 @@ func (l *link) write(queued []*chatpb.ReplicaMsg, epoch uint64, primary string) 
 		}
 		j, size := i, 0
 		for j < len(queued) && j-i < maxBatchMsgs && size < maxBatchBytes && batchable(queued[j]) {
-			size += proto.Size(queued[j])
+			size += approxSize(queued[j])
 			j++
 		}
 		if j-i == 1 {
