@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
@@ -18,7 +20,7 @@ import (
 // with synchronous replication to its backup and transcript-auto-save=1,
 // with one subscriber per session: messages/s and p50/p99 of the Send call
 // (the ack comes after the backup's ack).
-func BenchmarkSendReplicated(b *testing.B) { benchSendReplicated(b, 100, 16) }
+func BenchmarkSendReplicated(b *testing.B) { benchSendReplicated(b, 100, 16, false) }
 
 // BenchmarkSendReplicatedWide is BenchmarkSendReplicated at the shape of
 // `hachat bench chat --concurrency 128`: 1000 sessions, 128 concurrent
@@ -26,11 +28,18 @@ func BenchmarkSendReplicated(b *testing.B) { benchSendReplicated(b, 100, 16) }
 // once (group commit). It also reports CPU time per message (user+sys of
 // the process: both cores and the clients), which the machine's other
 // load disturbs less than messages/s.
-func BenchmarkSendReplicatedWide(b *testing.B) { benchSendReplicated(b, 1000, 64) }
+func BenchmarkSendReplicatedWide(b *testing.B) { benchSendReplicated(b, 1000, 64, false) }
+
+// BenchmarkAppendReplicated isolates the replication stream: 128 goroutines
+// call Send in process (no unary gRPC call, no subscriber) on 1000 sessions
+// of a pair, so the CPU per message is the core's append path plus the
+// stream to the backup, the backup's apply and its acknowledgements.
+func BenchmarkAppendReplicated(b *testing.B) { benchSendReplicated(b, 1000, 64, true) }
 
 // benchSendReplicated sends from parallelism x GOMAXPROCS goroutines over
-// sessions sessions of a pair.
-func benchSendReplicated(b *testing.B, sessions, parallelism int) {
+// sessions sessions of a pair; direct calls the primary's Send in process
+// and opens no subscriber.
+func benchSendReplicated(b *testing.B, sessions, parallelism int, direct bool) {
 	a, _ := pair(b, newMemStore(), func(c *Config) { c.TranscriptAutoSave = 1; c.SendRate = 1e9; c.SendBurst = 1 << 30 })
 	auths := make([]*chatpb.Auth, sessions)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -38,6 +47,9 @@ func benchSendReplicated(b *testing.B, sessions, parallelism int) {
 	for i := range auths {
 		var agent *chatpb.Auth
 		auths[i], agent = a.chat(b)
+		if direct {
+			continue
+		}
 		sub, err := a.cl.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: agent, FromIndex: 1})
 		if err != nil {
 			b.Fatal(err)
@@ -63,7 +75,13 @@ func benchSendReplicated(b *testing.B, sessions, parallelism int) {
 		for pb.Next() {
 			au := auths[next.Add(1)%int64(sessions)]
 			t0 := time.Now()
-			if _, err := a.cl.Send(ctx, &chatpb.SendRequest{Auth: au, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "hello"}); err != nil {
+			send := a.cl.Send
+			if direct {
+				send = func(ctx context.Context, req *chatpb.SendRequest, _ ...grpc.CallOption) (*chatpb.SendResponse, error) {
+					return a.c.Send(ctx, req)
+				}
+			}
+			if _, err := send(ctx, &chatpb.SendRequest{Auth: au, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "hello"}); err != nil {
 				b.Error(err)
 				return
 			}
