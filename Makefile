@@ -24,7 +24,7 @@ DOCKER_TIMEOUT ?= 10m
 # Packages tested by test-unit: everything but the end-to-end tests.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench deps tools clean
+.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench bench-compare bench-web deps tools clean
 
 all: build
 
@@ -53,9 +53,13 @@ test: deps
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED (see the FAIL lines above)"; fi; \
 	exit $$rc
 
-## test-unit: every package except e2e, with the race detector.
+## test-unit: every package except e2e, with the race detector; then go vet
+## of the whole module and of bench/jetstream (its own module: the JetStream
+## anchor, kept out of the hachat binary), so that it does not rot.
 test-unit:
 	$(GO) test -race -count=1 -p 2 -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
+	$(GO) vet ./...
+	cd bench/jetstream && $(GO) vet ./...
 
 ## test-e2e: end-to-end tests with real processes and headless Chromium.
 test-e2e:
@@ -89,9 +93,18 @@ tools:
 	@command -v protoc-gen-go-grpc >/dev/null || $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	@command -v protoc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler </dev/null)
 
-## bench: the chat benchmark on one core.
+## bench: the chat benchmark on the pair.
 bench: build
 	$(BIN) bench chat
+
+## bench-compare: the chat benchmark against the JetStream anchor (bench/jetstream,
+## its own module) in the same run: 3 alternating rounds, medians and ratios.
+bench-compare: build
+	$(BIN) bench chat --sessions 10000 --messages 60000 --concurrency 128 --anchor bench/jetstream --rounds 3
+
+## bench-web: the customer path (webapi + interaction) at 10,000 concurrent chats.
+bench-web: build
+	$(BIN) bench web --chats 10000
 
 clean:
 	rm -rf bin artifacts

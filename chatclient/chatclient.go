@@ -131,6 +131,15 @@ func (c *Client) track(idx int32, cancel context.CancelCauseFunc) func() {
 	}
 }
 
+// OpenStreams reports how many streams the Client tracks as open (so that a
+// stalled target's streams can be cancelled). A stream stops counting when
+// it ends, fails for good, or its caller's context is done.
+func (c *Client) OpenStreams() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.streams)
+}
+
 // stalled cancels every stream open on target idx.
 func (c *Client) stalled(idx int32) {
 	c.mu.Lock()
@@ -452,7 +461,12 @@ func (s *resumingStream[T]) connect() error {
 		st, err := s.open(sctx, s.c.clients[idx])
 		if err == nil {
 			s.close()
+			// The stream is forgotten as soon as its context is done, by
+			// close or by the caller: a caller that stops reading without a
+			// last Recv (it cancels its context, as gRPC asks) leaves no
+			// entry behind, nor the context and everything it carries.
 			untrack := s.c.track(idx, scancel)
+			context.AfterFunc(sctx, untrack)
 			s.close = func() { untrack(); scancel(nil) }
 			s.cur, s.curIdx, s.sctx = st, idx, sctx
 			s.fresh = true
@@ -477,7 +491,9 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 			s.fresh = false
 			s.r.attempt = 0
 			deliver, final := s.seen(m)
-			s.ended = final
+			if s.ended = final; final {
+				s.close() // nothing follows the last event: release the stream now
+			}
 			if deliver {
 				return m, nil
 			}

@@ -388,3 +388,59 @@ func TestStreamsLeaveAStalledTarget(t *testing.T) {
 		t.Fatalf("b saw subscriptions from %v, want [2]", b.subFrom)
 	}
 }
+
+// TestStreamsAreForgottenWhenTheCallerStops checks that the Client forgets
+// a stream however its caller stops with it: reading to io.EOF, stopping
+// after the last event, or cancelling its context without another Recv (as
+// the Interaction Server does). A stream the Client keeps tracking keeps its
+// context, and every value the caller put in it, alive for ever.
+func TestStreamsAreForgottenWhenTheCallerStops(t *testing.T) {
+	f := &fakeCore{breakAfter: -1}
+	f.log = []*chatpb.Event{
+		{Index: 1, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE},
+		{Index: 2, Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED},
+	}
+	addr, _ := serve(t, f)
+	cases := []struct {
+		name   string
+		reads  int  // events read before stopping
+		eof    bool // then read until io.EOF
+		cancel bool // then cancel the context
+	}{
+		{"read to EOF", 2, true, false},
+		{"stop after the last event", 2, false, false},
+		{"cancel after the last event", 2, false, true},
+		{"cancel mid-stream", 1, false, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClient(t, addr)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			st, err := c.Subscribe(ctx, &chatpb.SubscribeRequest{FromIndex: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range tc.reads {
+				if _, err := st.Recv(); err != nil {
+					t.Fatalf("recv: %v", err)
+				}
+			}
+			if tc.eof {
+				if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+					t.Fatalf("recv after the end: %v, want io.EOF", err)
+				}
+			}
+			if tc.cancel {
+				cancel()
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for c.OpenStreams() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the client still tracks %d open streams", c.OpenStreams())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}

@@ -118,28 +118,27 @@ func BenchmarkSendGRPC(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 }
 
-// TestMemoryPerIdleSession measures the heap held by an idle session (a
-// customer and an agent joined, no messages) and checks the 10 KiB target.
-func TestMemoryPerIdleSession(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocates thousands of sessions")
-	}
-	c := newLocalCore(t, nil)
+// BenchmarkMemoryPerIdleSession reports the heap held by an idle session (a
+// customer and an agent joined, no messages) as B/idle-session: a figure for
+// the memory target (docs/design.md), reported, never asserted. Each
+// iteration measures 5000 sessions on a fresh core; -benchtime=1x runs one.
+func BenchmarkMemoryPerIdleSession(b *testing.B) {
 	const n = 5000
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	for range n {
-		localChat(t, c)
+	var per float64
+	for b.Loop() {
+		c := newLocalCore(b, nil)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for range n {
+			localChat(b, c)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		per = (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+		runtime.KeepAlive(c)
 	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	per := float64(after.HeapAlloc-before.HeapAlloc) / n
-	t.Logf("memory per idle session: %.0f bytes (%d sessions)", per, n)
-	if per > 10*1024 {
-		t.Errorf("%.0f bytes per idle session, target is under 10 KiB", per)
-	}
-	runtime.KeepAlive(c)
+	b.ReportMetric(per, "B/idle-session")
 }
 
 // FuzzSend feeds arbitrary Send requests to a live session: each is either

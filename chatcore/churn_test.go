@@ -50,15 +50,21 @@ func churn(t *testing.T, switchover bool) {
 	}
 	acks := make([][]ack, sessions)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	// The senders report only through acks and unacked, and they are done
+	// before this function returns, even when it returns early on t.Fatal
+	// (deferred calls run then too): a t.Errorf from a goroutine that
+	// outlives its test panics and aborts the rest of the package run.
+	unacked := make([]string, sessions)
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // runs before wg.Wait: an early return stops the senders
 	for i := range sessions {
 		wg.Go(func() {
 			for m := range perSession {
 				cmid := fmt.Sprintf("s%d-m%d", i, m)
 				for try := 0; ; try++ {
 					if ctx.Err() != nil {
-						t.Errorf("%s never acknowledged", cmid)
+						unacked[i] = cmid
 						return
 					}
 					n := current()[try%2]
@@ -115,6 +121,11 @@ func churn(t *testing.T, switchover bool) {
 		kill(1, 0, RoleBackup)
 	}
 	wg.Wait()
+	for i, cmid := range unacked {
+		if cmid != "" {
+			t.Errorf("session %d: %s never acknowledged within the test's deadline", i, cmid)
+		}
+	}
 
 	final := nodes[0]
 	if !final.c.primary.Load() {

@@ -262,7 +262,8 @@ func TestVisibilityOverGRPC(t *testing.T) {
 }
 
 // metric returns the value of a counter or gauge in the core's registry
-// whose labels include the given name=value pairs.
+// whose labels include the given name=value pairs; it fails the test when no
+// sample matches (a renamed metric must not read as 0).
 func (tc *testCore) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := tc.c.tel.Registry.Gather()
@@ -270,6 +271,7 @@ func (tc *testCore) metric(t testing.TB, name string, labels ...string) float64 
 		t.Fatal(err)
 	}
 	var sum float64
+	found := false
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -281,6 +283,7 @@ func (tc *testCore) metric(t testing.TB, name string, labels ...string) float64 
 					continue next
 				}
 			}
+			found = true
 			switch {
 			case m.Counter != nil:
 				sum += m.Counter.GetValue()
@@ -288,6 +291,10 @@ func (tc *testCore) metric(t testing.TB, name string, labels ...string) float64 
 				sum += m.Gauge.GetValue()
 			}
 		}
+	}
+	if !found {
+		// A renamed metric must not read as 0 and pass a negative check.
+		t.Fatalf("no sample of %s%v on %s", name, labels, tc.c.cfg.Name)
 	}
 	return sum
 }

@@ -20,6 +20,8 @@ type metrics struct {
 	saves             *prometheus.CounterVec // result
 	saveResends       prometheus.Counter
 	saveGiveUps       prometheus.Counter
+	resendsExhausted  prometheus.Counter
+	savesRecovered    prometheus.Counter
 	breakerState      prometheus.Gauge
 	role              *prometheus.GaugeVec // role
 	epoch             prometheus.Gauge
@@ -28,6 +30,7 @@ type metrics struct {
 	promotionsDropped prometheus.Counter
 	restored          *prometheus.CounterVec // source
 	replicationLag    prometheus.Gauge
+	backupInSync      prometheus.Gauge
 	replicated        prometheus.Counter
 	secondCopyToUCS   prometheus.Counter
 	switchoverPauseS  prometheus.Histogram
@@ -55,11 +58,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rpcs:            prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_rpcs_total", Help: "Chat RPCs handled, by method and gRPC code."}, []string{"method", "code"}),
 		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_append_seconds", Help: "Time from append to commit (includes the second copy).",
 			Buckets: []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1}}),
-		subscribers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_subscribers", Help: "Open Subscribe streams."}),
-		subscriberDrops:   prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_subscriber_drops_total", Help: "Subscribers dropped from fan-out for lagging (they catch up from the log)."}),
-		saves:             prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_transcript_saves_total", Help: "Transcript save attempts, by result (ok, recoverable, nonrecoverable, stale_epoch, breaker_open)."}, []string{"result"}),
-		saveResends:       prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_resend_attempts_total", Help: "Transcript resend attempts (transcript-resend-attempts)."}),
-		saveGiveUps:       prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_save_failures_total", Help: "Saves given up after every resend attempt failed."}),
+		subscribers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_subscribers", Help: "Open Subscribe streams."}),
+		subscriberDrops: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_subscriber_drops_total", Help: "Subscribers dropped from fan-out for lagging (they catch up from the log)."}),
+		saves:           prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_transcript_saves_total", Help: "Transcript save attempts, by result (ok, recoverable, nonrecoverable, stale_epoch, breaker_open)."}, []string{"result"}),
+		saveResends:     prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_resend_attempts_total", Help: "Transcript resend attempts (transcript-resend-attempts)."}),
+		saveGiveUps: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_save_failures_total",
+			Help: "Transcripts given up for good: a non-recoverable UCS error under transcript-save-on-error=close ended the session, which is never saved again. A save that later succeeds is not counted."}),
+		resendsExhausted: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_resends_exhausted_total",
+			Help: "Saves still failing after every resend attempt (transcript-resend-attempts): the save-failed notice goes out and the save is retried in the background until UCS takes it."}),
+		savesRecovered: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_saves_recovered_total",
+			Help: "Saves that succeeded after an earlier save of the same session had exhausted its resend attempts or met a non-recoverable error."}),
 		breakerState:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_transcript_breaker_state", Help: "UCS circuit breaker: 0 closed, 1 half-open, 2 open."}),
 		role:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_role", Help: "1 for the role this core holds."}, []string{"role"}),
 		epoch:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_epoch", Help: "Epoch this core knows as newest (its own when primary)."}),
@@ -67,7 +75,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stepDowns:         prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_step_downs_total", Help: "Times this core stepped down from primary."}),
 		promotionsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_promotions_dropped_total", Help: "Decisions to promote dropped because the re-check before the epoch claim found the primary alive or this core cut off."}),
 		restored:          prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_restored_sessions_total", Help: "Sessions restored at promotion, by source (replica, ucs, ended)."}, []string{"source"}),
-		replicationLag:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_replication_lag", Help: "Events sent to the backup and not yet acknowledged."}),
+		replicationLag:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_replication_lag", Help: "Events sent to the backup and not yet acknowledged (0 too when no backup is connected: see backup_in_sync)."}),
+		backupInSync:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_backup_in_sync", Help: "1 while a backup is connected and has acknowledged its snapshot (replication synchronous), else 0."}),
 		replicated:        prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_replicated_events_total", Help: "Events acknowledged by the backup (primary) or applied (backup)."}),
 		secondCopyToUCS:   prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_second_copy_ucs_total", Help: "Events whose second copy went to UCS because the backup was away."}),
 		switchoverPauseS: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_switchover_pause_seconds", Help: "Pause of planned switchovers.",
@@ -80,8 +89,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.eventsByKind[chatpb.EventKind(k)] = m.events.WithLabelValues(kindName(chatpb.EventKind(k)))
 	}
 	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
-		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.breakerState,
-		m.role, m.epoch, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.replicated,
+		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.resendsExhausted, m.savesRecovered, m.breakerState,
+		m.role, m.epoch, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
 		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch)
+	// Every known label value exists from the start at 0, so a reader that
+	// finds no series knows the metric was renamed, not merely still zero.
+	for _, r := range []string{"ok", "recoverable", "nonrecoverable", "stale_epoch", "breaker_open"} {
+		m.saves.WithLabelValues(r)
+	}
+	for _, s := range []string{"replica", "ucs", "ended"} {
+		m.restored.WithLabelValues(s)
+	}
 	return m
 }

@@ -55,7 +55,8 @@ func startNode(t testing.TB, name, role, peer string, gl net.Listener, store Tra
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{c: c, addr: gl.Addr().String(), cancel: cancel, done: make(chan error, 1)}
-	go func() { n.done <- c.Serve(ctx, gl, listen(t)) }()
+	hl := listen(t) // here, not in the goroutine: listen may call t.Fatal
+	go func() { n.done <- c.Serve(ctx, gl, hl) }()
 	conn, err := grpc.NewClient(n.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -74,6 +74,7 @@ func (r *replicator) attach(l *link) {
 	r.mu.Lock()
 	old := r.cur
 	r.cur = l
+	r.c.m.backupInSync.Set(0) // until l has acknowledged its snapshot
 	r.mu.Unlock()
 	if old != nil {
 		old.kill(errors.New("replaced by a new backup stream"))
@@ -169,6 +170,9 @@ func (l *link) kill(err error) {
 	r.mu.Lock()
 	if r.cur == l {
 		r.cur = nil
+	}
+	if r.cur == nil || !r.cur.inSync.Load() {
+		r.c.m.backupInSync.Set(0)
 	}
 	r.mu.Unlock()
 	r.c.m.replicationLag.Set(0)
@@ -387,6 +391,11 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		return status.Error(codes.DeadlineExceeded, "backup did not acknowledge the snapshot")
 	}
 	l.inSync.Store(true)
+	c.repl.mu.Lock() // kill clears the gauge under the same lock
+	if c.repl.cur == l {
+		c.m.backupInSync.Set(1)
+	}
+	c.repl.mu.Unlock()
 	c.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
 
 	select {

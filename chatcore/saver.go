@@ -3,6 +3,7 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -31,6 +32,50 @@ type saver struct {
 	timers map[*time.Timer]struct{} // armed resend timers, stopped at shutdown
 
 	batchSize prometheus.Histogram // sessions per batched save call
+
+	trouble ucsTrouble // rate-limits the WARN while saves fail
+}
+
+// ucsWarnEvery is the least time between two WARNs about failing saves.
+const ucsWarnEvery = 5 * time.Second
+
+// ucsTrouble turns a stream of failed saves into a WARN at the first
+// failure and at most one per ucsWarnEvery after it (with the failures in
+// between), even while UCS flaps between failing and answering, and an INFO
+// at the first success after a WARN: a primary cut off from UCS says so at
+// once without flooding the log.
+type ucsTrouble struct {
+	mu       sync.Mutex
+	lastWarn time.Time
+	warned   bool // a WARN went out since the last success
+	since    int  // failures since the last WARN
+	total    int  // failures since the last success
+}
+
+func (u *ucsTrouble) failed(log *slog.Logger, session string, err error) {
+	u.mu.Lock()
+	u.since++
+	u.total++
+	warn := u.lastWarn.IsZero() || time.Since(u.lastWarn) >= ucsWarnEvery
+	since := u.since
+	if warn {
+		u.lastWarn, u.since, u.warned = time.Now(), 0, true
+	}
+	u.mu.Unlock()
+	if warn {
+		log.Warn("transcript saves failing: UCS unreachable or erroring; chats go on and saves are resent until UCS takes them",
+			"failures", since, "last_session", session, "err", err)
+	}
+}
+
+func (u *ucsTrouble) ok(log *slog.Logger) {
+	u.mu.Lock()
+	warned, total := u.warned, u.total
+	u.warned, u.total = false, 0
+	u.mu.Unlock()
+	if warned {
+		log.Info("transcript saves reach UCS again", "failures", total)
+	}
 }
 
 func newSaver(c *Core) *saver {
@@ -57,7 +102,16 @@ func newSaver(c *Core) *saver {
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			c.m.breakerState.Set(float64(to))
-			c.log.Warn("transcript breaker changed state", "from", from.String(), "to", to.String())
+			// Opening from closed is news; the probe cycle of an outage
+			// (open, half-open, open again) is not, every breaker timeout.
+			switch {
+			case from == gobreaker.StateClosed && to == gobreaker.StateOpen:
+				c.log.Warn("transcript breaker open: UCS keeps failing; saves wait and are resent", "from", from.String(), "to", to.String())
+			case to == gobreaker.StateClosed:
+				c.log.Info("transcript breaker closed: UCS answers again", "from", from.String(), "to", to.String())
+			default:
+				c.log.Debug("transcript breaker changed state", "from", from.String(), "to", to.String())
+			}
 		},
 	})
 	return sv
@@ -229,14 +283,20 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 	switch {
 	case err == nil:
 		c.m.saves.WithLabelValues("ok").Inc()
+		var recovered bool
 		sv.done(ctx, s, func() {
 			s.savedThrough = max(s.savedThrough, to)
 			s.saveRetries = 0
 			s.retryAt = time.Time{}
+			recovered, s.saveBehind = s.saveBehind, false
 			if ended {
 				s.finalSaved = true
 			}
 		})
+		if recovered {
+			c.m.savesRecovered.Inc()
+		}
+		sv.trouble.ok(c.log)
 		c.replicateProgress(s, false)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, "save", to, "")
@@ -247,11 +307,13 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		return true
 	case errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid):
 		c.m.saves.WithLabelValues("nonrecoverable").Inc()
-		c.log.Warn("transcript save failed for good", "session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
 		}
 		if c.cfg.TranscriptSaveOnError == SaveOnErrorClose {
+			c.m.saveGiveUps.Inc()
+			c.log.Warn("transcript save failed for good: UCS refused it (non-recoverable); closing the session, which is never saved again",
+				"session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
 			sv.done(ctx, s, func() { s.noFinalSave = true })
 			c.replicateProgress(s, true)
 			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
@@ -259,13 +321,16 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 			}
 			return false
 		}
-		sv.done(ctx, s, func() { s.retryAt = c.now().Add(sv.giveUpBackoff()) })
+		c.log.Warn("transcript save refused by UCS (non-recoverable): the session stays open and later saves retry",
+			"session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
+		sv.done(ctx, s, func() { s.saveBehind = true; s.retryAt = c.now().Add(sv.giveUpBackoff()) })
 	default:
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			c.m.saves.WithLabelValues("breaker_open").Inc()
 		} else {
 			c.m.saves.WithLabelValues("recoverable").Inc()
 		}
+		sv.trouble.failed(c.log, s.id, err)
 		var retry bool
 		sv.done(ctx, s, func() {
 			s.saveRetries++
@@ -275,6 +340,7 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 				return
 			}
 			s.saveRetries = 0
+			s.saveBehind = true
 			s.retryAt = c.now().Add(sv.giveUpBackoff())
 		})
 		if retry {
@@ -282,8 +348,11 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 			sv.after(c.cfg.TranscriptResendDelay, s)
 			return false
 		}
-		c.m.saveGiveUps.Inc()
-		c.log.Warn("transcript save given up after resends", "session", s.id, "through", to, "attempts", c.cfg.TranscriptResendAttempts+1, "err", err)
+		// Not a give-up: the janitor and the next trigger retry until UCS
+		// takes it. The rate-limited WARN of sv.trouble tells the operator.
+		c.m.resendsExhausted.Inc()
+		c.log.Debug("transcript save still failing after its resends: retrying in the background", "session", s.id,
+			"through", to, "attempts", c.cfg.TranscriptResendAttempts+1, "retry_in", sv.giveUpBackoff(), "err", err)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
 		}

@@ -3,7 +3,9 @@ package chatcore
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,8 +181,8 @@ func TestTranscriptGiveUpNoticeAndBreaker(t *testing.T) {
 	waitFor(t, "save-fail notice", func() bool {
 		return slices.Contains(tc.logKinds(id), chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED)
 	})
-	if got := tc.metric(t, "hachat_core_transcript_save_failures_total"); got != 1 {
-		t.Errorf("give-ups %v, want 1", got)
+	if got := tc.metric(t, "hachat_core_transcript_resends_exhausted_total"); got != 1 {
+		t.Errorf("saves out of resends %v, want 1", got)
 	}
 	if got := tc.metric(t, "hachat_core_transcript_resend_attempts_total"); got != 2 {
 		t.Errorf("resends %v, want 2", got)
@@ -193,6 +195,13 @@ func TestTranscriptGiveUpNoticeAndBreaker(t *testing.T) {
 	tc.store.set(func(m *memStore) { m.saveErr = nil })
 	waitFor(t, "pending save after recovery", func() bool { return slices.Contains(tc.savedIndexes(id), r.Index) })
 	waitFor(t, "breaker closed", func() bool { return tc.metric(t, "hachat_core_transcript_breaker_state") == 0 })
+	// The save succeeded in the end: nothing was given up.
+	if got := tc.metric(t, "hachat_core_transcript_save_failures_total"); got != 0 {
+		t.Errorf("give-ups %v after every save succeeded, want 0", got)
+	}
+	if got := tc.metric(t, "hachat_core_transcript_saves_recovered_total"); got != 1 {
+		t.Errorf("recovered saves %v, want 1", got)
+	}
 }
 
 func TestTranscriptSaveOnError(t *testing.T) {
@@ -225,6 +234,9 @@ func TestTranscriptSaveOnError(t *testing.T) {
 				if tc.saveCalls() != calls {
 					t.Error("a final save happened after close")
 				}
+				if got := tc.metric(t, "hachat_core_transcript_save_failures_total"); got != 1 {
+					t.Errorf("give-ups %v, want 1: the closed session is never saved again", got)
+				}
 				return
 			}
 			// continue: the chat goes on and later saves succeed.
@@ -234,6 +246,12 @@ func TestTranscriptSaveOnError(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitFor(t, "later save", func() bool { return slices.Contains(tc.savedIndexes(id), r.Index) })
+			if got := tc.metric(t, "hachat_core_transcript_save_failures_total"); got != 0 {
+				t.Errorf("give-ups %v after the later save succeeded, want 0", got)
+			}
+			if got := tc.metric(t, "hachat_core_transcript_saves_recovered_total"); got != 1 {
+				t.Errorf("recovered saves %v, want 1", got)
+			}
 		})
 	}
 }
@@ -260,5 +278,76 @@ func TestStaleEpochStepsDown(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// withLogTo sends the core's WARN and above to buf.
+func withLogTo(buf *syncBuffer) Option {
+	return func(c *Core) {
+		c.log = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+}
+
+// TestUCSOutageWarnsAndCountsNoGiveUp: a primary cut off from UCS says so
+// at WARN at the first failed save, not only once resends run out (here
+// they never do within the test), and not once per failure: the WARNs are
+// rate-limited. When UCS comes back and every save succeeds, nothing counts
+// as given up.
+func TestUCSOutageWarnsAndCountsNoGiveUp(t *testing.T) {
+	var logs syncBuffer
+	tc := startCore(t, func(c *Config) {
+		c.TranscriptAutoSave = 1
+		c.TranscriptResendAttempts = 1_000_000 // resends never run out: only the outage itself may warn
+		c.TranscriptResendDelay = 5 * time.Millisecond
+		c.TranscriptBreakerFailures = 1_000_000 // no breaker WARN either
+	}, withLogTo(&logs))
+	const sessions = 5
+	custs := make([]*chatpb.Auth, sessions)
+	for i := range custs {
+		custs[i], _ = tc.chat(t)
+		tc.waitJoinsSaved(t, custs[i].SessionId)
+	}
+	tc.store.set(func(m *memStore) { m.saveErr = fmt.Errorf("cut off: %w", ErrUnavailable) })
+	ctx := ctxT(t)
+	for _, cu := range custs {
+		if _, err := tc.cl.Send(ctx, msg(cu, "during the outage", "")); err != nil {
+			t.Fatalf("send while UCS is cut off: %v", err)
+		}
+	}
+	const warning = "transcript saves failing"
+	waitFor(t, "a WARN about UCS", func() bool { return strings.Contains(logs.String(), warning) })
+	// Hundreds of failed attempts later, still one WARN per ucsWarnEvery.
+	waitFor(t, "many failed attempts", func() bool {
+		return tc.metric(t, "hachat_core_transcript_saves_total", "result", "recoverable") >= 200
+	})
+	if n := strings.Count(logs.String(), warning); n > 2 {
+		t.Errorf("%d WARNs about failing saves within a few hundred ms: not rate-limited\n%s", n, logs.String())
+	}
+
+	// Every save succeeds in the end: no give-up, whatever the resends did.
+	tc.store.set(func(m *memStore) { m.saveErr = nil })
+	for _, cu := range custs {
+		waitFor(t, "saved after the outage", func() bool { return len(tc.savedIndexes(cu.SessionId)) == 4 })
+	}
+	if got := tc.metric(t, "hachat_core_transcript_save_failures_total"); got != 0 {
+		t.Errorf("give-ups %v after every save succeeded, want 0", got)
+	}
+}
+
+// TestUCSTroubleRateLimitsWhileFlapping: UCS answering every other save
+// (flaky) must not turn every failure into a "first" WARN.
+func TestUCSTroubleRateLimitsWhileFlapping(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var u ucsTrouble
+	for range 100 {
+		u.failed(log, "s1", ErrUnavailable)
+		u.ok(log)
+	}
+	if n := strings.Count(buf.String(), "transcript saves failing"); n != 1 {
+		t.Errorf("%d WARNs for 100 flaps within %s, want 1", n, ucsWarnEvery)
+	}
+	if n := strings.Count(buf.String(), "transcript saves reach UCS again"); n != 1 {
+		t.Errorf("%d INFOs for 100 flaps within %s, want 1", n, ucsWarnEvery)
 	}
 }

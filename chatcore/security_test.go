@@ -258,8 +258,9 @@ func TestCoreSendsWriterToken(t *testing.T) {
 	if _, err := with.cl.Send(ctxT(t), msg(cust, "saved with the token", "")); err != nil {
 		t.Fatal(err)
 	}
+	reader := bare.WithToken("w-tok") // reads need a token too; the writer's serves
 	waitFor(t, "transcript saved", func() bool {
-		tr, err := bare.WithToken("w-tok").Transcript(ctxT(t), cust.SessionId) // reads need a token once one is set
+		tr, err := reader.Transcript(ctxT(t), cust.SessionId)
 		return err == nil && len(tr.Events) >= 3
 	})
 }

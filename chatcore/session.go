@@ -44,6 +44,7 @@ type session struct {
 	retryPending bool      // a resend timer is armed
 	saveRetries  int       // resends of the current failing save
 	retryAt      time.Time // give-up backoff: the janitor re-queues after this
+	saveBehind   bool      // a save ran out of resends (or met a non-recoverable error) and has not succeeded since
 	finalSaved   bool      // the range with SESSION_ENDED was saved
 	noFinalSave  bool      // transcript-save-on-error=close fired: never save again
 	endedAt      time.Time

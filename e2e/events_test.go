@@ -119,7 +119,7 @@ func TestSessionLimit(t *testing.T) {
 	if !strings.Contains(strings.ToLower(r.Errors[0].Advice), "retry") {
 		t.Errorf("unclear advice: %q", r.Errors[0].Advice)
 	}
-	if n, _ := c.Metric("core-a", "hachat_core_sessions_live"); n != 2 {
+	if n := c.Metric("core-a", "hachat_core_sessions_live"); n != 2 {
 		t.Errorf("%v live sessions after a refused start, want 2", n)
 	}
 }

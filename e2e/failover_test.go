@@ -74,7 +74,7 @@ func TestFailoverKill9Primary(t *testing.T) {
 	})
 	allAcked(t, rec)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
-	if n, _ := c.Metric("core-b", "hachat_core_failovers_total"); n != 1 {
+	if n := c.Metric("core-b", "hachat_core_failovers_total"); n != 1 {
 		t.Errorf("core-b counts %v failovers, want 1", n)
 	}
 }
@@ -94,16 +94,11 @@ func TestFailoverSilentPrimary(t *testing.T) {
 	})
 	allAcked(t, rec)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
-	if n, _ := c.Metric("core-a", "hachat_core_step_downs_total"); n < 1 {
+	if n := c.Metric("core-a", "hachat_core_step_downs_total"); n < 1 {
 		t.Errorf("core-a counts %v step-downs after being fenced", n)
 	}
 	// The old primary resyncs as backup: killing the new primary now loses nothing.
-	harness.Eventually(t, "core-a in sync", 15*time.Second, func() error {
-		if lag, _ := c.Metric("core-b", "hachat_core_replication_lag"); lag != 0 {
-			return fmt.Errorf("replication lag %v", lag)
-		}
-		return nil
-	})
+	c.WaitBackupInSync("core-b", 15*time.Second)
 }
 
 // TestFailoverBackupLinkCut: only the primary-backup link is cut while both
@@ -121,7 +116,7 @@ func TestFailoverBackupLinkCut(t *testing.T) {
 		syncsBefore = c.LogCount("core-a", "backup in sync")
 		link.Cut()
 		harness.Eventually(t, "second copies going to UCS", 15*time.Second, func() error {
-			if n, _ := c.Metric("core-a", "hachat_core_second_copy_ucs_total"); n == 0 {
+			if n := c.Metric("core-a", "hachat_core_second_copy_ucs_total"); n == 0 {
 				return fmt.Errorf("no second copy in UCS yet")
 			}
 			return nil
@@ -137,13 +132,11 @@ func TestFailoverBackupLinkCut(t *testing.T) {
 	if role := c.Role("core-a"); role != "primary" {
 		t.Errorf("core-a is %q after the link healed", role)
 	}
-	if n, _ := c.Metric("core-b", "hachat_core_failovers_total"); n != 0 {
+	if n := c.Metric("core-b", "hachat_core_failovers_total"); n != 0 {
 		t.Errorf("core-b promoted %v times", n)
 	}
-	harness.Eventually(t, "replication caught up", 20*time.Second, func() error {
-		if lag, _ := c.Metric("core-a", "hachat_core_replication_lag"); lag != 0 {
-			return fmt.Errorf("lag %v", lag)
-		}
+	c.WaitBackupInSync("core-a", 20*time.Second)
+	harness.Eventually(t, "a resync since the cut", 20*time.Second, func() error {
 		if n := c.LogCount("core-a", "backup in sync"); n <= syncsBefore {
 			return fmt.Errorf("no resync logged since the cut (%d before, %d now)", syncsBefore, n)
 		}
@@ -163,17 +156,12 @@ func TestFailoverBackupKilledAndRestarted(t *testing.T) {
 		c.WaitRole("core-b", "backup", 15*time.Second)
 	})
 	allAcked(t, rec)
-	harness.Eventually(t, "backup in sync", 20*time.Second, func() error {
-		if lag, _ := c.Metric("core-a", "hachat_core_replication_lag"); lag != 0 {
-			return fmt.Errorf("lag %v", lag)
-		}
-		return nil
-	})
+	c.WaitBackupInSync("core-a", 20*time.Second)
 	// Every session lives on the restarted backup: kill the primary, then check.
 	c.Kill("core-a", syscall.SIGKILL)
 	c.WaitRole("core-b", "primary", 10*time.Second)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS()})
-	if n, _ := c.Metric("core-b", "hachat_core_restored_sessions_total", `source="ucs"`); n != 0 {
+	if n := c.Metric("core-b", "hachat_core_restored_sessions_total", `source="ucs"`); n != 0 {
 		t.Errorf("core-b rebuilt %v sessions from UCS: the resync missed them", n)
 	}
 }
@@ -236,12 +224,7 @@ func TestFailoverOldPrimaryRejoinsAsBackup(t *testing.T) {
 	})
 	allAcked(t, rec)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
-	harness.Eventually(t, "core-a in sync", 20*time.Second, func() error {
-		if lag, _ := c.Metric("core-b", "hachat_core_replication_lag"); lag != 0 {
-			return fmt.Errorf("lag %v", lag)
-		}
-		return nil
-	})
+	c.WaitBackupInSync("core-b", 20*time.Second)
 	c.Kill("core-b", syscall.SIGKILL)
 	c.WaitRole("core-a", "primary", 10*time.Second)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
@@ -279,7 +262,7 @@ func TestFailoverRestorationNone(t *testing.T) {
 			t.Errorf("a send after the failover with restoration none: %s", r.Raw)
 		}
 	}
-	if n, _ := c.Metric("core-b", "hachat_core_sessions_live"); n != 0 {
+	if n := c.Metric("core-b", "hachat_core_sessions_live"); n != 0 {
 		t.Errorf("core-b holds %v live sessions with restoration none", n)
 	}
 }

@@ -65,7 +65,7 @@ func xdsAdmin(t *testing.T, c *harness.Cluster, method, path string, out any) in
 func sumOver(c *harness.Cluster, parts []string, metric string) float64 {
 	var sum float64
 	for _, p := range parts {
-		v, _ := c.Metric(p, metric)
+		v := c.Metric(p, metric)
 		sum += v
 	}
 	return sum

@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -76,25 +78,14 @@ func TestMTLSRefusals(t *testing.T) {
 	if _, err := mtls.Init(other, "", []mtls.Part{{Kind: mtls.KindCore, Name: "core-x"}, {Kind: mtls.KindOperator, Name: "operator"}}, false); err != nil {
 		t.Fatal(err)
 	}
-	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+	refuseStrangersGRPC(t, map[string]string{"core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC}, other, "core-x")
 	for _, core := range []string{"core-a", "core-b"} {
 		addr := c.Part(core).GRPC
-		for _, tc := range []struct {
-			name  string
-			creds credentials.TransportCredentials
-			want  codes.Code
-		}{
-			{"plaintext", insecure.NewCredentials(), codes.Unavailable},
-			{"TLS without a certificate", noCert, codes.Unavailable},
-			{"certificate of another CA", partCreds(t, other, "core-x"), codes.Unavailable},
-			{"operator", c.GRPCCreds(), codes.OK},
-		} {
-			t.Run(core+"/"+tc.name, func(t *testing.T) {
-				if got := status.Code(statusCall(t, addr, tc.creds)); got != tc.want {
-					t.Fatalf("Status: %v, want %v", got, tc.want)
-				}
-			})
-		}
+		t.Run(core+"/operator", func(t *testing.T) {
+			if err := statusCall(t, addr, c.GRPCCreds()); err != nil {
+				t.Fatalf("Status as the operator: %v", err)
+			}
+		})
 		t.Run(core+"/webapi cannot replicate", func(t *testing.T) {
 			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(partCreds(t, certDir, "webapi")))
 			if err != nil {
@@ -110,35 +101,7 @@ func TestMTLSRefusals(t *testing.T) {
 			}
 		})
 	}
-	// HTTPS parts: UCS and the witness.
-	for _, part := range []string{"ucs", "witness"} {
-		url := c.URL(part) + "/healthz"
-		if !strings.HasPrefix(url, "https://") {
-			t.Fatalf("%s serves %s, want https", part, url)
-		}
-		for _, tc := range []struct {
-			name   string
-			client *http.Client
-		}{
-			{"plaintext", &http.Client{Timeout: 3 * time.Second}},
-			{"TLS without a certificate", &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}},
-			{"certificate of another CA", clientOf(t, other, "operator")},
-		} {
-			t.Run(part+"/"+tc.name, func(t *testing.T) {
-				u := url
-				if tc.name == "plaintext" {
-					u = "http://" + strings.TrimPrefix(url, "https://")
-				}
-				resp, err := tc.client.Get(u)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusOK {
-						t.Fatalf("GET %s answered 200", u)
-					}
-				}
-			})
-		}
-	}
+	refuseStrangersHTTP(t, c, []string{"ucs", "witness"}, other)
 	t.Run("ucs/webapi cannot write", func(t *testing.T) {
 		body := strings.NewReader(`{"service":"hachat","epoch":99,"writer":"mallory","events":[]}`)
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.URL("ucs")+"/ucs/v1/transcripts/x", body)
@@ -230,25 +193,8 @@ func TestMTLSRefusalsMesh(t *testing.T) {
 	if _, err := mtls.Init(other, "", []mtls.Part{{Kind: mtls.KindWebAPI, Name: "webapi"}, {Kind: mtls.KindOperator, Name: "operator"}}, false); err != nil {
 		t.Fatal(err)
 	}
-	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
-	grpcTargets := map[string]string{"xds ADS": c.Part("xds").GRPC, "core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC,
-		"sidecar-webapi": c.Part("sidecar-webapi").GRPC, "sidecar-interaction": c.Part("sidecar-interaction").GRPC}
-	for name, addr := range grpcTargets {
-		for _, tc := range []struct {
-			what  string
-			creds credentials.TransportCredentials
-		}{
-			{"plaintext", insecure.NewCredentials()},
-			{"TLS without a certificate", noCert},
-			{"certificate of another CA", partCreds(t, other, "webapi")},
-		} {
-			t.Run(name+"/"+tc.what, func(t *testing.T) {
-				if err := statusCall(t, addr, tc.creds); status.Code(err) != codes.Unavailable {
-					t.Fatalf("got %v, want the handshake refused (Unavailable)", err)
-				}
-			})
-		}
-	}
+	refuseStrangersGRPC(t, map[string]string{"xds ADS": c.Part("xds").GRPC, "core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC,
+		"sidecar-webapi": c.Part("sidecar-webapi").GRPC, "sidecar-interaction": c.Part("sidecar-interaction").GRPC}, other, "webapi")
 	// The sidecar carries a webapi certificate's calls to the primary, and
 	// refuses a kind that has no business there.
 	t.Run("sidecar-webapi/webapi passes", func(t *testing.T) {
@@ -261,31 +207,7 @@ func TestMTLSRefusalsMesh(t *testing.T) {
 			t.Fatal("a ucs certificate used the sidecar")
 		}
 	})
-	for _, part := range []string{"xds", "sidecar-webapi", "sidecar-interaction", "ucs"} {
-		url := c.URL(part) + "/healthz"
-		if !strings.HasPrefix(url, "https://") {
-			t.Fatalf("%s serves %s, want https", part, url)
-		}
-		for _, tc := range []struct {
-			what   string
-			client *http.Client
-			url    string
-		}{
-			{"plaintext", &http.Client{Timeout: 3 * time.Second}, "http://" + strings.TrimPrefix(url, "https://")},
-			{"TLS without a certificate", &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, url},
-			{"certificate of another CA", clientOf(t, other, "operator"), url},
-		} {
-			t.Run(part+"/admin "+tc.what, func(t *testing.T) {
-				resp, err := tc.client.Get(tc.url)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusOK {
-						t.Fatalf("GET %s answered 200", tc.url)
-					}
-				}
-			})
-		}
-	}
+	refuseStrangersHTTP(t, c, []string{"xds", "sidecar-webapi", "sidecar-interaction", "ucs"}, other)
 	t.Run("xds/webapi cannot switch over", func(t *testing.T) {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.URL("xds")+"/xds/v1/switchover", nil)
 		req.Header.Set("Authorization", "Bearer "+c.AdminToken())
@@ -301,4 +223,101 @@ func TestMTLSRefusalsMesh(t *testing.T) {
 			t.Fatal("the refused switchover moved the primary")
 		}
 	})
+}
+
+// refuseStrangersGRPC checks that every gRPC target refuses, at the
+// handshake, a plaintext client, a TLS client without a certificate and the
+// certificate foreign (of the cert dir other, another CA).
+func refuseStrangersGRPC(t *testing.T, targets map[string]string, other, foreign string) {
+	t.Helper()
+	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+	for name, addr := range targets {
+		for _, tc := range []struct {
+			what  string
+			creds credentials.TransportCredentials
+		}{
+			{"plaintext", insecure.NewCredentials()},
+			{"TLS without a certificate", noCert},
+			{"certificate of another CA", partCreds(t, other, foreign)},
+		} {
+			t.Run(name+"/"+tc.what, func(t *testing.T) {
+				if err := statusCall(t, addr, tc.creds); status.Code(err) != codes.Unavailable {
+					t.Fatalf("got %v, want the handshake refused (Unavailable)", err)
+				}
+			})
+		}
+	}
+}
+
+// refuseStrangersHTTP checks that the HTTPS address of every part answers
+// no 200 to a plaintext client, a TLS client without a certificate and the
+// operator certificate of another CA (of the cert dir other).
+func refuseStrangersHTTP(t *testing.T, c *harness.Cluster, parts []string, other string) {
+	t.Helper()
+	for _, part := range parts {
+		url := c.URL(part) + "/healthz"
+		if !strings.HasPrefix(url, "https://") {
+			t.Fatalf("%s serves %s, want https", part, url)
+		}
+		for _, tc := range []struct {
+			what   string
+			client *http.Client
+			url    string
+		}{
+			{"plaintext", &http.Client{Timeout: 3 * time.Second}, "http://" + strings.TrimPrefix(url, "https://")},
+			{"TLS without a certificate", &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, url},
+			{"certificate of another CA", clientOf(t, other, "operator"), url},
+		} {
+			t.Run(part+"/"+tc.what, func(t *testing.T) {
+				resp, err := tc.client.Get(tc.url)
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						t.Fatalf("GET %s answered 200", tc.url)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestWebHTTPS: webapi and interaction serve HTTPS with their certificate
+// when started with --https (browsers trust the cluster CA once imported):
+// the page and the API answer over TLS to a client that trusts ca.pem, and
+// plain HTTP gets no page.
+func TestWebHTTPS(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, TLS: true,
+		Tune: func(p demo.Plan) demo.Plan {
+			p = p.With("webapi", "--https").With("interaction", "--https")
+			for i := range p.Parts {
+				if k := p.Parts[i].Kind; k == demo.KindWebAPI || k == demo.KindInteraction {
+					p.Parts[i].TLS = true // the supervisor's readiness check goes over TLS
+				}
+			}
+			return p
+		}})
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(c.Layout().CertDir, "ca.pem"))
+	if err != nil || !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("ca.pem: %v", err)
+	}
+	browser := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for _, part := range []string{"webapi", "interaction"} {
+		addr := c.Part(part).HTTP
+		page := map[string]string{"webapi": "/", "interaction": "/agent"}[part]
+		resp, err := browser.Get("https://" + addr + page)
+		if err != nil {
+			t.Fatalf("%s over HTTPS: %v", part, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.TLS == nil {
+			t.Fatalf("%s over HTTPS: HTTP %d, TLS %v", part, resp.StatusCode, resp.TLS != nil)
+		}
+		if resp, err := (&http.Client{Timeout: 3 * time.Second}).Get("http://" + addr + page); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Fatalf("%s answered a page over plain HTTP with --https", part)
+			}
+		}
+	}
 }

@@ -381,13 +381,17 @@ func (s *Server) handleSupervise(mode string) authed {
 // handleEvents is the push channel: Server-Sent Events, starting with the
 // full state and the cached transcript of every chat, then live updates.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent string) {
+	sub, err := s.subscribe(agent)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer s.hub.remove(agent, sub)
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sub := s.subscribe(agent)
-	defer s.hub.remove(agent, sub)
 	s.log.Debug("push connection opened", "agent", agent)
 	if _, err := io.WriteString(w, "retry: 1000\n\n"); err != nil {
 		return

@@ -53,6 +53,8 @@ type env struct {
 	cc   chatpb.ChatClient // raw client to the fake core (the customer's side)
 	srv  *Server
 	url  string
+	// client is the resilient client of newEnvClient(resilient), else nil.
+	client *chatclient.Client
 }
 
 // newEnv serves an Interaction Server that reaches the fake core through a
@@ -71,6 +73,7 @@ func newEnvClient(t *testing.T, resilient bool, tel *telemetry.Telemetry, mod fu
 	dial := serveFake(t, f)
 	raw := chatpb.NewChatClient(dialFake(t, dial))
 	var cl chatpb.ChatClient = raw
+	var resil *chatclient.Client
 	if resilient {
 		ccfg := chatclient.DefaultConfig()
 		ccfg.Targets = []string{fakeTarget}
@@ -80,7 +83,7 @@ func newEnvClient(t *testing.T, resilient bool, tel *telemetry.Telemetry, mod fu
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		cl = c
+		cl, resil = c, c
 	}
 	cfg := DefaultConfig()
 	cfg.ServiceToken = testToken
@@ -111,7 +114,7 @@ func newEnvClient(t *testing.T, resilient bool, tel *telemetry.Telemetry, mod fu
 			t.Error("server did not stop")
 		}
 	})
-	e := &env{t: t, core: f, cc: raw, srv: srv, url: "http://" + ln.Addr().String()}
+	e := &env{t: t, core: f, cc: raw, srv: srv, url: "http://" + ln.Addr().String(), client: resil}
 	e.waitFor("core watch up", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()

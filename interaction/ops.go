@@ -97,10 +97,15 @@ func (s *Server) stateLocked(agent string) stateJSON {
 // subscribe opens a push connection for agent. It first queues the state and
 // every cached event of every chat the agent takes part in; since events are
 // published under s.mu, nothing falls between that snapshot and the live
-// stream.
-func (s *Server) subscribe(agent string) *subscriber {
+// stream. It fails with ErrUnauthorized when the agent is no longer logged
+// in (a logout between the token check and here), so that no connection
+// outlives its agent's logout.
+func (s *Server) subscribe(agent string) (*subscriber, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if _, ok := s.router.Agent(agent); !ok {
+		return nil, fmt.Errorf("%w: logged out", ErrUnauthorized)
+	}
 	msgs := []sseMsg{newMsg(evState, s.stateLocked(agent))}
 	byChat := s.byAgent[agent]
 	for _, id := range slices.Sorted(maps.Keys(byChat)) {
@@ -108,7 +113,7 @@ func (s *Server) subscribe(agent string) *subscriber {
 			msgs = append(msgs, newMsg(evChat, ev))
 		}
 	}
-	return s.hub.add(agent, msgs)
+	return s.hub.add(agent, msgs), nil
 }
 
 func (s *Server) nickname(agent string) string {

@@ -616,3 +616,28 @@ func (s *Server) onChatEvent(m *member, ev *chatpb.Event) (over bool) {
 	}
 	return false
 }
+
+// held counts what the server holds per chat, per participation and per
+// agent, so that a test can check that ended chats and logged-out agents
+// leave nothing behind.
+type held struct {
+	Tokens, Members, AgentsWithChats, Joining int // Server maps
+	Agents, Chats, Queue                      int // Router
+	PushAgents, PushConns                     int // hub
+}
+
+// heldNow returns the current counts.
+func (s *Server) heldNow() held {
+	tokens := s.authn.sessions.Len()
+	s.mu.Lock()
+	h := held{Tokens: tokens, Members: len(s.members), AgentsWithChats: len(s.byAgent), Joining: len(s.joining),
+		Agents: len(s.router.agents), Chats: len(s.router.chats), Queue: len(s.router.queue)}
+	s.mu.Unlock()
+	s.hub.mu.Lock()
+	h.PushAgents = len(s.hub.subs)
+	for _, ss := range s.hub.subs {
+		h.PushConns += len(ss)
+	}
+	s.hub.mu.Unlock()
+	return h
+}

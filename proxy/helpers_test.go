@@ -22,9 +22,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -65,6 +67,10 @@ type fakeCore struct {
 	creds credentials.TransportCredentials
 	// lastPeer is the SPIFFE ID of the last caller of Status under mTLS.
 	lastPeer atomic.Value
+	// sick, while set, makes Status fail the way a live but unhealthy
+	// process does, with its listener and connections left open: sickError
+	// answers an error, sickHang holds the call until the caller gives up.
+	sick atomic.Int32
 
 	mu  sync.Mutex
 	srv *grpc.Server
@@ -112,6 +118,13 @@ func (f *fakeCore) stop() {
 	}
 }
 
+// How a sick fakeCore answers Status.
+const (
+	sickNone int32 = iota
+	sickError
+	sickHang
+)
+
 func (f *fakeCore) set(role string, epoch uint64) {
 	f.role.Store(role)
 	f.epoch.Store(epoch)
@@ -121,6 +134,13 @@ func (f *fakeCore) set(role string, epoch uint64) {
 func (f *fakeCore) Status(ctx context.Context, _ *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
 	if id, err := mtls.FromContext(ctx); err == nil {
 		f.lastPeer.Store(id.String())
+	}
+	switch f.sick.Load() {
+	case sickError:
+		return nil, status.Error(codes.Unavailable, "chat service not serving")
+	case sickHang:
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	return &chatpb.StatusResponse{Name: f.name, Role: f.role.Load().(string), Epoch: f.epoch.Load()}, nil
 }

@@ -52,6 +52,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.bytesUp = m.bytes.WithLabelValues("upstream")
 	m.bytesDown = m.bytes.WithLabelValues("downstream")
+	// The xDS types exist from the start at 0: a reader that finds no
+	// series knows the metric was renamed, not merely still zero.
+	for _, t := range []string{"lds", "cds", "eds"} {
+		m.adsUpdates.WithLabelValues(t)
+		m.adsNACKs.WithLabelValues(t)
+	}
 	for _, c := range []prometheus.Collector{m.adsConnected, m.adsUpdates, m.adsNACKs, m.connsActive, m.connsTotal,
 		m.bytes, m.connectErrors, m.failovers, m.closedConns, m.hostHealthy, m.checks, m.breakerState, m.tlsRefused} {
 		if err := reg.Register(c); err != nil {

@@ -434,3 +434,53 @@ func TestHostRemovedFromEDSKeepsConnections(t *testing.T) {
 		t.Fatalf("new connection went to %q, want b", got)
 	}
 }
+
+// TestUnhealthyReachableHostClosesConnections: the primary stays reachable
+// (its listener accepts and every TCP connection stays open) but its health
+// checks turn bad. The sidecar itself must close the client connections
+// routed to it once it counts the host down, so clients reconnect elsewhere;
+// nothing else would close them. The backup stays backup, so no newer
+// primary supersedes the sick one: only the health verdict can close them.
+func TestUnhealthyReachableHostClosesConnections(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sick int32
+	}{
+		{"status answers an error", sickError},
+		{"status hangs past the check timeout", sickHang},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeCore(t, "a", "primary", 1)
+			b := newFakeCore(t, "b", "backup", 1)
+			cp := newControlPlane(t)
+			cp.set("test-sidecar", "1", pairResources(a, b, 50*time.Millisecond, 2))
+			p := newTestProxy(t, cp.addr)
+			waitFor(t, 5*time.Second, "traffic to the primary", func() bool { return statusVia(p.Addr().String()) == "a" })
+			live, name := longLived(t, p.Addr().String())
+			if name != "a" {
+				t.Fatalf("long-lived connection on %q, want a", name)
+			}
+			closed := metricValue(p.m.closedConns)
+
+			a.sick.Store(tc.sick)
+			waitFor(t, 5*time.Second, "a counted down", func() bool {
+				for _, e := range p.Dump().Clusters[0].Endpoints {
+					if e.Address == a.addr {
+						return e.Health == "down"
+					}
+				}
+				return false
+			})
+			waitClosed(t, live, "the sidecar closed the connection to the unhealthy primary")
+			if got := metricValue(p.m.closedConns); got <= closed {
+				t.Errorf("closed-connections metric %v, was %v: the sidecar did not close them", got, closed)
+			}
+			// a never went away: it was the sidecar's decision.
+			conn, err := net.DialTimeout("tcp", a.addr, time.Second)
+			if err != nil {
+				t.Fatalf("a stopped accepting connections: %v", err)
+			}
+			conn.Close()
+		})
+	}
+}

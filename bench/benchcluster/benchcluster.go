@@ -1,6 +1,6 @@
 // Package benchcluster starts the cluster a benchmark measures: the standard
-// plan of package demo, without webapi and interaction, as real processes on
-// free loopback ports in a temporary directory.
+// plan of package demo (without webapi and interaction unless asked for), as
+// real processes on free loopback ports in a temporary directory.
 package benchcluster
 
 import (
@@ -28,6 +28,8 @@ type Cluster struct {
 	*demo.Supervisor
 	// Layout says where every part listens.
 	Layout demo.Layout
+	// Accounts are interaction's accounts with their passwords (Options.Whole).
+	Accounts []demo.AccountCredential
 }
 
 // Start starts the parts of stage (without webapi and interaction); every
@@ -43,6 +45,16 @@ type Options struct {
 	// cluster's directory); the bench client then presents the operator's
 	// certificate (Cluster.ClientCreds).
 	TLS bool
+	// Whole keeps webapi and interaction in the cluster (benchmarks that
+	// drive the customer and agent APIs); webapi's chat-start limits are
+	// lifted (one load generator on one address starts every chat).
+	Whole bool
+	// Accounts are interaction's accounts (with Whole); their passwords are
+	// in Cluster.Accounts.
+	Accounts []demo.AccountSpec
+	// PartArgs are extra flags by part name, after the plan's own (and
+	// after the lifted limits of Whole).
+	PartArgs map[string][]string
 }
 
 // StartWith is Start with options.
@@ -60,7 +72,20 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	if opts.TLS {
 		layout.CertDir = filepath.Join(dir, "certs")
 	}
-	plan := demo.StandardPlan(layout).Without("webapi", "interaction")
+	plan := demo.StandardPlan(layout)
+	var accounts []demo.AccountCredential
+	if opts.Whole {
+		plan = plan.WithKind(demo.KindWebAPI, "--client-start-rate=1000000", "--client-start-burst=1000000",
+			"--start-rate=1000000", "--start-burst=1000000")
+		if accounts, err = demo.WriteAccounts(layout.AccountsFile(), opts.Accounts); err != nil {
+			return nil, err
+		}
+	} else {
+		plan = plan.Without("webapi", "interaction")
+	}
+	for name, args := range opts.PartArgs {
+		plan = plan.With(name, args...)
+	}
 	dopts := demo.Options{Dir: dir, Progress: progress}
 	if opts.TLS {
 		if err := demo.EnsureCerts(layout.CertDir, plan); err != nil {
@@ -74,7 +99,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	if err != nil {
 		return nil, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)
 	}
-	return &Cluster{Supervisor: sup, Layout: layout}, nil
+	return &Cluster{Supervisor: sup, Layout: layout, Accounts: accounts}, nil
 }
 
 // ClientCreds returns the gRPC transport credentials of a bench client: the

@@ -56,19 +56,20 @@ func (o *Options) defaults() {
 	}
 }
 
-// Report is what a run measured.
+// Report is what a run measured. In JSON, durations are nanoseconds.
 type Report struct {
-	Sessions    int
-	Messages    int
-	Errors      int
-	Elapsed     time.Duration
-	PerSecond   float64
-	P50, P99    time.Duration
-	Max         time.Duration
-	SetupTime   time.Duration
-	MemPerIdle  float64 // bytes per idle session (RSS growth / sessions), 0 if unknown
-	RSSBefore   uint64
-	RSSSessions uint64
+	Sessions    int           `json:"sessions"`
+	Messages    int           `json:"messages"`
+	Errors      int           `json:"errors"`
+	Elapsed     time.Duration `json:"elapsed_ns"`
+	PerSecond   float64       `json:"messages_per_second"`
+	P50         time.Duration `json:"p50_ns"`
+	P99         time.Duration `json:"p99_ns"`
+	Max         time.Duration `json:"max_ns"`
+	SetupTime   time.Duration `json:"setup_ns"`
+	MemPerIdle  float64       `json:"bytes_per_idle_session"` // RSS growth / sessions, 0 if unknown
+	RSSBefore   uint64        `json:"rss_before_bytes"`
+	RSSSessions uint64        `json:"rss_sessions_bytes"`
 }
 
 // String renders the report for a terminal.

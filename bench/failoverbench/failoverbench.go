@@ -9,6 +9,7 @@ package failoverbench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,33 @@ type Report struct {
 	Kill       []time.Duration
 	Silent     []time.Duration
 	Switchover []time.Duration
+}
+
+// GapSummary is one kind of trial in the JSON report: every gap and its
+// p50, p99 and max, in nanoseconds.
+type GapSummary struct {
+	Trials []time.Duration `json:"gaps_ns"`
+	P50    time.Duration   `json:"p50_ns"`
+	P99    time.Duration   `json:"p99_ns"`
+	Max    time.Duration   `json:"max_ns"`
+}
+
+func summarize(ds []time.Duration) *GapSummary {
+	if len(ds) == 0 {
+		return nil
+	}
+	p50, p99, mx := Summary(ds)
+	return &GapSummary{Trials: ds, P50: p50, P99: p99, Max: mx}
+}
+
+// MarshalJSON renders the report as {"kill", "silent", "switchover"}, each
+// a GapSummary (absent when no such trial ran).
+func (r Report) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Kill       *GapSummary `json:"kill,omitempty"`
+		Silent     *GapSummary `json:"silent,omitempty"`
+		Switchover *GapSummary `json:"switchover,omitempty"`
+	}{summarize(r.Kill), summarize(r.Silent), summarize(r.Switchover)})
 }
 
 // Summary returns p50, p99 and max of ds.

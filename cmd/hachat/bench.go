@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
+	"os"
 	"strings"
 
 	"google.golang.org/grpc"
+
+	"github.com/hachat/hachat/bench/anchor"
 
 	"github.com/hachat/hachat/bench/benchcluster"
 	"github.com/hachat/hachat/bench/chatbench"
@@ -24,7 +27,12 @@ ports (in a temporary directory) unless told to use a running one.
 
   hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
   hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
-  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy`
+  hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
+  hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
+                         every part's RSS, Go heap, goroutines and fds over time (CSV, PNG)
+  hachat bench web       customers through webapi (SSE) and agents through interaction at N chats
+
+Every benchmark takes --json; bench chat --anchor bench/jetstream compares with JetStream.`
 
 func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -41,6 +49,10 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchFailover(ctx, args[1:], out, errw)
 	case "proxy":
 		return runBenchProxy(ctx, args[1:], out, errw)
+	case "web":
+		return runBenchWeb(ctx, args[1:], out, errw)
+	case "soak":
+		return runBenchSoak(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
@@ -59,61 +71,103 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		Core         string `yaml:"core"`
 		ServiceToken string `yaml:"service-token"`
 		AutoSave     int    `yaml:"transcript-auto-save"`
+		Anchor       string `yaml:"anchor"`
+		Rounds       int    `yaml:"rounds"`
+		JSON         bool   `yaml:"json"`
 	}
-	o.Sessions, o.Messages, o.Concurrency, o.Pair, o.AutoSave = 1000, 20000, 64, true, 1
-	err := parseFlags("bench chat", "Measure one chat core pair: messages/s, send-to-deliver latency, memory per session.", args, errw, &o, func(fs *flag.FlagSet) {
-		fs.IntVar(&o.Sessions, "sessions", o.Sessions, "live sessions")
+	o.Sessions, o.Messages, o.Concurrency, o.Pair, o.AutoSave, o.Rounds = 1000, 20000, 64, true, 1, 1
+	err := parseFlags("bench chat", "Measure one chat core pair: messages/s, send-to-deliver latency, memory per session.\n"+
+		"With --anchor, also run the JetStream anchor (bench/jetstream) on the same load in the same run,\n"+
+		"alternating --rounds times, and report medians and the ratios.", args, errw, &o, func(fs *flag.FlagSet) {
+		fs.IntVar(&o.Sessions, "sessions", o.Sessions, "live sessions (the anchor's subjects)")
 		fs.IntVar(&o.Messages, "messages", o.Messages, "customer messages to send in all")
-		fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "concurrent senders")
+		fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "concurrent senders (the anchor's publishers)")
 		fs.BoolVar(&o.Pair, "pair", o.Pair, "run a primary and a backup (synchronous replication); false: one core")
 		fs.StringVar(&o.Core, "core", o.Core, "bench a running cluster at these gRPC addresses instead of starting one")
 		fs.StringVar(&o.ServiceToken, "service-token", o.ServiceToken, "service token of the running cluster (with --core)")
 		fs.IntVar(&o.AutoSave, "transcript-auto-save", o.AutoSave, "transcript-auto-save of the started cores")
+		fs.StringVar(&o.Anchor, "anchor", o.Anchor, "JetStream anchor: its module directory (e.g. bench/jetstream, built once with go) or a prebuilt binary")
+		fs.IntVar(&o.Rounds, "rounds", o.Rounds, "alternating rounds of hachat and the anchor (a fresh cluster each); medians are reported")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 	})
 	if err != nil {
 		return err
 	}
-	targets := strings.Split(o.Core, ",")
-	var mem chatbench.MemoryProbe
-	if o.Core == "" {
-		stage := demo.StageSingle
-		if o.Pair {
-			stage = demo.StagePair
-		}
-		cl, err := benchcluster.Start(ctx, stage, errw, "--transcript-auto-save="+strconv.Itoa(o.AutoSave),
-			fmt.Sprintf("--max-sessions=%d", o.Sessions+100), "--send-rate=100000", "--send-burst=100000")
-		if err != nil {
-			return err
-		}
-		defer cl.Stop()
-		o.ServiceToken = benchcluster.ServiceToken
-		targets = []string{cl.Layout.Addrs.CoreAGRPC}
-		if o.Pair {
-			targets = append(targets, cl.Layout.Addrs.CoreBGRPC)
-		}
-		pid, err := cl.PID("core-a")
-		if err != nil {
-			return err
-		}
-		mem = chatbench.ProcessRSS(pid)
-	}
-	ccfg := chatclient.DefaultConfig()
-	ccfg.Targets = targets
-	cl, err := chatclient.New(ccfg, telemetry.Discard())
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	rep, err := chatbench.Run(ctx, cl, chatbench.Options{Sessions: o.Sessions, Messages: o.Messages,
-		Concurrency: o.Concurrency, ServiceToken: o.ServiceToken}, mem, errw)
-	if err != nil {
-		return err
-	}
+	opts := chatbench.Options{Sessions: o.Sessions, Messages: o.Messages, Concurrency: o.Concurrency}
+	copts := chatbench.ClusterOptions{Pair: o.Pair, AutoSave: o.AutoSave}
 	mode := "one core"
 	if o.Pair {
 		mode = "primary + backup, synchronous replication"
 	}
+	if o.Anchor != "" {
+		if o.Core != "" {
+			return fmt.Errorf("%w: --anchor starts its own clusters; it cannot be used with --core", errUsage)
+		}
+		work, err := os.MkdirTemp("", "hachat-anchor-")
+		if err != nil {
+			return fmt.Errorf("temp dir: %w", err)
+		}
+		defer os.RemoveAll(work)
+		prog, err := anchor.Prepare(ctx, o.Anchor, work)
+		if err != nil {
+			return err
+		}
+		cmp, err := anchor.Compare(ctx, o.Rounds,
+			func(ctx context.Context) (chatbench.Report, error) {
+				return chatbench.RunCluster(ctx, copts, opts, errw)
+			},
+			func(ctx context.Context) (anchor.Report, error) {
+				return prog.Run(ctx, anchor.Options{Publishers: o.Concurrency, Subjects: o.Sessions, Messages: o.Messages})
+			}, errw)
+		if err != nil {
+			return err
+		}
+		if o.JSON {
+			return writeJSON(out, struct {
+				Mode     string `json:"mode"`
+				AutoSave int    `json:"transcript_auto_save"`
+				anchor.Comparison
+			}{mode, o.AutoSave, cmp})
+		}
+		fmt.Fprintf(out, "hachat bench chat: %s, transcript-auto-save=%d\n", mode, o.AutoSave)
+		cmp.WriteText(out)
+		return nil
+	}
+	var rep chatbench.Report
+	if o.Core == "" {
+		rep, err = chatbench.RunCluster(ctx, copts, opts, errw)
+	} else {
+		ccfg := chatclient.DefaultConfig()
+		ccfg.Targets = strings.Split(o.Core, ",")
+		cl, cerr := chatclient.New(ccfg, telemetry.Discard())
+		if cerr != nil {
+			return cerr
+		}
+		defer cl.Close()
+		opts.ServiceToken = o.ServiceToken
+		rep, err = chatbench.Run(ctx, cl, opts, nil, errw)
+	}
+	if err != nil {
+		return err
+	}
+	if o.JSON {
+		return writeJSON(out, struct {
+			Mode     string `json:"mode"`
+			AutoSave int    `json:"transcript_auto_save"`
+			chatbench.Report
+		}{mode, o.AutoSave, rep})
+	}
 	fmt.Fprintf(out, "hachat bench chat: %s, transcript-auto-save=%d\n%s\n", mode, o.AutoSave, rep)
+	return nil
+}
+
+// writeJSON prints v as indented JSON: the --json report of a bench.
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
 	return nil
 }
 
@@ -124,6 +178,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		Sidecar        bool `yaml:"sidecar"`
 		Silent         bool `yaml:"silent"`
 		TLS            bool `yaml:"tls"`
+		JSON           bool `yaml:"json"`
 	}
 	o.Trials = 5
 	err := parseFlags("bench failover", "Measure the kill -9 failover gap and the switchover pause of a primary/backup pair.", args, errw, &o, func(fs *flag.FlagSet) {
@@ -132,6 +187,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		fs.BoolVar(&o.Silent, "silent", o.Silent, "also SIGSTOP the primary (detected by gossip), then SIGCONT it")
 		fs.BoolVar(&o.Sidecar, "sidecar", o.Sidecar, "go through a sidecar steered by the xDS control plane (the client knows no core)")
 		fs.BoolVar(&o.TLS, "tls", o.TLS, "mTLS on every hop (the gap then includes a handshake with the new primary)")
+		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 	})
 	if err != nil {
 		return err
@@ -169,6 +225,16 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	security := "plaintext"
 	if o.TLS {
 		security = "mTLS"
+	}
+	if o.JSON {
+		if jerr := writeJSON(out, struct {
+			Path     string               `json:"path"`
+			Security string               `json:"security"`
+			Gaps     failoverbench.Report `json:"gaps"`
+		}{path, security, rep}); jerr != nil && err == nil {
+			err = jerr
+		}
+		return err
 	}
 	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s, %s\n%s", path, security, rep)
 	return err

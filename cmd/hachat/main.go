@@ -33,7 +33,7 @@ func commands() []command {
 		{"demo", "run the whole cluster on this machine, each part its own process", runDemo},
 		{"ctl", "cluster control: status, switchover", runCtl},
 		{"certs", "workload certificates for mTLS: init, issue, list", runCerts},
-		{"bench", "benchmarks: chat, failover, proxy", runBench},
+		{"bench", "benchmarks: chat, failover, proxy, soak", runBench},
 	}
 }
 

@@ -165,10 +165,11 @@ func startProject(t testing.TB, root, img string) *project {
 		}
 		lastErr = err
 		p.down()
-		if !strings.Contains(err.Error(), "overlap") {
+		msg := err.Error()
+		if !strings.Contains(msg, "overlap") && !strings.Contains(msg, "address already in use") && !strings.Contains(msg, "port is already allocated") {
 			break
 		}
-		t.Logf("subnet %s.0/24 is taken, trying another: %v", p.Subnet, lastLines(err.Error(), 2))
+		t.Logf("subnet %s.0/24 or a host port is taken, trying others: %v", p.Subnet, lastLines(msg, 2))
 	}
 	t.Fatalf("docker-compose up: %v", lastErr)
 	return nil

@@ -204,6 +204,16 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	if err != nil {
 		return nil, err
 	}
+	// A part whose port another process took in the meantime may look
+	// ready (that process answered its health check) and exit at once:
+	// report it so that StartCluster tries again on new ports.
+	for _, p := range plan.Parts {
+		if !sup.Running(p.Name) {
+			tail := demo.Tail(sup.LogPath(p.Name), 5)
+			sup.Stop()
+			return nil, fmt.Errorf("%s exited right after its start: %s", p.Name, tail)
+		}
+	}
 	c := &Cluster{t: t, bin: bin, sup: sup, plan: plan, layout: layout, creds: creds, httpc: httpc, tlsc: tlsc}
 	t.Cleanup(func() {
 		sup.Stop()
@@ -443,8 +453,10 @@ func (c *Cluster) LogCount(name, substr string) int {
 
 // Metric returns the sum of the samples of the Prometheus metric called name
 // (all label sets whose rendering contains every one of labels, e.g.
-// `outcome="retry"`) on the named part's /metrics, and whether any sample matched.
-func (c *Cluster) Metric(part, name string, labels ...string) (float64, bool) {
+// `outcome="retry"`) on the named part's /metrics. It fails the test when no
+// sample matches: a renamed metric must not read as 0 and let a negative
+// check pass. Call it from the test's goroutine.
+func (c *Cluster) Metric(part, name string, labels ...string) float64 {
 	c.t.Helper()
 	resp, err := c.httpc.Get(c.URL(part) + "/metrics")
 	if err != nil {
@@ -452,7 +464,27 @@ func (c *Cluster) Metric(part, name string, labels ...string) (float64, bool) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return SumMetric(string(b), name, labels...)
+	v, ok := SumMetric(string(b), name, labels...)
+	if !ok {
+		c.t.Fatalf("%s exposes no %s%v: renamed or gone?", part, name, labels)
+	}
+	return v
+}
+
+// WaitBackupInSync waits until primary reports a backup connected and in
+// sync (hachat_core_backup_in_sync 1) with nothing unacknowledged
+// (replication lag 0). Lag alone is no proof: it reads 0 when no backup is
+// connected at all.
+func (c *Cluster) WaitBackupInSync(primary string, timeout time.Duration) {
+	c.t.Helper()
+	Eventually(c.t, "a backup in sync with "+primary, timeout, func() error {
+		in := c.Metric(primary, "hachat_core_backup_in_sync")
+		lag := c.Metric(primary, "hachat_core_replication_lag")
+		if in != 1 || lag != 0 {
+			return fmt.Errorf("%s: backup in sync %v, replication lag %v", primary, in, lag)
+		}
+		return nil
+	})
 }
 
 // SumMetric sums the samples of metric name in a Prometheus text exposition

@@ -46,6 +46,14 @@ func NewSessions(cfg SessionConfig) *Sessions {
 
 func digest(token string) [32]byte { return sha256.Sum256([]byte(token)) }
 
+// Len returns how many sessions are open (expired ones count until Use or
+// Sweep meets them).
+func (s *Sessions) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byID)
+}
+
 // Open starts a session for id and returns its token.
 func (s *Sessions) Open(id Identity, now time.Time) (string, error) {
 	b := make([]byte, 32)

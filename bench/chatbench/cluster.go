@@ -1,0 +1,55 @@
+package chatbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/hachat/hachat/bench/benchcluster"
+	"github.com/hachat/hachat/chatclient"
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// ClusterOptions shape the cluster RunCluster starts.
+type ClusterOptions struct {
+	// Pair runs a primary and a backup (synchronous replication); false: one core.
+	Pair bool
+	// AutoSave is the cores' transcript-auto-save (0, 1 or 2).
+	AutoSave int
+}
+
+// RunCluster starts a bench cluster of real processes (one core, or a pair),
+// runs the bench against it with a chat client given the cores' addresses,
+// measures the primary's memory, and stops the cluster.
+func RunCluster(ctx context.Context, copts ClusterOptions, opts Options, progress io.Writer) (Report, error) {
+	opts.defaults()
+	stage := demo.StageSingle
+	if copts.Pair {
+		stage = demo.StagePair
+	}
+	bc, err := benchcluster.Start(ctx, stage, progress, "--transcript-auto-save="+strconv.Itoa(copts.AutoSave),
+		fmt.Sprintf("--max-sessions=%d", opts.Sessions+100), "--send-rate=100000", "--send-burst=100000")
+	if err != nil {
+		return Report{}, err
+	}
+	defer bc.Stop()
+	opts.ServiceToken = benchcluster.ServiceToken
+	targets := []string{bc.Layout.Addrs.CoreAGRPC}
+	if copts.Pair {
+		targets = append(targets, bc.Layout.Addrs.CoreBGRPC)
+	}
+	pid, err := bc.PID("core-a")
+	if err != nil {
+		return Report{}, err
+	}
+	ccfg := chatclient.DefaultConfig()
+	ccfg.Targets = targets
+	cl, err := chatclient.New(ccfg, telemetry.Discard())
+	if err != nil {
+		return Report{}, fmt.Errorf("chat client: %w", err)
+	}
+	defer cl.Close()
+	return Run(ctx, cl, opts, ProcessRSS(pid), progress)
+}

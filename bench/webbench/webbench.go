@@ -1,0 +1,476 @@
+// Package webbench measures the customer path end to end, the way a contact
+// centre's browsers load it: customers through webapi (HTTP sends, the SSE
+// push channel open all along) and agents through interaction (logins,
+// offers accepted, one SSE push channel per agent), on a cluster of real
+// processes. It reports messages/s, send-to-deliver latency (customer send
+// to the agent's push channel, and to the customer's own push channel),
+// memory per chat (RSS growth of webapi, interaction and the cores), CPU
+// time per message, and the customer-visible gap when the primary core is
+// killed with SIGKILL under that load.
+package webbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hachat/hachat/bench/benchcluster"
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/interaction/auth"
+)
+
+// Options shape one run.
+type Options struct {
+	// Chats is the number of concurrent chats, each with a customer push
+	// channel open and an agent (default 10000).
+	Chats int
+	// Messages is the number of customer messages sent in the measured
+	// phase (default 20000).
+	Messages int
+	// Concurrency is the number of concurrent customer senders (default 128).
+	Concurrency int
+	// SetupConcurrency is the number of concurrent chat starts (default 64).
+	SetupConcurrency int
+	// Agents is the number of logged-in agents sharing the chats (default
+	// one per 100 chats); interaction's max-chats-per-agent is set to fit.
+	Agents int
+	// MessageSize is the message text length in bytes (default 64).
+	MessageSize int
+	// Mesh puts webapi and interaction behind their sidecars steered by the
+	// xDS control plane (the deployed shape); false gives them both cores.
+	Mesh bool
+	// Kill adds the failover phase: under the same load, the primary core
+	// is killed with SIGKILL.
+	Kill bool
+	// ProgressEvery is the interval of the progress line (default 5s).
+	ProgressEvery time.Duration
+	// Progress receives the cluster's start story and the progress lines;
+	// nil discards them.
+	Progress io.Writer
+}
+
+func (o *Options) defaults() {
+	if o.Chats <= 0 {
+		o.Chats = 10000
+	}
+	if o.Messages <= 0 {
+		o.Messages = 20000
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 128
+	}
+	if o.SetupConcurrency <= 0 {
+		o.SetupConcurrency = 64
+	}
+	if o.Agents <= 0 {
+		o.Agents = max(1, (o.Chats+99)/100)
+	}
+	if o.MessageSize <= 0 {
+		o.MessageSize = 64
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = 5 * time.Second
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+}
+
+// PartFigures are one process's memory and CPU figures.
+type PartFigures struct {
+	// RSSBefore is the resident set before the chats started, RSSChats
+	// with every chat set up and every push channel open.
+	RSSBefore uint64 `json:"rss_before_bytes"`
+	RSSChats  uint64 `json:"rss_chats_bytes"`
+	// BytesPerChat is (RSSChats - RSSBefore) / chats.
+	BytesPerChat float64 `json:"bytes_per_chat"`
+	// CPU is the CPU time used during the measured message phase.
+	CPU time.Duration `json:"cpu_ns"`
+}
+
+// Failover is what the kill phase measured.
+type Failover struct {
+	// Killed is the core that was primary and got SIGKILL.
+	Killed string `json:"killed"`
+	// Gap runs from the last send acknowledged before the kill to the first
+	// delivery (on an agent's push channel) of a message sent after it: the
+	// definition of bench failover.
+	Gap time.Duration `json:"gap_ns"`
+	// AgentGap is the longest pause between two deliveries to the agents
+	// from a second before the kill on.
+	AgentGap time.Duration `json:"agent_gap_ns"`
+	// PushGap is the same on the customers' own push channels: what their
+	// screens show.
+	PushGap time.Duration `json:"push_gap_ns"`
+	// P50, P99 and Max are send-to-deliver of the messages sent within a
+	// second either side of the kill.
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	Max time.Duration `json:"max_ns"`
+	// Sent, Acked and Delivered count the phase's messages; Lost counts
+	// acknowledged messages never delivered to the agent.
+	Sent      int `json:"sent"`
+	Acked     int `json:"acked"`
+	Delivered int `json:"delivered"`
+	Lost      int `json:"lost"`
+	// Reconnecting counts the reconnecting notices on the customers' push channels.
+	Reconnecting int `json:"reconnecting_notices"`
+	// Error says why the phase did not complete (for example: no message
+	// sent after the kill delivered within 30s); the figures are then partial.
+	Error string `json:"error,omitempty"`
+}
+
+// Report is what a run measured. In JSON, durations are nanoseconds.
+type Report struct {
+	Path   string `json:"path"`
+	Chats  int    `json:"chats"`
+	Agents int    `json:"agents"`
+	// SetupTime runs from the first chat start to the last chat accepted
+	// by an agent with every customer push channel open.
+	SetupTime time.Duration `json:"setup_ns"`
+	Messages  int           `json:"messages"`
+	Errors    int           `json:"errors"`
+	Delivered int           `json:"delivered"`
+	Elapsed   time.Duration `json:"elapsed_ns"`
+	PerSecond float64       `json:"messages_per_second"`
+	// P50, P99, Max: customer send to delivery on the agent's push channel.
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	Max time.Duration `json:"max_ns"`
+	// PushP50, PushP99: customer send to its own push channel.
+	PushP50 time.Duration `json:"push_p50_ns"`
+	PushP99 time.Duration `json:"push_p99_ns"`
+	// Parts are the figures of every process of the cluster, by part name.
+	Parts map[string]PartFigures `json:"parts"`
+	// WebAPIBytesPerChat, InteractionBytesPerChat and CoresBytesPerChat
+	// (primary and backup together) are RSS growth per chat.
+	WebAPIBytesPerChat      float64 `json:"webapi_bytes_per_chat"`
+	InteractionBytesPerChat float64 `json:"interaction_bytes_per_chat"`
+	CoresBytesPerChat       float64 `json:"cores_bytes_per_chat"`
+	// CPUPerMessage is the CPU time of every cluster process during the
+	// message phase over the messages delivered; ClientCPUPerMessage the
+	// bench's own (the load generator shares the machine).
+	CPUPerMessage       time.Duration `json:"cpu_per_message_ns"`
+	ClientCPUPerMessage time.Duration `json:"client_cpu_per_message_ns"`
+	// Failover is the kill phase's outcome (nil when not run).
+	Failover *Failover `json:"failover,omitempty"`
+}
+
+// WriteText renders the report for a terminal.
+func (r Report) WriteText(w io.Writer) {
+	d := func(x time.Duration) string { return x.Round(10 * time.Microsecond).String() }
+	kib := func(b float64) string { return fmt.Sprintf("%.1f KiB", b/1024) }
+	fmt.Fprintf(w, "hachat bench web: %s\n", r.Path)
+	fmt.Fprintf(w, "chats               %d (customers with push channels open, %d agents), set up in %v\n", r.Chats, r.Agents, r.SetupTime.Round(time.Millisecond))
+	fmt.Fprintf(w, "messages            %d sent, %d errors, %d delivered in %v\n", r.Messages, r.Errors, r.Delivered, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "throughput          %.0f messages/s\n", r.PerSecond)
+	fmt.Fprintf(w, "send-to-deliver     agent push    p50 %s   p99 %s   max %s\n", d(r.P50), d(r.P99), d(r.Max))
+	fmt.Fprintf(w, "                    customer push p50 %s   p99 %s\n", d(r.PushP50), d(r.PushP99))
+	fmt.Fprintf(w, "memory per chat     webapi %s   interaction %s   cores (both) %s\n", kib(r.WebAPIBytesPerChat), kib(r.InteractionBytesPerChat), kib(r.CoresBytesPerChat))
+	fmt.Fprintf(w, "CPU per message     cluster %v   load generator %v\n", r.CPUPerMessage.Round(time.Microsecond/10), r.ClientCPUPerMessage.Round(time.Microsecond/10))
+	names := make([]string, 0, len(r.Parts))
+	for n := range r.Parts {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := r.Parts[n]
+		fmt.Fprintf(w, "  %-20s RSS %4d -> %4d MiB (%s/chat)   CPU %v\n", n, p.RSSBefore>>20, p.RSSChats>>20, kib(p.BytesPerChat), p.CPU.Round(time.Millisecond))
+	}
+	if f := r.Failover; f != nil {
+		fmt.Fprintf(w, "kill -9 %s under load: gap %s (last ack -> first new delivery)   agent gap %s   customer push gap %s\n", f.Killed, d(f.Gap), d(f.AgentGap), d(f.PushGap))
+		fmt.Fprintf(w, "  sends within 1s of the kill: p50 %s   p99 %s   max %s;  %d sent, %d acked, %d delivered, %d lost, %d reconnecting notices\n",
+			d(f.P50), d(f.P99), d(f.Max), f.Sent, f.Acked, f.Delivered, f.Lost, f.Reconnecting)
+		if f.Error != "" {
+			fmt.Fprintf(w, "  failover incomplete: %s\n", f.Error)
+		}
+	}
+}
+
+// Run starts a cluster of real processes (the standard plan with webapi
+// and interaction), sets up the chats, measures, and stops the cluster.
+func Run(ctx context.Context, o Options) (Report, error) {
+	o.defaults()
+	if _, err := RaiseFileLimit(); err != nil {
+		return Report{}, err
+	}
+	stage, path := demo.StagePair, "webapi and interaction given both cores"
+	if o.Mesh {
+		stage, path = demo.StageMesh, "webapi and interaction through their sidecars steered by xDS"
+	}
+	accounts := make([]demo.AccountSpec, 0, o.Agents+1)
+	for i := range o.Agents {
+		accounts = append(accounts, demo.AccountSpec{User: fmt.Sprintf("agent%d", i), Role: auth.RoleAgent})
+	}
+	accounts = append(accounts, demo.AccountSpec{User: "sup", Role: auth.RoleSupervisor})
+	perAgent := (o.Chats+o.Agents-1)/o.Agents + 1
+	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{
+		Whole:    true, // webapi's chat-start limits lifted: every chat comes from one address
+		Accounts: accounts,
+		PartArgs: map[string][]string{
+			"interaction": {"--max-chats-per-agent=" + strconv.Itoa(perAgent), "--max-queue=0", "--offer-timeout=60s",
+				"--login-failures-per-address=1000000"},
+		},
+	}, o.Progress, fmt.Sprintf("--max-sessions=%d", o.Chats+1000), "--send-rate=100000", "--send-burst=100000")
+	if err != nil {
+		return Report{}, err
+	}
+	defer bc.Stop()
+	b := newBench(o, bc)
+	defer b.close()
+	rep, err := b.run(ctx)
+	rep.Path = path
+	return rep, err
+}
+
+// bench is one run's state. Its goroutines (push channel readers, accept
+// workers, the progress line) are owned by it: close cancels and waits.
+type bench struct {
+	o       Options
+	bc      *benchcluster.Cluster
+	webapi  string // base URL
+	inter   string // base URL
+	service string
+	text    string
+
+	sendHTTP   *http.Client // short calls: starts, sends, logins, accepts
+	streamHTTP *http.Client // push channels: no timeout
+
+	ctx    context.Context // cancelled by close: ends every stream
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	chats    []*customer
+	agents   []*agent
+	tr       *tracker
+	phase    atomic.Value // string
+	started  atomic.Int64
+	streams  atomic.Int64
+	accepted atomic.Int64
+	drops    atomic.Int64
+	reconn   atomic.Int64
+}
+
+func newBench(o Options, bc *benchcluster.Cluster) *bench {
+	ctx, cancel := context.WithCancel(context.Background())
+	text := make([]byte, o.MessageSize)
+	for i := range text {
+		text[i] = 'a' + byte(i%26)
+	}
+	conns := o.Concurrency + o.SetupConcurrency + o.Agents
+	b := &bench{
+		o: o, bc: bc, text: string(text),
+		service: bc.Layout.Filled().Service,
+		sendHTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			MaxIdleConns: conns, MaxIdleConnsPerHost: conns, IdleConnTimeout: time.Minute}},
+		streamHTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}},
+		ctx:        ctx, cancel: cancel,
+		tr: newTracker(o.Messages * 5),
+	}
+	web, _ := bc.Plan().Part("webapi")
+	inter, _ := bc.Plan().Part("interaction")
+	b.webapi, b.inter = web.URL(), inter.URL()
+	b.phase.Store("starting")
+	return b
+}
+
+func (b *bench) close() {
+	b.cancel()
+	b.wg.Wait()
+	b.sendHTTP.CloseIdleConnections()
+	b.streamHTTP.CloseIdleConnections()
+}
+
+// progressLine prints a line every ProgressEvery until ctx ends.
+func (b *bench) progressLine(ctx context.Context) {
+	t := time.NewTicker(b.o.ProgressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fmt.Fprintf(b.o.Progress, "  [%s] chats started %d/%d, customer push channels %d, accepted %d; messages sent %d, acked %d, delivered %d\n",
+			b.phase.Load(), b.started.Load(), b.o.Chats, b.streams.Load(), b.accepted.Load(),
+			b.tr.sentN.Load(), b.tr.ackedN.Load(), b.tr.agentN.Load())
+	}
+}
+
+func (b *bench) run(ctx context.Context) (Report, error) {
+	rep := Report{Chats: b.o.Chats, Agents: b.o.Agents, Parts: map[string]PartFigures{}}
+	pids := map[string]int{}
+	for _, p := range b.bc.Plan().Parts {
+		if pid, err := b.bc.PID(p.Name); err == nil {
+			pids[p.Name] = pid
+		}
+	}
+	rss := func(set func(PartFigures, uint64) PartFigures) error {
+		for name, pid := range pids {
+			v, err := processRSS(pid)
+			if err != nil {
+				return err
+			}
+			rep.Parts[name] = set(rep.Parts[name], v)
+		}
+		return nil
+	}
+	if err := rss(func(p PartFigures, v uint64) PartFigures { p.RSSBefore = v; return p }); err != nil {
+		return rep, err
+	}
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.progressLine(b.ctx) }()
+
+	b.phase.Store("agents")
+	if err := b.loginAgents(ctx); err != nil {
+		return rep, err
+	}
+	fmt.Fprintf(b.o.Progress, "%d agents logged in, ready, push channels open\n", len(b.agents))
+	b.phase.Store("chats")
+	start := time.Now()
+	if err := b.startChats(ctx); err != nil {
+		return rep, err
+	}
+	if err := b.waitFor(ctx, 5*time.Minute, "every chat accepted", func() bool {
+		return b.accepted.Load() >= int64(b.o.Chats) && b.streams.Load() >= int64(b.o.Chats)
+	}); err != nil {
+		return rep, err
+	}
+	rep.SetupTime = time.Since(start)
+	fmt.Fprintf(b.o.Progress, "%d chats started, accepted, push channels open in %v\n", b.o.Chats, rep.SetupTime.Round(time.Millisecond))
+	if err := rss(func(p PartFigures, v uint64) PartFigures {
+		p.RSSChats = v
+		p.BytesPerChat = (float64(v) - float64(p.RSSBefore)) / float64(b.o.Chats)
+		return p
+	}); err != nil {
+		return rep, err
+	}
+	for name, p := range rep.Parts {
+		switch {
+		case name == "webapi":
+			rep.WebAPIBytesPerChat = p.BytesPerChat
+		case name == "interaction":
+			rep.InteractionBytesPerChat = p.BytesPerChat
+		case name == "core-a" || name == "core-b":
+			rep.CoresBytesPerChat += p.BytesPerChat
+		}
+	}
+
+	// The measured phase.
+	b.phase.Store("messages")
+	cpuBefore := map[string]time.Duration{}
+	for name, pid := range pids {
+		cpuBefore[name], _ = processCPU(pid)
+	}
+	selfBefore, _ := processCPU(selfPID)
+	fmt.Fprintf(b.o.Progress, "sending %d messages with %d senders\n", b.o.Messages, b.o.Concurrency)
+	start = time.Now()
+	errs := b.send(ctx, 0, b.o.Messages, nil)
+	acked := int(b.tr.ackedN.Load())
+	if err := b.waitFor(ctx, time.Minute, "every acknowledged message delivered", func() bool {
+		return b.tr.agentN.Load() >= int64(acked)
+	}); err != nil {
+		return rep, err
+	}
+	rep.Elapsed = time.Since(start)
+	var cpuSum time.Duration
+	for name, pid := range pids {
+		after, _ := processCPU(pid)
+		p := rep.Parts[name]
+		p.CPU = after - cpuBefore[name]
+		rep.Parts[name] = p
+		cpuSum += p.CPU
+	}
+	selfAfter, _ := processCPU(selfPID)
+	lat, push := b.tr.latencies(0, b.o.Messages)
+	rep.Messages, rep.Errors, rep.Delivered = b.o.Messages, errs, len(lat)
+	rep.PerSecond = float64(len(lat)) / rep.Elapsed.Seconds()
+	rep.P50, rep.P99, rep.Max = summary(lat)
+	rep.PushP50, rep.PushP99, _ = summary(push)
+	if len(lat) > 0 {
+		rep.CPUPerMessage = cpuSum / time.Duration(len(lat))
+		rep.ClientCPUPerMessage = (selfAfter - selfBefore) / time.Duration(len(lat))
+	}
+	if !b.o.Kill {
+		return rep, nil
+	}
+	b.phase.Store("failover")
+	f, err := b.failover(ctx)
+	if f == nil || ctx.Err() != nil {
+		return rep, err
+	}
+	if err != nil {
+		f.Error = err.Error() // a figure of the run, not a failure of the bench
+	}
+	rep.Failover = f
+	return rep, nil
+}
+
+// waitFor polls cond until it holds, within d.
+func (b *bench) waitFor(ctx context.Context, d time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not %s within %v (started %d, push channels %d, accepted %d, acked %d, delivered %d)", what, d,
+				b.started.Load(), b.streams.Load(), b.accepted.Load(), b.tr.ackedN.Load(), b.tr.agentN.Load())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// parallel runs fn(from..to-1) on workers goroutines until done, stop is
+// closed or ctx ends; the first error stops it.
+func parallel(ctx context.Context, workers, from, to int, stop <-chan struct{}, fn func(context.Context, int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	next.Store(int64(from))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				i := int(next.Add(1) - 1)
+				if i >= to || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// summary returns p50, p99 and max of ds (sorted in place).
+func summary(ds []time.Duration) (p50, p99, mx time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)], ds[len(ds)-1]
+}
