@@ -7,8 +7,11 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -17,15 +20,36 @@ import (
 // with synchronous replication to its backup and transcript-auto-save=1,
 // with one subscriber per session: messages/s and p50/p99 of the Send call
 // (the ack comes after the backup's ack).
-func BenchmarkSendReplicated(b *testing.B) {
+func BenchmarkSendReplicated(b *testing.B) { benchSendReplicated(b, 100, 16, false) }
+
+// BenchmarkSendReplicatedWide is BenchmarkSendReplicated at the shape of
+// `hachat bench chat --concurrency 128`: 1000 sessions, 128 concurrent
+// senders, so that many sends are in flight on the replication stream at
+// once (group commit). It also reports CPU time per message (user+sys of
+// the process: both cores and the clients), which the machine's other
+// load disturbs less than messages/s.
+func BenchmarkSendReplicatedWide(b *testing.B) { benchSendReplicated(b, 1000, 64, false) }
+
+// BenchmarkAppendReplicated isolates the replication stream: 128 goroutines
+// call Send in process (no unary gRPC call, no subscriber) on 1000 sessions
+// of a pair, so the CPU per message is the core's append path plus the
+// stream to the backup, the backup's apply and its acknowledgements.
+func BenchmarkAppendReplicated(b *testing.B) { benchSendReplicated(b, 1000, 64, true) }
+
+// benchSendReplicated sends from parallelism x GOMAXPROCS goroutines over
+// sessions sessions of a pair; direct calls the primary's Send in process
+// and opens no subscriber.
+func benchSendReplicated(b *testing.B, sessions, parallelism int, direct bool) {
 	a, _ := pair(b, newMemStore(), func(c *Config) { c.TranscriptAutoSave = 1; c.SendRate = 1e9; c.SendBurst = 1 << 30 })
-	const sessions = 100
 	auths := make([]*chatpb.Auth, sessions)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for i := range auths {
 		var agent *chatpb.Auth
 		auths[i], agent = a.chat(b)
+		if direct {
+			continue
+		}
 		sub, err := a.cl.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: agent, FromIndex: 1})
 		if err != nil {
 			b.Fatal(err)
@@ -42,15 +66,22 @@ func BenchmarkSendReplicated(b *testing.B) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	b.ReportAllocs()
-	b.SetParallelism(16) // 32 concurrent senders on 2 cores: many sessions at once
+	b.SetParallelism(parallelism) // 16: 32 concurrent senders on 2 cores: many sessions at once
 	b.ResetTimer()
 	start := time.Now()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		var mine []time.Duration
 		for pb.Next() {
-			au := auths[next.Add(1)%sessions]
+			au := auths[next.Add(1)%int64(sessions)]
 			t0 := time.Now()
-			if _, err := a.cl.Send(ctx, &chatpb.SendRequest{Auth: au, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "hello"}); err != nil {
+			send := a.cl.Send
+			if direct {
+				send = func(ctx context.Context, req *chatpb.SendRequest, _ ...grpc.CallOption) (*chatpb.SendResponse, error) {
+					return a.c.Send(ctx, req)
+				}
+			}
+			if _, err := send(ctx, &chatpb.SendRequest{Auth: au, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "hello"}); err != nil {
 				b.Error(err)
 				return
 			}
@@ -61,6 +92,8 @@ func BenchmarkSendReplicated(b *testing.B) {
 		mu.Unlock()
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+	reportBatches(b, a.c)
 	if len(lat) > 0 {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
@@ -124,5 +157,33 @@ func BenchmarkResync(b *testing.B) {
 		waitInSync(b, a, bk.c.cfg.Name)
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/10k-sessions")
 		bk.stop()
+	}
+}
+
+// cpuTime is the process's user+sys CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportBatches reports how many events the primary's replication batches
+// carried on average (0: none was batched), when the core has the metric.
+func reportBatches(b *testing.B, c *Core) {
+	mfs, err := c.tel.Registry.Gather()
+	if err != nil {
+		return
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "hachat_core_replication_batch_size" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h != nil && h.GetSampleCount() > 0 {
+				b.ReportMetric(h.GetSampleSum()/float64(h.GetSampleCount()), "msgs/batch")
+			}
+		}
 	}
 }

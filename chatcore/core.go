@@ -440,7 +440,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	}
 	s.mu.Unlock()
 
-	c.m.events.WithLabelValues(kindName(ev.Kind)).Inc()
+	c.m.eventCounter(ev.Kind).Inc()
 	c.m.appendSeconds.Observe(time.Since(start).Seconds())
 	if change != nil {
 		c.notifyWatchers(change)

@@ -218,7 +218,20 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 		end.err = err
 		return end
 	}
-	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.epoch.Load(), Token: c.cfg.AdminToken}
+	return c.replicate(ctx, cancel, stream, failed)
+}
+
+// replicaStream is the backup's end of a Replicate stream: the two calls
+// replicate needs (a test gives it a scripted stream).
+type replicaStream interface {
+	Send(*chatpb.ReplicaAck) error
+	Recv() (*chatpb.ReplicaMsg, error)
+}
+
+// replicate runs one opened Replicate stream until it ends. cancel ends the
+// stream (it cancels the stream's context); ctx is the follower's context.
+func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream replicaStream, failed <-chan struct{}) (end streamEnd) {
+	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.epoch.Load(), Token: c.cfg.AdminToken, Batches: true}
 	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
 		end.err = err
 		return end
@@ -227,11 +240,16 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 	lastHeard.Store(time.Now().UnixNano())
 	var applied atomic.Uint64
 	ackWake := make(chan struct{}, 1)
-	answers := make(chan *chatpb.ReplicaAck)
+	// answers is buffered so that handing over an answer never waits for
+	// the ack sender; the sender may be gone (a failed ack send ends it), so
+	// every exchange with it also selects on senderGone.
+	answers := make(chan *chatpb.ReplicaAck, 1)
 	answered := make(chan error, 1)
+	senderGone := make(chan struct{})
 	done := make(chan struct{})
 	defer close(done)
 	go func() { // the only sender after hello: acknowledgements, coalesced, and handover answers
+		defer close(senderGone)
 		var sent uint64
 		for {
 			select {
@@ -301,22 +319,18 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 		switch b := msg.Body.(type) {
 		case *chatpb.ReplicaMsg_Heartbeat:
 			continue
-		case *chatpb.ReplicaMsg_Snapshot:
-			if err := c.applySnapshot(b.Snapshot); err != nil {
+		case *chatpb.ReplicaMsg_Snapshot, *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
+			if err := c.applyReplicated(msg, seen); err != nil {
 				end.err = err
-				c.log.Warn("bad snapshot from the primary: resyncing", "err", err)
+				c.log.Warn("replicated message does not fit: resyncing", "err", err)
 				return end
 			}
-			seen[b.Snapshot.SessionId] = true
-		case *chatpb.ReplicaMsg_Event:
-			if err := c.applyEvent(b.Event); err != nil {
+		case *chatpb.ReplicaMsg_Batch:
+			if err := c.applyBatch(msg.Seq, b.Batch, seen); err != nil {
 				end.err = err
-				c.log.Warn("replicated event does not fit: resyncing", "err", err)
+				c.log.Warn("replicated batch does not fit: resyncing", "err", err)
 				return end
 			}
-			seen[b.Event.SessionId] = true
-		case *chatpb.ReplicaMsg_Saved:
-			c.applyProgress(b.Saved)
 		case *chatpb.ReplicaMsg_SnapshotDone:
 			n := c.dropUnseen(seen)
 			end.synced = true
@@ -334,8 +348,7 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 				ans.HandoverEpoch = epoch
 			}
 			applied.Store(msg.Seq)
-			answers <- ans
-			if serr := <-answered; serr != nil {
+			if serr := answer(ans, answers, answered, senderGone); serr != nil {
 				c.log.Warn("could not answer the handover (the old primary learns the epoch from UCS or gossip)", "err", serr)
 			}
 			if err == nil {
@@ -360,6 +373,33 @@ func (c *Core) replicateOnce(ctx context.Context, conn *grpc.ClientConn, failed 
 			case ackWake <- struct{}{}:
 			default:
 			}
+		}
+	}
+}
+
+// errAckSenderGone answers a handover whose answer could not be sent: the
+// ack sender had already stopped (an earlier send failed).
+var errAckSenderGone = errors.New("replication stream broke before the handover answer")
+
+// answer hands a handover answer to the ack sender and waits for its send.
+// It never blocks on a sender that has stopped: the follower must go on to
+// lead (or resync) whatever became of the stream.
+func answer(ans *chatpb.ReplicaAck, answers chan<- *chatpb.ReplicaAck, answered <-chan error, senderGone <-chan struct{}) error {
+	select {
+	case answers <- ans:
+	case <-senderGone:
+		return errAckSenderGone
+	}
+	select {
+	case err := <-answered:
+		return err
+	case <-senderGone:
+		// It may have sent the answer just before it stopped.
+		select {
+		case err := <-answered:
+			return err
+		default:
+			return errAckSenderGone
 		}
 	}
 }
@@ -541,6 +581,65 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 		}
 	}()
 	return ch, cancel
+}
+
+// applyReplicated applies one snapshot, event or save progress of the
+// primary and notes the session in seen.
+func (c *Core) applyReplicated(msg *chatpb.ReplicaMsg, seen map[string]bool) error {
+	switch b := msg.Body.(type) {
+	case *chatpb.ReplicaMsg_Snapshot:
+		if b.Snapshot == nil {
+			return errors.New("empty snapshot")
+		}
+		if err := c.applySnapshot(b.Snapshot); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		seen[b.Snapshot.SessionId] = true
+	case *chatpb.ReplicaMsg_Event:
+		if b.Event == nil {
+			return errors.New("empty event")
+		}
+		if err := c.applyEvent(b.Event); err != nil {
+			return fmt.Errorf("event: %w", err)
+		}
+		seen[b.Event.SessionId] = true
+	case *chatpb.ReplicaMsg_Saved:
+		if b.Saved != nil {
+			c.applyProgress(b.Saved)
+		}
+	default:
+		return fmt.Errorf("unexpected replication message %T", msg.Body)
+	}
+	return nil
+}
+
+// applyBatch applies a ReplicaBatch in order. Its messages are events and
+// save progress with consecutive seqs ending at seq (the outer message's);
+// anything else means the stream is not what this core expects and it
+// resyncs (nothing of the batch is acknowledged: the caller acks only after
+// the whole batch applied).
+func (c *Core) applyBatch(seq uint64, b *chatpb.ReplicaBatch, seen map[string]bool) error {
+	msgs := b.GetMsgs()
+	if len(msgs) == 0 {
+		return errors.New("empty batch")
+	}
+	if first := msgs[0].Seq; first+uint64(len(msgs))-1 != seq {
+		return fmt.Errorf("batch of %d from seq %d does not end at %d", len(msgs), first, seq)
+	}
+	for i, m := range msgs {
+		if m == nil || m.Seq != msgs[0].Seq+uint64(i) {
+			return fmt.Errorf("batch entry %d is out of sequence", i)
+		}
+		switch m.Body.(type) {
+		case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
+		default:
+			return fmt.Errorf("batch entry %d: %T cannot be batched", i, m.Body)
+		}
+		if err := c.applyReplicated(m, seen); err != nil {
+			return fmt.Errorf("batch entry %d (seq %d): %w", i, m.Seq, err)
+		}
+	}
+	return nil
 }
 
 // applySnapshot replaces the local copy of one session. A snapshot that is

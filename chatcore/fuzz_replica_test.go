@@ -24,6 +24,10 @@ func FuzzReplicaMsg(f *testing.F) {
 		Events: []*chatpb.Event{{SessionId: "t", Index: 1, Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED}, {SessionId: "t", Index: 2, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT}}}}})
 	seed(&chatpb.ReplicaMsg{Seq: 4, Body: &chatpb.ReplicaMsg_Saved{Saved: &chatpb.SaveProgress{SessionId: "s", SavedThrough: 9}}})
 	seed(&chatpb.ReplicaMsg{Seq: 5, Body: &chatpb.ReplicaMsg_Event{Event: &chatpb.Event{SessionId: "s", Index: 7, Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED}}})
+	seed(&chatpb.ReplicaMsg{Seq: 7, Epoch: 1, Body: &chatpb.ReplicaMsg_Batch{Batch: &chatpb.ReplicaBatch{Msgs: []*chatpb.ReplicaMsg{
+		{Seq: 6, Body: &chatpb.ReplicaMsg_Event{Event: &chatpb.Event{SessionId: "u", Index: 1, Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED}}},
+		{Seq: 7, Body: &chatpb.ReplicaMsg_Saved{Saved: &chatpb.SaveProgress{SessionId: "u", SavedThrough: 1}}},
+	}}}})
 	c := newLocalCore(f, nil)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m chatpb.ReplicaMsg
@@ -46,6 +50,8 @@ func FuzzReplicaMsg(f *testing.F) {
 			if body.Saved != nil {
 				c.applyProgress(body.Saved)
 			}
+		case *chatpb.ReplicaMsg_Batch:
+			_ = c.applyBatch(m.Seq, body.Batch, map[string]bool{})
 		}
 		c.mu.RLock()
 		defer c.mu.RUnlock()

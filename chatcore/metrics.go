@@ -2,6 +2,8 @@ package chatcore
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
 // metrics are the core's Prometheus metrics, all prefixed hachat_core_.
@@ -32,6 +34,18 @@ type metrics struct {
 	replicated        prometheus.Counter
 	secondCopyToUCS   prometheus.Counter
 	switchoverPauseS  prometheus.Histogram
+	replicationBatch  prometheus.Histogram
+	// eventsByKind holds events' counter per known kind, resolved once:
+	// the append path counts every event without hashing label values.
+	eventsByKind map[chatpb.EventKind]prometheus.Counter
+}
+
+// eventCounter returns the events_total counter of kind k.
+func (m *metrics) eventCounter(k chatpb.EventKind) prometheus.Counter {
+	if c, ok := m.eventsByKind[k]; ok {
+		return c
+	}
+	return m.events.WithLabelValues(kindName(k))
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,11 +81,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		secondCopyToUCS:   prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_second_copy_ucs_total", Help: "Events whose second copy went to UCS because the backup was away."}),
 		switchoverPauseS: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_switchover_pause_seconds", Help: "Pause of planned switchovers.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12)}),
+		replicationBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_replication_batch_size", Help: "Messages per ReplicaBatch sent to the backup (group commit).",
+			Buckets: prometheus.ExponentialBuckets(2, 2, 9)}),
+	}
+	m.eventsByKind = make(map[chatpb.EventKind]prometheus.Counter, len(chatpb.EventKind_name))
+	for k := range chatpb.EventKind_name {
+		m.eventsByKind[chatpb.EventKind(k)] = m.events.WithLabelValues(kindName(chatpb.EventKind(k)))
 	}
 	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
 		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.resendsExhausted, m.savesRecovered, m.breakerState,
 		m.role, m.epoch, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
-		m.secondCopyToUCS, m.switchoverPauseS)
+		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch)
 	// Every known label value exists from the start at 0, so a reader that
 	// finds no series knows the metric was renamed, not merely still zero.
 	for _, r := range []string{"ok", "recoverable", "nonrecoverable", "stale_epoch", "breaker_open"} {

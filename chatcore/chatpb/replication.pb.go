@@ -29,10 +29,14 @@ const (
 
 // ReplicaHello opens a replication stream (first message of the backup).
 type ReplicaHello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`    // the backup's core name
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"` // newest epoch the backup knows; a primary with an older one steps down
-	Token         string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`  // the pair's admin token (when configured)
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`    // the backup's core name
+	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"` // newest epoch the backup knows; a primary with an older one steps down
+	Token string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`  // the pair's admin token (when configured)
+	// batches: this backup applies ReplicaMsg.batch. A primary sends batches
+	// only to a backup that says so (an older backup would skip the unknown
+	// body and still acknowledge its seq).
+	Batches       bool `protobuf:"varint,4,opt,name=batches,proto3" json:"batches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -86,6 +90,13 @@ func (x *ReplicaHello) GetToken() string {
 		return x.Token
 	}
 	return ""
+}
+
+func (x *ReplicaHello) GetBatches() bool {
+	if x != nil {
+		return x.Batches
+	}
+	return false
 }
 
 // ReplicaAck is every later message of the backup.
@@ -348,6 +359,56 @@ func (x *Handover) GetEpoch() uint64 {
 	return 0
 }
 
+// ReplicaBatch carries several messages of the primary in one stream message
+// (group commit): committed events and save progress of many sessions, in
+// stream order. Each inner message has its own seq (consecutive); the outer
+// message's seq is the last of them, so one cumulative ack covers the batch.
+// Inner messages carry neither epoch nor primary (the outer one does) and
+// never a snapshot, snapshot_done, handover or another batch.
+type ReplicaBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Msgs          []*ReplicaMsg          `protobuf:"bytes,1,rep,name=msgs,proto3" json:"msgs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaBatch) Reset() {
+	*x = ReplicaBatch{}
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaBatch) ProtoMessage() {}
+
+func (x *ReplicaBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaBatch.ProtoReflect.Descriptor instead.
+func (*ReplicaBatch) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReplicaBatch) GetMsgs() []*ReplicaMsg {
+	if x != nil {
+		return x.Msgs
+	}
+	return nil
+}
+
 // ReplicaMsg is one message of the primary.
 type ReplicaMsg struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -362,6 +423,7 @@ type ReplicaMsg struct {
 	//	*ReplicaMsg_Saved
 	//	*ReplicaMsg_Handover
 	//	*ReplicaMsg_Heartbeat
+	//	*ReplicaMsg_Batch
 	Body          isReplicaMsg_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -369,7 +431,7 @@ type ReplicaMsg struct {
 
 func (x *ReplicaMsg) Reset() {
 	*x = ReplicaMsg{}
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +443,7 @@ func (x *ReplicaMsg) String() string {
 func (*ReplicaMsg) ProtoMessage() {}
 
 func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +456,7 @@ func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaMsg.ProtoReflect.Descriptor instead.
 func (*ReplicaMsg) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{5}
+	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicaMsg) GetSeq() uint64 {
@@ -479,6 +541,15 @@ func (x *ReplicaMsg) GetHeartbeat() bool {
 	return false
 }
 
+func (x *ReplicaMsg) GetBatch() *ReplicaBatch {
+	if x != nil {
+		if x, ok := x.Body.(*ReplicaMsg_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isReplicaMsg_Body interface {
 	isReplicaMsg_Body()
 }
@@ -507,6 +578,10 @@ type ReplicaMsg_Heartbeat struct {
 	Heartbeat bool `protobuf:"varint,9,opt,name=heartbeat,proto3,oneof"`
 }
 
+type ReplicaMsg_Batch struct {
+	Batch *ReplicaBatch `protobuf:"bytes,10,opt,name=batch,proto3,oneof"` // only to a backup whose hello set batches
+}
+
 func (*ReplicaMsg_Snapshot) isReplicaMsg_Body() {}
 
 func (*ReplicaMsg_SnapshotDone) isReplicaMsg_Body() {}
@@ -519,15 +594,18 @@ func (*ReplicaMsg_Handover) isReplicaMsg_Body() {}
 
 func (*ReplicaMsg_Heartbeat) isReplicaMsg_Body() {}
 
+func (*ReplicaMsg_Batch) isReplicaMsg_Body() {}
+
 var File_chatcore_chatpb_replication_proto protoreflect.FileDescriptor
 
 const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\n" +
-	"!chatcore/chatpb/replication.proto\x12\x0ehachat.chat.v1\x1a\x1achatcore/chatpb/chat.proto\"N\n" +
+	"!chatcore/chatpb/replication.proto\x12\x0ehachat.chat.v1\x1a\x1achatcore/chatpb/chat.proto\"h\n" +
 	"\fReplicaHello\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x14\n" +
-	"\x05token\x18\x03 \x01(\tR\x05token\"\xa0\x01\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x18\n" +
+	"\abatches\x18\x04 \x01(\bR\abatches\"\xa0\x01\n" +
 	"\n" +
 	"ReplicaAck\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1c.hachat.chat.v1.ReplicaHelloR\x05hello\x12\x10\n" +
@@ -550,7 +628,9 @@ const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"finalSaved\x12\"\n" +
 	"\rno_final_save\x18\x04 \x01(\bR\vnoFinalSave\" \n" +
 	"\bHandover\x12\x14\n" +
-	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\"\xf9\x02\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\">\n" +
+	"\fReplicaBatch\x12.\n" +
+	"\x04msgs\x18\x01 \x03(\v2\x1a.hachat.chat.v1.ReplicaMsgR\x04msgs\"\xaf\x03\n" +
 	"\n" +
 	"ReplicaMsg\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
@@ -561,7 +641,9 @@ const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\x05event\x18\x06 \x01(\v2\x15.hachat.chat.v1.EventH\x00R\x05event\x124\n" +
 	"\x05saved\x18\a \x01(\v2\x1c.hachat.chat.v1.SaveProgressH\x00R\x05saved\x126\n" +
 	"\bhandover\x18\b \x01(\v2\x18.hachat.chat.v1.HandoverH\x00R\bhandover\x12\x1e\n" +
-	"\theartbeat\x18\t \x01(\bH\x00R\theartbeatB\x06\n" +
+	"\theartbeat\x18\t \x01(\bH\x00R\theartbeat\x124\n" +
+	"\x05batch\x18\n" +
+	" \x01(\v2\x1c.hachat.chat.v1.ReplicaBatchH\x00R\x05batchB\x06\n" +
 	"\x04body2V\n" +
 	"\vReplication\x12G\n" +
 	"\tReplicate\x12\x1a.hachat.chat.v1.ReplicaAck\x1a\x1a.hachat.chat.v1.ReplicaMsg(\x010\x01B*Z(github.com/hachat/hachat/chatcore/chatpbb\x06proto3"
@@ -578,30 +660,33 @@ func file_chatcore_chatpb_replication_proto_rawDescGZIP() []byte {
 	return file_chatcore_chatpb_replication_proto_rawDescData
 }
 
-var file_chatcore_chatpb_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_chatcore_chatpb_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_chatcore_chatpb_replication_proto_goTypes = []any{
 	(*ReplicaHello)(nil),    // 0: hachat.chat.v1.ReplicaHello
 	(*ReplicaAck)(nil),      // 1: hachat.chat.v1.ReplicaAck
 	(*SessionSnapshot)(nil), // 2: hachat.chat.v1.SessionSnapshot
 	(*SaveProgress)(nil),    // 3: hachat.chat.v1.SaveProgress
 	(*Handover)(nil),        // 4: hachat.chat.v1.Handover
-	(*ReplicaMsg)(nil),      // 5: hachat.chat.v1.ReplicaMsg
-	(*Event)(nil),           // 6: hachat.chat.v1.Event
+	(*ReplicaBatch)(nil),    // 5: hachat.chat.v1.ReplicaBatch
+	(*ReplicaMsg)(nil),      // 6: hachat.chat.v1.ReplicaMsg
+	(*Event)(nil),           // 7: hachat.chat.v1.Event
 }
 var file_chatcore_chatpb_replication_proto_depIdxs = []int32{
 	0, // 0: hachat.chat.v1.ReplicaAck.hello:type_name -> hachat.chat.v1.ReplicaHello
-	6, // 1: hachat.chat.v1.SessionSnapshot.events:type_name -> hachat.chat.v1.Event
-	2, // 2: hachat.chat.v1.ReplicaMsg.snapshot:type_name -> hachat.chat.v1.SessionSnapshot
-	6, // 3: hachat.chat.v1.ReplicaMsg.event:type_name -> hachat.chat.v1.Event
-	3, // 4: hachat.chat.v1.ReplicaMsg.saved:type_name -> hachat.chat.v1.SaveProgress
-	4, // 5: hachat.chat.v1.ReplicaMsg.handover:type_name -> hachat.chat.v1.Handover
-	1, // 6: hachat.chat.v1.Replication.Replicate:input_type -> hachat.chat.v1.ReplicaAck
-	5, // 7: hachat.chat.v1.Replication.Replicate:output_type -> hachat.chat.v1.ReplicaMsg
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7, // 1: hachat.chat.v1.SessionSnapshot.events:type_name -> hachat.chat.v1.Event
+	6, // 2: hachat.chat.v1.ReplicaBatch.msgs:type_name -> hachat.chat.v1.ReplicaMsg
+	2, // 3: hachat.chat.v1.ReplicaMsg.snapshot:type_name -> hachat.chat.v1.SessionSnapshot
+	7, // 4: hachat.chat.v1.ReplicaMsg.event:type_name -> hachat.chat.v1.Event
+	3, // 5: hachat.chat.v1.ReplicaMsg.saved:type_name -> hachat.chat.v1.SaveProgress
+	4, // 6: hachat.chat.v1.ReplicaMsg.handover:type_name -> hachat.chat.v1.Handover
+	5, // 7: hachat.chat.v1.ReplicaMsg.batch:type_name -> hachat.chat.v1.ReplicaBatch
+	1, // 8: hachat.chat.v1.Replication.Replicate:input_type -> hachat.chat.v1.ReplicaAck
+	6, // 9: hachat.chat.v1.Replication.Replicate:output_type -> hachat.chat.v1.ReplicaMsg
+	9, // [9:10] is the sub-list for method output_type
+	8, // [8:9] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_chatcore_chatpb_replication_proto_init() }
@@ -610,13 +695,14 @@ func file_chatcore_chatpb_replication_proto_init() {
 		return
 	}
 	file_chatcore_chatpb_chat_proto_init()
-	file_chatcore_chatpb_replication_proto_msgTypes[5].OneofWrappers = []any{
+	file_chatcore_chatpb_replication_proto_msgTypes[6].OneofWrappers = []any{
 		(*ReplicaMsg_Snapshot)(nil),
 		(*ReplicaMsg_SnapshotDone)(nil),
 		(*ReplicaMsg_Event)(nil),
 		(*ReplicaMsg_Saved)(nil),
 		(*ReplicaMsg_Handover)(nil),
 		(*ReplicaMsg_Heartbeat)(nil),
+		(*ReplicaMsg_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -624,7 +710,7 @@ func file_chatcore_chatpb_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatcore_chatpb_replication_proto_rawDesc), len(file_chatcore_chatpb_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
