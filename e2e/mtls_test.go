@@ -59,12 +59,34 @@ func statusCall(t *testing.T, addr string, creds credentials.TransportCredential
 // cores to UCS and the witness): the chat goes on and nothing is lost.
 func TestMTLSChatAndFailover(t *testing.T) {
 	c, sessions := mtlsPair(t)
+	killPrimaryUnderLoad(t, c, sessions, nil)
+}
+
+// killPrimaryUnderLoad runs the workload on sessions, and in its middle
+// calls before (when set), kills core-a and waits for core-b to promote;
+// then checks that every message was acknowledged and is in every view.
+func killPrimaryUnderLoad(t *testing.T, c *harness.Cluster, sessions []*harness.Session, before func()) {
+	t.Helper()
 	rec := aroundFault(t, sessions, func() {
+		if before != nil {
+			before()
+		}
 		c.Kill("core-a", syscall.SIGKILL)
 		c.WaitRole("core-b", "primary", 10*time.Second)
 	})
 	allAcked(t, rec)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
+}
+
+// foreignCA makes a cert dir of another CA (same trust domain) holding an
+// operator certificate and parts: strangers with valid-looking identities.
+func foreignCA(t *testing.T, parts ...mtls.Part) string {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := mtls.Init(dir, "", append(parts, mtls.Part{Kind: mtls.KindOperator, Name: "operator"}), false); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // TestMTLSRefusals: a plaintext client, a TLS client without a certificate
@@ -74,10 +96,7 @@ func TestMTLSChatAndFailover(t *testing.T) {
 func TestMTLSRefusals(t *testing.T) {
 	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, TLS: true})
 	certDir := c.Layout().CertDir
-	other := t.TempDir()
-	if _, err := mtls.Init(other, "", []mtls.Part{{Kind: mtls.KindCore, Name: "core-x"}, {Kind: mtls.KindOperator, Name: "operator"}}, false); err != nil {
-		t.Fatal(err)
-	}
+	other := foreignCA(t, mtls.Part{Kind: mtls.KindCore, Name: "core-x"})
 	refuseStrangersGRPC(t, map[string]string{"core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC}, other, "core-x")
 	for _, core := range []string{"core-a", "core-b"} {
 		addr := c.Part(core).GRPC
@@ -150,7 +169,10 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rotated []string
-	rec := aroundFault(t, sessions, func() {
+	// The rotation happens mid-chat; then new connections carry the new
+	// certificates: the cores' replication reconnects after a kill -9 of the
+	// primary, over the new ones.
+	killPrimaryUnderLoad(t, c, sessions, func() {
 		for _, p := range c.Plan().Parts {
 			kind := map[demo.Kind]string{demo.KindCore: mtls.KindCore, demo.KindUCS: mtls.KindUCS, demo.KindWitness: mtls.KindWitness,
 				demo.KindWebAPI: mtls.KindWebAPI, demo.KindInteraction: mtls.KindInteraction}[p.Kind]
@@ -171,13 +193,7 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 				return nil
 			})
 		}
-		// New connections carry the new certificates: the cores' replication
-		// reconnects after a kill -9 of the primary, over the new ones.
-		c.Kill("core-a", syscall.SIGKILL)
-		c.WaitRole("core-b", "primary", 10*time.Second)
 	})
-	allAcked(t, rec)
-	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
 }
 
 // TestMTLSRefusalsMesh: in the mesh (control plane, sidecars), a plaintext
@@ -189,10 +205,7 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 func TestMTLSRefusalsMesh(t *testing.T) {
 	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
 	certDir := c.Layout().CertDir
-	other := t.TempDir()
-	if _, err := mtls.Init(other, "", []mtls.Part{{Kind: mtls.KindWebAPI, Name: "webapi"}, {Kind: mtls.KindOperator, Name: "operator"}}, false); err != nil {
-		t.Fatal(err)
-	}
+	other := foreignCA(t, mtls.Part{Kind: mtls.KindWebAPI, Name: "webapi"})
 	refuseStrangersGRPC(t, map[string]string{"xds ADS": c.Part("xds").GRPC, "core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC,
 		"sidecar-webapi": c.Part("sidecar-webapi").GRPC, "sidecar-interaction": c.Part("sidecar-interaction").GRPC}, other, "webapi")
 	// The sidecar carries a webapi certificate's calls to the primary, and
