@@ -28,9 +28,14 @@ UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
 all: build
 
-## build: the static hachat binary in bin/hachat.
+## build: the static hachat binary in bin/hachat, built exactly as the
+## end-to-end tests build theirs (CGO_ENABLED=0, no -trimpath: see
+## e2e/harness.Binary and its TestMakeBuildLikeTheTests), so that after
+## `make test` it only links. -v lists each package compiled now.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/hachat
+	@echo "make: building $(BIN) (CGO_ENABLED=0 go build; packages compiled now are listed, cached ones are not)"
+	CGO_ENABLED=0 $(GO) build -v -o $(BIN) ./cmd/hachat
+	@echo "make: built $$($(BIN) --version)"
 
 ## deps: what the tests need: Chromium and HAProxy (apt-get, as root) and the Go modules.
 deps:
@@ -74,7 +79,8 @@ test-docker:
 
 ## run, demo: the whole cluster on this machine, each part its own process.
 run demo: build
-	$(BIN) demo
+	@echo "make: starting the demo: $(BIN) demo (Ctrl-C stops it)"
+	@$(BIN) demo
 
 ## image: the hachat:dev image (FROM scratch + the static binary built here).
 image: build

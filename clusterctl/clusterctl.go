@@ -7,15 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/demo"
@@ -35,9 +39,24 @@ type CoreStatus struct {
 	Addr string `json:"addr"`
 	// Status is the core's own report; nil when it did not answer.
 	Status *chatpb.StatusResponse `json:"status,omitempty"`
-	// Err says why the core did not answer.
+	// Err says why the core did not answer, in full.
 	Err string `json:"error,omitempty"`
+	// Health is HealthDead or HealthUnreachable when the core did not
+	// answer, "" when it did.
+	Health string `json:"health,omitempty"`
+	// Reason says in a few words why the core did not answer.
+	Reason string `json:"reason,omitempty"`
 }
+
+// The health of a core that did not answer (CoreStatus.Health).
+const (
+	// HealthDead means nothing listens at the core's address (the
+	// connection was refused): its process is gone.
+	HealthDead = "dead"
+	// HealthUnreachable means the core's address could not be reached, or
+	// something there did not answer the status call.
+	HealthUnreachable = "unreachable"
+)
 
 // Ctl reaches the cores with the given transport credentials: an
 // operator's mTLS certificate in a cluster with mTLS, plaintext when Creds
@@ -75,11 +94,43 @@ func (ctl Ctl) Status(ctx context.Context, addrs []string, timeout time.Duration
 			})
 			if err != nil {
 				out[i].Err = err.Error()
+				out[i].Health, out[i].Reason = diagnose(ctx, a, err, timeout)
 			}
 		}()
 	}
 	wg.Wait()
 	return out
+}
+
+// diagnose says whether a core that failed the status call with err is dead
+// or unreachable, and why in a few words: from the gRPC code and, when the
+// transport was unavailable, from a plain TCP dial of its address.
+func diagnose(ctx context.Context, addr string, err error, timeout time.Duration) (health, reason string) {
+	var dialErr *dialError
+	if errors.As(err, &dialErr) {
+		return HealthUnreachable, "bad address"
+	}
+	switch code := status.Code(err); code {
+	case codes.DeadlineExceeded:
+		return HealthUnreachable, fmt.Sprintf("no answer within %s", timeout)
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return HealthUnreachable, "refused our credentials (" + code.String() + ")"
+	case codes.Unavailable:
+		dctx, cancel := context.WithTimeout(ctx, min(timeout, time.Second))
+		defer cancel()
+		var d net.Dialer
+		c, derr := d.DialContext(dctx, "tcp", addr)
+		switch {
+		case errors.Is(derr, syscall.ECONNREFUSED):
+			return HealthDead, "connection refused: nothing listens there"
+		case derr != nil:
+			return HealthUnreachable, "no TCP connection"
+		}
+		c.Close()
+		return HealthUnreachable, "it listens but does not answer gRPC (TLS or plaintext mismatch?)"
+	default:
+		return HealthUnreachable, "status call failed: " + code.String()
+	}
 }
 
 // Primary returns the address of the reachable primary with the newest epoch.
@@ -125,21 +176,47 @@ func (ctl Ctl) withCore(ctx context.Context, addr string, fn func(chatpb.ChatCli
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
+		return &dialError{addr: addr, err: err}
 	}
 	defer conn.Close()
 	return fn(chatpb.NewChatClient(conn))
 }
 
+// dialError is a gRPC client that could not be made for addr (a malformed
+// address).
+type dialError struct {
+	addr string
+	err  error
+}
+
+func (e *dialError) Error() string { return fmt.Sprintf("dial %s: %v", e.addr, e.err) }
+func (e *dialError) Unwrap() error { return e.err }
+
 // WriteTable prints the statuses as a table: one row per core, then its
-// view of the members.
+// view of the members. A core that did not answer shows as dead or
+// unreachable with a short reason, under the name its peers know it by.
 func WriteTable(w io.Writer, sts []CoreStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CORE\tADDR\tROLE\tEPOCH\tSESSIONS\tREPL LAG\tBACKUP\tNOTE")
 	members := map[string]*chatpb.Member{}
+	names := map[string]string{} // gRPC address -> core name, as the answering cores know them
+	for _, s := range sts {
+		for _, m := range s.Status.GetMembers() {
+			if m.GetGrpcAddr() != "" {
+				names[m.GetGrpcAddr()] = m.GetName()
+			}
+		}
+	}
 	for _, s := range sts {
 		if s.Status == nil {
-			fmt.Fprintf(tw, "?\t%s\tunreachable\t\t\t\t\t%s\n", s.Addr, s.Err)
+			name, health, reason := names[s.Addr], s.Health, s.Reason
+			if name == "" {
+				name = "?"
+			}
+			if health == "" {
+				health, reason = HealthUnreachable, s.Err
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t%s\n", name, s.Addr, health, reason)
 			continue
 		}
 		st := s.Status

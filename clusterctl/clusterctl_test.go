@@ -82,7 +82,7 @@ func TestStatusAndSwitchoverGoToThePrimary(t *testing.T) {
 	if err := WriteTable(&sb, sts); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(sb.String(), "unreachable") || !strings.Contains(sb.String(), "core-b") {
+	if !strings.Contains(sb.String(), "dead") || !strings.Contains(sb.String(), "core-b") {
 		t.Fatalf("table:\n%s", sb.String())
 	}
 	resp, err := Switchover(context.Background(), addrs, "tok", time.Second)
@@ -116,5 +116,54 @@ func TestCoresFromState(t *testing.T) {
 	}
 	if _, err := CoresFromState(filepath.Join(dir, "missing.json")); err == nil {
 		t.Fatal("missing state accepted")
+	}
+}
+
+// A core that does not answer is dead (nothing listens) or unreachable
+// (something listens but does not speak), with a short reason; the table
+// names it as its peers know it and shows no raw gRPC error.
+func TestStatusTellsDeadFromUnreachable(t *testing.T) {
+	deadLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := deadLis.Addr().String()
+	deadLis.Close()
+	mute, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mute.Close() })
+	go func() {
+		for {
+			c, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	b := &fakeCore{status: &chatpb.StatusResponse{Name: "core-b", Role: "primary", Epoch: 3,
+		Members: []*chatpb.Member{{Name: "core-a", State: "dead", GrpcAddr: dead}}}}
+	sts := Status(context.Background(), []string{dead, mute.Addr().String(), serve(t, b)}, 500*time.Millisecond)
+	if sts[0].Health != HealthDead || !strings.Contains(sts[0].Reason, "connection refused") {
+		t.Errorf("closed port: health %q reason %q (err %s)", sts[0].Health, sts[0].Reason, sts[0].Err)
+	}
+	if sts[1].Health != HealthUnreachable || sts[1].Reason == "" {
+		t.Errorf("mute listener: health %q reason %q (err %s)", sts[1].Health, sts[1].Reason, sts[1].Err)
+	}
+	if sts[2].Health != "" || sts[2].Status == nil {
+		t.Errorf("answering core: %+v", sts[2])
+	}
+	var sb strings.Builder
+	if err := WriteTable(&sb, sts); err != nil {
+		t.Fatal(err)
+	}
+	table := sb.String()
+	if !strings.Contains(table, "core-a  "+dead) || !strings.Contains(table, "dead") || !strings.Contains(table, "connection refused") {
+		t.Errorf("table does not show core-a at %s as dead:\n%s", dead, table)
+	}
+	if strings.Contains(table, "rpc error") {
+		t.Errorf("table shows a raw gRPC error:\n%s", table)
 	}
 }

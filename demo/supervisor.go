@@ -193,6 +193,9 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), s.opts.Env...)
+	if abs, err := filepath.Abs(s.opts.StatePath); err == nil {
+		cmd.Env = append(cmd.Env, StateEnv+"="+abs) // CheckFree of a second demo reads it
+	}
 	// Own process group: the terminal's Ctrl-C reaches only the supervisor,
 	// which then stops the children itself, once. Pdeathsig: children do not
 	// outlive a supervisor that was killed.

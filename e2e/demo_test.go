@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,57 +27,10 @@ import (
 // again and the agent gets it. The demo reports the death, does not restart
 // the part, keeps the rest running, and stops everything on SIGTERM.
 func TestDemoCommand(t *testing.T) {
-	bin := harness.Binary(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state.json")
-	cmd := exec.Command(bin, "demo", "--free-ports", "--dir", dir, "--state", state, "--grace", "3s")
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var out strings.Builder
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			mu.Lock()
-			out.WriteString(sc.Text() + "\n")
-			mu.Unlock()
-		}
-	}()
-	output := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); pw.Close() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("demo output:\n%s", output())
-			if st, err := demo.ReadState(state); err == nil {
-				for _, p := range st.Parts {
-					t.Logf("%s log:\n%s", p.Name, demo.Tail(p.Log, 30))
-				}
-			}
-		}
-	})
-
-	harness.Eventually(t, "the demo's table", 60*time.Second, func() error {
-		select {
-		case err := <-exited:
-			return errors.New("demo exited early: " + errString(err))
-		default:
-		}
-		if !strings.Contains(output(), "agent desktop:") {
-			return errors.New("no table yet")
-		}
-		return nil
-	})
+	cmd, output, exited := startDemo(t, "--free-ports", "--dir", dir, "--state", state)
+	waitDemoReady(t, output, exited)
 	st, err := demo.ReadState(state)
 	if err != nil {
 		t.Fatal(err)
@@ -231,9 +185,159 @@ func TestDemoCommand(t *testing.T) {
 	}
 }
 
+// startDemo runs `hachat demo --grace 3s` with args as a person would, and
+// stops it (SIGTERM) at the end of the test, logging its output and the
+// tails of its parts' logs if the test failed. output returns what it has
+// printed so far; exited receives its exit status once.
+func startDemo(t *testing.T, args ...string) (cmd *exec.Cmd, output func() string, exited <-chan error) {
+	t.Helper()
+	cmd = exec.Command(harness.Binary(t), append([]string{"demo", "--grace", "3s"}, args...)...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var out strings.Builder
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			mu.Lock()
+			out.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+		}
+	}()
+	output = func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	done, gone := make(chan error, 1), make(chan struct{})
+	go func() { done <- cmd.Wait(); pw.Close(); close(gone) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-gone:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("demo %v output:\n%s", args, output())
+			if st, err := demo.ReadState(demoStatePath(args)); err == nil {
+				for _, p := range st.Parts {
+					t.Logf("%s log:\n%s", p.Name, demo.Tail(p.Log, 30))
+				}
+			}
+		}
+	})
+	return cmd, output, done
+}
+
+// demoStatePath is the state file a demo started with args writes.
+func demoStatePath(args []string) string {
+	dir, state := ".hachat", ""
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--dir":
+			dir = args[i+1]
+		case "--state":
+			state = args[i+1]
+		}
+	}
+	if state == "" {
+		state = filepath.Join(dir, "demo.json")
+	}
+	return state
+}
+
+// waitDemoReady waits until the demo has printed its table.
+func waitDemoReady(t *testing.T, output func() string, exited <-chan error) {
+	t.Helper()
+	harness.Eventually(t, "the demo's table", 60*time.Second, func() error {
+		select {
+		case err := <-exited:
+			return errors.New("demo exited early: " + errString(err))
+		default:
+		}
+		if !strings.Contains(output(), "agent desktop:") {
+			return errors.New("no table yet")
+		}
+		return nil
+	})
+}
+
 func errString(err error) string {
 	if err == nil {
 		return "exit status 0"
 	}
 	return err.Error()
+}
+
+// TestDemoCommandRefusesBesideARunningDemo starts a demo on the fixed demo
+// ports, then two more beside it: one with the same state file, one in
+// another directory on the same ports. Both refuse before starting anything,
+// naming the running demo's supervisor and state file, and the first demo
+// keeps running with its state file untouched.
+func TestDemoCommandRefusesBesideARunningDemo(t *testing.T) {
+	if err := demo.CheckFree(filepath.Join(t.TempDir(), "none.json"), demo.DefaultAddrs()); err != nil {
+		t.Skipf("the fixed demo ports are not free here: %v", err)
+	}
+	dir := t.TempDir()
+	state := filepath.Join(dir, "demo.json")
+	first, output, exited := startDemo(t, "--dir", dir)
+	waitDemoReady(t, output, exited)
+	before, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := demo.ReadState(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Supervisor != first.Process.Pid {
+		t.Fatalf("state file supervisor %d, want %d", st.Supervisor, first.Process.Pid)
+	}
+	accounts, _ := os.ReadFile(filepath.Join(dir, "accounts.json"))
+
+	wantMsg := []string{"another hachat demo is running", "supervisor pid " + strconv.Itoa(first.Process.Pid), state}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"same state file", []string{"--dir", dir, "--free-ports"}, wantMsg},
+		{"same ports", []string{"--dir", t.TempDir()}, append(wantMsg, "it holds 127.0.0.1:")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, harness.Binary(t), append([]string{"demo"}, tc.args...)...)
+			out, err := cmd.CombinedOutput()
+			t.Logf("second demo:\n%s", out)
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("second demo: %v, want exit status 1\n%s", err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("second demo's message lacks %q:\n%s", w, out)
+				}
+			}
+			if strings.Contains(string(out), "starting") {
+				t.Errorf("the second demo started parts:\n%s", out)
+			}
+		})
+	}
+
+	if after, err := os.ReadFile(state); err != nil || string(after) != string(before) {
+		t.Errorf("the first demo's state file changed (%v):\nbefore %s\nafter %s", err, before, after)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "accounts.json")); string(after) != string(accounts) {
+		t.Errorf("the first demo's accounts file changed")
+	}
+	for _, p := range st.Parts {
+		if err := syscall.Kill(p.PID, 0); err != nil {
+			t.Errorf("the first demo's %s (pid %d) died: %v", p.Name, p.PID, err)
+		}
+	}
+	if strings.Contains(output(), "exited") {
+		t.Errorf("a part of the first demo exited:\n%s", output())
+	}
 }

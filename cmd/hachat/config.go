@@ -11,7 +11,8 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// errUsage reports bad flags; the flag package has already said why.
+// errUsage reports bad flags or arguments; the user has already been told
+// why (parseArgs).
 var errUsage = errors.New("usage")
 
 // parseFlags fills file from its defaults (already set by the caller), then
@@ -30,24 +31,9 @@ func parseFlags(name, summary string, args []string, errw io.Writer, file any, r
 		}
 	}
 	fs := flag.NewFlagSet("hachat "+name, flag.ContinueOnError)
-	fs.SetOutput(errw)
 	fs.String("config", "", "YAML file with these options (keys as the flag names); flags override it")
 	register(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(errw, "Usage: hachat %s [flags]\n\n%s\n\nFlags:\n", name, summary)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(errw, "hachat %s: unexpected argument %q\n", name, fs.Arg(0))
-		return errUsage
-	}
-	return nil
+	return parseArgs(fs, fmt.Sprintf("Usage: hachat %s [flags]\n\n%s\n\nFlags:\n", name, summary), args, errw)
 }
 
 // configPath finds --config in args before the flags are parsed.

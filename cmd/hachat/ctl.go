@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,10 @@ const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pai
 The cores are found in the demo's state file unless --core names them; with
 --state, the admin token and the operator's mTLS certificate come from the
 state file's credentials too (flags override: --admin-token, --tls-*).`
+
+// errMissingAdminToken: a switchover needs the admin token, and none was
+// given or found.
+var errMissingAdminToken = errors.New("missing admin token (--admin-token, or the demo's state file)")
 
 func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -76,6 +81,9 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		token := opts.AdminToken
 		if token == "" {
 			token = stateAdminToken(opts.Core, opts.State)
+		}
+		if token == "" {
+			return errMissingAdminToken
 		}
 		resp, err := ctl.Switchover(ctx, addrs, token, opts.Timeout)
 		if err != nil {

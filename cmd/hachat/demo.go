@@ -73,6 +73,11 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			return err
 		}
 	}
+	// Before anything is written or started: a demo beside a running one
+	// would fail part by part and overwrite its state file.
+	if err := demo.CheckFree(cfg.State, addrs); err != nil {
+		return err
+	}
 	layout := demo.Layout{
 		Addrs:     addrs,
 		Stage:     demo.Stage(cfg.Stage),

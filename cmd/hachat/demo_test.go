@@ -39,7 +39,7 @@ func TestDemoHelpListsItsFlags(t *testing.T) {
 	if code := run([]string{"demo", "--help"}, &out, &errw); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, flag := range []string{"-state", "-dir", "-log-format", "-stage", "-free-ports", "-grace"} {
+	for _, flag := range []string{"--state", "--dir", "--log-format", "--stage", "--free-ports", "--grace"} {
 		if !strings.Contains(errw.String(), flag) {
 			t.Errorf("help lacks %s:\n%s", flag, errw.String())
 		}

@@ -34,6 +34,7 @@ func commands() []command {
 		{"ctl", "cluster control: status, switchover", runCtl},
 		{"certs", "workload certificates for mTLS: init, issue, list", runCerts},
 		{"bench", "benchmarks: chat, failover, proxy, soak", runBench},
+		{"version", "print the version, commit and Go version (also: hachat --version)", runVersion},
 	}
 }
 
@@ -56,6 +57,9 @@ func run(args []string, out, errw io.Writer) int {
 			return 2
 		}
 		return 0
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = []string{"version"}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -206,16 +206,11 @@ func runEnvoyBootstrap(args []string, out, errw io.Writer) error {
 	var bt bootstrapTLS
 	format := "yaml"
 	fs := flag.NewFlagSet("hachat xds envoy-bootstrap", flag.ContinueOnError)
-	fs.SetOutput(errw)
 	bootstrapFlags(fs, &o, &bt)
 	fs.StringVar(&o.NodeID, "node-id", "envoy-1", "Envoy's xDS node id (unique per Envoy)")
 	fs.StringVar(&o.Admin, "admin", "127.0.0.1:9901", "Envoy's admin address (IP:port)")
 	fs.StringVar(&format, "format", format, "output format: yaml or json")
-	fs.Usage = func() {
-		fmt.Fprintf(errw, "Usage: hachat xds envoy-bootstrap [flags] > envoy.yaml\n\nPrint an Envoy v3 bootstrap whose listeners and clusters come from the\ncontrol plane over ADS. Run: envoy -c envoy.yaml\nWith mTLS files (--tls-* or --cert-dir) Envoy speaks mTLS to the control\nplane and defines the secrets the chat cluster and listener name.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parseBootstrapFlags(fs, args, errw); err != nil {
+	if err := parseArgs(fs, "Usage: hachat xds envoy-bootstrap [flags] > envoy.yaml\n\nPrint an Envoy v3 bootstrap whose listeners and clusters come from the\ncontrol plane over ADS. Run: envoy -c envoy.yaml\nWith mTLS files (--tls-* or --cert-dir) Envoy speaks mTLS to the control\nplane and defines the secrets the chat cluster and listener name.\n\nFlags:\n", args, errw); err != nil {
 		return err
 	}
 	if err := bt.resolve(fs, &o); err != nil {
@@ -234,15 +229,10 @@ func runGRPCBootstrap(args []string, out, errw io.Writer) error {
 	o := xds.BootstrapOptions{}
 	var bt bootstrapTLS
 	fs := flag.NewFlagSet("hachat xds grpc-bootstrap", flag.ContinueOnError)
-	fs.SetOutput(errw)
 	bootstrapFlags(fs, &o, &bt)
 	fs.StringVar(&o.NodeID, "node-id", "grpc-1", "the client's xDS node id (unique per client process)")
 	fs.DurationVar(&o.CertRefresh, "cert-refresh", mtls.DefaultReloadInterval, "mTLS: how often grpc-go rereads the certificate files")
-	fs.Usage = func() {
-		fmt.Fprintf(errw, "Usage: hachat xds grpc-bootstrap [flags] > bootstrap.json\n\nPrint a grpc-go xDS bootstrap; point GRPC_XDS_BOOTSTRAP at the file and dial\nxds:///chatcore. With mTLS files (--tls-* or --cert-dir, or the cert dir of\n--state) the client speaks mTLS to the control plane (\"tls\" channel\ncredentials) and, with grpc-go's xDS credentials\n(google.golang.org/grpc/credentials/xds), to the cores: the chat cluster's\nUpstreamTlsContext names the certificate provider instance \"hachat\"\n(file_watcher) defined here.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parseBootstrapFlags(fs, args, errw); err != nil {
+	if err := parseArgs(fs, "Usage: hachat xds grpc-bootstrap [flags] > bootstrap.json\n\nPrint a grpc-go xDS bootstrap; point GRPC_XDS_BOOTSTRAP at the file and dial\nxds:///chatcore. With mTLS files (--tls-* or --cert-dir, or the cert dir of\n--state) the client speaks mTLS to the control plane (\"tls\" channel\ncredentials) and, with grpc-go's xDS credentials\n(google.golang.org/grpc/credentials/xds), to the cores: the chat cluster's\nUpstreamTlsContext names the certificate provider instance \"hachat\"\n(file_watcher) defined here.\n\nFlags:\n", args, errw); err != nil {
 		return err
 	}
 	if err := bt.resolve(fs, &o); err != nil {
@@ -254,18 +244,4 @@ func runGRPCBootstrap(args []string, out, errw io.Writer) error {
 	}
 	_, err = out.Write(b)
 	return err
-}
-
-func parseBootstrapFlags(fs *flag.FlagSet, args []string, errw io.Writer) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(errw, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return errUsage
-	}
-	return nil
 }

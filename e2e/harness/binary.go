@@ -34,6 +34,14 @@ var (
 	buildErr  error
 )
 
+// buildArgs and buildEnv are how Binary builds hachat; `make build` builds
+// bin/hachat the same way (TestMakeBuildLikeTheTests), so that `make demo`
+// after `make test` finds every package in the build cache.
+var (
+	buildArgs = []string{"build"}
+	buildEnv  = []string{"CGO_ENABLED=0"}
+)
+
 // Main runs the tests of a package that uses the harness and removes the
 // binary it built. Call it from TestMain.
 func Main(m *testing.M) {
@@ -69,9 +77,9 @@ func Binary(t testing.TB) string {
 		if _, err := os.Stat(gobin); err != nil {
 			gobin = "go"
 		}
-		cmd := exec.Command(gobin, "build", "-o", buildPath, "./cmd/hachat")
+		cmd := exec.Command(gobin, append(buildArgs, "-o", buildPath, "./cmd/hachat")...)
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Env = append(os.Environ(), buildEnv...)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Run(); err != nil {
