@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"io"
 	"regexp"
 	"strings"
 	"testing"
@@ -74,5 +75,46 @@ func TestPrintFlags(t *testing.T) {
 		"  --state string\n    \tstate file\n"
 	if b.String() != want {
 		t.Fatalf("printFlags:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+// TestFlagsFromEnvironment: HACHAT_<FLAG> sets a flag, the command line
+// overrides it, and a bad value names the variable.
+func TestFlagsFromEnvironment(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{"from the environment", map[string]string{"HACHAT_ADMIN_TOKEN": "from-env"}, nil, "from-env", ""},
+		{"the flag wins", map[string]string{"HACHAT_ADMIN_TOKEN": "from-env"}, []string{"--admin-token=from-flag"}, "from-flag", ""},
+		{"unset", nil, nil, "default", ""},
+		{"bad value", map[string]string{"HACHAT_TIMEOUT": "soon"}, nil, "", "HACHAT_TIMEOUT"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var opts struct {
+				AdminToken string
+				Timeout    time.Duration
+			}
+			opts.AdminToken = "default"
+			err := parseFlags("test", "a test", tc.args, io.Discard, &opts, func(fs *flag.FlagSet) {
+				fs.StringVar(&opts.AdminToken, "admin-token", opts.AdminToken, "token")
+				fs.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "timeout")
+			})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || opts.AdminToken != tc.want {
+				t.Fatalf("admin token %q (err %v), want %q", opts.AdminToken, err, tc.want)
+			}
+		})
 	}
 }
