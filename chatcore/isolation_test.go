@@ -26,8 +26,10 @@ import (
 // claim; a backup cut off from everyone never deposes a healthy primary;
 // a new primary serves nothing until its log holds what UCS holds.
 
-// cutStore is one core's view of UCS: while down, every call fails as an
-// unreachable UCS would; while held, transcript reads wait for release.
+// cutStore is a core's view of UCS that a test can cut: while down, every
+// call fails as an unreachable UCS would (ErrUnavailable); while held,
+// transcript reads wait for release. The pair, security and isolation
+// tests share it.
 type cutStore struct {
 	*memStore
 	mu      sync.Mutex

@@ -360,54 +360,15 @@ func TestRestartedPrimaryJoinsAsBackup(t *testing.T) {
 	}
 }
 
-// flakyStore fails epoch reads and claims while down is set (UCS unreachable).
-type flakyStore struct {
-	*memStore
-	mu   sync.Mutex
-	down bool
-}
-
-func (f *flakyStore) isDown() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.down }
-
-func (f *flakyStore) Epoch(ctx context.Context, service string) (Epoch, error) {
-	if f.isDown() {
-		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)
-	}
-	return f.memStore.Epoch(ctx, service)
-}
-
-func (f *flakyStore) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
-	if f.isDown() {
-		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)
-	}
-	return f.memStore.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, silent)
-}
-
-func (f *flakyStore) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
-	if f.isDown() {
-		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)
-	}
-	return f.memStore.Renew(ctx, service, epoch, holder)
-}
-
-func (f *flakyStore) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
-	if f.isDown() {
-		return Epoch{}, fmt.Errorf("down: %w", ErrUnavailable)
-	}
-	return f.memStore.ClaimEpoch(ctx, service, expect, epoch, holder)
-}
-
 func TestUCSDownDuringFailover(t *testing.T) {
-	store := &flakyStore{memStore: newMemStore()}
+	store := &cutStore{memStore: newMemStore()}
 	a, b := pair(t, store, nil)
 	cust, _ := a.chat(t)
 	r, err := a.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	store.mu.Lock()
-	store.down = true
-	store.mu.Unlock()
+	store.setDown(true)
 	a.kill()
 	time.Sleep(300 * time.Millisecond) // b detects at once but must not promote without an epoch
 	if b.c.primary.Load() {
@@ -416,9 +377,7 @@ func TestUCSDownDuringFailover(t *testing.T) {
 	if _, err := b.cl.Send(ctxT(t), msg(cust, "x", "")); status.Code(err) != codes.Unavailable {
 		t.Fatalf("send during the pause: %v", err)
 	}
-	store.mu.Lock()
-	store.down = false
-	store.mu.Unlock()
+	store.setDown(false)
 	waitFor(t, "b promoted once UCS is back", func() bool { return b.c.primary.Load() })
 	d, err := b.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
 	if err != nil || !d.Duplicate || d.Index != r.Index {

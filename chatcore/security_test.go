@@ -166,21 +166,17 @@ func TestReplicateRejectsBadToken(t *testing.T) {
 // newer epoch makes the primary step down only when UCS holds a newer
 // epoch; a claim UCS refutes, or cannot confirm, is refused and changes nothing.
 func TestReplicateUnconfirmedEpoch(t *testing.T) {
-	store := &flakyStore{memStore: newMemStore()}
+	store := &cutStore{memStore: newMemStore()}
 	a, _ := pair(t, store, nil)
 	link := a.c.repl.current()
 	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "liar", Epoch: 99, Token: "adm-token"}); code != codes.FailedPrecondition {
 		t.Fatalf("refuted epoch: %v, want FailedPrecondition", code)
 	}
-	store.mu.Lock()
-	store.down = true
-	store.mu.Unlock()
+	store.setDown(true)
 	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "liar", Epoch: 99, Token: "adm-token"}); code != codes.Unavailable {
 		t.Fatalf("unconfirmable epoch: %v, want Unavailable", code)
 	}
-	store.mu.Lock()
-	store.down = false
-	store.mu.Unlock()
+	store.setDown(false)
 	if !a.c.primary.Load() || a.c.Epoch() != 1 || a.c.repl.current() != link {
 		t.Fatalf("a is %s at epoch %d (same link %v) after unconfirmed claims", a.c.Role(), a.c.Epoch(), a.c.repl.current() == link)
 	}
