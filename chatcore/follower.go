@@ -419,6 +419,14 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 	if c.members != nil {
 		member, known = c.primaryMember(addr)
 	}
+	// isolated asks cutOff at most once per check (it may read UCS).
+	var checked, cut bool
+	isolated := func() bool {
+		if !checked {
+			checked, cut = true, c.cutOff(ctx, member, known)
+		}
+		return cut
+	}
 	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
@@ -436,7 +444,7 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
-		if c.cutOff(ctx, member, known) {
+		if isolated() {
 			return false, how + "; " + cutOffNote, false
 		}
 		return true, how, false
@@ -459,7 +467,7 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 		}
 		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
-		if c.cutOff(ctx, member, known) {
+		if isolated() {
 			return false, how + "; " + cutOffNote, false
 		}
 		if refused {
@@ -474,7 +482,7 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 		if known && member.State == membership.StateAlive {
 			return false, how + "; membership still shows it alive: waiting for gossip", false
 		}
-		if c.cutOff(ctx, member, known) {
+		if isolated() {
 			return false, how + "; " + cutOffNote, false
 		}
 		return true, how + "; membership does not show it alive", refused
