@@ -10,8 +10,8 @@ import (
 // issues for `hachat ctl`, the supervisor's readiness checks and the tests.
 const OperatorName = "operator"
 
-// certKind maps a part's kind to its workload kind.
-func certKind(k Kind) string {
+// CertKind maps a part's kind to its workload kind (mtls.Kind*; "" for none).
+func CertKind(k Kind) string {
 	switch k {
 	case KindCore:
 		return mtls.KindCore
@@ -38,7 +38,7 @@ func certKind(k Kind) string {
 func EnsureCerts(dir string, plan Plan) error {
 	parts := []mtls.Part{{Kind: mtls.KindOperator, Name: OperatorName}}
 	for _, p := range plan.Parts {
-		if k := certKind(p.Kind); k != "" {
+		if k := CertKind(p.Kind); k != "" {
 			parts = append(parts, mtls.Part{Kind: k, Name: p.Name})
 		}
 	}
@@ -53,7 +53,5 @@ func OperatorTLS(dir string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := src.ClientConfig(nil)
-	c.NextProtos = []string{"http/1.1"}
-	return c, nil
+	return src.HTTPClientConfig(nil), nil
 }

@@ -153,9 +153,7 @@ func clientOf(t *testing.T, dir, name string) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := src.ClientConfig(nil)
-	tc.NextProtos = []string{"http/1.1"}
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	return src.HTTPClient(nil, 5*time.Second)
 }
 
 // TestMTLSRotationUnderLoad reissues every part's certificate (same CA)
@@ -174,8 +172,7 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 	// primary, over the new ones.
 	killPrimaryUnderLoad(t, c, sessions, func() {
 		for _, p := range c.Plan().Parts {
-			kind := map[demo.Kind]string{demo.KindCore: mtls.KindCore, demo.KindUCS: mtls.KindUCS, demo.KindWitness: mtls.KindWitness,
-				demo.KindWebAPI: mtls.KindWebAPI, demo.KindInteraction: mtls.KindInteraction}[p.Kind]
+			kind := demo.CertKind(p.Kind)
 			if kind == "" {
 				continue
 			}

@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net/http"
 	"slices"
+	"time"
 )
 
 // Policy decides whether a verified identity may go on. It returns nil, or
@@ -83,6 +85,23 @@ func (s *Source) ClientConfig(server Policy) *tls.Config {
 			return server(id)
 		},
 	}
+}
+
+// HTTPClientConfig is ClientConfig for HTTP/1.1 clients (the parts'
+// HTTPS APIs speak HTTP/1.1).
+func (s *Source) HTTPClientConfig(server Policy) *tls.Config {
+	c := s.ClientConfig(server)
+	c.NextProtos = []string{"http/1.1"}
+	return c
+}
+
+// HTTPClient returns an HTTP client with timeout that presents s's
+// certificate and accepts a server whose identity passes server (nil: any
+// kind of the cluster).
+func (s *Source) HTTPClient(server Policy, timeout time.Duration) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = s.HTTPClientConfig(server)
+	return &http.Client{Timeout: timeout, Transport: tr}
 }
 
 // PeerIdentity returns the SPIFFE ID of the peer of a verified connection.

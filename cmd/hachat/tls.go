@@ -40,10 +40,7 @@ func httpClient(src *mtls.Source, timeout time.Duration, kinds ...string) *http.
 	if src == nil {
 		return &http.Client{Timeout: timeout}
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = src.ClientConfig(mtls.Allow(kinds...))
-	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
-	return &http.Client{Timeout: timeout, Transport: tr}
+	return src.HTTPClient(mtls.Allow(kinds...), timeout)
 }
 
 // serverTLS returns the TLS config of an HTTP server of the part (nil

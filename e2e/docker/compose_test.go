@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,10 +57,7 @@ func (p *project) ucsClient(t testing.TB) *ucsmock.Client {
 	if err != nil {
 		t.Fatalf("operator certificate of the compose cluster: %v", err)
 	}
-	tc := src.ClientConfig(mtls.Allow(mtls.KindUCS))
-	tc.NextProtos = []string{"http/1.1"}
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
-	return ucsmock.NewClient(p.UCS, client, nil).WithToken(p.UCSReaderToken)
+	return ucsmock.NewClient(p.UCS, src.HTTPClient(mtls.Allow(mtls.KindUCS), 10*time.Second), nil).WithToken(p.UCSReaderToken)
 }
 
 // Timeouts of the docker and docker-compose commands.
