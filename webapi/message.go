@@ -35,6 +35,7 @@ const (
 	codeUnavailable   = 108 // no chat core could take the request now: retry
 	codeNotFoundRoute = 109 // no such API route
 	codeOrigin        = 110 // the page's origin may not call the API
+	codeAPIKey        = 111 // the apikey header is missing or wrong
 )
 
 // apiError is one entry of a response's errors array.
