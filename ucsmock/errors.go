@@ -133,4 +133,6 @@ func (e *DeletedError) Error() string {
 }
 
 // Is reports whether target is ErrDeleted or ErrNonRecoverable.
-func (e *DeletedError) Is(target error) bool { return target == ErrDeleted || target == ErrNonRecoverable }
+func (e *DeletedError) Is(target error) bool {
+	return target == ErrDeleted || target == ErrNonRecoverable
+}

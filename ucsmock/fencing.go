@@ -48,7 +48,7 @@ type txn interface {
 	tombstone(chatID string) (Tombstone, bool, error)
 	putTombstone(ts Tombstone) error
 	removeChat(chatID string) error
-	chatIDs() ([]string, error)             // every stored chat, in id order
+	chatIDs() ([]string, error)                    // every stored chat, in id order
 	events(chatID string) ([]*chatpb.Event, error) // in index order
 }
 

@@ -2,6 +2,7 @@ package ucsmock
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -348,4 +349,27 @@ func deleteResult(ts Tombstone, already bool) DeleteResult {
 		return DeleteResult{Deleted: []Tombstone{}, AlreadyDeleted: []Tombstone{ts}}
 	}
 	return DeleteResult{Deleted: []Tombstone{ts}}
+}
+
+// MarshalJSON encodes the export as the API answers it (events as
+// protojson chatpb.Event objects).
+func (e ChatExport) MarshalJSON() ([]byte, error) {
+	b, err := toExportBody(e)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(b)
+}
+
+// MarshalJSON encodes the export as the API answers it.
+func (e CustomerExport) MarshalJSON() ([]byte, error) {
+	body := customerExportBody{Customer: e.Customer, Chats: make([]chatExportBody, 0, len(e.Chats))}
+	for _, ce := range e.Chats {
+		b, err := toExportBody(ce)
+		if err != nil {
+			return nil, err
+		}
+		body.Chats = append(body.Chats, b)
+	}
+	return json.Marshal(body)
 }
