@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -397,4 +399,33 @@ func FuzzParseCustomer(f *testing.F) {
 			t.Fatalf("round trip of %+v: %+v, %v", c, back, err)
 		}
 	})
+}
+
+// TestOpenRefusesBadTombstone: a tombstone record that does not decode
+// (or names another chat) makes the database corrupt at open, as a bad
+// chat record does: a tombstone silently lost would let a deleted chat's
+// late save bring it back.
+func TestOpenRefusesBadTombstone(t *testing.T) {
+	for name, value := range map[string]string{"not JSON": "{", "another chat": `{"chatId":"c2"}`} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ucs.db")
+			if err := openTestDB(path); err != nil {
+				t.Fatal(err)
+			}
+			db, err := bolt.Open(path, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketTombstones).Put([]byte("c1"), []byte(value)) })
+			if cerr := db.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := openTestDB(path); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "tombstone") {
+				t.Errorf("open: %v, want ErrCorrupt naming the tombstone", err)
+			}
+		})
+	}
 }
