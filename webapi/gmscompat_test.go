@@ -367,7 +367,14 @@ func TestGMSClientReactNative(t *testing.T) {
 		t.Errorf("refresh after send does not show the sent message: %+v", r.Resp.Messages)
 	}
 	ty := g.post(c.id, "startTyping", with("transcriptPosition", refreshFrom(next), "message", "my"))
-	ty.interaction(t, "startTyping", c, alias)
+	next = ty.interaction(t, "startTyping", c, alias)
+
+	// A refresh with nothing new still carries "messages": [] (clients
+	// iterate it without checking), and the same nextPosition.
+	empty := g.post(c.id, "refresh", with("transcriptPosition", fmt.Sprint(next)))
+	if msgs, ok := empty.Raw["messages"].([]any); !ok || len(msgs) != 0 || empty.interaction(t, "empty refresh", c, alias) != next {
+		t.Errorf("refresh with nothing new: %v", empty.Raw)
+	}
 
 	// What the app sent before nextPosition was on every answer:
 	// transcriptPosition=NaN. It reads as "from the start", not a 400.

@@ -51,7 +51,7 @@ type response struct {
 	UserID       string     `json:"userId,omitempty"`
 	SecureKey    string     `json:"secureKey,omitempty"`
 	Alias        string     `json:"alias,omitempty"`
-	Messages     []*message `json:"messages,omitempty"`
+	Messages     []*message `json:"messages,omitzero"` // [] when a transcript read found nothing new, absent when none was read
 	NextPosition uint64     `json:"nextPosition,omitempty"`
 	ChatEnded    bool       `json:"chatEnded"`
 	// Index and Duplicate answer a send (our extension): the transcript
