@@ -81,6 +81,8 @@ func spanPath(p string) string {
 		return "/ucs/v1/epochs/{service}/claim"
 	case strings.HasPrefix(p, "/ucs/v1/epochs/"):
 		return "/ucs/v1/epochs/{service}"
+	case strings.HasPrefix(p, "/ucs/v1/admin/gdpr/chats/"):
+		return "/ucs/v1/admin/gdpr/chats/{chatId}"
 	case strings.HasPrefix(p, "/ucs/v1/admin/"):
 		return p
 	}
@@ -274,7 +276,7 @@ func (c *Client) ExportChat(ctx context.Context, token, chatID string) (ChatExpo
 // API); none is an empty list, not an error.
 func (c *Client) ExportCustomer(ctx context.Context, token string, cu Customer) (CustomerExport, error) {
 	var b customerExportBody
-	if err := c.do(ctx, http.MethodGet, "/ucs/v1/admin/gdpr/customers?"+customerQuery(cu), token, nil, &b); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/admin/gdpr/customers:export", token, cu, &b); err != nil {
 		return CustomerExport{}, fmt.Errorf("ucs export customer: %w", err)
 	}
 	out := CustomerExport{Customer: b.Customer, Chats: make([]ChatExport, 0, len(b.Chats))}
@@ -302,19 +304,12 @@ func (c *Client) DeleteChat(ctx context.Context, token, chatID string) (DeleteRe
 // API).
 func (c *Client) DeleteCustomer(ctx context.Context, token string, cu Customer) (DeleteResult, error) {
 	var res DeleteResult
-	if err := c.do(ctx, http.MethodDelete, "/ucs/v1/admin/gdpr/customers?"+customerQuery(cu), token, nil, &res); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/admin/gdpr/customers:delete", token, cu, &res); err != nil {
 		return DeleteResult{}, fmt.Errorf("ucs delete customer: %w", err)
 	}
 	return res, nil
 }
 
-// customerQuery is the query string that selects cu.
-func customerQuery(cu Customer) string {
-	if cu.Email != "" {
-		return url.Values{"email": {cu.Email}}.Encode()
-	}
-	return url.Values{"userData": {cu.Key + "=" + cu.Value}}.Encode()
-}
 
 // do sends one request. in (if not nil) is encoded as JSON; out receives the
 // JSON answer (or the raw bytes when out is *[]byte). Failures are mapped to

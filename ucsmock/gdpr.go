@@ -40,18 +40,41 @@ type Customer struct {
 
 // ParseCustomer builds a Customer from an email address or a userData
 // "KEY=VALUE" pair (split at the first '='), exactly one of them non-empty:
-// the selector of `hachat ctl export|delete --email | --user-data` and of
-// the ?email= and ?userData= query parameters. It refuses, with ErrInvalid,
-// both or neither, an email without a local part and a domain around one
-// '@', a pair without '=' or with an empty key or value, text that is not
-// valid UTF-8 or holds control characters, and values over the limits
-// (email 320 bytes, key 128, value 4096).
+// the selector of `hachat ctl export|delete --email | --user-data`. It
+// refuses, with ErrInvalid, both or neither, a pair without '=', and
+// whatever Customer.Validate refuses.
 func ParseCustomer(email, userData string) (Customer, error) {
-	email = strings.TrimSpace(email)
+	c := Customer{Email: email}
+	if userData != "" {
+		key, value, ok := strings.Cut(userData, "=")
+		if !ok {
+			return Customer{}, invalidf("userData %q: want KEY=VALUE", userData)
+		}
+		c.Key, c.Value = key, value
+		if key == "" {
+			// Validate would take it for an email selector without email.
+			return Customer{}, invalidf("missing userData key in %q", userData)
+		}
+	}
+	return c.normalized()
+}
+
+// Validate reports, with ErrInvalid, a selector that is not exactly one of
+// an email address (local@domain, at most 320 bytes) and a userData pair
+// (key 1 to 128 bytes, value 1 to 4096 bytes), or whose text is not valid
+// UTF-8 or holds control characters.
+func (c Customer) Validate() error {
+	_, err := c.normalized()
+	return err
+}
+
+// normalized validates c and trims the email's surrounding spaces.
+func (c Customer) normalized() (Customer, error) {
+	email := strings.TrimSpace(c.Email)
 	switch {
-	case email != "" && userData != "":
+	case email != "" && (c.Key != "" || c.Value != ""):
 		return Customer{}, invalidf("give an email address or a userData pair, not both")
-	case email == "" && userData == "":
+	case email == "" && c.Key == "" && c.Value == "":
 		return Customer{}, invalidf("missing customer: give an email address or a userData KEY=VALUE pair")
 	case email != "":
 		if err := validName("email", email, maxEmailLen, true); err != nil {
@@ -63,20 +86,16 @@ func ParseCustomer(email, userData string) (Customer, error) {
 		}
 		return Customer{Email: email}, nil
 	}
-	key, value, ok := strings.Cut(userData, "=")
-	if !ok {
-		return Customer{}, invalidf("userData %q: want KEY=VALUE", userData)
-	}
-	if err := validName("userData key", key, maxNameLen, true); err != nil {
+	if err := validName("userData key", c.Key, maxNameLen, true); err != nil {
 		return Customer{}, err
 	}
-	if value == "" {
-		return Customer{}, invalidf("userData %q: empty value", key)
+	if c.Value == "" {
+		return Customer{}, invalidf("userData %q: empty value", c.Key)
 	}
-	if err := validName("userData value", value, maxUserDataValueLen, true); err != nil {
+	if err := validName("userData value", c.Value, maxUserDataValueLen, true); err != nil {
 		return Customer{}, err
 	}
-	return Customer{Key: key, Value: value}, nil
+	return Customer{Key: c.Key, Value: c.Value}, nil
 }
 
 // String names the selector without its value (for logs: the value is

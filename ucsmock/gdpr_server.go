@@ -37,19 +37,16 @@ func (s *Server) gdprFailed(w http.ResponseWriter, r *http.Request, op, scope st
 	s.writeErr(w, err)
 }
 
-// gdprCustomer reads the ?email= or ?userData=KEY=VALUE selector; any
-// other parameter, or one given twice, is refused.
-func gdprCustomer(r *http.Request) (Customer, error) {
-	q := r.URL.Query()
-	for k, vs := range q {
-		if k != "email" && k != "userData" {
-			return Customer{}, invalidf("unknown parameter %q: want email or userData", k)
-		}
-		if len(vs) != 1 {
-			return Customer{}, invalidf("%s given %d times", k, len(vs))
-		}
+// gdprCustomer reads the selector from the JSON body: {"email": ADDR} or
+// {"userDataKey": KEY, "userDataValue": VALUE}. The personal data travels
+// in the body, never in the URL (access logs, proxies, client spans).
+// Unknown members, trailing data and a body over 64 KiB are refused.
+func gdprCustomer(w http.ResponseWriter, r *http.Request) (Customer, error) {
+	var c Customer
+	if err := decodeJSON(w, r, 64<<10, &c); err != nil {
+		return Customer{}, err
 	}
-	return ParseCustomer(q.Get("email"), q.Get("userData"))
+	return c.normalized()
 }
 
 // handleExportChat is GET /ucs/v1/admin/gdpr/chats/{chatId}.
@@ -75,9 +72,9 @@ func (s *Server) handleExportChat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, body)
 }
 
-// handleExportCustomer is GET /ucs/v1/admin/gdpr/customers?email=|userData=.
+// handleExportCustomer is POST /ucs/v1/admin/gdpr/customers:export.
 func (s *Server) handleExportCustomer(w http.ResponseWriter, r *http.Request) {
-	c, err := gdprCustomer(r)
+	c, err := gdprCustomer(w, r)
 	var ex CustomerExport
 	if err == nil {
 		ex, err = s.store.exportCustomer(c)
@@ -126,9 +123,9 @@ func (s *Server) handleDeleteChat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// handleDeleteCustomer is DELETE /ucs/v1/admin/gdpr/customers?email=|userData=.
+// handleDeleteCustomer is POST /ucs/v1/admin/gdpr/customers:delete.
 func (s *Server) handleDeleteCustomer(w http.ResponseWriter, r *http.Request) {
-	c, err := gdprCustomer(r)
+	c, err := gdprCustomer(w, r)
 	var res DeleteResult
 	if err == nil {
 		res, err = s.store.deleteCustomer(r.Context(), c, time.Now().UnixMilli())

@@ -1,7 +1,9 @@
 package ucsmock
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -291,17 +293,20 @@ func TestHTTPGDPRAccess(t *testing.T) {
 	runHTTPCases(t, srv.Handler(), []httpCase{
 		{"no token", "DELETE", chat, "", "", 401, "unauthorized"},
 		{"reader token", "DELETE", chat, "reader-tok", "", 401, "unauthorized"},
-		{"writer token", "DELETE", cust + "?email=ann@example.com", "writer-tok", "", 401, "unauthorized"},
+		{"writer token", "POST", cust + ":delete", "writer-tok", `{"email":"ann@example.com"}`, 401, "unauthorized"},
 		{"reader token export", "GET", chat, "reader-tok", "", 401, "unauthorized"},
-		{"no selector", "DELETE", cust, testToken, "", 400, "missing customer"},
-		{"both selectors", "DELETE", cust + "?email=a@b&userData=k%3Dv", testToken, "", 400, "not both"},
-		{"unknown parameter", "DELETE", cust + "?mail=ann@example.com", testToken, "", 400, "unknown parameter"},
-		{"repeated", "GET", cust + "?email=a@b&email=c@d", testToken, "", 400, "given 2 times"},
-		{"not an email", "DELETE", cust + "?email=ann", testToken, "", 400, "not an address"},
-		{"pair without =", "DELETE", cust + "?userData=CustomerId", testToken, "", 400, "KEY=VALUE"},
+		{"no body", "POST", cust + ":delete", testToken, "", 400, "empty body"},
+		{"no selector", "POST", cust + ":delete", testToken, `{}`, 400, "missing customer"},
+		{"both selectors", "POST", cust + ":delete", testToken, `{"email":"a@b","userDataKey":"k","userDataValue":"v"}`, 400, "not both"},
+		{"unknown member", "POST", cust + ":delete", testToken, `{"mail":"ann@example.com"}`, 400, "unknown field"},
+		{"trailing data", "POST", cust + ":delete", testToken, `{"email":"ann@example.com"} {}`, 400, "trailing data"},
+		{"not an email", "POST", cust + ":delete", testToken, `{"email":"ann"}`, 400, "not an address"},
+		{"key without value", "POST", cust + ":delete", testToken, `{"userDataKey":"CustomerId"}`, 400, "empty value"},
+		{"the selector in the query is not read", "POST", cust + ":export?email=ann@example.com", testToken, `{}`, 400, "missing customer"},
 		{"control character", "DELETE", "/ucs/v1/admin/gdpr/chats/c%01", testToken, "", 400, "control character"},
 		{"unknown chat", "GET", "/ucs/v1/admin/gdpr/chats/nope", testToken, "", 404, "not_found"},
 		{"export", "GET", chat, testToken, "", 200, `"emailAddress":"ann@example.com"`},
+		{"export customer", "POST", cust + ":export", testToken, `{"email":" ANN@example.com"}`, 200, `"chatId":"c1"`},
 	})
 	// Nothing was deleted by the refused requests.
 	if tr, err := c.Transcript(t.Context(), "c1"); err != nil || len(tr.Events) != 3 {
@@ -328,10 +333,11 @@ func TestHTTPGDPRAccess(t *testing.T) {
 	for _, want := range []string{
 		`ucs_gdpr_requests_total{op="delete",result="ok",scope="chat"} 1`,
 		`ucs_gdpr_requests_total{op="delete",result="unauthorized",scope="chat"} 3`,
-		`ucs_gdpr_requests_total{op="delete",result="invalid",scope="customer"} 5`,
+		`ucs_gdpr_requests_total{op="delete",result="invalid",scope="customer"} 7`,
+		`ucs_gdpr_requests_total{op="export",result="ok",scope="customer"} 1`,
 		`ucs_gdpr_requests_total{op="export",result="deleted",scope="chat"} 1`,
 		`ucs_gdpr_chats_total{op="delete"} 1`,
-		`ucs_gdpr_chats_total{op="export"} 1`,
+		`ucs_gdpr_chats_total{op="export"} 2`,
 		`ucs_saves_total{result="deleted"} 1`,
 	} {
 		if !strings.Contains(string(b), want) {
@@ -362,6 +368,7 @@ func TestParseCustomer(t *testing.T) {
 		{"a\xff@b", "", Customer{}, "UTF-8"},
 		{"", "k", Customer{}, "KEY=VALUE"},
 		{"", "=v", Customer{}, "missing userData key"},
+		{" ", "", Customer{}, "missing customer"},
 		{"", "k=", Customer{}, "empty value"},
 		{"", "k\n=v", Customer{}, "control character"},
 	} {
@@ -393,10 +400,13 @@ func FuzzParseCustomer(f *testing.F) {
 		if (c.Email == "") == (c.Key == "") || len(c.Email) > maxEmailLen || len(c.Key) > maxNameLen || len(c.Value) > maxUserDataValueLen {
 			t.Fatalf("ParseCustomer(%q, %q) = %+v", email, userData, c)
 		}
-		r := httptest.NewRequest("GET", "/x?"+customerQuery(c), nil)
-		back, err := gdprCustomer(r)
+		body, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := gdprCustomer(httptest.NewRecorder(), httptest.NewRequest("POST", "/x", bytes.NewReader(body)))
 		if err != nil || back != c {
-			t.Fatalf("round trip of %+v: %+v, %v", c, back, err)
+			t.Fatalf("round trip of %+v through %s: %+v, %v", c, body, back, err)
 		}
 	})
 }
@@ -428,4 +438,25 @@ func TestOpenRefusesBadTombstone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzGDPRCustomerBody: any body of a customer export or delete is either
+// refused with ErrInvalid or a valid selector; never a panic.
+func FuzzGDPRCustomerBody(f *testing.F) {
+	for _, b := range []string{`{"email":"ann@example.com"}`, `{"userDataKey":"k","userDataValue":"v"}`, `{}`, ``, `{"email":1}`,
+		`{"email":"a@b","userDataKey":"k"}`, `{"email":"a@b"} x`, `[]`, `{"userDataValue":"v"}`} {
+		f.Add([]byte(b))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		c, err := gdprCustomer(httptest.NewRecorder(), httptest.NewRequest("POST", "/x", bytes.NewReader(body)))
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("body %q: %v is not ErrInvalid", body, err)
+			}
+			return
+		}
+		if verr := c.Validate(); verr != nil || (c.Email == "") == (c.Key == "") {
+			t.Fatalf("body %q accepted as %+v (%v)", body, c, verr)
+		}
+	})
 }

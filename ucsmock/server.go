@@ -152,8 +152,8 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	mux.HandleFunc("GET /ucs/v1/admin/stats", s.admin(s.handleStats))
 	mux.HandleFunc("GET /ucs/v1/admin/gdpr/chats/{chatId}", s.gdprAdmin("export", scopeChat, s.handleExportChat))
 	mux.HandleFunc("DELETE /ucs/v1/admin/gdpr/chats/{chatId}", s.gdprAdmin("delete", scopeChat, s.handleDeleteChat))
-	mux.HandleFunc("GET /ucs/v1/admin/gdpr/customers", s.gdprAdmin("export", scopeCustomer, s.handleExportCustomer))
-	mux.HandleFunc("DELETE /ucs/v1/admin/gdpr/customers", s.gdprAdmin("delete", scopeCustomer, s.handleDeleteCustomer))
+	mux.HandleFunc("POST /ucs/v1/admin/gdpr/customers:export", s.gdprAdmin("export", scopeCustomer, s.handleExportCustomer))
+	mux.HandleFunc("POST /ucs/v1/admin/gdpr/customers:delete", s.gdprAdmin("delete", scopeCustomer, s.handleDeleteCustomer))
 	mux.Handle("GET /metrics", tel.MetricsHandler())
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	s.handler = otelhttp.NewHandler(mux, "ucsmock",
