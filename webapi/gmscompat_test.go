@@ -32,6 +32,8 @@ import (
 //     header, refresh from transcriptPosition = max(0, nextPosition - 1),
 //     and nextPosition read from the answer of every call, send included,
 //     so that a missing nextPosition becomes transcriptPosition=NaN;
+//   - the same app built with axios before 1.0, which sends its plain
+//     objects as JSON while they are labelled form-urlencoded;
 //   - the GMS documentation's request chat with a multipart/form-data body.
 //
 // Without the GMS leniencies (trailing slash, nextPosition on every answer,
@@ -44,6 +46,9 @@ type gmsClient struct {
 	base      string      // http://host/genesys/2/chat/{service}
 	slash     bool        // append "/" to every path, as the Python bot does
 	multipart bool        // send multipart/form-data instead of urlencoded
+	// jsonAsForm sends a JSON object labelled form-urlencoded, as axios
+	// before 1.0 does with a plain object whatever Content-Type is set.
+	jsonAsForm bool
 	header    http.Header // sent with every request (apikey)
 }
 
@@ -70,7 +75,16 @@ func (g *gmsClient) post(chatID, op string, form url.Values) gmsAnswer {
 	g.t.Helper()
 	var body bytes.Buffer
 	ct := "application/x-www-form-urlencoded"
-	if g.multipart {
+	switch {
+	case g.jsonAsForm:
+		obj := map[string]string{}
+		for k := range form {
+			obj[k] = form.Get(k)
+		}
+		if err := json.NewEncoder(&body).Encode(obj); err != nil {
+			g.t.Fatal(err)
+		}
+	case g.multipart:
 		mw := multipart.NewWriter(&body)
 		names := make([]string, 0, len(form))
 		for k := range form {
@@ -86,7 +100,7 @@ func (g *gmsClient) post(chatID, op string, form url.Values) gmsAnswer {
 			g.t.Fatal(err)
 		}
 		ct = mw.FormDataContentType()
-	} else {
+	default:
 		body.WriteString(form.Encode())
 	}
 	req, err := http.NewRequest(http.MethodPost, g.path(chatID, op), &body)
@@ -479,5 +493,36 @@ func TestGMSPollingSeesEveryEventOnce(t *testing.T) {
 	}
 	if lines != n {
 		t.Errorf("saw %d of %d lines", lines, n)
+	}
+}
+
+// TestGMSClientOldAxios: the React Native app built with axios before 1.0
+// sends JSON labelled form-urlencoded; it starts, polls and sends all the
+// same, its userData reaches the agent.
+func TestGMSClientOldAxios(t *testing.T) {
+	client, hs, _ := startRealStack(t, nil)
+	g := &gmsClient{t: t, base: hs.URL + "/genesys/2/chat/request-chat", jsonAsForm: true}
+	a := g.post("", "", url.Values{"alias": {""}, "secureKey": {""}, "userId": {""}, "nickname": {"Old Axios"},
+		"userData[GCTI_LanguageCode]": {"en"}})
+	c := chat{a.Resp.ChatID, a.Resp.UserID, a.Resp.SecureKey}
+	next := a.interaction(t, "start", c, a.Resp.Alias)
+	if ud := agentUserData(t, client, c.id); ud["GCTI_LanguageCode"] != "en" {
+		t.Errorf("agent sees userData %v", ud)
+	}
+	s := g.post(c.id, "send", url.Values{"alias": {a.Resp.Alias}, "secureKey": {c.key}, "userId": {c.user}, "message": {"hi"}})
+	next = s.interaction(t, "send", c, a.Resp.Alias)
+	r := g.post(c.id, "refresh", url.Values{"alias": {a.Resp.Alias}, "secureKey": {c.key}, "userId": {c.user}, "transcriptPosition": {fmt.Sprint(next)}})
+	r.interaction(t, "refresh", c, a.Resp.Alias)
+	if len(r.Resp.Messages) != 1 || r.Resp.Messages[0].Text != "hi" {
+		t.Errorf("refresh from the send's nextPosition: %+v", r.Resp.Messages)
+	}
+	res, err := http.Get(hs.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if want := `hachat_webapi_lenient_total{kind="json-as-form"} 3`; !strings.Contains(string(b), want) {
+		t.Errorf("metrics lack %s", want)
 	}
 }

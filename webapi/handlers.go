@@ -115,10 +115,18 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (chatRequest,
 		s.writeError(w, r, err)
 		return req, nil, false
 	}
+	s.countLenient(req)
+	return req, &chatpb.Auth{SessionId: chatID, ParticipantId: req.UserID, SecureKey: req.SecureKey}, true
+}
+
+// countLenient counts the GMS client habits a request relied on.
+func (s *Server) countLenient(req chatRequest) {
 	if req.PositionIgnored {
 		s.metrics.lenient.WithLabelValues("position-placeholder").Inc()
 	}
-	return req, &chatpb.Auth{SessionId: chatID, ParticipantId: req.UserID, SecureKey: req.SecureKey}, true
+	if req.MislabelledJSON {
+		s.metrics.lenient.WithLabelValues("json-as-form").Inc()
+	}
 }
 
 // chatAnswer starts the answer to a per-chat call as GMS shapes it: the
@@ -171,6 +179,7 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := parseRequest(w, r, s.cfg.MaxBody)
 	if err == nil {
+		s.countLenient(req)
 		err = req.validateStart()
 	}
 	service := r.PathValue("service")

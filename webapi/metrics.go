@@ -58,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		lenient: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hachat_webapi_lenient_total",
-			Help: "Requests of GMS clients accepted leniently, by kind (trailing-slash: a path ending in /; position-placeholder: transcriptPosition NaN, undefined or null, read as not given).",
+			Help: "Requests of GMS clients accepted leniently, by kind (trailing-slash: a path ending in /; position-placeholder: transcriptPosition NaN, undefined or null, read as not given; json-as-form: a JSON object labelled as a form).",
 		}, []string{"kind"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused, m.lenient} {

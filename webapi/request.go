@@ -66,6 +66,9 @@ type chatRequest struct {
 	// JavaScript client sends for "no number" (NaN, undefined, null): it is
 	// treated as not given (counted, not refused).
 	PositionIgnored bool
+	// MislabelledJSON is true when a JSON object came labelled as a form
+	// (or text/plain) and was read as JSON (counted, not refused).
+	MislabelledJSON bool
 }
 
 // field maps an API parameter name to the request field that holds it
@@ -229,8 +232,12 @@ func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRe
 	case mt == "multipart/form-data":
 		return req, decodeMultipart(&req, body, params["boundary"])
 	case mt == "" || mt == "application/x-www-form-urlencoded" || mt == "text/plain":
-		if mt == "" && body[0] == '{' {
-			// A JSON body sent without a content type.
+		if bytes.TrimSpace(body)[0] == '{' {
+			// A JSON body sent without a content type, or labelled as a
+			// form (axios before 1.0 sends a plain object as JSON whatever
+			// Content-Type the app set). A real form body cannot start with
+			// '{': form encoding escapes it as %7B.
+			req.MislabelledJSON = mt != ""
 			return req, decodeJSON(&req, body)
 		}
 		return req, decodeForm(&req, body)

@@ -118,6 +118,7 @@ func FuzzParseForm(f *testing.F) {
 		"userId=u&secureKey=k&message=hi&clientMessageId=m&transcriptPosition=2",
 		"transcriptPosition=x", "transcriptPosition=%2B1", "nickname=%ff", "a=%zz", "userData%5B%5D=1",
 		"userData[a]=1&userData[a]=2", "message=a;b", "&&&=", "",
+		`{"nickname":"Ada","userData[a]":"1"}`, ` {"transcriptPosition":null}`, "{nickname=Ada",
 	} {
 		f.Add(seed)
 	}
