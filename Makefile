@@ -24,7 +24,7 @@ DOCKER_TIMEOUT ?= 10m
 # Packages tested by test-unit: everything but the end-to-end tests.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench bench-compare bench-web deps tools clean
+.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench bench-compare bench-web deps tools clean k8s
 
 all: build
 
@@ -43,7 +43,12 @@ deps:
 		echo "installing chromium and haproxy with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy </dev/null; \
 	fi
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+		echo "installing prometheus (and promtool) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus </dev/null; \
+	fi
 	$(GO) mod download
+	cd deploy && $(GO) mod download
 
 ## test: deps, then unit tests with -race, then the end-to-end tests. Both
 ## suites always run (a unit failure does not hide the e2e results); the
@@ -60,11 +65,20 @@ test: deps
 
 ## test-unit: every package except e2e, with the race detector; then go vet
 ## of the whole module and of bench/jetstream (its own module: the JetStream
-## anchor, kept out of the hachat binary), so that it does not rot.
+## anchor, kept out of the hachat binary), so that it does not rot; then the
+## deploy module (its own module, so that hachat's go.mod carries no k8s.io):
+## the Kubernetes manifests decoded strictly against the API types, the
+## Prometheus rules through promtool, the Grafana dashboard.
 test-unit:
 	$(GO) test -race -count=1 -p 2 -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
 	$(GO) vet ./...
 	cd bench/jetstream && $(GO) vet ./...
+	cd deploy && $(GO) vet ./... && $(GO) test -race -count=1 -timeout $(UNIT_TIMEOUT) ./...
+
+## k8s: the Kubernetes manifests (deploy/k8s/base, a kustomize base) as one
+## multi-document YAML stream on stdout: `make -s k8s | kubectl apply -f -`.
+k8s:
+	@cd deploy && $(GO) run ./cmd/k8s-render
 
 ## test-e2e: end-to-end tests with real processes and headless Chromium.
 test-e2e:
