@@ -1,7 +1,7 @@
 # hachat: build, test, demo, image, proto, bench.
 #
 # `make test` is what CI runs (.ci/run). It installs what the tests need when it
-# is missing (Chromium and HAProxy from Debian, the Go modules), then runs:
+# is missing (Chromium, HAProxy and Prometheus from Debian, the Go modules), then runs:
 #   1. every package except e2e with the race detector, two packages at a time;
 #   2. the end-to-end tests (e2e/...), one package at a time. These start real
 #      hachat processes (built once per test binary, without -race: the race
