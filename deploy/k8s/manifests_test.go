@@ -560,3 +560,17 @@ func TestFlagCheckCatchesAMissingFlag(t *testing.T) {
 	sort.Strings(names)
 	t.Logf("hachat core flags: %s", strings.Join(names, " "))
 }
+
+// TestNoIstioProxy: docs/deploy.md says hachat's sidecar is the only proxy:
+// the namespace is not injected and no pod template asks for istio-proxy.
+func TestNoIstioProxy(t *testing.T) {
+	m := load(t)
+	if len(m.namespaces) != 1 || m.namespaces[0].Labels["istio-injection"] != "disabled" {
+		t.Errorf("want one namespace labelled istio-injection=disabled, got %+v", m.namespaces)
+	}
+	for _, w := range m.workloads() {
+		if got := w.tmpl.Annotations["sidecar.istio.io/inject"]; got != "false" {
+			t.Errorf("%s: sidecar.istio.io/inject %q, want \"false\"", w.name, got)
+		}
+	}
+}
