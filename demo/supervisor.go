@@ -47,6 +47,10 @@ type Options struct {
 	// Credentials are written to the state file, so that an operator or a
 	// test can act as each account (see WriteAccounts).
 	Credentials Credentials
+	// Control is the path of a Unix socket on which the supervisor takes
+	// restart requests (`hachat demo restart`, see ControlPath); it is
+	// recorded in the state file. Default: none.
+	Control string
 }
 
 func (o *Options) fill() error {
@@ -99,6 +103,9 @@ type Supervisor struct {
 	progMu   sync.Mutex
 	stateMu  sync.Mutex
 	stopOnce sync.Once
+
+	restartMu   sync.Mutex // one RestartPart at a time
+	controlPath string     // absolute path of the control socket, once it listens
 }
 
 // proc is one run of one part.
@@ -136,6 +143,12 @@ func Start(ctx context.Context, plan Plan, opts Options) (*Supervisor, error) {
 	}
 	root, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Supervisor{opts: opts, plan: plan.Clone(), root: root, stop: cancel, procs: map[string]*proc{}}
+	if opts.Control != "" {
+		if err := s.serveControl(); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	context.AfterFunc(ctx, s.Stop)
 	for _, part := range s.plan.Parts {
 		if err := s.startPart(ctx, part); err != nil {
