@@ -144,13 +144,16 @@ func (s *Supervisor) serveControl() error {
 		ReadHeaderTimeout: 5 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return s.root },
 	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		_ = srv.Serve(peerListener{ln})
 	}()
-	context.AfterFunc(s.root, func() {
+	s.closeControl = func() {
 		srv.Close()
+		<-done
 		os.Remove(path)
-	})
+	}
 	return nil
 }
 

@@ -104,8 +104,9 @@ type Supervisor struct {
 	stateMu  sync.Mutex
 	stopOnce sync.Once
 
-	restartMu   sync.Mutex // one RestartPart at a time
-	controlPath string     // absolute path of the control socket, once it listens
+	restartMu    sync.Mutex // one RestartPart at a time
+	controlPath  string     // absolute path of the control socket, once it listens
+	closeControl func()     // stops the control socket's server and removes the socket
 }
 
 // proc is one run of one part.
@@ -374,6 +375,9 @@ func (s *Supervisor) Stop() {
 			<-p.done
 		}
 		s.stop() // and any run that started meanwhile
+		if s.closeControl != nil {
+			s.closeControl()
+		}
 		s.mu.Lock()
 		procs := make([]*proc, 0, len(s.procs))
 		for _, p := range s.procs {
