@@ -22,8 +22,8 @@ type demoConfig struct {
 	State string `yaml:"state"`
 	// LogFormat is passed to every part (default text).
 	LogFormat string `yaml:"log-format"`
-	// Stage selects the cluster by issue: 2 single core, 3 primary/backup,
-	// 4 control plane and sidecars (default: the newest stage built).
+	// Stage selects the cluster's size: 2 single core, 3 primary/backup,
+	// 4 control plane and sidecars (default 4).
 	Stage int `yaml:"stage"`
 	// ReadyTimeout bounds each part's start (default 20s).
 	ReadyTimeout time.Duration `yaml:"ready-timeout"`
