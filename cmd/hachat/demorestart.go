@@ -11,7 +11,8 @@ import (
 	"github.com/hachat/hachat/demo"
 )
 
-const demoRestartSummary = "Start a part of a running demo again, as an operator would: the demo's supervisor\n" +
+const demoRestartSummary = "NAME is a part of the demo's table (core-a, core-b, webapi, ...).\n" +
+	"Start a part of a running demo again, as an operator would: the demo's supervisor\n" +
 	"starts it with the flags it was first started with, records its new pid in the state\n" +
 	"file, and this command exits 0 once the part answers its health check. A core killed\n" +
 	"while it was primary comes back as backup of the core that took over.\n" +
@@ -28,7 +29,7 @@ func runDemoRestart(ctx context.Context, args []string, out, errw io.Writer) err
 	opts.State = ".hachat/demo.json"
 	opts.Timeout = time.Minute
 	name, rest := splitName(args, "--state", "-state", "--timeout", "-timeout", "--config", "-config")
-	err := parseFlags("demo restart", demoRestartSummary+"\n\nUsage: hachat demo restart NAME [--state FILE] [--force]",
+	err := parseFlags("demo restart", demoRestartSummary,
 		rest, errw, &opts, func(fs *flag.FlagSet) {
 			fs.StringVar(&opts.State, "state", opts.State, "state file of the running demo")
 			fs.BoolVar(&opts.Force, "force", opts.Force, "restart the part even if it runs: stop it (SIGTERM) first")
