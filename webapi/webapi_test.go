@@ -547,10 +547,15 @@ func TestPageStaticHealthMetrics(t *testing.T) {
 			t.Errorf("the chat card lacks %s", id)
 		}
 	}
-	for _, p := range []string{"/static/app.js", "/static/style.css"} {
+	for _, p := range []string{"/static/app.js", "/static/style.css", "/static/widget.js"} {
 		if code, _, body := get(p); code != 200 || len(body) < 100 {
 			t.Errorf("%s: %d, %d bytes", p, code, len(body))
 		}
+	}
+	// Another site loads the widget with a script tag: it must be served as
+	// JavaScript (nosniff refuses anything else).
+	if _, ct, _ := get("/static/widget.js"); !strings.HasPrefix(ct, "text/javascript") {
+		t.Errorf("/static/widget.js: Content-Type %q, want text/javascript", ct)
 	}
 	if code, _, body := get("/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
