@@ -123,7 +123,7 @@ func TestOTELEnvironment(t *testing.T) {
 			name: "OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the default name",
 			env: func(s sinks) map[string]string {
 				return map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": s.env.srv.URL,
-					"OTEL_SERVICE_NAME": "chat", "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=core-b"}
+					"OTEL_SERVICE_NAME": "chat", "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=x,service.instance.id=core-b"}
 			},
 			wantEnv: []string{"chat/work part=core instance=core-b"},
 		},
