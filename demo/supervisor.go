@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,6 +208,7 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), s.opts.Env...)
+	cmd.Env = append(cmd.Env, InstanceEnv(cmd.Env, part.Name))
 	if abs, err := filepath.Abs(s.opts.StatePath); err == nil {
 		cmd.Env = append(cmd.Env, StateEnv+"="+abs) // CheckFree of a second demo reads it
 	}
@@ -585,4 +587,27 @@ func indent(s string) string {
 		return "    (empty log)"
 	}
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+}
+
+// ResourceAttributesEnv is the OpenTelemetry variable of resource
+// attributes (key=value,key=value) that every part's spans carry.
+const ResourceAttributesEnv = "OTEL_RESOURCE_ATTRIBUTES"
+
+// InstanceEnv returns the OTEL_RESOURCE_ATTRIBUTES entry of a child named
+// part whose environment is env: the attributes env already sets (its last
+// OTEL_RESOURCE_ATTRIBUTES, as exec uses) plus service.instance.id=part,
+// which wins, so that the spans of two parts of one kind (core-a and
+// core-b, the two sidecars) tell their process apart.
+func InstanceEnv(env []string, part string) string {
+	attrs := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, ResourceAttributesEnv+"="); ok {
+			attrs = v
+		}
+	}
+	id := "service.instance.id=" + url.PathEscape(part)
+	if attrs = strings.TrimSpace(attrs); attrs != "" {
+		id = attrs + "," + id
+	}
+	return ResourceAttributesEnv + "=" + id
 }
