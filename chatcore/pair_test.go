@@ -250,6 +250,20 @@ func TestSwitchover(t *testing.T) {
 	if _, err := b.cl.Send(ctx, msg(cust, "after", "c2")); err != nil {
 		t.Fatal(err)
 	}
+	// A planned switchover's notices say so: no "failover" wording.
+	notices := 0
+	for _, ev := range b.log(cust.SessionId) {
+		switch ev.Kind {
+		case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
+			notices++
+			if got := ev.Attrs["reason"]; got != "switchover" {
+				t.Errorf("%v after a switchover has reason %q, want switchover", ev.Kind, got)
+			}
+		}
+	}
+	if notices == 0 {
+		t.Error("no disconnected/reconnected notice after the switchover")
+	}
 	// The old primary now replicates from the new one.
 	waitInSync(t, b, "core-a")
 	waitFor(t, "a caught up", func() bool { return sameLog(a.log(cust.SessionId), b.log(cust.SessionId)) })
