@@ -490,7 +490,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 		c.stepDown("UCS rejected a second copy with a stale epoch", 0)
 		return errNotPrimary
 	default:
-		c.log.Warn("no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "err", err)
+		c.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "err", err)
 		return status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
 	}
 }

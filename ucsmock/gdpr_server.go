@@ -33,7 +33,7 @@ func (s *Server) gdprFailed(w http.ResponseWriter, r *http.Request, op, scope st
 		result = "invalid"
 	}
 	s.metrics.gdpr.WithLabelValues(op, scope, result).Inc()
-	s.log.Info("gdpr request failed", "op", op, "scope", scope, "result", result, "chat", r.PathValue("chatId"), "remote", r.RemoteAddr)
+	s.log.InfoContext(r.Context(), "gdpr request failed", "op", op, "scope", scope, "result", result, "chat", r.PathValue("chatId"), "remote", r.RemoteAddr)
 	s.writeErr(w, err)
 }
 
@@ -68,7 +68,7 @@ func (s *Server) handleExportChat(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.gdpr.WithLabelValues("export", scopeChat, "ok").Inc()
 	s.metrics.gdprChats.WithLabelValues("export").Inc()
-	s.log.Info("gdpr export", "scope", scopeChat, "chat", chatID, "events", len(ce.Events), "remote", r.RemoteAddr)
+	s.log.InfoContext(r.Context(), "gdpr export", "scope", scopeChat, "chat", chatID, "events", len(ce.Events), "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, body)
 }
 
@@ -94,7 +94,7 @@ func (s *Server) handleExportCustomer(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.gdpr.WithLabelValues("export", scopeCustomer, "ok").Inc()
 	s.metrics.gdprChats.WithLabelValues("export").Add(float64(len(body.Chats)))
-	s.log.Info("gdpr export", "scope", scopeCustomer, "by", c.String(), "chats", len(body.Chats), "remote", r.RemoteAddr)
+	s.log.InfoContext(r.Context(), "gdpr export", "scope", scopeCustomer, "by", c.String(), "chats", len(body.Chats), "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, body)
 }
 
@@ -114,11 +114,11 @@ func (s *Server) handleDeleteChat(w http.ResponseWriter, r *http.Request) {
 	s.metrics.gdpr.WithLabelValues("delete", scopeChat, "ok").Inc()
 	s.metrics.gdprChats.WithLabelValues("delete").Add(float64(len(res.Deleted)))
 	for _, ts := range res.Deleted {
-		s.log.Info("gdpr delete: chat deleted, tombstone written", "scope", scopeChat, "chat", ts.ChatID, "service", ts.Service,
+		s.log.InfoContext(r.Context(), "gdpr delete: chat deleted, tombstone written", "scope", scopeChat, "chat", ts.ChatID, "service", ts.Service,
 			"epoch", ts.Epoch, "events", ts.Events, "remote", r.RemoteAddr)
 	}
 	for _, ts := range res.AlreadyDeleted {
-		s.log.Info("gdpr delete: chat was already deleted", "chat", ts.ChatID, "remote", r.RemoteAddr)
+		s.log.InfoContext(r.Context(), "gdpr delete: chat was already deleted", "chat", ts.ChatID, "remote", r.RemoteAddr)
 	}
 	writeJSON(w, http.StatusOK, res)
 }
@@ -140,7 +140,7 @@ func (s *Server) handleDeleteCustomer(w http.ResponseWriter, r *http.Request) {
 	for i, ts := range res.Deleted {
 		ids[i] = ts.ChatID
 	}
-	s.log.Info("gdpr delete: customer's chats deleted, tombstones written", "scope", scopeCustomer, "by", c.String(),
+	s.log.InfoContext(r.Context(), "gdpr delete: customer's chats deleted, tombstones written", "scope", scopeCustomer, "by", c.String(),
 		"chats", len(ids), "chat_ids", ids, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, res)
 }

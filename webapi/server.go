@@ -212,7 +212,7 @@ func (s *Server) gms(next http.Handler) http.Handler {
 		}
 		if s.cfg.APIKey != "" && !s.apiKeyOK(r) {
 			s.metrics.refused.WithLabelValues("apikey").Inc()
-			s.log.Warn("request refused: missing or wrong apikey", "method", r.Method, "path", r.URL.Path,
+			s.log.WarnContext(r.Context(), "request refused: missing or wrong apikey", "method", r.Method, "path", r.URL.Path,
 				"client", s.proxies.ClientAddr(r).String(), "given", r.Header.Get("apikey") != "")
 			writeJSON(w, http.StatusUnauthorized, &response{
 				StatusCode: statusUnrecovered,

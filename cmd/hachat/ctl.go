@@ -26,6 +26,7 @@ const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pai
   hachat ctl switchover [--state FILE | --core ADDR,ADDR] [--admin-token TOKEN]
   hachat ctl export     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN]
   hachat ctl delete     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN] [--json]
+  hachat ctl health     --core ADDR [--service NAME]   (grpc.health.v1; exit 0 when SERVING)
 
 The cores are found in the demo's state file unless --core names them; with
 --state, the admin token and the operator's mTLS certificate come from the
@@ -59,6 +60,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		Email      string        `yaml:"email"`
 		UserData   string        `yaml:"user-data"`
 		Timeout    time.Duration `yaml:"timeout"`
+		Service    string        `yaml:"service"`
 		TLS        mtls.Files    `yaml:",inline"`
 	}
 	opts.State = ".hachat/demo.json"
@@ -73,6 +75,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.StringVar(&opts.Chat, "chat", opts.Chat, "chat id (export, delete)")
 		fs.StringVar(&opts.Email, "email", opts.Email, "customer's email address, as given at chat start (export, delete)")
 		fs.StringVar(&opts.UserData, "user-data", opts.UserData, "customer's userData pair KEY=VALUE, as given at chat start (export, delete)")
+		fs.StringVar(&opts.Service, "service", opts.Service, "health: the grpc.health.v1 service asked about (empty: the server as a whole)")
 		registerTLSFlags(fs, &opts.TLS)
 	})
 	if err != nil {
@@ -122,6 +125,15 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 			return enc.Encode(sts)
 		}
 		return clusterctl.WriteTable(out, sts)
+	case "health":
+		if len(addrs) != 1 {
+			return fmt.Errorf("health: give one core with --core, got %d", len(addrs))
+		}
+		if err := ctl.Health(ctx, addrs[0], opts.Service, opts.Timeout); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: SERVING\n", addrs[0])
+		return nil
 	case "switchover":
 		token := opts.AdminToken
 		if token == "" {
