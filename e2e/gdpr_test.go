@@ -34,9 +34,16 @@ func ucsMetric(c *harness.Cluster, name string, labels ...string) (float64, erro
 // `hachat ctl delete --email` removes it, and the chat core's later saves
 // of the still-live chat (a new message, the end) are refused by the
 // tombstone: the transcript never comes back. Another customer's chat is
-// untouched.
+// untouched. It runs on a plaintext cluster and on one with mTLS
+// everywhere (ctl then uses the state file's operator certificate).
 func TestGDPRExportDeleteThroughCtl(t *testing.T) {
-	c := harness.StartCluster(t, harness.Options{})
+	for _, tls := range []bool{false, true} {
+		name := map[bool]string{false: "plaintext", true: "mtls"}[tls]
+		t.Run(name, func(t *testing.T) { gdprThroughCtl(t, harness.StartCluster(t, harness.Options{TLS: tls})) })
+	}
+}
+
+func gdprThroughCtl(t *testing.T, c *harness.Cluster) {
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 	const email = "ann.gdpr@example.com"
