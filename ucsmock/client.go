@@ -310,7 +310,6 @@ func (c *Client) DeleteCustomer(ctx context.Context, token string, cu Customer) 
 	return res, nil
 }
 
-
 // do sends one request. in (if not nil) is encoded as JSON; out receives the
 // JSON answer (or the raw bytes when out is *[]byte). Failures are mapped to
 // the package's sentinel errors.

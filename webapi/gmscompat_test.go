@@ -43,13 +43,13 @@ import (
 // gmsClient speaks the customer API as a GMS client does.
 type gmsClient struct {
 	t         *testing.T
-	base      string      // http://host/genesys/2/chat/{service}
-	slash     bool        // append "/" to every path, as the Python bot does
-	multipart bool        // send multipart/form-data instead of urlencoded
+	base      string // http://host/genesys/2/chat/{service}
+	slash     bool   // append "/" to every path, as the Python bot does
+	multipart bool   // send multipart/form-data instead of urlencoded
 	// jsonAsForm sends a JSON object labelled form-urlencoded, as axios
 	// before 1.0 does with a plain object whatever Content-Type is set.
 	jsonAsForm bool
-	header    http.Header // sent with every request (apikey)
+	header     http.Header // sent with every request (apikey)
 }
 
 // gmsAnswer is a decoded answer, as a client without our types sees it.
