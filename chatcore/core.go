@@ -34,6 +34,7 @@ type Core struct {
 	cfg     Config
 	notices NoticeSet
 	store   TranscriptStore
+	fencer  Fencer // the epochs and the primary's lease
 	tel     *telemetry.Telemetry
 	log     *slog.Logger
 	tracer  trace.Tracer
@@ -165,6 +166,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.streamEnd() // not primary yet: no stream may live
 	for _, o := range opts {
 		o(c)
+	}
+	if c.fencer == nil {
+		c.fencer = StoreFencer{Store: store}
 	}
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
@@ -307,7 +311,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 	delay := 50 * time.Millisecond
 	decided := time.Now()
 	for {
-		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
+		cur, err := c.fencer.Current(ctx, c.cfg.Cluster)
 		if err == nil {
 			if known > 0 && cur.Epoch > known && cur.Holder != c.cfg.Name {
 				c.observeEpoch(cur.Epoch)
@@ -321,11 +325,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				decided = time.Now()
 			}
 			var got Epoch
-			if cl.ifSilent > 0 {
-				got, err = c.store.ClaimEpochIfSilent(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name, cl.ifSilent)
-			} else {
-				got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
-			}
+			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
 			if err == nil {
 				c.roleMu.Lock()
 				c.becomePrimaryLocked(got.Epoch, !cl.restore)
@@ -335,16 +335,16 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 			}
 			if errors.Is(err, ErrHolderAlive) {
 				// The holder renewed its lease: it is alive and reaches UCS.
-				return 0, fmt.Errorf("%w: claim epoch %d: %w", errPrimaryAlive, cur.Epoch+1, err)
+				return 0, fmt.Errorf("%w: claim the epoch after %d: %w", errPrimaryAlive, cur.Epoch, err)
 			}
 			if errors.Is(err, ErrEpochConflict) {
-				return 0, fmt.Errorf("claim epoch %d: %w", cur.Epoch+1, err)
+				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
 			}
 		}
 		if errors.Is(err, ucsmock.ErrForbidden) {
 			c.log.Error("UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
 		} else {
-			c.log.Warn("epoch claim failed, UCS unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
+			c.log.Warn("epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
 		}
 		select {
 		case <-ctx.Done():

@@ -66,7 +66,10 @@ func (c *Core) startClaim() claim {
 func storeEpoch(err error) uint64 {
 	var se *ucsmock.StaleEpochError
 	var ce *ucsmock.EpochConflictError
+	var fe *FenceError
 	switch {
+	case errors.As(err, &fe):
+		return fe.Epoch
 	case errors.As(err, &se):
 		return se.Epoch
 	case errors.As(err, &ce):
@@ -116,7 +119,7 @@ const startupPeerWait = 2 * time.Second
 func (c *Core) previousHolderElsewhere(ctx context.Context) bool {
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cur, err := c.store.Epoch(sctx, c.cfg.Cluster)
+	cur, err := c.fencer.Current(sctx, c.cfg.Cluster)
 	return err != nil || cur.Holder != ""
 }
 
@@ -175,7 +178,7 @@ func (c *Core) renewLease(ctx context.Context, epoch uint64) {
 	var lastWarn time.Time
 	for {
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
-		_, err := c.store.Renew(rctx, c.cfg.Cluster, epoch, c.cfg.Name)
+		_, err := c.fencer.Renew(rctx, c.cfg.Cluster, epoch, c.cfg.Name)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -259,7 +262,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	mine := c.epoch.Load()
 	uctx, cancel := context.WithTimeout(ctx, epochConfirmTimeout)
 	defer cancel()
-	cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
+	cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
 	switch {
 	case err != nil:
 		c.refuteMu.Lock()
@@ -478,6 +481,9 @@ func behind(s *session, stale bool, stored map[string]ucsmock.ChatInfo) bool {
 func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ucsmock.ChatInfo, error) {
 	delay := 50 * time.Millisecond
 	pending := all
+	if err := c.announceEpoch(ctx); err != nil {
+		return nil, err
+	}
 	for {
 		stored, lerr := c.storedChats(ctx)
 		if lerr != nil && !errors.Is(lerr, errNoLister) {
@@ -506,6 +512,46 @@ func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ucsmock.
 		}
 		if !c.primary.Load() {
 			return nil, errors.New("catch up from ucs: stepped down")
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// announceEpoch makes UCS hold this primary's epoch before it merges what
+// UCS holds, when the epochs come from elsewhere (etcd): UCS otherwise
+// learns an epoch only from the first save that carries it, and an old
+// primary that does not know it is fenced could still add a second copy
+// after the merge read past it. It retries until UCS answers, and fails
+// when UCS already holds a newer epoch (this core is fenced) or ctx ends.
+func (c *Core) announceEpoch(ctx context.Context) error {
+	if _, atUCS := c.fencer.(StoreFencer); atUCS {
+		return nil
+	}
+	mine := c.epoch.Load()
+	delay := 50 * time.Millisecond
+	for {
+		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
+		if err == nil {
+			switch {
+			case cur.Epoch == mine:
+				return nil
+			case cur.Epoch > mine:
+				c.stepDown(fmt.Sprintf("UCS holds epoch %d, newer than mine", cur.Epoch), cur.Epoch)
+				return fmt.Errorf("announce epoch %d: %w", mine, ErrStaleEpoch)
+			}
+			_, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, mine, c.cfg.Name)
+			if err == nil || errors.Is(err, ErrEpochConflict) {
+				continue // read again: done, or someone moved first
+			}
+		}
+		c.log.Warn("could not tell UCS the new epoch before the merge: retrying", "epoch", mine, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("announce epoch %d: %w", mine, ctx.Err())
+		case <-time.After(delay):
+		}
+		if !c.primary.Load() {
+			return errors.New("announce epoch: stepped down")
 		}
 		delay = min(delay*2, time.Second)
 	}
@@ -738,7 +784,7 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 			// answer came: the backup's claim made UCS refuse one of this
 			// core's saves (stale epoch) and this core stepped down. UCS
 			// says who holds the epoch now.
-			e, err := c.store.Epoch(ctx, c.cfg.Cluster)
+			e, err := c.fencer.Current(ctx, c.cfg.Cluster)
 			if err != nil || e.Epoch <= epoch || e.Holder != l.name {
 				return abort(errors.New("backup link lost during the handover"))
 			}

@@ -334,7 +334,7 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		// A backup's word is a hint; only UCS can say that a newer epoch exists.
 		mine := c.epoch.Load()
 		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
-		cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
+		cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
 		cancel()
 		switch {
 		case err != nil:
