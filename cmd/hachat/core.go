@@ -35,14 +35,14 @@ type coreFile struct {
 	// gossip-bind; with both empty (the default) the core runs without
 	// membership. With gossip the core finds the other core and the witness
 	// in the members' meta, so peer and witness may stay empty.
-	Gossip     string            `yaml:"gossip"`
+	Gossip string `yaml:"gossip"`
 	// Coordination lists the etcd endpoints (host:port, comma-separated)
 	// of the coordination cluster that holds the pair's epochs and the
 	// primary's lease: `hachat coord` members or an etcd the deployment
 	// already runs. Empty (the default) keeps the epochs at UCS, which then
 	// is a single point of failure of failover.
-	Coordination string `yaml:"coordination"`
-	Membership membership.Config `yaml:",inline"`
+	Coordination string            `yaml:"coordination"`
+	Membership   membership.Config `yaml:",inline"`
 	// TLS turns on mTLS (tls-ca, tls-cert, tls-key): the gRPC server, the
 	// other core, UCS (an https:// ucs URL) and the witness.
 	TLS       mtls.Files       `yaml:",inline"`
