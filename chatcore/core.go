@@ -35,6 +35,11 @@ type Core struct {
 	notices NoticeSet
 	store   TranscriptStore
 	fencer  Fencer // the epochs and the primary's lease
+	// soloMu serializes recording the solo mark; soloEpoch is the epoch
+	// whose solo mark this primary recorded (0: none).
+	soloMu      sync.Mutex
+	soloEpoch   atomic.Uint64
+	claimedFrom atomic.Uint64 // the epoch the last successful claim replaced
 	tel     *telemetry.Telemetry
 	log     *slog.Logger
 	tracer  trace.Tracer
@@ -327,6 +332,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 			var got Epoch
 			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
 			if err == nil {
+				c.claimedFrom.Store(cur.Epoch)
 				c.roleMu.Lock()
 				c.becomePrimaryLocked(got.Epoch, !cl.restore)
 				c.roleMu.Unlock()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -191,4 +193,40 @@ func (f *EtcdFencer) Renew(ctx context.Context, service string, epoch uint64, ho
 	f.held[service] = heldLease{epoch: epoch, id: grant.ID}
 	f.mu.Unlock()
 	return cur, nil
+}
+
+func (f *EtcdFencer) soloKey(service string) string { return f.prefix + service + "/solo" }
+
+// MarkSolo records or clears the solo mark of epoch, in a transaction that
+// holds only while epoch is the current epoch.
+func (f *EtcdFencer) MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error {
+	op := clientv3.OpDelete(f.soloKey(service))
+	if solo {
+		op = clientv3.OpPut(f.soloKey(service), strconv.FormatUint(epoch, 10)+" "+holder)
+	}
+	resp, err := f.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(f.epochKey(service)), "=", int64(epoch))).Then(op).Commit()
+	if err != nil {
+		return unavailable("mark solo", err)
+	}
+	if !resp.Succeeded {
+		cur, err := f.Current(ctx, service)
+		if err != nil {
+			return err
+		}
+		return &FenceError{Epoch: cur.Epoch, Holder: cur.Holder, Stale: cur.Epoch > epoch}
+	}
+	return nil
+}
+
+// Solo reports whether the solo mark names epoch.
+func (f *EtcdFencer) Solo(ctx context.Context, service string, epoch uint64) (bool, error) {
+	resp, err := f.cli.Get(ctx, f.soloKey(service))
+	if err != nil {
+		return false, unavailable("read solo mark", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return false, nil
+	}
+	e, _, _ := strings.Cut(string(resp.Kvs[0].Value), " ")
+	return e == strconv.FormatUint(epoch, 10), nil
 }

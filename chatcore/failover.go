@@ -339,11 +339,37 @@ func (c *Core) promote(ctx context.Context, why string, certain bool, recheck fu
 		span.RecordError(err)
 		return err
 	}
+	if stale {
+		c.trustReplica(ctx, cl.known)
+	}
 	c.m.failovers.Inc()
 	c.gossipDead.Store(false)
 	n := c.restoreAll(ctx, "replica")
 	c.log.Info("promotion complete", "epoch", epoch, "sessions_restored", n, "took", time.Since(start))
 	return nil
+}
+
+// trustReplica asks the coordination cluster, after a claim that replaced
+// followed (the epoch whose primary this core replicated), whether that
+// primary ever acknowledged with second copies in UCS. If not, the replica
+// holds every acknowledged event although its stream stopped: the new
+// primary serves at once, without merging from UCS (which may be down).
+// The claim came first, so that primary can no longer go solo.
+func (c *Core) trustReplica(ctx context.Context, followed uint64) {
+	rec, ok := c.fencer.(SoloRecorder)
+	if !ok || followed == 0 || c.claimedFrom.Load() != followed {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	solo, err := rec.Solo(sctx, c.cfg.Cluster, followed)
+	if err != nil || solo {
+		c.log.Info("the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
+		return
+	}
+	c.replicaStale.Store(false)
+	c.finishRestoring()
+	c.log.Info("the old primary never went solo: the replica is complete, serving without a merge", "old_epoch", followed)
 }
 
 // takeOver is the backup's side of a planned switchover.

@@ -101,3 +101,22 @@ func (e *FenceError) Is(target error) bool {
 	}
 	return false
 }
+
+// SoloRecorder is a Fencer that also records, fenced by the epoch, that
+// the primary acknowledges events whose second copy is in UCS because its
+// backup is away (as Kafka records a shrunk in-sync replica set in its
+// consensus store before acknowledging with it). A new primary whose
+// replica stopped short (a link break just before a kill, a silent
+// primary) then knows from the coordination cluster alone whether the old
+// primary acknowledged anything its replica lacks: when it did not, the
+// new primary serves at once, even while UCS is down; when it did, it
+// merges from UCS first (no serving before the merge).
+type SoloRecorder interface {
+	// MarkSolo records (solo) or clears (!solo) that holder, at epoch,
+	// acknowledges with second copies in UCS. It fails with an error
+	// matching ErrStaleEpoch when epoch is no longer current.
+	MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error
+	// Solo reports whether the holder of epoch recorded that it went solo
+	// (and did not clear it).
+	Solo(ctx context.Context, service string, epoch uint64) (bool, error)
+}

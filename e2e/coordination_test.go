@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hachat/hachat/e2e/harness"
+)
+
+// Fencing from the coordination cluster (issue 8, point 1): three members
+// of `hachat coord` (embedded etcd) hold the pair's epochs and the
+// primary's lease, so UCS is no longer a single point of failure of
+// failover, and losing one member changes nothing.
+
+// coordPair starts the stage-3 pair with three coordination members.
+func coordPair(t *testing.T) (*harness.Cluster, []*harness.Session) {
+	t.Helper()
+	return pair(t, harness.Options{CoordMembers: 3})
+}
+
+// TestCoordUCSDownThenPrimaryKilled: UCS is killed, then the primary. The
+// backup promotes at once (within a second: the epoch comes from etcd),
+// holding every acknowledged message. Alone and without UCS it has no place
+// for a second copy, so sends are refused as retryable until the killed
+// core is back as its backup; then chats go on with UCS still down. Once
+// UCS is back every transcript completes, saved under the new epoch.
+func TestCoordUCSDownThenPrimaryKilled(t *testing.T) {
+	c, sessions := coordPair(t)
+	before := c.Metric("core-b", "hachat_core_epoch")
+	var promoted time.Duration
+	rec := aroundFault(t, sessions, func() {
+		c.Kill("ucs", syscall.SIGKILL)
+		killed := time.Now()
+		c.Kill("core-a", syscall.SIGKILL)
+		c.WaitRole("core-b", "primary", 10*time.Second)
+		promoted = time.Since(killed)
+		t.Logf("core-b primary %s after the kill, UCS down", promoted.Round(time.Millisecond))
+		c.Restart("core-a")
+		c.WaitRole("core-a", "backup", 15*time.Second)
+		c.WaitBackupInSync("core-b", 15*time.Second)
+		time.Sleep(500 * time.Millisecond) // chats go on with UCS still down
+		c.Restart("ucs")
+	})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true, TranscriptTimeout: 40 * time.Second})
+	if promoted > 5*time.Second {
+		t.Errorf("promotion with UCS down took %v (the epoch no longer needs UCS)", promoted)
+	}
+	after := c.Metric("core-b", "hachat_core_epoch")
+	if after <= before {
+		t.Errorf("core-b's epoch %v is not newer than %v", after, before)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for _, s := range sessions {
+		tr, err := c.UCS().Transcript(ctx, s.ChatID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if float64(tr.Epoch) != after {
+			t.Errorf("chat %s: UCS holds it at epoch %d, want the new primary's %v", s.ChatID, tr.Epoch, after)
+		}
+	}
+}
+
+// TestCoordMemberKilled: kill -9 of one coordination member under load
+// changes nothing (no failover, no error a client could not retry through);
+// with two members left a kill -9 of the primary still fails over.
+func TestCoordMemberKilled(t *testing.T) {
+	c, sessions := coordPair(t)
+	rec := aroundFault(t, sessions, func() {
+		c.Kill("etcd-1", syscall.SIGKILL)
+		time.Sleep(time.Second) // the primary renews its lease through the others
+		if c.Role("core-a") != "primary" || c.Role("core-b") != "backup" {
+			t.Errorf("roles changed after one member died: core-a %s, core-b %s", c.Role("core-a"), c.Role("core-b"))
+		}
+		c.Kill("core-a", syscall.SIGKILL)
+		c.WaitRole("core-b", "primary", 10*time.Second)
+	})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
+	if n := c.Metric("core-b", "hachat_core_failovers_total"); n != 1 {
+		t.Errorf("core-b counts %v failovers, want 1", n)
+	}
+}
+
+// TestCoordOnlyBackupRestarted: both cores die; only the one configured
+// backup comes back. It becomes primary (the dead primary's lease lapses in
+// etcd) and serves: the old chats are restored from UCS and new chats run.
+func TestCoordOnlyBackupRestarted(t *testing.T) {
+	c, sessions := coordPair(t)
+	rec := aroundFault(t, sessions, func() {})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS()})
+
+	c.Kill("core-b", syscall.SIGKILL)
+	c.Kill("core-a", syscall.SIGKILL)
+	start := time.Now()
+	c.Restart("core-b")
+	c.WaitRole("core-b", "primary", 15*time.Second)
+	t.Logf("the restarted backup-configured core is primary %s after its restart", time.Since(start).Round(time.Millisecond))
+	more := c.StartSessions(t, 2)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	rec2 := harness.StartWorkload(ctx, more, harness.WorkloadOptions{Messages: 10}).Wait()
+	if want := len(more) * 2 * 10; rec2.Acked() != want {
+		t.Errorf("%d of %d messages acknowledged on the restarted core", rec2.Acked(), want)
+	}
+	harness.Check(t, t.Context(), rec2, harness.CheckOptions{UCS: c.UCS()})
+}
