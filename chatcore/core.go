@@ -40,11 +40,11 @@ type Core struct {
 	soloMu      sync.Mutex
 	soloEpoch   atomic.Uint64
 	claimedFrom atomic.Uint64 // the epoch the last successful claim replaced
-	tel     *telemetry.Telemetry
-	log     *slog.Logger
-	tracer  trace.Tracer
-	m       *metrics
-	now     func() time.Time
+	tel         *telemetry.Telemetry
+	log         *slog.Logger
+	tracer      trace.Tracer
+	m           *metrics
+	now         func() time.Time
 
 	mu       sync.RWMutex
 	sessions map[string]*session

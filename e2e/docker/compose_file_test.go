@@ -56,7 +56,7 @@ func TestComposeShape(t *testing.T) {
 		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds",
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
-		"certs": "certs",
+		"certs": "certs", "etcd-1": "coord", "etcd-2": "coord", "etcd-3": "coord",
 	}
 	var got []string
 	for name := range f.Services {
@@ -121,7 +121,7 @@ func TestComposeShape(t *testing.T) {
 		for _, a := range s.Command[1:] {
 			flag, val, _ := strings.Cut(a, "=")
 			switch flag {
-			case "--http", "--grpc", "--gossip-bind", "--admin":
+			case "--http", "--grpc", "--gossip-bind", "--admin", "--client", "--peer":
 				if strings.HasPrefix(val, "0.0.0.0") || strings.HasPrefix(val, "127.") {
 					t.Errorf("%s: %s binds %s: want the container's address", name, flag, val)
 				}
