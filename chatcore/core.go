@@ -18,7 +18,6 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
-	"github.com/hachat/hachat/ucsmock"
 )
 
 // ChatServiceName is the gRPC health service name that reports SERVING only
@@ -347,7 +346,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
 			}
 		}
-		if errors.Is(err, ucsmock.ErrForbidden) {
+		if errors.Is(err, ErrForbidden) {
 			c.log.Error("UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
 		} else {
 			c.log.Warn("epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)

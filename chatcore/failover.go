@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/transcript"
 	"github.com/hachat/hachat/membership"
-	"github.com/hachat/hachat/ucsmock"
 )
 
 // This file holds the role logic: start-up, promotion, restoration,
@@ -64,8 +64,8 @@ func (c *Core) startClaim() claim {
 // storeEpoch returns the epoch a fencing error of the store names (0 when
 // it names none).
 func storeEpoch(err error) uint64 {
-	var se *ucsmock.StaleEpochError
-	var ce *ucsmock.EpochConflictError
+	var se *transcript.StaleEpochError
+	var ce *transcript.EpochConflictError
 	var fe *FenceError
 	switch {
 	case errors.As(err, &fe):
@@ -408,7 +408,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	// What UCS holds beyond the replica: second copies the old primary took
 	// after our stream stopped (a partition, a silent primary). One listing
 	// call; without it a stale replica merges every session.
-	var stored map[string]ucsmock.ChatInfo
+	var stored map[string]ChatInfo
 	merged := false
 	if c.unmerged.Load() {
 		// Not serving yet: merge everything UCS holds beyond the replica,
@@ -460,28 +460,23 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	return n
 }
 
-// chatLister lists stored chats; ucsmock.Client and ucsmock.MemStore have it.
-type chatLister interface {
-	Chats(ctx context.Context, f ucsmock.ChatFilter) ([]ucsmock.ChatInfo, error)
-}
-
 // errNoLister reports a store that cannot list chats (every session is then
 // read on its own).
 var errNoLister = errors.New("store cannot list chats")
 
 // storedChats lists the cluster's chats at UCS (one call instead of a read
 // per session). It returns nil and an error when the store cannot list them.
-func (c *Core) storedChats(ctx context.Context) (map[string]ucsmock.ChatInfo, error) {
-	l, ok := c.store.(chatLister)
+func (c *Core) storedChats(ctx context.Context) (map[string]ChatInfo, error) {
+	l, ok := c.store.(ChatLister)
 	if !ok {
 		return nil, errNoLister
 	}
-	list, err := l.Chats(ctx, ucsmock.ChatFilter{Service: c.cfg.Cluster})
+	list, err := l.Chats(ctx, ChatFilter{Service: c.cfg.Cluster})
 	if err != nil {
 		c.log.Warn("could not list chats at UCS: merging every session", "err", err)
 		return nil, fmt.Errorf("list chats at ucs: %w", err)
 	}
-	out := make(map[string]ucsmock.ChatInfo, len(list))
+	out := make(map[string]ChatInfo, len(list))
 	for _, ci := range list {
 		out[ci.ChatID] = ci
 	}
@@ -490,7 +485,7 @@ func (c *Core) storedChats(ctx context.Context) (map[string]ucsmock.ChatInfo, er
 
 // behind reports whether UCS may hold events of s beyond its log: stored
 // says so, or stored is unknown (nil) and the replica is stale.
-func behind(s *session, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+func behind(s *session, stale bool, stored map[string]ChatInfo) bool {
 	s.mu.Lock()
 	last, ended := s.lastIndex(), s.st.ended
 	s.mu.Unlock()
@@ -504,7 +499,7 @@ func behind(s *session, stale bool, stored map[string]ucsmock.ChatInfo) bool {
 // the old primary may have acknowledged. It returns the listing it used
 // (nil when the store cannot list), or an error when ctx ends or this core
 // stops being primary first.
-func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ucsmock.ChatInfo, error) {
+func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ChatInfo, error) {
 	delay := 50 * time.Millisecond
 	pending := all
 	if err := c.announceEpoch(ctx); err != nil {
@@ -584,7 +579,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 }
 
 // restoreOne restores one replicated session.
-func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ChatInfo) bool {
 	if behind(s, stale, stored) {
 		if err := c.mergeFromUCS(ctx, s); err != nil {
 			c.log.Warn("could not merge session from UCS", "session", s.id, "err", err)
