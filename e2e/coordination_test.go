@@ -126,3 +126,26 @@ func TestCoordOnlyBackupRestarted(t *testing.T) {
 		})
 	}
 }
+
+// TestCoordSilentPrimary: SIGSTOP of the primary. Nothing proves it dead,
+// so the backup's claim waits until the primary's etcd lease lapsed, then
+// promotes; on SIGCONT the old primary's renewal meets the newer epoch and
+// it steps down and resyncs as backup, with nothing committed twice.
+func TestCoordSilentPrimary(t *testing.T) {
+	c, sessions := coordPair(t)
+	rec := aroundFault(t, sessions, func() {
+		stopped := time.Now()
+		c.Kill("core-a", syscall.SIGSTOP)
+		c.WaitRole("core-b", "primary", 15*time.Second)
+		t.Logf("core-b primary %s after SIGSTOP of the primary", time.Since(stopped).Round(time.Millisecond))
+		time.Sleep(300 * time.Millisecond) // the new primary commits while the old one is frozen
+		c.Kill("core-a", syscall.SIGCONT)
+		c.WaitRole("core-a", "backup", 15*time.Second)
+	})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true})
+	if n := c.Metric("core-a", "hachat_core_step_downs_total"); n < 1 {
+		t.Errorf("core-a counts %v step-downs after being fenced", n)
+	}
+	c.WaitBackupInSync("core-b", 15*time.Second)
+}
