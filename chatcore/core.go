@@ -303,9 +303,10 @@ type claim struct {
 	ifSilent time.Duration
 }
 
-// claimPrimary claims epoch+1 at the store with a compare-and-set (expect
-// is the epoch the store holds now, which must not be newer than cl.known
-// when cl.known > 0), retrying while the store is unreachable, and becomes
+// claimPrimary claims the next epoch at the fencing authority (c.fencer:
+// etcd, or UCS without a coordination cluster) with a compare-and-set
+// (expect is the epoch it holds now, which must not be newer than cl.known
+// when cl.known > 0), retrying while it is unreachable, and becomes
 // primary. A lost compare-and-set returns ErrEpochConflict: someone else
 // moved first; a failed re-check returns its error and claims nothing.
 func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {

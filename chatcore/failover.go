@@ -20,12 +20,14 @@ import (
 // This file holds the role logic: start-up, promotion, restoration,
 // switchover and stepping down when a newer epoch shows up.
 //
-// The primary is whoever holds the newest epoch at UCS. Promotion claims
-// epoch+1 with a compare-and-set; if UCS is unreachable when the primary
-// dies, the backup does not promote (two primaries would be possible
-// without the fencing token): it keeps retrying the claim, clients get
-// UNAVAILABLE (retryable), and nothing acknowledged is lost, because the
-// backup holds every acknowledged event. It promotes as soon as UCS answers.
+// The primary is whoever holds the newest epoch at the fencing authority
+// (c.fencer: the coordination cluster, etcd; or UCS when the core has none).
+// Promotion claims the next epoch with a compare-and-set; if the authority
+// is unreachable when the primary dies, the backup does not promote (two
+// primaries would be possible without the fencing token): it keeps retrying
+// the claim, clients get UNAVAILABLE (retryable), and nothing acknowledged is
+// lost, because the backup holds every acknowledged event. With etcd, UCS
+// being down does not stop a promotion (docs/design.md).
 
 // roleLoop owns the core's role for the life of Serve.
 func (c *Core) roleLoop(ctx context.Context) {
@@ -168,8 +170,8 @@ func (c *Core) lead(ctx context.Context) {
 	}
 }
 
-// renewLease renews this primary's lease on epoch at UCS four times per
-// epoch-lease until ctx ends. A store that names a newer epoch or another
+// renewLease renews this primary's lease on epoch at the fencing authority
+// four times per epoch-lease until ctx ends. A store that names a newer epoch or another
 // holder fences it: it steps down at once. While UCS does not answer the
 // lease lapses, and a backup may then take over (the claim needs UCS too).
 func (c *Core) renewLease(ctx context.Context, epoch uint64) {
@@ -184,11 +186,11 @@ func (c *Core) renewLease(ctx context.Context, epoch uint64) {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict):
-			c.stepDown(fmt.Sprintf("UCS refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
+			c.stepDown(fmt.Sprintf("the fencing authority refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
 			return
 		case err != nil && time.Since(lastWarn) > 5*time.Second:
 			lastWarn = time.Now()
-			c.log.Warn("could not renew the primary's lease at UCS: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
+			c.log.Warn("could not renew the primary's lease at the fencing authority: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -218,7 +220,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 	}
 	who := "peer " + st.Name
 	if e, ok := c.confirmNewerEpoch(ctx, who, st.Epoch); ok {
-		c.stepDown(fmt.Sprintf("%s is primary at newer epoch %d (UCS holds %d)", who, st.Epoch, e), e)
+		c.stepDown(fmt.Sprintf("%s is primary at newer epoch %d (the fencing authority holds %d)", who, st.Epoch, e), e)
 	}
 }
 
@@ -231,7 +233,7 @@ func (c *Core) checkNewerPrimary(ctx context.Context, m membership.Member) {
 	}
 	who := "member " + m.Name
 	if e, ok := c.confirmNewerEpoch(ctx, who, m.Meta.Epoch); ok {
-		c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d (UCS holds %d)", m.Name, m.Meta.Epoch, e), e)
+		c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d (the fencing authority holds %d)", m.Name, m.Meta.Epoch, e), e)
 	}
 }
 
@@ -272,7 +274,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 		}
 		c.refuteMu.Unlock()
 		if !quiet { // asked every 250 ms while it lasts: log every 5 s
-			c.log.Warn("cannot confirm a peer's newer epoch at UCS: staying as I am until UCS answers",
+			c.log.Warn("cannot confirm a peer's newer epoch at the fencing authority: staying as I am until it answers",
 				"claimed_by", who, "claimed", claimed, "mine", mine, "err", err)
 		}
 		return 0, false
@@ -285,8 +287,8 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	}
 	c.refuted[who] = refutation{claimed: claimed, at: time.Now()}
 	c.refuteMu.Unlock()
-	c.log.Warn("ignored a newer epoch that UCS does not know", "claimed_by", who, "claimed", claimed,
-		"ucs_epoch", cur.Epoch, "ucs_holder", cur.Holder, "mine", mine)
+	c.log.Warn("ignored a newer epoch that the fencing authority does not know", "claimed_by", who, "claimed", claimed,
+		"authority_epoch", cur.Epoch, "authority_holder", cur.Holder, "mine", mine)
 	return 0, false
 }
 

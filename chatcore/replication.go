@@ -338,16 +338,16 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		cancel()
 		switch {
 		case err != nil:
-			c.log.Warn("refused a backup claiming a newer epoch: UCS cannot confirm it now", "backup", hello.Name,
+			c.log.Warn("refused a backup claiming a newer epoch: the fencing authority cannot confirm it now", "backup", hello.Name,
 				"claimed", hello.Epoch, "mine", mine, "err", err)
-			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at UCS: retry", hello.Epoch)
+			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at the fencing authority: retry", hello.Epoch)
 		case cur.Epoch > mine:
-			c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (UCS holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
+			c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (the fencing authority holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
 			return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", cur.Epoch)
 		default:
-			c.log.Warn("refused a backup claiming an epoch UCS does not know", "backup", hello.Name,
+			c.log.Warn("refused a backup claiming an epoch the fencing authority does not know", "backup", hello.Name,
 				"claimed", hello.Epoch, "ucs_epoch", cur.Epoch, "mine", mine)
-			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at UCS (it holds %d)", hello.Epoch, cur.Epoch)
+			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at the fencing authority (it holds %d)", hello.Epoch, cur.Epoch)
 		}
 	}
 	c.roleMu.Lock()
