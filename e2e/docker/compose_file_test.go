@@ -72,6 +72,7 @@ func TestComposeShape(t *testing.T) {
 		t.Fatalf("services %v, want %v", got, wantNames)
 	}
 	published := map[string]string{"webapi": ":8080", "interaction": ":8081", "ucs": ":7080"}
+	addrs := map[string]string{} // fixed address -> service
 	for name, s := range f.Services {
 		if s.Image != "${HACHAT_IMAGE:-hachat:dev}" {
 			t.Errorf("%s: image %q, want ${HACHAT_IMAGE:-hachat:dev}", name, s.Image)
@@ -111,9 +112,13 @@ func TestComposeShape(t *testing.T) {
 			continue
 		}
 		if s.NetworkMode == "" {
-			if ip := s.Networks["hachat"].IPv4; ip == "" {
+			ip := s.Networks["hachat"].IPv4
+			if ip == "" {
 				t.Errorf("%s: no fixed address on the hachat network", name)
+			} else if other, dup := addrs[ip]; dup {
+				t.Errorf("%s and %s share the fixed address %s", name, other, ip)
 			}
+			addrs[ip] = name
 		}
 		// Everything but a sidecar's data listener binds the part's own
 		// address, never 0.0.0.0 (which memberlist and the cores would
