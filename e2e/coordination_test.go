@@ -66,13 +66,24 @@ func TestCoordUCSDownThenPrimaryKilled(t *testing.T) {
 	}
 }
 
-// TestCoordMemberKilled: kill -9 of one coordination member under load
+// TestCoordMemberKilled: kill -9 of the coordination cluster's leader (the
+// member the primary's lease renewals and the claims go through) under load
 // changes nothing (no failover, no error a client could not retry through);
 // with two members left a kill -9 of the primary still fails over.
 func TestCoordMemberKilled(t *testing.T) {
 	c, sessions := coordPair(t)
+	leader := ""
+	harness.Eventually(t, "a coordination leader", 10*time.Second, func() error {
+		for _, m := range []string{"etcd-1", "etcd-2", "etcd-3"} {
+			if c.Metric(m, "etcd_server_is_leader") == 1 {
+				leader = m
+				return nil
+			}
+		}
+		return fmt.Errorf("no member reports etcd_server_is_leader 1")
+	})
 	rec := aroundFault(t, sessions, func() {
-		c.Kill("etcd-1", syscall.SIGKILL)
+		c.Kill(leader, syscall.SIGKILL)
 		time.Sleep(time.Second) // the primary renews its lease through the others
 		if c.Role("core-a") != "primary" || c.Role("core-b") != "backup" {
 			t.Errorf("roles changed after one member died: core-a %s, core-b %s", c.Role("core-a"), c.Role("core-b"))
