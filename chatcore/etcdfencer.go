@@ -58,9 +58,18 @@ func (f *EtcdFencer) epochKey(service string) string { return f.prefix + service
 func (f *EtcdFencer) leaseKey(service string) string { return f.prefix + service + "/lease" }
 
 // unavailable wraps an etcd failure as ErrUnavailable (retry later).
-func unavailable(op string, err error) error {
-	return fmt.Errorf("etcd %s: %w: %w", op, ErrUnavailable, err)
+func unavailable(op string, err error) error { return &etcdError{op: op, err: err} }
+
+// etcdError is an etcd call that failed: it matches ErrUnavailable and
+// wraps etcd's error (without the UCS wording of ErrUnavailable's text).
+type etcdError struct {
+	op  string
+	err error
 }
+
+func (e *etcdError) Error() string        { return "etcd " + e.op + ": unavailable: " + e.err.Error() }
+func (e *etcdError) Unwrap() error        { return e.err }
+func (e *etcdError) Is(target error) bool { return target == ErrUnavailable }
 
 // Current returns the service's epoch: the mod revision of its epoch key
 // (a linearizable read).

@@ -221,3 +221,21 @@ func TestUCSDownFailoverWithEtcd(t *testing.T) {
 		t.Fatalf("a save at the old epoch after the failover: %v, want stale", err)
 	}
 }
+
+// TestEtcdFencerUnreachable: with every member gone a call fails with an
+// error that matches ErrUnavailable (the caller retries) and no fencing
+// sentinel (it must not step down or give up a claim for it).
+func TestEtcdFencerUnreachable(t *testing.T) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + listen(t).Addr().String()}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	f := NewEtcdFencer(cli, "/test/", time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err = f.Claim(ctx, "hachat", 0, "core-a", 0)
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrEpochConflict) || errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("claim with etcd unreachable: %v, want only ErrUnavailable", err)
+	}
+}
