@@ -3,6 +3,7 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"testing"
@@ -11,7 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -126,30 +130,114 @@ type cutFencer struct {
 	cut *cutStore
 }
 
-func (f cutFencer) Current(ctx context.Context, service string) (Epoch, error) {
+// check fails while the cut reaches the coordination cluster too.
+func (f cutFencer) check() error {
 	f.cut.mu.Lock()
-	if f.cut.down {
+	ucsOnly := f.cut.ucsOnly
+	if f.cut.down && !ucsOnly {
 		f.cut.epochs++
 	}
 	f.cut.mu.Unlock()
-	if err := f.cut.check(); err != nil {
+	if ucsOnly {
+		return nil
+	}
+	return f.cut.check()
+}
+
+func (f cutFencer) Current(ctx context.Context, service string) (Epoch, error) {
+	if err := f.check(); err != nil {
 		return Epoch{}, err
 	}
 	return f.Fencer.Current(ctx, service)
 }
 
 func (f cutFencer) Claim(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (Epoch, error) {
-	if err := f.cut.check(); err != nil {
+	if err := f.check(); err != nil {
 		return Epoch{}, err
 	}
 	return f.Fencer.Claim(ctx, service, expect, holder, ifSilent)
 }
 
 func (f cutFencer) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
-	if err := f.cut.check(); err != nil {
+	if err := f.check(); err != nil {
 		return Epoch{}, err
 	}
 	return f.Fencer.Renew(ctx, service, epoch, holder)
+}
+
+// MarkSolo and Solo pass through: the rig's backup reads the solo mark.
+func (f cutFencer) MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.Fencer.(SoloRecorder).MarkSolo(ctx, service, epoch, holder, solo)
+}
+
+func (f cutFencer) Solo(ctx context.Context, service string, epoch uint64) (bool, error) {
+	if err := f.check(); err != nil {
+		return false, err
+	}
+	return f.Fencer.(SoloRecorder).Solo(ctx, service, epoch)
+}
+
+// TestSoloMarkDecidesTheMerge: the link breaks while the primary lives (the
+// backup's replica is stale), UCS goes down for the backup, then the
+// primary is killed. The backup promotes with etcd either way; whether it
+// may serve before UCS returns depends on the solo mark: when the old
+// primary acknowledged nothing without its backup (no mark) the replica is
+// complete and it serves at once; when it did (mark recorded before the
+// first such acknowledgement) it waits for UCS and merges first.
+func TestSoloMarkDecidesTheMerge(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		soloAck bool // the primary acknowledges while the link is cut
+	}{
+		{"never solo: serves at once", false},
+		{"solo: merges first", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newIsolationRig(t, "etcd")
+			r.link.cut() // the witness still reaches the primary: no failover
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			waitFor(t, "b knows its replica is stale", func() bool { return r.b.c.replicaStale.Load() })
+			var acked []uint64
+			if tt.soloAck {
+				acked = r.sendOnA(t, 2, "second-copy")
+			}
+			r.bUCS.mu.Lock()
+			r.bUCS.down, r.bUCS.ucsOnly = true, true
+			r.bUCS.mu.Unlock()
+			r.a.kill()
+			r.w.set(false, nil)
+			waitFor(t, "b primary", func() bool { return r.b.c.primary.Load() })
+			conn, err := grpc.NewClient(r.b.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			hc := healthpb.NewHealthClient(conn)
+			serving := func() bool {
+				h, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: ChatServiceName})
+				return err == nil && h.Status == healthpb.HealthCheckResponse_SERVING
+			}
+			if !tt.soloAck {
+				waitFor(t, "b serving with UCS down", serving)
+				return
+			}
+			time.Sleep(300 * time.Millisecond) // it must keep waiting for UCS
+			if serving() {
+				t.Fatal("b serves before merging what the old primary acknowledged with second copies in UCS")
+			}
+			r.bUCS.setDown(false)
+			waitFor(t, "b serving after the merge", serving)
+			log := r.b.log(r.cust.SessionId)
+			for i, idx := range acked {
+				if want := fmt.Sprintf("second-copy %d", i); int(idx) > len(log) || log[idx-1].Text != want {
+					t.Fatalf("index %d on the new primary is not the acknowledged %q", idx, want)
+				}
+			}
+		})
+	}
 }
 
 // TestUCSDownFailoverWithEtcd is the failure-matrix row "UCS down, then the
