@@ -34,7 +34,7 @@ type cutStore struct {
 	*memStore
 	mu      sync.Mutex
 	down    bool
-	ucsOnly bool // down cuts UCS only, not the coordination cluster (cutFencer)
+	ucsOnly bool          // down cuts UCS only, not the coordination cluster (cutFencer)
 	held    chan struct{} // closed to release held reads; nil: not held
 	epochs  int           // Epoch calls while down
 	waiting int           // transcript reads waiting for release
