@@ -274,6 +274,8 @@ func (c *Core) stepDown(reason string, newer uint64) {
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.setRoleMetrics(RoleBackup)
 	c.m.stepDowns.Inc()
+	c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
+	c.m.solo.Set(0)
 	c.repl.dropLink("stepped down")
 	c.roleChangedLocked()
 	c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.epoch.Load())
@@ -347,6 +349,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
 			}
 		}
+		c.m.fencingFailures.WithLabelValues("claim").Inc()
 		if errors.Is(err, ErrForbidden) {
 			c.log.Error("UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
 		} else {

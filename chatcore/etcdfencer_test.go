@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -203,6 +205,11 @@ func TestSoloMarkDecidesTheMerge(t *testing.T) {
 			var acked []uint64
 			if tt.soloAck {
 				acked = r.sendOnA(t, 2, "second-copy")
+				if v := gaugeValue(r.a.c.m.solo); v != 1 {
+					t.Fatalf("hachat_core_solo %v on the primary acknowledging without its backup, want 1", v)
+				}
+			} else if v := gaugeValue(r.a.c.m.solo); v != 0 {
+				t.Fatalf("hachat_core_solo %v before any solo acknowledgement, want 0", v)
 			}
 			r.bUCS.mu.Lock()
 			r.bUCS.down, r.bUCS.ucsOnly = true, true
@@ -326,4 +333,13 @@ func TestEtcdFencerUnreachable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrEpochConflict) || errors.Is(err, ErrStaleEpoch) {
 		t.Fatalf("claim with etcd unreachable: %v, want only ErrUnavailable", err)
 	}
+}
+
+// gaugeValue reads a gauge's current value.
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
 }

@@ -188,7 +188,11 @@ func (c *Core) renewLease(ctx context.Context, epoch uint64) {
 		case errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict):
 			c.stepDown(fmt.Sprintf("the fencing authority refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
 			return
-		case err != nil && time.Since(lastWarn) > 5*time.Second:
+		case err != nil:
+			c.m.fencingFailures.WithLabelValues("renew").Inc()
+			if time.Since(lastWarn) <= 5*time.Second {
+				break
+			}
 			lastWarn = time.Now()
 			c.log.Warn("could not renew the primary's lease at the fencing authority: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
 		}

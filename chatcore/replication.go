@@ -519,6 +519,7 @@ func (c *Core) markSolo(ctx context.Context, epoch uint64) error {
 	switch {
 	case err == nil:
 		c.soloEpoch.Store(epoch)
+		c.m.solo.Set(1)
 		c.log.Warn("backup away: acknowledging with second copies in UCS (recorded at the coordination cluster)", "epoch", epoch)
 		return nil
 	case errors.Is(err, ErrStaleEpoch):
@@ -549,6 +550,7 @@ func (c *Core) clearSolo(ctx context.Context) {
 		return
 	}
 	c.soloEpoch.Store(0)
+	c.m.solo.Set(0)
 }
 
 // replicateProgress tells the backup about an acknowledged transcript save:
