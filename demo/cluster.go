@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/hachat/hachat/mtls"
 )
@@ -28,6 +29,21 @@ type Addrs struct {
 	SidecarInteractionListen string
 	WebAPI                   string
 	Interaction              string
+	// The coordination members (etcd-1..3): client, peer (raft) and HTTP.
+	Coord1Client, Coord1Peer, Coord1HTTP string
+	Coord2Client, Coord2Peer, Coord2HTTP string
+	Coord3Client, Coord3Peer, Coord3HTTP string
+}
+
+// coord returns the client, peer and HTTP addresses of member i (1..3).
+func (a Addrs) coord(i int) (client, peer, http string) {
+	switch i {
+	case 1:
+		return a.Coord1Client, a.Coord1Peer, a.Coord1HTTP
+	case 2:
+		return a.Coord2Client, a.Coord2Peer, a.Coord2HTTP
+	}
+	return a.Coord3Client, a.Coord3Peer, a.Coord3HTTP
 }
 
 // DefaultAddrs returns the demo addresses of docs/design.md, all on 127.0.0.1.
@@ -41,8 +57,11 @@ func DefaultAddrs() Addrs {
 		WitnessHTTP: h(7211), WitnessGossip: h(7213),
 		SidecarWebAPIAdmin: h(7302), SidecarWebAPIListen: h(7301),
 		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
-		WebAPI:      h(8080),
-		Interaction: h(8081),
+		WebAPI:       h(8080),
+		Interaction:  h(8081),
+		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
+		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
+		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
 	}
 }
 
@@ -77,8 +96,11 @@ func FreeAddrs() (Addrs, error) {
 		WitnessHTTP: next(false), WitnessGossip: next(true),
 		SidecarWebAPIAdmin: next(false), SidecarWebAPIListen: next(false),
 		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
-		WebAPI:      next(false),
-		Interaction: next(false),
+		WebAPI:       next(false),
+		Interaction:  next(false),
+		Coord1Client: next(false), Coord1Peer: next(false), Coord1HTTP: next(false),
+		Coord2Client: next(false), Coord2Peer: next(false), Coord2HTTP: next(false),
+		Coord3Client: next(false), Coord3Peer: next(false), Coord3HTTP: next(false),
 	}
 	return a, err
 }
@@ -164,6 +186,14 @@ type Layout struct {
 	// /status: read-only) stays plain, and webapi and interaction serve
 	// browsers plain HTTP on loopback.
 	CertDir string
+	// CoordMembers is how many coordination members (hachat coord: embedded
+	// etcd, named etcd-1, etcd-2, ...) the plan runs to hold the cores'
+	// epochs and the primary's lease: 0 (the default) keeps the epochs at
+	// UCS; the demo runs 3 (at most 3). Paired stages only.
+	CoordMembers int
+	// Coordination, when set, points the cores at an etcd the deployment
+	// already runs (endpoints host:port,...) instead of members of the plan.
+	Coordination string
 	// Accounts is interaction's accounts file (default DataDir/accounts.json);
 	// whoever starts the plan writes it first (WriteAccounts).
 	Accounts string
@@ -236,6 +266,8 @@ func HARecommended() []string {
 //     naming the other as --peer and asking the witness before a promotion;
 //     the cores and the witness gossip (memberlist); webapi and interaction
 //     are given both cores.
+//   - With CoordMembers, the paired stages start etcd-1.. (hachat coord)
+//     before the cores, which take their epochs from them (--coordination).
 //   - StageMesh: ucs, core-a, core-b, the xds control plane (a gossip member
 //     and the cores' witness), a sidecar per client, and webapi and
 //     interaction that reach the cores only through their own sidecar.
@@ -268,12 +300,34 @@ func StandardPlan(l Layout) Plan {
 	if l.Stage >= StageMesh {
 		thirdGossip = a.XDSGossip
 	}
+	coordination := l.Coordination
+	if l.Stage >= StagePair && coordination == "" && l.CoordMembers > 0 {
+		n := min(l.CoordMembers, 3)
+		var cluster, clients []string
+		for i := 1; i <= n; i++ {
+			cl, peer, _ := a.coord(i)
+			cluster = append(cluster, fmt.Sprintf("etcd-%d=%s", i, peer))
+			clients = append(clients, cl)
+		}
+		for i := 1; i <= n; i++ {
+			cl, peer, httpAddr := a.coord(i)
+			name := fmt.Sprintf("etcd-%d", i)
+			parts = append(parts, Part{Name: name, Kind: KindCoord, HTTP: httpAddr, GRPC: cl, Args: []string{
+				logf, "--name=" + name, "--client=" + cl, "--peer=" + peer, "--http=" + httpAddr,
+				"--data-dir=" + filepath.Join(l.DataDir, name+".etcd"), "--initial-cluster=" + strings.Join(cluster, ","),
+			}})
+		}
+		coordination = strings.Join(clients, ",")
+	}
 	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
 			"--ucs=" + ucsURL, "--ucs-token=" + l.WriterToken, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
 		if l.Stage >= StagePair {
 			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP,
 				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
+		}
+		if l.Stage >= StagePair && coordination != "" {
+			args = append(args, "--coordination="+coordination)
 		}
 		args = append(args, HARecommended()...)
 		args = append(args, l.CoreArgs...)

@@ -56,7 +56,7 @@ func TestComposeShape(t *testing.T) {
 		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds",
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
-		"certs": "certs",
+		"certs": "certs", "etcd-1": "coord", "etcd-2": "coord", "etcd-3": "coord",
 	}
 	var got []string
 	for name := range f.Services {
@@ -72,6 +72,7 @@ func TestComposeShape(t *testing.T) {
 		t.Fatalf("services %v, want %v", got, wantNames)
 	}
 	published := map[string]string{"webapi": ":8080", "interaction": ":8081", "ucs": ":7080"}
+	addrs := map[string]string{} // fixed address -> service
 	for name, s := range f.Services {
 		if s.Image != "${HACHAT_IMAGE:-hachat:dev}" {
 			t.Errorf("%s: image %q, want ${HACHAT_IMAGE:-hachat:dev}", name, s.Image)
@@ -111,9 +112,13 @@ func TestComposeShape(t *testing.T) {
 			continue
 		}
 		if s.NetworkMode == "" {
-			if ip := s.Networks["hachat"].IPv4; ip == "" {
+			ip := s.Networks["hachat"].IPv4
+			if ip == "" {
 				t.Errorf("%s: no fixed address on the hachat network", name)
+			} else if other, dup := addrs[ip]; dup {
+				t.Errorf("%s and %s share the fixed address %s", name, other, ip)
 			}
+			addrs[ip] = name
 		}
 		// Everything but a sidecar's data listener binds the part's own
 		// address, never 0.0.0.0 (which memberlist and the cores would
@@ -121,7 +126,7 @@ func TestComposeShape(t *testing.T) {
 		for _, a := range s.Command[1:] {
 			flag, val, _ := strings.Cut(a, "=")
 			switch flag {
-			case "--http", "--grpc", "--gossip-bind", "--admin":
+			case "--http", "--grpc", "--gossip-bind", "--admin", "--client", "--peer":
 				if strings.HasPrefix(val, "0.0.0.0") || strings.HasPrefix(val, "127.") {
 					t.Errorf("%s: %s binds %s: want the container's address", name, flag, val)
 				}
