@@ -150,7 +150,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
-	return otelhttp.NewHandler(securityHeaders(s.audit(apiErrors(mux))), "interaction",
+	return otelhttp.NewHandler(s.haFront(securityHeaders(s.audit(apiErrors(mux)))), "interaction",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
 }
