@@ -29,6 +29,9 @@ type Addrs struct {
 	SidecarInteractionListen string
 	WebAPI                   string
 	Interaction              string
+	// Interaction2 is the second Interaction Server (interaction-2), run
+	// when the coordination cluster is there to elect between the two.
+	Interaction2 string
 	// The coordination members (etcd-1..3): client, peer (raft) and HTTP.
 	Coord1Client, Coord1Peer, Coord1HTTP string
 	Coord2Client, Coord2Peer, Coord2HTTP string
@@ -59,6 +62,7 @@ func DefaultAddrs() Addrs {
 		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
 		WebAPI:       h(8080),
 		Interaction:  h(8081),
+		Interaction2: h(8083),
 		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
 		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
 		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
@@ -98,6 +102,7 @@ func FreeAddrs() (Addrs, error) {
 		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
 		WebAPI:       next(false),
 		Interaction:  next(false),
+		Interaction2: next(false),
 		Coord1Client: next(false), Coord1Peer: next(false), Coord1HTTP: next(false),
 		Coord2Client: next(false), Coord2Peer: next(false), Coord2HTTP: next(false),
 		Coord3Client: next(false), Coord3Peer: next(false), Coord3HTTP: next(false),
@@ -360,11 +365,21 @@ func StandardPlan(l Layout) Plan {
 		Part{Name: "webapi", Kind: KindWebAPI, HTTP: a.WebAPI, Args: []string{
 			logf, "--http=" + a.WebAPI, "--core=" + webapiCore, "--service=" + l.Service,
 		}},
-		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
-			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
-			"--accounts=" + l.Accounts,
-		}},
 	)
+	// The Interaction Server: with the coordination cluster, two instances
+	// that elect the one that routes and keep the routing state there.
+	interaction := func(name, httpAddr string) Part {
+		args := []string{logf, "--http=" + httpAddr, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+			"--accounts=" + l.Accounts}
+		if l.Stage >= StagePair && coordination != "" {
+			args = append(args, "--coordination="+coordination)
+		}
+		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: args}
+	}
+	parts = append(parts, interaction("interaction", a.Interaction))
+	if l.Stage >= StagePair && coordination != "" && a.Interaction2 != "" {
+		parts = append(parts, interaction("interaction-2", a.Interaction2))
+	}
 	if l.CertDir != "" {
 		for i := range parts {
 			p := &parts[i]
