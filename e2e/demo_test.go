@@ -35,7 +35,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}
+	want := []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction", "interaction-2"}
 	for _, name := range want {
 		p, ok := st.Part(name)
 		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
@@ -43,6 +43,11 @@ func TestDemoCommand(t *testing.T) {
 		}
 		if !strings.Contains(output(), p.HTTP) {
 			t.Errorf("the table does not show %s's address %s", name, p.HTTP)
+		}
+	}
+	for _, name := range []string{"interaction", "interaction-2"} { // two instances, one kind (issue 8)
+		if p, _ := st.Part(name); p.Kind != demo.KindInteraction {
+			t.Errorf("state entry of %s: kind %q, want %q", name, p.Kind, demo.KindInteraction)
 		}
 	}
 	a, _ := st.Part("core-a")
