@@ -192,6 +192,10 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 				"was_role", h.role, "was_epoch", h.epoch)
 		}
 		h.role, h.epoch, h.name, h.draining = resp.GetRole(), resp.GetEpoch(), resp.GetName(), resp.GetDraining()
+		if resp == nil {
+			// A TCP check: the name is the one the control plane published.
+			h.name = h.ep.name
+		}
 		if h.state != stateUp && (h.state == stateUnknown || h.succ >= hc.Healthy) {
 			h.state = stateUp
 			changed = true

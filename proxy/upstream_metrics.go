@@ -38,10 +38,15 @@ func (p *Proxy) countConns(h *host) {
 // upstreamChange counts one change of h (added, removed, up, down); the
 // log line of each change is written where it happens.
 func (p *Proxy) upstreamChange(h *host, change string) {
-	p.um.changes.WithLabelValues(h.cluster.name, change).Inc()
 	if change == "added" {
+		// Every kind of change reads 0 before it first happens, so that a
+		// check of "no change" tells an absent metric from a zero.
+		for _, k := range []string{"added", "removed", "up", "down"} {
+			p.um.changes.WithLabelValues(h.cluster.name, k)
+		}
 		p.um.conns.WithLabelValues(h.cluster.name, h.addr).Set(0)
 	}
+	p.um.changes.WithLabelValues(h.cluster.name, change).Inc()
 	if change == "removed" && len(h.conns) == 0 {
 		p.um.conns.DeleteLabelValues(h.cluster.name, h.addr)
 	}
