@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -12,6 +18,7 @@ import (
 
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
+	"github.com/hachat/hachat/mtls"
 )
 
 // The edge (issue 8, point 4): customers and agents reach every instance
@@ -204,4 +211,51 @@ func TestEdgeKillAndRestart(t *testing.T) {
 		c.Kill("edge", syscall.SIGKILL)
 		c.Restart("edge") // what `hachat demo restart edge` asks the supervisor
 	})
+}
+
+// TestEdgeHTTPSPassthrough serves webapi and interaction over HTTPS
+// (--https) behind the edge: the browser's TLS runs end to end through the
+// edge to an instance, which presents its own certificate.
+func TestEdgeHTTPSPassthrough(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true,
+		Tune: func(p demo.Plan) demo.Plan {
+			p = p.WithKind(demo.KindWebAPI, "--https").WithKind(demo.KindInteraction, "--https")
+			for i := range p.Parts {
+				if k := p.Parts[i].Kind; k == demo.KindWebAPI || k == demo.KindInteraction {
+					p.Parts[i].TLS = true // the supervisor's readiness check goes over TLS
+				}
+			}
+			return p
+		}})
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(c.Layout().CertDir, "ca.pem"))
+	if err != nil || !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("ca.pem: %v", err)
+	}
+	for _, tc := range []struct{ addr, page, kind string }{
+		{strings.TrimPrefix(c.Entrypoints().Customer, "http://"), "/", "webapi"},
+		{strings.TrimPrefix(c.Entrypoints().Agent, "http://"), "/agent", "interaction"},
+	} {
+		harness.Eventually(t, tc.kind+" over HTTPS through the edge", 20*time.Second, func() error {
+			// A new connection each time: each may reach another instance.
+			browser := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+			resp, err := browser.Get("https://" + tc.addr + tc.page)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+				return fmt.Errorf("HTTP %d, TLS %v", resp.StatusCode, resp.TLS != nil)
+			}
+			id, err := mtls.PeerIdentity(*resp.TLS)
+			if err != nil {
+				return err
+			}
+			if id.Kind != tc.kind {
+				return fmt.Errorf("the certificate behind the edge is %s's, want a %s instance's: the edge terminated TLS", id, tc.kind)
+			}
+			return nil
+		})
+	}
 }
