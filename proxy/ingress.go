@@ -21,6 +21,11 @@ const (
 	AgentListener = "ingress-agent"
 )
 
+// EdgeNodeCluster is the xDS node cluster the edge announces: the control
+// plane sends the ingress listeners only to nodes of this cluster (a sidecar,
+// or an Envoy sidecar, never gets them). It equals xds.EdgeNodeCluster.
+const EdgeNodeCluster = "hachat-edge"
+
 // IngressConfig is the edge: the proxy in ingress mode, the one address of
 // customers and the one address of agents, in front of every webapi and
 // interaction instance. Base carries what both listeners share (node id,
@@ -65,6 +70,7 @@ func NewIngress(cfg IngressConfig, tel *telemetry.Telemetry) (*Ingress, error) {
 		c.Listen = listen
 		c.Admin = admin
 		c.NodeID = cfg.Base.NodeID + "-" + suffix
+		c.NodeCluster = EdgeNodeCluster
 		c.metricsListener = suffix
 		return New(c, tel)
 	}

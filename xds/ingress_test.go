@@ -10,6 +10,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
 func names(rs []types.Resource) []string {
@@ -126,6 +127,34 @@ func TestIngressConfigRefused(t *testing.T) {
 		}
 		if _, err := Build(cfg, nil); !errors.Is(err, ErrBadConfig) {
 			t.Errorf("Build with customer %q agent %q: %v, want ErrBadConfig", tc.customer, tc.agent, err)
+		}
+	}
+}
+
+func TestIngressListenersOnlyForEdges(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.IngressCustomer, cfg.IngressAgent = "127.0.0.1:8080", "127.0.0.1:8081"
+	r, err := Build(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		st   *nodeState
+		want []string
+	}{
+		{"sidecar, wildcard", &nodeState{names: map[string][]string{}}, []string{ListenerName}},
+		{"edge, wildcard", &nodeState{names: map[string][]string{}, edge: true},
+			[]string{ListenerName, IngressCustomerListener, IngressAgentListener}},
+		{"by name", &nodeState{names: map[string][]string{resource.ListenerType: {IngressAgentListener}}},
+			[]string{IngressAgentListener}},
+	}
+	for _, tt := range tests {
+		got := names(selectResources(resource.ListenerType, r.Listeners, tt.st))
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(tt.want))
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: listeners %v, want %v", tt.name, got, want)
 		}
 	}
 }
