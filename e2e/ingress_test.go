@@ -148,7 +148,11 @@ func edgeWorkload(t *testing.T, c *harness.Cluster, sessions []*harness.Session,
 	pctx, pcancel := context.WithCancel(ctx)
 	var pwg sync.WaitGroup
 	probe := &sseProbe{}
+	// Two probes per chat: the edge spreads new connections by least
+	// connections, so opened one after the other they land on both
+	// instances.
 	for _, s := range sessions {
+		probeSSE(pctx, &pwg, probe, s.Customer)
 		probeSSE(pctx, &pwg, probe, s.Customer)
 	}
 	w := harness.StartWorkload(ctx, sessions, harness.WorkloadOptions{Messages: edgeMessages, Interval: 30 * time.Millisecond})
@@ -207,9 +211,21 @@ func TestEdgeKillWebAPI(t *testing.T) {
 func TestEdgeKillAndRestart(t *testing.T) {
 	c, sessions := startEdgeCluster(t)
 	// Every push channel goes through the edge: each is cut and resumes.
-	edgeWorkload(t, c, sessions, len(sessions), func() {
+	edgeWorkload(t, c, sessions, 2*len(sessions), func() {
+		old := c.PID("edge")
 		c.Kill("edge", syscall.SIGKILL)
-		c.Restart("edge") // what `hachat demo restart edge` asks the supervisor
+		// What `hachat demo restart edge` asks the supervisor over its
+		// control socket.
+		rctx, rcancel := context.WithTimeout(t.Context(), 45*time.Second)
+		defer rcancel()
+		res, err := c.Supervisor().RestartPart(rctx, "edge", demo.RestartOptions{})
+		if err != nil {
+			t.Fatalf("restart edge: %v", err)
+		}
+		if res.OldPID != old || res.OldState != demo.StateExited || res.Part.PID == old || res.Part.State != demo.StateRunning {
+			t.Errorf("restart edge: %+v", res)
+		}
+		t.Logf("edge back in %v", res.Took)
 	})
 }
 
