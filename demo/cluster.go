@@ -54,8 +54,8 @@ func DefaultAddrs() Addrs {
 		WebAPI:      h(8080),
 		Interaction: h(8081),
 		WebAPI1:     h(8082), WebAPI2: h(8083), InteractionInstance: h(8084),
-		WebAPI1Gossip: h(7403), WebAPI2Gossip: h(7413), InteractionGossip: h(7423),
-		EdgeAdmin: h(7402),
+		WebAPI1Gossip: h(7503), WebAPI2Gossip: h(7513), InteractionGossip: h(7523),
+		EdgeAdmin: h(7502),
 	}
 }
 
