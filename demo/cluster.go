@@ -26,8 +26,18 @@ type Addrs struct {
 	SidecarWebAPIListen      string
 	SidecarInteractionAdmin  string
 	SidecarInteractionListen string
-	WebAPI                   string
-	Interaction              string
+	// WebAPI and Interaction are the customers' and the agents' address:
+	// the edge's from StageMesh on, the one instance's before.
+	WebAPI      string
+	Interaction string
+	// From StageMesh on the instances sit behind the edge: two webapi
+	// instances and one interaction instance on their own addresses,
+	// each a gossip member so that the control plane publishes it.
+	WebAPI1, WebAPI2             string
+	InteractionInstance          string
+	WebAPI1Gossip, WebAPI2Gossip string
+	InteractionGossip            string
+	EdgeAdmin                    string
 }
 
 // DefaultAddrs returns the demo addresses of docs/design.md, all on 127.0.0.1.
@@ -43,6 +53,9 @@ func DefaultAddrs() Addrs {
 		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
 		WebAPI:      h(8080),
 		Interaction: h(8081),
+		WebAPI1:     h(8082), WebAPI2: h(8083), InteractionInstance: h(8084),
+		WebAPI1Gossip: h(7503), WebAPI2Gossip: h(7513), InteractionGossip: h(7523),
+		EdgeAdmin: h(7502),
 	}
 }
 
@@ -79,6 +92,9 @@ func FreeAddrs() (Addrs, error) {
 		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
 		WebAPI:      next(false),
 		Interaction: next(false),
+		WebAPI1:     next(false), WebAPI2: next(false), InteractionInstance: next(false),
+		WebAPI1Gossip: next(true), WebAPI2Gossip: next(true), InteractionGossip: next(true),
+		EdgeAdmin: next(false),
 	}
 	return a, err
 }
@@ -302,15 +318,47 @@ func StandardPlan(l Layout) Plan {
 			sidecar("sidecar-interaction", a.SidecarInteractionAdmin, a.SidecarInteractionListen))
 		webapiCore, interactionCore = a.SidecarWebAPIListen, a.SidecarInteractionListen
 	}
-	parts = append(parts,
-		Part{Name: "webapi", Kind: KindWebAPI, HTTP: a.WebAPI, Args: []string{
-			logf, "--http=" + a.WebAPI, "--core=" + webapiCore, "--service=" + l.Service,
-		}},
-		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
-			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+	webapiPart := func(name, httpAddr string) Part {
+		return Part{Name: name, Kind: KindWebAPI, HTTP: httpAddr, Args: []string{
+			logf, "--http=" + httpAddr, "--core=" + webapiCore, "--service=" + l.Service,
+		}}
+	}
+	interactionPart := func(name, httpAddr string) Part {
+		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: []string{
+			logf, "--http=" + httpAddr, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
 			"--accounts=" + l.Accounts,
-		}},
-	)
+		}}
+	}
+	entry := Entrypoints{Customer: "http://" + a.WebAPI, Agent: "http://" + a.Interaction}
+	if l.Stage < StageMesh {
+		parts = append(parts, webapiPart("webapi", a.WebAPI), interactionPart("interaction", a.Interaction))
+	} else {
+		// Behind the edge: webapi twice (stateless: every chat's state is
+		// in the cores), interaction once (it keeps agent logins, offers
+		// and the queue in memory: a second instance would split them).
+		// Each registers in the gossip cluster; the control plane
+		// publishes them to the edge, which listens on the customers'
+		// and the agents' addresses.
+		gossip := func(p Part, name, bind string) Part {
+			p.Args = append(p.Args, "--gossip-name="+name, "--gossip-bind="+bind,
+				"--gossip-join="+a.XDSGossip, "--gossip-key="+l.GossipKey)
+			return p
+		}
+		parts = append(parts,
+			gossip(webapiPart("webapi", a.WebAPI1), "webapi", a.WebAPI1Gossip),
+			gossip(webapiPart("webapi-2", a.WebAPI2), "webapi-2", a.WebAPI2Gossip),
+			gossip(interactionPart("interaction", a.InteractionInstance), "interaction", a.InteractionGossip),
+			Part{Name: "edge", Kind: KindProxy, HTTP: a.EdgeAdmin, GRPC: a.WebAPI, Args: []string{
+				logf, "--ingress", "--node-id=edge", "--admin=" + a.EdgeAdmin, "--listen=" + a.WebAPI,
+				"--agent-listen=" + a.Interaction, "--xds=" + a.XDSGRPC,
+			}},
+		)
+		for i := range parts {
+			if parts[i].Kind == KindXDS {
+				parts[i].Args = append(parts[i].Args, "--ingress-customer="+a.WebAPI, "--ingress-agent="+a.Interaction)
+			}
+		}
+	}
 	if l.CertDir != "" {
 		for i := range parts {
 			p := &parts[i]
@@ -321,7 +369,7 @@ func StandardPlan(l Layout) Plan {
 			}
 		}
 	}
-	return Plan{Parts: parts}
+	return Plan{Parts: parts, Entrypoints: entry}
 }
 
 // TLSArgs returns the --tls-* flags of the part called name whose

@@ -53,6 +53,15 @@ type Config struct {
 	// checks and the ADS stream use it, and the admin API serves HTTPS
 	// (AdminPolicy). Unset (the default), everything is plaintext.
 	TLS mtls.Files `yaml:",inline"`
+	// Ingress makes the data listener public (the edge, see Ingress): the
+	// sidecar passes the client's bytes through to the upstream untouched,
+	// so TLS, if any, is between the browser and the instance; the
+	// --tls-* files then serve only the ADS stream and the admin API.
+	Ingress bool `yaml:"-"`
+
+	// metricsListener labels every metric with listener=<value> (the edge
+	// runs one proxy per public listener on one registry).
+	metricsListener string
 }
 
 // DefaultConfig returns the defaults documented on each Config field.

@@ -24,6 +24,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -49,6 +50,7 @@ type Proxy struct {
 	tel    *telemetry.Telemetry
 	log    *slog.Logger
 	m      *metrics
+	um     *upstreamMetrics
 	tracer trace.Tracer
 	ads    *adsClient  // nil for a static proxy
 	tls    *sidecarTLS // nil: plaintext
@@ -164,7 +166,16 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 	if tel == nil {
 		return nil, fmt.Errorf("%w: nil telemetry", ErrConfig)
 	}
-	m, err := newMetrics(tel.Registry)
+	reg := prometheus.Registerer(tel.Registry)
+	if cfg.metricsListener != "" {
+		// The edge runs a proxy per public listener in one process.
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"listener": cfg.metricsListener}, reg)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	um, err := newUpstreamMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -173,6 +184,7 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{
+		um:      um,
 		tls:     st,
 		cfg:     cfg,
 		tel:     tel,
@@ -356,6 +368,7 @@ func (p *Proxy) apply(lds map[string]listenerInfo, cds map[string]clusterInfo, e
 		}
 		h := p.newHost(c, ep)
 		c.hosts[ep.addr] = h
+		p.upstreamChange(h, "added")
 		p.log.Info("upstream host added", "cluster", c.name, "host", ep.addr, "priority", ep.priority,
 			"eds_health", ep.health.String(), "name", ep.name, "role", ep.role, "epoch", ep.epoch)
 		p.startOrDeferChecker(h)

@@ -184,7 +184,7 @@ func TestDecodeClusters(t *testing.T) {
 		wantErr bool
 	}{
 		{"eds with health check", good, func(t *testing.T, c clusterInfo) {
-			want := healthCheck{100 * time.Millisecond, 50 * time.Millisecond, 2, 1, "hachat.chat.v1.Chat"}
+			want := healthCheck{100 * time.Millisecond, 50 * time.Millisecond, 2, 1, "hachat.chat.v1.Chat", checkGRPC}
 			if !c.eds || c.edsName != "chatcore" || c.hc != want || c.connectTimeout != time.Second {
 				t.Fatalf("got %+v", c)
 			}
