@@ -36,7 +36,7 @@ type adsClient struct {
 	lds      map[string]listenerInfo
 	cds      map[string]clusterInfo
 	eds      map[string]assignment
-	edsNames []string // EDS resources subscribed to
+	edsNames []string                // EDS resources subscribed to
 	raw      map[string][]*anypb.Any // last accepted resources per type, as sent
 	saved    map[string]string       // versions the cache file holds
 
@@ -65,8 +65,8 @@ func newADSClient(p *Proxy) *adsClient {
 func (a *adsClient) run(ctx context.Context) {
 	servers := a.p.cfg.XDSServers()
 	wait := adsBackoffBase
-	failures := 0  // attempts since the last stream that got a response
-	cur := 0       // index of the control plane to try next
+	failures := 0   // attempts since the last stream that got a response
+	cur := 0        // index of the control plane to try next
 	connected := "" // the control plane of the last stream that got a response
 	for {
 		addr := servers[cur]
