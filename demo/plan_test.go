@@ -64,7 +64,7 @@ func TestStandardPlanStages(t *testing.T) {
 	}{
 		{StageSingle, []string{"ucs", "core-a", "webapi", "interaction"}},
 		{StagePair, []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"}},
-		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}},
+		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}},
 	}
 	for _, tt := range tests {
 		plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: tt.stage})
@@ -92,6 +92,32 @@ func TestStandardPlanStages(t *testing.T) {
 	w, _ := mesh.Part("webapi")
 	if !slices.Contains(w.Args, "--core=127.0.0.1:7301") {
 		t.Errorf("mesh webapi should reach the core through its sidecar: %v", w.Args)
+	}
+	// Issue 8: both control planes are given to every sidecar, which keeps
+	// its last configuration in the data dir; no core names one fixed
+	// witness that a dead control plane would silence.
+	for _, name := range []string{"sidecar-webapi", "sidecar-interaction"} {
+		sc, _ := mesh.Part(name)
+		if !slices.Contains(sc.Args, "--xds=127.0.0.1:7200,127.0.0.1:7220") ||
+			!slices.Contains(sc.Args, "--xds-cache="+XDSCacheFile(".hachat", name)) {
+			t.Errorf("%s: %v: want both control planes and its cache file", name, sc.Args)
+		}
+	}
+	for _, name := range []string{"xds", "xds-b"} {
+		if x, ok := mesh.Part(name); !ok || x.Kind != KindXDS {
+			t.Errorf("%s: %+v, want a part of kind xds", name, x)
+		}
+	}
+	for _, name := range []string{"core-a", "core-b"} {
+		c, _ := mesh.Part(name)
+		for _, arg := range c.Args {
+			if strings.HasPrefix(arg, "--witness=") {
+				t.Errorf("%s: %s: with two control planes the witness comes from membership", name, arg)
+			}
+			if strings.HasPrefix(arg, "--gossip-join=") && !strings.Contains(arg, "127.0.0.1:7223") {
+				t.Errorf("%s: %s does not join xds-b", name, arg)
+			}
+		}
 	}
 }
 
