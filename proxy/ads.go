@@ -85,8 +85,11 @@ func (a *adsClient) run(ctx context.Context) {
 		if len(servers) > 1 && failures < len(servers) {
 			// Another control plane has not been tried since this one
 			// was lost: move at once.
-			a.p.log.Warn("control plane lost; moving to the next one, keeping the last good configuration",
-				"xds", addr, "next", servers[next], "err", err, "had_stream", got)
+			msg := "control plane unreachable; trying the next one, keeping the last good configuration"
+			if got {
+				msg = "control plane lost; moving to the next one, keeping the last good configuration"
+			}
+			a.p.log.Warn(msg, "xds", addr, "next", servers[next], "err", err, "had_stream", got)
 			cur = next
 			continue
 		}
