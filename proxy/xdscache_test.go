@@ -69,7 +69,9 @@ func runFor(t *testing.T, p *Proxy) (stop func()) {
 	}
 }
 
-// readCacheVersions returns the versions (by short type) in the cache file.
+// readCacheVersions returns the versions (by short type) in the cache file,
+// nil while there is none or it does not parse (a corrupt file the test
+// wrote, not yet replaced).
 func readCacheVersions(t *testing.T, path string) map[string]string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -78,7 +80,7 @@ func readCacheVersions(t *testing.T, path string) map[string]string {
 	}
 	var f cacheFile
 	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatalf("cache file: %v", err)
+		return nil
 	}
 	out := map[string]string{}
 	for _, ty := range f.Types {
