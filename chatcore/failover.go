@@ -525,7 +525,7 @@ func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale 
 		return false
 	}
 	if !ended {
-		c.announceFailover(ctx, s)
+		c.announceFailover(ctx, s, noticeReason(source))
 		c.log.InfoContext(ctx, "session restored", "session", s.id, "source", source, "events", n, "mode", c.cfg.SessionRestorationMode)
 		c.m.restored.WithLabelValues(source).Inc()
 	}
@@ -533,12 +533,21 @@ func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale 
 	return !ended
 }
 
+// noticeReason is the "reason" attribute of the notices a restore appends:
+// "switchover" after a planned handover, "failover" otherwise.
+func noticeReason(source string) string {
+	if source == "switchover" {
+		return "switchover"
+	}
+	return "failover"
+}
+
 // announceFailover appends, per session-restoration-mode, the disconnected
 // and reconnected notices of every present participant (simple) or the end
-// of the session with reason "failover" (none).
-func (c *Core) announceFailover(ctx context.Context, s *session) {
+// of the session (none), each with the given reason.
+func (c *Core) announceFailover(ctx context.Context, s *session, reason string) {
 	if c.cfg.SessionRestorationMode == RestorationNone {
-		if err := c.endSessionWith(ctx, s, "failover", false); err != nil {
+		if err := c.endSessionWith(ctx, s, reason, false); err != nil {
 			c.log.WarnContext(ctx, "could not end session after failover", "session", s.id, "err", err)
 		}
 		return
@@ -552,7 +561,7 @@ func (c *Core) announceFailover(ctx context.Context, s *session) {
 				if st.ended {
 					return nil, 0, errEnded
 				}
-				return &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": "failover"}}, 0, nil
+				return &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": reason}}, 0, nil
 			})
 			if err != nil {
 				return
@@ -679,7 +688,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) erro
 	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.st.ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
 	if !s.st.ended {
-		c.announceFailover(ctx, s)
+		c.announceFailover(ctx, s, noticeReason("ucs"))
 	}
 	return s, nil
 }

@@ -48,6 +48,10 @@ type Options struct {
 	// Credentials are written to the state file, so that an operator or a
 	// test can act as each account (see WriteAccounts).
 	Credentials Credentials
+	// Control is the path of a Unix socket on which the supervisor takes
+	// restart requests (`hachat demo restart`, see ControlPath); it is
+	// recorded in the state file. Default: none.
+	Control string
 }
 
 func (o *Options) fill() error {
@@ -100,6 +104,10 @@ type Supervisor struct {
 	progMu   sync.Mutex
 	stateMu  sync.Mutex
 	stopOnce sync.Once
+
+	restartMu    sync.Mutex // one RestartPart at a time
+	controlPath  string     // absolute path of the control socket, once it listens
+	closeControl func()     // stops the control socket's server and removes the socket
 }
 
 // proc is one run of one part.
@@ -137,6 +145,12 @@ func Start(ctx context.Context, plan Plan, opts Options) (*Supervisor, error) {
 	}
 	root, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Supervisor{opts: opts, plan: plan.Clone(), root: root, stop: cancel, procs: map[string]*proc{}}
+	if opts.Control != "" {
+		if err := s.serveControl(); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	context.AfterFunc(ctx, s.Stop)
 	for _, part := range s.plan.Parts {
 		if err := s.startPart(ctx, part); err != nil {
@@ -363,6 +377,9 @@ func (s *Supervisor) Stop() {
 			<-p.done
 		}
 		s.stop() // and any run that started meanwhile
+		if s.closeControl != nil {
+			s.closeControl()
+		}
 		s.mu.Lock()
 		procs := make([]*proc, 0, len(s.procs))
 		for _, p := range s.procs {
