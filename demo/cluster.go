@@ -20,6 +20,8 @@ type Addrs struct {
 	CoreBGossip              string
 	XDSHTTP, XDSGRPC         string
 	XDSGossip                string
+	XDSBHTTP, XDSBGRPC       string
+	XDSBGossip               string
 	WitnessHTTP              string
 	WitnessGossip            string
 	SidecarWebAPIAdmin       string
@@ -48,6 +50,7 @@ func DefaultAddrs() Addrs {
 		CoreAHTTP: h(7102), CoreAGRPC: h(7101), CoreAGossip: h(7103),
 		CoreBHTTP: h(7112), CoreBGRPC: h(7111), CoreBGossip: h(7113),
 		XDSHTTP: h(7201), XDSGRPC: h(7200), XDSGossip: h(7203),
+		XDSBHTTP: h(7221), XDSBGRPC: h(7220), XDSBGossip: h(7223),
 		WitnessHTTP: h(7211), WitnessGossip: h(7213),
 		SidecarWebAPIAdmin: h(7302), SidecarWebAPIListen: h(7301),
 		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
@@ -87,6 +90,7 @@ func FreeAddrs() (Addrs, error) {
 		CoreAHTTP: next(false), CoreAGRPC: next(false), CoreAGossip: next(true),
 		CoreBHTTP: next(false), CoreBGRPC: next(false), CoreBGossip: next(true),
 		XDSHTTP: next(false), XDSGRPC: next(false), XDSGossip: next(true),
+		XDSBHTTP: next(false), XDSBGRPC: next(false), XDSBGossip: next(true),
 		WitnessHTTP: next(false), WitnessGossip: next(true),
 		SidecarWebAPIAdmin: next(false), SidecarWebAPIListen: next(false),
 		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
@@ -134,8 +138,8 @@ const (
 	// StagePair adds core-b (backup) and the witness; webapi and interaction
 	// are given both cores.
 	StagePair Stage = 3
-	// StageMesh replaces the witness by the xDS control plane and puts a
-	// sidecar in front of webapi and of interaction.
+	// StageMesh replaces the witness by two xDS control planes (xds and
+	// xds-b) and puts a sidecar in front of webapi and of interaction.
 	StageMesh Stage = 4
 )
 
@@ -252,8 +256,10 @@ func HARecommended() []string {
 //     naming the other as --peer and asking the witness before a promotion;
 //     the cores and the witness gossip (memberlist); webapi and interaction
 //     are given both cores.
-//   - StageMesh: ucs, core-a, core-b, the xds control plane (a gossip member
-//     and the cores' witness), a sidecar per client, and webapi and
+//   - StageMesh: ucs, core-a, core-b, two xds control planes (xds and
+//     xds-b: gossip members serving the same snapshots; the cores ask a live
+//     one as their witness), a sidecar per client that knows both control
+//     planes and keeps its last configuration in DataDir, and webapi and
 //     interaction that reach the cores only through their own sidecar.
 func StandardPlan(l Layout) Plan {
 	l.fill()
@@ -276,20 +282,24 @@ func StandardPlan(l Layout) Plan {
 			logf, "--name=witness", "--http=" + a.WitnessHTTP, "--gossip-bind=" + a.WitnessGossip,
 			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
 		}})
-	case l.Stage >= StageMesh:
-		witnessHTTP = a.XDSHTTP
 	}
-	// The third gossip member: the witness, later the control plane.
+	// The third gossip member: the witness, later the control planes. With
+	// two control planes no --witness is given: a core asks whichever
+	// control plane membership shows alive (chatcore's witnessAddr), so
+	// losing one of them does not silence the witness.
 	thirdGossip := a.WitnessGossip
 	if l.Stage >= StageMesh {
-		thirdGossip = a.XDSGossip
+		thirdGossip = a.XDSGossip + "," + a.XDSBGossip
 	}
 	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
 			"--ucs=" + ucsURL, "--ucs-token=" + l.WriterToken, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
 		if l.Stage >= StagePair {
-			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP,
-				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
+			args = append(args, "--peer="+peerGRPC)
+			if witnessHTTP != "" {
+				args = append(args, "--witness="+witnessHTTP)
+			}
+			args = append(args, "--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
 		}
 		args = append(args, HARecommended()...)
 		args = append(args, l.CoreArgs...)
@@ -303,14 +313,22 @@ func StandardPlan(l Layout) Plan {
 	}
 	webapiCore, interactionCore := coreTarget, coreTarget
 	if l.Stage >= StageMesh {
-		parts = append(parts, Part{Name: "xds", Kind: KindXDS, HTTP: a.XDSHTTP, GRPC: a.XDSGRPC, Args: []string{
-			logf, "--name=xds", "--http=" + a.XDSHTTP, "--grpc=" + a.XDSGRPC, "--gossip-bind=" + a.XDSGossip,
-			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
-			"--admin-token=" + l.AdminToken,
-		}})
+		// Two control planes, built from the same gossip membership:
+		// they publish the same content under the same versions.
+		controlPlane := func(name, httpAddr, grpcAddr, gossip string) Part {
+			return Part{Name: name, Kind: KindXDS, HTTP: httpAddr, GRPC: grpcAddr, Args: []string{
+				logf, "--name=" + name, "--http=" + httpAddr, "--grpc=" + grpcAddr, "--gossip-bind=" + gossip,
+				"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
+				"--admin-token=" + l.AdminToken,
+			}}
+		}
+		parts = append(parts,
+			controlPlane("xds", a.XDSHTTP, a.XDSGRPC, a.XDSGossip),
+			controlPlane("xds-b", a.XDSBHTTP, a.XDSBGRPC, a.XDSBGossip))
 		sidecar := func(name, admin, listen string) Part {
 			return Part{Name: name, Kind: KindProxy, HTTP: admin, GRPC: listen, Args: []string{
-				logf, "--node-id=" + name, "--admin=" + admin, "--listen=" + listen, "--xds=" + a.XDSGRPC,
+				logf, "--node-id=" + name, "--admin=" + admin, "--listen=" + listen,
+				"--xds=" + a.XDSGRPC + "," + a.XDSBGRPC, "--xds-cache=" + XDSCacheFile(l.DataDir, name),
 			}}
 		}
 		parts = append(parts,
@@ -341,7 +359,7 @@ func StandardPlan(l Layout) Plan {
 		// and the agents' addresses.
 		gossip := func(p Part, name, bind string) Part {
 			p.Args = append(p.Args, "--gossip-name="+name, "--gossip-bind="+bind,
-				"--gossip-join="+a.XDSGossip, "--gossip-key="+l.GossipKey)
+				"--gossip-join="+a.XDSGossip+","+a.XDSBGossip, "--gossip-key="+l.GossipKey)
 			return p
 		}
 		parts = append(parts,
@@ -350,7 +368,8 @@ func StandardPlan(l Layout) Plan {
 			gossip(interactionPart("interaction", a.InteractionInstance), "interaction", a.InteractionGossip),
 			Part{Name: "edge", Kind: KindProxy, HTTP: a.EdgeAdmin, GRPC: a.WebAPI, Args: []string{
 				logf, "--ingress", "--node-id=edge", "--admin=" + a.EdgeAdmin, "--listen=" + a.WebAPI,
-				"--agent-listen=" + a.Interaction, "--xds=" + a.XDSGRPC,
+				"--agent-listen=" + a.Interaction, "--xds=" + a.XDSGRPC + "," + a.XDSBGRPC,
+				"--xds-cache=" + XDSCacheFile(l.DataDir, "edge"),
 			}},
 		)
 		for i := range parts {
@@ -370,6 +389,12 @@ func StandardPlan(l Layout) Plan {
 		}
 	}
 	return Plan{Parts: parts, Entrypoints: entry}
+}
+
+// XDSCacheFile is where the sidecar called name keeps its last accepted xDS
+// configuration in a cluster whose on-disk state is under dataDir.
+func XDSCacheFile(dataDir, name string) string {
+	return filepath.Join(dataDir, name+".xds-cache.json")
 }
 
 // TLSArgs returns the --tls-* flags of the part called name whose

@@ -35,7 +35,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}
+	want := []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}
 	for _, name := range want {
 		p, ok := st.Part(name)
 		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
@@ -43,6 +43,12 @@ func TestDemoCommand(t *testing.T) {
 		}
 		if !strings.Contains(output(), p.HTTP) {
 			t.Errorf("the table does not show %s's address %s", name, p.HTTP)
+		}
+	}
+	// Issue 8: two control planes, each listed with its kind.
+	for _, name := range []string{"xds", "xds-b"} {
+		if p, _ := st.Part(name); p.Kind != demo.KindXDS || p.GRPC == "" {
+			t.Errorf("state entry of control plane %s: %+v", name, p)
 		}
 	}
 	a, _ := st.Part("core-a")

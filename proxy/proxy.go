@@ -81,10 +81,18 @@ type Proxy struct {
 
 // XDSStatus is what the admin endpoint shows about the control plane.
 type XDSStatus struct {
-	// Address is the control plane address ("static" for NewStatic).
+	// Address is the control plane of the current (or last) ADS stream,
+	// or the first one before any answered ("static" for NewStatic).
 	Address string `json:"address"`
-	// Connected is true while the ADS stream is open.
+	// Servers are every control plane the sidecar knows, in order.
+	Servers []string `json:"servers,omitempty"`
+	// Connected is true while an ADS stream is open and has answered.
 	Connected bool `json:"connected"`
+	// Moves counts streams established to another control plane than
+	// the previous one.
+	Moves uint64 `json:"moves"`
+	// Cache is the state of the xDS cache file (nil without one).
+	Cache *CacheStatus `json:"cache,omitempty"`
 	// Versions are the last accepted versions by type: lds, cds, eds.
 	Versions map[string]string `json:"versions"`
 	// Updates and NACKs count accepted and rejected responses.
@@ -104,8 +112,10 @@ type NACKInfo struct {
 	At      time.Time `json:"at"`
 }
 
-// New builds a sidecar that takes its configuration from the control plane at
-// cfg.XDS. It binds the listen and admin addresses at once (so callers can
+// New builds a sidecar that takes its configuration from the control planes
+// of cfg.XDS. With cfg.XDSCache set it first loads the last accepted
+// configuration from that file, if the file is there and valid, so that it
+// routes before any control plane answers. It binds the listen and admin addresses at once (so callers can
 // read Addr and AdminAddr); Run serves them and releases them when it returns.
 func New(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 	if err := cfg.validate(false); err != nil {
@@ -116,7 +126,14 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 		return nil, err
 	}
 	p.ads = newADSClient(p)
-	p.xds.Address = cfg.XDS
+	p.xds.Servers = cfg.XDSServers()
+	p.xds.Address = p.xds.Servers[0]
+	for _, addr := range p.xds.Servers {
+		p.m.adsServer.WithLabelValues(addr).Set(0)
+	}
+	if cfg.XDSCache != "" {
+		p.ads.loadCache()
+	}
 	return p, nil
 }
 

@@ -53,7 +53,7 @@ func readCompose(t *testing.T) composeFile {
 func TestComposeShape(t *testing.T) {
 	f := readCompose(t)
 	want := map[string]string{ // service -> hachat subcommand
-		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds",
+		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds", "xds-b": "xds",
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"webapi-2": "webapi", "sidecar-webapi-2": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
@@ -120,6 +120,14 @@ func TestComposeShape(t *testing.T) {
 		case "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction":
 			if owner := strings.TrimPrefix(name, "sidecar-"); s.NetworkMode != "service:"+owner {
 				t.Errorf("%s: network_mode %q, want service:%s", name, s.NetworkMode, owner)
+			}
+			// Issue 8: both control planes, and a cache file on a volume.
+			if !strings.Contains(args, ".20:7200,${HACHAT_SUBNET:-172.28.71}.21:7200") || !strings.Contains(args, "--xds-cache=/state/") {
+				t.Errorf("%s: %s: want --xds with both control planes and --xds-cache under /state", name, args)
+			}
+		case "core-a", "core-b":
+			if !strings.Contains(args, ".20:7203") || !strings.Contains(args, ".21:7203") {
+				t.Errorf("%s: %s: want to gossip with both control planes", name, args)
 			}
 		}
 		// Every part speaks mTLS with its own certificate from the cert dir.
