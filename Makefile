@@ -1,7 +1,7 @@
 # hachat: build, test, demo, image, proto, bench.
 #
 # `make test` is what CI runs (.ci/run). It installs what the tests need when it
-# is missing (Chromium and HAProxy from Debian, the Go modules), then runs:
+# is missing (Chromium, HAProxy and Prometheus from Debian, the Go modules), then runs:
 #   1. every package except e2e with the race detector, two packages at a time;
 #   2. the end-to-end tests (e2e/...), one package at a time. These start real
 #      hachat processes (built once per test binary, without -race: the race
@@ -24,7 +24,7 @@ DOCKER_TIMEOUT ?= 10m
 # Packages tested by test-unit: everything but the end-to-end tests.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench bench-compare bench-web deps tools clean
+.PHONY: all build test test-unit test-e2e test-docker run demo image proto bench bench-compare bench-web deps otelcol tools clean k8s
 
 all: build
 
@@ -37,13 +37,33 @@ build:
 	CGO_ENABLED=0 $(GO) build -v -o $(BIN) ./cmd/hachat
 	@echo "make: built $$($(BIN) --version)"
 
-## deps: what the tests need: Chromium and HAProxy (apt-get, as root) and the Go modules.
-deps:
+## deps: what the tests need: Chromium, HAProxy and Prometheus (apt-get, as root), the Go
+## modules and the test OpenTelemetry Collector (otelcol).
+deps: otelcol
 	@if ! command -v chromium >/dev/null || ! command -v haproxy >/dev/null; then \
 		echo "installing chromium and haproxy with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy </dev/null; \
 	fi
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+		echo "installing prometheus (and promtool) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus </dev/null; \
+	fi
 	$(GO) mod download
+	cd deploy && $(GO) mod download
+
+## otelcol: the OpenTelemetry Collector of the e2e tests (e2e/otelcol, its own
+## module: OTLP receiver + file exporter), built once and cached as
+## $(OTELCOL_CACHE)/otelcol-<hash of its go.sum and main.go>, the path that
+## e2e/harness.CollectorCachePath computes; rebuilt only when they change
+## (the first build takes a few minutes on 2 cores).
+OTELCOL_CACHE ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/hachat
+otelcol:
+	@bin="$(OTELCOL_CACHE)/otelcol-$$(cat e2e/otelcol/go.sum e2e/otelcol/main.go | sha256sum | cut -c1-16)"; \
+	if [ ! -x "$$bin" ]; then \
+		echo "make: building the test OpenTelemetry Collector (e2e/otelcol) into $$bin, once: a few minutes"; \
+		mkdir -p "$$(dirname "$$bin")" && \
+		(cd e2e/otelcol && CGO_ENABLED=0 $(GO) build -o "$$bin.tmp" .) && mv "$$bin.tmp" "$$bin"; \
+	fi
 
 ## test: deps, then unit tests with -race, then the end-to-end tests. Both
 ## suites always run (a unit failure does not hide the e2e results); the
@@ -59,12 +79,23 @@ test: deps
 	exit $$rc
 
 ## test-unit: every package except e2e, with the race detector; then go vet
-## of the whole module and of bench/jetstream (its own module: the JetStream
-## anchor, kept out of the hachat binary), so that it does not rot.
+## of the whole module, of bench/jetstream (its own module: the JetStream
+## anchor, kept out of the hachat binary) and of e2e/otelcol (the test
+## Collector's module), so that they do not rot; then the deploy module (its
+## own module, so that hachat's go.mod carries no k8s.io), vetted and tested:
+## the Kubernetes manifests decoded strictly against the API types, the
+## Prometheus rules through promtool, the Grafana dashboard.
 test-unit:
 	$(GO) test -race -count=1 -p 2 -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
 	$(GO) vet ./...
 	cd bench/jetstream && $(GO) vet ./...
+	cd e2e/otelcol && $(GO) vet ./...
+	cd deploy && $(GO) vet ./... && $(GO) test -race -count=1 -timeout $(UNIT_TIMEOUT) ./...
+
+## k8s: the Kubernetes manifests (deploy/k8s/base, a kustomize base) as one
+## multi-document YAML stream on stdout: `make -s k8s | kubectl apply -f -`.
+k8s:
+	@cd deploy && $(GO) run ./cmd/k8s-render
 
 ## test-e2e: end-to-end tests with real processes and headless Chromium.
 test-e2e:

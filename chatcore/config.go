@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/hachat/hachat/membership"
 )
 
 // Transcript auto-save modes (Genesys option transcript-auto-save).
@@ -54,6 +56,15 @@ type Config struct {
 	GRPC string `yaml:"grpc"`
 	// HTTP is the listen address of /metrics, /healthz and /status (default 127.0.0.1:7102).
 	HTTP string `yaml:"http"`
+	// GRPCAdvertise, when set, is the gRPC address (IP:port) this core
+	// announces in its gossip meta instead of the bound one: what the control
+	// plane publishes to the sidecars as the endpoint and what the other core
+	// dials. Needed when GRPC binds 0.0.0.0 (Kubernetes: the pod IP).
+	// Default empty: the bound address.
+	GRPCAdvertise string `yaml:"grpc-advertise"`
+	// HTTPAdvertise, when set, is the HTTP address (IP:port) announced in the
+	// gossip meta instead of the bound one. Default empty: the bound address.
+	HTTPAdvertise string `yaml:"http-advertise"`
 	// Role is the role the core starts with: primary or backup (default primary).
 	// At run time the primary is whoever holds the newest epoch.
 	Role string `yaml:"role"`
@@ -181,6 +192,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Name, "name", c.Name, "name of this core (logs, status, epoch holder)")
 	fs.StringVar(&c.GRPC, "grpc", c.GRPC, "gRPC listen address (Chat, health)")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "HTTP listen address (/metrics, /healthz, /status)")
+	fs.StringVar(&c.GRPCAdvertise, "grpc-advertise", c.GRPCAdvertise, "gRPC address IP:port announced to the cluster (sidecars' endpoint, the other core); default: the bound --grpc address")
+	fs.StringVar(&c.HTTPAdvertise, "http-advertise", c.HTTPAdvertise, "HTTP address IP:port announced to the cluster; default: the bound --http address")
 	fs.StringVar(&c.Role, "role", c.Role, "starting role: primary or backup")
 	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "name of the primary/backup pair (epoch service at UCS)")
 	fs.StringVar(&c.ServiceToken, "service-token", c.ServiceToken, "token Join and WatchSessions must carry (empty: any)")
@@ -220,6 +233,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster == "" {
 		errs = append(errs, errors.New("cluster is empty"))
+	}
+	for _, a := range []struct{ name, addr string }{{"grpc-advertise", c.GRPCAdvertise}, {"http-advertise", c.HTTPAdvertise}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, _, err := membership.SplitAdvertise(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.name, err))
+		}
 	}
 	if c.MaxMessageSize <= 0 || c.MaxSessions <= 0 || c.SendBurst <= 0 || c.SendRate <= 0 || c.SubscriberBuffer <= 0 {
 		errs = append(errs, errors.New("max-message-size, max-sessions, send-rate, send-burst and subscriber-buffer must be positive"))

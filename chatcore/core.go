@@ -338,7 +338,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				c.roleMu.Lock()
 				c.becomePrimaryLocked(got.Epoch, !cl.restore)
 				c.roleMu.Unlock()
-				c.log.Info("claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
+				c.log.InfoContext(ctx, "claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
 				return got.Epoch, nil
 			}
 			if errors.Is(err, ErrHolderAlive) {
@@ -351,9 +351,9 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 		}
 		c.m.fencingFailures.WithLabelValues("claim").Inc()
 		if errors.Is(err, ErrForbidden) {
-			c.log.Error("UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
+			c.log.ErrorContext(ctx, "UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
 		} else {
-			c.log.Warn("epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
+			c.log.WarnContext(ctx, "epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
 		}
 		select {
 		case <-ctx.Done():

@@ -33,11 +33,11 @@ import (
 func (c *Core) roleLoop(ctx context.Context) {
 	if c.cfg.Role == RolePrimary {
 		if peer, ok := c.peerHasState(ctx); ok {
-			c.log.Info("configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
+			c.log.InfoContext(ctx, "configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
 				"peer_role", peer.Role, "peer_epoch", peer.Epoch, "peer_sessions", peer.LiveSessions)
 			c.observeEpoch(peer.Epoch)
 		} else if _, err := c.claimPrimary(ctx, c.startClaim()); err != nil && ctx.Err() == nil {
-			c.log.Warn("could not claim the primary role at start: joining as backup", "err", err)
+			c.log.WarnContext(ctx, "could not claim the primary role at start: joining as backup", "err", err)
 		}
 	} else {
 		c.publishMeta(ctx)
@@ -194,7 +194,7 @@ func (c *Core) renewLease(ctx context.Context, epoch uint64) {
 				break
 			}
 			lastWarn = time.Now()
-			c.log.Warn("could not renew the primary's lease at the fencing authority: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
+			c.log.WarnContext(ctx, "could not renew the primary's lease at the fencing authority: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -278,7 +278,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 		}
 		c.refuteMu.Unlock()
 		if !quiet { // asked every 250 ms while it lasts: log every 5 s
-			c.log.Warn("cannot confirm a peer's newer epoch at the fencing authority: staying as I am until it answers",
+			c.log.WarnContext(ctx, "cannot confirm a peer's newer epoch at the fencing authority: staying as I am until it answers",
 				"claimed_by", who, "claimed", claimed, "mine", mine, "err", err)
 		}
 		return 0, false
@@ -291,7 +291,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	}
 	c.refuted[who] = refutation{claimed: claimed, at: time.Now()}
 	c.refuteMu.Unlock()
-	c.log.Warn("ignored a newer epoch that the fencing authority does not know", "claimed_by", who, "claimed", claimed,
+	c.log.WarnContext(ctx, "ignored a newer epoch that the fencing authority does not know", "claimed_by", who, "claimed", claimed,
 		"authority_epoch", cur.Epoch, "authority_holder", cur.Holder, "mine", mine)
 	return 0, false
 }
@@ -319,7 +319,7 @@ func (c *Core) publishMeta(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := c.members.SetMeta(ctx, meta); err != nil && ctx.Err() == nil {
-		c.log.Warn("could not publish membership meta", "err", err)
+		c.log.WarnContext(ctx, "could not publish membership meta", "err", err)
 	}
 }
 
@@ -351,7 +351,7 @@ func (c *Core) promote(ctx context.Context, why string, certain bool, recheck fu
 	c.m.failovers.Inc()
 	c.gossipDead.Store(false)
 	n := c.restoreAll(ctx, "replica")
-	c.log.Info("promotion complete", "epoch", epoch, "sessions_restored", n, "took", time.Since(start))
+	c.log.InfoContext(ctx, "promotion complete", "epoch", epoch, "sessions_restored", n, "took", time.Since(start))
 	return nil
 }
 
@@ -370,19 +370,19 @@ func (c *Core) trustReplica(ctx context.Context, followed uint64) {
 	defer cancel()
 	solo, err := rec.Solo(sctx, c.cfg.Cluster, followed)
 	if err != nil || solo {
-		c.log.Info("the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
+		c.log.InfoContext(ctx, "the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
 		return
 	}
 	c.replicaStale.Store(false)
 	c.finishRestoring()
-	c.log.Info("the old primary never went solo: the replica is complete, serving without a merge", "old_epoch", followed)
+	c.log.InfoContext(ctx, "the old primary never went solo: the replica is complete, serving without a merge", "old_epoch", followed)
 }
 
 // takeOver is the backup's side of a planned switchover.
 func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64, error) {
 	ctx, span := c.tracer.Start(ctx, "chatcore.takeOver")
 	defer span.End()
-	c.log.Info("switchover: taking over", "from", from, "epoch", epoch)
+	c.log.InfoContext(ctx, "switchover: taking over", "from", from, "epoch", epoch)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	got, err := c.claimPrimary(cctx, claim{known: epoch, reason: "switchover from " + from})
@@ -421,12 +421,12 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 		// however long UCS takes, then open to clients.
 		var err error
 		if stored, err = c.catchUp(ctx, all); err != nil {
-			c.log.Warn("restoration stopped before the merge completed", "err", err)
+			c.log.WarnContext(ctx, "restoration stopped before the merge completed", "err", err)
 			return 0
 		}
 		merged = true
 		c.finishRestoring()
-		c.log.Info("merged what UCS holds beyond the replica: serving", "sessions", len(all), "took", time.Since(start))
+		c.log.InfoContext(ctx, "merged what UCS holds beyond the replica: serving", "sessions", len(all), "took", time.Since(start))
 	} else {
 		stored, _ = c.storedChats(ctx)
 	}
@@ -456,13 +456,13 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 			if _, err := c.lookup(ctx, id, nil); err == nil {
 				n++
 			} else {
-				c.log.Warn("could not restore session from UCS", "session", id, "err", err)
+				c.log.WarnContext(ctx, "could not restore session from UCS", "session", id, "err", err)
 			}
 		}
 	}
 	c.replicaStale.Store(false)
 	span.SetAttributes(attribute.Int("sessions", n), attribute.String("source", source))
-	c.log.Info("restoration done", "mode", c.cfg.SessionRestorationMode, "sessions", n, "source", source, "took", time.Since(start))
+	c.log.InfoContext(ctx, "restoration done", "mode", c.cfg.SessionRestorationMode, "sessions", n, "source", source, "took", time.Since(start))
 	return n
 }
 
@@ -479,7 +479,7 @@ func (c *Core) storedChats(ctx context.Context) (map[string]ChatInfo, error) {
 	}
 	list, err := l.Chats(ctx, ChatFilter{Service: c.cfg.Cluster})
 	if err != nil {
-		c.log.Warn("could not list chats at UCS: merging every session", "err", err)
+		c.log.WarnContext(ctx, "could not list chats at UCS: merging every session", "err", err)
 		return nil, fmt.Errorf("list chats at ucs: %w", err)
 	}
 	out := make(map[string]ChatInfo, len(list))
@@ -530,7 +530,7 @@ func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ChatInfo
 			// only UCS holds are rebuilt on their first call (lookup).
 			return stored, nil
 		}
-		c.log.Warn("could not merge every session from UCS: not serving yet, retrying", "failed", len(failed), "retry_in", delay)
+		c.log.WarnContext(ctx, "could not merge every session from UCS: not serving yet, retrying", "failed", len(failed), "retry_in", delay)
 		pending = failed
 		select {
 		case <-ctx.Done():
@@ -571,7 +571,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 				continue // read again: done, or someone moved first
 			}
 		}
-		c.log.Warn("could not tell UCS the new epoch before the merge: retrying", "epoch", mine, "err", err, "retry_in", delay)
+		c.log.WarnContext(ctx, "could not tell UCS the new epoch before the merge: retrying", "epoch", mine, "err", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("announce epoch %d: %w", mine, ctx.Err())
@@ -588,7 +588,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ChatInfo) bool {
 	if behind(s, stale, stored) {
 		if err := c.mergeFromUCS(ctx, s); err != nil {
-			c.log.Warn("could not merge session from UCS", "session", s.id, "err", err)
+			c.log.WarnContext(ctx, "could not merge session from UCS", "session", s.id, "err", err)
 		}
 	}
 	s.mu.Lock()
@@ -598,21 +598,30 @@ func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale 
 		return false
 	}
 	if !ended {
-		c.announceFailover(ctx, s)
-		c.log.Info("session restored", "session", s.id, "source", source, "events", n, "mode", c.cfg.SessionRestorationMode)
+		c.announceFailover(ctx, s, noticeReason(source))
+		c.log.InfoContext(ctx, "session restored", "session", s.id, "source", source, "events", n, "mode", c.cfg.SessionRestorationMode)
 		c.m.restored.WithLabelValues(source).Inc()
 	}
 	c.saver.enqueue(s) // pending saves resume behind this core's breaker
 	return !ended
 }
 
+// noticeReason is the "reason" attribute of the notices a restore appends:
+// "switchover" after a planned handover, "failover" otherwise.
+func noticeReason(source string) string {
+	if source == "switchover" {
+		return "switchover"
+	}
+	return "failover"
+}
+
 // announceFailover appends, per session-restoration-mode, the disconnected
 // and reconnected notices of every present participant (simple) or the end
-// of the session with reason "failover" (none).
-func (c *Core) announceFailover(ctx context.Context, s *session) {
+// of the session (none), each with the given reason.
+func (c *Core) announceFailover(ctx context.Context, s *session, reason string) {
 	if c.cfg.SessionRestorationMode == RestorationNone {
-		if err := c.endSessionWith(ctx, s, "failover", false); err != nil {
-			c.log.Warn("could not end session after failover", "session", s.id, "err", err)
+		if err := c.endSessionWith(ctx, s, reason, false); err != nil {
+			c.log.WarnContext(ctx, "could not end session after failover", "session", s.id, "err", err)
 		}
 		return
 	}
@@ -625,7 +634,7 @@ func (c *Core) announceFailover(ctx context.Context, s *session) {
 				if st.ended {
 					return nil, 0, errEnded
 				}
-				return &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": "failover"}}, 0, nil
+				return &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": reason}}, 0, nil
 			})
 			if err != nil {
 				return
@@ -654,7 +663,7 @@ func (c *Core) mergeFromUCS(ctx context.Context, s *session) error {
 		merged++
 	}
 	if merged > 0 {
-		c.log.Info("session caught up from UCS", "session", s.id, "events", merged)
+		c.log.InfoContext(ctx, "session caught up from UCS", "session", s.id, "events", merged)
 	}
 	return nil
 }
@@ -749,10 +758,10 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) erro
 		s.endedAt = c.now()
 	}
 	c.putSession(s)
-	c.log.Info("session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.st.ended, "mode", c.cfg.SessionRestorationMode)
+	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.st.ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
 	if !s.st.ended {
-		c.announceFailover(ctx, s)
+		c.announceFailover(ctx, s, noticeReason("ucs"))
 	}
 	return s, nil
 }
@@ -782,7 +791,7 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	ctx, span := c.tracer.Start(ctx, "chatcore.switchover")
 	defer span.End()
 	start := time.Now()
-	c.log.Info(why+": draining", "to", l.name)
+	c.log.InfoContext(ctx, why+": draining", "to", l.name)
 	c.draining.Store(true)
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.inflight.Lock()
@@ -792,7 +801,7 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 			c.draining.Store(false)
 			c.health.SetServingStatus(ChatServiceName, healthServing)
 		}
-		c.log.Warn(why+" aborted", "err", err, "role", c.Role())
+		c.log.WarnContext(ctx, why+" aborted", "err", err, "role", c.Role())
 		return nil, status.Errorf(codes.Aborted, "%s aborted: %v", why, err)
 	}
 	if !c.primary.Load() || c.repl.current() != l {
@@ -828,6 +837,6 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	pause := time.Since(start)
 	c.stepDown(fmt.Sprintf("%s to %s", why, l.name), ans.HandoverEpoch)
 	c.m.switchoverPauseS.Observe(pause.Seconds())
-	c.log.Info(why+" done", "new_primary", l.name, "new_epoch", ans.HandoverEpoch, "pause", pause)
+	c.log.InfoContext(ctx, why+" done", "new_primary", l.name, "new_epoch", ans.HandoverEpoch, "pause", pause)
 	return &chatpb.SwitchoverResponse{NewPrimary: l.name, NewEpoch: ans.HandoverEpoch, PauseMicros: pause.Microseconds()}, nil
 }

@@ -86,7 +86,7 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		conn, err := c.peerConn(addr)
 		if err != nil {
-			c.log.Error("cannot dial peer", "peer", addr, "err", err)
+			c.log.ErrorContext(ctx, "cannot dial peer", "peer", addr, "err", err)
 			return
 		}
 		end := c.replicateOnce(ctx, conn, failed)
@@ -103,7 +103,7 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		if !end.receivedAny && time.Since(lastWarn) > 10*time.Second {
 			lastWarn = time.Now()
-			c.log.Warn("cannot replicate from the peer yet (retrying)", "peer", addr, "err", end.err)
+			c.log.WarnContext(ctx, "cannot replicate from the peer yet (retrying)", "peer", addr, "err", end.err)
 		}
 		promote, why, certain := false, "", false
 		gossip := end.gossipFailed || c.gossipDead.Load()
@@ -121,10 +121,10 @@ func (c *Core) follow(ctx context.Context) {
 				// The link broke but the primary lives: it now takes its second
 				// copies to UCS, so our copy may miss acknowledged events.
 				c.replicaStale.Store(true)
-				c.log.Warn("replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
+				c.log.WarnContext(ctx, "replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
 			} else if gossip && time.Since(lastWarn) > 10*time.Second {
 				lastWarn = time.Now()
-				c.log.Warn("membership declared the primary failed, but the checks do not confirm it: staying backup", "primary", end.primaryName, "check", how)
+				c.log.WarnContext(ctx, "membership declared the primary failed, but the checks do not confirm it: staying backup", "primary", end.primaryName, "check", how)
 			}
 		}
 		if promote && !certain {
@@ -134,7 +134,7 @@ func (c *Core) follow(ctx context.Context) {
 			c.replicaStale.Store(true)
 		}
 		if promote {
-			c.log.Warn("primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
+			c.log.WarnContext(ctx, "primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
 				"replica_stale", c.replicaStale.Load())
 			err := c.promote(ctx, why, certain, func(ctx context.Context) error {
 				// The decision is only as good as the moment it was made: the
@@ -151,10 +151,10 @@ func (c *Core) follow(ctx context.Context) {
 				c.m.promotionsDropped.Inc()
 				if time.Since(lastDrop) > 5*time.Second {
 					lastDrop = time.Now()
-					c.log.Warn("promotion dropped: the primary is not lost after all; staying backup", "primary", end.primaryName, "reason", err)
+					c.log.WarnContext(ctx, "promotion dropped: the primary is not lost after all; staying backup", "primary", end.primaryName, "reason", err)
 				}
 			} else {
-				c.log.Warn("promotion failed: staying backup", "err", err)
+				c.log.WarnContext(ctx, "promotion failed: staying backup", "err", err)
 			}
 		}
 		select {
@@ -285,7 +285,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 				return
 			case <-t.C:
 				if time.Since(time.Unix(0, lastHeard.Load())) > 2*c.cfg.ReplicationTimeout {
-					c.log.Warn("primary silent on the replication stream", "silent_for", time.Since(time.Unix(0, lastHeard.Load())))
+					c.log.WarnContext(ctx, "primary silent on the replication stream", "silent_for", time.Since(time.Unix(0, lastHeard.Load())))
 					cancel()
 					return
 				}
@@ -299,7 +299,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			end.err = err
 			end.gossipFailed = gossip.Load()
 			if end.synced {
-				c.log.Warn("replication stream broke", "primary", end.primaryName, "err", err)
+				c.log.WarnContext(ctx, "replication stream broke", "primary", end.primaryName, "err", err)
 			}
 			return end
 		}
@@ -307,7 +307,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 		if known := c.epoch.Load(); msg.Epoch < known {
 			end.fencedPrimary = true
 			end.err = fmt.Errorf("primary %s carries epoch %d, older than %d: rejected", msg.Primary, msg.Epoch, known)
-			c.log.Warn("rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", known)
+			c.log.WarnContext(ctx, "rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", known)
 			return end
 		}
 		c.observeEpoch(msg.Epoch)
@@ -322,13 +322,13 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 		case *chatpb.ReplicaMsg_Snapshot, *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
 			if err := c.applyReplicated(msg, seen); err != nil {
 				end.err = err
-				c.log.Warn("replicated message does not fit: resyncing", "err", err)
+				c.log.WarnContext(ctx, "replicated message does not fit: resyncing", "err", err)
 				return end
 			}
 		case *chatpb.ReplicaMsg_Batch:
 			if err := c.applyBatch(msg.Seq, b.Batch, seen); err != nil {
 				end.err = err
-				c.log.Warn("replicated batch does not fit: resyncing", "err", err)
+				c.log.WarnContext(ctx, "replicated batch does not fit: resyncing", "err", err)
 				return end
 			}
 		case *chatpb.ReplicaMsg_SnapshotDone:
@@ -336,7 +336,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			end.synced = true
 			c.replicaStale.Store(false)
 			c.gossipDead.Store(false)
-			c.log.Info("in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
+			c.log.InfoContext(ctx, "in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", len(seen), "dropped_stale", n)
 			c.spawn(c.publishMeta) // gossip the epoch we now follow
 		case *chatpb.ReplicaMsg_Handover:
@@ -349,7 +349,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			}
 			applied.Store(msg.Seq)
 			if serr := answer(ans, answers, answered, senderGone); serr != nil {
-				c.log.Warn("could not answer the handover (the old primary learns the epoch from UCS or gossip)", "err", serr)
+				c.log.WarnContext(ctx, "could not answer the handover (the old primary learns the epoch from UCS or gossip)", "err", serr)
 			}
 			if err == nil {
 				end.handedOver = true
@@ -465,7 +465,7 @@ func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead 
 			}
 			return true, how + "; witness cannot reach " + target, refused
 		}
-		c.log.Warn("witness gave no answer", "witness", w, "err", werr)
+		c.log.WarnContext(ctx, "witness gave no answer", "witness", w, "err", werr)
 		how += "; witness silent"
 		if isolated() {
 			return false, how + "; " + cutOffNote, false

@@ -71,11 +71,11 @@ func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *member) {
 			Attrs: map[string]string{"reason": "flex-disconnect-timeout"}}, 0, nil
 	})
 	if err == nil {
-		c.log.Info("customer disconnected after flex-disconnect-timeout", "session", s.id, "participant", cu.p.Id, "timeout", c.cfg.FlexDisconnectTimeout)
+		c.log.InfoContext(ctx, "customer disconnected after flex-disconnect-timeout", "session", s.id, "participant", cu.p.Id, "timeout", c.cfg.FlexDisconnectTimeout)
 		err = c.endSession(ctx, s, "flex-disconnect-timeout")
 	}
 	if err != nil && err != errEnded {
-		c.log.Warn("flex disconnect failed", "session", s.id, "err", err)
+		c.log.WarnContext(ctx, "flex disconnect failed", "session", s.id, "err", err)
 	}
 }
 

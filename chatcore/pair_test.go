@@ -2,10 +2,12 @@ package chatcore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -247,6 +249,20 @@ func TestSwitchover(t *testing.T) {
 	}
 	if _, err := b.cl.Send(ctx, msg(cust, "after", "c2")); err != nil {
 		t.Fatal(err)
+	}
+	// A planned switchover's notices say so: no "failover" wording.
+	notices := 0
+	for _, ev := range b.log(cust.SessionId) {
+		switch ev.Kind {
+		case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
+			notices++
+			if got := ev.Attrs["reason"]; got != "switchover" {
+				t.Errorf("%v after a switchover has reason %q, want switchover", ev.Kind, got)
+			}
+		}
+	}
+	if notices == 0 {
+		t.Error("no disconnected/reconnected notice after the switchover")
 	}
 	// The old primary now replicates from the new one.
 	waitInSync(t, b, "core-a")
@@ -520,5 +536,57 @@ func TestQuickRestartOfPrimary(t *testing.T) {
 	d, err := b.cl.Send(ctxT(t), msg(cust, "before", "c1"))
 	if err != nil || !d.Duplicate || d.Index != r.Index {
 		t.Fatalf("resend: %v %v", d, err)
+	}
+}
+
+// TestMetaAnnouncesAdvertisedAddresses: a core bound to one address that
+// others cannot dial (0.0.0.0 in a pod) announces --grpc-advertise and
+// --http-advertise in its gossip meta, which the control plane publishes
+// as the sidecars' endpoint; without them it announces what it bound.
+func TestMetaAnnouncesAdvertisedAddresses(t *testing.T) {
+	tests := []struct {
+		name             string
+		grpcAdv, httpAdv string
+	}{
+		{"advertised", "10.1.2.3:7101", "10.1.2.3:7102"},
+		{"bound", "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mm := &memMembers{}
+			a := startCore(t, func(c *Config) { c.GRPCAdvertise, c.HTTPAdvertise = tc.grpcAdv, tc.httpAdv }, WithMembership(mm))
+			want := membership.Meta{GRPCAddr: tc.grpcAdv, HTTPAddr: tc.httpAdv}
+			if want.GRPCAddr == "" {
+				want.GRPCAddr, want.HTTPAddr = a.conn.Target(), a.http
+			}
+			waitFor(t, "meta published", func() bool {
+				m := mm.lastMeta()
+				return m.Role == RolePrimary && m.GRPCAddr == want.GRPCAddr && m.HTTPAddr == want.HTTPAddr
+			})
+		})
+	}
+}
+
+func TestAdvertiseValidation(t *testing.T) {
+	tests := []struct {
+		name, grpcAdv, httpAdv, want string
+	}{
+		{"ok", "10.0.0.7:7101", "10.0.0.7:7102", ""},
+		{"host name", "core-a-0.core-a:7101", "", "grpc-advertise"},
+		{"unspecified", "0.0.0.0:7101", "", "grpc-advertise"},
+		{"no port", "", "10.0.0.7", "http-advertise"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.GRPCAdvertise, cfg.HTTPAdvertise = tc.grpcAdv, tc.httpAdv
+			err := cfg.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, membership.ErrBadAdvertise)):
+				t.Fatalf("Validate = %v, want ErrBadAdvertise naming %s", err, tc.want)
+			}
+		})
 	}
 }

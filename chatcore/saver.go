@@ -52,7 +52,7 @@ type ucsTrouble struct {
 	total    int  // failures since the last success
 }
 
-func (u *ucsTrouble) failed(log *slog.Logger, session string, err error) {
+func (u *ucsTrouble) failed(ctx context.Context, log *slog.Logger, session string, err error) {
 	u.mu.Lock()
 	u.since++
 	u.total++
@@ -63,18 +63,18 @@ func (u *ucsTrouble) failed(log *slog.Logger, session string, err error) {
 	}
 	u.mu.Unlock()
 	if warn {
-		log.Warn("transcript saves failing: UCS unreachable or erroring; chats go on and saves are resent until UCS takes them",
+		log.WarnContext(ctx, "transcript saves failing: UCS unreachable or erroring; chats go on and saves are resent until UCS takes them",
 			"failures", since, "last_session", session, "err", err)
 	}
 }
 
-func (u *ucsTrouble) ok(log *slog.Logger) {
+func (u *ucsTrouble) ok(ctx context.Context, log *slog.Logger) {
 	u.mu.Lock()
 	warned, total := u.warned, u.total
 	u.warned, u.total = false, 0
 	u.mu.Unlock()
 	if warned {
-		log.Info("transcript saves reach UCS again", "failures", total)
+		log.InfoContext(ctx, "transcript saves reach UCS again", "failures", total)
 	}
 }
 
@@ -249,6 +249,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		return
 	}
 	var err error
+	sctx := ctx // settle's: the save span's, so that its log lines carry the save's trace
 	if j.send {
 		// The save belongs to the trace of the message that caused it.
 		tctx := ctx
@@ -268,8 +269,9 @@ func (sv *saver) save(ctx context.Context, s *session) {
 			span.SetStatus(otelcodes.Error, "save failed")
 		}
 		span.End()
+		sctx = trace.ContextWithSpanContext(ctx, span.SpanContext())
 	}
-	if sv.settle(ctx, j, err) {
+	if sv.settle(sctx, j, err) {
 		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
 	}
 }
@@ -279,6 +281,10 @@ func (sv *saver) save(ctx context.Context, s *session) {
 // fenced the save (stale epoch): the caller steps down.
 func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) {
 	c := sv.c
+	if !trace.SpanContextFromContext(ctx).IsValid() && j.cause.IsValid() {
+		// A batched save: its lines belong to the trace of the message that caused it.
+		ctx = trace.ContextWithRemoteSpanContext(ctx, j.cause)
+	}
 	s, to, ended := j.s, j.to, j.ended
 	switch {
 	case err == nil:
@@ -296,7 +302,7 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		if recovered {
 			c.m.savesRecovered.Inc()
 		}
-		sv.trouble.ok(c.log)
+		sv.trouble.ok(ctx, c.log)
 		c.replicateProgress(s, false)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, "save", to, "")
@@ -312,16 +318,16 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		}
 		if c.cfg.TranscriptSaveOnError == SaveOnErrorClose {
 			c.m.saveGiveUps.Inc()
-			c.log.Warn("transcript save failed for good: UCS refused it (non-recoverable); closing the session, which is never saved again",
+			c.log.WarnContext(ctx, "transcript save failed for good: UCS refused it (non-recoverable); closing the session, which is never saved again",
 				"session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
 			sv.done(ctx, s, func() { s.noFinalSave = true })
 			c.replicateProgress(s, true)
 			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
-				c.log.Warn("could not close session after non-recoverable save error", "session", s.id, "err", err)
+				c.log.WarnContext(ctx, "could not close session after non-recoverable save error", "session", s.id, "err", err)
 			}
 			return false
 		}
-		c.log.Warn("transcript save refused by UCS (non-recoverable): the session stays open and later saves retry",
+		c.log.WarnContext(ctx, "transcript save refused by UCS (non-recoverable): the session stays open and later saves retry",
 			"session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
 		sv.done(ctx, s, func() { s.saveBehind = true; s.retryAt = c.now().Add(sv.giveUpBackoff()) })
 	default:
@@ -330,7 +336,7 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		} else {
 			c.m.saves.WithLabelValues("recoverable").Inc()
 		}
-		sv.trouble.failed(c.log, s.id, err)
+		sv.trouble.failed(ctx, c.log, s.id, err)
 		var retry bool
 		sv.done(ctx, s, func() {
 			s.saveRetries++
@@ -351,7 +357,7 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		// Not a give-up: the janitor and the next trigger retry until UCS
 		// takes it. The rate-limited WARN of sv.trouble tells the operator.
 		c.m.resendsExhausted.Inc()
-		c.log.Debug("transcript save still failing after its resends: retrying in the background", "session", s.id,
+		c.log.DebugContext(ctx, "transcript save still failing after its resends: retrying in the background", "session", s.id,
 			"through", to, "attempts", c.cfg.TranscriptResendAttempts+1, "retry_in", sv.giveUpBackoff(), "err", err)
 		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
@@ -416,7 +422,7 @@ func (sv *saver) notice(ctx context.Context, s *session, kind chatpb.EventKind, 
 		return &chatpb.Event{Kind: kind, From: systemParticipant, Attrs: attrs}, 0, nil
 	})
 	if err != nil && !errors.Is(err, errEnded) {
-		sv.c.log.Debug("transcript notice not appended", "session", s.id, "err", err)
+		sv.c.log.DebugContext(ctx, "transcript notice not appended", "session", s.id, "err", err)
 	}
 }
 

@@ -341,8 +341,8 @@ func TestUCSTroubleRateLimitsWhileFlapping(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	var u ucsTrouble
 	for range 100 {
-		u.failed(log, "s1", ErrUnavailable)
-		u.ok(log)
+		u.failed(t.Context(), log, "s1", ErrUnavailable)
+		u.ok(t.Context(), log)
 	}
 	if n := strings.Count(buf.String(), "transcript saves failing"); n != 1 {
 		t.Errorf("%d WARNs for 100 flaps within %s, want 1", n, ucsWarnEvery)

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
 )
 
@@ -51,7 +52,8 @@ func (c *Core) Run(ctx context.Context) error {
 func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c.grpcAddr, c.httpAddr = gl.Addr().String(), hl.Addr().String()
+	c.grpcAddr = membership.Announced(gl.Addr().String(), c.cfg.GRPCAdvertise)
+	c.httpAddr = membership.Announced(hl.Addr().String(), c.cfg.HTTPAdvertise)
 	gs := c.grpcServer()
 	hs := &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 	c.health.SetServingStatus("", healthServing)

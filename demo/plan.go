@@ -100,6 +100,15 @@ func (p Plan) Part(name string) (Part, bool) {
 	return Part{}, false
 }
 
+// Names returns the names of the parts, in plan order.
+func (p Plan) Names() []string {
+	out := make([]string, 0, len(p.Parts))
+	for _, part := range p.Parts {
+		out = append(out, part.Name)
+	}
+	return out
+}
+
 // With returns a copy of p whose part called name gets args appended to its
 // flags (later flags win in Go's flag package). Unknown names are ignored, so
 // that a test can tune a part that only some plans hold.

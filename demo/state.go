@@ -17,6 +17,9 @@ type State struct {
 	// Credentials are what an operator or a test needs to act as each kind
 	// of user of the cluster.
 	Credentials Credentials `json:"credentials"`
+	// Control is the supervisor's control socket, on which `hachat demo
+	// restart` asks it to start a part again ("" when it takes no requests).
+	Control string `json:"control,omitempty"`
 }
 
 // Credentials are the demo's secrets, recorded in the state file (mode
@@ -65,7 +68,7 @@ func (st State) Part(name string) (PartState, bool) {
 func (s *Supervisor) writeState() error {
 	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
 	defer s.stateMu.Unlock()
-	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials}
+	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials, Control: s.controlPath}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)

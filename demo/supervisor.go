@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +48,10 @@ type Options struct {
 	// Credentials are written to the state file, so that an operator or a
 	// test can act as each account (see WriteAccounts).
 	Credentials Credentials
+	// Control is the path of a Unix socket on which the supervisor takes
+	// restart requests (`hachat demo restart`, see ControlPath); it is
+	// recorded in the state file. Default: none.
+	Control string
 }
 
 func (o *Options) fill() error {
@@ -99,6 +104,10 @@ type Supervisor struct {
 	progMu   sync.Mutex
 	stateMu  sync.Mutex
 	stopOnce sync.Once
+
+	restartMu    sync.Mutex // one RestartPart at a time
+	controlPath  string     // absolute path of the control socket, once it listens
+	closeControl func()     // stops the control socket's server and removes the socket
 }
 
 // proc is one run of one part.
@@ -136,6 +145,12 @@ func Start(ctx context.Context, plan Plan, opts Options) (*Supervisor, error) {
 	}
 	root, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Supervisor{opts: opts, plan: plan.Clone(), root: root, stop: cancel, procs: map[string]*proc{}}
+	if opts.Control != "" {
+		if err := s.serveControl(); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	context.AfterFunc(ctx, s.Stop)
 	for _, part := range s.plan.Parts {
 		if err := s.startPart(ctx, part); err != nil {
@@ -193,6 +208,7 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), s.opts.Env...)
+	cmd.Env = append(cmd.Env, InstanceEnv(cmd.Env, part.Name))
 	if abs, err := filepath.Abs(s.opts.StatePath); err == nil {
 		cmd.Env = append(cmd.Env, StateEnv+"="+abs) // CheckFree of a second demo reads it
 	}
@@ -361,6 +377,9 @@ func (s *Supervisor) Stop() {
 			<-p.done
 		}
 		s.stop() // and any run that started meanwhile
+		if s.closeControl != nil {
+			s.closeControl()
+		}
 		s.mu.Lock()
 		procs := make([]*proc, 0, len(s.procs))
 		for _, p := range s.procs {
@@ -568,4 +587,27 @@ func indent(s string) string {
 		return "    (empty log)"
 	}
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+}
+
+// ResourceAttributesEnv is the OpenTelemetry variable of resource
+// attributes (key=value,key=value) that every part's spans carry.
+const ResourceAttributesEnv = "OTEL_RESOURCE_ATTRIBUTES"
+
+// InstanceEnv returns the OTEL_RESOURCE_ATTRIBUTES entry of a child named
+// part whose environment is env: the attributes env already sets (its last
+// OTEL_RESOURCE_ATTRIBUTES, as exec uses) plus service.instance.id=part,
+// which wins, so that the spans of two parts of one kind (core-a and
+// core-b, the two sidecars) tell their process apart.
+func InstanceEnv(env []string, part string) string {
+	attrs := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, ResourceAttributesEnv+"="); ok {
+			attrs = v
+		}
+	}
+	id := "service.instance.id=" + url.PathEscape(part)
+	if attrs = strings.TrimSpace(attrs); attrs != "" {
+		id = attrs + "," + id
+	}
+	return ResourceAttributesEnv + "=" + id
 }

@@ -191,7 +191,15 @@ func TestDemoCommand(t *testing.T) {
 // printed so far; exited receives its exit status once.
 func startDemo(t *testing.T, args ...string) (cmd *exec.Cmd, output func() string, exited <-chan error) {
 	t.Helper()
+	return startDemoEnv(t, nil, args...)
+}
+
+// startDemoEnv is startDemo with env as the demo's environment (nil: the
+// test's).
+func startDemoEnv(t *testing.T, env []string, args ...string) (cmd *exec.Cmd, output func() string, exited <-chan error) {
+	t.Helper()
 	cmd = exec.Command(harness.Binary(t), append([]string{"demo", "--grace", "3s"}, args...)...)
+	cmd.Env = env
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

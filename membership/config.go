@@ -25,6 +25,12 @@ type Config struct {
 	// advertised to the others. Port 0 picks a free port (tests).
 	// Default 127.0.0.1:7946.
 	BindAddr string `yaml:"gossip-bind"`
+	// AdvertiseAddr, when set, is the gossip address (IP:port) announced to
+	// the other members instead of BindAddr: the pod IP in Kubernetes, where
+	// a member binds 0.0.0.0 and others dial the pod's address. With it,
+	// BindAddr may be unspecified (0.0.0.0 or [::]). Default empty: BindAddr
+	// is announced.
+	AdvertiseAddr string `yaml:"gossip-advertise"`
 	// Join lists the gossip addresses of seed members. Unreachable seeds are
 	// retried in the background, so start order does not matter; own address
 	// is ignored, so every member may get the same list. Default none.
@@ -92,6 +98,7 @@ func DefaultConfig() Config {
 // prefix keeps them apart from the flags of the subcommand that embeds them.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BindAddr, "gossip-bind", c.BindAddr, "gossip address host:port (UDP and TCP), advertised to the other members")
+	fs.StringVar(&c.AdvertiseAddr, "gossip-advertise", c.AdvertiseAddr, "gossip address IP:port announced to the other members (default: the --gossip-bind address; set it when binding 0.0.0.0, e.g. to the pod IP)")
 	fs.Func("gossip-join", fmt.Sprintf("comma-separated gossip addresses of seed members, retried until one answers (default %q)", strings.Join(c.Join, ",")), func(s string) error {
 		c.Join = splitList(s)
 		return nil
@@ -157,12 +164,20 @@ func (c Config) memberlistConfig() (*memberlist.Config, error) {
 	if ip == nil {
 		return nil, fmt.Errorf("%w: gossip-bind %q: host must be an IP address", ErrBadConfig, c.BindAddr)
 	}
-	if ip.IsUnspecified() {
-		return nil, fmt.Errorf("%w: gossip-bind %q: bind a concrete address, it is also the advertised one", ErrBadConfig, c.BindAddr)
+	if ip.IsUnspecified() && c.AdvertiseAddr == "" {
+		return nil, fmt.Errorf("%w: gossip-bind %q: bind a concrete address, it is also the advertised one (or set gossip-advertise)", ErrBadConfig, c.BindAddr)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 0 || port > 65535 {
 		return nil, fmt.Errorf("%w: gossip-bind %q: port must be 0-65535", ErrBadConfig, c.BindAddr)
+	}
+	advIP, advPort := "", port
+	if c.AdvertiseAddr != "" {
+		h, p, err := SplitAdvertise(c.AdvertiseAddr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gossip-advertise: %w", ErrBadConfig, err)
+		}
+		advIP, advPort = h, p
 	}
 	for _, s := range c.Join {
 		if _, _, err := net.SplitHostPort(s); err != nil {
@@ -205,9 +220,10 @@ func (c Config) memberlistConfig() (*memberlist.Config, error) {
 	mc.Name = c.Name
 	mc.BindAddr = ip.String()
 	mc.BindPort = port
-	// Advertise the bound address and port (the port chosen when it was 0).
-	mc.AdvertiseAddr = ""
-	mc.AdvertisePort = port
+	// Advertise the bound address and port (the port chosen when it was 0),
+	// or gossip-advertise when set.
+	mc.AdvertiseAddr = advIP
+	mc.AdvertisePort = advPort
 	if c.base == nil {
 		// Tuned for a LAN or loopback; the reasons are on the Config fields.
 		mc.ProbeInterval = c.ProbeInterval

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -335,6 +337,10 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{"bind host name", func(c *Config) { c.BindAddr = "localhost:0" }, coreMeta("", 0), ErrBadConfig, "IP address"},
 		{"bind unspecified", func(c *Config) { c.BindAddr = "0.0.0.0:0" }, coreMeta("", 0), ErrBadConfig, "concrete"},
 		{"bad seed", func(c *Config) { c.Join = []string{"nope"} }, coreMeta("", 0), ErrBadConfig, "gossip-join"},
+		{"advertise unspecified", func(c *Config) { c.BindAddr = "0.0.0.0:0"; c.AdvertiseAddr = "0.0.0.0:7103" }, coreMeta("", 0), ErrBadAdvertise, "concrete"},
+		{"advertise host name", func(c *Config) { c.AdvertiseAddr = "core-a.hachat:7103" }, coreMeta("", 0), ErrBadAdvertise, "IP address"},
+		{"advertise without port", func(c *Config) { c.AdvertiseAddr = "10.0.0.1" }, coreMeta("", 0), ErrBadConfig, "gossip-advertise"},
+		{"advertise port 0", func(c *Config) { c.AdvertiseAddr = "10.0.0.1:0" }, coreMeta("", 0), ErrBadConfig, "1-65535"},
 		{"timeout above interval", func(c *Config) { c.ProbeTimeout = time.Second }, coreMeta("", 0), ErrBadConfig, "probe-timeout"},
 		{"zero interval", func(c *Config) { c.ProbeInterval = 0 }, coreMeta("", 0), ErrBadConfig, "probe-interval"},
 		{"zero suspicion", func(c *Config) { c.SuspicionMult = 0 }, coreMeta("", 0), ErrBadConfig, "suspicion"},
@@ -487,4 +493,34 @@ func TestPrimaryAndVoters(t *testing.T) {
 	if p, ok := Primary(b.Members()); !ok || p.Name != "a" {
 		t.Fatalf("Primary(b's view) = %+v, %v", p, ok)
 	}
+}
+
+// TestGossipAdvertise: a member bound to 0.0.0.0 (as in a Kubernetes pod)
+// announces --gossip-advertise, not its bind address: the others see and
+// probe it there. 127.0.0.2 is on loopback too but is not the address the
+// second member joined through, so a member seen at 127.0.0.2 was seen at
+// its advertised address.
+func TestGossipAdvertise(t *testing.T) {
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.LocalAddr().(*net.UDPAddr).Port
+	ln.Close()
+	acfg := testConfig("a")
+	acfg.BindAddr = fmt.Sprintf("0.0.0.0:%d", port)
+	acfg.AdvertiseAddr = fmt.Sprintf("127.0.0.2:%d", port)
+	a := startNode(t, acfg, coreMeta(RolePrimary, 1))
+	if got := a.Local().Addr; got != acfg.AdvertiseAddr {
+		t.Fatalf("local address %q, want the advertised %q", got, acfg.AdvertiseAddr)
+	}
+	b := startNode(t, testConfig("b", fmt.Sprintf("127.0.0.1:%d", port)), coreMeta(RoleBackup, 1))
+	waitFor(t, 5*time.Second, "b sees a alive at its advertised address", func() bool {
+		for _, m := range b.Members() {
+			if m.Name == "a" && m.State == StateAlive && m.Addr == acfg.AdvertiseAddr {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -111,16 +111,16 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 		case err == nil:
 			s.metrics.saves.WithLabelValues("ok").Inc()
 			s.metrics.savedEvents.Add(float64(res.Saved))
-			s.log.Debug("transcript saved", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
+			s.log.DebugContext(r.Context(), "transcript saved", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
 				"saved", res.Saved, "unchanged", res.Unchanged, "highestIndex", res.HighestIndex, "ended", req.Ended, "batch", len(results))
 			results[bs.i] = batchResult{ChatID: req.ChatID, Status: http.StatusOK, Saved: res.Saved, Unchanged: res.Unchanged, HighestIndex: res.HighestIndex}
 			continue
 		case errors.Is(err, ErrStaleEpoch):
 			s.metrics.saves.WithLabelValues("stale").Inc()
-			s.log.Warn("save fenced: stale epoch", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
+			s.log.WarnContext(r.Context(), "save fenced: stale epoch", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
 		case errors.Is(err, ErrConflict):
 			s.metrics.saves.WithLabelValues("conflict").Inc()
-			s.log.Warn("save rejected: conflict", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
+			s.log.WarnContext(r.Context(), "save rejected: conflict", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
 		default:
 			s.metrics.saves.WithLabelValues("error").Inc()
 		}

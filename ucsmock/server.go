@@ -281,16 +281,16 @@ func (s *Server) handleSave(w http.ResponseWriter, r *http.Request) {
 		s.metrics.savedEvents.Add(float64(res.Saved))
 		s.metrics.saveSeconds.Observe(time.Since(start).Seconds())
 		s.metrics.epoch.WithLabelValues(req.Service).Set(float64(cur.Epoch))
-		s.log.Debug("transcript saved", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
+		s.log.DebugContext(r.Context(), "transcript saved", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
 			"saved", res.Saved, "unchanged", res.Unchanged, "highestIndex", res.HighestIndex, "ended", req.Ended)
 		writeJSON(w, http.StatusOK, res)
 	case errors.Is(err, ErrStaleEpoch):
 		s.metrics.saves.WithLabelValues("stale").Inc()
-		s.log.Warn("save fenced: stale epoch", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
+		s.log.WarnContext(r.Context(), "save fenced: stale epoch", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
 		s.writeErr(w, err)
 	case errors.Is(err, ErrConflict):
 		s.metrics.saves.WithLabelValues("conflict").Inc()
-		s.log.Warn("save rejected: conflict", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
+		s.log.WarnContext(r.Context(), "save rejected: conflict", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
 		s.writeErr(w, err)
 	default:
 		s.metrics.saves.WithLabelValues("error").Inc()
@@ -430,11 +430,11 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		s.metrics.claims.WithLabelValues("ok").Inc()
 		s.metrics.epoch.WithLabelValues(service).Set(float64(e.Epoch))
-		s.log.Info("epoch claimed", "service", service, "epoch", e.Epoch, "holder", e.Holder, "expect", body.Expect)
+		s.log.InfoContext(r.Context(), "epoch claimed", "service", service, "epoch", e.Epoch, "holder", e.Holder, "expect", body.Expect)
 		writeJSON(w, http.StatusOK, e)
 	case errors.Is(err, ErrEpochConflict):
 		s.metrics.claims.WithLabelValues("conflict").Inc()
-		s.log.Info("epoch claim lost", "service", service, "epoch", body.Epoch, "holder", body.Holder, "expect", body.Expect, "err", err)
+		s.log.InfoContext(r.Context(), "epoch claim lost", "service", service, "epoch", body.Epoch, "holder", body.Holder, "expect", body.Expect, "err", err)
 		s.writeErr(w, err)
 	default:
 		s.metrics.claims.WithLabelValues("error").Inc()
@@ -631,7 +631,7 @@ func (s *Server) writer(results *prometheus.CounterVec, h http.HandlerFunc) http
 		if s.cfg.WriterToken != "" && !bearer(r, s.cfg.WriterToken) {
 			s.stats.unauthorized.Add(1)
 			results.WithLabelValues("unauthorized").Inc()
-			s.log.Warn("write refused: missing or wrong writer token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			s.log.WarnContext(r.Context(), "write refused: missing or wrong writer token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
 			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong writer token", Code: codeUnauthorized})
 			return
@@ -648,7 +648,7 @@ func (s *Server) reader(h http.HandlerFunc) http.HandlerFunc {
 		open := s.cfg.ReaderToken == "" && s.cfg.WriterToken == ""
 		if !open && !(s.cfg.ReaderToken != "" && bearer(r, s.cfg.ReaderToken)) && !(s.cfg.WriterToken != "" && bearer(r, s.cfg.WriterToken)) {
 			s.stats.unauthorized.Add(1)
-			s.log.Warn("read refused: missing or wrong reader token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			s.log.WarnContext(r.Context(), "read refused: missing or wrong reader token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
 			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong reader token", Code: codeUnauthorized})
 			return
@@ -683,7 +683,7 @@ func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	s.log.Info("faults set", "latencyMs", f.LatencyMs, "recoverableErrorRate", f.RecoverableErrorRate,
+	s.log.InfoContext(r.Context(), "faults set", "latencyMs", f.LatencyMs, "recoverableErrorRate", f.RecoverableErrorRate,
 		"nonRecoverable", f.NonRecoverable, "outage", f.Outage)
 	writeJSON(w, http.StatusOK, f)
 }
@@ -697,7 +697,7 @@ func (s *Server) handleClearFaults(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	s.log.Info("faults cleared")
+	s.log.InfoContext(r.Context(), "faults cleared")
 	writeJSON(w, http.StatusOK, Faults{})
 }
 

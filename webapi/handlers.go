@@ -30,9 +30,9 @@ func writeJSON(w http.ResponseWriter, code int, resp *response) {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	f := classify(err)
 	if f.Code == codeInternal {
-		s.log.Error("request failed", "route", r.Pattern, "chat", r.PathValue("chatId"), "err", err)
+		s.log.ErrorContext(r.Context(), "request failed", "route", r.Pattern, "chat", r.PathValue("chatId"), "err", err)
 	} else {
-		s.log.Debug("request refused", "route", r.Pattern, "chat", r.PathValue("chatId"), "code", f.Code, "err", err)
+		s.log.DebugContext(r.Context(), "request refused", "route", r.Pattern, "chat", r.PathValue("chatId"), "code", f.Code, "err", err)
 	}
 	var sl *startLimitError
 	switch {
@@ -52,7 +52,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 // allowed-origins: 403 in the GMS error shape, without any CORS header.
 func (s *Server) refuseOrigin(w http.ResponseWriter, r *http.Request) {
 	s.metrics.refused.WithLabelValues("origin").Inc()
-	s.log.Warn("cross-site request refused: origin not allowed", "origin", r.Header.Get("Origin"), "method", r.Method,
+	s.log.WarnContext(r.Context(), "cross-site request refused: origin not allowed", "origin", r.Header.Get("Origin"), "method", r.Method,
 		"path", r.URL.Path, "client", s.proxies.ClientAddr(r).String())
 	writeJSON(w, http.StatusForbidden, &response{
 		StatusCode: statusUnrecovered,
@@ -148,7 +148,7 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	client := s.proxies.ClientAddr(r)
 	if d := s.starts.Allow(client); !d.Allowed {
 		s.metrics.refused.WithLabelValues(d.Scope.String() + "-start-limit").Inc()
-		s.log.Warn("chat start refused: limit reached", "scope", d.Scope.String(), "client", client.String(), "retry_after", d.RetryAfter)
+		s.log.WarnContext(r.Context(), "chat start refused: limit reached", "scope", d.Scope.String(), "client", client.String(), "retry_after", d.RetryAfter)
 		s.writeError(w, r, &startLimitError{d: d})
 		return
 	}
@@ -196,9 +196,9 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 		NextPosition: jr.GetNextIndex(),
 	}
 	if err := s.transcript(r.Context(), auth, 1, resp); err != nil {
-		s.log.Warn("chat started but its transcript could not be read", "chat", auth.GetSessionId(), "err", err)
+		s.log.WarnContext(r.Context(), "chat started but its transcript could not be read", "chat", auth.GetSessionId(), "err", err)
 	}
-	s.log.Info("chat started", "chat", auth.GetSessionId(), "service", service, "user", auth.GetParticipantId(), "alias", jr.GetAlias())
+	s.log.InfoContext(r.Context(), "chat started", "chat", auth.GetSessionId(), "service", service, "user", auth.GetParticipantId(), "alias", jr.GetAlias())
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -237,7 +237,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, req chatRequest, a
 	resp := &response{StatusCode: statusOK, Index: out.GetIndex(), Duplicate: out.GetDuplicate()}
 	if req.HasPosition {
 		if err := s.transcript(r.Context(), auth, req.TranscriptPosition, resp); err != nil {
-			s.log.Warn("send applied but the transcript could not be read", "chat", auth.GetSessionId(), "err", err)
+			s.log.WarnContext(r.Context(), "send applied but the transcript could not be read", "chat", auth.GetSessionId(), "err", err)
 		}
 	}
 	writeJSON(w, http.StatusOK, resp)
@@ -349,6 +349,6 @@ func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.log.Info("customer left the chat", "chat", auth.GetSessionId(), "user", auth.GetParticipantId())
+	s.log.InfoContext(r.Context(), "customer left the chat", "chat", auth.GetSessionId(), "user", auth.GetParticipantId())
 	writeJSON(w, http.StatusOK, &response{StatusCode: statusOK, ChatEnded: true})
 }

@@ -536,15 +536,26 @@ func TestPageStaticHealthMetrics(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(ct, "text/html") {
 		t.Fatalf("/: %d %s", code, ct)
 	}
-	for _, id := range []string{`id="nickname"`, `id="subject"`, `id="start"`, `id="message"`, `id="send"`, `id="transcript"`, `id="status"`, `id="end"`, `data-service="vip-support"`} {
-		if !strings.Contains(body, id) {
-			t.Errorf("page lacks %s", id)
+	if !strings.Contains(body, `data-service="vip-support"`) || !strings.Contains(body, `src="/static/app.js"`) {
+		t.Errorf("page lacks its service or its script:\n%s", body)
+	}
+	// The chat card's markup lives in app.js, which the page and the
+	// embeddable widget share.
+	_, _, script := get("/static/app.js")
+	for _, id := range []string{`id="nickname"`, `id="subject"`, `id="start"`, `id="message"`, `id="send"`, `id="transcript"`, `id="status"`, `id="end"`} {
+		if !strings.Contains(script, id) {
+			t.Errorf("the chat card lacks %s", id)
 		}
 	}
-	for _, p := range []string{"/static/app.js", "/static/style.css"} {
+	for _, p := range []string{"/static/app.js", "/static/style.css", "/static/widget.js"} {
 		if code, _, body := get(p); code != 200 || len(body) < 100 {
 			t.Errorf("%s: %d, %d bytes", p, code, len(body))
 		}
+	}
+	// Another site loads the widget with a script tag: it must be served as
+	// JavaScript (nosniff refuses anything else).
+	if _, ct, _ := get("/static/widget.js"); !strings.HasPrefix(ct, "text/javascript") {
+		t.Errorf("/static/widget.js: Content-Type %q, want text/javascript", ct)
 	}
 	if code, _, body := get("/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
 )
 
@@ -23,6 +24,12 @@ type Config struct {
 	// HTTP is the admin HTTP address (status, switchover, /healthz,
 	// /metrics). Default 127.0.0.1:7201.
 	HTTP string `yaml:"http"`
+	// GRPCAdvertise and HTTPAdvertise, when set, are the addresses (IP:port)
+	// the control plane announces in its gossip meta instead of the bound
+	// ones: the cores ask the witness at the announced HTTP address. Needed
+	// when binding 0.0.0.0 (Kubernetes: the pod IP). Default empty.
+	GRPCAdvertise string `yaml:"grpc-advertise"`
+	HTTPAdvertise string `yaml:"http-advertise"`
 	// AdminToken guards the mutating admin routes (switchover, test
 	// faults) and is passed on to the cores' Switchover RPC. Empty (the
 	// default) disables those routes: they answer 403.
@@ -82,6 +89,8 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GRPC, "grpc", c.GRPC, "xDS gRPC address (ADS and per-type discovery services)")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "admin HTTP address (/xds/v1/status, /xds/v1/switchover, /healthz, /metrics)")
+	fs.StringVar(&c.GRPCAdvertise, "grpc-advertise", c.GRPCAdvertise, "xDS gRPC address IP:port announced to the gossip members; default: the bound --grpc address")
+	fs.StringVar(&c.HTTPAdvertise, "http-advertise", c.HTTPAdvertise, "admin HTTP address IP:port announced to the gossip members (the cores' witness); default: the bound --http address")
 	fs.StringVar(&c.AdminToken, "admin-token", c.AdminToken, "bearer token for the mutating admin routes; empty disables them")
 	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "active gRPC health check interval published in the chatcore cluster")
 	fs.DurationVar(&c.HealthTimeout, "health-timeout", c.HealthTimeout, "health check timeout")
@@ -100,6 +109,14 @@ func (c Config) Validate() error {
 	for _, a := range []struct{ name, addr string }{{"grpc", c.GRPC}, {"http", c.HTTP}} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("%w: %s address %q: %v", ErrBadConfig, a.name, a.addr, err)
+		}
+	}
+	for _, a := range []struct{ name, addr string }{{"grpc-advertise", c.GRPCAdvertise}, {"http-advertise", c.HTTPAdvertise}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, _, err := membership.SplitAdvertise(a.addr); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrBadConfig, a.name, err)
 		}
 	}
 	if err := c.TLS.Validate(); err != nil {

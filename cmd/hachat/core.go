@@ -134,7 +134,8 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 		mcfg := file.Membership
 		mcfg.Name = file.Name
 		m, err := membership.New(ctx, mcfg, membership.Meta{Kind: membership.KindCore, Role: membership.RoleBackup,
-			GRPCAddr: file.GRPC, HTTPAddr: file.HTTP}, tel)
+			GRPCAddr: membership.Announced(file.GRPC, file.GRPCAdvertise),
+			HTTPAddr: membership.Announced(file.HTTP, file.HTTPAdvertise)}, tel)
 		if err != nil {
 			return fmt.Errorf("join the gossip cluster: %w", err)
 		}

@@ -21,6 +21,7 @@ const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pai
 
   hachat ctl status     [--state FILE | --core ADDR,ADDR] [--json]
   hachat ctl switchover [--state FILE | --core ADDR,ADDR] [--admin-token TOKEN]
+  hachat ctl health     --core ADDR [--service NAME]   (grpc.health.v1; exit 0 when SERVING)
 
 The cores are found in the demo's state file unless --core names them; with
 --state, the admin token and the operator's mTLS certificate come from the
@@ -45,6 +46,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		JSON       bool          `yaml:"json"`
 		AdminToken string        `yaml:"admin-token"`
 		Timeout    time.Duration `yaml:"timeout"`
+		Service    string        `yaml:"service"`
 		TLS        mtls.Files    `yaml:",inline"`
 	}
 	opts.State = ".hachat/demo.json"
@@ -55,6 +57,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.BoolVar(&opts.JSON, "json", opts.JSON, "print JSON")
 		fs.StringVar(&opts.AdminToken, "admin-token", opts.AdminToken, "admin token (switchover)")
 		fs.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "timeout of each call")
+		fs.StringVar(&opts.Service, "service", opts.Service, "health: the grpc.health.v1 service asked about (empty: the server as a whole)")
 		registerTLSFlags(fs, &opts.TLS)
 	})
 	if err != nil {
@@ -77,6 +80,15 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 			return enc.Encode(sts)
 		}
 		return clusterctl.WriteTable(out, sts)
+	case "health":
+		if len(addrs) != 1 {
+			return fmt.Errorf("health: give one core with --core, got %d", len(addrs))
+		}
+		if err := ctl.Health(ctx, addrs[0], opts.Service, opts.Timeout); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: SERVING\n", addrs[0])
+		return nil
 	case "switchover":
 		token := opts.AdminToken
 		if token == "" {

@@ -22,8 +22,8 @@ type demoConfig struct {
 	State string `yaml:"state"`
 	// LogFormat is passed to every part (default text).
 	LogFormat string `yaml:"log-format"`
-	// Stage selects the cluster by issue: 2 single core, 3 primary/backup,
-	// 4 control plane and sidecars (default: the newest stage built).
+	// Stage selects the cluster's size: 2 single core, 3 primary/backup,
+	// 4 control plane and sidecars (default 4).
 	Stage int `yaml:"stage"`
 	// ReadyTimeout bounds each part's start (default 20s).
 	ReadyTimeout time.Duration `yaml:"ready-timeout"`
@@ -46,11 +46,15 @@ type demoConfig struct {
 // runDemo starts the whole cluster on this machine, each part its own child
 // process, and keeps it running until Ctrl-C or SIGTERM.
 func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
+	if len(args) > 0 && args[0] == "restart" {
+		return runDemoRestart(ctx, args[1:], out, errw)
+	}
 	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh),
 		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
-		"never restarts a part someone killed, and stops everything on Ctrl-C or SIGTERM.",
+		"never restarts a part by itself (`hachat demo restart NAME` does, when asked),\n"+
+		"and stops everything on Ctrl-C or SIGTERM.",
 		args, errw, &cfg, func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "state directory: part logs and ucsmock's database")
 			fs.StringVar(&cfg.State, "state", cfg.State, "state file (default <dir>/demo.json)")
@@ -135,6 +139,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	sup, err := demo.Start(ctx, plan, demo.Options{
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
 		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds,
+		Control: demo.ControlPath(cfg.State),
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
@@ -150,7 +155,8 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)
 	}
 	fmt.Fprintf(out, "cluster status: hachat ctl status --state %s\n", cfg.State)
-	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; Ctrl-C stops everything.\n")
+	fmt.Fprintf(out, "try: kill -9 the primary's pid from the state file; bring it back: hachat demo restart core-a --state %s\n", cfg.State)
+	fmt.Fprintf(out, "Ctrl-C stops everything.\n")
 	<-ctx.Done()
 	fmt.Fprintf(progress, "\nhachat demo: stopping every part\n")
 	sup.Stop()

@@ -64,7 +64,8 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 	defer tel.Shutdown(context.WithoutCancel(ctx))
 
 	f.Gossip.Name = f.Name
-	meta := membership.Meta{Kind: membership.KindXDS, GRPCAddr: f.XDS.GRPC, HTTPAddr: f.XDS.HTTP}
+	meta := membership.Meta{Kind: membership.KindXDS, GRPCAddr: membership.Announced(f.XDS.GRPC, f.XDS.GRPCAdvertise),
+		HTTPAddr: membership.Announced(f.XDS.HTTP, f.XDS.HTTPAdvertise)}
 	m, err := membership.New(ctx, f.Gossip, meta, tel)
 	if err != nil {
 		return fmt.Errorf("join the gossip cluster: %w", err)
@@ -88,8 +89,9 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("start control plane: %w", err)
 	}
-	if s.GRPCAddr() != f.XDS.GRPC || s.HTTPAddr() != f.XDS.HTTP {
-		meta.GRPCAddr, meta.HTTPAddr = s.GRPCAddr(), s.HTTPAddr()
+	if bound := (membership.Meta{Kind: membership.KindXDS, GRPCAddr: membership.Announced(s.GRPCAddr(), f.XDS.GRPCAdvertise),
+		HTTPAddr: membership.Announced(s.HTTPAddr(), f.XDS.HTTPAdvertise)}); bound != meta {
+		meta = bound
 		if err := m.SetMeta(ctx, meta); err != nil {
 			return fmt.Errorf("advertise addresses: %w", err)
 		}

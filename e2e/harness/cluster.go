@@ -54,6 +54,9 @@ type Options struct {
 	// Accounts are the interaction server's accounts (default
 	// TestAccounts: the demo's and those the end-to-end tests log in as).
 	Accounts []demo.AccountSpec
+	// Env is added to every part's environment (which inherits the test's),
+	// e.g. OTEL_* variables.
+	Env []string
 }
 
 // TestAccounts are the accounts of a test cluster: the demo's, plus the
@@ -203,7 +206,7 @@ func startPlan(t testing.TB, plan demo.Plan, layout demo.Layout, bin, dir string
 	}
 	sup, err := demo.Start(context.Background(), plan, demo.Options{
 		Binary: bin, Dir: dir, Progress: progress, ReadyTimeout: opts.ReadyTimeout, Grace: 3 * time.Second, TLS: tlsc,
-		Credentials: creds,
+		Credentials: creds, Env: opts.Env,
 	})
 	if err != nil {
 		return nil, err

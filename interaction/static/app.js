@@ -285,7 +285,7 @@ function label(ev) {
     case "PushUrl": return [who, "pushed " + ev.text];
     case "ParticipantJoined": return ["", who + " joined"];
     case "ParticipantLeft": return ["", who + " left"];
-    case "ParticipantDisconnected": return ["", who + " disconnected (failover)"];
+    case "ParticipantDisconnected": return ["", who + " disconnected" + (ev.attrs && ev.attrs.reason ? " (" + ev.attrs.reason + ")" : "")];
     case "ParticipantReconnected": return ["", who + " reconnected"];
     case "Notice": return ["", (who ? who + ": " : "") + (ev.text || (ev.attrs && ev.attrs.noticeType) || "notice")];
     case "TranscriptSaved": return ["", "transcript saved"];
