@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/hachat/hachat/mtls"
 )
@@ -40,6 +41,21 @@ type Addrs struct {
 	WebAPI1Gossip, WebAPI2Gossip string
 	InteractionGossip            string
 	EdgeAdmin                    string
+	// The coordination members (etcd-1..3): client, peer (raft) and HTTP.
+	Coord1Client, Coord1Peer, Coord1HTTP string
+	Coord2Client, Coord2Peer, Coord2HTTP string
+	Coord3Client, Coord3Peer, Coord3HTTP string
+}
+
+// coord returns the client, peer and HTTP addresses of member i (1..3).
+func (a Addrs) coord(i int) (client, peer, http string) {
+	switch i {
+	case 1:
+		return a.Coord1Client, a.Coord1Peer, a.Coord1HTTP
+	case 2:
+		return a.Coord2Client, a.Coord2Peer, a.Coord2HTTP
+	}
+	return a.Coord3Client, a.Coord3Peer, a.Coord3HTTP
 }
 
 // DefaultAddrs returns the demo addresses of docs/design.md, all on 127.0.0.1.
@@ -58,7 +74,10 @@ func DefaultAddrs() Addrs {
 		Interaction: h(8081),
 		WebAPI1:     h(8082), WebAPI2: h(8083), InteractionInstance: h(8084),
 		WebAPI1Gossip: h(7503), WebAPI2Gossip: h(7513), InteractionGossip: h(7523),
-		EdgeAdmin: h(7502),
+		EdgeAdmin:    h(7502),
+		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
+		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
+		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
 	}
 }
 
@@ -98,7 +117,10 @@ func FreeAddrs() (Addrs, error) {
 		Interaction: next(false),
 		WebAPI1:     next(false), WebAPI2: next(false), InteractionInstance: next(false),
 		WebAPI1Gossip: next(true), WebAPI2Gossip: next(true), InteractionGossip: next(true),
-		EdgeAdmin: next(false),
+		EdgeAdmin:    next(false),
+		Coord1Client: next(false), Coord1Peer: next(false), Coord1HTTP: next(false),
+		Coord2Client: next(false), Coord2Peer: next(false), Coord2HTTP: next(false),
+		Coord3Client: next(false), Coord3Peer: next(false), Coord3HTTP: next(false),
 	}
 	return a, err
 }
@@ -184,6 +206,14 @@ type Layout struct {
 	// /status: read-only) stays plain, and webapi and interaction serve
 	// browsers plain HTTP on loopback.
 	CertDir string
+	// CoordMembers is how many coordination members (hachat coord: embedded
+	// etcd, named etcd-1, etcd-2, ...) the plan runs to hold the cores'
+	// epochs and the primary's lease: 0 (the default) keeps the epochs at
+	// UCS; the demo runs 3 (at most 3). Paired stages only.
+	CoordMembers int
+	// Coordination, when set, points the cores at an etcd the deployment
+	// already runs (endpoints host:port,...) instead of members of the plan.
+	Coordination string
 	// Accounts is interaction's accounts file (default DataDir/accounts.json);
 	// whoever starts the plan writes it first (WriteAccounts).
 	Accounts string
@@ -256,6 +286,8 @@ func HARecommended() []string {
 //     naming the other as --peer and asking the witness before a promotion;
 //     the cores and the witness gossip (memberlist); webapi and interaction
 //     are given both cores.
+//   - With CoordMembers, the paired stages start etcd-1.. (hachat coord)
+//     before the cores, which take their epochs from them (--coordination).
 //   - StageMesh: ucs, core-a, core-b, two xds control planes (xds and
 //     xds-b: gossip members serving the same snapshots; the cores ask a live
 //     one as their witness), a sidecar per client that knows both control
@@ -291,6 +323,25 @@ func StandardPlan(l Layout) Plan {
 	if l.Stage >= StageMesh {
 		thirdGossip = a.XDSGossip + "," + a.XDSBGossip
 	}
+	coordination := l.Coordination
+	if l.Stage >= StagePair && coordination == "" && l.CoordMembers > 0 {
+		n := min(l.CoordMembers, 3)
+		var cluster, clients []string
+		for i := 1; i <= n; i++ {
+			cl, peer, _ := a.coord(i)
+			cluster = append(cluster, fmt.Sprintf("etcd-%d=%s", i, peer))
+			clients = append(clients, cl)
+		}
+		for i := 1; i <= n; i++ {
+			cl, peer, httpAddr := a.coord(i)
+			name := fmt.Sprintf("etcd-%d", i)
+			parts = append(parts, Part{Name: name, Kind: KindCoord, HTTP: httpAddr, GRPC: cl, Args: []string{
+				logf, "--name=" + name, "--client=" + cl, "--peer=" + peer, "--http=" + httpAddr,
+				"--data-dir=" + filepath.Join(l.DataDir, name+".etcd"), "--initial-cluster=" + strings.Join(cluster, ","),
+			}})
+		}
+		coordination = strings.Join(clients, ",")
+	}
 	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
 			"--ucs=" + ucsURL, "--ucs-token=" + l.WriterToken, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
@@ -300,6 +351,9 @@ func StandardPlan(l Layout) Plan {
 				args = append(args, "--witness="+witnessHTTP)
 			}
 			args = append(args, "--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
+		}
+		if l.Stage >= StagePair && coordination != "" {
+			args = append(args, "--coordination="+coordination)
 		}
 		args = append(args, HARecommended()...)
 		args = append(args, l.CoreArgs...)

@@ -25,12 +25,14 @@ const (
 	KindXDS         Kind = "xds"
 	KindProxy       Kind = "proxy"
 	KindWitness     Kind = "witness"
+	// KindCoord is a member of the coordination cluster (embedded etcd).
+	KindCoord Kind = "coord"
 )
 
 // Valid reports whether k is one of the known kinds.
 func (k Kind) Valid() bool {
 	switch k {
-	case KindCore, KindUCS, KindWebAPI, KindInteraction, KindXDS, KindProxy, KindWitness:
+	case KindCore, KindUCS, KindWebAPI, KindInteraction, KindXDS, KindProxy, KindWitness, KindCoord:
 		return true
 	}
 	return false

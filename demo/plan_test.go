@@ -184,3 +184,58 @@ func TestStandardPlanUCSReaderToken(t *testing.T) {
 		t.Errorf("Filled().UCSReaderToken = %q", got)
 	}
 }
+
+// TestStandardPlanCoordination: with CoordMembers the paired stages start
+// the coordination members (kind coord) before the cores, every member
+// names all of them, and every core takes its epochs from all of them;
+// with Coordination the cores use that etcd and no member starts; the
+// single-core stage has none.
+func TestStandardPlanCoordination(t *testing.T) {
+	clients := "--coordination=127.0.0.1:7401,127.0.0.1:7411,127.0.0.1:7421"
+	tests := []struct {
+		name     string
+		layout   Layout
+		members  []string
+		coreFlag string // "" : no --coordination
+	}{
+		{"mesh, three members", Layout{Stage: StageMesh, CoordMembers: 3}, []string{"etcd-1", "etcd-2", "etcd-3"}, clients},
+		{"pair, three members", Layout{Stage: StagePair, CoordMembers: 3}, []string{"etcd-1", "etcd-2", "etcd-3"}, clients},
+		{"existing etcd", Layout{Stage: StageMesh, CoordMembers: 3, Coordination: "10.0.0.1:2379"}, nil, "--coordination=10.0.0.1:2379"},
+		{"single core", Layout{Stage: StageSingle, CoordMembers: 3}, nil, ""},
+		{"none", Layout{Stage: StageMesh}, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.layout.Addrs = DefaultAddrs()
+			plan := StandardPlan(tt.layout)
+			if err := plan.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			var members []string
+			firstCore := -1
+			for i, p := range plan.Parts {
+				if p.Kind == KindCoord {
+					members = append(members, p.Name)
+					if firstCore >= 0 {
+						t.Errorf("%s starts after a core", p.Name)
+					}
+					if !slices.Contains(p.Args, "--initial-cluster=etcd-1=127.0.0.1:7402,etcd-2=127.0.0.1:7412,etcd-3=127.0.0.1:7422") {
+						t.Errorf("%s: %v", p.Name, p.Args)
+					}
+				}
+				if p.Kind == KindCore {
+					if firstCore < 0 {
+						firstCore = i
+					}
+					has := slices.ContainsFunc(p.Args, func(a string) bool { return strings.HasPrefix(a, "--coordination=") })
+					if tt.coreFlag == "" && has || tt.coreFlag != "" && !slices.Contains(p.Args, tt.coreFlag) {
+						t.Errorf("%s: args %v, want %q", p.Name, p.Args, tt.coreFlag)
+					}
+				}
+			}
+			if !slices.Equal(members, tt.members) {
+				t.Errorf("members %v, want %v", members, tt.members)
+			}
+		})
+	}
+}

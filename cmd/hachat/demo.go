@@ -35,6 +35,12 @@ type demoConfig struct {
 	// Plaintext turns mTLS off between the parts (default false: the demo
 	// issues a CA and a certificate per part in <dir>/certs).
 	Plaintext bool `yaml:"plaintext"`
+	// CoordMembers is how many coordination members (embedded etcd) hold
+	// the cores' epochs (default 3; 0 keeps the epochs at UCS).
+	CoordMembers int `yaml:"coord-members"`
+	// Coordination points the cores at an etcd the deployment already runs
+	// (host:port,...); then the demo starts no members of its own.
+	Coordination string `yaml:"coordination"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -44,7 +50,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runDemoRestart(ctx, args[1:], out, errw)
 	}
 	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh),
-		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second}
+		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
 		"never restarts a part by itself (`hachat demo restart NAME` does, when asked),\n"+
@@ -57,6 +63,8 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long each part may take to become ready")
 			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
 			fs.BoolVar(&cfg.FreePorts, "free-ports", cfg.FreePorts, "use free loopback ports instead of the fixed demo ports")
+			fs.IntVar(&cfg.CoordMembers, "coord-members", cfg.CoordMembers, "coordination members (embedded etcd) holding the epochs: 0, 1 or 3 (0: epochs at UCS)")
+			fs.StringVar(&cfg.Coordination, "coordination", cfg.Coordination, "use this etcd (host:port,...) for the epochs instead of starting members")
 			fs.BoolVar(&cfg.Plaintext, "plaintext", cfg.Plaintext, "no mTLS between the parts (default: mTLS with certificates in <dir>/certs)")
 		})
 	if err != nil {
@@ -67,6 +75,9 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	if cfg.Stage < int(demo.StageSingle) || cfg.Stage > int(demo.StageMesh) {
 		return fmt.Errorf("--stage must be 2, 3 or 4, not %d", cfg.Stage)
+	}
+	if cfg.CoordMembers < 0 || cfg.CoordMembers > 3 {
+		return fmt.Errorf("--coord-members must be 0 to 3, not %d", cfg.CoordMembers)
 	}
 	if cfg.State == "" {
 		cfg.State = filepath.Join(cfg.Dir, "demo.json")
@@ -83,10 +94,12 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		return err
 	}
 	layout := demo.Layout{
-		Addrs:     addrs,
-		Stage:     demo.Stage(cfg.Stage),
-		DataDir:   cfg.Dir,
-		LogFormat: cfg.LogFormat,
+		Addrs:        addrs,
+		Stage:        demo.Stage(cfg.Stage),
+		DataDir:      cfg.Dir,
+		LogFormat:    cfg.LogFormat,
+		CoordMembers: cfg.CoordMembers,
+		Coordination: cfg.Coordination,
 	}
 	// Every stage runs mTLS unless --plaintext: the sidecars and the
 	// control plane speak it too.

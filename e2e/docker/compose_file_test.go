@@ -57,7 +57,7 @@ func TestComposeShape(t *testing.T) {
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"webapi-2": "webapi", "sidecar-webapi-2": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
-		"edge": "proxy", "certs": "certs",
+		"edge": "proxy", "certs": "certs", "etcd-1": "coord", "etcd-2": "coord", "etcd-3": "coord",
 	}
 	var got []string
 	for name := range f.Services {
@@ -75,6 +75,7 @@ func TestComposeShape(t *testing.T) {
 	// The edge holds the customers' and the agents' address; the instances
 	// behind it publish nothing.
 	published := map[string][]string{"edge": {":8080", ":8081"}, "ucs": {":7080"}}
+	addrs := map[string]string{} // fixed address -> service
 	for name, s := range f.Services {
 		if s.Image != "${HACHAT_IMAGE:-hachat:dev}" {
 			t.Errorf("%s: image %q, want ${HACHAT_IMAGE:-hachat:dev}", name, s.Image)
@@ -113,7 +114,10 @@ func TestComposeShape(t *testing.T) {
 			if !strings.Contains(args, "--ingress ") || !strings.Contains(args, "--agent-listen=") {
 				t.Errorf("edge: %s: want the proxy in ingress mode with both addresses", args)
 			}
-		case "xds":
+			if !strings.Contains(args, ".20:7200,${HACHAT_SUBNET:-172.28.71}.21:7200") || !strings.Contains(args, "--xds-cache=/state/") {
+				t.Errorf("edge: %s: want --xds with both control planes and --xds-cache under /state", args)
+			}
+		case "xds", "xds-b":
 			if !strings.Contains(args, "--ingress-customer=") || !strings.Contains(args, "--ingress-agent=") {
 				t.Errorf("xds: %s: want the ingress published", args)
 			}
@@ -138,9 +142,13 @@ func TestComposeShape(t *testing.T) {
 			continue
 		}
 		if s.NetworkMode == "" {
-			if ip := s.Networks["hachat"].IPv4; ip == "" {
+			ip := s.Networks["hachat"].IPv4
+			if ip == "" {
 				t.Errorf("%s: no fixed address on the hachat network", name)
+			} else if other, dup := addrs[ip]; dup {
+				t.Errorf("%s and %s share the fixed address %s", name, other, ip)
 			}
+			addrs[ip] = name
 		}
 		// Everything but a sidecar's data listener binds the part's own
 		// address, never 0.0.0.0 (which memberlist and the cores would
@@ -148,7 +156,7 @@ func TestComposeShape(t *testing.T) {
 		for _, a := range s.Command[1:] {
 			flag, val, _ := strings.Cut(a, "=")
 			switch flag {
-			case "--http", "--grpc", "--gossip-bind", "--admin":
+			case "--http", "--grpc", "--gossip-bind", "--admin", "--client", "--peer":
 				if strings.HasPrefix(val, "0.0.0.0") || strings.HasPrefix(val, "127.") {
 					t.Errorf("%s: %s binds %s: want the container's address", name, flag, val)
 				}
