@@ -370,12 +370,12 @@ func (c *Core) trustReplica(ctx context.Context, followed uint64) {
 	defer cancel()
 	solo, err := rec.Solo(sctx, c.cfg.Cluster, followed)
 	if err != nil || solo {
-		c.log.Info("the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
+		c.log.InfoContext(ctx, "the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
 		return
 	}
 	c.replicaStale.Store(false)
 	c.finishRestoring()
-	c.log.Info("the old primary never went solo: the replica is complete, serving without a merge", "old_epoch", followed)
+	c.log.InfoContext(ctx, "the old primary never went solo: the replica is complete, serving without a merge", "old_epoch", followed)
 }
 
 // takeOver is the backup's side of a planned switchover.

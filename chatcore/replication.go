@@ -520,13 +520,13 @@ func (c *Core) markSolo(ctx context.Context, epoch uint64) error {
 	case err == nil:
 		c.soloEpoch.Store(epoch)
 		c.m.solo.Set(1)
-		c.log.Warn("backup away: acknowledging with second copies in UCS (recorded at the coordination cluster)", "epoch", epoch)
+		c.log.WarnContext(ctx, "backup away: acknowledging with second copies in UCS (recorded at the coordination cluster)", "epoch", epoch)
 		return nil
 	case errors.Is(err, ErrStaleEpoch):
 		c.stepDown("the coordination cluster holds a newer epoch (recording solo mode)", storeEpoch(err))
 		return errNotPrimary
 	}
-	c.log.Warn("no second copy possible: backup away and the solo mark not recorded", "epoch", epoch, "err", err)
+	c.log.WarnContext(ctx, "no second copy possible: backup away and the solo mark not recorded", "epoch", epoch, "err", err)
 	return status.Error(codes.Unavailable, "no second copy possible (backup away, coordination cluster failing): retry")
 }
 
@@ -546,7 +546,7 @@ func (c *Core) clearSolo(ctx context.Context) {
 	mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := rec.MarkSolo(mctx, c.cfg.Cluster, epoch, c.cfg.Name, false); err != nil {
-		c.log.Warn("could not clear the solo mark (a failover will merge from UCS)", "epoch", epoch, "err", err)
+		c.log.WarnContext(ctx, "could not clear the solo mark (a failover will merge from UCS)", "epoch", epoch, "err", err)
 		return
 	}
 	c.soloEpoch.Store(0)

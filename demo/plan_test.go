@@ -64,7 +64,7 @@ func TestStandardPlanStages(t *testing.T) {
 	}{
 		{StageSingle, []string{"ucs", "core-a", "webapi", "interaction"}},
 		{StagePair, []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"}},
-		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}},
+		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}},
 	}
 	for _, tt := range tests {
 		plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: tt.stage})
@@ -92,6 +92,57 @@ func TestStandardPlanStages(t *testing.T) {
 	w, _ := mesh.Part("webapi")
 	if !slices.Contains(w.Args, "--core=127.0.0.1:7301") {
 		t.Errorf("mesh webapi should reach the core through its sidecar: %v", w.Args)
+	}
+	// The edge holds the customers' and agents' addresses; the instances
+	// register in the gossip cluster under their own names.
+	want := Entrypoints{Customer: "http://127.0.0.1:8080", Agent: "http://127.0.0.1:8081"}
+	if mesh.Entrypoints != want {
+		t.Errorf("entrypoints %+v, want %+v", mesh.Entrypoints, want)
+	}
+	e, _ := mesh.Part("edge")
+	for _, arg := range []string{"--ingress", "--listen=127.0.0.1:8080", "--agent-listen=127.0.0.1:8081"} {
+		if e.Kind != KindProxy || !slices.Contains(e.Args, arg) {
+			t.Errorf("edge lacks %s: %+v", arg, e)
+		}
+	}
+	for name, gossip := range map[string]string{"webapi": "webapi", "webapi-2": "webapi-2", "interaction": "interaction"} {
+		p, _ := mesh.Part(name)
+		if !slices.Contains(p.Args, "--gossip-name="+gossip) || p.HTTP == "127.0.0.1:8080" || p.HTTP == "127.0.0.1:8081" {
+			t.Errorf("%s: %+v", name, p)
+		}
+	}
+	x, _ := mesh.Part("xds")
+	if !slices.Contains(x.Args, "--ingress-customer=127.0.0.1:8080") || !slices.Contains(x.Args, "--ingress-agent=127.0.0.1:8081") {
+		t.Errorf("xds does not publish the ingress: %v", x.Args)
+	}
+	if single := StandardPlan(Layout{Addrs: DefaultAddrs()}); single.Entrypoints != want {
+		t.Errorf("single stage entrypoints %+v, want the instances' %+v", single.Entrypoints, want)
+	}
+	// Issue 8: both control planes are given to every sidecar, which keeps
+	// its last configuration in the data dir; no core names one fixed
+	// witness that a dead control plane would silence.
+	for _, name := range []string{"sidecar-webapi", "sidecar-interaction", "edge"} {
+		sc, _ := mesh.Part(name)
+		if !slices.Contains(sc.Args, "--xds=127.0.0.1:7200,127.0.0.1:7220") ||
+			!slices.Contains(sc.Args, "--xds-cache="+XDSCacheFile(".hachat", name)) {
+			t.Errorf("%s: %v: want both control planes and its cache file", name, sc.Args)
+		}
+	}
+	for _, name := range []string{"xds", "xds-b"} {
+		if x, ok := mesh.Part(name); !ok || x.Kind != KindXDS {
+			t.Errorf("%s: %+v, want a part of kind xds", name, x)
+		}
+	}
+	for _, name := range []string{"core-a", "core-b"} {
+		c, _ := mesh.Part(name)
+		for _, arg := range c.Args {
+			if strings.HasPrefix(arg, "--witness=") {
+				t.Errorf("%s: %s: with two control planes the witness comes from membership", name, arg)
+			}
+			if strings.HasPrefix(arg, "--gossip-join=") && !strings.Contains(arg, "127.0.0.1:7223") {
+				t.Errorf("%s: %s does not join xds-b", name, arg)
+			}
+		}
 	}
 }
 

@@ -146,10 +146,10 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	fmt.Fprintln(out)
 	sup.WriteTable(out)
-	p, _ := plan.Part("webapi")
-	q, _ := plan.Part("interaction")
+	entry := plan.Entrypoints
 	fmt.Fprintf(out, "\nstate file: %s (with the credentials: admin token, UCS reader token)\n", cfg.State)
-	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "entrypoints: customer %s    agent %s\n", entry.Customer, entry.Agent)
+	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", entry.Customer, entry.Agent)
 	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
 	for _, a := range accounts {
 		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)
