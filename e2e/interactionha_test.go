@@ -76,12 +76,28 @@ func retrying(ctx context.Context, f func() error) error {
 // workload checker finds every acknowledged message once, in order, in
 // every view and in UCS.
 func TestInteractionKill9Leader(t *testing.T) {
-	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, CoordMembers: 3})
+	for _, tc := range []struct {
+		name  string
+		stage demo.Stage
+		edge  bool // agents and customers through the edge, else agents through the follower
+	}{
+		{"pair, through the follower", demo.StagePair, false},
+		{"mesh, through the edge", demo.StageMesh, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { interactionKill9Leader(t, tc.stage, tc.edge) })
+	}
+}
+
+func interactionKill9Leader(t *testing.T, stage demo.Stage, edge bool) {
+	c := harness.StartCluster(t, harness.Options{Stage: stage, CoordMembers: 3})
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	leader, follower := leadingInteraction(t, c)
-	api := c.Agents()
+	api, gms := c.Agents(), c.Customer()
 	api.Base = c.URL(follower)
-	sessions := harness.StartSessions(t, c.Customer(), api, []string{"agent-0", "agent-1"}, 2)
+	if edge {
+		api, gms = c.EdgeAgents(), c.EdgeCustomer()
+	}
+	sessions := harness.StartSessions(t, gms, api, []string{"agent-0", "agent-1"}, 2)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -100,7 +116,7 @@ func TestInteractionKill9Leader(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	chat, _, err := c.Customer().Start(ctx, url.Values{"nickname": {"pending"}, "subject": {"offer across a takeover"}})
+	chat, _, err := gms.Start(ctx, url.Values{"nickname": {"pending"}, "subject": {"offer across a takeover"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +151,8 @@ func TestInteractionKill9Leader(t *testing.T) {
 		took = time.Since(killed)
 		t.Logf("%s leads %s after the kill -9 of %s", follower, took.Round(time.Millisecond), leader)
 		// The desktops' push channels ended with the leader: they reconnect
-		// (to the same address, which now serves them itself).
+		// (to the same address: the follower, now the leader, or the edge,
+		// which sends them to the instance left).
 		for _, ag := range everyone {
 			if err := retrying(ctx, func() error { return ag.Connect(ctx) }); err != nil {
 				t.Errorf("push channel of %s after the takeover: %v", ag.ID, err)
