@@ -16,13 +16,14 @@ import (
 // The desktop's line while its push channel is away (interaction/static/app.js).
 const deskLostLine = "Connection to the Interaction Server lost, reconnecting…"
 
-// TestDesktopSurvivesInteractionKill9: an agent's desktop open on one
-// interaction instance while the other leads; kill -9 of the leader. The
-// desktop stays at the desk (its token works on the instance that takes
-// over), its push channel comes back, and the agent saw exactly one
-// "reconnecting" line and then "Connected".
+// TestDesktopSurvivesInteractionKill9: an agent's desktop open through the
+// edge (the agents' entrypoint, in front of two interaction instances);
+// kill -9 of the leading instance. The desktop stays at the desk (its token
+// works on the instance that takes over), its push channel comes back
+// through the edge, and the agent saw exactly one "reconnecting" line and
+// then "Connected".
 func TestDesktopSurvivesInteractionKill9(t *testing.T) {
-	c := harness.StartCluster(t, harness.Options{Stage: demo.StagePair, CoordMembers: 3})
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, CoordMembers: 3})
 	leader, follower := "interaction", "interaction-2"
 	harness.Eventually(t, "one interaction instance leads", 20*time.Second, func() error {
 		if c.Metric("interaction-2", "hachat_interaction_leader") == 1 {
@@ -41,7 +42,7 @@ func TestDesktopSurvivesInteractionKill9(t *testing.T) {
 		t.Fatalf(format, args...)
 	}
 	if err := chromedp.Do(tab,
-		chromedp.Navigate(c.URL(follower)+"/agent"),
+		chromedp.Navigate(c.Entrypoints().Agent+"/agent"),
 		chromedp.WaitVisible(chromedp.ID("login-form")),
 		chromedp.SendKeys(chromedp.ID("agentId"), "ada"),
 		chromedp.SendKeys(chromedp.ID("password"), c.Agents().Password("ada")),
