@@ -295,3 +295,42 @@ func TestEtcdStoreFencing(t *testing.T) {
 		t.Fatalf("leader %q, want http://b", l)
 	}
 }
+
+// TestDeposedLeaderFollowsAgain: a leader whose term ends (its lease lost
+// while it still runs) stops routing, drops what it held and forwards
+// again; the other instance takes over with the saved state, and the
+// token works through both instances.
+func TestDeposedLeaderFollowsAgain(t *testing.T) {
+	m := NewMemStore()
+	p := newHAPair(t, func() (StateStore, func()) { return m, nil })
+	first, second := p.inst[0], p.inst[1]
+	tok := p.login("a", "agent")
+	p.mustDo("POST", "/agent/v1/ready", tok, nil)
+	m.Depose()
+	p.waitFor("one instance leads again", func() bool { return first.srv.Leading() != second.srv.Leading() })
+	now := second
+	if first.srv.Leading() {
+		now = first // the deposed one may win the next election itself
+	}
+	p.waitFor("the saved state restored", func() bool {
+		now.srv.mu.Lock()
+		defer now.srv.mu.Unlock()
+		av, ok := now.srv.router.Agent("a")
+		return ok && av.Ready
+	})
+	for _, in := range p.inst {
+		p.url = in.url
+		p.mustDo("GET", "/agent/v1/state", tok, nil)
+	}
+	for _, in := range p.inst {
+		if in.srv.Leading() {
+			continue
+		}
+		in.srv.mu.Lock()
+		n := len(in.srv.router.agents)
+		in.srv.mu.Unlock()
+		if n != 0 {
+			t.Errorf("the instance that follows still holds %d agents", n)
+		}
+	}
+}
