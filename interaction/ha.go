@@ -204,6 +204,19 @@ func (s *Server) changedLocked(now bool) {
 	}
 }
 
+// confirmLeading proves, by a fenced save of the routing state, that this
+// instance still leads before it acts on the chat core (an accept's join);
+// without a state store it always leads.
+func (s *Server) confirmLeading(ctx context.Context) error {
+	if s.ha.store == nil {
+		return nil
+	}
+	if err := s.saveNow(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrCoreUnavailable, err)
+	}
+	return nil
+}
+
 // saveNow saves the routing state; it fails with ErrNotLeader when this
 // instance does not lead.
 func (s *Server) saveNow(ctx context.Context) error {

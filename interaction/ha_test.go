@@ -334,3 +334,34 @@ func TestDeposedLeaderFollowsAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestDeposedLeaderCannotAccept: an instance whose term ended without it
+// noticing yet (a pause longer than its lease) answers an accept with 503
+// and never joins the chat at the core; the offer goes back to its queue.
+func TestDeposedLeaderCannotAccept(t *testing.T) {
+	m := NewMemStore()
+	p := newHAPair(t, func() (StateStore, func()) { return m, nil })
+	leader := p.inst[0]
+	p.url = leader.url
+	tok := p.login("a", "agent")
+	p.mustDo("POST", "/agent/v1/ready", tok, nil)
+	chat := p.customer("Carol").GetSessionId()
+	p.waitFor("the chat offered", func() bool {
+		cv, ok := chatAt(leader.srv, chat)
+		return ok && cv.State == ChatOffered
+	})
+	// The term ends at the store while the instance still holds it (as
+	// after a pause): its saves are refused.
+	m.mu.Lock()
+	m.leader = nil
+	m.mu.Unlock()
+	code, out := p.do("POST", "/agent/v1/offers/"+chat+"/accept", tok, nil)
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("accept at a deposed leader: %d %v, want 503", code, out)
+	}
+	for _, ev := range p.core.log(chat) {
+		if ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED && ev.GetFrom().GetType() == chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT {
+			t.Fatalf("a deposed leader joined the chat at the core: %v", ev)
+		}
+	}
+}
