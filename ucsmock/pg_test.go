@@ -1,0 +1,225 @@
+package ucsmock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/pgcluster"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// The tests share one throwaway PostgreSQL cluster (pgcluster), started on
+// first use and stopped by TestMain; each test gets a database of its own.
+var testPG struct {
+	once    sync.Once
+	cluster *pgcluster.Cluster
+	err     error
+	dbs     atomic.Uint64
+}
+
+func init() {
+	testStores["pg"] = func(t *testing.T) faultStore {
+		_, c := newPGServer(t, newPGDatabase(t))
+		return c
+	}
+}
+
+// newPGDatabase returns the DSN of a new, empty database on the shared
+// cluster.
+func newPGDatabase(t testing.TB) string {
+	t.Helper()
+	testPG.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		testPG.cluster, testPG.err = pgcluster.Start(ctx, pgcluster.Options{})
+	})
+	if testPG.err != nil {
+		t.Fatalf("start postgresql (make deps installs it): %v", testPG.err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dsn, err := testPG.cluster.CreateDatabase(ctx, fmt.Sprintf("ucs_test_%d", testPG.dbs.Add(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dsn
+}
+
+// stopTestPG stops the shared cluster, if it was started.
+func stopTestPG() {
+	if testPG.cluster != nil {
+		testPG.cluster.Stop()
+	}
+}
+
+// newPGServer starts a ucs instance on the PostgreSQL database dsn behind
+// httptest and returns it with a client.
+func newPGServer(t testing.TB, dsn string) (*Server, *Client) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Store = StorePostgres
+	cfg.Postgres = dsn
+	cfg.AdminToken = testToken
+	cfg.MaxBody = 64 << 10
+	srv, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+	})
+	return srv, NewClient(hs.URL, hs.Client(), telemetry.Discard())
+}
+
+// TestPGInstancesFence: two ucs instances share one database. While
+// writers save with epoch 1 through both, a claim of epoch 2 goes through
+// one of them: no save with epoch 1 that started after the claim was
+// acknowledged is accepted by either instance, and every acknowledged save
+// is stored.
+func TestPGInstancesFence(t *testing.T) {
+	dsn := newPGDatabase(t)
+	_, a := newPGServer(t, dsn)
+	_, b := newPGServer(t, dsn)
+	ctx := context.Background()
+	if _, err := a.ClaimEpoch(ctx, "chat", 0, 1, "core-a"); err != nil {
+		t.Fatal(err)
+	}
+	var claimed atomic.Bool
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acked := map[string]uint64{} // chat -> highest acknowledged index
+	var lateAcks atomic.Int64
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inst := []*Client{a, b}[w%2]
+			chat := fmt.Sprintf("chat-%d", w)
+			for i := uint64(1); ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				after := claimed.Load()
+				_, err := inst.Save(ctx, SaveRequest{ChatID: chat, Service: "chat", Epoch: 1, Writer: "core-a", Events: evs(chat, i, i)})
+				switch {
+				case err == nil:
+					if after {
+						lateAcks.Add(1)
+					}
+					mu.Lock()
+					acked[chat] = i
+					mu.Unlock()
+				case errors.Is(err, ErrStaleEpoch):
+					return
+				default:
+					t.Errorf("save %s %d: %v", chat, i, err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // let the writers run
+	if _, err := b.ClaimEpoch(ctx, "chat", 1, 2, "core-b"); err != nil {
+		t.Fatal(err)
+	}
+	claimed.Store(true)
+	deadline := time.AfterFunc(10*time.Second, func() { close(stop) })
+	wg.Wait()
+	deadline.Stop()
+	if n := lateAcks.Load(); n > 0 {
+		t.Fatalf("%d saves with epoch 1 acknowledged after epoch 2 was claimed", n)
+	}
+	if len(acked) == 0 {
+		t.Fatal("no save acknowledged before the claim: the test proved nothing")
+	}
+	for chat, high := range acked {
+		for _, c := range []*Client{a, b} {
+			tr, err := c.Transcript(ctx, chat)
+			if err != nil || uint64(len(tr.Events)) != high {
+				t.Fatalf("%s: %d events stored, %d acknowledged (%v)", chat, len(tr.Events), high, err)
+			}
+		}
+	}
+}
+
+// TestPGInstancesConflict: two instances race to store different events at
+// the same index of one chat with the same epoch: exactly one wins, the
+// other gets ErrConflict, and the stored event is the winner's.
+func TestPGInstancesConflict(t *testing.T) {
+	dsn := newPGDatabase(t)
+	_, a := newPGServer(t, dsn)
+	_, b := newPGServer(t, dsn)
+	ctx := context.Background()
+	for round := range 20 {
+		chat := fmt.Sprintf("race-%d", round)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, c := range []*Client{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = c.Save(ctx, SaveRequest{ChatID: chat, Service: "chat", Epoch: 1, Writer: fmt.Sprint(i), Events: []*chatpb.Event{ev(chat, 1, fmt.Sprintf("from %d", i))}})
+			}()
+		}
+		wg.Wait()
+		won := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				won++
+				tr, terr := a.Transcript(ctx, chat)
+				if terr != nil || len(tr.Events) != 1 || tr.Events[0].GetText() != fmt.Sprintf("from %d", i) {
+					t.Fatalf("%s: stored %v (%v), winner %d", chat, tr, terr, i)
+				}
+			case !errors.Is(err, ErrConflict):
+				t.Fatalf("%s: loser got %v, want ErrConflict", chat, err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("%s: %d saves won, want 1 (%v)", chat, won, errs)
+		}
+	}
+}
+
+// TestPGBadConfig: a postgres store without a DSN, or with one that does
+// not connect, is refused at New with a clear error.
+func TestPGBadConfig(t *testing.T) {
+	for _, tc := range []struct{ name, store, dsn string }{
+		{"no dsn", StorePostgres, ""},
+		{"unknown store", "mongo", ""},
+		{"unreachable", StorePostgres, "host=/nonexistent-hachat port=1 user=x dbname=x connect_timeout=2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Store, cfg.Postgres = tc.store, tc.dsn
+			if _, err := New(cfg, telemetry.Discard()); err == nil {
+				t.Fatal("New accepted it")
+			}
+		})
+	}
+}
+
+// TestRedactDSN: passwords never reach the log.
+func TestRedactDSN(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://ucs:s3cret@db:5432/ucs":         "postgres://ucs:xxxxx@db:5432/ucs",
+		"host=db user=ucs password=s3cret dbname=u": "host=db user=ucs password=xxxxx dbname=u",
+		"host=/tmp/s dbname=u":                      "host=/tmp/s dbname=u",
+	} {
+		if got := redactDSN(in); got != want {
+			t.Errorf("redactDSN(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
