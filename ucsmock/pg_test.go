@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/pgcluster"
 	"github.com/hachat/hachat/telemetry"
@@ -221,5 +223,108 @@ func TestRedactDSN(t *testing.T) {
 		if got := redactDSN(in); got != want {
 			t.Errorf("redactDSN(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// waitBlocked waits until another session waits for a lock (pg_locks) or
+// done is closed, whichever comes first, and reports which.
+func waitBlocked(t *testing.T, dsn string, done <-chan struct{}) (blocked bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	defer conn.Close(context.Background())
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&n); err != nil {
+			t.Error(err)
+			return false
+		}
+		if n > 0 {
+			return true
+		}
+		select {
+		case <-done:
+			return false
+		case <-ctx.Done():
+			t.Error("neither blocked nor done within 20s")
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// TestPGFencingAtomic holds a save of instance A between its epoch check
+// and its commit, and meanwhile sends through instance B a write that
+// conflicts with it: a claim of the next epoch, or a different event at the
+// same index. The rival must wait for the save's commit (a lock), never
+// complete first: else a save checked against an old epoch, or against an
+// absent event, would be committed after a newer epoch or event was
+// acknowledged, and both instances would accept conflicting writes.
+func TestPGFencingAtomic(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rival func(ctx context.Context, b *Client) error
+		check func(t *testing.T, rivalErr error, a *Client)
+	}{
+		{"claim", func(ctx context.Context, b *Client) error {
+			_, err := b.ClaimEpoch(ctx, "chat", 1, 2, "core-b")
+			return err
+		}, func(t *testing.T, rivalErr error, a *Client) {
+			if rivalErr != nil {
+				t.Fatalf("claim after the save: %v", rivalErr)
+			}
+		}},
+		{"same index", func(ctx context.Context, b *Client) error {
+			_, err := b.Save(ctx, SaveRequest{ChatID: "x", Service: "chat", Epoch: 1, Writer: "core-b", Events: []*chatpb.Event{ev("x", 1, "rival")}})
+			return err
+		}, func(t *testing.T, rivalErr error, a *Client) {
+			if !errors.Is(rivalErr, ErrConflict) {
+				t.Fatalf("rival save: %v, want ErrConflict", rivalErr)
+			}
+			if tr, err := a.Transcript(context.Background(), "x"); err != nil || tr.Events[0].GetText() != "held" {
+				t.Fatalf("stored %v %v, want the held save's event", tr, err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dsn := newPGDatabase(t)
+			srvA, a := newPGServer(t, dsn)
+			_, b := newPGServer(t, dsn)
+			ctx := context.Background()
+			if _, err := a.ClaimEpoch(ctx, "chat", 0, 1, "core-a"); err != nil {
+				t.Fatal(err)
+			}
+			rivalDone := make(chan struct{})
+			var rivalErr error
+			var rivalFirst atomic.Bool
+			var once sync.Once
+			srvA.store.(*pgStore).beforeCommit = func() {
+				once.Do(func() {
+					go func() {
+						rivalErr = tc.rival(ctx, b)
+						close(rivalDone)
+					}()
+					if !waitBlocked(t, dsn, rivalDone) {
+						rivalFirst.Store(true)
+					}
+				})
+			}
+			_, err := a.Save(ctx, SaveRequest{ChatID: "x", Service: "chat", Epoch: 1, Writer: "core-a", Events: []*chatpb.Event{ev("x", 1, "held")}})
+			<-rivalDone
+			if rivalFirst.Load() {
+				t.Fatalf("the rival %s completed (%v) while a save checked before it was uncommitted; the save then got %v", tc.name, rivalErr, err)
+			}
+			if err != nil {
+				t.Fatalf("held save: %v", err)
+			}
+			tc.check(t, rivalErr, a)
+		})
 	}
 }

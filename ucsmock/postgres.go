@@ -86,6 +86,9 @@ type pgStore struct {
 	batched func(n int)
 	quit    chan struct{}
 	once    sync.Once
+	// beforeCommit, if set (by tests), runs in every write transaction
+	// after its checks and writes, before its commit.
+	beforeCommit func()
 }
 
 // openStore opens the store cfg names.
@@ -236,6 +239,9 @@ func (s *pgStore) write(ctx context.Context, exclusive bool, fn func(tx txn) err
 			fnErr = fn(t)
 			if fnErr != nil {
 				return fnErr // roll back: a logical rejection wrote nothing anyway
+			}
+			if s.beforeCommit != nil {
+				s.beforeCommit()
 			}
 			return nil
 		})
