@@ -175,7 +175,7 @@ func (s *pgStore) check(ctx context.Context) error {
 	if behind > 0 {
 		return fmt.Errorf("%w: %d chats older than their events' epoch", ErrCorrupt, behind)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (chat_id) chat_id, idx::text, event FROM ucs_events ORDER BY chat_id, idx DESC`)
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (e.chat_id) e.chat_id, e.idx::text, e.event FROM ucs_events e ORDER BY e.chat_id, e.idx DESC`)
 	if err != nil {
 		return fmt.Errorf("integrity check: %w", err)
 	}
@@ -291,7 +291,7 @@ func (s *pgStore) transcript(ctx context.Context, chatID string) (*Transcript, e
 			return err
 		}
 		t = &Transcript{ChatID: chatID, Service: meta.Service, Ended: meta.Ended, Writer: meta.Writer, Epoch: meta.Epoch}
-		rows, err := pt.tx.Query(ctx, "SELECT idx::text, event FROM ucs_events WHERE chat_id = $1 ORDER BY idx", chatID)
+		rows, err := pt.tx.Query(ctx, "SELECT e.idx::text, e.event FROM ucs_events e WHERE e.chat_id = $1 ORDER BY e.idx", chatID)
 		if err != nil {
 			return fmt.Errorf("read events of %s: %w", chatID, err)
 		}
