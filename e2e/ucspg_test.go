@@ -2,13 +2,20 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 // TestUCSInstanceKilledUnderLoad: ucs runs as two instances on one
@@ -62,4 +69,106 @@ func firstUnacked(rec *harness.Record, n int) []string {
 		}
 	}
 	return out
+}
+
+// TestDemoCommandUCSPostgres runs `hachat demo --ucs-store postgres` as a
+// person would: the state file lists two parts of kind ucs and the
+// PostgreSQL cluster; a chat goes on after kill -9 of the ucs instance,
+// and its transcript is read through the other one; SIGTERM stops
+// PostgreSQL with the rest and removes its directory. A bad --ucs-store
+// is refused before anything starts.
+func TestDemoCommandUCSPostgres(t *testing.T) {
+	bad := exec.Command(harness.Binary(t), "demo", "--ucs-store", "mongo", "--free-ports", "--dir", t.TempDir())
+	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), "--ucs-store must be bbolt or postgres") {
+		t.Fatalf("demo --ucs-store mongo: %v: %s", err, out)
+	}
+
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state.json")
+	cmd, output, exited := startDemo(t, "--free-ports", "--dir", dir, "--state", state, "--ucs-store", "postgres")
+	waitDemoReady(t, output, exited)
+	st, err := demo.ReadState(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ucs", "ucs-2"} {
+		p, ok := st.Part(name)
+		if !ok || p.Kind != demo.KindUCS || p.State != demo.StateRunning || p.PID <= 0 {
+			t.Fatalf("state entry of %s: %+v (ok=%v)", name, p, ok)
+		}
+	}
+	if st.UCSStore == nil || st.UCSStore.Kind != "postgres" || st.UCSStore.PID <= 0 || syscall.Kill(st.UCSStore.PID, 0) != nil {
+		t.Fatalf("state file ucsStore: %+v", st.UCSStore)
+	}
+
+	webapi, _ := st.Part("webapi")
+	interaction, _ := st.Part("interaction")
+	gms := &harness.GMS{Base: "http://" + webapi.HTTP, Service: "customer-support", HTTP: http.DefaultClient}
+	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient, Accounts: st.Credentials.Accounts}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	agent := agents.MustLogin(t, "ada", "agent")
+	chat := gms.MustStart(t, "Grace")
+	if err := agent.Take(ctx, chat.ChatID); err != nil {
+		t.Fatal(err)
+	}
+	send := func(text, cmid string) {
+		t.Helper()
+		r, err := chat.Send(ctx, text, cmid)
+		for err == nil && r.Retryable() {
+			r, err = chat.Send(ctx, text, cmid)
+		}
+		if err != nil || !r.OK() {
+			t.Fatalf("send %q: %v %+v", text, err, r)
+		}
+		if _, err := agent.WaitText(ctx, chat.ChatID, text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("before the ucs kill", "pg-1")
+	ucs1, _ := st.Part("ucs")
+	if err := syscall.Kill(ucs1.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	send("after the ucs kill", "pg-2")
+
+	ucs2, _ := st.Part("ucs-2")
+	tlsc, err := demo.OperatorTLS(st.Credentials.CertDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := ucsmock.NewClient("https://"+ucs2.HTTP, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsc}}, nil).
+		WithToken(st.Credentials.UCSReaderToken)
+	harness.Eventually(t, "both messages in the transcript read through ucs-2", 20*time.Second, func() error {
+		tr, err := reader.Transcript(ctx, chat.ChatID)
+		if err != nil {
+			return err
+		}
+		found := map[string]int{}
+		for _, e := range tr.Events {
+			found[e.GetText()]++
+		}
+		if found["before the ucs kill"] != 1 || found["after the ucs kill"] != 1 {
+			return fmt.Errorf("transcript has %v", found)
+		}
+		return nil
+	})
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("demo exit after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop within 30s of SIGTERM")
+	}
+	if err := syscall.Kill(st.UCSStore.PID, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("postgresql (pid %d) still runs after the demo stopped", st.UCSStore.PID)
+	}
+	if _, err := os.Stat(st.UCSStore.Dir); !os.IsNotExist(err) {
+		t.Errorf("postgresql's directory %s is left behind: %v", st.UCSStore.Dir, err)
+	}
 }
