@@ -328,3 +328,58 @@ func TestPGFencingAtomic(t *testing.T) {
 		})
 	}
 }
+
+// TestPGDeleteAtomic holds a GDPR delete of instance A between its writes
+// and its commit while instance B receives a save of the same chat: the
+// save waits for the delete and is then refused by the tombstone (it must
+// not read "no tombstone" before the delete commits and write the chat
+// back). The tombstone refuses saves through every instance, and a new
+// instance on the database finds it.
+func TestPGDeleteAtomic(t *testing.T) {
+	dsn := newPGDatabase(t)
+	srvA, a := newPGServer(t, dsn)
+	_, b := newPGServer(t, dsn)
+	ctx := context.Background()
+	save := func(c *Client, i uint64) error {
+		_, err := c.Save(ctx, SaveRequest{ChatID: "gone", Service: "chat", Epoch: 1, Writer: "core-a", Events: evs("gone", i, i)})
+		return err
+	}
+	if err := save(a, 1); err != nil {
+		t.Fatal(err)
+	}
+	rivalDone := make(chan struct{})
+	var rivalErr error
+	var rivalFirst atomic.Bool
+	var once sync.Once
+	srvA.store.(*pgStore).beforeCommit = func() {
+		once.Do(func() {
+			go func() {
+				rivalErr = save(b, 2)
+				close(rivalDone)
+			}()
+			if !waitBlocked(t, dsn, rivalDone) {
+				rivalFirst.Store(true)
+			}
+		})
+	}
+	res, err := a.DeleteChat(ctx, testToken, "gone")
+	<-rivalDone
+	if err != nil || len(res.Deleted) != 1 {
+		t.Fatalf("delete: %+v %v", res, err)
+	}
+	if rivalFirst.Load() {
+		t.Fatalf("a save of the chat completed (%v) while its delete was uncommitted", rivalErr)
+	}
+	if !errors.Is(rivalErr, ErrDeleted) {
+		t.Fatalf("save racing the delete: %v, want ErrDeleted", rivalErr)
+	}
+	_, c := newPGServer(t, dsn) // a third instance, opened after the delete
+	for name, cl := range map[string]*Client{"a": a, "b": b, "new": c} {
+		if _, err := cl.Transcript(ctx, "gone"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("instance %s reads the deleted chat: %v", name, err)
+		}
+		if err := save(cl, 3); !errors.Is(err, ErrDeleted) {
+			t.Errorf("instance %s: save after the delete: %v, want ErrDeleted", name, err)
+		}
+	}
+}

@@ -31,6 +31,10 @@ import (
 //     after it reads the claimed epoch: a save with a stale epoch is
 //     refused in the same transaction as its check, and two ucs instances
 //     cannot both accept conflicting writes to one chat.
+//   - a GDPR delete (gdpr.go) locks the chat as a save does, before it
+//     reads the chat's tombstone; a save reads the tombstone under the
+//     chat's lock too, so a save and a delete of one chat never overlap:
+//     a deleted chat stays deleted whichever instance a late save reaches.
 //   - a transaction that PostgreSQL aborts for a deadlock or a
 //     serialization failure (two overlapping batches, two saves raising
 //     the epoch) is retried from the start, up to pgRetries times.
@@ -66,6 +70,14 @@ CREATE TABLE IF NOT EXISTS ucs_events (
 	epoch numeric(20,0) NOT NULL CHECK (epoch >= 0),
 	event bytea NOT NULL,
 	PRIMARY KEY (chat_id, idx)
+);
+CREATE TABLE IF NOT EXISTS ucs_tombstones (
+	chat_id text PRIMARY KEY,
+	service text NOT NULL,
+	epoch numeric(20,0) NOT NULL CHECK (epoch >= 0),
+	deleted_unix_ms bigint NOT NULL,
+	events integer NOT NULL CHECK (events >= 0),
+	scope text NOT NULL
 );
 `
 
@@ -162,12 +174,16 @@ func (s *pgStore) migrate(ctx context.Context) error {
 // epoch is older than its events', and the newest event of each chat
 // decodes. A failure matches ErrCorrupt.
 func (s *pgStore) check(ctx context.Context) error {
-	var orphans, behind int64
+	var orphans, behind, undead int64
 	err := s.pool.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM ucs_events e WHERE NOT EXISTS (SELECT 1 FROM ucs_chats c WHERE c.chat_id = e.chat_id)),
-		(SELECT count(*) FROM ucs_chats c WHERE c.epoch < (SELECT coalesce(max(e.epoch), 0) FROM ucs_events e WHERE e.chat_id = c.chat_id))`).Scan(&orphans, &behind)
+		(SELECT count(*) FROM ucs_chats c WHERE c.epoch < (SELECT coalesce(max(e.epoch), 0) FROM ucs_events e WHERE e.chat_id = c.chat_id)),
+		(SELECT count(*) FROM ucs_chats c JOIN ucs_tombstones t ON t.chat_id = c.chat_id)`).Scan(&orphans, &behind, &undead)
 	if err != nil {
 		return fmt.Errorf("integrity check: %w", err)
+	}
+	if undead > 0 {
+		return fmt.Errorf("%w: %d deleted chats (tombstoned) still stored", ErrCorrupt, undead)
 	}
 	if orphans > 0 {
 		return fmt.Errorf("%w: %d events of no stored chat", ErrCorrupt, orphans)
@@ -471,13 +487,22 @@ func (t *pgTxn) putServiceEpoch(service string, e Epoch) error {
 	return nil
 }
 
+// lockChat takes the chat's lock (exclusive) in a write transaction, once.
+func (t *pgTxn) lockChat(chatID string) error {
+	if !t.write || t.chatsLocked[chatID] {
+		return nil
+	}
+	if _, err := t.tx.Exec(t.ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2))", int32(pgLockChat), chatID); err != nil {
+		return fmt.Errorf("lock chat %s: %w", chatID, err)
+	}
+	t.chatsLocked[chatID] = true
+	return nil
+}
+
 func (t *pgTxn) chat(chatID string) (chatMeta, bool, error) {
 	var m chatMeta
-	if t.write && !t.chatsLocked[chatID] {
-		if _, err := t.tx.Exec(t.ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2))", int32(pgLockChat), chatID); err != nil {
-			return m, false, fmt.Errorf("lock chat %s: %w", chatID, err)
-		}
-		t.chatsLocked[chatID] = true
+	if err := t.lockChat(chatID); err != nil {
+		return m, false, err
 	}
 	var epoch string
 	err := t.tx.QueryRow(t.ctx, "SELECT service, ended, writer, epoch::text, updated_unix_ms FROM ucs_chats WHERE chat_id = $1", chatID).
@@ -550,6 +575,87 @@ func (t *pgTxn) highestIndex(chatID string) (uint64, error) {
 		return 0, fmt.Errorf("%w: highest index of %q: %v", ErrCorrupt, chatID, err)
 	}
 	return v, nil
+}
+
+func (t *pgTxn) tombstone(chatID string) (Tombstone, bool, error) {
+	ts := Tombstone{ChatID: chatID}
+	if err := t.lockChat(chatID); err != nil {
+		return ts, false, err
+	}
+	var epoch string
+	err := t.tx.QueryRow(t.ctx, "SELECT service, epoch::text, deleted_unix_ms, events, scope FROM ucs_tombstones WHERE chat_id = $1", chatID).
+		Scan(&ts.Service, &epoch, &ts.DeletedUnixMs, &ts.Events, &ts.Scope)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tombstone{}, false, nil
+	}
+	if err != nil {
+		return ts, false, fmt.Errorf("read tombstone of %s: %w", chatID, err)
+	}
+	if ts.Epoch, err = strconv.ParseUint(epoch, 10, 64); err != nil {
+		return ts, false, fmt.Errorf("%w: tombstone of %q: %v", ErrCorrupt, chatID, err)
+	}
+	return ts, true, nil
+}
+
+func (t *pgTxn) putTombstone(ts Tombstone) error {
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO ucs_tombstones (chat_id, service, epoch, deleted_unix_ms, events, scope) VALUES ($1, $2, $3::text::numeric, $4, $5, $6)
+		ON CONFLICT (chat_id) DO NOTHING`, ts.ChatID, ts.Service, u64(ts.Epoch), ts.DeletedUnixMs, ts.Events, ts.Scope)
+	if err != nil {
+		return fmt.Errorf("put tombstone of %s: %w", ts.ChatID, err)
+	}
+	return nil
+}
+
+// removeChat deletes the chat's meta and events. PostgreSQL marks the rows
+// dead at once (no read reaches them) and vacuum reclaims the space.
+func (t *pgTxn) removeChat(chatID string) error {
+	if err := t.lockChat(chatID); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(t.ctx, "DELETE FROM ucs_events WHERE chat_id = $1", chatID); err != nil {
+		return fmt.Errorf("delete events of %s: %w", chatID, err)
+	}
+	if _, err := t.tx.Exec(t.ctx, "DELETE FROM ucs_chats WHERE chat_id = $1", chatID); err != nil {
+		return fmt.Errorf("delete chat %s: %w", chatID, err)
+	}
+	return nil
+}
+
+func (t *pgTxn) chatIDs() ([]string, error) {
+	rows, err := t.tx.Query(t.ctx, `SELECT chat_id FROM ucs_chats ORDER BY chat_id COLLATE "C"`)
+	if err != nil {
+		return nil, fmt.Errorf("list chats: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list chats: %w", err)
+	}
+	return ids, nil
+}
+
+func (t *pgTxn) events(chatID string) ([]*chatpb.Event, error) {
+	rows, err := t.tx.Query(t.ctx, "SELECT e.idx::text, e.event FROM ucs_events e WHERE e.chat_id = $1 ORDER BY e.idx", chatID)
+	if err != nil {
+		return nil, fmt.Errorf("read events of %s: %w", chatID, err)
+	}
+	defer rows.Close()
+	var out []*chatpb.Event
+	for rows.Next() {
+		var idx string
+		var b []byte
+		if err := rows.Scan(&idx, &b); err != nil {
+			return nil, fmt.Errorf("read events of %s: %w", chatID, err)
+		}
+		ev, err := decodePGEvent(chatID, idx, b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read events of %s: %w", chatID, err)
+	}
+	return out, nil
 }
 
 // redactDSN hides the password of a connection string, for logs.
