@@ -99,8 +99,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{dir: opts.Dir, exited: make(chan struct{})}
+	// The server's user must reach its directories: under a TMPDIR only
+	// root can enter, use /tmp.
+	tmp := os.TempDir()
+	if cred != nil && !searchable(tmp) {
+		tmp = "/tmp"
+	}
 	if c.dir == "" {
-		if c.dir, err = os.MkdirTemp("", "hachat-pg-"); err != nil {
+		if c.dir, err = os.MkdirTemp(tmp, "hachat-pg-"); err != nil {
 			return nil, fmt.Errorf("make cluster directory: %w", err)
 		}
 		c.removeDir = true
@@ -115,7 +121,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	// The socket lives in a short temporary directory: a socket path is
 	// limited to 107 bytes, and Dir may be deep.
-	if c.sockDir, err = os.MkdirTemp("", "hachat-pgs-"); err != nil {
+	if c.sockDir, err = os.MkdirTemp(tmp, "hachat-pgs-"); err != nil {
 		return fail(fmt.Errorf("make socket directory: %w", err))
 	}
 	data := filepath.Join(c.dir, "data")
@@ -180,6 +186,26 @@ func runAs(name string) (*syscall.Credential, error) {
 		return nil, fmt.Errorf("user %s: unusable uid %s gid %s", name, u.Uid, u.Gid)
 	}
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}, nil
+}
+
+// searchable reports whether any user can enter dir and each of its
+// parents (the execute bit for others on every one).
+func searchable(dir string) bool {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	for {
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return true
+		}
+		dir = parent
+	}
 }
 
 // waitReady polls until the server accepts a connection.

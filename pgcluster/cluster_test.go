@@ -49,3 +49,29 @@ func TestStartStop(t *testing.T) {
 		t.Fatalf("cluster directory left behind: %v", err)
 	}
 }
+
+// TestStartUnderPrivateTMPDIR: as root, with TMPDIR a directory only root
+// can enter, the cluster (run as user postgres) still starts: it falls
+// back to /tmp.
+func TestStartUnderPrivateTMPDIR(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root runs the server as another user")
+	}
+	private := t.TempDir()
+	if err := os.Chmod(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", private)
+	if searchable(private) {
+		t.Fatal("a 0700 directory reads as searchable")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
