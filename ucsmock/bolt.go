@@ -290,7 +290,7 @@ func (s *boltStore) chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error)
 				return fmt.Errorf("decode chat %s: %w", k, err)
 			}
 			ci := ChatInfo{ChatID: string(k), Service: m.Service, Ended: m.Ended, Writer: m.Writer, Epoch: m.Epoch, UpdatedUnixMs: m.UpdatedUnix}
-			if !f.keep(ci) {
+			if !f.Keep(ci) {
 				return nil
 			}
 			var err error

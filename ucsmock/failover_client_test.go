@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/hachat/hachat/chatcore"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -78,3 +79,9 @@ func TestFailoverClient(t *testing.T) {
 		t.Fatal("empty instance accepted")
 	}
 }
+
+// The failover client plugs into the chat core as Client does.
+var (
+	_ chatcore.BatchTranscriptStore = (*FailoverClient)(nil)
+	_ chatcore.ChatLister           = (*FailoverClient)(nil)
+)

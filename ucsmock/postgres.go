@@ -352,7 +352,7 @@ func (s *pgStore) chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) {
 			if err := errors.Join(err1, err2); err != nil {
 				return fmt.Errorf("%w: chat %q: %v", ErrCorrupt, ci.ChatID, err)
 			}
-			if f.keep(ci) {
+			if f.Keep(ci) {
 				out = append(out, ci)
 			}
 		}

@@ -38,6 +38,12 @@ type demoConfig struct {
 	// Plaintext turns mTLS off between the parts (default false: the demo
 	// issues a CA and a certificate per part in <dir>/certs).
 	Plaintext bool `yaml:"plaintext"`
+	// CoordMembers is how many coordination members (embedded etcd) hold
+	// the cores' epochs (default 3; 0 keeps the epochs at UCS).
+	CoordMembers int `yaml:"coord-members"`
+	// Coordination points the cores at an etcd the deployment already runs
+	// (host:port,...); then the demo starts no members of its own.
+	Coordination string `yaml:"coordination"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -47,7 +53,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runDemoRestart(ctx, args[1:], out, errw)
 	}
 	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh), UCSStore: "bbolt",
-		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second}
+		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
 		"never restarts a part by itself (`hachat demo restart NAME` does, when asked),\n"+
@@ -61,6 +67,8 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
 			fs.BoolVar(&cfg.FreePorts, "free-ports", cfg.FreePorts, "use free loopback ports instead of the fixed demo ports")
 			fs.StringVar(&cfg.UCSStore, "ucs-store", cfg.UCSStore, "ucs's store: bbolt (one ucs, <dir>/ucs.db) or postgres (a throwaway PostgreSQL cluster from Debian's postgresql package and two ucs instances on it)")
+			fs.IntVar(&cfg.CoordMembers, "coord-members", cfg.CoordMembers, "coordination members (embedded etcd) holding the epochs: 0, 1 or 3 (0: epochs at UCS)")
+			fs.StringVar(&cfg.Coordination, "coordination", cfg.Coordination, "use this etcd (host:port,...) for the epochs instead of starting members")
 			fs.BoolVar(&cfg.Plaintext, "plaintext", cfg.Plaintext, "no mTLS between the parts (default: mTLS with certificates in <dir>/certs)")
 		})
 	if err != nil {
@@ -74,6 +82,9 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	if cfg.UCSStore != "bbolt" && cfg.UCSStore != "postgres" {
 		return fmt.Errorf("--ucs-store must be bbolt or postgres, not %q", cfg.UCSStore)
+	}
+	if cfg.CoordMembers < 0 || cfg.CoordMembers > 3 {
+		return fmt.Errorf("--coord-members must be 0 to 3, not %d", cfg.CoordMembers)
 	}
 	if cfg.State == "" {
 		cfg.State = filepath.Join(cfg.Dir, "demo.json")
@@ -90,11 +101,13 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		return err
 	}
 	layout := demo.Layout{
-		Addrs:     addrs,
-		Stage:     demo.Stage(cfg.Stage),
-		DataDir:   cfg.Dir,
-		LogFormat: cfg.LogFormat,
-		UCSStore:  cfg.UCSStore,
+		Addrs:        addrs,
+		Stage:        demo.Stage(cfg.Stage),
+		DataDir:      cfg.Dir,
+		LogFormat:    cfg.LogFormat,
+		CoordMembers: cfg.CoordMembers,
+		Coordination: cfg.Coordination,
+		UCSStore:     cfg.UCSStore,
 	}
 	var ucsStore *demo.UCSStoreState
 	if cfg.UCSStore == "postgres" {
@@ -151,10 +164,10 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	fmt.Fprintln(out)
 	sup.WriteTable(out)
-	p, _ := plan.Part("webapi")
-	q, _ := plan.Part("interaction")
+	entry := plan.Entrypoints
 	fmt.Fprintf(out, "\nstate file: %s (with the credentials: admin token, UCS reader token)\n", cfg.State)
-	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "entrypoints: customer %s    agent %s\n", entry.Customer, entry.Agent)
+	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", entry.Customer, entry.Agent)
 	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
 	for _, a := range accounts {
 		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)

@@ -47,6 +47,10 @@ type Options struct {
 	// TLS runs the cluster with mTLS everywhere (demo.Layout.CertDir): the
 	// harness issues the certificates and talks to the parts as the operator.
 	TLS bool
+	// CoordMembers runs that many coordination members (hachat coord,
+	// embedded etcd: etcd-1, ...) that hold the cores' epochs and the
+	// primary's lease (demo.Layout.CoordMembers; default 0: epochs at UCS).
+	CoordMembers int
 	// Accounts are the interaction server's accounts (default
 	// TestAccounts: the demo's and those the end-to-end tests log in as).
 	Accounts []demo.AccountSpec
@@ -133,7 +137,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs,
+		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs, CoordMembers: opts.CoordMembers,
 			UCSStore: opts.UCSStore, UCSPostgres: pgDSN}
 		if opts.TLS {
 			layout.CertDir = filepath.Join(dir, "certs")
