@@ -15,6 +15,7 @@ import (
 // (docs/design.md), FreeAddrs free ones for tests.
 type Addrs struct {
 	UCS                      string
+	UCS2                     string // the second ucs instance (Layout.UCSStore postgres)
 	CoreAHTTP, CoreAGRPC     string
 	CoreAGossip              string
 	CoreBHTTP, CoreBGRPC     string
@@ -68,6 +69,7 @@ func DefaultAddrs() Addrs {
 	h := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 	return Addrs{
 		UCS:       h(7080),
+		UCS2:      h(7081),
 		CoreAHTTP: h(7102), CoreAGRPC: h(7101), CoreAGossip: h(7103),
 		CoreBHTTP: h(7112), CoreBGRPC: h(7111), CoreBGossip: h(7113),
 		XDSHTTP: h(7201), XDSGRPC: h(7200), XDSGossip: h(7203),
@@ -112,6 +114,7 @@ func FreeAddrs() (Addrs, error) {
 	}
 	a := Addrs{
 		UCS:       next(false),
+		UCS2:      next(false),
 		CoreAHTTP: next(false), CoreAGRPC: next(false), CoreAGossip: next(true),
 		CoreBHTTP: next(false), CoreBGRPC: next(false), CoreBGossip: next(true),
 		XDSHTTP: next(false), XDSGRPC: next(false), XDSGossip: next(true),
@@ -182,6 +185,13 @@ type Layout struct {
 	// DataDir holds ucsmock's database (DataDir/ucs.db) and any other
 	// on-disk state (default ".hachat").
 	DataDir string
+	// UCSStore is the store of ucs: "" or "bbolt" (one instance, its
+	// database in DataDir/ucs.db) or "postgres": two instances, ucs and
+	// ucs-2, sharing the PostgreSQL database UCSPostgres; the cores are
+	// given both and fail over between them.
+	UCSStore string
+	// UCSPostgres is the connection string of the postgres store.
+	UCSPostgres string
 	// LogFormat is passed to every part as --log-format (default "text").
 	LogFormat string
 	// Service is the chat service name the web sample starts chats on
@@ -287,6 +297,8 @@ func HARecommended() []string {
 
 // StandardPlan returns the plan of the standard cluster for l: the parts of
 // `hachat demo`, in start order (each part's dependencies come first).
+// With l.UCSStore "postgres", ucs is two instances (ucs, ucs-2) on one
+// PostgreSQL database, which whoever runs the plan starts first.
 //
 //   - StageSingle: ucs, core-a (primary), webapi and interaction on core-a.
 //   - StagePair: ucs, witness, core-a (primary), core-b (backup), each core
@@ -304,15 +316,25 @@ func StandardPlan(l Layout) Plan {
 	l.fill()
 	a := l.Addrs
 	logf := "--log-format=" + l.LogFormat
-	ucsURL := "http://" + a.UCS
+	scheme := "http://"
 	if l.CertDir != "" {
-		ucsURL = "https://" + a.UCS
+		scheme = "https://"
 	}
+	ucsURL := scheme + a.UCS
 	var parts []Part
-	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
-		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
-		"--writer-token=" + l.WriterToken, "--reader-token=" + l.UCSReaderToken,
-	}})
+	ucs := func(name, addr string, store ...string) Part {
+		return Part{Name: name, Kind: KindUCS, HTTP: addr, Args: append([]string{
+			logf, "--http=" + addr, "--admin-token=" + l.AdminToken,
+			"--writer-token=" + l.WriterToken, "--reader-token=" + l.UCSReaderToken,
+		}, store...)}
+	}
+	if l.UCSStore == "postgres" {
+		pg := []string{"--store=postgres", "--postgres=" + l.UCSPostgres}
+		parts = append(parts, ucs("ucs", a.UCS, pg...), ucs("ucs-2", a.UCS2, pg...))
+		ucsURL += "," + scheme + a.UCS2
+	} else {
+		parts = append(parts, ucs("ucs", a.UCS, "--db="+filepath.Join(l.DataDir, "ucs.db")))
+	}
 	witnessHTTP := ""
 	switch {
 	case l.Stage == StagePair:

@@ -239,3 +239,47 @@ func TestStandardPlanCoordination(t *testing.T) {
 		})
 	}
 }
+
+// TestStandardPlanUCSStore: by default one ucs on its bbolt file; with
+// UCSStore postgres two ucs parts (ucs, ucs-2) on the given database, and
+// every core is given both, in that order, with the cluster's scheme.
+func TestStandardPlanUCSStore(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		layout    Layout
+		ucs       []string
+		coreUCS   string
+		storeArgs []string
+	}{
+		{"bbolt", Layout{Addrs: DefaultAddrs(), Stage: StagePair, DataDir: "d"},
+			[]string{"ucs"}, "--ucs=http://127.0.0.1:7080", []string{"--db=d/ucs.db"}},
+		{"postgres", Layout{Addrs: DefaultAddrs(), Stage: StagePair, UCSStore: "postgres", UCSPostgres: "host=/s dbname=ucs"},
+			[]string{"ucs", "ucs-2"}, "--ucs=http://127.0.0.1:7080,http://127.0.0.1:7081", []string{"--store=postgres", "--postgres=host=/s dbname=ucs"}},
+		{"postgres mtls", Layout{Addrs: DefaultAddrs(), Stage: StageMesh, UCSStore: "postgres", UCSPostgres: "x", CertDir: "c"},
+			[]string{"ucs", "ucs-2"}, "--ucs=https://127.0.0.1:7080,https://127.0.0.1:7081", []string{"--store=postgres", "--postgres=x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plan := StandardPlan(tc.layout)
+			var ucs []string
+			for _, p := range plan.Parts {
+				if p.Kind == KindUCS {
+					ucs = append(ucs, p.Name)
+					for _, a := range tc.storeArgs {
+						if !slices.Contains(p.Args, a) {
+							t.Errorf("%s args lack %s: %v", p.Name, a, p.Args)
+						}
+					}
+				}
+				if p.Kind == KindCore && !slices.Contains(p.Args, tc.coreUCS) {
+					t.Errorf("%s args lack %s: %v", p.Name, tc.coreUCS, p.Args)
+				}
+			}
+			if !slices.Equal(ucs, tc.ucs) {
+				t.Errorf("ucs parts %v, want %v", ucs, tc.ucs)
+			}
+			if err := plan.Validate(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}

@@ -224,6 +224,8 @@ func (m *MemStore) inject(ctx context.Context) error {
 // memTxn is the txn of a MemStore; the caller holds m.mu.
 type memTxn struct{ m *MemStore }
 
+func (t memTxn) lockService(service string, epoch uint64) error { return nil }
+
 func (t memTxn) serviceEpoch(service string) (Epoch, error) { return t.m.epochs[service], nil }
 
 func (t memTxn) putServiceEpoch(service string, e Epoch) error {
