@@ -80,16 +80,18 @@ func TestInteractionKill9Leader(t *testing.T) {
 		name  string
 		stage demo.Stage
 		edge  bool // agents and customers through the edge, else agents through the follower
+		tls   bool // mTLS on every internal hop (the instances reach etcd with their certificates)
 	}{
-		{"pair, through the follower", demo.StagePair, false},
-		{"mesh, through the edge", demo.StageMesh, true},
+		{"pair, through the follower", demo.StagePair, false, false},
+		{"mesh, through the edge", demo.StageMesh, true, false},
+		{"mesh with mTLS, through the edge", demo.StageMesh, true, true},
 	} {
-		t.Run(tc.name, func(t *testing.T) { interactionKill9Leader(t, tc.stage, tc.edge) })
+		t.Run(tc.name, func(t *testing.T) { interactionKill9Leader(t, tc.stage, tc.edge, tc.tls) })
 	}
 }
 
-func interactionKill9Leader(t *testing.T, stage demo.Stage, edge bool) {
-	c := harness.StartCluster(t, harness.Options{Stage: stage, CoordMembers: 3})
+func interactionKill9Leader(t *testing.T, stage demo.Stage, edge, tls bool) {
+	c := harness.StartCluster(t, harness.Options{Stage: stage, CoordMembers: 3, TLS: tls})
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	leader, follower := leadingInteraction(t, c)
 	api, gms := c.Agents(), c.Customer()
