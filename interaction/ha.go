@@ -27,7 +27,12 @@ func WithStateStore(st StateStore, advertise string, transport http.RoundTripper
 	return func(s *Server) {
 		s.ha.store, s.ha.addr = st, strings.TrimSuffix(advertise, "/")
 		if transport == nil {
-			transport = http.DefaultTransport.(*http.Transport).Clone()
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			// A paused leader must not hold forwarded calls for ever; the
+			// push channel answers its headers at once, a join within
+			// stateChangeTimeout.
+			t.ResponseHeaderTimeout = stateChangeTimeout + 5*time.Second
+			transport = t
 		}
 		s.ha.transport = transport
 	}

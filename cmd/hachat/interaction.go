@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/hachat/hachat/coord"
 	"github.com/hachat/hachat/interaction"
@@ -66,6 +67,7 @@ func runInteraction(ctx context.Context, args []string, out, errw io.Writer) err
 			// trust the cluster's CA for it.
 			t := http.DefaultTransport.(*http.Transport).Clone()
 			t.TLSClientConfig = part.tls.ClientConfig(mtls.Allow(mtls.KindInteraction))
+			t.ResponseHeaderTimeout = 20 * time.Second
 			rt = t
 		}
 		opts = append(opts, interaction.WithStateStore(interaction.NewEtcdStore(cli, interaction.EtcdPrefix, file.LeaderLease), adv, rt))
