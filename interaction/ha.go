@@ -3,6 +3,7 @@ package interaction
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,9 +45,14 @@ type haState struct {
 	addr      string
 	transport http.RoundTripper
 
-	mu      sync.Mutex
-	term    Term // nil while following
-	proxies map[string]*httputil.ReverseProxy
+	mu   sync.Mutex
+	term Term // nil while following
+
+	// What the leader last saved (guarded by Server.mu): its term and the
+	// SHA-256 of the snapshot without its time.
+	savedTerm Term
+	savedSum  [32]byte
+	proxies   map[string]*httputil.ReverseProxy
 }
 
 // saveTimeout bounds one save of the routing state.
@@ -156,7 +162,7 @@ func (s *Server) takeOver(ctx context.Context, term Term, wg *sync.WaitGroup) er
 	s.ha.mu.Lock()
 	s.ha.term = term
 	s.ha.mu.Unlock()
-	if err := s.saveNow(ctx); err != nil {
+	if err := s.saveNow(ctx, true); err != nil {
 		return err
 	}
 	s.startLeading(ctx, wg)
@@ -198,7 +204,7 @@ func (s *Server) changedLocked(now bool) {
 	if now {
 		if t := s.currentTerm(); t != nil {
 			ctx, cancel := context.WithTimeout(s.lead, saveTimeout)
-			s.saveLocked(ctx, t)
+			s.saveLocked(ctx, t, false)
 			cancel()
 			return
 		}
@@ -216,15 +222,16 @@ func (s *Server) confirmLeading(ctx context.Context) error {
 	if s.ha.store == nil {
 		return nil
 	}
-	if err := s.saveNow(ctx); err != nil {
+	if err := s.saveNow(ctx, true); err != nil {
 		return fmt.Errorf("%w: %w", ErrCoreUnavailable, err)
 	}
 	return nil
 }
 
 // saveNow saves the routing state; it fails with ErrNotLeader when this
-// instance does not lead.
-func (s *Server) saveNow(ctx context.Context) error {
+// instance does not lead. Without force a state equal to the last one this
+// term saved is not written again.
+func (s *Server) saveNow(ctx context.Context, force bool) error {
 	t := s.currentTerm()
 	if t == nil {
 		return ErrNotLeader
@@ -233,16 +240,27 @@ func (s *Server) saveNow(ctx context.Context) error {
 	defer s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, saveTimeout)
 	defer cancel()
-	return s.saveLocked(ctx, t)
+	return s.saveLocked(ctx, t, force)
 }
 
-func (s *Server) saveLocked(ctx context.Context, t Term) error {
-	raw, err := json.Marshal(s.snapshotLocked())
-	if err == nil {
+func (s *Server) saveLocked(ctx context.Context, t Term, force bool) error {
+	snap := s.snapshotLocked()
+	raw, err := json.Marshal(snap) // Saved still zero: equal states give equal bytes
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	sum := sha256.Sum256(raw)
+	if !force && t == s.ha.savedTerm && sum == s.ha.savedSum {
+		s.metrics.stateSaves.WithLabelValues("unchanged").Inc()
+		return nil
+	}
+	snap.Saved = s.now()
+	if raw, err = json.Marshal(snap); err == nil {
 		err = t.Save(ctx, raw)
 	}
 	switch {
 	case err == nil:
+		s.ha.savedTerm, s.ha.savedSum = t, sum
 		s.metrics.stateSaves.WithLabelValues("ok").Inc()
 	case errors.Is(err, ErrNotLeader):
 		s.metrics.stateSaves.WithLabelValues("not_leader").Inc()
@@ -266,7 +284,7 @@ func (s *Server) persister(ctx context.Context) {
 		case <-s.dirty:
 		case <-t.C:
 		}
-		if err := s.saveNow(ctx); err != nil && ctx.Err() == nil {
+		if err := s.saveNow(ctx, false); err != nil && ctx.Err() == nil {
 			sleep(ctx, 100*time.Millisecond)
 			select { // try again
 			case s.dirty <- struct{}{}:
@@ -296,7 +314,7 @@ func (s *Server) haFront(next http.Handler) http.Handler {
 			}
 			bw := &bufferedWriter{header: http.Header{}, code: http.StatusOK}
 			next.ServeHTTP(bw, r)
-			if err := s.saveNow(r.Context()); err != nil {
+			if err := s.saveNow(r.Context(), false); err != nil {
 				w.Header().Set("Retry-After", "1")
 				writeErr(w, fmt.Errorf("%w: routing state not saved: %w", ErrCoreUnavailable, err))
 				return

@@ -60,7 +60,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help:    "Time from winning the election to routing again (state loaded and restored).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}),
 		stateSaves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_interaction_state_saves_total",
-			Help: "Routing state saves to the state store, by result (ok, error, not_leader)."}, []string{"result"}),
+			Help: "Routing state saves to the state store, by result (ok, unchanged: not written, error, not_leader)."}, []string{"result"}),
 	}
 	for _, c := range []prometheus.Collector{m.leader, m.takeovers, m.takeoverSecs, m.stateSaves, m.offers, m.offersAccepted, m.offersRejected, m.offerTimeouts,
 		m.transfers, m.chatsQueued, m.reconnects, m.coreUp, m.refusals, stateCollector{s}} {

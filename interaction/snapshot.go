@@ -144,7 +144,15 @@ func RestoreRouter(maxChats int, offerTimeout time.Duration, st RouterState) (*R
 
 // snapshotLocked takes the Snapshot; s.mu is held.
 func (s *Server) snapshotLocked() Snapshot {
-	snap := Snapshot{Version: snapshotVersion, Sessions: s.authn.sessions.Export(), Router: s.router.State(), Saved: s.now()}
+	sessions := s.authn.sessions.Export()
+	slices.SortFunc(sessions, func(a, b auth.SessionRecord) int { return compareStr(a.Digest, b.Digest) })
+	for i := range sessions {
+		// Activity counts to the minute: a send does not rewrite the
+		// state, and a session restored after a takeover may end up to a
+		// minute early.
+		sessions[i].LastSeen = sessions[i].LastSeen.Truncate(time.Minute)
+	}
+	snap := Snapshot{Version: snapshotVersion, Sessions: sessions, Router: s.router.State()}
 	for _, key := range slices.SortedFunc(maps.Keys(s.members), func(a, b memberKey) int {
 		if a.chat != b.chat {
 			return compareStr(a.chat, b.chat)
