@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -363,5 +364,27 @@ func TestDeposedLeaderCannotAccept(t *testing.T) {
 		if ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED && ev.GetFrom().GetType() == chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT {
 			t.Fatalf("a deposed leader joined the chat at the core: %v", ev)
 		}
+	}
+}
+
+// TestUnchangedStateNotWritten: a call that changes nothing (ready when
+// ready) is not written to the store again; one that changes the state is.
+func TestUnchangedStateNotWritten(t *testing.T) {
+	m := NewMemStore()
+	p := newHAPair(t, func() (StateStore, func()) { return m, nil })
+	saves := p.inst[0].srv.metrics.stateSaves
+	tok := p.login("a", "agent")
+	p.mustDo("POST", "/agent/v1/ready", tok, nil)
+	ok := testutil.ToFloat64(saves.WithLabelValues("ok"))
+	p.mustDo("POST", "/agent/v1/ready", tok, nil)
+	if got := testutil.ToFloat64(saves.WithLabelValues("ok")); got != ok {
+		t.Errorf("ready again wrote the state: %v saves, want %v", got, ok)
+	}
+	if testutil.ToFloat64(saves.WithLabelValues("unchanged")) == 0 {
+		t.Error("no save counted as unchanged")
+	}
+	p.mustDo("POST", "/agent/v1/notready", tok, nil)
+	if got := testutil.ToFloat64(saves.WithLabelValues("ok")); got != ok+1 {
+		t.Errorf("not ready: %v saves, want %v", got, ok+1)
 	}
 }
