@@ -30,6 +30,11 @@ type Addrs struct {
 	SidecarWebAPIListen      string
 	SidecarInteractionAdmin  string
 	SidecarInteractionListen string
+	// Each instance behind the edge has a sidecar of its own, so that one
+	// sidecar's death cuts only its instance off the cores: webapi-2's and
+	// interaction-2's (issue 8).
+	SidecarWebAPI2Admin, SidecarWebAPI2Listen           string
+	SidecarInteraction2Admin, SidecarInteraction2Listen string
 	// WebAPI and Interaction are the customers' and the agents' address:
 	// the edge's from StageMesh on, the one instance's before.
 	WebAPI      string
@@ -77,6 +82,8 @@ func DefaultAddrs() Addrs {
 		WitnessHTTP: h(7211), WitnessGossip: h(7213),
 		SidecarWebAPIAdmin: h(7302), SidecarWebAPIListen: h(7301),
 		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
+		SidecarWebAPI2Admin: h(7322), SidecarWebAPI2Listen: h(7321),
+		SidecarInteraction2Admin: h(7332), SidecarInteraction2Listen: h(7331),
 		WebAPI:      h(8080),
 		Interaction: h(8081),
 		WebAPI1:     h(8082), WebAPI2: h(8083), InteractionInstance: h(8084),
@@ -122,6 +129,8 @@ func FreeAddrs() (Addrs, error) {
 		WitnessHTTP: next(false), WitnessGossip: next(true),
 		SidecarWebAPIAdmin: next(false), SidecarWebAPIListen: next(false),
 		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
+		SidecarWebAPI2Admin: next(false), SidecarWebAPI2Listen: next(false),
+		SidecarInteraction2Admin: next(false), SidecarInteraction2Listen: next(false),
 		WebAPI:      next(false),
 		Interaction: next(false),
 		WebAPI1:     next(false), WebAPI2: next(false), InteractionInstance: next(false),
@@ -395,6 +404,7 @@ func StandardPlan(l Layout) Plan {
 		coreTarget = a.CoreAGRPC + "," + a.CoreBGRPC
 	}
 	webapiCore, interactionCore := coreTarget, coreTarget
+	webapi2Core, interaction2Core := coreTarget, coreTarget
 	if l.Stage >= StageMesh {
 		// Two control planes, built from the same gossip membership:
 		// they publish the same content under the same versions.
@@ -414,14 +424,30 @@ func StandardPlan(l Layout) Plan {
 				"--xds=" + a.XDSGRPC + "," + a.XDSBGRPC, "--xds-cache=" + XDSCacheFile(l.DataDir, name),
 			}}
 		}
+		// One sidecar per instance (webapi, webapi-2, interaction and,
+		// with the coordination members, interaction-2): a sidecar's
+		// death cuts only its own instance off the cores, and the edge
+		// moves that instance's clients to the others (its health check
+		// asks the instance's /readyz, which follows the core path).
 		parts = append(parts,
 			sidecar("sidecar-webapi", a.SidecarWebAPIAdmin, a.SidecarWebAPIListen),
+			sidecar("sidecar-webapi-2", a.SidecarWebAPI2Admin, a.SidecarWebAPI2Listen),
 			sidecar("sidecar-interaction", a.SidecarInteractionAdmin, a.SidecarInteractionListen))
+		if l.Stage >= StagePair && coordination != "" {
+			parts = append(parts, sidecar("sidecar-interaction-2", a.SidecarInteraction2Admin, a.SidecarInteraction2Listen))
+		}
 		webapiCore, interactionCore = a.SidecarWebAPIListen, a.SidecarInteractionListen
+		webapi2Core, interaction2Core = a.SidecarWebAPI2Listen, a.SidecarInteraction2Listen
+	}
+	coreOf := func(name, first, second string) string {
+		if strings.HasSuffix(name, "-2") {
+			return second
+		}
+		return first
 	}
 	webapiPart := func(name, httpAddr string) Part {
 		return Part{Name: name, Kind: KindWebAPI, HTTP: httpAddr, Args: []string{
-			logf, "--http=" + httpAddr, "--core=" + webapiCore, "--service=" + l.Service,
+			logf, "--http=" + httpAddr, "--core=" + coreOf(name, webapiCore, webapi2Core), "--service=" + l.Service,
 		}}
 	}
 	// With the coordination members, two interaction instances elect the
@@ -429,8 +455,8 @@ func StandardPlan(l Layout) Plan {
 	// queue, participations) there: either can die.
 	twoInteractions := l.Stage >= StagePair && coordination != ""
 	interactionPart := func(name, httpAddr string) Part {
-		args := []string{logf, "--http=" + httpAddr, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
-			"--accounts=" + l.Accounts}
+		args := []string{logf, "--http=" + httpAddr, "--core=" + coreOf(name, interactionCore, interaction2Core),
+			"--service-token=" + l.ServiceToken, "--accounts=" + l.Accounts}
 		if twoInteractions {
 			args = append(args, "--coordination="+coordination)
 		}

@@ -64,7 +64,7 @@ func TestStandardPlanStages(t *testing.T) {
 	}{
 		{StageSingle, []string{"ucs", "core-a", "webapi", "interaction"}},
 		{StagePair, []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"}},
-		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}},
+		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}},
 	}
 	for _, tt := range tests {
 		plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: tt.stage})
@@ -121,7 +121,7 @@ func TestStandardPlanStages(t *testing.T) {
 	// Issue 8: both control planes are given to every sidecar, which keeps
 	// its last configuration in the data dir; no core names one fixed
 	// witness that a dead control plane would silence.
-	for _, name := range []string{"sidecar-webapi", "sidecar-interaction", "edge"} {
+	for _, name := range []string{"sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction", "edge"} {
 		sc, _ := mesh.Part(name)
 		if !slices.Contains(sc.Args, "--xds=127.0.0.1:7200,127.0.0.1:7220") ||
 			!slices.Contains(sc.Args, "--xds-cache="+XDSCacheFile(".hachat", name)) {
@@ -147,11 +147,20 @@ func TestStandardPlanStages(t *testing.T) {
 }
 
 func TestFreeAddrsDistinctLoopback(t *testing.T) {
-	a, err := FreeAddrs()
+	free, err := FreeAddrs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan := StandardPlan(Layout{Addrs: a, Stage: StageMesh})
+	for name, a := range map[string]Addrs{"free": free, "default": DefaultAddrs()} {
+		t.Run(name, func(t *testing.T) { distinctLoopback(t, a) })
+	}
+}
+
+// distinctLoopback fails unless every part of the fullest plan (stage 4
+// with the coordination members) listens on its own loopback address.
+func distinctLoopback(t *testing.T, a Addrs) {
+	t.Helper()
+	plan := StandardPlan(Layout{Addrs: a, Stage: StageMesh, CoordMembers: 3})
 	seen := map[string]string{}
 	for _, p := range plan.Parts {
 		for _, addr := range []string{p.HTTP, p.GRPC} {
@@ -327,5 +336,60 @@ func TestStandardPlanInteractionInstances(t *testing.T) {
 				t.Errorf("interaction parts %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestStandardPlanSidecarPerInstance: in stage 4 every instance behind the
+// edge reaches the cores through a sidecar of its own (issue 8: one
+// sidecar's death cuts off one instance, not every customer or agent),
+// each sidecar with both control planes and its own cache file.
+func TestStandardPlanSidecarPerInstance(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		coord int
+		want  map[string]string // instance -> its sidecar
+	}{
+		{"with members", 3, map[string]string{"webapi": "sidecar-webapi", "webapi-2": "sidecar-webapi-2",
+			"interaction": "sidecar-interaction", "interaction-2": "sidecar-interaction-2"}},
+		{"without members", 0, map[string]string{"webapi": "sidecar-webapi", "webapi-2": "sidecar-webapi-2",
+			"interaction": "sidecar-interaction"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: StageMesh, CoordMembers: tt.coord})
+			listeners := map[string]string{}
+			for _, p := range plan.Parts {
+				if p.Kind == KindProxy && p.Name != "edge" {
+					listeners[p.Name] = p.GRPC
+					if !slices.Contains(p.Args, "--node-id="+p.Name) || !slices.Contains(p.Args, "--listen="+p.GRPC) ||
+						!slices.Contains(p.Args, "--xds=127.0.0.1:7200,127.0.0.1:7220") ||
+						!slices.Contains(p.Args, "--xds-cache="+XDSCacheFile(".hachat", p.Name)) {
+						t.Errorf("%s: %v", p.Name, p.Args)
+					}
+				}
+			}
+			if len(listeners) != len(tt.want) {
+				t.Errorf("sidecars %v, want one per instance %v", listeners, tt.want)
+			}
+			for inst, sc := range tt.want {
+				p, ok := plan.Part(inst)
+				if !ok || listeners[sc] == "" {
+					t.Errorf("%s or %s missing", inst, sc)
+					continue
+				}
+				if !slices.Contains(p.Args, "--core="+listeners[sc]) {
+					t.Errorf("%s should reach the cores through %s (%s): %v", inst, sc, listeners[sc], p.Args)
+				}
+			}
+			if err := plan.Validate(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	a := DefaultAddrs()
+	for got, want := range map[string]string{a.SidecarWebAPI2Listen: "127.0.0.1:7321", a.SidecarWebAPI2Admin: "127.0.0.1:7322",
+		a.SidecarInteraction2Listen: "127.0.0.1:7331", a.SidecarInteraction2Admin: "127.0.0.1:7332"} {
+		if got != want {
+			t.Errorf("default address %s, want %s (docs/design.md)", got, want)
+		}
 	}
 }

@@ -35,7 +35,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "interaction-2", "edge"}
+	want := []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction", "sidecar-interaction-2", "webapi", "webapi-2", "interaction", "interaction-2", "edge"}
 	for _, name := range want {
 		p, ok := st.Part(name)
 		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
