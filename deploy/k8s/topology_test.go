@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -418,15 +419,64 @@ func TestEdgeAndRegisteredInstances(t *testing.T) {
 			t.Errorf("%s: --http=%q: the announced listener must be the pod IP, not 0.0.0.0", w.name, http)
 		}
 		got := sortedKeys(m.admitted(w, portOf(t, "--http", http), corev1.ProtocolTCP))
-		if want := []string{edge.name, "namespace:monitoring"}; !slices.Equal(got, want) {
+		want := []string{edge.name, "namespace:monitoring"}
+		if part == "interaction" {
+			// The follower forwards the agent API to the leader.
+			want = append(want, w.name)
+		}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
 			t.Errorf("%s: its HTTP port admits %v, want %v", w.name, got, want)
 		}
 	}
-	ia := m.selected(map[string]string{"app.kubernetes.io/name": "hachat-interaction"})[0]
-	for _, d := range m.deployments {
-		if "Deployment/"+d.Name == ia.name && (*d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType) {
-			t.Errorf("%s: interaction keeps its queue in memory: want 1 replica and the Recreate strategy, got %d, %q", ia.name, *d.Spec.Replicas, d.Spec.Strategy.Type)
+}
+
+// TestInteractionInstances: interaction runs two replicas that elect a
+// leader in the coordination store (--coordination naming every member,
+// as the cores do), rolled one pod at a time, with a PodDisruptionBudget
+// of minAvailable 1 so that a node drain keeps one instance.
+func TestInteractionInstances(t *testing.T) {
+	m := load(t)
+	var members []string
+	for _, st := range m.statefulSets {
+		if st.Spec.Template.Labels["app.kubernetes.io/name"] == "hachat-coordination" {
+			members = podNames(st, 7401)
 		}
+	}
+	if len(members) != 3 {
+		t.Fatalf("coordination members %v, want 3", members)
+	}
+	found := false
+	for _, d := range m.deployments {
+		if d.Spec.Template.Labels["app.kubernetes.io/name"] != "hachat-interaction" {
+			continue
+		}
+		found = true
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+			t.Errorf("%s: replicas %v, want 2", d.Name, ptrValue(d.Spec.Replicas))
+		}
+		if d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+			t.Errorf("%s: Recreate stops both instances at once", d.Name)
+		}
+		if ru := d.Spec.Strategy.RollingUpdate; ru != nil && ru.MaxUnavailable != nil && ru.MaxUnavailable.IntValue() > 1 {
+			t.Errorf("%s: maxUnavailable %v, want at most 1", d.Name, ru.MaxUnavailable)
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		if got, _ := flagValue(c, "coordination"); got != strings.Join(members, ",") {
+			t.Errorf("%s: --coordination=%q, want every member %q", d.Name, got, strings.Join(members, ","))
+		}
+		pdb := false
+		for _, p := range m.pdbs {
+			if p.Spec.MinAvailable != nil && p.Spec.MinAvailable.IntValue() == 1 && reflect.DeepEqual(p.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+				pdb = true
+			}
+		}
+		if !pdb {
+			t.Errorf("%s: no PodDisruptionBudget with minAvailable 1 on its selector", d.Name)
+		}
+	}
+	if !found {
+		t.Fatal("no interaction Deployment")
 	}
 }
 
@@ -467,4 +517,12 @@ func TestGossipMesh(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ptrValue returns *p, or "unset" for nil.
+func ptrValue(p *int32) any {
+	if p == nil {
+		return "unset"
+	}
+	return *p
 }
