@@ -88,6 +88,7 @@ type pushChannel struct {
 	auth   *chatpb.Auth
 	next   uint64 // index of the next event to write
 	events int
+	reset  <-chan struct{} // closed by Server.EndPushChannels
 }
 
 // handleEvents serves the push channel: GET .../{chatId}/events?userId=
@@ -133,7 +134,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 	s.metrics.sseClients.Inc()
 	defer s.metrics.sseClients.Dec()
-	pc := &pushChannel{s: s, sse: &sseWriter{w: w, rc: http.NewResponseController(w)}, auth: auth, next: from}
+	pc := &pushChannel{s: s, sse: &sseWriter{w: w, rc: http.NewResponseController(w)}, auth: auth, next: from, reset: s.pushEnd()}
 	s.log.Info("push channel opened", "chat", auth.GetSessionId(), "user", auth.GetParticipantId(), "from", from)
 	err = pc.run(r.Context(), first)
 	if errors.Is(err, errStreamDone) || r.Context().Err() != nil {
@@ -269,6 +270,8 @@ func (pc *pushChannel) wait(ctx context.Context, heartbeat <-chan time.Time, d t
 			return ctx.Err()
 		case <-pc.s.stopping:
 			return errStreamDone
+		case <-pc.reset:
+			return errStreamDone
 		case <-heartbeat:
 			if err := pc.heartbeat(); err != nil {
 				return err
@@ -377,6 +380,8 @@ func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, r
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-pc.s.stopping:
+			return errStreamDone
+		case <-pc.reset:
 			return errStreamDone
 		case <-heartbeat:
 			if err := pc.heartbeat(); err != nil {
