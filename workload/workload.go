@@ -160,6 +160,44 @@ func CheckTranscript(ctx context.Context, ucs *ucsmock.Client, chatID string, se
 	}
 }
 
+// ViolationKind classifies what the checker found.
+type ViolationKind string
+
+// The kinds of violations.
+const (
+	// Lost: an acknowledged message is missing from a view.
+	Lost ViolationKind = "lost"
+	// Duplicated: a message appears more than once.
+	Duplicated ViolationKind = "duplicated"
+	// OutOfOrder: a side's messages, or the indexes, are out of order.
+	OutOfOrder ViolationKind = "out of order"
+	// WrongIndex: a message is shown at another index than acknowledged.
+	WrongIndex ViolationKind = "wrong index"
+	// Conflict: one index holds two different events across views.
+	Conflict ViolationKind = "conflict"
+)
+
+// Violation is one problem the checker found; errors.As gives its kind.
+type Violation struct {
+	Kind ViolationKind
+	Msg  string
+}
+
+func (v *Violation) Error() string { return v.Msg }
+
+func violation(k ViolationKind, format string, args ...any) error {
+	return &Violation{Kind: k, Msg: fmt.Sprintf(format, args...)}
+}
+
+// KindOf returns the kind of a checker error ("" when it is not a Violation).
+func KindOf(err error) ViolationKind {
+	var v *Violation
+	if errors.As(err, &v) {
+		return v.Kind
+	}
+	return ""
+}
+
 // NamedView is one view of a session (a participant's, a push channel's,
 // the UCS transcript) under the name reports give it.
 type NamedView struct {
@@ -211,7 +249,7 @@ func CheckIndexes(views []NamedView) []error {
 		for _, h := range hs {
 			parts = append(parts, fmt.Sprintf("%s %q in the %s", h.ev.Type, h.ev.Text, h.view))
 		}
-		errs = append(errs, fmt.Errorf("index %d holds two different events: %s", i, strings.Join(parts, ", ")))
+		errs = append(errs, violation(Conflict, "index %d holds two different events: %s", i, strings.Join(parts, ", ")))
 	}
 	return errs
 }
@@ -285,7 +323,7 @@ func CheckView(sent []Sent, view []ViewEvent, notices bool) []error {
 	var disconnected, reconnected bool
 	for i, ev := range view {
 		if i > 0 && ev.Index <= lastIndex {
-			errs = append(errs, fmt.Errorf("index %d follows index %d: not strictly increasing", ev.Index, lastIndex))
+			errs = append(errs, violation(OutOfOrder, "index %d follows index %d: not strictly increasing", ev.Index, lastIndex))
 		}
 		lastIndex = ev.Index
 		switch ev.Type {
@@ -309,7 +347,7 @@ func CheckView(sent []Sent, view []ViewEvent, notices bool) []error {
 			continue // reported below
 		}
 		if m.Seq <= lastSeq[m.Side] {
-			errs = append(errs, fmt.Errorf("%q at index %d comes after %s #%03d: out of order", m.Text, ev.Index, m.Side, lastSeq[m.Side]))
+			errs = append(errs, violation(OutOfOrder, "%q at index %d comes after %s #%03d: out of order", m.Text, ev.Index, m.Side, lastSeq[m.Side]))
 		} else {
 			lastSeq[m.Side] = m.Seq
 		}
@@ -325,11 +363,11 @@ func CheckView(sent []Sent, view []ViewEvent, notices bool) []error {
 		n := count[m.Text]
 		switch {
 		case m.Acked && n == 0:
-			errs = append(errs, fmt.Errorf("acknowledged %q (index %d) is missing", m.Text, m.Index))
+			errs = append(errs, violation(Lost, "acknowledged %q (index %d) is missing", m.Text, m.Index))
 		case n > 1:
-			errs = append(errs, fmt.Errorf("%q appears %d times", m.Text, n))
+			errs = append(errs, violation(Duplicated, "%q appears %d times", m.Text, n))
 		case m.Acked && m.Index != 0 && at[m.Text] != m.Index:
-			errs = append(errs, fmt.Errorf("%q acknowledged with index %d but shown at index %d", m.Text, m.Index, at[m.Text]))
+			errs = append(errs, violation(WrongIndex, "%q acknowledged with index %d but shown at index %d", m.Text, m.Index, at[m.Text]))
 		}
 	}
 	if notices && !disconnected {

@@ -1,0 +1,472 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/ucsmock"
+	"github.com/hachat/hachat/workload"
+)
+
+// Config is one chaos run.
+type Config struct {
+	// StatePath is the running demo's state file.
+	StatePath string
+	// Duration bounds the time faults are injected; Count, when > 0, stops
+	// after that many faults (whichever comes first; Duration 0 means no
+	// time bound).
+	Duration time.Duration
+	Count    int
+	// Kinds are the faults drawn; Seed makes the schedule reproducible.
+	Kinds []Kind
+	Seed  uint64
+	// Concurrency is how many faults may be under way at once (default 1).
+	Concurrency int
+	// Timing bounds the gaps between faults and how long each lasts.
+	Timing Timing
+	// Chats is how many chats run at once (default 4), each with a
+	// customer and an agent sending and the supervisor monitoring.
+	Chats int
+	// Interval is the pause between one side's messages (default 100ms).
+	Interval time.Duration
+	// RetryFor bounds how long one message is resent (default 60s).
+	RetryFor time.Duration
+	// Settle is how long the workload goes on once the last fault is
+	// repaired, before the check (default 5s).
+	Settle time.Duration
+	// Status is the period of the status line (default 10s).
+	Status time.Duration
+	// Service is the chat service customers start chats on.
+	Service string
+}
+
+func (c *Config) fill() {
+	if c.Concurrency <= 0 {
+		c.Concurrency = 1
+	}
+	if c.Timing == (Timing{}) {
+		c.Timing = DefaultTiming()
+	}
+	if c.Chats <= 0 {
+		c.Chats = 4
+	}
+	if c.Interval <= 0 {
+		c.Interval = 100 * time.Millisecond
+	}
+	if c.RetryFor <= 0 {
+		c.RetryFor = 60 * time.Second
+	}
+	if c.Settle <= 0 {
+		c.Settle = 5 * time.Second
+	}
+	if c.Status <= 0 {
+		c.Status = 10 * time.Second
+	}
+	if c.Service == "" {
+		c.Service = "customer-support"
+	}
+}
+
+// session is one chat of the workload.
+type session struct {
+	chatID     string
+	customer   *customer
+	agent      *desk
+	supervisor *desk
+}
+
+// run holds the state of one run.
+type run struct {
+	cfg   Config
+	start time.Time
+
+	mu      sync.Mutex
+	sent    []workload.Sent
+	applied []Applied
+}
+
+func (r *run) addSent(m workload.Sent) {
+	r.mu.Lock()
+	r.sent = append(r.sent, m)
+	r.mu.Unlock()
+}
+
+// Run drives the workload and the faults against the demo of cfg.StatePath
+// and returns the report; progress gets a line per fault and a periodic
+// status line. The error is for a run that could not be made (no cluster,
+// no iptables); violations are in the report (Report.OK).
+func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
+	cfg.fill()
+	st, err := ReadState(cfg.StatePath)
+	if err != nil {
+		return nil, err
+	}
+	sched, err := NewSchedule(cfg.Seed, cfg.Kinds, st.Parts, cfg.Timing)
+	if err != nil {
+		return nil, err
+	}
+	var fw *Firewall
+	if slices.Contains(sched.Kinds(), Partition) {
+		fw, err = NewFirewall(ChainName(os.Getpid()))
+		if err != nil {
+			return nil, err
+		}
+		if err := fw.Setup(ctx); err != nil {
+			return nil, fmt.Errorf("partition chain: %w", err)
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := fw.Close(cctx); err != nil {
+				fmt.Fprintf(progress, "chaos: removing chain %s: %v\n", fw.Chain, err)
+			}
+		}()
+	}
+	nem := newNemesis(cfg.StatePath, fw)
+	defer func() {
+		// Whatever happens, leave the cluster whole: no process stopped, no
+		// rule in place, every part running.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if err := nem.repair(cctx); err != nil {
+			fmt.Fprintf(progress, "chaos: repair: %v\n", err)
+		}
+	}()
+
+	hc := &http.Client{Timeout: 10 * time.Second}
+	opTLS := &http.Client{Timeout: 5 * time.Second}
+	if st.Credentials.CertDir != "" {
+		if tc, err := demo.OperatorTLS(st.Credentials.CertDir); err == nil {
+			opTLS.Transport = &http.Transport{TLSClientConfig: tc}
+		}
+	}
+	r := &run{cfg: cfg, start: time.Now()}
+	mon := &monitor{hc: &http.Client{Timeout: time.Second}, every: 100 * time.Millisecond}
+	monCtx, stopMon := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		mon.run(monCtx, func() []Part { return st.OfKind("core") })
+	}()
+	defer func() { stopMon(); bg.Wait() }()
+
+	// The clients: agents and a supervisor at the agent entrypoint, their
+	// push channels kept open until the end.
+	pushCtx, stopPush := context.WithCancel(ctx)
+	defer stopPush()
+	var agents []*desk
+	var supervisor *desk
+	for _, a := range st.Credentials.Accounts {
+		d := newDesk(hc, st.AgentURL(), a.User, a.Password)
+		switch {
+		case a.Role == "agent":
+			agents = append(agents, d)
+		case a.Role == "supervisor" && supervisor == nil:
+			supervisor = d
+		default:
+			continue
+		}
+		if err := d.login(ctx); err != nil {
+			return nil, err
+		}
+		bg.Add(1)
+		go func() { defer bg.Done(); d.push(pushCtx) }()
+	}
+	if len(agents) == 0 {
+		return nil, errors.New("the state file has no agent account")
+	}
+	for _, ag := range agents {
+		if err := ag.call(ctx, http.MethodPost, "/agent/v1/ready", nil, nil); err != nil {
+			return nil, fmt.Errorf("ready %s: %w", ag.id, err)
+		}
+	}
+	sessions, err := startSessions(ctx, cfg, st, hc, agents, supervisor)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "chaos: %d chats (customers at %s, %d agents and %s at %s), faults %v, seed %d\n",
+		len(sessions), st.CustomerURL(), len(agents), deskName(supervisor), st.AgentURL(), sched.Kinds(), cfg.Seed)
+
+	// The workload.
+	sendCtx, stopSends := context.WithCancel(ctx)
+	defer stopSends()
+	var senders sync.WaitGroup
+	for _, s := range sessions {
+		sides := []workload.Side{s.customer, agentSide{s.agent, s.chatID}}
+		for _, side := range sides {
+			senders.Add(1)
+			go func() {
+				defer senders.Done()
+				for seq := 1; sendCtx.Err() == nil; seq++ {
+					m := workload.NewSent(s.chatID, side.Name(), seq)
+					workload.SendOne(sendCtx, side, m, workload.Retry{For: cfg.RetryFor, Delay: 100 * time.Millisecond})
+					r.addSent(*m)
+					sleep(sendCtx, cfg.Interval)
+				}
+			}()
+		}
+	}
+	statusCtx, stopStatus := context.WithCancel(ctx)
+	bg.Add(1)
+	go func() { defer bg.Done(); r.statusLines(statusCtx, progress, mon) }()
+
+	// The nemesis.
+	r.nemesis(ctx, sched, nem, progress)
+	stopStatus()
+	fmt.Fprintf(progress, "chaos: faults over; repairing and letting the workload settle for %s\n", cfg.Settle)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	if err := nem.repair(rctx); err != nil {
+		fmt.Fprintf(progress, "chaos: repair: %v\n", err)
+	}
+	cancel()
+	sleep(ctx, cfg.Settle)
+	stopSends()
+	senders.Wait()
+	interrupted := ctx.Err() != nil
+
+	// The check.
+	fmt.Fprintf(progress, "chaos: checking every view and UCS\n")
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
+	defer cancel()
+	var ucs *ucsmock.Client
+	if us := st.OfKind("ucs"); len(us) > 0 {
+		ucs = ucsmock.NewClient(us[0].URL(), opTLS, nil).WithToken(st.Credentials.UCSReaderToken)
+	}
+	checks := r.check(cctx, sessions, ucs)
+	stopPush()
+	stopMon()
+	bg.Wait()
+	rep := r.report(mon.Samples(), checks, sched.Kinds())
+	rep.Interrupted = interrupted
+	for _, d := range append(slices.Clone(agents), supervisor) {
+		if d != nil {
+			d.mu.Lock()
+			rep.Relogins += d.relogins
+			d.mu.Unlock()
+		}
+	}
+	return rep, nil
+}
+
+func deskName(d *desk) string {
+	if d == nil {
+		return "no supervisor"
+	}
+	return "supervisor " + d.id
+}
+
+// startSessions starts cfg.Chats chats, has each accepted by the agent it
+// is offered to and monitored by the supervisor.
+func startSessions(ctx context.Context, cfg Config, st State, hc *http.Client, agents []*desk, supervisor *desk) ([]*session, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var out []*session
+	for i := range cfg.Chats {
+		c, err := startCustomer(ctx, hc, st.CustomerURL(), cfg.Service, fmt.Sprintf("chaos-customer-%d", i))
+		if err != nil {
+			return nil, err
+		}
+		s := &session{chatID: c.chatID, customer: c, supervisor: supervisor}
+		for s.agent == nil {
+			for _, ag := range agents {
+				offers, err := ag.offered(ctx)
+				if err == nil && slices.Contains(offers, c.chatID) {
+					if err := ag.call(ctx, http.MethodPost, "/agent/v1/offers/"+c.chatID+"/accept", nil, nil); err != nil {
+						return nil, fmt.Errorf("accept %s as %s: %w", c.chatID, ag.id, err)
+					}
+					s.agent = ag
+					break
+				}
+			}
+			if s.agent == nil && !sleep(ctx, 50*time.Millisecond) {
+				return nil, fmt.Errorf("chat %s offered to none of %d agents: %w", c.chatID, len(agents), ctx.Err())
+			}
+		}
+		if supervisor != nil {
+			if err := supervisor.call(ctx, http.MethodPost, "/agent/v1/chats/"+c.chatID+"/monitor", nil, nil); err != nil {
+				return nil, fmt.Errorf("monitor %s: %w", c.chatID, err)
+			}
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// nemesis draws and applies faults until the duration or the count is
+// reached or ctx ends.
+func (r *run) nemesis(ctx context.Context, sched *Schedule, nem *nemesis, progress io.Writer) {
+	var end time.Time
+	if r.cfg.Duration > 0 {
+		end = r.start.Add(r.cfg.Duration)
+	}
+	var mu sync.Mutex // guards the schedule, the count and busy
+	busy := map[string]bool{}
+	drawn := 0
+	var wg sync.WaitGroup
+	for range r.cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				mu.Lock()
+				if r.cfg.Count > 0 && drawn >= r.cfg.Count {
+					mu.Unlock()
+					return
+				}
+				f := sched.Next()
+				drawn++
+				mu.Unlock()
+				if !end.IsZero() && time.Now().Add(f.Gap).After(end) {
+					return
+				}
+				if !sleep(ctx, f.Gap) {
+					return
+				}
+				mu.Lock()
+				conflict := false
+				for _, t := range f.Targets {
+					conflict = conflict || busy[t]
+				}
+				if !conflict {
+					for _, t := range f.Targets {
+						busy[t] = true
+					}
+				}
+				mu.Unlock()
+				if conflict {
+					fmt.Fprintf(progress, "chaos: fault %s skipped: its target is under another fault\n", f)
+					continue
+				}
+				fmt.Fprintf(progress, "%8s fault %s\n", r.since(time.Now()), f)
+				a := nem.apply(ctx, f)
+				mu.Lock()
+				for _, t := range f.Targets {
+					delete(busy, t)
+				}
+				mu.Unlock()
+				r.mu.Lock()
+				r.applied = append(r.applied, a)
+				r.mu.Unlock()
+				note := ""
+				if a.Err != "" {
+					note = ": " + a.Err
+				}
+				fmt.Fprintf(progress, "%8s   %s %s over in %s%s\n", r.since(a.End), f.Kind, f.Targets, a.End.Sub(a.Start).Round(time.Millisecond), note)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (r *run) since(t time.Time) string {
+	return t.Sub(r.start).Round(100 * time.Millisecond).String()
+}
+
+// statusLines prints a status line every cfg.Status.
+func (r *run) statusLines(ctx context.Context, w io.Writer, mon *monitor) {
+	t := time.NewTicker(r.cfg.Status)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		r.mu.Lock()
+		acked, failed := 0, 0
+		var worst time.Duration
+		for _, m := range r.sent {
+			if m.Acked {
+				acked++
+				if now.Sub(m.AckedAt) < r.cfg.Status {
+					worst = max(worst, m.Latency())
+				}
+			} else {
+				failed++
+			}
+		}
+		faults := len(r.applied)
+		r.mu.Unlock()
+		primary := "none"
+		samples := mon.Samples()
+		for i := len(samples) - 1; i >= 0 && now.Sub(samples[i].At) < time.Second; i-- {
+			if samples[i].Role == "primary" {
+				primary = fmt.Sprintf("%s (epoch %d)", samples[i].Core, samples[i].Epoch)
+				break
+			}
+		}
+		fmt.Fprintf(w, "%8s status: %d faults, %d messages acknowledged, %d not, worst send latency in the last %s %s, primary %s\n",
+			r.since(now), faults, acked, failed, r.cfg.Status, worst.Round(time.Millisecond), primary)
+	}
+}
+
+// viewCheck is what the checker found in one view of one chat.
+type viewCheck struct {
+	chatID, view string
+	errs         []error
+}
+
+// check reads every view of every chat and checks it, then ends each chat
+// and checks its UCS transcript.
+func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Client) []viewCheck {
+	r.mu.Lock()
+	sent := slices.Clone(r.sent)
+	r.mu.Unlock()
+	var out []viewCheck
+	for _, s := range sessions {
+		var mine []workload.Sent
+		var through uint64
+		for _, m := range sent {
+			if m.ChatID == s.chatID {
+				mine = append(mine, m)
+				through = max(through, m.Index)
+			}
+		}
+		viewers := []workload.Viewer{s.customer, agentSide{s.agent, s.chatID}}
+		if s.supervisor != nil {
+			viewers = append(viewers, supervisorView{s.supervisor, s.chatID})
+		}
+		var seen []workload.NamedView
+		for _, v := range viewers {
+			vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			view, err := v.View(vctx, through)
+			cancel()
+			vc := viewCheck{chatID: s.chatID, view: v.Name()}
+			if err != nil {
+				vc.errs = []error{err}
+			} else {
+				vc.errs = workload.CheckView(mine, view, false)
+				seen = append(seen, workload.NamedView{Name: v.Name(), Events: view})
+			}
+			out = append(out, vc)
+		}
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		for dctx.Err() == nil {
+			if err := s.customer.disconnect(dctx); err == nil {
+				break
+			}
+			sleep(dctx, 200*time.Millisecond)
+		}
+		cancel()
+		if ucs != nil {
+			last, errs := workload.CheckTranscript(ctx, ucs, s.chatID, mine, false, time.Minute)
+			out = append(out, viewCheck{chatID: s.chatID, view: "ucs transcript", errs: errs})
+			if last != nil {
+				seen = append(seen, workload.NamedView{Name: "ucs transcript", Events: last})
+			}
+		}
+		out = append(out, viewCheck{chatID: s.chatID, view: "all views", errs: workload.CheckIndexes(seen)})
+	}
+	return out
+}
+
