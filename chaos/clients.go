@@ -159,7 +159,9 @@ type agentErr struct {
 	Code   string `json:"code"`
 }
 
-func (e *agentErr) Error() string { return fmt.Sprintf("agent API: HTTP %d %s: %s", e.status, e.Code, e.Msg) }
+func (e *agentErr) Error() string {
+	return fmt.Sprintf("agent API: HTTP %d %s: %s", e.status, e.Code, e.Msg)
+}
 
 // deskEvent is one chat event of the agent push channel.
 type deskEvent struct {
@@ -469,4 +471,3 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-

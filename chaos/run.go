@@ -469,4 +469,3 @@ func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Clien
 	}
 	return out
 }
-
