@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,7 +32,9 @@ type gmsAnswer struct {
 	SecureKey  string `json:"secureKey"`
 	Alias      string `json:"alias"`
 	Index      uint64 `json:"index"`
-	Messages   []struct {
+	// NextPosition is where the next refresh starts.
+	NextPosition uint64 `json:"nextPosition"`
+	Messages     []struct {
 		Index           uint64 `json:"index"`
 		Type            string `json:"type"`
 		Text            string `json:"text"`
@@ -119,16 +122,33 @@ func (c *customer) Send(ctx context.Context, text, cmid string) (uint64, bool, e
 	return a.Index, false, nil
 }
 
+// View reads the whole transcript the customer sees, page by page
+// (a refresh answers a bounded number of events and the next position).
 func (c *customer) View(ctx context.Context, _ uint64) ([]workload.ViewEvent, error) {
+	var out []workload.ViewEvent
+	pos := uint64(1)
+	for {
+		a, err := c.refresh(ctx, pos)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range a.Messages {
+			out = append(out, workload.ViewEvent{Index: m.Index, Type: m.Type, Text: m.Text, ClientMessageID: m.ClientMessageID})
+		}
+		if len(a.Messages) == 0 || a.NextPosition <= pos {
+			return out, nil
+		}
+		pos = a.NextPosition
+	}
+}
+
+// refresh reads the transcript from pos, retrying failures until ctx ends.
+func (c *customer) refresh(ctx context.Context, pos uint64) (gmsAnswer, error) {
 	var last error
 	for {
-		a, err := c.call(ctx, "refresh", url.Values{"transcriptPosition": {"1"}})
+		a, err := c.call(ctx, "refresh", url.Values{"transcriptPosition": {strconv.FormatUint(pos, 10)}})
 		if err == nil && a.ok() {
-			out := make([]workload.ViewEvent, 0, len(a.Messages))
-			for _, m := range a.Messages {
-				out = append(out, workload.ViewEvent{Index: m.Index, Type: m.Type, Text: m.Text, ClientMessageID: m.ClientMessageID})
-			}
-			return out, nil
+			return a, nil
 		}
 		if err == nil {
 			last = a.err()
@@ -136,7 +156,7 @@ func (c *customer) View(ctx context.Context, _ uint64) ([]workload.ViewEvent, er
 			last = err
 		}
 		if !sleep(ctx, 200*time.Millisecond) {
-			return nil, fmt.Errorf("refresh: %w (last: %v)", ctx.Err(), last)
+			return gmsAnswer{}, fmt.Errorf("refresh from %d: %w (last: %v)", pos, ctx.Err(), last)
 		}
 	}
 }

@@ -27,7 +27,7 @@ func TestChaosTwoMinutes(t *testing.T) {
 		t.Skip("partitions need root (iptables); CI runs as root")
 	}
 	bin := harness.Binary(t)
-	out := t.TempDir()
+	out := filepath.Join(harness.ArtifactDir(t), "chaos-e2e") // kept: the report, the plot and the demo's logs
 	ctx, cancel := context.WithTimeout(context.Background(), 170*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "chaos", "--duration", "95s", "--seed", "3",
