@@ -410,3 +410,23 @@ func TestParseState(t *testing.T) {
 		t.Fatal("a truncated state file parsed")
 	}
 }
+
+func TestLogPromotions(t *testing.T) {
+	log := `=== hachat demo: starting core-b at 2026-12-06T14:21:55Z
+time=2026-12-06T14:00:00.000Z level=INFO msg="claimed epoch, now primary" part=core core=core-b epoch=1 previous=0
+time=2026-12-06T14:22:00.100Z level=INFO msg="member joined" epoch=1
+time=2026-12-06T14:22:10.500Z level=WARN msg="primary lost: promoting" primary=core-a
+time=2026-12-06T14:22:11.000Z level=INFO msg="promotion complete" epoch=2 sessions_restored=4 took=300ms
+{"time":"2026-12-06T14:23:00Z","level":"INFO","msg":"promotion complete","epoch":4}
+`
+	since := time.Date(2026, 12, 6, 14, 21, 0, 0, time.UTC)
+	got := LogPromotions("core-b", strings.NewReader(log), since)
+	if len(got) != 2 || got[0].Epoch != 2 || got[1].Epoch != 4 || got[0].Core != "core-b" || got[0].Role != "primary" {
+		t.Fatalf("LogPromotions = %+v (the claim before since is an earlier run's)", got)
+	}
+	// With the other core's log claiming epoch 2 as well, the check fails.
+	other := LogPromotions("core-a", strings.NewReader(`time=2026-12-06T14:22:12Z level=INFO msg="claimed epoch, now primary" core=core-a epoch=2`), since)
+	if v := CheckPrimaries(append(got, other...)); len(v) != 1 || v[0].Epoch != 2 {
+		t.Fatalf("two cores claiming epoch 2 in their logs: %v", v)
+	}
+}

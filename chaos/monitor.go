@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -211,6 +212,48 @@ func Failovers(samples []RoleSample) []Failover {
 			out = append(out, Failover{At: s.At, From: cur, To: s.Core, Epoch: s.Epoch})
 		}
 		cur, epoch = s.Core, s.Epoch
+	}
+	return out
+}
+
+// LogPromotions reads a core's log (text or JSON) and returns one sample
+// (role primary, the epoch, at the line's time when it has one) for each
+// line in which the core took an epoch as primary ("claimed epoch, now
+// primary", "promotion complete") at or after since (a log file outlives
+// runs): the log's own evidence for CheckPrimaries, beside the sampled
+// /status and /metrics.
+func LogPromotions(core string, r io.Reader, since time.Time) []RoleSample {
+	var out []RoleSample
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, "claimed epoch, now primary") && !strings.Contains(line, "promotion complete") {
+			continue
+		}
+		s := RoleSample{Core: core, Role: "primary", Source: "log"}
+		var j struct {
+			Time  time.Time `json:"time"`
+			Epoch uint64    `json:"epoch"`
+		}
+		if json.Unmarshal([]byte(line), &j) == nil {
+			s.At, s.Epoch = j.Time, j.Epoch
+			if !s.At.Before(since) {
+				out = append(out, s)
+			}
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			switch {
+			case strings.HasPrefix(f, "time="):
+				s.At, _ = time.Parse(time.RFC3339Nano, strings.TrimPrefix(f, "time="))
+			case strings.HasPrefix(f, "epoch="):
+				s.Epoch, _ = strconv.ParseUint(strings.TrimPrefix(f, "epoch="), 10, 64)
+			}
+		}
+		if s.Epoch > 0 && !s.At.Before(since) {
+			out = append(out, s)
+		}
 	}
 	return out
 }

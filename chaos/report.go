@@ -51,6 +51,9 @@ type Report struct {
 	// Epochs are the epochs seen with a primary.
 	Epochs      int `json:"epochs"`
 	RoleSamples int `json:"role_samples"`
+	// LogPromotions counts the cores' log lines taking an epoch as primary
+	// (checked with the samples).
+	LogPromotions int `json:"log_promotions"`
 	// Messages sent, acknowledged, and never acknowledged.
 	Sent     int `json:"sent"`
 	Acked    int `json:"acked"`
@@ -117,7 +120,16 @@ func (r *run) report(samples []RoleSample, checks []viewCheck, kinds []Kind) *Re
 		rep.TwoPrimaries++
 		rep.Violations = append(rep.Violations, v.String())
 	}
-	rep.Failovers = Failovers(samples)
+	var sampled []RoleSample
+	for _, s := range samples {
+		if s.Source == "log" {
+			rep.LogPromotions++
+		} else {
+			sampled = append(sampled, s)
+		}
+	}
+	rep.RoleSamples = len(sampled)
+	rep.Failovers = Failovers(sampled)
 	epochs := map[uint64]bool{}
 	for _, s := range samples {
 		if s.Role == "primary" {
@@ -204,7 +216,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  %-10s %6d %7d %12s %9d\n", k.Kind, k.Count, k.Failed, k.WorstPause.Round(time.Millisecond), k.NotAcked)
 	}
 	fmt.Fprintf(&b, "  send latency p99 outside faults: %s\n", r.Baseline.Round(time.Millisecond))
-	fmt.Fprintf(&b, "\nfailovers: %d (primary changes seen in %d role samples; %d epochs with a primary)\n", len(r.Failovers), r.RoleSamples, r.Epochs)
+	fmt.Fprintf(&b, "\nfailovers: %d (primary changes seen in %d role samples of /status and /metrics; %d epochs with a primary; %d epoch claims in the cores' logs)\n",
+		len(r.Failovers), r.RoleSamples, r.Epochs, r.LogPromotions)
 	for _, f := range r.Failovers {
 		fmt.Fprintf(&b, "  %8s %s -> %s (epoch %d)\n", f.At.Sub(r.Started).Round(100*time.Millisecond), f.From, f.To, f.Epoch)
 	}

@@ -245,7 +245,15 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	stopPush()
 	stopMon()
 	bg.Wait()
-	rep := r.report(mon.Samples(), checks, sched.Kinds())
+	samples := mon.Samples()
+	for _, c := range st.OfKind("core") {
+		if f, err := os.Open(c.Log); err == nil {
+			promos := LogPromotions(c.Name, f, r.start)
+			f.Close()
+			samples = append(samples, promos...)
+		}
+	}
+	rep := r.report(samples, checks, sched.Kinds())
 	rep.Interrupted = interrupted
 	for _, d := range append(slices.Clone(agents), supervisor) {
 		if d != nil {
