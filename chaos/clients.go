@@ -409,29 +409,6 @@ func (d *desk) offered(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// agentSide is an agent's part in one chat.
-type agentSide struct {
-	d    *desk
-	chat string
-}
-
-func (s agentSide) Name() string { return "agent" }
-
-func (s agentSide) Send(ctx context.Context, text, cmid string) (uint64, bool, error) {
-	var out struct {
-		Index uint64 `json:"index"`
-	}
-	err := s.d.call(ctx, http.MethodPost, "/agent/v1/chats/"+url.PathEscape(s.chat)+"/send", map[string]string{"message": text, "clientMessageId": cmid}, &out)
-	if err != nil {
-		return 0, retryableAgent(err), err
-	}
-	return out.Index, false, nil
-}
-
-func (s agentSide) View(ctx context.Context, through uint64) ([]workload.ViewEvent, error) {
-	return s.d.view(ctx, s.chat, through)
-}
-
 // supervisorView is a monitoring supervisor's view of one chat.
 type supervisorView struct {
 	d    *desk

@@ -59,6 +59,14 @@ type Report struct {
 	Acked    int `json:"acked"`
 	NotAcked int `json:"not_acked"`
 	Relogins int `json:"relogins"`
+	// Reaccepted counts chats an agent took again after losing them (an
+	// interaction instance that lost its state), Remonitored the chats the
+	// supervisor had to monitor again.
+	Reaccepted  int `json:"reaccepted"`
+	Remonitored int `json:"remonitored"`
+	// Failures describes sends never acknowledged: the last error of each
+	// distinct kind, with how many sends ended with it, per side.
+	Failures []string `json:"failures,omitempty"`
 	// ViewsChecked counts the views checked (participants, supervisor, UCS).
 	ViewsChecked int `json:"views_checked"`
 	// The violations, by kind, and each one.
@@ -94,6 +102,7 @@ func (r *run) report(samples []RoleSample, checks []viewCheck, kinds []Kind) *Re
 		}
 		rep.Points = append(rep.Points, Point{At: m.At.Sub(r.start), Latency: lat, Side: m.Side, Acked: m.Acked})
 	}
+	rep.Failures = failures(sent)
 	rep.ByKind = Summarize(applied, sent, kinds)
 	rep.Baseline = baseline(applied, sent)
 	for _, c := range checks {
@@ -221,8 +230,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	for _, f := range r.Failovers {
 		fmt.Fprintf(&b, "  %8s %s -> %s (epoch %d)\n", f.At.Sub(r.Started).Round(100*time.Millisecond), f.From, f.To, f.Epoch)
 	}
-	fmt.Fprintf(&b, "\nworkload: %d messages sent, %d acknowledged, %d not acknowledged; %d views checked; %d agent re-logins\n",
-		r.Sent, r.Acked, r.NotAcked, r.ViewsChecked, r.Relogins)
+	fmt.Fprintf(&b, "\nworkload: %d messages sent, %d acknowledged, %d not acknowledged; %d views checked; %d re-logins at the agent API, %d chats taken again by an agent, %d monitored again\n",
+		r.Sent, r.Acked, r.NotAcked, r.ViewsChecked, r.Relogins, r.Reaccepted, r.Remonitored)
+	for _, f := range r.Failures {
+		fmt.Fprintf(&b, "  not acknowledged: %s\n", f)
+	}
 	fmt.Fprintf(&b, "checker: %d lost, %d duplicated, %d out of order, %d at a wrong index, %d index conflicts, %d epochs with two primaries, %d views unreadable\n",
 		r.Lost, r.Duplicated, r.OutOfOrder, r.WrongIndex, r.Conflicts, r.TwoPrimaries, r.Unreadable)
 	for i, v := range r.Violations {
@@ -268,4 +280,44 @@ func (r *Report) WriteFiles(dir string) error {
 		}
 	}
 	return nil
+}
+
+// failures groups the sends never acknowledged by side and error text
+// (numbers such as indexes and ids taken out), most frequent first.
+func failures(sent []workload.Sent) []string {
+	type key struct{ side, err string }
+	count := map[key]int{}
+	first := map[key]time.Time{}
+	for _, m := range sent {
+		if m.Acked {
+			continue
+		}
+		e := "cut short by the end of the run"
+		if m.Err != nil {
+			e = m.Err.Error()
+		}
+		k := key{m.Side, strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return 'N'
+			}
+			return r
+		}, e)}
+		if count[k] == 0 || m.At.Before(first[k]) {
+			first[k] = m.At
+		}
+		count[k]++
+	}
+	keys := make([]key, 0, len(count))
+	for k := range count {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return count[keys[i]] > count[keys[j]] })
+	var out []string
+	for i, k := range keys {
+		if i == 10 {
+			break
+		}
+		out = append(out, fmt.Sprintf("%d %s sends, first at %s: %.300s", count[k], k.side, first[k].Format(time.TimeOnly), k.err))
+	}
+	return out
 }

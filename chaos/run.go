@@ -44,6 +44,9 @@ type Config struct {
 	Settle time.Duration
 	// Status is the period of the status line (default 10s).
 	Status time.Duration
+	// Targets, when set, limits the faults to the parts with these names or
+	// kinds.
+	Targets []string
 	// Service is the chat service customers start chats on.
 	Service string
 }
@@ -75,14 +78,6 @@ func (c *Config) fill() {
 	}
 }
 
-// session is one chat of the workload.
-type session struct {
-	chatID     string
-	customer   *customer
-	agent      *desk
-	supervisor *desk
-}
-
 // run holds the state of one run.
 type run struct {
 	cfg   Config
@@ -109,7 +104,16 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	sched, err := NewSchedule(cfg.Seed, cfg.Kinds, st.Parts, cfg.Timing)
+	targets := st.Parts
+	if len(cfg.Targets) > 0 {
+		targets = nil
+		for _, p := range st.Parts {
+			if slices.Contains(cfg.Targets, p.Name) || slices.Contains(cfg.Targets, p.Kind) {
+				targets = append(targets, p)
+			}
+		}
+	}
+	sched, err := NewSchedule(cfg.Seed, cfg.Kinds, targets, cfg.Timing)
 	if err != nil {
 		return nil, err
 	}
@@ -184,12 +188,18 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if len(agents) == 0 {
 		return nil, errors.New("the state file has no agent account")
 	}
+	reg := &registry{}
+	deskCtx, stopDesks := context.WithCancel(ctx)
+	defer stopDesks()
 	for _, ag := range agents {
-		if err := ag.call(ctx, http.MethodPost, "/agent/v1/ready", nil, nil); err != nil {
-			return nil, fmt.Errorf("ready %s: %w", ag.id, err)
-		}
+		bg.Add(1)
+		go func() { defer bg.Done(); reg.keepAgent(deskCtx, ag) }()
 	}
-	sessions, err := startSessions(ctx, cfg, st, hc, agents, supervisor)
+	if supervisor != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); reg.keepSupervisor(deskCtx, supervisor) }()
+	}
+	sessions, err := startSessions(ctx, cfg, st, hc, reg, supervisor)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +211,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	defer stopSends()
 	var senders sync.WaitGroup
 	for _, s := range sessions {
-		sides := []workload.Side{s.customer, agentSide{s.agent, s.chatID}}
+		sides := []workload.Side{s.customer, agentSide{s}}
 		for _, side := range sides {
 			senders.Add(1)
 			go func() {
@@ -231,6 +241,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	sleep(ctx, cfg.Settle)
 	stopSends()
 	senders.Wait()
+	stopDesks() // the chats end below: no more taking or monitoring
 	interrupted := ctx.Err() != nil
 
 	// The check.
@@ -241,7 +252,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if us := st.OfKind("ucs"); len(us) > 0 {
 		ucs = ucsmock.NewClient(us[0].URL(), opTLS, nil).WithToken(st.Credentials.UCSReaderToken)
 	}
-	checks := r.check(cctx, sessions, ucs)
+	wait := checkWait{view: 30 * time.Second, ucs: time.Minute}
+	if interrupted {
+		wait = checkWait{view: 3 * time.Second, ucs: 5 * time.Second} // Ctrl-C: check what is there, quickly
+	}
+	checks := r.check(cctx, sessions, ucs, wait)
 	stopPush()
 	stopMon()
 	bg.Wait()
@@ -255,6 +270,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	}
 	rep := r.report(samples, checks, sched.Kinds())
 	rep.Interrupted = interrupted
+	rep.Reaccepted, rep.Remonitored = reg.reaccepted, reg.remonitors
 	for _, d := range append(slices.Clone(agents), supervisor) {
 		if d != nil {
 			d.mu.Lock()
@@ -272,9 +288,9 @@ func deskName(d *desk) string {
 	return "supervisor " + d.id
 }
 
-// startSessions starts cfg.Chats chats, has each accepted by the agent it
-// is offered to and monitored by the supervisor.
-func startSessions(ctx context.Context, cfg Config, st State, hc *http.Client, agents []*desk, supervisor *desk) ([]*session, error) {
+// startSessions starts cfg.Chats chats and waits until each is taken by
+// the agent it is offered to (keepAgent) and monitored by the supervisor.
+func startSessions(ctx context.Context, cfg Config, st State, hc *http.Client, reg *registry, supervisor *desk) ([]*session, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	var out []*session
@@ -283,26 +299,12 @@ func startSessions(ctx context.Context, cfg Config, st State, hc *http.Client, a
 		if err != nil {
 			return nil, err
 		}
-		s := &session{chatID: c.chatID, customer: c, supervisor: supervisor}
-		for s.agent == nil {
-			for _, ag := range agents {
-				offers, err := ag.offered(ctx)
-				if err == nil && slices.Contains(offers, c.chatID) {
-					if err := ag.call(ctx, http.MethodPost, "/agent/v1/offers/"+c.chatID+"/accept", nil, nil); err != nil {
-						return nil, fmt.Errorf("accept %s as %s: %w", c.chatID, ag.id, err)
-					}
-					s.agent = ag
-					break
-				}
-			}
-			if s.agent == nil && !sleep(ctx, 50*time.Millisecond) {
-				return nil, fmt.Errorf("chat %s offered to none of %d agents: %w", c.chatID, len(agents), ctx.Err())
-			}
-		}
-		if supervisor != nil {
-			if err := supervisor.call(ctx, http.MethodPost, "/agent/v1/chats/"+c.chatID+"/monitor", nil, nil); err != nil {
-				return nil, fmt.Errorf("monitor %s: %w", c.chatID, err)
-			}
+		s := newSession(c, supervisor)
+		reg.add(s)
+		select {
+		case <-s.taken:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("chat %s taken by no agent: %w", c.chatID, ctx.Err())
 		}
 		out = append(out, s)
 	}
@@ -418,6 +420,10 @@ func (r *run) statusLines(ctx context.Context, w io.Writer, mon *monitor) {
 	}
 }
 
+// checkWait bounds the waits of the check: for a push channel to reach the
+// last acknowledged index, for UCS to hold every acknowledged message.
+type checkWait struct{ view, ucs time.Duration }
+
 // viewCheck is what the checker found in one view of one chat.
 type viewCheck struct {
 	chatID, view string
@@ -426,7 +432,7 @@ type viewCheck struct {
 
 // check reads every view of every chat and checks it, then ends each chat
 // and checks its UCS transcript.
-func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Client) []viewCheck {
+func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Client, wait checkWait) []viewCheck {
 	r.mu.Lock()
 	sent := slices.Clone(r.sent)
 	r.mu.Unlock()
@@ -440,13 +446,13 @@ func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Clien
 				through = max(through, m.Index)
 			}
 		}
-		viewers := []workload.Viewer{s.customer, agentSide{s.agent, s.chatID}}
+		viewers := []workload.Viewer{s.customer, agentSide{s}}
 		if s.supervisor != nil {
 			viewers = append(viewers, supervisorView{s.supervisor, s.chatID})
 		}
 		var seen []workload.NamedView
 		for _, v := range viewers {
-			vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			vctx, cancel := context.WithTimeout(ctx, wait.view)
 			view, err := v.View(vctx, through)
 			cancel()
 			vc := viewCheck{chatID: s.chatID, view: v.Name()}
@@ -467,7 +473,7 @@ func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Clien
 		}
 		cancel()
 		if ucs != nil {
-			last, errs := workload.CheckTranscript(ctx, ucs, s.chatID, mine, false, time.Minute)
+			last, errs := workload.CheckTranscript(ctx, ucs, s.chatID, mine, false, wait.ucs)
 			out = append(out, viewCheck{chatID: s.chatID, view: "ucs transcript", errs: errs})
 			if last != nil {
 				seen = append(seen, workload.NamedView{Name: "ucs transcript", Events: last})

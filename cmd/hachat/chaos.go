@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hachat/hachat/chaos"
@@ -54,6 +55,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		Status      time.Duration `yaml:"status"`
 		Out         string        `yaml:"out"`
 		JSON        bool          `yaml:"json"`
+		Targets     string        `yaml:"targets"`
 	}
 	t := chaos.DefaultTiming()
 	o.Duration, o.Faults, o.Concurrency, o.Chats, o.Interval = 10*time.Minute, "kill,stop,partition,ucs,restart", 1, 4, 100*time.Millisecond
@@ -76,6 +78,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.DurationVar(&o.Status, "status", o.Status, "period of the status line")
 		fs.StringVar(&o.Out, "out", o.Out, "directory of the report and the plot (default .hachat-chaos/seed-N)")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON instead of text")
+		fs.StringVar(&o.Targets, "targets", o.Targets, "fault only these parts: names or kinds, comma-separated (default: every part)")
 	})
 	if err != nil {
 		return err
@@ -118,7 +121,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 	rep, err := chaos.Run(ctx, chaos.Config{
 		StatePath: state, Duration: o.Duration, Count: o.Count, Kinds: kinds, Seed: o.Seed, Concurrency: o.Concurrency,
 		Timing: chaos.Timing{GapMin: o.GapMin, GapMax: o.GapMax, HoldMin: o.HoldMin, HoldMax: o.HoldMax},
-		Chats:  o.Chats, Interval: o.Interval, Settle: o.Settle, Status: o.Status,
+		Chats:  o.Chats, Interval: o.Interval, Settle: o.Settle, Status: o.Status, Targets: splitList(o.Targets),
 	}, errw)
 	if err != nil {
 		return err
@@ -140,4 +143,15 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		return chaos.ErrViolations
 	}
 	return nil
+}
+
+// splitList splits a comma-separated list, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
