@@ -70,8 +70,14 @@ type Report struct {
 	// ViewsChecked counts the views checked (participants, supervisor, UCS).
 	ViewsChecked int `json:"views_checked"`
 	// The violations, by kind, and each one.
-	Lost, Duplicated, OutOfOrder, WrongIndex, Conflicts, TwoPrimaries, Unreadable int
-	Violations                                                                    []string `json:"violations"`
+	Lost         int      `json:"lost"`
+	Duplicated   int      `json:"duplicated"`
+	OutOfOrder   int      `json:"out_of_order"`
+	WrongIndex   int      `json:"wrong_index"`
+	Conflicts    int      `json:"index_conflicts"`
+	TwoPrimaries int      `json:"epochs_with_two_primaries"`
+	Unreadable   int      `json:"views_unreadable"`
+	Violations   []string `json:"violations"`
 	// Baseline is the 99th percentile of send latencies outside any fault.
 	Baseline time.Duration `json:"baseline_p99_ns"`
 	Points   []Point       `json:"points"`

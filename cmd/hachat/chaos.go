@@ -95,6 +95,11 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		usageHint(errw, "hachat chaos", "give --duration or --count")
 		return errUsage
 	}
+	if o.State != "" {
+		if _, err := chaos.ReadState(o.State); err != nil {
+			return err // before anything is made
+		}
+	}
 	if o.Out == "" {
 		o.Out = filepath.Join(".hachat-chaos", fmt.Sprintf("seed-%d", o.Seed))
 	}
