@@ -98,7 +98,8 @@ func (o Origins) Allowed(r *http.Request) bool {
 //     Access-Control-Allow-Origin naming that origin (never "*") and
 //     Access-Control-Expose-Headers: Retry-After; its preflight (OPTIONS with
 //     Access-Control-Request-Method GET or POST) is answered 204 with the
-//     allowed methods (GET, POST) and headers (Content-Type, Last-Event-ID);
+//     allowed methods (GET, POST) and headers (Content-Type, Last-Event-ID,
+//     apikey: the header GMS widgets send);
 //   - a request or preflight from any other origin never reaches next: it
 //     gets no CORS header, and refuse answers it (with 403).
 //
@@ -131,7 +132,7 @@ func (o Origins) CORS(next http.Handler, refuse http.HandlerFunc) http.Handler {
 			return
 		}
 		h.Set("Access-Control-Allow-Methods", "GET, POST")
-		h.Set("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID")
+		h.Set("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID, apikey")
 		h.Set("Access-Control-Max-Age", "600")
 		w.WriteHeader(http.StatusNoContent)
 	})

@@ -5,7 +5,9 @@
 // by a per-service epoch (a save stamped with an older epoch than one already
 // seen is rejected); epochs are claimed with a compare-and-set; and faults
 // (latency, recoverable errors, a non-recoverable error, a full outage) can be
-// injected over an admin API.
+// injected over an admin API. For GDPR, transcripts can be exported and
+// deleted by chat and by customer (gdpr.go); a deleted chat keeps a durable
+// tombstone that refuses every later save.
 //
 // The package holds the server (New, Server.Handler, Server.Run), the typed
 // HTTP client the chat cores use (NewClient), and an in-memory double with

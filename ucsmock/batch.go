@@ -121,6 +121,9 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, ErrConflict):
 			s.metrics.saves.WithLabelValues("conflict").Inc()
 			s.log.WarnContext(r.Context(), "save rejected: conflict", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
+		case errors.Is(err, ErrDeleted):
+			s.metrics.saves.WithLabelValues("deleted").Inc()
+			s.log.WarnContext(r.Context(), "save refused: chat deleted (GDPR tombstone)", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer)
 		default:
 			s.metrics.saves.WithLabelValues("error").Inc()
 		}

@@ -26,6 +26,7 @@ var (
 	bucketEventEpochs = []byte("event-epochs") // chatId -> index -> epoch of the save that stored it
 	bucketChats       = []byte("chats")        // chatId -> JSON chatMeta
 	bucketEpochs      = []byte("epochs")       // service -> JSON Epoch
+	bucketTombstones  = []byte("tombstones")   // chatId -> JSON Tombstone of a deleted chat
 )
 
 // maxCommitBatch bounds how many queued writes share one transaction.
@@ -86,7 +87,7 @@ func openBolt(path string, batched func(int)) (*boltStore, error) {
 		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTranscripts, bucketEventEpochs, bucketChats, bucketEpochs} {
+		for _, b := range [][]byte{bucketTranscripts, bucketEventEpochs, bucketChats, bucketEpochs, bucketTombstones} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -199,7 +200,7 @@ func isStorageErr(err error) bool {
 	if err == nil {
 		return false
 	}
-	for _, logical := range []error{ErrStaleEpoch, ErrConflict, ErrEpochConflict, ErrInvalid} {
+	for _, logical := range []error{ErrStaleEpoch, ErrConflict, ErrEpochConflict, ErrInvalid, ErrDeleted} {
 		if errors.Is(err, logical) {
 			return false
 		}
@@ -376,4 +377,69 @@ func (t boltTxn) highestIndex(chatID string) (uint64, error) {
 		return 0, nil
 	}
 	return binary.BigEndian.Uint64(k), nil
+}
+
+func (t boltTxn) tombstone(chatID string) (Tombstone, bool, error) {
+	var ts Tombstone
+	v := t.tx.Bucket(bucketTombstones).Get([]byte(chatID))
+	if v == nil {
+		return ts, false, nil
+	}
+	if err := json.Unmarshal(v, &ts); err != nil {
+		return ts, false, fmt.Errorf("decode tombstone of %s: %w", chatID, err)
+	}
+	return ts, true, nil
+}
+
+func (t boltTxn) putTombstone(ts Tombstone) error {
+	v, err := json.Marshal(ts)
+	if err != nil {
+		return fmt.Errorf("encode tombstone: %w", err)
+	}
+	if err := t.tx.Bucket(bucketTombstones).Put([]byte(ts.ChatID), v); err != nil {
+		return fmt.Errorf("put tombstone of %s: %w", ts.ChatID, err)
+	}
+	return nil
+}
+
+// removeChat deletes everything stored about the chat: its meta, its
+// events and their epochs. bbolt frees the pages; the file does not
+// shrink, but the pages are reused and no read can reach the data.
+func (t boltTxn) removeChat(chatID string) error {
+	if err := t.tx.Bucket(bucketChats).Delete([]byte(chatID)); err != nil {
+		return fmt.Errorf("delete chat %s: %w", chatID, err)
+	}
+	for _, name := range [][]byte{bucketTranscripts, bucketEventEpochs} {
+		err := t.tx.Bucket(name).DeleteBucket([]byte(chatID))
+		if err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+			return fmt.Errorf("delete %s of %s: %w", name, chatID, err)
+		}
+	}
+	return nil
+}
+
+func (t boltTxn) chatIDs() ([]string, error) {
+	var ids []string
+	err := t.tx.Bucket(bucketChats).ForEach(func(k, _ []byte) error {
+		ids = append(ids, string(k))
+		return nil
+	})
+	return ids, err
+}
+
+func (t boltTxn) events(chatID string) ([]*chatpb.Event, error) {
+	b := t.tx.Bucket(bucketTranscripts).Bucket([]byte(chatID))
+	if b == nil {
+		return nil, nil
+	}
+	var out []*chatpb.Event
+	err := b.ForEach(func(k, v []byte) error {
+		ev := &chatpb.Event{}
+		if err := protojson.Unmarshal(v, ev); err != nil {
+			return fmt.Errorf("decode event %d of %s: %w", binary.BigEndian.Uint64(k), chatID, err)
+		}
+		out = append(out, ev)
+		return nil
+	})
+	return out, err
 }

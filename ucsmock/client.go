@@ -81,6 +81,8 @@ func spanPath(p string) string {
 		return "/ucs/v1/epochs/{service}/claim"
 	case strings.HasPrefix(p, "/ucs/v1/epochs/"):
 		return "/ucs/v1/epochs/{service}"
+	case strings.HasPrefix(p, "/ucs/v1/admin/gdpr/chats/"):
+		return "/ucs/v1/admin/gdpr/chats/{chatId}"
 	case strings.HasPrefix(p, "/ucs/v1/admin/"):
 		return p
 	}
@@ -255,6 +257,59 @@ func (c *Client) Stats(ctx context.Context, token string) (Stats, error) {
 	return s, nil
 }
 
+// ExportChat returns one chat's transcript and what its customer gave
+// (GDPR, admin API): ErrNotFound for an unknown chat, a *DeletedError
+// (ErrDeleted) for a deleted one.
+func (c *Client) ExportChat(ctx context.Context, token, chatID string) (ChatExport, error) {
+	var b chatExportBody
+	if err := c.do(ctx, http.MethodGet, "/ucs/v1/admin/gdpr/chats/"+url.PathEscape(chatID), token, nil, &b); err != nil {
+		return ChatExport{}, fmt.Errorf("ucs export chat %s: %w", chatID, err)
+	}
+	ce, err := fromExportBody(b)
+	if err != nil {
+		return ChatExport{}, fmt.Errorf("ucs export chat %s: %w", chatID, err)
+	}
+	return ce, nil
+}
+
+// ExportCustomer returns every stored chat of the customer (GDPR, admin
+// API); none is an empty list, not an error.
+func (c *Client) ExportCustomer(ctx context.Context, token string, cu Customer) (CustomerExport, error) {
+	var b customerExportBody
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/admin/gdpr/customers:export", token, cu, &b); err != nil {
+		return CustomerExport{}, fmt.Errorf("ucs export customer: %w", err)
+	}
+	out := CustomerExport{Customer: b.Customer, Chats: make([]ChatExport, 0, len(b.Chats))}
+	for _, cb := range b.Chats {
+		ce, err := fromExportBody(cb)
+		if err != nil {
+			return CustomerExport{}, fmt.Errorf("ucs export customer: %w", err)
+		}
+		out.Chats = append(out.Chats, ce)
+	}
+	return out, nil
+}
+
+// DeleteChat deletes one chat for good and leaves its tombstone (GDPR,
+// admin API); deleting it again changes nothing (AlreadyDeleted).
+func (c *Client) DeleteChat(ctx context.Context, token, chatID string) (DeleteResult, error) {
+	var res DeleteResult
+	if err := c.do(ctx, http.MethodDelete, "/ucs/v1/admin/gdpr/chats/"+url.PathEscape(chatID), token, nil, &res); err != nil {
+		return DeleteResult{}, fmt.Errorf("ucs delete chat %s: %w", chatID, err)
+	}
+	return res, nil
+}
+
+// DeleteCustomer deletes every stored chat of the customer (GDPR, admin
+// API).
+func (c *Client) DeleteCustomer(ctx context.Context, token string, cu Customer) (DeleteResult, error) {
+	var res DeleteResult
+	if err := c.do(ctx, http.MethodPost, "/ucs/v1/admin/gdpr/customers:delete", token, cu, &res); err != nil {
+		return DeleteResult{}, fmt.Errorf("ucs delete customer: %w", err)
+	}
+	return res, nil
+}
+
 // do sends one request. in (if not nil) is encoded as JSON; out receives the
 // JSON answer (or the raw bytes when out is *[]byte). Failures are mapped to
 // the package's sentinel errors.
@@ -332,6 +387,12 @@ func bodyError(status int, eb errorBody) error {
 		return &EpochConflictError{Epoch: eb.Epoch, Holder: eb.Holder, HolderAlive: eb.HolderAlive, HeardAgo: time.Duration(eb.HeardAgoMs) * time.Millisecond}
 	case status == http.StatusConflict:
 		return fmt.Errorf("%w: %s", ErrConflict, msg)
+	case status == http.StatusGone && eb.Code == codeDeleted:
+		de := &DeletedError{}
+		if eb.Tombstone != nil {
+			de.Tombstone = *eb.Tombstone
+		}
+		return de
 	case status == http.StatusNotFound:
 		return fmt.Errorf("%w: %s", ErrNotFound, msg)
 	case status == http.StatusUnprocessableEntity:

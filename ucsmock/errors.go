@@ -35,6 +35,11 @@ var (
 	// ErrForbidden means the server refused the token: the admin API (wrong
 	// admin token, or disabled), or a save or claim without the writer token.
 	ErrForbidden = errors.New("ucsmock: access denied")
+	// ErrDeleted means the chat was deleted (GDPR): its tombstone refuses
+	// every later save, of any epoch, and its export. The error of a refused
+	// save is a *DeletedError, which also matches ErrNonRecoverable, so a
+	// chat core never retries it.
+	ErrDeleted = errors.New("ucsmock: chat deleted")
 	// ErrCorrupt means the database file exists but is damaged (zero-length,
 	// truncated, or failing the consistency check): New refuses to open it
 	// rather than start empty or panic later. Restore the file from a backup,
@@ -111,4 +116,23 @@ func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
 
 func invalidf(format string, args ...any) error {
 	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
+
+// DeletedError is a save or export refused by a chat's tombstone. It
+// matches ErrDeleted and ErrNonRecoverable.
+type DeletedError struct {
+	// Tombstone is the chat's tombstone (ChatID set; the rest as the
+	// server reported it).
+	Tombstone Tombstone
+}
+
+// Error describes the refusal.
+func (e *DeletedError) Error() string {
+	return fmt.Sprintf("ucsmock: chat deleted: %s was deleted at %s (epoch %d)", e.Tombstone.ChatID,
+		time.UnixMilli(e.Tombstone.DeletedUnixMs).UTC().Format(time.RFC3339), e.Tombstone.Epoch)
+}
+
+// Is reports whether target is ErrDeleted or ErrNonRecoverable.
+func (e *DeletedError) Is(target error) bool {
+	return target == ErrDeleted || target == ErrNonRecoverable
 }

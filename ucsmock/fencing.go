@@ -44,6 +44,12 @@ type txn interface {
 	event(chatID string, index uint64) (storedEvent, bool, error)
 	putEvent(chatID string, se storedEvent) error
 	highestIndex(chatID string) (uint64, error)
+	// The GDPR operations (gdpr.go).
+	tombstone(chatID string) (Tombstone, bool, error)
+	putTombstone(ts Tombstone) error
+	removeChat(chatID string) error
+	chatIDs() ([]string, error)                    // every stored chat, in id order
+	events(chatID string) ([]*chatpb.Event, error) // in index order
 }
 
 // validName checks a chat id, service, writer or holder.
@@ -112,6 +118,13 @@ func applySave(tx txn, req SaveRequest, events []*chatpb.Event, nowUnixMs int64)
 	}
 	if req.Epoch < cur.Epoch {
 		return res, &StaleEpochError{Epoch: cur.Epoch, Holder: cur.Holder}
+	}
+	// A deleted chat stays deleted: no save of any epoch (a late one, a
+	// resend, a new primary restoring it) writes to it again.
+	if ts, deleted, err := tx.tombstone(req.ChatID); err != nil {
+		return res, err
+	} else if deleted {
+		return res, &DeletedError{Tombstone: ts}
 	}
 	meta, exists, err := tx.chat(req.ChatID)
 	if err != nil {

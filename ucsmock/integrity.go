@@ -421,6 +421,18 @@ func decodeAll(tx *bolt.Tx) error {
 			return err
 		}
 	}
+	if b := tx.Bucket(bucketTombstones); b != nil {
+		err := b.ForEach(func(k, v []byte) error {
+			var ts Tombstone
+			if v == nil || json.Unmarshal(v, &ts) != nil || ts.ChatID != string(k) {
+				return corrupt("tombstone of %q: bad record", k)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
 	for _, name := range [][]byte{bucketTranscripts, bucketEventEpochs} {
 		top := tx.Bucket(name)
 		if top == nil {

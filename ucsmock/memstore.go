@@ -23,6 +23,7 @@ type MemStore struct {
 	mu     sync.Mutex
 	epochs map[string]Epoch
 	chats  map[string]*memChat
+	tombs  map[string]Tombstone
 	faults *injector
 	stats  counters
 	now    func() time.Time
@@ -39,6 +40,7 @@ func NewMemStore(seed uint64) *MemStore {
 	return &MemStore{
 		epochs: map[string]Epoch{},
 		chats:  map[string]*memChat{},
+		tombs:  map[string]Tombstone{},
 		faults: newInjector(seed),
 		now:    time.Now,
 	}
@@ -370,4 +372,75 @@ func (m *MemStore) SaveBatch(ctx context.Context, reqs []SaveRequest) ([]SaveBat
 		out[i].Result = res
 	}
 	return out, nil
+}
+
+func (t memTxn) tombstone(chatID string) (Tombstone, bool, error) {
+	ts, ok := t.m.tombs[chatID]
+	return ts, ok, nil
+}
+
+func (t memTxn) putTombstone(ts Tombstone) error {
+	t.m.tombs[ts.ChatID] = ts
+	return nil
+}
+
+func (t memTxn) removeChat(chatID string) error {
+	delete(t.m.chats, chatID)
+	return nil
+}
+
+func (t memTxn) chatIDs() ([]string, error) { return slices.Sorted(maps.Keys(t.m.chats)), nil }
+
+func (t memTxn) events(chatID string) ([]*chatpb.Event, error) {
+	c, ok := t.m.chats[chatID]
+	if !ok {
+		return nil, nil
+	}
+	var out []*chatpb.Event
+	for _, idx := range slices.Sorted(maps.Keys(c.events)) {
+		out = append(out, proto.CloneOf(c.events[idx].event))
+	}
+	return out, nil
+}
+
+// ExportChat returns one chat with what its customer gave, as
+// Client.ExportChat (token ignored).
+func (m *MemStore) ExportChat(ctx context.Context, token, chatID string) (ChatExport, error) {
+	if err := validChatRef(chatID); err != nil {
+		return ChatExport{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return exportChat(memTxn{m}, chatID)
+}
+
+// ExportCustomer returns every chat of the customer, as
+// Client.ExportCustomer (token ignored).
+func (m *MemStore) ExportCustomer(ctx context.Context, token string, c Customer) (CustomerExport, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return exportCustomer(memTxn{m}, c)
+}
+
+// DeleteChat deletes one chat and leaves its tombstone, as
+// Client.DeleteChat (token ignored).
+func (m *MemStore) DeleteChat(ctx context.Context, token, chatID string) (DeleteResult, error) {
+	if err := validChatRef(chatID); err != nil {
+		return DeleteResult{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ts, already, err := applyDelete(memTxn{m}, chatID, scopeChat, m.now().UnixMilli())
+	if err != nil {
+		return DeleteResult{}, err
+	}
+	return deleteResult(ts, already), nil
+}
+
+// DeleteCustomer deletes every chat of the customer, as
+// Client.DeleteCustomer (token ignored).
+func (m *MemStore) DeleteCustomer(ctx context.Context, token string, c Customer) (DeleteResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return applyDeleteCustomer(memTxn{m}, c, m.now().UnixMilli())
 }

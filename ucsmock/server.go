@@ -52,12 +52,14 @@ type metrics struct {
 	faults      *prometheus.CounterVec
 	epoch       *prometheus.GaugeVec
 	batch       prometheus.Histogram
+	gdpr        *prometheus.CounterVec
+	gdprChats   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		saves: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ucs_saves_total", Help: "Transcript saves by result (ok, stale, conflict, invalid, fault, error, unauthorized).",
+			Name: "ucs_saves_total", Help: "Transcript saves by result (ok, stale, conflict, deleted, invalid, fault, error, unauthorized).",
 		}, []string{"result"}),
 		savedEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ucs_saved_events_total", Help: "Events written by successful saves (new or replaced).",
@@ -79,8 +81,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ucs_commit_batch_size", Help: "Writes committed together in one transaction (group commit).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 		}),
+		gdpr: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ucs_gdpr_requests_total", Help: "GDPR exports and deletes by op (export, delete), scope (chat, customer) and result (ok, not_found, deleted, invalid, unauthorized, error).",
+		}, []string{"op", "scope", "result"}),
+		gdprChats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ucs_gdpr_chats_total", Help: "Chats exported or deleted (tombstoned) by GDPR requests, by op (export, delete).",
+		}, []string{"op"}),
 	}
-	for _, c := range []prometheus.Collector{m.saves, m.savedEvents, m.saveSeconds, m.claims, m.faults, m.epoch, m.batch} {
+	for _, c := range []prometheus.Collector{m.saves, m.savedEvents, m.saveSeconds, m.claims, m.faults, m.epoch, m.batch, m.gdpr, m.gdprChats} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metric: %w", err)
 		}
@@ -142,6 +150,10 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	mux.HandleFunc("GET /ucs/v1/admin/faults", s.admin(s.handleGetFaults))
 	mux.HandleFunc("DELETE /ucs/v1/admin/faults", s.admin(s.handleClearFaults))
 	mux.HandleFunc("GET /ucs/v1/admin/stats", s.admin(s.handleStats))
+	mux.HandleFunc("GET /ucs/v1/admin/gdpr/chats/{chatId}", s.gdprAdmin("export", scopeChat, s.handleExportChat))
+	mux.HandleFunc("DELETE /ucs/v1/admin/gdpr/chats/{chatId}", s.gdprAdmin("delete", scopeChat, s.handleDeleteChat))
+	mux.HandleFunc("POST /ucs/v1/admin/gdpr/customers:export", s.gdprAdmin("export", scopeCustomer, s.handleExportCustomer))
+	mux.HandleFunc("POST /ucs/v1/admin/gdpr/customers:delete", s.gdprAdmin("delete", scopeCustomer, s.handleDeleteCustomer))
 	mux.Handle("GET /metrics", tel.MetricsHandler())
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	s.handler = otelhttp.NewHandler(mux, "ucsmock",
@@ -291,6 +303,10 @@ func (s *Server) handleSave(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrConflict):
 		s.metrics.saves.WithLabelValues("conflict").Inc()
 		s.log.WarnContext(r.Context(), "save rejected: conflict", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer, "err", err)
+		s.writeErr(w, err)
+	case errors.Is(err, ErrDeleted):
+		s.metrics.saves.WithLabelValues("deleted").Inc()
+		s.log.WarnContext(r.Context(), "save refused: chat deleted (GDPR tombstone)", "chat", chatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer)
 		s.writeErr(w, err)
 	default:
 		s.metrics.saves.WithLabelValues("error").Inc()
@@ -591,8 +607,14 @@ func (s *Server) errorAnswer(err error) (int, errorBody) {
 		se *StaleEpochError
 		ce *EpochConflictError
 		tl *tooLargeError
+		de *DeletedError
 	)
 	switch {
+	case errors.As(err, &de):
+		ts := de.Tombstone
+		return http.StatusGone, errorBody{Error: "chat deleted", Code: codeDeleted, Tombstone: &ts}
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound, errorBody{Error: strings.TrimPrefix(err.Error(), "ucsmock: "), Code: codeNotFound}
 	case errors.As(err, &se):
 		return http.StatusConflict, errorBody{Error: "stale epoch", Code: codeStaleEpoch, Epoch: se.Epoch, Holder: se.Holder}
 	case errors.As(err, &ce):
@@ -665,6 +687,7 @@ func (s *Server) admin(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if !bearer(r, s.cfg.AdminToken) {
+			s.log.WarnContext(r.Context(), "admin request refused: missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ucsmock"`)
 			writeError(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong admin token", Code: codeUnauthorized})
 			return

@@ -55,6 +55,43 @@ type errorBody struct {
 	// holder renewed within the asked silence (code epoch_conflict).
 	HolderAlive bool  `json:"holderAlive,omitempty"`
 	HeardAgoMs  int64 `json:"heardAgoMs,omitempty"`
+	// Tombstone is the deleted chat's tombstone (code deleted).
+	Tombstone *Tombstone `json:"tombstone,omitempty"`
+}
+
+// chatExportBody is one chat of a GDPR export.
+type chatExportBody struct {
+	ChatID   string            `json:"chatId"`
+	Service  string            `json:"service"`
+	Ended    bool              `json:"ended"`
+	Writer   string            `json:"writer"`
+	Epoch    uint64            `json:"epoch"`
+	Customer CustomerData      `json:"customer"`
+	Events   []json.RawMessage `json:"events"`
+}
+
+// customerExportBody is the answer of a GDPR export by customer.
+type customerExportBody struct {
+	Customer Customer         `json:"customer"`
+	Chats    []chatExportBody `json:"chats"`
+}
+
+func toExportBody(ce ChatExport) (chatExportBody, error) {
+	raw, err := marshalEvents(ce.Events)
+	if err != nil {
+		return chatExportBody{}, err
+	}
+	return chatExportBody{ChatID: ce.ChatID, Service: ce.Service, Ended: ce.Ended, Writer: ce.Writer, Epoch: ce.Epoch,
+		Customer: ce.Customer, Events: raw}, nil
+}
+
+func fromExportBody(b chatExportBody) (ChatExport, error) {
+	evs, err := unmarshalEvents(b.Events)
+	if err != nil {
+		return ChatExport{}, err
+	}
+	return ChatExport{Transcript: Transcript{ChatID: b.ChatID, Service: b.Service, Ended: b.Ended, Writer: b.Writer, Epoch: b.Epoch, Events: evs},
+		Customer: b.Customer}, nil
 }
 
 // Error codes of errorBody.
@@ -71,6 +108,7 @@ const (
 	codeForbidden      = "forbidden"
 	codeUnauthorized   = "unauthorized"
 	codeInternal       = "internal"
+	codeDeleted        = "deleted"
 )
 
 // marshalEvents encodes events as protojson objects.

@@ -56,6 +56,13 @@ type Config struct {
 	// takes the TCP peer as the client. Set it behind a load balancer, or
 	// every customer shares one start limit.
 	TrustedProxies string `yaml:"trusted-proxies"`
+	// APIKey, when set, is the key every customer API request must carry in
+	// its apikey header (as GMS checks the apikey its widgets send; the push
+	// channel may carry it as the apikey query parameter instead, since a
+	// browser's EventSource cannot set headers). A missing or wrong key is
+	// answered 401. Empty (the default): the header is accepted and not
+	// checked.
+	APIKey string `yaml:"api-key"`
 }
 
 // DefaultConfig returns the defaults:
@@ -77,7 +84,8 @@ type Config struct {
 //     fill twenty chat servers in a minute, well below the 20000 sessions a
 //     core holds (max-sessions);
 //   - allowed-origins empty: no other site may call the API;
-//   - trusted-proxies empty: the TCP peer is the client.
+//   - trusted-proxies empty: the TCP peer is the client;
+//   - api-key empty: an apikey header is accepted and not checked.
 func DefaultConfig() Config {
 	return Config{
 		HTTP:         "127.0.0.1:8080",
@@ -110,5 +118,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.StartRate, "start-rate", c.StartRate, "chat starts per second of all clients together (0: no overall limit)")
 	fs.IntVar(&c.StartBurst, "start-burst", c.StartBurst, "chat starts all clients together may make at once")
 	fs.StringVar(&c.AllowedOrigins, "allowed-origins", c.AllowedOrigins, "comma-separated origins (scheme://host[:port]) whose pages may call the API cross-site; others get 403")
+	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "key the apikey header of every customer API request must carry (empty: not checked); prefer HACHAT_API_KEY to keep it out of ps")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "comma-separated addresses or CIDRs of load balancers whose X-Forwarded-For names the client")
 }

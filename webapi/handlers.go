@@ -115,7 +115,32 @@ func (s *Server) parseChat(w http.ResponseWriter, r *http.Request) (chatRequest,
 		s.writeError(w, r, err)
 		return req, nil, false
 	}
+	s.countLenient(req)
 	return req, &chatpb.Auth{SessionId: chatID, ParticipantId: req.UserID, SecureKey: req.SecureKey}, true
+}
+
+// countLenient counts the GMS client habits a request relied on.
+func (s *Server) countLenient(req chatRequest) {
+	if req.PositionIgnored {
+		s.metrics.lenient.WithLabelValues("position-placeholder").Inc()
+	}
+	if req.MislabelledJSON {
+		s.metrics.lenient.WithLabelValues("json-as-form").Inc()
+	}
+}
+
+// chatAnswer starts the answer to a per-chat call as GMS shapes it: the
+// chat interaction (chatId, userId, secureKey, and the alias the client
+// sent) with statusCode 0; the handler adds messages, nextPosition and
+// chatEnded.
+func chatAnswer(req chatRequest, auth *chatpb.Auth) *response {
+	return &response{
+		StatusCode: statusOK,
+		ChatID:     auth.GetSessionId(),
+		UserID:     auth.GetParticipantId(),
+		SecureKey:  auth.GetSecureKey(),
+		Alias:      req.Alias,
+	}
 }
 
 // errInvalidChatID reports a bad chatId path segment.
@@ -154,6 +179,7 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := parseRequest(w, r, s.cfg.MaxBody)
 	if err == nil {
+		s.countLenient(req)
 		err = req.validateStart()
 	}
 	service := r.PathValue("service")
@@ -234,7 +260,12 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, req chatRequest, a
 		s.writeError(w, r, err)
 		return
 	}
-	resp := &response{StatusCode: statusOK, Index: out.GetIndex(), Duplicate: out.GetDuplicate()}
+	resp := chatAnswer(req, auth)
+	resp.Index, resp.Duplicate = out.GetIndex(), out.GetDuplicate()
+	// Without transcriptPosition, nextPosition is the event's own index: a
+	// client that refreshes from it (as GMS clients do with the nextPosition
+	// of any answer) gets its own message back and everything after it.
+	resp.NextPosition = out.GetIndex()
 	if req.HasPosition {
 		if err := s.transcript(r.Context(), auth, req.TranscriptPosition, resp); err != nil {
 			s.log.WarnContext(r.Context(), "send applied but the transcript could not be read", "chat", auth.GetSessionId(), "err", err)
@@ -326,7 +357,7 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	resp := &response{StatusCode: statusOK}
+	resp := chatAnswer(req, auth)
 	if err := s.transcript(r.Context(), auth, req.TranscriptPosition, resp); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -337,12 +368,14 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 // handleDisconnect makes the customer leave the chat: POST .../disconnect.
 // Leaving a chat that has already ended succeeds.
 func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
-	_, auth, ok := s.parseChat(w, r)
+	req, auth, ok := s.parseChat(w, r)
 	if !ok {
 		return
 	}
+	var lr *chatpb.LeaveResponse
 	err := s.call(r.Context(), "Leave", func(ctx context.Context) error {
-		_, err := s.core.Leave(ctx, &chatpb.LeaveRequest{Auth: auth})
+		var err error
+		lr, err = s.core.Leave(ctx, &chatpb.LeaveRequest{Auth: auth})
 		return err
 	})
 	if err != nil && status.Code(err) != codes.FailedPrecondition {
@@ -350,5 +383,8 @@ func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.InfoContext(r.Context(), "customer left the chat", "chat", auth.GetSessionId(), "user", auth.GetParticipantId())
-	writeJSON(w, http.StatusOK, &response{StatusCode: statusOK, ChatEnded: true})
+	resp := chatAnswer(req, auth)
+	resp.ChatEnded = true
+	resp.NextPosition = lr.GetIndex() // the ParticipantLeft event; 0 (omitted) if the chat had ended before
+	writeJSON(w, http.StatusOK, resp)
 }

@@ -35,6 +35,7 @@ const (
 	codeUnavailable   = 108 // no chat core could take the request now: retry
 	codeNotFoundRoute = 109 // no such API route
 	codeOrigin        = 110 // the page's origin may not call the API
+	codeAPIKey        = 111 // the apikey header is missing or wrong
 )
 
 // apiError is one entry of a response's errors array.
@@ -50,7 +51,7 @@ type response struct {
 	UserID       string     `json:"userId,omitempty"`
 	SecureKey    string     `json:"secureKey,omitempty"`
 	Alias        string     `json:"alias,omitempty"`
-	Messages     []*message `json:"messages,omitempty"`
+	Messages     []*message `json:"messages,omitzero"` // [] when a transcript read found nothing new, absent when none was read
 	NextPosition uint64     `json:"nextPosition,omitempty"`
 	ChatEnded    bool       `json:"chatEnded"`
 	// Index and Duplicate answer a send (our extension): the transcript

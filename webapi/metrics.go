@@ -16,6 +16,7 @@ type metrics struct {
 	sendLatency   *prometheus.HistogramVec
 	coreRetries   *prometheus.CounterVec
 	refused       *prometheus.CounterVec
+	lenient       *prometheus.CounterVec
 }
 
 // newMetrics registers the series on reg.
@@ -53,10 +54,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hachat_webapi_refused_total",
-			Help: "Requests refused at the edge, by reason (client-start-limit, global-start-limit, origin).",
+			Help: "Requests refused at the edge, by reason (client-start-limit, global-start-limit, origin, apikey).",
 		}, []string{"reason"}),
+		lenient: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hachat_webapi_lenient_total",
+			Help: "Requests of GMS clients accepted leniently, by kind (trailing-slash: a path ending in /; position-placeholder: transcriptPosition NaN, undefined or null, read as not given; json-as-form: a JSON object labelled as a form).",
+		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused, m.lenient} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register webapi metrics: %w", err)
 		}

@@ -20,6 +20,12 @@ import (
 // chatclient to it, and a webapi in front, as `hachat webapi` wires them.
 func startRealStack(tb testing.TB, mod func(*chatcore.Config)) (*chatclient.Client, *httptest.Server, *Server) {
 	tb.Helper()
+	return startRealStackWeb(tb, mod, nil)
+}
+
+// startRealStackWeb is startRealStack with webapi's Config changed by webMod.
+func startRealStackWeb(tb testing.TB, mod func(*chatcore.Config), webMod func(*Config)) (*chatclient.Client, *httptest.Server, *Server) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	tel := telemetry.Discard()
 	cfg := chatcore.DefaultConfig()
@@ -52,6 +58,9 @@ func startRealStack(tb testing.TB, mod func(*chatcore.Config)) (*chatclient.Clie
 	tb.Cleanup(func() { client.Close() })
 	wcfg := DefaultConfig()
 	wcfg.SSEHeartbeat = 100 * time.Millisecond
+	if webMod != nil {
+		webMod(&wcfg)
+	}
 	srv, err := New(wcfg, client, tel)
 	if err != nil {
 		tb.Fatal(err)

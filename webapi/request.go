@@ -62,6 +62,13 @@ type chatRequest struct {
 	// TranscriptPosition is set when HasPosition is true.
 	TranscriptPosition uint64
 	HasPosition        bool
+	// PositionIgnored is true when transcriptPosition held a placeholder a
+	// JavaScript client sends for "no number" (NaN, undefined, null): it is
+	// treated as not given (counted, not refused).
+	PositionIgnored bool
+	// MislabelledJSON is true when a JSON object came labelled as a form
+	// (or text/plain) and was read as JSON (counted, not refused).
+	MislabelledJSON bool
 }
 
 // field maps an API parameter name to the request field that holds it
@@ -150,20 +157,38 @@ func (c *chatRequest) set(name, value string) error {
 		return nil
 	}
 	if name == "transcriptPosition" {
-		if value == "" {
-			return nil
-		}
-		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+		n, given, err := parsePosition(value)
 		if err != nil {
-			return fmt.Errorf("%w: transcriptPosition must be a non-negative integer", errInvalid)
+			return err
 		}
-		c.TranscriptPosition, c.HasPosition = n, true
+		c.TranscriptPosition, c.HasPosition = n, given
+		c.PositionIgnored = !given && strings.TrimSpace(value) != ""
 		return nil
 	}
 	if p := c.field(name); p != nil {
 		*p = value
 	}
 	return nil
+}
+
+// parsePosition reads a transcriptPosition value. GMS clients written in
+// JavaScript send what their arithmetic gave: an empty value, or NaN,
+// undefined or null (any case) when they had no position yet; each of
+// these means "not given" (given is false: the route's default applies, a
+// refresh starts from the beginning). Anything else must be a non-negative
+// decimal integer (surrounding spaces allowed); a negative number, a
+// fraction, an exponent, a sign or text is refused with errInvalid.
+func parsePosition(value string) (n uint64, given bool, err error) {
+	v := strings.TrimSpace(value)
+	switch strings.ToLower(v) {
+	case "", "nan", "undefined", "null":
+		return 0, false, nil
+	}
+	n, perr := strconv.ParseUint(v, 10, 64)
+	if perr != nil {
+		return 0, false, fmt.Errorf("%w: transcriptPosition must be a non-negative integer", errInvalid)
+	}
+	return n, true, nil
 }
 
 // userDataKey recognises the form name userData[key].
@@ -207,8 +232,12 @@ func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRe
 	case mt == "multipart/form-data":
 		return req, decodeMultipart(&req, body, params["boundary"])
 	case mt == "" || mt == "application/x-www-form-urlencoded" || mt == "text/plain":
-		if mt == "" && body[0] == '{' {
-			// A JSON body sent without a content type.
+		if bytes.TrimSpace(body)[0] == '{' {
+			// A JSON body sent without a content type, or labelled as a
+			// form (axios before 1.0 sends a plain object as JSON whatever
+			// Content-Type the app set). A real form body cannot start with
+			// '{': form encoding escapes it as %7B.
+			req.MislabelledJSON = mt != ""
 			return req, decodeJSON(&req, body)
 		}
 		return req, decodeForm(&req, body)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode"
@@ -117,6 +118,7 @@ func FuzzParseForm(f *testing.F) {
 		"userId=u&secureKey=k&message=hi&clientMessageId=m&transcriptPosition=2",
 		"transcriptPosition=x", "transcriptPosition=%2B1", "nickname=%ff", "a=%zz", "userData%5B%5D=1",
 		"userData[a]=1&userData[a]=2", "message=a;b", "&&&=", "",
+		`{"nickname":"Ada","userData[a]":"1"}`, ` {"transcriptPosition":null}`, "{nickname=Ada",
 	} {
 		f.Add(seed)
 	}
@@ -262,6 +264,54 @@ func FuzzCheckJSONText(f *testing.F) {
 		walk(v)
 		if got > allowed {
 			t.Fatalf("%q decoded with %d replacement characters, the body held %d", body, got, allowed)
+		}
+	})
+}
+
+func TestParsePosition(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		n     uint64
+		given bool
+		bad   bool
+	}{
+		{"", 0, false, false}, {"  ", 0, false, false}, {"NaN", 0, false, false}, {"nan", 0, false, false},
+		{"undefined", 0, false, false}, {"null", 0, false, false}, {"NULL", 0, false, false},
+		{"0", 0, true, false}, {"1", 1, true, false}, {" 7 ", 7, true, false}, {"18446744073709551615", 1<<64 - 1, true, false},
+		{"-1", 0, false, true}, {"+1", 0, false, true}, {"1.5", 0, false, true}, {"1e3", 0, false, true},
+		{"abc", 0, false, true}, {"Infinity", 0, false, true}, {"18446744073709551616", 0, false, true}, {"0x10", 0, false, true},
+	} {
+		n, given, err := parsePosition(tc.in)
+		if (err != nil) != tc.bad || n != tc.n || given != tc.given {
+			t.Errorf("parsePosition(%q) = %d, %v, %v; want %d, %v, bad=%v", tc.in, n, given, err, tc.n, tc.given, tc.bad)
+		}
+		if err != nil && !errors.Is(err, errInvalid) {
+			t.Errorf("parsePosition(%q): %v is not errInvalid", tc.in, err)
+		}
+	}
+}
+
+// FuzzParsePosition: never a panic; a value is either a placeholder (not
+// given), a decimal that round-trips, or errInvalid.
+func FuzzParsePosition(f *testing.F) {
+	for _, s := range []string{"", "NaN", "undefined", "null", "0", "12", " 3 ", "-1", "+1", "1.5", "1e3", "\x00", "NaN1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, given, err := parsePosition(s)
+		switch {
+		case err != nil:
+			if !errors.Is(err, errInvalid) || given || n != 0 {
+				t.Fatalf("parsePosition(%q) = %d, %v, %v", s, n, given, err)
+			}
+		case given:
+			if strconv.FormatUint(n, 10) != strings.TrimLeft(strings.TrimSpace(s), "0") && !(n == 0 && strings.Trim(strings.TrimSpace(s), "0") == "") {
+				t.Fatalf("parsePosition(%q) = %d does not round-trip", s, n)
+			}
+		default:
+			if n != 0 {
+				t.Fatalf("parsePosition(%q): not given but %d", s, n)
+			}
 		}
 	})
 }

@@ -12,6 +12,7 @@ package webapi
 
 import (
 	"context"
+	"crypto/subtle"
 	"embed"
 	"errors"
 	"fmt"
@@ -176,12 +177,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // routes builds the handler: the mux, whose every route is traced, counted
-// and logged under its pattern; the CORS allow-list in front of the API
-// (preflights included, which the mux would answer 405); the security
-// headers in front of everything.
+// and logged under its pattern; in front of the API the GMS leniencies
+// (one trailing slash dropped) and the apikey check, and in front of those
+// the CORS allow-list (preflights included, which the mux would answer 405);
+// the security headers in front of everything.
 func (s *Server) routes() http.Handler {
 	mux := s.mux()
-	api := s.origins.CORS(mux, s.refuseOrigin)
+	api := s.origins.CORS(s.gms(mux), s.refuseOrigin)
 	return edge.SecurityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/genesys/") {
 			api.ServeHTTP(w, r)
@@ -189,6 +191,48 @@ func (s *Server) routes() http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	}), edge.DefaultCSP)
+}
+
+// gms adapts real GMS clients' requests before next routes them: a path
+// with one trailing slash (POST /genesys/2/chat/{service}/, as GMS accepts
+// it) is served as the path without it, and, when api-key is set, a
+// request whose apikey header (or, for the push channel, apikey query
+// parameter) is missing or wrong is refused with 401 before anything else.
+func (s *Server) gms(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; len(p) > len("/genesys/") && strings.HasSuffix(p, "/") && !strings.HasSuffix(p, "//") {
+			u := *r.URL
+			u.Path = strings.TrimSuffix(p, "/")
+			u.RawPath = strings.TrimSuffix(u.RawPath, "/")
+			r2 := new(http.Request)
+			*r2 = *r
+			r2.URL = &u
+			r = r2
+			s.metrics.lenient.WithLabelValues("trailing-slash").Inc()
+		}
+		if s.cfg.APIKey != "" && !s.apiKeyOK(r) {
+			s.metrics.refused.WithLabelValues("apikey").Inc()
+			s.log.WarnContext(r.Context(), "request refused: missing or wrong apikey", "method", r.Method, "path", r.URL.Path,
+				"client", s.proxies.ClientAddr(r).String(), "given", r.Header.Get("apikey") != "")
+			writeJSON(w, http.StatusUnauthorized, &response{
+				StatusCode: statusUnrecovered,
+				Errors:     []apiError{{Code: codeAPIKey, Advice: "missing or wrong apikey header"}},
+			})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// apiKeyOK reports whether r carries the configured api key, compared in
+// constant time: in the apikey header, or on a GET (the push channel, whose
+// EventSource cannot set headers) in the apikey query parameter.
+func (s *Server) apiKeyOK(r *http.Request) bool {
+	got := r.Header.Get("apikey")
+	if got == "" && r.Method == http.MethodGet {
+		got = r.URL.Query().Get("apikey")
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIKey)) == 1
 }
 
 // mux routes each path to its handler.

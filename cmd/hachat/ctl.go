@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"time"
 
@@ -15,17 +16,26 @@ import (
 	"github.com/hachat/hachat/clusterctl"
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pair.
 
   hachat ctl status     [--state FILE | --core ADDR,ADDR] [--json]
   hachat ctl switchover [--state FILE | --core ADDR,ADDR] [--admin-token TOKEN]
+  hachat ctl export     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN]
+  hachat ctl delete     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN] [--json]
   hachat ctl health     --core ADDR [--service NAME]   (grpc.health.v1; exit 0 when SERVING)
 
 The cores are found in the demo's state file unless --core names them; with
 --state, the admin token and the operator's mTLS certificate come from the
-state file's credentials too (flags override: --admin-token, --tls-*).`
+state file's credentials too (flags override: --admin-token, --tls-*).
+export and delete (GDPR) act on the transcripts in ucs (found in the state
+file unless --ucs names it): export prints one chat, or every chat of the
+customer who gave that email address or userData pair at chat start, as
+JSON; delete removes them for good and leaves tombstones that refuse any
+later save.`
 
 // errMissingAdminToken: a switchover needs the admin token, and none was
 // given or found.
@@ -45,6 +55,10 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		Core       string        `yaml:"core"`
 		JSON       bool          `yaml:"json"`
 		AdminToken string        `yaml:"admin-token"`
+		UCS        string        `yaml:"ucs"`
+		Chat       string        `yaml:"chat"`
+		Email      string        `yaml:"email"`
+		UserData   string        `yaml:"user-data"`
 		Timeout    time.Duration `yaml:"timeout"`
 		Service    string        `yaml:"service"`
 		TLS        mtls.Files    `yaml:",inline"`
@@ -57,11 +71,42 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.BoolVar(&opts.JSON, "json", opts.JSON, "print JSON")
 		fs.StringVar(&opts.AdminToken, "admin-token", opts.AdminToken, "admin token (switchover)")
 		fs.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "timeout of each call")
+		fs.StringVar(&opts.UCS, "ucs", opts.UCS, "ucs base URL (export, delete; instead of --state)")
+		fs.StringVar(&opts.Chat, "chat", opts.Chat, "chat id (export, delete)")
+		fs.StringVar(&opts.Email, "email", opts.Email, "customer's email address, as given at chat start (export, delete)")
+		fs.StringVar(&opts.UserData, "user-data", opts.UserData, "customer's userData pair KEY=VALUE, as given at chat start (export, delete)")
 		fs.StringVar(&opts.Service, "service", opts.Service, "health: the grpc.health.v1 service asked about (empty: the server as a whole)")
 		registerTLSFlags(fs, &opts.TLS)
 	})
 	if err != nil {
 		return err
+	}
+	if verb == "export" || verb == "delete" {
+		sel, err := clusterctl.ParseSelector(opts.Chat, opts.Email, opts.UserData)
+		if err != nil {
+			return err
+		}
+		p, err := ctlPrivacy(opts.UCS, opts.State, opts.AdminToken, opts.TLS, opts.Timeout)
+		if err != nil {
+			return err
+		}
+		if verb == "export" {
+			ex, err := p.Export(ctx, sel)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(ex)
+		}
+		res, err := p.Delete(ctx, sel)
+		if err != nil {
+			return err
+		}
+		if opts.JSON {
+			return json.NewEncoder(out).Encode(res)
+		}
+		return clusterctl.WriteDeleted(out, res)
 	}
 	addrs, err := ctlCores(opts.Core, opts.State)
 	if err != nil {
@@ -154,4 +199,37 @@ func stateAdminToken(core, state string) string {
 		return ""
 	}
 	return st.Credentials.AdminToken
+}
+
+// ctlPrivacy wires export and delete: ucs from --ucs or the state file, the
+// admin token from --admin-token or (without --ucs) the state file, the
+// operator certificate from --tls-* or the state file's cert dir.
+func ctlPrivacy(ucsURL, state, token string, files mtls.Files, timeout time.Duration) (clusterctl.Privacy, error) {
+	fromState := ucsURL == ""
+	if fromState {
+		var err error
+		if ucsURL, err = clusterctl.UCSFromState(state); err != nil {
+			return clusterctl.Privacy{}, fmt.Errorf("find ucs (use --ucs or --state): %w", err)
+		}
+	}
+	if token == "" && fromState {
+		token = stateAdminToken("", state)
+	}
+	if token == "" {
+		return clusterctl.Privacy{}, errMissingAdminToken
+	}
+	if !files.Enabled() && fromState {
+		if st, err := demo.ReadState(state); err == nil && st.Credentials.CertDir != "" {
+			files = mtls.FilesIn(st.Credentials.CertDir, demo.OperatorName)
+		}
+	}
+	hc := &http.Client{Timeout: timeout}
+	if files.Enabled() {
+		src, err := mtls.Load(files)
+		if err != nil {
+			return clusterctl.Privacy{}, err
+		}
+		hc = src.HTTPClient(mtls.Allow(mtls.KindUCS), timeout)
+	}
+	return clusterctl.Privacy{UCS: ucsmock.NewClient(ucsURL, hc, telemetry.Discard()), AdminToken: token}, nil
 }

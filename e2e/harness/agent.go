@@ -124,11 +124,14 @@ type AgentState struct {
 		ParticipantID string `json:"participantId"`
 		NextIndex     uint64 `json:"nextIndex"`
 		Connected     bool   `json:"connected"`
+		// UserData is what the customer's page attached at chat start.
+		UserData map[string]string `json:"userData"`
 	} `json:"chats"`
 	Offers []struct {
-		ChatID   string `json:"chatId"`
-		Customer string `json:"customer"`
-		Subject  string `json:"subject"`
+		ChatID   string            `json:"chatId"`
+		Customer string            `json:"customer"`
+		Subject  string            `json:"subject"`
+		UserData map[string]string `json:"userData"`
 	} `json:"offers"`
 	Queue struct {
 		Size int `json:"size"`

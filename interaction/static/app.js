@@ -231,6 +231,7 @@ function ensureChat(c) {
   ch.panel.classList.remove("ended");
   $(".chat-title", ch.panel).textContent = (c.customer || "customer") + (c.subject ? " — " + c.subject : "");
   $(".chat-mode", ch.panel).textContent = c.mode === "agent" ? "" : "(" + c.mode + ")";
+  showUserData($(".chat-userdata", ch.panel), c.userData);
   ch.tab.textContent = c.customer || c.chatId;
   const agentMode = c.mode === "agent";
   $(".transfer", ch.panel).hidden = !agentMode;
@@ -238,6 +239,23 @@ function ensureChat(c) {
   $(".reply", ch.panel).hidden = c.mode === "monitor";
   if (!S.active || !S.chats.has(S.active)) activate(c.chatId);
   return ch;
+}
+
+// showUserData lists what the customer's page attached at chat start
+// (userData[...] of the GMS request chat: email, order, language...), one
+// dt/dd pair per key in key order; each dd carries data-key for tests.
+function showUserData(dl, ud) {
+  dl.replaceChildren();
+  const keys = Object.keys(ud || {}).sort();
+  for (const k of keys) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.dataset.key = k;
+    dd.textContent = ud[k];
+    dl.append(dt, dd);
+  }
+  dl.hidden = keys.length === 0;
 }
 
 function activate(chatId) {
