@@ -231,7 +231,7 @@ func (d *desk) do(ctx context.Context, method, path string, body, out any) error
 	d.mu.Lock()
 	tok := d.token
 	d.mu.Unlock()
-	if tok != "" {
+	if tok != "" && path != "/agent/v1/login" { // a login with a bearer is the identity provider's kind
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := d.hc.Do(req)
@@ -258,9 +258,6 @@ func (d *desk) login(ctx context.Context) error {
 	var out struct {
 		Token string `json:"token"`
 	}
-	d.mu.Lock()
-	d.token = ""
-	d.mu.Unlock()
 	if err := d.do(ctx, http.MethodPost, "/agent/v1/login", map[string]string{"agentId": d.id, "password": d.pass}, &out); err != nil {
 		return fmt.Errorf("login %s: %w", d.id, err)
 	}
