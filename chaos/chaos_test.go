@@ -430,3 +430,25 @@ time=2026-12-06T14:22:11.000Z level=INFO msg="promotion complete" epoch=2 sessio
 		t.Fatalf("two cores claiming epoch 2 in their logs: %v", v)
 	}
 }
+
+func TestDeskViewKeepsEachChatsProblems(t *testing.T) {
+	d := newDesk(nil, "", "ada", "")
+	d.record(`{"chatId":"A","index":5,"kind":"Message","text":"x"}`)
+	d.record(`{"chatId":"A","index":5,"kind":"Notice","text":""}`)
+	d.record(`{"chatId":"B","index":2,"kind":"Message","text":"b2"}`)
+	d.record(`{"chatId":"B","index":1,"kind":"ParticipantJoined"}`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	v, err := d.view(ctx, "B", 2)
+	if err != nil || len(v) != 2 || v[0].Index != 1 || v[1].Text != "b2" {
+		t.Fatalf("view of B = %+v, %v: chat A's problem must not spoil it", v, err)
+	}
+	if _, err := d.view(ctx, "A", 5); workload.KindOf(err) != workload.Conflict {
+		t.Fatalf("view of A: %v, want a conflict", err)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := d.view(short, "B", 3); err == nil {
+		t.Fatal("a view waiting for an index that never comes returned")
+	}
+}

@@ -203,13 +203,13 @@ type desk struct {
 	mu       sync.Mutex
 	token    string
 	chats    map[string]map[uint64]deskEvent
-	problems []string
+	problems map[string][]string // by chat: the same index delivered with different content
 	changed  chan struct{}
 	relogins int
 }
 
 func newDesk(hc *http.Client, base, id, pass string) *desk {
-	return &desk{hc: hc, base: base, id: id, pass: pass, chats: map[string]map[uint64]deskEvent{}, changed: make(chan struct{})}
+	return &desk{hc: hc, base: base, id: id, pass: pass, chats: map[string]map[uint64]deskEvent{}, problems: map[string][]string{}, changed: make(chan struct{})}
 }
 
 func (d *desk) do(ctx context.Context, method, path string, body, out any) error {
@@ -340,7 +340,7 @@ func (d *desk) record(data string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := json.Unmarshal([]byte(data), &ev); err != nil {
-		d.problems = append(d.problems, fmt.Sprintf("undecodable chat event %.200q", data))
+		d.problems[""] = append(d.problems[""], fmt.Sprintf("undecodable chat event %.200q", data))
 		return
 	}
 	by := d.chats[ev.ChatID]
@@ -349,7 +349,7 @@ func (d *desk) record(data string) {
 		d.chats[ev.ChatID] = by
 	}
 	if old, ok := by[ev.Index]; ok && (old.Kind != ev.Kind || old.Text != ev.Text) {
-		d.problems = append(d.problems, fmt.Sprintf("chat %s index %d delivered as %s %q and as %s %q", ev.ChatID, ev.Index, old.Kind, old.Text, ev.Kind, ev.Text))
+		d.problems[ev.ChatID] = append(d.problems[ev.ChatID], fmt.Sprintf("index %d delivered as %s %q and as %s %q", ev.Index, old.Kind, old.Text, ev.Kind, ev.Text))
 	}
 	by[ev.Index] = ev
 	close(d.changed)
@@ -366,10 +366,10 @@ func (d *desk) view(ctx context.Context, chatID string, through uint64) ([]workl
 		for i := range by {
 			top = max(top, i)
 		}
-		probs := append([]string(nil), d.problems...)
+		probs := append(append([]string(nil), d.problems[""]...), d.problems[chatID]...)
 		d.mu.Unlock()
 		if len(probs) > 0 {
-			return nil, fmt.Errorf("push channel inconsistencies: %v", probs)
+			return nil, &workload.Violation{Kind: workload.Conflict, Msg: fmt.Sprintf("push channel of %s: %d indexes delivered twice with different events, first: %s", d.id, len(probs), probs[0])}
 		}
 		if top >= through {
 			out := make([]workload.ViewEvent, 0, len(by))
