@@ -20,8 +20,9 @@ type session struct {
 	customer   *customer
 	supervisor *desk
 
-	mu    sync.Mutex
-	agent *desk
+	mu        sync.Mutex
+	agent     *desk
+	monitored bool // the supervisor has monitored it once
 	taken chan struct{} // closed when an agent first takes the chat
 }
 
@@ -136,13 +137,16 @@ func (r *registry) keepSupervisor(ctx context.Context, d *desk) {
 				if have[s.chatID] {
 					continue
 				}
-				s.mu.Lock()
-				first := s.agent == nil
-				s.mu.Unlock()
-				if err := d.call(ctx, http.MethodPost, "/agent/v1/chats/"+url.PathEscape(s.chatID)+"/monitor", nil, nil); err == nil && !first {
-					r.mu.Lock()
-					r.remonitors++
-					r.mu.Unlock()
+				if err := d.call(ctx, http.MethodPost, "/agent/v1/chats/"+url.PathEscape(s.chatID)+"/monitor", nil, nil); err == nil {
+					s.mu.Lock()
+					again := s.monitored
+					s.monitored = true
+					s.mu.Unlock()
+					if again {
+						r.mu.Lock()
+						r.remonitors++
+						r.mu.Unlock()
+					}
 				}
 			}
 		}
