@@ -22,8 +22,8 @@ type session struct {
 
 	mu        sync.Mutex
 	agent     *desk
-	monitored bool // the supervisor has monitored it once
-	taken chan struct{} // closed when an agent first takes the chat
+	monitored bool          // the supervisor has monitored it once
+	taken     chan struct{} // closed when an agent first takes the chat
 }
 
 func newSession(c *customer, supervisor *desk) *session {
