@@ -34,7 +34,8 @@ type KindSummary struct {
 	// overlapped a fault of this kind (from the fault's start to 5 s after
 	// its repair).
 	WorstPause time.Duration `json:"worst_pause_ns"`
-	// NotAcked counts the sends in those windows never acknowledged.
+	// NotAcked counts the sends started in those windows and never
+	// acknowledged (each once per kind).
 	NotAcked int `json:"not_acked"`
 }
 
@@ -162,6 +163,7 @@ func Summarize(applied []Applied, sent []workload.Sent, kinds []Kind) []KindSumm
 	out := make([]KindSummary, 0, len(kinds))
 	for _, k := range kinds {
 		ks := KindSummary{Kind: k}
+		counted := map[int]bool{} // sends not acknowledged, counted once per kind
 		for _, a := range applied {
 			if a.Kind != k {
 				continue
@@ -171,16 +173,19 @@ func Summarize(applied []Applied, sent []workload.Sent, kinds []Kind) []KindSumm
 				ks.Failed++
 			}
 			from, to := a.Start, a.End.Add(pauseWindow)
-			for _, m := range sent {
+			for i, m := range sent {
 				end := m.AckedAt
 				if !m.Acked {
-					end = m.At.Add(time.Hour)
+					end = m.At // counted where it started
 				}
 				if m.At.After(to) || end.Before(from) {
 					continue
 				}
 				if !m.Acked {
-					ks.NotAcked++
+					if !counted[i] {
+						counted[i] = true
+						ks.NotAcked++
+					}
 					continue
 				}
 				ks.WorstPause = max(ks.WorstPause, m.Latency())
