@@ -24,6 +24,10 @@ type session struct {
 	agent     *desk
 	monitored bool          // the supervisor has monitored it once
 	taken     chan struct{} // closed when an agent first takes the chat
+	ended     bool          // the customer has left
+	// seen is the customer's transcript read just before leaving.
+	seen    []workload.ViewEvent
+	seenErr error
 }
 
 func newSession(c *customer, supervisor *desk) *session {
@@ -47,6 +51,52 @@ func (s *session) take(d *desk) bool {
 	}
 	s.agent = d
 	return again
+}
+
+// end reads the customer's transcript (kept for the check) and has the
+// customer leave the chat, trying for up to 20 s; once is enough.
+func (s *session) end(ctx context.Context) {
+	s.mu.Lock()
+	ended := s.ended
+	s.mu.Unlock()
+	if ended {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	seen, err := s.customer.View(ctx, 0)
+	s.mu.Lock()
+	s.ended, s.seen, s.seenErr = true, seen, err
+	s.mu.Unlock()
+	for ctx.Err() == nil {
+		if err := s.customer.disconnect(ctx); err == nil {
+			return
+		}
+		sleep(ctx, 200*time.Millisecond)
+	}
+}
+
+// customerViewer is the customer's view: the transcript read before
+// leaving when the chat has ended, else the live one.
+func (s *session) customerViewer() workload.Viewer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ended {
+		return s.customer
+	}
+	return storedView{name: "customer", events: s.seen, err: s.seenErr}
+}
+
+type storedView struct {
+	name   string
+	events []workload.ViewEvent
+	err    error
+}
+
+func (v storedView) Name() string { return v.name }
+
+func (v storedView) View(context.Context, uint64) ([]workload.ViewEvent, error) {
+	return v.events, v.err
 }
 
 // registry is the workload's chats, by id, which the desks take and
@@ -134,7 +184,10 @@ func (r *registry) keepSupervisor(ctx context.Context, d *desk) {
 				have[c.ChatID] = true
 			}
 			for _, s := range r.all() {
-				if have[s.chatID] {
+				s.mu.Lock()
+				ended := s.ended
+				s.mu.Unlock()
+				if have[s.chatID] || ended {
 					continue
 				}
 				if err := d.call(ctx, http.MethodPost, "/agent/v1/chats/"+url.PathEscape(s.chatID)+"/monitor", nil, nil); err == nil {

@@ -37,6 +37,11 @@ type Config struct {
 	Chats int
 	// Interval is the pause between one side's messages (default 100ms).
 	Interval time.Duration
+	// ChatMessages is how many messages each side sends in one chat
+	// before the customer leaves and a new chat starts (default 300: a
+	// chat stays within what interaction replays to an agent who takes it
+	// again, its last 2000 events).
+	ChatMessages int
 	// RetryFor bounds how long one message is resent (default 60s).
 	RetryFor time.Duration
 	// Settle is how long the workload goes on once the last fault is
@@ -63,6 +68,9 @@ func (c *Config) fill() {
 	}
 	if c.Interval <= 0 {
 		c.Interval = 100 * time.Millisecond
+	}
+	if c.ChatMessages == 0 {
+		c.ChatMessages = 300
 	}
 	if c.RetryFor <= 0 {
 		c.RetryFor = 60 * time.Second
@@ -210,20 +218,32 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	sendCtx, stopSends := context.WithCancel(ctx)
 	defer stopSends()
 	var senders sync.WaitGroup
-	for _, s := range sessions {
-		sides := []workload.Side{s.customer, agentSide{s}}
-		for _, side := range sides {
-			senders.Add(1)
-			go func() {
-				defer senders.Done()
-				for seq := 1; sendCtx.Err() == nil; seq++ {
-					m := workload.NewSent(s.chatID, side.Name(), seq)
-					workload.SendOne(sendCtx, side, m, workload.Retry{For: cfg.RetryFor, Delay: 100 * time.Millisecond})
-					r.addSent(*m)
-					sleep(sendCtx, cfg.Interval)
+	var allMu sync.Mutex
+	all := slices.Clone(sessions) // every chat of the run, ended ones too
+	for slot, first := range sessions {
+		senders.Add(1)
+		go func() {
+			defer senders.Done()
+			s := first
+			for n := 1; ; n++ {
+				r.converse(sendCtx, s)
+				if sendCtx.Err() != nil {
+					return
 				}
-			}()
-		}
+				// The chat has had its messages: the customer leaves (after
+				// reading the transcript, for the check) and a new chat
+				// takes its place.
+				s.end(sendCtx)
+				ns, err := startSession(sendCtx, cfg, st, hc, reg, supervisor, fmt.Sprintf("chaos-customer-%d-%d", slot, n))
+				if err != nil {
+					return // only when the run ends
+				}
+				allMu.Lock()
+				all = append(all, ns)
+				allMu.Unlock()
+				s = ns
+			}
+		}()
 	}
 	statusCtx, stopStatus := context.WithCancel(ctx)
 	bg.Add(1)
@@ -256,6 +276,10 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if interrupted {
 		wait = checkWait{view: 3 * time.Second, ucs: 5 * time.Second} // Ctrl-C: check what is there, quickly
 	}
+	allMu.Lock()
+	sessions = slices.Clone(all)
+	allMu.Unlock()
+	fmt.Fprintf(progress, "chaos: checking %d chats\n", len(sessions))
 	checks := r.check(cctx, sessions, ucs, wait)
 	stopPush()
 	stopMon()
@@ -295,20 +319,48 @@ func startSessions(ctx context.Context, cfg Config, st State, hc *http.Client, r
 	defer cancel()
 	var out []*session
 	for i := range cfg.Chats {
-		c, err := startCustomer(ctx, hc, st.CustomerURL(), cfg.Service, fmt.Sprintf("chaos-customer-%d", i))
+		s, err := startSession(ctx, cfg, st, hc, reg, supervisor, fmt.Sprintf("chaos-customer-%d-0", i))
 		if err != nil {
 			return nil, err
-		}
-		s := newSession(c, supervisor)
-		reg.add(s)
-		select {
-		case <-s.taken:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("chat %s taken by no agent: %w", c.chatID, ctx.Err())
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// startSession starts one chat and waits until an agent takes it.
+func startSession(ctx context.Context, cfg Config, st State, hc *http.Client, reg *registry, supervisor *desk, nickname string) (*session, error) {
+	c, err := startCustomer(ctx, hc, st.CustomerURL(), cfg.Service, nickname)
+	if err != nil {
+		return nil, err
+	}
+	s := newSession(c, supervisor)
+	reg.add(s)
+	select {
+	case <-s.taken:
+		return s, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("chat %s taken by no agent: %w", c.chatID, ctx.Err())
+	}
+}
+
+// converse has the customer and the agent of s send their numbered
+// messages, cfg.ChatMessages each (or until ctx ends).
+func (r *run) converse(ctx context.Context, s *session) {
+	var wg sync.WaitGroup
+	for _, side := range []workload.Side{s.customer, agentSide{s}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := 1; ctx.Err() == nil && (r.cfg.ChatMessages <= 0 || seq <= r.cfg.ChatMessages); seq++ {
+				m := workload.NewSent(s.chatID, side.Name(), seq)
+				workload.SendOne(ctx, side, m, workload.Retry{For: r.cfg.RetryFor, Delay: 100 * time.Millisecond})
+				r.addSent(*m)
+				sleep(ctx, r.cfg.Interval)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // nemesis draws and applies faults until the duration or the count is
@@ -446,7 +498,7 @@ func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Clien
 				through = max(through, m.Index)
 			}
 		}
-		viewers := []workload.Viewer{s.customer, agentSide{s}}
+		viewers := []workload.Viewer{s.customerViewer(), agentSide{s}}
 		if s.supervisor != nil {
 			viewers = append(viewers, supervisorView{s.supervisor, s.chatID})
 		}
@@ -464,14 +516,7 @@ func (r *run) check(ctx context.Context, sessions []*session, ucs *ucsmock.Clien
 			}
 			out = append(out, vc)
 		}
-		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		for dctx.Err() == nil {
-			if err := s.customer.disconnect(dctx); err == nil {
-				break
-			}
-			sleep(dctx, 200*time.Millisecond)
-		}
-		cancel()
+		s.end(ctx)
 		if ucs != nil {
 			last, errs := workload.CheckTranscript(ctx, ucs, s.chatID, mine, false, wait.ucs)
 			out = append(out, viewCheck{chatID: s.chatID, view: "ucs transcript", errs: errs})

@@ -46,6 +46,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		Seed        uint64        `yaml:"seed"`
 		Concurrency int           `yaml:"concurrency"`
 		Chats       int           `yaml:"chats"`
+		ChatMsgs    int           `yaml:"chat-messages"`
 		Interval    time.Duration `yaml:"interval"`
 		GapMin      time.Duration `yaml:"gap-min"`
 		GapMax      time.Duration `yaml:"gap-max"`
@@ -58,7 +59,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		Targets     string        `yaml:"targets"`
 	}
 	t := chaos.DefaultTiming()
-	o.Duration, o.Faults, o.Concurrency, o.Chats, o.Interval = 10*time.Minute, "kill,stop,partition,ucs,restart", 1, 4, 100*time.Millisecond
+	o.Duration, o.Faults, o.Concurrency, o.Chats, o.ChatMsgs, o.Interval = 10*time.Minute, "kill,stop,partition,ucs,restart", 1, 4, 300, 100*time.Millisecond
 	o.GapMin, o.GapMax, o.HoldMin, o.HoldMax, o.Settle, o.Status = t.GapMin, t.GapMax, t.HoldMin, t.HoldMax, 5*time.Second, 10*time.Second
 	o.Seed = uint64(time.Now().UnixNano() % 1_000_000)
 	err := parseFlags("chaos", chaosSummary, args, errw, &o, func(fs *flag.FlagSet) {
@@ -69,6 +70,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the fault schedule (default: random, printed)")
 		fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "faults under way at once")
 		fs.IntVar(&o.Chats, "chats", o.Chats, "chats at once (each: a customer and an agent sending, the supervisor monitoring)")
+		fs.IntVar(&o.ChatMsgs, "chat-messages", o.ChatMsgs, "messages of each side in one chat; then the customer leaves and a new chat starts (-1: one chat for the whole run)")
 		fs.DurationVar(&o.Interval, "interval", o.Interval, "pause between one side's messages")
 		fs.DurationVar(&o.GapMin, "gap-min", o.GapMin, "shortest quiet time before a fault")
 		fs.DurationVar(&o.GapMax, "gap-max", o.GapMax, "longest quiet time before a fault")
@@ -126,7 +128,7 @@ func runChaos(ctx context.Context, args []string, out, errw io.Writer) error {
 	rep, err := chaos.Run(ctx, chaos.Config{
 		StatePath: state, Duration: o.Duration, Count: o.Count, Kinds: kinds, Seed: o.Seed, Concurrency: o.Concurrency,
 		Timing: chaos.Timing{GapMin: o.GapMin, GapMax: o.GapMax, HoldMin: o.HoldMin, HoldMax: o.HoldMax},
-		Chats:  o.Chats, Interval: o.Interval, Settle: o.Settle, Status: o.Status, Targets: splitList(o.Targets),
+		Chats:  o.Chats, ChatMessages: o.ChatMsgs, Interval: o.Interval, Settle: o.Settle, Status: o.Status, Targets: splitList(o.Targets),
 	}, errw)
 	if err != nil {
 		return err
