@@ -37,7 +37,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -v -o $(BIN) ./cmd/hachat
 	@echo "make: built $$($(BIN) --version)"
 
-## deps: what the tests need: Chromium, HAProxy, Prometheus and iptables (apt-get, as root), the Go
+## deps: what the tests need: Chromium, HAProxy, Prometheus, PostgreSQL and iptables (apt-get, as root), the Go
 ## modules and the test OpenTelemetry Collector (otelcol).
 deps: otelcol
 	@if ! command -v chromium >/dev/null || ! command -v haproxy >/dev/null; then \
@@ -47,6 +47,10 @@ deps: otelcol
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 		echo "installing prometheus (and promtool) with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus </dev/null; \
+	fi
+	@if [ ! -x /usr/lib/postgresql/15/bin/postgres ] || ! id postgres >/dev/null 2>&1; then \
+		echo "installing postgresql (the UCS store of --ucs-store postgres) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql </dev/null; \
 	fi
 	@if ! command -v iptables >/dev/null; then \
 		echo "installing iptables (hachat chaos's partitions) with apt-get"; \

@@ -9,8 +9,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/hachat/hachat/ucsmock"
 )
 
 // saveBatchMax is the most sessions one batched save carries.
@@ -20,14 +18,6 @@ const saveBatchMax = 256
 // TranscriptSaveWorkers): each takes every session queued meanwhile, so
 // under load the batches grow instead of the calls multiplying.
 const saveBatchWorkers = 1
-
-// BatchTranscriptStore is a TranscriptStore that also saves many chats in
-// one call (ucsmock.Client and ucsmock.MemStore are). With one, the saver
-// sends the sessions queued for a save together: see docs/chatcore.md.
-type BatchTranscriptStore = ucsmock.BatchStore
-
-// SaveBatchResult is one chat's outcome of a batched save.
-type SaveBatchResult = ucsmock.SaveBatchResult
 
 // recoverableSaveErr reports whether err is a save failure that says UCS is
 // not working (what the breaker counts): not a refusal UCS answered.

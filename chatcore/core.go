@@ -18,7 +18,6 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
-	"github.com/hachat/hachat/ucsmock"
 )
 
 // ChatServiceName is the gRPC health service name that reports SERVING only
@@ -34,11 +33,17 @@ type Core struct {
 	cfg     Config
 	notices NoticeSet
 	store   TranscriptStore
-	tel     *telemetry.Telemetry
-	log     *slog.Logger
-	tracer  trace.Tracer
-	m       *metrics
-	now     func() time.Time
+	fencer  Fencer // the epochs and the primary's lease
+	// soloMu serializes recording the solo mark; soloEpoch is the epoch
+	// whose solo mark this primary recorded (0: none).
+	soloMu      sync.Mutex
+	soloEpoch   atomic.Uint64
+	claimedFrom atomic.Uint64 // the epoch the last successful claim replaced
+	tel         *telemetry.Telemetry
+	log         *slog.Logger
+	tracer      trace.Tracer
+	m           *metrics
+	now         func() time.Time
 
 	mu       sync.RWMutex
 	sessions map[string]*session
@@ -166,6 +171,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	for _, o := range opts {
 		o(c)
 	}
+	if c.fencer == nil {
+		c.fencer = StoreFencer{Store: store}
+	}
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
 	c.roleCh = make(chan struct{})
@@ -266,6 +274,8 @@ func (c *Core) stepDown(reason string, newer uint64) {
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.setRoleMetrics(RoleBackup)
 	c.m.stepDowns.Inc()
+	c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
+	c.m.solo.Set(0)
 	c.repl.dropLink("stepped down")
 	c.roleChangedLocked()
 	c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.epoch.Load())
@@ -295,9 +305,10 @@ type claim struct {
 	ifSilent time.Duration
 }
 
-// claimPrimary claims epoch+1 at the store with a compare-and-set (expect
-// is the epoch the store holds now, which must not be newer than cl.known
-// when cl.known > 0), retrying while the store is unreachable, and becomes
+// claimPrimary claims the next epoch at the fencing authority (c.fencer:
+// etcd, or UCS without a coordination cluster) with a compare-and-set
+// (expect is the epoch it holds now, which must not be newer than cl.known
+// when cl.known > 0), retrying while it is unreachable, and becomes
 // primary. A lost compare-and-set returns ErrEpochConflict: someone else
 // moved first; a failed re-check returns its error and claims nothing.
 func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
@@ -307,7 +318,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 	delay := 50 * time.Millisecond
 	decided := time.Now()
 	for {
-		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
+		cur, err := c.fencer.Current(ctx, c.cfg.Cluster)
 		if err == nil {
 			if known > 0 && cur.Epoch > known && cur.Holder != c.cfg.Name {
 				c.observeEpoch(cur.Epoch)
@@ -321,12 +332,9 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				decided = time.Now()
 			}
 			var got Epoch
-			if cl.ifSilent > 0 {
-				got, err = c.store.ClaimEpochIfSilent(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name, cl.ifSilent)
-			} else {
-				got, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, cur.Epoch+1, c.cfg.Name)
-			}
+			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
 			if err == nil {
+				c.claimedFrom.Store(cur.Epoch)
 				c.roleMu.Lock()
 				c.becomePrimaryLocked(got.Epoch, !cl.restore)
 				c.roleMu.Unlock()
@@ -335,16 +343,17 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 			}
 			if errors.Is(err, ErrHolderAlive) {
 				// The holder renewed its lease: it is alive and reaches UCS.
-				return 0, fmt.Errorf("%w: claim epoch %d: %w", errPrimaryAlive, cur.Epoch+1, err)
+				return 0, fmt.Errorf("%w: claim the epoch after %d: %w", errPrimaryAlive, cur.Epoch, err)
 			}
 			if errors.Is(err, ErrEpochConflict) {
-				return 0, fmt.Errorf("claim epoch %d: %w", cur.Epoch+1, err)
+				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
 			}
 		}
-		if errors.Is(err, ucsmock.ErrForbidden) {
+		c.m.fencingFailures.WithLabelValues("claim").Inc()
+		if errors.Is(err, ErrForbidden) {
 			c.log.ErrorContext(ctx, "UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
 		} else {
-			c.log.WarnContext(ctx, "epoch claim failed, UCS unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
+			c.log.WarnContext(ctx, "epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
 		}
 		select {
 		case <-ctx.Done():

@@ -13,19 +13,21 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/transcript"
 	"github.com/hachat/hachat/membership"
-	"github.com/hachat/hachat/ucsmock"
 )
 
 // This file holds the role logic: start-up, promotion, restoration,
 // switchover and stepping down when a newer epoch shows up.
 //
-// The primary is whoever holds the newest epoch at UCS. Promotion claims
-// epoch+1 with a compare-and-set; if UCS is unreachable when the primary
-// dies, the backup does not promote (two primaries would be possible
-// without the fencing token): it keeps retrying the claim, clients get
-// UNAVAILABLE (retryable), and nothing acknowledged is lost, because the
-// backup holds every acknowledged event. It promotes as soon as UCS answers.
+// The primary is whoever holds the newest epoch at the fencing authority
+// (c.fencer: the coordination cluster, etcd; or UCS when the core has none).
+// Promotion claims the next epoch with a compare-and-set; if the authority
+// is unreachable when the primary dies, the backup does not promote (two
+// primaries would be possible without the fencing token): it keeps retrying
+// the claim, clients get UNAVAILABLE (retryable), and nothing acknowledged is
+// lost, because the backup holds every acknowledged event. With etcd, UCS
+// being down does not stop a promotion (docs/design.md).
 
 // roleLoop owns the core's role for the life of Serve.
 func (c *Core) roleLoop(ctx context.Context) {
@@ -64,9 +66,12 @@ func (c *Core) startClaim() claim {
 // storeEpoch returns the epoch a fencing error of the store names (0 when
 // it names none).
 func storeEpoch(err error) uint64 {
-	var se *ucsmock.StaleEpochError
-	var ce *ucsmock.EpochConflictError
+	var se *transcript.StaleEpochError
+	var ce *transcript.EpochConflictError
+	var fe *FenceError
 	switch {
+	case errors.As(err, &fe):
+		return fe.Epoch
 	case errors.As(err, &se):
 		return se.Epoch
 	case errors.As(err, &ce):
@@ -116,7 +121,7 @@ const startupPeerWait = 2 * time.Second
 func (c *Core) previousHolderElsewhere(ctx context.Context) bool {
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cur, err := c.store.Epoch(sctx, c.cfg.Cluster)
+	cur, err := c.fencer.Current(sctx, c.cfg.Cluster)
 	return err != nil || cur.Holder != ""
 }
 
@@ -165,8 +170,8 @@ func (c *Core) lead(ctx context.Context) {
 	}
 }
 
-// renewLease renews this primary's lease on epoch at UCS four times per
-// epoch-lease until ctx ends. A store that names a newer epoch or another
+// renewLease renews this primary's lease on epoch at the fencing authority
+// four times per epoch-lease until ctx ends. A store that names a newer epoch or another
 // holder fences it: it steps down at once. While UCS does not answer the
 // lease lapses, and a backup may then take over (the claim needs UCS too).
 func (c *Core) renewLease(ctx context.Context, epoch uint64) {
@@ -175,17 +180,21 @@ func (c *Core) renewLease(ctx context.Context, epoch uint64) {
 	var lastWarn time.Time
 	for {
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
-		_, err := c.store.Renew(rctx, c.cfg.Cluster, epoch, c.cfg.Name)
+		_, err := c.fencer.Renew(rctx, c.cfg.Cluster, epoch, c.cfg.Name)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict):
-			c.stepDown(fmt.Sprintf("UCS refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
+			c.stepDown(fmt.Sprintf("the fencing authority refused the lease renewal of epoch %d: %v", epoch, err), storeEpoch(err))
 			return
-		case err != nil && time.Since(lastWarn) > 5*time.Second:
+		case err != nil:
+			c.m.fencingFailures.WithLabelValues("renew").Inc()
+			if time.Since(lastWarn) <= 5*time.Second {
+				break
+			}
 			lastWarn = time.Now()
-			c.log.WarnContext(ctx, "could not renew the primary's lease at UCS: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
+			c.log.WarnContext(ctx, "could not renew the primary's lease at the fencing authority: a backup may take over once it lapses", "epoch", epoch, "lease", c.cfg.EpochLease, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -215,7 +224,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 	}
 	who := "peer " + st.Name
 	if e, ok := c.confirmNewerEpoch(ctx, who, st.Epoch); ok {
-		c.stepDown(fmt.Sprintf("%s is primary at newer epoch %d (UCS holds %d)", who, st.Epoch, e), e)
+		c.stepDown(fmt.Sprintf("%s is primary at newer epoch %d (the fencing authority holds %d)", who, st.Epoch, e), e)
 	}
 }
 
@@ -228,7 +237,7 @@ func (c *Core) checkNewerPrimary(ctx context.Context, m membership.Member) {
 	}
 	who := "member " + m.Name
 	if e, ok := c.confirmNewerEpoch(ctx, who, m.Meta.Epoch); ok {
-		c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d (UCS holds %d)", m.Name, m.Meta.Epoch, e), e)
+		c.stepDown(fmt.Sprintf("membership shows %s primary at newer epoch %d (the fencing authority holds %d)", m.Name, m.Meta.Epoch, e), e)
 	}
 }
 
@@ -259,7 +268,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	mine := c.epoch.Load()
 	uctx, cancel := context.WithTimeout(ctx, epochConfirmTimeout)
 	defer cancel()
-	cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
+	cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
 	switch {
 	case err != nil:
 		c.refuteMu.Lock()
@@ -269,7 +278,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 		}
 		c.refuteMu.Unlock()
 		if !quiet { // asked every 250 ms while it lasts: log every 5 s
-			c.log.WarnContext(ctx, "cannot confirm a peer's newer epoch at UCS: staying as I am until UCS answers",
+			c.log.WarnContext(ctx, "cannot confirm a peer's newer epoch at the fencing authority: staying as I am until it answers",
 				"claimed_by", who, "claimed", claimed, "mine", mine, "err", err)
 		}
 		return 0, false
@@ -282,8 +291,8 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	}
 	c.refuted[who] = refutation{claimed: claimed, at: time.Now()}
 	c.refuteMu.Unlock()
-	c.log.WarnContext(ctx, "ignored a newer epoch that UCS does not know", "claimed_by", who, "claimed", claimed,
-		"ucs_epoch", cur.Epoch, "ucs_holder", cur.Holder, "mine", mine)
+	c.log.WarnContext(ctx, "ignored a newer epoch that the fencing authority does not know", "claimed_by", who, "claimed", claimed,
+		"authority_epoch", cur.Epoch, "authority_holder", cur.Holder, "mine", mine)
 	return 0, false
 }
 
@@ -336,11 +345,37 @@ func (c *Core) promote(ctx context.Context, why string, certain bool, recheck fu
 		span.RecordError(err)
 		return err
 	}
+	if stale {
+		c.trustReplica(ctx, cl.known)
+	}
 	c.m.failovers.Inc()
 	c.gossipDead.Store(false)
 	n := c.restoreAll(ctx, "replica")
 	c.log.InfoContext(ctx, "promotion complete", "epoch", epoch, "sessions_restored", n, "took", time.Since(start))
 	return nil
+}
+
+// trustReplica asks the coordination cluster, after a claim that replaced
+// followed (the epoch whose primary this core replicated), whether that
+// primary ever acknowledged with second copies in UCS. If not, the replica
+// holds every acknowledged event although its stream stopped: the new
+// primary serves at once, without merging from UCS (which may be down).
+// The claim came first, so that primary can no longer go solo.
+func (c *Core) trustReplica(ctx context.Context, followed uint64) {
+	rec, ok := c.fencer.(SoloRecorder)
+	if !ok || followed == 0 || c.claimedFrom.Load() != followed {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	solo, err := rec.Solo(sctx, c.cfg.Cluster, followed)
+	if err != nil || solo {
+		c.log.InfoContext(ctx, "the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
+		return
+	}
+	c.replicaStale.Store(false)
+	c.finishRestoring()
+	c.log.InfoContext(ctx, "the old primary never went solo: the replica is complete, serving without a merge", "old_epoch", followed)
 }
 
 // takeOver is the backup's side of a planned switchover.
@@ -379,7 +414,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	// What UCS holds beyond the replica: second copies the old primary took
 	// after our stream stopped (a partition, a silent primary). One listing
 	// call; without it a stale replica merges every session.
-	var stored map[string]ucsmock.ChatInfo
+	var stored map[string]ChatInfo
 	merged := false
 	if c.unmerged.Load() {
 		// Not serving yet: merge everything UCS holds beyond the replica,
@@ -431,28 +466,23 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	return n
 }
 
-// chatLister lists stored chats; ucsmock.Client and ucsmock.MemStore have it.
-type chatLister interface {
-	Chats(ctx context.Context, f ucsmock.ChatFilter) ([]ucsmock.ChatInfo, error)
-}
-
 // errNoLister reports a store that cannot list chats (every session is then
 // read on its own).
 var errNoLister = errors.New("store cannot list chats")
 
 // storedChats lists the cluster's chats at UCS (one call instead of a read
 // per session). It returns nil and an error when the store cannot list them.
-func (c *Core) storedChats(ctx context.Context) (map[string]ucsmock.ChatInfo, error) {
-	l, ok := c.store.(chatLister)
+func (c *Core) storedChats(ctx context.Context) (map[string]ChatInfo, error) {
+	l, ok := c.store.(ChatLister)
 	if !ok {
 		return nil, errNoLister
 	}
-	list, err := l.Chats(ctx, ucsmock.ChatFilter{Service: c.cfg.Cluster})
+	list, err := l.Chats(ctx, ChatFilter{Service: c.cfg.Cluster})
 	if err != nil {
 		c.log.WarnContext(ctx, "could not list chats at UCS: merging every session", "err", err)
 		return nil, fmt.Errorf("list chats at ucs: %w", err)
 	}
-	out := make(map[string]ucsmock.ChatInfo, len(list))
+	out := make(map[string]ChatInfo, len(list))
 	for _, ci := range list {
 		out[ci.ChatID] = ci
 	}
@@ -461,7 +491,7 @@ func (c *Core) storedChats(ctx context.Context) (map[string]ucsmock.ChatInfo, er
 
 // behind reports whether UCS may hold events of s beyond its log: stored
 // says so, or stored is unknown (nil) and the replica is stale.
-func behind(s *session, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+func behind(s *session, stale bool, stored map[string]ChatInfo) bool {
 	s.mu.Lock()
 	last, ended := s.lastIndex(), s.st.ended
 	s.mu.Unlock()
@@ -475,9 +505,12 @@ func behind(s *session, stale bool, stored map[string]ucsmock.ChatInfo) bool {
 // the old primary may have acknowledged. It returns the listing it used
 // (nil when the store cannot list), or an error when ctx ends or this core
 // stops being primary first.
-func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ucsmock.ChatInfo, error) {
+func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ChatInfo, error) {
 	delay := 50 * time.Millisecond
 	pending := all
+	if err := c.announceEpoch(ctx); err != nil {
+		return nil, err
+	}
 	for {
 		stored, lerr := c.storedChats(ctx)
 		if lerr != nil && !errors.Is(lerr, errNoLister) {
@@ -511,8 +544,48 @@ func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ucsmock.
 	}
 }
 
+// announceEpoch makes UCS hold this primary's epoch before it merges what
+// UCS holds, when the epochs come from elsewhere (etcd): UCS otherwise
+// learns an epoch only from the first save that carries it, and an old
+// primary that does not know it is fenced could still add a second copy
+// after the merge read past it. It retries until UCS answers, and fails
+// when UCS already holds a newer epoch (this core is fenced) or ctx ends.
+func (c *Core) announceEpoch(ctx context.Context) error {
+	if _, atUCS := c.fencer.(StoreFencer); atUCS {
+		return nil
+	}
+	mine := c.epoch.Load()
+	delay := 50 * time.Millisecond
+	for {
+		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
+		if err == nil {
+			switch {
+			case cur.Epoch == mine:
+				return nil
+			case cur.Epoch > mine:
+				c.stepDown(fmt.Sprintf("UCS holds epoch %d, newer than mine", cur.Epoch), cur.Epoch)
+				return fmt.Errorf("announce epoch %d: %w", mine, ErrStaleEpoch)
+			}
+			_, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, mine, c.cfg.Name)
+			if err == nil || errors.Is(err, ErrEpochConflict) {
+				continue // read again: done, or someone moved first
+			}
+		}
+		c.log.WarnContext(ctx, "could not tell UCS the new epoch before the merge: retrying", "epoch", mine, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("announce epoch %d: %w", mine, ctx.Err())
+		case <-time.After(delay):
+		}
+		if !c.primary.Load() {
+			return errors.New("announce epoch: stepped down")
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
 // restoreOne restores one replicated session.
-func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ucsmock.ChatInfo) bool {
+func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale bool, stored map[string]ChatInfo) bool {
 	if behind(s, stale, stored) {
 		if err := c.mergeFromUCS(ctx, s); err != nil {
 			c.log.WarnContext(ctx, "could not merge session from UCS", "session", s.id, "err", err)
@@ -747,7 +820,7 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 			// answer came: the backup's claim made UCS refuse one of this
 			// core's saves (stale epoch) and this core stepped down. UCS
 			// says who holds the epoch now.
-			e, err := c.store.Epoch(ctx, c.cfg.Cluster)
+			e, err := c.fencer.Current(ctx, c.cfg.Cluster)
 			if err != nil || e.Epoch <= epoch || e.Holder != l.name {
 				return abort(errors.New("backup link lost during the handover"))
 			}

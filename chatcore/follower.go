@@ -526,7 +526,7 @@ func (c *Core) cutOff(ctx context.Context, primary membership.Member, known bool
 	}
 	uctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
 	defer cancel()
-	_, err := c.store.Epoch(uctx, c.cfg.Cluster)
+	_, err := c.fencer.Current(uctx, c.cfg.Cluster)
 	return err != nil
 }
 

@@ -34,6 +34,7 @@ type cutStore struct {
 	*memStore
 	mu      sync.Mutex
 	down    bool
+	ucsOnly bool          // down cuts UCS only, not the coordination cluster (cutFencer)
 	held    chan struct{} // closed to release held reads; nil: not held
 	epochs  int           // Epoch calls while down
 	waiting int           // transcript reads waiting for release
@@ -162,35 +163,51 @@ func (m *memMembers) setStates(self, primary string, state membership.State) {
 }
 
 // isolationRig is a healthy pair whose backup (core-b) reaches the primary
-// through a cuttable link, sees UCS through its own cutStore, asks a fake
-// witness and sees a membership view the test sets (the primary, a witness
-// and a control plane).
+// through a cuttable link, sees UCS (and, with etcd, the coordination
+// cluster) through its own cutStore, asks a fake witness and sees a
+// membership view the test sets (the primary, a witness and a control
+// plane). fencing is "ucs" (epochs at UCS) or "etcd" (a real embedded etcd
+// holds them).
 type isolationRig struct {
-	mem   *memStore
-	bUCS  *cutStore
-	link  *tcpProxy
-	w     *fakeWitness
-	mm    *memMembers
-	a, b  *node
-	cust  *chatpb.Auth
-	agent *chatpb.Auth
+	mem    *memStore
+	bUCS   *cutStore
+	fencer Fencer // the authority as the primary sees it
+	link   *tcpProxy
+	w      *fakeWitness
+	mm     *memMembers
+	a, b   *node
+	cust   *chatpb.Auth
+	agent  *chatpb.Auth
+	epoch  uint64 // the primary's epoch
 }
 
-func newIsolationRig(t *testing.T) *isolationRig {
+// fencings are the fencing authorities the isolation tests run against.
+var fencings = []string{"ucs", "etcd"}
+
+func newIsolationRig(t *testing.T, fencing string) *isolationRig {
 	r := &isolationRig{mem: newMemStore(), w: &fakeWitness{reach: true}}
 	r.bUCS = &cutStore{memStore: r.mem}
+	var aOpts, bOpts []Option
+	r.fencer = StoreFencer{Store: r.mem}
+	if fencing == "etcd" {
+		cli := startEtcd(t)
+		r.fencer = NewEtcdFencer(cli, "/hachat/fencing/", time.Second)
+		aOpts = append(aOpts, WithFencer(r.fencer))
+		bOpts = append(bOpts, WithFencer(cutFencer{Fencer: NewEtcdFencer(cli, "/hachat/fencing/", time.Second), cut: r.bUCS}))
+	}
 	la, lb := listen(t), listen(t)
-	r.a = startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, r.mem, nil)
+	r.a = startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, r.mem, nil, aOpts...)
 	waitFor(t, "a primary", func() bool { return r.a.c.primary.Load() })
+	r.epoch = r.a.c.epoch.Load()
 	r.link = newProxy(t, la.Addr().String())
 	r.mm = &memMembers{members: []membership.Member{
-		{Name: "core-a", State: membership.StateAlive, Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: r.link.addr}},
+		{Name: "core-a", State: membership.StateAlive, Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: r.epoch, GRPCAddr: r.link.addr}},
 		{Name: "core-b", State: membership.StateAlive, Meta: membership.Meta{Kind: membership.KindCore, Role: RoleBackup, GRPCAddr: lb.Addr().String()}},
 		{Name: "witness", State: membership.StateAlive, Meta: membership.Meta{Kind: membership.KindWitness, HTTPAddr: "127.0.0.1:1"}},
 		{Name: "xds", State: membership.StateAlive, Meta: membership.Meta{Kind: membership.KindXDS, HTTPAddr: "127.0.0.1:2"}},
 	}}
 	r.b = startNode(t, "core-b", RoleBackup, r.link.addr, lb, r.bUCS,
-		func(c *Config) { c.Witness = "127.0.0.1:1" }, WithWitness(r.w.ask), WithMembership(r.mm))
+		func(c *Config) { c.Witness = "127.0.0.1:1" }, append(bOpts, WithWitness(r.w.ask), WithMembership(r.mm))...)
 	waitInSync(t, r.a, "core-b")
 	r.cust, r.agent = r.a.chat(t)
 	return r
@@ -210,16 +227,16 @@ func (r *isolationRig) sendOnA(t *testing.T, n int, tag string) []uint64 {
 	return out
 }
 
-// assertPrimaryKept checks that core-a is primary at epoch 1 and that UCS
-// holds no newer epoch: nobody deposed it.
+// assertPrimaryKept checks that core-a is primary at its first epoch and
+// that the fencing authority holds no newer epoch: nobody deposed it.
 func (r *isolationRig) assertPrimaryKept(t *testing.T) {
 	t.Helper()
-	e, err := r.mem.Epoch(ctxT(t), "hachat")
+	e, err := r.fencer.Current(ctxT(t), "hachat")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Epoch != 1 || e.Holder != "core-a" || !r.a.c.primary.Load() || r.b.c.primary.Load() {
-		t.Fatalf("the healthy primary was deposed: UCS epoch %d held by %q; a primary=%v, b primary=%v",
+	if e.Epoch != r.epoch || r.a.c.epoch.Load() != r.epoch || e.Holder != "core-a" || !r.a.c.primary.Load() || r.b.c.primary.Load() {
+		t.Fatalf("the healthy primary was deposed: epoch %d held by %q; a primary=%v, b primary=%v",
 			e.Epoch, e.Holder, r.a.c.primary.Load(), r.b.c.primary.Load())
 	}
 }
@@ -232,44 +249,48 @@ func (r *isolationRig) assertPrimaryKept(t *testing.T) {
 // rejoin as backup; the primary keeps its epoch, and nothing it
 // acknowledged is lost.
 func TestCutOffBackupDoesNotDeposePrimary(t *testing.T) {
-	r := newIsolationRig(t)
-	before := r.sendOnA(t, 3, "before")
+	for _, fencing := range fencings {
+		t.Run(fencing, func(t *testing.T) {
+			r := newIsolationRig(t, fencing)
+			before := r.sendOnA(t, 3, "before")
 
-	r.bUCS.setDown(true)
-	r.w.set(false, errors.New("witness unreachable"))
-	r.link.cut() // refused, as an iptables REJECT would
-	r.mm.setStates("core-b", "core-a", membership.StateDead)
-	waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
-	during := r.sendOnA(t, 5, "during") // second copies go to UCS
+			r.bUCS.setDown(true)
+			r.w.set(false, errors.New("witness unreachable"))
+			r.link.cut() // refused, as an iptables REJECT would
+			r.mm.setStates("core-b", "core-a", membership.StateDead)
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			during := r.sendOnA(t, 5, "during") // second copies go to UCS
 
-	asked := r.w.count()
-	waitFor(t, "b re-examined the primary three times while cut off", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
-	if r.b.c.primary.Load() {
-		t.Fatal("a backup cut off from everyone promoted")
-	}
-	// UCS answers first (the heal reaches it first, or the primary and the
-	// control plane died together): b is no longer cut off and decides the
-	// primary is gone, but only on a refused connection the witness does not
-	// confirm, so its claim respects the primary's lease, which the healthy
-	// primary keeps renewing: b must not take the epoch.
-	r.bUCS.setDown(false)
-	asked = r.w.count()
-	waitFor(t, "b re-examined the primary three times with UCS back", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
-	if r.b.c.primary.Load() {
-		t.Fatal("a backup that reaches only UCS deposed the primary")
-	}
+			asked := r.w.count()
+			waitFor(t, "b re-examined the primary three times while cut off", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
+			if r.b.c.primary.Load() {
+				t.Fatal("a backup cut off from everyone promoted")
+			}
+			// UCS answers first (the heal reaches it first, or the primary and the
+			// control plane died together): b is no longer cut off and decides the
+			// primary is gone, but only on a refused connection the witness does not
+			// confirm, so its claim respects the primary's lease, which the healthy
+			// primary keeps renewing: b must not take the epoch.
+			r.bUCS.setDown(false)
+			asked = r.w.count()
+			waitFor(t, "b re-examined the primary three times with UCS back", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
+			if r.b.c.primary.Load() {
+				t.Fatal("a backup that reaches only UCS deposed the primary")
+			}
 
-	r.w.set(true, nil)
-	r.link.heal()
-	r.mm.setStates("core-b", "core-a", membership.StateAlive)
-	waitInSync(t, r.a, "core-b")
-	r.assertPrimaryKept(t)
-	after := r.sendOnA(t, 2, "after")
-	waitFor(t, "b holds every acknowledged message", func() bool { return sameLog(r.a.log(r.cust.SessionId), r.b.log(r.cust.SessionId)) })
-	for _, idx := range slices.Concat(before, during, after) {
-		if !slices.ContainsFunc(r.b.log(r.cust.SessionId), func(e *chatpb.Event) bool { return e.Index == idx }) {
-			t.Errorf("acknowledged index %d missing on the backup", idx)
-		}
+			r.w.set(true, nil)
+			r.link.heal()
+			r.mm.setStates("core-b", "core-a", membership.StateAlive)
+			waitInSync(t, r.a, "core-b")
+			r.assertPrimaryKept(t)
+			after := r.sendOnA(t, 2, "after")
+			waitFor(t, "b holds every acknowledged message", func() bool { return sameLog(r.a.log(r.cust.SessionId), r.b.log(r.cust.SessionId)) })
+			for _, idx := range slices.Concat(before, during, after) {
+				if !slices.ContainsFunc(r.b.log(r.cust.SessionId), func(e *chatpb.Event) bool { return e.Index == idx }) {
+					t.Errorf("acknowledged index %d missing on the backup", idx)
+				}
+			}
+		})
 	}
 }
 
@@ -279,22 +300,26 @@ func TestCutOffBackupDoesNotDeposePrimary(t *testing.T) {
 // re-check immediately before the claim must find the primary alive and
 // drop the decision.
 func TestStaleDecisionDropped(t *testing.T) {
-	r := newIsolationRig(t)
-	r.bUCS.setDown(true)
-	r.w.set(false, nil) // "cannot reach": the evidence of a dead primary
-	r.link.cut()
-	waitFor(t, "b decided to promote and waits for UCS", func() bool { return r.bUCS.downEpochReads() >= 2 })
-	if r.b.c.primary.Load() {
-		t.Fatal("b promoted without UCS")
-	}
+	for _, fencing := range fencings {
+		t.Run(fencing, func(t *testing.T) {
+			r := newIsolationRig(t, fencing)
+			r.bUCS.setDown(true)
+			r.w.set(false, nil) // "cannot reach": the evidence of a dead primary
+			r.link.cut()
+			waitFor(t, "b decided to promote and waits for UCS", func() bool { return r.bUCS.downEpochReads() >= 2 })
+			if r.b.c.primary.Load() {
+				t.Fatal("b promoted without UCS")
+			}
 
-	r.w.set(true, nil)
-	r.link.heal()
-	r.bUCS.setDown(false)
-	waitFor(t, "b dropped its stale decision", func() bool { return counterValue(r.b.c.m.promotionsDropped) >= 1 })
-	waitInSync(t, r.a, "core-b")
-	r.assertPrimaryKept(t)
-	r.sendOnA(t, 1, "after")
+			r.w.set(true, nil)
+			r.link.heal()
+			r.bUCS.setDown(false)
+			waitFor(t, "b dropped its stale decision", func() bool { return counterValue(r.b.c.m.promotionsDropped) >= 1 })
+			waitInSync(t, r.a, "core-b")
+			r.assertPrimaryKept(t)
+			r.sendOnA(t, 1, "after")
+		})
+	}
 }
 
 // TestNoServingBeforeMerge cuts only the link (the primary keeps serving
@@ -304,55 +329,59 @@ func TestStaleDecisionDropped(t *testing.T) {
 // message the old primary acknowledged, at its index, and new messages get
 // the indexes after them.
 func TestNoServingBeforeMerge(t *testing.T) {
-	r := newIsolationRig(t)
-	r.link.cut() // the witness still reaches the primary: no failover
-	waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
-	waitFor(t, "b knows its replica is stale", func() bool { return r.b.c.replicaStale.Load() })
-	acked := r.sendOnA(t, 3, "second-copy")
+	for _, fencing := range fencings {
+		t.Run(fencing, func(t *testing.T) {
+			r := newIsolationRig(t, fencing)
+			r.link.cut() // the witness still reaches the primary: no failover
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			waitFor(t, "b knows its replica is stale", func() bool { return r.b.c.replicaStale.Load() })
+			acked := r.sendOnA(t, 3, "second-copy")
 
-	release := make(chan struct{})
-	r.bUCS.mu.Lock()
-	r.bUCS.held = release
-	r.bUCS.mu.Unlock()
-	r.a.kill()
-	r.w.set(false, nil)
-	waitFor(t, "b promoted, merging", func() bool { return r.b.c.primary.Load() && r.bUCS.heldReads() > 0 })
+			release := make(chan struct{})
+			r.bUCS.mu.Lock()
+			r.bUCS.held = release
+			r.bUCS.mu.Unlock()
+			r.a.kill()
+			r.w.set(false, nil)
+			waitFor(t, "b promoted, merging", func() bool { return r.b.c.primary.Load() && r.bUCS.heldReads() > 0 })
 
-	if _, err := r.b.cl.Send(ctxT(t), msg(r.cust, "too early", "early")); status.Code(err) != codes.Unavailable {
-		t.Fatalf("send to a primary that has not merged UCS: %v, want UNAVAILABLE", err)
-	}
-	conn, err := grpc.NewClient(r.b.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	hc := healthpb.NewHealthClient(conn)
-	h, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: ChatServiceName})
-	if err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
-		t.Fatalf("health while merging: %v %v, want NOT_SERVING", h, err)
-	}
-	if st, err := r.b.cl.Status(ctxT(t), &chatpb.StatusRequest{}); err != nil || !st.Draining {
-		t.Fatalf("status while merging: %v %v, want draining", st, err)
-	}
+			if _, err := r.b.cl.Send(ctxT(t), msg(r.cust, "too early", "early")); status.Code(err) != codes.Unavailable {
+				t.Fatalf("send to a primary that has not merged UCS: %v, want UNAVAILABLE", err)
+			}
+			conn, err := grpc.NewClient(r.b.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			hc := healthpb.NewHealthClient(conn)
+			h, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: ChatServiceName})
+			if err != nil || h.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Fatalf("health while merging: %v %v, want NOT_SERVING", h, err)
+			}
+			if st, err := r.b.cl.Status(ctxT(t), &chatpb.StatusRequest{}); err != nil || !st.Draining {
+				t.Fatalf("status while merging: %v %v, want draining", st, err)
+			}
 
-	close(release)
-	waitFor(t, "b serving", func() bool {
-		h, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: ChatServiceName})
-		return err == nil && h.Status == healthpb.HealthCheckResponse_SERVING
-	})
-	log := r.b.log(r.cust.SessionId)
-	for i, idx := range acked {
-		want := fmt.Sprintf("second-copy %d", i)
-		if int(idx) > len(log) || log[idx-1].Text != want {
-			t.Fatalf("index %d on the new primary is not the acknowledged %q", idx, want)
-		}
-	}
-	resp, err := r.b.cl.Send(ctxT(t), msg(r.cust, "after", "after"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Index <= acked[len(acked)-1] {
-		t.Fatalf("new message got index %d, not after the acknowledged %d", resp.Index, acked[len(acked)-1])
+			close(release)
+			waitFor(t, "b serving", func() bool {
+				h, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: ChatServiceName})
+				return err == nil && h.Status == healthpb.HealthCheckResponse_SERVING
+			})
+			log := r.b.log(r.cust.SessionId)
+			for i, idx := range acked {
+				want := fmt.Sprintf("second-copy %d", i)
+				if int(idx) > len(log) || log[idx-1].Text != want {
+					t.Fatalf("index %d on the new primary is not the acknowledged %q", idx, want)
+				}
+			}
+			resp, err := r.b.cl.Send(ctxT(t), msg(r.cust, "after", "after"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Index <= acked[len(acked)-1] {
+				t.Fatalf("new message got index %d, not after the acknowledged %d", resp.Index, acked[len(acked)-1])
+			}
+		})
 	}
 }
 

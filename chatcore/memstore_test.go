@@ -48,6 +48,11 @@ func (m *memStore) Save(ctx context.Context, req SaveRequest) (SaveResult, error
 	if req.Epoch < m.epochs[req.Service].Epoch {
 		return SaveResult{}, ErrStaleEpoch
 	}
+	if req.Epoch > m.epochs[req.Service].Epoch {
+		// As ucsmock does: a newer epoch becomes the service's (UCS learns
+		// the epochs of the coordination cluster from the saves it sees).
+		m.epochs[req.Service] = Epoch{Epoch: req.Epoch, Holder: req.Writer}
+	}
 	m.savedReqs = append(m.savedReqs, req)
 	c := m.chats[req.ChatID]
 	if c == nil {

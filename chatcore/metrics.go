@@ -35,6 +35,8 @@ type metrics struct {
 	secondCopyToUCS   prometheus.Counter
 	switchoverPauseS  prometheus.Histogram
 	replicationBatch  prometheus.Histogram
+	fencingFailures   *prometheus.CounterVec // op
+	solo              prometheus.Gauge
 	// eventsByKind holds events' counter per known kind, resolved once:
 	// the append path counts every event without hashing label values.
 	eventsByKind map[chatpb.EventKind]prometheus.Counter
@@ -83,6 +85,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12)}),
 		replicationBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_replication_batch_size", Help: "Messages per ReplicaBatch sent to the backup (group commit).",
 			Buckets: prometheus.ExponentialBuckets(2, 2, 9)}),
+		fencingFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_fencing_failures_total",
+			Help: "Calls to the fencing authority (etcd, or UCS without one) that did not answer, by operation (claim, renew)."}, []string{"op"}),
+		solo: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_solo",
+			Help: "1 while this primary's solo mark is recorded at the coordination cluster (it acknowledged with second copies in UCS since its backup went away)."}),
 	}
 	m.eventsByKind = make(map[chatpb.EventKind]prometheus.Counter, len(chatpb.EventKind_name))
 	for k := range chatpb.EventKind_name {
@@ -91,11 +97,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
 		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.resendsExhausted, m.savesRecovered, m.breakerState,
 		m.role, m.epoch, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
-		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch)
+		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch, m.fencingFailures, m.solo)
 	// Every known label value exists from the start at 0, so a reader that
 	// finds no series knows the metric was renamed, not merely still zero.
 	for _, r := range []string{"ok", "recoverable", "nonrecoverable", "stale_epoch", "breaker_open"} {
 		m.saves.WithLabelValues(r)
+	}
+	for _, op := range []string{"claim", "renew"} {
+		m.fencingFailures.WithLabelValues(op)
 	}
 	for _, s := range []string{"replica", "ucs", "ended"} {
 		m.restored.WithLabelValues(s)

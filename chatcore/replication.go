@@ -334,20 +334,20 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		// A backup's word is a hint; only UCS can say that a newer epoch exists.
 		mine := c.epoch.Load()
 		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
-		cur, err := c.store.Epoch(uctx, c.cfg.Cluster)
+		cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
 		cancel()
 		switch {
 		case err != nil:
-			c.log.Warn("refused a backup claiming a newer epoch: UCS cannot confirm it now", "backup", hello.Name,
+			c.log.Warn("refused a backup claiming a newer epoch: the fencing authority cannot confirm it now", "backup", hello.Name,
 				"claimed", hello.Epoch, "mine", mine, "err", err)
-			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at UCS: retry", hello.Epoch)
+			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at the fencing authority: retry", hello.Epoch)
 		case cur.Epoch > mine:
-			c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (UCS holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
+			c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (the fencing authority holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
 			return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", cur.Epoch)
 		default:
-			c.log.Warn("refused a backup claiming an epoch UCS does not know", "backup", hello.Name,
+			c.log.Warn("refused a backup claiming an epoch the fencing authority does not know", "backup", hello.Name,
 				"claimed", hello.Epoch, "ucs_epoch", cur.Epoch, "mine", mine)
-			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at UCS (it holds %d)", hello.Epoch, cur.Epoch)
+			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at the fencing authority (it holds %d)", hello.Epoch, cur.Epoch)
 		}
 	}
 	c.roleMu.Lock()
@@ -397,6 +397,7 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 	}
 	c.repl.mu.Unlock()
 	c.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
+	c.spawn(c.clearSolo)
 
 	select {
 	case err := <-recvErr:
@@ -476,6 +477,9 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	if !c.paired() || !needCopy || !c.savedKind(ev) {
 		return nil
 	}
+	if err := c.markSolo(ctx, ev.Epoch); err != nil {
+		return err
+	}
 	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{saved(ev)}}
 	_, err := c.saver.cb.Execute(func() (SaveResult, error) {
 		sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
@@ -493,6 +497,60 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 		c.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "err", err)
 		return status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
 	}
+}
+
+// markSolo records at the coordination cluster, once per epoch and before
+// the first acknowledgement whose second copy is in UCS, that this primary
+// goes solo (see SoloRecorder). A fencer that cannot record it (UCS holds
+// the epochs) needs nothing: the new primary then merges from UCS.
+func (c *Core) markSolo(ctx context.Context, epoch uint64) error {
+	rec, ok := c.fencer.(SoloRecorder)
+	if !ok || c.soloEpoch.Load() == epoch {
+		return nil
+	}
+	c.soloMu.Lock()
+	defer c.soloMu.Unlock()
+	if c.soloEpoch.Load() == epoch {
+		return nil
+	}
+	mctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
+	defer cancel()
+	err := rec.MarkSolo(mctx, c.cfg.Cluster, epoch, c.cfg.Name, true)
+	switch {
+	case err == nil:
+		c.soloEpoch.Store(epoch)
+		c.m.solo.Set(1)
+		c.log.WarnContext(ctx, "backup away: acknowledging with second copies in UCS (recorded at the coordination cluster)", "epoch", epoch)
+		return nil
+	case errors.Is(err, ErrStaleEpoch):
+		c.stepDown("the coordination cluster holds a newer epoch (recording solo mode)", storeEpoch(err))
+		return errNotPrimary
+	}
+	c.log.WarnContext(ctx, "no second copy possible: backup away and the solo mark not recorded", "epoch", epoch, "err", err)
+	return status.Error(codes.Unavailable, "no second copy possible (backup away, coordination cluster failing): retry")
+}
+
+// clearSolo clears this primary's solo mark once its backup is in sync
+// again: every acknowledged event is then on the backup.
+func (c *Core) clearSolo(ctx context.Context) {
+	rec, ok := c.fencer.(SoloRecorder)
+	if !ok || c.soloEpoch.Load() == 0 {
+		return
+	}
+	c.soloMu.Lock()
+	defer c.soloMu.Unlock()
+	epoch := c.soloEpoch.Load()
+	if epoch == 0 {
+		return
+	}
+	mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := rec.MarkSolo(mctx, c.cfg.Cluster, epoch, c.cfg.Name, false); err != nil {
+		c.log.WarnContext(ctx, "could not clear the solo mark (a failover will merge from UCS)", "epoch", epoch, "err", err)
+		return
+	}
+	c.soloEpoch.Store(0)
+	c.m.solo.Set(0)
 }
 
 // replicateProgress tells the backup about an acknowledged transcript save:

@@ -27,6 +27,8 @@ func CertKind(k Kind) string {
 		return mtls.KindProxy
 	case KindWitness:
 		return mtls.KindWitness
+	case KindCoord:
+		return mtls.KindCoord
 	}
 	return ""
 }

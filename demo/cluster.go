@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/hachat/hachat/mtls"
 )
@@ -14,20 +15,48 @@ import (
 // (docs/design.md), FreeAddrs free ones for tests.
 type Addrs struct {
 	UCS                      string
+	UCS2                     string // the second ucs instance (Layout.UCSStore postgres)
 	CoreAHTTP, CoreAGRPC     string
 	CoreAGossip              string
 	CoreBHTTP, CoreBGRPC     string
 	CoreBGossip              string
 	XDSHTTP, XDSGRPC         string
 	XDSGossip                string
+	XDSBHTTP, XDSBGRPC       string
+	XDSBGossip               string
 	WitnessHTTP              string
 	WitnessGossip            string
 	SidecarWebAPIAdmin       string
 	SidecarWebAPIListen      string
 	SidecarInteractionAdmin  string
 	SidecarInteractionListen string
-	WebAPI                   string
-	Interaction              string
+	// WebAPI and Interaction are the customers' and the agents' address:
+	// the edge's from StageMesh on, the one instance's before.
+	WebAPI      string
+	Interaction string
+	// From StageMesh on the instances sit behind the edge: two webapi
+	// instances and one interaction instance on their own addresses,
+	// each a gossip member so that the control plane publishes it.
+	WebAPI1, WebAPI2             string
+	InteractionInstance          string
+	WebAPI1Gossip, WebAPI2Gossip string
+	InteractionGossip            string
+	EdgeAdmin                    string
+	// The coordination members (etcd-1..3): client, peer (raft) and HTTP.
+	Coord1Client, Coord1Peer, Coord1HTTP string
+	Coord2Client, Coord2Peer, Coord2HTTP string
+	Coord3Client, Coord3Peer, Coord3HTTP string
+}
+
+// coord returns the client, peer and HTTP addresses of member i (1..3).
+func (a Addrs) coord(i int) (client, peer, http string) {
+	switch i {
+	case 1:
+		return a.Coord1Client, a.Coord1Peer, a.Coord1HTTP
+	case 2:
+		return a.Coord2Client, a.Coord2Peer, a.Coord2HTTP
+	}
+	return a.Coord3Client, a.Coord3Peer, a.Coord3HTTP
 }
 
 // DefaultAddrs returns the demo addresses of docs/design.md, all on 127.0.0.1.
@@ -35,14 +64,22 @@ func DefaultAddrs() Addrs {
 	h := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 	return Addrs{
 		UCS:       h(7080),
+		UCS2:      h(7081),
 		CoreAHTTP: h(7102), CoreAGRPC: h(7101), CoreAGossip: h(7103),
 		CoreBHTTP: h(7112), CoreBGRPC: h(7111), CoreBGossip: h(7113),
 		XDSHTTP: h(7201), XDSGRPC: h(7200), XDSGossip: h(7203),
+		XDSBHTTP: h(7221), XDSBGRPC: h(7220), XDSBGossip: h(7223),
 		WitnessHTTP: h(7211), WitnessGossip: h(7213),
 		SidecarWebAPIAdmin: h(7302), SidecarWebAPIListen: h(7301),
 		SidecarInteractionAdmin: h(7312), SidecarInteractionListen: h(7311),
 		WebAPI:      h(8080),
 		Interaction: h(8081),
+		WebAPI1:     h(8082), WebAPI2: h(8083), InteractionInstance: h(8084),
+		WebAPI1Gossip: h(7503), WebAPI2Gossip: h(7513), InteractionGossip: h(7523),
+		EdgeAdmin:    h(7502),
+		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
+		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
+		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
 	}
 }
 
@@ -71,14 +108,22 @@ func FreeAddrs() (Addrs, error) {
 	}
 	a := Addrs{
 		UCS:       next(false),
+		UCS2:      next(false),
 		CoreAHTTP: next(false), CoreAGRPC: next(false), CoreAGossip: next(true),
 		CoreBHTTP: next(false), CoreBGRPC: next(false), CoreBGossip: next(true),
 		XDSHTTP: next(false), XDSGRPC: next(false), XDSGossip: next(true),
+		XDSBHTTP: next(false), XDSBGRPC: next(false), XDSBGossip: next(true),
 		WitnessHTTP: next(false), WitnessGossip: next(true),
 		SidecarWebAPIAdmin: next(false), SidecarWebAPIListen: next(false),
 		SidecarInteractionAdmin: next(false), SidecarInteractionListen: next(false),
 		WebAPI:      next(false),
 		Interaction: next(false),
+		WebAPI1:     next(false), WebAPI2: next(false), InteractionInstance: next(false),
+		WebAPI1Gossip: next(true), WebAPI2Gossip: next(true), InteractionGossip: next(true),
+		EdgeAdmin:    next(false),
+		Coord1Client: next(false), Coord1Peer: next(false), Coord1HTTP: next(false),
+		Coord2Client: next(false), Coord2Peer: next(false), Coord2HTTP: next(false),
+		Coord3Client: next(false), Coord3Peer: next(false), Coord3HTTP: next(false),
 	}
 	return a, err
 }
@@ -118,8 +163,8 @@ const (
 	// StagePair adds core-b (backup) and the witness; webapi and interaction
 	// are given both cores.
 	StagePair Stage = 3
-	// StageMesh replaces the witness by the xDS control plane and puts a
-	// sidecar in front of webapi and of interaction.
+	// StageMesh replaces the witness by two xDS control planes (xds and
+	// xds-b) and puts a sidecar in front of webapi and of interaction.
 	StageMesh Stage = 4
 )
 
@@ -133,6 +178,13 @@ type Layout struct {
 	// DataDir holds ucsmock's database (DataDir/ucs.db) and any other
 	// on-disk state (default ".hachat").
 	DataDir string
+	// UCSStore is the store of ucs: "" or "bbolt" (one instance, its
+	// database in DataDir/ucs.db) or "postgres": two instances, ucs and
+	// ucs-2, sharing the PostgreSQL database UCSPostgres; the cores are
+	// given both and fail over between them.
+	UCSStore string
+	// UCSPostgres is the connection string of the postgres store.
+	UCSPostgres string
 	// LogFormat is passed to every part as --log-format (default "text").
 	LogFormat string
 	// Service is the chat service name the web sample starts chats on
@@ -164,6 +216,14 @@ type Layout struct {
 	// /status: read-only) stays plain, and webapi and interaction serve
 	// browsers plain HTTP on loopback.
 	CertDir string
+	// CoordMembers is how many coordination members (hachat coord: embedded
+	// etcd, named etcd-1, etcd-2, ...) the plan runs to hold the cores'
+	// epochs and the primary's lease: 0 (the default) keeps the epochs at
+	// UCS; the demo runs 3 (at most 3). Paired stages only.
+	CoordMembers int
+	// Coordination, when set, points the cores at an etcd the deployment
+	// already runs (endpoints host:port,...) instead of members of the plan.
+	Coordination string
 	// Accounts is interaction's accounts file (default DataDir/accounts.json);
 	// whoever starts the plan writes it first (WriteAccounts).
 	Accounts string
@@ -230,28 +290,44 @@ func HARecommended() []string {
 
 // StandardPlan returns the plan of the standard cluster for l: the parts of
 // `hachat demo`, in start order (each part's dependencies come first).
+// With l.UCSStore "postgres", ucs is two instances (ucs, ucs-2) on one
+// PostgreSQL database, which whoever runs the plan starts first.
 //
 //   - StageSingle: ucs, core-a (primary), webapi and interaction on core-a.
 //   - StagePair: ucs, witness, core-a (primary), core-b (backup), each core
 //     naming the other as --peer and asking the witness before a promotion;
 //     the cores and the witness gossip (memberlist); webapi and interaction
 //     are given both cores.
-//   - StageMesh: ucs, core-a, core-b, the xds control plane (a gossip member
-//     and the cores' witness), a sidecar per client, and webapi and
+//   - With CoordMembers, the paired stages start etcd-1.. (hachat coord)
+//     before the cores, which take their epochs from them (--coordination).
+//   - StageMesh: ucs, core-a, core-b, two xds control planes (xds and
+//     xds-b: gossip members serving the same snapshots; the cores ask a live
+//     one as their witness), a sidecar per client that knows both control
+//     planes and keeps its last configuration in DataDir, and webapi and
 //     interaction that reach the cores only through their own sidecar.
 func StandardPlan(l Layout) Plan {
 	l.fill()
 	a := l.Addrs
 	logf := "--log-format=" + l.LogFormat
-	ucsURL := "http://" + a.UCS
+	scheme := "http://"
 	if l.CertDir != "" {
-		ucsURL = "https://" + a.UCS
+		scheme = "https://"
 	}
+	ucsURL := scheme + a.UCS
 	var parts []Part
-	parts = append(parts, Part{Name: "ucs", Kind: KindUCS, HTTP: a.UCS, Args: []string{
-		logf, "--http=" + a.UCS, "--db=" + filepath.Join(l.DataDir, "ucs.db"), "--admin-token=" + l.AdminToken,
-		"--writer-token=" + l.WriterToken, "--reader-token=" + l.UCSReaderToken,
-	}})
+	ucs := func(name, addr string, store ...string) Part {
+		return Part{Name: name, Kind: KindUCS, HTTP: addr, Args: append([]string{
+			logf, "--http=" + addr, "--admin-token=" + l.AdminToken,
+			"--writer-token=" + l.WriterToken, "--reader-token=" + l.UCSReaderToken,
+		}, store...)}
+	}
+	if l.UCSStore == "postgres" {
+		pg := []string{"--store=postgres", "--postgres=" + l.UCSPostgres}
+		parts = append(parts, ucs("ucs", a.UCS, pg...), ucs("ucs-2", a.UCS2, pg...))
+		ucsURL += "," + scheme + a.UCS2
+	} else {
+		parts = append(parts, ucs("ucs", a.UCS, "--db="+filepath.Join(l.DataDir, "ucs.db")))
+	}
 	witnessHTTP := ""
 	switch {
 	case l.Stage == StagePair:
@@ -260,20 +336,46 @@ func StandardPlan(l Layout) Plan {
 			logf, "--name=witness", "--http=" + a.WitnessHTTP, "--gossip-bind=" + a.WitnessGossip,
 			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
 		}})
-	case l.Stage >= StageMesh:
-		witnessHTTP = a.XDSHTTP
 	}
-	// The third gossip member: the witness, later the control plane.
+	// The third gossip member: the witness, later the control planes. With
+	// two control planes no --witness is given: a core asks whichever
+	// control plane membership shows alive (chatcore's witnessAddr), so
+	// losing one of them does not silence the witness.
 	thirdGossip := a.WitnessGossip
 	if l.Stage >= StageMesh {
-		thirdGossip = a.XDSGossip
+		thirdGossip = a.XDSGossip + "," + a.XDSBGossip
+	}
+	coordination := l.Coordination
+	if l.Stage >= StagePair && coordination == "" && l.CoordMembers > 0 {
+		n := min(l.CoordMembers, 3)
+		var cluster, clients []string
+		for i := 1; i <= n; i++ {
+			cl, peer, _ := a.coord(i)
+			cluster = append(cluster, fmt.Sprintf("etcd-%d=%s", i, peer))
+			clients = append(clients, cl)
+		}
+		for i := 1; i <= n; i++ {
+			cl, peer, httpAddr := a.coord(i)
+			name := fmt.Sprintf("etcd-%d", i)
+			parts = append(parts, Part{Name: name, Kind: KindCoord, HTTP: httpAddr, GRPC: cl, Args: []string{
+				logf, "--name=" + name, "--client=" + cl, "--peer=" + peer, "--http=" + httpAddr,
+				"--data-dir=" + filepath.Join(l.DataDir, name+".etcd"), "--initial-cluster=" + strings.Join(cluster, ","),
+			}})
+		}
+		coordination = strings.Join(clients, ",")
 	}
 	core := func(name, role, httpAddr, grpcAddr, gossip, peerGRPC, peerGossip string) Part {
 		args := []string{logf, "--name=" + name, "--role=" + role, "--http=" + httpAddr, "--grpc=" + grpcAddr,
 			"--ucs=" + ucsURL, "--ucs-token=" + l.WriterToken, "--service-token=" + l.ServiceToken, "--admin-token=" + l.AdminToken}
 		if l.Stage >= StagePair {
-			args = append(args, "--peer="+peerGRPC, "--witness="+witnessHTTP,
-				"--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
+			args = append(args, "--peer="+peerGRPC)
+			if witnessHTTP != "" {
+				args = append(args, "--witness="+witnessHTTP)
+			}
+			args = append(args, "--gossip-bind="+gossip, "--gossip-join="+peerGossip+","+thirdGossip, "--gossip-key="+l.GossipKey)
+		}
+		if l.Stage >= StagePair && coordination != "" {
+			args = append(args, "--coordination="+coordination)
 		}
 		args = append(args, HARecommended()...)
 		args = append(args, l.CoreArgs...)
@@ -287,14 +389,22 @@ func StandardPlan(l Layout) Plan {
 	}
 	webapiCore, interactionCore := coreTarget, coreTarget
 	if l.Stage >= StageMesh {
-		parts = append(parts, Part{Name: "xds", Kind: KindXDS, HTTP: a.XDSHTTP, GRPC: a.XDSGRPC, Args: []string{
-			logf, "--name=xds", "--http=" + a.XDSHTTP, "--grpc=" + a.XDSGRPC, "--gossip-bind=" + a.XDSGossip,
-			"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
-			"--admin-token=" + l.AdminToken,
-		}})
+		// Two control planes, built from the same gossip membership:
+		// they publish the same content under the same versions.
+		controlPlane := func(name, httpAddr, grpcAddr, gossip string) Part {
+			return Part{Name: name, Kind: KindXDS, HTTP: httpAddr, GRPC: grpcAddr, Args: []string{
+				logf, "--name=" + name, "--http=" + httpAddr, "--grpc=" + grpcAddr, "--gossip-bind=" + gossip,
+				"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
+				"--admin-token=" + l.AdminToken,
+			}}
+		}
+		parts = append(parts,
+			controlPlane("xds", a.XDSHTTP, a.XDSGRPC, a.XDSGossip),
+			controlPlane("xds-b", a.XDSBHTTP, a.XDSBGRPC, a.XDSBGossip))
 		sidecar := func(name, admin, listen string) Part {
 			return Part{Name: name, Kind: KindProxy, HTTP: admin, GRPC: listen, Args: []string{
-				logf, "--node-id=" + name, "--admin=" + admin, "--listen=" + listen, "--xds=" + a.XDSGRPC,
+				logf, "--node-id=" + name, "--admin=" + admin, "--listen=" + listen,
+				"--xds=" + a.XDSGRPC + "," + a.XDSBGRPC, "--xds-cache=" + XDSCacheFile(l.DataDir, name),
 			}}
 		}
 		parts = append(parts,
@@ -302,15 +412,48 @@ func StandardPlan(l Layout) Plan {
 			sidecar("sidecar-interaction", a.SidecarInteractionAdmin, a.SidecarInteractionListen))
 		webapiCore, interactionCore = a.SidecarWebAPIListen, a.SidecarInteractionListen
 	}
-	parts = append(parts,
-		Part{Name: "webapi", Kind: KindWebAPI, HTTP: a.WebAPI, Args: []string{
-			logf, "--http=" + a.WebAPI, "--core=" + webapiCore, "--service=" + l.Service,
-		}},
-		Part{Name: "interaction", Kind: KindInteraction, HTTP: a.Interaction, Args: []string{
-			logf, "--http=" + a.Interaction, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+	webapiPart := func(name, httpAddr string) Part {
+		return Part{Name: name, Kind: KindWebAPI, HTTP: httpAddr, Args: []string{
+			logf, "--http=" + httpAddr, "--core=" + webapiCore, "--service=" + l.Service,
+		}}
+	}
+	interactionPart := func(name, httpAddr string) Part {
+		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: []string{
+			logf, "--http=" + httpAddr, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
 			"--accounts=" + l.Accounts,
-		}},
-	)
+		}}
+	}
+	entry := Entrypoints{Customer: "http://" + a.WebAPI, Agent: "http://" + a.Interaction}
+	if l.Stage < StageMesh {
+		parts = append(parts, webapiPart("webapi", a.WebAPI), interactionPart("interaction", a.Interaction))
+	} else {
+		// Behind the edge: webapi twice (stateless: every chat's state is
+		// in the cores), interaction once (it keeps agent logins, offers
+		// and the queue in memory: a second instance would split them).
+		// Each registers in the gossip cluster; the control plane
+		// publishes them to the edge, which listens on the customers'
+		// and the agents' addresses.
+		gossip := func(p Part, name, bind string) Part {
+			p.Args = append(p.Args, "--gossip-name="+name, "--gossip-bind="+bind,
+				"--gossip-join="+a.XDSGossip+","+a.XDSBGossip, "--gossip-key="+l.GossipKey)
+			return p
+		}
+		parts = append(parts,
+			gossip(webapiPart("webapi", a.WebAPI1), "webapi", a.WebAPI1Gossip),
+			gossip(webapiPart("webapi-2", a.WebAPI2), "webapi-2", a.WebAPI2Gossip),
+			gossip(interactionPart("interaction", a.InteractionInstance), "interaction", a.InteractionGossip),
+			Part{Name: "edge", Kind: KindProxy, HTTP: a.EdgeAdmin, GRPC: a.WebAPI, Args: []string{
+				logf, "--ingress", "--node-id=edge", "--admin=" + a.EdgeAdmin, "--listen=" + a.WebAPI,
+				"--agent-listen=" + a.Interaction, "--xds=" + a.XDSGRPC + "," + a.XDSBGRPC,
+				"--xds-cache=" + XDSCacheFile(l.DataDir, "edge"),
+			}},
+		)
+		for i := range parts {
+			if parts[i].Kind == KindXDS {
+				parts[i].Args = append(parts[i].Args, "--ingress-customer="+a.WebAPI, "--ingress-agent="+a.Interaction)
+			}
+		}
+	}
 	if l.CertDir != "" {
 		for i := range parts {
 			p := &parts[i]
@@ -321,7 +464,13 @@ func StandardPlan(l Layout) Plan {
 			}
 		}
 	}
-	return Plan{Parts: parts}
+	return Plan{Parts: parts, Entrypoints: entry}
+}
+
+// XDSCacheFile is where the sidecar called name keeps its last accepted xDS
+// configuration in a cluster whose on-disk state is under dataDir.
+func XDSCacheFile(dataDir, name string) string {
+	return filepath.Join(dataDir, name+".xds-cache.json")
 }
 
 // TLSArgs returns the --tls-* flags of the part called name whose

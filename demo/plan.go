@@ -25,12 +25,14 @@ const (
 	KindXDS         Kind = "xds"
 	KindProxy       Kind = "proxy"
 	KindWitness     Kind = "witness"
+	// KindCoord is a member of the coordination cluster (embedded etcd).
+	KindCoord Kind = "coord"
 )
 
 // Valid reports whether k is one of the known kinds.
 func (k Kind) Valid() bool {
 	switch k {
-	case KindCore, KindUCS, KindWebAPI, KindInteraction, KindXDS, KindProxy, KindWitness:
+	case KindCore, KindUCS, KindWebAPI, KindInteraction, KindXDS, KindProxy, KindWitness, KindCoord:
 		return true
 	}
 	return false
@@ -78,6 +80,17 @@ func (p Part) URL() string {
 // (each one ready before the next starts) and stop in reverse.
 type Plan struct {
 	Parts []Part
+	// Entrypoints are the one address of customers and the one of agents
+	// (the edge's, when the plan has one), written to the state file.
+	Entrypoints Entrypoints
+}
+
+// Entrypoints are the URLs people and clients use: customers open
+// Customer (the web sample, the widget, the GMS API), agents and
+// supervisors Customer's sibling Agent (+ "/agent" for the desktop).
+type Entrypoints struct {
+	Customer string `json:"customer"`
+	Agent    string `json:"agent"`
 }
 
 // Sentinel errors of plans and supervisors.
@@ -133,7 +146,7 @@ func (p Plan) WithKind(k Kind, args ...string) Plan {
 
 // Without returns a copy of p without the named parts.
 func (p Plan) Without(names ...string) Plan {
-	out := Plan{}
+	out := Plan{Entrypoints: p.Entrypoints}
 	for _, part := range p.Clone().Parts {
 		if !slices.Contains(names, part.Name) {
 			out.Parts = append(out.Parts, part)
@@ -144,7 +157,7 @@ func (p Plan) Without(names ...string) Plan {
 
 // Clone returns a deep copy of p.
 func (p Plan) Clone() Plan {
-	out := Plan{Parts: make([]Part, len(p.Parts))}
+	out := Plan{Parts: make([]Part, len(p.Parts)), Entrypoints: p.Entrypoints}
 	for i, part := range p.Parts {
 		part.Args = slices.Clone(part.Args)
 		out.Parts[i] = part

@@ -64,7 +64,7 @@ func TestStandardPlanStages(t *testing.T) {
 	}{
 		{StageSingle, []string{"ucs", "core-a", "webapi", "interaction"}},
 		{StagePair, []string{"ucs", "witness", "core-a", "core-b", "webapi", "interaction"}},
-		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}},
+		{StageMesh, []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}},
 	}
 	for _, tt := range tests {
 		plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: tt.stage})
@@ -92,6 +92,57 @@ func TestStandardPlanStages(t *testing.T) {
 	w, _ := mesh.Part("webapi")
 	if !slices.Contains(w.Args, "--core=127.0.0.1:7301") {
 		t.Errorf("mesh webapi should reach the core through its sidecar: %v", w.Args)
+	}
+	// The edge holds the customers' and agents' addresses; the instances
+	// register in the gossip cluster under their own names.
+	want := Entrypoints{Customer: "http://127.0.0.1:8080", Agent: "http://127.0.0.1:8081"}
+	if mesh.Entrypoints != want {
+		t.Errorf("entrypoints %+v, want %+v", mesh.Entrypoints, want)
+	}
+	e, _ := mesh.Part("edge")
+	for _, arg := range []string{"--ingress", "--listen=127.0.0.1:8080", "--agent-listen=127.0.0.1:8081"} {
+		if e.Kind != KindProxy || !slices.Contains(e.Args, arg) {
+			t.Errorf("edge lacks %s: %+v", arg, e)
+		}
+	}
+	for name, gossip := range map[string]string{"webapi": "webapi", "webapi-2": "webapi-2", "interaction": "interaction"} {
+		p, _ := mesh.Part(name)
+		if !slices.Contains(p.Args, "--gossip-name="+gossip) || p.HTTP == "127.0.0.1:8080" || p.HTTP == "127.0.0.1:8081" {
+			t.Errorf("%s: %+v", name, p)
+		}
+	}
+	x, _ := mesh.Part("xds")
+	if !slices.Contains(x.Args, "--ingress-customer=127.0.0.1:8080") || !slices.Contains(x.Args, "--ingress-agent=127.0.0.1:8081") {
+		t.Errorf("xds does not publish the ingress: %v", x.Args)
+	}
+	if single := StandardPlan(Layout{Addrs: DefaultAddrs()}); single.Entrypoints != want {
+		t.Errorf("single stage entrypoints %+v, want the instances' %+v", single.Entrypoints, want)
+	}
+	// Issue 8: both control planes are given to every sidecar, which keeps
+	// its last configuration in the data dir; no core names one fixed
+	// witness that a dead control plane would silence.
+	for _, name := range []string{"sidecar-webapi", "sidecar-interaction", "edge"} {
+		sc, _ := mesh.Part(name)
+		if !slices.Contains(sc.Args, "--xds=127.0.0.1:7200,127.0.0.1:7220") ||
+			!slices.Contains(sc.Args, "--xds-cache="+XDSCacheFile(".hachat", name)) {
+			t.Errorf("%s: %v: want both control planes and its cache file", name, sc.Args)
+		}
+	}
+	for _, name := range []string{"xds", "xds-b"} {
+		if x, ok := mesh.Part(name); !ok || x.Kind != KindXDS {
+			t.Errorf("%s: %+v, want a part of kind xds", name, x)
+		}
+	}
+	for _, name := range []string{"core-a", "core-b"} {
+		c, _ := mesh.Part(name)
+		for _, arg := range c.Args {
+			if strings.HasPrefix(arg, "--witness=") {
+				t.Errorf("%s: %s: with two control planes the witness comes from membership", name, arg)
+			}
+			if strings.HasPrefix(arg, "--gossip-join=") && !strings.Contains(arg, "127.0.0.1:7223") {
+				t.Errorf("%s: %s does not join xds-b", name, arg)
+			}
+		}
 	}
 }
 
@@ -131,5 +182,104 @@ func TestStandardPlanUCSReaderToken(t *testing.T) {
 	}
 	if got := (Layout{}).Filled().UCSReaderToken; got != "demo-ucs-reader-token" {
 		t.Errorf("Filled().UCSReaderToken = %q", got)
+	}
+}
+
+// TestStandardPlanCoordination: with CoordMembers the paired stages start
+// the coordination members (kind coord) before the cores, every member
+// names all of them, and every core takes its epochs from all of them;
+// with Coordination the cores use that etcd and no member starts; the
+// single-core stage has none.
+func TestStandardPlanCoordination(t *testing.T) {
+	clients := "--coordination=127.0.0.1:7401,127.0.0.1:7411,127.0.0.1:7421"
+	tests := []struct {
+		name     string
+		layout   Layout
+		members  []string
+		coreFlag string // "" : no --coordination
+	}{
+		{"mesh, three members", Layout{Stage: StageMesh, CoordMembers: 3}, []string{"etcd-1", "etcd-2", "etcd-3"}, clients},
+		{"pair, three members", Layout{Stage: StagePair, CoordMembers: 3}, []string{"etcd-1", "etcd-2", "etcd-3"}, clients},
+		{"existing etcd", Layout{Stage: StageMesh, CoordMembers: 3, Coordination: "10.0.0.1:2379"}, nil, "--coordination=10.0.0.1:2379"},
+		{"single core", Layout{Stage: StageSingle, CoordMembers: 3}, nil, ""},
+		{"none", Layout{Stage: StageMesh}, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.layout.Addrs = DefaultAddrs()
+			plan := StandardPlan(tt.layout)
+			if err := plan.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			var members []string
+			firstCore := -1
+			for i, p := range plan.Parts {
+				if p.Kind == KindCoord {
+					members = append(members, p.Name)
+					if firstCore >= 0 {
+						t.Errorf("%s starts after a core", p.Name)
+					}
+					if !slices.Contains(p.Args, "--initial-cluster=etcd-1=127.0.0.1:7402,etcd-2=127.0.0.1:7412,etcd-3=127.0.0.1:7422") {
+						t.Errorf("%s: %v", p.Name, p.Args)
+					}
+				}
+				if p.Kind == KindCore {
+					if firstCore < 0 {
+						firstCore = i
+					}
+					has := slices.ContainsFunc(p.Args, func(a string) bool { return strings.HasPrefix(a, "--coordination=") })
+					if tt.coreFlag == "" && has || tt.coreFlag != "" && !slices.Contains(p.Args, tt.coreFlag) {
+						t.Errorf("%s: args %v, want %q", p.Name, p.Args, tt.coreFlag)
+					}
+				}
+			}
+			if !slices.Equal(members, tt.members) {
+				t.Errorf("members %v, want %v", members, tt.members)
+			}
+		})
+	}
+}
+
+// TestStandardPlanUCSStore: by default one ucs on its bbolt file; with
+// UCSStore postgres two ucs parts (ucs, ucs-2) on the given database, and
+// every core is given both, in that order, with the cluster's scheme.
+func TestStandardPlanUCSStore(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		layout    Layout
+		ucs       []string
+		coreUCS   string
+		storeArgs []string
+	}{
+		{"bbolt", Layout{Addrs: DefaultAddrs(), Stage: StagePair, DataDir: "d"},
+			[]string{"ucs"}, "--ucs=http://127.0.0.1:7080", []string{"--db=d/ucs.db"}},
+		{"postgres", Layout{Addrs: DefaultAddrs(), Stage: StagePair, UCSStore: "postgres", UCSPostgres: "host=/s dbname=ucs"},
+			[]string{"ucs", "ucs-2"}, "--ucs=http://127.0.0.1:7080,http://127.0.0.1:7081", []string{"--store=postgres", "--postgres=host=/s dbname=ucs"}},
+		{"postgres mtls", Layout{Addrs: DefaultAddrs(), Stage: StageMesh, UCSStore: "postgres", UCSPostgres: "x", CertDir: "c"},
+			[]string{"ucs", "ucs-2"}, "--ucs=https://127.0.0.1:7080,https://127.0.0.1:7081", []string{"--store=postgres", "--postgres=x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plan := StandardPlan(tc.layout)
+			var ucs []string
+			for _, p := range plan.Parts {
+				if p.Kind == KindUCS {
+					ucs = append(ucs, p.Name)
+					for _, a := range tc.storeArgs {
+						if !slices.Contains(p.Args, a) {
+							t.Errorf("%s args lack %s: %v", p.Name, a, p.Args)
+						}
+					}
+				}
+				if p.Kind == KindCore && !slices.Contains(p.Args, tc.coreUCS) {
+					t.Errorf("%s args lack %s: %v", p.Name, tc.coreUCS, p.Args)
+				}
+			}
+			if !slices.Equal(ucs, tc.ucs) {
+				t.Errorf("ucs parts %v, want %v", ucs, tc.ucs)
+			}
+			if err := plan.Validate(); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }

@@ -20,6 +20,12 @@ type State struct {
 	// Control is the supervisor's control socket, on which `hachat demo
 	// restart` asks it to start a part again ("" when it takes no requests).
 	Control string `json:"control,omitempty"`
+	// Entrypoints are the customers' and the agents' one address each
+	// (the edge, from stage 4 on).
+	Entrypoints Entrypoints `json:"entrypoints"`
+	// UCSStore is the shared store of the ucs instances when the demo
+	// started one (--ucs-store postgres); absent for bbolt.
+	UCSStore *UCSStoreState `json:"ucsStore,omitempty"`
 }
 
 // Credentials are the demo's secrets, recorded in the state file (mode
@@ -68,7 +74,8 @@ func (st State) Part(name string) (PartState, bool) {
 func (s *Supervisor) writeState() error {
 	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
 	defer s.stateMu.Unlock()
-	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials, Control: s.controlPath}
+	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials, Control: s.controlPath,
+		Entrypoints: s.plan.Entrypoints, UCSStore: s.opts.UCSStore}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)

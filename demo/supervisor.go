@@ -48,6 +48,9 @@ type Options struct {
 	// Credentials are written to the state file, so that an operator or a
 	// test can act as each account (see WriteAccounts).
 	Credentials Credentials
+	// UCSStore, if set, is recorded in the state file: the PostgreSQL
+	// cluster the ucs instances share.
+	UCSStore *UCSStoreState
 	// Control is the path of a Unix socket on which the supervisor takes
 	// restart requests (`hachat demo restart`, see ControlPath); it is
 	// recorded in the state file. Default: none.

@@ -35,7 +35,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ucs", "core-a", "core-b", "xds", "sidecar-webapi", "sidecar-interaction", "webapi", "interaction"}
+	want := []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}
 	for _, name := range want {
 		p, ok := st.Part(name)
 		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
@@ -43,6 +43,12 @@ func TestDemoCommand(t *testing.T) {
 		}
 		if !strings.Contains(output(), p.HTTP) {
 			t.Errorf("the table does not show %s's address %s", name, p.HTTP)
+		}
+	}
+	// Issue 8: two control planes, each listed with its kind.
+	for _, name := range []string{"xds", "xds-b"} {
+		if p, _ := st.Part(name); p.Kind != demo.KindXDS || p.GRPC == "" {
+			t.Errorf("state entry of control plane %s: %+v", name, p)
 		}
 	}
 	a, _ := st.Part("core-a")
@@ -54,10 +60,18 @@ func TestDemoCommand(t *testing.T) {
 		t.Fatalf("the demo runs no backup core: %+v", b)
 	}
 
-	// The seed's test: a customer and an agent chat...
-	webapi, _ := st.Part("webapi")
-	interaction, _ := st.Part("interaction")
-	gms := &harness.GMS{Base: "http://" + webapi.HTTP, Service: "customer-support", HTTP: http.DefaultClient}
+	// The customers' and the agents' one address each: the edge's, printed
+	// and in the state file; the instances are behind it.
+	edge, _ := st.Part("edge")
+	if st.Entrypoints.Customer != "http://"+edge.GRPC || st.Entrypoints.Agent == "" || edge.Kind != demo.KindProxy {
+		t.Fatalf("entrypoints %+v, edge %+v: want the edge's addresses", st.Entrypoints, edge)
+	}
+	if !strings.Contains(output(), "entrypoints: customer "+st.Entrypoints.Customer+" ") {
+		t.Errorf("the demo does not print the entrypoints %+v", st.Entrypoints)
+	}
+
+	// The seed's test, through the entrypoints: a customer and an agent chat...
+	gms := &harness.GMS{Base: st.Entrypoints.Customer, Service: "customer-support", HTTP: http.DefaultClient}
 	// The state file holds an agent and a supervisor account with passwords.
 	roles := map[string]bool{}
 	for _, a := range st.Credentials.Accounts {
@@ -69,7 +83,7 @@ func TestDemoCommand(t *testing.T) {
 	if !roles["agent"] || !roles["supervisor"] {
 		t.Fatalf("state file credentials lack an agent or a supervisor: %+v", st.Credentials.Accounts)
 	}
-	agents := &harness.AgentAPI{Base: "http://" + interaction.HTTP, HTTP: http.DefaultClient, Accounts: st.Credentials.Accounts}
+	agents := &harness.AgentAPI{Base: st.Entrypoints.Agent, HTTP: http.DefaultClient, Accounts: st.Credentials.Accounts}
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	agent := agents.MustLogin(t, "ada", "agent")

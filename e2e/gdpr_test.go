@@ -34,12 +34,20 @@ func ucsMetric(c *harness.Cluster, name string, labels ...string) (float64, erro
 // `hachat ctl delete --email` removes it, and the chat core's later saves
 // of the still-live chat (a new message, the end) are refused by the
 // tombstone: the transcript never comes back. Another customer's chat is
-// untouched. It runs on a plaintext cluster and on one with mTLS
-// everywhere (ctl then uses the state file's operator certificate).
+// untouched. It runs on a plaintext cluster, on one with mTLS everywhere
+// (ctl then uses the state file's operator certificate), and on one whose
+// two ucs instances share PostgreSQL (ctl talks to ucs, the cores may save
+// through either).
 func TestGDPRExportDeleteThroughCtl(t *testing.T) {
-	for _, tls := range []bool{false, true} {
-		name := map[bool]string{false: "plaintext", true: "mtls"}[tls]
-		t.Run(name, func(t *testing.T) { gdprThroughCtl(t, harness.StartCluster(t, harness.Options{TLS: tls})) })
+	for _, tc := range []struct {
+		name string
+		opts harness.Options
+	}{
+		{"plaintext", harness.Options{}},
+		{"mtls", harness.Options{TLS: true}},
+		{"postgres", harness.Options{UCSStore: "postgres"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { gdprThroughCtl(t, harness.StartCluster(t, tc.opts)) })
 	}
 }
 

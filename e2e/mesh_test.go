@@ -88,12 +88,13 @@ func TestMeshFailoverThroughSidecars(t *testing.T) {
 	}
 }
 
-// TestMeshControlPlaneDown: the control plane dies first; the sidecars keep
-// their last configuration and fail over on their own health checks.
+// TestMeshControlPlaneDown: every control plane dies first; the sidecars
+// keep their last configuration and fail over on their own health checks.
 func TestMeshControlPlaneDown(t *testing.T) {
 	c, sessions := mesh(t)
 	rec := aroundFault(t, sessions, func() {
 		c.Kill("xds", syscall.SIGKILL)
+		c.Kill("xds-b", syscall.SIGKILL)
 		c.Kill("core-a", syscall.SIGKILL)
 		c.WaitRole("core-b", "primary", 10*time.Second)
 	})
@@ -223,15 +224,30 @@ func TestProxylessGRPC(t *testing.T) {
 	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
 	c.WaitRole("core-a", "primary", 15*time.Second)
 	c.WaitRole("core-b", "backup", 15*time.Second)
+	serving := startProxylessClient(t, c, "e2e-proxyless")
+	harness.Eventually(t, "the proxyless client reaches core-a", 30*time.Second, serving("core-a"))
+	c.Kill("core-a", syscall.SIGKILL)
+	harness.Eventually(t, "the proxyless client reaches core-b", 30*time.Second, serving("core-b"))
+}
+
+// startProxylessClient writes the grpc-go bootstrap `hachat xds
+// grpc-bootstrap --state` prints for the cluster (every control plane of the
+// state file, in order) with the webapi's certificate, starts the proxyless
+// client (this test binary, see xdsClientMain) on it, and returns a
+// condition factory: serving(name) holds once the client's last answer came
+// from the core called name. The client is stopped when the test ends.
+func startProxylessClient(t *testing.T, c *harness.Cluster, nodeID string) (serving func(name string) func() error) {
+	t.Helper()
 	var stderrBoot strings.Builder
 	bcmd := exec.Command(harness.Binary(t), "xds", "grpc-bootstrap", "--state", c.Supervisor().StatePath(),
-		"--cert-dir", c.Layout().CertDir, "--cert-name", "webapi", "--node-id", "e2e-proxyless")
+		"--cert-dir", c.Layout().CertDir, "--cert-name", "webapi", "--node-id", nodeID)
 	bcmd.Stderr = &stderrBoot
 	boot, err := bcmd.Output()
 	if err != nil {
 		t.Fatalf("hachat xds grpc-bootstrap: %v: %s", err, stderrBoot.String())
 	}
-	for _, want := range []string{`"type": "tls"`, `"plugin_name": "file_watcher"`, `"server_uri": "` + c.Part("xds").GRPC + `"`} {
+	for _, want := range []string{`"type": "tls"`, `"plugin_name": "file_watcher"`,
+		`"server_uri": "` + c.Part("xds").GRPC + `"`, `"server_uri": "` + c.Part("xds-b").GRPC + `"`} {
 		if !strings.Contains(string(boot), want) {
 			t.Fatalf("bootstrap lacks %s:\n%s", want, boot)
 		}
@@ -241,8 +257,7 @@ func TestProxylessGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	self, _ := os.Executable()
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	cmd := exec.CommandContext(ctx, self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), xdsClientEnv+"=1", xdsClientTLSEnv+"=1", "GRPC_XDS_BOOTSTRAP="+bootPath, "GRPC_XDS_BOOTSTRAP_CONFIG=")
 	stdout, err := cmd.StdoutPipe()
@@ -254,13 +269,13 @@ func TestProxylessGRPC(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		cmd.Wait()
 		if t.Failed() {
-			t.Logf("xDS client stderr:\n%s", stderr.String())
+			t.Logf("xDS client %s stderr:\n%s", nodeID, stderr.String())
 		}
-	}()
+	})
 	// The child prints "<core name> <role>" after every successful health
 	// check + Status call; errors as "error ...".
 	var mu sync.Mutex
@@ -281,7 +296,7 @@ func TestProxylessGRPC(t *testing.T) {
 			}
 		}
 	}()
-	serving := func(name string) func() error {
+	return func(name string) func() error {
 		return func() error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -291,7 +306,4 @@ func TestProxylessGRPC(t *testing.T) {
 			return nil
 		}
 	}
-	harness.Eventually(t, "the proxyless client reaches core-a", 30*time.Second, serving("core-a"))
-	c.Kill("core-a", syscall.SIGKILL)
-	harness.Eventually(t, "the proxyless client reaches core-b", 30*time.Second, serving("core-b"))
 }

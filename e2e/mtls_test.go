@@ -203,7 +203,7 @@ func TestMTLSRefusalsMesh(t *testing.T) {
 	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true})
 	certDir := c.Layout().CertDir
 	other := foreignCA(t, mtls.Part{Kind: mtls.KindWebAPI, Name: "webapi"})
-	refuseStrangersGRPC(t, map[string]string{"xds ADS": c.Part("xds").GRPC, "core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC,
+	refuseStrangersGRPC(t, map[string]string{"xds ADS": c.Part("xds").GRPC, "xds-b ADS": c.Part("xds-b").GRPC, "core-a": c.Part("core-a").GRPC, "core-b": c.Part("core-b").GRPC,
 		"sidecar-webapi": c.Part("sidecar-webapi").GRPC, "sidecar-interaction": c.Part("sidecar-interaction").GRPC}, other, "webapi")
 	// The sidecar carries a webapi certificate's calls to the primary, and
 	// refuses a kind that has no business there.
@@ -217,7 +217,7 @@ func TestMTLSRefusalsMesh(t *testing.T) {
 			t.Fatal("a ucs certificate used the sidecar")
 		}
 	})
-	refuseStrangersHTTP(t, c, []string{"xds", "sidecar-webapi", "sidecar-interaction", "ucs"}, other)
+	refuseStrangersHTTP(t, c, []string{"xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "ucs"}, other)
 	t.Run("xds/webapi cannot switch over", func(t *testing.T) {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.URL("xds")+"/xds/v1/switchover", nil)
 		req.Header.Set("Authorization", "Bearer "+c.AdminToken())

@@ -19,6 +19,11 @@ const (
 	KindCore    = "core"
 	KindXDS     = "xds"
 	KindWitness = "witness"
+	// KindWebAPI and KindInteraction are the instances behind the edge:
+	// they gossip only so that the control plane publishes them (their
+	// HTTPAddr is their public listener); they never vote.
+	KindWebAPI      = "webapi"
+	KindInteraction = "interaction"
 )
 
 // Roles of a core. Members that are not cores carry the empty role.
@@ -42,7 +47,7 @@ var (
 // compact JSON in memberlist's node meta, so it must stay under MaxMetaSize
 // bytes once encoded.
 type Meta struct {
-	// Kind is core, xds or witness.
+	// Kind is core, xds, witness, webapi or interaction.
 	Kind string `json:"kind"`
 	// Role is primary or backup for a core, empty for the others.
 	Role string `json:"role"`
@@ -63,12 +68,12 @@ func (m Meta) Validate() error {
 		if m.Role != RolePrimary && m.Role != RoleBackup && m.Role != "" {
 			return fmt.Errorf("%w: role %q: want primary, backup or empty", ErrBadMeta, m.Role)
 		}
-	case KindXDS, KindWitness:
+	case KindXDS, KindWitness, KindWebAPI, KindInteraction:
 		if m.Role != "" {
 			return fmt.Errorf("%w: role %q on a %s member: only cores have a role", ErrBadMeta, m.Role, m.Kind)
 		}
 	default:
-		return fmt.Errorf("%w: kind %q: want core, xds or witness", ErrBadMeta, m.Kind)
+		return fmt.Errorf("%w: kind %q: want core, xds, witness, webapi or interaction", ErrBadMeta, m.Kind)
 	}
 	for _, a := range []struct{ name, addr string }{{"grpc", m.GRPCAddr}, {"http", m.HTTPAddr}} {
 		if a.addr == "" {

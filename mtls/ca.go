@@ -52,11 +52,13 @@ const (
 	KindWitness     = "witness"
 	KindOperator    = "operator"
 	KindEnvoy       = "envoy"
+	// KindCoord is a member of the coordination cluster (etcd).
+	KindCoord = "coord"
 )
 
 // Kinds lists every kind a certificate may carry.
 func Kinds() []string {
-	return []string{KindCore, KindUCS, KindXDS, KindProxy, KindWebAPI, KindInteraction, KindWitness, KindOperator, KindEnvoy}
+	return []string{KindCore, KindUCS, KindXDS, KindProxy, KindWebAPI, KindInteraction, KindWitness, KindOperator, KindEnvoy, KindCoord}
 }
 
 // Errors callers branch on.

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"time"
 
@@ -85,6 +87,12 @@ func (p *Proxy) Dump() Dump {
 	if p.xds.LastNACK != nil {
 		n := *p.xds.LastNACK
 		d.XDS.LastNACK = &n
+	}
+	d.XDS.Servers = slices.Clone(p.xds.Servers)
+	if p.xds.Cache != nil {
+		c := *p.xds.Cache
+		c.LoadedVersions = maps.Clone(c.LoadedVersions)
+		d.XDS.Cache = &c
 	}
 	names := make([]string, 0, len(p.cds))
 	for n := range p.cds {

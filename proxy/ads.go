@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // ADS reconnect backoff: the first retry after about adsBackoffBase, doubling
@@ -35,7 +36,9 @@ type adsClient struct {
 	lds      map[string]listenerInfo
 	cds      map[string]clusterInfo
 	eds      map[string]assignment
-	edsNames []string // EDS resources subscribed to
+	edsNames []string                // EDS resources subscribed to
+	raw      map[string][]*anypb.Any // last accepted resources per type, as sent
+	saved    map[string]string       // versions the cache file holds
 
 	nackVersion map[string]string // version last NACKed per type
 	nackCount   map[string]int
@@ -48,53 +51,78 @@ func newADSClient(p *Proxy) *adsClient {
 		lds:         map[string]listenerInfo{},
 		cds:         map[string]clusterInfo{},
 		eds:         map[string]assignment{},
+		raw:         map[string][]*anypb.Any{},
 		nackVersion: map[string]string{},
 		nackCount:   map[string]int{},
 	}
 }
 
-// run keeps one ADS stream open until ctx ends, reconnecting with
-// exponential backoff and jitter. The last good configuration keeps serving
-// while the control plane is away.
+// run keeps one ADS stream open until ctx ends. With several control
+// planes it holds one stream at a time and, when that stream ends or cannot
+// be opened, moves at once to the next address; only after every address
+// failed in a row does it wait, with exponential backoff and jitter. The
+// last good configuration keeps serving while no control plane answers.
 func (a *adsClient) run(ctx context.Context) {
+	servers := a.p.cfg.XDSServers()
 	wait := adsBackoffBase
-	failures := 0
+	failures := 0   // attempts since the last stream that got a response
+	cur := 0        // index of the control plane to try next
+	connected := "" // the control plane of the last stream that got a response
 	for {
-		got, err := a.session(ctx)
-		a.p.setADSConnected(false)
+		addr := servers[cur]
+		got, err := a.session(ctx, addr, connected)
+		a.p.setADSConnected(addr, false)
 		if ctx.Err() != nil {
 			return
 		}
 		if got {
 			wait = adsBackoffBase
 			failures = 0
+			connected = addr
 		}
 		failures++
+		next := (cur + 1) % len(servers)
+		if len(servers) > 1 && failures < len(servers) {
+			// Another control plane has not been tried since this one
+			// was lost: move at once.
+			msg := "control plane unreachable; trying the next one, keeping the last good configuration"
+			if got {
+				msg = "control plane lost; moving to the next one, keeping the last good configuration"
+			}
+			a.p.log.Warn(msg, "xds", addr, "next", servers[next], "err", err, "had_stream", got)
+			cur = next
+			continue
+		}
 		d := wait/2 + rand.N(wait/2+1)
-		// Warn when the stream is lost and every tenth failed attempt; the
-		// attempts in between are debug noise while the control plane is away.
+		// Warn when the stream is lost and every tenth failed round; the
+		// attempts in between are debug noise while no control plane is up.
 		level := slog.LevelDebug
-		if failures%10 == 1 {
+		if failures%(10*len(servers)) == 1 || (len(servers) > 1 && failures == len(servers)) {
 			level = slog.LevelWarn
 		}
-		a.p.log.Log(ctx, level, "ADS stream to control plane ended; keeping last good configuration", "xds", a.p.cfg.XDS,
-			"err", err, "attempt", failures, "retry_in", d.Round(time.Millisecond))
+		a.p.log.Log(ctx, level, "no control plane answers; keeping last good configuration", "xds", addr,
+			"next", servers[next], "control_planes", len(servers), "err", err, "attempt", failures,
+			"retry_in", d.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(d):
 		}
 		wait = min(2*wait, a.p.cfg.ADSBackoffMax)
+		cur = next
 	}
 }
 
-// session runs one ADS stream. got reports whether any response arrived.
-func (a *adsClient) session(ctx context.Context) (got bool, err error) {
+// session runs one ADS stream to the control plane at addr. got reports
+// whether any response arrived. last is the control plane of the previous
+// stream that got a response ("" if none): a different one is a move,
+// logged and counted.
+func (a *adsClient) session(ctx context.Context, addr, last string) (got bool, err error) {
 	creds := insecure.NewCredentials()
 	if a.p.tls != nil {
 		creds = a.p.tls.xdsCreds()
 	}
-	cc, err := grpc.NewClient(a.p.cfg.XDS,
+	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: time.Second}))
 	if err != nil {
@@ -150,8 +178,10 @@ func (a *adsClient) session(ctx context.Context) (got bool, err error) {
 	if len(a.edsNames) > 0 {
 		send(a.request(endpointType, a.edsNames, ""))
 	}
-	a.p.setADSConnected(true)
-	a.p.log.Info("ADS stream open", "xds", a.p.cfg.XDS, "node", a.p.cfg.NodeID)
+	moved := last != "" && last != addr
+	// firstSeen records, per type, whether this stream's first response
+	// was already reported (the story of a move: same versions or new).
+	firstSeen := map[string]bool{}
 
 	for {
 		resp, err := stream.Recv()
@@ -163,14 +193,28 @@ func (a *adsClient) session(ctx context.Context) (got bool, err error) {
 			}
 			return got, fmt.Errorf("ADS receive: %w", err)
 		}
-		got = true
+		if !got {
+			// The stream is open only once the control plane answers:
+			// a stream to a stopped process or one that never responds
+			// does not count as connected.
+			got = true
+			a.p.setADSConnected(addr, true)
+			if moved {
+				a.p.m.adsMoves.Inc()
+				a.p.mu.Lock()
+				a.p.xds.Moves++
+				a.p.mu.Unlock()
+			}
+			a.p.log.Info("ADS stream open", "xds", addr, "node", a.p.cfg.NodeID, "moved_from", last, "moved", moved)
+		}
 		t := resp.GetTypeUrl()
 		nonces[t] = resp.GetNonce()
+		prevVersion := a.versions[t]
 		if err := a.accept(resp); err != nil {
 			delay := a.nackDelay(t, resp.GetVersionInfo())
 			a.p.recordNACK(t, resp.GetVersionInfo(), resp.GetNonce(), err)
 			a.p.log.Warn("NACK: xDS response rejected; last good configuration keeps serving",
-				"type", shortType(t), "version", resp.GetVersionInfo(), "nonce", resp.GetNonce(),
+				"xds", addr, "type", shortType(t), "version", resp.GetVersionInfo(), "nonce", resp.GetNonce(),
 				"kept_version", a.versions[t], "err", err, "nack_delay", delay)
 			req := a.request(t, a.names(t), resp.GetNonce())
 			req.ErrorDetail = &spb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
@@ -183,9 +227,15 @@ func (a *adsClient) session(ctx context.Context) (got bool, err error) {
 		}
 		delete(a.nackVersion, t)
 		delete(a.nackCount, t)
+		unchanged := prevVersion != "" && prevVersion == resp.GetVersionInfo()
+		if !firstSeen[t] {
+			firstSeen[t] = true
+			a.p.log.Info("first response from control plane", "xds", addr, "type", shortType(t),
+				"version", resp.GetVersionInfo(), "held_version", prevVersion, "unchanged", unchanged)
+		}
 		a.versions[t] = resp.GetVersionInfo()
 		a.p.recordACK(t, resp.GetVersionInfo())
-		a.p.log.Debug("ACK", "type", shortType(t), "version", resp.GetVersionInfo(), "nonce", resp.GetNonce())
+		a.p.log.Debug("ACK", "xds", addr, "type", shortType(t), "version", resp.GetVersionInfo(), "nonce", resp.GetNonce())
 		send(a.request(t, a.names(t), resp.GetNonce()))
 		if t == clusterType {
 			if names := a.wantEDS(); !slices.Equal(names, a.edsNames) {
@@ -198,9 +248,13 @@ func (a *adsClient) session(ctx context.Context) (got bool, err error) {
 				send(a.request(endpointType, names, nonces[endpointType]))
 			}
 		}
-		if t == listenerType || t == clusterType || t == endpointType {
+		// Versions are content: the same version from another control
+		// plane (or from the cache file's) is the configuration already
+		// applied, so nothing is re-applied and no connection moves.
+		if !unchanged && (t == listenerType || t == clusterType || t == endpointType) {
 			a.p.apply(maps.Clone(a.lds), maps.Clone(a.cds), maps.Clone(a.eds))
 		}
+		a.saveCache(addr)
 	}
 }
 
@@ -219,18 +273,21 @@ func (a *adsClient) accept(resp *discoveryv3.DiscoveryResponse) error {
 			}
 		}
 		a.lds = l
+		a.raw[listenerType] = resp.GetResources()
 	case clusterType:
 		c, err := decodeClusters(resp.GetResources())
 		if err != nil {
 			return err
 		}
 		a.cds = c
+		a.raw[clusterType] = resp.GetResources()
 	case endpointType:
 		e, err := decodeAssignments(resp.GetResources())
 		if err != nil {
 			return err
 		}
 		a.eds = e
+		a.raw[endpointType] = resp.GetResources()
 	default:
 		return fmt.Errorf("%w: unexpected type %q", ErrBadResource, resp.GetTypeUrl())
 	}
@@ -297,15 +354,21 @@ func shortType(t string) string {
 	}
 }
 
-// setADSConnected records whether the ADS stream is open.
-func (p *Proxy) setADSConnected(up bool) {
+// setADSConnected records whether the ADS stream to the control plane at
+// addr is open (has answered).
+func (p *Proxy) setADSConnected(addr string, up bool) {
 	p.mu.Lock()
 	p.xds.Connected = up
+	if up {
+		p.xds.Address = addr
+	}
 	p.mu.Unlock()
 	if up {
 		p.m.adsConnected.Set(1)
+		p.m.adsServer.WithLabelValues(addr).Set(1)
 	} else {
 		p.m.adsConnected.Set(0)
+		p.m.adsServer.WithLabelValues(addr).Set(0)
 	}
 }
 

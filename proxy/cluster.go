@@ -45,6 +45,52 @@ type cluster struct {
 	// view for a moment, must not cut live chats: the connections stay until
 	// they end, the host dies, or a healthy primary elsewhere takes over.
 	orphans map[string]*host
+	// rr turns the start among equally loaded hosts of a balanced
+	// cluster, so that a burst of new connections spreads.
+	rr int
+}
+
+// balanced reports whether c is a cluster of equal instances (webapi,
+// interaction behind the edge: a TCP health check) rather than a primary and
+// its backups (the chat cores: a gRPC Status check). A balanced cluster
+// spreads new connections over every host not known to be down, least
+// connections first, and closes connections only to a host that goes down.
+func (c *cluster) balanced() bool { return c.info.hc.Kind == checkTCP }
+
+// order is the order in which a new connection tries c's hosts: rank for a
+// primary/backup cluster; for a balanced one, hosts not known to be down
+// before down ones, fewest connections first, ties taken in turn.
+// p.mu is held.
+func (c *cluster) order() []*host {
+	if !c.balanced() {
+		return rank(c.hosts)
+	}
+	out := make([]*host, 0, len(c.hosts))
+	for _, h := range c.hosts {
+		out = append(out, h)
+	}
+	down := func(h *host) bool { return h.state == stateDown }
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if down(a) != down(b) {
+			return !down(a)
+		}
+		if len(a.conns) != len(b.conns) {
+			return len(a.conns) < len(b.conns)
+		}
+		return a.addr < b.addr
+	})
+	k := 0
+	for k < len(out) && down(out[k]) == down(out[0]) && len(out[k].conns) == len(out[0].conns) {
+		k++
+	}
+	if k > 1 {
+		r := c.rr % k
+		c.rr++
+		lead := append(append([]*host{}, out[r:k]...), out[:r]...)
+		copy(out, lead)
+	}
+	return out
 }
 
 func newCluster(ci clusterInfo) *cluster {
@@ -135,6 +181,7 @@ func (p *Proxy) removeHostLocked(h *host, why string, keepConns bool) {
 	}
 	p.m.hostHealthy.DeleteLabelValues(h.cluster.name, h.addr)
 	p.m.breakerState.DeleteLabelValues(h.addr)
+	p.upstreamChange(h, "removed")
 	if h.cluster.chosen == h {
 		h.cluster.chosen = nil
 	}
@@ -235,6 +282,22 @@ func (p *Proxy) recomputeLocked(why string) {
 	if c == nil {
 		return
 	}
+	if c.balanced() {
+		// Every host not known to be down takes connections: there is no
+		// one upstream to choose, only down hosts to leave.
+		for _, h := range c.hosts {
+			if h.state == stateDown && len(h.conns) > 0 {
+				p.closeConnsLocked(h, "host down")
+			}
+		}
+		for addr, h := range c.orphans {
+			if len(h.conns) == 0 {
+				delete(c.orphans, addr)
+			}
+		}
+		p.notifyLocked()
+		return
+	}
 	ranked := rank(c.hosts)
 	var chosen *host
 	definitive := false
@@ -301,6 +364,7 @@ func (p *Proxy) closeConnsLocked(h *host, why string) {
 		delete(h.conns, c)
 		p.m.closedConns.Inc()
 	}
+	p.countConns(h)
 }
 
 // hostFailed marks h down at once after a refused or reset connection and
@@ -317,6 +381,7 @@ func (p *Proxy) hostFailed(h *host, err error) {
 		h.succ = 0
 		h.lastErr = err.Error()
 		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)
+		p.upstreamChange(h, "down")
 		p.recomputeLocked("connection refused or reset by " + h.addr)
 	}
 	for _, o := range h.cluster.hosts {

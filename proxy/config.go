@@ -5,24 +5,36 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hachat/hachat/mtls"
 )
 
 // Config is the configuration of one sidecar. The yaml tags are the flag
-// names. The sidecar knows only the control plane: every upstream comes from
-// xDS (a --bootstrap-cache that would let a sidecar start without the control
-// plane is out of scope, see docs/proxy.md).
+// names. Every upstream comes from xDS: from one of the control planes in
+// XDS, or, while none answers, from the last accepted configuration kept in
+// XDSCache.
 type Config struct {
 	// NodeID is the xDS node id the sidecar announces (default "sidecar").
 	// The control plane may keep per-node snapshots keyed by it.
 	NodeID string `yaml:"node-id"`
 	// NodeCluster is the xDS node cluster (default "hachat-sidecar").
 	NodeCluster string `yaml:"node-cluster"`
-	// XDS is the control plane's ADS address (default 127.0.0.1:7200).
+	// XDS lists the control planes' ADS addresses, comma-separated
+	// (default 127.0.0.1:7200). The sidecar holds one stream at a time and
+	// moves to the next address when its control plane is lost or does not
+	// answer; every control plane serves the same content under the same
+	// versions, so a move changes nothing that was already applied.
 	XDS string `yaml:"xds"`
+	// XDSCache is a file where the sidecar keeps its last accepted
+	// configuration (written atomically after every change) and from which
+	// it starts when no control plane answers. Empty (the default) keeps
+	// nothing on disk. A file that fails validation is refused with a log
+	// line and ignored: the sidecar then waits for a control plane.
+	XDSCache string `yaml:"xds-cache"`
 	// Listen is the address the data listener binds (default 127.0.0.1:7301).
 	// The address inside the LDS Listener is ignored: it is the control
 	// plane's view, the sidecar's own port is local configuration.
@@ -53,6 +65,15 @@ type Config struct {
 	// checks and the ADS stream use it, and the admin API serves HTTPS
 	// (AdminPolicy). Unset (the default), everything is plaintext.
 	TLS mtls.Files `yaml:",inline"`
+	// Ingress makes the data listener public (the edge, see Ingress): the
+	// sidecar passes the client's bytes through to the upstream untouched,
+	// so TLS, if any, is between the browser and the instance; the
+	// --tls-* files then serve only the ADS stream and the admin API.
+	Ingress bool `yaml:"-"`
+
+	// metricsListener labels every metric with listener=<value> (the edge
+	// runs one proxy per public listener on one registry).
+	metricsListener string
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -75,7 +96,8 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "xDS node id of this sidecar")
 	fs.StringVar(&c.NodeCluster, "node-cluster", c.NodeCluster, "xDS node cluster of this sidecar")
-	fs.StringVar(&c.XDS, "xds", c.XDS, "control plane ADS address (host:port)")
+	fs.StringVar(&c.XDS, "xds", c.XDS, "control plane ADS addresses (host:port[,host:port...]); the sidecar moves to the next when one is lost")
+	fs.StringVar(&c.XDSCache, "xds-cache", c.XDSCache, "file keeping the last accepted xDS configuration, used at start when no control plane answers (empty: none)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "data listener address; clients connect here")
 	fs.StringVar(&c.Listener, "listener", c.Listener, "LDS listener whose tcp_proxy cluster this sidecar serves (empty: the only one)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin HTTP address (/proxy/v1/clusters, /healthz, /metrics); empty disables")
@@ -95,6 +117,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLS.Key, "tls-key", c.TLS.Key, "mTLS: the sidecar's private key")
 }
 
+// XDSServers returns the control plane addresses of XDS, in order, blanks
+// dropped.
+func (c Config) XDSServers() []string {
+	var out []string
+	for _, a := range strings.Split(c.XDS, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // ErrConfig marks a configuration the sidecar cannot run with.
 var ErrConfig = errors.New("bad proxy config")
 
@@ -105,8 +139,17 @@ func (c Config) validate(static bool) error {
 		if c.NodeID == "" {
 			return fmt.Errorf("%w: node-id is empty", ErrConfig)
 		}
-		if _, _, err := net.SplitHostPort(c.XDS); err != nil {
-			return fmt.Errorf("%w: xds %q: %v", ErrConfig, c.XDS, err)
+		servers := c.XDSServers()
+		if len(servers) == 0 {
+			return fmt.Errorf("%w: xds is empty", ErrConfig)
+		}
+		for i, addr := range servers {
+			if _, _, err := net.SplitHostPort(addr); err != nil {
+				return fmt.Errorf("%w: xds %q: %v", ErrConfig, addr, err)
+			}
+			if slices.Contains(servers[:i], addr) {
+				return fmt.Errorf("%w: xds %q given twice", ErrConfig, addr)
+			}
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"time"
 
@@ -47,6 +48,10 @@ func (p *Proxy) startChecker(h *host) {
 // kill -9 is seen within milliseconds even without client traffic.
 func (p *Proxy) checkLoop(ctx context.Context, h *host) {
 	hc, _ := p.checkParams(h)
+	if hc.Kind == checkTCP {
+		p.tcpCheckLoop(ctx, h)
+		return
+	}
 	creds := insecure.NewCredentials()
 	if p.tls != nil {
 		creds = p.tls.coreCreds()
@@ -121,7 +126,49 @@ func watchConn(ctx context.Context, cc *grpc.ClientConn, h *host) {
 func (p *Proxy) checkParams(h *host) (healthCheck, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return h.cluster.info.hc, !h.cluster.definitive
+	return h.cluster.info.hc, !h.cluster.definitive && !h.cluster.balanced()
+}
+
+// tcpCheckLoop checks h every interval, and at once when poked, by opening
+// a TCP connection and closing it: the check of a balanced cluster, whose
+// instances may serve TLS to browsers that the edge passes through
+// untouched. A refused connect (a killed process) marks the host down at
+// once; a host that accepts is up.
+func (p *Proxy) tcpCheckLoop(ctx context.Context, h *host) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-h.kick:
+			if gap := time.Since(last); gap < minCheckGap {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(minCheckGap - gap):
+				}
+			}
+		}
+		hc, _ := p.checkParams(h)
+		last = time.Now()
+		cctx, cancel := context.WithTimeout(ctx, hc.Timeout)
+		var d net.Dialer
+		c, err := d.DialContext(cctx, "tcp", h.addr)
+		cancel()
+		if err == nil {
+			c.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		p.report(h, nil, err)
+		iv := hc.Interval
+		iv += time.Duration(rand.Int64N(int64(iv)/10 + 1))
+		timer.Reset(iv)
+	}
 }
 
 // report applies one check result to h.
@@ -145,10 +192,15 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 				"was_role", h.role, "was_epoch", h.epoch)
 		}
 		h.role, h.epoch, h.name, h.draining = resp.GetRole(), resp.GetEpoch(), resp.GetName(), resp.GetDraining()
+		if resp == nil {
+			// A TCP check: the name is the one the control plane published.
+			h.name = h.ep.name
+		}
 		if h.state != stateUp && (h.state == stateUnknown || h.succ >= hc.Healthy) {
 			h.state = stateUp
 			changed = true
 			p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(1)
+			p.upstreamChange(h, "up")
 			p.log.Info("upstream host up", "host", h.addr, "name", h.name, "role", h.role, "epoch", h.epoch)
 		}
 		if changed {
@@ -164,6 +216,7 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 	if h.state != stateDown && (immediate || h.state == stateUnknown || h.fail >= hc.Unhealthy) {
 		h.state = stateDown
 		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)
+		p.upstreamChange(h, "down")
 		p.log.Warn("upstream host down", "host", h.addr, "name", h.name, "failures", h.fail,
 			"immediate", immediate, "err", err)
 		p.recomputeLocked("health check of " + h.addr)

@@ -81,7 +81,7 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 			attribute.String("proxy.listener", p.ln.Addr().String())))
 	defer span.End()
 
-	if p.tls != nil {
+	if p.tls != nil && !p.cfg.Ingress {
 		tc, err := p.handshake(ctx, client)
 		if err != nil {
 			client.Close()
@@ -160,7 +160,7 @@ func (p *Proxy) connect(ctx context.Context) (*host, net.Conn, error) {
 		var next *host
 		if c := p.cluster; c != nil {
 			timeout = c.info.connectTimeout
-			for _, h := range rank(c.hosts) {
+			for _, h := range c.order() {
 				if !tried[h] {
 					next = h
 					break
@@ -201,7 +201,9 @@ func (p *Proxy) connect(ctx context.Context) (*host, net.Conn, error) {
 			if tc, ok := c.(*net.TCPConn); ok {
 				tc.SetNoDelay(true)
 			}
-			if p.tls == nil {
+			if p.tls == nil || p.cfg.Ingress {
+				// Ingress passes the client's bytes through: TLS, if any,
+				// is between the browser and the instance.
 				return c, nil
 			}
 			// mTLS to the core within the same connect timeout; a refused
@@ -261,12 +263,14 @@ func (p *Proxy) register(h *host, c *conn) bool {
 		return false
 	}
 	h.conns[c] = struct{}{}
+	p.countConns(h)
 	return true
 }
 
 func (p *Proxy) unregister(h *host, c *conn) {
 	p.mu.Lock()
 	delete(h.conns, c)
+	p.countConns(h)
 	if h.removed && len(h.conns) == 0 && h.cluster.orphans[h.addr] == h {
 		delete(h.cluster.orphans, h.addr)
 	}

@@ -7,6 +7,10 @@ type metrics struct {
 	adsConnected  prometheus.Gauge
 	adsUpdates    *prometheus.CounterVec
 	adsNACKs      *prometheus.CounterVec
+	adsServer     *prometheus.GaugeVec
+	adsMoves      prometheus.Counter
+	cacheLoads    *prometheus.CounterVec
+	cacheWrites   *prometheus.CounterVec
 	connsActive   prometheus.Gauge
 	connsTotal    prometheus.Counter
 	bytes         *prometheus.CounterVec
@@ -29,6 +33,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "xDS responses accepted (ACKed), by type."}, []string{"type"}),
 		adsNACKs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_ads_nacks_total",
 			Help: "xDS responses rejected (NACKed), by type."}, []string{"type"}),
+		adsServer: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_proxy_ads_control_plane",
+			Help: "1 for the control plane (ADS address) the sidecar's stream is open to, 0 for the others."}, []string{"address"}),
+		adsMoves: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_ads_moves_total",
+			Help: "Times the ADS stream was established to another control plane than the previous one."}),
+		cacheLoads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_xds_cache_loads_total",
+			Help: "Loads of the xDS cache file at start, by result: ok, refused (corrupt, altered, another node), absent."}, []string{"result"}),
+		cacheWrites: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_xds_cache_writes_total",
+			Help: "Writes of the xDS cache file, by result: ok, error."}, []string{"result"}),
 		connsActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_proxy_connections_active",
 			Help: "Client connections being proxied now."}),
 		connsTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_connections_total",
@@ -58,7 +70,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.adsUpdates.WithLabelValues(t)
 		m.adsNACKs.WithLabelValues(t)
 	}
-	for _, c := range []prometheus.Collector{m.adsConnected, m.adsUpdates, m.adsNACKs, m.connsActive, m.connsTotal,
+	for _, r := range []string{"ok", "refused", "absent"} {
+		m.cacheLoads.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.cacheWrites.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.adsConnected, m.adsUpdates, m.adsNACKs, m.adsServer, m.adsMoves,
+		m.cacheLoads, m.cacheWrites, m.connsActive, m.connsTotal,
 		m.bytes, m.connectErrors, m.failovers, m.closedConns, m.hostHealthy, m.checks, m.breakerState, m.tlsRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

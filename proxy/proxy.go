@@ -24,6 +24,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -49,6 +50,7 @@ type Proxy struct {
 	tel    *telemetry.Telemetry
 	log    *slog.Logger
 	m      *metrics
+	um     *upstreamMetrics
 	tracer trace.Tracer
 	ads    *adsClient  // nil for a static proxy
 	tls    *sidecarTLS // nil: plaintext
@@ -79,10 +81,18 @@ type Proxy struct {
 
 // XDSStatus is what the admin endpoint shows about the control plane.
 type XDSStatus struct {
-	// Address is the control plane address ("static" for NewStatic).
+	// Address is the control plane of the current (or last) ADS stream,
+	// or the first one before any answered ("static" for NewStatic).
 	Address string `json:"address"`
-	// Connected is true while the ADS stream is open.
+	// Servers are every control plane the sidecar knows, in order.
+	Servers []string `json:"servers,omitempty"`
+	// Connected is true while an ADS stream is open and has answered.
 	Connected bool `json:"connected"`
+	// Moves counts streams established to another control plane than
+	// the previous one.
+	Moves uint64 `json:"moves"`
+	// Cache is the state of the xDS cache file (nil without one).
+	Cache *CacheStatus `json:"cache,omitempty"`
 	// Versions are the last accepted versions by type: lds, cds, eds.
 	Versions map[string]string `json:"versions"`
 	// Updates and NACKs count accepted and rejected responses.
@@ -102,8 +112,10 @@ type NACKInfo struct {
 	At      time.Time `json:"at"`
 }
 
-// New builds a sidecar that takes its configuration from the control plane at
-// cfg.XDS. It binds the listen and admin addresses at once (so callers can
+// New builds a sidecar that takes its configuration from the control planes
+// of cfg.XDS. With cfg.XDSCache set it first loads the last accepted
+// configuration from that file, if the file is there and valid, so that it
+// routes before any control plane answers. It binds the listen and admin addresses at once (so callers can
 // read Addr and AdminAddr); Run serves them and releases them when it returns.
 func New(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 	if err := cfg.validate(false); err != nil {
@@ -114,7 +126,14 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 		return nil, err
 	}
 	p.ads = newADSClient(p)
-	p.xds.Address = cfg.XDS
+	p.xds.Servers = cfg.XDSServers()
+	p.xds.Address = p.xds.Servers[0]
+	for _, addr := range p.xds.Servers {
+		p.m.adsServer.WithLabelValues(addr).Set(0)
+	}
+	if cfg.XDSCache != "" {
+		p.ads.loadCache()
+	}
 	return p, nil
 }
 
@@ -164,7 +183,16 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 	if tel == nil {
 		return nil, fmt.Errorf("%w: nil telemetry", ErrConfig)
 	}
-	m, err := newMetrics(tel.Registry)
+	reg := prometheus.Registerer(tel.Registry)
+	if cfg.metricsListener != "" {
+		// The edge runs a proxy per public listener in one process.
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"listener": cfg.metricsListener}, reg)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	um, err := newUpstreamMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -173,6 +201,7 @@ func newProxy(cfg Config, tel *telemetry.Telemetry) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{
+		um:      um,
 		tls:     st,
 		cfg:     cfg,
 		tel:     tel,
@@ -356,6 +385,7 @@ func (p *Proxy) apply(lds map[string]listenerInfo, cds map[string]clusterInfo, e
 		}
 		h := p.newHost(c, ep)
 		c.hosts[ep.addr] = h
+		p.upstreamChange(h, "added")
 		p.log.Info("upstream host added", "cluster", c.name, "host", ep.addr, "priority", ep.priority,
 			"eds_health", ep.health.String(), "name", ep.name, "role", ep.role, "epoch", ep.epoch)
 		p.startOrDeferChecker(h)

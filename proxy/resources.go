@@ -54,7 +54,17 @@ type healthCheck struct {
 	Unhealthy int           `json:"unhealthyThreshold"`
 	Healthy   int           `json:"healthyThreshold"`
 	Service   string        `json:"service"`
+	// Kind is the checker: "grpc" (Chat/Status, the default: the cluster
+	// has a primary to find) or "tcp" (a connect: a cluster of equal,
+	// stateless instances, balanced; see balanced in cluster.go).
+	Kind string `json:"kind"`
 }
+
+// Health checker kinds (healthCheck.Kind).
+const (
+	checkGRPC = "grpc"
+	checkTCP  = "tcp"
+)
 
 // clusterInfo is what the sidecar takes from one CDS Cluster.
 type clusterInfo struct {
@@ -175,7 +185,7 @@ func clusterFrom(c *clusterv3.Cluster) (clusterInfo, error) {
 		name:           c.GetName(),
 		connectTimeout: defaultConnectTimeout,
 		hc: healthCheck{Interval: defaultHCInterval, Timeout: defaultHCTimeout,
-			Unhealthy: defaultUnhealthy, Healthy: defaultHealthy, Service: defaultHCService},
+			Unhealthy: defaultUnhealthy, Healthy: defaultHealthy, Service: defaultHCService, Kind: checkGRPC},
 	}
 	if ct := c.GetConnectTimeout(); ct != nil {
 		info.connectTimeout = ct.AsDuration()
@@ -214,6 +224,10 @@ func clusterFrom(c *clusterv3.Cluster) (clusterInfo, error) {
 		}
 		if g := h.GetGrpcHealthCheck(); g != nil && g.GetServiceName() != "" {
 			info.hc.Service = g.GetServiceName()
+		}
+		if h.GetTcpHealthCheck() != nil {
+			info.hc.Kind = checkTCP
+			info.hc.Service = ""
 		}
 	}
 	if info.connectTimeout <= 0 {

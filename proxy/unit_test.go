@@ -184,7 +184,7 @@ func TestDecodeClusters(t *testing.T) {
 		wantErr bool
 	}{
 		{"eds with health check", good, func(t *testing.T, c clusterInfo) {
-			want := healthCheck{100 * time.Millisecond, 50 * time.Millisecond, 2, 1, "hachat.chat.v1.Chat"}
+			want := healthCheck{100 * time.Millisecond, 50 * time.Millisecond, 2, 1, "hachat.chat.v1.Chat", checkGRPC}
 			if !c.eds || c.edsName != "chatcore" || c.hc != want || c.connectTimeout != time.Second {
 				t.Fatalf("got %+v", c)
 			}
@@ -330,6 +330,10 @@ func TestConfig(t *testing.T) {
 		{"no node id", func(c *Config) { c.NodeID = "" }, false, false},
 		{"bad xds", func(c *Config) { c.XDS = "nope" }, false, false},
 		{"static ignores xds", func(c *Config) { c.XDS = "" }, true, true},
+		{"empty xds", func(c *Config) { c.XDS = " , " }, false, false},
+		{"two control planes", func(c *Config) { c.XDS = "127.0.0.1:7200, 127.0.0.1:7220" }, false, true},
+		{"one bad of two", func(c *Config) { c.XDS = "127.0.0.1:7200,nope" }, false, false},
+		{"control plane twice", func(c *Config) { c.XDS = "127.0.0.1:7200,127.0.0.1:7200" }, false, false},
 		{"bad listen", func(c *Config) { c.Listen = "7301" }, false, false},
 		{"admin disabled", func(c *Config) { c.Admin = "" }, false, true},
 		{"zero breaker failures", func(c *Config) { c.BreakerFailures = 0 }, false, false},

@@ -19,7 +19,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/transcript"
 )
 
 // Store is the seam between a chat core and UCS. Client (over HTTP) and
@@ -74,101 +74,24 @@ type BatchStore interface {
 	SaveBatch(ctx context.Context, reqs []SaveRequest) ([]SaveBatchResult, error)
 }
 
-// SaveBatchResult is the outcome of one save of a batch: Err is nil and
-// Result set, or Err is what Save would have returned for it.
-type SaveBatchResult struct {
-	// Result is what the save stored (zero when Err is set).
-	Result SaveResult
-	// Err is the save's error, matched with errors.Is like Save's.
-	Err error
-}
-
-// SaveRequest is one transcript save: some events of one chat, stamped with
-// the writer's epoch.
-type SaveRequest struct {
-	// ChatID is the chat (session) id; every event's SessionId must equal it.
-	ChatID string
-	// Service is the chat service the chat belongs to; epochs are per service.
-	Service string
-	// Epoch is the fencing token of the writer (the primary's epoch).
-	Epoch uint64
-	// Writer names the writing chat core (e.g. "core-a"), for the record.
-	Writer string
-	// Events are the events to store; each has an Index >= 1. They need not
-	// be contiguous (transcript-save-notices may leave notices out).
-	Events []*chatpb.Event
-	// Ended marks the chat as ended; once set it stays set.
-	Ended bool
-}
-
-// SaveResult reports what a save did.
-type SaveResult struct {
-	// Saved counts the events written by this save (new or replaced).
-	Saved int `json:"saved"`
-	// Unchanged counts the events that were already stored identically.
-	Unchanged int `json:"unchanged"`
-	// HighestIndex is the highest index now stored for the chat (0 if none).
-	HighestIndex uint64 `json:"highestIndex"`
-}
-
-// Transcript is a chat's stored transcript.
-type Transcript struct {
-	// ChatID is the chat id.
-	ChatID string
-	// Service is the chat service the chat belongs to.
-	Service string
-	// Ended reports whether a save marked the chat ended.
-	Ended bool
-	// Writer is the writer of the last save.
-	Writer string
-	// Epoch is the newest epoch that saved to this chat.
-	Epoch uint64
-	// Events are the stored events in index order.
-	Events []*chatpb.Event
-}
-
-// ChatInfo describes one stored chat, as listed by Chats.
-type ChatInfo struct {
-	// ChatID is the chat id.
-	ChatID string `json:"chatId"`
-	// Service is the chat service the chat belongs to.
-	Service string `json:"service"`
-	// Ended reports whether a save marked the chat ended.
-	Ended bool `json:"ended"`
-	// Writer is the writer of the last save.
-	Writer string `json:"writer"`
-	// Epoch is the newest epoch that saved to this chat.
-	Epoch uint64 `json:"epoch"`
-	// HighestIndex is the highest stored event index (0 if none).
-	HighestIndex uint64 `json:"highestIndex"`
-	// UpdatedUnixMs is the time of the last save, in Unix milliseconds.
-	UpdatedUnixMs int64 `json:"updatedUnixMs"`
-}
-
-// ChatFilter selects the chats Chats lists.
-type ChatFilter struct {
-	// Service, if not empty, keeps only the chats of that service.
-	Service string
-	// Live keeps only the chats not ended; Ended only the ended ones;
-	// neither keeps all.
-	Live, Ended bool
-}
-
-func (f ChatFilter) keep(c ChatInfo) bool {
-	return (f.Service == "" || f.Service == c.Service) && !(f.Live && c.Ended) && !(f.Ended && !c.Ended)
-}
-
-// Epoch is a service's fencing epoch and the writer that holds it.
-type Epoch struct {
-	// Epoch is the newest epoch seen for the service (0: none yet).
-	Epoch uint64 `json:"epoch"`
-	// Holder is the claimant of that epoch (or the writer of the save that
-	// raised it).
-	Holder string `json:"holder"`
-	// HeardUnixMs is when the holder last claimed or renewed the epoch, by
-	// the store's clock (0: never).
-	HeardUnixMs int64 `json:"heardUnixMs,omitempty"`
-}
+// The records of the store seam are chatcore's (package
+// chatcore/transcript); ucsmock implements the seam with them.
+type (
+	// SaveBatchResult is the outcome of one save of a batch.
+	SaveBatchResult = transcript.SaveBatchResult
+	// SaveRequest is one transcript save.
+	SaveRequest = transcript.SaveRequest
+	// SaveResult reports what a save did.
+	SaveResult = transcript.SaveResult
+	// Transcript is a chat's stored transcript.
+	Transcript = transcript.Transcript
+	// ChatInfo describes one stored chat, as listed by Chats.
+	ChatInfo = transcript.ChatInfo
+	// ChatFilter selects the chats Chats lists.
+	ChatFilter = transcript.ChatFilter
+	// Epoch is a service's fencing epoch and the writer that holds it.
+	Epoch = transcript.Epoch
+)
 
 // Faults are the injected faults. The zero value injects nothing.
 type Faults struct {

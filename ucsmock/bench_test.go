@@ -12,13 +12,32 @@ import (
 
 func discardTel() *telemetry.Telemetry { return telemetry.Discard() }
 
+// benchStores are the stores the benchmarks compare: bbolt, and PostgreSQL
+// (the shared throwaway cluster, fsync on) through one ucs instance.
+var benchStores = []struct {
+	name  string
+	start func(b *testing.B) (*Server, *Client)
+}{
+	{"bbolt", func(b *testing.B) (*Server, *Client) { return newTestServer(b, filepath.Join(b.TempDir(), "ucs.db")) }},
+	{"postgres", func(b *testing.B) (*Server, *Client) { return newPGServer(b, newPGDatabase(b)) }},
+}
+
 // BenchmarkSave measures acknowledged (committed and fsynced) saves of one
-// event each over HTTP: serial (one writer) and parallel (many writers, where
-// group commit shares one fsync among the saves queued together).
+// event each over HTTP, on each store: serial (one writer) and parallel
+// (many writers, where group commit shares one fsync among the saves
+// queued together: bbolt's committer, PostgreSQL's WAL flush).
 func BenchmarkSave(b *testing.B) {
-	for _, mode := range []string{"serial", "parallel"} {
-		b.Run(mode, func(b *testing.B) {
-			srv, c := newTestServer(b, filepath.Join(b.TempDir(), "ucs.db"))
+	for _, st := range benchStores {
+		for _, mode := range []string{"serial", "parallel"} {
+			b.Run(st.name+"/"+mode, func(b *testing.B) { benchSave(b, mode, st.start) })
+		}
+	}
+}
+
+func benchSave(b *testing.B, mode string, start func(b *testing.B) (*Server, *Client)) {
+	{
+		{
+			srv, c := start(b)
 			ctx := context.Background()
 			var chats atomic.Uint64
 			save := func(chat string, i uint64) {
@@ -41,17 +60,24 @@ func BenchmarkSave(b *testing.B) {
 				})
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "saves/s")
-			if n := srv.store.commits.Load(); n > 0 {
-				b.ReportMetric(float64(srv.store.committed.Load())/float64(n), "saves/commit")
+			if bs, ok := srv.store.(*boltStore); ok && bs.commits.Load() > 0 {
+				b.ReportMetric(float64(bs.committed.Load())/float64(bs.commits.Load()), "saves/commit")
 			}
-		})
+		}
 	}
 }
 
 // BenchmarkSaveBatch measures acknowledged saves of one event each, sent
-// as batches of 100 chats (out of 10,000, as a busy core's saver does).
+// as batches of 100 chats (out of 10,000, as a busy core's saver does), on
+// each store.
 func BenchmarkSaveBatch(b *testing.B) {
-	_, c := newTestServer(b, filepath.Join(b.TempDir(), "ucs.db"))
+	for _, st := range benchStores {
+		b.Run(st.name, func(b *testing.B) { benchSaveBatch(b, st.start) })
+	}
+}
+
+func benchSaveBatch(b *testing.B, start func(b *testing.B) (*Server, *Client)) {
+	_, c := start(b)
 	ctx := context.Background()
 	next := map[string]uint64{}
 	b.ResetTimer()

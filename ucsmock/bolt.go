@@ -208,8 +208,41 @@ func isStorageErr(err error) bool {
 	return true
 }
 
+// kind is StoreBolt.
+func (s *boltStore) kind() string { return StoreBolt }
+
+// updateEpoch is update: bbolt has one writer at a time.
+func (s *boltStore) updateEpoch(ctx context.Context, fn func(tx txn) error) error {
+	return s.update(ctx, fn)
+}
+
+// healthy is nil until the store closes.
+func (s *boltStore) healthy(ctx context.Context) error {
+	select {
+	case <-s.quit:
+		return errClosed
+	default:
+		return nil
+	}
+}
+
+// epochs returns every service's epoch.
+func (s *boltStore) epochs(ctx context.Context) (map[string]Epoch, error) {
+	out := map[string]Epoch{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEpochs).ForEach(func(k, v []byte) error {
+			var e Epoch
+			if json.Unmarshal(v, &e) == nil {
+				out[string(k)] = e
+			}
+			return nil
+		})
+	})
+	return out, closedErr(err)
+}
+
 // view runs fn in a read-only transaction.
-func (s *boltStore) view(fn func(tx txn) error) error {
+func (s *boltStore) view(ctx context.Context, fn func(tx txn) error) error {
 	return closedErr(s.db.View(func(tx *bolt.Tx) error { return fn(boltTxn{tx}) }))
 }
 
@@ -222,7 +255,7 @@ func closedErr(err error) error {
 }
 
 // transcript reads a chat's transcript; nil if the chat is unknown.
-func (s *boltStore) transcript(chatID string) (*Transcript, error) {
+func (s *boltStore) transcript(ctx context.Context, chatID string) (*Transcript, error) {
 	var t *Transcript
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta, ok, err := boltTxn{tx}.chat(chatID)
@@ -247,7 +280,7 @@ func (s *boltStore) transcript(chatID string) (*Transcript, error) {
 }
 
 // chats lists the stored chats that f keeps, in chat id order.
-func (s *boltStore) chats(f ChatFilter) ([]ChatInfo, error) {
+func (s *boltStore) chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) {
 	var out []ChatInfo
 	err := s.db.View(func(tx *bolt.Tx) error {
 		bt := boltTxn{tx}
@@ -257,7 +290,7 @@ func (s *boltStore) chats(f ChatFilter) ([]ChatInfo, error) {
 				return fmt.Errorf("decode chat %s: %w", k, err)
 			}
 			ci := ChatInfo{ChatID: string(k), Service: m.Service, Ended: m.Ended, Writer: m.Writer, Epoch: m.Epoch, UpdatedUnixMs: m.UpdatedUnix}
-			if !f.keep(ci) {
+			if !f.Keep(ci) {
 				return nil
 			}
 			var err error
@@ -275,6 +308,8 @@ func (s *boltStore) chats(f ChatFilter) ([]ChatInfo, error) {
 type boltTxn struct{ tx *bolt.Tx }
 
 func indexKey(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
+
+func (t boltTxn) lockService(service string, epoch uint64) error { return nil }
 
 func (t boltTxn) serviceEpoch(service string) (Epoch, error) {
 	var e Epoch

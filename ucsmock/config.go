@@ -1,13 +1,24 @@
 package ucsmock
 
-import "flag"
+import (
+	"errors"
+	"flag"
+	"fmt"
+)
 
 // Config configures a ucsmock server. The yaml tags equal the flag names.
 type Config struct {
 	// HTTPAddr is the address of the HTTP API, /metrics and /healthz.
 	HTTPAddr string `yaml:"http"`
+	// Store is the store: StoreBolt (the default: the bbolt file DBPath,
+	// one ucs process) or StorePostgres (the database Postgres, which
+	// several ucs processes share).
+	Store string `yaml:"store"`
 	// DBPath is the bbolt database file; its directory is created if missing.
 	DBPath string `yaml:"db"`
+	// Postgres is the PostgreSQL connection string (a libpq DSN or a
+	// postgres:// URL) of the StorePostgres store.
+	Postgres string `yaml:"postgres"`
 	// AdminToken guards the admin API (Authorization: Bearer <token>). Empty
 	// disables the admin API: every admin request gets 403.
 	AdminToken string `yaml:"admin-token"`
@@ -36,6 +47,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		HTTPAddr:   "127.0.0.1:7080",
+		Store:      StoreBolt,
 		DBPath:     ".hachat/ucs.db",
 		AdminToken: "",
 		MaxBody:    4 << 20,
@@ -47,10 +59,37 @@ func DefaultConfig() Config {
 // are the defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAddr, "http", c.HTTPAddr, "HTTP address of the UCS API, /metrics and /healthz")
+	fs.StringVar(&c.Store, "store", c.Store, "the store: bbolt (the file --db, one ucs process) or postgres (the database --postgres, shared by several ucs processes)")
 	fs.StringVar(&c.DBPath, "db", c.DBPath, "bbolt database file (directory created if missing)")
+	fs.StringVar(&c.Postgres, "postgres", c.Postgres, "PostgreSQL connection string (DSN or postgres:// URL) of --store postgres")
 	fs.StringVar(&c.AdminToken, "admin-token", c.AdminToken, "bearer token of the admin API (faults, stats); empty disables it")
 	fs.StringVar(&c.WriterToken, "writer-token", c.WriterToken, "bearer token that transcript saves and epoch claims must carry; empty leaves writes open")
 	fs.StringVar(&c.ReaderToken, "reader-token", c.ReaderToken, "bearer token that reads (transcripts, chats, epochs) must carry; the writer token is accepted too; with neither set reads are open")
 	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest save body in bytes (larger gets 413)")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the random source that draws injected recoverable errors")
+}
+
+// validateStore checks the store settings.
+func (c Config) validateStore() error {
+	switch c.Store {
+	case StoreBolt, "":
+		if c.DBPath == "" {
+			return errors.New("db path is empty")
+		}
+	case StorePostgres:
+		if c.Postgres == "" {
+			return errors.New("--store postgres needs --postgres (a connection string)")
+		}
+	default:
+		return fmt.Errorf("unknown store %q: want %s or %s", c.Store, StoreBolt, StorePostgres)
+	}
+	return nil
+}
+
+// storeWhere names the store's location for the log, without a password.
+func (c Config) storeWhere() string {
+	if c.Store == StorePostgres {
+		return redactDSN(c.Postgres)
+	}
+	return c.DBPath
 }

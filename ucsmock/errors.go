@@ -4,37 +4,22 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/hachat/hachat/chatcore/transcript"
 )
 
-// Sentinel errors that callers branch on with errors.Is.
+// Sentinel errors that callers branch on with errors.Is: chatcore's (package
+// chatcore/transcript), so that a core matches them whatever store it uses.
 var (
-	// ErrStaleEpoch means a save carried an epoch older than the service's
-	// newest; the writer is fenced and must step down. The error is a
-	// *StaleEpochError that carries the current epoch.
-	ErrStaleEpoch = errors.New("ucsmock: stale epoch")
-	// ErrEpochConflict means an epoch claim lost the compare-and-set; the
-	// error is an *EpochConflictError that carries the current epoch.
-	ErrEpochConflict = errors.New("ucsmock: epoch claim conflict")
-	// ErrHolderAlive means a ClaimEpochIfSilent found the current holder
-	// alive (it renewed within the silence asked for); its error also
-	// matches ErrEpochConflict.
-	ErrHolderAlive = errors.New("ucsmock: epoch holder is alive")
-	// ErrUnavailable means UCS could not be reached or answered with a
-	// recoverable error (network error, HTTP 5xx, outage): retry later.
-	ErrUnavailable = errors.New("ucsmock: unavailable")
-	// ErrNonRecoverable means UCS refused the request with a non-recoverable
-	// error (HTTP 422): retrying will not help.
-	ErrNonRecoverable = errors.New("ucsmock: non-recoverable error")
-	// ErrNotFound means the chat is unknown.
-	ErrNotFound = errors.New("ucsmock: not found")
-	// ErrConflict means a save tried to change an event stored by the same
-	// or a newer epoch, or to move a chat to another service.
-	ErrConflict = errors.New("ucsmock: conflicting transcript")
-	// ErrInvalid means the request was malformed (HTTP 400, 413).
-	ErrInvalid = errors.New("ucsmock: invalid request")
-	// ErrForbidden means the server refused the token: the admin API (wrong
-	// admin token, or disabled), or a save or claim without the writer token.
-	ErrForbidden = errors.New("ucsmock: access denied")
+	ErrStaleEpoch     = transcript.ErrStaleEpoch
+	ErrEpochConflict  = transcript.ErrEpochConflict
+	ErrHolderAlive    = transcript.ErrHolderAlive
+	ErrUnavailable    = transcript.ErrUnavailable
+	ErrNonRecoverable = transcript.ErrNonRecoverable
+	ErrNotFound       = transcript.ErrNotFound
+	ErrConflict       = transcript.ErrConflict
+	ErrInvalid        = transcript.ErrInvalid
+	ErrForbidden      = transcript.ErrForbidden
 	// ErrDeleted means the chat was deleted (GDPR): its tombstone refuses
 	// every later save, of any epoch, and its export. The error of a refused
 	// save is a *DeletedError, which also matches ErrNonRecoverable, so a
@@ -47,50 +32,11 @@ var (
 	ErrCorrupt = errors.New("corrupt database")
 )
 
-// StaleEpochError is the error of a save fenced by a newer epoch. It matches
-// ErrStaleEpoch.
-type StaleEpochError struct {
-	// Epoch is the service's current epoch.
-	Epoch uint64
-	// Holder holds the current epoch.
-	Holder string
-}
+// StaleEpochError is the error of a save fenced by a newer epoch.
+type StaleEpochError = transcript.StaleEpochError
 
-// Error describes the fencing.
-func (e *StaleEpochError) Error() string {
-	return fmt.Sprintf("ucsmock: stale epoch: current epoch is %d (holder %q)", e.Epoch, e.Holder)
-}
-
-// Is reports whether target is ErrStaleEpoch.
-func (e *StaleEpochError) Is(target error) bool { return target == ErrStaleEpoch }
-
-// EpochConflictError is the error of a lost epoch claim. It matches
-// ErrEpochConflict.
-type EpochConflictError struct {
-	// Epoch is the service's current epoch.
-	Epoch uint64
-	// Holder holds the current epoch.
-	Holder string
-	// HolderAlive says the claim asked for a silent holder and the holder
-	// renewed HeardAgo ago.
-	HolderAlive bool
-	// HeardAgo is how long ago the holder was last heard (with HolderAlive).
-	HeardAgo time.Duration
-}
-
-// Error describes the lost claim.
-func (e *EpochConflictError) Error() string {
-	if e.HolderAlive {
-		return fmt.Sprintf("ucsmock: epoch claim conflict: holder %q of epoch %d is alive (renewed %v ago)", e.Holder, e.Epoch, e.HeardAgo)
-	}
-	return fmt.Sprintf("ucsmock: epoch claim conflict: current epoch is %d (holder %q)", e.Epoch, e.Holder)
-}
-
-// Is reports whether target is ErrEpochConflict, or ErrHolderAlive for a
-// claim refused because the holder is alive.
-func (e *EpochConflictError) Is(target error) bool {
-	return target == ErrEpochConflict || target == ErrHolderAlive && e.HolderAlive
-}
+// EpochConflictError is the error of a lost epoch claim.
+type EpochConflictError = transcript.EpochConflictError
 
 // conflictError is a save that would change content it may not change.
 type conflictError struct {

@@ -37,6 +37,11 @@ type chatMeta struct {
 // MemStore implement it, so that both share applySave and applyClaim and
 // thereby the same fencing and idempotency rules.
 type txn interface {
+	// lockService announces, before the first read of a save, the
+	// service and the epoch the save carries: PostgreSQL holds the
+	// service's epoch shared (or exclusively, if the save may raise it)
+	// until the commit. The others need no lock (one writer at a time).
+	lockService(service string, epoch uint64) error
 	serviceEpoch(service string) (Epoch, error)
 	putServiceEpoch(service string, e Epoch) error
 	chat(chatID string) (chatMeta, bool, error)
@@ -112,6 +117,9 @@ func validateSave(req SaveRequest) ([]*chatpb.Event, error) {
 // first write, so a save that fails leaves tx untouched.
 func applySave(tx txn, req SaveRequest, events []*chatpb.Event, nowUnixMs int64) (SaveResult, error) {
 	var res SaveResult
+	if err := tx.lockService(req.Service, req.Epoch); err != nil {
+		return res, err
+	}
 	cur, err := tx.serviceEpoch(req.Service)
 	if err != nil {
 		return res, err

@@ -32,7 +32,7 @@ func dbDigest(t testing.TB, s *Server) [32]byte {
 			return nil
 		})
 	}
-	err := s.store.db.View(func(tx *bolt.Tx) error {
+	err := s.store.(*boltStore).db.View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			h.Write(name)
 			walk(b)

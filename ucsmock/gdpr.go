@@ -322,9 +322,10 @@ func validChatRef(chatID string) error {
 	return validName("chatId", chatID, maxChatIDLen, true)
 }
 
-func (s *boltStore) exportChat(chatID string) (ChatExport, error) {
+// storeExportChat reads one chat for export from the store.
+func storeExportChat(ctx context.Context, s backend, chatID string) (ChatExport, error) {
 	var out ChatExport
-	err := s.view(func(tx txn) error {
+	err := s.view(ctx, func(tx txn) error {
 		var err error
 		out, err = exportChat(tx, chatID)
 		return err
@@ -332,9 +333,10 @@ func (s *boltStore) exportChat(chatID string) (ChatExport, error) {
 	return out, err
 }
 
-func (s *boltStore) exportCustomer(c Customer) (CustomerExport, error) {
+// storeExportCustomer reads every chat of c from the store.
+func storeExportCustomer(ctx context.Context, s backend, c Customer) (CustomerExport, error) {
 	var out CustomerExport
-	err := s.view(func(tx txn) error {
+	err := s.view(ctx, func(tx txn) error {
 		var err error
 		out, err = exportCustomer(tx, c)
 		return err
@@ -342,7 +344,8 @@ func (s *boltStore) exportCustomer(c Customer) (CustomerExport, error) {
 	return out, err
 }
 
-func (s *boltStore) deleteChat(ctx context.Context, chatID string, nowUnixMs int64) (DeleteResult, error) {
+// storeDeleteChat deletes one chat in the store and leaves its tombstone.
+func storeDeleteChat(ctx context.Context, s backend, chatID string, nowUnixMs int64) (DeleteResult, error) {
 	var res DeleteResult
 	err := s.update(ctx, func(tx txn) error {
 		ts, already, err := applyDelete(tx, chatID, scopeChat, nowUnixMs)
@@ -352,7 +355,8 @@ func (s *boltStore) deleteChat(ctx context.Context, chatID string, nowUnixMs int
 	return res, err
 }
 
-func (s *boltStore) deleteCustomer(ctx context.Context, c Customer, nowUnixMs int64) (DeleteResult, error) {
+// storeDeleteCustomer deletes every chat of c in the store.
+func storeDeleteCustomer(ctx context.Context, s backend, c Customer, nowUnixMs int64) (DeleteResult, error) {
 	var res DeleteResult
 	err := s.update(ctx, func(tx txn) error {
 		var err error

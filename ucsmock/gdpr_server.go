@@ -56,7 +56,7 @@ func (s *Server) handleExportChat(w http.ResponseWriter, r *http.Request) {
 	err := validChatRef(chatID)
 	var ce ChatExport
 	if err == nil {
-		ce, err = s.store.exportChat(chatID)
+		ce, err = storeExportChat(r.Context(), s.store, chatID)
 	}
 	var body chatExportBody
 	if err == nil {
@@ -77,7 +77,7 @@ func (s *Server) handleExportCustomer(w http.ResponseWriter, r *http.Request) {
 	c, err := gdprCustomer(w, r)
 	var ex CustomerExport
 	if err == nil {
-		ex, err = s.store.exportCustomer(c)
+		ex, err = storeExportCustomer(r.Context(), s.store, c)
 	}
 	body := customerExportBody{Customer: c, Chats: []chatExportBody{}}
 	for _, ce := range ex.Chats {
@@ -105,7 +105,7 @@ func (s *Server) handleDeleteChat(w http.ResponseWriter, r *http.Request) {
 	err := validChatRef(chatID)
 	var res DeleteResult
 	if err == nil {
-		res, err = s.store.deleteChat(r.Context(), chatID, time.Now().UnixMilli())
+		res, err = storeDeleteChat(r.Context(), s.store, chatID, time.Now().UnixMilli())
 	}
 	if err != nil {
 		s.gdprFailed(w, r, "delete", scopeChat, err)
@@ -128,7 +128,7 @@ func (s *Server) handleDeleteCustomer(w http.ResponseWriter, r *http.Request) {
 	c, err := gdprCustomer(w, r)
 	var res DeleteResult
 	if err == nil {
-		res, err = s.store.deleteCustomer(r.Context(), c, time.Now().UnixMilli())
+		res, err = storeDeleteCustomer(r.Context(), s.store, c, time.Now().UnixMilli())
 	}
 	if err != nil {
 		s.gdprFailed(w, r, "delete", scopeCustomer, err)

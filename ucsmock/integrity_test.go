@@ -198,7 +198,7 @@ func TestOpenCorruptDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer srv.Close()
-		tr, err := srv.store.transcript("chat-m")
+		tr, err := srv.store.transcript(context.Background(), "chat-m")
 		if err != nil || tr == nil || len(tr.Events) != 20 {
 			t.Fatalf("transcript of chat-m = %+v, %v; want 20 events", tr, err)
 		}

@@ -11,10 +11,12 @@ import (
 // TestHolderLease: a failover claim (ClaimEpochIfSilent) does not depose a
 // holder that renewed within the asked silence, and succeeds once the
 // holder went quiet; Renew refuses a stale or foreign holder. Run against
-// MemStore and against the HTTP server through Client.
+// MemStore and against the HTTP server through Client, on bbolt and on
+// PostgreSQL.
 func TestHolderLease(t *testing.T) {
 	_, client := newTestServer(t, filepath.Join(t.TempDir(), "ucs.db"))
-	for name, st := range map[string]Store{"memstore": NewMemStore(1), "http": client} {
+	_, pg := newPGServer(t, newPGDatabase(t))
+	for name, st := range map[string]Store{"memstore": NewMemStore(1), "http": client, "pg": pg} {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			const svc = "lease"

@@ -116,7 +116,7 @@ func (m *MemStore) Chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) 
 	for _, id := range slices.Sorted(maps.Keys(m.chats)) {
 		c := m.chats[id]
 		ci := ChatInfo{ChatID: id, Service: c.meta.Service, Ended: c.meta.Ended, Writer: c.meta.Writer, Epoch: c.meta.Epoch, UpdatedUnixMs: c.meta.UpdatedUnix}
-		if !f.keep(ci) {
+		if !f.Keep(ci) {
 			continue
 		}
 		ci.HighestIndex, _ = memTxn{m}.highestIndex(id)
@@ -223,6 +223,8 @@ func (m *MemStore) inject(ctx context.Context) error {
 
 // memTxn is the txn of a MemStore; the caller holds m.mu.
 type memTxn struct{ m *MemStore }
+
+func (t memTxn) lockService(service string, epoch uint64) error { return nil }
 
 func (t memTxn) serviceEpoch(service string) (Epoch, error) { return t.m.epochs[service], nil }
 

@@ -28,7 +28,9 @@ func TestMain(m *testing.M) {
 	if db := os.Getenv(childDBEnv); db != "" {
 		os.Exit(runChild(db))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopTestPG()
+	os.Exit(code)
 }
 
 // runChild serves ucsmock on a free port and prints "ADDR host:port" once

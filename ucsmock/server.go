@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
@@ -33,7 +32,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	tracer  trace.Tracer
-	store   *boltStore
+	store   backend
 	faults  *injector
 	stats   counters
 	metrics *metrics
@@ -52,6 +51,8 @@ type metrics struct {
 	faults      *prometheus.CounterVec
 	epoch       *prometheus.GaugeVec
 	batch       prometheus.Histogram
+	store       *prometheus.GaugeVec
+	storeErrors *prometheus.CounterVec
 	gdpr        *prometheus.CounterVec
 	gdprChats   *prometheus.CounterVec
 }
@@ -81,6 +82,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ucs_commit_batch_size", Help: "Writes committed together in one transaction (group commit).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 		}),
+		store: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ucs_store_info", Help: "The store this ucs instance runs on (bbolt or postgres): 1.",
+		}, []string{"store"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ucs_store_errors_total", Help: "Failures of this instance's store (database unreachable, commit failed), by operation.",
+		}, []string{"op"}),
 		gdpr: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ucs_gdpr_requests_total", Help: "GDPR exports and deletes by op (export, delete), scope (chat, customer) and result (ok, not_found, deleted, invalid, unauthorized, error).",
 		}, []string{"op", "scope", "result"}),
@@ -88,7 +95,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ucs_gdpr_chats_total", Help: "Chats exported or deleted (tombstoned) by GDPR requests, by op (export, delete).",
 		}, []string{"op"}),
 	}
-	for _, c := range []prometheus.Collector{m.saves, m.savedEvents, m.saveSeconds, m.claims, m.faults, m.epoch, m.batch, m.gdpr, m.gdprChats} {
+	for _, c := range []prometheus.Collector{m.saves, m.savedEvents, m.saveSeconds, m.claims, m.faults, m.epoch, m.batch, m.store, m.storeErrors, m.gdpr, m.gdprChats} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metric: %w", err)
 		}
@@ -102,14 +109,14 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	if cfg.MaxBody <= 0 {
 		return nil, fmt.Errorf("max-body must be positive, got %d", cfg.MaxBody)
 	}
-	if cfg.DBPath == "" {
-		return nil, errors.New("db path is empty")
+	if err := cfg.validateStore(); err != nil {
+		return nil, err
 	}
 	m, err := newMetrics(tel.Registry)
 	if err != nil {
 		return nil, err
 	}
-	store, err := openBolt(cfg.DBPath, func(n int) { m.batch.Observe(float64(n)) })
+	store, err := openStore(cfg, m)
 	if err != nil {
 		return nil, err
 	}
@@ -122,19 +129,15 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 		metrics: m,
 	}
 	// Export the persisted epochs so that the gauge is right after a restart.
-	err = store.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketEpochs).ForEach(func(k, v []byte) error {
-			var e Epoch
-			if json.Unmarshal(v, &e) == nil {
-				m.epoch.WithLabelValues(string(k)).Set(float64(e.Epoch))
-			}
-			return nil
-		})
-	})
+	epochs, err := store.epochs(context.Background())
 	if err != nil {
 		store.close()
 		return nil, fmt.Errorf("read epochs: %w", err)
 	}
+	for svc, e := range epochs {
+		m.epoch.WithLabelValues(svc).Set(float64(e.Epoch))
+	}
+	m.store.WithLabelValues(store.kind()).Set(1)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /ucs/v1/transcripts/{chatId}", s.writer(s.metrics.saves, s.handleSave))
@@ -165,7 +168,7 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
 		}),
 	)
-	tel.Logger.Info("ucsmock store open", "db", cfg.DBPath, "admin", cfg.AdminToken != "", "writer_token", cfg.WriterToken != "",
+	tel.Logger.Info("ucsmock store open", "store", store.kind(), "db", cfg.storeWhere(), "admin", cfg.AdminToken != "", "writer_token", cfg.WriterToken != "",
 		"reader_token", cfg.ReaderToken != "", "maxBody", cfg.MaxBody)
 	if cfg.WriterToken == "" {
 		tel.Logger.Warn("no writer token: anyone who reaches ucsmock can save transcripts and claim epochs (set --writer-token)")
@@ -238,12 +241,19 @@ func (s *Server) Stats() Stats { return s.stats.snapshot() }
 
 // handleHealth answers 200 while the database is open.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	select {
-	case <-s.store.quit:
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "closed"})
-	default:
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "outage": s.faults.outage()})
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.healthy(ctx); err != nil {
+		status := "closed"
+		if !errors.Is(err, errClosed) {
+			status = "store unreachable"
+			s.metrics.storeErrors.WithLabelValues("health").Inc()
+			s.log.Warn("store unhealthy", "store", s.store.kind(), "err", err)
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": status, "store": s.store.kind()})
+		return
 	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "store": s.store.kind(), "outage": s.faults.outage()})
 }
 
 func (s *Server) handleMissingChatID(w http.ResponseWriter, r *http.Request) {
@@ -381,7 +391,7 @@ func (s *Server) handleTranscript(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errorBody{Error: fmt.Sprintf("unknown format %q: want json or xml", format), Code: codeInvalid})
 		return
 	}
-	t, err := s.store.transcript(chatID)
+	t, err := s.store.transcript(r.Context(), chatID)
 	if err != nil {
 		s.writeErr(w, err)
 		return
@@ -436,7 +446,7 @@ func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var e Epoch
-	err = s.store.update(ctx, func(tx txn) error {
+	err = s.store.updateEpoch(ctx, func(tx txn) error {
 		var err error
 		e, err = applyClaim(tx, service, body.Expect, body.Epoch, body.Holder, time.Duration(body.IfSilentMs)*time.Millisecond, time.Now())
 		return err
@@ -476,7 +486,7 @@ func (s *Server) handleChats(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errorBody{Error: "ended must be true or false", Code: codeInvalid})
 		return
 	}
-	chats, err := s.store.chats(f)
+	chats, err := s.store.chats(r.Context(), f)
 	if err != nil {
 		s.writeErr(w, err)
 		return
@@ -506,7 +516,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var e Epoch
-	err = s.store.update(r.Context(), func(tx txn) error {
+	err = s.store.updateEpoch(r.Context(), func(tx txn) error {
 		var err error
 		e, err = applyRenew(tx, service, body.Epoch, body.Holder, time.Now())
 		return err
@@ -529,7 +539,7 @@ func (s *Server) handleEpoch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var e Epoch
-	err := s.store.view(func(tx txn) error {
+	err := s.store.view(r.Context(), func(tx txn) error {
 		var err error
 		e, err = tx.serviceEpoch(service)
 		return err
@@ -631,7 +641,8 @@ func (s *Server) errorAnswer(err error) (int, errorBody) {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, errorBody{Error: err.Error(), Code: codeUnavailable, Recoverable: true}
 	default:
-		s.log.Error("store failure", "err", err)
+		s.metrics.storeErrors.WithLabelValues("request").Inc()
+		s.log.Error("store failure", "store", s.store.kind(), "err", err)
 		return http.StatusInternalServerError, errorBody{Error: "store failure: " + err.Error(), Code: codeInternal, Recoverable: true}
 	}
 }

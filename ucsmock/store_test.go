@@ -457,3 +457,30 @@ func TestStoreChats(t *testing.T) {
 		}
 	})
 }
+
+// TestStoreIndexOrder: a transcript comes back in numeric index order past
+// one digit (PostgreSQL once sorted it as text: 1, 10, 11, 2, ...), and
+// the highest index is numeric too.
+func TestStoreIndexOrder(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s faultStore) {
+		ctx := context.Background()
+		in := append(evs("o", 1, 12), ev("o", 100, "hundred"))
+		res, err := s.Save(ctx, SaveRequest{ChatID: "o", Service: "chat", Epoch: 1, Events: in})
+		if err != nil || res.HighestIndex != 100 {
+			t.Fatalf("save: %+v %v", res, err)
+		}
+		tr, err := s.Transcript(ctx, "o")
+		if err != nil || len(tr.Events) != len(in) {
+			t.Fatalf("transcript: %v %v", tr, err)
+		}
+		for i, e := range tr.Events {
+			if e.GetIndex() != in[i].GetIndex() {
+				t.Fatalf("event %d has index %d, want %d", i, e.GetIndex(), in[i].GetIndex())
+			}
+		}
+		chats, err := s.Chats(ctx, ChatFilter{})
+		if err != nil || len(chats) != 1 || chats[0].HighestIndex != 100 {
+			t.Fatalf("chats: %+v %v", chats, err)
+		}
+	})
+}

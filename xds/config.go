@@ -69,6 +69,14 @@ type Config struct {
 	// spiffe://<TrustDomain>/core/. New sets it from the control plane's
 	// own certificate when TLS is on; Build takes it as given.
 	TrustDomain string `yaml:"-"`
+	// IngressCustomer, set, publishes the edge's customer listener
+	// (ingress-customer, this address, to the cluster webapi of the
+	// gossip members of kind webapi) and IngressAgent the agents'
+	// (ingress-agent, to interaction). The hachat edge binds its own
+	// addresses (hachat proxy --ingress); Envoy binds these. Empty (the
+	// default): no ingress resources.
+	IngressCustomer string `yaml:"ingress-customer"`
+	IngressAgent    string `yaml:"ingress-agent"`
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -100,6 +108,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLS.CA, "tls-ca", c.TLS.CA, "mTLS: the cluster CA bundle (ca.pem of hachat certs init); with --tls-cert and --tls-key turns mTLS on")
 	fs.StringVar(&c.TLS.Cert, "tls-cert", c.TLS.Cert, "mTLS: the control plane's certificate (SPIFFE ID spiffe://<td>/xds/<name>)")
 	fs.StringVar(&c.TLS.Key, "tls-key", c.TLS.Key, "mTLS: the control plane's private key")
+	fs.StringVar(&c.IngressCustomer, "ingress-customer", c.IngressCustomer, "publish the edge's customer listener at this IP:port, to the webapi instances (empty: no ingress)")
+	fs.StringVar(&c.IngressAgent, "ingress-agent", c.IngressAgent, "publish the edge's agent listener at this IP:port, to the interaction instances (empty: none)")
 	fs.Var((*uint32Value)(&c.ListenerPort), "listener-port", "port of the chatcore-sidecar listener on 127.0.0.1 (Envoy binds it; the hachat sidecar uses its own --listen)")
 }
 
@@ -144,6 +154,17 @@ func (c Config) validateResources() error {
 		return fmt.Errorf("%w: connect-timeout must be positive, got %v", ErrBadConfig, c.ConnectTimeout)
 	case c.ListenerPort < 1 || c.ListenerPort > 65535:
 		return fmt.Errorf("%w: listener-port must be 1..65535, got %d", ErrBadConfig, c.ListenerPort)
+	}
+	for _, a := range []struct{ name, addr string }{{"ingress-customer", c.IngressCustomer}, {"ingress-agent", c.IngressAgent}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, _, err := hostPort(a.addr); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrBadConfig, a.name, err)
+		}
+	}
+	if c.IngressAgent != "" && c.IngressCustomer == "" {
+		return fmt.Errorf("%w: ingress-agent needs ingress-customer", ErrBadConfig)
 	}
 	return nil
 }

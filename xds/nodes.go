@@ -22,8 +22,10 @@ import (
 // Named requests get exactly the named resources that exist. Wildcard
 // requests get everything, except that SotW wildcard listener requests
 // (sidecars, Envoy) do not get API listeners: those are for proxyless
-// clients, which always ask by name. Delta nodes get everything: the
-// cache filters delta subscriptions itself.
+// clients, which always ask by name; and that only edge nodes (node cluster
+// EdgeNodeCluster) get the ingress listeners, so that an Envoy sidecar never
+// binds the public addresses. Delta nodes get everything: the cache filters
+// delta subscriptions itself.
 func selectResources(typ string, items []types.Resource, st *nodeState) []types.Resource {
 	if st.delta {
 		return items
@@ -34,7 +36,8 @@ func selectResources(typ string, items []types.Resource, st *nodeState) []types.
 			return items
 		}
 		return slices.DeleteFunc(slices.Clone(items), func(r types.Resource) bool {
-			return r.(*listener.Listener).GetApiListener() != nil
+			l := r.(*listener.Listener)
+			return l.GetApiListener() != nil || !st.edge && isIngressListener(l.GetName())
 		})
 	}
 	var out []types.Resource
@@ -120,6 +123,14 @@ func (s *Server) attachLocked(byStream map[int64]string, sid int64, id string, d
 	return st
 }
 
+// EdgeNodeCluster is the node cluster of an edge (the hachat proxy in
+// ingress mode sets it; an Envoy edge's bootstrap must name it too).
+const EdgeNodeCluster = "hachat-edge"
+
+func isIngressListener(name string) bool {
+	return name == IngressCustomerListener || name == IngressAgentListener
+}
+
 // isEnvoy reports whether node is an Envoy (its user agent name is "envoy").
 func isEnvoy(node *core.Node) bool { return node.GetUserAgentName() == "envoy" }
 
@@ -138,6 +149,7 @@ func (s *Server) onStreamRequest(sid int64, req *discovery.DiscoveryRequest) err
 	st := s.attachLocked(s.streamNode, sid, id, false)
 	if n := req.GetNode(); n != nil {
 		st.envoy = isEnvoy(n)
+		st.edge = n.GetCluster() == EdgeNodeCluster
 	}
 	if d := req.GetErrorDetail(); d != nil {
 		rejected := s.lastSent[sid][typ]

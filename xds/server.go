@@ -90,6 +90,9 @@ type nodeState struct {
 	// envoy is true for an Envoy node (user agent "envoy"): it gets the
 	// Envoy flavour of the resources (Resources.ForEnvoy).
 	envoy bool
+	// edge is true for a node of cluster EdgeNodeCluster: only such nodes
+	// get the ingress listeners on a wildcard request.
+	edge bool
 }
 
 // Server is the control plane: a go-control-plane snapshot cache in ADS

@@ -156,6 +156,13 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 	r.Routes = []types.Resource{chatRoute()}
 	r.Clusters = []types.Resource{hc}
 	r.Endpoints = []types.Resource{loadAssignment(placements)}
+	ils, ics, ies, err := ingressResources(cfg, members)
+	if err != nil {
+		return nil, err
+	}
+	r.Listeners = append(r.Listeners, ils...)
+	r.Clusters = append(r.Clusters, ics...)
+	r.Endpoints = append(r.Endpoints, ies...)
 	if cfg.TrustDomain != "" {
 		down, err := downstreamTLS(cfg.TrustDomain)
 		if err != nil {
@@ -169,8 +176,8 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 		if err != nil {
 			return nil, err
 		}
-		r.EnvoyListeners = []types.Resource{api, esidecar}
-		r.EnvoyClusters = []types.Resource{ehc}
+		r.EnvoyListeners = append([]types.Resource{api, esidecar}, ils...)
+		r.EnvoyClusters = append([]types.Resource{ehc}, ics...)
 	}
 	if err := ValidateAll(r); err != nil {
 		return nil, err

@@ -55,6 +55,9 @@ type Options struct {
 	// PartArgs are extra flags by part name, after the plan's own (and
 	// after the lifted limits of Whole).
 	PartArgs map[string][]string
+	// CoordMembers runs that many coordination members (embedded etcd)
+	// holding the cores' epochs (0: epochs at UCS).
+	CoordMembers int
 }
 
 // StartWith is Start with options.
@@ -68,7 +71,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 		return nil, fmt.Errorf("temp dir: %w", err)
 	}
 	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
-		ServiceToken: ServiceToken, AdminToken: AdminToken}
+		ServiceToken: ServiceToken, AdminToken: AdminToken, CoordMembers: opts.CoordMembers}
 	if opts.TLS {
 		layout.CertDir = filepath.Join(dir, "certs")
 	}

@@ -179,8 +179,10 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		Silent         bool `yaml:"silent"`
 		TLS            bool `yaml:"tls"`
 		JSON           bool `yaml:"json"`
+		CoordMembers   int  `yaml:"coord-members"`
 	}
 	o.Trials = 5
+	o.CoordMembers = 3
 	err := parseFlags("bench failover", "Measure the kill -9 failover gap and the switchover pause of a primary/backup pair.", args, errw, &o, func(fs *flag.FlagSet) {
 		fs.IntVar(&o.Trials, "trials", o.Trials, "trials of each kind")
 		fs.BoolVar(&o.SkipSwitchover, "skip-switchover", o.SkipSwitchover, "measure kill -9 only")
@@ -188,6 +190,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		fs.BoolVar(&o.Sidecar, "sidecar", o.Sidecar, "go through a sidecar steered by the xDS control plane (the client knows no core)")
 		fs.BoolVar(&o.TLS, "tls", o.TLS, "mTLS on every hop (the gap then includes a handshake with the new primary)")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
+		fs.IntVar(&o.CoordMembers, "coord-members", o.CoordMembers, "coordination members (embedded etcd) holding the epochs; 0: epochs at UCS")
 	})
 	if err != nil {
 		return err
@@ -197,7 +200,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if o.Sidecar {
 		stage, path = demo.StageMesh, "through a sidecar steered by xDS"
 	}
-	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS}, errw, "--send-rate=100000", "--send-burst=100000")
+	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS, CoordMembers: o.CoordMembers}, errw, "--send-rate=100000", "--send-burst=100000")
 	if err != nil {
 		return err
 	}
@@ -226,17 +229,22 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if o.TLS {
 		security = "mTLS"
 	}
+	fencing := "epochs at UCS"
+	if o.CoordMembers > 0 {
+		fencing = fmt.Sprintf("epochs from etcd (%d members)", o.CoordMembers)
+	}
 	if o.JSON {
 		if jerr := writeJSON(out, struct {
 			Path     string               `json:"path"`
 			Security string               `json:"security"`
+			Fencing  string               `json:"fencing"`
 			Gaps     failoverbench.Report `json:"gaps"`
-		}{path, security, rep}); jerr != nil && err == nil {
+		}{path, security, fencing, rep}); jerr != nil && err == nil {
 			err = jerr
 		}
 		return err
 	}
-	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s, %s\n%s", path, security, rep)
+	fmt.Fprintf(out, "hachat bench failover: primary + backup, %s, %s, %s\n%s", path, security, fencing, rep)
 	return err
 }
 

@@ -27,7 +27,7 @@ spiffe://<trust-domain>/<kind>/<name> in the URI SAN).
 init creates a CA (ca.pem, ca.key) and one certificate per --part
 (NAME.pem, NAME.key); issue signs new ones with the existing CA (rotation:
 running parts reload their files within a second, without a restart).
-Kinds: ` + "core, ucs, xds, proxy, webapi, interaction, witness, operator, envoy."
+Kinds: ` + "core, ucs, xds, proxy, webapi, interaction, witness, operator, envoy, coord."
 
 func runCerts(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {

@@ -29,10 +29,13 @@ type clientFile struct {
 	// certificate (no client certificate asked: browsers connect). Needs TLS.
 	HTTPS     bool             `yaml:"https"`
 	Telemetry telemetry.Config `yaml:"telemetry"`
+	// Register puts the instance in the gossip cluster so that the edge
+	// learns it (register.go).
+	Register registerFile `yaml:",inline"`
 }
 
 func defaultClientFile() clientFile {
-	return clientFile{Config: chatclient.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
+	return clientFile{Config: chatclient.DefaultConfig(), Telemetry: telemetry.DefaultConfig(), Register: defaultRegisterFile()}
 }
 
 func (f *clientFile) registerFlags(fs *flag.FlagSet) {
@@ -40,6 +43,7 @@ func (f *clientFile) registerFlags(fs *flag.FlagSet) {
 	registerTLSFlags(fs, &f.TLS)
 	fs.BoolVar(&f.HTTPS, "https", f.HTTPS, "serve HTTPS with the --tls-cert certificate (browsers: import the cluster's ca.pem); default plain HTTP")
 	f.Telemetry.RegisterFlags(fs)
+	f.Register.registerFlags(fs)
 }
 
 // clientPart is what a part that talks to the chat core starts with.

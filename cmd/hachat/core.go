@@ -3,15 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/hachat/hachat/chatcore"
+	"github.com/hachat/hachat/coord"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
@@ -24,7 +28,9 @@ import (
 // keys under telemetry.
 type coreFile struct {
 	chatcore.Config `yaml:",inline"`
-	// UCS is the base URL of ucsmock (transcripts and epochs).
+	// UCS is the base URL of ucsmock (transcripts and epochs), or several
+	// comma-separated base URLs of ucs instances that share one store
+	// (ucs --store postgres), which the core fails over between.
 	UCS string `yaml:"ucs"`
 	// UCSToken is the writer token sent with every transcript save and
 	// epoch claim (ucsmock --writer-token). Empty (the default) sends none.
@@ -33,8 +39,14 @@ type coreFile struct {
 	// gossip-bind; with both empty (the default) the core runs without
 	// membership. With gossip the core finds the other core and the witness
 	// in the members' meta, so peer and witness may stay empty.
-	Gossip     string            `yaml:"gossip"`
-	Membership membership.Config `yaml:",inline"`
+	Gossip string `yaml:"gossip"`
+	// Coordination lists the etcd endpoints (host:port, comma-separated)
+	// of the coordination cluster that holds the pair's epochs and the
+	// primary's lease: `hachat coord` members or an etcd the deployment
+	// already runs. Empty (the default) keeps the epochs at UCS, which then
+	// is a single point of failure of failover.
+	Coordination string            `yaml:"coordination"`
+	Membership   membership.Config `yaml:",inline"`
 	// TLS turns on mTLS (tls-ca, tls-cert, tls-key): the gRPC server, the
 	// other core, UCS (an https:// ucs URL) and the witness.
 	TLS       mtls.Files       `yaml:",inline"`
@@ -64,8 +76,9 @@ func (f *coreFile) UnmarshalYAML(n *yaml.Node) error {
 // registerFlags binds every option of `hachat core` to fs.
 func (f *coreFile) registerFlags(fs *flag.FlagSet) {
 	f.Config.RegisterFlags(fs)
-	fs.StringVar(&f.UCS, "ucs", f.UCS, "base URL of ucsmock (transcripts, epochs)")
+	fs.StringVar(&f.UCS, "ucs", f.UCS, "base URL of ucsmock (transcripts, epochs); several comma-separated URLs of ucs instances sharing one store (ucs --store postgres) fail over between them")
 	fs.StringVar(&f.UCSToken, "ucs-token", f.UCSToken, "writer token sent with transcript saves and epoch claims (ucs --writer-token); empty: none")
+	fs.StringVar(&f.Coordination, "coordination", f.Coordination, "etcd endpoints host:port,... holding the epochs and the primary's lease (empty: epochs at UCS)")
 	fs.StringVar(&f.Gossip, "gossip", f.Gossip, "gossip bind address host:port, alias of --gossip-bind (both empty: no membership)")
 	f.Membership.RegisterFlags(fs)
 	registerTLSFlags(fs, &f.TLS)
@@ -94,7 +107,10 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store := ucsmock.NewClient(file.UCS, httpClient(src, 10*time.Second, mtls.KindUCS), tel).WithToken(file.UCSToken)
+	store, err := ucsStore(file.UCS, file.UCSToken, httpClient(src, 10*time.Second, mtls.KindUCS), tel)
+	if err != nil {
+		return err
+	}
 	witnessClient := httpClient(src, time.Second, mtls.KindWitness, mtls.KindXDS)
 	opts := []chatcore.Option{chatcore.WithWitness(func(ctx context.Context, witness, target string) (bool, error) {
 		if src != nil {
@@ -104,6 +120,19 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 	})}
 	if src != nil {
 		opts = append(opts, chatcore.WithTLS(src))
+	}
+	if file.Coordination != "" {
+		var etcdTLS *tls.Config
+		if src != nil {
+			etcdTLS = src.ClientConfig(mtls.Allow(mtls.KindCoord))
+		}
+		cli, err := coord.Dial(file.Coordination, etcdTLS)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		opts = append(opts, chatcore.WithFencer(chatcore.NewEtcdFencer(cli, coord.FencingPrefix, file.EpochLease)))
+		tel.Logger.Info("epochs from the coordination cluster (etcd)", "endpoints", file.Coordination)
 	}
 	if file.Gossip != "" {
 		file.Membership.BindAddr = file.Gossip
@@ -132,4 +161,20 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 		return err
 	}
 	return core.Run(ctx)
+}
+
+// ucsStore is the core's UCS client: one instance, or a failover client of
+// the comma-separated instances of ucsURLs.
+func ucsStore(ucsURLs, token string, hc *http.Client, tel *telemetry.Telemetry) (ucsmock.BatchStore, error) {
+	urls := strings.Split(ucsURLs, ",")
+	if len(urls) == 1 {
+		return ucsmock.NewClient(ucsURLs, hc, tel).WithToken(token), nil
+	}
+	fc, err := ucsmock.NewFailoverClient(urls, func(u string) *ucsmock.Client {
+		return ucsmock.NewClient(u, hc, tel).WithToken(token)
+	}, tel)
+	if err != nil {
+		return nil, fmt.Errorf("--ucs: %w", err)
+	}
+	return fc, nil
 }

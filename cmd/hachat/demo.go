@@ -32,9 +32,18 @@ type demoConfig struct {
 	// FreePorts picks free loopback ports instead of the fixed demo ports
 	// of docs/design.md (default false): for tests, or a second demo.
 	FreePorts bool `yaml:"free-ports"`
+	// UCSStore is ucs's store: bbolt (one ucs instance, the default) or
+	// postgres (a throwaway PostgreSQL cluster and two ucs instances on it).
+	UCSStore string `yaml:"ucs-store"`
 	// Plaintext turns mTLS off between the parts (default false: the demo
 	// issues a CA and a certificate per part in <dir>/certs).
 	Plaintext bool `yaml:"plaintext"`
+	// CoordMembers is how many coordination members (embedded etcd) hold
+	// the cores' epochs (default 3; 0 keeps the epochs at UCS).
+	CoordMembers int `yaml:"coord-members"`
+	// Coordination points the cores at an etcd the deployment already runs
+	// (host:port,...); then the demo starts no members of its own.
+	Coordination string `yaml:"coordination"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -43,8 +52,8 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) > 0 && args[0] == "restart" {
 		return runDemoRestart(ctx, args[1:], out, errw)
 	}
-	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh),
-		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second}
+	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh), UCSStore: "bbolt",
+		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
 		"never restarts a part by itself (`hachat demo restart NAME` does, when asked),\n"+
@@ -57,6 +66,9 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long each part may take to become ready")
 			fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "time between SIGTERM and SIGKILL when stopping parts")
 			fs.BoolVar(&cfg.FreePorts, "free-ports", cfg.FreePorts, "use free loopback ports instead of the fixed demo ports")
+			fs.StringVar(&cfg.UCSStore, "ucs-store", cfg.UCSStore, "ucs's store: bbolt (one ucs, <dir>/ucs.db) or postgres (a throwaway PostgreSQL cluster from Debian's postgresql package and two ucs instances on it)")
+			fs.IntVar(&cfg.CoordMembers, "coord-members", cfg.CoordMembers, "coordination members (embedded etcd) holding the epochs: 0, 1 or 3 (0: epochs at UCS)")
+			fs.StringVar(&cfg.Coordination, "coordination", cfg.Coordination, "use this etcd (host:port,...) for the epochs instead of starting members")
 			fs.BoolVar(&cfg.Plaintext, "plaintext", cfg.Plaintext, "no mTLS between the parts (default: mTLS with certificates in <dir>/certs)")
 		})
 	if err != nil {
@@ -67,6 +79,12 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	if cfg.Stage < int(demo.StageSingle) || cfg.Stage > int(demo.StageMesh) {
 		return fmt.Errorf("--stage must be 2, 3 or 4, not %d", cfg.Stage)
+	}
+	if cfg.UCSStore != "bbolt" && cfg.UCSStore != "postgres" {
+		return fmt.Errorf("--ucs-store must be bbolt or postgres, not %q", cfg.UCSStore)
+	}
+	if cfg.CoordMembers < 0 || cfg.CoordMembers > 3 {
+		return fmt.Errorf("--coord-members must be 0 to 3, not %d", cfg.CoordMembers)
 	}
 	if cfg.State == "" {
 		cfg.State = filepath.Join(cfg.Dir, "demo.json")
@@ -83,10 +101,23 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		return err
 	}
 	layout := demo.Layout{
-		Addrs:     addrs,
-		Stage:     demo.Stage(cfg.Stage),
-		DataDir:   cfg.Dir,
-		LogFormat: cfg.LogFormat,
+		Addrs:        addrs,
+		Stage:        demo.Stage(cfg.Stage),
+		DataDir:      cfg.Dir,
+		LogFormat:    cfg.LogFormat,
+		CoordMembers: cfg.CoordMembers,
+		Coordination: cfg.Coordination,
+		UCSStore:     cfg.UCSStore,
+	}
+	var ucsStore *demo.UCSStoreState
+	if cfg.UCSStore == "postgres" {
+		pg, st, err := demo.StartPostgres(ctx, cfg.Dir)
+		if err != nil {
+			return err
+		}
+		defer pg.Stop()
+		layout.UCSPostgres, ucsStore = st.DSN, &st
+		fmt.Fprintf(out, "postgresql (ucs store) ready: pid %d, cluster in %s\n", st.PID, st.Dir)
 	}
 	// Every stage runs mTLS unless --plaintext: the sidecars and the
 	// control plane speak it too.
@@ -125,7 +156,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	fmt.Fprintf(progress, "hachat demo: starting %d parts (logs in %s/)\n", len(plan.Parts), cfg.Dir)
 	sup, err := demo.Start(ctx, plan, demo.Options{
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
-		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds,
+		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds, UCSStore: ucsStore,
 		Control: demo.ControlPath(cfg.State),
 	})
 	if err != nil {
@@ -133,10 +164,10 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	fmt.Fprintln(out)
 	sup.WriteTable(out)
-	p, _ := plan.Part("webapi")
-	q, _ := plan.Part("interaction")
+	entry := plan.Entrypoints
 	fmt.Fprintf(out, "\nstate file: %s (with the credentials: admin token, UCS reader token)\n", cfg.State)
-	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", p.URL(), q.URL())
+	fmt.Fprintf(out, "entrypoints: customer %s    agent %s\n", entry.Customer, entry.Agent)
+	fmt.Fprintf(out, "customer web sample: %s/    agent desktop: %s/agent\n", entry.Customer, entry.Agent)
 	fmt.Fprintf(out, "agent desktop logins (new passwords at each start; also in the state file):\n")
 	for _, a := range accounts {
 		fmt.Fprintf(out, "    %-8s %-10s password %s\n", a.User, a.Role, a.Password)

@@ -44,6 +44,12 @@ func runInteraction(ctx context.Context, args []string, out, errw io.Writer) err
 	if err != nil {
 		return err
 	}
+	leave, err := file.Register.register(ctx, "interaction", ln.Addr(), part.tel)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer leave()
 	fmt.Fprintf(out, "hachat interaction: %s://%s/agent (core %s)\n", scheme, ln.Addr(), strings.Join(part.targets, ","))
 	return srv.Serve(ctx, ln)
 }

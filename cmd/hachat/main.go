@@ -29,6 +29,7 @@ func commands() []command {
 		{"xds", "run the xDS control plane (or: xds envoy-bootstrap)", runXDS},
 		{"proxy", "run a sidecar proxy steered by the xDS control plane", runProxy},
 		{"witness", "run a membership witness (a gossip member that only votes)", runWitness},
+		{"coord", "run a member of the coordination cluster (embedded etcd: epochs, leases)", runCoord},
 		{"accounts", "manage the Interaction Server's built-in accounts: add, remove, list", runAccounts},
 		{"demo", "run the whole cluster on this machine, each part its own process", runDemo},
 		{"ctl", "cluster control: status, switchover", runCtl},

@@ -15,6 +15,10 @@ import (
 type proxyFile struct {
 	Proxy     proxy.Config     `yaml:",inline"`
 	Telemetry telemetry.Config `yaml:",inline"`
+	// Ingress runs the proxy as the edge (docs/proxy.md, ingress mode):
+	// --listen is then the customers' address and AgentListen the agents'.
+	Ingress     bool   `yaml:"ingress"`
+	AgentListen string `yaml:"agent-listen"`
 }
 
 // runProxy runs a sidecar proxy steered by the xDS control plane.
@@ -25,6 +29,8 @@ func runProxy(ctx context.Context, args []string, out, errw io.Writer) error {
 		func(fs *flag.FlagSet) {
 			f.Proxy.RegisterFlags(fs)
 			f.Telemetry.RegisterFlags(fs)
+			fs.BoolVar(&f.Ingress, "ingress", f.Ingress, "run as the edge: --listen is the customers' address (to the webapi instances), --agent-listen the agents' (to the interaction instances); bytes pass through (L4)")
+			fs.StringVar(&f.AgentListen, "agent-listen", f.AgentListen, "with --ingress: the agents' address (empty: customers only)")
 		})
 	if err != nil {
 		return err
@@ -34,6 +40,17 @@ func runProxy(ctx context.Context, args []string, out, errw io.Writer) error {
 		return err
 	}
 	defer tel.Shutdown(context.Background())
+	if f.Ingress {
+		in, err := proxy.NewIngress(proxy.IngressConfig{Base: f.Proxy, Customer: f.Proxy.Listen, Agent: f.AgentListen}, tel)
+		if err != nil {
+			return fmt.Errorf("start edge: %w", err)
+		}
+		fmt.Fprintf(out, "hachat edge: customers %s, agents %s\n", in.Customer.Addr(), f.AgentListen)
+		return in.Run(ctx)
+	}
+	if f.AgentListen != "" {
+		return fmt.Errorf("--agent-listen needs --ingress")
+	}
 	p, err := proxy.New(f.Proxy, tel)
 	if err != nil {
 		return fmt.Errorf("start sidecar: %w", err)

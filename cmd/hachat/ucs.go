@@ -24,7 +24,8 @@ type ucsFile struct {
 // runUCS runs ucsmock, the UCS stand-in, until ctx is done.
 func runUCS(ctx context.Context, args []string, out, errw io.Writer) error {
 	file := ucsFile{Config: ucsmock.DefaultConfig(), Telemetry: telemetry.DefaultConfig()}
-	err := parseFlags("ucs", "Run ucsmock, the UCS stand-in: transcripts in a bbolt database synced on every save,\n"+
+	err := parseFlags("ucs", "Run ucsmock, the UCS stand-in: transcripts in a bbolt database synced on every save (or in a\n"+
+		"PostgreSQL database that several ucs instances share: --store postgres --postgres DSN),\n"+
 		"read as JSON or Genesys-like XML, epoch fencing, fault injection over the admin API.",
 		args, errw, &file, func(fs *flag.FlagSet) {
 			file.Config.RegisterFlags(fs)

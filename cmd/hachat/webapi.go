@@ -43,6 +43,12 @@ func runWebAPI(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
+	leave, err := file.Register.register(ctx, "webapi", ln.Addr(), part.tel)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer leave()
 	fmt.Fprintf(out, "hachat webapi: %s://%s/ (core %s)\n", scheme, ln.Addr(), strings.Join(part.targets, ","))
 	return srv.Serve(ctx, ln)
 }

@@ -157,10 +157,11 @@ func (p *pages) fail(format string, args ...any) {
 // agent's join.
 func openChat(t *testing.T, c *harness.Cluster, prefix string) *pages {
 	t.Helper()
-	return openChatOn(t, c, prefix, c.WebAPIURL()+"/", pageRoot, nil)
+	return openChatOn(t, c, prefix, c.Entrypoints().Customer+"/", pageRoot, nil)
 }
 
-// openChatOn is openChat with the customer on the page at customerURL,
+// openChatOn is openChat with the customer on the page at customerURL (the
+// agent on the desktop at the agents' entrypoint: the edge's on the mesh),
 // whose chat card is under root; open, when set, runs on the customer's tab
 // before the start form is filled (to open the widget).
 func openChatOn(t *testing.T, c *harness.Cluster, prefix, customerURL, root string, open func(p *pages) error) *pages {
@@ -170,7 +171,7 @@ func openChatOn(t *testing.T, c *harness.Cluster, prefix, customerURL, root stri
 
 	// The agent logs in and goes ready.
 	if err := chromedp.Do(p.agent,
-		chromedp.Navigate(c.InteractionURL()+"/agent"),
+		chromedp.Navigate(c.Entrypoints().Agent+"/agent"),
 		chromedp.WaitVisible(chromedp.ID("login-form")),
 		chromedp.SendKeys(chromedp.ID("agentId"), "ada"),
 		chromedp.SendKeys(chromedp.ID("password"), c.Agents().Password("ada")),

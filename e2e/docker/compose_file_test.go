@@ -53,10 +53,11 @@ func readCompose(t *testing.T) composeFile {
 func TestComposeShape(t *testing.T) {
 	f := readCompose(t)
 	want := map[string]string{ // service -> hachat subcommand
-		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds",
+		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds", "xds-b": "xds",
 		"webapi": "webapi", "sidecar-webapi": "proxy",
+		"webapi-2": "webapi", "sidecar-webapi-2": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
-		"certs": "certs",
+		"edge": "proxy", "certs": "certs", "etcd-1": "coord", "etcd-2": "coord", "etcd-3": "coord",
 	}
 	var got []string
 	for name := range f.Services {
@@ -71,7 +72,10 @@ func TestComposeShape(t *testing.T) {
 	if !slices.Equal(got, wantNames) {
 		t.Fatalf("services %v, want %v", got, wantNames)
 	}
-	published := map[string]string{"webapi": ":8080", "interaction": ":8081", "ucs": ":7080"}
+	// The edge holds the customers' and the agents' address; the instances
+	// behind it publish nothing.
+	published := map[string][]string{"edge": {":8080", ":8081"}, "ucs": {":7080"}}
+	addrs := map[string]string{} // fixed address -> service
 	for name, s := range f.Services {
 		if s.Image != "${HACHAT_IMAGE:-hachat:dev}" {
 			t.Errorf("%s: image %q, want ${HACHAT_IMAGE:-hachat:dev}", name, s.Image)
@@ -85,22 +89,49 @@ func TestComposeShape(t *testing.T) {
 		if len(s.Command) == 0 || s.Command[0] != want[name] {
 			t.Errorf("%s: command %v, want hachat %s", name, s.Command, want[name])
 		}
-		if port, ok := published[name]; ok {
-			if len(s.Ports) != 1 || !strings.HasPrefix(s.Ports[0], "127.0.0.1:") || !strings.HasSuffix(s.Ports[0], port) {
-				t.Errorf("%s: ports %v, want one 127.0.0.1:${...}%s", name, s.Ports, port)
+		if ports, ok := published[name]; ok {
+			if len(s.Ports) != len(ports) {
+				t.Errorf("%s: ports %v, want %v", name, s.Ports, ports)
+			}
+			for i, port := range ports {
+				if i < len(s.Ports) && (!strings.HasPrefix(s.Ports[i], "127.0.0.1:") || !strings.HasSuffix(s.Ports[i], port)) {
+					t.Errorf("%s: ports %v, want 127.0.0.1:${...}%s", name, s.Ports, port)
+				}
 			}
 		} else if len(s.Ports) > 0 {
 			t.Errorf("%s: ports %v, want none published", name, s.Ports)
 		}
 		args := strings.Join(s.Command, " ")
 		switch name {
-		case "webapi", "interaction":
+		case "webapi", "webapi-2", "interaction":
 			if !strings.Contains(args, "--core=127.0.0.1:") {
 				t.Errorf("%s: %s: want --core on loopback (its sidecar)", name, args)
 			}
-		case "sidecar-webapi", "sidecar-interaction":
+			if !strings.Contains(args, "--gossip-name="+name+" ") || !strings.Contains(args, "--gossip-join=") {
+				t.Errorf("%s: %s: want it registered in the gossip cluster under its name (the edge learns it)", name, args)
+			}
+		case "edge":
+			if !strings.Contains(args, "--ingress ") || !strings.Contains(args, "--agent-listen=") {
+				t.Errorf("edge: %s: want the proxy in ingress mode with both addresses", args)
+			}
+			if !strings.Contains(args, ".20:7200,${HACHAT_SUBNET:-172.28.71}.21:7200") || !strings.Contains(args, "--xds-cache=/state/") {
+				t.Errorf("edge: %s: want --xds with both control planes and --xds-cache under /state", args)
+			}
+		case "xds", "xds-b":
+			if !strings.Contains(args, "--ingress-customer=") || !strings.Contains(args, "--ingress-agent=") {
+				t.Errorf("xds: %s: want the ingress published", args)
+			}
+		case "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction":
 			if owner := strings.TrimPrefix(name, "sidecar-"); s.NetworkMode != "service:"+owner {
 				t.Errorf("%s: network_mode %q, want service:%s", name, s.NetworkMode, owner)
+			}
+			// Issue 8: both control planes, and a cache file on a volume.
+			if !strings.Contains(args, ".20:7200,${HACHAT_SUBNET:-172.28.71}.21:7200") || !strings.Contains(args, "--xds-cache=/state/") {
+				t.Errorf("%s: %s: want --xds with both control planes and --xds-cache under /state", name, args)
+			}
+		case "core-a", "core-b":
+			if !strings.Contains(args, ".20:7203") || !strings.Contains(args, ".21:7203") {
+				t.Errorf("%s: %s: want to gossip with both control planes", name, args)
 			}
 		}
 		// Every part speaks mTLS with its own certificate from the cert dir.
@@ -111,9 +142,13 @@ func TestComposeShape(t *testing.T) {
 			continue
 		}
 		if s.NetworkMode == "" {
-			if ip := s.Networks["hachat"].IPv4; ip == "" {
+			ip := s.Networks["hachat"].IPv4
+			if ip == "" {
 				t.Errorf("%s: no fixed address on the hachat network", name)
+			} else if other, dup := addrs[ip]; dup {
+				t.Errorf("%s and %s share the fixed address %s", name, other, ip)
 			}
+			addrs[ip] = name
 		}
 		// Everything but a sidecar's data listener binds the part's own
 		// address, never 0.0.0.0 (which memberlist and the cores would
@@ -121,7 +156,7 @@ func TestComposeShape(t *testing.T) {
 		for _, a := range s.Command[1:] {
 			flag, val, _ := strings.Cut(a, "=")
 			switch flag {
-			case "--http", "--grpc", "--gossip-bind", "--admin":
+			case "--http", "--grpc", "--gossip-bind", "--admin", "--client", "--peer":
 				if strings.HasPrefix(val, "0.0.0.0") || strings.HasPrefix(val, "127.") {
 					t.Errorf("%s: %s binds %s: want the container's address", name, flag, val)
 				}

@@ -46,9 +46,9 @@ const (
 // that core-a joins as core-b's backup and that the chat still reaches UCS.
 //
 // It does so twice, each time on a cluster of its own: with the control
-// plane up, and with the control plane (also the cores' witness) killed
-// before the chat starts, so that the sidecars fail over on their last
-// configuration and their own health checks alone.
+// plane up, and with both control planes (also the cores' witnesses)
+// killed before the chat starts, so that the sidecars fail over on their
+// last configuration and their own health checks alone.
 func TestPrimaryContainerKilled(t *testing.T) {
 	requireDocker(t)
 	root, err := filepath.Abs(filepath.Join("..", ".."))
@@ -141,10 +141,12 @@ func failover(t *testing.T, root, img string, controlPlaneDown bool) {
 	}
 
 	if controlPlaneDown {
-		if _, err := p.kill(ctx, "xds"); err != nil {
-			t.Fatalf("kill xds: %v", err)
+		for _, cp := range []string{"xds", "xds-b"} {
+			if _, err := p.kill(ctx, cp); err != nil {
+				t.Fatalf("kill %s: %v", cp, err)
+			}
 		}
-		t.Logf("killed xds, the control plane and witness")
+		t.Logf("killed xds and xds-b, the control planes and witnesses")
 	}
 
 	// 3. Both sides chat; the primary's container is killed mid-chat.

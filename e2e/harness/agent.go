@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -170,6 +171,7 @@ type Agent struct {
 	problems []string       // same index delivered with different content
 	changed  chan struct{}
 	stream   *Stream
+	closed   bool
 }
 
 // Login logs in agentID with its password from Accounts and checks that
@@ -297,21 +299,66 @@ func (ag *Agent) Chat(ctx context.Context, chatID, action string, body any) erro
 }
 
 // Connect opens the agent's push channel and records what it receives.
+// Like the desktop's EventSource, it reopens the channel when the stream is
+// cut (an edge or instance restarted) until Close, or until the server
+// refuses the token (401, 403: the agent is logged out); interaction
+// replays every chat's events on each new stream.
 func (ag *Agent) Connect(ctx context.Context) error {
-	s, err := OpenSSE(ctx, ag.API.Base+"/agent/v1/events", http.Header{"Authorization": {"Bearer " + ag.Token}})
+	s, err := ag.open(ctx)
 	if err != nil {
 		return err
 	}
-	ag.mu.Lock()
-	ag.stream = s
-	ag.mu.Unlock()
-	go ag.record(s)
+	go func() {
+		for {
+			ag.record(s)
+			if s = ag.reopen(); s == nil {
+				return
+			}
+		}
+	}()
 	return nil
+}
+
+func (ag *Agent) open(ctx context.Context) (*Stream, error) {
+	s, err := OpenSSE(ctx, ag.API.Base+"/agent/v1/events", http.Header{"Authorization": {"Bearer " + ag.Token}})
+	if err != nil {
+		return nil, err
+	}
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	if ag.closed {
+		s.Close()
+		return nil, errors.New("agent push channel closed")
+	}
+	ag.stream = s
+	return s, nil
+}
+
+// reopen retries the push channel every 100ms (EventSource's pace); nil
+// once closed or refused.
+func (ag *Agent) reopen() *Stream {
+	for {
+		ag.mu.Lock()
+		closed := ag.closed
+		ag.mu.Unlock()
+		if closed {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+		s, err := ag.open(context.Background())
+		if err == nil {
+			return s
+		}
+		if strings.Contains(err.Error(), "HTTP 401") || strings.Contains(err.Error(), "HTTP 403") || strings.Contains(err.Error(), "closed") {
+			return nil
+		}
+	}
 }
 
 // Close closes the push channel.
 func (ag *Agent) Close() {
 	ag.mu.Lock()
+	ag.closed = true
 	s := ag.stream
 	ag.mu.Unlock()
 	if s != nil {

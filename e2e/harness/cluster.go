@@ -47,12 +47,21 @@ type Options struct {
 	// TLS runs the cluster with mTLS everywhere (demo.Layout.CertDir): the
 	// harness issues the certificates and talks to the parts as the operator.
 	TLS bool
+	// CoordMembers runs that many coordination members (hachat coord,
+	// embedded etcd: etcd-1, ...) that hold the cores' epochs and the
+	// primary's lease (demo.Layout.CoordMembers; default 0: epochs at UCS).
+	CoordMembers int
 	// Accounts are the interaction server's accounts (default
 	// TestAccounts: the demo's and those the end-to-end tests log in as).
 	Accounts []demo.AccountSpec
 	// Env is added to every part's environment (which inherits the test's),
 	// e.g. OTEL_* variables.
 	Env []string
+	// UCSStore is ucs's store: "" (bbolt: one instance) or "postgres": the
+	// harness starts a throwaway PostgreSQL cluster (demo.StartPostgres,
+	// stopped after the parts) and the plan runs two ucs instances, ucs and
+	// ucs-2, on it, as `hachat demo --ucs-store postgres` does.
+	UCSStore string
 }
 
 // TestAccounts are the accounts of a test cluster: the demo's, plus the
@@ -111,13 +120,25 @@ type Cluster struct {
 func StartCluster(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	bin := Binary(t)
+	var pgDSN string
+	if opts.UCSStore == "postgres" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		pg, st, err := demo.StartPostgres(ctx, t.TempDir())
+		cancel()
+		if err != nil {
+			t.Fatalf("ucs store: %v (make deps installs postgresql)", err)
+		}
+		t.Cleanup(func() { pg.Stop() }) // after the parts: cleanups run last first
+		pgDSN = st.DSN
+	}
 	for attempt := 1; ; attempt++ {
 		addrs, err := demo.FreeAddrs()
 		if err != nil {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs}
+		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs, CoordMembers: opts.CoordMembers,
+			UCSStore: opts.UCSStore, UCSPostgres: pgDSN}
 		if opts.TLS {
 			layout.CertDir = filepath.Join(dir, "certs")
 		}
@@ -322,6 +343,13 @@ func (c *Cluster) UCS() *ucsmock.Client {
 		c.t.Fatal("cluster has no ucs part")
 	}
 	return c.ucs
+}
+
+// UCSOf returns a reading client of the ucs instance called name (ucs,
+// ucs-2 with Options.UCSStore postgres), like UCS.
+func (c *Cluster) UCSOf(name string) *ucsmock.Client {
+	c.t.Helper()
+	return ucsmock.NewClient(c.URL(name), c.httpc, telemetry.Discard()).WithToken(c.layout.UCSReaderToken)
 }
 
 // Credentials are the cluster's accounts with their passwords.

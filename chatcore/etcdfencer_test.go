@@ -1,0 +1,345 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+// startEtcd runs a real one-member etcd cluster in process (embed), on free
+// loopback ports in a temporary directory, with the coordination members'
+// timings (a one-second lease is allowed), and returns a client of it. Both
+// stop when the test ends.
+func startEtcd(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Name = "etcd-test"
+	cfg.Dir = t.TempDir()
+	cl, pl := listen(t), listen(t)
+	cu, _ := url.Parse("http://" + cl.Addr().String())
+	pu, _ := url.Parse("http://" + pl.Addr().String())
+	cl.Close()
+	pl.Close()
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	cfg.TickMs, cfg.ElectionMs = 50, 600
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(20 * time.Second):
+		t.Fatal("etcd not ready within 20 s")
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// TestEtcdFencer holds the Fencer contract against a real etcd: claims are
+// compare-and-sets whose epochs grow, a claim without certain evidence
+// waits for the holder's lease to lapse, a certain one does not, and a
+// deposed holder's renewal is refused as stale.
+func TestEtcdFencer(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := ctxT(t)
+	a := NewEtcdFencer(cli, "/test/", time.Second)
+	b := NewEtcdFencer(cli, "/test/", time.Second)
+	const svc = "hachat"
+
+	if cur, err := a.Current(ctx, svc); err != nil || cur.Epoch != 0 {
+		t.Fatalf("current of a new service: %+v %v, want epoch 0", cur, err)
+	}
+	e1, err := a.Claim(ctx, svc, 0, "core-a", time.Second)
+	if err != nil || e1.Epoch == 0 || e1.Holder != "core-a" {
+		t.Fatalf("first claim: %+v %v", e1, err)
+	}
+	steps := []struct {
+		name string
+		do   func() (Epoch, error)
+		want error // nil: success
+	}{
+		{"claim with an old expect", func() (Epoch, error) { return b.Claim(ctx, svc, 0, "core-b", 0) }, ErrEpochConflict},
+		{"uncertain claim while a's lease lives", func() (Epoch, error) { return b.Claim(ctx, svc, e1.Epoch, "core-b", time.Second) }, ErrHolderAlive},
+		{"a renews", func() (Epoch, error) { return a.Renew(ctx, svc, e1.Epoch, "core-a") }, nil},
+		{"b cannot renew a's epoch", func() (Epoch, error) { return b.Renew(ctx, svc, e1.Epoch, "core-b") }, ErrEpochConflict},
+	}
+	for _, s := range steps {
+		_, err := s.do()
+		if s.want == nil && err != nil || s.want != nil && !errors.Is(err, s.want) {
+			t.Fatalf("%s: %v, want %v", s.name, err, s.want)
+		}
+	}
+	// a stops renewing: its lease lapses within its TTL (plus etcd's
+	// expiry sweep), and then an uncertain claim succeeds.
+	var e2 Epoch
+	waitFor(t, "b's uncertain claim after a's lease lapsed", func() bool {
+		var err error
+		e2, err = b.Claim(ctx, svc, e1.Epoch, "core-b", time.Second)
+		return err == nil
+	})
+	if e2.Epoch <= e1.Epoch {
+		t.Fatalf("epoch did not grow: %d after %d", e2.Epoch, e1.Epoch)
+	}
+	if _, err := a.Renew(ctx, svc, e1.Epoch, "core-a"); !errors.Is(err, ErrStaleEpoch) || storeEpoch(err) != e2.Epoch {
+		t.Fatalf("deposed holder renews: %v, want stale at %d", err, e2.Epoch)
+	}
+	// Certain evidence: a takes the epoch back at once while b's lease lives.
+	start := time.Now()
+	e3, err := a.Claim(ctx, svc, e2.Epoch, "core-a", 0)
+	if err != nil || e3.Epoch <= e2.Epoch {
+		t.Fatalf("certain claim: %+v %v", e3, err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("certain claim waited %v (for b's lease?)", took)
+	}
+	if _, err := b.Renew(ctx, svc, e2.Epoch, "core-b"); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("b renews after a's certain claim: %v, want stale", err)
+	}
+	if cur, err := b.Current(ctx, svc); err != nil || cur.Epoch != e3.Epoch || cur.Holder != "core-a" {
+		t.Fatalf("current: %+v %v, want %d core-a", cur, err, e3.Epoch)
+	}
+}
+
+// cutFencer is a core's view of the fencing authority that a test cuts
+// together with its view of UCS (the cutStore): a backup cut off from
+// everyone reaches neither.
+type cutFencer struct {
+	Fencer
+	cut *cutStore
+}
+
+// check fails while the cut reaches the coordination cluster too.
+func (f cutFencer) check() error {
+	f.cut.mu.Lock()
+	ucsOnly := f.cut.ucsOnly
+	if f.cut.down && !ucsOnly {
+		f.cut.epochs++
+	}
+	f.cut.mu.Unlock()
+	if ucsOnly {
+		return nil
+	}
+	return f.cut.check()
+}
+
+func (f cutFencer) Current(ctx context.Context, service string) (Epoch, error) {
+	if err := f.check(); err != nil {
+		return Epoch{}, err
+	}
+	return f.Fencer.Current(ctx, service)
+}
+
+func (f cutFencer) Claim(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (Epoch, error) {
+	if err := f.check(); err != nil {
+		return Epoch{}, err
+	}
+	return f.Fencer.Claim(ctx, service, expect, holder, ifSilent)
+}
+
+func (f cutFencer) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	if err := f.check(); err != nil {
+		return Epoch{}, err
+	}
+	return f.Fencer.Renew(ctx, service, epoch, holder)
+}
+
+// MarkSolo and Solo pass through: the rig's backup reads the solo mark.
+func (f cutFencer) MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.Fencer.(SoloRecorder).MarkSolo(ctx, service, epoch, holder, solo)
+}
+
+func (f cutFencer) Solo(ctx context.Context, service string, epoch uint64) (bool, error) {
+	if err := f.check(); err != nil {
+		return false, err
+	}
+	return f.Fencer.(SoloRecorder).Solo(ctx, service, epoch)
+}
+
+// TestSoloMarkDecidesTheMerge: the link breaks while the primary lives (the
+// backup's replica is stale), UCS goes down for the backup, then the
+// primary is killed. The backup promotes with etcd either way; whether it
+// may serve before UCS returns depends on the solo mark: when the old
+// primary acknowledged nothing without its backup (no mark) the replica is
+// complete and it serves at once; when it did (mark recorded before the
+// first such acknowledgement) it waits for UCS and merges first.
+func TestSoloMarkDecidesTheMerge(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		soloAck bool // the primary acknowledges while the link is cut
+	}{
+		{"never solo: serves at once", false},
+		{"solo: merges first", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newIsolationRig(t, "etcd")
+			r.link.cut() // the witness still reaches the primary: no failover
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			waitFor(t, "b knows its replica is stale", func() bool { return r.b.c.replicaStale.Load() })
+			var acked []uint64
+			if tt.soloAck {
+				acked = r.sendOnA(t, 2, "second-copy")
+				if v := gaugeValue(r.a.c.m.solo); v != 1 {
+					t.Fatalf("hachat_core_solo %v on the primary acknowledging without its backup, want 1", v)
+				}
+			} else if v := gaugeValue(r.a.c.m.solo); v != 0 {
+				t.Fatalf("hachat_core_solo %v before any solo acknowledgement, want 0", v)
+			}
+			r.bUCS.mu.Lock()
+			r.bUCS.down, r.bUCS.ucsOnly = true, true
+			r.bUCS.mu.Unlock()
+			r.a.kill()
+			r.w.set(false, nil)
+			waitFor(t, "b primary", func() bool { return r.b.c.primary.Load() })
+			conn, err := grpc.NewClient(r.b.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			hc := healthpb.NewHealthClient(conn)
+			serving := func() bool {
+				h, err := hc.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: ChatServiceName})
+				return err == nil && h.Status == healthpb.HealthCheckResponse_SERVING
+			}
+			if !tt.soloAck {
+				waitFor(t, "b serving with UCS down", serving)
+				return
+			}
+			time.Sleep(300 * time.Millisecond) // it must keep waiting for UCS
+			if serving() {
+				t.Fatal("b serves before merging what the old primary acknowledged with second copies in UCS")
+			}
+			r.bUCS.setDown(false)
+			waitFor(t, "b serving after the merge", serving)
+			log := r.b.log(r.cust.SessionId)
+			for i, idx := range acked {
+				if want := fmt.Sprintf("second-copy %d", i); int(idx) > len(log) || log[idx-1].Text != want {
+					t.Fatalf("index %d on the new primary is not the acknowledged %q", idx, want)
+				}
+			}
+		})
+	}
+}
+
+// TestUCSDownFailoverWithEtcd is the failure-matrix row "UCS down, then the
+// primary killed" with etcd as the fencing authority: the backup promotes
+// although UCS does not answer (fencing no longer lives there) and keeps
+// every acknowledged message. Alone and without UCS no second copy exists,
+// so a new message is refused as retryable (invariant 1) until the killed
+// core comes back as its backup; then chats go on with UCS still down. Once
+// UCS returns the transcript is saved under the new epoch, which UCS then
+// holds: a save stamped with the old primary's epoch is refused as stale.
+func TestUCSDownFailoverWithEtcd(t *testing.T) {
+	cli := startEtcd(t)
+	store := &cutStore{memStore: newMemStore()}
+	fencer := func() Option { return WithFencer(NewEtcdFencer(cli, "/hachat/fencing/", time.Second)) }
+	mod := func(c *Config) { c.TranscriptAutoSave = 1 }
+	la, lb := listen(t), listen(t)
+	aAddr := la.Addr().String()
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, mod, fencer())
+	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	b := startNode(t, "core-b", RoleBackup, aAddr, lb, store, mod, fencer())
+	waitInSync(t, a, "core-b")
+	old := a.c.epoch.Load()
+	cust, _ := a.chat(t)
+	r, err := a.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	store.setDown(true)
+	a.kill()
+	waitFor(t, "b promoted while UCS is down", func() bool { return b.c.primary.Load() })
+	if e := b.c.epoch.Load(); e <= old {
+		t.Fatalf("new epoch %d is not newer than %d", e, old)
+	}
+	d, err := b.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
+	if err != nil || !d.Duplicate || d.Index != r.Index {
+		t.Fatalf("acknowledged message lost: %v %v", d, err)
+	}
+	if _, err := b.cl.Send(ctxT(t), msg(cust, "no second copy", "c2")); status.Code(err) != codes.Unavailable {
+		t.Fatalf("send with neither backup nor UCS: %v, want UNAVAILABLE", err)
+	}
+
+	var la2 net.Listener
+	waitFor(t, "a's port free", func() bool {
+		l, err := net.Listen("tcp", aAddr)
+		la2 = l
+		return err == nil
+	})
+	startNode(t, "core-a", RolePrimary, b.addr, la2, store, mod, fencer())
+	waitInSync(t, b, "core-a")
+	during, err := b.cl.Send(ctxT(t), msg(cust, "sent while UCS is down", "c3"))
+	if err != nil {
+		t.Fatalf("send with the old primary back as backup, UCS down: %v", err)
+	}
+
+	store.setDown(false)
+	newEpoch := b.c.epoch.Load()
+	waitFor(t, "the transcript saved under the new epoch", func() bool {
+		tr, err := store.memStore.Transcript(ctxT(t), cust.SessionId)
+		if err != nil {
+			return false
+		}
+		last := tr.Events[len(tr.Events)-1]
+		e, err := store.memStore.Epoch(ctxT(t), "hachat")
+		return err == nil && e.Epoch == newEpoch && last.Index >= during.Index && last.Epoch == newEpoch
+	})
+	_, err = store.memStore.Save(ctxT(t), SaveRequest{ChatID: cust.SessionId, Service: "hachat", Epoch: old, Writer: "core-a"})
+	if !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("a save at the old epoch after the failover: %v, want stale", err)
+	}
+}
+
+// TestEtcdFencerUnreachable: with every member gone a call fails with an
+// error that matches ErrUnavailable (the caller retries) and no fencing
+// sentinel (it must not step down or give up a claim for it).
+func TestEtcdFencerUnreachable(t *testing.T) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + listen(t).Addr().String()}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	f := NewEtcdFencer(cli, "/test/", time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err = f.Claim(ctx, "hachat", 0, "core-a", 0)
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrEpochConflict) || errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("claim with etcd unreachable: %v, want only ErrUnavailable", err)
+	}
+}
+
+// gaugeValue reads a gauge's current value.
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
+}
