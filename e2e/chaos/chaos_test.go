@@ -30,7 +30,7 @@ func TestChaosTwoMinutes(t *testing.T) {
 	out := filepath.Join(harness.ArtifactDir(t), "chaos-e2e") // kept: the report, the plot and the demo's logs
 	ctx, cancel := context.WithTimeout(context.Background(), 170*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "chaos", "--duration", "95s", "--seed", "3",
+	cmd := exec.CommandContext(ctx, bin, "chaos", "--duration", "90s", "--seed", "3",
 		"--faults", "kill,stop,partition,ucs,restart",
 		"--gap-min", "2s", "--gap-max", "5s", "--hold-min", "1s", "--hold-max", "3s",
 		"--settle", "3s", "--status", "15s", "--json", "--out", out)
