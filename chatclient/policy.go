@@ -52,8 +52,10 @@ type Policy struct {
 	// at most MaxBackoff.
 	MinBackoff time.Duration `yaml:"core-min-backoff"`
 	MaxBackoff time.Duration `yaml:"core-max-backoff"`
-	// MaxAttempts caps the attempts of one call, the first included; 0 (the
-	// default) leaves only the deadline, and 1 disables retries.
+	// MaxAttempts caps the attempts of one unary call, the first included;
+	// 0 (the default) leaves only the deadline, and 1 disables retries.
+	// Subscribe and WatchSessions streams resume by themselves (the
+	// backoff above paces them) until their caller stops them.
 	MaxAttempts int `yaml:"core-max-attempts"`
 }
 
