@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/webapi"
 )
 
@@ -54,5 +56,28 @@ func TestProxyProtocolFromConfig(t *testing.T) {
 	err = runWebAPI(t.Context(), []string{"--http=127.0.0.1:0", "--proxy-protocol-from=10.0.0.0/33"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "--proxy-protocol-from") {
 		t.Fatalf("bad --proxy-protocol-from: %v", err)
+	}
+}
+
+// TestClientRetryPolicyConfig: the one retry policy of the chat client is
+// configured in one place, under the core-* keys of the YAML file (or
+// flags), for webapi as for interaction.
+func TestClientRetryPolicyConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "webapi.yaml")
+	yaml := "core-retry-for: 4s\ncore-attempt-timeout: 1s\ncore-min-backoff: 2ms\ncore-max-backoff: 50ms\ncore-max-attempts: 5\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := webapiFile{Config: webapi.DefaultConfig(), clientFile: defaultClientFile()}
+	err := parseFlags("webapi", "", []string{"--config", path, "--core-max-attempts=6"}, io.Discard, &file, func(fs *flag.FlagSet) {
+		file.Config.RegisterFlags(fs)
+		file.clientFile.registerFlags(fs)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := chatclient.Policy{RetryFor: 4 * time.Second, AttemptTimeout: time.Second, MinBackoff: 2 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxAttempts: 6}
+	if got := file.clientFile.Config.Policy; got != want {
+		t.Fatalf("policy %+v, want %+v", got, want)
 	}
 }
