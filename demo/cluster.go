@@ -477,9 +477,14 @@ func StandardPlan(l Layout) Plan {
 		// Each registers in the gossip cluster; the control plane
 		// publishes them to the edge, which listens on the customers'
 		// and the agents' addresses.
+		// The edge dials the instances from EdgeSource, a loopback
+		// address nothing else uses, and tells them each client's address
+		// in a PROXY protocol header; they trust that address only, so the
+		// demo's own direct calls (from 127.0.0.1) stay plain.
 		gossip := func(p Part, name, bind string) Part {
 			p.Args = append(p.Args, "--gossip-name="+name, "--gossip-bind="+bind,
-				"--gossip-join="+a.XDSGossip+","+a.XDSBGossip, "--gossip-key="+l.GossipKey)
+				"--gossip-join="+a.XDSGossip+","+a.XDSBGossip, "--gossip-key="+l.GossipKey,
+				"--proxy-protocol-from="+EdgeSource)
 			return p
 		}
 		parts = append(parts,
@@ -494,7 +499,7 @@ func StandardPlan(l Layout) Plan {
 			Part{Name: "edge", Kind: KindProxy, HTTP: a.EdgeAdmin, GRPC: a.WebAPI, Args: []string{
 				logf, "--ingress", "--node-id=edge", "--admin=" + a.EdgeAdmin, "--listen=" + a.WebAPI,
 				"--agent-listen=" + a.Interaction, "--xds=" + a.XDSGRPC + "," + a.XDSBGRPC,
-				"--xds-cache=" + XDSCacheFile(l.DataDir, "edge"),
+				"--xds-cache=" + XDSCacheFile(l.DataDir, "edge"), "--upstream-source=" + EdgeSource,
 			}},
 		)
 		for i := range parts {
@@ -515,6 +520,11 @@ func StandardPlan(l Layout) Plan {
 	}
 	return Plan{Parts: parts, Entrypoints: entry}
 }
+
+// EdgeSource is the loopback address the demo's edge dials the instances
+// from (--upstream-source), and the one they accept a PROXY protocol
+// header from (--proxy-protocol-from).
+const EdgeSource = "127.0.0.254"
 
 // XDSCacheFile is where the sidecar called name keeps its last accepted xDS
 // configuration in a cluster whose on-disk state is under dataDir.
