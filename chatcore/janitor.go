@@ -89,3 +89,5 @@ func (c *Core) forget(s *session) {
 	c.unregisterStartLocked(s)
 	c.mu.Unlock()
 }
+
+func (c *Core) tombstoned(id string) bool { return false }
