@@ -45,6 +45,7 @@ func (c *Core) holdInDoubt(ctx context.Context, s *session, ev *chatpb.Event, ca
 		c.m.inDoubt.Inc()
 	}
 	s.doubt = ev
+	s.doubtNext = c.now().Add(doubtRetryEvery)
 	s.mu.Unlock()
 	c.log.WarnContext(ctx, "event in doubt: its second copy failed with an uncertain outcome; its index is kept for it and the session's appends wait until a definite copy commits it",
 		"session", s.id, "index", ev.Index, "kind", kindName(ev.Kind), "epoch", ev.Epoch, "client_message_id", ev.ClientMessageId, "err", cause)
@@ -103,12 +104,20 @@ func (c *Core) dropDoubtLocked(s *session) {
 	}
 }
 
+// doubtRetryEvery is how often the janitor tries an event in doubt again
+// (appends of its session try at once).
+const doubtRetryEvery = time.Second
+
 // settleDoubt is the janitor's try at a session's event in doubt, so that
 // it resolves without waiting for the next append. It never waits for an
 // append or a switchover in progress.
 func (c *Core) settleDoubt(ctx context.Context, s *session) {
+	now := c.now()
 	s.mu.Lock()
-	pending := s.doubt != nil
+	pending := s.doubt != nil && !now.Before(s.doubtNext)
+	if pending {
+		s.doubtNext = now.Add(doubtRetryEvery)
+	}
 	s.mu.Unlock()
 	if !pending || !c.inflight.TryRLock() {
 		return
