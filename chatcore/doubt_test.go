@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -316,4 +317,56 @@ func TestTombstoneReplicated(t *testing.T) {
 	if !c.c.tombstoned(cust.SessionId) {
 		t.Fatal("a backup that joined later has no tombstone of the closed session")
 	}
+}
+
+// The backup path: the event reaches the backup (it applies it) but its ack
+// never comes back, and UCS refuses the copy for good. The backup may hold
+// the event, so it is in doubt: the next message must not take its index
+// with a copy in UCS only, or a promoted backup (which merges only what UCS
+// holds beyond its own log) keeps the first event and loses the
+// acknowledged second.
+func TestLostAckLeavesEventInDoubt(t *testing.T) {
+	store := newDoubtStore()
+	la, lb := listen(t), listen(t)
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	proxy := newProxy(t, la.Addr().String())
+	var aAlive atomic.Bool
+	aAlive.Store(true)
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return aAlive.Load(), nil })
+	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness)
+	waitInSync(t, a, "core-b")
+	ctx := ctxT(t)
+	cust, _ := a.chat(t)
+	one, err := a.cl.Send(ctx, msg(cust, "one", "c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.holdUp.Store(true) // the backup's acks (and any new hello) are held
+	store.set(func(s *doubtStore) { s.refuseFrom = one.Index + 1 })
+	if _, err := a.cl.Send(ctx, msg(cust, "two", "c2")); status.Code(err) != codes.Unavailable {
+		t.Fatalf("send whose ack was lost and UCS refused: %v", err)
+	}
+	waitFor(t, "the backup applied two", func() bool { return len(b.log(cust.SessionId)) == int(one.Index+1) })
+	if g := gaugeValue(a.c.m.inDoubt); g != 1 {
+		t.Errorf("in-doubt gauge %v, want 1", g)
+	}
+	store.set(func(s *doubtStore) { s.refuseFrom = 0 })
+	three, err := a.cl.Send(ctx, msg(cust, "three", "c3"))
+	if err != nil {
+		t.Fatalf("send with UCS back: %v", err)
+	}
+	if three.Index != one.Index+2 {
+		t.Fatalf("three acknowledged at %d, want %d (two in doubt at %d)", three.Index, one.Index+2, one.Index+1)
+	}
+	aAlive.Store(false)
+	a.kill()
+	proxy.cut()
+	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() && !b.c.unmerged.Load() })
+	got := b.log(cust.SessionId)
+	if len(got) < int(three.Index) || got[three.Index-1].Text != "three" {
+		t.Fatalf("the acknowledged three is not at %d on the promoted backup: %v", three.Index, got)
+	}
+	agreesWithUCS(t, store, got)
 }
