@@ -37,7 +37,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -v -o $(BIN) ./cmd/hachat
 	@echo "make: built $$($(BIN) --version)"
 
-## deps: what the tests need: Chromium, HAProxy, Prometheus and PostgreSQL (apt-get, as root), the Go
+## deps: what the tests need: Chromium, HAProxy, Prometheus, PostgreSQL and iptables (apt-get, as root), the Go
 ## modules and the test OpenTelemetry Collector (otelcol).
 deps: otelcol
 	@if ! command -v chromium >/dev/null || ! command -v haproxy >/dev/null; then \
@@ -51,6 +51,10 @@ deps: otelcol
 	@if [ ! -x /usr/lib/postgresql/15/bin/postgres ] || ! id postgres >/dev/null 2>&1; then \
 		echo "installing postgresql (the UCS store of --ucs-store postgres) with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql </dev/null; \
+	fi
+	@if ! command -v iptables >/dev/null; then \
+		echo "installing iptables (hachat chaos's partitions) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables </dev/null; \
 	fi
 	$(GO) mod download
 	cd deploy && $(GO) mod download

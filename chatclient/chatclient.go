@@ -2,9 +2,9 @@
 // Client implements chatpb.ChatClient, so callers code against the generated
 // interface, and adds what a client of a highly available core needs: calls
 // that fail with a retryable error are retried (on the next target, if there
-// are several) until the caller's deadline, a Send carries a client message id
-// so that its resend is idempotent, and Subscribe and WatchSessions streams
-// reconnect by themselves, a Subscribe resuming from the index after the last
+// are several) as its one Policy says, until the caller's deadline; a Send
+// carries a client message id so that its resend is idempotent; and
+// Subscribe and WatchSessions streams reconnect by themselves, a Subscribe resuming from the index after the last
 // event it delivered.
 package chatclient
 
@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,27 +42,18 @@ type Config struct {
 	// primary's and the backup's addresses. The part that embeds this
 	// config names them with its own "core" key, so it has no YAML key here.
 	Targets []string `yaml:"-"`
-	// RetryFor bounds how long one call keeps retrying when the caller's
-	// context has no deadline (default 10s: longer than any failover).
-	RetryFor time.Duration `yaml:"core-retry-for"`
-	// AttemptTimeout bounds one attempt of a unary call, so that a silent
-	// (stopped) core does not hold a call for ever (default 2s).
-	AttemptTimeout time.Duration `yaml:"core-attempt-timeout"`
-	// MinBackoff and MaxBackoff bound the pause between attempts (defaults
-	// 5ms and 100ms, with jitter): small, since failover is measured in ms
-	// and the pause a client adds after the core is back is at most MaxBackoff.
-	MinBackoff time.Duration `yaml:"core-min-backoff"`
-	MaxBackoff time.Duration `yaml:"core-max-backoff"`
+	// Policy is the retry policy of every call (its flags and YAML keys
+	// are core-retry-for, core-attempt-timeout, core-min-backoff,
+	// core-max-backoff and core-max-attempts).
+	Policy `yaml:",inline"`
 }
 
-// DefaultConfig returns the defaults documented on Config.
+// DefaultConfig returns the defaults: the demo's first core address and
+// DefaultPolicy.
 func DefaultConfig() Config {
 	return Config{
-		Targets:        []string{"127.0.0.1:7101"},
-		RetryFor:       10 * time.Second,
-		AttemptTimeout: 2 * time.Second,
-		MinBackoff:     5 * time.Millisecond,
-		MaxBackoff:     100 * time.Millisecond,
+		Targets: []string{"127.0.0.1:7101"},
+		Policy:  DefaultPolicy(),
 	}
 }
 
@@ -92,16 +82,18 @@ func (c *Config) RegisterRetryFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AttemptTimeout, "core-attempt-timeout", c.AttemptTimeout, "timeout of one attempt of a call to the chat core")
 	fs.DurationVar(&c.MinBackoff, "core-min-backoff", c.MinBackoff, "first pause between attempts")
 	fs.DurationVar(&c.MaxBackoff, "core-max-backoff", c.MaxBackoff, "longest pause between attempts")
+	fs.IntVar(&c.MaxAttempts, "core-max-attempts", c.MaxAttempts, "most attempts of one call to the chat core, the first included (0: until the deadline; 1: no retries)")
 }
 
 // Client is a chatpb.ChatClient that rides out core failovers.
 type Client struct {
-	cfg     Config
-	log     *slog.Logger
-	conns   []*grpc.ClientConn
-	clients []chatpb.ChatClient
-	cur     atomic.Int32 // index of the target believed to be serving
-	retries atomic.Int64
+	cfg      Config
+	log      *slog.Logger
+	conns    []*grpc.ClientConn
+	clients  []chatpb.ChatClient
+	cur      atomic.Int32 // index of the target believed to be serving
+	retries  atomic.Int64
+	attempts atomic.Int64
 
 	mu      sync.Mutex
 	streams map[*streamCancel]int32 // open streams and their target
@@ -159,6 +151,9 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	if len(cfg.Targets) == 0 {
 		return nil, errors.New("chatclient: no target")
 	}
+	if err := cfg.Policy.Validate(); err != nil {
+		return nil, err
+	}
 	if tel == nil {
 		tel = telemetry.Discard()
 	}
@@ -203,15 +198,9 @@ func (c *Client) Close() error {
 // Retries reports how many attempts were retried since New.
 func (c *Client) Retries() int64 { return c.retries.Load() }
 
-// Retryable reports whether an error from the chat core means "try again,
-// maybe elsewhere": the core is away, not primary, or draining.
-func Retryable(err error) bool {
-	switch status.Code(err) {
-	case codes.Unavailable, codes.Aborted, codes.DeadlineExceeded:
-		return true
-	}
-	return false
-}
+// Attempts reports how many attempts of unary calls were made since New,
+// first attempts included.
+func (c *Client) Attempts() int64 { return c.attempts.Load() }
 
 // NewClientMessageID returns a random id for a send's idempotency.
 func NewClientMessageID() string {
@@ -220,11 +209,24 @@ func NewClientMessageID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// RetryObserver is told of each retry of a unary call made with a context
+// from WithRetryObserver: the method, the attempt that failed (1-based) and
+// its error. webapi counts them in its metrics.
+type RetryObserver func(method string, attempt int, err error)
+
+type retryObserverKey struct{}
+
+// WithRetryObserver returns a context whose unary calls report their retries
+// to obs.
+func WithRetryObserver(ctx context.Context, obs RetryObserver) context.Context {
+	return context.WithValue(ctx, retryObserverKey{}, obs)
+}
+
 // retrier paces the attempts of one call.
 type retrier struct {
 	c       *Client
 	attempt int
-	max     time.Duration // cap of the pause; Config.MaxBackoff when zero
+	max     time.Duration // cap of the pause; Policy.MaxBackoff when zero
 }
 
 // wait sleeps before the next attempt and moves to the next target; it
@@ -238,15 +240,7 @@ func (r *retrier) wait(ctx context.Context, err error, failed int32) bool {
 		// back to the dead target).
 		r.c.cur.CompareAndSwap(failed, (failed+1)%n)
 	}
-	limit := r.c.cfg.MaxBackoff
-	if r.max > 0 && r.max < limit {
-		limit = r.max
-	}
-	d := r.c.cfg.MinBackoff << min(r.attempt-1, 10)
-	if d > limit || d <= 0 {
-		d = limit
-	}
-	d = d/2 + rand.N(d/2+1)
+	d := r.c.cfg.Policy.Backoff(r.attempt, r.max)
 	r.c.log.Debug("retrying chat core call", "attempt", r.attempt, "in", d, "err", err)
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -266,25 +260,31 @@ func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, contex
 	return context.WithTimeout(ctx, c.cfg.RetryFor)
 }
 
-// unary runs call until it succeeds, fails for good, or ctx ends.
-func unary[Req, Resp any](ctx context.Context, c *Client, req Req, opts []grpc.CallOption,
+// unary runs call until it succeeds, fails for good, or the policy or ctx
+// ends it. idempotent says whether the call may be retried at all.
+func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req, opts []grpc.CallOption,
 	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.withRetryDeadline(ctx)
 	defer cancel()
+	obs, _ := ctx.Value(retryObserverKey{}).(RetryObserver)
 	r := retrier{c: c}
-	for {
+	for attempts := 1; ; attempts++ {
 		actx, acancel := ctx, context.CancelFunc(func() {})
 		if c.cfg.AttemptTimeout > 0 {
 			actx, acancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 		}
 		idx := c.cur.Load()
+		c.attempts.Add(1)
 		resp, err := call(c.clients[idx], actx, req, opts...)
 		acancel()
-		if err == nil || !Retryable(err) || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || !c.cfg.Policy.Retry(err, attempts, idempotent) {
 			return resp, err
 		}
 		if status.Code(err) == codes.DeadlineExceeded {
 			c.stalled(idx) // streams on a silent target would hang: move them too
+		}
+		if obs != nil {
+			obs(method, attempts, err)
 		}
 		if !r.wait(ctx, err, idx) {
 			return resp, err
@@ -300,7 +300,7 @@ func (c *Client) StartSession(ctx context.Context, in *chatpb.StartSessionReques
 	if in.GetClientRequestId() == "" {
 		in.ClientRequestId = NewClientMessageID()
 	}
-	return unary(ctx, c, in, opts, chatpb.ChatClient.StartSession)
+	return unary(ctx, c, "StartSession", true, in, opts, chatpb.ChatClient.StartSession)
 }
 
 // Join adds an agent, supervisor or system participant. If in has no client
@@ -310,7 +310,7 @@ func (c *Client) Join(ctx context.Context, in *chatpb.JoinRequest, opts ...grpc.
 	if in.GetClientRequestId() == "" {
 		in.ClientRequestId = NewClientMessageID()
 	}
-	return unary(ctx, c, in, opts, chatpb.ChatClient.Join)
+	return unary(ctx, c, "Join", true, in, opts, chatpb.ChatClient.Join)
 }
 
 // Send appends an event. If in has no client message id, Send gives it one
@@ -319,27 +319,28 @@ func (c *Client) Send(ctx context.Context, in *chatpb.SendRequest, opts ...grpc.
 	if in.GetClientMessageId() == "" {
 		in.ClientMessageId = NewClientMessageID()
 	}
-	return unary(ctx, c, in, opts, chatpb.ChatClient.Send)
+	return unary(ctx, c, "Send", true, in, opts, chatpb.ChatClient.Send)
 }
 
 // Leave removes the participant, and ends the session if asked.
 func (c *Client) Leave(ctx context.Context, in *chatpb.LeaveRequest, opts ...grpc.CallOption) (*chatpb.LeaveResponse, error) {
-	return unary(ctx, c, in, opts, chatpb.ChatClient.Leave)
+	return unary(ctx, c, "Leave", true, in, opts, chatpb.ChatClient.Leave)
 }
 
 // Events returns the events from an index on.
 func (c *Client) Events(ctx context.Context, in *chatpb.EventsRequest, opts ...grpc.CallOption) (*chatpb.EventsResponse, error) {
-	return unary(ctx, c, in, opts, chatpb.ChatClient.Events)
+	return unary(ctx, c, "Events", true, in, opts, chatpb.ChatClient.Events)
 }
 
 // Status asks the serving core for its status.
 func (c *Client) Status(ctx context.Context, in *chatpb.StatusRequest, opts ...grpc.CallOption) (*chatpb.StatusResponse, error) {
-	return unary(ctx, c, in, opts, chatpb.ChatClient.Status)
+	return unary(ctx, c, "Status", true, in, opts, chatpb.ChatClient.Status)
 }
 
 // Switchover asks the primary to hand over to the backup. It is not
 // retried: a switchover is done once or reported as failed.
 func (c *Client) Switchover(ctx context.Context, in *chatpb.SwitchoverRequest, opts ...grpc.CallOption) (*chatpb.SwitchoverResponse, error) {
+	c.attempts.Add(1)
 	return c.clients[c.cur.Load()].Switchover(ctx, in, opts...)
 }
 

@@ -39,6 +39,13 @@ type Config struct {
 	Peer string `yaml:"peer"`
 	// HTTP is the host:port of /healthz and /metrics (etcd's own metrics).
 	HTTP string `yaml:"http"`
+	// ClientAdvertise and PeerAdvertise are the host:port the member
+	// announces to clients and to the other members (etcd's advertise
+	// URLs) when Client or Peer is an address nobody else can dial, such
+	// as 0.0.0.0 in a Kubernetes pod: a stable DNS name there. Empty:
+	// Client and Peer themselves.
+	ClientAdvertise string `yaml:"client-advertise"`
+	PeerAdvertise   string `yaml:"peer-advertise"`
 	// InitialCluster names every member's peer address, as
 	// "etcd-1=127.0.0.1:7401,etcd-2=...,etcd-3=..." (host:port or URL).
 	InitialCluster string `yaml:"initial-cluster"`
@@ -71,6 +78,30 @@ func (c Config) Validate() error {
 	case c.HeartbeatMs == 0 || c.ElectionMs < 5*c.HeartbeatMs:
 		return fmt.Errorf("coord: election-ms (%d) must be at least 5 heartbeats (%d ms)", c.ElectionMs, c.HeartbeatMs)
 	}
+	for _, a := range []struct{ name, listen, adv string }{
+		{"client", c.Client, c.ClientAdvertise}, {"peer", c.Peer, c.PeerAdvertise},
+	} {
+		host, _, err := net.SplitHostPort(a.listen)
+		if err != nil {
+			return fmt.Errorf("coord: %s address: %w", a.name, err)
+		}
+		if ip := net.ParseIP(host); ip == nil && host != "localhost" {
+			return fmt.Errorf("coord: %s address %q: want IP:port to listen on (a DNS name goes in %s-advertise)", a.name, a.listen, a.name)
+		}
+		if a.adv == "" {
+			if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+				return fmt.Errorf("coord: %s address %q cannot be dialled by others: set %s-advertise", a.name, a.listen, a.name)
+			}
+			continue
+		}
+		ahost, _, err := net.SplitHostPort(a.adv)
+		if err != nil || ahost == "" {
+			return fmt.Errorf("coord: %s-advertise %q: want host:port", a.name, a.adv)
+		}
+		if ip := net.ParseIP(ahost); ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("coord: %s-advertise %q cannot be dialled by others", a.name, a.adv)
+		}
+	}
 	if _, err := c.initialCluster(); err != nil {
 		return err
 	}
@@ -88,12 +119,20 @@ func (c Config) scheme() string {
 	return "http"
 }
 
+// advertised is adv, or listen when adv is empty.
+func (c Config) advertised(listen, adv string) string {
+	if adv != "" {
+		return adv
+	}
+	return listen
+}
+
 // initialCluster turns InitialCluster (empty: this member alone) into
 // etcd's name=URL list.
 func (c Config) initialCluster() (string, error) {
 	ic := c.InitialCluster
 	if ic == "" {
-		ic = c.Name + "=" + c.Peer
+		ic = c.Name + "=" + c.advertised(c.Peer, c.PeerAdvertise)
 	}
 	var out []string
 	self := false
@@ -130,16 +169,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if ec.Dir == "" {
 		ec.Dir = filepath.Join(".hachat", cfg.Name+".etcd")
 	}
-	cu, err := url.Parse(cfg.scheme() + "://" + cfg.Client)
-	if err != nil {
-		return fmt.Errorf("coord: client address: %w", err)
+	var urls [4]*url.URL // client, client advertised, peer, peer advertised
+	for i, a := range []string{cfg.Client, cfg.advertised(cfg.Client, cfg.ClientAdvertise), cfg.Peer, cfg.advertised(cfg.Peer, cfg.PeerAdvertise)} {
+		u, err := url.Parse(cfg.scheme() + "://" + a)
+		if err != nil {
+			return fmt.Errorf("coord: address %q: %w", a, err)
+		}
+		urls[i] = u
 	}
-	pu, err := url.Parse(cfg.scheme() + "://" + cfg.Peer)
-	if err != nil {
-		return fmt.Errorf("coord: peer address: %w", err)
-	}
-	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cu, pu := urls[1], urls[3]
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*urls[0]}, []url.URL{*cu}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*urls[2]}, []url.URL{*pu}
 	ec.InitialCluster, _ = cfg.initialCluster()
 	ec.InitialClusterToken = cfg.ClusterToken
 	ec.TickMs, ec.ElectionMs = cfg.HeartbeatMs, cfg.ElectionMs

@@ -22,6 +22,15 @@ func TestConfigValidate(t *testing.T) {
 		{"no peer", func(c *Config) { c.Peer = "" }, "required", ""},
 		{"election too short", func(c *Config) { c.ElectionMs = 100 }, "election-ms", ""},
 		{"half the tls", func(c *Config) { c.TLS.CA = "ca.pem" }, "tls", ""},
+		{"in a pod: all interfaces, advertised by name", func(c *Config) {
+			c.Name, c.Client, c.Peer = "coordination-0", "0.0.0.0:7401", "0.0.0.0:7402"
+			c.ClientAdvertise, c.PeerAdvertise = "coordination-0.coordination:7401", "coordination-0.coordination:7402"
+		}, "", "coordination-0=http://coordination-0.coordination:7402"},
+		{"all interfaces, not advertised", func(c *Config) { c.Peer = "0.0.0.0:7402" }, "set peer-advertise", ""},
+		{"client on all interfaces, not advertised", func(c *Config) { c.Client = "[::]:7401" }, "set client-advertise", ""},
+		{"advertising all interfaces", func(c *Config) { c.Peer, c.PeerAdvertise = "0.0.0.0:7402", "0.0.0.0:7402" }, "cannot be dialled", ""},
+		{"listening on a name", func(c *Config) { c.Peer = "coordination-0.coordination:7402" }, "want ip:port to listen on", ""},
+		{"advertise without port", func(c *Config) { c.Client, c.ClientAdvertise = "0.0.0.0:7401", "coordination-0" }, "client-advertise", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,7 +41,12 @@ type Addrs struct {
 	InteractionInstance          string
 	WebAPI1Gossip, WebAPI2Gossip string
 	InteractionGossip            string
-	EdgeAdmin                    string
+	// With the coordination members a second interaction instance
+	// (interaction-2) runs beside the first; they elect the one that
+	// routes and keep the routing state in etcd.
+	InteractionInstance2 string
+	InteractionGossip2   string
+	EdgeAdmin            string
 	// The coordination members (etcd-1..3): client, peer (raft) and HTTP.
 	Coord1Client, Coord1Peer, Coord1HTTP string
 	Coord2Client, Coord2Peer, Coord2HTTP string
@@ -76,7 +81,8 @@ func DefaultAddrs() Addrs {
 		Interaction: h(8081),
 		WebAPI1:     h(8082), WebAPI2: h(8083), InteractionInstance: h(8084),
 		WebAPI1Gossip: h(7503), WebAPI2Gossip: h(7513), InteractionGossip: h(7523),
-		EdgeAdmin:    h(7502),
+		EdgeAdmin:            h(7502),
+		InteractionInstance2: h(8085), InteractionGossip2: h(7533),
 		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
 		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
 		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
@@ -120,7 +126,8 @@ func FreeAddrs() (Addrs, error) {
 		Interaction: next(false),
 		WebAPI1:     next(false), WebAPI2: next(false), InteractionInstance: next(false),
 		WebAPI1Gossip: next(true), WebAPI2Gossip: next(true), InteractionGossip: next(true),
-		EdgeAdmin:    next(false),
+		EdgeAdmin:            next(false),
+		InteractionInstance2: next(false), InteractionGossip2: next(true),
 		Coord1Client: next(false), Coord1Peer: next(false), Coord1HTTP: next(false),
 		Coord2Client: next(false), Coord2Peer: next(false), Coord2HTTP: next(false),
 		Coord3Client: next(false), Coord3Peer: next(false), Coord3HTTP: next(false),
@@ -417,35 +424,56 @@ func StandardPlan(l Layout) Plan {
 			logf, "--http=" + httpAddr, "--core=" + webapiCore, "--service=" + l.Service,
 		}}
 	}
+	// With the coordination members, two interaction instances elect the
+	// one that routes and keep the routing state (logins, offers, the
+	// queue, participations) there: either can die.
+	twoInteractions := l.Stage >= StagePair && coordination != ""
 	interactionPart := func(name, httpAddr string) Part {
-		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: []string{
-			logf, "--http=" + httpAddr, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
-			"--accounts=" + l.Accounts,
-		}}
+		args := []string{logf, "--http=" + httpAddr, "--core=" + interactionCore, "--service-token=" + l.ServiceToken,
+			"--accounts=" + l.Accounts}
+		if twoInteractions {
+			args = append(args, "--coordination="+coordination)
+		}
+		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: args}
 	}
 	entry := Entrypoints{Customer: "http://" + a.WebAPI, Agent: "http://" + a.Interaction}
 	if l.Stage < StageMesh {
 		parts = append(parts, webapiPart("webapi", a.WebAPI), interactionPart("interaction", a.Interaction))
+		if twoInteractions {
+			parts = append(parts, interactionPart("interaction-2", a.InteractionInstance2))
+		}
 	} else {
 		// Behind the edge: webapi twice (stateless: every chat's state is
-		// in the cores), interaction once (it keeps agent logins, offers
-		// and the queue in memory: a second instance would split them).
+		// in the cores), interaction twice with the coordination members
+		// (one leads, its state in etcd), else once (it keeps agent
+		// logins, offers and the queue in memory: a second instance would
+		// split them).
 		// Each registers in the gossip cluster; the control plane
 		// publishes them to the edge, which listens on the customers'
 		// and the agents' addresses.
+		// The edge dials the instances from EdgeSource, a loopback
+		// address nothing else uses, and tells them each client's address
+		// in a PROXY protocol header; they trust that address only, so the
+		// demo's own direct calls (from 127.0.0.1) stay plain.
 		gossip := func(p Part, name, bind string) Part {
 			p.Args = append(p.Args, "--gossip-name="+name, "--gossip-bind="+bind,
-				"--gossip-join="+a.XDSGossip+","+a.XDSBGossip, "--gossip-key="+l.GossipKey)
+				"--gossip-join="+a.XDSGossip+","+a.XDSBGossip, "--gossip-key="+l.GossipKey,
+				"--proxy-protocol-from="+EdgeSource)
 			return p
 		}
 		parts = append(parts,
 			gossip(webapiPart("webapi", a.WebAPI1), "webapi", a.WebAPI1Gossip),
 			gossip(webapiPart("webapi-2", a.WebAPI2), "webapi-2", a.WebAPI2Gossip),
 			gossip(interactionPart("interaction", a.InteractionInstance), "interaction", a.InteractionGossip),
+		)
+		if twoInteractions {
+			parts = append(parts, gossip(interactionPart("interaction-2", a.InteractionInstance2), "interaction-2", a.InteractionGossip2))
+		}
+		parts = append(parts,
 			Part{Name: "edge", Kind: KindProxy, HTTP: a.EdgeAdmin, GRPC: a.WebAPI, Args: []string{
 				logf, "--ingress", "--node-id=edge", "--admin=" + a.EdgeAdmin, "--listen=" + a.WebAPI,
 				"--agent-listen=" + a.Interaction, "--xds=" + a.XDSGRPC + "," + a.XDSBGRPC,
-				"--xds-cache=" + XDSCacheFile(l.DataDir, "edge"),
+				"--xds-cache=" + XDSCacheFile(l.DataDir, "edge"), "--upstream-source=" + EdgeSource,
 			}},
 		)
 		for i := range parts {
@@ -466,6 +494,11 @@ func StandardPlan(l Layout) Plan {
 	}
 	return Plan{Parts: parts, Entrypoints: entry}
 }
+
+// EdgeSource is the loopback address the demo's edge dials the instances
+// from (--upstream-source), and the one they accept a PROXY protocol
+// header from (--proxy-protocol-from).
+const EdgeSource = "127.0.0.254"
 
 // XDSCacheFile is where the sidecar called name keeps its last accepted xDS
 // configuration in a cluster whose on-disk state is under dataDir.

@@ -283,3 +283,49 @@ func TestStandardPlanUCSStore(t *testing.T) {
 		})
 	}
 }
+
+// TestStandardPlanInteractionInstances: with the coordination members the
+// paired stages run two interaction instances (kind interaction, own
+// addresses, both on --coordination, both registered behind the edge in
+// stage 4); without them, one instance without --coordination.
+func TestStandardPlanInteractionInstances(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		stage  Stage
+		coord  int
+		want   []string
+		gossip bool
+	}{
+		{"single", StageSingle, 3, []string{"interaction"}, false},
+		{"pair without members", StagePair, 0, []string{"interaction"}, false},
+		{"pair with members", StagePair, 3, []string{"interaction", "interaction-2"}, false},
+		{"mesh with members", StageMesh, 3, []string{"interaction", "interaction-2"}, true},
+		{"mesh without members", StageMesh, 0, []string{"interaction"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			plan := StandardPlan(Layout{Addrs: DefaultAddrs(), Stage: tt.stage, CoordMembers: tt.coord})
+			var got []string
+			addrs := map[string]bool{}
+			for _, p := range plan.Parts {
+				if p.Kind != KindInteraction {
+					continue
+				}
+				got = append(got, p.Name)
+				if addrs[p.HTTP] {
+					t.Errorf("%s: address %s given twice", p.Name, p.HTTP)
+				}
+				addrs[p.HTTP] = true
+				args := strings.Join(p.Args, " ")
+				if two := len(tt.want) == 2; strings.Contains(args, "--coordination=") != two {
+					t.Errorf("%s: args %s: --coordination wanted %v", p.Name, args, two)
+				}
+				if strings.Contains(args, "--gossip-name="+p.Name+" ") != tt.gossip {
+					t.Errorf("%s: args %s: registered behind the edge wanted %v", p.Name, args, tt.gossip)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("interaction parts %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -35,7 +35,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "edge"}
+	want := []string{"ucs", "core-a", "core-b", "xds", "xds-b", "sidecar-webapi", "sidecar-interaction", "webapi", "webapi-2", "interaction", "interaction-2", "edge"}
 	for _, name := range want {
 		p, ok := st.Part(name)
 		if !ok || p.PID <= 0 || p.State != demo.StateRunning || !strings.HasPrefix(p.HTTP, "127.0.0.1:") {
@@ -49,6 +49,11 @@ func TestDemoCommand(t *testing.T) {
 	for _, name := range []string{"xds", "xds-b"} {
 		if p, _ := st.Part(name); p.Kind != demo.KindXDS || p.GRPC == "" {
 			t.Errorf("state entry of control plane %s: %+v", name, p)
+		}
+	}
+	for _, name := range []string{"interaction", "interaction-2"} { // two instances, one kind (issue 8)
+		if p, _ := st.Part(name); p.Kind != demo.KindInteraction {
+			t.Errorf("state entry of %s: kind %q, want %q", name, p.Kind, demo.KindInteraction)
 		}
 	}
 	a, _ := st.Part("core-a")

@@ -15,10 +15,12 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/interaction/auth"
+	"github.com/hachat/hachat/sse"
 )
 
-// heartbeat is how often an idle push connection gets a comment line, so that
-// proxies keep it open and a dead one is noticed.
+// heartbeat is how long a push connection may stay idle before it gets a
+// comment line (package sse's rule), so that proxies keep it open and a
+// dead one is noticed; it is also how often the session is checked.
 const heartbeat = 15 * time.Second
 
 // errorJSON is the body of every error answer.
@@ -150,7 +152,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
-	return otelhttp.NewHandler(securityHeaders(s.audit(apiErrors(mux))), "interaction",
+	return otelhttp.NewHandler(s.haFront(securityHeaders(s.audit(apiErrors(mux)))), "interaction",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
 }
@@ -387,21 +389,17 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent stri
 		return
 	}
 	defer s.hub.remove(agent, sub)
-	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	s.log.Debug("push connection opened", "agent", agent)
-	if _, err := io.WriteString(w, "retry: 1000\n\n"); err != nil {
+	out, err := sse.Start(w, sse.Options{Heartbeat: heartbeat})
+	if err != nil {
 		return
 	}
+	defer out.Stop()
+	s.log.Debug("push connection opened", "agent", agent)
+	// The session is checked on a fixed tick, busy or not; the heartbeat
+	// comment goes out when the stream is idle (the sse package's rule).
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	for {
-		if err := rc.Flush(); err != nil {
-			return
-		}
 		select {
 		case <-r.Context().Done():
 			return
@@ -411,15 +409,16 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent stri
 			if _, err := s.session(bearer(r, true)); err != nil {
 				return
 			}
-			if _, err := io.WriteString(w, ": ping\n\n"); err != nil {
+		case <-out.Due():
+			if err := out.Ping(); err != nil {
 				return
 			}
 		case m, ok := <-sub.ch:
 			if !ok {
 				return // dropped (too slow) or logged out
 			}
-			if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", m.event, m.data); err != nil {
-				return
+			if err := out.Event("", m.event, m.data); err != nil {
+				return // closed, or too slow to take an event in time
 			}
 		}
 	}

@@ -72,6 +72,20 @@ type Config struct {
 	// LoginBackoffMax caps the wait after failed logins (default 1m); it
 	// also bounds how long an attacker can hold a victim's account.
 	LoginBackoffMax time.Duration `yaml:"login-backoff-max"`
+
+	// Coordination lists the etcd endpoints (host:port, comma-separated) of
+	// the coordination cluster where several interaction instances elect
+	// the one that routes and keep the routing state (logins, sessions,
+	// offers, the queue, participations), so that any one instance can die
+	// (empty: one instance, state in memory). Only cmd/hachat dials it.
+	Coordination string `yaml:"coordination"`
+	// LeaderLease is how long the leading instance's etcd lease lives
+	// without renewal: after kill -9 of the leader, another instance takes
+	// over within about this long (default 2s, whole seconds).
+	LeaderLease time.Duration `yaml:"leader-lease"`
+	// Advertise is the base URL the other instances forward the agent API
+	// to (default: http(s)://<the address http listens on>).
+	Advertise string `yaml:"advertise"`
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -91,6 +105,7 @@ func DefaultConfig() Config {
 		LoginFailuresPerAddress: 20,
 		LoginBackoff:            time.Second,
 		LoginBackoffMax:         time.Minute,
+		LeaderLease:             2 * time.Second,
 	}
 }
 
@@ -115,6 +130,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.LoginFailuresPerAddress, "login-failures-per-address", c.LoginFailuresPerAddress, "failed logins from one client address before further attempts are slowed")
 	fs.DurationVar(&c.LoginBackoff, "login-backoff", c.LoginBackoff, "first wait imposed once free failed logins are used up (doubles per failure)")
 	fs.DurationVar(&c.LoginBackoffMax, "login-backoff-max", c.LoginBackoffMax, "longest wait imposed after failed logins")
+	fs.StringVar(&c.Coordination, "coordination", c.Coordination, "etcd endpoints host:port,... where interaction instances elect a leader and keep the routing state (empty: one instance)")
+	fs.DurationVar(&c.LeaderLease, "leader-lease", c.LeaderLease, "lease of the leading instance: another takes over about this long after it dies")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "base URL other instances forward the agent API to (default: from --http)")
 }
 
 // Validate reports the first unusable setting.
@@ -143,6 +161,9 @@ func (c Config) Validate() error {
 	}
 	if c.LoginFailuresPerAccount < 0 || c.LoginFailuresPerAddress < 0 || c.LoginBackoff <= 0 || c.LoginBackoffMax < c.LoginBackoff {
 		errs = append(errs, errors.New("login throttle: failures must be >= 0, login-backoff positive and <= login-backoff-max"))
+	}
+	if c.Coordination != "" && c.LeaderLease < time.Second {
+		errs = append(errs, fmt.Errorf("leader-lease must be at least 1s, got %s", c.LeaderLease))
 	}
 	return errors.Join(errs...)
 }

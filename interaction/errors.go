@@ -56,3 +56,14 @@ var (
 	// ErrChatEnded reports a call on a chat whose session has ended.
 	ErrChatEnded = fmt.Errorf("%w: chat ended", ErrConflict)
 )
+
+// Errors of the state store and of leadership among instances.
+var (
+	// ErrBadState reports a saved snapshot that contradicts itself; a new
+	// leader refuses it rather than route from it.
+	ErrBadState = errors.New("interaction: inconsistent routing state")
+	// ErrNotLeader reports a save by an instance that no longer leads: its
+	// routing decisions must not stand. It wraps ErrCoreUnavailable, so the
+	// agent API answers 503 and the desktop retries (through the new leader).
+	ErrNotLeader = fmt.Errorf("%w: this interaction instance no longer leads", ErrCoreUnavailable)
+)

@@ -113,3 +113,16 @@ func (h *hub) sendLocked(agent string, m sseMsg) {
 		}
 	}
 }
+
+// closeAll ends every push connection (an instance that stops leading: the
+// desktops reconnect, through the edge, to the new leader).
+func (h *hub) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for agent, ss := range h.subs {
+		for s := range ss {
+			s.close()
+		}
+		delete(h.subs, agent)
+	}
+}

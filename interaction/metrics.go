@@ -19,6 +19,10 @@ type metrics struct {
 	reconnects     *prometheus.CounterVec
 	coreUp         prometheus.Gauge
 	refusals       *prometheus.CounterVec
+	leader         prometheus.Gauge
+	takeovers      prometheus.Counter
+	takeoverSecs   prometheus.Histogram
+	stateSaves     *prometheus.CounterVec
 }
 
 func boolGauge(b bool) float64 {
@@ -48,8 +52,17 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "1 while the session watch on the chat core is connected."}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_interaction_refusals_total",
 			Help: "Requests refused for identity (401, 403, throttled logins), by status text."}, []string{"status"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_interaction_leader",
+			Help: "1 while this instance leads (routes); 0 while it forwards the agent API to the leader."}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_interaction_takeovers_total",
+			Help: "Times this instance became the leader and restored the saved routing state."}),
+		takeoverSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_interaction_takeover_seconds",
+			Help:    "Time from winning the election to routing again (state loaded and restored).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}),
+		stateSaves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_interaction_state_saves_total",
+			Help: "Routing state saves to the state store, by result (ok, unchanged: not written, error, not_leader)."}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.offers, m.offersAccepted, m.offersRejected, m.offerTimeouts,
+	for _, c := range []prometheus.Collector{m.leader, m.takeovers, m.takeoverSecs, m.stateSaves, m.offers, m.offersAccepted, m.offersRejected, m.offerTimeouts,
 		m.transfers, m.chatsQueued, m.reconnects, m.coreUp, m.refusals, stateCollector{s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

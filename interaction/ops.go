@@ -133,6 +133,15 @@ func (s *Server) accept(ctx context.Context, agent, chat string) (chatJSON, erro
 	nick := s.nickname(agent)
 	s.mu.Unlock()
 
+	// Only the current leader's accept may reach the core: an instance
+	// deposed while paused must not join a chat the new leader routes.
+	if err := s.confirmLeading(ctx); err != nil {
+		s.mu.Lock()
+		ns, _ := s.router.JoinDone(agent, chat, false, s.now())
+		s.apply(ns)
+		s.mu.Unlock()
+		return chatJSON{}, err
+	}
 	jctx, cancel := stateChange(ctx)
 	defer cancel()
 	resp, err := s.core.Join(jctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,
@@ -271,6 +280,12 @@ func (s *Server) transfer(ctx context.Context, from, chat, to string) error {
 	nick := s.nickname(to)
 	s.mu.Unlock()
 
+	if err := s.confirmLeading(ctx); err != nil { // as in accept
+		s.mu.Lock()
+		s.apply(s.router.FinishTransfer(chat, false, s.now()))
+		s.mu.Unlock()
+		return err
+	}
 	jctx, cancel := stateChange(ctx)
 	defer cancel()
 	resp, err := s.core.Join(jctx, &chatpb.JoinRequest{SessionId: chat, Nickname: nick,

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,6 +53,7 @@ type memberKey struct{ chat, agent string }
 // by Server.mu.
 type member struct {
 	key    memberKey
+	lead   context.Context // the leadership the participation belongs to
 	info   ChatInfo
 	auth   *chatpb.Auth
 	cancel context.CancelFunc
@@ -84,7 +86,11 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	ha    haState // leadership among instances (a StateStore); zero: always leads
+	dirty chan struct{}
+
 	mu       sync.Mutex
+	lead     context.Context // parent of the leader's goroutines: s.ctx, or the current term's
 	router   *Router
 	members  map[memberKey]*member
 	byAgent  map[string]map[string]*member // agent → chat → member
@@ -97,7 +103,7 @@ type Server struct {
 
 // New builds a Server that reaches the chat core through core (normally a
 // *chatclient.Client, which retries and resumes across failovers).
-func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server, error) {
+func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("interaction config: %w", err)
 	}
@@ -122,6 +128,11 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		members: map[memberKey]*member{},
 		byAgent: map[string]map[string]*member{},
 		joining: map[memberKey]bool{},
+		dirty:   make(chan struct{}, 1),
+	}
+	s.lead = ctx
+	for _, o := range opts {
+		o(s)
 	}
 	a, err := newAuthn(ctx, cfg)
 	if err != nil {
@@ -161,10 +172,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		"offerTimeout", s.cfg.OfferTimeout, "maxChatsPerAgent", s.cfg.MaxChatsPerAgent)
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return s.ctx }}
-	s.wg.Go(func() { s.watchLoop(s.ctx) })
-	s.wg.Go(func() { s.coreMonitor(s.ctx) })
-	s.wg.Go(func() { s.offerTimer(s.ctx) })
-	s.wg.Go(func() { s.sessionSweeper(s.ctx, max(min(sweepEvery, s.cfg.SessionIdle/2), 10*time.Millisecond)) })
+	if s.ha.store == nil {
+		s.metrics.leader.Set(1)
+		s.startLeading(s.ctx, &s.wg)
+	} else {
+		s.wg.Go(func() { s.haLoop(s.ctx) })
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
@@ -186,6 +199,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // apply publishes routing notices; s.mu is held.
 func (s *Server) apply(ns []Notice) {
+	if len(ns) > 0 {
+		s.changedLocked(slices.ContainsFunc(ns, func(n Notice) bool { return n.Kind == NoticeOffer }))
+	}
 	offered := false
 	for _, n := range ns {
 		switch n.Kind {
@@ -446,8 +462,9 @@ func (s *Server) endChatLocked(chat, reason string) {
 
 // addMemberLocked records a participation and starts following its events.
 func (s *Server) addMemberLocked(key memberKey, info ChatInfo, auth *chatpb.Auth, mode string) *member {
-	ctx, cancel := context.WithCancel(s.ctx)
-	m := &member{key: key, info: info, auth: auth, cancel: cancel, done: make(chan struct{}), mode: mode, next: 1}
+	lead := s.lead
+	ctx, cancel := context.WithCancel(lead)
+	m := &member{lead: lead, key: key, info: info, auth: auth, cancel: cancel, done: make(chan struct{}), mode: mode, next: 1}
 	s.members[key] = m
 	if s.byAgent[key.agent] == nil {
 		s.byAgent[key.agent] = map[string]*member{}
@@ -492,7 +509,7 @@ func (s *Server) chatJSONLocked(m *member) chatJSON {
 func (s *Server) follow(ctx context.Context, m *member) {
 	defer close(m.done)
 	defer func() {
-		if s.ctx.Err() == nil { // cancelled after the session ended: forget it
+		if m.lead.Err() == nil { // cancelled after the session ended: forget it
 			s.mu.Lock()
 			s.dropMemberLocked(m, ReasonEnded)
 			s.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +71,15 @@ type Config struct {
 	// so TLS, if any, is between the browser and the instance; the
 	// --tls-* files then serve only the ADS stream and the admin API.
 	Ingress bool `yaml:"-"`
+	// ProxyProtocol (ingress only) starts each upstream connection with a
+	// PROXY protocol v2 header carrying the client's address (see
+	// edge.ProxyProtocolListener), so that the instances' per-address
+	// limits, logs and spans see the client, not the edge.
+	ProxyProtocol bool `yaml:"-"`
+	// UpstreamSource (ingress only), if valid, is the local address the
+	// edge dials the instances from: the address they trust for the
+	// header (--proxy-protocol-from) and that nothing else uses.
+	UpstreamSource netip.Addr `yaml:"-"`
 
 	// metricsListener labels every metric with listener=<value> (the edge
 	// runs one proxy per public listener on one registry).

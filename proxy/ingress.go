@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/hachat/hachat/telemetry"
@@ -40,6 +41,12 @@ type IngressConfig struct {
 	// Agent is the agents' address (interaction instances behind it);
 	// empty: the edge serves customers only.
 	Agent string
+	// ProxyProtocol sends the instances a PROXY protocol v2 header at the
+	// start of each connection (Config.ProxyProtocol).
+	ProxyProtocol bool
+	// UpstreamSource, if valid, is the address the edge dials the
+	// instances from (Config.UpstreamSource).
+	UpstreamSource netip.Addr
 }
 
 // Ingress is a running edge: one proxy per public listener in one process,
@@ -66,6 +73,8 @@ func NewIngress(cfg IngressConfig, tel *telemetry.Telemetry) (*Ingress, error) {
 	one := func(listener, listen, admin, suffix string) (*Proxy, error) {
 		c := cfg.Base
 		c.Ingress = true
+		c.ProxyProtocol = cfg.ProxyProtocol
+		c.UpstreamSource = cfg.UpstreamSource
 		c.Listener = listener
 		c.Listen = listen
 		c.Admin = admin

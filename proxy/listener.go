@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/hachat/hachat/edge"
 	"github.com/hachat/hachat/mtls"
 )
 
@@ -128,6 +130,16 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 	p.mu.Unlock()
 	span.SetAttributes(attribute.String("upstream.address", h.addr), attribute.String("upstream.name", name))
 
+	if p.cfg.Ingress && p.cfg.ProxyProtocol {
+		if err := sendProxyHeader(client, upstream); err != nil {
+			client.Close()
+			upstream.Close()
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			p.log.Warn("client connection dropped: proxy protocol header not sent", "client", client.RemoteAddr().String(), "upstream", h.addr, "err", err)
+			return
+		}
+	}
 	up, down, upErr, upstreamFirst := p.pipe(c)
 	span.SetAttributes(attribute.Int64("bytes.upstream", up), attribute.Int64("bytes.downstream", down))
 	if c.failover.Load() {
@@ -194,6 +206,9 @@ func (p *Proxy) connect(ctx context.Context) (*host, net.Conn, error) {
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			var d net.Dialer
+			if p.cfg.Ingress && p.cfg.UpstreamSource.IsValid() {
+				d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.cfg.UpstreamSource, 0))
+			}
 			c, err := d.DialContext(dctx, "tcp", next.addr)
 			if err != nil {
 				return nil, err
@@ -228,6 +243,29 @@ func (p *Proxy) connect(ctx context.Context) (*host, net.Conn, error) {
 		}
 	}
 	return nil, nil, lastErr
+}
+
+// sendProxyHeader writes the PROXY protocol v2 header for client (its
+// address and the edge's address it reached) to upstream, before any of the
+// client's bytes, within handshakeTimeout.
+func sendProxyHeader(client, upstream net.Conn) error {
+	src, err := netip.ParseAddrPort(client.RemoteAddr().String())
+	if err != nil {
+		return fmt.Errorf("client address: %w", err)
+	}
+	dst, err := netip.ParseAddrPort(client.LocalAddr().String())
+	if err != nil {
+		return fmt.Errorf("listener address: %w", err)
+	}
+	b, err := edge.AppendProxyHeader(nil, edge.ProxyHeader{Source: src, Destination: dst})
+	if err != nil {
+		return err
+	}
+	_ = upstream.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+	if _, err := upstream.Write(b); err != nil {
+		return fmt.Errorf("write proxy protocol header: %w", err)
+	}
+	return upstream.SetWriteDeadline(time.Time{})
 }
 
 // handshake terminates mTLS on a client connection (ClientKinds only),

@@ -26,11 +26,15 @@ type Config struct {
 	// SSEHeartbeat is how often an idle push channel sends a heartbeat event,
 	// so that proxies keep it open and the page can tell that it is alive.
 	SSEHeartbeat time.Duration `yaml:"sse-heartbeat"`
-	// RetryBudget bounds how long one API call keeps retrying a core that
-	// answers UNAVAILABLE (not primary, draining, failing over) before the
-	// client is told statusCode 1. Zero disables webapi's own retries.
+	// RetryBudget is deprecated and ignored: webapi no longer retries on
+	// top of the chat client, whose one policy (core-retry-for,
+	// core-attempt-timeout, core-min-backoff, core-max-backoff,
+	// core-max-attempts) decides every retry. It is still read, so that
+	// existing configurations load; New warns when it is set.
 	RetryBudget time.Duration `yaml:"retry-budget"`
-	// CoreTimeout bounds one unary call to the core.
+	// CoreTimeout bounds one call to the core, the chat client's retries
+	// included: a core that stays unavailable longer is answered statusCode 1
+	// (send the same request again).
 	CoreTimeout time.Duration `yaml:"core-timeout"`
 	// ClientStartRate is the sustained rate of chat starts one client
 	// address may make, per second (IPv6: one /64); ClientStartBurst is how
@@ -72,9 +76,9 @@ type Config struct {
 //   - max-body 65536 bytes: sixteen times the core's default 4 KiB message
 //     limit, room for a full form with userData;
 //   - sse-heartbeat 15s, well under common proxy idle timeouts (60s);
-//   - retry-budget 3s, more than the 250 ms failover target and the 2 s
+//   - retry-budget 0 (deprecated, ignored);
+//   - core-timeout 5s, more than the 250 ms failover target and the 2 s
 //     silent-primary target, so a failover shows as latency, not an error;
-//   - core-timeout 5s;
 //   - client-start-rate 0.2/s with client-start-burst 10: a customer who
 //     reloads the page a few times never meets the limit, one address cannot
 //     start more than 10 chats at once and 12 a minute after that (the
@@ -93,7 +97,6 @@ func DefaultConfig() Config {
 		Service:      "customer-support",
 		MaxBody:      64 << 10,
 		SSEHeartbeat: 15 * time.Second,
-		RetryBudget:  3 * time.Second,
 		CoreTimeout:  5 * time.Second,
 
 		ClientStartRate:  0.2,
@@ -111,8 +114,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Service, "service", c.Service, "chat service the web sample starts chats on")
 	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "maximum request body size in bytes")
 	fs.DurationVar(&c.SSEHeartbeat, "sse-heartbeat", c.SSEHeartbeat, "heartbeat interval of the SSE push channel")
-	fs.DurationVar(&c.RetryBudget, "retry-budget", c.RetryBudget, "how long one API call retries an UNAVAILABLE core (0: no retries)")
-	fs.DurationVar(&c.CoreTimeout, "core-timeout", c.CoreTimeout, "timeout of one unary call to the chat core")
+	fs.DurationVar(&c.RetryBudget, "retry-budget", c.RetryBudget, "deprecated, ignored: the chat client's --core-retry-for, --core-max-attempts and backoff flags rule retries")
+	fs.DurationVar(&c.CoreTimeout, "core-timeout", c.CoreTimeout, "deadline of one call to the chat core, the chat client's retries included")
 	fs.Float64Var(&c.ClientStartRate, "client-start-rate", c.ClientStartRate, "chat starts per second one client address may make (0: no per-client limit)")
 	fs.IntVar(&c.ClientStartBurst, "client-start-burst", c.ClientStartBurst, "chat starts one client address may make at once")
 	fs.Float64Var(&c.StartRate, "start-rate", c.StartRate, "chat starts per second of all clients together (0: no overall limit)")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -39,6 +40,7 @@ type fakeCore struct {
 	lastMD     metadata.MD
 	lastStart  *chatpb.StartSessionRequest
 	subscribes int
+	sendCalls  int // Send attempts, failed ones included
 }
 
 type fakePart struct {
@@ -123,6 +125,9 @@ func (f *fakeCore) authLocked(a *chatpb.Auth) (*fakeSession, *fakePart, error) {
 }
 
 func (f *fakeCore) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+	f.mu.Lock()
+	f.sendCalls++
+	f.mu.Unlock()
 	if err := f.enter(ctx); err != nil {
 		return nil, err
 	}
@@ -337,6 +342,22 @@ func startFakeCore(t testing.TB, f *fakeCore, tel *telemetry.Telemetry) chatpb.C
 	}
 	t.Cleanup(func() { _ = cc.Close() })
 	return chatpb.NewChatClient(cc)
+}
+
+// startFakeCoreClient serves f over an in-memory listener and returns the
+// chat client webapi runs with in production (package chatclient), with
+// the retry policy p.
+func startFakeCoreClient(t testing.TB, f *fakeCore, tel *telemetry.Telemetry, p chatclient.Policy) *chatclient.Client {
+	t.Helper()
+	lis := serveFake(t, f)
+	ccfg := chatclient.Config{Targets: []string{"passthrough:///fakecore"}, Policy: p}
+	opts := append(DialOptions(tel), grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+	client, err := chatclient.New(ccfg, tel, opts...)
+	if err != nil {
+		t.Fatalf("chat client: %v", err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return client
 }
 
 // serveFake serves f on an in-memory listener until the test ends.

@@ -69,36 +69,18 @@ func (s *Server) handleNoRoute(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// call runs fn with the core-timeout, retrying while the core answers
-// UNAVAILABLE and the retry budget lasts. Every retry of a send carries the
-// same client message id, so the core applies it at most once.
+// call makes one call to the chat core, bounded by core-timeout. webapi does
+// not retry: the chat client (package chatclient) is the one retry layer, and
+// retries within this deadline as its policy says, every retry of a send
+// with the same client message id. Its retries are counted here.
 func (s *Server) call(ctx context.Context, method string, fn func(ctx context.Context) error) error {
-	deadline := time.Now().Add(s.cfg.RetryBudget)
-	backoff := 20 * time.Millisecond
-	for {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.CoreTimeout)
-		err := fn(cctx)
-		cancel()
-		if err == nil || !retryable(err) || ctx.Err() != nil {
-			return err
-		}
-		if time.Now().Add(backoff).After(deadline) {
-			return err
-		}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CoreTimeout)
+	defer cancel()
+	ctx = chatclient.WithRetryObserver(ctx, func(method string, attempt int, err error) {
 		s.metrics.coreRetries.WithLabelValues(method).Inc()
-		s.log.Debug("core unavailable, retrying", "method", method, "backoff", backoff, "err", err)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-s.stopping:
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-		backoff = min(backoff*2, 400*time.Millisecond)
-	}
+		s.log.DebugContext(ctx, "chat core unavailable, the chat client retries", "method", method, "attempt", attempt, "err", err)
+	})
+	return fn(ctx)
 }
 
 // parseChat decodes and authenticates-checks a per-chat request.

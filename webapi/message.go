@@ -208,13 +208,3 @@ func classify(err error) failure {
 		return failure{http.StatusInternalServerError, statusUnrecovered, codeInternal, "internal error", false}
 	}
 }
-
-// retryable reports whether a core error may be retried by webapi itself:
-// the core did not take the request (or took it idempotently).
-func retryable(err error) bool {
-	switch status.Code(err) {
-	case codes.Unavailable, codes.Aborted:
-		return true
-	}
-	return false
-}

@@ -50,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind", "outcome"}),
 		coreRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hachat_webapi_core_retries_total",
-			Help: "Calls to the chat core retried after UNAVAILABLE, by method.",
+			Help: "Retries the chat client made of calls to the chat core (UNAVAILABLE, ABORTED, a silent core), by method.",
 		}, []string{"method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hachat_webapi_refused_total",

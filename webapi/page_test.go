@@ -11,7 +11,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // TestSampleInBrowser drives the Chat HA web sample in headless Chromium
@@ -34,7 +36,8 @@ func TestSampleInBrowser(t *testing.T) {
 	if browser == "" {
 		t.Skip("no Chromium on this machine")
 	}
-	e := newEnv(t, func(c *Config) { c.RetryBudget = 0 })
+	// The page's own resend is under test: the chat client does not retry.
+	e := newEnvPolicy(t, telemetry.Discard(), nil, func(p *chatclient.Policy) { p.MaxAttempts = 1 })
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser),
 		chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(700, 900))
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)

@@ -178,7 +178,6 @@ func FuzzRoutes(f *testing.F) {
 	core := newFakeCore()
 	cfg := DefaultConfig()
 	cfg.MaxBody = 8 << 10
-	cfg.RetryBudget = 0
 	srv, err := New(cfg, startFakeCore(f, core, tel), tel)
 	if err != nil {
 		f.Fatal(err)

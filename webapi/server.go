@@ -56,7 +56,9 @@ type Server struct {
 }
 
 // New builds a Server that reaches the chat core through core. It registers
-// its metrics on tel.Registry, so build one Server per registry.
+// its metrics on tel.Registry, so build one Server per registry. webapi makes
+// one call per request and retries nothing itself: core should be a
+// *chatclient.Client, the one retry layer of the clients of the core.
 func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server, error) {
 	if core == nil {
 		return nil, errors.New("webapi: nil chat client")
@@ -75,6 +77,10 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 	}
 	if cfg.RetryBudget < 0 {
 		return nil, fmt.Errorf("webapi: retry-budget must not be negative, got %s", cfg.RetryBudget)
+	}
+	if cfg.RetryBudget > 0 {
+		tel.Logger.Warn("webapi: retry-budget is deprecated and ignored; the chat client's core-retry-for and core-max-attempts rule retries",
+			"component", "webapi", "retry_budget", cfg.RetryBudget)
 	}
 	if cfg.Service == "" {
 		cfg.Service = DefaultConfig().Service

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/sse"
 )
 
 // SSE event names of the push channel besides the transcript messages, which
@@ -28,46 +28,19 @@ const (
 	sseChatError    = "chat-error"   // unrecoverable (403/404 after start); the stream closes
 )
 
-// sseWriter writes Server-Sent Events and flushes each one.
-type sseWriter struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
-}
-
-// event writes one event; an empty name is the default "message" event and
-// id 0 leaves the browser's last event id unchanged.
-func (s *sseWriter) event(name string, id uint64, data any) error {
+// event writes one event of the push channel with JSON data; an empty name
+// is the default "message" event and id 0 leaves the browser's last event id
+// unchanged.
+func (pc *pushChannel) event(name string, id uint64, data any) error {
 	b, err := json.Marshal(data)
 	if err != nil {
 		return fmt.Errorf("encode sse data: %w", err)
 	}
-	var sb strings.Builder
+	var ids string
 	if id > 0 {
-		sb.WriteString("id: ")
-		sb.WriteString(strconv.FormatUint(id, 10))
-		sb.WriteByte('\n')
+		ids = strconv.FormatUint(id, 10)
 	}
-	if name != "" {
-		sb.WriteString("event: ")
-		sb.WriteString(name)
-		sb.WriteByte('\n')
-	}
-	sb.WriteString("data: ")
-	sb.Write(b)
-	sb.WriteString("\n\n")
-	return s.raw(sb.String())
-}
-
-// raw writes text as is and flushes.
-func (s *sseWriter) raw(text string) error {
-	_ = s.rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(s.w, text); err != nil {
-		return fmt.Errorf("write sse: %w", err)
-	}
-	if err := s.rc.Flush(); err != nil {
-		return fmt.Errorf("flush sse: %w", err)
-	}
-	return nil
+	return pc.out.Event(ids, name, b)
 }
 
 // notice is the data of the push channel's own events.
@@ -84,7 +57,7 @@ var errStreamDone = errors.New("push channel done")
 // pushChannel is the state of one browser's push channel.
 type pushChannel struct {
 	s      *Server
-	sse    *sseWriter
+	out    *sse.Writer
 	auth   *chatpb.Auth
 	next   uint64 // index of the next event to write
 	events int
@@ -102,12 +75,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	from := req.TranscriptPosition
-	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		n, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
-		if err != nil {
-			s.writeError(w, r, errorf("Last-Event-ID must be a transcript index"))
-			return
-		}
+	if n, ok, err := sse.ParseLastEventID(r.Header.Get("Last-Event-ID")); err != nil {
+		s.writeError(w, r, errorf("Last-Event-ID must be a transcript index"))
+		return
+	} else if ok {
 		from = n + 1
 	}
 	if from == 0 {
@@ -125,15 +96,16 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-
+	// The stream starts with the advice to reconnect after 1 s if it drops.
+	out, err := sse.Start(w, sse.Options{Heartbeat: s.cfg.SSEHeartbeat})
+	if err != nil {
+		s.log.Debug("push channel lost at once", "chat", auth.GetSessionId(), "err", err)
+		return
+	}
+	defer out.Stop()
 	s.metrics.sseClients.Inc()
 	defer s.metrics.sseClients.Dec()
-	pc := &pushChannel{s: s, sse: &sseWriter{w: w, rc: http.NewResponseController(w)}, auth: auth, next: from}
+	pc := &pushChannel{s: s, out: out, auth: auth, next: from}
 	s.log.Info("push channel opened", "chat", auth.GetSessionId(), "user", auth.GetParticipantId(), "from", from)
 	err = pc.run(r.Context(), first)
 	if errors.Is(err, errStreamDone) || r.Context().Err() != nil {
@@ -146,19 +118,13 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 // run writes the first batch, then follows the core until the chat ends, the
 // browser goes away or the server stops.
 func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) error {
-	// Tell the browser how fast to reconnect if this stream drops.
-	if err := pc.sse.raw("retry: 1000\n\n"); err != nil {
-		return err
-	}
 	if err := pc.batch(first); err != nil {
 		return err
 	}
-	heartbeat := time.NewTicker(pc.s.cfg.SSEHeartbeat)
-	defer heartbeat.Stop()
 	reconnecting := false
 	backoff := 20 * time.Millisecond
 	for {
-		err := pc.follow(ctx, heartbeat.C, &reconnecting)
+		err := pc.follow(ctx, &reconnecting)
 		if errors.Is(err, errStreamDone) || ctx.Err() != nil {
 			return err
 		}
@@ -169,7 +135,7 @@ func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) er
 			reconnecting = true
 			pc.s.metrics.sseReconnects.WithLabelValues("reconnecting").Inc()
 			pc.s.log.Warn("core subscription broke, resuming", "chat", pc.auth.GetSessionId(), "next", pc.next, "err", err)
-			if err := pc.sse.event(sseReconnecting, 0, notice{
+			if err := pc.event(sseReconnecting, 0, notice{
 				Text: "connection to the chat server lost; reconnecting", NextPosition: pc.next, UTCTime: time.Now().UnixMilli(),
 			}); err != nil {
 				return err
@@ -177,7 +143,7 @@ func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) er
 		}
 		// Catch up with a unary read: it proves the core is back (a stream
 		// open does not) and fetches what was committed meanwhile.
-		if err := pc.wait(ctx, heartbeat.C, backoff); err != nil {
+		if err := pc.wait(ctx, backoff); err != nil {
 			return err
 		}
 		backoff = min(backoff*2, time.Second)
@@ -216,7 +182,7 @@ func (pc *pushChannel) observed(connected bool, reconnecting *bool) error {
 	*reconnecting = true
 	pc.s.metrics.sseReconnects.WithLabelValues("reconnecting").Inc()
 	pc.s.log.Warn("core subscription lost, the chat client is resuming it", "chat", pc.auth.GetSessionId(), "next", pc.next)
-	return pc.sse.event(sseReconnecting, 0, notice{
+	return pc.event(sseReconnecting, 0, notice{
 		Text: "connection to the chat server lost; reconnecting", NextPosition: pc.next, UTCTime: time.Now().UnixMilli(),
 	})
 }
@@ -229,7 +195,7 @@ func (pc *pushChannel) resumed(reconnecting *bool) error {
 	*reconnecting = false
 	pc.s.metrics.sseReconnects.WithLabelValues("reconnected").Inc()
 	pc.s.log.Info("core subscription resumed", "chat", pc.auth.GetSessionId(), "next", pc.next)
-	return pc.sse.event(sseReconnected, 0, notice{
+	return pc.event(sseReconnected, 0, notice{
 		Text: "reconnected to the chat server", NextPosition: pc.next, UTCTime: time.Now().UnixMilli(),
 	})
 }
@@ -241,7 +207,7 @@ func (pc *pushChannel) fatal(err error) (error, bool) {
 	switch status.Code(err) {
 	case codes.NotFound, codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument:
 		f := classify(err)
-		if werr := pc.sse.event(sseChatError, 0, notice{UTCTime: time.Now().UnixMilli(), Errors: []apiError{{Code: f.Code, Advice: f.Advice}}}); werr != nil {
+		if werr := pc.event(sseChatError, 0, notice{UTCTime: time.Now().UnixMilli(), Errors: []apiError{{Code: f.Code, Advice: f.Advice}}}); werr != nil {
 			return werr, true
 		}
 		return fmt.Errorf("core refused the subscription: %w", err), true
@@ -253,14 +219,14 @@ func (pc *pushChannel) fatal(err error) (error, bool) {
 
 // end writes the "ended" event and finishes the channel.
 func (pc *pushChannel) end() error {
-	if err := pc.sse.event(sseEnded, 0, notice{Text: "the chat has ended", NextPosition: pc.next, UTCTime: time.Now().UnixMilli()}); err != nil {
+	if err := pc.event(sseEnded, 0, notice{Text: "the chat has ended", NextPosition: pc.next, UTCTime: time.Now().UnixMilli()}); err != nil {
 		return err
 	}
 	return errStreamDone
 }
 
 // wait sleeps for d while keeping the heartbeat going.
-func (pc *pushChannel) wait(ctx context.Context, heartbeat <-chan time.Time, d time.Duration) error {
+func (pc *pushChannel) wait(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -269,7 +235,7 @@ func (pc *pushChannel) wait(ctx context.Context, heartbeat <-chan time.Time, d t
 			return ctx.Err()
 		case <-pc.s.stopping:
 			return errStreamDone
-		case <-heartbeat:
+		case <-pc.out.Due():
 			if err := pc.heartbeat(); err != nil {
 				return err
 			}
@@ -279,9 +245,11 @@ func (pc *pushChannel) wait(ctx context.Context, heartbeat <-chan time.Time, d t
 	}
 }
 
-// heartbeat writes a heartbeat event.
+// heartbeat writes the channel's heartbeat when the stream has been idle
+// for sse-heartbeat (the sse package's rule): the documented "heartbeat"
+// event, in place of the sse package's comment.
 func (pc *pushChannel) heartbeat() error {
-	return pc.sse.event(sseHeartbeat, 0, notice{NextPosition: pc.next, UTCTime: time.Now().UnixMilli()})
+	return pc.event(sseHeartbeat, 0, notice{NextPosition: pc.next, UTCTime: time.Now().UnixMilli()})
 }
 
 // batch writes a unary read's events; ended finishes the channel.
@@ -307,7 +275,7 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 	}
 	pc.next = ev.GetIndex() + 1
 	if m, ok := toMessage(ev); ok {
-		if err := pc.sse.event("", ev.GetIndex(), m); err != nil {
+		if err := pc.event("", ev.GetIndex(), m); err != nil {
 			return err
 		}
 		pc.events++
@@ -324,7 +292,7 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 
 // follow subscribes from next and writes events until the stream breaks
 // (returned as the error), the chat ends or ctx is done.
-func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, reconnecting *bool) error {
+func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// A resuming client (package chatclient) rides out core failovers inside
@@ -378,7 +346,7 @@ func (pc *pushChannel) follow(ctx context.Context, heartbeat <-chan time.Time, r
 			return ctx.Err()
 		case <-pc.s.stopping:
 			return errStreamDone
-		case <-heartbeat:
+		case <-pc.out.Due():
 			if err := pc.heartbeat(); err != nil {
 				return err
 			}

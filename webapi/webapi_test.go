@@ -15,6 +15,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -36,8 +37,15 @@ func newEnv(t *testing.T, mutate func(*Config)) *env {
 
 func newEnvTel(t *testing.T, tel *telemetry.Telemetry, mutate func(*Config)) *env {
 	t.Helper()
+	return newEnvPolicy(t, tel, mutate, nil)
+}
+
+// newEnvPolicy is newEnv with the chat client's retry policy changed by
+// policy (the default policy with 1-2 ms pauses, when nil).
+func newEnvPolicy(t *testing.T, tel *telemetry.Telemetry, mutate func(*Config), policy func(*chatclient.Policy)) *env {
+	t.Helper()
 	cfg := DefaultConfig()
-	cfg.RetryBudget = 2 * time.Second
+	cfg.CoreTimeout = 2 * time.Second
 	cfg.SSEHeartbeat = time.Hour
 	// Tests of other behaviour start many chats from one address; the start
 	// limits have their own tests (edge_test.go), which set them.
@@ -45,8 +53,13 @@ func newEnvTel(t *testing.T, tel *telemetry.Telemetry, mutate func(*Config)) *en
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	p := chatclient.DefaultPolicy()
+	p.MinBackoff, p.MaxBackoff = time.Millisecond, 2*time.Millisecond
+	if policy != nil {
+		policy(&p)
+	}
 	f := newFakeCore()
-	client := startFakeCore(t, f, tel)
+	client := startFakeCoreClient(t, f, tel, p)
 	s, err := New(cfg, client, tel)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -394,7 +407,7 @@ func TestIdempotentResend(t *testing.T) {
 }
 
 func TestRetryWhileCoreUnavailable(t *testing.T) {
-	t.Run("retries within the budget", func(t *testing.T) {
+	t.Run("the chat client retries within core-timeout", func(t *testing.T) {
 		e := newEnv(t, nil)
 		c := e.start("Ada")
 		e.core.setFailNext(3)
@@ -406,8 +419,8 @@ func TestRetryWhileCoreUnavailable(t *testing.T) {
 			t.Errorf("retries counted = %v, want 3", got)
 		}
 	})
-	t.Run("statusCode 1 when the budget runs out", func(t *testing.T) {
-		e := newEnv(t, func(c *Config) { c.RetryBudget = 0 })
+	t.Run("statusCode 1 when the retries run out", func(t *testing.T) {
+		e := newEnvPolicy(t, telemetry.Discard(), nil, func(p *chatclient.Policy) { p.MaxAttempts = 1 })
 		c := e.start("Ada")
 		before := e.core.eventCount(c.id)
 		e.core.setFailNext(1)

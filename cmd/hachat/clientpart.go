@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/hachat/hachat/chatclient"
+	"github.com/hachat/hachat/edge"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -27,8 +28,12 @@ type clientFile struct {
 	TLS mtls.Files `yaml:",inline"`
 	// HTTPS serves the part's HTTP API and pages over TLS with its
 	// certificate (no client certificate asked: browsers connect). Needs TLS.
-	HTTPS     bool             `yaml:"https"`
-	Telemetry telemetry.Config `yaml:"telemetry"`
+	HTTPS bool `yaml:"https"`
+	// ProxyProtocolFrom lists the edges (addresses, CIDRs) whose
+	// connections start with a PROXY protocol v2 header carrying the
+	// client's address (edge.ProxyProtocolListener); empty: none.
+	ProxyProtocolFrom string           `yaml:"proxy-protocol-from"`
+	Telemetry         telemetry.Config `yaml:"telemetry"`
 	// Register puts the instance in the gossip cluster so that the edge
 	// learns it (register.go).
 	Register registerFile `yaml:",inline"`
@@ -42,6 +47,7 @@ func (f *clientFile) registerFlags(fs *flag.FlagSet) {
 	f.Config.RegisterRetryFlags(fs)
 	registerTLSFlags(fs, &f.TLS)
 	fs.BoolVar(&f.HTTPS, "https", f.HTTPS, "serve HTTPS with the --tls-cert certificate (browsers: import the cluster's ca.pem); default plain HTTP")
+	fs.StringVar(&f.ProxyProtocolFrom, "proxy-protocol-from", f.ProxyProtocolFrom, "comma-separated addresses or CIDRs of the edges that send a PROXY protocol v2 header (their connections must, no other may); the header's client address is the remote address")
 	f.Telemetry.RegisterFlags(fs)
 	f.Register.registerFlags(fs)
 }
@@ -50,6 +56,7 @@ func (f *clientFile) registerFlags(fs *flag.FlagSet) {
 type clientPart struct {
 	tls     *mtls.Source // nil: no mTLS
 	https   bool
+	pp      edge.Proxies // --proxy-protocol-from
 	tel     *telemetry.Telemetry
 	client  *chatclient.Client
 	targets []string
@@ -73,6 +80,11 @@ func startClientPart(ctx context.Context, name, core string, f clientFile, errw 
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
+	pp, err := edge.ParseProxies(f.ProxyProtocolFrom)
+	if err != nil {
+		_ = tel.Shutdown(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("--proxy-protocol-from: %w", err)
+	}
 	src, err := startTLS(ctx, f.TLS, tel.Logger)
 	if err == nil && f.HTTPS && src == nil {
 		err = errors.New("--https needs --tls-ca, --tls-cert and --tls-key")
@@ -93,7 +105,7 @@ func startClientPart(ctx context.Context, name, core string, f clientFile, errw 
 		_ = tel.Shutdown(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &clientPart{tls: src, https: f.HTTPS, tel: tel, client: client, targets: targets}, nil
+	return &clientPart{tls: src, https: f.HTTPS, pp: pp, tel: tel, client: client, targets: targets}, nil
 }
 
 // close closes the client and flushes the spans.
@@ -102,13 +114,20 @@ func (p *clientPart) close(ctx context.Context) {
 	_ = p.tel.Shutdown(context.WithoutCancel(ctx))
 }
 
-// listen opens the part's HTTP listener on addr, with TLS for browsers
-// when --https is set. It returns the listener and its URL scheme.
+// listen opens the part's HTTP listener on addr: PROXY protocol from the
+// --proxy-protocol-from edges (refused from anyone else), then TLS for
+// browsers when --https is set (the header precedes the handshake). It
+// returns the listener and its URL scheme.
 func (p *clientPart) listen(ctx context.Context, addr string) (net.Listener, string, error) {
 	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	raw, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, "", fmt.Errorf("listen %s: %w", addr, err)
+	}
+	ln, err := edge.NewProxyProtocolListener(raw, p.pp, p.tel.Logger, p.tel.Registry)
+	if err != nil {
+		raw.Close()
+		return nil, "", err
 	}
 	if p.https {
 		return tls.NewListener(ln, p.tls.PublicServerConfig()), "https", nil

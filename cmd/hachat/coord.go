@@ -25,6 +25,8 @@ func runCoord(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.StringVar(&f.DataDir, "data-dir", f.DataDir, "write-ahead log and database (default .hachat/NAME.etcd)")
 			fs.StringVar(&f.Client, "client", f.Client, "host:port serving etcd clients (the cores' --coordination)")
 			fs.StringVar(&f.Peer, "peer", f.Peer, "host:port of raft traffic between members")
+			fs.StringVar(&f.ClientAdvertise, "client-advertise", f.ClientAdvertise, "host:port announced to clients when --client is not dialable (0.0.0.0 in a pod; default --client)")
+			fs.StringVar(&f.PeerAdvertise, "peer-advertise", f.PeerAdvertise, "host:port announced to the other members, as in their --initial-cluster, when --peer is not dialable (default --peer)")
 			fs.StringVar(&f.HTTP, "http", f.HTTP, "HTTP address: /healthz, /metrics")
 			fs.StringVar(&f.InitialCluster, "initial-cluster", f.InitialCluster, "every member as name=peer-host:port,... (empty: this member alone)")
 			fs.StringVar(&f.ClusterToken, "cluster-token", f.ClusterToken, "initial cluster token (keeps clusters apart)")

@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
+	"time"
 
+	"github.com/hachat/hachat/coord"
 	"github.com/hachat/hachat/interaction"
+	"github.com/hachat/hachat/mtls"
 )
 
 // interactionFile is the configuration of `hachat interaction`: the
@@ -36,12 +41,41 @@ func runInteraction(ctx context.Context, args []string, out, errw io.Writer) err
 		return err
 	}
 	defer part.close(ctx)
-	srv, err := interaction.New(file.Config, part.client, part.tel)
+	ln, scheme, err := part.listen(ctx, file.HTTP)
 	if err != nil {
 		return err
 	}
-	ln, scheme, err := part.listen(ctx, file.HTTP)
+	var opts []interaction.Option
+	if file.Coordination != "" {
+		var etcdTLS *tls.Config
+		if part.tls != nil {
+			etcdTLS = part.tls.ClientConfig(mtls.Allow(mtls.KindCoord))
+		}
+		cli, err := coord.Dial(file.Coordination, etcdTLS)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer cli.Close()
+		adv := file.Advertise
+		if adv == "" {
+			adv = scheme + "://" + ln.Addr().String()
+		}
+		var rt http.RoundTripper
+		if part.https {
+			// The leader serves the desktop's certificate; the instances
+			// trust the cluster's CA for it.
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			t.TLSClientConfig = part.tls.ClientConfig(mtls.Allow(mtls.KindInteraction))
+			t.ResponseHeaderTimeout = 20 * time.Second
+			rt = t
+		}
+		opts = append(opts, interaction.WithStateStore(interaction.NewEtcdStore(cli, interaction.EtcdPrefix, file.LeaderLease), adv, rt))
+		part.tel.Logger.Info("interaction instances coordinated through etcd", "endpoints", file.Coordination, "advertise", adv)
+	}
+	srv, err := interaction.New(file.Config, part.client, part.tel, opts...)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	leave, err := file.Register.register(ctx, "interaction", ln.Addr(), part.tel)

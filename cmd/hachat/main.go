@@ -35,6 +35,7 @@ func commands() []command {
 		{"ctl", "cluster control: status, switchover", runCtl},
 		{"certs", "workload certificates for mTLS: init, issue, list", runCerts},
 		{"bench", "benchmarks: chat, failover, proxy, soak", runBench},
+		{"chaos", "a nemesis: chats under random faults of every part, checked at the end", runChaos},
 		{"version", "print the version, commit and Go version (also: hachat --version)", runVersion},
 	}
 }

@@ -35,6 +35,8 @@ func newObject(apiVersion, kind string) (any, bool) {
 		return &corev1.Namespace{}, true
 	case "v1/Secret":
 		return &corev1.Secret{}, true
+	case "v1/ConfigMap":
+		return &corev1.ConfigMap{}, true
 	case "v1/Service":
 		return &corev1.Service{}, true
 	case "apps/v1/StatefulSet":
@@ -86,6 +88,7 @@ func decodeStrict(doc string) (any, error) {
 type manifests struct {
 	namespaces      []*corev1.Namespace
 	secrets         []*corev1.Secret
+	configMaps      []*corev1.ConfigMap
 	services        []*corev1.Service
 	statefulSets    []*appsv1.StatefulSet
 	deployments     []*appsv1.Deployment
@@ -145,6 +148,8 @@ func load(t *testing.T) *manifests {
 			m.namespaces = append(m.namespaces, o)
 		case *corev1.Secret:
 			m.secrets = append(m.secrets, o)
+		case *corev1.ConfigMap:
+			m.configMaps = append(m.configMaps, o)
 		case *corev1.Service:
 			m.services = append(m.services, o)
 		case *appsv1.StatefulSet:

@@ -57,6 +57,7 @@ func TestComposeShape(t *testing.T) {
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"webapi-2": "webapi", "sidecar-webapi-2": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
+		"interaction-2": "interaction", "sidecar-interaction-2": "proxy",
 		"edge": "proxy", "certs": "certs", "etcd-1": "coord", "etcd-2": "coord", "etcd-3": "coord",
 	}
 	var got []string
@@ -103,7 +104,10 @@ func TestComposeShape(t *testing.T) {
 		}
 		args := strings.Join(s.Command, " ")
 		switch name {
-		case "webapi", "webapi-2", "interaction":
+		case "webapi", "webapi-2", "interaction", "interaction-2":
+			if strings.HasPrefix(name, "interaction") && !strings.Contains(args, "--coordination=") {
+				t.Errorf("%s: %s: want --coordination (the instances elect a leader and keep its state in etcd)", name, args)
+			}
 			if !strings.Contains(args, "--core=127.0.0.1:") {
 				t.Errorf("%s: %s: want --core on loopback (its sidecar)", name, args)
 			}
@@ -121,7 +125,7 @@ func TestComposeShape(t *testing.T) {
 			if !strings.Contains(args, "--ingress-customer=") || !strings.Contains(args, "--ingress-agent=") {
 				t.Errorf("xds: %s: want the ingress published", args)
 			}
-		case "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction":
+		case "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction", "sidecar-interaction-2":
 			if owner := strings.TrimPrefix(name, "sidecar-"); s.NetworkMode != "service:"+owner {
 				t.Errorf("%s: network_mode %q, want service:%s", name, s.NetworkMode, owner)
 			}

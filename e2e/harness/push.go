@@ -9,16 +9,6 @@ import (
 	"time"
 )
 
-// Viewer is anything that shows a session's events: every Side, and
-// watchers that only look (a customer's push channel).
-type Viewer interface {
-	// Name labels the viewer in reports.
-	Name() string
-	// View returns the events seen so far in order, waiting (within ctx)
-	// until index through has been seen when the view is fed by a push.
-	View(ctx context.Context, through uint64) ([]ViewEvent, error)
-}
-
 // PushWatcher records a customer's push channel (SSE) the way the web sample
 // does: events keyed by index, reopened from the next index whenever the
 // stream ends, like a browser's EventSource. Its view is what the customer

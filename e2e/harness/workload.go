@@ -2,41 +2,48 @@ package harness
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/ucsmock"
+	"github.com/hachat/hachat/workload"
 )
 
-// ViewEvent is one event as a participant (or the UCS transcript) shows it,
-// reduced to what the checker needs. Type uses the customer API's names
-// (Message, ParticipantDisconnected, ParticipantReconnected, ...).
-type ViewEvent struct {
-	Index           uint64
-	Type            string
-	Text            string
-	ClientMessageID string
+// The workload's core (message records, sides and viewers, the send loop
+// and the checker) lives in package workload, shared with hachat chaos;
+// these names keep the harness's API.
+type (
+	// ViewEvent is workload.ViewEvent.
+	ViewEvent = workload.ViewEvent
+	// Side is workload.Side.
+	Side = workload.Side
+	// Viewer is workload.Viewer.
+	Viewer = workload.Viewer
+	// Sent is workload.Sent.
+	Sent = workload.Sent
+	// NamedView is workload.NamedView.
+	NamedView = workload.NamedView
+)
+
+// MessageText is workload.MessageText.
+func MessageText(chatID, side string, seq int) string { return workload.MessageText(chatID, side, seq) }
+
+// CheckView is workload.CheckView.
+func CheckView(sent []Sent, view []ViewEvent, notices bool) []error {
+	return workload.CheckView(sent, view, notices)
 }
 
-// Side is one participant of a workload session, behind whatever API it
-// uses (the customer API, the agent API).
-type Side interface {
-	// Viewer: Name labels the side in texts and reports ("customer",
-	// "agent"); View returns every event this side sees, in order. through
-	// is the highest index acknowledged in the session: a side fed by a push
-	// channel waits (within ctx) until it has seen that far.
-	Viewer
-	// Send sends one message once. It returns the index the message got, or
-	// an error; retryable says whether the same send (same client message
-	// id) may be tried again.
-	Send(ctx context.Context, text, clientMessageID string) (index uint64, retryable bool, err error)
-}
+// CheckIndexes is workload.CheckIndexes.
+func CheckIndexes(views []NamedView) []error { return workload.CheckIndexes(views) }
+
+// TranscriptView is workload.TranscriptView.
+func TranscriptView(tr *ucsmock.Transcript) []ViewEvent { return workload.TranscriptView(tr) }
+
+// EventType is workload.EventType.
+func EventType(k chatpb.EventKind) string { return workload.EventType(k) }
 
 // Session is one chat in a workload and the sides that send in it.
 type Session struct {
@@ -81,20 +88,6 @@ func (o *WorkloadOptions) fill() {
 	}
 }
 
-// Sent records one numbered message of a workload.
-type Sent struct {
-	ChatID   string
-	Side     string
-	Seq      int
-	Text     string
-	CMID     string
-	Acked    bool
-	Index    uint64
-	Attempts int
-	Err      error // the last error when not acknowledged
-	At       time.Time
-}
-
 // Workload drives concurrent sessions: every side of every session sends
 // numbered messages ("<side> #<seq> <chat>"), each with its own client
 // message id, resending retryable failures with the same id.
@@ -107,11 +100,6 @@ type Workload struct {
 	sent  []*Sent
 	acked int
 	cond  chan struct{} // closed and replaced on every ack
-}
-
-// MessageText is the text of a workload message.
-func MessageText(chatID, side string, seq int) string {
-	return fmt.Sprintf("%s #%03d %s", side, seq, chatID)
 }
 
 // StartWorkload starts sending on every side of every session and returns
@@ -135,25 +123,8 @@ func (w *Workload) drive(ctx context.Context, s *Session, side Side) {
 	tick := time.NewTicker(w.opts.Interval)
 	defer tick.Stop()
 	for seq := 1; seq <= w.opts.Messages; seq++ {
-		m := &Sent{ChatID: s.ChatID, Side: side.Name(), Seq: seq, Text: MessageText(s.ChatID, side.Name(), seq),
-			CMID: fmt.Sprintf("wl-%s-%s-%d", s.ChatID, side.Name(), seq), At: time.Now()}
-		deadline := time.Now().Add(w.opts.RetryFor)
-		for {
-			m.Attempts++
-			idx, retryable, err := side.Send(ctx, m.Text, m.CMID)
-			if err == nil {
-				m.Acked, m.Index, m.Err = true, idx, nil
-				break
-			}
-			m.Err = err
-			if !retryable || time.Now().After(deadline) || ctx.Err() != nil {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(w.opts.RetryDelay):
-			}
-		}
+		m := workload.NewSent(s.ChatID, side.Name(), seq)
+		workload.SendOne(ctx, side, m, workload.Retry{For: w.opts.RetryFor, Delay: w.opts.RetryDelay})
 		w.mu.Lock()
 		w.sent = append(w.sent, m)
 		if m.Acked {
@@ -276,7 +247,7 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 	acked := rec.Acked()
 	t.Logf("workload: %d sessions, %d messages sent, %d acknowledged", len(rec.Sessions), len(rec.Sent), acked)
 	if acked < minAcked {
-		t.Errorf("workload: only %d messages acknowledged, want at least %d; first failures: %s", acked, minAcked, firstFailures(rec, 3))
+		t.Errorf("workload: only %d messages acknowledged, want at least %d; first failures: %s", acked, minAcked, workload.FirstFailures(rec.Sent, 3))
 	}
 	views, transcripts := 0, 0
 	defer func() {
@@ -310,22 +281,9 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 		}
 		if opts.UCS != nil {
 			transcripts++
-			var errs []error
-			var last []ViewEvent
-			err := Poll(opts.TranscriptTimeout, func() error {
-				tr, err := opts.UCS.Transcript(ctx, s.ChatID)
-				if err != nil {
-					errs = []error{fmt.Errorf("read transcript: %w", err)}
-					return err
-				}
-				last = TranscriptView(tr)
-				errs = CheckView(sent, last, opts.FailoverNoticesInUCS)
-				return errors.Join(errs...)
-			})
-			if err != nil {
-				for _, e := range errs {
-					t.Errorf("chat %s: ucs transcript: %v", s.ChatID, e)
-				}
+			last, errs := workload.CheckTranscript(ctx, opts.UCS, s.ChatID, sent, opts.FailoverNoticesInUCS, opts.TranscriptTimeout)
+			for _, e := range errs {
+				t.Errorf("chat %s: ucs transcript: %v", s.ChatID, e)
 			}
 			if last != nil {
 				seen = append(seen, NamedView{Name: "ucs transcript", Events: last})
@@ -335,195 +293,4 @@ func Check(t testing.TB, ctx context.Context, rec *Record, opts CheckOptions) {
 			t.Errorf("chat %s: %v", s.ChatID, e)
 		}
 	}
-}
-
-// NamedView is one view of a session (a participant's, a push channel's,
-// the UCS transcript) under the name reports give it.
-type NamedView struct {
-	Name   string
-	Events []ViewEvent
-}
-
-// CheckIndexes proves that no index holds two different events across the
-// views of one session: an index is one event for everyone (invariant 4).
-// Two views disagree when they show different event types at one index, or
-// two messages with different texts. A view may lack an index (visibility,
-// or a push channel that did not reach it), and the customer API's
-// ChatEnded is the agent API's SessionEnded. It returns one error per index
-// in conflict, naming every view and what it holds there.
-func CheckIndexes(views []NamedView) []error {
-	type holder struct {
-		view string
-		ev   ViewEvent
-	}
-	byIndex := map[uint64][]holder{}
-	var indexes []uint64
-	for _, v := range views {
-		for _, ev := range v.Events {
-			if _, ok := byIndex[ev.Index]; !ok {
-				indexes = append(indexes, ev.Index)
-			}
-			byIndex[ev.Index] = append(byIndex[ev.Index], holder{v.Name, ev})
-		}
-	}
-	sort.Slice(indexes, func(i, j int) bool { return indexes[i] < indexes[j] })
-	same := func(a, b ViewEvent) bool {
-		ta, tb := canonicalType(a.Type), canonicalType(b.Type)
-		return ta == tb && (ta != "Message" || a.Text == b.Text)
-	}
-	var errs []error
-	for _, i := range indexes {
-		hs := byIndex[i]
-		conflict := false
-		for _, h := range hs[1:] {
-			if !same(hs[0].ev, h.ev) {
-				conflict = true
-				break
-			}
-		}
-		if !conflict {
-			continue
-		}
-		parts := make([]string, 0, len(hs))
-		for _, h := range hs {
-			parts = append(parts, fmt.Sprintf("%s %q in the %s", h.ev.Type, h.ev.Text, h.view))
-		}
-		errs = append(errs, fmt.Errorf("index %d holds two different events: %s", i, strings.Join(parts, ", ")))
-	}
-	return errs
-}
-
-// canonicalType maps the agent API's event type names to the customer
-// API's where the two differ.
-func canonicalType(t string) string {
-	if t == "SessionEnded" {
-		return "ChatEnded"
-	}
-	return t
-}
-
-func firstFailures(rec *Record, n int) string {
-	var out []string
-	for _, m := range rec.Sent {
-		if !m.Acked && len(out) < n {
-			out = append(out, fmt.Sprintf("%q after %d attempts: %v", m.Text, m.Attempts, m.Err))
-		}
-	}
-	return strings.Join(out, "; ")
-}
-
-// TranscriptView turns a UCS transcript into a view.
-func TranscriptView(tr *ucsmock.Transcript) []ViewEvent {
-	out := make([]ViewEvent, 0, len(tr.Events))
-	for _, ev := range tr.Events {
-		out = append(out, ViewEvent{Index: ev.GetIndex(), Type: EventType(ev.GetKind()), Text: ev.GetText(), ClientMessageID: ev.GetClientMessageId()})
-	}
-	return out
-}
-
-// EventType names a chat core event kind as the customer API does.
-func EventType(k chatpb.EventKind) string {
-	switch k {
-	case chatpb.EventKind_EVENT_KIND_SESSION_STARTED:
-		return "SessionStarted"
-	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED:
-		return "ParticipantJoined"
-	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT:
-		return "ParticipantLeft"
-	case chatpb.EventKind_EVENT_KIND_MESSAGE:
-		return "Message"
-	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED:
-		return "TypingStarted"
-	case chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
-		return "TypingStopped"
-	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
-		return "PushUrl"
-	case chatpb.EventKind_EVENT_KIND_NOTICE:
-		return "Notice"
-	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED:
-		return "TranscriptSaved"
-	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
-		return "TranscriptSaveFailed"
-	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED:
-		return "ParticipantDisconnected"
-	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
-		return "ParticipantReconnected"
-	case chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
-		return "ChatEnded"
-	}
-	return k.String()
-}
-
-// CheckView checks one view against the messages sent in its session: every
-// acknowledged message exactly once, at its acknowledged index; every
-// unacknowledged one at most once; indexes strictly increasing; each side's
-// messages in the order it sent them; with notices, a disconnected and a
-// reconnected notice. It returns every problem found.
-func CheckView(sent []Sent, view []ViewEvent, notices bool) []error {
-	var errs []error
-	byText := map[string]Sent{}
-	for _, m := range sent {
-		byText[m.Text] = m
-	}
-	count := map[string]int{}
-	at := map[string]uint64{}
-	lastSeq := map[string]int{}
-	var lastIndex uint64
-	var disconnected, reconnected bool
-	for i, ev := range view {
-		if i > 0 && ev.Index <= lastIndex {
-			errs = append(errs, fmt.Errorf("index %d follows index %d: not strictly increasing", ev.Index, lastIndex))
-		}
-		lastIndex = ev.Index
-		switch ev.Type {
-		case "ParticipantDisconnected":
-			disconnected = true
-		case "ParticipantReconnected":
-			reconnected = true
-		}
-		if ev.Type != "Message" {
-			continue
-		}
-		m, ours := byText[ev.Text]
-		if !ours {
-			continue
-		}
-		count[ev.Text]++
-		if count[ev.Text] == 1 {
-			at[ev.Text] = ev.Index
-		}
-		if count[ev.Text] > 1 {
-			continue // reported below
-		}
-		if m.Seq <= lastSeq[m.Side] {
-			errs = append(errs, fmt.Errorf("%q at index %d comes after %s #%03d: out of order", m.Text, ev.Index, m.Side, lastSeq[m.Side]))
-		} else {
-			lastSeq[m.Side] = m.Seq
-		}
-	}
-	ordered := append([]Sent(nil), sent...)
-	sort.Slice(ordered, func(i, j int) bool {
-		if ordered[i].Side != ordered[j].Side {
-			return ordered[i].Side < ordered[j].Side
-		}
-		return ordered[i].Seq < ordered[j].Seq
-	})
-	for _, m := range ordered {
-		n := count[m.Text]
-		switch {
-		case m.Acked && n == 0:
-			errs = append(errs, fmt.Errorf("acknowledged %q (index %d) is missing", m.Text, m.Index))
-		case n > 1:
-			errs = append(errs, fmt.Errorf("%q appears %d times", m.Text, n))
-		case m.Acked && m.Index != 0 && at[m.Text] != m.Index:
-			errs = append(errs, fmt.Errorf("%q acknowledged with index %d but shown at index %d", m.Text, m.Index, at[m.Text]))
-		}
-	}
-	if notices && !disconnected {
-		errs = append(errs, errors.New("no ParticipantDisconnected notice"))
-	}
-	if notices && !reconnected {
-		errs = append(errs, errors.New("no ParticipantReconnected notice"))
-	}
-	return errs
 }

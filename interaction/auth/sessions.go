@@ -152,3 +152,42 @@ func (s *Sessions) Sweep(now time.Time) []string {
 	}
 	return out
 }
+
+// SessionRecord is one session as a state store keeps it: the SHA-256 of
+// its token (never the token), the identity and the times that bound it.
+type SessionRecord struct {
+	// Digest is the hex SHA-256 of the session token.
+	Digest   string    `json:"digest"`
+	Identity Identity  `json:"identity"`
+	Created  time.Time `json:"created"`
+	LastSeen time.Time `json:"lastSeen"`
+}
+
+// Export returns every open session, for a state store that lets another
+// instance carry on with the same tokens.
+func (s *Sessions) Export() []SessionRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]SessionRecord, 0, len(s.byID))
+	for d, ss := range s.byID {
+		out = append(out, SessionRecord{Digest: hex.EncodeToString(d[:]), Identity: ss.id, Created: ss.created, LastSeen: ss.lastSeen})
+	}
+	return out
+}
+
+// Restore replaces every session with recs (as Export returned them). A
+// record whose digest is not a hex SHA-256 is refused and nothing changes.
+func (s *Sessions) Restore(recs []SessionRecord) error {
+	byID := make(map[[32]byte]*session, len(recs))
+	for _, r := range recs {
+		b, err := hex.DecodeString(r.Digest)
+		if err != nil || len(b) != 32 {
+			return fmt.Errorf("session record: digest %q is not a hex SHA-256", r.Digest)
+		}
+		byID[[32]byte(b)] = &session{id: r.Identity, created: r.Created, lastSeen: r.LastSeen}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.byID = byID
+	return nil
+}

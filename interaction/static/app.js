@@ -114,8 +114,13 @@ function connectPush() {
   es.onopen = () => setStatus("Connected", "ok");
   es.onerror = () => {
     if (es.readyState === EventSource.CLOSED) {
-      // The server refused (token gone): back to the login form.
-      api("GET", "/state").then(() => setTimeout(connectPush, 1000), () => leaveDesk("Session expired, please log in"));
+      // Refused: back to the login form only when the token is gone (401);
+      // anything else (an Interaction Server taking over, 503) is retried.
+      setStatus("Connection to the Interaction Server lost, reconnecting…", "warn");
+      api("GET", "/state").then(() => setTimeout(connectPush, 1000), (e) => {
+        if (e.status === 401) leaveDesk("Session expired, please log in");
+        else setTimeout(connectPush, 1000);
+      });
       return;
     }
     setStatus("Connection to the Interaction Server lost, reconnecting…", "warn");

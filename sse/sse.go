@@ -1,0 +1,198 @@
+// Package sse writes Server-Sent Events: the push streams of webapi (the
+// customer's channel) and of interaction (the agent's), one writer for both.
+//
+// A Writer frames events (id, event, data; multi-line data as several data
+// lines), flushes each one, bounds each write with a deadline (a client that
+// does not take an event within WriteTimeout is too slow: the write fails and
+// the caller ends the stream, which its browser then reopens), and tells its
+// caller when a heartbeat is due.
+//
+// The heartbeat rule, the same on every stream: a stream that has written
+// nothing for the heartbeat interval (15 s by default, under the 60 s idle
+// timeout common in proxies) gets a heartbeat; writing anything resets the
+// interval, so a busy stream carries no heartbeats. A heartbeat is the comment
+// line ": ping" (Ping), which EventSource ignores, unless the stream's API
+// names a heartbeat event: the customer channel sends its documented
+// "heartbeat" event instead, and that resets the interval like any event.
+package sse
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults of Options.
+const (
+	// DefaultHeartbeat is the idle interval after which a heartbeat is due.
+	DefaultHeartbeat = 15 * time.Second
+	// DefaultWriteTimeout bounds the write and flush of one event.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultRetry is the reconnection delay the stream advises its client.
+	DefaultRetry = time.Second
+)
+
+// Options configure a Writer; zero fields take the defaults above.
+type Options struct {
+	// Heartbeat is the idle interval after which Due fires.
+	Heartbeat time.Duration
+	// WriteTimeout bounds the write and flush of one event: a client that
+	// takes longer is too slow, and the write fails.
+	WriteTimeout time.Duration
+	// Retry is sent first as the "retry:" field: how long the browser waits
+	// before reopening the stream when it drops.
+	Retry time.Duration
+	// CacheControl is the Cache-Control header (default "no-store").
+	CacheControl string
+}
+
+// ErrBadField reports an event name or id that cannot be framed: it holds a
+// line break (or, for an id, a NUL), which would end the field early.
+var ErrBadField = errors.New("sse: field holds a line break")
+
+// Writer writes one response's events. It is for one goroutine.
+type Writer struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	opts Options
+	buf  []byte
+	idle *time.Timer
+}
+
+// Start answers 200 with the headers of an event stream (Content-Type
+// text/event-stream, Cache-Control, X-Accel-Buffering: no so that nginx does
+// not buffer it), writes the retry advice and flushes. Stop the Writer when
+// the stream ends.
+func Start(w http.ResponseWriter, opts Options) (*Writer, error) {
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = DefaultHeartbeat
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.Retry <= 0 {
+		opts.Retry = DefaultRetry
+	}
+	if opts.CacheControl == "" {
+		opts.CacheControl = "no-store"
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", opts.CacheControl)
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	sw := &Writer{w: w, rc: http.NewResponseController(w), opts: opts, idle: time.NewTimer(opts.Heartbeat)}
+	sw.buf = append(sw.buf[:0], "retry: "...)
+	sw.buf = strconv.AppendInt(sw.buf, opts.Retry.Milliseconds(), 10)
+	sw.buf = append(sw.buf, "\n\n"...)
+	if err := sw.flush(); err != nil {
+		sw.Stop()
+		return nil, err
+	}
+	return sw, nil
+}
+
+// Stop releases the heartbeat timer.
+func (sw *Writer) Stop() { sw.idle.Stop() }
+
+// Due fires when the stream has written nothing for the heartbeat interval:
+// the caller then writes a heartbeat (Ping, or its own event).
+func (sw *Writer) Due() <-chan time.Time { return sw.idle.C }
+
+// Ping writes the heartbeat comment ": ping".
+func (sw *Writer) Ping() error {
+	sw.buf = append(sw.buf[:0], ": ping\n\n"...)
+	return sw.flush()
+}
+
+// Event writes one event: id (empty: none, the browser keeps its last
+// event id), name (empty: the default "message" event) and data, each line
+// of which becomes a data line (a CR LF or CR ends a line too).
+func (sw *Writer) Event(id, name string, data []byte) error {
+	if strings.ContainsAny(id, "\r\n\x00") || strings.ContainsAny(name, "\r\n") {
+		return fmt.Errorf("%w: id %q, event %q", ErrBadField, id, name)
+	}
+	b := sw.buf[:0]
+	if id != "" {
+		b = append(append(append(b, "id: "...), id...), '\n')
+	}
+	if name != "" {
+		b = append(append(append(b, "event: "...), name...), '\n')
+	}
+	for {
+		i := indexLineBreak(data)
+		if i < 0 {
+			break
+		}
+		b = append(append(append(b, "data: "...), data[:i]...), '\n')
+		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
+			i++
+		}
+		data = data[i+1:]
+	}
+	b = append(append(append(b, "data: "...), data...), "\n\n"...)
+	sw.buf = b
+	return sw.flush()
+}
+
+// indexLineBreak returns the index of the first CR or LF in b, or -1.
+func indexLineBreak(b []byte) int {
+	for i, c := range b {
+		if c == '\n' || c == '\r' {
+			return i
+		}
+	}
+	return -1
+}
+
+// flush writes the buffer within the write timeout, flushes, and restarts
+// the heartbeat interval.
+func (sw *Writer) flush() error {
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.opts.WriteTimeout))
+	if _, err := sw.w.Write(sw.buf); err != nil {
+		return fmt.Errorf("sse: write: %w", err)
+	}
+	if err := sw.rc.Flush(); err != nil {
+		return fmt.Errorf("sse: flush: %w", err)
+	}
+	// No deadline between events: an idle stream is not a slow client.
+	_ = sw.rc.SetWriteDeadline(time.Time{})
+	sw.idle.Reset(sw.opts.Heartbeat)
+	return nil
+}
+
+// ErrBadLastEventID reports a Last-Event-ID that is not a transcript index.
+var ErrBadLastEventID = errors.New("sse: Last-Event-ID is not an index")
+
+// maxIDLen bounds the Last-Event-ID read: 20 digits hold any uint64.
+const maxIDLen = 64
+
+// ParseLastEventID reads a Last-Event-ID header that names an event index:
+// a decimal integer, surrounding spaces and leading zeros allowed. It
+// returns ok false for an empty (or blank) header, which means "no event
+// seen", and ErrBadLastEventID for anything else that is not such a number:
+// a sign, a fraction, hex, text, or a value of 2^64-1 or more (whose next
+// index would not fit).
+func ParseLastEventID(h string) (id uint64, ok bool, err error) {
+	if len(h) > maxIDLen {
+		return 0, false, fmt.Errorf("%w: longer than %d bytes", ErrBadLastEventID, maxIDLen)
+	}
+	v := strings.TrimSpace(h)
+	if v == "" {
+		return 0, false, nil
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false, fmt.Errorf("%w: %q", ErrBadLastEventID, v)
+		}
+	}
+	n, perr := strconv.ParseUint(v, 10, 64)
+	if perr != nil || n == math.MaxUint64 {
+		return 0, false, fmt.Errorf("%w: %q is out of range", ErrBadLastEventID, v)
+	}
+	return n, true, nil
+}

@@ -1,0 +1,275 @@
+package sse
+
+import (
+	"bufio"
+	"errors"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func start(t *testing.T, opts Options) (*Writer, *httptest.ResponseRecorder) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	w, err := Start(rec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	return w, rec
+}
+
+func TestStartHeaders(t *testing.T) {
+	_, rec := start(t, Options{})
+	h := rec.Result().Header
+	for k, want := range map[string]string{"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"} {
+		if got := h.Get(k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	if rec.Code != 200 || rec.Body.String() != "retry: 1000\n\n" || !rec.Flushed {
+		t.Errorf("start wrote %d %q (flushed %v)", rec.Code, rec.Body.String(), rec.Flushed)
+	}
+}
+
+func TestEventFraming(t *testing.T) {
+	for _, tc := range []struct {
+		name, id, event, data string
+		want                  string
+		err                   error
+	}{
+		{"message with id", "7", "", `{"a":1}`, "id: 7\ndata: {\"a\":1}\n\n", nil},
+		{"named, no id", "", "reconnecting", `{}`, "event: reconnecting\ndata: {}\n\n", nil},
+		{"id and name", "3", "chat", "x", "id: 3\nevent: chat\ndata: x\n\n", nil},
+		{"empty data", "", "", "", "data: \n\n", nil},
+		{"multi-line data", "", "", "a\nb\r\nc\rd", "data: a\ndata: b\ndata: c\ndata: d\n\n", nil},
+		{"trailing newline", "", "", "a\n", "data: a\ndata: \n\n", nil},
+		{"name with a line break", "", "a\nb", "x", "", ErrBadField},
+		{"id with a line break", "1\n2", "", "x", "", ErrBadField},
+		{"id with NUL", "1\x00", "", "x", "", ErrBadField},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, rec := start(t, Options{})
+			rec.Body.Reset()
+			err := w.Event(tc.id, tc.event, []byte(tc.data))
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("Event: %v, want %v", err, tc.err)
+			}
+			if got := rec.Body.String(); got != tc.want {
+				t.Errorf("wrote %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPing(t *testing.T) {
+	w, rec := start(t, Options{})
+	rec.Body.Reset()
+	if err := w.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.Body.String(); got != ": ping\n\n" {
+		t.Errorf("ping wrote %q", got)
+	}
+}
+
+// TestHeartbeatRule: Due fires after the interval with nothing written, and
+// every write restarts the interval, so a busy stream gets none.
+func TestHeartbeatRule(t *testing.T) {
+	const beat = 80 * time.Millisecond
+	w, _ := start(t, Options{Heartbeat: beat})
+	// Busy: an event every beat/4 for 3 intervals; Due must not fire.
+	busy := time.NewTicker(beat / 4)
+	defer busy.Stop()
+	end := time.After(3 * beat)
+busyLoop:
+	for {
+		select {
+		case <-w.Due():
+			t.Fatal("heartbeat due on a busy stream")
+		case <-busy.C:
+			if err := w.Event("", "", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		case <-end:
+			break busyLoop
+		}
+	}
+	// Idle: due within the interval (plus slack), not before it.
+	idleFrom := time.Now()
+	select {
+	case <-w.Due():
+		if d := time.Since(idleFrom); d < beat/2 {
+			t.Errorf("due after %s of idleness, interval %s", d, beat)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no heartbeat due on an idle stream")
+	}
+	// After the heartbeat is written, the next is one interval later.
+	if err := w.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.Due():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no second heartbeat due")
+	}
+}
+
+// TestSlowClient: a client that stops reading makes a write fail within the
+// write timeout instead of blocking the stream's goroutine for ever.
+func TestSlowClient(t *testing.T) {
+	errc := make(chan error, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w, err := Start(rw, Options{WriteTimeout: 200 * time.Millisecond})
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer w.Stop()
+		big := []byte(strings.Repeat("x", 64<<10))
+		for {
+			if err := w.Event("", "", big); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}))
+	srv.Start()
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// Read the headers, then stop reading.
+	br := bufio.NewReader(conn)
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
+		t.Fatalf("status line %q: %v", line, err)
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("write to a stalled client succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write to a client that stopped reading still blocks after 10s")
+	}
+}
+
+func TestParseLastEventID(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		id     uint64
+		ok     bool
+		badErr bool
+	}{
+		{"", 0, false, false},
+		{"   ", 0, false, false},
+		{"0", 0, true, false},
+		{"7", 7, true, false},
+		{" 42 ", 42, true, false},
+		{"007", 7, true, false},
+		{"18446744073709551614", math.MaxUint64 - 1, true, false},
+		{"18446744073709551615", 0, false, true}, // its next index would wrap
+		{"18446744073709551616", 0, false, true},
+		{"-1", 0, false, true},
+		{"+1", 0, false, true},
+		{"1.5", 0, false, true},
+		{"0x10", 0, false, true},
+		{"1_000", 0, false, true},
+		{"1e3", 0, false, true},
+		{"abc", 0, false, true},
+		{"1 2", 0, false, true},
+		{strings.Repeat("0", 100) + "1", 0, false, true},
+	} {
+		id, ok, err := ParseLastEventID(tc.in)
+		if id != tc.id || ok != tc.ok || (err != nil) != tc.badErr {
+			t.Errorf("ParseLastEventID(%q) = %d, %v, %v; want %d, %v, error %v", tc.in, id, ok, err, tc.id, tc.ok, tc.badErr)
+		}
+		if err != nil && !errors.Is(err, ErrBadLastEventID) {
+			t.Errorf("ParseLastEventID(%q): error %v is not ErrBadLastEventID", tc.in, err)
+		}
+	}
+}
+
+// FuzzParseLastEventID: any header either parses to an index whose next
+// index fits and whose decimal form is the header's (spaces and leading
+// zeros aside), or is refused with ErrBadLastEventID; blank means none.
+func FuzzParseLastEventID(f *testing.F) {
+	for _, s := range []string{"", "0", "1", " 12 ", "0007", "-1", "+1", "1e9", "0x1f", "18446744073709551615", "18446744073709551614", "\t3\n", "٣", "1\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		id, ok, err := ParseLastEventID(h)
+		switch {
+		case err != nil:
+			if ok || id != 0 || !errors.Is(err, ErrBadLastEventID) {
+				t.Fatalf("ParseLastEventID(%q) = %d, %v, %v", h, id, ok, err)
+			}
+		case !ok:
+			if strings.TrimSpace(h) != "" || id != 0 {
+				t.Fatalf("ParseLastEventID(%q) = none for a non-blank header", h)
+			}
+		default:
+			if id == math.MaxUint64 {
+				t.Fatalf("ParseLastEventID(%q) = %d: the next index wraps", h, id)
+			}
+			v := strings.TrimLeft(strings.TrimSpace(h), "0")
+			if v == "" {
+				v = "0"
+			}
+			if strconv.FormatUint(id, 10) != v {
+				t.Fatalf("ParseLastEventID(%q) = %d", h, id)
+			}
+		}
+	})
+}
+
+// FuzzEvent: whatever the data, an event frames as data lines a reader
+// joins back into the data (line breaks normalised to LF), and never writes
+// a bare line break that would end the event early.
+func FuzzEvent(f *testing.F) {
+	f.Add("1", "chat", []byte("a\nb"))
+	f.Add("", "", []byte("\r\n\r"))
+	f.Fuzz(func(t *testing.T, id, name string, data []byte) {
+		rec := httptest.NewRecorder()
+		w, err := Start(rec, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		rec.Body.Reset()
+		if err := w.Event(id, name, data); err != nil {
+			if !errors.Is(err, ErrBadField) {
+				t.Fatalf("Event: %v", err)
+			}
+			if rec.Body.Len() != 0 {
+				t.Fatalf("a refused event wrote %q", rec.Body.String())
+			}
+			return
+		}
+		out := rec.Body.String()
+		if !strings.HasSuffix(out, "\n\n") || strings.Count(out, "\n\n") != 1 {
+			t.Fatalf("event %q is not one block", out)
+		}
+		var got []string
+		for _, line := range strings.Split(strings.TrimSuffix(out, "\n\n"), "\n") {
+			if d, ok := strings.CutPrefix(line, "data: "); ok {
+				got = append(got, d)
+			}
+		}
+		want := strings.ReplaceAll(strings.ReplaceAll(string(data), "\r\n", "\n"), "\r", "\n")
+		if strings.Join(got, "\n") != want {
+			t.Fatalf("data %q framed as %q", data, out)
+		}
+	})
+}
