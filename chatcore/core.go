@@ -84,6 +84,10 @@ type Core struct {
 	restoreMu sync.Mutex
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
 
+	tombMu    sync.Mutex
+	tombs     map[string]tombstone // sessions forgotten without a complete final save (doubt.go)
+	tombOrder []string             // tombs' ids, oldest first
+
 	peerMu       sync.Mutex
 	peer         *grpc.ClientConn // to peerConnAddr, created on first use
 	peerConnAddr string
@@ -416,6 +420,11 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	if !c.primary.Load() {
 		return 0, false, errNotPrimary
 	}
+	// An event in doubt owns the next index: nothing else may take it
+	// until a definite second copy of that same event commits it.
+	if err := c.resolveDoubt(ctx, s); err != nil {
+		return 0, false, err
+	}
 	s.mu.Lock()
 	if s.removed {
 		s.mu.Unlock()
@@ -434,13 +443,23 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	}
 	s.mu.Unlock()
 
-	if err := c.secondCopy(ctx, s, ev, needCopy); err != nil {
+	if uncertain, err := c.secondCopy(ctx, s, ev, needCopy); err != nil {
+		if uncertain && c.primary.Load() {
+			// The copy may exist at the backup or in UCS: the index is ev's.
+			return 0, false, c.holdInDoubt(ctx, s, ev, err)
+		}
 		return 0, false, err
 	}
 	if !c.primary.Load() { // fenced while waiting for the copy: nothing was acknowledged
 		return 0, false, errNotPrimary
 	}
+	c.commitAppended(ctx, s, ev, start)
+	return ev.Index, false, nil
+}
 
+// commitAppended commits ev, which has its second copy, and fans it out,
+// tells watchers and asks for a save. Call with s.appendMu held.
+func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event, start time.Time) {
 	s.mu.Lock()
 	change := c.commitLocked(s, ev)
 	save := c.saveTrigger(ev)
@@ -457,7 +476,6 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	if save {
 		c.saver.enqueue(s)
 	}
-	return ev.Index, false, nil
 }
 
 // commitLocked folds ev into the session, appends it to the log and fans it

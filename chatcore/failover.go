@@ -452,7 +452,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	wg.Wait()
 	// Sessions that only UCS holds (started while the replica was cut off).
 	for id, info := range stored {
-		if !info.Ended && c.session(id) == nil {
+		if !info.Ended && c.session(id) == nil && !c.tombstoned(id) {
 			if _, err := c.lookup(ctx, id, nil); err == nil {
 				n++
 			} else {
@@ -703,6 +703,11 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) erro
 		}
 		if !c.primary.Load() {
 			return nil, errUnknown
+		}
+		if c.tombstoned(id) {
+			// Ended here with events UCS lacks: its copy there is older
+			// than what was acknowledged, and must not reopen it.
+			return nil, errTombstoned
 		}
 		c.restoreMu.Lock()
 		wait, busy := c.restoring[id]

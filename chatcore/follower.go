@@ -599,6 +599,14 @@ func (c *Core) applyReplicated(msg *chatpb.ReplicaMsg, seen map[string]bool) err
 		if b.Snapshot == nil {
 			return errors.New("empty snapshot")
 		}
+		if b.Snapshot.Tombstone {
+			// Not marked seen: a local copy of the session goes at snapshot_done.
+			if b.Snapshot.SessionId == "" {
+				return errors.New("tombstone without a session id")
+			}
+			c.addTombstone(b.Snapshot.SessionId, b.Snapshot.LastIndex)
+			return nil
+		}
 		if err := c.applySnapshot(b.Snapshot); err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
@@ -693,6 +701,7 @@ func (c *Core) putSession(s *session) {
 	if old != nil {
 		old.mu.Lock()
 		old.removed = true
+		c.dropDoubtLocked(old)
 		if !old.st.ended {
 			delta--
 		}
@@ -772,6 +781,7 @@ func (c *Core) dropUnseen(seen map[string]bool) int {
 	for _, s := range drop {
 		s.mu.Lock()
 		s.removed = true
+		c.dropDoubtLocked(s)
 		ended := s.st.ended
 		s.mu.Unlock()
 		if !ended {

@@ -37,6 +37,9 @@ func (c *Core) sweep(ctx context.Context) {
 	c.mu.RUnlock()
 	primary := c.primary.Load()
 	for _, s := range all {
+		if primary {
+			c.settleDoubt(ctx, s)
+		}
 		c.saver.pendingRetry(s, now)
 		s.mu.Lock()
 		var idle *member
@@ -79,11 +82,19 @@ func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *member) {
 	}
 }
 
-// forget drops an ended session whose transcript is settled.
+// forget drops an ended session whose transcript is settled. A session
+// whose final save was given up (transcript-save-on-error=close) leaves a
+// tombstone: UCS holds less than this core acknowledged.
 func (c *Core) forget(s *session) {
 	s.mu.Lock()
 	s.removed = true
+	incomplete := !s.finalSaved && (s.noFinalSave || s.savedThrough < s.lastIndex())
+	last := s.lastIndex()
+	c.dropDoubtLocked(s)
 	s.mu.Unlock()
+	if incomplete {
+		c.addTombstone(s.id, last)
+	}
 	c.mu.Lock()
 	delete(c.sessions, s.id)
 	c.unregisterStartLocked(s)

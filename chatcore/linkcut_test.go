@@ -24,6 +24,28 @@ type tcpProxy struct {
 	ln     net.Listener
 	conns  []net.Conn
 	wg     sync.WaitGroup
+	// holdUp, while set, holds what the dialling side sends (a backup's
+	// acks and hellos) without closing anything: it goes on when cleared.
+	holdUp atomic.Bool
+}
+
+// copyUp forwards c to u, holding each read while holdUp is set.
+func (p *tcpProxy) copyUp(u, c net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		for n > 0 && p.holdUp.Load() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n > 0 {
+			if _, werr := u.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func newProxy(t testing.TB, target string) *tcpProxy {
@@ -50,13 +72,14 @@ func (p *tcpProxy) serve(ln net.Listener) {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, u)
 			p.mu.Unlock()
-			p.wg.Go(func() { io.Copy(u, c); u.Close() })
+			p.wg.Go(func() { p.copyUp(u, c); u.Close() })
 			p.wg.Go(func() { io.Copy(c, u); c.Close() })
 		}
 	})
 }
 
 func (p *tcpProxy) cut() {
+	p.holdUp.Store(false) // a held read goes on to find its connection closed
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln != nil {

@@ -37,6 +37,9 @@ type metrics struct {
 	replicationBatch  prometheus.Histogram
 	fencingFailures   *prometheus.CounterVec // op
 	solo              prometheus.Gauge
+	inDoubt           prometheus.Gauge
+	doubtResolved     *prometheus.CounterVec // outcome
+	tombstones        prometheus.Gauge
 	// eventsByKind holds events' counter per known kind, resolved once:
 	// the append path counts every event without hashing label values.
 	eventsByKind map[chatpb.EventKind]prometheus.Counter
@@ -89,6 +92,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Calls to the fencing authority (etcd, or UCS without one) that did not answer, by operation (claim, renew)."}, []string{"op"}),
 		solo: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_solo",
 			Help: "1 while this primary's solo mark is recorded at the coordination cluster (it acknowledged with second copies in UCS since its backup went away)."}),
+		inDoubt: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_in_doubt",
+			Help: "Sessions holding an event in doubt: its second copy failed with an uncertain outcome (it may exist at the backup or in UCS), so its index is reserved for it and the session's appends answer Unavailable until a definite copy commits it."}),
+		doubtResolved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_in_doubt_resolutions_total",
+			Help: "Events in doubt resolved, by outcome: committed (a definite second copy of the same event, then committed at its index) or superseded (the core stepped down or a newer epoch decided the index)."}, []string{"outcome"}),
+		tombstones: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_tombstones",
+			Help: "Ended sessions forgotten without a complete final save in UCS (transcript-save-on-error=close fired): they are never restored from UCS's older copy."}),
 	}
 	m.eventsByKind = make(map[chatpb.EventKind]prometheus.Counter, len(chatpb.EventKind_name))
 	for k := range chatpb.EventKind_name {
@@ -97,7 +106,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
 		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.resendsExhausted, m.savesRecovered, m.breakerState,
 		m.role, m.epoch, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
-		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch, m.fencingFailures, m.solo)
+		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch, m.fencingFailures, m.solo, m.inDoubt, m.doubtResolved, m.tombstones)
 	// Every known label value exists from the start at 0, so a reader that
 	// finds no series knows the metric was renamed, not merely still zero.
 	for _, r := range []string{"ok", "recoverable", "nonrecoverable", "stale_epoch", "breaker_open"} {
@@ -105,6 +114,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, op := range []string{"claim", "renew"} {
 		m.fencingFailures.WithLabelValues(op)
+	}
+	for _, o := range []string{"committed", "superseded"} {
+		m.doubtResolved.WithLabelValues(o)
 	}
 	for _, s := range []string{"replica", "ucs", "ended"} {
 		m.restored.WithLabelValues(s)

@@ -132,6 +132,13 @@ func (l *link) send(msg *chatpb.ReplicaMsg, wait bool) <-chan error {
 	return ch
 }
 
+// alive reports whether the link still takes messages.
+func (l *link) alive() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.dead
+}
+
 // ack records the backup's cumulative ack.
 func (l *link) ack(seq uint64) {
 	l.mu.Lock()
@@ -422,6 +429,9 @@ func (c *Core) snapshotTo(l *link) int {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
+	for _, t := range c.tombstoneSnapshots() {
+		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: t}}, false)
+	}
 	n := 0
 	for _, s := range all {
 		s.appendMu.Lock()
@@ -449,22 +459,31 @@ func (c *Core) snapshotTo(l *link) int {
 // (invariant 1): the backup's ack, or, while the backup is away or does not
 // have the session yet, a save of ev in UCS. A standalone core (no peer)
 // keeps no second copy. Call with s.appendMu held.
-func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, needCopy bool) error {
+//
+// On failure, uncertain reports whether ev may exist anyway: it was queued
+// to the backup without an ack (the backup may have applied it), or its
+// save in UCS failed without a definite answer (a timeout or a connection
+// cut after sending: the write may have landed). Such an event is in doubt
+// (see doubt.go): its index is kept for it. A definite refusal (stale
+// epoch, conflict, invalid, forbidden, the breaker open: nothing sent) and
+// no attempt to the backup leave it certain that no copy exists.
+func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, needCopy bool) (uncertain bool, err error) {
 	if l := c.repl.current(); l != nil {
 		if ev.Index == 1 {
 			s.replGen.Store(l.gen) // a new session: its whole log is this event
 		}
 		if s.replGen.Load() == l.gen {
+			uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
 			ch := l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
 			if !needCopy {
-				return nil
+				return false, nil
 			}
 			t := time.NewTimer(c.cfg.ReplicationTimeout)
 			defer t.Stop()
 			select {
 			case err := <-ch:
 				if err == nil {
-					return nil
+					return false, nil
 				}
 			case <-t.C:
 				// A silent backup is given up; it resyncs from a fresh snapshot.
@@ -475,13 +494,15 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 		}
 	}
 	if !c.paired() || !needCopy || !c.savedKind(ev) {
-		return nil
+		return false, nil
 	}
 	if err := c.markSolo(ctx, ev.Epoch); err != nil {
-		return err
+		return uncertain && c.primary.Load(), err
 	}
 	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{saved(ev)}}
-	_, err := c.saver.cb.Execute(func() (SaveResult, error) {
+	sent := false
+	_, err = c.saver.cb.Execute(func() (SaveResult, error) {
+		sent = true
 		sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
 		defer cancel()
 		return c.store.Save(sctx, req)
@@ -489,14 +510,17 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	switch {
 	case err == nil:
 		c.m.secondCopyToUCS.Inc()
-		return nil
+		return false, nil
 	case errors.Is(err, ErrStaleEpoch):
 		c.stepDown("UCS rejected a second copy with a stale epoch", 0)
-		return errNotPrimary
+		return false, errNotPrimary
+	case !sent, errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid), errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrForbidden):
+		// UCS did not store it (or was not asked).
 	default:
-		c.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "err", err)
-		return status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
+		uncertain = true // a timeout or a cut: the save may have landed
 	}
+	c.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "uncertain", uncertain, "err", err)
+	return uncertain, status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
 }
 
 // markSolo records at the coordination cluster, once per epoch and before

@@ -168,6 +168,7 @@ func (c *Core) dropSession(s *session) {
 	s.mu.Lock()
 	ended := s.st.ended
 	s.removed = true
+	c.dropDoubtLocked(s)
 	s.mu.Unlock()
 	c.mu.Lock()
 	delete(c.sessions, s.id)

@@ -49,6 +49,12 @@ type session struct {
 	noFinalSave  bool      // transcript-save-on-error=close fired: never save again
 	endedAt      time.Time
 	removed      bool // dropped from the core's map
+	// doubt is the event whose second copy failed with an uncertain
+	// outcome: it may exist at the backup or in UCS, so the next index is
+	// its own until a definite copy commits it (see doubt.go). Set and
+	// resolved with appendMu held too; a primary's only.
+	doubt     *chatpb.Event
+	doubtNext time.Time // the janitor's next try at it
 	// saveCause is the trace of the latest event that asked for a save, so
 	// that the save's span joins the trace of the message that caused it
 	// (webapi → chatcore → ucsmock). Not replicated.

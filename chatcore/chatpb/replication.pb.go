@@ -170,12 +170,18 @@ func (x *ReplicaAck) GetHandoverError() string {
 
 // SessionSnapshot is one whole session: its committed log and saver progress.
 type SessionSnapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	Events        []*Event               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
-	SavedThrough  uint64                 `protobuf:"varint,3,opt,name=saved_through,json=savedThrough,proto3" json:"saved_through,omitempty"` // highest index UCS acknowledged (pending saves follow it)
-	FinalSaved    bool                   `protobuf:"varint,4,opt,name=final_saved,json=finalSaved,proto3" json:"final_saved,omitempty"`
-	NoFinalSave   bool                   `protobuf:"varint,5,opt,name=no_final_save,json=noFinalSave,proto3" json:"no_final_save,omitempty"` // transcript-save-on-error=close fired
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SessionId    string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Events       []*Event               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	SavedThrough uint64                 `protobuf:"varint,3,opt,name=saved_through,json=savedThrough,proto3" json:"saved_through,omitempty"` // highest index UCS acknowledged (pending saves follow it)
+	FinalSaved   bool                   `protobuf:"varint,4,opt,name=final_saved,json=finalSaved,proto3" json:"final_saved,omitempty"`
+	NoFinalSave  bool                   `protobuf:"varint,5,opt,name=no_final_save,json=noFinalSave,proto3" json:"no_final_save,omitempty"` // transcript-save-on-error=close fired
+	// tombstone: the session ended and was forgotten without a complete final
+	// save in UCS (no_final_save); events is empty and last_index is the last
+	// index the primary acknowledged. The backup keeps the tombstone and never
+	// restores the session from UCS's older copy.
+	Tombstone     bool   `protobuf:"varint,6,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
+	LastIndex     uint64 `protobuf:"varint,7,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -243,6 +249,20 @@ func (x *SessionSnapshot) GetNoFinalSave() bool {
 		return x.NoFinalSave
 	}
 	return false
+}
+
+func (x *SessionSnapshot) GetTombstone() bool {
+	if x != nil {
+		return x.Tombstone
+	}
+	return false
+}
+
+func (x *SessionSnapshot) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
 }
 
 // SaveProgress reports a transcript save that UCS acknowledged.
@@ -611,7 +631,7 @@ const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\x05hello\x18\x01 \x01(\v2\x1c.hachat.chat.v1.ReplicaHelloR\x05hello\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12%\n" +
 	"\x0ehandover_epoch\x18\x03 \x01(\x04R\rhandoverEpoch\x12%\n" +
-	"\x0ehandover_error\x18\x04 \x01(\tR\rhandoverError\"\xc9\x01\n" +
+	"\x0ehandover_error\x18\x04 \x01(\tR\rhandoverError\"\x86\x02\n" +
 	"\x0fSessionSnapshot\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12-\n" +
@@ -619,7 +639,10 @@ const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\rsaved_through\x18\x03 \x01(\x04R\fsavedThrough\x12\x1f\n" +
 	"\vfinal_saved\x18\x04 \x01(\bR\n" +
 	"finalSaved\x12\"\n" +
-	"\rno_final_save\x18\x05 \x01(\bR\vnoFinalSave\"\x97\x01\n" +
+	"\rno_final_save\x18\x05 \x01(\bR\vnoFinalSave\x12\x1c\n" +
+	"\ttombstone\x18\x06 \x01(\bR\ttombstone\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\a \x01(\x04R\tlastIndex\"\x97\x01\n" +
 	"\fSaveProgress\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
