@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,7 +82,7 @@ func TestChaosTwoMinutes(t *testing.T) {
 	}
 	// This run's chain is named after its pid (another run on the machine
 	// has its own).
-	chain := fmt.Sprintf("HACHAT-CHAOS-%d", cmd.Process.Pid)
+	chain := chaos.ChainName(cmd.Process.Pid)
 	if rules, err := exec.Command("iptables", "-S").CombinedOutput(); err == nil && strings.Contains(string(rules), chain) {
 		t.Errorf("this run's iptables chain %s is left:\n%s", chain, rules)
 	}
