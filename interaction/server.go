@@ -95,6 +95,7 @@ type Server struct {
 	members  map[memberKey]*member
 	byAgent  map[string]map[string]*member // agent → chat → member
 	joining  map[memberKey]bool            // supervisor joins in flight
+	ended    map[string]map[string]endedPart // agent → chat → a participation that ended lately
 	coreUp   bool                          // the chat core is reachable and the watch not known broken
 	coreEver bool                          // coreUp has been true at least once
 	lastFail time.Time                     // when a stream to the core last failed
@@ -128,6 +129,7 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry, opts ...O
 		members: map[memberKey]*member{},
 		byAgent: map[string]map[string]*member{},
 		joining: map[memberKey]bool{},
+		ended:   map[string]map[string]endedPart{},
 		dirty:   make(chan struct{}, 1),
 	}
 	s.lead = ctx
@@ -492,6 +494,49 @@ func (s *Server) dropMemberLocked(m *member, reason string) {
 	}
 	s.log.Info("participation ended", "chat", m.key.chat, "agent", m.key.agent, "mode", m.mode, "reason", reason)
 	s.hub.publish(m.key.agent, newMsg(evChatRemoved, removedJSON{ChatID: m.key.chat, Reason: reason}))
+	s.keepEndedLocked(m, reason)
+}
+
+// endedRetention is how long the transcript of an ended participation is
+// still replayed to a push channel that opens: a desktop whose channel was
+// down (or open at a deposed leader) when the chat ended still gets the
+// tail and the end once it reconnects.
+const endedRetention = 2 * time.Minute
+
+// endedPart is the cached transcript of a participation that ended, kept
+// for endedRetention.
+type endedPart struct {
+	events []chatEventJSON
+	reason string
+	at     time.Time
+}
+
+// keepEndedLocked keeps m's transcript for the push channels that open in
+// the next endedRetention, and forgets the ones older than that.
+func (s *Server) keepEndedLocked(m *member, reason string) {
+	now := s.now()
+	s.pruneEndedLocked(now)
+	if len(m.events) == 0 {
+		return
+	}
+	if s.ended[m.key.agent] == nil {
+		s.ended[m.key.agent] = map[string]endedPart{}
+	}
+	s.ended[m.key.agent][m.key.chat] = endedPart{events: m.events, reason: reason, at: now}
+}
+
+// pruneEndedLocked forgets ended participations older than endedRetention.
+func (s *Server) pruneEndedLocked(now time.Time) {
+	for agent, byChat := range s.ended {
+		for chat, e := range byChat {
+			if now.Sub(e.at) >= endedRetention {
+				delete(byChat, chat)
+			}
+		}
+		if len(byChat) == 0 {
+			delete(s.ended, agent)
+		}
+	}
 }
 
 func (s *Server) chatJSONLocked(m *member) chatJSON {
