@@ -93,13 +93,13 @@ type Server struct {
 	lead     context.Context // parent of the leader's goroutines: s.ctx, or the current term's
 	router   *Router
 	members  map[memberKey]*member
-	byAgent  map[string]map[string]*member // agent → chat → member
-	joining  map[memberKey]bool            // supervisor joins in flight
+	byAgent  map[string]map[string]*member   // agent → chat → member
+	joining  map[memberKey]bool              // supervisor joins in flight
 	ended    map[string]map[string]endedPart // agent → chat → a participation that ended lately
-	coreUp   bool                          // the chat core is reachable and the watch not known broken
-	coreEver bool                          // coreUp has been true at least once
-	lastFail time.Time                     // when a stream to the core last failed
-	refused  bool                          // the core refused the watch (bad service token)
+	coreUp   bool                            // the chat core is reachable and the watch not known broken
+	coreEver bool                            // coreUp has been true at least once
+	lastFail time.Time                       // when a stream to the core last failed
+	refused  bool                            // the core refused the watch (bad service token)
 }
 
 // New builds a Server that reaches the chat core through core (normally a
