@@ -2,6 +2,7 @@ package interaction
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 
@@ -19,15 +20,18 @@ func TestEndedChatReachesReopenedPush(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		takeover bool
+		endFirst bool // the chat ends at the old leader, which then dies
 	}{
-		{"reconnect", false},
-		{"takeover", true},
+		{"reconnect", false, false},
+		{"takeover", true, false},
+		{"ended before takeover", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var e *env
 			var p *haPair
+			store := NewMemStore()
 			if tc.takeover {
-				p = newHAPair(t, memStores())
+				p = newHAPair(t, func() (StateStore, func()) { return store, nil })
 				e = p.env
 			} else {
 				e = newEnv(t, nil)
@@ -44,7 +48,24 @@ func TestEndedChatReachesReopenedPush(t *testing.T) {
 			first.cancel() // the desktop's channel goes down
 
 			lead := e.srv
-			if tc.takeover {
+			if tc.endFirst {
+				old := p.inst[0].srv
+				e.waitFor("the channel closed at the old leader", func() bool { return old.heldNow().PushConns == 0 })
+				e.customerSay(cust, "after", "m2")
+				if _, err := e.cc.Leave(context.Background(), &chatpb.LeaveRequest{Auth: cust, EndSession: true}); err != nil {
+					t.Fatal(err)
+				}
+				e.waitFor("the ended participation saved", func() bool {
+					raw, err := store.Load(context.Background())
+					if err != nil || raw == nil {
+						return false
+					}
+					var snap Snapshot
+					return json.Unmarshal(raw, &snap) == nil && len(snap.Members) == 0 && len(snap.Ended) > 0
+				})
+				p.inst[0].crash()
+				p.waitFor("the follower leads", p.inst[1].srv.Leading)
+			} else if tc.takeover {
 				p.inst[0].crash()
 				p.waitFor("the follower leads", p.inst[1].srv.Leading)
 				lead = p.inst[1].srv
@@ -57,11 +78,13 @@ func TestEndedChatReachesReopenedPush(t *testing.T) {
 			} else {
 				e.waitFor("the channel closed", func() bool { return lead.heldNow().PushConns == 0 })
 			}
-			e.customerSay(cust, "after", "m2")
-			if _, err := e.cc.Leave(context.Background(), &chatpb.LeaveRequest{Auth: cust, EndSession: true}); err != nil {
-				t.Fatal(err)
+			if !tc.endFirst {
+				e.customerSay(cust, "after", "m2")
+				if _, err := e.cc.Leave(context.Background(), &chatpb.LeaveRequest{Auth: cust, EndSession: true}); err != nil {
+					t.Fatal(err)
+				}
+				e.waitFor("the participation ended", func() bool { return lead.heldNow().Members == 0 })
 			}
-			e.waitFor("the participation ended", func() bool { return lead.heldNow().Members == 0 })
 
 			again := e.openPush(ta)
 			again.wait("the message sent while away", chatEv(chat, "Message", "after"))

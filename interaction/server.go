@@ -503,12 +503,16 @@ func (s *Server) dropMemberLocked(m *member, reason string) {
 // tail and the end once it reconnects.
 const endedRetention = 2 * time.Minute
 
+// rereadTimeout bounds reading an ended chat's transcript again.
+const rereadTimeout = 10 * time.Second
+
 // endedPart is the cached transcript of a participation that ended, kept
 // for endedRetention.
 type endedPart struct {
 	events []chatEventJSON
 	reason string
 	at     time.Time
+	state  MemberState // what reads the transcript again after a takeover
 }
 
 // keepEndedLocked keeps m's transcript for the push channels that open in
@@ -522,7 +526,62 @@ func (s *Server) keepEndedLocked(m *member, reason string) {
 	if s.ended[m.key.agent] == nil {
 		s.ended[m.key.agent] = map[string]endedPart{}
 	}
-	s.ended[m.key.agent][m.key.chat] = endedPart{events: m.events, reason: reason, at: now}
+	s.ended[m.key.agent][m.key.chat] = endedPart{events: m.events, reason: reason, at: now, state: m.state()}
+	s.changedLocked(false) // the next leader needs it too
+}
+
+// state returns the participation as a snapshot keeps it.
+func (m *member) state() MemberState {
+	return MemberState{Chat: m.key.chat, Agent: m.key.agent, Mode: m.mode, Info: m.info,
+		SessionID: m.auth.GetSessionId(), ParticipantID: m.auth.GetParticipantId(), SecureKey: m.auth.GetSecureKey()}
+}
+
+// rereadEnded reads the transcript of a participation that ended under the
+// previous leader back from the core (which keeps an ended session readable
+// for a while), keeps it as ended here and sends it to the agent's open
+// channels: a desktop that had no channel when the old leader learnt of the
+// end still gets it. A session the core no longer has is left alone.
+func (s *Server) rereadEnded(lead context.Context, e EndedState) {
+	ctx, cancel := context.WithTimeout(lead, rereadTimeout)
+	defer cancel()
+	auth := &chatpb.Auth{SessionId: e.SessionID, ParticipantId: e.ParticipantID, SecureKey: e.SecureKey}
+	st, err := s.core.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: auth, FromIndex: 1})
+	if err != nil {
+		s.log.Debug("ended chat not read again", "chat", e.Chat, "agent", e.Agent, "err", err)
+		return
+	}
+	var evs []chatEventJSON
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			break
+		}
+		ej := toEventJSON(ev)
+		if ej.ChatID == "" {
+			ej.ChatID = e.Chat
+		}
+		evs = append(evs, ej)
+		if ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+			ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.GetFrom().GetId() == e.ParticipantID {
+			break
+		}
+	}
+	if len(evs) > transcriptCache {
+		evs = evs[len(evs)-transcriptCache:]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(evs) == 0 || s.lead != lead || lead.Err() != nil || s.byAgent[e.Agent][e.Chat] != nil {
+		return // nothing read, no longer leading, or taking part again
+	}
+	if s.ended[e.Agent] == nil {
+		s.ended[e.Agent] = map[string]endedPart{}
+	}
+	s.ended[e.Agent][e.Chat] = endedPart{events: evs, reason: e.Reason, at: e.At, state: e.MemberState}
+	for _, ej := range evs {
+		s.hub.publish(e.Agent, newMsg(evChat, ej))
+	}
+	s.hub.publish(e.Agent, newMsg(evChatRemoved, removedJSON{ChatID: e.Chat, Reason: e.Reason}))
 }
 
 // pruneEndedLocked forgets ended participations older than endedRetention.
