@@ -155,6 +155,13 @@ func (s *Server) haLoop(ctx context.Context) {
 		var lwg sync.WaitGroup
 		if err := s.takeOver(lctx, term, &lwg); err != nil {
 			s.log.Error("could not take over interaction leadership: resigning", "err", err)
+			// takeOver may have set the term before its first save failed:
+			// this instance must not answer as the leader with the state
+			// it is about to forget (every token would be unknown).
+			s.ha.mu.Lock()
+			s.ha.term = nil
+			s.ha.mu.Unlock()
+			s.metrics.leader.Set(0)
 			lcancel()
 			lwg.Wait()
 			ccancel()
@@ -250,6 +257,7 @@ func (s *Server) forget() {
 	s.members = map[memberKey]*member{}
 	s.byAgent = map[string]map[string]*member{}
 	s.joining = map[memberKey]bool{}
+	s.ended = map[string]map[string]endedPart{}
 	s.router = NewRouter(s.cfg.MaxChatsPerAgent, s.cfg.OfferTimeout)
 	s.coreUp, s.coreEver, s.refused = false, false, false
 	s.lead = s.ctx

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -422,4 +423,62 @@ func TestIneligibleLeaderResigns(t *testing.T) {
 		p.url = in.url
 		p.mustDo("GET", "/agent/v1/state", tok, nil)
 	}
+}
+
+// failFirstTerm is a MemStore whose first term cannot save (lost at once,
+// as when etcd's lease lapsed during the takeover) and whose later
+// campaigns wait for release.
+type failFirstTerm struct {
+	*MemStore
+	campaigns atomic.Int32
+	release   chan struct{}
+}
+
+type unsavableTerm struct{ Term }
+
+func (unsavableTerm) Save(context.Context, []byte) error { return ErrNotLeader }
+
+func (f *failFirstTerm) Campaign(ctx context.Context, addr string) (Term, error) {
+	if f.campaigns.Add(1) > 1 {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-f.release:
+		}
+		return f.MemStore.Campaign(ctx, addr)
+	}
+	t, err := f.MemStore.Campaign(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return unsavableTerm{t}, nil
+}
+
+// TestFailedTakeoverFollows: an instance whose takeover fails (its first
+// save refused) resigns and follows; it must not go on answering as the
+// leader with an empty state, which refused every token with 401 and made
+// each desktop log in again (hachat chaos --seed 2026: 1,200 refusals in
+// 40 s at interaction-2).
+func TestFailedTakeoverFollows(t *testing.T) {
+	f := newFakeCore(testToken)
+	raw := chatpb.NewChatClient(dialFake(t, serveFake(t, f)))
+	cfg := DefaultConfig()
+	cfg.ServiceToken = testToken
+	cfg.HTTP = "127.0.0.1:0"
+	cfg.Accounts = writeTestAccounts(t)
+	e := &env{t: t, core: f, cc: raw}
+	st := &failFirstTerm{MemStore: NewMemStore(), release: make(chan struct{})}
+	in := startInstance(t, e, st, cfg, nil)
+	e.srv, e.url = in.srv, in.url
+	e.waitFor("the failed takeover", func() bool { return st.campaigns.Load() >= 2 })
+	if in.srv.Leading() {
+		t.Fatal("an instance whose takeover failed still answers as the leader")
+	}
+	if code, out := e.do("GET", "/agent/v1/state", "some-token", nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("state with no leader: %d %v, want 503 (retry), not a refused token", code, out)
+	}
+	close(st.release)
+	e.waitFor("it leads at its next term", in.srv.Leading)
+	tok := e.login("a", "agent")
+	e.mustDo("GET", "/agent/v1/state", tok, nil)
 }

@@ -185,6 +185,7 @@ func (s *Server) sessionSweeper(ctx context.Context, every time.Duration) {
 			if len(s.byAgent[id]) == 0 {
 				if ns, err := s.router.Logout(id, s.now()); err == nil {
 					s.apply(ns)
+					delete(s.ended, id)
 					s.hub.publish(id, newMsg(evLoggedOut, struct{}{}))
 					s.hub.closeAgent(id)
 				}

@@ -49,6 +49,7 @@ func (s *Server) logout(agent string) error {
 		return err
 	}
 	s.apply(ns)
+	delete(s.ended, agent)
 	n := s.authn.sessions.RevokeUser(agent)
 	s.log.Info("agent logged out", "agent", agent, "sessionsRevoked", n)
 	s.hub.publish(agent, newMsg(evLoggedOut, struct{}{}))
@@ -112,6 +113,19 @@ func (s *Server) subscribe(agent string) (*subscriber, error) {
 		for _, ev := range byChat[id].events {
 			msgs = append(msgs, newMsg(evChat, ev))
 		}
+	}
+	// Chats that ended lately: their tail and end may have gone out while
+	// this desktop had no channel here (a reconnect, a takeover).
+	s.pruneEndedLocked(s.now())
+	ended := s.ended[agent]
+	for _, id := range slices.Sorted(maps.Keys(ended)) {
+		if byChat[id] != nil {
+			continue // taken part in again: replayed above
+		}
+		for _, ev := range ended[id].events {
+			msgs = append(msgs, newMsg(evChat, ev))
+		}
+		msgs = append(msgs, newMsg(evChatRemoved, removedJSON{ChatID: id, Reason: ended[id].reason}))
 	}
 	return s.hub.add(agent, msgs), nil
 }

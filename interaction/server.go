@@ -93,12 +93,13 @@ type Server struct {
 	lead     context.Context // parent of the leader's goroutines: s.ctx, or the current term's
 	router   *Router
 	members  map[memberKey]*member
-	byAgent  map[string]map[string]*member // agent → chat → member
-	joining  map[memberKey]bool            // supervisor joins in flight
-	coreUp   bool                          // the chat core is reachable and the watch not known broken
-	coreEver bool                          // coreUp has been true at least once
-	lastFail time.Time                     // when a stream to the core last failed
-	refused  bool                          // the core refused the watch (bad service token)
+	byAgent  map[string]map[string]*member   // agent → chat → member
+	joining  map[memberKey]bool              // supervisor joins in flight
+	ended    map[string]map[string]endedPart // agent → chat → a participation that ended lately
+	coreUp   bool                            // the chat core is reachable and the watch not known broken
+	coreEver bool                            // coreUp has been true at least once
+	lastFail time.Time                       // when a stream to the core last failed
+	refused  bool                            // the core refused the watch (bad service token)
 }
 
 // New builds a Server that reaches the chat core through core (normally a
@@ -128,6 +129,7 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry, opts ...O
 		members: map[memberKey]*member{},
 		byAgent: map[string]map[string]*member{},
 		joining: map[memberKey]bool{},
+		ended:   map[string]map[string]endedPart{},
 		dirty:   make(chan struct{}, 1),
 	}
 	s.lead = ctx
@@ -492,6 +494,108 @@ func (s *Server) dropMemberLocked(m *member, reason string) {
 	}
 	s.log.Info("participation ended", "chat", m.key.chat, "agent", m.key.agent, "mode", m.mode, "reason", reason)
 	s.hub.publish(m.key.agent, newMsg(evChatRemoved, removedJSON{ChatID: m.key.chat, Reason: reason}))
+	s.keepEndedLocked(m, reason)
+}
+
+// endedRetention is how long the transcript of an ended participation is
+// still replayed to a push channel that opens: a desktop whose channel was
+// down (or open at a deposed leader) when the chat ended still gets the
+// tail and the end once it reconnects.
+const endedRetention = 2 * time.Minute
+
+// rereadTimeout bounds reading an ended chat's transcript again.
+const rereadTimeout = 10 * time.Second
+
+// endedPart is the cached transcript of a participation that ended, kept
+// for endedRetention.
+type endedPart struct {
+	events []chatEventJSON
+	reason string
+	at     time.Time
+	state  MemberState // what reads the transcript again after a takeover
+}
+
+// keepEndedLocked keeps m's transcript for the push channels that open in
+// the next endedRetention, and forgets the ones older than that.
+func (s *Server) keepEndedLocked(m *member, reason string) {
+	now := s.now()
+	s.pruneEndedLocked(now)
+	if len(m.events) == 0 {
+		return
+	}
+	if s.ended[m.key.agent] == nil {
+		s.ended[m.key.agent] = map[string]endedPart{}
+	}
+	s.ended[m.key.agent][m.key.chat] = endedPart{events: m.events, reason: reason, at: now, state: m.state()}
+	s.changedLocked(false) // the next leader needs it too
+}
+
+// state returns the participation as a snapshot keeps it.
+func (m *member) state() MemberState {
+	return MemberState{Chat: m.key.chat, Agent: m.key.agent, Mode: m.mode, Info: m.info,
+		SessionID: m.auth.GetSessionId(), ParticipantID: m.auth.GetParticipantId(), SecureKey: m.auth.GetSecureKey()}
+}
+
+// rereadEnded reads the transcript of a participation that ended under the
+// previous leader back from the core (which keeps an ended session readable
+// for a while), keeps it as ended here and sends it to the agent's open
+// channels: a desktop that had no channel when the old leader learnt of the
+// end still gets it. A session the core no longer has is left alone.
+func (s *Server) rereadEnded(lead context.Context, e EndedState) {
+	ctx, cancel := context.WithTimeout(lead, rereadTimeout)
+	defer cancel()
+	auth := &chatpb.Auth{SessionId: e.SessionID, ParticipantId: e.ParticipantID, SecureKey: e.SecureKey}
+	st, err := s.core.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: auth, FromIndex: 1})
+	if err != nil {
+		s.log.Debug("ended chat not read again", "chat", e.Chat, "agent", e.Agent, "err", err)
+		return
+	}
+	var evs []chatEventJSON
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			break
+		}
+		ej := toEventJSON(ev)
+		if ej.ChatID == "" {
+			ej.ChatID = e.Chat
+		}
+		evs = append(evs, ej)
+		if ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+			ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.GetFrom().GetId() == e.ParticipantID {
+			break
+		}
+	}
+	if len(evs) > transcriptCache {
+		evs = evs[len(evs)-transcriptCache:]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(evs) == 0 || s.lead != lead || lead.Err() != nil || s.byAgent[e.Agent][e.Chat] != nil {
+		return // nothing read, no longer leading, or taking part again
+	}
+	if s.ended[e.Agent] == nil {
+		s.ended[e.Agent] = map[string]endedPart{}
+	}
+	s.ended[e.Agent][e.Chat] = endedPart{events: evs, reason: e.Reason, at: e.At, state: e.MemberState}
+	for _, ej := range evs {
+		s.hub.publish(e.Agent, newMsg(evChat, ej))
+	}
+	s.hub.publish(e.Agent, newMsg(evChatRemoved, removedJSON{ChatID: e.Chat, Reason: e.Reason}))
+}
+
+// pruneEndedLocked forgets ended participations older than endedRetention.
+func (s *Server) pruneEndedLocked(now time.Time) {
+	for agent, byChat := range s.ended {
+		for chat, e := range byChat {
+			if now.Sub(e.at) >= endedRetention {
+				delete(byChat, chat)
+			}
+		}
+		if len(byChat) == 0 {
+			delete(s.ended, agent)
+		}
+	}
 }
 
 func (s *Server) chatJSONLocked(m *member) chatJSON {

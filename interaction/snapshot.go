@@ -20,6 +20,9 @@ type Snapshot struct {
 	Sessions []auth.SessionRecord `json:"sessions"`
 	Router   RouterState          `json:"router"`
 	Members  []MemberState        `json:"members"`
+	// Ended are the participations that ended lately (endedRetention): a
+	// new leader reads their transcripts again for desktops that reconnect.
+	Ended []EndedState `json:"ended,omitempty"`
 	// Saved is when the leader took the snapshot.
 	Saved time.Time `json:"saved"`
 }
@@ -66,6 +69,13 @@ type MemberState struct {
 	SessionID     string   `json:"sessionId"`
 	ParticipantID string   `json:"participantId"`
 	SecureKey     string   `json:"secureKey"`
+}
+
+// EndedState is a participation that ended: when and why.
+type EndedState struct {
+	MemberState
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
 }
 
 // State returns a copy of the router's state. Work in flight (a join, a
@@ -163,8 +173,13 @@ func (s *Server) snapshotLocked() Snapshot {
 		if m.gone {
 			continue
 		}
-		snap.Members = append(snap.Members, MemberState{Chat: key.chat, Agent: key.agent, Mode: m.mode, Info: m.info,
-			SessionID: m.auth.GetSessionId(), ParticipantID: m.auth.GetParticipantId(), SecureKey: m.auth.GetSecureKey()})
+		snap.Members = append(snap.Members, m.state())
+	}
+	for _, agent := range slices.Sorted(maps.Keys(s.ended)) {
+		for _, chat := range slices.Sorted(maps.Keys(s.ended[agent])) {
+			e := s.ended[agent][chat]
+			snap.Ended = append(snap.Ended, EndedState{MemberState: e.state, Reason: e.reason, At: e.at})
+		}
 	}
 	return snap
 }
@@ -201,6 +216,14 @@ func (s *Server) restoreLocked(snap Snapshot) error {
 		key := memberKey{chat: ms.Chat, agent: ms.Agent}
 		joined[key] = true
 		s.addMemberLocked(key, ms.Info, &chatpb.Auth{SessionId: ms.SessionID, ParticipantId: ms.ParticipantID, SecureKey: ms.SecureKey}, ms.Mode)
+	}
+	s.ended = map[string]map[string]endedPart{}
+	for _, e := range snap.Ended {
+		if joined[memberKey{chat: e.Chat, agent: e.Agent}] || s.now().Sub(e.At) >= endedRetention {
+			continue
+		}
+		lead := s.lead
+		s.wg.Go(func() { s.rereadEnded(lead, e) })
 	}
 	for _, cv := range r.Chats() {
 		if cv.State == ChatAssigned && !joined[memberKey{chat: cv.Info.ID, agent: cv.Agent}] {
