@@ -254,18 +254,38 @@ func (d *desk) do(ctx context.Context, method, path string, body, out any) error
 	return nil
 }
 
+// login logs the desk in; a retryable refusal (no interaction leader right
+// now, a takeover under way: 503 with Retry-After) is tried again for up to
+// loginRetryFor, as the desktop does.
 func (d *desk) login(ctx context.Context) error {
 	var out struct {
 		Token string `json:"token"`
 	}
-	if err := d.do(ctx, http.MethodPost, "/agent/v1/login", map[string]string{"agentId": d.id, "password": d.pass}, &out); err != nil {
-		return fmt.Errorf("login %s: %w", d.id, err)
+	deadline := time.Now().Add(loginRetryFor)
+	for {
+		err := d.do(ctx, http.MethodPost, "/agent/v1/login", map[string]string{"agentId": d.id, "password": d.pass}, &out)
+		if err == nil {
+			break
+		}
+		var ae *agentErr
+		if !errors.As(err, &ae) || ae.status != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			return fmt.Errorf("login %s: %w", d.id, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("login %s: %w", d.id, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 	d.mu.Lock()
 	d.token = out.Token
 	d.mu.Unlock()
 	return nil
 }
+
+// loginRetryFor bounds how long a login retries a 503 (an interaction
+// takeover waits for a 2 s lease).
+const loginRetryFor = 15 * time.Second
 
 // call runs one agent API request; a 401 (the session is gone) logs in
 // again and tries once more.

@@ -111,6 +111,9 @@ func TestComposeShape(t *testing.T) {
 			if !strings.Contains(args, "--core=127.0.0.1:") {
 				t.Errorf("%s: %s: want --core on loopback (its sidecar)", name, args)
 			}
+			if !strings.Contains(args, "--proxy-protocol-from=${HACHAT_SUBNET:-172.28.71}.40") {
+				t.Errorf("%s: %s: want the edge's PROXY protocol header trusted (the edge sends one on every connection)", name, args)
+			}
 			if !strings.Contains(args, "--gossip-name="+name+" ") || !strings.Contains(args, "--gossip-join=") {
 				t.Errorf("%s: %s: want it registered in the gossip cluster under its name (the edge learns it)", name, args)
 			}
