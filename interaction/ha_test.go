@@ -390,7 +390,6 @@ func TestUnchangedStateNotWritten(t *testing.T) {
 	}
 }
 
-
 // failFirstTerm is a MemStore whose first term cannot save (lost at once,
 // as when etcd's lease lapsed during the takeover) and whose later
 // campaigns wait for release.
