@@ -17,7 +17,6 @@ type metrics struct {
 	coreRetries   *prometheus.CounterVec
 	refused       *prometheus.CounterVec
 	lenient       *prometheus.CounterVec
-	sseEnded      prometheus.Counter
 }
 
 // newMetrics registers the series on reg.
@@ -61,12 +60,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hachat_webapi_lenient_total",
 			Help: "Requests of GMS clients accepted leniently, by kind (trailing-slash: a path ending in /; position-placeholder: transcriptPosition NaN, undefined or null, read as not given; json-as-form: a JSON object labelled as a form).",
 		}, []string{"kind"}),
-		sseEnded: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hachat_webapi_push_channels_reset_total",
-			Help: "Times every open push channel was ended because the instance withdrew from the edge's rotation (no path to the chat cores).",
-		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused, m.lenient, m.sseEnded} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused, m.lenient} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register webapi metrics: %w", err)
 		}

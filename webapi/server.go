@@ -53,30 +53,6 @@ type Server struct {
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when Run begins shutting down: ends push channels
-
-	pushMu    sync.Mutex
-	pushReset chan struct{} // closed (and replaced) by EndPushChannels
-}
-
-// EndPushChannels ends every push channel open now: each browser's
-// EventSource reconnects with Last-Event-ID, through the edge, to an
-// instance that can serve it. The instance calls it when it withdraws from
-// the edge's rotation because it cannot reach the chat cores (its sidecar
-// died): its open channels would otherwise wait on a core they cannot reach.
-func (s *Server) EndPushChannels(reason string) {
-	s.pushMu.Lock()
-	close(s.pushReset)
-	s.pushReset = make(chan struct{})
-	s.pushMu.Unlock()
-	s.metrics.sseEnded.Inc()
-	s.log.Warn("ending every push channel: browsers reconnect to another instance", "reason", reason)
-}
-
-// pushEnd returns the channel that EndPushChannels closes next.
-func (s *Server) pushEnd() <-chan struct{} {
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
-	return s.pushReset
 }
 
 // New builds a Server that reaches the chat core through core. It registers
@@ -131,17 +107,16 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		return nil, fmt.Errorf("webapi: parse page: %w", err)
 	}
 	s := &Server{
-		cfg:       cfg,
-		core:      core,
-		tel:       tel,
-		log:       tel.Logger.With("component", "webapi"),
-		metrics:   m,
-		page:      page,
-		stopping:  make(chan struct{}),
-		pushReset: make(chan struct{}),
-		starts:    starts,
-		origins:   origins,
-		proxies:   proxies,
+		cfg:      cfg,
+		core:     core,
+		tel:      tel,
+		log:      tel.Logger.With("component", "webapi"),
+		metrics:  m,
+		page:     page,
+		stopping: make(chan struct{}),
+		starts:   starts,
+		origins:  origins,
+		proxies:  proxies,
 	}
 	s.handler = s.routes()
 	return s, nil

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/telemetry"
@@ -33,15 +35,10 @@ func (f *registerFile) registerFlags(fs *flag.FlagSet) {
 }
 
 // register joins the gossip cluster as a member of kind (webapi or
-// interaction) advertising addr, when --gossip-join is set, and stays
-// registered only while a TCP connection to one of core (the sidecar's
-// listener, or the cores) succeeds: an instance cut off from the cores
-// withdraws so that the edge moves its clients to the others
-// (membership.Presence). The returned stop leaves the cluster (the control
-// plane then unpublishes the instance at once). onChange, when not nil, is
-// told of each withdrawal and new registration. Without --gossip-join it
-// does nothing.
-func (f registerFile) register(ctx context.Context, kind string, addr net.Addr, core []string, onChange func(registered bool), tel *telemetry.Telemetry) (stop func(), err error) {
+// interaction) advertising addr, when --gossip-join is set. The returned
+// stop leaves the cluster (the control plane then unpublishes the instance
+// at once). Without --gossip-join it does nothing.
+func (f registerFile) register(ctx context.Context, kind string, addr net.Addr, tel *telemetry.Telemetry) (stop func(), err error) {
 	if len(f.Gossip.Join) == 0 {
 		return func() {}, nil
 	}
@@ -50,11 +47,17 @@ func (f registerFile) register(ctx context.Context, kind string, addr net.Addr, 
 	if g.Name == "" {
 		g.Name = kind
 	}
-	p, err := membership.StartPresence(ctx, g, membership.Meta{Kind: kind, HTTPAddr: addr.String()}, tel,
-		membership.PresenceConfig{OnChange: onChange}, membership.DialAny(core))
+	m, err := membership.New(ctx, g, membership.Meta{Kind: kind, HTTPAddr: addr.String()}, tel)
 	if err != nil {
 		return nil, fmt.Errorf("join the gossip cluster: %w", err)
 	}
 	tel.Logger.Info("registered in the gossip cluster", "name", g.Name, "kind", kind, "http", addr.String())
-	return func() { p.Stop(ctx) }, nil
+	return func() {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := m.Leave(lctx); err != nil && !errors.Is(err, membership.ErrClosed) {
+			tel.Logger.Warn("leave the gossip cluster", "err", err)
+		}
+		m.Shutdown()
+	}, nil
 }

@@ -43,12 +43,7 @@ func runWebAPI(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
-	leave, err := file.Register.register(ctx, "webapi", ln.Addr(), part.targets, func(registered bool) {
-		if !registered {
-			// Out of the edge's rotation: the browsers reconnect elsewhere.
-			srv.EndPushChannels("no path to the chat cores")
-		}
-	}, part.tel)
+	leave, err := file.Register.register(ctx, "webapi", ln.Addr(), part.tel)
 	if err != nil {
 		ln.Close()
 		return err
