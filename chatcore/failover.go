@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/transcript"
@@ -628,19 +629,55 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 	s.mu.Lock()
 	present := s.st.participants()
 	s.mu.Unlock()
+	var notices []*chatpb.Event
 	for _, kind := range []chatpb.EventKind{chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED} {
 		for _, p := range present {
-			_, _, err := c.appendWith(ctx, s, false, func(st *state) (*chatpb.Event, uint64, error) {
-				if st.ended {
-					return nil, 0, errEnded
-				}
-				return &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": reason}}, 0, nil
-			})
-			if err != nil {
+			notices = append(notices, &chatpb.Event{Kind: kind, From: p, Visibility: p.Visibility, Attrs: map[string]string{"reason": reason}})
+		}
+	}
+	rest, err := c.appendNotices(ctx, s, notices)
+	if err == nil || status.Code(err) != codes.Unavailable {
+		return
+	}
+	// No second copy possible right now (backup away and UCS down, or an
+	// event in doubt): the notices wait, in order, until one is possible,
+	// rather than being dropped.
+	c.log.WarnContext(ctx, "failover notices wait for a second copy", "session", s.id, "notices", len(rest), "err", err)
+	c.spawn(func(ctx context.Context) {
+		delay := 50 * time.Millisecond
+		deadline := time.Now().Add(time.Minute)
+		for len(rest) > 0 && time.Now().Before(deadline) && c.primary.Load() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, time.Second)
+			if rest, err = c.appendNotices(ctx, s, rest); err != nil && status.Code(err) != codes.Unavailable {
 				return
 			}
 		}
+		if len(rest) > 0 {
+			c.log.WarnContext(ctx, "failover notices given up", "session", s.id, "notices", len(rest))
+		}
+	})
+}
+
+// appendNotices appends the notices in order and returns those not
+// appended: all from the first that failed (with its error).
+func (c *Core) appendNotices(ctx context.Context, s *session, notices []*chatpb.Event) ([]*chatpb.Event, error) {
+	for i, ev := range notices {
+		_, _, err := c.appendWith(ctx, s, false, func(st *state) (*chatpb.Event, uint64, error) {
+			if st.ended {
+				return nil, 0, errEnded
+			}
+			return proto.Clone(ev).(*chatpb.Event), 0, nil
+		})
+		if err != nil {
+			return notices[i:], err
+		}
 	}
+	return nil, nil
 }
 
 // mergeFromUCS appends the events UCS holds beyond the local log (second
