@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -29,18 +30,30 @@ func TestCoresConfiguredAlikeAsInAStatefulSet(t *testing.T) {
 			c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, TLS: true, CoordMembers: tc.coordMembers, Tune: func(p demo.Plan) demo.Plan {
 				return p.WithKind(demo.KindCore, "--role=primary", "--peer=", "--witness=")
 			}})
-			c.WaitRole("core-a", "primary", 15*time.Second)
-			c.WaitRole("core-b", "backup", 15*time.Second)
-			c.WaitBackupInSync("core-a", 15*time.Second)
+			// Either may win the first claim: both start as primary.
+			var first, second string
+			harness.Eventually(t, "one core primary, the other backup", 15*time.Second, func() error {
+				a, b := c.Role("core-a"), c.Role("core-b")
+				switch {
+				case a == "primary" && b == "backup":
+					first, second = "core-a", "core-b"
+				case b == "primary" && a == "backup":
+					first, second = "core-b", "core-a"
+				default:
+					return fmt.Errorf("core-a %q, core-b %q", a, b)
+				}
+				return nil
+			})
+			c.WaitBackupInSync(first, 15*time.Second)
 
-			c.Kill("core-a", syscall.SIGKILL)
-			c.WaitRole("core-b", "primary", 15*time.Second)
+			c.Kill(first, syscall.SIGKILL)
+			c.WaitRole(second, "primary", 15*time.Second)
 
-			c.Restart("core-a")
-			c.WaitRole("core-a", "backup", 15*time.Second)
-			c.WaitBackupInSync("core-b", 15*time.Second)
-			if r := c.Role("core-b"); r != "primary" {
-				t.Fatalf("core-b is %q after core-a's restart, want primary", r)
+			c.Restart(first)
+			c.WaitRole(first, "backup", 15*time.Second)
+			c.WaitBackupInSync(second, 15*time.Second)
+			if r := c.Role(second); r != "primary" {
+				t.Fatalf("%s is %q after %s's restart, want primary", second, r, first)
 			}
 		})
 	}

@@ -70,7 +70,7 @@ func TestDesktopSurvivesInteractionKill9(t *testing.T) {
 	if err := waitJS(tab, "the reconnecting line", `window.__lines.includes(`+jsString(deskLostLine)+`)`); err != nil {
 		fail("%v", err)
 	}
-	if err := waitJS(tab, "Connected again", `window.__lines.length > 1 && document.getElementById("status").textContent === "Connected"`); err != nil {
+	if err := waitJS(tab, "Connected again", `window.__lines.slice(window.__lines.indexOf(`+jsString(deskLostLine)+`) + 1).includes("Connected")`); err != nil {
 		lines, _ := chromedp.Run(tab, chromedp.Evaluate[[]string](`window.__lines`))
 		fail("%v (lines %q)", err, lines)
 	}
