@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/hachat/hachat/coord/coordtest"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,42 +21,11 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// startEtcd runs a real one-member etcd cluster in process (embed), on free
-// loopback ports in a temporary directory, with the coordination members'
-// timings (a one-second lease is allowed), and returns a client of it. Both
-// stop when the test ends.
+// startEtcd runs a real one-member etcd in process (coordtest) and returns
+// a client of it; both stop when the test ends.
 func startEtcd(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Name = "etcd-test"
-	cfg.Dir = t.TempDir()
-	cl, pl := listen(t), listen(t)
-	cu, _ := url.Parse("http://" + cl.Addr().String())
-	pu, _ := url.Parse("http://" + pl.Addr().String())
-	cl.Close()
-	pl.Close()
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.TickMs, cfg.ElectionMs = 50, 600
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
-		t.Fatal("etcd not ready within 20 s")
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return coordtest.Client(t, coordtest.Start(t))
 }
 
 // TestEtcdFencer holds the Fencer contract against a real etcd: claims are
