@@ -56,11 +56,14 @@ type Core struct {
 	watchMu  sync.Mutex
 	watchers map[*watcher]struct{}
 
-	roleMu   sync.Mutex
-	role     string
-	epoch    atomic.Uint64
-	primary  atomic.Bool
-	draining atomic.Bool
+	roleMu sync.Mutex
+	// termEpoch is the epoch this core claimed for its current term as
+	// primary (guarded by roleMu; see roleEpoch).
+	termEpoch uint64
+	role      string
+	epoch     atomic.Uint64
+	primary   atomic.Bool
+	draining  atomic.Bool
 	// unmerged is set while a new primary merges what UCS holds beyond a
 	// stale replica: it answers no Chat call and reports NOT_SERVING, so
 	// that it never assigns an index the old primary may have acknowledged.
@@ -183,7 +186,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.roleCh = make(chan struct{})
 	c.restoring = make(map[string]chan struct{})
 	c.progressDirty = make(map[*session]struct{})
-	c.setRoleMetrics(RoleBackup)
+	c.m.role.snapshot = c.roleEpoch
 	return c, nil
 }
 
@@ -200,14 +203,18 @@ func (c *Core) Role() string {
 // Epoch returns the newest epoch this core knows.
 func (c *Core) Epoch() uint64 { return c.epoch.Load() }
 
-func (c *Core) setRoleMetrics(role string) {
-	for _, r := range []string{RolePrimary, RoleBackup} {
-		v := 0.0
-		if r == role {
-			v = 1
-		}
-		c.m.role.WithLabelValues(r).Set(v)
+// roleEpoch returns the role with the epoch that goes with it, read together:
+// a primary's own epoch (the one it claimed, even after it heard of a newer
+// one and before it stepped down), a backup's newest known epoch. /status,
+// /metrics and the gossiped meta report this pair, so no reader ever sees a
+// primary at an epoch another core holds.
+func (c *Core) roleEpoch() (string, uint64) {
+	c.roleMu.Lock()
+	defer c.roleMu.Unlock()
+	if c.role == RolePrimary {
+		return c.role, c.termEpoch
 	}
+	return c.role, c.epoch.Load()
 }
 
 // becomePrimaryLocked makes this core primary at epoch. With serving false
@@ -215,13 +222,12 @@ func (c *Core) setRoleMetrics(role string) {
 // NOT_SERVING until finishRestoring. Call with roleMu held.
 func (c *Core) becomePrimaryLocked(epoch uint64, serving bool) {
 	c.epoch.Store(epoch)
+	c.termEpoch = epoch
 	c.draining.Store(false)
 	c.unmerged.Store(!serving)
 	c.role = RolePrimary
 	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
 	c.primary.Store(true)
-	c.m.epoch.Set(float64(epoch))
-	c.setRoleMetrics(RolePrimary)
 	if serving {
 		c.health.SetServingStatus(ChatServiceName, healthServing)
 	} else {
@@ -263,10 +269,7 @@ func (c *Core) roleChanged() <-chan struct{} {
 func (c *Core) stepDown(reason string, newer uint64) {
 	c.roleMu.Lock()
 	defer c.roleMu.Unlock()
-	if newer > c.epoch.Load() {
-		c.epoch.Store(newer)
-		c.m.epoch.Set(float64(newer))
-	}
+	c.observeEpoch(newer)
 	if c.role != RolePrimary {
 		return
 	}
@@ -276,7 +279,6 @@ func (c *Core) stepDown(reason string, newer uint64) {
 	c.unmerged.Store(false)
 	c.streamEnd()
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
-	c.setRoleMetrics(RoleBackup)
 	c.m.stepDowns.Inc()
 	c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
 	c.m.solo.Set(0)
@@ -382,9 +384,6 @@ func (c *Core) observeEpoch(e uint64) {
 	for {
 		cur := c.epoch.Load()
 		if e <= cur || c.epoch.CompareAndSwap(cur, e) {
-			if e > cur {
-				c.m.epoch.Set(float64(e))
-			}
 			return
 		}
 	}

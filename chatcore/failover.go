@@ -310,13 +310,13 @@ func (c *Core) publishMeta(ctx context.Context) {
 	}
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
-	role := c.Role()
+	role, epoch := c.roleEpoch()
 	if c.unmerged.Load() {
 		// Not serving yet: the control plane must not route to it (it
 		// gossips primary once finishRestoring opened it).
 		role = RoleBackup
 	}
-	meta := membership.Meta{Kind: membership.KindCore, Role: role, Epoch: c.epoch.Load(), GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
+	meta := membership.Meta{Kind: membership.KindCore, Role: role, Epoch: epoch, GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := c.members.SetMeta(ctx, meta); err != nil && ctx.Err() == nil {

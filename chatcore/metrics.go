@@ -8,23 +8,24 @@ import (
 
 // metrics are the core's Prometheus metrics, all prefixed hachat_core_.
 type metrics struct {
-	sessionsLive      prometheus.Gauge
-	sessionsStarted   prometheus.Counter
-	requestRetries    prometheus.Counter
-	sessionsEnded     *prometheus.CounterVec // reason
-	events            *prometheus.CounterVec // kind
-	rpcs              *prometheus.CounterVec // method, code
-	appendSeconds     prometheus.Histogram
-	subscribers       prometheus.Gauge
-	subscriberDrops   prometheus.Counter
-	saves             *prometheus.CounterVec // result
-	saveResends       prometheus.Counter
-	saveGiveUps       prometheus.Counter
-	resendsExhausted  prometheus.Counter
-	savesRecovered    prometheus.Counter
-	breakerState      prometheus.Gauge
-	role              *prometheus.GaugeVec // role
-	epoch             prometheus.Gauge
+	sessionsLive     prometheus.Gauge
+	sessionsStarted  prometheus.Counter
+	requestRetries   prometheus.Counter
+	sessionsEnded    *prometheus.CounterVec // reason
+	events           *prometheus.CounterVec // kind
+	rpcs             *prometheus.CounterVec // method, code
+	appendSeconds    prometheus.Histogram
+	subscribers      prometheus.Gauge
+	subscriberDrops  prometheus.Counter
+	saves            *prometheus.CounterVec // result
+	saveResends      prometheus.Counter
+	saveGiveUps      prometheus.Counter
+	resendsExhausted prometheus.Counter
+	savesRecovered   prometheus.Counter
+	breakerState     prometheus.Gauge
+	// role and epoch are read together from one snapshot (roleCollector),
+	// so no scrape ever pairs one role with another state's epoch.
+	role              *roleCollector
 	failovers         prometheus.Counter
 	stepDowns         prometheus.Counter
 	promotionsDropped prometheus.Counter
@@ -74,8 +75,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		savesRecovered: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_transcript_saves_recovered_total",
 			Help: "Saves that succeeded after an earlier save of the same session had exhausted its resend attempts or met a non-recoverable error."}),
 		breakerState:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_transcript_breaker_state", Help: "UCS circuit breaker: 0 closed, 1 half-open, 2 open."}),
-		role:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_role", Help: "1 for the role this core holds."}, []string{"role"}),
-		epoch:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_epoch", Help: "Epoch this core knows as newest (its own when primary)."}),
+		role:              newRoleCollector(),
 		failovers:         prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_failovers_total", Help: "Promotions of this core to primary."}),
 		stepDowns:         prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_step_downs_total", Help: "Times this core stepped down from primary."}),
 		promotionsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_core_promotions_dropped_total", Help: "Decisions to promote dropped because the re-check before the epoch claim found the primary alive or this core cut off."}),
@@ -105,7 +105,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
 		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.resendsExhausted, m.savesRecovered, m.breakerState,
-		m.role, m.epoch, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
+		m.role, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
 		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch, m.fencingFailures, m.solo, m.inDoubt, m.doubtResolved, m.tombstones)
 	// Every known label value exists from the start at 0, so a reader that
 	// finds no series knows the metric was renamed, not merely still zero.
@@ -122,4 +122,42 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.restored.WithLabelValues(s)
 	}
 	return m
+}
+
+// roleCollector exposes hachat_core_role{role} and hachat_core_epoch from one
+// snapshot of the core's role state, taken under the core's role lock: a
+// scrape concurrent with a step down sees the primary at its own epoch or the
+// backup at the newer one, never the primary at the epoch that fenced it.
+type roleCollector struct {
+	roleDesc, epochDesc *prometheus.Desc
+	// snapshot returns the role and the epoch to report with it; set once
+	// by New before the core is reachable.
+	snapshot func() (role string, epoch uint64)
+}
+
+func newRoleCollector() *roleCollector {
+	return &roleCollector{
+		roleDesc:  prometheus.NewDesc("hachat_core_role", "1 for the role this core holds.", []string{"role"}, nil),
+		epochDesc: prometheus.NewDesc("hachat_core_epoch", "Epoch of this core's term while primary; as backup, the newest epoch it knows.", nil, nil),
+		snapshot:  func() (string, uint64) { return RoleBackup, 0 },
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (r *roleCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- r.roleDesc
+	ch <- r.epochDesc
+}
+
+// Collect implements prometheus.Collector.
+func (r *roleCollector) Collect(ch chan<- prometheus.Metric) {
+	role, epoch := r.snapshot()
+	for _, name := range []string{RolePrimary, RoleBackup} {
+		v := 0.0
+		if name == role {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(r.roleDesc, prometheus.GaugeValue, v, name)
+	}
+	ch <- prometheus.MustNewConstMetric(r.epochDesc, prometheus.GaugeValue, float64(epoch))
 }

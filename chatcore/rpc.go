@@ -684,8 +684,9 @@ func (c *Core) status() *chatpb.StatusResponse {
 	c.mu.RLock()
 	live := c.live
 	c.mu.RUnlock()
+	role, epoch := c.roleEpoch()
 	st := &chatpb.StatusResponse{
-		Name: c.cfg.Name, Role: c.Role(), Epoch: c.epoch.Load(), LiveSessions: uint64(max(live, 0)),
+		Name: c.cfg.Name, Role: role, Epoch: epoch, LiveSessions: uint64(max(live, 0)),
 		// A primary still merging UCS reports draining too: sidecars and
 		// clients that skip a draining primary skip it until it serves.
 		Draining: c.draining.Load() || c.unmerged.Load(), ReplicationLag: c.repl.lag(),

@@ -224,7 +224,8 @@ func (c *Core) httpHandler() http.Handler {
 	mux.Handle("GET /metrics", c.tel.MetricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "ok %s %s epoch %d\n", c.cfg.Name, c.Role(), c.epoch.Load())
+		role, epoch := c.roleEpoch()
+		fmt.Fprintf(w, "ok %s %s epoch %d\n", c.cfg.Name, role, epoch)
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(c.status())
