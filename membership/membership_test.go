@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -501,16 +502,32 @@ func TestPrimaryAndVoters(t *testing.T) {
 // second member joined through, so a member seen at 127.0.0.2 was seen at
 // its advertised address.
 func TestGossipAdvertise(t *testing.T) {
-	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// memberlist needs one port free for both TCP and UDP on every address;
+	// another process may take the port between the probe and the bind, so
+	// a bind refused with "address already in use" tries another port.
+	var a *Membership
+	var acfg Config
+	var port int
+	for try := 0; a == nil; try++ {
+		ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port = ln.LocalAddr().(*net.UDPAddr).Port
+		ln.Close()
+		acfg = testConfig("a")
+		acfg.BindAddr = fmt.Sprintf("0.0.0.0:%d", port)
+		acfg.AdvertiseAddr = fmt.Sprintf("127.0.0.2:%d", port)
+		m, err := New(context.Background(), acfg, coreMeta(RolePrimary, 1), telemetry.Discard())
+		if err != nil {
+			if try < 10 && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")) {
+				continue
+			}
+			t.Fatalf("New(a): %v", err)
+		}
+		t.Cleanup(func() { _ = m.Shutdown() })
+		a = m
 	}
-	port := ln.LocalAddr().(*net.UDPAddr).Port
-	ln.Close()
-	acfg := testConfig("a")
-	acfg.BindAddr = fmt.Sprintf("0.0.0.0:%d", port)
-	acfg.AdvertiseAddr = fmt.Sprintf("127.0.0.2:%d", port)
-	a := startNode(t, acfg, coreMeta(RolePrimary, 1))
 	if got := a.Local().Addr; got != acfg.AdvertiseAddr {
 		t.Fatalf("local address %q, want the advertised %q", got, acfg.AdvertiseAddr)
 	}
