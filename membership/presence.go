@@ -21,9 +21,11 @@ type PresenceConfig struct {
 	// withdraws, and Successes how many must pass before it registers
 	// again (default 2 each).
 	Failures, Successes int
-	// OnChange, when set, is called after each withdrawal (false) and each
-	// new registration (true), from the checking goroutine.
-	OnChange func(registered bool)
+	// OnChange, when set, is called after each withdrawal (false), and
+	// when the check passes again (true) just before the new registration,
+	// which a failure to join the cluster does not hold up (it is retried
+	// at the next check); from the checking goroutine.
+	OnChange func(up bool)
 }
 
 func (c *PresenceConfig) fill() {
@@ -110,6 +112,7 @@ func (p *Presence) loop(ctx context.Context) {
 	t := time.NewTicker(p.pc.Interval)
 	defer t.Stop()
 	fails, oks := 0, 0
+	up := true // the path state last told to OnChange
 	for {
 		select {
 		case <-ctx.Done():
@@ -132,10 +135,17 @@ func (p *Presence) loop(ctx context.Context) {
 		case registered && fails >= p.pc.Failures:
 			p.log.Warn("withdrawing from the gossip cluster: no path to the chat cores", "err", err, "failed_checks", fails)
 			p.withdraw(ctx)
-			if p.pc.OnChange != nil {
+			if p.pc.OnChange != nil && up {
 				p.pc.OnChange(false)
 			}
+			up = false
 		case !registered && oks >= p.pc.Successes:
+			// The path is back: the instance serves again at once, even
+			// if joining the cluster fails now (retried at the next check).
+			if p.pc.OnChange != nil && !up {
+				p.pc.OnChange(true)
+			}
+			up = true
 			m, err := New(ctx, p.cfg, p.meta, p.tel)
 			if err != nil {
 				p.log.Warn("register again in the gossip cluster", "err", err)
@@ -147,9 +157,6 @@ func (p *Presence) loop(ctx context.Context) {
 			p.registered.Set(1)
 			p.changes.WithLabelValues("registered").Inc()
 			p.log.Info("registered again in the gossip cluster: the chat cores are reachable")
-			if p.pc.OnChange != nil {
-				p.pc.OnChange(true)
-			}
 		}
 	}
 }
