@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
 )
 
@@ -90,4 +92,44 @@ func pollUp(c *harness.Cluster, cluster string, cond func(up []string) error, ti
 		}
 		return cond(up)
 	})
+}
+
+// TestEdgeKillSidecarInteractionLeader: kill -9 of the sidecar of the
+// leading interaction instance under load, agents and customers through
+// the edge. The instance stays up but cannot reach the cores: it withdraws
+// from gossip (the edge sends the agents to the other instance) and
+// resigns the leadership (interaction.Server.SetEligible), which the other
+// takes over from etcd; the cut-off one forwards its agents' calls to the
+// new leader; every acknowledged message arrives once, in order, in every
+// view and in UCS.
+func TestEdgeKillSidecarInteractionLeader(t *testing.T) {
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, CoordMembers: 3, TLS: true})
+	c.WaitRole("core-a", "primary", 15*time.Second)
+	leader, follower := leadingInteraction(t, c)
+	sessions := harness.StartSessions(t, c.EdgeCustomer(), c.EdgeAgents(), []string{"agent-0", "agent-1"}, 2)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	rec := aroundFault(t, sessions, func() {
+		killed := time.Now()
+		c.Kill("sidecar-"+leader, syscall.SIGKILL)
+		waitUntil(t, 15*time.Second, follower+" leads", func() bool {
+			return c.Metric(follower, "hachat_interaction_leader") == 1
+		})
+		t.Logf("%s leads %v after the kill -9 of %s's sidecar", follower, time.Since(killed).Round(time.Millisecond), leader)
+		// The edge's admin shows its customer side only: the instance's
+		// own gauge tells that it withdrew from gossip.
+		waitUntil(t, 10*time.Second, leader+" withdrawn from gossip", func() bool {
+			return c.Metric(leader, "hachat_instance_registered") == 0
+		})
+		if c.Metric(leader, "hachat_interaction_leader") != 0 {
+			t.Errorf("%s, cut off from the cores, still leads", leader)
+		}
+		for _, s := range sessions {
+			if err := retrying(ctx, func() error { return s.Agent.Connect(ctx) }); err != nil {
+				t.Errorf("push channel of %s after the takeover: %v", s.Agent.ID, err)
+			}
+		}
+	})
+	allAcked(t, rec)
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS()})
 }
