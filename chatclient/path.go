@@ -40,10 +40,11 @@ func (r *dialRecord) dial(ctx context.Context, addr string) (net.Conn, error) {
 	return c, err
 }
 
-func (r *dialRecord) last() (err error, seen bool) {
+// last returns whether a dial has ended since New, and its error.
+func (r *dialRecord) last() (seen bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.err, r.seen
+	return r.seen, r.err
 }
 
 // PathUp reports whether the Client has a path to the chat cores: some
@@ -70,7 +71,7 @@ func (c *Client) PathUp() error {
 		if st == connectivity.Idle {
 			conn.Connect()
 		}
-		err, seen := c.dials[i].last()
+		seen, err := c.dials[i].last()
 		if !seen || err == nil {
 			return nil
 		}

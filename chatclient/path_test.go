@@ -92,7 +92,7 @@ func TestPathUpSidecarWithoutCore(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, seen := c.dials[0].last(); !seen {
+	if seen, _ := c.dials[0].last(); !seen {
 		t.Fatal("no dial recorded: PathUp did not make the idle connection connect")
 	}
 }
@@ -114,8 +114,8 @@ func TestPathUpAnyTarget(t *testing.T) {
 	}
 	defer c.Close()
 	waitPath(t, c, "the second target ready", func(err error) bool { return err == nil && c.conns[1].GetState().String() == "READY" })
-	if _, seen := c.dials[0].last(); !seen {
-		waitPath(t, c, "the dead target dialled", func(error) bool { _, seen := c.dials[0].last(); return seen })
+	if seen, _ := c.dials[0].last(); !seen {
+		waitPath(t, c, "the dead target dialled", func(error) bool { seen, _ := c.dials[0].last(); return seen })
 	}
 	if err := c.PathUp(); err != nil {
 		t.Fatalf("PathUp = %v with one target serving", err)
