@@ -47,10 +47,11 @@ func (f *registerFile) registerFlags(fs *flag.FlagSet) {
 // chatclient.Client.PathUp): an instance cut off from the cores withdraws,
 // so that the control planes unpublish it and the edge sends its clients to
 // the others (membership.Presence), and onChange, when not nil, is told of
-// each withdrawal (false) and new registration (true). The returned stop
+// each withdrawal (false) and of the path's return (true, before the new
+// registration). The returned stop
 // leaves the cluster (the control plane then unpublishes the instance at
 // once). Without --gossip-join it does nothing.
-func (f registerFile) register(ctx context.Context, kind string, addr net.Addr, pathUp func() error, onChange func(registered bool), tel *telemetry.Telemetry) (stop func(), err error) {
+func (f registerFile) register(ctx context.Context, kind string, addr net.Addr, pathUp func() error, onChange func(up bool), tel *telemetry.Telemetry) (stop func(), err error) {
 	if len(f.Gossip.Join) == 0 {
 		return func() {}, nil
 	}
