@@ -110,7 +110,8 @@ test-e2e:
 	$(GO) test -race -count=1 -p 1 -timeout $(E2E_TIMEOUT) ./e2e/...
 
 ## test-docker: the container deployment (deploy/compose.yaml) on this machine's Docker
-## engine: kill -9 of the primary container mid-chat, with and without the control plane;
+## engine: kill -9 of the primary container mid-chat, with and without the control plane, and
+## after one etcd member's container (TestEtcdMemberKilled);
 ## the backup's, then the primary's container cut off the cluster network for 8 s under
 ## load (HACHAT_PARTITION_RUNS=5 for the issue's five 15 s cuts of each: about 8 minutes).
 test-docker:

@@ -90,6 +90,7 @@ type Client struct {
 	cfg      Config
 	log      *slog.Logger
 	conns    []*grpc.ClientConn
+	dials    []*dialRecord // how gRPC's last dial to each target went (PathUp)
 	clients  []chatpb.ChatClient
 	cur      atomic.Int32 // index of the target believed to be serving
 	retries  atomic.Int64
@@ -174,8 +175,10 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 		}),
 	}, opts...)
 	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient")}
-	for _, t := range cfg.Targets {
-		conn, err := grpc.NewClient(t, dopts...)
+	for i, t := range cfg.Targets {
+		c.dials = append(c.dials, &dialRecord{})
+		// The recording dialer first: a test's own dialer (opts) wins.
+		conn, err := grpc.NewClient(t, append([]grpc.DialOption{c.dialOption(i)}, dopts...)...)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("chatclient: dial %s: %w", t, err)

@@ -25,14 +25,17 @@ func coordPair(t *testing.T) (*harness.Cluster, []*harness.Session) {
 // backup promotes at once (within a second: the epoch comes from etcd),
 // holding every acknowledged message. Alone and without UCS it has no place
 // for a second copy, so sends are refused as retryable until the killed
-// core is back as its backup; then chats go on with UCS still down. Once
-// UCS is back every transcript completes, saved under the new epoch.
+// core is back as its backup; then chats go on with UCS still down
+// (messages acknowledged before UCS returns). Once UCS is back every
+// transcript completes, saved under the new epoch.
 func TestCoordUCSDownThenPrimaryKilled(t *testing.T) {
 	c, sessions := coordPair(t)
 	before := c.Metric("core-b", "hachat_core_epoch")
 	var promoted time.Duration
-	rec := aroundFault(t, sessions, func() {
+	total := len(sessions) * 2 * matrixMessages
+	rec := aroundFaultW(t, sessions, func(w *harness.Workload) {
 		c.Kill("ucs", syscall.SIGKILL)
+		atUCSKill := w.Acked()
 		killed := time.Now()
 		c.Kill("core-a", syscall.SIGKILL)
 		c.WaitRole("core-b", "primary", 10*time.Second)
@@ -41,13 +44,23 @@ func TestCoordUCSDownThenPrimaryKilled(t *testing.T) {
 		c.Restart("core-a")
 		c.WaitRole("core-a", "backup", 15*time.Second)
 		c.WaitBackupInSync("core-b", 15*time.Second)
-		time.Sleep(500 * time.Millisecond) // chats go on with UCS still down
+		// Chats go on with UCS still down: more messages acknowledged
+		// (the pair holds both copies) before UCS is started again.
+		want := min(total, atUCSKill+4*len(sessions))
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		if err := w.WaitAcked(ctx, want); err != nil {
+			t.Errorf("with UCS down and the pair back: %d acknowledged, want %d: %v", w.Acked(), want, err)
+		}
+		t.Logf("%d messages acknowledged with UCS down", w.Acked()-atUCSKill)
 		c.Restart("ucs")
 	})
 	allAcked(t, rec)
 	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS(), FailoverNotices: true, TranscriptTimeout: 40 * time.Second})
-	if promoted > 5*time.Second {
-		t.Errorf("promotion with UCS down took %v (the epoch no longer needs UCS)", promoted)
+	// Issue 8: "the backup promotes within 1 s" (kill to the role seen on
+	// /metrics, polled every 20 ms).
+	if promoted > time.Second {
+		t.Errorf("promotion with UCS down took %v, want within 1 s (the epoch no longer needs UCS)", promoted)
 	}
 	after := c.Metric("core-b", "hachat_core_epoch")
 	if after <= before {
@@ -103,7 +116,9 @@ func TestCoordMemberKilled(t *testing.T) {
 
 // TestCoordOnlyBackupRestarted: both cores die; only the one configured
 // backup comes back. It becomes primary (the dead primary's lease lapses in
-// etcd) and serves: the old chats are restored from UCS and go on.
+// etcd) and serves: the old chats are restored from UCS with everything
+// acknowledged before (checked again in every view after the restore) and
+// go on.
 func TestCoordOnlyBackupRestarted(t *testing.T) {
 	c, sessions := coordPair(t)
 	rec := aroundFault(t, sessions, func() {})
@@ -139,6 +154,10 @@ func TestCoordOnlyBackupRestarted(t *testing.T) {
 			return fmt.Errorf("%q not among %d messages", text, len(msgs))
 		})
 	}
+	// Everything acknowledged before both cores died (all of it in UCS,
+	// checked above) is in every view of the restored chats, once and in
+	// order.
+	harness.Check(t, t.Context(), rec, harness.CheckOptions{UCS: c.UCS()})
 }
 
 // TestCoordSilentPrimary: SIGSTOP of the primary. Nothing proves it dead,

@@ -39,6 +39,13 @@ func pair(t *testing.T, opts harness.Options) (*harness.Cluster, []*harness.Sess
 // are acknowledged, and returns the record once every side is done.
 func aroundFault(t *testing.T, sessions []*harness.Session, fault func()) *harness.Record {
 	t.Helper()
+	return aroundFaultW(t, sessions, func(*harness.Workload) { fault() })
+}
+
+// aroundFaultW is aroundFault whose fault sees the running workload (to
+// wait for acknowledgements during the fault).
+func aroundFaultW(t *testing.T, sessions []*harness.Session, fault func(w *harness.Workload)) *harness.Record {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	w := harness.StartWorkload(ctx, sessions, harness.WorkloadOptions{Messages: matrixMessages, Interval: 30 * time.Millisecond})
@@ -47,7 +54,7 @@ func aroundFault(t *testing.T, sessions []*harness.Session, fault func()) *harne
 		t.Fatal(err)
 	}
 	t.Logf("fault after %d acknowledged messages", w.Acked())
-	fault()
+	fault(w)
 	rec := w.Wait()
 	t.Logf("workload done: %d of %d acknowledged", rec.Acked(), total)
 	return rec

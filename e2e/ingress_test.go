@@ -141,7 +141,8 @@ func (p *sseProbe) report(t *testing.T, minCuts int) {
 // edgeWorkload runs the workload through the edge with SSE probes, calls
 // fault once a third is acknowledged, and checks the record: every message
 // acknowledged, each exactly once and in order in every view and in UCS.
-func edgeWorkload(t *testing.T, c *harness.Cluster, sessions []*harness.Session, minCuts int, fault func()) {
+// It returns the record.
+func edgeWorkload(t *testing.T, c *harness.Cluster, sessions []*harness.Session, minCuts int, fault func()) *harness.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -170,6 +171,7 @@ func edgeWorkload(t *testing.T, c *harness.Cluster, sessions []*harness.Session,
 	pcancel()
 	pwg.Wait()
 	probe.report(t, minCuts)
+	return rec
 }
 
 func TestEdgeKillWebAPI(t *testing.T) {

@@ -53,6 +53,39 @@ type haState struct {
 	savedTerm Term
 	savedSum  [32]byte
 	proxies   map[string]*httputil.ReverseProxy
+
+	// ineligible is set while the instance cannot reach the chat cores
+	// (SetEligible): it neither campaigns nor keeps the lead. changed is
+	// closed and replaced at every change.
+	ineligible bool
+	changed    chan struct{}
+}
+
+// SetEligible tells a Server with a state store whether it may lead: an
+// instance cut off from the chat cores (its sidecar died) resigns at once
+// so that another instance leads, and campaigns again once eligible.
+func (s *Server) SetEligible(ok bool) {
+	s.ha.mu.Lock()
+	defer s.ha.mu.Unlock()
+	if s.ha.ineligible == !ok {
+		return
+	}
+	s.ha.ineligible = !ok
+	if s.ha.changed != nil {
+		close(s.ha.changed)
+	}
+	s.ha.changed = make(chan struct{})
+}
+
+// eligibility returns whether the Server may lead and a channel closed at
+// the next change.
+func (s *Server) eligibility() (bool, <-chan struct{}) {
+	s.ha.mu.Lock()
+	defer s.ha.mu.Unlock()
+	if s.ha.changed == nil {
+		s.ha.changed = make(chan struct{})
+	}
+	return !s.ha.ineligible, s.ha.changed
 }
 
 // saveTimeout bounds one save of the routing state.
@@ -87,9 +120,31 @@ func (s *Server) startLeading(ctx context.Context, wg *sync.WaitGroup) {
 // everything it held and campaigns again, until ctx ends.
 func (s *Server) haLoop(ctx context.Context) {
 	for ctx.Err() == nil {
+		ok, changed := s.eligibility()
+		if !ok {
+			s.log.Warn("interaction instance cut off from the chat cores: not campaigning")
+			select {
+			case <-changed:
+			case <-ctx.Done():
+			}
+			continue
+		}
 		s.log.Info("interaction instance following, campaigning for leadership", "advertise", s.ha.addr)
-		term, err := s.ha.store.Campaign(ctx, s.ha.addr)
+		cctx, ccancel := context.WithCancel(ctx)
+		go func() { // owned by this iteration: ends with ccancel
+			select {
+			case <-changed:
+				ccancel()
+			case <-cctx.Done():
+			}
+		}()
+		term, err := s.ha.store.Campaign(cctx, s.ha.addr)
+		if err != nil && cctx.Err() != nil && ctx.Err() == nil {
+			ccancel()
+			continue // eligibility changed while campaigning
+		}
 		if err != nil {
+			ccancel()
 			if ctx.Err() == nil {
 				s.log.Warn("campaign for interaction leadership failed, retrying", "err", err)
 				sleep(ctx, time.Second)
@@ -109,16 +164,22 @@ func (s *Server) haLoop(ctx context.Context) {
 			s.metrics.leader.Set(0)
 			lcancel()
 			lwg.Wait()
+			ccancel()
 			s.resign(term)
 			s.forget()
 			sleep(ctx, time.Second)
 			continue
 		}
+		resigned := false
 		select {
 		case <-term.Done():
 			s.log.Error("interaction leadership lost (lease expired or taken): dropping the routing state, following again")
+		case <-changed:
+			s.log.Warn("interaction instance cut off from the chat cores: resigning the leadership")
+			resigned = true
 		case <-ctx.Done():
 		}
+		ccancel()
 		s.ha.mu.Lock()
 		s.ha.term = nil
 		s.ha.mu.Unlock()
@@ -128,6 +189,9 @@ func (s *Server) haLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			s.resign(term) // a clean stop hands over at once
 			return
+		}
+		if resigned {
+			s.resign(term)
 		}
 		s.forget()
 	}

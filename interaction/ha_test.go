@@ -390,6 +390,41 @@ func TestUnchangedStateNotWritten(t *testing.T) {
 	}
 }
 
+// TestIneligibleLeaderResigns: an instance cut off from the chat cores
+// (SetEligible(false), from its sidecar's death) resigns, the other leads
+// from the saved state, and the cut-off one does not campaign until it is
+// eligible again; both instances still answer the agent API.
+func TestIneligibleLeaderResigns(t *testing.T) {
+	p := newHAPair(t, memStores())
+	first, second := p.inst[0], p.inst[1]
+	tok := p.login("a", "agent")
+	p.mustDo("POST", "/agent/v1/ready", tok, nil)
+	first.srv.SetEligible(false)
+	p.waitFor("the second instance leads", second.srv.Leading)
+	if first.srv.Leading() {
+		t.Fatal("the cut-off instance still leads")
+	}
+	p.waitFor("the saved state restored", func() bool {
+		second.srv.mu.Lock()
+		defer second.srv.mu.Unlock()
+		av, ok := second.srv.router.Agent("a")
+		return ok && av.Ready
+	})
+	// The second one gives up the lead: the cut-off one must not take it.
+	second.srv.SetEligible(false)
+	p.waitFor("the second instance resigns", func() bool { return !second.srv.Leading() })
+	time.Sleep(300 * time.Millisecond) // nothing to wait on: no one may lead
+	if first.srv.Leading() || second.srv.Leading() {
+		t.Fatal("an ineligible instance took the lead")
+	}
+	first.srv.SetEligible(true)
+	p.waitFor("the first instance leads again", first.srv.Leading)
+	for _, in := range p.inst {
+		p.url = in.url
+		p.mustDo("GET", "/agent/v1/state", tok, nil)
+	}
+}
+
 // failFirstTerm is a MemStore whose first term cannot save (lost at once,
 // as when etcd's lease lapsed during the takeover) and whose later
 // campaigns wait for release.

@@ -73,9 +73,18 @@ func (s *Server) handleNoRoute(w http.ResponseWriter, r *http.Request) {
 // not retry: the chat client (package chatclient) is the one retry layer, and
 // retries within this deadline as its policy says, every retry of a send
 // with the same client message id. Its retries are counted here.
+//
+// Out of the edge's rotation (LeaveRotation) it answers at once with
+// Unavailable (the client resends, through the edge, to another instance),
+// and a call in flight when the instance leaves gives up then.
 func (s *Server) call(ctx context.Context, method string, fn func(ctx context.Context) error) error {
+	gone, err := s.rotation.state()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CoreTimeout)
 	defer cancel()
+	defer context.AfterFunc(gone, cancel)()
 	ctx = chatclient.WithRetryObserver(ctx, func(method string, attempt int, err error) {
 		s.metrics.coreRetries.WithLabelValues(method).Inc()
 		s.log.DebugContext(ctx, "chat core unavailable, the chat client retries", "method", method, "attempt", attempt, "err", err)

@@ -17,6 +17,8 @@ type metrics struct {
 	coreRetries   *prometheus.CounterVec
 	refused       *prometheus.CounterVec
 	lenient       *prometheus.CounterVec
+	sseEnded      prometheus.Counter
+	inRotation    prometheus.Gauge
 }
 
 // newMetrics registers the series on reg.
@@ -60,8 +62,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hachat_webapi_lenient_total",
 			Help: "Requests of GMS clients accepted leniently, by kind (trailing-slash: a path ending in /; position-placeholder: transcriptPosition NaN, undefined or null, read as not given; json-as-form: a JSON object labelled as a form).",
 		}, []string{"kind"}),
+		sseEnded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hachat_webapi_push_channels_reset_total",
+			Help: "Times every open push channel was ended because the instance left the edge's rotation (no path to the chat cores).",
+		}),
+		inRotation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hachat_webapi_in_rotation",
+			Help: "1 while the instance serves the chat API, 0 while it is out of the edge's rotation because it has no path to the chat cores (its sidecar died).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused, m.lenient} {
+	m.inRotation.Set(1)
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sseClients, m.sseEvents, m.sseReconnects, m.sendLatency, m.coreRetries, m.refused, m.lenient, m.sseEnded, m.inRotation} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register webapi metrics: %w", err)
 		}

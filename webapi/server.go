@@ -53,6 +53,8 @@ type Server struct {
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when Run begins shutting down: ends push channels
+
+	rotation *rotation // in or out of the edge's rotation (LeaveRotation)
 }
 
 // New builds a Server that reaches the chat core through core. It registers
@@ -114,6 +116,7 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		metrics:  m,
 		page:     page,
 		stopping: make(chan struct{}),
+		rotation: newRotation(),
 		starts:   starts,
 		origins:  origins,
 		proxies:  proxies,
@@ -162,6 +165,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	s.rotation.serving(srv)
 	s.log.Info("web api server listening", "http", ln.Addr().String(), "service", s.cfg.Service)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -61,6 +61,7 @@ type pushChannel struct {
 	auth   *chatpb.Auth
 	next   uint64 // index of the next event to write
 	events int
+	reset  <-chan struct{} // closed when the instance leaves the edge's rotation
 }
 
 // handleEvents serves the push channel: GET .../{chatId}/events?userId=
@@ -105,7 +106,8 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	defer out.Stop()
 	s.metrics.sseClients.Inc()
 	defer s.metrics.sseClients.Dec()
-	pc := &pushChannel{s: s, out: out, auth: auth, next: from}
+	gone, _ := s.rotation.state()
+	pc := &pushChannel{s: s, out: out, auth: auth, next: from, reset: gone.Done()}
 	s.log.Info("push channel opened", "chat", auth.GetSessionId(), "user", auth.GetParticipantId(), "from", from)
 	err = pc.run(r.Context(), first)
 	if errors.Is(err, errStreamDone) || r.Context().Err() != nil {
@@ -235,6 +237,8 @@ func (pc *pushChannel) wait(ctx context.Context, d time.Duration) error {
 			return ctx.Err()
 		case <-pc.s.stopping:
 			return errStreamDone
+		case <-pc.reset:
+			return errStreamDone
 		case <-pc.out.Due():
 			if err := pc.heartbeat(); err != nil {
 				return err
@@ -345,6 +349,8 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-pc.s.stopping:
+			return errStreamDone
+		case <-pc.reset:
 			return errStreamDone
 		case <-pc.out.Due():
 			if err := pc.heartbeat(); err != nil {

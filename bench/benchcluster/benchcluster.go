@@ -84,7 +84,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 			return nil, err
 		}
 	} else {
-		plan = plan.Without("webapi", "interaction")
+		plan = withoutInstances(plan)
 	}
 	for name, args := range opts.PartArgs {
 		plan = plan.With(name, args...)
@@ -116,4 +116,17 @@ func (c *Cluster) ClientCreds() (credentials.TransportCredentials, error) {
 		return nil, err
 	}
 	return credentials.NewTLS(src.ClientConfig(nil)), nil
+}
+
+// withoutInstances drops every instance of webapi and interaction: with
+// coordination members the plan runs interaction-2 too (and webapi-2
+// behind the edge), which would need the accounts file only Whole writes.
+func withoutInstances(plan demo.Plan) demo.Plan {
+	var drop []string
+	for _, part := range plan.Parts {
+		if part.Kind == demo.KindWebAPI || part.Kind == demo.KindInteraction {
+			drop = append(drop, part.Name)
+		}
+	}
+	return plan.Without(drop...)
 }

@@ -78,7 +78,7 @@ func runInteraction(ctx context.Context, args []string, out, errw io.Writer) err
 		ln.Close()
 		return err
 	}
-	leave, err := file.Register.register(ctx, "interaction", ln.Addr(), part.tel)
+	leave, err := file.Register.register(ctx, "interaction", ln.Addr(), part.client.PathUp, srv.SetEligible, part.tel)
 	if err != nil {
 		ln.Close()
 		return err

@@ -43,7 +43,13 @@ func runWebAPI(ctx context.Context, args []string, out, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
-	leave, err := file.Register.register(ctx, "webapi", ln.Addr(), part.tel)
+	leave, err := file.Register.register(ctx, "webapi", ln.Addr(), part.client.PathUp, func(up bool) {
+		if up {
+			srv.ReturnToRotation()
+		} else {
+			srv.LeaveRotation("no path to the chat cores (sidecar down)")
+		}
+	}, part.tel)
 	if err != nil {
 		ln.Close()
 		return err

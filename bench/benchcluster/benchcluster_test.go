@@ -1,0 +1,42 @@
+package benchcluster
+
+import (
+	"testing"
+
+	"github.com/hachat/hachat/demo"
+)
+
+// TestWithoutInstances: a bench cluster without webapi and interaction has
+// none of their instances at any stage, with or without coordination
+// members (`hachat bench failover` with its default --coord-members 3
+// once started interaction-2, which died for want of an accounts file).
+func TestWithoutInstances(t *testing.T) {
+	addrs, err := demo.FreeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stage := range []demo.Stage{demo.StagePair, demo.StageMesh} {
+		for _, members := range []int{0, 3} {
+			layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: t.TempDir(), CoordMembers: members}
+			full := demo.StandardPlan(layout)
+			n := 0
+			for _, p := range full.Parts {
+				if p.Kind == demo.KindWebAPI || p.Kind == demo.KindInteraction {
+					n++
+				}
+			}
+			if n == 0 {
+				t.Fatalf("stage %v, %d members: the standard plan has no instance to drop", stage, members)
+			}
+			plan := withoutInstances(full)
+			for _, p := range plan.Parts {
+				if p.Kind == demo.KindWebAPI || p.Kind == demo.KindInteraction {
+					t.Errorf("stage %v, %d members: %s (%s) left in the bench cluster", stage, members, p.Name, p.Kind)
+				}
+			}
+			if len(plan.Parts) != len(full.Parts)-n {
+				t.Errorf("stage %v, %d members: %d parts left of %d, want %d", stage, members, len(plan.Parts), len(full.Parts), len(full.Parts)-n)
+			}
+		}
+	}
+}
