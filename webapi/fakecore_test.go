@@ -232,6 +232,13 @@ func (f *fakeCore) Subscribe(req *chatpb.SubscribeRequest, stream grpc.ServerStr
 		next = 1
 	}
 	for {
+		// A break wins over events committed after it (a select with both
+		// ready picks either), as a dead core sends nothing more.
+		select {
+		case <-brk:
+			return status.Error(codes.Unavailable, "injected: core went away")
+		default:
+		}
 		f.mu.Lock()
 		s, p, err := f.authLocked(req.GetAuth())
 		if err != nil {
