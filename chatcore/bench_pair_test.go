@@ -114,8 +114,7 @@ func BenchmarkRestore(b *testing.B) {
 				{SessionId: s.id, Index: 2, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: pCust, KeyHash: "h"},
 				{SessionId: s.id, Index: 3, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: pAgent, KeyHash: "h"},
 			} {
-				s.st.apply(ev)
-				s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+				s.log.Commit(ev)
 			}
 			c.putSession(s)
 		}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -399,7 +400,7 @@ func (c *Core) session(id string) *session {
 // prepareFunc validates a change against the current state (with s.mu held)
 // and returns the event to append, or the index of an earlier event that
 // makes this one a duplicate, or an error (a gRPC status).
-type prepareFunc func(st *state) (ev *chatpb.Event, dup uint64, err error)
+type prepareFunc func(st *sessionlog.State) (ev *chatpb.Event, dup uint64, err error)
 
 // append is the one write path of a session:
 // validate -> assign index -> second copy -> commit -> fan-out -> save.
@@ -429,7 +430,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 		s.mu.Unlock()
 		return 0, false, status.Error(codes.NotFound, "unknown session")
 	}
-	ev, dup, err := prepare(&s.st)
+	ev, dup, err := prepare(&s.log.State)
 	if err != nil || dup != 0 {
 		s.mu.Unlock()
 		return dup, dup != 0, err
@@ -480,9 +481,7 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 // commitLocked folds ev into the session, appends it to the log and fans it
 // out. It returns the SessionChange to tell watchers, if any. Call with s.mu held.
 func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange {
-	s.st.apply(ev)
-	pub := public(ev)
-	s.log = append(s.log, entry{ev: ev, pub: pub})
+	pub := s.log.Commit(ev).Pub
 	for sub := range s.subs {
 		select {
 		case sub.ch <- pub:
@@ -499,7 +498,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 		c.live--
 		c.m.sessionsLive.Set(float64(c.live))
 		c.mu.Unlock()
-		c.m.sessionsEnded.WithLabelValues(s.st.endReason).Inc()
+		c.m.sessionsEnded.WithLabelValues(s.log.State.EndReason).Inc()
 		for sub := range s.subs {
 			delete(s.subs, sub)
 			close(sub.ch)
@@ -511,7 +510,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 		}
 		return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)
 	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT:
-		if !s.st.ended {
+		if !s.log.State.Ended {
 			return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)
 		}
 	}
@@ -521,11 +520,11 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 // changeLocked describes the session for WatchSessions. Call with s.mu held.
 func (c *Core) changeLocked(s *session, kind chatpb.SessionChange_Kind) *chatpb.SessionChange {
 	ch := &chatpb.SessionChange{
-		Kind: kind, SessionId: s.id, Service: s.st.service, Subject: s.st.subject,
-		UserData: s.st.userData, Participants: s.st.participants(), StartedUnixMs: s.st.startedMs,
+		Kind: kind, SessionId: s.id, Service: s.log.State.Service, Subject: s.log.State.Subject,
+		UserData: s.log.State.UserData, Participants: s.log.State.Participants(), StartedUnixMs: s.log.State.StartedMs,
 	}
-	if cu := s.st.customer(); cu != nil {
-		ch.CustomerNickname = cu.p.Nickname
+	if cu := s.log.State.Customer(); cu != nil {
+		ch.CustomerNickname = cu.P.Nickname
 	}
 	return ch
 }
@@ -576,8 +575,8 @@ func (c *Core) endSession(ctx context.Context, s *session, reason string) error 
 }
 
 func (c *Core) endSessionWith(ctx context.Context, s *session, reason string, needCopy bool) error {
-	_, _, err := c.appendWith(ctx, s, needCopy, func(st *state) (*chatpb.Event, uint64, error) {
-		if st.ended {
+	_, _, err := c.appendWith(ctx, s, needCopy, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
 		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED, From: systemParticipant,

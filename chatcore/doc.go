@@ -12,6 +12,6 @@
 //	-> fan-out to subscribers (bounded buffers, never blocking)
 //	-> enqueue the transcript save (asynchronous, behind a circuit breaker).
 //
-// Session state is a fold of the log (see fold.go), so a backup or a
+// Session state is a fold of the log (package sessionlog), so a backup or a
 // restored session rebuilds exactly the same state from the same events.
 package chatcore

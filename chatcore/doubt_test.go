@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // These tests hold the in-doubt rule (docs/chatcore.md, "Events in doubt")
@@ -88,7 +89,7 @@ func (s *doubtStore) stored(chatID string, index uint64) *chatpb.Event {
 func agreesWithUCS(t *testing.T, store *doubtStore, log []*chatpb.Event) {
 	t.Helper()
 	for _, ev := range log {
-		if st := store.stored(ev.SessionId, ev.Index); st != nil && !proto.Equal(st, saved(ev)) {
+		if st := store.stored(ev.SessionId, ev.Index); st != nil && !proto.Equal(st, sessionlog.Saved(ev)) {
 			t.Errorf("index %d: the core committed %q, UCS holds %q", ev.Index, ev.Text, st.Text)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/chatcore/transcript"
 	"github.com/hachat/hachat/membership"
 )
@@ -494,7 +495,7 @@ func (c *Core) storedChats(ctx context.Context) (map[string]ChatInfo, error) {
 // says so, or stored is unknown (nil) and the replica is stale.
 func behind(s *session, stale bool, stored map[string]ChatInfo) bool {
 	s.mu.Lock()
-	last, ended := s.lastIndex(), s.st.ended
+	last, ended := s.lastIndex(), s.log.State.Ended
 	s.mu.Unlock()
 	info, known := stored[s.id]
 	return stored == nil && stale || known && (info.HighestIndex > last || info.Ended && !ended)
@@ -593,7 +594,7 @@ func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale 
 		}
 	}
 	s.mu.Lock()
-	ended, removed, n := s.st.ended, s.removed, len(s.log)
+	ended, removed, n := s.log.State.Ended, s.removed, s.log.LastIndex()
 	s.mu.Unlock()
 	if removed {
 		return false
@@ -627,7 +628,7 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 		return
 	}
 	s.mu.Lock()
-	present := s.st.participants()
+	present := s.log.State.Participants()
 	s.mu.Unlock()
 	var notices []*chatpb.Event
 	for _, kind := range []chatpb.EventKind{chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED} {
@@ -667,8 +668,8 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 // appended: all from the first that failed (with its error).
 func (c *Core) appendNotices(ctx context.Context, s *session, notices []*chatpb.Event) ([]*chatpb.Event, error) {
 	for i, ev := range notices {
-		_, _, err := c.appendWith(ctx, s, false, func(st *state) (*chatpb.Event, uint64, error) {
-			if st.ended {
+		_, _, err := c.appendWith(ctx, s, false, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+			if st.Ended {
 				return nil, 0, errEnded
 			}
 			return proto.Clone(ev).(*chatpb.Event), 0, nil
@@ -733,7 +734,7 @@ func withPlaceholders(sessionID string, stored []*chatpb.Event, after uint64) []
 // nil, judges the rebuilt state before the core takes the session in (the
 // caller's participant and key): a refused request leaves no trace (no
 // session, no notices, no metric).
-func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) error) (*session, error) {
+func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.State) error) (*session, error) {
 	for {
 		if s := c.session(id); s != nil {
 			return s, nil
@@ -786,23 +787,22 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) erro
 	s := newSession(id)
 	s.startReq = evs[0].ClientRequestId
 	for _, ev := range evs {
-		s.st.apply(ev)
-		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+		s.log.Commit(ev)
 	}
 	if admit != nil {
-		if err := admit(&s.st); err != nil {
+		if err := admit(&s.log.State); err != nil {
 			return nil, err
 		}
 	}
 	s.savedThrough = s.lastIndex()
 	s.finalSaved = tr.Ended
-	if s.st.ended {
+	if s.log.State.Ended {
 		s.endedAt = c.now()
 	}
 	c.putSession(s)
-	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.st.ended, "mode", c.cfg.SessionRestorationMode)
+	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
-	if !s.st.ended {
+	if !s.log.State.Ended {
 		c.announceFailover(ctx, s, noticeReason("ucs"))
 	}
 	return s, nil

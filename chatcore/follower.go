@@ -674,11 +674,10 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
 		s.startReq = snap.Events[0].ClientRequestId
 	}
 	for _, ev := range snap.Events {
-		s.st.apply(ev)
-		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+		s.log.Commit(ev)
 	}
 	s.savedThrough, s.finalSaved, s.noFinalSave = snap.SavedThrough, snap.FinalSaved, snap.NoFinalSave
-	if s.st.ended {
+	if s.log.State.Ended {
 		s.endedAt = c.now()
 	}
 	c.putSession(s)
@@ -702,13 +701,13 @@ func (c *Core) putSession(s *session) {
 		old.mu.Lock()
 		old.removed = true
 		c.dropDoubtLocked(old)
-		if !old.st.ended {
+		if !old.log.State.Ended {
 			delta--
 		}
 		old.mu.Unlock()
 	}
 	s.mu.Lock()
-	if !s.st.ended {
+	if !s.log.State.Ended {
 		delta++
 	}
 	s.mu.Unlock()
@@ -782,7 +781,7 @@ func (c *Core) dropUnseen(seen map[string]bool) int {
 		s.mu.Lock()
 		s.removed = true
 		c.dropDoubtLocked(s)
-		ended := s.st.ended
+		ended := s.log.State.Ended
 		s.mu.Unlock()
 		if !ended {
 			c.mu.Lock()

@@ -114,9 +114,9 @@ func (n *node) log(id string) []*chatpb.Event {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*chatpb.Event, len(s.log))
-	for i, e := range s.log {
-		out[i] = e.ev
+	out := make([]*chatpb.Event, s.log.LastIndex())
+	for i, e := range s.log.Entries() {
+		out[i] = e.Ev
 	}
 	return out
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // This file is the primary's side of replication. The backup dials the
@@ -441,10 +442,10 @@ func (c *Core) snapshotTo(l *link) int {
 			s.appendMu.Unlock()
 			continue
 		}
-		snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, len(s.log)),
+		snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, s.log.LastIndex()),
 			SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
-		for i, e := range s.log {
-			snap.Events[i] = e.ev
+		for i, e := range s.log.Entries() {
+			snap.Events[i] = e.Ev
 		}
 		s.mu.Unlock()
 		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
@@ -499,7 +500,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	if err := c.markSolo(ctx, ev.Epoch); err != nil {
 		return uncertain && c.primary.Load(), err
 	}
-	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{saved(ev)}}
+	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{sessionlog.Saved(ev)}}
 	sent := false
 	_, err = c.saver.cb.Execute(func() (SaveResult, error) {
 		sent = true

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // saver writes transcripts to UCS asynchronously, per session, behind one
@@ -220,17 +221,17 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 	if !c.primary.Load() { // a backup never saves; the promotion re-queues pending saves
 		return saveJob{}, false
 	}
-	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.st.ended) {
+	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.log.State.Ended) {
 		return saveJob{}, false
 	}
 	s.saving = true
-	ended := s.st.ended
+	ended := s.log.State.Ended
 	cause := s.saveCause
 	s.saveCause = trace.SpanContext{}
 	events := make([]*chatpb.Event, 0, to-from+1)
-	for _, e := range s.log[from-1 : to] {
-		if c.savedKind(e.ev) {
-			events = append(events, saved(e.ev))
+	for _, e := range s.log.Entries()[from-1 : to] {
+		if c.savedKind(e.Ev) {
+			events = append(events, sessionlog.Saved(e.Ev))
 		}
 	}
 	j := saveJob{s: s, from: from, to: to, ended: ended, cause: cause, send: len(events) > 0 || ended}
@@ -415,8 +416,8 @@ func (sv *saver) notice(ctx context.Context, s *session, kind chatpb.EventKind, 
 	if detail != "" {
 		attrs["error"] = detail
 	}
-	_, _, err := sv.c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
-		if st.ended {
+	_, _, err := sv.c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
 		return &chatpb.Event{Kind: kind, From: systemParticipant, Attrs: attrs}, 0, nil
