@@ -133,7 +133,7 @@ func BenchmarkResync(b *testing.B) {
 	store := newMemStore()
 	la, lb := listen(b), listen(b)
 	a := startNode(b, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(b, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(b, "a primary", func() bool { return a.c.role.IsPrimary() })
 	lb.Close() // no backup yet: second copies go to UCS while sessions are created
 	ctx := context.Background()
 	for range 10000 {

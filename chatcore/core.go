@@ -3,7 +3,6 @@ package chatcore
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
@@ -57,20 +57,9 @@ type Core struct {
 	watchMu  sync.Mutex
 	watchers map[*watcher]struct{}
 
-	roleMu sync.Mutex
-	// termEpoch is the epoch this core claimed for its current term as
-	// primary (guarded by roleMu; see roleEpoch).
-	termEpoch uint64
-	role      string
-	epoch     atomic.Uint64
-	primary   atomic.Bool
-	draining  atomic.Bool
-	// unmerged is set while a new primary merges what UCS holds beyond a
-	// stale replica: it answers no Chat call and reports NOT_SERVING, so
-	// that it never assigns an index the old primary may have acknowledged.
-	unmerged  atomic.Bool
-	streamCtx context.Context    // cancelled when this core stops being primary
-	streamEnd context.CancelFunc // cancels streamCtx
+	// role is the role state machine (package role): primary or backup,
+	// the epoch, draining and unmerged. fencing.go decides its transitions.
+	role *role.State
 
 	health *health.Server
 	saver  *saver
@@ -80,7 +69,6 @@ type Core struct {
 	witness  AskReachableFunc // nil: no witness
 	repl     *replicator      // primary side of replication
 	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
-	roleCh   chan struct{}    // closed and replaced at every role change
 
 	progressMu    sync.Mutex
 	progressDirty map[*session]struct{} // saves to report to the backup
@@ -171,11 +159,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		sessions:  make(map[string]*session),
 		startReqs: make(map[string]*session),
 		watchers:  make(map[*watcher]struct{}),
-		role:      RoleBackup,
+		role:      role.New(),
 		health:    health.NewServer(),
 	}
-	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
-	c.streamEnd() // not primary yet: no stream may live
 	for _, o := range opts {
 		o(c)
 	}
@@ -184,10 +170,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	}
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
-	c.roleCh = make(chan struct{})
 	c.restoring = make(map[string]chan struct{})
 	c.progressDirty = make(map[*session]struct{})
-	c.m.role.snapshot = c.roleEpoch
+	c.m.role.snapshot = c.role.RoleEpoch
 	return c, nil
 }
 
@@ -195,200 +180,10 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 func (c *Core) Config() Config { return c.cfg }
 
 // Role returns primary or backup.
-func (c *Core) Role() string {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	return c.role
-}
+func (c *Core) Role() string { return c.role.Role() }
 
 // Epoch returns the newest epoch this core knows.
-func (c *Core) Epoch() uint64 { return c.epoch.Load() }
-
-// roleEpoch returns the role with the epoch that goes with it, read together:
-// a primary's own epoch (the one it claimed, even after it heard of a newer
-// one and before it stepped down), a backup's newest known epoch. /status,
-// /metrics and the gossiped meta report this pair, so no reader ever sees a
-// primary at an epoch another core holds.
-func (c *Core) roleEpoch() (string, uint64) {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	if c.role == RolePrimary {
-		return c.role, c.termEpoch
-	}
-	return c.role, c.epoch.Load()
-}
-
-// becomePrimaryLocked makes this core primary at epoch. With serving false
-// it is primary but restoring: Chat calls get UNAVAILABLE and health stays
-// NOT_SERVING until finishRestoring. Call with roleMu held.
-func (c *Core) becomePrimaryLocked(epoch uint64, serving bool) {
-	c.epoch.Store(epoch)
-	c.termEpoch = epoch
-	c.draining.Store(false)
-	c.unmerged.Store(!serving)
-	c.role = RolePrimary
-	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
-	c.primary.Store(true)
-	if serving {
-		c.health.SetServingStatus(ChatServiceName, healthServing)
-	} else {
-		c.health.SetServingStatus(ChatServiceName, healthNotServing)
-	}
-	c.roleChangedLocked()
-}
-
-// finishRestoring opens a restoring primary to clients: its log now holds
-// every acknowledged event.
-func (c *Core) finishRestoring() {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	if c.role != RolePrimary || !c.unmerged.Load() {
-		return
-	}
-	c.unmerged.Store(false)
-	c.health.SetServingStatus(ChatServiceName, healthServing)
-	c.spawn(c.publishMeta)
-}
-
-// roleChangedLocked wakes whoever waits for a role change. Call with roleMu held.
-func (c *Core) roleChangedLocked() {
-	close(c.roleCh)
-	c.roleCh = make(chan struct{})
-	c.spawn(c.publishMeta)
-}
-
-// roleChanged returns a channel closed at the next role change.
-func (c *Core) roleChanged() <-chan struct{} {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	return c.roleCh
-}
-
-// stepDown makes this core a backup at once: client streams are closed with
-// UNAVAILABLE and the Chat health service turns NOT_SERVING. newer is the
-// epoch that fenced it (0 when unknown).
-func (c *Core) stepDown(reason string, newer uint64) {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	c.observeEpoch(newer)
-	if c.role != RolePrimary {
-		return
-	}
-	c.role = RoleBackup
-	c.primary.Store(false)
-	c.draining.Store(false)
-	c.unmerged.Store(false)
-	c.streamEnd()
-	c.health.SetServingStatus(ChatServiceName, healthNotServing)
-	c.m.stepDowns.Inc()
-	c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
-	c.m.solo.Set(0)
-	c.repl.dropLink("stepped down")
-	c.roleChangedLocked()
-	c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.epoch.Load())
-}
-
-// freshDecision is how old a decision to promote may be and still be acted
-// on without confirming it again (see claim.recheck).
-const freshDecision = 50 * time.Millisecond
-
-// claim is one attempt to become primary.
-type claim struct {
-	// known is the newest epoch the claimant knows; a claim fails with
-	// ErrEpochConflict when the store holds a newer one (0: no such check).
-	known uint64
-	// reason is logged with the claim.
-	reason string
-	// recheck, when set, confirms the decision to claim again immediately
-	// before each compare-and-set whose decision is older than
-	// freshDecision; its error drops the claim.
-	recheck func(ctx context.Context) error
-	// restore claims the role but keeps the core restoring (not serving)
-	// until finishRestoring.
-	restore bool
-	// ifSilent > 0 claims only when the current holder has not renewed its
-	// lease for that long (ClaimEpochIfSilent); a live holder drops the
-	// claim with errPrimaryAlive.
-	ifSilent time.Duration
-}
-
-// claimPrimary claims the next epoch at the fencing authority (c.fencer:
-// etcd, or UCS without a coordination cluster) with a compare-and-set
-// (expect is the epoch it holds now, which must not be newer than cl.known
-// when cl.known > 0), retrying while it is unreachable, and becomes
-// primary. A lost compare-and-set returns ErrEpochConflict: someone else
-// moved first; a failed re-check returns its error and claims nothing.
-func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
-	ctx, span := c.tracer.Start(ctx, "chatcore.claimEpoch")
-	defer span.End()
-	known, reason := cl.known, cl.reason
-	delay := 50 * time.Millisecond
-	decided := time.Now()
-	for {
-		cur, err := c.fencer.Current(ctx, c.cfg.Cluster)
-		if err == nil {
-			if known > 0 && cur.Epoch > known && cur.Holder != c.cfg.Name {
-				c.observeEpoch(cur.Epoch)
-				return 0, fmt.Errorf("epoch %d held by %s is newer than %d: %w", cur.Epoch, cur.Holder, known, ErrEpochConflict)
-			}
-			if cl.recheck != nil && time.Since(decided) > freshDecision {
-				if rerr := cl.recheck(ctx); rerr != nil {
-					span.RecordError(rerr)
-					return 0, rerr
-				}
-				decided = time.Now()
-			}
-			var got Epoch
-			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
-			if err == nil {
-				c.claimedFrom.Store(cur.Epoch)
-				c.roleMu.Lock()
-				c.becomePrimaryLocked(got.Epoch, !cl.restore)
-				c.roleMu.Unlock()
-				c.log.InfoContext(ctx, "claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
-				return got.Epoch, nil
-			}
-			if errors.Is(err, ErrHolderAlive) {
-				// The holder renewed its lease: it is alive and reaches UCS.
-				return 0, fmt.Errorf("%w: claim the epoch after %d: %w", errPrimaryAlive, cur.Epoch, err)
-			}
-			if errors.Is(err, ErrEpochConflict) {
-				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
-			}
-		}
-		c.m.fencingFailures.WithLabelValues("claim").Inc()
-		if errors.Is(err, ErrForbidden) {
-			c.log.ErrorContext(ctx, "UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
-		} else {
-			c.log.WarnContext(ctx, "epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("claim epoch: %w", ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, time.Second)
-		if cl.recheck != nil {
-			// Confirm again after the wait, even when UCS stays down: a
-			// dropped decision stops the retries and lets the core follow.
-			if rerr := cl.recheck(ctx); rerr != nil {
-				span.RecordError(rerr)
-				return 0, rerr
-			}
-			decided = time.Now()
-		}
-	}
-}
-
-// observeEpoch records a newer epoch seen elsewhere.
-func (c *Core) observeEpoch(e uint64) {
-	for {
-		cur := c.epoch.Load()
-		if e <= cur || c.epoch.CompareAndSwap(cur, e) {
-			return
-		}
-	}
-}
+func (c *Core) Epoch() uint64 { return c.role.Epoch() }
 
 // session returns a live or lingering session.
 func (c *Core) session(id string) *session {
@@ -417,7 +212,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	defer c.inflight.RUnlock()
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return 0, false, errNotPrimary
 	}
 	// An event in doubt owns the next index: nothing else may take it
@@ -437,20 +232,20 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	}
 	ev.SessionId = s.id
 	ev.Index = s.lastIndex() + 1
-	ev.Epoch = c.epoch.Load()
+	ev.Epoch = c.role.Epoch()
 	if ev.UtcUnixMs == 0 {
 		ev.UtcUnixMs = c.now().UnixMilli()
 	}
 	s.mu.Unlock()
 
 	if uncertain, err := c.secondCopy(ctx, s, ev, needCopy); err != nil {
-		if uncertain && c.primary.Load() {
+		if uncertain && c.role.IsPrimary() {
 			// The copy may exist at the backup or in UCS: the index is ev's.
 			return 0, false, c.holdInDoubt(ctx, s, ev, err)
 		}
 		return 0, false, err
 	}
-	if !c.primary.Load() { // fenced while waiting for the copy: nothing was acknowledged
+	if !c.role.IsPrimary() { // fenced while waiting for the copy: nothing was acknowledged
 		return 0, false, errNotPrimary
 	}
 	c.commitAppended(ctx, s, ev, start)

@@ -82,7 +82,7 @@ func startCoreWith(t testing.TB, store TranscriptStore, mod func(*Config), opts 
 			t.Errorf("serve: %v", err)
 		}
 	})
-	waitFor(t, "primary", func() bool { return c.primary.Load() })
+	waitFor(t, "primary", func() bool { return c.role.IsPrimary() })
 	return &testCore{c: c, cl: chatpb.NewChatClient(conn), conn: conn, http: hl.Addr().String()}
 }
 

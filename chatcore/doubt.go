@@ -64,7 +64,7 @@ func (c *Core) resolveDoubt(ctx context.Context, s *session) error {
 		s.mu.Unlock()
 		return nil
 	}
-	if s.removed || ev.Epoch != c.epoch.Load() || ev.Index != s.lastIndex()+1 {
+	if s.removed || ev.Epoch != c.role.Epoch() || ev.Index != s.lastIndex()+1 {
 		c.dropDoubtLocked(s)
 		s.mu.Unlock()
 		c.m.doubtResolved.WithLabelValues("superseded").Inc()
@@ -74,12 +74,12 @@ func (c *Core) resolveDoubt(ctx context.Context, s *session) error {
 	s.mu.Unlock()
 	start := time.Now()
 	if _, err := c.secondCopy(ctx, s, ev, true); err != nil {
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return errNotPrimary
 		}
 		return status.Errorf(codes.Unavailable, "event %d of this session is in doubt (its second copy's outcome is unknown) and cannot be copied yet: retry", ev.Index)
 	}
-	if !c.primary.Load() { // fenced while waiting for the copy
+	if !c.role.IsPrimary() { // fenced while waiting for the copy
 		return errNotPrimary
 	}
 	s.mu.Lock()
@@ -127,7 +127,7 @@ func (c *Core) settleDoubt(ctx context.Context, s *session) {
 		return
 	}
 	defer s.appendMu.Unlock()
-	if !c.primary.Load() || c.unmerged.Load() || c.draining.Load() {
+	if !c.role.IsPrimary() || c.role.Unmerged() || c.role.Draining() {
 		return
 	}
 	_ = c.resolveDoubt(ctx, s) // a failure stays in doubt; the next tick tries again

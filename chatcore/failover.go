@@ -37,7 +37,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 		if peer, ok := c.peerHasState(ctx); ok {
 			c.log.InfoContext(ctx, "configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
 				"peer_role", peer.Role, "peer_epoch", peer.Epoch, "peer_sessions", peer.LiveSessions)
-			c.observeEpoch(peer.Epoch)
+			c.role.Observe(peer.Epoch)
 		} else if _, err := c.claimPrimary(ctx, c.startClaim()); err != nil && ctx.Err() == nil {
 			c.log.WarnContext(ctx, "could not claim the primary role at start: joining as backup", "err", err)
 		}
@@ -45,7 +45,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 		c.publishMeta(ctx)
 	}
 	for ctx.Err() == nil {
-		if c.primary.Load() {
+		if c.role.IsPrimary() {
 			c.lead(ctx)
 		} else {
 			c.follow(ctx)
@@ -130,8 +130,8 @@ func (c *Core) previousHolderElsewhere(ctx context.Context) bool {
 // lead runs while this core is primary: it watches membership for a core
 // with a newer epoch claiming primary, and returns on a role change.
 func (c *Core) lead(ctx context.Context) {
-	roleCh := c.roleChanged()
-	if !c.primary.Load() {
+	roleCh := c.role.Changed()
+	if !c.role.IsPrimary() {
 		return
 	}
 	var events <-chan membership.Event
@@ -143,7 +143,7 @@ func (c *Core) lead(ctx context.Context) {
 	lctx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	leaseDone := make(chan struct{})
-	go func() { defer close(leaseDone); c.renewLease(lctx, c.epoch.Load()) }()
+	go func() { defer close(leaseDone); c.renewLease(lctx, c.role.Epoch()) }()
 	defer func() { stopLease(); <-leaseDone }()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -221,7 +221,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
-	if err != nil || st.Role != RolePrimary || st.Epoch <= c.epoch.Load() {
+	if err != nil || st.Role != RolePrimary || st.Epoch <= c.role.Epoch() {
 		return
 	}
 	who := "peer " + st.Name
@@ -234,7 +234,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 // newer epoch, and UCS confirms that a newer epoch exists.
 func (c *Core) checkNewerPrimary(ctx context.Context, m membership.Member) {
 	if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.Role != RolePrimary ||
-		m.State != membership.StateAlive || m.Meta.Epoch <= c.epoch.Load() {
+		m.State != membership.StateAlive || m.Meta.Epoch <= c.role.Epoch() {
 		return
 	}
 	who := "member " + m.Name
@@ -267,7 +267,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	if seen && r.claimed == claimed && time.Since(r.at) < refuteMemory {
 		return 0, false
 	}
-	mine := c.epoch.Load()
+	mine := c.role.Epoch()
 	uctx, cancel := context.WithTimeout(ctx, epochConfirmTimeout)
 	defer cancel()
 	cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
@@ -311,8 +311,8 @@ func (c *Core) publishMeta(ctx context.Context) {
 	}
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
-	role, epoch := c.roleEpoch()
-	if c.unmerged.Load() {
+	role, epoch := c.role.RoleEpoch()
+	if c.role.Unmerged() {
 		// Not serving yet: the control plane must not route to it (it
 		// gossips primary once finishRestoring opened it).
 		role = RoleBackup
@@ -336,7 +336,7 @@ func (c *Core) promote(ctx context.Context, why string, certain bool, recheck fu
 	span.SetAttributes(attribute.String("detection", why))
 	start := time.Now()
 	stale := c.replicaStale.Load()
-	cl := claim{known: c.epoch.Load(), reason: "failover: " + why, recheck: recheck, restore: stale}
+	cl := claim{known: c.role.Epoch(), reason: "failover: " + why, recheck: recheck, restore: stale}
 	if !certain {
 		// Without proof that the process is gone, the primary's lease
 		// decides: a primary that still renews at UCS is alive.
@@ -418,7 +418,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	// call; without it a stale replica merges every session.
 	var stored map[string]ChatInfo
 	merged := false
-	if c.unmerged.Load() {
+	if c.role.Unmerged() {
 		// Not serving yet: merge everything UCS holds beyond the replica,
 		// however long UCS takes, then open to clients.
 		var err error
@@ -539,7 +539,7 @@ func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ChatInfo
 			return nil, fmt.Errorf("catch up from ucs: %w", ctx.Err())
 		case <-time.After(delay):
 		}
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return nil, errors.New("catch up from ucs: stepped down")
 		}
 		delay = min(delay*2, time.Second)
@@ -556,7 +556,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 	if _, atUCS := c.fencer.(StoreFencer); atUCS {
 		return nil
 	}
-	mine := c.epoch.Load()
+	mine := c.role.Epoch()
 	delay := 50 * time.Millisecond
 	for {
 		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
@@ -579,7 +579,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 			return fmt.Errorf("announce epoch %d: %w", mine, ctx.Err())
 		case <-time.After(delay):
 		}
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return errors.New("announce epoch: stepped down")
 		}
 		delay = min(delay*2, time.Second)
@@ -647,7 +647,7 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 	c.spawn(func(ctx context.Context) {
 		delay := 50 * time.Millisecond
 		deadline := time.Now().Add(time.Minute)
-		for len(rest) > 0 && time.Now().Before(deadline) && c.primary.Load() {
+		for len(rest) > 0 && time.Now().Before(deadline) && c.role.IsPrimary() {
 			select {
 			case <-ctx.Done():
 				return
@@ -739,7 +739,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 		if s := c.session(id); s != nil {
 			return s, nil
 		}
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return nil, errUnknown
 		}
 		if c.tombstoned(id) {
@@ -823,7 +823,7 @@ func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*
 // handover drains, hands the epoch to the in-sync backup and steps down
 // (Switchover, and a primary's clean shutdown).
 func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResponse, error) {
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is not primary; ask the primary", c.cfg.Name)
 	}
 	l := c.repl.current()
@@ -834,22 +834,22 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	defer span.End()
 	start := time.Now()
 	c.log.InfoContext(ctx, why+": draining", "to", l.name)
-	c.draining.Store(true)
+	c.role.SetDraining(true)
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.inflight.Lock()
 	defer c.inflight.Unlock()
 	abort := func(err error) (*chatpb.SwitchoverResponse, error) {
-		if c.primary.Load() {
-			c.draining.Store(false)
+		if c.role.IsPrimary() {
+			c.role.SetDraining(false)
 			c.health.SetServingStatus(ChatServiceName, healthServing)
 		}
 		c.log.WarnContext(ctx, why+" aborted", "err", err, "role", c.Role())
 		return nil, status.Errorf(codes.Aborted, "%s aborted: %v", why, err)
 	}
-	if !c.primary.Load() || c.repl.current() != l {
+	if !c.role.IsPrimary() || c.repl.current() != l {
 		return abort(errors.New("role or backup changed while draining"))
 	}
-	epoch := c.epoch.Load()
+	epoch := c.role.Epoch()
 	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Handover{Handover: &chatpb.Handover{Epoch: epoch}}}, false)
 	var ans *chatpb.ReplicaAck
 	select {

@@ -60,7 +60,7 @@ type streamEnd struct {
 // follow runs while this core is a backup. It returns when the core became
 // primary or ctx ended.
 func (c *Core) follow(ctx context.Context) {
-	roleCh := c.roleChanged()
+	roleCh := c.role.Changed()
 	if !c.paired() {
 		select { // a standalone backup waits to be told otherwise
 		case <-ctx.Done():
@@ -72,7 +72,7 @@ func (c *Core) follow(ctx context.Context) {
 	defer stop()
 	delay := 20 * time.Millisecond
 	var lastWarn, lastDrop time.Time
-	for ctx.Err() == nil && !c.primary.Load() {
+	for ctx.Err() == nil && !c.role.IsPrimary() {
 		addr := c.peerAddr()
 		if addr == "" { // gossip has not shown the other core yet
 			select {
@@ -90,7 +90,7 @@ func (c *Core) follow(ctx context.Context) {
 			return
 		}
 		end := c.replicateOnce(ctx, conn, failed)
-		if c.primary.Load() || ctx.Err() != nil {
+		if c.role.IsPrimary() || ctx.Err() != nil {
 			return
 		}
 		if end.primaryName == "" {
@@ -231,7 +231,7 @@ type replicaStream interface {
 // replicate runs one opened Replicate stream until it ends. cancel ends the
 // stream (it cancels the stream's context); ctx is the follower's context.
 func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream replicaStream, failed <-chan struct{}) (end streamEnd) {
-	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.epoch.Load(), Token: c.cfg.AdminToken, Batches: true}
+	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.role.Epoch(), Token: c.cfg.AdminToken, Batches: true}
 	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
 		end.err = err
 		return end
@@ -304,13 +304,13 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			return end
 		}
 		lastHeard.Store(time.Now().UnixNano())
-		if known := c.epoch.Load(); msg.Epoch < known {
+		if known := c.role.Epoch(); msg.Epoch < known {
 			end.fencedPrimary = true
 			end.err = fmt.Errorf("primary %s carries epoch %d, older than %d: rejected", msg.Primary, msg.Epoch, known)
 			c.log.WarnContext(ctx, "rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", known)
 			return end
 		}
-		c.observeEpoch(msg.Epoch)
+		c.role.Observe(msg.Epoch)
 		end.primaryName, end.primaryEpoch, end.receivedAny = msg.Primary, msg.Epoch, true
 		if !c.sawPrimary.Load() {
 			c.sawPrimary.Store(true)

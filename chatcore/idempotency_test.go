@@ -156,7 +156,7 @@ func TestStartSessionRetryAnsweredAfterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.kill() // the answers were "lost": the client retries at the promoted backup
-	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	again, err := b.cl.StartSession(ctx, startReq("fo-1"))
 	if err != nil {
 		t.Fatalf("retry at b: %v", err)

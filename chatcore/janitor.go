@@ -36,7 +36,7 @@ func (c *Core) sweep(ctx context.Context) {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
-	primary := c.primary.Load()
+	primary := c.role.IsPrimary()
 	for _, s := range all {
 		if primary {
 			c.settleDoubt(ctx, s)

@@ -338,9 +338,9 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		c.log.Warn("refused a replication stream: wrong pair token", "backup", hello.Name)
 		return status.Error(codes.PermissionDenied, "wrong pair token")
 	}
-	if hello.Epoch > c.epoch.Load() {
+	if hello.Epoch > c.role.Epoch() {
 		// A backup's word is a hint; only UCS can say that a newer epoch exists.
-		mine := c.epoch.Load()
+		mine := c.role.Epoch()
 		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
 		cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
 		cancel()
@@ -358,9 +358,8 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at the fencing authority (it holds %d)", hello.Epoch, cur.Epoch)
 		}
 	}
-	c.roleMu.Lock()
-	epoch, primary, roleCtx := c.epoch.Load(), c.primary.Load(), c.streamCtx
-	c.roleMu.Unlock()
+	term := c.role.Term()
+	epoch, primary, roleCtx := term.Epoch, term.Primary, term.Stream
 	if !primary {
 		return errNotPrimary
 	}
@@ -498,7 +497,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 		return false, nil
 	}
 	if err := c.markSolo(ctx, ev.Epoch); err != nil {
-		return uncertain && c.primary.Load(), err
+		return uncertain && c.role.IsPrimary(), err
 	}
 	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{sessionlog.Saved(ev)}}
 	sent := false

@@ -110,7 +110,7 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 	if err := checkText("client_request_id", req.ClientRequestId, maxClientIDLen); err != nil {
 		return nil, err
 	}
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return nil, errNotPrimary
 	}
 
@@ -496,9 +496,7 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 	if err != nil {
 		return err
 	}
-	c.roleMu.Lock()
-	roleCtx := c.streamCtx
-	c.roleMu.Unlock()
+	roleCtx := c.role.Stream()
 	ctx := stream.Context()
 	next := max(req.FromIndex, 1)
 
@@ -604,9 +602,7 @@ func (c *Core) WatchSessions(req *chatpb.WatchSessionsRequest, stream chatpb.Cha
 	if !c.tokenOK(req.ServiceToken) {
 		return errBadToken
 	}
-	c.roleMu.Lock()
-	roleCtx := c.streamCtx
-	c.roleMu.Unlock()
+	roleCtx := c.role.Stream()
 	w := &watcher{ch: make(chan *chatpb.SessionChange, 1024)}
 	c.watchMu.Lock()
 	c.watchers[w] = struct{}{}
@@ -685,12 +681,12 @@ func (c *Core) status() *chatpb.StatusResponse {
 	c.mu.RLock()
 	live := c.live
 	c.mu.RUnlock()
-	role, epoch := c.roleEpoch()
+	role, epoch := c.role.RoleEpoch()
 	st := &chatpb.StatusResponse{
 		Name: c.cfg.Name, Role: role, Epoch: epoch, LiveSessions: uint64(max(live, 0)),
 		// A primary still merging UCS reports draining too: sidecars and
 		// clients that skip a draining primary skip it until it serves.
-		Draining: c.draining.Load() || c.unmerged.Load(), ReplicationLag: c.repl.lag(),
+		Draining: c.role.Draining() || c.role.Unmerged(), ReplicationLag: c.repl.lag(),
 	}
 	if l := c.repl.current(); l != nil {
 		st.Backup = l.name

@@ -218,7 +218,7 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 	s.saveQueued = false
 	s.saveDirty = false
 	from, to := s.savedThrough+1, s.lastIndex()
-	if !c.primary.Load() { // a backup never saves; the promotion re-queues pending saves
+	if !c.role.IsPrimary() { // a backup never saves; the promotion re-queues pending saves
 		return saveJob{}, false
 	}
 	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.log.State.Ended) {
@@ -236,7 +236,7 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 	}
 	j := saveJob{s: s, from: from, to: to, ended: ended, cause: cause, send: len(events) > 0 || ended}
 	if j.send {
-		j.req = SaveRequest{Service: c.cfg.Cluster, Epoch: c.epoch.Load(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
+		j.req = SaveRequest{Service: c.cfg.Cluster, Epoch: c.role.Epoch(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
 	}
 	return j, true
 }
