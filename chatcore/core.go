@@ -54,8 +54,7 @@ type Core struct {
 	// events) on the backup. An entry leaves with its session.
 	startReqs map[string]*session
 
-	watchMu  sync.Mutex
-	watchers map[*watcher]struct{}
+	watch watchers // WatchSessions streams
 
 	// role is the role state machine (package role): primary or backup,
 	// the epoch, draining and unmerged. fencing.go decides its transitions.
@@ -76,9 +75,7 @@ type Core struct {
 	restoreMu sync.Mutex
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
 
-	tombMu    sync.Mutex
-	tombs     map[string]tombstone // sessions forgotten without a complete final save (doubt.go)
-	tombOrder []string             // tombs' ids, oldest first
+	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
 
 	peerMu       sync.Mutex
 	peer         *grpc.ClientConn // to peerConnAddr, created on first use
@@ -96,39 +93,46 @@ type Core struct {
 	refuted        map[string]refutation // newer epochs peers claimed and UCS did not confirm
 	unconfirmedLog time.Time             // last "cannot confirm at UCS" log line
 
-	bgMu     sync.Mutex
-	bgCtx    context.Context // Serve's context; nil before Serve
-	bgClosed bool            // Serve is returning: no new background work
-	bgWG     sync.WaitGroup  // background work Serve waits for
+	bg background // goroutines Serve owns beyond its servers
+}
+
+// background owns the goroutines a core starts beyond its servers (meta
+// publishing, restoration after a switchover, clearing the solo mark): they
+// run under Serve's context and Serve returns only after they did.
+type background struct {
+	mu     sync.Mutex
+	ctx    context.Context // Serve's context; nil before Serve
+	closed bool            // Serve is returning: no new background work
+	wg     sync.WaitGroup  // background work Serve waits for
 }
 
 // spawn runs f in a goroutine owned by Serve: f gets Serve's context and
 // Serve returns only after f did. It reports false (and does not run f)
 // before Serve started or once it is stopping.
-func (c *Core) spawn(f func(ctx context.Context)) bool {
-	c.bgMu.Lock()
-	defer c.bgMu.Unlock()
-	if c.bgCtx == nil || c.bgClosed {
+func (b *background) spawn(f func(ctx context.Context)) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ctx == nil || b.closed {
 		return false
 	}
-	ctx := c.bgCtx
-	c.bgWG.Go(func() { f(ctx) })
+	ctx := b.ctx
+	b.wg.Go(func() { f(ctx) })
 	return true
 }
 
-// startBackground lets spawn run work under ctx (Serve's context).
-func (c *Core) startBackground(ctx context.Context) {
-	c.bgMu.Lock()
-	c.bgCtx, c.bgClosed = ctx, false
-	c.bgMu.Unlock()
+// start lets spawn run work under ctx (Serve's context).
+func (b *background) start(ctx context.Context) {
+	b.mu.Lock()
+	b.ctx, b.closed = ctx, false
+	b.mu.Unlock()
 }
 
-// stopBackground refuses new background work and waits for the running work.
-func (c *Core) stopBackground() {
-	c.bgMu.Lock()
-	c.bgClosed = true
-	c.bgMu.Unlock()
-	c.bgWG.Wait()
+// stop refuses new background work and waits for the running work.
+func (b *background) stop() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.wg.Wait()
 }
 
 // Option configures a Core beyond its Config (seams for tests and phase-2 parts).
@@ -158,7 +162,6 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		now:       time.Now,
 		sessions:  make(map[string]*session),
 		startReqs: make(map[string]*session),
-		watchers:  make(map[*watcher]struct{}),
 		role:      role.New(),
 		health:    health.NewServer(),
 	}
@@ -173,6 +176,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.restoring = make(map[string]chan struct{})
 	c.progressDirty = make(map[*session]struct{})
 	c.m.role.snapshot = c.role.RoleEpoch
+	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log
 	return c, nil
 }
 
@@ -257,7 +261,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event, start time.Time) {
 	s.mu.Lock()
 	change := c.commitLocked(s, ev)
-	save := c.saveTrigger(ev)
+	save := saveTrigger(c.cfg.TranscriptAutoSave, ev)
 	if sc := trace.SpanContextFromContext(ctx); save && sc.IsValid() {
 		s.saveCause = sc // the save's span joins this message's trace
 	}
@@ -266,7 +270,7 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 	c.m.eventCounter(ev.Kind).Inc()
 	c.m.appendSeconds.Observe(time.Since(start).Seconds())
 	if change != nil {
-		c.notifyWatchers(change)
+		c.watch.notify(change)
 	}
 	if save {
 		c.saver.enqueue(s)
@@ -322,42 +326,6 @@ func (c *Core) changeLocked(s *session, kind chatpb.SessionChange_Kind) *chatpb.
 		ch.CustomerNickname = cu.P.Nickname
 	}
 	return ch
-}
-
-// saveTrigger reports whether committing ev asks for a transcript save.
-func (c *Core) saveTrigger(ev *chatpb.Event) bool {
-	switch {
-	case ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
-		return true
-	case c.cfg.TranscriptAutoSave == AutoSaveAtEnd:
-		return false
-	}
-	switch ev.Kind {
-	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED,
-		chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
-		return false
-	}
-	return true
-}
-
-// savedKind reports whether transcript-save-notices lets ev into the saved transcript.
-func (c *Core) savedKind(ev *chatpb.Event) bool {
-	var n NoticeSet
-	switch ev.Kind {
-	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
-		n = NoticeTyping
-	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
-		n = NoticePushURL
-	case chatpb.EventKind_EVENT_KIND_NOTICE:
-		n = NoticeCustom
-	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
-		n = NoticeSave
-	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
-		n = NoticeDisconnect
-	default:
-		return true
-	}
-	return c.notices&n != 0
 }
 
 // systemParticipant is the author of events the core itself appends.

@@ -302,7 +302,7 @@ func TestTombstoneReplicated(t *testing.T) {
 	waitFor(t, "forgotten on both", func() bool {
 		return a.c.session(cust.SessionId) == nil && b.c.session(cust.SessionId) == nil
 	})
-	if !b.c.tombstoned(cust.SessionId) {
+	if !b.c.tombs.has(cust.SessionId) {
 		t.Fatal("the backup has no tombstone of the closed session")
 	}
 	a.kill()
@@ -315,7 +315,7 @@ func TestTombstoneReplicated(t *testing.T) {
 	lc := listen(t)
 	c := startNode(t, "core-c", RoleBackup, b.addr, lc, store, closeOnRefusal)
 	waitInSync(t, b, "core-c")
-	if !c.c.tombstoned(cust.SessionId) {
+	if !c.c.tombs.has(cust.SessionId) {
 		t.Fatal("a backup that joined later has no tombstone of the closed session")
 	}
 }

@@ -454,7 +454,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	wg.Wait()
 	// Sessions that only UCS holds (started while the replica was cut off).
 	for id, info := range stored {
-		if !info.Ended && c.session(id) == nil && !c.tombstoned(id) {
+		if !info.Ended && c.session(id) == nil && !c.tombs.has(id) {
 			if _, err := c.lookup(ctx, id, nil); err == nil {
 				n++
 			} else {
@@ -644,7 +644,7 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 	// event in doubt): the notices wait, in order, until one is possible,
 	// rather than being dropped.
 	c.log.WarnContext(ctx, "failover notices wait for a second copy", "session", s.id, "notices", len(rest), "err", err)
-	c.spawn(func(ctx context.Context) {
+	c.bg.spawn(func(ctx context.Context) {
 		delay := 50 * time.Millisecond
 		deadline := time.Now().Add(time.Minute)
 		for len(rest) > 0 && time.Now().Before(deadline) && c.role.IsPrimary() {
@@ -742,7 +742,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 		if !c.role.IsPrimary() {
 			return nil, errUnknown
 		}
-		if c.tombstoned(id) {
+		if c.tombs.has(id) {
 			// Ended here with events UCS lacks: its copy there is older
 			// than what was acknowledged, and must not reopen it.
 			return nil, errTombstoned

@@ -24,7 +24,7 @@ func (c *Core) becomePrimary(epoch uint64, serving bool) {
 		} else {
 			c.health.SetServingStatus(ChatServiceName, healthNotServing)
 		}
-		c.spawn(c.publishMeta)
+		c.bg.spawn(c.publishMeta)
 	})
 }
 
@@ -33,7 +33,7 @@ func (c *Core) becomePrimary(epoch uint64, serving bool) {
 func (c *Core) finishRestoring() {
 	c.role.FinishRestoring(func() {
 		c.health.SetServingStatus(ChatServiceName, healthServing)
-		c.spawn(c.publishMeta)
+		c.bg.spawn(c.publishMeta)
 	})
 }
 
@@ -47,7 +47,7 @@ func (c *Core) stepDown(reason string, newer uint64) {
 		c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
 		c.m.solo.Set(0)
 		c.repl.dropLink("stepped down")
-		c.spawn(c.publishMeta)
+		c.bg.spawn(c.publishMeta)
 		c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.role.Epoch())
 	})
 }

@@ -338,7 +338,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			c.gossipDead.Store(false)
 			c.log.InfoContext(ctx, "in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", len(seen), "dropped_stale", n)
-			c.spawn(c.publishMeta) // gossip the epoch we now follow
+			c.bg.spawn(c.publishMeta) // gossip the epoch we now follow
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
 			ans := &chatpb.ReplicaAck{Seq: msg.Seq}
@@ -353,7 +353,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			}
 			if err == nil {
 				end.handedOver = true
-				c.spawn(func(ctx context.Context) { c.restoreAll(ctx, "switchover") })
+				c.bg.spawn(func(ctx context.Context) { c.restoreAll(ctx, "switchover") })
 				// Let the old primary close the stream (it steps down on our
 				// answer), so that the answer is not cut off by our cancel.
 				t := time.AfterFunc(2*time.Second, cancel)
@@ -604,7 +604,7 @@ func (c *Core) applyReplicated(msg *chatpb.ReplicaMsg, seen map[string]bool) err
 			if b.Snapshot.SessionId == "" {
 				return errors.New("tombstone without a session id")
 			}
-			c.addTombstone(b.Snapshot.SessionId, b.Snapshot.LastIndex)
+			c.tombs.add(b.Snapshot.SessionId, b.Snapshot.LastIndex)
 			return nil
 		}
 		if err := c.applySnapshot(b.Snapshot); err != nil {
@@ -685,7 +685,7 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
 }
 
 // putSession inserts or replaces a session, keeping the live count. Lock
-// order is s.mu before c.mu everywhere (commitLocked takes c.mu under s.mu),
+// order (doc.go) is s.mu before c.mu (commitLocked takes c.mu under s.mu),
 // so the replaced session is marked after c.mu is released.
 func (c *Core) putSession(s *session) {
 	c.mu.Lock()

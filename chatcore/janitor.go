@@ -94,7 +94,7 @@ func (c *Core) forget(s *session) {
 	c.dropDoubtLocked(s)
 	s.mu.Unlock()
 	if incomplete {
-		c.addTombstone(s.id, last)
+		c.tombs.add(s.id, last)
 	}
 	c.mu.Lock()
 	delete(c.sessions, s.id)

@@ -404,7 +404,7 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 	}
 	c.repl.mu.Unlock()
 	c.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
-	c.spawn(c.clearSolo)
+	c.bg.spawn(c.clearSolo)
 
 	select {
 	case err := <-recvErr:
@@ -429,7 +429,7 @@ func (c *Core) snapshotTo(l *link) int {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
-	for _, t := range c.tombstoneSnapshots() {
+	for _, t := range c.tombs.snapshots() {
 		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: t}}, false)
 	}
 	n := 0
@@ -493,7 +493,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 			}
 		}
 	}
-	if !c.paired() || !needCopy || !c.savedKind(ev) {
+	if !c.paired() || !needCopy || !c.notices.keeps(ev) {
 		return false, nil
 	}
 	if err := c.markSolo(ctx, ev.Epoch); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
@@ -604,10 +605,8 @@ func (c *Core) WatchSessions(req *chatpb.WatchSessionsRequest, stream chatpb.Cha
 	}
 	roleCtx := c.role.Stream()
 	w := &watcher{ch: make(chan *chatpb.SessionChange, 1024)}
-	c.watchMu.Lock()
-	c.watchers[w] = struct{}{}
-	c.watchMu.Unlock()
-	defer c.unwatch(w)
+	c.watch.add(w)
+	defer c.watch.remove(w)
 
 	c.mu.RLock()
 	all := make([]*session, 0, len(c.sessions))
@@ -650,26 +649,52 @@ type watcher struct {
 	ch chan *chatpb.SessionChange
 }
 
-func (c *Core) unwatch(w *watcher) {
-	c.watchMu.Lock()
-	defer c.watchMu.Unlock()
-	if _, ok := c.watchers[w]; ok {
-		delete(c.watchers, w)
+// watchers are the open WatchSessions streams. It owns its lock, a leaf:
+// notify never blocks (a full mailbox drops its watcher, whose stream ends).
+type watchers struct {
+	mu  sync.Mutex
+	set map[*watcher]struct{}
+}
+
+// add registers w.
+func (ws *watchers) add(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.set == nil {
+		ws.set = make(map[*watcher]struct{})
+	}
+	ws.set[w] = struct{}{}
+}
+
+// remove unregisters w and closes its mailbox, unless notify dropped it.
+func (ws *watchers) remove(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if _, ok := ws.set[w]; ok {
+		delete(ws.set, w)
 		close(w.ch)
 	}
 }
 
-func (c *Core) notifyWatchers(ch *chatpb.SessionChange) {
-	c.watchMu.Lock()
-	defer c.watchMu.Unlock()
-	for w := range c.watchers {
+// notify hands ch to every watcher, dropping those whose mailbox is full.
+func (ws *watchers) notify(ch *chatpb.SessionChange) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for w := range ws.set {
 		select {
 		case w.ch <- ch:
 		default:
-			delete(c.watchers, w)
+			delete(ws.set, w)
 			close(w.ch)
 		}
 	}
+}
+
+// count returns the number of registered watchers.
+func (ws *watchers) count() int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.set)
 }
 
 // Status reports role, epoch, sessions and replication state. Any core answers it.

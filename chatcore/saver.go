@@ -18,6 +18,44 @@ import (
 	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
+// saveTrigger reports whether committing ev asks for a transcript save
+// under transcript-auto-save mode autoSave.
+func saveTrigger(autoSave int, ev *chatpb.Event) bool {
+	switch {
+	case ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
+		return true
+	case autoSave == AutoSaveAtEnd:
+		return false
+	}
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED,
+		chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
+		return false
+	}
+	return true
+}
+
+// keeps reports whether transcript-save-notices (the set ns) lets ev into
+// the saved transcript.
+func (ns NoticeSet) keeps(ev *chatpb.Event) bool {
+	var n NoticeSet
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
+		n = NoticeTyping
+	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
+		n = NoticePushURL
+	case chatpb.EventKind_EVENT_KIND_NOTICE:
+		n = NoticeCustom
+	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
+		n = NoticeSave
+	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
+		n = NoticeDisconnect
+	default:
+		return true
+	}
+	return ns&n != 0
+}
+
 // saver writes transcripts to UCS asynchronously, per session, behind one
 // circuit breaker. A session is in the queue at most once; a save covers
 // every event since the last acknowledged one, so bursts coalesce. Saves are
@@ -230,7 +268,7 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 	s.saveCause = trace.SpanContext{}
 	events := make([]*chatpb.Event, 0, to-from+1)
 	for _, e := range s.log.Entries()[from-1 : to] {
-		if c.savedKind(e.Ev) {
+		if c.notices.keeps(e.Ev) {
 			events = append(events, sessionlog.Saved(e.Ev))
 		}
 	}

@@ -110,7 +110,7 @@ func TestServeWaitsForBackgroundWork(t *testing.T) {
 	if in := mm.inside.Load(); in != 0 {
 		t.Fatalf("Serve returned with %d meta publishes still running", in)
 	}
-	if n.c.spawn(func(context.Context) { t.Error("ran after Serve returned") }) {
+	if n.c.bg.spawn(func(context.Context) { t.Error("ran after Serve returned") }) {
 		t.Fatal("spawn accepted work after Serve returned")
 	}
 }

@@ -62,7 +62,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 		"transcript-auto-save", c.cfg.TranscriptAutoSave, "session-restoration-mode", c.cfg.SessionRestorationMode)
 
 	c.warnOpenTokens()
-	c.startBackground(ctx)
+	c.bg.start(ctx)
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
@@ -121,7 +121,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	defer scancel()
 	_ = hs.Shutdown(sctx)
 	wg.Wait()
-	c.stopBackground() // restoration after a switchover, meta publishing
+	c.bg.stop() // restoration after a switchover, meta publishing
 	return err
 }
 
