@@ -394,7 +394,10 @@ func TestUCSDownDuringFailover(t *testing.T) {
 		t.Fatalf("send during the pause: %v", err)
 	}
 	store.setDown(false)
-	waitFor(t, "b promoted once UCS is back", func() bool { return b.c.role.IsPrimary() })
+	// Serving, not only primary: when the probe of the killed primary is
+	// not a clean refusal (a loaded machine), the promotion merges from UCS
+	// first and answers UNAVAILABLE meanwhile, as clients retry.
+	waitFor(t, "b promoted and serving once UCS is back", func() bool { return b.c.role.IsPrimary() && !b.c.role.Unmerged() })
 	d, err := b.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
 	if err != nil || !d.Duplicate || d.Index != r.Index {
 		t.Fatalf("acknowledged message lost: %v %v", d, err)
