@@ -57,7 +57,6 @@ func (sv *saver) popBatch(max int) []*session {
 // good: non-recoverable, conflict, invalid, stale epoch) is a success. While
 // the breaker is open every session of the batch gets its ErrOpenState.
 func (sv *saver) saveBatch(ctx context.Context, bs BatchTranscriptStore, sessions []*session) {
-	c := sv.c
 	jobs := make([]saveJob, 0, len(sessions))
 	var stale bool
 	for _, s := range sessions {
@@ -75,7 +74,7 @@ func (sv *saver) saveBatch(ctx context.Context, bs BatchTranscriptStore, session
 		stale = sv.settleAll(ctx, jobs, errs) || stale
 	}
 	if stale {
-		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
+		sv.core.stepDown("UCS rejected a transcript save with a stale epoch", 0)
 	}
 }
 
@@ -83,7 +82,7 @@ func (sv *saver) saveBatch(ctx context.Context, bs BatchTranscriptStore, session
 // settle appends a notice (a replicated append), so they run on up to
 // TranscriptSaveWorkers goroutines, as the unbatched workers did.
 func (sv *saver) settleAll(ctx context.Context, jobs []saveJob, errs []error) (stale bool) {
-	if sv.c.cfg.TranscriptAutoSave != AutoSaveWithNotices || len(jobs) == 1 {
+	if sv.cfg.TranscriptAutoSave != AutoSaveWithNotices || len(jobs) == 1 {
 		for i, j := range jobs {
 			stale = sv.settle(ctx, j, errs[i]) || stale
 		}
@@ -94,7 +93,7 @@ func (sv *saver) settleAll(ctx context.Context, jobs []saveJob, errs []error) (s
 		anyStale atomic.Bool
 		next     atomic.Int64
 	)
-	for range min(sv.c.cfg.TranscriptSaveWorkers, len(jobs)) {
+	for range min(sv.cfg.TranscriptSaveWorkers, len(jobs)) {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(jobs); i = int(next.Add(1) - 1) {
 				if sv.settle(ctx, jobs[i], errs[i]) {
@@ -110,7 +109,6 @@ func (sv *saver) settleAll(ctx context.Context, jobs []saveJob, errs []error) (s
 // sendBatch sends the jobs' saves in one SaveBatch call through the
 // breaker and returns each job's error.
 func (sv *saver) sendBatch(ctx context.Context, bs BatchTranscriptStore, jobs []saveJob) []error {
-	c := sv.c
 	reqs := make([]SaveRequest, len(jobs))
 	for i, j := range jobs {
 		reqs[i] = j.req
@@ -133,12 +131,12 @@ func (sv *saver) sendBatch(ctx context.Context, bs BatchTranscriptStore, jobs []
 		attrs = append(attrs, attribute.String("chat.id", jobs[0].s.id), attribute.Int64("transcript.from", int64(jobs[0].from)),
 			attribute.Int64("transcript.to", int64(jobs[0].to)), attribute.Bool("transcript.ended", jobs[0].ended))
 	}
-	tctx, span := c.tracer.Start(tctx, "chatcore.saveTranscripts", trace.WithLinks(links...), trace.WithAttributes(attrs...))
+	tctx, span := sv.tracer.Start(tctx, "chatcore.saveTranscripts", trace.WithLinks(links...), trace.WithAttributes(attrs...))
 	defer span.End()
 
 	var results []SaveBatchResult
 	_, err := sv.cb.Execute(func() (SaveResult, error) {
-		sctx, cancel := context.WithTimeout(tctx, c.cfg.TranscriptSaveTimeout)
+		sctx, cancel := context.WithTimeout(tctx, sv.cfg.TranscriptSaveTimeout)
 		defer cancel()
 		r, err := bs.SaveBatch(sctx, reqs)
 		if err != nil {

@@ -94,7 +94,7 @@ func (tc *testCore) ended(id string) bool {
 	s := tc.c.session(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.st.ended
+	return s.log.State.Ended
 }
 
 // TestSaverBatchesSessions: the saves of many sessions queued together go

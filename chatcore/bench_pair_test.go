@@ -114,8 +114,7 @@ func BenchmarkRestore(b *testing.B) {
 				{SessionId: s.id, Index: 2, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: pCust, KeyHash: "h"},
 				{SessionId: s.id, Index: 3, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: pAgent, KeyHash: "h"},
 			} {
-				s.st.apply(ev)
-				s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+				s.log.Commit(ev)
 			}
 			c.putSession(s)
 		}
@@ -134,7 +133,7 @@ func BenchmarkResync(b *testing.B) {
 	store := newMemStore()
 	la, lb := listen(b), listen(b)
 	a := startNode(b, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(b, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(b, "a primary", func() bool { return a.c.role.IsPrimary() })
 	lb.Close() // no backup yet: second copies go to UCS while sessions are created
 	ctx := context.Background()
 	for range 10000 {

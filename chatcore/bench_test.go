@@ -160,11 +160,11 @@ func FuzzSend(f *testing.F) {
 				req.Attrs = map[string]string{k: v}
 			}
 			s.mu.Lock()
-			n := len(s.log)
+			n := int(s.log.LastIndex())
 			s.mu.Unlock()
 			r, err := c.Send(context.Background(), req)
 			s.mu.Lock()
-			grew := len(s.log) - n
+			grew := int(s.log.LastIndex()) - n
 			s.mu.Unlock()
 			switch {
 			case err != nil:

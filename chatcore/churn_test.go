@@ -32,7 +32,7 @@ func churn(t *testing.T, switchover bool) {
 	mod := func(c *Config) { c.TranscriptAutoSave = 1; c.SendRate = 1000; c.SendBurst = 1000 }
 	nodes := make([]*node, 2)
 	nodes[0] = startNode(t, "core-a", RolePrimary, addrs[1], la, store, mod)
-	waitFor(t, "a primary", func() bool { return nodes[0].c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return nodes[0].c.role.IsPrimary() })
 	nodes[1] = startNode(t, "core-b", RoleBackup, addrs[0], lb, store, mod)
 	waitInSync(t, nodes[0], "core-b")
 
@@ -87,7 +87,7 @@ func churn(t *testing.T, switchover bool) {
 		victim := nodes[dead]
 		mu.Unlock()
 		victim.kill()
-		waitFor(t, "promotion", func() bool { return nodes[alive].c.primary.Load() })
+		waitFor(t, "promotion", func() bool { return nodes[alive].c.role.IsPrimary() })
 		var ln net.Listener
 		waitFor(t, "port free", func() bool {
 			l, err := net.Listen("tcp", addrs[dead])
@@ -128,7 +128,7 @@ func churn(t *testing.T, switchover bool) {
 	}
 
 	final := nodes[0]
-	if !final.c.primary.Load() {
+	if !final.c.role.IsPrimary() {
 		final = nodes[1]
 	}
 	for i, a := range auths {

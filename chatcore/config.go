@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/membership"
 )
 
@@ -42,9 +43,9 @@ const (
 // Roles a core can hold.
 const (
 	// RolePrimary serves clients and commits events.
-	RolePrimary = "primary"
+	RolePrimary = role.Primary
 	// RoleBackup replicates the primary and answers clients UNAVAILABLE.
-	RoleBackup = "backup"
+	RoleBackup = role.Backup
 )
 
 // Config is the configuration of one chat core. The yaml keys equal the flag

@@ -3,7 +3,6 @@ package chatcore
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -53,23 +54,11 @@ type Core struct {
 	// events) on the backup. An entry leaves with its session.
 	startReqs map[string]*session
 
-	watchMu  sync.Mutex
-	watchers map[*watcher]struct{}
+	watch watchers // WatchSessions streams
 
-	roleMu sync.Mutex
-	// termEpoch is the epoch this core claimed for its current term as
-	// primary (guarded by roleMu; see roleEpoch).
-	termEpoch uint64
-	role      string
-	epoch     atomic.Uint64
-	primary   atomic.Bool
-	draining  atomic.Bool
-	// unmerged is set while a new primary merges what UCS holds beyond a
-	// stale replica: it answers no Chat call and reports NOT_SERVING, so
-	// that it never assigns an index the old primary may have acknowledged.
-	unmerged  atomic.Bool
-	streamCtx context.Context    // cancelled when this core stops being primary
-	streamEnd context.CancelFunc // cancels streamCtx
+	// role is the role state machine (package role): primary or backup,
+	// the epoch, draining and unmerged. fencing.go decides its transitions.
+	role *role.State
 
 	health *health.Server
 	saver  *saver
@@ -79,7 +68,6 @@ type Core struct {
 	witness  AskReachableFunc // nil: no witness
 	repl     *replicator      // primary side of replication
 	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
-	roleCh   chan struct{}    // closed and replaced at every role change
 
 	progressMu    sync.Mutex
 	progressDirty map[*session]struct{} // saves to report to the backup
@@ -87,9 +75,7 @@ type Core struct {
 	restoreMu sync.Mutex
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
 
-	tombMu    sync.Mutex
-	tombs     map[string]tombstone // sessions forgotten without a complete final save (doubt.go)
-	tombOrder []string             // tombs' ids, oldest first
+	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
 
 	peerMu       sync.Mutex
 	peer         *grpc.ClientConn // to peerConnAddr, created on first use
@@ -107,39 +93,46 @@ type Core struct {
 	refuted        map[string]refutation // newer epochs peers claimed and UCS did not confirm
 	unconfirmedLog time.Time             // last "cannot confirm at UCS" log line
 
-	bgMu     sync.Mutex
-	bgCtx    context.Context // Serve's context; nil before Serve
-	bgClosed bool            // Serve is returning: no new background work
-	bgWG     sync.WaitGroup  // background work Serve waits for
+	bg background // goroutines Serve owns beyond its servers
+}
+
+// background owns the goroutines a core starts beyond its servers (meta
+// publishing, restoration after a switchover, clearing the solo mark): they
+// run under Serve's context and Serve returns only after they did.
+type background struct {
+	mu     sync.Mutex
+	ctx    context.Context // Serve's context; nil before Serve
+	closed bool            // Serve is returning: no new background work
+	wg     sync.WaitGroup  // background work Serve waits for
 }
 
 // spawn runs f in a goroutine owned by Serve: f gets Serve's context and
 // Serve returns only after f did. It reports false (and does not run f)
 // before Serve started or once it is stopping.
-func (c *Core) spawn(f func(ctx context.Context)) bool {
-	c.bgMu.Lock()
-	defer c.bgMu.Unlock()
-	if c.bgCtx == nil || c.bgClosed {
+func (b *background) spawn(f func(ctx context.Context)) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ctx == nil || b.closed {
 		return false
 	}
-	ctx := c.bgCtx
-	c.bgWG.Go(func() { f(ctx) })
+	ctx := b.ctx
+	b.wg.Go(func() { f(ctx) })
 	return true
 }
 
-// startBackground lets spawn run work under ctx (Serve's context).
-func (c *Core) startBackground(ctx context.Context) {
-	c.bgMu.Lock()
-	c.bgCtx, c.bgClosed = ctx, false
-	c.bgMu.Unlock()
+// start lets spawn run work under ctx (Serve's context).
+func (b *background) start(ctx context.Context) {
+	b.mu.Lock()
+	b.ctx, b.closed = ctx, false
+	b.mu.Unlock()
 }
 
-// stopBackground refuses new background work and waits for the running work.
-func (c *Core) stopBackground() {
-	c.bgMu.Lock()
-	c.bgClosed = true
-	c.bgMu.Unlock()
-	c.bgWG.Wait()
+// stop refuses new background work and waits for the running work.
+func (b *background) stop() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.wg.Wait()
 }
 
 // Option configures a Core beyond its Config (seams for tests and phase-2 parts).
@@ -169,12 +162,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		now:       time.Now,
 		sessions:  make(map[string]*session),
 		startReqs: make(map[string]*session),
-		watchers:  make(map[*watcher]struct{}),
-		role:      RoleBackup,
+		role:      role.New(),
 		health:    health.NewServer(),
 	}
-	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
-	c.streamEnd() // not primary yet: no stream may live
 	for _, o := range opts {
 		o(c)
 	}
@@ -183,10 +173,10 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	}
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
-	c.roleCh = make(chan struct{})
 	c.restoring = make(map[string]chan struct{})
 	c.progressDirty = make(map[*session]struct{})
-	c.m.role.snapshot = c.roleEpoch
+	c.m.role.snapshot = c.role.RoleEpoch
+	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log
 	return c, nil
 }
 
@@ -194,200 +184,10 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 func (c *Core) Config() Config { return c.cfg }
 
 // Role returns primary or backup.
-func (c *Core) Role() string {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	return c.role
-}
+func (c *Core) Role() string { return c.role.Role() }
 
 // Epoch returns the newest epoch this core knows.
-func (c *Core) Epoch() uint64 { return c.epoch.Load() }
-
-// roleEpoch returns the role with the epoch that goes with it, read together:
-// a primary's own epoch (the one it claimed, even after it heard of a newer
-// one and before it stepped down), a backup's newest known epoch. /status,
-// /metrics and the gossiped meta report this pair, so no reader ever sees a
-// primary at an epoch another core holds.
-func (c *Core) roleEpoch() (string, uint64) {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	if c.role == RolePrimary {
-		return c.role, c.termEpoch
-	}
-	return c.role, c.epoch.Load()
-}
-
-// becomePrimaryLocked makes this core primary at epoch. With serving false
-// it is primary but restoring: Chat calls get UNAVAILABLE and health stays
-// NOT_SERVING until finishRestoring. Call with roleMu held.
-func (c *Core) becomePrimaryLocked(epoch uint64, serving bool) {
-	c.epoch.Store(epoch)
-	c.termEpoch = epoch
-	c.draining.Store(false)
-	c.unmerged.Store(!serving)
-	c.role = RolePrimary
-	c.streamCtx, c.streamEnd = context.WithCancel(context.Background())
-	c.primary.Store(true)
-	if serving {
-		c.health.SetServingStatus(ChatServiceName, healthServing)
-	} else {
-		c.health.SetServingStatus(ChatServiceName, healthNotServing)
-	}
-	c.roleChangedLocked()
-}
-
-// finishRestoring opens a restoring primary to clients: its log now holds
-// every acknowledged event.
-func (c *Core) finishRestoring() {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	if c.role != RolePrimary || !c.unmerged.Load() {
-		return
-	}
-	c.unmerged.Store(false)
-	c.health.SetServingStatus(ChatServiceName, healthServing)
-	c.spawn(c.publishMeta)
-}
-
-// roleChangedLocked wakes whoever waits for a role change. Call with roleMu held.
-func (c *Core) roleChangedLocked() {
-	close(c.roleCh)
-	c.roleCh = make(chan struct{})
-	c.spawn(c.publishMeta)
-}
-
-// roleChanged returns a channel closed at the next role change.
-func (c *Core) roleChanged() <-chan struct{} {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	return c.roleCh
-}
-
-// stepDown makes this core a backup at once: client streams are closed with
-// UNAVAILABLE and the Chat health service turns NOT_SERVING. newer is the
-// epoch that fenced it (0 when unknown).
-func (c *Core) stepDown(reason string, newer uint64) {
-	c.roleMu.Lock()
-	defer c.roleMu.Unlock()
-	c.observeEpoch(newer)
-	if c.role != RolePrimary {
-		return
-	}
-	c.role = RoleBackup
-	c.primary.Store(false)
-	c.draining.Store(false)
-	c.unmerged.Store(false)
-	c.streamEnd()
-	c.health.SetServingStatus(ChatServiceName, healthNotServing)
-	c.m.stepDowns.Inc()
-	c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
-	c.m.solo.Set(0)
-	c.repl.dropLink("stepped down")
-	c.roleChangedLocked()
-	c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.epoch.Load())
-}
-
-// freshDecision is how old a decision to promote may be and still be acted
-// on without confirming it again (see claim.recheck).
-const freshDecision = 50 * time.Millisecond
-
-// claim is one attempt to become primary.
-type claim struct {
-	// known is the newest epoch the claimant knows; a claim fails with
-	// ErrEpochConflict when the store holds a newer one (0: no such check).
-	known uint64
-	// reason is logged with the claim.
-	reason string
-	// recheck, when set, confirms the decision to claim again immediately
-	// before each compare-and-set whose decision is older than
-	// freshDecision; its error drops the claim.
-	recheck func(ctx context.Context) error
-	// restore claims the role but keeps the core restoring (not serving)
-	// until finishRestoring.
-	restore bool
-	// ifSilent > 0 claims only when the current holder has not renewed its
-	// lease for that long (ClaimEpochIfSilent); a live holder drops the
-	// claim with errPrimaryAlive.
-	ifSilent time.Duration
-}
-
-// claimPrimary claims the next epoch at the fencing authority (c.fencer:
-// etcd, or UCS without a coordination cluster) with a compare-and-set
-// (expect is the epoch it holds now, which must not be newer than cl.known
-// when cl.known > 0), retrying while it is unreachable, and becomes
-// primary. A lost compare-and-set returns ErrEpochConflict: someone else
-// moved first; a failed re-check returns its error and claims nothing.
-func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
-	ctx, span := c.tracer.Start(ctx, "chatcore.claimEpoch")
-	defer span.End()
-	known, reason := cl.known, cl.reason
-	delay := 50 * time.Millisecond
-	decided := time.Now()
-	for {
-		cur, err := c.fencer.Current(ctx, c.cfg.Cluster)
-		if err == nil {
-			if known > 0 && cur.Epoch > known && cur.Holder != c.cfg.Name {
-				c.observeEpoch(cur.Epoch)
-				return 0, fmt.Errorf("epoch %d held by %s is newer than %d: %w", cur.Epoch, cur.Holder, known, ErrEpochConflict)
-			}
-			if cl.recheck != nil && time.Since(decided) > freshDecision {
-				if rerr := cl.recheck(ctx); rerr != nil {
-					span.RecordError(rerr)
-					return 0, rerr
-				}
-				decided = time.Now()
-			}
-			var got Epoch
-			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
-			if err == nil {
-				c.claimedFrom.Store(cur.Epoch)
-				c.roleMu.Lock()
-				c.becomePrimaryLocked(got.Epoch, !cl.restore)
-				c.roleMu.Unlock()
-				c.log.InfoContext(ctx, "claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
-				return got.Epoch, nil
-			}
-			if errors.Is(err, ErrHolderAlive) {
-				// The holder renewed its lease: it is alive and reaches UCS.
-				return 0, fmt.Errorf("%w: claim the epoch after %d: %w", errPrimaryAlive, cur.Epoch, err)
-			}
-			if errors.Is(err, ErrEpochConflict) {
-				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
-			}
-		}
-		c.m.fencingFailures.WithLabelValues("claim").Inc()
-		if errors.Is(err, ErrForbidden) {
-			c.log.ErrorContext(ctx, "UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
-		} else {
-			c.log.WarnContext(ctx, "epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("claim epoch: %w", ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, time.Second)
-		if cl.recheck != nil {
-			// Confirm again after the wait, even when UCS stays down: a
-			// dropped decision stops the retries and lets the core follow.
-			if rerr := cl.recheck(ctx); rerr != nil {
-				span.RecordError(rerr)
-				return 0, rerr
-			}
-			decided = time.Now()
-		}
-	}
-}
-
-// observeEpoch records a newer epoch seen elsewhere.
-func (c *Core) observeEpoch(e uint64) {
-	for {
-		cur := c.epoch.Load()
-		if e <= cur || c.epoch.CompareAndSwap(cur, e) {
-			return
-		}
-	}
-}
+func (c *Core) Epoch() uint64 { return c.role.Epoch() }
 
 // session returns a live or lingering session.
 func (c *Core) session(id string) *session {
@@ -399,7 +199,7 @@ func (c *Core) session(id string) *session {
 // prepareFunc validates a change against the current state (with s.mu held)
 // and returns the event to append, or the index of an earlier event that
 // makes this one a duplicate, or an error (a gRPC status).
-type prepareFunc func(st *state) (ev *chatpb.Event, dup uint64, err error)
+type prepareFunc func(st *sessionlog.State) (ev *chatpb.Event, dup uint64, err error)
 
 // append is the one write path of a session:
 // validate -> assign index -> second copy -> commit -> fan-out -> save.
@@ -416,7 +216,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 	defer c.inflight.RUnlock()
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return 0, false, errNotPrimary
 	}
 	// An event in doubt owns the next index: nothing else may take it
@@ -429,27 +229,27 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 		s.mu.Unlock()
 		return 0, false, status.Error(codes.NotFound, "unknown session")
 	}
-	ev, dup, err := prepare(&s.st)
+	ev, dup, err := prepare(&s.log.State)
 	if err != nil || dup != 0 {
 		s.mu.Unlock()
 		return dup, dup != 0, err
 	}
 	ev.SessionId = s.id
 	ev.Index = s.lastIndex() + 1
-	ev.Epoch = c.epoch.Load()
+	ev.Epoch = c.role.Epoch()
 	if ev.UtcUnixMs == 0 {
 		ev.UtcUnixMs = c.now().UnixMilli()
 	}
 	s.mu.Unlock()
 
 	if uncertain, err := c.secondCopy(ctx, s, ev, needCopy); err != nil {
-		if uncertain && c.primary.Load() {
+		if uncertain && c.role.IsPrimary() {
 			// The copy may exist at the backup or in UCS: the index is ev's.
 			return 0, false, c.holdInDoubt(ctx, s, ev, err)
 		}
 		return 0, false, err
 	}
-	if !c.primary.Load() { // fenced while waiting for the copy: nothing was acknowledged
+	if !c.role.IsPrimary() { // fenced while waiting for the copy: nothing was acknowledged
 		return 0, false, errNotPrimary
 	}
 	c.commitAppended(ctx, s, ev, start)
@@ -461,7 +261,7 @@ func (c *Core) appendWith(ctx context.Context, s *session, needCopy bool, prepar
 func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event, start time.Time) {
 	s.mu.Lock()
 	change := c.commitLocked(s, ev)
-	save := c.saveTrigger(ev)
+	save := saveTrigger(c.cfg.TranscriptAutoSave, ev)
 	if sc := trace.SpanContextFromContext(ctx); save && sc.IsValid() {
 		s.saveCause = sc // the save's span joins this message's trace
 	}
@@ -470,7 +270,7 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 	c.m.eventCounter(ev.Kind).Inc()
 	c.m.appendSeconds.Observe(time.Since(start).Seconds())
 	if change != nil {
-		c.notifyWatchers(change)
+		c.watch.notify(change)
 	}
 	if save {
 		c.saver.enqueue(s)
@@ -480,9 +280,7 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 // commitLocked folds ev into the session, appends it to the log and fans it
 // out. It returns the SessionChange to tell watchers, if any. Call with s.mu held.
 func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange {
-	s.st.apply(ev)
-	pub := public(ev)
-	s.log = append(s.log, entry{ev: ev, pub: pub})
+	pub := s.log.Commit(ev).Pub
 	for sub := range s.subs {
 		select {
 		case sub.ch <- pub:
@@ -499,7 +297,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 		c.live--
 		c.m.sessionsLive.Set(float64(c.live))
 		c.mu.Unlock()
-		c.m.sessionsEnded.WithLabelValues(s.st.endReason).Inc()
+		c.m.sessionsEnded.WithLabelValues(s.log.State.EndReason).Inc()
 		for sub := range s.subs {
 			delete(s.subs, sub)
 			close(sub.ch)
@@ -511,7 +309,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 		}
 		return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)
 	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT:
-		if !s.st.ended {
+		if !s.log.State.Ended {
 			return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)
 		}
 	}
@@ -521,49 +319,13 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 // changeLocked describes the session for WatchSessions. Call with s.mu held.
 func (c *Core) changeLocked(s *session, kind chatpb.SessionChange_Kind) *chatpb.SessionChange {
 	ch := &chatpb.SessionChange{
-		Kind: kind, SessionId: s.id, Service: s.st.service, Subject: s.st.subject,
-		UserData: s.st.userData, Participants: s.st.participants(), StartedUnixMs: s.st.startedMs,
+		Kind: kind, SessionId: s.id, Service: s.log.State.Service, Subject: s.log.State.Subject,
+		UserData: s.log.State.UserData, Participants: s.log.State.Participants(), StartedUnixMs: s.log.State.StartedMs,
 	}
-	if cu := s.st.customer(); cu != nil {
-		ch.CustomerNickname = cu.p.Nickname
+	if cu := s.log.State.Customer(); cu != nil {
+		ch.CustomerNickname = cu.P.Nickname
 	}
 	return ch
-}
-
-// saveTrigger reports whether committing ev asks for a transcript save.
-func (c *Core) saveTrigger(ev *chatpb.Event) bool {
-	switch {
-	case ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
-		return true
-	case c.cfg.TranscriptAutoSave == AutoSaveAtEnd:
-		return false
-	}
-	switch ev.Kind {
-	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED,
-		chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
-		return false
-	}
-	return true
-}
-
-// savedKind reports whether transcript-save-notices lets ev into the saved transcript.
-func (c *Core) savedKind(ev *chatpb.Event) bool {
-	var n NoticeSet
-	switch ev.Kind {
-	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
-		n = NoticeTyping
-	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
-		n = NoticePushURL
-	case chatpb.EventKind_EVENT_KIND_NOTICE:
-		n = NoticeCustom
-	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
-		n = NoticeSave
-	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
-		n = NoticeDisconnect
-	default:
-		return true
-	}
-	return c.notices&n != 0
 }
 
 // systemParticipant is the author of events the core itself appends.
@@ -576,8 +338,8 @@ func (c *Core) endSession(ctx context.Context, s *session, reason string) error 
 }
 
 func (c *Core) endSessionWith(ctx context.Context, s *session, reason string, needCopy bool) error {
-	_, _, err := c.appendWith(ctx, s, needCopy, func(st *state) (*chatpb.Event, uint64, error) {
-		if st.ended {
+	_, _, err := c.appendWith(ctx, s, needCopy, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
 		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED, From: systemParticipant,

@@ -82,7 +82,7 @@ func startCoreWith(t testing.TB, store TranscriptStore, mod func(*Config), opts 
 			t.Errorf("serve: %v", err)
 		}
 	})
-	waitFor(t, "primary", func() bool { return c.primary.Load() })
+	waitFor(t, "primary", func() bool { return c.role.IsPrimary() })
 	return &testCore{c: c, cl: chatpb.NewChatClient(conn), conn: conn, http: hl.Addr().String()}
 }
 
@@ -135,7 +135,7 @@ func (tc *testCore) logLen(id string) int {
 	s := tc.c.session(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.log)
+	return int(s.log.LastIndex())
 }
 
 func msg(a *chatpb.Auth, text, cmid string) *chatpb.SendRequest {
@@ -208,7 +208,7 @@ func TestChatBothWaysWithSubscribe(t *testing.T) {
 	// The internal log keeps the key hash (it is replicated and saved).
 	s := tc.c.session(cust.SessionId)
 	s.mu.Lock()
-	if s.log[1].ev.KeyHash != hashKey(cust.SecureKey) {
+	if s.log.Entries()[1].Ev.KeyHash != hashKey(cust.SecureKey) {
 		t.Error("log lost the customer's key hash")
 	}
 	s.mu.Unlock()

@@ -12,6 +12,45 @@
 //	-> fan-out to subscribers (bounded buffers, never blocking)
 //	-> enqueue the transcript save (asynchronous, behind a circuit breaker).
 //
-// Session state is a fold of the log (see fold.go), so a backup or a
+// Session state is a fold of the log (package sessionlog), so a backup or a
 // restored session rebuilds exactly the same state from the same events.
+//
+// # Parts
+//
+//   - sessionlog (package): the session log and its fold; pure, no locks.
+//   - role (package): the role state machine (primary/backup, epochs,
+//     draining, unmerged); fencing.go is the core's side of it (claim,
+//     becomePrimary, stepDown) and failover.go, follower.go decide when.
+//   - Fencer (fencer.go, etcdfencer.go): where epochs and the primary's
+//     lease live (etcd, or UCS through StoreFencer).
+//   - replicator (replication.go: primary side, the batched stream with
+//     acknowledgements; follower.go: backup side, apply).
+//   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
+//     (store.go; records in package transcript).
+//   - RPC surface (rpc.go: the Chat service; server.go: gRPC, HTTP, gates).
+//
+// docs/chatcore.md has the map with what each part owns.
+//
+// # Lock order
+//
+// This is the one place the lock order is written down. A goroutine that
+// holds several of these locks took them in this order (outer first):
+//
+//	Core.inflight (RW; appends shared, a switchover's drain exclusive)
+//	  -> session.appendMu (one appender per session across its second copy)
+//	    -> Core.soloMu (recording the solo mark at the fencing authority)
+//	      -> role.State's lock (transitions; their effects take the locks
+//	         of health, background, replicator and link, all leaves here)
+//	    -> session.mu (the log, subscribers, save bookkeeping; held briefly)
+//	      -> Core.mu (the sessions map and the live count)
+//
+// Everything else is a leaf, never held while taking another of ours: the
+// saver's queue (saver.mu), its trouble counter, the replicator's link
+// pointer (replicator.mu) and each link's queue (link.mu, never held with
+// replicator.mu), watchers, tombstones, background, progressMu,
+// restoreMu, peerMu, metaMu, refuteMu. The role State's hot readers
+// (IsPrimary, Epoch, Draining, Unmerged) are atomics and take no lock, so
+// the append path never waits for a transition. Held across network calls:
+// inflight and appendMu across a second copy (inflight exclusively across a
+// switchover's handover), soloMu across one write to the fencing authority.
 package chatcore

@@ -2,8 +2,11 @@ package chatcore
 
 import (
 	"context"
+	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -64,7 +67,7 @@ func (c *Core) resolveDoubt(ctx context.Context, s *session) error {
 		s.mu.Unlock()
 		return nil
 	}
-	if s.removed || ev.Epoch != c.epoch.Load() || ev.Index != s.lastIndex()+1 {
+	if s.removed || ev.Epoch != c.role.Epoch() || ev.Index != s.lastIndex()+1 {
 		c.dropDoubtLocked(s)
 		s.mu.Unlock()
 		c.m.doubtResolved.WithLabelValues("superseded").Inc()
@@ -74,12 +77,12 @@ func (c *Core) resolveDoubt(ctx context.Context, s *session) error {
 	s.mu.Unlock()
 	start := time.Now()
 	if _, err := c.secondCopy(ctx, s, ev, true); err != nil {
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return errNotPrimary
 		}
 		return status.Errorf(codes.Unavailable, "event %d of this session is in doubt (its second copy's outcome is unknown) and cannot be copied yet: retry", ev.Index)
 	}
-	if !c.primary.Load() { // fenced while waiting for the copy
+	if !c.role.IsPrimary() { // fenced while waiting for the copy
 		return errNotPrimary
 	}
 	s.mu.Lock()
@@ -127,7 +130,7 @@ func (c *Core) settleDoubt(ctx context.Context, s *session) {
 		return
 	}
 	defer s.appendMu.Unlock()
-	if !c.primary.Load() || c.unmerged.Load() || c.draining.Load() {
+	if !c.role.IsPrimary() || c.role.Unmerged() || c.role.Draining() {
 		return
 	}
 	_ = c.resolveDoubt(ctx, s) // a failure stays in doubt; the next tick tries again
@@ -144,44 +147,56 @@ type tombstone struct {
 	last uint64 // the last index acknowledged
 }
 
-// addTombstone records that session id ended with events through last
-// acknowledged and UCS lacks some of them.
-func (c *Core) addTombstone(id string, last uint64) {
-	c.tombMu.Lock()
-	defer c.tombMu.Unlock()
-	if c.tombs == nil {
-		c.tombs = make(map[string]tombstone)
-	}
-	if t, ok := c.tombs[id]; ok {
-		c.tombs[id] = tombstone{last: max(t.last, last)}
-		return
-	}
-	c.tombs[id] = tombstone{last: last}
-	c.tombOrder = append(c.tombOrder, id)
-	for len(c.tombOrder) > maxTombstones {
-		delete(c.tombs, c.tombOrder[0])
-		c.tombOrder = c.tombOrder[1:]
-	}
-	c.m.tombstones.Set(float64(len(c.tombs)))
-	c.log.Info("session forgotten with a tombstone: UCS holds less than was acknowledged, it is never restored from there", "session", id, "last_index", last)
+// tombstones are the sessions this core forgot without a complete final
+// save (at most maxTombstones, oldest dropped first). It owns its lock, a
+// leaf: nothing else is locked under it.
+type tombstones struct {
+	mu    sync.Mutex
+	byID  map[string]tombstone
+	order []string // byID's ids, oldest first
+
+	gauge prometheus.Gauge // hachat_core_tombstones
+	log   *slog.Logger
 }
 
-// tombstoned reports whether id has a tombstone.
-func (c *Core) tombstoned(id string) bool {
-	c.tombMu.Lock()
-	defer c.tombMu.Unlock()
-	_, ok := c.tombs[id]
+// add records that session id ended with events through last
+// acknowledged and UCS lacks some of them.
+func (t *tombstones) add(id string, last uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byID == nil {
+		t.byID = make(map[string]tombstone)
+	}
+	if old, ok := t.byID[id]; ok {
+		t.byID[id] = tombstone{last: max(old.last, last)}
+		return
+	}
+	t.byID[id] = tombstone{last: last}
+	t.order = append(t.order, id)
+	for len(t.order) > maxTombstones {
+		delete(t.byID, t.order[0])
+		t.order = t.order[1:]
+	}
+	t.gauge.Set(float64(len(t.byID)))
+	t.log.Info("session forgotten with a tombstone: UCS holds less than was acknowledged, it is never restored from there", "session", id, "last_index", last)
+}
+
+// has reports whether id has a tombstone.
+func (t *tombstones) has(id string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.byID[id]
 	return ok
 }
 
-// tombstoneSnapshots returns the tombstones as snapshot messages for a backup.
-func (c *Core) tombstoneSnapshots() []*chatpb.SessionSnapshot {
-	c.tombMu.Lock()
-	defer c.tombMu.Unlock()
-	out := make([]*chatpb.SessionSnapshot, 0, len(c.tombOrder))
-	for _, id := range c.tombOrder {
-		if t, ok := c.tombs[id]; ok {
-			out = append(out, &chatpb.SessionSnapshot{SessionId: id, Tombstone: true, LastIndex: t.last, NoFinalSave: true})
+// snapshots returns the tombstones as snapshot messages for a backup.
+func (t *tombstones) snapshots() []*chatpb.SessionSnapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*chatpb.SessionSnapshot, 0, len(t.order))
+	for _, id := range t.order {
+		if ts, ok := t.byID[id]; ok {
+			out = append(out, &chatpb.SessionSnapshot{SessionId: id, Tombstone: true, LastIndex: ts.last, NoFinalSave: true})
 		}
 	}
 	return out

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // These tests hold the in-doubt rule (docs/chatcore.md, "Events in doubt")
@@ -88,7 +89,7 @@ func (s *doubtStore) stored(chatID string, index uint64) *chatpb.Event {
 func agreesWithUCS(t *testing.T, store *doubtStore, log []*chatpb.Event) {
 	t.Helper()
 	for _, ev := range log {
-		if st := store.stored(ev.SessionId, ev.Index); st != nil && !proto.Equal(st, saved(ev)) {
+		if st := store.stored(ev.SessionId, ev.Index); st != nil && !proto.Equal(st, sessionlog.Saved(ev)) {
 			t.Errorf("index %d: the core committed %q, UCS holds %q", ev.Index, ev.Text, st.Text)
 		}
 	}
@@ -100,7 +101,7 @@ func soloPrimary(t *testing.T, store TranscriptStore, mod func(*Config)) *node {
 	peer := lb.Addr().String()
 	lb.Close()
 	a := startNode(t, "core-a", RolePrimary, peer, listen(t), store, mod)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	return a
 }
 
@@ -158,7 +159,7 @@ func TestUncertainCopyResolvedByReturningBackup(t *testing.T) {
 	store := newDoubtStore()
 	la, lb := listen(t), listen(t)
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	proxy := newProxy(t, la.Addr().String())
 	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return true, nil })
 	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness)
@@ -194,7 +195,7 @@ func TestUncertainCopyResolvedByReturningBackup(t *testing.T) {
 	}
 	agreesWithUCS(t, store, a.log(cust.SessionId))
 	waitFor(t, "backup has the log", func() bool { return sameLog(a.log(cust.SessionId), b.log(cust.SessionId)) })
-	if b.c.primary.Load() || !a.c.primary.Load() {
+	if b.c.role.IsPrimary() || !a.c.role.IsPrimary() {
 		t.Fatal("a failover happened on a link cut")
 	}
 }
@@ -249,7 +250,7 @@ func closeOnRefusal(c *Config) {
 func TestClosedSessionNotRestoredFromOlderUCS(t *testing.T) {
 	store := newDoubtStore()
 	a := startNode(t, "core-a", RolePrimary, "", listen(t), store, closeOnRefusal)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	ctx := ctxT(t)
 	cust, agent := a.chat(t)
 	one, err := a.cl.Send(ctx, msg(cust, "one", "c1"))
@@ -301,11 +302,11 @@ func TestTombstoneReplicated(t *testing.T) {
 	waitFor(t, "forgotten on both", func() bool {
 		return a.c.session(cust.SessionId) == nil && b.c.session(cust.SessionId) == nil
 	})
-	if !b.c.tombstoned(cust.SessionId) {
+	if !b.c.tombs.has(cust.SessionId) {
 		t.Fatal("the backup has no tombstone of the closed session")
 	}
 	a.kill()
-	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	if _, err := b.cl.Send(ctx, msg(agent, "after failover", "")); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("send to a closed session on the promoted backup: %v, want FailedPrecondition (ended)", err)
 	}
@@ -314,7 +315,7 @@ func TestTombstoneReplicated(t *testing.T) {
 	lc := listen(t)
 	c := startNode(t, "core-c", RoleBackup, b.addr, lc, store, closeOnRefusal)
 	waitInSync(t, b, "core-c")
-	if !c.c.tombstoned(cust.SessionId) {
+	if !c.c.tombs.has(cust.SessionId) {
 		t.Fatal("a backup that joined later has no tombstone of the closed session")
 	}
 }
@@ -329,7 +330,7 @@ func TestLostAckLeavesEventInDoubt(t *testing.T) {
 	store := newDoubtStore()
 	la, lb := listen(t), listen(t)
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	proxy := newProxy(t, la.Addr().String())
 	var aAlive atomic.Bool
 	aAlive.Store(true)
@@ -367,7 +368,7 @@ func TestLostAckLeavesEventInDoubt(t *testing.T) {
 	aAlive.Store(false)
 	proxy.cut() // releases the held bytes too: the link breaks, not hangs
 	a.kill()
-	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() && !b.c.unmerged.Load() })
+	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() && !b.c.role.Unmerged() })
 	got := b.log(cust.SessionId)
 	if len(got) < int(three.Index) || got[three.Index-1].Text != "three" {
 		t.Fatalf("the acknowledged three is not at %d on the promoted backup: %v", three.Index, got)

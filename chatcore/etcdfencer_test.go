@@ -185,7 +185,7 @@ func TestSoloMarkDecidesTheMerge(t *testing.T) {
 			r.bUCS.mu.Unlock()
 			r.a.kill()
 			r.w.set(false, nil)
-			waitFor(t, "b primary", func() bool { return r.b.c.primary.Load() })
+			waitFor(t, "b primary", func() bool { return r.b.c.role.IsPrimary() })
 			conn, err := grpc.NewClient(r.b.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				t.Fatal(err)
@@ -232,10 +232,10 @@ func TestUCSDownFailoverWithEtcd(t *testing.T) {
 	la, lb := listen(t), listen(t)
 	aAddr := la.Addr().String()
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, mod, fencer())
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	b := startNode(t, "core-b", RoleBackup, aAddr, lb, store, mod, fencer())
 	waitInSync(t, a, "core-b")
-	old := a.c.epoch.Load()
+	old := a.c.role.Epoch()
 	cust, _ := a.chat(t)
 	r, err := a.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
 	if err != nil {
@@ -244,8 +244,8 @@ func TestUCSDownFailoverWithEtcd(t *testing.T) {
 
 	store.setDown(true)
 	a.kill()
-	waitFor(t, "b promoted while UCS is down", func() bool { return b.c.primary.Load() })
-	if e := b.c.epoch.Load(); e <= old {
+	waitFor(t, "b promoted while UCS is down", func() bool { return b.c.role.IsPrimary() })
+	if e := b.c.role.Epoch(); e <= old {
 		t.Fatalf("new epoch %d is not newer than %d", e, old)
 	}
 	d, err := b.cl.Send(ctxT(t), msg(cust, "acked before the fault", "c1"))
@@ -270,7 +270,7 @@ func TestUCSDownFailoverWithEtcd(t *testing.T) {
 	}
 
 	store.setDown(false)
-	newEpoch := b.c.epoch.Load()
+	newEpoch := b.c.role.Epoch()
 	waitFor(t, "the transcript saved under the new epoch", func() bool {
 		tr, err := store.memStore.Transcript(ctxT(t), cust.SessionId)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/chatcore/transcript"
 	"github.com/hachat/hachat/membership"
 )
@@ -36,7 +37,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 		if peer, ok := c.peerHasState(ctx); ok {
 			c.log.InfoContext(ctx, "configured primary, but the peer holds the sessions: joining as backup", "peer", peer.Name,
 				"peer_role", peer.Role, "peer_epoch", peer.Epoch, "peer_sessions", peer.LiveSessions)
-			c.observeEpoch(peer.Epoch)
+			c.role.Observe(peer.Epoch)
 		} else if _, err := c.claimPrimary(ctx, c.startClaim()); err != nil && ctx.Err() == nil {
 			c.log.WarnContext(ctx, "could not claim the primary role at start: joining as backup", "err", err)
 		}
@@ -44,7 +45,7 @@ func (c *Core) roleLoop(ctx context.Context) {
 		c.publishMeta(ctx)
 	}
 	for ctx.Err() == nil {
-		if c.primary.Load() {
+		if c.role.IsPrimary() {
 			c.lead(ctx)
 		} else {
 			c.follow(ctx)
@@ -129,8 +130,8 @@ func (c *Core) previousHolderElsewhere(ctx context.Context) bool {
 // lead runs while this core is primary: it watches membership for a core
 // with a newer epoch claiming primary, and returns on a role change.
 func (c *Core) lead(ctx context.Context) {
-	roleCh := c.roleChanged()
-	if !c.primary.Load() {
+	roleCh := c.role.Changed()
+	if !c.role.IsPrimary() {
 		return
 	}
 	var events <-chan membership.Event
@@ -142,7 +143,7 @@ func (c *Core) lead(ctx context.Context) {
 	lctx, stopLease := context.WithCancel(ctx)
 	defer stopLease()
 	leaseDone := make(chan struct{})
-	go func() { defer close(leaseDone); c.renewLease(lctx, c.epoch.Load()) }()
+	go func() { defer close(leaseDone); c.renewLease(lctx, c.role.Epoch()) }()
 	defer func() { stopLease(); <-leaseDone }()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -220,7 +221,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
-	if err != nil || st.Role != RolePrimary || st.Epoch <= c.epoch.Load() {
+	if err != nil || st.Role != RolePrimary || st.Epoch <= c.role.Epoch() {
 		return
 	}
 	who := "peer " + st.Name
@@ -233,7 +234,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 // newer epoch, and UCS confirms that a newer epoch exists.
 func (c *Core) checkNewerPrimary(ctx context.Context, m membership.Member) {
 	if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.Role != RolePrimary ||
-		m.State != membership.StateAlive || m.Meta.Epoch <= c.epoch.Load() {
+		m.State != membership.StateAlive || m.Meta.Epoch <= c.role.Epoch() {
 		return
 	}
 	who := "member " + m.Name
@@ -266,7 +267,7 @@ func (c *Core) confirmNewerEpoch(ctx context.Context, who string, claimed uint64
 	if seen && r.claimed == claimed && time.Since(r.at) < refuteMemory {
 		return 0, false
 	}
-	mine := c.epoch.Load()
+	mine := c.role.Epoch()
 	uctx, cancel := context.WithTimeout(ctx, epochConfirmTimeout)
 	defer cancel()
 	cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
@@ -310,8 +311,8 @@ func (c *Core) publishMeta(ctx context.Context) {
 	}
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
-	role, epoch := c.roleEpoch()
-	if c.unmerged.Load() {
+	role, epoch := c.role.RoleEpoch()
+	if c.role.Unmerged() {
 		// Not serving yet: the control plane must not route to it (it
 		// gossips primary once finishRestoring opened it).
 		role = RoleBackup
@@ -335,7 +336,7 @@ func (c *Core) promote(ctx context.Context, why string, certain bool, recheck fu
 	span.SetAttributes(attribute.String("detection", why))
 	start := time.Now()
 	stale := c.replicaStale.Load()
-	cl := claim{known: c.epoch.Load(), reason: "failover: " + why, recheck: recheck, restore: stale}
+	cl := claim{known: c.role.Epoch(), reason: "failover: " + why, recheck: recheck, restore: stale}
 	if !certain {
 		// Without proof that the process is gone, the primary's lease
 		// decides: a primary that still renews at UCS is alive.
@@ -417,7 +418,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	// call; without it a stale replica merges every session.
 	var stored map[string]ChatInfo
 	merged := false
-	if c.unmerged.Load() {
+	if c.role.Unmerged() {
 		// Not serving yet: merge everything UCS holds beyond the replica,
 		// however long UCS takes, then open to clients.
 		var err error
@@ -453,7 +454,7 @@ func (c *Core) restoreAll(ctx context.Context, source string) int {
 	wg.Wait()
 	// Sessions that only UCS holds (started while the replica was cut off).
 	for id, info := range stored {
-		if !info.Ended && c.session(id) == nil && !c.tombstoned(id) {
+		if !info.Ended && c.session(id) == nil && !c.tombs.has(id) {
 			if _, err := c.lookup(ctx, id, nil); err == nil {
 				n++
 			} else {
@@ -494,7 +495,7 @@ func (c *Core) storedChats(ctx context.Context) (map[string]ChatInfo, error) {
 // says so, or stored is unknown (nil) and the replica is stale.
 func behind(s *session, stale bool, stored map[string]ChatInfo) bool {
 	s.mu.Lock()
-	last, ended := s.lastIndex(), s.st.ended
+	last, ended := s.lastIndex(), s.log.State.Ended
 	s.mu.Unlock()
 	info, known := stored[s.id]
 	return stored == nil && stale || known && (info.HighestIndex > last || info.Ended && !ended)
@@ -538,7 +539,7 @@ func (c *Core) catchUp(ctx context.Context, all []*session) (map[string]ChatInfo
 			return nil, fmt.Errorf("catch up from ucs: %w", ctx.Err())
 		case <-time.After(delay):
 		}
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return nil, errors.New("catch up from ucs: stepped down")
 		}
 		delay = min(delay*2, time.Second)
@@ -555,7 +556,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 	if _, atUCS := c.fencer.(StoreFencer); atUCS {
 		return nil
 	}
-	mine := c.epoch.Load()
+	mine := c.role.Epoch()
 	delay := 50 * time.Millisecond
 	for {
 		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
@@ -578,7 +579,7 @@ func (c *Core) announceEpoch(ctx context.Context) error {
 			return fmt.Errorf("announce epoch %d: %w", mine, ctx.Err())
 		case <-time.After(delay):
 		}
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return errors.New("announce epoch: stepped down")
 		}
 		delay = min(delay*2, time.Second)
@@ -593,7 +594,7 @@ func (c *Core) restoreOne(ctx context.Context, s *session, source string, stale 
 		}
 	}
 	s.mu.Lock()
-	ended, removed, n := s.st.ended, s.removed, len(s.log)
+	ended, removed, n := s.log.State.Ended, s.removed, s.log.LastIndex()
 	s.mu.Unlock()
 	if removed {
 		return false
@@ -627,7 +628,7 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 		return
 	}
 	s.mu.Lock()
-	present := s.st.participants()
+	present := s.log.State.Participants()
 	s.mu.Unlock()
 	var notices []*chatpb.Event
 	for _, kind := range []chatpb.EventKind{chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED} {
@@ -643,10 +644,10 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 	// event in doubt): the notices wait, in order, until one is possible,
 	// rather than being dropped.
 	c.log.WarnContext(ctx, "failover notices wait for a second copy", "session", s.id, "notices", len(rest), "err", err)
-	c.spawn(func(ctx context.Context) {
+	c.bg.spawn(func(ctx context.Context) {
 		delay := 50 * time.Millisecond
 		deadline := time.Now().Add(time.Minute)
-		for len(rest) > 0 && time.Now().Before(deadline) && c.primary.Load() {
+		for len(rest) > 0 && time.Now().Before(deadline) && c.role.IsPrimary() {
 			select {
 			case <-ctx.Done():
 				return
@@ -667,8 +668,8 @@ func (c *Core) announceFailover(ctx context.Context, s *session, reason string) 
 // appended: all from the first that failed (with its error).
 func (c *Core) appendNotices(ctx context.Context, s *session, notices []*chatpb.Event) ([]*chatpb.Event, error) {
 	for i, ev := range notices {
-		_, _, err := c.appendWith(ctx, s, false, func(st *state) (*chatpb.Event, uint64, error) {
-			if st.ended {
+		_, _, err := c.appendWith(ctx, s, false, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+			if st.Ended {
 				return nil, 0, errEnded
 			}
 			return proto.Clone(ev).(*chatpb.Event), 0, nil
@@ -733,15 +734,15 @@ func withPlaceholders(sessionID string, stored []*chatpb.Event, after uint64) []
 // nil, judges the rebuilt state before the core takes the session in (the
 // caller's participant and key): a refused request leaves no trace (no
 // session, no notices, no metric).
-func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) error) (*session, error) {
+func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.State) error) (*session, error) {
 	for {
 		if s := c.session(id); s != nil {
 			return s, nil
 		}
-		if !c.primary.Load() {
+		if !c.role.IsPrimary() {
 			return nil, errUnknown
 		}
-		if c.tombstoned(id) {
+		if c.tombs.has(id) {
 			// Ended here with events UCS lacks: its copy there is older
 			// than what was acknowledged, and must not reopen it.
 			return nil, errTombstoned
@@ -786,23 +787,22 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *state) erro
 	s := newSession(id)
 	s.startReq = evs[0].ClientRequestId
 	for _, ev := range evs {
-		s.st.apply(ev)
-		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+		s.log.Commit(ev)
 	}
 	if admit != nil {
-		if err := admit(&s.st); err != nil {
+		if err := admit(&s.log.State); err != nil {
 			return nil, err
 		}
 	}
 	s.savedThrough = s.lastIndex()
 	s.finalSaved = tr.Ended
-	if s.st.ended {
+	if s.log.State.Ended {
 		s.endedAt = c.now()
 	}
 	c.putSession(s)
-	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.st.ended, "mode", c.cfg.SessionRestorationMode)
+	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
-	if !s.st.ended {
+	if !s.log.State.Ended {
 		c.announceFailover(ctx, s, noticeReason("ucs"))
 	}
 	return s, nil
@@ -823,7 +823,7 @@ func (c *Core) Switchover(ctx context.Context, req *chatpb.SwitchoverRequest) (*
 // handover drains, hands the epoch to the in-sync backup and steps down
 // (Switchover, and a primary's clean shutdown).
 func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResponse, error) {
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is not primary; ask the primary", c.cfg.Name)
 	}
 	l := c.repl.current()
@@ -834,22 +834,22 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	defer span.End()
 	start := time.Now()
 	c.log.InfoContext(ctx, why+": draining", "to", l.name)
-	c.draining.Store(true)
+	c.role.SetDraining(true)
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.inflight.Lock()
 	defer c.inflight.Unlock()
 	abort := func(err error) (*chatpb.SwitchoverResponse, error) {
-		if c.primary.Load() {
-			c.draining.Store(false)
+		if c.role.IsPrimary() {
+			c.role.SetDraining(false)
 			c.health.SetServingStatus(ChatServiceName, healthServing)
 		}
 		c.log.WarnContext(ctx, why+" aborted", "err", err, "role", c.Role())
 		return nil, status.Errorf(codes.Aborted, "%s aborted: %v", why, err)
 	}
-	if !c.primary.Load() || c.repl.current() != l {
+	if !c.role.IsPrimary() || c.repl.current() != l {
 		return abort(errors.New("role or backup changed while draining"))
 	}
-	epoch := c.epoch.Load()
+	epoch := c.role.Epoch()
 	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Handover{Handover: &chatpb.Handover{Epoch: epoch}}}, false)
 	var ans *chatpb.ReplicaAck
 	select {

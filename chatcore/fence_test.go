@@ -53,7 +53,7 @@ func TestFencedWhileSecondCopyInFlight(t *testing.T) {
 		c.TranscriptSaveTimeout = 10 * time.Second // the gate, not the timeout, decides
 	}
 	n := startNode(t, "core-a", RolePrimary, peer, listen(t), store, mod)
-	waitFor(t, "core-a primary", func() bool { return n.c.primary.Load() })
+	waitFor(t, "core-a primary", func() bool { return n.c.role.IsPrimary() })
 	cust, _ := n.chat(t)
 	ctx := ctxT(t)
 	before, err := n.cl.Send(ctx, msg(cust, "before", "before"))
@@ -77,7 +77,7 @@ func TestFencedWhileSecondCopyInFlight(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the second copy never reached UCS")
 	}
-	epoch := n.c.epoch.Load()
+	epoch := n.c.role.Epoch()
 	n.c.stepDown("test: a newer primary fenced this one while its copy was in flight", epoch+1)
 	close(store.release) // the copy itself succeeds
 

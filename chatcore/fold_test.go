@@ -1,10 +1,10 @@
 package chatcore
 
 import (
-	"slices"
 	"testing"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 var (
@@ -12,107 +12,6 @@ var (
 	pAgent = &chatpb.Participant{Id: "p2", Nickname: "Bob", Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT}
 	pMon   = &chatpb.Participant{Id: "p3", Nickname: "Sue", Type: chatpb.ParticipantType_PARTICIPANT_TYPE_SUPERVISOR, Visibility: chatpb.Visibility_VISIBILITY_MONITOR}
 )
-
-func ev(kind chatpb.EventKind, from *chatpb.Participant, mod ...func(*chatpb.Event)) *chatpb.Event {
-	e := &chatpb.Event{Kind: kind, From: from}
-	for _, m := range mod {
-		m(e)
-	}
-	return e
-}
-
-func numbered(evs ...*chatpb.Event) []*chatpb.Event {
-	for i, e := range evs {
-		e.Index = uint64(i + 1)
-	}
-	return evs
-}
-
-func TestFold(t *testing.T) {
-	started := func() *chatpb.Event {
-		return ev(chatpb.EventKind_EVENT_KIND_SESSION_STARTED, systemParticipant, func(e *chatpb.Event) {
-			e.Attrs = map[string]string{"service": "support", "subject": "help", "userData.order": "42"}
-		})
-	}
-	join := func(p *chatpb.Participant) *chatpb.Event {
-		return ev(chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, p, func(e *chatpb.Event) { e.KeyHash = "h-" + p.Id })
-	}
-	cases := []struct {
-		name         string
-		log          []*chatpb.Event
-		present      []string
-		typing       []string
-		ended        bool
-		reason       string
-		clientIDs    map[string]uint64 // "pid/cmid" -> index
-		customerLeft bool
-	}{
-		{name: "empty", log: nil},
-		{name: "started and joined", log: numbered(started(), join(pCust), join(pAgent)), present: []string{"p1", "p2"}},
-		{name: "typing then message stops typing", log: numbered(started(), join(pCust), join(pAgent),
-			ev(chatpb.EventKind_EVENT_KIND_TYPING_STARTED, pCust), ev(chatpb.EventKind_EVENT_KIND_TYPING_STARTED, pAgent),
-			ev(chatpb.EventKind_EVENT_KIND_MESSAGE, pCust)), present: []string{"p1", "p2"}, typing: []string{"p2"}},
-		{name: "client ids keep the first index", log: numbered(started(), join(pCust),
-			ev(chatpb.EventKind_EVENT_KIND_MESSAGE, pCust, func(e *chatpb.Event) { e.ClientMessageId = "a" }),
-			ev(chatpb.EventKind_EVENT_KIND_MESSAGE, pCust, func(e *chatpb.Event) { e.ClientMessageId = "a" }),
-			ev(chatpb.EventKind_EVENT_KIND_MESSAGE, pCust, func(e *chatpb.Event) { e.ClientMessageId = "b" })),
-			present: []string{"p1"}, clientIDs: map[string]uint64{"p1/a": 3, "p1/b": 5}},
-		{name: "monitor leaves", log: numbered(started(), join(pCust), join(pMon), ev(chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, pMon)),
-			present: []string{"p1"}},
-		{name: "ended clears typing", log: numbered(started(), join(pCust), ev(chatpb.EventKind_EVENT_KIND_TYPING_STARTED, pCust),
-			ev(chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, pCust),
-			ev(chatpb.EventKind_EVENT_KIND_SESSION_ENDED, systemParticipant, func(e *chatpb.Event) { e.Attrs = map[string]string{"reason": "customer-left"} })),
-			ended: true, reason: "customer-left", customerLeft: true},
-		{name: "unknown participant is ignored", log: numbered(started(), ev(chatpb.EventKind_EVENT_KIND_MESSAGE, pAgent), ev(chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, nil))},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			st := fold(c.log)
-			var present, typing []string
-			for _, p := range st.participants() {
-				present = append(present, p.Id)
-			}
-			for _, id := range st.order {
-				if st.members[id].typing {
-					typing = append(typing, id)
-				}
-			}
-			if !slices.Equal(present, c.present) || !slices.Equal(typing, c.typing) {
-				t.Errorf("present %v typing %v, want %v %v", present, typing, c.present, c.typing)
-			}
-			if st.ended != c.ended || st.endReason != c.reason {
-				t.Errorf("ended %v %q, want %v %q", st.ended, st.endReason, c.ended, c.reason)
-			}
-			for k, want := range c.clientIDs {
-				pid, cmid, _ := cut(k)
-				if got := st.members[pid].clientIDs[cmid]; got != want {
-					t.Errorf("client id %s -> %d, want %d", k, got, want)
-				}
-			}
-			if cu := st.customer(); cu != nil && (cu.left != 0) != c.customerLeft {
-				t.Errorf("customer left = %v", cu.left)
-			}
-			if len(c.log) > 0 && c.log[0].Kind == chatpb.EventKind_EVENT_KIND_SESSION_STARTED &&
-				(st.service != "support" || st.userData["order"] != "42") {
-				t.Errorf("service %q userData %v", st.service, st.userData)
-			}
-			for _, id := range st.order {
-				if st.members[id].keyHash != "h-"+id {
-					t.Errorf("key hash of %s: %q", id, st.members[id].keyHash)
-				}
-			}
-		})
-	}
-}
-
-func cut(s string) (string, string, bool) {
-	for i := range s {
-		if s[i] == '/' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
-}
 
 // TestFoldMatchesLiveState checks that a state rebuilt from the log (what a
 // backup or a restoration does) equals the state the primary built while
@@ -130,50 +29,18 @@ func TestFoldMatchesLiveState(t *testing.T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var log []*chatpb.Event
-	for _, e := range s.log {
-		log = append(log, e.ev)
+	for _, e := range s.log.Entries() {
+		log = append(log, e.Ev)
 	}
-	re := fold(log)
-	if re.ended != s.st.ended || re.service != s.st.service || len(re.members) != len(s.st.members) || re.nextPID != s.st.nextPID {
-		t.Fatalf("refold differs: %+v vs %+v", re, s.st)
+	re := sessionlog.Fold(log)
+	if re.Ended != s.log.State.Ended || re.Service != s.log.State.Service || len(re.Members) != len(s.log.State.Members) || re.NextPID != s.log.State.NextPID {
+		t.Fatalf("refold differs: %+v vs %+v", re, s.log.State)
 	}
-	for id, m := range s.st.members {
-		r := re.members[id]
-		if r.keyHash != m.keyHash || r.typing != m.typing || r.left != m.left || len(r.clientIDs) != len(m.clientIDs) {
+	for id, m := range s.log.State.Members {
+		r := re.Members[id]
+		if r.KeyHash != m.KeyHash || r.Typing != m.Typing || r.Left != m.Left || len(r.ClientIDs) != len(m.ClientIDs) {
 			t.Errorf("member %s differs", id)
 		}
-	}
-}
-
-func TestVisibleTo(t *testing.T) {
-	cases := []struct {
-		viewer *chatpb.Participant
-		vis    chatpb.Visibility
-		want   bool
-	}{
-		{pCust, chatpb.Visibility_VISIBILITY_ALL, true},
-		{pCust, chatpb.Visibility_VISIBILITY_INTERNAL, false},
-		{pCust, chatpb.Visibility_VISIBILITY_MONITOR, false},
-		{pAgent, chatpb.Visibility_VISIBILITY_INTERNAL, true},
-		{pAgent, chatpb.Visibility_VISIBILITY_MONITOR, true},
-		{pMon, chatpb.Visibility_VISIBILITY_ALL, true},
-	}
-	for _, c := range cases {
-		if got := visibleTo(c.viewer, &chatpb.Event{Visibility: c.vis}); got != c.want {
-			t.Errorf("%v sees %v: %v, want %v", c.viewer.Type, c.vis, got, c.want)
-		}
-	}
-}
-
-func TestPublicStripsKeyHash(t *testing.T) {
-	e := &chatpb.Event{Index: 2, Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: pCust, KeyHash: "secret"}
-	p := public(e)
-	if p.KeyHash != "" || e.KeyHash != "secret" || p.Index != 2 || p.From != pCust {
-		t.Fatalf("public: %v (orig %v)", p, e)
-	}
-	plain := &chatpb.Event{Index: 3}
-	if public(plain) != plain {
-		t.Fatal("an event without a key hash was copied")
 	}
 }
 

@@ -60,7 +60,7 @@ type streamEnd struct {
 // follow runs while this core is a backup. It returns when the core became
 // primary or ctx ended.
 func (c *Core) follow(ctx context.Context) {
-	roleCh := c.roleChanged()
+	roleCh := c.role.Changed()
 	if !c.paired() {
 		select { // a standalone backup waits to be told otherwise
 		case <-ctx.Done():
@@ -72,7 +72,7 @@ func (c *Core) follow(ctx context.Context) {
 	defer stop()
 	delay := 20 * time.Millisecond
 	var lastWarn, lastDrop time.Time
-	for ctx.Err() == nil && !c.primary.Load() {
+	for ctx.Err() == nil && !c.role.IsPrimary() {
 		addr := c.peerAddr()
 		if addr == "" { // gossip has not shown the other core yet
 			select {
@@ -90,7 +90,7 @@ func (c *Core) follow(ctx context.Context) {
 			return
 		}
 		end := c.replicateOnce(ctx, conn, failed)
-		if c.primary.Load() || ctx.Err() != nil {
+		if c.role.IsPrimary() || ctx.Err() != nil {
 			return
 		}
 		if end.primaryName == "" {
@@ -231,7 +231,7 @@ type replicaStream interface {
 // replicate runs one opened Replicate stream until it ends. cancel ends the
 // stream (it cancels the stream's context); ctx is the follower's context.
 func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream replicaStream, failed <-chan struct{}) (end streamEnd) {
-	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.epoch.Load(), Token: c.cfg.AdminToken, Batches: true}
+	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.role.Epoch(), Token: c.cfg.AdminToken, Batches: true}
 	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
 		end.err = err
 		return end
@@ -304,13 +304,13 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			return end
 		}
 		lastHeard.Store(time.Now().UnixNano())
-		if known := c.epoch.Load(); msg.Epoch < known {
+		if known := c.role.Epoch(); msg.Epoch < known {
 			end.fencedPrimary = true
 			end.err = fmt.Errorf("primary %s carries epoch %d, older than %d: rejected", msg.Primary, msg.Epoch, known)
 			c.log.WarnContext(ctx, "rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", known)
 			return end
 		}
-		c.observeEpoch(msg.Epoch)
+		c.role.Observe(msg.Epoch)
 		end.primaryName, end.primaryEpoch, end.receivedAny = msg.Primary, msg.Epoch, true
 		if !c.sawPrimary.Load() {
 			c.sawPrimary.Store(true)
@@ -338,7 +338,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			c.gossipDead.Store(false)
 			c.log.InfoContext(ctx, "in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", len(seen), "dropped_stale", n)
-			c.spawn(c.publishMeta) // gossip the epoch we now follow
+			c.bg.spawn(c.publishMeta) // gossip the epoch we now follow
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
 			ans := &chatpb.ReplicaAck{Seq: msg.Seq}
@@ -353,7 +353,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			}
 			if err == nil {
 				end.handedOver = true
-				c.spawn(func(ctx context.Context) { c.restoreAll(ctx, "switchover") })
+				c.bg.spawn(func(ctx context.Context) { c.restoreAll(ctx, "switchover") })
 				// Let the old primary close the stream (it steps down on our
 				// answer), so that the answer is not cut off by our cancel.
 				t := time.AfterFunc(2*time.Second, cancel)
@@ -604,7 +604,7 @@ func (c *Core) applyReplicated(msg *chatpb.ReplicaMsg, seen map[string]bool) err
 			if b.Snapshot.SessionId == "" {
 				return errors.New("tombstone without a session id")
 			}
-			c.addTombstone(b.Snapshot.SessionId, b.Snapshot.LastIndex)
+			c.tombs.add(b.Snapshot.SessionId, b.Snapshot.LastIndex)
 			return nil
 		}
 		if err := c.applySnapshot(b.Snapshot); err != nil {
@@ -674,11 +674,10 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
 		s.startReq = snap.Events[0].ClientRequestId
 	}
 	for _, ev := range snap.Events {
-		s.st.apply(ev)
-		s.log = append(s.log, entry{ev: ev, pub: public(ev)})
+		s.log.Commit(ev)
 	}
 	s.savedThrough, s.finalSaved, s.noFinalSave = snap.SavedThrough, snap.FinalSaved, snap.NoFinalSave
-	if s.st.ended {
+	if s.log.State.Ended {
 		s.endedAt = c.now()
 	}
 	c.putSession(s)
@@ -686,7 +685,7 @@ func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
 }
 
 // putSession inserts or replaces a session, keeping the live count. Lock
-// order is s.mu before c.mu everywhere (commitLocked takes c.mu under s.mu),
+// order (doc.go) is s.mu before c.mu (commitLocked takes c.mu under s.mu),
 // so the replaced session is marked after c.mu is released.
 func (c *Core) putSession(s *session) {
 	c.mu.Lock()
@@ -702,13 +701,13 @@ func (c *Core) putSession(s *session) {
 		old.mu.Lock()
 		old.removed = true
 		c.dropDoubtLocked(old)
-		if !old.st.ended {
+		if !old.log.State.Ended {
 			delta--
 		}
 		old.mu.Unlock()
 	}
 	s.mu.Lock()
-	if !s.st.ended {
+	if !s.log.State.Ended {
 		delta++
 	}
 	s.mu.Unlock()
@@ -782,7 +781,7 @@ func (c *Core) dropUnseen(seen map[string]bool) int {
 		s.mu.Lock()
 		s.removed = true
 		c.dropDoubtLocked(s)
-		ended := s.st.ended
+		ended := s.log.State.Ended
 		s.mu.Unlock()
 		if !ended {
 			c.mu.Lock()

@@ -95,7 +95,7 @@ func TestHandoverAfterAckSendFailed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the follower hangs: the handover answer waits for an ack sender that stopped")
 	}
-	if !c.primary.Load() || c.Epoch() != 2 {
-		t.Fatalf("after the handover: primary %v epoch %d, want primary at epoch 2", c.primary.Load(), c.Epoch())
+	if !c.role.IsPrimary() || c.Epoch() != 2 {
+		t.Fatalf("after the handover: primary %v epoch %d, want primary at epoch 2", c.role.IsPrimary(), c.Epoch())
 	}
 }

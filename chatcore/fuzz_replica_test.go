@@ -57,10 +57,10 @@ func FuzzReplicaMsg(f *testing.F) {
 		defer c.mu.RUnlock()
 		for id, s := range c.sessions {
 			s.mu.Lock()
-			for i, e := range s.log {
-				if e.ev.Index != uint64(i+1) {
+			for i, e := range s.log.Entries() {
+				if e.Ev.Index != uint64(i+1) {
 					s.mu.Unlock()
-					t.Fatalf("session %q: index %d at position %d", id, e.ev.Index, i)
+					t.Fatalf("session %q: index %d at position %d", id, e.Ev.Index, i)
 				}
 			}
 			s.mu.Unlock()

@@ -42,9 +42,7 @@ func TestStartSessionRetryWithSameRequestID(t *testing.T) {
 	// The stream opens before the server has registered the watcher: wait
 	// for it, or the sessions below arrive as a snapshot in map order.
 	waitFor(t, "the watcher registered", func() bool {
-		tc.c.watchMu.Lock()
-		defer tc.c.watchMu.Unlock()
-		return len(tc.c.watchers) == 1
+		return tc.c.watch.count() == 1
 	})
 	first, err := tc.cl.StartSession(ctx, startReq("req-1"))
 	if err != nil {
@@ -156,7 +154,7 @@ func TestStartSessionRetryAnsweredAfterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.kill() // the answers were "lost": the client retries at the promoted backup
-	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	again, err := b.cl.StartSession(ctx, startReq("fo-1"))
 	if err != nil {
 		t.Fatalf("retry at b: %v", err)

@@ -13,7 +13,7 @@ func TestBackupInSyncMetric(t *testing.T) {
 	store := newMemStore()
 	la, lb := listen(t), listen(t)
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "core-a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "core-a primary", func() bool { return a.c.role.IsPrimary() })
 	am := &testCore{c: a.c}
 	if lag, in := am.metric(t, "hachat_core_replication_lag"), am.metric(t, "hachat_core_backup_in_sync"); lag != 0 || in != 0 {
 		t.Fatalf("alone: lag %v, in sync %v; want lag 0 (the trap) and in sync 0", lag, in)

@@ -197,8 +197,8 @@ func newIsolationRig(t *testing.T, fencing string) *isolationRig {
 	}
 	la, lb := listen(t), listen(t)
 	r.a = startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, r.mem, nil, aOpts...)
-	waitFor(t, "a primary", func() bool { return r.a.c.primary.Load() })
-	r.epoch = r.a.c.epoch.Load()
+	waitFor(t, "a primary", func() bool { return r.a.c.role.IsPrimary() })
+	r.epoch = r.a.c.role.Epoch()
 	r.link = newProxy(t, la.Addr().String())
 	r.mm = &memMembers{members: []membership.Member{
 		{Name: "core-a", State: membership.StateAlive, Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: r.epoch, GRPCAddr: r.link.addr}},
@@ -235,9 +235,9 @@ func (r *isolationRig) assertPrimaryKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Epoch != r.epoch || r.a.c.epoch.Load() != r.epoch || e.Holder != "core-a" || !r.a.c.primary.Load() || r.b.c.primary.Load() {
+	if e.Epoch != r.epoch || r.a.c.role.Epoch() != r.epoch || e.Holder != "core-a" || !r.a.c.role.IsPrimary() || r.b.c.role.IsPrimary() {
 		t.Fatalf("the healthy primary was deposed: epoch %d held by %q; a primary=%v, b primary=%v",
-			e.Epoch, e.Holder, r.a.c.primary.Load(), r.b.c.primary.Load())
+			e.Epoch, e.Holder, r.a.c.role.IsPrimary(), r.b.c.role.IsPrimary())
 	}
 }
 
@@ -262,8 +262,8 @@ func TestCutOffBackupDoesNotDeposePrimary(t *testing.T) {
 			during := r.sendOnA(t, 5, "during") // second copies go to UCS
 
 			asked := r.w.count()
-			waitFor(t, "b re-examined the primary three times while cut off", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
-			if r.b.c.primary.Load() {
+			waitFor(t, "b re-examined the primary three times while cut off", func() bool { return r.w.count() >= asked+3 || r.b.c.role.IsPrimary() })
+			if r.b.c.role.IsPrimary() {
 				t.Fatal("a backup cut off from everyone promoted")
 			}
 			// UCS answers first (the heal reaches it first, or the primary and the
@@ -273,8 +273,8 @@ func TestCutOffBackupDoesNotDeposePrimary(t *testing.T) {
 			// primary keeps renewing: b must not take the epoch.
 			r.bUCS.setDown(false)
 			asked = r.w.count()
-			waitFor(t, "b re-examined the primary three times with UCS back", func() bool { return r.w.count() >= asked+3 || r.b.c.primary.Load() })
-			if r.b.c.primary.Load() {
+			waitFor(t, "b re-examined the primary three times with UCS back", func() bool { return r.w.count() >= asked+3 || r.b.c.role.IsPrimary() })
+			if r.b.c.role.IsPrimary() {
 				t.Fatal("a backup that reaches only UCS deposed the primary")
 			}
 
@@ -307,7 +307,7 @@ func TestStaleDecisionDropped(t *testing.T) {
 			r.w.set(false, nil) // "cannot reach": the evidence of a dead primary
 			r.link.cut()
 			waitFor(t, "b decided to promote and waits for UCS", func() bool { return r.bUCS.downEpochReads() >= 2 })
-			if r.b.c.primary.Load() {
+			if r.b.c.role.IsPrimary() {
 				t.Fatal("b promoted without UCS")
 			}
 
@@ -343,7 +343,7 @@ func TestNoServingBeforeMerge(t *testing.T) {
 			r.bUCS.mu.Unlock()
 			r.a.kill()
 			r.w.set(false, nil)
-			waitFor(t, "b promoted, merging", func() bool { return r.b.c.primary.Load() && r.bUCS.heldReads() > 0 })
+			waitFor(t, "b promoted, merging", func() bool { return r.b.c.role.IsPrimary() && r.bUCS.heldReads() > 0 })
 
 			if _, err := r.b.cl.Send(ctxT(t), msg(r.cust, "too early", "early")); status.Code(err) != codes.Unavailable {
 				t.Fatalf("send to a primary that has not merged UCS: %v, want UNAVAILABLE", err)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // janitorEvery is the janitor's tick: the resolution of
@@ -35,24 +36,24 @@ func (c *Core) sweep(ctx context.Context) {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
-	primary := c.primary.Load()
+	primary := c.role.IsPrimary()
 	for _, s := range all {
 		if primary {
 			c.settleDoubt(ctx, s)
 		}
 		c.saver.pendingRetry(s, now)
 		s.mu.Lock()
-		var idle *member
-		if primary && !s.st.ended {
-			if cu := s.st.customer(); cu != nil && cu.left == 0 && cu.streams == 0 {
-				if cu.lastSeen == 0 {
-					cu.lastSeen = now.UnixNano() // restored or replicated: the clock starts now
-				} else if now.Sub(time.Unix(0, cu.lastSeen)) > c.cfg.FlexDisconnectTimeout {
+		var idle *sessionlog.Member
+		if primary && !s.log.State.Ended {
+			if cu := s.log.State.Customer(); cu != nil && cu.Left == 0 && cu.Streams == 0 {
+				if cu.LastSeen == 0 {
+					cu.LastSeen = now.UnixNano() // restored or replicated: the clock starts now
+				} else if now.Sub(time.Unix(0, cu.LastSeen)) > c.cfg.FlexDisconnectTimeout {
 					idle = cu
 				}
 			}
 		}
-		forget := s.st.ended && now.Sub(s.endedAt) >= c.cfg.EndedSessionLinger &&
+		forget := s.log.State.Ended && now.Sub(s.endedAt) >= c.cfg.EndedSessionLinger &&
 			(s.finalSaved || s.noFinalSave || s.savedThrough >= s.lastIndex())
 		s.mu.Unlock()
 		if idle != nil {
@@ -65,16 +66,16 @@ func (c *Core) sweep(ctx context.Context) {
 }
 
 // flexDisconnect removes a customer who stopped polling, which ends the session.
-func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *member) {
-	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
-		if st.ended || cu.left != 0 {
+func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *sessionlog.Member) {
+	_, _, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+		if st.Ended || cu.Left != 0 {
 			return nil, 0, errEnded
 		}
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: cu.p,
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: cu.P,
 			Attrs: map[string]string{"reason": "flex-disconnect-timeout"}}, 0, nil
 	})
 	if err == nil {
-		c.log.InfoContext(ctx, "customer disconnected after flex-disconnect-timeout", "session", s.id, "participant", cu.p.Id, "timeout", c.cfg.FlexDisconnectTimeout)
+		c.log.InfoContext(ctx, "customer disconnected after flex-disconnect-timeout", "session", s.id, "participant", cu.P.Id, "timeout", c.cfg.FlexDisconnectTimeout)
 		err = c.endSession(ctx, s, "flex-disconnect-timeout")
 	}
 	if err != nil && err != errEnded {
@@ -93,7 +94,7 @@ func (c *Core) forget(s *session) {
 	c.dropDoubtLocked(s)
 	s.mu.Unlock()
 	if incomplete {
-		c.addTombstone(s.id, last)
+		c.tombs.add(s.id, last)
 	}
 	c.mu.Lock()
 	delete(c.sessions, s.id)

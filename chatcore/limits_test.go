@@ -203,7 +203,7 @@ func TestFlexDisconnect(t *testing.T) {
 	waitFor(t, "idle customer disconnected", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.st.ended
+		return s.log.State.Ended
 	})
 	evs := tc.events(t, agent)
 	last2 := evs[len(evs)-2:]
@@ -213,7 +213,7 @@ func TestFlexDisconnect(t *testing.T) {
 	}
 	s2 := tc.c.session(streaming.SessionId)
 	s2.mu.Lock()
-	ended := s2.st.ended
+	ended := s2.log.State.Ended
 	s2.mu.Unlock()
 	if ended {
 		t.Fatal("a customer with an open stream was disconnected")

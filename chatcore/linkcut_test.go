@@ -110,7 +110,7 @@ func TestLinkCutNoFailover(t *testing.T) {
 	store := newMemStore()
 	la, lb := listen(t), listen(t)
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	proxy := newProxy(t, la.Addr().String())
 	asked := make(chan string, 16)
 	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) {
@@ -145,7 +145,7 @@ func TestLinkCutNoFailover(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("backup never asked the witness")
 	}
-	if b.c.primary.Load() || !a.c.primary.Load() {
+	if b.c.role.IsPrimary() || !a.c.role.IsPrimary() {
 		t.Fatal("a failover happened on a link cut")
 	}
 	proxy.heal()
@@ -174,7 +174,7 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 	store := newMemStore()
 	la, lb := listen(t), listen(t)
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	proxy := newProxy(t, la.Addr().String())
 	mm := &memMembers{}
 	var killed atomic.Bool // the witness reaches the primary until it is killed
@@ -193,7 +193,7 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 	killed.Store(true)
 	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
 		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
-	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	d, err := b.cl.Send(ctxT(t), msg(cust, "only in UCS", "u1"))
 	if err != nil || !d.Duplicate || d.Index != r.Index {
 		t.Fatalf("message acknowledged during the cut: %v %v", d, err)
@@ -217,7 +217,7 @@ func TestPartitionedPrimaryAcksMerged(t *testing.T) {
 	store := ucsmock.NewMemStore(1)
 	la, lb := listen(t), listen(t)
 	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	proxy := newProxy(t, la.Addr().String())
 	release := make(chan struct{})
 	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) {
@@ -238,7 +238,7 @@ func TestPartitionedPrimaryAcksMerged(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(release)
-	waitFor(t, "b promoted", func() bool { return b.c.primary.Load() })
+	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	evs, err := b.cl.Events(ctxT(t), &chatpb.EventsRequest{Auth: agent, FromIndex: 1})
 	if err != nil {
 		t.Fatal(err)

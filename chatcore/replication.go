@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // This file is the primary's side of replication. The backup dials the
@@ -337,9 +338,9 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		c.log.Warn("refused a replication stream: wrong pair token", "backup", hello.Name)
 		return status.Error(codes.PermissionDenied, "wrong pair token")
 	}
-	if hello.Epoch > c.epoch.Load() {
+	if hello.Epoch > c.role.Epoch() {
 		// A backup's word is a hint; only UCS can say that a newer epoch exists.
-		mine := c.epoch.Load()
+		mine := c.role.Epoch()
 		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
 		cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
 		cancel()
@@ -357,9 +358,8 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at the fencing authority (it holds %d)", hello.Epoch, cur.Epoch)
 		}
 	}
-	c.roleMu.Lock()
-	epoch, primary, roleCtx := c.epoch.Load(), c.primary.Load(), c.streamCtx
-	c.roleMu.Unlock()
+	term := c.role.Term()
+	epoch, primary, roleCtx := term.Epoch, term.Primary, term.Stream
 	if !primary {
 		return errNotPrimary
 	}
@@ -404,7 +404,7 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 	}
 	c.repl.mu.Unlock()
 	c.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
-	c.spawn(c.clearSolo)
+	c.bg.spawn(c.clearSolo)
 
 	select {
 	case err := <-recvErr:
@@ -429,7 +429,7 @@ func (c *Core) snapshotTo(l *link) int {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
-	for _, t := range c.tombstoneSnapshots() {
+	for _, t := range c.tombs.snapshots() {
 		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: t}}, false)
 	}
 	n := 0
@@ -441,10 +441,10 @@ func (c *Core) snapshotTo(l *link) int {
 			s.appendMu.Unlock()
 			continue
 		}
-		snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, len(s.log)),
+		snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, s.log.LastIndex()),
 			SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
-		for i, e := range s.log {
-			snap.Events[i] = e.ev
+		for i, e := range s.log.Entries() {
+			snap.Events[i] = e.Ev
 		}
 		s.mu.Unlock()
 		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
@@ -493,13 +493,13 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 			}
 		}
 	}
-	if !c.paired() || !needCopy || !c.savedKind(ev) {
+	if !c.paired() || !needCopy || !c.notices.keeps(ev) {
 		return false, nil
 	}
 	if err := c.markSolo(ctx, ev.Epoch); err != nil {
-		return uncertain && c.primary.Load(), err
+		return uncertain && c.role.IsPrimary(), err
 	}
-	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{saved(ev)}}
+	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{sessionlog.Saved(ev)}}
 	sent := false
 	_, err = c.saver.cb.Execute(func() (SaveResult, error) {
 		sent = true

@@ -15,7 +15,7 @@ func TestPrimaryReportsItsOwnEpoch(t *testing.T) {
 	tc := startCore(t, nil)
 	own := tc.c.Epoch()
 	newer := own + 50
-	tc.c.observeEpoch(newer)
+	tc.c.role.Observe(newer)
 	if tc.c.Epoch() != newer {
 		t.Fatalf("known epoch %d, want %d", tc.c.Epoch(), newer)
 	}

@@ -5,12 +5,14 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // Input limits besides the configured ones.
@@ -45,7 +47,7 @@ func (c *Core) checkAuth(ctx context.Context, a *chatpb.Auth) (*session, string,
 		return nil, "", invalid("auth needs session_id, participant_id and secure_key")
 	}
 	keyHash := hashKey(a.SecureKey)
-	s, err := c.lookup(ctx, a.SessionId, func(st *state) error {
+	s, err := c.lookup(ctx, a.SessionId, func(st *sessionlog.State) error {
 		_, err := authorize(st, a.ParticipantId, keyHash)
 		return err
 	})
@@ -56,9 +58,9 @@ func (c *Core) checkAuth(ctx context.Context, a *chatpb.Auth) (*session, string,
 }
 
 // authorize finds the participant in st and checks its key. Call with s.mu held.
-func authorize(st *state, pid, keyHash string) (*member, error) {
-	m := st.members[pid]
-	if m == nil || !keyMatches(keyHash, m.keyHash) {
+func authorize(st *sessionlog.State, pid, keyHash string) (*sessionlog.Member, error) {
+	m := st.Members[pid]
+	if m == nil || !keyMatches(keyHash, m.KeyHash) {
 		return nil, errBadKey
 	}
 	return m, nil
@@ -109,7 +111,7 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 	if err := checkText("client_request_id", req.ClientRequestId, maxClientIDLen); err != nil {
 		return nil, err
 	}
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return nil, errNotPrimary
 	}
 
@@ -137,17 +139,17 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 		}
 	}
 	for k, v := range req.UserData {
-		attrs[userDataPrefix+k] = v
+		attrs[sessionlog.UserDataPrefix+k] = v
 	}
 	key := newID()
-	_, _, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+	_, _, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
 		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED, From: systemParticipant, Attrs: attrs, ClientRequestId: req.ClientRequestId}, 0, nil
 	})
 	var idx uint64
 	var pid string
 	if err == nil {
-		idx, _, err = c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
-			pid = "p" + strconv.Itoa(st.nextPID+1)
+		idx, _, err = c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+			pid = "p" + strconv.Itoa(st.NextPID+1)
 			p := &chatpb.Participant{Id: pid, Nickname: req.Nickname, Type: chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER}
 			return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, KeyHash: hashKey(key),
 				ClientRequestId: req.ClientRequestId, SecureKey: keepKey(req.ClientRequestId, key)}, 0, nil
@@ -166,7 +168,7 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 // dropSession forgets a session that never got started (its first appends failed).
 func (c *Core) dropSession(s *session) {
 	s.mu.Lock()
-	ended := s.st.ended
+	ended := s.log.State.Ended
 	s.removed = true
 	c.dropDoubtLocked(s)
 	s.mu.Unlock()
@@ -223,20 +225,20 @@ func (c *Core) startedByLocked(requestID string) *session {
 func (c *Core) answerAgain(s *session, requestID string) (*chatpb.JoinResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.st.members[s.st.joinReqs[requestID]]
+	m := s.log.State.Members[s.log.State.JoinReqs[requestID]]
 	switch {
 	case s.removed:
 		return nil, errUnknown
 	case m == nil:
 		// The first attempt is still appending (or failed and is being dropped).
 		return nil, status.Error(codes.Unavailable, "the first attempt of this client_request_id is still in progress: retry")
-	case m.secureKey == "":
+	case m.SecureKey == "":
 		// Restored from UCS, which never holds secure keys.
 		return nil, status.Error(codes.AlreadyExists, "this client_request_id already joined, and its secure key is no longer held")
 	}
 	c.m.requestRetries.Inc()
-	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: m.p.Id, SecureKey: m.secureKey},
-		Alias: c.cfg.Name, NextIndex: m.joined + 1}, nil
+	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: m.P.Id, SecureKey: m.SecureKey},
+		Alias: c.cfg.Name, NextIndex: m.Joined + 1}, nil
 }
 
 // Join adds an agent, supervisor or system participant. Only a supervisor
@@ -278,19 +280,19 @@ func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinR
 	}
 	key := newID()
 	var pid string
-	idx, dup, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+	idx, dup, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
 		if req.ClientRequestId != "" {
-			if m := st.members[st.joinReqs[req.ClientRequestId]]; m != nil {
-				if m.p.Type != req.Type {
-					return nil, 0, invalid("client_request_id was already used by a join of type %s", m.p.Type)
+			if m := st.Members[st.JoinReqs[req.ClientRequestId]]; m != nil {
+				if m.P.Type != req.Type {
+					return nil, 0, invalid("client_request_id was already used by a join of type %s", m.P.Type)
 				}
-				return nil, m.joined, nil // a retry: answered below from the first join
+				return nil, m.Joined, nil // a retry: answered below from the first join
 			}
 		}
-		if st.ended {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
-		pid = "p" + strconv.Itoa(st.nextPID+1)
+		pid = "p" + strconv.Itoa(st.NextPID+1)
 		p := &chatpb.Participant{Id: pid, Nickname: nick, Type: req.Type, Visibility: req.Visibility}
 		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, Visibility: req.Visibility, KeyHash: hashKey(key),
 			ClientRequestId: req.ClientRequestId, SecureKey: keepKey(req.ClientRequestId, key)}, 0, nil
@@ -361,34 +363,34 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 		return nil, err
 	}
 	now := c.now().UnixNano()
-	idx, dup, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+	idx, dup, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
 		m, err := authorize(st, req.Auth.ParticipantId, keyHash)
 		if err != nil {
 			return nil, 0, err
 		}
-		m.lastSeen = now
+		m.LastSeen = now
 		if req.ClientMessageId != "" {
-			if first, ok := m.clientIDs[req.ClientMessageId]; ok {
+			if first, ok := m.ClientIDs[req.ClientMessageId]; ok {
 				return nil, first, nil
 			}
 		}
-		if st.ended {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
-		if m.left != 0 {
+		if m.Left != 0 {
 			return nil, 0, errLeft
 		}
 		vis := req.Visibility
-		if m.p.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER && vis != chatpb.Visibility_VISIBILITY_ALL {
+		if m.P.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER && vis != chatpb.Visibility_VISIBILITY_ALL {
 			return nil, 0, invalid("a customer sends with visibility ALL only")
 		}
 		if vis == chatpb.Visibility_VISIBILITY_ALL {
-			vis = m.p.Visibility // a coach's or monitor's events never reach the customer
+			vis = m.P.Visibility // a coach's or monitor's events never reach the customer
 		}
-		if !m.bucket.take(now, c.cfg.SendRate, c.cfg.SendBurst) {
+		if !m.Bucket.Take(now, c.cfg.SendRate, c.cfg.SendBurst) {
 			return nil, 0, status.Errorf(codes.ResourceExhausted, "more than %g sends per second (burst %d)", c.cfg.SendRate, c.cfg.SendBurst)
 		}
-		return &chatpb.Event{Kind: req.Kind, From: m.p, Visibility: vis, Text: req.Text,
+		return &chatpb.Event{Kind: req.Kind, From: m.P, Visibility: vis, Text: req.Text,
 			ClientMessageId: req.ClientMessageId, Attrs: req.Attrs}, 0, nil
 	})
 	if err != nil {
@@ -406,24 +408,24 @@ func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.Lea
 		return nil, err
 	}
 	var endReason string
-	idx, dup, err := c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
+	idx, dup, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
 		m, err := authorize(st, req.Auth.ParticipantId, keyHash)
 		if err != nil {
 			return nil, 0, err
 		}
-		if m.left != 0 {
-			return nil, m.left, nil
+		if m.Left != 0 {
+			return nil, m.Left, nil
 		}
-		if st.ended {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
 		switch {
-		case m.p.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER:
+		case m.P.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER:
 			endReason = "customer-left"
 		case req.EndSession:
 			endReason = "closed"
 		}
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: m.p, Visibility: m.p.Visibility,
+		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: m.P, Visibility: m.P.Visibility,
 			Attrs: map[string]string{"reason": "left"}}, 0, nil
 	})
 	if err != nil {
@@ -440,8 +442,8 @@ func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.Lea
 // touch records client activity of pid (flex-disconnect-timeout).
 func (c *Core) touch(s *session, pid string) {
 	s.mu.Lock()
-	if m := s.st.members[pid]; m != nil {
-		m.lastSeen = c.now().UnixNano()
+	if m := s.log.State.Members[pid]; m != nil {
+		m.LastSeen = c.now().UnixNano()
 	}
 	s.mu.Unlock()
 }
@@ -455,20 +457,20 @@ func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.E
 	}
 	from := max(req.FromIndex, 1)
 	s.mu.Lock()
-	m, err := authorize(&s.st, req.Auth.ParticipantId, keyHash)
+	m, err := authorize(&s.log.State, req.Auth.ParticipantId, keyHash)
 	if err != nil {
 		s.mu.Unlock()
 		return nil, err
 	}
-	m.lastSeen = c.now().UnixNano()
+	m.LastSeen = c.now().UnixNano()
 	last := s.lastIndex()
 	if from > last+1 {
 		s.mu.Unlock()
 		return nil, invalid("from_index %d is past the end of the log (next index %d)", from, last+1)
 	}
-	log := s.log[from-1:]
-	ended := s.st.ended
-	viewer := m.p
+	log := s.log.From(from)
+	ended := s.log.State.Ended
+	viewer := m.P
 	s.mu.Unlock()
 
 	if len(log) > maxPage {
@@ -477,8 +479,8 @@ func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.E
 	}
 	resp := &chatpb.EventsResponse{NextIndex: from + uint64(len(log)), Ended: ended}
 	for _, e := range log {
-		if visibleTo(viewer, e.pub) {
-			resp.Events = append(resp.Events, e.pub)
+		if sessionlog.VisibleTo(viewer, e.Pub) {
+			resp.Events = append(resp.Events, e.Pub)
 		}
 	}
 	return resp, nil
@@ -495,14 +497,12 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 	if err != nil {
 		return err
 	}
-	c.roleMu.Lock()
-	roleCtx := c.streamCtx
-	c.roleMu.Unlock()
+	roleCtx := c.role.Stream()
 	ctx := stream.Context()
 	next := max(req.FromIndex, 1)
 
 	s.mu.Lock()
-	m, err := authorize(&s.st, req.Auth.ParticipantId, keyHash)
+	m, err := authorize(&s.log.State, req.Auth.ParticipantId, keyHash)
 	if err != nil {
 		s.mu.Unlock()
 		return err
@@ -511,15 +511,15 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 		s.mu.Unlock()
 		return invalid("from_index %d is past the end of the log (next index %d)", next, s.lastIndex()+1)
 	}
-	viewer := m.p
-	m.streams++
-	m.lastSeen = c.now().UnixNano()
+	viewer := m.P
+	m.Streams++
+	m.LastSeen = c.now().UnixNano()
 	s.mu.Unlock()
 	c.m.subscribers.Inc()
 	defer func() {
 		s.mu.Lock()
-		m.streams--
-		m.lastSeen = c.now().UnixNano()
+		m.Streams--
+		m.LastSeen = c.now().UnixNano()
 		s.mu.Unlock()
 		c.m.subscribers.Dec()
 	}()
@@ -527,7 +527,7 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 	// send delivers one event; done reports the end of the stream.
 	send := func(ev *chatpb.Event) (done bool, err error) {
 		next = ev.Index + 1
-		if visibleTo(viewer, ev) {
+		if sessionlog.VisibleTo(viewer, ev) {
 			if err := stream.Send(ev); err != nil {
 				return true, err
 			}
@@ -539,9 +539,9 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 	for {
 		// Catch up from the log; register for fan-out once caught up.
 		s.mu.Lock()
-		batch := s.log[next-1:]
+		batch := s.log.From(next)
 		var sub *subscriber
-		if len(batch) <= c.cfg.SubscriberBuffer && !s.st.ended && !s.removed {
+		if len(batch) <= c.cfg.SubscriberBuffer && !s.log.State.Ended && !s.removed {
 			sub = &subscriber{ch: make(chan *chatpb.Event, c.cfg.SubscriberBuffer)}
 			if s.subs == nil {
 				s.subs = make(map[*subscriber]struct{})
@@ -550,7 +550,7 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 		}
 		s.mu.Unlock()
 		for _, e := range batch {
-			if done, err := send(e.pub); done {
+			if done, err := send(e.Pub); done {
 				c.unsubscribe(s, sub)
 				return err
 			}
@@ -603,14 +603,10 @@ func (c *Core) WatchSessions(req *chatpb.WatchSessionsRequest, stream chatpb.Cha
 	if !c.tokenOK(req.ServiceToken) {
 		return errBadToken
 	}
-	c.roleMu.Lock()
-	roleCtx := c.streamCtx
-	c.roleMu.Unlock()
+	roleCtx := c.role.Stream()
 	w := &watcher{ch: make(chan *chatpb.SessionChange, 1024)}
-	c.watchMu.Lock()
-	c.watchers[w] = struct{}{}
-	c.watchMu.Unlock()
-	defer c.unwatch(w)
+	c.watch.add(w)
+	defer c.watch.remove(w)
 
 	c.mu.RLock()
 	all := make([]*session, 0, len(c.sessions))
@@ -621,7 +617,7 @@ func (c *Core) WatchSessions(req *chatpb.WatchSessionsRequest, stream chatpb.Cha
 	for _, s := range all {
 		s.mu.Lock()
 		var ch *chatpb.SessionChange
-		if !s.st.ended && !s.removed && s.st.customer() != nil {
+		if !s.log.State.Ended && !s.removed && s.log.State.Customer() != nil {
 			ch = c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
 		}
 		s.mu.Unlock()
@@ -653,26 +649,52 @@ type watcher struct {
 	ch chan *chatpb.SessionChange
 }
 
-func (c *Core) unwatch(w *watcher) {
-	c.watchMu.Lock()
-	defer c.watchMu.Unlock()
-	if _, ok := c.watchers[w]; ok {
-		delete(c.watchers, w)
+// watchers are the open WatchSessions streams. It owns its lock, a leaf:
+// notify never blocks (a full mailbox drops its watcher, whose stream ends).
+type watchers struct {
+	mu  sync.Mutex
+	set map[*watcher]struct{}
+}
+
+// add registers w.
+func (ws *watchers) add(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.set == nil {
+		ws.set = make(map[*watcher]struct{})
+	}
+	ws.set[w] = struct{}{}
+}
+
+// remove unregisters w and closes its mailbox, unless notify dropped it.
+func (ws *watchers) remove(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if _, ok := ws.set[w]; ok {
+		delete(ws.set, w)
 		close(w.ch)
 	}
 }
 
-func (c *Core) notifyWatchers(ch *chatpb.SessionChange) {
-	c.watchMu.Lock()
-	defer c.watchMu.Unlock()
-	for w := range c.watchers {
+// notify hands ch to every watcher, dropping those whose mailbox is full.
+func (ws *watchers) notify(ch *chatpb.SessionChange) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for w := range ws.set {
 		select {
 		case w.ch <- ch:
 		default:
-			delete(c.watchers, w)
+			delete(ws.set, w)
 			close(w.ch)
 		}
 	}
+}
+
+// count returns the number of registered watchers.
+func (ws *watchers) count() int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.set)
 }
 
 // Status reports role, epoch, sessions and replication state. Any core answers it.
@@ -684,12 +706,12 @@ func (c *Core) status() *chatpb.StatusResponse {
 	c.mu.RLock()
 	live := c.live
 	c.mu.RUnlock()
-	role, epoch := c.roleEpoch()
+	role, epoch := c.role.RoleEpoch()
 	st := &chatpb.StatusResponse{
 		Name: c.cfg.Name, Role: role, Epoch: epoch, LiveSessions: uint64(max(live, 0)),
 		// A primary still merging UCS reports draining too: sidecars and
 		// clients that skip a draining primary skip it until it serves.
-		Draining: c.draining.Load() || c.unmerged.Load(), ReplicationLag: c.repl.lag(),
+		Draining: c.role.Draining() || c.role.Unmerged(), ReplicationLag: c.repl.lag(),
 	}
 	if l := c.repl.current(); l != nil {
 		st.Backup = l.name

@@ -15,7 +15,58 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
+
+// saveTrigger reports whether committing ev asks for a transcript save
+// under transcript-auto-save mode autoSave.
+func saveTrigger(autoSave int, ev *chatpb.Event) bool {
+	switch {
+	case ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
+		return true
+	case autoSave == AutoSaveAtEnd:
+		return false
+	}
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED,
+		chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
+		return false
+	}
+	return true
+}
+
+// keeps reports whether transcript-save-notices (the set ns) lets ev into
+// the saved transcript.
+func (ns NoticeSet) keeps(ev *chatpb.Event) bool {
+	var n NoticeSet
+	switch ev.Kind {
+	case chatpb.EventKind_EVENT_KIND_TYPING_STARTED, chatpb.EventKind_EVENT_KIND_TYPING_STOPPED:
+		n = NoticeTyping
+	case chatpb.EventKind_EVENT_KIND_PUSH_URL:
+		n = NoticePushURL
+	case chatpb.EventKind_EVENT_KIND_NOTICE:
+		n = NoticeCustom
+	case chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED:
+		n = NoticeSave
+	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED, chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED:
+		n = NoticeDisconnect
+	default:
+		return true
+	}
+	return ns&n != 0
+}
+
+// saverCore is what a save may do to the core: append its notices to the
+// session's log, end a session (transcript-save-on-error=close), report save
+// progress to the backup, and step down when the store knows a newer epoch.
+// *Core implements it; nothing else of the core is in the saver's reach.
+type saverCore interface {
+	append(ctx context.Context, s *session, prepare prepareFunc) (uint64, bool, error)
+	endSession(ctx context.Context, s *session, reason string) error
+	replicateProgress(s *session, now bool)
+	stepDown(reason string, newer uint64)
+}
 
 // saver writes transcripts to UCS asynchronously, per session, behind one
 // circuit breaker. A session is in the queue at most once; a save covers
@@ -23,7 +74,17 @@ import (
 // idempotent by index at the store, so resends and a new primary re-saving
 // are harmless.
 type saver struct {
-	c  *Core
+	// core is the only way back from a save into the core (saverCore).
+	core    saverCore
+	store   TranscriptStore
+	role    *role.State // the epoch a save carries; saves stop when the core is not primary
+	cfg     Config
+	notices NoticeSet
+	m       *metrics
+	log     *slog.Logger
+	tracer  trace.Tracer
+	now     func() time.Time
+
 	cb *gobreaker.CircuitBreaker[SaveResult]
 
 	mu     sync.Mutex
@@ -78,22 +139,32 @@ func (u *ucsTrouble) ok(ctx context.Context, log *slog.Logger) {
 	}
 }
 
+// newSaver builds the core's saver.
 func newSaver(c *Core) *saver {
-	sv := &saver{c: c, wake: make(chan struct{}, 1), timers: make(map[*time.Timer]struct{})}
+	sv := &saver{core: c, store: c.store, role: c.role, cfg: c.cfg, notices: c.notices, m: c.m, log: c.log,
+		tracer: c.tracer, now: c.now}
+	sv.init(c.tel.Registry)
+	return sv
+}
+
+// init finishes a saver whose dependencies are set: its queue, its batch
+// size metric (registered with reg) and its circuit breaker.
+func (sv *saver) init(reg prometheus.Registerer) {
+	sv.wake, sv.timers = make(chan struct{}, 1), make(map[*time.Timer]struct{})
 	sv.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "hachat_core_transcript_save_batch_size",
 		Help:    "Sessions per batched transcript save call (with a store that saves in batches).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 	})
-	if err := c.tel.Registry.Register(sv.batchSize); err != nil {
-		c.log.Warn("transcript batch size metric not registered", "err", err)
+	if err := reg.Register(sv.batchSize); err != nil {
+		sv.log.Warn("transcript batch size metric not registered", "err", err)
 	}
 	sv.cb = gobreaker.NewCircuitBreaker[SaveResult](gobreaker.Settings{
 		Name:        "ucs",
 		MaxRequests: 1,
-		Timeout:     c.cfg.TranscriptBreakerTimeout,
+		Timeout:     sv.cfg.TranscriptBreakerTimeout,
 		ReadyToTrip: func(n gobreaker.Counts) bool {
-			return n.ConsecutiveFailures >= uint32(c.cfg.TranscriptBreakerFailures)
+			return n.ConsecutiveFailures >= uint32(sv.cfg.TranscriptBreakerFailures)
 		},
 		// UCS answering "no" (non-recoverable, stale epoch) is UCS working.
 		IsSuccessful: func(err error) bool {
@@ -101,20 +172,19 @@ func newSaver(c *Core) *saver {
 				errors.Is(err, ErrConflict) || errors.Is(err, ErrInvalid)
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
-			c.m.breakerState.Set(float64(to))
+			sv.m.breakerState.Set(float64(to))
 			// Opening from closed is news; the probe cycle of an outage
 			// (open, half-open, open again) is not, every breaker timeout.
 			switch {
 			case from == gobreaker.StateClosed && to == gobreaker.StateOpen:
-				c.log.Warn("transcript breaker open: UCS keeps failing; saves wait and are resent", "from", from.String(), "to", to.String())
+				sv.log.Warn("transcript breaker open: UCS keeps failing; saves wait and are resent", "from", from.String(), "to", to.String())
 			case to == gobreaker.StateClosed:
-				c.log.Info("transcript breaker closed: UCS answers again", "from", from.String(), "to", to.String())
+				sv.log.Info("transcript breaker closed: UCS answers again", "from", from.String(), "to", to.String())
 			default:
-				c.log.Debug("transcript breaker changed state", "from", from.String(), "to", to.String())
+				sv.log.Debug("transcript breaker changed state", "from", from.String(), "to", to.String())
 			}
 		},
 	})
-	return sv
 }
 
 // enqueue asks for a save of s. Call without s.mu held.
@@ -164,8 +234,8 @@ func (sv *saver) pop() *session {
 // call; otherwise one session per Save call.
 func (sv *saver) run(ctx context.Context) {
 	var wg sync.WaitGroup
-	bs, batched := sv.c.store.(BatchTranscriptStore)
-	workers := sv.c.cfg.TranscriptSaveWorkers
+	bs, batched := sv.store.(BatchTranscriptStore)
+	workers := sv.cfg.TranscriptSaveWorkers
 	if batched {
 		workers = min(workers, saveBatchWorkers)
 	}
@@ -211,31 +281,30 @@ type saveJob struct {
 // prepare starts a save attempt of s: it reports false if there is nothing
 // to save, otherwise it marks s saving and returns the job.
 func (sv *saver) prepare(s *session) (saveJob, bool) {
-	c := sv.c
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.saveQueued = false
 	s.saveDirty = false
 	from, to := s.savedThrough+1, s.lastIndex()
-	if !c.primary.Load() { // a backup never saves; the promotion re-queues pending saves
+	if !sv.role.IsPrimary() { // a backup never saves; the promotion re-queues pending saves
 		return saveJob{}, false
 	}
-	if s.noFinalSave || s.removed || from > to || (c.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.st.ended) {
+	if s.noFinalSave || s.removed || from > to || (sv.cfg.TranscriptAutoSave == AutoSaveAtEnd && !s.log.State.Ended) {
 		return saveJob{}, false
 	}
 	s.saving = true
-	ended := s.st.ended
+	ended := s.log.State.Ended
 	cause := s.saveCause
 	s.saveCause = trace.SpanContext{}
 	events := make([]*chatpb.Event, 0, to-from+1)
-	for _, e := range s.log[from-1 : to] {
-		if c.savedKind(e.ev) {
-			events = append(events, saved(e.ev))
+	for _, e := range s.log.Entries()[from-1 : to] {
+		if sv.notices.keeps(e.Ev) {
+			events = append(events, sessionlog.Saved(e.Ev))
 		}
 	}
 	j := saveJob{s: s, from: from, to: to, ended: ended, cause: cause, send: len(events) > 0 || ended}
 	if j.send {
-		j.req = SaveRequest{Service: c.cfg.Cluster, Epoch: c.epoch.Load(), Writer: c.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
+		j.req = SaveRequest{Service: sv.cfg.Cluster, Epoch: sv.role.Epoch(), Writer: sv.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
 	}
 	return j, true
 }
@@ -243,7 +312,6 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 // save performs one save attempt for s (Save, one request) and decides
 // what follows.
 func (sv *saver) save(ctx context.Context, s *session) {
-	c := sv.c
 	j, ok := sv.prepare(s)
 	if !ok {
 		return
@@ -256,13 +324,13 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		if j.cause.IsValid() {
 			tctx = trace.ContextWithRemoteSpanContext(ctx, j.cause)
 		}
-		tctx, span := c.tracer.Start(tctx, "chatcore.saveTranscript", trace.WithAttributes(
+		tctx, span := sv.tracer.Start(tctx, "chatcore.saveTranscript", trace.WithAttributes(
 			attribute.String("chat.id", s.id), attribute.Int64("transcript.from", int64(j.from)),
 			attribute.Int64("transcript.to", int64(j.to)), attribute.Bool("transcript.ended", j.ended)))
 		_, err = sv.cb.Execute(func() (SaveResult, error) {
-			sctx, cancel := context.WithTimeout(tctx, c.cfg.TranscriptSaveTimeout)
+			sctx, cancel := context.WithTimeout(tctx, sv.cfg.TranscriptSaveTimeout)
 			defer cancel()
-			return c.store.Save(sctx, j.req)
+			return sv.store.Save(sctx, j.req)
 		})
 		if err != nil {
 			span.RecordError(err)
@@ -272,7 +340,7 @@ func (sv *saver) save(ctx context.Context, s *session) {
 		sctx = trace.ContextWithSpanContext(ctx, span.SpanContext())
 	}
 	if sv.settle(sctx, j, err) {
-		c.stepDown("UCS rejected a transcript save with a stale epoch", 0)
+		sv.core.stepDown("UCS rejected a transcript save with a stale epoch", 0)
 	}
 }
 
@@ -280,7 +348,6 @@ func (sv *saver) save(ctx context.Context, s *session) {
 // notices, resends, transcript-save-on-error. It reports whether UCS
 // fenced the save (stale epoch): the caller steps down.
 func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) {
-	c := sv.c
 	if !trace.SpanContextFromContext(ctx).IsValid() && j.cause.IsValid() {
 		// A batched save: its lines belong to the trace of the message that caused it.
 		ctx = trace.ContextWithRemoteSpanContext(ctx, j.cause)
@@ -288,7 +355,7 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 	s, to, ended := j.s, j.to, j.ended
 	switch {
 	case err == nil:
-		c.m.saves.WithLabelValues("ok").Inc()
+		sv.m.saves.WithLabelValues("ok").Inc()
 		var recovered bool
 		sv.done(ctx, s, func() {
 			s.savedThrough = max(s.savedThrough, to)
@@ -300,66 +367,66 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 			}
 		})
 		if recovered {
-			c.m.savesRecovered.Inc()
+			sv.m.savesRecovered.Inc()
 		}
-		sv.trouble.ok(ctx, c.log)
-		c.replicateProgress(s, false)
-		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
+		sv.trouble.ok(ctx, sv.log)
+		sv.core.replicateProgress(s, false)
+		if sv.cfg.TranscriptAutoSave == AutoSaveWithNotices && !ended {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVED, "save", to, "")
 		}
 	case errors.Is(err, ErrStaleEpoch):
-		c.m.saves.WithLabelValues("stale_epoch").Inc()
+		sv.m.saves.WithLabelValues("stale_epoch").Inc()
 		sv.done(ctx, s, nil)
 		return true
 	case errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid):
-		c.m.saves.WithLabelValues("nonrecoverable").Inc()
-		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
+		sv.m.saves.WithLabelValues("nonrecoverable").Inc()
+		if sv.cfg.TranscriptAutoSave == AutoSaveWithNotices {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
 		}
-		if c.cfg.TranscriptSaveOnError == SaveOnErrorClose {
-			c.m.saveGiveUps.Inc()
-			c.log.WarnContext(ctx, "transcript save failed for good: UCS refused it (non-recoverable); closing the session, which is never saved again",
-				"session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
+		if sv.cfg.TranscriptSaveOnError == SaveOnErrorClose {
+			sv.m.saveGiveUps.Inc()
+			sv.log.WarnContext(ctx, "transcript save failed for good: UCS refused it (non-recoverable); closing the session, which is never saved again",
+				"session", s.id, "through", to, "err", err, "transcript-save-on-error", sv.cfg.TranscriptSaveOnError)
 			sv.done(ctx, s, func() { s.noFinalSave = true })
-			c.replicateProgress(s, true)
-			if err := c.endSession(ctx, s, "transcript-save-error"); err != nil {
-				c.log.WarnContext(ctx, "could not close session after non-recoverable save error", "session", s.id, "err", err)
+			sv.core.replicateProgress(s, true)
+			if err := sv.core.endSession(ctx, s, "transcript-save-error"); err != nil {
+				sv.log.WarnContext(ctx, "could not close session after non-recoverable save error", "session", s.id, "err", err)
 			}
 			return false
 		}
-		c.log.WarnContext(ctx, "transcript save refused by UCS (non-recoverable): the session stays open and later saves retry",
-			"session", s.id, "through", to, "err", err, "transcript-save-on-error", c.cfg.TranscriptSaveOnError)
-		sv.done(ctx, s, func() { s.saveBehind = true; s.retryAt = c.now().Add(sv.giveUpBackoff()) })
+		sv.log.WarnContext(ctx, "transcript save refused by UCS (non-recoverable): the session stays open and later saves retry",
+			"session", s.id, "through", to, "err", err, "transcript-save-on-error", sv.cfg.TranscriptSaveOnError)
+		sv.done(ctx, s, func() { s.saveBehind = true; s.retryAt = sv.now().Add(sv.giveUpBackoff()) })
 	default:
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-			c.m.saves.WithLabelValues("breaker_open").Inc()
+			sv.m.saves.WithLabelValues("breaker_open").Inc()
 		} else {
-			c.m.saves.WithLabelValues("recoverable").Inc()
+			sv.m.saves.WithLabelValues("recoverable").Inc()
 		}
-		sv.trouble.failed(ctx, c.log, s.id, err)
+		sv.trouble.failed(ctx, sv.log, s.id, err)
 		var retry bool
 		sv.done(ctx, s, func() {
 			s.saveRetries++
-			retry = s.saveRetries <= c.cfg.TranscriptResendAttempts
+			retry = s.saveRetries <= sv.cfg.TranscriptResendAttempts
 			if retry {
 				s.retryPending = true
 				return
 			}
 			s.saveRetries = 0
 			s.saveBehind = true
-			s.retryAt = c.now().Add(sv.giveUpBackoff())
+			s.retryAt = sv.now().Add(sv.giveUpBackoff())
 		})
 		if retry {
-			c.m.saveResends.Inc()
-			sv.after(c.cfg.TranscriptResendDelay, s)
+			sv.m.saveResends.Inc()
+			sv.after(sv.cfg.TranscriptResendDelay, s)
 			return false
 		}
 		// Not a give-up: the janitor and the next trigger retry until UCS
 		// takes it. The rate-limited WARN of sv.trouble tells the operator.
-		c.m.resendsExhausted.Inc()
-		c.log.DebugContext(ctx, "transcript save still failing after its resends: retrying in the background", "session", s.id,
-			"through", to, "attempts", c.cfg.TranscriptResendAttempts+1, "retry_in", sv.giveUpBackoff(), "err", err)
-		if c.cfg.TranscriptAutoSave == AutoSaveWithNotices {
+		sv.m.resendsExhausted.Inc()
+		sv.log.DebugContext(ctx, "transcript save still failing after its resends: retrying in the background", "session", s.id,
+			"through", to, "attempts", sv.cfg.TranscriptResendAttempts+1, "retry_in", sv.giveUpBackoff(), "err", err)
+		if sv.cfg.TranscriptAutoSave == AutoSaveWithNotices {
 			sv.notice(ctx, s, chatpb.EventKind_EVENT_KIND_TRANSCRIPT_SAVE_FAILED, "ucs-save-fail", to, err.Error())
 		}
 	}
@@ -406,7 +473,7 @@ func (sv *saver) after(delay time.Duration, s *session) {
 // giveUpBackoff is how long a given-up save waits before the janitor
 // retries it (new events retry sooner).
 func (sv *saver) giveUpBackoff() time.Duration {
-	return max(10*sv.c.cfg.TranscriptResendDelay, time.Second)
+	return max(10*sv.cfg.TranscriptResendDelay, time.Second)
 }
 
 // notice appends a transcript-auto-save=2 notice (TRANSCRIPT_SAVED or _FAILED).
@@ -415,14 +482,14 @@ func (sv *saver) notice(ctx context.Context, s *session, kind chatpb.EventKind, 
 	if detail != "" {
 		attrs["error"] = detail
 	}
-	_, _, err := sv.c.append(ctx, s, func(st *state) (*chatpb.Event, uint64, error) {
-		if st.ended {
+	_, _, err := sv.core.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+		if st.Ended {
 			return nil, 0, errEnded
 		}
 		return &chatpb.Event{Kind: kind, From: systemParticipant, Attrs: attrs}, 0, nil
 	})
 	if err != nil && !errors.Is(err, errEnded) {
-		sv.c.log.DebugContext(ctx, "transcript notice not appended", "session", s.id, "err", err)
+		sv.log.DebugContext(ctx, "transcript notice not appended", "session", s.id, "err", err)
 	}
 }
 

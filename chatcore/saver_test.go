@@ -25,8 +25,8 @@ func (tc *testCore) logKinds(id string) []chatpb.EventKind {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []chatpb.EventKind
-	for _, e := range s.log {
-		out = append(out, e.ev.Kind)
+	for _, e := range s.log.Entries() {
+		out = append(out, e.Ev.Kind)
 	}
 	return out
 }

@@ -30,7 +30,7 @@ import (
 func TestWrongKeyDoesNotRestoreFromUCS(t *testing.T) {
 	store := newMemStore()
 	first := startNode(t, "core-a", RolePrimary, "", listen(t), store, func(c *Config) { c.TranscriptAutoSave = 1 })
-	waitFor(t, "primary", func() bool { return first.c.primary.Load() })
+	waitFor(t, "primary", func() bool { return first.c.role.IsPrimary() })
 	cust, agent := first.chat(t)
 	r, err := first.cl.Send(ctxT(t), msg(cust, "saved", "c1"))
 	if err != nil {
@@ -41,7 +41,7 @@ func TestWrongKeyDoesNotRestoreFromUCS(t *testing.T) {
 	stored := store.indexes(cust.SessionId)
 
 	second := startNode(t, "core-b", RolePrimary, "", listen(t), store, nil)
-	waitFor(t, "second primary", func() bool { return second.c.primary.Load() })
+	waitFor(t, "second primary", func() bool { return second.c.role.IsPrimary() })
 	tc := &testCore{c: second.c, cl: second.cl}
 	for _, bad := range []*chatpb.Auth{
 		{SessionId: cust.SessionId, ParticipantId: cust.ParticipantId, SecureKey: "not-the-key"},
@@ -104,13 +104,13 @@ func (m *blockingMembers) SetMeta(ctx context.Context, meta membership.Meta) err
 func TestServeWaitsForBackgroundWork(t *testing.T) {
 	mm := &blockingMembers{}
 	n := startNode(t, "core-a", RolePrimary, "", listen(t), newMemStore(), nil, WithMembership(mm))
-	waitFor(t, "primary", func() bool { return n.c.primary.Load() })
+	waitFor(t, "primary", func() bool { return n.c.role.IsPrimary() })
 	waitFor(t, "meta publish in flight", func() bool { return mm.inside.Load() > 0 })
 	n.stop()
 	if in := mm.inside.Load(); in != 0 {
 		t.Fatalf("Serve returned with %d meta publishes still running", in)
 	}
-	if n.c.spawn(func(context.Context) { t.Error("ran after Serve returned") }) {
+	if n.c.bg.spawn(func(context.Context) { t.Error("ran after Serve returned") }) {
 		t.Fatal("spawn accepted work after Serve returned")
 	}
 }
@@ -150,7 +150,7 @@ func TestReplicateRejectsBadToken(t *testing.T) {
 			t.Fatalf("token %q: %v, want PermissionDenied", tok, code)
 		}
 	}
-	if !a.c.primary.Load() || a.c.Epoch() != 1 {
+	if !a.c.role.IsPrimary() || a.c.Epoch() != 1 {
 		t.Fatalf("a is %s at epoch %d after forged hellos", a.c.Role(), a.c.Epoch())
 	}
 	if cur := a.c.repl.current(); cur != link || !cur.inSync.Load() {
@@ -177,7 +177,7 @@ func TestReplicateUnconfirmedEpoch(t *testing.T) {
 		t.Fatalf("unconfirmable epoch: %v, want Unavailable", code)
 	}
 	store.setDown(false)
-	if !a.c.primary.Load() || a.c.Epoch() != 1 || a.c.repl.current() != link {
+	if !a.c.role.IsPrimary() || a.c.Epoch() != 1 || a.c.repl.current() != link {
 		t.Fatalf("a is %s at epoch %d (same link %v) after unconfirmed claims", a.c.Role(), a.c.Epoch(), a.c.repl.current() == link)
 	}
 	if _, err := store.memStore.ClaimEpoch(ctxT(t), "hachat", 1, 5, "core-x"); err != nil {
@@ -186,7 +186,7 @@ func TestReplicateUnconfirmedEpoch(t *testing.T) {
 	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "core-x", Epoch: 5, Token: "adm-token"}); code != codes.FailedPrecondition {
 		t.Fatalf("confirmed epoch: %v, want FailedPrecondition", code)
 	}
-	if a.c.primary.Load() || a.c.Epoch() != 5 {
+	if a.c.role.IsPrimary() || a.c.Epoch() != 5 {
 		t.Fatalf("a is %s at epoch %d after a confirmed newer epoch", a.c.Role(), a.c.Epoch())
 	}
 }
@@ -209,12 +209,12 @@ func TestGossipedNewerEpochNeedsUCS(t *testing.T) {
 	mm := &memMembers{}
 	store := &countingStore{memStore: newMemStore()}
 	a := startNode(t, "core-a", RolePrimary, "", listen(t), store, nil, WithMembership(mm))
-	waitFor(t, "a primary", func() bool { return a.c.primary.Load() })
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
 	reads := store.epochReads.Load()
 	mm.publish(membership.Event{Type: membership.EventUpdated, Member: membership.Member{Name: "core-b", State: membership.StateAlive,
 		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 5}}})
 	waitFor(t, "the claim checked at UCS", func() bool { return store.epochReads.Load() > reads })
-	if !a.c.primary.Load() || a.c.Epoch() != 1 {
+	if !a.c.role.IsPrimary() || a.c.Epoch() != 1 {
 		t.Fatalf("a is %s at epoch %d after an unconfirmed gossiped epoch", a.c.Role(), a.c.Epoch())
 	}
 	if _, err := store.memStore.ClaimEpoch(ctxT(t), "hachat", 1, 5, "core-b"); err != nil {
@@ -243,13 +243,13 @@ func TestCoreSendsWriterToken(t *testing.T) {
 	bare := ucsmock.NewClient(hs.URL, hs.Client(), nil)
 	without := startNode(t, "core-x", RolePrimary, "", listen(t), bare, nil)
 	waitFor(t, "claims refused", func() bool { return srv.Stats().Unauthorized >= 2 })
-	if without.c.primary.Load() {
+	if without.c.role.IsPrimary() {
 		t.Fatal("a core without the writer token became primary")
 	}
 	without.stop()
 
 	with := startNode(t, "core-a", RolePrimary, "", listen(t), bare.WithToken("w-tok"), func(c *Config) { c.TranscriptAutoSave = 1 })
-	waitFor(t, "primary with the token", func() bool { return with.c.primary.Load() })
+	waitFor(t, "primary with the token", func() bool { return with.c.role.IsPrimary() })
 	cust, _ := with.chat(t)
 	if _, err := with.cl.Send(ctxT(t), msg(cust, "saved with the token", "")); err != nil {
 		t.Fatal(err)

@@ -62,7 +62,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 		"transcript-auto-save", c.cfg.TranscriptAutoSave, "session-restoration-mode", c.cfg.SessionRestorationMode)
 
 	c.warnOpenTokens()
-	c.startBackground(ctx)
+	c.bg.start(ctx)
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() {
@@ -85,7 +85,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	if c.primary.Load() && !c.abrupt.Load() {
+	if c.role.IsPrimary() && !c.abrupt.Load() {
 		// A clean stop of the primary is a planned switchover when a backup
 		// is in sync: no failover, no restoration.
 		hctx, hcancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -121,7 +121,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	defer scancel()
 	_ = hs.Shutdown(sctx)
 	wg.Wait()
-	c.stopBackground() // restoration after a switchover, meta publishing
+	c.bg.stop() // restoration after a switchover, meta publishing
 	return err
 }
 
@@ -168,7 +168,7 @@ func (c *Core) grpcServer() *grpc.Server {
 // merging what UCS holds (its log is not yet complete).
 func (c *Core) gate(method string) error {
 	if strings.HasPrefix(method, "/"+chatpb.Replication_ServiceDesc.ServiceName+"/") {
-		if c.unmerged.Load() {
+		if c.role.Unmerged() {
 			return errRestoring
 		}
 		return nil
@@ -180,13 +180,13 @@ func (c *Core) gate(method string) error {
 	case "Status", "Switchover":
 		return nil
 	}
-	if !c.primary.Load() {
+	if !c.role.IsPrimary() {
 		return errNotPrimary
 	}
-	if c.unmerged.Load() {
+	if c.role.Unmerged() {
 		return errRestoring
 	}
-	if c.draining.Load() {
+	if c.role.Draining() {
 		return errDraining
 	}
 	return nil
@@ -224,7 +224,7 @@ func (c *Core) httpHandler() http.Handler {
 	mux.Handle("GET /metrics", c.tel.MetricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		role, epoch := c.roleEpoch()
+		role, epoch := c.role.RoleEpoch()
 		fmt.Fprintf(w, "ok %s %s epoch %d\n", c.cfg.Name, role, epoch)
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {

@@ -12,14 +12,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
-
-// entry is one committed log entry: the event as replicated and saved, and
-// the copy clients receive (key_hash stripped; the same pointer when there is
-// nothing to strip). Both are immutable once committed.
-type entry struct {
-	ev, pub *chatpb.Event
-}
 
 // session is one live chat. appendMu serialises appenders across the second
 // copy, so indexes are assigned and committed in order; mu guards everything
@@ -32,8 +26,7 @@ type session struct {
 	replGen  atomic.Uint64 // generation of the backup link that holds this session
 
 	mu   sync.Mutex
-	log  []entry
-	st   state
+	log  sessionlog.Log // the committed events and their fold (log.State)
 	subs map[*subscriber]struct{}
 
 	// transcript saver bookkeeping (see saver.go); replicated in phase 2.
@@ -62,41 +55,17 @@ type session struct {
 }
 
 func newSession(id string) *session {
-	return &session{id: id, st: newState()}
+	return &session{id: id, log: sessionlog.NewLog()}
 }
 
 // lastIndex returns the index of the last committed event. Call with mu held.
-func (s *session) lastIndex() uint64 { return uint64(len(s.log)) }
+func (s *session) lastIndex() uint64 { return s.log.LastIndex() }
 
 // subscriber is one Subscribe stream's mailbox. Fan-out never blocks on it:
 // when ch is full the subscriber is removed and ch closed, and the stream
 // catches up from the log by itself.
 type subscriber struct {
 	ch chan *chatpb.Event
-}
-
-// tokenBucket limits the sends of one participant.
-type tokenBucket struct {
-	tokens float64
-	last   int64 // unix nanos; 0 = never used (full bucket)
-}
-
-// take removes one token if there is one, refilling at rate per second up to burst.
-func (b *tokenBucket) take(now int64, rate float64, burst int) bool {
-	if b.last == 0 {
-		b.tokens = float64(burst)
-	} else if now > b.last {
-		b.tokens += float64(now-b.last) / float64(time.Second) * rate
-		if b.tokens > float64(burst) {
-			b.tokens = float64(burst)
-		}
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
 
 // newID returns 128 random bits as 32 hex digits (session ids, secure keys).

@@ -1,0 +1,143 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// This file is the core's side of the role state machine (package role holds
+// the state): when this core claims the epoch and becomes primary, when it
+// steps down, and what else changes with the role (health, metrics, the
+// replication link, the gossiped meta). Who decides is in failover.go
+// (roleLoop, lead, promote, handover) and follower.go (the backup's
+// detection); the epochs come from a Fencer (fencer.go, etcdfencer.go).
+
+// becomePrimary makes this core primary at epoch, the epoch it just claimed.
+// With serving false it is primary but restoring: Chat calls get UNAVAILABLE
+// and health stays NOT_SERVING until finishRestoring.
+func (c *Core) becomePrimary(epoch uint64, serving bool) {
+	c.role.BecomePrimary(epoch, serving, func() {
+		if serving {
+			c.health.SetServingStatus(ChatServiceName, healthServing)
+		} else {
+			c.health.SetServingStatus(ChatServiceName, healthNotServing)
+		}
+		c.bg.spawn(c.publishMeta)
+	})
+}
+
+// finishRestoring opens a restoring primary to clients: its log now holds
+// every acknowledged event.
+func (c *Core) finishRestoring() {
+	c.role.FinishRestoring(func() {
+		c.health.SetServingStatus(ChatServiceName, healthServing)
+		c.bg.spawn(c.publishMeta)
+	})
+}
+
+// stepDown makes this core a backup at once: client streams are closed with
+// UNAVAILABLE and the Chat health service turns NOT_SERVING. newer is the
+// epoch that fenced it (0 when unknown).
+func (c *Core) stepDown(reason string, newer uint64) {
+	c.role.StepDown(newer, func() {
+		c.health.SetServingStatus(ChatServiceName, healthNotServing)
+		c.m.stepDowns.Inc()
+		c.soloEpoch.Store(0) // a mark of an old epoch stays at etcd, keyed by its epoch
+		c.m.solo.Set(0)
+		c.repl.dropLink("stepped down")
+		c.bg.spawn(c.publishMeta)
+		c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.role.Epoch())
+	})
+}
+
+// freshDecision is how old a decision to promote may be and still be acted
+// on without confirming it again (see claim.recheck).
+const freshDecision = 50 * time.Millisecond
+
+// claim is one attempt to become primary.
+type claim struct {
+	// known is the newest epoch the claimant knows; a claim fails with
+	// ErrEpochConflict when the store holds a newer one (0: no such check).
+	known uint64
+	// reason is logged with the claim.
+	reason string
+	// recheck, when set, confirms the decision to claim again immediately
+	// before each compare-and-set whose decision is older than
+	// freshDecision; its error drops the claim.
+	recheck func(ctx context.Context) error
+	// restore claims the role but keeps the core restoring (not serving)
+	// until finishRestoring.
+	restore bool
+	// ifSilent > 0 claims only when the current holder has not renewed its
+	// lease for that long (ClaimEpochIfSilent); a live holder drops the
+	// claim with errPrimaryAlive.
+	ifSilent time.Duration
+}
+
+// claimPrimary claims the next epoch at the fencing authority (c.fencer:
+// etcd, or UCS without a coordination cluster) with a compare-and-set
+// (expect is the epoch it holds now, which must not be newer than cl.known
+// when cl.known > 0), retrying while it is unreachable, and becomes
+// primary. A lost compare-and-set returns ErrEpochConflict: someone else
+// moved first; a failed re-check returns its error and claims nothing.
+func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
+	ctx, span := c.tracer.Start(ctx, "chatcore.claimEpoch")
+	defer span.End()
+	known, reason := cl.known, cl.reason
+	delay := 50 * time.Millisecond
+	decided := time.Now()
+	for {
+		cur, err := c.fencer.Current(ctx, c.cfg.Cluster)
+		if err == nil {
+			if known > 0 && cur.Epoch > known && cur.Holder != c.cfg.Name {
+				c.role.Observe(cur.Epoch)
+				return 0, fmt.Errorf("epoch %d held by %s is newer than %d: %w", cur.Epoch, cur.Holder, known, ErrEpochConflict)
+			}
+			if cl.recheck != nil && time.Since(decided) > freshDecision {
+				if rerr := cl.recheck(ctx); rerr != nil {
+					span.RecordError(rerr)
+					return 0, rerr
+				}
+				decided = time.Now()
+			}
+			var got Epoch
+			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
+			if err == nil {
+				c.claimedFrom.Store(cur.Epoch)
+				c.becomePrimary(got.Epoch, !cl.restore)
+				c.log.InfoContext(ctx, "claimed epoch, now primary", "epoch", got.Epoch, "previous", cur.Epoch, "previous_holder", cur.Holder, "reason", reason)
+				return got.Epoch, nil
+			}
+			if errors.Is(err, ErrHolderAlive) {
+				// The holder renewed its lease: it is alive and reaches UCS.
+				return 0, fmt.Errorf("%w: claim the epoch after %d: %w", errPrimaryAlive, cur.Epoch, err)
+			}
+			if errors.Is(err, ErrEpochConflict) {
+				return 0, fmt.Errorf("claim the epoch after %d: %w", cur.Epoch, err)
+			}
+		}
+		c.m.fencingFailures.WithLabelValues("claim").Inc()
+		if errors.Is(err, ErrForbidden) {
+			c.log.ErrorContext(ctx, "UCS refused the epoch claim: missing or wrong writer token (--ucs-token); retrying", "err", err, "retry_in", delay)
+		} else {
+			c.log.WarnContext(ctx, "epoch claim failed, the fencing authority is unreachable: retrying (no promotion without a fencing epoch)", "err", err, "retry_in", delay)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("claim epoch: %w", ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, time.Second)
+		if cl.recheck != nil {
+			// Confirm again after the wait, even when UCS stays down: a
+			// dropped decision stops the retries and lets the core follow.
+			if rerr := cl.recheck(ctx); rerr != nil {
+				span.RecordError(rerr)
+				return 0, rerr
+			}
+			decided = time.Now()
+		}
+	}
+}
