@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hachat/hachat/pairs"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -158,6 +159,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		return nil, errors.New("new core: store and telemetry are required")
 	}
 	notices, _ := ParseSaveNotices(cfg.TranscriptSaveNotices) // validated above
+	// From here on Cluster is the pair's epoch service (the fencing key and
+	// the service of every save): each pair fences and restores its own.
+	cfg.Cluster = pairs.Service(cfg.Cluster, cfg.Pair)
 	c := &Core{
 		cfg:       cfg,
 		notices:   notices,
