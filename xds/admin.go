@@ -213,6 +213,7 @@ func (s *Server) Handler() http.Handler {
 		s.SetFault(r.Context(), false)
 		writeJSON(w, http.StatusOK, s.Status())
 	}))
+	s.pairHandlers(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if s.Resources() == nil {
 			http.Error(w, "no snapshot yet", http.StatusServiceUnavailable)

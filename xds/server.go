@@ -62,6 +62,17 @@ type Options struct {
 	// Config.TLS when it is set (and Run watches the files); a caller that
 	// already holds a Source passes it here (Run watches it too).
 	TLS *mtls.Source
+	// PairLive asks the primary at addr (its gRPC address) for its live
+	// sessions. Nil dials the core's Status over gRPC (mTLS as for
+	// Switchover), one cached connection per core.
+	PairLive PairLiveFunc
+	// PairPoll is how often the primaries of a cluster of several pairs
+	// are asked for their live sessions (placement weights). Zero means
+	// 250ms.
+	PairPoll time.Duration
+	// PairCapacity is the live sessions one pair holds (zero:
+	// DefaultPairCapacity, the cores' default max-sessions).
+	PairCapacity uint64
 	// Handlers are mounted on the admin HTTP mux by pattern, e.g.
 	// membership's reachable handler so that the control plane serves as
 	// the witness.
@@ -126,6 +137,11 @@ type Server struct {
 	lastSent    map[int64]map[string]string
 	lastNACK    *NACK
 	publishedAt time.Time
+	// live and draining feed the placement weights (BuildPairs).
+	live     map[string]uint64
+	draining map[string]bool
+	// kick asks Run to rebuild (live sessions or a drain changed).
+	kick chan struct{}
 }
 
 // New validates cfg, binds the gRPC and HTTP listeners (so GRPCAddr and
@@ -143,6 +159,7 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 		tracer: tel.Tracer.Tracer("github.com/hachat/hachat/xds"),
 		nodes:  map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
 		lastSent: map[int64]map[string]string{},
+		live:     map[string]uint64{}, draining: map[string]bool{}, kick: make(chan struct{}, 1),
 	}
 	s.tls = opts.TLS
 	if s.tls == nil && cfg.TLS.Enabled() {
@@ -232,6 +249,13 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
 	go func() { errc <- s.httpSrv.Serve(httpLn) }()
 	s.log.Info("xDS control plane serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr())
+	pctx, pcancel := context.WithCancel(ctx)
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		s.pollPairs(pctx)
+	}()
+	defer func() { pcancel(); <-polled }()
 
 	var err error
 loop:
@@ -245,6 +269,8 @@ loop:
 				break loop
 			}
 			s.publish(ctx, "membership change")
+		case <-s.kick:
+			s.publish(ctx, "pair placement")
 		case err = <-errc:
 			err = fmt.Errorf("serve: %w", err)
 			break loop
@@ -268,7 +294,7 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	_, span := s.tracer.Start(ctx, "xds.build_snapshot", trace.WithAttributes(attribute.String("reason", reason)))
 	defer span.End()
 	members := s.view.Members()
-	res, err := Build(s.cfg, members)
+	res, err := BuildPairs(s.cfg, members, s.pairInputs())
 	if err != nil {
 		s.met.builds.WithLabelValues("error").Inc()
 		span.RecordError(err)
@@ -290,6 +316,7 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	prev := s.good
 	s.good = res
 	s.refreshLocked(ctx)
+	s.pairChangesLocked(prev, res)
 	nodes := len(s.nodes)
 	s.mu.Unlock()
 
@@ -302,7 +329,11 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	if prev != nil {
 		prevPrimary = prev.Primary
 	}
-	s.log.Info("snapshot published", "reason", reason, "version", res.Version, "primary", res.Primary,
+	level := slog.LevelInfo
+	if reason == "pair placement" {
+		level = slog.LevelDebug // weights follow live sessions: every poll may change them
+	}
+	s.log.Log(ctx, level, "snapshot published", "reason", reason, "version", res.Version, "primary", res.Primary,
 		"previous_primary", prevPrimary, "endpoints", placementSummary(res.Placements), "nodes", nodes, "took", took)
 }
 

@@ -1,0 +1,327 @@
+package xds
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	grpcxds "google.golang.org/grpc/xds"
+
+	"github.com/hachat/hachat/pairs"
+)
+
+func pairCore(name, p, role string, epoch uint64, addr string, st State) Member {
+	m := core_(name, role, epoch, addr, st)
+	m.Pair = p
+	return m
+}
+
+func threePairs() []Member {
+	return []Member{
+		pairCore("core-a", "1", RolePrimary, 5, "127.0.0.1:7101", StateAlive),
+		pairCore("core-b", "1", RoleBackup, 5, "127.0.0.1:7111", StateAlive),
+		pairCore("core-2a", "2", RolePrimary, 7, "127.0.0.1:7121", StateAlive),
+		pairCore("core-2b", "2", RoleBackup, 7, "127.0.0.1:7131", StateAlive),
+		pairCore("core-3a", "3", RoleBackup, 9, "127.0.0.1:7141", StateDead),
+		pairCore("core-3b", "3", RoleBackup, 9, "127.0.0.1:7151", StateAlive),
+		{Name: "xds", Kind: KindXDS, State: StateAlive},
+	}
+}
+
+// TestBuildOnePairUnchanged: cores that name the default pair, or none,
+// get exactly the one-pair resources of before.
+func TestBuildOnePairUnchanged(t *testing.T) {
+	cfg := DefaultConfig()
+	plain := []Member{
+		core_("core-a", RolePrimary, 3, "127.0.0.1:7101", StateAlive),
+		core_("core-b", RoleBackup, 3, "127.0.0.1:7111", StateAlive),
+	}
+	named := []Member{
+		pairCore("core-a", "1", RolePrimary, 3, "127.0.0.1:7101", StateAlive),
+		pairCore("core-b", "1", RoleBackup, 3, "127.0.0.1:7111", StateAlive),
+	}
+	a, err := Build(cfg, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := BuildPairs(cfg, named, PairInputs{Live: map[string]uint64{"1": 40}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Version != b.Version || b.Pairs != nil || len(b.Clusters) != 1 {
+		t.Fatalf("one named pair changed the resources: %s vs %s, pairs %v", a.Version, b.Version, b.Pairs)
+	}
+}
+
+func TestBuildPairs(t *testing.T) {
+	cfg := DefaultConfig()
+	r, err := BuildPairs(cfg, threePairs(), PairInputs{Live: map[string]uint64{"1": 100, "2": 60, "3": 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Pairs) != 3 {
+		t.Fatalf("pairs = %+v", r.Pairs)
+	}
+	want := map[string]struct {
+		state   string
+		primary string
+		cluster string
+	}{
+		"1": {PairServing, "core-a", "chatcore"},
+		"2": {PairServing, "core-2a", "chatcore-2"},
+		"3": {PairDegraded, "", "chatcore-3"},
+	}
+	for _, p := range r.Pairs {
+		w := want[p.Name]
+		if p.State != w.state || p.Primary != w.primary || p.Cluster != w.cluster {
+			t.Errorf("pair %s = %s primary %q cluster %q, want %+v", p.Name, p.State, p.Primary, p.Cluster, w)
+		}
+	}
+	// Weights: the degraded pair none; pair 2, 40 behind pair 1, most.
+	if w1, w2, w3 := r.Pairs[0].Weight, r.Pairs[1].Weight, r.Pairs[2].Weight; w3 != 0 || w1 == 0 || w2 <= w1 {
+		t.Errorf("weights %d %d %d: want pair 2 > pair 1 > 0 = pair 3", w1, w2, w3)
+	}
+	if r.Primary != "core-a" || len(r.Placements) != 2 {
+		t.Errorf("default pair placements = %q %+v", r.Primary, r.Placements)
+	}
+	// One cluster, assignment and sidecar listener per pair.
+	var clusters, clas, sidecars []string
+	for _, c := range r.Clusters {
+		clusters = append(clusters, c.(*cluster.Cluster).GetName())
+	}
+	for _, e := range r.Endpoints {
+		cla := e.(*endpoint.ClusterLoadAssignment)
+		clas = append(clas, cla.GetClusterName())
+		if cla.GetClusterName() == "chatcore-2" {
+			// The pair's primary at priority 0, its backup at 1.
+			got := map[string]uint32{}
+			for _, l := range cla.GetEndpoints() {
+				for _, e := range l.GetLbEndpoints() {
+					got[e.GetEndpoint().GetHostname()] = l.GetPriority()
+				}
+			}
+			if len(got) != 2 || got["core-2a"] != 0 || got["core-2b"] != 1 {
+				t.Errorf("chatcore-2 assignment = %v", got)
+			}
+		}
+	}
+	for _, l := range r.Listeners {
+		if l.(*listener.Listener).GetApiListener() == nil {
+			sidecars = append(sidecars, l.(*listener.Listener).GetName())
+		}
+	}
+	if strings.Join(clusters, ",") != "chatcore,chatcore-2,chatcore-3" || strings.Join(clas, ",") != strings.Join(clusters, ",") ||
+		strings.Join(sidecars, ",") != "chatcore-sidecar,chatcore-sidecar-2,chatcore-sidecar-3" {
+		t.Errorf("clusters %v, assignments %v, sidecar listeners %v", clusters, clas, sidecars)
+	}
+	// The route: a header match per pair, then the weighted placement.
+	rc := r.Routes[0].(*route.RouteConfiguration)
+	routes := rc.GetVirtualHosts()[0].GetRoutes()
+	if len(routes) != 4 {
+		t.Fatalf("routes = %v", routes)
+	}
+	for i, p := range []string{"1", "2", "3"} {
+		h := routes[i].GetMatch().GetHeaders()
+		if len(h) != 1 || h[0].GetName() != pairs.Header || h[0].GetStringMatch().GetExact() != p ||
+			routes[i].GetRoute().GetCluster() != PairCluster(p) {
+			t.Errorf("route %d = %v", i, routes[i])
+		}
+	}
+	wc := routes[3].GetRoute().GetWeightedClusters().GetClusters()
+	if len(wc) != 2 || wc[0].GetName() != "chatcore" || wc[1].GetName() != "chatcore-2" {
+		t.Errorf("placement = %v", wc)
+	}
+
+	// Drained: pair 2 gets no weight; with every pair out, all get 1.
+	r, err = BuildPairs(cfg, threePairs(), PairInputs{Draining: map[string]bool{"2": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Pairs[1].State != PairDraining || r.Pairs[1].Weight != 0 || r.Pairs[0].Weight == 0 {
+		t.Errorf("drained pair 2: %+v", r.Pairs)
+	}
+	r, err = BuildPairs(cfg, threePairs(), PairInputs{Draining: map[string]bool{"1": true, "2": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc = r.Routes[0].(*route.RouteConfiguration).GetVirtualHosts()[0].GetRoutes()[3].GetRoute().GetWeightedClusters().GetClusters()
+	if len(wc) != 3 {
+		t.Errorf("no pair placeable: placement = %v, want every pair at weight 1", wc)
+	}
+	// Full: a pair at capacity takes nothing.
+	r, err = BuildPairs(cfg, threePairs(), PairInputs{Live: map[string]uint64{"1": 50, "2": 3}, Capacity: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Pairs[0].Weight != 0 || r.Pairs[1].Weight == 0 {
+		t.Errorf("pair 1 full: %+v", r.Pairs)
+	}
+}
+
+// TestPairWeightsBalance places chats one by one by the weights (the
+// expected share, deterministically) with live counts that lag, and ends
+// chats unevenly: the pairs stay within 20% of the mean.
+func TestPairWeightsBalance(t *testing.T) {
+	infos := []PairInfo{{Name: "1", State: PairServing}, {Name: "2", State: PairServing}, {Name: "3", State: PairServing}}
+	live := []uint64{0, 0, 0}
+	credit := []float64{0, 0, 0}
+	for round := range 40 {
+		for i := range infos {
+			infos[i].Live = live[i]
+		}
+		pairWeights(infos, DefaultPairCapacity)
+		var total float64
+		for _, p := range infos {
+			total += float64(p.Weight)
+		}
+		// 10 chats per poll interval, placed by the (stale) weights.
+		for range 10 {
+			best := 0
+			for i, p := range infos {
+				credit[i] += float64(p.Weight) / total
+				if credit[i] > credit[best] {
+					best = i
+				}
+			}
+			credit[best]--
+			live[best]++
+		}
+		if round == 20 {
+			live[0] /= 3 // pair 1's chats end in a burst
+		}
+	}
+	var sum, hi uint64
+	for _, n := range live {
+		sum += n
+		hi = max(hi, n)
+	}
+	if mean := float64(sum) / 3; float64(hi)/mean > 1.2 {
+		t.Fatalf("live %v: max/mean %.2f > 1.2", live, float64(hi)/mean)
+	}
+}
+
+// TestProxylessRoutesByPair is the acceptance test of the pair routes for
+// proxyless clients: grpc-go's own xDS client, configured only by a
+// bootstrap that points at this control plane, reaches the pair a request
+// names in pairs.Header, is placed by the weights when it names none (a
+// drained pair gets nothing), and fails over within a pair when the pair's
+// primary is gone. grpc-go NACKs what it does not accept: none may come.
+func TestProxylessRoutesByPair(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers")
+	}
+	stand := map[string]*standIn{}
+	for _, n := range []string{"1a", "1b", "2a", "2b", "3a", "3b"} {
+		stand[n] = startStandIn(t, n, "127.0.0.1:0", n[1] == 'a')
+	}
+	members := func(dead2a bool) []Member {
+		st2a, role2b := StateAlive, RoleBackup
+		if dead2a {
+			st2a, role2b = StateDead, RolePrimary
+		}
+		return []Member{
+			pairCore("1a", "1", RolePrimary, 2, stand["1a"].addr, StateAlive),
+			pairCore("1b", "1", RoleBackup, 2, stand["1b"].addr, StateAlive),
+			pairCore("2a", "2", RolePrimary, 4, stand["2a"].addr, st2a),
+			pairCore("2b", "2", role2b, 4, stand["2b"].addr, StateAlive),
+			pairCore("3a", "3", RolePrimary, 6, stand["3a"].addr, StateAlive),
+			pairCore("3b", "3", RoleBackup, 6, stand["3b"].addr, StateAlive),
+			{Name: "xds", Kind: KindXDS, State: StateAlive},
+		}
+	}
+	view := NewMemoryView(members(false)...)
+	var mu sync.Mutex
+	live := map[string]uint64{}
+	s := startServer(t, testConfig(), view, Options{PairPoll: 20 * time.Millisecond, PairLive: func(_ context.Context, addr string) (uint64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return live[addr], nil
+	}})
+	boot, err := GRPCBootstrap(BootstrapOptions{XDS: s.GRPCAddr(), NodeID: "pairs-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("xds:///"+APIListenerName, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	ask := func(p string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if p != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, pairs.Header, p)
+		}
+		var md metadata.MD
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&md)); err != nil {
+			return "err " + err.Error()
+		}
+		return strings.Join(md.Get(coreHeader), ",")
+	}
+	waitAnswer := func(p, want string) {
+		t.Helper()
+		var got string
+		waitFor(t, 10*time.Second, "pair "+p+" answered by "+want, func() bool {
+			got = ask(p)
+			return got == want
+		})
+	}
+	// 1. Each pair's chats reach its primary.
+	for _, p := range []string{"1", "2", "3"} {
+		waitAnswer(p, p+"a")
+	}
+	// 2. New chats (no header) are placed on every pair...
+	seen := map[string]int{}
+	for range 60 {
+		seen[ask("")]++
+	}
+	if seen["1a"] == 0 || seen["2a"] == 0 || seen["3a"] == 0 {
+		t.Errorf("placement over three equal pairs: %v", seen)
+	}
+	// ...but not on drained pairs, nor on a pair that is far ahead.
+	if err := s.SetDraining("1", true); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	live[stand["3a"].addr] = 500
+	mu.Unlock()
+	waitFor(t, 10*time.Second, "pair 1 drained and pair 3 loaded in the route", func() bool {
+		ps := s.Pairs().Pairs
+		return len(ps) == 3 && ps[0].Weight == 0 && ps[2].Weight < ps[1].Weight/10
+	})
+	time.Sleep(200 * time.Millisecond) // the push reaches the client; the check below must not see the old route
+	seen = map[string]int{}
+	for range 60 {
+		seen[ask("")]++
+	}
+	if seen["1a"] != 0 || seen["2a"] < 50 {
+		t.Errorf("pair 1 drained, pair 3 ahead by 500: placed %v, want nearly all on 2a, none on 1a", seen)
+	}
+	// A drained pair still serves its own chats.
+	waitAnswer("1", "1a")
+	// 3. Pair 2's primary dies: pair 2's chats reach its backup, the other
+	// pairs' chats stay where they are.
+	stand["2a"].srv.Stop()
+	view.Set(members(true)...)
+	waitAnswer("2", "2b")
+	waitAnswer("3", "3a")
+	waitAnswer("1", "1a")
+	if n := s.Status().LastNACK; n != nil {
+		t.Fatalf("grpc-go rejected our resources: %+v", n)
+	}
+}

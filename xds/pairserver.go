@@ -1,0 +1,281 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/pairs"
+	"github.com/hachat/hachat/telemetry"
+)
+
+// Pair admin routes.
+const (
+	// PairsPath answers GET with every pair (PairsStatus).
+	PairsPath = "/xds/v1/pairs"
+	// PairDrainPath is POST /xds/v1/pairs/{pair}/drain (admin token):
+	// the pair takes no new chat; its chats go on. DELETE undoes it.
+	PairDrainPath = "/xds/v1/pairs/{pair}/drain"
+)
+
+// PairLiveFunc asks the core at addr (its gRPC address) how many live
+// sessions it holds.
+type PairLiveFunc func(ctx context.Context, addr string) (uint64, error)
+
+// PairsStatus is the answer of GET /xds/v1/pairs.
+type PairsStatus struct {
+	Version string     `json:"version"`
+	Pairs   []PairInfo `json:"pairs"`
+	// Draining lists the drained pairs, also those no core is in yet.
+	Draining []string `json:"draining"`
+}
+
+// pairInputs returns what BuildPairs needs besides membership.
+func (s *Server) pairInputs() PairInputs {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return PairInputs{Live: maps.Clone(s.live), Draining: maps.Clone(s.draining), Capacity: s.opts.PairCapacity}
+}
+
+// kickLocked asks Run to rebuild; a pending kick covers this one.
+func (s *Server) kickLocked() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SetDraining drains pair p (on) or lets it take new chats again (off).
+// A pair no core is in yet may be drained ahead: it joins drained.
+func (s *Server) SetDraining(p string, on bool) error {
+	if err := pairs.Validate(p); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining[p] == on {
+		return nil
+	}
+	if on {
+		s.draining[p] = true
+		s.log.Warn("pair draining: it takes no new chat; its chats go on", "pair", p, "live", s.live[p])
+	} else {
+		delete(s.draining, p)
+		s.log.Info("pair no longer draining: it takes new chats again", "pair", p)
+	}
+	s.kickLocked()
+	return nil
+}
+
+// Pairs reports the pairs of the served resources.
+func (s *Server) Pairs() PairsStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := PairsStatus{Pairs: []PairInfo{}, Draining: slices.Sorted(maps.Keys(s.draining))}
+	if s.good == nil {
+		return st
+	}
+	st.Version = s.good.Version
+	if s.good.Pairs != nil {
+		st.Pairs = slices.Clone(s.good.Pairs)
+		return st
+	}
+	// One pair (the default one): its state, without weights.
+	info := PairInfo{Name: pairs.Default, State: PairServing, Primary: s.good.Primary, Live: s.live[pairs.Default],
+		Cluster: ClusterName, Listener: ListenerName, Cores: s.good.Placements}
+	switch {
+	case s.draining[pairs.Default]:
+		info.State = PairDraining
+	case s.good.Primary == "":
+		info.State = PairDegraded
+	}
+	st.Pairs = append(st.Pairs, info)
+	return st
+}
+
+// pairChangesLocked logs and counts what changed between two builds' pairs:
+// a pair joined, left, degraded, serves again, drained its last chat.
+func (s *Server) pairChangesLocked(prev, cur *Resources) {
+	before := map[string]PairInfo{}
+	if prev != nil {
+		for _, p := range prev.Pairs {
+			before[p.Name] = p
+		}
+	}
+	s.met.pairs.Reset()
+	for _, p := range cur.Pairs {
+		s.met.pairs.WithLabelValues(p.Name, p.State).Set(1)
+		s.met.pairLive.WithLabelValues(p.Name).Set(float64(p.Live))
+		s.met.pairWeight.WithLabelValues(p.Name).Set(float64(p.Weight))
+		old, known := before[p.Name]
+		delete(before, p.Name)
+		switch {
+		case !known && prev != nil:
+			s.log.Info("pair joined: it takes new chats when serving", "pair", p.Name, "state", p.State, "primary", p.Primary, "cores", len(p.Cores))
+		case !known:
+		case old.State != p.State && p.State == PairDegraded:
+			s.log.Warn("pair degraded: no alive primary, it takes no new chat", "pair", p.Name, "was", old.State, "live", p.Live)
+		case old.State != p.State:
+			s.log.Info("pair state changed", "pair", p.Name, "from", old.State, "to", p.State, "primary", p.Primary)
+		}
+		if p.State == PairDraining && p.Live == 0 && (old.Live > 0 || old.State != PairDraining) {
+			s.log.Info("pair drained: its last chat ended", "pair", p.Name)
+		}
+	}
+	for name := range before {
+		s.met.pairLive.DeleteLabelValues(name)
+		s.met.pairWeight.DeleteLabelValues(name)
+		s.log.Warn("pair gone: no core of it is in the cluster", "pair", name)
+	}
+}
+
+// pollPairs asks each pair's primary for its live sessions every poll
+// interval while the cluster runs several pairs, and kicks a rebuild when
+// a count changed, until ctx ends.
+func (s *Server) pollPairs(ctx context.Context) {
+	every := s.opts.PairPoll
+	if every <= 0 {
+		every = 250 * time.Millisecond
+	}
+	live := s.opts.PairLive
+	if live == nil {
+		d := newStatusDialer(s.tel, s.tls)
+		defer d.close()
+		live = d.live
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	failing := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		var ps []PairInfo
+		if s.good != nil {
+			ps = slices.Clone(s.good.Pairs)
+		}
+		s.mu.Unlock()
+		got := map[string]uint64{}
+		for _, p := range ps {
+			addr := ""
+			for _, c := range p.Cores {
+				if c.Name == p.Primary {
+					addr = c.Addr
+				}
+			}
+			if addr == "" {
+				continue // degraded: keep its last count
+			}
+			qctx, cancel := context.WithTimeout(ctx, every)
+			n, err := live(qctx, addr)
+			cancel()
+			if err != nil {
+				if !failing[p.Name] && ctx.Err() == nil {
+					s.log.Warn("cannot read a pair's live sessions; its weight keeps the last count", "pair", p.Name, "primary", p.Primary, "err", err)
+				}
+				failing[p.Name] = true
+				continue
+			}
+			failing[p.Name] = false
+			got[p.Name] = n
+		}
+		s.mu.Lock()
+		changed := false
+		for name, n := range got {
+			if old, ok := s.live[name]; !ok || old != n {
+				s.live[name] = n
+				changed = true
+			}
+		}
+		if changed {
+			s.kickLocked()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// statusDialer keeps one gRPC connection per core for the live-session
+// polls.
+type statusDialer struct {
+	tel *telemetry.Telemetry
+	src *mtls.Source
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newStatusDialer(tel *telemetry.Telemetry, src *mtls.Source) *statusDialer {
+	return &statusDialer{tel: tel, src: src, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (d *statusDialer) live(ctx context.Context, addr string) (uint64, error) {
+	d.mu.Lock()
+	conn, ok := d.conns[addr]
+	if !ok {
+		creds := insecure.NewCredentials()
+		if d.src != nil {
+			creds = credentials.NewTLS(d.src.ClientConfig(mtls.Allow(mtls.KindCore)))
+		}
+		var err error
+		conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+			grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+				otelgrpc.WithTracerProvider(d.tel.Tracer), otelgrpc.WithPropagators(d.tel.Propagator))))
+		if err != nil {
+			d.mu.Unlock()
+			return 0, fmt.Errorf("dial core %s: %w", addr, err)
+		}
+		d.conns[addr] = conn
+	}
+	d.mu.Unlock()
+	st, err := chatpb.NewChatClient(conn).Status(ctx, &chatpb.StatusRequest{})
+	if err != nil {
+		return 0, fmt.Errorf("status of core %s: %w", addr, err)
+	}
+	return st.GetLiveSessions(), nil
+}
+
+func (d *statusDialer) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.conns {
+		_ = c.Close()
+	}
+}
+
+// pairHandlers mounts the pair routes on mux.
+func (s *Server) pairHandlers(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+PairsPath, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Pairs())
+	})
+	drain := func(on bool) http.HandlerFunc {
+		return s.admin(func(w http.ResponseWriter, r *http.Request) {
+			p := r.PathValue("pair")
+			if err := s.SetDraining(p, on); err != nil {
+				code := http.StatusInternalServerError
+				if errors.Is(err, pairs.ErrBadName) {
+					code = http.StatusBadRequest
+				}
+				writeJSON(w, code, apiError{err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, s.Pairs())
+		})
+	}
+	mux.HandleFunc("POST "+PairDrainPath, drain(true))
+	mux.HandleFunc("DELETE "+PairDrainPath, drain(false))
+}
