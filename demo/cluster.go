@@ -114,7 +114,7 @@ func DefaultAddrs() Addrs {
 		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
 		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
 		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
-		Pairs:        defaultPairAddrs(h),
+		Pairs: defaultPairAddrs(h),
 	}
 }
 
