@@ -62,6 +62,9 @@ type Options struct {
 	// stopped after the parts) and the plan runs two ucs instances, ucs and
 	// ucs-2, on it, as `hachat demo --ucs-store postgres` does.
 	UCSStore string
+	// Pairs runs that many primary/backup pairs of cores
+	// (demo.Layout.Pairs; default 1).
+	Pairs int
 }
 
 // TestAccounts are the accounts of a test cluster: the demo's, plus the
@@ -138,7 +141,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		}
 		dir := t.TempDir()
 		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs, CoordMembers: opts.CoordMembers,
-			UCSStore: opts.UCSStore, UCSPostgres: pgDSN}
+			UCSStore: opts.UCSStore, UCSPostgres: pgDSN, Pairs: opts.Pairs}
 		if opts.TLS {
 			layout.CertDir = filepath.Join(dir, "certs")
 		}
