@@ -181,7 +181,7 @@ func (s *Server) pollPairs(ctx context.Context) {
 			if addr == "" {
 				continue // degraded: keep its last count
 			}
-			qctx, cancel := context.WithTimeout(ctx, every)
+			qctx, cancel := context.WithTimeout(ctx, max(every, time.Second))
 			n, err := live(qctx, addr)
 			cancel()
 			if err != nil {

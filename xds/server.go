@@ -308,6 +308,12 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	s.mu.Lock()
 	s.members = members
 	if s.good != nil && s.good.Version == res.Version {
+		// Same resources; the pairs' live counts (not in the resources
+		// when no weight moved) are fresher.
+		s.pairChangesLocked(s.good, res)
+		g := *s.good
+		g.Pairs = res.Pairs
+		s.good = &g
 		s.mu.Unlock()
 		s.met.builds.WithLabelValues("unchanged").Inc()
 		span.SetAttributes(attribute.String("version", res.Version), attribute.Bool("changed", false))

@@ -316,10 +316,11 @@ func (c *Cluster) Plan() demo.Plan { return c.plan.Clone() }
 // Layout returns the layout (addresses, tokens, service) of the cluster.
 func (c *Cluster) Layout() demo.Layout { return c.layout }
 
-// Part returns the part called name; the test fails if there is none.
+// Part returns the part called name, also one added to the running
+// cluster (Supervisor.AddParts); the test fails if there is none.
 func (c *Cluster) Part(name string) demo.Part {
 	c.t.Helper()
-	p, ok := c.plan.Part(name)
+	p, ok := c.sup.Plan().Part(name)
 	if !ok {
 		c.t.Fatalf("cluster has no part %q", name)
 	}
