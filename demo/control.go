@@ -140,6 +140,7 @@ func (s *Supervisor) serveControl() error {
 	s.controlPath = path
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /restart", s.handleRestart)
+	mux.HandleFunc("POST /add-pair", s.handleAddPair)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -55,6 +55,11 @@ type Options struct {
 	// restart requests (`hachat demo restart`, see ControlPath); it is
 	// recorded in the state file. Default: none.
 	Control string
+	// NewPair, when set, returns the parts of pair p (the next pair of
+	// the running plan; PairParts) and readies what they need (their
+	// certificates): it enables AddPair and the control socket's
+	// POST /add-pair (`hachat demo add-pair`).
+	NewPair func(p int) ([]Part, error)
 }
 
 func (o *Options) fill() error {

@@ -55,11 +55,15 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) > 0 && args[0] == "restart" {
 		return runDemoRestart(ctx, args[1:], out, errw)
 	}
+	if len(args) > 0 && args[0] == "add-pair" {
+		return runDemoAddPair(ctx, args[1:], out, errw)
+	}
 	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh), UCSStore: "bbolt",
 		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3, Pairs: 1}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
-		"never restarts a part by itself (`hachat demo restart NAME` does, when asked),\n"+
+		"never restarts a part by itself (`hachat demo restart NAME` does, when asked;\n"+
+		"`hachat demo add-pair` starts one more pair of cores in the running cluster),\n"+
 		"and stops everything on Ctrl-C or SIGTERM.",
 		args, errw, &cfg, func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "state directory: part logs and ucsmock's database")
@@ -169,6 +173,18 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
 		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds, UCSStore: ucsStore,
 		Control: demo.ControlPath(cfg.State),
+		NewPair: func(p int) ([]demo.Part, error) {
+			if layout.Stage < demo.StageMesh {
+				return nil, fmt.Errorf("%w: pairs need --stage 4 (the control plane routes each chat to its pair)", demo.ErrNoNewPair)
+			}
+			parts := demo.PairParts(layout, p, p)
+			if layout.CertDir != "" {
+				if err := demo.EnsureCerts(layout.CertDir, demo.Plan{Parts: parts}); err != nil {
+					return nil, err
+				}
+			}
+			return parts, nil
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
