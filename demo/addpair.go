@@ -123,4 +123,3 @@ func RequestAddPair(ctx context.Context, statePath string) (AddPairResult, error
 	}
 	return body.AddPairResult, nil
 }
-
