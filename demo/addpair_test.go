@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,11 +23,11 @@ func TestAddPairThroughTheControlSocket(t *testing.T) {
 	plan.Parts[0].Pair, plan.Parts[1].Pair = "1", "1"
 	dir := t.TempDir()
 	state := dir + "/demo.json"
-	asked := 0
+	var asked atomic.Int32
 	sup, err := Start(t.Context(), plan, Options{Binary: exe, Dir: dir, StatePath: state, Control: ControlPath(state),
 		Progress: &syncBuffer{}, Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: time.Second,
 		NewPair: func(p int) ([]Part, error) {
-			asked = p
+			asked.Store(int32(p))
 			if p > 2 {
 				return nil, fmt.Errorf("%w: test allows two pairs", ErrNoNewPair)
 			}
@@ -47,8 +48,8 @@ func TestAddPairThroughTheControlSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Pair != "2" || asked != 2 || len(res.Parts) != 2 {
-		t.Fatalf("add-pair = %+v (asked for pair %d)", res, asked)
+	if res.Pair != "2" || asked.Load() != 2 || len(res.Parts) != 2 {
+		t.Fatalf("add-pair = %+v (asked for pair %d)", res, asked.Load())
 	}
 	st, err := ReadState(state)
 	if err != nil {
