@@ -4,11 +4,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/hachat/hachat/pairs"
 	"strings"
 	"time"
 
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/pairs"
 )
 
 // Transcript auto-save modes (Genesys option transcript-auto-save).

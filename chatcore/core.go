@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/hachat/hachat/pairs"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/pairs"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -191,6 +192,14 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.restoring = make(map[string]chan struct{})
 	c.progressDirty = make(map[*session]struct{})
 	c.m.role.snapshot = c.roleEpoch
+	// The pair, for per-pair sums: chats placed per pair are
+	// hachat_core_sessions_started_total joined on this by instance.
+	pairInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_pair_info",
+		Help: "1, labelled with the pair this core belongs to (package pairs)."}, []string{"pair"})
+	pairInfo.WithLabelValues(pairs.Norm(cfg.Pair)).Set(1)
+	if err := tel.Registry.Register(pairInfo); err != nil {
+		return nil, fmt.Errorf("register pair metric: %w", err)
+	}
 	return c, nil
 }
 
