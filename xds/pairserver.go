@@ -150,10 +150,11 @@ func (s *Server) pollPairs(ctx context.Context) {
 		every = 250 * time.Millisecond
 	}
 	live := s.opts.PairLive
+	var dialer *statusDialer
 	if live == nil {
-		d := newStatusDialer(s.tel, s.tls)
-		defer d.close()
-		live = d.live
+		dialer = newStatusDialer(s.tel, s.tls)
+		defer dialer.close()
+		live = dialer.live
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -171,6 +172,7 @@ func (s *Server) pollPairs(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		got := map[string]uint64{}
+		var asked []string
 		for _, p := range ps {
 			addr := ""
 			for _, c := range p.Cores {
@@ -181,6 +183,7 @@ func (s *Server) pollPairs(ctx context.Context) {
 			if addr == "" {
 				continue // degraded: keep its last count
 			}
+			asked = append(asked, addr)
 			qctx, cancel := context.WithTimeout(ctx, max(every, time.Second))
 			n, err := live(qctx, addr)
 			cancel()
@@ -193,6 +196,9 @@ func (s *Server) pollPairs(ctx context.Context) {
 			}
 			failing[p.Name] = false
 			got[p.Name] = n
+		}
+		if dialer != nil {
+			dialer.keepOnly(asked) // a former primary's connection is not needed
 		}
 		s.mu.Lock()
 		changed := false
@@ -247,6 +253,18 @@ func (d *statusDialer) live(ctx context.Context, addr string) (uint64, error) {
 		return 0, fmt.Errorf("status of core %s: %w", addr, err)
 	}
 	return st.GetLiveSessions(), nil
+}
+
+// keepOnly closes the connections to cores other than addrs.
+func (d *statusDialer) keepOnly(addrs []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for a, c := range d.conns {
+		if !slices.Contains(addrs, a) {
+			_ = c.Close()
+			delete(d.conns, a)
+		}
+	}
 }
 
 func (d *statusDialer) close() {
