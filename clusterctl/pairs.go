@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/hachat/hachat/demo"
@@ -51,6 +52,29 @@ func ControlPlanesFromState(path string) ([]string, error) {
 		return nil, fmt.Errorf("%w in %s", ErrNoControlPlane, path)
 	}
 	return urls, nil
+}
+
+// CoresOfPair returns the gRPC addresses of the cores of pair p listed in a
+// demo state file, and every pair the file lists (sorted as listed).
+func CoresOfPair(path, p string) ([]string, []string, error) {
+	st, err := demo.ReadState(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var addrs, all []string
+	for _, part := range st.Parts {
+		if part.Kind != demo.KindCore || part.GRPC == "" {
+			continue
+		}
+		pp := pairs.Norm(part.Pair)
+		if !slices.Contains(all, pp) {
+			all = append(all, pp)
+		}
+		if pp == pairs.Norm(p) {
+			addrs = append(addrs, part.GRPC)
+		}
+	}
+	return addrs, all, nil
 }
 
 // SetDraining drains pair (on) or undoes it at every control plane. It

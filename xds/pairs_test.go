@@ -242,7 +242,9 @@ func TestProxylessRoutesByPair(t *testing.T) {
 	view := NewMemoryView(members(false)...)
 	var mu sync.Mutex
 	live := map[string]uint64{}
-	s := startServer(t, testConfig(), view, Options{PairPoll: 20 * time.Millisecond, PairLive: func(_ context.Context, addr string) (uint64, error) {
+	cfg := testConfig()
+	cfg.PairPoll = 20 * time.Millisecond
+	s := startServer(t, cfg, view, Options{PairLive: func(_ context.Context, addr string) (uint64, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return live[addr], nil

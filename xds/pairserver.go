@@ -46,7 +46,7 @@ type PairsStatus struct {
 func (s *Server) pairInputs() PairInputs {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return PairInputs{Live: maps.Clone(s.live), Draining: maps.Clone(s.draining), Capacity: s.opts.PairCapacity}
+	return PairInputs{Live: maps.Clone(s.live), Draining: maps.Clone(s.draining), Capacity: s.cfg.PairCapacity}
 }
 
 // kickLocked asks Run to rebuild; a pending kick covers this one.
@@ -145,10 +145,7 @@ func (s *Server) pairChangesLocked(prev, cur *Resources) {
 // interval while the cluster runs several pairs, and kicks a rebuild when
 // a count changed, until ctx ends.
 func (s *Server) pollPairs(ctx context.Context) {
-	every := s.opts.PairPoll
-	if every <= 0 {
-		every = 250 * time.Millisecond
-	}
+	every := s.cfg.PairPoll
 	live := s.opts.PairLive
 	var dialer *statusDialer
 	if live == nil {

@@ -66,13 +66,6 @@ type Options struct {
 	// sessions. Nil dials the core's Status over gRPC (mTLS as for
 	// Switchover), one cached connection per core.
 	PairLive PairLiveFunc
-	// PairPoll is how often the primaries of a cluster of several pairs
-	// are asked for their live sessions (placement weights). Zero means
-	// 250ms.
-	PairPoll time.Duration
-	// PairCapacity is the live sessions one pair holds (zero:
-	// DefaultPairCapacity, the cores' default max-sessions).
-	PairCapacity uint64
 	// Handlers are mounted on the admin HTTP mux by pattern, e.g.
 	// membership's reachable handler so that the control plane serves as
 	// the witness.

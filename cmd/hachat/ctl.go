@@ -23,7 +23,7 @@ import (
 const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pair.
 
   hachat ctl status     [--state FILE | --core ADDR,ADDR] [--json]
-  hachat ctl switchover [--state FILE | --core ADDR,ADDR] [--admin-token TOKEN]
+  hachat ctl switchover [--state FILE [--pair P] | --core ADDR,ADDR] [--admin-token TOKEN]
   hachat ctl export     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN]
   hachat ctl delete     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN] [--json]
   hachat ctl health     --core ADDR [--service NAME]   (grpc.health.v1; exit 0 when SERVING)
@@ -69,6 +69,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	var opts struct {
 		XDS        string        `yaml:"xds"`
+		Pair       string        `yaml:"pair"`
 		Wait       time.Duration `yaml:"wait"`
 		State      string        `yaml:"state"`
 		Core       string        `yaml:"core"`
@@ -96,6 +97,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.StringVar(&opts.Email, "email", opts.Email, "customer's email address, as given at chat start (export, delete)")
 		fs.StringVar(&opts.UserData, "user-data", opts.UserData, "customer's userData pair KEY=VALUE, as given at chat start (export, delete)")
 		fs.StringVar(&opts.Service, "service", opts.Service, "health: the grpc.health.v1 service asked about (empty: the server as a whole)")
+		fs.StringVar(&opts.Pair, "pair", opts.Pair, "status, switchover: only the cores of this pair (with --state; a switchover in a cluster of several pairs needs it)")
 		fs.StringVar(&opts.XDS, "xds", opts.XDS, "control plane admin URLs, comma-separated (pairs, drain; instead of --state)")
 		fs.DurationVar(&opts.Wait, "wait", opts.Wait, "drain: how long to wait for the pair's last chat to end (0: do not wait)")
 		registerTLSFlags(fs, &opts.TLS)
@@ -136,6 +138,20 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	addrs, err := ctlCores(opts.Core, opts.State)
 	if err != nil {
 		return err
+	}
+	if opts.Core == "" && (opts.Pair != "" || verb == "switchover") {
+		of, all, err := clusterctl.CoresOfPair(opts.State, opts.Pair)
+		if err != nil {
+			return err
+		}
+		switch {
+		case opts.Pair == "" && len(all) > 1:
+			return fmt.Errorf("%s: the cluster runs pairs %s: name one with --pair", verb, strings.Join(all, ", "))
+		case opts.Pair != "" && len(of) == 0:
+			return fmt.Errorf("%s: no core of pair %q in %s (pairs: %s)", verb, opts.Pair, opts.State, strings.Join(all, ", "))
+		case opts.Pair != "":
+			addrs = of
+		}
 	}
 	ctl, err := ctlClient(opts.TLS, opts.Core, opts.State)
 	if err != nil {
