@@ -159,7 +159,7 @@ func TestPairs(t *testing.T) {
 		}
 		return false
 	})
-	time.Sleep(time.Second) // both control planes' pushes reach the client
+	waitInSync(t, c)
 	for _, ch := range startChats(ctx, t, chat, 30, "d") {
 		if ch.pair() == "3" {
 			t.Errorf("drained pair 3 got new chat %s", ch.auth.GetSessionId())
@@ -203,7 +203,7 @@ func TestPairs(t *testing.T) {
 		}
 		return false
 	})
-	time.Sleep(time.Second)
+	waitInSync(t, c)
 	onFour := 0
 	for _, ch := range startChats(ctx, t, chat, 20, "n") {
 		if ch.pair() == "4" {
@@ -332,6 +332,26 @@ func events(ctx context.Context, t *testing.T, chat chatpb.ChatClient, ch *pairC
 		t.Fatalf("events of %s: %v", ch.auth.GetSessionId(), err)
 	}
 	return evs
+}
+
+// waitInSync waits until the proxyless client has acknowledged what the
+// control plane it is connected to serves now.
+func waitInSync(t *testing.T, c *harness.Cluster) {
+	t.Helper()
+	harness.Eventually(t, "the proxyless client applied the served resources", 30*time.Second, func() error {
+		for _, cp := range []string{"xds", "xds-b"} {
+			var st xds.Status
+			if err := getJSON(c, cp, xds.StatusPath, &st); err != nil {
+				continue
+			}
+			for _, n := range st.Nodes {
+				if n.ID == "pairs-e2e" && n.InSync {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("node pairs-e2e not in sync")
+	})
 }
 
 // waitPairs waits until the first control plane's pairs satisfy cond.

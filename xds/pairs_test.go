@@ -306,7 +306,14 @@ func TestProxylessRoutesByPair(t *testing.T) {
 		ps := s.Pairs().Pairs
 		return len(ps) == 3 && ps[0].Weight == 0 && ps[2].Weight < ps[1].Weight/10
 	})
-	time.Sleep(200 * time.Millisecond) // the push reaches the client; the check below must not see the old route
+	waitFor(t, 10*time.Second, "the client applied the new route", func() bool {
+		for _, n := range s.Status().Nodes {
+			if n.ID == "pairs-test" {
+				return n.InSync
+			}
+		}
+		return false
+	})
 	seen = map[string]int{}
 	for range 60 {
 		seen[ask("")]++

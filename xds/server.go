@@ -97,6 +97,9 @@ type nodeState struct {
 	// edge is true for a node of cluster EdgeNodeCluster: only such nodes
 	// get the ingress listeners on a wildcard request.
 	edge bool
+	// set and acked hold, per type URL, the version of the node's snapshot
+	// and the version the node last acknowledged (SotW only).
+	set, acked map[string]string
 }
 
 // Server is the control plane: a go-control-plane snapshot cache in ADS
@@ -378,6 +381,7 @@ func (s *Server) setSnapshotLocked(ctx context.Context, id string, st *nodeState
 			return false
 		}
 		snap.Resources[cache.GetResponseType(typ)] = cache.NewResources(v, sel)
+		st.set[typ] = v
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), setSnapshotTimeout)
 	defer cancel()
