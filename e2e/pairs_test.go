@@ -21,6 +21,7 @@ import (
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
 	"github.com/hachat/hachat/pairs"
+	"github.com/hachat/hachat/ucsmock"
 	"github.com/hachat/hachat/xds"
 )
 
@@ -146,6 +147,21 @@ func TestPairs(t *testing.T) {
 		t.Errorf("failover notices in %v chats by pair, want all %d of pair 2's and no other", noticed, perPair["2"])
 	}
 
+	// Each pair saves under its own service: pair 2's transcripts are
+	// those of service hachat-2, and none of them is another pair's.
+	saved, err := c.UCS().Chats(ctx, ucsmock.ChatFilter{Service: "hachat-2"})
+	if err != nil {
+		t.Fatalf("ucs chats of hachat-2: %v", err)
+	}
+	for _, ci := range saved {
+		if pairs.Of(ci.ChatID) != "2" {
+			t.Errorf("chat %s saved under pair 2's service hachat-2", ci.ChatID)
+		}
+	}
+	if len(saved) < perPair["2"] {
+		t.Errorf("ucs holds %d chats of hachat-2, pair 2 started %d", len(saved), perPair["2"])
+	}
+
 	// 4. Drain pair 3: no new chat goes there; ctl reports its last chat's end.
 	out, err := c.Ctl("drain", "3", "--wait", "0")
 	if err != nil {
@@ -238,15 +254,19 @@ func proxylessChat(t *testing.T, c *harness.Cluster) chatpb.ChatClient {
 	return chatpb.NewChatClient(conn)
 }
 
-// startChats starts n chats with no pair named (8 at a time), retrying a
-// start with the same client request id while it fails.
+// startChats starts n chats with no pair named (8 at a time, at most 100
+// a second: a busy contact centre's arrival rate, 25 per placement poll),
+// retrying a start with the same client request id while it fails.
 func startChats(ctx context.Context, t *testing.T, chat chatpb.ChatClient, n int, tag string) []*pairChat {
 	t.Helper()
 	out := make([]*pairChat, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	errs := make(chan error, n)
+	pace := time.NewTicker(10 * time.Millisecond)
+	defer pace.Stop()
 	for i := range n {
+		<-pace.C
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {

@@ -39,6 +39,10 @@ type PairInputs struct {
 	// Capacity is the live sessions one pair holds at most (a pair at it
 	// gets weight 0). Zero means DefaultPairCapacity.
 	Capacity uint64
+	// Arrivals is how many new chats arrive per poll interval lately (the
+	// growth of the live sessions, smoothed): the weights' floor, so that
+	// a burst placed on weights a poll old does not overshoot.
+	Arrivals uint64
 }
 
 // DefaultPairCapacity is the capacity of a pair when PairInputs names none:
@@ -117,11 +121,15 @@ func comparePairs(a, b string) int {
 
 // pairWeights decides the placement weights: a pair that is not serving,
 // or is at capacity, gets 0; a serving pair gets its headroom below the
-// busiest serving pair plus a floor of one tenth of the mean (at least 1),
-// capped at its free capacity. Equal pairs get equal shares; a pair behind
-// gets most new chats until it caught up, so placement stays balanced as
-// chats end (the live counts are fresh within a poll interval).
-func pairWeights(infos []PairInfo, capacity uint64) {
+// busiest serving pair plus a floor, capped at its free capacity. Equal
+// pairs get equal shares; a pair behind gets more new chats until it
+// caught up, so placement stays balanced as chats end and when a pair
+// joins. The floor is the larger of a tenth of the mean and a quarter of
+// the chats that arrive per poll interval (A): the weights are a poll old
+// when the clients use them, and with three pairs a floor F gives a pair d
+// behind 2Ad/3(d+3F) more than its share in one interval, which stays
+// below d (no overshoot) for F >= A/4.5, whatever the arrival rate.
+func pairWeights(infos []PairInfo, capacity, arrivals uint64) {
 	var serving []int
 	var busiest, total uint64
 	for i := range infos {
@@ -136,7 +144,7 @@ func pairWeights(infos []PairInfo, capacity uint64) {
 	if len(serving) == 0 {
 		return
 	}
-	floor := max(1, total/uint64(len(serving))/10)
+	floor := max(1, total/uint64(len(serving))/10, arrivals/4)
 	for _, i := range serving {
 		w := min(busiest-infos[i].Live+floor, capacity-infos[i].Live)
 		infos[i].Weight = uint32(min(w, 1<<20)) // grpc-go wants the sum within uint32
@@ -229,7 +237,7 @@ func buildPairs(cfg Config, members []Member, names []string, in PairInputs) (*R
 			r.EnvoyClusters = append(r.EnvoyClusters, ehc)
 		}
 	}
-	pairWeights(infos, capacity)
+	pairWeights(infos, capacity, in.Arrivals)
 	r.Pairs = infos
 	r.Routes = []types.Resource{pairRoute(infos)}
 	ils, ics, ies, err := ingressResources(cfg, members)

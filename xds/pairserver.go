@@ -46,7 +46,8 @@ type PairsStatus struct {
 func (s *Server) pairInputs() PairInputs {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return PairInputs{Live: maps.Clone(s.live), Draining: maps.Clone(s.draining), Capacity: s.cfg.PairCapacity}
+	return PairInputs{Live: maps.Clone(s.live), Draining: maps.Clone(s.draining), Capacity: s.cfg.PairCapacity,
+		Arrivals: uint64(s.arrivals + 0.5)}
 }
 
 // kickLocked asks Run to rebuild; a pending kick covers this one.
@@ -198,7 +199,15 @@ func (s *Server) pollPairs(ctx context.Context) {
 			dialer.keepOnly(asked) // a former primary's connection is not needed
 		}
 		s.mu.Lock()
-		changed := false
+		var growth float64
+		for name, n := range got {
+			if old, ok := s.live[name]; ok && n > old {
+				growth += float64(n - old)
+			}
+		}
+		before := uint64(s.arrivals + 0.5)
+		s.arrivals = max(growth, (s.arrivals+growth)/2) // a burst counts at once, a lull fades
+		changed := uint64(s.arrivals+0.5) != before // the weights' floor moved
 		for name, n := range got {
 			if old, ok := s.live[name]; !ok || old != n {
 				s.live[name] = n

@@ -136,6 +136,8 @@ type Server struct {
 	// live and draining feed the placement weights (BuildPairs).
 	live     map[string]uint64
 	draining map[string]bool
+	arrivals float64 // new chats per poll interval, smoothed
+
 	// kick asks Run to rebuild (live sessions or a drain changed).
 	kick chan struct{}
 }
