@@ -207,7 +207,7 @@ func (s *Server) pollPairs(ctx context.Context) {
 		}
 		before := uint64(s.arrivals + 0.5)
 		s.arrivals = max(growth, (s.arrivals+growth)/2) // a burst counts at once, a lull fades
-		changed := uint64(s.arrivals+0.5) != before // the weights' floor moved
+		changed := uint64(s.arrivals+0.5) != before     // the weights' floor moved
 		for name, n := range got {
 			if old, ok := s.live[name]; !ok || old != n {
 				s.live[name] = n
