@@ -355,3 +355,60 @@ func TestProxylessRoutesByPair(t *testing.T) {
 		t.Fatalf("grpc-go rejected our resources: %+v", n)
 	}
 }
+
+// TestPairAdminAPI: draining needs the admin token, a bad pair name is
+// refused with 400 and changes nothing, a drain shows in /xds/v1/pairs and
+// in the metrics, and DELETE undoes it.
+func TestPairAdminAPI(t *testing.T) {
+	s := startServer(t, testConfig(), NewMemoryView(threePairs()...), Options{PairLive: func(context.Context, string) (uint64, error) { return 0, nil }})
+	base := "http://" + s.HTTPAddr()
+	drain := base + "/xds/v1/pairs/2/drain"
+	if code, body := do(t, "POST", drain, ""); code != 403 {
+		t.Fatalf("drain without token = %d %s", code, body)
+	}
+	if code, body := do(t, "POST", base+"/xds/v1/pairs/Bad-1/drain", "s3cret"); code != 400 || !strings.Contains(body, "bad pair name") {
+		t.Fatalf("drain of a bad name = %d %s", code, body)
+	}
+	if d := s.Pairs().Draining; len(d) != 0 {
+		t.Fatalf("refused drains changed the list: %v", d)
+	}
+	if code, body := do(t, "POST", drain, "s3cret"); code != 200 {
+		t.Fatalf("drain = %d %s", code, body)
+	}
+	waitFor(t, 5*time.Second, "pair 2 draining", func() bool {
+		code, body := do(t, "GET", base+PairsPath, "")
+		return code == 200 && strings.Contains(body, `"name": "2",
+      "state": "draining"`)
+	})
+	if _, body := do(t, "GET", base+"/metrics", ""); !strings.Contains(body, `hachat_xds_pair_state{pair="2",state="draining"} 1`) ||
+		!strings.Contains(body, `hachat_xds_pair_weight{pair="2"} 0`) || !strings.Contains(body, `hachat_xds_pair_state{pair="3",state="degraded"} 1`) {
+		t.Errorf("pair metrics:\n%s", body)
+	}
+	if code, _ := do(t, "DELETE", drain, "s3cret"); code != 200 {
+		t.Fatalf("undrain = %d", code)
+	}
+	waitFor(t, 5*time.Second, "pair 2 serving again", func() bool {
+		ps := s.Pairs().Pairs
+		return len(ps) == 3 && ps[1].State == PairServing && ps[1].Weight > 0
+	})
+}
+
+// TestBuildPairsWithTLS: the Envoy flavour of the pair resources (TLS,
+// SDS secrets) is built and validated too: one cluster and one sidecar
+// listener per pair in each flavour.
+func TestBuildPairsWithTLS(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.TrustDomain = "hachat.test"
+	r, err := BuildPairs(cfg, threePairs(), PairInputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Clusters) != 3 || len(r.EnvoyClusters) != 3 || len(r.EnvoyListeners) != 4 || len(r.Listeners) != 4 {
+		t.Fatalf("clusters %d/%d, listeners %d/%d", len(r.Clusters), len(r.EnvoyClusters), len(r.Listeners), len(r.EnvoyListeners))
+	}
+	for _, c := range r.EnvoyClusters {
+		if c.(*cluster.Cluster).GetTransportSocket() == nil {
+			t.Errorf("envoy cluster %s without TLS", c.(*cluster.Cluster).GetName())
+		}
+	}
+}
