@@ -206,6 +206,19 @@ func TestPairs(t *testing.T) {
 		t.Errorf("ctl drain 3 --wait: %v: %s", r.err, r.out)
 	}
 
+	// A planned switchover names its pair: without --pair it is refused,
+	// with it only that pair's roles change.
+	if out, err := c.Ctl("switchover", "--admin-token", c.AdminToken()); err == nil || !strings.Contains(out, "--pair") {
+		t.Errorf("ctl switchover without --pair in a cluster of pairs: %v: %s", err, out)
+	}
+	if out, err := c.Ctl("switchover", "--pair", "3", "--admin-token", c.AdminToken()); err != nil || !strings.Contains(out, "core-3b is primary") {
+		t.Errorf("ctl switchover --pair 3: %v: %s", err, out)
+	}
+	c.WaitRole("core-3b", "primary", 15*time.Second)
+	if c.Role("core-a") != "primary" || c.Role("core-2b") != "primary" {
+		t.Errorf("a switchover of pair 3 changed another pair: core-a %s, core-2b %s", c.Role("core-a"), c.Role("core-2b"))
+	}
+
 	// 5. A fourth pair joins the running cluster and takes new chats.
 	if err := c.Supervisor().AddParts(context.Background(), demo.PairParts(c.Layout(), 4, 4)...); err != nil {
 		t.Fatalf("add pair 4: %v", err)
