@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"math/rand"
 	"strings"
 	"sync"
@@ -390,6 +391,30 @@ func TestPairAdminAPI(t *testing.T) {
 	waitFor(t, 5*time.Second, "pair 2 serving again", func() bool {
 		ps := s.Pairs().Pairs
 		return len(ps) == 3 && ps[1].State == PairServing && ps[1].Weight > 0
+	})
+}
+
+// TestDrainOnlyPairRefused: a cluster of one pair refuses to drain it
+// (409, nothing changes); /xds/v1/pairs reports its live chats.
+func TestDrainOnlyPairRefused(t *testing.T) {
+	view := NewMemoryView(
+		core_("core-a", RolePrimary, 3, "127.0.0.1:7101", StateAlive),
+		core_("core-b", RoleBackup, 3, "127.0.0.1:7111", StateAlive),
+	)
+	cfg := testConfig()
+	cfg.PairPoll = 20 * time.Millisecond
+	s := startServer(t, cfg, view, Options{PairLive: func(_ context.Context, addr string) (uint64, error) {
+		if addr != "127.0.0.1:7101" {
+			return 0, fmt.Errorf("asked %s, not the primary", addr)
+		}
+		return 7, nil
+	}})
+	if code, body := do(t, "POST", "http://"+s.HTTPAddr()+"/xds/v1/pairs/1/drain", "s3cret"); code != 409 || !strings.Contains(body, "only pair") {
+		t.Fatalf("drain of the only pair = %d %s", code, body)
+	}
+	waitFor(t, 5*time.Second, "pair 1 serving with 7 live chats", func() bool {
+		ps := s.Pairs()
+		return len(ps.Pairs) == 1 && ps.Pairs[0].State == PairServing && ps.Pairs[0].Live == 7 && len(ps.Draining) == 0
 	})
 }
 

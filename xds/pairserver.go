@@ -30,6 +30,10 @@ const (
 	PairDrainPath = "/xds/v1/pairs/{pair}/drain"
 )
 
+// ErrOnlyPair refuses to drain the only pair of a cluster: new chats would
+// have nowhere to go.
+var ErrOnlyPair = errors.New("the only pair")
+
 // PairLiveFunc asks the core at addr (its gRPC address) how many live
 // sessions it holds.
 type PairLiveFunc func(ctx context.Context, addr string) (uint64, error)
@@ -68,6 +72,9 @@ func (s *Server) SetDraining(p string, on bool) error {
 	defer s.mu.Unlock()
 	if s.draining[p] == on {
 		return nil
+	}
+	if on && s.good != nil && s.good.Pairs == nil && p == pairs.Default {
+		return fmt.Errorf("%w: pair %s is the cluster's only pair: new chats would have nowhere to go (add a pair first)", ErrOnlyPair, p)
 	}
 	if on {
 		s.draining[p] = true
@@ -163,12 +170,7 @@ func (s *Server) pollPairs(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		var ps []PairInfo
-		if s.good != nil {
-			ps = slices.Clone(s.good.Pairs)
-		}
-		s.mu.Unlock()
+		ps := s.Pairs().Pairs // with one pair too: ctl pairs shows its live chats
 		got := map[string]uint64{}
 		var asked []string
 		for _, p := range ps {
@@ -291,8 +293,11 @@ func (s *Server) pairHandlers(mux *http.ServeMux) {
 			p := r.PathValue("pair")
 			if err := s.SetDraining(p, on); err != nil {
 				code := http.StatusInternalServerError
-				if errors.Is(err, pairs.ErrBadName) {
+				switch {
+				case errors.Is(err, pairs.ErrBadName):
 					code = http.StatusBadRequest
+				case errors.Is(err, ErrOnlyPair):
+					code = http.StatusConflict
 				}
 				writeJSON(w, code, apiError{err.Error()})
 				return
