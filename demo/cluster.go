@@ -460,11 +460,17 @@ func StandardPlan(l Layout) Plan {
 		// Two control planes, built from the same gossip membership:
 		// they publish the same content under the same versions.
 		controlPlane := func(name, httpAddr, grpcAddr, gossip string) Part {
-			return Part{Name: name, Kind: KindXDS, HTTP: httpAddr, GRPC: grpcAddr, Args: []string{
+			p := Part{Name: name, Kind: KindXDS, HTTP: httpAddr, GRPC: grpcAddr, Args: []string{
 				logf, "--name=" + name, "--http=" + httpAddr, "--grpc=" + grpcAddr, "--gossip-bind=" + gossip,
 				"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
 				"--admin-token=" + l.AdminToken,
 			}}
+			if l.Pairs > 1 && coordination != "" {
+				// The drained pairs, alike at both control planes and
+				// kept across their restarts.
+				p.Args = append(p.Args, "--coordination="+coordination)
+			}
+			return p
 		}
 		parts = append(parts,
 			controlPlane("xds", a.XDSHTTP, a.XDSGRPC, a.XDSGossip),

@@ -43,9 +43,10 @@ func (c *pairChat) pair() string { return pairs.Of(c.auth.GetSessionId()) }
 // (x-hachat-pair, from the chat id) and reaches that pair: a call to
 // another pair would be answered NotFound. kill -9 of pair 2's primary:
 // pair 2's chats get the failover notices and lose nothing, the other
-// pairs' chats see no notice. A drained pair takes no new chat and ctl
-// reports when its last chat ended; a fourth pair added to the running
-// cluster takes new chats with nothing else restarted.
+// pairs' chats see no notice. A drained pair takes no new chat, also after
+// a control plane restart (the drain list is in etcd), and ctl reports when
+// its last chat ended; a switchover names its pair; a fourth pair added to
+// the running cluster takes new chats with nothing else restarted.
 func TestPairs(t *testing.T) {
 	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, CoordMembers: 1, Pairs: 3,
 		Tune: func(p demo.Plan) demo.Plan {
@@ -168,6 +169,16 @@ func TestPairs(t *testing.T) {
 		t.Fatalf("ctl drain 3: %v: %s", err, out)
 	}
 	waitPairs(t, c, "pair 3 draining with weight 0", func(ps []xds.PairInfo) bool {
+		for _, p := range ps {
+			if p.Name == "3" {
+				return p.State == xds.PairDraining && p.Weight == 0
+			}
+		}
+		return false
+	})
+	// The drain list is in etcd: a restarted control plane keeps it.
+	c.Restart("xds")
+	waitPairs(t, c, "pair 3 still draining after the control plane's restart", func(ps []xds.PairInfo) bool {
 		for _, p := range ps {
 			if p.Name == "3" {
 				return p.State == xds.PairDraining && p.Weight == 0

@@ -19,7 +19,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcxds "google.golang.org/grpc/xds"
 
+	"github.com/hachat/hachat/coord/coordtest"
 	"github.com/hachat/hachat/pairs"
+	"github.com/hachat/hachat/telemetry"
 )
 
 func pairCore(name, p, role string, epoch uint64, addr string, st State) Member {
@@ -318,7 +320,7 @@ func TestProxylessRoutesByPair(t *testing.T) {
 		t.Errorf("placement over three equal pairs: %v", seen)
 	}
 	// ...but not on drained pairs, nor on a pair that is far ahead.
-	if err := s.SetDraining("1", true); err != nil {
+	if err := s.SetDraining(context.Background(), "1", true); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
@@ -436,4 +438,37 @@ func TestBuildPairsWithTLS(t *testing.T) {
 			t.Errorf("envoy cluster %s without TLS", c.(*cluster.Cluster).GetName())
 		}
 	}
+}
+
+// TestDrainsInEtcd: with the drain list in the coordination cluster, a
+// drain asked of one control plane shows at the other, and a control plane
+// started later (a restart) finds it; an undrain reaches both.
+func TestDrainsInEtcd(t *testing.T) {
+	ep := coordtest.Start(t)
+	newServer := func() *Server {
+		store := NewEtcdDrains(coordtest.Client(t, ep), telemetry.Discard().Logger)
+		return startServer(t, testConfig(), NewMemoryView(threePairs()...), Options{Drains: store,
+			PairLive: func(context.Context, string) (uint64, error) { return 0, nil }})
+	}
+	a, b := newServer(), newServer()
+	state := func(s *Server, p string) string {
+		for _, info := range s.Pairs().Pairs {
+			if info.Name == p {
+				return info.State
+			}
+		}
+		return ""
+	}
+	if err := a.SetDraining(context.Background(), "2", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "pair 2 drained at the other control plane", func() bool { return state(b, "2") == PairDraining })
+	c := newServer()
+	waitFor(t, 5*time.Second, "pair 2 drained at a control plane started later", func() bool { return state(c, "2") == PairDraining })
+	if err := c.SetDraining(context.Background(), "2", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "pair 2 serving at every control plane", func() bool {
+		return state(a, "2") == PairServing && state(b, "2") == PairServing && state(c, "2") == PairServing
+	})
 }

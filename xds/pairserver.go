@@ -63,18 +63,39 @@ func (s *Server) kickLocked() {
 }
 
 // SetDraining drains pair p (on) or lets it take new chats again (off).
-// A pair no core is in yet may be drained ahead: it joins drained.
-func (s *Server) SetDraining(p string, on bool) error {
+// A pair no core is in yet may be drained ahead: it joins drained. With
+// Options.Drains the drain list lives there (every control plane watches
+// it, and it outlives a restart); without, in this control plane only.
+// Draining the only pair of the cluster is refused (ErrOnlyPair).
+func (s *Server) SetDraining(ctx context.Context, p string, on bool) error {
 	if err := pairs.Validate(p); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining[p] == on {
+	if on && s.good != nil && s.good.Pairs == nil && p == pairs.Default {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: pair %s is the cluster's only pair: new chats would have nowhere to go (add a pair first)", ErrOnlyPair, p)
+	}
+	if s.opts.Drains == nil {
+		s.applyDrainLocked(p, on)
+		s.mu.Unlock()
 		return nil
 	}
-	if on && s.good != nil && s.good.Pairs == nil && p == pairs.Default {
-		return fmt.Errorf("%w: pair %s is the cluster's only pair: new chats would have nowhere to go (add a pair first)", ErrOnlyPair, p)
+	s.mu.Unlock()
+	if err := s.opts.Drains.SetDraining(ctx, p, on); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyDrainLocked(p, on) // the watch brings it too; the answer shows it now
+	return nil
+}
+
+// applyDrainLocked sets p's drain in this control plane and asks for a
+// rebuild when it changed. s.mu is held.
+func (s *Server) applyDrainLocked(p string, on bool) {
+	if s.draining[p] == on {
+		return
 	}
 	if on {
 		s.draining[p] = true
@@ -84,7 +105,24 @@ func (s *Server) SetDraining(p string, on bool) error {
 		s.log.Info("pair no longer draining: it takes new chats again", "pair", p)
 	}
 	s.kickLocked()
-	return nil
+}
+
+// watchDrains applies the drain list of Options.Drains until ctx ends.
+func (s *Server) watchDrains(ctx context.Context) {
+	for list := range s.opts.Drains.Watch(ctx) {
+		s.mu.Lock()
+		for p := range s.draining {
+			if !list[p] {
+				s.applyDrainLocked(p, false)
+			}
+		}
+		for p := range list {
+			if pairs.Validate(p) == nil {
+				s.applyDrainLocked(p, true)
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Pairs reports the pairs of the served resources.
@@ -291,7 +329,7 @@ func (s *Server) pairHandlers(mux *http.ServeMux) {
 	drain := func(on bool) http.HandlerFunc {
 		return s.admin(func(w http.ResponseWriter, r *http.Request) {
 			p := r.PathValue("pair")
-			if err := s.SetDraining(p, on); err != nil {
+			if err := s.SetDraining(r.Context(), p, on); err != nil {
 				code := http.StatusInternalServerError
 				switch {
 				case errors.Is(err, pairs.ErrBadName):

@@ -66,6 +66,10 @@ type Options struct {
 	// sessions. Nil dials the core's Status over gRPC (mTLS as for
 	// Switchover), one cached connection per core.
 	PairLive PairLiveFunc
+	// Drains keeps the drain list where every control plane sees it
+	// (EtcdDrains, with --coordination). Nil: each control plane keeps its
+	// own, in memory (`hachat ctl drain` tells every control plane).
+	Drains DrainStore
 	// Handlers are mounted on the admin HTTP mux by pattern, e.g.
 	// membership's reachable handler so that the control plane serves as
 	// the witness.
@@ -254,6 +258,14 @@ func (s *Server) Run(ctx context.Context) error {
 		s.pollPairs(pctx)
 	}()
 	defer func() { pcancel(); <-polled }()
+	if s.opts.Drains != nil {
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			s.watchDrains(pctx)
+		}()
+		defer func() { pcancel(); <-watched }()
+	}
 
 	var err error
 loop:
