@@ -169,6 +169,11 @@ func buildPairs(cfg Config, members []Member, names []string, in PairInputs) (*R
 		capacity = DefaultPairCapacity
 	}
 	r := &Resources{}
+	for _, m := range members {
+		if m.Kind == KindCore && m.State != StateLeft && pairs.Validate(pairs.Norm(m.Pair)) != nil {
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%q: bad pair name %q", m.Name, m.Pair))
+		}
+	}
 	api, err := apiListener()
 	if err != nil {
 		return nil, err
