@@ -269,6 +269,7 @@ func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempot
 	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.withRetryDeadline(ctx)
 	defer cancel()
+	ctx = pairContext(ctx, any(req))
 	obs, _ := ctx.Value(retryObserverKey{}).(RetryObserver)
 	r := retrier{c: c}
 	for attempts := 1; ; attempts++ {
@@ -377,6 +378,7 @@ func observer(ctx context.Context) StreamObserver {
 // after SESSION_ENDED), on a non-retryable error, or when ctx is done.
 func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.Event], error) {
 	next := in.GetFromIndex()
+	ctx = pairContext(ctx, in)
 	s := &resumingStream[chatpb.Event]{
 		c:     c,
 		r:     retrier{c: c, max: refusedStreamBackoff},

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/pairs"
 )
 
 // Transcript auto-save modes (Genesys option transcript-auto-save).
@@ -72,6 +73,14 @@ type Config struct {
 	// Cluster names the primary/backup pair; it is the service whose epoch is
 	// claimed at UCS and the service of every transcript save (default "hachat").
 	Cluster string `yaml:"cluster"`
+	// Pair names the primary/backup pair this core belongs to when a
+	// cluster runs several (package pairs: 1-16 of a-z, 0-9). Empty (the
+	// default) is pair "1". The pair has its own epoch: its epoch service
+	// is pairs.Service(Cluster, Pair), Cluster itself for pair 1, so one
+	// pair's claim never fences another. The core gossips it in its meta,
+	// reports it in /status, takes as its peer only a core of the same
+	// pair, and mints chat ids that name it (pairs.ChatID).
+	Pair string `yaml:"pair"`
 	// ServiceToken must be presented by Join and WatchSessions (the Interaction
 	// Server's token). Empty (default) accepts any token; set it in production.
 	ServiceToken string `yaml:"service-token"`
@@ -197,6 +206,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAdvertise, "http-advertise", c.HTTPAdvertise, "HTTP address IP:port announced to the cluster; default: the bound --http address")
 	fs.StringVar(&c.Role, "role", c.Role, "starting role: primary or backup")
 	fs.StringVar(&c.Cluster, "cluster", c.Cluster, "name of the primary/backup pair (epoch service at UCS)")
+	fs.StringVar(&c.Pair, "pair", c.Pair, "pair this core belongs to when the cluster runs several (a-z, 0-9; empty: pair 1)")
 	fs.StringVar(&c.ServiceToken, "service-token", c.ServiceToken, "token Join and WatchSessions must carry (empty: any)")
 	fs.StringVar(&c.AdminToken, "admin-token", c.AdminToken, "token Switchover must carry (empty: switchover refused)")
 	fs.IntVar(&c.MaxMessageSize, "max-message-size", c.MaxMessageSize, "largest message text in bytes")
@@ -234,6 +244,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster == "" {
 		errs = append(errs, errors.New("cluster is empty"))
+	}
+	if c.Pair != "" {
+		if err := pairs.Validate(c.Pair); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, a := range []struct{ name, addr string }{{"grpc-advertise", c.GRPCAdvertise}, {"http-advertise", c.HTTPAdvertise}} {
 		if a.addr == "" {

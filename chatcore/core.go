@@ -3,11 +3,13 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,6 +20,7 @@ import (
 	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/pairs"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -151,6 +154,9 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		return nil, errors.New("new core: store and telemetry are required")
 	}
 	notices, _ := ParseSaveNotices(cfg.TranscriptSaveNotices) // validated above
+	// From here on Cluster is the pair's epoch service (the fencing key and
+	// the service of every save): each pair fences and restores its own.
+	cfg.Cluster = pairs.Service(cfg.Cluster, cfg.Pair)
 	c := &Core{
 		cfg:       cfg,
 		notices:   notices,
@@ -177,6 +183,14 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.progressDirty = make(map[*session]struct{})
 	c.m.role.snapshot = c.role.RoleEpoch
 	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log
+	// The pair, for per-pair sums: chats placed per pair are
+	// hachat_core_sessions_started_total joined on this by instance.
+	pairInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_pair_info",
+		Help: "1, labelled with the pair this core belongs to (package pairs)."}, []string{"pair"})
+	pairInfo.WithLabelValues(pairs.Norm(cfg.Pair)).Set(1)
+	if err := tel.Registry.Register(pairInfo); err != nil {
+		return nil, fmt.Errorf("register pair metric: %w", err)
+	}
 	return c, nil
 }
 

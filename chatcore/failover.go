@@ -233,7 +233,7 @@ func (c *Core) checkPeerPrimary(ctx context.Context) {
 // checkNewerPrimary steps down when m is another core that is primary at a
 // newer epoch, and UCS confirms that a newer epoch exists.
 func (c *Core) checkNewerPrimary(ctx context.Context, m membership.Member) {
-	if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.Role != RolePrimary ||
+	if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.Role != RolePrimary || !c.samePair(m) ||
 		m.State != membership.StateAlive || m.Meta.Epoch <= c.role.Epoch() {
 		return
 	}
@@ -317,7 +317,7 @@ func (c *Core) publishMeta(ctx context.Context) {
 		// gossips primary once finishRestoring opened it).
 		role = RoleBackup
 	}
-	meta := membership.Meta{Kind: membership.KindCore, Role: role, Epoch: epoch, GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr}
+	meta := membership.Meta{Kind: membership.KindCore, Role: role, Epoch: epoch, GRPCAddr: c.grpcAddr, HTTPAddr: c.httpAddr, Pair: c.cfg.Pair}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := c.members.SetMeta(ctx, meta); err != nil && ctx.Err() == nil {

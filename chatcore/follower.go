@@ -551,7 +551,7 @@ func (c *Core) peerStatus(ctx context.Context, addr string, wait time.Duration) 
 func (c *Core) primaryMember(addr string) (membership.Member, bool) {
 	name, _ := c.primaryName.Load().(string)
 	for _, m := range c.members.Members() {
-		if m.Meta.Kind == membership.KindCore && m.Name != c.cfg.Name && (m.Name == name || m.Meta.GRPCAddr == addr) {
+		if m.Meta.Kind == membership.KindCore && m.Name != c.cfg.Name && c.samePair(m) && (m.Name == name || m.Meta.GRPCAddr == addr) {
 			return m, true
 		}
 	}
@@ -578,7 +578,8 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 			}
 			name, _ := c.primaryName.Load().(string)
 			m := ev.Member
-			if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore && m.Name != name {
+			if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore && m.Name != name ||
+				m.Meta.Kind == membership.KindCore && !c.samePair(m) {
 				continue
 			}
 			if m.Name == name || (m.Meta.GRPCAddr != "" && m.Meta.GRPCAddr == c.peerAddr()) {

@@ -6,6 +6,7 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/pairs"
 )
 
 // Membership is the seam to the gossip membership (package membership's
@@ -58,6 +59,13 @@ func CallPolicy() mtls.MethodPolicy {
 	})
 }
 
+// samePair reports whether m is in this core's pair (package pairs: an
+// empty pair is the default one). Cores of other pairs gossip in the same
+// cluster but are never this core's peer, primary or rival.
+func (c *Core) samePair(m membership.Member) bool {
+	return pairs.Norm(m.Meta.Pair) == pairs.Norm(c.cfg.Pair)
+}
+
 // paired reports whether this core runs in a primary/backup pair.
 func (c *Core) paired() bool { return c.cfg.Peer != "" || c.members != nil }
 
@@ -69,7 +77,7 @@ func (c *Core) peerAddr() string {
 	}
 	addr := ""
 	for _, m := range c.members.Members() {
-		if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.GRPCAddr == "" {
+		if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.GRPCAddr == "" || !c.samePair(m) {
 			continue
 		}
 		if m.State == membership.StateAlive || m.State == membership.StateSuspect {

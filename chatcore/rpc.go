@@ -13,6 +13,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/sessionlog"
+	"github.com/hachat/hachat/pairs"
 )
 
 // Input limits besides the configured ones.
@@ -124,7 +125,7 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 		c.mu.Unlock()
 		return nil, status.Errorf(codes.ResourceExhausted, "this core holds %d sessions, its limit", c.cfg.MaxSessions)
 	}
-	s := newSession(newID())
+	s := newSession(pairs.ChatID(c.cfg.Pair, newID()))
 	s.startReq = req.ClientRequestId
 	c.sessions[s.id] = s
 	c.registerStartLocked(s)

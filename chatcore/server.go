@@ -2,6 +2,7 @@ package chatcore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/pairs"
 )
 
 const (
@@ -233,6 +235,10 @@ func (c *Core) httpHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
+		// The pair is not in the StatusResponse message: it leads the
+		// JSON object (b is never "{}": every field is emitted).
+		pj, _ := json.Marshal(pairs.Norm(c.cfg.Pair))
+		b = append(append([]byte(`{"pair":`), pj...), append([]byte{','}, b[1:]...)...)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(b)
 	})

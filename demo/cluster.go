@@ -56,6 +56,27 @@ type Addrs struct {
 	Coord1Client, Coord1Peer, Coord1HTTP string
 	Coord2Client, Coord2Peer, Coord2HTTP string
 	Coord3Client, Coord3Peer, Coord3HTTP string
+	// Pairs are the cores of pairs 2, 3, ... (Layout.Pairs; Pairs[0] is
+	// pair 2), MaxPairs-1 of them; pair 1 is core-a and core-b.
+	Pairs []PairAddrs
+}
+
+// CoreAddrs are one core's addresses.
+type CoreAddrs struct{ HTTP, GRPC, Gossip string }
+
+// PairAddrs are the addresses of the two cores of one pair.
+type PairAddrs struct{ A, B CoreAddrs }
+
+// MaxPairs is the most pairs a standard plan runs (Layout.Pairs).
+const MaxPairs = 9
+
+// PairCoreNames returns the part names of pair p's cores (p from 1):
+// core-a and core-b for pair 1, core-<p>a and core-<p>b for the others.
+func PairCoreNames(p int) (a, b string) {
+	if p <= 1 {
+		return "core-a", "core-b"
+	}
+	return fmt.Sprintf("core-%da", p), fmt.Sprintf("core-%db", p)
 }
 
 // coord returns the client, peer and HTTP addresses of member i (1..3).
@@ -93,7 +114,22 @@ func DefaultAddrs() Addrs {
 		Coord1Client: h(7401), Coord1Peer: h(7402), Coord1HTTP: h(7403),
 		Coord2Client: h(7411), Coord2Peer: h(7412), Coord2HTTP: h(7413),
 		Coord3Client: h(7421), Coord3Peer: h(7422), Coord3HTTP: h(7423),
+		Pairs: defaultPairAddrs(h),
 	}
+}
+
+// defaultPairAddrs gives pair p (2..MaxPairs) the ports 76PQ: core-<p>a
+// 7600+20(p-2)+1..3 (gRPC, HTTP, gossip), core-<p>b ten above.
+func defaultPairAddrs(h func(int) string) []PairAddrs {
+	var out []PairAddrs
+	for p := 2; p <= MaxPairs; p++ {
+		base := 7600 + 20*(p-2)
+		out = append(out, PairAddrs{
+			A: CoreAddrs{GRPC: h(base + 1), HTTP: h(base + 2), Gossip: h(base + 3)},
+			B: CoreAddrs{GRPC: h(base + 11), HTTP: h(base + 12), Gossip: h(base + 13)},
+		})
+	}
+	return out
 }
 
 // FreeAddrs returns addresses on 127.0.0.1 whose ports were free (TCP and,
@@ -140,6 +176,10 @@ func FreeAddrs() (Addrs, error) {
 		Coord1Client: next(false), Coord1Peer: next(false), Coord1HTTP: next(false),
 		Coord2Client: next(false), Coord2Peer: next(false), Coord2HTTP: next(false),
 		Coord3Client: next(false), Coord3Peer: next(false), Coord3HTTP: next(false),
+	}
+	for range MaxPairs - 1 {
+		core := func() CoreAddrs { return CoreAddrs{GRPC: next(false), HTTP: next(false), Gossip: next(true)} }
+		a.Pairs = append(a.Pairs, PairAddrs{A: core(), B: core()})
 	}
 	return a, err
 }
@@ -240,6 +280,11 @@ type Layout struct {
 	// Coordination, when set, points the cores at an etcd the deployment
 	// already runs (endpoints host:port,...) instead of members of the plan.
 	Coordination string
+	// Pairs is how many primary/backup pairs of cores the plan runs
+	// (paired stages; 0 or 1: core-a and core-b only, as before; at most
+	// MaxPairs). Pair p > 1 is core-<p>a (primary) and core-<p>b (backup)
+	// with --pair=<p>: its own epoch, gossiping in the same cluster.
+	Pairs int
 	// Accounts is interaction's accounts file (default DataDir/accounts.json);
 	// whoever starts the plan writes it first (WriteAccounts).
 	Accounts string
@@ -402,6 +447,12 @@ func StandardPlan(l Layout) Plan {
 	if l.Stage >= StagePair {
 		parts = append(parts, core("core-b", "backup", a.CoreBHTTP, a.CoreBGRPC, a.CoreBGossip, a.CoreAGRPC, a.CoreAGossip))
 		coreTarget = a.CoreAGRPC + "," + a.CoreBGRPC
+		parts[len(parts)-2].Pair, parts[len(parts)-1].Pair = "1", "1"
+		if l.Pairs > 1 {
+			parts = append(parts, PairParts(l, 2, l.Pairs)...)
+		}
+	} else {
+		parts[len(parts)-1].Pair = "1"
 	}
 	webapiCore, interactionCore := coreTarget, coreTarget
 	webapi2Core, interaction2Core := coreTarget, coreTarget
@@ -409,11 +460,17 @@ func StandardPlan(l Layout) Plan {
 		// Two control planes, built from the same gossip membership:
 		// they publish the same content under the same versions.
 		controlPlane := func(name, httpAddr, grpcAddr, gossip string) Part {
-			return Part{Name: name, Kind: KindXDS, HTTP: httpAddr, GRPC: grpcAddr, Args: []string{
+			p := Part{Name: name, Kind: KindXDS, HTTP: httpAddr, GRPC: grpcAddr, Args: []string{
 				logf, "--name=" + name, "--http=" + httpAddr, "--grpc=" + grpcAddr, "--gossip-bind=" + gossip,
 				"--gossip-join=" + a.CoreAGossip + "," + a.CoreBGossip, "--gossip-key=" + l.GossipKey,
 				"--admin-token=" + l.AdminToken,
 			}}
+			if l.Pairs > 1 && coordination != "" {
+				// The drained pairs, alike at both control planes and
+				// kept across their restarts.
+				p.Args = append(p.Args, "--coordination="+coordination)
+			}
+			return p
 		}
 		parts = append(parts,
 			controlPlane("xds", a.XDSHTTP, a.XDSGRPC, a.XDSGossip),
@@ -511,7 +568,9 @@ func StandardPlan(l Layout) Plan {
 	if l.CertDir != "" {
 		for i := range parts {
 			p := &parts[i]
-			p.Args = append(p.Args, TLSArgs(l.CertDir, p.Name)...)
+			if p.Pair == "" || p.Pair == "1" { // PairParts gave the other pairs' cores theirs
+				p.Args = append(p.Args, TLSArgs(l.CertDir, p.Name)...)
+			}
 			switch p.Kind {
 			case KindUCS, KindWitness, KindXDS, KindProxy:
 				p.TLS = true
@@ -537,4 +596,70 @@ func XDSCacheFile(dataDir, name string) string {
 func TLSArgs(certDir, name string) []string {
 	f := mtls.FilesIn(certDir, name)
 	return []string{"--tls-ca=" + f.CA, "--tls-cert=" + f.Cert, "--tls-key=" + f.Key}
+}
+
+// PairParts returns the core parts of pairs from..to (2 <= from, to <=
+// MaxPairs) of the standard plan for l: core-<p>a (primary) and core-<p>b
+// (backup), --pair=<p>, each the other's peer, gossiping with core-a and
+// the third gossip members like pair 1. A pair added to a running cluster
+// (Supervisor.AddParts) is one of these: nothing else restarts.
+func PairParts(l Layout, from, to int) []Part {
+	if from > to {
+		return nil
+	}
+	l.fill()
+	one := l
+	one.Pairs = 0
+	pl := StandardPlan(one)
+	ca, _ := pl.Part("core-a")
+	var out []Part
+	for p := max(from, 2); p <= min(to, MaxPairs) && p-2 < len(l.Addrs.Pairs); p++ {
+		pa := l.Addrs.Pairs[p-2]
+		an, bn := PairCoreNames(p)
+		mk := func(name, role string, me, peer CoreAddrs) Part {
+			args := pairCoreArgs(ca.Args, name, role, me, peer, l.Addrs.CoreAGossip)
+			args = append(args, "--pair="+strconv.Itoa(p))
+			if l.CertDir != "" {
+				args = append(args, TLSArgs(l.CertDir, name)...)
+			}
+			return Part{Name: name, Kind: KindCore, Role: role, HTTP: me.HTTP, GRPC: me.GRPC, Pair: strconv.Itoa(p), Args: args}
+		}
+		out = append(out, mk(an, "primary", pa.A, pa.B), mk(bn, "backup", pa.B, pa.A))
+	}
+	return out
+}
+
+// pairCoreArgs turns core-a's flags into those of another core: its name,
+// role and addresses, its peer, and a gossip join of its peer, core-a and
+// the rest of core-a's join list. core-a's TLS flags are dropped (the
+// caller adds the core's own).
+func pairCoreArgs(coreA []string, name, role string, me, peer CoreAddrs, coreAGossip string) []string {
+	var out []string
+	for _, a := range coreA {
+		k, v, _ := strings.Cut(a, "=")
+		switch k {
+		case "--name":
+			a = k + "=" + name
+		case "--role":
+			a = k + "=" + role
+		case "--http":
+			a = k + "=" + me.HTTP
+		case "--grpc":
+			a = k + "=" + me.GRPC
+		case "--peer":
+			a = k + "=" + peer.GRPC
+		case "--gossip-bind":
+			a = k + "=" + me.Gossip
+		case "--gossip-join":
+			rest := strings.SplitN(v, ",", 2) // core-b's gossip, then the third members
+			a = k + "=" + peer.Gossip + "," + coreAGossip
+			if len(rest) == 2 {
+				a += "," + rest[1]
+			}
+		case "--tls-ca", "--tls-cert", "--tls-key":
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }

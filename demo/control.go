@@ -72,9 +72,10 @@ type RestartResult struct {
 func (s *Supervisor) RestartPart(ctx context.Context, name string, opts RestartOptions) (RestartResult, error) {
 	s.restartMu.Lock()
 	defer s.restartMu.Unlock()
-	part, ok := s.plan.Part(name)
+	plan := s.Plan()
+	part, ok := plan.Part(name)
 	if !ok {
-		return RestartResult{}, fmt.Errorf("%w %q (parts: %s)", ErrUnknownPart, name, strings.Join(s.plan.Names(), ", "))
+		return RestartResult{}, fmt.Errorf("%w %q (parts: %s)", ErrUnknownPart, name, strings.Join(plan.Names(), ", "))
 	}
 	s.mu.Lock()
 	stopping := s.stopping
@@ -139,6 +140,7 @@ func (s *Supervisor) serveControl() error {
 	s.controlPath = path
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /restart", s.handleRestart)
+	mux.HandleFunc("POST /add-pair", s.handleAddPair)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

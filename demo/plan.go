@@ -52,6 +52,9 @@ type Part struct {
 	HTTP string `json:"http,omitempty"`
 	// GRPC is the part's gRPC (or TCP listener) address, if it has one.
 	GRPC string `json:"grpc,omitempty"`
+	// Pair is a core's pair ("1", "2", ...; package pairs); empty for
+	// the other kinds. The state file carries it.
+	Pair string `json:"pair,omitempty"`
 	// TLS says the HTTP address serves HTTPS with mTLS: a client needs a
 	// certificate of the cluster (the operator's, for people and tests).
 	TLS bool `json:"tls,omitempty"`

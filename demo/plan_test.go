@@ -2,6 +2,7 @@ package demo
 
 import (
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -391,5 +392,47 @@ func TestStandardPlanSidecarPerInstance(t *testing.T) {
 		if got != want {
 			t.Errorf("default address %s, want %s (docs/design.md)", got, want)
 		}
+	}
+}
+
+// TestStandardPlanPairs: --pairs 3 adds core-2a/2b and core-3a/3b with
+// their own pair, peer and addresses; every core part names its pair; one
+// pair is the plan of before.
+func TestStandardPlanPairs(t *testing.T) {
+	a := DefaultAddrs()
+	one := StandardPlan(Layout{Addrs: a, Stage: StageMesh, CoordMembers: 3})
+	same := StandardPlan(Layout{Addrs: a, Stage: StageMesh, CoordMembers: 3, Pairs: 1})
+	if !reflect.DeepEqual(one, same) {
+		t.Fatal("--pairs 1 changed the plan")
+	}
+	pl := StandardPlan(Layout{Addrs: a, Stage: StageMesh, CoordMembers: 3, Pairs: 3, CertDir: "/certs"})
+	if err := pl.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"core-a": "1", "core-b": "1", "core-2a": "2", "core-2b": "2", "core-3a": "3", "core-3b": "3"}
+	n := 0
+	for _, p := range pl.Parts {
+		if p.Kind != KindCore {
+			continue
+		}
+		n++
+		if want[p.Name] != p.Pair {
+			t.Errorf("%s pair %q, want %q", p.Name, p.Pair, want[p.Name])
+		}
+		args := strings.Join(p.Args, " ")
+		if p.Pair != "1" && !strings.Contains(args, "--pair="+p.Pair) {
+			t.Errorf("%s args lack --pair: %s", p.Name, args)
+		}
+		if strings.Count(args, "--tls-cert=") != 1 || !strings.Contains(args, "--tls-cert=/certs/"+p.Name+".pem") || !strings.Contains(args, "--name="+p.Name+" ") {
+			t.Errorf("%s: own name and certificate once: %s", p.Name, args)
+		}
+	}
+	if n != 6 {
+		t.Fatalf("%d cores, want 6", n)
+	}
+	c2b, _ := pl.Part("core-2b")
+	c2a, _ := pl.Part("core-2a")
+	if !slices.Contains(c2b.Args, "--peer="+c2a.GRPC) || c2b.Role != "backup" || c2a.Role != "primary" {
+		t.Errorf("core-2b: %v", c2b.Args)
 	}
 }

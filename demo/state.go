@@ -75,7 +75,7 @@ func (s *Supervisor) writeState() error {
 	s.stateMu.Lock() // serialise writers so an older snapshot never wins the rename
 	defer s.stateMu.Unlock()
 	st := State{Supervisor: os.Getpid(), Parts: s.Status(), Credentials: s.opts.Credentials, Control: s.controlPath,
-		Entrypoints: s.plan.Entrypoints, UCSStore: s.opts.UCSStore}
+		Entrypoints: s.Plan().Entrypoints, UCSStore: s.opts.UCSStore}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)

@@ -55,6 +55,11 @@ type Options struct {
 	// restart requests (`hachat demo restart`, see ControlPath); it is
 	// recorded in the state file. Default: none.
 	Control string
+	// NewPair, when set, returns the parts of pair p (the next pair of
+	// the running plan; PairParts) and readies what they need (their
+	// certificates): it enables AddPair and the control socket's
+	// POST /add-pair (`hachat demo add-pair`).
+	NewPair func(p int) ([]Part, error)
 }
 
 func (o *Options) fill() error {
@@ -165,7 +170,33 @@ func Start(ctx context.Context, plan Plan, opts Options) (*Supervisor, error) {
 }
 
 // Plan returns the plan the supervisor runs.
-func (s *Supervisor) Plan() Plan { return s.plan.Clone() }
+func (s *Supervisor) Plan() Plan {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.plan.Clone()
+}
+
+// AddParts adds parts to the running plan and starts them, in order, each
+// ready before the next (a new pair of cores joins this way: nothing else
+// restarts). A name the plan already holds is refused before anything
+// starts.
+func (s *Supervisor) AddParts(ctx context.Context, parts ...Part) error {
+	s.mu.Lock()
+	grown := s.plan.Clone()
+	grown.Parts = append(grown.Parts, parts...)
+	if err := grown.Validate(); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	s.plan = grown
+	s.mu.Unlock()
+	for _, part := range parts {
+		if err := s.startPart(ctx, part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Dir returns the state directory.
 func (s *Supervisor) Dir() string { return s.opts.Dir }
@@ -259,7 +290,7 @@ func (s *Supervisor) startPart(ctx context.Context, part Part) error {
 // nameWidth is the longest part name, for aligned progress lines.
 func (s *Supervisor) nameWidth() int {
 	w := 0
-	for _, p := range s.plan.Parts {
+	for _, p := range s.Plan().Parts {
 		w = max(w, len(p.Name))
 	}
 	return w
@@ -369,9 +400,10 @@ func (s *Supervisor) Stop() {
 		s.mu.Lock()
 		s.stopping = true
 		s.mu.Unlock()
-		for i := len(s.plan.Parts) - 1; i >= 0; i-- {
+		plan := s.Plan()
+		for i := len(plan.Parts) - 1; i >= 0; i-- {
 			s.mu.Lock()
-			p := s.procs[s.plan.Parts[i].Name]
+			p := s.procs[plan.Parts[i].Name]
 			s.mu.Unlock()
 			if p == nil {
 				continue
@@ -483,7 +515,7 @@ func (s *Supervisor) StopPart(ctx context.Context, name string) error {
 // Restart stops the part if it still runs, starts it again with the same
 // flags and waits until it is ready.
 func (s *Supervisor) Restart(ctx context.Context, name string) error {
-	part, ok := s.plan.Part(name)
+	part, ok := s.Plan().Part(name)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownPart, name)
 	}
@@ -515,6 +547,8 @@ type PartState struct {
 	Kind Kind   `json:"kind"`
 	PID  int    `json:"pid"`
 	Role string `json:"role,omitempty"`
+	// Pair is a core's pair (package pairs).
+	Pair string `json:"pair,omitempty"`
 	HTTP string `json:"http,omitempty"`
 	GRPC string `json:"grpc,omitempty"`
 	// TLS says HTTP serves HTTPS with mTLS (use the operator certificate).
@@ -536,7 +570,7 @@ func (s *Supervisor) Status() []PartState {
 		if p == nil {
 			continue
 		}
-		out = append(out, PartState{Name: part.Name, Kind: part.Kind, PID: p.pid, Role: part.Role,
+		out = append(out, PartState{Name: part.Name, Kind: part.Kind, PID: p.pid, Role: part.Role, Pair: part.Pair,
 			HTTP: part.HTTP, GRPC: part.GRPC, TLS: part.TLS, State: p.state, Exit: p.exit, Log: s.LogPath(part.Name)})
 	}
 	return out

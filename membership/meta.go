@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/hachat/hachat/pairs"
 )
 
 // Kinds of member. A core serves chats, the xds control plane and the witness
@@ -58,6 +60,9 @@ type Meta struct {
 	// HTTPAddr is the member's HTTP address (host:port): /healthz, /metrics
 	// and, for witnesses and the control plane, /membership/v1/reachable.
 	HTTPAddr string `json:"http"`
+	// Pair names the primary/backup pair of a core (package pairs); empty
+	// is the default pair. Only cores have one.
+	Pair string `json:"pair,omitempty"`
 }
 
 // Validate reports whether m is well formed: a known kind, a role only on
@@ -68,9 +73,17 @@ func (m Meta) Validate() error {
 		if m.Role != RolePrimary && m.Role != RoleBackup && m.Role != "" {
 			return fmt.Errorf("%w: role %q: want primary, backup or empty", ErrBadMeta, m.Role)
 		}
+		if m.Pair != "" {
+			if err := pairs.Validate(m.Pair); err != nil {
+				return fmt.Errorf("%w: %w", ErrBadMeta, err)
+			}
+		}
 	case KindXDS, KindWitness, KindWebAPI, KindInteraction:
 		if m.Role != "" {
 			return fmt.Errorf("%w: role %q on a %s member: only cores have a role", ErrBadMeta, m.Role, m.Kind)
+		}
+		if m.Pair != "" {
+			return fmt.Errorf("%w: pair %q on a %s member: only cores have a pair", ErrBadMeta, m.Pair, m.Kind)
 		}
 	default:
 		return fmt.Errorf("%w: kind %q: want core, xds, witness, webapi or interaction", ErrBadMeta, m.Kind)

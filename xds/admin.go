@@ -57,6 +57,9 @@ type NodeStatus struct {
 	// Subscriptions maps resource type to requested names; ["*"] is
 	// wildcard.
 	Subscriptions map[string][]string `json:"subscriptions"`
+	// InSync is true when the node (SotW) has acknowledged the current
+	// version of every type it subscribed to: it applies what is served.
+	InSync bool `json:"inSync"`
 }
 
 // Status is the answer of GET /xds/v1/status.
@@ -111,6 +114,12 @@ func (s *Server) Status() Status {
 				names = []string{"*"}
 			}
 			ns.Subscriptions[shortType(typ)] = names
+		}
+		ns.InSync = !n.delta && len(n.names) > 0
+		for typ := range n.names {
+			if v := n.set[typ]; v == "" || n.acked[typ] != v {
+				ns.InSync = false
+			}
 		}
 		st.Nodes = append(st.Nodes, ns)
 	}
@@ -213,6 +222,7 @@ func (s *Server) Handler() http.Handler {
 		s.SetFault(r.Context(), false)
 		writeJSON(w, http.StatusOK, s.Status())
 	}))
+	s.pairHandlers(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if s.Resources() == nil {
 			http.Error(w, "no snapshot yet", http.StatusServiceUnavailable)

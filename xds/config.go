@@ -77,6 +77,12 @@ type Config struct {
 	// default): no ingress resources.
 	IngressCustomer string `yaml:"ingress-customer"`
 	IngressAgent    string `yaml:"ingress-agent"`
+	// PairPoll is how often the control plane asks each pair's primary
+	// for its live sessions, the input of placement (default 250ms).
+	PairPoll time.Duration `yaml:"pair-poll"`
+	// PairCapacity is the live sessions one pair holds: a pair at it
+	// takes no new chat (default 20000, the cores' default max-sessions).
+	PairCapacity uint64 `yaml:"pair-capacity"`
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -90,6 +96,8 @@ func DefaultConfig() Config {
 		HealthyThreshold:   1,
 		ConnectTimeout:     500 * time.Millisecond,
 		ListenerPort:       7301,
+		PairPoll:           250 * time.Millisecond,
+		PairCapacity:       DefaultPairCapacity,
 	}
 }
 
@@ -110,6 +118,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLS.Key, "tls-key", c.TLS.Key, "mTLS: the control plane's private key")
 	fs.StringVar(&c.IngressCustomer, "ingress-customer", c.IngressCustomer, "publish the edge's customer listener at this IP:port, to the webapi instances (empty: no ingress)")
 	fs.StringVar(&c.IngressAgent, "ingress-agent", c.IngressAgent, "publish the edge's agent listener at this IP:port, to the interaction instances (empty: none)")
+	fs.DurationVar(&c.PairPoll, "pair-poll", c.PairPoll, "how often each pair's primary is asked for its live sessions (placement)")
+	fs.Uint64Var(&c.PairCapacity, "pair-capacity", c.PairCapacity, "live sessions one pair holds; a pair at it takes no new chat")
 	fs.Var((*uint32Value)(&c.ListenerPort), "listener-port", "port of the chatcore-sidecar listener on 127.0.0.1 (Envoy binds it; the hachat sidecar uses its own --listen)")
 }
 
@@ -134,6 +144,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.validateResources(); err != nil {
 		return err
+	}
+	if c.PairPoll <= 0 {
+		return fmt.Errorf("%w: pair-poll must be positive, got %v", ErrBadConfig, c.PairPoll)
 	}
 	return nil
 }

@@ -66,6 +66,9 @@ type Member struct {
 	GRPCAddr string `json:"grpcAddr,omitempty"`
 	// HTTPAddr is the member's HTTP address.
 	HTTPAddr string `json:"httpAddr,omitempty"`
+	// Pair is the pair of a core (package pairs); empty is the default
+	// pair.
+	Pair string `json:"pair,omitempty"`
 	// State is the member's liveness.
 	State State `json:"-"`
 }

@@ -59,5 +59,5 @@ func fromMembership(m membership.Member) Member {
 		st = StateLeft
 	}
 	return Member{Name: m.Name, Kind: m.Meta.Kind, Role: m.Meta.Role, Epoch: m.Meta.Epoch,
-		GRPCAddr: m.Meta.GRPCAddr, HTTPAddr: m.Meta.HTTPAddr, State: st}
+		GRPCAddr: m.Meta.GRPCAddr, HTTPAddr: m.Meta.HTTPAddr, Pair: m.Meta.Pair, State: st}
 }

@@ -17,6 +17,9 @@ type metrics struct {
 	nodes        prometheus.Gauge
 	streams      prometheus.Gauge
 	endpoints    *prometheus.GaugeVec
+	pairs        *prometheus.GaugeVec
+	pairLive     *prometheus.GaugeVec
+	pairWeight   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,8 +61,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hachat_xds_endpoints",
 			Help: "Published chat core endpoints by priority and health.",
 		}, []string{"priority", "health"}),
+		pairs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hachat_xds_pair_state",
+			Help: "1 for each pair of a cluster of several, labelled with its state (serving, draining, degraded).",
+		}, []string{"pair", "state"}),
+		pairLive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hachat_xds_pair_live_sessions",
+			Help: "Live sessions of each pair as its primary last reported them (the input of placement).",
+		}, []string{"pair"}),
+		pairWeight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hachat_xds_pair_weight",
+			Help: "Weight of each pair in the published placement route (0: it takes no new chat).",
+		}, []string{"pair"}),
 	}
-	for _, c := range []prometheus.Collector{m.generation, m.info, m.builds, m.buildSeconds, m.pushes, m.nacks, m.nodes, m.streams, m.endpoints} {
+	for _, c := range []prometheus.Collector{m.generation, m.info, m.builds, m.buildSeconds, m.pushes, m.nacks, m.nodes, m.streams, m.endpoints, m.pairs, m.pairLive, m.pairWeight} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register xds metrics: %w", err)
 		}

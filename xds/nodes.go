@@ -112,7 +112,7 @@ func (s *Server) attachLocked(byStream map[int64]string, sid int64, id string, d
 	if _, known := byStream[sid]; !known {
 		byStream[sid] = id
 		if !ok {
-			st = &nodeState{names: map[string][]string{}, delta: delta}
+			st = &nodeState{names: map[string][]string{}, delta: delta, set: map[string]string{}, acked: map[string]string{}}
 			s.nodes[id] = st
 			s.log.Info("xDS node connected", "node", id, "delta", delta)
 		}
@@ -150,6 +150,9 @@ func (s *Server) onStreamRequest(sid int64, req *discovery.DiscoveryRequest) err
 	if n := req.GetNode(); n != nil {
 		st.envoy = isEnvoy(n)
 		st.edge = n.GetCluster() == EdgeNodeCluster
+	}
+	if req.GetErrorDetail() == nil && req.GetResponseNonce() != "" {
+		st.acked[typ] = req.GetVersionInfo()
 	}
 	if d := req.GetErrorDetail(); d != nil {
 		rejected := s.lastSent[sid][typ]

@@ -62,6 +62,14 @@ type Options struct {
 	// Config.TLS when it is set (and Run watches the files); a caller that
 	// already holds a Source passes it here (Run watches it too).
 	TLS *mtls.Source
+	// PairLive asks the primary at addr (its gRPC address) for its live
+	// sessions. Nil dials the core's Status over gRPC (mTLS as for
+	// Switchover), one cached connection per core.
+	PairLive PairLiveFunc
+	// Drains keeps the drain list where every control plane sees it
+	// (EtcdDrains, with --coordination). Nil: each control plane keeps its
+	// own, in memory (`hachat ctl drain` tells every control plane).
+	Drains DrainStore
 	// Handlers are mounted on the admin HTTP mux by pattern, e.g.
 	// membership's reachable handler so that the control plane serves as
 	// the witness.
@@ -93,6 +101,9 @@ type nodeState struct {
 	// edge is true for a node of cluster EdgeNodeCluster: only such nodes
 	// get the ingress listeners on a wildcard request.
 	edge bool
+	// set and acked hold, per type URL, the version of the node's snapshot
+	// and the version the node last acknowledged (SotW only).
+	set, acked map[string]string
 }
 
 // Server is the control plane: a go-control-plane snapshot cache in ADS
@@ -126,6 +137,13 @@ type Server struct {
 	lastSent    map[int64]map[string]string
 	lastNACK    *NACK
 	publishedAt time.Time
+	// live and draining feed the placement weights (BuildPairs).
+	live     map[string]uint64
+	draining map[string]bool
+	arrivals float64 // new chats per poll interval, smoothed
+
+	// kick asks Run to rebuild (live sessions or a drain changed).
+	kick chan struct{}
 }
 
 // New validates cfg, binds the gRPC and HTTP listeners (so GRPCAddr and
@@ -143,6 +161,7 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 		tracer: tel.Tracer.Tracer("github.com/hachat/hachat/xds"),
 		nodes:  map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
 		lastSent: map[int64]map[string]string{},
+		live:     map[string]uint64{}, draining: map[string]bool{}, kick: make(chan struct{}, 1),
 	}
 	s.tls = opts.TLS
 	if s.tls == nil && cfg.TLS.Enabled() {
@@ -232,6 +251,21 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
 	go func() { errc <- s.httpSrv.Serve(httpLn) }()
 	s.log.Info("xDS control plane serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr())
+	pctx, pcancel := context.WithCancel(ctx)
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		s.pollPairs(pctx)
+	}()
+	defer func() { pcancel(); <-polled }()
+	if s.opts.Drains != nil {
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			s.watchDrains(pctx)
+		}()
+		defer func() { pcancel(); <-watched }()
+	}
 
 	var err error
 loop:
@@ -245,6 +279,8 @@ loop:
 				break loop
 			}
 			s.publish(ctx, "membership change")
+		case <-s.kick:
+			s.publish(ctx, "pair placement")
 		case err = <-errc:
 			err = fmt.Errorf("serve: %w", err)
 			break loop
@@ -268,7 +304,7 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	_, span := s.tracer.Start(ctx, "xds.build_snapshot", trace.WithAttributes(attribute.String("reason", reason)))
 	defer span.End()
 	members := s.view.Members()
-	res, err := Build(s.cfg, members)
+	res, err := BuildPairs(s.cfg, members, s.pairInputs())
 	if err != nil {
 		s.met.builds.WithLabelValues("error").Inc()
 		span.RecordError(err)
@@ -282,6 +318,12 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	s.mu.Lock()
 	s.members = members
 	if s.good != nil && s.good.Version == res.Version {
+		// Same resources; the pairs' live counts (not in the resources
+		// when no weight moved) are fresher.
+		s.pairChangesLocked(s.good, res)
+		g := *s.good
+		g.Pairs = res.Pairs
+		s.good = &g
 		s.mu.Unlock()
 		s.met.builds.WithLabelValues("unchanged").Inc()
 		span.SetAttributes(attribute.String("version", res.Version), attribute.Bool("changed", false))
@@ -290,6 +332,7 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	prev := s.good
 	s.good = res
 	s.refreshLocked(ctx)
+	s.pairChangesLocked(prev, res)
 	nodes := len(s.nodes)
 	s.mu.Unlock()
 
@@ -302,7 +345,11 @@ func (s *Server) publish(ctx context.Context, reason string) {
 	if prev != nil {
 		prevPrimary = prev.Primary
 	}
-	s.log.Info("snapshot published", "reason", reason, "version", res.Version, "primary", res.Primary,
+	level := slog.LevelInfo
+	if reason == "pair placement" {
+		level = slog.LevelDebug // weights follow live sessions: every poll may change them
+	}
+	s.log.Log(ctx, level, "snapshot published", "reason", reason, "version", res.Version, "primary", res.Primary,
 		"previous_primary", prevPrimary, "endpoints", placementSummary(res.Placements), "nodes", nodes, "took", took)
 }
 
@@ -348,6 +395,7 @@ func (s *Server) setSnapshotLocked(ctx context.Context, id string, st *nodeState
 			return false
 		}
 		snap.Resources[cache.GetResponseType(typ)] = cache.NewResources(v, sel)
+		st.set[typ] = v
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), setSnapshotTimeout)
 	defer cancel()

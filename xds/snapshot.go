@@ -27,6 +27,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hachat/hachat/pairs"
 )
 
 // Names of the published resources. Clients depend on them: grpc-go asks
@@ -68,6 +70,9 @@ type Placement struct {
 	State    string `json:"state"`
 	Priority uint32 `json:"priority"`
 	Healthy  bool   `json:"healthy"`
+	// Pair is the core's pair when the cluster runs several (empty with
+	// one).
+	Pair string `json:"pair,omitempty"`
 }
 
 // Resources is one consistent, validated set of resources for the chat
@@ -84,6 +89,9 @@ type Resources struct {
 	Placements []Placement
 	// Skipped explains each core left out (bad or duplicate address).
 	Skipped []string
+	// Pairs describes every pair, in pair order, when the cluster runs
+	// several (nil with the default pair only).
+	Pairs []PairInfo
 
 	Listeners []types.Resource
 	Routes    []types.Resource
@@ -135,8 +143,19 @@ func (r *Resources) ForEnvoy() map[resource.Type][]types.Resource {
 // and validates every resource; it returns an error wrapping ErrBadConfig
 // or ErrInvalidResource and no resources when anything is wrong.
 func Build(cfg Config, members []Member) (*Resources, error) {
+	return BuildPairs(cfg, members, PairInputs{})
+}
+
+// BuildPairs is Build with what the control plane knows of the pairs
+// besides membership (live sessions, drains). With the cores of one pair,
+// the default one, the resources are exactly Build's of a one-pair
+// cluster; with more, see buildPairs.
+func BuildPairs(cfg Config, members []Member, in PairInputs) (*Resources, error) {
 	if err := cfg.validateResources(); err != nil {
 		return nil, err
+	}
+	if names := pairNames(members); len(names) > 1 || len(names) == 1 && names[0] != pairs.Default {
+		return buildPairs(cfg, members, names, in)
 	}
 	placements, primary, skipped := place(members)
 	r := &Resources{Placements: placements, Primary: primary, Skipped: skipped}
@@ -148,14 +167,14 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc, err := chatCluster(cfg, providerFlavour)
+	hc, err := chatCluster(cfg, providerFlavour, ClusterName)
 	if err != nil {
 		return nil, err
 	}
 	r.Listeners = []types.Resource{api, sidecar}
 	r.Routes = []types.Resource{chatRoute()}
 	r.Clusters = []types.Resource{hc}
-	r.Endpoints = []types.Resource{loadAssignment(placements)}
+	r.Endpoints = []types.Resource{loadAssignment(ClusterName, placements)}
 	ils, ics, ies, err := ingressResources(cfg, members)
 	if err != nil {
 		return nil, err
@@ -172,13 +191,18 @@ func Build(cfg Config, members []Member) (*Resources, error) {
 		if err != nil {
 			return nil, err
 		}
-		ehc, err := chatCluster(cfg, sdsFlavour)
+		ehc, err := chatCluster(cfg, sdsFlavour, ClusterName)
 		if err != nil {
 			return nil, err
 		}
 		r.EnvoyListeners = append([]types.Resource{api, esidecar}, ils...)
 		r.EnvoyClusters = append([]types.Resource{ehc}, ics...)
 	}
+	return finish(r)
+}
+
+// finish validates r and sets its version.
+func finish(r *Resources) (*Resources, error) {
 	if err := ValidateAll(r); err != nil {
 		return nil, err
 	}
@@ -319,17 +343,23 @@ func socketAddress(host string, port uint32) *core.Address {
 // non-nil ts (the Envoy flavour with TLS) makes the filter chain terminate
 // mTLS.
 func sidecarListener(cfg Config, ts *core.TransportSocket) (*listener.Listener, error) {
+	return pairSidecarListener(ListenerName, ClusterName, cfg.ListenerPort, ts)
+}
+
+// pairSidecarListener is a sidecar listener called name on 127.0.0.1:port
+// whose TCP proxy goes to cluster clusterName.
+func pairSidecarListener(name, clusterName string, port uint32, ts *core.TransportSocket) (*listener.Listener, error) {
 	tp, err := anypb.New(&tcpproxy.TcpProxy{
-		StatPrefix:       ClusterName,
-		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: ClusterName},
+		StatPrefix:       clusterName,
+		ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: clusterName},
 		IdleTimeout:      durationpb.New(0),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pack tcp proxy: %w", err)
 	}
 	return &listener.Listener{
-		Name:    ListenerName,
-		Address: socketAddress("127.0.0.1", cfg.ListenerPort),
+		Name:    name,
+		Address: socketAddress("127.0.0.1", port),
 		FilterChains: []*listener.FilterChain{{
 			Filters:         []*listener.Filter{{Name: TCPProxyFilter, ConfigType: &listener.Filter_TypedConfig{TypedConfig: tp}}},
 			TransportSocket: ts,
@@ -389,7 +419,7 @@ func chatRoute() *route.RouteConfiguration {
 // once. With cfg.TrustDomain set, the cluster speaks mTLS to the cores
 // (transport socket with an UpstreamTlsContext in flavour f, peer SAN
 // spiffe://<td>/core/...).
-func chatCluster(cfg Config, f tlsFlavour) (*cluster.Cluster, error) {
+func chatCluster(cfg Config, f tlsFlavour, name string) (*cluster.Cluster, error) {
 	h2, err := anypb.New(&upstreamhttp.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
@@ -411,7 +441,7 @@ func chatCluster(cfg Config, f tlsFlavour) (*cluster.Cluster, error) {
 	interval := durationpb.New(cfg.HealthInterval)
 	return &cluster.Cluster{
 		TransportSocket:      ts,
-		Name:                 ClusterName,
+		Name:                 name,
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
 		LbPolicy:             cluster.Cluster_ROUND_ROBIN,
@@ -434,8 +464,8 @@ func chatCluster(cfg Config, f tlsFlavour) (*cluster.Cluster, error) {
 // loadAssignment groups the placements by priority, one locality per
 // priority (grpc-go rejects a locality repeated within a priority, and
 // priorities must be contiguous from 0, which place guarantees).
-func loadAssignment(ps []Placement) *endpoint.ClusterLoadAssignment {
-	cla := &endpoint.ClusterLoadAssignment{ClusterName: ClusterName}
+func loadAssignment(name string, ps []Placement) *endpoint.ClusterLoadAssignment {
+	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
 	var cur *endpoint.LocalityLbEndpoints
 	for _, p := range ps {
 		if cur == nil || cur.Priority != p.Priority {

@@ -142,7 +142,7 @@ func runCore(ctx context.Context, args []string, out, errw io.Writer) error {
 		mcfg.Name = file.Name
 		m, err := membership.New(ctx, mcfg, membership.Meta{Kind: membership.KindCore, Role: membership.RoleBackup,
 			GRPCAddr: membership.Announced(file.GRPC, file.GRPCAdvertise),
-			HTTPAddr: membership.Announced(file.HTTP, file.HTTPAdvertise)}, tel)
+			HTTPAddr: membership.Announced(file.HTTP, file.HTTPAdvertise), Pair: file.Pair}, tel)
 		if err != nil {
 			return fmt.Errorf("join the gossip cluster: %w", err)
 		}

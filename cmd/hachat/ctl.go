@@ -23,10 +23,19 @@ import (
 const ctlSummary = `Cluster control, what Genesys SCI does for a chat server pair.
 
   hachat ctl status     [--state FILE | --core ADDR,ADDR] [--json]
-  hachat ctl switchover [--state FILE | --core ADDR,ADDR] [--admin-token TOKEN]
+  hachat ctl switchover [--state FILE [--pair P] | --core ADDR,ADDR] [--admin-token TOKEN]
   hachat ctl export     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN]
   hachat ctl delete     --chat ID | --email ADDR | --user-data KEY=VALUE [--state FILE | --ucs URL] [--admin-token TOKEN] [--json]
   hachat ctl health     --core ADDR [--service NAME]   (grpc.health.v1; exit 0 when SERVING)
+  hachat ctl pairs      [--state FILE | --xds URL,URL] [--json]
+  hachat ctl drain PAIR [--state FILE | --xds URL,URL] [--admin-token TOKEN] [--wait DURATION]
+  hachat ctl undrain PAIR [--state FILE | --xds URL,URL] [--admin-token TOKEN]
+
+pairs lists the pairs of cores as the control plane places chats on them
+(state, live chats, placement weight). drain stops placing new chats on a
+pair at every control plane, then waits (up to --wait; 0: not at all) and
+reports when its last chat ended, with progress while it waits; undrain lets
+the pair take new chats again.
 
 The cores are found in the demo's state file unless --core names them; with
 --state, the admin token and the operator's mTLS certificate come from the
@@ -50,7 +59,18 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		return errUsage
 	}
 	verb := args[0]
+	pairName := ""
+	if verb == "drain" || verb == "undrain" {
+		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
+			return fmt.Errorf("%s: name the pair: hachat ctl %s PAIR", verb, verb)
+		}
+		pairName = args[1]
+		args = append([]string{verb}, args[2:]...)
+	}
 	var opts struct {
+		XDS        string        `yaml:"xds"`
+		Pair       string        `yaml:"pair"`
+		Wait       time.Duration `yaml:"wait"`
 		State      string        `yaml:"state"`
 		Core       string        `yaml:"core"`
 		JSON       bool          `yaml:"json"`
@@ -65,6 +85,7 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	opts.State = ".hachat/demo.json"
 	opts.Timeout = 5 * time.Second
+	opts.Wait = 10 * time.Minute
 	err := parseFlags("ctl "+verb, ctlSummary, args[1:], errw, &opts, func(fs *flag.FlagSet) {
 		fs.StringVar(&opts.State, "state", opts.State, "demo state file to find the cores in")
 		fs.StringVar(&opts.Core, "core", opts.Core, "chat core gRPC addresses, comma-separated (instead of --state)")
@@ -76,10 +97,16 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 		fs.StringVar(&opts.Email, "email", opts.Email, "customer's email address, as given at chat start (export, delete)")
 		fs.StringVar(&opts.UserData, "user-data", opts.UserData, "customer's userData pair KEY=VALUE, as given at chat start (export, delete)")
 		fs.StringVar(&opts.Service, "service", opts.Service, "health: the grpc.health.v1 service asked about (empty: the server as a whole)")
+		fs.StringVar(&opts.Pair, "pair", opts.Pair, "status, switchover: only the cores of this pair (with --state; a switchover in a cluster of several pairs needs it)")
+		fs.StringVar(&opts.XDS, "xds", opts.XDS, "control plane admin URLs, comma-separated (pairs, drain; instead of --state)")
+		fs.DurationVar(&opts.Wait, "wait", opts.Wait, "drain: how long to wait for the pair's last chat to end (0: do not wait)")
 		registerTLSFlags(fs, &opts.TLS)
 	})
 	if err != nil {
 		return err
+	}
+	if verb == "pairs" || verb == "drain" || verb == "undrain" {
+		return runCtlPairs(ctx, verb, pairName, opts.XDS, opts.State, opts.AdminToken, opts.TLS, opts.Timeout, opts.Wait, opts.JSON, out)
 	}
 	if verb == "export" || verb == "delete" {
 		sel, err := clusterctl.ParseSelector(opts.Chat, opts.Email, opts.UserData)
@@ -111,6 +138,20 @@ func runCtl(ctx context.Context, args []string, out, errw io.Writer) error {
 	addrs, err := ctlCores(opts.Core, opts.State)
 	if err != nil {
 		return err
+	}
+	if opts.Core == "" && (opts.Pair != "" || verb == "switchover") {
+		of, all, err := clusterctl.CoresOfPair(opts.State, opts.Pair)
+		if err != nil {
+			return err
+		}
+		switch {
+		case opts.Pair == "" && len(all) > 1:
+			return fmt.Errorf("%s: the cluster runs pairs %s: name one with --pair", verb, strings.Join(all, ", "))
+		case opts.Pair != "" && len(of) == 0:
+			return fmt.Errorf("%s: no core of pair %q in %s (pairs: %s)", verb, opts.Pair, opts.State, strings.Join(all, ", "))
+		case opts.Pair != "":
+			addrs = of
+		}
 	}
 	ctl, err := ctlClient(opts.TLS, opts.Core, opts.State)
 	if err != nil {
@@ -232,4 +273,83 @@ func ctlPrivacy(ucsURL, state, token string, files mtls.Files, timeout time.Dura
 		hc = src.HTTPClient(mtls.Allow(mtls.KindUCS), timeout)
 	}
 	return clusterctl.Privacy{UCS: ucsmock.NewClient(ucsURL, hc, telemetry.Discard()), AdminToken: token}, nil
+}
+
+// runCtlPairs runs pairs, drain and undrain against the control planes of
+// --xds or the state file (admin token and operator certificate from the
+// state file unless given).
+func runCtlPairs(ctx context.Context, verb, pair, xdsURLs, state, token string, files mtls.Files, timeout, wait time.Duration, asJSON bool, out io.Writer) error {
+	fromState := xdsURLs == ""
+	var urls []string
+	if fromState {
+		var err error
+		if urls, err = clusterctl.ControlPlanesFromState(state); err != nil {
+			return fmt.Errorf("find the control planes (use --xds or --state): %w", err)
+		}
+		if token == "" {
+			token = stateAdminToken("", state)
+		}
+		if !files.Enabled() {
+			if st, err := demo.ReadState(state); err == nil && st.Credentials.CertDir != "" {
+				files = mtls.FilesIn(st.Credentials.CertDir, demo.OperatorName)
+			}
+		}
+	} else {
+		urls = strings.Split(xdsURLs, ",")
+	}
+	hc := &http.Client{Timeout: timeout}
+	if files.Enabled() {
+		src, err := mtls.Load(files)
+		if err != nil {
+			return err
+		}
+		hc = src.HTTPClient(mtls.Allow(mtls.KindXDS), timeout)
+	}
+	ps := clusterctl.Pairs{URLs: urls, HTTP: hc, AdminToken: token}
+	switch verb {
+	case "pairs":
+		st, err := ps.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(st)
+		}
+		fmt.Fprintf(out, "%-6s %-9s %-10s %6s %7s\n", "PAIR", "STATE", "PRIMARY", "LIVE", "WEIGHT")
+		for _, p := range st.Pairs {
+			fmt.Fprintf(out, "%-6s %-9s %-10s %6d %7d\n", p.Name, p.State, orDash(p.Primary), p.Live, p.Weight)
+		}
+		return nil
+	}
+	if token == "" {
+		return errMissingAdminToken
+	}
+	if err := ps.SetDraining(ctx, pair, verb == "drain"); err != nil {
+		return err
+	}
+	if verb == "undrain" {
+		fmt.Fprintf(out, "pair %s takes new chats again\n", pair)
+		return nil
+	}
+	fmt.Fprintf(out, "pair %s draining: it takes no new chat at %d control plane(s); its chats go on\n", pair, len(urls))
+	if wait <= 0 {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	took, err := ps.WaitDrained(wctx, pair, time.Second, out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "pair %s drained: its last chat ended (waited %s)\n", pair, took.Round(time.Millisecond))
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -44,6 +44,9 @@ type demoConfig struct {
 	// Coordination points the cores at an etcd the deployment already runs
 	// (host:port,...); then the demo starts no members of its own.
 	Coordination string `yaml:"coordination"`
+	// Pairs is how many primary/backup pairs of cores run (default 1:
+	// core-a and core-b; pair p > 1 is core-<p>a and core-<p>b).
+	Pairs int `yaml:"pairs"`
 }
 
 // runDemo starts the whole cluster on this machine, each part its own child
@@ -52,11 +55,15 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	if len(args) > 0 && args[0] == "restart" {
 		return runDemoRestart(ctx, args[1:], out, errw)
 	}
+	if len(args) > 0 && args[0] == "add-pair" {
+		return runDemoAddPair(ctx, args[1:], out, errw)
+	}
 	cfg := demoConfig{Dir: ".hachat", LogFormat: "text", Stage: int(demo.StageMesh), UCSStore: "bbolt",
-		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3}
+		ReadyTimeout: 20 * time.Second, Grace: 5 * time.Second, CoordMembers: 3, Pairs: 1}
 	err := parseFlags("demo", "Run the whole cluster on this machine, each part its own process.\n"+
 		"Writes the state file (who runs where, with PIDs), logs each part to <dir>/<part>.log,\n"+
-		"never restarts a part by itself (`hachat demo restart NAME` does, when asked),\n"+
+		"never restarts a part by itself (`hachat demo restart NAME` does, when asked;\n"+
+		"`hachat demo add-pair` starts one more pair of cores in the running cluster),\n"+
 		"and stops everything on Ctrl-C or SIGTERM.",
 		args, errw, &cfg, func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "state directory: part logs and ucsmock's database")
@@ -69,6 +76,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 			fs.StringVar(&cfg.UCSStore, "ucs-store", cfg.UCSStore, "ucs's store: bbolt (one ucs, <dir>/ucs.db) or postgres (a throwaway PostgreSQL cluster from Debian's postgresql package and two ucs instances on it)")
 			fs.IntVar(&cfg.CoordMembers, "coord-members", cfg.CoordMembers, "coordination members (embedded etcd) holding the epochs: 0, 1 or 3 (0: epochs at UCS)")
 			fs.StringVar(&cfg.Coordination, "coordination", cfg.Coordination, "use this etcd (host:port,...) for the epochs instead of starting members")
+			fs.IntVar(&cfg.Pairs, "pairs", cfg.Pairs, fmt.Sprintf("primary/backup pairs of cores (1-%d; pair p > 1 is core-<p>a and core-<p>b)", demo.MaxPairs))
 			fs.BoolVar(&cfg.Plaintext, "plaintext", cfg.Plaintext, "no mTLS between the parts (default: mTLS with certificates in <dir>/certs)")
 		})
 	if err != nil {
@@ -85,6 +93,12 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 	}
 	if cfg.CoordMembers < 0 || cfg.CoordMembers > 3 {
 		return fmt.Errorf("--coord-members must be 0 to 3, not %d", cfg.CoordMembers)
+	}
+	if cfg.Pairs < 1 || cfg.Pairs > demo.MaxPairs {
+		return fmt.Errorf("--pairs must be 1 to %d, not %d", demo.MaxPairs, cfg.Pairs)
+	}
+	if cfg.Pairs > 1 && cfg.Stage < int(demo.StageMesh) {
+		return fmt.Errorf("--pairs %d needs --stage 4: the control plane routes each chat to its pair", cfg.Pairs)
 	}
 	if cfg.State == "" {
 		cfg.State = filepath.Join(cfg.Dir, "demo.json")
@@ -108,6 +122,7 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		CoordMembers: cfg.CoordMembers,
 		Coordination: cfg.Coordination,
 		UCSStore:     cfg.UCSStore,
+		Pairs:        cfg.Pairs,
 	}
 	var ucsStore *demo.UCSStoreState
 	if cfg.UCSStore == "postgres" {
@@ -158,6 +173,18 @@ func runDemo(ctx context.Context, args []string, out, errw io.Writer) error {
 		Dir: cfg.Dir, StatePath: cfg.State, Progress: progress, Logger: logger,
 		ReadyTimeout: cfg.ReadyTimeout, Grace: cfg.Grace, TLS: clientTLS, Credentials: creds, UCSStore: ucsStore,
 		Control: demo.ControlPath(cfg.State),
+		NewPair: func(p int) ([]demo.Part, error) {
+			if layout.Stage < demo.StageMesh {
+				return nil, fmt.Errorf("%w: pairs need --stage 4 (the control plane routes each chat to its pair)", demo.ErrNoNewPair)
+			}
+			parts := demo.PairParts(layout, p, p)
+			if layout.CertDir != "" {
+				if err := demo.EnsureCerts(layout.CertDir, demo.Plan{Parts: parts}); err != nil {
+					return nil, err
+				}
+			}
+			return parts, nil
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)

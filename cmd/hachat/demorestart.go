@@ -59,6 +59,43 @@ func runDemoRestart(ctx context.Context, args []string, out, errw io.Writer) err
 	return nil
 }
 
+const demoAddPairSummary = `Add a primary/backup pair of cores to the running demo.
+
+  hachat demo add-pair [--state FILE] [--timeout DURATION]
+
+The demo starts core-<P>a (primary) and core-<P>b (backup) of the next pair P:
+they join the gossip, claim their pair's own epoch, and the control planes
+start placing new chats on the pair (hachat ctl pairs shows it). Nothing else
+restarts.`
+
+// runDemoAddPair asks the running demo to start the next pair.
+func runDemoAddPair(ctx context.Context, args []string, out, errw io.Writer) error {
+	var opts struct {
+		State   string        `yaml:"state"`
+		Timeout time.Duration `yaml:"timeout"`
+	}
+	opts.State = ".hachat/demo.json"
+	opts.Timeout = time.Minute
+	err := parseFlags("demo add-pair", demoAddPairSummary, args, errw, &opts, func(fs *flag.FlagSet) {
+		fs.StringVar(&opts.State, "state", opts.State, "state file of the running demo")
+		fs.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for the pair's cores to be ready")
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	res, err := demo.RequestAddPair(ctx, opts.State)
+	if err != nil {
+		return err
+	}
+	for _, p := range res.Parts {
+		fmt.Fprintf(out, "%s (pair %s, %s) running: pid %d\n", p.Name, p.Pair, p.Role, p.PID)
+	}
+	fmt.Fprintf(out, "pair %s joined in %s; placement: hachat ctl pairs --state %s\n", res.Pair, res.Took.Round(time.Millisecond), opts.State)
+	return nil
+}
+
 // splitName takes the first argument that is neither a flag nor the value
 // of one of valued (flags given as "--flag value") out of args.
 func splitName(args []string, valued ...string) (name string, rest []string) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hachat/hachat/coord"
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
@@ -24,10 +26,15 @@ import (
 // gossip and telemetry options side by side, keys as the flag names.
 type xdsFile struct {
 	// Name is the control plane's node name in the gossip cluster.
-	Name      string            `yaml:"name"`
-	XDS       xds.Config        `yaml:",inline"`
-	Gossip    membership.Config `yaml:",inline"`
-	Telemetry telemetry.Config  `yaml:",inline"`
+	Name string `yaml:"name"`
+	// Coordination lists the etcd endpoints (host:port, comma-separated)
+	// of the coordination cluster that keeps the drained pairs, so that
+	// every control plane places alike and a restart forgets no drain.
+	// Empty: each control plane keeps its own drain list in memory.
+	Coordination string            `yaml:"coordination"`
+	XDS          xds.Config        `yaml:",inline"`
+	Gossip       membership.Config `yaml:",inline"`
+	Telemetry    telemetry.Config  `yaml:",inline"`
 }
 
 // runXDS runs the xDS control plane, or prints a bootstrap for a client.
@@ -47,6 +54,7 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 		"Also: hachat xds envoy-bootstrap [flags], hachat xds grpc-bootstrap [flags].",
 		args, errw, &f, func(fs *flag.FlagSet) {
 			fs.StringVar(&f.Name, "name", f.Name, "node name in the gossip cluster (unique)")
+			fs.StringVar(&f.Coordination, "coordination", f.Coordination, "etcd endpoints host:port,... keeping the drained pairs for every control plane (empty: in memory, per control plane)")
 			f.XDS.RegisterFlags(fs)
 			f.Gossip.RegisterFlags(fs)
 			f.Telemetry.RegisterFlags(fs)
@@ -78,7 +86,29 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 		}
 		_ = m.Shutdown()
 	}()
+	var src *mtls.Source
+	if f.XDS.TLS.Enabled() {
+		if src, err = mtls.Load(f.XDS.TLS); err != nil {
+			return fmt.Errorf("load tls files: %w", err)
+		}
+	}
+	var drains xds.DrainStore
+	if f.Coordination != "" {
+		var etcdTLS *tls.Config
+		if src != nil {
+			etcdTLS = src.ClientConfig(mtls.Allow(mtls.KindCoord))
+		}
+		cli, err := coord.Dial(f.Coordination, etcdTLS)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		drains = xds.NewEtcdDrains(cli, tel.Logger.With("component", "xds"))
+		tel.Logger.Info("drained pairs kept at the coordination cluster (etcd)", "endpoints", f.Coordination)
+	}
 	s, err := xds.New(f.XDS, tel, xds.MembershipView(m), xds.Options{
+		TLS:    src,
+		Drains: drains,
 		Handlers: map[string]http.Handler{
 			// The control plane is a witness: cores ask it whether it can
 			// reach a primary they lost.

@@ -62,6 +62,9 @@ type Options struct {
 	// stopped after the parts) and the plan runs two ucs instances, ucs and
 	// ucs-2, on it, as `hachat demo --ucs-store postgres` does.
 	UCSStore string
+	// Pairs runs that many primary/backup pairs of cores
+	// (demo.Layout.Pairs; default 1).
+	Pairs int
 }
 
 // TestAccounts are the accounts of a test cluster: the demo's, plus the
@@ -138,7 +141,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		}
 		dir := t.TempDir()
 		layout := demo.Layout{Addrs: addrs, Stage: opts.Stage, DataDir: dir, CoreArgs: opts.CoreArgs, CoordMembers: opts.CoordMembers,
-			UCSStore: opts.UCSStore, UCSPostgres: pgDSN}
+			UCSStore: opts.UCSStore, UCSPostgres: pgDSN, Pairs: opts.Pairs}
 		if opts.TLS {
 			layout.CertDir = filepath.Join(dir, "certs")
 		}
@@ -313,10 +316,11 @@ func (c *Cluster) Plan() demo.Plan { return c.plan.Clone() }
 // Layout returns the layout (addresses, tokens, service) of the cluster.
 func (c *Cluster) Layout() demo.Layout { return c.layout }
 
-// Part returns the part called name; the test fails if there is none.
+// Part returns the part called name, also one added to the running
+// cluster (Supervisor.AddParts); the test fails if there is none.
 func (c *Cluster) Part(name string) demo.Part {
 	c.t.Helper()
-	p, ok := c.plan.Part(name)
+	p, ok := c.sup.Plan().Part(name)
 	if !ok {
 		c.t.Fatalf("cluster has no part %q", name)
 	}
