@@ -38,6 +38,8 @@ type Core struct {
 	notices NoticeSet
 	store   TranscriptStore
 	fencer  Fencer // the epochs and the primary's lease
+	// adopted are the other pairs this core adopted (N+1, adopt.go).
+	adopted *adoptions
 	// soloMu serializes recording the solo mark; soloEpoch is the epoch
 	// whose solo mark this primary recorded (0: none).
 	soloMu      sync.Mutex
@@ -190,6 +192,10 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	pairInfo.WithLabelValues(pairs.Norm(cfg.Pair)).Set(1)
 	if err := tel.Registry.Register(pairInfo); err != nil {
 		return nil, fmt.Errorf("register pair metric: %w", err)
+	}
+	var err error
+	if c.adopted, err = newAdoptions(tel.Registry); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -735,6 +735,14 @@ func withPlaceholders(sessionID string, stored []*chatpb.Event, after uint64) []
 // caller's participant and key): a refused request leaves no trace (no
 // session, no notices, no metric).
 func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.State) error) (*session, error) {
+	p, foreign := c.foreignPair(id)
+	if foreign && c.role.IsPrimary() {
+		// N+1: a chat of another pair is served only once this core holds
+		// that pair's epoch (adopt.go).
+		if err := c.adopt(ctx, p); err != nil {
+			return nil, err
+		}
+	}
 	for {
 		if s := c.session(id); s != nil {
 			return s, nil
@@ -802,6 +810,10 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 	c.putSession(s)
 	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
+	if foreign {
+		c.adopted.restored.WithLabelValues(p).Inc()
+		c.log.InfoContext(ctx, "session of an adopted pair restored", "pair", p, "session", id, "ended", s.log.State.Ended)
+	}
 	if !s.log.State.Ended {
 		c.announceFailover(ctx, s, noticeReason("ucs"))
 	}

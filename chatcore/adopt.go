@@ -1,0 +1,253 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/pairs"
+)
+
+// This file is N+1 restoration (issue 10, point 5): a primary that gets a
+// request about a chat of another pair adopts that pair first. It claims
+// the other pair's epoch at the fencing authority only while that pair's
+// lease is silent (no live primary there: both its cores are lost), keeps
+// renewing that lease so that the pair's cores, when they come back, cannot
+// claim it (they stay out, refused as holders of an older epoch), tells UCS
+// the new epoch of the pair's service (a zombie primary of the pair is then
+// fenced there too), and restores the pair's live chats from UCS with the
+// disconnected/reconnected notices (lookup, the path of a promotion). The
+// control plane routes the pair's chats here (xds: the adopted pair's
+// header route points to the adopter's cluster). docs/design.md, "N+1",
+// has the argument.
+
+// errAdoptionLost refuses a chat of a pair whose adoption this core lost.
+var errAdoptionLost = errors.New("adoption of the pair lost")
+
+// adoption is one foreign pair this core adopted (or is adopting).
+type adoption struct {
+	// ready is closed when the claim ended; err is its outcome.
+	ready chan struct{}
+	err   error
+	epoch uint64
+	// lost is set when the renewal was refused: the pair's chats are
+	// refused from then on.
+	lost bool
+}
+
+// adoptions are the foreign pairs of this core (a leaf lock).
+type adoptions struct {
+	mu   sync.Mutex
+	held map[string]*adoption
+	// gauge is hachat_core_adopted_pairs{pair}, restored
+	// hachat_core_adopted_sessions_total{pair}.
+	gauge    *prometheus.GaugeVec
+	restored *prometheus.CounterVec
+}
+
+func newAdoptions(reg prometheus.Registerer) (*adoptions, error) {
+	a := &adoptions{held: map[string]*adoption{},
+		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_adopted_pairs",
+			Help: "1 per other pair this core adopted (N+1: it holds that pair's epoch and serves its chats)."}, []string{"pair"}),
+		restored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_adopted_sessions_total",
+			Help: "Live sessions of another pair this core restored from UCS after adopting that pair."}, []string{"pair"}),
+	}
+	for _, m := range []prometheus.Collector{a.gauge, a.restored} {
+		if err := reg.Register(m); err != nil {
+			return nil, fmt.Errorf("register adoption metrics: %w", err)
+		}
+	}
+	return a, nil
+}
+
+// foreignPair returns the pair chat id names when it is not this core's.
+func (c *Core) foreignPair(id string) (string, bool) {
+	p := pairs.Of(id)
+	return p, p != pairs.Norm(c.cfg.Pair)
+}
+
+// pairService is the epoch service of pair p in this core's cluster
+// (c.cfg.Cluster is already this core's own pair's service).
+func (c *Core) pairService(p string) string {
+	base := c.cfg.Cluster
+	if own := pairs.Norm(c.cfg.Pair); own != pairs.Default {
+		base = strings.TrimSuffix(base, "-"+own)
+	}
+	return pairs.Service(base, p)
+}
+
+// adopt makes this primary the holder of pair p's epoch, once: concurrent
+// callers wait for the one claim. It fails (UNAVAILABLE, the client
+// retries) while p's own primary holds its lease, and for good once the
+// adoption was lost.
+func (c *Core) adopt(ctx context.Context, p string) error {
+	c.adopted.mu.Lock()
+	a, ok := c.adopted.held[p]
+	if ok {
+		c.adopted.mu.Unlock()
+		select {
+		case <-a.ready:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		c.adopted.mu.Lock()
+		defer c.adopted.mu.Unlock()
+		switch {
+		case a.lost:
+			return status.Errorf(codes.Unavailable, "pair %s: %v", p, errAdoptionLost)
+		case a.err != nil:
+			return status.Errorf(codes.Unavailable, "pair %s not adopted: %v", p, a.err)
+		}
+		return nil
+	}
+	a = &adoption{ready: make(chan struct{})}
+	c.adopted.held[p] = a
+	c.adopted.mu.Unlock()
+
+	epoch, err := c.claimPair(ctx, p)
+	c.adopted.mu.Lock()
+	a.err, a.epoch = err, epoch
+	if err != nil {
+		delete(c.adopted.held, p) // the next request tries again
+	}
+	close(a.ready)
+	c.adopted.mu.Unlock()
+	if err != nil {
+		c.log.WarnContext(ctx, "could not adopt another pair: its chats are refused for now", "pair", p, "err", err)
+		return status.Errorf(codes.Unavailable, "pair %s not adopted: %v", p, err)
+	}
+	c.adopted.gauge.WithLabelValues(p).Set(1)
+	c.log.WarnContext(ctx, "adopted another pair: it lost both cores; its chats are served here", "pair", p, "service", c.pairService(p), "epoch", epoch)
+	c.bg.spawn(func(ctx context.Context) { c.keepPair(ctx, p, epoch) })
+	c.bg.spawn(func(ctx context.Context) { c.restorePair(ctx, p) })
+	return nil
+}
+
+// claimPair claims pair p's next epoch if its lease is silent, and makes
+// UCS hold it before anything of the pair is read there (as announceEpoch
+// does for a promotion), so that a save of the pair's old primary that UCS
+// takes after the read is refused.
+func (c *Core) claimPair(ctx context.Context, p string) (uint64, error) {
+	svc := c.pairService(p)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cur, err := c.fencer.Current(ctx, svc)
+	if err != nil {
+		return 0, fmt.Errorf("read the epoch of %s: %w", svc, err)
+	}
+	got, err := c.fencer.Claim(ctx, svc, cur.Epoch, c.cfg.Name, c.cfg.EpochLease)
+	if err != nil {
+		return 0, fmt.Errorf("claim the epoch of %s after %d (holder %s): %w", svc, cur.Epoch, cur.Holder, err)
+	}
+	if _, atUCS := c.fencer.(StoreFencer); atUCS {
+		return got.Epoch, nil
+	}
+	for {
+		u, err := c.store.Epoch(ctx, svc)
+		if err == nil {
+			if u.Epoch >= got.Epoch {
+				return got.Epoch, nil
+			}
+			_, err = c.store.ClaimEpoch(ctx, svc, u.Epoch, got.Epoch, c.cfg.Name)
+			if err == nil || errors.Is(err, ErrEpochConflict) {
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("tell UCS epoch %d of %s: %w (last: %w)", got.Epoch, svc, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// keepPair renews the adopted pair's lease four times per epoch-lease
+// while this core is primary. A refused renewal loses the adoption: the
+// pair's chats are refused here from then on.
+func (c *Core) keepPair(ctx context.Context, p string, epoch uint64) {
+	svc := c.pairService(p)
+	t := time.NewTicker(c.cfg.EpochLease / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !c.role.IsPrimary() {
+			c.loseAdoption(ctx, p, "this core stepped down")
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
+		_, err := c.fencer.Renew(rctx, svc, epoch, c.cfg.Name)
+		cancel()
+		if errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict) {
+			c.loseAdoption(ctx, p, err.Error())
+			return
+		}
+	}
+}
+
+// loseAdoption refuses pair p's chats from now on and forgets them.
+func (c *Core) loseAdoption(ctx context.Context, p, why string) {
+	c.adopted.mu.Lock()
+	if a, ok := c.adopted.held[p]; ok {
+		a.lost = true
+	}
+	c.adopted.mu.Unlock()
+	c.adopted.gauge.DeleteLabelValues(p)
+	c.log.ErrorContext(ctx, "adoption of another pair lost: its chats are refused here", "pair", p, "why", why)
+}
+
+// adoptionLost reports whether pair p was adopted here and lost.
+func (c *Core) adoptionLost(p string) bool {
+	c.adopted.mu.Lock()
+	defer c.adopted.mu.Unlock()
+	a, ok := c.adopted.held[p]
+	return ok && a.lost
+}
+
+// restorePair restores every live chat of adopted pair p that UCS lists
+// (those not asked for yet), with the failover notices.
+func (c *Core) restorePair(ctx context.Context, p string) {
+	l, ok := c.store.(ChatLister)
+	if !ok {
+		return // restored one by one, on their first request
+	}
+	start := time.Now()
+	var list []ChatInfo
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		var err error
+		list, err = l.Chats(lctx, ChatFilter{Service: c.pairService(p)})
+		cancel()
+		if err == nil {
+			break
+		}
+		c.log.WarnContext(ctx, "could not list an adopted pair's chats at UCS: retrying", "pair", p, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+	n := 0
+	for _, ci := range list {
+		if ci.Ended || c.session(ci.ChatID) != nil || c.tombs.has(ci.ChatID) || pairs.Of(ci.ChatID) != p {
+			continue
+		}
+		if _, err := c.lookup(ctx, ci.ChatID, nil); err != nil {
+			c.log.WarnContext(ctx, "could not restore an adopted pair's session from UCS", "pair", p, "session", ci.ChatID, "err", err)
+			continue
+		}
+		n++
+	}
+	c.log.InfoContext(ctx, "adopted pair's sessions restored", "pair", p, "sessions", n, "listed", len(list), "took", time.Since(start))
+}
