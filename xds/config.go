@@ -83,6 +83,12 @@ type Config struct {
 	// PairCapacity is the live sessions one pair holds: a pair at it
 	// takes no new chat (default 20000, the cores' default max-sessions).
 	PairCapacity uint64 `yaml:"pair-capacity"`
+	// AdoptGrace is how long a pair may have no primary of its own (both
+	// its cores lost) before the control plane assigns it to an adopting
+	// pair (N+1, default 3s; 0 turns adoption off). Shorter than the time a
+	// pair's own backup needs to take over would adopt pairs that were only
+	// failing over: keep it above a few epoch leases.
+	AdoptGrace time.Duration `yaml:"adopt-grace"`
 }
 
 // DefaultConfig returns the defaults documented on each Config field.
@@ -98,6 +104,7 @@ func DefaultConfig() Config {
 		ListenerPort:       7301,
 		PairPoll:           250 * time.Millisecond,
 		PairCapacity:       DefaultPairCapacity,
+		AdoptGrace:         3 * time.Second,
 	}
 }
 
@@ -119,6 +126,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.IngressCustomer, "ingress-customer", c.IngressCustomer, "publish the edge's customer listener at this IP:port, to the webapi instances (empty: no ingress)")
 	fs.StringVar(&c.IngressAgent, "ingress-agent", c.IngressAgent, "publish the edge's agent listener at this IP:port, to the interaction instances (empty: none)")
 	fs.DurationVar(&c.PairPoll, "pair-poll", c.PairPoll, "how often each pair's primary is asked for its live sessions (placement)")
+	fs.DurationVar(&c.AdoptGrace, "adopt-grace", c.AdoptGrace, "a pair without a primary this long (both cores lost) is adopted by the least loaded serving pair, which restores its chats (0: off)")
 	fs.Uint64Var(&c.PairCapacity, "pair-capacity", c.PairCapacity, "live sessions one pair holds; a pair at it takes no new chat")
 	fs.Var((*uint32Value)(&c.ListenerPort), "listener-port", "port of the chatcore-sidecar listener on 127.0.0.1 (Envoy binds it; the hachat sidecar uses its own --listen)")
 }
@@ -147,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if c.PairPoll <= 0 {
 		return fmt.Errorf("%w: pair-poll must be positive, got %v", ErrBadConfig, c.PairPoll)
+	}
+	if c.AdoptGrace < 0 {
+		return fmt.Errorf("%w: adopt-grace must not be negative, got %v", ErrBadConfig, c.AdoptGrace)
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ type metrics struct {
 	pairs        *prometheus.GaugeVec
 	pairLive     *prometheus.GaugeVec
 	pairWeight   *prometheus.GaugeVec
+	pairAdopted  *prometheus.GaugeVec
+	adoptions    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -73,8 +75,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hachat_xds_pair_weight",
 			Help: "Weight of each pair in the published placement route (0: it takes no new chat).",
 		}, []string{"pair"}),
+		pairAdopted: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hachat_xds_pair_adopted",
+			Help: "1 for each pair adopted by another (N+1: it lost both cores; its chats are routed to the adopter), labelled with the adopter.",
+		}, []string{"pair", "by"}),
+		adoptions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hachat_xds_pair_adoptions_total",
+			Help: "Pairs assigned to an adopting pair (N+1), counted when the assignment is made or moves.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.generation, m.info, m.builds, m.buildSeconds, m.pushes, m.nacks, m.nodes, m.streams, m.endpoints, m.pairs, m.pairLive, m.pairWeight} {
+	for _, c := range []prometheus.Collector{m.generation, m.info, m.builds, m.buildSeconds, m.pushes, m.nacks, m.nodes, m.streams, m.endpoints, m.pairs, m.pairLive, m.pairWeight, m.pairAdopted, m.adoptions} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register xds metrics: %w", err)
 		}

@@ -39,6 +39,11 @@ type PairInputs struct {
 	// Capacity is the live sessions one pair holds at most (a pair at it
 	// gets weight 0). Zero means DefaultPairCapacity.
 	Capacity uint64
+	// Adopted maps a pair that lost both cores to the pair that adopted
+	// it (N+1): the adopted pair's header route and sidecar listener lead
+	// to the adopter's cluster, and the pair stays in the resources even
+	// when no core of it is left.
+	Adopted map[string]string
 	// Arrivals is how many new chats arrive per poll interval lately (the
 	// growth of the live sessions, smoothed): the weights' floor, so that
 	// a burst placed on weights a poll old does not overshoot.
@@ -64,6 +69,9 @@ type PairInfo struct {
 	Cluster  string      `json:"cluster"`
 	Listener string      `json:"listener"`
 	Cores    []Placement `json:"cores"`
+	// AdoptedBy names the pair that adopted this one (N+1): requests
+	// about its chats go to that pair's cluster. Empty: not adopted.
+	AdoptedBy string `json:"adoptedBy,omitempty"`
 }
 
 // PairCluster is the EDS cluster (and load assignment) of pair p:
@@ -206,6 +214,9 @@ func buildPairs(cfg Config, members []Member, names []string, in PairInputs) (*R
 		}
 		info := PairInfo{Name: p, State: PairServing, Primary: primary, Live: in.Live[p],
 			Cluster: PairCluster(p), Listener: PairListener(p), Cores: placements}
+		if by := in.Adopted[p]; by != "" && by != p && slices.Contains(names, by) {
+			info.AdoptedBy = by
+		}
 		switch {
 		case in.Draining[p]:
 			info.State = PairDraining
@@ -218,7 +229,11 @@ func buildPairs(cfg Config, members []Member, names []string, in PairInputs) (*R
 		if port > 65535 {
 			return nil, fmt.Errorf("%w: pair %s: sidecar listener port %d beyond 65535 (listener-port %d)", ErrBadConfig, p, port, cfg.ListenerPort)
 		}
-		sl, err := pairSidecarListener(info.Listener, info.Cluster, uint32(port), nil)
+		target := info.Cluster // where the pair's chats go: its adopter's cluster once adopted
+		if info.AdoptedBy != "" {
+			target = PairCluster(info.AdoptedBy)
+		}
+		sl, err := pairSidecarListener(info.Listener, target, uint32(port), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -230,7 +245,7 @@ func buildPairs(cfg Config, members []Member, names []string, in PairInputs) (*R
 		r.Clusters = append(r.Clusters, hc)
 		r.Endpoints = append(r.Endpoints, loadAssignment(info.Cluster, placements))
 		if cfg.TrustDomain != "" {
-			esl, err := pairSidecarListener(info.Listener, info.Cluster, uint32(port), down)
+			esl, err := pairSidecarListener(info.Listener, target, uint32(port), down)
 			if err != nil {
 				return nil, err
 			}
@@ -274,6 +289,10 @@ func pairRoute(infos []PairInfo) *route.RouteConfiguration {
 	}
 	var routes []*route.Route
 	for _, p := range infos {
+		target := p.Cluster
+		if p.AdoptedBy != "" {
+			target = PairCluster(p.AdoptedBy) // N+1: the adopter restores and serves its chats
+		}
 		routes = append(routes, &route.Route{
 			Name: "pair-" + p.Name,
 			Match: &route.RouteMatch{
@@ -285,7 +304,7 @@ func pairRoute(infos []PairInfo) *route.RouteConfiguration {
 					}},
 				}},
 			},
-			Action: action(&route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: p.Cluster}}),
+			Action: action(&route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: target}}),
 		})
 	}
 	var weighted []*route.WeightedCluster_ClusterWeight

@@ -51,7 +51,7 @@ func (s *Server) pairInputs() PairInputs {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return PairInputs{Live: maps.Clone(s.live), Draining: maps.Clone(s.draining), Capacity: s.cfg.PairCapacity,
-		Arrivals: uint64(s.arrivals + 0.5)}
+		Arrivals: uint64(s.arrivals + 0.5), Adopted: maps.Clone(s.adopted)}
 }
 
 // kickLocked asks Run to rebuild; a pending kick covers this one.

@@ -141,6 +141,10 @@ type Server struct {
 	live     map[string]uint64
 	draining map[string]bool
 	arrivals float64 // new chats per poll interval, smoothed
+	// adopted maps an adopted pair to its adopter (N+1, adopt.go);
+	// degradedSince is when each pair without a primary was first seen so.
+	adopted       map[string]string
+	degradedSince map[string]time.Time
 
 	// kick asks Run to rebuild (live sessions or a drain changed).
 	kick chan struct{}
@@ -161,7 +165,7 @@ func New(cfg Config, tel *telemetry.Telemetry, view View, opts Options) (*Server
 		tracer: tel.Tracer.Tracer("github.com/hachat/hachat/xds"),
 		nodes:  map[string]*nodeState{}, streamNode: map[int64]string{}, deltaNode: map[int64]string{},
 		lastSent: map[int64]map[string]string{},
-		live:     map[string]uint64{}, draining: map[string]bool{}, kick: make(chan struct{}, 1),
+		live:     map[string]uint64{}, draining: map[string]bool{}, adopted: map[string]string{}, degradedSince: map[string]time.Time{}, kick: make(chan struct{}, 1),
 	}
 	s.tls = opts.TLS
 	if s.tls == nil && cfg.TLS.Enabled() {
@@ -258,6 +262,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.pollPairs(pctx)
 	}()
 	defer func() { pcancel(); <-polled }()
+	adopting := make(chan struct{})
+	go func() {
+		defer close(adopting)
+		s.adoptLoop(pctx)
+	}()
+	defer func() { pcancel(); <-adopting }()
 	if s.opts.Drains != nil {
 		watched := make(chan struct{})
 		go func() {

@@ -154,7 +154,14 @@ func BuildPairs(cfg Config, members []Member, in PairInputs) (*Resources, error)
 	if err := cfg.validateResources(); err != nil {
 		return nil, err
 	}
-	if names := pairNames(members); len(names) > 1 || len(names) == 1 && names[0] != pairs.Default {
+	names := pairNames(members)
+	for p := range in.Adopted { // an adopted pair keeps its route when its cores left
+		if pairs.Validate(p) == nil && !slices.Contains(names, p) {
+			names = append(names, p)
+		}
+	}
+	slices.SortFunc(names, comparePairs)
+	if len(names) > 1 || len(names) == 1 && names[0] != pairs.Default {
 		return buildPairs(cfg, members, names, in)
 	}
 	placements, primary, skipped := place(members)
