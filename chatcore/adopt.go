@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/pairs"
 )
 
@@ -250,4 +251,50 @@ func (c *Core) restorePair(ctx context.Context, p string) {
 		n++
 	}
 	c.log.InfoContext(ctx, "adopted pair's sessions restored", "pair", p, "sessions", n, "listed", len(list), "took", time.Since(start))
+}
+
+// adoptedSave is where the saves of an adopted pair's session go: UCS
+// keeps every chat under the service it was first saved under, and fences
+// that service's saves by its epoch.
+type adoptedSave struct {
+	service string
+	epoch   uint64
+}
+
+// adoptedSaveOf returns the save target of adopted pair p's sessions (nil
+// when p is not adopted here).
+func (c *Core) adoptedSaveOf(p string) *adoptedSave {
+	c.adopted.mu.Lock()
+	defer c.adopted.mu.Unlock()
+	a, ok := c.adopted.held[p]
+	if !ok || a.err != nil || a.epoch == 0 {
+		return nil
+	}
+	return &adoptedSave{service: c.pairService(p), epoch: a.epoch}
+}
+
+// snapshotToBackup sends a session this primary just restored from UCS to
+// its in-sync backup (as the link's opening snapshot does), so that its
+// next events get their second copy from the backup. Without a backup in
+// sync the session's second copies go to UCS until the backup resyncs.
+func (c *Core) snapshotToBackup(s *session) {
+	l := c.repl.current()
+	if l == nil || !l.inSync.Load() {
+		return
+	}
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return
+	}
+	snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, s.log.LastIndex()),
+		SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+	for i, e := range s.log.Entries() {
+		snap.Events[i] = e.Ev
+	}
+	s.mu.Unlock()
+	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
+	s.replGen.Store(l.gen)
 }

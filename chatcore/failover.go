@@ -794,6 +794,9 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 	}
 	s := newSession(id)
 	s.startReq = evs[0].ClientRequestId
+	if foreign {
+		s.adopted = c.adoptedSaveOf(p)
+	}
 	for _, ev := range evs {
 		s.log.Commit(ev)
 	}
@@ -811,6 +814,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
 	if foreign {
+		c.snapshotToBackup(s) // its next events' second copy: the backup's ack
 		c.adopted.restored.WithLabelValues(p).Inc()
 		c.log.InfoContext(ctx, "session of an adopted pair restored", "pair", p, "session", id, "ended", s.log.State.Ended)
 	}
