@@ -27,7 +27,7 @@ import (
 // epoch in etcd is now held by core-a, so pair 2's cores, restarted, could
 // not take it back.
 func TestPairLostBothCores(t *testing.T) {
-	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, CoordMembers: 1, Pairs: 2, LogLines: 400,
+	c := harness.StartCluster(t, harness.Options{Stage: demo.StageMesh, CoordMembers: 1, Pairs: 2,
 		CoreArgs: []string{"--transcript-auto-save=1"},
 		Tune: func(p demo.Plan) demo.Plan {
 			var drop []string

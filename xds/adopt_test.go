@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"maps"
 	"testing"
 	"time"
@@ -8,6 +9,9 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+
+	"github.com/hachat/hachat/coord/coordtest"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // TestDecideAdoptions: who adopts a pair that lost its primary, when, and
@@ -151,5 +155,50 @@ func TestBuildAdoptedPair(t *testing.T) {
 		if rt.GetName() == "pair-3" && rt.GetRoute().GetCluster() != "chatcore-3" {
 			t.Errorf("pair 3 not adopted routes to %q", rt.GetRoute().GetCluster())
 		}
+	}
+}
+
+// TestAdoptionsAgreeInEtcd: two control planes that see different loads
+// would pick different adopters for the degraded pair 3; with the
+// adoptions in etcd both route it to the one recorded first.
+func TestAdoptionsAgreeInEtcd(t *testing.T) {
+	ep := coordtest.Start(t)
+	newServer := func(live map[string]uint64) *Server {
+		store := NewEtcdDrains(coordtest.Client(t, ep), telemetry.Discard().Logger)
+		cfg := testConfig()
+		cfg.PairPoll, cfg.AdoptGrace = 20*time.Millisecond, 100*time.Millisecond
+		return startServer(t, cfg, NewMemoryView(threePairs()...), Options{Drains: store, Adoptions: store,
+			PairLive: func(_ context.Context, addr string) (uint64, error) { return live[addr], nil }})
+	}
+	// a sees pair 1 as the least loaded, b pair 2.
+	a := newServer(map[string]uint64{"127.0.0.1:7101": 1, "127.0.0.1:7121": 50})
+	b := newServer(map[string]uint64{"127.0.0.1:7101": 50, "127.0.0.1:7121": 1})
+	adopter := func(s *Server) string {
+		for _, info := range s.Pairs().Pairs {
+			if info.Name == "3" {
+				return info.AdoptedBy
+			}
+		}
+		return ""
+	}
+	waitFor(t, 10*time.Second, "pair 3 adopted at both control planes", func() bool { return adopter(a) != "" && adopter(b) != "" })
+	if adopter(a) != adopter(b) {
+		t.Fatalf("control planes disagree: a routes pair 3 to %q, b to %q", adopter(a), adopter(b))
+	}
+	store := NewEtcdDrains(coordtest.Client(t, ep), telemetry.Discard().Logger)
+	got, err := store.Adoptions(context.Background())
+	if err != nil || got["3"] != adopter(a) {
+		t.Fatalf("recorded adoptions %v %v, want pair 3 by %s", got, err, adopter(a))
+	}
+	// Release only by the recorded adopter.
+	other := map[string]string{"1": "2", "2": "1"}[got["3"]]
+	if err := store.Release(context.Background(), "3", other); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := store.Adoptions(context.Background()); got["3"] == "" {
+		t.Fatal("a release by a pair that is not the adopter removed the adoption")
+	}
+	if by, err := store.Adopt(context.Background(), "3", other); err != nil || by != adopter(a) {
+		t.Fatalf("a second adoption of pair 3 by %s: %q %v, want the first's %q", other, by, err, adopter(a))
 	}
 }

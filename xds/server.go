@@ -70,6 +70,10 @@ type Options struct {
 	// (EtcdDrains, with --coordination). Nil: each control plane keeps its
 	// own, in memory (`hachat ctl drain` tells every control plane).
 	Drains DrainStore
+	// Adoptions keeps the N+1 adoptions where every control plane sees
+	// them (EtcdDrains, with --coordination), so that all route an
+	// adopted pair to one adopter. Nil: each control plane decides alone.
+	Adoptions AdoptionStore
 	// Handlers are mounted on the admin HTTP mux by pattern, e.g.
 	// membership's reachable handler so that the control plane serves as
 	// the witness.

@@ -93,6 +93,7 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 		}
 	}
 	var drains xds.DrainStore
+	var adoptions xds.AdoptionStore
 	if f.Coordination != "" {
 		var etcdTLS *tls.Config
 		if src != nil {
@@ -103,12 +104,14 @@ func runXDS(ctx context.Context, args []string, out, errw io.Writer) error {
 			return err
 		}
 		defer cli.Close()
-		drains = xds.NewEtcdDrains(cli, tel.Logger.With("component", "xds"))
+		ed := xds.NewEtcdDrains(cli, tel.Logger.With("component", "xds"))
+		drains, adoptions = ed, ed
 		tel.Logger.Info("drained pairs kept at the coordination cluster (etcd)", "endpoints", f.Coordination)
 	}
 	s, err := xds.New(f.XDS, tel, xds.MembershipView(m), xds.Options{
-		TLS:    src,
-		Drains: drains,
+		TLS:       src,
+		Drains:    drains,
+		Adoptions: adoptions,
 		Handlers: map[string]http.Handler{
 			// The control plane is a witness: cores ask it whether it can
 			// reach a primary they lost.
