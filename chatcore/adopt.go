@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/pairs"
 )
 
@@ -137,6 +138,12 @@ func (c *Core) adopt(ctx context.Context, p string) error {
 // takes after the read is refused.
 func (c *Core) claimPair(ctx context.Context, p string) (uint64, error) {
 	svc := c.pairService(p)
+	if name := c.aliveCoreOf(p); name != "" {
+		// Its backup holds the replica (fresher than UCS): the pair fails
+		// over by itself; adopting it from UCS could lose what only the
+		// replica holds.
+		return 0, fmt.Errorf("pair %s has a live core (%s): it fails over by itself", p, name)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	cur, err := c.fencer.Current(ctx, svc)
@@ -167,6 +174,20 @@ func (c *Core) claimPair(ctx context.Context, p string) (uint64, error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// aliveCoreOf returns a core of pair p that gossip shows alive ("" when
+// none, or without gossip).
+func (c *Core) aliveCoreOf(p string) string {
+	if c.members == nil {
+		return ""
+	}
+	for _, m := range c.members.Members() {
+		if m.Meta.Kind == membership.KindCore && pairs.Norm(m.Meta.Pair) == p && m.State == membership.StateAlive {
+			return m.Name
+		}
+	}
+	return ""
 }
 
 // keepPair renews the adopted pair's lease four times per epoch-lease

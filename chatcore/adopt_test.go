@@ -1,6 +1,7 @@
 package chatcore
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/ucsmock"
 )
 
@@ -107,5 +109,34 @@ func TestAdoptPairAfterBothCoresLost(t *testing.T) {
 	}
 	if _, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "still", ClientMessageId: "still"}); err != nil {
 		t.Fatalf("the adopter stopped serving the adopted chat: %v", err)
+	}
+}
+
+// TestNoAdoptionWhileThePairHasALiveCore: a pair whose backup gossip shows
+// alive fails over by itself (its replica may be fresher than UCS): a
+// primary of another pair asked about its chat refuses and takes nothing.
+func TestNoAdoptionWhileThePairHasALiveCore(t *testing.T) {
+	store := ucsmock.NewMemStore(1)
+	save := func(c *Config) { c.TranscriptAutoSave = AutoSaveEveryMessage; c.EpochLease = 300 * time.Millisecond }
+	dead := startNode(t, "core-2a", RolePrimary, "", listen(t), store, func(c *Config) { save(c); c.Pair = "2" })
+	waitFor(t, "core-2a primary", func() bool { return dead.c.role.IsPrimary() })
+	cust, _ := dead.chat(t)
+	dead.kill()
+
+	mm := &memMembers{}
+	mm.publish(membership.Event{Type: membership.EventJoined, Member: membership.Member{Name: "core-2b", State: membership.StateAlive,
+		Meta: membership.Meta{Kind: membership.KindCore, Role: RoleBackup, Pair: "2"}}})
+	adopter := startNode(t, "core-a", RolePrimary, "", listen(t), store, save, WithMembership(mm))
+	waitFor(t, "core-a primary", func() bool { return adopter.c.role.IsPrimary() })
+	time.Sleep(3 * 300 * time.Millisecond) // core-2a's lease has lapsed: only the live backup holds the adopter back
+	_, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "x"})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "live core") {
+		t.Fatalf("send to another pair's primary while pair 2's backup lives: %v, want UNAVAILABLE naming the live core", err)
+	}
+	if ep, _ := store.Epoch(ctxT(t), "hachat-2"); ep.Holder != "core-2a" {
+		t.Fatalf("pair 2's epoch taken while its backup lives: %+v", ep)
+	}
+	if adopter.c.session(cust.SessionId) != nil {
+		t.Fatal("the chat was restored without an adoption")
 	}
 }

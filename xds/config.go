@@ -85,9 +85,11 @@ type Config struct {
 	PairCapacity uint64 `yaml:"pair-capacity"`
 	// AdoptGrace is how long a pair may have no primary of its own (both
 	// its cores lost) before the control plane assigns it to an adopting
-	// pair (N+1, default 3s; 0 turns adoption off). Shorter than the time a
-	// pair's own backup needs to take over would adopt pairs that were only
-	// failing over: keep it above a few epoch leases.
+	// pair (N+1, default 10s; 0 turns adoption off). It must be well above
+	// the time a pair's own backup needs to take over (a few epoch
+	// leases): the adopter restores from UCS, which may hold less than the
+	// backup's replica (an adopter also refuses while gossip shows a core
+	// of the pair alive).
 	AdoptGrace time.Duration `yaml:"adopt-grace"`
 }
 
@@ -104,7 +106,7 @@ func DefaultConfig() Config {
 		ListenerPort:       7301,
 		PairPoll:           250 * time.Millisecond,
 		PairCapacity:       DefaultPairCapacity,
-		AdoptGrace:         3 * time.Second,
+		AdoptGrace:         10 * time.Second,
 	}
 }
 
