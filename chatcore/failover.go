@@ -745,6 +745,11 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 	}
 	for {
 		if s := c.session(id); s != nil {
+			if foreign && s.adopted.Load() == nil {
+				// Replicated from the adopter this core took over from:
+				// its saves now go at this core's epoch of the pair.
+				s.adopted.Store(c.adoptedSaveOf(p))
+			}
 			return s, nil
 		}
 		if !c.role.IsPrimary() {
@@ -795,7 +800,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 	s := newSession(id)
 	s.startReq = evs[0].ClientRequestId
 	if foreign {
-		s.adopted = c.adoptedSaveOf(p)
+		s.adopted.Store(c.adoptedSaveOf(p))
 	}
 	for _, ev := range evs {
 		s.log.Commit(ev)

@@ -305,7 +305,7 @@ func (sv *saver) prepare(s *session) (saveJob, bool) {
 	j := saveJob{s: s, from: from, to: to, ended: ended, cause: cause, send: len(events) > 0 || ended}
 	if j.send {
 		j.req = SaveRequest{Service: sv.cfg.Cluster, Epoch: sv.role.Epoch(), Writer: sv.cfg.Name, ChatID: s.id, Events: events, Ended: ended}
-		if a := s.adopted; a != nil { // a chat of an adopted pair: that pair's service and epoch (adopt.go)
+		if a := s.adopted.Load(); a != nil { // a chat of an adopted pair: that pair's service and epoch (adopt.go)
 			j.req.Service, j.req.Epoch = a.service, a.epoch
 		}
 	}

@@ -25,10 +25,10 @@ type session struct {
 	appendMu sync.Mutex
 	replGen  atomic.Uint64 // generation of the backup link that holds this session
 
-	// adopted is set (before the session is in the map, then immutable)
-	// on a session of another pair this core adopted (adopt.go): its
-	// saves go to that pair's service at the epoch this core holds there.
-	adopted *adoptedSave
+	// adopted is set on a session of another pair this core adopted
+	// (adopt.go): its saves go to that pair's service at the epoch this
+	// core holds there.
+	adopted atomic.Pointer[adoptedSave]
 
 	mu   sync.Mutex
 	log  sessionlog.Log // the committed events and their fold (log.State)
