@@ -48,7 +48,7 @@
 // saver's queue (saver.mu), its trouble counter, the replicator's link
 // pointer (replicator.mu) and each link's queue (link.mu, never held with
 // replicator.mu), watchers, tombstones, background, progressMu,
-// restoreMu, peerMu, metaMu, refuteMu. The role State's hot readers
+// restoreMu, peerMu, metaMu, refuteMu, adoptions.mu (the adopted pairs). The role State's hot readers
 // (IsPrimary, Epoch, Draining, Unmerged) are atomics and take no lock, so
 // the append path never waits for a transition. Held across network calls:
 // inflight and appendMu across a second copy (inflight exclusively across a
