@@ -125,6 +125,9 @@ func TestPairLostBothCores(t *testing.T) {
 		t.Errorf("failover notices in %v chats by pair, want all %d of pair 2's and none of pair 1's", noticed, perPair["2"])
 	}
 
+	if out, err := c.Ctl("pairs"); err != nil || !containsLine(out, "2 ", " 1") {
+		t.Errorf("ctl pairs does not show pair 2 adopted by pair 1: %v\n%s", err, out)
+	}
 	metrics := httpGet(t, c, "core-a", "/metrics")
 	if !strings.Contains(metrics, `hachat_core_adopted_pairs{pair="2"} 1`) {
 		t.Errorf("core-a does not report adopting pair 2")
@@ -135,6 +138,17 @@ func TestPairLostBothCores(t *testing.T) {
 	if ep, err := c.UCS().Epoch(ctx, "hachat-2"); err != nil || ep.Holder != "core-a" {
 		t.Errorf("pair 2's epoch at UCS after the adoption: %+v %v, want held by core-a", ep, err)
 	}
+}
+
+// containsLine reports whether a line of out starts with prefix and ends
+// with suffix.
+func containsLine(out, prefix, suffix string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, prefix) && strings.HasSuffix(strings.TrimRight(l, " "), suffix) {
+			return true
+		}
+	}
+	return false
 }
 
 // errNotYet is a condition not met yet.

@@ -317,9 +317,9 @@ func runCtlPairs(ctx context.Context, verb, pair, xdsURLs, state, token string, 
 			enc.SetIndent("", "  ")
 			return enc.Encode(st)
 		}
-		fmt.Fprintf(out, "%-6s %-9s %-10s %6s %7s\n", "PAIR", "STATE", "PRIMARY", "LIVE", "WEIGHT")
+		fmt.Fprintf(out, "%-6s %-9s %-10s %6s %7s %s\n", "PAIR", "STATE", "PRIMARY", "LIVE", "WEIGHT", "ADOPTED-BY")
 		for _, p := range st.Pairs {
-			fmt.Fprintf(out, "%-6s %-9s %-10s %6d %7d\n", p.Name, p.State, orDash(p.Primary), p.Live, p.Weight)
+			fmt.Fprintf(out, "%-6s %-9s %-10s %6d %7d %s\n", p.Name, p.State, orDash(p.Primary), p.Live, p.Weight, orDash(p.AdoptedBy))
 		}
 		return nil
 	}
