@@ -9,6 +9,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hachat/hachat/coord/coordtest"
 	"github.com/hachat/hachat/telemetry"
@@ -201,4 +202,39 @@ func TestAdoptionsAgreeInEtcd(t *testing.T) {
 	if by, err := store.Adopt(context.Background(), "3", other); err != nil || by != adopter(a) {
 		t.Fatalf("a second adoption of pair 3 by %s: %q %v, want the first's %q", other, by, err, adopter(a))
 	}
+}
+
+// TestAdoptionInOneControlPlane: without a coordination cluster the control
+// plane decides alone; pair 3, degraded past the grace, is adopted by the
+// least loaded serving pair, counted, and its adoption ends when it has a
+// primary again.
+func TestAdoptionInOneControlPlane(t *testing.T) {
+	cfg := testConfig()
+	cfg.PairPoll, cfg.AdoptGrace = 20*time.Millisecond, 200*time.Millisecond
+	view := NewMemoryView(threePairs()...)
+	live := map[string]uint64{"127.0.0.1:7101": 30, "127.0.0.1:7121": 5}
+	s := startServer(t, cfg, view, Options{PairLive: func(_ context.Context, addr string) (uint64, error) { return live[addr], nil }})
+	adopter := func() string {
+		for _, info := range s.Pairs().Pairs {
+			if info.Name == "3" {
+				return info.AdoptedBy
+			}
+		}
+		return ""
+	}
+	start := time.Now()
+	waitFor(t, 10*time.Second, "pair 3 adopted", func() bool { return adopter() != "" })
+	if took := time.Since(start); took < cfg.AdoptGrace {
+		t.Fatalf("pair 3 adopted after %v, before the grace %v", took, cfg.AdoptGrace)
+	}
+	if got := adopter(); got != "2" {
+		t.Fatalf("pair 3 adopted by %q, want the least loaded pair 2", got)
+	}
+	if got := testutil.ToFloat64(s.met.pairAdopted.WithLabelValues("3", "2")); got != 1 {
+		t.Fatalf("hachat_xds_pair_adopted{pair=3,by=2} = %v", got)
+	}
+	// Pair 3's core becomes primary again (the adopter let it go): the
+	// adoption ends and its route is its own.
+	view.Update("core-3b", func(m *Member) { m.Role, m.Epoch = RolePrimary, 12 })
+	waitFor(t, 10*time.Second, "pair 3's adoption ended", func() bool { return adopter() == "" })
 }
