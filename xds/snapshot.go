@@ -155,8 +155,9 @@ func BuildPairs(cfg Config, members []Member, in PairInputs) (*Resources, error)
 		return nil, err
 	}
 	names := pairNames(members)
-	for p := range in.Adopted { // an adopted pair keeps its route when its cores left
-		if pairs.Validate(p) == nil && !slices.Contains(names, p) {
+	withCores := slices.Clone(names)
+	for p, by := range in.Adopted { // an adopted pair keeps its route when its cores left
+		if pairs.Validate(p) == nil && by != p && slices.Contains(withCores, by) && !slices.Contains(names, p) {
 			names = append(names, p)
 		}
 	}
