@@ -110,6 +110,29 @@ func TestAdoptPairAfterBothCoresLost(t *testing.T) {
 	if _, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "still", ClientMessageId: "still"}); err != nil {
 		t.Fatalf("the adopter stopped serving the adopted chat: %v", err)
 	}
+
+	// Pair 2's epoch moves on without the adopter (as if its renewals had
+	// failed for a lease and a core of pair 2 claimed it): the adopter
+	// loses the adoption and refuses pair 2's chats, a save fenced at
+	// hachat-2 does not step it down as pair 1's primary.
+	cur, err := store.Epoch(ctxT(t), "hachat-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.ClaimEpoch(ctxT(t), "hachat-2", cur.Epoch, cur.Epoch+100, "core-2x"); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "raced", ClientMessageId: "raced"})
+	waitFor(t, "the adoption lost", func() bool { return adopter.c.adoptionLost("2") })
+	if _, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "late", ClientMessageId: "late"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("send in a chat of a pair whose adoption was lost: %v, want UNAVAILABLE", err)
+	}
+	if !adopter.c.role.IsPrimary() {
+		t.Fatal("the adopter stepped down as its own pair's primary for another pair's epoch")
+	}
+	if got := testutil.ToFloat64(adopter.c.adopted.gauge.WithLabelValues("2")); got != 0 {
+		t.Fatalf("hachat_core_adopted_pairs{pair=2} = %v after the adoption was lost", got)
+	}
 }
 
 // TestNoAdoptionWhileThePairHasALiveCore: a pair whose backup gossip shows

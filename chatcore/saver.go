@@ -349,7 +349,8 @@ func (sv *saver) save(ctx context.Context, s *session) {
 
 // settle handles the outcome err of job j's save attempt: progress, save
 // notices, resends, transcript-save-on-error. It reports whether UCS
-// fenced the save (stale epoch): the caller steps down.
+// fenced the save (stale epoch) at this core's own pair: the caller steps
+// down (a chat of an adopted pair fenced there loses only the adoption).
 func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) {
 	if !trace.SpanContextFromContext(ctx).IsValid() && j.cause.IsValid() {
 		// A batched save: its lines belong to the trace of the message that caused it.
@@ -380,6 +381,14 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 	case errors.Is(err, ErrStaleEpoch):
 		sv.m.saves.WithLabelValues("stale_epoch").Inc()
 		sv.done(ctx, s, nil)
+		if a := s.adopted.Load(); a != nil {
+			// Fenced at another pair's service: that pair's epoch moved on,
+			// not ours, so no step down. The adoption's renewal finds it
+			// lost and refuses the pair's chats (adopt.go).
+			sv.log.WarnContext(ctx, "a save of an adopted pair's chat was fenced: the adoption is lost; this core stays its own pair's primary",
+				"session", s.id, "service", a.service, "epoch", a.epoch)
+			return false
+		}
 		return true
 	case errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid):
 		sv.m.saves.WithLabelValues("nonrecoverable").Inc()
