@@ -42,6 +42,8 @@ type adoption struct {
 	// lost is set when the renewal was refused: the pair's chats are
 	// refused from then on.
 	lost bool
+	// restored is set when the pair's listed chats were restored.
+	restored bool
 }
 
 // adoptions are the foreign pairs of this core (a leaf lock).
@@ -207,6 +209,18 @@ func (c *Core) keepPair(ctx context.Context, p string, epoch uint64) {
 			c.loseAdoption(ctx, p, "this core stepped down")
 			return
 		}
+		if c.pairDone(p) {
+			// Every chat of the pair ended and is saved for good: let the
+			// pair go. Its lease lapses, so its own cores, back, can claim
+			// its epoch; a late request about one of its chats here
+			// adopts it again while none of them did.
+			c.adopted.mu.Lock()
+			delete(c.adopted.held, p)
+			c.adopted.mu.Unlock()
+			c.adopted.gauge.DeleteLabelValues(p)
+			c.log.InfoContext(ctx, "adopted pair released: its last chat ended; its own cores may take its epoch back", "pair", p, "epoch", epoch)
+			return
+		}
 		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
 		_, err := c.fencer.Renew(rctx, svc, epoch, c.cfg.Name)
 		cancel()
@@ -215,6 +229,35 @@ func (c *Core) keepPair(ctx context.Context, p string, epoch uint64) {
 			return
 		}
 	}
+}
+
+// pairDone reports whether adopted pair p's listed chats were restored and
+// every session of p here has ended and been saved for good.
+func (c *Core) pairDone(p string) bool {
+	c.adopted.mu.Lock()
+	a, ok := c.adopted.held[p]
+	restored := ok && a.restored
+	c.adopted.mu.Unlock()
+	if !restored {
+		return false
+	}
+	c.mu.RLock()
+	var of []*session
+	for id, s := range c.sessions {
+		if pairs.Of(id) == p {
+			of = append(of, s)
+		}
+	}
+	c.mu.RUnlock()
+	for _, s := range of {
+		s.mu.Lock()
+		done := s.log.State.Ended && (s.finalSaved || s.noFinalSave)
+		s.mu.Unlock()
+		if !done {
+			return false
+		}
+	}
+	return true
 }
 
 // loseAdoption refuses pair p's chats from now on and forgets them.
@@ -241,7 +284,7 @@ func (c *Core) adoptionLost(p string) bool {
 func (c *Core) restorePair(ctx context.Context, p string) {
 	l, ok := c.store.(ChatLister)
 	if !ok {
-		return // restored one by one, on their first request
+		return // restored one by one, on their first request; never released
 	}
 	start := time.Now()
 	var list []ChatInfo
@@ -271,6 +314,11 @@ func (c *Core) restorePair(ctx context.Context, p string) {
 		}
 		n++
 	}
+	c.adopted.mu.Lock()
+	if a, ok := c.adopted.held[p]; ok {
+		a.restored = true
+	}
+	c.adopted.mu.Unlock()
 	c.log.InfoContext(ctx, "adopted pair's sessions restored", "pair", p, "sessions", n, "listed", len(list), "took", time.Since(start))
 }
 

@@ -163,3 +163,38 @@ func TestNoAdoptionWhileThePairHasALiveCore(t *testing.T) {
 		t.Fatal("the chat was restored without an adoption")
 	}
 }
+
+// TestAdoptedPairReleased: once every chat of the adopted pair ended and
+// was saved, the adopter lets the pair go (stops renewing its lease), and
+// a core of that pair coming back becomes its primary again.
+func TestAdoptedPairReleased(t *testing.T) {
+	store := ucsmock.NewMemStore(1)
+	save := func(c *Config) { c.TranscriptAutoSave = AutoSaveEveryMessage; c.EpochLease = 300 * time.Millisecond }
+	dead := startNode(t, "core-2a", RolePrimary, "", listen(t), store, func(c *Config) { save(c); c.Pair = "2" })
+	waitFor(t, "core-2a primary", func() bool { return dead.c.role.IsPrimary() })
+	cust, _ := dead.chat(t)
+	waitFor(t, "the chat saved", func() bool { _, err := store.Transcript(ctxT(t), cust.SessionId); return err == nil })
+	dead.kill()
+
+	adopter := startNode(t, "core-a", RolePrimary, "", listen(t), store, save)
+	waitFor(t, "core-a primary", func() bool { return adopter.c.role.IsPrimary() })
+	waitFor(t, "the chat of pair 2 served by the adopter", func() bool {
+		_, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "x", ClientMessageId: "x"})
+		return err == nil
+	})
+	back := startNode(t, "core-2a", RolePrimary, "", listen(t), store, func(c *Config) { save(c); c.Pair = "2" }, WithMembership(&memMembers{}))
+	time.Sleep(3 * 300 * time.Millisecond)
+	if back.c.role.IsPrimary() {
+		t.Fatal("pair 2's core took its epoch back while the adopter serves a live chat of it")
+	}
+	if _, err := adopter.cl.Leave(ctxT(t), &chatpb.LeaveRequest{Auth: cust}); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	waitFor(t, "pair 2's core primary again", func() bool { return back.c.role.IsPrimary() })
+	if ep, _ := store.Epoch(ctxT(t), "hachat-2"); ep.Holder != "core-2a" {
+		t.Fatalf("pair 2's epoch after the release: %+v, want core-2a's", ep)
+	}
+	if !adopter.c.role.IsPrimary() {
+		t.Fatal("the adopter stepped down")
+	}
+}

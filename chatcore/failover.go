@@ -745,10 +745,13 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 	}
 	for {
 		if s := c.session(id); s != nil {
-			if foreign && s.adopted.Load() == nil {
-				// Replicated from the adopter this core took over from:
-				// its saves now go at this core's epoch of the pair.
-				s.adopted.Store(c.adoptedSaveOf(p))
+			if foreign {
+				// Replicated from the adopter this core took over from, or
+				// adopted again: its saves go at this core's current epoch
+				// of the pair.
+				if cur, old := c.adoptedSaveOf(p), s.adopted.Load(); cur != nil && (old == nil || *old != *cur) {
+					s.adopted.Store(cur)
+				}
 			}
 			return s, nil
 		}
