@@ -50,6 +50,9 @@ type adoption struct {
 type adoptions struct {
 	mu   sync.Mutex
 	held map[string]*adoption
+	// warned is when a failed adoption of each pair was last logged (one
+	// line a second: every request about its chats tries).
+	warned map[string]time.Time
 	// gauge is hachat_core_adopted_pairs{pair}, restored
 	// hachat_core_adopted_sessions_total{pair}.
 	gauge    *prometheus.GaugeVec
@@ -57,7 +60,7 @@ type adoptions struct {
 }
 
 func newAdoptions(reg prometheus.Registerer) (*adoptions, error) {
-	a := &adoptions{held: map[string]*adoption{},
+	a := &adoptions{held: map[string]*adoption{}, warned: map[string]time.Time{},
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_adopted_pairs",
 			Help: "1 per other pair this core adopted (N+1: it holds that pair's epoch and serves its chats)."}, []string{"pair"}),
 		restored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_adopted_sessions_total",
@@ -90,7 +93,9 @@ func (c *Core) pairService(p string) string {
 // adopt makes this primary the holder of pair p's epoch, once: concurrent
 // callers wait for the one claim. It fails (UNAVAILABLE, the client
 // retries) while p's own primary holds its lease, and for good once the
-// adoption was lost.
+// adoption was lost (this core's copies of p's chats may then be stale:
+// another core holds p's epoch; they are served again only after a
+// restart, from UCS).
 func (c *Core) adopt(ctx context.Context, p string) error {
 	c.adopted.mu.Lock()
 	a, ok := c.adopted.held[p]
@@ -118,13 +123,19 @@ func (c *Core) adopt(ctx context.Context, p string) error {
 	epoch, err := c.claimPair(ctx, p)
 	c.adopted.mu.Lock()
 	a.err, a.epoch = err, epoch
+	warn := false
 	if err != nil {
 		delete(c.adopted.held, p) // the next request tries again
+		if now := time.Now(); now.Sub(c.adopted.warned[p]) >= time.Second {
+			c.adopted.warned[p], warn = now, true
+		}
 	}
 	close(a.ready)
 	c.adopted.mu.Unlock()
 	if err != nil {
-		c.log.WarnContext(ctx, "could not adopt another pair: its chats are refused for now", "pair", p, "err", err)
+		if warn {
+			c.log.WarnContext(ctx, "could not adopt another pair: its chats are refused for now", "pair", p, "err", err)
+		}
 		return status.Errorf(codes.Unavailable, "pair %s not adopted: %v", p, err)
 	}
 	c.adopted.gauge.WithLabelValues(p).Set(1)
