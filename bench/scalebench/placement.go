@@ -179,6 +179,14 @@ func (p *poller) weights(live []uint64) ([]uint32, time.Duration, error) {
 	if err != nil {
 		return nil, took, fmt.Errorf("build the pairs' resources: %w", err)
 	}
+	if res.Pairs == nil && len(live) == 1 {
+		// One pair: the resources of one pair, no placement route; every
+		// chat goes to it, and the core refuses beyond its max-sessions.
+		if live[0] >= p.capacity {
+			return []uint32{0}, took, nil
+		}
+		return []uint32{1}, took, nil
+	}
 	if len(res.Pairs) != len(live) {
 		return nil, took, fmt.Errorf("built %d pairs, want %d", len(res.Pairs), len(live))
 	}

@@ -31,6 +31,8 @@ ports (in a temporary directory) unless told to use a running one.
   hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
                          every part's RSS, Go heap, goroutines and fds over time (CSV, PNG)
   hachat bench web       customers through webapi (SSE) and agents through interaction at N chats
+  hachat bench scale     model of many pairs: placement balance, cost of a lost pair, xDS snapshot
+                         size and push to many sidecars (real placement, snapshot and xDS code)
 
 Every benchmark takes --json; bench chat --anchor bench/jetstream compares with JetStream.`
 
@@ -53,6 +55,8 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchWeb(ctx, args[1:], out, errw)
 	case "soak":
 		return runBenchSoak(ctx, args[1:], out, errw)
+	case "scale":
+		return runBenchScale(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
