@@ -77,6 +77,7 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		AutoSave     int    `yaml:"transcript-auto-save"`
 		Anchor       string `yaml:"anchor"`
 		Rounds       int    `yaml:"rounds"`
+		Pairs        int    `yaml:"pairs"`
 		JSON         bool   `yaml:"json"`
 	}
 	o.Sessions, o.Messages, o.Concurrency, o.Pair, o.AutoSave, o.Rounds = 1000, 20000, 64, true, 1, 1
@@ -92,12 +93,17 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		fs.IntVar(&o.AutoSave, "transcript-auto-save", o.AutoSave, "transcript-auto-save of the started cores")
 		fs.StringVar(&o.Anchor, "anchor", o.Anchor, "JetStream anchor: its module directory (e.g. bench/jetstream, built once with go) or a prebuilt binary")
 		fs.IntVar(&o.Rounds, "rounds", o.Rounds, "alternating rounds of hachat and the anchor (a fresh cluster each); medians are reported")
+		fs.IntVar(&o.Pairs, "pairs", o.Pairs, "run N pairs behind the xDS control planes and send every call through the per-pair routing\n"+
+			"(a proxyless grpc-go client: new chats placed by the weighted route, later calls by the chat's pair); 0: off")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 	})
 	if err != nil {
 		return err
 	}
 	opts := chatbench.Options{Sessions: o.Sessions, Messages: o.Messages, Concurrency: o.Concurrency}
+	if o.Pairs != 0 {
+		return benchChatPairs(ctx, o.Pairs, o.Anchor != "" || o.Core != "", o.AutoSave, opts, out, errw, o.JSON)
+	}
 	copts := chatbench.ClusterOptions{Pair: o.Pair, AutoSave: o.AutoSave}
 	mode := "one core"
 	if o.Pair {
