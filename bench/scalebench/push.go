@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -63,6 +64,10 @@ type PushPhase struct {
 	BytesPerSidecar int `json:"bytes_per_sidecar"`
 	// Responses is how many responses one sidecar received.
 	Responses int `json:"responses_per_sidecar"`
+	// CPU is this process's CPU time (user + system) over the phase: the
+	// control plane's and the sidecar streams' together (both are here;
+	// the machine's load stretches LastACK, much less CPU).
+	CPU time.Duration `json:"cpu_ns"`
 }
 
 // PushReport is what the push measurement measured.
@@ -331,6 +336,7 @@ func change(ctx context.Context, o PushOptions, srv *xds.Server, view *xds.Memor
 func waitPushed(ctx context.Context, o PushOptions, srv *xds.Server, sidecars []*adsSidecar, before []map[string]string,
 	types []string, start time.Time, name string, served <-chan error, progress io.Writer) (PushPhase, error) {
 	ph := PushPhase{Name: name}
+	cpu0 := selfCPU()
 	resp0 := make([]int, len(sidecars))
 	bytes0 := make([]int, len(sidecars))
 	if before != nil {
@@ -374,6 +380,7 @@ func waitPushed(ctx context.Context, o PushOptions, srv *xds.Server, sidecars []
 		if done == len(sidecars) && allInSync(srv, len(sidecars)) {
 			sort.Slice(acks, func(i, j int) bool { return acks[i] < acks[j] })
 			ph.LastACK, ph.P50ACK = acks[len(acks)-1], acks[len(acks)/2]
+			ph.CPU = selfCPU() - cpu0
 			_, _, r, b, _ := sidecars[0].snapshot()
 			ph.Responses, ph.BytesPerSidecar = r-resp0[0], b-bytes0[0]
 			fmt.Fprintf(progress, "push: %s: last ACK after %v (median %v)\n", name, ph.LastACK.Round(time.Millisecond), ph.P50ACK.Round(time.Millisecond))
@@ -393,6 +400,15 @@ func waitPushed(ctx context.Context, o PushOptions, srv *xds.Server, sidecars []
 		case <-tick.C:
 		}
 	}
+}
+
+// selfCPU is this process's CPU time so far (0 when unknown).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // allInSync reports whether the control plane counts n nodes, each having

@@ -133,8 +133,8 @@ func (r Report) WriteText(w io.Writer) {
 	u := r.Push
 	fmt.Fprintf(w, "push (xds.Server, %d ADS streams on their own loopback gRPC connections, sidecar subscriptions):\n", u.Sidecars)
 	for _, ph := range u.Phases {
-		fmt.Fprintf(w, "  %s: last ACK %v, median %v, %d B in %d responses per sidecar\n", ph.Name,
-			ph.LastACK.Round(time.Millisecond), ph.P50ACK.Round(time.Millisecond), ph.BytesPerSidecar, ph.Responses)
+		fmt.Fprintf(w, "  %s: last ACK %v, median %v, %d B in %d responses per sidecar, CPU %v (both ends)\n", ph.Name,
+			ph.LastACK.Round(time.Millisecond), ph.P50ACK.Round(time.Millisecond), ph.BytesPerSidecar, ph.Responses, ph.CPU.Round(time.Millisecond))
 	}
 	fmt.Fprintf(w, "  Go heap in use: %.1f MiB before, %.1f MiB with %d streams (both ends in this process: %.1f KiB per stream), %d goroutines\n",
 		float64(u.HeapBefore)/(1<<20), float64(u.HeapConnected)/(1<<20), u.Sidecars, u.HeapPerSidecar()/1024, u.Goroutines)
