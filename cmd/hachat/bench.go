@@ -26,6 +26,7 @@ const benchSummary = `Benchmarks; each starts its own cluster of real processes 
 ports (in a temporary directory) unless told to use a running one.
 
   hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
+                         (--pairs N: through N pairs and the per-pair routing, CPU per message)
   hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
   hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
   hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
