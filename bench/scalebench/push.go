@@ -36,6 +36,10 @@ type PushOptions struct {
 	Sidecars int
 	// Timeout bounds each phase (default 5 minutes).
 	Timeout time.Duration
+	// Binary, when set, runs the sidecar streams in a process of their own
+	// (Binary bench scale-sidecars), so that this process's CPU and heap
+	// are the control plane's alone. Empty: the streams run in this process.
+	Binary string
 }
 
 func (o *PushOptions) defaults() {
@@ -65,20 +69,24 @@ type PushPhase struct {
 	// Responses is how many responses one sidecar received.
 	Responses int `json:"responses_per_sidecar"`
 	// CPU is this process's CPU time (user + system) over the phase: the
-	// control plane's and the sidecar streams' together (both are here;
-	// the machine's load stretches LastACK, much less CPU).
+	// control plane's alone when the sidecars run in their own process
+	// (PushReport.SidecarProcess), else both ends together. The machine's
+	// load stretches LastACK, much less CPU.
 	CPU time.Duration `json:"cpu_ns"`
+	// SidecarCPU is the sidecar process's CPU time over the phase.
+	SidecarCPU time.Duration `json:"sidecar_cpu_ns,omitempty"`
 }
 
 // PushReport is what the push measurement measured.
 type PushReport struct {
-	Pairs    int         `json:"pairs"`
-	Sidecars int         `json:"sidecars"`
-	Phases   []PushPhase `json:"phases"`
+	Pairs    int `json:"pairs"`
+	Sidecars int `json:"sidecars"`
+	// SidecarProcess says the sidecar streams ran in their own process.
+	SidecarProcess bool        `json:"sidecar_process"`
+	Phases         []PushPhase `json:"phases"`
 	// HeapBefore is the Go heap in use before the control plane started;
-	// HeapConnected with the control plane serving every sidecar stream.
-	// Both sides of every stream are in this process: the growth is the
-	// control plane's and the clients' together.
+	// HeapConnected with the control plane serving every sidecar stream:
+	// the control plane's alone with SidecarProcess, else both ends'.
 	HeapBefore    uint64 `json:"heap_before_bytes"`
 	HeapConnected uint64 `json:"heap_connected_bytes"`
 	Goroutines    int    `json:"goroutines_connected"`
@@ -104,6 +112,10 @@ type adsSidecar struct {
 	responses int
 	bytes     int
 	err       error
+
+	// onACK, when set, is told every acknowledged response (the sidecar
+	// process reports them to the bench).
+	onACK func(typ, version string, at time.Time, size int)
 }
 
 func newSidecar(id string) *adsSidecar {
@@ -124,13 +136,36 @@ func (s *adsSidecar) snapshot() (map[string]string, map[string]time.Time, int, i
 	return v, t, s.responses, s.bytes, s.err
 }
 
+// record notes an acknowledged response of typ: its version, when, and
+// its size; it tells onACK too.
+func (s *adsSidecar) record(typ, version string, at time.Time, size int) {
+	s.mu.Lock()
+	s.responses++
+	s.bytes += size
+	if s.versions[typ] != version {
+		s.versions[typ] = version
+		s.ackedAt[typ] = at
+	}
+	s.mu.Unlock()
+	if s.onACK != nil {
+		s.onACK(typ, version, at, size)
+	}
+}
+
+// fail notes the error that ended the sidecar's stream.
+func (s *adsSidecar) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+}
+
 // run holds the stream on conn until ctx ends.
 func (s *adsSidecar) run(ctx context.Context, conn *grpc.ClientConn) {
 	err := s.stream(ctx, conn)
 	if ctx.Err() == nil && err != nil {
-		s.mu.Lock()
-		s.err = err
-		s.mu.Unlock()
+		s.fail(err)
 	}
 }
 
@@ -188,15 +223,7 @@ func (s *adsSidecar) stream(ctx context.Context, conn *grpc.ClientConn) error {
 		if err := st.Send(req(typ, resp.GetVersionInfo(), resp.GetNonce(), names)); err != nil {
 			return fmt.Errorf("ADS send: %w", err)
 		}
-		now := time.Now()
-		s.mu.Lock()
-		s.responses++
-		s.bytes += proto.Size(resp)
-		if s.versions[typ] != resp.GetVersionInfo() {
-			s.versions[typ] = resp.GetVersionInfo()
-			s.ackedAt[typ] = now
-		}
-		s.mu.Unlock()
+		s.record(typ, resp.GetVersionInfo(), time.Now(), proto.Size(resp))
 		if typ == resource.ClusterType {
 			slices.Sort(clusters)
 			if !slices.Equal(clusters, edsNames) {
@@ -259,18 +286,35 @@ func RunPush(ctx context.Context, o PushOptions, progress io.Writer) (PushReport
 	}()
 	for i := range sidecars {
 		sidecars[i] = newSidecar("bench-sidecar-" + strconv.Itoa(i))
+		if o.Binary != "" {
+			continue
+		}
 		conns[i], err = grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return rep, fmt.Errorf("dial the control plane: %w", err)
 		}
 	}
-	fmt.Fprintf(progress, "push: control plane of %d pairs at %s; opening %d ADS streams\n", o.Pairs, srv.GRPCAddr(), o.Sidecars)
+	where := "in this process"
+	if o.Binary != "" {
+		where = "in a sidecar process"
+	}
+	fmt.Fprintf(progress, "push: control plane of %d pairs at %s; opening %d ADS streams %s\n", o.Pairs, srv.GRPCAddr(), o.Sidecars, where)
 	start := time.Now()
-	for i, s := range sidecars {
-		wg.Go(func() { s.run(ctx, conns[i]) })
+	sideCPU := func() time.Duration { return 0 }
+	if o.Binary != "" {
+		proc, err := startSidecarProcess(ctx, o.Binary, srv.GRPCAddr(), sidecars)
+		if err != nil {
+			return rep, err
+		}
+		defer func() { cancel(); <-proc.done }()
+		rep.SidecarProcess, sideCPU = true, proc.cpu
+	} else {
+		for i, s := range sidecars {
+			wg.Go(func() { s.run(ctx, conns[i]) })
+		}
 	}
 	all := []string{resource.ListenerType, resource.ClusterType, resource.EndpointType}
-	phase, err := waitPushed(ctx, o, srv, sidecars, nil, all, start, "first push: every resource to every new stream", served, progress)
+	phase, err := waitPushed(ctx, o, srv, sidecars, sideCPU, nil, all, start, "first push: every resource to every new stream", served, progress)
 	if err != nil {
 		return rep, err
 	}
@@ -283,7 +327,7 @@ func RunPush(ctx context.Context, o PushOptions, progress io.Writer) (PushReport
 	// A failover in pair 7 (or the last pair): its backup is the primary now.
 	fp := min(7, o.Pairs)
 	failed := failover(members, fp)
-	phase, err = change(ctx, o, srv, view, sidecars, failed, []string{resource.EndpointType},
+	phase, err = change(ctx, o, srv, view, sidecars, sideCPU, failed, []string{resource.EndpointType},
 		fmt.Sprintf("failover in pair %d: its assignment changes", fp), served, progress)
 	if err != nil {
 		return rep, err
@@ -292,7 +336,7 @@ func RunPush(ctx context.Context, o PushOptions, progress io.Writer) (PushReport
 
 	// A new pair joins.
 	joined := append(failed, ModelMembers(o.Pairs + 1)[2*o.Pairs:]...)
-	phase, err = change(ctx, o, srv, view, sidecars, joined, all,
+	phase, err = change(ctx, o, srv, view, sidecars, sideCPU, joined, all,
 		fmt.Sprintf("pair %d joins: a listener, a cluster and an assignment more", o.Pairs+1), served, progress)
 	if err != nil {
 		return rep, err
@@ -318,7 +362,7 @@ func failover(members []xds.Member, p int) []xds.Member {
 }
 
 // change hands members to the control plane and measures the push.
-func change(ctx context.Context, o PushOptions, srv *xds.Server, view *xds.MemoryView, sidecars []*adsSidecar,
+func change(ctx context.Context, o PushOptions, srv *xds.Server, view *xds.MemoryView, sidecars []*adsSidecar, sideCPU func() time.Duration,
 	members []xds.Member, types []string, name string, served <-chan error, progress io.Writer) (PushPhase, error) {
 	before := make([]map[string]string, len(sidecars))
 	for i, s := range sidecars {
@@ -326,17 +370,17 @@ func change(ctx context.Context, o PushOptions, srv *xds.Server, view *xds.Memor
 	}
 	start := time.Now()
 	view.Set(members...)
-	return waitPushed(ctx, o, srv, sidecars, before, types, start, name, served, progress)
+	return waitPushed(ctx, o, srv, sidecars, sideCPU, before, types, start, name, served, progress)
 }
 
 // waitPushed waits until every sidecar acknowledged a version of each of
 // types other than its version in before (nil: any version), and the
 // control plane counts every node in sync; it reports the times of the
 // acknowledgements from start and what each sidecar received meanwhile.
-func waitPushed(ctx context.Context, o PushOptions, srv *xds.Server, sidecars []*adsSidecar, before []map[string]string,
+func waitPushed(ctx context.Context, o PushOptions, srv *xds.Server, sidecars []*adsSidecar, sideCPU func() time.Duration, before []map[string]string,
 	types []string, start time.Time, name string, served <-chan error, progress io.Writer) (PushPhase, error) {
 	ph := PushPhase{Name: name}
-	cpu0 := selfCPU()
+	cpu0, scpu0 := selfCPU(), sideCPU()
 	resp0 := make([]int, len(sidecars))
 	bytes0 := make([]int, len(sidecars))
 	if before != nil {
@@ -380,7 +424,7 @@ func waitPushed(ctx context.Context, o PushOptions, srv *xds.Server, sidecars []
 		if done == len(sidecars) && allInSync(srv, len(sidecars)) {
 			sort.Slice(acks, func(i, j int) bool { return acks[i] < acks[j] })
 			ph.LastACK, ph.P50ACK = acks[len(acks)-1], acks[len(acks)/2]
-			ph.CPU = selfCPU() - cpu0
+			ph.CPU, ph.SidecarCPU = selfCPU()-cpu0, sideCPU()-scpu0
 			_, _, r, b, _ := sidecars[0].snapshot()
 			ph.Responses, ph.BytesPerSidecar = r-resp0[0], b-bytes0[0]
 			fmt.Fprintf(progress, "push: %s: last ACK after %v (median %v)\n", name, ph.LastACK.Round(time.Millisecond), ph.P50ACK.Round(time.Millisecond))

@@ -131,13 +131,21 @@ func (r Report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "snapshot of %d pairs (every resource marshalled): %d B (%s); Envoy flavour %d B\n", s.Pairs, s.Bytes, strings.Join(parts, ", "), s.EnvoyBytes)
 	u := r.Push
-	fmt.Fprintf(w, "push (xds.Server, %d ADS streams on their own loopback gRPC connections, sidecar subscriptions):\n", u.Sidecars)
-	for _, ph := range u.Phases {
-		fmt.Fprintf(w, "  %s: last ACK %v, median %v, %d B in %d responses per sidecar, CPU %v (both ends)\n", ph.Name,
-			ph.LastACK.Round(time.Millisecond), ph.P50ACK.Round(time.Millisecond), ph.BytesPerSidecar, ph.Responses, ph.CPU.Round(time.Millisecond))
+	where, heap := "in this process", "both ends in this process"
+	if u.SidecarProcess {
+		where, heap = "in a process of their own", "the control plane's"
 	}
-	fmt.Fprintf(w, "  Go heap in use: %.1f MiB before, %.1f MiB with %d streams (both ends in this process: %.1f KiB per stream), %d goroutines\n",
-		float64(u.HeapBefore)/(1<<20), float64(u.HeapConnected)/(1<<20), u.Sidecars, u.HeapPerSidecar()/1024, u.Goroutines)
+	fmt.Fprintf(w, "push (xds.Server; %d ADS streams %s, each on its own loopback gRPC connection, subscribing as the sidecar):\n", u.Sidecars, where)
+	for _, ph := range u.Phases {
+		cpu := fmt.Sprintf("CPU %v (both ends)", ph.CPU.Round(time.Millisecond))
+		if u.SidecarProcess {
+			cpu = fmt.Sprintf("CPU %v control plane, %v sidecars", ph.CPU.Round(time.Millisecond), ph.SidecarCPU.Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "  %s: last ACK %v, median %v, %d B in %d responses per sidecar, %s\n", ph.Name,
+			ph.LastACK.Round(time.Millisecond), ph.P50ACK.Round(time.Millisecond), ph.BytesPerSidecar, ph.Responses, cpu)
+	}
+	fmt.Fprintf(w, "  Go heap in use: %.1f MiB before, %.1f MiB with %d streams (%s: %.1f KiB per stream), %d goroutines\n",
+		float64(u.HeapBefore)/(1<<20), float64(u.HeapConnected)/(1<<20), u.Sidecars, heap, u.HeapPerSidecar()/1024, u.Goroutines)
 	fmt.Fprintf(w, "load average at the end: %s; took %v\n", r.Load, r.Elapsed.Round(time.Second))
 }
 

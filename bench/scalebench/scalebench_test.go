@@ -286,3 +286,28 @@ func TestRunPushTiny(t *testing.T) {
 		t.Errorf("first push %d B per sidecar, want at least the resources' %d B", rep.Phases[0].BytesPerSidecar, subscribed)
 	}
 }
+
+func TestACKLines(t *testing.T) {
+	at := time.Unix(1700000000, 123456789)
+	for _, tt := range []struct {
+		name string
+		line string
+		want ackLine
+		ok   bool
+	}{
+		{"round trip", strings.TrimSuffix(formatACK(at, 7, resource.EndpointType, "0a1b2c", 40433), "\n"),
+			ackLine{at: at, i: 7, typ: resource.EndpointType, version: "0a1b2c", size: 40433}, true},
+		{"too few fields", "1 2 t v", ackLine{}, false},
+		{"bad time", "x 2 t v 5", ackLine{}, false},
+		{"negative sidecar", "1 -2 t v 5", ackLine{}, false},
+		{"bad size", "1 2 t v z", ackLine{}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseACK(tt.line)
+			if (err == nil) != tt.ok || !got.at.Equal(tt.want.at) || got.i != tt.want.i || got.typ != tt.want.typ ||
+				got.version != tt.want.version || got.size != tt.want.size {
+				t.Errorf("parseACK(%q) = %+v, %v; want %+v, ok %v", tt.line, got, err, tt.want, tt.ok)
+			}
+		})
+	}
+}

@@ -58,6 +58,8 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchSoak(ctx, args[1:], out, errw)
 	case "scale":
 		return runBenchScale(ctx, args[1:], out, errw)
+	case "scale-sidecars": // hidden: the sidecar process of bench scale
+		return runBenchScaleSidecars(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy

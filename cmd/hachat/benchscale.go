@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/hachat/hachat/bench/scalebench"
 )
@@ -23,8 +24,10 @@ func runBenchScale(ctx context.Context, args []string, out, errw io.Writer) erro
 		Sidecars        int     `yaml:"sidecars"`
 		RestoreSessions int     `yaml:"restore-sessions"`
 		RestoreRate     float64 `yaml:"restore-rate"`
+		SidecarProcess  bool    `yaml:"sidecar-process"`
 		JSON            bool    `yaml:"json"`
 	}
+	o.SidecarProcess = true
 	o.Pairs, o.Sessions, o.Churn, o.PerPoll, o.Capacity, o.Seed, o.Sidecars, o.RestoreSessions = 100, 1_000_000, -1, 500, 20000, 1, 1000, 10_000
 	err := parseFlags("bench scale", "The measured model of many pairs, with the real code:\n"+
 		"  placement: --sessions chats arrive over --pairs pairs, then --churn more arrive while as many end;\n"+
@@ -43,6 +46,7 @@ func runBenchScale(ctx context.Context, args []string, out, errw io.Writer) erro
 			fs.IntVar(&o.Sidecars, "sidecars", o.Sidecars, "ADS client streams of the push")
 			fs.IntVar(&o.RestoreSessions, "restore-sessions", o.RestoreSessions, "live sessions of the pair whose primary is killed")
 			fs.Float64Var(&o.RestoreRate, "restore-rate", o.RestoreRate, "restore rate (sessions/s) to use instead of measuring it (0: measure)")
+			fs.BoolVar(&o.SidecarProcess, "sidecar-process", o.SidecarProcess, "run the push's sidecar streams in a process of their own (false: in this one)")
 			fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 		})
 	if err != nil {
@@ -66,6 +70,14 @@ func runBenchScale(ctx context.Context, args []string, out, errw io.Writer) erro
 	case o.RestoreRate == 0 && o.RestoreSessions < 1:
 		return fmt.Errorf("%w: --restore-sessions %d: want at least 1", errUsage, o.RestoreSessions)
 	}
+	binary := ""
+	if o.SidecarProcess {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the hachat binary for the sidecar process: %w", err)
+		}
+		binary = exe
+	}
 	churn := o.Churn
 	switch churn {
 	case -1:
@@ -75,7 +87,7 @@ func runBenchScale(ctx context.Context, args []string, out, errw io.Writer) erro
 	}
 	rep, err := scalebench.Run(ctx, scalebench.Options{
 		Placement:   scalebench.PlacementOptions{Pairs: o.Pairs, Sessions: o.Sessions, Churn: churn, PerPoll: o.PerPoll, Capacity: o.Capacity, Seed: o.Seed},
-		Push:        scalebench.PushOptions{Sidecars: o.Sidecars},
+		Push:        scalebench.PushOptions{Sidecars: o.Sidecars, Binary: binary},
 		Restore:     scalebench.RestoreOptions{Sessions: o.RestoreSessions},
 		SkipRestore: o.RestoreRate > 0, RestoreRate: o.RestoreRate,
 	}, errw)
@@ -88,4 +100,26 @@ func runBenchScale(ctx context.Context, args []string, out, errw io.Writer) erro
 	fmt.Fprintf(out, "hachat bench scale: %d pairs, %d sessions\n", o.Pairs, o.Sessions)
 	rep.WriteText(out)
 	return nil
+}
+
+// runBenchScaleSidecars is the hidden `hachat bench scale-sidecars`: the
+// sidecar process of bench scale's push (one line per acknowledged
+// response on stdout), until it is killed.
+func runBenchScaleSidecars(ctx context.Context, args []string, out, errw io.Writer) error {
+	var o struct {
+		XDS      string `yaml:"xds"`
+		Sidecars int    `yaml:"sidecars"`
+	}
+	o.Sidecars = 1000
+	err := parseFlags("bench scale-sidecars", "The sidecar streams of bench scale's push (internal).", args, errw, &o, func(fs *flag.FlagSet) {
+		fs.StringVar(&o.XDS, "xds", o.XDS, "the control plane's xDS gRPC address")
+		fs.IntVar(&o.Sidecars, "sidecars", o.Sidecars, "ADS streams, each on its own connection")
+	})
+	if err != nil {
+		return err
+	}
+	if o.XDS == "" || o.Sidecars < 1 {
+		return fmt.Errorf("%w: want --xds and --sidecars of at least 1", errUsage)
+	}
+	return scalebench.RunSidecars(ctx, o.XDS, o.Sidecars, out)
 }
