@@ -311,3 +311,30 @@ func TestACKLines(t *testing.T) {
 		})
 	}
 }
+
+func TestSidecarAcked(t *testing.T) {
+	t1, t2 := time.Unix(10, 0), time.Unix(20, 0)
+	s := newSidecar("s")
+	s.record(resource.ListenerType, "l1", t1, 10)
+	s.record(resource.EndpointType, "e2", t2, 10)
+	both := []string{resource.ListenerType, resource.EndpointType}
+	for _, tt := range []struct {
+		name   string
+		types  []string
+		before map[string]string
+		ok     bool
+		last   time.Time
+	}{
+		{"any version of both", both, nil, true, t2},
+		{"a type never acknowledged", []string{resource.ClusterType}, nil, false, time.Time{}},
+		{"the assignments changed", []string{resource.EndpointType}, map[string]string{resource.EndpointType: "e1"}, true, t2},
+		{"the listeners did not", both, map[string]string{resource.ListenerType: "l1", resource.EndpointType: "e1"}, false, time.Time{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			last, ok, err := s.acked(tt.types, tt.before)
+			if err != nil || ok != tt.ok || !last.Equal(tt.last) {
+				t.Errorf("acked = %v, %v, %v; want %v, %v", last, ok, err, tt.last, tt.ok)
+			}
+		})
+	}
+}
