@@ -6,11 +6,16 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/xds"
 )
 
 func TestBalanceOf(t *testing.T) {
@@ -336,5 +341,76 @@ func TestSidecarAcked(t *testing.T) {
 				t.Errorf("acked = %v, %v, %v; want %v, %v", last, ok, err, tt.last, tt.ok)
 			}
 		})
+	}
+}
+
+// lockedBuffer is an io.Writer safe for RunSidecars's flusher and the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestRunSidecarsReportsEveryACK: the sidecar process's side writes a
+// parseable line for each sidecar's listeners, clusters and assignments.
+func TestRunSidecarsReportsEveryACK(t *testing.T) {
+	cfg := xds.DefaultConfig()
+	cfg.GRPC, cfg.HTTP = "127.0.0.1:0", "127.0.0.1:0"
+	srv, err := xds.New(cfg, telemetry.Discard(), xds.NewMemoryView(ModelMembers(2)...), xds.Options{PairLive: zeroLive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { _ = srv.Run(ctx) })
+	var out lockedBuffer
+	sctx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	wg.Go(func() { ran <- RunSidecars(sctx, srv.GRPCAddr(), 2, &out) })
+	want := []string{resource.ListenerType, resource.ClusterType, resource.EndpointType}
+	for {
+		seen := map[string]bool{}
+		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			if line == "" {
+				continue
+			}
+			l, err := parseACK(line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[strconv.Itoa(l.i)+" "+l.typ] = true
+		}
+		all := true
+		for i := range 2 {
+			for _, typ := range want {
+				all = all && seen[strconv.Itoa(i)+" "+typ]
+			}
+		}
+		if all {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("not every sidecar acknowledged every type; got:\n%s", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	stop()
+	if err := <-ran; err != nil {
+		t.Errorf("RunSidecars: %v", err)
 	}
 }
