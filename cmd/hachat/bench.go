@@ -114,7 +114,7 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 	}
 	if o.Anchor != "" {
 		if o.Core != "" {
-			return fmt.Errorf("%w: --anchor starts its own clusters; it cannot be used with --core", errUsage)
+			return usageError(errw, "--anchor starts its own clusters; it cannot be used with --core")
 		}
 		work, err := os.MkdirTemp("", "hachat-anchor-")
 		if err != nil {

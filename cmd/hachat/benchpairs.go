@@ -16,9 +16,9 @@ import (
 func benchChatPairs(ctx context.Context, n int, otherTarget bool, autoSave int, opts chatbench.Options, out, errw io.Writer, asJSON bool) error {
 	switch {
 	case n < 1 || n > demo.MaxPairs:
-		return fmt.Errorf("%w: --pairs %d: want 1 to %d", errUsage, n, demo.MaxPairs)
+		return usageError(errw, "--pairs %d: want 1 to %d", n, demo.MaxPairs)
 	case otherTarget:
-		return fmt.Errorf("%w: --pairs starts its own cluster: it cannot be used with --core or --anchor", errUsage)
+		return usageError(errw, "--pairs starts its own cluster: it cannot be used with --core or --anchor")
 	}
 	mode := fmt.Sprintf("%d pair(s) behind the xDS control planes, proxyless grpc-go client routed per pair", n)
 	rep, err := chatbench.RunPairs(ctx, chatbench.ClusterOptions{Pairs: n, Pair: true, AutoSave: autoSave}, opts, errw)

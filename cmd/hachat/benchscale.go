@@ -54,21 +54,21 @@ func runBenchScale(ctx context.Context, args []string, out, errw io.Writer) erro
 	}
 	switch {
 	case o.Pairs < 1 || o.Pairs > 4000:
-		return fmt.Errorf("%w: --pairs %d: want 1 to 4000", errUsage, o.Pairs)
+		return usageError(errw, "--pairs %d: want 1 to 4000", o.Pairs)
 	case o.Sessions < 1:
-		return fmt.Errorf("%w: --sessions %d: want at least 1", errUsage, o.Sessions)
+		return usageError(errw, "--sessions %d: want at least 1", o.Sessions)
 	case o.Churn < -1:
-		return fmt.Errorf("%w: --churn %d: want -1, 0 or more", errUsage, o.Churn)
+		return usageError(errw, "--churn %d: want -1, 0 or more", o.Churn)
 	case o.PerPoll < 1:
-		return fmt.Errorf("%w: --per-poll %d: want at least 1", errUsage, o.PerPoll)
+		return usageError(errw, "--per-poll %d: want at least 1", o.PerPoll)
 	case o.Capacity < 1:
-		return fmt.Errorf("%w: --capacity must be at least 1", errUsage)
+		return usageError(errw, "--capacity 0: want at least 1")
 	case o.Sidecars < 1:
-		return fmt.Errorf("%w: --sidecars %d: want at least 1", errUsage, o.Sidecars)
+		return usageError(errw, "--sidecars %d: want at least 1", o.Sidecars)
 	case o.RestoreRate < 0:
-		return fmt.Errorf("%w: --restore-rate %g: want 0 (measure) or more", errUsage, o.RestoreRate)
+		return usageError(errw, "--restore-rate %g: want 0 (measure) or more", o.RestoreRate)
 	case o.RestoreRate == 0 && o.RestoreSessions < 1:
-		return fmt.Errorf("%w: --restore-sessions %d: want at least 1", errUsage, o.RestoreSessions)
+		return usageError(errw, "--restore-sessions %d: want at least 1", o.RestoreSessions)
 	}
 	binary := ""
 	if o.SidecarProcess {
@@ -119,7 +119,14 @@ func runBenchScaleSidecars(ctx context.Context, args []string, out, errw io.Writ
 		return err
 	}
 	if o.XDS == "" || o.Sidecars < 1 {
-		return fmt.Errorf("%w: want --xds and --sidecars of at least 1", errUsage)
+		return usageError(errw, "want --xds and --sidecars of at least 1")
 	}
 	return scalebench.RunSidecars(ctx, o.XDS, o.Sidecars, out)
+}
+
+// usageError tells the user what is wrong with the flags (errw) and
+// returns errUsage: the user has been told.
+func usageError(errw io.Writer, format string, args ...any) error {
+	fmt.Fprintf(errw, "hachat bench: "+format+"\n", args...)
+	return errUsage
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -32,6 +33,9 @@ func TestBenchScaleAndPairsRejectBadInput(t *testing.T) {
 			err := runBench(context.Background(), tt.args, &out, &errw)
 			if !errors.Is(err, errUsage) {
 				t.Errorf("runBench %v = %v, want a usage error", tt.args, err)
+			}
+			if !strings.Contains(errw.String(), "want") && !strings.Contains(errw.String(), "cannot") {
+				t.Errorf("runBench %v told the user %q, want what is wrong", tt.args, errw.String())
 			}
 		})
 	}
