@@ -107,7 +107,7 @@ func (s *scriptedBackup) next(t *testing.T) []*chatpb.ReplicaMsg {
 func newTestReplicator(t *testing.T, fake replicatorCore, store *memStore) *replicator {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.Name, cfg.ReplicationTimeout = "core-a", 300*time.Millisecond
+	cfg.Name, cfg.ReplicationTimeout = "core-a", 10*time.Second // generous: a loaded machine must not time the backup out
 	rs := role.New()
 	rs.BecomePrimary(3, true, nil)
 	return &replicator{core: fake, cfg: cfg, role: rs, fencer: StoreFencer{Store: store}, m: newMetrics(prometheus.NewRegistry()),
@@ -211,6 +211,9 @@ func TestReplicatorAlone(t *testing.T) {
 
 	// A silent backup: the copy gives up after replication-timeout, the
 	// event uncertain (the backup may have applied it), the link dropped.
+	// (Every copy above has returned and serve read the timeout before it
+	// sent the snapshot: nothing reads it concurrently.)
+	r.cfg.ReplicationTimeout = 300 * time.Millisecond
 	start := time.Now()
 	s4 := newSession("s4")
 	acked, uncertain := r.copyToBackup(s4, &chatpb.Event{SessionId: "s4", Index: 1}, true)
