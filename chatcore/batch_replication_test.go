@@ -76,15 +76,9 @@ func TestSenderBatchesRuns(t *testing.T) {
 
 	// The backup applies what was sent, in order.
 	b := newLocalCore(t, nil)
-	seen := map[string]bool{}
+	ap := b.newApplier()
 	for _, m := range st.msgs {
-		var err error
-		if bb := m.GetBatch(); bb != nil {
-			err = b.applyBatch(m.Seq, bb, seen)
-		} else {
-			err = b.applyReplicated(m, seen)
-		}
-		if err != nil {
+		if err := ap.apply(m); err != nil {
 			t.Fatalf("apply %d: %v", m.Seq, err)
 		}
 	}
@@ -152,7 +146,7 @@ func TestApplyBatchRefusesMalformed(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := newLocalCore(t, nil)
-			if err := b.applyBatch(tc.seq, &chatpb.ReplicaBatch{Msgs: tc.msgs}, map[string]bool{}); err == nil {
+			if err := b.newApplier().applyBatch(tc.seq, &chatpb.ReplicaBatch{Msgs: tc.msgs}); err == nil {
 				t.Fatal("applied a malformed batch")
 			}
 		})

@@ -74,9 +74,6 @@ type Core struct {
 	repl     *replicator      // primary side of replication
 	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
 
-	progressMu    sync.Mutex
-	progressDirty map[*session]struct{} // saves to report to the backup
-
 	restoreMu sync.Mutex
 	restoring map[string]chan struct{} // session ids being rebuilt from UCS
 
@@ -182,7 +179,6 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
 	c.restoring = make(map[string]chan struct{})
-	c.progressDirty = make(map[*session]struct{})
 	c.m.role.snapshot = c.role.RoleEpoch
 	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log
 	// The pair, for per-pair sums: chats placed per pair are

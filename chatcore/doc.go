@@ -24,7 +24,10 @@
 //   - Fencer (fencer.go, etcdfencer.go): where epochs and the primary's
 //     lease live (etcd, or UCS through StoreFencer).
 //   - replicator (replication.go: primary side, the batched stream with
-//     acknowledgements; follower.go: backup side, apply).
+//     acknowledgements, reaching the core through replicatorCore) and
+//     applier (applier.go: backup side, reaching the core through
+//     applierCore); follower.go runs the backup's stream and decides when
+//     the primary is dead.
 //   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
 //     (store.go; records in package transcript).
 //   - RPC surface (rpc.go: the Chat service; server.go: gRPC, HTTP, gates).
@@ -46,9 +49,10 @@
 //
 // Everything else is a leaf, never held while taking another of ours: the
 // saver's queue (saver.mu), its trouble counter, the replicator's link
-// pointer (replicator.mu) and each link's queue (link.mu, never held with
-// replicator.mu), watchers, tombstones, background, progressMu,
-// restoreMu, peerMu, metaMu, refuteMu, adoptions.mu (the adopted pairs). The role State's hot readers
+// pointer (replicator.mu), its save-progress queue (replicator.progressMu)
+// and each link's queue (link.mu, never held with replicator.mu),
+// watchers, tombstones, background, restoreMu, peerMu, metaMu, refuteMu,
+// adoptions.mu (the adopted pairs). The role State's hot readers
 // (IsPrimary, Epoch, Draining, Unmerged) are atomics and take no lock, so
 // the append path never waits for a transition. Held across network calls:
 // inflight and appendMu across a second copy (inflight exclusively across a

@@ -21,7 +21,8 @@ import (
 )
 
 // This file is the backup's side: it replicates from the primary and
-// decides when the primary is dead.
+// decides when the primary is dead. What the stream carries is applied by
+// the applier (applier.go).
 //
 // Detection, fastest first:
 //  1. The replication stream breaks (a killed process resets its
@@ -292,7 +293,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			}
 		}
 	}()
-	seen := make(map[string]bool)
+	ap := c.newApplier()
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -304,13 +305,12 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			return end
 		}
 		lastHeard.Store(time.Now().UnixNano())
-		if known := c.role.Epoch(); msg.Epoch < known {
+		if err := ap.admit(msg); err != nil {
 			end.fencedPrimary = true
-			end.err = fmt.Errorf("primary %s carries epoch %d, older than %d: rejected", msg.Primary, msg.Epoch, known)
-			c.log.WarnContext(ctx, "rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", known)
+			end.err = err
+			c.log.WarnContext(ctx, "rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", c.role.Epoch())
 			return end
 		}
-		c.role.Observe(msg.Epoch)
 		end.primaryName, end.primaryEpoch, end.receivedAny = msg.Primary, msg.Epoch, true
 		if !c.sawPrimary.Load() {
 			c.sawPrimary.Store(true)
@@ -320,24 +320,24 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 		case *chatpb.ReplicaMsg_Heartbeat:
 			continue
 		case *chatpb.ReplicaMsg_Snapshot, *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
-			if err := c.applyReplicated(msg, seen); err != nil {
+			if err := ap.apply(msg); err != nil {
 				end.err = err
 				c.log.WarnContext(ctx, "replicated message does not fit: resyncing", "err", err)
 				return end
 			}
 		case *chatpb.ReplicaMsg_Batch:
-			if err := c.applyBatch(msg.Seq, b.Batch, seen); err != nil {
+			if err := ap.apply(msg); err != nil {
 				end.err = err
 				c.log.WarnContext(ctx, "replicated batch does not fit: resyncing", "err", err)
 				return end
 			}
 		case *chatpb.ReplicaMsg_SnapshotDone:
-			n := c.dropUnseen(seen)
+			n, kept := ap.synced()
 			end.synced = true
 			c.replicaStale.Store(false)
 			c.gossipDead.Store(false)
 			c.log.InfoContext(ctx, "in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
-				"sessions", len(seen), "dropped_stale", n)
+				"sessions", kept, "dropped_stale", n)
 			c.bg.spawn(c.publishMeta) // gossip the epoch we now follow
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
@@ -590,208 +590,6 @@ func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
 		}
 	}()
 	return ch, cancel
-}
-
-// applyReplicated applies one snapshot, event or save progress of the
-// primary and notes the session in seen.
-func (c *Core) applyReplicated(msg *chatpb.ReplicaMsg, seen map[string]bool) error {
-	switch b := msg.Body.(type) {
-	case *chatpb.ReplicaMsg_Snapshot:
-		if b.Snapshot == nil {
-			return errors.New("empty snapshot")
-		}
-		if b.Snapshot.Tombstone {
-			// Not marked seen: a local copy of the session goes at snapshot_done.
-			if b.Snapshot.SessionId == "" {
-				return errors.New("tombstone without a session id")
-			}
-			c.tombs.add(b.Snapshot.SessionId, b.Snapshot.LastIndex)
-			return nil
-		}
-		if err := c.applySnapshot(b.Snapshot); err != nil {
-			return fmt.Errorf("snapshot: %w", err)
-		}
-		seen[b.Snapshot.SessionId] = true
-	case *chatpb.ReplicaMsg_Event:
-		if b.Event == nil {
-			return errors.New("empty event")
-		}
-		if err := c.applyEvent(b.Event); err != nil {
-			return fmt.Errorf("event: %w", err)
-		}
-		seen[b.Event.SessionId] = true
-	case *chatpb.ReplicaMsg_Saved:
-		if b.Saved != nil {
-			c.applyProgress(b.Saved)
-		}
-	default:
-		return fmt.Errorf("unexpected replication message %T", msg.Body)
-	}
-	return nil
-}
-
-// applyBatch applies a ReplicaBatch in order. Its messages are events and
-// save progress with consecutive seqs ending at seq (the outer message's);
-// anything else means the stream is not what this core expects and it
-// resyncs (nothing of the batch is acknowledged: the caller acks only after
-// the whole batch applied).
-func (c *Core) applyBatch(seq uint64, b *chatpb.ReplicaBatch, seen map[string]bool) error {
-	msgs := b.GetMsgs()
-	if len(msgs) == 0 {
-		return errors.New("empty batch")
-	}
-	if first := msgs[0].Seq; first+uint64(len(msgs))-1 != seq {
-		return fmt.Errorf("batch of %d from seq %d does not end at %d", len(msgs), first, seq)
-	}
-	for i, m := range msgs {
-		if m == nil || m.Seq != msgs[0].Seq+uint64(i) {
-			return fmt.Errorf("batch entry %d is out of sequence", i)
-		}
-		switch m.Body.(type) {
-		case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
-		default:
-			return fmt.Errorf("batch entry %d: %T cannot be batched", i, m.Body)
-		}
-		if err := c.applyReplicated(m, seen); err != nil {
-			return fmt.Errorf("batch entry %d (seq %d): %w", i, m.Seq, err)
-		}
-	}
-	return nil
-}
-
-// applySnapshot replaces the local copy of one session. A snapshot that is
-// not a gap-free log of its session is refused and changes nothing.
-func (c *Core) applySnapshot(snap *chatpb.SessionSnapshot) error {
-	if snap.SessionId == "" {
-		return errors.New("snapshot without a session id")
-	}
-	for i, ev := range snap.Events {
-		if ev == nil || ev.Index != uint64(i+1) || ev.SessionId != snap.SessionId {
-			return fmt.Errorf("snapshot of %s: entry %d is not event %d of the session", snap.SessionId, i, i+1)
-		}
-	}
-	s := newSession(snap.SessionId)
-	if len(snap.Events) > 0 && snap.Events[0].Kind == chatpb.EventKind_EVENT_KIND_SESSION_STARTED {
-		s.startReq = snap.Events[0].ClientRequestId
-	}
-	for _, ev := range snap.Events {
-		s.log.Commit(ev)
-	}
-	s.savedThrough, s.finalSaved, s.noFinalSave = snap.SavedThrough, snap.FinalSaved, snap.NoFinalSave
-	if s.log.State.Ended {
-		s.endedAt = c.now()
-	}
-	c.putSession(s)
-	return nil
-}
-
-// putSession inserts or replaces a session, keeping the live count. Lock
-// order (doc.go) is s.mu before c.mu (commitLocked takes c.mu under s.mu),
-// so the replaced session is marked after c.mu is released.
-func (c *Core) putSession(s *session) {
-	c.mu.Lock()
-	old := c.sessions[s.id]
-	c.sessions[s.id] = s
-	if old != nil {
-		c.unregisterStartLocked(old)
-	}
-	c.registerStartLocked(s)
-	c.mu.Unlock()
-	delta := 0
-	if old != nil {
-		old.mu.Lock()
-		old.removed = true
-		c.dropDoubtLocked(old)
-		if !old.log.State.Ended {
-			delta--
-		}
-		old.mu.Unlock()
-	}
-	s.mu.Lock()
-	if !s.log.State.Ended {
-		delta++
-	}
-	s.mu.Unlock()
-	c.mu.Lock()
-	c.live += delta
-	c.m.sessionsLive.Set(float64(c.live))
-	c.mu.Unlock()
-}
-
-// applyEvent appends one replicated event.
-func (c *Core) applyEvent(ev *chatpb.Event) error {
-	if ev.SessionId == "" {
-		return errors.New("replicated event without a session id")
-	}
-	s := c.session(ev.SessionId)
-	if s == nil {
-		if ev.Index != 1 {
-			return fmt.Errorf("event %d of unknown session %s", ev.Index, ev.SessionId)
-		}
-		s = newSession(ev.SessionId)
-		if ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_STARTED {
-			s.startReq = ev.ClientRequestId
-		}
-		c.mu.Lock()
-		c.sessions[s.id] = s
-		c.registerStartLocked(s)
-		c.live++
-		c.m.sessionsLive.Set(float64(c.live))
-		c.mu.Unlock()
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	last := s.lastIndex()
-	switch {
-	case ev.Index <= last:
-		return nil // already have it (snapshot and event raced on the stream)
-	case ev.Index != last+1:
-		return fmt.Errorf("session %s: event %d after %d", s.id, ev.Index, last)
-	}
-	c.commitLocked(s, ev)
-	c.m.replicated.Inc()
-	return nil
-}
-
-// applyProgress records a save the primary's UCS acknowledged.
-func (c *Core) applyProgress(p *chatpb.SaveProgress) {
-	s := c.session(p.SessionId)
-	if s == nil {
-		return
-	}
-	s.mu.Lock()
-	s.savedThrough = max(s.savedThrough, p.SavedThrough)
-	s.finalSaved = s.finalSaved || p.FinalSaved
-	s.noFinalSave = s.noFinalSave || p.NoFinalSave
-	s.mu.Unlock()
-}
-
-// dropUnseen forgets sessions the primary's snapshot did not carry.
-func (c *Core) dropUnseen(seen map[string]bool) int {
-	c.mu.Lock()
-	var drop []*session
-	for id, s := range c.sessions {
-		if !seen[id] {
-			drop = append(drop, s)
-			delete(c.sessions, id)
-			c.unregisterStartLocked(s)
-		}
-	}
-	c.mu.Unlock()
-	for _, s := range drop {
-		s.mu.Lock()
-		s.removed = true
-		c.dropDoubtLocked(s)
-		ended := s.log.State.Ended
-		s.mu.Unlock()
-		if !ended {
-			c.mu.Lock()
-			c.live--
-			c.m.sessionsLive.Set(float64(c.live))
-			c.mu.Unlock()
-		}
-	}
-	return len(drop)
 }
 
 var errNoBackup = errors.New("no backup in sync")

@@ -34,24 +34,25 @@ func FuzzReplicaMsg(f *testing.F) {
 		if err := proto.Unmarshal(b, &m); err != nil {
 			return
 		}
+		ap := c.newApplier()
 		switch body := m.Body.(type) {
 		case *chatpb.ReplicaMsg_Event:
 			if body.Event != nil {
-				_ = c.applyEvent(body.Event)
+				_ = ap.applyEvent(body.Event)
 			}
 		case *chatpb.ReplicaMsg_Snapshot:
 			if body.Snapshot != nil {
-				err := c.applySnapshot(body.Snapshot)
+				err := ap.applySnapshot(body.Snapshot)
 				if (err == nil) != (body.Snapshot.SessionId != "" && gapFree(body.Snapshot.SessionId, body.Snapshot.Events)) {
 					t.Fatalf("snapshot %v: err %v", body.Snapshot, err)
 				}
 			}
 		case *chatpb.ReplicaMsg_Saved:
 			if body.Saved != nil {
-				c.applyProgress(body.Saved)
+				ap.applyProgress(body.Saved)
 			}
 		case *chatpb.ReplicaMsg_Batch:
-			_ = c.applyBatch(m.Seq, body.Batch, map[string]bool{})
+			_ = ap.applyBatch(m.Seq, body.Batch)
 		}
 		c.mu.RLock()
 		defer c.mu.RUnlock()

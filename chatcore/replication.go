@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
@@ -26,22 +28,59 @@ import (
 
 var errLinkLost = errors.New("backup link lost")
 
-// replicator holds the primary's link to its backup, if any.
+// replicatorCore is what the primary's replicator needs of the core: a
+// snapshot of every session queued on a new link, a step down when the
+// fencing authority confirms that a backup knows a newer epoch, and word
+// that a backup is in sync again (the core then clears its solo mark).
+// *Core implements it; nothing else of the core is in the replicator's
+// reach.
+type replicatorCore interface {
+	snapshotTo(l *link) int
+	stepDown(reason string, newer uint64)
+	backupInSync()
+}
+
+// primaryStream is the primary's end of a Replicate stream: what the
+// replicator uses of chatpb.Replication_ReplicateServer (a test gives it a
+// scripted stream).
+type primaryStream interface {
+	Send(*chatpb.ReplicaMsg) error
+	Recv() (*chatpb.ReplicaAck, error)
+	Context() context.Context
+}
+
+// replicator is the primary's side of replication: it serves the backup's
+// Replicate stream, holds the live link, sends each event and waits for
+// the backup's acknowledgement of it (copyToBackup), and reports save
+// progress. It holds its own dependencies and reaches the core only
+// through replicatorCore.
 type replicator struct {
-	c   *Core
+	core   replicatorCore
+	cfg    Config
+	role   *role.State // the term a stream serves; hellos are checked against its epoch
+	fencer Fencer      // confirms a newer epoch a backup claims
+	m      *metrics
+	log    *slog.Logger
+
 	mu  sync.Mutex
 	cur *link
 	gen atomic.Uint64
+
+	progressMu    sync.Mutex
+	progressDirty map[*session]struct{} // saves to report to the backup
 }
 
-func newReplicator(c *Core) *replicator { return &replicator{c: c} }
+func newReplicator(c *Core) *replicator {
+	return &replicator{core: c, cfg: c.cfg, role: c.role, fencer: c.fencer, m: c.m, log: c.log,
+		progressDirty: make(map[*session]struct{})}
+}
 
 // link is one Replicate stream from a backup.
 type link struct {
 	r      *replicator
 	name   string
 	gen    uint64
-	stream chatpb.Replication_ReplicateServer
+	stream primaryStream
 
 	mu      sync.Mutex
 	queue   []*chatpb.ReplicaMsg
@@ -75,7 +114,7 @@ func (r *replicator) attach(l *link) {
 	r.mu.Lock()
 	old := r.cur
 	r.cur = l
-	r.c.m.backupInSync.Set(0) // until l has acknowledged its snapshot
+	r.m.backupInSync.Set(0) // until l has acknowledged its snapshot
 	r.mu.Unlock()
 	if old != nil {
 		old.kill(errors.New("replaced by a new backup stream"))
@@ -154,8 +193,8 @@ func (l *link) ack(seq uint64) {
 	l.waiters = l.waiters[n:]
 	lag := l.nextSeq - l.acked
 	l.mu.Unlock()
-	l.r.c.m.replicated.Add(float64(n))
-	l.r.c.m.replicationLag.Set(float64(lag))
+	l.r.m.replicated.Add(float64(n))
+	l.r.m.replicationLag.Set(float64(lag))
 }
 
 // kill ends the link: every waiter fails and the replicator forgets it.
@@ -180,11 +219,11 @@ func (l *link) kill(err error) {
 		r.cur = nil
 	}
 	if r.cur == nil || !r.cur.inSync.Load() {
-		r.c.m.backupInSync.Set(0)
+		r.m.backupInSync.Set(0)
 	}
 	r.mu.Unlock()
-	r.c.m.replicationLag.Set(0)
-	r.c.log.Warn("backup link lost: second copies go to UCS until it resyncs", "backup", l.name, "err", err)
+	r.m.replicationLag.Set(0)
+	r.log.Warn("backup link lost: second copies go to UCS until it resyncs", "backup", l.name, "err", err)
 }
 
 // sender writes queued messages to the stream, and a heartbeat when idle.
@@ -315,15 +354,22 @@ func (l *link) write(queued []*chatpb.ReplicaMsg, epoch uint64, primary string) 
 		if err := l.stream.Send(b); err != nil {
 			return fmt.Errorf("send batch of %d: %w", j-i, err)
 		}
-		l.r.c.m.replicationBatch.Observe(float64(j - i))
+		l.r.m.replicationBatch.Observe(float64(j - i))
 		i = j
 	}
 	return nil
 }
 
 // Replicate serves a backup: hello, snapshot, live tail, acks. Only the
-// primary accepts; a backup that knows a newer epoch fences this core.
+// primary accepts; a backup that knows a newer epoch fences this core. The
+// replicator does the work (serve).
 func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
+	return c.repl.serve(stream)
+}
+
+// serve runs one backup's Replicate stream: hello, snapshot, live tail,
+// acks, until the stream, the link or the primary's term ends.
+func (r *replicator) serve(stream primaryStream) error {
 	first, err := stream.Recv()
 	if err != nil {
 		return err
@@ -334,40 +380,40 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 	}
 	// The pair token (admin-token) is checked before anything else, so a
 	// stream without it changes nothing: no step-down, no link replaced.
-	if c.cfg.AdminToken != "" && !keyMatches(hashKey(hello.Token), hashKey(c.cfg.AdminToken)) {
-		c.log.Warn("refused a replication stream: wrong pair token", "backup", hello.Name)
+	if r.cfg.AdminToken != "" && !keyMatches(hashKey(hello.Token), hashKey(r.cfg.AdminToken)) {
+		r.log.Warn("refused a replication stream: wrong pair token", "backup", hello.Name)
 		return status.Error(codes.PermissionDenied, "wrong pair token")
 	}
-	if hello.Epoch > c.role.Epoch() {
+	if hello.Epoch > r.role.Epoch() {
 		// A backup's word is a hint; only UCS can say that a newer epoch exists.
-		mine := c.role.Epoch()
+		mine := r.role.Epoch()
 		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
-		cur, err := c.fencer.Current(uctx, c.cfg.Cluster)
+		cur, err := r.fencer.Current(uctx, r.cfg.Cluster)
 		cancel()
 		switch {
 		case err != nil:
-			c.log.Warn("refused a backup claiming a newer epoch: the fencing authority cannot confirm it now", "backup", hello.Name,
+			r.log.Warn("refused a backup claiming a newer epoch: the fencing authority cannot confirm it now", "backup", hello.Name,
 				"claimed", hello.Epoch, "mine", mine, "err", err)
 			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at the fencing authority: retry", hello.Epoch)
 		case cur.Epoch > mine:
-			c.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (the fencing authority holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
+			r.core.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (the fencing authority holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
 			return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", cur.Epoch)
 		default:
-			c.log.Warn("refused a backup claiming an epoch the fencing authority does not know", "backup", hello.Name,
+			r.log.Warn("refused a backup claiming an epoch the fencing authority does not know", "backup", hello.Name,
 				"claimed", hello.Epoch, "ucs_epoch", cur.Epoch, "mine", mine)
 			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at the fencing authority (it holds %d)", hello.Epoch, cur.Epoch)
 		}
 	}
-	term := c.role.Term()
+	term := r.role.Term()
 	epoch, primary, roleCtx := term.Epoch, term.Primary, term.Stream
 	if !primary {
 		return errNotPrimary
 	}
-	l := &link{r: c.repl, name: hello.Name, gen: c.repl.gen.Add(1), stream: stream, batches: hello.Batches,
+	l := &link{r: r, name: hello.Name, gen: r.gen.Add(1), stream: stream, batches: hello.Batches,
 		wake: make(chan struct{}, 1), done: make(chan struct{}), handover: make(chan *chatpb.ReplicaAck, 1)}
-	c.repl.attach(l)
+	r.attach(l)
 	defer l.kill(errors.New("stream ended"))
-	go l.sender(epoch, c.cfg.Name, c.cfg.ReplicationTimeout/5)
+	go l.sender(epoch, r.cfg.Name, r.cfg.ReplicationTimeout/5)
 
 	recvErr := make(chan error, 1)
 	go func() {
@@ -387,8 +433,8 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		}
 	}()
 	start := time.Now()
-	c.log.Info("backup connected: sending snapshot", "backup", hello.Name, "backup_epoch", hello.Epoch)
-	n := c.snapshotTo(l)
+	r.log.Info("backup connected: sending snapshot", "backup", hello.Name, "backup_epoch", hello.Epoch)
+	n := r.core.snapshotTo(l)
 	select {
 	case err := <-l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_SnapshotDone{SnapshotDone: true}}, true):
 		if err != nil {
@@ -398,13 +444,13 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 		return status.Error(codes.DeadlineExceeded, "backup did not acknowledge the snapshot")
 	}
 	l.inSync.Store(true)
-	c.repl.mu.Lock() // kill clears the gauge under the same lock
-	if c.repl.cur == l {
-		c.m.backupInSync.Set(1)
+	r.mu.Lock() // kill clears the gauge under the same lock
+	if r.cur == l {
+		r.m.backupInSync.Set(1)
 	}
-	c.repl.mu.Unlock()
-	c.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
-	c.bg.spawn(c.clearSolo)
+	r.mu.Unlock()
+	r.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
+	r.core.backupInSync()
 
 	select {
 	case err := <-recvErr:
@@ -455,6 +501,10 @@ func (c *Core) snapshotTo(l *link) int {
 	return n
 }
 
+// backupInSync is the replicator's word that a backup acknowledged its
+// snapshot: every acknowledged event is on it again, so the solo mark goes.
+func (c *Core) backupInSync() { c.bg.spawn(c.clearSolo) }
+
 // secondCopy makes sure a second copy of ev exists before it is committed
 // (invariant 1): the backup's ack, or, while the backup is away or does not
 // have the session yet, a save of ev in UCS. A standalone core (no peer)
@@ -468,30 +518,9 @@ func (c *Core) snapshotTo(l *link) int {
 // epoch, conflict, invalid, forbidden, the breaker open: nothing sent) and
 // no attempt to the backup leave it certain that no copy exists.
 func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, needCopy bool) (uncertain bool, err error) {
-	if l := c.repl.current(); l != nil {
-		if ev.Index == 1 {
-			s.replGen.Store(l.gen) // a new session: its whole log is this event
-		}
-		if s.replGen.Load() == l.gen {
-			uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
-			ch := l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
-			if !needCopy {
-				return false, nil
-			}
-			t := time.NewTimer(c.cfg.ReplicationTimeout)
-			defer t.Stop()
-			select {
-			case err := <-ch:
-				if err == nil {
-					return false, nil
-				}
-			case <-t.C:
-				// A silent backup is given up; it resyncs from a fresh snapshot.
-				// The client's ctx is not honoured here: once sent, the event's
-				// fate must be decided (committed or not) before the index moves on.
-				l.kill(fmt.Errorf("no ack within %s", c.cfg.ReplicationTimeout))
-			}
-		}
+	acked, uncertain := c.repl.copyToBackup(s, ev, needCopy)
+	if acked {
+		return false, nil
 	}
 	if !c.paired() || !needCopy || !c.notices.keeps(ev) {
 		return false, nil
@@ -521,6 +550,46 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	}
 	c.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "uncertain", uncertain, "err", err)
 	return uncertain, status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
+}
+
+// copyToBackup sends ev to the live backup when the backup holds its
+// session (a new session's whole log is ev) and, with needCopy, waits for
+// the backup's acknowledgement of it, at most replication-timeout (a
+// silent backup is given up: it resyncs from a fresh snapshot). acked
+// reports that nothing more is needed: the backup acknowledged ev, or ev
+// was sent without needCopy. Otherwise uncertain reports that ev was
+// queued to the backup without an ack (the backup may have applied it).
+// Call with s.appendMu held.
+func (r *replicator) copyToBackup(s *session, ev *chatpb.Event, needCopy bool) (acked, uncertain bool) {
+	l := r.current()
+	if l == nil {
+		return false, false
+	}
+	if ev.Index == 1 {
+		s.replGen.Store(l.gen) // a new session: its whole log is this event
+	}
+	if s.replGen.Load() != l.gen {
+		return false, false
+	}
+	uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
+	ch := l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
+	if !needCopy {
+		return true, false
+	}
+	t := time.NewTimer(r.cfg.ReplicationTimeout)
+	defer t.Stop()
+	select {
+	case err := <-ch:
+		if err == nil {
+			return true, false
+		}
+	case <-t.C:
+		// A silent backup is given up; it resyncs from a fresh snapshot.
+		// The client's ctx is not honoured here: once sent, the event's
+		// fate must be decided (committed or not) before the index moves on.
+		l.kill(fmt.Errorf("no ack within %s", r.cfg.ReplicationTimeout))
+	}
+	return false, uncertain
 }
 
 // markSolo records at the coordination cluster, once per epoch and before
@@ -577,18 +646,22 @@ func (c *Core) clearSolo(ctx context.Context) {
 	c.m.solo.Set(0)
 }
 
-// replicateProgress tells the backup about an acknowledged transcript save:
-// at once when now is set, else batched by the progress flusher (saves are
+// replicateProgress tells the backup about an acknowledged transcript save
+// (the saver's report, saverCore): the replicator sends it.
+func (c *Core) replicateProgress(s *session, now bool) { c.repl.progress(s, now) }
+
+// progress tells the backup about an acknowledged transcript save: at once
+// when now is set, else batched by the progress flusher (saves are
 // idempotent, so progress the backup misses only costs a re-save after a
 // failover).
-func (c *Core) replicateProgress(s *session, now bool) {
+func (r *replicator) progress(s *session, now bool) {
 	if !now {
-		c.progressMu.Lock()
-		c.progressDirty[s] = struct{}{}
-		c.progressMu.Unlock()
+		r.progressMu.Lock()
+		r.progressDirty[s] = struct{}{}
+		r.progressMu.Unlock()
 		return
 	}
-	l := c.repl.current()
+	l := r.current()
 	if l == nil || s.replGen.Load() != l.gen {
 		return
 	}
@@ -602,7 +675,7 @@ func (c *Core) replicateProgress(s *session, now bool) {
 const progressEvery = 50 * time.Millisecond
 
 // flushProgress sends batched save progress until ctx is done.
-func (c *Core) flushProgress(ctx context.Context) {
+func (r *replicator) flushProgress(ctx context.Context) {
 	t := time.NewTicker(progressEvery)
 	defer t.Stop()
 	for {
@@ -611,12 +684,12 @@ func (c *Core) flushProgress(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		c.progressMu.Lock()
-		dirty := c.progressDirty
-		c.progressDirty = make(map[*session]struct{}, len(dirty))
-		c.progressMu.Unlock()
+		r.progressMu.Lock()
+		dirty := r.progressDirty
+		r.progressDirty = make(map[*session]struct{}, len(dirty))
+		r.progressMu.Unlock()
 		for s := range dirty {
-			c.replicateProgress(s, true)
+			r.progress(s, true)
 		}
 	}
 }

@@ -79,7 +79,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	})
 	wg.Go(func() { c.saver.run(ctx) })
 	wg.Go(func() { c.janitor(ctx) })
-	wg.Go(func() { c.flushProgress(ctx) })
+	wg.Go(func() { c.repl.flushProgress(ctx) })
 	wg.Go(func() { c.roleLoop(ctx) })
 
 	var err error

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -92,31 +91,16 @@ func RequestAddPair(ctx context.Context, statePath string) (AddPairResult, error
 	if st.Supervisor <= 0 || !alive(st.Supervisor) || st.Control == "" {
 		return AddPairResult{}, fmt.Errorf("%w: no running demo with a control socket behind %s", ErrNoDemo, statePath)
 	}
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", st.Control)
-		},
-	}}
-	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://demo/add-pair", nil)
-	if err != nil {
-		return AddPairResult{}, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return AddPairResult{}, fmt.Errorf("ask the demo (supervisor pid %d) at %s: %w", st.Supervisor, st.Control, err)
-	}
-	defer resp.Body.Close()
 	var body struct {
 		AddPairResult
 		Error string `json:"error"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return AddPairResult{}, fmt.Errorf("the demo's answer (%s): %w", resp.Status, err)
+	code, err := postControl(ctx, st, "/add-pair", &body)
+	if err != nil {
+		return AddPairResult{}, err
 	}
-	if body.Error != "" || resp.StatusCode != http.StatusOK {
-		if resp.StatusCode == http.StatusConflict {
+	if body.Error != "" || code != http.StatusOK {
+		if code == http.StatusConflict {
 			return body.AddPairResult, fmt.Errorf("%w: %s", ErrNoNewPair, body.Error)
 		}
 		return body.AddPairResult, errors.New(body.Error)

@@ -252,35 +252,20 @@ func RequestRestart(ctx context.Context, statePath, name string, opts RestartOpt
 		return RestartResult{}, fmt.Errorf("%w: the demo of %s (supervisor pid %d) takes no restart requests (no control socket in its state file: started by an older hachat)",
 			ErrNoDemo, statePath, st.Supervisor)
 	}
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", st.Control)
-		},
-	}}
-	defer client.CloseIdleConnections()
 	q := "name=" + url.QueryEscape(name)
 	if opts.Force {
 		q += "&force=1"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://demo/restart?"+q, nil)
-	if err != nil {
-		return RestartResult{}, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return RestartResult{}, fmt.Errorf("ask the demo (supervisor pid %d) at %s: %w", st.Supervisor, st.Control, err)
-	}
-	defer resp.Body.Close()
 	var body struct {
 		RestartResult
 		Error string `json:"error"`
 		Code  string `json:"code"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return RestartResult{}, fmt.Errorf("the demo's answer (%s): %w", resp.Status, err)
+	code, err := postControl(ctx, st, "/restart?"+q, &body)
+	if err != nil {
+		return RestartResult{}, err
 	}
-	if body.Error == "" && resp.StatusCode == http.StatusOK {
+	if body.Error == "" && code == http.StatusOK {
 		return body.RestartResult, nil
 	}
 	var sentinel error
@@ -296,6 +281,31 @@ func RequestRestart(ctx context.Context, statePath, name string, opts RestartOpt
 		return body.RestartResult, &remoteError{msg: body.Error, is: sentinel}
 	}
 	return body.RestartResult, errors.New(body.Error)
+}
+
+// postControl posts to path on the control socket of the demo st describes
+// and decodes its JSON answer into out; it returns the HTTP status.
+func postControl(ctx context.Context, st State, path string, out any) (int, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", st.Control)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://demo"+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("ask the demo (supervisor pid %d) at %s: %w", st.Supervisor, st.Control, err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return resp.StatusCode, fmt.Errorf("the demo's answer (%s): %w", resp.Status, err)
+	}
+	return resp.StatusCode, nil
 }
 
 // remoteError carries the supervisor's message and the sentinel it meant.

@@ -150,6 +150,9 @@ type Server struct {
 	adopted       map[string]string
 	degradedSince map[string]time.Time
 
+	// selCache memoizes the nodes' selections of the served resources.
+	selCache selectionCache
+
 	// kick asks Run to rebuild (live sessions or a drain changed).
 	kick chan struct{}
 }
@@ -402,8 +405,7 @@ func (s *Server) setSnapshotLocked(ctx context.Context, id string, st *nodeState
 		byType = s.served.ForEnvoy()
 	}
 	for typ, items := range byType {
-		sel := selectResources(typ, items, st)
-		v, err := itemsVersion(sel)
+		sel, v, err := s.selectedLocked(typ, items, st)
 		if err != nil {
 			s.log.Error("version resources", "node", id, "type", shortType(typ), "err", err)
 			return false

@@ -58,6 +58,11 @@ type Options struct {
 	// CoordMembers runs that many coordination members (embedded etcd)
 	// holding the cores' epochs (0: epochs at UCS).
 	CoordMembers int
+	// Pairs runs that many pairs of cores (demo's Layout.Pairs; 0 or 1:
+	// one pair, as the stage has it). With Pairs set and without Whole the
+	// plan keeps no sidecar either: the bench client reaches the cores
+	// proxyless, driven by the control planes' xDS.
+	Pairs int
 }
 
 // StartWith is Start with options.
@@ -71,7 +76,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 		return nil, fmt.Errorf("temp dir: %w", err)
 	}
 	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
-		ServiceToken: ServiceToken, AdminToken: AdminToken, CoordMembers: opts.CoordMembers}
+		ServiceToken: ServiceToken, AdminToken: AdminToken, CoordMembers: opts.CoordMembers, Pairs: opts.Pairs}
 	if opts.TLS {
 		layout.CertDir = filepath.Join(dir, "certs")
 	}
@@ -85,6 +90,13 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 		}
 	} else {
 		plan = withoutInstances(plan)
+		if opts.Pairs > 0 {
+			for _, p := range plan.Parts {
+				if p.Kind == demo.KindProxy || p.Kind == demo.KindWebAPI || p.Kind == demo.KindInteraction {
+					plan = plan.Without(p.Name)
+				}
+			}
+		}
 	}
 	for name, args := range opts.PartArgs {
 		plan = plan.With(name, args...)

@@ -36,6 +36,11 @@ type Options struct {
 	ServiceToken string
 	// MessageSize is the message text length in bytes (default 64).
 	MessageSize int
+	// CPU, when set, is read at the start and the end of the message phase:
+	// the measured processes' CPU time per message (Report.CPUPerMessage).
+	// ClientCPU likewise for the load generator (Report.ClientCPUPerMessage).
+	CPU       CPUProbe
+	ClientCPU CPUProbe
 }
 
 func (o *Options) defaults() {
@@ -70,6 +75,11 @@ type Report struct {
 	MemPerIdle  float64       `json:"bytes_per_idle_session"` // RSS growth / sessions, 0 if unknown
 	RSSBefore   uint64        `json:"rss_before_bytes"`
 	RSSSessions uint64        `json:"rss_sessions_bytes"`
+	// CPUPerMessage is the measured processes' CPU time (user + system)
+	// over the message phase per message sent (0 without Options.CPU);
+	// ClientCPUPerMessage the load generator's.
+	CPUPerMessage       time.Duration `json:"cpu_per_message_ns,omitempty"`
+	ClientCPUPerMessage time.Duration `json:"client_cpu_per_message_ns,omitempty"`
 }
 
 // String renders the report for a terminal.
@@ -78,14 +88,19 @@ func (r Report) String() string {
 	if r.MemPerIdle > 0 {
 		mem = fmt.Sprintf("%.0f B (%.2f KiB)", r.MemPerIdle, r.MemPerIdle/1024)
 	}
+	cpu := ""
+	if r.CPUPerMessage > 0 || r.ClientCPUPerMessage > 0 {
+		cpu = fmt.Sprintf("\ncpu per message     %v in the cores (and control planes), %v in the load generator",
+			r.CPUPerMessage.Round(100*time.Nanosecond), r.ClientCPUPerMessage.Round(100*time.Nanosecond))
+	}
 	return fmt.Sprintf(`sessions            %d (set up in %v)
 messages            %d sent, %d errors, in %v
 throughput          %.0f messages/s
 send-to-deliver     p50 %v   p99 %v   max %v
-memory per session  %s (core RSS %d -> %d bytes)`,
+memory per session  %s (core RSS %d -> %d bytes)%s`,
 		r.Sessions, r.SetupTime.Round(time.Millisecond), r.Messages, r.Errors, r.Elapsed.Round(time.Millisecond),
 		r.PerSecond, r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond),
-		mem, r.RSSBefore, r.RSSSessions)
+		mem, r.RSSBefore, r.RSSSessions, cpu)
 }
 
 // MemoryProbe reads the memory the measured core uses now (e.g. its RSS).
@@ -198,6 +213,14 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 		text[i] = 'a' + byte(i%26)
 	}
 	var errs atomic.Int64
+	cpu0, err := readCPU(opts.CPU)
+	if err != nil {
+		return rep, err
+	}
+	ccpu0, err := readCPU(opts.ClientCPU)
+	if err != nil {
+		return rep, err
+	}
 	start = time.Now()
 	_ = workers.Range(ctx, opts.Concurrency, 0, opts.Messages, nil, func(ctx context.Context, i int) error {
 		s := sessions[i%len(sessions)]
@@ -239,6 +262,16 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 		}
 	}
 	rep.Elapsed = time.Since(start)
+	cpu1, err := readCPU(opts.CPU)
+	if err != nil {
+		return rep, err
+	}
+	ccpu1, err := readCPU(opts.ClientCPU)
+	if err != nil {
+		return rep, err
+	}
+	rep.CPUPerMessage = (cpu1 - cpu0) / time.Duration(opts.Messages)
+	rep.ClientCPUPerMessage = (ccpu1 - ccpu0) / time.Duration(opts.Messages)
 	stopSubs()
 	subs.Wait()
 
@@ -252,6 +285,18 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 		rep.Max = lat[len(lat)-1]
 	}
 	return rep, nil
+}
+
+// readCPU reads probe; 0 without one.
+func readCPU(probe CPUProbe) (time.Duration, error) {
+	if probe == nil {
+		return 0, nil
+	}
+	d, err := probe()
+	if err != nil {
+		return 0, fmt.Errorf("read cpu: %w", err)
+	}
+	return d, nil
 }
 
 func recvLoop(st grpc.ServerStreamingClient[chatpb.Event], fn func(*chatpb.Event)) {

@@ -18,6 +18,12 @@ type ClusterOptions struct {
 	Pair bool
 	// AutoSave is the cores' transcript-auto-save (0, 1 or 2).
 	AutoSave int
+	// Pairs, when set, runs that many pairs of cores behind the mesh's
+	// control planes (xds and xds-b) and sends every call through the
+	// per-pair routing: a proxyless grpc-go client driven only by xDS, new
+	// chats placed by the weighted route, every later call routed by the
+	// chat's pair (x-hachat-pair, from the chat id). Pair is then implied.
+	Pairs int
 }
 
 // RunCluster starts a bench cluster of real processes (one core, or a pair),
@@ -25,6 +31,9 @@ type ClusterOptions struct {
 // measures the primary's memory, and stops the cluster.
 func RunCluster(ctx context.Context, copts ClusterOptions, opts Options, progress io.Writer) (Report, error) {
 	opts.defaults()
+	if copts.Pairs > 0 {
+		return runPairs(ctx, copts, opts, progress)
+	}
 	stage := demo.StageSingle
 	if copts.Pair {
 		stage = demo.StagePair

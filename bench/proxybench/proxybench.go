@@ -614,27 +614,41 @@ func procCPU(pid int) (time.Duration, error) {
 }
 
 // load runs conns clients, each on its own connection doing one round trip
-// at a time, and returns every round trip's latency.
+// at a time for d, and returns every round trip's latency. The connections
+// (and their TLS handshakes) are made before the clock starts: a phase
+// measures round trips, not dials.
 func load(ctx context.Context, o *Options, addr string, conns int, d time.Duration, payload []byte) ([]time.Duration, int, error) {
+	cs := make([]net.Conn, conns)
+	dialErrs := make([]error, conns)
+	var dials sync.WaitGroup
+	for i := range cs {
+		dials.Add(1)
+		go func() {
+			defer dials.Done()
+			cs[i], dialErrs[i] = o.dial(addr, 5*time.Second)
+		}()
+	}
+	dials.Wait()
+	defer func() {
+		for _, c := range cs {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	if err := errors.Join(dialErrs...); err != nil {
+		return nil, 0, fmt.Errorf("dial %s: %w", addr, err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var mu sync.Mutex
 	var all []time.Duration
 	errs := 0
 	var wg sync.WaitGroup
-	var firstErr error
-	for i := 0; i < conns; i++ {
+	for _, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := o.dial(addr, 5*time.Second)
-			if err != nil {
-				mu.Lock()
-				firstErr = err
-				mu.Unlock()
-				return
-			}
-			defer c.Close()
 			stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 			defer stop()
 			buf := make([]byte, len(payload))
@@ -662,9 +676,6 @@ func load(ctx context.Context, o *Options, addr string, conns int, d time.Durati
 		}()
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return nil, 0, fmt.Errorf("dial %s: %w", addr, firstErr)
-	}
 	return all, errs, nil
 }
 

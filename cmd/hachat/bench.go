@@ -26,11 +26,14 @@ const benchSummary = `Benchmarks; each starts its own cluster of real processes 
 ports (in a temporary directory) unless told to use a running one.
 
   hachat bench chat      N sessions, messages/s, send-to-deliver p50/p99, memory per session
+                         (--pairs N: through N pairs and the per-pair routing, CPU per message)
   hachat bench failover  kill -9 failover gap and switchover pause, p50/p99/max over --trials
   hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
   hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
                          every part's RSS, Go heap, goroutines and fds over time (CSV, PNG)
   hachat bench web       customers through webapi (SSE) and agents through interaction at N chats
+  hachat bench scale     model of many pairs: placement balance, cost of a lost pair, xDS snapshot
+                         size and push to many sidecars (real placement, snapshot and xDS code)
 
 Every benchmark takes --json; bench chat --anchor bench/jetstream compares with JetStream.`
 
@@ -53,6 +56,10 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchWeb(ctx, args[1:], out, errw)
 	case "soak":
 		return runBenchSoak(ctx, args[1:], out, errw)
+	case "scale":
+		return runBenchScale(ctx, args[1:], out, errw)
+	case "scale-sidecars": // hidden: the sidecar process of bench scale
+		return runBenchScaleSidecars(ctx, args[1:], out, errw)
 	case "echo-server": // hidden: an upstream stand-in of bench proxy
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
@@ -73,6 +80,7 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		AutoSave     int    `yaml:"transcript-auto-save"`
 		Anchor       string `yaml:"anchor"`
 		Rounds       int    `yaml:"rounds"`
+		Pairs        int    `yaml:"pairs"`
 		JSON         bool   `yaml:"json"`
 	}
 	o.Sessions, o.Messages, o.Concurrency, o.Pair, o.AutoSave, o.Rounds = 1000, 20000, 64, true, 1, 1
@@ -88,12 +96,17 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		fs.IntVar(&o.AutoSave, "transcript-auto-save", o.AutoSave, "transcript-auto-save of the started cores")
 		fs.StringVar(&o.Anchor, "anchor", o.Anchor, "JetStream anchor: its module directory (e.g. bench/jetstream, built once with go) or a prebuilt binary")
 		fs.IntVar(&o.Rounds, "rounds", o.Rounds, "alternating rounds of hachat and the anchor (a fresh cluster each); medians are reported")
+		fs.IntVar(&o.Pairs, "pairs", o.Pairs, "run N pairs behind the xDS control planes and send every call through the per-pair routing\n"+
+			"(a proxyless grpc-go client: new chats placed by the weighted route, later calls by the chat's pair); 0: off")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 	})
 	if err != nil {
 		return err
 	}
 	opts := chatbench.Options{Sessions: o.Sessions, Messages: o.Messages, Concurrency: o.Concurrency}
+	if o.Pairs != 0 {
+		return benchChatPairs(ctx, o.Pairs, o.Anchor != "" || o.Core != "", o.AutoSave, opts, out, errw, o.JSON)
+	}
 	copts := chatbench.ClusterOptions{Pair: o.Pair, AutoSave: o.AutoSave}
 	mode := "one core"
 	if o.Pair {
@@ -101,7 +114,7 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 	}
 	if o.Anchor != "" {
 		if o.Core != "" {
-			return fmt.Errorf("%w: --anchor starts its own clusters; it cannot be used with --core", errUsage)
+			return usageError(errw, "--anchor starts its own clusters; it cannot be used with --core")
 		}
 		work, err := os.MkdirTemp("", "hachat-anchor-")
 		if err != nil {

@@ -54,6 +54,7 @@ func TestComposeShape(t *testing.T) {
 	f := readCompose(t)
 	want := map[string]string{ // service -> hachat subcommand
 		"ucs": "ucs", "core-a": "core", "core-b": "core", "xds": "xds", "xds-b": "xds",
+		"core-2a": "core", "core-2b": "core", "core-3a": "core", "core-3b": "core",
 		"webapi": "webapi", "sidecar-webapi": "proxy",
 		"webapi-2": "webapi", "sidecar-webapi-2": "proxy",
 		"interaction": "interaction", "sidecar-interaction": "proxy",
@@ -77,6 +78,14 @@ func TestComposeShape(t *testing.T) {
 	// behind it publish nothing.
 	published := map[string][]string{"edge": {":8080", ":8081"}, "ucs": {":7080"}}
 	addrs := map[string]string{} // fixed address -> service
+	issued := map[string]bool{}  // names the certs service issues a certificate for
+	for _, a := range f.Services["certs"].Command {
+		if spec, ok := strings.CutPrefix(a, "--part="); ok {
+			_, nameHosts, _ := strings.Cut(spec, "/")
+			n, _, _ := strings.Cut(nameHosts, "=")
+			issued[n] = true
+		}
+	}
 	for name, s := range f.Services {
 		if s.Image != "${HACHAT_IMAGE:-hachat:dev}" {
 			t.Errorf("%s: image %q, want ${HACHAT_IMAGE:-hachat:dev}", name, s.Image)
@@ -128,6 +137,11 @@ func TestComposeShape(t *testing.T) {
 			if !strings.Contains(args, "--ingress-customer=") || !strings.Contains(args, "--ingress-agent=") {
 				t.Errorf("xds: %s: want the ingress published", args)
 			}
+			// Issue 10: with several pairs the drained pairs live in etcd,
+			// alike at both control planes.
+			if !strings.Contains(args, "--coordination=${HACHAT_SUBNET:-172.28.71}.41:7401") {
+				t.Errorf("%s: %s: want --coordination (the drain list of several pairs)", name, args)
+			}
 		case "sidecar-webapi", "sidecar-webapi-2", "sidecar-interaction", "sidecar-interaction-2":
 			if owner := strings.TrimPrefix(name, "sidecar-"); s.NetworkMode != "service:"+owner {
 				t.Errorf("%s: network_mode %q, want service:%s", name, s.NetworkMode, owner)
@@ -136,14 +150,45 @@ func TestComposeShape(t *testing.T) {
 			if !strings.Contains(args, ".20:7200,${HACHAT_SUBNET:-172.28.71}.21:7200") || !strings.Contains(args, "--xds-cache=/state/") {
 				t.Errorf("%s: %s: want --xds with both control planes and --xds-cache under /state", name, args)
 			}
-		case "core-a", "core-b":
+		case "core-a", "core-b", "core-2a", "core-2b", "core-3a", "core-3b":
 			if !strings.Contains(args, ".20:7203") || !strings.Contains(args, ".21:7203") {
 				t.Errorf("%s: %s: want to gossip with both control planes", name, args)
 			}
+			// Issue 10: pair 1 is core-a and core-b (no --pair, the
+			// default); core-<p>a and core-<p>b are pair p, primary and
+			// backup, each the other's peer, epochs in etcd.
+			pair, role, peer := "", "primary", "core-b"
+			switch name {
+			case "core-b":
+				role, peer = "backup", "core-a"
+			case "core-2a", "core-2b", "core-3a", "core-3b":
+				pair = name[5:6]
+				if name[6] == 'b' {
+					role, peer = "backup", name[:6]+"a"
+				} else {
+					peer = name[:6] + "b"
+				}
+			}
+			if got := flagOf(s.Command, "--pair"); got != pair {
+				t.Errorf("%s: --pair %q, want %q", name, got, pair)
+			}
+			if got := flagOf(s.Command, "--role"); got != role {
+				t.Errorf("%s: --role %q, want %q", name, got, role)
+			}
+			if got, want := flagOf(s.Command, "--peer"), flagOf(f.Services[peer].Command, "--grpc"); got == "" || got != want {
+				t.Errorf("%s: --peer %q, want %s's --grpc %q", name, got, peer, want)
+			}
+			if !strings.Contains(args, "--coordination=") {
+				t.Errorf("%s: %s: want --coordination (its pair's epoch in etcd)", name, args)
+			}
 		}
-		// Every part speaks mTLS with its own certificate from the cert dir.
+		// Every part speaks mTLS with its own certificate from the cert dir,
+		// which the certs service issues.
 		if name != "certs" && (!strings.Contains(args, "--tls-cert=/certs/"+name+".pem") || !strings.Contains(args, "--tls-ca=/certs/ca.pem")) {
 			t.Errorf("%s: %s: want --tls-ca and its own --tls-cert from /certs", name, args)
+		}
+		if name != "certs" && !issued[name] {
+			t.Errorf("%s: the certs service issues it no certificate (--part=KIND/%s)", name, name)
 		}
 		if name == "certs" {
 			continue
@@ -170,6 +215,16 @@ func TestComposeShape(t *testing.T) {
 			}
 		}
 	}
+}
+
+// flagOf returns the value of flag (--name=value) in args, "" if absent.
+func flagOf(args []string, flag string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // composeAccounts are the public demo accounts of deploy/accounts.json, which

@@ -5,6 +5,10 @@
 // on with nothing acknowledged lost or shown twice. The partition test cuts
 // a core's container off the cluster network under load (the backup's, then
 // the primary's) and checks the roles that follow and the chats' integrity.
+// The pair test kills both cores of pair 2 of the three pairs while a
+// proxyless grpc-go client, driven by the compose control planes, chats on
+// all of them: pairs 1 and 3 go on without a failover and new chats avoid
+// pair 2.
 //
 // The test needs Docker and docker-compose, so it sits behind the docker
 // build tag and plain `go test ./...` does not run it:
