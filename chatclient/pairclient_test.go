@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -304,5 +307,59 @@ func TestPairClientWatchesEveryPair(t *testing.T) {
 	fakes["2"].watchErr = status.Error(codes.PermissionDenied, "bad token")
 	if _, err := c.WatchSessions(ctx, &chatpb.WatchSessionsRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("WatchSessions with pair 2 refusing: %v, want PermissionDenied", err)
+	}
+}
+
+// TestPairWeightsPolls: the weights come from the first control plane that
+// answers PairsPath, and stay when every control plane is gone.
+func TestPairWeightsPolls(t *testing.T) {
+	var mu sync.Mutex
+	body := `{"version":"7","pairs":[{"name":"1","weight":10,"state":"serving"},{"name":"2","weight":0,"state":"degraded"},{"name":"3","weight":30}]}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != PairsPath {
+			http.NotFound(w, r)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprint(w, body)
+	}))
+	down := httptest.NewServer(http.NotFoundHandler())
+	w, err := NewPairWeights([]string{down.URL, srv.URL}, nil, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Weights() != nil {
+		t.Fatalf("weights before any poll: %v", w.Weights())
+	}
+	if err := w.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint32{"1": 10, "2": 0, "3": 30}
+	if got := w.Weights(); !maps.Equal(got, want) {
+		t.Fatalf("weights %v, want %v", got, want)
+	}
+	c, fakes := threePairs(t, w.Weights)
+	for range 400 {
+		if _, err := c.StartSession(context.Background(), &chatpb.StartSessionRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(fakes["2"].got()); n != 0 {
+		t.Fatalf("degraded pair 2 got %d new chats", n)
+	}
+	if n1, n3 := len(fakes["1"].got()), len(fakes["3"].got()); n3 < 2*n1 {
+		t.Fatalf("pair 1 got %d, pair 3 %d new chats: want about 1:3", n1, n3)
+	}
+	srv.Close()
+	down.Close()
+	if err := w.Poll(context.Background()); err == nil {
+		t.Fatal("a poll with every control plane gone succeeded")
+	}
+	if got := w.Weights(); !maps.Equal(got, want) {
+		t.Fatalf("weights after a failed poll %v, want the last %v", got, want)
+	}
+	if _, err := NewPairWeights(nil, nil, time.Second, nil); err == nil {
+		t.Fatal("no control plane accepted")
 	}
 }
