@@ -10,6 +10,9 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -92,6 +95,33 @@ func (c *PairClient) Placed() map[string]int64 {
 	return out
 }
 
+// Register exports, on reg, the chats placed on each pair
+// (hachat_chatclient_pair_placed_total) and each pair's weight as last read
+// (hachat_chatclient_pair_weight).
+func (c *PairClient) Register(reg prometheus.Registerer) error {
+	for _, p := range c.order {
+		placed := prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "hachat_chatclient_pair_placed_total", Help: "New chats this client placed on the pair.",
+			ConstLabels: prometheus.Labels{"pair": p},
+		}, func() float64 { return float64(c.Placed()[p]) })
+		weight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hachat_chatclient_pair_weight", Help: "The pair's placement weight as the control plane last published it (0: no new chat).",
+			ConstLabels: prometheus.Labels{"pair": p},
+		}, func() float64 {
+			if c.weights == nil {
+				return 0
+			}
+			return float64(c.weights()[p])
+		})
+		for _, m := range []prometheus.Collector{placed, weight} {
+			if err := reg.Register(m); err != nil {
+				return fmt.Errorf("chatclient: pair metrics: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // pick chooses the pair of a new chat: at random, in proportion to the
 // weights of the pairs this client reaches. With no weights known, or none
 // above 0 (every pair drained or degraded), it picks the default pair,
@@ -137,6 +167,7 @@ func (c *PairClient) of(id string) (chatpb.ChatClient, error) {
 // may pick another pair; the chosen pair's client retries within the call.
 func (c *PairClient) StartSession(ctx context.Context, in *chatpb.StartSessionRequest, opts ...grpc.CallOption) (*chatpb.JoinResponse, error) {
 	p := c.pick()
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("hachat.pair", p))
 	c.log.Debug("placing new chat", "pair", p)
 	return c.clients[p].StartSession(ctx, in, opts...)
 }

@@ -7,10 +7,13 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -361,5 +364,34 @@ func TestPairWeightsPolls(t *testing.T) {
 	}
 	if _, err := NewPairWeights(nil, nil, time.Second, nil); err == nil {
 		t.Fatal("no control plane accepted")
+	}
+}
+
+// TestPairClientMetrics: the placed counters and weights are exported.
+func TestPairClientMetrics(t *testing.T) {
+	c, _ := threePairs(t, func() map[string]uint32 { return map[string]uint32{"1": 0, "2": 5, "3": 0} })
+	reg := prometheus.NewRegistry()
+	if err := c.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	for range 7 {
+		if _, err := c.StartSession(context.Background(), &chatpb.StartSessionRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := `
+# HELP hachat_chatclient_pair_placed_total New chats this client placed on the pair.
+# TYPE hachat_chatclient_pair_placed_total counter
+hachat_chatclient_pair_placed_total{pair="1"} 0
+hachat_chatclient_pair_placed_total{pair="2"} 7
+hachat_chatclient_pair_placed_total{pair="3"} 0
+# HELP hachat_chatclient_pair_weight The pair's placement weight as the control plane last published it (0: no new chat).
+# TYPE hachat_chatclient_pair_weight gauge
+hachat_chatclient_pair_weight{pair="1"} 0
+hachat_chatclient_pair_weight{pair="2"} 5
+hachat_chatclient_pair_weight{pair="3"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -206,6 +206,9 @@ func (p *clientPart) startPairs(ctx context.Context, f clientFile, cc chatclient
 	if err != nil {
 		return err
 	}
+	if err := pc.Register(p.tel.Registry); err != nil {
+		return err
+	}
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	p.stop = stop
 	p.polling.Add(1)
