@@ -70,13 +70,20 @@ func (w *PairWeights) Weights() map[string]uint32 {
 }
 
 // Run polls until ctx is done; a poll that fails on every control plane
-// keeps the last weights.
+// keeps the last weights (logged when the failures start and end).
 func (w *PairWeights) Run(ctx context.Context) {
 	t := time.NewTicker(w.every)
 	defer t.Stop()
+	failing := false // log a failure once, not every poll
 	for {
-		if err := w.Poll(ctx); err != nil && ctx.Err() == nil {
+		err := w.Poll(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
 			w.log.Warn("reading the pair weights failed, keeping the last", "err", err)
+			failing = true
+		case err == nil && failing:
+			w.log.Info("reading the pair weights again")
+			failing = false
 		}
 		select {
 		case <-ctx.Done():
