@@ -64,8 +64,18 @@ type Addrs struct {
 // CoreAddrs are one core's addresses.
 type CoreAddrs struct{ HTTP, GRPC, Gossip string }
 
-// PairAddrs are the addresses of the two cores of one pair.
-type PairAddrs struct{ A, B CoreAddrs }
+// PairAddrs are the addresses of the two cores of one pair and of the
+// sidecars that serve the pair's listener to each instance.
+type PairAddrs struct {
+	A, B CoreAddrs
+	// Sidecars are the sidecars of the pair's listener (chatcore-sidecar-P)
+	// beside webapi, webapi-2, interaction and interaction-2, in that
+	// order (a hachat sidecar serves one listener: docs/design.md).
+	Sidecars [4]SidecarAddrs
+}
+
+// SidecarAddrs are one sidecar's admin and data listener addresses.
+type SidecarAddrs struct{ Admin, Listen string }
 
 // MaxPairs is the most pairs a standard plan runs (Layout.Pairs).
 const MaxPairs = 9
@@ -119,15 +129,20 @@ func DefaultAddrs() Addrs {
 }
 
 // defaultPairAddrs gives pair p (2..MaxPairs) the ports 76PQ: core-<p>a
-// 7600+20(p-2)+1..3 (gRPC, HTTP, gossip), core-<p>b ten above.
+// 7600+20(p-2)+1..3 (gRPC, HTTP, gossip), core-<p>b ten above; the pair's
+// sidecars listen on +4, +6, +14, +16 with their admin one above.
 func defaultPairAddrs(h func(int) string) []PairAddrs {
 	var out []PairAddrs
 	for p := 2; p <= MaxPairs; p++ {
 		base := 7600 + 20*(p-2)
-		out = append(out, PairAddrs{
+		pa := PairAddrs{
 			A: CoreAddrs{GRPC: h(base + 1), HTTP: h(base + 2), Gossip: h(base + 3)},
 			B: CoreAddrs{GRPC: h(base + 11), HTTP: h(base + 12), Gossip: h(base + 13)},
-		})
+		}
+		for i, off := range []int{4, 6, 14, 16} {
+			pa.Sidecars[i] = SidecarAddrs{Listen: h(base + off), Admin: h(base + off + 1)}
+		}
+		out = append(out, pa)
 	}
 	return out
 }
@@ -179,7 +194,11 @@ func FreeAddrs() (Addrs, error) {
 	}
 	for range MaxPairs - 1 {
 		core := func() CoreAddrs { return CoreAddrs{GRPC: next(false), HTTP: next(false), Gossip: next(true)} }
-		a.Pairs = append(a.Pairs, PairAddrs{A: core(), B: core()})
+		pa := PairAddrs{A: core(), B: core()}
+		for i := range pa.Sidecars {
+			pa.Sidecars[i] = SidecarAddrs{Listen: next(false), Admin: next(false)}
+		}
+		a.Pairs = append(a.Pairs, pa)
 	}
 	return a, err
 }
@@ -456,6 +475,15 @@ func StandardPlan(l Layout) Plan {
 	}
 	webapiCore, interactionCore := coreTarget, coreTarget
 	webapi2Core, interaction2Core := coreTarget, coreTarget
+	// corePairs is, with several pairs behind sidecars, each instance's
+	// --core-pairs: its sidecars of the pairs other than pair 1.
+	corePairs := map[string]string{}
+	withPairs := func(name string, args []string) []string {
+		if cp := corePairs[name]; cp != "" {
+			args = append(args, "--core-pairs="+cp, "--pairs-from="+scheme+a.XDSHTTP+","+scheme+a.XDSBHTTP)
+		}
+		return args
+	}
 	if l.Stage >= StageMesh {
 		// Two control planes, built from the same gossip membership:
 		// they publish the same content under the same versions.
@@ -481,6 +509,22 @@ func StandardPlan(l Layout) Plan {
 				"--xds=" + a.XDSGRPC + "," + a.XDSBGRPC, "--xds-cache=" + XDSCacheFile(l.DataDir, name),
 			}}
 		}
+		// With several pairs each instance has, beside its sidecar of
+		// pair 1, one sidecar per other pair serving that pair's listener
+		// (chatcore-sidecar-P): a hachat sidecar serves one listener.
+		// pairSidecars adds those of instance i (the index in
+		// PairAddrs.Sidecars) and returns the --core-pairs value.
+		pairSidecars := func(instance string, i int) string {
+			var items []string
+			for p := 2; p <= min(l.Pairs, MaxPairs) && p-2 < len(a.Pairs); p++ {
+				sa := a.Pairs[p-2].Sidecars[i]
+				sc := sidecar(fmt.Sprintf("sidecar-%s-pair%d", instance, p), sa.Admin, sa.Listen)
+				sc.Args = append(sc.Args, "--listener=chatcore-sidecar-"+strconv.Itoa(p))
+				parts = append(parts, sc)
+				items = append(items, strconv.Itoa(p)+"="+sa.Listen)
+			}
+			return strings.Join(items, ",")
+		}
 		// One sidecar per instance (webapi, webapi-2, interaction and,
 		// with the coordination members, interaction-2): a sidecar's
 		// death cuts only its own instance off the cores, and the edge
@@ -493,6 +537,14 @@ func StandardPlan(l Layout) Plan {
 		if l.Stage >= StagePair && coordination != "" {
 			parts = append(parts, sidecar("sidecar-interaction-2", a.SidecarInteraction2Admin, a.SidecarInteraction2Listen))
 		}
+		if l.Stage >= StagePair && l.Pairs > 1 {
+			corePairs["webapi"] = pairSidecars("webapi", 0)
+			corePairs["webapi-2"] = pairSidecars("webapi-2", 1)
+			corePairs["interaction"] = pairSidecars("interaction", 2)
+			if coordination != "" {
+				corePairs["interaction-2"] = pairSidecars("interaction-2", 3)
+			}
+		}
 		webapiCore, interactionCore = a.SidecarWebAPIListen, a.SidecarInteractionListen
 		webapi2Core, interaction2Core = a.SidecarWebAPI2Listen, a.SidecarInteraction2Listen
 	}
@@ -503,9 +555,9 @@ func StandardPlan(l Layout) Plan {
 		return first
 	}
 	webapiPart := func(name, httpAddr string) Part {
-		return Part{Name: name, Kind: KindWebAPI, HTTP: httpAddr, Args: []string{
+		return Part{Name: name, Kind: KindWebAPI, HTTP: httpAddr, Args: withPairs(name, []string{
 			logf, "--http=" + httpAddr, "--core=" + coreOf(name, webapiCore, webapi2Core), "--service=" + l.Service,
-		}}
+		})}
 	}
 	// With the coordination members, two interaction instances elect the
 	// one that routes and keep the routing state (logins, offers, the
@@ -517,7 +569,7 @@ func StandardPlan(l Layout) Plan {
 		if twoInteractions {
 			args = append(args, "--coordination="+coordination)
 		}
-		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: args}
+		return Part{Name: name, Kind: KindInteraction, HTTP: httpAddr, Args: withPairs(name, args)}
 	}
 	entry := Entrypoints{Customer: "http://" + a.WebAPI, Agent: "http://" + a.Interaction}
 	if l.Stage < StageMesh {

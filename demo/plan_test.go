@@ -436,3 +436,43 @@ func TestStandardPlanPairs(t *testing.T) {
 		t.Errorf("core-2b: %v", c2b.Args)
 	}
 }
+
+// TestStandardPlanPairsSidecars: with several pairs each instance behind
+// the edge has a sidecar per other pair serving that pair's listener, and
+// its --core-pairs names those sidecars (--pairs-from the control planes);
+// one pair has neither.
+func TestStandardPlanPairsSidecars(t *testing.T) {
+	a := DefaultAddrs()
+	one := StandardPlan(Layout{Addrs: a, Stage: StageMesh, CoordMembers: 3})
+	for _, p := range one.Parts {
+		if args := strings.Join(p.Args, " "); strings.Contains(args, "--core-pairs") || strings.Contains(p.Name, "-pair") {
+			t.Fatalf("one pair: %s has %s", p.Name, args)
+		}
+	}
+	pl := StandardPlan(Layout{Addrs: a, Stage: StageMesh, CoordMembers: 3, Pairs: 3, CertDir: "/certs"})
+	if err := pl.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"webapi", "webapi-2", "interaction", "interaction-2"} {
+		part, ok := pl.Part(inst)
+		if !ok {
+			t.Fatalf("no %s", inst)
+		}
+		args := strings.Join(part.Args, " ")
+		var want []string
+		for _, p := range []string{"2", "3"} {
+			sc, ok := pl.Part("sidecar-" + inst + "-pair" + p)
+			if !ok {
+				t.Fatalf("no sidecar of pair %s for %s", p, inst)
+			}
+			if !slices.Contains(sc.Args, "--listener=chatcore-sidecar-"+p) || !slices.Contains(sc.Args, "--listen="+sc.GRPC) || !sc.TLS {
+				t.Errorf("sidecar-%s-pair%s: %v", inst, p, sc.Args)
+			}
+			want = append(want, p+"="+sc.GRPC)
+		}
+		if !strings.Contains(args, "--core-pairs="+strings.Join(want, ",")) ||
+			!strings.Contains(args, "--pairs-from=https://"+a.XDSHTTP+",https://"+a.XDSBHTTP) {
+			t.Errorf("%s: want --core-pairs=%s and --pairs-from both control planes: %s", inst, strings.Join(want, ","), args)
+		}
+	}
+}

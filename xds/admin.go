@@ -179,7 +179,10 @@ func DiscoveryPolicy() mtls.MethodPolicy {
 // are for cores; /healthz and /metrics are readable by any verified
 // identity of the trust domain (probes and scrapers come in many kinds, and
 // neither route changes or reveals chat data); every other route (status,
-// switchover, the test fault) is for operators only. The admin token of
+// switchover, the test fault) is for operators only, but GET PairsPath
+// (the pairs and their placement weights) is also for webapi and
+// interaction, which place new chats by those weights behind sidecars
+// (chatclient.PairWeights). The admin token of
 // the mutating routes is checked on top.
 func AdminPolicy(r *http.Request) mtls.Policy {
 	switch p := r.URL.Path; {
@@ -189,6 +192,8 @@ func AdminPolicy(r *http.Request) mtls.Policy {
 		return mtls.Allow(mtls.KindCore, mtls.KindOperator)
 	case p == "/healthz", p == "/metrics":
 		return mtls.AnyKind
+	case p == PairsPath && r.Method == http.MethodGet:
+		return mtls.Allow(mtls.KindOperator, mtls.KindWebAPI, mtls.KindInteraction)
 	}
 	return mtls.Allow(mtls.KindOperator)
 }

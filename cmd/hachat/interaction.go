@@ -73,7 +73,7 @@ func runInteraction(ctx context.Context, args []string, out, errw io.Writer) err
 		opts = append(opts, interaction.WithStateStore(interaction.NewEtcdStore(cli, interaction.EtcdPrefix, file.LeaderLease), adv, rt))
 		part.tel.Logger.Info("interaction instances coordinated through etcd", "endpoints", file.Coordination, "advertise", adv)
 	}
-	srv, err := interaction.New(file.Config, part.client, part.tel, opts...)
+	srv, err := interaction.New(file.Config, part.core, part.tel, opts...)
 	if err != nil {
 		ln.Close()
 		return err

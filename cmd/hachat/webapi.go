@@ -35,7 +35,7 @@ func runWebAPI(ctx context.Context, args []string, out, errw io.Writer) error {
 		return err
 	}
 	defer part.close(ctx)
-	srv, err := webapi.New(file.Config, part.client, part.tel)
+	srv, err := webapi.New(file.Config, part.core, part.tel)
 	if err != nil {
 		return err
 	}
