@@ -20,7 +20,7 @@ BIN       := bin/hachat
 IMAGE     ?= hachat:dev
 UNIT_TIMEOUT ?= 10m
 E2E_TIMEOUT  ?= 15m
-DOCKER_TIMEOUT ?= 10m
+DOCKER_TIMEOUT ?= 15m
 # Packages tested by test-unit: everything but the end-to-end tests.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
