@@ -374,10 +374,3 @@ func kindName(k chatpb.EventKind) string {
 	}
 	return n
 }
-
-var (
-	errNotPrimary = status.Error(codes.Unavailable, "this chat core is not primary")
-	errDraining   = status.Error(codes.Unavailable, "this chat core is draining for a switchover")
-	errRestoring  = status.Error(codes.Unavailable, "this chat core was just promoted and is merging the transcripts UCS holds: retry")
-	errEnded      = status.Error(codes.FailedPrecondition, "session has ended")
-)

@@ -30,7 +30,9 @@
 //     the primary is dead.
 //   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
 //     (store.go; records in package transcript).
-//   - RPC surface (rpc.go: the Chat service; server.go: gRPC, HTTP, gates).
+//   - RPC surface (rpc.go: the Chat handlers, each validating, authenticating
+//     and calling one operation of ops.go; its error table maps refusals to
+//     gRPC codes; server.go: gRPC, HTTP, gates).
 //
 // docs/chatcore.md has the map with what each part owns.
 //

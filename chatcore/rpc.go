@@ -3,7 +3,6 @@ package chatcore
 import (
 	"context"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/sessionlog"
-	"github.com/hachat/hachat/pairs"
 )
 
 // Input limits besides the configured ones.
@@ -32,11 +30,27 @@ func invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
 }
 
+// The error mapping. rpc.go is a table of "RPC → operation"; what the
+// operations (ops.go, the append path, lookup) refuse with is one of these
+// sentinels, each already the gRPC status the caller gets, so a handler
+// returns it as it is. A client's retry rules read the code: UNAVAILABLE
+// means "this core cannot serve it now, try again here or at the other
+// core", the others are final for that request. rpc_test.go holds the table.
+// Besides these: invalid (INVALID_ARGUMENT, bad input: nothing changed),
+// RESOURCE_EXHAUSTED for limits (sessions, send rate), and the append
+// path's own statuses (a second copy that failed, a fenced epoch).
 var (
+	// Who the caller is.
 	errBadKey   = status.Error(codes.PermissionDenied, "wrong participant or secure key")
 	errBadToken = status.Error(codes.PermissionDenied, "wrong service token")
-	errUnknown  = status.Error(codes.NotFound, "unknown session")
-	errLeft     = status.Error(codes.FailedPrecondition, "participant has left the session")
+	// What the call is about.
+	errUnknown = status.Error(codes.NotFound, "unknown session")
+	errLeft    = status.Error(codes.FailedPrecondition, "participant has left the session")
+	errEnded   = status.Error(codes.FailedPrecondition, "session has ended")
+	// Whether this core serves now (the gate in server.go and the operations).
+	errNotPrimary = status.Error(codes.Unavailable, "this chat core is not primary")
+	errDraining   = status.Error(codes.Unavailable, "this chat core is draining for a switchover")
+	errRestoring  = status.Error(codes.Unavailable, "this chat core was just promoted and is merging the transcripts UCS holds: retry")
 )
 
 // checkAuth validates the shape of an Auth and finds its session
@@ -115,24 +129,11 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 	if !c.role.IsPrimary() {
 		return nil, errNotPrimary
 	}
+	return c.openSession(ctx, req.ClientRequestId, req.Nickname, startAttrs(req))
+}
 
-	c.mu.Lock()
-	if prev := c.startedByLocked(req.ClientRequestId); prev != nil {
-		c.mu.Unlock()
-		return c.answerAgain(prev, req.ClientRequestId)
-	}
-	if c.live >= c.cfg.MaxSessions {
-		c.mu.Unlock()
-		return nil, status.Errorf(codes.ResourceExhausted, "this core holds %d sessions, its limit", c.cfg.MaxSessions)
-	}
-	s := newSession(pairs.ChatID(c.cfg.Pair, newID()))
-	s.startReq = req.ClientRequestId
-	c.sessions[s.id] = s
-	c.registerStartLocked(s)
-	c.live++
-	c.m.sessionsLive.Set(float64(c.live))
-	c.mu.Unlock()
-
+// startAttrs translates a StartSessionRequest into SESSION_STARTED's attrs.
+func startAttrs(req *chatpb.StartSessionRequest) map[string]string {
 	attrs := map[string]string{"service": req.Service}
 	for k, v := range map[string]string{"subject": req.Subject, "emailAddress": req.EmailAddress, "firstName": req.FirstName, "lastName": req.LastName} {
 		if v != "" {
@@ -142,28 +143,7 @@ func (c *Core) StartSession(ctx context.Context, req *chatpb.StartSessionRequest
 	for k, v := range req.UserData {
 		attrs[sessionlog.UserDataPrefix+k] = v
 	}
-	key := newID()
-	_, _, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED, From: systemParticipant, Attrs: attrs, ClientRequestId: req.ClientRequestId}, 0, nil
-	})
-	var idx uint64
-	var pid string
-	if err == nil {
-		idx, _, err = c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
-			pid = "p" + strconv.Itoa(st.NextPID+1)
-			p := &chatpb.Participant{Id: pid, Nickname: req.Nickname, Type: chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER}
-			return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, KeyHash: hashKey(key),
-				ClientRequestId: req.ClientRequestId, SecureKey: keepKey(req.ClientRequestId, key)}, 0, nil
-		})
-	}
-	if err != nil {
-		c.dropSession(s)
-		return nil, err
-	}
-	c.m.sessionsStarted.Inc()
-	c.touch(s, pid)
-	c.log.Debug("session started", "session", s.id, "service", req.Service)
-	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: pid, SecureKey: key}, Alias: c.cfg.Name, NextIndex: idx + 1}, nil
+	return attrs
 }
 
 // dropSession forgets a session that never got started (its first appends failed).
@@ -279,32 +259,7 @@ func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinR
 	if nick == "" {
 		nick = strings.ToLower(strings.TrimPrefix(req.Type.String(), "PARTICIPANT_TYPE_"))
 	}
-	key := newID()
-	var pid string
-	idx, dup, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
-		if req.ClientRequestId != "" {
-			if m := st.Members[st.JoinReqs[req.ClientRequestId]]; m != nil {
-				if m.P.Type != req.Type {
-					return nil, 0, invalid("client_request_id was already used by a join of type %s", m.P.Type)
-				}
-				return nil, m.Joined, nil // a retry: answered below from the first join
-			}
-		}
-		if st.Ended {
-			return nil, 0, errEnded
-		}
-		pid = "p" + strconv.Itoa(st.NextPID+1)
-		p := &chatpb.Participant{Id: pid, Nickname: nick, Type: req.Type, Visibility: req.Visibility}
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED, From: p, Visibility: req.Visibility, KeyHash: hashKey(key),
-			ClientRequestId: req.ClientRequestId, SecureKey: keepKey(req.ClientRequestId, key)}, 0, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if dup {
-		return c.answerAgain(s, req.ClientRequestId)
-	}
-	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: pid, SecureKey: key}, Alias: c.cfg.Name, NextIndex: idx + 1}, nil
+	return c.addParticipant(ctx, s, req.ClientRequestId, nick, req.Type, req.Visibility)
 }
 
 // validateSend checks a SendRequest's shape against the limits.
@@ -363,37 +318,7 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 	if err != nil {
 		return nil, err
 	}
-	now := c.now().UnixNano()
-	idx, dup, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
-		m, err := authorize(st, req.Auth.ParticipantId, keyHash)
-		if err != nil {
-			return nil, 0, err
-		}
-		m.LastSeen = now
-		if req.ClientMessageId != "" {
-			if first, ok := m.ClientIDs[req.ClientMessageId]; ok {
-				return nil, first, nil
-			}
-		}
-		if st.Ended {
-			return nil, 0, errEnded
-		}
-		if m.Left != 0 {
-			return nil, 0, errLeft
-		}
-		vis := req.Visibility
-		if m.P.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER && vis != chatpb.Visibility_VISIBILITY_ALL {
-			return nil, 0, invalid("a customer sends with visibility ALL only")
-		}
-		if vis == chatpb.Visibility_VISIBILITY_ALL {
-			vis = m.P.Visibility // a coach's or monitor's events never reach the customer
-		}
-		if !m.Bucket.Take(now, c.cfg.SendRate, c.cfg.SendBurst) {
-			return nil, 0, status.Errorf(codes.ResourceExhausted, "more than %g sends per second (burst %d)", c.cfg.SendRate, c.cfg.SendBurst)
-		}
-		return &chatpb.Event{Kind: req.Kind, From: m.P, Visibility: vis, Text: req.Text,
-			ClientMessageId: req.ClientMessageId, Attrs: req.Attrs}, 0, nil
-	})
+	idx, dup, err := c.post(ctx, s, req.Auth.ParticipantId, keyHash, req)
 	if err != nil {
 		return nil, err
 	}
@@ -408,34 +333,9 @@ func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.Lea
 	if err != nil {
 		return nil, err
 	}
-	var endReason string
-	idx, dup, err := c.append(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
-		m, err := authorize(st, req.Auth.ParticipantId, keyHash)
-		if err != nil {
-			return nil, 0, err
-		}
-		if m.Left != 0 {
-			return nil, m.Left, nil
-		}
-		if st.Ended {
-			return nil, 0, errEnded
-		}
-		switch {
-		case m.P.Type == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER:
-			endReason = "customer-left"
-		case req.EndSession:
-			endReason = "closed"
-		}
-		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: m.P, Visibility: m.P.Visibility,
-			Attrs: map[string]string{"reason": "left"}}, 0, nil
-	})
+	idx, err := c.leave(ctx, s, req.Auth.ParticipantId, keyHash, req.EndSession)
 	if err != nil {
 		return nil, err
-	}
-	if !dup && endReason != "" {
-		if err := c.endSession(ctx, s, endReason); err != nil {
-			return nil, err
-		}
 	}
 	return &chatpb.LeaveResponse{Index: idx}, nil
 }
@@ -456,35 +356,7 @@ func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.E
 	if err != nil {
 		return nil, err
 	}
-	from := max(req.FromIndex, 1)
-	s.mu.Lock()
-	m, err := authorize(&s.log.State, req.Auth.ParticipantId, keyHash)
-	if err != nil {
-		s.mu.Unlock()
-		return nil, err
-	}
-	m.LastSeen = c.now().UnixNano()
-	last := s.lastIndex()
-	if from > last+1 {
-		s.mu.Unlock()
-		return nil, invalid("from_index %d is past the end of the log (next index %d)", from, last+1)
-	}
-	log := s.log.From(from)
-	ended := s.log.State.Ended
-	viewer := m.P
-	s.mu.Unlock()
-
-	if len(log) > maxPage {
-		log = log[:maxPage]
-		ended = false
-	}
-	resp := &chatpb.EventsResponse{NextIndex: from + uint64(len(log)), Ended: ended}
-	for _, e := range log {
-		if sessionlog.VisibleTo(viewer, e.Pub) {
-			resp.Events = append(resp.Events, e.Pub)
-		}
-	}
-	return resp, nil
+	return c.events(s, req.Auth.ParticipantId, keyHash, max(req.FromIndex, 1))
 }
 
 // Subscribe streams the events from from_index on that the participant may
