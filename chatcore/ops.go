@@ -3,6 +3,7 @@ package chatcore
 import (
 	"context"
 	"strconv"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -198,4 +199,314 @@ func (c *Core) events(s *session, pid, keyHash string, from uint64) (*chatpb.Eve
 		}
 	}
 	return resp, nil
+}
+
+// tail delivers the events of s from index next on that participant pid
+// (holding keyHash) may see, then the live tail, until the session ends
+// (after SESSION_ENDED), the participant leaves (after its
+// PARTICIPANT_LEFT), ctx is done, deliver fails, or this core's term ends
+// (errNotPrimary). A subscriber too slow for fan-out catches up from the log
+// inside the same call, so it never sees a gap.
+func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next uint64, deliver func(*chatpb.Event) error) error {
+	roleCtx := c.role.Stream()
+
+	s.mu.Lock()
+	m, err := authorize(&s.log.State, pid, keyHash)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	if next > s.lastIndex()+1 {
+		s.mu.Unlock()
+		return invalid("from_index %d is past the end of the log (next index %d)", next, s.lastIndex()+1)
+	}
+	viewer := m.P
+	m.Streams++
+	m.LastSeen = c.now().UnixNano()
+	s.mu.Unlock()
+	c.m.subscribers.Inc()
+	defer func() {
+		s.mu.Lock()
+		m.Streams--
+		m.LastSeen = c.now().UnixNano()
+		s.mu.Unlock()
+		c.m.subscribers.Dec()
+	}()
+
+	// send delivers one event; done reports the end of the stream.
+	send := func(ev *chatpb.Event) (done bool, err error) {
+		next = ev.Index + 1
+		if sessionlog.VisibleTo(viewer, ev) {
+			if err := deliver(ev); err != nil {
+				return true, err
+			}
+		}
+		end := ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+			(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id)
+		return end, nil
+	}
+	for {
+		// Catch up from the log; register for fan-out once caught up.
+		s.mu.Lock()
+		batch := s.log.From(next)
+		var sub *subscriber
+		if len(batch) <= c.cfg.SubscriberBuffer && !s.log.State.Ended && !s.removed {
+			sub = &subscriber{ch: make(chan *chatpb.Event, c.cfg.SubscriberBuffer)}
+			if s.subs == nil {
+				s.subs = make(map[*subscriber]struct{})
+			}
+			s.subs[sub] = struct{}{}
+		}
+		s.mu.Unlock()
+		for _, e := range batch {
+			if done, err := send(e.Pub); done {
+				c.unsubscribe(s, sub)
+				return err
+			}
+		}
+		if sub == nil {
+			if len(batch) == 0 { // removed or ended with everything sent
+				return nil
+			}
+			continue
+		}
+		for lagging := false; !lagging; {
+			select {
+			case ev, ok := <-sub.ch:
+				if !ok {
+					lagging = true // dropped from fan-out (or the session ended): catch up from the log
+					continue
+				}
+				if done, err := send(ev); done {
+					c.unsubscribe(s, sub)
+					return err
+				}
+			case <-ctx.Done():
+				c.unsubscribe(s, sub)
+				return status.FromContextError(ctx.Err()).Err()
+			case <-roleCtx.Done():
+				c.unsubscribe(s, sub)
+				return errNotPrimary
+			}
+		}
+	}
+}
+
+// unsubscribe takes sub (nil: none) off the fan-out of s and closes its mailbox.
+func (c *Core) unsubscribe(s *session, sub *subscriber) {
+	if sub == nil {
+		return
+	}
+	s.mu.Lock()
+	if _, ok := s.subs[sub]; ok {
+		delete(s.subs, sub)
+		close(sub.ch)
+	}
+	s.mu.Unlock()
+}
+
+// watchSessions delivers KIND_STARTED for every live session, then each
+// session change, until ctx is done, deliver fails, this core's term ends
+// (errNotPrimary) or the watcher falls behind (UNAVAILABLE: watch again).
+func (c *Core) watchSessions(ctx context.Context, deliver func(*chatpb.SessionChange) error) error {
+	roleCtx := c.role.Stream()
+	w := &watcher{ch: make(chan *chatpb.SessionChange, 1024)}
+	c.watch.add(w)
+	defer c.watch.remove(w)
+
+	c.mu.RLock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	c.mu.RUnlock()
+	for _, s := range all {
+		s.mu.Lock()
+		var ch *chatpb.SessionChange
+		if !s.log.State.Ended && !s.removed && s.log.State.Customer() != nil {
+			ch = c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
+		}
+		s.mu.Unlock()
+		if ch != nil {
+			if err := deliver(ch); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		select {
+		case ch, ok := <-w.ch:
+			if !ok {
+				return status.Error(codes.Unavailable, "session watcher fell behind; watch again")
+			}
+			if err := deliver(ch); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-roleCtx.Done():
+			return errNotPrimary
+		}
+	}
+}
+
+// watcher is one WatchSessions stream's mailbox.
+type watcher struct {
+	ch chan *chatpb.SessionChange
+}
+
+// watchers are the open WatchSessions streams. It owns its lock, a leaf:
+// notify never blocks (a full mailbox drops its watcher, whose stream ends).
+type watchers struct {
+	mu  sync.Mutex
+	set map[*watcher]struct{}
+}
+
+// add registers w.
+func (ws *watchers) add(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.set == nil {
+		ws.set = make(map[*watcher]struct{})
+	}
+	ws.set[w] = struct{}{}
+}
+
+// remove unregisters w and closes its mailbox, unless notify dropped it.
+func (ws *watchers) remove(w *watcher) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if _, ok := ws.set[w]; ok {
+		delete(ws.set, w)
+		close(w.ch)
+	}
+}
+
+// notify hands ch to every watcher, dropping those whose mailbox is full.
+func (ws *watchers) notify(ch *chatpb.SessionChange) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for w := range ws.set {
+		select {
+		case w.ch <- ch:
+		default:
+			delete(ws.set, w)
+			close(w.ch)
+		}
+	}
+}
+
+// count returns the number of registered watchers.
+func (ws *watchers) count() int {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.set)
+}
+
+// dropSession forgets a session that never got started (its first appends failed).
+func (c *Core) dropSession(s *session) {
+	s.mu.Lock()
+	ended := s.log.State.Ended
+	s.removed = true
+	c.dropDoubtLocked(s)
+	s.mu.Unlock()
+	c.mu.Lock()
+	delete(c.sessions, s.id)
+	c.unregisterStartLocked(s)
+	if !ended {
+		c.live--
+		c.m.sessionsLive.Set(float64(c.live))
+	}
+	c.mu.Unlock()
+}
+
+// keepKey returns the secure key to keep in the PARTICIPANT_JOINED event when
+// the call carries a client_request_id (so that a retry, on this core or on
+// the promoted backup, gets the same key), and "" otherwise.
+func keepKey(requestID, key string) string {
+	if requestID == "" {
+		return ""
+	}
+	return key
+}
+
+// registerStartLocked records the client_request_id that started s. Call with c.mu held.
+func (c *Core) registerStartLocked(s *session) {
+	if s.startReq != "" {
+		c.startReqs[s.startReq] = s
+	}
+}
+
+// unregisterStartLocked forgets the client_request_id of s, unless another
+// session took it over. Call with c.mu held.
+func (c *Core) unregisterStartLocked(s *session) {
+	if s.startReq != "" && c.startReqs[s.startReq] == s {
+		delete(c.startReqs, s.startReq)
+	}
+}
+
+// startedByLocked returns the session a StartSession with this request id
+// started, nil if none (or the id is empty). Call with c.mu held.
+func (c *Core) startedByLocked(requestID string) *session {
+	if requestID == "" {
+		return nil
+	}
+	s := c.startReqs[requestID]
+	if s == nil || c.sessions[s.id] != s {
+		return nil
+	}
+	return s
+}
+
+// answerAgain answers a retried StartSession or Join from the participant its
+// first attempt added to s.
+func (c *Core) answerAgain(s *session, requestID string) (*chatpb.JoinResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.log.State.Members[s.log.State.JoinReqs[requestID]]
+	switch {
+	case s.removed:
+		return nil, errUnknown
+	case m == nil:
+		// The first attempt is still appending (or failed and is being dropped).
+		return nil, status.Error(codes.Unavailable, "the first attempt of this client_request_id is still in progress: retry")
+	case m.SecureKey == "":
+		// Restored from UCS, which never holds secure keys.
+		return nil, status.Error(codes.AlreadyExists, "this client_request_id already joined, and its secure key is no longer held")
+	}
+	c.m.requestRetries.Inc()
+	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: m.P.Id, SecureKey: m.SecureKey},
+		Alias: c.cfg.Name, NextIndex: m.Joined + 1}, nil
+}
+
+// touch records client activity of pid (flex-disconnect-timeout).
+func (c *Core) touch(s *session, pid string) {
+	s.mu.Lock()
+	if m := s.log.State.Members[pid]; m != nil {
+		m.LastSeen = c.now().UnixNano()
+	}
+	s.mu.Unlock()
+}
+
+func (c *Core) status() *chatpb.StatusResponse {
+	c.mu.RLock()
+	live := c.live
+	c.mu.RUnlock()
+	role, epoch := c.role.RoleEpoch()
+	st := &chatpb.StatusResponse{
+		Name: c.cfg.Name, Role: role, Epoch: epoch, LiveSessions: uint64(max(live, 0)),
+		// A primary still merging UCS reports draining too: sidecars and
+		// clients that skip a draining primary skip it until it serves.
+		Draining: c.role.Draining() || c.role.Unmerged(), ReplicationLag: c.repl.lag(),
+	}
+	if l := c.repl.current(); l != nil {
+		st.Backup = l.name
+	}
+	if c.members != nil {
+		for _, m := range c.members.Members() {
+			st.Members = append(st.Members, &chatpb.Member{Name: m.Name, Role: m.Meta.Role, Epoch: m.Meta.Epoch,
+				GrpcAddr: m.Meta.GRPCAddr, State: m.State.String()})
+		}
+	}
+	return st
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/url"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
@@ -146,82 +145,6 @@ func startAttrs(req *chatpb.StartSessionRequest) map[string]string {
 	return attrs
 }
 
-// dropSession forgets a session that never got started (its first appends failed).
-func (c *Core) dropSession(s *session) {
-	s.mu.Lock()
-	ended := s.log.State.Ended
-	s.removed = true
-	c.dropDoubtLocked(s)
-	s.mu.Unlock()
-	c.mu.Lock()
-	delete(c.sessions, s.id)
-	c.unregisterStartLocked(s)
-	if !ended {
-		c.live--
-		c.m.sessionsLive.Set(float64(c.live))
-	}
-	c.mu.Unlock()
-}
-
-// keepKey returns the secure key to keep in the PARTICIPANT_JOINED event when
-// the call carries a client_request_id (so that a retry, on this core or on
-// the promoted backup, gets the same key), and "" otherwise.
-func keepKey(requestID, key string) string {
-	if requestID == "" {
-		return ""
-	}
-	return key
-}
-
-// registerStartLocked records the client_request_id that started s. Call with c.mu held.
-func (c *Core) registerStartLocked(s *session) {
-	if s.startReq != "" {
-		c.startReqs[s.startReq] = s
-	}
-}
-
-// unregisterStartLocked forgets the client_request_id of s, unless another
-// session took it over. Call with c.mu held.
-func (c *Core) unregisterStartLocked(s *session) {
-	if s.startReq != "" && c.startReqs[s.startReq] == s {
-		delete(c.startReqs, s.startReq)
-	}
-}
-
-// startedByLocked returns the session a StartSession with this request id
-// started, nil if none (or the id is empty). Call with c.mu held.
-func (c *Core) startedByLocked(requestID string) *session {
-	if requestID == "" {
-		return nil
-	}
-	s := c.startReqs[requestID]
-	if s == nil || c.sessions[s.id] != s {
-		return nil
-	}
-	return s
-}
-
-// answerAgain answers a retried StartSession or Join from the participant its
-// first attempt added to s.
-func (c *Core) answerAgain(s *session, requestID string) (*chatpb.JoinResponse, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := s.log.State.Members[s.log.State.JoinReqs[requestID]]
-	switch {
-	case s.removed:
-		return nil, errUnknown
-	case m == nil:
-		// The first attempt is still appending (or failed and is being dropped).
-		return nil, status.Error(codes.Unavailable, "the first attempt of this client_request_id is still in progress: retry")
-	case m.SecureKey == "":
-		// Restored from UCS, which never holds secure keys.
-		return nil, status.Error(codes.AlreadyExists, "this client_request_id already joined, and its secure key is no longer held")
-	}
-	c.m.requestRetries.Inc()
-	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: m.P.Id, SecureKey: m.SecureKey},
-		Alias: c.cfg.Name, NextIndex: m.Joined + 1}, nil
-}
-
 // Join adds an agent, supervisor or system participant. Only a supervisor
 // may join with INTERNAL (coach) or MONITOR visibility.
 func (c *Core) Join(ctx context.Context, req *chatpb.JoinRequest) (*chatpb.JoinResponse, error) {
@@ -340,15 +263,6 @@ func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.Lea
 	return &chatpb.LeaveResponse{Index: idx}, nil
 }
 
-// touch records client activity of pid (flex-disconnect-timeout).
-func (c *Core) touch(s *session, pid string) {
-	s.mu.Lock()
-	if m := s.log.State.Members[pid]; m != nil {
-		m.LastSeen = c.now().UnixNano()
-	}
-	s.mu.Unlock()
-}
-
 // Events returns the events from from_index on that the participant may see,
 // at most 1000 per call; next_index is where to continue.
 func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.EventsResponse, error) {
@@ -370,102 +284,7 @@ func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_Subscr
 	if err != nil {
 		return err
 	}
-	roleCtx := c.role.Stream()
-	ctx := stream.Context()
-	next := max(req.FromIndex, 1)
-
-	s.mu.Lock()
-	m, err := authorize(&s.log.State, req.Auth.ParticipantId, keyHash)
-	if err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	if next > s.lastIndex()+1 {
-		s.mu.Unlock()
-		return invalid("from_index %d is past the end of the log (next index %d)", next, s.lastIndex()+1)
-	}
-	viewer := m.P
-	m.Streams++
-	m.LastSeen = c.now().UnixNano()
-	s.mu.Unlock()
-	c.m.subscribers.Inc()
-	defer func() {
-		s.mu.Lock()
-		m.Streams--
-		m.LastSeen = c.now().UnixNano()
-		s.mu.Unlock()
-		c.m.subscribers.Dec()
-	}()
-
-	// send delivers one event; done reports the end of the stream.
-	send := func(ev *chatpb.Event) (done bool, err error) {
-		next = ev.Index + 1
-		if sessionlog.VisibleTo(viewer, ev) {
-			if err := stream.Send(ev); err != nil {
-				return true, err
-			}
-		}
-		end := ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
-			(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id)
-		return end, nil
-	}
-	for {
-		// Catch up from the log; register for fan-out once caught up.
-		s.mu.Lock()
-		batch := s.log.From(next)
-		var sub *subscriber
-		if len(batch) <= c.cfg.SubscriberBuffer && !s.log.State.Ended && !s.removed {
-			sub = &subscriber{ch: make(chan *chatpb.Event, c.cfg.SubscriberBuffer)}
-			if s.subs == nil {
-				s.subs = make(map[*subscriber]struct{})
-			}
-			s.subs[sub] = struct{}{}
-		}
-		s.mu.Unlock()
-		for _, e := range batch {
-			if done, err := send(e.Pub); done {
-				c.unsubscribe(s, sub)
-				return err
-			}
-		}
-		if sub == nil {
-			if len(batch) == 0 { // removed or ended with everything sent
-				return nil
-			}
-			continue
-		}
-		for lagging := false; !lagging; {
-			select {
-			case ev, ok := <-sub.ch:
-				if !ok {
-					lagging = true // dropped from fan-out (or the session ended): catch up from the log
-					continue
-				}
-				if done, err := send(ev); done {
-					c.unsubscribe(s, sub)
-					return err
-				}
-			case <-ctx.Done():
-				c.unsubscribe(s, sub)
-				return status.FromContextError(ctx.Err()).Err()
-			case <-roleCtx.Done():
-				c.unsubscribe(s, sub)
-				return errNotPrimary
-			}
-		}
-	}
-}
-
-func (c *Core) unsubscribe(s *session, sub *subscriber) {
-	if sub == nil {
-		return
-	}
-	s.mu.Lock()
-	if _, ok := s.subs[sub]; ok {
-		delete(s.subs, sub)
-		close(sub.ch)
-	}
-	s.mu.Unlock()
+	return c.tail(stream.Context(), s, req.Auth.ParticipantId, keyHash, max(req.FromIndex, 1), stream.Send)
 }
 
 // WatchSessions streams session changes to the Interaction Server: first
@@ -476,124 +295,10 @@ func (c *Core) WatchSessions(req *chatpb.WatchSessionsRequest, stream chatpb.Cha
 	if !c.tokenOK(req.ServiceToken) {
 		return errBadToken
 	}
-	roleCtx := c.role.Stream()
-	w := &watcher{ch: make(chan *chatpb.SessionChange, 1024)}
-	c.watch.add(w)
-	defer c.watch.remove(w)
-
-	c.mu.RLock()
-	all := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		all = append(all, s)
-	}
-	c.mu.RUnlock()
-	for _, s := range all {
-		s.mu.Lock()
-		var ch *chatpb.SessionChange
-		if !s.log.State.Ended && !s.removed && s.log.State.Customer() != nil {
-			ch = c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
-		}
-		s.mu.Unlock()
-		if ch != nil {
-			if err := stream.Send(ch); err != nil {
-				return err
-			}
-		}
-	}
-	for {
-		select {
-		case ch, ok := <-w.ch:
-			if !ok {
-				return status.Error(codes.Unavailable, "session watcher fell behind; watch again")
-			}
-			if err := stream.Send(ch); err != nil {
-				return err
-			}
-		case <-stream.Context().Done():
-			return status.FromContextError(stream.Context().Err()).Err()
-		case <-roleCtx.Done():
-			return errNotPrimary
-		}
-	}
-}
-
-// watcher is one WatchSessions stream's mailbox.
-type watcher struct {
-	ch chan *chatpb.SessionChange
-}
-
-// watchers are the open WatchSessions streams. It owns its lock, a leaf:
-// notify never blocks (a full mailbox drops its watcher, whose stream ends).
-type watchers struct {
-	mu  sync.Mutex
-	set map[*watcher]struct{}
-}
-
-// add registers w.
-func (ws *watchers) add(w *watcher) {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	if ws.set == nil {
-		ws.set = make(map[*watcher]struct{})
-	}
-	ws.set[w] = struct{}{}
-}
-
-// remove unregisters w and closes its mailbox, unless notify dropped it.
-func (ws *watchers) remove(w *watcher) {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	if _, ok := ws.set[w]; ok {
-		delete(ws.set, w)
-		close(w.ch)
-	}
-}
-
-// notify hands ch to every watcher, dropping those whose mailbox is full.
-func (ws *watchers) notify(ch *chatpb.SessionChange) {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	for w := range ws.set {
-		select {
-		case w.ch <- ch:
-		default:
-			delete(ws.set, w)
-			close(w.ch)
-		}
-	}
-}
-
-// count returns the number of registered watchers.
-func (ws *watchers) count() int {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	return len(ws.set)
+	return c.watchSessions(stream.Context(), stream.Send)
 }
 
 // Status reports role, epoch, sessions and replication state. Any core answers it.
 func (c *Core) Status(ctx context.Context, _ *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
 	return c.status(), nil
-}
-
-func (c *Core) status() *chatpb.StatusResponse {
-	c.mu.RLock()
-	live := c.live
-	c.mu.RUnlock()
-	role, epoch := c.role.RoleEpoch()
-	st := &chatpb.StatusResponse{
-		Name: c.cfg.Name, Role: role, Epoch: epoch, LiveSessions: uint64(max(live, 0)),
-		// A primary still merging UCS reports draining too: sidecars and
-		// clients that skip a draining primary skip it until it serves.
-		Draining: c.role.Draining() || c.role.Unmerged(), ReplicationLag: c.repl.lag(),
-	}
-	if l := c.repl.current(); l != nil {
-		st.Backup = l.name
-	}
-	if c.members != nil {
-		for _, m := range c.members.Members() {
-			st.Members = append(st.Members, &chatpb.Member{Name: m.Name, Role: m.Meta.Role, Epoch: m.Meta.Epoch,
-				GrpcAddr: m.Meta.GRPCAddr, State: m.State.String()})
-		}
-	}
-	return st
 }
