@@ -40,10 +40,9 @@ type Core struct {
 	fencer  Fencer // the epochs and the primary's lease
 	// adopted are the other pairs this core adopted (N+1, adopt.go).
 	adopted *adoptions
-	// soloMu serializes recording the solo mark; soloEpoch is the epoch
-	// whose solo mark this primary recorded (0: none).
-	soloMu      sync.Mutex
-	soloEpoch   atomic.Uint64
+	// solo is the second copy's UCS fallback's mark at the coordination
+	// cluster (solo.go; its own lock).
+	solo        *soloMark
 	claimedFrom atomic.Uint64 // the epoch the last successful claim replaced
 	tel         *telemetry.Telemetry
 	log         *slog.Logger
@@ -178,6 +177,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	}
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
+	c.solo = newSoloMark(c.fencer, c.cfg, c.m.solo, c.log, c.stepDown)
 	c.restoring = make(map[string]chan struct{})
 	c.m.role.snapshot = c.role.RoleEpoch
 	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log

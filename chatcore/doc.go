@@ -43,7 +43,7 @@
 //
 //	Core.inflight (RW; appends shared, a switchover's drain exclusive)
 //	  -> session.appendMu (one appender per session across its second copy)
-//	    -> Core.soloMu (recording the solo mark at the fencing authority)
+//	    -> soloMark.mu (solo.go: recording the solo mark at the fencing authority)
 //	      -> role.State's lock (transitions; their effects take the locks
 //	         of health, background, replicator and link, all leaves here)
 //	    -> session.mu (the log, subscribers, save bookkeeping; held briefly)
@@ -58,5 +58,5 @@
 // (IsPrimary, Epoch, Draining, Unmerged) are atomics and take no lock, so
 // the append path never waits for a transition. Held across network calls:
 // inflight and appendMu across a second copy (inflight exclusively across a
-// switchover's handover), soloMu across one write to the fencing authority.
+// switchover's handover), soloMark.mu across one write to the fencing authority.
 package chatcore

@@ -503,7 +503,7 @@ func (c *Core) snapshotTo(l *link) int {
 
 // backupInSync is the replicator's word that a backup acknowledged its
 // snapshot: every acknowledged event is on it again, so the solo mark goes.
-func (c *Core) backupInSync() { c.bg.spawn(c.clearSolo) }
+func (c *Core) backupInSync() { c.bg.spawn(c.solo.clear) }
 
 // secondCopy makes sure a second copy of ev exists before it is committed
 // (invariant 1): the backup's ack, or, while the backup is away or does not
@@ -525,7 +525,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	if !c.paired() || !needCopy || !c.notices.keeps(ev) {
 		return false, nil
 	}
-	if err := c.markSolo(ctx, ev.Epoch); err != nil {
+	if err := c.solo.mark(ctx, ev.Epoch); err != nil {
 		return uncertain && c.role.IsPrimary(), err
 	}
 	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{sessionlog.Saved(ev)}}
@@ -590,60 +590,6 @@ func (r *replicator) copyToBackup(s *session, ev *chatpb.Event, needCopy bool) (
 		l.kill(fmt.Errorf("no ack within %s", r.cfg.ReplicationTimeout))
 	}
 	return false, uncertain
-}
-
-// markSolo records at the coordination cluster, once per epoch and before
-// the first acknowledgement whose second copy is in UCS, that this primary
-// goes solo (see SoloRecorder). A fencer that cannot record it (UCS holds
-// the epochs) needs nothing: the new primary then merges from UCS.
-func (c *Core) markSolo(ctx context.Context, epoch uint64) error {
-	rec, ok := c.fencer.(SoloRecorder)
-	if !ok || c.soloEpoch.Load() == epoch {
-		return nil
-	}
-	c.soloMu.Lock()
-	defer c.soloMu.Unlock()
-	if c.soloEpoch.Load() == epoch {
-		return nil
-	}
-	mctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
-	defer cancel()
-	err := rec.MarkSolo(mctx, c.cfg.Cluster, epoch, c.cfg.Name, true)
-	switch {
-	case err == nil:
-		c.soloEpoch.Store(epoch)
-		c.m.solo.Set(1)
-		c.log.WarnContext(ctx, "backup away: acknowledging with second copies in UCS (recorded at the coordination cluster)", "epoch", epoch)
-		return nil
-	case errors.Is(err, ErrStaleEpoch):
-		c.stepDown("the coordination cluster holds a newer epoch (recording solo mode)", storeEpoch(err))
-		return errNotPrimary
-	}
-	c.log.WarnContext(ctx, "no second copy possible: backup away and the solo mark not recorded", "epoch", epoch, "err", err)
-	return status.Error(codes.Unavailable, "no second copy possible (backup away, coordination cluster failing): retry")
-}
-
-// clearSolo clears this primary's solo mark once its backup is in sync
-// again: every acknowledged event is then on the backup.
-func (c *Core) clearSolo(ctx context.Context) {
-	rec, ok := c.fencer.(SoloRecorder)
-	if !ok || c.soloEpoch.Load() == 0 {
-		return
-	}
-	c.soloMu.Lock()
-	defer c.soloMu.Unlock()
-	epoch := c.soloEpoch.Load()
-	if epoch == 0 {
-		return
-	}
-	mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := rec.MarkSolo(mctx, c.cfg.Cluster, epoch, c.cfg.Name, false); err != nil {
-		c.log.WarnContext(ctx, "could not clear the solo mark (a failover will merge from UCS)", "epoch", epoch, "err", err)
-		return
-	}
-	c.soloEpoch.Store(0)
-	c.m.solo.Set(0)
 }
 
 // replicateProgress tells the backup about an acknowledged transcript save

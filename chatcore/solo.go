@@ -1,0 +1,102 @@
+package chatcore
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// soloMark is the second copy's UCS fallback's record at the coordination
+// cluster: before the first acknowledgement whose second copy is in UCS
+// (the backup away), the primary records, once per epoch, that it goes
+// solo (see SoloRecorder); once a backup is in sync again it clears the
+// mark. It owns its lock (mu, held across one write to the fencing
+// authority) and the epoch it recorded, and reaches the core only through
+// stepDown (a newer epoch at the coordination cluster). A fencer that
+// cannot record it (rec nil: UCS holds the epochs) needs nothing: the new
+// primary then merges from UCS.
+type soloMark struct {
+	rec             SoloRecorder // nil: nothing to record
+	service, holder string
+	timeout         time.Duration // of recording the mark
+	gauge           prometheus.Gauge
+	log             *slog.Logger
+	stepDown        func(reason string, newer uint64)
+
+	mu    sync.Mutex    // serializes recording and clearing
+	epoch atomic.Uint64 // whose mark this primary recorded (0: none)
+}
+
+// newSoloMark builds the solo mark of a core fenced by f.
+func newSoloMark(f Fencer, cfg Config, gauge prometheus.Gauge, log *slog.Logger, stepDown func(string, uint64)) *soloMark {
+	rec, _ := f.(SoloRecorder)
+	return &soloMark{rec: rec, service: cfg.Cluster, holder: cfg.Name, timeout: cfg.TranscriptSaveTimeout,
+		gauge: gauge, log: log, stepDown: stepDown}
+}
+
+// mark records at the coordination cluster, once per epoch, that this
+// primary acknowledges with second copies in UCS. A newer epoch there steps
+// the core down (errNotPrimary); a failure to record refuses the second
+// copy (UNAVAILABLE).
+func (m *soloMark) mark(ctx context.Context, epoch uint64) error {
+	if m.rec == nil || m.epoch.Load() == epoch {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.epoch.Load() == epoch {
+		return nil
+	}
+	mctx, cancel := context.WithTimeout(ctx, m.timeout)
+	defer cancel()
+	err := m.rec.MarkSolo(mctx, m.service, epoch, m.holder, true)
+	switch {
+	case err == nil:
+		m.epoch.Store(epoch)
+		m.gauge.Set(1)
+		m.log.WarnContext(ctx, "backup away: acknowledging with second copies in UCS (recorded at the coordination cluster)", "epoch", epoch)
+		return nil
+	case errors.Is(err, ErrStaleEpoch):
+		m.stepDown("the coordination cluster holds a newer epoch (recording solo mode)", storeEpoch(err))
+		return errNotPrimary
+	}
+	m.log.WarnContext(ctx, "no second copy possible: backup away and the solo mark not recorded", "epoch", epoch, "err", err)
+	return status.Error(codes.Unavailable, "no second copy possible (backup away, coordination cluster failing): retry")
+}
+
+// clear clears this primary's solo mark once its backup is in sync again:
+// every acknowledged event is then on the backup.
+func (m *soloMark) clear(ctx context.Context) {
+	if m.rec == nil || m.epoch.Load() == 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	epoch := m.epoch.Load()
+	if epoch == 0 {
+		return
+	}
+	mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := m.rec.MarkSolo(mctx, m.service, epoch, m.holder, false); err != nil {
+		m.log.WarnContext(ctx, "could not clear the solo mark (a failover will merge from UCS)", "epoch", epoch, "err", err)
+		return
+	}
+	m.epoch.Store(0)
+	m.gauge.Set(0)
+}
+
+// forget drops the mark's epoch on a step-down (a mark of an old epoch
+// stays at the coordination cluster, keyed by its epoch). It takes no lock:
+// it runs inside the role's transition, which mark may be waiting on.
+func (m *soloMark) forget() {
+	m.epoch.Store(0)
+	m.gauge.Set(0)
+}
