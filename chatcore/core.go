@@ -42,7 +42,9 @@ type Core struct {
 	adopted *adoptions
 	// solo is the second copy's UCS fallback's mark at the coordination
 	// cluster (solo.go; its own lock).
-	solo        *soloMark
+	solo *soloMark
+	// ucs is the second copy in UCS while the backup is away (solo.go).
+	ucs         *ucsCopy
 	claimedFrom atomic.Uint64 // the epoch the last successful claim replaced
 	tel         *telemetry.Telemetry
 	log         *slog.Logger
@@ -178,6 +180,8 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
 	c.solo = newSoloMark(c.fencer, c.cfg, c.m.solo, c.log, c.stepDown)
+	c.ucs = &ucsCopy{solo: c.solo, store: c.store, cb: c.saver.cb, service: c.cfg.Cluster, writer: c.cfg.Name,
+		timeout: c.cfg.TranscriptSaveTimeout, copies: c.m.secondCopyToUCS, log: c.log, stepDown: c.stepDown, isPrimary: c.role.IsPrimary}
 	c.restoring = make(map[string]chan struct{})
 	c.m.role.snapshot = c.role.RoleEpoch
 	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log

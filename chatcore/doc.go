@@ -28,6 +28,8 @@
 //     applier (applier.go: backup side, reaching the core through
 //     applierCore); follower.go runs the backup's stream and decides when
 //     the primary is dead.
+//   - second copy in UCS (solo.go: ucsCopy saves an event while the backup
+//     is away, after soloMark recorded the solo mark).
 //   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
 //     (store.go; records in package transcript).
 //   - RPC surface (rpc.go: the Chat handlers, each validating, authenticating

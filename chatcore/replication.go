@@ -14,7 +14,6 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/role"
-	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // This file is the primary's side of replication. The backup dials the
@@ -525,31 +524,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	if !c.paired() || !needCopy || !c.notices.keeps(ev) {
 		return false, nil
 	}
-	if err := c.solo.mark(ctx, ev.Epoch); err != nil {
-		return uncertain && c.role.IsPrimary(), err
-	}
-	req := SaveRequest{Service: c.cfg.Cluster, Epoch: ev.Epoch, Writer: c.cfg.Name, ChatID: s.id, Events: []*chatpb.Event{sessionlog.Saved(ev)}}
-	sent := false
-	_, err = c.saver.cb.Execute(func() (SaveResult, error) {
-		sent = true
-		sctx, cancel := context.WithTimeout(ctx, c.cfg.TranscriptSaveTimeout)
-		defer cancel()
-		return c.store.Save(sctx, req)
-	})
-	switch {
-	case err == nil:
-		c.m.secondCopyToUCS.Inc()
-		return false, nil
-	case errors.Is(err, ErrStaleEpoch):
-		c.stepDown("UCS rejected a second copy with a stale epoch", 0)
-		return false, errNotPrimary
-	case !sent, errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid), errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrForbidden):
-		// UCS did not store it (or was not asked).
-	default:
-		uncertain = true // a timeout or a cut: the save may have landed
-	}
-	c.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", s.id, "index", ev.Index, "uncertain", uncertain, "err", err)
-	return uncertain, status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
+	return c.ucs.copy(ctx, s.id, ev, uncertain)
 }
 
 // copyToBackup sends ev to the live backup when the backup holds its

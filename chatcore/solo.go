@@ -9,8 +9,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
 // soloMark is the second copy's UCS fallback's record at the coordination
@@ -99,4 +103,51 @@ func (m *soloMark) clear(ctx context.Context) {
 func (m *soloMark) forget() {
 	m.epoch.Store(0)
 	m.gauge.Set(0)
+}
+
+// ucsCopy is the second copy's fallback while the backup is away (or does
+// not hold the session yet): the solo mark first, then a save of the event
+// in UCS through the saver's breaker (one view of UCS's health). It reaches
+// the core only through stepDown (UCS holds a newer epoch) and isPrimary.
+type ucsCopy struct {
+	solo            *soloMark
+	store           TranscriptStore
+	cb              *gobreaker.CircuitBreaker[SaveResult]
+	service, writer string
+	timeout         time.Duration // of one save
+	copies          prometheus.Counter
+	log             *slog.Logger
+	stepDown        func(reason string, newer uint64)
+	isPrimary       func() bool
+}
+
+// copy makes UCS hold ev of chat chatID as its second copy. uncertain is
+// the backup's word (ev was queued to it without an ack); on failure the
+// answer reports whether ev may exist anyway (see Core.secondCopy).
+func (u *ucsCopy) copy(ctx context.Context, chatID string, ev *chatpb.Event, uncertain bool) (bool, error) {
+	if err := u.solo.mark(ctx, ev.Epoch); err != nil {
+		return uncertain && u.isPrimary(), err
+	}
+	req := SaveRequest{Service: u.service, Epoch: ev.Epoch, Writer: u.writer, ChatID: chatID, Events: []*chatpb.Event{sessionlog.Saved(ev)}}
+	sent := false
+	_, err := u.cb.Execute(func() (SaveResult, error) {
+		sent = true
+		sctx, cancel := context.WithTimeout(ctx, u.timeout)
+		defer cancel()
+		return u.store.Save(sctx, req)
+	})
+	switch {
+	case err == nil:
+		u.copies.Inc()
+		return false, nil
+	case errors.Is(err, ErrStaleEpoch):
+		u.stepDown("UCS rejected a second copy with a stale epoch", 0)
+		return false, errNotPrimary
+	case !sent, errors.Is(err, ErrConflict), errors.Is(err, ErrInvalid), errors.Is(err, ErrNonRecoverable), errors.Is(err, ErrForbidden):
+		// UCS did not store it (or was not asked).
+	default:
+		uncertain = true // a timeout or a cut: the save may have landed
+	}
+	u.log.WarnContext(ctx, "no second copy possible: backup away and UCS failed", "session", chatID, "index", ev.Index, "uncertain", uncertain, "err", err)
+	return uncertain, status.Error(codes.Unavailable, "no second copy possible (backup away, UCS failing): retry")
 }

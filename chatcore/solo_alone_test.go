@@ -8,12 +8,15 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/transcript"
 )
 
@@ -151,5 +154,89 @@ func TestSoloMarkAlone(t *testing.T) {
 			t.Fatalf("mark: %v", err)
 		}
 		m.clear(ctx)
+	})
+}
+
+// saveOnlyStore is a TranscriptStore whose Save answers err and records
+// the chats it was asked to save; nothing else of it is used.
+type saveOnlyStore struct {
+	TranscriptStore
+	mu    sync.Mutex
+	err   error
+	saved []string
+}
+
+func (f *saveOnlyStore) Save(_ context.Context, req SaveRequest) (SaveResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return SaveResult{}, f.err
+	}
+	f.saved = append(f.saved, req.ChatID)
+	return SaveResult{}, nil
+}
+
+// TestUCSCopyAlone runs the second copy's UCS fallback without a Core: the
+// solo mark is recorded before the save, a failed mark saves nothing, a
+// stale epoch at UCS steps down, and a save that may have landed (UCS
+// unavailable) is reported uncertain.
+func TestUCSCopyAlone(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	build := func(rec *fakeSoloRecorder, store *saveOnlyStore, downs *[]uint64) *ucsCopy {
+		stepDown := func(_ string, newer uint64) { *downs = append(*downs, newer) }
+		solo := &soloMark{rec: rec, service: "svc", holder: "core-a", timeout: time.Second,
+			gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "solo"}), log: log, stepDown: stepDown}
+		return &ucsCopy{solo: solo, store: store, cb: gobreaker.NewCircuitBreaker[SaveResult](gobreaker.Settings{Name: "ucs"}),
+			service: "svc", writer: "core-a", timeout: time.Second, copies: prometheus.NewCounter(prometheus.CounterOpts{Name: "copies"}),
+			log: log, stepDown: stepDown, isPrimary: func() bool { return true }}
+	}
+	ev := &chatpb.Event{Index: 2, Epoch: 3, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "hi"}
+
+	t.Run("marked, then saved", func(t *testing.T) {
+		rec, store := &fakeSoloRecorder{}, &saveOnlyStore{}
+		var downs []uint64
+		u := build(rec, store, &downs)
+		if uncertain, err := u.copy(ctx, "chat-1", ev, false); err != nil || uncertain {
+			t.Fatalf("copy: uncertain %v, %v", uncertain, err)
+		}
+		if got := rec.got(); !slices.Equal(got, []string{"mark 3"}) {
+			t.Errorf("solo calls %v, want [mark 3]", got)
+		}
+		if !slices.Equal(store.saved, []string{"chat-1"}) {
+			t.Errorf("saved %v, want [chat-1]", store.saved)
+		}
+	})
+	t.Run("no mark, no save", func(t *testing.T) {
+		rec, store := &fakeSoloRecorder{err: errors.New("etcd away")}, &saveOnlyStore{}
+		var downs []uint64
+		u := build(rec, store, &downs)
+		uncertain, err := u.copy(ctx, "chat-1", ev, true)
+		if status.Code(err) != codes.Unavailable || !uncertain {
+			t.Fatalf("copy: uncertain %v, %v; want the backup's uncertainty kept and UNAVAILABLE", uncertain, err)
+		}
+		if len(store.saved) != 0 {
+			t.Errorf("saved %v without the solo mark", store.saved)
+		}
+	})
+	t.Run("stale epoch at UCS steps down", func(t *testing.T) {
+		rec, store := &fakeSoloRecorder{}, &saveOnlyStore{err: &transcript.StaleEpochError{Epoch: 9}}
+		var downs []uint64
+		u := build(rec, store, &downs)
+		if _, err := u.copy(ctx, "chat-1", ev, false); !errors.Is(err, errNotPrimary) {
+			t.Fatalf("copy: %v, want errNotPrimary", err)
+		}
+		if len(downs) != 1 {
+			t.Errorf("step-downs %v, want one", downs)
+		}
+	})
+	t.Run("UCS unavailable: may have landed", func(t *testing.T) {
+		rec, store := &fakeSoloRecorder{}, &saveOnlyStore{err: ErrUnavailable}
+		var downs []uint64
+		u := build(rec, store, &downs)
+		uncertain, err := u.copy(ctx, "chat-1", ev, false)
+		if status.Code(err) != codes.Unavailable || !uncertain {
+			t.Fatalf("copy: uncertain %v, %v; want uncertain and UNAVAILABLE", uncertain, err)
+		}
 	})
 }
