@@ -486,11 +486,7 @@ func (c *Core) snapshotTo(l *link) int {
 			s.appendMu.Unlock()
 			continue
 		}
-		snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, s.log.LastIndex()),
-			SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
-		for i, e := range s.log.Entries() {
-			snap.Events[i] = e.Ev
-		}
+		snap := s.snapshotLocked()
 		s.mu.Unlock()
 		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
 		s.replGen.Store(l.gen)

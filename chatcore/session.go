@@ -66,6 +66,17 @@ func newSession(id string) *session {
 // lastIndex returns the index of the last committed event. Call with mu held.
 func (s *session) lastIndex() uint64 { return s.log.LastIndex() }
 
+// snapshotLocked is the session whole, as a backup takes it (call with s.mu
+// held).
+func (s *session) snapshotLocked() *chatpb.SessionSnapshot {
+	snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, s.log.LastIndex()),
+		SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+	for i, e := range s.log.Entries() {
+		snap.Events[i] = e.Ev
+	}
+	return snap
+}
+
 // subscriber is one Subscribe stream's mailbox. Fan-out never blocks on it:
 // when ch is full the subscriber is removed and ch closed, and the stream
 // catches up from the log by itself.

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/demo"
 	"github.com/hachat/hachat/e2e/harness"
 	"github.com/hachat/hachat/xds"
@@ -98,28 +97,7 @@ func TestPairLostBothCores(t *testing.T) {
 	sendAll(ctx, t, chat, chats, "after")
 	t.Logf("every chat acknowledged its message %v after the kill", time.Since(killed).Round(time.Millisecond))
 
-	noticed := map[string]int{}
-	for _, ch := range chats {
-		evs := events(ctx, t, chat, ch)
-		have := map[string]bool{}
-		notices := 0
-		for _, e := range evs {
-			if e.GetKind() == chatpb.EventKind_EVENT_KIND_MESSAGE {
-				have[e.GetClientMessageId()] = true
-			}
-			if e.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED || e.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED {
-				notices++
-			}
-		}
-		for _, id := range ch.acked {
-			if !have[id] {
-				t.Errorf("chat %s (pair %s) lost acknowledged message %s", ch.auth.GetSessionId(), ch.pair(), id)
-			}
-		}
-		if notices > 0 {
-			noticed[ch.pair()]++
-		}
-	}
+	noticed := checkPairChats(ctx, t, chat, chats)
 	t.Logf("chats with failover notices, by pair: %v (chats per pair %v)", noticed, perPair)
 	if noticed["1"] != 0 || noticed["2"] != perPair["2"] {
 		t.Errorf("failover notices in %v chats by pair, want all %d of pair 2's and none of pair 1's", noticed, perPair["2"])

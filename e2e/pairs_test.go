@@ -121,28 +121,7 @@ func TestPairs(t *testing.T) {
 	c.WaitRole("core-2b", "primary", 30*time.Second)
 
 	// Nothing acknowledged is lost; only pair 2's chats saw the notices.
-	var noticed = map[string]int{}
-	for _, ch := range chats {
-		evs := events(ctx, t, chat, ch)
-		have := map[string]bool{}
-		notices := 0
-		for _, e := range evs {
-			if e.GetKind() == chatpb.EventKind_EVENT_KIND_MESSAGE {
-				have[e.GetClientMessageId()] = true
-			}
-			if e.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED || e.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED {
-				notices++
-			}
-		}
-		for _, id := range ch.acked {
-			if !have[id] {
-				t.Errorf("chat %s (pair %s) lost acknowledged message %s", ch.auth.GetSessionId(), ch.pair(), id)
-			}
-		}
-		if notices > 0 {
-			noticed[ch.pair()]++
-		}
-	}
+	noticed := checkPairChats(ctx, t, chat, chats)
 	t.Logf("chats with failover notices, by pair: %v", noticed)
 	if noticed["1"] != 0 || noticed["3"] != 0 || noticed["2"] != perPair["2"] {
 		t.Errorf("failover notices in %v chats by pair, want all %d of pair 2's and no other", noticed, perPair["2"])
@@ -358,6 +337,35 @@ func sendAll(ctx context.Context, t *testing.T, chat chatpb.ChatClient, chats []
 }
 
 // events reads a chat's whole log through its pair's route.
+// checkPairChats reads every chat's events: an acknowledged message missing
+// fails the test; it returns, by pair, how many chats saw a failover notice.
+func checkPairChats(ctx context.Context, t *testing.T, chat chatpb.ChatClient, chats []*pairChat) map[string]int {
+	t.Helper()
+	noticed := map[string]int{}
+	for _, ch := range chats {
+		evs := events(ctx, t, chat, ch)
+		have := map[string]bool{}
+		notices := 0
+		for _, e := range evs {
+			if e.GetKind() == chatpb.EventKind_EVENT_KIND_MESSAGE {
+				have[e.GetClientMessageId()] = true
+			}
+			if e.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_DISCONNECTED || e.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_RECONNECTED {
+				notices++
+			}
+		}
+		for _, id := range ch.acked {
+			if !have[id] {
+				t.Errorf("chat %s (pair %s) lost acknowledged message %s", ch.auth.GetSessionId(), ch.pair(), id)
+			}
+		}
+		if notices > 0 {
+			noticed[ch.pair()]++
+		}
+	}
+	return noticed
+}
+
 func events(ctx context.Context, t *testing.T, chat chatpb.ChatClient, ch *pairChat) []*chatpb.Event {
 	t.Helper()
 	var evs []*chatpb.Event
