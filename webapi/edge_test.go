@@ -169,9 +169,11 @@ func TestCORSAllowList(t *testing.T) {
 		t.Fatalf("listed origin: %d ACAO %q %s", a.code, a.header.Get("Access-Control-Allow-Origin"), a.raw)
 	}
 	p := e.do(hc, "OPTIONS", startPath+"/"+a.body.ChatID+"/send", "", nil,
-		map[string]string{"Origin": shop, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+		map[string]string{"Origin": shop, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type, apikey"})
+	// GMS widgets send an apikey header: the preflight must allow it.
 	if p.code != http.StatusNoContent || p.header.Get("Access-Control-Allow-Origin") != shop ||
-		!strings.Contains(p.header.Get("Access-Control-Allow-Methods"), "POST") || !strings.Contains(p.header.Get("Access-Control-Allow-Headers"), "Content-Type") {
+		!strings.Contains(p.header.Get("Access-Control-Allow-Methods"), "POST") || !strings.Contains(p.header.Get("Access-Control-Allow-Headers"), "Content-Type") ||
+		!strings.Contains(p.header.Get("Access-Control-Allow-Headers"), "apikey") {
 		t.Fatalf("listed preflight: %d %v", p.code, p.header)
 	}
 

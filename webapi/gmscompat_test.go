@@ -498,10 +498,11 @@ func TestGMSPollingSeesEveryEventOnce(t *testing.T) {
 
 // TestGMSClientOldAxios: the React Native app built with axios before 1.0
 // sends JSON labelled form-urlencoded; it starts, polls and sends all the
-// same, its userData reaches the agent.
+// same, its userData reaches the agent. It sends its apikey header to a
+// webapi that has no key configured: the header is accepted and ignored.
 func TestGMSClientOldAxios(t *testing.T) {
 	client, hs, _ := startRealStack(t, nil)
-	g := &gmsClient{t: t, base: hs.URL + "/genesys/2/chat/request-chat", jsonAsForm: true}
+	g := &gmsClient{t: t, base: hs.URL + "/genesys/2/chat/request-chat", jsonAsForm: true, header: http.Header{"Apikey": {"rn-app-key"}}}
 	a := g.post("", "", url.Values{"alias": {""}, "secureKey": {""}, "userId": {""}, "nickname": {"Old Axios"},
 		"userData[GCTI_LanguageCode]": {"en"}})
 	c := chat{a.Resp.ChatID, a.Resp.UserID, a.Resp.SecureKey}
