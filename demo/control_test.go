@@ -79,6 +79,9 @@ func TestRequestRestart(t *testing.T) {
 	if err := sup.WaitExit(ctx, "core-a"); err != nil {
 		t.Fatal(err)
 	}
+	// The death is told with the command that undoes it.
+	hint := "core-a exited: signal: killed; bring it back: hachat demo restart core-a --state " + state + "\n"
+	waitFor(t, "the exit line with its restart hint", 5*time.Second, func() bool { return strings.Contains(progress.String(), hint) })
 	res, err := RequestRestart(ctx, state, "core-a", RestartOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,9 @@ type Options struct {
 	// StatePath is the state file. Default Dir/demo.json.
 	StatePath string
 	// Progress receives the human-readable story: "starting core-a ... ready
-	// in 120ms", "core-a exited: signal: killed". Default: discarded.
+	// in 120ms", "core-a exited: signal: killed" (with Control set, followed
+	// by "; bring it back: hachat demo restart core-a --state FILE").
+	// Default: discarded.
 	Progress io.Writer
 	// Logger receives the same story as structured logs. Default: discarded.
 	Logger *slog.Logger
@@ -315,7 +317,12 @@ func (s *Supervisor) watch(p *proc) {
 	p.cancel()
 	close(p.done)
 	if !stopping {
-		s.progressf("%s exited: %s\n", p.part.Name, how)
+		if s.opts.Control != "" {
+			// The demo never restarts a part by itself: say how to.
+			s.progressf("%s exited: %s; bring it back: hachat demo restart %s --state %s\n", p.part.Name, how, p.part.Name, s.opts.StatePath)
+		} else {
+			s.progressf("%s exited: %s\n", p.part.Name, how)
+		}
 		s.opts.Logger.Warn("part exited; not restarting it", "child", p.part.Name, "pid", p.pid, "exit", how)
 		if err := s.writeState(); err != nil {
 			s.opts.Logger.Error("write state file", "err", err)
