@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/pairs"
 )
@@ -358,8 +357,8 @@ func (c *Core) adoptedSaveOf(p string) *adoptedSave {
 // next events get their second copy from the backup. Without a backup in
 // sync the session's second copies go to UCS until the backup resyncs.
 func (c *Core) snapshotToBackup(s *session) {
-	l := c.repl.current()
-	if l == nil || !l.inSync.Load() {
+	l := c.repl.Current()
+	if l == nil || !l.InSync() {
 		return
 	}
 	s.appendMu.Lock()
@@ -371,6 +370,5 @@ func (c *Core) snapshotToBackup(s *session) {
 	}
 	snap := s.snapshotLocked()
 	s.mu.Unlock()
-	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
-	s.replGen.Store(l.gen)
+	l.Hold(s, snap)
 }

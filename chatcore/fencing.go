@@ -45,7 +45,7 @@ func (c *Core) stepDown(reason string, newer uint64) {
 		c.health.SetServingStatus(ChatServiceName, healthNotServing)
 		c.m.stepDowns.Inc()
 		c.solo.forget() // a mark of an old epoch stays at etcd, keyed by its epoch
-		c.repl.dropLink("stepped down")
+		c.repl.DropLink("stepped down")
 		c.bg.spawn(c.publishMeta)
 		c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.role.Epoch())
 	})
