@@ -193,7 +193,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		return nil, fmt.Errorf("register pair metric: %w", err)
 	}
 	var err error
-	if c.adopted, err = newAdoptions(tel.Registry); err != nil {
+	if c.adopted, err = newAdoptions(c, tel.Registry); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -207,6 +207,17 @@ func (c *Core) Role() string { return c.role.Role() }
 
 // Epoch returns the newest epoch this core knows.
 func (c *Core) Epoch() uint64 { return c.role.Epoch() }
+
+// all returns every session of the table (a copy of the list).
+func (c *Core) all() []*session {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	return all
+}
 
 // session returns a live or lingering session.
 func (c *Core) session(id string) *session {

@@ -267,11 +267,11 @@ func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64,
 // caller's participant and key): a refused request leaves no trace (no
 // session, no notices, no metric).
 func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.State) error) (*session, error) {
-	p, foreign := c.foreignPair(id)
+	p, foreign := c.adopted.foreignPair(id)
 	if foreign && c.role.IsPrimary() {
 		// N+1: a chat of another pair is served only once this core holds
 		// that pair's epoch (adopt.go).
-		if err := c.adopt(ctx, p); err != nil {
+		if err := c.adopted.adopt(ctx, p); err != nil {
 			return nil, err
 		}
 	}
@@ -281,7 +281,7 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 				// Replicated from the adopter this core took over from, or
 				// adopted again: its saves go at this core's current epoch
 				// of the pair.
-				if cur, old := c.adoptedSaveOf(p), s.adopted.Load(); cur != nil && (old == nil || *old != *cur) {
+				if cur, old := c.adopted.saveOf(p), s.adopted.Load(); cur != nil && (old == nil || *old != *cur) {
 					s.adopted.Store(cur)
 				}
 			}

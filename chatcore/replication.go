@@ -48,12 +48,7 @@ type replicaSource struct{ c *Core }
 // with the events that follow it on the stream.
 func (r replicaSource) SnapshotTo(l *replica.Link) int {
 	c := r.c
-	c.mu.RLock()
-	all := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		all = append(all, s)
-	}
-	c.mu.RUnlock()
+	all := c.all()
 	for _, t := range c.tombs.snapshots() {
 		l.Snapshot(t)
 	}

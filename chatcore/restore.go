@@ -48,12 +48,7 @@ func (r *restorer) all(ctx context.Context, source string) int {
 	if stale {
 		source += "+ucs"
 	}
-	c.mu.RLock()
-	all := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		all = append(all, s)
-	}
-	c.mu.RUnlock()
+	all := c.all()
 	// What UCS holds beyond the replica: second copies the old primary took
 	// after our stream stopped (a partition, a silent primary). One listing
 	// call; without it a stale replica merges every session.
@@ -397,7 +392,7 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 		r.mu.Unlock()
 		close(done)
 	}()
-	p, foreign := c.foreignPair(id)
+	p, foreign := c.adopted.foreignPair(id)
 	if s := c.session(id); s != nil { // restored while we registered
 		return s, nil, nil
 	}
@@ -417,7 +412,7 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 	s = newSession(id)
 	s.startReq = evs[0].ClientRequestId
 	if foreign {
-		s.adopted.Store(c.adoptedSaveOf(p))
+		s.adopted.Store(c.adopted.saveOf(p))
 	}
 	for _, ev := range evs {
 		s.log.Commit(ev)
@@ -436,7 +431,7 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", c.cfg.SessionRestorationMode)
 	c.m.restored.WithLabelValues("ucs").Inc()
 	if foreign {
-		c.snapshotToBackup(s) // its next events' second copy: the backup's ack
+		r.toBackup(s) // its next events' second copy: the backup's ack
 		c.adopted.restored.WithLabelValues(p).Inc()
 		c.log.InfoContext(ctx, "session of an adopted pair restored", "pair", p, "session", id, "ended", s.log.State.Ended)
 	}
@@ -444,4 +439,25 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 		r.announceFailover(ctx, s, noticeReason("ucs"))
 	}
 	return s, nil, nil
+}
+
+// toBackup sends a session this primary just restored from UCS to
+// its in-sync backup (as the link's opening snapshot does), so that its
+// next events get their second copy from the backup. Without a backup in
+// sync the session's second copies go to UCS until the backup resyncs.
+func (r *restorer) toBackup(s *session) {
+	l := r.c.repl.Current()
+	if l == nil || !l.InSync() {
+		return
+	}
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return
+	}
+	snap := s.snapshotLocked()
+	s.mu.Unlock()
+	l.Hold(s, snap)
 }
