@@ -11,8 +11,8 @@ import (
 // the state): when this core claims the epoch and becomes primary, when it
 // steps down, and what else changes with the role (health, metrics, the
 // replication link, the gossiped meta). Who decides is in failover.go
-// (roleLoop, lead, promote, handover) and follower.go (the backup's
-// detection); the epochs come from a Fencer (fencer.go, etcdfencer.go).
+// (roleLoop, lead, promote, handover) and follower.go with package detect
+// (the backup's detection); the epochs come from a Fencer (fencer.go, etcdfencer.go).
 
 // becomePrimary makes this core primary at epoch, the epoch it just claimed.
 // With serving false it is primary but restoring: Chat calls get UNAVAILABLE
