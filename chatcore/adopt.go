@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -12,7 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
+	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/pairs"
 )
@@ -46,9 +48,31 @@ type adoption struct {
 	restored bool
 }
 
-// adoptions are the foreign pairs of this core (a leaf lock).
+// adopterCore is what adopting a pair needs of the core: its session
+// table (a session, every session) and restoring a session from UCS
+// (lookup).
+type adopterCore interface {
+	session(id string) *session
+	all() []*session
+	lookup(ctx context.Context, id string, admit func(st *sessionlog.State) error) (*session, error)
+}
+
+// adoptions are the foreign pairs of this core: it adopts them (claims
+// their epoch, keeps their lease, restores their chats) and says where
+// their sessions' saves go. It reaches the core only through adopterCore.
 type adoptions struct {
-	mu   sync.Mutex
+	name, pair, cluster string        // this core, its pair, its pair's service
+	lease               time.Duration // epoch-lease
+	fencer              Fencer
+	store               TranscriptStore
+	members             Membership // nil: no gossip
+	role                *role.State
+	tombs               *tombstones
+	core                adopterCore
+	spawn               func(func(ctx context.Context)) bool // background work Serve owns
+	log                 *slog.Logger
+
+	mu   sync.Mutex // a leaf
 	held map[string]*adoption
 	// warned is when a failed adoption of each pair was last logged (one
 	// line a second: every request about its chats tries).
@@ -59,8 +83,10 @@ type adoptions struct {
 	restored *prometheus.CounterVec
 }
 
-func newAdoptions(reg prometheus.Registerer) (*adoptions, error) {
-	a := &adoptions{held: map[string]*adoption{}, warned: map[string]time.Time{},
+func newAdoptions(c *Core, reg prometheus.Registerer) (*adoptions, error) {
+	a := &adoptions{name: c.cfg.Name, pair: c.cfg.Pair, cluster: c.cfg.Cluster, lease: c.cfg.EpochLease, fencer: c.fencer, store: c.store,
+		members: c.members, role: c.role, tombs: &c.tombs, core: c, spawn: c.bg.spawn, log: c.log,
+		held: map[string]*adoption{}, warned: map[string]time.Time{},
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_core_adopted_pairs",
 			Help: "1 per other pair this core adopted (N+1: it holds that pair's epoch and serves its chats)."}, []string{"pair"}),
 		restored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_adopted_sessions_total",
@@ -75,16 +101,16 @@ func newAdoptions(reg prometheus.Registerer) (*adoptions, error) {
 }
 
 // foreignPair returns the pair chat id names when it is not this core's.
-func (c *Core) foreignPair(id string) (string, bool) {
+func (ad *adoptions) foreignPair(id string) (string, bool) {
 	p := pairs.Of(id)
-	return p, p != pairs.Norm(c.cfg.Pair)
+	return p, p != pairs.Norm(ad.pair)
 }
 
 // pairService is the epoch service of pair p in this core's cluster
-// (c.cfg.Cluster is already this core's own pair's service).
-func (c *Core) pairService(p string) string {
-	base := c.cfg.Cluster
-	if own := pairs.Norm(c.cfg.Pair); own != pairs.Default {
+// (ad.cluster is already this core's own pair's service).
+func (ad *adoptions) pairService(p string) string {
+	base := ad.cluster
+	if own := pairs.Norm(ad.pair); own != pairs.Default {
 		base = strings.TrimSuffix(base, "-"+own)
 	}
 	return pairs.Service(base, p)
@@ -96,18 +122,18 @@ func (c *Core) pairService(p string) string {
 // adoption was lost (this core's copies of p's chats may then be stale:
 // another core holds p's epoch; they are served again only after a
 // restart, from UCS).
-func (c *Core) adopt(ctx context.Context, p string) error {
-	c.adopted.mu.Lock()
-	a, ok := c.adopted.held[p]
+func (ad *adoptions) adopt(ctx context.Context, p string) error {
+	ad.mu.Lock()
+	a, ok := ad.held[p]
 	if ok {
-		c.adopted.mu.Unlock()
+		ad.mu.Unlock()
 		select {
 		case <-a.ready:
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
-		c.adopted.mu.Lock()
-		defer c.adopted.mu.Unlock()
+		ad.mu.Lock()
+		defer ad.mu.Unlock()
 		switch {
 		case a.lost:
 			return status.Errorf(codes.Unavailable, "pair %s: %v", p, errAdoptionLost)
@@ -117,31 +143,31 @@ func (c *Core) adopt(ctx context.Context, p string) error {
 		return nil
 	}
 	a = &adoption{ready: make(chan struct{})}
-	c.adopted.held[p] = a
-	c.adopted.mu.Unlock()
+	ad.held[p] = a
+	ad.mu.Unlock()
 
-	epoch, err := c.claimPair(ctx, p)
-	c.adopted.mu.Lock()
+	epoch, err := ad.claimPair(ctx, p)
+	ad.mu.Lock()
 	a.err, a.epoch = err, epoch
 	warn := false
 	if err != nil {
-		delete(c.adopted.held, p) // the next request tries again
-		if now := time.Now(); now.Sub(c.adopted.warned[p]) >= time.Second {
-			c.adopted.warned[p], warn = now, true
+		delete(ad.held, p) // the next request tries again
+		if now := time.Now(); now.Sub(ad.warned[p]) >= time.Second {
+			ad.warned[p], warn = now, true
 		}
 	}
 	close(a.ready)
-	c.adopted.mu.Unlock()
+	ad.mu.Unlock()
 	if err != nil {
 		if warn {
-			c.log.WarnContext(ctx, "could not adopt another pair: its chats are refused for now", "pair", p, "err", err)
+			ad.log.WarnContext(ctx, "could not adopt another pair: its chats are refused for now", "pair", p, "err", err)
 		}
 		return status.Errorf(codes.Unavailable, "pair %s not adopted: %v", p, err)
 	}
-	c.adopted.gauge.WithLabelValues(p).Set(1)
-	c.log.WarnContext(ctx, "adopted another pair: it lost both cores; its chats are served here", "pair", p, "service", c.pairService(p), "epoch", epoch)
-	c.bg.spawn(func(ctx context.Context) { c.keepPair(ctx, p, epoch) })
-	c.bg.spawn(func(ctx context.Context) { c.restorePair(ctx, p) })
+	ad.gauge.WithLabelValues(p).Set(1)
+	ad.log.WarnContext(ctx, "adopted another pair: it lost both cores; its chats are served here", "pair", p, "service", ad.pairService(p), "epoch", epoch)
+	ad.spawn(func(ctx context.Context) { ad.keepPair(ctx, p, epoch) })
+	ad.spawn(func(ctx context.Context) { ad.restorePair(ctx, p) })
 	return nil
 }
 
@@ -149,9 +175,9 @@ func (c *Core) adopt(ctx context.Context, p string) error {
 // UCS hold it before anything of the pair is read there (as announceEpoch
 // does for a promotion), so that a save of the pair's old primary that UCS
 // takes after the read is refused.
-func (c *Core) claimPair(ctx context.Context, p string) (uint64, error) {
-	svc := c.pairService(p)
-	if name := c.aliveCoreOf(p); name != "" {
+func (ad *adoptions) claimPair(ctx context.Context, p string) (uint64, error) {
+	svc := ad.pairService(p)
+	if name := ad.aliveCoreOf(p); name != "" {
 		// Its backup holds the replica (fresher than UCS): the pair fails
 		// over by itself; adopting it from UCS could lose what only the
 		// replica holds.
@@ -159,24 +185,24 @@ func (c *Core) claimPair(ctx context.Context, p string) (uint64, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cur, err := c.fencer.Current(ctx, svc)
+	cur, err := ad.fencer.Current(ctx, svc)
 	if err != nil {
 		return 0, fmt.Errorf("read the epoch of %s: %w", svc, err)
 	}
-	got, err := c.fencer.Claim(ctx, svc, cur.Epoch, c.cfg.Name, c.cfg.EpochLease)
+	got, err := ad.fencer.Claim(ctx, svc, cur.Epoch, ad.name, ad.lease)
 	if err != nil {
 		return 0, fmt.Errorf("claim the epoch of %s after %d (holder %s): %w", svc, cur.Epoch, cur.Holder, err)
 	}
-	if _, atUCS := c.fencer.(StoreFencer); atUCS {
+	if _, atUCS := ad.fencer.(StoreFencer); atUCS {
 		return got.Epoch, nil
 	}
 	for {
-		u, err := c.store.Epoch(ctx, svc)
+		u, err := ad.store.Epoch(ctx, svc)
 		if err == nil {
 			if u.Epoch >= got.Epoch {
 				return got.Epoch, nil
 			}
-			_, err = c.store.ClaimEpoch(ctx, svc, u.Epoch, got.Epoch, c.cfg.Name)
+			_, err = ad.store.ClaimEpoch(ctx, svc, u.Epoch, got.Epoch, ad.name)
 			if err == nil || errors.Is(err, ErrEpochConflict) {
 				continue
 			}
@@ -191,11 +217,11 @@ func (c *Core) claimPair(ctx context.Context, p string) (uint64, error) {
 
 // aliveCoreOf returns a core of pair p that gossip shows alive ("" when
 // none, or without gossip).
-func (c *Core) aliveCoreOf(p string) string {
-	if c.members == nil {
+func (ad *adoptions) aliveCoreOf(p string) string {
+	if ad.members == nil {
 		return ""
 	}
-	for _, m := range c.members.Members() {
+	for _, m := range ad.members.Members() {
 		if m.Meta.Kind == membership.KindCore && pairs.Norm(m.Meta.Pair) == p && m.State == membership.StateAlive {
 			return m.Name
 		}
@@ -206,9 +232,9 @@ func (c *Core) aliveCoreOf(p string) string {
 // keepPair renews the adopted pair's lease four times per epoch-lease
 // while this core is primary. A refused renewal loses the adoption: the
 // pair's chats are refused here from then on.
-func (c *Core) keepPair(ctx context.Context, p string, epoch uint64) {
-	svc := c.pairService(p)
-	t := time.NewTicker(c.cfg.EpochLease / 4)
+func (ad *adoptions) keepPair(ctx context.Context, p string, epoch uint64) {
+	svc := ad.pairService(p)
+	t := time.NewTicker(ad.lease / 4)
 	defer t.Stop()
 	for {
 		select {
@@ -216,27 +242,27 @@ func (c *Core) keepPair(ctx context.Context, p string, epoch uint64) {
 			return
 		case <-t.C:
 		}
-		if !c.role.IsPrimary() {
-			c.loseAdoption(ctx, p, "this core stepped down")
+		if !ad.role.IsPrimary() {
+			ad.loseAdoption(ctx, p, "this core stepped down")
 			return
 		}
-		if c.pairDone(p) {
+		if ad.pairDone(p) {
 			// Every chat of the pair ended and is saved for good: let the
 			// pair go. Its lease lapses, so its own cores, back, can claim
 			// its epoch; a late request about one of its chats here
 			// adopts it again while none of them did.
-			c.adopted.mu.Lock()
-			delete(c.adopted.held, p)
-			c.adopted.mu.Unlock()
-			c.adopted.gauge.DeleteLabelValues(p)
-			c.log.InfoContext(ctx, "adopted pair released: its last chat ended; its own cores may take its epoch back", "pair", p, "epoch", epoch)
+			ad.mu.Lock()
+			delete(ad.held, p)
+			ad.mu.Unlock()
+			ad.gauge.DeleteLabelValues(p)
+			ad.log.InfoContext(ctx, "adopted pair released: its last chat ended; its own cores may take its epoch back", "pair", p, "epoch", epoch)
 			return
 		}
-		rctx, cancel := context.WithTimeout(ctx, c.cfg.EpochLease/2)
-		_, err := c.fencer.Renew(rctx, svc, epoch, c.cfg.Name)
+		rctx, cancel := context.WithTimeout(ctx, ad.lease/2)
+		_, err := ad.fencer.Renew(rctx, svc, epoch, ad.name)
 		cancel()
 		if errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrEpochConflict) {
-			c.loseAdoption(ctx, p, err.Error())
+			ad.loseAdoption(ctx, p, err.Error())
 			return
 		}
 	}
@@ -244,23 +270,18 @@ func (c *Core) keepPair(ctx context.Context, p string, epoch uint64) {
 
 // pairDone reports whether adopted pair p's listed chats were restored and
 // every session of p here has ended and been saved for good.
-func (c *Core) pairDone(p string) bool {
-	c.adopted.mu.Lock()
-	a, ok := c.adopted.held[p]
+func (ad *adoptions) pairDone(p string) bool {
+	ad.mu.Lock()
+	a, ok := ad.held[p]
 	restored := ok && a.restored
-	c.adopted.mu.Unlock()
+	ad.mu.Unlock()
 	if !restored {
 		return false
 	}
-	c.mu.RLock()
-	var of []*session
-	for id, s := range c.sessions {
-		if pairs.Of(id) == p {
-			of = append(of, s)
+	for _, s := range ad.core.all() {
+		if pairs.Of(s.id) != p {
+			continue
 		}
-	}
-	c.mu.RUnlock()
-	for _, s := range of {
 		s.mu.Lock()
 		done := s.log.State.Ended && (s.finalSaved || s.noFinalSave)
 		s.mu.Unlock()
@@ -272,28 +293,28 @@ func (c *Core) pairDone(p string) bool {
 }
 
 // loseAdoption refuses pair p's chats from now on and forgets them.
-func (c *Core) loseAdoption(ctx context.Context, p, why string) {
-	c.adopted.mu.Lock()
-	if a, ok := c.adopted.held[p]; ok {
+func (ad *adoptions) loseAdoption(ctx context.Context, p, why string) {
+	ad.mu.Lock()
+	if a, ok := ad.held[p]; ok {
 		a.lost = true
 	}
-	c.adopted.mu.Unlock()
-	c.adopted.gauge.DeleteLabelValues(p)
-	c.log.ErrorContext(ctx, "adoption of another pair lost: its chats are refused here", "pair", p, "why", why)
+	ad.mu.Unlock()
+	ad.gauge.DeleteLabelValues(p)
+	ad.log.ErrorContext(ctx, "adoption of another pair lost: its chats are refused here", "pair", p, "why", why)
 }
 
 // adoptionLost reports whether pair p was adopted here and lost.
-func (c *Core) adoptionLost(p string) bool {
-	c.adopted.mu.Lock()
-	defer c.adopted.mu.Unlock()
-	a, ok := c.adopted.held[p]
+func (ad *adoptions) adoptionLost(p string) bool {
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	a, ok := ad.held[p]
 	return ok && a.lost
 }
 
 // restorePair restores every live chat of adopted pair p that UCS lists
 // (those not asked for yet), with the failover notices.
-func (c *Core) restorePair(ctx context.Context, p string) {
-	l, ok := c.store.(ChatLister)
+func (ad *adoptions) restorePair(ctx context.Context, p string) {
+	l, ok := ad.store.(ChatLister)
 	if !ok {
 		return // restored one by one, on their first request; never released
 	}
@@ -302,12 +323,12 @@ func (c *Core) restorePair(ctx context.Context, p string) {
 	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var err error
-		list, err = l.Chats(lctx, ChatFilter{Service: c.pairService(p)})
+		list, err = l.Chats(lctx, ChatFilter{Service: ad.pairService(p)})
 		cancel()
 		if err == nil {
 			break
 		}
-		c.log.WarnContext(ctx, "could not list an adopted pair's chats at UCS: retrying", "pair", p, "err", err, "retry_in", delay)
+		ad.log.WarnContext(ctx, "could not list an adopted pair's chats at UCS: retrying", "pair", p, "err", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():
 			return
@@ -316,21 +337,21 @@ func (c *Core) restorePair(ctx context.Context, p string) {
 	}
 	n := 0
 	for _, ci := range list {
-		if ci.Ended || c.session(ci.ChatID) != nil || c.tombs.has(ci.ChatID) || pairs.Of(ci.ChatID) != p {
+		if ci.Ended || ad.core.session(ci.ChatID) != nil || ad.tombs.has(ci.ChatID) || pairs.Of(ci.ChatID) != p {
 			continue
 		}
-		if _, err := c.lookup(ctx, ci.ChatID, nil); err != nil {
-			c.log.WarnContext(ctx, "could not restore an adopted pair's session from UCS", "pair", p, "session", ci.ChatID, "err", err)
+		if _, err := ad.core.lookup(ctx, ci.ChatID, nil); err != nil {
+			ad.log.WarnContext(ctx, "could not restore an adopted pair's session from UCS", "pair", p, "session", ci.ChatID, "err", err)
 			continue
 		}
 		n++
 	}
-	c.adopted.mu.Lock()
-	if a, ok := c.adopted.held[p]; ok {
+	ad.mu.Lock()
+	if a, ok := ad.held[p]; ok {
 		a.restored = true
 	}
-	c.adopted.mu.Unlock()
-	c.log.InfoContext(ctx, "adopted pair's sessions restored", "pair", p, "sessions", n, "listed", len(list), "took", time.Since(start))
+	ad.mu.Unlock()
+	ad.log.InfoContext(ctx, "adopted pair's sessions restored", "pair", p, "sessions", n, "listed", len(list), "took", time.Since(start))
 }
 
 // adoptedSave is where the saves of an adopted pair's session go: UCS
@@ -341,36 +362,14 @@ type adoptedSave struct {
 	epoch   uint64
 }
 
-// adoptedSaveOf returns the save target of adopted pair p's sessions (nil
+// saveOf returns the save target of adopted pair p's sessions (nil
 // when p is not adopted here).
-func (c *Core) adoptedSaveOf(p string) *adoptedSave {
-	c.adopted.mu.Lock()
-	defer c.adopted.mu.Unlock()
-	a, ok := c.adopted.held[p]
+func (ad *adoptions) saveOf(p string) *adoptedSave {
+	ad.mu.Lock()
+	defer ad.mu.Unlock()
+	a, ok := ad.held[p]
 	if !ok || a.err != nil || a.epoch == 0 {
 		return nil
 	}
-	return &adoptedSave{service: c.pairService(p), epoch: a.epoch}
-}
-
-// snapshotToBackup sends a session this primary just restored from UCS to
-// its in-sync backup (as the link's opening snapshot does), so that its
-// next events get their second copy from the backup. Without a backup in
-// sync the session's second copies go to UCS until the backup resyncs.
-func (c *Core) snapshotToBackup(s *session) {
-	l := c.repl.current()
-	if l == nil || !l.inSync.Load() {
-		return
-	}
-	s.appendMu.Lock()
-	defer s.appendMu.Unlock()
-	s.mu.Lock()
-	if s.removed {
-		s.mu.Unlock()
-		return
-	}
-	snap := s.snapshotLocked()
-	s.mu.Unlock()
-	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
-	s.replGen.Store(l.gen)
+	return &adoptedSave{service: ad.pairService(p), epoch: a.epoch}
 }

@@ -123,7 +123,7 @@ func TestAdoptPairAfterBothCoresLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _ = adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "raced", ClientMessageId: "raced"})
-	waitFor(t, "the adoption lost", func() bool { return adopter.c.adoptionLost("2") })
+	waitFor(t, "the adoption lost", func() bool { return adopter.c.adopted.adoptionLost("2") })
 	if _, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "late", ClientMessageId: "late"}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("send in a chat of a pair whose adoption was lost: %v, want UNAVAILABLE", err)
 	}

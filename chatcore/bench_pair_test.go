@@ -120,7 +120,7 @@ func BenchmarkRestore(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
-		if n := c.restoreAll(context.Background(), "replica"); n != 10000 {
+		if n := c.restore.all(context.Background(), "replica"); n != 10000 {
 			b.Fatalf("restored %d", n)
 		}
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/10k-sessions")

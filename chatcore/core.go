@@ -11,12 +11,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/detect"
+	"github.com/hachat/hachat/chatcore/replica"
 	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
@@ -69,32 +70,27 @@ type Core struct {
 	health *health.Server
 	saver  *saver
 
-	members  Membership       // nil: no gossip
-	tls      *mtls.Source     // nil: plaintext gRPC
-	witness  AskReachableFunc // nil: no witness
-	repl     *replicator      // primary side of replication
-	inflight sync.RWMutex     // appends hold it shared; a switchover takes it to drain
+	members  Membership          // nil: no gossip
+	tls      *mtls.Source        // nil: plaintext gRPC
+	witness  AskReachableFunc    // nil: no witness
+	repl     *replica.Replicator // primary side of replication (package replica)
+	inflight sync.RWMutex        // appends hold it shared; a switchover takes it to drain
 
-	restoreMu sync.Mutex
-	restoring map[string]chan struct{} // session ids being rebuilt from UCS
+	restore *restorer // restoration after a promotion and from UCS (restore.go)
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
 
-	peerMu       sync.Mutex
-	peer         *grpc.ClientConn // to peerConnAddr, created on first use
-	peerConnAddr string
-	sawPrimary   atomic.Bool  // this process has replicated from a primary
-	replicaStale atomic.Bool  // the replica may miss events acked while the link was down
-	gossipDead   atomic.Bool  // membership declared the primary failed or left
-	primaryName  atomic.Value // string: the primary we replicate from
-	abrupt       atomic.Bool  // stop without the shutdown handover (tests of crashes)
-	metaMu       sync.Mutex
-	grpcAddr     string
-	httpAddr     string
+	peers        *peers      // the other core and the witness (membership.go)
+	replicaStale atomic.Bool // the replica may miss events acked while the link was down
+	// detect decides, on the backup, whether the primary is dead (package
+	// detect; it remembers the primary it replicates from and gossip's word).
+	detect   *detect.Detector
+	abrupt   atomic.Bool // stop without the shutdown handover (tests of crashes)
+	metaMu   sync.Mutex
+	grpcAddr string
+	httpAddr string
 
-	refuteMu       sync.Mutex
-	refuted        map[string]refutation // newer epochs peers claimed and UCS did not confirm
-	unconfirmedLog time.Time             // last "cannot confirm at UCS" log line
+	guard *guard // the primary's lease and the newer epochs peers claim (guard.go)
 
 	bg background // goroutines Serve owns beyond its servers
 }
@@ -179,10 +175,13 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	}
 	c.saver = newSaver(c)
 	c.repl = newReplicator(c)
+	c.peers = newPeers(c)
+	c.guard = newGuard(c)
+	c.detect = detect.New(detect.Config{Name: c.cfg.Name, Pair: c.cfg.Pair}, detectNet{c}, c.members, nil, c.log)
 	c.solo = newSoloMark(c.fencer, c.cfg, c.m.solo, c.log, c.stepDown)
 	c.ucs = &ucsCopy{solo: c.solo, store: c.store, cb: c.saver.cb, service: c.cfg.Cluster, writer: c.cfg.Name,
 		timeout: c.cfg.TranscriptSaveTimeout, copies: c.m.secondCopyToUCS, log: c.log, stepDown: c.stepDown, isPrimary: c.role.IsPrimary}
-	c.restoring = make(map[string]chan struct{})
+	c.restore = newRestorer(c)
 	c.m.role.snapshot = c.role.RoleEpoch
 	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log
 	// The pair, for per-pair sums: chats placed per pair are
@@ -194,7 +193,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		return nil, fmt.Errorf("register pair metric: %w", err)
 	}
 	var err error
-	if c.adopted, err = newAdoptions(tel.Registry); err != nil {
+	if c.adopted, err = newAdoptions(c, tel.Registry); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -208,6 +207,17 @@ func (c *Core) Role() string { return c.role.Role() }
 
 // Epoch returns the newest epoch this core knows.
 func (c *Core) Epoch() uint64 { return c.role.Epoch() }
+
+// all returns every session of the table (a copy of the list).
+func (c *Core) all() []*session {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	all := make([]*session, 0, len(c.sessions))
+	for _, s := range c.sessions {
+		all = append(all, s)
+	}
+	return all
+}
 
 // session returns a live or lingering session.
 func (c *Core) session(id string) *session {

@@ -20,16 +20,28 @@
 //   - sessionlog (package): the session log and its fold; pure, no locks.
 //   - role (package): the role state machine (primary/backup, epochs,
 //     draining, unmerged); fencing.go is the core's side of it (claim,
-//     becomePrimary, stepDown) and failover.go, follower.go decide when.
+//     becomePrimary, stepDown) and failover.go decides when (roleLoop,
+//     lead, promote, handover).
+//   - detect (package): the backup's failure detection (probe, peer
+//     Status, witness, gossip evidence, the cut-off test, the lease's
+//     certainty) behind detect.Net and detect.Members; follower.go runs the
+//     backup's stream and asks it (Decide, then Recheck before the claim).
+//   - replica (package): both sides of replication. Replicator (primary:
+//     the batched stream with cumulative acks) reaches the core through
+//     replica.Core and replica.Session (replication.go: replicaSource);
+//     Applier (backup) through replica.Table and replica.Entry
+//     (applier.go: replicaTable).
 //   - Fencer (fencer.go, etcdfencer.go): where epochs and the primary's
-//     lease live (etcd, or UCS through StoreFencer).
-//   - replicator (replication.go: primary side, the batched stream with
-//     acknowledgements, reaching the core through replicatorCore) and
-//     applier (applier.go: backup side, reaching the core through
-//     applierCore); follower.go runs the backup's stream and decides when
-//     the primary is dead.
+//     lease live (etcd, or UCS through StoreFencer); guard (guard.go)
+//     renews the primary's lease and checks the newer epochs peers claim.
 //   - second copy in UCS (solo.go: ucsCopy saves an event while the backup
 //     is away, after soloMark recorded the solo mark).
+//   - restorer (restore.go): restoration after a promotion or switchover,
+//     and rebuilding a session from UCS on its first call (lookup).
+//   - adoptions (adopt.go): N+1, adopting another pair that lost both
+//     cores, through adopterCore.
+//   - peers (membership.go): where the other core and the witness are, and
+//     the one connection to the other core.
 //   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
 //     (store.go; records in package transcript).
 //   - RPC surface (rpc.go: the Chat handlers, each validating, authenticating
@@ -47,18 +59,27 @@
 //	  -> session.appendMu (one appender per session across its second copy)
 //	    -> soloMark.mu (solo.go: recording the solo mark at the fencing authority)
 //	      -> role.State's lock (transitions; their effects take the locks
-//	         of health, background, replicator and link, all leaves here)
+//	         of health, background, the replicator and its link, all leaves here)
 //	    -> session.mu (the log, subscribers, save bookkeeping; held briefly)
 //	      -> Core.mu (the sessions map and the live count)
 //
+// The types say it where they can. A method whose name ends in Locked
+// wants session.mu held (commitLocked, snapshotLocked, and the
+// replica.Entry's MergeProgressLocked and replica.Table's CommitLocked,
+// which the applier calls between Entry.Lock and Entry.Unlock: session.mu
+// before Core.mu). replica.Link.Hold and Replicator.CopyToBackup want the
+// session's appendMu held and take only package replica's locks, which are
+// leaves (Replicator.mu and Link.mu are never held together; progressMu
+// alone). The detector (package detect) holds atomics, no lock.
+//
 // Everything else is a leaf, never held while taking another of ours: the
-// saver's queue (saver.mu), its trouble counter, the replicator's link
-// pointer (replicator.mu), its save-progress queue (replicator.progressMu)
-// and each link's queue (link.mu, never held with replicator.mu),
-// watchers, tombstones, background, restoreMu, peerMu, metaMu, refuteMu,
-// adoptions.mu (the adopted pairs). The role State's hot readers
-// (IsPrimary, Epoch, Draining, Unmerged) are atomics and take no lock, so
-// the append path never waits for a transition. Held across network calls:
-// inflight and appendMu across a second copy (inflight exclusively across a
-// switchover's handover), soloMark.mu across one write to the fencing authority.
+// saver's queue (saver.mu), its trouble counter, package replica's locks
+// (above), watchers, tombstones, background, restorer.mu (the sessions
+// being rebuilt from UCS), peers.mu (the connection to the other core),
+// metaMu, guard.mu (refuted epochs), adoptions.mu (the adopted pairs). The
+// role State's hot readers (IsPrimary, Epoch, Draining, Unmerged) are
+// atomics and take no lock, so the append path never waits for a
+// transition. Held across network calls: inflight and appendMu across a
+// second copy (inflight exclusively across a switchover's handover),
+// soloMark.mu across one write to the fencing authority.
 package chatcore

@@ -172,7 +172,7 @@ func TestUncertainCopyResolvedByReturningBackup(t *testing.T) {
 	}
 
 	proxy.cut()
-	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
 	store.set(func(s *doubtStore) { s.landButErr = 1 })
 	if _, err := a.cl.Send(ctx, msg(cust, "two", "c2")); status.Code(err) != codes.Unavailable {
 		t.Fatalf("send whose second copy timed out: %v", err)

@@ -169,7 +169,7 @@ func TestSoloMarkDecidesTheMerge(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newIsolationRig(t, "etcd")
 			r.link.cut() // the witness still reaches the primary: no failover
-			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.Current() == nil })
 			waitFor(t, "b knows its replica is stale", func() bool { return r.b.c.replicaStale.Load() })
 			var acked []uint64
 			if tt.soloAck {

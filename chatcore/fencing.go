@@ -11,8 +11,8 @@ import (
 // the state): when this core claims the epoch and becomes primary, when it
 // steps down, and what else changes with the role (health, metrics, the
 // replication link, the gossiped meta). Who decides is in failover.go
-// (roleLoop, lead, promote, handover) and follower.go (the backup's
-// detection); the epochs come from a Fencer (fencer.go, etcdfencer.go).
+// (roleLoop, lead, promote, handover) and follower.go with package detect
+// (the backup's detection); the epochs come from a Fencer (fencer.go, etcdfencer.go).
 
 // becomePrimary makes this core primary at epoch, the epoch it just claimed.
 // With serving false it is primary but restoring: Chat calls get UNAVAILABLE
@@ -45,7 +45,7 @@ func (c *Core) stepDown(reason string, newer uint64) {
 		c.health.SetServingStatus(ChatServiceName, healthNotServing)
 		c.m.stepDowns.Inc()
 		c.solo.forget() // a mark of an old epoch stays at etcd, keyed by its epoch
-		c.repl.dropLink("stepped down")
+		c.repl.DropLink("stepped down")
 		c.bg.spawn(c.publishMeta)
 		c.log.Warn("stepped down to backup: client streams closed", "reason", reason, "epoch", c.role.Epoch())
 	})

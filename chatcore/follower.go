@@ -6,45 +6,19 @@ import (
 	"fmt"
 	"net"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
-	"github.com/hachat/hachat/membership"
-	"github.com/hachat/hachat/mtls"
+	"github.com/hachat/hachat/chatcore/detect"
 )
 
-// This file is the backup's side: it replicates from the primary and
-// decides when the primary is dead. What the stream carries is applied by
-// the applier (applier.go).
-//
-// Detection, fastest first:
-//  1. The replication stream breaks (a killed process resets its
-//     connections at once) and the backup's direct TCP probe of the primary
-//     is refused or times out; the witness, asked about the primary's own
-//     (gossiped) address, confirms it cannot reach it either (without a
-//     witness answer the membership view decides; with neither, the probe
-//     alone). Promote.
-//  2. The stream falls silent (no event or heartbeat for twice
-//     replication-timeout) or breaks, the probe connects, but the primary's
-//     gRPC health check does not answer within replication-timeout: a
-//     stopped process whose kernel still accepts. With gossip, wait for it;
-//     without, promote.
-//  3. Membership declares the primary failed or left (gossip with indirect
-//     probes: the fallback for a silent primary). Promote.
-//
-// A backup that has not been connected to a primary since it started never
-// promotes on a probe alone (it would steal the role from a primary that is
-// still starting); it still promotes when gossip declares a known primary
-// failed. Only a refused connection proves the primary's process is gone;
-// any other promotion marks the replica stale, so that restoration merges
-// what UCS holds beyond it.
+// This file is the backup's side: it replicates from the primary and,
+// when the stream ends, asks the detector (package detect) whether the
+// primary is dead. What the stream carries is applied by the applier
+// (package replica, through applier.go's replicaTable).
 
 // streamEnd says how a replication stream ended.
 type streamEnd struct {
@@ -69,12 +43,12 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		return
 	}
-	failed, stop := c.watchPrimaryFailure()
+	failed, stop := c.detect.Watch(c.peers.addr)
 	defer stop()
 	delay := 20 * time.Millisecond
 	var lastWarn, lastDrop time.Time
 	for ctx.Err() == nil && !c.role.IsPrimary() {
-		addr := c.peerAddr()
+		addr := c.peers.addr()
 		if addr == "" { // gossip has not shown the other core yet
 			select {
 			case <-ctx.Done():
@@ -85,7 +59,7 @@ func (c *Core) follow(ctx context.Context) {
 			}
 			continue
 		}
-		conn, err := c.peerConn(addr)
+		conn, err := c.peers.dial(addr)
 		if err != nil {
 			c.log.ErrorContext(ctx, "cannot dial peer", "peer", addr, "err", err)
 			return
@@ -97,7 +71,7 @@ func (c *Core) follow(ctx context.Context) {
 		if end.primaryName == "" {
 			// A redial refused before any hello: the primary we lost is
 			// still the last one that announced itself.
-			end.primaryName, _ = c.primaryName.Load().(string)
+			end.primaryName = c.detect.PrimaryName()
 		}
 		if end.synced {
 			delay = 20 * time.Millisecond
@@ -106,45 +80,25 @@ func (c *Core) follow(ctx context.Context) {
 			lastWarn = time.Now()
 			c.log.WarnContext(ctx, "cannot replicate from the peer yet (retrying)", "peer", addr, "err", end.err)
 		}
-		promote, why, certain := false, "", false
-		gossip := end.gossipFailed || c.gossipDead.Load()
-		switch {
-		case end.fencedPrimary && !gossip:
-		case gossip || c.sawPrimary.Load():
-			// Gossip is evidence, not a verdict: a backup cut off from
-			// everyone sees every member fail. The same checks decide.
-			if dead, how, refused := c.confirmDead(ctx, addr, gossip); dead {
-				promote, why, certain = true, how, refused
-				if gossip {
-					why = "membership declared the primary failed; " + how
-				}
-			} else if end.synced || end.receivedAny {
-				// The link broke but the primary lives: it now takes its second
-				// copies to UCS, so our copy may miss acknowledged events.
-				c.replicaStale.Store(true)
-				c.log.WarnContext(ctx, "replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", how)
-			} else if gossip && time.Since(lastWarn) > 10*time.Second {
-				lastWarn = time.Now()
-				c.log.WarnContext(ctx, "membership declared the primary failed, but the checks do not confirm it: staying backup", "primary", end.primaryName, "check", how)
-			}
-		}
-		if promote && !certain {
-			// Only a refused connection proves the process is gone; a silent
-			// or unreachable primary may have acknowledged events with
-			// second copies in UCS since our stream stopped: merge them.
+		dec := c.detect.Decide(ctx, addr, detect.StreamEnd{Synced: end.synced, ReceivedAny: end.receivedAny,
+			GossipFailed: end.gossipFailed, FencedPrimary: end.fencedPrimary})
+		if dec.Stale {
 			c.replicaStale.Store(true)
 		}
-		if promote {
-			c.log.WarnContext(ctx, "primary lost: promoting", "primary", end.primaryName, "detection", why, "err", end.err,
+		switch dec.Outcome {
+		case detect.Alive:
+			c.log.WarnContext(ctx, "replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", dec.Why)
+		case detect.GossipRefuted:
+			if time.Since(lastWarn) > 10*time.Second {
+				lastWarn = time.Now()
+				c.log.WarnContext(ctx, "membership declared the primary failed, but the checks do not confirm it: staying backup", "primary", end.primaryName, "check", dec.Why)
+			}
+		case detect.Promote:
+			c.log.WarnContext(ctx, "primary lost: promoting", "primary", end.primaryName, "detection", dec.Why, "err", end.err,
 				"replica_stale", c.replicaStale.Load())
-			err := c.promote(ctx, why, certain, func(ctx context.Context) error {
-				// The decision is only as good as the moment it was made: the
-				// claim may wait (UCS unreachable) while the world changes.
-				if dead, how, _ := c.confirmDead(ctx, addr, c.gossipDead.Load()); !dead {
-					return fmt.Errorf("%w: %s", errPrimaryAlive, how)
-				}
-				return nil
-			})
+			// The decision is only as good as the moment it was made: the
+			// claim may wait (UCS unreachable) while the world changes.
+			err := c.promote(ctx, dec, func(ctx context.Context) error { return c.detect.Recheck(ctx, addr) })
 			if err == nil {
 				return
 			}
@@ -163,51 +117,10 @@ func (c *Core) follow(ctx context.Context) {
 			return
 		case <-time.After(delay):
 		case <-failed:
-			c.failedAgain(failed)
+			detect.Rearm(failed)
 		}
 		delay = min(delay*2, time.Second)
 	}
-}
-
-// failedAgain re-arms a gossip failure signal consumed while sleeping, so
-// that the next replicateOnce sees it at once.
-func (c *Core) failedAgain(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-// peerCreds returns the transport credentials towards the other core.
-func (c *Core) peerCreds() credentials.TransportCredentials {
-	if c.tls != nil {
-		return credentials.NewTLS(c.tls.ClientConfig(mtls.Allow(mtls.KindCore)))
-	}
-	return insecure.NewCredentials()
-}
-
-// peerConn returns the (lazily created, reused) connection to the peer at addr.
-func (c *Core) peerConn(addr string) (*grpc.ClientConn, error) {
-	c.peerMu.Lock()
-	defer c.peerMu.Unlock()
-	if c.peer != nil && c.peerConnAddr == addr {
-		return c.peer, nil
-	}
-	if c.peer != nil {
-		c.peer.Close()
-		c.peer = nil
-	}
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(c.peerCreds()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
-	}
-	c.peer, c.peerConnAddr = conn, addr
-	return conn, nil
 }
 
 // replicateOnce runs one Replicate stream until it ends.
@@ -293,7 +206,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			}
 		}
 	}()
-	ap := c.newApplier()
+	ap := newApplier(c)
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -305,37 +218,34 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			return end
 		}
 		lastHeard.Store(time.Now().UnixNano())
-		if err := ap.admit(msg); err != nil {
+		if err := ap.Admit(msg); err != nil {
 			end.fencedPrimary = true
 			end.err = err
 			c.log.WarnContext(ctx, "rejected replication from an older epoch", "primary", msg.Primary, "epoch", msg.Epoch, "known", c.role.Epoch())
 			return end
 		}
 		end.primaryName, end.primaryEpoch, end.receivedAny = msg.Primary, msg.Epoch, true
-		if !c.sawPrimary.Load() {
-			c.sawPrimary.Store(true)
-		}
-		c.primaryName.Store(msg.Primary)
+		c.detect.Heard(msg.Primary)
 		switch b := msg.Body.(type) {
 		case *chatpb.ReplicaMsg_Heartbeat:
 			continue
 		case *chatpb.ReplicaMsg_Snapshot, *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
-			if err := ap.apply(msg); err != nil {
+			if err := ap.Apply(msg); err != nil {
 				end.err = err
 				c.log.WarnContext(ctx, "replicated message does not fit: resyncing", "err", err)
 				return end
 			}
 		case *chatpb.ReplicaMsg_Batch:
-			if err := ap.apply(msg); err != nil {
+			if err := ap.Apply(msg); err != nil {
 				end.err = err
 				c.log.WarnContext(ctx, "replicated batch does not fit: resyncing", "err", err)
 				return end
 			}
 		case *chatpb.ReplicaMsg_SnapshotDone:
-			n, kept := ap.synced()
+			n, kept := ap.Synced()
 			end.synced = true
 			c.replicaStale.Store(false)
-			c.gossipDead.Store(false)
+			c.detect.ClearGossip()
 			c.log.InfoContext(ctx, "in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", kept, "dropped_stale", n)
 			c.bg.spawn(c.publishMeta) // gossip the epoch we now follow
@@ -353,7 +263,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			}
 			if err == nil {
 				end.handedOver = true
-				c.bg.spawn(func(ctx context.Context) { c.restoreAll(ctx, "switchover") })
+				c.bg.spawn(func(ctx context.Context) { c.restore.all(ctx, "switchover") })
 				// Let the old primary close the stream (it steps down on our
 				// answer), so that the answer is not cut off by our cancel.
 				t := time.AfterFunc(2*time.Second, cancel)
@@ -404,196 +314,70 @@ func answer(ans *chatpb.ReplicaAck, answers chan<- *chatpb.ReplicaAck, answered 
 	}
 }
 
-// confirmDead checks a primary whose stream broke: a direct probe of addr
-// (the address we replicate from), then the witness about the primary's own
-// gossiped address (addr may be a path of ours, e.g. a cut link), else the
-// membership view. It says how it decided.
-//
-// A core that sees no third party (no other member alive, the witness and
-// UCS silent) is the one cut off, not the primary: it never declares the
-// primary dead. gossip says membership already declared the primary
-// failed (with a stale view right after a heal, too: the checks decide).
-func (c *Core) confirmDead(ctx context.Context, addr string, gossip bool) (dead bool, how string, refused bool) {
-	var member membership.Member
-	known := false
-	if c.members != nil {
-		member, known = c.primaryMember(addr)
-	}
-	// isolated asks cutOff at most once per check (it may read UCS).
-	var checked, cut bool
-	isolated := func() bool {
-		if !checked {
-			checked, cut = true, c.cutOff(ctx, member, known)
-		}
-		return cut
-	}
-	d := net.Dialer{Timeout: c.cfg.ProbeTimeout}
+// detectNet is the network as the detector looks at the primary
+// (detect.Net): a TCP probe, the peer's Status, the witness and the
+// fencing authority.
+type detectNet struct{ c *Core }
+
+// Dial probes addr over TCP within probe-timeout.
+func (n detectNet) Dial(ctx context.Context, addr string) error {
+	d := net.Dialer{Timeout: n.c.cfg.ProbeTimeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err == nil {
-		conn.Close()
-		if st, ok := c.peerStatus(ctx, addr, c.cfg.ReplicationTimeout); ok {
-			if st.Role == RolePrimary {
-				return false, "probe connected and the primary answers", false
-			}
-			// A restarted process answers as backup: the primary we followed is gone.
-			return true, fmt.Sprintf("the peer answers as %s at epoch %d: the primary is gone", st.Role, st.Epoch), true
-		}
-		// The kernel accepts for a stopped process: it is silent, not gone.
-		// Gossip decides when there is gossip; without it, the silence does.
-		how := "probe connected but the primary does not answer"
-		if known && member.State == membership.StateAlive {
-			return false, how + "; membership still shows it alive: waiting for gossip", false
-		}
-		if isolated() {
-			return false, how + "; " + cutOffNote, false
-		}
-		return true, how, false
+	if err != nil {
+		return err
 	}
-	refused = errors.Is(err, syscall.ECONNREFUSED)
-	how = "probe failed: " + err.Error()
-	target := addr
-	if known && member.Meta.GRPCAddr != "" {
-		target = member.Meta.GRPCAddr
-	}
-	if w := c.witnessAddr(); c.witness != nil && w != "" {
-		wctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
-		ok, werr := c.witness(wctx, w, target)
-		cancel()
-		if werr == nil {
-			if ok {
-				return false, how + "; witness reaches " + target, false
-			}
-			return true, how + "; witness cannot reach " + target, refused
-		}
-		c.log.WarnContext(ctx, "witness gave no answer", "witness", w, "err", werr)
-		how += "; witness silent"
-		if isolated() {
-			return false, how + "; " + cutOffNote, false
-		}
-		if refused {
-			// Nobody listens at the primary's address: its process is
-			// probably gone, but a cut path refuses too (iptables REJECT)
-			// and no witness tells them apart: not certain, so the claim
-			// waits for the primary's lease to lapse.
-			return true, how + "; refused, unconfirmed", false
-		}
-	}
-	if c.members != nil {
-		if known && member.State == membership.StateAlive {
-			return false, how + "; membership still shows it alive: waiting for gossip", false
-		}
-		if isolated() {
-			return false, how + "; " + cutOffNote, false
-		}
-		return true, how + "; membership does not show it alive", refused
-	}
-	return true, how, refused
+	conn.Close() // connected is the answer; how the close went is not
+	return nil
 }
 
-// cutOffMemory is how long a member that stopped being alive still counts
-// as a third party that this core should be able to see: one lost longer
-// ago is gone for its own reasons, not because this core is cut off.
-const cutOffMemory = time.Minute
-
-// cutOffNote explains a decision not to promote because of cutOff.
-const cutOffNote = "no other member is alive and UCS does not answer either: this core is the one cut off"
-
-// cutOff reports whether this core is the one cut off: it sees no member
-// alive but itself and the primary it lost (primary, when known), while
-// others were alive within cutOffMemory, and UCS does not answer it
-// either. A core that reaches UCS is not isolated (the primary and the
-// control plane may both have died: it must fail over). Without gossip it
-// cannot tell, and reports false.
-func (c *Core) cutOff(ctx context.Context, primary membership.Member, known bool) bool {
-	if c.members == nil {
-		return false
-	}
-	now := time.Now()
-	others := 0
-	for _, m := range c.members.Members() {
-		if m.Name == c.cfg.Name || known && m.Name == primary.Name || m.State == membership.StateLeft {
-			continue
-		}
-		if m.State == membership.StateAlive {
-			return false
-		}
-		if m.Since.IsZero() || now.Sub(m.Since) < cutOffMemory {
-			others++
-		}
-	}
-	if others == 0 {
-		return false
-	}
-	uctx, cancel := context.WithTimeout(ctx, 4*c.cfg.ProbeTimeout)
-	defer cancel()
-	_, err := c.fencer.Current(uctx, c.cfg.Cluster)
-	return err != nil
-}
-
-// peerStatus asks the core at addr for its Status within wait, on a
-// connection of its own: the shared peer connection may sit in a reconnect
-// backoff after a long cut, and a check must not mistake that for a silent
-// primary. ok is false when it does not answer.
-func (c *Core) peerStatus(ctx context.Context, addr string, wait time.Duration) (*chatpb.StatusResponse, bool) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(c.peerCreds()),
+// Status asks the core at addr for its Status within replication-timeout,
+// on a connection of its own: the shared peer connection may sit in a
+// reconnect backoff after a long cut, and a check must not mistake that
+// for a silent primary. ok is false when it does not answer.
+func (n detectNet) Status(ctx context.Context, addr string) (detect.Peer, bool) {
+	wait := n.c.cfg.ReplicationTimeout
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(n.c.peers.creds()),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: wait}))
 	if err != nil {
-		return nil, false
+		return detect.Peer{}, false
 	}
 	defer conn.Close()
 	sctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	st, err := chatpb.NewChatClient(conn).Status(sctx, &chatpb.StatusRequest{})
-	return st, err == nil
+	if err != nil {
+		return detect.Peer{}, false
+	}
+	return detect.Peer{Role: st.Role, Epoch: st.Epoch}, true
 }
 
-// primaryMember finds the primary in the membership view.
-func (c *Core) primaryMember(addr string) (membership.Member, bool) {
-	name, _ := c.primaryName.Load().(string)
-	for _, m := range c.members.Members() {
-		if m.Meta.Kind == membership.KindCore && m.Name != c.cfg.Name && c.samePair(m) && (m.Name == name || m.Meta.GRPCAddr == addr) {
-			return m, true
-		}
+// Witness asks the witness (Config.Witness, or one gossip shows) whether
+// it reaches target, within four probe timeouts.
+func (n detectNet) Witness(ctx context.Context, target string) (reachable, asked bool, err error) {
+	w := n.c.peers.witnessAddr()
+	if n.c.witness == nil || w == "" {
+		return false, false, nil
 	}
-	return membership.Member{}, false
+	wctx, cancel := context.WithTimeout(ctx, 4*n.c.cfg.ProbeTimeout)
+	defer cancel()
+	ok, err := n.c.witness(wctx, w, target)
+	if err != nil {
+		return false, true, fmt.Errorf("witness %s: %w", w, err)
+	}
+	return ok, true, nil
 }
 
-// watchPrimaryFailure signals when membership declares the peer core failed or left.
-func (c *Core) watchPrimaryFailure() (chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	if c.members == nil {
-		return ch, func() {}
-	}
-	events, cancel := c.members.Subscribe()
-	go func() {
-		for ev := range events {
-			if ev.Type == membership.EventJoined || ev.Type == membership.EventUpdated {
-				if name, _ := c.primaryName.Load().(string); ev.Member.Name == name && ev.Member.State == membership.StateAlive {
-					c.gossipDead.Store(false) // it came back (or was never gone)
-				}
-				continue
-			}
-			if ev.Type != membership.EventFailed && ev.Type != membership.EventLeft {
-				continue
-			}
-			name, _ := c.primaryName.Load().(string)
-			m := ev.Member
-			if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore && m.Name != name ||
-				m.Meta.Kind == membership.KindCore && !c.samePair(m) {
-				continue
-			}
-			if m.Name == name || (m.Meta.GRPCAddr != "" && m.Meta.GRPCAddr == c.peerAddr()) {
-				c.log.Warn("membership: primary declared "+ev.Type.String(), "member", m.Name)
-				c.gossipDead.Store(true)
-				c.failedAgain(ch)
-			}
-		}
-	}()
-	return ch, cancel
+// AuthorityAnswers reports whether the fencing authority answers within
+// four probe timeouts.
+func (n detectNet) AuthorityAnswers(ctx context.Context) bool {
+	uctx, cancel := context.WithTimeout(ctx, 4*n.c.cfg.ProbeTimeout)
+	defer cancel()
+	_, err := n.c.fencer.Current(uctx, n.c.cfg.Cluster)
+	return err == nil
 }
 
 var errNoBackup = errors.New("no backup in sync")
 
 // errPrimaryAlive drops a decision to promote: the re-check just before the
 // epoch claim found the primary alive (or this core cut off).
-var errPrimaryAlive = errors.New("the primary is not lost")
+var errPrimaryAlive = detect.ErrPrimaryAlive

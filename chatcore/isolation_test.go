@@ -258,7 +258,7 @@ func TestCutOffBackupDoesNotDeposePrimary(t *testing.T) {
 			r.w.set(false, errors.New("witness unreachable"))
 			r.link.cut() // refused, as an iptables REJECT would
 			r.mm.setStates("core-b", "core-a", membership.StateDead)
-			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.Current() == nil })
 			during := r.sendOnA(t, 5, "during") // second copies go to UCS
 
 			asked := r.w.count()
@@ -333,7 +333,7 @@ func TestNoServingBeforeMerge(t *testing.T) {
 		t.Run(fencing, func(t *testing.T) {
 			r := newIsolationRig(t, fencing)
 			r.link.cut() // the witness still reaches the primary: no failover
-			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.current() == nil })
+			waitFor(t, "a lost its backup", func() bool { return r.a.c.repl.Current() == nil })
 			waitFor(t, "b knows its replica is stale", func() bool { return r.b.c.replicaStale.Load() })
 			acked := r.sendOnA(t, 3, "second-copy")
 

@@ -123,7 +123,7 @@ func TestLinkCutNoFailover(t *testing.T) {
 	cust, _ := a.chat(t)
 
 	proxy.cut()
-	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
 	var acked []uint64
 	for range 3 {
 		r, err := a.cl.Send(ctx, msg(cust, "during the cut", ""))
@@ -183,7 +183,7 @@ func TestGossipFailurePromotesAndMerges(t *testing.T) {
 	waitInSync(t, a, "core-b")
 	cust, _ := a.chat(t)
 	proxy.cut()
-	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
 	r, err := a.cl.Send(ctxT(t), msg(cust, "only in UCS", "u1"))
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +232,7 @@ func TestPartitionedPrimaryAcksMerged(t *testing.T) {
 	waitInSync(t, a, "core-b")
 	cust, agent := a.chat(t)
 	proxy.cut()
-	waitFor(t, "a lost the link", func() bool { return a.c.repl.current() == nil })
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
 	r, err := a.cl.Send(ctxT(t), msg(cust, "acked during the partition", "p1"))
 	if err != nil {
 		t.Fatal(err)

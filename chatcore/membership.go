@@ -2,11 +2,21 @@ package chatcore
 
 import (
 	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/pairs"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // Membership is the seam to the gossip membership (package membership's
@@ -59,25 +69,43 @@ func CallPolicy() mtls.MethodPolicy {
 	})
 }
 
-// samePair reports whether m is in this core's pair (package pairs: an
-// empty pair is the default one). Cores of other pairs gossip in the same
-// cluster but are never this core's peer, primary or rival.
-func (c *Core) samePair(m membership.Member) bool {
-	return pairs.Norm(m.Meta.Pair) == pairs.Norm(c.cfg.Pair)
-}
-
 // paired reports whether this core runs in a primary/backup pair.
 func (c *Core) paired() bool { return c.cfg.Peer != "" || c.members != nil }
 
-// peerAddr returns the other core's gRPC address: Config.Peer, or the one
+// peers finds the other core of the pair and a witness (Config.Peer and
+// Config.Witness, else gossip), and holds the one shared connection to the
+// other core (replication, status checks).
+type peers struct {
+	name, peer, witness, pair string // this core; Config.Peer, Config.Witness, Config.Pair
+	members                   Membership
+	tls                       *mtls.Source // nil: plaintext gRPC
+	tel                       *telemetry.Telemetry
+
+	mu       sync.Mutex
+	conn     *grpc.ClientConn // to connAddr, created on first use
+	connAddr string
+}
+
+func newPeers(c *Core) *peers {
+	return &peers{name: c.cfg.Name, peer: c.cfg.Peer, witness: c.cfg.Witness, pair: c.cfg.Pair, members: c.members, tls: c.tls, tel: c.tel}
+}
+
+// samePair reports whether m is in this core's pair (package pairs: an
+// empty pair is the default one). Cores of other pairs gossip in the same
+// cluster but are never this core's peer, primary or rival.
+func (p *peers) samePair(m membership.Member) bool {
+	return pairs.Norm(m.Meta.Pair) == pairs.Norm(p.pair)
+}
+
+// addr returns the other core's gRPC address: Config.Peer, or the one
 // gossiped by the other core member (a live one first). Empty when unknown.
-func (c *Core) peerAddr() string {
-	if c.cfg.Peer != "" || c.members == nil {
-		return c.cfg.Peer
+func (p *peers) addr() string {
+	if p.peer != "" || p.members == nil {
+		return p.peer
 	}
 	addr := ""
-	for _, m := range c.members.Members() {
-		if m.Name == c.cfg.Name || m.Meta.Kind != membership.KindCore || m.Meta.GRPCAddr == "" || !c.samePair(m) {
+	for _, m := range p.members.Members() {
+		if m.Name == p.name || m.Meta.Kind != membership.KindCore || m.Meta.GRPCAddr == "" || !p.samePair(m) {
 			continue
 		}
 		if m.State == membership.StateAlive || m.State == membership.StateSuspect {
@@ -90,12 +118,12 @@ func (c *Core) peerAddr() string {
 
 // witnessAddr returns the HTTP address of the witness to ask: Config.Witness,
 // or a live witness member's, or the control plane's. Empty when none.
-func (c *Core) witnessAddr() string {
-	if c.cfg.Witness != "" || c.members == nil {
-		return c.cfg.Witness
+func (p *peers) witnessAddr() string {
+	if p.witness != "" || p.members == nil {
+		return p.witness
 	}
 	xds := ""
-	for _, m := range c.members.Members() {
+	for _, m := range p.members.Members() {
 		if m.State != membership.StateAlive || m.Meta.HTTPAddr == "" {
 			continue
 		}
@@ -107,4 +135,45 @@ func (c *Core) witnessAddr() string {
 		}
 	}
 	return xds
+}
+
+// creds returns the transport credentials towards the other core.
+func (p *peers) creds() credentials.TransportCredentials {
+	if p.tls != nil {
+		return credentials.NewTLS(p.tls.ClientConfig(mtls.Allow(mtls.KindCore)))
+	}
+	return insecure.NewCredentials()
+}
+
+// dial returns the (lazily created, reused) connection to the peer at addr.
+func (p *peers) dial(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil && p.connAddr == addr {
+		return p.conn, nil
+	}
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
+	}
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(p.creds()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(p.tel.Tracer), otelgrpc.WithPropagators(p.tel.Propagator))),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
+	}
+	p.conn, p.connAddr = conn, addr
+	return conn, nil
+}
+
+// close closes the connection to the peer (shutdown).
+func (p *peers) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		p.conn.Close()
+	}
 }

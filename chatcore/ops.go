@@ -497,10 +497,10 @@ func (c *Core) status() *chatpb.StatusResponse {
 		Name: c.cfg.Name, Role: role, Epoch: epoch, LiveSessions: uint64(max(live, 0)),
 		// A primary still merging UCS reports draining too: sidecars and
 		// clients that skip a draining primary skip it until it serves.
-		Draining: c.role.Draining() || c.role.Unmerged(), ReplicationLag: c.repl.lag(),
+		Draining: c.role.Draining() || c.role.Unmerged(), ReplicationLag: c.repl.Lag(),
 	}
-	if l := c.repl.current(); l != nil {
-		st.Backup = l.name
+	if l := c.repl.Current(); l != nil {
+		st.Backup = l.Name()
 	}
 	if c.members != nil {
 		for _, m := range c.members.Members() {

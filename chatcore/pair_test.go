@@ -98,8 +98,8 @@ func pair(t testing.TB, store TranscriptStore, mod func(*Config)) (a, b *node) {
 func waitInSync(t testing.TB, primary *node, backup string) {
 	t.Helper()
 	waitFor(t, backup+" in sync", func() bool {
-		l := primary.c.repl.current()
-		return l != nil && l.name == backup && l.inSync.Load()
+		l := primary.c.repl.Current()
+		return l != nil && l.Name() == backup && l.InSync()
 	})
 }
 
@@ -500,7 +500,7 @@ func TestCleanStopHandsOver(t *testing.T) {
 		t.Fatalf("after a clean stop b is %s at epoch %d", b.c.Role(), b.c.Epoch())
 	}
 	t.Logf("clean stop handed over in %v", time.Since(start))
-	if b.c.sawPrimary.Load() && b.c.replicaStale.Load() {
+	if b.c.detect.SawPrimary() && b.c.replicaStale.Load() {
 		t.Error("a handover marked the replica stale")
 	}
 	d, err := b.cl.Send(ctxT(t), msg(cust, "before", "c1"))

@@ -24,7 +24,7 @@ func TestPeerIsInTheSamePair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.peerAddr(); got != "127.0.0.1:7601" {
+	if got := c.peers.addr(); got != "127.0.0.1:7601" {
 		t.Fatalf("pair 2's backup found peer %q, want core-2a's 127.0.0.1:7601", got)
 	}
 	// A core of the default pair does not take pair 2's or 3's core.
@@ -33,7 +33,7 @@ func TestPeerIsInTheSamePair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.peerAddr(); got != "127.0.0.1:7101" {
+	if got := c.peers.addr(); got != "127.0.0.1:7101" {
 		t.Fatalf("pair 1's backup found peer %q, want core-a's", got)
 	}
 }

@@ -2,480 +2,55 @@ package chatcore
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"log/slog"
-	"sync"
-	"sync/atomic"
-	"time"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
-	"github.com/hachat/hachat/chatcore/role"
+	"github.com/hachat/hachat/chatcore/replica"
 )
 
-// This file is the primary's side of replication. The backup dials the
-// primary and opens Replication.Replicate (the backup is the side that must
-// act when the stream breaks, so it owns the connection). The primary sends
-// a snapshot of every session, snapshot_done, then every committed event in
-// order; the backup acknowledges cumulatively. An append waits for the
-// backup's ack of its event; a session whose snapshot the backup does not
-// have yet, a missing backup, or a backup silent for replication-timeout
-// make the append take its second copy from UCS instead.
+// This file is the core's side of the primary's replication: the
+// replicator itself (the stream, the link, the batched sends and the
+// cumulative acks) is package replica's Replicator; the core gives it a
+// snapshot of its sessions (replicaSource) and asks it for the second copy
+// of each event (secondCopy).
 
-var errLinkLost = errors.New("backup link lost")
-
-// replicatorCore is what the primary's replicator needs of the core: a
-// snapshot of every session queued on a new link, a step down when the
-// fencing authority confirms that a backup knows a newer epoch, and word
-// that a backup is in sync again (the core then clears its solo mark).
-// *Core implements it; nothing else of the core is in the replicator's
-// reach.
-type replicatorCore interface {
-	snapshotTo(l *link) int
-	stepDown(reason string, newer uint64)
-	backupInSync()
+// newReplicator returns the primary's replicator, reaching the core
+// through replicaSource.
+func newReplicator(c *Core) *replica.Replicator {
+	cfg := replica.Config{Name: c.cfg.Name, AdminToken: c.cfg.AdminToken, Timeout: c.cfg.ReplicationTimeout,
+		ConfirmTimeout: epochConfirmTimeout, NotPrimary: errNotPrimary}
+	return replica.NewReplicator(replicaSource{c}, cfg, c.role, fencerAuthority{c.fencer, c.cfg.Cluster}, c.m.replica(), c.log)
 }
 
-// primaryStream is the primary's end of a Replicate stream: what the
-// replicator uses of chatpb.Replication_ReplicateServer (a test gives it a
-// scripted stream).
-type primaryStream interface {
-	Send(*chatpb.ReplicaMsg) error
-	Recv() (*chatpb.ReplicaAck, error)
-	Context() context.Context
+// replica returns the replication metrics.
+func (m *metrics) replica() replica.Metrics {
+	return replica.Metrics{Replicated: m.replicated, Lag: m.replicationLag, InSync: m.backupInSync, Batch: m.replicationBatch}
 }
 
-// replicator is the primary's side of replication: it serves the backup's
-// Replicate stream, holds the live link, sends each event and waits for
-// the backup's acknowledgement of it (copyToBackup), and reports save
-// progress. It holds its own dependencies and reaches the core only
-// through replicatorCore.
-type replicator struct {
-	core   replicatorCore
-	cfg    Config
-	role   *role.State // the term a stream serves; hellos are checked against its epoch
-	fencer Fencer      // confirms a newer epoch a backup claims
-	m      *metrics
-	log    *slog.Logger
-
-	mu  sync.Mutex
-	cur *link
-	gen atomic.Uint64
-
-	progressMu    sync.Mutex
-	progressDirty map[*session]struct{} // saves to report to the backup
+// fencerAuthority is the fencing authority as the replicator confirms a
+// backup's newer epoch with it.
+type fencerAuthority struct {
+	f       Fencer
+	service string
 }
 
-func newReplicator(c *Core) *replicator {
-	return &replicator{core: c, cfg: c.cfg, role: c.role, fencer: c.fencer, m: c.m, log: c.log,
-		progressDirty: make(map[*session]struct{})}
+// CurrentEpoch returns the epoch the fencing authority holds for the pair.
+func (a fencerAuthority) CurrentEpoch(ctx context.Context) (uint64, error) {
+	e, err := a.f.Current(ctx, a.service)
+	return e.Epoch, err
 }
 
-// link is one Replicate stream from a backup.
-type link struct {
-	r      *replicator
-	name   string
-	gen    uint64
-	stream primaryStream
+// replicaSource is the core as the primary's replicator sees it
+// (replica.Core).
+type replicaSource struct{ c *Core }
 
-	mu      sync.Mutex
-	queue   []*chatpb.ReplicaMsg
-	waiters []waiter
-	nextSeq uint64
-	acked   uint64
-	dead    bool
-	err     error
-	wake    chan struct{}
-	done    chan struct{}
-
-	inSync   atomic.Bool
-	handover chan *chatpb.ReplicaAck // answers to a Handover
-	batches  bool                    // the backup applies ReplicaBatch (its hello said so); immutable
-}
-
-type waiter struct {
-	seq uint64
-	ch  chan error
-}
-
-// current returns the live link, nil if none.
-func (r *replicator) current() *link {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.cur
-}
-
-// attach makes l the live link, killing the previous one.
-func (r *replicator) attach(l *link) {
-	r.mu.Lock()
-	old := r.cur
-	r.cur = l
-	r.m.backupInSync.Set(0) // until l has acknowledged its snapshot
-	r.mu.Unlock()
-	if old != nil {
-		old.kill(errors.New("replaced by a new backup stream"))
-	}
-}
-
-// dropLink kills the live link (step-down, shutdown).
-func (r *replicator) dropLink(reason string) {
-	r.mu.Lock()
-	l := r.cur
-	r.cur = nil
-	r.mu.Unlock()
-	if l != nil {
-		l.kill(errors.New(reason))
-	}
-}
-
-// lag is the number of messages sent to the backup and not yet acknowledged.
-func (r *replicator) lag() uint64 {
-	l := r.current()
-	if l == nil {
-		return 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.nextSeq - l.acked
-}
-
-// send queues msg; with wait it returns a channel that yields nil once the
-// backup acknowledged msg, or errLinkLost.
-func (l *link) send(msg *chatpb.ReplicaMsg, wait bool) <-chan error {
-	var ch chan error
-	if wait {
-		ch = make(chan error, 1)
-	}
-	l.mu.Lock()
-	if l.dead {
-		l.mu.Unlock()
-		if ch != nil {
-			ch <- errLinkLost
-		}
-		return ch
-	}
-	l.nextSeq++
-	msg.Seq = l.nextSeq
-	l.queue = append(l.queue, msg)
-	if wait {
-		l.waiters = append(l.waiters, waiter{seq: msg.Seq, ch: ch})
-	}
-	l.mu.Unlock()
-	select {
-	case l.wake <- struct{}{}:
-	default:
-	}
-	return ch
-}
-
-// alive reports whether the link still takes messages.
-func (l *link) alive() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return !l.dead
-}
-
-// ack records the backup's cumulative ack.
-func (l *link) ack(seq uint64) {
-	l.mu.Lock()
-	if seq > l.acked {
-		l.acked = seq
-	}
-	n := 0
-	for n < len(l.waiters) && l.waiters[n].seq <= l.acked {
-		l.waiters[n].ch <- nil
-		n++
-	}
-	l.waiters = l.waiters[n:]
-	lag := l.nextSeq - l.acked
-	l.mu.Unlock()
-	l.r.m.replicated.Add(float64(n))
-	l.r.m.replicationLag.Set(float64(lag))
-}
-
-// kill ends the link: every waiter fails and the replicator forgets it.
-func (l *link) kill(err error) {
-	l.mu.Lock()
-	if l.dead {
-		l.mu.Unlock()
-		return
-	}
-	l.dead = true
-	l.err = err
-	for _, w := range l.waiters {
-		w.ch <- errLinkLost
-	}
-	l.waiters = nil
-	l.queue = nil
-	l.mu.Unlock()
-	close(l.done)
-	r := l.r
-	r.mu.Lock()
-	if r.cur == l {
-		r.cur = nil
-	}
-	if r.cur == nil || !r.cur.inSync.Load() {
-		r.m.backupInSync.Set(0)
-	}
-	r.mu.Unlock()
-	r.m.replicationLag.Set(0)
-	r.log.Warn("backup link lost: second copies go to UCS until it resyncs", "backup", l.name, "err", err)
-}
-
-// sender writes queued messages to the stream, and a heartbeat when idle.
-func (l *link) sender(epoch uint64, primary string, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	idle := true
-	var spare []*chatpb.ReplicaMsg // the drained queue, reused as the next one
-	for {
-		select {
-		case <-l.done:
-			return
-		case <-l.wake:
-		case <-t.C:
-			if idle {
-				if err := l.stream.Send(&chatpb.ReplicaMsg{Epoch: epoch, Primary: primary, Body: &chatpb.ReplicaMsg_Heartbeat{Heartbeat: true}}); err != nil {
-					l.kill(fmt.Errorf("send heartbeat: %w", err))
-					return
-				}
-			}
-			idle = true
-			continue
-		}
-		for {
-			l.mu.Lock()
-			queued := l.queue
-			l.queue = spare[:0]
-			l.mu.Unlock()
-			if len(queued) == 0 {
-				spare = queued
-				break
-			}
-			idle = false
-			if err := l.write(queued, epoch, primary); err != nil {
-				l.kill(err)
-				return
-			}
-			clear(queued) // let the events go; the slice is reused
-			spare = queued
-		}
-	}
-}
-
-// Limits of one ReplicaBatch: a batch stays far below gRPC's default 4 MiB
-// receive limit, and a long queue goes out as several messages, so that the
-// backup starts applying (and acknowledging) before all of it arrived.
-//
-// The count is small on purpose. With batches as large as the number of
-// concurrent senders, the pair falls into a convoy: one batch in flight,
-// every sender waiting for its ack, all of them resubmitting at once into
-// the next batch, the primary idle while the backup applies and the other
-// way round. Several smaller batches in flight keep both cores busy:
-// BenchmarkAppendReplicated (128 senders) measured 32 faster than 8, 16, 64
-// and 512 (hashicorp/raft's MaxAppendEntries is 64 for the same reason).
-const (
-	maxBatchMsgs  = 32
-	maxBatchBytes = 1 << 20
-)
-
-// batchable reports whether m may travel inside a ReplicaBatch.
-func batchable(m *chatpb.ReplicaMsg) bool {
-	switch m.Body.(type) {
-	case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
-		return true
-	}
-	return false
-}
-
-// approxSize bounds the encoded size of a batchable message from above
-// without encoding it (gRPC sizes the batch once when it marshals it).
-func approxSize(m *chatpb.ReplicaMsg) int {
-	const overhead = 256 // numbers, kinds, tags, participant ids and names
-	ev := m.GetEvent()
-	if ev == nil {
-		return overhead // save progress
-	}
-	n := overhead + len(ev.SessionId) + len(ev.Text) + len(ev.ClientMessageId) + len(ev.ClientRequestId) +
-		len(ev.KeyHash) + len(ev.SecureKey) + len(ev.From.GetNickname()) + len(ev.From.GetId())
-	for k, v := range ev.Attrs {
-		n += len(k) + len(v) + 16
-	}
-	return n
-}
-
-// write sends queued messages in order: runs of committed events and save
-// progress as one ReplicaBatch each (group commit: the backup acknowledges
-// the batch's last seq once), anything else alone. A backup that did not
-// ask for batches gets every message alone.
-func (l *link) write(queued []*chatpb.ReplicaMsg, epoch uint64, primary string) error {
-	one := func(m *chatpb.ReplicaMsg) error {
-		m.Epoch, m.Primary = epoch, primary
-		if err := l.stream.Send(m); err != nil {
-			return fmt.Errorf("send: %w", err)
-		}
-		return nil
-	}
-	if !l.batches {
-		for _, m := range queued {
-			if err := one(m); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	for i := 0; i < len(queued); {
-		if !batchable(queued[i]) {
-			if err := one(queued[i]); err != nil {
-				return err
-			}
-			i++
-			continue
-		}
-		j, size := i, 0
-		for j < len(queued) && j-i < maxBatchMsgs && size < maxBatchBytes && batchable(queued[j]) {
-			size += approxSize(queued[j])
-			j++
-		}
-		if j-i == 1 {
-			if err := one(queued[i]); err != nil {
-				return err
-			}
-			i = j
-			continue
-		}
-		last := queued[j-1]
-		b := &chatpb.ReplicaMsg{Seq: last.Seq, Epoch: epoch, Primary: primary,
-			Body: &chatpb.ReplicaMsg_Batch{Batch: &chatpb.ReplicaBatch{Msgs: queued[i:j]}}}
-		if err := l.stream.Send(b); err != nil {
-			return fmt.Errorf("send batch of %d: %w", j-i, err)
-		}
-		l.r.m.replicationBatch.Observe(float64(j - i))
-		i = j
-	}
-	return nil
-}
-
-// Replicate serves a backup: hello, snapshot, live tail, acks. Only the
-// primary accepts; a backup that knows a newer epoch fences this core. The
-// replicator does the work (serve).
-func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
-	return c.repl.serve(stream)
-}
-
-// serve runs one backup's Replicate stream: hello, snapshot, live tail,
-// acks, until the stream, the link or the primary's term ends.
-func (r *replicator) serve(stream primaryStream) error {
-	first, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	hello := first.GetHello()
-	if hello == nil || hello.Name == "" {
-		return status.Error(codes.InvalidArgument, "first replication message must carry hello with a name")
-	}
-	// The pair token (admin-token) is checked before anything else, so a
-	// stream without it changes nothing: no step-down, no link replaced.
-	if r.cfg.AdminToken != "" && !keyMatches(hashKey(hello.Token), hashKey(r.cfg.AdminToken)) {
-		r.log.Warn("refused a replication stream: wrong pair token", "backup", hello.Name)
-		return status.Error(codes.PermissionDenied, "wrong pair token")
-	}
-	if hello.Epoch > r.role.Epoch() {
-		// A backup's word is a hint; only UCS can say that a newer epoch exists.
-		mine := r.role.Epoch()
-		uctx, cancel := context.WithTimeout(stream.Context(), epochConfirmTimeout)
-		cur, err := r.fencer.Current(uctx, r.cfg.Cluster)
-		cancel()
-		switch {
-		case err != nil:
-			r.log.Warn("refused a backup claiming a newer epoch: the fencing authority cannot confirm it now", "backup", hello.Name,
-				"claimed", hello.Epoch, "mine", mine, "err", err)
-			return status.Errorf(codes.Unavailable, "cannot confirm epoch %d at the fencing authority: retry", hello.Epoch)
-		case cur.Epoch > mine:
-			r.core.stepDown(fmt.Sprintf("backup %s knows newer epoch %d (the fencing authority holds %d)", hello.Name, hello.Epoch, cur.Epoch), cur.Epoch)
-			return status.Errorf(codes.FailedPrecondition, "epoch %d is newer than mine", cur.Epoch)
-		default:
-			r.log.Warn("refused a backup claiming an epoch the fencing authority does not know", "backup", hello.Name,
-				"claimed", hello.Epoch, "ucs_epoch", cur.Epoch, "mine", mine)
-			return status.Errorf(codes.FailedPrecondition, "epoch %d is not known at the fencing authority (it holds %d)", hello.Epoch, cur.Epoch)
-		}
-	}
-	term := r.role.Term()
-	epoch, primary, roleCtx := term.Epoch, term.Primary, term.Stream
-	if !primary {
-		return errNotPrimary
-	}
-	l := &link{r: r, name: hello.Name, gen: r.gen.Add(1), stream: stream, batches: hello.Batches,
-		wake: make(chan struct{}, 1), done: make(chan struct{}), handover: make(chan *chatpb.ReplicaAck, 1)}
-	r.attach(l)
-	defer l.kill(errors.New("stream ended"))
-	go l.sender(epoch, r.cfg.Name, r.cfg.ReplicationTimeout/5)
-
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			a, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			l.ack(a.Seq)
-			if a.HandoverEpoch != 0 || a.HandoverError != "" {
-				select {
-				case l.handover <- a:
-				default:
-				}
-			}
-		}
-	}()
-	start := time.Now()
-	r.log.Info("backup connected: sending snapshot", "backup", hello.Name, "backup_epoch", hello.Epoch)
-	n := r.core.snapshotTo(l)
-	select {
-	case err := <-l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_SnapshotDone{SnapshotDone: true}}, true):
-		if err != nil {
-			return status.Error(codes.Unavailable, "backup lost during snapshot")
-		}
-	case <-time.After(30 * time.Second):
-		return status.Error(codes.DeadlineExceeded, "backup did not acknowledge the snapshot")
-	}
-	l.inSync.Store(true)
-	r.mu.Lock() // kill clears the gauge under the same lock
-	if r.cur == l {
-		r.m.backupInSync.Set(1)
-	}
-	r.mu.Unlock()
-	r.log.Info("backup in sync: replication is synchronous again", "backup", hello.Name, "sessions", n, "took", time.Since(start))
-	r.core.backupInSync()
-
-	select {
-	case err := <-recvErr:
-		l.kill(fmt.Errorf("receive: %w", err))
-		return nil
-	case <-l.done:
-		return status.Error(codes.Unavailable, "replication link closed")
-	case <-roleCtx.Done():
-		return errNotPrimary
-	case <-stream.Context().Done():
-		return stream.Context().Err()
-	}
-}
-
-// snapshotTo queues a snapshot of every session on l. Each session's
-// snapshot is taken under its appendMu, so it is ordered with the events
-// that follow it on the stream.
-func (c *Core) snapshotTo(l *link) int {
-	c.mu.RLock()
-	all := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		all = append(all, s)
-	}
-	c.mu.RUnlock()
+// SnapshotTo queues a snapshot of every session (and every tombstone) on
+// l. Each session's snapshot is taken under its appendMu, so it is ordered
+// with the events that follow it on the stream.
+func (r replicaSource) SnapshotTo(l *replica.Link) int {
+	c := r.c
+	all := c.all()
 	for _, t := range c.tombs.snapshots() {
-		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: t}}, false)
+		l.Snapshot(t)
 	}
 	n := 0
 	for _, s := range all {
@@ -488,17 +63,39 @@ func (c *Core) snapshotTo(l *link) int {
 		}
 		snap := s.snapshotLocked()
 		s.mu.Unlock()
-		l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: snap}}, false)
-		s.replGen.Store(l.gen)
+		l.Hold(s, snap)
 		s.appendMu.Unlock()
 		n++
 	}
 	return n
 }
 
-// backupInSync is the replicator's word that a backup acknowledged its
+// StepDown ends this core's term: a backup knows a newer epoch.
+func (r replicaSource) StepDown(reason string, newer uint64) { r.c.stepDown(reason, newer) }
+
+// BackupInSync is the replicator's word that a backup acknowledged its
 // snapshot: every acknowledged event is on it again, so the solo mark goes.
-func (c *Core) backupInSync() { c.bg.spawn(c.solo.clear) }
+func (r replicaSource) BackupInSync() { r.c.bg.spawn(r.c.solo.clear) }
+
+// LinkGen is the generation of the backup link that holds s (replica.Session).
+func (s *session) LinkGen() uint64 { return s.replGen.Load() }
+
+// SetLinkGen records the backup link that holds s.
+func (s *session) SetLinkGen(gen uint64) { s.replGen.Store(gen) }
+
+// SaveProgress is s's transcript save progress now.
+func (s *session) SaveProgress() *chatpb.SaveProgress {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+}
+
+// Replicate serves a backup: hello, snapshot, live tail, acks. Only the
+// primary accepts; a backup that knows a newer epoch fences this core. The
+// replicator does the work.
+func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
+	return c.repl.Serve(stream)
+}
 
 // secondCopy makes sure a second copy of ev exists before it is committed
 // (invariant 1): the backup's ack, or, while the backup is away or does not
@@ -513,7 +110,7 @@ func (c *Core) backupInSync() { c.bg.spawn(c.solo.clear) }
 // epoch, conflict, invalid, forbidden, the breaker open: nothing sent) and
 // no attempt to the backup leave it certain that no copy exists.
 func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, needCopy bool) (uncertain bool, err error) {
-	acked, uncertain := c.repl.copyToBackup(s, ev, needCopy)
+	acked, uncertain := c.repl.CopyToBackup(s, ev, needCopy)
 	if acked {
 		return false, nil
 	}
@@ -523,90 +120,6 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	return c.ucs.copy(ctx, s.id, ev, uncertain)
 }
 
-// copyToBackup sends ev to the live backup when the backup holds its
-// session (a new session's whole log is ev) and, with needCopy, waits for
-// the backup's acknowledgement of it, at most replication-timeout (a
-// silent backup is given up: it resyncs from a fresh snapshot). acked
-// reports that nothing more is needed: the backup acknowledged ev, or ev
-// was sent without needCopy. Otherwise uncertain reports that ev was
-// queued to the backup without an ack (the backup may have applied it).
-// Call with s.appendMu held.
-func (r *replicator) copyToBackup(s *session, ev *chatpb.Event, needCopy bool) (acked, uncertain bool) {
-	l := r.current()
-	if l == nil {
-		return false, false
-	}
-	if ev.Index == 1 {
-		s.replGen.Store(l.gen) // a new session: its whole log is this event
-	}
-	if s.replGen.Load() != l.gen {
-		return false, false
-	}
-	uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
-	ch := l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
-	if !needCopy {
-		return true, false
-	}
-	t := time.NewTimer(r.cfg.ReplicationTimeout)
-	defer t.Stop()
-	select {
-	case err := <-ch:
-		if err == nil {
-			return true, false
-		}
-	case <-t.C:
-		// A silent backup is given up; it resyncs from a fresh snapshot.
-		// The client's ctx is not honoured here: once sent, the event's
-		// fate must be decided (committed or not) before the index moves on.
-		l.kill(fmt.Errorf("no ack within %s", r.cfg.ReplicationTimeout))
-	}
-	return false, uncertain
-}
-
 // replicateProgress tells the backup about an acknowledged transcript save
 // (the saver's report, saverCore): the replicator sends it.
-func (c *Core) replicateProgress(s *session, now bool) { c.repl.progress(s, now) }
-
-// progress tells the backup about an acknowledged transcript save: at once
-// when now is set, else batched by the progress flusher (saves are
-// idempotent, so progress the backup misses only costs a re-save after a
-// failover).
-func (r *replicator) progress(s *session, now bool) {
-	if !now {
-		r.progressMu.Lock()
-		r.progressDirty[s] = struct{}{}
-		r.progressMu.Unlock()
-		return
-	}
-	l := r.current()
-	if l == nil || s.replGen.Load() != l.gen {
-		return
-	}
-	s.mu.Lock()
-	p := &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
-	s.mu.Unlock()
-	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Saved{Saved: p}}, false)
-}
-
-// progressEvery is how often batched save progress goes to the backup.
-const progressEvery = 50 * time.Millisecond
-
-// flushProgress sends batched save progress until ctx is done.
-func (r *replicator) flushProgress(ctx context.Context) {
-	t := time.NewTicker(progressEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.progressMu.Lock()
-		dirty := r.progressDirty
-		r.progressDirty = make(map[*session]struct{}, len(dirty))
-		r.progressMu.Unlock()
-		for s := range dirty {
-			r.progress(s, true)
-		}
-	}
-}
+func (c *Core) replicateProgress(s *session, now bool) { c.repl.Progress(s, now) }

@@ -144,7 +144,7 @@ func forgedHello(t *testing.T, addr string, hello *chatpb.ReplicaHello) codes.Co
 // the primary stays primary and keeps its real backup.
 func TestReplicateRejectsBadToken(t *testing.T) {
 	a, _ := pair(t, newMemStore(), nil)
-	link := a.c.repl.current()
+	link := a.c.repl.Current()
 	for _, tok := range []string{"", "wrong", "adm-token "} {
 		if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "mallory", Epoch: 99, Token: tok}); code != codes.PermissionDenied {
 			t.Fatalf("token %q: %v, want PermissionDenied", tok, code)
@@ -153,7 +153,7 @@ func TestReplicateRejectsBadToken(t *testing.T) {
 	if !a.c.role.IsPrimary() || a.c.Epoch() != 1 {
 		t.Fatalf("a is %s at epoch %d after forged hellos", a.c.Role(), a.c.Epoch())
 	}
-	if cur := a.c.repl.current(); cur != link || !cur.inSync.Load() {
+	if cur := a.c.repl.Current(); cur != link || !cur.InSync() {
 		t.Fatal("a forged hello replaced the real backup's link")
 	}
 	cust, _ := a.chat(t)
@@ -168,7 +168,7 @@ func TestReplicateRejectsBadToken(t *testing.T) {
 func TestReplicateUnconfirmedEpoch(t *testing.T) {
 	store := &cutStore{memStore: newMemStore()}
 	a, _ := pair(t, store, nil)
-	link := a.c.repl.current()
+	link := a.c.repl.Current()
 	if code := forgedHello(t, a.addr, &chatpb.ReplicaHello{Name: "liar", Epoch: 99, Token: "adm-token"}); code != codes.FailedPrecondition {
 		t.Fatalf("refuted epoch: %v, want FailedPrecondition", code)
 	}
@@ -177,8 +177,8 @@ func TestReplicateUnconfirmedEpoch(t *testing.T) {
 		t.Fatalf("unconfirmable epoch: %v, want Unavailable", code)
 	}
 	store.setDown(false)
-	if !a.c.role.IsPrimary() || a.c.Epoch() != 1 || a.c.repl.current() != link {
-		t.Fatalf("a is %s at epoch %d (same link %v) after unconfirmed claims", a.c.Role(), a.c.Epoch(), a.c.repl.current() == link)
+	if !a.c.role.IsPrimary() || a.c.Epoch() != 1 || a.c.repl.Current() != link {
+		t.Fatalf("a is %s at epoch %d (same link %v) after unconfirmed claims", a.c.Role(), a.c.Epoch(), a.c.repl.Current() == link)
 	}
 	if _, err := store.memStore.ClaimEpoch(ctxT(t), "hachat", 1, 5, "core-x"); err != nil {
 		t.Fatal(err)

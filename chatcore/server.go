@@ -79,7 +79,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	})
 	wg.Go(func() { c.saver.run(ctx) })
 	wg.Go(func() { c.janitor(ctx) })
-	wg.Go(func() { c.repl.flushProgress(ctx) })
+	wg.Go(func() { c.repl.FlushProgress(ctx) })
 	wg.Go(func() { c.roleLoop(ctx) })
 
 	var err error
@@ -107,11 +107,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 		c.publishMeta(pctx)
 		pcancel()
 	}
-	c.peerMu.Lock()
-	if c.peer != nil {
-		c.peer.Close()
-	}
-	c.peerMu.Unlock()
+	c.peers.close()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {

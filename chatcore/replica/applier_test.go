@@ -1,82 +1,25 @@
-package chatcore
+package replica
 
 import (
-	"io"
-	"log/slog"
-	"sync"
 	"testing"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/role"
 )
 
-// fakeApplierCore is a session table and a commit that only folds.
-type fakeApplierCore struct {
-	mu       sync.Mutex
-	sessions map[string]*session
-}
-
-func (f *fakeApplierCore) session(id string) *session {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.sessions[id]
-}
-
-func (f *fakeApplierCore) addSession(s *session) { f.putSession(s) }
-
-func (f *fakeApplierCore) putSession(s *session) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.sessions[s.id] = s
-}
-
-func (f *fakeApplierCore) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange {
-	s.log.Commit(ev)
-	return nil
-}
-
-func (f *fakeApplierCore) dropUnseen(seen map[string]bool) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := 0
-	for id := range f.sessions {
-		if !seen[id] {
-			delete(f.sessions, id)
-			n++
-		}
-	}
-	return n
-}
-
-// events returns the number of events the table holds for id (-1: none).
-func (f *fakeApplierCore) events(id string) int {
-	s := f.session(id)
-	if s == nil {
-		return -1
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return int(s.lastIndex())
-}
-
 // TestApplierAlone runs the backup's applier without a Core, over a fake
-// session table (applierCore): a snapshot and a batch that fit are
+// session table (Table): a snapshot and a batch that fit are
 // applied; a batch (or any message) of an epoch older than the newest
 // known is refused and changes nothing; a newer epoch becomes known; a
 // batch whose seqs do not run up to its own, an event after a gap and a
 // snapshot with a gap are refused; snapshot_done forgets the sessions the
 // stream did not carry.
 func TestApplierAlone(t *testing.T) {
-	fake := &fakeApplierCore{sessions: map[string]*session{}}
-	fake.sessions["gone"] = newSession("gone") // a session the primary no longer has
+	fake := newFakeTable()
+	fake.sessions["gone"] = &fakeEntry{} // a session the primary no longer has
 	rs := role.New()
 	rs.Observe(5)
-	m := newMetrics(prometheus.NewRegistry())
-	ap := &applier{core: fake, role: rs, tombs: &tombstones{gauge: m.tombstones, log: slog.New(slog.NewTextHandler(io.Discard, nil))},
-		m: m, now: time.Now, seen: map[string]bool{}}
+	ap := NewApplier(fake, rs, testMetrics().Replicated)
 
 	started, msg := chatpb.EventKind_EVENT_KIND_SESSION_STARTED, chatpb.EventKind_EVENT_KIND_MESSAGE
 	ev := func(sid string, idx uint64, kind chatpb.EventKind) *chatpb.Event {
@@ -87,9 +30,9 @@ func TestApplierAlone(t *testing.T) {
 	}
 	apply := func(what string, m *chatpb.ReplicaMsg, ok bool) {
 		t.Helper()
-		err := ap.admit(m)
+		err := ap.Admit(m)
 		if err == nil {
-			err = ap.apply(m)
+			err = ap.Apply(m)
 		}
 		if (err == nil) != ok {
 			t.Fatalf("%s: err %v, want ok %v", what, err, ok)
@@ -103,7 +46,7 @@ func TestApplierAlone(t *testing.T) {
 	}
 
 	stale := batch(3, 4, replEvent(2, "s1", 2, msg), replEvent(3, "s2", 1, started))
-	if err := ap.apply(stale); err == nil {
+	if err := ap.Apply(stale); err == nil {
 		t.Fatal("applied a batch of epoch 4 on a core that knows epoch 5")
 	}
 	apply("a batch of an older epoch", stale, false)
@@ -115,7 +58,7 @@ func TestApplierAlone(t *testing.T) {
 		&chatpb.ReplicaMsg{Seq: 4, Body: &chatpb.ReplicaMsg_Saved{Saved: &chatpb.SaveProgress{SessionId: "s1", SavedThrough: 2}}}), false)
 	apply("a batch ending at its seq", batch(4, 5, replEvent(2, "s1", 2, msg), replEvent(3, "s2", 1, started),
 		&chatpb.ReplicaMsg{Seq: 4, Body: &chatpb.ReplicaMsg_Saved{Saved: &chatpb.SaveProgress{SessionId: "s1", SavedThrough: 2}}}), true)
-	if fake.events("s1") != 2 || fake.events("s2") != 1 || fake.session("s1").savedThrough != 2 {
+	if fake.events("s1") != 2 || fake.events("s2") != 1 || fake.entry("s1").saved != 2 {
 		t.Fatalf("after the batch: s1 %d events, s2 %d", fake.events("s1"), fake.events("s2"))
 	}
 
@@ -132,7 +75,7 @@ func TestApplierAlone(t *testing.T) {
 	}
 	apply("epoch 5 after epoch 6", &chatpb.ReplicaMsg{Seq: 2, Epoch: 5, Body: &chatpb.ReplicaMsg_Heartbeat{Heartbeat: true}}, false)
 
-	if dropped, kept := ap.synced(); dropped != 1 || kept != 2 || fake.session("gone") != nil {
-		t.Fatalf("snapshot_done dropped %d, kept %d (gone still there: %v)", dropped, kept, fake.session("gone") != nil)
+	if dropped, kept := ap.Synced(); dropped != 1 || kept != 2 || fake.entry("gone") != nil {
+		t.Fatalf("snapshot_done dropped %d, kept %d (gone still there: %v)", dropped, kept, fake.entry("gone") != nil)
 	}
 }

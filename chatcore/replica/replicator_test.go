@@ -1,14 +1,13 @@
-package chatcore
+package replica
 
 import (
 	"context"
+	"errors"
 	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -17,32 +16,32 @@ import (
 	"github.com/hachat/hachat/chatcore/role"
 )
 
-// fakeReplicatorCore records what the replicator asks of the core; its
+// fakeCore records what the replicator asks of the core (Core); its
 // snapshot is one session.
-type fakeReplicatorCore struct {
+type fakeCore struct {
 	mu        sync.Mutex
 	inSync    int
 	stepDowns []string
 }
 
-func (f *fakeReplicatorCore) snapshotTo(l *link) int {
-	l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Snapshot{Snapshot: &chatpb.SessionSnapshot{SessionId: "old"}}}, false)
+func (f *fakeCore) SnapshotTo(l *Link) int {
+	l.Hold(&fakeSession{id: "old"}, &chatpb.SessionSnapshot{SessionId: "old"})
 	return 1
 }
 
-func (f *fakeReplicatorCore) stepDown(reason string, _ uint64) {
+func (f *fakeCore) StepDown(reason string, _ uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stepDowns = append(f.stepDowns, reason)
 }
 
-func (f *fakeReplicatorCore) backupInSync() {
+func (f *fakeCore) BackupInSync() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.inSync++
 }
 
-func (f *fakeReplicatorCore) counts() (inSync, stepDowns int) {
+func (f *fakeCore) counts() (inSync, stepDowns int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.inSync, len(f.stepDowns)
@@ -104,14 +103,32 @@ func (s *scriptedBackup) next(t *testing.T) []*chatpb.ReplicaMsg {
 	}
 }
 
-func newTestReplicator(t *testing.T, fake replicatorCore, store *memStore) *replicator {
+// fakeAuthority is a fencing authority holding epoch (err: it does not answer).
+type fakeAuthority struct {
+	mu    sync.Mutex
+	epoch uint64
+	err   error
+}
+
+func (a *fakeAuthority) CurrentEpoch(context.Context) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.epoch, a.err
+}
+
+func (a *fakeAuthority) set(epoch uint64, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.epoch, a.err = epoch, err
+}
+
+func newTestReplicator(t *testing.T, fake Core, auth Authority) *Replicator {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Name, cfg.ReplicationTimeout = "core-a", 10*time.Second // generous: a loaded machine must not time the backup out
+	// A generous timeout: a loaded machine must not time the backup out.
+	cfg := Config{Name: "core-a", Timeout: 10 * time.Second, ConfirmTimeout: time.Second, NotPrimary: errNotPrimary}
 	rs := role.New()
 	rs.BecomePrimary(3, true, nil)
-	return &replicator{core: fake, cfg: cfg, role: rs, fencer: StoreFencer{Store: store}, m: newMetrics(prometheus.NewRegistry()),
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), progressDirty: make(map[*session]struct{})}
+	return NewReplicator(fake, cfg, rs, auth, testMetrics(), discard())
 }
 
 // TestReplicatorAlone runs the primary's replicator without a Core: a
@@ -122,13 +139,13 @@ func newTestReplicator(t *testing.T, fake replicatorCore, store *memStore) *repl
 // batch); an event of a session the backup lacks is not sent; a backup
 // silent for replication-timeout is given up with the event uncertain.
 func TestReplicatorAlone(t *testing.T) {
-	fake := &fakeReplicatorCore{}
-	r := newTestReplicator(t, fake, newMemStore())
+	fake := &fakeCore{}
+	r := newTestReplicator(t, fake, &fakeAuthority{epoch: 3})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	backup := newScriptedBackup(ctx)
 	served := make(chan error, 1)
-	go func() { served <- r.serve(backup) }()
+	go func() { served <- r.Serve(backup) }()
 	backup.in <- &chatpb.ReplicaAck{Hello: &chatpb.ReplicaHello{Name: "core-b", Epoch: 3, Batches: true}}
 
 	snap := backup.next(t)
@@ -139,12 +156,12 @@ func TestReplicatorAlone(t *testing.T) {
 	if snap[0].Epoch != 3 || snap[0].Primary != "core-a" {
 		t.Fatalf("snapshot carries epoch %d primary %q", snap[0].Epoch, snap[0].Primary)
 	}
-	l := r.current()
-	if l == nil || l.inSync.Load() {
+	l := r.Current()
+	if l == nil || l.InSync() {
 		t.Fatal("the link is missing or in sync before the backup acknowledged its snapshot")
 	}
 	backup.in <- &chatpb.ReplicaAck{Seq: done[0].Seq}
-	waitFor(t, "the backup in sync", func() bool { n, _ := fake.counts(); return n == 1 && l.inSync.Load() })
+	waitFor(t, "the backup in sync", func() bool { n, _ := fake.counts(); return n == 1 && l.InSync() })
 
 	// Three new sessions' first events, sent concurrently: none completes
 	// before the backup's ack covers it.
@@ -155,8 +172,8 @@ func TestReplicatorAlone(t *testing.T) {
 	results := make(chan result, 3)
 	for _, id := range []string{"s1", "s2", "s3"} {
 		go func() {
-			s := newSession(id)
-			acked, uncertain := r.copyToBackup(s, &chatpb.Event{SessionId: id, Index: 1, Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED}, true)
+			s := &fakeSession{id: id}
+			acked, uncertain := r.CopyToBackup(s, &chatpb.Event{SessionId: id, Index: 1, Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED}, true)
 			results <- result{id, acked, uncertain}
 		}()
 	}
@@ -205,7 +222,7 @@ func TestReplicatorAlone(t *testing.T) {
 
 	// A session the backup does not hold (its snapshot predates the link)
 	// is not sent: its second copy must come from elsewhere.
-	if acked, uncertain := r.copyToBackup(newSession("away"), &chatpb.Event{SessionId: "away", Index: 2}, true); acked || uncertain {
+	if acked, uncertain := r.CopyToBackup(&fakeSession{id: "away"}, &chatpb.Event{SessionId: "away", Index: 2}, true); acked || uncertain {
 		t.Fatalf("an event of a session the backup lacks: acked %v uncertain %v", acked, uncertain)
 	}
 
@@ -213,14 +230,14 @@ func TestReplicatorAlone(t *testing.T) {
 	// event uncertain (the backup may have applied it), the link dropped.
 	// (Every copy above has returned and serve read the timeout before it
 	// sent the snapshot: nothing reads it concurrently.)
-	r.cfg.ReplicationTimeout = 300 * time.Millisecond
+	r.cfg.Timeout = 300 * time.Millisecond
 	start := time.Now()
-	s4 := newSession("s4")
-	acked, uncertain := r.copyToBackup(s4, &chatpb.Event{SessionId: "s4", Index: 1}, true)
-	if acked || !uncertain || time.Since(start) < r.cfg.ReplicationTimeout {
+	s4 := &fakeSession{id: "s4"}
+	acked, uncertain := r.CopyToBackup(s4, &chatpb.Event{SessionId: "s4", Index: 1}, true)
+	if acked || !uncertain || time.Since(start) < r.cfg.Timeout {
 		t.Fatalf("silent backup: acked %v uncertain %v after %s", acked, uncertain, time.Since(start))
 	}
-	if r.current() != nil {
+	if r.Current() != nil {
 		t.Fatal("the silent backup's link is still live")
 	}
 	select {
@@ -238,28 +255,38 @@ func TestReplicatorAlone(t *testing.T) {
 
 // TestReplicatorRefusesUnconfirmedEpoch: a hello's newer epoch makes the
 // replicator ask the core to step down only when the fencing authority
-// holds it.
+// holds it; an authority that does not answer refuses the stream
+// (Unavailable) and changes nothing.
 func TestReplicatorRefusesUnconfirmedEpoch(t *testing.T) {
-	store := newMemStore()
-	store.set(func(m *memStore) { m.epochs["hachat"] = Epoch{Epoch: 3, Holder: "core-a"} })
-	fake := &fakeReplicatorCore{}
-	r := newTestReplicator(t, fake, store)
+	auth := &fakeAuthority{epoch: 3}
+	fake := &fakeCore{}
+	r := newTestReplicator(t, fake, auth)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
 	b := newScriptedBackup(ctx)
 	b.in <- &chatpb.ReplicaAck{Hello: &chatpb.ReplicaHello{Name: "core-b", Epoch: 9}}
-	if err := r.serve(b); status.Code(err) != codes.FailedPrecondition {
+	if err := r.Serve(b); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("unconfirmed epoch: %v", err)
 	}
-	if _, n := fake.counts(); n != 0 || r.current() != nil {
-		t.Fatalf("an unconfirmed epoch changed something: %d step downs, link %v", n, r.current() != nil)
+	if _, n := fake.counts(); n != 0 || r.Current() != nil {
+		t.Fatalf("an unconfirmed epoch changed something: %d step downs, link %v", n, r.Current() != nil)
 	}
 
-	store.set(func(m *memStore) { m.epochs["hachat"] = Epoch{Epoch: 4, Holder: "core-b"} })
+	auth.set(0, errors.New("unreachable"))
 	b = newScriptedBackup(ctx)
 	b.in <- &chatpb.ReplicaAck{Hello: &chatpb.ReplicaHello{Name: "core-b", Epoch: 4}}
-	if err := r.serve(b); status.Code(err) != codes.FailedPrecondition {
+	if err := r.Serve(b); status.Code(err) != codes.Unavailable {
+		t.Fatalf("an authority that does not answer: %v", err)
+	}
+	if _, n := fake.counts(); n != 0 {
+		t.Fatalf("an unconfirmable epoch made the core step down")
+	}
+
+	auth.set(4, nil)
+	b = newScriptedBackup(ctx)
+	b.in <- &chatpb.ReplicaAck{Hello: &chatpb.ReplicaHello{Name: "core-b", Epoch: 4}}
+	if err := r.Serve(b); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("confirmed epoch: %v", err)
 	}
 	if _, n := fake.counts(); n != 1 {

@@ -1,4 +1,4 @@
-package chatcore
+package replica
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
 )
 
 // sentMsgs is the primary's end of a Replicate stream that records what
@@ -20,10 +21,6 @@ type sentMsgs struct {
 func (s *sentMsgs) Send(m *chatpb.ReplicaMsg) error { s.msgs = append(s.msgs, m); return nil }
 func (s *sentMsgs) Recv() (*chatpb.ReplicaAck, error) {
 	panic("not used")
-}
-
-func replEvent(seq uint64, sid string, idx uint64, kind chatpb.EventKind) *chatpb.ReplicaMsg {
-	return &chatpb.ReplicaMsg{Seq: seq, Body: &chatpb.ReplicaMsg_Event{Event: &chatpb.Event{SessionId: sid, Index: idx, Kind: kind}}}
 }
 
 // queued is a sender queue: events of two sessions and save progress,
@@ -46,9 +43,9 @@ func queued() []*chatpb.ReplicaMsg {
 // ReplicaBatch each, whose seq is its last message's; a snapshot goes alone;
 // a backup that did not ask for batches gets every message alone.
 func TestSenderBatchesRuns(t *testing.T) {
-	c := newLocalCore(t, nil)
+	r := newTestReplicator(t, &fakeCore{}, &fakeAuthority{})
 	st := &sentMsgs{}
-	l := &link{r: c.repl, stream: st, batches: true}
+	l := &Link{r: r, stream: st, batches: true}
 	if err := l.write(queued(), 3, "core-a"); err != nil {
 		t.Fatal(err)
 	}
@@ -75,24 +72,24 @@ func TestSenderBatchesRuns(t *testing.T) {
 	}
 
 	// The backup applies what was sent, in order.
-	b := newLocalCore(t, nil)
-	ap := b.newApplier()
+	b := newFakeTable()
+	ap := NewApplier(b, role.New(), testMetrics().Replicated)
 	for _, m := range st.msgs {
-		if err := ap.apply(m); err != nil {
+		if err := ap.Apply(m); err != nil {
 			t.Fatalf("apply %d: %v", m.Seq, err)
 		}
 	}
 	for id, n := range map[string]int{"s1": 2, "s2": 2, "s3": 2} {
-		if got := len((&node{c: b}).log(id)); got != n {
+		if got := b.events(id); got != n {
 			t.Fatalf("backup holds %d events of %s, want %d", got, id, n)
 		}
 	}
-	if s := b.session("s1"); s == nil || s.savedThrough != 1 {
+	if e := b.entry("s1"); e == nil || e.saved != 1 {
 		t.Fatalf("save progress of s1 not applied")
 	}
 
 	old := &sentMsgs{}
-	l = &link{r: c.repl, stream: old}
+	l = &Link{r: r, stream: old}
 	if err := l.write(queued(), 3, "core-a"); err != nil {
 		t.Fatal(err)
 	}
@@ -109,9 +106,9 @@ func TestSenderBatchesRuns(t *testing.T) {
 // TestSenderSplitsLongRuns: a run longer than maxBatchMsgs goes out as
 // several batches.
 func TestSenderSplitsLongRuns(t *testing.T) {
-	c := newLocalCore(t, nil)
+	r := newTestReplicator(t, &fakeCore{}, &fakeAuthority{})
 	st := &sentMsgs{}
-	l := &link{r: c.repl, stream: st, batches: true}
+	l := &Link{r: r, stream: st, batches: true}
 	var q []*chatpb.ReplicaMsg
 	for i := range maxBatchMsgs + 10 {
 		q = append(q, replEvent(uint64(i+1), "s", uint64(i+1), chatpb.EventKind_EVENT_KIND_MESSAGE))
@@ -145,19 +142,10 @@ func TestApplyBatchRefusesMalformed(t *testing.T) {
 		"nested batches": {seq: 1, msgs: []*chatpb.ReplicaMsg{{Seq: 1, Body: &chatpb.ReplicaMsg_Batch{Batch: &chatpb.ReplicaBatch{}}}}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			b := newLocalCore(t, nil)
-			if err := b.newApplier().applyBatch(tc.seq, &chatpb.ReplicaBatch{Msgs: tc.msgs}); err == nil {
+			ap := NewApplier(newFakeTable(), role.New(), testMetrics().Replicated)
+			if err := ap.applyBatch(tc.seq, &chatpb.ReplicaBatch{Msgs: tc.msgs}); err == nil {
 				t.Fatal("applied a malformed batch")
 			}
 		})
-	}
-}
-
-// TestPairNegotiatesBatches: a backup of this version asks for batches in
-// its hello, and the primary's link sends them.
-func TestPairNegotiatesBatches(t *testing.T) {
-	a, _ := pair(t, newMemStore(), nil)
-	if l := a.c.repl.current(); l == nil || !l.batches {
-		t.Fatal("the backup's link does not take batches")
 	}
 }

@@ -1,0 +1,26 @@
+// Package replica is the replication between the two cores of a pair, both
+// sides of it, with the core behind interfaces (as hashicorp/raft keeps
+// its FSM and Transport behind interfaces):
+//
+//   - the primary's side, Replicator: it serves the backup's Replicate
+//     stream (hello, snapshot, live tail), sends each committed event and
+//     waits for the backup's acknowledgement of it (CopyToBackup). Queued
+//     messages go out as ReplicaBatch runs (group commit) when the
+//     backup's hello asked for batches; acknowledgements are cumulative,
+//     one per batch. It reaches the core only through Core (snapshot the
+//     sessions onto a link, step down, a backup is in sync) and a session
+//     only through Session (which link holds it, its save progress).
+//   - the backup's side, Applier: it admits each message of the stream
+//     (an epoch older than the newest known is a fenced primary) and
+//     applies snapshots, events, batches and save progress to a Table (look
+//     up, start, put, drop the sessions the snapshot lacked, commit an
+//     event) whose sessions it sees as Entry.
+//
+// The wire protocol is chatpb's Replication service; this package does not
+// import the core (package chatcore), and its tests run without it.
+//
+// Lock order inside the package: Replicator.mu and Link.mu are never held
+// together; Replicator.progressMu is a leaf. The core's locks (a session's
+// append lock, held by the caller of CopyToBackup and Link.Hold) are
+// outside every lock of this package.
+package replica
