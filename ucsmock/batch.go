@@ -2,6 +2,7 @@ package ucsmock
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -103,6 +104,7 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	for i, bs := range saves {
 		res, err := outcomes[i], errs[i]
 		s.stats.countSave(res, err)
@@ -111,8 +113,10 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 		case err == nil:
 			s.metrics.saves.WithLabelValues("ok").Inc()
 			s.metrics.savedEvents.Add(float64(res.Saved))
-			s.log.DebugContext(r.Context(), "transcript saved", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
-				"saved", res.Saved, "unchanged", res.Unchanged, "highestIndex", res.HighestIndex, "ended", req.Ended, "batch", len(results))
+			if debug { // the arguments alone cost allocations per save
+				s.log.DebugContext(r.Context(), "transcript saved", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
+					"saved", res.Saved, "unchanged", res.Unchanged, "highestIndex", res.HighestIndex, "ended", req.Ended, "batch", len(results))
+			}
 			results[bs.i] = batchResult{ChatID: req.ChatID, Status: http.StatusOK, Saved: res.Saved, Unchanged: res.Unchanged, HighestIndex: res.HighestIndex}
 			continue
 		case errors.Is(err, ErrStaleEpoch):
