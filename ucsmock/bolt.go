@@ -397,7 +397,7 @@ func (t boltTxn) event(chatID string, index uint64) (storedEvent, bool, error) {
 }
 
 func (t boltTxn) putEvent(chatID string, se storedEvent) error {
-	v, err := protojson.Marshal(se.event)
+	v, err := encodeEventJSON(se.event) // protojson, without its reflection
 	if err != nil {
 		return fmt.Errorf("encode event: %w", err)
 	}
