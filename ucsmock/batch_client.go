@@ -24,10 +24,10 @@ func (c *Client) SaveBatch(ctx context.Context, reqs []SaveRequest) ([]SaveBatch
 	b := &outBatch{reqs: reqs, idx: make([]int, 0, len(reqs))}
 	binary := !c.batchJSON.Load()
 	if binary {
-		b.buf = batchBufs.Get().(*[]byte)
+		b.buf = c.batchBufs.Get().(*[]byte)
 		defer func() {
 			if cap(*b.buf) <= maxPooledBatchBuf {
-				batchBufs.Put(b.buf)
+				c.batchBufs.Put(b.buf)
 			}
 		}()
 		*b.buf = (*b.buf)[:0]
@@ -69,8 +69,10 @@ func (c *Client) SaveBatch(ctx context.Context, reqs []SaveRequest) ([]SaveBatch
 // maxPooledBatchBuf bounds the body buffers SaveBatch keeps for reuse.
 const maxPooledBatchBuf = 1 << 20
 
-// batchBufs holds binary batch bodies for reuse.
-var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+// newBatchBufs returns the pool of a client's binary batch bodies.
+func newBatchBufs() *sync.Pool {
+	return &sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+}
 
 // outBatch is a batch on its way: the saves to send (reqs at idx, in
 // order) and, in binary form, their encoding: save k is

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,7 @@ type Client struct {
 	// from before ContentTypeBatchProto): later batches go as JSON. The
 	// clients of WithToken share it, as they share the server.
 	batchJSON *atomic.Bool
+	batchBufs *sync.Pool // binary batch bodies for reuse, shared as batchJSON
 }
 
 var _ BatchStore = (*Client)(nil)
@@ -62,7 +64,7 @@ func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry
 			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
 		}),
 	)
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, batchJSON: new(atomic.Bool)}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, batchJSON: new(atomic.Bool), batchBufs: newBatchBufs()}
 }
 
 // WithToken returns a client like c that sends token (Authorization: Bearer
