@@ -2,6 +2,7 @@ package ucsmock
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -103,6 +104,7 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	for i, bs := range saves {
 		res, err := outcomes[i], errs[i]
 		s.stats.countSave(res, err)
@@ -111,8 +113,10 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 		case err == nil:
 			s.metrics.saves.WithLabelValues("ok").Inc()
 			s.metrics.savedEvents.Add(float64(res.Saved))
-			s.log.DebugContext(r.Context(), "transcript saved", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
-				"saved", res.Saved, "unchanged", res.Unchanged, "highestIndex", res.HighestIndex, "ended", req.Ended, "batch", len(results))
+			if debug { // the arguments alone cost allocations per save
+				s.log.DebugContext(r.Context(), "transcript saved", "chat", req.ChatID, "service", req.Service, "epoch", req.Epoch, "writer", req.Writer,
+					"saved", res.Saved, "unchanged", res.Unchanged, "highestIndex", res.HighestIndex, "ended", req.Ended, "batch", len(results))
+			}
 			results[bs.i] = batchResult{ChatID: req.ChatID, Status: http.StatusOK, Saved: res.Saved, Unchanged: res.Unchanged, HighestIndex: res.HighestIndex}
 			continue
 		case errors.Is(err, ErrStaleEpoch):
@@ -139,16 +143,65 @@ func (s *Server) handleSaveBatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, batchAnswer{Results: results})
 }
 
-// decodeBatch reads a batch body. A body that is not a batch (malformed,
-// too large, empty, too many saves) is an error for the whole request;
-// otherwise every save is validated on its own: the valid ones are returned,
-// the invalid ones already have their result. It changes nothing.
+// decodeBatch reads a batch body, JSON or binary (ContentTypeBatchProto).
+// A body that is not a batch (malformed, too large, empty, too many saves)
+// is an error for the whole request; otherwise every save is validated on
+// its own: the valid ones are returned, the invalid ones already have their
+// result. It changes nothing.
 func (s *Server) decodeBatch(w http.ResponseWriter, r *http.Request) ([]batchSave, []batchResult, error) {
+	if isBatchProto(r) {
+		items, err := readBatchProto(w, r, batchBodyFactor*s.cfg.MaxBody)
+		if err != nil {
+			return nil, nil, err
+		}
+		return s.parseProtoBatch(items)
+	}
 	var body batchBody
 	if err := decodeJSON(w, r, batchBodyFactor*s.cfg.MaxBody, &body); err != nil {
 		return nil, nil, err
 	}
 	return s.parseBatch(body)
+}
+
+// parseProtoBatch is parseBatch for the saves of a binary body.
+func (s *Server) parseProtoBatch(items []protoItem) ([]batchSave, []batchResult, error) {
+	if len(items) == 0 {
+		return nil, nil, invalidf("a batch needs at least one save")
+	}
+	results := make([]batchResult, len(items))
+	saves := make([]batchSave, 0, len(items))
+	for i, it := range items {
+		req, events, err := s.protoItemSave(it)
+		if err != nil {
+			s.metrics.saves.WithLabelValues("invalid").Inc()
+			status, eb := s.errorAnswer(err)
+			results[i] = batchResult{ChatID: it.chatID, Status: status, Error: &eb}
+			continue
+		}
+		saves = append(saves, batchSave{i: i, req: req, events: events})
+	}
+	return saves, results, nil
+}
+
+// protoItemSave is batchItemSave for a save of a binary body.
+func (s *Server) protoItemSave(it protoItem) (SaveRequest, []*chatpb.Event, error) {
+	var size int64
+	for _, raw := range it.events {
+		size += int64(len(raw)) + 1
+	}
+	if size > s.cfg.MaxBody {
+		return SaveRequest{}, nil, &tooLargeError{limit: s.cfg.MaxBody}
+	}
+	evs, err := unmarshalProtoEvents(it.events)
+	if err != nil {
+		return SaveRequest{}, nil, err
+	}
+	req := SaveRequest{ChatID: it.chatID, Service: it.service, Epoch: it.epoch, Writer: it.writer, Events: evs, Ended: it.ended}
+	events, err := validateSave(req)
+	if err != nil {
+		return SaveRequest{}, nil, err
+	}
+	return req, events, nil
 }
 
 // parseBatch validates the saves of a decoded batch body; see decodeBatch.

@@ -29,6 +29,10 @@ var (
 	bucketTombstones  = []byte("tombstones")   // chatId -> JSON Tombstone of a deleted chat
 )
 
+// appendFill is the fill percent of the buckets of one chat's events,
+// which grow by appending (bbolt's default, 0.5, suits random inserts).
+const appendFill = 0.95
+
 // maxCommitBatch bounds how many queued writes share one transaction.
 const maxCommitBatch = 256
 
@@ -175,7 +179,7 @@ func (s *boltStore) commitLoop() {
 		s.committed.Add(uint64(len(batch)))
 		results := make([]error, len(batch))
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			bt := boltTxn{tx}
+			bt := boltTxn{tx: tx, epochs: map[string]Epoch{}}
 			for i, r := range batch {
 				results[i] = r.fn(bt)
 				if isStorageErr(results[i]) {
@@ -243,7 +247,7 @@ func (s *boltStore) epochs(ctx context.Context) (map[string]Epoch, error) {
 
 // view runs fn in a read-only transaction.
 func (s *boltStore) view(ctx context.Context, fn func(tx txn) error) error {
-	return closedErr(s.db.View(func(tx *bolt.Tx) error { return fn(boltTxn{tx}) }))
+	return closedErr(s.db.View(func(tx *bolt.Tx) error { return fn(boltTxn{tx: tx}) }))
 }
 
 // closedErr maps bbolt's "database not open" to errClosed.
@@ -258,7 +262,7 @@ func closedErr(err error) error {
 func (s *boltStore) transcript(ctx context.Context, chatID string) (*Transcript, error) {
 	var t *Transcript
 	err := s.db.View(func(tx *bolt.Tx) error {
-		meta, ok, err := boltTxn{tx}.chat(chatID)
+		meta, ok, err := boltTxn{tx: tx}.chat(chatID)
 		if err != nil || !ok {
 			return err
 		}
@@ -283,10 +287,10 @@ func (s *boltStore) transcript(ctx context.Context, chatID string) (*Transcript,
 func (s *boltStore) chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error) {
 	var out []ChatInfo
 	err := s.db.View(func(tx *bolt.Tx) error {
-		bt := boltTxn{tx}
+		bt := boltTxn{tx: tx}
 		return tx.Bucket(bucketChats).ForEach(func(k, v []byte) error {
 			var m chatMeta
-			if err := json.Unmarshal(v, &m); err != nil {
+			if err := decodeChatMeta(v, &m); err != nil {
 				return fmt.Errorf("decode chat %s: %w", k, err)
 			}
 			ci := ChatInfo{ChatID: string(k), Service: m.Service, Ended: m.Ended, Writer: m.Writer, Epoch: m.Epoch, UpdatedUnixMs: m.UpdatedUnix}
@@ -305,20 +309,30 @@ func (s *boltStore) chats(ctx context.Context, f ChatFilter) ([]ChatInfo, error)
 }
 
 // boltTxn is the txn of a bbolt transaction.
-type boltTxn struct{ tx *bolt.Tx }
+type boltTxn struct {
+	tx *bolt.Tx
+	// epochs, when not nil, caches the service epochs read or written in
+	// the transaction (every write goes through putServiceEpoch): a group
+	// commit of many saves of one service decodes its epoch once.
+	epochs map[string]Epoch
+}
 
 func indexKey(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
 
 func (t boltTxn) lockService(service string, epoch uint64) error { return nil }
 
 func (t boltTxn) serviceEpoch(service string) (Epoch, error) {
-	var e Epoch
-	v := t.tx.Bucket(bucketEpochs).Get([]byte(service))
-	if v == nil {
+	if e, ok := t.epochs[service]; ok {
 		return e, nil
 	}
-	if err := json.Unmarshal(v, &e); err != nil {
-		return e, fmt.Errorf("decode epoch of %s: %w", service, err)
+	var e Epoch
+	if v := t.tx.Bucket(bucketEpochs).Get([]byte(service)); v != nil {
+		if err := json.Unmarshal(v, &e); err != nil {
+			return e, fmt.Errorf("decode epoch of %s: %w", service, err)
+		}
+	}
+	if t.epochs != nil {
+		t.epochs[service] = e
 	}
 	return e, nil
 }
@@ -331,6 +345,9 @@ func (t boltTxn) putServiceEpoch(service string, e Epoch) error {
 	if err := t.tx.Bucket(bucketEpochs).Put([]byte(service), v); err != nil {
 		return fmt.Errorf("put epoch of %s: %w", service, err)
 	}
+	if t.epochs != nil {
+		t.epochs[service] = e
+	}
 	return nil
 }
 
@@ -340,14 +357,14 @@ func (t boltTxn) chat(chatID string) (chatMeta, bool, error) {
 	if v == nil {
 		return m, false, nil
 	}
-	if err := json.Unmarshal(v, &m); err != nil {
+	if err := decodeChatMeta(v, &m); err != nil {
 		return m, false, fmt.Errorf("decode chat %s: %w", chatID, err)
 	}
 	return m, true, nil
 }
 
 func (t boltTxn) putChat(chatID string, m chatMeta) error {
-	v, err := json.Marshal(m)
+	v, err := encodeChatMeta(m)
 	if err != nil {
 		return fmt.Errorf("encode chat: %w", err)
 	}
@@ -380,7 +397,7 @@ func (t boltTxn) event(chatID string, index uint64) (storedEvent, bool, error) {
 }
 
 func (t boltTxn) putEvent(chatID string, se storedEvent) error {
-	v, err := protojson.Marshal(se.event)
+	v, err := encodeEventJSON(se.event) // protojson, without its reflection
 	if err != nil {
 		return fmt.Errorf("encode event: %w", err)
 	}
@@ -392,6 +409,10 @@ func (t boltTxn) putEvent(chatID string, se storedEvent) error {
 	if err != nil {
 		return fmt.Errorf("create epoch bucket of %s: %w", chatID, err)
 	}
+	// A transcript grows at its end (indexes only increase): pages split
+	// full rather than half full, so that a transcript takes about half
+	// the pages and a save rewrites fewer of them.
+	b.FillPercent, eb.FillPercent = appendFill, appendFill
 	k := indexKey(se.event.GetIndex())
 	if err := b.Put(k, v); err != nil {
 		return fmt.Errorf("put event: %w", err)

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -28,6 +30,11 @@ type Client struct {
 	base  string
 	hc    *http.Client
 	token string // bearer token sent with every request but the admin ones
+	// batchJSON is set once the server refused a binary batch body (a ucs
+	// from before ContentTypeBatchProto): later batches go as JSON. The
+	// clients of WithToken share it, as they share the server.
+	batchJSON *atomic.Bool
+	batchBufs *sync.Pool // binary batch bodies for reuse, shared as batchJSON
 }
 
 var _ BatchStore = (*Client)(nil)
@@ -57,7 +64,7 @@ func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry
 			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
 		}),
 	)
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, batchJSON: new(atomic.Bool), batchBufs: newBatchBufs()}
 }
 
 // WithToken returns a client like c that sends token (Authorization: Bearer
@@ -314,20 +321,30 @@ func (c *Client) DeleteCustomer(ctx context.Context, token string, cu Customer) 
 // JSON answer (or the raw bytes when out is *[]byte). Failures are mapped to
 // the package's sentinel errors.
 func (c *Client) do(ctx context.Context, method, path, token string, in, out any) error {
-	var body io.Reader
+	var body []byte
+	ct := ""
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
-		body = bytes.NewReader(b)
+		body, ct = b, "application/json"
+	}
+	return c.send(ctx, method, path, token, ct, body, out)
+}
+
+// send is do with a body already encoded as contentType (none if empty).
+func (c *Client) send(ctx context.Context, method, path, token, contentType string, in []byte, out any) error {
+	var body io.Reader
+	if contentType != "" {
+		body = bytes.NewReader(in)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
