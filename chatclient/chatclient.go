@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -98,6 +100,13 @@ type Client struct {
 
 	mu      sync.Mutex
 	streams map[*streamCancel]int32 // open streams and their target
+
+	sends sendStreams // Send's multiplexed streams (sendstream.go)
+	// tracing is true when tel exports spans: the otelgrpc handler is
+	// installed and each send on a stream gets its own client span.
+	tracing bool
+	tracer  trace.Tracer
+	prop    propagation.TextMapPropagator
 }
 
 // streamCancel cancels one open stream.
@@ -158,10 +167,8 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	if tel == nil {
 		tel = telemetry.Discard()
 	}
-	dopts := append([]grpc.DialOption{
+	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-			otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))),
 		// gRPC's default reconnect backoff starts at 1s; a failover is
 		// measured in milliseconds, so reconnect almost at once.
 		// A stopped (SIGSTOP) or cut-off core keeps its TCP connections open
@@ -173,8 +180,17 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 300 * time.Millisecond},
 			MinConnectTimeout: time.Second,
 		}),
-	}, opts...)
-	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient")}
+	}
+	if tel.Tracing() {
+		// Only when spans are exported: with the no-op tracer the handler
+		// still costs every call allocations.
+		dopts = append(dopts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))))
+	}
+	dopts = append(dopts, opts...)
+	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient"),
+		tracing: tel.Tracing(), tracer: tel.Tracer.Tracer("github.com/hachat/hachat/chatclient"), prop: tel.Propagator}
+	c.sends.init()
 	for i, t := range cfg.Targets {
 		c.dials = append(c.dials, &dialRecord{})
 		// The recording dialer first: a test's own dialer (opts) wins.
@@ -189,8 +205,10 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	return c, nil
 }
 
-// Close closes the connections.
+// Close ends Send's streams (sends in flight fail with Canceled) and
+// closes the connections.
 func (c *Client) Close() error {
+	c.sends.close()
 	var errs []error
 	for _, conn := range c.conns {
 		errs = append(errs, conn.Close())
@@ -267,6 +285,15 @@ func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, contex
 // ends it. idempotent says whether the call may be retried at all.
 func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req, opts []grpc.CallOption,
 	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	return retried(ctx, c, method, idempotent, req, func(ctx context.Context, idx int32, req Req) (Resp, error) {
+		return call(c.clients[idx], ctx, req, opts...)
+	})
+}
+
+// retried is unary's retry loop around attempt, which makes one attempt on
+// target idx (Send's attempts go through its stream).
+func retried[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req,
+	attempt func(ctx context.Context, idx int32, req Req) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.withRetryDeadline(ctx)
 	defer cancel()
 	ctx = pairContext(ctx, any(req))
@@ -279,7 +306,7 @@ func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempot
 		}
 		idx := c.cur.Load()
 		c.attempts.Add(1)
-		resp, err := call(c.clients[idx], actx, req, opts...)
+		resp, err := attempt(actx, idx, req)
 		acancel()
 		if err == nil || ctx.Err() != nil || !c.cfg.Policy.Retry(err, attempts, idempotent) {
 			return resp, err
@@ -319,11 +346,29 @@ func (c *Client) Join(ctx context.Context, in *chatpb.JoinRequest, opts ...grpc.
 
 // Send appends an event. If in has no client message id, Send gives it one
 // (in is modified), so that every retry is idempotent.
+//
+// Each attempt goes on the one SendStream the Client keeps per target and
+// pair, shared by all concurrent sends (sendstream.go), and is retried by
+// the Policy exactly as a unary call: a stream that breaks (the core killed,
+// the sidecar closing the connection) fails its sends in flight with
+// UNAVAILABLE, and each is retried, with its same client message id, on a
+// new stream. A core that does not know SendStream (UNIMPLEMENTED) gets unary
+// Sends, as does a call with grpc.CallOptions or a request a stream should
+// not carry (see streamable).
 func (c *Client) Send(ctx context.Context, in *chatpb.SendRequest, opts ...grpc.CallOption) (*chatpb.SendResponse, error) {
 	if in.GetClientMessageId() == "" {
 		in.ClientMessageId = NewClientMessageID()
 	}
-	return unary(ctx, c, "Send", true, in, opts, chatpb.ChatClient.Send)
+	if len(opts) > 0 || !streamable(in) {
+		return unary(ctx, c, "Send", true, in, opts, chatpb.ChatClient.Send)
+	}
+	return retried(ctx, c, "Send", true, in, c.sendAttempt)
+}
+
+// SendStream opens a raw SendStream on the serving target, not retried:
+// Send multiplexes its own streams and is what callers use.
+func (c *Client) SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[chatpb.SendStreamRequest, chatpb.SendStreamResult], error) {
+	return c.clients[c.cur.Load()].SendStream(ctx, opts...)
 }
 
 // Leave removes the participant, and ends the session if asked.
