@@ -110,7 +110,10 @@ type Client struct {
 }
 
 // streamCancel cancels one open stream.
-type streamCancel struct{ cancel context.CancelCauseFunc }
+type streamCancel struct {
+	cancel context.CancelCauseFunc
+	send   bool // one of Send's streams (sendstream.go), not a caller's
+}
 
 // errStalled is the cause a stream is cancelled with when a call to its
 // target timed out: the target is silent (stopped, cut off), and a stream
@@ -119,7 +122,11 @@ var errStalled = errors.New("chatclient: target stalled")
 
 // track registers a stream opened on target idx; the returned func forgets it.
 func (c *Client) track(idx int32, cancel context.CancelCauseFunc) func() {
-	sc := &streamCancel{cancel: cancel}
+	return c.trackStream(&streamCancel{cancel: cancel}, idx)
+}
+
+// trackStream registers sc, open on target idx; the returned func forgets it.
+func (c *Client) trackStream(sc *streamCancel, idx int32) func() {
 	c.mu.Lock()
 	if c.streams == nil {
 		c.streams = map[*streamCancel]int32{}
@@ -133,13 +140,20 @@ func (c *Client) track(idx int32, cancel context.CancelCauseFunc) func() {
 	}
 }
 
-// OpenStreams reports how many streams the Client tracks as open (so that a
-// stalled target's streams can be cancelled). A stream stops counting when
-// it ends, fails for good, or its caller's context is done.
+// OpenStreams reports how many of its callers' streams (Subscribe,
+// WatchSessions) the Client tracks as open (so that a stalled target's
+// streams can be cancelled). A stream stops counting when it ends, fails for
+// good, or its caller's context is done. Send's own streams do not count.
 func (c *Client) OpenStreams() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.streams)
+	n := 0
+	for sc := range c.streams {
+		if !sc.send {
+			n++
+		}
+	}
+	return n
 }
 
 // stalled cancels every stream open on target idx.

@@ -172,7 +172,7 @@ func (c *Client) sendStream(key sendKey) (*sendStream, error) {
 	}
 	s := &sendStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, pending: map[uint64]chan<- sendOutcome{},
 		out: make(chan *chatpb.SendStreamRequest, sendQueue)}
-	untrack := c.track(key.target, cancel) // a stalled target cancels it (Client.stalled)
+	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stalled)
 	ss.open[key] = s
 	// Both end with the stream: the reader when Recv fails (the stream's
 	// context cancelled, by Close or a stall, or the core gone), the writer
