@@ -299,6 +299,7 @@ func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, contex
 // ends it. idempotent says whether the call may be retried at all.
 func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req, opts []grpc.CallOption,
 	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	ctx = pairContext(ctx, any(req))
 	return retried(ctx, c, method, idempotent, req, func(ctx context.Context, idx int32, req Req) (Resp, error) {
 		return call(c.clients[idx], ctx, req, opts...)
 	})
@@ -310,7 +311,6 @@ func retried[Req, Resp any](ctx context.Context, c *Client, method string, idemp
 	attempt func(ctx context.Context, idx int32, req Req) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.withRetryDeadline(ctx)
 	defer cancel()
-	ctx = pairContext(ctx, any(req))
 	obs, _ := ctx.Value(retryObserverKey{}).(RetryObserver)
 	r := retrier{c: c}
 	for attempts := 1; ; attempts++ {

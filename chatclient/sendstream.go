@@ -138,7 +138,8 @@ func (c *Client) sendAttempt(ctx context.Context, idx int32, in *chatpb.SendRequ
 		}
 	}
 	if errors.Is(err, errUseUnary) {
-		return c.clients[idx].Send(ctx, in)
+		// A stream names its pair once, when it opens; a call, every time.
+		return c.clients[idx].Send(pairContext(ctx, in), in)
 	}
 	return nil, err
 }
