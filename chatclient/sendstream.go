@@ -3,6 +3,8 @@ package chatclient
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -107,6 +109,7 @@ type sendStream struct {
 	st     grpc.BidiStreamingClient[chatpb.SendStreamRequest, chatpb.SendStreamResult]
 	ctx    context.Context // the stream's: cancelled with errStalled when its target stalls
 	cancel context.CancelCauseFunc
+	attrs  []attribute.KeyValue // of each send's client span, when tracing
 
 	// out feeds the writer, the stream's one caller of SendMsg: a send
 	// waiting to be written still heeds its context, even when the stream
@@ -173,6 +176,9 @@ func (c *Client) sendStream(key sendKey) (*sendStream, error) {
 	}
 	s := &sendStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, pending: map[uint64]chan<- sendOutcome{},
 		out: make(chan *chatpb.SendStreamRequest, sendQueue)}
+	if c.tracing {
+		s.attrs = spanAttrs(c.cfg.Targets[key.target])
+	}
 	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stalled)
 	ss.open[key] = s
 	// Both end with the stream: the reader when Recv fails (the stream's
@@ -297,9 +303,7 @@ func (s *sendStream) send(ctx context.Context, in *chatpb.SendRequest) (*chatpb.
 	}
 	var span trace.Span
 	if s.c.tracing {
-		ctx, span = s.c.tracer.Start(ctx, "hachat.chat.v1.Chat/Send", trace.WithSpanKind(trace.SpanKindClient),
-			trace.WithAttributes(attribute.String("rpc.system", "grpc"), attribute.String("rpc.service", "hachat.chat.v1.Chat"),
-				attribute.String("rpc.method", "Send"), attribute.Bool("hachat.send_stream", true)))
+		ctx, span = s.c.tracer.Start(ctx, "hachat.chat.v1.Chat/Send", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(s.attrs...))
 		defer span.End()
 		if span.SpanContext().IsValid() {
 			req.TraceContext = map[string]string{}
@@ -307,10 +311,30 @@ func (s *sendStream) send(ctx context.Context, in *chatpb.SendRequest) (*chatpb.
 		}
 	}
 	resp, err := s.roundTrip(ctx, req)
-	if span != nil && err != nil {
-		span.SetStatus(otelcodes.Error, err.Error())
+	if span != nil {
+		span.SetAttributes(attribute.Int("rpc.grpc.status_code", int(status.Code(err))))
+		if err != nil {
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
 	}
 	return resp, err
+}
+
+// spanAttrs are the attributes of the client span of a send on a stream to
+// target, those otelgrpc gives a unary call's span (the server's address and
+// port: where the call went, the sidecar's listener behind a sidecar).
+func spanAttrs(target string) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{attribute.String("rpc.system", "grpc"), attribute.String("rpc.service", "hachat.chat.v1.Chat"),
+		attribute.String("rpc.method", "Send"), attribute.Bool("hachat.send_stream", true)}
+	if host, port, err := net.SplitHostPort(target); err == nil {
+		attrs = append(attrs, attribute.String("server.address", host))
+		if p, err := strconv.Atoi(port); err == nil {
+			attrs = append(attrs, attribute.Int("server.port", p))
+		}
+	} else {
+		attrs = append(attrs, attribute.String("server.address", target))
+	}
+	return attrs
 }
 
 // roundTrip registers req under a new id, writes it and waits.

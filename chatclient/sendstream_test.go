@@ -5,10 +5,15 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -16,6 +21,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/pairs"
+	"github.com/hachat/hachat/telemetry"
 )
 
 // streamCore is a chat core that serves SendStream: it gives each client
@@ -34,6 +40,7 @@ type streamCore struct {
 	index   map[string]uint64 // client message id → its index
 	seen    map[string]int    // client message id → times received
 	pairs   []string          // the pair header of each stream
+	traces  []string          // the traceparent of each send received
 }
 
 func newStreamCore(batch, breakAfter int) *streamCore {
@@ -72,6 +79,9 @@ func (f *streamCore) SendStream(st grpc.BidiStreamingServer[chatpb.SendStreamReq
 		if err != nil {
 			return err
 		}
+		f.mu.Lock()
+		f.traces = append(f.traces, r.TraceContext["traceparent"])
+		f.mu.Unlock()
 		if first && f.breakAfter > 0 {
 			f.mu.Lock()
 			f.seen[r.GetRequest().GetClientMessageId()]++ // received, never answered
@@ -286,5 +296,60 @@ func TestStreamable(t *testing.T) {
 		if got := streamable(tt.req); got != tt.want {
 			t.Errorf("%s: streamable = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestSendOnStreamTraced checks that with tracing on each send on a stream
+// gets a client span (with the server address and port, as otelgrpc gives a
+// unary call) whose context travels in the message; with tracing off the
+// message carries none.
+func TestSendOnStreamTraced(t *testing.T) {
+	for _, traced := range []bool{true, false} {
+		t.Run(fmt.Sprint("traced=", traced), func(t *testing.T) {
+			f := newStreamCore(1, 0)
+			addr, _ := serveCounting(t, f)
+			rec := tracetest.NewSpanRecorder()
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+			t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			tel := telemetry.Discard()
+			tel.Tracer, tel.Propagator = tp, propagation.TraceContext{}
+			if !traced {
+				tel = telemetry.Discard()
+			}
+			cfg := DefaultConfig()
+			cfg.Targets = []string{addr}
+			c, err := New(cfg, tel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if _, err := c.Send(context.Background(), &chatpb.SendRequest{Auth: &chatpb.Auth{SessionId: "s1"}, Text: "hi"}); err != nil {
+				t.Fatal(err)
+			}
+			f.mu.Lock()
+			got := slices.Clone(f.traces)
+			f.mu.Unlock()
+			if len(got) != 1 || (got[0] != "") != traced {
+				t.Fatalf("traceparents received %q, want one, set: %v", got, traced)
+			}
+			if !traced {
+				return
+			}
+			spans := rec.Ended()
+			if len(spans) != 1 || spans[0].Name() != "hachat.chat.v1.Chat/Send" || spans[0].SpanKind() != trace.SpanKindClient {
+				t.Fatalf("spans %v, want one client span hachat.chat.v1.Chat/Send", spans)
+			}
+			if !strings.Contains(got[0], spans[0].SpanContext().SpanID().String()) {
+				t.Errorf("traceparent %s does not name the client span %s", got[0], spans[0].SpanContext().SpanID())
+			}
+			_, port, _ := net.SplitHostPort(addr)
+			found := false
+			for _, a := range spans[0].Attributes() {
+				found = found || (a.Key == "server.port" && fmt.Sprint(a.Value.AsInt64()) == port)
+			}
+			if !found {
+				t.Errorf("span attributes %v lack server.port %s", spans[0].Attributes(), port)
+			}
+		})
 	}
 }
