@@ -300,28 +300,35 @@ func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, contex
 func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req, opts []grpc.CallOption,
 	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
 	ctx = pairContext(ctx, any(req))
-	return retried(ctx, c, method, idempotent, req, func(ctx context.Context, idx int32, req Req) (Resp, error) {
+	return retried(ctx, c, method, idempotent, req, func(ctx context.Context, timeout time.Duration, idx int32, req Req) (Resp, error) {
+		ctx, cancel := attemptContext(ctx, timeout)
+		defer cancel()
 		return call(c.clients[idx], ctx, req, opts...)
 	})
 }
 
+// attemptContext bounds ctx by an attempt's timeout (none when 0).
+func attemptContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, timeout)
+}
+
 // retried is unary's retry loop around attempt, which makes one attempt on
-// target idx (Send's attempts go through its stream).
+// target idx within ctx and timeout (Policy.AttemptTimeout; 0: none), and
+// answers DeadlineExceeded when timeout passed. Send's attempts go through
+// its stream, which bounds them with a timer rather than a context.
 func retried[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req,
-	attempt func(ctx context.Context, idx int32, req Req) (Resp, error)) (Resp, error) {
+	attempt func(ctx context.Context, timeout time.Duration, idx int32, req Req) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.withRetryDeadline(ctx)
 	defer cancel()
 	obs, _ := ctx.Value(retryObserverKey{}).(RetryObserver)
 	r := retrier{c: c}
 	for attempts := 1; ; attempts++ {
-		actx, acancel := ctx, context.CancelFunc(func() {})
-		if c.cfg.AttemptTimeout > 0 {
-			actx, acancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		}
 		idx := c.cur.Load()
 		c.attempts.Add(1)
-		resp, err := attempt(actx, idx, req)
-		acancel()
+		resp, err := attempt(ctx, c.cfg.AttemptTimeout, idx, req)
 		if err == nil || ctx.Err() != nil || !c.cfg.Policy.Retry(err, attempts, idempotent) {
 			return resp, err
 		}

@@ -130,19 +130,21 @@ type sendOutcome struct {
 
 // sendAttempt is one attempt of Send on target idx: on its stream, or unary
 // when the core behind it does not implement SendStream.
-func (c *Client) sendAttempt(ctx context.Context, idx int32, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+func (c *Client) sendAttempt(ctx context.Context, timeout time.Duration, idx int32, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
 	key := sendKey{target: idx, pair: pairs.Of(in.GetAuth().GetSessionId())}
 	s, err := c.sendStream(key)
 	if err == nil {
 		var resp *chatpb.SendResponse
-		resp, err = s.send(ctx, in)
+		resp, err = s.send(ctx, timeout, in)
 		if !errors.Is(err, errUseUnary) {
 			return resp, err
 		}
 	}
 	if errors.Is(err, errUseUnary) {
 		// A stream names its pair once, when it opens; a call, every time.
-		return c.clients[idx].Send(pairContext(ctx, in), in)
+		actx, cancel := attemptContext(pairContext(ctx, in), timeout)
+		defer cancel()
+		return c.clients[idx].Send(actx, in)
 	}
 	return nil, err
 }
@@ -291,14 +293,20 @@ func (s *sendStream) streamErr(err error) error {
 }
 
 // send sends in on the stream and waits for its answer, the stream's
-// failure, or the end of ctx.
-func (s *sendStream) send(ctx context.Context, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+// failure, the end of ctx, or timeout (0: none; then DeadlineExceeded).
+func (s *sendStream) send(ctx context.Context, timeout time.Duration, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
 	req := &chatpb.SendStreamRequest{Request: in}
+	left := timeout
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
+		if l := time.Until(dl); timeout <= 0 || l < timeout {
+			left = l
+		}
 		if left <= 0 {
 			return nil, status.FromContextError(context.DeadlineExceeded).Err()
 		}
+	}
+	if left > 0 {
+		// The core's deadline for this send, as a unary call's grpc-timeout.
 		req.TimeoutMs = int64((left + time.Millisecond - 1) / time.Millisecond)
 	}
 	var span trace.Span
@@ -310,7 +318,7 @@ func (s *sendStream) send(ctx context.Context, in *chatpb.SendRequest) (*chatpb.
 			s.c.prop.Inject(ctx, propagation.MapCarrier(req.TraceContext))
 		}
 	}
-	resp, err := s.roundTrip(ctx, req)
+	resp, err := s.roundTrip(ctx, timeout, req)
 	if span != nil {
 		span.SetAttributes(attribute.Int("rpc.grpc.status_code", int(status.Code(err))))
 		if err != nil {
@@ -337,8 +345,20 @@ func spanAttrs(target string) []attribute.KeyValue {
 	return attrs
 }
 
-// roundTrip registers req under a new id, writes it and waits.
-func (s *sendStream) roundTrip(ctx context.Context, req *chatpb.SendStreamRequest) (*chatpb.SendResponse, error) {
+// errAttemptTimeout is what a send on a stream answers when its attempt's
+// timeout passed, as a unary call whose attempt context expired.
+var errAttemptTimeout = status.Error(codes.DeadlineExceeded, "chatclient: send attempt timed out")
+
+// roundTrip registers req under a new id, writes it and waits, at most
+// timeout (0: no limit but ctx's). A timer, not a context per attempt:
+// cheaper, and the stream needs no context of its own per send.
+func (s *sendStream) roundTrip(ctx context.Context, timeout time.Duration, req *chatpb.SendStreamRequest) (*chatpb.SendResponse, error) {
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
 	ch := make(chan sendOutcome, 1)
 	s.mu.Lock()
 	if s.err != nil {
@@ -357,18 +377,25 @@ func (s *sendStream) roundTrip(ctx context.Context, req *chatpb.SendStreamReques
 		// The stream ended: the reader fails every send in flight, this
 		// one included.
 	case <-ctx.Done():
-		s.mu.Lock()
-		delete(s.pending, req.Id)
-		s.mu.Unlock()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return nil, s.forget(req.Id, status.FromContextError(ctx.Err()).Err())
+	case <-expired:
+		return nil, s.forget(req.Id, errAttemptTimeout)
 	}
 	select {
 	case o := <-ch:
 		return o.resp, o.err
 	case <-ctx.Done():
-		s.mu.Lock()
-		delete(s.pending, req.Id)
-		s.mu.Unlock()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return nil, s.forget(req.Id, status.FromContextError(ctx.Err()).Err())
+	case <-expired:
+		return nil, s.forget(req.Id, errAttemptTimeout)
 	}
+}
+
+// forget drops the send id from those waiting for an answer (a late answer
+// is then ignored) and returns err.
+func (s *sendStream) forget(id uint64, err error) error {
+	s.mu.Lock()
+	delete(s.pending, id)
+	s.mu.Unlock()
+	return err
 }

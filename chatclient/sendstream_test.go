@@ -353,3 +353,32 @@ func TestSendOnStreamTraced(t *testing.T) {
 		})
 	}
 }
+
+// TestSendOnStreamLeavesAStalledTarget checks the attempt timeout on a
+// stream: a core that takes sends and answers none (a stopped process)
+// holds a send for one attempt timeout, then the send moves to the next
+// target, as a unary call's would.
+func TestSendOnStreamLeavesAStalledTarget(t *testing.T) {
+	silent := newStreamCore(1<<30, 0) // answers once 2^30 sends have come: never
+	addrA, _ := serveCounting(t, silent)
+	addrB, _ := serveCounting(t, newStreamCore(1, 0))
+	cfg := DefaultConfig()
+	cfg.Targets = []string{addrA, addrB}
+	cfg.AttemptTimeout = 200 * time.Millisecond
+	c, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	start := time.Now()
+	r, err := c.Send(context.Background(), &chatpb.SendRequest{Auth: &chatpb.Auth{SessionId: "s1"}, Text: "hi"})
+	if err != nil || r.GetIndex() != 1 {
+		t.Fatalf("send: %v, %v", r, err)
+	}
+	if d := time.Since(start); d < cfg.AttemptTimeout || d > 5*time.Second {
+		t.Errorf("send took %v, want one attempt timeout (%v) and a retry", d, cfg.AttemptTimeout)
+	}
+	if c.Retries() != 1 {
+		t.Errorf("%d retries, want 1", c.Retries())
+	}
+}
