@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -98,10 +100,20 @@ type Client struct {
 
 	mu      sync.Mutex
 	streams map[*streamCancel]int32 // open streams and their target
+
+	sends sendStreams // Send's multiplexed streams (sendstream.go)
+	// tracing is true when tel exports spans: the otelgrpc handler is
+	// installed and each send on a stream gets its own client span.
+	tracing bool
+	tracer  trace.Tracer
+	prop    propagation.TextMapPropagator
 }
 
 // streamCancel cancels one open stream.
-type streamCancel struct{ cancel context.CancelCauseFunc }
+type streamCancel struct {
+	cancel context.CancelCauseFunc
+	send   bool // one of Send's streams (sendstream.go), not a caller's
+}
 
 // errStalled is the cause a stream is cancelled with when a call to its
 // target timed out: the target is silent (stopped, cut off), and a stream
@@ -110,7 +122,11 @@ var errStalled = errors.New("chatclient: target stalled")
 
 // track registers a stream opened on target idx; the returned func forgets it.
 func (c *Client) track(idx int32, cancel context.CancelCauseFunc) func() {
-	sc := &streamCancel{cancel: cancel}
+	return c.trackStream(&streamCancel{cancel: cancel}, idx)
+}
+
+// trackStream registers sc, open on target idx; the returned func forgets it.
+func (c *Client) trackStream(sc *streamCancel, idx int32) func() {
 	c.mu.Lock()
 	if c.streams == nil {
 		c.streams = map[*streamCancel]int32{}
@@ -124,13 +140,20 @@ func (c *Client) track(idx int32, cancel context.CancelCauseFunc) func() {
 	}
 }
 
-// OpenStreams reports how many streams the Client tracks as open (so that a
-// stalled target's streams can be cancelled). A stream stops counting when
-// it ends, fails for good, or its caller's context is done.
+// OpenStreams reports how many of its callers' streams (Subscribe,
+// WatchSessions) the Client tracks as open (so that a stalled target's
+// streams can be cancelled). A stream stops counting when it ends, fails for
+// good, or its caller's context is done. Send's own streams do not count.
 func (c *Client) OpenStreams() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.streams)
+	n := 0
+	for sc := range c.streams {
+		if !sc.send {
+			n++
+		}
+	}
+	return n
 }
 
 // stalled cancels every stream open on target idx.
@@ -158,10 +181,8 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	if tel == nil {
 		tel = telemetry.Discard()
 	}
-	dopts := append([]grpc.DialOption{
+	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-			otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))),
 		// gRPC's default reconnect backoff starts at 1s; a failover is
 		// measured in milliseconds, so reconnect almost at once.
 		// A stopped (SIGSTOP) or cut-off core keeps its TCP connections open
@@ -173,8 +194,17 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 300 * time.Millisecond},
 			MinConnectTimeout: time.Second,
 		}),
-	}, opts...)
-	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient")}
+	}
+	if tel.Tracing() {
+		// Only when spans are exported: with the no-op tracer the handler
+		// still costs every call allocations.
+		dopts = append(dopts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tel.Tracer), otelgrpc.WithPropagators(tel.Propagator))))
+	}
+	dopts = append(dopts, opts...)
+	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient"),
+		tracing: tel.Tracing(), tracer: tel.Tracer.Tracer("github.com/hachat/hachat/chatclient"), prop: tel.Propagator}
+	c.sends.init()
 	for i, t := range cfg.Targets {
 		c.dials = append(c.dials, &dialRecord{})
 		// The recording dialer first: a test's own dialer (opts) wins.
@@ -189,8 +219,10 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	return c, nil
 }
 
-// Close closes the connections.
+// Close ends Send's streams (sends in flight fail with Canceled) and
+// closes the connections.
 func (c *Client) Close() error {
+	c.sends.close()
 	var errs []error
 	for _, conn := range c.conns {
 		errs = append(errs, conn.Close())
@@ -267,20 +299,36 @@ func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, contex
 // ends it. idempotent says whether the call may be retried at all.
 func unary[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req, opts []grpc.CallOption,
 	call func(chatpb.ChatClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	ctx = pairContext(ctx, any(req))
+	return retried(ctx, c, method, idempotent, req, func(ctx context.Context, timeout time.Duration, idx int32, req Req) (Resp, error) {
+		ctx, cancel := attemptContext(ctx, timeout)
+		defer cancel()
+		return call(c.clients[idx], ctx, req, opts...)
+	})
+}
+
+// attemptContext bounds ctx by an attempt's timeout (none when 0).
+func attemptContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, timeout)
+}
+
+// retried is unary's retry loop around attempt, which makes one attempt on
+// target idx within ctx and timeout (Policy.AttemptTimeout; 0: none), and
+// answers DeadlineExceeded when timeout passed. Send's attempts go through
+// its stream, which bounds them with a timer rather than a context.
+func retried[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req,
+	attempt func(ctx context.Context, timeout time.Duration, idx int32, req Req) (Resp, error)) (Resp, error) {
 	ctx, cancel := c.withRetryDeadline(ctx)
 	defer cancel()
-	ctx = pairContext(ctx, any(req))
 	obs, _ := ctx.Value(retryObserverKey{}).(RetryObserver)
 	r := retrier{c: c}
 	for attempts := 1; ; attempts++ {
-		actx, acancel := ctx, context.CancelFunc(func() {})
-		if c.cfg.AttemptTimeout > 0 {
-			actx, acancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		}
 		idx := c.cur.Load()
 		c.attempts.Add(1)
-		resp, err := call(c.clients[idx], actx, req, opts...)
-		acancel()
+		resp, err := attempt(ctx, c.cfg.AttemptTimeout, idx, req)
 		if err == nil || ctx.Err() != nil || !c.cfg.Policy.Retry(err, attempts, idempotent) {
 			return resp, err
 		}
@@ -319,11 +367,29 @@ func (c *Client) Join(ctx context.Context, in *chatpb.JoinRequest, opts ...grpc.
 
 // Send appends an event. If in has no client message id, Send gives it one
 // (in is modified), so that every retry is idempotent.
+//
+// Each attempt goes on the one SendStream the Client keeps per target and
+// pair, shared by all concurrent sends (sendstream.go), and is retried by
+// the Policy exactly as a unary call: a stream that breaks (the core killed,
+// the sidecar closing the connection) fails its sends in flight with
+// UNAVAILABLE, and each is retried, with its same client message id, on a
+// new stream. A core that does not know SendStream (UNIMPLEMENTED) gets unary
+// Sends, as does a call with grpc.CallOptions or a request a stream should
+// not carry (see streamable).
 func (c *Client) Send(ctx context.Context, in *chatpb.SendRequest, opts ...grpc.CallOption) (*chatpb.SendResponse, error) {
 	if in.GetClientMessageId() == "" {
 		in.ClientMessageId = NewClientMessageID()
 	}
-	return unary(ctx, c, "Send", true, in, opts, chatpb.ChatClient.Send)
+	if len(opts) > 0 || !streamable(in) {
+		return unary(ctx, c, "Send", true, in, opts, chatpb.ChatClient.Send)
+	}
+	return retried(ctx, c, "Send", true, in, c.sendAttempt)
+}
+
+// SendStream opens a raw SendStream on the serving target, not retried:
+// Send multiplexes its own streams and is what callers use.
+func (c *Client) SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[chatpb.SendStreamRequest, chatpb.SendStreamResult], error) {
+	return c.clients[c.cur.Load()].SendStream(ctx, opts...)
 }
 
 // Leave removes the participant, and ends the session if asked.

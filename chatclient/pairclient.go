@@ -227,6 +227,12 @@ func (c *PairClient) Switchover(ctx context.Context, in *chatpb.SwitchoverReques
 	return c.clients[pairs.Default].Switchover(ctx, in, opts...)
 }
 
+// SendStream opens a raw SendStream on the default pair, not retried: Send
+// multiplexes its own streams per pair (see Client.Send).
+func (c *PairClient) SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[chatpb.SendStreamRequest, chatpb.SendStreamResult], error) {
+	return c.clients[pairs.Default].SendStream(ctx, opts...)
+}
+
 // WatchSessions watches every pair: it opens one watch per pair (each
 // resuming on its own when its pair's client does) and delivers their
 // changes as one stream, in the order they arrive. The stream fails with the

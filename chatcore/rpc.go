@@ -248,6 +248,14 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 	return &chatpb.SendResponse{Index: idx, Duplicate: dup}, nil
 }
 
+// SendStream carries many sends on one stream: each is Send's checks,
+// authorization and operation (same errors, same idempotency by
+// client_message_id, same two copies before the answer), processed
+// concurrently and answered as it completes, with its request's id.
+func (c *Core) SendStream(stream chatpb.Chat_SendStreamServer) error {
+	return c.sendStream(stream.Context(), stream.Recv, stream.Send)
+}
+
 // Leave removes a participant. A customer leaving ends the session (reason
 // "customer-left"); an agent, supervisor or system participant ends it with
 // end_session (reason "closed"). Leaving twice returns the first leave's index.

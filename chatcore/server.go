@@ -139,13 +139,18 @@ func (c *Core) warnOpenTokens() {
 	}
 }
 
-// grpcServer builds the gRPC server with Chat, health, tracing and the role gate.
+// grpcServer builds the gRPC server with Chat, health, the role gate and,
+// when spans are exported, tracing.
 func (c *Core) grpcServer() *grpc.Server {
 	unary, stream := []grpc.UnaryServerInterceptor{c.unaryGate}, []grpc.StreamServerInterceptor{c.streamGate}
 	opts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(1 << 20),
+	}
+	if c.tel.Tracing() {
+		// Only when spans are exported: with the no-op tracer the handler
+		// still costs every call (and every stream message) allocations.
+		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(c.tel.Tracer), otelgrpc.WithPropagators(c.tel.Propagator))))
 	}
 	if c.tls != nil {
 		// Who may call what is decided before the role gate.

@@ -179,11 +179,20 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 		go func() {
 			defer subs.Done()
 			st, err := cl.Subscribe(subCtx, &chatpb.SubscribeRequest{Auth: s.agent, FromIndex: 1})
-			ready <- err
 			if err != nil {
+				ready <- err
 				return
 			}
+			// A subscription is ready once it has caught up to the agent's
+			// own join: the message phase does not start while the core
+			// is still opening the subscriptions and replaying their first
+			// events (that cost and delay landed on the first messages).
+			caughtUp := false
 			recvLoop(st, func(ev *chatpb.Event) {
+				if !caughtUp && ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED && ev.GetFrom().GetId() == s.agent.GetParticipantId() {
+					caughtUp = true
+					ready <- nil
+				}
 				if ev.GetKind() != chatpb.EventKind_EVENT_KIND_MESSAGE || ev.GetClientMessageId() == "" {
 					return
 				}
@@ -199,6 +208,9 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 					close(done)
 				}
 			})
+			if !caughtUp {
+				ready <- fmt.Errorf("subscription of session %s ended before its agent's join arrived", s.agent.GetSessionId())
+			}
 		}()
 	}
 	for range sessions {
@@ -206,7 +218,7 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 			return rep, fmt.Errorf("subscribe: %w", err)
 		}
 	}
-	fmt.Fprintf(progress, "%d agent subscriptions open; sending %d messages with %d senders\n", len(sessions), opts.Messages, opts.Concurrency)
+	fmt.Fprintf(progress, "%d agent subscriptions open and caught up; sending %d messages with %d senders\n", len(sessions), opts.Messages, opts.Concurrency)
 
 	text := make([]byte, opts.MessageSize)
 	for i := range text {

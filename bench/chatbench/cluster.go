@@ -53,6 +53,19 @@ func RunCluster(ctx context.Context, copts ClusterOptions, opts Options, progres
 	if err != nil {
 		return Report{}, err
 	}
+	pids := []int{pid}
+	if copts.Pair {
+		b, err := bc.PID("core-b")
+		if err != nil {
+			return Report{}, err
+		}
+		pids = append(pids, b)
+	}
+	// CPU per message: the cores' and this load generator's, which the
+	// machine's other load disturbs less than messages/s.
+	if opts.CPU == nil {
+		opts.CPU, opts.ClientCPU = ProcessesCPU(pids...), SelfCPU
+	}
 	ccfg := chatclient.DefaultConfig()
 	ccfg.Targets = targets
 	cl, err := chatclient.New(ccfg, telemetry.Discard())

@@ -265,7 +265,7 @@ func (x SessionChange_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SessionChange_Kind.Descriptor instead.
 func (SessionChange_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{14, 0}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16, 0}
 }
 
 // Participant is one member of a session.
@@ -921,6 +921,146 @@ func (x *SendResponse) GetDuplicate() bool {
 	return false
 }
 
+// SendStreamRequest is one send on a SendStream: the request, as the unary
+// Send takes it, with the id that its result carries back.
+type SendStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // correlation, chosen by the client, unique among the stream's sends in flight
+	Request       *SendRequest           `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	TimeoutMs     int64                  `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`                                                                                   // this send's deadline, as the unary call's grpc-timeout; 0: the stream's
+	TraceContext  map[string]string      `protobuf:"bytes,4,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // W3C trace context (traceparent, tracestate) of this send; empty: untraced
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendStreamRequest) Reset() {
+	*x = SendStreamRequest{}
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendStreamRequest) ProtoMessage() {}
+
+func (x *SendStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendStreamRequest.ProtoReflect.Descriptor instead.
+func (*SendStreamRequest) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SendStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SendStreamRequest) GetRequest() *SendRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *SendStreamRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *SendStreamRequest) GetTraceContext() map[string]string {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
+}
+
+// SendStreamResult answers one SendStreamRequest: its id, then the
+// SendResponse or the gRPC status the unary Send would have answered.
+type SendStreamResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Response      *SendResponse          `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"` // set when code is 0 (OK)
+	Code          int32                  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`        // google.rpc.Code of the failure; 0: success
+	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`   // the failure's status message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendStreamResult) Reset() {
+	*x = SendStreamResult{}
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendStreamResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendStreamResult) ProtoMessage() {}
+
+func (x *SendStreamResult) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendStreamResult.ProtoReflect.Descriptor instead.
+func (*SendStreamResult) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SendStreamResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SendStreamResult) GetResponse() *SendResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *SendStreamResult) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SendStreamResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type LeaveRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Auth          *Auth                  `protobuf:"bytes,1,opt,name=auth,proto3" json:"auth,omitempty"`
@@ -931,7 +1071,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[8]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1083,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[8]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1096,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{8}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaveRequest) GetAuth() *Auth {
@@ -982,7 +1122,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[9]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1134,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[9]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1147,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{9}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LeaveResponse) GetIndex() uint64 {
@@ -1027,7 +1167,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[10]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1179,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[10]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1192,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{10}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EventsRequest) GetAuth() *Auth {
@@ -1080,7 +1220,7 @@ type EventsResponse struct {
 
 func (x *EventsResponse) Reset() {
 	*x = EventsResponse{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[11]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1232,7 @@ func (x *EventsResponse) String() string {
 func (*EventsResponse) ProtoMessage() {}
 
 func (x *EventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[11]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1245,7 @@ func (x *EventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsResponse.ProtoReflect.Descriptor instead.
 func (*EventsResponse) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{11}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EventsResponse) GetEvents() []*Event {
@@ -1139,7 +1279,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[12]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1291,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[12]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1304,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{12}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubscribeRequest) GetAuth() *Auth {
@@ -1190,7 +1330,7 @@ type WatchSessionsRequest struct {
 
 func (x *WatchSessionsRequest) Reset() {
 	*x = WatchSessionsRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[13]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1342,7 @@ func (x *WatchSessionsRequest) String() string {
 func (*WatchSessionsRequest) ProtoMessage() {}
 
 func (x *WatchSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[13]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1355,7 @@ func (x *WatchSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionsRequest.ProtoReflect.Descriptor instead.
 func (*WatchSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{13}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchSessionsRequest) GetServiceToken() string {
@@ -1242,7 +1382,7 @@ type SessionChange struct {
 
 func (x *SessionChange) Reset() {
 	*x = SessionChange{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[14]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1394,7 @@ func (x *SessionChange) String() string {
 func (*SessionChange) ProtoMessage() {}
 
 func (x *SessionChange) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[14]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1407,7 @@ func (x *SessionChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionChange.ProtoReflect.Descriptor instead.
 func (*SessionChange) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{14}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SessionChange) GetKind() SessionChange_Kind {
@@ -1334,7 +1474,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1486,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1499,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{15}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{17}
 }
 
 type Member struct {
@@ -1375,7 +1515,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1527,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1540,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Member) GetName() string {
@@ -1454,7 +1594,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1606,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1619,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{17}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -1547,7 +1687,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1559,7 +1699,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1572,7 +1712,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{18}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SwitchoverRequest) GetAdminToken() string {
@@ -1593,7 +1733,7 @@ type SwitchoverResponse struct {
 
 func (x *SwitchoverResponse) Reset() {
 	*x = SwitchoverResponse{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1745,7 @@ func (x *SwitchoverResponse) String() string {
 func (*SwitchoverResponse) ProtoMessage() {}
 
 func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1758,7 @@ func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
 func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{19}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SwitchoverResponse) GetNewPrimary() string {
@@ -1726,7 +1866,21 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"B\n" +
 	"\fSendResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"Y\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x94\x02\n" +
+	"\x11SendStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\arequest\x18\x02 \x01(\v2\x1b.hachat.chat.v1.SendRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\x12X\n" +
+	"\rtrace_context\x18\x04 \x03(\v23.hachat.chat.v1.SendStreamRequest.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\x11TraceContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
+	"\x10SendStreamResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x128\n" +
+	"\bresponse\x18\x02 \x01(\v2\x1c.hachat.chat.v1.SendResponseR\bresponse\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"Y\n" +
 	"\fLeaveRequest\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x1f\n" +
 	"\vend_session\x18\x02 \x01(\bR\n" +
@@ -1817,11 +1971,13 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x12'\n" +
 	"#EVENT_KIND_PARTICIPANT_DISCONNECTED\x10\v\x12&\n" +
 	"\"EVENT_KIND_PARTICIPANT_RECONNECTED\x10\f\x12\x1c\n" +
-	"\x18EVENT_KIND_SESSION_ENDED\x10\r2\xac\x05\n" +
+	"\x18EVENT_KIND_SESSION_ENDED\x10\r2\x83\x06\n" +
 	"\x04Chat\x12Q\n" +
 	"\fStartSession\x12#.hachat.chat.v1.StartSessionRequest\x1a\x1c.hachat.chat.v1.JoinResponse\x12A\n" +
 	"\x04Join\x12\x1b.hachat.chat.v1.JoinRequest\x1a\x1c.hachat.chat.v1.JoinResponse\x12A\n" +
-	"\x04Send\x12\x1b.hachat.chat.v1.SendRequest\x1a\x1c.hachat.chat.v1.SendResponse\x12D\n" +
+	"\x04Send\x12\x1b.hachat.chat.v1.SendRequest\x1a\x1c.hachat.chat.v1.SendResponse\x12U\n" +
+	"\n" +
+	"SendStream\x12!.hachat.chat.v1.SendStreamRequest\x1a .hachat.chat.v1.SendStreamResult(\x010\x01\x12D\n" +
 	"\x05Leave\x12\x1c.hachat.chat.v1.LeaveRequest\x1a\x1d.hachat.chat.v1.LeaveResponse\x12G\n" +
 	"\x06Events\x12\x1d.hachat.chat.v1.EventsRequest\x1a\x1e.hachat.chat.v1.EventsResponse\x12F\n" +
 	"\tSubscribe\x12 .hachat.chat.v1.SubscribeRequest\x1a\x15.hachat.chat.v1.Event0\x01\x12V\n" +
@@ -1843,7 +1999,7 @@ func file_chatcore_chatpb_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chatcore_chatpb_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_chatcore_chatpb_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_chatcore_chatpb_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_chatcore_chatpb_chat_proto_goTypes = []any{
 	(ParticipantType)(0),         // 0: hachat.chat.v1.ParticipantType
 	(Visibility)(0),              // 1: hachat.chat.v1.Visibility
@@ -1857,22 +2013,25 @@ var file_chatcore_chatpb_chat_proto_goTypes = []any{
 	(*JoinResponse)(nil),         // 9: hachat.chat.v1.JoinResponse
 	(*SendRequest)(nil),          // 10: hachat.chat.v1.SendRequest
 	(*SendResponse)(nil),         // 11: hachat.chat.v1.SendResponse
-	(*LeaveRequest)(nil),         // 12: hachat.chat.v1.LeaveRequest
-	(*LeaveResponse)(nil),        // 13: hachat.chat.v1.LeaveResponse
-	(*EventsRequest)(nil),        // 14: hachat.chat.v1.EventsRequest
-	(*EventsResponse)(nil),       // 15: hachat.chat.v1.EventsResponse
-	(*SubscribeRequest)(nil),     // 16: hachat.chat.v1.SubscribeRequest
-	(*WatchSessionsRequest)(nil), // 17: hachat.chat.v1.WatchSessionsRequest
-	(*SessionChange)(nil),        // 18: hachat.chat.v1.SessionChange
-	(*StatusRequest)(nil),        // 19: hachat.chat.v1.StatusRequest
-	(*Member)(nil),               // 20: hachat.chat.v1.Member
-	(*StatusResponse)(nil),       // 21: hachat.chat.v1.StatusResponse
-	(*SwitchoverRequest)(nil),    // 22: hachat.chat.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),   // 23: hachat.chat.v1.SwitchoverResponse
-	nil,                          // 24: hachat.chat.v1.Event.AttrsEntry
-	nil,                          // 25: hachat.chat.v1.StartSessionRequest.UserDataEntry
-	nil,                          // 26: hachat.chat.v1.SendRequest.AttrsEntry
-	nil,                          // 27: hachat.chat.v1.SessionChange.UserDataEntry
+	(*SendStreamRequest)(nil),    // 12: hachat.chat.v1.SendStreamRequest
+	(*SendStreamResult)(nil),     // 13: hachat.chat.v1.SendStreamResult
+	(*LeaveRequest)(nil),         // 14: hachat.chat.v1.LeaveRequest
+	(*LeaveResponse)(nil),        // 15: hachat.chat.v1.LeaveResponse
+	(*EventsRequest)(nil),        // 16: hachat.chat.v1.EventsRequest
+	(*EventsResponse)(nil),       // 17: hachat.chat.v1.EventsResponse
+	(*SubscribeRequest)(nil),     // 18: hachat.chat.v1.SubscribeRequest
+	(*WatchSessionsRequest)(nil), // 19: hachat.chat.v1.WatchSessionsRequest
+	(*SessionChange)(nil),        // 20: hachat.chat.v1.SessionChange
+	(*StatusRequest)(nil),        // 21: hachat.chat.v1.StatusRequest
+	(*Member)(nil),               // 22: hachat.chat.v1.Member
+	(*StatusResponse)(nil),       // 23: hachat.chat.v1.StatusResponse
+	(*SwitchoverRequest)(nil),    // 24: hachat.chat.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),   // 25: hachat.chat.v1.SwitchoverResponse
+	nil,                          // 26: hachat.chat.v1.Event.AttrsEntry
+	nil,                          // 27: hachat.chat.v1.StartSessionRequest.UserDataEntry
+	nil,                          // 28: hachat.chat.v1.SendRequest.AttrsEntry
+	nil,                          // 29: hachat.chat.v1.SendStreamRequest.TraceContextEntry
+	nil,                          // 30: hachat.chat.v1.SessionChange.UserDataEntry
 }
 var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	0,  // 0: hachat.chat.v1.Participant.type:type_name -> hachat.chat.v1.ParticipantType
@@ -1880,46 +2039,51 @@ var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	2,  // 2: hachat.chat.v1.Event.kind:type_name -> hachat.chat.v1.EventKind
 	4,  // 3: hachat.chat.v1.Event.from:type_name -> hachat.chat.v1.Participant
 	1,  // 4: hachat.chat.v1.Event.visibility:type_name -> hachat.chat.v1.Visibility
-	24, // 5: hachat.chat.v1.Event.attrs:type_name -> hachat.chat.v1.Event.AttrsEntry
-	25, // 6: hachat.chat.v1.StartSessionRequest.user_data:type_name -> hachat.chat.v1.StartSessionRequest.UserDataEntry
+	26, // 5: hachat.chat.v1.Event.attrs:type_name -> hachat.chat.v1.Event.AttrsEntry
+	27, // 6: hachat.chat.v1.StartSessionRequest.user_data:type_name -> hachat.chat.v1.StartSessionRequest.UserDataEntry
 	0,  // 7: hachat.chat.v1.JoinRequest.type:type_name -> hachat.chat.v1.ParticipantType
 	1,  // 8: hachat.chat.v1.JoinRequest.visibility:type_name -> hachat.chat.v1.Visibility
 	6,  // 9: hachat.chat.v1.JoinResponse.auth:type_name -> hachat.chat.v1.Auth
 	6,  // 10: hachat.chat.v1.SendRequest.auth:type_name -> hachat.chat.v1.Auth
 	2,  // 11: hachat.chat.v1.SendRequest.kind:type_name -> hachat.chat.v1.EventKind
-	26, // 12: hachat.chat.v1.SendRequest.attrs:type_name -> hachat.chat.v1.SendRequest.AttrsEntry
+	28, // 12: hachat.chat.v1.SendRequest.attrs:type_name -> hachat.chat.v1.SendRequest.AttrsEntry
 	1,  // 13: hachat.chat.v1.SendRequest.visibility:type_name -> hachat.chat.v1.Visibility
-	6,  // 14: hachat.chat.v1.LeaveRequest.auth:type_name -> hachat.chat.v1.Auth
-	6,  // 15: hachat.chat.v1.EventsRequest.auth:type_name -> hachat.chat.v1.Auth
-	5,  // 16: hachat.chat.v1.EventsResponse.events:type_name -> hachat.chat.v1.Event
-	6,  // 17: hachat.chat.v1.SubscribeRequest.auth:type_name -> hachat.chat.v1.Auth
-	3,  // 18: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
-	27, // 19: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
-	4,  // 20: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
-	20, // 21: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
-	7,  // 22: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
-	8,  // 23: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
-	10, // 24: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
-	12, // 25: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
-	14, // 26: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
-	16, // 27: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
-	17, // 28: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
-	19, // 29: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
-	22, // 30: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
-	9,  // 31: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
-	9,  // 32: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
-	11, // 33: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
-	13, // 34: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
-	15, // 35: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
-	5,  // 36: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
-	18, // 37: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
-	21, // 38: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
-	23, // 39: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
-	31, // [31:40] is the sub-list for method output_type
-	22, // [22:31] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	10, // 14: hachat.chat.v1.SendStreamRequest.request:type_name -> hachat.chat.v1.SendRequest
+	29, // 15: hachat.chat.v1.SendStreamRequest.trace_context:type_name -> hachat.chat.v1.SendStreamRequest.TraceContextEntry
+	11, // 16: hachat.chat.v1.SendStreamResult.response:type_name -> hachat.chat.v1.SendResponse
+	6,  // 17: hachat.chat.v1.LeaveRequest.auth:type_name -> hachat.chat.v1.Auth
+	6,  // 18: hachat.chat.v1.EventsRequest.auth:type_name -> hachat.chat.v1.Auth
+	5,  // 19: hachat.chat.v1.EventsResponse.events:type_name -> hachat.chat.v1.Event
+	6,  // 20: hachat.chat.v1.SubscribeRequest.auth:type_name -> hachat.chat.v1.Auth
+	3,  // 21: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
+	30, // 22: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
+	4,  // 23: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
+	22, // 24: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
+	7,  // 25: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
+	8,  // 26: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
+	10, // 27: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
+	12, // 28: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
+	14, // 29: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
+	16, // 30: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
+	18, // 31: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
+	19, // 32: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
+	21, // 33: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
+	24, // 34: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
+	9,  // 35: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
+	9,  // 36: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
+	11, // 37: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
+	13, // 38: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
+	15, // 39: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
+	17, // 40: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
+	5,  // 41: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
+	20, // 42: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
+	23, // 43: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
+	25, // 44: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
+	35, // [35:45] is the sub-list for method output_type
+	25, // [25:35] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_chatcore_chatpb_chat_proto_init() }
@@ -1933,7 +2097,7 @@ func file_chatcore_chatpb_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatcore_chatpb_chat_proto_rawDesc), len(file_chatcore_chatpb_chat_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

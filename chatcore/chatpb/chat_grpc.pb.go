@@ -26,6 +26,7 @@ const (
 	Chat_StartSession_FullMethodName  = "/hachat.chat.v1.Chat/StartSession"
 	Chat_Join_FullMethodName          = "/hachat.chat.v1.Chat/Join"
 	Chat_Send_FullMethodName          = "/hachat.chat.v1.Chat/Send"
+	Chat_SendStream_FullMethodName    = "/hachat.chat.v1.Chat/SendStream"
 	Chat_Leave_FullMethodName         = "/hachat.chat.v1.Chat/Leave"
 	Chat_Events_FullMethodName        = "/hachat.chat.v1.Chat/Events"
 	Chat_Subscribe_FullMethodName     = "/hachat.chat.v1.Chat/Subscribe"
@@ -44,6 +45,12 @@ type ChatClient interface {
 	StartSession(ctx context.Context, in *StartSessionRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
+	// SendStream carries many sends on one stream: each request is checked,
+	// authorized and appended exactly as Send would, concurrently, and its
+	// result comes back as soon as it is done (in any order; the id tells
+	// which). The core ends the stream (UNAVAILABLE) when it stops being
+	// primary; the sends still unanswered then are retried by the client.
+	SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SendStreamRequest, SendStreamResult], error)
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (*EventsResponse, error)
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
@@ -90,6 +97,19 @@ func (c *chatClient) Send(ctx context.Context, in *SendRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *chatClient) SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SendStreamRequest, SendStreamResult], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[0], Chat_SendStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SendStreamRequest, SendStreamResult]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Chat_SendStreamClient = grpc.BidiStreamingClient[SendStreamRequest, SendStreamResult]
+
 func (c *chatClient) Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LeaveResponse)
@@ -112,7 +132,7 @@ func (c *chatClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc
 
 func (c *chatClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[0], Chat_Subscribe_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[1], Chat_Subscribe_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +151,7 @@ type Chat_SubscribeClient = grpc.ServerStreamingClient[Event]
 
 func (c *chatClient) WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionChange], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[1], Chat_WatchSessions_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[2], Chat_WatchSessions_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +198,12 @@ type ChatServer interface {
 	StartSession(context.Context, *StartSessionRequest) (*JoinResponse, error)
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	Send(context.Context, *SendRequest) (*SendResponse, error)
+	// SendStream carries many sends on one stream: each request is checked,
+	// authorized and appended exactly as Send would, concurrently, and its
+	// result comes back as soon as it is done (in any order; the id tells
+	// which). The core ends the stream (UNAVAILABLE) when it stops being
+	// primary; the sends still unanswered then are retried by the client.
+	SendStream(grpc.BidiStreamingServer[SendStreamRequest, SendStreamResult]) error
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
 	Events(context.Context, *EventsRequest) (*EventsResponse, error)
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[Event]) error
@@ -202,6 +228,9 @@ func (UnimplementedChatServer) Join(context.Context, *JoinRequest) (*JoinRespons
 }
 func (UnimplementedChatServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
+}
+func (UnimplementedChatServer) SendStream(grpc.BidiStreamingServer[SendStreamRequest, SendStreamResult]) error {
+	return status.Error(codes.Unimplemented, "method SendStream not implemented")
 }
 func (UnimplementedChatServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
@@ -295,6 +324,13 @@ func _Chat_Send_Handler(srv interface{}, ctx context.Context, dec func(interface
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Chat_SendStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ChatServer).SendStream(&grpc.GenericServerStream[SendStreamRequest, SendStreamResult]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Chat_SendStreamServer = grpc.BidiStreamingServer[SendStreamRequest, SendStreamResult]
 
 func _Chat_Leave_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LeaveRequest)
@@ -427,6 +463,12 @@ var Chat_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SendStream",
+			Handler:       _Chat_SendStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Subscribe",
 			Handler:       _Chat_Subscribe_Handler,

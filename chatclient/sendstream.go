@@ -1,0 +1,401 @@
+package chatclient
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/pairs"
+)
+
+// Send's streams. A unary Send costs an HTTP/2 stream, its headers and a
+// few hundred allocations on both sides, more than the core's work; a send
+// on an open SendStream costs one message each way. The Client keeps one
+// SendStream per target and pair (the pair header routes a stream, as it
+// routes a call, to the chat's pair), opened at the first send and shared
+// by every concurrent Send: each send gets an id on its stream, and the
+// stream's reader hands each result to the send with that id.
+//
+// A stream that fails fails every send in flight on it (UNAVAILABLE unless
+// the core refused the stream itself), and each send's retry, under the
+// same Policy as any unary call, opens the next stream. A core that answers
+// UNIMPLEMENTED (an older core) gets unary Sends for unimplementedRecheck,
+// then the stream is tried again (behind a sidecar, the core behind the
+// same target may have been upgraded).
+
+// unimplementedRecheck is how long a target and pair that answered
+// UNIMPLEMENTED to SendStream get unary Sends before a stream is tried again.
+const unimplementedRecheck = time.Minute
+
+// maxStreamedSend is the largest request sent on a stream (proto size);
+// larger ones go unary. A message the core refuses for its size (1 MiB)
+// would end the stream, and every send in flight on it, not just its own call.
+const maxStreamedSend = 256 << 10
+
+// errUseUnary is what a send on a stream fails with when the core does not
+// implement SendStream: the attempt is made again as a unary Send.
+var errUseUnary = errors.New("chatclient: SendStream unimplemented, use unary Send")
+
+// streamable reports whether in may go on a shared stream: a request that
+// cannot be encoded (a string that is not UTF-8) or is too large would end
+// the stream for every send on it, so it goes unary, where it fails alone.
+func streamable(in *chatpb.SendRequest) bool {
+	a := in.GetAuth()
+	for _, s := range [...]string{in.Text, in.ClientMessageId, a.GetSessionId(), a.GetParticipantId(), a.GetSecureKey()} {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	for k, v := range in.Attrs {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return false
+		}
+	}
+	return proto.Size(in) <= maxStreamedSend
+}
+
+// sendKey names one of Send's streams.
+type sendKey struct {
+	target int32  // index of the target it is open on
+	pair   string // the pair its sends are about (pairs.Of of the session id)
+}
+
+// sendStreams is the Client's set of Send streams.
+type sendStreams struct {
+	base context.Context // parent of every stream; done when the Client closes
+	stop context.CancelFunc
+
+	mu      sync.Mutex
+	open    map[sendKey]*sendStream
+	unaryTo map[sendKey]time.Time // answered UNIMPLEMENTED: unary until then
+	readers sync.WaitGroup        // one reader per stream opened
+}
+
+func (ss *sendStreams) init() {
+	ss.base, ss.stop = context.WithCancel(context.Background())
+	ss.open = map[sendKey]*sendStream{}
+	ss.unaryTo = map[sendKey]time.Time{}
+}
+
+// close cancels every stream and waits for their readers, which fail the
+// sends in flight.
+func (ss *sendStreams) close() {
+	if ss.stop == nil {
+		return
+	}
+	ss.stop()
+	ss.readers.Wait()
+}
+
+// sendStream is one open SendStream and the sends in flight on it.
+type sendStream struct {
+	c      *Client
+	key    sendKey
+	st     grpc.BidiStreamingClient[chatpb.SendStreamRequest, chatpb.SendStreamResult]
+	ctx    context.Context // the stream's: cancelled with errStalled when its target stalls
+	cancel context.CancelCauseFunc
+	attrs  []attribute.KeyValue // of each send's client span, when tracing
+
+	// out feeds the writer, the stream's one caller of SendMsg: a send
+	// waiting to be written still heeds its context, even when the stream
+	// is blocked (a stalled core's flow control).
+	out chan *chatpb.SendStreamRequest
+
+	mu      sync.Mutex
+	next    uint64
+	pending map[uint64]chan<- sendOutcome
+	err     error // why the stream ended; nil while it works
+}
+
+// sendOutcome is a send's answer on a stream.
+type sendOutcome struct {
+	resp *chatpb.SendResponse
+	err  error
+}
+
+// sendAttempt is one attempt of Send on target idx: on its stream, or unary
+// when the core behind it does not implement SendStream.
+func (c *Client) sendAttempt(ctx context.Context, timeout time.Duration, idx int32, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+	key := sendKey{target: idx, pair: pairs.Of(in.GetAuth().GetSessionId())}
+	s, err := c.sendStream(key)
+	if err == nil {
+		var resp *chatpb.SendResponse
+		resp, err = s.send(ctx, timeout, in)
+		if !errors.Is(err, errUseUnary) {
+			return resp, err
+		}
+	}
+	if errors.Is(err, errUseUnary) {
+		// A stream names its pair once, when it opens; a call, every time.
+		actx, cancel := attemptContext(pairContext(ctx, in), timeout)
+		defer cancel()
+		return c.clients[idx].Send(actx, in)
+	}
+	return nil, err
+}
+
+// sendStream returns the open stream for key, opening it if there is none.
+func (c *Client) sendStream(key sendKey) (*sendStream, error) {
+	ss := &c.sends
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if s := ss.open[key]; s != nil {
+		return s, nil
+	}
+	if until, ok := ss.unaryTo[key]; ok {
+		if time.Now().Before(until) {
+			return nil, errUseUnary
+		}
+		delete(ss.unaryTo, key)
+	}
+	if ss.base.Err() != nil {
+		return nil, status.Error(codes.Canceled, "chatclient: closed")
+	}
+	ctx, cancel := context.WithCancelCause(ss.base)
+	if key.pair != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, pairs.Header, key.pair)
+	}
+	// Opening does not wait for the core: a refusal shows on the first Recv.
+	st, err := c.clients[key.target].SendStream(ctx)
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	s := &sendStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, pending: map[uint64]chan<- sendOutcome{},
+		out: make(chan *chatpb.SendStreamRequest, sendQueue)}
+	if c.tracing {
+		s.attrs = spanAttrs(c.cfg.Targets[key.target])
+	}
+	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stalled)
+	ss.open[key] = s
+	// Both end with the stream: the reader when Recv fails (the stream's
+	// context cancelled, by Close or a stall, or the core gone), the writer
+	// when that context is done or SendMsg fails.
+	ss.readers.Add(2)
+	go func() {
+		defer ss.readers.Done()
+		defer untrack()
+		s.read()
+	}()
+	go func() {
+		defer ss.readers.Done()
+		s.write()
+	}()
+	return s, nil
+}
+
+// sendQueue is how many sends may wait for a stream's writer.
+const sendQueue = 256
+
+// write writes the queued sends until the stream ends.
+func (s *sendStream) write() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case req := <-s.out:
+			if err := s.st.Send(req); err != nil {
+				// The stream ended (io.EOF: Recv tells why) or SendMsg
+				// ended it: the reader fails every send in flight.
+				return
+			}
+		}
+	}
+}
+
+// read hands each result to its send until the stream fails, then fails
+// every send still in flight.
+func (s *sendStream) read() {
+	for {
+		res, err := s.st.Recv()
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.mu.Lock()
+		ch := s.pending[res.Id]
+		delete(s.pending, res.Id)
+		s.mu.Unlock()
+		if ch == nil {
+			continue // its send gave up (its context is done)
+		}
+		if res.Code != int32(codes.OK) {
+			ch <- sendOutcome{err: status.Error(codes.Code(res.Code), res.Message)}
+		} else {
+			ch <- sendOutcome{resp: res.Response}
+		}
+	}
+}
+
+// fail ends the stream after Recv failed with err: it is forgotten (the
+// next send opens another) and its sends in flight fail with what err means
+// for them.
+func (s *sendStream) fail(err error) {
+	ss := &s.c.sends
+	err = s.streamErr(err)
+	ss.mu.Lock()
+	if ss.open[s.key] == s {
+		delete(ss.open, s.key)
+	}
+	if errors.Is(err, errUseUnary) {
+		ss.unaryTo[s.key] = time.Now().Add(unimplementedRecheck)
+	}
+	ss.mu.Unlock()
+	s.cancel(nil)
+	s.mu.Lock()
+	s.err = err
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	for _, ch := range pending {
+		ch <- sendOutcome{err: err}
+	}
+	if !errors.Is(err, errUseUnary) && s.c.sends.base.Err() == nil {
+		s.c.log.Debug("send stream ended", "target", s.key.target, "pair", s.key.pair, "in-flight", len(pending), "err", err)
+	}
+}
+
+// streamErr says what the failure of the stream means for a send that was
+// in flight on it. None of them was answered: the core may or may not have
+// appended them, so they are retried (their client message id makes that
+// idempotent) unless the core refused the stream itself.
+func (s *sendStream) streamErr(err error) error {
+	if s.c.sends.base.Err() != nil {
+		return status.Error(codes.Canceled, "chatclient: closed")
+	}
+	if errors.Is(context.Cause(s.ctx), errStalled) {
+		return status.Error(codes.Unavailable, "chat core stalled")
+	}
+	switch status.Code(err) {
+	case codes.Unimplemented:
+		return errUseUnary
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return err // who we are will not change on a retry
+	case codes.Unavailable:
+		return err
+	}
+	return status.Errorf(codes.Unavailable, "chatclient: send stream failed: %v", err)
+}
+
+// send sends in on the stream and waits for its answer, the stream's
+// failure, the end of ctx, or timeout (0: none; then DeadlineExceeded).
+func (s *sendStream) send(ctx context.Context, timeout time.Duration, in *chatpb.SendRequest) (*chatpb.SendResponse, error) {
+	req := &chatpb.SendStreamRequest{Request: in}
+	left := timeout
+	if dl, ok := ctx.Deadline(); ok {
+		if l := time.Until(dl); timeout <= 0 || l < timeout {
+			left = l
+		}
+		if left <= 0 {
+			return nil, status.FromContextError(context.DeadlineExceeded).Err()
+		}
+	}
+	if left > 0 {
+		// The core's deadline for this send, as a unary call's grpc-timeout.
+		req.TimeoutMs = int64((left + time.Millisecond - 1) / time.Millisecond)
+	}
+	var span trace.Span
+	if s.c.tracing {
+		ctx, span = s.c.tracer.Start(ctx, "hachat.chat.v1.Chat/Send", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(s.attrs...))
+		defer span.End()
+		if span.SpanContext().IsValid() {
+			req.TraceContext = map[string]string{}
+			s.c.prop.Inject(ctx, propagation.MapCarrier(req.TraceContext))
+		}
+	}
+	resp, err := s.roundTrip(ctx, timeout, req)
+	if span != nil {
+		span.SetAttributes(attribute.Int("rpc.grpc.status_code", int(status.Code(err))))
+		if err != nil {
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
+	}
+	return resp, err
+}
+
+// spanAttrs are the attributes of the client span of a send on a stream to
+// target, those otelgrpc gives a unary call's span (the server's address and
+// port: where the call went, the sidecar's listener behind a sidecar).
+func spanAttrs(target string) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{attribute.String("rpc.system", "grpc"), attribute.String("rpc.service", "hachat.chat.v1.Chat"),
+		attribute.String("rpc.method", "Send"), attribute.Bool("hachat.send_stream", true)}
+	if host, port, err := net.SplitHostPort(target); err == nil {
+		attrs = append(attrs, attribute.String("server.address", host))
+		if p, err := strconv.Atoi(port); err == nil {
+			attrs = append(attrs, attribute.Int("server.port", p))
+		}
+	} else {
+		attrs = append(attrs, attribute.String("server.address", target))
+	}
+	return attrs
+}
+
+// errAttemptTimeout is what a send on a stream answers when its attempt's
+// timeout passed, as a unary call whose attempt context expired.
+var errAttemptTimeout = status.Error(codes.DeadlineExceeded, "chatclient: send attempt timed out")
+
+// roundTrip registers req under a new id, writes it and waits, at most
+// timeout (0: no limit but ctx's). A timer, not a context per attempt:
+// cheaper, and the stream needs no context of its own per send.
+func (s *sendStream) roundTrip(ctx context.Context, timeout time.Duration, req *chatpb.SendStreamRequest) (*chatpb.SendResponse, error) {
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	ch := make(chan sendOutcome, 1)
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return nil, err
+	}
+	s.next++
+	req.Id = s.next
+	s.pending[req.Id] = ch
+	s.mu.Unlock()
+
+	select {
+	case s.out <- req:
+	case <-s.ctx.Done():
+		// The stream ended: the reader fails every send in flight, this
+		// one included.
+	case <-ctx.Done():
+		return nil, s.forget(req.Id, status.FromContextError(ctx.Err()).Err())
+	case <-expired:
+		return nil, s.forget(req.Id, errAttemptTimeout)
+	}
+	select {
+	case o := <-ch:
+		return o.resp, o.err
+	case <-ctx.Done():
+		return nil, s.forget(req.Id, status.FromContextError(ctx.Err()).Err())
+	case <-expired:
+		return nil, s.forget(req.Id, errAttemptTimeout)
+	}
+}
+
+// forget drops the send id from those waiting for an answer (a late answer
+// is then ignored) and returns err.
+func (s *sendStream) forget(id uint64, err error) error {
+	s.mu.Lock()
+	delete(s.pending, id)
+	s.mu.Unlock()
+	return err
+}
