@@ -192,7 +192,7 @@ func (c *Core) events(s *session, pid, keyHash string, from uint64) (*chatpb.Eve
 		log = log[:maxPage]
 		ended = false
 	}
-	resp := &chatpb.EventsResponse{NextIndex: from + uint64(len(log)), Ended: ended}
+	resp := &chatpb.EventsResponse{NextIndex: from + uint64(len(log)), Ended: ended, Alias: c.cfg.Name}
 	for _, e := range log {
 		if sessionlog.VisibleTo(viewer, e.Pub) {
 			resp.Events = append(resp.Events, e.Pub)

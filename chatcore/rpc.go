@@ -245,7 +245,7 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 	if err != nil {
 		return nil, err
 	}
-	return &chatpb.SendResponse{Index: idx, Duplicate: dup}, nil
+	return &chatpb.SendResponse{Index: idx, Duplicate: dup, Alias: c.cfg.Name}, nil
 }
 
 // SendStream carries many sends on one stream: each is Send's checks,
@@ -268,7 +268,7 @@ func (c *Core) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.Lea
 	if err != nil {
 		return nil, err
 	}
-	return &chatpb.LeaveResponse{Index: idx}, nil
+	return &chatpb.LeaveResponse{Index: idx, Alias: c.cfg.Name}, nil
 }
 
 // Events returns the events from from_index on that the participant may see,

@@ -149,7 +149,7 @@ func (f *fakeCore) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.S
 	}
 	key := p.p.Id + "/" + req.GetClientMessageId()
 	if idx, ok := s.cmids[key]; ok && req.GetClientMessageId() != "" {
-		return &chatpb.SendResponse{Index: idx, Duplicate: true}, nil
+		return &chatpb.SendResponse{Index: idx, Duplicate: true, Alias: "fake-core"}, nil
 	}
 	if f.sendLimit > 0 && s.sends[p.p.Id] >= f.sendLimit {
 		return nil, status.Error(codes.ResourceExhausted, "too many sends per second")
@@ -159,7 +159,7 @@ func (f *fakeCore) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.S
 	if req.GetClientMessageId() != "" {
 		s.cmids[key] = idx
 	}
-	return &chatpb.SendResponse{Index: idx}, nil
+	return &chatpb.SendResponse{Index: idx, Alias: "fake-core"}, nil
 }
 
 func (f *fakeCore) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb.LeaveResponse, error) {
@@ -177,7 +177,7 @@ func (f *fakeCore) Leave(ctx context.Context, req *chatpb.LeaveRequest) (*chatpb
 	}
 	f.appendLocked(s, &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT, From: p.p})
 	idx := f.appendLocked(s, &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED, From: &chatpb.Participant{Id: "system", Type: chatpb.ParticipantType_PARTICIPANT_TYPE_SYSTEM}, Attrs: map[string]string{"reason": "customer left"}})
-	return &chatpb.LeaveResponse{Index: idx}, nil
+	return &chatpb.LeaveResponse{Index: idx, Alias: "fake-core"}, nil
 }
 
 // visibleLocked returns the events from index from that a participant may see.
@@ -206,7 +206,7 @@ func (f *fakeCore) Events(ctx context.Context, req *chatpb.EventsRequest) (*chat
 	if err != nil {
 		return nil, err
 	}
-	return &chatpb.EventsResponse{Events: visibleLocked(s, p, req.GetFromIndex()), NextIndex: uint64(len(s.events) + 1), Ended: s.ended}, nil
+	return &chatpb.EventsResponse{Events: visibleLocked(s, p, req.GetFromIndex()), NextIndex: uint64(len(s.events) + 1), Ended: s.ended, Alias: "fake-core"}, nil
 }
 
 func (f *fakeCore) Subscribe(req *chatpb.SubscribeRequest, stream grpc.ServerStreamingServer[chatpb.Event]) error {

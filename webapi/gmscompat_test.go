@@ -135,9 +135,13 @@ func (a gmsAnswer) interaction(t *testing.T, what string, c chat, alias string) 
 	if a.HTTP != 200 || a.Resp.StatusCode != 0 {
 		t.Fatalf("%s: HTTP %d %v", what, a.HTTP, a.Raw)
 	}
-	// alias: as the client sent it (GMS clients echo the start answer's).
+	// alias: as the client sent it (GMS clients echo the start answer's);
+	// a client that sent none gets the serving core's, never nothing.
 	for k, want := range map[string]string{"chatId": c.id, "userId": c.user, "secureKey": c.key, "alias": alias} {
 		if k == "alias" && want == "" {
+			if got, ok := a.Raw[k].(string); !ok || got == "" {
+				t.Errorf("%s: alias = %v, want the serving core's (the client sent none; answer %v)", what, a.Raw[k], a.Raw)
+			}
 			continue
 		}
 		if got, ok := a.Raw[k].(string); !ok || got != want {
@@ -453,6 +457,17 @@ func TestGMSMultipartStart(t *testing.T) {
 	r.interaction(t, "refresh", c, "")
 	if len(r.Resp.Messages) == 0 || r.Resp.Messages[0].From.Nickname != "First Last" {
 		t.Errorf("refresh: %+v", r.Resp.Messages)
+	}
+	// This client never sends alias: every answer still carries the
+	// serving core's (core-t), as GMS answers carry the server's alias.
+	s := g.post(c.id, "send", url.Values{"userId": {c.user}, "secureKey": {c.key}, "message": {"no alias here"}})
+	s.interaction(t, "send", c, "")
+	d := g.post(c.id, "disconnect", url.Values{"userId": {c.user}, "secureKey": {c.key}})
+	d.interaction(t, "disconnect", c, "")
+	for what, a := range map[string]gmsAnswer{"refresh": r, "send": s, "disconnect": d} {
+		if a.Resp.Alias != "core-t" {
+			t.Errorf("%s without alias: alias %q, want the serving core's core-t", what, a.Resp.Alias)
+		}
 	}
 }
 

@@ -121,16 +121,20 @@ func (s *Server) countLenient(req chatRequest) {
 }
 
 // chatAnswer starts the answer to a per-chat call as GMS shapes it: the
-// chat interaction (chatId, userId, secureKey, and the alias the client
-// sent) with statusCode 0; the handler adds messages, nextPosition and
-// chatEnded.
-func chatAnswer(req chatRequest, auth *chatpb.Auth) *response {
+// chat interaction (chatId, userId, secureKey, and the alias: the one the
+// client sent, else the serving core's, served) with statusCode 0; the
+// handler adds messages, nextPosition and chatEnded.
+func chatAnswer(req chatRequest, auth *chatpb.Auth, served string) *response {
+	alias := req.Alias
+	if alias == "" {
+		alias = served
+	}
 	return &response{
 		StatusCode: statusOK,
 		ChatID:     auth.GetSessionId(),
 		UserID:     auth.GetParticipantId(),
 		SecureKey:  auth.GetSecureKey(),
-		Alias:      req.Alias,
+		Alias:      alias,
 	}
 }
 
@@ -154,6 +158,9 @@ func (s *Server) transcript(ctx context.Context, auth *chatpb.Auth, pos uint64, 
 	}
 	resp.Messages = toMessages(er.GetEvents())
 	resp.NextPosition = er.GetNextIndex()
+	if resp.Alias == "" {
+		resp.Alias = er.GetAlias()
+	}
 	resp.ChatEnded = resp.ChatEnded || er.GetEnded()
 	return nil
 }
@@ -251,7 +258,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, req chatRequest, a
 		s.writeError(w, r, err)
 		return
 	}
-	resp := chatAnswer(req, auth)
+	resp := chatAnswer(req, auth, out.GetAlias())
 	resp.Index, resp.Duplicate = out.GetIndex(), out.GetDuplicate()
 	// Without transcriptPosition, nextPosition is the event's own index: a
 	// client that refreshes from it (as GMS clients do with the nextPosition
@@ -348,7 +355,7 @@ func (s *Server) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	resp := chatAnswer(req, auth)
+	resp := chatAnswer(req, auth, "")
 	if err := s.transcript(r.Context(), auth, req.TranscriptPosition, resp); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -374,7 +381,7 @@ func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.InfoContext(r.Context(), "customer left the chat", "chat", auth.GetSessionId(), "user", auth.GetParticipantId())
-	resp := chatAnswer(req, auth)
+	resp := chatAnswer(req, auth, lr.GetAlias())
 	resp.ChatEnded = true
 	resp.NextPosition = lr.GetIndex() // the ParticipantLeft event; 0 (omitted) if the chat had ended before
 	writeJSON(w, http.StatusOK, resp)

@@ -873,6 +873,7 @@ type SendResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	Duplicate     bool                   `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // the client_message_id was seen; index is the first one
+	Alias         string                 `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`          // serving core's name (GMS answers carry the server's alias)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +920,13 @@ func (x *SendResponse) GetDuplicate() bool {
 		return x.Duplicate
 	}
 	return false
+}
+
+func (x *SendResponse) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
 }
 
 // SendStreamRequest is one send on a SendStream: the request, as the unary
@@ -1116,6 +1124,7 @@ func (x *LeaveRequest) GetEndSession() bool {
 type LeaveResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Alias         string                 `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"` // serving core's name
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1155,6 +1164,13 @@ func (x *LeaveResponse) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *LeaveResponse) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
 }
 
 type EventsRequest struct {
@@ -1214,6 +1230,7 @@ type EventsResponse struct {
 	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"` // only those the participant may see
 	NextIndex     uint64                 `protobuf:"varint,2,opt,name=next_index,json=nextIndex,proto3" json:"next_index,omitempty"`
 	Ended         bool                   `protobuf:"varint,3,opt,name=ended,proto3" json:"ended,omitempty"`
+	Alias         string                 `protobuf:"bytes,4,opt,name=alias,proto3" json:"alias,omitempty"` // serving core's name
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1267,6 +1284,13 @@ func (x *EventsResponse) GetEnded() bool {
 		return x.Ended
 	}
 	return false
+}
+
+func (x *EventsResponse) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
 }
 
 type SubscribeRequest struct {
@@ -1863,10 +1887,11 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\n" +
 	"AttrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"B\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
 	"\fSendResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x94\x02\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x14\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\"\x94\x02\n" +
 	"\x11SendStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\arequest\x18\x02 \x01(\v2\x1b.hachat.chat.v1.SendRequestR\arequest\x12\x1d\n" +
@@ -1884,18 +1909,20 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\fLeaveRequest\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x1f\n" +
 	"\vend_session\x18\x02 \x01(\bR\n" +
-	"endSession\"%\n" +
+	"endSession\";\n" +
 	"\rLeaveResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"X\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05alias\x18\x02 \x01(\tR\x05alias\"X\n" +
 	"\rEventsRequest\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x1d\n" +
 	"\n" +
-	"from_index\x18\x02 \x01(\x04R\tfromIndex\"t\n" +
+	"from_index\x18\x02 \x01(\x04R\tfromIndex\"\x8a\x01\n" +
 	"\x0eEventsResponse\x12-\n" +
 	"\x06events\x18\x01 \x03(\v2\x15.hachat.chat.v1.EventR\x06events\x12\x1d\n" +
 	"\n" +
 	"next_index\x18\x02 \x01(\x04R\tnextIndex\x12\x14\n" +
-	"\x05ended\x18\x03 \x01(\bR\x05ended\"[\n" +
+	"\x05ended\x18\x03 \x01(\bR\x05ended\x12\x14\n" +
+	"\x05alias\x18\x04 \x01(\tR\x05alias\"[\n" +
 	"\x10SubscribeRequest\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x1d\n" +
 	"\n" +
