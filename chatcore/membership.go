@@ -156,12 +156,17 @@ func (p *peers) dial(addr string) (*grpc.ClientConn, error) {
 		p.conn.Close()
 		p.conn = nil
 	}
-	conn, err := grpc.NewClient(addr,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(p.creds()),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(p.tel.Tracer), otelgrpc.WithPropagators(p.tel.Propagator))),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second}),
-	)
+	}
+	if p.tel.Tracing() {
+		// Per-call tracing work only when spans are exported (as the Chat
+		// server and chatclient do).
+		opts = append(opts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(p.tel.Tracer), otelgrpc.WithPropagators(p.tel.Propagator))))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
 	}
