@@ -578,8 +578,18 @@ func (d *delegate) NotifyMsg(b []byte) {
 		d.m.log.Debug("ignored unknown user message", "bytes", len(b))
 		return
 	}
+	now := time.Now()
 	d.m.mu.Lock()
-	d.m.leaving[li.Leave] = time.Now()
+	d.m.leaving[li.Leave] = now
+	// The intent travels over TCP before the leaver's dead message over
+	// UDP, but the two are handled on different goroutines: under load the
+	// dead message can win and the member is recorded failed. A member can
+	// only announce its leave while alive, so a dead one whose intent
+	// arrives now left on purpose: record that and tell the subscribers.
+	if e, ok := d.m.members[li.Leave]; ok && e.State == StateDead {
+		e.State, e.Since = StateLeft, now
+		d.m.publishLocked(Event{Type: EventLeft, Member: e.Member})
+	}
 	d.m.mu.Unlock()
 	d.m.log.Debug("member announced leave", "member", li.Leave)
 }

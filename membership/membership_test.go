@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hashicorp/memberlist"
 )
 
 // testConfig is DefaultConfig on a free loopback port.
@@ -540,4 +542,31 @@ func TestGossipAdvertise(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestLeaveIntentAfterTheDeadMessage: a leaver's intent (TCP) can be handled
+// after its dead message (UDP) under load; the member is then recorded left,
+// not failed, and subscribers hear EventLeft after EventFailed.
+func TestLeaveIntentAfterTheDeadMessage(t *testing.T) {
+	a := startNode(t, testConfig("a"), coreMeta(RolePrimary, 1))
+	events, cancel := a.Subscribe()
+	defer cancel()
+	d := &delegate{m: a}
+	z := &memberlist.Node{Name: "z", Addr: net.ParseIP("127.0.0.1"), Port: 1}
+	d.NotifyJoin(z)
+	waitEvent(t, events, EventJoined, "z", time.Second)
+	d.NotifyLeave(z) // the dead message first
+	waitEvent(t, events, EventFailed, "z", time.Second)
+	intent, err := json.Marshal(leaveIntent{Leave: "z"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.NotifyMsg(intent) // then the intent
+	ev := waitEvent(t, events, EventLeft, "z", time.Second)
+	if ev.Member.State != StateLeft {
+		t.Fatalf("left event carries %+v", ev.Member)
+	}
+	if got := stateOf(a, "z"); got != "left" {
+		t.Fatalf("z is %q, want left", got)
+	}
 }
