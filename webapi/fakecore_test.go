@@ -31,11 +31,13 @@ type fakeCore struct {
 	sessions   map[string]*fakeSession
 	seq        int
 	maxMessage int
-	sendLimit  int      // sends per participant before RESOURCE_EXHAUSTED; 0: none
-	failNext   int      // calls to answer UNAVAILABLE before serving again
-	startIDs   []string // client_request_id of every StartSession attempt
-	failMsgs   int      // MESSAGE sends to answer UNAVAILABLE before serving again
-	refuseSubs int      // Subscribes to accept (headers sent) and then refuse as a backup does
+	sendLimit  int           // sends per participant before RESOURCE_EXHAUSTED; 0: none
+	failNext   int           // calls to answer UNAVAILABLE before serving again
+	startIDs   []string      // client_request_id of every StartSession attempt
+	failMsgs   int           // MESSAGE sends to answer UNAVAILABLE before serving again
+	refuseSubs int           // Subscribes to accept (headers sent) and then refuse as a backup does
+	slowRefuse time.Duration // how long such a Subscribe stays up before it refuses (a loaded backup)
+	notPrimary bool          // Events answers UNAVAILABLE (not primary), as a backup does
 	breakCh    chan struct{}
 	lastMD     metadata.MD
 	lastStart  *chatpb.StartSessionRequest
@@ -202,6 +204,9 @@ func (f *fakeCore) Events(ctx context.Context, req *chatpb.EventsRequest) (*chat
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.notPrimary {
+		return nil, status.Error(codes.Unavailable, "injected: this chat core is not primary")
+	}
 	s, p, err := f.authLocked(req.GetAuth())
 	if err != nil {
 		return nil, err
@@ -225,6 +230,18 @@ func (f *fakeCore) Subscribe(req *chatpb.SubscribeRequest, stream grpc.ServerStr
 		return err
 	}
 	if refuse {
+		f.mu.Lock()
+		slow := f.slowRefuse
+		f.mu.Unlock()
+		if slow > 0 {
+			t := time.NewTimer(slow)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-stream.Context().Done():
+				return stream.Context().Err()
+			}
+		}
 		return status.Error(codes.Unavailable, "injected: this chat core is not primary")
 	}
 	next := req.GetFromIndex()

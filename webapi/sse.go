@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -127,6 +128,9 @@ func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) er
 	backoff := 20 * time.Millisecond
 	for {
 		err := pc.follow(ctx, &reconnecting)
+		if errors.Is(err, errResubscribe) {
+			continue
+		}
 		if errors.Is(err, errStreamDone) || ctx.Err() != nil {
 			return err
 		}
@@ -169,8 +173,19 @@ func (pc *pushChannel) run(ctx context.Context, first *chatpb.EventsResponse) er
 }
 
 // resumeSettle is how long a stream resumed by the chat client must stay up,
-// without delivering anything, before the browser is told "reconnected".
+// without delivering anything, before webapi reads from the core to prove a
+// primary serves the chat (and then tells the browser "reconnected").
 const resumeSettle = 150 * time.Millisecond
+
+// errResubscribe ends a follow whose stream was proved back by a read: run
+// follows again at once, from the read's end.
+var errResubscribe = errors.New("webapi: follow again on a new stream")
+
+// proof is the answer of that read.
+type proof struct {
+	er  *chatpb.EventsResponse
+	err error
+}
 
 // observed reports a stream loss or resume that the chat client handled
 // inside the stream.
@@ -332,13 +347,20 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 			}
 		}
 	}()
+	// proofs are the unary reads in flight (below); they end with sctx.
+	var proofs sync.WaitGroup
+	defer proofs.Wait()
 	defer func() { cancel(); <-done }()
-	// A resumed stream is only believed once it delivers an event or stays
-	// up for resumeSettle: during a promotion the client may reach a core
-	// that accepts the stream and then refuses it (not primary), many times
-	// a second, and the browser must see one reconnect, not a flurry.
+	// A resumed stream is only believed once it delivers an event, or once
+	// it stayed up for resumeSettle and a unary read from next succeeds:
+	// during a promotion the client may reach a core that accepts the
+	// stream and then refuses it (not primary), many times a second, and
+	// under load the refusal can take longer than any settle time. Only a
+	// primary answers the read, so the browser sees one reconnect, not a
+	// flurry, however slow the machine.
 	var settle *time.Timer
 	var settled <-chan time.Time
+	var proving chan proof // the read in flight, nil when none
 	defer func() {
 		if settle != nil {
 			settle.Stop()
@@ -361,6 +383,7 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 				settle.Stop()
 				settle, settled = nil, nil
 			}
+			proving = nil // a read started before this change proves nothing now
 			if connected {
 				settle = time.NewTimer(resumeSettle)
 				settled = settle.C
@@ -371,9 +394,40 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 			}
 		case <-settled:
 			settle, settled = nil, nil
+			if !*reconnecting || proving != nil {
+				continue
+			}
+			proving = make(chan proof, 1)
+			proofs.Add(1)
+			go func(out chan<- proof, from uint64) { // owned by follow: bounded by core-timeout and sctx
+				defer proofs.Done()
+				cctx, cancel := context.WithTimeout(sctx, pc.s.cfg.CoreTimeout)
+				defer cancel()
+				er, err := pc.s.core.Events(cctx, &chatpb.EventsRequest{Auth: pc.auth, FromIndex: from})
+				out <- proof{er, err}
+			}(proving, pc.next)
+		case p := <-proving:
+			proving = nil
+			if p.err != nil {
+				if fatal, done := pc.fatal(p.err); done {
+					return fatal
+				}
+				// Still no primary: try again after another settle while
+				// the stream stays up.
+				settle = time.NewTimer(resumeSettle)
+				settled = settle.C
+				continue
+			}
 			if err := pc.resumed(reconnecting); err != nil {
 				return err
 			}
+			if err := pc.batch(p.er); err != nil {
+				return err
+			}
+			// The stream may still be the one opened on a core that was not
+			// primary yet, its refusal on the way: follow again from next
+			// on a stream opened now, so that refusal is never heard.
+			return errResubscribe
 		case rv := <-ch:
 			if rv.err != nil {
 				if errors.Is(rv.err, io.EOF) {

@@ -331,6 +331,36 @@ func TestEventsSurviveBreakThroughChatclient(t *testing.T) {
 	if got := counterValue(t, srv.metrics.sseReconnects.WithLabelValues("reconnecting")); got != 2 {
 		t.Errorf("reconnecting told %v times, want 2", got)
 	}
+
+	// The same promotion on a loaded machine: each refusal comes later than
+	// any settle time, and the read that would prove a primary is refused
+	// too. No "reconnected" until a primary answers, then exactly one.
+	backBefore := counterValue(t, srv.metrics.sseReconnects.WithLabelValues("reconnected"))
+	f.mu.Lock()
+	f.refuseSubs, f.slowRefuse, f.notPrimary = 3, 3*resumeSettle, true
+	f.mu.Unlock()
+	f.breakStreams()
+	s.expectNamed(sseReconnecting)
+	waitFor(t, "the slow refusals gone through", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.refuseSubs == 0
+	})
+	if got := counterValue(t, srv.metrics.sseReconnects.WithLabelValues("reconnected")); got != backBefore {
+		t.Fatalf("told reconnected %v times while no primary answered", got-backBefore)
+	}
+	f.mu.Lock()
+	f.notPrimary = false
+	f.mu.Unlock()
+	s.expectNamed(sseReconnected)
+	f.agentEvent(t, c.id, agent, chatpb.EventKind_EVENT_KIND_MESSAGE, "proved", chatpb.Visibility_VISIBILITY_ALL) // 7
+	s.expectMessage(7, "Message")
+	if got := counterValue(t, srv.metrics.sseReconnects.WithLabelValues("reconnected")); got != backBefore+1 {
+		t.Errorf("reconnected told %v times for one loss, want 1", got-backBefore)
+	}
+	if got := counterValue(t, srv.metrics.sseReconnects.WithLabelValues("reconnecting")); got != 3 {
+		t.Errorf("reconnecting told %v times, want 3", got)
+	}
 }
 
 func TestEventsChatVanishes(t *testing.T) {
