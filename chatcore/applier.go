@@ -147,4 +147,5 @@ func (c *Core) putSession(s *session) {
 	c.live += delta
 	c.m.sessionsLive.Set(float64(c.live))
 	c.mu.Unlock()
+	c.due.schedule(s, c.now()) // the janitor looks at it once (janitor.go)
 }

@@ -79,6 +79,9 @@ type Core struct {
 	restore *restorer // restoration after a promotion and from UCS (restore.go)
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
+	// due holds the sessions that have something due at a time, for the
+	// janitor (janitor.go; its lock is a leaf).
+	due dueQueue[*session]
 
 	peers        *peers      // the other core and the witness (membership.go)
 	replicaStale atomic.Bool // the replica may miss events acked while the link was down
@@ -323,6 +326,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 	switch ev.Kind {
 	case chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
 		s.endedAt = c.now()
+		c.due.schedule(s, s.endedAt.Add(c.cfg.EndedSessionLinger))
 		c.mu.Lock()
 		c.live--
 		c.m.sessionsLive.Set(float64(c.live))
@@ -335,6 +339,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 		return c.changeLocked(s, chatpb.SessionChange_KIND_ENDED)
 	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED:
 		if ev.From.GetType() == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER {
+			c.due.schedule(s, c.now()) // the janitor starts the customer's idle clock
 			return c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
 		}
 		return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)

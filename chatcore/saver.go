@@ -66,6 +66,9 @@ type saverCore interface {
 	endSession(ctx context.Context, s *session, reason string) error
 	replicateProgress(s *session, now bool)
 	stepDown(reason string, newer uint64)
+	// retryDue asks the janitor to look at s at at, when its given-up
+	// save's backoff ends (pendingRetry).
+	retryDue(s *session, at time.Time)
 }
 
 // saver writes transcripts to UCS asynchronously, per session, behind one
@@ -408,7 +411,9 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		}
 		sv.log.WarnContext(ctx, "transcript save refused by UCS (non-recoverable): the session stays open and later saves retry",
 			"session", s.id, "through", to, "err", err, "transcript-save-on-error", sv.cfg.TranscriptSaveOnError)
-		sv.done(ctx, s, func() { s.saveBehind = true; s.retryAt = sv.now().Add(sv.giveUpBackoff()) })
+		at := sv.now().Add(sv.giveUpBackoff())
+		sv.done(ctx, s, func() { s.saveBehind = true; s.retryAt = at })
+		sv.core.retryDue(s, at)
 	default:
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			sv.m.saves.WithLabelValues("breaker_open").Inc()
@@ -417,6 +422,7 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 		}
 		sv.trouble.failed(ctx, sv.log, s.id, err)
 		var retry bool
+		var giveUpAt time.Time
 		sv.done(ctx, s, func() {
 			s.saveRetries++
 			retry = s.saveRetries <= sv.cfg.TranscriptResendAttempts
@@ -427,7 +433,11 @@ func (sv *saver) settle(ctx context.Context, j saveJob, err error) (stale bool) 
 			s.saveRetries = 0
 			s.saveBehind = true
 			s.retryAt = sv.now().Add(sv.giveUpBackoff())
+			giveUpAt = s.retryAt
 		})
+		if !giveUpAt.IsZero() {
+			sv.core.retryDue(s, giveUpAt)
+		}
 		if retry {
 			sv.m.saveResends.Inc()
 			sv.after(sv.cfg.TranscriptResendDelay, s)

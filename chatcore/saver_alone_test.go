@@ -38,6 +38,8 @@ func (f *fakeSaverCore) replicateProgress(s *session, _ bool) {
 	f.progress = append(f.progress, s.id)
 }
 
+func (f *fakeSaverCore) retryDue(*session, time.Time) {}
+
 func (f *fakeSaverCore) stepDown(reason string, _ uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
