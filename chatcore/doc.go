@@ -42,6 +42,9 @@
 //     cores, through adopterCore.
 //   - peers (membership.go): where the other core and the witness are, and
 //     the one connection to the other core.
+//   - janitor (janitor.go, due.go): idle customers, events in doubt,
+//     given-up saves, forgetting ended sessions; it looks only at the
+//     sessions due (a deadline heap), not at every session each tick.
 //   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
 //     (store.go; records in package transcript).
 //   - RPC surface (rpc.go: the Chat handlers, each validating, authenticating
@@ -76,7 +79,9 @@
 // saver's queue (saver.mu), its trouble counter, package replica's locks
 // (above), watchers, tombstones, background, restorer.mu (the sessions
 // being rebuilt from UCS), peers.mu (the connection to the other core),
-// metaMu, guard.mu (refuted epochs), adoptions.mu (the adopted pairs). The
+// metaMu, guard.mu (refuted epochs), adoptions.mu (the adopted pairs),
+// Core.due's lock (janitor.go's deadline heap: commitLocked and
+// holdInDoubt schedule a session under its session.mu). The
 // role State's hot readers (IsPrimary, Epoch, Draining, Unmerged) are
 // atomics and take no lock, so the append path never waits for a
 // transition. Held across network calls: inflight and appendMu across a
