@@ -46,7 +46,7 @@ func (c *Core) sweep(ctx context.Context) {
 		if primary {
 			c.settleDoubt(ctx, s)
 		}
-		c.saver.pendingRetry(s, now)
+		c.saver.PendingRetry(s, now)
 		s.mu.Lock()
 		var idle *sessionlog.Member
 		var next time.Time // zero: nothing due later
@@ -65,7 +65,7 @@ func (c *Core) sweep(ctx context.Context) {
 			// stream ends (tail).
 		}
 		forget := s.log.State.Ended && now.Sub(s.endedAt) >= c.cfg.EndedSessionLinger &&
-			(s.finalSaved || s.noFinalSave || s.savedThrough >= s.lastIndex())
+			(s.save.FinalSaved || s.save.NoFinalSave || s.save.SavedThrough >= s.lastIndex())
 		if !forget && !s.removed {
 			next = s.nextDueLocked(now, next, c.cfg.EndedSessionLinger)
 		}
@@ -99,18 +99,14 @@ func (s *session) nextDueLocked(now, next time.Time, linger time.Duration) time.
 	if s.doubt != nil {
 		earliest(s.doubtNext)
 	}
-	if !s.retryAt.IsZero() && !s.noFinalSave {
-		earliest(s.retryAt)
+	if !s.save.RetryAt.IsZero() && !s.save.NoFinalSave {
+		earliest(s.save.RetryAt)
 	}
 	if s.log.State.Ended {
 		earliest(s.endedAt.Add(linger))
 	}
 	return next
 }
-
-// retryDue asks the janitor to look at s at at (saverCore): its given-up
-// save's backoff ends then.
-func (c *Core) retryDue(s *session, at time.Time) { c.due.schedule(s, at) }
 
 // dueAll schedules every session for the next pass: a core that became
 // primary looks at each once (idle customers, events in doubt), then only
@@ -152,7 +148,7 @@ func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *sessionlog.Me
 func (c *Core) forget(s *session) {
 	s.mu.Lock()
 	s.removed = true
-	incomplete := !s.finalSaved && (s.noFinalSave || s.savedThrough < s.lastIndex())
+	incomplete := !s.save.FinalSaved && (s.save.NoFinalSave || s.save.SavedThrough < s.lastIndex())
 	last := s.lastIndex()
 	c.dropDoubtLocked(s)
 	s.mu.Unlock()

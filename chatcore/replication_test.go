@@ -21,7 +21,7 @@ func TestPairNegotiatesBatches(t *testing.T) {
 		s := n.c.session(id)
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.savedThrough
+		return s.save.SavedThrough
 	}
 	waitFor(t, "save progress of every session replicated", func() bool {
 		for _, id := range ids {
