@@ -283,7 +283,7 @@ func (ad *adoptions) pairDone(p string) bool {
 			continue
 		}
 		s.mu.Lock()
-		done := s.log.State.Ended && (s.finalSaved || s.noFinalSave)
+		done := s.log.State.Ended && (s.save.FinalSaved || s.save.NoFinalSave)
 		s.mu.Unlock()
 		if !done {
 			return false

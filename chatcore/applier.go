@@ -53,7 +53,7 @@ func (t replicaTable) Put(snap *chatpb.SessionSnapshot) {
 	for _, ev := range snap.Events {
 		s.log.Commit(ev)
 	}
-	s.savedThrough, s.finalSaved, s.noFinalSave = snap.SavedThrough, snap.FinalSaved, snap.NoFinalSave
+	s.save.SavedThrough, s.save.FinalSaved, s.save.NoFinalSave = snap.SavedThrough, snap.FinalSaved, snap.NoFinalSave
 	if s.log.State.Ended {
 		s.endedAt = c.now()
 	}
@@ -110,9 +110,9 @@ func (s *session) LastIndex() uint64 { return s.log.LastIndex() }
 // MergeProgressLocked records save progress the primary's UCS
 // acknowledged. Call with s.mu held.
 func (s *session) MergeProgressLocked(p *chatpb.SaveProgress) {
-	s.savedThrough = max(s.savedThrough, p.SavedThrough)
-	s.finalSaved = s.finalSaved || p.FinalSaved
-	s.noFinalSave = s.noFinalSave || p.NoFinalSave
+	s.save.SavedThrough = max(s.save.SavedThrough, p.SavedThrough)
+	s.save.FinalSaved = s.save.FinalSaved || p.FinalSaved
+	s.save.NoFinalSave = s.save.NoFinalSave || p.NoFinalSave
 }
 
 // putSession inserts or replaces a session (replicated, or restored from
@@ -147,4 +147,5 @@ func (c *Core) putSession(s *session) {
 	c.live += delta
 	c.m.sessionsLive.Set(float64(c.live))
 	c.mu.Unlock()
+	c.due.schedule(s, c.now()) // the janitor looks at it once (janitor.go)
 }

@@ -87,7 +87,7 @@ func (tc *testCore) saved(id string) bool {
 	s := tc.c.session(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.savedThrough == s.lastIndex() && !s.saving && !s.saveQueued
+	return s.save.SavedThrough == s.lastIndex() && s.save.Settled()
 }
 
 func (tc *testCore) ended(id string) bool {
@@ -119,9 +119,7 @@ func TestSaverBatchesSessions(t *testing.T) {
 	// The one worker holds (at most) one session in the held call; the
 	// others are queued behind it.
 	waitFor(t, "sessions queued", func() bool {
-		tc.c.saver.mu.Lock()
-		defer tc.c.saver.mu.Unlock()
-		return len(tc.c.saver.queue) >= n-1
+		return tc.c.saver.Queued() >= n-1
 	})
 	close(store.gate)
 	for _, id := range ids {
@@ -181,7 +179,7 @@ func TestSaverBatchPerChatError(t *testing.T) {
 	if _, err := store.Transcript(ctx, bad); !errors.Is(err, ErrNotFound) {
 		t.Errorf("refused chat stored: %v", err)
 	}
-	if st := tc.c.saver.cb.State(); st != gobreaker.StateClosed {
+	if st := tc.c.saver.Breaker().State(); st != gobreaker.StateClosed {
 		t.Errorf("breaker %v after per-chat refusals, want closed", st)
 	}
 	if got := tc.metric(t, "hachat_core_transcript_saves_total", "result", "nonrecoverable"); got < 1 {
@@ -211,9 +209,7 @@ func TestSaverBatchFailureCountsOnce(t *testing.T) {
 		ids = append(ids, r.Auth.SessionId)
 	}
 	waitFor(t, "sessions queued", func() bool {
-		tc.c.saver.mu.Lock()
-		defer tc.c.saver.mu.Unlock()
-		return len(tc.c.saver.queue) >= 9
+		return tc.c.saver.Queued() >= 9
 	})
 	close(store.gate)
 	// The first batch carried the 9 or 10 queued sessions (the worker may
@@ -222,8 +218,8 @@ func TestSaverBatchFailureCountsOnce(t *testing.T) {
 		return tc.metric(t, "hachat_core_transcript_resend_attempts_total") >= 10
 	})
 	calls, _, _ := store.stats()
-	if c := tc.c.saver.cb.Counts(); calls > 2 || c.ConsecutiveFailures != uint32(calls) || tc.c.saver.cb.State() != gobreaker.StateClosed {
-		t.Fatalf("after %d failed batches of 10 sessions: breaker %v counts %+v; want one failure per batch", calls, tc.c.saver.cb.State(), c)
+	if c := tc.c.saver.Breaker().Counts(); calls > 2 || c.ConsecutiveFailures != uint32(calls) || tc.c.saver.Breaker().State() != gobreaker.StateClosed {
+		t.Fatalf("after %d failed batches of 10 sessions: breaker %v counts %+v; want one failure per batch", calls, tc.c.saver.Breaker().State(), c)
 	}
 	store.mu.Lock()
 	store.batchErr = nil

@@ -29,7 +29,7 @@ func newLocalCore(tb testing.TB, mod func(*Config)) *Core {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { c.saver.run(ctx); close(done) }()
+	go func() { c.saver.Run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done })
 	if _, err := c.claimPrimary(ctx, claim{reason: "test"}); err != nil {
 		tb.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/hachat/hachat/chatcore/detect"
 	"github.com/hachat/hachat/chatcore/replica"
 	"github.com/hachat/hachat/chatcore/role"
+	"github.com/hachat/hachat/chatcore/saver"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/pairs"
@@ -68,7 +69,7 @@ type Core struct {
 	role *role.State
 
 	health *health.Server
-	saver  *saver
+	saver  *saver.Saver
 
 	members  Membership          // nil: no gossip
 	tls      *mtls.Source        // nil: plaintext gRPC
@@ -79,6 +80,9 @@ type Core struct {
 	restore *restorer // restoration after a promotion and from UCS (restore.go)
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
+	// due holds the sessions that have something due at a time, for the
+	// janitor (janitor.go; its lock is a leaf).
+	due dueQueue[*session]
 
 	peers        *peers      // the other core and the witness (membership.go)
 	replicaStale atomic.Bool // the replica may miss events acked while the link was down
@@ -179,7 +183,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.guard = newGuard(c)
 	c.detect = detect.New(detect.Config{Name: c.cfg.Name, Pair: c.cfg.Pair}, detectNet{c}, c.members, nil, c.log)
 	c.solo = newSoloMark(c.fencer, c.cfg, c.m.solo, c.log, c.stepDown)
-	c.ucs = &ucsCopy{solo: c.solo, store: c.store, cb: c.saver.cb, service: c.cfg.Cluster, writer: c.cfg.Name,
+	c.ucs = &ucsCopy{solo: c.solo, store: c.store, cb: c.saver.Breaker(), service: c.cfg.Cluster, writer: c.cfg.Name,
 		timeout: c.cfg.TranscriptSaveTimeout, copies: c.m.secondCopyToUCS, log: c.log, stepDown: c.stepDown, isPrimary: c.role.IsPrimary}
 	c.restore = newRestorer(c)
 	c.m.role.snapshot = c.role.RoleEpoch
@@ -293,7 +297,7 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 	change := c.commitLocked(s, ev)
 	save := saveTrigger(c.cfg.TranscriptAutoSave, ev)
 	if sc := trace.SpanContextFromContext(ctx); save && sc.IsValid() {
-		s.saveCause = sc // the save's span joins this message's trace
+		s.save.Cause = sc // the save's span joins this message's trace
 	}
 	s.mu.Unlock()
 
@@ -303,7 +307,7 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 		c.watch.notify(change)
 	}
 	if save {
-		c.saver.enqueue(s)
+		c.saver.Enqueue(s)
 	}
 }
 
@@ -323,6 +327,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 	switch ev.Kind {
 	case chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
 		s.endedAt = c.now()
+		c.due.schedule(s, s.endedAt.Add(c.cfg.EndedSessionLinger))
 		c.mu.Lock()
 		c.live--
 		c.m.sessionsLive.Set(float64(c.live))
@@ -335,6 +340,7 @@ func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange 
 		return c.changeLocked(s, chatpb.SessionChange_KIND_ENDED)
 	case chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED:
 		if ev.From.GetType() == chatpb.ParticipantType_PARTICIPANT_TYPE_CUSTOMER {
+			c.due.schedule(s, c.now()) // the janitor starts the customer's idle clock
 			return c.changeLocked(s, chatpb.SessionChange_KIND_STARTED)
 		}
 		return c.changeLocked(s, chatpb.SessionChange_KIND_UPDATED)

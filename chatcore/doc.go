@@ -42,8 +42,14 @@
 //     cores, through adopterCore.
 //   - peers (membership.go): where the other core and the witness are, and
 //     the one connection to the other core.
-//   - saver (saver.go, batch.go): transcript saves behind TranscriptStore
-//     (store.go; records in package transcript).
+//   - janitor (janitor.go, due.go): idle customers, events in doubt,
+//     given-up saves, forgetting ended sessions; it looks only at the
+//     sessions due (a deadline heap), not at every session each tick.
+//   - saver (package): transcript saves (queue, workers, batched saves,
+//     breaker, resends) behind saver.Store, the part of TranscriptStore
+//     (store.go; records in package transcript) it uses; it reaches the
+//     core through saver.Core and a session through saver.Session
+//     (saving.go: saverHost), and owns each session's saver.State.
 //   - RPC surface (rpc.go: the Chat handlers, each validating, authenticating
 //     and calling one operation of ops.go; its error table maps refusals to
 //     gRPC codes; server.go: gRPC, HTTP, gates).
@@ -73,10 +79,12 @@
 // alone). The detector (package detect) holds atomics, no lock.
 //
 // Everything else is a leaf, never held while taking another of ours: the
-// saver's queue (saver.mu), its trouble counter, package replica's locks
+// saver's queue (saver.Saver's mu), its trouble counter, package replica's locks
 // (above), watchers, tombstones, background, restorer.mu (the sessions
 // being rebuilt from UCS), peers.mu (the connection to the other core),
-// metaMu, guard.mu (refuted epochs), adoptions.mu (the adopted pairs). The
+// metaMu, guard.mu (refuted epochs), adoptions.mu (the adopted pairs),
+// Core.due's lock (janitor.go's deadline heap: commitLocked and
+// holdInDoubt schedule a session under its session.mu). The
 // role State's hot readers (IsPrimary, Epoch, Draining, Unmerged) are
 // atomics and take no lock, so the append path never waits for a
 // transition. Held across network calls: inflight and appendMu across a

@@ -49,6 +49,7 @@ func (c *Core) holdInDoubt(ctx context.Context, s *session, ev *chatpb.Event, ca
 	}
 	s.doubt = ev
 	s.doubtNext = c.now().Add(doubtRetryEvery)
+	c.due.schedule(s, s.doubtNext)
 	s.mu.Unlock()
 	c.log.WarnContext(ctx, "event in doubt: its second copy failed with an uncertain outcome; its index is kept for it and the session's appends wait until a definite copy commits it",
 		"session", s.id, "index", ev.Index, "kind", kindName(ev.Kind), "epoch", ev.Epoch, "client_message_id", ev.ClientMessageId, "err", cause)

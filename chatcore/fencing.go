@@ -26,6 +26,7 @@ func (c *Core) becomePrimary(epoch uint64, serving bool) {
 		}
 		c.bg.spawn(c.publishMeta)
 	})
+	c.dueAll() // a new primary looks at every session once (janitor.go)
 }
 
 // finishRestoring opens a restoring primary to clients: its log now holds

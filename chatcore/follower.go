@@ -145,7 +145,7 @@ type replicaStream interface {
 // replicate runs one opened Replicate stream until it ends. cancel ends the
 // stream (it cancels the stream's context); ctx is the follower's context.
 func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream replicaStream, failed <-chan struct{}) (end streamEnd) {
-	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.role.Epoch(), Token: c.cfg.AdminToken, Batches: true}
+	hello := &chatpb.ReplicaHello{Name: c.cfg.Name, Epoch: c.role.Epoch(), Token: c.cfg.AdminToken, Batches: true, ProgressBatches: true}
 	if err := stream.Send(&chatpb.ReplicaAck{Hello: hello}); err != nil {
 		end.err = err
 		return end
@@ -229,7 +229,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 		switch b := msg.Body.(type) {
 		case *chatpb.ReplicaMsg_Heartbeat:
 			continue
-		case *chatpb.ReplicaMsg_Snapshot, *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
+		case *chatpb.ReplicaMsg_Snapshot, *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved, *chatpb.ReplicaMsg_SavedBatch:
 			if err := ap.Apply(msg); err != nil {
 				end.err = err
 				c.log.WarnContext(ctx, "replicated message does not fit: resyncing", "err", err)

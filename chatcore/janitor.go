@@ -27,8 +27,91 @@ func (c *Core) janitor(ctx context.Context) {
 	}
 }
 
-// sweep is one janitor pass.
+// sweep is one janitor pass over the sessions that are due (c.due): it
+// costs in proportion to the work there is, not to the sessions held. A
+// session is due when it has, or may have, something to do at a time: an
+// event in doubt to try again (doubtNext), a given-up save to re-queue
+// (retryAt), a customer who may have fallen idle (LastSeen plus
+// flex-disconnect-timeout), an ended session to forget (endedAt plus
+// ended-session-linger). Whatever changes those schedules the session
+// (dueAt); activity that only moves a deadline later (a customer's poll)
+// does not, and the pass finds the later deadline when the earlier one
+// comes. After each session the pass schedules it again at its next
+// deadline, if it has one.
 func (c *Core) sweep(ctx context.Context) {
+	now := c.now()
+	due := c.due.popDue(now, nil)
+	primary := c.role.IsPrimary()
+	for _, s := range due {
+		if primary {
+			c.settleDoubt(ctx, s)
+		}
+		c.saver.PendingRetry(s, now)
+		s.mu.Lock()
+		var idle *sessionlog.Member
+		var next time.Time // zero: nothing due later
+		if primary && !s.log.State.Ended {
+			if cu := s.log.State.Customer(); cu != nil && cu.Left == 0 && cu.Streams == 0 {
+				if cu.LastSeen == 0 {
+					cu.LastSeen = now.UnixNano() // restored or replicated: the clock starts now
+				}
+				if deadline := time.Unix(0, cu.LastSeen).Add(c.cfg.FlexDisconnectTimeout); now.After(deadline) {
+					idle = cu
+				} else {
+					next = deadline.Add(time.Nanosecond) // idle once strictly past the timeout
+				}
+			}
+			// A customer with a stream open is scheduled when its last
+			// stream ends (tail).
+		}
+		forget := s.log.State.Ended && now.Sub(s.endedAt) >= c.cfg.EndedSessionLinger &&
+			(s.save.FinalSaved || s.save.NoFinalSave || s.save.SavedThrough >= s.lastIndex())
+		if !forget && !s.removed {
+			next = s.nextDueLocked(now, next, c.cfg.EndedSessionLinger)
+		}
+		s.mu.Unlock()
+		if idle != nil {
+			c.flexDisconnect(ctx, s, idle)
+		}
+		if forget {
+			c.forget(s)
+		} else if !next.IsZero() {
+			c.due.schedule(s, next)
+		}
+	}
+}
+
+// nextDueLocked returns the earliest of next (zero: none) and the times s
+// is due for its event in doubt, its given-up save and its linger
+// (ended-session-linger) after it ended. A
+// deadline already past (its work could not be done in this pass: the
+// session's appender was busy, its save still running, its final save not
+// settled) is looked at again on the next tick. Call with s.mu held.
+func (s *session) nextDueLocked(now, next time.Time, linger time.Duration) time.Time {
+	earliest := func(at time.Time) {
+		if !at.After(now) {
+			at = now.Add(janitorEvery)
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	if s.doubt != nil {
+		earliest(s.doubtNext)
+	}
+	if !s.save.RetryAt.IsZero() && !s.save.NoFinalSave {
+		earliest(s.save.RetryAt)
+	}
+	if s.log.State.Ended {
+		earliest(s.endedAt.Add(linger))
+	}
+	return next
+}
+
+// dueAll schedules every session for the next pass: a core that became
+// primary looks at each once (idle customers, events in doubt), then only
+// at what is due.
+func (c *Core) dueAll() {
 	now := c.now()
 	c.mu.RLock()
 	all := make([]*session, 0, len(c.sessions))
@@ -36,32 +119,8 @@ func (c *Core) sweep(ctx context.Context) {
 		all = append(all, s)
 	}
 	c.mu.RUnlock()
-	primary := c.role.IsPrimary()
 	for _, s := range all {
-		if primary {
-			c.settleDoubt(ctx, s)
-		}
-		c.saver.pendingRetry(s, now)
-		s.mu.Lock()
-		var idle *sessionlog.Member
-		if primary && !s.log.State.Ended {
-			if cu := s.log.State.Customer(); cu != nil && cu.Left == 0 && cu.Streams == 0 {
-				if cu.LastSeen == 0 {
-					cu.LastSeen = now.UnixNano() // restored or replicated: the clock starts now
-				} else if now.Sub(time.Unix(0, cu.LastSeen)) > c.cfg.FlexDisconnectTimeout {
-					idle = cu
-				}
-			}
-		}
-		forget := s.log.State.Ended && now.Sub(s.endedAt) >= c.cfg.EndedSessionLinger &&
-			(s.finalSaved || s.noFinalSave || s.savedThrough >= s.lastIndex())
-		s.mu.Unlock()
-		if idle != nil {
-			c.flexDisconnect(ctx, s, idle)
-		}
-		if forget {
-			c.forget(s)
-		}
+		c.due.schedule(s, now)
 	}
 }
 
@@ -89,7 +148,7 @@ func (c *Core) flexDisconnect(ctx context.Context, s *session, cu *sessionlog.Me
 func (c *Core) forget(s *session) {
 	s.mu.Lock()
 	s.removed = true
-	incomplete := !s.finalSaved && (s.noFinalSave || s.savedThrough < s.lastIndex())
+	incomplete := !s.save.FinalSaved && (s.save.NoFinalSave || s.save.SavedThrough < s.lastIndex())
 	last := s.lastIndex()
 	c.dropDoubtLocked(s)
 	s.mu.Unlock()

@@ -1,6 +1,7 @@
 package chatcore
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -218,4 +219,51 @@ func TestFlexDisconnect(t *testing.T) {
 	if ended {
 		t.Fatal("a customer with an open stream was disconnected")
 	}
+}
+
+// TestFlexDisconnectAfterActivity checks the janitor's deadlines move with
+// the customer (janitor.go schedules only what is due): a customer who keeps
+// polling past several timeouts stays, and one whose only stream closes is
+// disconnected a timeout later.
+func TestFlexDisconnectAfterActivity(t *testing.T) {
+	const timeout = 800 * time.Millisecond
+	tc := startCore(t, func(c *Config) { c.FlexDisconnectTimeout = timeout })
+	ctx := ctxT(t)
+	polling, _ := tc.chat(t)
+	streaming, _ := tc.chat(t)
+	subCtx, closeSub := context.WithCancel(ctx)
+	defer closeSub()
+	sub, err := tc.cl.Subscribe(subCtx, &chatpb.SubscribeRequest{Auth: streaming, FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Recv(); err != nil { // the stream is open on the server
+		t.Fatal(err)
+	}
+	ended := func(id string) bool {
+		s := tc.c.session(id)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.log.State.Ended
+	}
+	// Poll for three timeouts, a poll every quarter of one.
+	for end := time.Now().Add(3 * timeout); time.Now().Before(end); {
+		if _, err := tc.cl.Events(ctx, &chatpb.EventsRequest{Auth: polling, FromIndex: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if ended(polling.SessionId) {
+			t.Fatal("a polling customer was disconnected")
+		}
+		select {
+		case <-time.After(timeout / 4):
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	if ended(streaming.SessionId) {
+		t.Fatal("a customer with an open stream was disconnected")
+	}
+	closeSub()
+	waitFor(t, "customer disconnected after its stream closed", func() bool { return ended(streaming.SessionId) })
+	waitFor(t, "polling customer disconnected once it stopped", func() bool { return ended(polling.SessionId) })
 }

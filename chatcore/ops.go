@@ -229,6 +229,9 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 		s.mu.Lock()
 		m.Streams--
 		m.LastSeen = c.now().UnixNano()
+		if m.Streams == 0 {
+			c.due.schedule(s, c.now().Add(c.cfg.FlexDisconnectTimeout)) // janitor.go: idle from now
+		}
 		s.mu.Unlock()
 		c.m.subscribers.Dec()
 	}()

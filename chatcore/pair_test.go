@@ -162,7 +162,7 @@ func TestReplicationAndFailover(t *testing.T) {
 		s := n.c.session(cust.SessionId)
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.savedThrough
+		return s.save.SavedThrough
 	}
 	waitFor(t, "save progress replicated", func() bool {
 		return savedThrough(a) == acked[len(acked)-1] && savedThrough(b) == savedThrough(a)

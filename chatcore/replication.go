@@ -87,7 +87,7 @@ func (s *session) SetLinkGen(gen uint64) { s.replGen.Store(gen) }
 func (s *session) SaveProgress() *chatpb.SaveProgress {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+	return &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.save.SavedThrough, FinalSaved: s.save.FinalSaved, NoFinalSave: s.save.NoFinalSave}
 }
 
 // Replicate serves a backup: hello, snapshot, live tail, acks. Only the
@@ -121,5 +121,5 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 }
 
 // replicateProgress tells the backup about an acknowledged transcript save
-// (the saver's report, saverCore): the replicator sends it.
+// (the saver's report, saver.Core.Progress through saverHost): the replicator sends it.
 func (c *Core) replicateProgress(s *session, now bool) { c.repl.Progress(s, now) }

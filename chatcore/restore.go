@@ -244,7 +244,7 @@ func (r *restorer) one(ctx context.Context, s *session, source string, stale boo
 		c.log.InfoContext(ctx, "session restored", "session", s.id, "source", source, "events", n, "mode", c.cfg.SessionRestorationMode)
 		c.m.restored.WithLabelValues(source).Inc()
 	}
-	c.saver.enqueue(s) // pending saves resume behind this core's breaker
+	c.saver.Enqueue(s) // pending saves resume behind this core's breaker
 	return !ended
 }
 
@@ -422,8 +422,8 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 			return nil, nil, err
 		}
 	}
-	s.savedThrough = s.lastIndex()
-	s.finalSaved = tr.Ended
+	s.save.SavedThrough = s.lastIndex()
+	s.save.FinalSaved = tr.Ended
 	if s.log.State.Ended {
 		s.endedAt = c.now()
 	}

@@ -77,7 +77,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 			errc <- fmt.Errorf("serve http: %w", err)
 		}
 	})
-	wg.Go(func() { c.saver.run(ctx) })
+	wg.Go(func() { c.saver.Run(ctx) })
 	wg.Go(func() { c.janitor(ctx) })
 	wg.Go(func() { c.repl.FlushProgress(ctx) })
 	wg.Go(func() { c.roleLoop(ctx) })

@@ -9,9 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/trace"
-
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/saver"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
@@ -34,29 +33,18 @@ type session struct {
 	log  sessionlog.Log // the committed events and their fold (log.State)
 	subs map[*subscriber]struct{}
 
-	// transcript saver bookkeeping (see saver.go); replicated in phase 2.
-	savedThrough uint64    // highest index UCS acknowledged (or that needed no save)
-	saveQueued   bool      // in the saver queue
-	saving       bool      // a saver works on it
-	saveDirty    bool      // a trigger arrived while queued, saving or waiting to resend
-	retryPending bool      // a resend timer is armed
-	saveRetries  int       // resends of the current failing save
-	retryAt      time.Time // give-up backoff: the janitor re-queues after this
-	saveBehind   bool      // a save ran out of resends (or met a non-recoverable error) and has not succeeded since
-	finalSaved   bool      // the range with SESSION_ENDED was saved
-	noFinalSave  bool      // transcript-save-on-error=close fired: never save again
-	endedAt      time.Time
-	removed      bool // dropped from the core's map
+	// save is the transcript saver's bookkeeping (package saver owns it;
+	// mu guards it): progress, queue state, resends, the trace that asked.
+	// SavedThrough, FinalSaved and NoFinalSave are replicated.
+	save    saver.State
+	endedAt time.Time
+	removed bool // dropped from the core's map
 	// doubt is the event whose second copy failed with an uncertain
 	// outcome: it may exist at the backup or in UCS, so the next index is
 	// its own until a definite copy commits it (see doubt.go). Set and
 	// resolved with appendMu held too; a primary's only.
 	doubt     *chatpb.Event
 	doubtNext time.Time // the janitor's next try at it
-	// saveCause is the trace of the latest event that asked for a save, so
-	// that the save's span joins the trace of the message that caused it
-	// (webapi → chatcore → ucsmock). Not replicated.
-	saveCause trace.SpanContext
 }
 
 func newSession(id string) *session {
@@ -70,7 +58,7 @@ func (s *session) lastIndex() uint64 { return s.log.LastIndex() }
 // held).
 func (s *session) snapshotLocked() *chatpb.SessionSnapshot {
 	snap := &chatpb.SessionSnapshot{SessionId: s.id, Events: make([]*chatpb.Event, s.log.LastIndex()),
-		SavedThrough: s.savedThrough, FinalSaved: s.finalSaved, NoFinalSave: s.noFinalSave}
+		SavedThrough: s.save.SavedThrough, FinalSaved: s.save.FinalSaved, NoFinalSave: s.save.NoFinalSave}
 	for i, e := range s.log.Entries() {
 		snap.Events[i] = e.Ev
 	}

@@ -36,9 +36,13 @@ type ReplicaHello struct {
 	// batches: this backup applies ReplicaMsg.batch. A primary sends batches
 	// only to a backup that says so (an older backup would skip the unknown
 	// body and still acknowledge its seq).
-	Batches       bool `protobuf:"varint,4,opt,name=batches,proto3" json:"batches,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Batches bool `protobuf:"varint,4,opt,name=batches,proto3" json:"batches,omitempty"`
+	// progress_batches: this backup applies ReplicaMsg.saved_batch. A primary
+	// sends the save progress of many sessions as one message only to a
+	// backup that says so; an older one gets a SaveProgress per session.
+	ProgressBatches bool `protobuf:"varint,5,opt,name=progress_batches,json=progressBatches,proto3" json:"progress_batches,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ReplicaHello) Reset() {
@@ -95,6 +99,13 @@ func (x *ReplicaHello) GetToken() string {
 func (x *ReplicaHello) GetBatches() bool {
 	if x != nil {
 		return x.Batches
+	}
+	return false
+}
+
+func (x *ReplicaHello) GetProgressBatches() bool {
+	if x != nil {
+		return x.ProgressBatches
 	}
 	return false
 }
@@ -334,6 +345,53 @@ func (x *SaveProgress) GetNoFinalSave() bool {
 	return false
 }
 
+// SaveProgressBatch is the save progress of many sessions in one message
+// (one seq, one ack): what the primary's UCS acknowledged since the last
+// report, at most one entry per session.
+type SaveProgressBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Progress      []*SaveProgress        `protobuf:"bytes,1,rep,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveProgressBatch) Reset() {
+	*x = SaveProgressBatch{}
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveProgressBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveProgressBatch) ProtoMessage() {}
+
+func (x *SaveProgressBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveProgressBatch.ProtoReflect.Descriptor instead.
+func (*SaveProgressBatch) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SaveProgressBatch) GetProgress() []*SaveProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
 // Handover asks the backup to take over the primary role (planned switchover).
 type Handover struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -344,7 +402,7 @@ type Handover struct {
 
 func (x *Handover) Reset() {
 	*x = Handover{}
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[4]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +414,7 @@ func (x *Handover) String() string {
 func (*Handover) ProtoMessage() {}
 
 func (x *Handover) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[4]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +427,7 @@ func (x *Handover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Handover.ProtoReflect.Descriptor instead.
 func (*Handover) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{4}
+	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Handover) GetEpoch() uint64 {
@@ -381,7 +439,8 @@ func (x *Handover) GetEpoch() uint64 {
 
 // ReplicaBatch carries several messages of the primary in one stream message
 // (group commit): committed events and save progress of many sessions, in
-// stream order. Each inner message has its own seq (consecutive); the outer
+// stream order (save progress alone or as a SaveProgressBatch). Each inner
+// message has its own seq (consecutive); the outer
 // message's seq is the last of them, so one cumulative ack covers the batch.
 // Inner messages carry neither epoch nor primary (the outer one does) and
 // never a snapshot, snapshot_done, handover or another batch.
@@ -394,7 +453,7 @@ type ReplicaBatch struct {
 
 func (x *ReplicaBatch) Reset() {
 	*x = ReplicaBatch{}
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +465,7 @@ func (x *ReplicaBatch) String() string {
 func (*ReplicaBatch) ProtoMessage() {}
 
 func (x *ReplicaBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[5]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +478,7 @@ func (x *ReplicaBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaBatch.ProtoReflect.Descriptor instead.
 func (*ReplicaBatch) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{5}
+	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicaBatch) GetMsgs() []*ReplicaMsg {
@@ -444,6 +503,7 @@ type ReplicaMsg struct {
 	//	*ReplicaMsg_Handover
 	//	*ReplicaMsg_Heartbeat
 	//	*ReplicaMsg_Batch
+	//	*ReplicaMsg_SavedBatch
 	Body          isReplicaMsg_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -451,7 +511,7 @@ type ReplicaMsg struct {
 
 func (x *ReplicaMsg) Reset() {
 	*x = ReplicaMsg{}
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[6]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +523,7 @@ func (x *ReplicaMsg) String() string {
 func (*ReplicaMsg) ProtoMessage() {}
 
 func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_replication_proto_msgTypes[6]
+	mi := &file_chatcore_chatpb_replication_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +536,7 @@ func (x *ReplicaMsg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaMsg.ProtoReflect.Descriptor instead.
 func (*ReplicaMsg) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{6}
+	return file_chatcore_chatpb_replication_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplicaMsg) GetSeq() uint64 {
@@ -570,6 +630,15 @@ func (x *ReplicaMsg) GetBatch() *ReplicaBatch {
 	return nil
 }
 
+func (x *ReplicaMsg) GetSavedBatch() *SaveProgressBatch {
+	if x != nil {
+		if x, ok := x.Body.(*ReplicaMsg_SavedBatch); ok {
+			return x.SavedBatch
+		}
+	}
+	return nil
+}
+
 type isReplicaMsg_Body interface {
 	isReplicaMsg_Body()
 }
@@ -602,6 +671,10 @@ type ReplicaMsg_Batch struct {
 	Batch *ReplicaBatch `protobuf:"bytes,10,opt,name=batch,proto3,oneof"` // only to a backup whose hello set batches
 }
 
+type ReplicaMsg_SavedBatch struct {
+	SavedBatch *SaveProgressBatch `protobuf:"bytes,11,opt,name=saved_batch,json=savedBatch,proto3,oneof"` // only to a backup whose hello set progress_batches
+}
+
 func (*ReplicaMsg_Snapshot) isReplicaMsg_Body() {}
 
 func (*ReplicaMsg_SnapshotDone) isReplicaMsg_Body() {}
@@ -616,16 +689,19 @@ func (*ReplicaMsg_Heartbeat) isReplicaMsg_Body() {}
 
 func (*ReplicaMsg_Batch) isReplicaMsg_Body() {}
 
+func (*ReplicaMsg_SavedBatch) isReplicaMsg_Body() {}
+
 var File_chatcore_chatpb_replication_proto protoreflect.FileDescriptor
 
 const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\n" +
-	"!chatcore/chatpb/replication.proto\x12\x0ehachat.chat.v1\x1a\x1achatcore/chatpb/chat.proto\"h\n" +
+	"!chatcore/chatpb/replication.proto\x12\x0ehachat.chat.v1\x1a\x1achatcore/chatpb/chat.proto\"\x93\x01\n" +
 	"\fReplicaHello\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12\x18\n" +
-	"\abatches\x18\x04 \x01(\bR\abatches\"\xa0\x01\n" +
+	"\abatches\x18\x04 \x01(\bR\abatches\x12)\n" +
+	"\x10progress_batches\x18\x05 \x01(\bR\x0fprogressBatches\"\xa0\x01\n" +
 	"\n" +
 	"ReplicaAck\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1c.hachat.chat.v1.ReplicaHelloR\x05hello\x12\x10\n" +
@@ -649,11 +725,13 @@ const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\rsaved_through\x18\x02 \x01(\x04R\fsavedThrough\x12\x1f\n" +
 	"\vfinal_saved\x18\x03 \x01(\bR\n" +
 	"finalSaved\x12\"\n" +
-	"\rno_final_save\x18\x04 \x01(\bR\vnoFinalSave\" \n" +
+	"\rno_final_save\x18\x04 \x01(\bR\vnoFinalSave\"M\n" +
+	"\x11SaveProgressBatch\x128\n" +
+	"\bprogress\x18\x01 \x03(\v2\x1c.hachat.chat.v1.SaveProgressR\bprogress\" \n" +
 	"\bHandover\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\">\n" +
 	"\fReplicaBatch\x12.\n" +
-	"\x04msgs\x18\x01 \x03(\v2\x1a.hachat.chat.v1.ReplicaMsgR\x04msgs\"\xaf\x03\n" +
+	"\x04msgs\x18\x01 \x03(\v2\x1a.hachat.chat.v1.ReplicaMsgR\x04msgs\"\xf5\x03\n" +
 	"\n" +
 	"ReplicaMsg\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
@@ -666,7 +744,9 @@ const file_chatcore_chatpb_replication_proto_rawDesc = "" +
 	"\bhandover\x18\b \x01(\v2\x18.hachat.chat.v1.HandoverH\x00R\bhandover\x12\x1e\n" +
 	"\theartbeat\x18\t \x01(\bH\x00R\theartbeat\x124\n" +
 	"\x05batch\x18\n" +
-	" \x01(\v2\x1c.hachat.chat.v1.ReplicaBatchH\x00R\x05batchB\x06\n" +
+	" \x01(\v2\x1c.hachat.chat.v1.ReplicaBatchH\x00R\x05batch\x12D\n" +
+	"\vsaved_batch\x18\v \x01(\v2!.hachat.chat.v1.SaveProgressBatchH\x00R\n" +
+	"savedBatchB\x06\n" +
 	"\x04body2V\n" +
 	"\vReplication\x12G\n" +
 	"\tReplicate\x12\x1a.hachat.chat.v1.ReplicaAck\x1a\x1a.hachat.chat.v1.ReplicaMsg(\x010\x01B*Z(github.com/hachat/hachat/chatcore/chatpbb\x06proto3"
@@ -683,33 +763,36 @@ func file_chatcore_chatpb_replication_proto_rawDescGZIP() []byte {
 	return file_chatcore_chatpb_replication_proto_rawDescData
 }
 
-var file_chatcore_chatpb_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_chatcore_chatpb_replication_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_chatcore_chatpb_replication_proto_goTypes = []any{
-	(*ReplicaHello)(nil),    // 0: hachat.chat.v1.ReplicaHello
-	(*ReplicaAck)(nil),      // 1: hachat.chat.v1.ReplicaAck
-	(*SessionSnapshot)(nil), // 2: hachat.chat.v1.SessionSnapshot
-	(*SaveProgress)(nil),    // 3: hachat.chat.v1.SaveProgress
-	(*Handover)(nil),        // 4: hachat.chat.v1.Handover
-	(*ReplicaBatch)(nil),    // 5: hachat.chat.v1.ReplicaBatch
-	(*ReplicaMsg)(nil),      // 6: hachat.chat.v1.ReplicaMsg
-	(*Event)(nil),           // 7: hachat.chat.v1.Event
+	(*ReplicaHello)(nil),      // 0: hachat.chat.v1.ReplicaHello
+	(*ReplicaAck)(nil),        // 1: hachat.chat.v1.ReplicaAck
+	(*SessionSnapshot)(nil),   // 2: hachat.chat.v1.SessionSnapshot
+	(*SaveProgress)(nil),      // 3: hachat.chat.v1.SaveProgress
+	(*SaveProgressBatch)(nil), // 4: hachat.chat.v1.SaveProgressBatch
+	(*Handover)(nil),          // 5: hachat.chat.v1.Handover
+	(*ReplicaBatch)(nil),      // 6: hachat.chat.v1.ReplicaBatch
+	(*ReplicaMsg)(nil),        // 7: hachat.chat.v1.ReplicaMsg
+	(*Event)(nil),             // 8: hachat.chat.v1.Event
 }
 var file_chatcore_chatpb_replication_proto_depIdxs = []int32{
-	0, // 0: hachat.chat.v1.ReplicaAck.hello:type_name -> hachat.chat.v1.ReplicaHello
-	7, // 1: hachat.chat.v1.SessionSnapshot.events:type_name -> hachat.chat.v1.Event
-	6, // 2: hachat.chat.v1.ReplicaBatch.msgs:type_name -> hachat.chat.v1.ReplicaMsg
-	2, // 3: hachat.chat.v1.ReplicaMsg.snapshot:type_name -> hachat.chat.v1.SessionSnapshot
-	7, // 4: hachat.chat.v1.ReplicaMsg.event:type_name -> hachat.chat.v1.Event
-	3, // 5: hachat.chat.v1.ReplicaMsg.saved:type_name -> hachat.chat.v1.SaveProgress
-	4, // 6: hachat.chat.v1.ReplicaMsg.handover:type_name -> hachat.chat.v1.Handover
-	5, // 7: hachat.chat.v1.ReplicaMsg.batch:type_name -> hachat.chat.v1.ReplicaBatch
-	1, // 8: hachat.chat.v1.Replication.Replicate:input_type -> hachat.chat.v1.ReplicaAck
-	6, // 9: hachat.chat.v1.Replication.Replicate:output_type -> hachat.chat.v1.ReplicaMsg
-	9, // [9:10] is the sub-list for method output_type
-	8, // [8:9] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	0,  // 0: hachat.chat.v1.ReplicaAck.hello:type_name -> hachat.chat.v1.ReplicaHello
+	8,  // 1: hachat.chat.v1.SessionSnapshot.events:type_name -> hachat.chat.v1.Event
+	3,  // 2: hachat.chat.v1.SaveProgressBatch.progress:type_name -> hachat.chat.v1.SaveProgress
+	7,  // 3: hachat.chat.v1.ReplicaBatch.msgs:type_name -> hachat.chat.v1.ReplicaMsg
+	2,  // 4: hachat.chat.v1.ReplicaMsg.snapshot:type_name -> hachat.chat.v1.SessionSnapshot
+	8,  // 5: hachat.chat.v1.ReplicaMsg.event:type_name -> hachat.chat.v1.Event
+	3,  // 6: hachat.chat.v1.ReplicaMsg.saved:type_name -> hachat.chat.v1.SaveProgress
+	5,  // 7: hachat.chat.v1.ReplicaMsg.handover:type_name -> hachat.chat.v1.Handover
+	6,  // 8: hachat.chat.v1.ReplicaMsg.batch:type_name -> hachat.chat.v1.ReplicaBatch
+	4,  // 9: hachat.chat.v1.ReplicaMsg.saved_batch:type_name -> hachat.chat.v1.SaveProgressBatch
+	1,  // 10: hachat.chat.v1.Replication.Replicate:input_type -> hachat.chat.v1.ReplicaAck
+	7,  // 11: hachat.chat.v1.Replication.Replicate:output_type -> hachat.chat.v1.ReplicaMsg
+	11, // [11:12] is the sub-list for method output_type
+	10, // [10:11] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_chatcore_chatpb_replication_proto_init() }
@@ -718,7 +801,7 @@ func file_chatcore_chatpb_replication_proto_init() {
 		return
 	}
 	file_chatcore_chatpb_chat_proto_init()
-	file_chatcore_chatpb_replication_proto_msgTypes[6].OneofWrappers = []any{
+	file_chatcore_chatpb_replication_proto_msgTypes[7].OneofWrappers = []any{
 		(*ReplicaMsg_Snapshot)(nil),
 		(*ReplicaMsg_SnapshotDone)(nil),
 		(*ReplicaMsg_Event)(nil),
@@ -726,6 +809,7 @@ func file_chatcore_chatpb_replication_proto_init() {
 		(*ReplicaMsg_Handover)(nil),
 		(*ReplicaMsg_Heartbeat)(nil),
 		(*ReplicaMsg_Batch)(nil),
+		(*ReplicaMsg_SavedBatch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -733,7 +817,7 @@ func file_chatcore_chatpb_replication_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatcore_chatpb_replication_proto_rawDesc), len(file_chatcore_chatpb_replication_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

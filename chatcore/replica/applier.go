@@ -139,6 +139,12 @@ func (a *Applier) applyOne(msg *chatpb.ReplicaMsg) error {
 		if b.Saved != nil {
 			a.applyProgress(b.Saved)
 		}
+	case *chatpb.ReplicaMsg_SavedBatch:
+		for _, p := range b.SavedBatch.GetProgress() {
+			if p != nil {
+				a.applyProgress(p)
+			}
+		}
 	default:
 		return fmt.Errorf("unexpected replication message %T", msg.Body)
 	}
@@ -163,7 +169,7 @@ func (a *Applier) applyBatch(seq uint64, b *chatpb.ReplicaBatch) error {
 			return fmt.Errorf("batch entry %d is out of sequence", i)
 		}
 		switch m.Body.(type) {
-		case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
+		case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved, *chatpb.ReplicaMsg_SavedBatch:
 		default:
 			return fmt.Errorf("batch entry %d: %T cannot be batched", i, m.Body)
 		}

@@ -7,7 +7,10 @@
 //     waits for the backup's acknowledgement of it (CopyToBackup). Queued
 //     messages go out as ReplicaBatch runs (group commit) when the
 //     backup's hello asked for batches; acknowledgements are cumulative,
-//     one per batch. It reaches the core only through Core (snapshot the
+//     one per batch. Save progress gathered every 50 ms goes as one
+//     SaveProgressBatch to a backup whose hello asked for progress
+//     batches, as a SaveProgress per session to an older one
+//     (FlushProgress). It reaches the core only through Core (snapshot the
 //     sessions onto a link, step down, a backup is in sync) and a session
 //     only through Session (which link holds it, its save progress).
 //   - the backup's side, Applier: it admits each message of the stream

@@ -42,14 +42,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // fakeSession is a primary's session as the replicator sees it.
 type fakeSession struct {
-	id  string
-	gen atomic.Uint64
+	id    string
+	gen   atomic.Uint64
+	saved uint64 // its save progress (set before the replicator sees it)
 }
 
 func (s *fakeSession) LinkGen() uint64       { return s.gen.Load() }
 func (s *fakeSession) SetLinkGen(gen uint64) { s.gen.Store(gen) }
 func (s *fakeSession) SaveProgress() *chatpb.SaveProgress {
-	return &chatpb.SaveProgress{SessionId: s.id}
+	return &chatpb.SaveProgress{SessionId: s.id, SavedThrough: s.saved}
 }
 
 // fakeEntry is a backup's session: its events and save progress.

@@ -133,6 +133,9 @@ type Link struct {
 	inSync   atomic.Bool
 	handover chan *chatpb.ReplicaAck // answers to a Handover
 	batches  bool                    // the backup applies ReplicaBatch (its hello said so); immutable
+	// progressBatches: the backup applies SaveProgressBatch (its hello
+	// said so); immutable.
+	progressBatches bool
 }
 
 type waiter struct {
@@ -148,6 +151,9 @@ func (l *Link) InSync() bool { return l.inSync.Load() }
 
 // Batches reports whether the backup asked for ReplicaBatch.
 func (l *Link) Batches() bool { return l.batches }
+
+// ProgressBatches reports whether the backup asked for SaveProgressBatch.
+func (l *Link) ProgressBatches() bool { return l.progressBatches }
 
 // Done is closed when the link dies.
 func (l *Link) Done() <-chan struct{} { return l.done }
@@ -358,7 +364,7 @@ const (
 // batchable reports whether m may travel inside a ReplicaBatch.
 func batchable(m *chatpb.ReplicaMsg) bool {
 	switch m.Body.(type) {
-	case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved:
+	case *chatpb.ReplicaMsg_Event, *chatpb.ReplicaMsg_Saved, *chatpb.ReplicaMsg_SavedBatch:
 		return true
 	}
 	return false
@@ -368,6 +374,9 @@ func batchable(m *chatpb.ReplicaMsg) bool {
 // without encoding it (gRPC sizes the batch once when it marshals it).
 func approxSize(m *chatpb.ReplicaMsg) int {
 	const overhead = 256 // numbers, kinds, tags, participant ids and names
+	if b := m.GetSavedBatch(); b != nil {
+		return overhead + progressSize*len(b.Progress)
+	}
 	ev := m.GetEvent()
 	if ev == nil {
 		return overhead // save progress
@@ -485,7 +494,7 @@ func (r *Replicator) Serve(stream Stream) error {
 	if !primary {
 		return r.cfg.NotPrimary
 	}
-	l := &Link{r: r, name: hello.Name, gen: r.gen.Add(1), stream: stream, batches: hello.Batches,
+	l := &Link{r: r, name: hello.Name, gen: r.gen.Add(1), stream: stream, batches: hello.Batches, progressBatches: hello.ProgressBatches,
 		wake: make(chan struct{}, 1), done: make(chan struct{}), handover: make(chan *chatpb.ReplicaAck, 1)}
 	r.attach(l)
 	defer l.kill(errors.New("stream ended"))
@@ -601,6 +610,14 @@ func (r *Replicator) Progress(s Session, now bool) {
 // progressEvery is how often batched save progress goes to the backup.
 const progressEvery = 50 * time.Millisecond
 
+// Limits of one SaveProgressBatch: progressSize bounds one entry's encoded
+// size from above (a session id and three numbers), and maxProgressPerMsg
+// keeps a message far below gRPC's 4 MiB receive limit.
+const (
+	progressSize      = 128
+	maxProgressPerMsg = 4096
+)
+
 // FlushProgress sends batched save progress until ctx is done.
 func (r *Replicator) FlushProgress(ctx context.Context) {
 	t := time.NewTicker(progressEvery)
@@ -611,12 +628,49 @@ func (r *Replicator) FlushProgress(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		r.progressMu.Lock()
-		dirty := r.progressDirty
-		r.progressDirty = make(map[Session]struct{}, len(dirty))
+		r.flushProgress()
+	}
+}
+
+// flushProgress sends the save progress gathered since the last flush: to
+// a backup that asked for progress batches as SaveProgressBatch messages
+// (one seq each, for up to maxProgressPerMsg sessions), to an older one as
+// one SaveProgress per session. Sessions the current link does not hold
+// are skipped (its snapshot carried their progress).
+func (r *Replicator) flushProgress() {
+	r.progressMu.Lock()
+	dirty := r.progressDirty
+	if len(dirty) == 0 {
 		r.progressMu.Unlock()
+		return
+	}
+	r.progressDirty = make(map[Session]struct{}, len(dirty))
+	r.progressMu.Unlock()
+	l := r.Current()
+	if l == nil {
+		return
+	}
+	if !l.progressBatches {
 		for s := range dirty {
 			r.Progress(s, true)
 		}
+		return
 	}
+	var batch []*chatpb.SaveProgress
+	flush := func() {
+		if len(batch) > 0 {
+			l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_SavedBatch{SavedBatch: &chatpb.SaveProgressBatch{Progress: batch}}}, false)
+			batch = nil
+		}
+	}
+	for s := range dirty {
+		if s.LinkGen() != l.gen {
+			continue
+		}
+		batch = append(batch, s.SaveProgress())
+		if len(batch) == maxProgressPerMsg {
+			flush()
+		}
+	}
+	flush()
 }
