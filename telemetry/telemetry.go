@@ -63,6 +63,12 @@ type Config struct {
 	// with neither, "grpc" for an OTLPEndpoint given as host:port (what
 	// --otlp-endpoint always meant) and "http/protobuf" otherwise.
 	OTLPProtocol string `yaml:"otlp-protocol"`
+	// PProf, when set, serves net/http/pprof (/debug/pprof/) on its own
+	// listener at this host:port; port 0 picks a free port, logged at start
+	// (Telemetry.PProfAddr). An address without a host (":6060") binds the
+	// loopback interface only; name a host (0.0.0.0:6060) to expose it.
+	// Empty (the default): off.
+	PProf string `yaml:"pprof"`
 }
 
 // The OpenTelemetry environment variables that Setup reads itself (the
@@ -100,6 +106,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OTLPProtocol, "otlp-protocol", c.OTLPProtocol,
 		"OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL,\n"+
 			"else grpc for a host:port --otlp-endpoint, else http/protobuf)")
+	fs.StringVar(&c.PProf, "pprof", c.PProf,
+		"serve net/http/pprof at this host:port (port 0: any free port, logged; no host: loopback only); empty: off")
 }
 
 // Telemetry holds the logger, tracer provider and metric registry of one part.
@@ -116,6 +124,7 @@ type Telemetry struct {
 	Registry *prometheus.Registry
 
 	shutdown func(context.Context) error
+	pprof    *pprofServer // nil unless Config.PProf
 }
 
 // Setup builds the telemetry of the part named service ("core", "webapi",
@@ -156,6 +165,14 @@ func Setup(ctx context.Context, cfg Config, service string, w io.Writer) (*Telem
 	if err != nil {
 		return nil, err
 	}
+	if cfg.PProf != "" {
+		if t.pprof, err = startPProf(cfg.PProf, t.Logger); err != nil {
+			if exp != nil {
+				_ = exp.Shutdown(ctx)
+			}
+			return nil, err
+		}
+	}
 	if exp == nil {
 		t.Tracer = noop.NewTracerProvider()
 		return t, nil
@@ -167,6 +184,7 @@ func Setup(ctx context.Context, cfg Config, service string, w io.Writer) (*Telem
 	)
 	if err != nil {
 		_ = exp.Shutdown(ctx)
+		_ = t.stopPProf(ctx)
 		return nil, fmt.Errorf("%w: resource from OTEL_RESOURCE_ATTRIBUTES/OTEL_SERVICE_NAME: %w", ErrBadConfig, err)
 	}
 	// The sampler comes from OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG
@@ -297,10 +315,11 @@ func (t *Telemetry) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(t.Registry, promhttp.HandlerOpts{Registry: t.Registry})
 }
 
-// Shutdown flushes pending spans.
+// Shutdown stops the pprof server (--pprof) and flushes pending spans.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
+	perr := t.stopPProf(ctx)
 	if err := t.shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("flush spans: %w", err)
+		return errors.Join(perr, fmt.Errorf("flush spans: %w", err))
 	}
-	return nil
+	return perr
 }
