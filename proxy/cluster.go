@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -118,6 +119,12 @@ type host struct {
 
 	breaker *gobreaker.CircuitBreaker[net.Conn]
 	conns   map[*conn]struct{}
+
+	// rx is when bytes last came from the host on a proxied connection
+	// (unix nanoseconds; 0: never), and busySince when the current run of
+	// health check timeouts excused by that traffic began (see busy).
+	rx        atomic.Int64
+	busySince time.Time
 
 	cancel context.CancelFunc // stops the checker
 	kick   chan struct{}      // asks the checker for an immediate check
