@@ -106,3 +106,68 @@ func TestPipeMarksTraffic(t *testing.T) {
 	upstream.Close()
 	<-done
 }
+
+// TestDownHostKeepsConnsWithNowhereToGo: a host marked down for failed
+// checks keeps its client connections while no other host is chosen (a
+// slow host is not cut), loses them when another host is chosen, and loses
+// them at once when it is gone (refused or reset).
+func TestDownHostKeepsConnsWithNowhereToGo(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		gone     bool
+		otherUp  bool // a second host, backup, is up (a fallback choice)
+		wantKept bool
+	}{
+		{"slow, nowhere to go", false, false, true},
+		{"slow, another host up", false, true, false},
+		{"gone", true, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			m, err := newMetrics(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			um, err := newUpstreamMetrics(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := &Proxy{log: slog.New(slog.DiscardHandler), m: m, um: um, changed: make(chan struct{})}
+			c := &cluster{name: "chatcore", info: clusterInfo{hc: healthCheck{Timeout: time.Second, Unhealthy: 1, Healthy: 1}}, hosts: map[string]*host{}}
+			p.cluster = c
+			h := &host{addr: "127.0.0.1:1", cluster: c, state: stateUp, role: "primary", epoch: 2, conns: map[*conn]struct{}{}}
+			c.hosts[h.addr] = h
+			if tc.otherUp {
+				o := &host{addr: "127.0.0.1:2", cluster: c, state: stateUp, role: "backup", epoch: 2, conns: map[*conn]struct{}{}}
+				c.hosts[o.addr] = o
+			}
+			p.mu.Lock()
+			p.recomputeLocked("test")
+			p.mu.Unlock()
+			client, clientSide := tcpPair(t)
+			upstreamSide, _ := tcpPair(t)
+			cn := &conn{client: clientSide, upstream: upstreamSide}
+			h.conns[cn] = struct{}{}
+			var cause error = status.Error(codes.DeadlineExceeded, "context deadline exceeded")
+			if tc.gone {
+				cause = syscall.ECONNREFUSED
+			}
+			p.report(h, nil, cause)
+			p.mu.Lock()
+			state, kept := h.state, len(h.conns) == 1
+			p.mu.Unlock()
+			if state != stateDown {
+				t.Fatalf("host state %v after a failed check, want down", state)
+			}
+			if kept != tc.wantKept {
+				t.Fatalf("connections kept = %v, want %v", kept, tc.wantKept)
+			}
+			client.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, rerr := client.Read(make([]byte, 1))
+			closed := rerr != nil && !isTimeout(rerr)
+			if closed == tc.wantKept {
+				t.Fatalf("client connection closed = %v (read: %v), want %v", closed, rerr, !tc.wantKept)
+			}
+		})
+	}
+}

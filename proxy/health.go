@@ -205,7 +205,7 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 			h.name = h.ep.name
 		}
 		if h.state != stateUp && (h.state == stateUnknown || h.succ >= hc.Healthy) {
-			h.state = stateUp
+			h.state, h.gone = stateUp, false
 			changed = true
 			p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(1)
 			p.upstreamChange(h, "up")
@@ -226,7 +226,7 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 	h.lastErr = err.Error()
 	immediate := isGoneError(err)
 	if h.state != stateDown && (immediate || h.state == stateUnknown || h.fail >= hc.Unhealthy) {
-		h.state = stateDown
+		h.state, h.gone = stateDown, immediate
 		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)
 		p.upstreamChange(h, "down")
 		p.log.Warn("upstream host down", "host", h.addr, "name", h.name, "failures", h.fail,
