@@ -417,9 +417,38 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent stri
 			if !ok {
 				return // dropped (too slow) or logged out
 			}
-			if err := out.Event("", m.event, m.data); err != nil {
+			if err := writeReady(out, sub.ch, m); err != nil {
 				return // closed, or too slow to take an event in time
 			}
 		}
 	}
+}
+
+// maxBurst bounds the events of one write on an agent's push channel.
+const maxBurst = 256
+
+// writeReady writes m and the events already waiting behind it on ch (up
+// to maxBurst in all) in one write: under load an agent's channel carries
+// the events of many chats, and one flush per burst instead of one per
+// event saves a syscall for each. A closed ch ends the burst; the caller's
+// next receive sees it.
+func writeReady(out *sse.Writer, ch <-chan sseMsg, m sseMsg) error {
+	if err := out.Queue("", m.event, m.data); err != nil {
+		return err
+	}
+	for range maxBurst - 1 {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				return out.Flush()
+			}
+			if err := out.Queue("", m.event, m.data); err != nil {
+				return err
+			}
+			continue
+		default:
+		}
+		break
+	}
+	return out.Flush()
 }

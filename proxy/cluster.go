@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -118,6 +119,15 @@ type host struct {
 
 	breaker *gobreaker.CircuitBreaker[net.Conn]
 	conns   map[*conn]struct{}
+
+	// rx is when bytes last came from the host on a proxied connection
+	// (unix nanoseconds; 0: never), and busySince when the current run of
+	// health check timeouts excused by that traffic began (see busy).
+	rx        atomic.Int64
+	busySince time.Time
+	// gone: the host was marked down because its process is gone (a
+	// refused or reset connection), not for failed checks alone.
+	gone bool
 
 	cancel context.CancelFunc // stops the checker
 	kick   chan struct{}      // asks the checker for an immediate check
@@ -334,8 +344,13 @@ func (p *Proxy) recomputeLocked(why string) {
 			continue
 		}
 		switch {
-		case h.state == stateDown:
+		case h.state == stateDown && (h.gone || chosen != nil):
 			p.closeConnsLocked(h, "host down")
+		case h.state == stateDown:
+			// Down for failed checks, not gone, and nowhere else to go:
+			// its connections stay (cutting them would turn a slow host
+			// into a dead one for every stream they carry); new ones
+			// wait for a host. A primary chosen later supersedes them.
 		case definitive && h != chosen:
 			p.closeConnsLocked(h, "superseded by primary "+chosen.addr)
 		}
@@ -377,7 +392,7 @@ func (p *Proxy) hostFailed(h *host, err error) {
 	}
 	if h.state != stateDown {
 		p.log.Warn("upstream host refused or reset a connection: marking it down", "host", h.addr, "err", err)
-		h.state = stateDown
+		h.state, h.gone = stateDown, true
 		h.succ = 0
 		h.lastErr = err.Error()
 		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)

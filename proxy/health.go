@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -9,8 +10,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -182,6 +185,11 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 	h.lastCheck = time.Now()
 	if err == nil {
 		p.m.checks.WithLabelValues("ok").Inc()
+		if !h.busySince.IsZero() {
+			p.log.Info("upstream host answers its health checks again", "host", h.addr, "name", h.name,
+				"after", time.Since(h.busySince).Round(time.Millisecond))
+			h.busySince = time.Time{}
+		}
 		h.fail = 0
 		h.succ++
 		h.lastErr = ""
@@ -197,7 +205,7 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 			h.name = h.ep.name
 		}
 		if h.state != stateUp && (h.state == stateUnknown || h.succ >= hc.Healthy) {
-			h.state = stateUp
+			h.state, h.gone = stateUp, false
 			changed = true
 			p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(1)
 			p.upstreamChange(h, "up")
@@ -208,13 +216,17 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 		}
 		return
 	}
+	if p.busy(h, err) {
+		p.m.checks.WithLabelValues("busy").Inc()
+		return
+	}
 	p.m.checks.WithLabelValues("failed").Inc()
 	h.succ = 0
 	h.fail++
 	h.lastErr = err.Error()
 	immediate := isGoneError(err)
 	if h.state != stateDown && (immediate || h.state == stateUnknown || h.fail >= hc.Unhealthy) {
-		h.state = stateDown
+		h.state, h.gone = stateDown, immediate
 		p.m.hostHealthy.WithLabelValues(h.cluster.name, h.addr).Set(0)
 		p.upstreamChange(h, "down")
 		p.log.Warn("upstream host down", "host", h.addr, "name", h.name, "failures", h.fail,
@@ -226,6 +238,45 @@ func (p *Proxy) report(h *host, resp *chatpb.StatusResponse, err error) {
 			}
 		}
 	}
+}
+
+// maxBusyGrace bounds how long health check timeouts of a host that keeps
+// serving proxied traffic are excused (see busy).
+const maxBusyGrace = 5 * time.Second
+
+// busy reports whether a failed check of h is excused, and records the
+// excuse: the check timed out (the host is not gone) while h, up, sent
+// bytes on a proxied connection within the check's timeout, for at most
+// maxBusyGrace in a row. A new primary that the resubscriptions of
+// thousands of chats load right after a failover answers its streams late
+// but answers them; marking it down would cut every one of them (its
+// connections close) and start the storm again. A stopped or cut-off host
+// sends nothing and is marked down as before, and a host that stays too
+// slow is after maxBusyGrace. Called with p.mu held.
+func (p *Proxy) busy(h *host, err error) bool {
+	if h.state != stateUp || isGoneError(err) || !isTimeout(err) {
+		return false
+	}
+	rx := h.rx.Load()
+	if rx == 0 || time.Since(time.Unix(0, rx)) > h.cluster.info.hc.Timeout {
+		return false
+	}
+	now := time.Now()
+	if h.busySince.IsZero() {
+		h.busySince = now
+		p.log.Info("upstream host slow to answer its health check but serving traffic: not counted as a failure",
+			"host", h.addr, "name", h.name, "err", err, "grace", maxBusyGrace)
+	}
+	return now.Sub(h.busySince) < maxBusyGrace
+}
+
+// isTimeout reports whether a check error is its deadline passing.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // isGoneError reports whether a check error means the host's process is gone

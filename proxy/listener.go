@@ -35,6 +35,9 @@ type conn struct {
 	upstream net.Conn
 	once     sync.Once
 	failover atomic.Bool // closed by the sidecar because its host went down or was superseded
+	// rx, when set, is the upstream host's host.rx: the time of the last
+	// bytes read from it on any of its connections.
+	rx *atomic.Int64
 }
 
 // abort closes both sides; the copy loops end with an error.
@@ -105,7 +108,7 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 		p.log.Warn("client connection dropped: no upstream", "client", client.RemoteAddr().String(), "err", err)
 		return
 	}
-	c := &conn{client: client, upstream: upstream}
+	c := &conn{client: client, upstream: upstream, rx: &h.rx}
 	if !p.register(h, c) {
 		// The host was superseded while we connected: start over once.
 		upstream.Close()
@@ -116,7 +119,7 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn) {
 			span.SetStatus(codes.Error, err.Error())
 			return
 		}
-		c = &conn{client: client, upstream: upstream}
+		c = &conn{client: client, upstream: upstream, rx: &h.rx}
 		if !p.register(h, c) {
 			client.Close()
 			upstream.Close()
@@ -337,7 +340,14 @@ func (p *Proxy) pipe(c *conn) (up, down int64, upErr error, upstreamFirst bool) 
 		c.abort()
 	}()
 	var rerr, werr error
-	down, rerr, werr = copyConn(c.client, c.upstream, p.m.bytesDown.Add)
+	count := p.m.bytesDown.Add
+	if c.rx != nil {
+		count = func(n float64) {
+			p.m.bytesDown.Add(n)
+			c.rx.Store(time.Now().UnixNano())
+		}
+	}
+	down, rerr, werr = copyConn(c.client, c.upstream, count)
 	upstreamFirst = !clientDone.Load()
 	if rerr == nil && werr == nil {
 		closeWrite(c.client)

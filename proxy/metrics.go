@@ -56,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		hostHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_proxy_host_healthy",
 			Help: "Own active health check state per host: 1 up, 0 down or unknown."}, []string{"cluster", "host"}),
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_proxy_health_checks_total",
-			Help: "Active health checks, by result (ok, failed)."}, []string{"result"}),
+			Help: "Active health checks, by result (ok, failed; busy: a timeout excused because the host was serving proxied traffic)."}, []string{"result"}),
 		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hachat_proxy_breaker_state",
 			Help: "Circuit breaker state per host: 0 closed, 1 half-open, 2 open."}, []string{"host"}),
 		tlsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "hachat_proxy_tls_refused_total",

@@ -2,10 +2,11 @@
 // customer's channel) and of interaction (the agent's), one writer for both.
 //
 // A Writer frames events (id, event, data; multi-line data as several data
-// lines), flushes each one, bounds each write with a deadline (a client that
-// does not take an event within WriteTimeout is too slow: the write fails and
-// the caller ends the stream, which its browser then reopens), and tells its
-// caller when a heartbeat is due.
+// lines), flushes each one (or, with Queue and Flush, several that are
+// ready together in one write), bounds each write with a deadline (a client
+// that does not take an event within WriteTimeout is too slow: the write
+// fails and the caller ends the stream, which its browser then reopens), and
+// tells its caller when a heartbeat is due.
 //
 // The heartbeat rule, the same on every stream: a stream that has written
 // nothing for the heartbeat interval (15 s by default, under the 60 s idle
@@ -59,9 +60,18 @@ type Writer struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	opts Options
-	buf  []byte
+	buf  []byte // framed events not yet written
 	idle *time.Timer
+	// armed: a write deadline is set on the connection (cleared by Stop).
+	armed bool
 }
+
+// maxQueued is the size of queued events past which Queue flushes on its
+// own, so that a caller draining a long backlog writes it in pieces.
+const maxQueued = 64 << 10
+
+// keptBuffer is the largest buffer a Writer keeps between writes.
+const keptBuffer = 4 << 10
 
 // Start answers 200 with the headers of an event stream (Content-Type
 // text/event-stream, Cache-Control, X-Accel-Buffering: no so that nginx does
@@ -96,27 +106,68 @@ func Start(w http.ResponseWriter, opts Options) (*Writer, error) {
 	return sw, nil
 }
 
-// Stop releases the heartbeat timer.
-func (sw *Writer) Stop() { sw.idle.Stop() }
+// Stop releases the heartbeat timer and clears the write deadline, so that
+// the connection, kept alive, carries none into its next response. Events
+// queued and not flushed are dropped.
+func (sw *Writer) Stop() {
+	sw.idle.Stop()
+	sw.buf = sw.buf[:0]
+	if sw.armed {
+		_ = sw.rc.SetWriteDeadline(time.Time{})
+		sw.armed = false
+	}
+}
 
 // Due fires when the stream has written nothing for the heartbeat interval:
 // the caller then writes a heartbeat (Ping, or its own event).
 func (sw *Writer) Due() <-chan time.Time { return sw.idle.C }
 
-// Ping writes the heartbeat comment ": ping".
+// Ping writes the heartbeat comment ": ping" (after any queued events).
 func (sw *Writer) Ping() error {
-	sw.buf = append(sw.buf[:0], ": ping\n\n"...)
+	sw.buf = append(sw.buf, ": ping\n\n"...)
 	return sw.flush()
 }
 
 // Event writes one event: id (empty: none, the browser keeps its last
 // event id), name (empty: the default "message" event) and data, each line
-// of which becomes a data line (a CR LF or CR ends a line too).
+// of which becomes a data line (a CR LF or CR ends a line too). Events
+// queued before it go out in the same write.
 func (sw *Writer) Event(id, name string, data []byte) error {
+	if err := sw.frame(id, name, data); err != nil {
+		return err
+	}
+	return sw.flush()
+}
+
+// Queue frames one event like Event but leaves it in the Writer's buffer:
+// the next Flush (or Event, or Ping) writes every queued event at once, one
+// write and one flush for a burst of events that were ready together. Past
+// 64 KiB queued it flushes on its own. The stream's heartbeat interval
+// restarts only when the events are written.
+func (sw *Writer) Queue(id, name string, data []byte) error {
+	if err := sw.frame(id, name, data); err != nil {
+		return err
+	}
+	if len(sw.buf) >= maxQueued {
+		return sw.flush()
+	}
+	return nil
+}
+
+// Flush writes the queued events, if any.
+func (sw *Writer) Flush() error {
+	if len(sw.buf) == 0 {
+		return nil
+	}
+	return sw.flush()
+}
+
+// frame appends one event to the buffer.
+func (sw *Writer) frame(id, name string, data []byte) error {
 	if strings.ContainsAny(id, "\r\n\x00") || strings.ContainsAny(name, "\r\n") {
 		return fmt.Errorf("%w: id %q, event %q", ErrBadField, id, name)
 	}
-	b := sw.buf[:0]
+	b := sw.buf
 	if id != "" {
 		b = append(append(append(b, "id: "...), id...), '\n')
 	}
@@ -136,7 +187,7 @@ func (sw *Writer) Event(id, name string, data []byte) error {
 	}
 	b = append(append(append(b, "data: "...), data...), "\n\n"...)
 	sw.buf = b
-	return sw.flush()
+	return nil
 }
 
 // indexLineBreak returns the index of the first CR or LF in b, or -1.
@@ -149,18 +200,28 @@ func indexLineBreak(b []byte) int {
 	return -1
 }
 
-// flush writes the buffer within the write timeout, flushes, and restarts
-// the heartbeat interval.
+// flush writes the buffer within the write timeout, flushes, empties the
+// buffer and restarts the heartbeat interval.
+//
+// The deadline is set before each write and left in place after it: it
+// bounds only writes, and every write sets a fresh one first, so an idle
+// stream is never failed for being idle (one deadline call per write, not
+// two; Stop clears it).
 func (sw *Writer) flush() error {
 	_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.opts.WriteTimeout))
-	if _, err := sw.w.Write(sw.buf); err != nil {
+	sw.armed = true
+	_, err := sw.w.Write(sw.buf)
+	if cap(sw.buf) > keptBuffer {
+		sw.buf = nil // a burst's buffer is not kept by an idle stream
+	} else {
+		sw.buf = sw.buf[:0]
+	}
+	if err != nil {
 		return fmt.Errorf("sse: write: %w", err)
 	}
 	if err := sw.rc.Flush(); err != nil {
 		return fmt.Errorf("sse: flush: %w", err)
 	}
-	// No deadline between events: an idle stream is not a slow client.
-	_ = sw.rc.SetWriteDeadline(time.Time{})
 	sw.idle.Reset(sw.opts.Heartbeat)
 	return nil
 }

@@ -273,3 +273,163 @@ func FuzzEvent(f *testing.F) {
 		}
 	})
 }
+
+// countingWriter counts the writes and flushes that reach the response.
+type countingWriter struct {
+	*httptest.ResponseRecorder
+	writes, flushes int
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) { c.writes++; return c.ResponseRecorder.Write(b) }
+func (c *countingWriter) Flush()                      { c.flushes++; c.ResponseRecorder.Flush() }
+
+// TestQueueFlush: queued events stay in the Writer until Flush (or the next
+// Event or Ping), then go out framed as Event frames them, in one write and
+// one flush; a Flush with nothing queued writes nothing.
+func TestQueueFlush(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		finish func(w *Writer) error
+		tail   string
+	}{
+		{"flush", (*Writer).Flush, ""},
+		{"event", func(w *Writer) error { return w.Event("9", "", []byte("c")) }, "id: 9\ndata: c\n\n"},
+		{"ping", (*Writer).Ping, ": ping\n\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cw := &countingWriter{ResponseRecorder: httptest.NewRecorder()}
+			w, err := Start(cw, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Stop()
+			cw.Body.Reset()
+			cw.writes, cw.flushes = 0, 0
+			if err := w.Queue("1", "", []byte("a")); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Queue("", "chat", []byte("b\nb")); err != nil {
+				t.Fatal(err)
+			}
+			if cw.writes != 0 || cw.Body.Len() != 0 {
+				t.Fatalf("queued events written early: %d writes, %q", cw.writes, cw.Body.String())
+			}
+			if err := tc.finish(w); err != nil {
+				t.Fatal(err)
+			}
+			want := "id: 1\ndata: a\n\nevent: chat\ndata: b\ndata: b\n\n" + tc.tail
+			if got := cw.Body.String(); got != want {
+				t.Errorf("wrote %q, want %q", got, want)
+			}
+			if cw.writes != 1 || cw.flushes != 1 {
+				t.Errorf("%d writes and %d flushes for one burst, want 1 and 1", cw.writes, cw.flushes)
+			}
+			if err := w.Flush(); err != nil || cw.writes != 1 {
+				t.Errorf("empty Flush: %v, %d writes", err, cw.writes)
+			}
+		})
+	}
+}
+
+// TestQueueBounded: a long backlog queued without Flush goes out in pieces
+// of about 64 KiB, not as one unbounded buffer.
+func TestQueueBounded(t *testing.T) {
+	cw := &countingWriter{ResponseRecorder: httptest.NewRecorder()}
+	w, err := Start(cw, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	cw.writes = 0
+	data := []byte(strings.Repeat("x", 1000))
+	for range 200 {
+		if err := w.Queue("", "", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cw.writes < 2 || len(w.buf) >= maxQueued {
+		t.Errorf("200 KB queued: %d writes, %d bytes still queued", cw.writes, len(w.buf))
+	}
+}
+
+// TestIdleAfterWrite: the write deadline bounds writes only; a stream that
+// is idle for longer than the write timeout after an event still writes
+// the next one.
+func TestIdleAfterWrite(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	errc := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w, err := Start(rw, Options{WriteTimeout: timeout})
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer w.Stop()
+		if err := w.Event("1", "", []byte("a")); err != nil {
+			errc <- err
+			return
+		}
+		time.Sleep(3 * timeout) // idle, past the deadline of the last write
+		errc <- w.Event("2", "", []byte("b"))
+	}))
+	defer srv.Close()
+	res, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if err := <-errc; err != nil {
+		t.Fatalf("event after an idle spell: %v", err)
+	}
+}
+
+// TestStopClearsDeadline: a stream that ends after an idle spell longer
+// than the write timeout still ends cleanly (net/http's closing chunk goes
+// out: the stream's write deadline does not outlive Stop), and the kept-alive
+// connection serves its next request.
+func TestStopClearsDeadline(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/plain" {
+			_, _ = rw.Write([]byte("ok"))
+			return
+		}
+		w, err := Start(rw, Options{WriteTimeout: timeout})
+		if err != nil {
+			return
+		}
+		defer w.Stop()
+		_ = w.Event("1", "", []byte("a"))
+		time.Sleep(3 * timeout) // idle past the deadline the last write set
+	}))
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	readResponse := func(path string) string {
+		t.Helper()
+		if _, err := conn.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		defer res.Body.Close()
+		var sb strings.Builder
+		if _, err := bufio.NewReader(res.Body).WriteTo(&sb); err != nil {
+			t.Fatalf("%s body: %v", path, err)
+		}
+		return sb.String()
+	}
+	if got := readResponse("/stream"); !strings.Contains(got, "id: 1\n") {
+		t.Fatalf("stream wrote %q", got)
+	}
+	if got := readResponse("/plain"); got != "ok" {
+		t.Fatalf("next request on the connection: %q", got)
+	}
+}

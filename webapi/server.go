@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -317,8 +318,7 @@ func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
 			rec.status = http.StatusOK
 		}
 		d := time.Since(start)
-		code := fmt.Sprint(rec.status)
-		s.metrics.requests.WithLabelValues(route, code).Inc()
+		s.metrics.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
 		level := slog.LevelInfo
 		switch {
 		case rec.status >= 500:
@@ -329,8 +329,12 @@ func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
 		if !isStream(route) {
 			s.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
 		}
-		s.log.Log(r.Context(), level, "http request", "method", r.Method, "route", route,
-			"path", r.URL.Path, "status", rec.status, "duration", d, "chat", r.PathValue("chatId"))
+		// The check first: the attributes cost allocations even when the
+		// level is off (sends and polls log at debug).
+		if s.log.Enabled(r.Context(), level) {
+			s.log.Log(r.Context(), level, "http request", "method", r.Method, "route", route,
+				"path", r.URL.Path, "status", rec.status, "duration", d, "chat", r.PathValue("chatId"))
+		}
 	})
 	return otelhttp.NewHandler(inner, route,
 		otelhttp.WithTracerProvider(s.tel.Tracer),

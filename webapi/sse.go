@@ -271,7 +271,8 @@ func (pc *pushChannel) heartbeat() error {
 	return pc.event(sseHeartbeat, 0, notice{NextPosition: pc.next, UTCTime: time.Now().UnixMilli()})
 }
 
-// batch writes a unary read's events; ended finishes the channel.
+// batch writes a unary read's events, in one write; ended finishes the
+// channel.
 func (pc *pushChannel) batch(er *chatpb.EventsResponse) error {
 	for _, ev := range er.GetEvents() {
 		if err := pc.write(ev); err != nil {
@@ -284,17 +285,26 @@ func (pc *pushChannel) batch(er *chatpb.EventsResponse) error {
 	if er.GetEnded() {
 		return pc.end()
 	}
-	return nil
+	return pc.out.Flush()
 }
 
-// write writes one event unless it was written already, and advances next.
+// write queues one event unless it was written already, and advances next;
+// the caller flushes (the channel's own events flush what is queued too).
 func (pc *pushChannel) write(ev *chatpb.Event) error {
 	if ev.GetIndex() < pc.next {
 		return nil // already written: a resumed stream may repeat
 	}
 	pc.next = ev.GetIndex() + 1
 	if m, ok := toMessage(ev); ok {
-		if err := pc.event("", ev.GetIndex(), m); err != nil {
+		b, err := json.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("encode sse data: %w", err)
+		}
+		var id string
+		if ev.GetIndex() > 0 {
+			id = strconv.FormatUint(ev.GetIndex(), 10)
+		}
+		if err := pc.out.Queue(id, "", b); err != nil {
 			return err
 		}
 		pc.events++
@@ -331,7 +341,9 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 		ev  *chatpb.Event
 		err error
 	}
-	ch := make(chan recv)
+	// Buffered: events that arrive together are written together (one
+	// write and flush for the lot, see writeReady).
+	ch := make(chan recv, recvBuffer)
 	done := make(chan struct{})
 	go func() { // owned by follow: ends when sctx is cancelled
 		defer close(done)
@@ -429,18 +441,47 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 			// on a stream opened now, so that refusal is never heard.
 			return errResubscribe
 		case rv := <-ch:
-			if rv.err != nil {
-				if errors.Is(rv.err, io.EOF) {
-					return fmt.Errorf("core closed the subscription: %w", status.Error(codes.Unavailable, "stream ended"))
+			// rv and the events received behind it go out in one write.
+			for n := 1; ; n++ {
+				if rv.err != nil {
+					if err := pc.out.Flush(); err != nil {
+						return err
+					}
+					if errors.Is(rv.err, io.EOF) {
+						return fmt.Errorf("core closed the subscription: %w", status.Error(codes.Unavailable, "stream ended"))
+					}
+					return rv.err
 				}
-				return rv.err
+				if err := pc.resumed(reconnecting); err != nil {
+					return err
+				}
+				if err := pc.write(rv.ev); err != nil {
+					return err
+				}
+				if n == maxBurst {
+					break
+				}
+				var more bool
+				select {
+				case rv = <-ch:
+					more = true
+				default:
+				}
+				if !more {
+					break
+				}
 			}
-			if err := pc.resumed(reconnecting); err != nil {
-				return err
-			}
-			if err := pc.write(rv.ev); err != nil {
+			if err := pc.out.Flush(); err != nil {
 				return err
 			}
 		}
 	}
 }
+
+// Bounds of a push channel's bursts: recvBuffer events may wait between
+// the channel's reader and its writer, and one write carries at most
+// maxBurst of them.
+const (
+	recvBuffer = 16
+	maxBurst   = 64
+)

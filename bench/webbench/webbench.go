@@ -48,6 +48,10 @@ type Options struct {
 	// Kill adds the failover phase: under the same load, the primary core
 	// is killed with SIGKILL.
 	Kill bool
+	// PProf makes webapi, interaction, the cores and the sidecars serve
+	// net/http/pprof on loopback ports (--pprof=127.0.0.1:0); their
+	// addresses go to Progress once the cluster runs.
+	PProf bool
 	// ProgressEvery is the interval of the progress line (default 5s).
 	ProgressEvery time.Duration
 	// Progress receives the cluster's start story and the progress lines;
@@ -210,18 +214,27 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	accounts = append(accounts, demo.AccountSpec{User: "sup", Role: auth.RoleSupervisor})
 	perAgent := (o.Chats+o.Agents-1)/o.Agents + 1
+	partArgs := map[string][]string{
+		"interaction": {"--max-chats-per-agent=" + strconv.Itoa(perAgent), "--max-queue=0", "--offer-timeout=60s",
+			"--login-failures-per-address=1000000"},
+	}
+	if o.PProf {
+		for _, name := range pprofParts {
+			partArgs[name] = append(partArgs[name], "--pprof=127.0.0.1:0")
+		}
+	}
 	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{
 		Whole:    true, // webapi's chat-start limits lifted: every chat comes from one address
 		Accounts: accounts,
-		PartArgs: map[string][]string{
-			"interaction": {"--max-chats-per-agent=" + strconv.Itoa(perAgent), "--max-queue=0", "--offer-timeout=60s",
-				"--login-failures-per-address=1000000"},
-		},
+		PartArgs: partArgs,
 	}, o.Progress, fmt.Sprintf("--max-sessions=%d", o.Chats+1000), "--send-rate=100000", "--send-burst=100000")
 	if err != nil {
 		return Report{}, err
 	}
 	defer bc.Stop()
+	if o.PProf {
+		reportPProf(bc, o.Progress)
+	}
 	b := newBench(o, bc)
 	defer b.close()
 	rep, err := b.run(ctx)

@@ -22,6 +22,7 @@ func runBenchWeb(ctx context.Context, args []string, out, errw io.Writer) error 
 		Kill        bool          `yaml:"kill"`
 		Progress    time.Duration `yaml:"progress"`
 		JSON        bool          `yaml:"json"`
+		PProf       bool          `yaml:"pprof"`
 	}
 	o.Chats, o.Messages, o.Concurrency, o.Setup, o.Mesh, o.Kill, o.Progress = 10000, 20000, 128, 64, true, true, 5*time.Second
 	err := parseFlags("bench web", "Measure the customer path: customers through webapi (HTTP sends, SSE push channel open)\n"+
@@ -37,12 +38,13 @@ func runBenchWeb(ctx context.Context, args []string, out, errw io.Writer) error 
 			fs.BoolVar(&o.Kill, "kill", o.Kill, "then kill -9 the primary core under the same load and measure the gap")
 			fs.DurationVar(&o.Progress, "progress", o.Progress, "interval of the progress line on stderr")
 			fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
+			fs.BoolVar(&o.PProf, "pprof", o.PProf, "every part serves net/http/pprof on a loopback port (--pprof=127.0.0.1:0); the addresses go to stderr")
 		})
 	if err != nil {
 		return err
 	}
 	rep, err := webbench.Run(ctx, webbench.Options{Chats: o.Chats, Messages: o.Messages, Concurrency: o.Concurrency,
-		SetupConcurrency: o.Setup, Agents: o.Agents, Mesh: o.Mesh, Kill: o.Kill, ProgressEvery: o.Progress, Progress: errw})
+		SetupConcurrency: o.Setup, Agents: o.Agents, Mesh: o.Mesh, Kill: o.Kill, PProf: o.PProf, ProgressEvery: o.Progress, Progress: errw})
 	if err != nil {
 		return err
 	}
