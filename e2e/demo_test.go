@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -27,10 +28,7 @@ import (
 // again and the agent gets it. The demo reports the death, does not restart
 // the part, keeps the rest running, and stops everything on SIGTERM.
 func TestDemoCommand(t *testing.T) {
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state.json")
-	cmd, output, exited := startDemo(t, "--free-ports", "--dir", dir, "--state", state)
-	waitDemoReady(t, output, exited)
+	dir, state, cmd, output, exited := startFreeDemo(t, nil)
 	st, err := demo.ReadState(state)
 	if err != nil {
 		t.Fatal(err)
@@ -275,6 +273,51 @@ func demoStatePath(args []string) string {
 }
 
 // waitDemoReady waits until the demo has printed its table.
+// startFreeDemo starts `hachat demo --free-ports` with args in a fresh
+// directory (env nil: the test's environment) and waits for its table. The
+// free ports are picked before the parts bind them; another process on this
+// machine can take one in between, and the part that lost it exits with
+// "address already in use". Such a start is made again in a fresh directory
+// with new ports (three attempts in all); any other failure fails the test.
+func startFreeDemo(t *testing.T, env []string, args ...string) (dir, state string, cmd *exec.Cmd, output func() string, exited <-chan error) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		dir = t.TempDir()
+		state = filepath.Join(dir, "state.json")
+		cmd, output, exited = startDemoEnv(t, env, append([]string{"--free-ports", "--dir", dir, "--state", state}, args...)...)
+		err := demoTable(output, exited, 60*time.Second)
+		if err == nil {
+			return dir, state, cmd, output, exited
+		}
+		if attempt < 3 && strings.Contains(output(), "address already in use") {
+			t.Logf("demo attempt %d: another process took one of its free ports (address already in use); starting again with new ports", attempt)
+			continue
+		}
+		t.Fatalf("demo not ready: %v\n%s", err, output())
+	}
+}
+
+// demoTable waits until the demo printed its table, it exited, or within
+// passed.
+func demoTable(output func() string, exited <-chan error, within time.Duration) error {
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if strings.Contains(output(), "agent desktop:") {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return errors.New("demo exited early: " + errString(err))
+		case <-deadline.C:
+			return fmt.Errorf("no table within %v", within)
+		case <-tick.C:
+		}
+	}
+}
+
 func waitDemoReady(t *testing.T, output func() string, exited <-chan error) {
 	t.Helper()
 	harness.Eventually(t, "the demo's table", 60*time.Second, func() error {

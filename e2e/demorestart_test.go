@@ -26,10 +26,7 @@ import (
 // (every other field kept), core-a comes back as backup, and core-b, now
 // primary, has a backup in sync again.
 func TestDemoRestartCore(t *testing.T) {
-	dir := t.TempDir()
-	state := filepath.Join(dir, "demo.json")
-	_, output, exited := startDemo(t, "--free-ports", "--dir", dir, "--state", state)
-	waitDemoReady(t, output, exited)
+	dir, state, _, output, _ := startFreeDemo(t, nil)
 	before, err := demo.ReadState(state)
 	if err != nil {
 		t.Fatal(err)

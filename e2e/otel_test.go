@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -71,10 +70,7 @@ func sendTrace(spans []harness.Span, service string) (string, error) {
 // carries the promotion's trace_id.
 func TestOTELDemoFailoverSpans(t *testing.T) {
 	col := harness.StartCollector(t)
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state.json")
-	_, output, exited := startDemoEnv(t, otelEnv("http/protobuf", "http://"+col.HTTP), "--free-ports", "--dir", dir, "--state", state)
-	waitDemoReady(t, output, exited)
+	_, state, _, _, _ := startFreeDemo(t, otelEnv("http/protobuf", "http://"+col.HTTP))
 	st, err := demo.ReadState(state)
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -83,10 +82,7 @@ func TestDemoCommandUCSPostgres(t *testing.T) {
 		t.Fatalf("demo --ucs-store mongo: %v: %s", err, out)
 	}
 
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state.json")
-	cmd, output, exited := startDemo(t, "--free-ports", "--dir", dir, "--state", state, "--ucs-store", "postgres")
-	waitDemoReady(t, output, exited)
+	_, state, cmd, _, exited := startFreeDemo(t, nil, "--ucs-store", "postgres")
 	st, err := demo.ReadState(state)
 	if err != nil {
 		t.Fatal(err)
