@@ -193,12 +193,6 @@ type Saver struct {
 
 	cb *gobreaker.CircuitBreaker[transcript.SaveResult]
 
-	// batchMax is the most sessions one batched save carries, and linger
-	// how long a batch that is not full waits for more while saves flow
-	// (saveBatchMax and saveBatchLinger; tests shorten them).
-	batchMax int
-	linger   time.Duration
-
 	mu     sync.Mutex
 	queue  []Session
 	wake   chan struct{}
@@ -255,7 +249,6 @@ func (u *ucsTrouble) ok(ctx context.Context, log *slog.Logger) {
 // size metric (registered with reg) and its circuit breaker.
 func (sv *Saver) init(reg prometheus.Registerer) {
 	sv.wake, sv.timers = make(chan struct{}, 1), make(map[*time.Timer]struct{})
-	sv.batchMax, sv.linger = saveBatchMax, saveBatchLinger
 	sv.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "hachat_core_transcript_save_batch_size",
 		Help:    "Sessions per batched transcript save call (with a store that saves in batches).",
@@ -337,9 +330,7 @@ func (sv *Saver) pop() Session {
 // Run starts Config.Workers workers and returns when ctx is done and
 // they have stopped. With a BatchStore each worker takes every
 // session queued at that moment (up to saveBatchMax) into one SaveBatch
-// call, and while saves flow (sessions were queued while its previous
-// batch was in flight) lets a batch that is not full linger (fill);
-// otherwise one session per Save call.
+// call; otherwise one session per Save call.
 func (sv *Saver) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	bs, batched := sv.store.(BatchStore)
@@ -349,18 +340,12 @@ func (sv *Saver) Run(ctx context.Context) {
 	}
 	for range workers {
 		wg.Go(func() {
-			flowing := false // the previous batch found sessions queued
 			for {
 				if batched {
-					if ss := sv.popBatch(sv.batchMax); ss != nil {
-						if flowing {
-							ss = sv.fill(ctx, ss)
-						}
-						flowing = true
+					if ss := sv.popBatch(saveBatchMax); ss != nil {
 						sv.saveBatch(ctx, bs, ss)
 						continue
 					}
-					flowing = false
 				} else if s := sv.pop(); s != nil {
 					sv.save(ctx, s)
 					continue
@@ -641,18 +626,8 @@ func (sv *Saver) PendingRetry(s Session, now time.Time) {
 	}
 }
 
-// saveBatchMax is the most sessions one batched save carries: UCS's own
-// bound (ucsmock.MaxBatchSaves). UCS commits a batch in one bbolt
-// transaction, whose cost is mostly per page written and per fdatasync: a
-// larger batch shares both among more saves (BenchmarkSaveBatch in
-// package ucsmock: about a quarter less CPU per save at 1024 than at 256).
-const saveBatchMax = 1024
-
-// saveBatchLinger is how long a batch that is not full waits for more
-// sessions while saves flow. Saves are asynchronous (a send never waits
-// for one), so the wait costs the send path nothing; it makes UCS commit
-// fewer, larger transactions. A save after a quiet spell goes at once.
-const saveBatchLinger = 5 * time.Millisecond
+// saveBatchMax is the most sessions one batched save carries.
+const saveBatchMax = 256
 
 // saveBatchWorkers bounds the batched saves in flight (at most
 // TranscriptSaveWorkers): each takes every session queued meanwhile, so
@@ -686,27 +661,6 @@ func (sv *Saver) popBatch(max int) []Session {
 		}
 	}
 	return out
-}
-
-// fill adds sessions queued within sv.linger to ss, until it holds
-// sv.batchMax or ctx ends, and returns it.
-func (sv *Saver) fill(ctx context.Context, ss []Session) []Session {
-	if len(ss) >= sv.batchMax || sv.linger <= 0 {
-		return ss
-	}
-	t := time.NewTimer(sv.linger)
-	defer t.Stop()
-	for len(ss) < sv.batchMax {
-		select {
-		case <-ctx.Done():
-			return ss
-		case <-t.C:
-			return append(ss, sv.popBatch(sv.batchMax-len(ss))...)
-		case <-sv.wake:
-			ss = append(ss, sv.popBatch(sv.batchMax-len(ss))...)
-		}
-	}
-	return ss
 }
 
 // saveBatch performs one save attempt for each of sessions in one

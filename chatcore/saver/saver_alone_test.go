@@ -158,9 +158,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// newTestSaver runs a saver over store and fake at epoch 3 until the test
-// ends; each of tune changes the saver before it runs.
-func newTestSaver(t *testing.T, store Store, fake Core, tune ...func(*Saver)) *Saver {
+// newTestSaver runs a saver over store and fake at epoch 3 until the test ends.
+func newTestSaver(t *testing.T, store Store, fake Core) *Saver {
 	t.Helper()
 	rs := role.New()
 	rs.BecomePrimary(3, true, nil)
@@ -177,9 +176,6 @@ func newTestSaver(t *testing.T, store Store, fake Core, tune ...func(*Saver)) *S
 		Workers: 2, SaveTimeout: time.Second, ResendAttempts: 2, ResendDelay: 10 * time.Millisecond,
 		BreakerTimeout: time.Second, BreakerFailures: 100}
 	sv := New(fake, store, rs, cfg, m, reg, slog.New(slog.NewTextHandler(io.Discard, nil)), noop.NewTracerProvider().Tracer("test"), time.Now)
-	for _, f := range tune {
-		f(sv)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); sv.Run(ctx) }()
