@@ -42,7 +42,7 @@ func (c *Core) sendStream(ctx context.Context, recv func() (*chatpb.SendStreamRe
 	// returned, which ends the stream and its context.
 	go func() {
 		received <- ss.read(recv, func(r *chatpb.SendStreamRequest) {
-			res := c.sendOne(ctx, r)
+			res := c.sendOne(ss.deadlines.bound(ctx, r.TimeoutMs), r)
 			ss.sendMu.Lock()
 			err := send(res)
 			ss.sendMu.Unlock()
@@ -61,6 +61,7 @@ func (c *Core) sendStream(ctx context.Context, recv func() (*chatpb.SendStreamRe
 		err = errNotPrimary
 	}
 	ss.close()
+	ss.deadlines.stop()
 	return err
 }
 
@@ -73,6 +74,59 @@ type sendStreamState struct {
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // the sends in flight
+
+	deadlines sendDeadlines
+}
+
+// sendDeadlineGrain is how far a send's deadline may be moved later so that
+// the sends of a stream arriving together share one deadline (one timer).
+const sendDeadlineGrain = 10 * time.Millisecond
+
+// sendDeadlines gives the sends of one stream their deadlines. A deadline
+// is rounded up to a multiple of sendDeadlineGrain, never earlier than the
+// client asked, and the sends whose rounded deadlines are equal share one
+// context: one timer for the hundreds of sends a busy stream carries within
+// a grain, instead of a context and a runtime timer per send (3% of a
+// primary's CPU in the bench chat profile).
+type sendDeadlines struct {
+	mu     sync.Mutex
+	at     time.Time // the deadline of ctx
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// bound returns parent bounded by a deadline at least timeoutMs
+// milliseconds from now (parent itself when timeoutMs <= 0). A context it
+// returned ends at its deadline or with parent; the stream's handler ends
+// parent when it returns.
+func (d *sendDeadlines) bound(parent context.Context, timeoutMs int64) context.Context {
+	if timeoutMs <= 0 {
+		return parent
+	}
+	at := time.Now().Add(time.Duration(timeoutMs) * time.Millisecond)
+	if r := at.Truncate(sendDeadlineGrain); !r.Equal(at) {
+		at = r.Add(sendDeadlineGrain)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx != nil && d.at.Equal(at) {
+		return d.ctx
+	}
+	// The context replaced is not canceled: sends in flight hold it. It
+	// ends by its deadline or with parent.
+	d.at = at
+	d.ctx, d.cancel = context.WithDeadline(parent, at)
+	return d.ctx
+}
+
+// stop ends the newest shared context (the others have ended by their
+// deadlines or end with the stream). Call once no send is in flight.
+func (d *sendDeadlines) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cancel != nil {
+		d.cancel()
+	}
 }
 
 // read receives requests and runs do on each in its own goroutine, until
@@ -115,15 +169,11 @@ func (ss *sendStreamState) close() {
 }
 
 // sendOne is one send of a SendStream: the gate and the unary Send's checks
-// and operation, under the send's own deadline and, when the send carries
-// trace context and this core exports spans, its own server span (as the
-// otelgrpc handler gives a unary Send).
+// and operation, under ctx, which carries the send's own deadline
+// (sendDeadlines.bound) and, when the send carries trace context and this
+// core exports spans, its own server span (as the otelgrpc handler gives
+// a unary Send).
 func (c *Core) sendOne(ctx context.Context, r *chatpb.SendStreamRequest) *chatpb.SendStreamResult {
-	if r.TimeoutMs > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(r.TimeoutMs)*time.Millisecond)
-		defer cancel()
-	}
 	var span trace.Span
 	if len(r.TraceContext) > 0 && c.tel.Tracing() {
 		ctx = c.tel.Propagator.Extract(ctx, propagation.MapCarrier(r.TraceContext))

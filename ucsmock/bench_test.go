@@ -83,9 +83,15 @@ func benchSave(b *testing.B, mode string, start func(b *testing.B) (*Server, *Cl
 func BenchmarkSaveBatch(b *testing.B) {
 	for _, st := range benchStores {
 		for _, form := range []string{"binary", "json"} {
-			b.Run(st.name+"/"+form, func(b *testing.B) { benchSaveBatch(b, st.start, form == "json", 10000) })
+			b.Run(st.name+"/"+form, func(b *testing.B) { benchSaveBatch(b, st.start, form == "json", 10000, 100) })
 		}
-		b.Run(st.name+"/binary/chats/1000", func(b *testing.B) { benchSaveBatch(b, st.start, false, 1000) })
+		b.Run(st.name+"/binary/chats/1000", func(b *testing.B) { benchSaveBatch(b, st.start, false, 1000, 100) })
+		// CPU per save by batch size (a core's saver sends at most 256;
+		// UCS takes MaxBatchSaves): run each with the same number of saves,
+		// e.g. -benchtime 640x, 160x and 40x.
+		for _, size := range []int{64, 256, MaxBatchSaves} {
+			b.Run(fmt.Sprintf("%s/binary/batch/%d", st.name, size), func(b *testing.B) { benchSaveBatch(b, st.start, false, 10000, size) })
+		}
 	}
 }
 
@@ -98,7 +104,7 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func benchSaveBatch(b *testing.B, start func(b *testing.B) (*Server, *Client), json bool, chats int) {
+func benchSaveBatch(b *testing.B, start func(b *testing.B) (*Server, *Client), json bool, chats, size int) {
 	srv, c := start(b)
 	var writes0 int64
 	if bs, ok := srv.store.(*boltStore); ok {
@@ -112,9 +118,9 @@ func benchSaveBatch(b *testing.B, start func(b *testing.B) (*Server, *Client), j
 	b.ResetTimer()
 	saves := 0
 	for n := 0; n < b.N; n++ {
-		reqs := make([]SaveRequest, 100)
+		reqs := make([]SaveRequest, size)
 		for i := range reqs {
-			chat := fmt.Sprintf("chat-%d", (n*100+i)%chats)
+			chat := fmt.Sprintf("chat-%d", (n*size+i)%chats)
 			next[chat]++
 			reqs[i] = SaveRequest{ChatID: chat, Service: "chat", Epoch: 1, Writer: "bench", Events: evs(chat, next[chat], next[chat])}
 		}

@@ -39,8 +39,10 @@ type Options struct {
 	// CPU, when set, is read at the start and the end of the message phase:
 	// the measured processes' CPU time per message (Report.CPUPerMessage).
 	// ClientCPU likewise for the load generator (Report.ClientCPUPerMessage).
+	// StoreCPU likewise for the transcript store (Report.StoreCPUPerMessage).
 	CPU       CPUProbe
 	ClientCPU CPUProbe
+	StoreCPU  CPUProbe
 }
 
 func (o *Options) defaults() {
@@ -80,6 +82,10 @@ type Report struct {
 	// ClientCPUPerMessage the load generator's.
 	CPUPerMessage       time.Duration `json:"cpu_per_message_ns,omitempty"`
 	ClientCPUPerMessage time.Duration `json:"client_cpu_per_message_ns,omitempty"`
+	// StoreCPUPerMessage is the transcript store's (UCS's) CPU time over
+	// the message phase per message sent (0 without Options.StoreCPU):
+	// the asynchronous saves, which share the machine with the cores.
+	StoreCPUPerMessage time.Duration `json:"ucs_cpu_per_message_ns,omitempty"`
 }
 
 // String renders the report for a terminal.
@@ -92,6 +98,9 @@ func (r Report) String() string {
 	if r.CPUPerMessage > 0 || r.ClientCPUPerMessage > 0 {
 		cpu = fmt.Sprintf("\ncpu per message     %v in the cores (and control planes), %v in the load generator",
 			r.CPUPerMessage.Round(100*time.Nanosecond), r.ClientCPUPerMessage.Round(100*time.Nanosecond))
+	}
+	if r.StoreCPUPerMessage > 0 {
+		cpu += fmt.Sprintf("\ncpu per message     %v in UCS (transcript saves)", r.StoreCPUPerMessage.Round(100*time.Nanosecond))
 	}
 	return fmt.Sprintf(`sessions            %d (set up in %v)
 messages            %d sent, %d errors, in %v
@@ -233,6 +242,10 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 	if err != nil {
 		return rep, err
 	}
+	scpu0, err := readCPU(opts.StoreCPU)
+	if err != nil {
+		return rep, err
+	}
 	start = time.Now()
 	_ = workers.Range(ctx, opts.Concurrency, 0, opts.Messages, nil, func(ctx context.Context, i int) error {
 		s := sessions[i%len(sessions)]
@@ -283,7 +296,12 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 		return rep, err
 	}
 	rep.CPUPerMessage = (cpu1 - cpu0) / time.Duration(opts.Messages)
+	scpu1, err := readCPU(opts.StoreCPU)
+	if err != nil {
+		return rep, err
+	}
 	rep.ClientCPUPerMessage = (ccpu1 - ccpu0) / time.Duration(opts.Messages)
+	rep.StoreCPUPerMessage = (scpu1 - scpu0) / time.Duration(opts.Messages)
 	stopSubs()
 	subs.Wait()
 

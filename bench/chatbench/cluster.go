@@ -66,6 +66,13 @@ func RunCluster(ctx context.Context, copts ClusterOptions, opts Options, progres
 	if opts.CPU == nil {
 		opts.CPU, opts.ClientCPU = ProcessesCPU(pids...), SelfCPU
 	}
+	// UCS's CPU is the transcript saves' cost (asynchronous, so not in
+	// the cores' figure), on the same cores.
+	if opts.StoreCPU == nil {
+		if u, err := bc.PID("ucs"); err == nil {
+			opts.StoreCPU = ProcessesCPU(u)
+		}
+	}
 	ccfg := chatclient.DefaultConfig()
 	ccfg.Targets = targets
 	cl, err := chatclient.New(ccfg, telemetry.Discard())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -82,6 +83,7 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		Rounds       int    `yaml:"rounds"`
 		Pairs        int    `yaml:"pairs"`
 		JSON         bool   `yaml:"json"`
+		CPUProfile   string `yaml:"cpuprofile"`
 	}
 	o.Sessions, o.Messages, o.Concurrency, o.Pair, o.AutoSave, o.Rounds = 1000, 20000, 64, true, 1, 1
 	err := parseFlags("bench chat", "Measure one chat core pair: messages/s, send-to-deliver latency, memory per session.\n"+
@@ -99,9 +101,18 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 		fs.IntVar(&o.Pairs, "pairs", o.Pairs, "run N pairs behind the xDS control planes and send every call through the per-pair routing\n"+
 			"(a proxyless grpc-go client: new chats placed by the weighted route, later calls by the chat's pair); 0: off")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
+		fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write the load generator's own CPU profile (the whole run) to this file\n"+
+			"(the started parts serve theirs with HACHAT_PPROF=127.0.0.1:0)")
 	})
 	if err != nil {
 		return err
+	}
+	if o.CPUProfile != "" {
+		stop, err := startCPUProfile(o.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	opts := chatbench.Options{Sessions: o.Sessions, Messages: o.Messages, Concurrency: o.Concurrency}
 	if o.Pairs != 0 {
@@ -172,6 +183,23 @@ func runBenchChat(ctx context.Context, args []string, out, errw io.Writer) error
 	}
 	fmt.Fprintf(out, "hachat bench chat: %s, transcript-auto-save=%d\n%s\n", mode, o.AutoSave, rep)
 	return nil
+}
+
+// startCPUProfile profiles this process into path until the returned stop
+// is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // writeJSON prints v as indented JSON: the --json report of a bench.
