@@ -227,6 +227,7 @@ func (s *sendStream) read() {
 			s.fail(err)
 			return
 		}
+		s.c.live.hear(s.key.target)
 		s.mu.Lock()
 		ch := s.pending[res.Id]
 		delete(s.pending, res.Id)
