@@ -158,9 +158,20 @@ func (c *Client) OpenStreams() int {
 	return n
 }
 
-// stalled cancels every stream open on target idx, silent for silent.
-func (c *Client) stalled(idx int32, silent time.Duration) {
+// stallIfSilent cancels every stream open on target idx when nothing was
+// heard from it for quiet (always when quiet is 0), and reports how long it
+// was silent and whether it was stalled. The target's silence is then
+// counted again from now (liveness.restart): every attempt that was in
+// flight on it times out within the next attempt timeout, and each of them
+// moving the new streams again would make a storm of its own.
+func (c *Client) stallIfSilent(idx int32, quiet time.Duration) (time.Duration, bool) {
 	c.mu.Lock()
+	silent := c.live.silentFor(idx)
+	if quiet > 0 && silent < quiet {
+		c.mu.Unlock()
+		return silent, false
+	}
+	c.live.restart(idx)
 	n := 0
 	for sc, i := range c.streams {
 		if i == idx {
@@ -172,6 +183,7 @@ func (c *Client) stalled(idx int32, silent time.Duration) {
 	if n > 0 {
 		c.log.Info("chat core silent: moving its streams", "target", c.cfg.Targets[idx], "silent-for", silent, "streams", n)
 	}
+	return silent, true
 }
 
 var _ chatpb.ChatClient = (*Client)(nil)

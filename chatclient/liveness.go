@@ -42,6 +42,13 @@ func (l *liveness) hear(idx int32) {
 	}
 }
 
+// restart counts target idx as heard just now: its streams were just moved,
+// and the new ones get a whole attempt timeout to deliver before another
+// timed-out attempt (most of them began before the move) can move them again.
+func (l *liveness) restart(idx int32) {
+	l.heard[idx].Store(int64(time.Since(l.base)))
+}
+
 // silentFor reports how long target idx has not been heard from (since New
 // when it never was).
 func (l *liveness) silentFor(idx int32) time.Duration {
@@ -81,7 +88,7 @@ func (l *liveness) close() {
 }
 
 // timedOut is told that an attempt on target idx timed out. The target's
-// streams are cancelled (Client.stalled: they resume on the target then
+// streams are cancelled (Client.stallIfSilent: they resume on the target then
 // believed to serve) only when nothing was heard from it for quiet, the
 // attempt timeout: a SIGSTOPped or cut-off core, whose streams would
 // otherwise hang until keepalive noticed (10s and more). A target heard
@@ -91,15 +98,10 @@ func (l *liveness) close() {
 // the attempt).
 func (c *Client) timedOut(idx int32) {
 	quiet := c.cfg.AttemptTimeout
-	silent := c.live.silentFor(idx)
-	if quiet <= 0 || silent >= quiet {
-		c.stalled(idx, silent)
+	silent, stalled := c.stallIfSilent(idx, quiet)
+	if stalled {
 		return
 	}
 	c.log.Debug("chat core slow, not silent: its streams stay", "target", c.cfg.Targets[idx], "heard-ago", silent)
-	c.live.after(idx, quiet-silent, func() {
-		if s := c.live.silentFor(idx); s >= quiet {
-			c.stalled(idx, s)
-		}
-	})
+	c.live.after(idx, quiet-silent, func() { c.stallIfSilent(idx, quiet) })
 }

@@ -23,6 +23,9 @@ type pacedCore struct {
 	lateSend time.Duration
 	hangSend bool
 	mute     chan struct{}
+	// slowStart delays the first event of every subscription but the
+	// first (a new primary busy with everyone's resubscriptions).
+	slowStart time.Duration
 
 	mu      sync.Mutex
 	sends   int
@@ -55,6 +58,13 @@ func (p *pacedCore) Subscribe(in *chatpb.SubscribeRequest, st grpc.ServerStreami
 		p.resubAt = time.Now()
 	}
 	p.mu.Unlock()
+	if !first && p.slowStart > 0 {
+		select {
+		case <-st.Context().Done():
+			return st.Context().Err()
+		case <-time.After(p.slowStart):
+		}
+	}
 	t := time.NewTicker(p.tick)
 	defer t.Stop()
 	for i := in.GetFromIndex(); ; i++ {
@@ -217,5 +227,55 @@ func TestSlowTargetKeepsItsStreams(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestSilentTargetMovesItsStreamsOnce checks that the many attempts that
+// time out on a silent target (every send that was in flight) move its
+// streams once, not once each: the streams that moved get a whole attempt
+// timeout to be heard before another timed-out attempt can move them again.
+func TestSilentTargetMovesItsStreamsOnce(t *testing.T) {
+	const attempt = 200 * time.Millisecond
+	p := &pacedCore{tick: 10 * time.Millisecond, mute: make(chan struct{}), slowStart: attempt / 2}
+	addr, _ := serve(t, p)
+	cfg := DefaultConfig()
+	cfg.Targets = []string{addr}
+	cfg.AttemptTimeout = attempt
+	cfg.RetryFor = 5 * time.Second
+	c, err := New(cfg, telemetry.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := c.Subscribe(ctx, &chatpb.SubscribeRequest{FromIndex: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			if _, err := st.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	close(p.mute)
+	// Sends in flight on the silent core, their attempts timing out one
+	// after another.
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(2*i) * time.Millisecond)
+			if _, err := c.Send(ctx, &chatpb.SendRequest{}); err != nil {
+				t.Errorf("send: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if subs, _ := p.state(); subs != 2 {
+		t.Fatalf("%d subscriptions, want 2: the stream moved %d times", subs, subs-1)
 	}
 }
