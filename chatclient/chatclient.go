@@ -100,6 +100,7 @@ type Client struct {
 
 	mu      sync.Mutex
 	streams map[*streamCancel]int32 // open streams and their target
+	live    liveness                // when each target was last heard from (liveness.go)
 
 	sends sendStreams // Send's multiplexed streams (sendstream.go)
 	// tracing is true when tel exports spans: the otelgrpc handler is
@@ -116,8 +117,9 @@ type streamCancel struct {
 }
 
 // errStalled is the cause a stream is cancelled with when a call to its
-// target timed out: the target is silent (stopped, cut off), and a stream
-// on it would hang until keepalive (10s at least in grpc-go) noticed.
+// target timed out and nothing else was heard from it for an attempt
+// timeout (Client.timedOut): the target is silent (stopped, cut off), and a
+// stream on it would hang until keepalive (10s at least in grpc-go) noticed.
 var errStalled = errors.New("chatclient: target stalled")
 
 // track registers a stream opened on target idx; the returned func forgets it.
@@ -156,15 +158,32 @@ func (c *Client) OpenStreams() int {
 	return n
 }
 
-// stalled cancels every stream open on target idx.
-func (c *Client) stalled(idx int32) {
+// stallIfSilent cancels every stream open on target idx when nothing was
+// heard from it for quiet (always when quiet is 0), and reports how long it
+// was silent and whether it was stalled. The target's silence is then
+// counted again from now (liveness.restart): every attempt that was in
+// flight on it times out within the next attempt timeout, and each of them
+// moving the new streams again would make a storm of its own.
+func (c *Client) stallIfSilent(idx int32, quiet time.Duration) (time.Duration, bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	silent := c.live.silentFor(idx)
+	if quiet > 0 && silent < quiet {
+		c.mu.Unlock()
+		return silent, false
+	}
+	c.live.restart(idx)
+	n := 0
 	for sc, i := range c.streams {
 		if i == idx {
 			sc.cancel(errStalled)
+			n++
 		}
 	}
+	c.mu.Unlock()
+	if n > 0 {
+		c.log.Info("chat core silent: moving its streams", "target", c.cfg.Targets[idx], "silent-for", silent, "streams", n)
+	}
+	return silent, true
 }
 
 var _ chatpb.ChatClient = (*Client)(nil)
@@ -187,8 +206,9 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 		// measured in milliseconds, so reconnect almost at once.
 		// A stopped (SIGSTOP) or cut-off core keeps its TCP connections open
 		// and answers nothing. Keepalive pings find it (grpc-go allows no
-		// interval under 10s); sooner, a call to it that times out cancels
-		// the streams open on it (Client.stalled), so they resume elsewhere.
+		// interval under 10s); sooner, a call to it that times out, when
+		// nothing else was heard from it for as long, cancels the streams
+		// open on it (Client.timedOut), so they resume elsewhere.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 300 * time.Millisecond},
@@ -205,6 +225,7 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient"),
 		tracing: tel.Tracing(), tracer: tel.Tracer.Tracer("github.com/hachat/hachat/chatclient"), prop: tel.Propagator}
 	c.sends.init()
+	c.live.init(len(cfg.Targets))
 	for i, t := range cfg.Targets {
 		c.dials = append(c.dials, &dialRecord{})
 		// The recording dialer first: a test's own dialer (opts) wins.
@@ -222,6 +243,7 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 // Close ends Send's streams (sends in flight fail with Canceled) and
 // closes the connections.
 func (c *Client) Close() error {
+	c.live.close()
 	c.sends.close()
 	var errs []error
 	for _, conn := range c.conns {
@@ -329,11 +351,14 @@ func retried[Req, Resp any](ctx context.Context, c *Client, method string, idemp
 		idx := c.cur.Load()
 		c.attempts.Add(1)
 		resp, err := attempt(ctx, c.cfg.AttemptTimeout, idx, req)
+		if err == nil {
+			c.live.hear(idx)
+		}
 		if err == nil || ctx.Err() != nil || !c.cfg.Policy.Retry(err, attempts, idempotent) {
 			return resp, err
 		}
 		if status.Code(err) == codes.DeadlineExceeded {
-			c.stalled(idx) // streams on a silent target would hang: move them too
+			c.timedOut(idx) // streams on a silent target would hang: move them too
 		}
 		if obs != nil {
 			obs(method, attempts, err)
@@ -560,6 +585,7 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		}
 		m, err := s.cur.Recv()
 		if err == nil {
+			s.c.live.hear(s.curIdx)
 			s.fresh = false
 			s.r.attempt = 0
 			deliver, final := s.seen(m)

@@ -181,7 +181,7 @@ func (c *Client) sendStream(key sendKey) (*sendStream, error) {
 	if c.tracing {
 		s.attrs = spanAttrs(c.cfg.Targets[key.target])
 	}
-	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stalled)
+	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stallIfSilent)
 	ss.open[key] = s
 	// Both end with the stream: the reader when Recv fails (the stream's
 	// context cancelled, by Close or a stall, or the core gone), the writer
@@ -227,6 +227,7 @@ func (s *sendStream) read() {
 			s.fail(err)
 			return
 		}
+		s.c.live.hear(s.key.target)
 		s.mu.Lock()
 		ch := s.pending[res.Id]
 		delete(s.pending, res.Id)
