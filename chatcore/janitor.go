@@ -113,13 +113,7 @@ func (s *session) nextDueLocked(now, next time.Time, linger time.Duration) time.
 // at what is due.
 func (c *Core) dueAll() {
 	now := c.now()
-	c.mu.RLock()
-	all := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		all = append(all, s)
-	}
-	c.mu.RUnlock()
-	for _, s := range all {
+	for _, s := range c.all() {
 		c.due.schedule(s, now)
 	}
 }

@@ -317,13 +317,7 @@ func (c *Core) watchSessions(ctx context.Context, deliver func(*chatpb.SessionCh
 	c.watch.add(w)
 	defer c.watch.remove(w)
 
-	c.mu.RLock()
-	all := make([]*session, 0, len(c.sessions))
-	for _, s := range c.sessions {
-		all = append(all, s)
-	}
-	c.mu.RUnlock()
-	for _, s := range all {
+	for _, s := range c.all() {
 		s.mu.Lock()
 		var ch *chatpb.SessionChange
 		if !s.log.State.Ended && !s.removed && s.log.State.Customer() != nil {

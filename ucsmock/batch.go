@@ -185,23 +185,8 @@ func (s *Server) parseProtoBatch(items []protoItem) ([]batchSave, []batchResult,
 
 // protoItemSave is batchItemSave for a save of a binary body.
 func (s *Server) protoItemSave(it protoItem) (SaveRequest, []*chatpb.Event, error) {
-	var size int64
-	for _, raw := range it.events {
-		size += int64(len(raw)) + 1
-	}
-	if size > s.cfg.MaxBody {
-		return SaveRequest{}, nil, &tooLargeError{limit: s.cfg.MaxBody}
-	}
-	evs, err := unmarshalProtoEvents(it.events)
-	if err != nil {
-		return SaveRequest{}, nil, err
-	}
-	req := SaveRequest{ChatID: it.chatID, Service: it.service, Epoch: it.epoch, Writer: it.writer, Events: evs, Ended: it.ended}
-	events, err := validateSave(req)
-	if err != nil {
-		return SaveRequest{}, nil, err
-	}
-	return req, events, nil
+	meta := SaveRequest{ChatID: it.chatID, Service: it.service, Epoch: it.epoch, Writer: it.writer, Ended: it.ended}
+	return itemSave(s, meta, it.events, unmarshalProtoEvents)
 }
 
 // parseBatch validates the saves of a decoded batch body; see decodeBatch.
@@ -227,24 +212,32 @@ func (s *Server) parseBatch(body batchBody) ([]batchSave, []batchResult, error) 
 	return saves, results, nil
 }
 
-// batchItemSave validates one save of a batch with the rules of a single
-// save: max-body bounds its events, and validateSave checks the rest.
+// batchItemSave validates one save of a JSON batch; see itemSave.
 func (s *Server) batchItemSave(it batchItem) (SaveRequest, []*chatpb.Event, error) {
+	meta := SaveRequest{ChatID: it.ChatID, Service: it.Service, Epoch: it.Epoch, Writer: it.Writer, Ended: it.Ended}
+	return itemSave(s, meta, it.Events, unmarshalEvents)
+}
+
+// itemSave validates one save of a batch, in either body form, with the
+// rules of a single save: max-body bounds its raw events, decode turns them
+// into events, and validateSave checks the rest. meta is the save without
+// its events.
+func itemSave[R ~[]byte](s *Server, meta SaveRequest, raw []R, decode func([]R) ([]*chatpb.Event, error)) (SaveRequest, []*chatpb.Event, error) {
 	var size int64
-	for _, raw := range it.Events {
-		size += int64(len(raw)) + 1
+	for _, r := range raw {
+		size += int64(len(r)) + 1
 	}
 	if size > s.cfg.MaxBody {
 		return SaveRequest{}, nil, &tooLargeError{limit: s.cfg.MaxBody}
 	}
-	evs, err := unmarshalEvents(it.Events)
+	evs, err := decode(raw)
 	if err != nil {
 		return SaveRequest{}, nil, err
 	}
-	req := SaveRequest{ChatID: it.ChatID, Service: it.Service, Epoch: it.Epoch, Writer: it.Writer, Events: evs, Ended: it.Ended}
-	events, err := validateSave(req)
+	meta.Events = evs
+	events, err := validateSave(meta)
 	if err != nil {
 		return SaveRequest{}, nil, err
 	}
-	return req, events, nil
+	return meta, events, nil
 }
