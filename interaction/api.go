@@ -152,7 +152,13 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
-	return otelhttp.NewHandler(s.haFront(securityHeaders(s.audit(apiErrors(mux)))), "interaction",
+	h := s.haFront(securityHeaders(s.audit(apiErrors(mux))))
+	if !s.tel.Tracing() {
+		// No spans exported: otelhttp with the no-op tracer would still
+		// wrap every request and every push channel write for nothing.
+		return s.tel.TraceContext(h)
+	}
+	return otelhttp.NewHandler(h, "interaction",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
 }
