@@ -28,6 +28,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/edge"
 	"github.com/hachat/hachat/telemetry"
@@ -56,6 +57,11 @@ type Server struct {
 	rotation *rotation // in or out of the edge's rotation (LeaveRotation)
 
 	routeLogs []*routeLog // the hot routes, whose access log has a summary
+
+	// retried is the chat client's retry observer of an untraced call
+	// (Server.retry), made once: a traced call gets its own, whose log
+	// lines carry the trace.
+	retried chatclient.RetryObserver
 }
 
 // New builds a Server that reaches the chat core through core. It registers
@@ -122,6 +128,7 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		origins:  origins,
 		proxies:  proxies,
 	}
+	s.retried = func(method string, attempt int, err error) { s.retry(context.Background(), method, attempt, err) }
 	s.handler = s.routes()
 	return s, nil
 }
