@@ -45,3 +45,31 @@ func TestSecurityHeadersShared(t *testing.T) {
 		t.Errorf("%v allocations per answer, want none", n)
 	}
 }
+
+// TestCORSVaryShared: a same-site request (no Origin) costs CORS no
+// allocation, and an answer that had a Vary of its own keeps it beside
+// Origin.
+func TestCORSVaryShared(t *testing.T) {
+	o, err := ParseOrigins("https://a.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := o.CORS(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), func(http.ResponseWriter, *http.Request) {})
+	w := &headerWriter{h: http.Header{}}
+	r := httptest.NewRequest(http.MethodPost, "/genesys/2/chat/x", nil)
+	h.ServeHTTP(w, r)
+	if got := w.h.Values("Vary"); len(got) != 1 || got[0] != "Origin" {
+		t.Fatalf("Vary %q, want Origin", got)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		delete(w.h, "Vary")
+		h.ServeHTTP(w, r)
+	}); n != 0 {
+		t.Errorf("%v allocations per same-site answer, want none", n)
+	}
+	w.h = http.Header{"Vary": {"Accept-Encoding"}}
+	h.ServeHTTP(w, r)
+	if got := w.h.Values("Vary"); len(got) != 2 || got[0] != "Accept-Encoding" || got[1] != "Origin" {
+		t.Errorf("Vary %q, want Accept-Encoding and Origin", got)
+	}
+}
