@@ -145,8 +145,8 @@ func (s *Server) logSummary(ctx context.Context, period time.Duration) {
 	}
 }
 
-// summarize writes the access log's summary every accessSummaryEvery until
-// ctx is done, and once more then.
+// summarize writes the access log's summary every interval until ctx is
+// done, and once more then.
 func (s *Server) summarize(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -2,9 +2,11 @@ package webapi
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -150,5 +152,42 @@ func TestAccessLog(t *testing.T) {
 				t.Errorf("summary with no requests since the last: %q", s)
 			}
 		})
+	}
+}
+
+// TestServeWritesLastSummary: an instance that stops writes the access
+// log's summary of the requests since the last one, those of its shutdown
+// included.
+func TestServeWritesLastSummary(t *testing.T) {
+	var logs syncBuffer
+	tel := telemetry.Discard()
+	tel.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	e := newEnvTel(t, tel, nil)
+	c := e.start("Ada")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ln, err := (&netListenConfig{}).listen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Serve(ctx, ln) }()
+	form := url.Values{"userId": {c.user}, "secureKey": {c.key}, "message": {"hi"}}
+	res, err := http.PostForm("http://"+ln.Addr().String()+"/genesys/2/chat/customer-support/"+c.id+"/send", form)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("send: %v %v", res, err)
+	}
+	res.Body.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+	if !strings.Contains(logs.String(), `route="POST /genesys/2/chat/{service}/{chatId}/send" requests=1 failed=0`) {
+		t.Errorf("no last summary of the send:\n%s", logs.String())
 	}
 }

@@ -177,9 +177,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("web api server listening", "http", ln.Addr().String(), "service", s.cfg.Service)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	sumCtx, stopSum := context.WithCancel(ctx)
+	// The access log's summary runs until Serve returns (after the
+	// shutdown's last requests), then writes a last one.
+	sumCtx, stopSum := context.WithCancel(context.WithoutCancel(ctx))
 	sumDone := make(chan struct{})
-	go func() { // owned by Serve: ends with it, after a last summary
+	go func() { // owned by Serve: ends with it
 		defer close(sumDone)
 		s.summarize(sumCtx, accessSummaryEvery)
 	}()
