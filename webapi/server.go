@@ -203,8 +203,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// routes builds the handler: the mux, whose every route is traced, counted
-// and logged under its pattern; in front of the API the GMS leniencies
+// routes builds the handler: the mux, whose every route is counted, logged
+// and (when spans are exported) traced under its pattern; in front of the API the GMS leniencies
 // (one trailing slash dropped) and the apikey check, and in front of those
 // the CORS allow-list (preflights included, which the mux would answer 405);
 // the security headers in front of everything.
