@@ -3,7 +3,6 @@ package webbench
 import (
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"testing"
 )
 
@@ -28,26 +27,4 @@ func TestStartCPUProfile(t *testing.T) {
 	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
 		t.Fatalf("profile file: %v, %v", fi, err)
 	}
-}
-
-// TestRelaxGC: the measured phase runs at loadGCPercent and the setting
-// comes back after it; a GOGC given in the environment is left alone.
-func TestRelaxGC(t *testing.T) {
-	before := debug.SetGCPercent(100)
-	defer debug.SetGCPercent(before)
-	t.Setenv("GOGC", "")
-	restore := relaxGC()
-	if got := debug.SetGCPercent(loadGCPercent); got != loadGCPercent {
-		t.Errorf("GC percent in the phase %d, want %d", got, loadGCPercent)
-	}
-	restore()
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Errorf("GC percent after the phase %d, want 100 back", got)
-	}
-	t.Setenv("GOGC", "50")
-	restore = relaxGC()
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Errorf("GC percent with GOGC set %d, want it untouched (100)", got)
-	}
-	restore()
 }

@@ -14,8 +14,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -391,7 +389,6 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	defer relaxGC()()
 	selfBefore, _ := processCPU(selfPID)
 	fmt.Fprintf(b.o.Progress, "sending %d messages with %d senders\n", b.o.Messages, b.o.Concurrency)
 	start = time.Now()
@@ -438,23 +435,6 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	}
 	rep.Failover = f
 	return rep, nil
-}
-
-// loadGCPercent is the load generator's GOGC during the measured phase.
-// Its live heap is mostly the buffers of its 10,000 streams, and at the
-// default 100 the collector took a seventh of its CPU: CPU taken from the
-// cluster it measures, on the same cores. Trading memory for it changes
-// nothing the servers see.
-const loadGCPercent = 400
-
-// relaxGC sets the garbage collector to loadGCPercent, unless the GOGC
-// environment variable sets it, and returns the function that restores it.
-func relaxGC() (restore func()) {
-	if os.Getenv("GOGC") != "" {
-		return func() {}
-	}
-	old := debug.SetGCPercent(loadGCPercent)
-	return func() { debug.SetGCPercent(old) }
 }
 
 // waitFor polls cond until it holds, within d.
