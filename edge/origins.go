@@ -107,8 +107,13 @@ func (o Origins) Allowed(r *http.Request) bool {
 // origin's answer to another. No credentials (cookies) are allowed: the
 // chat's secureKey travels in the request itself.
 func (o Origins) CORS(next http.Handler, refuse http.HandlerFunc) http.Handler {
+	varyOrigin := []string{"Origin"} // shared, as SecurityHeaders' values
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Add("Vary", "Origin")
+		if h := w.Header(); len(h["Vary"]) == 0 {
+			h["Vary"] = varyOrigin
+		} else {
+			h.Add("Vary", "Origin")
+		}
 		origin := r.Header.Get("Origin")
 		preflight := r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
 		switch {

@@ -152,7 +152,19 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /agent/v1/chats", s.auth(false, s.handleChats))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/monitor", s.auth(false, s.handleSupervise(ModeMonitor)))
 	mux.HandleFunc("POST /agent/v1/chats/{chatId}/coach", s.auth(false, s.handleSupervise(ModeCoach)))
-	return otelhttp.NewHandler(s.haFront(securityHeaders(s.audit(apiErrors(mux)))), "interaction",
+	return s.traced(s.haFront(securityHeaders(s.audit(apiErrors(mux)))))
+}
+
+// traced wraps h in a server span per request (otelhttp, named after the
+// method and path) when spans are exported (telemetry.Tracing). Otherwise
+// it only keeps a request's incoming trace context (telemetry.TraceContext,
+// for the log lines): otelhttp with the no-op tracer would still wrap every
+// request, and every write and flush of the push channels, for nothing.
+func (s *Server) traced(h http.Handler) http.Handler {
+	if !s.tel.Tracing() {
+		return s.tel.TraceContext(h)
+	}
+	return otelhttp.NewHandler(h, "interaction",
 		otelhttp.WithTracerProvider(s.tel.Tracer), otelhttp.WithPropagators(s.tel.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Path }))
 }

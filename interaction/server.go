@@ -153,7 +153,7 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry, opts ...O
 }
 
 // Handler returns the HTTP handler: agent API, push channel, desktop page,
-// /metrics and /healthz, wrapped in otelhttp.
+// /metrics and /healthz, wrapped in otelhttp when spans are exported.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Run listens on cfg.HTTP and serves until ctx is cancelled.

@@ -440,3 +440,66 @@ func TestStopClearsDeadline(t *testing.T) {
 		t.Fatalf("next request on the connection: %q", got)
 	}
 }
+
+// deadlineWriter records the write deadlines set on it and the least time
+// a write had left before its deadline.
+type deadlineWriter struct {
+	hdr      http.Header
+	deadline time.Time
+	sets     int
+	least    time.Duration
+}
+
+func (w *deadlineWriter) Header() http.Header { return w.hdr }
+func (w *deadlineWriter) WriteHeader(int)     {}
+func (w *deadlineWriter) Flush()              {}
+func (w *deadlineWriter) Write(b []byte) (int, error) {
+	if left := time.Until(w.deadline); w.least == 0 || left < w.least {
+		w.least = left
+	}
+	return len(b), nil
+}
+func (w *deadlineWriter) SetWriteDeadline(t time.Time) error {
+	w.sets++
+	w.deadline = t
+	return nil
+}
+
+// TestDeadlineMovedLazily: a busy stream does not set a write deadline per
+// write, yet every write has at least WriteTimeout before its deadline,
+// which moves on once less than that remains.
+func TestDeadlineMovedLazily(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	rw := &deadlineWriter{hdr: http.Header{}}
+	w, err := Start(rw, Options{WriteTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for i := range 1000 {
+		if err := w.Event(strconv.Itoa(i), "", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rw.sets > 2 {
+		t.Errorf("1000 events set the write deadline %d times, want it set once (twice on a slow machine)", rw.sets)
+	}
+	// Keep writing until the deadline has moved on.
+	first, sets := rw.deadline, rw.sets
+	for end := time.Now().Add(5 * time.Second); rw.sets == sets; {
+		if time.Now().After(end) {
+			t.Fatal("the write deadline never moved on a stream writing for 5s")
+		}
+		if err := w.Event("", "", []byte("y")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !rw.deadline.After(first) {
+		t.Errorf("deadline moved from %v to %v", first, rw.deadline)
+	}
+	// A write is checked and made within microseconds; allow a loaded
+	// machine 50ms between the two.
+	if rw.least < timeout-50*time.Millisecond {
+		t.Errorf("a write had %v before its deadline, want at least the write timeout %v", rw.least, timeout)
+	}
+}

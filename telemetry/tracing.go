@@ -1,6 +1,12 @@
 package telemetry
 
-import "go.opentelemetry.io/otel/trace/noop"
+import (
+	"net/http"
+	"net/textproto"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace/noop"
+)
 
 // Tracing reports whether t's tracer provider records spans: false for the
 // no-op provider that Setup installs when no exporter is configured (and
@@ -15,4 +21,30 @@ func (t *Telemetry) Tracing() bool {
 		return false
 	}
 	return true
+}
+
+// TraceContext wraps next so that a request that carries trace context
+// (the headers of t.Propagator: traceparent, baggage) has it in its
+// context, without a span of its own: what otelhttp does with the no-op
+// tracer, at the cost of a header lookup for a request that carries none.
+// Parts use it in place of otelhttp when Tracing is false, so that their
+// log lines still carry the caller's trace_id.
+func (t *Telemetry) TraceContext(next http.Handler) http.Handler {
+	prop := t.Propagator
+	if prop == nil {
+		return next
+	}
+	var keys []string
+	for _, f := range prop.Fields() {
+		keys = append(keys, textproto.CanonicalMIMEHeaderKey(f))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, k := range keys {
+			if len(r.Header[k]) > 0 {
+				r = r.WithContext(prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header)))
+				break
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }

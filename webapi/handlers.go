@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -17,11 +18,17 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
+// Header values of every JSON answer, shared (see edge.SecurityHeaders).
+var (
+	jsonType = []string{"application/json; charset=utf-8"}
+	noStore  = []string{"no-store"}
+)
+
 // writeJSON writes a response body with the given HTTP status.
 func writeJSON(w http.ResponseWriter, code int, resp *response) {
 	h := w.Header()
-	h.Set("Content-Type", "application/json; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
+	h["Content-Type"] = jsonType
+	h["Cache-Control"] = noStore
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(resp)
 }
@@ -85,11 +92,18 @@ func (s *Server) call(ctx context.Context, method string, fn func(ctx context.Co
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CoreTimeout)
 	defer cancel()
 	defer context.AfterFunc(gone, cancel)()
-	ctx = chatclient.WithRetryObserver(ctx, func(method string, attempt int, err error) {
-		s.metrics.coreRetries.WithLabelValues(method).Inc()
-		s.log.DebugContext(ctx, "chat core unavailable, the chat client retries", "method", method, "attempt", attempt, "err", err)
-	})
-	return fn(ctx)
+	obs := s.retried
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		// The request is traced: its retries' log lines carry its trace.
+		obs = func(method string, attempt int, err error) { s.retry(ctx, method, attempt, err) }
+	}
+	return fn(chatclient.WithRetryObserver(ctx, obs))
+}
+
+// retry counts and logs one retry the chat client makes of a call.
+func (s *Server) retry(ctx context.Context, method string, attempt int, err error) {
+	s.metrics.coreRetries.WithLabelValues(method).Inc()
+	s.log.DebugContext(ctx, "chat core unavailable, the chat client retries", "method", method, "attempt", attempt, "err", err)
 }
 
 // parseChat decodes and authenticates-checks a per-chat request.

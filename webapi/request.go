@@ -219,11 +219,12 @@ func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRe
 		return req, fmt.Errorf("%w: read body: %v", errMalformed, err)
 	}
 	// Query parameters first, so that the body wins where both are given.
-	if err := decodeValues(&req, r.URL.Query()); err != nil {
-		return req, err
+	if r.URL.RawQuery != "" {
+		if err := decodeValues(&req, r.URL.Query()); err != nil {
+			return req, err
+		}
 	}
-	ct := r.Header.Get("Content-Type")
-	mt, params, _ := mime.ParseMediaType(ct)
+	mt, params := mediaType(r.Header.Get("Content-Type"))
 	switch {
 	case len(bytes.TrimSpace(body)) == 0:
 		return req, nil
@@ -244,6 +245,18 @@ func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRe
 	default:
 		return req, fmt.Errorf("%w: unsupported content type %q", errMalformed, mt)
 	}
+}
+
+// mediaType parses a Content-Type header: the media type, lower case, and
+// its parameters. The two types every GMS client sends, as they send them,
+// are recognised without parsing (mime.ParseMediaType allocates a map).
+func mediaType(ct string) (string, map[string]string) {
+	switch ct {
+	case "application/x-www-form-urlencoded", "application/json":
+		return ct, nil
+	}
+	mt, params, _ := mime.ParseMediaType(ct)
+	return mt, params
 }
 
 // decodeForm decodes an application/x-www-form-urlencoded body.

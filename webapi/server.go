@@ -21,15 +21,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 
+	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/edge"
 	"github.com/hachat/hachat/telemetry"
@@ -56,6 +55,13 @@ type Server struct {
 	stopping chan struct{} // closed when Run begins shutting down: ends push channels
 
 	rotation *rotation // in or out of the edge's rotation (LeaveRotation)
+
+	routeLogs []*routeLog // the hot routes, whose access log has a summary
+
+	// retried is the chat client's retry observer of an untraced call
+	// (Server.retry), made once: a traced call gets its own, whose log
+	// lines carry the trace.
+	retried chatclient.RetryObserver
 }
 
 // New builds a Server that reaches the chat core through core. It registers
@@ -122,6 +128,7 @@ func New(cfg Config, core chatpb.ChatClient, tel *telemetry.Telemetry) (*Server,
 		origins:  origins,
 		proxies:  proxies,
 	}
+	s.retried = func(method string, attempt int, err error) { s.retry(context.Background(), method, attempt, err) }
 	s.handler = s.routes()
 	return s, nil
 }
@@ -170,6 +177,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("web api server listening", "http", ln.Addr().String(), "service", s.cfg.Service)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	// The access log's summary runs until Serve returns (after the
+	// shutdown's last requests), then writes a last one.
+	sumCtx, stopSum := context.WithCancel(context.WithoutCancel(ctx))
+	sumDone := make(chan struct{})
+	go func() { // owned by Serve: ends with it
+		defer close(sumDone)
+		s.summarize(sumCtx, accessSummaryEvery)
+	}()
+	defer func() { stopSum(); <-sumDone }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("webapi: serve: %w", err)
@@ -187,8 +203,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// routes builds the handler: the mux, whose every route is traced, counted
-// and logged under its pattern; in front of the API the GMS leniencies
+// routes builds the handler: the mux, whose every route is counted, logged
+// and (when spans are exported) traced under its pattern; in front of the API the GMS leniencies
 // (one trailing slash dropped) and the apikey check, and in front of those
 // the CORS allow-list (preflights included, which the mux would answer 405);
 // the security headers in front of everything.
@@ -284,67 +300,11 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// statusRecorder remembers the status a handler wrote.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach Flush and deadlines.
-func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// instrument wraps a route handler with a server span (otelhttp, from tel),
-// request metrics and a request log line.
-func (s *Server) instrument(route string, h http.HandlerFunc) http.Handler {
-	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
-		h(rec, r)
-		if rec.status == 0 {
-			rec.status = http.StatusOK
-		}
-		d := time.Since(start)
-		s.metrics.requests.WithLabelValues(route, strconv.Itoa(rec.status)).Inc()
-		level := slog.LevelInfo
-		switch {
-		case rec.status >= 500:
-			level = slog.LevelWarn
-		case isChatty(route) && rec.status < 400:
-			level = slog.LevelDebug
-		}
-		if !isStream(route) {
-			s.metrics.duration.WithLabelValues(route).Observe(d.Seconds())
-		}
-		// The check first: the attributes cost allocations even when the
-		// level is off (sends and polls log at debug).
-		if s.log.Enabled(r.Context(), level) {
-			s.log.Log(r.Context(), level, "http request", "method", r.Method, "route", route,
-				"path", r.URL.Path, "status", rec.status, "duration", d, "chat", r.PathValue("chatId"))
-		}
-	})
-	return otelhttp.NewHandler(inner, route,
-		otelhttp.WithTracerProvider(s.tel.Tracer),
-		otelhttp.WithPropagators(s.tel.Propagator),
-	)
-}
-
-// isChatty reports routes that a page calls often (logged at debug).
-func isChatty(route string) bool {
-	return hasSuffix(route, "/refresh") || hasSuffix(route, "Typing")
+// isHot reports the routes a page calls for every message or keystroke
+// (send, refresh, typing): their successful requests are logged at debug,
+// and counted in the access log's summary (see routeLog).
+func isHot(route string) bool {
+	return hasSuffix(route, "/send") || hasSuffix(route, "/refresh") || hasSuffix(route, "Typing")
 }
 
 // isStream reports the push channel route, whose duration is its lifetime.

@@ -107,30 +107,23 @@ func (b *bench) agentPush(ag *agent, body io.ReadCloser) {
 	defer body.Close()
 	stop := context.AfterFunc(b.ctx, func() { body.Close() })
 	defer stop()
-	var msg struct {
-		ChatID          string `json:"chatId"`
-		ClientMessageID string `json:"clientMessageId"`
+	var offer struct {
+		ChatID string `json:"chatId"`
 	}
-	wKey := []byte(`"clientMessageId":"w`)
 	err := readSSE(body, func(ev sseEvent) {
 		switch string(ev.Event) {
-		case "offer":
-			msg.ChatID = ""
-			if json.Unmarshal(ev.Data, &msg) == nil && msg.ChatID != "" {
+		case "offer": // one per chat: decoded
+			offer.ChatID = ""
+			if json.Unmarshal(ev.Data, &offer) == nil && offer.ChatID != "" {
 				select {
-				case ag.offers <- msg.ChatID:
+				case ag.offers <- offer.ChatID:
 				case <-b.ctx.Done():
 				}
 			}
-		case "chat":
-			if !bytes.Contains(ev.Data, wKey) {
-				return
-			}
-			now := time.Now().UnixNano()
-			msg.ClientMessageID = ""
-			if json.Unmarshal(ev.Data, &msg) == nil {
-				if i, ok := b.tr.messageNumber([]byte(msg.ClientMessageID)); ok {
-					b.tr.delivered(i, true, now)
+		case "chat": // one per message: only the bench's clientMessageId is read
+			if id, ok := benchMessageID(ev.Data); ok {
+				if i, ok := b.tr.messageNumber(id); ok {
+					b.tr.delivered(i, true, time.Now().UnixNano())
 				}
 			}
 		}

@@ -10,7 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +21,10 @@ import (
 type customer struct {
 	chatID, userID, secureKey string
 	path                      string // /genesys/2/chat/{service}/{chatId}/
+	// sendForm is the form of a send up to its clientMessageId: the
+	// parameters that are the same for every message of the chat, encoded
+	// once.
+	sendForm string
 }
 
 // gmsAnswer is the part of a customer API answer the bench reads.
@@ -39,48 +43,68 @@ type gmsAnswer struct {
 // the network failed).
 var errRetry = errors.New("retry")
 
-// post sends a form to webapi and decodes the answer; statusCode 1 and
+// answerOK is how every successful answer of webapi begins (statusCode is
+// the body's first member): a send whose answer begins so needs no decoding.
+var answerOK = []byte(`{"statusCode":0,`)
+
+// bodies are buffers for answers, reused: a send's answer is read whole
+// and dropped.
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// post sends a form-encoded body to webapi and decodes the answer into ans
+// (nil: a send, whose successful answer is not decoded); statusCode 1 and
 // transport failures come back wrapping errRetry.
-func (b *bench) post(ctx context.Context, path string, form url.Values) (gmsAnswer, error) {
-	var ans gmsAnswer
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.webapi+path, strings.NewReader(form.Encode()))
+func (b *bench) post(ctx context.Context, path string, form []byte, ans *gmsAnswer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.webapi+path, bytes.NewReader(form))
 	if err != nil {
-		return ans, fmt.Errorf("POST %s: %w", path, err)
+		return fmt.Errorf("POST %s: %w", path, err)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header["Content-Type"] = formType
 	resp, err := b.sendHTTP.Do(req)
 	if err != nil {
-		return ans, fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
+		return fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return ans, fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
+	buf := bodies.Get().(*bytes.Buffer)
+	defer bodies.Put(buf)
+	buf.Reset()
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, 1<<20)); err != nil {
+		return fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
 	}
-	if err := json.Unmarshal(body, &ans); err != nil {
-		return ans, fmt.Errorf("POST %s: HTTP %d: %w", path, resp.StatusCode, err)
+	body := buf.Bytes()
+	if ans == nil {
+		if resp.StatusCode == http.StatusOK && bytes.HasPrefix(body, answerOK) {
+			return nil
+		}
+		ans = new(gmsAnswer)
+	}
+	if err := json.Unmarshal(body, ans); err != nil {
+		return fmt.Errorf("POST %s: HTTP %d: %w", path, resp.StatusCode, err)
 	}
 	switch ans.StatusCode {
 	case 0:
-		return ans, nil
+		return nil
 	case 1:
-		return ans, fmt.Errorf("POST %s: HTTP %d %v: %w", path, resp.StatusCode, ans.Errors, errRetry)
+		return fmt.Errorf("POST %s: HTTP %d %v: %w", path, resp.StatusCode, ans.Errors, errRetry)
 	default:
-		return ans, fmt.Errorf("POST %s: HTTP %d statusCode %d %v", path, resp.StatusCode, ans.StatusCode, ans.Errors)
+		return fmt.Errorf("POST %s: HTTP %d statusCode %d %v", path, resp.StatusCode, ans.StatusCode, ans.Errors)
 	}
 }
 
+// formType is the Content-Type of the bench's posts, shared by them all.
+var formType = []string{"application/x-www-form-urlencoded"}
+
 // postRetry is post, resent as is on errRetry until within has passed.
-func (b *bench) postRetry(ctx context.Context, path string, form url.Values, within time.Duration) (gmsAnswer, error) {
+func (b *bench) postRetry(ctx context.Context, path string, form []byte, ans *gmsAnswer, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for {
-		ans, err := b.post(ctx, path, form)
+		err := b.post(ctx, path, form, ans)
 		if err == nil || !errors.Is(err, errRetry) || time.Now().After(deadline) || ctx.Err() != nil {
-			return ans, err
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return ans, ctx.Err()
+			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -91,11 +115,13 @@ func (b *bench) startChats(ctx context.Context) error {
 	b.chats = make([]*customer, b.o.Chats)
 	base := "/genesys/2/chat/" + url.PathEscape(b.service)
 	return workers.Range(ctx, b.o.SetupConcurrency, 0, b.o.Chats, nil, func(ctx context.Context, i int) error {
-		ans, err := b.postRetry(ctx, base, url.Values{"nickname": {"customer" + strconv.Itoa(i)}, "subject": {"bench"}}, 30*time.Second)
-		if err != nil {
+		var ans gmsAnswer
+		form := url.Values{"nickname": {"customer" + strconv.Itoa(i)}, "subject": {"bench"}}.Encode()
+		if err := b.postRetry(ctx, base, []byte(form), &ans, 30*time.Second); err != nil {
 			return fmt.Errorf("start chat %d: %w", i, err)
 		}
 		c := &customer{chatID: ans.ChatID, userID: ans.UserID, secureKey: ans.SecureKey, path: base + "/" + url.PathEscape(ans.ChatID) + "/"}
+		c.sendForm = url.Values{"userId": {c.userID}, "secureKey": {c.secureKey}}.Encode() + "&message=" + url.QueryEscape(b.text) + "&clientMessageId="
 		b.chats[i] = c
 		b.started.Add(1)
 		body, err := b.openPushRetry(ctx, c, 30*time.Second)
@@ -140,7 +166,6 @@ func (b *bench) openPushRetry(ctx context.Context, c *customer, within time.Dura
 // The stream lives in the bench's context, not in the setup's.
 func (b *bench) follow(c *customer, body io.ReadCloser) {
 	var next uint64 = 1
-	cmidKey := []byte(`"clientMessageId":"`)
 	for {
 		stop := context.AfterFunc(b.ctx, func() { body.Close() })
 		_ = readSSE(body, func(ev sseEvent) {
@@ -150,16 +175,11 @@ func (b *bench) follow(c *customer, body io.ReadCloser) {
 				}
 				return
 			}
-			if n, err := strconv.ParseUint(string(ev.ID), 10, 64); err == nil && n >= next {
+			if n, ok := parseIndex(ev.ID); ok && n >= next {
 				next = n + 1
 			}
-			k := bytes.Index(ev.Data, cmidKey)
-			if k < 0 {
-				return
-			}
-			rest := ev.Data[k+len(cmidKey):]
-			if e := bytes.IndexByte(rest, '"'); e > 0 {
-				if i, ok := b.tr.messageNumber(rest[:e]); ok {
+			if id, ok := benchMessageID(ev.Data); ok {
+				if i, ok := b.tr.messageNumber(id); ok {
 					b.tr.delivered(i, false, time.Now().UnixNano())
 				}
 			}
@@ -192,10 +212,10 @@ func (b *bench) send(ctx context.Context, from, to int, stop <-chan struct{}) in
 	var errs atomic.Int64
 	_ = workers.Range(ctx, b.o.Concurrency, from, to, stop, func(ctx context.Context, i int) error {
 		c := b.chats[i%len(b.chats)]
-		form := url.Values{"userId": {c.userID}, "secureKey": {c.secureKey}, "message": {b.text}, "clientMessageId": {messageID(i)}}
+		form := appendMessageID(append(make([]byte, 0, len(c.sendForm)+16), c.sendForm...), i)
 		b.tr.sent[i].Store(time.Now().UnixNano())
 		b.tr.sentN.Add(1)
-		if _, err := b.postRetry(ctx, c.path+"send", form, 30*time.Second); err != nil {
+		if err := b.postRetry(ctx, c.path+"send", form, nil, 30*time.Second); err != nil {
 			if errs.Add(1) == 1 {
 				fmt.Fprintf(b.o.Progress, "  send %s failed: %v\n", messageID(i), err)
 			}

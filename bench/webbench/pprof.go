@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"runtime/pprof"
 
 	"github.com/hachat/hachat/bench/benchcluster"
 )
@@ -27,4 +28,32 @@ func reportPProf(bc *benchcluster.Cluster, w io.Writer) {
 			fmt.Fprintf(w, "pprof %-20s http://%s/debug/pprof/\n", p.Name, m[1])
 		}
 	}
+}
+
+// startCPUProfile profiles this process into path until the returned stop
+// is called; an empty path profiles nothing.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	var stopped bool
+	return func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		return nil
+	}, nil
 }

@@ -94,3 +94,39 @@ func openSSE(ctx context.Context, client *http.Client, url string, header http.H
 	}
 	return resp.Body, nil
 }
+
+// messageIDKey starts the clientMessageId member of a bench message's JSON
+// (the bench's ids, "w" and a number, need no escaping).
+var messageIDKey = []byte(`"clientMessageId":"w`)
+
+// benchMessageID finds the clientMessageId of a bench message in an event's
+// JSON data without decoding it: one search per event, where a decode
+// would cost the load generator more than the server's encode. ok is false
+// for data without a bench message id.
+func benchMessageID(data []byte) (id []byte, ok bool) {
+	k := bytes.Index(data, messageIDKey)
+	if k < 0 {
+		return nil, false
+	}
+	rest := data[k+len(messageIDKey)-1:] // from the 'w'
+	e := bytes.IndexByte(rest, '"')
+	if e <= 1 {
+		return nil, false
+	}
+	return rest[:e], true
+}
+
+// parseIndex reads an event id, a transcript index, without allocating.
+func parseIndex(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
+}

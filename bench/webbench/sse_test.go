@@ -31,3 +31,39 @@ func TestProcessCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestBenchMessageID(t *testing.T) {
+	for _, tc := range []struct {
+		data, want string
+		ok         bool
+	}{
+		{`{"index":3,"type":"Message","clientMessageId":"w42","from":{}}`, "w42", true},
+		{`{"chatId":"c","clientMessageId":"w7"}`, "w7", true},
+		{`{"clientMessageId":"webapi-00ff"}`, "webapi-00ff", true}, // found; messageNumber refuses it
+		{`{"clientMessageId":"x1"}`, "", false},
+		{`{"clientMessageId":"w"}`, "", false},
+		{`{"clientMessageId":"w12`, "", false},
+		{`{"type":"Message"}`, "", false},
+	} {
+		got, ok := benchMessageID([]byte(tc.data))
+		if ok != tc.ok || string(got) != tc.want {
+			t.Errorf("benchMessageID(%s) = %q, %v; want %q, %v", tc.data, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestParseIndex(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"1", 1, true}, {"18446744073709551", 18446744073709551, true}, {"", 0, false},
+		{"-1", 0, false}, {"1a", 0, false}, {"12345678901234567890", 0, false},
+	} {
+		got, ok := parseIndex([]byte(tc.in))
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("parseIndex(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}

@@ -34,6 +34,9 @@ func newTracker(n int) *tracker {
 
 func messageID(i int) string { return "w" + strconv.Itoa(i) }
 
+// appendMessageID appends messageID(i) to b.
+func appendMessageID(b []byte, i int) []byte { return strconv.AppendInt(append(b, 'w'), int64(i), 10) }
+
 // messageNumber parses a client message id of the bench; ok is false for
 // any other id.
 func (t *tracker) messageNumber(id []byte) (int, bool) {

@@ -52,6 +52,10 @@ type Options struct {
 	// net/http/pprof on loopback ports (--pprof=127.0.0.1:0); their
 	// addresses go to Progress once the cluster runs.
 	PProf bool
+	// CPUProfile, when set, is a file that receives the load generator's
+	// own CPU profile of the measured message phase (the phase of
+	// Report.ClientCPUPerMessage); the parts serve theirs with PProf.
+	CPUProfile string
 	// ProgressEvery is the interval of the progress line (default 5s).
 	ProgressEvery time.Duration
 	// Progress receives the cluster's start story and the progress lines;
@@ -381,6 +385,10 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	for name, pid := range pids {
 		cpuBefore[name], _ = processCPU(pid)
 	}
+	stopProfile, err := startCPUProfile(b.o.CPUProfile)
+	if err != nil {
+		return rep, err
+	}
 	selfBefore, _ := processCPU(selfPID)
 	fmt.Fprintf(b.o.Progress, "sending %d messages with %d senders\n", b.o.Messages, b.o.Concurrency)
 	start = time.Now()
@@ -389,9 +397,13 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	if err := b.waitFor(ctx, time.Minute, "every acknowledged message delivered", func() bool {
 		return b.tr.agentN.Load() >= int64(acked)
 	}); err != nil {
+		stopProfile()
 		return rep, err
 	}
 	rep.Elapsed = time.Since(start)
+	if err := stopProfile(); err != nil {
+		return rep, err
+	}
 	var cpuSum time.Duration
 	for name, pid := range pids {
 		after, _ := processCPU(pid)

@@ -23,6 +23,7 @@ func runBenchWeb(ctx context.Context, args []string, out, errw io.Writer) error 
 		Progress    time.Duration `yaml:"progress"`
 		JSON        bool          `yaml:"json"`
 		PProf       bool          `yaml:"pprof"`
+		CPUProfile  string        `yaml:"cpuprofile"`
 	}
 	o.Chats, o.Messages, o.Concurrency, o.Setup, o.Mesh, o.Kill, o.Progress = 10000, 20000, 128, 64, true, true, 5*time.Second
 	err := parseFlags("bench web", "Measure the customer path: customers through webapi (HTTP sends, SSE push channel open)\n"+
@@ -39,12 +40,13 @@ func runBenchWeb(ctx context.Context, args []string, out, errw io.Writer) error 
 			fs.DurationVar(&o.Progress, "progress", o.Progress, "interval of the progress line on stderr")
 			fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 			fs.BoolVar(&o.PProf, "pprof", o.PProf, "every part serves net/http/pprof on a loopback port (--pprof=127.0.0.1:0); the addresses go to stderr")
+			fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write the load generator's own CPU profile of the measured message phase to this file")
 		})
 	if err != nil {
 		return err
 	}
 	rep, err := webbench.Run(ctx, webbench.Options{Chats: o.Chats, Messages: o.Messages, Concurrency: o.Concurrency,
-		SetupConcurrency: o.Setup, Agents: o.Agents, Mesh: o.Mesh, Kill: o.Kill, PProf: o.PProf, ProgressEvery: o.Progress, Progress: errw})
+		SetupConcurrency: o.Setup, Agents: o.Agents, Mesh: o.Mesh, Kill: o.Kill, PProf: o.PProf, CPUProfile: o.CPUProfile, ProgressEvery: o.Progress, Progress: errw})
 	if err != nil {
 		return err
 	}
