@@ -265,7 +265,7 @@ func (st *subStream) write(send func(*chatpb.SubscribeStreamBatch) error) error 
 		case <-st.finish:
 			finishing = true
 		case <-st.ctx.Done():
-			return nil
+			return status.FromContextError(st.ctx.Err()).Err()
 		}
 		for {
 			st.mu.Lock()
