@@ -194,16 +194,21 @@ func (s *subStream) read() {
 			s.fail(err)
 			return
 		}
+		if len(b.Ids) != len(b.Events) {
+			s.fail(status.Errorf(codes.Internal, "chatclient: subscribe stream batch with %d ids for %d events", len(b.Ids), len(b.Events)))
+			return
+		}
 		s.c.live.hear(s.key.target)
 		s.mu.Lock()
-		for _, d := range b.Events {
-			m := s.members[d.Id]
+		for i, ev := range b.Events {
+			id := b.Ids[i]
+			m := s.members[id]
 			if m == nil {
 				continue // it left (its context is done) or fell behind
 			}
-			if !m.push(d.Event) {
-				delete(s.members, d.Id)
-				s.queue(&chatpb.SubscribeStreamRequest{Id: d.Id, Cancel: true})
+			if !m.push(ev) {
+				delete(s.members, id)
+				s.queue(&chatpb.SubscribeStreamRequest{Id: id, Cancel: true})
 				m.end(errFellBehind)
 			}
 		}

@@ -137,7 +137,7 @@ func (f *subCore) SubscribeStream(st grpc.BidiStreamingServer[chatpb.SubscribeSt
 				for i := max(r.Subscribe.FromIndex, 1); i <= n; {
 					b := &chatpb.SubscribeStreamBatch{}
 					for ; i <= n && len(b.Events) < 7; i++ {
-						b.Events = append(b.Events, &chatpb.SubscribeStreamBatch_Delivery{Id: r.Id, Event: subEvent(sid, i)})
+						b.Ids, b.Events = append(b.Ids, r.Id), append(b.Events, subEvent(sid, i))
 					}
 					if mctx.Err() != nil || send(b) != nil {
 						return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 
 	"google.golang.org/grpc/status"
@@ -267,6 +268,9 @@ func (st *subStream) write(send func(*chatpb.SubscribeStreamBatch) error) error 
 		case <-st.ctx.Done():
 			return status.FromContextError(st.ctx.Err()).Err()
 		}
+		// Let the members that fan-out has just woken queue their events
+		// first: one batch for all of them, not a Send for each.
+		runtime.Gosched()
 		for {
 			st.mu.Lock()
 			taken = append(taken[:0], st.queue...)
@@ -292,18 +296,33 @@ func (st *subStream) write(send func(*chatpb.SubscribeStreamBatch) error) error 
 // tokens of the events as each batch is built.
 func (st *subStream) sendAll(items []subItem, send func(*chatpb.SubscribeStreamBatch) error) error {
 	for len(items) > 0 {
-		b := &chatpb.SubscribeStreamBatch{}
-		n, size := 0, 0
-		for n < len(items) && (n == 0 || len(b.Events) < subscribeBatchEvents && size < subscribeBatchBytes) {
-			it := items[n]
-			n++
-			if it.ev == nil {
-				b.Ends = append(b.Ends, &chatpb.SubscribeStreamBatch_End{Id: it.id, Code: it.code, Message: it.msg})
-				continue
+		n, events, ends, size := 0, 0, 0, 0
+		for n < len(items) && (n == 0 || events < subscribeBatchEvents && size < subscribeBatchBytes) {
+			if ev := items[n].ev; ev != nil {
+				events++
+				size += approxSize(ev)
+			} else {
+				ends++
 			}
-			<-st.tokens
-			b.Events = append(b.Events, &chatpb.SubscribeStreamBatch_Delivery{Id: it.id, Event: it.ev})
-			size += approxSize(it.ev)
+			n++
+		}
+		b := &chatpb.SubscribeStreamBatch{}
+		if events > 0 {
+			b.Ids, b.Events = make([]uint64, 0, events), make([]*chatpb.Event, 0, events)
+			for _, it := range items[:n] {
+				if it.ev != nil {
+					<-st.tokens
+					b.Ids, b.Events = append(b.Ids, it.id), append(b.Events, it.ev)
+				}
+			}
+		}
+		if ends > 0 {
+			b.Ends = make([]*chatpb.SubscribeStreamBatch_End, 0, ends)
+			for _, it := range items[:n] {
+				if it.ev == nil {
+					b.Ends = append(b.Ends, &chatpb.SubscribeStreamBatch_End{Id: it.id, Code: it.code, Message: it.msg})
+				}
+			}
 		}
 		items = items[n:]
 		if err := send(b); err != nil {

@@ -44,11 +44,12 @@ func readMembers(st chatpb.Chat_SubscribeStreamClient) *rawMembers {
 				r.mu.Unlock()
 				return
 			}
-			for _, d := range b.Events {
-				if _, ended := r.ends[d.Id]; ended {
-					r.err = fmt.Errorf("member %d: event %d after its end", d.Id, d.Event.Index)
+			for i, ev := range b.Events {
+				id := b.Ids[i]
+				if _, ended := r.ends[id]; ended {
+					r.err = fmt.Errorf("member %d: event %d after its end", id, ev.Index)
 				}
-				r.events[d.Id] = append(r.events[d.Id], d.Event)
+				r.events[id] = append(r.events[id], ev)
 			}
 			for _, e := range b.Ends {
 				r.ends[e.Id] = memberEnd{codes.Code(e.Code), e.Message}
@@ -357,8 +358,8 @@ func TestSubscribeStreamSlowClient(t *testing.T) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		for _, d := range b.Events {
-			got[d.Id] = append(got[d.Id], d.Event.Index)
+		for i, ev := range b.Events {
+			got[b.Ids[i]] = append(got[b.Ids[i]], ev.Index)
 		}
 		return nil
 	}

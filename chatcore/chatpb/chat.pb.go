@@ -1410,12 +1410,15 @@ func (x *SubscribeStreamRequest) GetCancel() bool {
 }
 
 // SubscribeStreamBatch carries what is ready for the members of a
-// SubscribeStream: events, each with its member's id, and the ends of
-// members. A member's events come in order, and before its end.
+// SubscribeStream: events, each with its member's id (ids[i] is the member
+// of events[i]: parallel lists, so that an event costs no wrapper message),
+// and the ends of members. A member's events come in order, and before its
+// end.
 type SubscribeStreamBatch struct {
-	state         protoimpl.MessageState           `protogen:"open.v1"`
-	Events        []*SubscribeStreamBatch_Delivery `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
-	Ends          []*SubscribeStreamBatch_End      `protobuf:"bytes,2,rep,name=ends,proto3" json:"ends,omitempty"`
+	state         protoimpl.MessageState      `protogen:"open.v1"`
+	Ids           []uint64                    `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"` // the member of each event, as many as events
+	Events        []*Event                    `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Ends          []*SubscribeStreamBatch_End `protobuf:"bytes,3,rep,name=ends,proto3" json:"ends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1450,7 +1453,14 @@ func (*SubscribeStreamBatch) Descriptor() ([]byte, []int) {
 	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16}
 }
 
-func (x *SubscribeStreamBatch) GetEvents() []*SubscribeStreamBatch_Delivery {
+func (x *SubscribeStreamBatch) GetIds() []uint64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *SubscribeStreamBatch) GetEvents() []*Event {
 	if x != nil {
 		return x.Events
 	}
@@ -1925,59 +1935,6 @@ func (x *SwitchoverResponse) GetPauseMicros() int64 {
 	return 0
 }
 
-// Delivery is one event of one member, as the unary Subscribe sends it.
-type SubscribeStreamBatch_Delivery struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Event         *Event                 `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SubscribeStreamBatch_Delivery) Reset() {
-	*x = SubscribeStreamBatch_Delivery{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[28]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SubscribeStreamBatch_Delivery) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SubscribeStreamBatch_Delivery) ProtoMessage() {}
-
-func (x *SubscribeStreamBatch_Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[28]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SubscribeStreamBatch_Delivery.ProtoReflect.Descriptor instead.
-func (*SubscribeStreamBatch_Delivery) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16, 0}
-}
-
-func (x *SubscribeStreamBatch_Delivery) GetId() uint64 {
-	if x != nil {
-		return x.Id
-	}
-	return 0
-}
-
-func (x *SubscribeStreamBatch_Delivery) GetEvent() *Event {
-	if x != nil {
-		return x.Event
-	}
-	return nil
-}
-
 // End is the end of one member: the status the unary Subscribe would
 // have ended with (code 0, OK: after the session's SESSION_ENDED or the
 // participant's own PARTICIPANT_LEFT).
@@ -1992,7 +1949,7 @@ type SubscribeStreamBatch_End struct {
 
 func (x *SubscribeStreamBatch_End) Reset() {
 	*x = SubscribeStreamBatch_End{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[29]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +1961,7 @@ func (x *SubscribeStreamBatch_End) String() string {
 func (*SubscribeStreamBatch_End) ProtoMessage() {}
 
 func (x *SubscribeStreamBatch_End) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[29]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +1974,7 @@ func (x *SubscribeStreamBatch_End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeStreamBatch_End.ProtoReflect.Descriptor instead.
 func (*SubscribeStreamBatch_End) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16, 1}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16, 0}
 }
 
 func (x *SubscribeStreamBatch_End) GetId() uint64 {
@@ -2165,13 +2122,11 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x16SubscribeStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12>\n" +
 	"\tsubscribe\x18\x02 \x01(\v2 .hachat.chat.v1.SubscribeRequestR\tsubscribe\x12\x16\n" +
-	"\x06cancel\x18\x03 \x01(\bR\x06cancel\"\xa9\x02\n" +
-	"\x14SubscribeStreamBatch\x12E\n" +
-	"\x06events\x18\x01 \x03(\v2-.hachat.chat.v1.SubscribeStreamBatch.DeliveryR\x06events\x12<\n" +
-	"\x04ends\x18\x02 \x03(\v2(.hachat.chat.v1.SubscribeStreamBatch.EndR\x04ends\x1aG\n" +
-	"\bDelivery\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
-	"\x05event\x18\x02 \x01(\v2\x15.hachat.chat.v1.EventR\x05event\x1aC\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\"\xda\x01\n" +
+	"\x14SubscribeStreamBatch\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x04R\x03ids\x12-\n" +
+	"\x06events\x18\x02 \x03(\v2\x15.hachat.chat.v1.EventR\x06events\x12<\n" +
+	"\x04ends\x18\x03 \x03(\v2(.hachat.chat.v1.SubscribeStreamBatch.EndR\x04ends\x1aC\n" +
 	"\x03End\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
@@ -2276,43 +2231,42 @@ func file_chatcore_chatpb_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chatcore_chatpb_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_chatcore_chatpb_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_chatcore_chatpb_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_chatcore_chatpb_chat_proto_goTypes = []any{
-	(ParticipantType)(0),                  // 0: hachat.chat.v1.ParticipantType
-	(Visibility)(0),                       // 1: hachat.chat.v1.Visibility
-	(EventKind)(0),                        // 2: hachat.chat.v1.EventKind
-	(SessionChange_Kind)(0),               // 3: hachat.chat.v1.SessionChange.Kind
-	(*Participant)(nil),                   // 4: hachat.chat.v1.Participant
-	(*Event)(nil),                         // 5: hachat.chat.v1.Event
-	(*Auth)(nil),                          // 6: hachat.chat.v1.Auth
-	(*StartSessionRequest)(nil),           // 7: hachat.chat.v1.StartSessionRequest
-	(*JoinRequest)(nil),                   // 8: hachat.chat.v1.JoinRequest
-	(*JoinResponse)(nil),                  // 9: hachat.chat.v1.JoinResponse
-	(*SendRequest)(nil),                   // 10: hachat.chat.v1.SendRequest
-	(*SendResponse)(nil),                  // 11: hachat.chat.v1.SendResponse
-	(*SendStreamRequest)(nil),             // 12: hachat.chat.v1.SendStreamRequest
-	(*SendStreamResult)(nil),              // 13: hachat.chat.v1.SendStreamResult
-	(*LeaveRequest)(nil),                  // 14: hachat.chat.v1.LeaveRequest
-	(*LeaveResponse)(nil),                 // 15: hachat.chat.v1.LeaveResponse
-	(*EventsRequest)(nil),                 // 16: hachat.chat.v1.EventsRequest
-	(*EventsResponse)(nil),                // 17: hachat.chat.v1.EventsResponse
-	(*SubscribeRequest)(nil),              // 18: hachat.chat.v1.SubscribeRequest
-	(*SubscribeStreamRequest)(nil),        // 19: hachat.chat.v1.SubscribeStreamRequest
-	(*SubscribeStreamBatch)(nil),          // 20: hachat.chat.v1.SubscribeStreamBatch
-	(*WatchSessionsRequest)(nil),          // 21: hachat.chat.v1.WatchSessionsRequest
-	(*SessionChange)(nil),                 // 22: hachat.chat.v1.SessionChange
-	(*StatusRequest)(nil),                 // 23: hachat.chat.v1.StatusRequest
-	(*Member)(nil),                        // 24: hachat.chat.v1.Member
-	(*StatusResponse)(nil),                // 25: hachat.chat.v1.StatusResponse
-	(*SwitchoverRequest)(nil),             // 26: hachat.chat.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),            // 27: hachat.chat.v1.SwitchoverResponse
-	nil,                                   // 28: hachat.chat.v1.Event.AttrsEntry
-	nil,                                   // 29: hachat.chat.v1.StartSessionRequest.UserDataEntry
-	nil,                                   // 30: hachat.chat.v1.SendRequest.AttrsEntry
-	nil,                                   // 31: hachat.chat.v1.SendStreamRequest.TraceContextEntry
-	(*SubscribeStreamBatch_Delivery)(nil), // 32: hachat.chat.v1.SubscribeStreamBatch.Delivery
-	(*SubscribeStreamBatch_End)(nil),      // 33: hachat.chat.v1.SubscribeStreamBatch.End
-	nil,                                   // 34: hachat.chat.v1.SessionChange.UserDataEntry
+	(ParticipantType)(0),             // 0: hachat.chat.v1.ParticipantType
+	(Visibility)(0),                  // 1: hachat.chat.v1.Visibility
+	(EventKind)(0),                   // 2: hachat.chat.v1.EventKind
+	(SessionChange_Kind)(0),          // 3: hachat.chat.v1.SessionChange.Kind
+	(*Participant)(nil),              // 4: hachat.chat.v1.Participant
+	(*Event)(nil),                    // 5: hachat.chat.v1.Event
+	(*Auth)(nil),                     // 6: hachat.chat.v1.Auth
+	(*StartSessionRequest)(nil),      // 7: hachat.chat.v1.StartSessionRequest
+	(*JoinRequest)(nil),              // 8: hachat.chat.v1.JoinRequest
+	(*JoinResponse)(nil),             // 9: hachat.chat.v1.JoinResponse
+	(*SendRequest)(nil),              // 10: hachat.chat.v1.SendRequest
+	(*SendResponse)(nil),             // 11: hachat.chat.v1.SendResponse
+	(*SendStreamRequest)(nil),        // 12: hachat.chat.v1.SendStreamRequest
+	(*SendStreamResult)(nil),         // 13: hachat.chat.v1.SendStreamResult
+	(*LeaveRequest)(nil),             // 14: hachat.chat.v1.LeaveRequest
+	(*LeaveResponse)(nil),            // 15: hachat.chat.v1.LeaveResponse
+	(*EventsRequest)(nil),            // 16: hachat.chat.v1.EventsRequest
+	(*EventsResponse)(nil),           // 17: hachat.chat.v1.EventsResponse
+	(*SubscribeRequest)(nil),         // 18: hachat.chat.v1.SubscribeRequest
+	(*SubscribeStreamRequest)(nil),   // 19: hachat.chat.v1.SubscribeStreamRequest
+	(*SubscribeStreamBatch)(nil),     // 20: hachat.chat.v1.SubscribeStreamBatch
+	(*WatchSessionsRequest)(nil),     // 21: hachat.chat.v1.WatchSessionsRequest
+	(*SessionChange)(nil),            // 22: hachat.chat.v1.SessionChange
+	(*StatusRequest)(nil),            // 23: hachat.chat.v1.StatusRequest
+	(*Member)(nil),                   // 24: hachat.chat.v1.Member
+	(*StatusResponse)(nil),           // 25: hachat.chat.v1.StatusResponse
+	(*SwitchoverRequest)(nil),        // 26: hachat.chat.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),       // 27: hachat.chat.v1.SwitchoverResponse
+	nil,                              // 28: hachat.chat.v1.Event.AttrsEntry
+	nil,                              // 29: hachat.chat.v1.StartSessionRequest.UserDataEntry
+	nil,                              // 30: hachat.chat.v1.SendRequest.AttrsEntry
+	nil,                              // 31: hachat.chat.v1.SendStreamRequest.TraceContextEntry
+	(*SubscribeStreamBatch_End)(nil), // 32: hachat.chat.v1.SubscribeStreamBatch.End
+	nil,                              // 33: hachat.chat.v1.SessionChange.UserDataEntry
 }
 var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	0,  // 0: hachat.chat.v1.Participant.type:type_name -> hachat.chat.v1.ParticipantType
@@ -2337,40 +2291,39 @@ var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	5,  // 19: hachat.chat.v1.EventsResponse.events:type_name -> hachat.chat.v1.Event
 	6,  // 20: hachat.chat.v1.SubscribeRequest.auth:type_name -> hachat.chat.v1.Auth
 	18, // 21: hachat.chat.v1.SubscribeStreamRequest.subscribe:type_name -> hachat.chat.v1.SubscribeRequest
-	32, // 22: hachat.chat.v1.SubscribeStreamBatch.events:type_name -> hachat.chat.v1.SubscribeStreamBatch.Delivery
-	33, // 23: hachat.chat.v1.SubscribeStreamBatch.ends:type_name -> hachat.chat.v1.SubscribeStreamBatch.End
+	5,  // 22: hachat.chat.v1.SubscribeStreamBatch.events:type_name -> hachat.chat.v1.Event
+	32, // 23: hachat.chat.v1.SubscribeStreamBatch.ends:type_name -> hachat.chat.v1.SubscribeStreamBatch.End
 	3,  // 24: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
-	34, // 25: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
+	33, // 25: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
 	4,  // 26: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
 	24, // 27: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
-	5,  // 28: hachat.chat.v1.SubscribeStreamBatch.Delivery.event:type_name -> hachat.chat.v1.Event
-	7,  // 29: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
-	8,  // 30: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
-	10, // 31: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
-	12, // 32: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
-	14, // 33: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
-	16, // 34: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
-	18, // 35: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
-	19, // 36: hachat.chat.v1.Chat.SubscribeStream:input_type -> hachat.chat.v1.SubscribeStreamRequest
-	21, // 37: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
-	23, // 38: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
-	26, // 39: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
-	9,  // 40: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
-	9,  // 41: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
-	11, // 42: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
-	13, // 43: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
-	15, // 44: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
-	17, // 45: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
-	5,  // 46: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
-	20, // 47: hachat.chat.v1.Chat.SubscribeStream:output_type -> hachat.chat.v1.SubscribeStreamBatch
-	22, // 48: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
-	25, // 49: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
-	27, // 50: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
-	40, // [40:51] is the sub-list for method output_type
-	29, // [29:40] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	7,  // 28: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
+	8,  // 29: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
+	10, // 30: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
+	12, // 31: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
+	14, // 32: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
+	16, // 33: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
+	18, // 34: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
+	19, // 35: hachat.chat.v1.Chat.SubscribeStream:input_type -> hachat.chat.v1.SubscribeStreamRequest
+	21, // 36: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
+	23, // 37: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
+	26, // 38: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
+	9,  // 39: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
+	9,  // 40: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
+	11, // 41: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
+	13, // 42: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
+	15, // 43: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
+	17, // 44: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
+	5,  // 45: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
+	20, // 46: hachat.chat.v1.Chat.SubscribeStream:output_type -> hachat.chat.v1.SubscribeStreamBatch
+	22, // 47: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
+	25, // 48: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
+	27, // 49: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
+	39, // [39:50] is the sub-list for method output_type
+	28, // [28:39] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_chatcore_chatpb_chat_proto_init() }
@@ -2384,7 +2337,7 @@ func file_chatcore_chatpb_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatcore_chatpb_chat_proto_rawDesc), len(file_chatcore_chatpb_chat_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   31,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
