@@ -46,18 +46,20 @@ func (c *Core) subscribe(ctx context.Context, req *chatpb.SubscribeRequest, deli
 // batches by one writer. It returns when recv fails (io.EOF: the client
 // closed its side; nil is returned once every member has ended and its
 // end is sent), when send fails, or when this core's term ends
-// (errNotPrimary: every member resumes elsewhere). Every member has ended
-// when it returns; the reader ends when recv fails and the writer when its
-// send does or the stream's context ends, both at the latest when the
-// handler has returned, which ends the stream.
+// (errNotPrimary: every member resumes elsewhere). Every member and the
+// writer have ended when it returns; the reader ends when recv fails, at
+// the latest when the handler has returned, which ends the stream.
 func (c *Core) subscribeStream(ctx context.Context, recv func() (*chatpb.SubscribeStreamRequest, error), send func(*chatpb.SubscribeStreamBatch) error) error {
 	roleCtx := c.role.Stream()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st := &subStream{ctx: ctx, members: map[uint64]context.CancelFunc{},
 		tokens: make(chan struct{}, subscribeStreamQueued), ready: make(chan struct{}, 1), finish: make(chan struct{})}
-	wrote := make(chan error, 1)
-	go func() { wrote <- st.write(send) }()
+	wrote, writerDone := make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		wrote <- st.write(send)
+	}()
 	received := make(chan error, 1)
 	go func() {
 		received <- st.read(recv, func(mctx context.Context, id uint64, req *chatpb.SubscribeRequest) {
@@ -86,13 +88,15 @@ func (c *Core) subscribeStream(ctx context.Context, recv func() (*chatpb.Subscri
 	case <-roleCtx.Done():
 		err = errNotPrimary
 	}
-	// Ending ctx ends the members: their tail, or their wait for room in
-	// the queue, returns.
+	// Ending ctx ends the members (their tail, or their wait for room in
+	// the queue, returns) and the writer (after the Send it is in, as a
+	// Subscribe's tail ends after its Send): no Send outlives the handler.
 	st.mu.Lock()
 	st.stopped = true
 	st.mu.Unlock()
 	cancel()
 	st.running.Wait()
+	<-writerDone
 	return err
 }
 
@@ -271,7 +275,7 @@ func (st *subStream) write(send func(*chatpb.SubscribeStreamBatch) error) error 
 		// Let the members that fan-out has just woken queue their events
 		// first: one batch for all of them, not a Send for each.
 		runtime.Gosched()
-		for {
+		for st.ctx.Err() == nil {
 			st.mu.Lock()
 			taken = append(taken[:0], st.queue...)
 			// The queue's array is reused: what the writer took is copied.
