@@ -92,11 +92,20 @@ type subStream struct {
 // not implement SubscribeStream. ctx is the attempt's (resumingStream's).
 func (c *Client) subscribeAttempt(ctx context.Context, idx int32, in *chatpb.SubscribeRequest) (grpc.ServerStreamingClient[chatpb.Event], error) {
 	key := sendKey{target: idx, pair: pairs.Of(in.GetAuth().GetSessionId())}
-	s, err := c.subStream(key)
-	if err == nil {
+	var err error
+	// A stream that failed just before the join is already forgotten:
+	// the second try opens the next one.
+	for range 2 {
+		var s *subStream
+		if s, err = c.subStream(key); err != nil {
+			break
+		}
 		var m *subMember
 		if m, err = s.join(ctx, in); err == nil {
 			return m, nil
+		}
+		if errors.Is(err, errUseUnary) {
+			break
 		}
 	}
 	if errors.Is(err, errUseUnary) {
