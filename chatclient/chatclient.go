@@ -103,6 +103,7 @@ type Client struct {
 	live    liveness                // when each target was last heard from (liveness.go)
 
 	sends sendStreams // Send's multiplexed streams (sendstream.go)
+	subs  subStreams  // Subscribe's multiplexed streams (substream.go)
 	// tracing is true when tel exports spans: the otelgrpc handler is
 	// installed and each send on a stream gets its own client span.
 	tracing bool
@@ -225,6 +226,7 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	c := &Client{cfg: cfg, log: tel.Logger.With("component", "chatclient"),
 		tracing: tel.Tracing(), tracer: tel.Tracer.Tracer("github.com/hachat/hachat/chatclient"), prop: tel.Propagator}
 	c.sends.init()
+	c.subs.init()
 	c.live.init(len(cfg.Targets))
 	for i, t := range cfg.Targets {
 		c.dials = append(c.dials, &dialRecord{})
@@ -240,11 +242,12 @@ func New(cfg Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*Client
 	return c, nil
 }
 
-// Close ends Send's streams (sends in flight fail with Canceled) and
-// closes the connections.
+// Close ends Send's and Subscribe's streams (sends in flight and
+// subscriptions fail with Canceled) and closes the connections.
 func (c *Client) Close() error {
 	c.live.close()
 	c.sends.close()
+	c.subs.close()
 	var errs []error
 	for _, conn := range c.conns {
 		errs = append(errs, conn.Close())
@@ -417,6 +420,12 @@ func (c *Client) SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.
 	return c.clients[c.cur.Load()].SendStream(ctx, opts...)
 }
 
+// SubscribeStream opens a raw SubscribeStream on the serving target, not
+// retried: Subscribe multiplexes its own streams and is what callers use.
+func (c *Client) SubscribeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[chatpb.SubscribeStreamRequest, chatpb.SubscribeStreamBatch], error) {
+	return c.clients[c.cur.Load()].SubscribeStream(ctx, opts...)
+}
+
 // Leave removes the participant, and ends the session if asked.
 func (c *Client) Leave(ctx context.Context, in *chatpb.LeaveRequest, opts ...grpc.CallOption) (*chatpb.LeaveResponse, error) {
 	return unary(ctx, c, "Leave", true, in, opts, chatpb.ChatClient.Leave)
@@ -467,6 +476,12 @@ func observer(ctx context.Context) StreamObserver {
 // subscription at the index after the last delivered event, so the caller
 // sees each event once, in order. It ends when the session ends (io.EOF
 // after SESSION_ENDED), on a non-retryable error, or when ctx is done.
+//
+// Each attempt is a member of the one SubscribeStream the Client keeps per
+// target and pair, shared by all its Subscribes (substream.go): a broken
+// stream ends its members with UNAVAILABLE, and each resumes as above. A
+// core that does not know SubscribeStream (UNIMPLEMENTED), a call with
+// grpc.CallOptions, and a Client that exports spans get unary Subscribes.
 func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.Event], error) {
 	next := in.GetFromIndex()
 	ctx = pairContext(ctx, in)
@@ -476,9 +491,12 @@ func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opt
 		close: func() {},
 		ctx:   ctx,
 		obs:   observer(ctx),
-		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.Event], error) {
+		open: func(ctx context.Context, idx int32) (grpc.ServerStreamingClient[chatpb.Event], error) {
 			req := &chatpb.SubscribeRequest{Auth: in.GetAuth(), FromIndex: next}
-			return cl.Subscribe(ctx, req, opts...)
+			if len(opts) > 0 || c.tracing {
+				return c.clients[idx].Subscribe(ctx, req, opts...)
+			}
+			return c.subscribeAttempt(ctx, idx, req)
 		},
 		seen: func(ev *chatpb.Event) (deliver, final bool) {
 			if ev.GetIndex() != 0 && ev.GetIndex() < next {
@@ -509,8 +527,8 @@ func (c *Client) WatchSessions(ctx context.Context, in *chatpb.WatchSessionsRequ
 		close: func() {},
 		ctx:   ctx,
 		obs:   observer(ctx),
-		open: func(ctx context.Context, cl chatpb.ChatClient) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
-			return cl.WatchSessions(ctx, in, opts...)
+		open: func(ctx context.Context, idx int32) (grpc.ServerStreamingClient[chatpb.SessionChange], error) {
+			return c.clients[idx].WatchSessions(ctx, in, opts...)
 		},
 		seen: func(*chatpb.SessionChange) (bool, bool) { return true, false },
 	}
@@ -531,7 +549,7 @@ type resumingStream[T any] struct {
 	c      *Client
 	ctx    context.Context
 	obs    StreamObserver
-	open   func(context.Context, chatpb.ChatClient) (grpc.ServerStreamingClient[T], error)
+	open   func(ctx context.Context, idx int32) (grpc.ServerStreamingClient[T], error) // opens a stream on target idx
 	seen   func(*T) (deliver, final bool)
 	cur    grpc.ServerStreamingClient[T]
 	curIdx int32           // the target cur was opened on
@@ -555,7 +573,7 @@ func (s *resumingStream[T]) connect() error {
 		// stream that failed before its first message backs off.
 		idx := s.c.cur.Load()
 		sctx, scancel := context.WithCancelCause(s.ctx)
-		st, err := s.open(sctx, s.c.clients[idx])
+		st, err := s.open(sctx, idx)
 		if err == nil {
 			s.close()
 			// The stream is forgotten as soon as its context is done, by

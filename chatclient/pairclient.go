@@ -233,6 +233,13 @@ func (c *PairClient) SendStream(ctx context.Context, opts ...grpc.CallOption) (g
 	return c.clients[pairs.Default].SendStream(ctx, opts...)
 }
 
+// SubscribeStream opens a raw SubscribeStream on the default pair, not
+// retried: Subscribe multiplexes its own streams per pair (see
+// Client.Subscribe).
+func (c *PairClient) SubscribeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[chatpb.SubscribeStreamRequest, chatpb.SubscribeStreamBatch], error) {
+	return c.clients[pairs.Default].SubscribeStream(ctx, opts...)
+}
+
 // WatchSessions watches every pair: it opens one watch per pair (each
 // resuming on its own when its pair's client does) and delivers their
 // changes as one stream, in the order they arrive. The stream fails with the

@@ -288,11 +288,15 @@ func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.E
 // index). A subscriber too slow for fan-out catches up from the log inside
 // the same stream, so it never sees a gap.
 func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_SubscribeServer) error {
-	s, keyHash, err := c.checkAuth(stream.Context(), req.Auth)
-	if err != nil {
-		return err
-	}
-	return c.tail(stream.Context(), s, req.Auth.ParticipantId, keyHash, max(req.FromIndex, 1), stream.Send)
+	return c.subscribe(stream.Context(), req, stream.Send)
+}
+
+// SubscribeStream carries many subscriptions on one stream: each member is
+// Subscribe's gate, checks, authorization and tail (same events, same
+// ending status), and the events of all members ready at once go out in
+// one batch.
+func (c *Core) SubscribeStream(stream chatpb.Chat_SubscribeStreamServer) error {
+	return c.subscribeStream(stream.Context(), stream.Recv, stream.Send)
 }
 
 // WatchSessions streams session changes to the Interaction Server: first

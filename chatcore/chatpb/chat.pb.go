@@ -265,7 +265,7 @@ func (x SessionChange_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SessionChange_Kind.Descriptor instead.
 func (SessionChange_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16, 0}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{18, 0}
 }
 
 // Participant is one member of a session.
@@ -1345,6 +1345,135 @@ func (x *SubscribeRequest) GetFromIndex() uint64 {
 	return 0
 }
 
+// SubscribeStreamRequest opens or closes one member of a SubscribeStream.
+// A member is one Subscribe carried on the shared stream: open sets
+// subscribe (the request, as the unary Subscribe takes it); cancel ends it
+// (the core sends no end for a member the client cancelled).
+type SubscribeStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`              // the member, chosen by the client, unique among the stream's members
+	Subscribe     *SubscribeRequest      `protobuf:"bytes,2,opt,name=subscribe,proto3" json:"subscribe,omitempty"` // set: open member id
+	Cancel        bool                   `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`      // true: close member id
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeStreamRequest) Reset() {
+	*x = SubscribeStreamRequest{}
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeStreamRequest) ProtoMessage() {}
+
+func (x *SubscribeStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeStreamRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeStreamRequest) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SubscribeStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SubscribeStreamRequest) GetSubscribe() *SubscribeRequest {
+	if x != nil {
+		return x.Subscribe
+	}
+	return nil
+}
+
+func (x *SubscribeStreamRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// SubscribeStreamBatch carries what is ready for the members of a
+// SubscribeStream: events, each with its member's id (ids[i] is the member
+// of events[i]: parallel lists, so that an event costs no wrapper message),
+// and the ends of members. A member's events come in order, and before its
+// end.
+type SubscribeStreamBatch struct {
+	state         protoimpl.MessageState      `protogen:"open.v1"`
+	Ids           []uint64                    `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"` // the member of each event, as many as events
+	Events        []*Event                    `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Ends          []*SubscribeStreamBatch_End `protobuf:"bytes,3,rep,name=ends,proto3" json:"ends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeStreamBatch) Reset() {
+	*x = SubscribeStreamBatch{}
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeStreamBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeStreamBatch) ProtoMessage() {}
+
+func (x *SubscribeStreamBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeStreamBatch.ProtoReflect.Descriptor instead.
+func (*SubscribeStreamBatch) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SubscribeStreamBatch) GetIds() []uint64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *SubscribeStreamBatch) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *SubscribeStreamBatch) GetEnds() []*SubscribeStreamBatch_End {
+	if x != nil {
+		return x.Ends
+	}
+	return nil
+}
+
 type WatchSessionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ServiceToken  string                 `protobuf:"bytes,1,opt,name=service_token,json=serviceToken,proto3" json:"service_token,omitempty"`
@@ -1354,7 +1483,7 @@ type WatchSessionsRequest struct {
 
 func (x *WatchSessionsRequest) Reset() {
 	*x = WatchSessionsRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1495,7 @@ func (x *WatchSessionsRequest) String() string {
 func (*WatchSessionsRequest) ProtoMessage() {}
 
 func (x *WatchSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[15]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1508,7 @@ func (x *WatchSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionsRequest.ProtoReflect.Descriptor instead.
 func (*WatchSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{15}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchSessionsRequest) GetServiceToken() string {
@@ -1406,7 +1535,7 @@ type SessionChange struct {
 
 func (x *SessionChange) Reset() {
 	*x = SessionChange{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1547,7 @@ func (x *SessionChange) String() string {
 func (*SessionChange) ProtoMessage() {}
 
 func (x *SessionChange) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[16]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1560,7 @@ func (x *SessionChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionChange.ProtoReflect.Descriptor instead.
 func (*SessionChange) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SessionChange) GetKind() SessionChange_Kind {
@@ -1498,7 +1627,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1639,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[17]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1652,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{17}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{19}
 }
 
 type Member struct {
@@ -1539,7 +1668,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1680,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[18]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1693,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{18}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Member) GetName() string {
@@ -1618,7 +1747,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1759,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[19]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1772,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{19}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -1711,7 +1840,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[20]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1852,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[20]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1865,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{20}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SwitchoverRequest) GetAdminToken() string {
@@ -1757,7 +1886,7 @@ type SwitchoverResponse struct {
 
 func (x *SwitchoverResponse) Reset() {
 	*x = SwitchoverResponse{}
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[21]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +1898,7 @@ func (x *SwitchoverResponse) String() string {
 func (*SwitchoverResponse) ProtoMessage() {}
 
 func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatcore_chatpb_chat_proto_msgTypes[21]
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +1911,7 @@ func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
 func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
-	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{21}
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SwitchoverResponse) GetNewPrimary() string {
@@ -1804,6 +1933,69 @@ func (x *SwitchoverResponse) GetPauseMicros() int64 {
 		return x.PauseMicros
 	}
 	return 0
+}
+
+// End is the end of one member: the status the unary Subscribe would
+// have ended with (code 0, OK: after the session's SESSION_ENDED or the
+// participant's own PARTICIPANT_LEFT).
+type SubscribeStreamBatch_End struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`      // google.rpc.Code
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"` // the status message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeStreamBatch_End) Reset() {
+	*x = SubscribeStreamBatch_End{}
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeStreamBatch_End) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeStreamBatch_End) ProtoMessage() {}
+
+func (x *SubscribeStreamBatch_End) ProtoReflect() protoreflect.Message {
+	mi := &file_chatcore_chatpb_chat_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeStreamBatch_End.ProtoReflect.Descriptor instead.
+func (*SubscribeStreamBatch_End) Descriptor() ([]byte, []int) {
+	return file_chatcore_chatpb_chat_proto_rawDescGZIP(), []int{16, 0}
+}
+
+func (x *SubscribeStreamBatch_End) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SubscribeStreamBatch_End) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SubscribeStreamBatch_End) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 var File_chatcore_chatpb_chat_proto protoreflect.FileDescriptor
@@ -1926,7 +2118,19 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x10SubscribeRequest\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x1d\n" +
 	"\n" +
-	"from_index\x18\x02 \x01(\x04R\tfromIndex\";\n" +
+	"from_index\x18\x02 \x01(\x04R\tfromIndex\"\x80\x01\n" +
+	"\x16SubscribeStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12>\n" +
+	"\tsubscribe\x18\x02 \x01(\v2 .hachat.chat.v1.SubscribeRequestR\tsubscribe\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\"\xda\x01\n" +
+	"\x14SubscribeStreamBatch\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x04R\x03ids\x12-\n" +
+	"\x06events\x18\x02 \x03(\v2\x15.hachat.chat.v1.EventR\x06events\x12<\n" +
+	"\x04ends\x18\x03 \x03(\v2(.hachat.chat.v1.SubscribeStreamBatch.EndR\x04ends\x1aC\n" +
+	"\x03End\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\";\n" +
 	"\x14WatchSessionsRequest\x12#\n" +
 	"\rservice_token\x18\x01 \x01(\tR\fserviceToken\"\x89\x04\n" +
 	"\rSessionChange\x126\n" +
@@ -1998,7 +2202,7 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\x12'\n" +
 	"#EVENT_KIND_PARTICIPANT_DISCONNECTED\x10\v\x12&\n" +
 	"\"EVENT_KIND_PARTICIPANT_RECONNECTED\x10\f\x12\x1c\n" +
-	"\x18EVENT_KIND_SESSION_ENDED\x10\r2\x83\x06\n" +
+	"\x18EVENT_KIND_SESSION_ENDED\x10\r2\xe8\x06\n" +
 	"\x04Chat\x12Q\n" +
 	"\fStartSession\x12#.hachat.chat.v1.StartSessionRequest\x1a\x1c.hachat.chat.v1.JoinResponse\x12A\n" +
 	"\x04Join\x12\x1b.hachat.chat.v1.JoinRequest\x1a\x1c.hachat.chat.v1.JoinResponse\x12A\n" +
@@ -2007,7 +2211,8 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"SendStream\x12!.hachat.chat.v1.SendStreamRequest\x1a .hachat.chat.v1.SendStreamResult(\x010\x01\x12D\n" +
 	"\x05Leave\x12\x1c.hachat.chat.v1.LeaveRequest\x1a\x1d.hachat.chat.v1.LeaveResponse\x12G\n" +
 	"\x06Events\x12\x1d.hachat.chat.v1.EventsRequest\x1a\x1e.hachat.chat.v1.EventsResponse\x12F\n" +
-	"\tSubscribe\x12 .hachat.chat.v1.SubscribeRequest\x1a\x15.hachat.chat.v1.Event0\x01\x12V\n" +
+	"\tSubscribe\x12 .hachat.chat.v1.SubscribeRequest\x1a\x15.hachat.chat.v1.Event0\x01\x12c\n" +
+	"\x0fSubscribeStream\x12&.hachat.chat.v1.SubscribeStreamRequest\x1a$.hachat.chat.v1.SubscribeStreamBatch(\x010\x01\x12V\n" +
 	"\rWatchSessions\x12$.hachat.chat.v1.WatchSessionsRequest\x1a\x1d.hachat.chat.v1.SessionChange0\x01\x12G\n" +
 	"\x06Status\x12\x1d.hachat.chat.v1.StatusRequest\x1a\x1e.hachat.chat.v1.StatusResponse\x12S\n" +
 	"\n" +
@@ -2026,39 +2231,42 @@ func file_chatcore_chatpb_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chatcore_chatpb_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_chatcore_chatpb_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_chatcore_chatpb_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_chatcore_chatpb_chat_proto_goTypes = []any{
-	(ParticipantType)(0),         // 0: hachat.chat.v1.ParticipantType
-	(Visibility)(0),              // 1: hachat.chat.v1.Visibility
-	(EventKind)(0),               // 2: hachat.chat.v1.EventKind
-	(SessionChange_Kind)(0),      // 3: hachat.chat.v1.SessionChange.Kind
-	(*Participant)(nil),          // 4: hachat.chat.v1.Participant
-	(*Event)(nil),                // 5: hachat.chat.v1.Event
-	(*Auth)(nil),                 // 6: hachat.chat.v1.Auth
-	(*StartSessionRequest)(nil),  // 7: hachat.chat.v1.StartSessionRequest
-	(*JoinRequest)(nil),          // 8: hachat.chat.v1.JoinRequest
-	(*JoinResponse)(nil),         // 9: hachat.chat.v1.JoinResponse
-	(*SendRequest)(nil),          // 10: hachat.chat.v1.SendRequest
-	(*SendResponse)(nil),         // 11: hachat.chat.v1.SendResponse
-	(*SendStreamRequest)(nil),    // 12: hachat.chat.v1.SendStreamRequest
-	(*SendStreamResult)(nil),     // 13: hachat.chat.v1.SendStreamResult
-	(*LeaveRequest)(nil),         // 14: hachat.chat.v1.LeaveRequest
-	(*LeaveResponse)(nil),        // 15: hachat.chat.v1.LeaveResponse
-	(*EventsRequest)(nil),        // 16: hachat.chat.v1.EventsRequest
-	(*EventsResponse)(nil),       // 17: hachat.chat.v1.EventsResponse
-	(*SubscribeRequest)(nil),     // 18: hachat.chat.v1.SubscribeRequest
-	(*WatchSessionsRequest)(nil), // 19: hachat.chat.v1.WatchSessionsRequest
-	(*SessionChange)(nil),        // 20: hachat.chat.v1.SessionChange
-	(*StatusRequest)(nil),        // 21: hachat.chat.v1.StatusRequest
-	(*Member)(nil),               // 22: hachat.chat.v1.Member
-	(*StatusResponse)(nil),       // 23: hachat.chat.v1.StatusResponse
-	(*SwitchoverRequest)(nil),    // 24: hachat.chat.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),   // 25: hachat.chat.v1.SwitchoverResponse
-	nil,                          // 26: hachat.chat.v1.Event.AttrsEntry
-	nil,                          // 27: hachat.chat.v1.StartSessionRequest.UserDataEntry
-	nil,                          // 28: hachat.chat.v1.SendRequest.AttrsEntry
-	nil,                          // 29: hachat.chat.v1.SendStreamRequest.TraceContextEntry
-	nil,                          // 30: hachat.chat.v1.SessionChange.UserDataEntry
+	(ParticipantType)(0),             // 0: hachat.chat.v1.ParticipantType
+	(Visibility)(0),                  // 1: hachat.chat.v1.Visibility
+	(EventKind)(0),                   // 2: hachat.chat.v1.EventKind
+	(SessionChange_Kind)(0),          // 3: hachat.chat.v1.SessionChange.Kind
+	(*Participant)(nil),              // 4: hachat.chat.v1.Participant
+	(*Event)(nil),                    // 5: hachat.chat.v1.Event
+	(*Auth)(nil),                     // 6: hachat.chat.v1.Auth
+	(*StartSessionRequest)(nil),      // 7: hachat.chat.v1.StartSessionRequest
+	(*JoinRequest)(nil),              // 8: hachat.chat.v1.JoinRequest
+	(*JoinResponse)(nil),             // 9: hachat.chat.v1.JoinResponse
+	(*SendRequest)(nil),              // 10: hachat.chat.v1.SendRequest
+	(*SendResponse)(nil),             // 11: hachat.chat.v1.SendResponse
+	(*SendStreamRequest)(nil),        // 12: hachat.chat.v1.SendStreamRequest
+	(*SendStreamResult)(nil),         // 13: hachat.chat.v1.SendStreamResult
+	(*LeaveRequest)(nil),             // 14: hachat.chat.v1.LeaveRequest
+	(*LeaveResponse)(nil),            // 15: hachat.chat.v1.LeaveResponse
+	(*EventsRequest)(nil),            // 16: hachat.chat.v1.EventsRequest
+	(*EventsResponse)(nil),           // 17: hachat.chat.v1.EventsResponse
+	(*SubscribeRequest)(nil),         // 18: hachat.chat.v1.SubscribeRequest
+	(*SubscribeStreamRequest)(nil),   // 19: hachat.chat.v1.SubscribeStreamRequest
+	(*SubscribeStreamBatch)(nil),     // 20: hachat.chat.v1.SubscribeStreamBatch
+	(*WatchSessionsRequest)(nil),     // 21: hachat.chat.v1.WatchSessionsRequest
+	(*SessionChange)(nil),            // 22: hachat.chat.v1.SessionChange
+	(*StatusRequest)(nil),            // 23: hachat.chat.v1.StatusRequest
+	(*Member)(nil),                   // 24: hachat.chat.v1.Member
+	(*StatusResponse)(nil),           // 25: hachat.chat.v1.StatusResponse
+	(*SwitchoverRequest)(nil),        // 26: hachat.chat.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),       // 27: hachat.chat.v1.SwitchoverResponse
+	nil,                              // 28: hachat.chat.v1.Event.AttrsEntry
+	nil,                              // 29: hachat.chat.v1.StartSessionRequest.UserDataEntry
+	nil,                              // 30: hachat.chat.v1.SendRequest.AttrsEntry
+	nil,                              // 31: hachat.chat.v1.SendStreamRequest.TraceContextEntry
+	(*SubscribeStreamBatch_End)(nil), // 32: hachat.chat.v1.SubscribeStreamBatch.End
+	nil,                              // 33: hachat.chat.v1.SessionChange.UserDataEntry
 }
 var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	0,  // 0: hachat.chat.v1.Participant.type:type_name -> hachat.chat.v1.ParticipantType
@@ -2066,51 +2274,56 @@ var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	2,  // 2: hachat.chat.v1.Event.kind:type_name -> hachat.chat.v1.EventKind
 	4,  // 3: hachat.chat.v1.Event.from:type_name -> hachat.chat.v1.Participant
 	1,  // 4: hachat.chat.v1.Event.visibility:type_name -> hachat.chat.v1.Visibility
-	26, // 5: hachat.chat.v1.Event.attrs:type_name -> hachat.chat.v1.Event.AttrsEntry
-	27, // 6: hachat.chat.v1.StartSessionRequest.user_data:type_name -> hachat.chat.v1.StartSessionRequest.UserDataEntry
+	28, // 5: hachat.chat.v1.Event.attrs:type_name -> hachat.chat.v1.Event.AttrsEntry
+	29, // 6: hachat.chat.v1.StartSessionRequest.user_data:type_name -> hachat.chat.v1.StartSessionRequest.UserDataEntry
 	0,  // 7: hachat.chat.v1.JoinRequest.type:type_name -> hachat.chat.v1.ParticipantType
 	1,  // 8: hachat.chat.v1.JoinRequest.visibility:type_name -> hachat.chat.v1.Visibility
 	6,  // 9: hachat.chat.v1.JoinResponse.auth:type_name -> hachat.chat.v1.Auth
 	6,  // 10: hachat.chat.v1.SendRequest.auth:type_name -> hachat.chat.v1.Auth
 	2,  // 11: hachat.chat.v1.SendRequest.kind:type_name -> hachat.chat.v1.EventKind
-	28, // 12: hachat.chat.v1.SendRequest.attrs:type_name -> hachat.chat.v1.SendRequest.AttrsEntry
+	30, // 12: hachat.chat.v1.SendRequest.attrs:type_name -> hachat.chat.v1.SendRequest.AttrsEntry
 	1,  // 13: hachat.chat.v1.SendRequest.visibility:type_name -> hachat.chat.v1.Visibility
 	10, // 14: hachat.chat.v1.SendStreamRequest.request:type_name -> hachat.chat.v1.SendRequest
-	29, // 15: hachat.chat.v1.SendStreamRequest.trace_context:type_name -> hachat.chat.v1.SendStreamRequest.TraceContextEntry
+	31, // 15: hachat.chat.v1.SendStreamRequest.trace_context:type_name -> hachat.chat.v1.SendStreamRequest.TraceContextEntry
 	11, // 16: hachat.chat.v1.SendStreamResult.response:type_name -> hachat.chat.v1.SendResponse
 	6,  // 17: hachat.chat.v1.LeaveRequest.auth:type_name -> hachat.chat.v1.Auth
 	6,  // 18: hachat.chat.v1.EventsRequest.auth:type_name -> hachat.chat.v1.Auth
 	5,  // 19: hachat.chat.v1.EventsResponse.events:type_name -> hachat.chat.v1.Event
 	6,  // 20: hachat.chat.v1.SubscribeRequest.auth:type_name -> hachat.chat.v1.Auth
-	3,  // 21: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
-	30, // 22: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
-	4,  // 23: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
-	22, // 24: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
-	7,  // 25: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
-	8,  // 26: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
-	10, // 27: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
-	12, // 28: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
-	14, // 29: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
-	16, // 30: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
-	18, // 31: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
-	19, // 32: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
-	21, // 33: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
-	24, // 34: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
-	9,  // 35: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
-	9,  // 36: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
-	11, // 37: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
-	13, // 38: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
-	15, // 39: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
-	17, // 40: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
-	5,  // 41: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
-	20, // 42: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
-	23, // 43: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
-	25, // 44: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
-	35, // [35:45] is the sub-list for method output_type
-	25, // [25:35] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	18, // 21: hachat.chat.v1.SubscribeStreamRequest.subscribe:type_name -> hachat.chat.v1.SubscribeRequest
+	5,  // 22: hachat.chat.v1.SubscribeStreamBatch.events:type_name -> hachat.chat.v1.Event
+	32, // 23: hachat.chat.v1.SubscribeStreamBatch.ends:type_name -> hachat.chat.v1.SubscribeStreamBatch.End
+	3,  // 24: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
+	33, // 25: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
+	4,  // 26: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
+	24, // 27: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
+	7,  // 28: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
+	8,  // 29: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
+	10, // 30: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
+	12, // 31: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
+	14, // 32: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
+	16, // 33: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
+	18, // 34: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
+	19, // 35: hachat.chat.v1.Chat.SubscribeStream:input_type -> hachat.chat.v1.SubscribeStreamRequest
+	21, // 36: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
+	23, // 37: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
+	26, // 38: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
+	9,  // 39: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
+	9,  // 40: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
+	11, // 41: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
+	13, // 42: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
+	15, // 43: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
+	17, // 44: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
+	5,  // 45: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
+	20, // 46: hachat.chat.v1.Chat.SubscribeStream:output_type -> hachat.chat.v1.SubscribeStreamBatch
+	22, // 47: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
+	25, // 48: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
+	27, // 49: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
+	39, // [39:50] is the sub-list for method output_type
+	28, // [28:39] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_chatcore_chatpb_chat_proto_init() }
@@ -2124,7 +2337,7 @@ func file_chatcore_chatpb_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatcore_chatpb_chat_proto_rawDesc), len(file_chatcore_chatpb_chat_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   27,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,16 +23,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Chat_StartSession_FullMethodName  = "/hachat.chat.v1.Chat/StartSession"
-	Chat_Join_FullMethodName          = "/hachat.chat.v1.Chat/Join"
-	Chat_Send_FullMethodName          = "/hachat.chat.v1.Chat/Send"
-	Chat_SendStream_FullMethodName    = "/hachat.chat.v1.Chat/SendStream"
-	Chat_Leave_FullMethodName         = "/hachat.chat.v1.Chat/Leave"
-	Chat_Events_FullMethodName        = "/hachat.chat.v1.Chat/Events"
-	Chat_Subscribe_FullMethodName     = "/hachat.chat.v1.Chat/Subscribe"
-	Chat_WatchSessions_FullMethodName = "/hachat.chat.v1.Chat/WatchSessions"
-	Chat_Status_FullMethodName        = "/hachat.chat.v1.Chat/Status"
-	Chat_Switchover_FullMethodName    = "/hachat.chat.v1.Chat/Switchover"
+	Chat_StartSession_FullMethodName    = "/hachat.chat.v1.Chat/StartSession"
+	Chat_Join_FullMethodName            = "/hachat.chat.v1.Chat/Join"
+	Chat_Send_FullMethodName            = "/hachat.chat.v1.Chat/Send"
+	Chat_SendStream_FullMethodName      = "/hachat.chat.v1.Chat/SendStream"
+	Chat_Leave_FullMethodName           = "/hachat.chat.v1.Chat/Leave"
+	Chat_Events_FullMethodName          = "/hachat.chat.v1.Chat/Events"
+	Chat_Subscribe_FullMethodName       = "/hachat.chat.v1.Chat/Subscribe"
+	Chat_SubscribeStream_FullMethodName = "/hachat.chat.v1.Chat/SubscribeStream"
+	Chat_WatchSessions_FullMethodName   = "/hachat.chat.v1.Chat/WatchSessions"
+	Chat_Status_FullMethodName          = "/hachat.chat.v1.Chat/Status"
+	Chat_Switchover_FullMethodName      = "/hachat.chat.v1.Chat/Switchover"
 )
 
 // ChatClient is the client API for Chat service.
@@ -54,6 +55,12 @@ type ChatClient interface {
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (*EventsResponse, error)
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// SubscribeStream carries many subscriptions on one stream: each member
+	// is checked, authorized and served exactly as Subscribe would, and ends
+	// with the status Subscribe would have ended with. The core ends the
+	// stream (UNAVAILABLE) when it stops being primary; every member then
+	// resumes, as a Subscribe stream would, from its next index.
+	SubscribeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeStreamRequest, SubscribeStreamBatch], error)
 	WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionChange], error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*SwitchoverResponse, error)
@@ -149,9 +156,22 @@ func (c *chatClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts .
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Chat_SubscribeClient = grpc.ServerStreamingClient[Event]
 
+func (c *chatClient) SubscribeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeStreamRequest, SubscribeStreamBatch], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[2], Chat_SubscribeStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SubscribeStreamRequest, SubscribeStreamBatch]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Chat_SubscribeStreamClient = grpc.BidiStreamingClient[SubscribeStreamRequest, SubscribeStreamBatch]
+
 func (c *chatClient) WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionChange], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[2], Chat_WatchSessions_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Chat_ServiceDesc.Streams[3], Chat_WatchSessions_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +227,12 @@ type ChatServer interface {
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
 	Events(context.Context, *EventsRequest) (*EventsResponse, error)
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[Event]) error
+	// SubscribeStream carries many subscriptions on one stream: each member
+	// is checked, authorized and served exactly as Subscribe would, and ends
+	// with the status Subscribe would have ended with. The core ends the
+	// stream (UNAVAILABLE) when it stops being primary; every member then
+	// resumes, as a Subscribe stream would, from its next index.
+	SubscribeStream(grpc.BidiStreamingServer[SubscribeStreamRequest, SubscribeStreamBatch]) error
 	WatchSessions(*WatchSessionsRequest, grpc.ServerStreamingServer[SessionChange]) error
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	Switchover(context.Context, *SwitchoverRequest) (*SwitchoverResponse, error)
@@ -240,6 +266,9 @@ func (UnimplementedChatServer) Events(context.Context, *EventsRequest) (*EventsR
 }
 func (UnimplementedChatServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedChatServer) SubscribeStream(grpc.BidiStreamingServer[SubscribeStreamRequest, SubscribeStreamBatch]) error {
+	return status.Error(codes.Unimplemented, "method SubscribeStream not implemented")
 }
 func (UnimplementedChatServer) WatchSessions(*WatchSessionsRequest, grpc.ServerStreamingServer[SessionChange]) error {
 	return status.Error(codes.Unimplemented, "method WatchSessions not implemented")
@@ -379,6 +408,13 @@ func _Chat_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Chat_SubscribeServer = grpc.ServerStreamingServer[Event]
 
+func _Chat_SubscribeStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ChatServer).SubscribeStream(&grpc.GenericServerStream[SubscribeStreamRequest, SubscribeStreamBatch]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Chat_SubscribeStreamServer = grpc.BidiStreamingServer[SubscribeStreamRequest, SubscribeStreamBatch]
+
 func _Chat_WatchSessions_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchSessionsRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -473,6 +509,12 @@ var Chat_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Subscribe",
 			Handler:       _Chat_Subscribe_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "SubscribeStream",
+			Handler:       _Chat_SubscribeStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 		{
 			StreamName:    "WatchSessions",
