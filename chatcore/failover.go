@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -208,7 +209,11 @@ func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(co
 	cl := claim{known: c.role.Epoch(), reason: "failover: " + why, recheck: recheck, restore: stale, ifSilent: dec.IfSilent(c.cfg.EpochLease)}
 	epoch, err := c.claimPrimary(ctx, cl)
 	if err != nil {
+		// A refused claim (the primary's lease still lives) is a failed
+		// attempt: the detector decides again and the next promote span
+		// is the one that succeeds.
 		span.RecordError(err)
+		span.SetStatus(otelcodes.Error, err.Error())
 		return err
 	}
 	if stale {

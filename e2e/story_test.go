@@ -260,10 +260,21 @@ func TestStoryFailoverInLogsAndSpans(t *testing.T) {
 		for _, s := range spans {
 			byName[s.Name] = append(byName[s.Name], s)
 		}
-		if len(byName["chatcore.promote"]) != 1 {
-			return fmt.Errorf("%d chatcore.promote spans among core-b's %d, want 1", len(byName["chatcore.promote"]), len(spans))
+		// Under load the witness may not answer in time: the evidence is
+		// then not certain, the claim waits for core-a's lease, and a claim
+		// the lease refused is a failed promote span (status Error) before
+		// the one that succeeds. Exactly one succeeds.
+		var promote span
+		succeeded := 0
+		for _, s := range byName["chatcore.promote"] {
+			if s.Status.Code != "Error" {
+				promote = s
+				succeeded++
+			}
 		}
-		promote := byName["chatcore.promote"][0]
+		if succeeded != 1 {
+			return fmt.Errorf("%d successful chatcore.promote spans (of %d) among core-b's %d, want 1", succeeded, len(byName["chatcore.promote"]), len(spans))
+		}
 		if d, _ := promote.attr("detection").(string); d == "" {
 			return errors.New("the chatcore.promote span names no detection")
 		}

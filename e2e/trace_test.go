@@ -18,6 +18,7 @@ type span struct {
 	Name        string
 	SpanContext struct{ TraceID, SpanID string }
 	Parent      struct{ TraceID, SpanID string }
+	Status      struct{ Code string } // "Error" for a span that failed
 	Attributes  []struct {
 		Key   string
 		Value struct {
