@@ -171,11 +171,16 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 		}
 	}
 
-	// The agents' subscriptions measure delivery.
+	// The agents' subscriptions measure delivery. Message i goes with the
+	// client message id "b<i>" and its send time in sentAt[i] (Unix
+	// nanoseconds); the subscriber that sees it takes the time (once: the
+	// swap leaves 0) and writes the latency to its own slot of lat. No
+	// lock and no map on the message path: the load generator shares the
+	// cluster's cores, as the anchor's, which carries the send time in the
+	// message itself.
 	var (
-		mu     sync.Mutex
-		sentAt = make(map[string]time.Time, opts.Messages)
-		lat    = make([]time.Duration, 0, opts.Messages)
+		sentAt = make([]atomic.Int64, opts.Messages)
+		lat    = make([]time.Duration, opts.Messages)
 		done   = make(chan struct{})
 		got    atomic.Int64
 	)
@@ -205,15 +210,18 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 				if ev.GetKind() != chatpb.EventKind_EVENT_KIND_MESSAGE || ev.GetClientMessageId() == "" {
 					return
 				}
-				now := time.Now()
-				mu.Lock()
-				t0, ok := sentAt[ev.GetClientMessageId()]
-				if ok {
-					delete(sentAt, ev.GetClientMessageId())
-					lat = append(lat, now.Sub(t0))
+				now := time.Now().UnixNano()
+				i, ok := messageNumber(ev.GetClientMessageId(), len(sentAt))
+				if !ok {
+					return
 				}
-				mu.Unlock()
-				if ok && got.Add(1) == int64(opts.Messages) {
+				t0 := sentAt[i].Swap(0)
+				if t0 == 0 {
+					return // not sent by this run, or already counted
+				}
+				k := got.Add(1)
+				lat[k-1] = time.Duration(now - t0)
+				if k == int64(opts.Messages) {
 					close(done)
 				}
 			})
@@ -249,16 +257,11 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 	start = time.Now()
 	_ = workers.Range(ctx, opts.Concurrency, 0, opts.Messages, nil, func(ctx context.Context, i int) error {
 		s := sessions[i%len(sessions)]
-		id := fmt.Sprintf("b%d", i)
-		mu.Lock()
-		sentAt[id] = time.Now()
-		mu.Unlock()
+		sentAt[i].Store(time.Now().UnixNano())
 		if _, err := cl.Send(ctx, &chatpb.SendRequest{Auth: s.customer, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE,
-			Text: string(text), ClientMessageId: id}); err != nil {
+			Text: string(text), ClientMessageId: messageID(i)}); err != nil {
 			errs.Add(1)
-			mu.Lock()
-			delete(sentAt, id)
-			mu.Unlock()
+			sentAt[i].Store(0)
 		}
 		if i > 0 && i%5000 == 0 {
 			fmt.Fprintf(progress, "  %d/%d messages sent\n", i, opts.Messages)
@@ -304,6 +307,7 @@ func Run(ctx context.Context, cl chatpb.ChatClient, opts Options, mem MemoryProb
 	rep.StoreCPUPerMessage = (scpu1 - scpu0) / time.Duration(opts.Messages)
 	stopSubs()
 	subs.Wait()
+	lat = lat[:got.Load()]
 
 	rep.Messages = opts.Messages
 	rep.Errors = int(errs.Load())
@@ -327,6 +331,23 @@ func readCPU(probe CPUProbe) (time.Duration, error) {
 		return 0, fmt.Errorf("read cpu: %w", err)
 	}
 	return d, nil
+}
+
+// messageID is the client message id of the load's message i.
+func messageID(i int) string { return "b" + strconv.Itoa(i) }
+
+// messageNumber returns i for the client message id messageID(i), when
+// 0 <= i < n.
+func messageNumber(id string, n int) (int, bool) {
+	digits, ok := strings.CutPrefix(id, "b")
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(digits)
+	if err != nil || i < 0 || i >= n {
+		return 0, false
+	}
+	return i, true
 }
 
 func recvLoop(st grpc.ServerStreamingClient[chatpb.Event], fn func(*chatpb.Event)) {
