@@ -102,8 +102,8 @@ type Client struct {
 	streams map[*streamCancel]int32 // open streams and their target
 	live    liveness                // when each target was last heard from (liveness.go)
 
-	sends sendStreams // Send's multiplexed streams (sendstream.go)
-	subs  subStreams  // Subscribe's multiplexed streams (substream.go)
+	sends streamSet[sendStream] // Send's multiplexed streams (sendstream.go)
+	subs  streamSet[subStream]  // Subscribe's multiplexed streams (substream.go)
 	// tracing is true when tel exports spans: the otelgrpc handler is
 	// installed and each send on a stream gets its own client span.
 	tracing bool

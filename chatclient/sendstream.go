@@ -15,7 +15,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -69,39 +68,6 @@ func streamable(in *chatpb.SendRequest) bool {
 	return proto.Size(in) <= maxStreamedSend
 }
 
-// sendKey names one of Send's streams.
-type sendKey struct {
-	target int32  // index of the target it is open on
-	pair   string // the pair its sends are about (pairs.Of of the session id)
-}
-
-// sendStreams is the Client's set of Send streams.
-type sendStreams struct {
-	base context.Context // parent of every stream; done when the Client closes
-	stop context.CancelFunc
-
-	mu      sync.Mutex
-	open    map[sendKey]*sendStream
-	unaryTo map[sendKey]time.Time // answered UNIMPLEMENTED: unary until then
-	readers sync.WaitGroup        // one reader per stream opened
-}
-
-func (ss *sendStreams) init() {
-	ss.base, ss.stop = context.WithCancel(context.Background())
-	ss.open = map[sendKey]*sendStream{}
-	ss.unaryTo = map[sendKey]time.Time{}
-}
-
-// close cancels every stream and waits for their readers, which fail the
-// sends in flight.
-func (ss *sendStreams) close() {
-	if ss.stop == nil {
-		return
-	}
-	ss.stop()
-	ss.readers.Wait()
-}
-
 // sendStream is one open SendStream and the sends in flight on it.
 type sendStream struct {
 	c      *Client
@@ -151,52 +117,18 @@ func (c *Client) sendAttempt(ctx context.Context, timeout time.Duration, idx int
 
 // sendStream returns the open stream for key, opening it if there is none.
 func (c *Client) sendStream(key sendKey) (*sendStream, error) {
-	ss := &c.sends
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if s := ss.open[key]; s != nil {
-		return s, nil
-	}
-	if until, ok := ss.unaryTo[key]; ok {
-		if time.Now().Before(until) {
-			return nil, errUseUnary
+	return c.sends.get(c, key, func(ctx context.Context, cancel context.CancelCauseFunc) (opened[sendStream], error) {
+		st, err := c.clients[key.target].SendStream(ctx)
+		if err != nil {
+			return opened[sendStream]{}, err
 		}
-		delete(ss.unaryTo, key)
-	}
-	if ss.base.Err() != nil {
-		return nil, status.Error(codes.Canceled, "chatclient: closed")
-	}
-	ctx, cancel := context.WithCancelCause(ss.base)
-	if key.pair != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, pairs.Header, key.pair)
-	}
-	// Opening does not wait for the core: a refusal shows on the first Recv.
-	st, err := c.clients[key.target].SendStream(ctx)
-	if err != nil {
-		cancel(nil)
-		return nil, err
-	}
-	s := &sendStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, pending: map[uint64]chan<- sendOutcome{},
-		out: make(chan *chatpb.SendStreamRequest, sendQueue)}
-	if c.tracing {
-		s.attrs = spanAttrs(c.cfg.Targets[key.target])
-	}
-	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stallIfSilent)
-	ss.open[key] = s
-	// Both end with the stream: the reader when Recv fails (the stream's
-	// context cancelled, by Close or a stall, or the core gone), the writer
-	// when that context is done or SendMsg fails.
-	ss.readers.Add(2)
-	go func() {
-		defer ss.readers.Done()
-		defer untrack()
-		s.read()
-	}()
-	go func() {
-		defer ss.readers.Done()
-		s.write()
-	}()
-	return s, nil
+		s := &sendStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, pending: map[uint64]chan<- sendOutcome{},
+			out: make(chan *chatpb.SendStreamRequest, sendQueue)}
+		if c.tracing {
+			s.attrs = spanAttrs(c.cfg.Targets[key.target])
+		}
+		return opened[sendStream]{s: s, read: s.read, write: s.write}, nil
+	})
 }
 
 // sendQueue is how many sends may wait for a stream's writer.
@@ -247,16 +179,8 @@ func (s *sendStream) read() {
 // next send opens another) and its sends in flight fail with what err means
 // for them.
 func (s *sendStream) fail(err error) {
-	ss := &s.c.sends
 	err = s.streamErr(err)
-	ss.mu.Lock()
-	if ss.open[s.key] == s {
-		delete(ss.open, s.key)
-	}
-	if errors.Is(err, errUseUnary) {
-		ss.unaryTo[s.key] = time.Now().Add(unimplementedRecheck)
-	}
-	ss.mu.Unlock()
+	s.c.sends.forget(s.key, s, err)
 	s.cancel(nil)
 	s.mu.Lock()
 	s.err = err
@@ -266,7 +190,7 @@ func (s *sendStream) fail(err error) {
 	for _, ch := range pending {
 		ch <- sendOutcome{err: err}
 	}
-	if !errors.Is(err, errUseUnary) && s.c.sends.base.Err() == nil {
+	if !errors.Is(err, errUseUnary) && !s.c.sends.closed() {
 		s.c.log.Debug("send stream ended", "target", s.key.target, "pair", s.key.pair, "in-flight", len(pending), "err", err)
 	}
 }
@@ -276,7 +200,7 @@ func (s *sendStream) fail(err error) {
 // appended them, so they are retried (their client message id makes that
 // idempotent) unless the core refused the stream itself.
 func (s *sendStream) streamErr(err error) error {
-	if s.c.sends.base.Err() != nil {
+	if s.c.sends.closed() {
 		return status.Error(codes.Canceled, "chatclient: closed")
 	}
 	if errors.Is(context.Cause(s.ctx), errStalled) {

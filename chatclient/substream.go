@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -43,33 +42,6 @@ const subscribeMemberQueue = 1024
 
 // errFellBehind ends a member whose reader fell too far behind.
 var errFellBehind = status.Error(codes.Unavailable, "chatclient: subscriber fell behind its stream: resume")
-
-// subStreams is the Client's set of SubscribeStreams.
-type subStreams struct {
-	base context.Context // parent of every stream; done when the Client closes
-	stop context.CancelFunc
-
-	mu      sync.Mutex
-	open    map[sendKey]*subStream
-	unaryTo map[sendKey]time.Time // answered UNIMPLEMENTED: unary until then
-	running sync.WaitGroup        // a reader and a writer per stream opened
-}
-
-func (ss *subStreams) init() {
-	ss.base, ss.stop = context.WithCancel(context.Background())
-	ss.open = map[sendKey]*subStream{}
-	ss.unaryTo = map[sendKey]time.Time{}
-}
-
-// close cancels every stream and waits for their readers, which end the
-// members, and their writers.
-func (ss *subStreams) close() {
-	if ss.stop == nil {
-		return
-	}
-	ss.stop()
-	ss.running.Wait()
-}
 
 // subStream is one open SubscribeStream and its members.
 type subStream struct {
@@ -116,48 +88,14 @@ func (c *Client) subscribeAttempt(ctx context.Context, idx int32, in *chatpb.Sub
 
 // subStream returns the open stream for key, opening it if there is none.
 func (c *Client) subStream(key sendKey) (*subStream, error) {
-	ss := &c.subs
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if s := ss.open[key]; s != nil {
-		return s, nil
-	}
-	if until, ok := ss.unaryTo[key]; ok {
-		if time.Now().Before(until) {
-			return nil, errUseUnary
+	return c.subs.get(c, key, func(ctx context.Context, cancel context.CancelCauseFunc) (opened[subStream], error) {
+		st, err := c.clients[key.target].SubscribeStream(ctx)
+		if err != nil {
+			return opened[subStream]{}, err
 		}
-		delete(ss.unaryTo, key)
-	}
-	if ss.base.Err() != nil {
-		return nil, status.Error(codes.Canceled, "chatclient: closed")
-	}
-	ctx, cancel := context.WithCancelCause(ss.base)
-	if key.pair != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, pairs.Header, key.pair)
-	}
-	// Opening does not wait for the core: a refusal shows on the first Recv.
-	st, err := c.clients[key.target].SubscribeStream(ctx)
-	if err != nil {
-		cancel(nil)
-		return nil, err
-	}
-	s := &subStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), members: map[uint64]*subMember{}}
-	untrack := c.trackStream(&streamCancel{cancel: cancel, send: true}, key.target) // a stalled target cancels it (Client.stallIfSilent)
-	ss.open[key] = s
-	// Both end with the stream: the reader when Recv fails (the stream's
-	// context cancelled, by Close or a stall, or the core gone), the writer
-	// when that context is done or Send fails.
-	ss.running.Add(2)
-	go func() {
-		defer ss.running.Done()
-		defer untrack()
-		s.read()
-	}()
-	go func() {
-		defer ss.running.Done()
-		s.write()
-	}()
-	return s, nil
+		s := &subStream{c: c, key: key, st: st, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), members: map[uint64]*subMember{}}
+		return opened[subStream]{s: s, read: s.read, write: s.write}, nil
+	})
 }
 
 // write sends the queued opens and cancels until the stream ends.
@@ -241,16 +179,8 @@ func (s *subStream) read() {
 // next Subscribe attempt opens another) and its members end with what err
 // means for them.
 func (s *subStream) fail(err error) {
-	ss := &s.c.subs
 	err = s.streamErr(err)
-	ss.mu.Lock()
-	if ss.open[s.key] == s {
-		delete(ss.open, s.key)
-	}
-	if errors.Is(err, errUseUnary) {
-		ss.unaryTo[s.key] = time.Now().Add(unimplementedRecheck)
-	}
-	ss.mu.Unlock()
+	s.c.subs.forget(s.key, s, err)
 	s.cancel(nil)
 	s.mu.Lock()
 	s.err = err
@@ -260,7 +190,7 @@ func (s *subStream) fail(err error) {
 	for _, m := range members {
 		m.end(err)
 	}
-	if !errors.Is(err, errUseUnary) && ss.base.Err() == nil {
+	if !errors.Is(err, errUseUnary) && !s.c.subs.closed() {
 		s.c.log.Debug("subscribe stream ended", "target", s.key.target, "pair", s.key.pair, "members", len(members), "err", err)
 	}
 }
@@ -268,7 +198,7 @@ func (s *subStream) fail(err error) {
 // streamErr says what the failure of the stream means for its members:
 // each resumes (UNAVAILABLE) unless the core refused the stream itself.
 func (s *subStream) streamErr(err error) error {
-	if s.c.subs.base.Err() != nil {
+	if s.c.subs.closed() {
 		return status.Error(codes.Canceled, "chatclient: closed")
 	}
 	if errors.Is(context.Cause(s.ctx), errStalled) {
