@@ -177,9 +177,11 @@ func (s *sendStream) read() {
 
 // fail ends the stream after Recv failed with err: it is forgotten (the
 // next send opens another) and its sends in flight fail with what err means
-// for them.
+// for them (streamSet.streamErr). None of them was answered: the core may
+// or may not have appended them, so they are retried (their client message
+// id makes that idempotent) unless the core refused the stream itself.
 func (s *sendStream) fail(err error) {
-	err = s.streamErr(err)
+	err = s.c.sends.streamErr(s.ctx, err, "send stream")
 	s.c.sends.forget(s.key, s, err)
 	s.cancel(nil)
 	s.mu.Lock()
@@ -193,28 +195,6 @@ func (s *sendStream) fail(err error) {
 	if !errors.Is(err, errUseUnary) && !s.c.sends.closed() {
 		s.c.log.Debug("send stream ended", "target", s.key.target, "pair", s.key.pair, "in-flight", len(pending), "err", err)
 	}
-}
-
-// streamErr says what the failure of the stream means for a send that was
-// in flight on it. None of them was answered: the core may or may not have
-// appended them, so they are retried (their client message id makes that
-// idempotent) unless the core refused the stream itself.
-func (s *sendStream) streamErr(err error) error {
-	if s.c.sends.closed() {
-		return status.Error(codes.Canceled, "chatclient: closed")
-	}
-	if errors.Is(context.Cause(s.ctx), errStalled) {
-		return status.Error(codes.Unavailable, "chat core stalled")
-	}
-	switch status.Code(err) {
-	case codes.Unimplemented:
-		return errUseUnary
-	case codes.PermissionDenied, codes.Unauthenticated:
-		return err // who we are will not change on a retry
-	case codes.Unavailable:
-		return err
-	}
-	return status.Errorf(codes.Unavailable, "chatclient: send stream failed: %v", err)
 }
 
 // send sends in on the stream and waits for its answer, the stream's

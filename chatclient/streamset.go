@@ -119,5 +119,27 @@ func (ss *streamSet[S]) forget(key sendKey, s *S, err error) {
 	}
 }
 
+// streamErr says what the failure of a stream (its context ctx, what Recv
+// returned err; what names the stream in the message) means for the calls
+// in flight on it: each is retried (UNAVAILABLE) unless the core refused
+// the stream itself; errUseUnary when the core does not implement it.
+func (ss *streamSet[S]) streamErr(ctx context.Context, err error, what string) error {
+	if ss.closed() {
+		return status.Error(codes.Canceled, "chatclient: closed")
+	}
+	if errors.Is(context.Cause(ctx), errStalled) {
+		return status.Error(codes.Unavailable, "chat core stalled")
+	}
+	switch status.Code(err) {
+	case codes.Unimplemented:
+		return errUseUnary
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return err // who we are will not change on a retry
+	case codes.Unavailable:
+		return err
+	}
+	return status.Errorf(codes.Unavailable, "chatclient: %s failed: %v", what, err)
+}
+
 // closed reports whether the Client has closed.
 func (ss *streamSet[S]) closed() bool { return ss.base.Err() != nil }

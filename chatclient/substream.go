@@ -179,7 +179,7 @@ func (s *subStream) read() {
 // next Subscribe attempt opens another) and its members end with what err
 // means for them.
 func (s *subStream) fail(err error) {
-	err = s.streamErr(err)
+	err = s.c.subs.streamErr(s.ctx, err, "subscribe stream")
 	s.c.subs.forget(s.key, s, err)
 	s.cancel(nil)
 	s.mu.Lock()
@@ -193,26 +193,6 @@ func (s *subStream) fail(err error) {
 	if !errors.Is(err, errUseUnary) && !s.c.subs.closed() {
 		s.c.log.Debug("subscribe stream ended", "target", s.key.target, "pair", s.key.pair, "members", len(members), "err", err)
 	}
-}
-
-// streamErr says what the failure of the stream means for its members:
-// each resumes (UNAVAILABLE) unless the core refused the stream itself.
-func (s *subStream) streamErr(err error) error {
-	if s.c.subs.closed() {
-		return status.Error(codes.Canceled, "chatclient: closed")
-	}
-	if errors.Is(context.Cause(s.ctx), errStalled) {
-		return status.Error(codes.Unavailable, "chat core stalled")
-	}
-	switch status.Code(err) {
-	case codes.Unimplemented:
-		return errUseUnary
-	case codes.PermissionDenied, codes.Unauthenticated:
-		return err // who we are will not change on a retry
-	case codes.Unavailable:
-		return err
-	}
-	return status.Errorf(codes.Unavailable, "chatclient: subscribe stream failed: %v", err)
 }
 
 // join opens in as a new member under ctx: the member leaves (the core is
