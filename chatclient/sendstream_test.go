@@ -104,9 +104,13 @@ func (f *streamCore) SendStream(st grpc.BidiStreamingServer[chatpb.SendStreamReq
 	}
 }
 
-// serveCounting is serve with a count of the SendStream calls the server
-// was asked for (implemented or not).
-func serveCounting(t *testing.T, srv chatpb.ChatServer) (addr string, streams func() int) {
+// sendStreamMethod is SendStream's full method name.
+const sendStreamMethod = "/hachat.chat.v1.Chat/SendStream"
+
+// serveCounting is serve with a count of the calls of method (a full
+// method name, e.g. "/hachat.chat.v1.Chat/SendStream") the server was asked
+// for (implemented or not).
+func serveCounting(t *testing.T, srv chatpb.ChatServer, method string) (addr string, streams func() int) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -115,7 +119,7 @@ func serveCounting(t *testing.T, srv chatpb.ChatServer) (addr string, streams fu
 	var mu sync.Mutex
 	n := 0
 	g := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if info.FullMethod == "/hachat.chat.v1.Chat/SendStream" {
+		if info.FullMethod == method {
 			mu.Lock()
 			n++
 			mu.Unlock()
@@ -175,7 +179,7 @@ func TestSendMultiplexesOnOneStream(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newStreamCore(tt.batch, 0)
-			addr, streams := serveCounting(t, f)
+			addr, streams := serveCounting(t, f, sendStreamMethod)
 			c := newClient(t, addr)
 			got := sendAll(t, c, tt.session, tt.sends)
 			for id, r := range got {
@@ -207,7 +211,7 @@ func TestSendMultiplexesOnOneStream(t *testing.T) {
 // on every send.
 func TestSendFallsBackToUnary(t *testing.T) {
 	f := &fakeCore{}
-	addr, streams := serveCounting(t, f)
+	addr, streams := serveCounting(t, f, sendStreamMethod)
 	c := newClient(t, addr)
 	for i := range 3 {
 		r, err := c.Send(context.Background(), &chatpb.SendRequest{Auth: &chatpb.Auth{SessionId: "s1"}, Text: "hi"})
@@ -230,7 +234,7 @@ func TestSendFallsBackToUnary(t *testing.T) {
 func TestSendRetriesInFlightAcrossABrokenStream(t *testing.T) {
 	const sends = 20
 	f := newStreamCore(1, sends)
-	addr, streams := serveCounting(t, f)
+	addr, streams := serveCounting(t, f, sendStreamMethod)
 	c := newClient(t, addr)
 	got := sendAll(t, c, "s1", sends)
 	if len(got) != sends {
@@ -262,7 +266,7 @@ func TestSendRetriesInFlightAcrossABrokenStream(t *testing.T) {
 // does not disturb the sends after it.
 func TestSendOnStreamHeedsContext(t *testing.T) {
 	f := newStreamCore(2, 0) // answers in pairs: a lone send waits
-	addr, _ := serveCounting(t, f)
+	addr, _ := serveCounting(t, f, sendStreamMethod)
 	c := newClient(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -307,7 +311,7 @@ func TestSendOnStreamTraced(t *testing.T) {
 	for _, traced := range []bool{true, false} {
 		t.Run(fmt.Sprint("traced=", traced), func(t *testing.T) {
 			f := newStreamCore(1, 0)
-			addr, _ := serveCounting(t, f)
+			addr, _ := serveCounting(t, f, sendStreamMethod)
 			rec := tracetest.NewSpanRecorder()
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 			t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
@@ -360,8 +364,8 @@ func TestSendOnStreamTraced(t *testing.T) {
 // target, as a unary call's would.
 func TestSendOnStreamLeavesAStalledTarget(t *testing.T) {
 	silent := newStreamCore(1<<30, 0) // answers once 2^30 sends have come: never
-	addrA, _ := serveCounting(t, silent)
-	addrB, _ := serveCounting(t, newStreamCore(1, 0))
+	addrA, _ := serveCounting(t, silent, sendStreamMethod)
+	addrB, _ := serveCounting(t, newStreamCore(1, 0), sendStreamMethod)
 	cfg := DefaultConfig()
 	cfg.Targets = []string{addrA, addrB}
 	cfg.AttemptTimeout = 200 * time.Millisecond

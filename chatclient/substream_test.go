@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,29 +164,8 @@ func (f *subCore) counts() (streams, unary, cancels int) {
 	return f.streams, f.unary, f.cancels
 }
 
-// serveSubs serves srv and counts the SubscribeStream calls it was asked
-// for (implemented or not).
-func serveSubs(t *testing.T, srv chatpb.ChatServer) (addr string, streams func() int) {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	n := 0
-	g := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if info.FullMethod == "/hachat.chat.v1.Chat/SubscribeStream" {
-			mu.Lock()
-			n++
-			mu.Unlock()
-		}
-		return h(srv, ss)
-	}))
-	chatpb.RegisterChatServer(g, srv)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	return lis.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
-}
+// subscribeStreamMethod is SubscribeStream's full method name.
+const subscribeStreamMethod = "/hachat.chat.v1.Chat/SubscribeStream"
 
 func newSubClient(t *testing.T, addr string) *Client {
 	t.Helper()
@@ -250,7 +228,7 @@ func subscribeAll(t *testing.T, c *Client, subs int, n uint64) {
 // events once, in order, then io.EOF after SESSION_ENDED.
 func TestSubscribeMultiplexesOnOneStream(t *testing.T) {
 	f := newSubCore(0)
-	addr, streams := serveSubs(t, f)
+	addr, streams := serveCounting(t, f, subscribeStreamMethod)
 	c := newSubClient(t, addr)
 	subscribeAll(t, c, 40, 100)
 	if s, u, _ := f.counts(); s != 1 || u != 0 || streams() != 1 {
@@ -263,7 +241,7 @@ func TestSubscribeMultiplexesOnOneStream(t *testing.T) {
 // and no subscriber sees a gap or a duplicate.
 func TestSubscribeResumesAcrossABrokenStream(t *testing.T) {
 	f := newSubCore(500)
-	addr, _ := serveSubs(t, f)
+	addr, _ := serveCounting(t, f, subscribeStreamMethod)
 	c := newSubClient(t, addr)
 	subscribeAll(t, c, 30, 60)
 	if s, _, _ := f.counts(); s != 2 {
@@ -287,7 +265,7 @@ func TestSubscribeResumesAcrossABrokenStream(t *testing.T) {
 // stream is not asked for again until unimplementedRecheck.
 func TestSubscribeFallsBackToUnary(t *testing.T) {
 	f := newSubCore(0)
-	addr, streams := serveSubs(t, unaryOnly{f: f})
+	addr, streams := serveCounting(t, unaryOnly{f: f}, subscribeStreamMethod)
 	c := newSubClient(t, addr)
 	subscribeAll(t, c, 10, 20)
 	subscribeAll(t, c, 10, 20)
@@ -303,7 +281,7 @@ func TestSubscribeFallsBackToUnary(t *testing.T) {
 // every event once, in order.
 func TestSubscribeSlowMemberDoesNotStall(t *testing.T) {
 	f := newSubCore(0)
-	addr, _ := serveSubs(t, f)
+	addr, _ := serveCounting(t, f, subscribeStreamMethod)
 	c := newSubClient(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -328,7 +306,7 @@ func TestSubscribeSlowMemberDoesNotStall(t *testing.T) {
 // member is cancelled at the core, and the Client no longer counts it.
 func TestSubscribeCancelLeavesTheStream(t *testing.T) {
 	f := newSubCore(0)
-	addr, _ := serveSubs(t, f)
+	addr, _ := serveCounting(t, f, subscribeStreamMethod)
 	c := newSubClient(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := c.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: &chatpb.Auth{SessionId: "idle-0"}})

@@ -245,6 +245,22 @@ func TestSendStreamSpanPerMessage(t *testing.T) {
 	}
 }
 
+// pairWithClient starts a pair (transcript-auto-save 1, no send rate
+// limit) and a chatclient given both cores, closed when the test ends.
+func pairWithClient(t *testing.T) (a, b *node, cl *chatclient.Client) {
+	t.Helper()
+	a, b = pair(t, newMemStore(), func(c *Config) { c.TranscriptAutoSave = 1; c.SendRate = 1e6; c.SendBurst = 1 << 20 })
+	cfg := chatclient.DefaultConfig()
+	cfg.Targets = []string{a.addr, b.addr}
+	cfg.AttemptTimeout = time.Second
+	cl, err := chatclient.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return a, b, cl
+}
+
 // TestSendStreamFailoverNoLossNoDuplicate sends through chatclient (one
 // SendStream shared by every sender) to a pair and kills the primary while
 // sends are in flight: the stream breaks, each unanswered send is retried
@@ -255,15 +271,7 @@ func TestSendStreamFailoverNoLossNoDuplicate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("failover")
 	}
-	a, b := pair(t, newMemStore(), func(c *Config) { c.TranscriptAutoSave = 1; c.SendRate = 1e6; c.SendBurst = 1 << 20 })
-	cfg := chatclient.DefaultConfig()
-	cfg.Targets = []string{a.addr, b.addr}
-	cfg.AttemptTimeout = time.Second
-	cl, err := chatclient.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	a, b, cl := pairWithClient(t)
 	const sessions, per = 16, 60
 	auths := make([]*chatpb.Auth, sessions)
 	for i := range auths {

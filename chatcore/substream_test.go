@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
@@ -404,15 +403,7 @@ func TestSubscribeStreamFailoverNoGapNoDuplicate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("failover")
 	}
-	a, b := pair(t, newMemStore(), func(c *Config) { c.TranscriptAutoSave = 1; c.SendRate = 1e6; c.SendBurst = 1 << 20 })
-	cfg := chatclient.DefaultConfig()
-	cfg.Targets = []string{a.addr, b.addr}
-	cfg.AttemptTimeout = time.Second
-	cl, err := chatclient.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	a, b, cl := pairWithClient(t)
 	const sessions, per = 12, 60
 	var auths []*chatpb.Auth
 	for range sessions {
