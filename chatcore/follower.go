@@ -47,6 +47,7 @@ func (c *Core) follow(ctx context.Context) {
 	defer stop()
 	delay := 20 * time.Millisecond
 	var lastWarn, lastDrop time.Time
+	redialed := false // the last redial was immediate (redialNow)
 	for ctx.Err() == nil && !c.role.IsPrimary() {
 		addr := c.peers.addr()
 		if addr == "" { // gossip has not shown the other core yet
@@ -112,6 +113,9 @@ func (c *Core) follow(ctx context.Context) {
 				c.log.WarnContext(ctx, "promotion failed: staying backup", "err", err)
 			}
 		}
+		if redialed = redialNow(end, dec.Outcome, redialed); redialed {
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -121,6 +125,20 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		delay = min(delay*2, time.Second)
 	}
+}
+
+// redialNow tells the follower to redial the primary at once instead of
+// after its pause: when a stream that was in sync ended and the checks
+// still found the primary alive. A primary killed with SIGKILL closes its
+// connections before its listener, so a probe in that instant may still
+// connect: the redial then meets the refused connection that proves it gone
+// (React to the refused connection, not to a timer). The detector's rules
+// are unchanged: only Decide promotes. lastImmediate is whether the
+// previous redial was immediate: then this one waits, so a link that keeps
+// breaking while the primary lives is still paced (at least one pause per
+// two breaks).
+func redialNow(end streamEnd, out detect.Outcome, lastImmediate bool) bool {
+	return out == detect.Alive && end.synced && !lastImmediate
 }
 
 // replicateOnce runs one Replicate stream until it ends.
