@@ -80,7 +80,7 @@ type Core struct {
 	restore *restorer // restoration after a promotion and from UCS (restore.go)
 	// promoting holds Chat calls at the gate while this backup promotes
 	// itself (promotion.go).
-	promoting promotion
+	changing roleChange
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
 	// due holds the sessions that have something due at a time, for the

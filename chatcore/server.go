@@ -169,9 +169,10 @@ func (c *Core) grpcServer() *grpc.Server {
 // gate refuses Chat calls (except Status and Switchover) unless this core is
 // the serving primary, and replication from a primary that is still
 // merging what UCS holds (its log is not yet complete). A Chat call that
-// reaches a backup whose promotion is under way first waits for the
-// promotion's end (at most maxPromotionHold, promotion.go), then is judged
-// as any other.
+// this core would refuse while its role is changing (a backup promoting
+// itself, a primary draining for a handover) first waits for the change's
+// end (at most maxRoleChangeHold, rolechange.go), then is judged as any
+// other.
 func (c *Core) gate(ctx context.Context, method string) error {
 	if strings.HasPrefix(method, "/"+chatpb.Replication_ServiceDesc.ServiceName+"/") {
 		if c.role.Unmerged() {
@@ -186,8 +187,8 @@ func (c *Core) gate(ctx context.Context, method string) error {
 	case "Status", "Switchover":
 		return nil
 	}
-	if !c.role.IsPrimary() {
-		c.promoting.wait(ctx, maxPromotionHold)
+	if !c.role.IsPrimary() || c.role.Draining() {
+		c.changing.wait(ctx, maxRoleChangeHold)
 	}
 	if !c.role.IsPrimary() {
 		return errNotPrimary
