@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hachat/hachat/chatcore/detect"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -108,25 +107,21 @@ func TestRoleChangeEndWakesOnlyLastEnd(t *testing.T) {
 
 // TestRedialNow: after a stream that was in sync broke while the checks
 // found the primary alive (a SIGKILLed primary whose listener still
-// accepted the probe), the follower redials at once, once, and then paces
-// its redials as before; no other outcome redials at once.
+// accepted the probe: Decide's Alive, or a promotion the re-check dropped),
+// the follower redials at once, once, and then paces its redials as before.
 func TestRedialNow(t *testing.T) {
 	for _, tc := range []struct {
-		name          string
-		synced        bool
-		out           detect.Outcome
-		lastImmediate bool
-		want          bool
+		name                              string
+		synced, foundAlive, lastImmediate bool
+		want                              bool
 	}{
-		{"in sync, primary found alive: redial now", true, detect.Alive, false, true},
-		{"the last redial was immediate: pause", true, detect.Alive, true, false},
-		{"never in sync: pause", false, detect.Alive, false, false},
-		{"nothing decided: pause", true, detect.Stay, false, false},
-		{"gossip refuted: pause", true, detect.GossipRefuted, false, false},
-		{"promotion failed: pause", true, detect.Promote, false, false},
+		{"in sync, primary found alive: redial now", true, true, false, true},
+		{"the last redial was immediate: pause", true, true, true, false},
+		{"never in sync: pause", false, true, false, false},
+		{"primary not found alive (nothing decided, promotion failed): pause", true, false, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := redialNow(streamEnd{synced: tc.synced}, tc.out, tc.lastImmediate); got != tc.want {
+			if got := redialNow(tc.synced, tc.foundAlive, tc.lastImmediate); got != tc.want {
 				t.Fatalf("redialNow = %v, want %v", got, tc.want)
 			}
 		})
