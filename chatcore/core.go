@@ -78,6 +78,9 @@ type Core struct {
 	inflight sync.RWMutex        // appends hold it shared; a switchover takes it to drain
 
 	restore *restorer // restoration after a promotion and from UCS (restore.go)
+	// promoting holds Chat calls at the gate while this backup promotes
+	// itself (promotion.go).
+	changing roleChange
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
 	// due holds the sessions that have something due at a time, for the

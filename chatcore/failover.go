@@ -199,6 +199,7 @@ func (c *Core) publishMeta(ctx context.Context) {
 // nothing until it merged what the old primary's second copies put in UCS.
 func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(context.Context) error) error {
 	why := dec.Why
+	defer c.changing.begin()() // calls reaching this core meanwhile wait for the outcome
 	ctx, span := c.tracer.Start(ctx, "chatcore.promote")
 	defer span.End()
 	span.SetAttributes(attribute.String("detection", why))
@@ -251,6 +252,7 @@ func (c *Core) trustReplica(ctx context.Context, followed uint64) {
 
 // takeOver is the backup's side of a planned switchover.
 func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64, error) {
+	defer c.changing.begin()() // calls reaching this core meanwhile wait for the outcome
 	ctx, span := c.tracer.Start(ctx, "chatcore.takeOver")
 	defer span.End()
 	c.log.InfoContext(ctx, "switchover: taking over", "from", from, "epoch", epoch)
@@ -338,6 +340,10 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	defer span.End()
 	start := time.Now()
 	c.log.InfoContext(ctx, why+": draining", "to", l.Name())
+	// Calls arriving from now on wait for the outcome (served if the
+	// handover aborts, else refused once this core stepped down), woken
+	// after the drain's lock is released.
+	defer c.changing.begin()()
 	c.role.SetDraining(true)
 	c.health.SetServingStatus(ChatServiceName, healthNotServing)
 	c.inflight.Lock()

@@ -47,6 +47,7 @@ func (c *Core) follow(ctx context.Context) {
 	defer stop()
 	delay := 20 * time.Millisecond
 	var lastWarn, lastDrop time.Time
+	redialed := false // the last redial was immediate (redialNow)
 	for ctx.Err() == nil && !c.role.IsPrimary() {
 		addr := c.peers.addr()
 		if addr == "" { // gossip has not shown the other core yet
@@ -85,6 +86,7 @@ func (c *Core) follow(ctx context.Context) {
 		if dec.Stale {
 			c.replicaStale.Store(true)
 		}
+		foundAlive := dec.Outcome == detect.Alive // the checks found the primary alive
 		switch dec.Outcome {
 		case detect.Alive:
 			c.log.WarnContext(ctx, "replication link lost but the primary is alive: no failover, resyncing", "primary", end.primaryName, "err", end.err, "check", dec.Why)
@@ -103,6 +105,7 @@ func (c *Core) follow(ctx context.Context) {
 				return
 			}
 			if errors.Is(err, errPrimaryAlive) {
+				foundAlive = true
 				c.m.promotionsDropped.Inc()
 				if time.Since(lastDrop) > 5*time.Second {
 					lastDrop = time.Now()
@@ -111,6 +114,9 @@ func (c *Core) follow(ctx context.Context) {
 			} else {
 				c.log.WarnContext(ctx, "promotion failed: staying backup", "err", err)
 			}
+		}
+		if redialed = redialNow(end.synced, foundAlive, redialed); redialed {
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -121,6 +127,22 @@ func (c *Core) follow(ctx context.Context) {
 		}
 		delay = min(delay*2, time.Second)
 	}
+}
+
+// redialNow tells the follower to redial the primary at once instead of
+// after its pause: when a stream that was in sync (synced) ended and the
+// checks still found the primary alive (foundAlive: Decide's Alive, or a
+// promotion dropped because the re-check before the claim found it alive).
+// A primary killed with SIGKILL closes its connections before its
+// listener, so a probe in that instant may still connect: the redial then
+// meets the refused connection that proves it gone (React to the refused
+// connection, not to a timer). The detector's rules are unchanged: only
+// Decide promotes, after its checks. lastImmediate is whether the previous
+// redial was immediate: then this one waits, so a link that keeps breaking
+// while the primary lives is still paced (at least one pause per two
+// breaks).
+func redialNow(synced, foundAlive, lastImmediate bool) bool {
+	return synced && foundAlive && !lastImmediate
 }
 
 // replicateOnce runs one Replicate stream until it ends.

@@ -182,7 +182,7 @@ func (c *Core) sendOne(ctx context.Context, r *chatpb.SendStreamRequest) *chatpb
 				attribute.String("rpc.method", "Send"), attribute.Bool("hachat.send_stream", true)))
 	}
 	var resp *chatpb.SendResponse
-	err := c.gate(sendMethod)
+	err := c.gate(ctx, sendMethod)
 	if err == nil {
 		if r.Request == nil {
 			err = invalid("send stream request %d has no request", r.Id)

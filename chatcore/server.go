@@ -168,8 +168,12 @@ func (c *Core) grpcServer() *grpc.Server {
 
 // gate refuses Chat calls (except Status and Switchover) unless this core is
 // the serving primary, and replication from a primary that is still
-// merging what UCS holds (its log is not yet complete).
-func (c *Core) gate(method string) error {
+// merging what UCS holds (its log is not yet complete). A Chat call that
+// this core would refuse while its role is changing (a backup promoting
+// itself, a primary draining for a handover) first waits for the change's
+// end (at most maxRoleChangeHold, rolechange.go), then is judged as any
+// other.
+func (c *Core) gate(ctx context.Context, method string) error {
 	if strings.HasPrefix(method, "/"+chatpb.Replication_ServiceDesc.ServiceName+"/") {
 		if c.role.Unmerged() {
 			return errRestoring
@@ -182,6 +186,9 @@ func (c *Core) gate(method string) error {
 	switch method[len(ChatServiceName)+2:] {
 	case "Status", "Switchover":
 		return nil
+	}
+	if !c.role.IsPrimary() || c.role.Draining() {
+		c.changing.wait(ctx, maxRoleChangeHold)
 	}
 	if !c.role.IsPrimary() {
 		return errNotPrimary
@@ -196,7 +203,7 @@ func (c *Core) gate(method string) error {
 }
 
 func (c *Core) unaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := c.gate(info.FullMethod); err != nil {
+	if err := c.gate(ctx, info.FullMethod); err != nil {
 		c.countRPC(info.FullMethod, err)
 		return nil, err
 	}
@@ -206,7 +213,7 @@ func (c *Core) unaryGate(ctx context.Context, req any, info *grpc.UnaryServerInf
 }
 
 func (c *Core) streamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	err := c.gate(info.FullMethod)
+	err := c.gate(ss.Context(), info.FullMethod)
 	if err == nil {
 		err = h(srv, ss)
 	}

@@ -181,7 +181,7 @@ var (
 // event delivered to the writer's queue; then its end, unless the client
 // cancelled it or the stream ended.
 func (st *subStream) serve(c *Core, ctx context.Context, id uint64, req *chatpb.SubscribeRequest) {
-	err := c.gate(subscribeMethod)
+	err := c.gate(ctx, subscribeMethod)
 	if err == nil {
 		err = c.subscribe(ctx, req, func(ev *chatpb.Event) error { return st.put(ctx, id, ev) })
 	}

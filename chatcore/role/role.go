@@ -189,13 +189,18 @@ func (s *State) FinishRestoring(effects func()) bool {
 // StepDown makes a primary a backup at once: the stream context is
 // cancelled. newer is the epoch that fenced it (0 when unknown); it is
 // observed even when the core is no primary. It reports false (and runs
-// nothing) when the core was not primary. effects (may be nil) runs with
-// the lock held, then the waiters of Changed wake.
+// nothing) when the core was not primary, or when newer is not newer than
+// the primary's own term: such a step-down was decided on an epoch read
+// before this core claimed its term (a backup's hello during a
+// switchover's claim, confirmed at the fencing authority while the claim
+// landed), and epochs are claimed by compare-and-set, so the term's own
+// epoch fences nobody but older terms. effects (may be nil) runs with the
+// lock held, then the waiters of Changed wake.
 func (s *State) StepDown(newer uint64, effects func()) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.Observe(newer)
-	if s.role != Primary {
+	if s.role != Primary || newer != 0 && newer <= s.term {
 		return false
 	}
 	s.role = Backup

@@ -151,3 +151,36 @@ func TestRoleEpochNeverPairsPrimaryWithNewerEpoch(t *testing.T) {
 		t.Fatalf("epoch %d after concurrent observes, want 200", s.Epoch())
 	}
 }
+
+// TestStepDownByOwnTermIsRefused: a step-down decided on an epoch that is
+// not newer than the primary's term (read before the claim landed: the
+// switchover race where the old primary's hello carries the epoch this core
+// just claimed) leaves the primary serving; a newer epoch or an unknown one
+// (0) steps it down.
+func TestStepDownByOwnTermIsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		newer uint64
+		down  bool
+	}{
+		{"own term", 39, false},
+		{"older epoch", 38, false},
+		{"newer epoch", 40, true},
+		{"unknown epoch", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New()
+			s.BecomePrimary(39, true, nil)
+			ran := false
+			if got := s.StepDown(tc.newer, func() { ran = true }); got != tc.down || ran != tc.down {
+				t.Fatalf("StepDown(%d) = %v (effects ran: %v), want %v", tc.newer, got, ran, tc.down)
+			}
+			if s.IsPrimary() == tc.down {
+				t.Fatalf("primary after StepDown(%d): %v", tc.newer, s.IsPrimary())
+			}
+			if want := max(uint64(39), tc.newer); s.Epoch() != want {
+				t.Fatalf("epoch %d, want %d", s.Epoch(), want)
+			}
+		})
+	}
+}
