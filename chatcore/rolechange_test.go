@@ -3,9 +3,11 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hachat/hachat/chatcore/detect"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -123,6 +125,84 @@ func TestRedialNow(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := redialNow(tc.synced, tc.foundAlive, tc.lastImmediate); got != tc.want {
 				t.Fatalf("redialNow = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// claimGate is a store whose epoch claims wait until released, after
+// telling that one began: a role change caught in the middle of its claim.
+type claimGate struct {
+	*memStore
+	entered chan struct{} // closed when the first claim begins
+	release chan struct{} // closed by the test: claims go on
+	once    sync.Once
+}
+
+func (g *claimGate) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
+	g.once.Do(func() { close(g.entered) })
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return Epoch{}, ctx.Err()
+	}
+	return g.memStore.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, silent)
+}
+
+func (g *claimGate) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
+	return g.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, 0)
+}
+
+// TestRoleChangesHoldCalls: a failover's promote and a switchover's
+// takeOver mark their role change from its start to the end of the claim,
+// so a Chat call reaching the backup meanwhile is held and then served by
+// the new primary. (TestGateHoldsCallsDuringRoleChange holds the gate's
+// rule; this holds that the role changes start and end it.)
+func TestRoleChangesHoldCalls(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(context.Context, *Core) error
+	}{
+		{"promote", func(ctx context.Context, c *Core) error {
+			return c.promote(ctx, detect.Decision{Outcome: detect.Promote, Why: "test: refused", Certain: true}, nil)
+		}},
+		{"takeOver", func(ctx context.Context, c *Core) error {
+			_, err := c.takeOver(ctx, "old-primary", 0)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &claimGate{memStore: newMemStore(), entered: make(chan struct{}), release: make(chan struct{})}
+			c, err := New(testConfig(), st, telemetry.Discard())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			changed := make(chan error, 1)
+			go func() { changed <- tc.change(ctx, c) }()
+			select {
+			case <-st.entered:
+			case <-ctx.Done():
+				t.Fatal("the role change never claimed")
+			}
+			got := make(chan error, 1)
+			go func() { got <- c.gate(ctx, sendMethod) }()
+			for c.changing.waiting() == 0 {
+				select {
+				case err := <-got:
+					t.Fatalf("gate answered %v while the claim was under way: want the call held", err)
+				case <-ctx.Done():
+					t.Fatal("the call was not held within 10s")
+				case <-time.After(time.Millisecond):
+				}
+			}
+			close(st.release)
+			if err := <-changed; err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if err := <-got; err != nil {
+				t.Fatalf("the held call: %v, want it served by the new primary", err)
 			}
 		})
 	}
