@@ -199,7 +199,11 @@ func (c *Core) publishMeta(ctx context.Context) {
 // nothing until it merged what the old primary's second copies put in UCS.
 func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(context.Context) error) error {
 	why := dec.Why
-	defer c.changing.begin()() // calls reaching this core meanwhile wait for the outcome
+	// Calls reaching this core meanwhile wait for the outcome: until the
+	// claim is decided (and, for a stale replica, whether it is trusted),
+	// not across the restoration, which runs while the core serves.
+	endChange := c.changing.begin()
+	defer endChange()
 	ctx, span := c.tracer.Start(ctx, "chatcore.promote")
 	defer span.End()
 	span.SetAttributes(attribute.String("detection", why))
@@ -220,6 +224,7 @@ func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(co
 	if stale {
 		c.trustReplica(ctx, cl.known)
 	}
+	endChange()
 	c.m.failovers.Inc()
 	c.detect.ClearGossip()
 	n := c.restore.all(ctx, "replica")
