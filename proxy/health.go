@@ -156,6 +156,7 @@ func (p *Proxy) watchServing(ctx context.Context, cc *grpc.ClientConn, h *host, 
 			if resp, err = st.Recv(); err == nil {
 				if s := resp.GetStatus(); s != last {
 					if last >= 0 {
+						p.log.Debug("upstream host serving status changed: checking it now", "host", h.addr, "status", s.String())
 						h.poke()
 					}
 					last = s
