@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/detect"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -205,5 +210,90 @@ func TestRoleChangesHoldCalls(t *testing.T) {
 				t.Fatalf("the held call: %v, want it served by the new primary", err)
 			}
 		})
+	}
+}
+
+// armedClaimGate is a claimGate that lets claims through until armed: a
+// pair starts (the primary's own claim passes), then the backup's claim of a
+// switchover is caught in the middle.
+type armedClaimGate struct {
+	*claimGate
+	armed atomic.Bool
+}
+
+func (g *armedClaimGate) ClaimEpochIfSilent(ctx context.Context, service string, expect, epoch uint64, holder string, silent time.Duration) (Epoch, error) {
+	if !g.armed.Load() {
+		return g.memStore.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, silent)
+	}
+	return g.claimGate.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, silent)
+}
+
+func (g *armedClaimGate) ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error) {
+	return g.ClaimEpochIfSilent(ctx, service, expect, epoch, holder, 0)
+}
+
+// TestHandoverHoldsCalls: a primary draining for a handover marks its role
+// change from the drain to the step-down, so a Send reaching it while the
+// backup's claim is under way is held, not refused at once as draining;
+// once the handover stepped it down, the held call is refused as not
+// primary (UNAVAILABLE, retryable), and the client's retry is served by the
+// new primary. (TestGateHoldsCallsDuringRoleChange holds the gate's rule;
+// this holds that handover starts and ends it, as TestRoleChangesHoldCalls
+// does for promote and takeOver.)
+func TestHandoverHoldsCalls(t *testing.T) {
+	st := &armedClaimGate{claimGate: &claimGate{memStore: newMemStore(), entered: make(chan struct{}), release: make(chan struct{})}}
+	a, b := pair(t, st, nil)
+	ctx := ctxT(t)
+	cust, _ := a.chat(t)
+	if _, err := a.cl.Send(ctx, msg(cust, "before", "c1")); err != nil {
+		t.Fatal(err)
+	}
+	waitInSync(t, a, "core-b")
+	st.armed.Store(true)
+	switched := make(chan error, 1)
+	go func() {
+		_, err := a.cl.Switchover(ctx, &chatpb.SwitchoverRequest{AdminToken: "adm-token"})
+		switched <- err
+	}()
+	select {
+	case <-st.entered: // a drains: it sent the handover, b is claiming
+	case err := <-switched:
+		t.Fatalf("switchover ended before the backup claimed: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the backup never claimed")
+	}
+	if !a.c.role.IsPrimary() || !a.c.role.Draining() {
+		t.Fatalf("a during the handover: primary %v, draining %v; want a draining primary", a.c.role.IsPrimary(), a.c.role.Draining())
+	}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := a.cl.Send(ctx, msg(cust, "during", "c2"))
+		sent <- err
+	}()
+	for a.c.changing.waiting() == 0 {
+		select {
+		case err := <-sent:
+			t.Fatalf("the draining primary answered %v during the handover: want the call held until it ends", err)
+		case <-ctx.Done():
+			t.Fatal("the call was not held within 10s")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	close(st.release)
+	if err := <-switched; err != nil {
+		t.Fatalf("switchover: %v", err)
+	}
+	err := <-sent
+	if s, ok := status.FromError(err); !ok || s.Code() != codes.Unavailable || s.Message() != status.Convert(errNotPrimary).Message() {
+		t.Fatalf("the held call: %v, want %v (the client retries at the new primary)", err, errNotPrimary)
+	}
+	if !b.c.role.IsPrimary() || a.c.role.IsPrimary() {
+		t.Fatalf("after the handover: a primary %v, b primary %v", a.c.role.IsPrimary(), b.c.role.IsPrimary())
+	}
+	if _, err := b.cl.Send(ctx, msg(cust, "during", "c2")); err != nil {
+		t.Fatalf("the retry at the new primary: %v", err)
+	}
+	if n := a.c.changing.waiting(); n != 0 {
+		t.Fatalf("%d calls still held on the old primary", n)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -75,6 +76,11 @@ func (p *Proxy) checkLoop(ctx context.Context, h *host) {
 		defer p.wg.Done()
 		watchConn(ctx, cc, h)
 	}()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.watchServing(ctx, cc, h, hc.Service)
+	}()
 	client := chatpb.NewChatClient(cc)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -121,6 +127,57 @@ func watchConn(ctx context.Context, cc *grpc.ClientConn, h *host) {
 			h.poke()
 		}
 		state = ns
+	}
+}
+
+// watchServing follows the serving status of h's checked service
+// (grpc.health.v1 Watch) over the health check connection and asks h's
+// checker for an immediate check whenever it changes. A core's Chat service
+// turns NOT_SERVING when it starts draining for a handover or steps down,
+// and SERVING the moment it claims the primary role: at a switchover the
+// sidecar checks the new primary at its claim instead of at its next
+// interval, so client connections pinned to the old primary are moved
+// (superseded by the newer epoch) within about a millisecond. Polled, they
+// stayed up to an interval (25 ms) on the old primary, which refused every
+// call and stream as not primary while the clients' backoff grew: the
+// switchover pause's outliers of 30-85 ms. The check still decides (role
+// and epoch come from Status); the watch only says when to look. A host
+// that does not serve the health service (Unimplemented) is polled alone.
+// The watch is reopened after a break, once the connection is ready again,
+// at most once per interval.
+func (p *Proxy) watchServing(ctx context.Context, cc *grpc.ClientConn, h *host, service string) {
+	client := healthpb.NewHealthClient(cc)
+	last := healthpb.HealthCheckResponse_ServingStatus(-1) // none seen yet
+	for {
+		opened := time.Now()
+		st, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: service}, grpc.WaitForReady(true))
+		for err == nil {
+			var resp *healthpb.HealthCheckResponse
+			if resp, err = st.Recv(); err == nil {
+				if s := resp.GetStatus(); s != last {
+					if last >= 0 {
+						p.log.Debug("upstream host serving status changed: checking it now", "host", h.addr, "status", s.String())
+						h.poke()
+					}
+					last = s
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if status.Code(err) == codes.Unimplemented {
+			p.log.Info("upstream host has no health service to watch: its role changes are seen at its checks only", "host", h.addr)
+			return
+		}
+		hc, _ := p.checkParams(h)
+		if wait := hc.Interval - time.Since(opened); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
 	}
 }
 

@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -52,9 +54,10 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // fakeCore is a chat core stand-in: a gRPC server answering Chat/Status with
-// a name, role and epoch the test controls. Stop closes its listener and
-// every connection, like a killed process; Start serves again on the same
-// address.
+// a name, role and epoch the test controls, and grpc.health.v1 with the Chat
+// service SERVING while it is primary, as a core does. Stop closes its
+// listener and every connection, like a killed process; Start serves again
+// on the same address.
 type fakeCore struct {
 	chatpb.UnimplementedChatServer
 	t     *testing.T
@@ -72,15 +75,19 @@ type fakeCore struct {
 	// answers an error, sickHang holds the call until the caller gives up.
 	sick atomic.Int32
 
+	// health is its grpc.health.v1 service; noHealth (set before start)
+	// leaves it unregistered, like a core that does not serve it.
+	health   *health.Server
+	noHealth bool
+
 	mu  sync.Mutex
 	srv *grpc.Server
 }
 
 func newFakeCore(t *testing.T, name, role string, epoch uint64) *fakeCore {
 	t.Helper()
-	f := &fakeCore{t: t, name: name}
-	f.role.Store(role)
-	f.epoch.Store(epoch)
+	f := &fakeCore{t: t, name: name, health: health.NewServer()}
+	f.set(role, epoch)
 	f.start("127.0.0.1:0")
 	t.Cleanup(f.stop)
 	return f
@@ -102,6 +109,9 @@ func (f *fakeCore) start(addr string) {
 	}
 	srv := grpc.NewServer(opts...)
 	chatpb.RegisterChatServer(srv, f)
+	if !f.noHealth {
+		healthpb.RegisterHealthServer(srv, f.health)
+	}
 	f.mu.Lock()
 	f.srv = srv
 	f.mu.Unlock()
@@ -125,10 +135,20 @@ const (
 	sickHang
 )
 
+// set changes the role and epoch Status answers, then the Chat service's
+// serving status (SERVING while primary), in a core's order.
 func (f *fakeCore) set(role string, epoch uint64) {
 	f.role.Store(role)
 	f.epoch.Store(epoch)
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if role == "primary" {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	f.health.SetServingStatus(chatService, st)
 }
+
+// chatService is the service the cores' health checks name.
+const chatService = "hachat.chat.v1.Chat"
 
 // Status implements chatpb.ChatServer.
 func (f *fakeCore) Status(ctx context.Context, _ *chatpb.StatusRequest) (*chatpb.StatusResponse, error) {
@@ -316,7 +336,7 @@ func edsCluster(name string, interval, timeout time.Duration, unhealthy, healthy
 			UnhealthyThreshold: wrapperspb.UInt32(unhealthy),
 			HealthyThreshold:   wrapperspb.UInt32(healthy),
 			HealthChecker: &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
-				ServiceName: "hachat.chat.v1.Chat"}},
+				ServiceName: chatService}},
 		}},
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
@@ -222,6 +223,69 @@ func TestNewerEpochClosesOldConnections(t *testing.T) {
 	}
 	if got := metricValue(p.m.closedConns); got < 1 {
 		t.Fatalf("closed-on-failover metric = %v", got)
+	}
+}
+
+// TestServingChangeMovesConnectionsAtOnce: a switchover's new primary is
+// checked when its Chat service turns SERVING (grpc.health.v1 Watch), not at
+// the next interval, so client connections pinned to the old primary, which
+// refuses every call once it stepped down, move at once. The interval there
+// is a minute: only the watch can find the change within the test. A core
+// without the health service (Unimplemented: nothing to watch) is found by
+// its checks as before.
+func TestServingChangeMovesConnectionsAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		noHealth bool
+		interval time.Duration
+	}{
+		{name: "watched", interval: time.Minute},
+		{name: "no health service: checks only", noHealth: true, interval: 50 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeCore(t, "a", "primary", 1)
+			b := &fakeCore{t: t, name: "b", health: health.NewServer(), noHealth: tc.noHealth}
+			b.set("backup", 1)
+			b.start("127.0.0.1:0")
+			t.Cleanup(b.stop)
+			// a alone first, so that b is checked only once a is the
+			// primary: from then on at the interval, never at the fast
+			// interval of a cluster without one.
+			cp := newControlPlane(t)
+			res := pairResources(a, b, tc.interval, 2)
+			eds := res[resource.EndpointType]
+			res[resource.EndpointType] = []types.Resource{loadAssignment("chatcore",
+				ep{a.addr, 0, corev3.HealthStatus_HEALTHY, a.name, "primary", 1})}
+			cp.set("test-sidecar", "1", res)
+			p := newTestProxy(t, cp.addr)
+			waitFor(t, 5*time.Second, "a chosen as the primary", func() bool {
+				d := p.Dump().Clusters
+				return len(d) == 1 && d[0].Chosen == a.addr && d[0].Definitive
+			})
+			res[resource.EndpointType] = eds
+			cp.set("test-sidecar", "2", res)
+			waitFor(t, 5*time.Second, "b checked", func() bool {
+				for _, e := range p.Dump().Clusters[0].Endpoints {
+					if e.Address == b.addr && e.Health == "up" && e.Role == "backup" {
+						return true
+					}
+				}
+				return false
+			})
+			live, name := longLived(t, p.Addr().String())
+			if name != "a" {
+				t.Fatalf("long-lived connection on %q, want a", name)
+			}
+			// b claims epoch 2 (a switchover's takeOver); a, draining,
+			// still says primary at epoch 1 until it steps down.
+			b.set("primary", 2)
+			start := time.Now()
+			waitClosed(t, live, "connection to the superseded primary closed")
+			t.Logf("moved %v after the claim", time.Since(start))
+			if got := statusVia(p.Addr().String()); got != "b" {
+				t.Fatalf("new connection went to %q, want b (the new primary)", got)
+			}
+		})
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/mtls"
@@ -55,9 +56,8 @@ func loadSource(t *testing.T, dir, name string) *mtls.Source {
 // of dir (any client of the trust domain admitted).
 func newTLSFakeCore(t *testing.T, dir, cert, name, role string, epoch uint64) *fakeCore {
 	t.Helper()
-	f := &fakeCore{t: t, name: name, creds: credentials.NewTLS(loadSource(t, dir, cert).ServerConfig())}
-	f.role.Store(role)
-	f.epoch.Store(epoch)
+	f := &fakeCore{t: t, name: name, creds: credentials.NewTLS(loadSource(t, dir, cert).ServerConfig()), health: health.NewServer()}
+	f.set(role, epoch)
 	f.start("127.0.0.1:0")
 	t.Cleanup(f.stop)
 	return f
