@@ -331,8 +331,8 @@ func (sv *Saver) pop() Session {
 // Run starts Config.Workers workers and returns when ctx is done and
 // they have stopped. With a BatchStore each worker takes every
 // session queued at that moment (up to saveBatchMax) into one SaveBatch
-// call, and after a batch that did not fill waits out Config.Linger from
-// the batch's start (pace); otherwise one session per Save call.
+// call, and starts the next batch no sooner than Config.Linger after it
+// (pace); otherwise one session per Save call.
 func (sv *Saver) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	bs, batched := sv.store.(BatchStore)
@@ -347,7 +347,7 @@ func (sv *Saver) Run(ctx context.Context) {
 					if ss := sv.popBatch(saveBatchMax); ss != nil {
 						start := time.Now()
 						sv.saveBatch(ctx, bs, ss)
-						if len(ss) < saveBatchMax && !pace(ctx, start, sv.cfg.Linger) {
+						if !pace(ctx, start, sv.cfg.Linger) {
 							return
 						}
 						continue
@@ -373,11 +373,12 @@ func (sv *Saver) Run(ctx context.Context) {
 }
 
 // pace waits until linger has passed since start, so that the sessions
-// dirtied meanwhile join the next batch: at a few thousand messages a
-// second, batches of a handful of sessions cost UCS several times more CPU
+// dirtied meanwhile join the next batch and a session's messages share a
+// save: batches of a handful of sessions cost UCS several times more CPU
 // per save than batches of a hundred (a commit's fixed cost: its fsyncs,
-// meta and branch pages). A batch that filled does not wait: a backlog
-// goes on at once. It reports false if ctx ended first.
+// meta and branch pages), and under load it bounds UCS's save rate to
+// saveBatchMax sessions a linger, each save carrying every message of its
+// session since the last. It reports false if ctx ended first.
 func pace(ctx context.Context, start time.Time, linger time.Duration) bool {
 	wait := linger - time.Since(start)
 	if wait <= 0 {
