@@ -130,6 +130,13 @@ type Config struct {
 	TranscriptSaveTimeout time.Duration `yaml:"transcript-save-timeout"`
 	// TranscriptSaveWorkers is the number of concurrent savers (default 8).
 	TranscriptSaveWorkers int `yaml:"transcript-save-workers"`
+	// TranscriptSaveLinger paces batched saves (a UCS that takes batches):
+	// a batch starts no sooner than this after the one before, so the
+	// sessions dirtied meanwhile share one commit and a session's messages
+	// one save; under load UCS then lags the cores by up to the dirty
+	// sessions over 256 a linger. A save after an idle period starts at
+	// once. Default 10ms; 0 turns pacing off.
+	TranscriptSaveLinger time.Duration `yaml:"transcript-save-linger"`
 	// TranscriptBreakerFailures is the number of consecutive failed saves that
 	// opens the UCS circuit breaker (default 5).
 	TranscriptBreakerFailures int `yaml:"transcript-breaker-failures"`
@@ -188,6 +195,7 @@ func DefaultConfig() Config {
 		TranscriptSaveNotices:     "push-url,custom,disconnect",
 		TranscriptSaveTimeout:     5 * time.Second,
 		TranscriptSaveWorkers:     8,
+		TranscriptSaveLinger:      10 * time.Millisecond,
 		TranscriptBreakerFailures: 5,
 		TranscriptBreakerTimeout:  5 * time.Second,
 		SessionRestorationMode:    RestorationSimple,
@@ -223,6 +231,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TranscriptSaveNotices, "transcript-save-notices", c.TranscriptSaveNotices, "notices saved in the transcript: all, none or list of typing,push-url,custom,save,disconnect")
 	durationVar(fs, &c.TranscriptSaveTimeout, "transcript-save-timeout", c.TranscriptSaveTimeout, "timeout of one transcript save call")
 	fs.IntVar(&c.TranscriptSaveWorkers, "transcript-save-workers", c.TranscriptSaveWorkers, "concurrent transcript savers")
+	durationVar(fs, &c.TranscriptSaveLinger, "transcript-save-linger", c.TranscriptSaveLinger, "start a batched transcript save no sooner than this after the one before (sessions dirtied meanwhile share one UCS commit); 0: off")
 	fs.IntVar(&c.TranscriptBreakerFailures, "transcript-breaker-failures", c.TranscriptBreakerFailures, "consecutive save failures that open the UCS breaker")
 	durationVar(fs, &c.TranscriptBreakerTimeout, "transcript-breaker-timeout", c.TranscriptBreakerTimeout, "time the UCS breaker stays open before a probe")
 	fs.StringVar(&c.SessionRestorationMode, "session-restoration-mode", c.SessionRestorationMode, "simple or none")
@@ -275,6 +284,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseSaveNotices(c.TranscriptSaveNotices); err != nil {
 		errs = append(errs, err)
+	}
+	if c.TranscriptSaveLinger < 0 || c.TranscriptSaveLinger > time.Second {
+		errs = append(errs, fmt.Errorf("transcript-save-linger %s: want 0 to 1s", c.TranscriptSaveLinger))
 	}
 	if c.TranscriptSaveTimeout <= 0 || c.TranscriptSaveWorkers <= 0 || c.TranscriptBreakerFailures <= 0 || c.TranscriptBreakerTimeout <= 0 {
 		errs = append(errs, errors.New("transcript-save-timeout, -workers, -breaker-failures and -breaker-timeout must be positive"))

@@ -70,6 +70,7 @@ var durationKeys = map[string]bool{
 	"ended-session-linger":       true,
 	"transcript-resend-delay":    true,
 	"transcript-save-timeout":    true,
+	"transcript-save-linger":     true,
 	"transcript-breaker-timeout": true,
 	"replication-timeout":        true,
 	"probe-timeout":              true,

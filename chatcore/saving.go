@@ -60,7 +60,7 @@ func newSaver(c *Core) *saver.Saver {
 		AtEndOnly: c.cfg.TranscriptAutoSave == AutoSaveAtEnd, Notices: c.cfg.TranscriptAutoSave == AutoSaveWithNotices,
 		Keep:         c.notices.keeps,
 		CloseOnError: c.cfg.TranscriptSaveOnError == SaveOnErrorClose, OnError: c.cfg.TranscriptSaveOnError,
-		Workers: c.cfg.TranscriptSaveWorkers, SaveTimeout: c.cfg.TranscriptSaveTimeout,
+		Workers: c.cfg.TranscriptSaveWorkers, SaveTimeout: c.cfg.TranscriptSaveTimeout, Linger: c.cfg.TranscriptSaveLinger,
 		ResendAttempts: c.cfg.TranscriptResendAttempts, ResendDelay: c.cfg.TranscriptResendDelay,
 		BreakerTimeout: c.cfg.TranscriptBreakerTimeout, BreakerFailures: c.cfg.TranscriptBreakerFailures,
 	}

@@ -5,6 +5,7 @@ import (
 	"net/textproto"
 
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
 
@@ -47,4 +48,36 @@ func (t *Telemetry) TraceContext(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// TraceTransport wraps base so that a request whose context carries a span
+// context sends it (the headers of t.Propagator: traceparent, baggage),
+// without a client span of its own: the counterpart of TraceContext for
+// clients, which parts use in place of otelhttp's transport when Tracing is
+// false. A request without a valid span context is passed on as it is.
+func (t *Telemetry) TraceTransport(base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if t == nil || t.Propagator == nil {
+		return base
+	}
+	return traceTransport{base: base, prop: t.Propagator}
+}
+
+// traceTransport is TraceTransport's round tripper.
+type traceTransport struct {
+	base http.RoundTripper
+	prop propagation.TextMapPropagator
+}
+
+// RoundTrip injects the request context's trace context into a copy of
+// r's headers (a RoundTripper must not change its request) and sends it.
+func (tt traceTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !trace.SpanContextFromContext(r.Context()).IsValid() {
+		return tt.base.RoundTrip(r)
+	}
+	r2 := r.Clone(r.Context())
+	tt.prop.Inject(r.Context(), propagation.HeaderCarrier(r2.Header))
+	return tt.base.RoundTrip(r2)
 }

@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -55,6 +56,46 @@ func TestTraceContext(t *testing.T) {
 			t.Errorf("%s: trace id %s, want %s", tt.name, sc.TraceID(), tt.want)
 		case tt.want == "" && (sc.IsValid() || got != req):
 			t.Errorf("%s: span context %v, request copied %v; want the request as it came", tt.name, sc, got != req)
+		}
+	}
+}
+
+// roundTripFunc is an http.RoundTripper made of a function.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestTraceTransport: a request whose context carries a span context goes
+// out with its traceparent (on a copy: the caller's request is not
+// changed); one without goes out as it is.
+func TestTraceTransport(t *testing.T) {
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled})
+	tel := Discard()
+	tel.Propagator = propagation.TraceContext{}
+	for _, tt := range []struct {
+		name string
+		ctx  context.Context
+		want string
+	}{
+		{"with span context", trace.ContextWithSpanContext(context.Background(), sc), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+		{"without", context.Background(), ""},
+	} {
+		var sent *http.Request
+		rt := tel.TraceTransport(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			sent = r
+			return &http.Response{StatusCode: http.StatusNoContent, Body: http.NoBody, Request: r}, nil
+		}))
+		req := httptest.NewRequest(http.MethodGet, "http://ucs.test/", nil).WithContext(tt.ctx)
+		if _, err := rt.RoundTrip(req); err != nil {
+			t.Fatal(err)
+		}
+		if got := sent.Header.Get("traceparent"); got != tt.want {
+			t.Errorf("%s: traceparent sent %q, want %q", tt.name, got, tt.want)
+		}
+		if req.Header.Get("traceparent") != "" {
+			t.Errorf("%s: the caller's request was changed", tt.name)
 		}
 	}
 }

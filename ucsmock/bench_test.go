@@ -89,7 +89,7 @@ func BenchmarkSaveBatch(b *testing.B) {
 		// CPU per save by batch size (a core's saver sends at most 256;
 		// UCS takes MaxBatchSaves): run each with the same number of saves,
 		// e.g. -benchtime 640x, 160x and 40x.
-		for _, size := range []int{64, 256, MaxBatchSaves} {
+		for _, size := range []int{4, 16, 64, 256, MaxBatchSaves} {
 			b.Run(fmt.Sprintf("%s/binary/batch/%d", st.name, size), func(b *testing.B) { benchSaveBatch(b, st.start, false, 10000, size) })
 		}
 	}

@@ -42,7 +42,9 @@ var _ BatchStore = (*Client)(nil)
 // NewClient returns a client of the ucsmock server at baseURL (e.g.
 // "http://127.0.0.1:7080"). httpClient may be nil (a client without a
 // timeout: pass a context deadline per call); its transport is wrapped with
-// otelhttp using tel's tracer and propagator (tel may be nil: no spans).
+// otelhttp using tel's tracer and propagator when tel exports spans
+// (telemetry.Tracing), else it only sends the caller's trace context (tel
+// may be nil: no spans).
 func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry) *Client {
 	if tel == nil {
 		tel = telemetry.Discard()
@@ -56,14 +58,20 @@ func NewClient(baseURL string, httpClient *http.Client, tel *telemetry.Telemetry
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	hc.Transport = otelhttp.NewTransport(base,
-		otelhttp.WithTracerProvider(tel.Tracer),
-		otelhttp.WithPropagators(tel.Propagator),
-		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
-		}),
-	)
+	if tel.Tracing() {
+		hc.Transport = otelhttp.NewTransport(base,
+			otelhttp.WithTracerProvider(tel.Tracer),
+			otelhttp.WithPropagators(tel.Propagator),
+			otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
+			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+				return "ucs " + r.Method + " " + spanPath(r.URL.Path)
+			}),
+		)
+	} else {
+		// No spans to export: only the caller's trace context travels, so
+		// ucsmock's log lines still carry its trace_id.
+		hc.Transport = tel.TraceTransport(base)
+	}
 	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, batchJSON: new(atomic.Bool), batchBufs: newBatchBufs()}
 }
 

@@ -159,15 +159,7 @@ func New(cfg Config, tel *telemetry.Telemetry) (*Server, error) {
 	mux.HandleFunc("POST /ucs/v1/admin/gdpr/customers:delete", s.gdprAdmin("delete", scopeCustomer, s.handleDeleteCustomer))
 	mux.Handle("GET /metrics", tel.MetricsHandler())
 	mux.HandleFunc("GET /healthz", s.handleHealth)
-	s.handler = otelhttp.NewHandler(mux, "ucsmock",
-		otelhttp.WithTracerProvider(tel.Tracer),
-		otelhttp.WithPropagators(tel.Propagator),
-		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelhttp.WithFilter(func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/ucs/") }),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
-		}),
-	)
+	s.handler = traced(mux, tel)
 	tel.Logger.Info("ucsmock store open", "store", store.kind(), "db", cfg.storeWhere(), "admin", cfg.AdminToken != "", "writer_token", cfg.WriterToken != "",
 		"reader_token", cfg.ReaderToken != "", "maxBody", cfg.MaxBody)
 	if cfg.WriterToken == "" {
@@ -747,4 +739,23 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, e errorBody) {
 	writeJSON(w, status, e)
+}
+
+// traced wraps h in otelhttp (a server span per /ucs/ request) when tel
+// exports spans; otherwise h only takes the caller's trace context
+// (telemetry.TraceContext), so that log lines keep its trace_id without
+// otelhttp's cost on every save.
+func traced(h http.Handler, tel *telemetry.Telemetry) http.Handler {
+	if !tel.Tracing() {
+		return tel.TraceContext(h)
+	}
+	return otelhttp.NewHandler(h, "ucsmock",
+		otelhttp.WithTracerProvider(tel.Tracer),
+		otelhttp.WithPropagators(tel.Propagator),
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
+		otelhttp.WithFilter(func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/ucs/") }),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return "ucs " + r.Method + " " + spanPath(r.URL.Path)
+		}),
+	)
 }

@@ -138,6 +138,7 @@ type Config struct {
 	OnError      string
 
 	Workers         int           // transcript-save-workers
+	Linger          time.Duration // transcript-save-linger (batched saves only)
 	SaveTimeout     time.Duration // transcript-save-timeout
 	ResendAttempts  int           // transcript-resend-attempts
 	ResendDelay     time.Duration // transcript-resend-delay
@@ -330,7 +331,8 @@ func (sv *Saver) pop() Session {
 // Run starts Config.Workers workers and returns when ctx is done and
 // they have stopped. With a BatchStore each worker takes every
 // session queued at that moment (up to saveBatchMax) into one SaveBatch
-// call; otherwise one session per Save call.
+// call, and starts the next batch no sooner than Config.Linger after it
+// (pace); otherwise one session per Save call.
 func (sv *Saver) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	bs, batched := sv.store.(BatchStore)
@@ -343,7 +345,11 @@ func (sv *Saver) Run(ctx context.Context) {
 			for {
 				if batched {
 					if ss := sv.popBatch(saveBatchMax); ss != nil {
+						start := time.Now()
 						sv.saveBatch(ctx, bs, ss)
+						if !pace(ctx, start, sv.cfg.Linger) {
+							return
+						}
 						continue
 					}
 				} else if s := sv.pop(); s != nil {
@@ -364,6 +370,28 @@ func (sv *Saver) Run(ctx context.Context) {
 		t.Stop()
 	}
 	sv.mu.Unlock()
+}
+
+// pace waits until linger has passed since start, so that the sessions
+// dirtied meanwhile join the next batch and a session's messages share a
+// save: batches of a handful of sessions cost UCS several times more CPU
+// per save than batches of a hundred (a commit's fixed cost: its fsyncs,
+// meta and branch pages), and under load it bounds UCS's save rate to
+// saveBatchMax sessions a linger, each save carrying every message of its
+// session since the last. It reports false if ctx ended first.
+func pace(ctx context.Context, start time.Time, linger time.Duration) bool {
+	wait := linger - time.Since(start)
+	if wait <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // saveJob is one session's save attempt, prepared under s.mu.

@@ -158,8 +158,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// newTestSaver runs a saver over store and fake at epoch 3 until the test ends.
-func newTestSaver(t *testing.T, store Store, fake Core) *Saver {
+// newTestSaver runs a saver over store and fake at epoch 3 until the test
+// ends; opts change its Config.
+func newTestSaver(t *testing.T, store Store, fake Core, opts ...func(*Config)) *Saver {
 	t.Helper()
 	rs := role.New()
 	rs.BecomePrimary(3, true, nil)
@@ -175,6 +176,9 @@ func newTestSaver(t *testing.T, store Store, fake Core) *Saver {
 	cfg := Config{Service: "chat", Writer: "core-a", Keep: func(*chatpb.Event) bool { return true }, OnError: "continue",
 		Workers: 2, SaveTimeout: time.Second, ResendAttempts: 2, ResendDelay: 10 * time.Millisecond,
 		BreakerTimeout: time.Second, BreakerFailures: 100}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	sv := New(fake, store, rs, cfg, m, reg, slog.New(slog.NewTextHandler(io.Discard, nil)), noop.NewTracerProvider().Tracer("test"), time.Now)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
