@@ -17,9 +17,9 @@ import (
 
 // TestOtelhttpOnlyWhenTracing: with spans exported, the server runs its
 // requests inside otelhttp (a server span each) and the client's transport
-// is otelhttp's; without, neither is (it was a tenth of ucsmock's CPU per
-// save under load), and the caller's trace context still travels from the
-// client into the server's request context, so log lines keep its trace_id.
+// is otelhttp's; without, neither is, and the caller's trace context still
+// travels from the client into the server's request context, so log lines
+// keep its trace_id.
 func TestOtelhttpOnlyWhenTracing(t *testing.T) {
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	tid, _ := trace.TraceIDFromHex(traceID)
