@@ -312,10 +312,14 @@ func (r *retrier) wait(ctx context.Context, err error, failed int32) bool {
 	}
 }
 
-// withRetryDeadline gives ctx a deadline of RetryFor when it has none.
+// withRetryDeadline gives ctx a deadline of RetryFor when it has none. A
+// ctx that has one (webapi's calls have core-timeout) is used as it is: a
+// context of its own would cost every call a cancelCtx, and its parent a
+// map of children and a done channel, and cancel nothing the attempts
+// leave behind (each attempt ends before the call returns).
 func (c *Client) withRetryDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok || c.cfg.RetryFor <= 0 {
-		return context.WithCancel(ctx)
+		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, c.cfg.RetryFor)
 }

@@ -444,3 +444,26 @@ func TestStreamsAreForgottenWhenTheCallerStops(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryDeadlineKeepsACallersDeadline: a call whose context has a
+// deadline (webapi's have core-timeout) retries within that context itself,
+// without a context of its own per call (a cancelCtx, and a map of children
+// and a done channel in its parent); one without gets RetryFor.
+func TestRetryDeadlineKeepsACallersDeadline(t *testing.T) {
+	c := newClient(t, "127.0.0.1:1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got, done := c.withRetryDeadline(ctx)
+	done()
+	if got != ctx {
+		t.Errorf("a context with a deadline got a context of its own")
+	}
+	if ctx.Err() != nil {
+		t.Errorf("the call's end cancelled the caller's context")
+	}
+	got, done = c.withRetryDeadline(context.Background())
+	defer done()
+	if dl, ok := got.Deadline(); !ok || time.Until(dl) > c.cfg.RetryFor || time.Until(dl) < c.cfg.RetryFor-time.Second {
+		t.Errorf("a context without a deadline got %v, %v; want RetryFor (%v) from now", dl, ok, c.cfg.RetryFor)
+	}
+}

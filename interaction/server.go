@@ -98,6 +98,7 @@ type Server struct {
 	ended    map[string]map[string]endedPart // agent → chat → a participation that ended lately
 	coreUp   bool                            // the chat core is reachable and the watch not known broken
 	coreEver bool                            // coreUp has been true at least once
+	evJSON   []byte                          // a chat event's JSON being written (onChatEvent), reused
 	lastFail time.Time                       // when a stream to the core last failed
 	refused  bool                            // the core refused the watch (bad service token)
 }
@@ -716,7 +717,13 @@ func (s *Server) onChatEvent(m *member, ev *chatpb.Event) (over bool) {
 	if len(m.events) > transcriptCache {
 		m.events = m.events[len(m.events)-transcriptCache:]
 	}
-	s.hub.publish(m.key.agent, newMsg(evChat, ej))
+	// newMsg's bytes, by hand, into a buffer kept for the next event; the
+	// message gets an exact copy (it waits on the push channels).
+	s.evJSON = ej.appendJSON(s.evJSON[:0])
+	s.hub.publish(m.key.agent, sseMsg{event: evChat, data: append([]byte(nil), s.evJSON...)})
+	if cap(s.evJSON) > 4<<10 {
+		s.evJSON = nil // a long message's buffer is not kept
+	}
 	switch {
 	case ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
 		s.endChatLocked(m.key.chat, ReasonEnded)

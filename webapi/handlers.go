@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -30,7 +29,14 @@ func writeJSON(w http.ResponseWriter, code int, resp *response) {
 	h["Content-Type"] = jsonType
 	h["Cache-Control"] = noStore
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(resp)
+	// As json.NewEncoder(w).Encode(resp) writes it: the JSON and a newline.
+	buf := answers.Get().(*[]byte)
+	b := append(resp.appendJSON((*buf)[:0]), '\n')
+	_, _ = w.Write(b)
+	if cap(b) <= 4<<10 { // a long transcript's buffer is not kept
+		*buf = b[:0]
+		answers.Put(buf)
+	}
 }
 
 // writeError answers err per classify.

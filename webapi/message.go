@@ -110,21 +110,30 @@ var participantTypes = map[chatpb.ParticipantType]string{
 // event a customer must not see (internal or monitor visibility, internal
 // kinds), which the core should have filtered already.
 func toMessage(ev *chatpb.Event) (*message, bool) {
-	if ev.GetVisibility() != chatpb.Visibility_VISIBILITY_ALL {
-		return nil, false
-	}
-	typ, ok := eventTypes[ev.GetKind()]
+	m, ok := messageOf(ev)
 	if !ok {
 		return nil, false
 	}
+	return &m, true
+}
+
+// messageOf is toMessage without the allocation.
+func messageOf(ev *chatpb.Event) (message, bool) {
+	if ev.GetVisibility() != chatpb.Visibility_VISIBILITY_ALL {
+		return message{}, false
+	}
+	typ, ok := eventTypes[ev.GetKind()]
+	if !ok {
+		return message{}, false
+	}
 	if ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_JOINED && ev.GetFrom().GetVisibility() == chatpb.Visibility_VISIBILITY_MONITOR {
-		return nil, false
+		return message{}, false
 	}
 	ptype, ok := participantTypes[ev.GetFrom().GetType()]
 	if !ok {
 		ptype = "External"
 	}
-	return &message{
+	return message{
 		Index:   ev.GetIndex(),
 		Type:    typ,
 		Text:    ev.GetText(),

@@ -9,8 +9,10 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -209,7 +211,12 @@ func parseRequest(w http.ResponseWriter, r *http.Request, maxBody int64) (chatRe
 	// lifted afterwards so that it cannot cut a long answer short.
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	// The body is read into a buffer kept for the next request: decoding
+	// copies what it keeps.
+	buf := bodies.Get().(*[]byte)
+	defer putBody(buf)
+	body, err := readAll(http.MaxBytesReader(w, r.Body, maxBody), (*buf)[:0])
+	*buf = body
 	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -259,8 +266,95 @@ func mediaType(ct string) (string, map[string]string) {
 	return mt, params
 }
 
+// bodies are the buffers request bodies are read into.
+var bodies = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// putBody returns a body buffer to the pool, unless a large body grew it.
+func putBody(b *[]byte) {
+	if cap(*b) <= 16<<10 {
+		*b = (*b)[:0]
+		bodies.Put(b)
+	}
+}
+
+// readAll is io.ReadAll into b.
+func readAll(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return b, nil
+			}
+			return b, err
+		}
+	}
+}
+
+// simpleForms is false when GODEBUG may lower url.ParseQuery's limit on
+// parameters (urlmaxqueryparams): every form then goes through it.
+var simpleForms = !strings.Contains(os.Getenv("GODEBUG"), "urlmaxqueryparams")
+
+// maxSimpleForm is the most parameters decodeSimpleForm takes.
+const maxSimpleForm = 16
+
+// formPair is one decoded parameter of a form.
+type formPair struct{ name, value string }
+
+// decodeSimpleForm decodes the form every GMS client sends, a few
+// parameters joined by & with valid escapes, as url.ParseQuery and
+// decodeValues would, without their map: each name's first value is set,
+// in the body's order. ok is false, with nothing set, for any other body
+// (a semicolon, a bad escape, more than maxSimpleForm parameters): the
+// caller decodes that one with url.ParseQuery, which words its errors.
+func decodeSimpleForm(req *chatRequest, body string) (ok bool, err error) {
+	if !simpleForms || strings.IndexByte(body, ';') >= 0 {
+		return false, nil
+	}
+	var buf [maxSimpleForm]formPair
+	pairs := buf[:0]
+	for rest := body; rest != ""; {
+		var kv string
+		kv, rest, _ = strings.Cut(rest, "&")
+		if kv == "" {
+			continue
+		}
+		if len(pairs) == maxSimpleForm {
+			return false, nil
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		name, err := url.QueryUnescape(k)
+		if err != nil {
+			return false, nil
+		}
+		value, err := url.QueryUnescape(v)
+		if err != nil {
+			return false, nil
+		}
+		pairs = append(pairs, formPair{name, value})
+	}
+next:
+	for i, p := range pairs {
+		for _, q := range pairs[:i] {
+			if q.name == p.name {
+				continue next // a repeated name takes its first value
+			}
+		}
+		if err := req.set(p.name, p.value); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
 // decodeForm decodes an application/x-www-form-urlencoded body.
 func decodeForm(req *chatRequest, body []byte) error {
+	if ok, err := decodeSimpleForm(req, string(body)); ok {
+		return err
+	}
 	vals, err := url.ParseQuery(string(body))
 	if err != nil {
 		return fmt.Errorf("%w: bad form encoding: %v", errMalformed, err)

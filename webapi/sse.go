@@ -63,6 +63,7 @@ type pushChannel struct {
 	next   uint64 // index of the next event to write
 	events int
 	reset  <-chan struct{} // closed when the instance leaves the edge's rotation
+	data   []byte          // an event's JSON, reused: the sse.Writer copies it
 }
 
 // handleEvents serves the push channel: GET .../{chatId}/events?userId=
@@ -295,10 +296,11 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 		return nil // already written: a resumed stream may repeat
 	}
 	pc.next = ev.GetIndex() + 1
-	if m, ok := toMessage(ev); ok {
-		b, err := json.Marshal(m)
-		if err != nil {
-			return fmt.Errorf("encode sse data: %w", err)
+	if m, ok := messageOf(ev); ok {
+		pc.data = m.appendJSON(pc.data[:0]) // as json.Marshal(m) writes it
+		b := pc.data
+		if cap(b) > 4<<10 { // a long message's buffer is not kept
+			pc.data = nil
 		}
 		var id string
 		if ev.GetIndex() > 0 {

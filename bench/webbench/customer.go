@@ -49,50 +49,40 @@ var answerOK = []byte(`{"statusCode":0,`)
 
 // bodies are buffers for answers, reused: a send's answer is read whole
 // and dropped.
-var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+var bodies = sync.Pool{New: func() any { return new([]byte) }}
 
 // post sends a form-encoded body to webapi and decodes the answer into ans
 // (nil: a send, whose successful answer is not decoded); statusCode 1 and
 // transport failures come back wrapping errRetry.
 func (b *bench) post(ctx context.Context, path string, form []byte, ans *gmsAnswer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.webapi+path, bytes.NewReader(form))
+	buf := bodies.Get().(*[]byte)
+	defer bodies.Put(buf)
+	status, body, err := b.web.post(ctx, path, form, (*buf)[:0])
+	*buf = body[:0]
 	if err != nil {
+		if errors.Is(err, errTransport) {
+			return fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
+		}
 		return fmt.Errorf("POST %s: %w", path, err)
 	}
-	req.Header["Content-Type"] = formType
-	resp, err := b.sendHTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
-	}
-	defer resp.Body.Close()
-	buf := bodies.Get().(*bytes.Buffer)
-	defer bodies.Put(buf)
-	buf.Reset()
-	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, 1<<20)); err != nil {
-		return fmt.Errorf("POST %s: %w: %w", path, errRetry, err)
-	}
-	body := buf.Bytes()
 	if ans == nil {
-		if resp.StatusCode == http.StatusOK && bytes.HasPrefix(body, answerOK) {
+		if status == http.StatusOK && bytes.HasPrefix(body, answerOK) {
 			return nil
 		}
 		ans = new(gmsAnswer)
 	}
 	if err := json.Unmarshal(body, ans); err != nil {
-		return fmt.Errorf("POST %s: HTTP %d: %w", path, resp.StatusCode, err)
+		return fmt.Errorf("POST %s: HTTP %d: %w", path, status, err)
 	}
 	switch ans.StatusCode {
 	case 0:
 		return nil
 	case 1:
-		return fmt.Errorf("POST %s: HTTP %d %v: %w", path, resp.StatusCode, ans.Errors, errRetry)
+		return fmt.Errorf("POST %s: HTTP %d %v: %w", path, status, ans.Errors, errRetry)
 	default:
-		return fmt.Errorf("POST %s: HTTP %d statusCode %d %v", path, resp.StatusCode, ans.StatusCode, ans.Errors)
+		return fmt.Errorf("POST %s: HTTP %d statusCode %d %v", path, status, ans.StatusCode, ans.Errors)
 	}
 }
-
-// formType is the Content-Type of the bench's posts, shared by them all.
-var formType = []string{"application/x-www-form-urlencoded"}
 
 // postRetry is post, resent as is on errRetry until within has passed.
 func (b *bench) postRetry(ctx context.Context, path string, form []byte, ans *gmsAnswer, within time.Duration) error {

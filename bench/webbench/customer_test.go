@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"testing"
+	"time"
 )
 
 // TestPost checks the answers a customer's post tells apart: a success
@@ -30,7 +31,12 @@ func TestPost(t *testing.T) {
 		}
 	}))
 	defer hs.Close()
-	b := &bench{webapi: hs.URL, sendHTTP: hs.Client(), text: "hi there&"}
+	web, err := newFormClient(hs.URL, 5*time.Second, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer web.close()
+	b := &bench{webapi: hs.URL, web: web, text: "hi there&"}
 	c := &customer{userID: "u 1", secureKey: "k+1"}
 	c.sendForm = url.Values{"userId": {c.userID}, "secureKey": {c.secureKey}}.Encode() + "&message=" + url.QueryEscape(b.text) + "&clientMessageId="
 

@@ -239,7 +239,10 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if o.PProf {
 		reportPProf(bc, o.Progress)
 	}
-	b := newBench(o, bc)
+	b, err := newBench(o, bc)
+	if err != nil {
+		return Report{}, err
+	}
 	defer b.close()
 	rep, err := b.run(ctx)
 	rep.Path = path
@@ -256,7 +259,8 @@ type bench struct {
 	service string
 	text    string
 
-	sendHTTP   *http.Client // short calls: starts, sends, logins, accepts
+	web        *formClient  // the customers' posts to webapi: starts and sends
+	sendHTTP   *http.Client // the agents' short calls: logins, accepts
 	streamHTTP *http.Client // push channels: no timeout
 
 	ctx    context.Context // cancelled by close: ends every stream
@@ -274,13 +278,13 @@ type bench struct {
 	reconn   atomic.Int64
 }
 
-func newBench(o Options, bc *benchcluster.Cluster) *bench {
+func newBench(o Options, bc *benchcluster.Cluster) (*bench, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	text := make([]byte, o.MessageSize)
 	for i := range text {
 		text[i] = 'a' + byte(i%26)
 	}
-	conns := o.Concurrency + o.SetupConcurrency + o.Agents
+	conns := o.Agents
 	b := &bench{
 		o: o, bc: bc, text: string(text),
 		service: bc.Layout.Filled().Service,
@@ -293,13 +297,18 @@ func newBench(o Options, bc *benchcluster.Cluster) *bench {
 	web, _ := bc.Plan().Part("webapi")
 	inter, _ := bc.Plan().Part("interaction")
 	b.webapi, b.inter = web.URL(), inter.URL()
+	var err error
+	if b.web, err = newFormClient(b.webapi, 30*time.Second, 1<<20); err != nil {
+		return nil, err
+	}
 	b.phase.Store("starting")
-	return b
+	return b, nil
 }
 
 func (b *bench) close() {
 	b.cancel()
 	b.wg.Wait()
+	b.web.close()
 	b.sendHTTP.CloseIdleConnections()
 	b.streamHTTP.CloseIdleConnections()
 }
