@@ -69,10 +69,12 @@ func (s *Server) LeaveRotation(reason string) {
 		return
 	}
 	r.out, r.reason = true, reason
-	r.leave()
+	// Keep-alives go off before the calls in flight are cancelled, so that
+	// their answers carry Connection: close (the other order raced).
 	if r.srv != nil {
 		r.srv.SetKeepAlivesEnabled(false) // closes the idle connections too
 	}
+	r.leave()
 	r.mu.Unlock()
 	s.metrics.inRotation.Set(0)
 	s.metrics.sseEnded.Inc()
