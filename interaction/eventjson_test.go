@@ -2,11 +2,10 @@ package interaction
 
 import (
 	"encoding/json"
-	"reflect"
-	"strings"
 	"testing"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/jsonenc"
 )
 
 // trickyText holds what encoding/json escapes: quotes, controls, HTML
@@ -62,13 +61,8 @@ func TestChatEventJSONFields(t *testing.T) {
 		{chatEventJSON{}, "chatId index kind text,omitempty from,omitempty visibility utcTime clientMessageId,omitempty attrs,omitempty"},
 		{participantJSON{}, "participantId nickname type"},
 	} {
-		typ := reflect.TypeOf(tc.v)
-		var tags []string
-		for i := range typ.NumField() {
-			tags = append(tags, typ.Field(i).Tag.Get("json"))
-		}
-		if got := strings.Join(tags, " "); got != tc.want {
-			t.Errorf("%s members %q, the encoder writes %q: update appendJSON", typ.Name(), got, tc.want)
+		if got := jsonenc.FieldTags(tc.v); got != tc.want {
+			t.Errorf("%T members %q, the encoder writes %q: update appendJSON", tc.v, got, tc.want)
 		}
 	}
 }

@@ -8,7 +8,11 @@
 // \ufffd.
 package jsonenc
 
-import "unicode/utf8"
+import (
+	"reflect"
+	"strings"
+	"unicode/utf8"
+)
 
 const hex = "0123456789abcdef"
 
@@ -76,4 +80,17 @@ func AppendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// FieldTags returns the json tags of the fields of v's struct type, in
+// order and separated by spaces. Tests of a hand-written encoder pin it, so
+// that a field added to (or renamed in) the struct fails them until the
+// encoder writes it too.
+func FieldTags(v any) string {
+	typ := reflect.TypeOf(v)
+	tags := make([]string, 0, typ.NumField())
+	for i := range typ.NumField() {
+		tags = append(tags, typ.Field(i).Tag.Get("json"))
+	}
+	return strings.Join(tags, " ")
 }

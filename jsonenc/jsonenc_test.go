@@ -41,3 +41,16 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+// TestFieldTags: the json tags of a struct's fields, in order, an untagged
+// field as an empty tag.
+func TestFieldTags(t *testing.T) {
+	type s struct {
+		A int    `json:"a"`
+		B string `json:"b,omitempty"`
+		C bool
+	}
+	if got, want := FieldTags(s{}), "a b,omitempty "; got != want {
+		t.Errorf("FieldTags = %q, want %q", got, want)
+	}
+}

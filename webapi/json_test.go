@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http/httptest"
-	"reflect"
-	"strings"
 	"testing"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/jsonenc"
 )
 
 // tricky holds strings that encoding/json escapes: quotes, controls,
@@ -106,13 +105,8 @@ func TestJSONFieldsKnown(t *testing.T) {
 		{from{}, "nickname participantId type"},
 		{apiError{}, "code advice"},
 	} {
-		typ := reflect.TypeOf(tc.v)
-		var tags []string
-		for i := range typ.NumField() {
-			tags = append(tags, typ.Field(i).Tag.Get("json"))
-		}
-		if got := strings.Join(tags, " "); got != tc.want {
-			t.Errorf("%s members %q, the encoder writes %q: update appendJSON", typ.Name(), got, tc.want)
+		if got := jsonenc.FieldTags(tc.v); got != tc.want {
+			t.Errorf("%T members %q, the encoder writes %q: update appendJSON", tc.v, got, tc.want)
 		}
 	}
 }
