@@ -143,7 +143,8 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 		if err != nil {
 			return rep, err
 		}
-		gap, err := trial(ctx, cl, opts, func(ctx context.Context) error { return cluster.Kill(ctx, primary) })
+		res, err := trial(ctx, cl, opts, func(ctx context.Context) error { return cluster.Kill(ctx, primary) })
+		gap := res.gap
 		if err != nil {
 			return rep, fmt.Errorf("kill trial %d: %w", i+1, err)
 		}
@@ -161,7 +162,8 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 		if err != nil {
 			return rep, err
 		}
-		gap, err := trial(ctx, cl, opts, func(context.Context) error { return cluster.Signal(primary, syscall.SIGSTOP) })
+		res, err := trial(ctx, cl, opts, func(context.Context) error { return cluster.Signal(primary, syscall.SIGSTOP) })
+		gap := res.gap
 		if cerr := cluster.Signal(primary, syscall.SIGCONT); err == nil && cerr != nil {
 			err = cerr
 		}
@@ -182,13 +184,18 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 		if err := waitPair(ctx, opts, opts.Settle); err != nil {
 			return rep, fmt.Errorf("switchover trial %d: %w", i+1, err)
 		}
-		gap, err := trial(ctx, cl, opts, func(ctx context.Context) error {
+		res, err := trial(ctx, cl, opts, func(ctx context.Context) error {
 			_, err := opts.Ctl.Switchover(ctx, addrs, opts.AdminToken, 10*time.Second)
 			return err
 		})
 		if err != nil {
 			return rep, fmt.Errorf("switchover trial %d: %w", i+1, err)
 		}
+		// The switchover's pause is the longest silence of the chat while
+		// the switchover ran: the call first finds the primary, and
+		// messages sent meanwhile are still delivered by the old primary,
+		// so the first delivery after the call began says little.
+		gap := res.pause
 		rep.Switchover = append(rep.Switchover, gap)
 		fmt.Fprintf(progress, "switchover: pause %v\n", gap.Round(time.Microsecond))
 	}
@@ -243,30 +250,60 @@ func primaryName(ctx context.Context, opts Options) (string, error) {
 }
 
 // trial runs one conversation across fault and measures the gap.
-func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(context.Context) error) (time.Duration, error) {
+// trialResult is what one trial measured. gap is from the last send
+// acknowledged before the fault to the first delivery of a message sent
+// after it began (the kill -9 gap). pause is the longest interval between
+// two deliveries of the customer's messages, from the last one before the
+// fault to the first delivery of a message sent after the fault returned
+// (longestPause).
+type trialResult struct {
+	gap, pause time.Duration
+}
+
+// longestPause returns the longest interval between consecutive times of
+// start followed by ts (start zero: ts alone); 0 for fewer than two.
+func longestPause(start time.Time, ts []time.Time) time.Duration {
+	var longest time.Duration
+	prev := start
+	for _, t := range ts {
+		if !prev.IsZero() && t.Sub(prev) > longest {
+			longest = t.Sub(prev)
+		}
+		prev = t
+	}
+	return longest
+}
+
+func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(context.Context) error) (trialResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	js, err := cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: "bench", Nickname: "customer", Subject: "failover"})
 	if err != nil {
-		return 0, fmt.Errorf("start session: %w", err)
+		return trialResult{}, fmt.Errorf("start session: %w", err)
 	}
 	ja, err := cl.Join(ctx, &chatpb.JoinRequest{SessionId: js.GetAuth().GetSessionId(), Nickname: "agent",
 		Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, ServiceToken: opts.ServiceToken})
 	if err != nil {
-		return 0, fmt.Errorf("join: %w", err)
+		return trialResult{}, fmt.Errorf("join: %w", err)
 	}
 	st, err := cl.Subscribe(ctx, &chatpb.SubscribeRequest{Auth: ja.GetAuth(), FromIndex: 1})
 	if err != nil {
-		return 0, fmt.Errorf("subscribe: %w", err)
+		return trialResult{}, fmt.Errorf("subscribe: %w", err)
 	}
 
 	var (
-		mu        sync.Mutex
-		faultAt   time.Time
-		lastAck   time.Time // last ack received before the fault
-		firstNew  time.Time // first delivery of a message sent after the fault
-		sentAfter = map[string]bool{}
-		gotNew    = make(chan struct{})
+		mu         sync.Mutex
+		faultAt    time.Time
+		lastAck    time.Time // last ack received before the fault
+		firstNew   time.Time // first delivery of a message sent after the fault
+		sentAfter  = map[string]bool{}
+		gotNew     = make(chan struct{})
+		lastBefore time.Time   // last delivery of a message before the fault
+		during     []time.Time // deliveries of messages from the fault to doneNew
+		doneAt     time.Time   // when the fault returned
+		doneNew    time.Time   // first delivery of a message sent after doneAt
+		sentDone   = map[string]bool{}
+		gotDone    = make(chan struct{})
 	)
 	go func() {
 		for {
@@ -274,10 +311,23 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 			if err != nil {
 				return
 			}
+			now := time.Now()
+			id := ev.GetClientMessageId()
 			mu.Lock()
-			if !faultAt.IsZero() && firstNew.IsZero() && sentAfter[ev.GetClientMessageId()] {
-				firstNew = time.Now()
+			switch {
+			case id == "":
+			case faultAt.IsZero():
+				lastBefore = now
+			case doneNew.IsZero():
+				during = append(during, now)
+			}
+			if !faultAt.IsZero() && firstNew.IsZero() && sentAfter[id] {
+				firstNew = now
 				close(gotNew)
+			}
+			if !doneAt.IsZero() && doneNew.IsZero() && sentDone[id] {
+				doneNew = now
+				close(gotDone)
 			}
 			mu.Unlock()
 		}
@@ -290,6 +340,9 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 			mu.Lock()
 			if !faultAt.IsZero() {
 				sentAfter[id] = true
+			}
+			if !doneAt.IsZero() {
+				sentDone[id] = true
 			}
 			mu.Unlock()
 			_, err := cl.Send(ctx, &chatpb.SendRequest{Auth: js.GetAuth(), Kind: chatpb.EventKind_EVENT_KIND_MESSAGE,
@@ -315,24 +368,31 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 	select {
 	case <-warm.C:
 	case err := <-sendErr:
-		return 0, err
+		return trialResult{}, err
 	}
 	mu.Lock()
 	faultAt = time.Now()
 	mu.Unlock()
 	if err := fault(ctx); err != nil {
-		return 0, fmt.Errorf("fault: %w", err)
+		return trialResult{}, fmt.Errorf("fault: %w", err)
 	}
-	select {
-	case <-gotNew:
-	case err := <-sendErr:
-		return 0, err
-	case <-time.After(30 * time.Second):
-		return 0, errors.New("no message delivered within 30s of the fault")
+	mu.Lock()
+	doneAt = time.Now()
+	mu.Unlock()
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for _, ch := range []chan struct{}{gotNew, gotDone} {
+		select {
+		case <-ch:
+		case err := <-sendErr:
+			return trialResult{}, err
+		case <-timeout.C:
+			return trialResult{}, errors.New("no message delivered within 30s of the fault")
+		}
 	}
 	cancel()
 	_, _ = cl.Leave(context.WithoutCancel(ctx), &chatpb.LeaveRequest{Auth: ja.GetAuth(), EndSession: true})
 	mu.Lock()
 	defer mu.Unlock()
-	return firstNew.Sub(lastAck), nil
+	return trialResult{gap: firstNew.Sub(lastAck), pause: longestPause(lastBefore, during)}, nil
 }

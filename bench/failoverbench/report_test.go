@@ -22,3 +22,32 @@ func TestReportJSON(t *testing.T) {
 		t.Fatalf("%s has trials that did not run", got)
 	}
 }
+
+// TestLongestPause: the longest interval between consecutive deliveries,
+// counted from the last one before the fault.
+func TestLongestPause(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms ...int) []time.Time {
+		var out []time.Time
+		for _, m := range ms {
+			out = append(out, t0.Add(time.Duration(m)*time.Millisecond))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		start time.Time
+		ts    []time.Time
+		want  time.Duration
+	}{
+		{"pause after deliveries the old primary still made", t0, at(2, 4, 6, 40, 42), 34 * time.Millisecond},
+		{"pause right at the fault", t0, at(25, 27), 25 * time.Millisecond},
+		{"no delivery before the fault", time.Time{}, at(5, 9, 30), 21 * time.Millisecond},
+		{"one time alone", time.Time{}, at(5), 0},
+		{"nothing", time.Time{}, nil, 0},
+	} {
+		if got := longestPause(tc.start, tc.ts); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
