@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/workload"
 )
 
@@ -92,7 +93,7 @@ func startCustomer(ctx context.Context, hc *http.Client, base, service, nickname
 		default:
 			last = err
 		}
-		if !sleep(ctx, 200*time.Millisecond) {
+		if !pause.For(ctx, 200*time.Millisecond) {
 			return nil, fmt.Errorf("start chat: %w (last: %v)", ctx.Err(), last)
 		}
 	}
@@ -155,7 +156,7 @@ func (c *customer) refresh(ctx context.Context, pos uint64) (gmsAnswer, error) {
 		} else {
 			last = err
 		}
-		if !sleep(ctx, 200*time.Millisecond) {
+		if !pause.For(ctx, 200*time.Millisecond) {
 			return gmsAnswer{}, fmt.Errorf("refresh from %d: %w (last: %v)", pos, ctx.Err(), last)
 		}
 	}
@@ -325,7 +326,7 @@ func (d *desk) push(ctx context.Context) {
 			d.mu.Unlock()
 			_ = d.login(ctx)
 		}
-		sleep(ctx, 300*time.Millisecond)
+		pause.For(ctx, 300*time.Millisecond)
 	}
 }
 
@@ -471,17 +472,5 @@ func sortEvents(evs []workload.ViewEvent) {
 		for j := i; j > 0 && evs[j].Index < evs[j-1].Index; j-- {
 			evs[j], evs[j-1] = evs[j-1], evs[j]
 		}
-	}
-}
-
-// sleep waits d or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/workload"
 )
 
@@ -72,7 +73,7 @@ func (s *session) end(ctx context.Context) {
 		if err := s.customer.disconnect(ctx); err == nil {
 			return
 		}
-		sleep(ctx, 200*time.Millisecond)
+		pause.For(ctx, 200*time.Millisecond)
 	}
 }
 
@@ -167,7 +168,7 @@ func (r *registry) keepAgent(ctx context.Context, d *desk) {
 				}
 			}
 		}
-		if !sleep(ctx, 150*time.Millisecond) {
+		if !pause.For(ctx, 150*time.Millisecond) {
 			return
 		}
 	}
@@ -203,7 +204,7 @@ func (r *registry) keepSupervisor(ctx context.Context, d *desk) {
 				}
 			}
 		}
-		if !sleep(ctx, 300*time.Millisecond) {
+		if !pause.For(ctx, 300*time.Millisecond) {
 			return
 		}
 	}

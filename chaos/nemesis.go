@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/pause"
 )
 
 // Applied is one fault as it happened.
@@ -56,7 +57,7 @@ func (n *nemesis) restart(ctx context.Context, name string, force bool) error {
 			}
 			return err
 		}
-		if !sleep(ctx, 100*time.Millisecond) {
+		if !pause.For(ctx, 100*time.Millisecond) {
 			return fmt.Errorf("restart %s: %w", name, ctx.Err())
 		}
 	}
@@ -93,7 +94,7 @@ func (n *nemesis) apply(ctx context.Context, f Fault) Applied {
 				errs = append(errs, fmt.Errorf("kill -9 %s (pid %d): %w", p.Name, p.PID, err))
 			}
 		}
-		sleep(ctx, f.Hold)
+		pause.For(ctx, f.Hold)
 		for _, p := range parts {
 			if err := n.restart(ctx, p.Name, false); err != nil {
 				errs = append(errs, fmt.Errorf("restart %s: %w", p.Name, err))
@@ -107,7 +108,7 @@ func (n *nemesis) apply(ctx context.Context, f Fault) Applied {
 		if err := syscall.Kill(p.PID, syscall.SIGSTOP); err != nil {
 			errs = append(errs, fmt.Errorf("SIGSTOP %s: %w", p.Name, err))
 		}
-		sleep(ctx, f.Hold)
+		pause.For(ctx, f.Hold)
 		if err := syscall.Kill(p.PID, syscall.SIGCONT); err != nil {
 			errs = append(errs, fmt.Errorf("SIGCONT %s: %w", p.Name, err))
 		}
@@ -133,7 +134,7 @@ func (n *nemesis) apply(ctx context.Context, f Fault) Applied {
 		if err := n.fw.Cut(ctx, ports); err != nil {
 			errs = append(errs, err)
 		}
-		sleep(ctx, f.Hold)
+		pause.For(ctx, f.Hold)
 		if err := n.fw.Heal(context.WithoutCancel(ctx)); err != nil {
 			errs = append(errs, err)
 		} else {

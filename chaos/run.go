@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/demo"
+	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/ucsmock"
 	"github.com/hachat/hachat/workload"
 )
@@ -258,7 +259,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		fmt.Fprintf(progress, "chaos: repair: %v\n", err)
 	}
 	cancel()
-	sleep(ctx, cfg.Settle)
+	pause.For(ctx, cfg.Settle)
 	stopSends()
 	senders.Wait()
 	stopDesks() // the chats end below: no more taking or monitoring
@@ -356,7 +357,7 @@ func (r *run) converse(ctx context.Context, s *session) {
 				m := workload.NewSent(s.chatID, side.Name(), seq)
 				workload.SendOne(ctx, side, m, workload.Retry{For: r.cfg.RetryFor, Delay: 100 * time.Millisecond})
 				r.addSent(*m)
-				sleep(ctx, r.cfg.Interval)
+				pause.For(ctx, r.cfg.Interval)
 			}
 		}()
 	}
@@ -390,7 +391,7 @@ func (r *run) nemesis(ctx context.Context, sched *Schedule, nem *nemesis, progre
 				if !end.IsZero() && time.Now().Add(f.Gap).After(end) {
 					return
 				}
-				if !sleep(ctx, f.Gap) {
+				if !pause.For(ctx, f.Gap) {
 					return
 				}
 				mu.Lock()

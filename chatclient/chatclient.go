@@ -34,6 +34,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -302,14 +303,7 @@ func (r *retrier) wait(ctx context.Context, err error, failed int32) bool {
 	}
 	d := r.c.cfg.Policy.Backoff(r.attempt, r.max)
 	r.c.log.Debug("retrying chat core call", "attempt", r.attempt, "in", d, "err", err)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return pause.For(ctx, d)
 }
 
 // withRetryDeadline gives ctx a deadline of RetryFor when it has none. A

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hachat/hachat/pause"
 )
 
 // Option configures a Server beyond its Config.
@@ -147,7 +149,7 @@ func (s *Server) haLoop(ctx context.Context) {
 			ccancel()
 			if ctx.Err() == nil {
 				s.log.Warn("campaign for interaction leadership failed, retrying", "err", err)
-				sleep(ctx, time.Second)
+				pause.For(ctx, time.Second)
 			}
 			continue
 		}
@@ -167,7 +169,7 @@ func (s *Server) haLoop(ctx context.Context) {
 			ccancel()
 			s.resign(term)
 			s.forget()
-			sleep(ctx, time.Second)
+			pause.For(ctx, time.Second)
 			continue
 		}
 		resigned := false
@@ -357,7 +359,7 @@ func (s *Server) persister(ctx context.Context) {
 		case <-t.C:
 		}
 		if err := s.saveNow(ctx, false); err != nil && ctx.Err() == nil {
-			sleep(ctx, 100*time.Millisecond)
+			pause.For(ctx, 100*time.Millisecond)
 			select { // try again
 			case s.dirty <- struct{}{}:
 			default:

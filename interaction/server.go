@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -259,18 +260,6 @@ func (s *Server) offerTimer(ctx context.Context) {
 	}
 }
 
-// sleep waits d or until ctx is done; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 func nextBackoff(d time.Duration) time.Duration { return min(d*2, maxRetry) }
 
 // coreErr classifies an error of the chat core for the agent API.
@@ -347,7 +336,7 @@ func (s *Server) watchLoop(ctx context.Context) {
 			s.mu.Unlock()
 			backoff = maxRetry
 		}
-		if !sleep(ctx, backoff) {
+		if !pause.For(ctx, backoff) {
 			return
 		}
 		backoff = nextBackoff(backoff)
@@ -362,7 +351,7 @@ func (s *Server) watchLoop(ctx context.Context) {
 func (s *Server) coreMonitor(ctx context.Context) {
 	backoff := minRetry
 	for {
-		if !sleep(ctx, backoff) {
+		if !pause.For(ctx, backoff) {
 			return
 		}
 		s.mu.Lock()
@@ -669,7 +658,7 @@ func (s *Server) follow(ctx context.Context, m *member) {
 			fromStart = true
 		}
 		s.setMemberConnected(m, false, err)
-		if !sleep(ctx, backoff) {
+		if !pause.For(ctx, backoff) {
 			return
 		}
 		backoff = nextBackoff(backoff)

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // TestTraceRunsFromAgentAPIToCore checks that an agent's send is one trace:
@@ -64,14 +65,7 @@ func TestTracedOnlyWhenTracing(t *testing.T) {
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	for _, tracing := range []bool{false, true} {
 		t.Run(map[bool]string{false: "off", true: "on"}[tracing], func(t *testing.T) {
-			tel := telemetry.Discard()
-			tel.Propagator = propagation.TraceContext{}
-			rec := tracetest.NewSpanRecorder()
-			if tracing {
-				tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-				t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
-				tel.Tracer = tp
-			}
+			tel, rec := telemetrytest.Recording(t, tracing)
 			s := &Server{tel: tel}
 			var inner http.ResponseWriter
 			var sc trace.SpanContext

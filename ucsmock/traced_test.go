@@ -7,12 +7,9 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // TestOtelhttpOnlyWhenTracing: with spans exported, the server runs its
@@ -28,14 +25,7 @@ func TestOtelhttpOnlyWhenTracing(t *testing.T) {
 		trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled}))
 	for _, tracing := range []bool{false, true} {
 		t.Run(map[bool]string{false: "off", true: "on"}[tracing], func(t *testing.T) {
-			tel := telemetry.Discard()
-			tel.Propagator = propagation.TraceContext{}
-			rec := tracetest.NewSpanRecorder()
-			if tracing {
-				tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-				t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-				tel.Tracer = tp
-			}
+			tel, rec := telemetrytest.Recording(t, tracing)
 			var (
 				inner http.ResponseWriter
 				got   trace.SpanContext

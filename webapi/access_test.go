@@ -12,12 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // TestInstrumentTracesOnlyWhenTracing: with spans exported, a route runs
@@ -29,14 +27,7 @@ func TestInstrumentTracesOnlyWhenTracing(t *testing.T) {
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	for _, tracing := range []bool{false, true} {
 		t.Run(map[bool]string{false: "off", true: "on"}[tracing], func(t *testing.T) {
-			tel := telemetry.Discard()
-			tel.Propagator = propagation.TraceContext{}
-			rec := tracetest.NewSpanRecorder()
-			if tracing {
-				tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-				t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
-				tel.Tracer = tp
-			}
+			tel, rec := telemetrytest.Recording(t, tracing)
 			s, err := New(DefaultConfig(), instantCore{}, tel)
 			if err != nil {
 				t.Fatal(err)

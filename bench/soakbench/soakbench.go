@@ -41,6 +41,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hachat/hachat/pause"
 )
 
 // Options shape a soak.
@@ -285,7 +287,7 @@ func Run(ctx context.Context, cl Cluster, opts Options, progress io.Writer) (Rep
 	rep.WarmupChats, rep.WarmupMessages = n.chatsStarted.Load(), n.messages.Load()
 	mu.Unlock()
 	setPhase(PhaseIdle)
-	if !sleep(ctx, opts.Idle) {
+	if !pause.For(ctx, opts.Idle) {
 		return finish()
 	}
 	setPhase(PhaseLoad)
@@ -293,7 +295,7 @@ func Run(ctx context.Context, cl Cluster, opts Options, progress io.Writer) (Rep
 	// agents log out, the cluster idles.
 	w.load(ctx, opts.Duration, func() { setPhase(PhaseDrain) })
 	hc.CloseIdleConnections()
-	sleep(ctx, opts.Drain-(time.Since(t0)-rep.DrainStart))
+	pause.For(ctx, opts.Drain-(time.Since(t0)-rep.DrainStart))
 	return finish()
 }
 
@@ -323,7 +325,7 @@ launch:
 			w.customer(ctx, i)
 		})
 		// Stagger the starts so that chats do not all end together.
-		if !sleep(loadCtx, w.opts.MessageInterval*time.Duration(w.opts.Messages)/time.Duration(w.opts.Chats)) {
+		if !pause.For(loadCtx, w.opts.MessageInterval*time.Duration(w.opts.Messages)/time.Duration(w.opts.Chats)) {
 			break launch
 		}
 	}

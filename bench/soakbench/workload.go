@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hachat/hachat/pause"
 )
 
 // callTimeout bounds one API call of the workload.
@@ -125,7 +127,7 @@ func (w *workload) customer(ctx context.Context, i int64) {
 	defer func() { stopPush(); push.Wait() }()
 
 	for m := range w.opts.Messages {
-		if !sleep(ctx, w.opts.MessageInterval) {
+		if !pause.For(ctx, w.opts.MessageInterval) {
 			break
 		}
 		p := url.Values{"message": {fmt.Sprintf("customer message %d of chat %d", m, i)},
@@ -142,7 +144,7 @@ func (w *workload) customer(ctx context.Context, i int64) {
 	// Wait for the agent's answers (a GMS client also polls refresh).
 	deadline := time.Now().Add(sideTimeout)
 	for fromAgent.Load() < int64(w.opts.Messages) && time.Now().Before(deadline) {
-		if !sleep(ctx, 250*time.Millisecond) {
+		if !pause.For(ctx, 250*time.Millisecond) {
 			break
 		}
 	}
@@ -207,9 +209,9 @@ func (w *workload) agent(ctx, stop context.Context, id string) {
 	for ctx.Err() == nil && stop.Err() == nil {
 		if err := w.shift(ctx, stop, id); err != nil && stop.Err() == nil {
 			w.n.fail(fmt.Errorf("agent %s: %w", id, err))
-			sleep(ctx, time.Second)
+			pause.For(ctx, time.Second)
 		}
-		sleep(stop, w.opts.MessageInterval)
+		pause.For(stop, w.opts.MessageInterval)
 	}
 }
 
@@ -298,7 +300,7 @@ take:
 		if !strings.Contains(err.Error(), "HTTP 409") { // still holds an ended chat for a moment
 			return err
 		}
-		if !sleep(bg, 200*time.Millisecond) {
+		if !pause.For(bg, 200*time.Millisecond) {
 			return bg.Err()
 		}
 	}
@@ -310,7 +312,7 @@ take:
 func (w *workload) agentChat(ctx context.Context, id, tok, chat string, c *agentChat) {
 	base := "/agent/v1/chats/" + url.PathEscape(chat)
 	for m := range w.opts.Messages {
-		if !sleep(ctx, w.opts.MessageInterval) {
+		if !pause.For(ctx, w.opts.MessageInterval) {
 			return
 		}
 		err := w.agentAPI(ctx, base+"/send", tok, map[string]string{
@@ -384,16 +386,4 @@ func (w *workload) sse(ctx context.Context, u string, fn func(event string, data
 		return fmt.Errorf("push channel: %w", err)
 	}
 	return nil
-}
-
-// sleep waits d or until ctx is done; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

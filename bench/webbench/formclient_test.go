@@ -18,26 +18,13 @@ import (
 // would send it: method, path with its query, Host, Content-Type and the
 // form, the answer's status and body back, on one kept-alive connection.
 func TestFormClientRequest(t *testing.T) {
-	var conns atomic.Int64
-	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hs, fc, conns := startFormServer(t, func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if err := r.ParseForm(); err != nil {
 			t.Error(err)
 		}
 		fmt.Fprintf(w, "%s %s %s %s %s", r.Method, r.URL.RequestURI(), r.Host, r.Header.Get("Content-Type"), body)
-	}))
-	hs.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	hs.Start()
-	defer hs.Close()
-	fc, err := newFormClient(hs.URL, 5*time.Second, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fc.close()
+	})
 	host := strings.TrimPrefix(hs.URL, "http://")
 	for i := range 3 {
 		status, body, err := fc.post(t.Context(), "/a/b%2Fc/send?x=1", []byte("userId=u+1&n="+fmt.Sprint(i)), nil)
@@ -102,8 +89,8 @@ func TestReadAnswer(t *testing.T) {
 // connection broken under a request fails it as a transport failure, the
 // kind the bench resends, after which the next post works on a new one.
 func TestFormClientConnectionEnds(t *testing.T) {
-	var conns, n atomic.Int64
-	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var n atomic.Int64
+	_, fc, conns := startFormServer(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/close":
 			w.Header().Set("Connection", "close")
@@ -113,19 +100,7 @@ func TestFormClientConnectionEnds(t *testing.T) {
 			return
 		}
 		fmt.Fprint(w, n.Add(1))
-	}))
-	hs.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	hs.Start()
-	defer hs.Close()
-	fc, err := newFormClient(hs.URL, 5*time.Second, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fc.close()
+	})
 	post := func(path string) error {
 		_, _, err := fc.post(t.Context(), path, nil, nil)
 		return err
@@ -148,4 +123,25 @@ func TestFormClientConnectionEnds(t *testing.T) {
 	if c := conns.Load(); c != 3 {
 		t.Errorf("%d connections, want 3", c)
 	}
+}
+
+// startFormServer starts a test server with handler, counting the
+// connections it accepts, and a formClient to it; both end with the test.
+func startFormServer(t *testing.T, handler http.HandlerFunc) (*httptest.Server, *formClient, *atomic.Int64) {
+	t.Helper()
+	conns := new(atomic.Int64)
+	hs := httptest.NewUnstartedServer(handler)
+	hs.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	hs.Start()
+	t.Cleanup(hs.Close)
+	fc, err := newFormClient(hs.URL, 5*time.Second, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fc.close)
+	return hs, fc, conns
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/hachat/hachat/chatcore/role"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/chatcore/transcript"
+	"github.com/hachat/hachat/pause"
 )
 
 // Store is the seam to UCS the saver writes through (chatcore's
@@ -380,18 +381,7 @@ func (sv *Saver) Run(ctx context.Context) {
 // saveBatchMax sessions a linger, each save carrying every message of its
 // session since the last. It reports false if ctx ended first.
 func pace(ctx context.Context, start time.Time, linger time.Duration) bool {
-	wait := linger - time.Since(start)
-	if wait <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return pause.For(ctx, linger-time.Since(start))
 }
 
 // saveJob is one session's save attempt, prepared under s.mu.
