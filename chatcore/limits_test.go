@@ -227,7 +227,10 @@ func TestFlexDisconnect(t *testing.T) {
 // disconnected a timeout later.
 func TestFlexDisconnectAfterActivity(t *testing.T) {
 	const timeout = 800 * time.Millisecond
-	tc := startCore(t, func(c *Config) { c.FlexDisconnectTimeout = timeout })
+	// The core's clock is the test's: a loaded machine that takes longer
+	// than the timeout between two calls cannot end a session early.
+	clock := newFakeClock(time.Now())
+	tc := startCore(t, func(c *Config) { c.FlexDisconnectTimeout = timeout }, WithClock(clock.Now))
 	ctx := ctxT(t)
 	polling, _ := tc.chat(t)
 	streaming, _ := tc.chat(t)
@@ -246,24 +249,29 @@ func TestFlexDisconnectAfterActivity(t *testing.T) {
 		defer s.mu.Unlock()
 		return s.log.State.Ended
 	}
-	// Poll for three timeouts, a poll every quarter of one.
-	for end := time.Now().Add(3 * timeout); time.Now().Before(end); {
+	// Poll for three timeouts, a poll every quarter of one, a janitor pass
+	// after each quarter.
+	for range 12 {
 		if _, err := tc.cl.Events(ctx, &chatpb.EventsRequest{Auth: polling, FromIndex: 1}); err != nil {
 			t.Fatal(err)
 		}
+		clock.Advance(timeout / 4)
+		tc.c.sweep(ctx)
 		if ended(polling.SessionId) {
 			t.Fatal("a polling customer was disconnected")
-		}
-		select {
-		case <-time.After(timeout / 4):
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
 		}
 	}
 	if ended(streaming.SessionId) {
 		t.Fatal("a customer with an open stream was disconnected")
 	}
 	closeSub()
-	waitFor(t, "customer disconnected after its stream closed", func() bool { return ended(streaming.SessionId) })
-	waitFor(t, "polling customer disconnected once it stopped", func() bool { return ended(polling.SessionId) })
+	idle := func(id string) func() bool {
+		return func() bool {
+			clock.Advance(timeout / 4)
+			tc.c.sweep(ctx)
+			return ended(id)
+		}
+	}
+	waitFor(t, "customer disconnected after its stream closed", idle(streaming.SessionId))
+	waitFor(t, "polling customer disconnected once it stopped", idle(polling.SessionId))
 }
