@@ -189,7 +189,9 @@ func TestSessionLimit(t *testing.T) {
 }
 
 func TestFlexDisconnect(t *testing.T) {
-	tc := startCore(t, func(c *Config) { c.FlexDisconnectTimeout = 300 * time.Millisecond })
+	const timeout = 300 * time.Millisecond
+	clock := newFakeClock(time.Now()) // the test's: a slow machine cannot end a session early
+	tc := startCore(t, func(c *Config) { c.FlexDisconnectTimeout = timeout }, WithClock(clock.Now))
 	ctx := ctxT(t)
 	idle, agent := tc.chat(t)
 	streaming, _ := tc.chat(t)
@@ -202,6 +204,8 @@ func TestFlexDisconnect(t *testing.T) {
 	}
 	s := tc.c.session(idle.SessionId)
 	waitFor(t, "idle customer disconnected", func() bool {
+		clock.Advance(timeout / 4)
+		tc.c.sweep(ctx)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.log.State.Ended
