@@ -39,6 +39,10 @@ type EtcdFencer struct {
 
 	mu   sync.Mutex
 	held map[string]heldLease // by service: the lease of the epoch we hold
+	// spent are leases of epochs this fencer held before its last claim,
+	// bound to no key any more: the next Renew revokes them, off the claim's
+	// path (a lease nobody renews expires anyway).
+	spent []clientv3.LeaseID
 }
 
 // heldLease is the etcd lease behind an epoch this fencer claimed.
@@ -129,10 +133,12 @@ func (f *EtcdFencer) Claim(ctx context.Context, service string, expect uint64, h
 	f.mu.Lock()
 	old, had := f.held[service]
 	f.held[service] = heldLease{epoch: epoch, id: grant.ID}
-	f.mu.Unlock()
 	if had {
-		f.revoke(old.id)
+		// Revoking it here cost the new primary one more round trip
+		// before it served.
+		f.spent = append(f.spent, old.id)
 	}
+	f.mu.Unlock()
 	return Epoch{Epoch: epoch, Holder: holder}, nil
 }
 
@@ -154,10 +160,22 @@ func (f *EtcdFencer) revoke(id clientv3.LeaseID) {
 	_, _ = f.cli.Revoke(ctx, id)
 }
 
+// revokeSpent revokes the leases of epochs held before the last claims.
+func (f *EtcdFencer) revokeSpent() {
+	f.mu.Lock()
+	spent := f.spent
+	f.spent = nil
+	f.mu.Unlock()
+	for _, id := range spent {
+		f.revoke(id)
+	}
+}
+
 // Renew keeps the lease of holder on epoch alive. When the lease expired
 // (etcd was unreachable for longer than its TTL) but no one claimed since,
 // it binds the lease key to a new lease: the primary keeps its epoch.
 func (f *EtcdFencer) Renew(ctx context.Context, service string, epoch uint64, holder string) (Epoch, error) {
+	defer f.revokeSpent()
 	cur, err := f.Current(ctx, service)
 	if err != nil {
 		return Epoch{}, err

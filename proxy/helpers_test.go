@@ -79,9 +79,42 @@ type fakeCore struct {
 	// leaves it unregistered, like a core that does not serve it.
 	health   *health.Server
 	noHealth bool
+	// watching counts the grpc.health.v1 Watch streams open on it.
+	watching atomic.Int32
 
 	mu  sync.Mutex
 	srv *grpc.Server
+	ln  *connsListener
+}
+
+// watchCounter is a health service that counts its open Watch streams.
+type watchCounter struct {
+	*health.Server
+	n *atomic.Int32
+}
+
+func (w watchCounter) Watch(req *healthpb.HealthCheckRequest, st healthpb.Health_WatchServer) error {
+	w.n.Add(1)
+	defer w.n.Add(-1)
+	return w.Server.Watch(req, st)
+}
+
+// connsListener is a listener that keeps the connections it accepted, so
+// that a test can reset them as a killed process's kernel does.
+type connsListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *connsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
 }
 
 func newFakeCore(t *testing.T, name, role string, epoch uint64) *fakeCore {
@@ -110,12 +143,33 @@ func (f *fakeCore) start(addr string) {
 	srv := grpc.NewServer(opts...)
 	chatpb.RegisterChatServer(srv, f)
 	if !f.noHealth {
-		healthpb.RegisterHealthServer(srv, f.health)
+		healthpb.RegisterHealthServer(srv, watchCounter{Server: f.health, n: &f.watching})
 	}
+	cl := &connsListener{Listener: ln}
 	f.mu.Lock()
-	f.srv = srv
+	f.srv, f.ln = srv, cl
 	f.mu.Unlock()
-	go srv.Serve(ln)
+	go srv.Serve(cl)
+}
+
+// kill stops f as kill -9 does: its listener gone first (connects are
+// refused), then every connection reset (RST, no GOAWAY, no FIN).
+func (f *fakeCore) kill() {
+	f.mu.Lock()
+	ln := f.ln
+	f.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+		ln.mu.Lock()
+		for _, c := range ln.conns {
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			c.Close()
+		}
+		ln.mu.Unlock()
+	}
+	f.stop()
 }
 
 func (f *fakeCore) stop() {

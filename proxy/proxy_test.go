@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -285,6 +286,84 @@ func TestServingChangeMovesConnectionsAtOnce(t *testing.T) {
 			if got := statusVia(p.Addr().String()); got != "b" {
 				t.Fatalf("new connection went to %q, want b (the new primary)", got)
 			}
+		})
+	}
+}
+
+// TestKilledPrimarySeenAtOnce: a killed primary (listener gone, connections
+// reset: kill -9) is marked down as gone by the check that the drop of the
+// health check connection triggers, with no client traffic and checks a
+// minute apart, whether the sidecar also watches the core's serving status
+// over that connection or not: the watch's break and its reopening (which
+// starts a reconnection of its own) must not turn the check's refused
+// connect into a failure that waits for unhealthy_threshold. The backup is
+// then chosen, and chosen as primary at its claim. Events only: a minute is
+// beyond every deadline here.
+func TestKilledPrimarySeenAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		noHealth bool
+	}{
+		{name: "serving status watched"},
+		{name: "no health service: connection watched only", noHealth: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			newCore := func(name, role string, epoch uint64) *fakeCore {
+				f := &fakeCore{t: t, name: name, health: health.NewServer(), noHealth: tc.noHealth}
+				f.set(role, epoch)
+				f.start("127.0.0.1:0")
+				t.Cleanup(f.stop)
+				return f
+			}
+			a, b := newCore("a", "primary", 1), newCore("b", "backup", 1)
+			// a alone first: its checks at the fast interval of a cluster
+			// without a primary end with its second (the first one found
+			// the primary), and b, added then, is checked at the interval
+			// from its first check on. No check is due within the test.
+			cp := newControlPlane(t)
+			res := pairResources(a, b, time.Minute, 5)
+			eds := res[resource.EndpointType]
+			res[resource.EndpointType] = []types.Resource{loadAssignment("chatcore",
+				ep{a.addr, 0, corev3.HealthStatus_HEALTHY, a.name, "primary", 1})}
+			cp.set("test-sidecar", "1", res)
+			p := newTestProxy(t, cp.addr)
+			endpoint := func(addr string) EndpointDump {
+				for _, e := range p.Dump().Clusters[0].Endpoints {
+					if e.Address == addr {
+						return e
+					}
+				}
+				return EndpointDump{}
+			}
+			okChecks := func() float64 { return metricValue(p.m.checks.WithLabelValues("ok")) }
+			waitFor(t, 5*time.Second, "a chosen as primary, checked twice", func() bool {
+				d := p.Dump().Clusters
+				return len(d) == 1 && d[0].Chosen == a.addr && d[0].Definitive && okChecks() >= 2
+			})
+			res[resource.EndpointType] = eds
+			cp.set("test-sidecar", "2", res)
+			waitFor(t, 5*time.Second, "b checked", func() bool { return endpoint(b.addr).Health == "up" })
+			if !tc.noHealth {
+				// The watch of a is open: a serving change is seen.
+				waitFor(t, 5*time.Second, "a's serving status watched", func() bool {
+					return a.watching.Load() > 0
+				})
+			}
+			start := time.Now()
+			a.kill()
+			waitFor(t, 5*time.Second, "a down as gone, b chosen", func() bool {
+				d := p.Dump().Clusters[0]
+				return endpoint(a.addr).Health == "down" && d.Chosen == b.addr
+			})
+			t.Logf("a seen down %v after the kill", time.Since(start))
+			if e := endpoint(a.addr); !isGoneError(errors.New(e.LastError)) {
+				t.Fatalf("a marked down by %q, want a refused or reset connection", e.LastError)
+			}
+			b.set("primary", 2)
+			waitFor(t, 5*time.Second, "b chosen as primary", func() bool {
+				d := p.Dump().Clusters[0]
+				return d.Chosen == b.addr && d.Definitive
+			})
 		})
 	}
 }
