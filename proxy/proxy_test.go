@@ -322,6 +322,10 @@ func TestKilledPrimarySeenAtOnce(t *testing.T) {
 			// from its first check on. No check is due within the test.
 			cp := newControlPlane(t)
 			res := pairResources(a, b, time.Minute, 5)
+			// Checks may take seconds on a loaded machine: a first check of
+			// b that timed out would leave it unchecked for the minute. A
+			// refused connect fails a check at once, whatever the timeout.
+			res[resource.ClusterType] = []types.Resource{edsCluster("chatcore", time.Minute, 5*time.Second, 5, 1)}
 			eds := res[resource.EndpointType]
 			res[resource.EndpointType] = []types.Resource{loadAssignment("chatcore",
 				ep{a.addr, 0, corev3.HealthStatus_HEALTHY, a.name, "primary", 1})}
