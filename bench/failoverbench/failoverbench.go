@@ -304,7 +304,20 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 		doneNew    time.Time   // first delivery of a message sent after doneAt
 		sentDone   = map[string]bool{}
 		gotDone    = make(chan struct{})
+		warmed     = make(chan struct{}) // closed at the first ack and delivery before the fault
 	)
+	// warm closes warmed once a message was both acknowledged and delivered
+	// before the fault: a fault before that has no gap to measure from.
+	// Call with mu held.
+	warm := func() {
+		if !lastAck.IsZero() && !lastBefore.IsZero() {
+			select {
+			case <-warmed:
+			default:
+				close(warmed)
+			}
+		}
+	}
 	go func() {
 		for {
 			ev, err := st.Recv()
@@ -318,6 +331,7 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 			case id == "":
 			case faultAt.IsZero():
 				lastBefore = now
+				warm()
 			case doneNew.IsZero():
 				during = append(during, now)
 			}
@@ -357,18 +371,30 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 			mu.Lock()
 			if faultAt.IsZero() {
 				lastAck = now
+				warm()
 			}
 			mu.Unlock()
 			time.Sleep(opts.Interval) // pacing of the customer, not a wait for a condition
 		}
 	}()
 
-	// Let the conversation run before the fault.
-	warm := time.NewTimer(200 * time.Millisecond)
+	// Let the conversation run before the fault: 200ms, and at least one
+	// message acknowledged and delivered (a loaded machine may take longer).
+	warmup := time.NewTimer(200 * time.Millisecond)
+	defer warmup.Stop()
 	select {
-	case <-warm.C:
+	case <-warmup.C:
 	case err := <-sendErr:
 		return trialResult{}, err
+	}
+	warmupMax := time.NewTimer(30 * time.Second)
+	defer warmupMax.Stop()
+	select {
+	case <-warmed:
+	case err := <-sendErr:
+		return trialResult{}, err
+	case <-warmupMax.C:
+		return trialResult{}, errors.New("no message acknowledged and delivered within 30s before the fault")
 	}
 	mu.Lock()
 	faultAt = time.Now()
