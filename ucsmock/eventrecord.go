@@ -32,15 +32,21 @@ const eventRecordTag = 0x01
 const eventRecordHeader = 1 + 8
 
 // recordMarshal encodes events deterministically (map fields in key
-// order), so that equal events make equal records.
-var recordMarshal = proto.MarshalOptions{Deterministic: true}
+// order), so that equal events make equal records; recordSized is the same
+// encoding reusing the size that recordMarshal.Size just computed (the
+// record is allocated once, and the event is sized once).
+var (
+	recordMarshal = proto.MarshalOptions{Deterministic: true}
+	recordSized   = proto.MarshalOptions{Deterministic: true, UseCachedSize: true}
+)
 
-// encodeEventRecord returns the record of ev stored by a save of epoch.
+// encodeEventRecord returns the record of ev stored by a save of epoch. ev
+// must not change meanwhile (a save's events are its own).
 func encodeEventRecord(ev *chatpb.Event, epoch uint64) ([]byte, error) {
 	buf := make([]byte, eventRecordHeader, eventRecordHeader+recordMarshal.Size(ev))
 	buf[0] = eventRecordTag
 	binary.BigEndian.PutUint64(buf[1:], epoch)
-	out, err := recordMarshal.MarshalAppend(buf, ev)
+	out, err := recordSized.MarshalAppend(buf, ev)
 	if err != nil {
 		return nil, fmt.Errorf("marshal event %d: %w", ev.GetIndex(), err)
 	}
