@@ -14,7 +14,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -22,8 +21,8 @@ import (
 // Buckets of the database. transcripts and eventEpochs hold one nested
 // bucket per chat, keyed by the event index as 8 big-endian bytes.
 var (
-	bucketTranscripts = []byte("transcripts")  // chatId -> index -> protojson chatpb.Event
-	bucketEventEpochs = []byte("event-epochs") // chatId -> index -> epoch of the save that stored it
+	bucketTranscripts = []byte("transcripts")  // chatId -> index -> event record (eventrecord.go)
+	bucketEventEpochs = []byte("event-epochs") // chatId -> index -> epoch of a protojson record (older files)
 	bucketChats       = []byte("chats")        // chatId -> JSON chatMeta
 	bucketEpochs      = []byte("epochs")       // service -> JSON Epoch
 	bucketTombstones  = []byte("tombstones")   // chatId -> JSON Tombstone of a deleted chat
@@ -273,7 +272,7 @@ func (s *boltStore) transcript(ctx context.Context, chatID string) (*Transcript,
 		}
 		return b.ForEach(func(k, v []byte) error {
 			ev := &chatpb.Event{}
-			if err := protojson.Unmarshal(v, ev); err != nil {
+			if _, _, err := decodeEventRecord(v, ev); err != nil {
 				return fmt.Errorf("decode event %d of %s: %w", binary.BigEndian.Uint64(k), chatID, err)
 			}
 			t.Events = append(t.Events, ev)
@@ -385,8 +384,13 @@ func (t boltTxn) event(chatID string, index uint64) (storedEvent, bool, error) {
 		return storedEvent{}, false, nil
 	}
 	se := storedEvent{event: &chatpb.Event{}}
-	if err := protojson.Unmarshal(v, se.event); err != nil {
+	epoch, embedded, err := decodeEventRecord(v, se.event)
+	if err != nil {
 		return storedEvent{}, false, fmt.Errorf("decode event %d of %s: %w", index, chatID, err)
+	}
+	if embedded {
+		se.epoch = epoch
+		return se, true, nil
 	}
 	if eb := t.tx.Bucket(bucketEventEpochs).Bucket([]byte(chatID)); eb != nil {
 		if ev := eb.Get(k); len(ev) == 8 {
@@ -397,7 +401,7 @@ func (t boltTxn) event(chatID string, index uint64) (storedEvent, bool, error) {
 }
 
 func (t boltTxn) putEvent(chatID string, se storedEvent) error {
-	v, err := encodeEventJSON(se.event) // protojson, without its reflection
+	v, err := encodeEventRecord(se.event, se.epoch)
 	if err != nil {
 		return fmt.Errorf("encode event: %w", err)
 	}
@@ -405,20 +409,20 @@ func (t boltTxn) putEvent(chatID string, se storedEvent) error {
 	if err != nil {
 		return fmt.Errorf("create transcript bucket of %s: %w", chatID, err)
 	}
-	eb, err := t.tx.Bucket(bucketEventEpochs).CreateBucketIfNotExists([]byte(chatID))
-	if err != nil {
-		return fmt.Errorf("create epoch bucket of %s: %w", chatID, err)
-	}
 	// A transcript grows at its end (indexes only increase): pages split
 	// full rather than half full, so that a transcript takes about half
 	// the pages and a save rewrites fewer of them.
-	b.FillPercent, eb.FillPercent = appendFill, appendFill
+	b.FillPercent = appendFill
 	k := indexKey(se.event.GetIndex())
 	if err := b.Put(k, v); err != nil {
 		return fmt.Errorf("put event: %w", err)
 	}
-	if err := eb.Put(k, binary.BigEndian.AppendUint64(nil, se.epoch)); err != nil {
-		return fmt.Errorf("put event epoch: %w", err)
+	// The record carries its epoch: an epoch kept beside the protojson
+	// record it replaces (a file written before records did) is stale.
+	if eb := t.tx.Bucket(bucketEventEpochs).Bucket([]byte(chatID)); eb != nil {
+		if err := eb.Delete(k); err != nil {
+			return fmt.Errorf("delete event epoch: %w", err)
+		}
 	}
 	return nil
 }
@@ -491,7 +495,7 @@ func (t boltTxn) events(chatID string) ([]*chatpb.Event, error) {
 	var out []*chatpb.Event
 	err := b.ForEach(func(k, v []byte) error {
 		ev := &chatpb.Event{}
-		if err := protojson.Unmarshal(v, ev); err != nil {
+		if _, _, err := decodeEventRecord(v, ev); err != nil {
 			return fmt.Errorf("decode event %d of %s: %w", binary.BigEndian.Uint64(k), chatID, err)
 		}
 		out = append(out, ev)

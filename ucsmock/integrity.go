@@ -11,7 +11,6 @@ import (
 	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
@@ -29,9 +28,9 @@ import (
 //     map the missing pages and fault on the first read);
 //  2. bbolt's own consistency check (tx.Check): every reachable page once,
 //     of the right type, inside the file, keys in order, freelist sound;
-//  3. a decode of every record (chat metadata, epochs, events and their
-//     epochs), which finds damage inside values that leaves the page
-//     structure intact.
+//  3. a decode of every record (chat metadata, epochs, events and the
+//     epochs of older files' protojson events), which finds damage inside
+//     values that leaves the page structure intact.
 //
 // Steps 2 and 3 read the file through bbolt's memory map, where a page
 // reference outside the file faults the process; tx.Check even runs in a
@@ -452,7 +451,7 @@ func decodeAll(tx *bolt.Tx) error {
 					}
 					return nil
 				}
-				if err := protojson.Unmarshal(v, &chatpb.Event{}); err != nil {
+				if _, _, err := decodeEventRecord(v, &chatpb.Event{}); err != nil {
 					return corrupt("event %d of chat %q: undecodable", binary.BigEndian.Uint64(k), chat)
 				}
 				return nil
