@@ -221,3 +221,35 @@ func BenchmarkEventRecord(b *testing.B) {
 		}
 	})
 }
+
+// FuzzDecodeEventRecord: any bytes decode or are refused, never panic; a
+// record that decodes with its epoch encodes back to one that decodes to
+// the same event and epoch.
+func FuzzDecodeEventRecord(f *testing.F) {
+	for _, e := range []*chatpb.Event{{}, ev("c", 3, "hello"), {Kind: chatpb.EventKind(999), Attrs: map[string]string{"a": "1"}}} {
+		rec, err := encodeEventRecord(e, 9)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(rec)
+		old, _ := protojson.Marshal(e)
+		f.Add(old)
+	}
+	f.Add([]byte{eventRecordTag})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		got := &chatpb.Event{}
+		epoch, embedded, err := decodeEventRecord(v, got)
+		if err != nil || !embedded {
+			return
+		}
+		rec, err := encodeEventRecord(got, epoch)
+		if err != nil {
+			return // decoded, but not encodable (text that is not UTF-8 in a hand-made record)
+		}
+		back := &chatpb.Event{}
+		epoch2, embedded2, err := decodeEventRecord(rec, back)
+		if err != nil || !embedded2 || epoch2 != epoch || !proto.Equal(back, got) {
+			t.Fatalf("re-encoded record reads back as %v epoch %d embedded %v err %v, want %v epoch %d", back, epoch2, embedded2, err, got, epoch)
+		}
+	})
+}
