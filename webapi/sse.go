@@ -256,6 +256,9 @@ func (pc *pushChannel) wait(ctx context.Context, d time.Duration) error {
 		case <-pc.reset:
 			return errStreamDone
 		case <-pc.out.Due():
+			if !pc.out.Idle() {
+				continue
+			}
 			if err := pc.heartbeat(); err != nil {
 				return err
 			}
@@ -266,7 +269,8 @@ func (pc *pushChannel) wait(ctx context.Context, d time.Duration) error {
 }
 
 // heartbeat writes the channel's heartbeat when the stream has been idle
-// for sse-heartbeat (the sse package's rule): the documented "heartbeat"
+// for sse-heartbeat (the sse package's rule: Due fired and Idle said so):
+// the documented "heartbeat"
 // event, in place of the sse package's comment.
 func (pc *pushChannel) heartbeat() error {
 	return pc.event(sseHeartbeat, 0, notice{NextPosition: pc.next, UTCTime: time.Now().UnixMilli()})
@@ -389,6 +393,9 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 		case <-pc.reset:
 			return errStreamDone
 		case <-pc.out.Due():
+			if !pc.out.Idle() {
+				continue
+			}
 			if err := pc.heartbeat(); err != nil {
 				return err
 			}
