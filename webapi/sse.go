@@ -16,6 +16,7 @@ import (
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/jsonenc"
 	"github.com/hachat/hachat/sse"
 )
 
@@ -301,11 +302,8 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 	}
 	pc.next = ev.GetIndex() + 1
 	if m, ok := messageOf(ev); ok {
-		pc.data = m.appendJSON(pc.data[:0]) // as json.Marshal(m) writes it
-		b := pc.data
-		if cap(b) > 4<<10 { // a long message's buffer is not kept
-			pc.data = nil
-		}
+		b := m.appendJSON(pc.data[:0]) // as json.Marshal(m) writes it
+		pc.data = jsonenc.Reuse(b)     // Queue copies b before the next use
 		var id string
 		if ev.GetIndex() > 0 {
 			id = strconv.FormatUint(ev.GetIndex(), 10)
