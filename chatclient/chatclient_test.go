@@ -108,7 +108,7 @@ func serve(t *testing.T, srv chatpb.ChatServer) (addr string, stop func()) {
 	return lis.Addr().String(), g.Stop
 }
 
-func newClient(t *testing.T, targets ...string) *Client {
+func newClient(t testing.TB, targets ...string) *Client {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Targets = targets

@@ -256,44 +256,89 @@ var errAttemptTimeout = status.Error(codes.DeadlineExceeded, "chatclient: send a
 
 // roundTrip registers req under a new id, writes it and waits, at most
 // timeout (0: no limit but ctx's). A timer, not a context per attempt:
-// cheaper, and the stream needs no context of its own per send.
+// cheaper, and the stream needs no context of its own per send. The
+// answer's channel and the timer come from a pool and go back to it once
+// the answer was received.
 func (s *sendStream) roundTrip(ctx context.Context, timeout time.Duration, req *chatpb.SendStreamRequest) (*chatpb.SendResponse, error) {
-	var expired <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		expired = t.C
-	}
-	ch := make(chan sendOutcome, 1)
+	w := waiters.Get().(*waiter)
+	expired := w.arm(timeout)
 	s.mu.Lock()
 	if s.err != nil {
 		err := s.err
 		s.mu.Unlock()
+		w.release()
 		return nil, err
 	}
 	s.next++
 	req.Id = s.next
-	s.pending[req.Id] = ch
+	s.pending[req.Id] = w.ch
 	s.mu.Unlock()
 
+	// On the ways out below that do not receive the answer, w is not
+	// reused: the reader may still send on its channel.
 	select {
 	case s.out <- req:
 	case <-s.ctx.Done():
 		// The stream ended: the reader fails every send in flight, this
 		// one included.
 	case <-ctx.Done():
+		w.stop()
 		return nil, s.forget(req.Id, status.FromContextError(ctx.Err()).Err())
 	case <-expired:
 		return nil, s.forget(req.Id, errAttemptTimeout)
 	}
 	select {
-	case o := <-ch:
+	case o := <-w.ch:
+		w.release()
 		return o.resp, o.err
 	case <-ctx.Done():
+		w.stop()
 		return nil, s.forget(req.Id, status.FromContextError(ctx.Err()).Err())
 	case <-expired:
 		return nil, s.forget(req.Id, errAttemptTimeout)
 	}
+}
+
+// waiter is what one send attempt waits on: the channel of its answer and
+// the timer of its attempt timeout.
+type waiter struct {
+	ch chan sendOutcome // buffered 1: the reader never blocks on it
+	t  *time.Timer      // nil until an attempt has a timeout
+}
+
+// waiters keeps the waiters of answered attempts: a channel whose one
+// answer was received is sent nothing more (the reader sends once per
+// registered id, and only to the attempt that registered it), and a
+// stopped timer delivers no stale tick (Go 1.23 timers).
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan sendOutcome, 1)} }}
+
+// arm starts the attempt's timer and returns its channel (nil, which never
+// fires, when timeout is 0).
+func (w *waiter) arm(timeout time.Duration) <-chan time.Time {
+	if timeout <= 0 {
+		return nil
+	}
+	if w.t == nil {
+		w.t = time.NewTimer(timeout)
+	} else {
+		w.t.Reset(timeout)
+	}
+	return w.t.C
+}
+
+// stop stops the timer of an attempt that ends without its answer (w is
+// not reused).
+func (w *waiter) stop() {
+	if w.t != nil {
+		w.t.Stop()
+	}
+}
+
+// release stops the timer and puts w back for another attempt; only for
+// an attempt that received its answer or never registered.
+func (w *waiter) release() {
+	w.stop()
+	waiters.Put(w)
 }
 
 // forget drops the send id from those waiting for an answer (a late answer

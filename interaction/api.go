@@ -422,6 +422,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, agent stri
 				return
 			}
 		case <-out.Due():
+			if !out.Idle() {
+				continue
+			}
 			if err := out.Ping(); err != nil {
 				return
 			}

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/jsonenc"
 	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/telemetry"
 )
@@ -708,11 +709,9 @@ func (s *Server) onChatEvent(m *member, ev *chatpb.Event) (over bool) {
 	}
 	// newMsg's bytes, by hand, into a buffer kept for the next event; the
 	// message gets an exact copy (it waits on the push channels).
-	s.evJSON = ej.appendJSON(s.evJSON[:0])
-	s.hub.publish(m.key.agent, sseMsg{event: evChat, data: append([]byte(nil), s.evJSON...)})
-	if cap(s.evJSON) > 4<<10 {
-		s.evJSON = nil // a long message's buffer is not kept
-	}
+	b := ej.appendJSON(s.evJSON[:0])
+	s.hub.publish(m.key.agent, sseMsg{event: evChat, data: append([]byte(nil), b...)})
+	s.evJSON = jsonenc.Reuse(b) // a long message's buffer is not kept
 	switch {
 	case ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED:
 		s.endChatLocked(m.key.chat, ReasonEnded)

@@ -63,7 +63,12 @@ type Writer struct {
 	rc   *http.ResponseController
 	opts Options
 	buf  []byte // framed events not yet written
-	idle *time.Timer
+	// idle fires at the earliest moment a heartbeat may be due; ticking:
+	// it is armed and its firing not yet handled by Idle; last: when the
+	// stream last wrote.
+	idle    *time.Timer
+	ticking bool
+	last    time.Time
 	// armed: a write deadline is set on the connection (cleared by Stop),
 	// at deadline.
 	armed    bool
@@ -99,7 +104,7 @@ func Start(w http.ResponseWriter, opts Options) (*Writer, error) {
 	h.Set("Cache-Control", opts.CacheControl)
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sw := &Writer{w: w, rc: http.NewResponseController(w), opts: opts, idle: time.NewTimer(opts.Heartbeat)}
+	sw := &Writer{w: w, rc: http.NewResponseController(w), opts: opts, idle: time.NewTimer(opts.Heartbeat), ticking: true}
 	sw.buf = append(sw.buf[:0], "retry: "...)
 	sw.buf = strconv.AppendInt(sw.buf, opts.Retry.Milliseconds(), 10)
 	sw.buf = append(sw.buf, "\n\n"...)
@@ -122,9 +127,31 @@ func (sw *Writer) Stop() {
 	}
 }
 
-// Due fires when the stream has written nothing for the heartbeat interval:
-// the caller then writes a heartbeat (Ping, or its own event).
+// Due fires when a heartbeat may be due: at the latest one heartbeat
+// interval after the stream's last write, and on a busy stream about once
+// an interval. The caller then asks Idle and, when it says so, writes a
+// heartbeat (Ping, or its own event):
+//
+//	case <-sw.Due():
+//		if sw.Idle() {
+//			err = sw.Ping()
+//		}
 func (sw *Writer) Due() <-chan time.Time { return sw.idle.C }
+
+// Idle is called when Due fired: it reports whether the stream has written
+// nothing for the heartbeat interval, so that a heartbeat is due now. When
+// the stream wrote since, it re-arms Due for the rest of the interval from
+// that write and returns false.
+func (sw *Writer) Idle() bool {
+	sw.ticking = false
+	rest := sw.opts.Heartbeat - time.Since(sw.last)
+	if rest <= 0 {
+		return true // the caller's heartbeat write re-arms the timer
+	}
+	sw.idle.Reset(rest)
+	sw.ticking = true
+	return false
+}
 
 // Ping writes the heartbeat comment ": ping" (after any queued events).
 func (sw *Writer) Ping() error {
@@ -205,7 +232,8 @@ func indexLineBreak(b []byte) int {
 }
 
 // flush writes the buffer within the write timeout, flushes, empties the
-// buffer and restarts the heartbeat interval.
+// buffer and restarts the heartbeat interval: it notes the time, and arms
+// the timer only when Idle left it unarmed.
 //
 // The deadline bounds only writes, and is left in place after one: every
 // write first makes sure at least WriteTimeout of it remains, so an idle
@@ -216,7 +244,8 @@ func indexLineBreak(b []byte) int {
 // and a stream writing many events a second moves its deadline a few times
 // a minute.
 func (sw *Writer) flush() error {
-	if now := time.Now(); !sw.armed || sw.deadline.Sub(now) < sw.opts.WriteTimeout {
+	now := time.Now()
+	if !sw.armed || sw.deadline.Sub(now) < sw.opts.WriteTimeout {
 		sw.deadline = now.Add(sw.opts.WriteTimeout + sw.opts.WriteTimeout/4)
 		_ = sw.rc.SetWriteDeadline(sw.deadline)
 		sw.armed = true
@@ -233,7 +262,11 @@ func (sw *Writer) flush() error {
 	if err := sw.rc.Flush(); err != nil {
 		return fmt.Errorf("sse: flush: %w", err)
 	}
-	sw.idle.Reset(sw.opts.Heartbeat)
+	sw.last = now
+	if !sw.ticking {
+		sw.idle.Reset(sw.opts.Heartbeat)
+		sw.ticking = true
+	}
 	return nil
 }
 

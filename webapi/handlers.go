@@ -15,6 +15,7 @@ import (
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/jsonenc"
 )
 
 // Header values of every JSON answer, shared (see edge.SecurityHeaders).
@@ -33,8 +34,8 @@ func writeJSON(w http.ResponseWriter, code int, resp *response) {
 	buf := answers.Get().(*[]byte)
 	b := append(resp.appendJSON((*buf)[:0]), '\n')
 	_, _ = w.Write(b)
-	if cap(b) <= 4<<10 { // a long transcript's buffer is not kept
-		*buf = b[:0]
+	if b = jsonenc.Reuse(b); b != nil { // a long transcript's buffer is not kept
+		*buf = b
 		answers.Put(buf)
 	}
 }

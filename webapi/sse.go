@@ -16,6 +16,7 @@ import (
 
 	"github.com/hachat/hachat/chatclient"
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/jsonenc"
 	"github.com/hachat/hachat/sse"
 )
 
@@ -256,6 +257,9 @@ func (pc *pushChannel) wait(ctx context.Context, d time.Duration) error {
 		case <-pc.reset:
 			return errStreamDone
 		case <-pc.out.Due():
+			if !pc.out.Idle() {
+				continue
+			}
 			if err := pc.heartbeat(); err != nil {
 				return err
 			}
@@ -266,7 +270,8 @@ func (pc *pushChannel) wait(ctx context.Context, d time.Duration) error {
 }
 
 // heartbeat writes the channel's heartbeat when the stream has been idle
-// for sse-heartbeat (the sse package's rule): the documented "heartbeat"
+// for sse-heartbeat (the sse package's rule: Due fired and Idle said so):
+// the documented "heartbeat"
 // event, in place of the sse package's comment.
 func (pc *pushChannel) heartbeat() error {
 	return pc.event(sseHeartbeat, 0, notice{NextPosition: pc.next, UTCTime: time.Now().UnixMilli()})
@@ -297,11 +302,8 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 	}
 	pc.next = ev.GetIndex() + 1
 	if m, ok := messageOf(ev); ok {
-		pc.data = m.appendJSON(pc.data[:0]) // as json.Marshal(m) writes it
-		b := pc.data
-		if cap(b) > 4<<10 { // a long message's buffer is not kept
-			pc.data = nil
-		}
+		b := m.appendJSON(pc.data[:0]) // as json.Marshal(m) writes it
+		pc.data = jsonenc.Reuse(b)     // Queue copies b before the next use
 		var id string
 		if ev.GetIndex() > 0 {
 			id = strconv.FormatUint(ev.GetIndex(), 10)
@@ -389,6 +391,9 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 		case <-pc.reset:
 			return errStreamDone
 		case <-pc.out.Due():
+			if !pc.out.Idle() {
+				continue
+			}
 			if err := pc.heartbeat(); err != nil {
 				return err
 			}
