@@ -63,6 +63,11 @@ type Report struct {
 	Kill       []time.Duration
 	Silent     []time.Duration
 	Switchover []time.Duration
+	// KillAck is the send side of each kill -9 gap: from the last send
+	// acknowledged before the kill to the first acknowledgement of a
+	// message sent after it. Kill minus KillAck is what the delivery to
+	// the subscriber added (its stream's resumption).
+	KillAck []time.Duration
 }
 
 // GapSummary is one kind of trial in the JSON report: every gap and its
@@ -82,14 +87,15 @@ func summarize(ds []time.Duration) *GapSummary {
 	return &GapSummary{Trials: ds, P50: p50, P99: p99, Max: mx}
 }
 
-// MarshalJSON renders the report as {"kill", "silent", "switchover"}, each
-// a GapSummary (absent when no such trial ran).
+// MarshalJSON renders the report as {"kill", "silent", "switchover",
+// "kill_ack"}, each a GapSummary (absent when no such trial ran).
 func (r Report) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		Kill       *GapSummary `json:"kill,omitempty"`
 		Silent     *GapSummary `json:"silent,omitempty"`
 		Switchover *GapSummary `json:"switchover,omitempty"`
-	}{summarize(r.Kill), summarize(r.Silent), summarize(r.Switchover)})
+		KillAck    *GapSummary `json:"kill_ack,omitempty"`
+	}{summarize(r.Kill), summarize(r.Silent), summarize(r.Switchover), summarize(r.KillAck)})
 }
 
 // Summary returns p50, p99 and max of ds.
@@ -113,6 +119,9 @@ func (r Report) String() string {
 			p50.Round(time.Microsecond), p99.Round(time.Microsecond), mx.Round(time.Microsecond))
 	}
 	out := line("kill -9 gap", r.Kill)
+	if len(r.KillAck) > 0 {
+		out += line("  of which to the ack", r.KillAck)
+	}
 	if len(r.Silent) > 0 {
 		out += line("SIGSTOP gap", r.Silent)
 	}
@@ -149,6 +158,7 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 			return rep, fmt.Errorf("kill trial %d: %w", i+1, err)
 		}
 		rep.Kill = append(rep.Kill, gap)
+		rep.KillAck = append(rep.KillAck, res.ackGap)
 		fmt.Fprintf(progress, "kill -9 %s: gap %v\n", primary, gap.Round(time.Microsecond))
 		if err := cluster.Restart(ctx, primary); err != nil {
 			return rep, fmt.Errorf("restart %s: %w", primary, err)
@@ -255,9 +265,11 @@ func primaryName(ctx context.Context, opts Options) (string, error) {
 // after it began (the kill -9 gap). pause is the longest interval between
 // two deliveries of the customer's messages, from the last one before the
 // fault to the first delivery of a message sent after the fault returned
-// (longestPause).
+// (longestPause). ackGap is the send side of gap: from the same last
+// acknowledgement to the first acknowledgement of a message sent after the
+// fault began.
 type trialResult struct {
-	gap, pause time.Duration
+	gap, pause, ackGap time.Duration
 }
 
 // longestPause returns the longest interval between consecutive times of
@@ -295,6 +307,7 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 		mu         sync.Mutex
 		faultAt    time.Time
 		lastAck    time.Time // last ack received before the fault
+		firstAck   time.Time // first ack of a message sent after the fault
 		firstNew   time.Time // first delivery of a message sent after the fault
 		sentAfter  = map[string]bool{}
 		gotNew     = make(chan struct{})
@@ -372,6 +385,8 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 			if faultAt.IsZero() {
 				lastAck = now
 				warm()
+			} else if firstAck.IsZero() && sentAfter[id] {
+				firstAck = now
 			}
 			mu.Unlock()
 			time.Sleep(opts.Interval) // pacing of the customer, not a wait for a condition
@@ -420,5 +435,9 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 	_, _ = cl.Leave(context.WithoutCancel(ctx), &chatpb.LeaveRequest{Auth: ja.GetAuth(), EndSession: true})
 	mu.Lock()
 	defer mu.Unlock()
-	return trialResult{gap: firstNew.Sub(lastAck), pause: longestPause(lastBefore, during)}, nil
+	res := trialResult{gap: firstNew.Sub(lastAck), pause: longestPause(lastBefore, during)}
+	if !firstAck.IsZero() {
+		res.ackGap = firstAck.Sub(lastAck)
+	}
+	return res, nil
 }

@@ -18,8 +18,23 @@ func TestReportJSON(t *testing.T) {
 			t.Fatalf("%s lacks %s", got, want)
 		}
 	}
-	if strings.Contains(got, "switchover") || strings.Contains(got, "silent") {
+	if strings.Contains(got, "switchover") || strings.Contains(got, "silent") || strings.Contains(got, "kill_ack") {
 		t.Fatalf("%s has trials that did not run", got)
+	}
+}
+
+// TestReportKillAck: the send side of the kill -9 gaps is its own summary.
+func TestReportKillAck(t *testing.T) {
+	r := Report{Kill: []time.Duration{5 * time.Millisecond}, KillAck: []time.Duration{2 * time.Millisecond}}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"kill_ack":{"gaps_ns":[2000000],"p50_ns":2000000`; !strings.Contains(string(b), want) {
+		t.Fatalf("%s lacks %s", b, want)
+	}
+	if want := "of which to the ack"; !strings.Contains(r.String(), want) {
+		t.Fatalf("%q lacks %q", r.String(), want)
 	}
 }
 
