@@ -211,7 +211,7 @@ func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(co
 	stale := c.replicaStale.Load()
 	// Without proof that the process is gone, the primary's lease
 	// decides: a primary that still renews at UCS is alive.
-	cl := claim{known: c.role.Epoch(), reason: "failover: " + why, recheck: recheck, restore: stale, ifSilent: dec.IfSilent(c.cfg.EpochLease)}
+	cl := claim{known: c.role.Epoch(), holder: c.detect.PrimaryName(), reason: "failover: " + why, recheck: recheck, restore: stale, ifSilent: dec.IfSilent(c.cfg.EpochLease)}
 	epoch, err := c.claimPrimary(ctx, cl)
 	if err != nil {
 		// A refused claim (the primary's lease still lives) is a failed
@@ -263,7 +263,7 @@ func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64,
 	c.log.InfoContext(ctx, "switchover: taking over", "from", from, "epoch", epoch)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	got, err := c.claimPrimary(cctx, claim{known: epoch, reason: "switchover from " + from})
+	got, err := c.claimPrimary(cctx, claim{known: epoch, holder: from, reason: "switchover from " + from})
 	if err != nil {
 		span.RecordError(err)
 		return 0, err

@@ -61,6 +61,10 @@ type claim struct {
 	// known is the newest epoch the claimant knows; a claim fails with
 	// ErrEpochConflict when the store holds a newer one (0: no such check).
 	known uint64
+	// holder is who the claimant believes holds known (the primary it
+	// followed, the one handing over): logged as the previous holder when
+	// the claim on known succeeds without reading the store.
+	holder string
 	// reason is logged with the claim.
 	reason string
 	// recheck, when set, confirms the decision to claim again immediately
@@ -99,7 +103,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 		if err == nil {
 			c.claimedFrom.Store(known)
 			c.becomePrimary(got.Epoch, !cl.restore)
-			c.log.InfoContext(ctx, "claimed epoch, now primary", "epoch", got.Epoch, "previous", known, "previous_holder", "", "reason", reason)
+			c.log.InfoContext(ctx, "claimed epoch, now primary", "epoch", got.Epoch, "previous", known, "previous_holder", cl.holder, "reason", reason)
 			return got.Epoch, nil
 		}
 		if errors.Is(err, ErrHolderAlive) {

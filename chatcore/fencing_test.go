@@ -3,6 +3,8 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,11 +59,14 @@ func TestClaimOnKnownEpoch(t *testing.T) {
 			f := &countingFencer{Fencer: StoreFencer{Store: store}}
 			cfg := testConfig()
 			cfg.Cluster = "hachat"
-			c, err := New(cfg, store, telemetry.Discard(), WithFencer(f))
+			tel := telemetry.Discard()
+			var logs syncBuffer
+			tel.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			c, err := New(cfg, store, tel, WithFencer(f))
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := c.claimPrimary(ctx, claim{known: tc.known(cur), reason: "test"})
+			got, err := c.claimPrimary(ctx, claim{known: tc.known(cur), holder: "core-a", reason: "test"})
 			if tc.want != nil && !errors.Is(err, tc.want) || tc.want == nil && err != nil {
 				t.Fatalf("claim: %v, want %v", err, tc.want)
 			}
@@ -73,6 +78,11 @@ func TestClaimOnKnownEpoch(t *testing.T) {
 			}
 			if tc.wantPrimary && (got != cur+1 || c.claimedFrom.Load() != cur) {
 				t.Fatalf("claimed %d from %d, want %d from %d", got, c.claimedFrom.Load(), cur+1, cur)
+			}
+			// The failover's story names whom the claim replaced, read
+			// or not (e2e TestStoryFailoverInLogsAndSpans).
+			if want := "epoch=8 previous=7 previous_holder=core-a"; tc.wantPrimary && !strings.Contains(logs.String(), want) {
+				t.Fatalf("log lacks %s:\n%s", want, logs.String())
 			}
 		})
 	}
