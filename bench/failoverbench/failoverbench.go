@@ -308,6 +308,7 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 		faultAt    time.Time
 		lastAck    time.Time // last ack received before the fault
 		firstAck   time.Time // first ack of a message sent after the fault
+		gotAck     = make(chan struct{})
 		firstNew   time.Time // first delivery of a message sent after the fault
 		sentAfter  = map[string]bool{}
 		gotNew     = make(chan struct{})
@@ -387,6 +388,7 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 				warm()
 			} else if firstAck.IsZero() && sentAfter[id] {
 				firstAck = now
+				close(gotAck)
 			}
 			mu.Unlock()
 			time.Sleep(opts.Interval) // pacing of the customer, not a wait for a condition
@@ -422,22 +424,20 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 	mu.Unlock()
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
-	for _, ch := range []chan struct{}{gotNew, gotDone} {
+	// The delivery of a message may come before its ack: wait for both, so
+	// that the send side of the gap is measured in every trial.
+	for _, ch := range []chan struct{}{gotNew, gotDone, gotAck} {
 		select {
 		case <-ch:
 		case err := <-sendErr:
 			return trialResult{}, err
 		case <-timeout.C:
-			return trialResult{}, errors.New("no message delivered within 30s of the fault")
+			return trialResult{}, errors.New("no message sent after the fault delivered and acknowledged within 30s")
 		}
 	}
 	cancel()
 	_, _ = cl.Leave(context.WithoutCancel(ctx), &chatpb.LeaveRequest{Auth: ja.GetAuth(), EndSession: true})
 	mu.Lock()
 	defer mu.Unlock()
-	res := trialResult{gap: firstNew.Sub(lastAck), pause: longestPause(lastBefore, during)}
-	if !firstAck.IsZero() {
-		res.ackGap = firstAck.Sub(lastAck)
-	}
-	return res, nil
+	return trialResult{gap: firstNew.Sub(lastAck), pause: longestPause(lastBefore, during), ackGap: firstAck.Sub(lastAck)}, nil
 }
