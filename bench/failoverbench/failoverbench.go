@@ -272,6 +272,24 @@ type trialResult struct {
 	gap, pause, ackGap time.Duration
 }
 
+// await waits up to 30s for every channel of chs to close. It returns the
+// customer's send error if one comes first, and an error saying late
+// otherwise.
+func await(sendErr <-chan error, late string, chs ...chan struct{}) error {
+	limit := time.NewTimer(30 * time.Second)
+	defer limit.Stop()
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case err := <-sendErr:
+			return err
+		case <-limit.C:
+			return errors.New(late)
+		}
+	}
+	return nil
+}
+
 // longestPause returns the longest interval between consecutive times of
 // start followed by ts (start zero: ts alone); 0 for fewer than two.
 func longestPause(start time.Time, ts []time.Time) time.Duration {
@@ -404,14 +422,8 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 	case err := <-sendErr:
 		return trialResult{}, err
 	}
-	warmupMax := time.NewTimer(30 * time.Second)
-	defer warmupMax.Stop()
-	select {
-	case <-warmed:
-	case err := <-sendErr:
+	if err := await(sendErr, "no message acknowledged and delivered within 30s before the fault", warmed); err != nil {
 		return trialResult{}, err
-	case <-warmupMax.C:
-		return trialResult{}, errors.New("no message acknowledged and delivered within 30s before the fault")
 	}
 	mu.Lock()
 	faultAt = time.Now()
@@ -422,18 +434,10 @@ func trial(ctx context.Context, cl chatpb.ChatClient, opts Options, fault func(c
 	mu.Lock()
 	doneAt = time.Now()
 	mu.Unlock()
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
 	// The delivery of a message may come before its ack: wait for both, so
 	// that the send side of the gap is measured in every trial.
-	for _, ch := range []chan struct{}{gotNew, gotDone, gotAck} {
-		select {
-		case <-ch:
-		case err := <-sendErr:
-			return trialResult{}, err
-		case <-timeout.C:
-			return trialResult{}, errors.New("no message sent after the fault delivered and acknowledged within 30s")
-		}
+	if err := await(sendErr, "no message sent after the fault delivered and acknowledged within 30s", gotNew, gotDone, gotAck); err != nil {
+		return trialResult{}, err
 	}
 	cancel()
 	_, _ = cl.Leave(context.WithoutCancel(ctx), &chatpb.LeaveRequest{Auth: ja.GetAuth(), EndSession: true})
