@@ -77,7 +77,7 @@ type Core struct {
 	repl     *replica.Replicator // primary side of replication (package replica)
 	inflight sync.RWMutex        // appends hold it shared; a switchover takes it to drain
 
-	restore *restorer // restoration after a promotion and from UCS (restore.go)
+	restore *restorer // restoration after a promotion and from UCS (restore.go; reaches the core through restorerHost)
 	// promoting holds Chat calls at the gate while this backup promotes
 	// itself (promotion.go).
 	changing roleChange
@@ -188,7 +188,6 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	c.solo = newSoloMark(c.fencer, c.cfg, c.m.solo, c.log, c.stepDown)
 	c.ucs = &ucsCopy{solo: c.solo, store: c.store, cb: c.saver.Breaker(), service: c.cfg.Cluster, writer: c.cfg.Name,
 		timeout: c.cfg.TranscriptSaveTimeout, copies: c.m.secondCopyToUCS, log: c.log, stepDown: c.stepDown, isPrimary: c.role.IsPrimary}
-	c.restore = newRestorer(c)
 	c.m.role.snapshot = c.role.RoleEpoch
 	c.tombs.gauge, c.tombs.log = c.m.tombstones, c.log
 	// The pair, for per-pair sums: chats placed per pair are
@@ -203,6 +202,7 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 	if c.adopted, err = newAdoptions(c, tel.Registry); err != nil {
 		return nil, err
 	}
+	c.restore = newRestorer(c) // after the adoptions it holds
 	return c, nil
 }
 
@@ -371,23 +371,26 @@ func (c *Core) changeLocked(s *session, kind chatpb.SessionChange_Kind) *chatpb.
 var systemParticipant = &chatpb.Participant{Id: "system", Nickname: "system", Type: chatpb.ParticipantType_PARTICIPANT_TYPE_SYSTEM}
 
 // endSession appends SESSION_ENDED with reason unless the session already
-// ended. It is used by the janitor, the saver and failover.
+// ended. It is used by the janitor, the saver and the operations (the
+// restorer ends sessions without waiting for the second copy: restore.go).
 func (c *Core) endSession(ctx context.Context, s *session, reason string) error {
-	return c.endSessionWith(ctx, s, reason, true)
+	_, _, err := c.append(ctx, s, ending(reason))
+	if errors.Is(err, errEnded) {
+		return nil
+	}
+	return err
 }
 
-func (c *Core) endSessionWith(ctx context.Context, s *session, reason string, needCopy bool) error {
-	_, _, err := c.appendWith(ctx, s, needCopy, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+// ending prepares SESSION_ENDED with reason, from the system; errEnded
+// when the session has already ended.
+func ending(reason string) prepareFunc {
+	return func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
 		if st.Ended {
 			return nil, 0, errEnded
 		}
 		return &chatpb.Event{Kind: chatpb.EventKind_EVENT_KIND_SESSION_ENDED, From: systemParticipant,
 			Attrs: map[string]string{"reason": reason}}, 0, nil
-	})
-	if errors.Is(err, errEnded) {
-		return nil
 	}
-	return err
 }
 
 func kindName(k chatpb.EventKind) string {

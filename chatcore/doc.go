@@ -37,7 +37,9 @@
 //   - second copy in UCS (solo.go: ucsCopy saves an event while the backup
 //     is away, after soloMark recorded the solo mark).
 //   - restorer (restore.go): restoration after a promotion or switchover,
-//     and rebuilding a session from UCS on its first call (lookup).
+//     and rebuilding a session from UCS on its first call (lookup); it
+//     reaches the core only through restorerCore (restorerHost), UCS
+//     through restoreStore and the saver through saveQueue.
 //   - adoptions (adopt.go): N+1, adopting another pair that lost both
 //     cores, through adopterCore.
 //   - peers (membership.go): where the other core and the witness are, and
@@ -81,7 +83,8 @@
 // Everything else is a leaf, never held while taking another of ours: the
 // saver's queue (saver.Saver's mu), its trouble counter, package replica's locks
 // (above), watchers, tombstones, background, restorer.mu (the sessions
-// being rebuilt from UCS), peers.mu (the connection to the other core),
+// being rebuilt from UCS; restorerCore's doc says which locks each of its
+// methods takes, none while restorer.mu is held), peers.mu (the connection to the other core),
 // metaMu, guard.mu (refuted epochs), adoptions.mu (the adopted pairs),
 // Core.due's lock (janitor.go's deadline heap: commitLocked and
 // holdInDoubt schedule a session under its session.mu). The

@@ -272,9 +272,10 @@ func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64,
 	return got, nil
 }
 
-// lookup returns the session id; a primary that does not hold it rebuilds it
-// from its UCS transcript (session restoration for sessions the replica
-// lacks, e.g. after a failover from a backup that was away). admit, when not
+// lookup returns the session id; a primary that does not hold it has the
+// restorer rebuild it from its UCS transcript (restorer.lookup: session
+// restoration for sessions the replica lacks, e.g. after a failover from a
+// backup that was away). A chat of another pair is adopted first. admit, when not
 // nil, judges the rebuilt state before the core takes the session in (the
 // caller's participant and key): a refused request leaves no trace (no
 // session, no notices, no metric).
@@ -287,36 +288,21 @@ func (c *Core) lookup(ctx context.Context, id string, admit func(st *sessionlog.
 			return nil, err
 		}
 	}
-	for {
-		if s := c.session(id); s != nil {
-			if foreign {
-				// Replicated from the adopter this core took over from, or
-				// adopted again: its saves go at this core's current epoch
-				// of the pair.
-				if cur, old := c.adopted.saveOf(p), s.adopted.Load(); cur != nil && (old == nil || *old != *cur) {
-					s.adopted.Store(cur)
-				}
-			}
-			return s, nil
-		}
-		if !c.role.IsPrimary() {
-			return nil, errUnknown
-		}
-		if c.tombs.has(id) {
-			// Ended here with events UCS lacks: its copy there is older
-			// than what was acknowledged, and must not reopen it.
-			return nil, errTombstoned
-		}
-		s, wait, err := c.restore.fromUCS(ctx, id, admit)
-		if wait == nil {
-			return s, err
-		}
-		select { // another call is rebuilding it; it may be refused, so look again
-		case <-wait:
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+	s := c.session(id) // the table first: a Send's lookup stays here
+	if s == nil {
+		var err error
+		if s, err = c.restore.lookup(ctx, id, admit); err != nil {
+			return nil, err
 		}
 	}
+	if foreign {
+		// Replicated from the adopter this core took over from, or adopted
+		// again: its saves go at this core's current epoch of the pair.
+		if cur, old := c.adopted.saveOf(p), s.adopted.Load(); cur != nil && (old == nil || *old != *cur) {
+			s.adopted.Store(cur)
+		}
+	}
+	return s, nil
 }
 
 // Switchover hands the primary role to the in-sync backup: drain (new calls

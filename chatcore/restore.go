@@ -4,16 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/chatcore/role"
+	"github.com/hachat/hachat/chatcore/saver"
 	"github.com/hachat/hachat/chatcore/sessionlog"
 )
 
@@ -21,50 +26,125 @@ import (
 // holds (the replica, merged with what UCS holds beyond it) and with the
 // sessions only UCS holds (rebuilt on their first call, lookup).
 
+// restorerCore is the core as restoration sees it (restorerHost is the
+// real one; restore_test.go has a fake). The restorer calls every method
+// with no lock of its own or of a session held, except commitLocked; the
+// locks each method takes, in doc.go's order:
+type restorerCore interface {
+	// all returns every session of the table; session one of them, nil
+	// when the table does not hold it (Core.mu, shared).
+	all() []*session
+	session(id string) *session
+	// putSession takes a rebuilt session into the table (Core.mu, then the
+	// replaced session's mu and s.mu, one at a time, then Core.mu again
+	// and the janitor's heap).
+	putSession(s *session)
+	// appendUncopied appends what prepare returns through the core's one
+	// write path without waiting for its second copy (failover notices: no
+	// client waits for them); it still streams to an attached backup, in
+	// order (Core.inflight shared -> s.appendMu -> s.mu -> Core.mu, as an
+	// append does).
+	appendUncopied(ctx context.Context, s *session, prepare prepareFunc) error
+	// commitLocked folds ev, which UCS holds, into s and fans it out. Call
+	// with s.appendMu and s.mu held; it takes Core.mu and the janitor's
+	// heap, both under s.mu.
+	commitLocked(s *session, ev *chatpb.Event)
+	// toBackup sends s, just rebuilt from UCS, to the backup in sync so
+	// that its next events get their second copy there (s.appendMu ->
+	// s.mu, then package replica's link lock under s.appendMu).
+	toBackup(s *session)
+	// replicaStale reports whether the replica may miss events the old
+	// primary acknowledged while the stream was down; replicaMerged says it
+	// no longer does (an atomic, no lock).
+	replicaStale() bool
+	replicaMerged()
+	// finishRestoring opens this restoring primary to clients; stepDown
+	// makes it a backup (role.State's lock; its effects take health,
+	// background and the replicator's locks, leaves).
+	finishRestoring()
+	stepDown(reason string, newer uint64)
+}
+
+// restoreStore is the part of TranscriptStore restoration reads: the
+// transcripts, and the epoch it tells UCS before a merge. A store that is
+// also a ChatLister is listed in one call instead of read per session.
+type restoreStore interface {
+	Transcript(ctx context.Context, chatID string) (*Transcript, error)
+	Epoch(ctx context.Context, service string) (Epoch, error)
+	ClaimEpoch(ctx context.Context, service string, expect, epoch uint64, holder string) (Epoch, error)
+}
+
+// saveQueue is where a restored session's pending saves resume (the
+// saver's queue, behind this core's breaker; its lock is a leaf).
+type saveQueue interface {
+	Enqueue(s saver.Session)
+}
+
 // restorer rebuilds sessions after a promotion or a switchover (all) and
-// from UCS on a primary's first call about a session it lacks (fromUCS).
-// It owns the set of sessions being rebuilt from UCS (its lock, a leaf)
-// and reaches the core through c (the session table, append, the saver).
+// from UCS on a primary's first call about a session it lacks (lookup,
+// fromUCS). It owns the set of sessions being rebuilt from UCS (mu, a
+// leaf: never held while calling anything else) and reaches the core only
+// through restorerCore.
 type restorer struct {
-	c *Core
+	core    restorerCore
+	store   restoreStore
+	saves   saveQueue
+	role    *role.State
+	tombs   *tombstones                          // sessions never restored from UCS (doubt.go)
+	adopted *adoptions                           // the other pairs adopted here: where their sessions save (adopt.go)
+	spawn   func(func(ctx context.Context)) bool // background work Serve owns
+
+	cluster, name string // this pair's epoch service, this core
+	mode          string // session-restoration-mode
+	epochsAtUCS   bool   // the fencer is UCS itself: nothing to announce before a merge
+
+	restored *prometheus.CounterVec // hachat_core_restored_sessions_total{source}
+	log      *slog.Logger
+	tracer   trace.Tracer
+	now      func() time.Time
 
 	mu   sync.Mutex
 	busy map[string]chan struct{} // session ids being rebuilt from UCS
 }
 
+// newRestorer builds the core's restorer over its store, saver, role,
+// tombstones, adoptions, configuration and metrics; it reaches the rest of
+// the core through restorerHost.
 func newRestorer(c *Core) *restorer {
-	return &restorer{c: c, busy: make(map[string]chan struct{})}
+	_, atUCS := c.fencer.(StoreFencer)
+	return &restorer{core: restorerHost{c}, store: c.store, saves: c.saver, role: c.role, tombs: &c.tombs, adopted: c.adopted, spawn: c.bg.spawn,
+		cluster: c.cfg.Cluster, name: c.cfg.Name, mode: c.cfg.SessionRestorationMode, epochsAtUCS: atUCS,
+		restored: c.m.restored, log: c.log, tracer: c.tracer, now: c.now, busy: make(map[string]chan struct{})}
 }
 
 // all restores every session this new primary holds, per
 // session-restoration-mode, and resumes pending transcript saves. It
 // returns the number of live sessions handled.
 func (r *restorer) all(ctx context.Context, source string) int {
-	c := r.c
-	ctx, span := c.tracer.Start(ctx, "chatcore.restore")
+	ctx, span := r.tracer.Start(ctx, "chatcore.restore")
 	defer span.End()
 	start := time.Now()
-	stale := c.replicaStale.Load()
+	stale := r.core.replicaStale()
 	if stale {
 		source += "+ucs"
 	}
-	all := c.all()
+	all := r.core.all()
 	// What UCS holds beyond the replica: second copies the old primary took
 	// after our stream stopped (a partition, a silent primary). One listing
 	// call; without it a stale replica merges every session.
 	var stored map[string]ChatInfo
 	merged := false
-	if c.role.Unmerged() {
+	if r.role.Unmerged() {
 		// Not serving yet: merge everything UCS holds beyond the replica,
 		// however long UCS takes, then open to clients.
 		var err error
 		if stored, err = r.catchUp(ctx, all); err != nil {
-			c.log.WarnContext(ctx, "restoration stopped before the merge completed", "err", err)
+			r.log.WarnContext(ctx, "restoration stopped before the merge completed", "err", err)
 			return 0
 		}
 		merged = true
-		c.finishRestoring()
-		c.log.InfoContext(ctx, "merged what UCS holds beyond the replica: serving", "sessions", len(all), "took", time.Since(start))
+		r.core.finishRestoring()
+		r.log.InfoContext(ctx, "merged what UCS holds beyond the replica: serving", "sessions", len(all), "took", time.Since(start))
 	} else {
 		stored, _ = r.storedChats(ctx)
 	}
@@ -90,17 +170,17 @@ func (r *restorer) all(ctx context.Context, source string) int {
 	wg.Wait()
 	// Sessions that only UCS holds (started while the replica was cut off).
 	for id, info := range stored {
-		if !info.Ended && c.session(id) == nil && !c.tombs.has(id) {
-			if _, err := c.lookup(ctx, id, nil); err == nil {
+		if !info.Ended && r.core.session(id) == nil && !r.tombs.has(id) {
+			if _, err := r.lookup(ctx, id, nil); err == nil {
 				n++
 			} else {
-				c.log.WarnContext(ctx, "could not restore session from UCS", "session", id, "err", err)
+				r.log.WarnContext(ctx, "could not restore session from UCS", "session", id, "err", err)
 			}
 		}
 	}
-	c.replicaStale.Store(false)
+	r.core.replicaMerged()
 	span.SetAttributes(attribute.Int("sessions", n), attribute.String("source", source))
-	c.log.InfoContext(ctx, "restoration done", "mode", c.cfg.SessionRestorationMode, "sessions", n, "source", source, "took", time.Since(start))
+	r.log.InfoContext(ctx, "restoration done", "mode", r.mode, "sessions", n, "source", source, "took", time.Since(start))
 	return n
 }
 
@@ -111,14 +191,13 @@ var errNoLister = errors.New("store cannot list chats")
 // storedChats lists the cluster's chats at UCS (one call instead of a read
 // per session). It returns nil and an error when the store cannot list them.
 func (r *restorer) storedChats(ctx context.Context) (map[string]ChatInfo, error) {
-	c := r.c
-	l, ok := c.store.(ChatLister)
+	l, ok := r.store.(ChatLister)
 	if !ok {
 		return nil, errNoLister
 	}
-	list, err := l.Chats(ctx, ChatFilter{Service: c.cfg.Cluster})
+	list, err := l.Chats(ctx, ChatFilter{Service: r.cluster})
 	if err != nil {
-		c.log.WarnContext(ctx, "could not list chats at UCS: merging every session", "err", err)
+		r.log.WarnContext(ctx, "could not list chats at UCS: merging every session", "err", err)
 		return nil, fmt.Errorf("list chats at ucs: %w", err)
 	}
 	out := make(map[string]ChatInfo, len(list))
@@ -145,7 +224,6 @@ func behind(s *session, stale bool, stored map[string]ChatInfo) bool {
 // (nil when the store cannot list), or an error when ctx ends or this core
 // stops being primary first.
 func (r *restorer) catchUp(ctx context.Context, all []*session) (map[string]ChatInfo, error) {
-	c := r.c
 	delay := 50 * time.Millisecond
 	pending := all
 	if err := r.announceEpoch(ctx); err != nil {
@@ -170,14 +248,14 @@ func (r *restorer) catchUp(ctx context.Context, all []*session) (map[string]Chat
 			// only UCS holds are rebuilt on their first call (lookup).
 			return stored, nil
 		}
-		c.log.WarnContext(ctx, "could not merge every session from UCS: not serving yet, retrying", "failed", len(failed), "retry_in", delay)
+		r.log.WarnContext(ctx, "could not merge every session from UCS: not serving yet, retrying", "failed", len(failed), "retry_in", delay)
 		pending = failed
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("catch up from ucs: %w", ctx.Err())
 		case <-time.After(delay):
 		}
-		if !c.role.IsPrimary() {
+		if !r.role.IsPrimary() {
 			return nil, errors.New("catch up from ucs: stepped down")
 		}
 		delay = min(delay*2, time.Second)
@@ -191,34 +269,33 @@ func (r *restorer) catchUp(ctx context.Context, all []*session) (map[string]Chat
 // after the merge read past it. It retries until UCS answers, and fails
 // when UCS already holds a newer epoch (this core is fenced) or ctx ends.
 func (r *restorer) announceEpoch(ctx context.Context) error {
-	c := r.c
-	if _, atUCS := c.fencer.(StoreFencer); atUCS {
+	if r.epochsAtUCS {
 		return nil
 	}
-	mine := c.role.Epoch()
+	mine := r.role.Epoch()
 	delay := 50 * time.Millisecond
 	for {
-		cur, err := c.store.Epoch(ctx, c.cfg.Cluster)
+		cur, err := r.store.Epoch(ctx, r.cluster)
 		if err == nil {
 			switch {
 			case cur.Epoch == mine:
 				return nil
 			case cur.Epoch > mine:
-				c.stepDown(fmt.Sprintf("UCS holds epoch %d, newer than mine", cur.Epoch), cur.Epoch)
+				r.core.stepDown(fmt.Sprintf("UCS holds epoch %d, newer than mine", cur.Epoch), cur.Epoch)
 				return fmt.Errorf("announce epoch %d: %w", mine, ErrStaleEpoch)
 			}
-			_, err = c.store.ClaimEpoch(ctx, c.cfg.Cluster, cur.Epoch, mine, c.cfg.Name)
+			_, err = r.store.ClaimEpoch(ctx, r.cluster, cur.Epoch, mine, r.name)
 			if err == nil || errors.Is(err, ErrEpochConflict) {
 				continue // read again: done, or someone moved first
 			}
 		}
-		c.log.WarnContext(ctx, "could not tell UCS the new epoch before the merge: retrying", "epoch", mine, "err", err, "retry_in", delay)
+		r.log.WarnContext(ctx, "could not tell UCS the new epoch before the merge: retrying", "epoch", mine, "err", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("announce epoch %d: %w", mine, ctx.Err())
 		case <-time.After(delay):
 		}
-		if !c.role.IsPrimary() {
+		if !r.role.IsPrimary() {
 			return errors.New("announce epoch: stepped down")
 		}
 		delay = min(delay*2, time.Second)
@@ -227,10 +304,9 @@ func (r *restorer) announceEpoch(ctx context.Context) error {
 
 // one restores one replicated session.
 func (r *restorer) one(ctx context.Context, s *session, source string, stale bool, stored map[string]ChatInfo) bool {
-	c := r.c
 	if behind(s, stale, stored) {
 		if err := r.mergeFromUCS(ctx, s); err != nil {
-			c.log.WarnContext(ctx, "could not merge session from UCS", "session", s.id, "err", err)
+			r.log.WarnContext(ctx, "could not merge session from UCS", "session", s.id, "err", err)
 		}
 	}
 	s.mu.Lock()
@@ -241,10 +317,10 @@ func (r *restorer) one(ctx context.Context, s *session, source string, stale boo
 	}
 	if !ended {
 		r.announceFailover(ctx, s, noticeReason(source))
-		c.log.InfoContext(ctx, "session restored", "session", s.id, "source", source, "events", n, "mode", c.cfg.SessionRestorationMode)
-		c.m.restored.WithLabelValues(source).Inc()
+		r.log.InfoContext(ctx, "session restored", "session", s.id, "source", source, "events", n, "mode", r.mode)
+		r.restored.WithLabelValues(source).Inc()
 	}
-	c.saver.Enqueue(s) // pending saves resume behind this core's breaker
+	r.saves.Enqueue(s) // pending saves resume behind this core's breaker
 	return !ended
 }
 
@@ -261,10 +337,9 @@ func noticeReason(source string) string {
 // and reconnected notices of every present participant (simple) or the end
 // of the session (none), each with the given reason.
 func (r *restorer) announceFailover(ctx context.Context, s *session, reason string) {
-	c := r.c
-	if c.cfg.SessionRestorationMode == RestorationNone {
-		if err := c.endSessionWith(ctx, s, reason, false); err != nil {
-			c.log.WarnContext(ctx, "could not end session after failover", "session", s.id, "err", err)
+	if r.mode == RestorationNone {
+		if err := r.core.appendUncopied(ctx, s, ending(reason)); err != nil && !errors.Is(err, errEnded) {
+			r.log.WarnContext(ctx, "could not end session after failover", "session", s.id, "err", err)
 		}
 		return
 	}
@@ -284,11 +359,11 @@ func (r *restorer) announceFailover(ctx context.Context, s *session, reason stri
 	// No second copy possible right now (backup away and UCS down, or an
 	// event in doubt): the notices wait, in order, until one is possible,
 	// rather than being dropped.
-	c.log.WarnContext(ctx, "failover notices wait for a second copy", "session", s.id, "notices", len(rest), "err", err)
-	c.bg.spawn(func(ctx context.Context) {
+	r.log.WarnContext(ctx, "failover notices wait for a second copy", "session", s.id, "notices", len(rest), "err", err)
+	r.spawn(func(ctx context.Context) {
 		delay := 50 * time.Millisecond
 		deadline := time.Now().Add(time.Minute)
-		for len(rest) > 0 && time.Now().Before(deadline) && c.role.IsPrimary() {
+		for len(rest) > 0 && time.Now().Before(deadline) && r.role.IsPrimary() {
 			select {
 			case <-ctx.Done():
 				return
@@ -300,7 +375,7 @@ func (r *restorer) announceFailover(ctx context.Context, s *session, reason stri
 			}
 		}
 		if len(rest) > 0 {
-			c.log.WarnContext(ctx, "failover notices given up", "session", s.id, "notices", len(rest))
+			r.log.WarnContext(ctx, "failover notices given up", "session", s.id, "notices", len(rest))
 		}
 	})
 }
@@ -308,9 +383,8 @@ func (r *restorer) announceFailover(ctx context.Context, s *session, reason stri
 // appendNotices appends the notices in order and returns those not
 // appended: all from the first that failed (with its error).
 func (r *restorer) appendNotices(ctx context.Context, s *session, notices []*chatpb.Event) ([]*chatpb.Event, error) {
-	c := r.c
 	for i, ev := range notices {
-		_, _, err := c.appendWith(ctx, s, false, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
+		err := r.core.appendUncopied(ctx, s, func(st *sessionlog.State) (*chatpb.Event, uint64, error) {
 			if st.Ended {
 				return nil, 0, errEnded
 			}
@@ -326,8 +400,7 @@ func (r *restorer) appendNotices(ctx context.Context, s *session, notices []*cha
 // mergeFromUCS appends the events UCS holds beyond the local log (second
 // copies taken while the backup was away).
 func (r *restorer) mergeFromUCS(ctx context.Context, s *session) error {
-	c := r.c
-	tr, err := c.store.Transcript(ctx, s.id)
+	tr, err := r.store.Transcript(ctx, s.id)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -340,11 +413,11 @@ func (r *restorer) mergeFromUCS(ctx context.Context, s *session) error {
 	defer s.mu.Unlock()
 	merged := 0
 	for _, ev := range withPlaceholders(s.id, tr.Events, s.lastIndex()) {
-		c.commitLocked(s, ev)
+		r.core.commitLocked(s, ev)
 		merged++
 	}
 	if merged > 0 {
-		c.log.InfoContext(ctx, "session caught up from UCS", "session", s.id, "events", merged)
+		r.log.InfoContext(ctx, "session caught up from UCS", "session", s.id, "events", merged)
 	}
 	return nil
 }
@@ -377,7 +450,6 @@ func withPlaceholders(sessionID string, stored []*chatpb.Event, after uint64) []
 // session, or why not. admit, when not nil, judges the rebuilt state
 // before the core takes the session in.
 func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessionlog.State) error) (s *session, wait <-chan struct{}, err error) {
-	c := r.c
 	r.mu.Lock()
 	if w, busy := r.busy[id]; busy {
 		r.mu.Unlock()
@@ -392,13 +464,13 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 		r.mu.Unlock()
 		close(done)
 	}()
-	p, foreign := c.adopted.foreignPair(id)
-	if s := c.session(id); s != nil { // restored while we registered
+	p, foreign := r.adopted.foreignPair(id)
+	if s := r.core.session(id); s != nil { // restored while we registered
 		return s, nil, nil
 	}
-	ctx, span := c.tracer.Start(ctx, "chatcore.restoreFromUCS")
+	ctx, span := r.tracer.Start(ctx, "chatcore.restoreFromUCS")
 	defer span.End()
-	tr, err := c.store.Transcript(ctx, id)
+	tr, err := r.store.Transcript(ctx, id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil, nil, errUnknown
@@ -412,7 +484,7 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 	s = newSession(id)
 	s.startReq = evs[0].ClientRequestId
 	if foreign {
-		s.adopted.Store(c.adopted.saveOf(p))
+		s.adopted.Store(r.adopted.saveOf(p))
 	}
 	for _, ev := range evs {
 		s.log.Commit(ev)
@@ -425,15 +497,15 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 	s.save.SavedThrough = s.lastIndex()
 	s.save.FinalSaved = tr.Ended
 	if s.log.State.Ended {
-		s.endedAt = c.now()
+		s.endedAt = r.now()
 	}
-	c.putSession(s)
-	c.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", c.cfg.SessionRestorationMode)
-	c.m.restored.WithLabelValues("ucs").Inc()
+	r.core.putSession(s)
+	r.log.InfoContext(ctx, "session restored", "session", id, "source", "ucs", "events", len(evs), "ended", s.log.State.Ended, "mode", r.mode)
+	r.restored.WithLabelValues("ucs").Inc()
 	if foreign {
-		r.toBackup(s) // its next events' second copy: the backup's ack
-		c.adopted.restored.WithLabelValues(p).Inc()
-		c.log.InfoContext(ctx, "session of an adopted pair restored", "pair", p, "session", id, "ended", s.log.State.Ended)
+		r.core.toBackup(s) // its next events' second copy: the backup's ack
+		r.adopted.restored.WithLabelValues(p).Inc()
+		r.log.InfoContext(ctx, "session of an adopted pair restored", "pair", p, "session", id, "ended", s.log.State.Ended)
 	}
 	if !s.log.State.Ended {
 		r.announceFailover(ctx, s, noticeReason("ucs"))
@@ -441,12 +513,56 @@ func (r *restorer) fromUCS(ctx context.Context, id string, admit func(st *sessio
 	return s, nil, nil
 }
 
-// toBackup sends a session this primary just restored from UCS to
-// its in-sync backup (as the link's opening snapshot does), so that its
-// next events get their second copy from the backup. Without a backup in
-// sync the session's second copies go to UCS until the backup resyncs.
-func (r *restorer) toBackup(s *session) {
-	l := r.c.repl.Current()
+// lookup returns session id; on a primary that does not hold it, it
+// rebuilds it from its UCS transcript (fromUCS), or waits for the call that
+// is rebuilding it and looks again. A backup knows only the sessions it
+// holds (errUnknown); a session ended here without a complete transcript in
+// UCS (a tombstone) is never rebuilt from there (errTombstoned). admit is
+// fromUCS's.
+func (r *restorer) lookup(ctx context.Context, id string, admit func(st *sessionlog.State) error) (*session, error) {
+	for {
+		if s := r.core.session(id); s != nil {
+			return s, nil
+		}
+		if !r.role.IsPrimary() {
+			return nil, errUnknown
+		}
+		if r.tombs.has(id) {
+			// Ended here with events UCS lacks: its copy there is older
+			// than what was acknowledged, and must not reopen it.
+			return nil, errTombstoned
+		}
+		s, wait, err := r.fromUCS(ctx, id, admit)
+		if wait == nil {
+			return s, err
+		}
+		select { // another call is rebuilding it; it may be refused, so look again
+		case <-wait:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+// restorerHost is the core as the restorer sees it (restorerCore).
+type restorerHost struct{ c *Core }
+
+func (h restorerHost) all() []*session            { return h.c.all() }
+func (h restorerHost) session(id string) *session { return h.c.session(id) }
+func (h restorerHost) putSession(s *session)      { h.c.putSession(s) }
+
+func (h restorerHost) appendUncopied(ctx context.Context, s *session, prepare prepareFunc) error {
+	_, _, err := h.c.appendWith(ctx, s, false, prepare)
+	return err
+}
+
+func (h restorerHost) commitLocked(s *session, ev *chatpb.Event) { h.c.commitLocked(s, ev) }
+
+// toBackup queues s on the link to the backup in sync, as the link's
+// opening snapshot does. Without a backup in sync the session's second
+// copies go to UCS until the backup resyncs.
+func (h restorerHost) toBackup(s *session) {
+	l := h.c.repl.Current()
 	if l == nil || !l.InSync() {
 		return
 	}
@@ -461,3 +577,8 @@ func (r *restorer) toBackup(s *session) {
 	s.mu.Unlock()
 	l.Hold(s, snap)
 }
+
+func (h restorerHost) replicaStale() bool                   { return h.c.replicaStale.Load() }
+func (h restorerHost) replicaMerged()                       { h.c.replicaStale.Store(false) }
+func (h restorerHost) finishRestoring()                     { h.c.finishRestoring() }
+func (h restorerHost) stepDown(reason string, newer uint64) { h.c.stepDown(reason, newer) }
