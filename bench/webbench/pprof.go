@@ -12,7 +12,7 @@ import (
 
 // pprofParts are the parts Options.PProf gives --pprof (those of the plan
 // that run; the others are skipped).
-var pprofParts = []string{"webapi", "interaction", "core-a", "core-b", "sidecar-webapi", "sidecar-interaction"}
+var pprofParts = []string{"webapi", "interaction", "core-a", "core-b", "ucs", "sidecar-webapi", "sidecar-interaction"}
 
 // pprofLine matches the address in a part's "pprof serving" log line.
 var pprofLine = regexp.MustCompile(`pprof serving.*?addr=([0-9.:\[\]a-f]+)`)
