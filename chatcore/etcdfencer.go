@@ -93,20 +93,37 @@ func (f *EtcdFencer) Current(ctx context.Context, service string) (Epoch, error)
 // ifSilent, no other holder's lease lives) and binds the lease key to a new
 // lease of holder. The new epoch is the transaction's revision.
 func (f *EtcdFencer) Claim(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (Epoch, error) {
+	got, err := f.claim(ctx, service, expect, holder, ifSilent, false)
+	return got.Epoch, err
+}
+
+// ClaimSolo is Claim whose transaction also reads the solo mark and then
+// rewrites it for the new epoch (SoloClaimer). The mark's value names the
+// epoch, which is the transaction's revision, known only once it
+// committed: the transaction names the revision that follows the one the
+// lease grant just read, which it is unless another write to the cluster
+// came in between (then the mark names a revision that some other key
+// took, no epoch of service).
+func (f *EtcdFencer) ClaimSolo(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (SoloClaim, error) {
+	return f.claim(ctx, service, expect, holder, ifSilent, true)
+}
+
+// claim is Claim, and ClaimSolo when solo.
+func (f *EtcdFencer) claim(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration, solo bool) (SoloClaim, error) {
 	if expect > math.MaxInt64 {
-		return Epoch{}, fmt.Errorf("claim epoch: %w: expect %d out of range", ErrInvalid, expect)
+		return SoloClaim{}, fmt.Errorf("claim epoch: %w: expect %d out of range", ErrInvalid, expect)
 	}
 	lk := f.leaseKey(service)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(f.epochKey(service)), "=", int64(expect))}
 	if ifSilent > 0 {
 		cur, err := f.cli.Get(ctx, lk)
 		if err != nil {
-			return Epoch{}, unavailable("read lease", err)
+			return SoloClaim{}, unavailable("read lease", err)
 		}
 		var rev int64
 		if len(cur.Kvs) > 0 {
 			if string(cur.Kvs[0].Value) != holder {
-				return Epoch{}, f.conflict(ctx, service, expect, true)
+				return SoloClaim{}, f.conflict(ctx, service, expect, true)
 			}
 			rev = cur.Kvs[0].ModRevision
 		}
@@ -115,19 +132,29 @@ func (f *EtcdFencer) Claim(ctx context.Context, service string, expect uint64, h
 	}
 	grant, err := f.cli.Grant(ctx, f.ttl)
 	if err != nil {
-		return Epoch{}, unavailable("grant lease", err)
+		return SoloClaim{}, unavailable("grant lease", err)
 	}
-	resp, err := f.cli.Txn(ctx).If(cmps...).Then(
+	ops := []clientv3.Op{
 		clientv3.OpPut(f.epochKey(service), holder),
 		clientv3.OpPut(lk, holder, clientv3.WithLease(grant.ID)),
-	).Commit()
+	}
+	var guess int64 // the epoch the new solo mark names (0: no mark)
+	if solo {
+		// The read comes first: it sees the mark as it was before.
+		ops = append(ops, clientv3.OpGet(f.soloKey(service)))
+		if grant.ResponseHeader != nil && grant.Revision > 0 {
+			guess = grant.Revision + 1
+			ops = append(ops, clientv3.OpPut(f.soloKey(service), soloValue(uint64(guess), holder)))
+		}
+	}
+	resp, err := f.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		f.revoke(grant.ID)
-		return Epoch{}, unavailable("claim epoch", err)
+		return SoloClaim{}, unavailable("claim epoch", err)
 	}
 	if !resp.Succeeded {
 		f.revoke(grant.ID)
-		return Epoch{}, f.conflict(ctx, service, expect, ifSilent > 0)
+		return SoloClaim{}, f.conflict(ctx, service, expect, ifSilent > 0)
 	}
 	epoch := uint64(resp.Header.Revision)
 	f.mu.Lock()
@@ -139,7 +166,13 @@ func (f *EtcdFencer) Claim(ctx context.Context, service string, expect uint64, h
 		f.spent = append(f.spent, old.id)
 	}
 	f.mu.Unlock()
-	return Epoch{Epoch: epoch, Holder: holder}, nil
+	out := SoloClaim{Epoch: Epoch{Epoch: epoch, Holder: holder}, Marked: guess != 0 && guess == resp.Header.Revision}
+	if solo {
+		if r := resp.Responses[2].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
+			out.WasSolo = soloNames(r.Kvs[0].Value, expect)
+		}
+	}
+	return out, nil
 }
 
 // conflict explains a lost claim: the epoch moved past expect, or (silent)
@@ -224,12 +257,17 @@ func (f *EtcdFencer) Renew(ctx context.Context, service string, epoch uint64, ho
 
 func (f *EtcdFencer) soloKey(service string) string { return f.prefix + service + "/solo" }
 
+// soloValue is the solo mark's value: the epoch, a space, the holder.
+func soloValue(epoch uint64, holder string) string {
+	return strconv.FormatUint(epoch, 10) + " " + holder
+}
+
 // MarkSolo records or clears the solo mark of epoch, in a transaction that
 // holds only while epoch is the current epoch.
 func (f *EtcdFencer) MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error {
 	op := clientv3.OpDelete(f.soloKey(service))
 	if solo {
-		op = clientv3.OpPut(f.soloKey(service), strconv.FormatUint(epoch, 10)+" "+holder)
+		op = clientv3.OpPut(f.soloKey(service), soloValue(epoch, holder))
 	}
 	resp, err := f.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(f.epochKey(service)), "=", int64(epoch))).Then(op).Commit()
 	if err != nil {
@@ -254,6 +292,11 @@ func (f *EtcdFencer) Solo(ctx context.Context, service string, epoch uint64) (bo
 	if len(resp.Kvs) == 0 {
 		return false, nil
 	}
-	e, _, _ := strings.Cut(string(resp.Kvs[0].Value), " ")
-	return e == strconv.FormatUint(epoch, 10), nil
+	return soloNames(resp.Kvs[0].Value, epoch), nil
+}
+
+// soloNames reports whether the solo mark's value names epoch.
+func soloNames(value []byte, epoch uint64) bool {
+	e, _, _ := strings.Cut(string(value), " ")
+	return e == strconv.FormatUint(epoch, 10)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,13 +152,24 @@ func (f cutFencer) Solo(ctx context.Context, service string, epoch uint64) (bool
 	return f.Fencer.(SoloRecorder).Solo(ctx, service, epoch)
 }
 
+// ClaimSolo passes through too: a promotion claims with the solo mark and
+// reads the old primary's in the same transaction.
+func (f cutFencer) ClaimSolo(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (SoloClaim, error) {
+	if err := f.check(); err != nil {
+		return SoloClaim{}, err
+	}
+	return f.Fencer.(SoloClaimer).ClaimSolo(ctx, service, expect, holder, ifSilent)
+}
+
 // TestSoloMarkDecidesTheMerge: the link breaks while the primary lives (the
 // backup's replica is stale), UCS goes down for the backup, then the
 // primary is killed. The backup promotes with etcd either way; whether it
 // may serve before UCS returns depends on the solo mark: when the old
 // primary acknowledged nothing without its backup (no mark) the replica is
 // complete and it serves at once; when it did (mark recorded before the
-// first such acknowledgement) it waits for UCS and merges first.
+// first such acknowledgement) it waits for UCS and merges first. The
+// promotion's claim replaces the old primary's mark with its own and
+// reads the old one in the same transaction: that reading decides.
 func TestSoloMarkDecidesTheMerge(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
@@ -286,6 +298,86 @@ func TestUCSDownFailoverWithEtcd(t *testing.T) {
 	}
 }
 
+// markCounter is an EtcdFencer that counts the solo marks recorded apart
+// from a claim (MarkSolo with solo true).
+type markCounter struct {
+	*EtcdFencer
+	mu    sync.Mutex
+	marks int
+}
+
+func (f *markCounter) MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error {
+	if solo {
+		f.mu.Lock()
+		f.marks++
+		f.mu.Unlock()
+	}
+	return f.EtcdFencer.MarkSolo(ctx, service, epoch, holder, solo)
+}
+
+func (f *markCounter) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.marks
+}
+
+// TestPromotionClaimsWithTheSoloMark: a backup that promotes after its
+// primary was killed has no backup of its own, so its first
+// acknowledgement takes the second copy in UCS and needs the solo mark.
+// The promotion's claim records it (one etcd transaction): it names the
+// new epoch before any call reaches the new primary, and the first
+// acknowledgements write nothing more to etcd. Once the old primary is
+// back as backup and in sync, the mark is cleared as before.
+func TestPromotionClaimsWithTheSoloMark(t *testing.T) {
+	cli := startEtcd(t)
+	store := newMemStore()
+	fb := &markCounter{EtcdFencer: NewEtcdFencer(cli, "/hachat/fencing/", time.Second)}
+	la, lb := listen(t), listen(t)
+	aAddr := la.Addr().String()
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil, WithFencer(NewEtcdFencer(cli, "/hachat/fencing/", time.Second)))
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
+	b := startNode(t, "core-b", RoleBackup, aAddr, lb, store, nil, WithFencer(fb))
+	waitInSync(t, a, "core-b")
+	cust, _ := a.chat(t)
+	if _, err := a.cl.Send(ctxT(t), msg(cust, "before the kill", "c1")); err != nil {
+		t.Fatal(err)
+	}
+
+	a.kill()
+	waitFor(t, "b primary", func() bool { return b.c.role.IsPrimary() })
+	epoch := b.c.role.Epoch()
+	if got := b.c.solo.epoch.Load(); got != epoch {
+		t.Fatalf("solo mark known to the new primary: epoch %d, want %d (recorded with the claim)", got, epoch)
+	}
+	if solo, err := fb.Solo(ctxT(t), "hachat", epoch); err != nil || !solo {
+		t.Fatalf("solo mark of epoch %d at etcd: %v %v, want recorded", epoch, solo, err)
+	}
+	if v := gaugeValue(b.c.m.solo); v != 1 {
+		t.Fatalf("hachat_core_solo %v on the new primary, want 1", v)
+	}
+	for i := range 3 {
+		if _, err := b.cl.Send(ctxT(t), msg(cust, fmt.Sprintf("after the kill %d", i), fmt.Sprintf("k%d", i))); err != nil {
+			t.Fatalf("send %d on the new primary: %v", i, err)
+		}
+	}
+	if n := fb.count(); n != 0 {
+		t.Fatalf("%d solo marks written to etcd after the claim, want none", n)
+	}
+
+	var la2 net.Listener
+	waitFor(t, "a's port free", func() bool {
+		l, err := net.Listen("tcp", aAddr)
+		la2 = l
+		return err == nil
+	})
+	startNode(t, "core-a", RoleBackup, b.addr, la2, store, nil, WithFencer(NewEtcdFencer(cli, "/hachat/fencing/", time.Second)))
+	waitInSync(t, b, "core-a")
+	waitFor(t, "the solo mark cleared", func() bool {
+		solo, err := fb.Solo(ctxT(t), "hachat", epoch)
+		return err == nil && !solo && b.c.solo.epoch.Load() == 0
+	})
+}
+
 // TestEtcdFencerUnreachable: with every member gone a call fails with an
 // error that matches ErrUnavailable (the caller retries) and no fencing
 // sentinel (it must not step down or give up a claim for it).
@@ -311,4 +403,78 @@ func gaugeValue(g prometheus.Gauge) float64 {
 		return -1
 	}
 	return m.GetGauge().GetValue()
+}
+
+// TestEtcdFencerClaimSolo: a claim that asks for the solo mark writes it
+// in its own transaction, naming the epoch it granted (Solo reads it as
+// MarkSolo's), and reads the mark it replaces: whether the holder of the
+// replaced epoch had gone solo.
+func TestEtcdFencerClaimSolo(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := ctxT(t)
+	a := NewEtcdFencer(cli, "/test/", time.Second)
+	b := NewEtcdFencer(cli, "/test/", time.Second)
+	const svc = "hachat"
+	e1, err := a.Claim(ctx, svc, 0, "core-a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	solo := func(epoch uint64) bool {
+		t.Helper()
+		s, err := a.Solo(ctx, svc, epoch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if solo(e1.Epoch) {
+		t.Fatal("solo after a plain claim")
+	}
+	steps := []struct {
+		name     string
+		f        *EtcdFencer
+		holder   string
+		markPrev bool // the holder of the replaced epoch marks it first
+		wasSolo  bool
+	}{
+		{"replacing a primary that never went solo", b, "core-b", false, false},
+		{"replacing one marked at its claim", a, "core-a", false, true},
+		{"replacing one that marked by itself", b, "core-b", true, true},
+	}
+	prev := e1
+	for _, s := range steps {
+		if s.markPrev {
+			if err := a.MarkSolo(ctx, svc, prev.Epoch, prev.Holder, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.MarkSolo(ctx, svc, prev.Epoch, prev.Holder, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.f.ClaimSolo(ctx, svc, prev.Epoch, s.holder, 0)
+		if err != nil || got.Epoch.Epoch <= prev.Epoch || got.Epoch.Holder != s.holder {
+			t.Fatalf("%s: %+v %v", s.name, got, err)
+		}
+		if !got.Marked || got.WasSolo != s.wasSolo {
+			t.Fatalf("%s: marked %v, was solo %v; want marked, was solo %v", s.name, got.Marked, got.WasSolo, s.wasSolo)
+		}
+		if !solo(got.Epoch.Epoch) || solo(prev.Epoch) {
+			t.Fatalf("%s: the mark does not name the new epoch %d alone", s.name, got.Epoch.Epoch)
+		}
+		prev = got.Epoch
+	}
+	// A lost claim writes nothing.
+	if _, err := a.ClaimSolo(ctx, svc, e1.Epoch, "core-a", 0); !errors.Is(err, ErrEpochConflict) {
+		t.Fatalf("claim on an old epoch: %v, want conflict", err)
+	}
+	if !solo(prev.Epoch) {
+		t.Fatalf("the mark of %d is gone after a lost claim", prev.Epoch)
+	}
+	// The holder clears it as one it recorded itself.
+	if err := b.MarkSolo(ctx, svc, prev.Epoch, prev.Holder, false); err != nil {
+		t.Fatal(err)
+	}
+	if solo(prev.Epoch) {
+		t.Fatal("solo after the clear")
+	}
 }

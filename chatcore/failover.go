@@ -211,7 +211,10 @@ func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(co
 	stale := c.replicaStale.Load()
 	// Without proof that the process is gone, the primary's lease
 	// decides: a primary that still renews at UCS is alive.
-	cl := claim{known: c.role.Epoch(), holder: c.detect.PrimaryName(), reason: "failover: " + why, recheck: recheck, restore: stale, ifSilent: dec.IfSilent(c.cfg.EpochLease)}
+	// Its backup is the primary it lost: it claims with the solo mark,
+	// which its first acknowledgement needs, and reads the one it replaces.
+	var solo soloClaimed
+	cl := claim{known: c.role.Epoch(), holder: c.detect.PrimaryName(), reason: "failover: " + why, recheck: recheck, restore: stale, solo: &solo, ifSilent: dec.IfSilent(c.cfg.EpochLease)}
 	epoch, err := c.claimPrimary(ctx, cl)
 	if err != nil {
 		// A refused claim (the primary's lease still lives) is a failed
@@ -222,7 +225,7 @@ func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(co
 		return err
 	}
 	if stale {
-		c.trustReplica(ctx, cl.known)
+		c.trustReplica(ctx, cl.known, solo)
 	}
 	endChange()
 	c.m.failovers.Inc()
@@ -237,15 +240,20 @@ func (c *Core) promote(ctx context.Context, dec detect.Decision, recheck func(co
 // primary ever acknowledged with second copies in UCS. If not, the replica
 // holds every acknowledged event although its stream stopped: the new
 // primary serves at once, without merging from UCS (which may be down).
-// The claim came first, so that primary can no longer go solo.
-func (c *Core) trustReplica(ctx context.Context, followed uint64) {
+// The claim came first, so that primary can no longer go solo. A claim
+// that wrote this core's own mark (claimed.done) read that primary's in
+// the same transaction: its answer is used, without asking again.
+func (c *Core) trustReplica(ctx context.Context, followed uint64, claimed soloClaimed) {
 	rec, ok := c.fencer.(SoloRecorder)
 	if !ok || followed == 0 || c.claimedFrom.Load() != followed {
 		return
 	}
-	sctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	solo, err := rec.Solo(sctx, c.cfg.Cluster, followed)
+	solo, err := claimed.WasSolo, error(nil)
+	if !claimed.done {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		solo, err = rec.Solo(sctx, c.cfg.Cluster, followed)
+	}
 	if err != nil || solo {
 		c.log.InfoContext(ctx, "the old primary may have acknowledged with second copies in UCS: merging before serving", "old_epoch", followed, "solo", solo, "err", err)
 		return

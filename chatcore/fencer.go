@@ -120,3 +120,34 @@ type SoloRecorder interface {
 	// (and did not clear it).
 	Solo(ctx context.Context, service string, epoch uint64) (bool, error)
 }
+
+// SoloClaimer is a SoloRecorder that can write the solo mark of the epoch
+// it grants in the claim itself. A backup promoted after a failover has no
+// backup of its own until the old primary comes back, so its first
+// acknowledgement takes its second copy in UCS and needs the mark: written
+// with the claim, it costs that acknowledgement no write to the
+// coordination cluster (4-30 ms of the kill -9 gap through the sidecar on
+// a loaded 2-core machine, docs/chatcore.md). A mark written before any
+// solo acknowledgement only makes a later promotion with a stale replica
+// merge from UCS: the safe side.
+type SoloClaimer interface {
+	SoloRecorder
+	// ClaimSolo is Fencer.Claim that, in the same atomic write, records
+	// that holder acknowledges with second copies in UCS at the new epoch
+	// and reads the mark it replaces.
+	ClaimSolo(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (SoloClaim, error)
+}
+
+// SoloClaim is a successful ClaimSolo.
+type SoloClaim struct {
+	// Epoch is the epoch claimed.
+	Epoch Epoch
+	// Marked says the mark now names Epoch. When it does not, it names no
+	// epoch of the service (as after a clear): the holder records it at
+	// its first solo acknowledgement, as without ClaimSolo.
+	Marked bool
+	// WasSolo says the mark replaced named expect: its holder acknowledged
+	// with second copies in UCS (Solo(expect) at the moment of the claim,
+	// after which that holder can record nothing more).
+	WasSolo bool
+}

@@ -78,6 +78,20 @@ type claim struct {
 	// lease for that long (ClaimEpochIfSilent); a live holder drops the
 	// claim with errPrimaryAlive.
 	ifSilent time.Duration
+	// solo, when set, asks a fencer that can (SoloClaimer) to record the
+	// solo mark of the new epoch with the claim, and to read the mark it
+	// replaces, which decides whether a stale replica merges
+	// (trustReplica): the claimant will acknowledge with second copies in
+	// UCS at once (a promotion: its backup is the primary it lost). What
+	// the claim learned is written there.
+	solo *soloClaimed
+}
+
+// soloClaimed is what a claim with the solo mark learned (claim.solo).
+type soloClaimed struct {
+	SoloClaim
+	// done says the claim that succeeded was a ClaimSolo.
+	done bool
 }
 
 // claimPrimary claims the next epoch at the fencing authority (c.fencer:
@@ -99,7 +113,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 		// authority fewer on the way to a new primary. The compare-and-set
 		// alone decides, as below: a store holding any other epoch refuses
 		// it, and the loop then reads the store and decides as before.
-		got, err := c.fencer.Claim(ctx, c.cfg.Cluster, known, c.cfg.Name, cl.ifSilent)
+		got, err := c.claimOn(ctx, cl, known)
 		if err == nil {
 			c.claimedFrom.Store(known)
 			c.becomePrimary(got.Epoch, !cl.restore)
@@ -127,7 +141,7 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 				decided = time.Now()
 			}
 			var got Epoch
-			got, err = c.fencer.Claim(ctx, c.cfg.Cluster, cur.Epoch, c.cfg.Name, cl.ifSilent)
+			got, err = c.claimOn(ctx, cl, cur.Epoch)
 			if err == nil {
 				c.claimedFrom.Store(cur.Epoch)
 				c.becomePrimary(got.Epoch, !cl.restore)
@@ -164,4 +178,25 @@ func (c *Core) claimPrimary(ctx context.Context, cl claim) (uint64, error) {
 			decided = time.Now()
 		}
 	}
+}
+
+// claimOn makes one compare-and-set of cl on expect at the fencing
+// authority. With cl.solo and a fencer that can (SoloClaimer) the claim
+// also records the solo mark of the new epoch, which the core then knows
+// as recorded before it serves: its first acknowledgement with a second
+// copy in UCS writes nothing more to the coordination cluster.
+func (c *Core) claimOn(ctx context.Context, cl claim, expect uint64) (Epoch, error) {
+	sc, ok := c.fencer.(SoloClaimer)
+	if cl.solo == nil || !ok {
+		return c.fencer.Claim(ctx, c.cfg.Cluster, expect, c.cfg.Name, cl.ifSilent)
+	}
+	got, err := sc.ClaimSolo(ctx, c.cfg.Cluster, expect, c.cfg.Name, cl.ifSilent)
+	if err != nil {
+		return Epoch{}, err
+	}
+	*cl.solo = soloClaimed{SoloClaim: got, done: true}
+	if got.Marked {
+		c.solo.recorded(got.Epoch.Epoch)
+	}
+	return got.Epoch, nil
 }

@@ -75,6 +75,16 @@ func (m *soloMark) mark(ctx context.Context, epoch uint64) error {
 	return status.Error(codes.Unavailable, "no second copy possible (backup away, coordination cluster failing): retry")
 }
 
+// recorded notes that the mark of epoch was recorded with the claim of
+// epoch (SoloClaimer), before this core became primary at it.
+func (m *soloMark) recorded(epoch uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.epoch.Store(epoch)
+	m.gauge.Set(1)
+	m.log.Info("solo mark recorded with the claim: the first acknowledgements take their second copies in UCS until a backup is in sync", "epoch", epoch)
+}
+
 // clear clears this primary's solo mark once its backup is in sync again:
 // every acknowledged event is then on the backup.
 func (m *soloMark) clear(ctx context.Context) {
