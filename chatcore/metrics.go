@@ -91,7 +91,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fencingFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_fencing_failures_total",
 			Help: "Calls to the fencing authority (etcd, or UCS without one) that did not answer, by operation (claim, renew)."}, []string{"op"}),
 		solo: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_solo",
-			Help: "1 while this primary's solo mark is recorded at the coordination cluster (it acknowledged with second copies in UCS since its backup went away)."}),
+			Help: "1 while this primary's solo mark is recorded at the coordination cluster (before its first acknowledgement with a second copy in UCS since its backup went away, or with its claim after a failover)."}),
 		inDoubt: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_in_doubt",
 			Help: "Sessions holding an event in doubt: its second copy failed with an uncertain outcome (it may exist at the backup or in UCS), so its index is reserved for it and the session's appends answer Unavailable until a definite copy commits it."}),
 		doubtResolved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_in_doubt_resolutions_total",
