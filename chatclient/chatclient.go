@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -285,25 +286,80 @@ func WithRetryObserver(ctx context.Context, obs RetryObserver) context.Context {
 
 // retrier paces the attempts of one call.
 type retrier struct {
-	c       *Client
-	attempt int
-	max     time.Duration // cap of the pause; Policy.MaxBackoff when zero
+	c         *Client
+	attempt   int
+	handovers int           // attempts refused by a core that handed over (see wait)
+	max       time.Duration // cap of the pause; Policy.MaxBackoff when zero
+}
+
+// reset starts the pacing over (a resumed stream delivered).
+func (r *retrier) reset() { r.attempt, r.handovers = 0, 0 }
+
+// maxHandoverRetries is how many attempts of one call refused by a core
+// that handed over (HandedOver) are retried without a backoff: the new
+// primary has claimed by then. Past them (a connection nobody moves) the
+// backoff paces the attempts again.
+const maxHandoverRetries = 2
+
+// handoverReconnectWait bounds how long a retry after a refusal by a core
+// that handed over waits for the connection to its one target (a sidecar)
+// to be replaced: the sidecar closes the connections pinned to the old
+// primary once it has seen the new one, a few milliseconds after its claim.
+const handoverReconnectWait = 50 * time.Millisecond
+
+// HandedOver reports whether err is the refusal of a core that has just
+// handed the primary role over at a switchover (chatpb.HandedOverMessage).
+func HandedOver(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && st.Message() == chatpb.HandedOverMessage
 }
 
 // wait sleeps before the next attempt and moves to the next target; it
 // returns false when ctx is done.
+//
+// A refusal by a core that handed over (HandedOver) is retried without a
+// backoff: the new primary claimed the role before the old one stepped
+// down. With several targets the next attempt goes to the next one; with
+// one (a sidecar, which carries this Client's connection to one core at a
+// time) it waits, at most handoverReconnectWait, until that connection is
+// no longer READY: the sidecar closes the connections of the superseded
+// primary, and the next attempt dials a new one, which the sidecar routes
+// to the new primary. Retried sooner, it would go to the old primary again
+// on the old connection, be refused, and back off.
 func (r *retrier) wait(ctx context.Context, err error, failed int32) bool {
 	r.attempt++
 	r.c.retries.Add(1)
-	if n := int32(len(r.c.clients)); n > 1 {
+	n := int32(len(r.c.clients))
+	if n > 1 {
 		// Move on from the target that failed, unless another call has
 		// already moved on (two calls failing at once must not toggle
 		// back to the dead target).
 		r.c.cur.CompareAndSwap(failed, (failed+1)%n)
 	}
+	if HandedOver(err) && r.handovers < maxHandoverRetries {
+		r.handovers++
+		r.attempt-- // the next failure backs off as the first one
+		if n == 1 {
+			r.c.awaitNewConn(ctx, failed, handoverReconnectWait)
+		}
+		r.c.log.Debug("retrying chat core call after a handover", "attempt", r.attempt+1, "err", err)
+		return ctx.Err() == nil
+	}
 	d := r.c.cfg.Policy.Backoff(r.attempt, r.max)
 	r.c.log.Debug("retrying chat core call", "attempt", r.attempt, "in", d, "err", err)
 	return pause.For(ctx, d)
+}
+
+// awaitNewConn waits, at most max, until target idx's connection leaves
+// READY (its transport closed: the next call dials a new one), or ctx ends.
+func (c *Client) awaitNewConn(ctx context.Context, idx int32, max time.Duration) {
+	conn := c.conns[idx]
+	if conn.GetState() != connectivity.Ready {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, max)
+	defer cancel()
+	conn.WaitForStateChange(wctx, connectivity.Ready)
 }
 
 // withRetryDeadline gives ctx a deadline of RetryFor when it has none. A
@@ -603,7 +659,7 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		if err == nil {
 			s.c.live.hear(s.curIdx)
 			s.fresh = false
-			s.r.attempt = 0
+			s.r.reset()
 			deliver, final := s.seen(m)
 			if s.ended = final; final {
 				s.close() // nothing follows the last event: release the stream now
@@ -627,10 +683,12 @@ func (s *resumingStream[T]) Recv() (*T, error) {
 		// EOF before the session ended means the core closed the stream
 		// (step-down, shutdown): resume elsewhere.
 		s.obs(false, err)
-		if s.fresh {
+		if s.fresh || HandedOver(err) {
 			// The stream failed before its first message (a backup that
 			// accepts and then refuses while a promotion is under way):
-			// back off instead of reopening it in a tight loop.
+			// back off instead of reopening it in a tight loop. A core that
+			// handed over ended it: wait for the connection to move
+			// (retrier.wait) rather than reopen it on the old primary.
 			s.c.log.Debug("chat core refused the stream, retrying", "err", err)
 			if !s.r.wait(s.ctx, err, s.curIdx) {
 				return nil, err

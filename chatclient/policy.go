@@ -34,6 +34,12 @@ import (
 //   - the caller's context is live, the retry deadline has not passed, and
 //     MaxAttempts (when set) is not reached.
 //
+// The pause between attempts is the backoff below, except after the refusal
+// of a core that has just handed the primary role over at a switchover
+// (HandedOver): the new primary has claimed by then, so the next attempt
+// goes at once, on the next target or on a new connection to the one
+// target (see retrier.wait).
+//
 // A send whose every attempt failed is reported with the last error: the
 // caller cannot know whether it was applied, and answers so that its own
 // client resends with the same client message id (webapi: statusCode 1).

@@ -168,7 +168,15 @@ func (s *sendStream) read() {
 			continue // its send gave up (its context is done)
 		}
 		if res.Code != int32(codes.OK) {
-			ch <- sendOutcome{err: status.Error(codes.Code(res.Code), res.Message)}
+			err := status.Error(codes.Code(res.Code), res.Message)
+			if HandedOver(err) {
+				// Its core handed over: the send's retry (retrier.wait)
+				// opens a new stream, on a new connection behind a sidecar,
+				// rather than write to this one, which ends with the
+				// connection the sidecar closes.
+				s.c.sends.forget(s.key, s, err)
+			}
+			ch <- sendOutcome{err: err}
 		} else {
 			ch <- sendOutcome{resp: res.Response}
 		}

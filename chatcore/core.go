@@ -81,6 +81,10 @@ type Core struct {
 	// promoting holds Chat calls at the gate while this backup promotes
 	// itself (promotion.go).
 	changing roleChange
+	// handedOver is when this core last stepped down at the end of a
+	// handover (unix nanoseconds; 0: never): for handedOverRefusal after
+	// it, what it refuses as a backup is errHandedOver (notPrimary).
+	handedOver atomic.Int64
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)
 	// due holds the sessions that have something due at a time, for the

@@ -89,3 +89,22 @@ func (p *roleChange) waiting() int {
 	defer p.mu.Unlock()
 	return p.held
 }
+
+// handedOverRefusal is how long after a handover this core, now a backup,
+// refuses Chat calls with errHandedOver rather than errNotPrimary: the
+// calls it held during the drain, those on a connection its client's
+// sidecar has not moved yet (the sidecar sees the new primary a few
+// milliseconds after its claim), and the streams it ended at the step-down.
+// The new primary has claimed by then, so the client retries without a
+// backoff (chatclient: on a new connection, or on its next target).
+const handedOverRefusal = time.Second
+
+// notPrimary is the error of a Chat call this core refuses because it is not
+// primary: errHandedOver within handedOverRefusal of a handover, else
+// errNotPrimary.
+func (c *Core) notPrimary() error {
+	if at := c.handedOver.Load(); at != 0 && time.Since(time.Unix(0, at)) < handedOverRefusal {
+		return errHandedOver
+	}
+	return errNotPrimary
+}

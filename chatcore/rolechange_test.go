@@ -283,9 +283,16 @@ func TestHandoverHoldsCalls(t *testing.T) {
 	if err := <-switched; err != nil {
 		t.Fatalf("switchover: %v", err)
 	}
+	// The held call, and one that reaches the old primary after its
+	// step-down (a connection its client's sidecar has not moved yet), are
+	// refused as by a core that handed over: the client retries at once on
+	// a new connection, not after a backoff.
 	err := <-sent
-	if s, ok := status.FromError(err); !ok || s.Code() != codes.Unavailable || s.Message() != status.Convert(errNotPrimary).Message() {
-		t.Fatalf("the held call: %v, want %v (the client retries at the new primary)", err, errNotPrimary)
+	if s, ok := status.FromError(err); !ok || s.Code() != codes.Unavailable || s.Message() != chatpb.HandedOverMessage {
+		t.Fatalf("the held call: %v, want %v (the client retries at the new primary)", err, errHandedOver)
+	}
+	if _, err := a.cl.Send(ctx, msg(cust, "after", "c3")); status.Convert(err).Message() != chatpb.HandedOverMessage {
+		t.Fatalf("a call after the handover: %v, want %v", err, errHandedOver)
 	}
 	if !b.c.role.IsPrimary() || a.c.role.IsPrimary() {
 		t.Fatalf("after the handover: a primary %v, b primary %v", a.c.role.IsPrimary(), b.c.role.IsPrimary())

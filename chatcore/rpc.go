@@ -49,6 +49,7 @@ var (
 	// Whether this core serves now (the gate in server.go and the operations).
 	errNotPrimary = status.Error(codes.Unavailable, "this chat core is not primary")
 	errDraining   = status.Error(codes.Unavailable, "this chat core is draining for a switchover")
+	errHandedOver = status.Error(codes.Unavailable, chatpb.HandedOverMessage)
 	errRestoring  = status.Error(codes.Unavailable, "this chat core was just promoted and is merging the transcripts UCS holds: retry")
 )
 

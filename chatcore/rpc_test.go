@@ -27,6 +27,7 @@ func TestErrorMapping(t *testing.T) {
 		{"errLeft", errLeft, codes.FailedPrecondition},
 		{"errEnded", errEnded, codes.FailedPrecondition},
 		{"errNotPrimary", errNotPrimary, codes.Unavailable},
+		{"errHandedOver", errHandedOver, codes.Unavailable},
 		{"errDraining", errDraining, codes.Unavailable},
 		{"errRestoring", errRestoring, codes.Unavailable},
 		{"invalid", invalid("x is %d", 1), codes.InvalidArgument},

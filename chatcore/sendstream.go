@@ -58,7 +58,7 @@ func (c *Core) sendStream(ctx context.Context, recv func() (*chatpb.SendStreamRe
 			err = nil
 		}
 	case <-roleCtx.Done():
-		err = errNotPrimary
+		err = c.notPrimary()
 	}
 	ss.close()
 	ss.deadlines.stop()

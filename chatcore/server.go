@@ -191,7 +191,7 @@ func (c *Core) gate(ctx context.Context, method string) error {
 		c.changing.wait(ctx, maxRoleChangeHold)
 	}
 	if !c.role.IsPrimary() {
-		return errNotPrimary
+		return c.notPrimary()
 	}
 	if c.role.Unmerged() {
 		return errRestoring

@@ -82,11 +82,11 @@ func (c *Core) subscribeStream(ctx context.Context, recv func() (*chatpb.Subscri
 			err = <-wrote
 		case err = <-wrote:
 		case <-roleCtx.Done():
-			err = errNotPrimary
+			err = c.notPrimary()
 		}
 	case err = <-wrote:
 	case <-roleCtx.Done():
-		err = errNotPrimary
+		err = c.notPrimary()
 	}
 	// Ending ctx ends the members (their tail, or their wait for room in
 	// the queue, returns) and the writer (after the Send it is in, as a
