@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -43,6 +44,26 @@ type EtcdFencer struct {
 	// bound to no key any more: the next Renew revokes them, off the claim's
 	// path (a lease nobody renews expires anyway).
 	spent []clientv3.LeaseID
+	// spare is the lease of the next claim, granted ahead (PrepareClaim):
+	// a claim that finds it alive binds the epoch to it in its one
+	// transaction instead of granting a lease first (nil: none).
+	spare *spareLease
+}
+
+// spareLease is a lease granted ahead of a claim and kept alive until a
+// claim takes it or DropPrepared revokes it. Bound to no key, it grants
+// nothing: only the claim's compare-and-set decides.
+type spareLease struct {
+	id clientv3.LeaseID
+	// fresh is when the last grant or refresh of id was sent: the lease
+	// lives at least ttl from then. A claim takes it only while less than
+	// half the ttl has passed, so the new primary's lease has at least half
+	// its ttl left before the guard's first renewal (at once) refreshes it.
+	fresh time.Time
+	// rev is the cluster's revision at that grant or refresh: the
+	// claim's guess of its own revision starts there (ClaimSolo).
+	rev  int64
+	stop context.CancelFunc // ends keepSpare
 }
 
 // heldLease is the etcd lease behind an epoch this fencer claimed.
@@ -130,46 +151,64 @@ func (f *EtcdFencer) claim(ctx context.Context, service string, expect uint64, h
 		// The lease key is as we saw it: absent, or our own.
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(lk), "=", rev))
 	}
-	grant, err := f.cli.Grant(ctx, f.ttl)
-	if err != nil {
-		return SoloClaim{}, unavailable("grant lease", err)
-	}
-	ops := []clientv3.Op{
-		clientv3.OpPut(f.epochKey(service), holder),
-		clientv3.OpPut(lk, holder, clientv3.WithLease(grant.ID)),
-	}
-	var guess int64 // the epoch the new solo mark names (0: no mark)
-	if solo {
-		// The read comes first: it sees the mark as it was before.
-		ops = append(ops, clientv3.OpGet(f.soloKey(service)))
-		if grant.ResponseHeader != nil && grant.Revision > 0 {
-			guess = grant.Revision + 1
-			ops = append(ops, clientv3.OpPut(f.soloKey(service), soloValue(uint64(guess), holder)))
+	id, rev, pre := f.takeSpare()
+	var resp *clientv3.TxnResponse
+	for {
+		if !pre {
+			grant, err := f.cli.Grant(ctx, f.ttl)
+			if err != nil {
+				return SoloClaim{}, unavailable("grant lease", err)
+			}
+			id = grant.ID
+			if grant.ResponseHeader != nil {
+				rev = grant.Revision
+			}
 		}
-	}
-	resp, err := f.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	if err != nil {
-		f.revoke(grant.ID)
-		return SoloClaim{}, unavailable("claim epoch", err)
+		ops := []clientv3.Op{
+			clientv3.OpPut(f.epochKey(service), holder),
+			clientv3.OpPut(lk, holder, clientv3.WithLease(id)),
+		}
+		if solo {
+			// The read comes first: it sees the mark as it was before. The
+			// mark written here names the new epoch by its mod revision,
+			// which is the epoch (soloNames); its value names the
+			// transaction's revision as guessed, above expect, for readers
+			// that read the value alone.
+			guess := max(rev+1, int64(expect)+1)
+			ops = append(ops, clientv3.OpGet(f.soloKey(service)), clientv3.OpPut(f.soloKey(service), soloValue(uint64(guess), holder)))
+		}
+		var err error
+		resp, err = f.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil && pre && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			// The lease granted ahead lapsed or was revoked since its last
+			// refresh: the transaction wrote nothing. Grant one and retry.
+			pre = false
+			continue
+		}
+		if err != nil {
+			f.revoke(id)
+			return SoloClaim{}, unavailable("claim epoch", err)
+		}
+		break
 	}
 	if !resp.Succeeded {
-		f.revoke(grant.ID)
+		f.revoke(id)
 		return SoloClaim{}, f.conflict(ctx, service, expect, ifSilent > 0)
 	}
 	epoch := uint64(resp.Header.Revision)
 	f.mu.Lock()
 	old, had := f.held[service]
-	f.held[service] = heldLease{epoch: epoch, id: grant.ID}
+	f.held[service] = heldLease{epoch: epoch, id: id}
 	if had {
 		// Revoking it here cost the new primary one more round trip
 		// before it served.
 		f.spent = append(f.spent, old.id)
 	}
 	f.mu.Unlock()
-	out := SoloClaim{Epoch: Epoch{Epoch: epoch, Holder: holder}, Marked: guess != 0 && guess == resp.Header.Revision}
+	out := SoloClaim{Epoch: Epoch{Epoch: epoch, Holder: holder}, Marked: solo}
 	if solo {
 		if r := resp.Responses[2].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
-			out.WasSolo = soloNames(r.Kvs[0].Value, expect)
+			out.WasSolo = soloNames(r.Kvs[0], expect)
 		}
 	}
 	return out, nil
@@ -292,11 +331,147 @@ func (f *EtcdFencer) Solo(ctx context.Context, service string, epoch uint64) (bo
 	if len(resp.Kvs) == 0 {
 		return false, nil
 	}
-	return soloNames(resp.Kvs[0].Value, epoch), nil
+	return soloNames(resp.Kvs[0], epoch), nil
 }
 
-// soloNames reports whether the solo mark's value names epoch.
-func soloNames(value []byte, epoch uint64) bool {
-	e, _, _ := strings.Cut(string(value), " ")
+// soloNames reports whether the solo mark kv names epoch: its value names
+// it (MarkSolo, or a claim that guessed its revision), or it was written in
+// the claim of epoch (ClaimSolo), whose transaction's revision is epoch: no
+// other write has that mod revision.
+func soloNames(kv *mvccpb.KeyValue, epoch uint64) bool {
+	if epoch > 0 && kv.ModRevision == int64(epoch) {
+		return true
+	}
+	e, _, _ := strings.Cut(string(kv.Value), " ")
 	return e == strconv.FormatUint(epoch, 10)
+}
+
+// PrepareClaim grants the lease of this fencer's next claim now and keeps
+// it alive (refreshed four times per TTL, re-granted when it lapsed), so
+// that the claim is one write to etcd (the compare-and-set transaction)
+// instead of two (a lease grant, a Raft round of its own, then the
+// transaction). A backup calls it once in sync with its primary; a claim
+// uses the lease up, and DropPrepared revokes one no claim used. A lease
+// bound to no key grants nothing: the claim's compare-and-set alone
+// decides, as without it. It is a no-op while a prepared lease lives.
+func (f *EtcdFencer) PrepareClaim(ctx context.Context) error {
+	f.mu.Lock()
+	if f.spare != nil {
+		f.mu.Unlock()
+		return nil
+	}
+	f.mu.Unlock()
+	sent := time.Now()
+	grant, err := f.cli.Grant(ctx, f.ttl)
+	if err != nil {
+		return unavailable("grant lease ahead", err)
+	}
+	kctx, stop := context.WithCancel(context.Background())
+	sp := &spareLease{id: grant.ID, fresh: sent, stop: stop}
+	if grant.ResponseHeader != nil {
+		sp.rev = grant.Revision
+	}
+	f.mu.Lock()
+	if f.spare != nil { // a concurrent PrepareClaim won
+		f.mu.Unlock()
+		stop()
+		f.revoke(grant.ID)
+		return nil
+	}
+	f.spare = sp
+	f.mu.Unlock()
+	go f.keepSpare(kctx, sp)
+	return nil
+}
+
+// DropPrepared revokes the lease PrepareClaim granted, when no claim used
+// it (shutdown, or a core that no longer needs one).
+func (f *EtcdFencer) DropPrepared() {
+	f.mu.Lock()
+	sp := f.spare
+	f.spare = nil
+	f.mu.Unlock()
+	if sp != nil {
+		sp.stop()
+		f.revoke(sp.id)
+	}
+}
+
+// takeSpare hands the prepared lease to a claim: its id and the revision
+// last seen with it, when it is fresh enough (see spareLease.fresh); a stale
+// one is revoked in the background.
+func (f *EtcdFencer) takeSpare() (clientv3.LeaseID, int64, bool) {
+	f.mu.Lock()
+	sp := f.spare
+	f.spare = nil
+	var id clientv3.LeaseID
+	var rev int64
+	var fresh time.Time
+	if sp != nil {
+		id, rev, fresh = sp.id, sp.rev, sp.fresh
+	}
+	f.mu.Unlock()
+	if sp == nil {
+		return 0, 0, false
+	}
+	sp.stop()
+	if time.Since(fresh) >= time.Duration(f.ttl)*time.Second/2 {
+		go f.revoke(id)
+		return 0, 0, false
+	}
+	return id, rev, true
+}
+
+// keepSpare refreshes sp four times per TTL until ctx ends (a claim took
+// it, or DropPrepared); when etcd no longer knows it (it lapsed while etcd
+// was unreachable) it grants a new one in its place.
+func (f *EtcdFencer) keepSpare(ctx context.Context, sp *spareLease) {
+	every := time.Duration(f.ttl) * time.Second / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.cli.Ctx().Done(): // the client closed: nothing to keep
+			return
+		case <-t.C:
+		}
+		f.mu.Lock()
+		id := sp.id
+		f.mu.Unlock()
+		sent := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, every)
+		ka, err := f.cli.KeepAliveOnce(rctx, id)
+		cancel()
+		if err == nil {
+			f.mu.Lock()
+			sp.fresh = sent
+			if ka.ResponseHeader != nil {
+				sp.rev = ka.Revision
+			}
+			f.mu.Unlock()
+			continue
+		}
+		if ctx.Err() != nil || !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			continue // etcd unreachable: the lease ages; takeSpare judges it
+		}
+		grant, err := f.cli.Grant(ctx, f.ttl)
+		if err != nil {
+			continue
+		}
+		f.mu.Lock()
+		current := f.spare == sp && ctx.Err() == nil
+		if current {
+			sp.id, sp.fresh = grant.ID, sent
+			if grant.ResponseHeader != nil {
+				sp.rev = grant.Revision
+			}
+		}
+		f.mu.Unlock()
+		if !current {
+			f.revoke(grant.ID) // taken or dropped meanwhile
+			return
+		}
+	}
 }

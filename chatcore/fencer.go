@@ -138,6 +138,17 @@ type SoloClaimer interface {
 	ClaimSolo(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (SoloClaim, error)
 }
 
+// ClaimPreparer is a Fencer that can do part of its next claim's work
+// ahead: an etcd claim grants the lease its epoch is bound to, a write of
+// its own before the compare-and-set; granted ahead (and kept alive) it
+// leaves the claim one write. What it prepares grants nothing by itself.
+type ClaimPreparer interface {
+	// PrepareClaim prepares the next claim (a no-op while one is prepared).
+	PrepareClaim(ctx context.Context) error
+	// DropPrepared releases what PrepareClaim prepared and no claim used.
+	DropPrepared()
+}
+
 // SoloClaim is a successful ClaimSolo.
 type SoloClaim struct {
 	// Epoch is the epoch claimed.

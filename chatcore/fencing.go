@@ -29,6 +29,27 @@ func (c *Core) becomePrimary(epoch uint64, serving bool) {
 	c.dueAll() // a new primary looks at every session once (janitor.go)
 }
 
+// prepareClaim has a fencer that can (ClaimPreparer) prepare this core's
+// next claim now, so that a failover or switchover that promotes it waits
+// for one write to the coordination cluster, not two: a backup in sync
+// calls it (follower.go), and again each time it is back in sync.
+func (c *Core) prepareClaim(ctx context.Context) {
+	p, ok := c.fencer.(ClaimPreparer)
+	if !ok || c.role.IsPrimary() {
+		return
+	}
+	if err := p.PrepareClaim(ctx); err != nil {
+		c.log.WarnContext(ctx, "could not prepare the next epoch claim: a promotion grants its lease then", "err", err)
+	}
+}
+
+// dropPreparedClaim releases a prepared claim no claim used (shutdown).
+func (c *Core) dropPreparedClaim() {
+	if p, ok := c.fencer.(ClaimPreparer); ok {
+		p.DropPrepared()
+	}
+}
+
 // finishRestoring opens a restoring primary to clients: its log now holds
 // every acknowledged event.
 func (c *Core) finishRestoring() {

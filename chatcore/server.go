@@ -120,6 +120,8 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	_ = hs.Shutdown(sctx)
 	wg.Wait()
 	c.bg.stop() // restoration after a switchover, meta publishing
+	// After bg: no prepareClaim runs any more.
+	c.dropPreparedClaim()
 	return err
 }
 
