@@ -32,7 +32,9 @@ import (
 //     at once, so a killed primary is replaced in one round trip.
 //
 // The lease's TTL is the core's epoch-lease rounded up to whole seconds
-// (etcd's unit; its members must allow it: see coord.Config).
+// (etcd's unit; its members must allow it: see coord.Config). A claim
+// binds the lease key to a lease granted ahead when there is one
+// (PrepareClaim): the claim is then its transaction alone, one write.
 type EtcdFencer struct {
 	cli    *clientv3.Client
 	prefix string
@@ -119,12 +121,11 @@ func (f *EtcdFencer) Claim(ctx context.Context, service string, expect uint64, h
 }
 
 // ClaimSolo is Claim whose transaction also reads the solo mark and then
-// rewrites it for the new epoch (SoloClaimer). The mark's value names the
-// epoch, which is the transaction's revision, known only once it
-// committed: the transaction names the revision that follows the one the
-// lease grant just read, which it is unless another write to the cluster
-// came in between (then the mark names a revision that some other key
-// took, no epoch of service).
+// rewrites it for the new epoch (SoloClaimer). The mark names the epoch by
+// its mod revision, the transaction's revision, which is the epoch
+// (soloNames); its value names the revision the claim guessed (the one
+// after the last it saw, above expect), which is the epoch unless another
+// write to the cluster came in between.
 func (f *EtcdFencer) ClaimSolo(ctx context.Context, service string, expect uint64, holder string, ifSilent time.Duration) (SoloClaim, error) {
 	return f.claim(ctx, service, expect, holder, ifSilent, true)
 }

@@ -2,6 +2,7 @@ package chatcore
 
 import (
 	"context"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -166,4 +167,58 @@ func TestEtcdFencerPreparedClaim(t *testing.T) {
 		ls, err := cli.Leases(ctx)
 		return err == nil && len(ls.Leases) == 1 && ls.Leases[0].ID == bound
 	})
+}
+
+// TestBackupPreparesItsClaim: a backup in sync has its fencer grant the
+// lease of its next claim ahead, so its promotion after a kill -9 grants
+// no lease (one etcd write: the claim's transaction) and binds the epoch
+// to the prepared lease; a backup that stops revokes the lease it
+// prepared and did not use.
+func TestBackupPreparesItsClaim(t *testing.T) {
+	ep := coordtest.Start(t)
+	cb := coordtest.Client(t, ep)
+	var w writeCounter
+	cb.Lease = countingLease{cb.Lease, &w}
+	cli := coordtest.Client(t, ep)
+	fencer := func(c *clientv3.Client) *EtcdFencer { return NewEtcdFencer(c, "/hachat/fencing/", time.Second) }
+	fb := fencer(cb)
+	store := newMemStore()
+	la, lb := listen(t), listen(t)
+	aAddr := la.Addr().String()
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil, WithFencer(fencer(cli)))
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
+	b := startNode(t, "core-b", RoleBackup, aAddr, lb, store, nil, WithFencer(fb))
+	waitInSync(t, a, "core-b")
+	waitFor(t, "b prepared its claim", func() bool { return spareOf(fb) != nil })
+	prepared := spareOf(fb).id
+	w.reset()
+
+	a.kill()
+	waitFor(t, "b primary", func() bool { return b.c.role.IsPrimary() })
+	if g := w.grants.Load(); g != 0 {
+		t.Fatalf("b's promotion granted %d leases, want none (prepared ahead)", g)
+	}
+	kv, err := cli.Get(ctxT(t), fb.leaseKey("hachat"))
+	if err != nil || len(kv.Kvs) != 1 || clientv3.LeaseID(kv.Kvs[0].Lease) != prepared {
+		t.Fatalf("the new epoch's lease key: %+v %v, want bound to the prepared lease %x", kv, err, prepared)
+	}
+
+	var la2 net.Listener
+	waitFor(t, "a's port free", func() bool {
+		l, err := net.Listen("tcp", aAddr)
+		la2 = l
+		return err == nil
+	})
+	fa := fencer(cli)
+	a2 := startNode(t, "core-a", RoleBackup, b.addr, la2, store, nil, WithFencer(fa))
+	waitInSync(t, b, "core-a")
+	waitFor(t, "a prepared its claim", func() bool { return spareOf(fa) != nil })
+	unused := spareOf(fa).id
+	a2.stop()
+	if spareOf(fa) != nil {
+		t.Fatal("a stopped with a prepared lease in place")
+	}
+	if ttl, err := cli.TimeToLive(ctxT(t), unused); err != nil || ttl.TTL != -1 {
+		t.Fatalf("a's unused prepared lease after it stopped: TTL %d %v, want revoked (-1)", ttl.TTL, err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -31,21 +32,21 @@ func (c *Core) becomePrimary(epoch uint64, serving bool) {
 
 // prepareClaim has a fencer that can (ClaimPreparer) prepare this core's
 // next claim now, so that a failover or switchover that promotes it waits
-// for one write to the coordination cluster, not two: a backup in sync
-// calls it (follower.go), and again each time it is back in sync.
-func (c *Core) prepareClaim(ctx context.Context) {
-	p, ok := c.fencer.(ClaimPreparer)
-	if !ok || c.role.IsPrimary() {
+// for one write to the coordination cluster, not two: a backup calls it
+// each time it is in sync with its primary (follower.go).
+func prepareClaim(ctx context.Context, f Fencer, log *slog.Logger) {
+	p, ok := f.(ClaimPreparer)
+	if !ok {
 		return
 	}
 	if err := p.PrepareClaim(ctx); err != nil {
-		c.log.WarnContext(ctx, "could not prepare the next epoch claim: a promotion grants its lease then", "err", err)
+		log.WarnContext(ctx, "could not prepare the next epoch claim: a promotion grants its lease then", "err", err)
 	}
 }
 
 // dropPreparedClaim releases a prepared claim no claim used (shutdown).
-func (c *Core) dropPreparedClaim() {
-	if p, ok := c.fencer.(ClaimPreparer); ok {
+func dropPreparedClaim(f Fencer) {
+	if p, ok := f.(ClaimPreparer); ok {
 		p.DropPrepared()
 	}
 }

@@ -121,7 +121,7 @@ func (c *Core) Serve(ctx context.Context, gl, hl net.Listener) error {
 	wg.Wait()
 	c.bg.stop() // restoration after a switchover, meta publishing
 	// After bg: no prepareClaim runs any more.
-	c.dropPreparedClaim()
+	dropPreparedClaim(c.fencer)
 	return err
 }
 
