@@ -3,7 +3,6 @@ package chatcore
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -88,12 +87,7 @@ func churn(t *testing.T, switchover bool) {
 		mu.Unlock()
 		victim.kill()
 		waitFor(t, "promotion", func() bool { return nodes[alive].c.role.IsPrimary() })
-		var ln net.Listener
-		waitFor(t, "port free", func() bool {
-			l, err := net.Listen("tcp", addrs[dead])
-			ln = l
-			return err == nil
-		})
+		ln := relisten(t, addrs[dead])
 		n := startNode(t, victim.c.cfg.Name, role, addrs[alive], ln, store, mod)
 		mu.Lock()
 		nodes[dead] = n

@@ -101,6 +101,18 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// relisten listens on addr again once a killed core has let go of it.
+func relisten(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	waitFor(t, "port "+addr+" free", func() bool {
+		l, err := net.Listen("tcp", addr)
+		ln = l
+		return err == nil
+	})
+	return ln
+}
+
 func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)

@@ -2,7 +2,6 @@ package chatcore
 
 import (
 	"context"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -203,12 +202,7 @@ func TestBackupPreparesItsClaim(t *testing.T) {
 		t.Fatalf("the new epoch's lease key: %+v %v, want bound to the prepared lease %x", kv, err, prepared)
 	}
 
-	var la2 net.Listener
-	waitFor(t, "a's port free", func() bool {
-		l, err := net.Listen("tcp", aAddr)
-		la2 = l
-		return err == nil
-	})
+	la2 := relisten(t, aAddr)
 	fa := fencer(cli)
 	a2 := startNode(t, "core-a", RoleBackup, b.addr, la2, store, nil, WithFencer(fa))
 	waitInSync(t, b, "core-a")

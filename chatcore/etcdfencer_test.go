@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -268,12 +267,7 @@ func TestUCSDownFailoverWithEtcd(t *testing.T) {
 		t.Fatalf("send with neither backup nor UCS: %v, want UNAVAILABLE", err)
 	}
 
-	var la2 net.Listener
-	waitFor(t, "a's port free", func() bool {
-		l, err := net.Listen("tcp", aAddr)
-		la2 = l
-		return err == nil
-	})
+	la2 := relisten(t, aAddr)
 	startNode(t, "core-a", RolePrimary, b.addr, la2, store, mod, fencer())
 	waitInSync(t, b, "core-a")
 	during, err := b.cl.Send(ctxT(t), msg(cust, "sent while UCS is down", "c3"))
@@ -364,12 +358,7 @@ func TestPromotionClaimsWithTheSoloMark(t *testing.T) {
 		t.Fatalf("%d solo marks written to etcd after the claim, want none", n)
 	}
 
-	var la2 net.Listener
-	waitFor(t, "a's port free", func() bool {
-		l, err := net.Listen("tcp", aAddr)
-		la2 = l
-		return err == nil
-	})
+	la2 := relisten(t, aAddr)
 	startNode(t, "core-a", RoleBackup, b.addr, la2, store, nil, WithFencer(NewEtcdFencer(cli, "/hachat/fencing/", time.Second)))
 	waitInSync(t, b, "core-a")
 	waitFor(t, "the solo mark cleared", func() bool {

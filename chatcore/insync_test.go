@@ -1,7 +1,6 @@
 package chatcore
 
 import (
-	"net"
 	"testing"
 )
 
@@ -25,12 +24,7 @@ func TestBackupInSyncMetric(t *testing.T) {
 	addr := b.addr
 	b.kill()
 	waitFor(t, "the dead backup reported", func() bool { return am.metric(t, "hachat_core_backup_in_sync") == 0 })
-	var ln net.Listener
-	waitFor(t, "port free", func() bool {
-		l, err := net.Listen("tcp", addr)
-		ln = l
-		return err == nil
-	})
+	ln := relisten(t, addr)
 	startNode(t, "core-b", RoleBackup, la.Addr().String(), ln, store, nil)
 	waitInSync(t, a, "core-b")
 	waitFor(t, "in sync again", func() bool { return am.metric(t, "hachat_core_backup_in_sync") == 1 })

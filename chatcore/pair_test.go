@@ -360,12 +360,7 @@ func TestRestartedPrimaryJoinsAsBackup(t *testing.T) {
 	cust, _ := a.chat(t)
 	a.kill()
 	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
-	var la2 net.Listener
-	waitFor(t, "a's port free", func() bool {
-		l, err := net.Listen("tcp", aAddr)
-		la2 = l
-		return err == nil
-	})
+	la2 := relisten(t, aAddr)
 	a2 := startNode(t, "core-a", RolePrimary, b.addr, la2, store, nil)
 	waitInSync(t, b, "core-a")
 	if a2.c.Role() != RoleBackup || b.c.Role() != RolePrimary {
@@ -524,12 +519,7 @@ func TestQuickRestartOfPrimary(t *testing.T) {
 	}
 	addr := a.addr
 	a.kill()
-	var ln net.Listener
-	waitFor(t, "a's port free", func() bool {
-		l, err := net.Listen("tcp", addr)
-		ln = l
-		return err == nil
-	})
+	ln := relisten(t, addr)
 	a2 := startNode(t, "core-a", RolePrimary, b.addr, ln, store, nil)
 	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	waitInSync(t, b, "core-a")
