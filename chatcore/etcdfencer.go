@@ -206,7 +206,7 @@ func (f *EtcdFencer) claim(ctx context.Context, service string, expect uint64, h
 		f.spent = append(f.spent, old.id)
 	}
 	f.mu.Unlock()
-	out := SoloClaim{Epoch: Epoch{Epoch: epoch, Holder: holder}, Marked: solo}
+	out := SoloClaim{Epoch: Epoch{Epoch: epoch, Holder: holder}}
 	if solo {
 		if r := resp.Responses[2].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
 			out.WasSolo = soloNames(r.Kvs[0], expect)

@@ -444,8 +444,8 @@ func TestEtcdFencerClaimSolo(t *testing.T) {
 		if err != nil || got.Epoch.Epoch <= prev.Epoch || got.Epoch.Holder != s.holder {
 			t.Fatalf("%s: %+v %v", s.name, got, err)
 		}
-		if !got.Marked || got.WasSolo != s.wasSolo {
-			t.Fatalf("%s: marked %v, was solo %v; want marked, was solo %v", s.name, got.Marked, got.WasSolo, s.wasSolo)
+		if got.WasSolo != s.wasSolo {
+			t.Fatalf("%s: was solo %v, want %v", s.name, got.WasSolo, s.wasSolo)
 		}
 		if !solo(got.Epoch.Epoch) || solo(prev.Epoch) {
 			t.Fatalf("%s: the mark does not name the new epoch %d alone", s.name, got.Epoch.Epoch)

@@ -149,14 +149,11 @@ type ClaimPreparer interface {
 	DropPrepared()
 }
 
-// SoloClaim is a successful ClaimSolo.
+// SoloClaim is a successful ClaimSolo: the solo mark names Epoch from then
+// on, until its holder clears it.
 type SoloClaim struct {
 	// Epoch is the epoch claimed.
 	Epoch Epoch
-	// Marked says the mark now names Epoch. When it does not, it names no
-	// epoch of the service (as after a clear): the holder records it at
-	// its first solo acknowledgement, as without ClaimSolo.
-	Marked bool
 	// WasSolo says the mark replaced named expect: its holder acknowledged
 	// with second copies in UCS (Solo(expect) at the moment of the claim,
 	// after which that holder can record nothing more).

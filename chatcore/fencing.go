@@ -217,8 +217,6 @@ func (c *Core) claimOn(ctx context.Context, cl claim, expect uint64) (Epoch, err
 		return Epoch{}, err
 	}
 	*cl.solo = soloClaimed{SoloClaim: got, done: true}
-	if got.Marked {
-		c.solo.recorded(got.Epoch.Epoch)
-	}
+	c.solo.recorded(got.Epoch.Epoch)
 	return got.Epoch, nil
 }
