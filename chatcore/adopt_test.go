@@ -173,14 +173,26 @@ func TestAdoptedPairReleased(t *testing.T) {
 	dead := startNode(t, "core-2a", RolePrimary, "", listen(t), store, func(c *Config) { save(c); c.Pair = "2" })
 	waitFor(t, "core-2a primary", func() bool { return dead.c.role.IsPrimary() })
 	cust, _ := dead.chat(t)
-	waitFor(t, "the chat saved", func() bool { _, err := store.Transcript(ctxT(t), cust.SessionId); return err == nil })
+	// A core without a peer keeps no second copy: what it acknowledged is
+	// in UCS only once saved, so the whole log must be there before the kill.
+	acked := len(dead.log(cust.SessionId))
+	waitFor(t, "the chat saved", func() bool {
+		tr, err := store.Transcript(ctxT(t), cust.SessionId)
+		return err == nil && len(tr.Events) >= acked
+	})
 	dead.kill()
 
 	adopter := startNode(t, "core-a", RolePrimary, "", listen(t), store, save)
 	waitFor(t, "core-a primary", func() bool { return adopter.c.role.IsPrimary() })
+	var lastErr error
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last send to the adopter: %v", lastErr)
+		}
+	})
 	waitFor(t, "the chat of pair 2 served by the adopter", func() bool {
-		_, err := adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "x", ClientMessageId: "x"})
-		return err == nil
+		_, lastErr = adopter.cl.Send(ctxT(t), &chatpb.SendRequest{Auth: cust, Kind: chatpb.EventKind_EVENT_KIND_MESSAGE, Text: "x", ClientMessageId: "x"})
+		return lastErr == nil
 	})
 	back := startNode(t, "core-2a", RolePrimary, "", listen(t), store, func(c *Config) { save(c); c.Pair = "2" }, WithMembership(&memMembers{}))
 	time.Sleep(3 * 300 * time.Millisecond)
