@@ -47,8 +47,8 @@ type EtcdFencer struct {
 	// path (a lease nobody renews expires anyway).
 	spent []clientv3.LeaseID
 	// spare is the lease of the next claim, granted ahead (PrepareClaim):
-	// a claim that finds it alive binds the epoch to it in its one
-	// transaction instead of granting a lease first (nil: none).
+	// a claim of its service that finds it alive binds the epoch to it in
+	// its one transaction instead of granting a lease first (nil: none).
 	spare *spareLease
 }
 
@@ -56,7 +56,11 @@ type EtcdFencer struct {
 // claim takes it or DropPrepared revokes it. Bound to no key, it grants
 // nothing: only the claim's compare-and-set decides.
 type spareLease struct {
-	id clientv3.LeaseID
+	// service is the service whose claim it was prepared for: a claim of
+	// another service (an N+1 adoption of another pair) leaves it to the
+	// promotion it is meant for.
+	service string
+	id      clientv3.LeaseID
 	// fresh is when the last grant or refresh of id was sent: the lease
 	// lives at least ttl from then. A claim takes it only while less than
 	// half the ttl has passed, so the new primary's lease has at least half
@@ -152,7 +156,7 @@ func (f *EtcdFencer) claim(ctx context.Context, service string, expect uint64, h
 		// The lease key is as we saw it: absent, or our own.
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(lk), "=", rev))
 	}
-	id, rev, pre := f.takeSpare()
+	id, rev, pre := f.takeSpare(service)
 	var resp *clientv3.TxnResponse
 	for {
 		if !pre {
@@ -347,28 +351,31 @@ func soloNames(kv *mvccpb.KeyValue, epoch uint64) bool {
 	return e == strconv.FormatUint(epoch, 10)
 }
 
-// PrepareClaim grants the lease of this fencer's next claim now and keeps
-// it alive (refreshed four times per TTL, re-granted when it lapsed), so
-// that the claim is one write to etcd (the compare-and-set transaction)
-// instead of two (a lease grant, a Raft round of its own, then the
-// transaction). A backup calls it once in sync with its primary; a claim
-// uses the lease up, and DropPrepared revokes one no claim used. A lease
-// bound to no key grants nothing: the claim's compare-and-set alone
-// decides, as without it. It is a no-op while a prepared lease lives.
-func (f *EtcdFencer) PrepareClaim(ctx context.Context) error {
+// PrepareClaim grants the lease of this fencer's next claim of service now
+// and keeps it alive (refreshed four times per TTL, re-granted when it
+// lapsed), so that the claim is one write to etcd (the compare-and-set
+// transaction) instead of two (a lease grant, a Raft round of its own, then
+// the transaction). A backup calls it once in sync with its primary; a
+// claim of service uses the lease up (a claim of another service, an N+1
+// adoption, leaves it in place), and DropPrepared revokes one no claim
+// used. A lease bound to no key grants nothing: the claim's compare-and-set
+// alone decides, as without it. It is a no-op while a lease prepared for
+// service lives; one prepared for another service is revoked.
+func (f *EtcdFencer) PrepareClaim(ctx context.Context, service string) error {
 	f.mu.Lock()
-	if f.spare != nil {
+	if f.spare != nil && f.spare.service == service {
 		f.mu.Unlock()
 		return nil
 	}
 	f.mu.Unlock()
+	f.DropPrepared() // one for another service
 	sent := time.Now()
 	grant, err := f.cli.Grant(ctx, f.ttl)
 	if err != nil {
 		return unavailable("grant lease ahead", err)
 	}
 	kctx, stop := context.WithCancel(context.Background())
-	sp := &spareLease{id: grant.ID, fresh: sent, stop: stop}
+	sp := &spareLease{service: service, id: grant.ID, fresh: sent, stop: stop}
 	if grant.ResponseHeader != nil {
 		sp.rev = grant.Revision
 	}
@@ -398,13 +405,18 @@ func (f *EtcdFencer) DropPrepared() {
 	}
 }
 
-// takeSpare hands the prepared lease to a claim: its id and the revision
-// last seen with it, when it is fresh enough (see spareLease.fresh); a stale
-// one is revoked in the background.
-func (f *EtcdFencer) takeSpare() (clientv3.LeaseID, int64, bool) {
+// takeSpare hands the prepared lease to a claim of service: its id and the
+// revision last seen with it, when it is fresh enough (see
+// spareLease.fresh); a stale one is revoked in the background. One prepared
+// for another service stays in place.
+func (f *EtcdFencer) takeSpare(service string) (clientv3.LeaseID, int64, bool) {
 	f.mu.Lock()
 	sp := f.spare
-	f.spare = nil
+	if sp != nil && sp.service != service {
+		sp = nil
+	} else {
+		f.spare = nil
+	}
 	var id clientv3.LeaseID
 	var rev int64
 	var fresh time.Time

@@ -2,6 +2,7 @@ package chatcore
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,7 +73,7 @@ func TestEtcdFencerPreparedClaim(t *testing.T) {
 	}
 	prepare := func(t *testing.T) *spareLease {
 		t.Helper()
-		if err := f.PrepareClaim(ctx); err != nil {
+		if err := f.PrepareClaim(ctx, svc); err != nil {
 			t.Fatal(err)
 		}
 		sp := spareOf(f)
@@ -214,5 +215,170 @@ func TestBackupPreparesItsClaim(t *testing.T) {
 	}
 	if ttl, err := cli.TimeToLive(ctxT(t), unused); err != nil || ttl.TTL != -1 {
 		t.Fatalf("a's unused prepared lease after it stopped: TTL %d %v, want revoked (-1)", ttl.TTL, err)
+	}
+}
+
+// cuttableLease is a Lease whose keep-alives fail while cut (etcd
+// unreachable for the fencer's refreshes, reachable for the test's).
+type cuttableLease struct {
+	clientv3.Lease
+	cut *atomic.Bool
+}
+
+func (l cuttableLease) KeepAliveOnce(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	if l.cut.Load() {
+		return nil, errors.New("keep-alive cut by the test")
+	}
+	return l.Lease.KeepAliveOnce(ctx, id)
+}
+
+// TestEtcdFencerRegrantsForgottenSpare: when etcd forgets the lease a
+// fencer prepared (revoked behind its back, or expired while its
+// keep-alives did not get through), the next keep-alive hears "lease not
+// found" and the fencer prepares a new lease in its place: the claim is
+// still one write (the transaction, no grant) and binds the epoch to the
+// new lease, which lives; the forgotten one stays gone, and none is left
+// behind once the fencer renewed and dropped what it prepared.
+func TestEtcdFencerRegrantsForgottenSpare(t *testing.T) {
+	ep := coordtest.Start(t)
+	cli := coordtest.Client(t, ep)
+	cc := coordtest.Client(t, ep)
+	var w writeCounter
+	var cut atomic.Bool
+	cc.KV = countingKV{cc.KV, &w}
+	cc.Lease = countingLease{cuttableLease{cc.Lease, &cut}, &w}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // two lease expiries and re-grants
+	defer cancel()
+	const svc = "hachat"
+	f := NewEtcdFencer(cc, "/test/", time.Second)
+	prev, err := NewEtcdFencer(cli, "/test/", time.Second).Claim(ctx, svc, 0, "core-a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive := func(t *testing.T, id clientv3.LeaseID) bool {
+		t.Helper()
+		ttl, err := cli.TimeToLive(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ttl.TTL >= 0 // -1: gone (whole seconds: 0 lives)
+	}
+	for _, tt := range []struct {
+		name   string
+		forget func(t *testing.T, id clientv3.LeaseID) // makes etcd forget the prepared lease id
+	}{
+		{"revoked behind its back", func(t *testing.T, id clientv3.LeaseID) {
+			if _, err := cli.Revoke(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"expired while keep-alives failed", func(t *testing.T, id clientv3.LeaseID) {
+			cut.Store(true)
+			defer cut.Store(false)
+			waitFor(t, "the prepared lease expired at etcd", func() bool { return !alive(t, id) })
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := f.PrepareClaim(ctx, svc); err != nil {
+				t.Fatal(err)
+			}
+			old := spareOf(f).id
+			tt.forget(t, old)
+			waitFor(t, "a new lease prepared in place of the forgotten one", func() bool {
+				sp := spareOf(f)
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				return sp != nil && sp.id != old
+			})
+			f.mu.Lock()
+			regranted := f.spare.id
+			f.mu.Unlock()
+			if n, o := alive(t, regranted), alive(t, old); !n || o {
+				t.Fatalf("after the re-grant: new lease alive %v, forgotten one alive %v; want true, false", n, o)
+			}
+			w.reset()
+			got, err := f.Claim(ctx, svc, prev.Epoch, "core-b", 0)
+			if err != nil || got.Epoch <= prev.Epoch {
+				t.Fatalf("claim: %+v %v", got, err)
+			}
+			if g, x := w.grants.Load(), w.txns.Load(); g != 0 || x != 1 {
+				t.Fatalf("claim wrote %d lease grants and %d transactions, want 0 and 1 (the re-granted lease)", g, x)
+			}
+			kv, err := cli.Get(ctx, f.leaseKey(svc))
+			if err != nil || len(kv.Kvs) != 1 || clientv3.LeaseID(kv.Kvs[0].Lease) != regranted || !alive(t, regranted) {
+				t.Fatalf("lease key after the claim: %+v %v, want bound to the re-granted lease %x, alive", kv, err, regranted)
+			}
+			if _, err := f.Renew(ctx, svc, got.Epoch, "core-b"); err != nil {
+				t.Fatalf("renew after the claim: %v", err)
+			}
+			prev = got
+		})
+	}
+	if err := f.PrepareClaim(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	f.DropPrepared()
+	if _, err := f.Renew(ctx, svc, prev.Epoch, "core-b"); err != nil { // revokes the spent ones
+		t.Fatal(err)
+	}
+	kv, err := cli.Get(ctx, f.leaseKey(svc))
+	if err != nil || len(kv.Kvs) != 1 {
+		t.Fatalf("lease key: %+v %v", kv, err)
+	}
+	bound := clientv3.LeaseID(kv.Kvs[0].Lease)
+	waitFor(t, "only the epoch's lease at etcd", func() bool {
+		ls, err := cli.Leases(ctx)
+		return err == nil && len(ls.Leases) == 1 && ls.Leases[0].ID == bound
+	})
+}
+
+// TestEtcdFencerSpareBoundToItsService: the lease a backup prepared for its
+// own pair's promotion is not used up by a claim of another service (an
+// N+1 adoption of another pair, which a core that turned primary while its
+// PrepareClaim was in flight may still make with a lease prepared): that
+// claim grants its own lease, the prepared one stays in place, alive, and
+// the promotion it was meant for is still one write.
+func TestEtcdFencerSpareBoundToItsService(t *testing.T) {
+	ep := coordtest.Start(t)
+	cli := coordtest.Client(t, ep)
+	cc := coordtest.Client(t, ep)
+	var w writeCounter
+	cc.KV = countingKV{cc.KV, &w}
+	cc.Lease = countingLease{cc.Lease, &w}
+	ctx := ctxT(t)
+	const own, other = "hachat", "hachat-p2"
+	f := NewEtcdFencer(cc, "/test/", time.Second)
+	if err := f.PrepareClaim(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	prepared := spareOf(f).id
+	for _, tt := range []struct {
+		service       string
+		grants, txns  int64
+		bound         bool // the epoch's lease is the prepared one
+		preparedAfter bool // the prepared lease is still in place after the claim
+	}{
+		{other, 1, 1, false, true}, // the adoption: grant, then claim
+		{own, 0, 1, true, false},   // the promotion: one write
+	} {
+		t.Run(tt.service, func(t *testing.T) {
+			w.reset()
+			if _, err := f.Claim(ctx, tt.service, 0, "core-b", time.Second); err != nil {
+				t.Fatalf("claim: %v", err)
+			}
+			if g, x := w.grants.Load(), w.txns.Load(); g != tt.grants || x != tt.txns {
+				t.Fatalf("claim wrote %d lease grants and %d transactions, want %d and %d", g, x, tt.grants, tt.txns)
+			}
+			kv, err := cli.Get(ctx, f.leaseKey(tt.service))
+			if err != nil || len(kv.Kvs) != 1 || (clientv3.LeaseID(kv.Kvs[0].Lease) == prepared) != tt.bound {
+				t.Fatalf("lease key of %s: %+v %v, want bound to the prepared lease %x: %v", tt.service, kv, err, prepared, tt.bound)
+			}
+			if sp := spareOf(f); (sp != nil) != tt.preparedAfter || (sp != nil && sp.id != prepared) {
+				t.Fatalf("prepared lease after the claim: %+v, want the one prepared (%x) in place: %v", sp, prepared, tt.preparedAfter)
+			}
+			if ttl, err := cli.TimeToLive(ctx, prepared); err != nil || ttl.TTL < 0 {
+				t.Fatalf("the prepared lease: TTL %d %v, want alive", ttl.TTL, err)
+			}
+		})
 	}
 }

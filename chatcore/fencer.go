@@ -143,8 +143,9 @@ type SoloClaimer interface {
 // its own before the compare-and-set; granted ahead (and kept alive) it
 // leaves the claim one write. What it prepares grants nothing by itself.
 type ClaimPreparer interface {
-	// PrepareClaim prepares the next claim (a no-op while one is prepared).
-	PrepareClaim(ctx context.Context) error
+	// PrepareClaim prepares the next claim of service (a no-op while one
+	// is prepared for it); a claim of another service does not use it.
+	PrepareClaim(ctx context.Context, service string) error
 	// DropPrepared releases what PrepareClaim prepared and no claim used.
 	DropPrepared()
 }

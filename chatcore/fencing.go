@@ -31,15 +31,17 @@ func (c *Core) becomePrimary(epoch uint64, serving bool) {
 }
 
 // prepareClaim has a fencer that can (ClaimPreparer) prepare this core's
-// next claim now, so that a failover or switchover that promotes it waits
-// for one write to the coordination cluster, not two: a backup calls it
-// each time it is in sync with its primary (follower.go).
-func prepareClaim(ctx context.Context, f Fencer, log *slog.Logger) {
+// next claim of service (its own pair's) now, so that a failover or
+// switchover that promotes it waits for one write to the coordination
+// cluster, not two: a backup calls it each time it is in sync with its
+// primary (follower.go). An N+1 adoption claims another service and does
+// not use it.
+func prepareClaim(ctx context.Context, f Fencer, service string, log *slog.Logger) {
 	p, ok := f.(ClaimPreparer)
 	if !ok {
 		return
 	}
-	if err := p.PrepareClaim(ctx); err != nil {
+	if err := p.PrepareClaim(ctx, service); err != nil {
 		log.WarnContext(ctx, "could not prepare the next epoch claim: a promotion grants its lease then", "err", err)
 	}
 }

@@ -272,7 +272,7 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 				"sessions", kept, "dropped_stale", n)
 			c.bg.spawn(c.publishMeta) // gossip the epoch we now follow
 			// The lease of a promotion's claim, granted ahead (fencing.go).
-			c.bg.spawn(func(ctx context.Context) { prepareClaim(ctx, c.fencer, c.log) })
+			c.bg.spawn(func(ctx context.Context) { prepareClaim(ctx, c.fencer, c.cfg.Cluster, c.log) })
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
 			ans := &chatpb.ReplicaAck{Seq: msg.Seq}
