@@ -82,8 +82,9 @@ type Core struct {
 	// itself (promotion.go).
 	changing roleChange
 	// handedOver is when this core last stepped down at the end of a
-	// handover (unix nanoseconds; 0: never): for handedOverRefusal after
-	// it, what it refuses as a backup is errHandedOver (notPrimary).
+	// handover (unix nanoseconds by c.now; 0: never): for
+	// handedOverRefusal after it, what it refuses as a backup is
+	// errHandedOver (notPrimary).
 	handedOver atomic.Int64
 
 	tombs tombstones // sessions forgotten without a complete final save (doubt.go)

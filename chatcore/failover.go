@@ -388,7 +388,7 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	pause := time.Since(start)
 	// Before the step-down ends the streams and the held calls are woken:
 	// they are refused with errHandedOver (notPrimary).
-	c.handedOver.Store(time.Now().UnixNano())
+	c.handedOver.Store(c.now().UnixNano())
 	c.stepDown(fmt.Sprintf("%s to %s", why, l.Name()), ans.HandoverEpoch)
 	c.m.switchoverPauseS.Observe(pause.Seconds())
 	c.log.InfoContext(ctx, why+" done", "new_primary", l.Name(), "new_epoch", ans.HandoverEpoch, "pause", pause)

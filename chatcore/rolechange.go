@@ -100,10 +100,10 @@ func (p *roleChange) waiting() int {
 const handedOverRefusal = time.Second
 
 // notPrimary is the error of a Chat call this core refuses because it is not
-// primary: errHandedOver within handedOverRefusal of a handover, else
-// errNotPrimary.
+// primary: errHandedOver within handedOverRefusal of a handover (by the
+// core's clock, which handover stamps), else errNotPrimary.
 func (c *Core) notPrimary() error {
-	if at := c.handedOver.Load(); at != 0 && time.Since(time.Unix(0, at)) < handedOverRefusal {
+	if at := c.handedOver.Load(); at != 0 && c.now().Sub(time.Unix(0, at)) < handedOverRefusal {
 		return errHandedOver
 	}
 	return errNotPrimary

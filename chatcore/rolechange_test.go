@@ -3,6 +3,7 @@ package chatcore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -302,5 +303,51 @@ func TestHandoverHoldsCalls(t *testing.T) {
 	}
 	if n := a.c.changing.waiting(); n != 0 {
 		t.Fatalf("%d calls still held on the old primary", n)
+	}
+}
+
+// TestHandedOverRefusalEnds: a core that handed over refuses Chat calls as
+// handed over (the client retries at once) for handedOverRefusal after its
+// step-down, by its clock, and then as an ordinary backup ("not primary",
+// the client backs off): a stale connection a long while later is not sent
+// to retry at once forever.
+func TestHandedOverRefusalEnds(t *testing.T) {
+	clock := newFakeClock(time.Now())
+	store := newMemStore()
+	la, lb := listen(t), listen(t)
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil, WithClock(clock.Now))
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
+	b := startNode(t, "core-b", RoleBackup, la.Addr().String(), lb, store, nil)
+	waitInSync(t, a, "core-b")
+	ctx := ctxT(t)
+	cust, _ := a.chat(t)
+	if _, err := a.cl.Switchover(ctx, &chatpb.SwitchoverRequest{AdminToken: "adm-token"}); err != nil {
+		t.Fatalf("switchover: %v", err)
+	}
+	if !b.c.role.IsPrimary() || a.c.role.IsPrimary() {
+		t.Fatalf("after the handover: a primary %v, b primary %v", a.c.role.IsPrimary(), b.c.role.IsPrimary())
+	}
+	stepDown := a.c.handedOver.Load()
+	if stepDown != clock.ns.Load() {
+		t.Fatalf("handover stamped %d, want the core's clock %d", stepDown, clock.ns.Load())
+	}
+	notPrimary := status.Convert(errNotPrimary).Message()
+	for i, tt := range []struct {
+		name  string
+		after time.Duration // since the step-down, by a's clock
+		want  string
+	}{
+		{"at the step-down", 0, chatpb.HandedOverMessage},
+		{"just before the window ends", handedOverRefusal - time.Nanosecond, chatpb.HandedOverMessage},
+		{"as the window ends", handedOverRefusal, notPrimary},
+		{"long after", time.Hour, notPrimary},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clock.ns.Store(stepDown + int64(tt.after))
+			_, err := a.cl.Send(ctx, msg(cust, tt.name, fmt.Sprintf("c%d", i)))
+			if s, ok := status.FromError(err); !ok || s.Code() != codes.Unavailable || s.Message() != tt.want {
+				t.Fatalf("a Send %v after the handover: %v, want UNAVAILABLE %q", tt.after, err, tt.want)
+			}
+		})
 	}
 }
