@@ -1,12 +1,16 @@
 package chatcore
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/membership"
+	"github.com/hachat/hachat/ucsmock"
 )
 
 func joinedCount(evs []*chatpb.Event) int {
@@ -187,5 +191,58 @@ func TestStartSessionRetryAnsweredAfterFailover(t *testing.T) {
 		if ev.SecureKey != "" {
 			t.Fatalf("UCS holds a secure key in event %d", ev.Index)
 		}
+	}
+}
+
+// TestStartSessionRetryAfterRestoreFromUCS: a StartSession whose first
+// attempt was acknowledged with its second copy in UCS alone (the backup's
+// link was cut) and whose answer was lost with the primary is retried at
+// the promoted backup, which restored the session from UCS: UCS never holds
+// a secure key, so nobody can answer with the first attempt's key. The
+// retry gets a new session instead of an error (the first one, whose
+// customer nobody can authenticate as, idles out), and a further retry is
+// answered from that new session.
+func TestStartSessionRetryAfterRestoreFromUCS(t *testing.T) {
+	store := ucsmock.NewMemStore(1) // lists its chats: the promoted backup finds the session only UCS holds
+	la, lb := listen(t), listen(t)
+	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
+	proxy := newProxy(t, la.Addr().String())
+	mm := &memMembers{}
+	var killed atomic.Bool // the witness reaches the primary until it is killed
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return !killed.Load(), nil })
+	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness, WithMembership(mm))
+	waitInSync(t, a, "core-b")
+	proxy.cut()
+	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
+	ctx := ctxT(t)
+	lost, err := a.cl.StartSession(ctx, startReq("ucs-1")) // acknowledged with UCS as its second copy; the answer is "lost"
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b marks its replica stale", func() bool { return b.c.replicaStale.Load() })
+	a.kill()
+	killed.Store(true)
+	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
+		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
+	waitFor(t, "b primary, holding the session restored from UCS", func() bool {
+		return b.c.role.IsPrimary() && b.c.session(lost.Auth.SessionId) != nil
+	})
+	again, err := b.cl.StartSession(ctx, startReq("ucs-1"))
+	if err != nil {
+		t.Fatalf("retry at b after the restore from UCS: %v, want a session", err)
+	}
+	if again.Auth.SessionId == lost.Auth.SessionId {
+		t.Fatalf("the retry answered the restored session %s, whose key b cannot know", lost.Auth.SessionId)
+	}
+	if _, err := b.cl.Send(ctx, msg(again.Auth, "hello", "h1")); err != nil {
+		t.Fatalf("the retry's key does not work: %v", err)
+	}
+	third, err := b.cl.StartSession(ctx, startReq("ucs-1"))
+	if err != nil || !sameAuth(third.Auth, again.Auth) {
+		t.Fatalf("a further retry: %v %v, want the retry's answer %v", third.GetAuth(), err, again.Auth)
+	}
+	if _, err := b.cl.Events(ctx, &chatpb.EventsRequest{Auth: lost.Auth, FromIndex: 1}); err != nil {
+		t.Fatalf("the first session at b with its key (the client that did get the answer still gets in): %v", err)
 	}
 }

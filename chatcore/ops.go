@@ -2,6 +2,7 @@ package chatcore
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 
@@ -21,11 +22,34 @@ import (
 // openSession starts a session for a customer: SESSION_STARTED with attrs,
 // then the customer's PARTICIPANT_JOINED. A retry of requestID answers from
 // the first attempt. The response carries the customer's secure key.
+//
+// A retry whose first attempt's session was rebuilt from UCS, which never
+// holds a secure key, cannot get the first answer: no core knows the key
+// (the pair lost it with the memory of the core that answered). It starts
+// a new session under requestID instead (the first one, whose customer
+// nobody can authenticate as unless it did get the answer, idles out); a
+// further retry is answered from the new one. Not an error: the caller's
+// retry asked for a session it can use, and ALREADY_EXISTS left it none.
 func (c *Core) openSession(ctx context.Context, requestID, nickname string, attrs map[string]string) (*chatpb.JoinResponse, error) {
 	c.mu.Lock()
-	if prev := c.startedByLocked(requestID); prev != nil {
+	for {
+		prev := c.startedByLocked(requestID)
+		if prev == nil {
+			break
+		}
 		c.mu.Unlock()
-		return c.answerAgain(prev, requestID)
+		ans, err := c.answerAgain(prev, requestID)
+		if !errors.Is(err, errKeyNotHeld) {
+			return ans, err
+		}
+		c.mu.Lock()
+		if c.startedByLocked(requestID) == prev {
+			// Still the keyless one: this call starts the new session
+			// (registered below before c.mu is let go: a concurrent retry
+			// then waits for it, as for any first attempt).
+			c.log.Info("a StartSession retry finds its first session rebuilt from UCS without the key: starting a new one", "first_session", prev.id)
+			break
+		}
 	}
 	if c.live >= c.cfg.MaxSessions {
 		c.mu.Unlock()
@@ -469,7 +493,7 @@ func (c *Core) answerAgain(s *session, requestID string) (*chatpb.JoinResponse, 
 		return nil, status.Error(codes.Unavailable, "the first attempt of this client_request_id is still in progress: retry")
 	case m.SecureKey == "":
 		// Restored from UCS, which never holds secure keys.
-		return nil, status.Error(codes.AlreadyExists, "this client_request_id already joined, and its secure key is no longer held")
+		return nil, errKeyNotHeld
 	}
 	c.m.requestRetries.Inc()
 	return &chatpb.JoinResponse{Auth: &chatpb.Auth{SessionId: s.id, ParticipantId: m.P.Id, SecureKey: m.SecureKey},

@@ -46,6 +46,10 @@ var (
 	errUnknown = status.Error(codes.NotFound, "unknown session")
 	errLeft    = status.Error(codes.FailedPrecondition, "participant has left the session")
 	errEnded   = status.Error(codes.FailedPrecondition, "session has ended")
+	// A retried join whose first attempt's participant was rebuilt from
+	// UCS, which never holds secure keys (a StartSession retry starts a new
+	// session instead: openSession).
+	errKeyNotHeld = status.Error(codes.AlreadyExists, "this client_request_id already joined, and its secure key is no longer held")
 	// Whether this core serves now (the gate in server.go and the operations).
 	errNotPrimary = status.Error(codes.Unavailable, "this chat core is not primary")
 	errDraining   = status.Error(codes.Unavailable, "this chat core is draining for a switchover")

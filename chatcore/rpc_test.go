@@ -26,6 +26,7 @@ func TestErrorMapping(t *testing.T) {
 		{"errUnknown", errUnknown, codes.NotFound},
 		{"errLeft", errLeft, codes.FailedPrecondition},
 		{"errEnded", errEnded, codes.FailedPrecondition},
+		{"errKeyNotHeld", errKeyNotHeld, codes.AlreadyExists},
 		{"errNotPrimary", errNotPrimary, codes.Unavailable},
 		{"errHandedOver", errHandedOver, codes.Unavailable},
 		{"errDraining", errDraining, codes.Unavailable},
