@@ -96,11 +96,15 @@ type Core struct {
 	replicaStale atomic.Bool // the replica may miss events acked while the link was down
 	// detect decides, on the backup, whether the primary is dead (package
 	// detect; it remembers the primary it replicates from and gossip's word).
-	detect   *detect.Detector
-	abrupt   atomic.Bool // stop without the shutdown handover (tests of crashes)
-	metaMu   sync.Mutex
-	grpcAddr string
-	httpAddr string
+	detect *detect.Detector
+	abrupt atomic.Bool // stop without the shutdown handover (tests of crashes)
+	// beforeSnapshotAck, when set (tests only, before Serve), runs on a
+	// backup that received its primary's snapshot_done, before it applies
+	// and acknowledges it; an error ends the stream unsynced.
+	beforeSnapshotAck func() error
+	metaMu            sync.Mutex
+	grpcAddr          string
+	httpAddr          string
 
 	guard *guard // the primary's lease and the newer epochs peers claim (guard.go)
 

@@ -271,7 +271,14 @@ func (c *Core) takeOver(ctx context.Context, from string, epoch uint64) (uint64,
 	c.log.InfoContext(ctx, "switchover: taking over", "from", from, "epoch", epoch)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	got, err := c.claimPrimary(cctx, claim{known: epoch, holder: from, reason: "switchover from " + from})
+	// The old primary becomes this core's backup, which is in sync only
+	// once it acknowledged a fresh snapshot: until then the first
+	// acknowledgements take their second copies in UCS (secondCopy), so the
+	// claim records the solo mark in its own write, and the first of them
+	// writes nothing more to the coordination cluster. The backup in sync
+	// clears it.
+	var solo soloClaimed
+	got, err := c.claimPrimary(cctx, claim{known: epoch, holder: from, reason: "switchover from " + from, solo: &solo})
 	if err != nil {
 		span.RecordError(err)
 		return 0, err
@@ -389,6 +396,12 @@ func (c *Core) handover(ctx context.Context, why string) (*chatpb.SwitchoverResp
 	// Before the step-down ends the streams and the held calls are woken:
 	// they are refused with errHandedOver (notPrimary).
 	c.handedOver.Store(c.now().UnixNano())
+	// Until this core, now the new primary's backup, acknowledged that
+	// primary's snapshot, that primary takes its second copies in UCS
+	// (secondCopy): a promotion before then merges from UCS what the solo
+	// mark says it may have acknowledged (trustReplica). The snapshot_done
+	// clears it (follower.go).
+	c.replicaStale.Store(true)
 	c.stepDown(fmt.Sprintf("%s to %s", why, l.Name()), ans.HandoverEpoch)
 	c.m.switchoverPauseS.Observe(pause.Seconds())
 	c.log.InfoContext(ctx, why+" done", "new_primary", l.Name(), "new_epoch", ans.HandoverEpoch, "pause", pause)

@@ -264,6 +264,12 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 				return end
 			}
 		case *chatpb.ReplicaMsg_SnapshotDone:
+			if hold := c.beforeSnapshotAck; hold != nil {
+				if err := hold(); err != nil {
+					end.err = err
+					return end
+				}
+			}
 			n, kept := ap.Synced()
 			end.synced = true
 			c.replicaStale.Store(false)

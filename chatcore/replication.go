@@ -2,6 +2,7 @@ package chatcore
 
 import (
 	"context"
+	"errors"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/replica"
@@ -109,15 +110,66 @@ func (c *Core) Replicate(stream chatpb.Replication_ReplicateServer) error {
 // (see doubt.go): its index is kept for it. A definite refusal (stale
 // epoch, conflict, invalid, forbidden, the breaker open: nothing sent) and
 // no attempt to the backup leave it certain that no copy exists.
+//
+// A backup still resyncing (its snapshot not acknowledged: after a
+// switchover, the old primary that just became backup) acknowledges ev only
+// behind the rest of its snapshot: ev goes to it all the same, and the
+// first of the two copies decides (eitherCopy).
 func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, needCopy bool) (uncertain bool, err error) {
-	acked, uncertain := c.repl.CopyToBackup(s, ev, needCopy)
-	if acked {
+	cp := c.repl.SendToBackup(s, ev, needCopy)
+	ucs := c.paired() && needCopy && c.notices.keeps(ev)
+	if ucs && cp.Resyncing {
+		return c.eitherCopy(ctx, s, ev, cp)
+	}
+	if cp.Wait(nil) {
 		return false, nil
 	}
-	if !c.paired() || !needCopy || !c.notices.keeps(ev) {
+	if !ucs {
 		return false, nil
 	}
-	return c.ucs.copy(ctx, s.id, ev, uncertain)
+	return c.ucs.copy(ctx, s.id, ev, cp.Uncertain)
+}
+
+// eitherCopy is the second copy of ev queued to a resyncing backup (cp):
+// a save in UCS (ucsCopy.copy, which records the solo mark first unless the
+// claim recorded it) runs beside the wait for the backup's ack, and the
+// first that succeeds commits ev. The save runs in the core's background
+// (bounded by its own timeouts) and may land after the backup's ack: a
+// copy too many in UCS, which the saver's idempotent saves absorb. Only
+// when both fail is ev refused; it was queued to the backup, so it is
+// uncertain while this core is primary.
+func (c *Core) eitherCopy(ctx context.Context, s *session, ev *chatpb.Event, cp *replica.Copy) (bool, error) {
+	var (
+		uncertain bool
+		err       error
+	)
+	saved := make(chan struct{})
+	octx := context.WithoutCancel(ctx) // the client giving up must not count as a UCS failure
+	if !c.bg.spawn(func(bctx context.Context) {
+		defer close(saved)
+		sctx, cancel := context.WithCancel(octx)
+		defer cancel()
+		stop := context.AfterFunc(bctx, cancel) // the core stops
+		defer stop()
+		uncertain, err = c.ucs.copy(sctx, s.id, ev, cp.Uncertain)
+	}) {
+		// The core is stopping: no save runs, the backup's ack alone decides.
+		if cp.Wait(nil) {
+			return false, nil
+		}
+		return cp.Uncertain && c.role.IsPrimary(), errNotPrimary
+	}
+	if cp.Wait(saved) {
+		return false, nil // the backup's ack came before the save's answer
+	}
+	<-saved
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, errNotPrimary) && cp.Wait(nil) {
+		return false, nil // UCS failed, the backup still acknowledged
+	}
+	return uncertain, err
 }
 
 // replicateProgress tells the backup about an acknowledged transcript save

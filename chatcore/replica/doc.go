@@ -4,7 +4,9 @@
 //
 //   - the primary's side, Replicator: it serves the backup's Replicate
 //     stream (hello, snapshot, live tail), sends each committed event and
-//     waits for the backup's acknowledgement of it (CopyToBackup). Queued
+//     waits for the backup's acknowledgement of it (CopyToBackup; or
+//     SendToBackup, then Copy.Wait, for a caller that takes the copy
+//     elsewhere too while the backup resyncs). Queued
 //     messages go out as ReplicaBatch runs (group commit) when the
 //     backup's hello asked for batches; acknowledgements are cumulative,
 //     one per batch. Save progress gathered every 50 ms goes as one

@@ -559,35 +559,79 @@ func (r *Replicator) Serve(stream Stream) error {
 // queued to the backup without an ack (the backup may have applied it).
 // Call with the session's append lock held.
 func (r *Replicator) CopyToBackup(s Session, ev *chatpb.Event, needCopy bool) (acked, uncertain bool) {
+	cp := r.SendToBackup(s, ev, needCopy)
+	if cp.Wait(nil) {
+		return true, false
+	}
+	return false, cp.Uncertain
+}
+
+// Copy is the backup's part of one event's second copy (SendToBackup): the
+// event queued to the live backup, and its acknowledgement to wait for.
+type Copy struct {
+	// Uncertain: the event was queued to the backup with needCopy; until
+	// Wait reports its ack, the backup may have applied it or not.
+	Uncertain bool
+	// Resyncing: the event was queued to a backup that has not
+	// acknowledged its snapshot yet, so its ack waits behind the rest of
+	// the snapshot; the caller may take the second copy elsewhere
+	// meanwhile (the core's UCS copy) instead of waiting.
+	Resyncing bool
+
+	link     *Link
+	ch       <-chan error  // the backup's answer (nil: nothing to wait for)
+	timeout  time.Duration // replication-timeout
+	answered bool          // ok is final
+	ok       bool
+}
+
+// SendToBackup queues ev to the live backup when the backup holds its
+// session (a new session's whole log is ev), without waiting: Copy.Wait
+// waits for the backup's acknowledgement when needCopy. Call with the
+// session's append lock held.
+func (r *Replicator) SendToBackup(s Session, ev *chatpb.Event, needCopy bool) *Copy {
 	l := r.Current()
 	if l == nil {
-		return false, false
+		return &Copy{answered: true}
 	}
 	if ev.Index == 1 {
 		s.SetLinkGen(l.gen) // a new session: its whole log is this event
 	}
 	if s.LinkGen() != l.gen {
-		return false, false
+		return &Copy{answered: true}
 	}
-	uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
-	ch := l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
+	cp := &Copy{link: l, timeout: r.cfg.Timeout}
+	cp.Uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
+	cp.Resyncing = needCopy && !l.InSync()
+	cp.ch = l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)
 	if !needCopy {
-		return true, false
+		cp.answered, cp.ok = true, true // sent: nothing more is needed
 	}
-	t := time.NewTimer(r.cfg.Timeout)
+	return cp
+}
+
+// Wait reports whether nothing more is needed of the copy: the backup
+// acknowledged the event (or it went without needCopy). It waits at most
+// replication-timeout (a silent backup is given up: its link is killed and
+// it resyncs from a fresh snapshot), or until stop is closed: then it
+// returns false and a later Wait may still see the ack. The caller's
+// context is not honoured: once sent, the event's fate must be decided
+// (committed or not) before the index moves on.
+func (c *Copy) Wait(stop <-chan struct{}) bool {
+	if c.answered {
+		return c.ok
+	}
+	t := time.NewTimer(c.timeout)
 	defer t.Stop()
 	select {
-	case err := <-ch:
-		if err == nil {
-			return true, false
-		}
+	case err := <-c.ch:
+		c.answered, c.ok = true, err == nil
 	case <-t.C:
-		// A silent backup is given up; it resyncs from a fresh snapshot.
-		// The client's ctx is not honoured here: once sent, the event's
-		// fate must be decided (committed or not) before the index moves on.
-		l.kill(fmt.Errorf("no ack within %s", r.cfg.Timeout))
+		c.link.kill(fmt.Errorf("no ack within %s", c.timeout))
+		c.answered = true
+	case <-stop:
 	}
-	return false, uncertain
+	return c.ok
 }
 
 // Progress tells the backup about an acknowledged transcript save: at once

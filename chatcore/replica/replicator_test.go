@@ -293,3 +293,52 @@ func TestReplicatorRefusesUnconfirmedEpoch(t *testing.T) {
 		t.Fatalf("a confirmed newer epoch: %d step downs, want 1", n)
 	}
 }
+
+// TestSendToBackupResyncing: an event queued to a backup that has not
+// acknowledged its snapshot is Resyncing; Wait with stop closed returns
+// without the ack and without giving the backup up, and a later Wait sees
+// the ack. Once the backup is in sync an event is not Resyncing.
+func TestSendToBackupResyncing(t *testing.T) {
+	fake := &fakeCore{}
+	r := newTestReplicator(t, fake, &fakeAuthority{epoch: 3})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	backup := newScriptedBackup(ctx)
+	go func() { _ = r.Serve(backup) }()
+	backup.in <- &chatpb.ReplicaAck{Hello: &chatpb.ReplicaHello{Name: "core-b", Epoch: 3, Batches: true}}
+	backup.next(t) // the snapshot of "old"
+	backup.next(t) // snapshot_done, not acknowledged yet
+	l := r.Current()
+	if l == nil || l.InSync() {
+		t.Fatal("the link is missing or in sync before the backup acknowledged its snapshot")
+	}
+	held := &fakeSession{id: "old"}
+	held.SetLinkGen(l.gen)
+	cp := r.SendToBackup(held, &chatpb.Event{SessionId: "old", Index: 2}, true)
+	if !cp.Resyncing || !cp.Uncertain {
+		t.Fatalf("queued behind the snapshot: resyncing %v uncertain %v, want both", cp.Resyncing, cp.Uncertain)
+	}
+	ev := backup.next(t)
+	stop := make(chan struct{})
+	close(stop)
+	if cp.Wait(stop) {
+		t.Fatal("acknowledged without the backup's ack")
+	}
+	if r.Current() != l {
+		t.Fatal("a stopped wait gave the backup up")
+	}
+	backup.in <- &chatpb.ReplicaAck{Seq: ev[len(ev)-1].Seq}
+	if !cp.Wait(nil) {
+		t.Fatal("the backup's ack of the snapshot and the event did not complete the copy")
+	}
+	waitFor(t, "the backup in sync", func() bool { return l.InSync() })
+	cp = r.SendToBackup(held, &chatpb.Event{SessionId: "old", Index: 3}, true)
+	if cp.Resyncing {
+		t.Fatal("an event to a backup in sync is resyncing")
+	}
+	m := backup.next(t)
+	backup.in <- &chatpb.ReplicaAck{Seq: m[len(m)-1].Seq}
+	if !cp.Wait(nil) {
+		t.Fatal("the backup's ack did not complete the copy")
+	}
+}
