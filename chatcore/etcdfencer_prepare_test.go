@@ -155,18 +155,7 @@ func TestEtcdFencerPreparedClaim(t *testing.T) {
 	// Prepare once more and drop it: the only lease left is the epoch's.
 	prepare(t)
 	f.DropPrepared()
-	if _, err := f.Renew(ctx, svc, prev.Epoch, "core-b"); err != nil { // revokes the spent ones
-		t.Fatal(err)
-	}
-	kv, err := cli.Get(ctx, f.leaseKey(svc))
-	if err != nil || len(kv.Kvs) != 1 {
-		t.Fatalf("lease key: %+v %v", kv, err)
-	}
-	bound := clientv3.LeaseID(kv.Kvs[0].Lease)
-	waitFor(t, "only the epoch's lease at etcd", func() bool {
-		ls, err := cli.Leases(ctx)
-		return err == nil && len(ls.Leases) == 1 && ls.Leases[0].ID == bound
-	})
+	onlyTheEpochsLease(t, ctx, f, cli, svc, prev.Epoch)
 }
 
 // TestBackupPreparesItsClaim: a backup in sync has its fencer grant the
@@ -318,18 +307,7 @@ func TestEtcdFencerRegrantsForgottenSpare(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.DropPrepared()
-	if _, err := f.Renew(ctx, svc, prev.Epoch, "core-b"); err != nil { // revokes the spent ones
-		t.Fatal(err)
-	}
-	kv, err := cli.Get(ctx, f.leaseKey(svc))
-	if err != nil || len(kv.Kvs) != 1 {
-		t.Fatalf("lease key: %+v %v", kv, err)
-	}
-	bound := clientv3.LeaseID(kv.Kvs[0].Lease)
-	waitFor(t, "only the epoch's lease at etcd", func() bool {
-		ls, err := cli.Leases(ctx)
-		return err == nil && len(ls.Leases) == 1 && ls.Leases[0].ID == bound
-	})
+	onlyTheEpochsLease(t, ctx, f, cli, svc, prev.Epoch)
 }
 
 // TestEtcdFencerSpareBoundToItsService: the lease a backup prepared for its
@@ -381,4 +359,22 @@ func TestEtcdFencerSpareBoundToItsService(t *testing.T) {
 			}
 		})
 	}
+}
+
+// onlyTheEpochsLease renews epoch (which revokes the leases f spent) and
+// waits until the lease bound to svc's epoch key is the only one at etcd.
+func onlyTheEpochsLease(t testing.TB, ctx context.Context, f *EtcdFencer, cli *clientv3.Client, svc string, epoch uint64) {
+	t.Helper()
+	if _, err := f.Renew(ctx, svc, epoch, "core-b"); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := cli.Get(ctx, f.leaseKey(svc))
+	if err != nil || len(kv.Kvs) != 1 {
+		t.Fatalf("lease key: %+v %v", kv, err)
+	}
+	bound := clientv3.LeaseID(kv.Kvs[0].Lease)
+	waitFor(t, "only the epoch's lease at etcd", func() bool {
+		ls, err := cli.Leases(ctx)
+		return err == nil && len(ls.Leases) == 1 && ls.Leases[0].ID == bound
+	})
 }

@@ -1,15 +1,12 @@
 package chatcore
 
 import (
-	"context"
-	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
-	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/ucsmock"
 )
 
@@ -203,28 +200,16 @@ func TestStartSessionRetryAnsweredAfterFailover(t *testing.T) {
 // customer nobody can authenticate as, idles out), and a further retry is
 // answered from that new session.
 func TestStartSessionRetryAfterRestoreFromUCS(t *testing.T) {
-	store := ucsmock.NewMemStore(1) // lists its chats: the promoted backup finds the session only UCS holds
-	la, lb := listen(t), listen(t)
-	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
-	proxy := newProxy(t, la.Addr().String())
-	mm := &memMembers{}
-	var killed atomic.Bool // the witness reaches the primary until it is killed
-	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return !killed.Load(), nil })
-	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness, WithMembership(mm))
-	waitInSync(t, a, "core-b")
-	proxy.cut()
-	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
+	p := startGossipCutPair(t, ucsmock.NewMemStore(1)) // it lists its chats: the promoted backup finds the session only UCS holds
+	a, b := p.a, p.b
+	p.cut(t)
 	ctx := ctxT(t)
 	lost, err := a.cl.StartSession(ctx, startReq("ucs-1")) // acknowledged with UCS as its second copy; the answer is "lost"
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "b marks its replica stale", func() bool { return b.c.replicaStale.Load() })
-	a.kill()
-	killed.Store(true)
-	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
-		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
+	p.killPrimary()
 	waitFor(t, "b primary, holding the session restored from UCS", func() bool {
 		return b.c.role.IsPrimary() && b.c.session(lost.Auth.SessionId) != nil
 	})

@@ -171,28 +171,16 @@ func containsIndex(xs []uint64, x uint64) bool {
 // while the backup's replica is stale (the link had been cut): the backup
 // promotes and merges the events UCS holds beyond its copy.
 func TestGossipFailurePromotesAndMerges(t *testing.T) {
-	store := newMemStore()
-	la, lb := listen(t), listen(t)
-	a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
-	waitFor(t, "a primary", func() bool { return a.c.role.IsPrimary() })
-	proxy := newProxy(t, la.Addr().String())
-	mm := &memMembers{}
-	var killed atomic.Bool // the witness reaches the primary until it is killed
-	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return !killed.Load(), nil })
-	b := startNode(t, "core-b", RoleBackup, proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness, WithMembership(mm))
-	waitInSync(t, a, "core-b")
+	p := startGossipCutPair(t, newMemStore())
+	a, b := p.a, p.b
 	cust, _ := a.chat(t)
-	proxy.cut()
-	waitFor(t, "a lost the link", func() bool { return a.c.repl.Current() == nil })
+	p.cut(t)
 	r, err := a.cl.Send(ctxT(t), msg(cust, "only in UCS", "u1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "b marks its replica stale", func() bool { return b.c.replicaStale.Load() })
-	a.kill()
-	killed.Store(true)
-	mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
-		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: proxy.addr}}})
+	p.killPrimary()
 	waitFor(t, "b promoted", func() bool { return b.c.role.IsPrimary() })
 	d, err := b.cl.Send(ctxT(t), msg(cust, "only in UCS", "u1"))
 	if err != nil || !d.Duplicate || d.Index != r.Index {
@@ -260,4 +248,44 @@ func TestPartitionedPrimaryAcksMerged(t *testing.T) {
 		t.Fatal("the partitioned old primary committed after the new epoch")
 	}
 	waitFor(t, "a stepped down", func() bool { return a.c.Role() == RoleBackup })
+}
+
+// gossipCutPair is a pair whose backup reaches the primary through a proxy
+// that can be cut, with gossip (mm) and a witness that reaches the primary
+// until killPrimary.
+type gossipCutPair struct {
+	a, b   *node
+	proxy  *tcpProxy
+	mm     *memMembers
+	killed atomic.Bool
+}
+
+// startGossipCutPair starts a (primary) and b (backup, in sync through the
+// proxy), both on store.
+func startGossipCutPair(t testing.TB, store TranscriptStore) *gossipCutPair {
+	t.Helper()
+	p := &gossipCutPair{mm: &memMembers{}}
+	la, lb := listen(t), listen(t)
+	p.a = startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil)
+	waitFor(t, "a primary", func() bool { return p.a.c.role.IsPrimary() })
+	p.proxy = newProxy(t, la.Addr().String())
+	witness := WithWitness(func(ctx context.Context, w, target string) (bool, error) { return !p.killed.Load(), nil })
+	p.b = startNode(t, "core-b", RoleBackup, p.proxy.addr, lb, store, func(c *Config) { c.Witness = "127.0.0.1:1" }, witness, WithMembership(p.mm))
+	waitInSync(t, p.a, "core-b")
+	return p
+}
+
+// cut cuts the replication link and waits until the primary lost it.
+func (p *gossipCutPair) cut(t testing.TB) {
+	t.Helper()
+	p.proxy.cut()
+	waitFor(t, "a lost the link", func() bool { return p.a.c.repl.Current() == nil })
+}
+
+// killPrimary kills a; the witness and gossip then report it dead.
+func (p *gossipCutPair) killPrimary() {
+	p.a.kill()
+	p.killed.Store(true)
+	p.mm.publish(membership.Event{Type: membership.EventFailed, Member: membership.Member{Name: "core-a", State: membership.StateDead,
+		Meta: membership.Meta{Kind: membership.KindCore, Role: RolePrimary, Epoch: 1, GRPCAddr: p.proxy.addr}}})
 }
