@@ -57,12 +57,7 @@ func spareOf(f *EtcdFencer) *spareLease {
 // one as before; and no lease is left behind once the fencer renewed and
 // dropped what it prepared.
 func TestEtcdFencerPreparedClaim(t *testing.T) {
-	ep := coordtest.Start(t)
-	cli := coordtest.Client(t, ep)
-	cc := coordtest.Client(t, ep)
-	var w writeCounter
-	cc.KV = countingKV{cc.KV, &w}
-	cc.Lease = countingLease{cc.Lease, &w}
+	cli, cc, w := countedEtcd(t)
 	ctx := ctxT(t)
 	const svc = "hachat"
 	f := NewEtcdFencer(cc, "/test/", time.Second)
@@ -317,12 +312,7 @@ func TestEtcdFencerRegrantsForgottenSpare(t *testing.T) {
 // claim grants its own lease, the prepared one stays in place, alive, and
 // the promotion it was meant for is still one write.
 func TestEtcdFencerSpareBoundToItsService(t *testing.T) {
-	ep := coordtest.Start(t)
-	cli := coordtest.Client(t, ep)
-	cc := coordtest.Client(t, ep)
-	var w writeCounter
-	cc.KV = countingKV{cc.KV, &w}
-	cc.Lease = countingLease{cc.Lease, &w}
+	cli, cc, w := countedEtcd(t)
 	ctx := ctxT(t)
 	const own, other = "hachat", "hachat-p2"
 	f := NewEtcdFencer(cc, "/test/", time.Second)
@@ -377,4 +367,15 @@ func onlyTheEpochsLease(t testing.TB, ctx context.Context, f *EtcdFencer, cli *c
 		ls, err := cli.Leases(ctx)
 		return err == nil && len(ls.Leases) == 1 && ls.Leases[0].ID == bound
 	})
+}
+
+// countedEtcd starts an embedded etcd and returns a plain client and one
+// whose writes (KV and lease) w counts.
+func countedEtcd(t testing.TB) (cli, cc *clientv3.Client, w *writeCounter) {
+	t.Helper()
+	ep := coordtest.Start(t)
+	cli, cc, w = coordtest.Client(t, ep), coordtest.Client(t, ep), &writeCounter{}
+	cc.KV = countingKV{cc.KV, w}
+	cc.Lease = countingLease{cc.Lease, w}
+	return cli, cc, w
 }
