@@ -15,9 +15,11 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/hachat/hachat/bench/workers"
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/clusterctl"
 )
@@ -56,6 +58,26 @@ type Options struct {
 	// tell), then SIGCONT it once the chat goes on: it must find itself
 	// fenced and come back as backup.
 	Silent bool
+	// Sessions is the number of extra live sessions opened before the
+	// trials (customer started, agent joined, one message each) through
+	// the client under test, and left open through every trial: the
+	// snapshot a backup resyncs from after each failover or switchover
+	// holds them all (0: none). The cores must not end them meanwhile
+	// (their flex-disconnect-timeout must outlast the run).
+	Sessions int
+	// SetupConcurrency is the number of sessions opened at once (default 32).
+	SetupConcurrency int
+}
+
+// Validate reports options that cannot run.
+func (o Options) Validate() error {
+	if o.Sessions < 0 {
+		return fmt.Errorf("sessions must be 0 or more (extra live sessions), got %d", o.Sessions)
+	}
+	if o.SetupConcurrency < 0 {
+		return fmt.Errorf("setup concurrency must be 0 (default) or more, got %d", o.SetupConcurrency)
+	}
+	return nil
 }
 
 // Report holds the measured gaps.
@@ -68,6 +90,13 @@ type Report struct {
 	// message sent after it. Kill minus KillAck is what the delivery to
 	// the subscriber added (its stream's resumption).
 	KillAck []time.Duration
+	// Sessions is the number of extra live sessions held through the trials.
+	Sessions int
+	// SetupTime is how long opening them took.
+	SetupTime time.Duration
+	// LiveAfter is the primary's count of live sessions after the last
+	// trial (with Sessions > 0; it includes trial sessions still lingering).
+	LiveAfter uint64
 }
 
 // GapSummary is one kind of trial in the JSON report: every gap and its
@@ -118,7 +147,12 @@ func (r Report) String() string {
 		return fmt.Sprintf("%-22s trials %d   p50 %v   p99 %v   max %v\n", name, len(ds),
 			p50.Round(time.Microsecond), p99.Round(time.Microsecond), mx.Round(time.Microsecond))
 	}
-	out := line("kill -9 gap", r.Kill)
+	out := ""
+	if r.Sessions > 0 {
+		out = fmt.Sprintf("%d extra live sessions through every trial (set up in %v; the primary held %d live after the trials)\n",
+			r.Sessions, r.SetupTime.Round(time.Millisecond), r.LiveAfter)
+	}
+	out += line("kill -9 gap", r.Kill)
 	if len(r.KillAck) > 0 {
 		out += line("  of which to the ack", r.KillAck)
 	}
@@ -130,7 +164,10 @@ func (r Report) String() string {
 
 // Run runs the trials. cl is the client under test (through the sidecar or
 // with both core addresses): it must resume on its own.
-func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Options, progress io.Writer) (Report, error) {
+func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Options, progress io.Writer) (rep Report, err error) {
+	if err := opts.Validate(); err != nil {
+		return Report{}, err
+	}
 	if opts.Trials <= 0 {
 		opts.Trials = 5
 	}
@@ -143,7 +180,22 @@ func Run(ctx context.Context, cl chatpb.ChatClient, cluster Cluster, opts Option
 	if progress == nil {
 		progress = io.Discard
 	}
-	var rep Report
+	if opts.Sessions > 0 {
+		if err := waitPair(ctx, opts, opts.Settle); err != nil {
+			return rep, fmt.Errorf("before the sessions' set-up: %w", err)
+		}
+		start := time.Now()
+		if err := OpenSessions(ctx, cl, opts, progress); err != nil {
+			return rep, err
+		}
+		rep.Sessions, rep.SetupTime = opts.Sessions, time.Since(start)
+		defer func() {
+			if err == nil {
+				rep.LiveAfter, err = primaryLive(ctx, opts)
+				fmt.Fprintf(progress, "after the trials the primary holds %d live sessions (%d opened before them)\n", rep.LiveAfter, opts.Sessions)
+			}
+		}()
+	}
 	for i := 0; i < opts.Trials; i++ {
 		if err := waitPair(ctx, opts, opts.Settle); err != nil {
 			return rep, fmt.Errorf("kill trial %d: %w", i+1, err)
@@ -247,6 +299,66 @@ func waitPair(ctx context.Context, opts Options, within time.Duration) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// OpenSessions opens opts.Sessions live sessions through cl, on
+// opts.SetupConcurrency goroutines: each a customer's StartSession, an
+// agent's Join and one message from the customer. The sessions stay open
+// (nobody leaves). progress gets a line per 1000 sessions and one at the end.
+func OpenSessions(ctx context.Context, cl chatpb.ChatClient, opts Options, progress io.Writer) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	if progress == nil {
+		progress = io.Discard
+	}
+	conc := opts.SetupConcurrency
+	if conc == 0 {
+		conc = 32
+	}
+	start := time.Now()
+	var made atomic.Int64
+	err := workers.Range(ctx, conc, 0, opts.Sessions, nil, func(ctx context.Context, i int) error {
+		js, err := cl.StartSession(ctx, &chatpb.StartSessionRequest{Service: "bench", Nickname: fmt.Sprintf("customer-%d", i), Subject: "live"})
+		if err != nil {
+			return fmt.Errorf("start live session %d: %w", i, err)
+		}
+		if _, err := cl.Join(ctx, &chatpb.JoinRequest{SessionId: js.GetAuth().GetSessionId(), Nickname: "agent",
+			Type: chatpb.ParticipantType_PARTICIPANT_TYPE_AGENT, ServiceToken: opts.ServiceToken}); err != nil {
+			return fmt.Errorf("join live session %d: %w", i, err)
+		}
+		id := fmt.Sprintf("live-%d", i)
+		if _, err := cl.Send(ctx, &chatpb.SendRequest{Auth: js.GetAuth(), Kind: chatpb.EventKind_EVENT_KIND_MESSAGE,
+			Text: "hello", ClientMessageId: id}); err != nil {
+			return fmt.Errorf("send in live session %d: %w", i, err)
+		}
+		if n := made.Add(1); n%1000 == 0 {
+			fmt.Fprintf(progress, "  %d/%d sessions\n", n, opts.Sessions)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "%d live sessions ready in %v (kept open through every trial)\n", opts.Sessions, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// primaryLive returns the primary's count of live sessions.
+func primaryLive(ctx context.Context, opts Options) (uint64, error) {
+	if err := waitPair(ctx, opts, opts.Settle); err != nil {
+		return 0, fmt.Errorf("after the trials: %w", err)
+	}
+	addrs := make([]string, 0, len(opts.Cores))
+	for _, a := range opts.Cores {
+		addrs = append(addrs, a)
+	}
+	for _, s := range opts.Ctl.Status(ctx, addrs, time.Second) {
+		if s.Status.GetRole() == "primary" {
+			return s.Status.GetLiveSessions(), nil
+		}
+	}
+	return 0, clusterctl.ErrNoPrimary
 }
 
 func primaryName(ctx context.Context, opts Options) (string, error) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -221,6 +222,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		TLS            bool `yaml:"tls"`
 		JSON           bool `yaml:"json"`
 		CoordMembers   int  `yaml:"coord-members"`
+		Sessions       int  `yaml:"sessions"`
 	}
 	o.Trials = 5
 	o.CoordMembers = 3
@@ -232,20 +234,35 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		fs.BoolVar(&o.TLS, "tls", o.TLS, "mTLS on every hop (the gap then includes a handshake with the new primary)")
 		fs.BoolVar(&o.JSON, "json", o.JSON, "print the report as JSON")
 		fs.IntVar(&o.CoordMembers, "coord-members", o.CoordMembers, "coordination members (embedded etcd) holding the epochs; 0: epochs at UCS")
+		fs.IntVar(&o.Sessions, "sessions", o.Sessions, "extra live sessions opened before the trials (customer, agent, one message each) and kept\n"+
+			"open through all of them, so every resync after a failover or switchover carries them; 0: none\n"+
+			"(the cores' flex-disconnect-timeout is then lifted to 1h so the idle customers stay)")
 	})
 	if err != nil {
 		return err
+	}
+	fopts := failoverbench.Options{
+		Trials: o.Trials, AdminToken: benchcluster.AdminToken, ServiceToken: benchcluster.ServiceToken, SkipSwitchover: o.SkipSwitchover, Silent: o.Silent,
+		Sessions: o.Sessions,
+	}
+	if err := fopts.Validate(); err != nil {
+		return usageError(errw, "--%v", err)
+	}
+	coreArgs := []string{"--send-rate=100000", "--send-burst=100000"}
+	if o.Sessions > 0 {
+		coreArgs = append(coreArgs, "--flex-disconnect-timeout=1h")
 	}
 	// The customer sends every few milliseconds: lift the per-participant rate limit.
 	stage, path := demo.StagePair, "clients given both cores"
 	if o.Sidecar {
 		stage, path = demo.StageMesh, "through a sidecar steered by xDS"
 	}
-	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS, CoordMembers: o.CoordMembers}, errw, "--send-rate=100000", "--send-burst=100000")
+	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS, CoordMembers: o.CoordMembers}, errw, coreArgs...)
 	if err != nil {
 		return err
 	}
 	defer bc.Stop()
+	fmt.Fprintf(errw, "cluster logs in %s\n", bc.Dir())
 	layout := bc.Layout
 	ccfg := chatclient.DefaultConfig()
 	ccfg.Targets = []string{layout.Addrs.CoreAGRPC, layout.Addrs.CoreBGRPC}
@@ -261,11 +278,9 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		return err
 	}
 	defer cl.Close()
-	rep, err := failoverbench.Run(ctx, cl, bc, failoverbench.Options{
-		Trials: o.Trials, AdminToken: benchcluster.AdminToken, ServiceToken: benchcluster.ServiceToken, SkipSwitchover: o.SkipSwitchover, Silent: o.Silent,
-		Cores: map[string]string{"core-a": layout.Addrs.CoreAGRPC, "core-b": layout.Addrs.CoreBGRPC},
-		Ctl:   clusterctl.Ctl{Creds: creds},
-	}, errw)
+	fopts.Cores = map[string]string{"core-a": layout.Addrs.CoreAGRPC, "core-b": layout.Addrs.CoreBGRPC}
+	fopts.Ctl = clusterctl.Ctl{Creds: creds}
+	rep, err := failoverbench.Run(ctx, cl, bc, fopts, errw)
 	security := "plaintext"
 	if o.TLS {
 		security = "mTLS"
@@ -279,8 +294,11 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 			Path     string               `json:"path"`
 			Security string               `json:"security"`
 			Fencing  string               `json:"fencing"`
+			Sessions int                  `json:"sessions"`
+			Setup    time.Duration        `json:"sessions_setup_ns,omitempty"`
+			Live     uint64               `json:"live_sessions_after,omitempty"`
 			Gaps     failoverbench.Report `json:"gaps"`
-		}{path, security, fencing, rep}); jerr != nil && err == nil {
+		}{path, security, fencing, rep.Sessions, rep.SetupTime, rep.LiveAfter, rep}); jerr != nil && err == nil {
 			err = jerr
 		}
 		return err
