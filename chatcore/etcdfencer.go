@@ -42,9 +42,10 @@ type EtcdFencer struct {
 
 	mu   sync.Mutex
 	held map[string]heldLease // by service: the lease of the epoch we hold
-	// spent are leases of epochs this fencer held before its last claim,
-	// bound to no key any more: the next Renew revokes them, off the claim's
-	// path (a lease nobody renews expires anyway).
+	// spent are leases bound to no key any more (of epochs this fencer
+	// held before its last claim, or prepared and gone stale): the next
+	// Renew revokes them, off the claim's path (a lease nobody renews
+	// expires anyway).
 	spent []clientv3.LeaseID
 	// spare is the lease of the next claim, granted ahead (PrepareClaim):
 	// a claim of its service that finds it alive binds the epoch to it in
@@ -407,8 +408,9 @@ func (f *EtcdFencer) DropPrepared() {
 
 // takeSpare hands the prepared lease to a claim of service: its id and the
 // revision last seen with it, when it is fresh enough (see
-// spareLease.fresh); a stale one is revoked in the background. One prepared
-// for another service stays in place.
+// spareLease.fresh); a stale one joins the spent leases, which the next
+// Renew revokes off the claim's path. One prepared for another service
+// stays in place.
 func (f *EtcdFencer) takeSpare(service string) (clientv3.LeaseID, int64, bool) {
 	f.mu.Lock()
 	sp := f.spare
@@ -429,7 +431,9 @@ func (f *EtcdFencer) takeSpare(service string) (clientv3.LeaseID, int64, bool) {
 	}
 	sp.stop()
 	if time.Since(fresh) >= time.Duration(f.ttl)*time.Second/2 {
-		go f.revoke(id)
+		f.mu.Lock()
+		f.spent = append(f.spent, id)
+		f.mu.Unlock()
 		return 0, 0, false
 	}
 	return id, rev, true
