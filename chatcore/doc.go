@@ -75,7 +75,7 @@
 // wants session.mu held (commitLocked, snapshotLocked, and the
 // replica.Entry's MergeProgressLocked and replica.Table's CommitLocked,
 // which the applier calls between Entry.Lock and Entry.Unlock: session.mu
-// before Core.mu). replica.Link.Hold and Replicator.CopyToBackup want the
+// before Core.mu). replica.Link.Hold and Replicator.SendToBackup want the
 // session's appendMu held and take only package replica's locks, which are
 // leaves (Replicator.mu and Link.mu are never held together; progressMu
 // alone). The detector (package detect) holds atomics, no lock.

@@ -119,7 +119,7 @@ func (c *Core) secondCopy(ctx context.Context, s *session, ev *chatpb.Event, nee
 	cp := c.repl.SendToBackup(s, ev, needCopy)
 	ucs := c.paired() && needCopy && c.notices.keeps(ev)
 	if ucs && cp.Resyncing {
-		return c.eitherCopy(ctx, s, ev, cp)
+		return c.eitherCopy(ctx, s, ev, &cp)
 	}
 	if cp.Wait(nil) {
 		return false, nil
@@ -144,6 +144,7 @@ func (c *Core) eitherCopy(ctx context.Context, s *session, ev *chatpb.Event, cp 
 		err       error
 	)
 	saved := make(chan struct{})
+	queued := cp.Uncertain             // the save's goroutine takes this, not cp (which stays on the caller's stack)
 	octx := context.WithoutCancel(ctx) // the client giving up must not count as a UCS failure
 	if !c.bg.spawn(func(bctx context.Context) {
 		defer close(saved)
@@ -151,13 +152,13 @@ func (c *Core) eitherCopy(ctx context.Context, s *session, ev *chatpb.Event, cp 
 		defer cancel()
 		stop := context.AfterFunc(bctx, cancel) // the core stops
 		defer stop()
-		uncertain, err = c.ucs.copy(sctx, s.id, ev, cp.Uncertain)
+		uncertain, err = c.ucs.copy(sctx, s.id, ev, queued)
 	}) {
 		// The core is stopping: no save runs, the backup's ack alone decides.
 		if cp.Wait(nil) {
 			return false, nil
 		}
-		return cp.Uncertain && c.role.IsPrimary(), errNotPrimary
+		return queued && c.role.IsPrimary(), errNotPrimary
 	}
 	if cp.Wait(saved) {
 		return false, nil // the backup's ack came before the save's answer

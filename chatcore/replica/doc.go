@@ -4,9 +4,9 @@
 //
 //   - the primary's side, Replicator: it serves the backup's Replicate
 //     stream (hello, snapshot, live tail), sends each committed event and
-//     waits for the backup's acknowledgement of it (CopyToBackup; or
-//     SendToBackup, then Copy.Wait, for a caller that takes the copy
-//     elsewhere too while the backup resyncs). Queued
+//     waits for the backup's acknowledgement of it (SendToBackup, then
+//     Copy.Wait, which a caller may stop to take the copy elsewhere too
+//     while the backup resyncs). Queued
 //     messages go out as ReplicaBatch runs (group commit) when the
 //     backup's hello asked for batches; acknowledgements are cumulative,
 //     one per batch. Save progress gathered every 50 ms goes as one
@@ -26,6 +26,6 @@
 //
 // Lock order inside the package: Replicator.mu and Link.mu are never held
 // together; Replicator.progressMu is a leaf. The core's locks (a session's
-// append lock, held by the caller of CopyToBackup and Link.Hold) are
+// append lock, held by the caller of SendToBackup and Link.Hold) are
 // outside every lock of this package.
 package replica

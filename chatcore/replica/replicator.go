@@ -90,7 +90,7 @@ type Metrics struct {
 
 // Replicator is the primary's side of replication: it serves the backup's
 // Replicate stream, holds the live link, sends each event and waits for
-// the backup's acknowledgement of it (CopyToBackup), and reports save
+// the backup's acknowledgement of it (SendToBackup, Copy.Wait), and reports save
 // progress. It reaches the core only through Core.
 type Replicator struct {
 	core Core
@@ -550,22 +550,6 @@ func (r *Replicator) Serve(stream Stream) error {
 	}
 }
 
-// CopyToBackup sends ev to the live backup when the backup holds its
-// session (a new session's whole log is ev) and, with needCopy, waits for
-// the backup's acknowledgement of it, at most replication-timeout (a
-// silent backup is given up: it resyncs from a fresh snapshot). acked
-// reports that nothing more is needed: the backup acknowledged ev, or ev
-// was sent without needCopy. Otherwise uncertain reports that ev was
-// queued to the backup without an ack (the backup may have applied it).
-// Call with the session's append lock held.
-func (r *Replicator) CopyToBackup(s Session, ev *chatpb.Event, needCopy bool) (acked, uncertain bool) {
-	cp := r.SendToBackup(s, ev, needCopy)
-	if cp.Wait(nil) {
-		return true, false
-	}
-	return false, cp.Uncertain
-}
-
 // Copy is the backup's part of one event's second copy (SendToBackup): the
 // event queued to the live backup, and its acknowledgement to wait for.
 type Copy struct {
@@ -587,20 +571,21 @@ type Copy struct {
 
 // SendToBackup queues ev to the live backup when the backup holds its
 // session (a new session's whole log is ev), without waiting: Copy.Wait
-// waits for the backup's acknowledgement when needCopy. Call with the
+// waits for the backup's acknowledgement when needCopy. The Copy is a
+// value: a send on the write path allocates nothing for it. Call with the
 // session's append lock held.
-func (r *Replicator) SendToBackup(s Session, ev *chatpb.Event, needCopy bool) *Copy {
+func (r *Replicator) SendToBackup(s Session, ev *chatpb.Event, needCopy bool) Copy {
 	l := r.Current()
 	if l == nil {
-		return &Copy{answered: true}
+		return Copy{answered: true}
 	}
 	if ev.Index == 1 {
 		s.SetLinkGen(l.gen) // a new session: its whole log is this event
 	}
 	if s.LinkGen() != l.gen {
-		return &Copy{answered: true}
+		return Copy{answered: true}
 	}
-	cp := &Copy{link: l, timeout: r.cfg.Timeout}
+	cp := Copy{link: l, timeout: r.cfg.Timeout}
 	cp.Uncertain = needCopy && l.alive() // queued: the backup may apply it whatever follows
 	cp.Resyncing = needCopy && !l.InSync()
 	cp.ch = l.send(&chatpb.ReplicaMsg{Body: &chatpb.ReplicaMsg_Event{Event: ev}}, needCopy)

@@ -173,7 +173,7 @@ func TestReplicatorAlone(t *testing.T) {
 	for _, id := range []string{"s1", "s2", "s3"} {
 		go func() {
 			s := &fakeSession{id: id}
-			acked, uncertain := r.CopyToBackup(s, &chatpb.Event{SessionId: id, Index: 1, Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED}, true)
+			acked, uncertain := copyToBackup(r, s, &chatpb.Event{SessionId: id, Index: 1, Kind: chatpb.EventKind_EVENT_KIND_SESSION_STARTED}, true)
 			results <- result{id, acked, uncertain}
 		}()
 	}
@@ -222,7 +222,7 @@ func TestReplicatorAlone(t *testing.T) {
 
 	// A session the backup does not hold (its snapshot predates the link)
 	// is not sent: its second copy must come from elsewhere.
-	if acked, uncertain := r.CopyToBackup(&fakeSession{id: "away"}, &chatpb.Event{SessionId: "away", Index: 2}, true); acked || uncertain {
+	if acked, uncertain := copyToBackup(r, &fakeSession{id: "away"}, &chatpb.Event{SessionId: "away", Index: 2}, true); acked || uncertain {
 		t.Fatalf("an event of a session the backup lacks: acked %v uncertain %v", acked, uncertain)
 	}
 
@@ -233,7 +233,7 @@ func TestReplicatorAlone(t *testing.T) {
 	r.cfg.Timeout = 300 * time.Millisecond
 	start := time.Now()
 	s4 := &fakeSession{id: "s4"}
-	acked, uncertain := r.CopyToBackup(s4, &chatpb.Event{SessionId: "s4", Index: 1}, true)
+	acked, uncertain := copyToBackup(r, s4, &chatpb.Event{SessionId: "s4", Index: 1}, true)
 	if acked || !uncertain || time.Since(start) < r.cfg.Timeout {
 		t.Fatalf("silent backup: acked %v uncertain %v after %s", acked, uncertain, time.Since(start))
 	}
@@ -341,4 +341,15 @@ func TestSendToBackupResyncing(t *testing.T) {
 	if !cp.Wait(nil) {
 		t.Fatal("the backup's ack did not complete the copy")
 	}
+}
+
+// copyToBackup sends ev and waits for the backup's ack as the core's
+// secondCopy does for a backup in sync: acked when nothing more is needed,
+// else whether ev was queued without an ack.
+func copyToBackup(r *Replicator, s Session, ev *chatpb.Event, needCopy bool) (acked, uncertain bool) {
+	cp := r.SendToBackup(s, ev, needCopy)
+	if cp.Wait(nil) {
+		return true, false
+	}
+	return false, cp.Uncertain
 }
