@@ -349,26 +349,24 @@ func primaryLive(ctx context.Context, opts Options) (uint64, error) {
 	if err := waitPair(ctx, opts, opts.Settle); err != nil {
 		return 0, fmt.Errorf("after the trials: %w", err)
 	}
-	addrs := make([]string, 0, len(opts.Cores))
-	for _, a := range opts.Cores {
-		addrs = append(addrs, a)
-	}
-	for _, s := range opts.Ctl.Status(ctx, addrs, time.Second) {
-		if s.Status.GetRole() == "primary" {
-			return s.Status.GetLiveSessions(), nil
-		}
-	}
-	return 0, clusterctl.ErrNoPrimary
+	_, st, err := primary(ctx, opts)
+	return st.GetLiveSessions(), err
 }
 
 func primaryName(ctx context.Context, opts Options) (string, error) {
+	name, _, err := primary(ctx, opts)
+	return name, err
+}
+
+// primary returns the name and status of the core that says it is primary.
+func primary(ctx context.Context, opts Options) (string, *chatpb.StatusResponse, error) {
 	for name, addr := range opts.Cores {
 		sts := opts.Ctl.Status(ctx, []string{addr}, time.Second)
-		if sts[0].Status.GetRole() == "primary" {
-			return name, nil
+		if st := sts[0].Status; st.GetRole() == "primary" {
+			return name, st, nil
 		}
 	}
-	return "", clusterctl.ErrNoPrimary
+	return "", nil, clusterctl.ErrNoPrimary
 }
 
 // trial runs one conversation across fault and measures the gap.
