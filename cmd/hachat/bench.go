@@ -248,11 +248,11 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if err := fopts.Validate(); err != nil {
 		return usageError(errw, "--%v", err)
 	}
+	// The customer sends every few milliseconds: lift the per-participant rate limit.
 	coreArgs := []string{"--send-rate=100000", "--send-burst=100000"}
 	if o.Sessions > 0 {
 		coreArgs = append(coreArgs, "--flex-disconnect-timeout=1h")
 	}
-	// The customer sends every few milliseconds: lift the per-participant rate limit.
 	stage, path := demo.StagePair, "clients given both cores"
 	if o.Sidecar {
 		stage, path = demo.StageMesh, "through a sidecar steered by xDS"
