@@ -1,11 +1,9 @@
 package chatcore
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,7 +167,7 @@ func TestSwitchoverResyncWindowFailover(t *testing.T) {
 			cli := startEtcd(t)
 			store := newMemStore()
 			g := newSnapshotGate()
-			fb := &soloMarkCounter{EtcdFencer: NewEtcdFencer(cli, "/hachat/fencing/", time.Second)}
+			fb := &markCounter{EtcdFencer: NewEtcdFencer(cli, "/hachat/fencing/", time.Second)}
 			la, lb := listen(t), listen(t)
 			a := startNode(t, "core-a", RolePrimary, lb.Addr().String(), la, store, nil, g.option(),
 				WithFencer(NewEtcdFencer(cli, "/hachat/fencing/", time.Second)))
@@ -217,19 +215,3 @@ func TestSwitchoverResyncWindowFailover(t *testing.T) {
 		})
 	}
 }
-
-// soloMarkCounter counts the solo marks written to etcd by MarkSolo (not
-// those a claim writes in its own transaction).
-type soloMarkCounter struct {
-	*EtcdFencer
-	marks atomic.Int64
-}
-
-func (f *soloMarkCounter) MarkSolo(ctx context.Context, service string, epoch uint64, holder string, solo bool) error {
-	if solo {
-		f.marks.Add(1)
-	}
-	return f.EtcdFencer.MarkSolo(ctx, service, epoch, holder, solo)
-}
-
-func (f *soloMarkCounter) count() int64 { return f.marks.Load() }
