@@ -286,18 +286,21 @@ func WithRetryObserver(ctx context.Context, obs RetryObserver) context.Context {
 
 // retrier paces the attempts of one call.
 type retrier struct {
-	c         *Client
-	attempt   int
-	handovers int           // attempts refused by a core that handed over (see wait)
-	max       time.Duration // cap of the pause; Policy.MaxBackoff when zero
+	c          *Client
+	attempt    int
+	handovers  int           // attempts retried at once at a handover (see wait)
+	handedOver bool          // the last attempt was refused by a core that handed over
+	max        time.Duration // cap of the pause; Policy.MaxBackoff when zero
 }
 
 // reset starts the pacing over (a resumed stream delivered).
-func (r *retrier) reset() { r.attempt, r.handovers = 0, 0 }
+func (r *retrier) reset() { r.attempt, r.handovers, r.handedOver = 0, 0, false }
 
 // maxHandoverRetries is how many attempts of one call refused by a core
 // that handed over (HandedOver) are retried without a backoff: the new
-// primary has claimed by then. Past them (a connection nobody moves) the
+// primary has claimed by then. The connection failure that may follow such
+// a refusal (the retry raced the sidecar closing the old primary's
+// connection) counts among them. Past them (a connection nobody moves) the
 // backoff paces the attempts again.
 const maxHandoverRetries = 2
 
@@ -336,7 +339,10 @@ func (r *retrier) wait(ctx context.Context, err error, failed int32) bool {
 		// back to the dead target).
 		r.c.cur.CompareAndSwap(failed, (failed+1)%n)
 	}
-	if HandedOver(err) && r.handovers < maxHandoverRetries {
+	handedOver := HandedOver(err)
+	closedAfterHandover := r.handedOver && status.Code(err) == codes.Unavailable
+	r.handedOver = handedOver
+	if (handedOver || closedAfterHandover) && r.handovers < maxHandoverRetries {
 		r.handovers++
 		r.attempt-- // the next failure backs off as the first one
 		if n == 1 {

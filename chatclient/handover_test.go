@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
@@ -181,8 +182,10 @@ func TestSendRefusedAtAHandoverReachesTheNewPrimaryAtOnce(t *testing.T) {
 			if got := newCore.times(id); got != 1 {
 				t.Errorf("new primary received the send %d times, want 1", got)
 			}
-			if got := c.Retries(); got != 1 {
-				t.Errorf("%d retries, want 1", got)
+			// One retry; two when the retry raced the sidecar's close
+			// of the old connection and failed with it.
+			if got := c.Retries(); got < 1 || got > maxHandoverRetries {
+				t.Errorf("%d retries, want 1 to %d", got, maxHandoverRetries)
 			}
 		})
 	}
@@ -224,5 +227,48 @@ func TestHandoverRetriesAreBounded(t *testing.T) {
 	}
 	if got, want := oldCore.times(in.GetClientMessageId()), maxHandoverRetries+1; got != want {
 		t.Errorf("core received the send %d times, want %d", got, want)
+	}
+}
+
+// The retrier's handover budget, error by error: a refusal by a core that
+// handed over is retried at once, and so is the connection failure that
+// may follow it (the retry raced the sidecar's close of the old primary's
+// connection), maxHandoverRetries attempts in all; any other failure backs
+// off. The backoff here is an hour, so a wait that backs off runs into the
+// short context and reports false.
+func TestRetrierHandoverBudget(t *testing.T) {
+	handedOver := status.Error(codes.Unavailable, chatpb.HandedOverMessage)
+	closed := status.Error(codes.Unavailable, "error reading from server: EOF")
+	tests := []struct {
+		name string
+		errs []error
+		want []bool // true: retried at once
+	}{
+		{"a refusal, then the closed connection", []error{handedOver, closed}, []bool{true, true}},
+		{"refusals past the budget", []error{handedOver, handedOver, handedOver}, []bool{true, true, false}},
+		{"a closed connection past the budget", []error{handedOver, closed, closed}, []bool{true, true, false}},
+		{"a closed connection without a refusal", []error{closed}, []bool{false}},
+		{"a closed connection after a backed-off failure", []error{closed, closed}, []bool{false, false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Targets = []string{"127.0.0.1:1"} // never dialled: the retrier only reads its state
+			cfg.MinBackoff, cfg.MaxBackoff = time.Hour, time.Hour
+			c, err := New(cfg, telemetry.Discard())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			r := retrier{c: c}
+			for i, err := range tt.errs {
+				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				got := r.wait(ctx, err, 0)
+				cancel()
+				if got != tt.want[i] {
+					t.Errorf("failure %d (%v): retried at once = %v, want %v", i+1, err, got, tt.want[i])
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -15,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -68,6 +70,23 @@ func streamable(in *chatpb.SendRequest) bool {
 	return proto.Size(in) <= maxStreamedSend
 }
 
+// Batches (chatpb.SendBatchHeader). The client announces in each stream's
+// metadata that it takes results with more; a core that takes requests with
+// more says so in the stream's header, and from then on the writer puts
+// the sends waiting together (at most maxSendBatch, maxSendBatchBytes) in
+// one stream message: the core reads them with one wakeup, and they join
+// one group commit. Each send keeps its own id, deadline, trace context and
+// result, so nothing else changes for it. Before the header has come, and
+// to a core that does not announce it, the writer writes one send a message.
+
+// maxSendBatch is the most sends in one stream message.
+const maxSendBatch = 64
+
+// maxSendBatchBytes bounds the proto size of one stream message carrying
+// more than one send, well under the core's 1 MiB limit on a message
+// (a single send may be up to maxStreamedSend).
+const maxSendBatchBytes = 2 * maxStreamedSend
+
 // sendStream is one open SendStream and the sends in flight on it.
 type sendStream struct {
 	c      *Client
@@ -81,6 +100,9 @@ type sendStream struct {
 	// waiting to be written still heeds its context, even when the stream
 	// is blocked (a stalled core's flow control).
 	out chan *chatpb.SendStreamRequest
+	// batches is set once the core's header announced that it takes
+	// requests with more.
+	batches atomic.Bool
 
 	mu      sync.Mutex
 	next    uint64
@@ -118,7 +140,7 @@ func (c *Client) sendAttempt(ctx context.Context, timeout time.Duration, idx int
 // sendStream returns the open stream for key, opening it if there is none.
 func (c *Client) sendStream(key sendKey) (*sendStream, error) {
 	return c.sends.get(c, key, func(ctx context.Context, cancel context.CancelCauseFunc) (opened[sendStream], error) {
-		st, err := c.clients[key.target].SendStream(ctx)
+		st, err := c.clients[key.target].SendStream(metadata.AppendToOutgoingContext(ctx, chatpb.SendBatchHeader, "1"))
 		if err != nil {
 			return opened[sendStream]{}, err
 		}
@@ -134,25 +156,66 @@ func (c *Client) sendStream(key sendKey) (*sendStream, error) {
 // sendQueue is how many sends may wait for a stream's writer.
 const sendQueue = 256
 
-// write writes the queued sends until the stream ends.
+// write writes the queued sends until the stream ends: those waiting
+// together in one message once the core takes batches.
 func (s *sendStream) write() {
+	var next *chatpb.SendStreamRequest // taken from out, did not fit the last message
 	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case req := <-s.out:
-			if err := s.st.Send(req); err != nil {
-				// The stream ended (io.EOF: Recv tells why) or SendMsg
-				// ended it: the reader fails every send in flight.
+		req := next
+		next = nil
+		if req == nil {
+			select {
+			case <-s.ctx.Done():
 				return
+			case req = <-s.out:
 			}
 		}
+		if s.batches.Load() {
+			next = s.gather(req)
+		}
+		if err := s.st.Send(req); err != nil {
+			// The stream ended (io.EOF: Recv tells why) or SendMsg
+			// ended it: the reader fails every send in flight (next too:
+			// it is registered).
+			return
+		}
 	}
+}
+
+// gather moves the sends waiting in out into req.More, as many as fit
+// (maxSendBatch, maxSendBatchBytes), without waiting for more. It returns
+// the send taken that did not fit (nil if none), the first of the next
+// message.
+func (s *sendStream) gather(req *chatpb.SendStreamRequest) *chatpb.SendStreamRequest {
+	size := -1
+	for len(req.More) < maxSendBatch-1 {
+		var m *chatpb.SendStreamRequest
+		select {
+		case m = <-s.out:
+		default:
+			return nil
+		}
+		if size < 0 {
+			size = proto.Size(req)
+		}
+		// Each of more costs its size, a tag and a length (at most 4 bytes).
+		if size += proto.Size(m) + 4; size > maxSendBatchBytes {
+			return m
+		}
+		req.More = append(req.More, m)
+	}
+	return nil
 }
 
 // read hands each result to its send until the stream fails, then fails
 // every send still in flight.
 func (s *sendStream) read() {
+	// The core's header says whether it takes batches: it comes as the
+	// stream opens (with the first result from a core that predates them).
+	// Failing, the stream ends, and Recv says why.
+	if md, err := s.st.Header(); err == nil && len(md.Get(chatpb.SendBatchHeader)) > 0 {
+		s.batches.Store(true)
+	}
 	for {
 		res, err := s.st.Recv()
 		if err != nil {
@@ -160,26 +223,34 @@ func (s *sendStream) read() {
 			return
 		}
 		s.c.live.hear(s.key.target)
-		s.mu.Lock()
-		ch := s.pending[res.Id]
-		delete(s.pending, res.Id)
-		s.mu.Unlock()
-		if ch == nil {
-			continue // its send gave up (its context is done)
+		s.answer(res)
+		for _, m := range res.More {
+			s.answer(m)
 		}
-		if res.Code != int32(codes.OK) {
-			err := status.Error(codes.Code(res.Code), res.Message)
-			if HandedOver(err) {
-				// Its core handed over: the send's retry (retrier.wait)
-				// opens a new stream, on a new connection behind a sidecar,
-				// rather than write to this one, which ends with the
-				// connection the sidecar closes.
-				s.c.sends.forget(s.key, s, err)
-			}
-			ch <- sendOutcome{err: err}
-		} else {
-			ch <- sendOutcome{resp: res.Response}
+	}
+}
+
+// answer hands res to the send waiting for it.
+func (s *sendStream) answer(res *chatpb.SendStreamResult) {
+	s.mu.Lock()
+	ch := s.pending[res.Id]
+	delete(s.pending, res.Id)
+	s.mu.Unlock()
+	if ch == nil {
+		return // its send gave up (its context is done)
+	}
+	if res.Code != int32(codes.OK) {
+		err := status.Error(codes.Code(res.Code), res.Message)
+		if HandedOver(err) {
+			// Its core handed over: the send's retry (retrier.wait)
+			// opens a new stream, on a new connection behind a sidecar,
+			// rather than write to this one, which ends with the
+			// connection the sidecar closes.
+			s.c.sends.forget(s.key, s, err)
 		}
+		ch <- sendOutcome{err: err}
+	} else {
+		ch <- sendOutcome{resp: res.Response}
 	}
 }
 

@@ -28,11 +28,14 @@ import (
 // message id one index (a resend of the id gets the same index, duplicate),
 // answers in batches of batch sends in reverse order of arrival, and on its
 // first stream takes breakAfter sends without answering, then fails the
-// stream (a core killed with sends in flight).
+// stream (a core killed with sends in flight). With batches it announces
+// them, reads the sends of a message's more, and answers a batch in one
+// message to a client that announced them.
 type streamCore struct {
 	chatpb.UnimplementedChatServer
 	batch      int
 	breakAfter int
+	batches    bool
 
 	mu      sync.Mutex
 	streams int
@@ -41,6 +44,8 @@ type streamCore struct {
 	seen    map[string]int    // client message id → times received
 	pairs   []string          // the pair header of each stream
 	traces  []string          // the traceparent of each send received
+	msgs    int               // stream messages received
+	results int               // stream messages of results written
 }
 
 func newStreamCore(batch, breakAfter int) *streamCore {
@@ -73,34 +78,60 @@ func (f *streamCore) SendStream(st grpc.BidiStreamingServer[chatpb.SendStreamReq
 	first := f.streams == 1
 	f.pairs = append(f.pairs, md.Get(pairs.Header)...)
 	f.mu.Unlock()
+	batchResults := false
+	if f.batches {
+		batchResults = len(md.Get(chatpb.SendBatchHeader)) > 0
+		if err := st.SendHeader(metadata.Pairs(chatpb.SendBatchHeader, "1")); err != nil {
+			return err
+		}
+	}
 	var held []*chatpb.SendStreamRequest
 	for {
-		r, err := st.Recv()
+		m, err := st.Recv()
 		if err != nil {
 			return err
 		}
 		f.mu.Lock()
-		f.traces = append(f.traces, r.TraceContext["traceparent"])
+		f.msgs++
 		f.mu.Unlock()
-		if first && f.breakAfter > 0 {
+		sends := []*chatpb.SendStreamRequest{m}
+		if f.batches {
+			sends = append(sends, m.More...)
+		}
+		for _, r := range sends {
 			f.mu.Lock()
-			f.seen[r.GetRequest().GetClientMessageId()]++ // received, never answered
+			f.traces = append(f.traces, r.TraceContext["traceparent"])
 			f.mu.Unlock()
-			if held = append(held, r); len(held) == f.breakAfter {
-				return status.Error(codes.Unavailable, "core killed")
+			if first && f.breakAfter > 0 {
+				f.mu.Lock()
+				f.seen[r.GetRequest().GetClientMessageId()]++ // received, never answered
+				f.mu.Unlock()
+				if held = append(held, r); len(held) == f.breakAfter {
+					return status.Error(codes.Unavailable, "core killed")
+				}
+				continue
 			}
-			continue
-		}
-		if held = append(held, r); len(held) < max(f.batch, 1) {
-			continue
-		}
-		slices.Reverse(held)
-		for _, h := range held {
-			if err := st.Send(&chatpb.SendStreamResult{Id: h.Id, Response: f.answer(h.Request)}); err != nil {
-				return err
+			if held = append(held, r); len(held) < max(f.batch, 1) {
+				continue
 			}
+			slices.Reverse(held)
+			var out []*chatpb.SendStreamResult
+			for _, h := range held {
+				out = append(out, &chatpb.SendStreamResult{Id: h.Id, Response: f.answer(h.Request)})
+			}
+			if batchResults {
+				out[0].More, out = out[1:], out[:1]
+			}
+			for _, res := range out {
+				f.mu.Lock()
+				f.results++
+				f.mu.Unlock()
+				if err := st.Send(res); err != nil {
+					return err
+				}
+			}
+			held = held[:0]
 		}
-		held = held[:0]
 	}
 }
 
@@ -201,6 +232,117 @@ func TestSendMultiplexesOnOneStream(t *testing.T) {
 			}
 			if !slices.Equal(f.pairs, []string{tt.wantPair}) {
 				t.Errorf("stream pair headers %q, want [%q]", f.pairs, tt.wantPair)
+			}
+		})
+	}
+}
+
+// TestSendBatches sends concurrently to a core that takes batches and
+// answers ten sends in one message: each send gets its own answer from the
+// results' more (the client announced batches), and the sends share one
+// stream; a core that predates batches gets a message per send.
+func TestSendBatches(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		batches bool
+	}{
+		{"core takes batches", true},
+		{"core predates batches", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const sends = 40
+			f := newStreamCore(10, 0)
+			f.batches = tt.batches
+			addr, streams := serveCounting(t, f, sendStreamMethod)
+			c := newClient(t, addr)
+			got := sendAll(t, c, "s1", sends)
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if len(got) != sends || len(f.index) != sends {
+				t.Fatalf("%d answers, %d sends applied, want %d", len(got), len(f.index), sends)
+			}
+			for id, r := range got {
+				if r.GetIndex() != f.index[id] || r.GetDuplicate() {
+					t.Errorf("%s answered %v, want index %d (its own)", id, r, f.index[id])
+				}
+			}
+			if tt.batches && f.results != sends/10 {
+				t.Errorf("%d result messages, want %d (ten results each)", f.results, sends/10)
+			}
+			if !tt.batches && f.msgs != sends {
+				t.Errorf("%d stream messages, want %d (one a send to a core without batches)", f.msgs, sends)
+			}
+			if n := streams(); n != 1 {
+				t.Errorf("%d streams, want 1", n)
+			}
+		})
+	}
+}
+
+// recordingStream is the client side of a SendStream that records what the
+// writer sends.
+type recordingStream struct {
+	grpc.BidiStreamingClient[chatpb.SendStreamRequest, chatpb.SendStreamResult]
+	mu   sync.Mutex
+	msgs []int // sends per message
+}
+
+func (r *recordingStream) Send(m *chatpb.SendStreamRequest) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, 1+len(m.More))
+	return nil
+}
+
+func (r *recordingStream) sent() (n int, msgs []int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.msgs {
+		n += m
+	}
+	return n, slices.Clone(r.msgs)
+}
+
+// TestSendWriterBatches queues sends before the writer runs: to a core that
+// takes batches they go together, within maxSendBatch and
+// maxSendBatchBytes (a send that does not fit opens the next message);
+// otherwise one a message.
+func TestSendWriterBatches(t *testing.T) {
+	small := &chatpb.SendRequest{Text: "hi"}
+	large := &chatpb.SendRequest{Text: strings.Repeat("x", 200<<10)}
+	for _, tt := range []struct {
+		name    string
+		batches bool
+		queued  []*chatpb.SendRequest
+		want    []int
+	}{
+		{"no batches", false, slices.Repeat([]*chatpb.SendRequest{small}, 5), []int{1, 1, 1, 1, 1}},
+		{"batches", true, slices.Repeat([]*chatpb.SendRequest{small}, 5), []int{5}},
+		{"at most maxSendBatch", true, slices.Repeat([]*chatpb.SendRequest{small}, 100), []int{maxSendBatch, 100 - maxSendBatch}},
+		{"at most maxSendBatchBytes", true, []*chatpb.SendRequest{large, large, large, small}, []int{2, 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			st := &recordingStream{}
+			s := &sendStream{st: st, ctx: ctx, cancel: cancel, out: make(chan *chatpb.SendStreamRequest, len(tt.queued))}
+			s.batches.Store(tt.batches)
+			for i, r := range tt.queued {
+				s.out <- &chatpb.SendStreamRequest{Id: uint64(i + 1), Request: r}
+			}
+			done := make(chan struct{})
+			go func() { defer close(done); s.write() }()
+			deadline := time.Now().Add(5 * time.Second)
+			for n, _ := st.sent(); n < len(tt.queued); n, _ = st.sent() {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of %d sends written after 5s", n, len(tt.queued))
+				}
+				time.Sleep(time.Millisecond)
+			}
+			cancel(nil)
+			<-done
+			if _, msgs := st.sent(); !slices.Equal(msgs, tt.want) {
+				t.Errorf("sends per message %v, want %v", msgs, tt.want)
 			}
 		})
 	}

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // countingFencer counts the calls a core makes to its fencing authority:
@@ -60,7 +61,7 @@ func TestClaimOnKnownEpoch(t *testing.T) {
 			cfg := testConfig()
 			cfg.Cluster = "hachat"
 			tel := telemetry.Discard()
-			var logs syncBuffer
+			var logs telemetrytest.LogBuffer
 			tel.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			c, err := New(cfg, store, tel, WithFencer(f))
 			if err != nil {

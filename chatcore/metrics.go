@@ -36,6 +36,7 @@ type metrics struct {
 	secondCopyToUCS   prometheus.Counter
 	switchoverPauseS  prometheus.Histogram
 	replicationBatch  prometheus.Histogram
+	sendStreamBatch   prometheus.Histogram
 	fencingFailures   *prometheus.CounterVec // op
 	solo              prometheus.Gauge
 	inDoubt           prometheus.Gauge
@@ -88,6 +89,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12)}),
 		replicationBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_replication_batch_size", Help: "Messages per ReplicaBatch sent to the backup (group commit).",
 			Buckets: prometheus.ExponentialBuckets(2, 2, 9)}),
+		sendStreamBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "hachat_core_send_stream_batch_size", Help: "Sends per SendStream message received (1 from a client without batches; more from one that gathered the sends waiting together).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 7)}),
 		fencingFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hachat_core_fencing_failures_total",
 			Help: "Calls to the fencing authority (etcd, or UCS without one) that did not answer, by operation (claim, renew)."}, []string{"op"}),
 		solo: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hachat_core_solo",
@@ -106,7 +109,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.sessionsLive, m.sessionsStarted, m.requestRetries, m.sessionsEnded, m.events, m.rpcs, m.appendSeconds,
 		m.subscribers, m.subscriberDrops, m.saves, m.saveResends, m.saveGiveUps, m.resendsExhausted, m.savesRecovered, m.breakerState,
 		m.role, m.failovers, m.stepDowns, m.promotionsDropped, m.restored, m.replicationLag, m.backupInSync, m.replicated,
-		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch, m.fencingFailures, m.solo, m.inDoubt, m.doubtResolved, m.tombstones)
+		m.secondCopyToUCS, m.switchoverPauseS, m.replicationBatch, m.sendStreamBatch, m.fencingFailures, m.solo, m.inDoubt, m.doubtResolved, m.tombstones)
 	// Every known label value exists from the start at 0, so a reader that
 	// finds no series knows the metric was renamed, not merely still zero.
 	for _, r := range []string{"ok", "recoverable", "nonrecoverable", "stale_epoch", "breaker_open"} {

@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
@@ -257,8 +258,19 @@ func (c *Core) Send(ctx context.Context, req *chatpb.SendRequest) (*chatpb.SendR
 // authorization and operation (same errors, same idempotency by
 // client_message_id, same two copies before the answer), processed
 // concurrently and answered as it completes, with its request's id.
+//
+// Both sides may batch (chatpb.SendBatchHeader): the core announces in the
+// stream's header that it takes requests with more, and answers with more
+// (the results ready together in one stream message) when the client's
+// metadata announced it.
 func (c *Core) SendStream(stream chatpb.Chat_SendStreamServer) error {
-	return c.sendStream(stream.Context(), stream.Recv, stream.Send)
+	ctx := stream.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	batches := len(md.Get(chatpb.SendBatchHeader)) > 0
+	if err := stream.SendHeader(metadata.Pairs(chatpb.SendBatchHeader, "1")); err != nil {
+		return err
+	}
+	return c.sendStream(ctx, stream.Recv, stream.Send, batches)
 }
 
 // Leave removes a participant. A customer leaving ends the session (reason

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 func (tc *testCore) savedIndexes(id string) []uint64 { return tc.store.indexes(id) }
@@ -290,7 +291,7 @@ func TestStaleEpochStepsDown(t *testing.T) {
 }
 
 // withLogTo sends the core's WARN and above to buf.
-func withLogTo(buf *syncBuffer) Option {
+func withLogTo(buf *telemetrytest.LogBuffer) Option {
 	return func(c *Core) {
 		c.log = slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
@@ -302,7 +303,7 @@ func withLogTo(buf *syncBuffer) Option {
 // rate-limited. When UCS comes back and every save succeeds, nothing counts
 // as given up.
 func TestUCSOutageWarnsAndCountsNoGiveUp(t *testing.T) {
-	var logs syncBuffer
+	var logs telemetrytest.LogBuffer
 	tc := startCore(t, func(c *Config) {
 		c.TranscriptAutoSave = 1
 		c.TranscriptResendAttempts = 1_000_000 // resends never run out: only the outage itself may warn

@@ -1,14 +1,12 @@
 package chatcore
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/membership"
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 	"github.com/hachat/hachat/ucsmock"
 )
 
@@ -261,24 +260,6 @@ func TestCoreSendsWriterToken(t *testing.T) {
 	})
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestWarnsOpenTokensWhenPaired: a paired core (peer or gossip) with an
 // empty service-token (or admin-token) says so at start with a WARN; a
 // standalone core or one with the tokens set does not.
@@ -295,7 +276,7 @@ func TestWarnsOpenTokensWhenPaired(t *testing.T) {
 		{"standalone, no tokens", false, "", "", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var buf syncBuffer
+			var buf telemetrytest.LogBuffer
 			tel := *telemetry.Discard()
 			tel.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			peer := ""

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -16,10 +18,11 @@ import (
 	"github.com/hachat/hachat/chatcore/chatpb"
 )
 
-// sendStreamInFlight bounds the sends of one SendStream being processed at
-// once. A client with more in flight waits (the core stops reading the
-// stream, and HTTP/2 flow control holds the client's writes) until one
-// finishes: backpressure, not a refusal.
+// sendStreamInFlight bounds the sends of one SendStream being processed or
+// with a result not yet written. A client with more in flight waits (the
+// core stops reading the stream, and HTTP/2 flow control holds the
+// client's writes) until one's result is written: backpressure, not a
+// refusal.
 const sendStreamInFlight = 512
 
 // sendMethod is the full name of the unary Send: each send of a SendStream
@@ -27,28 +30,32 @@ const sendStreamInFlight = 512
 const sendMethod = "/" + ChatServiceName + "/Send"
 
 // sendStream serves one SendStream: it reads sends with recv and processes
-// each on its own goroutine (at most sendStreamInFlight at once, so that the
-// group commit to the backup batches them), answering with send as each
-// completes, in any order. It returns when recv fails (io.EOF: the client
-// closed its side, nil is returned), after the sends in flight are
-// answered, or when this core's term ends (errNotPrimary), after the sends
-// in flight are answered: sends the client wrote after that get no answer,
-// and the client retries them elsewhere.
-func (c *Core) sendStream(ctx context.Context, recv func() (*chatpb.SendStreamRequest, error), send func(*chatpb.SendStreamResult) error) error {
+// each (a stream message's first send and each of its more) on its own
+// goroutine (at most sendStreamInFlight at once, so that the group commit
+// to the backup batches them), answering with send as each completes, in
+// any order: the results ready together go in one stream message (the
+// first, with the others as its more) when batches is set, else one a
+// message. It returns when recv fails (io.EOF: the client closed its side,
+// nil is returned), after the sends in flight are answered, or when this
+// core's term ends (errNotPrimary), after the sends in flight are
+// answered: sends the client wrote after that get no answer, and the
+// client retries them elsewhere.
+func (c *Core) sendStream(ctx context.Context, recv func() (*chatpb.SendStreamRequest, error), send func(*chatpb.SendStreamResult) error, batches bool) error {
 	roleCtx := c.role.Stream()
-	ss := &sendStreamState{sem: make(chan struct{}, sendStreamInFlight), stop: make(chan struct{})}
+	ss := &sendStreamState{sem: make(chan struct{}, sendStreamInFlight), stop: make(chan struct{}), batch: c.m.sendStreamBatch}
+	// A send's token is given back once its result is written: a client
+	// that stops reading its results stops the core reading its sends.
+	answers := &resultWriter{send: send, batches: batches, log: c.log, written: func(n int) {
+		for range n {
+			<-ss.sem
+		}
+	}}
 	received := make(chan error, 1)
 	// The reader ends when recv fails: at the latest when this handler has
 	// returned, which ends the stream and its context.
 	go func() {
 		received <- ss.read(recv, func(r *chatpb.SendStreamRequest) {
-			res := c.sendOne(ss.deadlines.bound(ctx, r.TimeoutMs), r)
-			ss.sendMu.Lock()
-			err := send(res)
-			ss.sendMu.Unlock()
-			if err != nil {
-				c.log.Debug("send stream: answer not sent", "err", err)
-			}
+			answers.put(c.sendOne(ss.deadlines.bound(ctx, r.TimeoutMs), r))
 		})
 	}()
 	var err error
@@ -65,11 +72,74 @@ func (c *Core) sendStream(ctx context.Context, recv func() (*chatpb.SendStreamRe
 	return err
 }
 
+// resultWriter writes a SendStream's results. The send that completes
+// while no other is writing writes its result and every result completed
+// meanwhile (those of one group commit complete together), until none is
+// left; the others leave theirs and return. So the results ready together
+// cost one stream message (batches) and one writer, not a message and a
+// wait on a lock each.
+type resultWriter struct {
+	send    func(*chatpb.SendStreamResult) error // the stream's: one caller at a time
+	batches bool                                 // the client takes results with more
+	written func(n int)                          // called once n results were written (or failed to be)
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	pending []*chatpb.SendStreamResult
+	writing bool // a put is writing: it writes pending before it returns
+}
+
+// put writes res, with the results pending, or leaves it to the put
+// writing. Every result put has been written (or failed to be) once each
+// put has returned.
+func (w *resultWriter) put(res *chatpb.SendStreamResult) {
+	w.mu.Lock()
+	w.pending = append(w.pending, res)
+	if w.writing {
+		w.mu.Unlock()
+		return
+	}
+	w.writing = true
+	var spare []*chatpb.SendStreamResult
+	for len(w.pending) > 0 {
+		batch := w.pending
+		w.pending = spare[:0]
+		w.mu.Unlock()
+		w.write(batch)
+		w.written(len(batch))
+		clear(batch)
+		spare = batch
+		w.mu.Lock()
+	}
+	w.writing = false
+	w.mu.Unlock()
+}
+
+// write sends batch: in one stream message when the client takes batches.
+func (w *resultWriter) write(batch []*chatpb.SendStreamResult) {
+	var err error
+	if w.batches {
+		first := batch[0]
+		first.More = batch[1:]
+		err = w.send(first)
+		first.More = nil
+	} else {
+		for _, res := range batch {
+			if err = w.send(res); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		w.log.Debug("send stream: answer not sent", "err", err, "results", len(batch))
+	}
+}
+
 // sendStreamState is what a SendStream's reader and its send goroutines share.
 type sendStreamState struct {
-	sem    chan struct{} // one token per send in flight
-	stop   chan struct{} // closed by close: read stops starting sends
-	sendMu sync.Mutex    // serializes the answers: a gRPC stream takes one Send at a time
+	sem   chan struct{}       // one token per send in flight
+	stop  chan struct{}       // closed by close: read stops starting sends
+	batch prometheus.Observer // sends per stream message read; nil: not observed
 
 	mu     sync.Mutex
 	closed bool
@@ -129,31 +199,53 @@ func (d *sendDeadlines) stop() {
 	}
 }
 
-// read receives requests and runs do on each in its own goroutine, until
-// recv fails or close is called.
+// read receives requests and runs do on each send in its own goroutine
+// (a request's more, each as if it had come alone), until recv fails or
+// close is called.
 func (ss *sendStreamState) read(recv func() (*chatpb.SendStreamRequest, error), do func(*chatpb.SendStreamRequest)) error {
 	for {
 		r, err := recv()
 		if err != nil {
 			return err
 		}
-		select {
-		case ss.sem <- struct{}{}:
-		case <-ss.stop:
+		more := r.More
+		r.More = nil
+		if ss.batch != nil {
+			ss.batch.Observe(float64(1 + len(more)))
+		}
+		if !ss.start(r, do) {
 			return nil
 		}
-		ss.mu.Lock()
-		if ss.closed {
-			ss.mu.Unlock()
-			return nil
+		for _, m := range more {
+			m.More = nil // no nesting: a send's own more is ignored
+			if !ss.start(m, do) {
+				return nil
+			}
 		}
-		ss.wg.Add(1)
-		ss.mu.Unlock()
-		go func() {
-			defer func() { <-ss.sem; ss.wg.Done() }()
-			do(r)
-		}()
 	}
+}
+
+// start runs do(r) on its own goroutine once a token is free (do gives it
+// back once r's result is written: resultWriter.written); false when close
+// was called first.
+func (ss *sendStreamState) start(r *chatpb.SendStreamRequest, do func(*chatpb.SendStreamRequest)) bool {
+	select {
+	case ss.sem <- struct{}{}:
+	case <-ss.stop:
+		return false
+	}
+	ss.mu.Lock()
+	if ss.closed {
+		ss.mu.Unlock()
+		return false
+	}
+	ss.wg.Add(1)
+	ss.mu.Unlock()
+	go func() {
+		defer ss.wg.Done()
+		do(r)
+	}()
+	return true
 }
 
 // close stops read from starting sends and waits for those in flight,

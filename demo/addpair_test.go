@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // TestAddPairThroughTheControlSocket: `hachat demo add-pair` (the control
@@ -25,7 +27,7 @@ func TestAddPairThroughTheControlSocket(t *testing.T) {
 	state := dir + "/demo.json"
 	var asked atomic.Int32
 	sup, err := Start(t.Context(), plan, Options{Binary: exe, Dir: dir, StatePath: state, Control: ControlPath(state),
-		Progress: &syncBuffer{}, Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: time.Second,
+		Progress: &telemetrytest.LogBuffer{}, Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: time.Second,
 		NewPair: func(p int) ([]Part, error) {
 			asked.Store(int32(p))
 			if p > 2 {

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // TestRequestRestart drives the control socket as `hachat demo restart`
@@ -22,7 +24,7 @@ func TestRequestRestart(t *testing.T) {
 	}
 	dir := t.TempDir()
 	state := filepath.Join(dir, "demo.json")
-	progress := &syncBuffer{}
+	progress := &telemetrytest.LogBuffer{}
 	sup, err := Start(t.Context(), fakePlan(t, "core-a", "webapi"), Options{Binary: exe, Dir: dir, StatePath: state,
 		Progress: progress, Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: 2 * time.Second,
 		Control: ControlPath(state)})

@@ -12,10 +12,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // TestMain lets the test binary play a hachat part: with HACHAT_DEMO_FAKE=1
@@ -85,31 +86,13 @@ func fakePlan(t *testing.T, names ...string) Plan {
 	return p
 }
 
-// syncBuffer is a goroutine-safe progress sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func startFake(t *testing.T, plan Plan, grace time.Duration) (*Supervisor, *syncBuffer) {
+func startFake(t *testing.T, plan Plan, grace time.Duration) (*Supervisor, *telemetrytest.LogBuffer) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	progress := &syncBuffer{}
+	progress := &telemetrytest.LogBuffer{}
 	dir := t.TempDir()
 	sup, err := Start(t.Context(), plan, Options{Binary: exe, Dir: dir, Progress: progress,
 		Env: []string{"HACHAT_DEMO_FAKE=1"}, ReadyTimeout: 10 * time.Second, Grace: grace})

@@ -46,9 +46,17 @@ func aroundFault(t *testing.T, sessions []*harness.Session, fault func()) *harne
 // wait for acknowledgements during the fault).
 func aroundFaultW(t *testing.T, sessions []*harness.Session, fault func(w *harness.Workload)) *harness.Record {
 	t.Helper()
+	return aroundFaultEvery(t, sessions, 30*time.Millisecond, fault)
+}
+
+// aroundFaultEvery is aroundFaultW with each side sending every interval:
+// a fault that takes its time needs a workload that outlasts it, or the
+// messages sent after it are none.
+func aroundFaultEvery(t *testing.T, sessions []*harness.Session, interval time.Duration, fault func(w *harness.Workload)) *harness.Record {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	w := harness.StartWorkload(ctx, sessions, harness.WorkloadOptions{Messages: matrixMessages, Interval: 30 * time.Millisecond})
+	w := harness.StartWorkload(ctx, sessions, harness.WorkloadOptions{Messages: matrixMessages, Interval: interval})
 	total := len(sessions) * 2 * matrixMessages
 	if err := w.WaitAcked(ctx, total/3); err != nil {
 		t.Fatal(err)

@@ -67,7 +67,14 @@ func TestMTLSChatAndFailover(t *testing.T) {
 // then checks that every message was acknowledged and is in every view.
 func killPrimaryUnderLoad(t *testing.T, c *harness.Cluster, sessions []*harness.Session, before func()) {
 	t.Helper()
-	rec := aroundFault(t, sessions, func() {
+	// A fault with a before (a rotation: every part's reload is polled each
+	// second) takes a second or more; at the matrix's pace the workload
+	// could end before the kill, and no message would follow it.
+	interval := 30 * time.Millisecond
+	if before != nil {
+		interval = 120 * time.Millisecond
+	}
+	rec := aroundFaultEvery(t, sessions, interval, func(*harness.Workload) {
 		if before != nil {
 			before()
 		}

@@ -11,10 +11,10 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -126,27 +126,9 @@ func FuzzReadProxyHeader(f *testing.F) {
 	})
 }
 
-// logBuf is a concurrency-safe log sink.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // ppServer is an HTTP server behind a ProxyProtocolListener trusting
 // trusted; it answers with the request's RemoteAddr.
-func ppServer(t *testing.T, trusted string, tlsOn bool) (addr string, l *ProxyProtocolListener, logs *logBuf) {
+func ppServer(t *testing.T, trusted string, tlsOn bool) (addr string, l *ProxyProtocolListener, logs *telemetrytest.LogBuffer) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -156,7 +138,7 @@ func ppServer(t *testing.T, trusted string, tlsOn bool) (addr string, l *ProxyPr
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs = &logBuf{}
+	logs = &telemetrytest.LogBuffer{}
 	l, err = NewProxyProtocolListener(ln, p, slog.New(slog.NewTextHandler(logs, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -38,14 +38,15 @@ type adsClient struct {
 	eds      map[string]assignment
 	edsNames []string                // EDS resources subscribed to
 	raw      map[string][]*anypb.Any // last accepted resources per type, as sent
-	saved    map[string]string       // versions the cache file holds
+	saved    map[string]string       // versions the cache file holds or its writer is about to write
+	cache    *cacheWriter            // nil without a cache file
 
 	nackVersion map[string]string // version last NACKed per type
 	nackCount   map[string]int
 }
 
 func newADSClient(p *Proxy) *adsClient {
-	return &adsClient{
+	a := &adsClient{
 		p:           p,
 		versions:    map[string]string{},
 		lds:         map[string]listenerInfo{},
@@ -55,6 +56,10 @@ func newADSClient(p *Proxy) *adsClient {
 		nackVersion: map[string]string{},
 		nackCount:   map[string]int{},
 	}
+	if path := p.cfg.XDSCache; path != "" {
+		a.cache = newCacheWriter(p, path, cacheWriteDelay)
+	}
+	return a
 }
 
 // run keeps one ADS stream open until ctx ends. With several control
@@ -63,6 +68,15 @@ func newADSClient(p *Proxy) *adsClient {
 // failed in a row does it wait, with exponential backoff and jitter. The
 // last good configuration keeps serving while no control plane answers.
 func (a *adsClient) run(ctx context.Context) {
+	if a.cache != nil {
+		// The writer ends with ctx, after writing what is pending.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.cache.run(ctx)
+		}()
+		defer func() { <-done }()
+	}
 	servers := a.p.cfg.XDSServers()
 	wait := adsBackoffBase
 	failures := 0   // attempts since the last stream that got a response

@@ -1,14 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -291,12 +294,11 @@ func (a *adsClient) loadCache() {
 	p.apply(a.lds, a.cds, a.eds)
 }
 
-// saveCache writes the last accepted configuration to the cache file when
-// its versions differ from what the file holds. A failed write is logged
-// and counted; the sidecar goes on.
+// saveCache hands the last accepted configuration to the cache writer when
+// its versions differ from what the file holds or is about to hold. The
+// write itself (two fsyncs) happens later, off the ADS loop (cacheWriter).
 func (a *adsClient) saveCache(controlPlane string) {
-	path := a.p.cfg.XDSCache
-	if path == "" {
+	if a.cache == nil {
 		return
 	}
 	if _, ok := a.versions[listenerType]; !ok {
@@ -308,41 +310,159 @@ func (a *adsClient) saveCache(controlPlane string) {
 	if len(a.edsNames) > 0 && a.versions[endpointType] == "" {
 		return // the assignments are still on their way
 	}
-	same := len(a.saved) == len(a.versions)
-	for t, v := range a.versions {
-		same = same && a.saved[t] == v
-	}
-	if same {
+	if maps.Equal(a.saved, a.versions) {
 		return
 	}
-	c := cachedConfig{node: a.p.cfg.NodeID, controlPlane: controlPlane, savedAt: time.Now(),
-		versions: a.versions, resources: a.raw}
+	// The loop replaces a type's versions and resources on each accepted
+	// response (it never changes a slice in place): shallow copies are the
+	// configuration as of now.
+	a.cache.put(cachedConfig{node: a.p.cfg.NodeID, controlPlane: controlPlane, savedAt: time.Now(),
+		versions: maps.Clone(a.versions), resources: maps.Clone(a.raw)})
+	a.saved = maps.Clone(a.versions)
+}
+
+// cacheWriteDelay is how long the cache writer waits, after a change not
+// yet written, before it writes the file: the changes that arrive meanwhile
+// go into the same write. A failover or switchover brings several xDS
+// updates within a few tens of milliseconds, each of which every sidecar
+// wrote at once, with two fsyncs, while the cores' claim (etcd) and the
+// new primary's first second copy (UCS) waited on the same disk and CPUs:
+// on a 2-core machine, `hachat bench failover --sidecar` paused the chat
+// markedly longer with the writes than without them (docs/proxy.md). The
+// file is for a start with no control plane answering, so a second's lag
+// costs nothing there, and a stopping sidecar writes what is pending.
+const cacheWriteDelay = time.Second
+
+// cacheWriter writes the xDS cache file for the ADS loop: put hands it the
+// latest configuration, run writes it cacheWriteDelay after the first
+// change not yet written (the latest one by then), and once more, at once,
+// when its context ends. A failed write is retried with the next change,
+// or when none comes, after a delay that doubles with each failure in a
+// row up to 64 times the delay (cacheWriteMaxDoublings); the first failure of a
+// run is logged as an error, the others at debug, and the write that ends
+// the run says how many failed before it.
+type cacheWriter struct {
+	p     *Proxy
+	path  string
+	delay time.Duration
+
+	mu      sync.Mutex
+	pending *cachedConfig // the latest configuration not yet written
+	wake    chan struct{} // one slot: a change is pending
+
+	failures int // failed writes in a row; only run's goroutine uses it
+}
+
+// cacheWriteMaxDoublings bounds the retry delay of a cache file that
+// cannot be written: at most 2^6 = 64 times cacheWriteDelay between attempts.
+const cacheWriteMaxDoublings = 6
+
+func newCacheWriter(p *Proxy, path string, delay time.Duration) *cacheWriter {
+	return &cacheWriter{p: p, path: path, delay: delay, wake: make(chan struct{}, 1)}
+}
+
+// put makes c the configuration to write next, replacing one not yet written.
+func (w *cacheWriter) put(c cachedConfig) {
+	w.mu.Lock()
+	w.pending = &c
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run writes what put hands it until ctx ends, then writes what is pending.
+func (w *cacheWriter) run(ctx context.Context) {
+	t := time.NewTimer(0)
+	<-t.C
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			w.flush()
+			return
+		case <-w.wake:
+		}
+		t.Reset(w.nextDelay())
+		select {
+		case <-ctx.Done():
+			w.flush()
+			return
+		case <-t.C:
+		}
+		w.flush()
+	}
+}
+
+// nextDelay is how long run waits before the next write: the delay, doubled
+// for each failed write in a row, at most cacheWriteMaxDoublings times.
+func (w *cacheWriter) nextDelay() time.Duration {
+	return w.delay << min(w.failures, cacheWriteMaxDoublings)
+}
+
+// flush writes the pending configuration, if any; a failed write is put
+// back unless a newer one came meanwhile.
+func (w *cacheWriter) flush() {
+	w.mu.Lock()
+	c := w.pending
+	w.pending = nil
+	w.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if err := w.write(*c, w.failures); err != nil {
+		w.failures++
+		w.mu.Lock()
+		if w.pending == nil {
+			w.pending = c
+		}
+		w.mu.Unlock()
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	w.failures = 0
+}
+
+// write writes c to the cache file and records the outcome in the
+// sidecar's status and metrics; failed is the number of failed writes just
+// before this one: it decides the log level of a failure and is told when
+// a write ends such a run.
+func (w *cacheWriter) write(c cachedConfig, failed int) error {
+	p := w.p
 	b, err := encodeCache(c)
 	if err == nil {
-		err = writeFileAtomic(path, b)
+		err = writeFileAtomic(w.path, b)
 	}
-	a.p.mu.Lock()
-	if a.p.xds.Cache == nil {
-		a.p.xds.Cache = &CacheStatus{Path: path}
+	p.mu.Lock()
+	if p.xds.Cache == nil {
+		p.xds.Cache = &CacheStatus{Path: w.path}
 	}
-	st := a.p.xds.Cache
+	st := p.xds.Cache
 	if err != nil {
 		st.WriteError = err.Error()
 	} else {
 		st.Writes++
 		st.LastWrite, st.WriteError = c.savedAt, ""
 	}
-	a.p.mu.Unlock()
+	p.mu.Unlock()
 	if err != nil {
-		a.p.m.cacheWrites.WithLabelValues("error").Inc()
-		a.p.log.Error("write xDS cache file", "path", path, "err", err)
-		return
+		p.m.cacheWrites.WithLabelValues("error").Inc()
+		if failed == 0 {
+			p.log.Error("write xDS cache file; retrying with each change and less often while it fails", "path", w.path, "err", err)
+		} else {
+			p.log.Debug("write xDS cache file", "path", w.path, "failed_before", failed, "err", err)
+		}
+		return err
 	}
-	a.p.m.cacheWrites.WithLabelValues("ok").Inc()
-	a.saved = make(map[string]string, len(a.versions))
-	for t, v := range a.versions {
-		a.saved[t] = v
+	if failed > 0 {
+		p.log.Info("xDS cache file written again", "path", w.path, "failed_before", failed)
 	}
-	a.p.log.Debug("xDS cache file written", "path", path, "lds", a.versions[listenerType],
-		"cds", a.versions[clusterType], "eds", a.versions[endpointType])
+	p.m.cacheWrites.WithLabelValues("ok").Inc()
+	p.log.Debug("xDS cache file written", "path", w.path, "lds", c.versions[listenerType],
+		"cds", c.versions[clusterType], "eds", c.versions[endpointType])
+	return nil
 }

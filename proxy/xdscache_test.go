@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
 // deadAddr is a loopback address nobody listens on: a control plane that
@@ -301,9 +303,10 @@ func TestCacheStaleReplacedByNewer(t *testing.T) {
 	cp.set("test-sidecar", "new", newer)
 	waitFor(t, 5*time.Second, "eds version new applied", func() bool { return p.Dump().XDS.Versions["eds"] == "new" })
 	waitFor(t, 5*time.Second, "traffic to b", func() bool { return statusVia(p.Addr().String()) == "b" })
-	waitFor(t, 5*time.Second, "the cache file at the new versions", func() bool {
+	waitFor(t, 5*time.Second, "the cache file at the new versions, its write counted", func() bool {
 		v := readCacheVersions(t, path)
-		return v["lds"] == "new" && v["cds"] == "new" && v["eds"] == "new"
+		c := p.Dump().XDS.Cache
+		return v["lds"] == "new" && v["cds"] == "new" && v["eds"] == "new" && c != nil && c.Writes >= 1
 	})
 	// The first requests of the stream carried the cached versions.
 	cp.mu.Lock()
@@ -398,4 +401,126 @@ func TestMoveBetweenControlPlanes(t *testing.T) {
 	// The primary dies: own checks fail over as ever.
 	a.stop()
 	waitFor(t, 5*time.Second, "traffic to the backup", func() bool { return statusVia(p.Addr().String()) == "b" })
+}
+
+// TestCacheWriteDeferred: the cache file is written off the ADS loop, a
+// delay after the first change not yet written, with the latest
+// configuration by then: three versions accepted within the delay cost one
+// write (a failover's burst of updates used to cost every sidecar a write
+// with two fsyncs per update, while the cores waited on the same disk). A
+// stopping sidecar writes what is pending at once.
+func TestCacheWriteDeferred(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		delay    time.Duration
+		versions []string
+		stop     bool // stop the sidecar before the delay ends
+	}{
+		{"changes within the delay are one write of the last", 2 * time.Second, []string{"1", "2", "3"}, false},
+		{"a stop writes what is pending", time.Hour, []string{"1", "2"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeCore(t, "a", "primary", 1)
+			b := newFakeCore(t, "b", "backup", 1)
+			cp := newControlPlane(t)
+			path := filepath.Join(t.TempDir(), "sidecar.xds.json")
+			cp.set("test-sidecar", tc.versions[0], pairResources(a, b, 100*time.Millisecond, 2))
+			cfg := testConfig(cp.addr)
+			cfg.XDSCache = path
+			p, err := New(cfg, telemetry.Discard())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.ads.cache.delay = tc.delay
+			stop := runFor(t, p)
+			defer cp.stop()
+			for _, v := range tc.versions {
+				cp.set("test-sidecar", v, pairResources(a, b, 100*time.Millisecond, 2))
+				waitFor(t, 5*time.Second, "eds version "+v+" applied", func() bool { return p.Dump().XDS.Versions["eds"] == v })
+			}
+			last := tc.versions[len(tc.versions)-1]
+			if tc.stop {
+				stop()
+			} else {
+				defer stop()
+			}
+			waitFor(t, 10*time.Second, "the cache file at version "+last+", its write counted", func() bool {
+				v := readCacheVersions(t, path)
+				return v["lds"] == last && v["cds"] == last && v["eds"] == last &&
+					metricValue(p.m.cacheWrites.WithLabelValues("ok")) >= 1
+			})
+			if got := metricValue(p.m.cacheWrites.WithLabelValues("ok")); got != 1 {
+				t.Errorf("cache writes = %v, want 1 (the versions %v accepted within %v)", got, tc.versions, tc.delay)
+			}
+		})
+	}
+}
+
+// TestCacheWriterBacksOff: a cache file that cannot be written is retried
+// less and less often, logged as an error once, and written as soon as the
+// disk takes it again, with a line saying how many writes failed before.
+func TestCacheWriterBacksOff(t *testing.T) {
+	for _, tc := range []struct {
+		failures int
+		want     time.Duration
+	}{
+		{0, time.Millisecond},
+		{1, 2 * time.Millisecond},
+		{3, 8 * time.Millisecond},
+		{6, 64 * time.Millisecond},
+		{7, 64 * time.Millisecond},
+		{1000, 64 * time.Millisecond},
+	} {
+		w := &cacheWriter{delay: time.Millisecond, failures: tc.failures}
+		if got := w.nextDelay(); got != tc.want {
+			t.Errorf("after %d failures: next delay %v, want %v", tc.failures, got, tc.want)
+		}
+	}
+
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "not-a-dir")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(blocker, "sidecar.xds.json") // its parent is a file: every write fails
+	var logs telemetrytest.LogBuffer
+	tel := telemetry.Discard()
+	tel.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err := New(testConfig(deadAddr(t)), tel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newCacheWriter(p, path, time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	start := time.Now()
+	w.put(cachedConfig{node: "n", savedAt: start, versions: map[string]string{listenerType: "1"}})
+	const attempts = 7
+	waitFor(t, 10*time.Second, "7 failed writes", func() bool {
+		return metricValue(p.m.cacheWrites.WithLabelValues("error")) >= attempts
+	})
+	// Seven attempts wait 1+2+4+8+16+32+64 ms at least between them (the
+	// first after the delay); a retry at the delay each time would take 7.
+	if took, least := time.Since(start), 127*time.Millisecond; took < least {
+		t.Errorf("%d failed writes took %v, want at least %v (backing off)", attempts, took, least)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("%d error lines for one run of failures, want 1:\n%s", n, logs.String())
+	}
+
+	if err := os.Remove(blocker); err != nil { // the disk takes it again
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the file written once it can be", func() bool {
+		return metricValue(p.m.cacheWrites.WithLabelValues("ok")) == 1
+	})
+	if v := readCacheVersions(t, path); v["lds"] != "1" {
+		t.Errorf("cache file versions %v, want lds 1", v)
+	}
+	if !strings.Contains(logs.String(), "xDS cache file written again") {
+		t.Errorf("no line for the write that ended the failures:\n%s", logs.String())
+	}
 }

@@ -178,7 +178,7 @@ func (s *boltStore) commitLoop() {
 		s.committed.Add(uint64(len(batch)))
 		results := make([]error, len(batch))
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			bt := boltTxn{tx: tx, epochs: map[string]Epoch{}}
+			bt := boltTxn{tx: tx, epochs: map[string]Epoch{}, legacyEpochs: hasKeys(tx.Bucket(bucketEventEpochs))}
 			for i, r := range batch {
 				results[i] = r.fn(bt)
 				if isStorageErr(results[i]) {
@@ -314,6 +314,17 @@ type boltTxn struct {
 	// the transaction (every write goes through putServiceEpoch): a group
 	// commit of many saves of one service decodes its epoch once.
 	epochs map[string]Epoch
+	// legacyEpochs is false when the event-epochs bucket (older files
+	// only) was empty as the transaction began: it never gains entries,
+	// so putEvent need not look a chat up in it. A boltTxn of a read-only
+	// transaction never writes and leaves it false.
+	legacyEpochs bool
+}
+
+// hasKeys reports whether b holds any key.
+func hasKeys(b *bolt.Bucket) bool {
+	k, _ := b.Cursor().First()
+	return k != nil
 }
 
 func indexKey(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
@@ -419,6 +430,9 @@ func (t boltTxn) putEvent(chatID string, se storedEvent) error {
 	}
 	// The record carries its epoch: an epoch kept beside the protojson
 	// record it replaces (a file written before records did) is stale.
+	if !t.legacyEpochs {
+		return nil
+	}
 	if eb := t.tx.Bucket(bucketEventEpochs).Bucket([]byte(chatID)); eb != nil {
 		if err := eb.Delete(k); err != nil {
 			return fmt.Errorf("delete event epoch: %w", err)

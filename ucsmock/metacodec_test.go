@@ -1,8 +1,10 @@
 package ucsmock
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
+	"strconv"
 	"testing"
 )
 
@@ -70,6 +72,47 @@ func BenchmarkChatMetaJSON(b *testing.B) {
 		v, _ := json.Marshal(m)
 		var back chatMeta
 		if err := json.Unmarshal(v, &back); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestBatchAnswerCodec: encodeBatchAnswer writes what
+// json.NewEncoder(w).Encode writes, for plain results (the fast path) and
+// for results with an error or a chat id encoding/json escapes.
+func TestBatchAnswerCodec(t *testing.T) {
+	ok := batchResult{ChatID: "chat-1", Status: 200, Saved: 1, HighestIndex: 7}
+	for _, a := range []batchAnswer{
+		{},
+		{Results: []batchResult{}},
+		{Results: []batchResult{ok}},
+		{Results: []batchResult{ok, {ChatID: "c", Status: 200, Unchanged: 3, HighestIndex: math.MaxUint64}, {}}},
+		{Results: []batchResult{{ChatID: "a<b>&\"c\\", Status: 200, Saved: 2}, {ChatID: "ünï\u2028", Status: 200}, {ChatID: "bad\xffutf8\n", Status: 200}}},
+		{Results: []batchResult{ok, {ChatID: "x", Status: 409, Error: &errorBody{Error: "conflict <x>", Code: "conflict", Epoch: 3, Holder: "core-b"}}, ok}},
+		{Results: []batchResult{{ChatID: "d", Status: 410, Error: &errorBody{Error: "deleted", Code: "deleted", Tombstone: &Tombstone{ChatID: "d"}}}}},
+	} {
+		got, err := encodeBatchAnswer(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want bytes.Buffer
+		if err := json.NewEncoder(&want).Encode(a); err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != want.String() {
+			t.Errorf("encode %+v:\n got %s\nwant %s", a, got, want.String())
+		}
+	}
+}
+
+func BenchmarkBatchAnswer(b *testing.B) {
+	results := make([]batchResult, 256)
+	for i := range results {
+		results[i] = batchResult{ChatID: "chat-" + strconv.Itoa(i), Status: 200, Saved: 1, HighestIndex: uint64(i)}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := encodeBatchAnswer(batchAnswer{Results: results}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,14 +1,12 @@
 package webapi
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -58,31 +56,13 @@ func TestInstrumentTracesOnlyWhenTracing(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for a logger shared by goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestAccessLog: every request has its access log line; a successful send
 // (a hot route) at debug, so an instance at info logs no line per message
 // but each failed send, and a summary of the hot routes' traffic.
 func TestAccessLog(t *testing.T) {
 	for _, level := range []slog.Level{slog.LevelDebug, slog.LevelInfo} {
 		t.Run(level.String(), func(t *testing.T) {
-			var logs syncBuffer
+			var logs telemetrytest.LogBuffer
 			tel := telemetry.Discard()
 			tel.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: level}))
 			e := newEnvTel(t, tel, nil)
@@ -135,9 +115,7 @@ func TestAccessLog(t *testing.T) {
 				t.Errorf("%d info access lines of the chat start, want 1:\n%s", got, logs.String())
 			}
 			// The counts start again after a summary.
-			logs.mu.Lock()
-			logs.b.Reset()
-			logs.mu.Unlock()
+			logs.Reset()
 			e.srv.logSummary(t.Context(), time.Minute)
 			if s := logs.String(); s != "" {
 				t.Errorf("summary with no requests since the last: %q", s)
@@ -150,7 +128,7 @@ func TestAccessLog(t *testing.T) {
 // log's summary of the requests since the last one, those of its shutdown
 // included.
 func TestServeWritesLastSummary(t *testing.T) {
-	var logs syncBuffer
+	var logs telemetrytest.LogBuffer
 	tel := telemetry.Discard()
 	tel.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	e := newEnvTel(t, tel, nil)

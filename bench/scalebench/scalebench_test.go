@@ -15,6 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 	"github.com/hachat/hachat/xds"
 )
 
@@ -344,24 +345,6 @@ func TestSidecarAcked(t *testing.T) {
 	}
 }
 
-// lockedBuffer is an io.Writer safe for RunSidecars's flusher and the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestRunSidecarsReportsEveryACK: the sidecar process's side writes a
 // parseable line for each sidecar's listeners, clusters and assignments.
 func TestRunSidecarsReportsEveryACK(t *testing.T) {
@@ -377,7 +360,7 @@ func TestRunSidecarsReportsEveryACK(t *testing.T) {
 	defer wg.Wait()
 	defer cancel()
 	wg.Go(func() { _ = srv.Run(ctx) })
-	var out lockedBuffer
+	var out telemetrytest.LogBuffer
 	sctx, stop := context.WithCancel(ctx)
 	ran := make(chan error, 1)
 	wg.Go(func() { ran <- RunSidecars(sctx, srv.GRPCAddr(), 2, &out) })

@@ -61,15 +61,10 @@ func (b *bench) agentCall(ctx context.Context, method, path, token string, body,
 	return nil
 }
 
-// loginAgents logs every agent in with its account's password, opens its
-// push channel and makes it ready.
+// loginAgents logs every agent in with its password, opens its push
+// channel and makes it ready.
 func (b *bench) loginAgents(ctx context.Context) error {
-	var creds []struct{ user, password string }
-	for _, a := range b.bc.Accounts {
-		if a.Role == "agent" {
-			creds = append(creds, struct{ user, password string }{a.User, a.Password})
-		}
-	}
+	creds := b.agentsC
 	b.agents = make([]*agent, len(creds))
 	// Logins verify an argon2id hash each: a few at a time.
 	return workers.Range(ctx, 4, 0, len(creds), nil, func(ctx context.Context, i int) error {

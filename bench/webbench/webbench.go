@@ -48,14 +48,25 @@ type Options struct {
 	// Kill adds the failover phase: under the same load, the primary core
 	// is killed with SIGKILL.
 	Kill bool
-	// PProf makes webapi, interaction, the cores and the sidecars serve
-	// net/http/pprof on loopback ports (--pprof=127.0.0.1:0); their
-	// addresses go to Progress once the cluster runs.
+	// PProf makes webapi, interaction, the cores, the sidecars and the
+	// floor server serve net/http/pprof on loopback ports
+	// (--pprof=127.0.0.1:0); their addresses go to Progress once they run.
 	PProf bool
 	// CPUProfile, when set, is a file that receives the load generator's
 	// own CPU profile of the measured message phase (the phase of
 	// Report.ClientCPUPerMessage); the parts serve theirs with PProf.
 	CPUProfile string
+	// Floor adds the floor phase: once the cluster has stopped, the same
+	// load generator, with the same chats, agents, senders and messages,
+	// runs against the floor server (package webfloor), a bare net/http
+	// server with the customer path's HTTP shape and nothing behind it, in
+	// its own process (Report.Floor).
+	Floor bool
+	// FloorCommand starts the floor server; it gets --listen=127.0.0.1:0
+	// appended and must print its base URL as the first line of its
+	// standard output (default: this executable's hidden `bench
+	// web-floor-server`, with --pprof=127.0.0.1:0 when PProf is set).
+	FloorCommand []string
 	// ProgressEvery is the interval of the progress line (default 5s).
 	ProgressEvery time.Duration
 	// Progress receives the cluster's start story and the progress lines;
@@ -134,11 +145,9 @@ type Failover struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Report is what a run measured. In JSON, durations are nanoseconds.
-type Report struct {
-	Path   string `json:"path"`
-	Chats  int    `json:"chats"`
-	Agents int    `json:"agents"`
+// Phase is what the set-up and the measured message phase gave, on the
+// cluster or on the floor.
+type Phase struct {
 	// SetupTime runs from the first chat start to the last chat accepted
 	// by an agent with every customer push channel open.
 	SetupTime time.Duration `json:"setup_ns"`
@@ -154,6 +163,15 @@ type Report struct {
 	// PushP50, PushP99: customer send to its own push channel.
 	PushP50 time.Duration `json:"push_p50_ns"`
 	PushP99 time.Duration `json:"push_p99_ns"`
+}
+
+// Report is what a run measured. In JSON, durations are nanoseconds.
+type Report struct {
+	Path   string `json:"path"`
+	Chats  int    `json:"chats"`
+	Agents int    `json:"agents"`
+	// Phase is the set-up and the measured message phase.
+	Phase
 	// Parts are the figures of every process of the cluster, by part name.
 	Parts map[string]PartFigures `json:"parts"`
 	// WebAPIBytesPerChat, InteractionBytesPerChat and CoresBytesPerChat
@@ -168,6 +186,28 @@ type Report struct {
 	ClientCPUPerMessage time.Duration `json:"client_cpu_per_message_ns"`
 	// Failover is the kill phase's outcome (nil when not run).
 	Failover *Failover `json:"failover,omitempty"`
+	// Floor is what the floor phase measured (nil when not run), and
+	// RatioToFloor PerSecond over its messages/s.
+	Floor        *Floor  `json:"floor,omitempty"`
+	RatioToFloor float64 `json:"ratio_to_floor,omitempty"`
+}
+
+// Floor is what the load generator measured against the floor server
+// (package webfloor): the same chats, agents, senders and messages as the
+// measured phase, on the HTTP and SSE shape of the customer path with no
+// core behind it.
+type Floor struct {
+	Phase
+	// BytesPerChat is the floor server's RSS growth per chat.
+	BytesPerChat float64 `json:"bytes_per_chat"`
+	// ServerCPUPerMessage is the floor server's CPU time during the
+	// message phase over the messages delivered, ClientCPUPerMessage the
+	// load generator's.
+	ServerCPUPerMessage time.Duration `json:"server_cpu_per_message_ns"`
+	ClientCPUPerMessage time.Duration `json:"client_cpu_per_message_ns"`
+	// Error says why the floor phase failed; the other figures are then
+	// zero.
+	Error string `json:"error,omitempty"`
 }
 
 // WriteText renders the report for a terminal.
@@ -199,15 +239,50 @@ func (r Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  failover incomplete: %s\n", f.Error)
 		}
 	}
+	if f := r.Floor; f != nil && f.Error != "" {
+		fmt.Fprintf(w, "floor failed: %s\n", f.Error)
+	} else if f != nil {
+		fmt.Fprintf(w, "floor (net/http and SSE alone, the same load, no core): %d sent, %d errors, %d delivered in %v\n",
+			f.Messages, f.Errors, f.Delivered, f.Elapsed.Round(time.Millisecond))
+		fmt.Fprintf(w, "  throughput %.0f messages/s   agent push p50 %s   p99 %s   max %s   customer push p50 %s   p99 %s\n",
+			f.PerSecond, d(f.P50), d(f.P99), d(f.Max), d(f.PushP50), d(f.PushP99))
+		fmt.Fprintf(w, "  CPU per message: server %v   load generator %v;  server %s/chat\n",
+			f.ServerCPUPerMessage.Round(time.Microsecond/10), f.ClientCPUPerMessage.Round(time.Microsecond/10), kib(f.BytesPerChat))
+		fmt.Fprintf(w, "web / floor         %.2f (messages/s)\n", r.RatioToFloor)
+	}
 }
 
 // Run starts a cluster of real processes (the standard plan with webapi
-// and interaction), sets up the chats, measures, and stops the cluster.
+// and interaction), sets up the chats, measures, and stops the cluster;
+// then, with Options.Floor, runs the floor phase.
 func Run(ctx context.Context, o Options) (Report, error) {
 	o.defaults()
 	if _, err := RaiseFileLimit(); err != nil {
 		return Report{}, err
 	}
+	rep, err := runCluster(ctx, o)
+	if err != nil || !o.Floor {
+		return rep, err
+	}
+	f, err := runFloor(ctx, o)
+	if ctx.Err() != nil {
+		return rep, err
+	}
+	if err != nil {
+		// The cluster's figures stand; the floor's failure is reported
+		// with them, as the kill phase's is.
+		rep.Floor = &Floor{Error: err.Error()}
+		return rep, nil
+	}
+	rep.Floor = f
+	if f.PerSecond > 0 {
+		rep.RatioToFloor = rep.PerSecond / f.PerSecond
+	}
+	return rep, nil
+}
+
+// runCluster is the cluster's part of Run.
+func runCluster(ctx context.Context, o Options) (Report, error) {
 	stage, path := demo.StagePair, "webapi and interaction given both cores"
 	if o.Mesh {
 		stage, path = demo.StageMesh, "webapi and interaction through their sidecars steered by xDS"
@@ -239,24 +314,45 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if o.PProf {
 		reportPProf(bc, o.Progress)
 	}
-	b, err := newBench(o, bc)
+	web, _ := bc.Plan().Part("webapi")
+	inter, _ := bc.Plan().Part("interaction")
+	t := target{webapi: web.URL(), inter: inter.URL(), service: bc.Layout.Filled().Service}
+	for _, a := range bc.Accounts {
+		if a.Role == "agent" {
+			t.agents = append(t.agents, credential{a.User, a.Password})
+		}
+	}
+	b, err := newBench(o, t)
 	if err != nil {
 		return Report{}, err
 	}
+	b.bc = bc
 	defer b.close()
 	rep, err := b.run(ctx)
 	rep.Path = path
 	return rep, err
 }
 
+// target is what the load generator drives: the customer API's and the
+// agent API's base URLs, the chat service, and the agents' logins.
+type target struct {
+	webapi, inter, service string
+	agents                 []credential
+}
+
+// credential is one agent's login.
+type credential struct{ user, password string }
+
 // bench is one run's state. Its goroutines (push channel readers, accept
 // workers, the progress line) are owned by it: close cancels and waits.
 type bench struct {
 	o       Options
-	bc      *benchcluster.Cluster
-	webapi  string // base URL
-	inter   string // base URL
+	bc      *benchcluster.Cluster // nil on the floor
+	label   string                // the progress line's prefix
+	webapi  string                // base URL
+	inter   string                // base URL
 	service string
+	agentsC []credential // the agents' logins
 	text    string
 
 	web        *formClient  // the customers' posts to webapi: starts and sends
@@ -278,7 +374,7 @@ type bench struct {
 	reconn   atomic.Int64
 }
 
-func newBench(o Options, bc *benchcluster.Cluster) (*bench, error) {
+func newBench(o Options, t target) (*bench, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	text := make([]byte, o.MessageSize)
 	for i := range text {
@@ -286,17 +382,14 @@ func newBench(o Options, bc *benchcluster.Cluster) (*bench, error) {
 	}
 	conns := o.Agents
 	b := &bench{
-		o: o, bc: bc, text: string(text),
-		service: bc.Layout.Filled().Service,
+		o: o, text: string(text),
+		webapi: t.webapi, inter: t.inter, service: t.service, agentsC: t.agents,
 		sendHTTP: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			MaxIdleConns: conns, MaxIdleConnsPerHost: conns, IdleConnTimeout: time.Minute}},
 		streamHTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}},
 		ctx:        ctx, cancel: cancel,
 		tr: newTracker(o.Messages * 5),
 	}
-	web, _ := bc.Plan().Part("webapi")
-	inter, _ := bc.Plan().Part("interaction")
-	b.webapi, b.inter = web.URL(), inter.URL()
 	var err error
 	if b.web, err = newFormClient(b.webapi, 30*time.Second, 1<<20); err != nil {
 		return nil, err
@@ -323,8 +416,8 @@ func (b *bench) progressLine(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		fmt.Fprintf(b.o.Progress, "  [%s] chats started %d/%d, customer push channels %d, accepted %d; messages sent %d, acked %d, delivered %d\n",
-			b.phase.Load(), b.started.Load(), b.o.Chats, b.streams.Load(), b.accepted.Load(),
+		fmt.Fprintf(b.o.Progress, "  [%s%s] chats started %d/%d, customer push channels %d, accepted %d; messages sent %d, acked %d, delivered %d\n",
+			b.label, b.phase.Load(), b.started.Load(), b.o.Chats, b.streams.Load(), b.accepted.Load(),
 			b.tr.sentN.Load(), b.tr.ackedN.Load(), b.tr.agentN.Load())
 	}
 }
@@ -350,26 +443,10 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	if err := rss(func(p PartFigures, v uint64) PartFigures { p.RSSBefore = v; return p }); err != nil {
 		return rep, err
 	}
-	b.wg.Add(1)
-	go func() { defer b.wg.Done(); b.progressLine(b.ctx) }()
-
-	b.phase.Store("agents")
-	if err := b.loginAgents(ctx); err != nil {
+	setup, err := b.setUp(ctx)
+	if err != nil {
 		return rep, err
 	}
-	fmt.Fprintf(b.o.Progress, "%d agents logged in, ready, push channels open\n", len(b.agents))
-	b.phase.Store("chats")
-	start := time.Now()
-	if err := b.startChats(ctx); err != nil {
-		return rep, err
-	}
-	if err := b.waitFor(ctx, 5*time.Minute, "every chat accepted", func() bool {
-		return b.accepted.Load() >= int64(b.o.Chats) && b.streams.Load() >= int64(b.o.Chats)
-	}); err != nil {
-		return rep, err
-	}
-	rep.SetupTime = time.Since(start)
-	fmt.Fprintf(b.o.Progress, "%d chats started, accepted, push channels open in %v\n", b.o.Chats, rep.SetupTime.Round(time.Millisecond))
 	if err := rss(func(p PartFigures, v uint64) PartFigures {
 		p.RSSChats = v
 		p.BytesPerChat = (float64(v) - float64(p.RSSBefore)) / float64(b.o.Chats)
@@ -388,49 +465,19 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 		}
 	}
 
-	// The measured phase.
-	b.phase.Store("messages")
-	cpuBefore := map[string]time.Duration{}
-	for name, pid := range pids {
-		cpuBefore[name], _ = processCPU(pid)
-	}
-	stopProfile, err := startCPUProfile(b.o.CPUProfile)
+	m, err := b.messages(ctx, pids, b.o.CPUProfile)
 	if err != nil {
 		return rep, err
 	}
-	selfBefore, _ := processCPU(selfPID)
-	fmt.Fprintf(b.o.Progress, "sending %d messages with %d senders\n", b.o.Messages, b.o.Concurrency)
-	start = time.Now()
-	errs := b.send(ctx, 0, b.o.Messages, nil)
-	acked := int(b.tr.ackedN.Load())
-	if err := b.waitFor(ctx, time.Minute, "every acknowledged message delivered", func() bool {
-		return b.tr.agentN.Load() >= int64(acked)
-	}); err != nil {
-		stopProfile()
-		return rep, err
-	}
-	rep.Elapsed = time.Since(start)
-	if err := stopProfile(); err != nil {
-		return rep, err
-	}
 	var cpuSum time.Duration
-	for name, pid := range pids {
-		after, _ := processCPU(pid)
+	for name, cpu := range m.cpu {
 		p := rep.Parts[name]
-		p.CPU = after - cpuBefore[name]
+		p.CPU = cpu
 		rep.Parts[name] = p
-		cpuSum += p.CPU
+		cpuSum += cpu
 	}
-	selfAfter, _ := processCPU(selfPID)
-	lat, push := b.tr.latencies(0, b.o.Messages)
-	rep.Messages, rep.Errors, rep.Delivered = b.o.Messages, errs, len(lat)
-	rep.PerSecond = float64(len(lat)) / rep.Elapsed.Seconds()
-	rep.P50, rep.P99, rep.Max = summary(lat)
-	rep.PushP50, rep.PushP99, _ = summary(push)
-	if len(lat) > 0 {
-		rep.CPUPerMessage = cpuSum / time.Duration(len(lat))
-		rep.ClientCPUPerMessage = (selfAfter - selfBefore) / time.Duration(len(lat))
-	}
+	rep.Phase = m.phase(setup, b.o.Messages)
+	rep.CPUPerMessage, rep.ClientCPUPerMessage = m.perMessage(cpuSum), m.perMessage(m.self)
 	if !b.o.Kill {
 		return rep, nil
 	}
@@ -444,6 +491,100 @@ func (b *bench) run(ctx context.Context) (Report, error) {
 	}
 	rep.Failover = f
 	return rep, nil
+}
+
+// setUp logs the agents in, starts every chat and returns once every chat
+// is accepted with its customer push channel open, with the time that took
+// from the first chat start. It starts the progress line.
+func (b *bench) setUp(ctx context.Context) (time.Duration, error) {
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.progressLine(b.ctx) }()
+
+	b.phase.Store("agents")
+	if err := b.loginAgents(ctx); err != nil {
+		return 0, err
+	}
+	fmt.Fprintf(b.o.Progress, "%s%d agents logged in, ready, push channels open\n", b.label, len(b.agents))
+	b.phase.Store("chats")
+	start := time.Now()
+	if err := b.startChats(ctx); err != nil {
+		return 0, err
+	}
+	if err := b.waitFor(ctx, 5*time.Minute, "every chat accepted", func() bool {
+		return b.accepted.Load() >= int64(b.o.Chats) && b.streams.Load() >= int64(b.o.Chats)
+	}); err != nil {
+		return 0, err
+	}
+	setup := time.Since(start)
+	fmt.Fprintf(b.o.Progress, "%s%d chats started, accepted, push channels open in %v\n", b.label, b.o.Chats, setup.Round(time.Millisecond))
+	return setup, nil
+}
+
+// measured is what a measured message phase gave.
+type measured struct {
+	elapsed   time.Duration
+	errs      int
+	lat, push []time.Duration          // send to the agent's, and to the customer's, push channel
+	cpu       map[string]time.Duration // CPU time of each process measured, by name
+	self      time.Duration            // the load generator's CPU time
+}
+
+// phase is the report of the set-up (which took setup) and of this
+// message phase of messages messages.
+func (m measured) phase(setup time.Duration, messages int) Phase {
+	p := Phase{SetupTime: setup, Messages: messages, Errors: m.errs, Delivered: len(m.lat), Elapsed: m.elapsed,
+		PerSecond: float64(len(m.lat)) / m.elapsed.Seconds()}
+	p.P50, p.P99, p.Max = summary(m.lat)
+	p.PushP50, p.PushP99, _ = summary(m.push)
+	return p
+}
+
+// perMessage is d over the messages delivered to the agents.
+func (m measured) perMessage(d time.Duration) time.Duration {
+	if len(m.lat) == 0 {
+		return 0
+	}
+	return d / time.Duration(len(m.lat))
+}
+
+// messages is the measured phase: it sends Messages messages with
+// Concurrency senders and waits until every acknowledged one reached its
+// agent, measuring the CPU time of the processes pids (by name) and of the
+// load generator, whose CPU profile goes to profile (none when empty).
+func (b *bench) messages(ctx context.Context, pids map[string]int, profile string) (measured, error) {
+	b.phase.Store("messages")
+	m := measured{cpu: map[string]time.Duration{}}
+	cpuBefore := map[string]time.Duration{}
+	for name, pid := range pids {
+		cpuBefore[name], _ = processCPU(pid)
+	}
+	stopProfile, err := startCPUProfile(profile)
+	if err != nil {
+		return m, err
+	}
+	selfBefore, _ := processCPU(selfPID)
+	fmt.Fprintf(b.o.Progress, "%ssending %d messages with %d senders\n", b.label, b.o.Messages, b.o.Concurrency)
+	start := time.Now()
+	m.errs = b.send(ctx, 0, b.o.Messages, nil)
+	acked := int(b.tr.ackedN.Load())
+	if err := b.waitFor(ctx, time.Minute, "every acknowledged message delivered", func() bool {
+		return b.tr.agentN.Load() >= int64(acked)
+	}); err != nil {
+		stopProfile()
+		return m, err
+	}
+	m.elapsed = time.Since(start)
+	if err := stopProfile(); err != nil {
+		return m, err
+	}
+	for name, pid := range pids {
+		after, _ := processCPU(pid)
+		m.cpu[name] = after - cpuBefore[name]
+	}
+	selfAfter, _ := processCPU(selfPID)
+	m.self = selfAfter - selfBefore
+	m.lat, m.push = b.tr.latencies(0, b.o.Messages)
+	return m, nil
 }
 
 // waitFor polls cond until it holds, within d.

@@ -932,11 +932,15 @@ func (x *SendResponse) GetAlias() string {
 // SendStreamRequest is one send on a SendStream: the request, as the unary
 // Send takes it, with the id that its result carries back.
 type SendStreamRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // correlation, chosen by the client, unique among the stream's sends in flight
-	Request       *SendRequest           `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
-	TimeoutMs     int64                  `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`                                                                                   // this send's deadline, as the unary call's grpc-timeout; 0: the stream's
-	TraceContext  map[string]string      `protobuf:"bytes,4,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // W3C trace context (traceparent, tracestate) of this send; empty: untraced
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // correlation, chosen by the client, unique among the stream's sends in flight
+	Request      *SendRequest           `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	TimeoutMs    int64                  `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`                                                                                   // this send's deadline, as the unary call's grpc-timeout; 0: the stream's
+	TraceContext map[string]string      `protobuf:"bytes,4,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // W3C trace context (traceparent, tracestate) of this send; empty: untraced
+	// more are further sends in the same stream message, each handled as if
+	// it had come alone (their own more is ignored). Only to a core whose
+	// stream header announced batches (hachat-send-batch).
+	More          []*SendStreamRequest `protobuf:"bytes,5,rep,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -999,14 +1003,25 @@ func (x *SendStreamRequest) GetTraceContext() map[string]string {
 	return nil
 }
 
+func (x *SendStreamRequest) GetMore() []*SendStreamRequest {
+	if x != nil {
+		return x.More
+	}
+	return nil
+}
+
 // SendStreamResult answers one SendStreamRequest: its id, then the
 // SendResponse or the gRPC status the unary Send would have answered.
 type SendStreamResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Response      *SendResponse          `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"` // set when code is 0 (OK)
-	Code          int32                  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`        // google.rpc.Code of the failure; 0: success
-	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`   // the failure's status message
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Response *SendResponse          `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"` // set when code is 0 (OK)
+	Code     int32                  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`        // google.rpc.Code of the failure; 0: success
+	Message  string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`   // the failure's status message
+	// more are further results in the same stream message, each as if it had
+	// come alone. Only to a client whose stream metadata announced batches
+	// (hachat-send-batch).
+	More          []*SendStreamResult `protobuf:"bytes,5,rep,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1067,6 +1082,13 @@ func (x *SendStreamResult) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *SendStreamResult) GetMore() []*SendStreamResult {
+	if x != nil {
+		return x.More
+	}
+	return nil
 }
 
 type LeaveRequest struct {
@@ -2083,21 +2105,23 @@ const file_chatcore_chatpb_chat_proto_rawDesc = "" +
 	"\fSendResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x14\n" +
-	"\x05alias\x18\x03 \x01(\tR\x05alias\"\x94\x02\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\"\xcb\x02\n" +
 	"\x11SendStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
 	"\arequest\x18\x02 \x01(\v2\x1b.hachat.chat.v1.SendRequestR\arequest\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\x12X\n" +
-	"\rtrace_context\x18\x04 \x03(\v23.hachat.chat.v1.SendStreamRequest.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\rtrace_context\x18\x04 \x03(\v23.hachat.chat.v1.SendStreamRequest.TraceContextEntryR\ftraceContext\x125\n" +
+	"\x04more\x18\x05 \x03(\v2!.hachat.chat.v1.SendStreamRequestR\x04more\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
 	"\x10SendStreamResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x128\n" +
 	"\bresponse\x18\x02 \x01(\v2\x1c.hachat.chat.v1.SendResponseR\bresponse\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"Y\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x124\n" +
+	"\x04more\x18\x05 \x03(\v2 .hachat.chat.v1.SendStreamResultR\x04more\"Y\n" +
 	"\fLeaveRequest\x12(\n" +
 	"\x04auth\x18\x01 \x01(\v2\x14.hachat.chat.v1.AuthR\x04auth\x12\x1f\n" +
 	"\vend_session\x18\x02 \x01(\bR\n" +
@@ -2285,45 +2309,47 @@ var file_chatcore_chatpb_chat_proto_depIdxs = []int32{
 	1,  // 13: hachat.chat.v1.SendRequest.visibility:type_name -> hachat.chat.v1.Visibility
 	10, // 14: hachat.chat.v1.SendStreamRequest.request:type_name -> hachat.chat.v1.SendRequest
 	31, // 15: hachat.chat.v1.SendStreamRequest.trace_context:type_name -> hachat.chat.v1.SendStreamRequest.TraceContextEntry
-	11, // 16: hachat.chat.v1.SendStreamResult.response:type_name -> hachat.chat.v1.SendResponse
-	6,  // 17: hachat.chat.v1.LeaveRequest.auth:type_name -> hachat.chat.v1.Auth
-	6,  // 18: hachat.chat.v1.EventsRequest.auth:type_name -> hachat.chat.v1.Auth
-	5,  // 19: hachat.chat.v1.EventsResponse.events:type_name -> hachat.chat.v1.Event
-	6,  // 20: hachat.chat.v1.SubscribeRequest.auth:type_name -> hachat.chat.v1.Auth
-	18, // 21: hachat.chat.v1.SubscribeStreamRequest.subscribe:type_name -> hachat.chat.v1.SubscribeRequest
-	5,  // 22: hachat.chat.v1.SubscribeStreamBatch.events:type_name -> hachat.chat.v1.Event
-	32, // 23: hachat.chat.v1.SubscribeStreamBatch.ends:type_name -> hachat.chat.v1.SubscribeStreamBatch.End
-	3,  // 24: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
-	33, // 25: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
-	4,  // 26: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
-	24, // 27: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
-	7,  // 28: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
-	8,  // 29: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
-	10, // 30: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
-	12, // 31: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
-	14, // 32: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
-	16, // 33: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
-	18, // 34: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
-	19, // 35: hachat.chat.v1.Chat.SubscribeStream:input_type -> hachat.chat.v1.SubscribeStreamRequest
-	21, // 36: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
-	23, // 37: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
-	26, // 38: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
-	9,  // 39: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
-	9,  // 40: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
-	11, // 41: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
-	13, // 42: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
-	15, // 43: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
-	17, // 44: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
-	5,  // 45: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
-	20, // 46: hachat.chat.v1.Chat.SubscribeStream:output_type -> hachat.chat.v1.SubscribeStreamBatch
-	22, // 47: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
-	25, // 48: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
-	27, // 49: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
-	39, // [39:50] is the sub-list for method output_type
-	28, // [28:39] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	12, // 16: hachat.chat.v1.SendStreamRequest.more:type_name -> hachat.chat.v1.SendStreamRequest
+	11, // 17: hachat.chat.v1.SendStreamResult.response:type_name -> hachat.chat.v1.SendResponse
+	13, // 18: hachat.chat.v1.SendStreamResult.more:type_name -> hachat.chat.v1.SendStreamResult
+	6,  // 19: hachat.chat.v1.LeaveRequest.auth:type_name -> hachat.chat.v1.Auth
+	6,  // 20: hachat.chat.v1.EventsRequest.auth:type_name -> hachat.chat.v1.Auth
+	5,  // 21: hachat.chat.v1.EventsResponse.events:type_name -> hachat.chat.v1.Event
+	6,  // 22: hachat.chat.v1.SubscribeRequest.auth:type_name -> hachat.chat.v1.Auth
+	18, // 23: hachat.chat.v1.SubscribeStreamRequest.subscribe:type_name -> hachat.chat.v1.SubscribeRequest
+	5,  // 24: hachat.chat.v1.SubscribeStreamBatch.events:type_name -> hachat.chat.v1.Event
+	32, // 25: hachat.chat.v1.SubscribeStreamBatch.ends:type_name -> hachat.chat.v1.SubscribeStreamBatch.End
+	3,  // 26: hachat.chat.v1.SessionChange.kind:type_name -> hachat.chat.v1.SessionChange.Kind
+	33, // 27: hachat.chat.v1.SessionChange.user_data:type_name -> hachat.chat.v1.SessionChange.UserDataEntry
+	4,  // 28: hachat.chat.v1.SessionChange.participants:type_name -> hachat.chat.v1.Participant
+	24, // 29: hachat.chat.v1.StatusResponse.members:type_name -> hachat.chat.v1.Member
+	7,  // 30: hachat.chat.v1.Chat.StartSession:input_type -> hachat.chat.v1.StartSessionRequest
+	8,  // 31: hachat.chat.v1.Chat.Join:input_type -> hachat.chat.v1.JoinRequest
+	10, // 32: hachat.chat.v1.Chat.Send:input_type -> hachat.chat.v1.SendRequest
+	12, // 33: hachat.chat.v1.Chat.SendStream:input_type -> hachat.chat.v1.SendStreamRequest
+	14, // 34: hachat.chat.v1.Chat.Leave:input_type -> hachat.chat.v1.LeaveRequest
+	16, // 35: hachat.chat.v1.Chat.Events:input_type -> hachat.chat.v1.EventsRequest
+	18, // 36: hachat.chat.v1.Chat.Subscribe:input_type -> hachat.chat.v1.SubscribeRequest
+	19, // 37: hachat.chat.v1.Chat.SubscribeStream:input_type -> hachat.chat.v1.SubscribeStreamRequest
+	21, // 38: hachat.chat.v1.Chat.WatchSessions:input_type -> hachat.chat.v1.WatchSessionsRequest
+	23, // 39: hachat.chat.v1.Chat.Status:input_type -> hachat.chat.v1.StatusRequest
+	26, // 40: hachat.chat.v1.Chat.Switchover:input_type -> hachat.chat.v1.SwitchoverRequest
+	9,  // 41: hachat.chat.v1.Chat.StartSession:output_type -> hachat.chat.v1.JoinResponse
+	9,  // 42: hachat.chat.v1.Chat.Join:output_type -> hachat.chat.v1.JoinResponse
+	11, // 43: hachat.chat.v1.Chat.Send:output_type -> hachat.chat.v1.SendResponse
+	13, // 44: hachat.chat.v1.Chat.SendStream:output_type -> hachat.chat.v1.SendStreamResult
+	15, // 45: hachat.chat.v1.Chat.Leave:output_type -> hachat.chat.v1.LeaveResponse
+	17, // 46: hachat.chat.v1.Chat.Events:output_type -> hachat.chat.v1.EventsResponse
+	5,  // 47: hachat.chat.v1.Chat.Subscribe:output_type -> hachat.chat.v1.Event
+	20, // 48: hachat.chat.v1.Chat.SubscribeStream:output_type -> hachat.chat.v1.SubscribeStreamBatch
+	22, // 49: hachat.chat.v1.Chat.WatchSessions:output_type -> hachat.chat.v1.SessionChange
+	25, // 50: hachat.chat.v1.Chat.Status:output_type -> hachat.chat.v1.StatusResponse
+	27, // 51: hachat.chat.v1.Chat.Switchover:output_type -> hachat.chat.v1.SwitchoverResponse
+	41, // [41:52] is the sub-list for method output_type
+	30, // [30:41] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_chatcore_chatpb_chat_proto_init() }

@@ -51,6 +51,8 @@ type ChatClient interface {
 	// result comes back as soon as it is done (in any order; the id tells
 	// which). The core ends the stream (UNAVAILABLE) when it stops being
 	// primary; the sends still unanswered then are retried by the client.
+	// Sends and results may come in batches (more), to a side that announced
+	// them (chatpb.SendBatchHeader).
 	SendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SendStreamRequest, SendStreamResult], error)
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (*EventsResponse, error)
@@ -223,6 +225,8 @@ type ChatServer interface {
 	// result comes back as soon as it is done (in any order; the id tells
 	// which). The core ends the stream (UNAVAILABLE) when it stops being
 	// primary; the sends still unanswered then are retried by the client.
+	// Sends and results may come in batches (more), to a side that announced
+	// them (chatpb.SendBatchHeader).
 	SendStream(grpc.BidiStreamingServer[SendStreamRequest, SendStreamResult]) error
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
 	Events(context.Context, *EventsRequest) (*EventsResponse, error)

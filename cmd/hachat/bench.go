@@ -33,7 +33,8 @@ ports (in a temporary directory) unless told to use a running one.
   hachat bench proxy     added latency and throughput: direct vs hachat sidecar vs HAProxy
   hachat bench soak      whole cluster under steady chat load for --duration, then a drain:
                          every part's RSS, Go heap, goroutines and fds over time (CSV, PNG)
-  hachat bench web       customers through webapi (SSE) and agents through interaction at N chats
+  hachat bench web       customers through webapi (SSE) and agents through interaction at N chats,
+                         and the same load on a bare net/http floor (--floor)
   hachat bench scale     model of many pairs: placement balance, cost of a lost pair, xDS snapshot
                          size and push to many sidecars (real placement, snapshot and xDS code)
 
@@ -66,6 +67,8 @@ func runBench(ctx context.Context, args []string, out, errw io.Writer) error {
 		return runBenchEchoServer(ctx, args[1:], out, errw)
 	case "proxy-sidecar": // hidden: the sidecar under test of bench proxy
 		return runBenchProxySidecar(ctx, args[1:], out, errw)
+	case "web-floor-server": // hidden: the floor server of bench web
+		return runBenchWebFloorServer(ctx, args[1:], out, errw)
 	default:
 		return benchMore(ctx, args, out, errw)
 	}
