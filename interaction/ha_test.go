@@ -309,11 +309,22 @@ func TestDeposedLeaderFollowsAgain(t *testing.T) {
 	tok := p.login("a", "agent")
 	p.mustDo("POST", "/agent/v1/ready", tok, nil)
 	m.Depose()
-	p.waitFor("one instance leads again", func() bool { return first.srv.Leading() != second.srv.Leading() })
-	now := second
-	if first.srv.Leading() {
-		now = first // the deposed one may win the next election itself
-	}
+	// One instance leads again, and it is the one the store names: the
+	// deposed instance can still believe it leads for a moment after the
+	// other won in the store but before that one has restored and leads
+	// itself (requests to it then get "no leader right now, retry").
+	var now *instance
+	p.waitFor("one instance leads again, the one the store names", func() bool {
+		if first.srv.Leading() == second.srv.Leading() {
+			return false
+		}
+		now = second
+		if first.srv.Leading() {
+			now = first // the deposed one may win the next election itself
+		}
+		l, _ := m.Leader(context.Background())
+		return l == now.url
+	})
 	p.waitFor("the saved state restored", func() bool {
 		now.srv.mu.Lock()
 		defer now.srv.mu.Unlock()
