@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -335,4 +337,115 @@ func TestSendStreamFailoverNoLossNoDuplicate(t *testing.T) {
 		}
 	}
 	t.Logf("client retries: %d", cl.Retries())
+}
+
+// TestSendStreamBackpressure drives sendStream with a client that writes
+// sends endlessly and stops reading its results (send blocks): the core
+// processes sendStreamInFlight sends, queues their results and reads no
+// further, because a send's token is given back only once its result is
+// written. Once the client reads again, reading resumes and every send
+// read gets its result, once.
+func TestSendStreamBackpressure(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		batches bool
+	}{
+		{"batches", true},
+		{"one a message", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newLocalCore(t, func(cfg *Config) { cfg.SendRate = 1e6; cfg.SendBurst = 1 << 20 })
+			cust, _ := localChat(t, c)
+			ctx := ctxT(t)
+
+			var reads atomic.Int64 // recv calls that handed out a send
+			stop := make(chan struct{})
+			stopReading := sync.OnceFunc(func() { close(stop) })
+			recv := func() (*chatpb.SendStreamRequest, error) {
+				select {
+				case <-stop:
+					return nil, io.EOF
+				default:
+				}
+				id := uint64(reads.Add(1))
+				return &chatpb.SendStreamRequest{Id: id, Request: msg(cust, fmt.Sprint("m", id), fmt.Sprint("m", id)), TimeoutMs: 5000}, nil
+			}
+			release := make(chan struct{})
+			readResults := sync.OnceFunc(func() { close(release) })
+			var mu sync.Mutex
+			sends := 0                   // calls of send, the first blocked until release
+			answered := map[uint64]int{} // results written, by id
+			send := func(r *chatpb.SendStreamResult) error {
+				mu.Lock()
+				sends++
+				mu.Unlock()
+				<-release
+				mu.Lock()
+				defer mu.Unlock()
+				for _, res := range append([]*chatpb.SendStreamResult{r}, r.More...) {
+					if res.Code != 0 {
+						t.Errorf("result %v: refused", res)
+					}
+					answered[res.Id]++
+				}
+				return nil
+			}
+			done := make(chan error, 1)
+			go func() { done <- c.sendStream(ctx, recv, send, tt.batches) }()
+			ended := sync.OnceValue(func() error { return <-done })
+			// Whatever fails below, the stream ends before the test does.
+			defer func() {
+				readResults()
+				stopReading()
+				if err := ended(); err != nil {
+					t.Errorf("sendStream: %v", err)
+				}
+			}()
+			processed := func() int64 { return int64(testutil.ToFloat64(c.m.rpcs.WithLabelValues("Send", "OK"))) }
+			writing := func() int { mu.Lock(); defer mu.Unlock(); return sends }
+
+			// The reader takes a token per send: sendStreamInFlight sends
+			// start (each counted as a Send call just before its result is
+			// put), and the reader reads one more, for which it waits for
+			// a token. The first result's writer is blocked in send, the
+			// others wait in its pending.
+			const held = sendStreamInFlight + 1
+			waitFor(t, "the sends in flight processed, their results queued", func() bool {
+				return processed() >= sendStreamInFlight && reads.Load() >= held && writing() >= 1
+			})
+			// Nothing signals that the reader will not read again, so the
+			// negative check watches for a bounded window. A reader not held
+			// by the unwritten results (a token freed when a send completes,
+			// as before the results held them) had read 1000 and more past
+			// the bound by the first look, so the window is ample; a pass
+			// says only that no extra read came within it.
+			const window = 200 * time.Millisecond
+			for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(time.Millisecond) {
+				if n, p, w := reads.Load(), processed(), writing(); n != held || p != sendStreamInFlight || w != 1 {
+					t.Fatalf("with results unwritten: %d sends read, %d processed, %d results being written; want %d, %d, 1",
+						n, p, w, held, sendStreamInFlight)
+				}
+			}
+
+			// The client reads its results again: their tokens come back,
+			// and the core reads well past the bound.
+			readResults()
+			waitFor(t, "reading resumed past the bound", func() bool { return reads.Load() > 2*sendStreamInFlight })
+			stopReading()
+			if err := ended(); err != nil {
+				t.Fatalf("sendStream: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			n := reads.Load()
+			if int64(len(answered)) != n || processed() != n {
+				t.Errorf("%d sends read, %d processed, %d answered", n, processed(), len(answered))
+			}
+			for id := uint64(1); id <= uint64(n); id++ {
+				if answered[id] != 1 {
+					t.Errorf("send %d answered %d times, want once", id, answered[id])
+				}
+			}
+		})
+	}
 }
