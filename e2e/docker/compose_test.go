@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -263,6 +264,11 @@ func (p *project) dumpLogs() {
 	if p.t.Failed() {
 		out, err := p.compose(ctx, "logs", "--no-color", "--timestamps", "--tail=60")
 		p.t.Logf("docker-compose logs --tail=60 (err %v):\n%s", err, out)
+		// The mixed tail of twenty containers can miss what the cores
+		// did at start: their role story, whole (claims, epochs, steps
+		// down, warnings), is what a failure of the pair needs first.
+		cores, err := p.compose(ctx, "logs", "--no-color", "--timestamps", "core-a", "core-b")
+		p.t.Logf("the cores' role story (err %v):\n%s", err, roleStory(cores, 120))
 	}
 	full, err := p.compose(ctx, "logs", "--no-color", "--timestamps")
 	if err == nil {
@@ -426,6 +432,24 @@ func firstLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[:n]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// roleStoryLine matches the log lines of a core that tell its role story.
+var roleStoryLine = regexp.MustCompile(`(?i)claim|epoch|primary|backup|step|promot|level=(WARN|ERROR)`)
+
+// roleStory returns the lines of logs that roleStoryLine matches, at most
+// the last max of them.
+func roleStory(logs string, max int) string {
+	var lines []string
+	for _, l := range strings.Split(logs, "\n") {
+		if roleStoryLine.MatchString(l) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > max {
+		lines = append([]string{fmt.Sprintf("(%d earlier lines left out)", len(lines)-max)}, lines[len(lines)-max:]...)
 	}
 	return strings.Join(lines, "\n")
 }

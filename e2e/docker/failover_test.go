@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -474,12 +475,12 @@ func pairFormed(sts []coreStatus, primary, backup string) error {
 		switch s.Status.Name {
 		case primary:
 			if s.Status.Role != "primary" || s.Status.Backup != backup {
-				return fmt.Errorf("%s is %s with backup %q", primary, s.Status.Role, s.Status.Backup)
+				return fmt.Errorf("%s is %s at epoch %d with backup %q (all: %s)", primary, s.Status.Role, s.Status.Epoch, s.Status.Backup, roles(sts))
 			}
 			p = true
 		case backup:
 			if s.Status.Role != "backup" {
-				return fmt.Errorf("%s is %s", backup, s.Status.Role)
+				return fmt.Errorf("%s is %s at epoch %d (all: %s)", backup, s.Status.Role, s.Status.Epoch, roles(sts))
 			}
 			b = true
 		}
@@ -488,6 +489,22 @@ func pairFormed(sts []coreStatus, primary, backup string) error {
 		return fmt.Errorf("status: %+v", sts)
 	}
 	return nil
+}
+
+// roles says each core's name, role and epoch, or its error.
+func roles(sts []coreStatus) string {
+	var b strings.Builder
+	for i, s := range sts {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if s.Status == nil {
+			fmt.Fprintf(&b, "%s: %s", s.Addr, s.Error)
+			continue
+		}
+		fmt.Fprintf(&b, "%s %s@%d", s.Status.Name, s.Status.Role, s.Status.Epoch)
+	}
+	return b.String()
 }
 
 // epochOf returns the epoch of the named core (0 if it does not answer).
