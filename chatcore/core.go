@@ -23,7 +23,6 @@ import (
 	"github.com/hachat/hachat/chatcore/sessionlog"
 	"github.com/hachat/hachat/mtls"
 	"github.com/hachat/hachat/pairs"
-	"github.com/hachat/hachat/pause"
 	"github.com/hachat/hachat/telemetry"
 )
 
@@ -108,9 +107,6 @@ type Core struct {
 	httpAddr          string
 
 	guard *guard // the primary's lease and the newer epochs peers claim (guard.go)
-	// settle waits before the coordination writes that follow a catch-up
-	// (afterSettle, replication.go); false: Serve's context ended first.
-	settle func(ctx context.Context) bool
 
 	bg background // goroutines Serve owns beyond its servers
 }
@@ -182,7 +178,6 @@ func New(cfg Config, store TranscriptStore, tel *telemetry.Telemetry, opts ...Op
 		tracer:    tel.Tracer.Tracer("github.com/hachat/hachat/chatcore"),
 		m:         newMetrics(tel.Registry),
 		now:       time.Now,
-		settle:    func(ctx context.Context) bool { return pause.For(ctx, inSyncSettle) },
 		sessions:  make(map[string]*session),
 		startReqs: make(map[string]*session),
 		role:      role.New(),

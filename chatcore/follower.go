@@ -277,15 +277,8 @@ func (c *Core) replicate(ctx context.Context, cancel context.CancelFunc, stream 
 			c.log.InfoContext(ctx, "in sync with the primary: replication catch-up done", "primary", msg.Primary, "epoch", msg.Epoch,
 				"sessions", kept, "dropped_stale", n)
 			c.bg.spawn(c.publishMeta) // gossip the epoch we now follow
-			// The lease of a promotion's claim, granted ahead (fencing.go),
-			// after the settle (replication.go); not by a core promoted
-			// meanwhile.
-			c.afterSettle(func(ctx context.Context) {
-				if c.role.IsPrimary() {
-					return
-				}
-				prepareClaim(ctx, c.fencer, c.cfg.Cluster, c.log)
-			})
+			// The lease of a promotion's claim, granted ahead (fencing.go).
+			c.bg.spawn(func(ctx context.Context) { prepareClaim(ctx, c.fencer, c.cfg.Cluster, c.log) })
 		case *chatpb.ReplicaMsg_Handover:
 			epoch, err := c.takeOver(ctx, msg.Primary, b.Handover.Epoch)
 			ans := &chatpb.ReplicaAck{Seq: msg.Seq}

@@ -3,7 +3,6 @@ package chatcore
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/hachat/hachat/chatcore/chatpb"
 	"github.com/hachat/hachat/chatcore/replica"
@@ -76,41 +75,8 @@ func (r replicaSource) SnapshotTo(l *replica.Link) int {
 func (r replicaSource) StepDown(reason string, newer uint64) { r.c.stepDown(reason, newer) }
 
 // BackupInSync is the replicator's word that a backup acknowledged its
-// snapshot: every acknowledged event is on it again, so the solo mark goes,
-// after inSyncSettle and only if that backup is still in sync then (one
-// that went away meanwhile keeps the mark, and the link that replaces it
-// clears it once in sync).
-func (r replicaSource) BackupInSync() {
-	r.c.afterSettle(func(ctx context.Context) {
-		if l := r.c.repl.Current(); l == nil || !l.InSync() {
-			return
-		}
-		r.c.solo.clear(ctx)
-	})
-}
-
-// inSyncSettle is how long the writes to the coordination cluster that
-// follow a catch-up wait: the primary's clear of its solo mark
-// (BackupInSync) and the backup's preparation of its next claim
-// (follower.go). A catch-up right after a switchover or failover ends
-// while the clients' first calls reach the new primary, and these writes
-// (the etcd members' raft writes and fsyncs, the cores' calls) then
-// competed for the CPUs with that pause's hops (docs/chatcore.md, "Fewer
-// etcd writes inside a switchover's pause"). A kill -9 of the primary within this time of a catch-up finds
-// the mark still set (the new primary merges from UCS) and its backup's
-// claim unprepared (the claim grants its lease first): slower, not unsafe.
-const inSyncSettle = 150 * time.Millisecond
-
-// afterSettle runs f in the background once the core's settle has passed
-// (inSyncSettle; tests replace c.settle), not if Serve's context ends
-// first.
-func (c *Core) afterSettle(f func(ctx context.Context)) {
-	c.bg.spawn(func(ctx context.Context) {
-		if c.settle(ctx) {
-			f(ctx)
-		}
-	})
-}
+// snapshot: every acknowledged event is on it again, so the solo mark goes.
+func (r replicaSource) BackupInSync() { r.c.bg.spawn(r.c.solo.clear) }
 
 // LinkGen is the generation of the backup link that holds s (replica.Session).
 func (s *session) LinkGen() uint64 { return s.replGen.Load() }
