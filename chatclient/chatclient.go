@@ -368,6 +368,15 @@ func (c *Client) awaitNewConn(ctx context.Context, idx int32, max time.Duration)
 	conn.WaitForStateChange(wctx, connectivity.Ready)
 }
 
+// boundedBy returns timeout (0: none) shortened to end by deadline, at
+// least 1ns: an attempt timeout of 0 would mean none.
+func boundedBy(timeout time.Duration, deadline time.Time) time.Duration {
+	if left := max(time.Until(deadline), 1); timeout <= 0 || left < timeout {
+		return left
+	}
+	return timeout
+}
+
 // withRetryDeadline gives ctx a deadline of RetryFor when it has none. A
 // ctx that has one (webapi's calls have core-timeout) is used as it is: a
 // context of its own would cost every call a cancelCtx, and its parent a
@@ -404,18 +413,39 @@ func attemptContext(ctx context.Context, timeout time.Duration) (context.Context
 // target idx within ctx and timeout (Policy.AttemptTimeout; 0: none), and
 // answers DeadlineExceeded when timeout passed. Send's attempts go through
 // its stream, which bounds them with a timer rather than a context.
+//
+// A ctx without a deadline gets RetryFor's (withRetryDeadline) only once an
+// attempt failed: the first attempt, most calls' only one, is bounded by
+// that deadline through its timeout instead, which costs no context and no
+// timer of its own per call (a send's attempt arms a pooled timer anyway).
 func retried[Req, Resp any](ctx context.Context, c *Client, method string, idempotent bool, req Req,
 	attempt func(ctx context.Context, timeout time.Duration, idx int32, req Req) (Resp, error)) (Resp, error) {
-	ctx, cancel := c.withRetryDeadline(ctx)
-	defer cancel()
+	var retryBy time.Time // RetryFor's deadline, while ctx does not carry it yet
+	if _, ok := ctx.Deadline(); !ok && c.cfg.RetryFor > 0 {
+		retryBy = time.Now().Add(c.cfg.RetryFor)
+	}
+	var own struct{ cancel context.CancelFunc } // of the context with retryBy, once made
+	defer func() {
+		if own.cancel != nil {
+			own.cancel()
+		}
+	}()
 	obs, _ := ctx.Value(retryObserverKey{}).(RetryObserver)
 	r := retrier{c: c}
 	for attempts := 1; ; attempts++ {
 		idx := c.cur.Load()
 		c.attempts.Add(1)
-		resp, err := attempt(ctx, c.cfg.AttemptTimeout, idx, req)
+		timeout := c.cfg.AttemptTimeout
+		if !retryBy.IsZero() {
+			timeout = boundedBy(timeout, retryBy)
+		}
+		resp, err := attempt(ctx, timeout, idx, req)
 		if err == nil {
 			c.live.hear(idx)
+		}
+		if err != nil && !retryBy.IsZero() {
+			ctx, own.cancel = context.WithDeadline(ctx, retryBy)
+			retryBy = time.Time{}
 		}
 		if err == nil || ctx.Err() != nil || !c.cfg.Policy.Retry(err, attempts, idempotent) {
 			return resp, err

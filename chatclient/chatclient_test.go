@@ -467,3 +467,66 @@ func TestRetryDeadlineKeepsACallersDeadline(t *testing.T) {
 		t.Errorf("a context without a deadline got %v, %v; want RetryFor (%v) from now", dl, ok, c.cfg.RetryFor)
 	}
 }
+
+// TestRetryDeadlineOnlyOnceAnAttemptFailed: a call whose context has no
+// deadline makes its first attempt in that context, bounded by RetryFor
+// through the attempt's timeout (no context and no timer of its own per
+// call); once an attempt failed, the retries run in a context with
+// RetryFor's deadline, counted from the call's start.
+func TestRetryDeadlineOnlyOnceAnAttemptFailed(t *testing.T) {
+	unavailable := status.Error(codes.Unavailable, "down")
+	caller, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, tc := range []struct {
+		name        string
+		ctx         context.Context
+		retryFor    time.Duration
+		fails       int
+		wantTimeout time.Duration // the first attempt's, at most (and not less than a second below)
+		wantOwn     bool          // the retries get a context of their own with RetryFor's deadline
+	}{
+		{"no deadline, first attempt answers", context.Background(), 5 * time.Second, 0, 2 * time.Second, false},
+		{"no deadline, RetryFor below the attempt timeout", context.Background(), 1500 * time.Millisecond, 0, 1500 * time.Millisecond, false},
+		{"no deadline, retried", context.Background(), 5 * time.Second, 1, 2 * time.Second, true},
+		{"caller's deadline, retried", caller, 5 * time.Second, 1, 2 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClient(t, "127.0.0.1:1")
+			c.cfg.RetryFor, c.cfg.AttemptTimeout, c.cfg.MinBackoff, c.cfg.MaxBackoff = tc.retryFor, 2*time.Second, time.Millisecond, time.Millisecond
+			start := time.Now()
+			var ctxs []context.Context
+			var timeouts []time.Duration
+			_, err := retried(tc.ctx, c, "Test", true, 0, func(ctx context.Context, timeout time.Duration, _ int32, _ int) (int, error) {
+				ctxs, timeouts = append(ctxs, ctx), append(timeouts, timeout)
+				if len(ctxs) <= tc.fails {
+					return 0, unavailable
+				}
+				return 1, nil
+			})
+			if err != nil {
+				t.Fatalf("retried: %v", err)
+			}
+			if len(ctxs) != tc.fails+1 {
+				t.Fatalf("%d attempts, want %d", len(ctxs), tc.fails+1)
+			}
+			if ctxs[0] != tc.ctx {
+				t.Errorf("the first attempt got a context of its own")
+			}
+			if timeouts[0] > tc.wantTimeout || timeouts[0] < tc.wantTimeout-time.Second {
+				t.Errorf("the first attempt's timeout is %v, want %v", timeouts[0], tc.wantTimeout)
+			}
+			for i, ctx := range ctxs[1:] {
+				if !tc.wantOwn {
+					if ctx != tc.ctx {
+						t.Errorf("attempt %d got a context of its own", i+2)
+					}
+					continue
+				}
+				dl, ok := ctx.Deadline()
+				if want := start.Add(tc.retryFor); !ok || dl.Before(start) || dl.After(want.Add(time.Second)) || dl.Before(want.Add(-time.Second)) {
+					t.Errorf("attempt %d's context has deadline %v, %v; want RetryFor (%v) from the call's start", i+2, dl, ok, tc.retryFor)
+				}
+			}
+		})
+	}
+}
