@@ -424,7 +424,9 @@ func retried[Req, Resp any](ctx context.Context, c *Client, method string, idemp
 	if _, ok := ctx.Deadline(); !ok && c.cfg.RetryFor > 0 {
 		retryBy = time.Now().Add(c.cfg.RetryFor)
 	}
-	var own struct{ cancel context.CancelFunc } // of the context with retryBy, once made
+	// own.cancel is the cancel of the context with retryBy, once made (in a
+	// struct: vet's lostcancel check does not see the deferred call).
+	var own struct{ cancel context.CancelFunc }
 	defer func() {
 		if own.cancel != nil {
 			own.cancel()

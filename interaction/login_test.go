@@ -1,7 +1,6 @@
 package interaction
 
 import (
-	"bytes"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -9,33 +8,25 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hachat/hachat/interaction/auth"
 	"github.com/hachat/hachat/interaction/auth/oidctest"
 	"github.com/hachat/hachat/telemetry"
+	"github.com/hachat/hachat/telemetry/telemetrytest"
 )
 
-// syncBuf is a log sink safe for the server's goroutines.
+// syncBuf is a log sink safe for the server's goroutines, which reads
+// back the JSON records written to it.
 type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
+	telemetrytest.LogBuffer
 }
 
 // records returns the JSON log records whose msg is msg.
 func (b *syncBuf) records(msg string) []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(b.buf.String(), "\n") {
+	for _, line := range strings.Split(b.String(), "\n") {
 		var r map[string]any
 		if json.Unmarshal([]byte(line), &r) == nil && r["msg"] == msg {
 			out = append(out, r)
