@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -65,6 +66,11 @@ type pushChannel struct {
 	events int
 	reset  <-chan struct{} // closed when the instance leaves the edge's rotation
 	data   []byte          // an event's JSON, reused: the sse.Writer copies it
+
+	// mu makes follow's loop and its reader take turns at out, next,
+	// events, data and follow's reconnecting flag while the reader runs;
+	// run alone uses them otherwise.
+	mu sync.Mutex
 }
 
 // handleEvents serves the push channel: GET .../{chatId}/events?userId=
@@ -325,6 +331,12 @@ func (pc *pushChannel) write(ev *chatpb.Event) error {
 
 // follow subscribes from next and writes events until the stream breaks
 // (returned as the error), the chat ends or ctx is done.
+//
+// The stream's reader writes each event itself, in its own goroutine, as
+// soon as Recv returns it: no hand-off to this one, whose loop takes care of
+// the rest (heartbeats, the chat client's reconnect notices and the read
+// that proves a resumed stream, the ends of the channel). pc.mu makes the
+// two take turns at the channel's writer and state.
 func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -341,27 +353,13 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 	if err != nil {
 		return err
 	}
-	type recv struct {
-		ev  *chatpb.Event
-		err error
-	}
-	// Buffered: events that arrive together are written together (one
-	// write and flush for the lot, see writeReady).
-	ch := make(chan recv, recvBuffer)
+	// ended carries why the reader stopped: the stream broke, the chat
+	// ended or a write failed.
+	ended := make(chan error, 1)
 	done := make(chan struct{})
 	go func() { // owned by follow: ends when sctx is cancelled
 		defer close(done)
-		for {
-			ev, err := stream.Recv()
-			select {
-			case ch <- recv{ev, err}:
-			case <-sctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
+		ended <- pc.deliver(stream, reconnecting)
 	}()
 	// proofs are the unary reads in flight (below); they end with sctx.
 	var proofs sync.WaitGroup
@@ -390,11 +388,10 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 			return errStreamDone
 		case <-pc.reset:
 			return errStreamDone
+		case err := <-ended:
+			return err
 		case <-pc.out.Due():
-			if !pc.out.Idle() {
-				continue
-			}
-			if err := pc.heartbeat(); err != nil {
+			if err := pc.heartbeatIfIdle(); err != nil {
 				return err
 			}
 		case connected := <-resumes:
@@ -408,12 +405,19 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 				settled = settle.C
 				continue
 			}
-			if err := pc.observed(false, reconnecting); err != nil {
+			pc.mu.Lock()
+			err := pc.observed(false, reconnecting)
+			pc.mu.Unlock()
+			if err != nil {
 				return err
 			}
 		case <-settled:
 			settle, settled = nil, nil
-			if !*reconnecting || proving != nil {
+			pc.mu.Lock()
+			quiet := !*reconnecting
+			from := pc.next
+			pc.mu.Unlock()
+			if quiet || proving != nil {
 				continue
 			}
 			proving = make(chan proof, 1)
@@ -424,11 +428,14 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 				defer cancel()
 				er, err := pc.s.core.Events(cctx, &chatpb.EventsRequest{Auth: pc.auth, FromIndex: from})
 				out <- proof{er, err}
-			}(proving, pc.next)
+			}(proving, from)
 		case p := <-proving:
 			proving = nil
 			if p.err != nil {
-				if fatal, done := pc.fatal(p.err); done {
+				pc.mu.Lock()
+				fatal, done := pc.fatal(p.err)
+				pc.mu.Unlock()
+				if done {
 					return fatal
 				}
 				// Still no primary: try again after another settle while
@@ -437,58 +444,61 @@ func (pc *pushChannel) follow(ctx context.Context, reconnecting *bool) error {
 				settled = settle.C
 				continue
 			}
-			if err := pc.resumed(reconnecting); err != nil {
-				return err
+			pc.mu.Lock()
+			err := pc.resumed(reconnecting)
+			if err == nil {
+				err = pc.batch(p.er)
 			}
-			if err := pc.batch(p.er); err != nil {
+			pc.mu.Unlock()
+			if err != nil {
 				return err
 			}
 			// The stream may still be the one opened on a core that was not
 			// primary yet, its refusal on the way: follow again from next
 			// on a stream opened now, so that refusal is never heard.
 			return errResubscribe
-		case rv := <-ch:
-			// rv and the events received behind it go out in one write.
-			for n := 1; ; n++ {
-				if rv.err != nil {
-					if err := pc.out.Flush(); err != nil {
-						return err
-					}
-					if errors.Is(rv.err, io.EOF) {
-						return fmt.Errorf("core closed the subscription: %w", status.Error(codes.Unavailable, "stream ended"))
-					}
-					return rv.err
-				}
-				if err := pc.resumed(reconnecting); err != nil {
-					return err
-				}
-				if err := pc.write(rv.ev); err != nil {
-					return err
-				}
-				if n == maxBurst {
-					break
-				}
-				var more bool
-				select {
-				case rv = <-ch:
-					more = true
-				default:
-				}
-				if !more {
-					break
-				}
-			}
-			if err := pc.out.Flush(); err != nil {
-				return err
-			}
 		}
 	}
 }
 
-// Bounds of a push channel's bursts: recvBuffer events may wait between
-// the channel's reader and its writer, and one write carries at most
-// maxBurst of them.
-const (
-	recvBuffer = 16
-	maxBurst   = 64
-)
+// heartbeatIfIdle writes the heartbeat when Due fired and the stream has
+// been idle since (sse.Writer.Idle).
+func (pc *pushChannel) heartbeatIfIdle() error {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if !pc.out.Idle() {
+		return nil
+	}
+	return pc.heartbeat()
+}
+
+// deliver is follow's reader: it writes each event the stream returns, in
+// order, and returns why it stopped (the stream's error, errStreamDone once
+// the chat ended for this participant, or a failed write).
+func (pc *pushChannel) deliver(stream grpc.ServerStreamingClient[chatpb.Event], reconnecting *bool) error {
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("core closed the subscription: %w", status.Error(codes.Unavailable, "stream ended"))
+			}
+			return err
+		}
+		if err := pc.deliverOne(ev, reconnecting); err != nil {
+			return err
+		}
+	}
+}
+
+// deliverOne writes one event received on the stream and flushes it.
+func (pc *pushChannel) deliverOne(ev *chatpb.Event, reconnecting *bool) error {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if err := pc.resumed(reconnecting); err != nil {
+		return err
+	}
+	if err := pc.write(ev); err != nil {
+		return err
+	}
+	return pc.out.Flush()
+}
