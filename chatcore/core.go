@@ -328,6 +328,12 @@ func (c *Core) commitAppended(ctx context.Context, s *session, ev *chatpb.Event,
 func (c *Core) commitLocked(s *session, ev *chatpb.Event) *chatpb.SessionChange {
 	pub := s.log.Commit(ev).Pub
 	for sub := range s.subs {
+		if sub.direct != nil {
+			if sub.held.Load() == 0 && sub.direct(pub) {
+				continue
+			}
+			sub.held.Add(1)
+		}
 		select {
 		case sub.ch <- pub:
 		default:

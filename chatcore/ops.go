@@ -230,8 +230,11 @@ func (c *Core) events(s *session, pid, keyHash string, from uint64) (*chatpb.Eve
 // (after SESSION_ENDED), the participant leaves (after its
 // PARTICIPANT_LEFT), ctx is done, deliver fails, or this core's term ends
 // (errNotPrimary). A subscriber too slow for fan-out catches up from the log
-// inside the same call, so it never sees a gap.
-func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next uint64, deliver func(*chatpb.Event) error) error {
+// inside the same call, so it never sees a gap. try (nil: none) is deliver
+// without blocking: fan-out hands it the live events directly while nothing
+// waits in the subscriber's mailbox (see subscriber), the events that end
+// the stream excepted.
+func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next uint64, deliver func(*chatpb.Event) error, try func(*chatpb.Event) bool) error {
 	roleCtx := c.role.Stream()
 
 	s.mu.Lock()
@@ -272,6 +275,22 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 			(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id)
 		return end, nil
 	}
+	// direct is fan-out's way past the mailbox (under s.mu): it declines
+	// the events that end the stream, so that this goroutine ends it.
+	direct := func(sub *subscriber) func(*chatpb.Event) bool {
+		return func(ev *chatpb.Event) bool {
+			if ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+				(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id) ||
+				ctx.Err() != nil || roleCtx.Err() != nil {
+				return false
+			}
+			if sessionlog.VisibleTo(viewer, ev) && !try(ev) {
+				return false
+			}
+			sub.next.Store(ev.Index + 1)
+			return true
+		}
+	}
 	for {
 		// Catch up from the log; register for fan-out once caught up.
 		s.mu.Lock()
@@ -279,6 +298,10 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 		var sub *subscriber
 		if len(batch) <= c.cfg.SubscriberBuffer && !s.log.State.Ended && !s.removed {
 			sub = &subscriber{ch: make(chan *chatpb.Event, c.cfg.SubscriberBuffer)}
+			if try != nil {
+				sub.direct = direct(sub)
+				sub.held.Store(1) // until the batch below is delivered
+			}
 			if s.subs == nil {
 				s.subs = make(map[*subscriber]struct{})
 			}
@@ -291,6 +314,9 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 				return err
 			}
 		}
+		if sub != nil && sub.direct != nil {
+			sub.held.Add(-1)
+		}
 		if sub == nil {
 			if len(batch) == 0 { // removed or ended with everything sent
 				return nil
@@ -302,11 +328,17 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 			case ev, ok := <-sub.ch:
 				if !ok {
 					lagging = true // dropped from fan-out (or the session ended): catch up from the log
+					// after the events direct took too
+					next = max(next, sub.next.Load())
 					continue
 				}
-				if done, err := send(ev); done {
+				done, err := send(ev)
+				if done {
 					c.unsubscribe(s, sub)
 					return err
+				}
+				if sub.direct != nil {
+					sub.held.Add(-1) // delivered: fan-out may go direct again
 				}
 			case <-ctx.Done():
 				c.unsubscribe(s, sub)

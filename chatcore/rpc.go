@@ -305,7 +305,7 @@ func (c *Core) Events(ctx context.Context, req *chatpb.EventsRequest) (*chatpb.E
 // index). A subscriber too slow for fan-out catches up from the log inside
 // the same stream, so it never sees a gap.
 func (c *Core) Subscribe(req *chatpb.SubscribeRequest, stream chatpb.Chat_SubscribeServer) error {
-	return c.subscribe(stream.Context(), req, stream.Send)
+	return c.subscribe(stream.Context(), req, stream.Send, nil)
 }
 
 // SubscribeStream carries many subscriptions on one stream: each member is

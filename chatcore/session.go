@@ -68,8 +68,20 @@ func (s *session) snapshotLocked() *chatpb.SessionSnapshot {
 // subscriber is one Subscribe stream's mailbox. Fan-out never blocks on it:
 // when ch is full the subscriber is removed and ch closed, and the stream
 // catches up from the log by itself.
+//
+// A subscriber with direct (a member of a SubscribeStream) may skip its
+// mailbox: while held is 0 (no event in ch or in its tail's hands, the
+// catch-up from the log done), fan-out hands the event to direct, under the
+// session's lock, which queues it for the stream's writer without blocking
+// and without waking the member's goroutine. When direct declines (the
+// stream's queue is full, the event ends the member, the member is ending),
+// the event goes to ch as before and held counts it until the tail has
+// delivered it, so the events keep their order.
 type subscriber struct {
-	ch chan *chatpb.Event
+	ch     chan *chatpb.Event
+	direct func(*chatpb.Event) bool // nil: always ch
+	held   atomic.Int32             // events in ch or being delivered, plus one during the catch-up
+	next   atomic.Uint64            // the index after the last event direct took
 }
 
 // newID returns 128 random bits as 32 hex digits (session ids, secure keys).

@@ -32,12 +32,14 @@ const (
 // subscribe is Subscribe's checks and operation under ctx, delivering with
 // deliver: the gate (as the stream interceptor gives Subscribe), the
 // participant's authorization, then tail.
-func (c *Core) subscribe(ctx context.Context, req *chatpb.SubscribeRequest, deliver func(*chatpb.Event) error) error {
+// try (nil: none) is deliver without blocking, for fan-out to call under
+// the session's lock (see subscriber); it reports whether it took the event.
+func (c *Core) subscribe(ctx context.Context, req *chatpb.SubscribeRequest, deliver func(*chatpb.Event) error, try func(*chatpb.Event) bool) error {
 	s, keyHash, err := c.checkAuth(ctx, req.GetAuth())
 	if err != nil {
 		return err
 	}
-	return c.tail(ctx, s, req.Auth.ParticipantId, keyHash, max(req.FromIndex, 1), deliver)
+	return c.tail(ctx, s, req.Auth.ParticipantId, keyHash, max(req.FromIndex, 1), deliver, try)
 }
 
 // subscribeStream serves one SubscribeStream: it reads member opens and
@@ -183,7 +185,8 @@ var (
 func (st *subStream) serve(c *Core, ctx context.Context, id uint64, req *chatpb.SubscribeRequest) {
 	err := c.gate(ctx, subscribeMethod)
 	if err == nil {
-		err = c.subscribe(ctx, req, func(ev *chatpb.Event) error { return st.put(ctx, id, ev) })
+		err = c.subscribe(ctx, req, func(ev *chatpb.Event) error { return st.put(ctx, id, ev) },
+			func(ev *chatpb.Event) bool { return st.tryPut(id, ev) })
 	}
 	if err != nil && ctx.Err() != nil {
 		if _, ok := status.FromError(err); !ok {
@@ -222,6 +225,26 @@ func (st *subStream) put(ctx context.Context, id uint64, ev *chatpb.Event) error
 	st.signal()
 	st.mu.Unlock()
 	return nil
+}
+
+// tryPut queues ev of member id for the writer if the queue has room and
+// the writer still takes events; it never waits. Fan-out calls it under the
+// session's lock (the lock order: a session's mu, then st.mu).
+func (st *subStream) tryPut(id uint64, ev *chatpb.Event) bool {
+	select {
+	case st.tokens <- struct{}{}:
+	default:
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.queueOff {
+		<-st.tokens // ours: the writer has ended and takes none
+		return false
+	}
+	st.queue = append(st.queue, subItem{id: id, ev: ev})
+	st.signal()
+	return true
 }
 
 // signal wakes the writer. Call with st.mu held.

@@ -107,6 +107,19 @@ func upToEnd(evs []*chatpb.Event, pid string) []*chatpb.Event {
 	return evs
 }
 
+// recvFrom is a SubscribeStream's recv that reads the client's requests
+// from reqs until ctx is done.
+func recvFrom(ctx context.Context, reqs <-chan *chatpb.SubscribeStreamRequest) func() (*chatpb.SubscribeStreamRequest, error) {
+	return func() (*chatpb.SubscribeStreamRequest, error) {
+		select {
+		case r := <-reqs:
+			return r, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
 func indexes(evs []*chatpb.Event) []uint64 {
 	out := make([]uint64, len(evs))
 	for i, e := range evs {
@@ -340,14 +353,7 @@ func TestSubscribeStreamSlowClient(t *testing.T) {
 	reqs := make(chan *chatpb.SubscribeStreamRequest, 2)
 	reqs <- &chatpb.SubscribeStreamRequest{Id: 1, Subscribe: &chatpb.SubscribeRequest{Auth: cust}}
 	reqs <- &chatpb.SubscribeStreamRequest{Id: 2, Subscribe: &chatpb.SubscribeRequest{Auth: agent}}
-	recv := func() (*chatpb.SubscribeStreamRequest, error) {
-		select {
-		case r := <-reqs:
-			return r, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+	recv := recvFrom(ctx, reqs)
 	release := make(chan struct{})
 	var mu sync.Mutex
 	got := map[uint64][]uint64{}
@@ -480,4 +486,99 @@ func TestSubscribeStreamFailoverNoGapNoDuplicate(t *testing.T) {
 		}
 	}
 	t.Logf("client retries: %d", cl.Retries())
+}
+
+// TestSubscribeStreamDirectFanOut holds that fan-out hands the live events
+// of a caught-up SubscribeStream member straight to the stream's writer
+// (subscriber.direct), not through the member's mailbox and goroutine, and
+// that the member still gets every event it may see, once, in order, and
+// ends on the event that ends it (which goes through the mailbox).
+func TestSubscribeStreamDirectFanOut(t *testing.T) {
+	tc := startCore(t, func(c *Config) { c.SendRate = 1e6; c.SendBurst = 1 << 20 })
+	cust, agent := tc.chat(t)
+	cases := []struct {
+		name string
+		id   uint64
+		auth *chatpb.Auth
+	}{
+		{"customer", 1, cust},
+		{"agent", 2, agent},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reqs := make(chan *chatpb.SubscribeStreamRequest, len(cases))
+	for _, c := range cases {
+		reqs <- &chatpb.SubscribeStreamRequest{Id: c.id, Subscribe: &chatpb.SubscribeRequest{Auth: c.auth}}
+	}
+	recv := recvFrom(ctx, reqs)
+	var mu sync.Mutex
+	got := map[uint64][]*chatpb.Event{}
+	ended := map[uint64]codes.Code{}
+	send := func(b *chatpb.SubscribeStreamBatch) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for i, ev := range b.Events {
+			got[b.Ids[i]] = append(got[b.Ids[i]], ev)
+		}
+		for _, e := range b.Ends {
+			ended[e.Id] = codes.Code(e.Code)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- tc.c.subscribeStream(ctx, recv, send) }()
+
+	s := tc.c.session(cust.SessionId)
+	subs := func() []*subscriber {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		var out []*subscriber
+		for sub := range s.subs {
+			out = append(out, sub)
+		}
+		return out
+	}
+	waitFor(t, "both members caught up and in fan-out", func() bool {
+		ss := subs()
+		return len(ss) == len(cases) && ss[0].held.Load() == 0 && ss[1].held.Load() == 0
+	})
+	const n = 50
+	for i := range n {
+		if _, err := tc.cl.Send(ctx, msg(cust, fmt.Sprintf("m%d", i), "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := uint64(tc.logLen(cust.SessionId))
+	for _, sub := range subs() {
+		if next := sub.next.Load(); next != last+1 {
+			t.Errorf("direct took the events before index %d, want every live one (before %d)", next, last+1)
+		}
+		if len(sub.ch) != 0 || sub.held.Load() != 0 {
+			t.Errorf("mailbox holds %d events (held %d), want none", len(sub.ch), sub.held.Load())
+		}
+	}
+	if _, err := tc.cl.Leave(ctx, &chatpb.LeaveRequest{Auth: agent, EndSession: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			waitFor(t, c.name+" ends", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				_, ok := ended[c.id]
+				return ok
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			if ended[c.id] != codes.OK {
+				t.Errorf("ended with %v, want OK", ended[c.id])
+			}
+			w := upToEnd(tc.events(t, c.auth), c.auth.ParticipantId)
+			if len(w) < n || fmt.Sprint(indexes(got[c.id])) != fmt.Sprint(indexes(w)) {
+				t.Errorf("got indexes %v, want %v", indexes(got[c.id]), indexes(w))
+			}
+		})
+	}
+	cancel()
+	<-done
 }
