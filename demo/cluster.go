@@ -296,6 +296,12 @@ type Layout struct {
 	// epochs and the primary's lease: 0 (the default) keeps the epochs at
 	// UCS; the demo runs 3 (at most 3). Paired stages only.
 	CoordMembers int
+	// CoordDataDir, when set, holds the coordination members' data
+	// (CoordDataDir/etcd-N.etcd: write-ahead log and database) instead of
+	// DataDir, e.g. on another filesystem than ucs's database: etcd fsyncs
+	// its write-ahead log on every write, so what else writes to its disk
+	// shows in the latency of an epoch claim.
+	CoordDataDir string
 	// Coordination, when set, points the cores at an etcd the deployment
 	// already runs (endpoints host:port,...) instead of members of the plan.
 	Coordination string
@@ -428,6 +434,10 @@ func StandardPlan(l Layout) Plan {
 	coordination := l.Coordination
 	if l.Stage >= StagePair && coordination == "" && l.CoordMembers > 0 {
 		n := min(l.CoordMembers, 3)
+		coordDir := l.DataDir
+		if l.CoordDataDir != "" {
+			coordDir = l.CoordDataDir
+		}
 		var cluster, clients []string
 		for i := 1; i <= n; i++ {
 			cl, peer, _ := a.coord(i)
@@ -439,7 +449,7 @@ func StandardPlan(l Layout) Plan {
 			name := fmt.Sprintf("etcd-%d", i)
 			parts = append(parts, Part{Name: name, Kind: KindCoord, HTTP: httpAddr, GRPC: cl, Args: []string{
 				logf, "--name=" + name, "--client=" + cl, "--peer=" + peer, "--http=" + httpAddr,
-				"--data-dir=" + filepath.Join(l.DataDir, name+".etcd"), "--initial-cluster=" + strings.Join(cluster, ","),
+				"--data-dir=" + filepath.Join(coordDir, name+".etcd"), "--initial-cluster=" + strings.Join(cluster, ","),
 			}})
 		}
 		coordination = strings.Join(clients, ",")

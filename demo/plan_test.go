@@ -2,6 +2,7 @@ package demo
 
 import (
 	"errors"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -213,6 +214,7 @@ func TestStandardPlanCoordination(t *testing.T) {
 		{"existing etcd", Layout{Stage: StageMesh, CoordMembers: 3, Coordination: "10.0.0.1:2379"}, nil, "--coordination=10.0.0.1:2379"},
 		{"single core", Layout{Stage: StageSingle, CoordMembers: 3}, nil, ""},
 		{"none", Layout{Stage: StageMesh}, nil, ""},
+		{"members' data elsewhere", Layout{Stage: StageMesh, CoordMembers: 3, CoordDataDir: "/fast"}, []string{"etcd-1", "etcd-2", "etcd-3"}, clients},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,6 +233,13 @@ func TestStandardPlanCoordination(t *testing.T) {
 					}
 					if !slices.Contains(p.Args, "--initial-cluster=etcd-1=127.0.0.1:7402,etcd-2=127.0.0.1:7412,etcd-3=127.0.0.1:7422") {
 						t.Errorf("%s: %v", p.Name, p.Args)
+					}
+					dataDir := tt.layout.CoordDataDir
+					if dataDir == "" {
+						dataDir = tt.layout.Filled().DataDir
+					}
+					if want := "--data-dir=" + filepath.Join(dataDir, p.Name+".etcd"); !slices.Contains(p.Args, want) {
+						t.Errorf("%s: args %v, want %s", p.Name, p.Args, want)
 					}
 				}
 				if p.Kind == KindCore {

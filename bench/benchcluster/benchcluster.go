@@ -28,6 +28,9 @@ type Cluster struct {
 	*demo.Supervisor
 	// Layout says where every part listens.
 	Layout demo.Layout
+	// coordDir is the directory made under Options.CoordDataDir ("" without
+	// it); Stop removes it.
+	coordDir string
 	// Accounts are interaction's accounts with their passwords (Options.Whole).
 	Accounts []demo.AccountCredential
 }
@@ -58,6 +61,12 @@ type Options struct {
 	// CoordMembers runs that many coordination members (embedded etcd)
 	// holding the cores' epochs (0: epochs at UCS).
 	CoordMembers int
+	// CoordDataDir, when set, puts the coordination members' data (their
+	// write-ahead logs) in a fresh directory under it instead of the
+	// cluster's directory, e.g. on another filesystem than ucs's database
+	// (/dev/shm: a tmpfs). It must be a writable directory; Stop removes
+	// what the cluster made in it (the logs stay in Dir()).
+	CoordDataDir string
 	// Pairs runs that many pairs of cores (demo's Layout.Pairs; 0 or 1:
 	// one pair, as the stage has it). With Pairs set and without Whole the
 	// plan keeps no sidecar either: the bench client reaches the cores
@@ -71,12 +80,24 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	if err != nil {
 		return nil, err
 	}
+	var coordDir string
+	if opts.CoordDataDir != "" {
+		if coordDir, err = os.MkdirTemp(opts.CoordDataDir, "hachat-bench-coord-"); err != nil {
+			return nil, fmt.Errorf("coordination data dir %s: %w", opts.CoordDataDir, err)
+		}
+	}
+	started := false
+	defer func() {
+		if !started {
+			removeCoordDir(coordDir)
+		}
+	}()
 	dir, err := os.MkdirTemp("", "hachat-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("temp dir: %w", err)
 	}
 	layout := demo.Layout{Addrs: addrs, Stage: stage, DataDir: dir, CoreArgs: coreArgs,
-		ServiceToken: ServiceToken, AdminToken: AdminToken, CoordMembers: opts.CoordMembers, Pairs: opts.Pairs}
+		ServiceToken: ServiceToken, AdminToken: AdminToken, CoordMembers: opts.CoordMembers, CoordDataDir: coordDir, Pairs: opts.Pairs}
 	if opts.TLS {
 		layout.CertDir = filepath.Join(dir, "certs")
 	}
@@ -114,7 +135,24 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	if err != nil {
 		return nil, fmt.Errorf("start bench cluster (logs in %s): %w", dir, err)
 	}
-	return &Cluster{Supervisor: sup, Layout: layout, Accounts: accounts}, nil
+	started = true
+	return &Cluster{Supervisor: sup, Layout: layout, Accounts: accounts, coordDir: coordDir}, nil
+}
+
+// Stop stops every part, then removes the coordination members' data made
+// under Options.CoordDataDir (a tmpfs holds it in memory); the cluster's
+// directory with the logs stays.
+func (c *Cluster) Stop() {
+	c.Supervisor.Stop()
+	removeCoordDir(c.coordDir)
+}
+
+// removeCoordDir removes dir, the coordination members' data made under
+// Options.CoordDataDir ("": none made).
+func removeCoordDir(dir string) {
+	if dir != "" {
+		os.RemoveAll(dir)
+	}
 }
 
 // ClientCreds returns the gRPC transport credentials of a bench client: the

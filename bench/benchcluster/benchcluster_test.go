@@ -1,6 +1,10 @@
 package benchcluster
 
 import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hachat/hachat/demo"
@@ -38,5 +42,32 @@ func TestWithoutInstances(t *testing.T) {
 				t.Errorf("stage %v, %d members: %d parts left of %d, want %d", stage, members, len(plan.Parts), len(full.Parts), len(full.Parts)-n)
 			}
 		}
+	}
+}
+
+// TestStartWithUnusableCoordDataDir: a CoordDataDir that is no writable
+// directory fails the start with an error naming it, before any part runs
+// (`hachat bench failover --etcd-data-dir`).
+func TestStartWithUnusableCoordDataDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, dir string
+	}{
+		{"missing", filepath.Join(t.TempDir(), "missing")},
+		{"a file", file},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bc, err := StartWith(t.Context(), demo.StageMesh, Options{CoordMembers: 3, CoordDataDir: tc.dir}, io.Discard)
+			if err == nil {
+				bc.Stop()
+				t.Fatalf("started with coordination data under %s", tc.dir)
+			}
+			if !strings.Contains(err.Error(), tc.dir) {
+				t.Errorf("error %q does not name %s", err, tc.dir)
+			}
+		})
 	}
 }

@@ -218,14 +218,15 @@ func writeJSON(out io.Writer, v any) error {
 
 func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) error {
 	var o struct {
-		Trials         int  `yaml:"trials"`
-		SkipSwitchover bool `yaml:"skip-switchover"`
-		Sidecar        bool `yaml:"sidecar"`
-		Silent         bool `yaml:"silent"`
-		TLS            bool `yaml:"tls"`
-		JSON           bool `yaml:"json"`
-		CoordMembers   int  `yaml:"coord-members"`
-		Sessions       int  `yaml:"sessions"`
+		Trials         int    `yaml:"trials"`
+		SkipSwitchover bool   `yaml:"skip-switchover"`
+		Sidecar        bool   `yaml:"sidecar"`
+		Silent         bool   `yaml:"silent"`
+		TLS            bool   `yaml:"tls"`
+		JSON           bool   `yaml:"json"`
+		CoordMembers   int    `yaml:"coord-members"`
+		Sessions       int    `yaml:"sessions"`
+		EtcdDataDir    string `yaml:"etcd-data-dir"`
 	}
 	o.Trials = 5
 	o.CoordMembers = 3
@@ -240,6 +241,9 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 		fs.IntVar(&o.Sessions, "sessions", o.Sessions, "extra live sessions opened before the trials (customer, agent, one message each) and kept\n"+
 			"open through all of them, so every resync after a failover or switchover carries them; 0: none\n"+
 			"(the cores' flex-disconnect-timeout is then lifted to 1h so the idle customers stay)")
+		fs.StringVar(&o.EtcdDataDir, "etcd-data-dir", o.EtcdDataDir, "keep the coordination members' write-ahead logs in a fresh directory under DIR (removed\n"+
+			"at the end) instead of the cluster's temporary directory, e.g. /dev/shm to take etcd's fsyncs off the\n"+
+			"disk ucs and the logs write to; default: beside the logs")
 	})
 	if err != nil {
 		return err
@@ -251,6 +255,9 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if err := fopts.Validate(); err != nil {
 		return usageError(errw, "--%v", err)
 	}
+	if o.EtcdDataDir != "" && o.CoordMembers == 0 {
+		return usageError(errw, "--etcd-data-dir needs coordination members (--coord-members > 0)")
+	}
 	// The customer sends every few milliseconds: lift the per-participant rate limit.
 	coreArgs := []string{"--send-rate=100000", "--send-burst=100000"}
 	if o.Sessions > 0 {
@@ -260,7 +267,7 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	if o.Sidecar {
 		stage, path = demo.StageMesh, "through a sidecar steered by xDS"
 	}
-	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS, CoordMembers: o.CoordMembers}, errw, coreArgs...)
+	bc, err := benchcluster.StartWith(ctx, stage, benchcluster.Options{TLS: o.TLS, CoordMembers: o.CoordMembers, CoordDataDir: o.EtcdDataDir}, errw, coreArgs...)
 	if err != nil {
 		return err
 	}
@@ -291,6 +298,9 @@ func runBenchFailover(ctx context.Context, args []string, out, errw io.Writer) e
 	fencing := "epochs at UCS"
 	if o.CoordMembers > 0 {
 		fencing = fmt.Sprintf("epochs from etcd (%d members)", o.CoordMembers)
+		if o.EtcdDataDir != "" {
+			fencing = fmt.Sprintf("epochs from etcd (%d members, data under %s)", o.CoordMembers, o.EtcdDataDir)
+		}
 	}
 	if o.JSON {
 		if jerr := writeJSON(out, struct {
