@@ -71,3 +71,38 @@ func TestStartWithUnusableCoordDataDir(t *testing.T) {
 		})
 	}
 }
+
+// TestRemoveDataKeepsLogs: Stop's clean-up removes ucs's database and the
+// coordination members' data directories and keeps the logs.
+func TestRemoveDataKeepsLogs(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]bool{ // path -> kept
+		"core-a.log":                   true,
+		"demo.json":                    true,
+		"ucs.db":                       false,
+		"etcd-1.etcd/member/wal/0.wal": false,
+		"etcd-3.etcd/member/snap/db":   false,
+	}
+	for name := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeData(dir)
+	for name, kept := range files {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if got := err == nil; got != kept {
+			t.Errorf("%s: kept = %v, want %v (%v)", name, got, kept, err)
+		}
+	}
+	for _, m := range []string{"etcd-1.etcd", "etcd-3.etcd"} {
+		if _, err := os.Stat(filepath.Join(dir, m)); !os.IsNotExist(err) {
+			t.Errorf("%s still there: %v", m, err)
+		}
+	}
+	removeData("") // no directory: nothing to do, no panic
+}
