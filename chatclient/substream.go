@@ -31,7 +31,11 @@ import (
 // stream, from its next index, on the next stream. The stream's reader
 // never waits for a member: each has its own queue, and a member whose
 // reader falls subscribeMemberQueue events behind is ended (UNAVAILABLE:
-// it resumes from its next index, nothing is lost). A core that answers
+// it resumes from its next index, nothing is lost). A Subscribe whose
+// context carries an EventTaker (WithEventTaker) is offered each event on
+// the reader itself while its own reader waits in Recv with nothing queued,
+// which spares a goroutine hand-off per event; the taker never blocks, and
+// what it refuses is queued as above, in order. A core that answers
 // UNIMPLEMENTED (an older core) gets unary Subscribes for
 // unimplementedRecheck, then the stream is tried again. When spans are
 // exported, Subscribe stays a unary call, so that its trace is its own.
