@@ -556,6 +556,24 @@ func WithStreamObserver(ctx context.Context, obs StreamObserver) context.Context
 	return context.WithValue(ctx, observerKey{}, obs)
 }
 
+// EventTaker takes one event of a Subscribe straight from the shared
+// stream's reader, without waking the goroutine that reads the Subscribe:
+// it reports whether it took the event. It runs on the reader of a
+// SubscribeStream that carries the events of many subscriptions, so it must
+// never block: false (the taker cannot take it now) sends the event the
+// usual way, through Recv, in order.
+type EventTaker func(ev *chatpb.Event) bool
+
+type takerKey struct{}
+
+// WithEventTaker returns a context whose Subscribe streams offer each event
+// to take while their reader is waiting in Recv with nothing queued; what
+// take refuses, and the event that ends the stream, Recv returns as before.
+// Events taken count as delivered: a resume starts after them.
+func WithEventTaker(ctx context.Context, take EventTaker) context.Context {
+	return context.WithValue(ctx, takerKey{}, take)
+}
+
 func observer(ctx context.Context) StreamObserver {
 	if obs, ok := ctx.Value(observerKey{}).(StreamObserver); ok {
 		return obs
@@ -577,31 +595,51 @@ func observer(ctx context.Context) StreamObserver {
 func (c *Client) Subscribe(ctx context.Context, in *chatpb.SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[chatpb.Event], error) {
 	next := in.GetFromIndex()
 	ctx = pairContext(ctx, in)
+	// The core ends a participant's stream after the session ends and
+	// after that participant's own leave.
+	isFinal := func(ev *chatpb.Event) bool {
+		return ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+			ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT &&
+				ev.GetFrom().GetId() == in.GetAuth().GetParticipantId()
+	}
 	s := &resumingStream[chatpb.Event]{
 		c:     c,
 		r:     retrier{c: c, max: refusedStreamBackoff},
 		close: func() {},
 		ctx:   ctx,
 		obs:   observer(ctx),
-		open: func(ctx context.Context, idx int32) (grpc.ServerStreamingClient[chatpb.Event], error) {
-			req := &chatpb.SubscribeRequest{Auth: in.GetAuth(), FromIndex: next}
-			if len(opts) > 0 || c.tracing {
-				return c.clients[idx].Subscribe(ctx, req, opts...)
-			}
-			return c.subscribeAttempt(ctx, idx, req)
-		},
 		seen: func(ev *chatpb.Event) (deliver, final bool) {
 			if ev.GetIndex() != 0 && ev.GetIndex() < next {
 				return false, false // already delivered before the reconnect
 			}
 			next = ev.GetIndex() + 1
-			// The core ends a participant's stream after the session ends
-			// and after that participant's own leave.
-			final = ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
-				ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT &&
-					ev.GetFrom().GetId() == in.GetAuth().GetParticipantId()
-			return true, final
+			return true, isFinal(ev)
 		},
+	}
+	// take runs on the shared stream's reader while s's reader waits in
+	// the member's Recv (subMember.push), so it may use s's state as Recv
+	// does; the end of the stream is left to Recv.
+	var take func(*chatpb.Event) bool
+	if taker, _ := ctx.Value(takerKey{}).(EventTaker); taker != nil {
+		take = func(ev *chatpb.Event) bool {
+			dup := ev.GetIndex() != 0 && ev.GetIndex() < next
+			if !dup && (isFinal(ev) || !taker(ev)) {
+				return false
+			}
+			if !dup {
+				next = ev.GetIndex() + 1
+			}
+			s.fresh = false
+			s.r.reset()
+			return true
+		}
+	}
+	s.open = func(ctx context.Context, idx int32) (grpc.ServerStreamingClient[chatpb.Event], error) {
+		req := &chatpb.SubscribeRequest{Auth: in.GetAuth(), FromIndex: next}
+		if len(opts) > 0 || c.tracing {
+			return c.clients[idx].Subscribe(ctx, req, opts...)
+		}
+		return c.subscribeAttempt(ctx, idx, req, take)
 	}
 	if err := s.connect(); err != nil {
 		return nil, err

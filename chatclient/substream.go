@@ -31,7 +31,11 @@ import (
 // stream, from its next index, on the next stream. The stream's reader
 // never waits for a member: each has its own queue, and a member whose
 // reader falls subscribeMemberQueue events behind is ended (UNAVAILABLE:
-// it resumes from its next index, nothing is lost). A core that answers
+// it resumes from its next index, nothing is lost). A Subscribe whose
+// context carries an EventTaker (WithEventTaker) is offered each event on
+// the reader itself while its own reader waits in Recv with nothing queued,
+// which spares a goroutine hand-off per event; the taker never blocks, and
+// what it refuses is queued as above, in order. A core that answers
 // UNIMPLEMENTED (an older core) gets unary Subscribes for
 // unimplementedRecheck, then the stream is tried again. When spans are
 // exported, Subscribe stays a unary call, so that its trace is its own.
@@ -61,8 +65,10 @@ type subStream struct {
 
 // subscribeAttempt opens in as a member of the SubscribeStream of target
 // idx and in's pair, or as a unary Subscribe when the core behind it does
-// not implement SubscribeStream. ctx is the attempt's (resumingStream's).
-func (c *Client) subscribeAttempt(ctx context.Context, idx int32, in *chatpb.SubscribeRequest) (grpc.ServerStreamingClient[chatpb.Event], error) {
+// not implement SubscribeStream. ctx is the attempt's (resumingStream's);
+// take, when not nil, is offered the member's events while its reader waits
+// in Recv with nothing queued (subMember.push).
+func (c *Client) subscribeAttempt(ctx context.Context, idx int32, in *chatpb.SubscribeRequest, take func(*chatpb.Event) bool) (grpc.ServerStreamingClient[chatpb.Event], error) {
 	key := sendKey{target: idx, pair: pairs.Of(in.GetAuth().GetSessionId())}
 	var err error
 	// A stream that failed just before the join is already forgotten:
@@ -73,7 +79,7 @@ func (c *Client) subscribeAttempt(ctx context.Context, idx int32, in *chatpb.Sub
 			break
 		}
 		var m *subMember
-		if m, err = s.join(ctx, in); err == nil {
+		if m, err = s.join(ctx, in, take); err == nil {
 			return m, nil
 		}
 		if errors.Is(err, errUseUnary) {
@@ -197,8 +203,8 @@ func (s *subStream) fail(err error) {
 
 // join opens in as a new member under ctx: the member leaves (the core is
 // told to stop it) when ctx is done.
-func (s *subStream) join(ctx context.Context, in *chatpb.SubscribeRequest) (*subMember, error) {
-	m := &subMember{s: s, ctx: ctx, req: in, wake: make(chan struct{}, 1)}
+func (s *subStream) join(ctx context.Context, in *chatpb.SubscribeRequest, take func(*chatpb.Event) bool) (*subMember, error) {
+	m := &subMember{s: s, ctx: ctx, req: in, take: take, wake: make(chan struct{}, 1)}
 	s.mu.Lock()
 	if s.err != nil {
 		err := s.err
@@ -228,8 +234,12 @@ type subMember struct {
 	id  uint64
 	ctx context.Context
 	req *chatpb.SubscribeRequest
+	// take, when not nil, takes an event straight from the stream's reader
+	// (push) instead of the member's reader; false: queue it.
+	take func(*chatpb.Event) bool
 
-	// Only the reading goroutine uses these.
+	// Only the reading goroutine uses these (and push, while it has the
+	// turn: busy).
 	got   bool                                     // an event was delivered
 	unary grpc.ServerStreamingClient[chatpb.Event] // after the core answered UNIMPLEMENTED
 
@@ -239,15 +249,38 @@ type subMember struct {
 	err       error // how the member ended, once read past its events
 	wake      chan struct{}
 	stopLeave func() bool // stops leave running when ctx is done
+	// The turn between the member's reader and take, so that events are
+	// handled one at a time and in order: take is offered an event only
+	// while the reader waits in Recv (waiting) with nothing queued; busy
+	// while take runs, when Recv waits for it (busyWait) before it returns.
+	waiting  bool
+	busy     bool
+	busyWait bool
 }
 
 var _ grpc.ServerStreamingClient[chatpb.Event] = (*subMember)(nil)
 
-// push queues ev for the member's reader; false when the member is
+// push hands ev to take, when the member's reader waits in Recv with
+// nothing queued, or queues it for the reader; false when the member is
 // subscribeMemberQueue events behind (it must be ended).
 func (m *subMember) push(ev *chatpb.Event) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.take != nil && m.waiting && m.head == len(m.q) && m.err == nil {
+		m.busy = true
+		m.mu.Unlock()
+		took := m.take(ev)
+		m.mu.Lock()
+		m.busy = false
+		if m.busyWait {
+			m.busyWait = false
+			m.signal()
+		}
+		if took {
+			m.got = true
+			return true
+		}
+	}
 	if len(m.q)-m.head >= subscribeMemberQueue {
 		return false
 	}
@@ -297,8 +330,21 @@ func (m *subMember) Recv() (*chatpb.Event, error) {
 	if m.unary != nil {
 		return m.unary.Recv()
 	}
+	cancelled := false
 	for {
 		m.mu.Lock()
+		if m.busy {
+			// take has the turn: wait until it is done with it.
+			m.busyWait = true
+			m.mu.Unlock()
+			<-m.wake
+			continue
+		}
+		m.waiting = false
+		if cancelled {
+			m.mu.Unlock()
+			return nil, status.FromContextError(m.ctx.Err()).Err()
+		}
 		if m.head < len(m.q) {
 			ev := m.q[m.head]
 			m.q[m.head] = nil
@@ -310,6 +356,7 @@ func (m *subMember) Recv() (*chatpb.Event, error) {
 			return ev, nil
 		}
 		err := m.err
+		m.waiting = err == nil
 		m.mu.Unlock()
 		if err != nil {
 			if !errors.Is(err, errUseUnary) {
@@ -329,7 +376,7 @@ func (m *subMember) Recv() (*chatpb.Event, error) {
 		select {
 		case <-m.wake:
 		case <-m.ctx.Done():
-			return nil, status.FromContextError(m.ctx.Err()).Err()
+			cancelled = true
 		}
 	}
 }

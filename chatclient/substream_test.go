@@ -333,3 +333,91 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// TestSubscribeEventTaker subscribes with an EventTaker: the events it
+// takes (on the shared stream's reader) and the ones Recv returns make,
+// per session, every event once and in order, the end through Recv; a
+// broken stream resumes after the events taken.
+func TestSubscribeEventTaker(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		breakAfter int
+		subs       int
+		n          uint64
+		take       func(ev *chatpb.Event) bool
+	}{
+		{name: "takes every event", subs: 20, n: 100, take: func(*chatpb.Event) bool { return true }},
+		{name: "refuses odd indexes", subs: 20, n: 100, take: func(ev *chatpb.Event) bool { return ev.Index%2 == 0 }},
+		{name: "across a broken stream", breakAfter: 500, subs: 30, n: 60, take: func(ev *chatpb.Event) bool { return ev.Index%5 != 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newSubCore(tc.breakAfter)
+			addr, _ := serveCounting(t, f, subscribeStreamMethod)
+			c := newSubClient(t, addr)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var (
+				mu    sync.Mutex
+				seen  = map[string][]uint64{} // session → indexes, as handled
+				taken int
+			)
+			record := func(ev *chatpb.Event) {
+				mu.Lock()
+				defer mu.Unlock()
+				seen[ev.SessionId] = append(seen[ev.SessionId], ev.Index)
+			}
+			tctx := WithEventTaker(ctx, func(ev *chatpb.Event) bool {
+				if !tc.take(ev) {
+					return false
+				}
+				record(ev)
+				mu.Lock()
+				taken++
+				mu.Unlock()
+				return true
+			})
+			var wg sync.WaitGroup
+			for i := range tc.subs {
+				sid := fmt.Sprintf("s%d-%d", i, tc.n)
+				st, err := c.Subscribe(tctx, &chatpb.SubscribeRequest{Auth: &chatpb.Auth{SessionId: sid}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				wg.Go(func() {
+					for {
+						ev, err := st.Recv()
+						if err == io.EOF {
+							return
+						}
+						if err != nil {
+							t.Errorf("%s: %v", sid, err)
+							return
+						}
+						record(ev)
+					}
+				})
+			}
+			wg.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range tc.subs {
+				sid := fmt.Sprintf("s%d-%d", i, tc.n)
+				got := seen[sid]
+				for j, idx := range got {
+					if idx != uint64(j+1) {
+						t.Fatalf("%s: handled %v, want 1 to %d once each, in order", sid, got, tc.n)
+					}
+				}
+				if uint64(len(got)) != tc.n {
+					t.Fatalf("%s: handled %d events, want %d", sid, len(got), tc.n)
+				}
+			}
+			if taken == 0 {
+				t.Fatal("the taker took no event: every one went through Recv")
+			}
+			if s, _, _ := f.counts(); tc.breakAfter > 0 && s != 2 {
+				t.Fatalf("%d streams, want 2 (the broken one and the next)", s)
+			}
+		})
+	}
+}

@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -618,6 +619,16 @@ func (s *Server) follow(ctx context.Context, m *member) {
 			s.setMemberConnected(m, false, err)
 		}
 	}
+	// Events taken straight from the core client's stream reader
+	// (takeChatEvent) count for the backoff as the ones read here do.
+	var took atomic.Bool
+	sctx := withEventTaker(withObserver(ctx, obs), func(ev *chatpb.Event) bool {
+		if !s.takeChatEvent(m, ev) {
+			return false
+		}
+		took.Store(true)
+		return true
+	})
 	fromStart := false
 	for ctx.Err() == nil {
 		s.mu.Lock()
@@ -626,7 +637,7 @@ func (s *Server) follow(ctx context.Context, m *member) {
 		if fromStart {
 			from, fromStart = 1, false // events already seen are skipped by index
 		}
-		st, err := s.core.Subscribe(withObserver(ctx, obs), &chatpb.SubscribeRequest{Auth: m.auth, FromIndex: from})
+		st, err := s.core.Subscribe(sctx, &chatpb.SubscribeRequest{Auth: m.auth, FromIndex: from})
 		if err == nil {
 			for {
 				var ev *chatpb.Event
@@ -642,6 +653,9 @@ func (s *Server) follow(ctx context.Context, m *member) {
 		}
 		if ctx.Err() != nil {
 			return
+		}
+		if took.Swap(false) {
+			backoff = minRetry
 		}
 		switch status.Code(err) {
 		case codes.NotFound, codes.FailedPrecondition, codes.PermissionDenied:
@@ -669,6 +683,10 @@ func (s *Server) follow(ctx context.Context, m *member) {
 func (s *Server) setMemberConnected(m *member, up bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.setMemberConnectedLocked(m, up, err)
+}
+
+func (s *Server) setMemberConnectedLocked(m *member, up bool, err error) {
 	if m.gone || m.connected == up {
 		return
 	}
@@ -687,11 +705,36 @@ func (s *Server) setMemberConnected(m *member, up bool, err error) {
 	s.hub.publish(m.key.agent, newMsg(evReconnecting, noticeJSON{Scope: "chat", ChatID: m.key.chat, Message: "chat connection lost, reconnecting"}))
 }
 
+// takeChatEvent is follow's reading of ev (the stream is up, the event
+// recorded and forwarded) on the core client's stream reader, which carries
+// the events of many chats and must never wait: it reports false, and ev
+// comes to follow through Recv, when s.mu is busy, the participation is
+// gone, or ev may end it.
+func (s *Server) takeChatEvent(m *member, ev *chatpb.Event) bool {
+	if ev.GetKind() == chatpb.EventKind_EVENT_KIND_SESSION_ENDED || ev.GetKind() == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT {
+		return false
+	}
+	if !s.mu.TryLock() {
+		return false
+	}
+	defer s.mu.Unlock()
+	if m.gone {
+		return false
+	}
+	s.setMemberConnectedLocked(m, true, nil)
+	s.onChatEventLocked(m, ev)
+	return true
+}
+
 // onChatEvent records and forwards one event; it reports whether the
 // participation is over (session ended, or this participant left).
 func (s *Server) onChatEvent(m *member, ev *chatpb.Event) (over bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.onChatEventLocked(m, ev)
+}
+
+func (s *Server) onChatEventLocked(m *member, ev *chatpb.Event) (over bool) {
 	if m.gone {
 		return true
 	}
