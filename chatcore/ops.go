@@ -263,6 +263,12 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 		c.m.subscribers.Dec()
 	}()
 
+	// ends reports whether ev ends the stream: the session's end, or the
+	// viewer's own leave.
+	ends := func(ev *chatpb.Event) bool {
+		return ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
+			(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id)
+	}
 	// send delivers one event; done reports the end of the stream.
 	send := func(ev *chatpb.Event) (done bool, err error) {
 		next = ev.Index + 1
@@ -271,17 +277,13 @@ func (c *Core) tail(ctx context.Context, s *session, pid, keyHash string, next u
 				return true, err
 			}
 		}
-		end := ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
-			(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id)
-		return end, nil
+		return ends(ev), nil
 	}
 	// direct is fan-out's way past the mailbox (under s.mu): it declines
 	// the events that end the stream, so that this goroutine ends it.
 	direct := func(sub *subscriber) func(*chatpb.Event) bool {
 		return func(ev *chatpb.Event) bool {
-			if ev.Kind == chatpb.EventKind_EVENT_KIND_SESSION_ENDED ||
-				(ev.Kind == chatpb.EventKind_EVENT_KIND_PARTICIPANT_LEFT && ev.From.GetId() == viewer.Id) ||
-				ctx.Err() != nil || roleCtx.Err() != nil {
+			if ends(ev) || ctx.Err() != nil || roleCtx.Err() != nil {
 				return false
 			}
 			if sessionlog.VisibleTo(viewer, ev) && !try(ev) {

@@ -89,7 +89,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 	started := false
 	defer func() {
 		if !started {
-			removeCoordDir(coordDir)
+			os.RemoveAll(coordDir) // "" (none made): nothing
 		}
 	}()
 	dir, err := os.MkdirTemp("", "hachat-bench-")
@@ -145,7 +145,7 @@ func StartWith(ctx context.Context, stage demo.Stage, opts Options, progress io.
 // left 70-100 MB behind (etcd preallocates its write-ahead log).
 func (c *Cluster) Stop() {
 	c.Supervisor.Stop()
-	removeCoordDir(c.coordDir)
+	os.RemoveAll(c.coordDir) // "" (none made): nothing
 	removeData(c.Layout.DataDir)
 }
 
@@ -160,14 +160,6 @@ func removeData(dir string) {
 	members, _ := filepath.Glob(filepath.Join(dir, "etcd-*.etcd"))
 	for _, m := range members {
 		os.RemoveAll(m)
-	}
-}
-
-// removeCoordDir removes dir, the coordination members' data made under
-// Options.CoordDataDir ("": none made).
-func removeCoordDir(dir string) {
-	if dir != "" {
-		os.RemoveAll(dir)
 	}
 }
 
